@@ -1,0 +1,76 @@
+"""Shared CLI plumbing: a one-line-error parser, error-to-exit-code mapping, model/weights arguments."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, NoReturn
+
+from alexnet.errors import AlexnetError
+
+EXIT_USAGE = 2
+
+
+class CommandError(AlexnetError):
+    """A user error detected by the CLI itself."""
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse, but a bad argument is one line on stderr (and exit code 2), not a usage dump."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def run_safely(fn: Callable[[], int | None]) -> int:
+    """Run a command; turn user errors into one line on stderr and exit code 2."""
+    try:
+        return int(fn() or 0)
+    except AlexnetError as e:
+        print(f"alexnet: error: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print("alexnet: interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        return 0
+
+
+def add_command(sub: Any, name: str, help: str, description: str | None = None) -> ArgumentParser:
+    return sub.add_parser(name, help=help, description=description or help)
+
+
+def add_model_arguments(p: argparse.ArgumentParser, *, required_weights: bool = False) -> None:
+    """``--model M --weights FILE`` (``--weights`` may be ``torchvision`` for alexnet_owt)."""
+    from alexnet.models import list_models
+
+    p.add_argument(
+        "--model",
+        "-m",
+        help=f"model name ({', '.join(list_models())}); default: the one recorded in --weights",
+    )
+    p.add_argument(
+        "--weights",
+        "-w",
+        required=required_weights,
+        help="weights file (.safetensors written by alexnet, or a .pth state dict), or 'torchvision'",
+    )
+
+
+def load_model_from_args(args: argparse.Namespace, *, need_weights: bool = False) -> Any:
+    """Build the model named by ``--model`` / ``--weights``; fail with one clear line when they do not fit."""
+    from alexnet.factory import create_model
+
+    if args.weights is None:
+        if need_weights:
+            raise CommandError("--weights FILE is required (a trained model)")
+        if args.model is None:
+            raise CommandError("--model is required")
+        return create_model(args.model)
+    if args.weights != "torchvision" and not Path(args.weights).exists():
+        raise CommandError(f"{args.weights}: no such weights file")
+    from alexnet.weights import load_pretrained
+
+    return load_pretrained(args.model, args.weights)

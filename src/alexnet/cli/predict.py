@@ -1,0 +1,36 @@
+"""``alexnet predict``: top-k classes for images."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from alexnet.cli._common import CommandError, add_command, add_model_arguments, load_model_from_args
+
+
+def register(sub: Any) -> None:
+    p = add_command(
+        sub,
+        "predict",
+        "classify images with a trained model",
+        "Top-k classes for each image: the weights' own preprocessing (shorter side 256, centre crop), "
+        "class names from the weights or torchvision's ImageNet list.",
+    )
+    p.add_argument("images", nargs="+", metavar="IMAGE")
+    add_model_arguments(p, required_weights=True)
+    p.add_argument("--topk", type=int, default=5, help="how many classes to show (default 5)")
+    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, mps …")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from alexnet.predict import predict_files
+
+    if args.topk < 1:
+        raise CommandError("--topk must be at least 1")
+    model = load_model_from_args(args, need_weights=True)
+    for path, preds in predict_files(model, args.images, topk=args.topk, device=args.device):
+        print(path)
+        for p in preds:
+            print(f"  {p.probability:7.2%}  {p.label}  ({p.index})")
+    return 0

@@ -1,0 +1,1 @@
+"""Data: image decoding, paper preprocessing, ImageNet-layout folders, the built-in data set."""

@@ -1,0 +1,71 @@
+"""Decode any image file to an RGB ``uint8`` tensor (3×H×W), with a clear error for anything else.
+
+torchvision.io decodes JPEG (incl. CMYK and grayscale) and PNG (incl. 16-bit, palette, alpha); anything it cannot
+read falls back to Pillow (BMP, TIFF, GIF, WebP …). Alpha is dropped, 16-bit is scaled to 8-bit.
+"""
+
+from __future__ import annotations
+
+import io
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+from torchvision.io import ImageReadMode, decode_image
+
+from alexnet.errors import ImageError
+
+MAX_PIXELS = 178_956_970  # Pillow's decompression-bomb limit
+
+# torchvision 0.29 announces that torchvision.io will move to TorchCodec; its decoders still work and are fast.
+warnings.filterwarnings("ignore", message="The image decoding and encoding capabilities of TorchVision")
+
+
+def decode_rgb(data: bytes | torch.Tensor, name: str = "<bytes>") -> torch.Tensor:
+    """Decode encoded image bytes to a ``uint8`` RGB tensor of shape 3×H×W."""
+    raw = data if isinstance(data, torch.Tensor) else torch.frombuffer(bytearray(data), dtype=torch.uint8)
+    if raw.numel() == 0:
+        raise ImageError(f"{name}: empty file, not an image")
+    try:
+        img = decode_image(raw, mode=ImageReadMode.RGB)
+    except (RuntimeError, ValueError):
+        img = _decode_with_pil(bytes(raw.numpy().tobytes()), name)
+    if img.dtype != torch.uint8:  # 16-bit PNG
+        img = (img.to(torch.float32) / 257.0).round().clamp(0, 255).to(torch.uint8)
+    if img.ndim != 3 or img.shape[0] != 3 or img.shape[1] < 1 or img.shape[2] < 1:
+        raise ImageError(f"{name}: decoded to an unexpected shape {tuple(img.shape)}")
+    return img
+
+
+def _decode_with_pil(data: bytes, name: str) -> torch.Tensor:
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(io.BytesIO(data)) as im:
+            if im.width * im.height > MAX_PIXELS:
+                raise ImageError(f"{name}: {im.width}×{im.height} pixels is too large")
+            im.load()
+            if im.mode in ("I;16", "I;16B", "I;16L", "I"):
+                arr = np.asarray(im, dtype=np.float32) / 257.0
+                im = Image.fromarray(arr.clip(0, 255).astype(np.uint8), mode="L")
+            rgb = im.convert("RGB")
+    except ImageError:
+        raise
+    except UnidentifiedImageError:
+        raise ImageError(f"{name}: not an image (unknown or unsupported format)") from None
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
+        raise ImageError(f"{name}: not a readable image ({type(e).__name__}: {e})") from None
+    return torch.from_numpy(np.array(rgb, dtype=np.uint8)).permute(2, 0, 1).contiguous()
+
+
+def read_image(path: str | Path) -> torch.Tensor:
+    """Read and decode an image file to a ``uint8`` RGB tensor (3×H×W); :class:`ImageError` if it is not one."""
+    p = Path(path)
+    try:
+        data = p.read_bytes()
+    except IsADirectoryError:
+        raise ImageError(f"{p}: is a folder, not an image file") from None
+    except OSError as e:
+        raise ImageError(f"{p}: cannot read ({e.strerror or e})") from None
+    return decode_rgb(data, str(p))

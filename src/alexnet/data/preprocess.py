@@ -1,0 +1,60 @@
+"""How an image becomes a model input: the preprocessing that travels with a weights file.
+
+AlexNet §2: rescale the shorter side to 256, take the central 256×256 patch, subtract the mean; the network then
+sees a 227×227 (or 224×224) crop. Caffe-trained weights expect BGR pixels in 0–255 minus the mean; torchvision's
+expect RGB in 0–1 normalised by mean/std. :class:`Preprocessing` records which.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import torch
+from torchvision.transforms import v2
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)  # RGB, 0–1
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+@dataclass(frozen=True)
+class Preprocessing:
+    """``mean``/``std`` are per channel in the model's channel order and pixel scale."""
+
+    input_size: int = 227
+    resize: int = 256
+    mean: tuple[float, float, float] = IMAGENET_MEAN
+    std: tuple[float, float, float] = IMAGENET_STD
+    channel_order: str = "RGB"  # or "BGR" (Caffe)
+    pixel_scale: float = 1.0  # 1.0: pixels in 0–1; 255.0: pixels in 0–255 (Caffe)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Preprocessing:
+        known = {k: v for k, v in d.items() if k in cls.__dataclass_fields__}
+        for key in ("mean", "std"):
+            if key in known:
+                known[key] = tuple(float(v) for v in known[key])
+        return cls(**known)
+
+    def normalize(self, x: torch.Tensor) -> torch.Tensor:
+        """float RGB in 0–1 (…×3×H×W) → the model's input convention."""
+        x = x * self.pixel_scale
+        if self.channel_order == "BGR":
+            x = x.flip(-3)
+        mean = torch.tensor(self.mean, dtype=x.dtype, device=x.device).view(3, 1, 1)
+        std = torch.tensor(self.std, dtype=x.dtype, device=x.device).view(3, 1, 1)
+        return (x - mean) / std
+
+    def eval_transform(self) -> v2.Compose:
+        """uint8 RGB image → normalised centre crop (shorter side ``resize``, centre ``input_size``)."""
+        return v2.Compose(
+            [
+                v2.Resize(self.resize, antialias=True),
+                v2.CenterCrop(self.input_size),
+                v2.ToDtype(torch.float32, scale=True),
+                v2.Lambda(self.normalize),
+            ]
+        )

@@ -1,0 +1,35 @@
+"""Typed errors with messages a person can act on. The CLI prints them as one line and exits with code 2."""
+
+
+class AlexnetError(Exception):
+    """Base class: anything the user can fix (bad name, bad file, bad data)."""
+
+
+class ModelNotFound(AlexnetError, KeyError):
+    def __str__(self) -> str:  # KeyError would quote the message
+        return str(self.args[0]) if self.args else ""
+
+
+class LayerNotFound(AlexnetError, KeyError):
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else ""
+
+
+class WeightsError(AlexnetError):
+    """Unreadable or malformed weights file."""
+
+
+class WeightsMismatch(WeightsError):
+    """Weights that do not fit the model: names the tensor and both shapes."""
+
+
+class DataError(AlexnetError):
+    """Bad data folder, bad image, too many unreadable files."""
+
+
+class ImageError(DataError):
+    """A file that is not a decodable image."""
+
+
+class TrainingError(AlexnetError):
+    """A run that cannot continue (NaN loss, bad resume state)."""

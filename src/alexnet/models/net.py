@@ -1,0 +1,136 @@
+"""The one AlexNet-family network. Every registered model is an :class:`ArchConfig` of this class.
+
+Layout follows torchvision's ``AlexNet`` (``features`` → [``avgpool``] → flatten → ``classifier``) so that
+``alexnet_owt`` loads ``torchvision.models.alexnet`` state dicts unchanged; every layer is also reachable by the
+papers' names (``conv1`` … ``conv5``, ``relu1``, ``norm1``, ``pool1``, ``fc6``, ``relu6``, ``drop6``, … ``fc8``)
+through :meth:`AlexNetFamily.layer` and :meth:`AlexNetFamily.named_layers`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import torch
+from torch import nn
+
+from alexnet.errors import LayerNotFound
+from alexnet.models.configs import ArchConfig
+from alexnet.models.layers import LocalResponseNorm
+
+
+class AlexNetFamily(nn.Module):
+    """conv stages (conv, ReLU, LRN, overlapping max-pool; AlexNet §3) then dropout-regularised fc layers."""
+
+    def __init__(self, config: ArchConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.default_input_size = config.input_size
+        self.num_classes = config.num_classes
+        self._paths: dict[str, str] = {}
+
+        features: list[tuple[str, nn.Module]] = []
+        in_ch = config.in_channels
+        for i, c in enumerate(config.convs, start=1):
+            features.append(
+                (f"conv{i}", nn.Conv2d(in_ch, c.out, c.kernel, c.stride, c.padding, groups=c.groups))
+            )
+            features.append((f"relu{i}", nn.ReLU()))
+            post: list[tuple[str, nn.Module]] = []
+            if c.norm and config.lrn is not None:
+                lrn = config.lrn
+                post.append(
+                    (f"norm{i}", LocalResponseNorm(lrn.size, lrn.alpha, lrn.beta, lrn.k, lrn.alpha_over_size))
+                )
+            if c.pool:
+                pool = nn.MaxPool2d(config.pool_kernel, config.pool_stride, ceil_mode=config.ceil_mode)
+                post.insert(0 if config.pool_before_norm else len(post), (f"pool{i}", pool))
+            features.extend(post)
+            in_ch = c.out
+        self.features = self._sequential("features", features)
+
+        spatial = config.adaptive_pool or self._pool5_size(config)
+        if config.adaptive_pool:
+            self.avgpool = nn.AdaptiveAvgPool2d(config.adaptive_pool)
+            self._paths["avgpool"] = "avgpool"
+        classifier: list[tuple[str, nn.Module]] = []
+        in_f = in_ch * spatial * spatial
+        first_fc = len(config.convs) + 1
+        for j, f in enumerate(config.fcs):
+            idx = first_fc + j
+            out_f = f.out if f.out is not None else config.num_classes
+            last = j == len(config.fcs) - 1
+            if not last and config.dropout_before_fc:
+                classifier.append((f"drop{idx}", nn.Dropout(config.dropout)))
+            classifier.append((f"fc{idx}", nn.Linear(in_f, out_f)))
+            if not last:
+                classifier.append((f"relu{idx}", nn.ReLU()))
+                if not config.dropout_before_fc:
+                    classifier.append((f"drop{idx}", nn.Dropout(config.dropout)))
+            in_f = out_f
+        self.classifier = self._sequential("classifier", classifier)
+        self.reset_parameters()
+
+    def _sequential(self, prefix: str, named: list[tuple[str, nn.Module]]) -> nn.Sequential:
+        for index, (name, _) in enumerate(named):
+            self._paths[name] = f"{prefix}.{index}"
+        return nn.Sequential(*(m for _, m in named))
+
+    @staticmethod
+    def _pool5_size(config: ArchConfig) -> int:
+        """Spatial size at the end of the conv trunk for the config's own input size (shape propagation)."""
+        size = config.input_size
+        for c in config.convs:
+            size = (size + 2 * c.padding - c.kernel) // c.stride + 1
+            if c.pool:
+                num = size - config.pool_kernel
+                size = (-(-num // config.pool_stride) if config.ceil_mode else num // config.pool_stride) + 1
+        return size
+
+    @torch.no_grad()
+    def reset_parameters(self) -> None:
+        """Paper initialisation: weights N(0, std) and constant biases per layer (AlexNet §5, ZFNet §3)."""
+        if self.config.init == "pytorch":
+            for m in self.modules():
+                if isinstance(m, nn.Conv2d | nn.Linear):
+                    m.reset_parameters()
+            return
+        specs = [*self.config.convs, *self.config.fcs]
+        layers = [m for m in self.modules() if isinstance(m, nn.Conv2d | nn.Linear)]
+        for spec, m in zip(specs, layers, strict=True):
+            nn.init.normal_(m.weight, 0.0, spec.weight_std)
+            nn.init.constant_(m.bias, spec.bias)
+
+    # --- the papers' vocabulary -------------------------------------------------------------------------
+    def layer_names(self) -> list[str]:
+        """Paper names of every layer in forward order (``conv1``, ``relu1``, ``norm1``, ``pool1`` …)."""
+        return list(self._paths)
+
+    def layer(self, name: str) -> nn.Module:
+        """The module called ``name`` in the papers (``conv5``, ``pool5``, ``fc7`` …)."""
+        if name not in self._paths:
+            raise LayerNotFound(
+                f"no layer {name!r} in {self.config.name}; valid layers: {', '.join(self._paths)}"
+            )
+        return self.get_submodule(self._paths[name])
+
+    def layer_path(self, name: str) -> str:
+        """The module path (``features.0``) of a paper-named layer, as used in state-dict keys."""
+        self.layer(name)
+        return self._paths[name]
+
+    def named_layers(self) -> Iterator[tuple[str, nn.Module]]:
+        for name, path in self._paths.items():
+            yield name, self.get_submodule(path)
+
+    # --- forward ----------------------------------------------------------------------------------------
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        """The conv trunk: image batch → pool5 maps (``N×256×6×6`` for the paper models)."""
+        return self.features(x)
+
+    def forward_head(self, features: torch.Tensor) -> torch.Tensor:
+        if self.config.adaptive_pool:
+            features = self.avgpool(features)
+        return self.classifier(torch.flatten(features, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_head(self.forward_features(x))

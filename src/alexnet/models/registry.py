@@ -1,0 +1,33 @@
+"""timm-style registry: ``create_model(name)`` and ``list_models()`` over :data:`~alexnet.models.configs.CONFIGS`."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from alexnet.errors import ModelNotFound
+from alexnet.models.configs import CONFIGS, ArchConfig
+from alexnet.models.net import AlexNetFamily
+
+
+def list_models() -> list[str]:
+    """Registered model names, in registration order."""
+    return list(CONFIGS)
+
+
+def get_config(name: str) -> ArchConfig:
+    try:
+        return CONFIGS[name]
+    except KeyError:
+        raise ModelNotFound(f"unknown model {name!r}; choose one of: {', '.join(CONFIGS)}") from None
+
+
+def register(config: ArchConfig) -> ArchConfig:
+    """Add a configuration (e.g. one read from an ONNX graph) under ``config.name``."""
+    CONFIGS[config.name] = config
+    return config
+
+
+def build_model(name_or_config: str | ArchConfig, num_classes: int = 1000, **overrides: Any) -> AlexNetFamily:
+    """Build a freshly initialised network from a registered name or a config."""
+    config = get_config(name_or_config) if isinstance(name_or_config, str) else name_or_config
+    return AlexNetFamily(config.with_overrides(num_classes=num_classes, **overrides))

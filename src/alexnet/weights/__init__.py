@@ -1,0 +1,60 @@
+"""Weights: safetensors files with metadata, and loading them (or torchvision's) into a registered model."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from alexnet.errors import WeightsError, WeightsMismatch
+from alexnet.models import AlexNetFamily, ArchConfig, build_model, get_config
+from alexnet.weights.io import (
+    WeightsMeta,
+    atomic_write,
+    load_state_dict_checked,
+    read_weights,
+    save_weights,
+)
+
+__all__ = [
+    "WeightsMeta",
+    "atomic_write",
+    "load_pretrained",
+    "load_state_dict_checked",
+    "read_weights",
+    "save_weights",
+]
+
+
+def load_pretrained(
+    name: str | None, weights: str | Path, num_classes: int | None = None, **overrides: Any
+) -> AlexNetFamily:
+    """Build ``name`` and load ``weights`` ("torchvision" or a file path) into it; attach the metadata.
+
+    ``name=None`` builds whatever architecture the file's metadata records. A file made for another model is
+    refused with a message naming both.
+    """
+    if str(weights) == "torchvision":
+        from alexnet.weights.torchvision import fetch_torchvision_state_dict, torchvision_meta
+
+        if name not in (None, "alexnet_owt"):
+            raise WeightsMismatch(f"torchvision's AlexNet weights fit alexnet_owt, not {name}")
+        state, meta = fetch_torchvision_state_dict(), torchvision_meta()
+    else:
+        state, meta = read_weights(weights)
+    if name is None and meta.model is None:
+        raise WeightsError(f"{weights}: the file does not say which model it is for; pass --model")
+    if name is not None and meta.model is not None and meta.model != name:
+        raise WeightsMismatch(f"{weights}: holds weights for model {meta.model!r}, not {name!r}")
+    name = name or meta.model
+    assert name is not None
+    num_classes = num_classes or meta.num_classes or 1000
+    try:
+        config = get_config(name)
+    except KeyError:
+        if meta.config is None:
+            raise
+        config = ArchConfig.from_dict(meta.config)
+    model = build_model(config, num_classes=num_classes, **overrides)
+    load_state_dict_checked(model, state, str(weights))
+    model.weights_meta = meta
+    return model

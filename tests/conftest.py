@@ -1,0 +1,30 @@
+"""Shared fixtures: real photographs from scikit-image, small temporary files."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+os.environ.setdefault("MPLBACKEND", "Agg")
+torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+
+
+@pytest.fixture(scope="session")
+def chelsea() -> np.ndarray:
+    """A real photograph (a cat), 300×451 RGB uint8."""
+    import skimage.data
+
+    return skimage.data.chelsea()
+
+
+@pytest.fixture
+def chelsea_jpeg(tmp_path: Path, chelsea: np.ndarray) -> Path:
+    from PIL import Image
+
+    path = tmp_path / "chelsea.jpg"
+    Image.fromarray(chelsea).save(path, quality=92)
+    return path

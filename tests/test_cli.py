@@ -1,0 +1,168 @@
+"""The command line: --help everywhere, real output, and one-line errors with exit code 2."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+import alexnet
+from alexnet.cli import build_parser, main
+from alexnet.weights import WeightsMeta, save_weights
+
+ALEXNET = [sys.executable, "-m", "alexnet.cli"]
+
+
+def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([*ALEXNET, *args], capture_output=True, text=True, timeout=300)
+
+
+def test_console_script_help_lists_commands():
+    r = run_cli("--help")
+    assert r.returncode == 0
+    for cmd in ("models", "summary", "predict"):
+        assert cmd in r.stdout
+
+
+def test_every_command_has_help(capsys):
+    parser = build_parser()
+    commands = parser._subparsers._group_actions[0].choices  # type: ignore[union-attr]
+    assert len(commands) >= 3
+    for name in commands:
+        with pytest.raises(SystemExit) as e:
+            main([name, "--help"])
+        assert e.value.code == 0, name
+        assert "usage:" in capsys.readouterr().out
+
+
+def test_models_lists_every_registered_model(capsys):
+    assert main(["models"]) == 0
+    out = capsys.readouterr().out
+    for name in alexnet.list_models():
+        assert name in out
+
+
+def test_summary_compare_prints_side_by_side(capsys):
+    assert main(["summary", "--compare", "alexnet", "zfnet"]) == 0
+    out = capsys.readouterr().out
+    assert "alexnet (227)" in out and "zfnet (224)" in out
+    assert "60,965,224" in out and "62,357,608" in out
+    assert "110×110" in out
+
+
+def test_summary_json_schema(capsys):
+    assert main(["summary", "alexnet", "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["model"] == "alexnet" and data["input_size"] == 227
+    assert set(data["layers"][0]) == {
+        "name",
+        "type",
+        "output_shape",
+        "params",
+        "macs",
+        "flops",
+        "activation_bytes",
+        "receptive_field",
+        "stride",
+    }
+    assert set(data["totals"]) == {"params", "macs", "flops", "activation_bytes"}
+    assert data["totals"]["params"] == 60_965_224
+
+
+def one_line_error(capsys) -> str:
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "Traceback" not in err, err
+    return err
+
+
+def test_unknown_model_is_one_line_exit_2(capsys):
+    assert main(["summary", "vgg16"]) == 2
+    assert "unknown model 'vgg16'" in one_line_error(capsys)
+
+
+def test_bad_flag_is_one_line_exit_2(capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["summary", "alexnet", "--frobnicate"])
+    assert e.value.code == 2
+    assert "unrecognized arguments" in one_line_error(capsys)
+
+
+def test_too_small_input_size_is_a_clear_error(capsys):
+    assert main(["summary", "alexnet", "--input-size", "40"]) == 2
+    assert "cannot take a 40px input" in one_line_error(capsys)
+
+
+@pytest.fixture
+def owt_weights(tmp_path: Path) -> Path:
+    torch.manual_seed(0)
+    path = tmp_path / "owt.safetensors"
+    save_weights(alexnet.create_model("alexnet_owt"), path)
+    return path
+
+
+def test_predict_prints_topk_with_imagenet_names(capsys, owt_weights, chelsea_jpeg):
+    assert main(["predict", str(chelsea_jpeg), "--weights", str(owt_weights), "--topk", "3"]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert lines[0] == str(chelsea_jpeg) and len(lines) == 4
+    from alexnet.data.classes import imagenet_classes
+
+    assert any(name in lines[1] for name in imagenet_classes())
+
+
+def test_predict_uses_class_names_from_the_weights(capsys, tmp_path, chelsea_jpeg):
+    path = tmp_path / "ten.safetensors"
+    names = [f"shape{i}" for i in range(10)]
+    save_weights(alexnet.create_model("alexnet", num_classes=10), path, WeightsMeta(classes=names))
+    assert main(["predict", str(chelsea_jpeg), "--weights", str(path), "--topk", "10"]) == 0
+    out = capsys.readouterr().out
+    assert all(n in out for n in names)
+
+
+def test_predict_missing_image(capsys, owt_weights, tmp_path):
+    assert main(["predict", str(tmp_path / "nope.jpg"), "--weights", str(owt_weights)]) == 2
+    assert "nope.jpg" in one_line_error(capsys)
+
+
+def test_predict_non_image_file(capsys, owt_weights, tmp_path):
+    bad = tmp_path / "notes.jpg"
+    bad.write_text("not a jpeg")
+    assert main(["predict", str(bad), "--weights", str(owt_weights)]) == 2
+    assert "not an image" in one_line_error(capsys)
+
+
+def test_predict_missing_weights_file(capsys, chelsea_jpeg, tmp_path):
+    assert main(["predict", str(chelsea_jpeg), "--weights", str(tmp_path / "w.safetensors")]) == 2
+    assert "no such weights file" in one_line_error(capsys)
+
+
+def test_weights_for_another_model_are_refused(capsys, owt_weights, chelsea_jpeg):
+    assert main(["predict", str(chelsea_jpeg), "--model", "alexnet", "--weights", str(owt_weights)]) == 2
+    assert "holds weights for model 'alexnet_owt', not 'alexnet'" in one_line_error(capsys)
+
+
+def test_mismatched_tensor_names_both_shapes(capsys, tmp_path, chelsea_jpeg):
+    from safetensors.torch import save_file
+
+    state = alexnet.create_model("alexnet_owt").state_dict()
+    state["classifier.1.weight"] = torch.zeros(4096, 6400)
+    path = tmp_path / "bad.safetensors"
+    save_file({k: v.contiguous() for k, v in state.items()}, path, metadata={"model": "alexnet_owt"})
+    assert main(["predict", str(chelsea_jpeg), "--weights", str(path)]) == 2
+    assert "classifier.1.weight expects [4096, 9216], file has [4096, 6400]" in one_line_error(capsys)
+
+
+def test_corrupt_weights_file(capsys, tmp_path, chelsea_jpeg):
+    path = tmp_path / "junk.safetensors"
+    path.write_bytes(b"\x00" * 100)
+    assert main(["predict", str(chelsea_jpeg), "--model", "alexnet", "--weights", str(path)]) == 2
+    assert "not a readable safetensors file" in one_line_error(capsys)
+
+
+def test_subprocess_error_has_no_traceback():
+    r = run_cli("summary", "nosuchnet")
+    assert r.returncode == 2
+    assert r.stderr.strip().count("\n") == 0 and "Traceback" not in r.stderr

@@ -1,0 +1,241 @@
+"""The registered architectures: counts, shapes, layer names, groups and initialisation as the papers state."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+import alexnet
+from alexnet.errors import LayerNotFound, ModelNotFound
+from alexnet.models import LocalResponseNorm, renormalize_filters_
+
+REGISTERED = ["alexnet", "caffenet", "bvlc_alexnet", "alexnet_owt", "zfnet", "zfnet_b"]
+
+
+def n_params(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def test_registry_lists_exactly_the_documented_models():
+    assert alexnet.list_models() == REGISTERED
+
+
+def test_unknown_model_names_the_valid_ones():
+    with pytest.raises(ModelNotFound, match="choose one of: alexnet, caffenet"):
+        alexnet.create_model("resnet50")
+
+
+@pytest.mark.parametrize(
+    ("name", "count"),
+    [
+        ("alexnet", 60_965_224),  # two-tower layout of AlexNet Fig. 2
+        ("caffenet", 60_965_224),
+        ("bvlc_alexnet", 60_965_224),
+        ("alexnet_owt", 61_100_840),  # torchvision
+        ("zfnet", 62_357_608),  # Zeiler & Fergus Fig. 3
+    ],
+)
+def test_parameter_counts_match_the_papers(name, count):
+    assert n_params(alexnet.create_model(name)) == count
+
+
+def test_num_classes_changes_only_fc8():
+    m = alexnet.create_model("alexnet", num_classes=10)
+    assert m.layer("fc8").out_features == 10
+    assert n_params(m) == 60_965_224 - 4096 * 990 - 990
+
+
+@pytest.mark.parametrize("name", REGISTERED)
+@pytest.mark.parametrize("size", [224, 227])
+def test_every_model_accepts_224_and_227_inputs(name, size):
+    m = alexnet.create_model(name, num_classes=7).eval()
+    with torch.no_grad():
+        assert m(torch.randn(2, 3, size, size)).shape == (2, 7)
+        feats = m.forward_features(torch.randn(1, 3, size, size))
+    assert feats.shape[-2:] == (6, 6)
+
+
+def test_default_input_sizes():
+    sizes = {n: alexnet.create_model(n).default_input_size for n in REGISTERED}
+    assert sizes == {
+        "alexnet": 227,
+        "caffenet": 227,
+        "bvlc_alexnet": 227,
+        "alexnet_owt": 224,
+        "zfnet": 224,
+        "zfnet_b": 224,
+    }
+
+
+def test_zfnet_feature_maps_follow_figure_3():
+    m = alexnet.create_model("zfnet").eval()
+    x = torch.randn(1, 3, 224, 224)
+    sizes = {}
+    with torch.no_grad():
+        for name, layer in m.named_layers():
+            if name.startswith("fc") or name == "drop6":
+                break
+            x = layer(x)
+            sizes[name] = x.shape[-1]
+    assert [sizes[k] for k in ("conv1", "pool1", "conv2", "pool2", "conv3", "conv4", "conv5", "pool5")] == [
+        110,
+        55,
+        26,
+        13,
+        13,
+        13,
+        13,
+        6,
+    ]
+    assert m.layer("conv1").kernel_size == (7, 7) and m.layer("conv1").stride == (2, 2)
+    assert m.layer("conv2").stride == (2, 2)
+    assert all(m.layer(f"conv{i}").groups == 1 for i in range(1, 6))
+
+
+def test_zfnet_b_widens_conv3_to_conv5():
+    m = alexnet.create_model("zfnet_b")
+    assert [m.layer(f"conv{i}").out_channels for i in (3, 4, 5)] == [512, 1024, 512]
+
+
+def test_alexnet_layer_order_and_table():
+    m = alexnet.create_model("alexnet")
+    assert m.layer_names()[:8] == ["conv1", "relu1", "norm1", "pool1", "conv2", "relu2", "norm2", "pool2"]
+    c = [m.layer(f"conv{i}") for i in range(1, 6)]
+    assert [x.out_channels for x in c] == [96, 256, 384, 384, 256]
+    assert [x.kernel_size[0] for x in c] == [11, 5, 3, 3, 3]
+    assert [x.groups for x in c] == [1, 2, 1, 2, 2]  # conv3 is dense across both towers (§3.5)
+    assert c[0].stride == (4, 4)
+    pool = m.layer("pool1")
+    assert (pool.kernel_size, pool.stride) == (3, 2)  # overlapping pooling, §3.4
+    norm = m.layer("norm1")
+    assert (norm.size, norm.alpha, norm.beta, norm.k, norm.alpha_over_size) == (5, 1e-4, 0.75, 2.0, False)
+
+
+def test_caffenet_pools_before_normalising_with_caffe_lrn():
+    m = alexnet.create_model("caffenet")
+    assert m.layer_names()[:4] == ["conv1", "relu1", "pool1", "norm1"]
+    norm = m.layer("norm1")
+    assert (norm.k, norm.alpha_over_size, norm.sum_alpha) == (1.0, True, pytest.approx(2e-5))
+
+
+def test_alexnet_owt_has_torchvision_state_dict_keys():
+    import torchvision
+
+    ours = alexnet.create_model("alexnet_owt").state_dict()
+    theirs = torchvision.models.alexnet().state_dict()
+    assert list(ours) == list(theirs)
+    assert all(ours[k].shape == theirs[k].shape for k in ours)
+
+
+def test_alexnet_owt_gives_torchvision_logits_with_the_same_weights():
+    import torchvision
+
+    torch.manual_seed(0)
+    tv = torchvision.models.alexnet().eval()
+    ours = alexnet.create_model("alexnet_owt").eval()
+    ours.load_state_dict(tv.state_dict())
+    x = torch.randn(3, 3, 224, 224)
+    with torch.no_grad():
+        assert torch.equal(ours(x), tv(x))
+
+
+def test_paper_initialisation_alexnet_section_5():
+    torch.manual_seed(0)
+    m = alexnet.create_model("alexnet")
+    biases = {
+        n: float(m.layer(n).bias.unique().item())
+        for n in ("conv1", "conv2", "conv3", "conv4", "conv5", "fc6", "fc7", "fc8")
+    }
+    assert biases == {
+        "conv1": 0,
+        "conv2": 1,
+        "conv3": 0,
+        "conv4": 1,
+        "conv5": 1,
+        "fc6": 1,
+        "fc7": 1,
+        "fc8": 0,
+    }
+    w = m.layer("fc6").weight
+    assert abs(float(w.mean())) < 1e-4 and float(w.std()) == pytest.approx(0.01, rel=0.01)
+
+
+def test_bvlc_alexnet_uses_caffe_init():
+    m = alexnet.create_model("bvlc_alexnet")
+    assert float(m.layer("conv2").bias[0]) == pytest.approx(0.1)
+    assert float(m.layer("fc6").weight.std()) == pytest.approx(0.005, rel=0.02)
+    assert float(m.layer("fc8").weight.std()) == pytest.approx(0.01, rel=0.05)
+
+
+def test_zfnet_initialisation_section_3():
+    m = alexnet.create_model("zfnet")
+    assert all(float(m.layer(f"conv{i}").bias.abs().max()) == 0 for i in range(1, 6))
+    assert float(m.layer("conv3").weight.std()) == pytest.approx(0.01, rel=0.02)
+
+
+@pytest.mark.parametrize("conv", ["conv2", "conv4", "conv5"])
+def test_grouped_layers_keep_the_towers_apart(conv):
+    """AlexNet Fig. 2: in conv2/4/5 a tower's kernels see only their own tower's maps of the layer below."""
+    m = alexnet.create_model("alexnet")
+    layer = m.layer(conv)
+    x = torch.randn(1, layer.in_channels, 13, 13, requires_grad=True)
+    y = layer(x)
+    y[:, : layer.out_channels // 2].sum().backward()
+    half = layer.in_channels // 2
+    assert x.grad[:, half:].abs().max() == 0
+    assert x.grad[:, :half].abs().max() > 0
+
+
+def test_conv3_connects_to_both_towers():
+    layer = alexnet.create_model("alexnet").layer("conv3")
+    x = torch.randn(1, 256, 13, 13, requires_grad=True)
+    layer(x)[:, :192].sum().backward()
+    assert x.grad[:, 128:].abs().max() > 0 and x.grad[:, :128].abs().max() > 0
+
+
+def test_layers_are_addressable_by_paper_names():
+    m = alexnet.create_model("alexnet")
+    assert isinstance(m.layer("conv5"), nn.Conv2d)
+    assert isinstance(m.layer("norm2"), LocalResponseNorm)
+    assert isinstance(m.layer("pool5"), nn.MaxPool2d)
+    assert isinstance(m.layer("fc7"), nn.Linear)
+    assert m.layer_path("fc8") == "classifier.6"
+    with pytest.raises(LayerNotFound, match="valid layers: conv1"):
+        m.layer("conv6")
+
+
+def test_dropout_acts_on_fc6_and_fc7_outputs_in_the_paper_models():
+    """AlexNet §4.2: dropout "in the first two fully-connected layers" (Caffe: drop6/drop7 after relu6/relu7)."""
+    names = alexnet.create_model("alexnet").layer_names()
+    assert names[names.index("fc6") :] == ["fc6", "relu6", "drop6", "fc7", "relu7", "drop7", "fc8"]
+
+
+def test_channels_last_gives_the_same_logits():
+    m = alexnet.create_model("alexnet").eval()
+    x = torch.randn(2, 3, 227, 227)
+    with torch.no_grad():
+        ref = m(x)
+        out = m.to(memory_format=torch.channels_last)(x.to(memory_format=torch.channels_last))
+    torch.testing.assert_close(out, ref, rtol=1e-4, atol=1e-5)
+
+
+def test_overrides_change_config_fields_and_reject_unknown_ones():
+    m = alexnet.create_model("alexnet", dropout=0.0)
+    assert m.layer("drop6").p == 0.0
+    with pytest.raises(TypeError, match="unknown model option"):
+        alexnet.create_model("alexnet", wings=2)
+
+
+def test_filter_renormalisation_caps_rms_at_one_tenth():
+    """ZFNet §3: filters whose RMS exceeds 0.1 are renormalised to RMS 0.1; others are untouched."""
+    m = alexnet.create_model("zfnet")
+    conv = m.layer("conv1")
+    with torch.no_grad():
+        conv.weight[:10].mul_(50)  # RMS 0.5
+    before = conv.weight[10:].clone()
+    changed = renormalize_filters_(m)
+    rms = conv.weight.pow(2).mean(dim=(1, 2, 3)).sqrt()
+    assert changed == 10
+    torch.testing.assert_close(rms[:10], torch.full((10,), 0.1))
+    assert torch.equal(conv.weight[10:], before)

@@ -1,0 +1,97 @@
+"""Weights files: safetensors with metadata round trip; .pth only with weights_only; torchvision's path."""
+
+from __future__ import annotations
+
+import os
+import pickle
+from pathlib import Path
+
+import pytest
+import torch
+
+import alexnet
+from alexnet.data.preprocess import Preprocessing
+from alexnet.errors import WeightsError, WeightsMismatch
+from alexnet.weights import WeightsMeta, load_pretrained, read_weights, save_weights
+
+
+def test_safetensors_round_trip_keeps_tensors_and_metadata(tmp_path):
+    m = alexnet.create_model("zfnet", num_classes=10)
+    meta = WeightsMeta(
+        classes=[str(i) for i in range(10)],
+        preprocessing=Preprocessing(
+            input_size=224, channel_order="BGR", pixel_scale=255.0, mean=(104, 117, 123), std=(1, 1, 1)
+        ),
+        source="test",
+        tensors={"mean_image": torch.rand(3, 256, 256)},
+    )
+    path = save_weights(m, tmp_path / "z.safetensors", meta)
+    m2 = alexnet.create_model("zfnet", weights=path)
+    assert m2.num_classes == 10
+    assert all(
+        torch.equal(a, b) for a, b in zip(m.state_dict().values(), m2.state_dict().values(), strict=True)
+    )
+    got = m2.weights_meta
+    assert got.model == "zfnet" and got.classes == meta.classes and got.preprocessing == meta.preprocessing
+    assert torch.equal(got.tensors["mean_image"], meta.tensors["mean_image"])
+
+
+def test_model_name_is_read_from_the_file(tmp_path):
+    path = save_weights(alexnet.create_model("caffenet"), tmp_path / "c.safetensors")
+    assert load_pretrained(None, path).config.name == "caffenet"
+
+
+def test_save_is_atomic_and_leaves_no_temporary_files(tmp_path):
+    save_weights(alexnet.create_model("alexnet_owt"), tmp_path / "a.safetensors")
+    assert sorted(os.listdir(tmp_path)) == ["a.safetensors"]
+
+
+def test_pth_state_dict_is_read_without_unpickling_code(tmp_path):
+    import torchvision
+
+    sd = torchvision.models.alexnet().state_dict()
+    torch.save(sd, tmp_path / "tv.pth")
+    m = alexnet.create_model("alexnet_owt", weights=tmp_path / "tv.pth")
+    assert torch.equal(m.state_dict()["features.0.weight"], sd["features.0.weight"])
+
+
+class Evil:
+    def __reduce__(self):
+        return (os.system, ("echo pwned > /tmp/alexnet-pwned",))
+
+
+def test_pickle_with_code_is_refused(tmp_path):
+    path = tmp_path / "evil.pth"
+    with open(path, "wb") as f:
+        pickle.dump({"x": Evil()}, f)
+    with pytest.raises(WeightsError, match="not a loadable PyTorch weights file"):
+        read_weights(path)
+    assert not Path("/tmp/alexnet-pwned").exists()
+
+
+def test_wrong_model_for_file_is_refused(tmp_path):
+    path = save_weights(alexnet.create_model("zfnet"), tmp_path / "z.safetensors")
+    with pytest.raises(WeightsMismatch, match="holds weights for model 'zfnet', not 'alexnet'"):
+        alexnet.create_model("alexnet", weights=path)
+
+
+def test_torchvision_weights_path_loads_a_state_dict(monkeypatch):
+    """The same code path as weights="torchvision", with a state dict made locally instead of downloaded."""
+    import torchvision
+
+    import alexnet.weights.torchvision as tvw
+
+    torch.manual_seed(3)
+    tv = torchvision.models.alexnet().eval()
+    monkeypatch.setattr(tvw, "fetch_torchvision_state_dict", lambda progress=True: tv.state_dict())
+    m = alexnet.create_model("alexnet_owt", weights="torchvision").eval()
+    x = torch.randn(2, 3, 224, 224)
+    with torch.no_grad():
+        assert torch.equal(m(x), tv(x))
+    assert m.weights_meta.classes[0] == "tench" and len(m.weights_meta.classes) == 1000
+    assert m.weights_meta.preprocessing.input_size == 224
+
+
+def test_torchvision_weights_do_not_fit_other_models():
+    with pytest.raises(WeightsMismatch, match="fit alexnet_owt, not alexnet"):
+        alexnet.create_model("alexnet", weights="torchvision")
