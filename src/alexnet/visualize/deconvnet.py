@@ -1,0 +1,205 @@
+"""Zeiler & Fergus's deconvnet (ECCV 2014, §2.1): project one feature map, or one unit of it, down to pixels.
+
+To probe a layer's activation, every *other* activation of that layer is set to zero and the kept signal goes
+back down through the layers below, undoing each one in turn:
+
+* **max-pooling → unpooling with switches.** The forward pass records where each pooling window's maximum came
+  from (the "switches"); the signal is put back at exactly those places. AlexNet's pools overlap (3×3 stride 2,
+  AlexNet §3.4), so one input location can be the maximum of two windows: its two contributions are *added*
+  (this is the transpose of the pooling's selection; ``F.max_unpool2d`` would keep only one of them). Caffe's
+  ``ceil_mode`` and the pool's padding are honoured because the switches are flat indices into the real input.
+* **ReLU → ReLU.** The reconstruction is rectified ("to obtain valid feature reconstructions at each layer",
+  §2.1); the forward pass's on/off pattern is *not* used (that would be the gradient, i.e. a saliency map).
+* **convolution → transposed convolution** with the *same* filters ("flipped vertically and horizontally"),
+  stride, padding and groups (AlexNet's two towers), with the output padding that gives back the layer's exact
+  input size. Biases are not used: the projection maps the signal, not an offset.
+* **contrast normalisation → passed through unchanged.** ZF §2.1 lists only unpool, rectify and filter; the
+  local response normalisation (AlexNet §3.3) is not inverted (it is close to a per-location scale for the
+  small ``α`` of both papers), so the signal goes through it as it is.
+
+The result equals the gradient of (kept activation · its value) with respect to the input in a network whose
+ReLU backward is ``relu(grad)`` and whose LRN backward is the identity; ``tests/test_visualize_deconvnet.py``
+checks that for every registered model.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from alexnet.models import AlexNetFamily
+from alexnet.visualize.hooks import SelectionError, check_trunk_layer
+
+
+def _pair(v: int | tuple[int, ...]) -> tuple[int, int]:
+    return (v, v) if isinstance(v, int) else (int(v[0]), int(v[1]))
+
+
+@dataclass
+class _Step:
+    """One layer of the downward pass with what the forward pass recorded for it."""
+
+    module: nn.Module
+    input_size: tuple[int, int]
+    switches: torch.Tensor | None = None
+
+
+def _forward_record(
+    model: AlexNetFamily, images: torch.Tensor, layer: str
+) -> tuple[torch.Tensor, list[_Step]]:
+    """Forward through the trunk up to ``layer``, recording input sizes and the max-pool switches."""
+    steps: list[_Step] = []
+    x = images
+    for name, module in model.named_layers():
+        size = (int(x.shape[-2]), int(x.shape[-1]))
+        if isinstance(module, nn.MaxPool2d):
+            k, s, p, d = (
+                _pair(v) for v in (module.kernel_size, module.stride, module.padding, module.dilation)
+            )
+            x, idx = F.max_pool2d(x, k, s, p, d, ceil_mode=module.ceil_mode, return_indices=True)
+            steps.append(_Step(module, size, idx))
+        else:
+            x = module(x)
+            steps.append(_Step(module, size))
+        if name == layer:
+            return x, steps
+    raise AssertionError("layer checked by check_trunk_layer")
+
+
+def _unpool(y: torch.Tensor, switches: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """Put each pooled value back at its switch; overlapping windows that share a maximum add up."""
+    n, c = y.shape[:2]
+    out = y.new_zeros(n, c, size[0] * size[1])
+    out.scatter_add_(2, switches.flatten(2), y.flatten(2))
+    return out.view(n, c, *size)
+
+
+def _transpose_conv(y: torch.Tensor, conv: nn.Conv2d, size: tuple[int, int]) -> torch.Tensor:
+    """The conv's transpose with the same weights; ``output_padding`` restores the exact input size."""
+    k, s, p, d = (_pair(v) for v in (conv.kernel_size, conv.stride, conv.padding, conv.dilation))
+    out_pad = tuple(
+        size[i] - ((y.shape[-2 + i] - 1) * s[i] - 2 * p[i] + d[i] * (k[i] - 1) + 1) for i in range(2)
+    )
+    return F.conv_transpose2d(
+        y, conv.weight, None, s, p, out_pad, conv.groups, d
+    )  # bias deliberately not used
+
+
+def _down(y: torch.Tensor, steps: list[_Step]) -> torch.Tensor:
+    for step in reversed(steps):
+        m = step.module
+        if isinstance(m, nn.MaxPool2d):
+            assert step.switches is not None
+            y = _unpool(y, step.switches, step.input_size)
+        elif isinstance(m, nn.ReLU):
+            y = F.relu(y)
+        elif isinstance(m, nn.Conv2d):
+            y = _transpose_conv(y, m, step.input_size)
+        # LRN: not inverted, passed through (see the module docstring).
+    return y
+
+
+def _check_channel(acts: torch.Tensor, layer: str, channel: int) -> None:
+    n_ch = acts.shape[1]
+    if not 0 <= channel < n_ch:
+        raise SelectionError(f"channel {channel} is out of range for {layer} (0–{n_ch - 1})")
+
+
+def _check_unit(acts: torch.Tensor, layer: str, unit: tuple[int, int]) -> None:
+    h, w = acts.shape[-2:]
+    row, col = unit
+    if not (0 <= row < h and 0 <= col < w):
+        raise SelectionError(f"unit ({row}, {col}) is outside {layer}'s {h}×{w} map")
+
+
+def layer_shape(model: AlexNetFamily, layer: str, input_size: int | None = None) -> tuple[int, int, int]:
+    """(channels, height, width) of a trunk layer's output for a square input (default: the model's own)."""
+    check_trunk_layer(model, layer)
+    size = input_size or model.default_input_size
+    p = next(model.parameters())
+    with torch.inference_mode():
+        out, _ = _forward_record(model, torch.zeros(1, 3, size, size, dtype=p.dtype, device=p.device), layer)
+    return int(out.shape[1]), int(out.shape[2]), int(out.shape[3])
+
+
+def project(model: AlexNetFamily, images: torch.Tensor, layer: str, mask: torch.Tensor) -> torch.Tensor:
+    """Deconvnet projection of ``mask · activation`` of ``layer`` (mask broadcastable to the layer's output)."""
+    check_trunk_layer(model, layer)
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.inference_mode():
+            acts, steps = _forward_record(model, images, layer)
+            return _down(acts * mask.to(acts), steps)
+    finally:
+        model.train(was_training)
+
+
+def deconvnet(
+    model: AlexNetFamily,
+    images: torch.Tensor,
+    layer: str,
+    channel: int,
+    unit: tuple[int, int] | None = None,
+) -> torch.Tensor:
+    """Project feature map ``channel`` of ``layer`` (or only its unit ``(row, col)``) to pixel space (ZF §2.1).
+
+    ``images``: a normalised batch N×3×H×W (or one 3×H×W image). ``layer``: a conv-trunk layer (``conv1`` …
+    ``pool5``; ``convN`` is before its ReLU). Returns N×3×H×W, in the input's units (not rescaled for display;
+    see :func:`alexnet.visualize.plot.to_display`).
+    """
+    if images.ndim == 3:
+        images = images.unsqueeze(0)
+    check_trunk_layer(model, layer)
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.inference_mode():
+            acts, steps = _forward_record(model, images, layer)
+            _check_channel(acts, layer, channel)
+            mask = torch.zeros_like(acts)
+            if unit is None:
+                mask[:, channel] = 1.0
+            else:
+                _check_unit(acts, layer, unit)
+                mask[:, channel, unit[0], unit[1]] = 1.0
+            return _down(acts * mask, steps)
+    finally:
+        model.train(was_training)
+
+
+class StrongestProjection(NamedTuple):
+    """Per image: the projection of the strongest unit of one feature map, where it is, and its value."""
+
+    images: torch.Tensor  # N×3×H×W
+    units: torch.Tensor  # N×2 (row, col) in the layer's map
+    values: torch.Tensor  # N activation values
+
+
+def deconvnet_strongest(
+    model: AlexNetFamily, images: torch.Tensor, layer: str, channel: int
+) -> StrongestProjection:
+    """For each image, project only the strongest activation of feature map ``channel`` (ZF Fig. 2 and 4)."""
+    if images.ndim == 3:
+        images = images.unsqueeze(0)
+    check_trunk_layer(model, layer)
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.inference_mode():
+            acts, steps = _forward_record(model, images, layer)
+            _check_channel(acts, layer, channel)
+            fmap = acts[:, channel].flatten(1)
+            values, flat = fmap.max(dim=1)
+            width = acts.shape[-1]
+            units = torch.stack((flat // width, flat % width), dim=1)
+            mask = torch.zeros_like(acts).flatten(2)
+            mask[torch.arange(len(acts)), channel, flat] = 1.0
+            proj = _down(acts * mask.view_as(acts), steps)
+            return StrongestProjection(proj, units, values)
+    finally:
+        model.train(was_training)

@@ -1,0 +1,110 @@
+"""Activations by paper layer name: run the network layer by layer and keep the requested outputs.
+
+The network is walked in forward order (``model.named_layers()``: ``conv1``, ``relu1``, ``norm1``, ``pool1`` …
+``fc8``) rather than hooked, so that the pass stops right after the deepest requested layer: asking for ``conv1``
+of a batch costs one convolution, not a whole forward pass. Each module is still *called*, so any forward hooks
+that other code registered keep firing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+
+import torch
+from torch import nn
+
+from alexnet.errors import AlexnetError, LayerNotFound
+from alexnet.models import AlexNetFamily, LocalResponseNorm
+
+
+class SelectionError(AlexnetError, ValueError):
+    """A channel or unit that the chosen layer does not have (out of range)."""
+
+
+TRUNK_TYPES = (nn.Conv2d, nn.ReLU, nn.MaxPool2d, LocalResponseNorm, nn.LocalResponseNorm)
+
+
+def trunk_layers(model: AlexNetFamily) -> list[str]:
+    """Paper names of the conv-trunk layers (``conv1`` … ``pool5``), in forward order."""
+    names: list[str] = []
+    for name, module in model.named_layers():
+        if not isinstance(module, TRUNK_TYPES):
+            break
+        names.append(name)
+    return names
+
+
+def check_layers(model: AlexNetFamily, layers: Iterable[str]) -> list[str]:
+    """Validate ``layers``; :class:`LayerNotFound` (listing the valid names) for an unknown one."""
+    out = list(layers)
+    for name in out:
+        model.layer(name)  # raises LayerNotFound with the valid names
+    return out
+
+
+def check_trunk_layer(model: AlexNetFamily, layer: str) -> None:
+    """:class:`LayerNotFound` unless ``layer`` is a conv-trunk layer (``convN``, ``reluN``, ``normN``, ``poolN``)."""
+    model.layer(layer)
+    trunk = trunk_layers(model)
+    if layer not in trunk:
+        raise LayerNotFound(
+            f"layer {layer!r} is not in the convolutional trunk of {model.config.name}; "
+            f"choose one of: {', '.join(trunk)}"
+        )
+
+
+def walk(
+    model: AlexNetFamily, images: torch.Tensor, until: str, keep: Sequence[str] = ()
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Run ``images`` forward up to and including layer ``until``; return its output and clones of ``keep``.
+
+    Mirrors :meth:`AlexNetFamily.forward`: the trunk, then the adaptive average pool (torchvision's layout) and
+    the flatten before the first fully connected layer. Runs in whatever grad mode the caller chose.
+    """
+    wanted = set(keep)
+    kept: dict[str, torch.Tensor] = {}
+    x = images
+    for name, module in model.named_layers():
+        if isinstance(module, nn.Linear) and x.ndim > 2:
+            x = torch.flatten(x, 1)
+        x = module(x)
+        if name in wanted:
+            # Clone: a later in-place ReLU would otherwise overwrite the stored tensor.
+            kept[name] = x.clone()
+        if name == until:
+            return x, kept
+    raise LayerNotFound(f"no layer {until!r} in {model.config.name}")  # unreachable after check_layers
+
+
+def deepest(model: AlexNetFamily, layers: Iterable[str]) -> str:
+    order = {name: i for i, name in enumerate(model.layer_names())}
+    return max(check_layers(model, layers), key=order.__getitem__)
+
+
+def capture(
+    model: AlexNetFamily, images: torch.Tensor, layers: list[str], batch_size: int | None = None
+) -> dict[str, torch.Tensor]:
+    """Activations of ``layers`` (paper names) for a normalised batch ``images`` (N×3×H×W), on the CPU.
+
+    Runs in eval mode under ``torch.inference_mode`` and stops after the deepest requested layer. With
+    ``batch_size`` the batch is processed in chunks (bounded memory) and the results concatenated.
+    """
+    if not layers:
+        return {}
+    last = deepest(model, layers)
+    if images.ndim == 3:
+        images = images.unsqueeze(0)
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    step = batch_size or len(images) or 1
+    parts: dict[str, list[torch.Tensor]] = {name: [] for name in layers}
+    try:
+        with torch.inference_mode():
+            for start in range(0, len(images), step):
+                _, kept = walk(model, images[start : start + step].to(device), last, layers)
+                for name in layers:
+                    parts[name].append(kept[name].cpu())
+    finally:
+        model.train(was_training)
+    return {name: torch.cat(chunks) for name, chunks in parts.items()}

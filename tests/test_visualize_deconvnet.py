@@ -1,0 +1,149 @@
+"""Deconvnet (ZF §2.1) against an independent autograd formulation, for every registered model."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+import alexnet
+from alexnet.analysis.summary import receptive_fields
+from alexnet.errors import LayerNotFound
+from alexnet.models import LocalResponseNorm
+from alexnet.predict import preprocessing_of
+from alexnet.visualize.deconvnet import deconvnet, deconvnet_strongest
+from alexnet.visualize.hooks import SelectionError, capture
+
+
+class _RectifiedBackward(torch.autograd.Function):
+    """ReLU forward; backward passes relu(signal), ignoring the forward on/off pattern (ZF §2.1)."""
+
+    @staticmethod
+    def forward(ctx: object, x: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        return x.clamp(min=0)
+
+    @staticmethod
+    def backward(ctx: object, g: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        return g.clamp(min=0)
+
+
+def autograd_projection(
+    model: nn.Module, images: torch.Tensor, layer: str, channel: int, unit: tuple[int, int] | None
+) -> torch.Tensor:
+    """Gradient of (selected activation · its value) w.r.t. the input; LRN's backward is the identity."""
+    x = images.clone().requires_grad_(True)
+    y = x
+    for name, m in model.named_layers():
+        if isinstance(m, nn.ReLU):
+            y = _RectifiedBackward.apply(y)
+        elif isinstance(m, LocalResponseNorm):
+            y = y + (m(y) - y).detach()  # value of LRN, gradient of the identity
+        elif isinstance(m, nn.Conv2d):
+            # No bias in the projection: the bias is constant in x, so it does not change the gradient anyway.
+            y = m(y)
+        else:
+            y = m(y)
+        if name == layer:
+            break
+    mask = torch.zeros_like(y)
+    if unit is None:
+        mask[:, channel] = 1
+    else:
+        mask[:, channel, unit[0], unit[1]] = 1
+    (y * (mask * y.detach())).sum().backward()
+    assert x.grad is not None
+    return x.grad
+
+
+def _photos(model: nn.Module, n: int = 2) -> torch.Tensor:
+    import skimage.data
+
+    t = preprocessing_of(model).eval_transform()
+    pics = [skimage.data.chelsea(), skimage.data.coffee(), skimage.data.astronaut()][:n]
+    return torch.stack([t(torch.from_numpy(np.ascontiguousarray(p)).permute(2, 0, 1)) for p in pics])
+
+
+CASES = [
+    ("alexnet", "conv5", 7, None),
+    ("alexnet", "conv4", 9, (3, 8)),
+    ("alexnet", "pool2", 30, "max"),
+    ("alexnet", "norm1", 50, None),
+    ("caffenet", "norm2", 200, "max"),
+    ("caffenet", "pool5", 3, None),
+    ("zfnet", "relu3", 100, "max"),
+    ("zfnet", "pool5", 17, None),
+    ("alexnet_owt", "pool1", 10, None),
+    ("alexnet_owt", "relu5", 42, "max"),
+]
+
+
+@pytest.mark.parametrize(("name", "layer", "channel", "unit"), CASES)
+def test_deconvnet_equals_rectified_backward_formulation(
+    name: str, layer: str, channel: int, unit: tuple[int, int] | str | None
+) -> None:
+    torch.manual_seed(0)
+    model = alexnet.create_model(name, init="pytorch").eval()
+    images = _photos(model)
+    if unit == "max":  # a rectified unit may be 0 for a fixed choice; take the first image's strongest one
+        fmap = capture(model, images[:1], [layer])[layer][0, channel]
+        flat = int(fmap.argmax())
+        unit = (flat // fmap.shape[1], flat % fmap.shape[1])
+    assert not isinstance(unit, str)
+    ours = deconvnet(model, images, layer, channel, unit)
+    ref = autograd_projection(model, images, layer, channel, unit)
+    assert ours.shape == images.shape
+    assert ref.abs().max() > 0, "the chosen activation should be non-zero on real photographs"
+    torch.testing.assert_close(ours, ref, rtol=1e-4, atol=1e-5 * float(ref.abs().max()))
+
+
+def test_deconvnet_is_batched_image_by_image() -> None:
+    torch.manual_seed(1)
+    model = alexnet.create_model("alexnet", init="pytorch").eval()
+    images = _photos(model, 3)
+    batch = deconvnet(model, images, "pool5", 11)
+    one = torch.cat([deconvnet(model, images[i : i + 1], "pool5", 11) for i in range(3)])
+    assert batch.shape == (3, 3, 227, 227)
+    torch.testing.assert_close(batch, one, rtol=1e-4, atol=1e-6 * float(one.abs().max()))
+
+
+@pytest.mark.parametrize(
+    ("name", "layer"), [("alexnet", "conv3"), ("zfnet", "pool2"), ("alexnet_owt", "conv2")]
+)
+def test_unit_projection_is_zero_outside_its_receptive_field(name: str, layer: str) -> None:
+    torch.manual_seed(2)
+    model = alexnet.create_model(name, init="pytorch").eval()
+    images = _photos(model, 1)
+    size = images.shape[-1]
+    row, col = 4, 5
+    proj = deconvnet(model, images, layer, 0, (row, col))[0].abs().sum(0)
+    top, left, bottom, right = receptive_fields(model)[layer].box(row, col, size)
+    inside = torch.zeros_like(proj, dtype=torch.bool)
+    inside[top:bottom, left:right] = True
+    assert proj[inside].sum() > 0
+    assert proj[~inside].abs().max() == 0
+
+
+def test_strongest_projects_each_images_argmax() -> None:
+    torch.manual_seed(3)
+    model = alexnet.create_model("zfnet", init="pytorch").eval()
+    images = _photos(model, 2)
+    strongest = deconvnet_strongest(model, images, "conv4", 5)
+    for i in range(2):
+        row, col = (int(v) for v in strongest.units[i])
+        single = deconvnet(model, images[i : i + 1], "conv4", 5, (row, col))
+        torch.testing.assert_close(strongest.images[i : i + 1], single)
+    assert strongest.values.shape == (2,)
+
+
+def test_bad_selection_raises_typed_errors() -> None:
+    model = alexnet.create_model("alexnet", init="pytorch").eval()
+    x = torch.zeros(1, 3, 227, 227)
+    with pytest.raises(LayerNotFound, match="conv1"):
+        deconvnet(model, x, "conv9", 0)
+    with pytest.raises(LayerNotFound, match="trunk"):
+        deconvnet(model, x, "fc7", 0)
+    with pytest.raises(SelectionError, match="0–255"):
+        deconvnet(model, x, "conv5", 256)
+    with pytest.raises(SelectionError, match="13×13"):
+        deconvnet(model, x, "conv5", 0, (13, 0))
