@@ -1,0 +1,260 @@
+"""Warning rules over per-layer health records, shared by the live monitor and ``alexnet doctor``.
+
+A rule looks at one health record (one measured training step) — or, for growth, at two consecutive ones — and
+returns :class:`Finding` s: a code, the layer it concerns, and a one-line message with the numbers. The live
+monitor (:class:`~alexnet.diagnostics.health.HealthMonitor`) turns them into warnings for the progress bar;
+the doctor (:mod:`alexnet.diagnostics.doctor`) gathers them over a whole run and attaches a remedy from the
+literature (:data:`REMEDIES`).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+STUCK = "stuck_at_chance"
+DEAD = "dead_relu"
+EXPLODING = "exploding_gradients"
+VANISHING = "vanishing_gradients"
+NONFINITE = "nonfinite"
+
+
+@dataclass(frozen=True)
+class Thresholds:
+    """When a measurement becomes a warning. Defaults and their sources are in ``docs/diagnostics.md``.
+
+    * ``stuck_after`` / ``stuck_tol``: after this many steps, a mean loss within ``stuck_tol`` (relative) of
+      ln(C) means the classifier still outputs the uniform distribution.
+    * ``dead_frac``: fraction of a layer's ReLU units (conv: feature maps, fc: neurons) that are exactly 0 for
+      every example of the batch.
+    * ``explode_update_ratio``: ‖Δw‖/‖w‖ in one optimizer step; ~1e-3 is typical of healthy SGD, so a step that
+      changes a layer's weights by more than 10 % is out of control.
+    * ``explode_growth``: growth of a layer's gradient norm between two consecutive health steps.
+    * ``vanish_update_ratio``: ‖Δw‖/‖w‖ below which a layer is effectively frozen (checked after
+      ``warmup_steps``, once momentum has built up).
+    * ``vanish_grad_gap``: a layer whose ‖g‖/‖w‖ is this many times below the strongest layer's receives no
+      learning signal (the gradient died on its way down).
+    """
+
+    stuck_after: int = 100
+    stuck_tol: float = 0.01
+    dead_frac: float = 0.5
+    explode_update_ratio: float = 0.1
+    explode_growth: float = 100.0
+    vanish_update_ratio: float = 1e-5
+    vanish_grad_gap: float = 1e-4
+    warmup_steps: int = 10
+
+
+@dataclass
+class LayerHealth:
+    """One conv/fc layer at one health step. ``None`` where a metric does not apply (no ReLU, no LRN)."""
+
+    layer: str
+    act_mean: float | None = None  # the layer's output (pre-activation), over the batch
+    act_std: float | None = None
+    dead_frac: float | None = None  # fraction of units whose ReLU output is 0 for the whole batch
+    weight_norm: float | None = None
+    grad_norm: float | None = None
+    update_ratio: float | None = None  # ‖w_after − w_before‖ / ‖w_before‖ over one optimizer step
+    lrn_denom_min: float | None = None  # k + α·Σa² of the LRN that follows this layer
+    lrn_denom_max: float | None = None
+    nonfinite: int = 0  # non-finite values in the layer's output
+
+
+@dataclass
+class HealthRecord:
+    """Everything measured at one health step."""
+
+    step: int
+    loss: float | None  # mean training loss since the previous health step
+    lr: float
+    num_classes: int
+    layers: list[LayerHealth] = field(default_factory=list)
+    epoch: int = 0
+
+    def layer(self, name: str) -> LayerHealth | None:
+        return next((lh for lh in self.layers if lh.layer == name), None)
+
+
+@dataclass(frozen=True)
+class Finding:
+    code: str
+    layer: str | None
+    message: str
+
+
+def _finite(x: float | None) -> bool:
+    return x is not None and math.isfinite(x)
+
+
+def chance_loss(num_classes: int) -> float:
+    """Cross-entropy of the uniform prediction over ``num_classes`` classes: ln(C)."""
+    return math.log(num_classes)
+
+
+def check_stuck(rec: HealthRecord, th: Thresholds) -> list[Finding]:
+    if rec.step < th.stuck_after or not _finite(rec.loss) or rec.num_classes < 2:
+        return []
+    chance = chance_loss(rec.num_classes)
+    assert rec.loss is not None
+    if abs(rec.loss - chance) <= th.stuck_tol * chance:
+        return [
+            Finding(
+                STUCK,
+                None,
+                f"step {rec.step}: loss {rec.loss:.4f} is within {th.stuck_tol:.0%} of "
+                f"ln({rec.num_classes}) = {chance:.4f}: the network still predicts chance",
+            )
+        ]
+    return []
+
+
+def check_dead(rec: HealthRecord, th: Thresholds) -> list[Finding]:
+    return [
+        Finding(DEAD, lh.layer, f"step {rec.step}: {lh.dead_frac:.0%} of {lh.layer}'s ReLU units are dead")
+        for lh in rec.layers
+        if lh.dead_frac is not None and lh.dead_frac > th.dead_frac
+    ]
+
+
+def check_nonfinite(rec: HealthRecord) -> list[Finding]:
+    """The first layer (forward order) whose output, gradient or weights are NaN/inf."""
+    for lh in rec.layers:
+        what = []
+        if lh.nonfinite:
+            what.append(f"{lh.nonfinite} non-finite outputs")
+        if lh.grad_norm is not None and not math.isfinite(lh.grad_norm):
+            what.append("non-finite gradient")
+        if lh.weight_norm is not None and not math.isfinite(lh.weight_norm):
+            what.append("non-finite weights")
+        if what:
+            return [Finding(NONFINITE, lh.layer, f"step {rec.step}: {lh.layer} has {', '.join(what)}")]
+    if rec.loss is not None and not math.isfinite(rec.loss):
+        return [Finding(NONFINITE, None, f"step {rec.step}: loss is {rec.loss}")]
+    return []
+
+
+def check_exploding(rec: HealthRecord, prev: HealthRecord | None, th: Thresholds) -> list[Finding]:
+    out: list[Finding] = []
+    for lh in rec.layers:
+        if _finite(lh.update_ratio) and lh.update_ratio > th.explode_update_ratio:  # type: ignore[operator]
+            out.append(
+                Finding(
+                    EXPLODING,
+                    lh.layer,
+                    f"step {rec.step}: one step changed {lh.layer}'s weights by "
+                    f"{lh.update_ratio:.3g}× their norm (‖Δw‖/‖w‖ > {th.explode_update_ratio:g})",
+                )
+            )
+            continue
+        before = prev.layer(lh.layer) if prev is not None else None
+        if (
+            before is not None
+            and _finite(before.grad_norm)
+            and _finite(lh.grad_norm)
+            and before.grad_norm > 0  # type: ignore[operator]
+            and lh.grad_norm / before.grad_norm > th.explode_growth  # type: ignore[operator]
+        ):
+            out.append(
+                Finding(
+                    EXPLODING,
+                    lh.layer,
+                    f"step {rec.step}: {lh.layer}'s gradient norm grew {lh.grad_norm / before.grad_norm:.3g}× "  # type: ignore[operator]
+                    f"since step {prev.step} ({before.grad_norm:.3g} → {lh.grad_norm:.3g})",  # type: ignore[union-attr]
+                )
+            )
+    return out
+
+
+def relative_grad(lh: LayerHealth) -> float | None:
+    """‖∂L/∂w‖ / ‖w‖: the loss's pull on a layer relative to its size, free of the optimiser's lr/momentum."""
+    if not (_finite(lh.grad_norm) and _finite(lh.weight_norm)) or not lh.weight_norm:
+        return None
+    return lh.grad_norm / lh.weight_norm  # type: ignore[operator]
+
+
+def check_vanishing(rec: HealthRecord, th: Thresholds) -> list[Finding]:
+    """A layer whose gradient is 0, or ``vanish_grad_gap`` times weaker (relative to its weights) than the
+    strongest layer's, or whose weights move by less than ``vanish_update_ratio`` per step (after the
+    momentum warm-up: SGD's first steps are ~1/(1−momentum) times smaller than its steady state)."""
+    rel = {lh.layer: relative_grad(lh) for lh in rec.layers}
+    top = max((r for r in rel.values() if r is not None), default=None)
+    out: list[Finding] = []
+    for lh in rec.layers:
+        r = rel[lh.layer]
+        if lh.grad_norm == 0.0:
+            why = "its gradient is exactly 0"
+        elif r is not None and top and r < th.vanish_grad_gap * top:
+            why = f"‖g‖/‖w‖ = {r:.2g}, {top / r:.2g}× below the strongest layer's {top:.2g}"
+        elif (
+            rec.step >= th.warmup_steps
+            and lh.update_ratio is not None
+            and _finite(lh.update_ratio)
+            and lh.update_ratio < th.vanish_update_ratio
+        ):
+            why = f"‖Δw‖/‖w‖ = {lh.update_ratio:.2g} per step (< {th.vanish_update_ratio:g})"
+        else:
+            continue
+        out.append(Finding(VANISHING, lh.layer, f"step {rec.step}: {lh.layer}'s gradient vanishes: {why}"))
+    return out
+
+
+def check_record(rec: HealthRecord, prev: HealthRecord | None, th: Thresholds) -> list[Finding]:
+    """Every live rule on one health record. Non-finite values short-circuit the rest (they are meaningless)."""
+    bad = check_nonfinite(rec)
+    if bad:
+        return bad
+    return [
+        *check_stuck(rec, th),
+        *check_exploding(rec, prev, th),
+        *check_vanishing(rec, th),
+        *check_dead(rec, th),
+    ]
+
+
+REMEDIES: dict[str, str] = {
+    "init_scale": (
+        "Initialise for signal propagation: He et al. 2015 ('Delving Deep into Rectifiers', §2.2) derive "
+        "std = sqrt(2 / fan_in) for ReLU networks (torch.nn.init.kaiming_normal_); a fixed N(0, 0.01) shrinks "
+        "the signal layer after layer and only trains with the paper's schedule of ~90 epochs over 5–6 days "
+        "(AlexNet §5) — Simonyan & Zisserman 2015 (VGG, §3.1) and Glorot & Bengio 2010 report the same stall."
+    ),
+    "bias_one": (
+        "Initialise the non-zero biases to 0.1, not 1: Caffe's bvlc_alexnet model notes that biases of 1 "
+        "'gave flat loss' and that 0.1 was 'found necessary for training' (BVLC/caffe models/bvlc_alexnet). "
+        "With tiny weights, a bias of 1 makes every unit output ≈1 whatever the image."
+    ),
+    "lr_high": (
+        "Lower the learning rate (×0.1), and ramp it up over the first epochs: 'gradual warm-up' (Goyal et al. "
+        "2017, 'Accurate, Large Minibatch SGD', §2.2); clipping the gradient norm (Pascanu et al. 2013) stops "
+        "single bad steps. AlexNet's lr 0.01 (§5) assumes batch 128 with momentum 0.9."
+    ),
+    "lr_low": (
+        "The updates are too small to learn in this budget: raise the learning rate, or use an adaptive "
+        "optimiser (Adam, Kingma & Ba 2015; AdamW, Loshchilov & Hutter 2019) at lr 1e-4–1e-3 — but first "
+        "fix the initialisation if early layers' gradients are orders of magnitude below the last layer's."
+    ),
+    "dead_relu": (
+        "Dead ReLUs never recover (their gradient is 0): lower the learning rate (a large step can push a "
+        "unit's bias permanently negative), give ReLU layers a small positive bias (AlexNet §5 uses 1 in "
+        "conv2/4/5 and fc6/7 'to provide the ReLUs with positive inputs'; 0.1 is safer), or use He "
+        "initialisation (He et al. 2015) / leaky ReLUs (Maas et al. 2013)."
+    ),
+    "nonfinite": (
+        "A NaN/inf appeared: lower the learning rate and add warm-up (Goyal et al. 2017, §2.2), clip the "
+        "gradient norm (Pascanu et al. 2013), and check the input batch for NaN/inf pixels."
+    ),
+    "lrn_inactive": (
+        "AlexNet §3.3 chose k=2, n=5, α=1e-4, β=0.75 for activations computed from raw 0–255 pixels; "
+        "with inputs normalised to unit variance (or α divided by n, Caffe's convention, applied on top of "
+        "constants already meant for α·Σ) the sum α·Σa² is negligible and LRN is just a constant scale k^-β. "
+        "Harmless for training, but not the paper's normalisation: feed 0–255 inputs (Caffe-style "
+        "preprocessing), or check the model's LRN convention (alpha_over_size)."
+    ),
+    "lrn_dominant": (
+        "The LRN denominator is far above k: α·Σa² dominates and LRN divides every activation by a large "
+        "number (typically α not divided by n where constants assume Caffe's α/n, or 0–255 inputs with a "
+        "larger α). Check the LRN convention (AlexNet §3.3: α multiplies the sum; Caffe: α/n)."
+    ),
+}
