@@ -1,0 +1,167 @@
+"""Published weights files: where they are, their published digests, and a local download cache.
+
+Files go to ``$ALEXNET_CACHE`` or ``~/.cache/alexnet/weights``. A file is used only when its digest matches the
+published one: SHA-256 from the ONNX model zoo's Git LFS pointers, SHA-1 from the ``sha1:`` line of BVLC's model
+readmes (Caffe publishes no SHA-256). Where no digest is published (``zfnet512-12``) we say so and record the
+SHA-256 we computed, instead of inventing one. Offline, the error says where to put the file.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+from alexnet.errors import WeightsError
+
+_ZOO = "https://github.com/onnx/models/raw/main/validated/vision/classification"
+_ZOO_LICENSE = (
+    "ONNX model zoo: BSD-3-Clause; weights trained by BVLC on ImageNet-1k (BVLC: 'unrestricted use'; ImageNet's "
+    "terms restrict the data to non-commercial research)"
+)
+_BVLC_LICENSE = (
+    "BVLC model zoo: 'released for unrestricted use'; trained on ImageNet-1k (non-commercial research terms)"
+)
+
+
+@dataclass(frozen=True)
+class Source:
+    name: str
+    filename: str
+    url: str
+    model: str  # the registered model it imports into ("auto": inferred)
+    algorithm: str | None  # "sha256", "sha1", or None when nothing is published
+    digest: str | None
+    license: str
+    accuracy: str
+
+    def describe(self) -> str:
+        return f"{self.name} ({self.url})"
+
+
+SOURCES: dict[str, Source] = {
+    s.name: s
+    for s in (
+        Source(
+            "bvlcalexnet-6", "bvlcalexnet-6.onnx", f"{_ZOO}/alexnet/model/bvlcalexnet-6.onnx", "bvlc_alexnet",
+            "sha256", "f1ae53b93d83dd74731c84337ae64035288ce336794a46e2b17b56e7566feaab", _ZOO_LICENSE,
+            "57.1% top-1 / 80.2% top-5, centre crop (BVLC)",
+        ),
+        Source(
+            "bvlcalexnet-8", "bvlcalexnet-8.onnx", f"{_ZOO}/alexnet/model/bvlcalexnet-8.onnx", "bvlc_alexnet",
+            "sha256", "9a4dc22fd706a19462aaec3b08e027e0ef89daf63d123824f20b59b6de9a727b", _ZOO_LICENSE,
+            "57.1% top-1 / 80.2% top-5, centre crop (BVLC)",
+        ),
+        Source(
+            "caffenet-6", "caffenet-6.onnx", f"{_ZOO}/caffenet/model/caffenet-6.onnx", "caffenet",
+            "sha256", "15e568474e1c2af94cc34b812628707fee0130f3a3c8b3329cbc5e4ba9248682", _ZOO_LICENSE,
+            "57.4% top-1 / 80.4% top-5, centre crop (BVLC)",
+        ),
+        Source(
+            "caffenet-9", "caffenet-9.onnx", f"{_ZOO}/caffenet/model/caffenet-9.onnx", "caffenet",
+            "sha256", "802138332cf3e423c82a9a80c76e4f9227dd4effb3aba55413601fa4345cfd36", _ZOO_LICENSE,
+            "57.4% top-1 / 80.4% top-5, centre crop (BVLC)",
+        ),
+        Source(
+            "zfnet512-12", "zfnet512-12.onnx", f"{_ZOO}/zfnet-512/model/zfnet512-12.onnx", "auto",
+            None, None, "ONNX model zoo: BSD-3-Clause; Caffe2's ZFNet-512 trained on ImageNet-1k",
+            "not published for this file",
+        ),
+        Source(
+            "bvlc_alexnet", "bvlc_alexnet.caffemodel", "http://dl.caffe.berkeleyvision.org/bvlc_alexnet.caffemodel",
+            "bvlc_alexnet", "sha1", "9116a64c0fbe4459d18f4bb6b56d647b63920377", _BVLC_LICENSE,
+            "57.1% top-1 / 80.2% top-5, centre crop",
+        ),
+        Source(
+            "bvlc_reference_caffenet", "bvlc_reference_caffenet.caffemodel",
+            "http://dl.caffe.berkeleyvision.org/bvlc_reference_caffenet.caffemodel", "caffenet",
+            "sha1", "4c8d77deb20ea792f84eb5e6d0a11ca0a8660a46", _BVLC_LICENSE,
+            "57.4% top-1 / 80.4% top-5, centre crop",
+        ),
+    )
+}  # fmt: skip
+
+
+def cache_dir() -> Path:
+    """``$ALEXNET_CACHE``, else ``~/.cache/alexnet/weights``."""
+    env = os.environ.get("ALEXNET_CACHE")
+    return Path(env).expanduser() if env else Path.home() / ".cache" / "alexnet" / "weights"
+
+
+def file_digest(path: str | Path, algorithm: str = "sha256") -> str:
+    h = hashlib.new(algorithm)
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def describe_file(sha256: str) -> Source | None:
+    """The published source whose SHA-256 this is, if we know it."""
+    return next((s for s in SOURCES.values() if s.algorithm == "sha256" and s.digest == sha256), None)
+
+
+def get_source(name: str) -> Source:
+    try:
+        return SOURCES[name]
+    except KeyError:
+        raise WeightsError(f"unknown weights source {name!r}; known: {', '.join(SOURCES)}") from None
+
+
+def check_digest(source: Source, path: Path) -> None:
+    if source.algorithm is None or source.digest is None:
+        return
+    got = file_digest(path, source.algorithm)
+    if got != source.digest:
+        raise WeightsError(
+            f"{path}: {source.algorithm} is {got}, the published {source.name} has {source.digest}; "
+            f"the file is corrupt or a different file: delete it and download again"
+        )
+
+
+def fetch(name: str, progress: bool = True, timeout: float = 30.0) -> Path:
+    """The cached file of source ``name``, downloaded first if missing; its published digest is checked."""
+    source = get_source(name)
+    target = cache_dir() / source.filename
+    if target.is_file():
+        check_digest(source, target)
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_name(f".{target.name}.part")
+    try:
+        with urllib.request.urlopen(source.url, timeout=timeout) as response, open(tmp, "wb") as out:
+            total = int(response.headers.get("Content-Length") or 0) or None
+            from tqdm import tqdm
+
+            with tqdm(
+                total=total, unit="B", unit_scale=True, desc=source.filename, disable=not progress
+            ) as bar:
+                for block in iter(lambda: response.read(1 << 20), b""):
+                    out.write(block)
+                    bar.update(len(block))
+        check_digest(source, tmp)
+        os.replace(tmp, target)
+    except (urllib.error.URLError, OSError, TimeoutError) as e:
+        tmp.unlink(missing_ok=True)
+        reason = getattr(e, "reason", None) or e
+        raise WeightsError(
+            f"cannot download {source.url} ({reason}); offline, fetch it elsewhere and put it at {target}"
+        ) from None
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return target
+
+
+def place(name: str, path: str | Path) -> Path:
+    """Copy a file fetched by hand into the cache, after checking its published digest."""
+    source = get_source(name)
+    check_digest(source, Path(path))
+    target = cache_dir() / source.filename
+    target.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(path, target)
+    return target
