@@ -1,0 +1,96 @@
+"""Activation grids and ZF Fig. 7 occlusion maps."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+import alexnet
+from alexnet.visualize.activations import (
+    activation_grid,
+    plot_activations,
+    plot_all_conv_layers,
+    top_channels,
+)
+from alexnet.visualize.hooks import SelectionError, capture
+from alexnet.visualize.inputs import prepare
+from alexnet.visualize.occlusion import occlusion, plot_occlusion
+
+
+@pytest.fixture(scope="module")
+def owt() -> alexnet.models.AlexNetFamily:
+    torch.manual_seed(0)
+    return alexnet.create_model("alexnet_owt", init="pytorch").eval()
+
+
+def test_capture_matches_the_full_forward_pass(owt, chelsea) -> None:
+    x = prepare(owt, torch.from_numpy(chelsea).permute(2, 0, 1).contiguous()).tensor.unsqueeze(0)
+    got = capture(owt, x.repeat(3, 1, 1, 1), ["conv1", "pool5", "fc7", "fc8"], batch_size=2)
+    assert got["conv1"].shape == (3, 64, 55, 55)
+    assert got["pool5"].shape == (3, 256, 6, 6)
+    assert got["fc7"].shape == (3, 4096)
+    with torch.inference_mode():
+        torch.testing.assert_close(got["fc8"], owt(x.repeat(3, 1, 1, 1)))
+        torch.testing.assert_close(got["pool5"], owt.forward_features(x.repeat(3, 1, 1, 1)))
+
+
+def test_activation_grid_tiles_every_channel_scaled_to_its_own_range() -> None:
+    acts = torch.zeros(5, 4, 3)
+    for c in range(5):
+        acts[c] = torch.arange(12.0).view(4, 3) * (c + 1)  # same pattern, different scale
+    grid = activation_grid(acts, ncols=3, pad=1)
+    assert grid.shape == (2 * 4 + 1, 3 * 3 + 2)
+    first, fifth = grid[0:4, 0:3], grid[5:9, 4:7]
+    np.testing.assert_allclose(first, fifth)  # per-channel normalisation removes the scale
+    assert first.min() == 0 and first.max() == 1
+    assert (grid[5:9, 8:11] == 1.0).all()  # the empty sixth cell is padding colour
+
+
+def test_top_channels_orders_by_mean_activation() -> None:
+    acts = torch.zeros(6, 2, 2)
+    acts[4] = 5
+    acts[1] = 3
+    acts[2, 0, 0] = 1
+    assert top_channels(acts, 3).tolist() == [4, 1, 2]
+    with pytest.raises(SelectionError):
+        top_channels(acts, 0)
+
+
+def test_activation_figures_render_for_a_photograph(owt, chelsea) -> None:
+    img = torch.from_numpy(chelsea).permute(2, 0, 1).contiguous()
+    fig = plot_activations(owt, img, "relu2", top=16)
+    assert len(fig.axes) == 2
+    fig = plot_all_conv_layers(owt, img, top=8)
+    assert sum(1 for ax in fig.axes if ax.images) == 6
+
+
+def test_occlusion_of_the_only_nonzero_region_drops_the_activation(owt) -> None:
+    """Occluding zeros with zeros changes nothing; covering the only content gives the blank image's response."""
+    image = torch.zeros(3, 224, 224)
+    image[:, 96:128, 96:128] = torch.randn(3, 32, 32)  # content in one 32×32 square, 0 (= mean) elsewhere
+    r = occlusion(owt, image, size=32, stride=32, batch_size=16, layer="relu5")
+    assert r.activation.shape == r.probability.shape == r.label_map.shape == (7, 7)
+    blank = capture(owt, torch.zeros(1, 3, 224, 224), ["relu5"])["relu5"][0, r.channel].sum()
+    np.testing.assert_allclose(r.activation[3, 3], float(blank), rtol=1e-4, atol=1e-4)
+    far = [(0, 0), (0, 6), (6, 0), (6, 6), (1, 5)]
+    for i, j in far:
+        np.testing.assert_allclose(r.activation[i, j], r.base_activation, rtol=1e-4)
+    assert r.activation[3, 3] < r.base_activation
+    assert r.target in r.labels and set(np.unique(r.label_map)) <= set(r.labels)
+
+
+def test_occlusion_maps_a_photograph_and_plots_three_panels(owt, chelsea) -> None:
+    p = prepare(owt, torch.from_numpy(chelsea).permute(2, 0, 1).contiguous())
+    r = occlusion(owt, p.tensor, size=48, stride=44, batch_size=8)
+    assert r.activation.shape == (5, 5)
+    assert ((r.probability >= 0) & (r.probability <= 1)).all()
+    assert r.layer == "relu5"
+    from alexnet.visualize.plot import uint8_to_float
+
+    fig = plot_occlusion(r, uint8_to_float(p.crop))
+    assert len([ax for ax in fig.axes if ax.images]) == 4
+    with pytest.raises(SelectionError):
+        occlusion(owt, p.tensor, size=500)
+    with pytest.raises(SelectionError):
+        occlusion(owt, p.tensor, target=1000)
