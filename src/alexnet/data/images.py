@@ -22,11 +22,22 @@ MAX_PIXELS = 178_956_970  # Pillow's decompression-bomb limit
 warnings.filterwarnings("ignore", message="The image decoding and encoding capabilities of TorchVision")
 
 
-def decode_rgb(data: bytes | torch.Tensor, name: str = "<bytes>") -> torch.Tensor:
-    """Decode encoded image bytes to a ``uint8`` RGB tensor of shape 3×H×W."""
+def decode_rgb(
+    data: bytes | torch.Tensor, name: str = "<bytes>", *, min_side: int | None = None
+) -> torch.Tensor:
+    """Decode encoded image bytes to a ``uint8`` RGB tensor of shape 3×H×W.
+
+    ``min_side``: the caller will shrink the image so its shorter side is ``min_side`` anyway (AlexNet §2: 256),
+    so a large JPEG may be decoded at 1/2, 1/4 or 1/8 scale in the DCT domain (libjpeg's scaled IDCT), which is
+    several times faster; the result's shorter side is still ≥ ``min_side``. Other formats decode at full size.
+    """
     raw = data if isinstance(data, torch.Tensor) else torch.frombuffer(bytearray(data), dtype=torch.uint8)
     if raw.numel() == 0:
         raise ImageError(f"{name}: empty file, not an image")
+    if min_side is not None and raw.numel() > 3 and bytes(raw[:3].tolist()) == JPEG_SOI:
+        reduced = _decode_jpeg_reduced(bytes(raw.numpy().tobytes()), min_side, name)
+        if reduced is not None:
+            return reduced
     try:
         img = decode_image(raw, mode=ImageReadMode.RGB)
     except (RuntimeError, ValueError):
@@ -36,6 +47,26 @@ def decode_rgb(data: bytes | torch.Tensor, name: str = "<bytes>") -> torch.Tenso
     if img.ndim != 3 or img.shape[0] != 3 or img.shape[1] < 1 or img.shape[2] < 1:
         raise ImageError(f"{name}: decoded to an unexpected shape {tuple(img.shape)}")
     return img
+
+
+JPEG_SOI = b"\xff\xd8\xff"
+
+
+def _decode_jpeg_reduced(data: bytes, min_side: int, name: str) -> torch.Tensor | None:
+    """A JPEG at least twice ``min_side`` on its shorter side, decoded at the smallest 1/2ᵏ scale that keeps the
+    shorter side ≥ ``min_side`` (Pillow's ``draft``); ``None`` when no reduction applies (decode normally)."""
+    from PIL import Image
+
+    try:
+        with Image.open(io.BytesIO(data)) as im:
+            if min(im.size) < 2 * min_side or im.width * im.height > MAX_PIXELS:
+                return None
+            im.draft("RGB", (min_side, min_side))  # scale s.t. both sides stay ≥ min_side
+            im.load()
+            rgb = im.convert("RGB")
+    except (OSError, ValueError, SyntaxError) as e:
+        raise ImageError(f"{name}: not a readable image ({type(e).__name__}: {e})") from None
+    return torch.from_numpy(np.array(rgb, dtype=np.uint8)).permute(2, 0, 1).contiguous()
 
 
 def _decode_with_pil(data: bytes, name: str) -> torch.Tensor:
@@ -59,8 +90,11 @@ def _decode_with_pil(data: bytes, name: str) -> torch.Tensor:
     return torch.from_numpy(np.array(rgb, dtype=np.uint8)).permute(2, 0, 1).contiguous()
 
 
-def read_image(path: str | Path) -> torch.Tensor:
-    """Read and decode an image file to a ``uint8`` RGB tensor (3×H×W); :class:`ImageError` if it is not one."""
+def read_image(path: str | Path, *, min_side: int | None = None) -> torch.Tensor:
+    """Read and decode an image file to a ``uint8`` RGB tensor (3×H×W); :class:`ImageError` if it is not one.
+
+    ``min_side``: allow reduced-size JPEG decoding that keeps the shorter side ≥ ``min_side`` (see
+    :func:`decode_rgb`)."""
     p = Path(path)
     try:
         data = p.read_bytes()
@@ -68,4 +102,4 @@ def read_image(path: str | Path) -> torch.Tensor:
         raise ImageError(f"{p}: is a folder, not an image file") from None
     except OSError as e:
         raise ImageError(f"{p}: cannot read ({e.strerror or e})") from None
-    return decode_rgb(data, str(p))
+    return decode_rgb(data, str(p), min_side=min_side)

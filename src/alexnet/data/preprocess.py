@@ -19,7 +19,13 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 
 @dataclass(frozen=True)
 class Preprocessing:
-    """``mean``/``std`` are per channel in the model's channel order and pixel scale."""
+    """``mean``/``std`` are per channel in the model's channel order and pixel scale.
+
+    ``mean_image``: subtract a per-pixel mean image (AlexNet §2: "subtracting the mean activity over the training
+    set from each pixel"; Caffe's ``imagenet_mean.binaryproto``) instead of ``mean``. The image itself is a
+    ``3×resize×resize`` tensor in the model's channel order and pixel scale, carried next to this record (a weights
+    file stores it as ``WeightsMeta.tensors["mean_image"]``) and passed to :mod:`alexnet.data.transforms`.
+    """
 
     input_size: int = 227
     resize: int = 256
@@ -27,6 +33,7 @@ class Preprocessing:
     std: tuple[float, float, float] = IMAGENET_STD
     channel_order: str = "RGB"  # or "BGR" (Caffe)
     pixel_scale: float = 1.0  # 1.0: pixels in 0–1; 255.0: pixels in 0–255 (Caffe)
+    mean_image: bool = False  # per-pixel mean image (AlexNet §2) instead of the per-channel mean
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -1,0 +1,182 @@
+"""The DataLoader for training and evaluation: deterministic order and augmentation, bad files skipped and counted.
+
+Determinism (so a resumed run sees exactly what an uninterrupted one would): the sample order of epoch ``e`` is a
+permutation seeded by ``(seed, e)`` (:class:`EpochSampler`), and every sample's augmentation (random crop, flip,
+PCA lighting) draws from a torch generator seeded by ``(seed, e, position)``, whatever the number of worker
+processes. ``loader.set_epoch(e, start_batch=k)`` starts epoch ``e`` at batch ``k`` without loading the first ``k``
+batches. Under DDP each rank reads its own shard of the same permutation (train: padded to equal length, as
+``DistributedSampler``; eval: not padded, so every image is counted exactly once over the ranks).
+
+Bad files: the loader yields ``(images, targets)``; samples whose file failed to decode are dropped by
+:func:`alexnet.data.folders.collate_skip_bad` inside the worker, and the main process logs them and appends them
+to ``loader.bad`` (and the dataset's ``.bad``). A batch with no good sample is skipped.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Iterator
+from typing import Any
+
+import torch
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+from alexnet.data.folders import collate_skip_bad
+
+log = logging.getLogger("alexnet.data")
+
+_MASK = (1 << 63) - 1
+
+
+def sample_seed(seed: int, epoch: int, position: int) -> int:
+    """The augmentation seed of the ``position``-th sample of ``epoch`` (deterministic across processes)."""
+    return hash((seed, epoch, position)) & _MASK  # tuples of ints hash identically in every process
+
+
+class EpochSampler(Sampler[tuple[int, int]]):
+    """Yields ``(index, augmentation seed)``: a ``(seed, epoch)``-seeded permutation (or ``range`` when not
+    shuffling), this rank's shard of it, from batch ``start_batch`` on."""
+
+    def __init__(
+        self,
+        n: int,
+        *,
+        shuffle: bool,
+        seed: int = 0,
+        rank: int = 0,
+        world_size: int = 1,
+        pad: bool = True,
+        batch_size: int = 1,
+    ) -> None:
+        self.n, self.shuffle, self.seed = n, shuffle, seed
+        self.rank, self.world_size, self.pad = rank, world_size, pad
+        self.batch_size = batch_size
+        self.epoch = 0
+        self.start = 0
+
+    def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
+        self.epoch, self.start = epoch, start_batch * self.batch_size
+
+    def _indices(self) -> list[int]:
+        if self.shuffle:
+            g = torch.Generator().manual_seed(sample_seed(self.seed, self.epoch, -1))
+            order = torch.randperm(self.n, generator=g).tolist()
+        else:
+            order = list(range(self.n))
+        if self.world_size > 1:
+            if self.pad:  # equal shards, as DistributedSampler: repeat the first few
+                total = math.ceil(self.n / self.world_size) * self.world_size
+                order += order[: total - self.n]
+            order = order[self.rank :: self.world_size]
+        return order
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        order = self._indices()
+        for pos in range(self.start, len(order)):
+            # The seed depends on the global position, not on the shard: resume and rank layout agree.
+            yield order[pos], sample_seed(self.seed, self.epoch, pos * self.world_size + self.rank)
+
+    def __len__(self) -> int:
+        return max(0, len(self._indices()) - self.start)
+
+
+class _Seeded(Dataset):
+    """Wraps a dataset so that item ``(index, seed)`` is produced with torch's RNG seeded by ``seed``."""
+
+    def __init__(self, dataset: Dataset) -> None:
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)  # type: ignore[arg-type]
+
+    def __getitem__(self, key: tuple[int, int]) -> Any:
+        index, seed = key
+        with torch.random.fork_rng(devices=[]):  # leave the caller's RNG stream untouched
+            torch.manual_seed(seed)
+            return self.dataset[index]
+
+
+class Loader(DataLoader):
+    """A DataLoader yielding ``(images, targets)`` that counts and logs the files it had to skip."""
+
+    def __init__(self, dataset: Dataset, *args: Any, **kwargs: Any) -> None:
+        super().__init__(_Seeded(dataset), *args, **kwargs)
+        self.source = dataset
+        self.bad: list[tuple[str, str]] = []
+
+    def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
+        """Order and augmentation of ``epoch``; skip its first ``start_batch`` batches (resume)."""
+        sampler = self.batch_sampler.sampler if self.batch_sampler is not None else self.sampler
+        sampler.set_epoch(epoch, start_batch)  # type: ignore[union-attr]
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:  # type: ignore[override]
+        for images, targets, bad in super().__iter__():
+            if bad:
+                for path, reason in bad:
+                    log.warning("skipped unreadable file %s: %s", path, reason)
+                self.bad.extend(bad)
+                source_bad = getattr(self.source, "bad", None)
+                if isinstance(source_bad, list):
+                    source_bad.extend(bad)
+            if len(targets):
+                yield images, targets
+
+
+def make_loader(
+    dataset: Dataset,
+    batch_size: int,
+    *,
+    train: bool,
+    workers: int = 0,
+    seed: int = 0,
+    epoch: int = 0,
+    start_batch: int = 0,
+    distributed: bool = False,
+    rank: int | None = None,
+    world_size: int | None = None,
+    pin_memory: bool | None = None,
+    drop_last: bool | None = None,
+    prefetch_factor: int | None = None,
+) -> Loader:
+    """A :class:`Loader` over ``dataset`` (items ``(image, target)`` or ``BadSample``).
+
+    Args:
+        train: shuffle by ``(seed, epoch)``, pad DDP shards, drop the last incomplete batch (unless
+            ``drop_last`` says otherwise); eval keeps file order and counts every sample exactly once.
+        workers: worker processes (persistent across epochs when > 0).
+        epoch, start_batch: where to start (same as calling ``set_epoch(epoch, start_batch)``; call it at every
+            epoch).
+        distributed: shard by ``torch.distributed``'s rank/world size (or the given ``rank``/``world_size``).
+        pin_memory: default: when CUDA is available.
+    """
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be ≥ 1, not {batch_size}")
+    if distributed and (rank is None or world_size is None):
+        import torch.distributed as dist
+
+        rank = dist.get_rank() if dist.is_initialized() else 0
+        world_size = dist.get_world_size() if dist.is_initialized() else 1
+    sampler = EpochSampler(
+        len(dataset),  # type: ignore[arg-type]
+        shuffle=train,
+        seed=seed,
+        rank=rank or 0,
+        world_size=world_size or 1,
+        pad=train,
+        batch_size=batch_size,
+    )
+    sampler.set_epoch(epoch, start_batch)
+    kwargs: dict[str, Any] = {}
+    if workers > 0:
+        kwargs.update(persistent_workers=True, prefetch_factor=prefetch_factor or 2)
+    return Loader(
+        dataset,
+        batch_size=batch_size,
+        sampler=sampler,
+        num_workers=workers,
+        collate_fn=collate_skip_bad,
+        pin_memory=torch.cuda.is_available() if pin_memory is None else pin_memory,
+        drop_last=train if drop_last is None else drop_last,
+        **kwargs,
+    )

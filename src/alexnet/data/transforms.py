@@ -1,0 +1,183 @@
+"""The papers' preprocessing and augmentation, as torchvision transforms v2 on ``uint8`` RGB 3×H×W tensors.
+
+* Both: rescale the shorter side to ``pre.resize`` (256) and take the central 256×256 patch (AlexNet §2), then
+  subtract the mean — per channel, or the per-pixel mean image when ``pre.mean_image`` (AlexNet §2).
+* Training (AlexNet §4.1, ZF §3): a random ``pre.input_size`` crop (227 or 224: the model's
+  ``default_input_size``), a random horizontal flip, and PCA colour augmentation (:class:`PCALighting`).
+* Testing: the centre crop (:func:`eval_transform`), or ten crops — the four corners and the centre, and their
+  horizontal mirrors — whose softmax outputs the evaluator averages (AlexNet §4.1, ZF §3; :func:`ten_crop`).
+
+Pixels stay ``uint8`` through resizing, cropping and flipping; the conversion to float is the last step (with a
+per-pixel mean image, the mean is subtracted on the 256×256 patch *before* cropping, so each crop loses exactly
+its own part of the mean, as Caffe does).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Literal
+
+import torch
+from torch import nn
+from torchvision.transforms import v2
+from torchvision.transforms.v2 import functional as F
+
+from alexnet.data.preprocess import Preprocessing
+from alexnet.errors import DataError
+
+# ImageNet RGB statistics (pixels in 0–1), as used by fb.resnet.torch's "Lighting" transform.
+IMAGENET_EIGVAL = (0.2175, 0.0188, 0.0045)
+IMAGENET_EIGVEC = (  # rows: R, G, B; column j is the j-th eigenvector
+    (-0.5675, 0.7192, 0.4009),
+    (-0.5808, -0.0045, -0.8140),
+    (-0.5836, -0.6948, 0.4203),
+)
+
+PCA = tuple[Sequence[float] | torch.Tensor, Sequence[Sequence[float]] | torch.Tensor]
+
+
+class PCALighting(nn.Module):
+    """AlexNet §4.1 colour augmentation: add ``[p1 p2 p3][α1λ1 α2λ2 α3λ3]ᵀ`` to every RGB pixel.
+
+    ``pᵢ``/``λᵢ`` are the eigenvectors (columns of ``eigvec``) and eigenvalues of the 3×3 covariance of RGB pixel
+    values over the training set; ``αᵢ ~ N(0, std)`` (std 0.1 in the paper) is drawn once per image each time the
+    image is used, so all pixels of one image get the same offset. Input: float RGB in 0–1, 3×H×W or N×3×H×W
+    (one draw per image). No clipping, as in the paper and fb.resnet.torch.
+    """
+
+    def __init__(
+        self,
+        eigval: Sequence[float] | torch.Tensor = IMAGENET_EIGVAL,
+        eigvec: Sequence[Sequence[float]] | torch.Tensor = IMAGENET_EIGVEC,
+        std: float = 0.1,
+    ) -> None:
+        super().__init__()
+        val = torch.as_tensor(eigval, dtype=torch.float32).reshape(3)
+        vec = torch.as_tensor(eigvec, dtype=torch.float32).reshape(3, 3)
+        self.register_buffer("eigval", val)
+        self.register_buffer("eigvec", vec)
+        self.std = float(std)
+
+    def offsets(self, n: int) -> torch.Tensor:
+        """``n`` random RGB offsets (n×3): ``eigvec @ (α * eigval)`` with α ~ N(0, std)."""
+        alpha = torch.randn(n, 3) * self.std
+        return (alpha * self.eigval) @ self.eigvec.T
+
+    def forward(self, img: torch.Tensor) -> torch.Tensor:
+        if not img.is_floating_point():
+            raise DataError("PCALighting expects a float image in 0–1 (apply ToDtype(scale=True) first)")
+        if self.std == 0:
+            return img
+        batch = img.shape[:-3]
+        offset = self.offsets(max(1, batch.numel())).to(img.dtype).reshape(*batch, 3, 1, 1)
+        return img + offset
+
+    def extra_repr(self) -> str:
+        return f"eigval={tuple(round(v, 4) for v in self.eigval.tolist())}, std={self.std}"
+
+
+class Normalize(nn.Module):
+    """float RGB in 0–1 → the model's input convention (:meth:`Preprocessing.normalize`), optionally minus a
+    per-pixel ``mean_image`` (3×S×S, model convention) instead of the per-channel mean."""
+
+    def __init__(self, pre: Preprocessing, mean_image: torch.Tensor | None = None) -> None:
+        super().__init__()
+        self.pre = pre
+        self.mean_image = mean_image
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.mean_image is None:
+            return self.pre.normalize(x)
+        x = x * self.pre.pixel_scale
+        if self.pre.channel_order == "BGR":
+            x = x.flip(-3)
+        std = torch.tensor(self.pre.std, dtype=x.dtype, device=x.device).view(3, 1, 1)
+        return (x - self.mean_image.to(x.dtype)) / std
+
+
+class TenCrop(nn.Module):
+    """3×H×W → 10×3×size×size: top-left, top-right, bottom-left, bottom-right and centre crops (torchvision's
+    ``five_crop`` order), then the horizontal mirror of each of those five, in the same order."""
+
+    def __init__(self, size: int) -> None:
+        super().__init__()
+        self.size = size
+
+    def forward(self, img: torch.Tensor) -> torch.Tensor:
+        five = F.five_crop(img, [self.size, self.size])
+        return torch.stack([*five, *(F.horizontal_flip(c) for c in five)])
+
+
+def _mean_image(pre: Preprocessing, mean_image: torch.Tensor | None) -> torch.Tensor | None:
+    if not pre.mean_image:
+        return None
+    if mean_image is None:
+        raise DataError("this preprocessing subtracts a per-pixel mean image, but none was given")
+    if tuple(mean_image.shape) != (3, pre.resize, pre.resize):
+        raise DataError(
+            f"mean image is {tuple(mean_image.shape)}, expected (3, {pre.resize}, {pre.resize}) for resize "
+            f"{pre.resize}"
+        )
+    return mean_image.to(torch.float32)
+
+
+def _pca(pca: PCA | Literal["imagenet"] | None, std: float) -> PCALighting | None:
+    if pca is None:
+        return None
+    if isinstance(pca, str):
+        if pca != "imagenet":
+            raise DataError(f"pca must be 'imagenet', None or (eigval, eigvec), not {pca!r}")
+        return PCALighting(std=std)
+    eigval, eigvec = pca
+    return PCALighting(eigval, eigvec, std=std)
+
+
+def _resize(pre: Preprocessing) -> list[nn.Module]:
+    """Shorter side → ``pre.resize``, central ``resize``×``resize`` patch (AlexNet §2)."""
+    return [v2.Resize(pre.resize, antialias=True), v2.CenterCrop(pre.resize)]
+
+
+def _to_float() -> nn.Module:
+    return v2.ToDtype(torch.float32, scale=True)
+
+
+def train_transform(
+    pre: Preprocessing,
+    *,
+    pca: PCA | Literal["imagenet"] | None = "imagenet",
+    flip: bool = True,
+    mean_image: torch.Tensor | None = None,
+    pca_std: float = 0.1,
+) -> v2.Compose:
+    """The training augmentation of AlexNet §4.1 (ZF §3 uses the same): ``uint8`` 3×H×W → float 3×S×S.
+
+    ``pca``: ``"imagenet"`` (ImageNet's eigen-decomposition, the default), ``(eigval, eigvec)`` of your own data
+    (:func:`alexnet.data.stats.compute_stats`), or ``None`` for no colour augmentation.
+    ``mean_image``: required when ``pre.mean_image`` (3×resize×resize in the model's convention).
+    """
+    lighting = _pca(pca, pca_std)
+    mean = _mean_image(pre, mean_image)
+    crop: list[nn.Module] = [v2.RandomCrop(pre.input_size)]
+    if flip:
+        crop.append(v2.RandomHorizontalFlip())
+    colour: list[nn.Module] = [_to_float(), *([lighting] if lighting else []), Normalize(pre, mean)]
+    if mean is None:  # crop and flip in uint8, float last
+        return v2.Compose([*_resize(pre), *crop, *colour])
+    return v2.Compose([*_resize(pre), *colour, *crop])  # mean image lines up with the 256×256 patch
+
+
+def eval_transform(pre: Preprocessing, *, mean_image: torch.Tensor | None = None) -> v2.Compose:
+    """Centre crop: ``uint8`` 3×H×W → float 3×S×S (shorter side ``resize``, central ``input_size``)."""
+    mean = _mean_image(pre, mean_image)
+    if mean is None:
+        return v2.Compose([*_resize(pre), v2.CenterCrop(pre.input_size), _to_float(), Normalize(pre)])
+    return v2.Compose([*_resize(pre), _to_float(), Normalize(pre, mean), v2.CenterCrop(pre.input_size)])
+
+
+def ten_crop(pre: Preprocessing, *, mean_image: torch.Tensor | None = None) -> v2.Compose:
+    """Ten crops: ``uint8`` 3×H×W → float 10×3×S×S (a loader batch is N×10×3×S×S; fold it to (N·10)×3×S×S for the
+    model and average the softmax over the 10, AlexNet §4.1 / ZF §3)."""
+    mean = _mean_image(pre, mean_image)
+    if mean is None:
+        return v2.Compose([*_resize(pre), TenCrop(pre.input_size), _to_float(), Normalize(pre)])
+    return v2.Compose([*_resize(pre), _to_float(), Normalize(pre, mean), TenCrop(pre.input_size)])
