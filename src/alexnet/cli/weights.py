@@ -39,6 +39,11 @@ def register(sub: Any) -> None:
     imp.add_argument("--name", help="name for an inferred configuration (default: from the file name)")
     imp.add_argument("--out", "-o", required=True, help="output .safetensors file")
     imp.add_argument("--force", action="store_true", help="overwrite --out if it exists")
+    imp.add_argument(
+        "--no-verify",
+        action="store_true",
+        help="skip the onnxruntime comparison (only for graphs onnxruntime cannot run, e.g. opset 3)",
+    )
     imp.set_defaults(func=run_import)
 
     ver = add_command(
@@ -93,8 +98,10 @@ def run_import(args: argparse.Namespace) -> int:
     if path_in.suffix == ".onnx":
         from alexnet.weights.onnx import import_onnx
 
-        model, report, _ = import_onnx(path_in, args.model, args.name)
-        print(f"{path_in.name} → {model.config.name}: {report}")
+        model, report, _ = import_onnx(path_in, args.model, args.name, check=not args.no_verify)
+        print(
+            f"{path_in.name} → {model.config.name}: {report or 'NOT verified against onnxruntime (--no-verify)'}"
+        )
     elif path_in.suffix == ".caffemodel":
         from alexnet.weights.caffe import import_caffemodel
 

@@ -278,6 +278,18 @@ def onnxruntime_logits(path: str | Path, x: np.ndarray, chain: Chain | None = No
 
     chain = chain or read_chain(path)
     model = onnx.load(str(path))
+    opset = int(chain.facts.get("opset") or 0)  # type: ignore[call-overload]
+    if opset < 7:  # onnxruntime implements opset 7 onwards; the zoo's opset-3 and -6 files need an upgrade
+        from onnx import version_converter
+
+        try:
+            model = version_converter.convert_version(model, 7)
+        except (RuntimeError, ValueError, IndexError) as e:
+            raise WeightsError(
+                f"{path}: onnxruntime runs opset 7 and later, and onnx's version converter cannot upgrade this "
+                f"opset-{opset} graph ({str(e).splitlines()[0]}); verify with the same weights in a later opset "
+                f"(the zoo publishes opsets 6–12), or import with --no-verify"
+            ) from None
     logits = str(chain.facts["logits"])
     if logits not in [o.name for o in model.graph.output]:
         model.graph.output.append(onnx.helper.make_tensor_value_info(logits, onnx.TensorProto.FLOAT, None))
@@ -356,16 +368,20 @@ def _meta_for(path: Path, chain: Chain, model: AlexNetFamily) -> WeightsMeta:
 
 
 def import_onnx(
-    path: str | Path, model: str = "auto", name: str | None = None
+    path: str | Path, model: str = "auto", name: str | None = None, check: bool = True
 ) -> tuple[AlexNetFamily, Verification | None, Chain]:
     """Read an ONNX file into ``model`` (a registered name, or ``"auto"``); return the model (with
-    ``weights_meta``), the onnxruntime verification, and the chain. Raises if the logits differ."""
+    ``weights_meta``), the onnxruntime verification (``None`` when ``check`` is False), and the chain.
+    Raises :class:`WeightsMismatch` if our logits differ from onnxruntime's."""
     p = Path(path)
     chain = read_chain(p)
     config = _resolve(chain, model, auto_name=name or file_model_name(p.stem))
     net = load_chain(chain, config)
     net.weights_meta = _meta_for(p, chain, net)
+    if not check:
+        return net, None, chain
     report = verify(p, net, chain)
+    net.weights_meta.extra["onnxruntime_check"] = str(report)
     if not report.ok:
         raise WeightsMismatch(f"{p}: imported, but the logits differ from onnxruntime's: {report}")
     return net, report, chain
