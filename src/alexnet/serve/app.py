@@ -1,0 +1,290 @@
+"""The web app: a FastAPI application over :class:`~alexnet.serve.state.ServerState`.
+
+Every endpoint calls the visualisation library (:mod:`alexnet.visualize`) — capture, activation grids, the
+deconvnet, occlusion, top-9 — and the analysis table (:func:`alexnet.analysis.summarize`); nothing is computed
+twice in a different way here. Errors a person can fix come back as ``4xx`` JSON ``{"error": "..."}`` (the page
+shows the message), and no request can take the server down.
+
+Safety: the client never names a file-system path (samples by id, images by content hash, top-9 patches by
+layer / channel / rank); uploads are size-, type- and pixel-count-checked before decoding
+(:mod:`alexnet.serve.uploads`); the request body is read in chunks and refused as soon as it passes the limit.
+"""
+
+from __future__ import annotations
+
+import logging
+from importlib import resources
+from typing import Any
+
+import torch
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import FileResponse, JSONResponse, Response
+from fastapi.staticfiles import StaticFiles
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from alexnet.errors import AlexnetError, LayerNotFound
+from alexnet.serve import render
+from alexnet.serve.jobs import Job, JobRunner, Progress, UnknownJob
+from alexnet.serve.samples import SampleNotFound, list_samples, load_sample
+from alexnet.serve.state import Analysis, ServerState, Slot, UnknownImage
+from alexnet.serve.top9 import Top9Missing, Top9Store
+from alexnet.serve.uploads import MAX_BYTES, MAX_PIXELS, UploadError, decode_upload
+
+log = logging.getLogger("alexnet.serve")
+PNG = "image/png"
+NO_STORE = {"Cache-Control": "no-store"}
+CACHE = {"Cache-Control": "private, max-age=3600"}  # URLs name content (image hash), so caching is safe
+
+
+def _status(e: AlexnetError) -> int:
+    if isinstance(e, UploadError):
+        return e.status
+    if isinstance(e, UnknownImage | UnknownJob | SampleNotFound | Top9Missing):
+        return 404
+    if isinstance(e, LayerNotFound):
+        return 404
+    return 400
+
+
+def _png(data: bytes) -> Response:
+    return Response(data, media_type=PNG, headers=CACHE)
+
+
+async def _read_body(request: Request, limit: int) -> bytes:
+    """The request body, refused with 413 as soon as it passes ``limit`` bytes (never buffered beyond it)."""
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise UploadError(f"file too large: {int(declared) / 1e6:.1f} MB (limit {limit / 1e6:.0f} MB)", 413)
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise UploadError(f"file too large: more than {limit / 1e6:.0f} MB", 413)
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def create_app(
+    slots: list[Slot], *, max_bytes: int = MAX_BYTES, max_pixels: int = MAX_PIXELS, max_images: int = 64
+) -> FastAPI:
+    """The app serving ``slots`` (one model, or two side by side). Limits are per upload."""
+    state = ServerState(slots, max_images=max_images)
+    jobs = JobRunner()
+    top9 = {s.key: Top9Store(s) for s in slots}
+    app = FastAPI(title="alexnet serve", docs_url=None, redoc_url=None, openapi_url=None)
+    app.state.server = state
+    app.state.jobs = jobs
+    app.router.add_event_handler("shutdown", jobs.shutdown)
+
+    @app.exception_handler(AlexnetError)
+    async def _user_error(_: Request, e: AlexnetError) -> JSONResponse:
+        return JSONResponse({"error": str(e)}, status_code=_status(e))
+
+    @app.exception_handler(RequestValidationError)
+    async def _bad_request(_: Request, e: RequestValidationError) -> JSONResponse:
+        first = e.errors()[0] if e.errors() else {}
+        where = ".".join(str(p) for p in first.get("loc", ()) if p not in ("path", "query", "body"))
+        return JSONResponse({"error": f"bad {where or 'request'}: {first.get('msg', 'invalid')}"}, 422)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(_: Request, e: StarletteHTTPException) -> JSONResponse:
+        return JSONResponse({"error": str(e.detail)}, status_code=e.status_code)
+
+    @app.exception_handler(Exception)
+    async def _internal(_: Request, e: Exception) -> JSONResponse:
+        log.exception("internal error")
+        return JSONResponse({"error": f"internal error: {type(e).__name__}"}, status_code=500)
+
+    static = resources.files("alexnet.serve") / "static"
+
+    @app.get("/", include_in_schema=False)
+    def index() -> FileResponse:
+        return FileResponse(str(static / "index.html"), headers=NO_STORE)
+
+    app.mount("/static", StaticFiles(directory=str(static)), name="static")
+
+    # --- what is loaded ------------------------------------------------------------------------------------
+    @app.get("/api/info")
+    def info() -> dict[str, Any]:
+        return {
+            "models": [s.describe() | {"top9": top9[s.key].available()} for s in state.slots.values()],
+            "samples": [{"id": s.id, "title": s.title, "group": s.group} for s in list_samples()],
+            "limits": {"max_bytes": max_bytes, "max_pixels": max_pixels},
+        }
+
+    @app.get("/api/models/{key}/summary")
+    def summary(key: str) -> dict[str, Any]:
+        from alexnet.analysis import summarize
+
+        slot = state.slot(key)
+        return summarize(slot.model, slot.preprocessing.input_size).to_dict()
+
+    # --- images in -----------------------------------------------------------------------------------------
+    def _describe_image(image_id: str, image: torch.Tensor, source: str) -> dict[str, Any]:
+        return {
+            "image_id": image_id,
+            "width": int(image.shape[2]),
+            "height": int(image.shape[1]),
+            "source": source,
+        }
+
+    @app.post("/api/images")
+    async def upload(request: Request) -> dict[str, Any]:
+        data = await _read_body(request, max_bytes)
+        image = decode_upload(data, max_bytes=max_bytes, max_pixels=max_pixels)
+        return _describe_image(state.add_image(image), image, "upload")
+
+    @app.get("/api/samples/{sample_id}/thumb.png")
+    def sample_thumb(sample_id: str) -> Response:
+        from torchvision.transforms import v2
+
+        return _png(render.image_png(v2.Resize(96, antialias=True)(load_sample(sample_id))))
+
+    @app.post("/api/samples/{sample_id}")
+    def choose_sample(sample_id: str) -> dict[str, Any]:
+        image = load_sample(sample_id)
+        return _describe_image(state.add_image(image), image, sample_id)
+
+    # --- one image through one model -----------------------------------------------------------------------
+    def _analysis(key: str, image_id: str) -> Analysis:
+        return state.analysis(key, image_id)
+
+    @app.get("/api/models/{key}/images/{image_id}")
+    def analyse(key: str, image_id: str) -> dict[str, Any]:
+        a = _analysis(key, image_id)
+        slot = state.slot(key)
+        base = f"/api/models/{key}/images/{image_id}"
+        layers = []
+        for layer, acts in a.activations.items():
+            c, h, w = acts.shape
+            layers.append(
+                {
+                    "layer": layer,
+                    "shape": [c, h, w],
+                    "layout": render.grid_layout(c, h),
+                    "grid": f"{base}/layers/{layer}/grid.png",
+                }
+            )
+        return {
+            "model": slot.describe() | {"top9": top9[key].available()},
+            "input": f"{base}/input.png",
+            "predictions": [
+                {"index": p.index, "label": p.label, "probability": p.probability} for p in a.predictions
+            ],
+            "layers": layers,
+        }
+
+    @app.get("/api/models/{key}/images/{image_id}/input.png")
+    def input_png(key: str, image_id: str) -> Response:
+        a = _analysis(key, image_id)
+        return _png(a.pngs.get_or_create(("input",), lambda: render.image_png(a.crop)))
+
+    @app.get("/api/models/{key}/images/{image_id}/layers/{layer}/grid.png")
+    def grid_png(key: str, image_id: str, layer: str) -> Response:
+        state.slot(key).check_layer(layer)
+        a = _analysis(key, image_id)
+        return _png(a.pngs.get_or_create(("grid", layer), lambda: render.grid_png(a.activations[layer])[0]))
+
+    def _channel(key: str, image_id: str, layer: str, channel: int) -> tuple[Slot, Analysis, torch.Tensor]:
+        slot = state.slot(key)
+        slot.check_layer(layer)
+        a = _analysis(key, image_id)
+        acts = a.activations[layer]
+        if not 0 <= channel < acts.shape[0]:
+            raise LayerNotFound(f"channel {channel} is out of range for {layer} (0–{acts.shape[0] - 1})")
+        return slot, a, acts[channel]
+
+    @app.get("/api/models/{key}/images/{image_id}/layers/{layer}/channels/{channel}")
+    def channel_info(key: str, image_id: str, layer: str, channel: int) -> dict[str, Any]:
+        _, _, fmap = _channel(key, image_id, layer, channel)
+        base = f"/api/models/{key}/images/{image_id}/layers/{layer}/channels/{channel}"
+        flat = int(fmap.flatten().argmax())
+        row, col = divmod(flat, fmap.shape[1])
+        return {
+            "layer": layer,
+            "channel": channel,
+            "shape": list(fmap.shape),
+            "max": float(fmap.max()),
+            "mean": float(fmap.mean()),
+            "argmax": [row, col],
+            "map": f"{base}/map.png",
+            "deconv": f"{base}/deconv.png",
+            "top9": top9[key].channel(layer, channel) if top9[key].has(layer) else None,
+        }
+
+    @app.get("/api/models/{key}/images/{image_id}/layers/{layer}/channels/{channel}/map.png")
+    def channel_map(key: str, image_id: str, layer: str, channel: int) -> Response:
+        slot, a, fmap = _channel(key, image_id, layer, channel)
+        size = slot.preprocessing.input_size
+        return _png(a.pngs.get_or_create(("map", layer, channel), lambda: render.map_png(fmap, size)))
+
+    @app.get("/api/models/{key}/images/{image_id}/layers/{layer}/channels/{channel}/deconv.png")
+    def channel_deconv(key: str, image_id: str, layer: str, channel: int) -> Response:
+        from alexnet.visualize.deconvnet import deconvnet
+
+        slot, a, _ = _channel(key, image_id, layer, channel)
+
+        def make() -> bytes:
+            return render.projection_png(deconvnet(slot.model, a.x, layer, channel)[0], slot.preprocessing)
+
+        return _png(a.pngs.get_or_create(("deconv", layer, channel), make))
+
+    # --- top-9 of the data set (computed offline by `alexnet visualize top9`) -----------------------------
+    @app.get("/api/models/{key}/top9/{layer}/{channel}/{rank}/{kind}.png")
+    def top9_png(key: str, layer: str, channel: int, rank: int, kind: str) -> Response:
+        state.slot(key)
+        return _png(top9[key].png(layer, channel, rank, kind))
+
+    # --- occlusion, as a polled job ------------------------------------------------------------------------
+    @app.post("/api/models/{key}/images/{image_id}/occlusion")
+    def start_occlusion(key: str, image_id: str, size: int = 32, stride: int = 8) -> dict[str, Any]:
+        slot = state.slot(key)
+        a = _analysis(key, image_id)
+        side = slot.preprocessing.input_size
+        if not 4 <= size <= side // 2:
+            raise UploadError(f"occluder size must be 4–{side // 2} pixels, got {size}")
+        if not 2 <= stride <= size:
+            raise UploadError(f"stride must be 2–{size} pixels, got {stride}")
+        positions = ((side - size) // stride + 1) ** 2
+
+        def work(job: Job, progress: Progress) -> None:
+            from alexnet.visualize.occlusion import occlusion
+
+            progress(0, positions)
+            r = occlusion(slot.model, a.x[0], size=size, stride=stride)
+            progress(positions, positions)
+            job.files["activation.png"] = render.heatmap_png(r.activation)
+            job.files["probability.png"] = render.heatmap_png(r.probability)
+            job.files["labels.png"], legend = render.label_map_png(r.label_map)
+            job.result = {
+                "layer": r.layer,
+                "channel": r.channel,
+                "target": r.target,
+                "target_label": r.labels.get(r.target, str(r.target)),
+                "base_activation": r.base_activation,
+                "base_probability": r.base_probability,
+                "probability_range": [float(r.probability.min()), float(r.probability.max())],
+                "legend": [{"index": c, "label": r.labels.get(c, str(c)), "color": col} for c, col in legend],
+                "size": size,
+                "stride": stride,
+                "positions": positions,
+            }
+
+        job = jobs.submit("occlusion", work, key=f"occ-{key}-{image_id}-{size}-{stride}")
+        job.total = job.total or positions
+        return job.describe()
+
+    @app.get("/api/jobs/{job_id}")
+    def job_status(job_id: str) -> dict[str, Any]:
+        return jobs.get(job_id).describe()
+
+    @app.get("/api/jobs/{job_id}/{name}")
+    def job_file(job_id: str, name: str) -> Response:
+        job = jobs.get(job_id)
+        if name not in job.files:
+            raise UnknownJob(f"job {job_id} has no file {name!r} (state: {job.state})")
+        return _png(job.files[name])
+
+    return app

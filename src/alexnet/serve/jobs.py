@@ -1,0 +1,93 @@
+"""Background jobs (the occlusion study) that the page polls for progress.
+
+One worker thread: an occlusion map is hundreds of forward passes, and running two at once on a 2-core CPU
+would only make both slower and the page less responsive. Finished jobs are kept (bounded) so the page can
+fetch their images; a failing job records its error message instead of killing the worker.
+"""
+
+from __future__ import annotations
+
+import threading
+import uuid
+from collections import OrderedDict
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+from alexnet.errors import AlexnetError
+
+Progress = Callable[[int, int], None]
+
+
+class UnknownJob(AlexnetError, KeyError):
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else ""
+
+
+@dataclass
+class Job:
+    id: str
+    kind: str
+    state: str = "queued"  # queued → running → done | failed
+    done: int = 0
+    total: int = 0
+    error: str | None = None
+    result: dict[str, Any] = field(default_factory=dict)  # JSON-able summary
+    files: dict[str, bytes] = field(default_factory=dict)  # name → PNG
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "kind": self.kind,
+            "state": self.state,
+            "done": self.done,
+            "total": self.total,
+            "progress": self.done / self.total if self.total else 0.0,
+            "error": self.error,
+            "result": self.result,
+            "files": sorted(self.files),
+        }
+
+
+class JobRunner:
+    def __init__(self, keep: int = 32) -> None:
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="alexnet-job")
+        self._jobs: OrderedDict[str, Job] = OrderedDict()
+        self._lock = threading.Lock()
+        self._keep = keep
+
+    def submit(self, kind: str, work: Callable[[Job, Progress], None], key: str | None = None) -> Job:
+        """Queue ``work(job, progress)``; with ``key``, an identical job already known is returned instead."""
+        with self._lock:
+            if key is not None and key in self._jobs and self._jobs[key].state != "failed":
+                return self._jobs[key]
+            job = Job(key or uuid.uuid4().hex[:16], kind)
+            self._jobs[job.id] = job
+            while len(self._jobs) > self._keep:
+                self._jobs.popitem(last=False)
+
+        def progress(done: int, total: int) -> None:
+            job.done, job.total = done, total
+
+        def run() -> None:
+            job.state = "running"
+            try:
+                work(job, progress)
+                job.state = "done"
+            except AlexnetError as e:
+                job.error, job.state = str(e), "failed"
+            except Exception as e:  # a job's failure is reported to the page; the worker lives on
+                job.error, job.state = f"internal error: {type(e).__name__}: {e}", "failed"
+
+        self._pool.submit(run)
+        return job
+
+    def get(self, job_id: str) -> Job:
+        with self._lock:
+            if job_id not in self._jobs:
+                raise UnknownJob(f"no job {job_id!r}")
+            return self._jobs[job_id]
+
+    def shutdown(self) -> None:
+        self._pool.shutdown(wait=False, cancel_futures=True)

@@ -1,0 +1,43 @@
+"""Models for the server: ``--model`` alone (random init), ``--model --weights FILE``, or ``--run DIR``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from alexnet.errors import WeightsError
+from alexnet.serve.state import Slot
+
+RUN_WEIGHTS = "model.safetensors"
+TOP9 = "top9"
+
+
+def run_weights(run_dir: str | Path) -> Path:
+    """A training run folder's final weights; :class:`WeightsError` naming what is missing."""
+    run = Path(run_dir)
+    if not run.is_dir():
+        raise WeightsError(f"{run}: no such run folder")
+    weights = run / RUN_WEIGHTS
+    if not weights.is_file():
+        raise WeightsError(f"{run}: no {RUN_WEIGHTS} in this run folder (has the run finished?)")
+    return weights
+
+
+def load_slot(key: str, model: str | None = None, weights: str | None = None, run: str | None = None) -> Slot:
+    """One model for the page. Its top-9 folder is ``top9/`` beside the weights file (or in the run folder)."""
+    from alexnet.factory import create_model
+    from alexnet.weights import load_pretrained
+
+    if run is not None:
+        if weights is not None:
+            raise WeightsError("give either --run DIR or --weights FILE, not both")
+        weights = str(run_weights(run))
+    if weights is None:
+        if model is None:
+            raise WeightsError("name a model (--model) or its weights (--weights / --run)")
+        return Slot(key, create_model(model), "random initialisation", trained=False)
+    if weights != "torchvision" and not Path(weights).is_file():
+        raise WeightsError(f"{weights}: no such weights file")
+    loaded = load_pretrained(model, weights)
+    top9 = Path(run) / TOP9 if run is not None else Path(weights).parent / TOP9
+    source = str(run) if run is not None else str(weights)
+    return Slot(key, loaded, source, trained=True, top9_dir=top9 if top9.is_dir() else None)

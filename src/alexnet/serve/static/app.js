@@ -1,0 +1,322 @@
+// alexnet serve: the page. Plain JS, no build step. Every number and picture comes from the JSON API (app.py).
+"use strict";
+
+const $ = (sel, root = document) => root.querySelector(sel);
+const state = { info: null, imageId: null, panels: {} };
+
+async function api(url, options = {}) {
+  const response = await fetch(url, options);
+  const body = await response.json().catch(() => ({ error: `HTTP ${response.status}` }));
+  if (!response.ok) throw new Error(body.error || `HTTP ${response.status}`);
+  return body;
+}
+
+function showError(message) {
+  const box = $("#error");
+  box.textContent = message;
+  box.hidden = !message;
+}
+
+function el(tag, props = {}, ...children) {
+  const node = Object.assign(document.createElement(tag), props);
+  node.append(...children);
+  return node;
+}
+
+function fmt(n) {
+  const units = [[1e9, "G"], [1e6, "M"], [1e3, "k"]];
+  for (const [size, unit] of units) if (Math.abs(n) >= size) return (n / size).toFixed(2) + unit;
+  return String(n);
+}
+
+// --- choosing an image ---------------------------------------------------------------------------------
+function buildGallery(samples) {
+  const gallery = $("#gallery");
+  let group = null;
+  for (const s of samples) {
+    if (s.group !== group) {
+      group = s.group;
+      gallery.append(el("div", { className: "group-title", textContent: group }));
+    }
+    const button = el("button", { type: "button", className: "thumb", title: s.title });
+    button.dataset.sample = s.id;
+    button.append(el("img", { src: `/api/samples/${encodeURIComponent(s.id)}/thumb.png`, alt: s.title }));
+    button.addEventListener("click", () => chooseSample(s.id, button));
+    gallery.append(button);
+  }
+}
+
+function markSelected(button) {
+  for (const b of document.querySelectorAll(".thumb.selected")) b.classList.remove("selected");
+  if (button) button.classList.add("selected");
+}
+
+async function chooseSample(id, button) {
+  markSelected(button);
+  await useImage(() => api(`/api/samples/${encodeURIComponent(id)}`, { method: "POST" }));
+}
+
+async function upload(blob) {
+  markSelected(null);
+  if (blob.size > state.info.limits.max_bytes) {
+    showError(`file too large: ${(blob.size / 1e6).toFixed(1)} MB (limit ${state.info.limits.max_bytes / 1e6} MB)`);
+    return;
+  }
+  await useImage(() => api("/api/images", { method: "POST", body: blob }));
+}
+
+async function useImage(getImage) {
+  showError("");
+  try {
+    const image = await getImage();
+    state.imageId = image.image_id;
+    await Promise.all(state.info.models.map((m) => showModel(m.key)));
+  } catch (e) {
+    showError(e.message);
+  }
+}
+
+async function startWebcam() {
+  if (!navigator.mediaDevices || !navigator.mediaDevices.getUserMedia) {
+    showError("this browser does not offer a webcam here (it needs localhost or https)");
+    return;
+  }
+  try {
+    const stream = await navigator.mediaDevices.getUserMedia({ video: true });
+    $("#video").srcObject = stream;
+    $("#webcam").hidden = false;
+  } catch (e) {
+    showError(`webcam unavailable: ${e.message}`);
+  }
+}
+
+function stopWebcam() {
+  const video = $("#video");
+  if (video.srcObject) for (const track of video.srcObject.getTracks()) track.stop();
+  video.srcObject = null;
+  $("#webcam").hidden = true;
+}
+
+function snapWebcam() {
+  const video = $("#video");
+  if (!video.videoWidth) return showError("the webcam has no picture yet");
+  const canvas = el("canvas", { width: video.videoWidth, height: video.videoHeight });
+  canvas.getContext("2d").drawImage(video, 0, 0);
+  canvas.toBlob((blob) => upload(blob), "image/jpeg", 0.92);
+}
+
+// --- one model's panel ---------------------------------------------------------------------------------
+function buildPanel(model) {
+  const node = $("#model-template").content.firstElementChild.cloneNode(true);
+  node.dataset.model = model.key;
+  $(".model-title", node).textContent = `${model.name}${model.trained ? "" : " — random initialisation"}`;
+  $(".model-source", node).textContent =
+    `${model.trained ? "weights: " + model.source : "untrained: no weights loaded, so the maps show random filters"}` +
+    ` · ${model.num_classes} classes · ${model.input_size}×${model.input_size} input`;
+  $(".occ-run", node).addEventListener("click", () => runOcclusion(model.key));
+  $(".occ-run", node).disabled = true;
+  $("#models").append(node);
+  state.panels[model.key] = { node, model, layers: {} };
+  loadSummary(model.key);
+}
+
+async function loadSummary(key) {
+  const { node } = state.panels[key];
+  try {
+    const s = await api(`/api/models/${key}/summary`);
+    const table = $(".summary-table", node);
+    const head = ["layer", "type", "output", "params", "MACs", "FLOPs", "RF", "stride"];
+    table.append(el("tr", {}, ...head.map((h, i) => el("th", { textContent: h, className: i > 2 ? "num" : "" }))));
+    for (const r of s.layers) {
+      const cells = [r.name, r.type, r.output_shape.join("×"), fmt(r.params), fmt(r.macs), fmt(r.flops),
+        r.receptive_field, r.stride];
+      table.append(el("tr", {}, ...cells.map((c, i) => el("td", { textContent: c, className: i > 2 ? "num" : "" }))));
+    }
+    const t = s.totals;
+    table.append(el("tr", {}, ...["total", "", "", fmt(t.params), fmt(t.macs), fmt(t.flops), "", ""].map(
+      (c, i) => el("th", { textContent: c, className: i > 2 ? "num" : "" }))));
+  } catch (e) {
+    showError(e.message);
+  }
+}
+
+async function showModel(key) {
+  const panel = state.panels[key];
+  const { node } = panel;
+  const data = await api(`/api/models/${key}/images/${state.imageId}`);
+  panel.data = data;
+  $(".input", node).src = data.input;
+  const rows = $(".predictions tbody", node);
+  rows.replaceChildren();
+  for (const p of data.predictions) {
+    const bar = el("div", { className: "bar" });
+    bar.style.width = `${Math.max(1, Math.round(p.probability * 120))}px`;
+    rows.append(el("tr", {},
+      el("td", { className: "num", textContent: (100 * p.probability).toFixed(1) + "%" }),
+      el("td", {}, bar),
+      el("td", { textContent: p.label })));
+  }
+  const layers = $(".layers", node);
+  layers.replaceChildren();
+  for (const layer of data.layers) {
+    const img = el("img", { src: layer.grid, alt: `${layer.layer} activation grid` });
+    img.dataset.layer = layer.layer;
+    const pick = el("div", { className: "pick", hidden: true });
+    const wrap = el("div", { className: "grid-wrap" }, img, pick);
+    wrap.addEventListener("click", (ev) => clickGrid(key, layer, img, pick, ev));
+    const [c, h, w] = layer.shape;
+    layers.append(el("div", { className: "layer" },
+      el("h4", { textContent: `${layer.layer}: ${c} maps of ${h}×${w}` }), wrap));
+  }
+  $(".channel", node).hidden = true;
+  $(".occlusion", node).replaceChildren();
+  $(".occ-status", node).textContent = "";
+  $(".occ-run", node).disabled = false;
+}
+
+function channelAt(layout, img, ev) {
+  const rect = img.getBoundingClientRect();
+  const scale = img.naturalWidth / rect.width;
+  const x = (ev.clientX - rect.left) * scale;
+  const y = (ev.clientY - rect.top) * scale;
+  const step = layout.tile + layout.pad;
+  const col = Math.floor(x / step);
+  const row = Math.floor(y / step);
+  if (x - col * step >= layout.tile || y - row * step >= layout.tile) return null; // on the padding
+  const channel = row * layout.cols + col;
+  return col < layout.cols && channel < layout.channels ? { channel, row, col, scale } : null;
+}
+
+function clickGrid(key, layer, img, pick, ev) {
+  const hit = channelAt(layer.layout, img, ev);
+  if (!hit) return;
+  const step = layer.layout.tile + layer.layout.pad;
+  Object.assign(pick.style, {
+    left: `${(hit.col * step) / hit.scale - 2}px`, top: `${(hit.row * step) / hit.scale - 2}px`,
+    width: `${layer.layout.tile / hit.scale + 4}px`, height: `${layer.layout.tile / hit.scale + 4}px`,
+  });
+  for (const other of document.querySelectorAll(`[data-model="${key}"] .pick`)) other.hidden = true;
+  pick.hidden = false;
+  showChannel(key, layer.layer, hit.channel);
+}
+
+async function showChannel(key, layer, channel) {
+  const { node } = state.panels[key];
+  showError("");
+  try {
+    const c = await api(`/api/models/${key}/images/${state.imageId}/layers/${layer}/channels/${channel}`);
+    const box = $(".channel", node);
+    box.hidden = false;
+    box.dataset.layer = layer;
+    box.dataset.channel = channel;
+    $(".channel-title", node).textContent = `${layer}, channel ${channel}`;
+    $(".channel-stats", node).textContent =
+      `max ${c.max.toFixed(3)} at unit (${c.argmax.join(", ")}) · mean ${c.mean.toFixed(3)} · map ${c.shape.join("×")}`;
+    $(".channel-map", node).src = c.map;
+    $(".channel-deconv", node).src = c.deconv;
+    showTop9($(".top9", node), c.top9, layer);
+  } catch (e) {
+    showError(e.message);
+  }
+}
+
+function showTop9(box, top9, layer) {
+  box.replaceChildren();
+  if (!top9) {
+    box.append(el("p", { className: "hint", textContent:
+      `No top-9 patches for ${layer}: run "alexnet visualize top9" and put its top9/ folder beside the weights.` }));
+    return;
+  }
+  box.append(el("h4", { textContent: `Top-9 data-set patches for this channel and their deconvnet projections (ZF Fig. 2)` }));
+  const grid = el("div", { className: "top9-grid" });
+  for (const item of top9.items) {
+    const pair = el("div", { className: "top9-pair" },
+      el("img", { src: item.patch, alt: `patch ${item.rank}`, title: item.source || "" }),
+      el("img", { src: item.deconv, alt: `deconv ${item.rank}` }));
+    grid.append(el("figure", {}, pair, el("figcaption", { textContent: item.value.toFixed(2) })));
+  }
+  box.append(grid);
+}
+
+// --- occlusion -----------------------------------------------------------------------------------------
+async function runOcclusion(key) {
+  const { node } = state.panels[key];
+  const size = $(".occ-size", node).value;
+  const stride = $(".occ-stride", node).value;
+  const bar = $(".occ-progress", node);
+  const status = $(".occ-status", node);
+  const button = $(".occ-run", node);
+  const imageId = state.imageId;
+  button.disabled = true;
+  bar.hidden = false;
+  bar.removeAttribute("value"); // indeterminate until the job reports numbers
+  const started = performance.now();
+  try {
+    let job = await api(`/api/models/${key}/images/${imageId}/occlusion?size=${size}&stride=${stride}`, { method: "POST" });
+    while (job.state === "queued" || job.state === "running") {
+      const seconds = ((performance.now() - started) / 1000).toFixed(1);
+      status.textContent = `${job.state}: ${job.total} occluded images … ${seconds} s`;
+      if (job.done > 0) { bar.max = job.total; bar.value = job.done; }
+      await new Promise((r) => setTimeout(r, 300));
+      job = await api(`/api/jobs/${job.id}`);
+    }
+    if (job.state === "failed") throw new Error(job.error);
+    if (imageId === state.imageId) showOcclusion(node, job);
+    status.textContent = `${job.total} occluded images in ${((performance.now() - started) / 1000).toFixed(1)} s`;
+  } catch (e) {
+    status.textContent = "";
+    showError(e.message);
+  } finally {
+    bar.hidden = true;
+    button.disabled = false;
+  }
+}
+
+function showOcclusion(node, job) {
+  const r = job.result;
+  const box = $(".occlusion", node);
+  const url = (name) => `/api/jobs/${job.id}/${name}`;
+  const legend = el("ul", { className: "legend" });
+  for (const item of r.legend) {
+    const swatch = el("span");
+    swatch.style.background = item.color;
+    legend.append(el("li", {}, swatch, item.label));
+  }
+  box.replaceChildren(
+    el("figure", {}, el("img", { src: url("activation.png"), alt: "occlusion activation" }),
+      el("figcaption", { textContent: `(a) total activation of ${r.layer} map ${r.channel}` })),
+    el("figure", {}, el("img", { src: url("probability.png"), alt: "occlusion probability" }),
+      el("figcaption", { textContent: `(b) p(${r.target_label}): ${r.probability_range.map((p) => p.toFixed(3)).join("–")}` })),
+    el("figure", {}, el("img", { src: url("labels.png"), alt: "occlusion labels" }),
+      el("figcaption", { textContent: "(c) most probable class" }), legend));
+}
+
+// --- start ---------------------------------------------------------------------------------------------
+async function main() {
+  try {
+    state.info = await api("/api/info");
+  } catch (e) {
+    showError(`cannot reach the server: ${e.message}`);
+    return;
+  }
+  const models = state.info.models;
+  $("#model-names").textContent = models.map((m) => m.name).join(" and ");
+  const untrained = models.filter((m) => !m.trained).map((m) => m.name);
+  if (untrained.length) {
+    const banner = $("#banner");
+    banner.hidden = false;
+    banner.textContent = `${untrained.join(", ")}: random initialisation (no trained weights loaded). ` +
+      "Predictions are meaningless and maps show untrained filters; start with --weights FILE or --run DIR.";
+  }
+  const l = state.info.limits;
+  $("#limits").textContent = `JPEG, PNG, GIF, BMP, WebP or TIFF; at most ${l.max_bytes / 1e6} MB and ${l.max_pixels / 1e6} megapixels`;
+  buildGallery(state.info.samples);
+  for (const m of models) buildPanel(m);
+  $("#upload").addEventListener("change", (ev) => ev.target.files[0] && upload(ev.target.files[0]));
+  $("#webcam-start").addEventListener("click", startWebcam);
+  $("#webcam-stop").addEventListener("click", stopWebcam);
+  $("#webcam-snap").addEventListener("click", snapWebcam);
+  document.body.dataset.ready = "1";
+}
+
+main();
