@@ -1,0 +1,329 @@
+"""ZF Fig. 2: the 9 strongest activations of each feature map over a data set, streamed once, resumable.
+
+For every feature map (channel) of a layer the stream keeps its ``k`` strongest activations. As in ZF's figure
+the ``k`` come from ``k`` different images: each image contributes, per channel, its strongest unit (value, row,
+column), and the running top-k merges those. Memory is ``O(channels · k)`` whatever the data-set size: only the
+kept entries' image paths are remembered.
+
+Resumable: the state (kept values, units, image paths and how many images were consumed) is written atomically
+every ``save_every`` batches and at the end; ``resume=True`` reloads it and skips the images already consumed, so
+the data must be listed in the same order (an :class:`~alexnet.data.folders.ImageFolder` listing is sorted).
+
+:func:`render_top9` draws, per feature map, the 9 input patches cropped to the unit's receptive field
+(:meth:`alexnet.analysis.receptive.Field.box`) beside their deconvnet projections (ZF §2.1).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from itertools import islice
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from alexnet.analysis.summary import receptive_fields
+from alexnet.errors import DataError, ImageError
+from alexnet.models import AlexNetFamily
+from alexnet.visualize.deconvnet import project
+from alexnet.visualize.hooks import SelectionError, capture, check_trunk_layer
+from alexnet.visualize.inputs import prepare
+from alexnet.visualize.plot import new_figure, projection_to_image, save_json, save_npz, uint8_to_float
+
+Item = tuple[torch.Tensor | str | Path, str]  # (uint8 RGB image or a file path, the name to record)
+STATE = "state.npz"
+
+
+@dataclass
+class TopK:
+    """Per channel its ``k`` strongest activations, strongest first (value ``-inf`` = not filled yet)."""
+
+    layer: str
+    k: int
+    values: np.ndarray  # C×k float32
+    images: np.ndarray  # C×k int64: global image number (-1 = empty)
+    units: np.ndarray  # C×k×2 int64: (row, col) in the layer's map
+    paths: dict[int, str]  # image number → path, only for kept entries
+    seen: int = 0  # images consumed so far
+    skipped: int = 0  # unreadable files
+    map_size: tuple[int, int] = (0, 0)
+
+    @classmethod
+    def empty(cls, layer: str, channels: int, k: int) -> TopK:
+        return cls(
+            layer=layer,
+            k=k,
+            values=np.full((channels, k), -np.inf, dtype=np.float32),
+            images=np.full((channels, k), -1, dtype=np.int64),
+            units=np.zeros((channels, k, 2), dtype=np.int64),
+            paths={},
+        )
+
+    def update(self, acts: torch.Tensor, names: Sequence[str]) -> None:
+        """Merge a batch of activations (B×C×H×W) whose images are ``names``, numbered from ``self.seen``."""
+        b, c, h, w = acts.shape
+        self.map_size = (h, w)
+        best, flat = acts.float().flatten(2).max(dim=2)  # B×C: each image's strongest unit per channel
+        numbers = torch.arange(self.seen, self.seen + b).view(b, 1).expand(b, c)
+        vals = torch.cat((torch.from_numpy(self.values), best.T), dim=1)  # C×(k+B)
+        imgs = torch.cat((torch.from_numpy(self.images), numbers.T), dim=1)
+        flat_old = torch.from_numpy(self.units[..., 0] * w + self.units[..., 1])
+        units = torch.cat((flat_old, flat.T), dim=1)
+        # Stable order: ties keep the earlier image (a sort, not topk, whose tie order is unspecified).
+        order = torch.sort(vals, dim=1, descending=True, stable=True).indices[:, : self.k]
+        self.values = vals.gather(1, order).numpy().astype(np.float32)
+        self.images = imgs.gather(1, order).numpy().astype(np.int64)
+        kept_flat = units.gather(1, order)
+        self.units = torch.stack((kept_flat // w, kept_flat % w), dim=-1).numpy().astype(np.int64)
+        for i, name in enumerate(names):
+            self.paths[self.seen + i] = name
+        self.seen += b
+        live = set(self.images[self.images >= 0].tolist())
+        self.paths = {n: p for n, p in self.paths.items() if n in live}
+
+    # --- persistence ---------------------------------------------------------------------------------
+    def save(self, folder: str | Path) -> Path:
+        meta = {
+            "layer": self.layer,
+            "k": self.k,
+            "seen": self.seen,
+            "skipped": self.skipped,
+            "map_size": list(self.map_size),
+            "paths": {str(n): p for n, p in self.paths.items()},
+        }
+        return save_npz(
+            Path(folder) / STATE,
+            values=self.values,
+            images=self.images,
+            units=self.units,
+            meta=np.array(json.dumps(meta)),
+        )
+
+    @classmethod
+    def load(cls, folder: str | Path) -> TopK:
+        path = Path(folder) / STATE
+        try:
+            with np.load(path, allow_pickle=False) as z:
+                meta = json.loads(str(z["meta"]))
+                return cls(
+                    layer=meta["layer"],
+                    k=int(meta["k"]),
+                    values=z["values"],
+                    images=z["images"],
+                    units=z["units"],
+                    paths={int(n): p for n, p in meta["paths"].items()},
+                    seen=int(meta["seen"]),
+                    skipped=int(meta.get("skipped", 0)),
+                    map_size=tuple(meta.get("map_size", (0, 0))),  # type: ignore[arg-type]
+                )
+        except (OSError, ValueError, KeyError) as e:
+            raise DataError(f"{path}: not a readable top-k state ({e})") from None
+
+    def entries(self, channel: int) -> list[tuple[float, str, int, int]]:
+        """(value, image path, row, col) of ``channel``'s kept activations, strongest first."""
+        out = []
+        for j in range(self.k):
+            n = int(self.images[channel, j])
+            if n >= 0:
+                row, col = (int(v) for v in self.units[channel, j])
+                out.append((float(self.values[channel, j]), self.paths[n], row, col))
+        return out
+
+
+def folder_items(root: str | Path, split: str = "val", max_images: int | None = None) -> list[Item]:
+    """The image files of a data set in a stable order: ``ROOT/<split>/<class>/*`` (ImageNet layout) if that
+    exists, else every file under ``ROOT`` sorted by path."""
+    root = Path(root)
+    files: list[Path]
+    if (root / split).is_dir():
+        from alexnet.data.folders import ImageFolder
+
+        files = [p for p, _ in ImageFolder(root, split).samples]
+    elif root.is_dir():
+        files = sorted(p for p in root.rglob("*") if p.is_file() and not p.name.startswith("."))
+    else:
+        raise DataError(f"{root}: no such data folder")
+    if not files:
+        raise DataError(f"{root}: no image files found")
+    files = files[:max_images] if max_images is not None else files
+    return [(p, str(p)) for p in files]
+
+
+def _batches(
+    model: AlexNetFamily, items: Iterator[Item], batch_size: int
+) -> Iterator[tuple[torch.Tensor | None, list[str], int]]:
+    """(normalised batch, names, unreadable files in this chunk); unreadable files are counted, not fatal."""
+    while True:
+        chunk = list(islice(items, batch_size))
+        if not chunk:
+            return
+        tensors, names = [], []
+        for image, name in chunk:
+            try:
+                tensors.append(prepare(model, image, name).tensor)
+                names.append(name)
+            except ImageError:
+                pass
+        yield (torch.stack(tensors) if tensors else None), names, len(chunk) - len(names)
+
+
+def stream_topk(
+    model: AlexNetFamily,
+    items: Iterable[Item],
+    layer: str,
+    *,
+    k: int = 9,
+    batch_size: int = 32,
+    state_dir: str | Path | None = None,
+    save_every: int = 10,
+    resume: bool = False,
+    progress: bool = False,
+    total: int | None = None,
+) -> TopK:
+    """One pass over ``items`` keeping, per feature map of ``layer``, its ``k`` strongest activations."""
+    check_trunk_layer(model, layer)
+    if k < 1:
+        raise SelectionError(f"k must be at least 1, got {k}")
+    it = iter(items)
+    state: TopK | None = None
+    if resume and state_dir is not None and (Path(state_dir) / STATE).exists():
+        state = TopK.load(state_dir)
+        if state.layer != layer or state.k != k:
+            raise DataError(
+                f"{state_dir}: the saved state is for {state.layer} top-{state.k}, not {layer} top-{k}"
+            )
+        consumed = state.seen + state.skipped
+        it = islice(it, consumed, None)
+    pbar = tqdm(total=total, desc=f"top-{k} {layer}", unit="img", disable=not progress)
+    if state is not None:
+        pbar.update(state.seen + state.skipped)
+    skipped = 0  # unreadable files met before the first readable batch
+    for n, (batch, names, bad) in enumerate(_batches(model, it, batch_size), 1):
+        pbar.update(len(names) + bad)
+        if batch is None:
+            skipped += bad
+            continue
+        acts = capture(model, batch, [layer])[layer]
+        if state is None:
+            state = TopK.empty(layer, acts.shape[1], k)
+        state.skipped += bad + skipped
+        skipped = 0
+        state.update(acts, names)
+        if state_dir is not None and n % save_every == 0:
+            state.save(state_dir)
+    pbar.close()
+    if state is None:
+        raise DataError("no readable image in the data set")
+    state.skipped += skipped
+    if state_dir is not None:
+        state.save(state_dir)
+    return state
+
+
+def topk_json(model: AlexNetFamily, state: TopK, image_size: int) -> dict[str, Any]:
+    """Per channel: value, image path, unit (row, col) and the unit's receptive-field box in the input crop."""
+    field = receptive_fields(model)[state.layer]
+    channels = []
+    for c in range(state.values.shape[0]):
+        entries = []
+        for value, path, row, col in state.entries(c):
+            top, left, bottom, right = field.box(row, col, image_size)
+            entries.append(
+                {"value": value, "image": path, "unit": [row, col], "box": [top, left, bottom, right]}
+            )
+        channels.append({"channel": c, "top": entries})
+    return {
+        "model": model.config.name,
+        "layer": state.layer,
+        "k": state.k,
+        "images_seen": state.seen,
+        "images_skipped": state.skipped,
+        "map_size": list(state.map_size),
+        "receptive_field": {"size": field.size, "stride": field.jump},
+        "channels": channels,
+    }
+
+
+def write_topk(model: AlexNetFamily, state: TopK, folder: str | Path) -> list[Path]:
+    """``top9.json`` and ``top9.npz`` (values, image numbers, units) in ``folder``."""
+    from alexnet.predict import preprocessing_of
+
+    size = preprocessing_of(model).input_size
+    folder = Path(folder)
+    return [
+        save_json(folder / "top9.json", topk_json(model, state, size)),
+        save_npz(folder / "top9.npz", values=state.values, images=state.images, units=state.units),
+    ]
+
+
+def render_channel(model: AlexNetFamily, state: TopK, channel: int) -> tuple[np.ndarray, np.ndarray]:
+    """(patches, projections): two 3×3 grids (H×W×3, 0–1) of receptive-field crops and deconv projections."""
+    from alexnet.predict import preprocessing_of
+    from alexnet.visualize.plot import tile
+
+    entries = state.entries(channel)
+    prep = preprocessing_of(model)
+    size = prep.input_size
+    field = receptive_fields(model)[state.layer]
+    side = min(field.size, size)
+    if not entries:
+        blank = np.ones((side, side, 3), np.float32)
+        return blank, blank
+    prepared = [prepare(model, path) for _, path, _, _ in entries]
+    images = torch.stack([p.tensor for p in prepared])
+    c, h, w = len(state.values), *state.map_size
+    mask = torch.zeros(len(entries), c, h, w)
+    for i, (_, _, row, col) in enumerate(entries):
+        mask[i, channel, row, col] = 1.0
+    proj = project(model, images, state.layer, mask)
+    patches, projs = [], []
+    for i, (_, _, row, col) in enumerate(entries):
+        top, left, bottom, right = field.box(row, col, size)
+        # A border unit's field sticks out of the image (padding): keep the crop where it sits in the field.
+        dy, dx = top - field.box(row, col)[0], left - field.box(row, col)[1]
+        dy, dx = min(dy, side - 1), min(dx, side - 1)
+        crop = np.ones((side, side, 3), np.float32)
+        pic = uint8_to_float(prepared[i].crop)[top:bottom, left:right][: side - dy, : side - dx]
+        crop[dy : dy + pic.shape[0], dx : dx + pic.shape[1]] = pic
+        patches.append(crop)
+        pj = np.full((side, side, 3), 0.5, np.float32)
+        q = projection_to_image(proj[i][:, top:bottom, left:right], prep)[: side - dy, : side - dx]
+        pj[dy : dy + q.shape[0], dx : dx + q.shape[1]] = q
+        projs.append(pj)
+    return tile(np.stack(patches), ncols=3, pad=2), tile(np.stack(projs), ncols=3, pad=2)
+
+
+def render_top9(
+    model: AlexNetFamily,
+    state: TopK,
+    folder: str | Path,
+    channels: Sequence[int] | None = None,
+    progress: bool = False,
+) -> list[Path]:
+    """One PNG per feature map (``channel_NNN.png``): deconv projections (left) beside the input patches (right),
+    the layout of ZF Fig. 2."""
+    from alexnet.visualize.plot import save_figure
+
+    n_ch = state.values.shape[0]
+    chosen = list(channels) if channels is not None else list(range(min(16, n_ch)))
+    bad = [c for c in chosen if not 0 <= c < n_ch]
+    if bad:
+        raise SelectionError(f"channel {bad[0]} is out of range for {state.layer} (0–{n_ch - 1})")
+    written = []
+    for c in tqdm(chosen, desc="render", disable=not progress):
+        patches, projs = render_channel(model, state, c)
+        fig = new_figure(8, 4.3)
+        ax0, ax1 = fig.subplots(1, 2)
+        ax0.imshow(projs, interpolation="nearest")
+        ax0.set_title("deconvnet projections")
+        ax1.imshow(patches, interpolation="nearest")
+        ax1.set_title("input patches (receptive field)")
+        for ax in (ax0, ax1):
+            ax.axis("off")
+        fig.suptitle(f"{model.config.name} {state.layer} feature map {c}: top {len(state.entries(c))}")
+        written.append(save_figure(fig, Path(folder) / f"channel_{c:03d}.png"))
+    return written

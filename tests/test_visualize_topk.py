@@ -1,0 +1,96 @@
+"""ZF Fig. 2 streaming top-k: equals brute force, resumes to the same result, renders patches + projections."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import alexnet
+from alexnet.visualize.hooks import capture
+from alexnet.visualize.inputs import prepare
+from alexnet.visualize.topk import TopK, render_top9, stream_topk, topk_json, write_topk
+
+
+def _photos() -> list[tuple[torch.Tensor, str]]:
+    """Ten distinct real images: three photographs, their mirror images and crops."""
+    import skimage.data
+
+    base = [skimage.data.chelsea(), skimage.data.coffee(), skimage.data.astronaut()]
+    items = []
+    for i, pic in enumerate(base):
+        t = torch.from_numpy(np.ascontiguousarray(pic)).permute(2, 0, 1).contiguous()
+        items.append((t, f"photo{i}"))
+        items.append((t.flip(-1).contiguous(), f"photo{i}_mirror"))
+        items.append((t[:, : t.shape[1] * 3 // 4, : t.shape[2] * 3 // 4].contiguous(), f"photo{i}_crop"))
+    items.append((items[0][0][:, 40:, 60:].contiguous(), "photo0_crop2"))
+    return items
+
+
+@pytest.fixture(scope="module")
+def model() -> alexnet.models.AlexNetFamily:
+    torch.manual_seed(0)
+    return alexnet.create_model("zfnet", init="pytorch").eval()
+
+
+def brute_force(model, items, layer, k):
+    x = torch.stack([prepare(model, im).tensor for im, _ in items])
+    acts = capture(model, x, [layer])[layer].flatten(2).amax(2)  # N×C: each image's strongest unit
+    values, index = acts.T.sort(dim=1, descending=True, stable=True)
+    return values[:, :k].numpy(), index[:, :k].numpy()
+
+
+def test_streaming_topk_equals_brute_force(model) -> None:
+    items = _photos()
+    state = stream_topk(model, items, "pool2", k=4, batch_size=3)
+    values, index = brute_force(model, items, "pool2", 4)
+    np.testing.assert_allclose(state.values, values, rtol=1e-5, atol=1e-6)
+    np.testing.assert_array_equal(state.images, index)
+    assert state.seen == len(items)
+    # Only kept images' paths are remembered (memory bounded by channels × k).
+    assert set(state.paths) == set(np.unique(state.images).tolist())
+    # The recorded unit holds the recorded value.
+    x = prepare(model, items[int(state.images[5, 0])][0]).tensor.unsqueeze(0)
+    row, col = state.units[5, 0]
+    assert capture(model, x, ["pool2"])["pool2"][0, 5, row, col] == pytest.approx(state.values[5, 0])
+
+
+def test_resume_continues_to_the_same_result(model, tmp_path: Path) -> None:
+    items = _photos()
+    straight = stream_topk(model, items, "conv3", k=3, batch_size=2)
+    # An interrupted run: it saw the first 6 images (saving every batch) and stopped.
+    stream_topk(model, items[:6], "conv3", k=3, batch_size=2, state_dir=tmp_path, save_every=1)
+    assert TopK.load(tmp_path).seen == 6
+    resumed = stream_topk(model, items, "conv3", k=3, batch_size=2, state_dir=tmp_path, resume=True)
+    np.testing.assert_allclose(resumed.values, straight.values, rtol=1e-5)
+    np.testing.assert_array_equal(resumed.images, straight.images)
+    np.testing.assert_array_equal(resumed.units, straight.units)
+    assert resumed.paths == straight.paths and resumed.seen == len(items)
+
+
+def test_unreadable_files_are_skipped_and_counted(model, tmp_path: Path, chelsea_jpeg: Path) -> None:
+    bad = tmp_path / "notes.jpg"
+    bad.write_text("not an image")
+    state = stream_topk(model, [(bad, str(bad)), (chelsea_jpeg, str(chelsea_jpeg))], "conv1", k=2)
+    assert state.seen == 1 and state.skipped == 1
+    assert (state.images[:, 0] == 0).all() and (state.images[:, 1] == -1).all()
+
+
+def test_json_boxes_are_receptive_fields_and_grids_render(model, tmp_path: Path) -> None:
+    items = [(p, f"{tmp_path}/img{i}.png") for i, (p, _) in enumerate(_photos()[:9])]
+    from PIL import Image
+
+    for t, path in items:
+        Image.fromarray(t.permute(1, 2, 0).numpy()).save(path)
+    files = [(Path(p), p) for _, p in items]
+    state = stream_topk(model, files, "conv5", k=9, batch_size=5)
+    data = topk_json(model, state, 224)
+    entry = data["channels"][7]["top"][0]
+    field = alexnet.analysis.summary.receptive_fields(model)["conv5"]
+    assert entry["box"] == list(field.box(*entry["unit"], 224))
+    assert len(data["channels"]) == 256 and len(data["channels"][0]["top"]) == 9
+    written = write_topk(model, state, tmp_path / "out") + render_top9(model, state, tmp_path / "out", [0, 7])
+    assert [p.name for p in written] == ["top9.json", "top9.npz", "channel_000.png", "channel_007.png"]
+    assert all(p.stat().st_size > 0 for p in written)
