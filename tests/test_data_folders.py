@@ -1,0 +1,220 @@
+"""ImageNet-layout folders: class order, subsets, layout errors, bad-file policy, every image mode → RGB."""
+
+from __future__ import annotations
+
+import io
+import logging
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from alexnet.data.folders import BadSample, ImageFolder, check_file, check_split, collate_skip_bad
+from alexnet.data.images import read_image
+from alexnet.data.loader import make_loader
+from alexnet.data.preprocess import Preprocessing
+from alexnet.data.transforms import eval_transform
+from alexnet.errors import DataError
+
+
+@pytest.fixture(autouse=True)
+def _private_check_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("ALEXNET_DATA", str(tmp_path / "cache"))
+
+
+@pytest.fixture(scope="module")
+def jpeg_bytes(chelsea: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(chelsea[::4, ::4]).save(buf, format="JPEG", quality=85)
+    return buf.getvalue()
+
+
+def make_folder(root: Path, layout: dict[str, dict[str, int]], data: bytes) -> Path:
+    """``layout``: split → class → number of copies of the JPEG ``data``."""
+    for split, classes in layout.items():
+        for cls, n in classes.items():
+            (root / split / cls).mkdir(parents=True)
+            for i in range(n):
+                (root / split / cls / f"img_{i:03d}.jpg").write_bytes(data)
+    return root
+
+
+def test_class_index_is_sorted_folder_order_like_torchvision(tmp_path, jpeg_bytes):
+    from torchvision.datasets import ImageFolder as TVImageFolder
+
+    wnids = ["n04592741", "n01440764", "n02102040", "b_other"]
+    root = make_folder(tmp_path / "d", {"train": {w: 2 for w in wnids}}, jpeg_bytes)
+    ds = ImageFolder(root, "train")
+    tv = TVImageFolder(root / "train")
+    assert ds.classes == tv.classes == sorted(wnids)
+    assert [(str(p), t) for p, t in ds.samples] == tv.samples
+
+
+def test_subsets_take_first_classes_and_first_files(tmp_path, jpeg_bytes):
+    root = make_folder(tmp_path / "d", {"train": {c: 5 for c in "dcba"}}, jpeg_bytes)
+    ds = ImageFolder(root, "train", classes=2, images_per_class=3)
+    assert ds.classes == ["a", "b"]
+    assert [(p.parent.name, p.name, t) for p, t in ds.samples] == [
+        (c, f"img_{i:03d}.jpg", t) for t, c in enumerate("ab") for i in range(3)
+    ]
+
+
+def test_val_uses_train_class_list_and_may_miss_a_class(tmp_path, jpeg_bytes):
+    root = make_folder(
+        tmp_path / "d", {"train": {"a": 1, "b": 1, "c": 1}, "val": {"a": 1, "c": 2}}, jpeg_bytes
+    )
+    train = ImageFolder(root, "train")
+    val = ImageFolder(root, "val", class_names=train.classes)
+    assert val.classes == ["a", "b", "c"]
+    assert val.targets == [0, 2, 2]
+    (root / "val" / "zzz").mkdir()
+    with pytest.raises(DataError, match="zzz"):
+        ImageFolder(root, "val", class_names=train.classes)
+
+
+def test_wrong_layouts_say_what_was_expected(tmp_path, jpeg_bytes):
+    with pytest.raises(DataError, match=r"no data folder .*train/<class>/<image files>"):
+        ImageFolder(tmp_path / "missing")
+    (tmp_path / "d").mkdir()
+    with pytest.raises(DataError, match=r"no 'train' folder.*train/<class>/"):
+        ImageFolder(tmp_path / "d")
+    (tmp_path / "d" / "train").mkdir()
+    (tmp_path / "d" / "train" / "loose.jpg").write_bytes(jpeg_bytes)
+    with pytest.raises(DataError, match="no class folders"):
+        ImageFolder(tmp_path / "d")
+    (tmp_path / "d" / "train" / "cls").mkdir()
+    with pytest.raises(DataError, match="no files"):
+        ImageFolder(tmp_path / "d")
+    with pytest.raises(DataError, match="≥ 1"):
+        ImageFolder(tmp_path / "d", classes=0)
+
+
+def write_bad_files(folder: Path, jpeg: bytes) -> dict[str, str]:
+    """One file of each kind of damage; returns name → a word its reason must contain."""
+    png = io.BytesIO()
+    Image.new("RGB", (40, 30), (1, 2, 3)).save(png, format="PNG")
+    files = {
+        "corrupt.jpg": (b"\xff\xd8\xff\xe0" + bytes(range(256)) * 8, "image"),
+        "truncated.jpg": (jpeg[: len(jpeg) // 2], "truncated"),
+        "notes.txt": (b"this is not an image\n", "not an image"),
+        "empty.jpg": (b"", "empty"),
+        "truncated.png": (png.getvalue()[:-30], "readable"),
+    }
+    for name, (data, _) in files.items():
+        (folder / name).write_bytes(data)
+    return {name: word for name, (_, word) in files.items()}
+
+
+def test_bad_files_are_skipped_counted_and_named(tmp_path, jpeg_bytes, caplog):
+    root = make_folder(tmp_path / "d", {"train": {"a": 3, "b": 3}}, jpeg_bytes)
+    expected = write_bad_files(root / "train" / "b", jpeg_bytes)
+    ds = ImageFolder(root, "train")
+    assert len(ds) == 6 + len(expected)
+    with caplog.at_level(logging.WARNING, logger="alexnet.data"):
+        bad = check_split(ds, max_bad_fraction=1.0, progress=False)
+    assert {Path(p).name for p, _ in bad} == set(expected)
+    for path, reason in bad:
+        assert expected[Path(path).name] in reason, (path, reason)
+        assert path in caplog.text
+    assert ds.bad == bad and len(ds) == 6
+    assert all(check_file(p) is None for p, _ in ds.samples)
+    # The verdicts are cached: a second dataset over the same files gets the same answer.
+    again = ImageFolder(root, "train")
+    assert check_split(again, max_bad_fraction=1.0, progress=False) == bad
+
+
+def test_more_than_one_percent_bad_stops_before_training(tmp_path, jpeg_bytes):
+    root = make_folder(tmp_path / "d", {"train": {"a": 99}}, jpeg_bytes)
+    (root / "train" / "a" / "zz_broken.jpg").write_bytes(b"garbage")
+    ok = ImageFolder(root, "train")  # 1 of 100 = 1 %: allowed
+    assert len(check_split(ok, progress=False)) == 1
+    (root / "train" / "a" / "zz_broken2.jpg").write_bytes(b"garbage")
+    too_many = ImageFolder(root, "train")  # 2 of 101 > 1 %
+    with pytest.raises(DataError, match=r"2 of 101 files .* unreadable .*zz_broken\.jpg"):
+        check_split(too_many, progress=False)
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_file_that_fails_to_decode_is_dropped_and_reported_by_the_loader(tmp_path, jpeg_bytes, workers):
+    root = make_folder(tmp_path / "d", {"train": {"a": 4, "b": 4}}, jpeg_bytes)
+    ds = ImageFolder(root, "train", eval_transform(Preprocessing(input_size=64, resize=72)))
+    broken = root / "train" / "b" / "img_002.jpg"
+    body = bytearray(jpeg_bytes)
+    for k in range(600, len(body) - 200, 7):  # scribble over the entropy-coded data, keep header and EOI
+        body[k] = 0xFF if k % 2 else 0x00
+    broken.write_bytes(body)
+    check_split(ds, progress=False)
+    assert len(ds) == 8  # the cheap header check cannot see this damage …
+    loader = make_loader(ds, 3, train=False, workers=workers)
+    seen = sum(len(y) for _, y in loader)
+    assert seen == 7  # … decoding can: the loader drops it and tells the main process
+    assert [p for p, _ in loader.bad] == [str(broken)]
+    assert ds.bad == loader.bad
+
+
+def test_collate_drops_markers_and_returns_their_paths():
+    good = (torch.zeros(3, 4, 4), 1)
+    images, targets, bad = collate_skip_bad([good, BadSample("x.jpg", "broken"), good])
+    assert images.shape == (2, 3, 4, 4) and targets.tolist() == [1, 1] and bad == [("x.jpg", "broken")]
+    images, targets, bad = collate_skip_bad([BadSample("y.jpg", "broken")])
+    assert len(targets) == 0 and bad == [("y.jpg", "broken")]
+
+
+def encode(img: Image.Image, fmt: str) -> bytes:
+    buf = io.BytesIO()
+    img.save(buf, format=fmt)
+    return buf.getvalue()
+
+
+def test_every_image_mode_comes_out_rgb_of_the_right_size(tmp_path, chelsea):
+    rgb = Image.fromarray(chelsea)
+    gray16 = Image.fromarray(np.asarray(rgb.convert("L"), dtype=np.uint16) * 257)
+    assert gray16.mode == "I;16"  # really a 16-bit PNG
+    images = {
+        "gray.jpg": encode(rgb.convert("L"), "JPEG"),
+        "cmyk.jpg": encode(rgb.convert("CMYK"), "JPEG"),
+        "rgba.png": encode(rgb.convert("RGBA"), "PNG"),
+        "gray16.png": encode(gray16, "PNG"),
+        "palette.png": encode(rgb.convert("P"), "PNG"),
+        "tiny.png": encode(rgb.resize((7, 5)), "PNG"),
+        "tiny.jpg": encode(rgb.resize((5, 7)), "JPEG"),
+    }
+    folder = tmp_path / "d" / "train" / "modes"
+    folder.mkdir(parents=True)
+    for name, data in images.items():
+        (folder / name).write_bytes(data)
+    ds = ImageFolder(tmp_path / "d", "train", eval_transform(Preprocessing()))
+    assert check_split(ds, progress=False) == []
+    for i, (path, _) in enumerate(ds.samples):
+        x, _ = ds[i]
+        assert x.shape == (3, 227, 227) and x.dtype == torch.float32, path.name
+        raw = read_image(path)
+        assert raw.dtype == torch.uint8 and raw.shape[0] == 3, path.name
+    gray = read_image(folder / "gray16.png")
+    assert torch.equal(gray[0], gray[1]) and torch.equal(gray[1], gray[2])
+    expected = torch.from_numpy(np.asarray(rgb.convert("L")))
+    assert torch.equal(gray[0], expected)  # 16-bit v·257 → 8-bit v exactly
+    cmyk = read_image(folder / "cmyk.jpg").float()
+    assert (cmyk - torch.from_numpy(chelsea).permute(2, 0, 1).float()).abs().mean() < 12  # colours survive
+    assert read_image(folder / "tiny.png").shape == (3, 5, 7)
+
+
+def test_large_jpeg_decodes_at_reduced_size_keeping_shorter_side(tmp_path, chelsea):
+    big = Image.fromarray(chelsea).resize((1804, 1200), Image.Resampling.BICUBIC)
+    path = tmp_path / "big.jpg"
+    big.save(path, quality=90)
+    full = read_image(path)
+    reduced = read_image(path, min_side=256)
+    assert full.shape == (3, 1200, 1804)
+    assert reduced.shape == (3, 300, 451)  # 1/4 scale: 1/8 would give 150 < 256
+    from torchvision.transforms import v2
+
+    a = v2.functional.resize(full, [256], antialias=True).float()
+    b = v2.functional.resize(reduced, [256], antialias=True).float()
+    assert (a - b).abs().mean() < 3  # same picture after the rescale the pipeline does anyway
+    small = tmp_path / "small.jpg"
+    shutil.copy(path, small)
+    assert read_image(small, min_side=700).shape == (3, 1200, 1804)  # < 2×700: no reduction
