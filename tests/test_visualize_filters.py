@@ -1,0 +1,89 @@
+"""Filter grids (AlexNet Fig. 3 layout) and the dead / high-frequency statistics of ZF Fig. 6."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+import alexnet
+from alexnet.visualize.filters import (
+    conv1_blocks,
+    conv2_grid,
+    filter_statistics,
+    high_frequency_fraction,
+    plot_conv1_filters,
+    plot_filter_statistics,
+)
+from alexnet.visualize.hooks import SelectionError
+from alexnet.visualize.inputs import prepare
+
+
+def test_two_tower_models_show_conv1_as_two_blocks_of_48() -> None:
+    model = alexnet.create_model("alexnet")
+    blocks = conv1_blocks(model)
+    assert len(blocks) == 2
+    # 48 kernels of 11×11 in 8 columns × 6 rows, 1 px between them.
+    assert all(b.shape == (6 * 12 - 1, 8 * 12 - 1, 3) for b in blocks)
+    w = model.layer("conv1").weight.detach()
+    first, second = w[47], w[48]  # last of tower 1, first of tower 2
+    tile47 = blocks[0][5 * 12 : 5 * 12 + 11, 7 * 12 : 7 * 12 + 11]
+    tile48 = blocks[1][0:11, 0:11]
+    for tile, kernel in ((tile47, first), (tile48, second)):
+        expected = kernel.permute(1, 2, 0).numpy()
+        expected = (expected - expected.min()) / (expected.max() - expected.min())
+        np.testing.assert_allclose(tile, expected, atol=1e-6)
+
+
+def test_single_tower_models_show_one_block() -> None:
+    blocks = conv1_blocks(alexnet.create_model("zfnet"))
+    assert len(blocks) == 1 and blocks[0].shape == (8 * 8 - 1, 12 * 8 - 1, 3)
+    assert len(plot_conv1_filters(alexnet.create_model("alexnet_owt")).axes) == 1
+
+
+def test_conv2_grid_has_a_row_per_filter_and_a_column_per_input_channel() -> None:
+    grid = conv2_grid(alexnet.create_model("alexnet"), filters=4, inputs=10)
+    assert grid.shape == (4 * 6 - 1, 10 * 6 - 1)
+    with pytest.raises(SelectionError):
+        conv2_grid(alexnet.create_model("alexnet"), filters=[300])
+
+
+def _cosine(k: int, cycles: int) -> torch.Tensor:
+    x = torch.arange(k, dtype=torch.float64)
+    wave = torch.cos(2 * math.pi * cycles * x / k)
+    return wave.view(1, k).expand(k, k).expand(3, k, k).float()
+
+
+def test_high_frequency_fraction_on_synthetic_filters() -> None:
+    k = 11
+    filters = torch.stack(
+        [
+            torch.ones(3, k, k),  # constant: all energy at DC
+            _cosine(k, 1),  # 1/11 cycle per pixel: below 1/8
+            _cosine(k, 4),  # 4/11 ≈ 0.36 cycle per pixel: above 1/8, aliases with stride 4
+            _cosine(k, 1) + _cosine(k, 4),  # half and half
+        ]
+    )
+    frac = high_frequency_fraction(filters, cutoff=1 / 8)
+    np.testing.assert_allclose(frac.numpy(), [0.0, 0.0, 1.0, 0.5], atol=1e-6)
+
+
+def test_statistics_find_dead_and_never_active_filters(chelsea) -> None:
+    torch.manual_seed(0)
+    model = alexnet.create_model("alexnet", init="pytorch").eval()
+    with torch.no_grad():
+        model.layer("conv1").weight[3] = 0.0  # dead by norm
+        model.layer("conv1").bias[10] = -1e6  # never active
+    image = prepare(model, torch.from_numpy(chelsea).permute(2, 0, 1).contiguous()).tensor.unsqueeze(0)
+    stats = filter_statistics(model, "conv1", images=image)
+    assert stats.stride == 4 and stats.cutoff == pytest.approx(1 / 8)
+    assert np.flatnonzero(stats.dead_by_norm).tolist() == [3]
+    assert stats.never_active is not None and 10 in set(np.flatnonzero(stats.never_active).tolist())
+    assert stats.summary()["dead_by_norm"] == 1
+    conv2 = filter_statistics(model, "conv2")
+    assert conv2.cutoff == 0.25 and conv2.high_frequency.shape == (256,)
+    assert len(plot_filter_statistics([stats, conv2]).axes) == 2
+    with pytest.raises(SelectionError):
+        filter_statistics(model, "pool1")
