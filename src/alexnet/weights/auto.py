@@ -310,7 +310,7 @@ def _differences(found: ArchConfig, want: ArchConfig, chain: Chain) -> str | Non
     if len(found.convs) != len(want.convs):
         return f"the file has {len(found.convs)} conv layers, {want.name} has {len(want.convs)}"
     for i, (a, b, st) in enumerate(zip(found.convs, want.convs, stages, strict=True), start=1):
-        node = f"node conv{i} ({st.conv.source})"
+        node = f"{st.conv.source} → conv{i}"
         for attr, label in (
             ("out", "out_channels"),
             ("kernel", "kernel"),
@@ -333,10 +333,10 @@ def _differences(found: ArchConfig, want: ArchConfig, chain: Chain) -> str | Non
         b_sum = fb.alpha / fb.size if fb.alpha_over_size else fb.alpha
         for label, x, y in (("size", fa.size, fb.size), ("beta", fa.beta, fb.beta), ("bias (k)", fa.k, fb.k)):
             if not math.isclose(x, y, rel_tol=1e-6):
-                return f"node {lrn_node.source}: LRN {label} is {x:g}, {want.name}'s LRN has {y:g}"  # type: ignore[union-attr]
+                return f"{lrn_node.source}: LRN {label} is {x:g}, {want.name}'s LRN has {y:g}"  # type: ignore[union-attr]
         if not math.isclose(a_sum, b_sum, rel_tol=1e-5):
             return (
-                f"node {lrn_node.source}: LRN alpha is {fa.alpha:g} (α/size = {a_sum:g}), {want.name}'s LRN "  # type: ignore[union-attr]
+                f"{lrn_node.source}: LRN alpha is {fa.alpha:g} (α/size = {a_sum:g}), {want.name}'s LRN "  # type: ignore[union-attr]
                 f"multiplies the sum of squares by {b_sum:g}"
             )
     if (
@@ -359,7 +359,7 @@ def _differences(found: ArchConfig, want: ArchConfig, chain: Chain) -> str | Non
     first_fc = len(found.convs) + 1
     for j, (a, b, st) in enumerate(zip(found.fcs[:-1], want.fcs[:-1], fc_stages, strict=False)):
         if a.out != b.out:
-            return f"node fc{first_fc + j} ({st.fc.source}): {a.out} outputs, {want.name}'s fc{first_fc + j} has {b.out}"
+            return f"{st.fc.source} → fc{first_fc + j}: {a.out} outputs, {want.name}'s fc{first_fc + j} has {b.out}"
     if (want.adaptive_pool or 0) not in (0, _pool_sizes(found, size, found.ceil_mode)[1]):
         return (
             f"{want.name} averages to {want.adaptive_pool}×{want.adaptive_pool} before fc6; the file does not"

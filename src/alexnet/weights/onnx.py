@@ -120,7 +120,7 @@ def read_chain(path: str | Path) -> Chain:
     logits = None
     for node in graph.node:
         op, attrs = node.op_type, _attrs(node)
-        where = f"node {node.name!r} ({op})" if node.name else f"{op} node → {node.output[0]!r}"
+        where = f"node {node.name or node.output[0]!r} ({op})"
         if op == "Constant":
             consts[node.output[0]] = numpy_helper.to_array(attrs["value"])
             continue
