@@ -178,5 +178,8 @@ def make_loader(
         collate_fn=collate_skip_bad,
         pin_memory=torch.cuda.is_available() if pin_memory is None else pin_memory,
         drop_last=train if drop_last is None else drop_last,
+        # Starting an iterator draws the workers' base seed from this generator; a private one keeps the
+        # caller's global RNG stream (dropout masks …) independent of data loading.
+        generator=torch.Generator().manual_seed(seed),
         **kwargs,
     )
