@@ -55,7 +55,13 @@ def header_size(data: bytes) -> tuple[int, int]:
     try:
         with Image.open(io.BytesIO(data)) as im:
             return int(im.width), int(im.height)
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
+    except Image.DecompressionBombError:  # Pillow's own header check (> 2 × its limit): a bomb for sure
+        raise UploadError(
+            f"image too large: more than {2 * (Image.MAX_IMAGE_PIXELS or 0) / 1e6:.0f} megapixels; "
+            "refused before decoding",
+            status=413,
+        ) from None
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as e:
         raise UploadError(f"not a readable image ({type(e).__name__})", status=415) from None
 
 

@@ -1,0 +1,308 @@
+"""``alexnet serve``'s JSON/PNG API through Starlette's TestClient: real models, real photographs, bad input."""
+
+from __future__ import annotations
+
+import io
+import struct
+import time
+import zlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from alexnet import create_model
+from alexnet.cli import main
+from alexnet.predict import labels_of
+from alexnet.serve import load_slot
+from alexnet.serve.render import grid_layout
+from alexnet.serve.state import Slot
+from alexnet.serve.uploads import MAX_BYTES
+from alexnet.visualize.hooks import capture
+from alexnet.visualize.inputs import prepare
+from alexnet.weights import WeightsMeta, save_weights
+
+fastapi = pytest.importorskip("fastapi")
+from fastapi.testclient import TestClient  # noqa: E402
+
+from alexnet.serve.app import create_app  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def models() -> dict[str, torch.nn.Module]:
+    torch.manual_seed(0)
+    return {"a": create_model("alexnet").eval(), "b": create_model("zfnet").eval()}
+
+
+@pytest.fixture(scope="module")
+def client(models) -> TestClient:
+    slots = [Slot(k, m, "random initialisation", trained=False) for k, m in models.items()]
+    with TestClient(create_app(slots)) as c:
+        yield c
+
+
+@pytest.fixture(scope="module")
+def chelsea_id(client) -> str:
+    r = client.post("/api/samples/chelsea")
+    assert r.status_code == 200, r.text
+    return r.json()["image_id"]
+
+
+def decode_png(data: bytes) -> np.ndarray:
+    assert data[:8] == b"\x89PNG\r\n\x1a\n"
+    return np.asarray(Image.open(io.BytesIO(data)))
+
+
+def jpeg_bytes(array: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(array).save(buf, format="JPEG", quality=90)
+    return buf.getvalue()
+
+
+def png_bomb(width: int, height: int) -> bytes:
+    """A tiny PNG whose header declares ``width``×``height`` pixels (a decompression bomb's signature)."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", ihdr)
+        + chunk(b"IDAT", zlib.compress(b"\0" * 64))
+        + chunk(b"IEND", b"")
+    )
+
+
+def assert_still_serving(client: TestClient) -> None:
+    r = client.post("/api/samples/coffee")
+    assert r.status_code == 200
+    assert client.get(f"/api/models/a/images/{r.json()['image_id']}").status_code == 200
+
+
+# --- what the page is told ---------------------------------------------------------------------------------
+def test_info_lists_both_models_random_init_and_samples_by_id_only(client):
+    info = client.get("/api/info").json()
+    assert [(m["key"], m["name"], m["trained"]) for m in info["models"]] == [
+        ("a", "alexnet", False),
+        ("b", "zfnet", False),
+    ]
+    assert info["models"][0]["layers"] == ["relu1", "relu2", "relu3", "relu4", "relu5"]
+    ids = [s["id"] for s in info["samples"]]
+    assert {"chelsea", "coffee", "astronaut", "rocket"} <= set(ids)
+    assert any(i.startswith("shape-") for i in ids), "images of the built-in data set"
+    assert not any("/" in i or "\\" in i for i in ids)
+    assert info["limits"]["max_bytes"] == MAX_BYTES
+
+
+def test_index_page_and_static_assets_are_served(client):
+    page = client.get("/")
+    assert page.status_code == 200 and "alexnet serve" in page.text
+    for asset in ("/static/app.js", "/static/style.css"):
+        assert client.get(asset).status_code == 200
+
+
+def test_sample_thumbnails_are_png(client):
+    assert decode_png(client.get("/api/samples/rocket/thumb.png").content).shape[0] == 96
+
+
+# --- one image through the models --------------------------------------------------------------------------
+def test_predictions_are_the_models_top5_with_class_names(client, models, chelsea_id, chelsea):
+    data = client.get(f"/api/models/a/images/{chelsea_id}").json()
+    preds = data["predictions"]
+    prepared = prepare(models["a"], torch.from_numpy(chelsea).permute(2, 0, 1).contiguous())
+    with torch.inference_mode():
+        probs = models["a"](prepared.tensor.unsqueeze(0)).softmax(1)[0]
+    top = probs.topk(5)
+    assert [p["index"] for p in preds] == top.indices.tolist()
+    np.testing.assert_allclose([p["probability"] for p in preds], top.values.numpy(), rtol=1e-5)
+    assert [p["label"] for p in preds] == [labels_of(models["a"])[i] for i in top.indices.tolist()]
+
+
+def test_every_conv_layer_has_a_grid_whose_size_matches_its_layout(client, models, chelsea_id):
+    data = client.get(f"/api/models/b/images/{chelsea_id}").json()
+    shapes = {layer["layer"]: layer["shape"] for layer in data["layers"]}
+    # ZFNet (ZF Fig. 3): 96 maps of 110×110 after conv1, 256 of 26×26 after conv2, 13×13 for conv3–5.
+    assert shapes == {
+        "relu1": [96, 110, 110],
+        "relu2": [256, 26, 26],
+        "relu3": [384, 13, 13],
+        "relu4": [384, 13, 13],
+        "relu5": [256, 13, 13],
+    }
+    for layer in data["layers"]:
+        lay = layer["layout"]
+        assert lay == grid_layout(layer["shape"][0], layer["shape"][1])
+        assert lay["cols"] * lay["rows"] >= lay["channels"]
+        grid = decode_png(client.get(layer["grid"]).content)
+        step = lay["tile"] + lay["pad"]
+        assert grid.shape[:2] == (lay["rows"] * step - lay["pad"], lay["cols"] * step - lay["pad"])
+
+
+def test_channel_statistics_equal_an_independent_capture(client, models, chelsea_id, chelsea):
+    info = client.get(f"/api/models/a/images/{chelsea_id}/layers/relu5/channels/7").json()
+    prepared = prepare(models["a"], torch.from_numpy(chelsea).permute(2, 0, 1).contiguous())
+    fmap = capture(models["a"], prepared.tensor.unsqueeze(0), ["relu5"])["relu5"][0, 7]
+    assert info["shape"] == [13, 13]
+    assert info["max"] == pytest.approx(float(fmap.max()), rel=1e-5)
+    assert info["mean"] == pytest.approx(float(fmap.mean()), rel=1e-5)
+    row, col = info["argmax"]
+    assert float(fmap[row, col]) == pytest.approx(float(fmap.max()), rel=1e-6)
+    enlarged = decode_png(client.get(info["map"]).content)
+    assert enlarged.shape == (13 * 17, 13 * 17)  # nearest-neighbour ×17 ≈ the 227-px input
+    deconv = decode_png(client.get(info["deconv"]).content)
+    assert deconv.shape == (227, 227, 3), "the projection is in pixel space"
+    assert deconv.std() > 0
+
+
+def test_activations_are_computed_once_per_image_and_model(client, chelsea_id):
+    analyses = client.app.state.server.analyses
+    client.get(f"/api/models/a/images/{chelsea_id}")
+    hits = analyses.hits
+    for channel in (0, 1, 2):
+        client.get(f"/api/models/a/images/{chelsea_id}/layers/relu3/channels/{channel}/map.png")
+    assert analyses.hits == hits + 3
+    assert ("a", chelsea_id) in analyses
+
+
+def test_same_upload_twice_gets_the_same_image_id(client, chelsea_jpeg: Path):
+    data = chelsea_jpeg.read_bytes()
+    first = client.post("/api/images", content=data, headers={"content-type": "application/octet-stream"})
+    second = client.post("/api/images", content=data)
+    assert first.status_code == 200, first.text
+    assert first.json()["image_id"] == second.json()["image_id"]
+    assert (first.json()["width"], first.json()["height"]) == (451, 300)
+
+
+def test_occlusion_job_reports_progress_and_the_three_maps(client, chelsea_id):
+    started = client.post(f"/api/models/a/images/{chelsea_id}/occlusion?size=64&stride=32")
+    assert started.status_code == 200, started.text
+    job = started.json()
+    positions = ((227 - 64) // 32 + 1) ** 2
+    assert job["total"] == positions
+    deadline = time.monotonic() + 120
+    while job["state"] in ("queued", "running") and time.monotonic() < deadline:
+        time.sleep(0.1)
+        job = client.get(f"/api/jobs/{job['id']}").json()
+    assert job["state"] == "done", job
+    assert job["done"] == job["total"] and job["progress"] == 1.0
+    for name in ("activation.png", "probability.png", "labels.png"):
+        assert decode_png(client.get(f"/api/jobs/{job['id']}/{name}").content).shape[:2] == (6, 6)
+    r = job["result"]
+    assert r["layer"] == "relu5" and 0 <= r["channel"] < 256
+    first_prediction = client.get(f"/api/models/a/images/{chelsea_id}").json()["predictions"][0]
+    assert r["target"] == first_prediction["index"], "default target: the unoccluded image's top class"
+    assert r["base_probability"] == pytest.approx(first_prediction["probability"], rel=1e-4)
+
+
+def test_summary_table_counts_every_parameter(client, models):
+    s = client.get("/api/models/a/summary").json()
+    assert s["totals"]["params"] == sum(p.numel() for p in models["a"].parameters())
+    assert [row["name"] for row in s["layers"]][:4] == ["conv1", "relu1", "norm1", "pool1"]
+
+
+# --- bad requests: 4xx JSON with a message, and the server keeps working -------------------------------------
+@pytest.mark.parametrize(
+    ("body", "status", "words"),
+    [
+        (b"", 400, "empty"),
+        (b"#!/bin/sh\nrm -rf /\n", 415, "not an image"),
+        (b"%PDF-1.7\n" + b"0" * 100, 415, "not an image"),
+        (b"\xff\xd8\xff\xe0" + b"\0" * 50, 415, "not"),  # JPEG magic, garbage after it
+        (png_bomb(30_000, 30_000), 413, "megapixels"),
+        (b"\xff\xd8\xff" + b"\0" * MAX_BYTES, 413, "too large"),
+    ],
+    ids=["empty", "script", "pdf", "truncated-jpeg", "decompression-bomb", "oversized"],
+)
+def test_bad_uploads_are_refused_with_a_message_and_the_server_still_works(client, body, status, words):
+    r = client.post("/api/images", content=body)
+    assert r.status_code == status, r.text
+    assert words in r.json()["error"]
+    assert_still_serving(client)
+
+
+def test_bomb_is_refused_before_decoding(monkeypatch):
+    import alexnet.serve.uploads as uploads
+
+    def fail(*_a, **_k):
+        raise AssertionError("decoded a bomb")
+
+    monkeypatch.setattr(uploads, "decode_rgb", fail)
+    with pytest.raises(uploads.UploadError, match="before decoding"):
+        uploads.decode_upload(png_bomb(7_000, 7_000))  # 49 megapixels: over our limit, under Pillow's
+
+
+def test_a_real_image_with_a_lying_name_is_judged_by_its_bytes(client, chelsea):
+    r = client.post("/api/images", content=jpeg_bytes(chelsea), headers={"content-type": "text/plain"})
+    assert r.status_code == 200
+
+
+@pytest.mark.parametrize(
+    ("url", "status", "words"),
+    [
+        ("/api/models/a/images/0123456789abcdef01234567", 404, "unknown image"),
+        ("/api/models/z/images/{id}", 404, "no model"),
+        ("/api/models/a/images/{id}/layers/fc7/grid.png", 404, "relu1"),
+        ("/api/models/a/images/{id}/layers/relu5/channels/256", 404, "out of range"),
+        ("/api/models/a/images/{id}/layers/relu5/channels/-1/map.png", 404, "out of range"),
+        ("/api/models/a/images/{id}/layers/relu5/channels/x", 422, "channel"),
+        ("/api/jobs/nope", 404, "no job"),
+        ("/api/models/a/top9/relu5/0/0/patch.png", 404, "top-9"),
+        ("/static/../../../../etc/passwd", 404, ""),
+    ],
+)
+def test_bad_requests_get_json_errors(client, chelsea_id, url, status, words):
+    r = client.get(url.format(id=chelsea_id))
+    assert r.status_code == status, r.text
+    assert words in r.json()["error"]
+    assert_still_serving(client)
+
+
+@pytest.mark.parametrize("sample", ["../../etc/passwd", "..%2F..%2Fetc%2Fpasswd", "nope"])
+def test_samples_are_chosen_by_id_never_by_path(client, sample):
+    r = client.post(f"/api/samples/{sample}")
+    assert r.status_code in (404, 405)
+    assert_still_serving(client)
+
+
+def test_bad_occlusion_parameters_are_refused(client, chelsea_id):
+    r = client.post(f"/api/models/a/images/{chelsea_id}/occlusion?size=500&stride=8")
+    assert r.status_code == 400 and "occluder size" in r.json()["error"]
+
+
+# --- loading models ----------------------------------------------------------------------------------------
+def test_trained_weights_bring_their_class_names_and_top9_folder(tmp_path):
+    model = create_model("alexnet", num_classes=3)
+    weights = save_weights(model, tmp_path / "model.safetensors", WeightsMeta(classes=["cat", "dog", "cup"]))
+    (tmp_path / "top9").mkdir()
+    slot = load_slot("a", weights=str(weights))
+    assert slot.trained and slot.labels == ["cat", "dog", "cup"]
+    assert slot.top9_dir == tmp_path / "top9"
+    with TestClient(create_app([slot])) as c:
+        image_id = c.post("/api/samples/chelsea").json()["image_id"]
+        preds = c.get(f"/api/models/a/images/{image_id}").json()["predictions"]
+    assert len(preds) == 3 and {p["label"] for p in preds} == {"cat", "dog", "cup"}
+
+
+def test_run_folder_without_weights_is_one_clear_error(tmp_path, capsys):
+    assert main(["serve", "--run", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert "model.safetensors" in err and len(err.strip().splitlines()) == 1
+
+
+def test_serve_without_a_model_is_a_usage_error(capsys):
+    assert main(["serve"]) == 2
+    assert "--model" in capsys.readouterr().err
+
+
+def test_serve_refuses_a_taken_port_with_one_line(capsys):
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        port = s.getsockname()[1]
+        assert main(["serve", "--model", "alexnet", "--port", str(port)]) == 2
+    assert "cannot listen" in capsys.readouterr().err

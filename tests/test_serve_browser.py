@@ -1,0 +1,90 @@
+"""End to end in headless Chromium: the real server (uvicorn), the real page, a sample, a click on a channel."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import torch
+
+from alexnet import create_model
+from alexnet.serve.state import Slot
+from browser.chromium import Console, launch_or_skip, screenshot, undecoded_images
+from browser.live import live_server
+
+pytestmark = [pytest.mark.slow, pytest.mark.browser]
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Any]:
+    with launch_or_skip() as b:
+        yield b
+
+
+@pytest.fixture(scope="module")
+def base_url() -> Iterator[str]:
+    from alexnet.serve.app import create_app
+
+    torch.manual_seed(0)
+    slots = [
+        Slot("a", create_model("alexnet"), "random initialisation", trained=False),
+        Slot("b", create_model("zfnet"), "random initialisation", trained=False),
+    ]
+    with live_server(create_app(slots)) as url:
+        yield url
+
+
+def image_ready(selector: str) -> str:
+    return f"() => {{ const i = document.querySelector({selector!r}); return !!i && i.complete && i.naturalWidth > 0; }}"
+
+
+def test_pick_sample_click_channel_shows_its_deconv_without_console_errors(browser, base_url):
+    page = browser.new_page(viewport={"width": 1500, "height": 1000})
+    console = Console()
+    console.attach(page)
+    page.goto(base_url + "/")
+    page.wait_for_selector("body[data-ready='1']")
+    assert "random initialisation" in page.inner_text("#banner")
+
+    page.click("button.thumb[data-sample='chelsea']")
+    grid = "[data-model='a'] img[data-layer='relu5']"
+    page.wait_for_function(image_ready(grid), timeout=60_000)
+    assert page.locator("[data-model='a'] .predictions tr").count() == 5
+    assert page.locator("[data-model='b'] .layers img").count() == 5, "ZFNet side by side, all conv layers"
+
+    # Channel 0 is the top-left tile of the grid.
+    page.locator(grid).click(position={"x": 4, "y": 4})
+    page.wait_for_function(image_ready("[data-model='a'] .channel-deconv"), timeout=30_000)
+    assert page.inner_text("[data-model='a'] .channel-title") == "relu5, channel 0"
+    size = page.evaluate("() => document.querySelector(\"[data-model='a'] .channel-deconv\").naturalWidth")
+    assert size == 227
+
+    page.click("[data-model='a'] .occ-run")
+    page.wait_for_function(
+        image_ready("[data-model='a'] .occlusion img[alt='occlusion labels']"), timeout=120_000
+    )
+
+    page.wait_for_load_state("networkidle")
+    assert undecoded_images(page, with_src_only=True) == []
+    screenshot(page, "serve.png")  # test artefact (git-ignored)
+    assert console.errors == []
+
+
+def test_bad_upload_shows_the_servers_message_in_the_page(browser, base_url):
+    page = browser.new_page()
+    console = Console()
+    console.attach(page)
+    page.goto(base_url + "/")
+    page.wait_for_selector("body[data-ready='1']")
+    page.set_input_files(
+        "#upload", files=[{"name": "cat.jpg", "mimeType": "image/jpeg", "buffer": b"not a cat"}]
+    )
+    page.wait_for_selector("#error:not([hidden])")
+    assert "not an image" in page.inner_text("#error")
+    # …and a good choice afterwards still works.
+    page.click("button.thumb[data-sample='shape-star']")
+    page.wait_for_function(image_ready("[data-model='a'] img[data-layer='relu1']"), timeout=60_000)
+    assert page.is_hidden("#error")
+    # The failed upload is a 415 the browser logs as a failed resource; nothing else may be in the console.
+    assert [e for e in console.errors if "415" not in e] == []
