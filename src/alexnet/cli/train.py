@@ -1,0 +1,149 @@
+"""``alexnet train``: train a model with a named recipe; every recipe value can be overridden by a flag."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from alexnet.cli._common import CommandError, add_command
+
+# flag → (TrainConfig field, type, help). Every flag defaults to None = "the recipe's value".
+_VALUE_FLAGS: list[tuple[str, str, Any, str]] = [
+    (
+        "--data",
+        "data",
+        str,
+        "ImageNet-layout folder (ROOT/train/<class>/*, ROOT/val/<class>/*); default: built-in set",
+    ),
+    ("--epochs", "epochs", int, "number of epochs"),
+    ("--max-steps", "max_steps", int, "stop after this many optimizer steps"),
+    ("--batch-size", "batch_size", int, "global batch size (split over DDP processes)"),
+    ("--lr", "lr", float, "base learning rate"),
+    ("--momentum", "momentum", float, "momentum"),
+    ("--weight-decay", "weight_decay", float, "weight decay"),
+    ("--optimizer", "optimizer", str, "paper_sgd (AlexNet §5 form), sgd (PyTorch form) or adamw"),
+    ("--schedule", "schedule", str, "plateau, step, cosine or constant"),
+    ("--lr-factor", "lr_factor", float, "learning-rate multiplier of the step/plateau schedules"),
+    ("--step-every", "step_every", int, "step schedule period (in --step-unit)"),
+    ("--step-unit", "step_unit", str, "iter or epoch"),
+    ("--warmup-steps", "warmup_steps", int, "linear warm-up steps"),
+    ("--label-smoothing", "label_smoothing", float, "label smoothing of the cross-entropy"),
+    ("--dropout", "dropout", float, "dropout probability of fc6/fc7"),
+    ("--init", "init", str, "paper (the model's N(0,σ) init) or kaiming"),
+    ("--renorm-rms", "renorm_rms", float, "renormalise conv filters to this RMS after every update (ZF §3)"),
+    (
+        "--normalize",
+        "normalize",
+        str,
+        "mean (0–255 minus per-channel mean, AlexNet §2) or meanstd (torchvision)",
+    ),
+    (
+        "--pca-lighting",
+        "pca_lighting",
+        float,
+        "σ of the PCA colour augmentation (AlexNet §4.1: 0.1; 0 = off)",
+    ),
+    ("--classes", "classes", int, "use only the first N classes (sorted folder names)"),
+    ("--images-per-class", "images_per_class", int, "use only the first K training images of each class"),
+    ("--workers", "workers", int, "data-loading worker processes"),
+    ("--seed", "seed", int, "seed of the data order, augmentation, init and dropout"),
+    ("--device", "device", str, "auto, cpu, cuda, cuda:N, mps"),
+    (
+        "--checkpoint-every",
+        "checkpoint_every",
+        int,
+        "write a checkpoint every N steps (and at each epoch end)",
+    ),
+    ("--keep-checkpoints", "keep_checkpoints", int, "how many checkpoints to keep"),
+    ("--eval-every", "eval_every", int, "also evaluate every N steps (0: only at epoch ends)"),
+]
+_BOOL_FLAGS = [
+    ("--ten-crop", "ten_crop", "finish with a ten-crop evaluation (AlexNet §4.1)"),
+    ("--amp", "amp", "bf16 autocast"),
+    ("--channels-last", "channels_last", "channels-last memory format"),
+    ("--compile", "compile", "torch.compile the model"),
+]
+
+
+def register(sub: Any) -> None:
+    from alexnet.train.recipes import list_recipes
+
+    p = add_command(
+        sub,
+        "train",
+        "train a model with a paper recipe",
+        "Train an AlexNet-family model on an ImageNet-layout folder (or the built-in shapes set) with a named "
+        "recipe; every recipe value can be overridden by a flag. The run folder gets config.json, metrics.csv, "
+        "steps.csv, train.log, TensorBoard events, learning_curve.png, checkpoints/ and model.safetensors. "
+        "Launch under torchrun for DDP.",
+    )
+    p.add_argument("--model", "-m", default=None, help="model name (see alexnet models); default: alexnet")
+    p.add_argument(
+        "--recipe", "-r", default=None, help=f"one of {', '.join(list_recipes())} (default krizhevsky2012)"
+    )
+    p.add_argument("--out", "-o", default=None, help="run folder (default runs/<model>-<recipe>-<time>)")
+    p.add_argument(
+        "--resume", action="store_true", help="continue the run in --out from its newest checkpoint"
+    )
+    for flag, dest, typ, help_ in _VALUE_FLAGS:
+        p.add_argument(flag, dest=dest, type=typ, default=None, help=help_)
+    for flag, dest, help_ in _BOOL_FLAGS:
+        p.add_argument(flag, dest=dest, action="store_true", default=None, help=help_)
+    p.add_argument("--quiet", "-q", action="store_true", help="no progress bars")
+    p.set_defaults(func=run)
+
+
+def resolve_config(args: argparse.Namespace) -> Any:
+    """The recipe (or, with ``--resume``, the run's saved config.json) with the given flags on top."""
+    import time
+    from pathlib import Path
+
+    from alexnet.models import list_models
+    from alexnet.train.config import TrainConfig
+    from alexnet.train.recipes import resolve_recipe
+
+    overrides = {dest: getattr(args, dest) for _, dest, _, _ in _VALUE_FLAGS}
+    overrides.update({dest: getattr(args, dest) for _, dest, _ in _BOOL_FLAGS})
+    if args.model is not None and args.model not in list_models():
+        raise CommandError(f"unknown model {args.model!r}; choose one of: {', '.join(list_models())}")
+    if args.resume:
+        if args.out is None:
+            raise CommandError("--resume needs --out RUN_DIR (the run folder to continue)")
+        saved = Path(args.out) / "config.json"
+        if not saved.is_file():
+            raise CommandError(f"--resume: {args.out} is not a run folder (no config.json)")
+        cfg = TrainConfig.load(saved)
+        for key, value in (("model", args.model), ("recipe", args.recipe)):
+            if value is not None and value != getattr(cfg, key):
+                raise CommandError(
+                    f"--resume: the run in {args.out} uses --{key} {getattr(cfg, key)}, not {value}"
+                )
+        return cfg.with_overrides(**overrides)
+    model = args.model or "alexnet"
+    recipe = args.recipe or "krizhevsky2012"
+    out = args.out or f"runs/{model}-{recipe}-{time.strftime('%Y%m%d-%H%M%S')}"
+    return resolve_recipe(recipe, model=model, out=out, **overrides)
+
+
+def run(args: argparse.Namespace) -> int:
+    from alexnet.train.loop import train
+
+    cfg = resolve_config(args)
+    result = train(cfg, resume=args.resume, progress=not args.quiet)
+    if result.weights is None:  # not rank 0
+        return 0
+    print(f"run folder: {result.run_dir}  ({result.steps} steps, {result.minutes:.1f} min)")
+    if result.final is not None:
+        f = result.final
+        print(
+            f"validation (centre crop, {f.images} images): top-1 error {100 * f.top1_err:.2f}%, "
+            f"top-5 error {100 * f.top5_err:.2f}%"
+        )
+    if result.ten_crop is not None:
+        t = result.ten_crop
+        print(
+            f"validation (ten crops, {t.images} images): top-1 error {100 * t.top1_err:.2f}%, "
+            f"top-5 error {100 * t.top5_err:.2f}%"
+        )
+    print(f"weights: {result.weights}")
+    return 0

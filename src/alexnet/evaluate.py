@@ -1,0 +1,157 @@
+"""Top-1 / top-5 error of a model on an ImageNet-layout split, with a centre crop or AlexNet §4.1's ten crops.
+
+Ten-crop: the four corner patches, the centre patch and their horizontal reflections; the network's softmax
+outputs on the ten patches are averaged (AlexNet §4.1; ZF §5 reports the same protocol). Under
+``torch.distributed`` every rank evaluates a disjoint shard (no padding duplicates) and the counts are summed, so
+every validation image counts exactly once.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+@dataclass
+class EvalResult:
+    """Counts are over the whole split (all ranks)."""
+
+    top1_err: float
+    top5_err: float
+    loss: float
+    images: int
+    skipped: int = 0
+    skipped_files: list[tuple[str, str]] = field(default_factory=list)
+
+    @property
+    def top1_acc(self) -> float:
+        return 1.0 - self.top1_err
+
+    @property
+    def top5_acc(self) -> float:
+        return 1.0 - self.top5_err
+
+    def to_json(self) -> dict[str, Any]:
+        """Exactly the keys ``alexnet eval --json`` prints."""
+        return {
+            "top1_err": self.top1_err,
+            "top5_err": self.top5_err,
+            "top1_acc": self.top1_acc,
+            "top5_acc": self.top5_acc,
+            "images": self.images,
+            "skipped": self.skipped,
+        }
+
+
+def class_probabilities(model: nn.Module, images: torch.Tensor) -> torch.Tensor:
+    """Softmax over classes; a ``N×K×3×S×S`` batch of K crops per image gives the mean over its K crops."""
+    if images.ndim == 5:
+        n, k = images.shape[:2]
+        probs = model(images.flatten(0, 1)).float().softmax(dim=1)
+        return probs.view(n, k, -1).mean(dim=1)
+    return model(images).float().softmax(dim=1)
+
+
+@torch.inference_mode()
+def evaluate_loader(
+    model: nn.Module,
+    loader: Any,
+    device: torch.device | str = "cpu",
+    *,
+    progress: bool = False,
+    amp: bool = False,
+    channels_last: bool = False,
+    desc: str = "evaluating",
+) -> EvalResult:
+    """Run ``model`` over ``loader`` (batches of ``(images, targets)``) and sum the counts over ranks.
+
+    ``skipped`` counts the files the loader reports in its ``bad`` list (see :mod:`alexnet.data.loader`)."""
+    from tqdm import tqdm
+
+    device = torch.device(device)
+    was_training = model.training
+    model.eval()
+    top1 = top5 = n = 0
+    loss_sum = 0.0
+    seen_bad = len(getattr(loader, "bad", []))
+    try:
+        for images, targets in tqdm(loader, desc=desc, unit="batch", leave=False, disable=not progress):
+            images, targets = images.to(device), targets.to(device)
+            if channels_last:
+                images = images.contiguous(memory_format=torch.channels_last) if images.ndim == 4 else images
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+                probs = class_probabilities(model, images)
+            k = min(5, probs.shape[1])
+            ranked = probs.topk(k, dim=1).indices
+            hits = ranked == targets[:, None]
+            top1 += int(hits[:, 0].sum())
+            top5 += int(hits.any(dim=1).sum())
+            n += len(targets)
+            loss_sum += float(F.nll_loss(probs.clamp_min(1e-12).log(), targets, reduction="sum"))
+    finally:
+        model.train(was_training)
+    bad = list(getattr(loader, "bad", []))[seen_bad:]
+    counts = torch.tensor([top1, top5, n, loss_sum, len(bad)], dtype=torch.float64, device=device)
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.all_reduce(counts)
+    top1, top5, n, loss_sum, skipped = counts.tolist()
+    n = int(n)
+    if n == 0:
+        from alexnet.errors import DataError
+
+        raise DataError("no readable validation image to evaluate on")
+    return EvalResult(
+        top1_err=1.0 - top1 / n,
+        top5_err=1.0 - top5 / n,
+        loss=loss_sum / n,
+        images=n,
+        skipped=int(skipped),
+        skipped_files=bad,
+    )
+
+
+def evaluate(
+    model: nn.Module,
+    root: str | Path,
+    *,
+    split: str = "val",
+    ten_crop: bool = False,
+    batch_size: int = 64,
+    workers: int = 0,
+    device: str = "cpu",
+    classes: list[str] | None = None,
+    progress: bool = True,
+) -> EvalResult:
+    """Evaluate ``model`` on ``root/split`` with its weights' preprocessing and class list.
+
+    The class index is the position in ``classes`` (default: the weights' class list, else the split's sorted
+    folder names, as torchvision's ImageFolder). Unreadable files are skipped and counted (>1% → DataError).
+    """
+    from alexnet.data.folders import ImageFolder, check_split
+    from alexnet.errors import DataError
+    from alexnet.predict import preprocessing_of
+    from alexnet.train.data import eval_loader, eval_transform
+
+    if batch_size < 1:
+        raise DataError(f"batch size must be at least 1 (got {batch_size})")
+    meta = getattr(model, "weights_meta", None)
+    names = classes if classes is not None else (meta.classes if meta is not None else None)
+    dataset = ImageFolder(root, split, eval_transform(preprocessing_of(model), ten_crop), class_names=names)
+    n_out = getattr(model, "num_classes", None)
+    if n_out is not None and len(dataset.classes) > n_out:
+        raise DataError(
+            f"{Path(root) / split} has {len(dataset.classes)} classes but the model predicts {n_out}"
+        )
+    check_split(dataset, progress=progress)
+    model.to(device)
+    loader = eval_loader(dataset, batch_size, workers)
+    result = evaluate_loader(model, loader, device, progress=progress)
+    # dataset.bad holds the files the up-front check dropped and (appended by the loader) those that failed later.
+    result.skipped = len(dataset.bad)
+    result.skipped_files = list(dataset.bad)
+    return result

@@ -1,0 +1,102 @@
+"""Resumable checkpoints: atomic, loadable with ``torch.load(weights_only=True)``, the last few kept.
+
+A checkpoint holds the model, the optimizer, the schedule, every RNG state (torch, CUDA, NumPy, Python) and the
+position in the data order (epoch, steps done in that epoch, global step). Everything that is not a tensor is a
+plain Python container (dict, list, tuple, int, float, str, None), so no pickled class is ever loaded.
+Files are ``checkpoints/step-00001234.pt``, written to a temporary name and renamed into place.
+"""
+
+from __future__ import annotations
+
+import pickle
+import random
+import re
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from alexnet.errors import TrainingError
+from alexnet.weights.io import atomic_write
+
+FORMAT = "alexnet-checkpoint/1"
+_NAME = re.compile(r"^step-(\d+)\.pt$")
+
+
+def rng_state() -> dict[str, Any]:
+    """Every RNG the run draws from, as tensors and plain containers."""
+    kind, keys, pos, has_gauss, gauss = np.random.get_state()
+    py_version, py_state, py_gauss = random.getstate()
+    return {
+        "torch": torch.get_rng_state(),
+        "cuda": list(torch.cuda.get_rng_state_all()) if torch.cuda.is_available() else [],
+        "numpy": [
+            str(kind),
+            torch.from_numpy(np.asarray(keys, dtype=np.int64)),
+            int(pos),
+            int(has_gauss),
+            float(gauss),
+        ],
+        "python": [int(py_version), list(py_state), py_gauss],
+    }
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    if state.get("cuda") and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+    kind, keys, pos, has_gauss, gauss = state["numpy"]
+    np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, gauss))
+    version, py_state, py_gauss = state["python"]
+    random.setstate((version, tuple(py_state), py_gauss))
+
+
+def checkpoint_dir(run_dir: str | Path) -> Path:
+    return Path(run_dir) / "checkpoints"
+
+
+def list_checkpoints(run_dir: str | Path) -> list[Path]:
+    """Checkpoints of a run, oldest first."""
+    folder = checkpoint_dir(run_dir)
+    if not folder.is_dir():
+        return []
+    found = [(int(m.group(1)), p) for p in folder.iterdir() if (m := _NAME.match(p.name))]
+    return [p for _, p in sorted(found)]
+
+
+def save_checkpoint(run_dir: str | Path, state: dict[str, Any], step: int, keep: int = 3) -> Path:
+    """Write ``state`` (plus the format tag) atomically as ``step-<step>.pt``; delete all but the newest ``keep``."""
+    path = checkpoint_dir(run_dir) / f"step-{step:08d}.pt"
+    payload = {"format": FORMAT, **state}
+    atomic_write(path, lambda tmp: torch.save(payload, tmp))
+    for old in list_checkpoints(run_dir)[:-keep]:
+        old.unlink(missing_ok=True)
+    return path
+
+
+def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """Read a checkpoint with ``weights_only=True``; a bad file is a :class:`TrainingError` naming it."""
+    try:
+        state = torch.load(path, map_location=map_location, weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, OSError, ValueError) as e:
+        msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise TrainingError(f"{path}: not a readable checkpoint ({msg})") from None
+    if not isinstance(state, dict) or state.get("format") != FORMAT:
+        raise TrainingError(f"{path}: not an alexnet training checkpoint")
+    return state
+
+
+def latest_checkpoint(run_dir: str | Path) -> dict[str, Any]:
+    """The newest readable checkpoint of ``run_dir`` (a damaged newest file falls back to the one before)."""
+    found = list_checkpoints(run_dir)
+    if not found:
+        raise TrainingError(f"--resume: no checkpoint in {checkpoint_dir(run_dir)} (nothing to resume)")
+    error: TrainingError | None = None
+    for path in reversed(found):
+        try:
+            return load_checkpoint(path)
+        except TrainingError as e:
+            error = error or e
+    assert error is not None
+    raise error

@@ -1,0 +1,146 @@
+"""The resolved training configuration: one flat dataclass, saved as ``config.json`` in the run folder.
+
+A recipe (:mod:`alexnet.train.recipes`) fills in the values its source prescribes; every field can then be
+overridden (the CLI turns each flag into an override). Validation happens here so that a bad value is one clear
+:class:`~alexnet.errors.TrainingError`, never a traceback from deep inside the loop.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, fields, replace
+from pathlib import Path
+from typing import Any
+
+from alexnet.errors import TrainingError
+
+OPTIMIZERS = ("paper_sgd", "sgd", "adamw")
+SCHEDULES = ("plateau", "step", "cosine", "constant")
+INITS = ("paper", "kaiming")
+NORMALIZATIONS = ("mean", "meanstd")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything a run needs. ``step_every`` counts optimizer steps (``step_unit="iter"``) or epochs."""
+
+    model: str = "alexnet"
+    recipe: str = "krizhevsky2012"
+    data: str | None = None  # ImageNet-layout root; None → the built-in data set
+    out: str = "runs/run"
+    # optimisation
+    optimizer: str = "paper_sgd"
+    lr: float = 0.01
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    bias_lr_mult: float = 1.0
+    bias_decay_mult: float = 1.0
+    batch_size: int = 128
+    epochs: int = 90
+    max_steps: int | None = None
+    schedule: str = "plateau"
+    lr_factor: float = 0.1
+    step_every: int = 30
+    step_unit: str = "epoch"
+    plateau_patience: int = 1
+    max_reductions: int = 3
+    warmup_steps: int = 0
+    min_lr: float = 0.0
+    label_smoothing: float = 0.0
+    grad_clip: float | None = None
+    # model
+    dropout: float = 0.5
+    init: str = "paper"
+    renorm_rms: float | None = None  # ZF §3: renormalise conv filters to this RMS after every update
+    # data
+    classes: int | None = None
+    images_per_class: int | None = None
+    normalize: str = "mean"
+    pca_lighting: float = 0.1
+    ten_crop: bool = False
+    workers: int = 2
+    # run
+    seed: int = 0
+    device: str = "auto"
+    checkpoint_every: int = 500
+    keep_checkpoints: int = 3
+    eval_every: int = 0  # 0 → at each epoch end only; N → also every N steps
+    amp: bool = False
+    channels_last: bool = False
+    compile: bool = False
+
+    def with_overrides(self, **overrides: Any) -> TrainConfig:
+        """A copy with ``overrides`` applied (``None`` values mean "keep the recipe's value")."""
+        known = {f.name for f in fields(self)}
+        unknown = sorted(set(overrides) - known)
+        if unknown:
+            raise TrainingError(f"unknown training option(s): {', '.join(unknown)}")
+        return replace(self, **{k: v for k, v in overrides.items() if v is not None}).validated()
+
+    def validated(self) -> TrainConfig:
+        """Raise :class:`TrainingError` naming the first bad value."""
+        checks: list[tuple[bool, str]] = [
+            (self.batch_size >= 1, f"batch size must be at least 1 (got {self.batch_size})"),
+            (self.epochs >= 1, f"epochs must be at least 1 (got {self.epochs})"),
+            (
+                self.max_steps is None or self.max_steps >= 1,
+                f"max steps must be at least 1 (got {self.max_steps})",
+            ),
+            (self.lr > 0, f"learning rate must be positive (got {self.lr})"),
+            (0 <= self.momentum < 1, f"momentum must be in [0, 1) (got {self.momentum})"),
+            (self.weight_decay >= 0, f"weight decay must be >= 0 (got {self.weight_decay})"),
+            (0 <= self.dropout < 1, f"dropout must be in [0, 1) (got {self.dropout})"),
+            (
+                0 <= self.label_smoothing < 1,
+                f"label smoothing must be in [0, 1) (got {self.label_smoothing})",
+            ),
+            (self.workers >= 0, f"workers must be >= 0 (got {self.workers})"),
+            (
+                self.checkpoint_every >= 1,
+                f"checkpoint-every must be at least 1 (got {self.checkpoint_every})",
+            ),
+            (
+                self.keep_checkpoints >= 1,
+                f"keep-checkpoints must be at least 1 (got {self.keep_checkpoints})",
+            ),
+            (self.eval_every >= 0, f"eval-every must be >= 0 (got {self.eval_every})"),
+            (self.step_every >= 1, f"step-every must be at least 1 (got {self.step_every})"),
+            (self.warmup_steps >= 0, f"warmup steps must be >= 0 (got {self.warmup_steps})"),
+            (self.classes is None or self.classes >= 2, f"classes must be at least 2 (got {self.classes})"),
+            (
+                self.images_per_class is None or self.images_per_class >= 1,
+                f"images per class must be at least 1 (got {self.images_per_class})",
+            ),
+            (
+                self.renorm_rms is None or self.renorm_rms > 0,
+                f"renorm RMS must be positive (got {self.renorm_rms})",
+            ),
+            (self.pca_lighting >= 0, f"PCA lighting std must be >= 0 (got {self.pca_lighting})"),
+            (self.optimizer in OPTIMIZERS, f"optimizer must be one of {', '.join(OPTIMIZERS)}"),
+            (self.schedule in SCHEDULES, f"schedule must be one of {', '.join(SCHEDULES)}"),
+            (self.step_unit in ("iter", "epoch"), "step unit must be 'iter' or 'epoch'"),
+            (self.init in INITS, f"init must be one of {', '.join(INITS)}"),
+            (self.normalize in NORMALIZATIONS, f"normalize must be one of {', '.join(NORMALIZATIONS)}"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise TrainingError(message)
+        return self
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def save(self, path: str | Path) -> Path:
+        from alexnet.weights.io import atomic_write
+
+        text = json.dumps(self.to_dict(), indent=2) + "\n"
+        return atomic_write(path, lambda tmp: Path(tmp).write_text(text))
+
+    @classmethod
+    def load(cls, path: str | Path) -> TrainConfig:
+        try:
+            data = json.loads(Path(path).read_text())
+        except (OSError, ValueError) as e:
+            raise TrainingError(f"{path}: not a readable config.json ({e})") from None
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in known})

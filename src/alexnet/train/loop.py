@@ -1,0 +1,483 @@
+"""The training loop: one function, :func:`train`, from a resolved :class:`TrainConfig` to a run folder.
+
+Per step: forward (optionally bf16 autocast), cross-entropy, a finiteness check (all ranks agree, so they stop
+together), backward, the optimizer update in the recipe's form, ZF §3 filter renormalisation when the recipe
+asks, then callbacks. Checkpoints every ``checkpoint_every`` steps and at each epoch end; evaluation at each epoch
+end (and every ``eval_every`` steps). See :mod:`alexnet.train.callbacks` for the hook order.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from alexnet.errors import DataError, TrainingError
+from alexnet.evaluate import EvalResult, evaluate_loader
+from alexnet.train import distributed as dist_utils
+from alexnet.train.callbacks import Callback, TrainContext
+from alexnet.train.checkpoint import (
+    latest_checkpoint,
+    list_checkpoints,
+    rng_state,
+    save_checkpoint,
+    set_rng_state,
+)
+from alexnet.train.config import TrainConfig
+from alexnet.train.data import RunData, eval_loader, open_run_data, preprocessing_for, train_loader
+from alexnet.train.optim import LRSchedule, build_optimizer
+from alexnet.train.runlog import (
+    METRIC_FIELDS,
+    METRICS,
+    STEP_FIELDS,
+    STEPS,
+    CsvLog,
+    attach_log_file,
+    detach_log_file,
+    plot_learning_curve,
+)
+
+log = logging.getLogger("alexnet.train")
+
+WEIGHTS = "model.safetensors"
+CONFIG = "config.json"
+
+
+@dataclass
+class TrainResult:
+    run_dir: Path
+    steps: int
+    epochs_done: float
+    final: EvalResult | None
+    ten_crop: EvalResult | None
+    weights: Path | None
+    minutes: float
+
+
+def _build_model(cfg: TrainConfig, num_classes: int) -> Any:
+    from alexnet.factory import create_model
+    from alexnet.train.init import kaiming_init_
+
+    model = create_model(cfg.model, num_classes=num_classes, dropout=cfg.dropout)
+    if cfg.init == "kaiming":
+        kaiming_init_(model)
+    return model
+
+
+def _run_callbacks(callbacks: Sequence[Callback], hook: str, ctx: TrainContext, *args: Any) -> list[str]:
+    warnings: list[str] = []
+    for cb in callbacks:
+        out = getattr(cb, hook)(ctx, *args)
+        if out:
+            warnings.extend(out)
+    for w in warnings:
+        log.warning("%s", w)
+    return warnings
+
+
+def _params_finite(model: torch.nn.Module) -> bool:
+    return all(bool(torch.isfinite(p).all()) for p in model.parameters())
+
+
+def train(
+    cfg: TrainConfig,
+    *,
+    resume: bool = False,
+    callbacks: Sequence[Callback] = (),
+    progress: bool = True,
+) -> TrainResult:
+    """Train ``cfg.model`` with ``cfg`` into the run folder ``cfg.out``; ``resume`` continues from its newest
+    checkpoint. Raises :class:`TrainingError` / :class:`DataError` for anything the user can fix."""
+    info = dist_utils.setup(cfg.device)
+    try:
+        return _train(cfg, info, resume, callbacks, progress)
+    finally:
+        dist_utils.teardown()
+
+
+def _train(
+    cfg: TrainConfig,
+    info: dist_utils.DistInfo,
+    resume: bool,
+    callbacks: Sequence[Callback],
+    progress: bool,
+) -> TrainResult:
+    t_start = time.monotonic()
+    run_dir = Path(cfg.out)
+    if cfg.batch_size % info.world_size:
+        raise TrainingError(
+            f"batch size {cfg.batch_size} is not divisible by the {info.world_size} processes"
+        )
+    if not resume and list_checkpoints(run_dir):
+        raise TrainingError(
+            f"{run_dir} already holds checkpoints: add --resume to continue it, or pick another --out"
+        )
+    state = latest_checkpoint(run_dir) if resume else None
+
+    torch.manual_seed(cfg.seed)
+    pre = preprocessing_for(cfg, _input_size(cfg.model))
+    # Rank 0 generates / checks the data first (the check results are cached), then the others open it.
+    data: RunData | None = open_run_data(cfg, pre, progress=progress) if info.is_main else None
+    dist_utils.barrier(info)
+    if data is None:
+        data = open_run_data(cfg, pre, progress=False)
+    loader = train_loader(data.train, cfg, info.rank, info.world_size, info.device.type == "cuda")
+    steps_per_epoch = len(loader)
+    if steps_per_epoch == 0:
+        raise DataError(
+            f"batch size {cfg.batch_size} is larger than the training set ({len(data.train)} images); "
+            "use a smaller --batch-size"
+        )
+    total_steps = cfg.epochs * steps_per_epoch
+    if cfg.max_steps is not None:
+        total_steps = min(total_steps, cfg.max_steps)
+
+    torch.manual_seed(cfg.seed)
+    model = _build_model(cfg, len(data.classes))
+    model.to(info.device)
+    if cfg.channels_last:
+        model.to(memory_format=torch.channels_last)
+    optimizer = build_optimizer(model, cfg)
+    schedule = LRSchedule(cfg, total_steps, steps_per_epoch)
+    epoch, in_epoch, step = 0, 0, 0
+    if state is not None:
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        schedule.load_state_dict(state["schedule"])
+        epoch, in_epoch, step = int(state["epoch"]), int(state["in_epoch"]), int(state["step"])
+    # Different dropout masks per rank, reproducible per (seed, rank); a checkpoint restores the exact state.
+    torch.manual_seed(cfg.seed * 1000 + info.rank)
+    if state is not None:
+        rng = state["rng"][info.rank] if info.rank < len(state["rng"]) else state["rng"][0]
+        set_rng_state(rng)
+    net = dist_utils.wrap(model, info)
+    if cfg.compile:
+        net = torch.compile(net)
+
+    writer = None
+    handler = None
+    steps_log = metrics_log = None
+    if info.is_main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        cfg.save(run_dir / CONFIG)
+        handler = attach_log_file(run_dir)
+        steps_log = CsvLog(run_dir / STEPS, STEP_FIELDS)
+        metrics_log = CsvLog(run_dir / METRICS, METRIC_FIELDS)
+        if state is not None:
+            steps_log.truncate_after(step)
+            metrics_log.truncate_after(step)
+        from torch.utils.tensorboard import SummaryWriter
+
+        writer = SummaryWriter(str(run_dir / "tensorboard"), purge_step=step if state is not None else None)
+        log.info(
+            "%s %s: model %s, data %s (%d classes, %d train / %d val images, %d skipped), %d processes on %s, "
+            "%d steps of batch %d",
+            "resuming" if state else "starting",
+            run_dir,
+            cfg.model,
+            data.root,
+            len(data.classes),
+            len(data.train),
+            len(data.val),
+            len(data.skipped),
+            info.world_size,
+            info.device,
+            total_steps,
+            cfg.batch_size,
+        )
+        for path, reason in data.skipped:
+            log.warning("skipped unreadable file %s: %s", path, reason)
+
+    ctx = TrainContext(
+        model=model,
+        optimizer=optimizer,
+        run_dir=run_dir if info.is_main else None,
+        num_classes=len(data.classes),
+        step=step,
+        epoch=epoch,
+        writer=writer,
+        is_main=info.is_main,
+    )
+    ctx.extra["config"] = cfg
+    ctx.extra["world_size"] = info.world_size
+
+    def checkpoint(epoch_: int, in_epoch_: int) -> None:
+        if not _params_finite(model):
+            raise TrainingError(
+                f"weights became non-finite at step {step}; not writing a checkpoint "
+                f"(the last good one is kept in {run_dir / 'checkpoints'})"
+            )
+        states = _gather_rng(info)
+        if info.is_main:
+            save_checkpoint(
+                run_dir,
+                {
+                    "model": model.state_dict(),
+                    "optimizer": optimizer.state_dict(),
+                    "schedule": schedule.state_dict(),
+                    "rng": states,
+                    "epoch": epoch_,
+                    "in_epoch": in_epoch_,
+                    "step": step,
+                    "config": cfg.to_dict(),
+                },
+                step,
+                keep=cfg.keep_checkpoints,
+            )
+        dist_utils.barrier(info)
+
+    val_loader = eval_loader(
+        data.val, max(1, cfg.batch_size // info.world_size), cfg.workers, info.rank, info.world_size
+    )
+    last: EvalResult | None = None
+    ten_result: EvalResult | None = None
+    last_eval_step = -1
+    window_loss, window_n, window_images, window_time = 0.0, 0, 0, 0.0
+    warn_text = ""
+
+    def run_eval(epoch_: int) -> EvalResult:
+        nonlocal window_loss, window_n, window_images, window_time, last, last_eval_step
+        result = evaluate_loader(
+            net,
+            val_loader,
+            info.device,
+            amp=cfg.amp,
+            channels_last=cfg.channels_last,
+            desc="validation",
+            progress=progress and info.is_main,
+        )
+        lr = optimizer.param_groups[0]["lr"] / optimizer.param_groups[0].get("lr_mult", 1.0)
+        row = {
+            "epoch": epoch_,
+            "step": step,
+            "lr": lr,
+            "train_loss": window_loss / window_n if window_n else None,
+            "val_loss": result.loss,
+            "val_top1_err": result.top1_err,
+            "val_top5_err": result.top5_err,
+            "images_per_s": window_images / window_time if window_time > 0 else None,
+        }
+        if info.is_main and metrics_log is not None:
+            metrics_log.append(row)
+            for path, reason in result.skipped_files:
+                log.warning("skipped unreadable file %s: %s", path, reason)
+            log.info(
+                "epoch %d step %d: val top-1 error %.2f%%, top-5 error %.2f%%, val loss %.4f",
+                epoch_,
+                step,
+                100 * result.top1_err,
+                100 * result.top5_err,
+                result.loss,
+            )
+            if writer is not None:
+                writer.add_scalar("val/top1_err", result.top1_err, step)
+                writer.add_scalar("val/top5_err", result.top5_err, step)
+                writer.add_scalar("val/loss", result.loss, step)
+        ctx.step, ctx.epoch = step, epoch_
+        _run_callbacks(callbacks, "on_eval", ctx, {k: v for k, v in row.items() if v is not None})
+        window_loss, window_n, window_images, window_time = 0.0, 0, 0, 0.0
+        last, last_eval_step = result, step
+        return result
+
+    from tqdm import tqdm
+
+    bar = tqdm(
+        total=total_steps,
+        initial=step,
+        desc=f"training {cfg.model}",
+        unit="step",
+        disable=not (progress and info.is_main),
+        dynamic_ncols=True,
+    )
+    _run_callbacks(callbacks, "on_train_start", ctx)
+    net.train()
+    try:
+        while epoch < cfg.epochs and step < total_steps:
+            loader.set_epoch(epoch, in_epoch)
+            t0 = time.monotonic()
+            for images, targets in loader:
+                in_epoch += 1
+                images = images.to(info.device, non_blocking=True)
+                targets = targets.to(info.device, non_blocking=True)
+                if cfg.channels_last:
+                    images = images.contiguous(memory_format=torch.channels_last)
+                lr = schedule.apply(optimizer, step)
+                ctx.step, ctx.epoch, ctx.lr, ctx.inputs, ctx.loss = step, epoch, lr, images, None
+                _run_callbacks(callbacks, "on_step_start", ctx)
+                with torch.autocast(info.device.type, dtype=torch.bfloat16, enabled=cfg.amp):
+                    logits = net(images)
+                loss = F.cross_entropy(logits.float(), targets, label_smoothing=cfg.label_smoothing)
+                if not dist_utils.all_true(bool(torch.isfinite(loss)), info):
+                    raise TrainingError(
+                        f"loss is {float(loss)} at step {step + 1} (epoch {epoch + 1}); stopping. The last good "
+                        f"checkpoint is kept in {run_dir / 'checkpoints'}; try a lower --lr (now {lr:g})"
+                    )
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                ctx.loss = loss.detach()
+                _run_callbacks(callbacks, "on_after_backward", ctx)
+                if cfg.grad_clip:
+                    torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+                optimizer.step()
+                if cfg.renorm_rms is not None:
+                    from alexnet.models import renormalize_filters_
+
+                    renormalize_filters_(model, cfg.renorm_rms)
+                step += 1
+                ctx.step = step
+                warns = _run_callbacks(callbacks, "on_step_end", ctx)
+                if warns:
+                    warn_text = warns[-1]
+                loss_value = dist_utils.mean_over_ranks(float(loss.detach()), info)
+                dt = time.monotonic() - t0
+                t0 = time.monotonic()
+                window_loss, window_n = window_loss + loss_value, window_n + 1
+                window_images += len(targets) * info.world_size
+                window_time += dt
+                if info.is_main and steps_log is not None:
+                    steps_log.append({"step": step, "epoch": epoch, "lr": lr, "loss": loss_value})
+                    if writer is not None:
+                        writer.add_scalar("train/loss", loss_value, step)
+                        writer.add_scalar("train/lr", lr, step)
+                ips = window_images / window_time if window_time > 0 else 0.0
+                bar.set_postfix_str(
+                    f"epoch {epoch + 1} loss {loss_value:.4f} {ips:.1f} img/s"
+                    + (f" ! {warn_text}" if warn_text else "")
+                )
+                bar.update(1)
+                if step % cfg.checkpoint_every == 0:
+                    checkpoint(epoch, in_epoch)
+                if cfg.eval_every and step % cfg.eval_every == 0 and step < total_steps:
+                    run_eval(epoch)
+                    net.train()
+                if step >= total_steps:
+                    break
+                t0 = time.monotonic()
+            if (
+                in_epoch >= steps_per_epoch
+            ):  # a full epoch: evaluate, let the plateau schedule decide, checkpoint
+                result = run_eval(epoch + 1)
+                net.train()
+                if schedule.on_eval(result.top1_err) and info.is_main:
+                    log.info("validation error stopped improving: learning rate × %g", cfg.lr_factor)
+                epoch, in_epoch = epoch + 1, 0
+                checkpoint(epoch, in_epoch)
+        if in_epoch:  # cut short by max_steps: a checkpoint so that a longer --max-steps can --resume it
+            checkpoint(epoch, in_epoch)
+        if last_eval_step != step:  # a run cut short by max_steps still ends with an evaluation
+            run_eval(epoch + (1 if in_epoch else 0))
+        if cfg.ten_crop:
+            from alexnet.train.data import ten_crop_split
+
+            ten = eval_loader(
+                ten_crop_split(data, pre),
+                max(1, cfg.batch_size // (10 * info.world_size)),
+                cfg.workers,
+                info.rank,
+                info.world_size,
+            )
+            ten_result = evaluate_loader(
+                net,
+                ten,
+                info.device,
+                amp=cfg.amp,
+                desc="ten-crop evaluation",
+                progress=progress and info.is_main,
+            )
+            if info.is_main:
+                log.info(
+                    "ten-crop: val top-1 error %.2f%%, top-5 error %.2f%%",
+                    100 * ten_result.top1_err,
+                    100 * ten_result.top5_err,
+                )
+        _run_callbacks(callbacks, "on_train_end", ctx)
+    except TrainingError as e:
+        if info.is_main:
+            log.error("%s", e)
+        raise
+    finally:
+        bar.close()
+        if writer is not None:
+            writer.close()
+
+    weights = None
+    if info.is_main:
+        weights = _save_final(model, cfg, data, pre, run_dir, last)
+        _write_results(run_dir, last, ten_result, step, time.monotonic() - t_start)
+        plot_learning_curve(run_dir)
+        log.info("done: %d steps in %.1f min; weights %s", step, (time.monotonic() - t_start) / 60, weights)
+        if handler is not None:
+            detach_log_file(handler)
+    dist_utils.barrier(info)
+    return TrainResult(
+        run_dir=run_dir,
+        steps=step,
+        epochs_done=step / steps_per_epoch,
+        final=last,
+        ten_crop=ten_result,
+        weights=weights,
+        minutes=(time.monotonic() - t_start) / 60,
+    )
+
+
+def _input_size(model_name: str) -> int:
+    from alexnet.models import get_config
+
+    return get_config(model_name).input_size
+
+
+def _gather_rng(info: dist_utils.DistInfo) -> list[dict[str, Any]]:
+    """Every rank's RNG states (rank order), so a resumed DDP run redraws the same dropout masks."""
+    mine = rng_state()
+    if not info.distributed:
+        return [mine]
+    import torch.distributed as dist
+
+    out: list[Any] = [None] * info.world_size
+    dist.all_gather_object(out, mine)
+    return out
+
+
+def _write_results(
+    run_dir: Path, centre: EvalResult | None, ten: EvalResult | None, steps: int, seconds: float
+) -> None:
+    """``results.json``: the final validation numbers (centre crop, and ten-crop when asked) and the wall time."""
+    import json
+
+    from alexnet.weights.io import atomic_write
+
+    out: dict[str, Any] = {"steps": steps, "minutes": round(seconds / 60, 2)}
+    if centre is not None:
+        out["center_crop"] = centre.to_json()
+    if ten is not None:
+        out["ten_crop"] = ten.to_json()
+    text = json.dumps(out, indent=2) + "\n"
+    atomic_write(run_dir / "results.json", lambda tmp: Path(tmp).write_text(text))
+
+
+def _save_final(
+    model: torch.nn.Module, cfg: TrainConfig, data: RunData, pre: Any, run_dir: Path, last: EvalResult | None
+) -> Path:
+    from alexnet.weights import WeightsMeta, save_weights
+
+    extra: dict[str, Any] = {"recipe": cfg.recipe, "trained_on": str(data.root)}
+    if last is not None:
+        extra.update(val_top1_err=last.top1_err, val_top5_err=last.top5_err, val_images=last.images)
+    meta = WeightsMeta(
+        model=cfg.model,
+        num_classes=len(data.classes),
+        classes=list(data.classes),
+        preprocessing=pre,
+        source=f"alexnet train --recipe {cfg.recipe} ({run_dir})",
+        extra=extra,
+    )
+    return save_weights(model, run_dir / WEIGHTS, meta)
+
+
+__all__ = ["TrainResult", "train"]

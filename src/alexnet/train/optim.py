@@ -1,0 +1,149 @@
+"""Optimizers and learning-rate schedules of the recipes.
+
+:class:`PaperSGD` is AlexNet §5's update rule, which puts the learning rate *inside* the momentum::
+
+    v ← μ·v − λ·ε·w − ε·∂L/∂w
+    w ← w + v
+
+``torch.optim.SGD`` instead keeps ``v ← μ·v + g + λ·w; w ← w − ε·v``: the two agree while ε is constant but not
+after ε changes (the paper's velocity carries the old ε, PyTorch's is rescaled by the new one). Caffe's SGD solver
+uses the paper's form, so the ``caffe`` recipe uses this class as well, with per-group multipliers.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+from typing import Any
+
+import torch
+from torch import nn
+
+from alexnet.train.config import TrainConfig
+
+
+class PaperSGD(torch.optim.Optimizer):
+    """SGD with momentum and weight decay exactly in the form of AlexNet §5 (see the module docstring)."""
+
+    def __init__(
+        self, params: Iterable[Any], lr: float = 0.01, momentum: float = 0.9, weight_decay: float = 5e-4
+    ) -> None:
+        if lr <= 0 or not 0 <= momentum < 1 or weight_decay < 0:
+            raise ValueError(f"bad hyper-parameters lr={lr} momentum={momentum} weight_decay={weight_decay}")
+        super().__init__(params, dict(lr=lr, momentum=momentum, weight_decay=weight_decay))
+
+    @torch.no_grad()
+    def step(self, closure: Any = None) -> Any:  # type: ignore[override]
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for group in self.param_groups:
+            lr, mu, wd = group["lr"], group["momentum"], group["weight_decay"]
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                state = self.state[p]
+                if "velocity" not in state:
+                    state["velocity"] = torch.zeros_like(p)
+                v = state["velocity"]
+                v.mul_(mu).add_(p, alpha=-wd * lr).add_(p.grad, alpha=-lr)
+                p.add_(v)
+        return loss
+
+
+def param_groups(model: nn.Module, cfg: TrainConfig) -> list[dict[str, Any]]:
+    """Weights and biases as two groups, with Caffe's ``lr_mult`` / ``decay_mult`` for the biases."""
+    weights = [p for n, p in model.named_parameters() if p.requires_grad and not n.endswith("bias")]
+    biases = [p for n, p in model.named_parameters() if p.requires_grad and n.endswith("bias")]
+    return [
+        {"params": weights, "lr_mult": 1.0, "weight_decay": cfg.weight_decay},
+        {
+            "params": biases,
+            "lr_mult": cfg.bias_lr_mult,
+            "weight_decay": cfg.weight_decay * cfg.bias_decay_mult,
+        },
+    ]
+
+
+def build_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
+    groups = param_groups(model, cfg)
+    for g in groups:
+        g["lr"] = cfg.lr * g["lr_mult"]
+    if cfg.optimizer == "paper_sgd":
+        return PaperSGD(groups, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    return torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
+
+
+class LRSchedule:
+    """The learning rate as a function of (step, epoch, validation history); its state is plain Python.
+
+    - ``step``: × ``lr_factor`` every ``step_every`` iterations or epochs (Caffe's "step" policy, torchvision).
+    - ``plateau``: × ``lr_factor`` when the validation error has not improved for ``plateau_patience``
+      evaluations, at most ``max_reductions`` times (AlexNet §5, ZF §3).
+    - ``cosine``: cosine decay from ``lr`` to ``min_lr`` over the run.
+    - ``constant``.
+
+    All of them start with ``warmup_steps`` of linear warm-up when that is non-zero.
+    """
+
+    def __init__(self, cfg: TrainConfig, total_steps: int, steps_per_epoch: int) -> None:
+        self.cfg = cfg
+        self.total_steps = max(1, total_steps)
+        self.steps_per_epoch = max(1, steps_per_epoch)
+        self.scale = 1.0  # plateau reductions so far, as a factor
+        self.reductions = 0
+        self.best: float | None = None
+        self.bad_evals = 0
+
+    def lr_at(self, step: int) -> float:
+        """Learning rate for the update that follows ``step`` completed steps."""
+        cfg = self.cfg
+        if cfg.schedule == "step":
+            count = step if cfg.step_unit == "iter" else step // self.steps_per_epoch
+            lr = cfg.lr * cfg.lr_factor ** (count // cfg.step_every)
+        elif cfg.schedule == "cosine":
+            t = min(1.0, max(0, step - cfg.warmup_steps) / max(1, self.total_steps - cfg.warmup_steps))
+            lr = cfg.min_lr + (cfg.lr - cfg.min_lr) * 0.5 * (1 + math.cos(math.pi * t))
+        else:
+            lr = cfg.lr * self.scale
+        if cfg.warmup_steps and step < cfg.warmup_steps:
+            lr *= (step + 1) / cfg.warmup_steps
+        return lr
+
+    def apply(self, optimizer: torch.optim.Optimizer, step: int) -> float:
+        lr = self.lr_at(step)
+        for g in optimizer.param_groups:
+            g["lr"] = lr * g.get("lr_mult", 1.0)
+        return lr
+
+    def on_eval(self, val_error: float) -> bool:
+        """Record a validation error; returns True when the plateau schedule just divided the rate."""
+        if self.cfg.schedule != "plateau":
+            return False
+        if self.best is None or val_error < self.best - 1e-9:
+            self.best, self.bad_evals = val_error, 0
+            return False
+        self.bad_evals += 1
+        if self.bad_evals >= self.cfg.plateau_patience and self.reductions < self.cfg.max_reductions:
+            self.scale *= self.cfg.lr_factor
+            self.reductions += 1
+            self.bad_evals = 0
+            return True
+        return False
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "scale": self.scale,
+            "reductions": self.reductions,
+            "best": self.best,
+            "bad_evals": self.bad_evals,
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.scale = float(state["scale"])
+        self.reductions = int(state["reductions"])
+        self.best = None if state["best"] is None else float(state["best"])
+        self.bad_evals = int(state["bad_evals"])
