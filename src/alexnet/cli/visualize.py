@@ -1,0 +1,168 @@
+"""``alexnet visualize <kind>``: activation maps, filters, deconvnet, top-9, occlusion, evolution, invariance,
+retrieval. Each kind writes PNGs and the numbers behind them (.npz / .json) into ``--out`` and prints the paths."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+from alexnet.cli._common import ArgumentParser, CommandError, add_command, add_model_arguments
+
+KINDS = {
+    "activations": "activation maps of a layer (or all five conv stages) tiled per channel",
+    "filters": "conv1 filters (AlexNet Fig. 3), conv2 per input channel, dead / aliasing statistics (ZF Fig. 6)",
+    "deconv": "Zeiler & Fergus deconvnet projection of a feature map or unit to pixels (ZF §2.1)",
+    "top9": "the 9 strongest activations of each feature map over a data set, patches + projections (ZF Fig. 2)",
+    "occlusion": "occlusion sensitivity: layer-5 activation, class probability, label map (ZF Fig. 7)",
+    "evolution": "deconv projections of chosen feature maps at each saved checkpoint (ZF Fig. 4)",
+    "invariance": "feature distances and class probability under translation, scaling, rotation (ZF Fig. 5)",
+    "retrieval": "nearest training images in fc7 space (AlexNet Fig. 4)",
+}
+
+
+def _unit(text: str) -> tuple[int, int]:
+    try:
+        row, col = (int(v) for v in text.replace(" ", "").split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected ROW,COL (e.g. 6,7), got {text!r}") from None
+    return row, col
+
+
+def _channels(text: str) -> list[int]:
+    out: list[int] = []
+    try:
+        for part in text.split(","):
+            if "-" in part:
+                lo, hi = (int(v) for v in part.split("-"))
+                out.extend(range(lo, hi + 1))
+            elif part:
+                out.append(int(part))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected channels like 0,5,10-15, got {text!r}") from None
+    return out
+
+
+def _common(p: ArgumentParser, images: str = "+") -> None:
+    add_model_arguments(p)
+    p.add_argument("--run", metavar="DIR", help="a training run folder (uses DIR/model.safetensors)")
+    p.add_argument(
+        "--out", "-o", required=True, metavar="DIR", help="folder for the PNG / .npz / .json files"
+    )
+    if images:
+        p.add_argument("images", nargs=images, metavar="IMAGE", help="image files")
+
+
+def register(sub: Any) -> None:
+    p = add_command(
+        sub,
+        "visualize",
+        "look inside a model: activations, filters, deconvnet, top-9, occlusion, evolution, invariance, retrieval",
+        "Figures of AlexNet §6 / Fig. 3–4 and Zeiler & Fergus §2–4 / Figs. 2–7 for any registered model. Each "
+        "kind writes PNGs plus the numbers behind them (.npz / .json) into --out and prints the paths.",
+    )
+    kinds = p.add_subparsers(dest="kind", metavar="KIND", parser_class=ArgumentParser)
+    kinds.required = True
+
+    k = kinds.add_parser("activations", help=KINDS["activations"], description=KINDS["activations"])
+    _common(k)
+    k.add_argument("--layer", default="relu1", help="paper layer name (conv1 … pool5; default relu1)")
+    k.add_argument("--top", type=int, help="only the K most active channels")
+    k.add_argument("--all", action="store_true", help="all five conv stages (after ReLU) on one figure")
+
+    k = kinds.add_parser("filters", help=KINDS["filters"], description=KINDS["filters"])
+    _common(k, images="*")
+
+    k = kinds.add_parser("deconv", help=KINDS["deconv"], description=KINDS["deconv"])
+    _common(k)
+    k.add_argument("--layer", default="conv5", help="conv-trunk layer: convN, reluN, normN or poolN")
+    k.add_argument("--channel", type=int, help="feature map (default: each image's strongest)")
+    k.add_argument("--unit", type=_unit, metavar="ROW,COL", help="only this unit of the map")
+
+    k = kinds.add_parser("top9", help=KINDS["top9"], description=KINDS["top9"])
+    _common(k, images="")
+    k.add_argument(
+        "--data", required=True, metavar="ROOT", help="data set: ROOT/<split>/<class>/* or a folder"
+    )
+    k.add_argument("--split", default="val", help="split folder under ROOT (default val)")
+    k.add_argument("--layer", default="conv5", help="conv-trunk layer (default conv5)")
+    k.add_argument("--channels", type=_channels, help="feature maps to draw, e.g. 0,5,10-15 (default 0-15)")
+    k.add_argument("--max-images", type=int, metavar="N", help="only the first N images")
+    k.add_argument("--batch-size", type=int, default=32)
+    k.add_argument("--resume", action="store_true", help="continue an interrupted pass from its saved state")
+
+    k = kinds.add_parser("occlusion", help=KINDS["occlusion"], description=KINDS["occlusion"])
+    _common(k)
+    k.add_argument("--size", type=int, default=32, help="side of the grey square in pixels (default 32)")
+    k.add_argument("--stride", type=int, default=8, help="step between positions in pixels (default 8)")
+    k.add_argument("--target", type=int, help="the correct class index (default: the top prediction)")
+    k.add_argument("--batch-size", type=int, default=64)
+
+    k = kinds.add_parser("evolution", help=KINDS["evolution"], description=KINDS["evolution"])
+    _common(k)
+    k.add_argument("--checkpoints", nargs="*", metavar="FILE", help=".pt checkpoints or .safetensors files "
+                   "(default: RUN/checkpoints/*.pt)")  # fmt: skip
+    k.add_argument("--layer", default="conv5")
+    k.add_argument("--channels", type=_channels, default=[0, 1, 2, 3], help="feature maps (rows)")
+
+    k = kinds.add_parser("invariance", help=KINDS["invariance"], description=KINDS["invariance"])
+    _common(k)
+    k.add_argument("--target", type=int, help="true class of the images (default: top prediction)")
+
+    k = kinds.add_parser("retrieval", help=KINDS["retrieval"], description=KINDS["retrieval"])
+    _common(k)
+    k.add_argument("--data", required=True, metavar="ROOT", help="the gallery (training images)")
+    k.add_argument("--split", default="train")
+    k.add_argument("--max-images", type=int, metavar="N")
+    k.add_argument("--neighbours", type=int, default=6)
+    k.add_argument("--cache", metavar="DIR", help="feature cache folder (default OUT/cache)")
+    p.set_defaults(func=run)
+
+
+def load_model(args: argparse.Namespace) -> Any:
+    from alexnet.cli._common import load_model_from_args
+
+    if args.run is not None:
+        if args.weights is not None:
+            raise CommandError("give --run or --weights, not both")
+        path = Path(args.run) / "model.safetensors"
+        if not path.is_file():
+            raise CommandError(f"{args.run}: no model.safetensors in this run folder")
+        args.weights = str(path)
+    return load_model_from_args(args)
+
+
+def run(args: argparse.Namespace) -> int:
+    from alexnet.visualize import outputs
+
+    for name in ("top", "size", "stride", "batch_size", "max_images", "neighbours"):
+        value = getattr(args, name, None)
+        if value is not None and value < 1:
+            raise CommandError(f"--{name.replace('_', '-')} must be at least 1")
+    model = load_model(args)
+    kind = args.kind
+    if kind == "activations":
+        paths = outputs.write_activations(model, args.images, args.out, args.layer, args.top, args.all)
+    elif kind == "filters":
+        paths = outputs.write_filters(model, args.out, args.images)
+    elif kind == "deconv":
+        paths = outputs.write_deconv(model, args.images, args.out, args.layer, args.channel, args.unit)
+    elif kind == "top9":
+        paths = outputs.write_top9(model, args.data, args.out, args.layer, split=args.split, channels=args.channels,
+                                   max_images=args.max_images, resume=args.resume, batch_size=args.batch_size,
+                                   progress=True)  # fmt: skip
+    elif kind == "occlusion":
+        paths = outputs.write_occlusion(model, args.images, args.out, size=args.size, stride=args.stride,
+                                        target=args.target, batch_size=args.batch_size, progress=True)  # fmt: skip
+    elif kind == "evolution":
+        paths = outputs.write_evolution(model, args.images, args.out, args.run, args.checkpoints, args.layer,
+                                        args.channels)  # fmt: skip
+    elif kind == "invariance":
+        paths = outputs.write_invariance(model, args.images, args.out, args.target)
+    else:
+        paths = outputs.write_retrieval(model, args.images, args.data, args.out, split=args.split,
+                                        max_images=args.max_images, neighbours=args.neighbours,
+                                        cache=args.cache)  # fmt: skip
+    for path in paths:
+        print(path)
+    return 0

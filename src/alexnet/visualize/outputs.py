@@ -1,0 +1,208 @@
+"""Each ``alexnet visualize <kind>``: compute, draw, and write the PNGs with the numbers behind them.
+
+One function per kind; each returns the paths it wrote (all writes atomic). The CLI only parses arguments.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+
+from alexnet.models import AlexNetFamily
+from alexnet.predict import preprocessing_of
+from alexnet.visualize.hooks import SelectionError
+from alexnet.visualize.inputs import prepare
+from alexnet.visualize.plot import (
+    projection_to_image,
+    save_figure,
+    save_image,
+    save_json,
+    save_npz,
+    uint8_to_float,
+)
+
+
+def _stem(name: str, i: int) -> str:
+    return Path(name).stem or f"image{i}"
+
+
+def write_activations(
+    model: AlexNetFamily,
+    images: Sequence[str | Path],
+    out: str | Path,
+    layer: str | None = "relu1",
+    top: int | None = None,
+    all_layers: bool = False,
+) -> list[Path]:
+    """Per image: the grid of ``layer`` (or all five conv stages) as a figure, plus the raw maps (.npz)."""
+    from alexnet.visualize.activations import (
+        activation_grid,
+        conv_stage_layers,
+        plot_activations,
+        plot_all_conv_layers,
+    )
+    from alexnet.visualize.hooks import capture
+
+    out = Path(out)
+    written: list[Path] = []
+    for i, path in enumerate(images):
+        stem = _stem(str(path), i)
+        p = prepare(model, path)
+        layers = conv_stage_layers(model) if all_layers else [layer or "relu1"]
+        acts = capture(model, p.tensor.unsqueeze(0), layers)
+        if all_layers:
+            fig = plot_all_conv_layers(model, path, top)
+            written.append(save_figure(fig, out / f"{stem}_activations_all.png"))
+        else:
+            fig = plot_activations(model, path, layers[0], top)
+            written.append(save_figure(fig, out / f"{stem}_{layers[0]}.png"))
+            written.append(
+                save_image(activation_grid(acts[layers[0]][0], top), out / f"{stem}_{layers[0]}_grid.png")
+            )
+        written.append(
+            save_npz(out / f"{stem}_activations.npz", **{k: v[0].numpy() for k, v in acts.items()})
+        )
+    return written
+
+
+def write_filters(model: AlexNetFamily, out: str | Path, images: Sequence[str | Path] = ()) -> list[Path]:
+    """conv1 grid (towers apart), conv2 per input channel, and the dead / high-frequency statistics."""
+    from alexnet.visualize.filters import (
+        conv1_blocks,
+        filter_statistics,
+        plot_conv1_filters,
+        plot_conv2_filters,
+        plot_filter_statistics,
+    )
+
+    out = Path(out)
+    written = [save_figure(plot_conv1_filters(model), out / "conv1_filters.png")]
+    for i, block in enumerate(conv1_blocks(model)):
+        written.append(save_image(block, out / f"conv1_filters_block{i + 1}.png"))
+    written.append(save_figure(plot_conv2_filters(model), out / "conv2_filters.png"))
+    sample = torch.stack([prepare(model, im).tensor for im in images]) if images else None
+    stats = [filter_statistics(model, layer, images=sample) for layer in ("conv1", "conv2")]
+    written.append(save_figure(plot_filter_statistics(stats, f"{model.config.name}: ZF Fig. 6 statistics"),
+                               out / "filter_statistics.png"))  # fmt: skip
+    written.append(save_json(out / "filter_statistics.json", [s.summary() for s in stats]))
+    written.append(
+        save_npz(
+            out / "filter_statistics.npz",
+            **{f"{s.layer}_{k}": v for s in stats for k, v in s.arrays().items()},
+        )
+    )
+    return written
+
+
+def write_deconv(
+    model: AlexNetFamily,
+    images: Sequence[str | Path],
+    out: str | Path,
+    layer: str,
+    channel: int | None = None,
+    unit: tuple[int, int] | None = None,
+) -> list[Path]:
+    """Deconvnet projections (ZF §2.1) of one feature map or unit; without ``channel``, each image's
+    strongest feature map (by its strongest unit)."""
+    from alexnet.visualize.deconvnet import deconvnet, deconvnet_strongest
+    from alexnet.visualize.hooks import capture, check_trunk_layer
+    from alexnet.visualize.plot import new_figure
+
+    check_trunk_layer(model, layer)
+    prep = preprocessing_of(model)
+    out = Path(out)
+    written: list[Path] = []
+    for i, path in enumerate(images):
+        stem = _stem(str(path), i)
+        p = prepare(model, path)
+        x = p.tensor.unsqueeze(0)
+        ch = channel
+        if ch is None:
+            acts = capture(model, x, [layer])[layer][0]
+            ch = int(acts.flatten(1).amax(1).argmax())
+        if unit is None and channel is None:
+            res = deconvnet_strongest(model, x, layer, ch)
+            proj, where = res.images[0], f"strongest unit {tuple(res.units[0].tolist())}"
+        else:
+            proj = deconvnet(model, x, layer, ch, unit)[0]
+            where = f"unit {unit}" if unit is not None else "whole map"
+        fig = new_figure(10, 5)
+        ax0, ax1 = fig.subplots(1, 2)
+        ax0.imshow(uint8_to_float(p.crop))
+        ax0.set_title(Path(str(path)).name)
+        ax1.imshow(projection_to_image(proj, prep))
+        ax1.set_title(f"{layer} feature map {ch}, {where}")
+        for ax in (ax0, ax1):
+            ax.axis("off")
+        written.append(save_figure(fig, out / f"{stem}_{layer}_ch{ch}_deconv.png"))
+        written.append(
+            save_image(projection_to_image(proj, prep), out / f"{stem}_{layer}_ch{ch}_projection.png")
+        )
+        written.append(
+            save_npz(out / f"{stem}_{layer}_ch{ch}_deconv.npz", projection=proj.numpy(), channel=ch)
+        )
+    return written
+
+
+def write_occlusion(
+    model: AlexNetFamily,
+    images: Sequence[str | Path],
+    out: str | Path,
+    *,
+    size: int = 32,
+    stride: int = 8,
+    target: int | None = None,
+    batch_size: int = 64,
+    progress: bool = False,
+) -> list[Path]:
+    """ZF Fig. 7 panels per image, with the three maps and the legend as .npz / .json."""
+    from alexnet.visualize.occlusion import occlusion, plot_occlusion
+
+    out = Path(out)
+    written: list[Path] = []
+    for i, path in enumerate(images):
+        stem = _stem(str(path), i)
+        p = prepare(model, path)
+        r = occlusion(model, p.tensor, target=target, size=size, stride=stride, batch_size=batch_size,
+                      progress=progress)  # fmt: skip
+        written.append(save_figure(plot_occlusion(r, uint8_to_float(p.crop), Path(str(path)).name),
+                                   out / f"{stem}_occlusion.png"))  # fmt: skip
+        written.append(save_npz(out / f"{stem}_occlusion.npz", **r.arrays()))
+        written.append(save_json(out / f"{stem}_occlusion.json", {
+            "image": str(path), "layer": r.layer, "channel": r.channel, "target": r.target,
+            "size": r.size, "stride": r.stride, "base_activation": r.base_activation,
+            "base_probability": r.base_probability, "labels": {str(k): v for k, v in r.labels.items()},
+        }))  # fmt: skip
+    return written
+
+
+def write_top9(
+    model: AlexNetFamily,
+    data: str | Path,
+    out: str | Path,
+    layer: str,
+    *,
+    split: str = "val",
+    channels: Sequence[int] | None = None,
+    max_images: int | None = None,
+    resume: bool = False,
+    batch_size: int = 32,
+    progress: bool = False,
+) -> list[Path]:
+    """Stream the data set once (state in ``OUT/top9/<layer>/``), then ``top9.json``/``.npz`` and the grids."""
+    from alexnet.visualize.deconvnet import layer_shape
+    from alexnet.visualize.hooks import check_trunk_layer
+    from alexnet.visualize.topk import folder_items, render_top9, stream_topk, write_topk
+
+    check_trunk_layer(model, layer)
+    n_ch = layer_shape(model, layer)[0]
+    bad = [c for c in channels or () if not 0 <= c < n_ch]
+    if bad:  # before the (long) pass over the data
+        raise SelectionError(f"channel {bad[0]} is out of range for {layer} (0–{n_ch - 1})")
+    folder = Path(out) / "top9" / layer
+    items = folder_items(data, split, max_images)
+    state = stream_topk(model, items, layer, k=9, batch_size=batch_size, state_dir=folder, resume=resume,
+                        progress=progress, total=len(items))  # fmt: skip
+    return write_topk(model, state, folder) + render_top9(model, state, folder, channels, progress=progress)
