@@ -249,7 +249,7 @@ def test_a_real_image_with_a_lying_name_is_judged_by_its_bytes(client, chelsea):
         ("/api/models/a/images/{id}/layers/relu5/channels/-1/map.png", 404, "out of range"),
         ("/api/models/a/images/{id}/layers/relu5/channels/x", 422, "channel"),
         ("/api/jobs/nope", 404, "no job"),
-        ("/api/models/a/top9/relu5/0/0/patch.png", 404, "top-9"),
+        ("/api/models/a/top9/relu5/0/patches.png", 404, "top-9"),
         ("/static/../../../../etc/passwd", 404, ""),
     ],
 )
@@ -306,3 +306,47 @@ def test_serve_refuses_a_taken_port_with_one_line(capsys):
         port = s.getsockname()[1]
         assert main(["serve", "--model", "alexnet", "--port", str(port)]) == 2
     assert "cannot listen" in capsys.readouterr().err
+
+
+def test_top9_beside_the_weights_is_shown_for_the_clicked_channel(tmp_path, chelsea):
+    """A top-9 folder written by the visualisation library (conv5) serves clicks on relu5: same feature maps."""
+    import skimage.data
+
+    from alexnet.visualize.topk import stream_topk, write_topk
+
+    torch.manual_seed(0)
+    model = create_model("alexnet", num_classes=4).eval()
+    weights = save_weights(model, tmp_path / "model.safetensors", WeightsMeta(classes=["a", "b", "c", "d"]))
+    items = []
+    for name in ("chelsea", "coffee", "astronaut", "rocket"):
+        path = tmp_path / "data" / f"{name}.jpg"
+        path.parent.mkdir(exist_ok=True)
+        path.write_bytes(jpeg_bytes(getattr(skimage.data, name)()))
+        items.append((path, str(path)))
+    folder = tmp_path / "top9" / "conv5"
+    state = stream_topk(model, items, "conv5", k=9, batch_size=4, state_dir=folder)
+    write_topk(model, state, folder)
+
+    slot = load_slot("a", weights=str(weights))
+    with TestClient(create_app([slot])) as c:
+        assert c.get("/api/info").json()["models"][0]["top9"] == ["conv5"]
+        image_id = c.post("/api/images", content=jpeg_bytes(chelsea)).json()["image_id"]
+        info = c.get(f"/api/models/a/images/{image_id}/layers/relu5/channels/11").json()
+        top9 = info["top9"]
+        assert top9["layer"] == "conv5"
+        assert top9["values"] == pytest.approx([v for v, _, _, _ in state.entries(11)])
+        assert sorted(top9["images"]) == sorted(p.name for p, _ in items), "file names only, no server paths"
+        patches = decode_png(c.get(top9["patches"]).content)
+        deconvs = decode_png(c.get(top9["deconvs"]).content)
+        assert patches.shape == deconvs.shape and patches.shape[2] == 3
+        assert c.get("/api/models/a/top9/relu5/11/secrets.png").status_code == 404
+        assert c.get("/api/models/a/top9/relu5/999/patches.png").status_code == 404
+        assert c.get(f"/api/models/a/images/{image_id}/layers/relu1/channels/0").json()["top9"] is None
+
+    # Without the streaming state, the same entries are rebuilt from top9.json alone.
+    from alexnet.serve.top9 import load_topk
+
+    (folder / "state.npz").unlink()
+    rebuilt = load_topk(folder)
+    for channel in (0, 11, 255):
+        assert rebuilt.entries(channel) == pytest.approx(state.entries(channel))

@@ -232,10 +232,10 @@ def create_app(
         return _png(a.pngs.get_or_create(("deconv", layer, channel), make))
 
     # --- top-9 of the data set (computed offline by `alexnet visualize top9`) -----------------------------
-    @app.get("/api/models/{key}/top9/{layer}/{channel}/{rank}/{kind}.png")
-    def top9_png(key: str, layer: str, channel: int, rank: int, kind: str) -> Response:
+    @app.get("/api/models/{key}/top9/{layer}/{channel}/{kind}.png")
+    def top9_png(key: str, layer: str, channel: int, kind: str) -> Response:
         state.slot(key)
-        return _png(top9[key].png(layer, channel, rank, kind))
+        return _png(top9[key].png(layer, channel, kind))
 
     # --- occlusion, as a polled job ------------------------------------------------------------------------
     @app.post("/api/models/{key}/images/{image_id}/occlusion")

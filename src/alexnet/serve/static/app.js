@@ -227,15 +227,15 @@ function showTop9(box, top9, layer) {
       `No top-9 patches for ${layer}: run "alexnet visualize top9" and put its top9/ folder beside the weights.` }));
     return;
   }
-  box.append(el("h4", { textContent: `Top-9 data-set patches for this channel and their deconvnet projections (ZF Fig. 2)` }));
-  const grid = el("div", { className: "top9-grid" });
-  for (const item of top9.items) {
-    const pair = el("div", { className: "top9-pair" },
-      el("img", { src: item.patch, alt: `patch ${item.rank}`, title: item.source || "" }),
-      el("img", { src: item.deconv, alt: `deconv ${item.rank}` }));
-    grid.append(el("figure", {}, pair, el("figcaption", { textContent: item.value.toFixed(2) })));
-  }
-  box.append(grid);
+  box.append(el("h4", { textContent: `Top-${top9.values.length} data-set activations of ${top9.layer} channel ` +
+    `${box.closest(".channel").dataset.channel} (ZF Fig. 2)` }));
+  box.append(el("div", { className: "top9-grid" },
+    el("figure", {}, el("img", { src: top9.deconvs, alt: "top-9 deconvnet projections" }),
+      el("figcaption", { textContent: "deconvnet projections" })),
+    el("figure", {}, el("img", { src: top9.patches, alt: "top-9 input patches" }),
+      el("figcaption", { textContent: "input patches (receptive field)" }))));
+  box.append(el("p", { className: "hint", textContent: "activations: " +
+    top9.values.map((v, i) => `${v.toFixed(2)} (${top9.images[i]})`).join(", ") }));
 }
 
 // --- occlusion -----------------------------------------------------------------------------------------
