@@ -12,7 +12,6 @@ import pytest
 import torch
 from onnx import TensorProto, helper, numpy_helper
 
-import alexnet
 from alexnet.cli import main
 from alexnet.errors import WeightsError, WeightsMismatch
 from alexnet.weights import load_pretrained, save_weights

@@ -184,7 +184,14 @@ def _lrn_of(spec: LrnSpec, where: str) -> LRN:
     if spec.size % 2 == 0:
         # ONNX centres an even window at c-(size-1)//2 … c+size//2, torch.nn/ours at c-size//2 … c+(size-1)//2.
         raise WeightsMismatch(f"{where}: LRN size {spec.size} is even; the window conventions differ")
-    return LRN(size=spec.size, alpha=spec.alpha, beta=spec.beta, k=spec.k, alpha_over_size=True)
+    return LRN(
+        size=spec.size, alpha=_f32(spec.alpha), beta=_f32(spec.beta), k=_f32(spec.k), alpha_over_size=True
+    )
+
+
+def _f32(x: float) -> float:
+    """The shortest decimal that a float32 attribute stands for (1e-4, not 9.999999747378752e-05)."""
+    return float(str(np.float32(x)))
 
 
 def infer_config(chain: Chain, name: str) -> ArchConfig:
