@@ -100,8 +100,12 @@ def register(sub: Any) -> None:
 
     k = kinds.add_parser("evolution", help=KINDS["evolution"], description=KINDS["evolution"])
     _common(k)
-    k.add_argument("--checkpoints", nargs="*", metavar="FILE", help=".pt checkpoints or .safetensors files "
-                   "(default: RUN/checkpoints/*.pt)")  # fmt: skip
+    k.add_argument(
+        "--checkpoints",
+        nargs="*",
+        metavar="FILE",
+        help=".pt checkpoints or .safetensors files (default: RUN/checkpoints/*.pt)",
+    )
     k.add_argument("--layer", default="conv5")
     k.add_argument("--channels", type=_channels, default=[0, 1, 2, 3], help="feature maps (rows)")
 
@@ -148,21 +152,46 @@ def run(args: argparse.Namespace) -> int:
     elif kind == "deconv":
         paths = outputs.write_deconv(model, args.images, args.out, args.layer, args.channel, args.unit)
     elif kind == "top9":
-        paths = outputs.write_top9(model, args.data, args.out, args.layer, split=args.split, channels=args.channels,
-                                   max_images=args.max_images, resume=args.resume, batch_size=args.batch_size,
-                                   progress=True)  # fmt: skip
+        paths = outputs.write_top9(
+            model,
+            args.data,
+            args.out,
+            args.layer,
+            split=args.split,
+            channels=args.channels,
+            max_images=args.max_images,
+            resume=args.resume,
+            batch_size=args.batch_size,
+            progress=True,
+        )
     elif kind == "occlusion":
-        paths = outputs.write_occlusion(model, args.images, args.out, size=args.size, stride=args.stride,
-                                        target=args.target, batch_size=args.batch_size, progress=True)  # fmt: skip
+        paths = outputs.write_occlusion(
+            model,
+            args.images,
+            args.out,
+            size=args.size,
+            stride=args.stride,
+            target=args.target,
+            batch_size=args.batch_size,
+            progress=True,
+        )
     elif kind == "evolution":
-        paths = outputs.write_evolution(model, args.images, args.out, args.run, args.checkpoints, args.layer,
-                                        args.channels)  # fmt: skip
+        paths = outputs.write_evolution(
+            model, args.images, args.out, args.run, args.checkpoints, args.layer, args.channels
+        )
     elif kind == "invariance":
         paths = outputs.write_invariance(model, args.images, args.out, args.target)
     else:
-        paths = outputs.write_retrieval(model, args.images, args.data, args.out, split=args.split,
-                                        max_images=args.max_images, neighbours=args.neighbours,
-                                        cache=args.cache)  # fmt: skip
+        paths = outputs.write_retrieval(
+            model,
+            args.images,
+            args.data,
+            args.out,
+            split=args.split,
+            max_images=args.max_images,
+            neighbours=args.neighbours,
+            cache=args.cache,
+        )
     for path in paths:
         print(path)
     return 0

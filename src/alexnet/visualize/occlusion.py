@@ -185,12 +185,34 @@ def plot_occlusion(result: OcclusionResult, display: np.ndarray, title: str = ""
     index = {c: i for i, c in enumerate(classes)}
     dense = np.vectorize(index.__getitem__)(r.label_map) if r.label_map.size else r.label_map
     base = [
-        "#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22",
-        "#17becf", "#393b79", "#637939", "#8c6d31", "#843c39", "#7b4173", "#3182bd", "#e6550d", "#31a354",
-    ]  # fmt: skip
+        "#1f77b4",
+        "#ff7f0e",
+        "#2ca02c",
+        "#d62728",
+        "#9467bd",
+        "#8c564b",
+        "#e377c2",
+        "#7f7f7f",
+        "#bcbd22",
+        "#17becf",
+        "#393b79",
+        "#637939",
+        "#8c6d31",
+        "#843c39",
+        "#7b4173",
+        "#3182bd",
+        "#e6550d",
+        "#31a354",
+    ]
     colors = [base[i % len(base)] for i in range(len(classes))]
-    ax3.imshow(dense, extent=ext, cmap=ListedColormap(colors), vmin=-0.5, vmax=len(classes) - 0.5,
-               interpolation="nearest")  # fmt: skip
+    ax3.imshow(
+        dense,
+        extent=ext,
+        cmap=ListedColormap(colors),
+        vmin=-0.5,
+        vmax=len(classes) - 0.5,
+        interpolation="nearest",
+    )
     ax3.set_title("(c) most probable class")
     shown = classes[:12]
     ax3.legend(

@@ -84,8 +84,12 @@ def write_filters(model: AlexNetFamily, out: str | Path, images: Sequence[str | 
     written.append(save_figure(plot_conv2_filters(model), out / "conv2_filters.png"))
     sample = torch.stack([prepare(model, im).tensor for im in images]) if images else None
     stats = [filter_statistics(model, layer, images=sample) for layer in ("conv1", "conv2")]
-    written.append(save_figure(plot_filter_statistics(stats, f"{model.config.name}: ZF Fig. 6 statistics"),
-                               out / "filter_statistics.png"))  # fmt: skip
+    written.append(
+        save_figure(
+            plot_filter_statistics(stats, f"{model.config.name}: ZF Fig. 6 statistics"),
+            out / "filter_statistics.png",
+        )
+    )
     written.append(save_json(out / "filter_statistics.json", [s.summary() for s in stats]))
     written.append(
         save_npz(
@@ -165,16 +169,31 @@ def write_occlusion(
     for i, path in enumerate(images):
         stem = _stem(str(path), i)
         p = prepare(model, path)
-        r = occlusion(model, p.tensor, target=target, size=size, stride=stride, batch_size=batch_size,
-                      progress=progress)  # fmt: skip
-        written.append(save_figure(plot_occlusion(r, uint8_to_float(p.crop), Path(str(path)).name),
-                                   out / f"{stem}_occlusion.png"))  # fmt: skip
+        r = occlusion(
+            model, p.tensor, target=target, size=size, stride=stride, batch_size=batch_size, progress=progress
+        )
+        written.append(
+            save_figure(
+                plot_occlusion(r, uint8_to_float(p.crop), Path(str(path)).name), out / f"{stem}_occlusion.png"
+            )
+        )
         written.append(save_npz(out / f"{stem}_occlusion.npz", **r.arrays()))
-        written.append(save_json(out / f"{stem}_occlusion.json", {
-            "image": str(path), "layer": r.layer, "channel": r.channel, "target": r.target,
-            "size": r.size, "stride": r.stride, "base_activation": r.base_activation,
-            "base_probability": r.base_probability, "labels": {str(k): v for k, v in r.labels.items()},
-        }))  # fmt: skip
+        written.append(
+            save_json(
+                out / f"{stem}_occlusion.json",
+                {
+                    "image": str(path),
+                    "layer": r.layer,
+                    "channel": r.channel,
+                    "target": r.target,
+                    "size": r.size,
+                    "stride": r.stride,
+                    "base_activation": r.base_activation,
+                    "base_probability": r.base_probability,
+                    "labels": {str(k): v for k, v in r.labels.items()},
+                },
+            )
+        )
     return written
 
 
@@ -203,6 +222,121 @@ def write_top9(
         raise SelectionError(f"channel {bad[0]} is out of range for {layer} (0–{n_ch - 1})")
     folder = Path(out) / "top9" / layer
     items = folder_items(data, split, max_images)
-    state = stream_topk(model, items, layer, k=9, batch_size=batch_size, state_dir=folder, resume=resume,
-                        progress=progress, total=len(items))  # fmt: skip
+    state = stream_topk(
+        model,
+        items,
+        layer,
+        k=9,
+        batch_size=batch_size,
+        state_dir=folder,
+        resume=resume,
+        progress=progress,
+        total=len(items),
+    )
     return write_topk(model, state, folder) + render_top9(model, state, folder, channels, progress=progress)
+
+
+def write_evolution(
+    model: AlexNetFamily,
+    images: Sequence[str | Path],
+    out: str | Path,
+    run: str | Path | None,
+    checkpoints: Sequence[str | Path] | None,
+    layer: str,
+    channels: Sequence[int],
+) -> list[Path]:
+    """ZF Fig. 4 from ``RUN/checkpoints/*.pt`` (or the given files) over ``images``."""
+    from alexnet.errors import WeightsError
+    from alexnet.visualize.evolution import evolution, plot_evolution, read_snapshot, run_snapshots
+
+    if checkpoints:
+        files = [Path(p) for p in checkpoints]
+    elif run is not None:
+        files = run_snapshots(run)
+    else:
+        raise WeightsError("evolution needs --run DIR (with checkpoints/) or --checkpoints FILE …")
+    snaps = [read_snapshot(f) for f in files]
+    x = torch.stack([prepare(model, im).tensor for im in images])
+    ev = evolution(model, x, snaps, layer, channels)
+    out = Path(out)
+    return [
+        save_figure(plot_evolution(model, ev), out / f"evolution_{layer}.png"),
+        save_npz(out / f"evolution_{layer}.npz", **ev.arrays()),
+        save_json(
+            out / f"evolution_{layer}.json",
+            {
+                "layer": layer,
+                "channels": list(channels),
+                "snapshots": ev.labels,
+                "files": [str(f) for f in files],
+                "images": [str(p) for p in images],
+            },
+        ),
+    ]
+
+
+def write_invariance(
+    model: AlexNetFamily, images: Sequence[str | Path], out: str | Path, target: int | None = None
+) -> list[Path]:
+    """ZF Fig. 5: translation, scale and rotation curves for the images."""
+    from alexnet.visualize.inputs import as_uint8_image
+    from alexnet.visualize.invariance import DEFAULT_VALUES, invariance, plot_invariance
+
+    pics = [as_uint8_image(p)[0] for p in images]
+    targets = [target] * len(pics) if target is not None else None
+    curves = [invariance(model, pics, kind, targets=targets) for kind in DEFAULT_VALUES]
+    names = [Path(str(p)).name for p in images]
+    out = Path(out)
+    arrays: dict[str, object] = {}
+    for c in curves:
+        arrays.update(c.arrays())
+    return [
+        save_figure(plot_invariance(curves, names), out / "invariance.png"),
+        save_npz(out / "invariance.npz", **arrays),
+        save_json(
+            out / "invariance.json",
+            {
+                "images": [str(p) for p in images],
+                "targets": curves[0].targets,
+                "layers": list(curves[0].layers),
+            },
+        ),
+    ]
+
+
+def write_retrieval(
+    model: AlexNetFamily,
+    queries: Sequence[str | Path],
+    data: str | Path,
+    out: str | Path,
+    *,
+    split: str = "train",
+    max_images: int | None = None,
+    neighbours: int = 6,
+    cache: str | Path | None = None,
+) -> list[Path]:
+    """AlexNet Fig. 4: each query and its nearest gallery images in fc7 space; features cached."""
+    from alexnet.visualize.retrieval import gallery_features, plot_retrieval, retrieve
+    from alexnet.visualize.topk import folder_items
+
+    out = Path(out)
+    files = [p for p, _ in folder_items(data, split, max_images)]
+    gallery = gallery_features(model, files, cache_dir=cache or out / "cache", progress=True)
+    result = retrieve(model, queries, gallery, neighbours)
+    return [
+        save_figure(plot_retrieval(model, result), out / "retrieval.png"),
+        save_npz(out / "retrieval.npz", neighbours=result.neighbours, distances=result.distances),
+        save_json(
+            out / "retrieval.json",
+            [
+                {
+                    "query": q,
+                    "neighbours": [
+                        {"image": result.gallery[int(i)], "distance": float(d)}
+                        for i, d in zip(result.neighbours[n], result.distances[n], strict=True)
+                    ],
+                }
+                for n, q in enumerate(result.queries)
+            ],
+        ),
+    ]

@@ -1,0 +1,164 @@
+"""Invariance of the features to translation, scaling and rotation — Zeiler & Fergus §4.4 and Fig. 5.
+
+For each image and each transformation strength, the curves are: the Euclidean distance between the layer-1 and
+layer-7 feature vectors of the transformed image and of the untransformed one, and the probability of the true
+class. Following ZF, layer 1 changes a lot under small transformations, layer 7 much less, and the classifier's
+output is stable except for rotation (the features are not rotation invariant, apart from symmetric objects).
+
+Transformations act on the image after resizing (shorter side as in the weights' preprocessing) and before the
+centre crop, so the network sees the same framing as in evaluation; pixels that come from outside the image are
+the mean pixel (0 after normalisation). They are torchvision ``v2.functional.affine`` on the normalised float
+image, bilinear, so the identity transformation reproduces the input up to float rounding.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import numpy as np
+import torch
+from torchvision.transforms import InterpolationMode, v2
+from torchvision.transforms.v2 import functional as TF
+
+from alexnet.models import AlexNetFamily
+from alexnet.predict import preprocessing_of
+from alexnet.visualize.hooks import SelectionError, capture, check_layers
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+
+DEFAULT_VALUES: dict[str, np.ndarray] = {
+    "translation": np.arange(-60, 61, 10, dtype=np.float64),  # vertical shift, pixels
+    "scale": np.round(np.arange(0.6, 1.81, 0.1), 2),  # zoom factor
+    "rotation": np.arange(0, 361, 15, dtype=np.float64),  # degrees
+}
+IDENTITY = {"translation": 0.0, "scale": 1.0, "rotation": 0.0}
+
+
+def default_feature_layers(model: AlexNetFamily) -> tuple[str, str]:
+    """Layer 1 (``pool1``) and layer 7 (``fc7``) in ZF's numbering."""
+    return "pool1", "fc7"
+
+
+def transformed_inputs(
+    model: AlexNetFamily, image: torch.Tensor, kind: str, values: np.ndarray
+) -> torch.Tensor:
+    """One normalised, centre-cropped input per value of transformation ``kind`` (uint8 3×H×W ``image``)."""
+    if kind not in IDENTITY:
+        raise SelectionError(f"unknown transformation {kind!r}; choose one of: {', '.join(IDENTITY)}")
+    prep = preprocessing_of(model)
+    resized = v2.Resize(prep.resize, antialias=True)(image)
+    x = prep.normalize(resized.float() / 255.0)
+    crop = v2.CenterCrop(prep.input_size)
+    out = []
+    for v in values:
+        angle, dy, scale = 0.0, 0.0, 1.0
+        if kind == "translation":
+            dy = float(v)
+        elif kind == "scale":
+            scale = float(v)
+        else:
+            angle = float(v)
+        y = TF.affine(
+            x,
+            angle=angle,
+            translate=[0.0, dy],
+            scale=scale,
+            shear=[0.0, 0.0],
+            interpolation=InterpolationMode.BILINEAR,
+            fill=0.0,
+        )
+        out.append(crop(y))
+    return torch.stack(out)
+
+
+@dataclass
+class InvarianceCurves:
+    """Per transformation kind: values, distances per layer (images × values) and the true-class probability."""
+
+    kind: str
+    values: np.ndarray
+    distances: dict[str, np.ndarray]
+    probability: np.ndarray
+    targets: list[int]
+    layers: tuple[str, str]
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        out = {f"{self.kind}_values": self.values, f"{self.kind}_probability": self.probability}
+        out.update({f"{self.kind}_{layer}_distance": d for layer, d in self.distances.items()})
+        return out
+
+
+def invariance(
+    model: AlexNetFamily,
+    images: list[torch.Tensor],
+    kind: str,
+    values: np.ndarray | None = None,
+    targets: list[int] | None = None,
+    layers: tuple[str, str] | None = None,
+) -> InvarianceCurves:
+    """ZF Fig. 5 curves for uint8 RGB ``images`` under transformation ``kind`` (translation/scale/rotation).
+
+    ``targets``: the true class of each image (default: the top prediction on the untransformed image).
+    """
+    vals = np.asarray(values if values is not None else DEFAULT_VALUES.get(kind, []), dtype=np.float64)
+    layers = layers or default_feature_layers(model)
+    check_layers(model, layers)
+    last = model.layer_names()[-1]
+    if targets is not None and len(targets) != len(images):
+        raise SelectionError("give one target class per image")
+    dists: dict[str, list[np.ndarray]] = {layer: [] for layer in layers}
+    probs, chosen = [], []
+    for i, image in enumerate(images):
+        batch = transformed_inputs(model, image, kind, np.concatenate(([IDENTITY.get(kind, 0.0)], vals)))
+        feats = capture(model, batch, [*layers, last], batch_size=32)
+        p = feats[last].softmax(1)
+        target = targets[i] if targets is not None else int(p[0].argmax())
+        if not 0 <= target < p.shape[1]:
+            raise SelectionError(f"target class {target} is out of range (0–{p.shape[1] - 1})")
+        chosen.append(target)
+        for layer in layers:
+            f = feats[layer].flatten(1).double()
+            dists[layer].append((f[1:] - f[:1]).norm(dim=1).numpy())
+        probs.append(p[1:, target].numpy())
+    return InvarianceCurves(
+        kind=kind,
+        values=vals,
+        distances={k: np.stack(v) for k, v in dists.items()},
+        probability=np.stack(probs),
+        targets=chosen,
+        layers=(layers[0], layers[1]),
+    )
+
+
+def plot_invariance(curves: list[InvarianceCurves], names: list[str]) -> Figure:
+    """ZF Fig. 5 layout: a column per transformation; rows = layer-1 distance, layer-7 distance, p(true class)."""
+    from alexnet.visualize.plot import new_figure
+
+    fig = new_figure(5 * len(curves), 10)
+    axes = np.atleast_2d(fig.subplots(3, len(curves), squeeze=False))
+    units = {
+        "translation": "vertical shift (pixels)",
+        "scale": "scale factor",
+        "rotation": "rotation (degrees)",
+    }
+    for j, c in enumerate(curves):
+        rows = [
+            (c.distances[c.layers[0]], f"{c.layers[0]} distance"),
+            (c.distances[c.layers[1]], f"{c.layers[1]} distance"),
+            (c.probability, "p(true class)"),
+        ]
+        for i, (data, label) in enumerate(rows):
+            ax = axes[i, j]
+            for k, name in enumerate(names):
+                ax.plot(c.values, data[k], marker="o", markersize=3, label=name)
+            ax.set_ylabel(label)
+            ax.grid(alpha=0.3)
+            if i == 0:
+                ax.set_title(c.kind)
+            if i == 2:
+                ax.set_xlabel(units.get(c.kind, c.kind))
+                ax.set_ylim(0, 1)
+    axes[0, 0].legend(fontsize=8)
+    return fig

@@ -1,0 +1,111 @@
+"""ZF Fig. 5 invariance curves, AlexNet Fig. 4 retrieval, ZF Fig. 4 feature evolution."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import alexnet
+from alexnet.visualize.evolution import evolution, plot_evolution, read_snapshot, run_snapshots
+from alexnet.visualize.hooks import capture
+from alexnet.visualize.inputs import prepare
+from alexnet.visualize.invariance import invariance, plot_invariance, transformed_inputs
+from alexnet.visualize.retrieval import gallery_features, nearest, plot_retrieval, retrieve
+
+
+@pytest.fixture(scope="module")
+def model() -> alexnet.models.AlexNetFamily:
+    torch.manual_seed(0)
+    return alexnet.create_model("alexnet_owt", init="pytorch").eval()
+
+
+@pytest.fixture(scope="module")
+def photos() -> list[torch.Tensor]:
+    import skimage.data
+
+    pics = [skimage.data.chelsea(), skimage.data.coffee(), skimage.data.astronaut(), skimage.data.rocket()]
+    return [torch.from_numpy(np.ascontiguousarray(p)).permute(2, 0, 1).contiguous() for p in pics]
+
+
+@pytest.fixture(scope="module")
+def gallery_dir(tmp_path_factory: pytest.TempPathFactory, photos: list[torch.Tensor]) -> Path:
+    from PIL import Image
+
+    root = tmp_path_factory.mktemp("gallery")
+    for i, t in enumerate(photos):
+        for j, view in enumerate((t, t.flip(-1))):
+            folder = root / "train" / f"class{i}"
+            folder.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(view.permute(1, 2, 0).numpy()).save(folder / f"img{j}.png")
+    return root
+
+
+def test_identity_transform_gives_the_evaluation_input(model, photos) -> None:
+    x = transformed_inputs(model, photos[0], "rotation", np.array([0.0]))[0]
+    torch.testing.assert_close(x, prepare(model, photos[0]).tensor, atol=1e-4, rtol=0)  # fp32 grid sampling
+
+
+@pytest.mark.parametrize(
+    ("kind", "values"),
+    [("translation", [-40.0, 0.0, 40.0]), ("scale", [0.8, 1.0, 1.4]), ("rotation", [0.0, 45.0, 180.0])],
+)
+def test_invariance_curves_are_zero_at_the_identity(model, photos, kind: str, values: list[float]) -> None:
+    curves = invariance(model, photos[:2], kind, np.array(values))
+    for layer, d in curves.distances.items():
+        assert d.shape == (2, 3)
+        ident = values.index(0.0 if kind != "scale" else 1.0)
+        assert np.all(d[:, ident] < 1e-3 * d.max()), layer
+        assert np.all(np.delete(d, ident, axis=1) > 0)
+    # At the identity the true-class probability is the one of the untransformed image.
+    x = torch.stack([prepare(model, p).tensor for p in photos[:2]])
+    probs = capture(model, x, ["fc8"])["fc8"].softmax(1)
+    for i, t in enumerate(curves.targets):
+        assert curves.probability[i, ident] == pytest.approx(float(probs[i, t]), abs=1e-5)
+    assert len(plot_invariance([curves], ["a", "b"]).axes) == 3
+
+
+def test_nearest_is_euclidean_and_sorted() -> None:
+    g = torch.tensor([[0.0, 0.0], [3.0, 4.0], [1.0, 0.0], [0.0, 2.0]])
+    d, i = nearest(torch.tensor([[0.0, 0.0]]), g, 3)
+    assert i.tolist() == [[0, 2, 3]] and d.tolist() == [[0.0, 1.0, 2.0]]
+
+
+def test_retrieval_finds_the_query_itself_first_and_caches(model, gallery_dir: Path, tmp_path: Path) -> None:
+    files = sorted((gallery_dir / "train").rglob("*.png"))
+    g = gallery_features(model, files, cache_dir=tmp_path)
+    assert g.features.shape == (8, 4096)
+    cached = list(tmp_path.glob("fc7-*.safetensors"))
+    assert len(cached) == 1
+    again = gallery_features(model, files, cache_dir=tmp_path)  # read back from the cache
+    torch.testing.assert_close(again.features, g.features)
+    assert again.paths == g.paths
+    queries = [files[0], files[5]]
+    r = retrieve(model, queries, g, k=3)
+    assert [r.gallery[int(n)] for n in r.neighbours[:, 0]] == [str(files[0]), str(files[5])]
+    assert np.allclose(r.distances[:, 0], 0, atol=1e-3) and (np.diff(r.distances, axis=1) >= 0).all()
+    assert len(plot_retrieval(model, r).axes) == 2 * 4
+
+
+def test_evolution_reads_checkpoints_in_step_order(model, photos, tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    (run / "checkpoints").mkdir(parents=True)
+    torch.manual_seed(1)
+    later = alexnet.create_model("alexnet_owt", init="pytorch")
+    for step, m in ((200, later), (10, model)):
+        torch.save({"format": "x", "model": m.state_dict(), "epoch": step // 100, "step": step},
+                   run / "checkpoints" / f"step-{step:08d}.pt")  # fmt: skip
+    files = run_snapshots(run)
+    assert [f.name for f in files] == ["step-00000010.pt", "step-00000200.pt"]
+    snaps = [read_snapshot(f) for f in files]
+    assert snaps[0].label == "epoch 0, step 10"
+    x = torch.stack([prepare(model, p).tensor for p in photos[:2]])
+    ev = evolution(model, x, snaps, "conv2", [3, 7])
+    assert ev.projections.shape == (2, 2, 3, 224, 224)
+    # Column 0 is `model`'s own weights: its strongest conv2 activation, found independently.
+    acts = capture(model, x, ["conv2"])["conv2"][:, 3]
+    assert ev.values[0, 0] == pytest.approx(float(acts.max()), rel=1e-5)
+    assert ev.image[0, 0] == int(acts.flatten(1).amax(1).argmax())
+    assert len(plot_evolution(model, ev).axes) == 4
