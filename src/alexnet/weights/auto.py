@@ -374,14 +374,19 @@ def _differences(found: ArchConfig, want: ArchConfig, chain: Chain) -> str | Non
     return None
 
 
-def resolve_config(chain: Chain, model: str, auto_name: str = "auto") -> ArchConfig:
+def resolve_config(
+    chain: Chain, model: str, auto_name: str = "auto", recorded: ArchConfig | None = None
+) -> ArchConfig:
     """The configuration to load ``chain`` into: ``model`` checked against the chain, or ``"auto"``.
 
-    ``"auto"`` returns the first registered model the chain matches, else the inferred configuration named
-    ``auto_name``. A named model that does not match raises :class:`WeightsMismatch` with the first difference.
+    ``"auto"`` returns the configuration recorded in the file (our own exports) if the chain matches it, else
+    the first registered model the chain matches, else the inferred configuration named ``auto_name``. A named
+    model that does not match raises :class:`WeightsMismatch` with the first difference.
     """
     found = infer_config(chain, auto_name)
     if model == "auto":
+        if recorded is not None and _differences(found, recorded, chain) is None:
+            return recorded
         for registered in CONFIGS.values():
             if _differences(found, registered.with_overrides(num_classes=found.num_classes), chain) is None:
                 return registered.with_overrides(num_classes=found.num_classes)

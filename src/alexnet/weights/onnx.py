@@ -22,6 +22,7 @@ import torch
 
 from alexnet.data.preprocess import Preprocessing
 from alexnet.errors import WeightsError, WeightsMismatch
+from alexnet.models import ArchConfig
 from alexnet.models.net import AlexNetFamily
 from alexnet.weights.auto import (
     Chain,
@@ -334,6 +335,19 @@ def verify(
     return Verification(diff, float(np.abs(theirs).max()), n, size, name)
 
 
+def _recorded_config(chain: Chain) -> ArchConfig | None:
+    """The architecture our exporter recorded in the file's metadata, if any (checked against the graph later)."""
+    stored = chain.facts.get("meta", {})
+    saved = stored.get(META_KEY) if isinstance(stored, dict) else None
+    if not saved:
+        return None
+    try:
+        meta = WeightsMeta.from_strings(json.loads(saved))
+        return ArchConfig.from_dict(meta.config) if meta.config else None
+    except (ValueError, TypeError, KeyError, WeightsError):
+        return None  # unreadable metadata: fall back to reading the structure alone
+
+
 def _meta_for(path: Path, chain: Chain, model: AlexNetFamily) -> WeightsMeta:
     from alexnet.weights.sources import describe_file
 
@@ -375,7 +389,9 @@ def import_onnx(
     Raises :class:`WeightsMismatch` if our logits differ from onnxruntime's."""
     p = Path(path)
     chain = read_chain(p)
-    config = _resolve(chain, model, auto_name=name or file_model_name(p.stem))
+    config = _resolve(
+        chain, model, auto_name=name or file_model_name(p.stem), recorded=_recorded_config(chain)
+    )
     net = load_chain(chain, config)
     net.weights_meta = _meta_for(p, chain, net)
     if not check:
