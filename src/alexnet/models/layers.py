@@ -3,14 +3,26 @@
 * :class:`LocalResponseNorm` — AlexNet §3.3 "local response normalization", in both conventions:
   the paper's (``α`` multiplies the window *sum*, ``k = 2``) and Caffe's / ONNX's / ``torch.nn``'s
   (``α`` is divided by the window size ``n``, ``k = 1`` in Caffe).
+* :func:`local_response_norm` — the functional form, backed by the custom operator ``alexnet::lrn``
+  (``torch.ops.alexnet.lrn``) with its own analytic backward, so that ``torch.compile`` treats it as one opaque
+  node and the ONNX exporter can map it to a single ONNX ``LRN`` node (see docs/performance.md).
 * :func:`renormalize_filters_` — Zeiler & Fergus §3: "each filter in the convolutional layers whose RMS value
   exceeds a fixed radius of 1e-1 is renormalized to this fixed radius".
+
+Fast path (AlexNet §3.3 formula, nothing approximated): with ``S_i = Σ_{j∈win(i)} a_j²`` and
+``d_i = k + α S_i``, the forward is ``b_i = a_i d_i^{-β}`` and the gradient is
+
+    ∂L/∂a_i = g_i d_i^{-β} − 2αβ a_i Σ_{j: i∈win(j)} g_j b_j / d_j .
+
+The window sum is ``n − 1`` in-place shifted adds of channel slices (no padded copy; works for any memory
+format). The backward keeps only ``a`` and ``b`` — the tensors the neighbouring ReLU and max-pool keep anyway — and
+recomputes ``d``; autograd through the naive formula keeps the squares, the window sum, the power and the
+padded copies, five or more activation-sized tensors per LRN layer.
 """
 
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 
@@ -30,20 +42,88 @@ def lrn_reference(x: torch.Tensor, size: int, alpha: float, beta: float, k: floa
     return out
 
 
+def _window_sum(t: torch.Tensor, before: int, after: int) -> torch.Tensor:
+    """``out_i = Σ_{j=i-before}^{i+after} t_j`` over dim 1, zero beyond the ends; keeps ``t``'s memory format.
+
+    In-place adds of shifted channel slices: ``before + after`` passes over memory and one output allocation,
+    measured faster than a padded copy plus ``avg_pool3d`` (what ``torch.nn.LocalResponseNorm`` does) on CPU.
+    """
+    out = t.clone()
+    for shift in range(1, before + 1):
+        out[:, shift:].add_(t[:, :-shift])
+    for shift in range(1, after + 1):
+        out[:, :-shift].add_(t[:, shift:])
+    return out
+
+
 def channel_window_sum(sq: torch.Tensor, size: int) -> torch.Tensor:
-    """Sum of ``sq`` over a window of ``size`` neighbouring channels (dim 1), zero-padded at the ends."""
-    before, after = size // 2, (size - 1) // 2
-    padded = F.pad(sq, (0, 0, 0, 0, before, after))
-    n_ch = sq.shape[1]
-    acc = padded[:, 0:n_ch]
-    for d in range(1, size):
-        acc = acc + padded[:, d : d + n_ch]
-    return acc
+    """Sum of ``sq`` over a window of ``size`` neighbouring channels (dim 1), zero-padded at the ends.
+
+    Channel ``i`` sums ``i - size//2 .. i + (size-1)//2`` (centred for odd ``size``, as in the paper).
+    """
+    return _window_sum(sq, size // 2, (size - 1) // 2)
+
+
+def _denominator_base(x: torch.Tensor, size: int, alpha: float, k: float) -> torch.Tensor:
+    """``d = k + alpha * S`` where ``S`` is the window sum of squares (a fresh tensor, safe to modify)."""
+    return channel_window_sum(x * x, size).mul_(alpha).add_(k)
+
+
+@torch.library.custom_op("alexnet::lrn", mutates_args=())
+def _lrn_op(x: torch.Tensor, size: int, alpha: float, beta: float, k: float) -> torch.Tensor:
+    """``alexnet::lrn``: ``x * (k + alpha * window_sum(x²))^-beta``; ``alpha`` multiplies the sum."""
+    return x * _denominator_base(x, size, alpha, k).pow_(-beta)
+
+
+@_lrn_op.register_fake
+def _(x: torch.Tensor, size: int, alpha: float, beta: float, k: float) -> torch.Tensor:
+    return torch.empty_like(x)
+
+
+@torch.library.custom_op("alexnet::lrn_backward", mutates_args=())
+def _lrn_backward_op(
+    grad: torch.Tensor, x: torch.Tensor, y: torch.Tensor, size: int, alpha: float, beta: float, k: float
+) -> torch.Tensor:
+    """The analytic gradient of ``alexnet::lrn`` (module docstring), from the input ``x`` and output ``y``."""
+    d = _denominator_base(x, size, alpha, k)
+    scaled = (grad * y).div_(d)  # g_j b_j / d_j
+    # Transposed window: i ∈ win(j) ⇔ j ∈ i - after .. i + before (the same window when size is odd).
+    back = _window_sum(scaled, (size - 1) // 2, size // 2)
+    dx = grad * d.pow_(-beta)
+    return dx.addcmul_(x, back, value=-2.0 * alpha * beta)
+
+
+@_lrn_backward_op.register_fake
+def _(
+    grad: torch.Tensor, x: torch.Tensor, y: torch.Tensor, size: int, alpha: float, beta: float, k: float
+) -> torch.Tensor:
+    return torch.empty_like(x)
+
+
+def _setup_context(ctx: torch.autograd.function.FunctionCtx, inputs: tuple, output: torch.Tensor) -> None:
+    x, size, alpha, beta, k = inputs
+    ctx.save_for_backward(x, output)
+    ctx.lrn_args = (size, alpha, beta, k)
+
+
+def _backward(ctx: torch.autograd.function.FunctionCtx, grad: torch.Tensor) -> tuple:
+    x, y = ctx.saved_tensors
+    dx = _lrn_backward_op(grad, x, y, *ctx.lrn_args)
+    return dx, None, None, None, None
+
+
+_lrn_op.register_autograd(_backward, setup_context=_setup_context)
 
 
 def local_response_norm(x: torch.Tensor, size: int, alpha: float, beta: float, k: float) -> torch.Tensor:
-    """Functional LRN; ``alpha`` multiplies the window sum (the paper's convention)."""
-    return x / (k + alpha * channel_window_sum(x * x, size)).pow(beta)
+    """Functional LRN across dim 1 (AlexNet §3.3); ``alpha`` multiplies the window sum (the paper's convention).
+
+    Calls the custom operator ``torch.ops.alexnet.lrn`` (fast forward, analytic backward that is not itself
+    differentiable: no double backward). For Caffe's convention pass ``alpha / size``.
+    """
+    if x.dim() < 2:
+        raise ValueError(f"local_response_norm needs a channel dimension (N×C×…), got shape {tuple(x.shape)}")
+    return _lrn_op(x, int(size), float(alpha), float(beta), float(k))
 
 
 class LocalResponseNorm(nn.Module):

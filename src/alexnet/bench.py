@@ -1,0 +1,493 @@
+"""Throughput of the paper models against torchvision's AlexNet and against the machine's own matmul rate.
+
+Conventions (also in docs/performance.md):
+
+* **FLOPs per image** are :func:`alexnet.analysis.summarize`'s forward total (2 per MAC for conv/fc plus the
+  element-wise work of ReLU, LRN and pooling) at the model's default input size. torchvision's ``alexnet`` is
+  counted as ``alexnet_owt``, the same architecture.
+* A **training step** (forward, backward, SGD update) counts ``3×`` the forward FLOPs: the backward pass computes
+  the gradient with respect to the input and with respect to the weights, each as costly as the forward.
+* **images/s** is ``batch_size / median(step time)`` over ``repeats`` timed steps after ``warmup`` untimed ones.
+* **% of matmul**: achieved GFLOP/s over the fp32 rate of a square ``torch.mm`` loop measured in the same
+  process right before each row (so a busy machine affects both alike).
+* **memory**: a training step at batch 128 in a fresh subprocess per model; the peak resident set
+  (``VmHWM`` after resetting it through ``/proc/self/clear_refs``) above the resident set before the first step,
+  and the resident set after each step (growth = last − second).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from alexnet.errors import AlexnetError
+
+REFERENCE = "torchvision_alexnet"
+TRAIN_FLOPS_FACTOR = 3
+MATMUL_SIZE = 2048
+MEMORY_BATCH_SIZE = 128
+MEMORY_STEPS = 3
+MIB = 1024 * 1024
+
+
+class BenchError(AlexnetError):
+    """A benchmark that cannot run as asked (bad device, bad option, failed subprocess)."""
+
+
+@dataclass
+class Row:
+    """One (model, mode) measurement."""
+
+    model: str
+    mode: str
+    batch_size: int
+    input_size: int
+    images_per_s: float
+    step_ms: float
+    gflop_per_image: float
+    gflops: float
+    matmul_gflops: float
+    pct_of_matmul: float
+    vs_torchvision: float | None = None
+    compile_s: float | None = None
+    step_ms_all: list[float] = field(default_factory=list)
+
+
+@dataclass
+class MemoryRow:
+    model: str
+    batch_size: int
+    baseline_mib: float
+    peak_mib: float
+    step_peak_mib: float
+    rss_after_steps_mib: list[float]
+    growth_mib: float
+    grows: bool
+
+
+@dataclass
+class DataRow:
+    pipeline: str
+    images: int
+    workers: int
+    images_per_s: float
+    images_per_s_per_core: float
+
+
+@dataclass
+class Report:
+    machine: dict[str, Any]
+    settings: dict[str, Any]
+    rows: list[Row] = field(default_factory=list)
+    memory: list[MemoryRow] = field(default_factory=list)
+    data: list[DataRow] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "machine": self.machine,
+            "settings": self.settings,
+            "rows": [asdict(r) for r in self.rows],
+            "memory": [asdict(m) for m in self.memory],
+            "data": [asdict(d) for d in self.data],
+        }
+
+
+# --- machine ----------------------------------------------------------------------------------------------
+def machine_info(device: torch.device) -> dict[str, Any]:
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    info: dict[str, Any] = {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "device": str(device),
+        "python": platform.python_version(),
+    }
+    if device.type == "cuda":
+        info["gpu"] = torch.cuda.get_device_name(device)
+    with contextlib.suppress(OSError):
+        info["loadavg"] = [round(v, 2) for v in os.getloadavg()]
+    return info
+
+
+def resolve_device(name: str) -> torch.device:
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise BenchError(f"unknown device {name!r} (use cpu, cuda or cuda:N)") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise BenchError("device cuda requested but no CUDA GPU is available")
+    if device.type not in ("cpu", "cuda"):
+        raise BenchError(f"device {name!r} is not supported by the bench (use cpu or cuda)")
+    return device
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _median_time(fn: Callable[[], object], repeats: int, warmup: int, device: torch.device) -> list[float]:
+    for _ in range(warmup):
+        fn()
+    _sync(device)
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        _sync(device)
+        times.append(time.perf_counter() - start)
+    return times
+
+
+def matmul_gflops(device: torch.device, size: int = MATMUL_SIZE, repeats: int = 5) -> float:
+    """fp32 GFLOP/s of ``size``×``size`` ``torch.mm`` (``2·size³`` FLOPs each), median of ``repeats``."""
+    a = torch.randn(size, size, device=device)
+    b = torch.randn(size, size, device=device)
+    out = torch.empty(size, size, device=device)
+    times = _median_time(lambda: torch.mm(a, b, out=out), repeats, 1, device)
+    return 2 * size**3 / statistics.median(times) / 1e9
+
+
+# --- models -----------------------------------------------------------------------------------------------
+def build(name: str) -> tuple[nn.Module, int, float]:
+    """``(model, input_size, forward GFLOP per image)``; ``torchvision_alexnet`` is torchvision's own module."""
+    from alexnet.analysis import summarize
+    from alexnet.factory import create_model
+
+    if name == REFERENCE:
+        import torchvision
+
+        model: nn.Module = torchvision.models.alexnet()
+        counted = create_model("alexnet_owt")  # the same architecture, counted by our summary
+    else:
+        model = counted = create_model(name)
+    size = counted.default_input_size
+    flops = summarize(counted, size).totals["flops"]
+    return model, size, flops / 1e9
+
+
+def _step_fn(model: nn.Module, mode: str, x: torch.Tensor, y: torch.Tensor) -> Callable[[], object]:
+    if mode == "infer":
+        model.eval()
+
+        def infer() -> object:
+            with torch.inference_mode():
+                return model(x)
+
+        return infer
+    model.train()
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.SGD(params, lr=1e-4, momentum=0.9, weight_decay=5e-4)  # AlexNet §5
+
+    def train() -> object:
+        opt.zero_grad(set_to_none=True)
+        loss = nn.functional.cross_entropy(model(x), y)
+        loss.backward()
+        opt.step()
+        return loss
+
+    return train
+
+
+def bench_model(
+    name: str,
+    mode: str,
+    *,
+    batch_size: int,
+    device: torch.device,
+    repeats: int,
+    warmup: int,
+    compile: bool = False,
+    channels_last: bool = False,
+) -> Row:
+    """Time one model in one mode (``train`` or ``infer``) on random inputs."""
+    torch.manual_seed(0)
+    model, size, gflop = build(name)
+    model.to(device)
+    x = torch.randn(batch_size, 3, size, size, device=device)
+    if channels_last:
+        model.to(memory_format=torch.channels_last)
+        x = x.contiguous(memory_format=torch.channels_last)
+    y = torch.randint(0, 1000, (batch_size,), device=device)
+    compile_s = None
+    if compile:
+        model = torch.compile(model)  # type: ignore[assignment]
+    step = _step_fn(model, mode, x, y)
+    if compile:  # the first call compiles; its time is reported separately and not timed as a step
+        start = time.perf_counter()
+        step()
+        _sync(device)
+        compile_s = time.perf_counter() - start
+    mm = matmul_gflops(device)
+    times = _median_time(step, repeats, warmup, device)
+    step_s = statistics.median(times)
+    flop = gflop * (TRAIN_FLOPS_FACTOR if mode == "train" else 1)
+    achieved = flop * batch_size / step_s
+    return Row(
+        model=name,
+        mode=mode,
+        batch_size=batch_size,
+        input_size=size,
+        images_per_s=batch_size / step_s,
+        step_ms=step_s * 1e3,
+        gflop_per_image=flop,
+        gflops=achieved,
+        matmul_gflops=mm,
+        pct_of_matmul=100.0 * achieved / mm,
+        compile_s=compile_s,
+        step_ms_all=[t * 1e3 for t in times],
+    )
+
+
+# --- memory (one subprocess per model) --------------------------------------------------------------------
+def _proc_status_kib(key: str) -> int | None:
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith(key + ":"):
+                return int(line.split()[1])
+    except OSError:
+        return None
+    return None
+
+
+def _memory_child(name: str, batch_size: int, steps: int, threads: int) -> dict[str, Any]:
+    """Runs in the subprocess: a training step repeated ``steps`` times; resident-set figures in MiB."""
+    torch.set_num_threads(threads)
+    torch.manual_seed(0)
+    model, size, _ = build(name)
+    x = torch.randn(batch_size, 3, size, size)
+    y = torch.randint(0, 1000, (batch_size,))
+    step = _step_fn(model, "train", x, y)
+    with contextlib.suppress(OSError):  # reset VmHWM so that the peak is this step's, not the imports'
+        Path("/proc/self/clear_refs").write_text("5")
+    base = _proc_status_kib("VmRSS")
+    after = []
+    for _ in range(steps):
+        step()
+        after.append(_proc_status_kib("VmRSS"))
+    peak = _proc_status_kib("VmHWM")
+    if base is None or peak is None:  # no /proc (not Linux): the lifetime maximum from getrusage
+        import resource
+
+        scale = 1 if sys.platform == "darwin" else 1024
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale // 1024
+        return {"baseline_kib": 0, "peak_kib": peak, "after_kib": [peak] * steps}
+    return {"baseline_kib": base, "peak_kib": peak, "after_kib": after}
+
+
+def bench_memory(name: str, batch_size: int = MEMORY_BATCH_SIZE, steps: int = MEMORY_STEPS) -> MemoryRow:
+    """Peak resident memory of a CPU training step of ``name`` at ``batch_size``, in a fresh process."""
+    code = (
+        "import json, sys; from alexnet.bench import _memory_child; "
+        f"print(json.dumps(_memory_child({name!r}, {batch_size}, {steps}, {torch.get_num_threads()})))"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
+    if proc.returncode != 0:
+        last = (proc.stderr.strip().splitlines() or ["no output"])[-1]
+        raise BenchError(f"memory measurement of {name} failed: {last}")
+    d = json.loads(proc.stdout.strip().splitlines()[-1])
+    after = [a / 1024 for a in d["after_kib"]]
+    base, peak = d["baseline_kib"] / 1024, d["peak_kib"] / 1024
+    growth = after[-1] - after[1] if len(after) > 1 else 0.0
+    return MemoryRow(
+        model=name,
+        batch_size=batch_size,
+        baseline_mib=base,
+        peak_mib=peak,
+        step_peak_mib=peak - base,
+        rss_after_steps_mib=after,
+        growth_mib=growth,
+        # allocator noise is a few MiB; a leak of one activation set per step is hundreds
+        grows=growth > max(32.0, 0.05 * (peak - base)),
+    )
+
+
+# --- the input pipeline -----------------------------------------------------------------------------------
+def _count(loader: Iterable[Any], limit: int) -> int:
+    from tqdm import tqdm
+
+    seen = 0
+    with tqdm(total=limit, unit="img", leave=False, disable=None) as bar:
+        for batch in loader:
+            n = len(batch[1])
+            seen += n
+            bar.update(n)
+            if seen >= limit:
+                break
+    return seen
+
+
+def bench_data(
+    root: str | Path, *, images: int = 512, batch_size: int = 64, workers: int = 0, input_size: int = 227
+) -> list[DataRow]:
+    """Training input pipeline (decode, resize 256, random crop, flip, PCA lighting; AlexNet §2, §4.1), ours
+    against ``torchvision.datasets.ImageFolder`` + PIL + torchvision transforms, on ``root/train``.
+
+    Both run with one intra-op thread, so images/s per core is images/s over ``max(1, workers)`` processes.
+    """
+    import torchvision
+    from torchvision import transforms as T
+
+    from alexnet.data.folders import ImageFolder
+    from alexnet.data.loader import make_loader
+    from alexnet.data.preprocess import Preprocessing
+    from alexnet.data.transforms import PCALighting, train_transform
+
+    pre = Preprocessing(input_size=input_size)
+    ours = ImageFolder(root, "train", transform=train_transform(pre))
+    limit = min(images, len(ours))
+    stock_tf = T.Compose(
+        [
+            T.Resize(pre.resize),
+            T.CenterCrop(pre.resize),
+            T.RandomCrop(input_size),
+            T.RandomHorizontalFlip(),
+            T.ToTensor(),
+            PCALighting(std=0.1),
+            T.Normalize(pre.mean, pre.std),
+        ]
+    )
+    stock = torchvision.datasets.ImageFolder(str(Path(root) / "train"), transform=stock_tf)
+    kwargs: dict[str, Any] = {"num_workers": workers, "persistent_workers": False}
+    loaders: list[tuple[str, Iterable[Any]]] = [
+        ("alexnet", make_loader(ours, batch_size, train=True, workers=workers, pin_memory=False)),
+        (
+            "torchvision_stock",
+            torch.utils.data.DataLoader(stock, batch_size=batch_size, shuffle=True, **kwargs),
+        ),
+    ]
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    rows = []
+    try:
+        for name, loader in loaders:
+            start = time.perf_counter()
+            seen = _count(loader, limit)
+            rate = seen / (time.perf_counter() - start)
+            rows.append(DataRow(name, seen, workers, rate, rate / max(1, workers)))
+    finally:
+        torch.set_num_threads(threads)
+    return rows
+
+
+# --- the whole run ----------------------------------------------------------------------------------------
+def run_bench(
+    models: Sequence[str],
+    *,
+    modes: Sequence[str] = ("train", "infer"),
+    batch_size: int = 64,
+    device: str = "cpu",
+    repeats: int = 5,
+    warmup: int = 2,
+    compile: bool = False,
+    channels_last: bool = False,
+    memory: bool = True,
+    memory_batch_size: int = MEMORY_BATCH_SIZE,
+    progress: Callable[[str], None] | None = None,
+) -> Report:
+    """Every model (and torchvision's AlexNet, always, first) in every mode; memory per model on CPU."""
+    if batch_size < 1 or repeats < 1 or warmup < 0 or memory_batch_size < 1:
+        raise BenchError("batch size, repeats and memory batch size must be ≥ 1, warm-up ≥ 0")
+    dev = resolve_device(device)
+    names = list(dict.fromkeys([REFERENCE, *models]))
+    report = Report(
+        machine_info(dev),
+        {
+            "modes": list(modes),
+            "batch_size": batch_size,
+            "repeats": repeats,
+            "warmup": warmup,
+            "compile": compile,
+            "channels_last": channels_last,
+            "memory_batch_size": memory_batch_size if memory else None,
+            "train_flops_factor": TRAIN_FLOPS_FACTOR,
+            "matmul_size": MATMUL_SIZE,
+        },
+    )
+    for mode in modes:
+        for name in names:
+            if progress:
+                progress(f"{name} {mode}")
+            report.rows.append(
+                bench_model(
+                    name,
+                    mode,
+                    batch_size=batch_size,
+                    device=dev,
+                    repeats=repeats,
+                    warmup=warmup,
+                    compile=compile,
+                    channels_last=channels_last,
+                )
+            )
+    for row in report.rows:
+        ref = next(r for r in report.rows if r.model == REFERENCE and r.mode == row.mode)
+        row.vs_torchvision = row.gflops / ref.gflops
+    if memory:
+        for name in names:
+            if progress:
+                progress(f"{name} memory (train, batch {memory_batch_size})")
+            report.memory.append(bench_memory(name, memory_batch_size))
+    return report
+
+
+def format_report(report: Report) -> str:
+    """A plain-text table for people."""
+    m = report.machine
+    lines = [
+        f"{m['cpu']}, {m['cores']} cores, torch {m['torch']} ({m['torch_threads']} threads), device {m['device']}"
+        + (f", load {m['loadavg']}" if "loadavg" in m else ""),
+    ]
+    if report.rows:
+        mm = statistics.median(r.matmul_gflops for r in report.rows)
+        lines.append(f"fp32 matmul {MATMUL_SIZE}²: {mm:.1f} GFLOP/s (median over rows)")
+        head = (
+            f"{'model':<22}{'mode':<7}{'batch':>6}{'img/s':>9}{'ms/step':>10}{'GFLOP/img':>11}"
+            f"{'GFLOP/s':>9}{'% mm':>7}{'vs tv':>7}"
+        )
+        lines += ["", head, "-" * len(head)]
+        for r in report.rows:
+            vs = f"{r.vs_torchvision:.2f}" if r.vs_torchvision is not None else "-"
+            lines.append(
+                f"{r.model:<22}{r.mode:<7}{r.batch_size:>6}{r.images_per_s:>9.1f}{r.step_ms:>10.0f}"
+                f"{r.gflop_per_image:>11.2f}{r.gflops:>9.1f}{r.pct_of_matmul:>7.1f}{vs:>7}"
+                + (f"  (compile {r.compile_s:.1f} s)" if r.compile_s is not None else "")
+            )
+        lines.append("train counts 3× forward FLOPs; '% mm' is of the matmul rate measured before each row")
+    if report.memory:
+        head = f"{'model':<22}{'batch':>6}{'step peak MiB':>15}{'process peak MiB':>18}{'growth MiB':>12}"
+        lines += ["", "training-step memory (fresh process per model)", head, "-" * len(head)]
+        for mrow in report.memory:
+            lines.append(
+                f"{mrow.model:<22}{mrow.batch_size:>6}{mrow.step_peak_mib:>15.0f}{mrow.peak_mib:>18.0f}"
+                f"{mrow.growth_mib:>12.1f}" + ("  GROWS" if mrow.grows else "")
+            )
+    if report.data:
+        head = f"{'pipeline':<22}{'images':>8}{'workers':>9}{'img/s':>9}{'img/s/core':>12}"
+        lines += ["", "training input pipeline (1 intra-op thread)", head, "-" * len(head)]
+        for d in report.data:
+            lines.append(
+                f"{d.pipeline:<22}{d.images:>8}{d.workers:>9}{d.images_per_s:>9.1f}{d.images_per_s_per_core:>12.1f}"
+            )
+    return "\n".join(lines)

@@ -1,0 +1,99 @@
+"""``alexnet bench``: images/s and achieved FLOP/s against torchvision's AlexNet and the machine's matmul rate."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Any
+
+from alexnet.cli._common import CommandError, add_command
+
+DEFAULT_MODELS = ("alexnet", "caffenet", "zfnet")
+
+
+def register(sub: Any) -> None:
+    p = add_command(
+        sub,
+        "bench",
+        "throughput (images/s, GFLOP/s, % of the measured fp32 matmul rate) and training memory",
+        "Times training steps and/or inference of each MODEL (default: alexnet caffenet zfnet) on random inputs, "
+        "with torchvision's alexnet always included as the reference row: warm-up, then the median of the "
+        "repeats. A training step counts 3x the forward FLOPs of `alexnet summary`. '% mm' is of an fp32 "
+        "torch.mm rate measured in the same process before each row. Also: peak resident memory of a training "
+        "step at batch 128 per model (fresh process each), and with --data ROOT the training input pipeline "
+        "against torchvision's stock ImageFolder + PIL pipeline.",
+    )
+    p.add_argument("models", nargs="*", metavar="MODEL", help="registered model names")
+    p.add_argument("--mode", choices=("train", "infer", "both"), default="both")
+    p.add_argument("--batch-size", "-b", type=int, default=64, help="batch size of the timed steps (64)")
+    p.add_argument("--device", default="cpu", help="cpu (default), cuda or cuda:N")
+    p.add_argument("--repeats", type=int, default=5, help="timed steps per row; the median is reported (5)")
+    p.add_argument("--warmup", type=int, default=2, help="untimed steps before timing (2)")
+    p.add_argument("--compile", action="store_true", help="torch.compile each model (compile time reported)")
+    p.add_argument("--channels-last", action="store_true", help="channels-last memory format")
+    p.add_argument("--threads", type=int, help="torch intra-op threads (default: torch's choice)")
+    p.add_argument("--memory-batch-size", type=int, default=128, help="batch of the memory measurement (128)")
+    p.add_argument("--no-memory", action="store_true", help="skip the training-memory measurement")
+    p.add_argument("--data", metavar="ROOT", help="also time the input pipeline on ROOT/train (or 'builtin')")
+    p.add_argument("--data-images", type=int, default=512, help="images per input-pipeline run (512)")
+    p.add_argument("--workers", type=int, default=0, help="loader worker processes for --data (0)")
+    p.add_argument("--only-data", action="store_true", help="with --data: skip the model rows")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    import torch
+
+    from alexnet.bench import Report, bench_data, format_report, machine_info, resolve_device, run_bench
+    from alexnet.models import list_models
+
+    unknown = [m for m in args.models if m not in list_models()]
+    if unknown:
+        raise CommandError(f"unknown model {unknown[0]!r}; choose from {', '.join(list_models())}")
+    for opt in ("batch_size", "repeats", "memory_batch_size", "data_images"):
+        if getattr(args, opt) < 1:
+            raise CommandError(f"--{opt.replace('_', '-')} must be ≥ 1")
+    if args.warmup < 0 or args.workers < 0:
+        raise CommandError("--warmup and --workers must be ≥ 0")
+    if args.only_data and not args.data:
+        raise CommandError("--only-data needs --data ROOT")
+    if args.threads is not None:
+        if args.threads < 1:
+            raise CommandError("--threads must be ≥ 1")
+        torch.set_num_threads(args.threads)
+
+    def progress(what: str) -> None:
+        if not args.json:
+            print(f"… {what}", file=sys.stderr, flush=True)
+
+    if args.only_data:
+        report = Report(machine_info(resolve_device(args.device)), {})
+    else:
+        report = run_bench(
+            args.models or DEFAULT_MODELS,
+            modes=("train", "infer") if args.mode == "both" else (args.mode,),
+            batch_size=args.batch_size,
+            device=args.device,
+            repeats=args.repeats,
+            warmup=args.warmup,
+            compile=args.compile,
+            channels_last=args.channels_last,
+            memory=not args.no_memory,
+            memory_batch_size=args.memory_batch_size,
+            progress=progress,
+        )
+    if args.data:
+        root = args.data
+        if root == "builtin":
+            from alexnet.data.synthetic import ensure_builtin_dataset
+
+            root = ensure_builtin_dataset(progress=not args.json)
+        progress(f"input pipeline on {root}")
+        report.data = bench_data(root, images=args.data_images, workers=args.workers)
+    if args.json:
+        print(json.dumps(report.to_dict(), indent=2))
+    else:
+        print(format_report(report))
+    return 0
