@@ -218,3 +218,22 @@ def test_large_jpeg_decodes_at_reduced_size_keeping_shorter_side(tmp_path, chels
     small = tmp_path / "small.jpg"
     shutil.copy(path, small)
     assert read_image(small, min_side=700).shape == (3, 1200, 1804)  # < 2×700: no reduction
+
+
+def test_jpeg_size_from_the_frame_header_equals_pillows(chelsea):
+    from alexnet.data.images import jpeg_size
+
+    img = Image.fromarray(chelsea)
+    exif = Image.Exif()
+    exif[0x010E] = "x" * 5000  # a long ImageDescription: the frame header comes after a big APP1 segment
+    variants = {
+        "baseline": encode(img, "JPEG"),
+        "gray": encode(img.convert("L"), "JPEG"),
+        "cmyk": encode(img.convert("CMYK"), "JPEG"),
+    }
+    buf = io.BytesIO()
+    img.save(buf, format="JPEG", progressive=True, exif=exif)
+    variants["progressive+exif"] = buf.getvalue()
+    for name, data in variants.items():
+        assert jpeg_size(data) == Image.open(io.BytesIO(data)).size == (451, 300), name
+    assert jpeg_size(b"\xff\xd8\xff\xe0\x00") is None  # cut short: unknown, decoded normally

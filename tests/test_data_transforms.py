@@ -10,8 +10,10 @@ from alexnet.data.preprocess import Preprocessing
 from alexnet.data.transforms import (
     IMAGENET_EIGVAL,
     IMAGENET_EIGVEC,
+    Normalize,
     PCALighting,
     TenCrop,
+    ToModelInput,
     eval_transform,
     ten_crop,
     train_transform,
@@ -115,6 +117,30 @@ def test_uniform_image_is_normalised_per_channel():
     out = eval_transform(caffe)(img)
     expected = torch.tensor([50.0 - 104.0, 100.0 - 117.0, 200.0 - 123.0])  # BGR, 0–255, minus mean
     assert torch.allclose(out, expected.view(3, 1, 1).expand_as(out), atol=1e-4)
+
+
+@pytest.mark.parametrize(
+    "pre",
+    [
+        Preprocessing(),
+        Preprocessing(
+            mean=(104.0, 117.0, 123.0), std=(1.0, 1.0, 1.0), channel_order="BGR", pixel_scale=255.0
+        ),
+    ],
+)
+def test_fused_input_conversion_equals_the_step_by_step_reference(pre, chelsea):
+    img = torch.from_numpy(chelsea).permute(2, 0, 1).contiguous()
+    lighting = PCALighting()
+    torch.manual_seed(4)
+    fused = ToModelInput(pre, lighting)(img)
+    torch.manual_seed(4)  # same α draw
+    reference = Normalize(pre)(lighting(img.float() / 255))
+    assert torch.allclose(fused, reference, atol=1e-4 * pre.pixel_scale)
+    batch = torch.stack([img, img.flip(-1)])
+    torch.manual_seed(5)
+    fused = ToModelInput(pre, lighting)(batch)
+    torch.manual_seed(5)
+    assert torch.allclose(fused, Normalize(pre)(lighting(batch.float() / 255)), atol=1e-4 * pre.pixel_scale)
 
 
 def test_per_pixel_mean_image_is_subtracted_at_each_crops_own_position(chelsea):

@@ -35,9 +35,10 @@ def decode_rgb(
     if raw.numel() == 0:
         raise ImageError(f"{name}: empty file, not an image")
     if min_side is not None and raw.numel() > 3 and bytes(raw[:3].tolist()) == JPEG_SOI:
-        reduced = _decode_jpeg_reduced(bytes(raw.numpy().tobytes()), min_side, name)
-        if reduced is not None:
-            return reduced
+        head = bytes(raw[:JPEG_HEADER_SCAN].numpy().tobytes())
+        size = jpeg_size(head)
+        if size is not None and min(size) >= 2 * min_side:
+            return _decode_jpeg_reduced(bytes(raw.numpy().tobytes()), min_side, name)
     try:
         img = decode_image(raw, mode=ImageReadMode.RGB)
     except (RuntimeError, ValueError):
@@ -50,17 +51,42 @@ def decode_rgb(
 
 
 JPEG_SOI = b"\xff\xd8\xff"
+JPEG_HEADER_SCAN = 1 << 17  # the frame header follows the APPn segments (EXIF ≤ 64 KiB), well within this
+# Start-of-frame markers carry the image size; C4 (DHT), C8 (JPG) and CC (DAC) share the range but do not.
+_SOF = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}
 
 
-def _decode_jpeg_reduced(data: bytes, min_side: int, name: str) -> torch.Tensor | None:
+def jpeg_size(head: bytes) -> tuple[int, int] | None:
+    """(width, height) from a JPEG's frame header by walking its marker segments (no decoding, no Pillow
+    object: this runs for every training image); ``None`` if not found in ``head``."""
+    i = 2
+    while i + 9 <= len(head):
+        if head[i] != 0xFF:
+            return None
+        marker = head[i + 1]
+        if marker == 0xFF:  # fill byte
+            i += 1
+            continue
+        length = int.from_bytes(head[i + 2 : i + 4], "big")
+        if marker in _SOF:
+            height = int.from_bytes(head[i + 5 : i + 7], "big")
+            width = int.from_bytes(head[i + 7 : i + 9], "big")
+            return width, height
+        if marker == 0xDA or length < 2:  # start of scan before any frame header: malformed
+            return None
+        i += 2 + length
+    return None
+
+
+def _decode_jpeg_reduced(data: bytes, min_side: int, name: str) -> torch.Tensor:
     """A JPEG at least twice ``min_side`` on its shorter side, decoded at the smallest 1/2ᵏ scale that keeps the
-    shorter side ≥ ``min_side`` (Pillow's ``draft``); ``None`` when no reduction applies (decode normally)."""
+    shorter side ≥ ``min_side`` (Pillow's ``draft``)."""
     from PIL import Image
 
     try:
         with Image.open(io.BytesIO(data)) as im:
-            if min(im.size) < 2 * min_side or im.width * im.height > MAX_PIXELS:
-                return None
+            if im.width * im.height > MAX_PIXELS:
+                raise ImageError(f"{name}: {im.width}×{im.height} pixels is too large")
             im.draft("RGB", (min_side, min_side))  # scale s.t. both sides stay ≥ min_side
             im.load()
             rgb = im.convert("RGB")

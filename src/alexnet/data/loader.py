@@ -93,7 +93,9 @@ class _Seeded(Dataset):
     def __getitem__(self, key: tuple[int, int]) -> Any:
         index, seed = key
         with torch.random.fork_rng(devices=[]):  # leave the caller's RNG stream untouched
-            torch.manual_seed(seed)
+            # CPU generator only: torch.manual_seed would also queue lazy CUDA/XPU/MTIA seeding, each with a
+            # formatted stack trace — more costly than decoding the image.
+            torch.default_generator.manual_seed(seed)
             return self.dataset[index]
 
 

@@ -95,6 +95,40 @@ class Normalize(nn.Module):
         return (x - self.mean_image.to(x.dtype)) / std
 
 
+class ToModelInput(nn.Module):
+    """``uint8`` RGB → the model's input in one fused pass: ``ToDtype(scale=True)``, optional
+    :class:`PCALighting`, then :class:`Normalize` (per-channel mean) — the same numbers (fp32 rounding aside)
+    with two passes over the pixels instead of six, which matters on the input pipeline's CPU budget.
+
+    Everything per channel is affine: ``out_c = (x_c/255 + offset_c)·scale/std_c − mean_c/std_c``, so the
+    lighting offset folds into the bias.
+    """
+
+    def __init__(self, pre: Preprocessing, lighting: PCALighting | None = None) -> None:
+        super().__init__()
+        self.pre = pre
+        self.lighting = lighting
+        std = torch.tensor(pre.std, dtype=torch.float32)
+        self.gain = (pre.pixel_scale / 255.0) / std  # model channel order
+        self.bias = -torch.tensor(pre.mean, dtype=torch.float32) / std
+        self.bgr = pre.channel_order == "BGR"
+
+    def forward(self, img: torch.Tensor) -> torch.Tensor:
+        if img.dtype != torch.uint8:
+            raise DataError(f"ToModelInput expects a uint8 image, not {img.dtype}")
+        batch = img.shape[:-3]
+        bias = self.bias.expand(*batch, 3)
+        if self.lighting is not None and self.lighting.std != 0:
+            offset = self.lighting.offsets(max(1, batch.numel())).reshape(*batch, 3)  # RGB, 0–1 scale
+            if self.bgr:
+                offset = offset.flip(-1)
+            bias = bias + offset * (self.gain * 255.0)
+        if self.bgr:
+            img = img.flip(-3)
+        out = img.to(torch.float32).mul_(self.gain.view(3, 1, 1))
+        return out.add_(bias.reshape(*batch, 3, 1, 1))
+
+
 class TenCrop(nn.Module):
     """3×H×W → 10×3×size×size: top-left, top-right, bottom-left, bottom-right and centre crops (torchvision's
     ``five_crop`` order), then the horizontal mirror of each of those five, in the same order."""
@@ -160,9 +194,9 @@ def train_transform(
     crop: list[nn.Module] = [v2.RandomCrop(pre.input_size)]
     if flip:
         crop.append(v2.RandomHorizontalFlip())
-    colour: list[nn.Module] = [_to_float(), *([lighting] if lighting else []), Normalize(pre, mean)]
     if mean is None:  # crop and flip in uint8, float last
-        return v2.Compose([*_resize(pre), *crop, *colour])
+        return v2.Compose([*_resize(pre), *crop, ToModelInput(pre, lighting)])
+    colour: list[nn.Module] = [_to_float(), *([lighting] if lighting else []), Normalize(pre, mean)]
     return v2.Compose([*_resize(pre), *colour, *crop])  # mean image lines up with the 256×256 patch
 
 
@@ -170,7 +204,7 @@ def eval_transform(pre: Preprocessing, *, mean_image: torch.Tensor | None = None
     """Centre crop: ``uint8`` 3×H×W → float 3×S×S (shorter side ``resize``, central ``input_size``)."""
     mean = _mean_image(pre, mean_image)
     if mean is None:
-        return v2.Compose([*_resize(pre), v2.CenterCrop(pre.input_size), _to_float(), Normalize(pre)])
+        return v2.Compose([*_resize(pre), v2.CenterCrop(pre.input_size), ToModelInput(pre)])
     return v2.Compose([*_resize(pre), _to_float(), Normalize(pre, mean), v2.CenterCrop(pre.input_size)])
 
 
@@ -179,5 +213,5 @@ def ten_crop(pre: Preprocessing, *, mean_image: torch.Tensor | None = None) -> v
     model and average the softmax over the 10, AlexNet §4.1 / ZF §3)."""
     mean = _mean_image(pre, mean_image)
     if mean is None:
-        return v2.Compose([*_resize(pre), TenCrop(pre.input_size), _to_float(), Normalize(pre)])
+        return v2.Compose([*_resize(pre), TenCrop(pre.input_size), ToModelInput(pre)])
     return v2.Compose([*_resize(pre), _to_float(), Normalize(pre, mean), TenCrop(pre.input_size)])
