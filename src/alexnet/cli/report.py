@@ -1,0 +1,53 @@
+"""``alexnet report``: one self-contained HTML page about a training run."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+from alexnet.cli._common import CommandError, add_command
+
+
+def register(sub: Any) -> None:
+    p = add_command(
+        sub,
+        "report",
+        "write one self-contained HTML report of a training run",
+        "One HTML file with everything inline (no server, no network): the per-layer summary table, learning "
+        "curves from metrics.csv, conv1 filters, activation maps, deconvnet top-9 grids (from RUN_DIR/top9/ or a "
+        "small top-9 over a few validation images) and occlusion maps of the run's model.",
+    )
+    p.add_argument(
+        "run_dir", metavar="RUN_DIR", help="a training run folder (model.safetensors, metrics.csv …)"
+    )
+    p.add_argument("--images", nargs="+", metavar="IMAGE", help="images for activation and occlusion maps")
+    p.add_argument("--out", help="output file (default RUN_DIR/report.html)")
+    p.add_argument("--top9-layer", default="conv5", help="layer of the top-9 grids (default conv5)")
+    p.add_argument("--top9-images", type=int, default=60, help="validation images streamed for the top-9")
+    p.add_argument("--top9-channels", type=int, default=6, help="feature maps shown in the top-9 (default 6)")
+    p.add_argument("--occlusion-stride", type=int, default=16, help="occluder stride in pixels (default 16)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from alexnet.visualize.report import ReportOptions, build_report
+
+    if args.top9_images < 1:
+        raise CommandError("--top9-images must be at least 1")
+    if args.top9_channels < 1:
+        raise CommandError("--top9-channels must be at least 1")
+    if args.occlusion_stride < 1:
+        raise CommandError("--occlusion-stride must be at least 1")
+    options = ReportOptions(
+        images=[Path(i) for i in args.images or []],
+        top9_layer=args.top9_layer,
+        top9_images=args.top9_images,
+        top9_channels=args.top9_channels,
+        occlusion_stride=args.occlusion_stride,
+        progress=not args.quiet,
+    )
+    path = build_report(args.run_dir, args.out, options)
+    print(path)
+    return 0

@@ -1,0 +1,443 @@
+"""``alexnet report``: one self-contained HTML page about a training run (issue 4, item 9).
+
+Everything is inline — CSS in a ``<style>`` element, every picture a base64 PNG ``data:`` URI — so the file opens
+from disk, can be mailed or archived, and makes no network request. The page gathers the other modules' work:
+
+* the run: ``config.json`` and the final numbers of ``results.json`` when present;
+* the per-layer parameters and computation table (:func:`alexnet.analysis.summarize`);
+* learning curves drawn from ``metrics.csv`` (loss and top-1 / top-5 error per evaluation);
+* the conv1 filters (AlexNet Fig. 3, :func:`alexnet.visualize.filters.plot_conv1_filters`);
+* activation maps of all conv stages for a few images (:func:`~alexnet.visualize.activations.plot_all_conv_layers`);
+* deconvnet top-9 grids (ZF Fig. 2): from ``RUN/top9/<layer>/`` if ``alexnet visualize top9`` wrote one, else a
+  small top-9 streamed now over a few validation images (:mod:`alexnet.visualize.topk`) — the page says which;
+* occlusion maps (ZF Fig. 7, :func:`alexnet.visualize.occlusion.occlusion`).
+"""
+
+from __future__ import annotations
+
+import base64
+import csv
+import html
+import io
+import json
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from tqdm import tqdm
+
+from alexnet.errors import DataError, WeightsError
+from alexnet.models import AlexNetFamily
+from alexnet.weights.io import atomic_write
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+
+RUN_WEIGHTS = "model.safetensors"
+REPORT = "report.html"
+
+
+@dataclass
+class ReportOptions:
+    """How much the report computes. The defaults keep ``make demo``'s report to well under a minute on a CPU."""
+
+    images: list[Path] = field(default_factory=list)  # empty: a few validation images of the run's data
+    max_images: int = 2  # images for activation maps and occlusion when none are given
+    top9_layer: str = "conv5"
+    top9_images: int = 60  # validation images streamed when the run has no top9/ folder
+    top9_channels: int = 6  # feature maps shown (the strongest ones)
+    occlusion_size: int = 48
+    occlusion_stride: int = 16
+    progress: bool = True
+
+
+# --- small helpers ---------------------------------------------------------------------------------------
+def png_uri(data: bytes) -> str:
+    return "data:image/png;base64," + base64.b64encode(data).decode("ascii")
+
+
+def figure_uri(fig: Figure, dpi: int = 80) -> str:
+    """A matplotlib figure as an inline PNG."""
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=dpi)
+    return png_uri(buf.getvalue())
+
+
+def array_uri(array: np.ndarray) -> str:
+    """An H×W(×3) array (float 0–1 or uint8) as an inline PNG."""
+    from PIL import Image
+
+    a = array if array.dtype == np.uint8 else (np.clip(array, 0, 1) * 255).round().astype(np.uint8)
+    buf = io.BytesIO()
+    Image.fromarray(a).save(buf, format="PNG")
+    return png_uri(buf.getvalue())
+
+
+def _human(n: float, unit: str = "") -> str:
+    for div, suffix in ((1e9, "G"), (1e6, "M"), (1e3, "k")):
+        if abs(n) >= div:
+            return f"{n / div:.2f}{suffix}{unit}"
+    return f"{n:.0f}{unit}"
+
+
+def esc(value: Any) -> str:
+    return html.escape(str(value), quote=True)
+
+
+def _img(uri: str, alt: str) -> str:
+    return f'<img src="{uri}" alt="{esc(alt)}">'
+
+
+# --- the run folder ---------------------------------------------------------------------------------------
+def read_metrics(path: Path) -> list[dict[str, float]]:
+    """``metrics.csv`` rows as numbers (empty cells dropped); :class:`DataError` if it is not a CSV with a header."""
+    try:
+        with path.open(newline="") as f:
+            rows = list(csv.DictReader(f))
+    except (OSError, UnicodeDecodeError, csv.Error) as e:
+        raise DataError(f"{path}: not a readable metrics file ({e})") from None
+    out = []
+    for row in rows:
+        parsed: dict[str, float] = {}
+        for key, value in row.items():
+            if key is None or value in (None, ""):
+                continue
+            try:
+                parsed[key] = float(value)
+            except ValueError:
+                continue
+        out.append(parsed)
+    return out
+
+
+def read_json(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        return {}
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        raise DataError(f"{path}: not readable JSON ({e})") from None
+    return data if isinstance(data, dict) else {}
+
+
+def load_run_model(run_dir: Path) -> AlexNetFamily:
+    from alexnet.weights import load_pretrained
+
+    weights = run_dir / RUN_WEIGHTS
+    if not weights.is_file():
+        raise WeightsError(f"{run_dir}: no {RUN_WEIGHTS} in this run folder (has the run finished?)")
+    return load_pretrained(None, weights).eval()
+
+
+def data_root(config: dict[str, Any]) -> Path | None:
+    """The run's data set (``config.json``'s ``data``, else the built-in set) if it is on disk; never generated."""
+    if config.get("data"):
+        root = Path(str(config["data"])).expanduser()
+    else:
+        from alexnet.data.synthetic import dataset_dir
+
+        root = dataset_dir()
+    return root if (root / "val").is_dir() else None
+
+
+def validation_images(root: Path | None, count: int) -> list[Path]:
+    """``count`` validation images spread over the classes (the first of each class in turn)."""
+    if root is None or count < 1:
+        return []
+    classes = sorted(p for p in (root / "val").iterdir() if p.is_dir())
+    files = [sorted(f for f in c.iterdir() if f.is_file()) for c in classes]
+    picked: list[Path] = []
+    for i in range(max((len(f) for f in files), default=0)):
+        for per_class in files:
+            if i < len(per_class):
+                picked.append(per_class[i])
+                if len(picked) == count:
+                    return picked
+    return picked
+
+
+@contextmanager
+def fallback_images(count: int) -> Iterator[list[Path]]:
+    """Images of the built-in data set rendered to a temporary folder (when the run's data is not on disk)."""
+    from alexnet.data.synthetic import SHAPES, SPLITS, encode_jpeg, render_image
+
+    with tempfile.TemporaryDirectory(prefix="alexnet-report-") as tmp:
+        paths = []
+        shapes = list(SHAPES)
+        for i in range(count):
+            class_id = i % len(shapes)
+            rng = np.random.default_rng(np.random.SeedSequence((0, SPLITS.index("val"), class_id, i)))
+            path = Path(tmp) / f"{shapes[class_id]}_{i:03d}.jpg"
+            path.write_bytes(encode_jpeg(render_image(shapes[class_id], rng)))
+            paths.append(path)
+        yield paths
+
+
+# --- sections ---------------------------------------------------------------------------------------------
+def learning_curves(rows: list[dict[str, float]]) -> Figure | None:
+    """Loss and top-1 / top-5 error against the optimizer step (ZF / AlexNet report errors, not accuracies)."""
+    from alexnet.visualize.plot import new_figure
+
+    rows = [r for r in rows if "step" in r]
+    if not rows:
+        return None
+    steps = [r["step"] for r in rows]
+    fig = new_figure(11, 4)
+    ax0, ax1 = fig.subplots(1, 2)
+    for key, label in (("train_loss", "train loss"), ("val_loss", "validation loss")):
+        pts = [(r["step"], r[key]) for r in rows if key in r]
+        if pts:
+            ax0.plot(*zip(*pts, strict=True), marker="o", label=label)
+    ax0.set_xlabel("step")
+    ax0.set_ylabel("cross-entropy")
+    ax0.legend()
+    ax0.set_title("loss")
+    for key, label in (("val_top1_err", "top-1 error"), ("val_top5_err", "top-5 error")):
+        pts = [(r["step"], r[key]) for r in rows if key in r]
+        if pts:
+            ax1.plot(*zip(*pts, strict=True), marker="o", label=label)
+    ax1.set_xlabel("step")
+    ax1.set_ylabel("validation error")
+    ax1.set_ylim(bottom=0)
+    ax1.legend()
+    ax1.set_title("validation error")
+    for ax in (ax0, ax1):
+        ax.grid(alpha=0.3)
+        ax.set_xlim(min(steps), max(steps) if max(steps) > min(steps) else min(steps) + 1)
+    return fig
+
+
+def summary_html(model: AlexNetFamily) -> str:
+    from alexnet.analysis import summarize
+
+    s = summarize(model)
+    head = ["layer", "type", "output", "params", "MACs", "FLOPs", "activations", "RF", "stride"]
+    rows = [
+        "<tr>" + "".join(f"<th>{h}</th>" for h in head) + "</tr>",
+        *(
+            "<tr>"
+            + "".join(
+                f"<td>{esc(v)}</td>"
+                for v in (
+                    r.name,
+                    r.type,
+                    "×".join(str(d) for d in r.output_shape),
+                    _human(r.params),
+                    _human(r.macs),
+                    _human(r.flops),
+                    _human(r.activation_bytes, "B"),
+                    r.receptive_field,
+                    r.stride,
+                )
+            )
+            + "</tr>"
+            for r in s.layers
+        ),
+    ]
+    t = s.totals
+    rows.append(
+        "<tr class='total'><th>total</th><th></th><th></th>"
+        + "".join(
+            f"<th>{esc(v)}</th>"
+            for v in (
+                _human(t["params"]),
+                _human(t["macs"]),
+                _human(t["flops"]),
+                _human(t["activation_bytes"], "B"),
+            )
+        )
+        + "<th></th><th></th></tr>"
+    )
+    split = s.split()
+    note = (
+        f"conv layers: {split['conv']['params_pct']:.1f}% of the parameters, {split['conv']['macs_pct']:.1f}% of "
+        f"the multiply-adds; fully connected: {split['fc']['params_pct']:.1f}% and {split['fc']['macs_pct']:.1f}%."
+    )
+    return f"<table class='summary'>{''.join(rows)}</table><p>{esc(note)}</p>"
+
+
+def top9_section(
+    model: AlexNetFamily, run_dir: Path, root: Path | None, opts: ReportOptions, fallback: list[Path]
+) -> str:
+    from alexnet.visualize.topk import STATE, TopK, folder_items, render_channel, stream_topk
+
+    folder = run_dir / "top9" / opts.top9_layer
+    if (folder / STATE).is_file():  # written by `alexnet visualize top9` (its streaming state)
+        state = TopK.load(folder)
+        origin = f"from {esc(folder.relative_to(run_dir))}/ ({state.seen} images streamed)"
+    else:
+        if root is not None:
+            items = folder_items(root, "val", None)
+            step = max(1, len(items) // max(1, opts.top9_images))  # spread over all classes
+            items = items[::step][: opts.top9_images]
+            where = "validation images of the run's data set"
+        else:
+            items = [(p, str(p)) for p in fallback]
+            where = "images of the built-in data set (the run's data is not on disk)"
+        state = stream_topk(model, items, opts.top9_layer, k=9, batch_size=20, progress=opts.progress)
+        origin = f"computed for this report over {state.seen} {where} — run `alexnet visualize top9` for the full set"
+    strongest = np.argsort(-state.values[:, 0], kind="stable")[: opts.top9_channels]
+    cards = []
+    for c in tqdm(strongest.tolist(), desc="top-9", disable=not opts.progress):
+        patches, projections = render_channel(model, state, c)
+        cards.append(
+            f"<figure class='top9'><div>{_img(array_uri(projections), f'deconv {c}')}"
+            f"{_img(array_uri(patches), f'patches {c}')}</div>"
+            f"<figcaption>{esc(state.layer)} feature map {c}: strongest {state.values[c, 0]:.3g}"
+            "</figcaption></figure>"
+        )
+    return (
+        f"<p>Per feature map, the deconvnet projections (left, ZF §2.1) of its 9 strongest activations and the "
+        f"input patches under their receptive fields (right); {origin}. The {len(cards)} feature maps with the "
+        f"strongest activations are shown.</p><div class='cards'>{''.join(cards)}</div>"
+    )
+
+
+def _metrics_table(results: dict[str, Any]) -> str:
+    rows = []
+    for name, block in results.items():
+        if isinstance(block, dict):
+            cells = ", ".join(
+                f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in block.items()
+            )
+            rows.append(f"<tr><th>{esc(name)}</th><td>{esc(cells)}</td></tr>")
+        else:
+            rows.append(f"<tr><th>{esc(name)}</th><td>{esc(block)}</td></tr>")
+    return f"<table>{''.join(rows)}</table>" if rows else ""
+
+
+CSS = """
+body { font: 15px/1.45 system-ui, sans-serif; color: #1d232a; max-width: 1200px; margin: 0 auto; padding: 1rem; }
+h1 { font-size: 1.5rem; margin-bottom: .2rem; } h2 { font-size: 1.2rem; margin-top: 2rem;
+  border-bottom: 2px solid #0b63c5; } .muted { color: #5d6b78; }
+table { border-collapse: collapse; font-size: .85rem; } td, th { padding: .15rem .5rem;
+  border-bottom: 1px solid #d8dee4; text-align: left; }
+table.summary td:nth-child(n+4), table.summary th:nth-child(n+4) { text-align: right; }
+img { max-width: 100%; display: block; image-rendering: auto; }
+.cards { display: flex; flex-wrap: wrap; gap: 1rem; } figure { margin: 0; }
+figure.top9 div { display: flex; gap: 4px; } figure.top9 img { width: 180px; image-rendering: pixelated; }
+figcaption { font-size: .8rem; color: #5d6b78; }
+nav a { margin-right: .8rem; }
+"""
+
+
+def build_report(
+    run_dir: str | Path, out: str | Path | None = None, options: ReportOptions | None = None
+) -> Path:
+    """Write the run's report (default ``RUN_DIR/report.html``) and return its path."""
+    from alexnet.visualize.activations import plot_all_conv_layers
+    from alexnet.visualize.filters import plot_conv1_filters
+    from alexnet.visualize.inputs import prepare
+    from alexnet.visualize.occlusion import occlusion, plot_occlusion
+    from alexnet.visualize.plot import uint8_to_float
+
+    opts = options or ReportOptions()
+    run = Path(run_dir)
+    if not run.is_dir():
+        raise DataError(f"{run}: no such run folder")
+    model = load_run_model(run)
+    config = read_json(run / "config.json")
+    results = read_json(run / "results.json")
+    metrics = read_metrics(run / "metrics.csv") if (run / "metrics.csv").is_file() else []
+    root = data_root(config)
+    for image in opts.images:
+        if not Path(image).is_file():
+            raise DataError(f"{image}: no such image file")
+
+    sections: list[tuple[str, str, str]] = []  # (id, title, html)
+    with fallback_images(max(opts.max_images, 10) if root is None else 0) as fallback:
+        images = list(opts.images) or validation_images(root, opts.max_images) or fallback[: opts.max_images]
+        steps = ["summary", "curves", "filters", "activations", "top9", "occlusion"]
+        bar = tqdm(total=len(steps), desc="report", disable=not opts.progress)
+
+        sections.append(("summary", "Parameters and computation per layer", summary_html(model)))
+        bar.update()
+
+        fig = learning_curves(metrics)
+        curves = (
+            _img(figure_uri(fig), "learning curves")
+            if fig is not None
+            else "<p class='muted'>No metrics.csv rows in this run folder.</p>"
+        )
+        sections.append(("curves", "Learning curves", curves + _metrics_table(results)))
+        bar.update()
+
+        sections.append(
+            (
+                "filters",
+                "conv1 filters",
+                "<p>The first layer's kernels as RGB images (AlexNet Fig. 3; the two GPU towers apart for the "
+                "two-group models).</p>" + _img(figure_uri(plot_conv1_filters(model)), "conv1 filters"),
+            )
+        )
+        bar.update()
+
+        maps = "".join(
+            _img(figure_uri(plot_all_conv_layers(model, image), dpi=60), f"activations of {Path(image).name}")
+            for image in images
+        )
+        sections.append(
+            (
+                "activations",
+                "Activation maps",
+                "<p>Every channel of each conv stage after its ReLU, each scaled to its own range.</p>"
+                + maps,
+            )
+        )
+        bar.update()
+
+        sections.append(
+            ("top9", "Deconvnet top-9 (ZF Fig. 2)", top9_section(model, run, root, opts, fallback))
+        )
+        bar.update()
+
+        occ = []
+        for image in images:
+            prepared = prepare(model, image)
+            side = prepared.tensor.shape[-1]
+            result = occlusion(
+                model, prepared.tensor, size=min(opts.occlusion_size, side), stride=opts.occlusion_stride
+            )
+            fig = plot_occlusion(result, uint8_to_float(prepared.crop), Path(image).name)
+            occ.append(_img(figure_uri(fig, dpi=60), f"occlusion of {Path(image).name}"))
+        sections.append(
+            (
+                "occlusion",
+                "Occlusion (ZF Fig. 7)",
+                f"<p>A grey {opts.occlusion_size}-pixel square (the mean pixel) slid with stride "
+                f"{opts.occlusion_stride}: (a) total activation of the strongest layer-5 feature map, (b) the "
+                "probability of the top class of the unoccluded image, (c) the most probable class.</p>"
+                + "".join(occ),
+            )
+        )
+        bar.update()
+        bar.close()
+
+    title = f"{model.config.name} — run {run.resolve().name}"
+    cfg_rows = "".join(f"<tr><th>{esc(k)}</th><td>{esc(v)}</td></tr>" for k, v in config.items())
+    nav = "".join(f"<a href='#{sid}'>{esc(t)}</a>" for sid, t, _ in sections)
+    body = "".join(
+        f"<section id='{sid}'><h2>{esc(t)}</h2>{content}</section>" for sid, t, content in sections
+    )
+    stamp = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
+    page = (
+        "<!doctype html><html lang='en'><head><meta charset='utf-8'>"
+        "<meta name='viewport' content='width=device-width, initial-scale=1'>"
+        "<link rel='icon' href='data:,'>"
+        f"<title>{esc(title)}</title><style>{CSS}</style></head><body>"
+        f"<h1>{esc(title)}</h1><p class='muted'>alexnet report · {esc(run.resolve())} · {stamp} · "
+        f"{model.num_classes} classes · images: {esc(', '.join(Path(i).name for i in images))}</p>"
+        f"<nav>{nav}</nav>{body}"
+        f"<section id='config'><h2>Configuration</h2><details><summary>config.json</summary>"
+        f"<table>{cfg_rows}</table></details></section></body></html>\n"
+    )
+    target = Path(out) if out is not None else run / REPORT
+    return atomic_write(target, lambda tmp: Path(tmp).write_text(page, encoding="utf-8"))
+
+
+__all__ = ["ReportOptions", "build_report", "read_metrics"]

@@ -1,0 +1,171 @@
+"""``alexnet report``: one self-contained HTML file about a run, checked as text, as PNGs and in headless Chromium."""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from alexnet import create_model
+from alexnet.cli import main
+from alexnet.data.synthetic import class_folder_names, ensure_builtin_dataset
+from alexnet.visualize.report import ReportOptions, build_report, read_metrics
+from alexnet.weights import WeightsMeta, save_weights
+
+CLASSES = 3
+METRICS = """epoch,step,lr,train_loss,val_loss,val_top1_err,val_top5_err,images_per_s
+1,10,0.01,1.10,1.05,0.62,0.0,120.5
+2,20,0.01,0.90,0.95,0.41,0.0,118.0
+3,30,0.001,0.70,0.80,0.25,0.0,
+"""
+
+
+def make_run(folder: Path, data: Path | None) -> Path:
+    """A run folder as `alexnet train` leaves it: weights with metadata, config.json, metrics.csv."""
+    torch.manual_seed(0)
+    model = create_model("alexnet", num_classes=CLASSES)
+    names = [n.split("_", 1)[1] for n in class_folder_names(CLASSES)]
+    save_weights(model, folder / "model.safetensors", WeightsMeta(classes=names))
+    (folder / "config.json").write_text(json.dumps({"model": "alexnet", "recipe": "demo", "data": str(data)}))
+    (folder / "metrics.csv").write_text(METRICS)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def tiny_data(tmp_path_factory) -> Path:
+    return ensure_builtin_dataset(
+        tmp_path_factory.mktemp("data"),
+        classes=CLASSES,
+        train_per_class=1,
+        val_per_class=3,
+        size=96,
+        progress=False,
+    )
+
+
+@pytest.fixture(scope="module")
+def report(tmp_path_factory, tiny_data) -> Path:
+    run = make_run(tmp_path_factory.mktemp("run"), tiny_data)
+    options = ReportOptions(top9_images=6, top9_channels=2, max_images=1, occlusion_stride=48, progress=False)
+    return build_report(run, options=options)
+
+
+def img_sources(page: str) -> list[str]:
+    return re.findall(r"<img [^>]*src=\"([^\"]*)\"", page)
+
+
+def test_report_is_one_file_with_every_picture_inline(report):
+    page = report.read_text()
+    assert report.name == "report.html"
+    sources = img_sources(page)
+    # summary has none; curves 1, filters 1, activations 1 image, top-9 2 channels × 2 grids, occlusion 1.
+    assert len(sources) == 1 + 1 + 1 + 4 + 1
+    for src in sources:
+        assert src.startswith("data:image/png;base64,")
+        Image.open(io.BytesIO(base64.b64decode(src.split(",", 1)[1]))).verify()
+    assert not re.search(r"(src|href)=[\"']?(https?:|//)", page), "no external requests"
+    assert "<link rel='stylesheet'" not in page and "<script" not in page
+
+
+def test_report_has_the_summary_table_of_the_runs_model(report):
+    page = report.read_text()
+    for name in ("conv1", "norm1", "pool5", "fc6", "fc8"):
+        assert f"<td>{name}</td>" in page
+    # fc8 has 4096·3 + 3 parameters for this 3-class run: the model really comes from the run's weights.
+    assert "<td>12.29k</td>" in page
+
+
+def test_top9_is_computed_from_the_runs_validation_images_when_no_top9_folder(report):
+    page = report.read_text()
+    assert "computed for this report over 6 validation images of the run" in page
+
+
+def test_metrics_are_read_as_numbers(tmp_path):
+    (tmp_path / "metrics.csv").write_text(METRICS)
+    rows = read_metrics(tmp_path / "metrics.csv")
+    assert [r["step"] for r in rows] == [10.0, 20.0, 30.0]
+    assert "images_per_s" not in rows[2], "empty cells are dropped, not zero"
+    assert rows[1]["val_top1_err"] == pytest.approx(0.41)
+
+
+def test_an_existing_top9_folder_is_used_and_the_cli_prints_the_path(
+    tmp_path, tiny_data, chelsea_jpeg, capsys
+):
+    from alexnet.visualize.topk import folder_items, stream_topk, write_topk
+    from alexnet.weights import load_pretrained
+
+    run = make_run(tmp_path / "run", tiny_data)
+    model = load_pretrained(None, run / "model.safetensors")
+    state = stream_topk(model, folder_items(tiny_data, "val"), "conv5", state_dir=run / "top9" / "conv5")
+    write_topk(model, state, run / "top9" / "conv5")
+    out = tmp_path / "out" / "r.html"
+    code = main(
+        [
+            "report",
+            str(run),
+            "--images",
+            str(chelsea_jpeg),
+            "--out",
+            str(out),
+            "--occlusion-stride",
+            "64",
+            "--top9-channels",
+            "1",
+            "--quiet",
+        ]
+    )
+    assert code == 0
+    assert capsys.readouterr().out.strip() == str(out)
+    page = out.read_text()
+    assert f"from top9/conv5/ ({CLASSES * 3} images streamed)" in page
+    assert "chelsea.jpg" in page
+
+
+@pytest.mark.parametrize(
+    ("setup", "words"),
+    [
+        ("missing", "no such run folder"),
+        ("no-weights", "model.safetensors"),
+        ("bad-image", "no such image file"),
+    ],
+)
+def test_bad_run_folders_are_one_line_and_exit_2(tmp_path, capsys, setup, words):
+    run = tmp_path / "run"
+    args = ["report", str(run), "--quiet"]
+    if setup != "missing":
+        run.mkdir()
+    if setup == "bad-image":
+        make_run(run, None)
+        args += ["--images", str(tmp_path / "nope.jpg")]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert words in err and len(err.strip().splitlines()) == 1
+    assert not (run / "report.html").exists()
+
+
+@pytest.mark.slow
+@pytest.mark.browser
+def test_report_opens_from_disk_in_chromium_with_every_image_decoded(report):
+    from browser.chromium import Console, launch_or_skip, undecoded_images
+
+    with launch_or_skip() as browser:
+        page = browser.new_page()
+        console = Console()
+        console.attach(page)
+        requests: list[str] = []
+        page.on("request", lambda r: requests.append(r.url))
+        page.goto(report.resolve().as_uri())
+        page.wait_for_load_state("load")
+        assert page.evaluate("document.images.length") == 8
+        assert undecoded_images(page) == []
+        assert console.errors == []
+        assert [u for u in requests if not u.startswith("data:")] == [report.resolve().as_uri()]
+        widths = page.evaluate("Array.from(document.images).map(i => i.naturalWidth)")
+        assert np.all(np.array(widths) > 0)
