@@ -283,3 +283,19 @@ def test_wire_reader_rejects_a_blob_whose_data_does_not_fill_its_shape(tmp_path)
     raw = field_bytes(7, field_bytes(1, varint(2) + varint(3))) + field_bytes(5, np.zeros(5, "<f4").tobytes())
     with pytest.raises(WeightsError, match=r"blob shape \[2, 3\] holds 6 values, the data has 5"):
         read_blob(memoryview(raw), "test")
+
+
+def test_caffe_mean_image_travels_with_the_weights(tmp_path):
+    from alexnet.weights import read_weights
+
+    net = tmp_path / "c.caffemodel"
+    net.write_bytes(caffemodel_of(small("caffenet")))
+    mean = np.random.default_rng(0).uniform(90, 130, (1, 3, 256, 256)).astype(np.float32)
+    mean_file = tmp_path / "imagenet_mean.binaryproto"
+    mean_file.write_bytes(blob(mean, legacy=True))  # BVLC's file uses num/channels/height/width
+    out = tmp_path / "c.safetensors"
+    assert main(["weights", "import", str(net), "--mean-file", str(mean_file), "--out", str(out)]) == 0
+    _, meta = read_weights(out)
+    assert meta.preprocessing.mean_image and meta.preprocessing.channel_order == "BGR"
+    assert torch.equal(meta.tensors["mean_image"], torch.from_numpy(mean[0]))
+    assert meta.preprocessing.mean == pytest.approx(tuple(mean[0].reshape(3, -1).mean(1)), rel=1e-5)

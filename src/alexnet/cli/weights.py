@@ -38,6 +38,11 @@ def register(sub: Any) -> None:
     )
     imp.add_argument("--name", help="name for an inferred configuration (default: from the file name)")
     imp.add_argument("--out", "-o", required=True, help="output .safetensors file")
+    imp.add_argument(
+        "--mean-file",
+        help="Caffe mean image (imagenet_mean.binaryproto) to record with a .caffemodel import "
+        "(default: Caffe's mean pixel 104, 117, 123 BGR)",
+    )
     imp.add_argument("--force", action="store_true", help="overwrite --out if it exists")
     imp.add_argument(
         "--no-verify",
@@ -95,6 +100,8 @@ def run_import(args: argparse.Namespace) -> int:
     path_in = Path(source)
     if not path_in.exists():
         raise CommandError(f"{source}: no such file, and not a known source (see 'alexnet weights sources')")
+    if args.mean_file and path_in.suffix != ".caffemodel":
+        raise CommandError("--mean-file goes with a .caffemodel import")
     if path_in.suffix == ".onnx":
         from alexnet.weights.onnx import import_onnx
 
@@ -105,7 +112,7 @@ def run_import(args: argparse.Namespace) -> int:
     elif path_in.suffix == ".caffemodel":
         from alexnet.weights.caffe import import_caffemodel
 
-        model = import_caffemodel(path_in, args.model, args.name)
+        model = import_caffemodel(path_in, args.model, args.name, args.mean_file)
         print(
             f"{path_in.name} → {model.config.name}: every blob copied bit for bit (no Caffe runtime to compare)"
         )

@@ -339,9 +339,27 @@ def _layer(kind: str, where: str, f: Fields, params: dict[str, int], blobs: list
     raise WeightsError(f"{where}: layer type {kind} is not part of an AlexNet-family network")
 
 
-def import_caffemodel(path: str | Path, model: str = "auto", name: str | None = None) -> AlexNetFamily:
+def read_mean_file(path: str | Path) -> np.ndarray:
+    """Caffe's mean image (``imagenet_mean.binaryproto``: a ``BlobProto`` of 1×3×256×256, BGR, 0–255)."""
+    p = Path(path)
+    if not p.is_file():
+        raise WeightsError(f"{p}: no such mean file")
+    try:
+        mean = read_blob(memoryview(p.read_bytes()), str(p))
+    except CaffeFormatError as e:
+        raise CaffeFormatError(f"{p}: not a readable .binaryproto mean file ({e})") from None
+    mean = mean.reshape(mean.shape[-3:]) if mean.ndim >= 3 and int(np.prod(mean.shape[:-3])) == 1 else mean
+    if mean.ndim != 3 or mean.shape[0] != 3:
+        raise WeightsError(f"{p}: a mean image must be 3×H×W, this blob is {list(mean.shape)}")
+    return mean
+
+
+def import_caffemodel(
+    path: str | Path, model: str = "auto", name: str | None = None, mean_file: str | Path | None = None
+) -> AlexNetFamily:
     """Read a ``.caffemodel`` into ``model`` (registered name or ``"auto"``); the result carries
-    ``weights_meta`` with Caffe's input convention (BGR, 0–255, minus the mean pixel)."""
+    ``weights_meta`` with Caffe's input convention: BGR, 0–255, minus the mean pixel, or minus the per-pixel
+    mean image of ``mean_file`` (BVLC's ``imagenet_mean.binaryproto``) when given."""
     from alexnet.weights.onnx import caffe_preprocessing
     from alexnet.weights.sources import SOURCES, file_digest
 
@@ -365,4 +383,23 @@ def import_caffemodel(path: str | Path, model: str = "auto", name: str | None = 
             "per-pixel mean image, whose channel means these are",
         },
     )
+    if mean_file is not None:
+        import dataclasses
+
+        import torch
+
+        image = read_mean_file(mean_file)
+        pre = net.weights_meta.preprocessing
+        assert pre is not None
+        net.weights_meta.tensors["mean_image"] = torch.from_numpy(image.astype(np.float32).copy())
+        channel_means = tuple(float(m) for m in image.reshape(3, -1).mean(axis=1))
+        net.weights_meta.preprocessing = dataclasses.replace(
+            pre,
+            mean_image=True,
+            mean=channel_means,
+            resize=int(image.shape[-1]),  # type: ignore[arg-type]
+        )
+        net.weights_meta.extra["input_convention"] = (
+            f"BGR, 0–255, minus the per-pixel mean image of {Path(mean_file).name} (AlexNet §2)"
+        )
     return net
