@@ -43,6 +43,13 @@ def register(sub: Any) -> None:
         help="Caffe mean image (imagenet_mean.binaryproto) to record with a .caffemodel import "
         "(default: Caffe's mean pixel 104, 117, 123 BGR)",
     )
+    imp.add_argument(
+        "--input-convention",
+        choices=["caffe", "imagenet"],
+        default="caffe",
+        help="what an ONNX graph without our metadata expects: caffe (BGR, 0-255, minus the mean pixel; the "
+        "zoo's AlexNet family, default) or imagenet (RGB, 0-1, mean/std)",
+    )
     imp.add_argument("--force", action="store_true", help="overwrite --out if it exists")
     imp.add_argument(
         "--no-verify",
@@ -105,7 +112,9 @@ def run_import(args: argparse.Namespace) -> int:
     if path_in.suffix == ".onnx":
         from alexnet.weights.onnx import import_onnx
 
-        model, report, _ = import_onnx(path_in, args.model, args.name, check=not args.no_verify)
+        model, report, _ = import_onnx(
+            path_in, args.model, args.name, check=not args.no_verify, convention=args.input_convention
+        )
         print(
             f"{path_in.name} → {model.config.name}: {report or 'NOT verified against onnxruntime (--no-verify)'}"
         )

@@ -348,7 +348,7 @@ def _recorded_config(chain: Chain) -> ArchConfig | None:
         return None  # unreadable metadata: fall back to reading the structure alone
 
 
-def _meta_for(path: Path, chain: Chain, model: AlexNetFamily) -> WeightsMeta:
+def _meta_for(path: Path, chain: Chain, model: AlexNetFamily, convention: str = "caffe") -> WeightsMeta:
     from alexnet.weights.sources import describe_file
 
     stored = chain.facts.get("meta", {})
@@ -364,7 +364,7 @@ def _meta_for(path: Path, chain: Chain, model: AlexNetFamily) -> WeightsMeta:
     return WeightsMeta(
         model=model.config.name,
         num_classes=model.num_classes,
-        preprocessing=caffe_preprocessing(size),
+        preprocessing=caffe_preprocessing(size) if convention == "caffe" else Preprocessing(input_size=size),
         source=(known.describe() if known else f"ONNX file {path.name}")
         + f" (sha256 {digest}, opset {chain.facts['opset']}, producer {chain.facts['producer'] or 'unknown'})",
         license=known.license if known else "unknown: check the terms of the file's publisher",
@@ -375,17 +375,25 @@ def _meta_for(path: Path, chain: Chain, model: AlexNetFamily) -> WeightsMeta:
             "note": "the ONNX graph ends in Softmax; this model outputs logits (apply softmax for probabilities)"
             if chain.ends_in_softmax
             else "",
-            "input_convention": "BGR, 0–255, minus Caffe's mean pixel (104, 117, 123); assumed for graphs "
-            "converted from Caffe (the ONNX model zoo's AlexNet family)",
+            "input_convention": "BGR, 0–255, minus Caffe's mean pixel (104, 117, 123), as for graphs converted "
+            "from Caffe (the ONNX model zoo's AlexNet family)"
+            if convention == "caffe"
+            else "RGB, 0–1, ImageNet mean/std normalisation (torchvision's convention)",
         },
     )
 
 
 def import_onnx(
-    path: str | Path, model: str = "auto", name: str | None = None, check: bool = True
+    path: str | Path,
+    model: str = "auto",
+    name: str | None = None,
+    check: bool = True,
+    convention: str = "caffe",
 ) -> tuple[AlexNetFamily, Verification | None, Chain]:
     """Read an ONNX file into ``model`` (a registered name, or ``"auto"``); return the model (with
     ``weights_meta``), the onnxruntime verification (``None`` when ``check`` is False), and the chain.
+    ``convention`` is the input the graph expects when the file does not record it: ``"caffe"`` (BGR, 0–255,
+    minus the mean pixel: the zoo's Caffe-derived graphs) or ``"imagenet"`` (RGB, 0–1, mean/std).
     Raises :class:`WeightsMismatch` if our logits differ from onnxruntime's."""
     p = Path(path)
     chain = read_chain(p)
@@ -393,7 +401,9 @@ def import_onnx(
         chain, model, auto_name=name or file_model_name(p.stem), recorded=_recorded_config(chain)
     )
     net = load_chain(chain, config)
-    net.weights_meta = _meta_for(p, chain, net)
+    if convention not in ("caffe", "imagenet"):
+        raise WeightsError(f"unknown input convention {convention!r}; choose caffe or imagenet")
+    net.weights_meta = _meta_for(p, chain, net, convention)
     if not check:
         return net, None, chain
     report = verify(p, net, chain)
