@@ -43,6 +43,7 @@ _VALUE_FLAGS: list[tuple[str, str, Any, str]] = [
         float,
         "σ of the PCA colour augmentation (AlexNet §4.1: 0.1; 0 = off)",
     ),
+    ("--input-size", "input_size", int, "crop side (default: the model's 227/224; the resize scales alike)"),
     ("--classes", "classes", int, "use only the first N classes (sorted folder names)"),
     ("--images-per-class", "images_per_class", int, "use only the first K training images of each class"),
     ("--workers", "workers", int, "data-loading worker processes"),

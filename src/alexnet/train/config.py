@@ -52,6 +52,7 @@ class TrainConfig:
     dropout: float = 0.5
     init: str = "paper"
     renorm_rms: float | None = None  # ZF §3: renormalise conv filters to this RMS after every update
+    input_size: int | None = None  # None → the model's (227 / 224); else the crop side, resize scaled alike
     # data
     classes: int | None = None
     images_per_class: int | None = None
@@ -114,6 +115,10 @@ class TrainConfig:
             (
                 self.renorm_rms is None or self.renorm_rms > 0,
                 f"renorm RMS must be positive (got {self.renorm_rms})",
+            ),
+            (
+                self.input_size is None or 32 <= self.input_size <= 512,
+                f"input size must be 32–512 pixels (got {self.input_size})",
             ),
             (self.pca_lighting >= 0, f"PCA lighting std must be >= 0 (got {self.pca_lighting})"),
             (self.optimizer in OPTIMIZERS, f"optimizer must be one of {', '.join(OPTIMIZERS)}"),

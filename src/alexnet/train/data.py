@@ -18,13 +18,20 @@ from alexnet.errors import DataError
 from alexnet.train.config import TrainConfig
 
 
-def preprocessing_for(cfg: TrainConfig, input_size: int) -> Preprocessing:
+def preprocessing_for(cfg: TrainConfig, default_input_size: int) -> Preprocessing:
     """``mean``: subtract the per-channel mean from 0–255 pixels (AlexNet §2, Caffe); ``meanstd``: torchvision's
-    0–1 pixels normalised by ImageNet mean and std."""
+    0–1 pixels normalised by ImageNet mean and std. The crop is the model's input size (resize 256, AlexNet §2),
+    or ``cfg.input_size`` with the resize scaled by the same factor (256/227 of the crop)."""
+    size = cfg.input_size or default_input_size
+    resize = 256 if cfg.input_size is None else round(size * 256 / default_input_size)
     if cfg.normalize == "mean":
-        mean = tuple(255.0 * m for m in IMAGENET_MEAN)
-        return Preprocessing(input_size=input_size, mean=mean, std=(1.0, 1.0, 1.0), pixel_scale=255.0)  # type: ignore[arg-type]
-    return Preprocessing(input_size=input_size, mean=IMAGENET_MEAN, std=IMAGENET_STD, pixel_scale=1.0)
+        mean = (255.0 * IMAGENET_MEAN[0], 255.0 * IMAGENET_MEAN[1], 255.0 * IMAGENET_MEAN[2])
+        return Preprocessing(
+            input_size=size, resize=resize, mean=mean, std=(1.0, 1.0, 1.0), pixel_scale=255.0
+        )
+    return Preprocessing(
+        input_size=size, resize=resize, mean=IMAGENET_MEAN, std=IMAGENET_STD, pixel_scale=1.0
+    )
 
 
 def train_transform(pre: Preprocessing, pca_std: float) -> Any:

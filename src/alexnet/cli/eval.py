@@ -1,0 +1,87 @@
+"""``alexnet eval``: top-1 / top-5 error of trained weights on an ImageNet-layout split."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+from alexnet.cli._common import CommandError, add_command, add_model_arguments
+
+
+def register(sub: Any) -> None:
+    p = add_command(
+        sub,
+        "eval",
+        "top-1/top-5 error of trained weights on a data folder",
+        "Evaluate weights (--weights FILE, or --run DIR for a run folder's model.safetensors) on ROOT/<split> "
+        "with the weights' own preprocessing and class list: centre crop, or --ten-crop (softmax averaged over "
+        "the 4 corner and centre crops and their mirrors, AlexNet §4.1). Unreadable files are skipped and counted.",
+    )
+    add_model_arguments(p)
+    p.add_argument("--run", help="a run folder written by alexnet train (uses its model.safetensors)")
+    p.add_argument("--data", help="ImageNet-layout folder (default: the run's data, or the built-in set)")
+    p.add_argument("--split", default="val", help="sub-folder to evaluate (default val)")
+    p.add_argument(
+        "--ten-crop", action="store_true", help="average the softmax over ten crops (AlexNet §4.1)"
+    )
+    p.add_argument("--json", action="store_true", help="print one JSON object instead of text")
+    p.add_argument("--batch-size", type=int, default=64, help="images per batch (default 64)")
+    p.add_argument("--workers", type=int, default=2, help="data-loading worker processes (default 2)")
+    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, mps …")
+    p.set_defaults(func=run)
+
+
+def _weights_and_data(args: argparse.Namespace) -> tuple[str, str | None]:
+    if (args.weights is None) == (args.run is None):
+        raise CommandError("give exactly one of --weights FILE and --run DIR")
+    if args.weights is not None:
+        return args.weights, args.data
+    run = Path(args.run)
+    weights = run / "model.safetensors"
+    if not weights.is_file():
+        raise CommandError(f"--run: {run} has no model.safetensors (not a finished training run)")
+    data = args.data
+    if data is None and (run / "config.json").is_file():
+        from alexnet.train.config import TrainConfig
+
+        data = TrainConfig.load(run / "config.json").data
+    return str(weights), data
+
+
+def run(args: argparse.Namespace) -> int:
+    from alexnet.evaluate import evaluate
+
+    if args.batch_size < 1:
+        raise CommandError(f"--batch-size must be at least 1 (got {args.batch_size})")
+    if args.workers < 0:
+        raise CommandError(f"--workers must be >= 0 (got {args.workers})")
+    weights, data = _weights_and_data(args)
+    if weights != "torchvision" and not Path(weights).is_file():
+        raise CommandError(f"{weights}: no such weights file")
+    if data is None:
+        from alexnet.data.synthetic import ensure_builtin_dataset
+
+        data = str(ensure_builtin_dataset(progress=not args.json))
+    from alexnet.weights import load_pretrained
+
+    model = load_pretrained(args.model, weights)
+    result = evaluate(
+        model,
+        data,
+        split=args.split,
+        ten_crop=args.ten_crop,
+        batch_size=args.batch_size,
+        workers=args.workers,
+        device=args.device,
+        progress=not args.json,
+    )
+    if args.json:
+        print(json.dumps(result.to_json()))
+        return 0
+    crops = "ten crops" if args.ten_crop else "centre crop"
+    print(f"{Path(data) / args.split}: {result.images} images ({crops}), {result.skipped} skipped")
+    print(f"top-1 error {100 * result.top1_err:.2f}%  (accuracy {100 * result.top1_acc:.2f}%)")
+    print(f"top-5 error {100 * result.top5_err:.2f}%  (accuracy {100 * result.top5_acc:.2f}%)")
+    return 0

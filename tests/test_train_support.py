@@ -1,0 +1,63 @@
+"""Shared helpers for the training tests (no tests here): a tiny registered AlexNet-family config so that the
+whole real pipeline (JPEG decode, crops, PCA lighting, LRN, grouped convs, dropout) runs in seconds, a tiny
+built-in data set, and a way to run ``alexnet`` in a subprocess with that model registered."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from alexnet.models import ArchConfig, Conv, Fc, register
+
+TINY = ArchConfig(
+    name="tiny_alexnet_test",
+    convs=(
+        Conv(8, 5, stride=2, norm=True, pool=True, weight_std=0.1),
+        Conv(16, 3, padding=1, groups=2, norm=True, pool=True, weight_std=0.1, bias=0.1),
+    ),
+    fcs=(Fc(32, 0.05, 0.1), Fc(None, 0.05)),
+    input_size=63,
+    description="a two-stage AlexNet-shaped network for fast tests",
+)
+
+# Run the CLI with the tiny model registered (works under torchrun too: the script is the entry point).
+CLI_SCRIPT = """
+import sys
+from alexnet.models import ArchConfig, register
+import json
+register(ArchConfig.from_dict(json.loads(sys.argv.pop(1))))
+from alexnet.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def register_tiny() -> str:
+    register(TINY)
+    return TINY.name
+
+
+def tiny_data(base: Path, classes: int = 3, train: int = 8, val: int = 4) -> Path:
+    from alexnet.data.synthetic import ensure_builtin_dataset
+
+    return ensure_builtin_dataset(
+        base, classes=classes, train_per_class=train, val_per_class=val, size=64, progress=False, workers=1
+    )
+
+
+def cli_script(tmp: Path) -> Path:
+    path = tmp / "alexnet_tiny_cli.py"
+    path.write_text(CLI_SCRIPT)
+    return path
+
+
+def cli_command(tmp: Path, *args: str) -> list[str]:
+    import json
+
+    return [sys.executable, str(cli_script(tmp)), json.dumps(TINY.to_dict()), *args]
+
+
+def run_cli(tmp: Path, *args: str, timeout: float = 300) -> subprocess.CompletedProcess:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MPLBACKEND": "Agg"}
+    return subprocess.run(cli_command(tmp, *args), capture_output=True, text=True, timeout=timeout, env=env)
