@@ -43,6 +43,7 @@ from alexnet.train.callbacks import Callback, TrainContext
 
 HEALTH_CSV = "health.csv"
 HEALTH_META = "health_meta.json"
+HEALTH_EVENTS = "health_events.jsonl"  # every warning emitted, one JSON object per line
 METRICS = [f.name for f in fields(LayerHealth) if f.name != "layer"]
 CSV_COLUMNS = ["step", "epoch", "loss", "lr", "layer", *METRICS]
 
@@ -132,9 +133,10 @@ class HealthMonitor(Callback):
             run_dir = Path(ctx.run_dir)
             run_dir.mkdir(parents=True, exist_ok=True)
             self._csv = run_dir / HEALTH_CSV
-            if not self._csv.exists() or ctx.step == 0:
+            if not self._csv.exists() or ctx.step == 0:  # a fresh run (a resumed one appends)
                 with self._csv.open("w", newline="") as f:
                     csv.writer(f).writerow(CSV_COLUMNS)
+                (run_dir / HEALTH_EVENTS).unlink(missing_ok=True)
             (run_dir / HEALTH_META).write_text(json.dumps(self._meta(ctx), indent=2) + "\n")
         return None
 
@@ -151,6 +153,9 @@ class HealthMonitor(Callback):
             loss = ctx.loss.detach().float()
             self._loss_sum = loss if self._loss_sum is None else self._loss_sum + loss
             self._loss_count += 1
+            # one scalar read per step: the loop reads the loss anyway to stop on NaN
+            if ctx.is_main and not bool(torch.isfinite(loss)):
+                return self._on_nonfinite_loss(ctx, float(loss))
         if not self._active:
             return None
         with torch.no_grad():
@@ -176,7 +181,14 @@ class HealthMonitor(Callback):
             where = locate_nonfinite(ctx.model, ctx.inputs)
             if where:
                 findings = [Finding(NONFINITE, None, f"step {rec.step}: {where}")]
-        return self._new_warnings(findings)
+        return self._new_warnings(findings, rec.step)
+
+    def _on_nonfinite_loss(self, ctx: TrainContext, value: float) -> list[str] | None:
+        step = ctx.step + 1  # the step being taken
+        where = locate_nonfinite(ctx.model, ctx.inputs) if ctx.inputs is not None else None
+        msg = f"step {step}: loss is {value}" + (f"; {where}" if where else "; the forward pass is finite")
+        self._active = False
+        return self._new_warnings([Finding(NONFINITE, None, msg)], step)
 
     def on_train_end(self, ctx: TrainContext) -> list[str] | None:
         self._detach()
@@ -270,13 +282,22 @@ class HealthMonitor(Callback):
                     if v is not None:
                         ctx.writer.add_scalar(f"health/{m}/{lh.layer}", v, rec.step)
 
-    def _new_warnings(self, findings: list[Finding]) -> list[str] | None:
+    def _new_warnings(self, findings: list[Finding], step: int) -> list[str] | None:
         out = []
+        new = []
         for f in findings:
             key = (f.code, f.layer)
             if key not in self.warned:
                 self.warned.add(key)
+                new.append(f)
                 out.append(f"health: {f.message}")
+        if new and self._csv is not None:
+            with (self._csv.parent / HEALTH_EVENTS).open("a") as fh:
+                for f in new:
+                    fh.write(
+                        json.dumps({"step": step, "code": f.code, "layer": f.layer, "message": f.message})
+                    )
+                    fh.write("\n")
         return out or None
 
     def _meta(self, ctx: TrainContext) -> dict[str, Any]:

@@ -163,7 +163,7 @@ def probe(
 
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "config.json").write_text(
-        json.dumps({"probe": asdict(cfg), "num_classes": num_classes}, indent=2)
+        json.dumps({**asdict(cfg), "num_classes": num_classes, "probe": True}, indent=2)
     )
     monitor = HealthMonitor(every=cfg.every, thresholds=thresholds)
     callbacks: list[Callback] = [monitor]
@@ -193,12 +193,10 @@ def probe(
         value = float(ctx.loss)
         acc = float((logits.argmax(1) == y[idx]).float().mean())
         if not math.isfinite(value):
-            from alexnet.diagnostics.health import locate_nonfinite
-
-            where = locate_nonfinite(model, ctx.inputs)
+            # as the training loop does: stop; HealthMonitor has already located the first bad layer
             _write_metrics(run_dir, [*rows, (ctx.step + 1, value, acc)])
             run_callbacks(callbacks, "on_train_end", ctx)
-            say(f"stopped: loss is {value} at step {ctx.step + 1}" + (f"; {where}" if where else ""))
+            say(f"stopped at step {ctx.step + 1}: the loss is {value}")
             return monitor
         opt.step()
         ctx.step += 1
@@ -217,3 +215,61 @@ def _write_metrics(run_dir: Path, rows: list[tuple[int, float, float]]) -> None:
         w = csv.writer(f)
         w.writerow(["step", "train_loss", "train_acc"])
         w.writerows(rows)
+
+
+def probe_with_recipe(
+    recipe: str,
+    *,
+    model: str,
+    run_dir: Path,
+    steps: int,
+    batch_size: int,
+    every: int,
+    data: str | None = None,
+    lr: float | None = None,
+    on_warning: Callable[[str], None] | None = None,
+) -> HealthMonitor:
+    """A short run through the real training loop (:func:`alexnet.train.loop.train`) with a recipe.
+
+    A run the loop stops (NaN loss) is still diagnosable: the stop is recorded in the health events.
+    """
+    from alexnet.diagnostics.health import HEALTH_EVENTS
+    from alexnet.train.loop import train
+    from alexnet.train.recipes import resolve_recipe
+
+    cfg = resolve_recipe(
+        recipe,
+        model=model,
+        data=data,
+        out=str(run_dir),
+        max_steps=steps,
+        batch_size=batch_size,
+        lr=lr,
+        checkpoint_every=max(steps, 1),
+    )
+    monitor = HealthMonitor(every=every)
+    say = on_warning or (lambda _w: None)
+
+    class _Relay(Callback):  # the loop shows warnings in its progress bar; the CLI also prints them
+        def on_step_end(self, ctx: TrainContext) -> list[str] | None:
+            return None
+
+    try:
+        train(cfg, callbacks=[monitor, _Relay()], progress=True)
+    except TrainingError as e:
+        if "loss is" not in str(e):
+            raise
+        say(f"stopped: {e}")
+        with (run_dir / HEALTH_EVENTS).open("a") as fh:
+            fh.write(
+                json.dumps(
+                    {
+                        "step": monitor.records[-1].step if monitor.records else 0,
+                        "code": "nonfinite",
+                        "layer": None,
+                        "message": str(e),
+                    }
+                )
+                + "\n"
+            )
+    return monitor

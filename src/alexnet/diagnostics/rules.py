@@ -30,6 +30,7 @@ class Thresholds:
     * ``explode_update_ratio``: ‖Δw‖/‖w‖ in one optimizer step; ~1e-3 is typical of healthy SGD, so a step that
       changes a layer's weights by more than 10 % is out of control.
     * ``explode_growth``: growth of a layer's gradient norm between two consecutive health steps.
+    * ``explode_loss``: a window-mean loss this many times ln(C) — worse than guessing — means divergence.
     * ``vanish_update_ratio``: ‖Δw‖/‖w‖ below which a layer is effectively frozen (checked after
       ``warmup_steps``, once momentum has built up).
     * ``vanish_grad_gap``: a layer whose ‖g‖/‖w‖ is this many times below the strongest layer's receives no
@@ -41,6 +42,7 @@ class Thresholds:
     dead_frac: float = 0.5
     explode_update_ratio: float = 0.1
     explode_growth: float = 100.0
+    explode_loss: float = 3.0
     vanish_update_ratio: float = 1e-5
     vanish_grad_gap: float = 1e-4
     warmup_steps: int = 10
@@ -93,6 +95,13 @@ def chance_loss(num_classes: int) -> float:
     return math.log(num_classes)
 
 
+def relative_grad(lh: LayerHealth) -> float | None:
+    """‖∂L/∂w‖ / ‖w‖: the loss's pull on a layer relative to its size, free of the optimiser's lr/momentum."""
+    if not (_finite(lh.grad_norm) and _finite(lh.weight_norm)) or not lh.weight_norm:
+        return None
+    return lh.grad_norm / lh.weight_norm  # type: ignore[operator]
+
+
 def check_stuck(rec: HealthRecord, th: Thresholds) -> list[Finding]:
     if rec.step < th.stuck_after or not _finite(rec.loss) or rec.num_classes < 2:
         return []
@@ -136,42 +145,63 @@ def check_nonfinite(rec: HealthRecord) -> list[Finding]:
 
 
 def check_exploding(rec: HealthRecord, prev: HealthRecord | None, th: Thresholds) -> list[Finding]:
+    """The loss far above chance, a step that rewrites a layer's weights, or a gradient norm that jumps.
+
+    The first ``warmup_steps`` are exempt from the update-ratio rule: a layer initialised near zero (std 1e-4)
+    legitimately grows by many times its norm in its first steps. A growing gradient only counts where the
+    gradient is not negligible to begin with (a vanishing 1e-18 that becomes 1e-15 is not an explosion).
+    """
     out: list[Finding] = []
+    if rec.loss is not None and rec.num_classes >= 2 and _finite(rec.loss):
+        chance = chance_loss(rec.num_classes)
+        if rec.loss > th.explode_loss * chance:
+            out.append(
+                Finding(
+                    EXPLODING,
+                    None,
+                    f"step {rec.step}: loss {rec.loss:.4g} is {rec.loss / chance:.3g}× the chance level "
+                    f"ln({rec.num_classes}) = {chance:.4f}",
+                )
+            )
+    top = max((r for lh in rec.layers if (r := relative_grad(lh)) is not None), default=0.0)
     for lh in rec.layers:
-        if _finite(lh.update_ratio) and lh.update_ratio > th.explode_update_ratio:  # type: ignore[operator]
+        ur = lh.update_ratio
+        if rec.step >= th.warmup_steps and ur is not None and _finite(ur) and ur > th.explode_update_ratio:
             out.append(
                 Finding(
                     EXPLODING,
                     lh.layer,
-                    f"step {rec.step}: one step changed {lh.layer}'s weights by "
-                    f"{lh.update_ratio:.3g}× their norm (‖Δw‖/‖w‖ > {th.explode_update_ratio:g})",
+                    f"step {rec.step}: one step changed {lh.layer}'s weights by {ur:.3g}× their norm "
+                    f"(‖Δw‖/‖w‖ > {th.explode_update_ratio:g})",
                 )
             )
             continue
         before = prev.layer(lh.layer) if prev is not None else None
+        if before is None or prev is None:
+            continue
+        g0, g1, r0, r1 = before.grad_norm, lh.grad_norm, relative_grad(before), relative_grad(lh)
+        top0 = max((r for b in prev.layers if (r := relative_grad(b)) is not None), default=0.0)
         if (
-            before is not None
-            and _finite(before.grad_norm)
-            and _finite(lh.grad_norm)
-            and before.grad_norm > 0  # type: ignore[operator]
-            and lh.grad_norm / before.grad_norm > th.explode_growth  # type: ignore[operator]
+            r0 is not None
+            and r0 >= th.vanish_grad_gap * top0
+            and g0 is not None
+            and g1 is not None
+            and _finite(g0)
+            and _finite(g1)
+            and g0 > 0
+            and g1 / g0 > th.explode_growth
+            and r1 is not None
+            and r1 >= th.vanish_grad_gap * top
         ):
             out.append(
                 Finding(
                     EXPLODING,
                     lh.layer,
-                    f"step {rec.step}: {lh.layer}'s gradient norm grew {lh.grad_norm / before.grad_norm:.3g}× "  # type: ignore[operator]
-                    f"since step {prev.step} ({before.grad_norm:.3g} → {lh.grad_norm:.3g})",  # type: ignore[union-attr]
+                    f"step {rec.step}: {lh.layer}'s gradient norm grew {g1 / g0:.3g}× since step {prev.step} "
+                    f"({g0:.3g} → {g1:.3g})",
                 )
             )
     return out
-
-
-def relative_grad(lh: LayerHealth) -> float | None:
-    """‖∂L/∂w‖ / ‖w‖: the loss's pull on a layer relative to its size, free of the optimiser's lr/momentum."""
-    if not (_finite(lh.grad_norm) and _finite(lh.weight_norm)) or not lh.weight_norm:
-        return None
-    return lh.grad_norm / lh.weight_norm  # type: ignore[operator]
 
 
 def check_vanishing(rec: HealthRecord, th: Thresholds) -> list[Finding]:

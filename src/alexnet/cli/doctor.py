@@ -1,0 +1,128 @@
+"""``alexnet doctor``: diagnose a training run from its health log, or probe a set-up with a short run."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from alexnet.cli._common import CommandError, add_command
+
+
+def register(sub: Any) -> None:
+    p = add_command(
+        sub,
+        "doctor",
+        "why won't my network train? diagnose a run's health log (or probe a set-up) and plot health curves",
+        "Reads RUN_DIR/health.csv (written by the HealthMonitor callback during training), health_meta.json, "
+        "config.json and metrics.csv, and prints each problem found (loss stuck at chance, vanishing or "
+        "exploding gradients, NaN with the first bad layer, dead ReLUs, LRN denominator range) with the "
+        "numbers and a remedy from the literature. Without RUN_DIR, --model M runs a short probe first: a "
+        "few hundred steps on a built-in task of coloured gratings (or --data ROOT), or with --recipe R "
+        "through the training loop itself. Exit code 0 when a diagnosis was produced, 2 for a bad run folder.",
+    )
+    p.add_argument("run_dir", nargs="?", metavar="RUN_DIR", help="a training run folder")
+    p.add_argument("--out", help="where to write the health-curves PNG (default: RUN_DIR/health.png)")
+    p.add_argument("--no-plot", action="store_true", help="do not write the PNG")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    g = p.add_argument_group("probe run (without RUN_DIR)")
+    g.add_argument("--model", "-m", help="model to probe (alexnet, caffenet, zfnet …)")
+    g.add_argument("--data", help="ImageNet-layout folder ROOT/<class>/<images> (default: built-in gratings)")
+    g.add_argument("--recipe", help="probe through the training loop with this recipe (see alexnet train)")
+    g.add_argument("--steps", type=int, default=200, help="optimizer steps (default 200)")
+    g.add_argument("--batch-size", type=int, default=32, help="batch size (default 32)")
+    g.add_argument("--lr", type=float, help="learning rate (default 0.01, or the recipe's)")
+    g.add_argument("--optimizer", choices=("sgd", "adamw"), default="sgd", help="optimiser (default sgd)")
+    g.add_argument(
+        "--init",
+        choices=("paper", "he"),
+        default="paper",
+        help="paper: the model's own N(0, std) and biases (AlexNet §5); he: He et al. 2015",
+    )
+    g.add_argument("--init-std", type=float, help="override every layer's weight std")
+    g.add_argument("--bias", type=float, help="override every non-zero bias (the paper: 1; Caffe: 0.1)")
+    g.add_argument("--classes", type=int, default=10, help="classes of the built-in task (default 10)")
+    g.add_argument("--input-size", type=int, default=67, help="input side in pixels (default 67)")
+    g.add_argument("--fc-width", type=int, help="narrower fc6/fc7 for a faster probe (the paper: 4096)")
+    g.add_argument("--every", type=int, default=10, help="health measurement interval in steps (default 10)")
+    g.add_argument("--save", help="folder for the probe run (default: runs/doctor-MODEL)")
+    p.set_defaults(func=run)
+
+
+def _probe(args: argparse.Namespace) -> Path:
+    from alexnet.diagnostics.probe import ProbeConfig, probe, probe_with_recipe
+    from alexnet.models import list_models
+
+    if args.model not in list_models():
+        raise CommandError(f"unknown model {args.model!r}; choose one of: {', '.join(list_models())}")
+    for name in ("steps", "batch_size", "every", "classes"):
+        if getattr(args, name) < 1 or (name == "classes" and args.classes < 2):
+            raise CommandError(f"--{name.replace('_', '-')} must be at least {2 if name == 'classes' else 1}")
+    if not 32 <= args.input_size <= 512:
+        raise CommandError(f"--input-size {args.input_size} is out of range (32–512)")
+    if args.lr is not None and not args.lr > 0:
+        raise CommandError("--lr must be positive")
+    run_dir = Path(args.save or f"runs/doctor-{args.model}")
+    say = (lambda w: None) if args.json else (lambda w: print(w, file=sys.stderr))
+    if args.recipe:
+        probe_with_recipe(
+            args.recipe,
+            model=args.model,
+            data=args.data,
+            steps=args.steps,
+            batch_size=args.batch_size,
+            lr=args.lr,
+            every=args.every,
+            run_dir=run_dir,
+            on_warning=say,
+        )
+        return run_dir
+    cfg = ProbeConfig(
+        model=args.model,
+        steps=args.steps,
+        batch_size=args.batch_size,
+        lr=0.01 if args.lr is None else args.lr,
+        optimizer=args.optimizer,
+        input_size=args.input_size,
+        num_classes=args.classes,
+        every=args.every,
+        init="he" if args.init == "he" else None,
+        init_std=args.init_std,
+        bias=args.bias,
+        data=args.data,
+        fc_width=args.fc_width,
+    )
+    probe(cfg, run_dir, on_warning=say, progress=not args.json)
+    return run_dir
+
+
+def run(args: argparse.Namespace) -> int:
+    from alexnet.diagnostics.doctor import diagnose_run, format_report
+
+    if args.run_dir is None and args.model is None:
+        raise CommandError("give a RUN_DIR to diagnose, or --model M for a probe run")
+    if args.run_dir is not None and args.model is not None:
+        raise CommandError("give either RUN_DIR or --model, not both")
+    run_dir = Path(args.run_dir) if args.run_dir is not None else _probe(args)
+    report = diagnose_run(run_dir)
+    plot = None
+    if not args.no_plot:
+        from alexnet.diagnostics.plots import plot_health
+
+        s = report.to_dict()["summary"]
+        title = f"{run_dir.name}: {s['model'] or ''} {s['optimizer'] or ''} lr {s['lr']}"
+        try:
+            plot = plot_health(report.run.records, args.out or run_dir / "health.png", title=title)
+        except OSError as e:
+            raise CommandError(f"cannot write the plot: {e}") from None
+    if args.json:
+        data = report.to_dict()
+        data["plot"] = str(plot) if plot else None
+        print(json.dumps(data, indent=2, allow_nan=False))
+    else:
+        print(format_report(report))
+        if plot:
+            print(f"\nhealth curves: {plot}")
+    return 0
