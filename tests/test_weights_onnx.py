@@ -12,6 +12,7 @@ import pytest
 import torch
 from onnx import TensorProto, helper, numpy_helper
 
+import alexnet
 from alexnet.cli import main
 from alexnet.errors import WeightsError, WeightsMismatch
 from alexnet.weights import load_pretrained, save_weights
@@ -302,3 +303,14 @@ def test_cli_bad_files_give_one_line_exit_2_and_no_output(tmp_path, capsys, dama
     err = capsys.readouterr().err
     assert err.startswith("alexnet: error: ") and err.count("\n") == 1 and "Traceback" not in err
     assert not out.exists() and sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []
+
+
+def test_create_model_takes_an_onnx_file_directly(tmp_path, capsys, chelsea_jpeg):
+    path = save(zoo_graph(ODD_CONVS, [64, 48, 10], opset=9), tmp_path / "zfnet512-9.onnx")
+    model = alexnet.create_model("auto", weights=path)
+    assert model.config.name == "zfnet512" and model.weights_meta.preprocessing.channel_order == "BGR"
+    assert "exact to float32 rounding" in model.weights_meta.extra["onnxruntime_check"]
+    with pytest.raises(WeightsMismatch, match="→ conv1: out_channels is 24, caffenet's conv1 has out=96"):
+        alexnet.create_model("caffenet", weights=path)
+    assert main(["predict", str(chelsea_jpeg), "--weights", str(path), "--model", "auto"]) == 0
+    assert "class_" in capsys.readouterr().out

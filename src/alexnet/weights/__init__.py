@@ -30,9 +30,21 @@ def load_pretrained(
 ) -> AlexNetFamily:
     """Build ``name`` and load ``weights`` ("torchvision" or a file path) into it; attach the metadata.
 
+    ``weights`` may also be an ``.onnx`` / ``.caffemodel`` file or a published source name
+    (:data:`alexnet.weights.sources.SOURCES`): imported by structure, ``name`` ``"auto"`` or ``None`` inferring it.
+
     ``name=None`` builds whatever architecture the file's metadata records. A file made for another model is
     refused with a message naming both.
     """
+    from alexnet.weights.sources import is_foreign, load_foreign
+
+    if is_foreign(weights):  # ONNX / Caffe file or published source name: imported by structure
+        foreign = load_foreign(weights, name or "auto")
+        if overrides or (num_classes is not None and num_classes != foreign.num_classes):
+            raise WeightsMismatch(
+                f"{weights}: imported weights cannot take model overrides or another num_classes"
+            )
+        return foreign
     if str(weights) == "torchvision":
         from alexnet.weights.torchvision import fetch_torchvision_state_dict, torchvision_meta
 

@@ -15,8 +15,12 @@ import urllib.error
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from alexnet.errors import WeightsError
+if TYPE_CHECKING:
+    from alexnet.models.net import AlexNetFamily
+
+from alexnet.errors import WeightsError, WeightsMismatch
 
 _ZOO = "https://github.com/onnx/models/raw/main/validated/vision/classification"
 _ZOO_LICENSE = (
@@ -165,3 +169,32 @@ def place(name: str, path: str | Path) -> Path:
     target.parent.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(path, target)
     return target
+
+
+FOREIGN_SUFFIXES = (".onnx", ".caffemodel")
+
+
+def is_foreign(weights: str | Path) -> bool:
+    """A published source name (not shadowed by a local file) or an ``.onnx`` / ``.caffemodel`` path."""
+    text = str(weights)
+    return Path(text).suffix in FOREIGN_SUFFIXES or (text in SOURCES and not Path(text).exists())
+
+
+def load_foreign(weights: str | Path, model: str = "auto") -> AlexNetFamily:
+    """``create_model(M, weights=...)`` for a published source name or an ONNX / Caffe file: fetched (digest
+    checked), imported by structure into ``model`` (or ``"auto"``), ONNX checked against onnxruntime."""
+    path = Path(weights)
+    if str(weights) in SOURCES and not path.exists():
+        source = SOURCES[str(weights)]
+        path = fetch(source.name)
+        if model == "auto" and source.model != "auto":
+            model = source.model
+    if path.suffix == ".onnx":
+        from alexnet.weights.onnx import import_onnx
+
+        return import_onnx(path, model)[0]
+    if path.suffix == ".caffemodel":
+        from alexnet.weights.caffe import import_caffemodel
+
+        return import_caffemodel(path, model)
+    raise WeightsMismatch(f"{weights}: not an .onnx or .caffemodel file")
