@@ -81,6 +81,27 @@ def test_max_images_takes_a_fixed_subset(photo_folder):
     assert a.images == 2 and a.mean_rgb == b.mean_rgb
 
 
+def test_mean_image_in_the_models_convention_makes_the_mean_patch_zero(photo_folder):
+    from alexnet.data.preprocess import Preprocessing
+    from alexnet.data.transforms import eval_transform
+
+    stats = compute_stats(photo_folder, size=SIZE, progress=False)
+    caffe = Preprocessing(
+        input_size=40,
+        resize=SIZE,
+        mean_image=True,
+        std=(1.0, 1.0, 1.0),
+        channel_order="BGR",
+        pixel_scale=255.0,
+    )
+    mean = stats.mean_image_for(caffe)
+    assert torch.allclose(mean, stats.mean_image.flip(0) * 255)
+    # An image equal to the (rounded) mean comes out ≈ 0 after subtraction, crop and all.
+    img = (stats.mean_image * 255).round().to(torch.uint8)
+    assert eval_transform(caffe, mean_image=mean)(img).abs().max() <= 0.5 + 1e-4
+    assert stats.mean_image_for(Preprocessing(resize=2 * SIZE)).shape == (3, 2 * SIZE, 2 * SIZE)
+
+
 def test_save_and_load_round_trip(photo_folder, tmp_path):
     stats = compute_stats(photo_folder, size=SIZE, progress=False)
     path = stats.save(tmp_path / "stats.safetensors")

@@ -19,6 +19,7 @@ from typing import Any
 
 import torch
 
+from alexnet.data.preprocess import Preprocessing
 from alexnet.errors import DataError
 
 
@@ -55,6 +56,17 @@ class DataStats:
     def pca(self) -> tuple[tuple[float, float, float], tuple[tuple[float, float, float], ...]]:
         """``(eigval, eigvec)`` for :func:`alexnet.data.transforms.train_transform`'s ``pca``."""
         return self.eigval, self.eigvec
+
+    def mean_image_for(self, pre: Preprocessing) -> torch.Tensor:
+        """The mean image in ``pre``'s convention (pixel scale, channel order), resized to ``pre.resize`` if
+        needed: the ``mean_image`` argument of :mod:`alexnet.data.transforms` when ``pre.mean_image``."""
+        img = self.mean_image.to(torch.float32)
+        if img.shape[-1] != pre.resize:
+            img = torch.nn.functional.interpolate(
+                img[None], size=(pre.resize, pre.resize), mode="bilinear", align_corners=False, antialias=True
+            )[0]
+        img = img * pre.pixel_scale
+        return img.flip(0) if pre.channel_order == "BGR" else img
 
     def save(self, path: str | Path) -> Path:
         """``path`` (.safetensors: all tensors + the summary as metadata) and ``path`` with ``.json`` (summary)."""
