@@ -96,6 +96,10 @@ def zoo_graph(
         nodes.append(
             helper.make_node("Reshape", [cur, init("OC2_DUMMY_1", [1, -1], np.int64)], ["OC2_DUMMY_0"])
         )
+    elif style == "constant":  # the target shape from a Constant node rather than an initializer
+        shape = numpy_helper.from_array(np.array([0, -1], dtype=np.int64))
+        nodes.append(helper.make_node("Constant", [], ["flat_shape"], value=shape))
+        nodes.append(helper.make_node("Reshape", [cur, "flat_shape"], ["OC2_DUMMY_0"]))
     else:
         nodes.append(helper.make_node("Flatten", [cur], ["OC2_DUMMY_0"], axis=1))
     cur = "OC2_DUMMY_0"
@@ -156,7 +160,8 @@ def test_full_size_zoo_caffenet_is_recognised_and_matches_onnxruntime_logits(tmp
 
 
 @pytest.mark.parametrize(
-    ("opset", "style"), [(6, "gemm"), (7, "gemm"), (8, "matmul"), (9, "flatten"), (12, "gemm")]
+    ("opset", "style"),
+    [(6, "gemm"), (7, "gemm"), (8, "matmul"), (9, "flatten"), (11, "constant"), (12, "gemm")],
 )
 def test_auto_reads_an_unregistered_chain_in_every_attribute_style(tmp_path, opset, style):
     path = save(
@@ -314,3 +319,13 @@ def test_create_model_takes_an_onnx_file_directly(tmp_path, capsys, chelsea_jpeg
         alexnet.create_model("caffenet", weights=path)
     assert main(["predict", str(chelsea_jpeg), "--weights", str(path), "--model", "auto"]) == 0
     assert "class_" in capsys.readouterr().out
+
+
+def test_pooling_that_our_layers_cannot_reproduce_is_refused(tmp_path):
+    m = zoo_graph(ODD_CONVS, [16, 10], opset=8)
+    pool = next(n for n in m.graph.node if n.op_type == "MaxPool")
+    next(a for a in pool.attribute if a.name == "pads").ints[:] = [1, 1, 1, 1]  # begin padding: not ours
+    with pytest.raises(
+        WeightsMismatch, match="pooling pads or sizes are not ones our architecture expresses"
+    ):
+        import_onnx(save(m, tmp_path / "p.onnx"), "auto")
