@@ -161,8 +161,9 @@ def compute_stats(
     batch_size: int = 32,
     workers: int = 0,
 ) -> DataStats:
-    """Mean, std, mean image and RGB PCA of ``ROOT/<split>`` (every readable image, or the first ``max_images``
-    of a fixed seed-0 shuffle) after the papers' rescale-and-centre-crop to ``size``×``size``."""
+    """Mean, std, mean image and RGB PCA of ``ROOT/<split>`` (every readable image, or the readable ones among
+    ``max_images`` files drawn by a fixed seed-0 shuffle) after the papers' rescale-and-centre-crop to
+    ``size``×``size``."""
     from torchvision.transforms import v2
     from tqdm import tqdm
 
@@ -177,10 +178,10 @@ def compute_stats(
         [v2.Resize(size, antialias=True), v2.CenterCrop(size), v2.ToDtype(torch.float32, scale=True)]
     )
     dataset = ImageFolder(root, split, transform, min_side=size)
-    bad = check_split(dataset, max_bad_fraction=1.0, progress=progress)
     if max_images is not None and max_images < len(dataset):
         keep = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(0))[:max_images]
         dataset.samples = [dataset.samples[i] for i in sorted(keep.tolist())]
+    bad = check_split(dataset, max_bad_fraction=1.0, progress=progress)
     loader = make_loader(dataset, batch_size, train=False, workers=workers)
     acc = _Accumulator(size)
     for images, _ in tqdm(loader, desc=f"statistics of {split}", unit="batch", disable=not progress):
