@@ -299,3 +299,13 @@ def test_caffe_mean_image_travels_with_the_weights(tmp_path):
     assert meta.preprocessing.mean_image and meta.preprocessing.channel_order == "BGR"
     assert torch.equal(meta.tensors["mean_image"], torch.from_numpy(mean[0]))
     assert meta.preprocessing.mean == pytest.approx(tuple(mean[0].reshape(3, -1).mean(1)), rel=1e-5)
+
+
+def test_rgb_option_reverses_conv1_input_channels_and_the_mean(tmp_path):
+    source = small("caffenet")
+    path = tmp_path / "c.caffemodel"
+    path.write_bytes(caffemodel_of(source))
+    model = import_caffemodel(path, rgb=True)
+    assert torch.equal(model.layer("conv1").weight, source.layer("conv1").weight.flip(1))
+    pre = model.weights_meta.preprocessing
+    assert pre.channel_order == "RGB" and pre.mean == (123.0, 117.0, 104.0)

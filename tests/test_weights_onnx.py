@@ -329,3 +329,20 @@ def test_pooling_that_our_layers_cannot_reproduce_is_refused(tmp_path):
         WeightsMismatch, match="pooling pads or sizes are not ones our architecture expresses"
     ):
         import_onnx(save(m, tmp_path / "p.onnx"), "auto")
+
+
+def test_rgb_conversion_gives_the_same_logits_on_a_photo_and_still_verifies(tmp_path, chelsea, capsys):
+    path = save(zoo_graph(ODD_CONVS, [64, 48, 10], opset=9), tmp_path / "z.onnx")
+    bgr, _, _ = import_onnx(path, "auto")
+    rgb, report, _ = import_onnx(path, "auto", rgb=True)
+    assert report is not None and report.ok
+    pre_b, pre_r = bgr.weights_meta.preprocessing, rgb.weights_meta.preprocessing
+    assert pre_r.channel_order == "RGB" and pre_r.mean == (123.0, 117.0, 104.0)
+    torch.testing.assert_close(rgb.layer("conv1").weight, bgr.layer("conv1").weight.flip(1))
+    image = torch.from_numpy(chelsea).permute(2, 0, 1).float()[:, :224, :224] / 255
+    with torch.no_grad():
+        a, b = bgr(pre_b.normalize(image)[None]), rgb(pre_r.normalize(image)[None])
+    torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4 * float(a.abs().max()))
+    weights = save_weights(rgb, tmp_path / "rgb.safetensors", rgb.weights_meta)
+    assert main(["weights", "verify", str(path), "--weights", str(weights)]) == 0  # flips its input for ours
+    assert "exact to float32 rounding" in capsys.readouterr().out

@@ -50,6 +50,12 @@ def register(sub: Any) -> None:
         help="what an ONNX graph without our metadata expects: caffe (BGR, 0-255, minus the mean pixel; the "
         "zoo's AlexNet family, default) or imagenet (RGB, 0-1, mean/std)",
     )
+    imp.add_argument(
+        "--rgb",
+        action="store_true",
+        help="convert Caffe-convention (BGR) weights to take RGB input: conv1's input channels and the mean "
+        "are reversed (default: keep the file's BGR filters and record channel_order=BGR)",
+    )
     imp.add_argument("--force", action="store_true", help="overwrite --out if it exists")
     imp.add_argument(
         "--no-verify",
@@ -113,7 +119,12 @@ def run_import(args: argparse.Namespace) -> int:
         from alexnet.weights.onnx import import_onnx
 
         model, report, _ = import_onnx(
-            path_in, args.model, args.name, check=not args.no_verify, convention=args.input_convention
+            path_in,
+            args.model,
+            args.name,
+            check=not args.no_verify,
+            convention=args.input_convention,
+            rgb=args.rgb,
         )
         print(
             f"{path_in.name} → {model.config.name}: {report or 'NOT verified against onnxruntime (--no-verify)'}"
@@ -121,7 +132,7 @@ def run_import(args: argparse.Namespace) -> int:
     elif path_in.suffix == ".caffemodel":
         from alexnet.weights.caffe import import_caffemodel
 
-        model = import_caffemodel(path_in, args.model, args.name, args.mean_file)
+        model = import_caffemodel(path_in, args.model, args.name, args.mean_file, rgb=args.rgb)
         print(
             f"{path_in.name} → {model.config.name}: every blob copied bit for bit (no Caffe runtime to compare)"
         )

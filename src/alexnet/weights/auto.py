@@ -430,3 +430,33 @@ def file_model_name(stem: str) -> str:
     base = stem.rsplit("-", 1)[0] if stem.rsplit("-", 1)[-1].isdigit() else stem
     base = "".join(ch if ch.isalnum() or ch == "_" else "_" for ch in base) or "imported"
     return base if base not in CONFIGS else f"{base}_auto"
+
+
+FLIPPED = "input_channels_flipped"  # WeightsMeta.extra key: conv1 was converted from the source's BGR to RGB
+
+
+@torch.no_grad()
+def flip_input_channels(model: AlexNetFamily) -> None:
+    """Convert Caffe-style BGR weights to RGB in place: reverse conv1's input channels and the recorded mean.
+
+    The network then takes RGB (0–255, minus the mean in RGB order); ``extra["input_channels_flipped"]`` records
+    it so a later comparison with the BGR source flips its input too.
+    """
+    import dataclasses
+
+    conv1 = model.layer("conv1")
+    assert isinstance(conv1, torch.nn.Conv2d)
+    if conv1.groups != 1 or conv1.in_channels != 3:
+        raise WeightsMismatch("only a dense 3-channel conv1 can be converted between BGR and RGB")
+    conv1.weight.copy_(conv1.weight.flip(1))
+    meta = getattr(model, "weights_meta", None)
+    if meta is None or meta.preprocessing is None:
+        return
+    pre = meta.preprocessing
+    order = "RGB" if pre.channel_order == "BGR" else "BGR"
+    meta.preprocessing = dataclasses.replace(
+        pre, channel_order=order, mean=tuple(reversed(pre.mean)), std=tuple(reversed(pre.std))
+    )
+    if "mean_image" in meta.tensors:
+        meta.tensors["mean_image"] = meta.tensors["mean_image"].flip(0).contiguous()
+    meta.extra[FLIPPED] = not meta.extra.get(FLIPPED, False)

@@ -35,6 +35,7 @@ from alexnet.weights.auto import (
     LrnSpec,
     PoolSpec,
     file_model_name,
+    flip_input_channels,
     load_chain,
 )
 from alexnet.weights.auto import resolve_config as _resolve
@@ -355,11 +356,16 @@ def read_mean_file(path: str | Path) -> np.ndarray:
 
 
 def import_caffemodel(
-    path: str | Path, model: str = "auto", name: str | None = None, mean_file: str | Path | None = None
+    path: str | Path,
+    model: str = "auto",
+    name: str | None = None,
+    mean_file: str | Path | None = None,
+    rgb: bool = False,
 ) -> AlexNetFamily:
     """Read a ``.caffemodel`` into ``model`` (registered name or ``"auto"``); the result carries
     ``weights_meta`` with Caffe's input convention: BGR, 0–255, minus the mean pixel, or minus the per-pixel
-    mean image of ``mean_file`` (BVLC's ``imagenet_mean.binaryproto``) when given."""
+    mean image of ``mean_file`` (BVLC's ``imagenet_mean.binaryproto``) when given. ``rgb`` converts the
+    weights to take RGB input instead (conv1's input channels and the mean reversed)."""
     from alexnet.weights.onnx import caffe_preprocessing
     from alexnet.weights.sources import SOURCES, file_digest
 
@@ -402,4 +408,6 @@ def import_caffemodel(
         net.weights_meta.extra["input_convention"] = (
             f"BGR, 0–255, minus the per-pixel mean image of {Path(mean_file).name} (AlexNet §2)"
         )
+    if rgb:
+        flip_input_channels(net)
     return net

@@ -25,6 +25,7 @@ from alexnet.errors import WeightsError, WeightsMismatch
 from alexnet.models import ArchConfig
 from alexnet.models.net import AlexNetFamily
 from alexnet.weights.auto import (
+    FLIPPED,
     Chain,
     ConvSpec,
     FcSpec,
@@ -32,6 +33,7 @@ from alexnet.weights.auto import (
     LrnSpec,
     PoolSpec,
     file_model_name,
+    flip_input_channels,
     load_chain,
 )
 from alexnet.weights.auto import resolve_config as _resolve
@@ -325,8 +327,10 @@ def verify(
     x = torch.randn(n, chain.in_channels or 3, size, size, generator=gen) * spread
     theirs, name = onnxruntime_logits(path, x.numpy(), chain)
     model.eval()
+    meta = getattr(model, "weights_meta", None)
+    flipped = bool(meta is not None and meta.extra.get(FLIPPED))  # our conv1 was converted to the other order
     with torch.no_grad():
-        ours = model(x).numpy()
+        ours = model(x.flip(1) if flipped else x).numpy()
     if ours.shape != theirs.shape:
         raise WeightsMismatch(
             f"logits shapes differ: ours {list(ours.shape)}, onnxruntime's {list(theirs.shape)}"
@@ -389,11 +393,13 @@ def import_onnx(
     name: str | None = None,
     check: bool = True,
     convention: str = "caffe",
+    rgb: bool = False,
 ) -> tuple[AlexNetFamily, Verification | None, Chain]:
     """Read an ONNX file into ``model`` (a registered name, or ``"auto"``); return the model (with
     ``weights_meta``), the onnxruntime verification (``None`` when ``check`` is False), and the chain.
     ``convention`` is the input the graph expects when the file does not record it: ``"caffe"`` (BGR, 0–255,
-    minus the mean pixel: the zoo's Caffe-derived graphs) or ``"imagenet"`` (RGB, 0–1, mean/std).
+    minus the mean pixel: the zoo's Caffe-derived graphs) or ``"imagenet"`` (RGB, 0–1, mean/std). ``rgb``
+    converts BGR weights to take RGB input (conv1's channels reversed) after the check.
     Raises :class:`WeightsMismatch` if our logits differ from onnxruntime's."""
     p = Path(path)
     chain = read_chain(p)
@@ -404,10 +410,13 @@ def import_onnx(
     if convention not in ("caffe", "imagenet"):
         raise WeightsError(f"unknown input convention {convention!r}; choose caffe or imagenet")
     net.weights_meta = _meta_for(p, chain, net, convention)
-    if not check:
-        return net, None, chain
-    report = verify(p, net, chain)
-    net.weights_meta.extra["onnxruntime_check"] = str(report)
-    if not report.ok:
-        raise WeightsMismatch(f"{p}: imported, but the logits differ from onnxruntime's: {report}")
+    report = None
+    if check:
+        report = verify(p, net, chain)
+        net.weights_meta.extra["onnxruntime_check"] = str(report)
+        if not report.ok:
+            raise WeightsMismatch(f"{p}: imported, but the logits differ from onnxruntime's: {report}")
+    pre = net.weights_meta.preprocessing
+    if rgb and pre is not None and pre.channel_order == "BGR":
+        flip_input_channels(net)
     return net, report, chain
