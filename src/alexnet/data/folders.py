@@ -108,7 +108,10 @@ class ImageFolder(torch.utils.data.Dataset):
             folder = split_dir / cls
             if not folder.is_dir():
                 continue  # e.g. a class with no val images
-            files = sorted(f for f in folder.iterdir() if not f.name.startswith(".") and f.is_file())
+            # os.scandir knows file types from the directory listing: no stat() per file (1.28 M on ImageNet).
+            with os.scandir(folder) as entries:
+                names = sorted(e.name for e in entries if not e.name.startswith(".") and e.is_file())
+            files = [folder / n for n in names]
             if images_per_class is not None:
                 files = files[:images_per_class]
             self.samples.extend((f, self.class_to_idx[cls]) for f in files)
