@@ -160,6 +160,8 @@ def test_per_pixel_mean_image_is_subtracted_at_each_crops_own_position(chelsea):
         eval_transform(pre)
     with pytest.raises(DataError, match="expected"):
         eval_transform(pre, mean_image=torch.zeros(3, 227, 227))
+    with pytest.raises(DataError, match="larger than"):
+        train_transform(Preprocessing(input_size=227, resize=200))
 
 
 class Indexed(torch.utils.data.Dataset):

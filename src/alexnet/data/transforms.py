@@ -168,6 +168,10 @@ def _pca(pca: PCA | Literal["imagenet"] | None, std: float) -> PCALighting | Non
 
 def _resize(pre: Preprocessing) -> list[nn.Module]:
     """Shorter side → ``pre.resize``, central ``resize``×``resize`` patch (AlexNet §2)."""
+    if pre.input_size > pre.resize:
+        raise DataError(
+            f"input size {pre.input_size} is larger than the {pre.resize}px patch it is cropped from"
+        )
     return [v2.Resize(pre.resize, antialias=True), v2.CenterCrop(pre.resize)]
 
 
