@@ -84,3 +84,24 @@ def test_classes_are_told_apart_by_form_and_rendering_is_seeded():
 def test_bad_parameters_raise_data_error(tmp_path, bad):
     with pytest.raises(DataError):
         ensure_builtin_dataset(tmp_path, **{**SMALL, **bad})
+
+
+def test_interrupted_generation_leaves_no_half_set(tmp_path, monkeypatch):
+    import alexnet.data.synthetic as synthetic
+
+    calls = {"n": 0}
+    real = synthetic.encode_jpeg
+
+    def failing(img):
+        calls["n"] += 1
+        if calls["n"] == 7:
+            raise KeyboardInterrupt  # e.g. Ctrl-C half-way
+        return real(img)
+
+    monkeypatch.setattr(synthetic, "encode_jpeg", failing)
+    with pytest.raises(KeyboardInterrupt):
+        ensure_builtin_dataset(tmp_path, workers=1, **SMALL)
+    assert list(tmp_path.iterdir()) == []  # neither the set nor its temporary folder
+    monkeypatch.setattr(synthetic, "encode_jpeg", real)
+    root = ensure_builtin_dataset(tmp_path, workers=1, **SMALL)
+    assert len(list(root.rglob("*.jpg"))) == 4 * (5 + 2)
