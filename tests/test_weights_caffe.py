@@ -203,16 +203,22 @@ def test_caffemodel_import_reproduces_every_blob_and_the_logits(tmp_path, name, 
     same_logits(model, source)
 
 
-@pytest.mark.slow
-def test_full_size_bvlc_alexnet_caffemodel_loads_into_the_registered_model(tmp_path, capsys):
+def test_caffemodel_loads_into_a_registered_model_by_name(tmp_path, capsys, monkeypatch):
+    """The registered-model path (``--model NAME``), with a registered narrow-fc variant of bvlc_alexnet so the
+    file stays small; the full-size path is exercised by the ONNX zoo test."""
+    from alexnet.models import CONFIGS, get_config
+
+    narrow = get_config("bvlc_alexnet").with_overrides(name="bvlc_narrow", fcs=(Fc(32), Fc(32), Fc(None)))
+    monkeypatch.setitem(CONFIGS, "bvlc_narrow", narrow)
     torch.manual_seed(0)
-    source = alexnet.create_model("bvlc_alexnet").eval()
-    path = tmp_path / "bvlc_alexnet.caffemodel"
+    source = alexnet.create_model("bvlc_narrow").eval()
+    path = tmp_path / "bvlc_narrow.caffemodel"
     path.write_bytes(caffemodel_of(source, v1=True))
     out = tmp_path / "bvlc.safetensors"
-    assert main(["weights", "import", str(path), "--model", "bvlc_alexnet", "--out", str(out)]) == 0
-    assert "bvlc_alexnet.caffemodel → bvlc_alexnet" in capsys.readouterr().out
-    model = alexnet.create_model("bvlc_alexnet", weights=out).eval()
+    assert main(["weights", "import", str(path), "--model", "bvlc_narrow", "--out", str(out)]) == 0
+    assert "bvlc_narrow.caffemodel → bvlc_narrow" in capsys.readouterr().out
+    model = alexnet.create_model("bvlc_narrow", weights=out).eval()
+    assert model.config == narrow.with_overrides(num_classes=1000)
     same_logits(model, source)
     pre = model.weights_meta.preprocessing
     assert (pre.channel_order, pre.pixel_scale, pre.mean, pre.input_size) == (
