@@ -3,7 +3,30 @@
 Importing this package is cheap: matplotlib is imported only by the functions that draw.
 """
 
+from alexnet.visualize.activations import (
+    activation_grid,
+    plot_activations,
+    plot_all_conv_layers,
+    top_channels,
+)
 from alexnet.visualize.deconvnet import StrongestProjection, deconvnet, deconvnet_strongest
 from alexnet.visualize.hooks import SelectionError, capture
+from alexnet.visualize.inputs import Prepared, prepare
+from alexnet.visualize.occlusion import OcclusionResult, occlusion, plot_occlusion
 
-__all__ = ["SelectionError", "StrongestProjection", "capture", "deconvnet", "deconvnet_strongest"]
+__all__ = [
+    "OcclusionResult",
+    "Prepared",
+    "SelectionError",
+    "StrongestProjection",
+    "activation_grid",
+    "capture",
+    "deconvnet",
+    "deconvnet_strongest",
+    "occlusion",
+    "plot_activations",
+    "plot_all_conv_layers",
+    "plot_occlusion",
+    "prepare",
+    "top_channels",
+]

@@ -261,7 +261,10 @@ def write_topk(model: AlexNetFamily, state: TopK, folder: str | Path) -> list[Pa
 
 
 def render_channel(model: AlexNetFamily, state: TopK, channel: int) -> tuple[np.ndarray, np.ndarray]:
-    """(patches, projections): two 3×3 grids (H×W×3, 0–1) of receptive-field crops and deconv projections."""
+    """(patches, projections): two 3×3 grids (H×W×3, 0–1) of receptive-field crops and deconv projections.
+
+    The kept images are re-read from their recorded names, so the stream's items must have been file paths.
+    """
     from alexnet.predict import preprocessing_of
     from alexnet.visualize.plot import tile
 
