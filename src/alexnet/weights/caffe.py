@@ -366,7 +366,7 @@ def import_caffemodel(
     ``weights_meta`` with Caffe's input convention: BGR, 0–255, minus the mean pixel, or minus the per-pixel
     mean image of ``mean_file`` (BVLC's ``imagenet_mean.binaryproto``) when given. ``rgb`` converts the
     weights to take RGB input instead (conv1's input channels and the mean reversed)."""
-    from alexnet.weights.onnx import caffe_preprocessing
+    from alexnet.weights.onnx import caffe_preprocessing, ilsvrc_classes
     from alexnet.weights.sources import SOURCES, file_digest
 
     p = Path(path)
@@ -378,6 +378,7 @@ def import_caffemodel(
     net.weights_meta = WeightsMeta(
         model=config.name,
         num_classes=config.num_classes,
+        classes=ilsvrc_classes(config.num_classes),
         preprocessing=caffe_preprocessing(chain.input_size or config.input_size),
         source=(known.describe() if known else f"Caffe model {p.name}")
         + f" (sha1 {sha1}, {chain.facts['format']})",

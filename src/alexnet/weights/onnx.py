@@ -45,6 +45,16 @@ META_KEY = "alexnet.weights_meta"  # metadata_props entry written by alexnet.wei
 RELATIVE_TOLERANCE = 1e-4
 
 
+def ilsvrc_classes(num_classes: int) -> list[str] | None:
+    """ILSVRC-2012's 1000 classes in Caffe's order (sorted WordNet IDs, ``synset_words.txt``), which is also
+    torchvision's; ``None`` for other class counts (their names are not in the file)."""
+    if num_classes != 1000:
+        return None
+    from alexnet.data.classes import imagenet_classes
+
+    return list(imagenet_classes())
+
+
 def caffe_preprocessing(input_size: int) -> Preprocessing:
     """BGR pixels in 0–255 minus Caffe's mean pixel, no scaling (Caffe; the zoo's Caffe2 conversions)."""
     return Preprocessing(
@@ -368,6 +378,7 @@ def _meta_for(path: Path, chain: Chain, model: AlexNetFamily, convention: str = 
     return WeightsMeta(
         model=model.config.name,
         num_classes=model.num_classes,
+        classes=ilsvrc_classes(model.num_classes),
         preprocessing=caffe_preprocessing(size) if convention == "caffe" else Preprocessing(input_size=size),
         source=(known.describe() if known else f"ONNX file {path.name}")
         + f" (sha256 {digest}, opset {chain.facts['opset']}, producer {chain.facts['producer'] or 'unknown'})",
