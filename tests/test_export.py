@@ -127,3 +127,9 @@ def test_cli_export_writes_a_checked_file_and_refuses_bad_arguments(tmp_path, ca
     err = capsys.readouterr().err.splitlines()
     assert len(err) == 2 and all(line.startswith("alexnet: error: ") for line in err)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["c.onnx", "c.safetensors"]
+
+
+def test_adaptive_pool_without_a_fixed_window_equivalent_is_refused():
+    """alexnet_owt at 256 px reaches 7×7 before its 6×6 adaptive average pool: no AveragePool reproduces it."""
+    with pytest.raises(ExportError, match="7→6 adaptive pooling has no fixed-window ONNX equivalent"):
+        build_onnx(small("alexnet_owt"), input_size=256)
