@@ -94,3 +94,13 @@ def test_occlusion_maps_a_photograph_and_plots_three_panels(owt, chelsea) -> Non
         occlusion(owt, p.tensor, size=500)
     with pytest.raises(SelectionError):
         occlusion(owt, p.tensor, target=1000)
+
+
+def test_field_crop_keeps_the_content_where_it_sits_in_the_field() -> None:
+    from alexnet.visualize.plot import field_crop
+
+    image = np.arange(10 * 10 * 3, dtype=np.float32).reshape(10, 10, 3)
+    tile = field_crop(image, (-2, 7, 4, 13), 6, fill=-1.0)  # 2 rows above, 3 columns right of the image
+    assert tile.shape == (6, 6, 3)
+    np.testing.assert_array_equal(tile[2:, :3], image[0:4, 7:10])
+    assert (tile[:2] == -1).all() and (tile[:, 3:] == -1).all()

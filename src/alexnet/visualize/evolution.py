@@ -139,7 +139,7 @@ def evolution(
 def plot_evolution(model: AlexNetFamily, ev: Evolution) -> Figure:
     """Rows: feature maps; columns: snapshots. Each cell: the projection cropped to the unit's receptive field."""
     from alexnet.predict import preprocessing_of
-    from alexnet.visualize.plot import new_figure, projection_to_image
+    from alexnet.visualize.plot import field_crop, new_figure, projection_to_image
 
     prep = preprocessing_of(model)
     field = receptive_fields(model)[ev.layer]
@@ -149,10 +149,10 @@ def plot_evolution(model: AlexNetFamily, ev: Evolution) -> Figure:
     axes = np.atleast_2d(fig.subplots(rows, cols, squeeze=False))
     for i in range(rows):
         for j in range(cols):
-            top, left, bottom, right = field.box(int(ev.units[i, j, 0]), int(ev.units[i, j, 1]), size)
-            cell = torch.from_numpy(ev.projections[i, j][:, top:bottom, left:right])
+            box = field.box(int(ev.units[i, j, 0]), int(ev.units[i, j, 1]))
+            full = projection_to_image(torch.from_numpy(ev.projections[i, j]), prep)
             ax = axes[i, j]
-            ax.imshow(projection_to_image(cell, prep))
+            ax.imshow(field_crop(full, box, min(field.size, size), 0.5))
             ax.set_xticks([])
             ax.set_yticks([])
             if i == 0:

@@ -72,6 +72,20 @@ def projection_to_image(p: torch.Tensor, prep: Preprocessing | None = None) -> n
     return q.clamp(0, 1).permute(1, 2, 0).numpy()
 
 
+def field_crop(image: np.ndarray, box: tuple[int, int, int, int], side: int, fill: float) -> np.ndarray:
+    """Crop ``image`` (H×W×3) to an *unclipped* receptive-field ``box`` (top, left, bottom, right), as a
+    ``side``×``side`` tile: the parts of the field outside the image (padding) are ``fill``, so every tile of a
+    layer has the same size and the image content sits where it is in the field."""
+    h, w = image.shape[:2]
+    top, left, bottom, right = box
+    out = np.full((side, side, *image.shape[2:]), fill, dtype=np.float32)
+    t, l_, b, r = max(0, top), max(0, left), min(h, bottom), min(w, right)
+    if b > t and r > l_:
+        part = image[t:b, l_:r][: side - (t - top), : side - (l_ - left)]
+        out[t - top : t - top + part.shape[0], l_ - left : l_ - left + part.shape[1]] = part
+    return out
+
+
 def uint8_to_float(image: torch.Tensor) -> np.ndarray:
     """uint8 RGB 3×H×W → float H×W×3 in 0–1."""
     return image.detach().cpu().permute(1, 2, 0).float().div(255).numpy()

@@ -32,7 +32,14 @@ from alexnet.models import AlexNetFamily
 from alexnet.visualize.deconvnet import project
 from alexnet.visualize.hooks import SelectionError, capture, check_trunk_layer
 from alexnet.visualize.inputs import prepare
-from alexnet.visualize.plot import new_figure, projection_to_image, save_json, save_npz, uint8_to_float
+from alexnet.visualize.plot import (
+    field_crop,
+    new_figure,
+    projection_to_image,
+    save_json,
+    save_npz,
+    uint8_to_float,
+)
 
 Item = tuple[torch.Tensor | str | Path, str]  # (uint8 RGB image or a file path, the name to record)
 STATE = "state.npz"
@@ -285,18 +292,9 @@ def render_channel(model: AlexNetFamily, state: TopK, channel: int) -> tuple[np.
     proj = project(model, images, state.layer, mask)
     patches, projs = [], []
     for i, (_, _, row, col) in enumerate(entries):
-        top, left, bottom, right = field.box(row, col, size)
-        # A border unit's field sticks out of the image (padding): keep the crop where it sits in the field.
-        dy, dx = top - field.box(row, col)[0], left - field.box(row, col)[1]
-        dy, dx = min(dy, side - 1), min(dx, side - 1)
-        crop = np.ones((side, side, 3), np.float32)
-        pic = uint8_to_float(prepared[i].crop)[top:bottom, left:right][: side - dy, : side - dx]
-        crop[dy : dy + pic.shape[0], dx : dx + pic.shape[1]] = pic
-        patches.append(crop)
-        pj = np.full((side, side, 3), 0.5, np.float32)
-        q = projection_to_image(proj[i][:, top:bottom, left:right], prep)[: side - dy, : side - dx]
-        pj[dy : dy + q.shape[0], dx : dx + q.shape[1]] = q
-        projs.append(pj)
+        box = field.box(row, col)  # unclipped: tiles keep the field's geometry at the borders
+        patches.append(field_crop(uint8_to_float(prepared[i].crop), box, side, 1.0))
+        projs.append(field_crop(projection_to_image(proj[i], prep), box, side, 0.5))
     return tile(np.stack(patches), ncols=3, pad=2), tile(np.stack(projs), ncols=3, pad=2)
 
 
