@@ -318,7 +318,7 @@ def _train(
                 loss = F.cross_entropy(logits.float(), targets, label_smoothing=cfg.label_smoothing)
                 if not dist_utils.all_true(bool(torch.isfinite(loss)), info):
                     raise TrainingError(
-                        f"loss is {float(loss)} at step {step + 1} (epoch {epoch + 1}); stopping. The last good "
+                        f"loss is {float(loss.detach())} at step {step + 1} (epoch {epoch + 1}); stopping. The last good "
                         f"checkpoint is kept in {run_dir / 'checkpoints'}; try a lower --lr (now {lr:g})"
                     )
                 optimizer.zero_grad(set_to_none=True)

@@ -1,0 +1,84 @@
+"""Top-1/top-5 error and ten-crop evaluation, checked against a per-file, per-crop formulation."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from alexnet.data.images import read_image
+from alexnet.data.preprocess import Preprocessing
+from alexnet.evaluate import class_probabilities, evaluate
+from alexnet.factory import create_model
+from alexnet.train.data import eval_transform
+from alexnet.weights import WeightsMeta
+from test_train_support import register_tiny, tiny_data
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tiny_data(tmp_path_factory.mktemp("data"), classes=6, train=1, val=3)
+
+
+def _model() -> torch.nn.Module:
+    torch.manual_seed(3)
+    model = create_model(register_tiny(), num_classes=6)
+    model.weights_meta = WeightsMeta(preprocessing=Preprocessing(input_size=model.default_input_size))  # type: ignore[attr-defined]
+    return model.eval()
+
+
+def test_ten_crop_probabilities_are_the_mean_of_the_ten_softmaxes() -> None:
+    model = _model()
+    crops = torch.randn(2, 10, 3, 63, 63)
+    got = class_probabilities(model, crops)
+    with torch.no_grad():
+        want = torch.stack(
+            [torch.stack([model(c[None]).softmax(1)[0] for c in image]).mean(0) for image in crops]
+        )
+    torch.testing.assert_close(got.detach(), want, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(got.sum(1).detach(), torch.ones(2))
+
+
+@pytest.mark.parametrize("ten_crop", [False, True])
+def test_evaluate_counts_top1_and_top5_like_a_per_file_loop(data: Path, ten_crop: bool) -> None:
+    model = _model()
+    result = evaluate(model, data, ten_crop=ten_crop, batch_size=4, progress=False)
+    pre = model.weights_meta.preprocessing
+    transform = eval_transform(pre, ten_crop=ten_crop)
+    files = sorted((data / "val").glob("*/*.jpg"))
+    classes = sorted(p.name for p in (data / "val").iterdir())
+    top1 = top5 = 0
+    with torch.no_grad():
+        for f in files:
+            x = transform(read_image(f))
+            probs = model(x if ten_crop else x[None]).softmax(1).mean(0)
+            ranked = probs.argsort(descending=True).tolist()
+            target = classes.index(f.parent.name)
+            top1 += ranked[0] == target
+            top5 += target in ranked[:5]
+    assert result.images == len(files) == 18 and result.skipped == 0
+    assert result.top1_err == pytest.approx(1 - top1 / len(files))
+    assert result.top5_err == pytest.approx(1 - top5 / len(files))
+    assert result.to_json() == {
+        "top1_err": result.top1_err,
+        "top5_err": result.top5_err,
+        "top1_acc": pytest.approx(top1 / len(files)),
+        "top5_acc": pytest.approx(top5 / len(files)),
+        "images": 18,
+        "skipped": 0,
+    }
+
+
+def test_a_corrupt_validation_file_is_skipped_and_counted(data: Path, tmp_path: Path) -> None:
+    import shutil
+
+    copy = tmp_path / "copy"
+    shutil.copytree(data, copy)
+    victim = sorted((copy / "val").glob("*/*.jpg"))[0]
+    victim.write_bytes(victim.read_bytes()[:200])  # truncated JPEG
+    # 1 bad of 18 is over the 1 % limit: evaluation refuses with a clear error…
+    from alexnet.errors import DataError
+
+    with pytest.raises(DataError, match="unreadable"):
+        evaluate(_model(), copy, progress=False)

@@ -1,0 +1,111 @@
+"""End to end through the real CLI: train → checkpoint → kill -9 → resume (same losses) → eval; NaN stop.
+
+A tiny registered AlexNet-shaped model (tests/test_train_support.py) on a tiny generated data set keeps it fast;
+the pipeline is the real one (JPEG decode, random crops, flips, PCA lighting, dropout, LRN, checkpoints).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from alexnet.train.checkpoint import list_checkpoints, load_checkpoint
+from test_train_support import TINY, cli_command, run_cli, tiny_data
+
+pytestmark = pytest.mark.slow
+
+TRAIN = ["train", "--model", TINY.name, "--recipe", "demo", "--batch-size", "4", "--workers", "0", "-q"]
+
+
+def _losses(run: Path) -> dict[int, float]:
+    with (run / "steps.csv").open() as f:
+        return {int(r["step"]): float(r["loss"]) for r in csv.DictReader(f)}
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tiny_data(tmp_path_factory.mktemp("data"))
+
+
+def test_resume_after_kill_9_reproduces_the_uninterrupted_loss_curve_and_eval_reads_the_run(
+    tmp_path: Path, data: Path
+) -> None:
+    args = [*TRAIN, "--data", str(data), "--epochs", "4", "--checkpoint-every", "3", "--workers", "1"]
+    ref = tmp_path / "ref"
+    done = run_cli(tmp_path, *args, "--out", str(ref))
+    assert done.returncode == 0, done.stderr
+    expected = _losses(ref)
+    assert sorted(expected) == list(range(1, 25))  # 24 train images / batch 4 × 4 epochs
+
+    # The same run, killed with SIGKILL as soon as a mid-epoch checkpoint exists, then resumed.
+    cut = tmp_path / "cut"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen(
+        cli_command(tmp_path, *args, "--out", str(cut)), env=env, stderr=subprocess.DEVNULL
+    )
+    deadline = time.monotonic() + 240
+    while not list_checkpoints(cut) and time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.02)
+    assert proc.poll() is None, "the run finished before it could be killed"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    ckpt = load_checkpoint(list_checkpoints(cut)[-1])
+    assert ckpt["step"] < 24 and set(ckpt) >= {"model", "optimizer", "schedule", "rng", "epoch", "in_epoch"}
+
+    resumed = run_cli(tmp_path, "train", "--resume", "--out", str(cut), "-q")
+    assert resumed.returncode == 0, resumed.stderr
+    got = _losses(cut)
+    assert sorted(got) == sorted(expected)
+    torch.testing.assert_close(
+        torch.tensor([got[s] for s in sorted(got)]), torch.tensor([expected[s] for s in sorted(expected)])
+    )
+    assert len(list_checkpoints(cut)) <= 3  # only the last few are kept
+
+    run_files = {p.name for p in cut.iterdir()}
+    assert {
+        "config.json",
+        "metrics.csv",
+        "steps.csv",
+        "train.log",
+        "learning_curve.png",
+        "model.safetensors",
+    } <= (run_files)
+    assert any((cut / "tensorboard").iterdir())
+    with (cut / "metrics.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    assert [int(r["epoch"]) for r in rows] == [1, 2, 3, 4]  # one row per evaluation, none duplicated
+    assert set(rows[0]) == {
+        "epoch", "step", "lr", "train_loss", "val_loss", "val_top1_err", "val_top5_err", "images_per_s",
+    }  # fmt: skip
+
+    ev = run_cli(tmp_path, "eval", "--run", str(cut), "--json", "--workers", "0", "--ten-crop")
+    assert ev.returncode == 0, ev.stderr
+    result = json.loads(ev.stdout)
+    assert list(result) == ["top1_err", "top5_err", "top1_acc", "top5_acc", "images", "skipped"]
+    assert result["images"] == 12 and result["skipped"] == 0
+    assert result["top1_err"] == pytest.approx(1 - result["top1_acc"])
+
+
+def test_non_finite_loss_stops_with_one_line_naming_the_step_and_the_last_checkpoint_survives(
+    tmp_path: Path, data: Path
+) -> None:
+    run = tmp_path / "run"
+    ok = run_cli(tmp_path, *TRAIN, "--data", str(data), "--max-steps", "2", "--out", str(run))
+    assert ok.returncode == 0, ok.stderr
+    good = load_checkpoint(list_checkpoints(run)[-1])
+    bad = run_cli(tmp_path, "train", "--resume", "--out", str(run), "--max-steps", "40", "--lr", "1e6", "-q")
+    assert bad.returncode == 2
+    lines = bad.stderr.strip().splitlines()
+    assert len(lines) == 1 and "step" in lines[0] and "Traceback" not in bad.stderr, bad.stderr
+    last = load_checkpoint(list_checkpoints(run)[-1])
+    assert all(torch.isfinite(t).all() for t in last["model"].values())
+    assert last["step"] >= good["step"]
+    assert "step" in (run / "train.log").read_text().splitlines()[-1]
