@@ -4,6 +4,8 @@ retrieval. Each kind writes PNGs and the numbers behind them (.npz / .json) into
 from __future__ import annotations
 
 import argparse
+import contextlib
+import json
 from pathlib import Path
 from typing import Any
 
@@ -133,6 +135,12 @@ def load_model(args: argparse.Namespace) -> Any:
         if not path.is_file():
             raise CommandError(f"{args.run}: no model.safetensors in this run folder")
         args.weights = str(path)
+        config = Path(args.run) / "config.json"
+        if args.model is None and config.is_file():  # older weights files may not record their model
+            with contextlib.suppress(
+                OSError, ValueError, AttributeError
+            ):  # else the weights' metadata decides
+                args.model = json.loads(config.read_text()).get("model")
     return load_model_from_args(args)
 
 
