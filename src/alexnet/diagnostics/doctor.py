@@ -288,7 +288,8 @@ def diagnose(run: Run) -> list[Diagnosis]:
         prev = rec
     events = [e for e in run.events if e.get("code") == NONFINITE]
     if events:
-        by_code.setdefault(NONFINITE, []).insert(0, Finding(NONFINITE, None, str(events[0].get("message"))))
+        e = events[0]
+        by_code.setdefault(NONFINITE, []).insert(0, Finding(NONFINITE, e.get("layer"), str(e.get("message"))))
         first_step[NONFINITE] = min(first_step.get(NONFINITE, 1 << 62), int(events[0].get("step", 0)))
     lr = _lr(run)
     std, bias, _ = _init_facts(run)

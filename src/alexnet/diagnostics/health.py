@@ -178,17 +178,17 @@ class HealthMonitor(Callback):
         self._write(rec, ctx)
         findings = check_record(rec, prev, self.th)
         if any(f.code == NONFINITE for f in findings) and ctx.inputs is not None:
-            where = locate_nonfinite(ctx.model, ctx.inputs)
+            layer, where = _locate(ctx.model, ctx.inputs)
             if where:
-                findings = [Finding(NONFINITE, None, f"step {rec.step}: {where}")]
+                findings = [Finding(NONFINITE, layer, f"step {rec.step}: {where}")]
         return self._new_warnings(findings, rec.step)
 
     def _on_nonfinite_loss(self, ctx: TrainContext, value: float) -> list[str] | None:
         step = ctx.step + 1  # the step being taken
-        where = locate_nonfinite(ctx.model, ctx.inputs) if ctx.inputs is not None else None
+        layer, where = _locate(ctx.model, ctx.inputs) if ctx.inputs is not None else (None, None)
         msg = f"step {step}: loss is {value}" + (f"; {where}" if where else "; the forward pass is finite")
         self._active = False
-        return self._new_warnings([Finding(NONFINITE, None, msg)], step)
+        return self._new_warnings([Finding(NONFINITE, layer, msg)], step)
 
     def on_train_end(self, ctx: TrainContext) -> list[str] | None:
         self._detach()
@@ -326,7 +326,6 @@ def _fmt(v: float | int | None) -> str:
     return repr(float(v)) if math.isfinite(v) else str(v)
 
 
-@torch.no_grad()
 def locate_nonfinite(model: nn.Module, inputs: torch.Tensor) -> str | None:
     """Re-run ``inputs`` through ``model`` and name the first layer (forward order) whose output is NaN/inf.
 
@@ -334,9 +333,15 @@ def locate_nonfinite(model: nn.Module, inputs: torch.Tensor) -> str | None:
     i.e. the problem is in the loss or the backward pass). Parameters that are already non-finite are named
     first, since they poison every later forward.
     """
+    return _locate(model, inputs)[1]
+
+
+@torch.no_grad()
+def _locate(model: nn.Module, inputs: torch.Tensor) -> tuple[str | None, str | None]:
+    """``(layer name or None, sentence or None)`` for :func:`locate_nonfinite`."""
     if not torch.isfinite(inputs).all():
         n = int((~torch.isfinite(inputs)).sum())
-        return f"the input batch itself contains {n} NaN/inf values"
+        return None, f"the input batch itself contains {n} NaN/inf values"
     named = getattr(model, "named_layers", None)
     layers = (
         list(named())
@@ -346,8 +351,11 @@ def locate_nonfinite(model: nn.Module, inputs: torch.Tensor) -> str | None:
     for name, module in layers:
         for pname, p in module.named_parameters(recurse=False):
             if not torch.isfinite(p).all():
-                return f"{name}.{pname} is already non-finite ({int((~torch.isfinite(p)).sum())} values)"
-    found: list[str] = []
+                return (
+                    name,
+                    f"{name}.{pname} is already non-finite ({int((~torch.isfinite(p)).sum())} values)",
+                )
+    found: list[tuple[str, str]] = []
 
     def hook(name: str) -> Any:
         def fn(_m: nn.Module, args: tuple[Any, ...], out: Any) -> None:
@@ -360,7 +368,7 @@ def locate_nonfinite(model: nn.Module, inputs: torch.Tensor) -> str | None:
                 x = args[0] if args and isinstance(args[0], torch.Tensor) else None
                 peak = f"; largest |input| {float(x.abs().max()):.3g}" if x is not None else ""
                 found.append(
-                    f"first non-finite output at {name} ({nan} NaN, {inf} inf of {out.numel()}{peak})"
+                    (name, f"first non-finite output at {name} ({nan} NaN, {inf} inf of {out.numel()}{peak})")
                 )
 
         return fn
@@ -371,4 +379,4 @@ def locate_nonfinite(model: nn.Module, inputs: torch.Tensor) -> str | None:
     finally:
         for h in handles:
             h.remove()
-    return found[0] if found else None
+    return found[0] if found else (None, None)

@@ -1,0 +1,209 @@
+"""``alexnet doctor``: broken set-ups are diagnosed as such (naming the layer), healthy ones are not; CLI contract."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+
+from alexnet.cli import main
+from alexnet.diagnostics.doctor import RunDirError, diagnose_run, format_report, read_health
+from alexnet.diagnostics.health import HEALTH_CSV
+from alexnet.diagnostics.probe import ProbeConfig, probe
+from alexnet.diagnostics.rules import Thresholds
+
+QUICK = dict(batch_size=16, num_classes=4, per_class=16, fc_width=64, every=5)
+TH = Thresholds(stuck_after=20)  # the default 100 steps, scaled to these short runs
+
+
+@pytest.fixture(scope="module")
+def tiny_init(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[str]]:
+    """Weights N(0, 1e-4), the paper's biases of 1, SGD lr 0.01: the signal dies before it reaches fc8."""
+    d = tmp_path_factory.mktemp("tiny-init")
+    warnings: list[str] = []
+    probe(ProbeConfig(steps=30, init_std=1e-4, **QUICK), d, thresholds=TH, on_warning=warnings.append)
+    return d, warnings
+
+
+@pytest.fixture(scope="module")
+def tiny_init_run(tiny_init: tuple[Path, list[str]]) -> Path:
+    return tiny_init[0]
+
+
+@pytest.fixture(scope="module")
+def high_lr_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The paper's init with a learning rate of 10: diverges within a few dozen steps."""
+    d = tmp_path_factory.mktemp("high-lr")
+    probe(ProbeConfig(steps=30, lr=10.0, **QUICK), d, thresholds=TH)
+    return d
+
+
+@pytest.fixture(scope="module")
+def healthy(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[str]]:
+    """He init + AdamW at lr 1e-4 (the issue's working set-up) on four classes of gratings."""
+    d = tmp_path_factory.mktemp("healthy")
+    warnings: list[str] = []
+    cfg = ProbeConfig(steps=40, init="he", optimizer="adamw", lr=1e-4, weight_decay=0.0, **QUICK)
+    probe(cfg, d, thresholds=TH, on_warning=warnings.append)
+    return d, warnings
+
+
+@pytest.fixture(scope="module")
+def healthy_run(healthy: tuple[Path, list[str]]) -> Path:
+    return healthy[0]
+
+
+def test_healthy_short_run_raises_no_live_warning_and_learns(healthy: tuple[Path, list[str]]) -> None:
+    run_dir, warnings = healthy
+    assert warnings == []
+    records = diagnose_run(run_dir).run.records
+    assert records[-1].loss < 0.9 * math.log(4)  # well below chance: it learns
+    assert all(lh.update_ratio is not None and 1e-6 < lh.update_ratio < 0.1 for lh in records[-1].layers)
+
+
+def test_tiny_init_warns_live_of_vanishing_gradients_in_early_layers_and_stuck_loss(
+    tiny_init: tuple[Path, list[str]],
+) -> None:
+    _, warnings = tiny_init
+    assert any("conv1's gradient vanishes" in w for w in warnings)
+    assert any("within 1% of ln(4)" in w for w in warnings)
+    assert not any("fc8's gradient vanishes" in w for w in warnings)
+
+
+def test_tiny_init_is_diagnosed_as_stuck_loss_with_vanishing_gradients_in_the_early_layers(
+    tiny_init_run: Path,
+) -> None:
+    report = diagnose_run(tiny_init_run)
+    stuck = next(d for d in report.diagnoses if d.code == "stuck_at_chance")
+    assert stuck.severity == "problem"
+    assert "conv1" in stuck.layers and "conv2" in stuck.layers
+    assert "fc8" not in stuck.layers  # the gradient is strong at the top
+    evidence = " ".join(stuck.evidence)
+    assert "ln(4)" in evidence and "N(0, 0.0001)" in evidence
+    assert "He et al. 2015" in stuck.remedy
+    assert not report.healthy
+
+
+def test_biases_of_one_that_swamp_tiny_weights_point_to_caffes_bias_note(tiny_init_run: Path) -> None:
+    stuck = next(d for d in diagnose_run(tiny_init_run).diagnoses if d.code == "stuck_at_chance")
+    assert "biases initialised to 1" in " ".join(stuck.evidence)
+    assert "0.1" in stuck.remedy and "bvlc_alexnet" in stuck.remedy
+
+
+def test_learning_rate_ten_is_diagnosed_as_divergence_with_the_learning_rate_as_evidence(
+    high_lr_run: Path,
+) -> None:
+    report = diagnose_run(high_lr_run)
+    problems = {d.code: d for d in report.diagnoses if d.severity == "problem"}
+    assert {"nonfinite", "exploding_gradients"} & set(problems)
+    d = problems.get("nonfinite") or problems["exploding_gradients"]
+    assert "learning rate 10" in " ".join(d.evidence)
+    assert "warm-up" in d.remedy and "Goyal" in d.remedy
+
+
+def test_healthy_run_is_reported_healthy(healthy_run: Path) -> None:
+    report = diagnose_run(healthy_run)
+    assert report.healthy
+    assert report.diagnoses[0].code == "healthy"
+    assert all(d.severity != "problem" for d in report.diagnoses)
+
+
+def test_lrn_denominator_range_is_reported_against_k(healthy_run: Path) -> None:
+    report = diagnose_run(healthy_run)
+    lrn = next(d for d in report.diagnoses if d.code.startswith("lrn_"))
+    assert lrn.layers == ["conv1", "conv2"]
+    last = report.run.records[-1]
+    # inputs normalised to unit variance: α·Σa² is tiny next to the paper's k = 2 (AlexNet §3.3)
+    assert 2.0 <= last.layer("conv1").lrn_denom_min <= last.layer("conv1").lrn_denom_max
+    assert "(k = 2)" in lrn.evidence[0]
+
+
+def test_health_log_round_trips_through_the_reader(healthy_run: Path) -> None:
+    records = read_health(healthy_run / HEALTH_CSV)
+    assert [r.step for r in records] == [1, 6, 11, 16, 21, 26, 31, 36]
+    assert records[0].layers[0].layer == "conv1"
+    assert all(math.isfinite(lh.grad_norm) for r in records for lh in r.layers)
+
+
+def test_doctor_cli_prints_evidence_and_remedy_and_writes_the_png(
+    tiny_init_run: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    png = tmp_path / "curves.png"
+    assert main(["doctor", str(tiny_init_run), "--out", str(png)]) == 0
+    out = capsys.readouterr().out
+    assert "PROBLEM Loss stuck at chance" in out
+    assert "evidence:" in out and "remedy:" in out
+    assert "per-layer health at step 26" in out
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_doctor_cli_json_is_valid_json_even_for_a_diverged_run(
+    high_lr_run: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["doctor", str(high_lr_run), "--json", "--no-plot"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["healthy"] is False
+    assert data["summary"]["lr"] == 10.0
+    assert data["diagnoses"][0]["severity"] == "problem"
+    assert {lh["layer"] for lh in data["last_step"]["layers"]} >= {"conv1", "fc8"}
+
+
+def test_format_report_shows_a_per_layer_table(healthy_run: Path) -> None:
+    text = format_report(diagnose_run(healthy_run))
+    table = text.split("per-layer health at step")[1].splitlines()[1:]
+    assert table[0].split()[0] == "layer"
+    assert [row.split()[0] for row in table[1:]] == [
+        "conv1",
+        "conv2",
+        "conv3",
+        "conv4",
+        "conv5",
+        "fc6",
+        "fc7",
+        "fc8",
+    ]
+
+
+def test_bad_run_folders_are_one_line_errors_with_exit_code_2(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["doctor", str(tmp_path / "missing")]) == 2
+    assert main(["doctor", str(tmp_path)]) == 2  # a folder without health.csv
+    (tmp_path / HEALTH_CSV).write_text("step,loss\n1,2.3\n")
+    assert main(["doctor", str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 3 and all(line.startswith("alexnet: error: ") for line in err)
+    assert "missing columns" in err[2]
+    with pytest.raises(RunDirError):
+        diagnose_run(tmp_path)
+
+
+def test_doctor_needs_a_run_dir_or_a_model(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["doctor"]) == 2
+    assert main(["doctor", "--model", "nonet"]) == 2
+    assert "unknown model" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_doctor_probe_run_diagnoses_a_fresh_model(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    args = [
+        "doctor",
+        "--model",
+        "zfnet",
+        "--steps",
+        "10",
+        "--every",
+        "5",
+        "--classes",
+        "3",
+        "--batch-size",
+        "8",
+    ]
+    args += ["--fc-width", "64", "--init", "he", "--save", str(tmp_path / "probe"), "--json"]
+    assert main(args) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["summary"]["model"] == "caffenet" and data["summary"]["last_step"] == 6
+    assert (tmp_path / "probe" / "health.png").is_file()
+    assert (tmp_path / "probe" / "config.json").is_file()
