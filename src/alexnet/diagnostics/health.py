@@ -318,6 +318,11 @@ class HealthMonitor(Callback):
         }
 
 
+def default_callbacks(every: int = 50, thresholds: Thresholds | None = None) -> list[Callback]:
+    """The diagnostics every training run should carry: ``train(cfg, callbacks=default_callbacks())``."""
+    return [HealthMonitor(every=every, thresholds=thresholds)]
+
+
 def _fmt(v: float | int | None) -> str:
     if v is None:
         return ""
