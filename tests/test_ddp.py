@@ -22,6 +22,7 @@ def test_two_process_ddp_equals_single_process_on_the_combined_batch(tmp_path: P
     # dropout 0: the two runs draw different masks otherwise; everything else (crops, flips, PCA lighting) is
     # seeded per sample position and so identical.
     common = ["train", "--model", TINY.name, "--data", str(data), "--recipe", "demo", "--dropout", "0",
+              "--input-size", "63", "--optimizer", "sgd", "--lr", "0.01",
               "--batch-size", "8", "--max-steps", "4", "--workers", "0", "-q"]  # fmt: skip
     single = run_cli(tmp_path, *common, "--out", str(tmp_path / "single"))
     assert single.returncode == 0, single.stderr

@@ -22,7 +22,20 @@ from test_train_support import TINY, cli_command, run_cli, tiny_data
 
 pytestmark = pytest.mark.slow
 
-TRAIN = ["train", "--model", TINY.name, "--recipe", "demo", "--batch-size", "4", "--workers", "0", "-q"]
+TRAIN = [
+    "train",
+    "--model",
+    TINY.name,
+    "--recipe",
+    "demo",
+    "--input-size",
+    "63",
+    "--batch-size",
+    "4",
+    "--workers",
+    "0",
+    "-q",
+]
 
 
 def _losses(run: Path) -> dict[int, float]:
