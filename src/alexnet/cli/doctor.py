@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -47,7 +48,7 @@ def register(sub: Any) -> None:
     g.add_argument("--input-size", type=int, default=67, help="input side in pixels (default 67)")
     g.add_argument("--fc-width", type=int, help="narrower fc6/fc7 for a faster probe (the paper: 4096)")
     g.add_argument("--every", type=int, default=10, help="health measurement interval in steps (default 10)")
-    g.add_argument("--save", help="folder for the probe run (default: runs/doctor-MODEL)")
+    g.add_argument("--save", help="folder for the probe run (default: runs/doctor-MODEL-DATE-TIME)")
     p.set_defaults(func=run)
 
 
@@ -64,7 +65,8 @@ def _probe(args: argparse.Namespace) -> Path:
         raise CommandError(f"--input-size {args.input_size} is out of range (32–512)")
     if args.lr is not None and not args.lr > 0:
         raise CommandError("--lr must be positive")
-    run_dir = Path(args.save or f"runs/doctor-{args.model}")
+    # a fresh folder per probe: never overwrite (or resume) an earlier run
+    run_dir = Path(args.save or f"runs/doctor-{args.model}-{time.strftime('%Y%m%d-%H%M%S')}")
     say = (lambda w: None) if args.json else (lambda w: print(w, file=sys.stderr))
     if args.recipe:
         probe_with_recipe(

@@ -439,14 +439,16 @@ def _bias_dominated(rec: HealthRecord) -> list[LayerHealth]:
 def _lrn_notes(run: Run, last: HealthRecord) -> list[Diagnosis]:
     lrn = (run.meta.get("model") or {}).get("lrn") or {}
     rows = [lh for lh in last.layers if lh.lrn_denom_min is not None and lh.lrn_denom_max is not None]
+    lows = [lh.lrn_denom_min for lh in rows if lh.lrn_denom_min is not None]
+    highs = [lh.lrn_denom_max for lh in rows if lh.lrn_denom_max is not None]
     if not rows:
         return []
-    k = float(lrn.get("k", min(lh.lrn_denom_min for lh in rows)))  # type: ignore[type-var]
+    k = float(lrn.get("k", min(lows)))  # windows of all-zero ReLU outputs sit exactly at k
     ev = [
         f"{lh.layer}'s LRN: k + α·Σa² in [{lh.lrn_denom_min:.5g}, {lh.lrn_denom_max:.5g}] (k = {k:g})"
         for lh in rows
     ]
-    top = max(lh.lrn_denom_max for lh in rows)  # type: ignore[type-var]
+    top = max(highs)
     if lrn:
         conv = "α/n (Caffe)" if lrn.get("alpha_over_size") else "α·Σ (paper)"
         ev.append(

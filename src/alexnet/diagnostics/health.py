@@ -125,6 +125,7 @@ class HealthMonitor(Callback):
         self._loss_count = 0
         self._active = False
         self._csv: Path | None = None
+        self._last_ctx: TrainContext | None = None
 
     # --- callback hooks -------------------------------------------------------------------------------
     def on_train_start(self, ctx: TrainContext) -> list[str] | None:
@@ -141,6 +142,7 @@ class HealthMonitor(Callback):
         return None
 
     def on_step_start(self, ctx: TrainContext) -> list[str] | None:
+        self._last_ctx = ctx
         self._active = ctx.is_main and ctx.step % self.every == 0
         if self._active:
             self._stats = _Stats()
@@ -182,6 +184,14 @@ class HealthMonitor(Callback):
             if where:
                 findings = [Finding(NONFINITE, layer, f"step {rec.step}: {where}")]
         return self._new_warnings(findings, rec.step)
+
+    def locate_last_batch(self) -> tuple[str | None, str | None]:
+        """For a loop that stopped on a NaN loss before calling the callback again: ``(layer, sentence)`` of
+        the first non-finite output on the batch of the last step started (see :func:`locate_nonfinite`)."""
+        ctx = self._last_ctx
+        if ctx is None or ctx.inputs is None:
+            return None, None
+        return _locate(ctx.model, ctx.inputs)
 
     def _on_nonfinite_loss(self, ctx: TrainContext, value: float) -> list[str] | None:
         step = ctx.step + 1  # the step being taken

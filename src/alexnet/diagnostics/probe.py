@@ -249,27 +249,15 @@ def probe_with_recipe(
     )
     monitor = HealthMonitor(every=every)
     say = on_warning or (lambda _w: None)
-
-    class _Relay(Callback):  # the loop shows warnings in its progress bar; the CLI also prints them
-        def on_step_end(self, ctx: TrainContext) -> list[str] | None:
-            return None
-
     try:
-        train(cfg, callbacks=[monitor, _Relay()], progress=True)
+        train(cfg, callbacks=[monitor], progress=True)  # the loop shows warnings in its progress bar
     except TrainingError as e:
         if "loss is" not in str(e):
             raise
-        say(f"stopped: {e}")
+        layer, where = monitor.locate_last_batch()
+        message = f"{e}" + (f"; {where}" if where else "")
+        say(f"stopped: {message}")
+        event = {"step": monitor.records[-1].step if monitor.records else 0, "code": "nonfinite"}
         with (run_dir / HEALTH_EVENTS).open("a") as fh:
-            fh.write(
-                json.dumps(
-                    {
-                        "step": monitor.records[-1].step if monitor.records else 0,
-                        "code": "nonfinite",
-                        "layer": None,
-                        "message": str(e),
-                    }
-                )
-                + "\n"
-            )
+            fh.write(json.dumps({**event, "layer": layer, "message": message}) + "\n")
     return monitor

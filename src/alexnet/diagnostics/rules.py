@@ -97,9 +97,10 @@ def chance_loss(num_classes: int) -> float:
 
 def relative_grad(lh: LayerHealth) -> float | None:
     """‖∂L/∂w‖ / ‖w‖: the loss's pull on a layer relative to its size, free of the optimiser's lr/momentum."""
-    if not (_finite(lh.grad_norm) and _finite(lh.weight_norm)) or not lh.weight_norm:
+    g, w = lh.grad_norm, lh.weight_norm
+    if g is None or w is None or not (math.isfinite(g) and math.isfinite(w)) or w == 0:
         return None
-    return lh.grad_norm / lh.weight_norm  # type: ignore[operator]
+    return g / w
 
 
 def check_stuck(rec: HealthRecord, th: Thresholds) -> list[Finding]:
