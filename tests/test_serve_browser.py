@@ -50,6 +50,7 @@ def test_pick_sample_click_channel_shows_its_deconv_without_console_errors(brows
     page.click("button.thumb[data-sample='chelsea']")
     grid = "[data-model='a'] img[data-layer='relu5']"
     page.wait_for_function(image_ready(grid), timeout=60_000)
+    page.wait_for_load_state("networkidle")  # every grid of both models in place
     assert page.locator("[data-model='a'] .predictions tr").count() == 5
     assert page.locator("[data-model='b'] .layers img").count() == 5, "ZFNet side by side, all conv layers"
 
@@ -61,9 +62,9 @@ def test_pick_sample_click_channel_shows_its_deconv_without_console_errors(brows
     assert size == 227
 
     page.click("[data-model='a'] .occ-run")
-    page.wait_for_function(
-        image_ready("[data-model='a'] .occlusion img[alt='occlusion labels']"), timeout=120_000
-    )
+    for panel in ("activation", "probability", "labels"):
+        selector = f"[data-model='a'] .occlusion img[alt='occlusion {panel}']"
+        page.wait_for_function(image_ready(selector), timeout=120_000)
 
     page.wait_for_load_state("networkidle")
     assert undecoded_images(page, with_src_only=True) == []

@@ -161,6 +161,10 @@ async function showModel(key) {
   for (const layer of data.layers) {
     const img = el("img", { src: layer.grid, alt: `${layer.layer} activation grid` });
     img.dataset.layer = layer.layer;
+    // Reserve the grid's box before it loads, so nothing shifts under the pointer while images arrive.
+    const lay = layer.layout;
+    const step = lay.tile + lay.pad;
+    img.style.aspectRatio = `${lay.cols * step - lay.pad} / ${lay.rows * step - lay.pad}`;
     const pick = el("div", { className: "pick", hidden: true });
     const wrap = el("div", { className: "grid-wrap" }, img, pick);
     wrap.addEventListener("click", (ev) => clickGrid(key, layer, img, pick, ev));
@@ -180,11 +184,11 @@ function channelAt(layout, img, ev) {
   const x = (ev.clientX - rect.left) * scale;
   const y = (ev.clientY - rect.top) * scale;
   const step = layout.tile + layout.pad;
+  // The thin padding after a tile counts as that tile: a click never falls between two channels.
   const col = Math.floor(x / step);
   const row = Math.floor(y / step);
-  if (x - col * step >= layout.tile || y - row * step >= layout.tile) return null; // on the padding
   const channel = row * layout.cols + col;
-  return col < layout.cols && channel < layout.channels ? { channel, row, col, scale } : null;
+  return col >= 0 && row >= 0 && col < layout.cols && channel < layout.channels ? { channel, row, col, scale } : null;
 }
 
 function clickGrid(key, layer, img, pick, ev) {
