@@ -33,6 +33,7 @@ demo: $(STAMP)
 	$(BIN)/alexnet train --model alexnet --recipe demo --out $(DEMO_RUN)
 	$(BIN)/alexnet eval --run $(DEMO_RUN) --ten-crop
 	@echo "results in $(DEMO_RUN)/: metrics.csv, learning_curve.png, train.log, results.json, model.safetensors"
+	$(BIN)/alexnet report $(DEMO_RUN)
 
 test: $(STAMP) browser
 	$(BIN)/python -m pytest -q
