@@ -90,6 +90,13 @@ def register(sub: Any) -> None:
         p.add_argument(flag, dest=dest, type=typ, default=None, help=help_)
     for flag, dest, help_ in _BOOL_FLAGS:
         p.add_argument(flag, dest=dest, action="store_true", default=None, help=help_)
+    p.add_argument(
+        "--health-every",
+        type=int,
+        default=0,
+        metavar="N",
+        help="per-layer health monitoring every N steps (alexnet.diagnostics; health.csv, warnings); 0 = off",
+    )
     p.add_argument("--quiet", "-q", action="store_true", help="no progress bars")
     p.set_defaults(func=run)
 
@@ -129,8 +136,15 @@ def resolve_config(args: argparse.Namespace) -> Any:
 def run(args: argparse.Namespace) -> int:
     from alexnet.train.loop import train
 
+    if args.health_every < 0:
+        raise CommandError(f"--health-every must be >= 0 (got {args.health_every})")
     cfg = resolve_config(args)
-    result = train(cfg, resume=args.resume, progress=not args.quiet)
+    callbacks = []
+    if args.health_every:
+        from alexnet.diagnostics.health import HealthMonitor
+
+        callbacks.append(HealthMonitor(every=args.health_every))
+    result = train(cfg, resume=args.resume, progress=not args.quiet, callbacks=callbacks)
     if result.weights is None:  # not rank 0
         return 0
     print(f"run folder: {result.run_dir}  ({result.steps} steps, {result.minutes:.1f} min)")
