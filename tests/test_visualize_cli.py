@@ -61,7 +61,7 @@ def _kind_args(kind: str, s: dict[str, Path]) -> list[str]:
     run = ["--run", str(s["run"])]
     img = [str(s["img"])]
     return {
-        "activations": [*run, *img, "--layer", "conv2", "--top", "16"],
+        "activations": [*run, *img, "--all", "--stage", "norm", "--top", "16"],
         "filters": [*run, *img],
         "deconv": [*run, *img, "--layer", "pool2", "--channel", "3", "--unit", "4,4"],
         "top9": [

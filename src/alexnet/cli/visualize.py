@@ -70,7 +70,13 @@ def register(sub: Any) -> None:
     _common(k)
     k.add_argument("--layer", default="relu1", help="paper layer name (conv1 … pool5; default relu1)")
     k.add_argument("--top", type=int, help="only the K most active channels")
-    k.add_argument("--all", action="store_true", help="all five conv stages (after ReLU) on one figure")
+    k.add_argument("--all", action="store_true", help="all five conv stages on one figure")
+    k.add_argument(
+        "--stage",
+        choices=("conv", "relu", "norm", "pool"),
+        default="relu",
+        help="with --all: which output of each stage (default relu)",
+    )
 
     k = kinds.add_parser("filters", help=KINDS["filters"], description=KINDS["filters"])
     _common(k, images="*")
@@ -154,7 +160,9 @@ def run(args: argparse.Namespace) -> int:
     model = load_model(args)
     kind = args.kind
     if kind == "activations":
-        paths = outputs.write_activations(model, args.images, args.out, args.layer, args.top, args.all)
+        paths = outputs.write_activations(
+            model, args.images, args.out, args.layer, args.top, args.all, args.stage
+        )
     elif kind == "filters":
         paths = outputs.write_filters(model, args.out, args.images)
     elif kind == "deconv":

@@ -46,7 +46,10 @@ def activation_grid(
 
 
 def conv_stage_layers(model: AlexNetFamily, stage: str = "relu") -> list[str]:
-    """``conv1`` … ``convN`` (``stage="conv"``) or their ReLU / norm / pool outputs, one per conv stage."""
+    """``conv1`` … ``convN`` (``stage="conv"``) or their ReLU / norm / pool outputs, one per conv stage
+    (a stage without that layer, e.g. ``pool3``, contributes its ReLU output)."""
+    if stage not in ("conv", "relu", "norm", "pool"):
+        raise SelectionError(f"unknown stage {stage!r}; choose conv, relu, norm or pool")
     names = set(model.layer_names())
     out = []
     for i in range(1, len(model.config.convs) + 1):

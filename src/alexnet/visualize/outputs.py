@@ -35,6 +35,7 @@ def write_activations(
     layer: str | None = "relu1",
     top: int | None = None,
     all_layers: bool = False,
+    stage: str = "relu",
 ) -> list[Path]:
     """Per image: the grid of ``layer`` (or all five conv stages) as a figure, plus the raw maps (.npz)."""
     from alexnet.visualize.activations import (
@@ -50,11 +51,11 @@ def write_activations(
     for i, path in enumerate(images):
         stem = _stem(str(path), i)
         p = prepare(model, path)
-        layers = conv_stage_layers(model) if all_layers else [layer or "relu1"]
+        layers = conv_stage_layers(model, stage) if all_layers else [layer or "relu1"]
         acts = capture(model, p.tensor.unsqueeze(0), layers)
         if all_layers:
-            fig = plot_all_conv_layers(model, path, top)
-            written.append(save_figure(fig, out / f"{stem}_activations_all.png"))
+            fig = plot_all_conv_layers(model, path, top, stage)
+            written.append(save_figure(fig, out / f"{stem}_activations_all_{stage}.png"))
         else:
             fig = plot_activations(model, path, layers[0], top)
             written.append(save_figure(fig, out / f"{stem}_{layers[0]}.png"))
