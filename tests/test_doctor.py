@@ -13,6 +13,7 @@ from alexnet.diagnostics.doctor import RunDirError, diagnose_run, format_report,
 from alexnet.diagnostics.health import HEALTH_CSV
 from alexnet.diagnostics.probe import ProbeConfig, probe
 from alexnet.diagnostics.rules import Thresholds
+from alexnet.errors import DataError
 
 QUICK = dict(batch_size=16, num_classes=4, per_class=16, fc_width=64, every=5)
 TH = Thresholds(stuck_after=20)  # the default 100 steps, scaled to these short runs
@@ -207,3 +208,21 @@ def test_doctor_probe_run_diagnoses_a_fresh_model(tmp_path: Path, capsys: pytest
     assert data["summary"]["model"] == "caffenet" and data["summary"]["last_step"] == 6
     assert (tmp_path / "probe" / "health.png").is_file()
     assert (tmp_path / "probe" / "config.json").is_file()
+
+
+def test_probe_reads_an_imagenet_layout_folder_of_photographs(tmp_path: Path) -> None:
+    import skimage.data
+    from PIL import Image
+
+    root = tmp_path / "data"
+    for cls, images in {"cat": ["chelsea", "astronaut"], "cup": ["coffee", "rocket"]}.items():
+        (root / cls).mkdir(parents=True)
+        for name in images:
+            Image.fromarray(getattr(skimage.data, name)()).save(root / cls / f"{name}.jpg")
+    (root / "cup" / "notes.txt").write_text("not an image")
+    cfg = ProbeConfig(steps=4, every=2, batch_size=4, fc_width=32, data=str(root))
+    mon = probe(cfg, tmp_path / "run")
+    assert [r.num_classes for r in mon.records] == [2, 2]
+    assert json.loads((tmp_path / "run" / "config.json").read_text())["num_classes"] == 2
+    with pytest.raises(DataError, match="at least two class folders"):
+        probe(ProbeConfig(steps=1, data=str(root / "cat")), tmp_path / "run2")
