@@ -134,6 +134,7 @@ def test_an_existing_top9_folder_is_used_and_the_cli_prints_the_path(
         ("missing", "no such run folder"),
         ("no-weights", "model.safetensors"),
         ("bad-image", "no such image file"),
+        ("bad-layer", "not in the convolutional trunk"),
     ],
 )
 def test_bad_run_folders_are_one_line_and_exit_2(tmp_path, capsys, setup, words):
@@ -144,6 +145,9 @@ def test_bad_run_folders_are_one_line_and_exit_2(tmp_path, capsys, setup, words)
     if setup == "bad-image":
         make_run(run, None)
         args += ["--images", str(tmp_path / "nope.jpg")]
+    if setup == "bad-layer":
+        make_run(run, None)
+        args += ["--top9-layer", "fc7"]
     assert main(args) == 2
     err = capsys.readouterr().err
     assert words in err and len(err.strip().splitlines()) == 1

@@ -48,7 +48,7 @@ class ReportOptions:
 
     images: list[Path] = field(default_factory=list)  # empty: a few validation images of the run's data
     max_images: int = 2  # images for activation maps and occlusion when none are given
-    top9_layer: str = "conv5"
+    top9_layer: str | None = None  # default: the last conv layer (conv5 in the papers' models)
     top9_images: int = 60  # validation images streamed when the run has no top9/ folder
     top9_channels: int = 6  # feature maps shown (the strongest ones)
     occlusion_size: int = 48
@@ -266,7 +266,8 @@ def top9_section(
 ) -> str:
     from alexnet.visualize.topk import STATE, TopK, folder_items, render_channel, stream_topk
 
-    folder = run_dir / "top9" / opts.top9_layer
+    layer = opts.top9_layer or f"conv{len(model.config.convs)}"
+    folder = run_dir / "top9" / layer
     if (folder / STATE).is_file():  # written by `alexnet visualize top9` (its streaming state)
         state = TopK.load(folder)
         origin = f"from {esc(folder.relative_to(run_dir))}/ ({state.seen} images streamed)"
@@ -279,7 +280,7 @@ def top9_section(
         else:
             items = [(p, str(p)) for p in fallback]
             where = "images of the built-in data set (the run's data is not on disk)"
-        state = stream_topk(model, items, opts.top9_layer, k=9, batch_size=20, progress=opts.progress)
+        state = stream_topk(model, items, layer, k=9, batch_size=20, progress=opts.progress)
         origin = f"computed for this report over {state.seen} {where} — run `alexnet visualize top9` for the full set"
     strongest = np.argsort(-state.values[:, 0], kind="stable")[: opts.top9_channels]
     cards = []
@@ -341,6 +342,10 @@ def build_report(
     if not run.is_dir():
         raise DataError(f"{run}: no such run folder")
     model = load_run_model(run)
+    if opts.top9_layer is not None:  # a bad layer fails now, not after a minute of work
+        from alexnet.visualize.hooks import check_trunk_layer
+
+        check_trunk_layer(model, opts.top9_layer)
     config = read_json(run / "config.json")
     results = read_json(run / "results.json")
     metrics = read_metrics(run / "metrics.csv") if (run / "metrics.csv").is_file() else []
