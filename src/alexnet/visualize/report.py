@@ -214,8 +214,9 @@ def learning_curves(rows: list[dict[str, float]]) -> Figure | None:
 
 def summary_html(model: AlexNetFamily) -> str:
     from alexnet.analysis import summarize
+    from alexnet.predict import preprocessing_of
 
-    s = summarize(model)
+    s = summarize(model, preprocessing_of(model).input_size)  # the input size the run trained on
     head = ["layer", "type", "output", "params", "MACs", "FLOPs", "activations", "RF", "stride"]
     rows = [
         "<tr>" + "".join(f"<th>{h}</th>" for h in head) + "</tr>",
@@ -258,7 +259,8 @@ def summary_html(model: AlexNetFamily) -> str:
         f"conv layers: {split['conv']['params_pct']:.1f}% of the parameters, {split['conv']['macs_pct']:.1f}% of "
         f"the multiply-adds; fully connected: {split['fc']['params_pct']:.1f}% and {split['fc']['macs_pct']:.1f}%."
     )
-    return f"<table class='summary'>{''.join(rows)}</table><p>{esc(note)}</p>"
+    size = f"For a {s.input_size}×{s.input_size} input (the run's crop size)."
+    return f"<p>{esc(size)}</p><table class='summary'>{''.join(rows)}</table><p>{esc(note)}</p>"
 
 
 def top9_section(
