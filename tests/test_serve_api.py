@@ -352,3 +352,15 @@ def test_top9_beside_the_weights_is_shown_for_the_clicked_channel(tmp_path, chel
         got, want = rebuilt.entries(channel), state.entries(channel)
         assert [e[1:] for e in got] == [e[1:] for e in want]  # image, row, col
         assert [e[0] for e in got] == pytest.approx([e[0] for e in want])
+
+
+def test_binding_beyond_localhost_warns(capsys):
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("0.0.0.0", 0))
+        s.listen()
+        port = s.getsockname()[1]
+        assert main(["serve", "--model", "alexnet", "--host", "0.0.0.0", "--port", str(port)]) == 2
+    err = capsys.readouterr().err
+    assert "reachable from other machines" in err and "cannot listen" in err
