@@ -1,0 +1,157 @@
+"""``alexnet bench``: the documented fields and their arithmetic, tiny configurations; speed is never asserted."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from alexnet.analysis import summarize
+from alexnet.bench import (
+    REFERENCE,
+    TRAIN_FLOPS_FACTOR,
+    BenchError,
+    MemoryRow,
+    Report,
+    Row,
+    bench_data,
+    format_report,
+    run_bench,
+)
+from alexnet.cli import main
+from alexnet.factory import create_model
+
+ROW_FIELDS = {
+    "model",
+    "mode",
+    "batch_size",
+    "input_size",
+    "images_per_s",
+    "step_ms",
+    "gflop_per_image",
+    "gflops",
+    "matmul_gflops",
+    "pct_of_matmul",
+    "vs_torchvision",
+    "compile_s",
+    "step_ms_all",
+}
+MEMORY_FIELDS = {
+    "model",
+    "batch_size",
+    "baseline_mib",
+    "peak_mib",
+    "step_peak_mib",
+    "rss_after_steps_mib",
+    "growth_mib",
+    "grows",
+}
+
+
+@pytest.fixture(scope="module")
+def tiny_json() -> dict:
+    """One CLI run: caffenet, both modes, batch 2, one timed step, no warm-up, memory at batch 2."""
+    import contextlib
+    import io
+
+    out = io.StringIO()
+    args = ["bench", "caffenet", "--batch-size", "2", "--repeats", "1", "--warmup", "0"]
+    with contextlib.redirect_stdout(out):
+        assert main([*args, "--memory-batch-size", "2", "--json"]) == 0
+    return json.loads(out.getvalue())
+
+
+def test_json_has_the_documented_fields(tiny_json):
+    assert set(tiny_json) == {"machine", "settings", "rows", "memory", "data"}
+    assert {"cpu", "cores", "torch", "torch_threads", "device"} <= set(tiny_json["machine"])
+    assert tiny_json["settings"]["train_flops_factor"] == TRAIN_FLOPS_FACTOR
+    for row in tiny_json["rows"]:
+        assert set(row) == ROW_FIELDS
+    for mem in tiny_json["memory"]:
+        assert set(mem) == MEMORY_FIELDS
+
+
+def test_torchvision_reference_row_comes_first_in_every_mode(tiny_json):
+    pairs = [(r["model"], r["mode"]) for r in tiny_json["rows"]]
+    assert pairs == [(REFERENCE, "train"), ("caffenet", "train"), (REFERENCE, "infer"), ("caffenet", "infer")]
+    assert [m["model"] for m in tiny_json["memory"]] == [REFERENCE, "caffenet"]
+    for row in tiny_json["rows"]:
+        if row["model"] == REFERENCE:
+            assert row["vs_torchvision"] == 1.0
+
+
+def test_flop_figures_follow_the_summary_and_the_3x_training_convention(tiny_json):
+    fwd = {
+        "caffenet": summarize(create_model("caffenet")).totals["flops"] / 1e9,
+        REFERENCE: summarize(create_model("alexnet_owt")).totals["flops"] / 1e9,  # same architecture
+    }
+    for row in tiny_json["rows"]:
+        factor = TRAIN_FLOPS_FACTOR if row["mode"] == "train" else 1
+        assert row["gflop_per_image"] == pytest.approx(factor * fwd[row["model"]])
+        assert row["images_per_s"] == pytest.approx(row["batch_size"] / (row["step_ms"] / 1e3))
+        assert row["gflops"] == pytest.approx(row["gflop_per_image"] * row["images_per_s"])
+        assert row["pct_of_matmul"] == pytest.approx(100 * row["gflops"] / row["matmul_gflops"])
+        assert row["step_ms"] == pytest.approx(sorted(row["step_ms_all"])[len(row["step_ms_all"]) // 2])
+        assert row["input_size"] == (224 if row["model"] == REFERENCE else 227)
+
+
+def test_memory_rows_are_consistent(tiny_json):
+    for mem in tiny_json["memory"]:
+        assert mem["peak_mib"] >= mem["baseline_mib"] > 0
+        assert mem["step_peak_mib"] == pytest.approx(mem["peak_mib"] - mem["baseline_mib"])
+        assert len(mem["rss_after_steps_mib"]) == 3
+        # a training step holds at least the gradients of the 61 M parameters (fp32)
+        assert mem["step_peak_mib"] > 60e6 * 4 / 2**20
+
+
+def test_table_names_every_row_and_the_conventions(tiny_json):
+    report = Report(
+        tiny_json["machine"],
+        tiny_json["settings"],
+        [Row(**r) for r in tiny_json["rows"]],
+        [MemoryRow(**m) for m in tiny_json["memory"]],
+    )
+    text = format_report(report)
+    assert text.count("torchvision_alexnet") == 3 and text.count("caffenet") == 3  # 2 modes + memory
+    assert "% mm" in text and "3× forward FLOPs" in text and "growth MiB" in text
+
+
+def test_input_pipeline_rows_for_ours_and_torchvisions_stock(tmp_path):
+    from alexnet.data.synthetic import ensure_builtin_dataset
+
+    root = ensure_builtin_dataset(
+        tmp_path, classes=2, train_per_class=4, val_per_class=1, size=64, progress=False
+    )
+    rows = bench_data(root, images=6, batch_size=3)
+    assert [r.pipeline for r in rows] == ["alexnet", "torchvision_stock"]
+    for r in rows:
+        assert r.images == 6 and r.workers == 0 and r.images_per_s > 0
+        assert r.images_per_s_per_core == r.images_per_s
+    assert torch.get_num_threads() >= 1  # restored after the single-thread measurement
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["bench", "resnet50"], "unknown model 'resnet50'"),
+        (["bench", "--batch-size", "0"], "--batch-size must be ≥ 1"),
+        (
+            ["bench", "--device", "cuda:0", "--no-memory"] if not torch.cuda.is_available() else None,
+            "no CUDA",
+        ),
+        (["bench", "--device", "tpu", "--no-memory"], "unknown device"),
+        (["bench", "--only-data"], "--only-data needs --data"),
+    ],
+)
+def test_bad_options_are_one_line_errors(capsys, args, message):
+    if args is None:
+        pytest.skip("a CUDA device is present")
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and message in err
+
+
+def test_library_rejects_bad_counts():
+    with pytest.raises(BenchError):
+        run_bench(["caffenet"], repeats=0, memory=False)
