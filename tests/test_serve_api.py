@@ -183,11 +183,16 @@ def test_occlusion_job_reports_progress_and_the_three_maps(client, chelsea_id):
     positions = ((227 - 64) // 32 + 1) ** 2
     assert job["total"] == positions
     deadline = time.monotonic() + 120
+    seen = [job["done"]]
     while job["state"] in ("queued", "running") and time.monotonic() < deadline:
-        time.sleep(0.1)
+        time.sleep(0.05)
         job = client.get(f"/api/jobs/{job['id']}").json()
+        seen.append(job["done"])
     assert job["state"] == "done", job
     assert job["done"] == job["total"] and job["progress"] == 1.0
+    assert seen == sorted(seen) and all(0 <= d <= positions for d in seen), "progress only goes up"
+    model = client.app.state.server.slot("a").model
+    assert all(not m._forward_hooks for m in model.modules()), "the progress hook is removed"
     for name in ("activation.png", "probability.png", "labels.png"):
         assert decode_png(client.get(f"/api/jobs/{job['id']}/{name}").content).shape[:2] == (6, 6)
     r = job["result"]

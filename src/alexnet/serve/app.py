@@ -13,6 +13,9 @@ layer / channel / rank); uploads are size-, type- and pixel-count-checked before
 from __future__ import annotations
 
 import logging
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from importlib import resources
 from typing import Any
 
@@ -22,8 +25,10 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from torch import nn
 
 from alexnet.errors import AlexnetError, LayerNotFound
+from alexnet.models import AlexNetFamily
 from alexnet.serve import render
 from alexnet.serve.jobs import Job, JobRunner, Progress, UnknownJob
 from alexnet.serve.samples import SampleNotFound, list_samples, load_sample
@@ -64,6 +69,33 @@ async def _read_body(request: Request, limit: int) -> bytes:
             raise UploadError(f"file too large: more than {limit / 1e6:.0f} MB", 413)
         chunks.append(chunk)
     return b"".join(chunks)
+
+
+OCCLUSION_BATCH = 24  # occluded copies per forward pass: progress every ~24 positions, same throughput
+
+
+@contextmanager
+def count_passes(model: AlexNetFamily, report: Callable[[int], None]) -> Iterator[None]:
+    """Report how many images reached the model's last layer *from this thread* while the block runs.
+
+    The occlusion study (a library function) has no progress callback; a forward hook on the classifier's last
+    layer sees every batch it runs. Counting only the calling thread's passes keeps concurrent requests (a
+    channel click's forward pass) out of the count. The first pass is the unoccluded image.
+    """
+    me = threading.get_ident()
+    seen = 0
+
+    def hook(_module: nn.Module, _inputs: Any, output: torch.Tensor) -> None:
+        nonlocal seen
+        if threading.get_ident() == me:
+            seen += int(output.shape[0])
+            report(seen)
+
+    handle = model.layer(model.layer_names()[-1]).register_forward_hook(hook)
+    try:
+        yield
+    finally:
+        handle.remove()
 
 
 def create_app(
@@ -253,7 +285,8 @@ def create_app(
             from alexnet.visualize.occlusion import occlusion
 
             progress(0, positions)
-            r = occlusion(slot.model, a.x[0], size=size, stride=stride)
+            with count_passes(slot.model, lambda n: progress(min(max(n - 1, 0), positions), positions)):
+                r = occlusion(slot.model, a.x[0], size=size, stride=stride, batch_size=OCCLUSION_BATCH)
             progress(positions, positions)
             job.files["activation.png"] = render.heatmap_png(r.activation)
             job.files["probability.png"] = render.heatmap_png(r.probability)

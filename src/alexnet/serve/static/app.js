@@ -259,7 +259,7 @@ async function runOcclusion(key) {
     let job = await api(`/api/models/${key}/images/${imageId}/occlusion?size=${size}&stride=${stride}`, { method: "POST" });
     while (job.state === "queued" || job.state === "running") {
       const seconds = ((performance.now() - started) / 1000).toFixed(1);
-      status.textContent = `${job.state}: ${job.total} occluded images … ${seconds} s`;
+      status.textContent = `${job.state}: ${job.done} of ${job.total} occluded images … ${seconds} s`;
       if (job.done > 0) { bar.max = job.total; bar.value = job.done; }
       await new Promise((r) => setTimeout(r, 300));
       job = await api(`/api/jobs/${job.id}`);
