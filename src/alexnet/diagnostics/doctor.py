@@ -413,13 +413,16 @@ def diagnose(run: Run) -> list[Diagnosis]:
 
 def _gradient_evidence(last: HealthRecord, layers: list[str]) -> str:
     rel = {lh.layer: relative_grad(lh) for lh in last.layers}
-    top_layer = max((k for k, v in rel.items() if v is not None), key=lambda k: rel[k] or 0.0, default=None)
-    parts = [f"{name} {rel[name]:.2g}" for name in layers if rel.get(name) is not None]
-    zero = [name for name in layers if rel.get(name) in (None, 0.0)]
-    text = f"gradient/weight norm ‖g‖/‖w‖ at step {last.step}: " + ", ".join(parts)
+    parts = [f"{name} {rel[name]:.2g}" for name in layers if rel.get(name)]
+    zero = [name for name in layers if not rel.get(name)]
+    top_layer = max((k for k, v in rel.items() if v), key=lambda k: rel[k] or 0.0, default=None)
+    text = f"gradient/weight norm ‖g‖/‖w‖ at step {last.step}: " + (", ".join(parts) if parts else "")
     if zero:
-        text += f" (no gradient: {', '.join(zero)})"
-    if top_layer is not None:
+        dead = [lh for lh in last.layers if lh.dead_frac is not None and lh.dead_frac >= 0.99]
+        text += f"{'; ' if parts else ''}exactly 0 in {_span(zero)}"
+        if dead:
+            text += f" ({dead[-1].dead_frac:.1%} of {dead[-1].layer}'s ReLU units are dead: no gradient flows below it)"
+    if top_layer is not None and parts:
         text += f" vs {top_layer} {rel[top_layer]:.2g}"
     return text
 
