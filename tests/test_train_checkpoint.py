@@ -1,0 +1,58 @@
+"""Checkpoints: plain containers loadable with weights_only=True, RNG states restored exactly, last N kept."""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from alexnet.errors import TrainingError
+from alexnet.train.checkpoint import (
+    latest_checkpoint,
+    list_checkpoints,
+    load_checkpoint,
+    rng_state,
+    save_checkpoint,
+    set_rng_state,
+)
+
+
+def test_rng_states_round_trip_through_a_weights_only_checkpoint(tmp_path: Path) -> None:
+    torch.manual_seed(1)
+    np.random.seed(2)
+    random.seed(3)
+    save_checkpoint(tmp_path, {"rng": [rng_state()], "step": 5}, step=5)
+    expected = (torch.rand(3), np.random.rand(3), [random.random() for _ in range(3)])
+    torch.manual_seed(99)
+    np.random.seed(99)
+    random.seed(99)
+    state = torch.load(list_checkpoints(tmp_path)[-1], weights_only=True)  # no pickled classes inside
+    set_rng_state(state["rng"][0])
+    torch.testing.assert_close(torch.rand(3), expected[0])
+    np.testing.assert_array_equal(np.random.rand(3), expected[1])
+    assert [random.random() for _ in range(3)] == expected[2]
+
+
+def test_only_the_newest_checkpoints_are_kept_and_the_newest_readable_one_is_resumed(tmp_path: Path) -> None:
+    for step in (2, 4, 6, 8):
+        save_checkpoint(tmp_path, {"step": step}, step=step, keep=3)
+    assert [p.name for p in list_checkpoints(tmp_path)] == [
+        "step-00000004.pt",
+        "step-00000006.pt",
+        "step-00000008.pt",
+    ]
+    assert not list((tmp_path / "checkpoints").glob("*.tmp"))  # atomic: no temporary files left
+    list_checkpoints(tmp_path)[-1].write_bytes(b"garbage")  # a damaged newest file falls back to the previous
+    assert latest_checkpoint(tmp_path)["step"] == 6
+
+
+def test_unreadable_or_missing_checkpoints_are_training_errors(tmp_path: Path) -> None:
+    with pytest.raises(TrainingError, match="no checkpoint"):
+        latest_checkpoint(tmp_path)
+    bad = tmp_path / "x.pt"
+    torch.save({"not": "ours"}, bad)
+    with pytest.raises(TrainingError, match="not an alexnet training checkpoint"):
+        load_checkpoint(bad)
