@@ -44,7 +44,13 @@ def register(sub: Any) -> None:
     )
     g.add_argument("--init-std", type=float, help="override every layer's weight std")
     g.add_argument("--bias", type=float, help="override every non-zero bias (the paper: 1; Caffe: 0.1)")
-    g.add_argument("--classes", type=int, default=10, help="classes of the built-in task (default 10)")
+    g.add_argument(
+        "--classes",
+        type=int,
+        default=10,
+        help="classes of the built-in gratings (default 10); with --recipe, use the data set's first N classes "
+        "(the loop validates on them at the end: 2 keeps a probe short)",
+    )
     g.add_argument("--input-size", type=int, default=67, help="input side in pixels (default 67)")
     g.add_argument("--fc-width", type=int, help="narrower fc6/fc7 for a faster probe (the paper: 4096)")
     g.add_argument("--every", type=int, default=10, help="health measurement interval in steps (default 10)")
@@ -76,6 +82,7 @@ def _probe(args: argparse.Namespace) -> Path:
             steps=args.steps,
             batch_size=args.batch_size,
             lr=args.lr,
+            classes=args.classes,
             every=args.every,
             run_dir=run_dir,
             on_warning=say,

@@ -227,11 +227,13 @@ def probe_with_recipe(
     every: int,
     data: str | None = None,
     lr: float | None = None,
+    classes: int | None = None,
     on_warning: Callable[[str], None] | None = None,
 ) -> HealthMonitor:
     """A short run through the real training loop (:func:`alexnet.train.loop.train`) with a recipe.
 
-    A run the loop stops (NaN loss) is still diagnosable: the stop is recorded in the health events.
+    ``classes`` restricts the data set to its first classes (the loop validates on their val images at the
+    end). A run the loop stops (NaN loss) is still diagnosable: the stop is recorded in the health events.
     """
     from alexnet.diagnostics.health import HEALTH_EVENTS
     from alexnet.train.loop import train
@@ -245,6 +247,7 @@ def probe_with_recipe(
         max_steps=steps,
         batch_size=batch_size,
         lr=lr,
+        classes=classes,
         checkpoint_every=max(steps, 1),
     )
     monitor = HealthMonitor(every=every)
