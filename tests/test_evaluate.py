@@ -82,3 +82,14 @@ def test_a_corrupt_validation_file_is_skipped_and_counted(data: Path, tmp_path: 
 
     with pytest.raises(DataError, match="unreadable"):
         evaluate(_model(), copy, progress=False)
+
+
+def test_weights_trained_at_another_input_size_load_back_with_that_size(tmp_path: Path) -> None:
+    from alexnet.weights import load_pretrained, save_weights
+
+    model = create_model(register_tiny(), num_classes=6, input_size=95)  # alexnet train --input-size 95
+    save_weights(model, tmp_path / "m.safetensors", WeightsMeta(classes=[str(i) for i in range(6)]))
+    loaded = load_pretrained(None, tmp_path / "m.safetensors")
+    assert loaded.default_input_size == 95
+    x = torch.randn(2, 3, 95, 95)
+    torch.testing.assert_close(loaded.eval()(x), model.eval()(x))

@@ -66,6 +66,10 @@ def load_pretrained(
         if meta.config is None:
             raise
         config = ArchConfig.from_dict(meta.config)
+    if meta.config is not None and meta.config.get("name") == name and "input_size" not in overrides:
+        trained_at = int(meta.config.get("input_size", config.input_size))
+        if trained_at != config.input_size:  # trained with `alexnet train --input-size` (fc6 width follows)
+            config = config.with_overrides(input_size=trained_at)
     model = build_model(config, num_classes=num_classes, **overrides)
     load_state_dict_checked(model, state, str(weights))
     model.weights_meta = meta
