@@ -189,12 +189,13 @@ def test_doctor_needs_a_run_dir_or_a_model(capsys: pytest.CaptureFixture[str]) -
 
 @pytest.mark.slow
 def test_doctor_probe_run_diagnoses_a_fresh_model(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    # caffenet: Caffe's LRN convention (α/n, k=1) and pool before norm, through the same probe
     args = [
         "doctor",
         "--model",
-        "zfnet",
+        "caffenet",
         "--steps",
-        "10",
+        "6",
         "--every",
         "5",
         "--classes",
