@@ -37,7 +37,7 @@ def tiny_init_run(tiny_init: tuple[Path, list[str]]) -> Path:
 def high_lr_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The paper's init with a learning rate of 10: diverges within a few dozen steps."""
     d = tmp_path_factory.mktemp("high-lr")
-    probe(ProbeConfig(steps=30, lr=10.0, **QUICK), d, thresholds=TH)
+    probe(ProbeConfig(steps=20, lr=10.0, **QUICK), d, thresholds=TH)
     return d
 
 
