@@ -92,7 +92,7 @@ RECIPES: dict[str, dict[str, Any]] = {
     # 2-core CPU. Differences from krizhevsky2012 (table in docs/training.md): AdamW with warm-up and cosine decay
     # instead of paper SGD with ÷10 on plateau; He (Kaiming) init instead of N(0, 0.01) with biases 1, which
     # stays at chance for hundreds of steps; a 99-px crop of a 112-px image instead of 227 of 256 (≈5× less
-    # compute; fc6 then sees 256×2×2); ImageNet mean/std normalisation; batch 32; label smoothing 0.1; 6
+    # compute; fc6 then sees 256×2×2); ImageNet mean/std normalisation; batch 32; label smoothing 0.1; 10
     # epochs. Architecture (two towers, LRN, overlapping pooling, fc 4096, dropout 0.5), augmentation (crops,
     # flips, PCA lighting) and ten-crop evaluation are the paper's.
     "demo": dict(
@@ -100,7 +100,7 @@ RECIPES: dict[str, dict[str, Any]] = {
         lr=1e-3,
         weight_decay=0.05,
         batch_size=32,
-        epochs=6,
+        epochs=10,
         schedule="cosine",
         warmup_steps=30,
         label_smoothing=0.1,
