@@ -34,7 +34,10 @@ class AlexNetFamily(nn.Module):
             features.append(
                 (f"conv{i}", nn.Conv2d(in_ch, c.out, c.kernel, c.stride, c.padding, groups=c.groups))
             )
-            features.append((f"relu{i}", nn.ReLU()))
+            # In place (as torchvision's AlexNet): one activation-sized tensor less per ReLU in training
+            # (docs/performance.md). A forward hook on a conv layer sees its output *before* the ReLU
+            # overwrites it: clone it there, or hook the ReLU.
+            features.append((f"relu{i}", nn.ReLU(inplace=True)))
             post: list[tuple[str, nn.Module]] = []
             if c.norm and config.lrn is not None:
                 lrn = config.lrn
@@ -63,7 +66,7 @@ class AlexNetFamily(nn.Module):
                 classifier.append((f"drop{idx}", nn.Dropout(config.dropout)))
             classifier.append((f"fc{idx}", nn.Linear(in_f, out_f)))
             if not last:
-                classifier.append((f"relu{idx}", nn.ReLU()))
+                classifier.append((f"relu{idx}", nn.ReLU(inplace=True)))
                 if not config.dropout_before_fc:
                     classifier.append((f"drop{idx}", nn.Dropout(config.dropout)))
             in_f = out_f
