@@ -11,9 +11,17 @@ from alexnet.data.images import read_image
 from alexnet.data.preprocess import Preprocessing
 from alexnet.evaluate import class_probabilities, evaluate
 from alexnet.factory import create_model
+from alexnet.models import unregister
 from alexnet.train.data import eval_transform
 from alexnet.weights import WeightsMeta
-from test_train_support import register_tiny, tiny_data
+from test_train_support import TINY, register_tiny, tiny_data
+
+
+@pytest.fixture(autouse=True)
+def _tiny_registered_only_here():
+    """The tiny model is registered for these tests and removed after, so the registry stays as shipped."""
+    yield
+    unregister(TINY.name)
 
 
 @pytest.fixture(scope="module")

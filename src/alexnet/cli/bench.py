@@ -16,7 +16,7 @@ def register(sub: Any) -> None:
     p = add_command(
         sub,
         "bench",
-        "throughput (images/s, GFLOP/s, % of the measured fp32 matmul rate) and training memory",
+        "throughput (images/s, GFLOP/s, %% of the measured fp32 matmul rate) and training memory",
         "Times training steps and/or inference of each MODEL (default: alexnet caffenet zfnet) on random inputs, "
         "with torchvision's alexnet always included as the reference row: warm-up, then the median of the "
         "repeats. A training step counts 3x the forward FLOPs of `alexnet summary`. '% mm' is of an fp32 "

@@ -3,7 +3,7 @@
 from alexnet.models.configs import CONFIGS, LRN, ArchConfig, Conv, Fc
 from alexnet.models.layers import LocalResponseNorm, lrn_reference, renormalize_filters_
 from alexnet.models.net import AlexNetFamily
-from alexnet.models.registry import build_model, get_config, list_models, register
+from alexnet.models.registry import build_model, get_config, list_models, register, unregister
 
 __all__ = [
     "CONFIGS",
@@ -19,4 +19,5 @@ __all__ = [
     "lrn_reference",
     "register",
     "renormalize_filters_",
+    "unregister",
 ]

@@ -27,6 +27,11 @@ def register(config: ArchConfig) -> ArchConfig:
     return config
 
 
+def unregister(name: str) -> None:
+    """Remove a configuration added with :func:`register` (no-op when absent)."""
+    CONFIGS.pop(name, None)
+
+
 def build_model(name_or_config: str | ArchConfig, num_classes: int = 1000, **overrides: Any) -> AlexNetFamily:
     """Build a freshly initialised network from a registered name or a config."""
     config = get_config(name_or_config) if isinstance(name_or_config, str) else name_or_config

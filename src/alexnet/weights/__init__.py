@@ -60,16 +60,12 @@ def load_pretrained(
     name = name or meta.model
     assert name is not None
     num_classes = num_classes or meta.num_classes or 1000
-    try:
-        config = get_config(name)
-    except KeyError:
-        if meta.config is None:
-            raise
+    # The file's own architecture record wins over the registry: it holds whatever the run changed
+    # (`alexnet train --input-size/--dropout ...`) and lets files of unregistered variants load anywhere.
+    if meta.config is not None and meta.config.get("name") == name:
         config = ArchConfig.from_dict(meta.config)
-    if meta.config is not None and meta.config.get("name") == name and "input_size" not in overrides:
-        trained_at = int(meta.config.get("input_size", config.input_size))
-        if trained_at != config.input_size:  # trained with `alexnet train --input-size` (fc6 width follows)
-            config = config.with_overrides(input_size=trained_at)
+    else:
+        config = get_config(name)
     model = build_model(config, num_classes=num_classes, **overrides)
     load_state_dict_checked(model, state, str(weights))
     model.weights_meta = meta
