@@ -166,3 +166,21 @@ def test_subprocess_error_has_no_traceback():
     r = run_cli("summary", "nosuchnet")
     assert r.returncode == 2
     assert r.stderr.strip().count("\n") == 0 and "Traceback" not in r.stderr
+
+
+def test_predict_empty_image_file_is_one_line_exit_2(capsys, owt_weights, tmp_path):
+    empty = tmp_path / "empty.jpg"
+    empty.write_bytes(b"")
+    assert main(["predict", str(empty), "--weights", str(owt_weights)]) == 2
+    assert "empty file, not an image" in one_line_error(capsys)
+
+
+def test_weights_accepts_a_published_source_name_and_checks_its_digest(
+    capsys, chelsea_jpeg, tmp_path, monkeypatch
+):
+    # A cached file under the source's name is used without the network, and its published SHA-256 is checked.
+    monkeypatch.setenv("ALEXNET_CACHE", str(tmp_path))
+    (tmp_path / "bvlcalexnet-8.onnx").write_bytes(b"not the published file")
+    assert main(["predict", str(chelsea_jpeg), "--weights", "bvlcalexnet-8"]) == 2
+    err = one_line_error(capsys)
+    assert "bvlcalexnet-8" in err and "no such weights file" not in err

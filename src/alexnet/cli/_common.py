@@ -69,8 +69,11 @@ def load_model_from_args(args: argparse.Namespace, *, need_weights: bool = False
         if args.model is None:
             raise CommandError("--model is required")
         return create_model(args.model)
-    if args.weights != "torchvision" and not Path(args.weights).exists():
-        raise CommandError(f"{args.weights}: no such weights file")
     from alexnet.weights import load_pretrained
+    from alexnet.weights.sources import SOURCES
+
+    # "torchvision" and published source names (`alexnet weights sources`) are fetched or found in the cache
+    if args.weights != "torchvision" and args.weights not in SOURCES and not Path(args.weights).exists():
+        raise CommandError(f"{args.weights}: no such weights file")
 
     return load_pretrained(args.model, args.weights)

@@ -31,9 +31,9 @@ def decode_rgb(
     so a large JPEG may be decoded at 1/2, 1/4 or 1/8 scale in the DCT domain (libjpeg's scaled IDCT), which is
     several times faster; the result's shorter side is still ≥ ``min_side``. Other formats decode at full size.
     """
-    raw = data if isinstance(data, torch.Tensor) else torch.frombuffer(bytearray(data), dtype=torch.uint8)
-    if raw.numel() == 0:
+    if len(data) == 0:  # torch.frombuffer refuses empty buffers
         raise ImageError(f"{name}: empty file, not an image")
+    raw = data if isinstance(data, torch.Tensor) else torch.frombuffer(bytearray(data), dtype=torch.uint8)
     if min_side is not None and raw.numel() > 3 and bytes(raw[:3].tolist()) == JPEG_SOI:
         head = bytes(raw[:JPEG_HEADER_SCAN].numpy().tobytes())
         size = jpeg_size(head)
