@@ -9,6 +9,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import re
 import signal
 import subprocess
 import time
@@ -113,11 +114,15 @@ def test_non_finite_loss_stops_with_one_line_naming_the_step_and_the_last_checkp
     run = tmp_path / "run"
     ok = run_cli(tmp_path, *TRAIN, "--data", str(data), "--max-steps", "2", "--out", str(run))
     assert ok.returncode == 0, ok.stderr
+    assert (run / "health.csv").exists()  # diagnostics are on by default in every run
     good = load_checkpoint(list_checkpoints(run)[-1])
     bad = run_cli(tmp_path, "train", "--resume", "--out", str(run), "--max-steps", "40", "--lr", "1e6", "-q")
     assert bad.returncode == 2
     lines = bad.stderr.strip().splitlines()
     assert len(lines) == 1 and "step" in lines[0] and "Traceback" not in bad.stderr, bad.stderr
+    assert re.search(r"\b(conv|relu|norm|pool|fc|drop)\d\b", lines[0]), lines[
+        0
+    ]  # the first layer where NaN/inf appeared
     last = load_checkpoint(list_checkpoints(run)[-1])
     assert all(torch.isfinite(t).all() for t in last["model"].values())
     assert last["step"] >= good["step"]

@@ -93,9 +93,10 @@ def register(sub: Any) -> None:
     p.add_argument(
         "--health-every",
         type=int,
-        default=0,
+        default=50,
         metavar="N",
-        help="per-layer health monitoring every N steps (alexnet.diagnostics; health.csv, warnings); 0 = off",
+        help="per-layer health (activations, dead units, gradient/update norms, LRN) every N steps into "
+        "health.csv and TensorBoard, with live warnings; read it with `alexnet doctor RUN`. 0 = off (default 50)",
     )
     p.add_argument("--quiet", "-q", action="store_true", help="no progress bars")
     p.set_defaults(func=run)

@@ -317,9 +317,13 @@ def _train(
                     logits = net(images)
                 loss = F.cross_entropy(logits.float(), targets, label_smoothing=cfg.label_smoothing)
                 if not dist_utils.all_true(bool(torch.isfinite(loss)), info):
+                    from alexnet.diagnostics.health import locate_nonfinite
+
+                    where = locate_nonfinite(model, images) or "the forward pass is finite; the loss is not"
                     raise TrainingError(
-                        f"loss is {float(loss.detach())} at step {step + 1} (epoch {epoch + 1}); stopping. The last good "
-                        f"checkpoint is kept in {run_dir / 'checkpoints'}; try a lower --lr (now {lr:g})"
+                        f"loss is {float(loss.detach())} at step {step + 1} (epoch {epoch + 1}): {where}; stopping. "
+                        f"The last good checkpoint is kept in {run_dir / 'checkpoints'}; try a lower --lr "
+                        f"(now {lr:g}), or run `alexnet doctor {run_dir}`"
                     )
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
