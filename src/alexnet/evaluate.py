@@ -65,7 +65,7 @@ def evaluate_loader(
     *,
     progress: bool = False,
     amp: bool = False,
-    channels_last: bool = False,
+    channels_last: bool = True,
     desc: str = "evaluating",
 ) -> EvalResult:
     """Run ``model`` over ``loader`` (batches of ``(images, targets)``) and sum the counts over ranks.
