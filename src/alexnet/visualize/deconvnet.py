@@ -32,7 +32,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from alexnet.models import AlexNetFamily
-from alexnet.visualize.hooks import SelectionError, check_trunk_layer
+from alexnet.visualize.hooks import SelectionError, check_trunk_layer, evaluating
 
 
 def _pair(v: int | tuple[int, ...]) -> tuple[int, int]:
@@ -129,14 +129,9 @@ def layer_shape(model: AlexNetFamily, layer: str, input_size: int | None = None)
 def project(model: AlexNetFamily, images: torch.Tensor, layer: str, mask: torch.Tensor) -> torch.Tensor:
     """Deconvnet projection of ``mask · activation`` of ``layer`` (mask broadcastable to the layer's output)."""
     check_trunk_layer(model, layer)
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.inference_mode():
-            acts, steps = _forward_record(model, images, layer)
-            return _down(acts * mask.to(acts), steps)
-    finally:
-        model.train(was_training)
+    with evaluating(model):
+        acts, steps = _forward_record(model, images, layer)
+        return _down(acts * mask.to(acts), steps)
 
 
 def deconvnet(
@@ -155,21 +150,16 @@ def deconvnet(
     if images.ndim == 3:
         images = images.unsqueeze(0)
     check_trunk_layer(model, layer)
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.inference_mode():
-            acts, steps = _forward_record(model, images, layer)
-            _check_channel(acts, layer, channel)
-            mask = torch.zeros_like(acts)
-            if unit is None:
-                mask[:, channel] = 1.0
-            else:
-                _check_unit(acts, layer, unit)
-                mask[:, channel, unit[0], unit[1]] = 1.0
-            return _down(acts * mask, steps)
-    finally:
-        model.train(was_training)
+    with evaluating(model):
+        acts, steps = _forward_record(model, images, layer)
+        _check_channel(acts, layer, channel)
+        mask = torch.zeros_like(acts)
+        if unit is None:
+            mask[:, channel] = 1.0
+        else:
+            _check_unit(acts, layer, unit)
+            mask[:, channel, unit[0], unit[1]] = 1.0
+        return _down(acts * mask, steps)
 
 
 class StrongestProjection(NamedTuple):
@@ -187,19 +177,14 @@ def deconvnet_strongest(
     if images.ndim == 3:
         images = images.unsqueeze(0)
     check_trunk_layer(model, layer)
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.inference_mode():
-            acts, steps = _forward_record(model, images, layer)
-            _check_channel(acts, layer, channel)
-            fmap = acts[:, channel].flatten(1)
-            values, flat = fmap.max(dim=1)
-            width = acts.shape[-1]
-            units = torch.stack((flat // width, flat % width), dim=1)
-            mask = torch.zeros_like(acts).flatten(2)
-            mask[torch.arange(len(acts)), channel, flat] = 1.0
-            proj = _down(acts * mask.view_as(acts), steps)
-            return StrongestProjection(proj, units, values)
-    finally:
-        model.train(was_training)
+    with evaluating(model):
+        acts, steps = _forward_record(model, images, layer)
+        _check_channel(acts, layer, channel)
+        fmap = acts[:, channel].flatten(1)
+        values, flat = fmap.max(dim=1)
+        width = acts.shape[-1]
+        units = torch.stack((flat // width, flat % width), dim=1)
+        mask = torch.zeros_like(acts).flatten(2)
+        mask[torch.arange(len(acts)), channel, flat] = 1.0
+        proj = _down(acts * mask.view_as(acts), steps)
+        return StrongestProjection(proj, units, values)

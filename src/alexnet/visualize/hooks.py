@@ -8,7 +8,8 @@ that other code registered keep firing.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 
 import torch
 from torch import nn
@@ -22,6 +23,18 @@ class SelectionError(AlexnetError, ValueError):
 
 
 TRUNK_TYPES = (nn.Conv2d, nn.ReLU, nn.MaxPool2d, LocalResponseNorm, nn.LocalResponseNorm)
+
+
+@contextmanager
+def evaluating(model: nn.Module) -> Iterator[None]:
+    """Eval mode (dropout off) under ``torch.inference_mode`` for the block; the model's mode is restored after."""
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.inference_mode():
+            yield
+    finally:
+        model.train(was_training)
 
 
 def trunk_layers(model: AlexNetFamily) -> list[str]:
@@ -94,17 +107,12 @@ def capture(
     last = deepest(model, layers)
     if images.ndim == 3:
         images = images.unsqueeze(0)
-    was_training = model.training
-    model.eval()
     device = next(model.parameters()).device
     step = batch_size or len(images) or 1
     parts: dict[str, list[torch.Tensor]] = {name: [] for name in layers}
-    try:
-        with torch.inference_mode():
-            for start in range(0, len(images), step):
-                _, kept = walk(model, images[start : start + step].to(device), last, layers)
-                for name in layers:
-                    parts[name].append(kept[name].cpu())
-    finally:
-        model.train(was_training)
+    with evaluating(model):
+        for start in range(0, len(images), step):
+            _, kept = walk(model, images[start : start + step].to(device), last, layers)
+            for name in layers:
+                parts[name].append(kept[name].cpu())
     return {name: torch.cat(chunks) for name, chunks in parts.items()}

@@ -22,7 +22,7 @@ from tqdm import tqdm
 
 from alexnet.models import AlexNetFamily
 from alexnet.predict import labels_of
-from alexnet.visualize.hooks import SelectionError, check_trunk_layer, walk
+from alexnet.visualize.hooks import SelectionError, check_trunk_layer, evaluating, walk
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -100,39 +100,34 @@ def occlusion(
     if target is not None and not 0 <= target < n_classes:
         raise SelectionError(f"target class {target} is out of range (0–{n_classes - 1})")
 
-    was_training = model.training
-    model.eval()
     device = next(model.parameters()).device
     image = image.to(device)
     ys = np.arange(0, height - size + 1, stride)
     xs = np.arange(0, width - size + 1, stride)
     coords = [(int(y), int(x)) for y in ys for x in xs]
-    try:
-        with torch.inference_mode():
-            logits, kept = walk(model, image.unsqueeze(0), last, [layer])
-            probs = logits.softmax(1)[0]
-            fmap = kept[layer][0]
-            if channel is None:
-                channel = int(fmap.flatten(1).sum(1).argmax())
-            elif not 0 <= channel < fmap.shape[0]:
-                raise SelectionError(f"channel {channel} is out of range for {layer} (0–{fmap.shape[0] - 1})")
-            if target is None:
-                target = int(probs.argmax())
-            base_act = float(fmap[channel].sum())
-            base_prob = float(probs[target])
-            act, prob, lab = [], [], []
-            for start in tqdm(range(0, len(coords), batch_size), desc="occlusion", disable=not progress):
-                chunk = coords[start : start + batch_size]
-                batch = image.unsqueeze(0).repeat(len(chunk), 1, 1, 1)
-                for i, (y, x) in enumerate(chunk):
-                    batch[i, :, y : y + size, x : x + size] = 0.0  # the mean pixel after normalisation
-                logits, kept = walk(model, batch, last, [layer])
-                p = logits.softmax(1)
-                act.append(kept[layer][:, channel].flatten(1).sum(1).cpu())
-                prob.append(p[:, target].cpu())
-                lab.append(p.argmax(1).cpu())
-    finally:
-        model.train(was_training)
+    with evaluating(model):
+        logits, kept = walk(model, image.unsqueeze(0), last, [layer])
+        probs = logits.softmax(1)[0]
+        fmap = kept[layer][0]
+        if channel is None:
+            channel = int(fmap.flatten(1).sum(1).argmax())
+        elif not 0 <= channel < fmap.shape[0]:
+            raise SelectionError(f"channel {channel} is out of range for {layer} (0–{fmap.shape[0] - 1})")
+        if target is None:
+            target = int(probs.argmax())
+        base_act = float(fmap[channel].sum())
+        base_prob = float(probs[target])
+        act, prob, lab = [], [], []
+        for start in tqdm(range(0, len(coords), batch_size), desc="occlusion", disable=not progress):
+            chunk = coords[start : start + batch_size]
+            batch = image.unsqueeze(0).repeat(len(chunk), 1, 1, 1)
+            for i, (y, x) in enumerate(chunk):
+                batch[i, :, y : y + size, x : x + size] = 0.0  # the mean pixel after normalisation
+            logits, kept = walk(model, batch, last, [layer])
+            p = logits.softmax(1)
+            act.append(kept[layer][:, channel].flatten(1).sum(1).cpu())
+            prob.append(p[:, target].cpu())
+            lab.append(p.argmax(1).cpu())
     shape = (len(ys), len(xs))
     label_map = torch.cat(lab).view(shape).numpy()
     names = labels_of(model)
