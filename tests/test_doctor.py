@@ -9,10 +9,10 @@ from pathlib import Path
 import pytest
 
 from alexnet.cli import main
-from alexnet.diagnostics.doctor import RunDirError, diagnose_run, format_report, read_health
+from alexnet.diagnostics.doctor import Run, RunDirError, diagnose, diagnose_run, format_report, read_health
 from alexnet.diagnostics.health import HEALTH_CSV
 from alexnet.diagnostics.probe import ProbeConfig, probe
-from alexnet.diagnostics.rules import Thresholds
+from alexnet.diagnostics.rules import HealthRecord, LayerHealth, Thresholds, check_vanishing
 from alexnet.errors import DataError
 
 QUICK = dict(batch_size=16, num_classes=4, per_class=16, fc_width=64, every=5)
@@ -227,3 +227,48 @@ def test_probe_reads_an_imagenet_layout_folder_of_photographs(tmp_path: Path) ->
     assert json.loads((tmp_path / "run" / "config.json").read_text())["num_classes"] == 2
     with pytest.raises(DataError, match="at least two class folders"):
         probe(ProbeConfig(steps=1, data=str(root / "cat")), tmp_path / "run2")
+
+
+def _record(step: int, loss: float, lr: float, update: float) -> HealthRecord:
+    layers = [
+        LayerHealth(
+            name,
+            act_mean=0.1,
+            act_std=1.0,
+            dead_frac=0.1,
+            weight_norm=10.0,
+            grad_norm=1.0,
+            update_ratio=update,
+        )
+        for name in ("conv1", "conv2", "fc6", "fc7", "fc8")
+    ]
+    return HealthRecord(step=step, loss=loss, lr=lr, num_classes=10, layers=layers)
+
+
+def _synthetic_run(tmp_path: Path, records: list[HealthRecord]) -> Run:
+    return Run(tmp_path, records, {}, {}, [], [])
+
+
+def test_a_plateau_at_chance_that_training_left_is_a_note_not_a_problem(tmp_path: Path) -> None:
+    chance = math.log(10)
+    losses = [2.8, 2.5, chance, chance, chance, 2.0, 1.5, 1.0]  # what `make demo`'s first epochs look like
+    run = _synthetic_run(tmp_path, [_record(1 + 50 * i, loss, 1e-3, 1e-3) for i, loss in enumerate(losses)])
+    found = {d.code: d for d in diagnose(run)}
+    assert found["stuck_at_chance"].severity == "note"
+    assert not any(d.severity == "problem" for d in found.values())
+
+
+def test_a_loss_still_at_chance_at_the_end_is_a_problem(tmp_path: Path) -> None:
+    chance = math.log(10)
+    run = _synthetic_run(tmp_path, [_record(1 + 50 * i, chance, 1e-3, 1e-3) for i in range(6)])
+    stuck = [d for d in diagnose(run) if d.code == "stuck_at_chance"]
+    assert stuck and stuck[0].severity == "problem"
+
+
+def test_updates_shrinking_in_every_layer_as_the_schedule_anneals_are_not_vanishing_gradients() -> None:
+    th = Thresholds()
+    annealed = _record(1851, 0.97, 3e-7, 1e-6)  # cosine decay at its end: every layer moves ~1e-6 per step
+    assert check_vanishing(annealed, th) == []
+    one_stuck = _record(1851, 0.97, 1e-3, 1e-3)
+    one_stuck.layers[0].update_ratio = 1e-7  # conv1 stands still while the others move
+    assert [f.layer for f in check_vanishing(one_stuck, th)] == ["conv1"]

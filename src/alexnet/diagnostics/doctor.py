@@ -341,7 +341,26 @@ def diagnose(run: Run) -> list[Diagnosis]:
 
     # vanishing at the last health step (a first-step warning that training cured is not a diagnosis)
     vanish_layers = [f.layer for f in at_last if f.code == VANISHING and f.layer]
-    if STUCK in by_code:
+    stuck_now = any(f.code == STUCK for f in at_last)
+    if STUCK in by_code and not stuck_now:
+        # A plateau at ln(C) that training left is the usual start of a network without batch normalisation
+        # (docs/training.md): worth knowing, nothing to fix.
+        stuck_steps = sorted(steps_with[STUCK])
+        out.append(
+            Diagnosis(
+                STUCK,
+                "note",
+                "Loss sat at chance level for a while, then training started",
+                [
+                    f"loss within {th.stuck_tol:.0%} of ln({last.num_classes}) = {chance_loss(last.num_classes):.4f} "
+                    f"at health steps {stuck_steps[0]}…{stuck_steps[-1]}",
+                    f"loss {last.loss:.4f} at step {last.step}" if last.loss is not None else "",
+                ],
+                "",
+                stuck_steps[0],
+            )
+        )
+    if STUCK in by_code and stuck_now:
         stuck_since = first_step[STUCK]
         chance = chance_loss(last.num_classes)
         ev = [
@@ -496,7 +515,8 @@ def _healthy(run: Run, th: Thresholds) -> Diagnosis:
     ratios = [lh.update_ratio for lh in last.layers if lh.update_ratio is not None]
     if ratios:
         ev.append(
-            f"‖Δw‖/‖w‖ per step {min(ratios):.2g} … {max(ratios):.2g} across layers (healthy SGD: ~1e-3)"
+            f"‖Δw‖/‖w‖ per step {min(ratios):.2g} … {max(ratios):.2g} across layers at lr {last.lr:.3g} "
+            "(healthy SGD at its full learning rate: ~1e-3; smaller as a schedule anneals)"
         )
     dead = [lh.dead_frac for lh in last.layers if lh.dead_frac is not None]
     if dead:

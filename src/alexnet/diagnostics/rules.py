@@ -207,10 +207,16 @@ def check_exploding(rec: HealthRecord, prev: HealthRecord | None, th: Thresholds
 
 def check_vanishing(rec: HealthRecord, th: Thresholds) -> list[Finding]:
     """A layer whose gradient is 0, or ``vanish_grad_gap`` times weaker (relative to its weights) than the
-    strongest layer's, or whose weights move by less than ``vanish_update_ratio`` per step (after the
-    momentum warm-up: SGD's first steps are ~1/(1−momentum) times smaller than its steady state)."""
+    strongest layer's, or whose weights move by less than ``vanish_update_ratio`` per step while another layer
+    moves more (after the momentum warm-up: SGD's first steps are ~1/(1−momentum) times smaller than its steady
+    state)."""
     rel = {lh.layer: relative_grad(lh) for lh in rec.layers}
     top = max((r for r in rel.values() if r is not None), default=None)
+    # When *every* layer moves by less than the threshold, the learning rate is small (a schedule annealed to
+    # ~0, as cosine decay ends, or a learning rate set too low), not a gradient that vanishes on its way down:
+    # the update criterion only singles out layers that stand still while others move.
+    updates = [lh.update_ratio for lh in rec.layers if _finite(lh.update_ratio)]
+    moving = any(u >= th.vanish_update_ratio for u in updates)  # type: ignore[operator]
     out: list[Finding] = []
     for lh in rec.layers:
         r = rel[lh.layer]
@@ -220,6 +226,7 @@ def check_vanishing(rec: HealthRecord, th: Thresholds) -> list[Finding]:
             why = f"‖g‖/‖w‖ = {r:.2g}, {top / r:.2g}× below the strongest layer's {top:.2g}"
         elif (
             rec.step >= th.warmup_steps
+            and moving
             and lh.update_ratio is not None
             and _finite(lh.update_ratio)
             and lh.update_ratio < th.vanish_update_ratio
