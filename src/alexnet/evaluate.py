@@ -134,14 +134,14 @@ def evaluate(
     """
     from alexnet.data.folders import ImageFolder, check_split
     from alexnet.errors import DataError
-    from alexnet.predict import preprocessing_of
-    from alexnet.train.data import eval_loader, eval_transform
+    from alexnet.predict import input_transform
+    from alexnet.train.data import eval_loader
 
     if batch_size < 1:
         raise DataError(f"batch size must be at least 1 (got {batch_size})")
     meta = getattr(model, "weights_meta", None)
     names = classes if classes is not None else (meta.classes if meta is not None else None)
-    dataset = ImageFolder(root, split, eval_transform(preprocessing_of(model), ten_crop), class_names=names)
+    dataset = ImageFolder(root, split, input_transform(model, ten_crop), class_names=names)
     n_out = getattr(model, "num_classes", None)
     if n_out is not None and len(dataset.classes) > n_out:
         raise DataError(

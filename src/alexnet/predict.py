@@ -5,12 +5,15 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
+from torchvision.transforms import v2
 
 from alexnet.data.classes import class_names
 from alexnet.data.images import read_image
 from alexnet.data.preprocess import Preprocessing
+from alexnet.errors import WeightsError
 from alexnet.models import AlexNetFamily
 
 
@@ -27,6 +30,46 @@ def preprocessing_of(model: AlexNetFamily) -> Preprocessing:
     if meta is not None and meta.preprocessing is not None:
         return meta.preprocessing
     return Preprocessing(input_size=model.default_input_size)
+
+
+def mean_image_of(model: AlexNetFamily) -> torch.Tensor | None:
+    """The per-pixel mean image (3×resize×resize, model convention) when the weights' preprocessing subtracts one
+    (AlexNet §2), else ``None``. It travels in the weights file (``WeightsMeta.tensors["mean_image"]``)."""
+    pre = preprocessing_of(model)
+    if not pre.mean_image:
+        return None
+    meta = getattr(model, "weights_meta", None)
+    image = meta.tensors.get("mean_image") if meta is not None else None
+    if image is None:
+        raise WeightsError(
+            "the weights' preprocessing subtracts a per-pixel mean image, but the file carries none"
+        )
+    return image
+
+
+def input_transform(model: AlexNetFamily, ten_crop: bool = False) -> Any:
+    """uint8 RGB image → the model's input, exactly as its weights were trained: centre crop (3×S×S) or AlexNet
+    §4.1's ten crops (10×3×S×S), per-channel mean/std or the per-pixel mean image."""
+    from alexnet.data import transforms
+
+    pre, mean = preprocessing_of(model), mean_image_of(model)
+    return (
+        transforms.ten_crop(pre, mean_image=mean)
+        if ten_crop
+        else transforms.eval_transform(pre, mean_image=mean)
+    )
+
+
+def normalize_crop(model: AlexNetFamily, crop: torch.Tensor) -> torch.Tensor:
+    """A uint8 RGB S×S crop taken from the centre of the resized image → the model's input (for tools that crop,
+    rotate or occlude the image themselves); with a mean image, its centre S×S region is subtracted."""
+    pre, mean = preprocessing_of(model), mean_image_of(model)
+    x = crop.float() / 255.0
+    if mean is None:
+        return pre.normalize(x)
+    from alexnet.data.transforms import Normalize
+
+    return Normalize(pre, v2.functional.center_crop(mean, list(crop.shape[-2:])))(x)
 
 
 def labels_of(model: AlexNetFamily) -> list[str]:
@@ -52,7 +95,7 @@ def predict_files(
     model: AlexNetFamily, paths: Sequence[str | Path], topk: int = 5, device: str = "cpu"
 ) -> Iterator[tuple[str, list[Prediction]]]:
     """Decode each file, apply the weights' preprocessing (centre crop) and yield its top-k."""
-    transform = preprocessing_of(model).eval_transform()
+    transform = input_transform(model)
     model.to(device)
     for path in paths:
         x = transform(read_image(path)).unsqueeze(0).to(device)

@@ -35,7 +35,15 @@ _VALUE_FLAGS: list[tuple[str, str, Any, str]] = [
         "--normalize",
         "normalize",
         str,
-        "mean (0–255 minus per-channel mean, AlexNet §2) or meanstd (torchvision)",
+        "mean (0–255 minus the per-channel mean), image (0–255 minus the per-pixel mean image of the training "
+        "set, AlexNet §2; computed into the run folder unless --stats gives it) or meanstd (torchvision)",
+    ),
+    (
+        "--stats",
+        "stats",
+        str,
+        "statistics file from `alexnet data-stats ROOT --out FILE`: its mean (image) and RGB eigenvectors replace "
+        "ImageNet's in the normalisation and the PCA colour augmentation (AlexNet §4.1)",
     ),
     (
         "--pca-lighting",

@@ -17,7 +17,7 @@ from alexnet.errors import TrainingError
 OPTIMIZERS = ("paper_sgd", "sgd", "adamw")
 SCHEDULES = ("plateau", "step", "cosine", "constant")
 INITS = ("paper", "kaiming")
-NORMALIZATIONS = ("mean", "meanstd")
+NORMALIZATIONS = ("mean", "image", "meanstd")
 
 
 @dataclass(frozen=True)
@@ -56,7 +56,12 @@ class TrainConfig:
     # data
     classes: int | None = None
     images_per_class: int | None = None
-    normalize: str = "mean"
+    normalize: str = (
+        "mean"  # per-channel mean; "image": per-pixel mean image (AlexNet §2); "meanstd": torchvision
+    )
+    stats: str | None = (
+        None  # `alexnet data-stats --out FILE`: the data's own mean (image) and PCA (AlexNet §4.1)
+    )
     pca_lighting: float = 0.1
     ten_crop: bool = False
     workers: int = 2

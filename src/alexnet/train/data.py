@@ -17,35 +17,89 @@ from alexnet.data.preprocess import IMAGENET_MEAN, IMAGENET_STD, Preprocessing
 from alexnet.errors import DataError
 from alexnet.train.config import TrainConfig
 
+STATS_FILE = "data_stats.safetensors"
+STATS_MAX_IMAGES = (
+    10_000  # the mean image of a fixed random subset: AlexNet §2's mean, without a full extra epoch
+)
 
-def preprocessing_for(cfg: TrainConfig, default_input_size: int) -> Preprocessing:
-    """``mean``: subtract the per-channel mean from 0–255 pixels (AlexNet §2, Caffe); ``meanstd``: torchvision's
-    0–1 pixels normalised by ImageNet mean and std. The crop is the model's input size (resize 256, AlexNet §2),
-    or ``cfg.input_size`` with the resize scaled by the same factor (256/227 of the crop)."""
+
+def run_stats(cfg: TrainConfig, run_dir: Path, progress: bool = True) -> Any:
+    """The data's own statistics (:class:`alexnet.data.stats.DataStats`) this run uses, or ``None``.
+
+    ``cfg.stats`` when given; else, for ``normalize="image"``, the run folder's copy, computed once from (at most
+    :data:`STATS_MAX_IMAGES` of) the training split and kept there, so a resumed run uses the same mean image.
+    """
+    from alexnet.data.stats import DataStats, compute_stats
+
+    if cfg.stats is not None:
+        if not Path(cfg.stats).is_file():
+            raise DataError(
+                f"--stats {cfg.stats}: no such file (write one with `alexnet data-stats ROOT --out FILE`)"
+            )
+        return DataStats.load(cfg.stats)
+    if cfg.normalize != "image":
+        return None
+    path = run_dir / STATS_FILE
+    if path.is_file():
+        return DataStats.load(path)
+    stats = compute_stats(
+        resolve_root(cfg, progress), "train", max_images=STATS_MAX_IMAGES, progress=progress
+    )
+    run_dir.mkdir(parents=True, exist_ok=True)
+    stats.save(path)
+    return stats
+
+
+def preprocessing_for(
+    cfg: TrainConfig, default_input_size: int, stats: Any = None
+) -> tuple[Preprocessing, torch.Tensor | None]:
+    """The run's :class:`Preprocessing` and, for ``normalize="image"``, its mean image (3×resize×resize).
+
+    ``mean``: subtract the per-channel mean from 0–255 pixels (AlexNet §2, Caffe); ``image``: subtract the
+    per-pixel mean image instead ("subtracting the mean activity over the training set from each pixel", §2);
+    ``meanstd``: torchvision's 0–1 pixels normalised by mean and std. The means are ImageNet's, or the data's own
+    when ``stats`` (:func:`run_stats`) is given. The crop is the model's input size (resize 256, AlexNet §2), or
+    ``cfg.input_size`` with the resize scaled by the same factor (256/227 of the crop).
+    """
     size = cfg.input_size or default_input_size
     resize = 256 if cfg.input_size is None else round(size * 256 / default_input_size)
-    if cfg.normalize == "mean":
-        mean = (255.0 * IMAGENET_MEAN[0], 255.0 * IMAGENET_MEAN[1], 255.0 * IMAGENET_MEAN[2])
-        return Preprocessing(
-            input_size=size, resize=resize, mean=mean, std=(1.0, 1.0, 1.0), pixel_scale=255.0
-        )
-    return Preprocessing(
-        input_size=size, resize=resize, mean=IMAGENET_MEAN, std=IMAGENET_STD, pixel_scale=1.0
+    mean01 = tuple(stats.mean_rgb) if stats is not None else IMAGENET_MEAN
+    if cfg.normalize == "meanstd":
+        std01 = tuple(stats.std_rgb) if stats is not None else IMAGENET_STD
+        return Preprocessing(input_size=size, resize=resize, mean=mean01, std=std01, pixel_scale=1.0), None
+    pre = Preprocessing(
+        input_size=size,
+        resize=resize,
+        mean=(255.0 * mean01[0], 255.0 * mean01[1], 255.0 * mean01[2]),
+        std=(1.0, 1.0, 1.0),
+        pixel_scale=255.0,
+        mean_image=cfg.normalize == "image",
     )
+    if not pre.mean_image:
+        return pre, None
+    if stats is None:
+        raise DataError("--normalize image needs the data's mean image (run_stats computes it)")
+    return pre, stats.mean_image_for(pre)
 
 
-def train_transform(pre: Preprocessing, pca_std: float) -> Any:
-    """AlexNet §2 + §4.1: shorter side 256, centre 256², random crop, horizontal flip, PCA lighting (σ=pca_std)."""
+def train_transform(
+    pre: Preprocessing, pca_std: float, mean_image: torch.Tensor | None = None, stats: Any = None
+) -> Any:
+    """AlexNet §2 + §4.1: shorter side 256, centre 256², random crop, horizontal flip, PCA lighting (σ=pca_std)
+    with ImageNet's RGB eigen-decomposition, or the data's own when ``stats`` is given."""
     from alexnet.data import transforms
 
-    return transforms.train_transform(pre, pca="imagenet" if pca_std > 0 else None, pca_std=pca_std)
+    pca = (stats.pca if stats is not None else "imagenet") if pca_std > 0 else None
+    return transforms.train_transform(pre, pca=pca, pca_std=pca_std, mean_image=mean_image)
 
 
-def eval_transform(pre: Preprocessing, ten_crop: bool = False) -> Any:
+def eval_transform(pre: Preprocessing, ten_crop: bool = False, mean_image: torch.Tensor | None = None) -> Any:
     """Centre crop, or AlexNet §4.1's ten crops (4 corners + centre, and their mirrors) stacked as 10×3×S×S."""
     from alexnet.data import transforms
 
-    return transforms.ten_crop(pre) if ten_crop else transforms.eval_transform(pre)
+    if ten_crop:
+        return transforms.ten_crop(pre, mean_image=mean_image)
+    return transforms.eval_transform(pre, mean_image=mean_image)
 
 
 @dataclass
@@ -54,6 +108,7 @@ class RunData:
     val: Any
     classes: list[str]
     root: Path
+    mean_image: torch.Tensor | None = None  # normalize="image": saved with the weights
 
     @property
     def skipped(self) -> list[tuple[str, str]]:
@@ -75,7 +130,13 @@ def resolve_root(cfg: TrainConfig, progress: bool = True) -> Path:
 
 
 def open_run_data(
-    cfg: TrainConfig, pre: Preprocessing, *, progress: bool = True, check: bool = True
+    cfg: TrainConfig,
+    pre: Preprocessing,
+    *,
+    progress: bool = True,
+    check: bool = True,
+    mean_image: torch.Tensor | None = None,
+    stats: Any = None,
 ) -> RunData:
     """Open train and val splits with the config's subset, check every file up front (>1% bad → DataError)."""
     from alexnet.data.folders import ImageFolder, check_split
@@ -84,21 +145,21 @@ def open_run_data(
     train = ImageFolder(
         root,
         "train",
-        train_transform(pre, cfg.pca_lighting),
+        train_transform(pre, cfg.pca_lighting, mean_image, stats),
         classes=cfg.classes,
         images_per_class=cfg.images_per_class,
     )
     val = ImageFolder(
         root,
         "val",
-        eval_transform(pre),  # centre crop while training; ten crops once at the end (train.loop)
+        eval_transform(pre, mean_image=mean_image),  # centre crop while training; ten crops at the end
         classes=cfg.classes,
         class_names=train.classes,
     )
     if check:
         check_split(train, progress=progress)
         check_split(val, progress=progress)
-    return RunData(train, val, list(train.classes), root)
+    return RunData(train, val, list(train.classes), root, mean_image)
 
 
 def train_loader(dataset: Dataset, cfg: TrainConfig, rank: int, world: int, pin: bool) -> Any:
@@ -137,6 +198,11 @@ def ten_crop_split(data: RunData, pre: Preprocessing) -> Any:
     """The validation split again, with AlexNet §4.1's ten crops (the files the up-front check kept)."""
     from alexnet.data.folders import ImageFolder
 
-    val = ImageFolder(data.root, "val", eval_transform(pre, ten_crop=True), class_names=data.classes)
+    val = ImageFolder(
+        data.root,
+        "val",
+        eval_transform(pre, ten_crop=True, mean_image=data.mean_image),
+        class_names=data.classes,
+    )
     val.samples = list(data.val.samples)
     return val

@@ -30,7 +30,14 @@ from alexnet.train.checkpoint import (
     set_rng_state,
 )
 from alexnet.train.config import TrainConfig
-from alexnet.train.data import RunData, eval_loader, open_run_data, preprocessing_for, train_loader
+from alexnet.train.data import (
+    RunData,
+    eval_loader,
+    open_run_data,
+    preprocessing_for,
+    run_stats,
+    train_loader,
+)
 from alexnet.train.optim import LRSchedule, build_optimizer
 from alexnet.train.runlog import (
     METRIC_FIELDS,
@@ -124,12 +131,18 @@ def _train(
     state = latest_checkpoint(run_dir) if resume else None
 
     torch.manual_seed(cfg.seed)
-    pre = preprocessing_for(cfg, _input_size(cfg.model))
-    # Rank 0 generates / checks the data first (the check results are cached), then the others open it.
-    data: RunData | None = open_run_data(cfg, pre, progress=progress) if info.is_main else None
+    # Rank 0 generates / checks the data and computes its statistics first (both cached), then the others open it.
+    stats = run_stats(cfg, run_dir, progress) if info.is_main else None
+    dist_utils.barrier(info)
+    if not info.is_main:
+        stats = run_stats(cfg, run_dir, progress=False)
+    pre, mean_image = preprocessing_for(cfg, _input_size(cfg.model), stats)
+    data: RunData | None = None
+    if info.is_main:
+        data = open_run_data(cfg, pre, progress=progress, mean_image=mean_image, stats=stats)
     dist_utils.barrier(info)
     if data is None:
-        data = open_run_data(cfg, pre, progress=False)
+        data = open_run_data(cfg, pre, progress=False, mean_image=mean_image, stats=stats)
     loader = train_loader(data.train, cfg, info.rank, info.world_size, info.device.type == "cuda")
     steps_per_epoch = len(loader)
     if steps_per_epoch == 0:
@@ -483,6 +496,7 @@ def _save_final(
         preprocessing=pre,
         source=f"alexnet train --recipe {cfg.recipe} ({run_dir})",
         extra=extra,
+        tensors={} if data.mean_image is None else {"mean_image": data.mean_image},
     )
     return save_weights(model, run_dir / WEIGHTS, meta)
 

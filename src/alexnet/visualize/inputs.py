@@ -11,7 +11,7 @@ from torchvision.transforms import v2
 from alexnet.data.images import read_image
 from alexnet.errors import ImageError
 from alexnet.models import AlexNetFamily
-from alexnet.predict import preprocessing_of
+from alexnet.predict import normalize_crop, preprocessing_of
 
 
 @dataclass(frozen=True)
@@ -39,7 +39,7 @@ def prepare(model: AlexNetFamily, image: torch.Tensor | str | Path, name: str = 
     img, name = as_uint8_image(image, name)
     prep = preprocessing_of(model)
     crop = v2.CenterCrop(prep.input_size)(v2.Resize(prep.resize, antialias=True)(img))
-    tensor = prep.normalize(crop.float() / 255.0)
+    tensor = normalize_crop(model, crop)
     return Prepared(tensor, crop, name)
 
 
