@@ -123,6 +123,8 @@ def occlusion(
             batch = image.unsqueeze(0).repeat(len(chunk), 1, 1, 1)
             for i, (y, x) in enumerate(chunk):
                 batch[i, :, y : y + size, x : x + size] = 0.0  # the mean pixel after normalisation
+            # channels-last input: oneDNN's NHWC kernels (measured 1.3–1.6× faster here, docs/performance.md)
+            batch = batch.contiguous(memory_format=torch.channels_last)
             logits, kept = walk(model, batch, last, [layer])
             p = logits.softmax(1)
             act.append(kept[layer][:, channel].flatten(1).sum(1).cpu())
