@@ -89,3 +89,23 @@ def test_bad_upload_shows_the_servers_message_in_the_page(browser, base_url):
     assert page.is_hidden("#error")
     # The failed upload is a 415 the browser logs as a failed resource; nothing else may be in the console.
     assert [e for e in console.errors if "415" not in e] == []
+
+
+def test_a_webcam_frame_is_classified_like_an_upload(base_url):
+    # Chromium's fake camera (a moving test pattern) stands in for a real webcam; permission is granted up front.
+    fake_camera = ("--use-fake-device-for-media-stream", "--use-fake-ui-for-media-stream")
+    with launch_or_skip(fake_camera) as browser:
+        context = browser.new_context(permissions=["camera"])
+        page = context.new_page()
+        console = Console()
+        console.attach(page)
+        page.goto(base_url + "/")
+        page.wait_for_selector("body[data-ready='1']")
+        page.click("#webcam-start")
+        page.wait_for_function("() => document.querySelector('#video').videoWidth > 0", timeout=30_000)
+        page.click("#webcam-snap")
+        page.wait_for_function(image_ready("[data-model='a'] img[data-layer='relu5']"), timeout=60_000)
+        assert page.locator("[data-model='a'] .predictions tr").count() == 5
+        page.click("#webcam-stop")
+        assert page.evaluate("() => document.querySelector('#video').srcObject") is None
+        assert console.errors == []

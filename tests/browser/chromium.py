@@ -38,7 +38,7 @@ def chromium_executable() -> str | None:
 
 
 @contextmanager
-def launch_or_skip() -> Iterator[Any]:
+def launch_or_skip(extra_args: tuple[str, ...] = ()) -> Iterator[Any]:
     """A Playwright ``Browser`` on the system Chromium, or ``pytest.skip`` saying how to get one."""
     exe = chromium_executable()
     if exe is None:
@@ -50,7 +50,7 @@ def launch_or_skip() -> Iterator[Any]:
     except ImportError:
         pytest.skip("playwright (python) is not installed in the venv")
     with sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=exe, args=ARGS, headless=True)
+        browser = pw.chromium.launch(executable_path=exe, args=[*ARGS, *extra_args], headless=True)
         try:
             yield browser
         finally:
