@@ -10,7 +10,7 @@ import torch
 
 from alexnet import create_model
 from alexnet.serve.state import Slot
-from browser.chromium import Console, launch_or_skip, screenshot, undecoded_images
+from browser.chromium import Console, another_browser, launch_or_skip, screenshot, undecoded_images
 from browser.live import live_server
 
 pytestmark = [pytest.mark.slow, pytest.mark.browser]
@@ -91,11 +91,11 @@ def test_bad_upload_shows_the_servers_message_in_the_page(browser, base_url):
     assert [e for e in console.errors if "415" not in e] == []
 
 
-def test_a_webcam_frame_is_classified_like_an_upload(base_url):
+def test_a_webcam_frame_is_classified_like_an_upload(browser, base_url):
     # Chromium's fake camera (a moving test pattern) stands in for a real webcam; permission is granted up front.
     fake_camera = ("--use-fake-device-for-media-stream", "--use-fake-ui-for-media-stream")
-    with launch_or_skip(fake_camera) as browser:
-        context = browser.new_context(permissions=["camera"])
+    with another_browser(browser, fake_camera) as camera_browser:
+        context = camera_browser.new_context(permissions=["camera"])
         page = context.new_page()
         console = Console()
         console.attach(page)

@@ -38,7 +38,7 @@ def chromium_executable() -> str | None:
 
 
 @contextmanager
-def launch_or_skip(extra_args: tuple[str, ...] = ()) -> Iterator[Any]:
+def launch_or_skip() -> Iterator[Any]:
     """A Playwright ``Browser`` on the system Chromium, or ``pytest.skip`` saying how to get one."""
     exe = chromium_executable()
     if exe is None:
@@ -50,11 +50,24 @@ def launch_or_skip(extra_args: tuple[str, ...] = ()) -> Iterator[Any]:
     except ImportError:
         pytest.skip("playwright (python) is not installed in the venv")
     with sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=exe, args=[*ARGS, *extra_args], headless=True)
+        browser = pw.chromium.launch(executable_path=exe, args=ARGS, headless=True)
         try:
             yield browser
         finally:
             browser.close()
+
+
+@contextmanager
+def another_browser(browser: Any, extra_args: tuple[str, ...]) -> Iterator[Any]:
+    """A second Chromium with extra command-line switches, from the running Playwright of ``browser`` (one sync
+    Playwright per process)."""
+    second = browser.browser_type.launch(
+        executable_path=chromium_executable(), args=[*ARGS, *extra_args], headless=True
+    )
+    try:
+        yield second
+    finally:
+        second.close()
 
 
 @dataclass
