@@ -53,6 +53,8 @@ from alexnet.train.runlog import (
 log = logging.getLogger("alexnet.train")
 
 WEIGHTS = "model.safetensors"
+# a live health warning stays in the progress bar this long (it stays in train.log for good)
+WARNING_SHOWN_STEPS = 100
 CONFIG = "config.json"
 
 
@@ -255,7 +257,7 @@ def _train(
     ten_result: EvalResult | None = None
     last_eval_step = -1
     window_loss, window_n, window_images, window_time = 0.0, 0, 0, 0.0
-    warn_text = ""
+    warn_text, warn_step = "", 0
 
     def run_eval(epoch_: int) -> EvalResult:
         nonlocal window_loss, window_n, window_images, window_time, last, last_eval_step
@@ -353,7 +355,9 @@ def _train(
                 ctx.step = step
                 warns = _run_callbacks(callbacks, "on_step_end", ctx)
                 if warns:
-                    warn_text = warns[-1]
+                    warn_text, warn_step = warns[-1], step
+                elif warn_text and step - warn_step >= WARNING_SHOWN_STEPS:
+                    warn_text = ""  # a passing problem (the plateau before learning starts) leaves the bar
                 loss_value = dist_utils.mean_over_ranks(float(loss.detach()), info)
                 dt = time.monotonic() - t0
                 t0 = time.monotonic()
