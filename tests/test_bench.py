@@ -100,7 +100,7 @@ def test_memory_rows_are_consistent(tiny_json):
     for mem in tiny_json["memory"]:
         assert mem["peak_mib"] >= mem["baseline_mib"] > 0
         assert mem["step_peak_mib"] == pytest.approx(mem["peak_mib"] - mem["baseline_mib"])
-        assert len(mem["rss_after_steps_mib"]) == 3
+        assert len(mem["rss_after_steps_mib"]) == 4
         # a training step holds at least the gradients of the 61 M parameters (fp32)
         assert mem["step_peak_mib"] > 60e6 * 4 / 2**20
 
@@ -155,3 +155,13 @@ def test_bad_options_are_one_line_errors(capsys, args, message):
 def test_library_rejects_bad_counts():
     with pytest.raises(BenchError):
         run_bench(["caffenet"], repeats=0, memory=False)
+
+
+def test_memory_is_flagged_as_growing_only_when_it_rises_at_every_step():
+    from alexnet.bench import memory_grows
+
+    assert memory_grows([2000, 2100, 2400, 2700], step_peak=1500)  # +300 MiB per step: a leak
+    assert not memory_grows(
+        [2000, 2000, 2093, 2093], step_peak=1000
+    )  # one jump: the allocator keeping blocks
+    assert not memory_grows([2000, 2001, 2002, 2003], step_peak=1000)  # noise
