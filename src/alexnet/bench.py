@@ -12,8 +12,8 @@ Conventions (also in docs/performance.md):
   process right before each row (so a busy machine affects both alike).
 * **memory**: a training step at batch 128 in a fresh subprocess per model; the peak resident set
   (``VmHWM`` after resetting it through ``/proc/self/clear_refs``) above the resident set before the first step,
-  and the resident set after each step (growth = last − second; flagged as growing only when it rises at every
-  step after the second, as a leak does, not once, as an allocator keeping freed blocks does).
+  and the resident set after each step, read after glibc's ``malloc_trim`` (growth = last − second; flagged as
+  growing only when it rises at every step after the second, as a leak does).
 """
 
 from __future__ import annotations
@@ -273,6 +273,18 @@ def _proc_status_kib(key: str) -> int | None:
     return None
 
 
+def _malloc_trim() -> Callable[[], None]:
+    """glibc's ``malloc_trim(0)``, or a no-op elsewhere. Without it, the resident set after a step swings by
+    ±200 MiB from step to step (freed activation blocks kept or not), hiding or faking a leak."""
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL("libc.so.6")
+        return lambda: libc.malloc_trim(0) and None
+    except (OSError, AttributeError):
+        return lambda: None
+
+
 def _memory_child(name: str, batch_size: int, steps: int, threads: int) -> dict[str, Any]:
     """Runs in the subprocess: a training step repeated ``steps`` times; resident-set figures in MiB."""
     torch.set_num_threads(threads)
@@ -285,8 +297,10 @@ def _memory_child(name: str, batch_size: int, steps: int, threads: int) -> dict[
         Path("/proc/self/clear_refs").write_text("5")
     base = _proc_status_kib("VmRSS")
     after = []
+    trim = _malloc_trim()
     for _ in range(steps):
         step()
+        trim()  # hand freed blocks back first, so the resident set after a step is what the step kept alive
         after.append(_proc_status_kib("VmRSS"))
     peak = _proc_status_kib("VmHWM")
     if base is None or peak is None:  # no /proc (not Linux): the lifetime maximum from getrusage
