@@ -18,9 +18,8 @@ from alexnet.errors import DataError
 from alexnet.train.config import TrainConfig
 
 STATS_FILE = "data_stats.safetensors"
-STATS_MAX_IMAGES = (
-    10_000  # the mean image of a fixed random subset: AlexNet §2's mean, without a full extra epoch
-)
+# the mean image of a fixed random subset: AlexNet §2's mean, without a full extra epoch over ImageNet
+STATS_MAX_IMAGES = 10_000
 
 
 def run_stats(cfg: TrainConfig, run_dir: Path, progress: bool = True) -> Any:
