@@ -354,13 +354,13 @@ def diagnose(run: Run) -> list[Diagnosis]:
                 [
                     f"loss within {th.stuck_tol:.0%} of ln({last.num_classes}) = {chance_loss(last.num_classes):.4f} "
                     f"at health steps {stuck_steps[0]}…{stuck_steps[-1]}",
-                    f"loss {last.loss:.4f} at step {last.step}" if last.loss is not None else "",
+                    *([f"loss {last.loss:.4f} at step {last.step}"] if last.loss is not None else []),
                 ],
                 "",
                 stuck_steps[0],
             )
         )
-    if STUCK in by_code and stuck_now:
+    if stuck_now:
         stuck_since = first_step[STUCK]
         chance = chance_loss(last.num_classes)
         ev = [

@@ -133,18 +133,18 @@ def _train(
     state = latest_checkpoint(run_dir) if resume else None
 
     torch.manual_seed(cfg.seed)
-    # Rank 0 generates / checks the data and computes its statistics first (both cached), then the others open it.
-    stats = run_stats(cfg, run_dir, progress) if info.is_main else None
+
+    def open_data(progress_: bool) -> tuple[Any, RunData]:
+        stats = run_stats(cfg, run_dir, progress_)
+        pre_, mean_image = preprocessing_for(cfg, _input_size(cfg.model), stats)
+        return pre_, open_run_data(cfg, pre_, progress=progress_, mean_image=mean_image, stats=stats)
+
+    # Rank 0 generates / checks the data and computes its statistics first (all cached), then the others open it.
+    if info.is_main:
+        pre, data = open_data(progress)
     dist_utils.barrier(info)
     if not info.is_main:
-        stats = run_stats(cfg, run_dir, progress=False)
-    pre, mean_image = preprocessing_for(cfg, _input_size(cfg.model), stats)
-    data: RunData | None = None
-    if info.is_main:
-        data = open_run_data(cfg, pre, progress=progress, mean_image=mean_image, stats=stats)
-    dist_utils.barrier(info)
-    if data is None:
-        data = open_run_data(cfg, pre, progress=False, mean_image=mean_image, stats=stats)
+        pre, data = open_data(False)
     loader = train_loader(data.train, cfg, info.rank, info.world_size, info.device.type == "cuda")
     steps_per_epoch = len(loader)
     if steps_per_epoch == 0:
