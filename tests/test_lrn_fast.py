@@ -1,14 +1,18 @@
-"""The LRN operator ``alexnet::lrn`` (AlexNet §3.3) against the literal formula: values, gradients, layouts."""
+"""The LRN operator ``alexnet::lrn`` (AlexNet §3.3) against the literal formula: values, gradients, layouts.
+
+Every test runs twice: on the fused CPU kernel (``lrn_cpu.cpp``) and on the PyTorch composition that other
+devices, other dtypes and machines without a compiler use.
+"""
 
 from __future__ import annotations
 
 import pytest
 import torch
-from hypothesis import given, settings
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import alexnet
-from alexnet.models import LocalResponseNorm, lrn_reference
+from alexnet.models import LocalResponseNorm, lrn_reference, native
 from alexnet.models.layers import (
     BAND_MAX_CHANNELS,
     _banded_sum,
@@ -21,13 +25,24 @@ from alexnet.models.layers import (
 NARROW, WIDE = 7, BAND_MAX_CHANNELS + 3
 
 
+@pytest.fixture(autouse=True, params=["fused", "composed"])
+def lrn_path(request, monkeypatch):
+    """Run the test on the fused CPU kernel, then on the PyTorch composition (the kernel switched off)."""
+    if request.param == "fused":
+        if native.kernel() is None:
+            pytest.skip("no C++ compiler: test_lrn_native.py checks that it builds where one exists")
+    else:
+        monkeypatch.setattr(native, "kernel", lambda: None)
+    return request.param
+
+
 def reference_module(size: int, alpha: float, beta: float, k: float, over_size: bool):
     """The literal formula with the module's convention (alpha divided by n for Caffe's)."""
     sum_alpha = alpha / size if over_size else alpha
     return lambda x: lrn_reference(x, size, sum_alpha, beta, k)
 
 
-@settings(max_examples=40, deadline=None)
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(
     batch=st.integers(1, 3),
     channels=st.one_of(st.integers(1, 12), st.integers(BAND_MAX_CHANNELS - 2, BAND_MAX_CHANNELS + 6)),

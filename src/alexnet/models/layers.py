@@ -14,16 +14,22 @@ Fast path (AlexNet §3.3 formula, nothing approximated): with ``S_i = Σ_{j∈wi
 
     ∂L/∂a_i = g_i d_i^{-β} − 2αβ a_i Σ_{j: i∈win(j)} g_j b_j / d_j .
 
-The window sum is ``n − 1`` in-place shifted adds of channel slices (no padded copy; works for any memory
-format). The backward keeps only ``a`` and ``b`` — the tensors the neighbouring ReLU and max-pool keep anyway — and
+The backward keeps only ``a`` and ``b`` — the tensors the neighbouring ReLU and max-pool keep anyway — and
 recomputes ``d``; autograd through the naive formula keeps the squares, the window sum, the power and the
 padded copies, five or more activation-sized tensors per LRN layer.
+
+Two implementations of the operator compute the same numbers (tests/test_lrn_fast.py runs every check on both):
+on CPU (float32/float64) the fused kernel of ``lrn_cpu.cpp`` (one pass over memory each way, built by
+:mod:`alexnet.models.native`); elsewhere, or without a C++ compiler, :func:`lrn_composed` and
+:func:`lrn_backward_composed`, PyTorch ops whose window sum is a banded GEMM or shifted slice adds.
 """
 
 from __future__ import annotations
 
 import torch
 from torch import nn
+
+from alexnet.models import native
 
 
 def lrn_reference(x: torch.Tensor, size: int, alpha: float, beta: float, k: float) -> torch.Tensor:
@@ -114,12 +120,34 @@ def _denominator_base(x: torch.Tensor, size: int, alpha: float, k: float) -> tor
     return _banded_sum(x * x, size // 2, (size - 1) // 2, alpha, k)
 
 
+def lrn_composed(x: torch.Tensor, size: int, alpha: float, beta: float, k: float) -> torch.Tensor:
+    """The forward as PyTorch ops (any device and dtype); the CPU uses the fused kernel when it is built."""
+    return _denominator_base(x, size, alpha, k).pow_(-beta).mul_(x)  # in place: one allocation less
+
+
+def lrn_backward_composed(
+    grad: torch.Tensor, x: torch.Tensor, y: torch.Tensor, size: int, alpha: float, beta: float, k: float
+) -> torch.Tensor:
+    """The analytic gradient (module docstring) as PyTorch ops, from the input ``x`` and output ``y``."""
+    d = _denominator_base(x, size, alpha, k)
+    scaled = (grad * y).div_(d)  # g_j b_j / d_j
+    # Transposed window: i ∈ win(j) ⇔ j ∈ i - after .. i + before (the same window when size is odd).
+    back = _banded_sum(scaled, (size - 1) // 2, size // 2, -2.0 * alpha * beta)
+    return d.pow_(-beta).mul_(grad).addcmul_(x, back)  # g_i d_i^-β − 2αβ a_i Σ …, in d's memory
+
+
 @torch.library.custom_op("alexnet::lrn", mutates_args=())
 def _lrn_op(x: torch.Tensor, size: int, alpha: float, beta: float, k: float) -> torch.Tensor:
     """``alexnet::lrn``: ``x * (k + alpha * window_sum(x²))^-beta``; ``alpha`` multiplies the sum."""
-    return (
-        _denominator_base(x, size, alpha, k).pow_(-beta).mul_(x)
-    )  # in place: one activation-sized allocation less
+    return lrn_composed(x, size, alpha, beta, k)
+
+
+@_lrn_op.register_kernel("cpu")
+def _(x: torch.Tensor, size: int, alpha: float, beta: float, k: float) -> torch.Tensor:
+    fused = native.kernel()
+    if fused is not None and fused.supports(x):
+        return fused.forward(x, size, alpha, beta, k)
+    return lrn_composed(x, size, alpha, beta, k)
 
 
 @_lrn_op.register_fake
@@ -132,11 +160,17 @@ def _lrn_backward_op(
     grad: torch.Tensor, x: torch.Tensor, y: torch.Tensor, size: int, alpha: float, beta: float, k: float
 ) -> torch.Tensor:
     """The analytic gradient of ``alexnet::lrn`` (module docstring), from the input ``x`` and output ``y``."""
-    d = _denominator_base(x, size, alpha, k)
-    scaled = (grad * y).div_(d)  # g_j b_j / d_j
-    # Transposed window: i ∈ win(j) ⇔ j ∈ i - after .. i + before (the same window when size is odd).
-    back = _banded_sum(scaled, (size - 1) // 2, size // 2, -2.0 * alpha * beta)
-    return d.pow_(-beta).mul_(grad).addcmul_(x, back)  # g_i d_i^-β − 2αβ a_i Σ …, in d's memory
+    return lrn_backward_composed(grad, x, y, size, alpha, beta, k)
+
+
+@_lrn_backward_op.register_kernel("cpu")
+def _(
+    grad: torch.Tensor, x: torch.Tensor, y: torch.Tensor, size: int, alpha: float, beta: float, k: float
+) -> torch.Tensor:
+    fused = native.kernel()
+    if fused is not None and fused.supports(x) and grad.dtype == x.dtype == y.dtype:
+        return fused.backward(grad, x, y, size, alpha, beta, k)
+    return lrn_backward_composed(grad, x, y, size, alpha, beta, k)
 
 
 @_lrn_backward_op.register_fake

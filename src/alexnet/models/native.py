@@ -1,0 +1,182 @@
+"""The fused CPU LRN kernel (``lrn_cpu.cpp``): built once per machine with the system C++ compiler, loaded by ctypes.
+
+Why not ``torch.utils.cpp_extension``: the kernel needs no PyTorch headers (it works on raw pointers), so a plain
+``c++ -O3 -march=native -fopenmp -shared`` builds it in about a second instead of a minute. OpenMP resolves to the
+``libgomp.so.1`` that torch has already loaded, so the kernel shares torch's thread pool settings; the thread
+count is passed on every call (``torch.get_num_threads()``). ctypes releases the GIL during the call.
+
+The build goes to ``$ALEXNET_CACHE`` (default ``~/.cache/alexnet``)``/native/lrn-<hash>.so``, the hash covering the
+source, the compiler command and the CPU's flags (``-march=native`` code must not run on another CPU). The file
+is written under a temporary name and renamed, so concurrent builds (one per DDP rank) never load a half-written
+library. No compiler, a failed build, or ``ALEXNET_NATIVE=0`` → :func:`kernel` returns ``None`` and the LRN runs
+as the PyTorch composition in ``layers.py`` (same numbers, slower); the reason is logged once.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+import hashlib
+import logging
+import os
+import platform
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+
+import torch
+
+log = logging.getLogger(__name__)
+
+SOURCE = Path(__file__).with_name("lrn_cpu.cpp")
+FLAGS = ["-O3", "-march=native", "-fopenmp", "-fPIC", "-shared", "-fno-math-errno", "-fno-trapping-math"]
+DTYPES = {torch.float32: "f32", torch.float64: "f64"}
+
+
+def cache_dir() -> Path:
+    root = os.environ.get("ALEXNET_CACHE") or Path.home() / ".cache" / "alexnet"
+    return Path(root) / "native"
+
+
+def _cpu_signature() -> str:
+    """The CPU model and feature flags (what ``-march=native`` compiles for)."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return platform.processor() or platform.machine()
+    keep = [ln for ln in text.splitlines() if ln.startswith(("model name", "flags", "Features", "CPU part"))]
+    return "\n".join(sorted(set(keep)))
+
+
+def _compiler() -> str | None:
+    """``$CXX`` when set (and only it), else the first of ``c++``, ``g++``, ``clang++`` on the PATH."""
+    if os.environ.get("CXX"):
+        return shutil.which(os.environ["CXX"])
+    return shutil.which("c++") or shutil.which("g++") or shutil.which("clang++")
+
+
+def build(out_dir: Path | None = None) -> Path:
+    """Compile ``lrn_cpu.cpp`` (or reuse the cached build); returns the shared library's path.
+
+    Raises ``RuntimeError`` with the compiler's message when there is no compiler or the build fails.
+    """
+    cxx = _compiler()
+    if cxx is None:
+        raise RuntimeError(
+            f"no C++ compiler found ({os.environ.get('CXX') or 'c++, g++, clang++'} not on PATH; set CXX)"
+        )
+    source = SOURCE.read_bytes()
+    key = hashlib.sha256(b"\0".join([source, " ".join([cxx, *FLAGS]).encode(), _cpu_signature().encode()]))
+    out_dir = out_dir or cache_dir()
+    target = out_dir / f"lrn-{key.hexdigest()[:16]}.so"
+    if target.exists():
+        return target
+    out_dir.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".lrn-", suffix=".so", dir=out_dir)
+    os.close(fd)
+    try:
+        done = subprocess.run(
+            [cxx, *FLAGS, str(SOURCE), "-o", tmp], capture_output=True, text=True, timeout=300
+        )
+        if done.returncode != 0:
+            raise RuntimeError(f"{cxx} failed: {done.stderr.strip()[-2000:]}")
+        os.replace(tmp, target)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return target
+
+
+class Kernel:
+    """The loaded library: ``forward(x)`` and ``backward(g, x, y)`` on dense CPU float32/float64 tensors."""
+
+    def __init__(self, path: Path) -> None:
+        self.lib = ctypes.CDLL(str(path))
+        i64, i32, f64, ptr = ctypes.c_int64, ctypes.c_int, ctypes.c_double, ctypes.c_void_p
+        for suffix in DTYPES.values():
+            fwd = getattr(self.lib, f"lrn_forward_{suffix}")
+            fwd.argtypes = [ptr, ptr, i64, i64, i64, i32, i32, f64, f64, f64, i32]
+            fwd.restype = None
+            bwd = getattr(self.lib, f"lrn_backward_{suffix}")
+            bwd.argtypes = [ptr, ptr, ptr, ptr, i64, i64, i64, i32, i32, f64, f64, f64, i32]
+            bwd.restype = None
+
+    @staticmethod
+    def supports(x: torch.Tensor) -> bool:
+        return x.device.type == "cpu" and x.dtype in DTYPES and x.dim() >= 2
+
+    @staticmethod
+    def _shape(x: torch.Tensor) -> tuple[torch.Tensor, int, int, int]:
+        """A dense layout the kernel reads: ``[outer, C, inner]``; channels-last 4-D is ``[N·H·W, C, 1]``."""
+        n, c = x.shape[0], x.shape[1]
+        if x.dim() == 4 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last):
+            return x, n * x.shape[2] * x.shape[3], c, 1
+        x = x.contiguous()
+        return x, n, c, x.numel() // max(n * c, 1)
+
+    def forward(self, x: torch.Tensor, size: int, alpha: float, beta: float, k: float) -> torch.Tensor:
+        x, outer, c, inner = self._shape(x)
+        y = torch.empty_like(x)
+        if x.numel():
+            fn = getattr(self.lib, f"lrn_forward_{DTYPES[x.dtype]}")
+            fn(
+                x.data_ptr(),
+                y.data_ptr(),
+                outer,
+                c,
+                inner,
+                size // 2,
+                (size - 1) // 2,
+                alpha,
+                beta,
+                k,
+                torch.get_num_threads(),
+            )
+        return y
+
+    def backward(
+        self,
+        g: torch.Tensor,
+        x: torch.Tensor,
+        y: torch.Tensor,
+        size: int,
+        alpha: float,
+        beta: float,
+        k: float,
+    ) -> torch.Tensor:
+        x, outer, c, inner = self._shape(x)
+        fmt = torch.channels_last if inner == 1 and x.dim() == 4 and not x.is_contiguous() else None
+        g = g.contiguous(memory_format=fmt) if fmt else g.contiguous()
+        y = y.contiguous(memory_format=fmt) if fmt else y.contiguous()
+        dx = torch.empty_like(x)
+        if x.numel():
+            fn = getattr(self.lib, f"lrn_backward_{DTYPES[x.dtype]}")
+            fn(
+                g.data_ptr(),
+                x.data_ptr(),
+                y.data_ptr(),
+                dx.data_ptr(),
+                outer,
+                c,
+                inner,
+                size // 2,
+                (size - 1) // 2,
+                alpha,
+                beta,
+                k,
+                torch.get_num_threads(),
+            )
+        return dx
+
+
+@functools.cache
+def kernel() -> Kernel | None:
+    """The fused CPU LRN kernel, or ``None`` (disabled, no compiler, failed build: logged once)."""
+    if os.environ.get("ALEXNET_NATIVE", "1") == "0":
+        return None
+    try:
+        return Kernel(build())
+    except (RuntimeError, OSError, subprocess.SubprocessError) as err:
+        log.warning("fused CPU LRN kernel unavailable, using the PyTorch composition: %s", err)
+        return None
