@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import math
 
 import pytest
@@ -22,7 +23,8 @@ def test_paper_sgd_matches_hand_computation_of_the_paper_rule_across_a_learning_
     p = nn.Parameter(w0.clone())
     opt = PaperSGD([p], lr=0.1, momentum=0.9, weight_decay=5e-4)
     w, v = w0.clone().double(), torch.zeros(3, dtype=torch.float64)
-    for i, lr in enumerate([0.1, 0.1, 0.01, 0.01]):  # the rate is divided by 10 after two steps
+    # the rate is divided by 10 after two steps, then annealed to 0 (a cosine schedule's end) and raised again
+    for i, lr in enumerate([0.1, 0.1, 0.01, 0.01, 0.0, 0.0, 0.05]):
         for g in opt.param_groups:
             g["lr"] = lr
         grad = _grads(i, (3,))
@@ -102,3 +104,43 @@ def test_warmup_then_cosine_reaches_min_lr_at_the_end() -> None:
     assert s.lr_at(110) == pytest.approx(0.0, abs=1e-12)
     assert all(s.lr_at(i) >= s.lr_at(i + 1) for i in range(10, 110))
     assert math.isclose(s.lr_at(35), 0.1 * 0.5 * (1 + math.cos(math.pi * 25 / 100)))
+
+
+def test_paper_sgd_uses_the_fused_update_and_resumes_from_its_state_dict() -> None:
+    w0 = torch.randn(5, generator=torch.Generator().manual_seed(3))
+    a, b = nn.Parameter(w0.clone()), nn.Parameter(w0.clone())
+    first = PaperSGD([a], lr=0.1)
+    assert first.defaults["fused"]
+    schedule = [0.1, 0.1, 0.01, 0.01]
+    for i, lr in enumerate(schedule[:2]):
+        first.param_groups[0]["lr"] = lr
+        a.grad = _grads(i, (5,))
+        first.step()
+    # a second optimizer resumed from the first one's state continues exactly where it left off
+    b.data.copy_(a.detach())
+    resumed = PaperSGD([b], lr=0.1)
+    resumed.load_state_dict(copy.deepcopy(first.state_dict()))  # as if read from a checkpoint file
+    for i, lr in enumerate(schedule[2:], start=2):
+        for opt, p in ((first, a), (resumed, b)):
+            opt.param_groups[0]["lr"] = lr
+            p.grad = _grads(i, (5,))
+            opt.step()
+    torch.testing.assert_close(b.detach(), a.detach(), rtol=0, atol=0)
+
+
+def test_build_optimizer_picks_the_fused_kernels_on_cpu() -> None:
+    model = nn.Linear(4, 3)
+    for name in ("paper_sgd", "sgd", "adamw"):
+        opt = build_optimizer(model, TrainConfig(optimizer=name))
+        assert opt.defaults["fused"], name
+
+
+def test_paper_sgd_reads_the_velocity_of_older_checkpoints() -> None:
+    p = nn.Parameter(torch.ones(3))
+    opt = PaperSGD([p], lr=0.1, weight_decay=0.0)
+    old = opt.state_dict()
+    old["state"] = {0: {"velocity": torch.full((3,), -0.2)}}  # v as the per-tensor implementation saved it
+    opt.load_state_dict(old)
+    p.grad = torch.zeros(3)
+    opt.step()
+    torch.testing.assert_close(p.detach(), torch.full((3,), 1.0 - 0.9 * 0.2))  # w + μ·v

@@ -22,34 +22,74 @@ from torch import nn
 from alexnet.train.config import TrainConfig
 
 
-class PaperSGD(torch.optim.Optimizer):
-    """SGD with momentum and weight decay exactly in the form of AlexNet §5 (see the module docstring)."""
+def fused_supported(params: Iterable[torch.Tensor]) -> bool:
+    """Whether PyTorch's fused (single-kernel) SGD/AdamW can update these parameters: floating point, CPU or CUDA.
+
+    Fused updates read and write each parameter, gradient and state tensor once; the per-tensor ("foreach")
+    path makes one pass per arithmetic op. Measured on AlexNet's 61 M parameters (2-core CPU): SGD with
+    momentum and weight decay 139 → 32 ms per step, AdamW 283 → 43 ms (docs/performance.md).
+    """
+    params = list(params)
+    return bool(params) and all(p.device.type in ("cpu", "cuda") and p.is_floating_point() for p in params)
+
+
+class PaperSGD(torch.optim.SGD):
+    """SGD with momentum and weight decay exactly in the form of AlexNet §5 (see the module docstring).
+
+    Runs PyTorch's fused SGD on the buffer ``b = −v / ε`` (dampening 0, no Nesterov), which is the same rule while
+    ε stays constant; when a group's ε changes from ε₁ to ε₂ the buffers are multiplied by ε₁/ε₂ first, so that
+    the velocity ``v = −ε₂·b`` the paper carries over is the old one (``−ε₁·b``). The state is PyTorch's
+    ``momentum_buffer``.
+    """
 
     def __init__(
         self, params: Iterable[Any], lr: float = 0.01, momentum: float = 0.9, weight_decay: float = 5e-4
     ) -> None:
         if lr <= 0 or not 0 <= momentum < 1 or weight_decay < 0:
             raise ValueError(f"bad hyper-parameters lr={lr} momentum={momentum} weight_decay={weight_decay}")
-        super().__init__(params, dict(lr=lr, momentum=momentum, weight_decay=weight_decay))
+        params = list(params)
+        flat = [p for g in params for p in g["params"]] if params and isinstance(params[0], dict) else params
+        super().__init__(
+            params, lr=lr, momentum=momentum, weight_decay=weight_decay, fused=fused_supported(flat) or None
+        )
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Also reads checkpoints of the earlier per-tensor implementation, which stored ``velocity`` = v."""
+        super().load_state_dict(state_dict)
+        for group in self.param_groups:
+            for p in group["params"]:
+                state = self.state.get(p, {})
+                if "velocity" in state:
+                    lr = group.get("paper_last_lr") or group["lr"]
+                    state["momentum_buffer"] = state.pop("velocity").div(-lr)
+                    group["paper_last_lr"] = lr
 
     @torch.no_grad()
     def step(self, closure: Any = None) -> Any:  # type: ignore[override]
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
+        frozen: list[tuple[dict[str, Any], list[torch.Tensor]]] = []
         for group in self.param_groups:
-            lr, mu, wd = group["lr"], group["momentum"], group["weight_decay"]
-            for p in group["params"]:
-                if p.grad is None:
-                    continue
-                state = self.state[p]
-                if "velocity" not in state:
-                    state["velocity"] = torch.zeros_like(p)
-                v = state["velocity"]
-                v.mul_(mu).add_(p, alpha=-wd * lr).add_(p.grad, alpha=-lr)
-                p.add_(v)
-        return loss
+            lr, last = group["lr"], group.get("paper_last_lr")
+            if lr == 0:
+                # ε = 0: v ← μ·v, w ← w + v. b cannot carry ε = 0, so keep it scaled by the last non-zero ε
+                # and leave the group out of the fused step.
+                for p in group["params"]:
+                    buf = self.state.get(p, {}).get("momentum_buffer")
+                    if buf is not None and last:
+                        p.add_(buf.mul_(group["momentum"]), alpha=-last)
+                frozen.append((group, group["params"]))
+                group["params"] = []
+                continue
+            if last is not None and last != lr:
+                for p in group["params"]:
+                    buf = self.state.get(p, {}).get("momentum_buffer")
+                    if buf is not None:
+                        buf.mul_(last / lr)  # keep v = −ε·b equal to the velocity of the last step
+            group["paper_last_lr"] = lr
+        try:
+            return super().step(closure)
+        finally:
+            for group, params in frozen:
+                group["params"] = params
 
 
 def param_groups(model: nn.Module, cfg: TrainConfig) -> list[dict[str, Any]]:
@@ -68,13 +108,16 @@ def param_groups(model: nn.Module, cfg: TrainConfig) -> list[dict[str, Any]]:
 
 def build_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
     groups = param_groups(model, cfg)
+    fused = fused_supported(p for g in groups for p in g["params"])
     for g in groups:
         g["lr"] = cfg.lr * g["lr_mult"]
     if cfg.optimizer == "paper_sgd":
         return PaperSGD(groups, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
     if cfg.optimizer == "sgd":
-        return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
-    return torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
+        return torch.optim.SGD(
+            groups, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay, fused=fused or None
+        )
+    return torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=cfg.weight_decay, fused=fused or None)
 
 
 class LRSchedule:
