@@ -183,3 +183,31 @@ def test_model_logits_and_gradients_equal_the_reference_path(name):
     for (pname, p), p_ref in zip(model.named_parameters(), ref.parameters(), strict=True):
         scale = p_ref.grad.abs().max().clamp(min=1e-12)
         torch.testing.assert_close(p.grad / scale, p_ref.grad / scale, rtol=0, atol=1e-9, msg=pname)
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+@pytest.mark.parametrize("dense", [True, False])
+def test_inplace_lrn_overwrites_its_input_only_when_no_gradient_is_needed(channels_last, dense):
+    torch.manual_seed(2)
+    base = torch.randn(2, 12, 5, 8) * 10
+    if channels_last:
+        base = base.contiguous(memory_format=torch.channels_last)
+    x = base if dense else base[..., ::2]  # a strided view: written back through the view
+    expected = lrn_reference(x, 5, 1e-3, 0.75, 2.0)
+    lrn = LocalResponseNorm(5, 1e-3, 0.75, 2.0, inplace=True)
+    with torch.inference_mode():
+        inference_x = x.clone()
+        out = lrn(inference_x)
+    assert out is inference_x
+    torch.testing.assert_close(out, expected)
+    with torch.no_grad():
+        out = lrn(x)
+    assert out is x and out.data_ptr() == x.data_ptr()
+    torch.testing.assert_close(base[..., ::2] if not dense else base, expected)
+    # with autograd the input is kept for the backward: computed out of place
+    y = (expected.clone()).requires_grad_()
+    out = lrn(y)
+    assert out is not y
+    torch.testing.assert_close(y.detach(), expected)
+    out.sum().backward()
+    assert y.grad is not None

@@ -157,7 +157,7 @@ def test_paper_initialisation_alexnet_section_5():
         "fc7": 1,
         "fc8": 0,
     }
-    w = m.layer("fc6").weight
+    w = m.layer("fc6").weight.detach()
     assert abs(float(w.mean())) < 1e-4 and float(w.std()) == pytest.approx(0.01, rel=0.01)
 
 

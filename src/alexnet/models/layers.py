@@ -155,6 +155,21 @@ def _(x: torch.Tensor, size: int, alpha: float, beta: float, k: float) -> torch.
     return torch.empty_like(x)
 
 
+@torch.library.custom_op("alexnet::lrn_", mutates_args=("x",))
+def _lrn_inplace_op(x: torch.Tensor, size: int, alpha: float, beta: float, k: float) -> None:
+    """``alexnet::lrn_``: the forward written into ``x`` (inference only: no gradient)."""
+    x.copy_(lrn_composed(x, size, alpha, beta, k))
+
+
+@_lrn_inplace_op.register_kernel("cpu")
+def _(x: torch.Tensor, size: int, alpha: float, beta: float, k: float) -> None:
+    fused = native.kernel()
+    if fused is not None and fused.supports(x):
+        fused.forward(x, size, alpha, beta, k, inplace=True)
+    else:
+        x.copy_(lrn_composed(x, size, alpha, beta, k))
+
+
 @torch.library.custom_op("alexnet::lrn_backward", mutates_args=())
 def _lrn_backward_op(
     grad: torch.Tensor, x: torch.Tensor, y: torch.Tensor, size: int, alpha: float, beta: float, k: float
@@ -195,14 +210,28 @@ def _backward(ctx: torch.autograd.function.FunctionCtx, grad: torch.Tensor) -> t
 _lrn_op.register_autograd(_backward, setup_context=_setup_context)
 
 
-def local_response_norm(x: torch.Tensor, size: int, alpha: float, beta: float, k: float) -> torch.Tensor:
+def _may_write_in_place(x: torch.Tensor) -> bool:
+    """No gradient will be asked of ``x`` and nothing traces the call (compile, TorchScript)."""
+    if torch.is_grad_enabled() and x.requires_grad:
+        return False
+    return not (torch.compiler.is_compiling() or torch.jit.is_tracing() or torch.jit.is_scripting())
+
+
+def local_response_norm(
+    x: torch.Tensor, size: int, alpha: float, beta: float, k: float, inplace: bool = False
+) -> torch.Tensor:
     """Functional LRN across dim 1 (AlexNet §3.3); ``alpha`` multiplies the window sum (the paper's convention).
 
     Calls the custom operator ``torch.ops.alexnet.lrn`` (fast forward, analytic backward that is not itself
-    differentiable: no double backward). For Caffe's convention pass ``alpha / size``.
+    differentiable: no double backward). For Caffe's convention pass ``alpha / size``. With ``inplace`` (as
+    ``nn.ReLU(inplace=True)``) the result overwrites ``x`` when no gradient is needed — inference skips one
+    activation-sized allocation — and is computed out of place otherwise.
     """
     if x.dim() < 2:
         raise ValueError(f"local_response_norm needs a channel dimension (N×C×…), got shape {tuple(x.shape)}")
+    if inplace and _may_write_in_place(x):
+        _lrn_inplace_op(x, int(size), float(alpha), float(beta), float(k))
+        return x
     return _lrn_op(x, int(size), float(alpha), float(beta), float(k))
 
 
@@ -211,7 +240,8 @@ class LocalResponseNorm(nn.Module):
 
     ``b_i = a_i / (k + α' Σ_{j in window(i)} a_j²)^β`` with ``α' = alpha`` when ``alpha_over_size`` is False (the
     paper: k=2, n=5, α=1e-4, β=0.75) and ``α' = alpha / size`` when True (Caffe, ONNX ``LRN`` and
-    ``torch.nn.LocalResponseNorm``; Caffe's default k=1).
+    ``torch.nn.LocalResponseNorm``; Caffe's default k=1). ``inplace=True`` overwrites the input when no gradient
+    is needed (inference), as ``nn.ReLU(inplace=True)`` does; the paper models are built that way.
     """
 
     def __init__(
@@ -221,10 +251,12 @@ class LocalResponseNorm(nn.Module):
         beta: float = 0.75,
         k: float = 2.0,
         alpha_over_size: bool = False,
+        inplace: bool = False,
     ) -> None:
         super().__init__()
         self.size, self.alpha, self.beta, self.k = size, alpha, beta, k
         self.alpha_over_size = alpha_over_size
+        self.inplace = inplace
 
     @property
     def sum_alpha(self) -> float:
@@ -232,11 +264,12 @@ class LocalResponseNorm(nn.Module):
         return self.alpha / self.size if self.alpha_over_size else self.alpha
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return local_response_norm(x, self.size, self.sum_alpha, self.beta, self.k)
+        return local_response_norm(x, self.size, self.sum_alpha, self.beta, self.k, self.inplace)
 
     def extra_repr(self) -> str:
         conv = "caffe (alpha/size)" if self.alpha_over_size else "paper (alpha*sum)"
-        return f"size={self.size}, alpha={self.alpha}, beta={self.beta}, k={self.k}, convention={conv}"
+        extra = ", inplace=True" if self.inplace else ""
+        return f"size={self.size}, alpha={self.alpha}, beta={self.beta}, k={self.k}, convention={conv}{extra}"
 
 
 @torch.no_grad()

@@ -47,6 +47,26 @@ inline void scale(const T* __restrict x, const T* __restrict s, T* __restrict ou
   }
 }
 
+// xy[v] *= (k + alpha s[v])^-beta: the in-place forward (inference), without aliased __restrict pointers
+template <typename T>
+inline void scale_inplace(T* __restrict xy, const T* __restrict s, int64_t len, T alpha, T k, T beta) {
+  if (beta == T(0.75)) {
+    for (int64_t v = 0; v < len; ++v) {
+      const T r = T(1) / std::sqrt(k + alpha * s[v]);
+      xy[v] *= r * std::sqrt(r);
+    }
+  } else {
+    for (int64_t v = 0; v < len; ++v) xy[v] *= std::pow(k + alpha * s[v], -beta);
+  }
+}
+
+// y = x (k + alpha s)^-beta, in place when y == x (the squares are already in their own buffer)
+template <typename T>
+inline void apply(const T* x, T* y, const T* s, int64_t len, T alpha, T k, T beta) {
+  if (x == y) scale_inplace(y, s, len, alpha, k, beta);
+  else scale(x, s, y, len, alpha, k, beta);
+}
+
 // t[v] = g[v] y[v] / (k + alpha s[v])
 template <typename T>
 inline void ratio(const T* __restrict g, const T* __restrict y, const T* __restrict s, T* __restrict t,
@@ -93,7 +113,7 @@ void forward_planar(const T* x, T* y, const Params<T>& p) {
       for (int64_t c = 0; c < C; ++c) square(xo + c * inner, sq.data() + (c + p.before) * TILE, len);
       for (int64_t c = 0; c < C; ++c) {
         window_sum(sq.data() + c * TILE, TILE, n, len, acc.data());
-        scale(xo + c * inner, acc.data(), yo + c * inner, len, p.alpha, p.k, p.beta);
+        apply(xo + c * inner, yo + c * inner, acc.data(), len, p.alpha, p.k, p.beta);
       }
     }
   }
@@ -143,7 +163,7 @@ void forward_interleaved(const T* x, T* y, const Params<T>& p) {
     for (int64_t px = 0; px < pixels; ++px) {
       square(x + px * C, sq.data() + p.before, C);
       window_sum(sq.data(), 1, n, C, acc.data());
-      scale(x + px * C, acc.data(), y + px * C, C, p.alpha, p.k, p.beta);
+      apply(x + px * C, y + px * C, acc.data(), C, p.alpha, p.k, p.beta);
     }
   }
 }
@@ -194,6 +214,7 @@ void backward(const T* g, const T* x, const T* y, T* dx, int64_t outer, int64_t 
 }  // namespace
 
 // Entry points (C ABI for ctypes). A channels-last N×C×H×W tensor is passed as outer = N·H·W, inner = 1.
+// The forward may be called with y == x (in place): each tile's squares are taken before any of it is written.
 extern "C" {
 void lrn_forward_f32(const float* x, float* y, int64_t outer, int64_t channels, int64_t inner, int before,
                      int after, double alpha, double beta, double k, int threads) {

@@ -115,24 +115,19 @@ class Kernel:
         x = x.contiguous()
         return x, n, c, x.numel() // max(n * c, 1)
 
-    def forward(self, x: torch.Tensor, size: int, alpha: float, beta: float, k: float) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, size: int, alpha: float, beta: float, k: float, inplace: bool = False
+    ) -> torch.Tensor:
+        """The LRN of ``x``; with ``inplace`` written into ``x`` itself (which is returned)."""
+        original = x
         x, outer, c, inner = self._shape(x)
-        y = torch.empty_like(x)
+        y = x if inplace else torch.empty_like(x)
         if x.numel():
             fn = getattr(self.lib, f"lrn_forward_{DTYPES[x.dtype]}")
-            fn(
-                x.data_ptr(),
-                y.data_ptr(),
-                outer,
-                c,
-                inner,
-                size // 2,
-                (size - 1) // 2,
-                alpha,
-                beta,
-                k,
-                torch.get_num_threads(),
-            )
+            window = (size // 2, (size - 1) // 2)
+            fn(x.data_ptr(), y.data_ptr(), outer, c, inner, *window, alpha, beta, k, torch.get_num_threads())
+        if inplace and y is not original:  # x was not dense: the kernel worked on a contiguous copy
+            return original.copy_(y)
         return y
 
     def backward(

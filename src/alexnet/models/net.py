@@ -41,9 +41,11 @@ class AlexNetFamily(nn.Module):
             post: list[tuple[str, nn.Module]] = []
             if c.norm and config.lrn is not None:
                 lrn = config.lrn
-                post.append(
-                    (f"norm{i}", LocalResponseNorm(lrn.size, lrn.alpha, lrn.beta, lrn.k, lrn.alpha_over_size))
+                # in place like the ReLUs, which only takes effect without autograd (inference)
+                norm = LocalResponseNorm(
+                    lrn.size, lrn.alpha, lrn.beta, lrn.k, lrn.alpha_over_size, inplace=True
                 )
+                post.append((f"norm{i}", norm))
             if c.pool:
                 pool = nn.MaxPool2d(config.pool_kernel, config.pool_stride, ceil_mode=config.ceil_mode)
                 post.insert(0 if config.pool_before_norm else len(post), (f"pool{i}", pool))
