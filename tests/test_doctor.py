@@ -272,3 +272,19 @@ def test_updates_shrinking_in_every_layer_as_the_schedule_anneals_are_not_vanish
     one_stuck = _record(1851, 0.97, 1e-3, 1e-3)
     one_stuck.layers[0].update_ratio = 1e-7  # conv1 stands still while the others move
     assert [f.layer for f in check_vanishing(one_stuck, th)] == ["conv1"]
+
+
+def test_one_layer_slowest_at_the_end_of_a_cosine_schedule_is_annealed_not_vanishing() -> None:
+    """`make demo`'s last steps: lr at 0.3 % of its peak; AdamW's steps are smallest relative to fc6's large
+    weight norm, which then dips under the fixed threshold while the conv layers still move more."""
+    th = Thresholds()
+    end = _record(1801, 0.9, 3.4e-6, 1e-4)
+    end.layers[2].update_ratio = 9.9e-6  # fc6
+    assert check_vanishing(end, th, peak_lr=1e-3) == []
+    # the same step sizes at the peak rate: fc6 stands still while the rest moves
+    at_peak = _record(1801, 0.9, 1e-3, 1e-4)
+    at_peak.layers[2].update_ratio = 9.9e-6
+    assert [f.layer for f in check_vanishing(at_peak, th, peak_lr=1e-3)] == ["fc6"]
+    # a layer frozen far below the annealed threshold is still reported
+    end.layers[2].update_ratio = 1e-12
+    assert [f.layer for f in check_vanishing(end, th, peak_lr=1e-3)] == ["fc6"]

@@ -278,8 +278,10 @@ def diagnose(run: Run) -> list[Diagnosis]:
     prev = None
     last = run.records[-1]
     at_last: list[Finding] = []
+    peak_lr = 0.0
     for rec in run.records:
-        found = check_record(rec, prev, th)
+        peak_lr = max(peak_lr, rec.lr) if math.isfinite(rec.lr) else peak_lr
+        found = check_record(rec, prev, th, peak_lr=peak_lr)
         for f in found:
             by_code.setdefault(f.code, []).append(f)
             first_step.setdefault(f.code, rec.step)

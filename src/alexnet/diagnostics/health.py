@@ -178,7 +178,7 @@ class HealthMonitor(Callback):
         prev = self.records[-1] if self.records else None
         self.records.append(rec)
         self._write(rec, ctx)
-        findings = check_record(rec, prev, self.th)
+        findings = check_record(rec, prev, self.th, peak_lr=max(r.lr for r in self.records))
         if any(f.code == NONFINITE for f in findings) and ctx.inputs is not None:
             layer, where = _locate(ctx.model, ctx.inputs)
             if where:

@@ -205,18 +205,25 @@ def check_exploding(rec: HealthRecord, prev: HealthRecord | None, th: Thresholds
     return out
 
 
-def check_vanishing(rec: HealthRecord, th: Thresholds) -> list[Finding]:
+def check_vanishing(rec: HealthRecord, th: Thresholds, peak_lr: float | None = None) -> list[Finding]:
     """A layer whose gradient is 0, or ``vanish_grad_gap`` times weaker (relative to its weights) than the
     strongest layer's, or whose weights move by less than ``vanish_update_ratio`` per step while another layer
     moves more (after the momentum warm-up: SGD's first steps are ~1/(1−momentum) times smaller than its steady
-    state)."""
+    state).
+
+    Updates are proportional to the learning rate (SGD and Adam alike), so when a schedule has lowered it below
+    ``peak_lr`` (the highest rate of the run so far) the update threshold is lowered by the same factor: a layer
+    whose steps shrank with the rate is annealed, not starved of gradient."""
     rel = {lh.layer: relative_grad(lh) for lh in rec.layers}
     top = max((r for r in rel.values() if r is not None), default=None)
     # When *every* layer moves by less than the threshold, the learning rate is small (a schedule annealed to
     # ~0, as cosine decay ends, or a learning rate set too low), not a gradient that vanishes on its way down:
     # the update criterion only singles out layers that stand still while others move.
+    limit = th.vanish_update_ratio
+    if peak_lr and peak_lr > 0 and _finite(rec.lr):
+        limit *= min(1.0, max(rec.lr, 0.0) / peak_lr)
     updates = [lh.update_ratio for lh in rec.layers if _finite(lh.update_ratio)]
-    moving = any(u >= th.vanish_update_ratio for u in updates)  # type: ignore[operator]
+    moving = any(u >= limit for u in updates)  # type: ignore[operator]
     out: list[Finding] = []
     for lh in rec.layers:
         r = rel[lh.layer]
@@ -229,24 +236,27 @@ def check_vanishing(rec: HealthRecord, th: Thresholds) -> list[Finding]:
             and moving
             and lh.update_ratio is not None
             and _finite(lh.update_ratio)
-            and lh.update_ratio < th.vanish_update_ratio
+            and lh.update_ratio < limit
         ):
-            why = f"‖Δw‖/‖w‖ = {lh.update_ratio:.2g} per step (< {th.vanish_update_ratio:g})"
+            why = f"‖Δw‖/‖w‖ = {lh.update_ratio:.2g} per step (< {limit:.2g})"
         else:
             continue
         out.append(Finding(VANISHING, lh.layer, f"step {rec.step}: {lh.layer}'s gradient vanishes: {why}"))
     return out
 
 
-def check_record(rec: HealthRecord, prev: HealthRecord | None, th: Thresholds) -> list[Finding]:
-    """Every live rule on one health record. Non-finite values short-circuit the rest (they are meaningless)."""
+def check_record(
+    rec: HealthRecord, prev: HealthRecord | None, th: Thresholds, peak_lr: float | None = None
+) -> list[Finding]:
+    """Every live rule on one health record. Non-finite values short-circuit the rest (they are meaningless).
+    ``peak_lr``: the highest learning rate of the run up to this record (see :func:`check_vanishing`)."""
     bad = check_nonfinite(rec)
     if bad:
         return bad
     return [
         *check_stuck(rec, th),
         *check_exploding(rec, prev, th),
-        *check_vanishing(rec, th),
+        *check_vanishing(rec, th, peak_lr),
         *check_dead(rec, th),
     ]
 
