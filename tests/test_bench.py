@@ -21,6 +21,7 @@ from alexnet.bench import (
 )
 from alexnet.cli import main
 from alexnet.factory import create_model
+from alexnet.models import native
 
 ROW_FIELDS = {
     "model",
@@ -115,6 +116,9 @@ def test_table_names_every_row_and_the_conventions(tiny_json):
     text = format_report(report)
     assert text.count("torchvision_alexnet") == 3 and text.count("caffenet") == 3  # 2 modes + memory
     assert "% mm" in text and "3× forward FLOPs" in text and "growth MiB" in text
+    # which LRN implementation the rows measured: the fused kernel wherever a compiler built it
+    expected = "fused C++ kernel" if native.kernel() is not None else "PyTorch ops"
+    assert tiny_json["machine"]["lrn"] == expected and f"LRN: {expected}" in text
 
 
 def test_input_pipeline_rows_for_ours_and_torchvisions_stock(tmp_path):

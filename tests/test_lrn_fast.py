@@ -133,6 +133,11 @@ def test_operator_registration_passes_torch_library_opcheck():
     torch.library.opcheck(torch.ops.alexnet.lrn.default, (x, 5, 1e-4, 0.75, 2.0))
     xc = torch.randn(2, 8, 4, 3).contiguous(memory_format=torch.channels_last).requires_grad_()
     torch.library.opcheck(torch.ops.alexnet.lrn.default, (xc, 5, 1e-4, 0.75, 2.0))
+    for inp in (
+        torch.randn(2, 8, 4, 3),
+        torch.randn(2, 8, 4, 3).contiguous(memory_format=torch.channels_last),
+    ):
+        torch.library.opcheck(torch.ops.alexnet.lrn_.default, (inp, 5, 1e-4, 0.75, 2.0))
 
 
 def test_torch_compile_traces_the_operator_as_one_node_without_graph_breaks():

@@ -36,6 +36,7 @@ import torch
 from torch import nn
 
 from alexnet.errors import AlexnetError
+from alexnet.models import native
 from alexnet.train.optim import fused_supported
 
 REFERENCE = "torchvision_alexnet"
@@ -128,6 +129,10 @@ def machine_info(device: torch.device) -> dict[str, Any]:
     }
     if device.type == "cuda":
         info["gpu"] = torch.cuda.get_device_name(device)
+    # which implementation the LRN rows measure on this machine (models/native.py)
+    info["lrn"] = (
+        "fused C++ kernel" if device.type == "cpu" and native.kernel() is not None else "PyTorch ops"
+    )
     with contextlib.suppress(OSError):
         info["loadavg"] = [round(v, 2) for v in os.getloadavg()]
     return info
@@ -490,7 +495,8 @@ def format_report(report: Report) -> str:
     ]
     if report.rows:
         mm = statistics.median(r.matmul_gflops for r in report.rows)
-        lines.append(f"fp32 matmul {MATMUL_SIZE}²: {mm:.1f} GFLOP/s (median over rows)")
+        lrn = f"; LRN: {m['lrn']}" if "lrn" in m else ""
+        lines.append(f"fp32 matmul {MATMUL_SIZE}²: {mm:.1f} GFLOP/s (median over rows){lrn}")
         head = (
             f"{'model':<22}{'mode':<7}{'batch':>6}{'img/s':>9}{'ms/step':>10}{'GFLOP/img':>11}"
             f"{'GFLOP/s':>9}{'% mm':>7}{'vs tv':>7}"
