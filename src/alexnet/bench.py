@@ -35,6 +35,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from alexnet import malloc
 from alexnet.errors import AlexnetError
 from alexnet.models import native
 from alexnet.train.optim import fused_supported
@@ -133,6 +134,7 @@ def machine_info(device: torch.device) -> dict[str, Any]:
     info["lrn"] = (
         "fused C++ kernel" if device.type == "cpu" and native.kernel() is not None else "PyTorch ops"
     )
+    info["malloc"] = malloc.state
     with contextlib.suppress(OSError):
         info["loadavg"] = [round(v, 2) for v in os.getloadavg()]
     return info
@@ -294,8 +296,12 @@ def _malloc_trim() -> Callable[[], None]:
         return lambda: None
 
 
-def _memory_child(name: str, batch_size: int, steps: int, threads: int) -> dict[str, Any]:
+def _memory_child(
+    name: str, batch_size: int, steps: int, threads: int, tune_malloc: bool = False
+) -> dict[str, Any]:
     """Runs in the subprocess: a training step repeated ``steps`` times; resident-set figures in MiB."""
+    if tune_malloc:
+        malloc.tune()  # as the parent process (the `alexnet` command) runs
     torch.set_num_threads(threads)
     torch.manual_seed(0)
     model, size, _ = build(name)
@@ -335,7 +341,8 @@ def bench_memory(name: str, batch_size: int = MEMORY_BATCH_SIZE, steps: int = ME
     """Peak resident memory of a CPU training step of ``name`` at ``batch_size``, in a fresh process."""
     code = (
         "import json, sys; from alexnet.bench import _memory_child; "
-        f"print(json.dumps(_memory_child({name!r}, {batch_size}, {steps}, {torch.get_num_threads()})))"
+        f"print(json.dumps(_memory_child({name!r}, {batch_size}, {steps}, {torch.get_num_threads()}, "
+        f"{malloc.state.startswith('glibc heap')})))"
     )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
     if proc.returncode != 0:
@@ -496,6 +503,7 @@ def format_report(report: Report) -> str:
     if report.rows:
         mm = statistics.median(r.matmul_gflops for r in report.rows)
         lrn = f"; LRN: {m['lrn']}" if "lrn" in m else ""
+        lrn += f"; malloc: {m['malloc']}" if "malloc" in m else ""
         lines.append(f"fp32 matmul {MATMUL_SIZE}²: {mm:.1f} GFLOP/s (median over rows){lrn}")
         head = (
             f"{'model':<22}{'mode':<7}{'batch':>6}{'img/s':>9}{'ms/step':>10}{'GFLOP/img':>11}"

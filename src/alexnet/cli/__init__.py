@@ -12,6 +12,7 @@ import pkgutil
 import sys
 from collections.abc import Sequence
 
+from alexnet import malloc
 from alexnet.cli._common import ArgumentParser, CommandError, run_safely
 
 
@@ -35,6 +36,7 @@ def build_parser() -> ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    malloc.tune()  # before the first large tensor: see alexnet/malloc.py
     return run_safely(lambda: args.func(args))
 
 
