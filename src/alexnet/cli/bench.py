@@ -22,7 +22,9 @@ def register(sub: Any) -> None:
         "repeats. A training step counts 3x the forward FLOPs of `alexnet summary`. '% mm' is of an fp32 "
         "torch.mm rate measured in the same process before each row. Also: peak resident memory of a training "
         "step at batch 128 per model (fresh process each), and with --data ROOT the training input pipeline "
-        "against torchvision's stock ImageFolder + PIL pipeline.",
+        "against torchvision's stock ImageFolder + PIL pipeline. For A/B runs: ALEXNET_NATIVE=0 runs the LRN "
+        "as PyTorch ops instead of the fused C++ kernel; ALEXNET_MALLOC=system keeps glibc's default "
+        "allocator (docs/performance.md).",
     )
     p.add_argument("models", nargs="*", metavar="MODEL", help="registered model names")
     p.add_argument("--mode", choices=("train", "infer", "both"), default="both")

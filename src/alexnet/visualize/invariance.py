@@ -7,7 +7,8 @@ output is stable except for rotation (the features are not rotation invariant, a
 
 Transformations act on the image after resizing (shorter side as in the weights' preprocessing) and before the
 centre crop, so the network sees the same framing as in evaluation; pixels that come from outside the image are
-the mean pixel (0 after normalisation). They are torchvision ``v2.functional.affine`` on the normalised float
+the mean pixel (0 after per-channel normalisation; for weights trained with AlexNet §2's per-pixel mean image,
+the mean image's average pixel, and the crop then has the mean image's centre subtracted, as in evaluation). They are torchvision ``v2.functional.affine`` on the normalised float
 image, bilinear, so the identity transformation reproduces the input up to float rounding.
 """
 
@@ -21,8 +22,9 @@ import torch
 from torchvision.transforms import InterpolationMode, v2
 from torchvision.transforms.v2 import functional as TF
 
+from alexnet.data.transforms import Normalize
 from alexnet.models import AlexNetFamily
-from alexnet.predict import preprocessing_of
+from alexnet.predict import mean_image_of, preprocessing_of
 from alexnet.visualize.hooks import SelectionError, capture, check_layers
 
 if TYPE_CHECKING:
@@ -47,10 +49,22 @@ def transformed_inputs(
     """One normalised, centre-cropped input per value of transformation ``kind`` (uint8 3×H×W ``image``)."""
     if kind not in IDENTITY:
         raise SelectionError(f"unknown transformation {kind!r}; choose one of: {', '.join(IDENTITY)}")
-    prep = preprocessing_of(model)
+    prep, mean_image = preprocessing_of(model), mean_image_of(model)
     resized = v2.Resize(prep.resize, antialias=True)(image)
-    x = prep.normalize(resized.float() / 255.0)
     crop = v2.CenterCrop(prep.input_size)
+    if mean_image is None:
+        x, fill, finish = prep.normalize(resized.float() / 255.0), [0.0, 0.0, 0.0], crop
+    else:
+        # AlexNet §2's per-pixel mean image: transform the 0–1 image, filling with the mean image's average
+        # pixel (in 0–1 RGB), then subtract the mean image's centre from the crop, as evaluation does
+        pixel = mean_image.mean(dim=(1, 2)) / prep.pixel_scale
+        fill = (pixel.flip(0) if prep.channel_order == "BGR" else pixel).tolist()
+        normalize = Normalize(prep, TF.center_crop(mean_image, [prep.input_size, prep.input_size]))
+        x = resized.float() / 255.0
+
+        def finish(t: torch.Tensor) -> torch.Tensor:
+            return normalize(crop(t))
+
     out = []
     for v in values:
         angle, dy, scale = 0.0, 0.0, 1.0
@@ -67,9 +81,9 @@ def transformed_inputs(
             scale=scale,
             shear=[0.0, 0.0],
             interpolation=InterpolationMode.BILINEAR,
-            fill=0.0,
+            fill=fill,
         )
-        out.append(crop(y))
+        out.append(finish(y))
     return torch.stack(out)
 
 
