@@ -142,3 +142,33 @@ def test_the_layer_uses_the_fused_kernel_on_cpu(fused, monkeypatch):
     calls.clear()
     LocalResponseNorm()(x.detach().half())  # a dtype the kernel does not take: the composition
     assert calls == []
+
+
+@needs_kernel
+def test_concurrent_first_builds_leave_one_complete_library(tmp_path):
+    """DDP ranks start together on a machine without a cached build: each compiles, one atomic rename wins."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys; from pathlib import Path; from alexnet.models import native; "
+        "print(native.Kernel(native.build(Path(sys.argv[1]))) is not None)"
+    )
+    procs = [
+        subprocess.Popen([sys.executable, "-c", code, str(tmp_path)], stdout=subprocess.PIPE, text=True)
+        for _ in range(3)
+    ]
+    outs = [p.communicate(timeout=300)[0].strip() for p in procs]
+    assert [p.returncode for p in procs] == [0, 0, 0] and outs == ["True"] * 3
+    assert len([p for p in tmp_path.iterdir() if p.suffix == ".so"]) == 1
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".lrn-")]  # no temporary file left
+
+
+@needs_kernel
+def test_a_corrupt_cached_library_is_rebuilt(tmp_path):
+    path = native.build(tmp_path)
+    path.write_bytes(b"not a shared library")  # e.g. a copy cut short by a full disk
+    fused = native.load(tmp_path)
+    x = torch.randn(2, 8, 3, 3)
+    torch.testing.assert_close(fused.forward(x, 5, 1e-4, 0.75, 2.0), lrn_reference(x, 5, 1e-4, 0.75, 2.0))
+    assert path.stat().st_size > 1000

@@ -165,13 +165,25 @@ class Kernel:
         return dx
 
 
+def load(out_dir: Path | None = None) -> Kernel:
+    """Build (or reuse) and load the kernel; a cached library that does not load (a truncated file, say) is
+    deleted and built again once."""
+    path = build(out_dir)
+    try:
+        return Kernel(path)
+    except OSError as err:
+        log.warning("cached kernel %s does not load (%s); rebuilding it", path, err)
+        path.unlink(missing_ok=True)
+        return Kernel(build(out_dir))
+
+
 @functools.cache
 def kernel() -> Kernel | None:
     """The fused CPU LRN kernel, or ``None`` (disabled, no compiler, failed build: logged once)."""
     if os.environ.get("ALEXNET_NATIVE", "1") == "0":
         return None
     try:
-        return Kernel(build())
+        return load()
     except (RuntimeError, OSError, subprocess.SubprocessError) as err:
         log.warning("fused CPU LRN kernel unavailable, using the PyTorch composition: %s", err)
         return None
