@@ -107,6 +107,34 @@ def test_fused_forward_and_backward_equal_the_composition_for_any_shape_and_layo
 
 
 @needs_kernel
+@settings(max_examples=30, deadline=None)
+@given(
+    shape=st.tuples(st.integers(1, 2), st.integers(1, 300), st.integers(1, 9), st.integers(1, 9)),
+    layout=st.sampled_from(["contiguous", "channels_last"]),
+    size=st.integers(1, 9),
+    scale=st.floats(0.1, 100.0),
+    seed=st.integers(0, 2**16),
+)
+def test_bfloat16_is_computed_in_float32_and_rounded_once(shape, layout, size, scale, seed):
+    """Autocast hands the LRN bf16 activations: the forward is the float32 result rounded to bf16 once (equal to
+    it, or one bf16 step away where the two float32 computations straddle a rounding boundary); the gradient is
+    within bf16 rounding of the float32 one."""
+    fused = native.kernel()
+    assert fused is not None
+    x = _make(shape, layout, torch.float32, seed, scale).to(torch.bfloat16)
+    g = _make(shape, layout, torch.float32, seed + 1, 1.0).to(torch.bfloat16)
+    y = fused.forward(x, size, 1e-3, 0.75, 2.0)
+    assert y.dtype == torch.bfloat16
+    expected = lrn_composed(x.float().contiguous(), size, 1e-3, 0.75, 2.0).to(torch.bfloat16)
+    y = y.contiguous()
+    torch.testing.assert_close(y.float(), expected.float(), rtol=2**-7, atol=0)  # one bf16 step at most
+    assert int((y != expected).sum()) <= max(1, y.numel() // 100)
+    dx = fused.backward(g, x, y, size, 1e-3, 0.75, 2.0)
+    exact = lrn_backward_composed(g.float(), x.float(), y.float(), size, 1e-3, 0.75, 2.0)
+    torch.testing.assert_close(dx.float(), exact, rtol=1e-2, atol=1e-2 * float(exact.abs().max()) + 1e-6)
+
+
+@needs_kernel
 def test_channels_last_input_gives_channels_last_output_and_gradient(fused):
     x = torch.randn(2, 96, 5, 7).contiguous(memory_format=torch.channels_last)
     y = fused.forward(x, 5, 1e-4, 0.75, 2.0)
@@ -141,6 +169,13 @@ def test_the_layer_uses_the_fused_kernel_on_cpu(fused, monkeypatch):
     assert calls == ["fwd", "bwd"]
     calls.clear()
     LocalResponseNorm()(x.detach().half())  # a dtype the kernel does not take: the composition
+    assert calls == []
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # bf16 activations, as a conv under autocast makes them
+        y = torch.nn.Conv2d(16, 16, 1)(x)
+        assert y.dtype == torch.bfloat16
+        LocalResponseNorm()(y).float().sum().backward()
+    assert calls == ["fwd", "bwd"]
+    calls.clear()
     assert calls == []
 
 

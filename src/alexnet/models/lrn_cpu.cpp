@@ -8,6 +8,9 @@
 // of both papers and of Caffe) is computed as r * sqrt(r) with r = 1 / sqrt(d): two correctly rounded square
 // roots and a division, vectorised, instead of a scalar pow. Other betas use std::pow.
 //
+// Storage types float, double and bfloat16; bfloat16 is computed in float (loaded by a shift, stored with
+// round-to-nearest-even as PyTorch does), so autocast's bf16 activations take the same single pass.
+//
 // Two layouts, both with the channel dimension split out of a dense tensor seen as [outer, C, inner]:
 //   planar      (NCHW, inner = H*W > 1): tiles of TILE pixels; the vector dimension is the pixel.
 //   interleaved (channels-last or inner == 1): one pixel at a time; the vector dimension is the channel.
@@ -18,11 +21,47 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <cstring>
 #include <vector>
 
 namespace {
 
 constexpr int64_t TILE = 128;  // pixels per planar tile: buffers of (C + n - 1) * TILE stay in L2
+
+struct bf16 {
+  uint16_t bits;
+};
+
+// S: how a tensor stores its elements; Compute<S>: the type the arithmetic runs in
+template <typename S>
+struct Compute {
+  using type = S;
+};
+template <>
+struct Compute<bf16> {
+  using type = float;
+};
+
+inline float load(float v) { return v; }
+inline double load(double v) { return v; }
+inline float load(bf16 v) {
+  const uint32_t u = uint32_t(v.bits) << 16;
+  float f;
+  std::memcpy(&f, &u, sizeof f);
+  return f;
+}
+
+template <typename S>
+inline S store(typename Compute<S>::type v) {
+  return v;
+}
+template <>
+inline bf16 store<bf16>(float v) {  // round to nearest even; NaN → 0x7FC0 (c10::BFloat16's conversion)
+  uint32_t u;
+  std::memcpy(&u, &v, sizeof u);
+  const uint32_t rounded = (u + 0x7FFFu + ((u >> 16) & 1u)) >> 16;
+  return bf16{uint16_t((u & 0x7FFFFFFFu) > 0x7F800000u ? 0x7FC0u : rounded)};
+}
 
 template <typename T>
 struct Params {
@@ -32,58 +71,69 @@ struct Params {
   T alpha, beta, k;
 };
 
-// out[v] = x[v] * (k + alpha s[v])^-beta  (+= when accumulate); the branch on beta sits outside the loops so
-// that each loop vectorises
+// d^-beta for d = k + alpha s; beta = 0.75 as r·√r with r = 1/√d (vectorises; pow does not)
 template <typename T>
-inline void scale(const T* __restrict x, const T* __restrict s, T* __restrict out, int64_t len, T alpha, T k,
+inline T neg_pow(T d, T beta) {
+  const T r = T(1) / std::sqrt(d);
+  return r * std::sqrt(r);
+  (void)beta;
+}
+
+// out[v] = x[v] (k + alpha s[v])^-beta; the branch on beta sits outside the loops so that each loop vectorises
+template <typename S, typename T>
+inline void scale(const S* __restrict x, const T* __restrict s, S* __restrict out, int64_t len, T alpha, T k,
                   T beta) {
   if (beta == T(0.75)) {
-    for (int64_t v = 0; v < len; ++v) {
-      const T r = T(1) / std::sqrt(k + alpha * s[v]);
-      out[v] = x[v] * (r * std::sqrt(r));
-    }
+    for (int64_t v = 0; v < len; ++v) out[v] = store<S>(load(x[v]) * neg_pow(k + alpha * s[v], beta));
   } else {
-    for (int64_t v = 0; v < len; ++v) out[v] = x[v] * std::pow(k + alpha * s[v], -beta);
+    for (int64_t v = 0; v < len; ++v) out[v] = store<S>(load(x[v]) * std::pow(k + alpha * s[v], -beta));
   }
 }
 
-// xy[v] *= (k + alpha s[v])^-beta: the in-place forward (inference), without aliased __restrict pointers
-template <typename T>
-inline void scale_inplace(T* __restrict xy, const T* __restrict s, int64_t len, T alpha, T k, T beta) {
+// the same in place (inference), without aliased __restrict pointers
+template <typename S, typename T>
+inline void scale_inplace(S* __restrict xy, const T* __restrict s, int64_t len, T alpha, T k, T beta) {
   if (beta == T(0.75)) {
-    for (int64_t v = 0; v < len; ++v) {
-      const T r = T(1) / std::sqrt(k + alpha * s[v]);
-      xy[v] *= r * std::sqrt(r);
-    }
+    for (int64_t v = 0; v < len; ++v) xy[v] = store<S>(load(xy[v]) * neg_pow(k + alpha * s[v], beta));
   } else {
-    for (int64_t v = 0; v < len; ++v) xy[v] *= std::pow(k + alpha * s[v], -beta);
+    for (int64_t v = 0; v < len; ++v) xy[v] = store<S>(load(xy[v]) * std::pow(k + alpha * s[v], -beta));
   }
 }
 
 // y = x (k + alpha s)^-beta, in place when y == x (the squares are already in their own buffer)
-template <typename T>
-inline void apply(const T* x, T* y, const T* s, int64_t len, T alpha, T k, T beta) {
+template <typename S, typename T>
+inline void apply(const S* x, S* y, const T* s, int64_t len, T alpha, T k, T beta) {
   if (x == y) scale_inplace(y, s, len, alpha, k, beta);
   else scale(x, s, y, len, alpha, k, beta);
 }
 
 // t[v] = g[v] y[v] / (k + alpha s[v])
-template <typename T>
-inline void ratio(const T* __restrict g, const T* __restrict y, const T* __restrict s, T* __restrict t,
+template <typename S, typename T>
+inline void ratio(const S* __restrict g, const S* __restrict y, const T* __restrict s, T* __restrict t,
                   int64_t len, T alpha, T k) {
-  for (int64_t v = 0; v < len; ++v) t[v] = g[v] * y[v] / (k + alpha * s[v]);
+  for (int64_t v = 0; v < len; ++v) t[v] = load(g[v]) * load(y[v]) / (k + alpha * s[v]);
 }
 
-// out[v] += coef x[v] w[v]
-template <typename T>
-inline void add_scaled(const T* __restrict x, const T* __restrict w, T* __restrict out, int64_t len, T coef) {
-  for (int64_t v = 0; v < len; ++v) out[v] += coef * x[v] * w[v];
+// dx[v] = g[v] (k + alpha s[v])^-beta + coef x[v] w[v]  (w: the transposed window sum of t)
+template <typename S, typename T>
+inline void gradient(const S* __restrict g, const S* __restrict x, const T* __restrict s, const T* __restrict w,
+                     S* __restrict dx, int64_t len, T alpha, T k, T beta, T coef) {
+  if (beta == T(0.75)) {
+    for (int64_t v = 0; v < len; ++v)
+      dx[v] = store<S>(load(g[v]) * neg_pow(k + alpha * s[v], beta) + coef * load(x[v]) * w[v]);
+  } else {
+    for (int64_t v = 0; v < len; ++v)
+      dx[v] = store<S>(load(g[v]) * std::pow(k + alpha * s[v], -beta) + coef * load(x[v]) * w[v]);
+  }
 }
 
 // s[v] = x[v]^2
-template <typename T>
-inline void square(const T* __restrict x, T* __restrict s, int64_t len) {
-  for (int64_t v = 0; v < len; ++v) s[v] = x[v] * x[v];
+template <typename S, typename T>
+inline void square(const S* __restrict x, T* __restrict s, int64_t len) {
+  for (int64_t v = 0; v < len; ++v) {
+    const T a = load(x[v]);
+    s[v] = a * a;
+  }
 }
 
 // acc[v] = sum_{j < n} rows[j * stride + v] for v < len
@@ -98,8 +148,8 @@ inline void window_sum(const T* __restrict rows, int64_t stride, int n, int64_t 
 
 // ---------------------------------------------------------------- planar: vectors run along pixels
 
-template <typename T>
-void forward_planar(const T* x, T* y, const Params<T>& p) {
+template <typename S, typename T>
+void forward_planar(const S* x, S* y, const Params<T>& p) {
   const int64_t C = p.channels, inner = p.inner, tiles = (inner + TILE - 1) / TILE;
   const int n = p.before + p.after + 1;
 #pragma omp parallel num_threads(p.threads)
@@ -108,8 +158,8 @@ void forward_planar(const T* x, T* y, const Params<T>& p) {
 #pragma omp for schedule(static)
     for (int64_t item = 0; item < p.outer * tiles; ++item) {
       const int64_t o = item / tiles, p0 = (item % tiles) * TILE, len = std::min(TILE, inner - p0);
-      const T* xo = x + o * C * inner + p0;
-      T* yo = y + o * C * inner + p0;
+      const S* xo = x + o * C * inner + p0;
+      S* yo = y + o * C * inner + p0;
       for (int64_t c = 0; c < C; ++c) square(xo + c * inner, sq.data() + (c + p.before) * TILE, len);
       for (int64_t c = 0; c < C; ++c) {
         window_sum(sq.data() + c * TILE, TILE, n, len, acc.data());
@@ -119,32 +169,31 @@ void forward_planar(const T* x, T* y, const Params<T>& p) {
   }
 }
 
-template <typename T>
-void backward_planar(const T* g, const T* x, const T* y, T* dx, const Params<T>& p) {
+template <typename S, typename T>
+void backward_planar(const S* g, const S* x, const S* y, S* dx, const Params<T>& p) {
   const int64_t C = p.channels, inner = p.inner, tiles = (inner + TILE - 1) / TILE;
   const int n = p.before + p.after + 1;
   const T coef = T(-2) * p.alpha * p.beta;
 #pragma omp parallel num_threads(p.threads)
   {
     // sq: squares padded by `before` rows; t = g b / d padded by `after` rows (the transposed window)
-    std::vector<T> sq((C + n - 1) * TILE, T(0)), t((C + n - 1) * TILE, T(0)), acc(TILE);
+    std::vector<T> sq((C + n - 1) * TILE, T(0)), t((C + n - 1) * TILE, T(0)), s(TILE), w(TILE);
 #pragma omp for schedule(static)
     for (int64_t item = 0; item < p.outer * tiles; ++item) {
       const int64_t o = item / tiles, p0 = (item % tiles) * TILE, len = std::min(TILE, inner - p0);
       const int64_t base = o * C * inner + p0;
       for (int64_t c = 0; c < C; ++c) square(x + base + c * inner, sq.data() + (c + p.before) * TILE, len);
       for (int64_t c = 0; c < C; ++c) {
-        window_sum(sq.data() + c * TILE, TILE, n, len, acc.data());
+        window_sum(sq.data() + c * TILE, TILE, n, len, s.data());
         const int64_t at = base + c * inner;
-        ratio(g + at, y + at, acc.data(), t.data() + (c + p.after) * TILE, len, p.alpha, p.k);
+        ratio(g + at, y + at, s.data(), t.data() + (c + p.after) * TILE, len, p.alpha, p.k);
       }
       for (int64_t c = 0; c < C; ++c) {
-        // d^-beta again from the squares (cheaper than a third buffer), then the transposed window of t
+        // the window sum of squares again (cheaper than a third buffer), then the transposed window of t
         const int64_t at = base + c * inner;
-        window_sum(sq.data() + c * TILE, TILE, n, len, acc.data());
-        scale(g + at, acc.data(), dx + at, len, p.alpha, p.k, p.beta);
-        window_sum(t.data() + c * TILE, TILE, n, len, acc.data());
-        add_scaled(x + at, acc.data(), dx + at, len, coef);
+        window_sum(sq.data() + c * TILE, TILE, n, len, s.data());
+        window_sum(t.data() + c * TILE, TILE, n, len, w.data());
+        gradient(g + at, x + at, s.data(), w.data(), dx + at, len, p.alpha, p.k, p.beta, coef);
       }
     }
   }
@@ -152,8 +201,8 @@ void backward_planar(const T* g, const T* x, const T* y, T* dx, const Params<T>&
 
 // ---------------------------------------------------------------- interleaved: vectors run along channels
 
-template <typename T>
-void forward_interleaved(const T* x, T* y, const Params<T>& p) {
+template <typename S, typename T>
+void forward_interleaved(const S* x, S* y, const Params<T>& p) {
   const int64_t C = p.channels, pixels = p.outer * p.inner;
   const int n = p.before + p.after + 1;
 #pragma omp parallel num_threads(p.threads)
@@ -168,23 +217,22 @@ void forward_interleaved(const T* x, T* y, const Params<T>& p) {
   }
 }
 
-template <typename T>
-void backward_interleaved(const T* g, const T* x, const T* y, T* dx, const Params<T>& p) {
+template <typename S, typename T>
+void backward_interleaved(const S* g, const S* x, const S* y, S* dx, const Params<T>& p) {
   const int64_t C = p.channels, pixels = p.outer * p.inner;
   const int n = p.before + p.after + 1;
   const T coef = T(-2) * p.alpha * p.beta;
 #pragma omp parallel num_threads(p.threads)
   {
-    std::vector<T> sq(C + n - 1, T(0)), t(C + n - 1, T(0)), s(C), acc(C);
+    std::vector<T> sq(C + n - 1, T(0)), t(C + n - 1, T(0)), s(C), w(C);
 #pragma omp for schedule(static)
     for (int64_t px = 0; px < pixels; ++px) {
       const int64_t at = px * C;
       square(x + at, sq.data() + p.before, C);
       window_sum(sq.data(), 1, n, C, s.data());
       ratio(g + at, y + at, s.data(), t.data() + p.after, C, p.alpha, p.k);
-      window_sum(t.data(), 1, n, C, acc.data());
-      scale(g + at, s.data(), dx + at, C, p.alpha, p.k, p.beta);
-      add_scaled(x + at, acc.data(), dx + at, C, coef);
+      window_sum(t.data(), 1, n, C, w.data());
+      gradient(g + at, x + at, s.data(), w.data(), dx + at, C, p.alpha, p.k, p.beta, coef);
     }
   }
 }
@@ -195,42 +243,45 @@ Params<T> params(int64_t outer, int64_t channels, int64_t inner, int before, int
   return Params<T>{outer, channels, inner, before, after, std::max(threads, 1), T(alpha), T(beta), T(k)};
 }
 
-template <typename T>
-void forward(const T* x, T* y, int64_t outer, int64_t channels, int64_t inner, int before, int after,
+template <typename S>
+void forward(const void* x, void* y, int64_t outer, int64_t channels, int64_t inner, int before, int after,
              double alpha, double beta, double k, int threads) {
+  using T = typename Compute<S>::type;
   const auto p = params<T>(outer, channels, inner, before, after, alpha, beta, k, threads);
-  if (inner == 1) forward_interleaved(x, y, p);
-  else forward_planar(x, y, p);
+  const S* xs = static_cast<const S*>(x);
+  S* ys = static_cast<S*>(y);
+  if (inner == 1) forward_interleaved(xs, ys, p);
+  else forward_planar(xs, ys, p);
 }
 
-template <typename T>
-void backward(const T* g, const T* x, const T* y, T* dx, int64_t outer, int64_t channels, int64_t inner,
-              int before, int after, double alpha, double beta, double k, int threads) {
+template <typename S>
+void backward(const void* g, const void* x, const void* y, void* dx, int64_t outer, int64_t channels,
+              int64_t inner, int before, int after, double alpha, double beta, double k, int threads) {
+  using T = typename Compute<S>::type;
   const auto p = params<T>(outer, channels, inner, before, after, alpha, beta, k, threads);
-  if (inner == 1) backward_interleaved(g, x, y, dx, p);
-  else backward_planar(g, x, y, dx, p);
+  const S *gs = static_cast<const S*>(g), *xs = static_cast<const S*>(x), *ys = static_cast<const S*>(y);
+  S* ds = static_cast<S*>(dx);
+  if (inner == 1) backward_interleaved(gs, xs, ys, ds, p);
+  else backward_planar(gs, xs, ys, ds, p);
 }
 
 }  // namespace
 
 // Entry points (C ABI for ctypes). A channels-last N×C×H×W tensor is passed as outer = N·H·W, inner = 1.
 // The forward may be called with y == x (in place): each tile's squares are taken before any of it is written.
+#define LRN_ENTRY_POINTS(SUFFIX, S)                                                                           \
+  void lrn_forward_##SUFFIX(const void* x, void* y, int64_t outer, int64_t channels, int64_t inner,            \
+                            int before, int after, double alpha, double beta, double k, int threads) {         \
+    forward<S>(x, y, outer, channels, inner, before, after, alpha, beta, k, threads);                         \
+  }                                                                                                           \
+  void lrn_backward_##SUFFIX(const void* g, const void* x, const void* y, void* dx, int64_t outer,             \
+                             int64_t channels, int64_t inner, int before, int after, double alpha, double beta, \
+                             double k, int threads) {                                                          \
+    backward<S>(g, x, y, dx, outer, channels, inner, before, after, alpha, beta, k, threads);                 \
+  }
+
 extern "C" {
-void lrn_forward_f32(const float* x, float* y, int64_t outer, int64_t channels, int64_t inner, int before,
-                     int after, double alpha, double beta, double k, int threads) {
-  forward(x, y, outer, channels, inner, before, after, alpha, beta, k, threads);
-}
-void lrn_forward_f64(const double* x, double* y, int64_t outer, int64_t channels, int64_t inner, int before,
-                     int after, double alpha, double beta, double k, int threads) {
-  forward(x, y, outer, channels, inner, before, after, alpha, beta, k, threads);
-}
-void lrn_backward_f32(const float* g, const float* x, const float* y, float* dx, int64_t outer, int64_t channels,
-                      int64_t inner, int before, int after, double alpha, double beta, double k, int threads) {
-  backward(g, x, y, dx, outer, channels, inner, before, after, alpha, beta, k, threads);
-}
-void lrn_backward_f64(const double* g, const double* x, const double* y, double* dx, int64_t outer,
-                      int64_t channels, int64_t inner, int before, int after, double alpha, double beta,
-                      double k, int threads) {
-  backward(g, x, y, dx, outer, channels, inner, before, after, alpha, beta, k, threads);
-}
+LRN_ENTRY_POINTS(f32, float)
+LRN_ENTRY_POINTS(f64, double)
+LRN_ENTRY_POINTS(bf16, bf16)
 }

@@ -31,7 +31,7 @@ log = logging.getLogger(__name__)
 
 SOURCE = Path(__file__).with_name("lrn_cpu.cpp")
 FLAGS = ["-O3", "-march=native", "-fopenmp", "-fPIC", "-shared", "-fno-math-errno", "-fno-trapping-math"]
-DTYPES = {torch.float32: "f32", torch.float64: "f64"}
+DTYPES = {torch.float32: "f32", torch.float64: "f64", torch.bfloat16: "bf16"}  # bf16 computed in fp32
 
 
 def cache_dir() -> Path:
@@ -89,7 +89,8 @@ def build(out_dir: Path | None = None) -> Path:
 
 
 class Kernel:
-    """The loaded library: ``forward(x)`` and ``backward(g, x, y)`` on dense CPU float32/float64 tensors."""
+    """The loaded library: ``forward(x)`` and ``backward(g, x, y)`` on dense CPU float32/float64/bfloat16
+    tensors (bfloat16, as autocast produces it, is computed in float32 and rounded once on the way out)."""
 
     def __init__(self, path: Path) -> None:
         self.lib = ctypes.CDLL(str(path))
