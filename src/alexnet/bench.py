@@ -170,11 +170,13 @@ def _median_time(fn: Callable[[], object], repeats: int, warmup: int, device: to
     return times
 
 
-def matmul_gflops(device: torch.device, size: int = MATMUL_SIZE, repeats: int = 5) -> float:
-    """fp32 GFLOP/s of ``size``×``size`` ``torch.mm`` (``2·size³`` FLOPs each), median of ``repeats``."""
-    a = torch.randn(size, size, device=device)
-    b = torch.randn(size, size, device=device)
-    out = torch.empty(size, size, device=device)
+def matmul_gflops(
+    device: torch.device, size: int = MATMUL_SIZE, repeats: int = 5, dtype: torch.dtype = torch.float32
+) -> float:
+    """GFLOP/s of ``size``×``size`` ``torch.mm`` in ``dtype`` (``2·size³`` FLOPs each), median of ``repeats``."""
+    a = torch.randn(size, size, device=device, dtype=dtype)
+    b = torch.randn(size, size, device=device, dtype=dtype)
+    out = torch.empty(size, size, device=device, dtype=dtype)
     times = _median_time(lambda: torch.mm(a, b, out=out), repeats, 1, device)
     return 2 * size**3 / statistics.median(times) / 1e9
 
@@ -197,12 +199,19 @@ def build(name: str) -> tuple[nn.Module, int, float]:
     return model, size, flops / 1e9
 
 
-def _step_fn(model: nn.Module, mode: str, x: torch.Tensor, y: torch.Tensor) -> Callable[[], object]:
+def _step_fn(
+    model: nn.Module, mode: str, x: torch.Tensor, y: torch.Tensor, amp: bool = False
+) -> Callable[[], object]:
+    """One inference or training step; ``amp``: the forward under bf16 autocast, as ``alexnet train --amp``."""
+
+    def autocast() -> Any:
+        return torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=amp)
+
     if mode == "infer":
         model.eval()
 
         def infer() -> object:
-            with torch.inference_mode():
+            with torch.inference_mode(), autocast():
                 return model(x)
 
         return infer
@@ -215,7 +224,8 @@ def _step_fn(model: nn.Module, mode: str, x: torch.Tensor, y: torch.Tensor) -> C
 
     def train() -> object:
         opt.zero_grad(set_to_none=True)
-        loss = nn.functional.cross_entropy(model(x), y)
+        with autocast():
+            loss = nn.functional.cross_entropy(model(x), y)
         loss.backward()
         opt.step()
         return loss
@@ -233,8 +243,10 @@ def bench_model(
     warmup: int,
     compile: bool = False,
     channels_last: bool = False,
+    amp: bool = False,
 ) -> Row:
-    """Time one model in one mode (``train`` or ``infer``) on random inputs."""
+    """Time one model in one mode (``train`` or ``infer``) on random inputs; ``amp``: bf16 autocast, and
+    the matmul reference in bf16 too."""
     torch.manual_seed(0)
     model, size, gflop = build(name)
     model.to(device)
@@ -246,13 +258,13 @@ def bench_model(
     compile_s = None
     if compile:
         model = torch.compile(model)  # type: ignore[assignment]
-    step = _step_fn(model, mode, x, y)
+    step = _step_fn(model, mode, x, y, amp)
     if compile:  # the first call compiles; its time is reported separately and not timed as a step
         start = time.perf_counter()
         step()
         _sync(device)
         compile_s = time.perf_counter() - start
-    mm = matmul_gflops(device)
+    mm = matmul_gflops(device, dtype=torch.bfloat16 if amp else torch.float32)
     times = _median_time(step, repeats, warmup, device)
     step_s = statistics.median(times)
     flop = gflop * (TRAIN_FLOPS_FACTOR if mode == "train" else 1)
@@ -443,6 +455,7 @@ def run_bench(
     warmup: int = 2,
     compile: bool = False,
     channels_last: bool = False,
+    amp: bool = False,
     memory: bool = True,
     memory_batch_size: int = MEMORY_BATCH_SIZE,
     progress: Callable[[str], None] | None = None,
@@ -461,6 +474,7 @@ def run_bench(
             "warmup": warmup,
             "compile": compile,
             "channels_last": channels_last,
+            "amp": amp,
             "memory_batch_size": memory_batch_size if memory else None,
             "train_flops_factor": TRAIN_FLOPS_FACTOR,
             "matmul_size": MATMUL_SIZE,
@@ -480,6 +494,7 @@ def run_bench(
                     warmup=warmup,
                     compile=compile,
                     channels_last=channels_last,
+                    amp=amp,
                 )
             )
     for row in report.rows:
@@ -504,7 +519,8 @@ def format_report(report: Report) -> str:
         mm = statistics.median(r.matmul_gflops for r in report.rows)
         lrn = f"; LRN: {m['lrn']}" if "lrn" in m else ""
         lrn += f"; malloc: {m['malloc']}" if "malloc" in m else ""
-        lines.append(f"fp32 matmul {MATMUL_SIZE}²: {mm:.1f} GFLOP/s (median over rows){lrn}")
+        dtype = "bf16" if report.settings.get("amp") else "fp32"
+        lines.append(f"{dtype} matmul {MATMUL_SIZE}²: {mm:.1f} GFLOP/s (median over rows){lrn}")
         head = (
             f"{'model':<22}{'mode':<7}{'batch':>6}{'img/s':>9}{'ms/step':>10}{'GFLOP/img':>11}"
             f"{'GFLOP/s':>9}{'% mm':>7}{'vs tv':>7}"

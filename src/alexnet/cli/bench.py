@@ -34,6 +34,11 @@ def register(sub: Any) -> None:
     p.add_argument("--warmup", type=int, default=2, help="untimed steps before timing (2)")
     p.add_argument("--compile", action="store_true", help="torch.compile each model (compile time reported)")
     p.add_argument("--channels-last", action="store_true", help="channels-last memory format")
+    p.add_argument(
+        "--amp",
+        action="store_true",
+        help="bf16 autocast (as `alexnet train --amp`); '%% mm' is then of the bf16 matmul rate",
+    )
     p.add_argument("--threads", type=int, help="torch intra-op threads (default: torch's choice)")
     p.add_argument("--memory-batch-size", type=int, default=128, help="batch of the memory measurement (128)")
     p.add_argument("--no-memory", action="store_true", help="skip the training-memory measurement")
@@ -82,6 +87,7 @@ def run(args: argparse.Namespace) -> int:
             warmup=args.warmup,
             compile=args.compile,
             channels_last=args.channels_last,
+            amp=args.amp,
             memory=not args.no_memory,
             memory_batch_size=args.memory_batch_size,
             progress=progress,
