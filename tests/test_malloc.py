@@ -68,3 +68,9 @@ def test_every_command_tunes_the_allocator_before_running(capsys, monkeypatch):
     monkeypatch.setattr(malloc, "state", "glibc defaults")
     assert main(["models"]) == 0
     assert malloc.state == "glibc heap, freed memory kept (mmap off)"
+
+
+def test_the_package_exposes_tune_for_scripts():
+    import alexnet
+
+    assert alexnet.malloc.tune is malloc.tune
