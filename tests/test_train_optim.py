@@ -144,3 +144,17 @@ def test_paper_sgd_reads_the_velocity_of_older_checkpoints() -> None:
     p.grad = torch.zeros(3)
     opt.step()
     torch.testing.assert_close(p.detach(), torch.full((3,), 1.0 - 0.9 * 0.2))  # w + μ·v
+
+
+def test_paper_sgd_step_with_a_closure_returns_the_loss_before_the_update() -> None:
+    p = nn.Parameter(torch.tensor([2.0]))
+    opt = PaperSGD([p], lr=0.1, weight_decay=0.0)
+
+    def closure() -> torch.Tensor:
+        opt.zero_grad()
+        loss = (p**2).sum()
+        loss.backward()
+        return loss
+
+    assert float(opt.step(closure)) == 4.0
+    torch.testing.assert_close(p.detach(), torch.tensor([2.0 - 0.1 * 4.0]))  # w − ε·∂L/∂w, ∂L/∂w = 2w

@@ -66,6 +66,10 @@ class PaperSGD(torch.optim.SGD):
 
     @torch.no_grad()
     def step(self, closure: Any = None) -> Any:  # type: ignore[override]
+        loss = None
+        if closure is not None:  # the loss at the weights before this update, as torch.optim.SGD does
+            with torch.enable_grad():
+                loss = closure()
         frozen: list[tuple[dict[str, Any], list[torch.Tensor]]] = []
         for group in self.param_groups:
             lr, last = group["lr"], group.get("paper_last_lr")
@@ -86,7 +90,8 @@ class PaperSGD(torch.optim.SGD):
                         buf.mul_(last / lr)  # keep v = −ε·b equal to the velocity of the last step
             group["paper_last_lr"] = lr
         try:
-            return super().step(closure)
+            super().step()
+            return loss
         finally:
             for group, params in frozen:
                 group["params"] = params
