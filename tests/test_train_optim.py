@@ -156,5 +156,5 @@ def test_paper_sgd_step_with_a_closure_returns_the_loss_before_the_update() -> N
         loss.backward()
         return loss
 
-    assert float(opt.step(closure)) == 4.0
+    assert float(opt.step(closure).detach()) == 4.0
     torch.testing.assert_close(p.detach(), torch.tensor([2.0 - 0.1 * 4.0]))  # w − ε·∂L/∂w, ∂L/∂w = 2w
