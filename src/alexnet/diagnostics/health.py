@@ -115,6 +115,7 @@ class HealthMonitor(Callback):
         self.every = every
         self.th = thresholds or Thresholds()
         self.records: list[HealthRecord] = []
+        self._peak_lr = 0.0  # the highest learning rate so far (check_vanishing scales with it)
         self.warned: set[tuple[str, str | None]] = set()
         self._layers: list[tuple[str, nn.Module, nn.Module | None, nn.Module | None]] = []
         self._handles: list[Any] = []
@@ -178,7 +179,9 @@ class HealthMonitor(Callback):
         prev = self.records[-1] if self.records else None
         self.records.append(rec)
         self._write(rec, ctx)
-        findings = check_record(rec, prev, self.th, peak_lr=max(r.lr for r in self.records))
+        if math.isfinite(rec.lr):
+            self._peak_lr = max(self._peak_lr, rec.lr)
+        findings = check_record(rec, prev, self.th, peak_lr=self._peak_lr)
         if any(f.code == NONFINITE for f in findings) and ctx.inputs is not None:
             layer, where = _locate(ctx.model, ctx.inputs)
             if where:

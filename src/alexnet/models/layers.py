@@ -136,6 +136,14 @@ def lrn_backward_composed(
     return d.pow_(-beta).mul_(grad).addcmul_(x, back)  # g_i d_i^-β − 2αβ a_i Σ …, in d's memory
 
 
+def _fused_for(*tensors: torch.Tensor) -> native.Kernel | None:
+    """The fused CPU kernel when it is built and takes these tensors (same dtype, one it supports)."""
+    fused = native.kernel()
+    if fused is None or not fused.supports(tensors[0]):
+        return None
+    return fused if all(t.dtype == tensors[0].dtype for t in tensors) else None
+
+
 @torch.library.custom_op("alexnet::lrn", mutates_args=())
 def _lrn_op(x: torch.Tensor, size: int, alpha: float, beta: float, k: float) -> torch.Tensor:
     """``alexnet::lrn``: ``x * (k + alpha * window_sum(x²))^-beta``; ``alpha`` multiplies the sum."""
@@ -144,10 +152,8 @@ def _lrn_op(x: torch.Tensor, size: int, alpha: float, beta: float, k: float) -> 
 
 @_lrn_op.register_kernel("cpu")
 def _(x: torch.Tensor, size: int, alpha: float, beta: float, k: float) -> torch.Tensor:
-    fused = native.kernel()
-    if fused is not None and fused.supports(x):
-        return fused.forward(x, size, alpha, beta, k)
-    return lrn_composed(x, size, alpha, beta, k)
+    fused = _fused_for(x)
+    return fused.forward(x, size, alpha, beta, k) if fused else lrn_composed(x, size, alpha, beta, k)
 
 
 @_lrn_op.register_fake
@@ -163,8 +169,8 @@ def _lrn_inplace_op(x: torch.Tensor, size: int, alpha: float, beta: float, k: fl
 
 @_lrn_inplace_op.register_kernel("cpu")
 def _(x: torch.Tensor, size: int, alpha: float, beta: float, k: float) -> None:
-    fused = native.kernel()
-    if fused is not None and fused.supports(x):
+    fused = _fused_for(x)
+    if fused:
         fused.forward(x, size, alpha, beta, k, inplace=True)
     else:
         x.copy_(lrn_composed(x, size, alpha, beta, k))
@@ -182,8 +188,8 @@ def _lrn_backward_op(
 def _(
     grad: torch.Tensor, x: torch.Tensor, y: torch.Tensor, size: int, alpha: float, beta: float, k: float
 ) -> torch.Tensor:
-    fused = native.kernel()
-    if fused is not None and fused.supports(x) and grad.dtype == x.dtype == y.dtype:
+    fused = _fused_for(x, grad, y)
+    if fused:
         return fused.backward(grad, x, y, size, alpha, beta, k)
     return lrn_backward_composed(grad, x, y, size, alpha, beta, k)
 

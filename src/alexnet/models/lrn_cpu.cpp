@@ -71,12 +71,11 @@ struct Params {
   T alpha, beta, k;
 };
 
-// d^-beta for d = k + alpha s; beta = 0.75 as r·√r with r = 1/√d (vectorises; pow does not)
+// d^-0.75 as r·√r with r = 1/√d (vectorises; pow does not)
 template <typename T>
-inline T neg_pow(T d, T beta) {
+inline T pow_minus_075(T d) {
   const T r = T(1) / std::sqrt(d);
   return r * std::sqrt(r);
-  (void)beta;
 }
 
 // out[v] = x[v] (k + alpha s[v])^-beta; the branch on beta sits outside the loops so that each loop vectorises
@@ -84,7 +83,7 @@ template <typename S, typename T>
 inline void scale(const S* __restrict x, const T* __restrict s, S* __restrict out, int64_t len, T alpha, T k,
                   T beta) {
   if (beta == T(0.75)) {
-    for (int64_t v = 0; v < len; ++v) out[v] = store<S>(load(x[v]) * neg_pow(k + alpha * s[v], beta));
+    for (int64_t v = 0; v < len; ++v) out[v] = store<S>(load(x[v]) * pow_minus_075(k + alpha * s[v]));
   } else {
     for (int64_t v = 0; v < len; ++v) out[v] = store<S>(load(x[v]) * std::pow(k + alpha * s[v], -beta));
   }
@@ -94,7 +93,7 @@ inline void scale(const S* __restrict x, const T* __restrict s, S* __restrict ou
 template <typename S, typename T>
 inline void scale_inplace(S* __restrict xy, const T* __restrict s, int64_t len, T alpha, T k, T beta) {
   if (beta == T(0.75)) {
-    for (int64_t v = 0; v < len; ++v) xy[v] = store<S>(load(xy[v]) * neg_pow(k + alpha * s[v], beta));
+    for (int64_t v = 0; v < len; ++v) xy[v] = store<S>(load(xy[v]) * pow_minus_075(k + alpha * s[v]));
   } else {
     for (int64_t v = 0; v < len; ++v) xy[v] = store<S>(load(xy[v]) * std::pow(k + alpha * s[v], -beta));
   }
@@ -120,7 +119,7 @@ inline void gradient(const S* __restrict g, const S* __restrict x, const T* __re
                      S* __restrict dx, int64_t len, T alpha, T k, T beta, T coef) {
   if (beta == T(0.75)) {
     for (int64_t v = 0; v < len; ++v)
-      dx[v] = store<S>(load(g[v]) * neg_pow(k + alpha * s[v], beta) + coef * load(x[v]) * w[v]);
+      dx[v] = store<S>(load(g[v]) * pow_minus_075(k + alpha * s[v]) + coef * load(x[v]) * w[v]);
   } else {
     for (int64_t v = 0; v < len; ++v)
       dx[v] = store<S>(load(g[v]) * std::pow(k + alpha * s[v], -beta) + coef * load(x[v]) * w[v]);

@@ -148,21 +148,9 @@ class Kernel:
         dx = torch.empty_like(x)
         if x.numel():
             fn = getattr(self.lib, f"lrn_backward_{DTYPES[x.dtype]}")
-            fn(
-                g.data_ptr(),
-                x.data_ptr(),
-                y.data_ptr(),
-                dx.data_ptr(),
-                outer,
-                c,
-                inner,
-                size // 2,
-                (size - 1) // 2,
-                alpha,
-                beta,
-                k,
-                torch.get_num_threads(),
-            )
+            window = (size // 2, (size - 1) // 2)
+            pointers = (g.data_ptr(), x.data_ptr(), y.data_ptr(), dx.data_ptr())
+            fn(*pointers, outer, c, inner, *window, alpha, beta, k, torch.get_num_threads())
         return dx
 
 
