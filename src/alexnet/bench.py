@@ -43,6 +43,7 @@ from alexnet.train.optim import fused_supported
 REFERENCE = "torchvision_alexnet"
 TRAIN_FLOPS_FACTOR = 3
 MATMUL_SIZE = 2048
+CUDA_MATMUL_SIZE = 8192  # a GPU needs a larger product to reach its rate
 MEMORY_BATCH_SIZE = 128
 MEMORY_STEPS = 4
 MIB = 1024 * 1024
@@ -130,6 +131,9 @@ def machine_info(device: torch.device) -> dict[str, Any]:
     }
     if device.type == "cuda":
         info["gpu"] = torch.cuda.get_device_name(device)
+        info["cuda"] = torch.version.cuda
+        info["cudnn"] = torch.backends.cudnn.version()
+        info["tf32"] = torch.backends.cudnn.allow_tf32  # fp32 convolutions (and the fp32 matmul reference)
     # which implementation the LRN rows measure on this machine (models/native.py)
     info["lrn"] = (
         "fused C++ kernel" if device.type == "cpu" and native.kernel() is not None else "PyTorch ops"
@@ -170,10 +174,29 @@ def _median_time(fn: Callable[[], object], repeats: int, warmup: int, device: to
     return times
 
 
+def matmul_size(device: torch.device) -> int:
+    return CUDA_MATMUL_SIZE if device.type == "cuda" else MATMUL_SIZE
+
+
 def matmul_gflops(
-    device: torch.device, size: int = MATMUL_SIZE, repeats: int = 5, dtype: torch.dtype = torch.float32
+    device: torch.device, size: int | None = None, repeats: int = 5, dtype: torch.dtype = torch.float32
 ) -> float:
-    """GFLOP/s of ``size``×``size`` ``torch.mm`` in ``dtype`` (``2·size³`` FLOPs each), median of ``repeats``."""
+    """GFLOP/s of ``size``×``size`` ``torch.mm`` in ``dtype`` (``2·size³`` FLOPs each), median of ``repeats``.
+
+    On CUDA an fp32 product runs as the convolutions do: on TF32 tensor cores when cuDNN may use them
+    (``torch.backends.cudnn.allow_tf32``, PyTorch's default), so that '% of matmul' compares like with like.
+    """
+    size = size or matmul_size(device)
+    tf32 = torch.backends.cuda.matmul.allow_tf32
+    if device.type == "cuda" and dtype == torch.float32:
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32
+    try:
+        return _matmul_gflops(device, size, repeats, dtype)
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = tf32
+
+
+def _matmul_gflops(device: torch.device, size: int, repeats: int, dtype: torch.dtype) -> float:
     a = torch.randn(size, size, device=device, dtype=dtype)
     b = torch.randn(size, size, device=device, dtype=dtype)
     out = torch.empty(size, size, device=device, dtype=dtype)
@@ -376,6 +399,51 @@ def bench_memory(name: str, batch_size: int = MEMORY_BATCH_SIZE, steps: int = ME
     )
 
 
+def bench_memory_cuda(
+    name: str,
+    device: torch.device,
+    batch_size: int = MEMORY_BATCH_SIZE,
+    steps: int = MEMORY_STEPS,
+    *,
+    amp: bool = False,
+    channels_last: bool = False,
+) -> MemoryRow:
+    """Peak GPU memory of a training step (``torch.cuda.max_memory_allocated``, the caching allocator's own
+    count) above what the model, optimizer state and inputs hold before it; the allocated memory after each
+    step for the growth check."""
+    torch.manual_seed(0)
+    model, size, _ = build(name)
+    model.to(device)
+    x = torch.randn(batch_size, 3, size, size, device=device)
+    if channels_last:
+        model.to(memory_format=torch.channels_last)
+        x = x.contiguous(memory_format=torch.channels_last)
+    y = torch.randint(0, 1000, (batch_size,), device=device)
+    step = _step_fn(model, "train", x, y, amp)
+    step()  # the optimizer's momentum buffers exist from the first step on: count them in the baseline
+    torch.cuda.synchronize(device)
+    base = torch.cuda.memory_allocated(device) / MIB
+    torch.cuda.reset_peak_memory_stats(device)
+    after = []
+    for _ in range(steps):
+        step()
+        torch.cuda.synchronize(device)
+        after.append(torch.cuda.memory_allocated(device) / MIB)
+    peak = torch.cuda.max_memory_allocated(device) / MIB
+    del model, x, y, step
+    torch.cuda.empty_cache()
+    return MemoryRow(
+        model=name,
+        batch_size=batch_size,
+        baseline_mib=base,
+        peak_mib=peak,
+        step_peak_mib=peak - base,
+        rss_after_steps_mib=after,
+        growth_mib=after[-1] - after[1] if len(after) > 1 else 0.0,
+        grows=memory_grows(after, peak - base),
+    )
+
+
 # --- the input pipeline -----------------------------------------------------------------------------------
 def _count(loader: Iterable[Any], limit: int) -> int:
     from tqdm import tqdm
@@ -392,12 +460,20 @@ def _count(loader: Iterable[Any], limit: int) -> int:
 
 
 def bench_data(
-    root: str | Path, *, images: int = 512, batch_size: int = 64, workers: int = 0, input_size: int = 227
+    root: str | Path,
+    *,
+    images: int = 512,
+    batch_size: int = 64,
+    workers: int = 0,
+    input_size: int = 227,
+    device: str | torch.device = "cpu",
 ) -> list[DataRow]:
     """Training input pipeline (decode, resize 256, random crop, flip, PCA lighting; AlexNet §2, §4.1), ours
-    against ``torchvision.datasets.ImageFolder`` + PIL + torchvision transforms, on ``root/train``.
+    against ``torchvision.datasets.ImageFolder`` + PIL + torchvision transforms, on ``root/train``. On a CUDA
+    ``device``, also ours with the batches decoded and augmented on the GPU (``alexnet train --gpu-decode``).
 
-    Both run with one intra-op thread, so images/s per core is images/s over ``max(1, workers)`` processes.
+    All run with one intra-op thread, so images/s per core is images/s over ``max(1, workers)`` processes (for
+    the GPU row, the workers only read files and the main process drives the GPU).
     """
     import torchvision
     from torchvision import transforms as T
@@ -430,6 +506,10 @@ def bench_data(
             torch.utils.data.DataLoader(stock, batch_size=batch_size, shuffle=True, **kwargs),
         ),
     ]
+    dev = torch.device(device)
+    if dev.type == "cuda":
+        gpu = make_loader(ours, batch_size, train=True, workers=workers, decode_device=dev)
+        loaders.append(("alexnet_gpu_decode", gpu))
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     rows = []
@@ -437,6 +517,7 @@ def bench_data(
         for name, loader in loaders:
             start = time.perf_counter()
             seen = _count(loader, limit)
+            _sync(dev)
             rate = seen / (time.perf_counter() - start)
             rows.append(DataRow(name, seen, workers, rate, rate / max(1, workers)))
     finally:
@@ -477,7 +558,7 @@ def run_bench(
             "amp": amp,
             "memory_batch_size": memory_batch_size if memory else None,
             "train_flops_factor": TRAIN_FLOPS_FACTOR,
-            "matmul_size": MATMUL_SIZE,
+            "matmul_size": matmul_size(dev),
         },
     )
     for mode in modes:
@@ -504,7 +585,11 @@ def run_bench(
         for name in names:
             if progress:
                 progress(f"{name} memory (train, batch {memory_batch_size})")
-            report.memory.append(bench_memory(name, memory_batch_size))
+            if dev.type == "cuda":
+                row_ = bench_memory_cuda(name, dev, memory_batch_size, amp=amp, channels_last=channels_last)
+            else:
+                row_ = bench_memory(name, memory_batch_size)
+            report.memory.append(row_)
     return report
 
 
@@ -513,6 +598,7 @@ def format_report(report: Report) -> str:
     m = report.machine
     lines = [
         f"{m['cpu']}, {m['cores']} cores, torch {m['torch']} ({m['torch_threads']} threads), device {m['device']}"
+        + (f" ({m['gpu']}, CUDA {m.get('cuda')}, cuDNN {m.get('cudnn')})" if "gpu" in m else "")
         + (f", load {m['loadavg']}" if "loadavg" in m else ""),
     ]
     if report.rows:
@@ -520,7 +606,10 @@ def format_report(report: Report) -> str:
         lrn = f"; LRN: {m['lrn']}" if "lrn" in m else ""
         lrn += f"; malloc: {m['malloc']}" if "malloc" in m else ""
         dtype = "bf16" if report.settings.get("amp") else "fp32"
-        lines.append(f"{dtype} matmul {MATMUL_SIZE}²: {mm:.1f} GFLOP/s (median over rows){lrn}")
+        size = report.settings.get("matmul_size", MATMUL_SIZE)
+        if dtype == "fp32" and m.get("tf32"):
+            dtype = "fp32 (TF32 tensor cores)"
+        lines.append(f"{dtype} matmul {size}²: {mm:.1f} GFLOP/s (median over rows){lrn}")
         head = (
             f"{'model':<22}{'mode':<7}{'batch':>6}{'img/s':>9}{'ms/step':>10}{'GFLOP/img':>11}"
             f"{'GFLOP/s':>9}{'% mm':>7}{'vs tv':>7}"
@@ -536,7 +625,10 @@ def format_report(report: Report) -> str:
         lines.append("train counts 3× forward FLOPs; '% mm' is of the matmul rate measured before each row")
     if report.memory:
         head = f"{'model':<22}{'batch':>6}{'step peak MiB':>15}{'process peak MiB':>18}{'growth MiB':>12}"
-        lines += ["", "training-step memory (fresh process per model)", head, "-" * len(head)]
+        where = (
+            "GPU memory allocated" if m.get("device", "cpu").startswith("cuda") else "fresh process per model"
+        )
+        lines += ["", f"training-step memory ({where})", head, "-" * len(head)]
         for mrow in report.memory:
             lines.append(
                 f"{mrow.model:<22}{mrow.batch_size:>6}{mrow.step_peak_mib:>15.0f}{mrow.peak_mib:>18.0f}"

@@ -99,7 +99,7 @@ def run(args: argparse.Namespace) -> int:
 
             root = ensure_builtin_dataset(progress=not args.json)
         progress(f"input pipeline on {root}")
-        report.data = bench_data(root, images=args.data_images, workers=args.workers)
+        report.data = bench_data(root, images=args.data_images, workers=args.workers, device=args.device)
     if args.json:
         print(json.dumps(report.to_dict(), indent=2))
     else:

@@ -75,6 +75,12 @@ _BOOL_FLAGS = [
         "channels-last memory format (default: on; faster on CPU, docs/performance.md)",
     ),
     ("--compile", "compile", "torch.compile the model"),
+    (
+        "--gpu-decode",
+        "gpu_decode",
+        "decode and augment JPEG batches on the GPU (nvJPEG through torchvision.io.decode_jpeg); the workers "
+        "only read files (CUDA only)",
+    ),
 ]
 
 

@@ -100,10 +100,24 @@ class _Seeded(Dataset):
 
 
 class Loader(DataLoader):
-    """A DataLoader yielding ``(images, targets)`` that counts and logs the files it had to skip."""
+    """A DataLoader yielding ``(images, targets)`` that counts and logs the files it had to skip.
 
-    def __init__(self, dataset: Dataset, *args: Any, **kwargs: Any) -> None:
-        super().__init__(_Seeded(dataset), *args, **kwargs)
+    ``decode_device``: workers only read files, and the main process decodes and augments each batch there
+    (:mod:`alexnet.data.device_decode`); the images arrive on that device.
+    """
+
+    def __init__(
+        self, dataset: Dataset, *args: Any, decode_device: str | torch.device | None = None, **kwargs: Any
+    ) -> None:
+        if decode_device is None:
+            super().__init__(_Seeded(dataset), *args, collate_fn=collate_skip_bad, **kwargs)
+            self.decoder = None
+        else:
+            from alexnet.data.device_decode import BatchDecoder, EncodedItems, collate_encoded
+
+            decoder = BatchDecoder(dataset.transform, decode_device)  # type: ignore[attr-defined]
+            super().__init__(EncodedItems(dataset), *args, collate_fn=collate_encoded, **kwargs)
+            self.decoder = decoder
         self.source = dataset
         self.bad: list[tuple[str, str]] = []
 
@@ -113,7 +127,8 @@ class Loader(DataLoader):
         sampler.set_epoch(epoch, start_batch)  # type: ignore[union-attr]
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:  # type: ignore[override]
-        for images, targets, bad in super().__iter__():
+        for batch in super().__iter__():
+            images, targets, bad = batch if self.decoder is None else self.decoder(batch)
             if bad:
                 for path, reason in bad:
                     log.warning("skipped unreadable file %s: %s", path, reason)
@@ -140,6 +155,7 @@ def make_loader(
     pin_memory: bool | None = None,
     drop_last: bool | None = None,
     prefetch_factor: int | None = None,
+    decode_device: str | torch.device | None = None,
 ) -> Loader:
     """A :class:`Loader` over ``dataset`` (items ``(image, target)`` or ``BadSample``).
 
@@ -150,7 +166,9 @@ def make_loader(
         epoch, start_batch: where to start (same as calling ``set_epoch(epoch, start_batch)``; call it at every
             epoch).
         distributed: shard by ``torch.distributed``'s rank/world size (or the given ``rank``/``world_size``).
-        pin_memory: default: when CUDA is available.
+        pin_memory: default: when CUDA is available (never with ``decode_device``).
+        decode_device: decode JPEGs in batches on this device (``"cuda"``: nvJPEG) in the main process, the
+            workers only reading files; see :mod:`alexnet.data.device_decode`.
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be ≥ 1, not {batch_size}")
@@ -177,8 +195,10 @@ def make_loader(
         batch_size=batch_size,
         sampler=sampler,
         num_workers=workers,
-        collate_fn=collate_skip_bad,
-        pin_memory=torch.cuda.is_available() if pin_memory is None else pin_memory,
+        decode_device=decode_device,
+        pin_memory=False
+        if decode_device is not None
+        else (torch.cuda.is_available() if pin_memory is None else pin_memory),
         drop_last=train if drop_last is None else drop_last,
         # Starting an iterator draws the workers' base seed from this generator; a private one keeps the
         # caller's global RNG stream (dropout masks …) independent of data loading.

@@ -69,7 +69,7 @@ class PCALighting(nn.Module):
         if self.std == 0:
             return img
         batch = img.shape[:-3]
-        offset = self.offsets(max(1, batch.numel())).to(img.dtype).reshape(*batch, 3, 1, 1)
+        offset = self.offsets(max(1, batch.numel())).to(img.device, img.dtype).reshape(*batch, 3, 1, 1)
         return img + offset
 
     def extra_repr(self) -> str:
@@ -92,7 +92,7 @@ class Normalize(nn.Module):
         if self.pre.channel_order == "BGR":
             x = x.flip(-3)
         std = torch.tensor(self.pre.std, dtype=x.dtype, device=x.device).view(3, 1, 1)
-        return (x - self.mean_image.to(x.dtype)) / std
+        return (x - self.mean_image.to(x.device, x.dtype)) / std
 
 
 class ToModelInput(nn.Module):
@@ -113,20 +113,32 @@ class ToModelInput(nn.Module):
         self.bias = -torch.tensor(pre.mean, dtype=torch.float32) / std
         self.bgr = pre.channel_order == "BGR"
 
+    def draw(self, n: int) -> torch.Tensor | None:
+        """``n`` PCA-lighting offsets (n×3, RGB, 0–1 scale) from torch's RNG, or ``None`` without lighting."""
+        if self.lighting is None or self.lighting.std == 0:
+            return None
+        return self.lighting.offsets(n)
+
+    def apply(self, img: torch.Tensor, offsets: torch.Tensor | None) -> torch.Tensor:
+        """The conversion with given lighting ``offsets`` (one row per image of ``img``'s batch dims), on
+        ``img``'s device: :meth:`forward` draws them; the GPU batch decoder draws them per sample."""
+        batch = img.shape[:-3]
+        gain, bias = self.gain.to(img.device), self.bias.to(img.device)
+        bias = bias.expand(*batch, 3)
+        if offsets is not None:
+            offset = offsets.to(img.device).reshape(*batch, 3)  # RGB, 0–1 scale
+            if self.bgr:
+                offset = offset.flip(-1)
+            bias = bias + offset * (gain * 255.0)
+        if self.bgr:
+            img = img.flip(-3)
+        out = img.to(torch.float32).mul_(gain.view(3, 1, 1))
+        return out.add_(bias.reshape(*batch, 3, 1, 1))
+
     def forward(self, img: torch.Tensor) -> torch.Tensor:
         if img.dtype != torch.uint8:
             raise DataError(f"ToModelInput expects a uint8 image, not {img.dtype}")
-        batch = img.shape[:-3]
-        bias = self.bias.expand(*batch, 3)
-        if self.lighting is not None and self.lighting.std != 0:
-            offset = self.lighting.offsets(max(1, batch.numel())).reshape(*batch, 3)  # RGB, 0–1 scale
-            if self.bgr:
-                offset = offset.flip(-1)
-            bias = bias + offset * (self.gain * 255.0)
-        if self.bgr:
-            img = img.flip(-3)
-        out = img.to(torch.float32).mul_(self.gain.view(3, 1, 1))
-        return out.add_(bias.reshape(*batch, 3, 1, 1))
+        return self.apply(img, self.draw(max(1, img.shape[:-3].numel())))
 
 
 class TenCrop(nn.Module):

@@ -65,6 +65,7 @@ class TrainConfig:
     pca_lighting: float = 0.1
     ten_crop: bool = False
     workers: int = 2
+    gpu_decode: bool = False  # decode JPEGs in batches on the GPU (nvJPEG); the workers only read files
     # run
     seed: int = 0
     device: str = "auto"

@@ -161,9 +161,12 @@ def open_run_data(
     return RunData(train, val, list(train.classes), root, mean_image)
 
 
-def train_loader(dataset: Dataset, cfg: TrainConfig, rank: int, world: int, pin: bool) -> Any:
+def train_loader(
+    dataset: Dataset, cfg: TrainConfig, rank: int, world: int, pin: bool, decode_device: Any = None
+) -> Any:
     """:func:`alexnet.data.loader.make_loader`: order a function of (seed, epoch), augmentation seeded per global
-    position, DDP ranks reading strided shards whose union is the global batch; call ``set_epoch(e, start)``."""
+    position, DDP ranks reading strided shards whose union is the global batch; call ``set_epoch(e, start)``.
+    ``decode_device``: decode and augment the batches there (``--gpu-decode``)."""
     from alexnet.data.loader import make_loader
 
     loader = make_loader(
@@ -175,6 +178,7 @@ def train_loader(dataset: Dataset, cfg: TrainConfig, rank: int, world: int, pin:
         rank=rank,
         world_size=world,
         pin_memory=pin,
+        decode_device=decode_device,
     )
     # A private generator: starting an epoch's iterator must not draw from the global RNG (dropout masks), or a
     # resumed run would diverge from an uninterrupted one.
@@ -182,12 +186,21 @@ def train_loader(dataset: Dataset, cfg: TrainConfig, rank: int, world: int, pin:
     return loader
 
 
-def eval_loader(dataset: Dataset, batch_size: int, workers: int, rank: int = 0, world: int = 1) -> Any:
+def eval_loader(
+    dataset: Dataset, batch_size: int, workers: int, rank: int = 0, world: int = 1, decode_device: Any = None
+) -> Any:
     """In file order; rank ``r`` of ``W`` takes images ``r, r+W, …`` with no padding, so each counts once."""
     from alexnet.data.loader import make_loader
 
     loader = make_loader(
-        dataset, batch_size, train=False, workers=workers, rank=rank, world_size=world, pin_memory=False
+        dataset,
+        batch_size,
+        train=False,
+        workers=workers,
+        rank=rank,
+        world_size=world,
+        pin_memory=False,
+        decode_device=decode_device,
     )
     loader.generator = torch.Generator().manual_seed(0)
     return loader

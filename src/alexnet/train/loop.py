@@ -122,6 +122,8 @@ def _train(
 ) -> TrainResult:
     t_start = time.monotonic()
     run_dir = Path(cfg.out)
+    if cfg.gpu_decode and info.device.type != "cuda":
+        raise TrainingError(f"--gpu-decode decodes on a CUDA GPU, but this run's device is {info.device}")
     if cfg.batch_size % info.world_size:
         raise TrainingError(
             f"batch size {cfg.batch_size} is not divisible by the {info.world_size} processes"
@@ -145,7 +147,8 @@ def _train(
     dist_utils.barrier(info)
     if not info.is_main:
         pre, data = open_data(False)
-    loader = train_loader(data.train, cfg, info.rank, info.world_size, info.device.type == "cuda")
+    decode_on = info.device if cfg.gpu_decode else None
+    loader = train_loader(data.train, cfg, info.rank, info.world_size, info.device.type == "cuda", decode_on)
     steps_per_epoch = len(loader)
     if steps_per_epoch == 0:
         raise DataError(
@@ -251,7 +254,12 @@ def _train(
         dist_utils.barrier(info)
 
     val_loader = eval_loader(
-        data.val, max(1, cfg.batch_size // info.world_size), cfg.workers, info.rank, info.world_size
+        data.val,
+        max(1, cfg.batch_size // info.world_size),
+        cfg.workers,
+        info.rank,
+        info.world_size,
+        decode_on,
     )
     last: EvalResult | None = None
     ten_result: EvalResult | None = None
@@ -405,6 +413,7 @@ def _train(
                 cfg.workers,
                 info.rank,
                 info.world_size,
+                decode_on,
             )
             ten_result = evaluate_loader(
                 net,

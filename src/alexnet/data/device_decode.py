@@ -1,0 +1,216 @@
+"""Batched JPEG decoding and augmentation on the training device: the loader's workers only read files.
+
+``make_loader(dataset, ..., decode_device="cuda")`` makes each worker return a file's bytes with the sample's
+augmentation seed (:func:`alexnet.data.loader.sample_seed`); the main process decodes the whole batch with one
+``torchvision.io.decode_jpeg(list, device="cuda")`` call (nvJPEG), then applies the dataset's own transform —
+AlexNet §2's resize to 256 and central patch, §4.1's random crop, mirror and PCA lighting — with every random
+parameter drawn under that sample's seed, in the order the CPU pipeline draws it. So a batch holds the images the
+CPU loader gives, up to the device's resampling arithmetic (the resized ``uint8`` pixels may round differently).
+
+Differences from the CPU path, on purpose:
+
+* A JPEG is decoded at full size: nvJPEG has no DCT-domain reduction, and the device has bandwidth to spare.
+* A file that is not a JPEG (PNG, BMP …) is decoded by the worker on the CPU and travels as pixels; a JPEG the
+  device decoder rejects (CMYK, corrupt) is retried on the CPU with :func:`alexnet.data.images.decode_rgb`, and
+  is reported as a bad file only if that fails too — the same policy and messages as the CPU loader.
+* The standard pipelines (:func:`alexnet.data.transforms.train_transform` and ``eval_transform`` with a
+  per-channel mean) run as a few batched kernels after the per-image resize (:class:`_Plan`); any other
+  transform runs image by image on the device, which is exact but launches more kernels.
+
+``decode_device="cpu"`` runs the same code on the CPU: that is how the tests check it against the CPU loader.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.utils.data import Dataset
+from torchvision.io import ImageReadMode, decode_jpeg
+from torchvision.transforms import v2
+
+from alexnet.data.folders import BadSample, _reason
+from alexnet.data.images import JPEG_HEADER_SCAN, JPEG_SOI, MAX_PIXELS, decode_rgb, jpeg_size
+from alexnet.data.transforms import ToModelInput
+from alexnet.errors import DataError, ImageError
+
+
+@dataclass(frozen=True)
+class Encoded:
+    """A sample as a worker hands it over: a JPEG's bytes (1-D ``uint8``) or decoded pixels (3×H×W ``uint8``)."""
+
+    path: str
+    data: torch.Tensor
+
+
+class EncodedItems(Dataset):
+    """``(index, seed) → (Encoded | BadSample, target, seed)`` over an :class:`~alexnet.data.folders.ImageFolder`
+    (anything with ``samples`` and ``transform``); reads bytes, decodes only what is not a JPEG."""
+
+    def __init__(self, dataset: Any) -> None:
+        if not hasattr(dataset, "samples") or not hasattr(dataset, "transform"):
+            raise DataError("decoding on the device needs an image-folder data set (files and a transform)")
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, key: tuple[int, int]) -> tuple[Encoded | BadSample, int, int]:
+        index, seed = key
+        path, target = self.dataset.samples[index]
+        try:
+            data = Path(path).read_bytes()
+        except IsADirectoryError:
+            return BadSample(str(path), "is a folder, not an image file"), target, seed
+        except OSError as e:
+            return BadSample(str(path), f"cannot read ({e.strerror or e})"), target, seed
+        if data[:3] == JPEG_SOI:
+            size = jpeg_size(data[:JPEG_HEADER_SCAN])
+            if size is not None and 0 < size[0] * size[1] <= MAX_PIXELS:
+                return Encoded(str(path), torch.frombuffer(bytearray(data), dtype=torch.uint8)), target, seed
+        try:  # not a JPEG, or one whose header the CPU decoder should judge
+            image = decode_rgb(data, str(path), min_side=getattr(self.dataset, "min_side", None))
+        except ImageError as e:
+            return BadSample(str(path), _reason(e, path)), target, seed
+        return Encoded(str(path), image), target, seed
+
+
+def collate_encoded(
+    batch: list[tuple[Encoded | BadSample, int, int]],
+) -> tuple[list[Encoded], torch.Tensor, list[int], list[tuple[str, str]]]:
+    """``(items, targets, seeds, bad)``; unreadable files go to ``bad`` as ``(path, reason)``."""
+    good = [b for b in batch if isinstance(b[0], Encoded)]
+    bad = [(b[0].path, b[0].reason) for b in batch if isinstance(b[0], BadSample)]
+    items = [b[0] for b in good]
+    return items, torch.tensor([b[1] for b in good], dtype=torch.long), [b[2] for b in good], bad  # type: ignore[misc]
+
+
+@dataclass
+class _Plan:
+    """A standard pipeline split into its per-image part (resize, central patch) and a batched rest (random or
+    central crop, mirror, conversion with PCA lighting)."""
+
+    resize: v2.Resize
+    patch: v2.CenterCrop
+    crop: v2.RandomCrop | v2.CenterCrop
+    flip: v2.RandomHorizontalFlip | None
+    to_input: ToModelInput
+
+    @staticmethod
+    def of(transform: Any) -> _Plan | None:
+        ts = list(transform.transforms) if isinstance(transform, v2.Compose) else []
+        if len(ts) not in (4, 5) or not isinstance(ts[-1], ToModelInput):
+            return None
+        resize, patch, crop, *flip = ts[:-1]
+        if not (isinstance(resize, v2.Resize) and isinstance(patch, v2.CenterCrop)):
+            return None
+        if isinstance(crop, v2.RandomCrop):
+            if crop.padding is not None or crop.pad_if_needed:
+                return None
+        elif not (isinstance(crop, v2.CenterCrop) and not flip):
+            return None
+        if flip and not isinstance(flip[0], v2.RandomHorizontalFlip):
+            return None
+        return _Plan(resize, patch, crop, flip[0] if flip else None, ts[-1])
+
+    def draw(self, seeds: Sequence[int], patch: torch.Tensor) -> tuple[list[list[int]], torch.Tensor | None]:
+        """Per sample ``[top, left, mirrored]`` and lighting offsets, each drawn under the sample's seed in the
+        order the composed transform draws them (crop position, then the mirror coin, then α)."""
+        params, offsets = [], []
+        with torch.random.fork_rng(devices=[]):
+            for seed in seeds:
+                torch.default_generator.manual_seed(seed)
+                top = left = 0
+                if isinstance(self.crop, v2.RandomCrop):
+                    p = self.crop.make_params([patch])
+                    top, left = p["top"], p["left"]
+                # v2's random-apply transforms skip when torch.rand(1) >= p
+                mirrored = self.flip is not None and bool(torch.rand(1) < self.flip.p)
+                params.append([top, left, int(mirrored)])
+                drawn = self.to_input.draw(1)
+                if drawn is not None:
+                    offsets.append(drawn)
+        return params, torch.cat(offsets) if offsets else None
+
+    def __call__(self, images: Sequence[torch.Tensor], seeds: Sequence[int]) -> torch.Tensor:
+        patches = torch.stack([self.patch(self.resize(img)) for img in images])  # N×3×P×P uint8
+        if isinstance(self.crop, v2.CenterCrop):
+            return self.to_input.apply(self.crop(patches), None)
+        params, offsets = self.draw(seeds, patches[0])
+        h, w = self.crop.size
+        p = torch.tensor(params, dtype=torch.long).to(patches.device, non_blocking=True)
+        rows = p[:, :1] + torch.arange(h, device=p.device)  # N×h
+        cols = torch.arange(w, device=p.device).expand(len(images), w)
+        cols = p[:, 1:2] + torch.where(p[:, 2:3].bool(), w - 1 - cols, cols)  # N×w, reversed when mirrored
+        n = torch.arange(len(images), device=p.device)[:, None, None]
+        crops = patches[n, :, rows[:, :, None], cols[:, None, :]]  # one gather: N×h×w×3
+        return self.to_input.apply(crops.permute(0, 3, 1, 2), offsets)  # N×3×h×w, channels-last in memory
+
+
+class BatchDecoder:
+    """Decodes a batch of :class:`Encoded` samples on ``device`` and applies ``transform`` under each sample's
+    seed; see the module docstring."""
+
+    def __init__(self, transform: Any, device: str | torch.device) -> None:
+        self.device = torch.device(device)
+        if self.device.type == "cuda" and not torch.cuda.is_available():
+            raise DataError("decoding on cuda was asked for, but no CUDA GPU is available")
+        if self.device.type not in ("cpu", "cuda"):
+            raise DataError(f"JPEG decoding runs on cpu or cuda, not {self.device.type}")
+        self.transform = transform
+        self.plan = _Plan.of(transform)
+
+    def decode(self, items: Sequence[Encoded]) -> tuple[list[torch.Tensor | None], list[tuple[str, str]]]:
+        """Pixels on the device (``None`` for a file neither decoder can read) and the ``(path, reason)`` list."""
+        out: list[torch.Tensor | None] = [None] * len(items)
+        bad: list[tuple[str, str]] = []
+        jpegs = [i for i, e in enumerate(items) if e.data.dim() == 1]
+        for i, e in enumerate(items):
+            if e.data.dim() == 3:
+                out[i] = e.data.to(self.device, non_blocking=True)
+        if jpegs:
+            try:
+                decoded = decode_jpeg(
+                    [items[i].data for i in jpegs], mode=ImageReadMode.RGB, device=self.device
+                )
+            except RuntimeError:  # one bad file fails the whole batched call: find it
+                decoded = [self._decode_one(items[i], bad) for i in jpegs]
+            for i, img in zip(jpegs, decoded, strict=True):
+                out[i] = img
+        return out, bad
+
+    def _decode_one(self, item: Encoded, bad: list[tuple[str, str]]) -> torch.Tensor | None:
+        try:
+            return decode_jpeg(item.data, mode=ImageReadMode.RGB, device=self.device)
+        except RuntimeError:
+            pass
+        try:  # CMYK and other JPEGs nvJPEG refuses; the CPU decoder's message for a truly bad file
+            return decode_rgb(item.data, item.path).to(self.device)
+        except ImageError as e:
+            bad.append((item.path, _reason(e, item.path)))
+            return None
+
+    def _one(self, image: torch.Tensor, seed: int) -> torch.Tensor:
+        with torch.random.fork_rng(devices=[]):
+            torch.default_generator.manual_seed(seed)
+            return self.transform(image)
+
+    def __call__(
+        self, batch: tuple[list[Encoded], torch.Tensor, list[int], list[tuple[str, str]]]
+    ) -> tuple[torch.Tensor, torch.Tensor, list[tuple[str, str]]]:
+        """A collated batch (:func:`collate_encoded`) → ``(images on the device, targets, bad)``."""
+        items, targets, seeds, bad = batch
+        images, failed = self.decode(items)
+        keep = [i for i, img in enumerate(images) if img is not None]
+        if not keep:
+            return torch.empty(0, device=self.device), torch.empty(0, dtype=torch.long), bad + failed
+        good = [images[i] for i in keep]
+        kept_seeds = [seeds[i] for i in keep]
+        if self.plan is not None:
+            out = self.plan(good, kept_seeds)  # type: ignore[arg-type]
+        else:
+            out = torch.stack([self._one(img, s) for img, s in zip(good, kept_seeds, strict=True)])  # type: ignore[arg-type]
+        return out, targets[keep], bad + failed

@@ -1,0 +1,192 @@
+"""Batched decoding on the device (`--gpu-decode`), run here with decode_device="cpu": the same batches as the
+worker-decoding loader (same pixels, same per-sample crop, mirror and PCA lighting), the same bad-file report."""
+
+from __future__ import annotations
+
+import io
+import logging
+from pathlib import Path
+
+import numpy as np
+import pytest
+import skimage.data
+import torch
+from PIL import Image
+
+from alexnet.data import device_decode
+from alexnet.data.device_decode import BatchDecoder, _Plan
+from alexnet.data.folders import ImageFolder
+from alexnet.data.loader import make_loader
+from alexnet.data.preprocess import Preprocessing
+from alexnet.data.transforms import eval_transform, ten_crop, train_transform
+from alexnet.errors import DataError
+
+PHOTOS = ("chelsea", "coffee", "astronaut", "rocket")
+
+
+@pytest.fixture(autouse=True)
+def _private_check_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("ALEXNET_DATA", str(tmp_path / "cache"))
+
+
+@pytest.fixture(scope="module")
+def photo_root(tmp_path_factory) -> Path:
+    """Two classes of real photographs in several sizes, as JPEG (baseline and progressive) and one PNG each."""
+    root = tmp_path_factory.mktemp("photos")
+    for c in range(2):
+        folder = root / "train" / f"class{c}"
+        folder.mkdir(parents=True)
+        for i, name in enumerate(PHOTOS):
+            im = Image.fromarray(getattr(skimage.data, name)()).convert("RGB")
+            im = im.resize((300 + 41 * i, 270 + 13 * c))
+            im.save(folder / f"{name}.jpg", quality=90, progressive=bool(i % 2))
+        gray = Image.fromarray(skimage.data.camera()).resize((280, 300))
+        gray.save(folder / "camera_gray.jpg", quality=85)  # grayscale JPEG → RGB
+        Image.fromarray(skimage.data.chelsea()).resize((290, 260)).save(folder / "chelsea.png")
+    return root
+
+
+def batches(ds: ImageFolder, **kwargs) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    return list(make_loader(ds, 4, train=True, seed=7, epoch=1, pin_memory=False, **kwargs))
+
+
+def assert_same_batches(root: Path, transform, **loader_kwargs) -> None:
+    # min_side=None: the worker decodes at full size too (no DCT-domain reduction), so pixels agree exactly
+    ds = ImageFolder(root, "train", transform, min_side=None)
+    on_workers, on_device = batches(ds, **loader_kwargs), batches(ds, decode_device="cpu", **loader_kwargs)
+    assert len(on_workers) == len(on_device) > 0
+    for (x1, y1), (x2, y2) in zip(on_workers, on_device, strict=True):
+        assert torch.equal(y1, y2)
+        assert x1.shape == x2.shape
+        torch.testing.assert_close(x2, x1, rtol=0, atol=1e-5)
+
+
+def test_train_batches_equal_the_worker_decoded_ones(photo_root):
+    """Random crop, mirror and PCA lighting (AlexNet §4.1) drawn per sample from the same seeds."""
+    pre = Preprocessing()
+    assert _Plan.of(train_transform(pre)) is not None  # the batched path is the one under test
+    assert_same_batches(photo_root, train_transform(pre))
+
+
+def test_caffe_convention_and_no_flip_batches_equal_too(photo_root):
+    pre = Preprocessing(
+        input_size=224,
+        mean=(104.0, 117.0, 123.0),
+        std=(1.0, 1.0, 1.0),
+        pixel_scale=255.0,
+        channel_order="BGR",
+    )
+    assert_same_batches(photo_root, train_transform(pre, flip=False, pca_std=0.3))
+
+
+def test_eval_batches_equal_the_worker_decoded_ones(photo_root):
+    pre = Preprocessing()
+    assert _Plan.of(eval_transform(pre)) is not None
+    assert_same_batches(photo_root, eval_transform(pre))
+
+
+def test_other_transforms_run_image_by_image_with_the_same_result(photo_root):
+    """Ten crops (AlexNet §4.1) and a per-pixel mean image (§2) take the exact per-image path."""
+    pre = Preprocessing(mean_image=True, pixel_scale=255.0, mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0))
+    mean_image = torch.rand(3, 256, 256) * 255
+    for tf in (ten_crop(Preprocessing()), train_transform(pre, mean_image=mean_image)):
+        assert _Plan.of(tf) is None
+        assert_same_batches(photo_root, tf)
+
+
+def test_worker_processes_hand_over_bytes(photo_root):
+    assert_same_batches(photo_root, train_transform(Preprocessing()), workers=2)
+
+
+def test_batch_decode_failure_falls_back_file_by_file(photo_root, monkeypatch):
+    """One file the batched device decoder refuses (nvJPEG: CMYK) fails the whole call; each file is then
+    decoded alone, the refused one by the CPU decoder, and the batch is the same."""
+    real = device_decode.decode_jpeg
+    refused = []
+
+    def picky(data, **kwargs):
+        if isinstance(data, list):
+            raise RuntimeError("nvjpeg: unsupported")
+        if len(refused) == 0:
+            refused.append(data)
+            raise RuntimeError("nvjpeg: unsupported")
+        return real(data, **kwargs)
+
+    monkeypatch.setattr(device_decode, "decode_jpeg", picky)
+    assert_same_batches(photo_root, train_transform(Preprocessing()))
+    assert refused
+
+
+def test_corrupt_files_are_skipped_and_reported_like_the_cpu_loader(tmp_path, caplog):
+    root = tmp_path / "d"
+    folder = root / "train" / "a"
+    folder.mkdir(parents=True)
+    buf = io.BytesIO()
+    Image.fromarray(skimage.data.coffee()).save(buf, format="JPEG", quality=90)
+    good = buf.getvalue()
+    for i in range(5):
+        (folder / f"good{i}.jpg").write_bytes(good)
+    (folder / "garbage.jpg").write_bytes(b"\xff\xd8\xff\xe0 this is not a JPEG")
+    (folder / "text.jpg").write_bytes(b"hello")
+    (folder / "empty.jpg").write_bytes(b"")
+    ds = ImageFolder(root, "train", eval_transform(Preprocessing()))
+    with caplog.at_level(logging.WARNING, logger="alexnet.data"):
+        loader = make_loader(ds, 8, train=False, decode_device="cpu")
+        ((images, targets),) = list(loader)
+    assert images.shape == (5, 3, 227, 227) and targets.tolist() == [0] * 5
+    assert sorted(Path(p).name for p, _ in loader.bad) == ["empty.jpg", "garbage.jpg", "text.jpg"]
+    cpu_loader = make_loader(ds, 8, train=False, pin_memory=False)
+    list(cpu_loader)
+    assert sorted(loader.bad) == sorted(cpu_loader.bad)  # same files, same reasons
+    assert "garbage.jpg" in caplog.text
+
+
+def test_a_batch_with_no_readable_file_is_skipped(tmp_path):
+    folder = tmp_path / "d" / "train" / "a"
+    folder.mkdir(parents=True)
+    (folder / "x.jpg").write_bytes(b"\xff\xd8\xff\xe0 broken")
+    loader = make_loader(
+        ImageFolder(tmp_path / "d", "train", eval_transform(Preprocessing())),
+        2,
+        train=False,
+        decode_device="cpu",
+    )
+    assert list(loader) == [] and len(loader.bad) == 1
+
+
+def test_decoding_on_cuda_without_a_gpu_is_a_clear_error(photo_root):
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    ds = ImageFolder(photo_root, "train", eval_transform(Preprocessing()))
+    with pytest.raises(DataError, match="no CUDA GPU"):
+        make_loader(ds, 2, train=False, decode_device="cuda")
+    with pytest.raises(DataError, match="cpu or cuda"):
+        BatchDecoder(ds.transform, "meta")
+
+
+def test_a_data_set_without_files_cannot_be_decoded_on_the_device():
+    data = torch.utils.data.TensorDataset(torch.zeros(4, 3, 8, 8), torch.zeros(4))
+    data.transform = None  # type: ignore[attr-defined]
+    with pytest.raises(DataError, match="image-folder"):
+        make_loader(data, 2, train=False, decode_device="cpu")
+
+
+def test_gpu_decode_needs_a_cuda_run(tmp_path):
+    from alexnet.errors import TrainingError
+    from alexnet.train.config import TrainConfig
+    from alexnet.train.loop import train
+
+    cfg = TrainConfig(model="alexnet", out=str(tmp_path / "run"), device="cpu", gpu_decode=True)
+    with pytest.raises(TrainingError, match="CUDA"):
+        train(cfg, progress=False)
+
+
+def test_random_parameters_differ_between_samples(photo_root):
+    """A batched draw is per sample: not one crop and one coin for the whole batch."""
+    plan = _Plan.of(train_transform(Preprocessing()))
+    params, offsets = plan.draw(list(range(64)), torch.empty(3, 256, 256, dtype=torch.uint8))
+    assert len({tuple(p[:2]) for p in params}) > 50
+    assert 10 < sum(p[2] for p in params) < 54
+    assert (
+        offsets is not None and offsets.shape == (64, 3) and np.unique(offsets.numpy(), axis=0).shape[0] == 64
+    )
