@@ -10,6 +10,10 @@ import pytest
 import torch
 
 os.environ.setdefault("MPLBACKEND", "Agg")
+if not torch.cuda.is_available():
+    # Triton reads this when its kernels are defined: without a GPU they run in its interpreter on CPU tensors
+    # (tests/test_lrn_triton.py); nothing else in the suite runs Triton on a CPU machine.
+    os.environ.setdefault("TRITON_INTERPRET", "1")
 torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
 
 

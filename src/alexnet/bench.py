@@ -38,6 +38,7 @@ from torch import nn
 from alexnet import malloc
 from alexnet.errors import AlexnetError
 from alexnet.models import native
+from alexnet.models.layers import _triton
 from alexnet.train.optim import fused_supported
 
 REFERENCE = "torchvision_alexnet"
@@ -135,9 +136,11 @@ def machine_info(device: torch.device) -> dict[str, Any]:
         info["cudnn"] = torch.backends.cudnn.version()
         info["tf32"] = torch.backends.cudnn.allow_tf32  # fp32 convolutions (and the fp32 matmul reference)
     # which implementation the LRN rows measure on this machine (models/native.py)
-    info["lrn"] = (
-        "fused C++ kernel" if device.type == "cpu" and native.kernel() is not None else "PyTorch ops"
-    )
+    info["lrn"] = "PyTorch ops"
+    if device.type == "cpu" and native.kernel() is not None:
+        info["lrn"] = "fused C++ kernel"
+    elif device.type == "cuda" and _triton() is not None:
+        info["lrn"] = "Triton kernels"
     info["malloc"] = malloc.state
     with contextlib.suppress(OSError):
         info["loadavg"] = [round(v, 2) for v in os.getloadavg()]
@@ -445,18 +448,24 @@ def bench_memory_cuda(
 
 
 # --- the input pipeline -----------------------------------------------------------------------------------
-def _count(loader: Iterable[Any], limit: int) -> int:
+def _count(loader: Iterable[Any], limit: int, device: torch.device) -> tuple[int, float]:
+    """Images and seconds after the first batch (which pays for starting the workers), up to ``limit``."""
     from tqdm import tqdm
 
-    seen = 0
+    total, first, start = 0, 0, 0.0
     with tqdm(total=limit, unit="img", leave=False, disable=None) as bar:
         for batch in loader:
             n = len(batch[1])
-            seen += n
             bar.update(n)
-            if seen >= limit:
+            total += n
+            if not start:
+                _sync(device)
+                first, start = n, time.perf_counter()
+            if total >= limit:
                 break
-    return seen
+    seen = total - first
+    _sync(device)
+    return seen, time.perf_counter() - start
 
 
 def bench_data(
@@ -472,7 +481,8 @@ def bench_data(
     against ``torchvision.datasets.ImageFolder`` + PIL + torchvision transforms, on ``root/train``. On a CUDA
     ``device``, also ours with the batches decoded and augmented on the GPU (``alexnet train --gpu-decode``).
 
-    All run with one intra-op thread, so images/s per core is images/s over ``max(1, workers)`` processes (for
+    Timing starts when the first batch arrives (worker start-up excluded). All run with one intra-op thread,
+    so images/s per core is images/s over ``max(1, workers)`` processes (for
     the GPU row, the workers only read files and the main process drives the GPU).
     """
     import torchvision
@@ -515,10 +525,12 @@ def bench_data(
     rows = []
     try:
         for name, loader in loaders:
-            start = time.perf_counter()
-            seen = _count(loader, limit)
-            _sync(dev)
-            rate = seen / (time.perf_counter() - start)
+            seen, seconds = _count(loader, limit, dev)
+            if seen == 0:
+                raise BenchError(
+                    f"{root}/train has too few images to time the pipeline: use more than one batch"
+                )
+            rate = seen / seconds
             rows.append(DataRow(name, seen, workers, rate, rate / max(1, workers)))
     finally:
         torch.set_num_threads(threads)
@@ -545,6 +557,8 @@ def run_bench(
     if batch_size < 1 or repeats < 1 or warmup < 0 or memory_batch_size < 1:
         raise BenchError("batch size, repeats and memory batch size must be ≥ 1, warm-up ≥ 0")
     dev = resolve_device(device)
+    if dev.type == "cuda":
+        torch.backends.cudnn.benchmark = True  # fixed shapes: let cuDNN time its algorithms once (every row)
     names = list(dict.fromkeys([REFERENCE, *models]))
     report = Report(
         machine_info(dev),

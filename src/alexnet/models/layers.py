@@ -18,13 +18,19 @@ The backward keeps only ``a`` and ``b`` — the tensors the neighbouring ReLU an
 recomputes ``d``; autograd through the naive formula keeps the squares, the window sum, the power and the
 padded copies, five or more activation-sized tensors per LRN layer.
 
-Two implementations of the operator compute the same numbers (tests/test_lrn_fast.py runs every check on both):
-on CPU (float32/float64) the fused kernel of ``lrn_cpu.cpp`` (one pass over memory each way, built by
-:mod:`alexnet.models.native`); elsewhere, or without a C++ compiler, :func:`lrn_composed` and
-:func:`lrn_backward_composed`, PyTorch ops whose window sum is a banded GEMM or shifted slice adds.
+Three implementations of the operator compute the same numbers (tests/test_lrn_fast.py runs every check on the
+CPU two, tests/test_lrn_triton.py checks the Triton one): on CPU the fused kernel of ``lrn_cpu.cpp`` (one pass
+over memory each way, built by :mod:`alexnet.models.native`); on CUDA the Triton kernels of
+:mod:`alexnet.models.lrn_triton` (likewise; ``ALEXNET_TRITON=0`` turns them off); elsewhere, or without a C++
+compiler or Triton, :func:`lrn_composed` and :func:`lrn_backward_composed`, PyTorch ops whose window sum is a
+banded GEMM or shifted slice adds.
 """
 
 from __future__ import annotations
+
+import functools
+import os
+from types import ModuleType
 
 import torch
 from torch import nn
@@ -144,6 +150,25 @@ def _fused_for(*tensors: torch.Tensor) -> native.Kernel | None:
     return fused if all(t.dtype == tensors[0].dtype for t in tensors) else None
 
 
+@functools.cache
+def _triton() -> ModuleType | None:
+    """:mod:`alexnet.models.lrn_triton`, imported on the first CUDA call; ``None`` without Triton or when
+    ``ALEXNET_TRITON=0``."""
+    if os.environ.get("ALEXNET_TRITON", "1") == "0":
+        return None
+    try:
+        from alexnet.models import lrn_triton
+    except ImportError:
+        return None
+    return lrn_triton
+
+
+def triton_for(*tensors: torch.Tensor) -> ModuleType | None:
+    """The Triton kernels when they are available and take these CUDA tensors."""
+    kernels = _triton()
+    return kernels if kernels is not None and kernels.supports(*tensors) else None
+
+
 @torch.library.custom_op("alexnet::lrn", mutates_args=())
 def _lrn_op(x: torch.Tensor, size: int, alpha: float, beta: float, k: float) -> torch.Tensor:
     """``alexnet::lrn``: ``x * (k + alpha * window_sum(x²))^-beta``; ``alpha`` multiplies the sum."""
@@ -154,6 +179,12 @@ def _lrn_op(x: torch.Tensor, size: int, alpha: float, beta: float, k: float) -> 
 def _(x: torch.Tensor, size: int, alpha: float, beta: float, k: float) -> torch.Tensor:
     fused = _fused_for(x)
     return fused.forward(x, size, alpha, beta, k) if fused else lrn_composed(x, size, alpha, beta, k)
+
+
+@_lrn_op.register_kernel("cuda")
+def _(x: torch.Tensor, size: int, alpha: float, beta: float, k: float) -> torch.Tensor:
+    kernels = triton_for(x)
+    return kernels.forward(x, size, alpha, beta, k) if kernels else lrn_composed(x, size, alpha, beta, k)
 
 
 @_lrn_op.register_fake
@@ -176,6 +207,13 @@ def _(x: torch.Tensor, size: int, alpha: float, beta: float, k: float) -> None:
         x.copy_(lrn_composed(x, size, alpha, beta, k))
 
 
+@_lrn_inplace_op.register_kernel("cuda")
+def _(x: torch.Tensor, size: int, alpha: float, beta: float, k: float) -> None:
+    # out of place, then copied: a program's neighbours-in-channel loads must not see its own stores
+    kernels = triton_for(x)
+    x.copy_(kernels.forward(x, size, alpha, beta, k) if kernels else lrn_composed(x, size, alpha, beta, k))
+
+
 @torch.library.custom_op("alexnet::lrn_backward", mutates_args=())
 def _lrn_backward_op(
     grad: torch.Tensor, x: torch.Tensor, y: torch.Tensor, size: int, alpha: float, beta: float, k: float
@@ -191,6 +229,16 @@ def _(
     fused = _fused_for(x, grad, y)
     if fused:
         return fused.backward(grad, x, y, size, alpha, beta, k)
+    return lrn_backward_composed(grad, x, y, size, alpha, beta, k)
+
+
+@_lrn_backward_op.register_kernel("cuda")
+def _(
+    grad: torch.Tensor, x: torch.Tensor, y: torch.Tensor, size: int, alpha: float, beta: float, k: float
+) -> torch.Tensor:
+    kernels = triton_for(x, y)
+    if kernels and grad.shape == x.shape and grad.dtype == x.dtype:
+        return kernels.backward(grad, x, y, size, alpha, beta, k)
     return lrn_backward_composed(grad, x, y, size, alpha, beta, k)
 
 

@@ -124,6 +124,10 @@ def _train(
     run_dir = Path(cfg.out)
     if cfg.gpu_decode and info.device.type != "cuda":
         raise TrainingError(f"--gpu-decode decodes on a CUDA GPU, but this run's device is {info.device}")
+    if info.device.type == "cuda":
+        torch.backends.cudnn.benchmark = (
+            True  # training batches all have one shape: time cuDNN's algorithms once
+        )
     if cfg.batch_size % info.world_size:
         raise TrainingError(
             f"batch size {cfg.batch_size} is not divisible by the {info.world_size} processes"

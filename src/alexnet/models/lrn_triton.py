@@ -1,0 +1,180 @@
+"""The LRN operator on CUDA as two Triton kernels: one pass over memory forward, one backward.
+
+AlexNet §3.3: ``b_i = a_i d_i^{-β}`` with ``d_i = k + α Σ_{j∈win(i)} a_j²``; the gradient (derivation in
+:mod:`alexnet.models.layers`) is ``∂L/∂a_i = g_i d_i^{-β} − 2αβ a_i Σ_{j: i∈win(j)} g_j b_j / d_j``.
+
+A program takes one image and a block of spatial positions with *all* its channels (a ``C×P`` tile, ``C``
+rounded up to a power of two), so the window sums need no data from other programs: the neighbours' values are
+loads shifted along the channel axis, which hit the cache after the first. The forward reads ``a`` and writes
+``b``; the backward reads ``g``, ``a`` and ``b`` and writes the gradient, recomputing each neighbour's ``d_j``
+from the ``a`` it has loaded. Composed PyTorch ops make a dozen passes over memory for the same backward.
+NCHW and channels-last tensors run without a copy (the tile's strides come from the tensor); bf16 and fp16 are
+computed in fp32 and rounded once. With ``TRITON_INTERPRET=1`` the kernels run on CPU tensors: that is how the
+tests check them on machines without a GPU.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+MAX_CHANNELS = 1024  # one C×P tile per program; wider inputs use the composed ops
+
+
+@triton.jit
+def _lrn_forward(
+    x_ptr,
+    y_ptr,
+    C,
+    P,
+    stride_n,
+    stride_c,
+    stride_p,
+    alpha,
+    beta,
+    k,
+    BEFORE: tl.constexpr,
+    AFTER: tl.constexpr,
+    BLOCK_C: tl.constexpr,
+    BLOCK_P: tl.constexpr,
+):
+    n = tl.program_id(1)
+    c = tl.arange(0, BLOCK_C)[:, None]
+    p = tl.program_id(0) * BLOCK_P + tl.arange(0, BLOCK_P)[None, :]
+    in_p = p < P
+    base = n * stride_n + p * stride_p
+    s = tl.zeros((BLOCK_C, BLOCK_P), dtype=tl.float32)
+    for i in tl.static_range(BEFORE + AFTER + 1):
+        cc = c + (i - BEFORE)
+        v = tl.load(x_ptr + base + cc * stride_c, mask=(cc >= 0) & (cc < C) & in_p, other=0.0).to(tl.float32)
+        s += v * v
+    mask = (c < C) & in_p
+    x = tl.load(x_ptr + base + c * stride_c, mask=mask, other=0.0).to(tl.float32)
+    y = x * tl.exp2(-beta * tl.log2(k + alpha * s))
+    tl.store(y_ptr + base + c * stride_c, y.to(y_ptr.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def _lrn_backward(
+    g_ptr,
+    x_ptr,
+    y_ptr,
+    dx_ptr,
+    C,
+    P,
+    stride_n,
+    stride_c,
+    stride_p,
+    alpha,
+    beta,
+    k,
+    BEFORE: tl.constexpr,
+    AFTER: tl.constexpr,
+    BLOCK_C: tl.constexpr,
+    BLOCK_P: tl.constexpr,
+):
+    n = tl.program_id(1)
+    c = tl.arange(0, BLOCK_C)[:, None]
+    p = tl.program_id(0) * BLOCK_P + tl.arange(0, BLOCK_P)[None, :]
+    in_p = p < P
+    base = n * stride_n + p * stride_p
+    # Σ_{j: i∈win(j)} g_j b_j / d_j: j runs over i − AFTER .. i + BEFORE (the transposed window)
+    back = tl.zeros((BLOCK_C, BLOCK_P), dtype=tl.float32)
+    d_self = tl.zeros((BLOCK_C, BLOCK_P), dtype=tl.float32)
+    for jj in tl.static_range(BEFORE + AFTER + 1):
+        j = c + (jj - AFTER)
+        in_j = (j >= 0) & (j < C) & in_p
+        s = tl.zeros((BLOCK_C, BLOCK_P), dtype=tl.float32)
+        for mm in tl.static_range(BEFORE + AFTER + 1):
+            m = j + (mm - BEFORE)
+            v = tl.load(x_ptr + base + m * stride_c, mask=(m >= 0) & (m < C) & in_p, other=0.0)
+            v = v.to(tl.float32)
+            s += v * v
+        d = k + alpha * s
+        if jj == AFTER:  # j == i: this channel's own denominator
+            d_self = d
+        g = tl.load(g_ptr + base + j * stride_c, mask=in_j, other=0.0).to(tl.float32)
+        y = tl.load(y_ptr + base + j * stride_c, mask=in_j, other=0.0).to(tl.float32)
+        back += tl.where(in_j, g * y / d, 0.0)
+    mask = (c < C) & in_p
+    g = tl.load(g_ptr + base + c * stride_c, mask=mask, other=0.0).to(tl.float32)
+    x = tl.load(x_ptr + base + c * stride_c, mask=mask, other=0.0).to(tl.float32)
+    dx = g * tl.exp2(-beta * tl.log2(d_self)) - 2.0 * alpha * beta * x * back
+    tl.store(dx_ptr + base + c * stride_c, dx.to(dx_ptr.dtype.element_ty), mask=mask)
+
+
+def supports(*tensors: torch.Tensor) -> bool:
+    """Floating tensors of one dtype and shape N×C×…, C ≤ :data:`MAX_CHANNELS`, dense in NCHW or
+    channels-last (the others go to the composed ops)."""
+    x = tensors[0]
+    if x.dim() < 2 or x.numel() == 0 or x.shape[1] > MAX_CHANNELS or not x.is_floating_point():
+        return False
+    if x.dtype not in (torch.float32, torch.bfloat16, torch.float16) or _strides(x) is None:
+        return False
+    return all(t.dtype == x.dtype and t.shape == x.shape and _strides(t) == _strides(x) for t in tensors)
+
+
+def _strides(t: torch.Tensor) -> tuple[int, int, int] | None:
+    """(image, channel, position) strides when the spatial dims flatten to one index ``p``, else ``None``."""
+    n, c = t.shape[0], t.shape[1]
+    positions = t.numel() // max(1, n * c)
+    if t.is_contiguous():
+        return c * positions, positions, 1
+    if t.dim() == 4 and t.is_contiguous(memory_format=torch.channels_last):
+        return c * positions, 1, c
+    return None
+
+
+def _launch(
+    kernel: triton.JITFunction, tensors: list[torch.Tensor], size: int, alpha: float, beta: float, k: float
+) -> None:
+    x = tensors[1] if len(tensors) == 4 else tensors[0]
+    n, c = x.shape[0], x.shape[1]
+    positions = x.numel() // (n * c)
+    stride_n, stride_c, stride_p = _strides(x)  # type: ignore[misc]
+    block_c = triton.next_power_of_2(c)
+    block_p = max(1, min(triton.next_power_of_2(positions), 4096 // block_c))
+    grid = (triton.cdiv(positions, block_p), n)
+    kernel[grid](
+        *tensors,
+        c,
+        positions,
+        stride_n,
+        stride_c,
+        stride_p,
+        float(alpha),
+        float(beta),
+        float(k),
+        BEFORE=size // 2,
+        AFTER=(size - 1) // 2,
+        BLOCK_C=block_c,
+        BLOCK_P=block_p,
+        num_warps=8 if block_c * block_p >= 2048 else 4,
+    )
+
+
+def forward(x: torch.Tensor, size: int, alpha: float, beta: float, k: float) -> torch.Tensor:
+    """``alexnet::lrn`` (``alpha`` multiplies the window sum); ``x`` must pass :func:`supports`."""
+    y = torch.empty_like(x)  # same strides as x (dense tensors keep their layout)
+    _launch(_lrn_forward, [x, y], size, alpha, beta, k)
+    return y
+
+
+def conform(t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """``t`` in ``like``'s memory layout (an incoming gradient may be NCHW for a channels-last activation)."""
+    if _strides(t) == _strides(like):
+        return t
+    return t.contiguous(
+        memory_format=torch.contiguous_format if like.is_contiguous() else torch.channels_last
+    )
+
+
+def backward(
+    grad: torch.Tensor, x: torch.Tensor, y: torch.Tensor, size: int, alpha: float, beta: float, k: float
+) -> torch.Tensor:
+    """``alexnet::lrn_backward``; ``x`` and ``y`` must pass :func:`supports` together (``grad`` is conformed)."""
+    grad = conform(grad, x)
+    dx = torch.empty_like(x)
+    _launch(_lrn_backward, [grad, x, y, dx], size, alpha, beta, k)
+    return dx

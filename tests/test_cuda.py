@@ -1,0 +1,166 @@
+"""CUDA: the LRN operator's Triton kernels against the formula and the composed ops, whole models against the
+CPU, bf16 channels-last training steps, batched nvJPEG decoding against the CPU loader, and a short
+`alexnet train --gpu-decode` run. Skipped on machines without a GPU (CI); scripts/gpu_check.sh runs them."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+
+from alexnet.factory import create_model  # noqa: E402
+from alexnet.models.layers import (  # noqa: E402
+    local_response_norm,
+    lrn_backward_composed,
+    lrn_composed,
+    lrn_reference,
+    triton_for,
+)
+
+CUDA = torch.device("cuda")
+
+
+@pytest.fixture(autouse=True)
+def _exact_fp32():
+    """fp32 means fp32 here: no TF32 tensor cores, so CPU and GPU results agree to fp32 rounding."""
+    conv, mm = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    yield
+    torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = conv, mm
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+@pytest.mark.parametrize(("size", "alpha", "k"), [(5, 1e-4, 2.0), (5, 1e-4 / 5, 1.0), (4, 0.05, 1.0)])
+def test_lrn_operator_on_cuda_matches_the_formula(channels_last, size, alpha, k):
+    torch.manual_seed(0)
+    x = torch.randn(4, 96, 27, 27, device=CUDA) * 30  # conv-sized activations: the normalisation bites
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    assert triton_for(x) is not None  # the fast path is what runs
+    x.requires_grad_()
+    y = local_response_norm(x, size, alpha, 0.75, k)
+    g = torch.randn_like(y)
+    y.backward(g)
+    xd = x.detach().double().requires_grad_()
+    ref = lrn_reference(xd, size, alpha, 0.75, k)
+    ref.backward(g.double())
+    torch.testing.assert_close(y.double(), ref, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(x.grad.double(), xd.grad, rtol=1e-5, atol=1e-5)
+    # the composed ops on the same device agree too
+    xc = x.detach()
+    torch.testing.assert_close(lrn_composed(xc, size, alpha, 0.75, k), y.detach(), rtol=1e-5, atol=1e-5)
+    back = lrn_backward_composed(g, xc, y.detach(), size, alpha, 0.75, k)
+    torch.testing.assert_close(back, x.grad, rtol=1e-4, atol=1e-5)
+
+
+def test_lrn_operator_passes_opcheck_on_cuda():
+    x = torch.randn(2, 16, 5, 5, device=CUDA, requires_grad=True)
+    torch.library.opcheck(torch.ops.alexnet.lrn.default, (x, 5, 1e-2, 0.75, 2.0))
+
+
+def test_lrn_in_place_inference_on_cuda():
+    x = torch.randn(2, 256, 13, 13, device=CUDA).contiguous(memory_format=torch.channels_last) * 10
+    expected = lrn_reference(x.double(), 5, 1e-4, 0.75, 2.0)
+    with torch.inference_mode():
+        out = local_response_norm(x, 5, 1e-4, 0.75, 2.0, inplace=True)
+    assert out.data_ptr() == x.data_ptr()
+    torch.testing.assert_close(out.double(), expected, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("name", ["alexnet", "caffenet", "zfnet"])
+def test_models_on_cuda_compute_what_they_compute_on_cpu(name):
+    torch.manual_seed(0)
+    model = create_model(name).eval()
+    x = torch.randn(2, 3, model.default_input_size, model.default_input_size)
+    with torch.no_grad():
+        cpu = model(x)
+        gpu = model.to(CUDA).to(memory_format=torch.channels_last)(
+            x.to(CUDA).contiguous(memory_format=torch.channels_last)
+        )
+    torch.testing.assert_close(gpu.cpu(), cpu, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("name", ["alexnet", "zfnet"])
+def test_bf16_channels_last_training_steps_on_cuda_learn(name):
+    torch.manual_seed(0)
+    model = create_model(name, num_classes=10).to(CUDA).to(memory_format=torch.channels_last)
+    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, fused=True)
+    size = model.default_input_size
+    x = torch.randn(16, 3, size, size, device=CUDA).contiguous(memory_format=torch.channels_last)
+    y = torch.randint(0, 10, (16,), device=CUDA)
+    losses = []
+    for _ in range(15):
+        opt.zero_grad(set_to_none=True)
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            loss = torch.nn.functional.cross_entropy(model(x), y)
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert all(torch.isfinite(torch.tensor(losses)))
+    assert losses[-1] < losses[0]  # it fits a fixed batch
+
+
+def test_compiled_model_on_cuda_matches_eager():
+    torch.manual_seed(0)
+    model = create_model("alexnet").to(CUDA).eval()
+    x = torch.randn(4, 3, 227, 227, device=CUDA)
+    with torch.no_grad():
+        eager = model(x)
+        compiled = torch.compile(model)(x)
+    torch.testing.assert_close(compiled, eager, rtol=1e-3, atol=1e-3)
+
+
+@pytest.fixture(scope="module")
+def photo_root(tmp_path_factory) -> Path:
+    import skimage.data
+    from PIL import Image
+
+    root = tmp_path_factory.mktemp("photos")
+    for split in ("train", "val"):
+        for c, names in enumerate((("chelsea", "coffee"), ("astronaut", "rocket"))):
+            folder = root / split / f"class{c}"
+            folder.mkdir(parents=True)
+            for i in range(6):
+                im = Image.fromarray(getattr(skimage.data, names[i % 2])()).convert("RGB")
+                im.resize((320 + 17 * i, 300 + 9 * c)).save(folder / f"{i}.jpg", quality=90)
+            Image.fromarray(skimage.data.camera()).save(folder / "gray.png")
+    return root
+
+
+def test_nvjpeg_batches_match_the_cpu_loader(photo_root):
+    """Same crops, mirrors and lighting per sample; pixels differ only by the decoders' and resamplers'
+    rounding (nvJPEG's IDCT and a float resize on the GPU, libjpeg and uint8 resize on the CPU)."""
+    from alexnet.data.folders import ImageFolder
+    from alexnet.data.loader import make_loader
+    from alexnet.data.preprocess import Preprocessing
+    from alexnet.data.transforms import train_transform
+
+    ds = ImageFolder(photo_root, "train", train_transform(Preprocessing()), min_side=None)
+    cpu = list(make_loader(ds, 8, train=True, seed=1, pin_memory=False))
+    gpu = list(make_loader(ds, 8, train=True, seed=1, workers=2, decode_device="cuda"))
+    assert len(cpu) == len(gpu) > 0
+    for (x1, y1), (x2, y2) in zip(cpu, gpu, strict=True):
+        assert x2.is_cuda and torch.equal(y1, y2.cpu())
+        diff = (x2.cpu() - x1).abs()
+        # normalised units: one uint8 level is ~0.017; the same crop of the same photo stays within a few
+        assert diff.mean() < 0.03, diff.mean()
+        assert torch.quantile(diff.flatten()[::97], 0.99) < 0.15
+
+
+def test_train_with_gpu_decode_runs_end_to_end(photo_root, tmp_path):
+    out = tmp_path / "run"
+    cmd = [
+        sys.executable, "-m", "alexnet.cli", "train", "--model", "alexnet", "--data", str(photo_root),
+        "--out", str(out), "--device", "cuda", "--gpu-decode", "--amp", "--batch-size", "8",
+        "--max-steps", "3", "--workers", "2",
+    ]  # fmt: skip
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300, check=False)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert (out / "model.safetensors").is_file()
