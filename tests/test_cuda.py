@@ -1,6 +1,6 @@
 """CUDA: the LRN operator's Triton kernels against the formula and the composed ops, whole models against the
 CPU, bf16 channels-last training steps, batched nvJPEG decoding against the CPU loader, and a short
-`alexnet train --gpu-decode` run. Skipped on machines without a GPU (CI); scripts/gpu_check.sh runs them."""
+`alexnet train --gpu-augment` / `--gpu-decode` run. Skipped on machines without a GPU (CI); scripts/gpu_check.sh runs them."""
 
 from __future__ import annotations
 
@@ -133,6 +133,22 @@ def photo_root(tmp_path_factory) -> Path:
     return root
 
 
+def test_gpu_augmented_batches_equal_the_cpu_loaders(photo_root):
+    """--gpu-augment: the workers' patches are the CPU loader's; crop, mirror, lighting per sample on the GPU."""
+    from alexnet.data.folders import ImageFolder
+    from alexnet.data.loader import make_loader
+    from alexnet.data.preprocess import Preprocessing
+    from alexnet.data.transforms import train_transform
+
+    ds = ImageFolder(photo_root, "train", train_transform(Preprocessing()))
+    cpu = list(make_loader(ds, 8, train=True, seed=1, pin_memory=False))
+    gpu = list(make_loader(ds, 8, train=True, seed=1, workers=2, augment_device="cuda"))
+    assert len(cpu) == len(gpu) > 0
+    for (x1, y1), (x2, y2) in zip(cpu, gpu, strict=True):
+        assert x2.is_cuda and torch.equal(y1, y2.cpu())
+        torch.testing.assert_close(x2.cpu(), x1, rtol=0, atol=1e-5)
+
+
 def test_nvjpeg_batches_match_the_cpu_loader(photo_root):
     """Same crops, mirrors and lighting per sample; pixels differ only by the decoders' and resamplers'
     rounding (nvJPEG's IDCT and a float resize on the GPU, libjpeg and uint8 resize on the CPU)."""
@@ -143,7 +159,9 @@ def test_nvjpeg_batches_match_the_cpu_loader(photo_root):
 
     ds = ImageFolder(photo_root, "train", train_transform(Preprocessing()), min_side=None)
     cpu = list(make_loader(ds, 8, train=True, seed=1, pin_memory=False))
-    gpu = list(make_loader(ds, 8, train=True, seed=1, workers=2, decode_device="cuda"))
+    gpu = list(
+        make_loader(ds, 8, train=True, seed=1, workers=2, augment_device="cuda", decode_on_device=True)
+    )
     assert len(cpu) == len(gpu) > 0
     for (x1, y1), (x2, y2) in zip(cpu, gpu, strict=True):
         assert x2.is_cuda and torch.equal(y1, y2.cpu())
@@ -153,11 +171,12 @@ def test_nvjpeg_batches_match_the_cpu_loader(photo_root):
         assert torch.quantile(diff.flatten()[::97], 0.99) < 0.15
 
 
-def test_train_with_gpu_decode_runs_end_to_end(photo_root, tmp_path):
+@pytest.mark.parametrize("flag", ["--gpu-augment", "--gpu-decode"])
+def test_train_on_the_gpu_pipeline_runs_end_to_end(photo_root, tmp_path, flag):
     out = tmp_path / "run"
     cmd = [
         sys.executable, "-m", "alexnet.cli", "train", "--model", "alexnet", "--data", str(photo_root),
-        "--out", str(out), "--device", "cuda", "--gpu-decode", "--amp", "--batch-size", "8",
+        "--out", str(out), "--device", "cuda", flag, "--amp", "--batch-size", "8",
         "--max-steps", "3", "--workers", "2",
     ]  # fmt: skip
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}

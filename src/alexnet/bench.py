@@ -479,7 +479,8 @@ def bench_data(
 ) -> list[DataRow]:
     """Training input pipeline (decode, resize 256, random crop, flip, PCA lighting; AlexNet §2, §4.1), ours
     against ``torchvision.datasets.ImageFolder`` + PIL + torchvision transforms, on ``root/train``. On a CUDA
-    ``device``, also ours with the batches decoded and augmented on the GPU (``alexnet train --gpu-decode``).
+    ``device``, also ours with the batches finished on the GPU (``alexnet train --gpu-augment``) and decoded there
+    too (``--gpu-decode``).
 
     Timing starts when the first batch arrives (worker start-up excluded). All run with one intra-op thread,
     so images/s per core is images/s over ``max(1, workers)`` processes (for
@@ -518,8 +519,11 @@ def bench_data(
     ]
     dev = torch.device(device)
     if dev.type == "cuda":
-        gpu = make_loader(ours, batch_size, train=True, workers=workers, decode_device=dev)
-        loaders.append(("alexnet_gpu_decode", gpu))
+        for name, decode in (("alexnet_gpu_augment", False), ("alexnet_gpu_decode", True)):
+            gpu = make_loader(
+                ours, batch_size, train=True, workers=workers, augment_device=dev, decode_on_device=decode
+            )
+            loaders.append((name, gpu))
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     rows = []

@@ -76,10 +76,16 @@ _BOOL_FLAGS = [
     ),
     ("--compile", "compile", "torch.compile the model"),
     (
+        "--gpu-augment",
+        "gpu_augment",
+        "the workers decode and resize to 256x256 uint8 patches; the GPU takes the random crops, mirrors, PCA "
+        "lighting and normalisation of whole batches (CUDA only; docs/performance.md)",
+    ),
+    (
         "--gpu-decode",
         "gpu_decode",
-        "decode and augment JPEG batches on the GPU (nvJPEG through torchvision.io.decode_jpeg); the workers "
-        "only read files (CUDA only)",
+        "as --gpu-augment, and the GPU decodes the JPEGs too (nvJPEG through torchvision.io.decode_jpeg); the "
+        "workers only read files (CUDA only)",
     ),
 ]
 

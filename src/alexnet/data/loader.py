@@ -102,21 +102,30 @@ class _Seeded(Dataset):
 class Loader(DataLoader):
     """A DataLoader yielding ``(images, targets)`` that counts and logs the files it had to skip.
 
-    ``decode_device``: workers only read files, and the main process decodes and augments each batch there
-    (:mod:`alexnet.data.device_decode`); the images arrive on that device.
+    ``augment_device``: the main process finishes each batch there (:mod:`alexnet.data.on_device`), from
+    ``uint8`` patches the workers decoded and resized, or with ``decode_on_device`` from the files' bytes; the
+    images arrive on that device.
     """
 
     def __init__(
-        self, dataset: Dataset, *args: Any, decode_device: str | torch.device | None = None, **kwargs: Any
+        self,
+        dataset: Dataset,
+        *args: Any,
+        augment_device: str | torch.device | None = None,
+        decode_on_device: bool = False,
+        **kwargs: Any,
     ) -> None:
-        if decode_device is None:
+        if augment_device is None:
+            if decode_on_device:
+                raise ValueError("decode_on_device needs an augment_device")
             super().__init__(_Seeded(dataset), *args, collate_fn=collate_skip_bad, **kwargs)
             self.decoder = None
         else:
-            from alexnet.data.device_decode import BatchDecoder, EncodedItems, collate_encoded
+            from alexnet.data.on_device import BatchDecoder, EncodedItems, collate_encoded
 
-            decoder = BatchDecoder(dataset.transform, decode_device)  # type: ignore[attr-defined]
-            super().__init__(EncodedItems(dataset), *args, collate_fn=collate_encoded, **kwargs)
+            decoder = BatchDecoder(dataset.transform, augment_device)  # type: ignore[attr-defined]
+            items = EncodedItems(dataset, decode=not decode_on_device)
+            super().__init__(items, *args, collate_fn=collate_encoded, **kwargs)
             self.decoder = decoder
         self.source = dataset
         self.bad: list[tuple[str, str]] = []
@@ -140,6 +149,12 @@ class Loader(DataLoader):
                 yield images, targets
 
 
+def _pin(asked: bool | None, augment_device: str | torch.device | None, decode_on_device: bool) -> bool:
+    if augment_device is not None:  # pinned patches copy to the GPU asynchronously; bytes are not worth it
+        return torch.device(augment_device).type == "cuda" and not decode_on_device
+    return torch.cuda.is_available() if asked is None else asked
+
+
 def make_loader(
     dataset: Dataset,
     batch_size: int,
@@ -155,7 +170,8 @@ def make_loader(
     pin_memory: bool | None = None,
     drop_last: bool | None = None,
     prefetch_factor: int | None = None,
-    decode_device: str | torch.device | None = None,
+    augment_device: str | torch.device | None = None,
+    decode_on_device: bool = False,
 ) -> Loader:
     """A :class:`Loader` over ``dataset`` (items ``(image, target)`` or ``BadSample``).
 
@@ -166,9 +182,11 @@ def make_loader(
         epoch, start_batch: where to start (same as calling ``set_epoch(epoch, start_batch)``; call it at every
             epoch).
         distributed: shard by ``torch.distributed``'s rank/world size (or the given ``rank``/``world_size``).
-        pin_memory: default: when CUDA is available (never with ``decode_device``).
-        decode_device: decode JPEGs in batches on this device (``"cuda"``: nvJPEG) in the main process, the
-            workers only reading files; see :mod:`alexnet.data.device_decode`.
+        pin_memory: default: when CUDA is available (and the batches are not finished on the CPU).
+        augment_device: crop, mirror, light and normalise whole batches on this device in the main process,
+            the workers decoding and resizing to ``uint8`` patches; see :mod:`alexnet.data.on_device`.
+        decode_on_device: with ``augment_device``, decode the JPEGs there too (``"cuda"``: nvJPEG), the workers
+            only reading files.
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be ≥ 1, not {batch_size}")
@@ -195,10 +213,9 @@ def make_loader(
         batch_size=batch_size,
         sampler=sampler,
         num_workers=workers,
-        decode_device=decode_device,
-        pin_memory=False
-        if decode_device is not None
-        else (torch.cuda.is_available() if pin_memory is None else pin_memory),
+        augment_device=augment_device,
+        decode_on_device=decode_on_device,
+        pin_memory=_pin(pin_memory, augment_device, decode_on_device),
         drop_last=train if drop_last is None else drop_last,
         # Starting an iterator draws the workers' base seed from this generator; a private one keeps the
         # caller's global RNG stream (dropout masks …) independent of data loading.

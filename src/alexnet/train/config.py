@@ -65,7 +65,10 @@ class TrainConfig:
     pca_lighting: float = 0.1
     ten_crop: bool = False
     workers: int = 2
-    gpu_decode: bool = False  # decode JPEGs in batches on the GPU (nvJPEG); the workers only read files
+    gpu_augment: bool = (
+        False  # workers decode + resize to uint8 patches; the GPU crops, mirrors, lights batches
+    )
+    gpu_decode: bool = False  # as gpu_augment, and the GPU decodes the JPEGs (nvJPEG); the workers read files
     # run
     seed: int = 0
     device: str = "auto"

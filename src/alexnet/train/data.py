@@ -162,11 +162,11 @@ def open_run_data(
 
 
 def train_loader(
-    dataset: Dataset, cfg: TrainConfig, rank: int, world: int, pin: bool, decode_device: Any = None
+    dataset: Dataset, cfg: TrainConfig, rank: int, world: int, pin: bool, augment_device: Any = None
 ) -> Any:
     """:func:`alexnet.data.loader.make_loader`: order a function of (seed, epoch), augmentation seeded per global
     position, DDP ranks reading strided shards whose union is the global batch; call ``set_epoch(e, start)``.
-    ``decode_device``: decode and augment the batches there (``--gpu-decode``)."""
+    ``augment_device``: finish the batches there (``--gpu-augment``; ``--gpu-decode`` decodes there too)."""
     from alexnet.data.loader import make_loader
 
     loader = make_loader(
@@ -178,7 +178,8 @@ def train_loader(
         rank=rank,
         world_size=world,
         pin_memory=pin,
-        decode_device=decode_device,
+        augment_device=augment_device,
+        decode_on_device=cfg.gpu_decode and augment_device is not None,
     )
     # A private generator: starting an epoch's iterator must not draw from the global RNG (dropout masks), or a
     # resumed run would diverge from an uninterrupted one.
@@ -187,7 +188,13 @@ def train_loader(
 
 
 def eval_loader(
-    dataset: Dataset, batch_size: int, workers: int, rank: int = 0, world: int = 1, decode_device: Any = None
+    dataset: Dataset,
+    batch_size: int,
+    workers: int,
+    rank: int = 0,
+    world: int = 1,
+    augment_device: Any = None,
+    decode_on_device: bool = False,
 ) -> Any:
     """In file order; rank ``r`` of ``W`` takes images ``r, r+W, …`` with no padding, so each counts once."""
     from alexnet.data.loader import make_loader
@@ -200,7 +207,8 @@ def eval_loader(
         rank=rank,
         world_size=world,
         pin_memory=False,
-        decode_device=decode_device,
+        augment_device=augment_device,
+        decode_on_device=decode_on_device,
     )
     loader.generator = torch.Generator().manual_seed(0)
     return loader

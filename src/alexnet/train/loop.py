@@ -122,8 +122,9 @@ def _train(
 ) -> TrainResult:
     t_start = time.monotonic()
     run_dir = Path(cfg.out)
-    if cfg.gpu_decode and info.device.type != "cuda":
-        raise TrainingError(f"--gpu-decode decodes on a CUDA GPU, but this run's device is {info.device}")
+    if (cfg.gpu_augment or cfg.gpu_decode) and info.device.type != "cuda":
+        flag = "--gpu-decode" if cfg.gpu_decode else "--gpu-augment"
+        raise TrainingError(f"{flag} needs a CUDA GPU, but this run's device is {info.device}")
     if info.device.type == "cuda":
         torch.backends.cudnn.benchmark = (
             True  # training batches all have one shape: time cuDNN's algorithms once
@@ -151,8 +152,8 @@ def _train(
     dist_utils.barrier(info)
     if not info.is_main:
         pre, data = open_data(False)
-    decode_on = info.device if cfg.gpu_decode else None
-    loader = train_loader(data.train, cfg, info.rank, info.world_size, info.device.type == "cuda", decode_on)
+    on_gpu = info.device if cfg.gpu_augment or cfg.gpu_decode else None  # where batches are finished
+    loader = train_loader(data.train, cfg, info.rank, info.world_size, info.device.type == "cuda", on_gpu)
     steps_per_epoch = len(loader)
     if steps_per_epoch == 0:
         raise DataError(
@@ -263,7 +264,8 @@ def _train(
         cfg.workers,
         info.rank,
         info.world_size,
-        decode_on,
+        on_gpu,
+        cfg.gpu_decode,
     )
     last: EvalResult | None = None
     ten_result: EvalResult | None = None
@@ -417,7 +419,8 @@ def _train(
                 cfg.workers,
                 info.rank,
                 info.world_size,
-                decode_on,
+                on_gpu,
+                cfg.gpu_decode,
             )
             ten_result = evaluate_loader(
                 net,

@@ -1,5 +1,6 @@
-"""Batched decoding on the device (`--gpu-decode`), run here with decode_device="cpu": the same batches as the
-worker-decoding loader (same pixels, same per-sample crop, mirror and PCA lighting), the same bad-file report."""
+"""The batch-level pipeline on the device (`--gpu-augment`, `--gpu-decode`), run here with augment_device="cpu":
+the same batches as the CPU loader (same pixels, same per-sample crop, mirror and PCA lighting), the same
+bad-file report."""
 
 from __future__ import annotations
 
@@ -13,15 +14,19 @@ import skimage.data
 import torch
 from PIL import Image
 
-from alexnet.data import device_decode
-from alexnet.data.device_decode import BatchDecoder, _Plan
+from alexnet.data import on_device
 from alexnet.data.folders import ImageFolder
 from alexnet.data.loader import make_loader
+from alexnet.data.on_device import BatchDecoder, _Plan
 from alexnet.data.preprocess import Preprocessing
 from alexnet.data.transforms import eval_transform, ten_crop, train_transform
 from alexnet.errors import DataError
 
 PHOTOS = ("chelsea", "coffee", "astronaut", "rocket")
+MODES = [  # workers decode and resize (--gpu-augment), or the device decodes too (--gpu-decode)
+    pytest.param(False, id="augment"),
+    pytest.param(True, id="decode"),
+]
 
 
 @pytest.fixture(autouse=True)
@@ -50,10 +55,11 @@ def batches(ds: ImageFolder, **kwargs) -> list[tuple[torch.Tensor, torch.Tensor]
     return list(make_loader(ds, 4, train=True, seed=7, epoch=1, pin_memory=False, **kwargs))
 
 
-def assert_same_batches(root: Path, transform, **loader_kwargs) -> None:
-    # min_side=None: the worker decodes at full size too (no DCT-domain reduction), so pixels agree exactly
-    ds = ImageFolder(root, "train", transform, min_side=None)
-    on_workers, on_device = batches(ds, **loader_kwargs), batches(ds, decode_device="cpu", **loader_kwargs)
+def assert_same_batches(root: Path, transform, decode: bool = True, **loader_kwargs) -> None:
+    # decoding on the device is at full size: so is the CPU loader's here (min_side=None), for equal pixels
+    ds = ImageFolder(root, "train", transform, min_side=None if decode else 256)
+    on_workers = batches(ds, **loader_kwargs)
+    on_device = batches(ds, augment_device="cpu", decode_on_device=decode, **loader_kwargs)
     assert len(on_workers) == len(on_device) > 0
     for (x1, y1), (x2, y2) in zip(on_workers, on_device, strict=True):
         assert torch.equal(y1, y2)
@@ -61,11 +67,23 @@ def assert_same_batches(root: Path, transform, **loader_kwargs) -> None:
         torch.testing.assert_close(x2, x1, rtol=0, atol=1e-5)
 
 
-def test_train_batches_equal_the_worker_decoded_ones(photo_root):
+@pytest.mark.parametrize("decode", MODES)
+def test_train_batches_equal_the_cpu_loaders(photo_root, decode):
     """Random crop, mirror and PCA lighting (AlexNet §4.1) drawn per sample from the same seeds."""
     pre = Preprocessing()
     assert _Plan.of(train_transform(pre)) is not None  # the batched path is the one under test
-    assert_same_batches(photo_root, train_transform(pre))
+    assert_same_batches(photo_root, train_transform(pre), decode)
+
+
+def test_large_jpegs_decoded_at_reduced_size_by_the_workers_equal_too(tmp_path):
+    """--gpu-augment keeps the CPU loader's DCT-domain reduced decoding: a 1024-pixel photo decodes at half size."""
+    folder = tmp_path / "big" / "train" / "a"
+    folder.mkdir(parents=True)
+    for name in PHOTOS:
+        Image.fromarray(getattr(skimage.data, name)()).convert("RGB").resize((1100, 1024)).save(
+            folder / f"{name}.jpg"
+        )
+    assert_same_batches(tmp_path / "big", train_transform(Preprocessing()), decode=False)
 
 
 def test_caffe_convention_and_no_flip_batches_equal_too(photo_root):
@@ -79,29 +97,41 @@ def test_caffe_convention_and_no_flip_batches_equal_too(photo_root):
     assert_same_batches(photo_root, train_transform(pre, flip=False, pca_std=0.3))
 
 
-def test_eval_batches_equal_the_worker_decoded_ones(photo_root):
+@pytest.mark.parametrize("decode", MODES)
+def test_eval_batches_equal_the_cpu_loaders(photo_root, decode):
     pre = Preprocessing()
     assert _Plan.of(eval_transform(pre)) is not None
-    assert_same_batches(photo_root, eval_transform(pre))
+    assert_same_batches(photo_root, eval_transform(pre), decode)
 
 
-def test_other_transforms_run_image_by_image_with_the_same_result(photo_root):
+@pytest.mark.parametrize("decode", MODES)
+def test_other_transforms_run_image_by_image_with_the_same_result(photo_root, decode):
     """Ten crops (AlexNet §4.1) and a per-pixel mean image (§2) take the exact per-image path."""
     pre = Preprocessing(mean_image=True, pixel_scale=255.0, mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0))
     mean_image = torch.rand(3, 256, 256) * 255
     for tf in (ten_crop(Preprocessing()), train_transform(pre, mean_image=mean_image)):
         assert _Plan.of(tf) is None
-        assert_same_batches(photo_root, tf)
+        assert_same_batches(photo_root, tf, decode)
 
 
-def test_worker_processes_hand_over_bytes(photo_root):
-    assert_same_batches(photo_root, train_transform(Preprocessing()), workers=2)
+@pytest.mark.parametrize("decode", MODES)
+def test_worker_processes_hand_over_patches_or_bytes(photo_root, decode):
+    assert_same_batches(photo_root, train_transform(Preprocessing()), decode, workers=2)
+
+
+def test_patches_cross_processes_as_one_uint8_batch(photo_root):
+    from alexnet.data.on_device import EncodedItems, collate_encoded
+
+    ds = ImageFolder(photo_root, "train", train_transform(Preprocessing()))
+    items = EncodedItems(ds)
+    batch = collate_encoded([items[(i, i)] for i in range(3)])
+    assert batch[0].dtype == torch.uint8 and batch[0].shape == (3, 3, 256, 256)
 
 
 def test_batch_decode_failure_falls_back_file_by_file(photo_root, monkeypatch):
     """One file the batched device decoder refuses (nvJPEG: CMYK) fails the whole call; each file is then
     decoded alone, the refused one by the CPU decoder, and the batch is the same."""
-    real = device_decode.decode_jpeg
+    real = on_device.decode_jpeg
     refused = []
 
     def picky(data, **kwargs):
@@ -112,12 +142,13 @@ def test_batch_decode_failure_falls_back_file_by_file(photo_root, monkeypatch):
             raise RuntimeError("nvjpeg: unsupported")
         return real(data, **kwargs)
 
-    monkeypatch.setattr(device_decode, "decode_jpeg", picky)
-    assert_same_batches(photo_root, train_transform(Preprocessing()))
+    monkeypatch.setattr(on_device, "decode_jpeg", picky)
+    assert_same_batches(photo_root, train_transform(Preprocessing()), decode=True)
     assert refused
 
 
-def test_corrupt_files_are_skipped_and_reported_like_the_cpu_loader(tmp_path, caplog):
+@pytest.mark.parametrize("decode", MODES)
+def test_corrupt_files_are_skipped_and_reported_like_the_cpu_loader(tmp_path, caplog, decode):
     root = tmp_path / "d"
     folder = root / "train" / "a"
     folder.mkdir(parents=True)
@@ -131,7 +162,7 @@ def test_corrupt_files_are_skipped_and_reported_like_the_cpu_loader(tmp_path, ca
     (folder / "empty.jpg").write_bytes(b"")
     ds = ImageFolder(root, "train", eval_transform(Preprocessing()))
     with caplog.at_level(logging.WARNING, logger="alexnet.data"):
-        loader = make_loader(ds, 8, train=False, decode_device="cpu")
+        loader = make_loader(ds, 8, train=False, augment_device="cpu", decode_on_device=decode)
         ((images, targets),) = list(loader)
     assert images.shape == (5, 3, 227, 227) and targets.tolist() == [0] * 5
     assert sorted(Path(p).name for p, _ in loader.bad) == ["empty.jpg", "garbage.jpg", "text.jpg"]
@@ -149,7 +180,8 @@ def test_a_batch_with_no_readable_file_is_skipped(tmp_path):
         ImageFolder(tmp_path / "d", "train", eval_transform(Preprocessing())),
         2,
         train=False,
-        decode_device="cpu",
+        augment_device="cpu",
+        decode_on_device=True,
     )
     assert list(loader) == [] and len(loader.bad) == 1
 
@@ -159,7 +191,7 @@ def test_decoding_on_cuda_without_a_gpu_is_a_clear_error(photo_root):
         pytest.skip("this machine has a GPU")
     ds = ImageFolder(photo_root, "train", eval_transform(Preprocessing()))
     with pytest.raises(DataError, match="no CUDA GPU"):
-        make_loader(ds, 2, train=False, decode_device="cuda")
+        make_loader(ds, 2, train=False, augment_device="cuda")
     with pytest.raises(DataError, match="cpu or cuda"):
         BatchDecoder(ds.transform, "meta")
 
@@ -168,17 +200,24 @@ def test_a_data_set_without_files_cannot_be_decoded_on_the_device():
     data = torch.utils.data.TensorDataset(torch.zeros(4, 3, 8, 8), torch.zeros(4))
     data.transform = None  # type: ignore[attr-defined]
     with pytest.raises(DataError, match="image-folder"):
-        make_loader(data, 2, train=False, decode_device="cpu")
+        make_loader(data, 2, train=False, augment_device="cpu")
 
 
-def test_gpu_decode_needs_a_cuda_run(tmp_path):
+@pytest.mark.parametrize("flag", ["gpu_augment", "gpu_decode"])
+def test_gpu_flags_need_a_cuda_run(tmp_path, flag):
     from alexnet.errors import TrainingError
     from alexnet.train.config import TrainConfig
     from alexnet.train.loop import train
 
-    cfg = TrainConfig(model="alexnet", out=str(tmp_path / "run"), device="cpu", gpu_decode=True)
-    with pytest.raises(TrainingError, match="CUDA"):
+    cfg = TrainConfig(model="alexnet", out=str(tmp_path / "run"), device="cpu", **{flag: True})
+    with pytest.raises(TrainingError, match=f"--{flag.replace('_', '-')} needs a CUDA GPU"):
         train(cfg, progress=False)
+
+
+def test_decode_on_device_needs_a_device(photo_root):
+    ds = ImageFolder(photo_root, "train", eval_transform(Preprocessing()))
+    with pytest.raises(ValueError, match="augment_device"):
+        make_loader(ds, 2, train=False, decode_on_device=True)
 
 
 def test_random_parameters_differ_between_samples(photo_root):

@@ -1,23 +1,25 @@
-"""Batched JPEG decoding and augmentation on the training device: the loader's workers only read files.
+"""The input pipeline's batch-level part on the training device (``alexnet train --gpu-augment``/``--gpu-decode``).
 
-``make_loader(dataset, ..., decode_device="cuda")`` makes each worker return a file's bytes with the sample's
-augmentation seed (:func:`alexnet.data.loader.sample_seed`); the main process decodes the whole batch with one
-``torchvision.io.decode_jpeg(list, device="cuda")`` call (nvJPEG), then applies the dataset's own transform —
-AlexNet §2's resize to 256 and central patch, §4.1's random crop, mirror and PCA lighting — with every random
-parameter drawn under that sample's seed, in the order the CPU pipeline draws it. So a batch holds the images the
-CPU loader gives, up to the device's resampling arithmetic (the resized ``uint8`` pixels may round differently).
+The CPU loader's workers run a sample's whole transform and hand over float images. Here the split is later or
+earlier, and the main process finishes each batch on the device, every random parameter drawn under the
+sample's own seed (:func:`alexnet.data.loader.sample_seed`) in the order the CPU pipeline draws it:
 
-Differences from the CPU path, on purpose:
+* **augment on the device** (``make_loader(..., augment_device="cuda")``): a worker decodes the file as the CPU
+  loader does (DCT-domain reduced JPEG decoding included) and applies the deterministic head of the transform,
+  AlexNet §2's resize to 256 and central 256×256 patch; the batch crosses processes as ``uint8`` (a third of the
+  bytes of float crops) and the device takes §4.1's random crop, mirror and PCA lighting and the normalisation
+  for the whole batch in a few kernels (:class:`_Plan`). The pixels equal the CPU loader's up to fp32 rounding.
+* **decode on the device** (``decode_on_device=True`` too): a worker only reads the file's bytes; the main process
+  decodes the batch's JPEGs in one ``torchvision.io.decode_jpeg(list, device="cuda")`` call (nvJPEG), resizes
+  each image there, then proceeds as above. The JPEG is decoded at full size (nvJPEG has no DCT-domain
+  reduction) and resampled in float, so pixels may differ from the CPU loader's by a level or two. A file that is
+  not a JPEG is decoded by its worker; a JPEG nvJPEG refuses (CMYK, corrupt) is retried on the CPU with
+  :func:`alexnet.data.images.decode_rgb` and reported as a bad file only if that fails too.
 
-* A JPEG is decoded at full size: nvJPEG has no DCT-domain reduction, and the device has bandwidth to spare.
-* A file that is not a JPEG (PNG, BMP …) is decoded by the worker on the CPU and travels as pixels; a JPEG the
-  device decoder rejects (CMYK, corrupt) is retried on the CPU with :func:`alexnet.data.images.decode_rgb`, and
-  is reported as a bad file only if that fails too — the same policy and messages as the CPU loader.
-* The standard pipelines (:func:`alexnet.data.transforms.train_transform` and ``eval_transform`` with a
-  per-channel mean) run as a few batched kernels after the per-image resize (:class:`_Plan`); any other
-  transform runs image by image on the device, which is exact but launches more kernels.
-
-``decode_device="cpu"`` runs the same code on the CPU: that is how the tests check it against the CPU loader.
+The standard transforms (:func:`alexnet.data.transforms.train_transform` and ``eval_transform`` with a
+per-channel mean) run batched; any other (ten crops, a per-pixel mean image) runs image by image on the device
+from the decoded image, which is exact but launches more kernels. ``augment_device="cpu"`` runs the same code on
+the CPU: that is how the tests compare it with the CPU loader.
 """
 
 from __future__ import annotations
@@ -33,27 +35,32 @@ from torchvision.io import ImageReadMode, decode_jpeg
 from torchvision.transforms import v2
 
 from alexnet.data.folders import BadSample, _reason
-from alexnet.data.images import JPEG_HEADER_SCAN, JPEG_SOI, MAX_PIXELS, decode_rgb, jpeg_size
+from alexnet.data.images import JPEG_HEADER_SCAN, JPEG_SOI, MAX_PIXELS, decode_rgb, jpeg_size, read_image
 from alexnet.data.transforms import ToModelInput
 from alexnet.errors import DataError, ImageError
 
 
 @dataclass(frozen=True)
 class Encoded:
-    """A sample as a worker hands it over: a JPEG's bytes (1-D ``uint8``) or decoded pixels (3×H×W ``uint8``)."""
+    """A sample as a worker hands it over: a JPEG's bytes (1-D ``uint8``), or decoded pixels (3×H×W ``uint8``),
+    already resized to the plan's central patch when ``patched``."""
 
     path: str
     data: torch.Tensor
+    patched: bool = False
 
 
 class EncodedItems(Dataset):
     """``(index, seed) → (Encoded | BadSample, target, seed)`` over an :class:`~alexnet.data.folders.ImageFolder`
-    (anything with ``samples`` and ``transform``); reads bytes, decodes only what is not a JPEG."""
+    (anything with ``samples`` and ``transform``). ``decode``: the worker decodes (and resizes to the central
+    patch when the transform has a batched plan); otherwise it reads the bytes and decodes only non-JPEGs."""
 
-    def __init__(self, dataset: Any) -> None:
+    def __init__(self, dataset: Any, *, decode: bool = True) -> None:
         if not hasattr(dataset, "samples") or not hasattr(dataset, "transform"):
-            raise DataError("decoding on the device needs an image-folder data set (files and a transform)")
+            raise DataError("augmenting on the device needs an image-folder data set (files and a transform)")
         self.dataset = dataset
+        self.decode = decode
+        self.plan = _Plan.of(dataset.transform) if decode else None
 
     def __len__(self) -> int:
         return len(self.dataset)
@@ -61,6 +68,14 @@ class EncodedItems(Dataset):
     def __getitem__(self, key: tuple[int, int]) -> tuple[Encoded | BadSample, int, int]:
         index, seed = key
         path, target = self.dataset.samples[index]
+        if self.decode:  # as ImageFolder.__getitem__, then the deterministic head of the transform
+            try:
+                image = read_image(path, min_side=getattr(self.dataset, "min_side", None))
+            except ImageError as e:
+                return BadSample(str(path), _reason(e, path)), target, seed
+            if self.plan is None:
+                return Encoded(str(path), image), target, seed
+            return Encoded(str(path), self.plan.head(image), patched=True), target, seed
         try:
             data = Path(path).read_bytes()
         except IsADirectoryError:
@@ -78,14 +93,21 @@ class EncodedItems(Dataset):
         return Encoded(str(path), image), target, seed
 
 
+Items = list[Encoded] | torch.Tensor
+
+
 def collate_encoded(
     batch: list[tuple[Encoded | BadSample, int, int]],
-) -> tuple[list[Encoded], torch.Tensor, list[int], list[tuple[str, str]]]:
-    """``(items, targets, seeds, bad)``; unreadable files go to ``bad`` as ``(path, reason)``."""
+) -> tuple[Items, torch.Tensor, list[int], list[tuple[str, str]]]:
+    """``(items, targets, seeds, bad)``: ``items`` one N×3×P×P ``uint8`` tensor when every sample is a patch
+    (one shared-memory block per batch, pinned by the loader), else the list of :class:`Encoded`; unreadable
+    files go to ``bad`` as ``(path, reason)``."""
     good = [b for b in batch if isinstance(b[0], Encoded)]
     bad = [(b[0].path, b[0].reason) for b in batch if isinstance(b[0], BadSample)]
-    items = [b[0] for b in good]
-    return items, torch.tensor([b[1] for b in good], dtype=torch.long), [b[2] for b in good], bad  # type: ignore[misc]
+    items: Items = [b[0] for b in good]  # type: ignore[misc]
+    if items and all(e.patched for e in items):  # type: ignore[union-attr]
+        items = torch.stack([e.data for e in items])  # type: ignore[union-attr]
+    return items, torch.tensor([b[1] for b in good], dtype=torch.long), [b[2] for b in good], bad
 
 
 @dataclass
@@ -116,6 +138,10 @@ class _Plan:
             return None
         return _Plan(resize, patch, crop, flip[0] if flip else None, ts[-1])
 
+    def head(self, image: torch.Tensor) -> torch.Tensor:
+        """The deterministic part: resize (shorter side 256) and the central patch, ``uint8`` 3×P×P."""
+        return self.patch(self.resize(image))
+
     def draw(self, seeds: Sequence[int], patch: torch.Tensor) -> tuple[list[list[int]], torch.Tensor | None]:
         """Per sample ``[top, left, mirrored]`` and lighting offsets, each drawn under the sample's seed in the
         order the composed transform draws them (crop position, then the mirror coin, then α)."""
@@ -135,31 +161,31 @@ class _Plan:
                     offsets.append(drawn)
         return params, torch.cat(offsets) if offsets else None
 
-    def __call__(self, images: Sequence[torch.Tensor], seeds: Sequence[int]) -> torch.Tensor:
-        patches = torch.stack([self.patch(self.resize(img)) for img in images])  # N×3×P×P uint8
+    def __call__(self, patches: torch.Tensor, seeds: Sequence[int]) -> torch.Tensor:
+        """N×3×P×P ``uint8`` patches on the device → the model's input batch."""
         if isinstance(self.crop, v2.CenterCrop):
             return self.to_input.apply(self.crop(patches), None)
         params, offsets = self.draw(seeds, patches[0])
         h, w = self.crop.size
         p = torch.tensor(params, dtype=torch.long).to(patches.device, non_blocking=True)
         rows = p[:, :1] + torch.arange(h, device=p.device)  # N×h
-        cols = torch.arange(w, device=p.device).expand(len(images), w)
+        cols = torch.arange(w, device=p.device).expand(len(patches), w)
         cols = p[:, 1:2] + torch.where(p[:, 2:3].bool(), w - 1 - cols, cols)  # N×w, reversed when mirrored
-        n = torch.arange(len(images), device=p.device)[:, None, None]
+        n = torch.arange(len(patches), device=p.device)[:, None, None]
         crops = patches[n, :, rows[:, :, None], cols[:, None, :]]  # one gather: N×h×w×3
         return self.to_input.apply(crops.permute(0, 3, 1, 2), offsets)  # N×3×h×w, channels-last in memory
 
 
 class BatchDecoder:
-    """Decodes a batch of :class:`Encoded` samples on ``device`` and applies ``transform`` under each sample's
-    seed; see the module docstring."""
+    """Finishes a collated batch on ``device``: decodes what is still encoded, then applies ``transform`` (its
+    random part under each sample's seed); see the module docstring."""
 
     def __init__(self, transform: Any, device: str | torch.device) -> None:
         self.device = torch.device(device)
         if self.device.type == "cuda" and not torch.cuda.is_available():
-            raise DataError("decoding on cuda was asked for, but no CUDA GPU is available")
+            raise DataError("augmenting on cuda was asked for, but no CUDA GPU is available")
         if self.device.type not in ("cpu", "cuda"):
-            raise DataError(f"JPEG decoding runs on cpu or cuda, not {self.device.type}")
+            raise DataError(f"the batched input pipeline runs on cpu or cuda, not {self.device.type}")
         self.transform = transform
         self.plan = _Plan.of(transform)
 
@@ -199,10 +225,12 @@ class BatchDecoder:
             return self.transform(image)
 
     def __call__(
-        self, batch: tuple[list[Encoded], torch.Tensor, list[int], list[tuple[str, str]]]
+        self, batch: tuple[Items, torch.Tensor, list[int], list[tuple[str, str]]]
     ) -> tuple[torch.Tensor, torch.Tensor, list[tuple[str, str]]]:
         """A collated batch (:func:`collate_encoded`) → ``(images on the device, targets, bad)``."""
         items, targets, seeds, bad = batch
+        if isinstance(items, torch.Tensor):  # patches from the workers: only the batched random part is left
+            return self.plan(items.to(self.device, non_blocking=True), seeds), targets, bad  # type: ignore[misc]
         images, failed = self.decode(items)
         keep = [i for i, img in enumerate(images) if img is not None]
         if not keep:
@@ -210,7 +238,11 @@ class BatchDecoder:
         good = [images[i] for i in keep]
         kept_seeds = [seeds[i] for i in keep]
         if self.plan is not None:
-            out = self.plan(good, kept_seeds)  # type: ignore[arg-type]
+            patches = [
+                img if e.patched else self.plan.head(img)
+                for img, e in zip(good, (items[i] for i in keep), strict=True)
+            ]  # type: ignore[union-attr]
+            out = self.plan(torch.stack(patches), kept_seeds)  # type: ignore[arg-type]
         else:
             out = torch.stack([self._one(img, s) for img, s in zip(good, kept_seeds, strict=True)])  # type: ignore[arg-type]
         return out, targets[keep], bad + failed

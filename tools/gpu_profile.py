@@ -1,0 +1,141 @@
+"""Where a bf16 channels-last training step spends its GPU time, and what LRN and the two-tower groups cost.
+
+Times a training step (batch 256, median of 20 after 5 warm-ups) of torchvision's AlexNet and the paper models,
+and of AlexNet variants: without LRN, without groups (dense convs, +FLOPs), and with each grouped conv run as
+two dense convs on the channel halves (the paper's two GPUs, AlexNet §3.2) or as one dense conv with a
+block-diagonal weight. Then the top CUDA kernels of one step per model (torch.profiler).
+
+    python tools/gpu_profile.py [--batch-size 256] [--no-profile]
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import statistics
+import time
+
+import torch
+from torch import nn
+
+from alexnet.factory import create_model
+from alexnet.models import build_model, get_config
+
+
+class SplitConv(nn.Module):
+    """A grouped conv as ``groups`` dense convs on channel slices, concatenated (AlexNet §3.2's two towers)."""
+
+    def __init__(self, conv: nn.Conv2d) -> None:
+        super().__init__()
+        self.conv, self.g = conv, conv.groups
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        c = self.conv
+        ws, bs, xs = c.weight.chunk(self.g), c.bias.chunk(self.g), x.chunk(self.g, dim=1)
+        outs = [
+            nn.functional.conv2d(xi, w, b, c.stride, c.padding) for xi, w, b in zip(xs, ws, bs, strict=True)
+        ]
+        return torch.cat(outs, dim=1)
+
+
+class BlockDiagConv(nn.Module):
+    """A grouped conv as one dense conv whose weight is block-diagonal (zeros between the towers)."""
+
+    def __init__(self, conv: nn.Conv2d) -> None:
+        super().__init__()
+        self.conv, self.g = conv, conv.groups
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        c, g = self.conv, self.g
+        o, i = c.weight.shape[:2]
+        blocks = c.weight.view(g, o // g, i, *c.weight.shape[2:])
+        dense = c.weight.new_zeros(g, o // g, g, i, *c.weight.shape[2:])
+        for t in range(g):
+            dense[t, :, t] = blocks[t]
+        return nn.functional.conv2d(x, dense.view(o, g * i, *c.weight.shape[2:]), c.bias, c.stride, c.padding)
+
+
+def swap_grouped(model: nn.Module, cls: type[nn.Module]) -> nn.Module:
+    for name, m in list(model.features.named_children()):
+        if isinstance(m, nn.Conv2d) and m.groups > 1:
+            setattr(model.features, name, cls(m))
+    return model
+
+
+def variants() -> dict[str, nn.Module]:
+    import torchvision
+
+    cfg = get_config("alexnet")
+    dense = dataclasses.replace(cfg, convs=tuple(dataclasses.replace(c, groups=1) for c in cfg.convs))
+    return {
+        "torchvision_alexnet": torchvision.models.alexnet(),
+        "alexnet": create_model("alexnet"),
+        "caffenet": create_model("caffenet"),
+        "zfnet": create_model("zfnet"),
+        "alexnet_no_lrn": build_model(dataclasses.replace(cfg, lrn=None)),
+        "alexnet_groups1_dense": build_model(dense),
+        "alexnet_split_towers": swap_grouped(create_model("alexnet"), SplitConv),
+        "alexnet_blockdiag": swap_grouped(create_model("alexnet"), BlockDiagConv),
+    }
+
+
+def step_fn(model: nn.Module, batch: int, size: int):
+    model = model.cuda().to(memory_format=torch.channels_last).train()
+    x = torch.randn(batch, 3, size, size, device="cuda").contiguous(memory_format=torch.channels_last)
+    y = torch.randint(0, 1000, (batch,), device="cuda")
+    opt = torch.optim.SGD(model.parameters(), lr=1e-4, momentum=0.9, weight_decay=5e-4, fused=True)
+
+    def step() -> None:
+        opt.zero_grad(set_to_none=True)
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            loss = nn.functional.cross_entropy(model(x), y)
+        loss.backward()
+        opt.step()
+
+    return step
+
+
+def time_ms(step, repeats: int = 20, warmup: int = 5) -> float:
+    for _ in range(warmup):
+        step()
+    torch.cuda.synchronize()
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        step()
+        torch.cuda.synchronize()
+        times.append(time.perf_counter() - t)
+    return 1e3 * statistics.median(times)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--no-profile", action="store_true")
+    args = p.parse_args()
+    torch.backends.cudnn.benchmark = True
+    steps = {}
+    print(f"{'variant':<24}{'ms/step':>9}{'img/s':>10}")
+    for name, model in variants().items():
+        size = getattr(model, "default_input_size", 224)
+        steps[name] = step_fn(model, args.batch_size, size)
+        ms = time_ms(steps[name])
+        print(f"{name:<24}{ms:>9.2f}{args.batch_size / ms * 1e3:>10.0f}", flush=True)
+    if args.no_profile:
+        return
+    from torch.profiler import ProfilerActivity, profile
+
+    for name in ("torchvision_alexnet", "alexnet", "zfnet"):
+        with profile(activities=[ProfilerActivity.CUDA]) as prof:
+            for _ in range(3):
+                steps[name]()
+            torch.cuda.synchronize()
+        events = sorted(prof.key_averages(), key=lambda e: e.self_device_time_total, reverse=True)
+        total = sum(e.self_device_time_total for e in events) / 3 / 1e3
+        print(f"\n--- {name}: {total:.2f} ms of kernels per step; top kernels (ms per step, calls per step)")
+        for e in events[:14]:
+            print(f"{e.self_device_time_total / 3 / 1e3:8.3f} {e.count // 3:3d}  {e.key[:100]}")
+
+
+if __name__ == "__main__":
+    main()
