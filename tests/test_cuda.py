@@ -73,6 +73,20 @@ def test_lrn_in_place_inference_on_cuda():
     torch.testing.assert_close(out.double(), expected, rtol=1e-5, atol=1e-5)
 
 
+def test_tower_conv_under_bf16_autocast_is_the_grouped_conv():
+    from alexnet.models.layers import GroupedConv2d
+
+    torch.manual_seed(0)
+    conv = GroupedConv2d(96, 256, 5, padding=2, groups=2).to(CUDA)
+    x = torch.randn(8, 96, 27, 27, device=CUDA).contiguous(memory_format=torch.channels_last)
+    with torch.autocast("cuda", dtype=torch.bfloat16):
+        fast = conv(x)  # the block-diagonal dense path
+    grouped = torch.nn.functional.conv2d(
+        x.bfloat16(), conv.weight.bfloat16(), conv.bias.bfloat16(), padding=2, groups=2
+    )
+    torch.testing.assert_close(fast.float(), grouped.float(), rtol=2e-2, atol=2e-2)
+
+
 @pytest.mark.parametrize("name", ["alexnet", "caffenet", "zfnet"])
 def test_models_on_cuda_compute_what_they_compute_on_cpu(name):
     torch.manual_seed(0)

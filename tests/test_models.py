@@ -239,3 +239,32 @@ def test_filter_renormalisation_caps_rms_at_one_tenth():
     assert changed == 10
     torch.testing.assert_close(rms[:10], torch.full((10,), 0.1))
     assert torch.equal(conv.weight[10:], before)
+
+
+def test_grouped_conv_as_block_diagonal_dense_conv_is_the_same_convolution():
+    """AlexNet §3.2's towers: the CUDA fast path (one dense conv, zeros between the groups) computes the grouped
+    conv exactly, and its weight gradient lands only on the towers' own weights."""
+    from alexnet.models.layers import GroupedConv2d, block_diagonal
+
+    torch.manual_seed(0)
+    conv = GroupedConv2d(96, 256, 5, padding=2, groups=2)
+    x = torch.randn(2, 96, 9, 9, dtype=torch.float64)
+    conv = conv.double()
+    dense = torch.nn.functional.conv2d(x, block_diagonal(conv.weight, 2), conv.bias, padding=2)
+    torch.testing.assert_close(dense, conv(x))
+    w = conv.weight.detach().clone().requires_grad_()
+    g = torch.randn_like(dense)
+    torch.nn.functional.conv2d(x, block_diagonal(w, 2), conv.bias, padding=2).backward(g)
+    conv.weight.grad = None
+    conv(x).backward(g)
+    torch.testing.assert_close(w.grad, conv.weight.grad)
+    assert block_diagonal(conv.weight, 2)[:128, 48:].abs().sum() == 0  # tower 1 sees none of tower 2's maps
+
+
+def test_paper_models_use_the_tower_conv_with_unchanged_state_dict_keys():
+    from alexnet.factory import create_model
+    from alexnet.models.layers import GroupedConv2d
+
+    model = create_model("alexnet")
+    assert [n for n, m in model.named_layers() if isinstance(m, GroupedConv2d)] == ["conv2", "conv4", "conv5"]
+    assert "features.4.weight" in model.state_dict()

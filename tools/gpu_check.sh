@@ -2,7 +2,8 @@
 # The CUDA checks and GPU benchmarks of docs/performance.md, as one script for a lent GPU machine (its own
 # python3 with PyTorch, Triton and torchvision; this checkout on PYTHONPATH). Writes logs and JSON to $OUT
 # (default ./gpu-out) and prints the tables last.
-#   Usage: bash tools/gpu_check.sh [SECTION ...]   sections: tests bench data train profile compile (default: all)
+#   Usage: bash tools/gpu_check.sh [SECTION ...]
+#   sections: tests (or quicktests: LRN, towers, models) bench data train profile compile (default: all but quicktests)
 set -u
 OUT=${OUT:-gpu-out}; mkdir -p "$OUT"
 export PYTHONPATH=$PWD/src PYTHONUNBUFFERED=1 ALEXNET_CACHE=/tmp/alexnet-cache ALEXNET_DATA=/tmp/alexnet-data TQDM_DISABLE=1
@@ -21,6 +22,12 @@ if want tests; then
     tests/test_data_on_device.py 2>&1 | tee "$OUT/tests.log" | tail -4
 fi
 
+if want quicktests; then
+  step "CUDA tests: LRN, tower convs, models"
+  timeout 120 $PY -m pytest -q -x -p no:cacheprovider tests/test_cuda.py tests/test_lrn_triton.py \
+    -k "not end_to_end and not compiled and not nvjpeg and not augmented" 2>&1 | tee "$OUT/tests.log" | tail -3
+fi
+
 B="$PY -m alexnet.cli bench alexnet caffenet zfnet --device cuda --batch-size 256 --channels-last --repeats 20 --warmup 5"
 if want bench; then
   step "bench bf16 channels-last, Triton LRN (+ GPU memory at batch 128)"
@@ -33,7 +40,7 @@ fi
 
 if want profile; then
   step "profile: a bf16 training step of each variant, top kernels"
-  timeout 150 $PY tools/gpu_profile.py 2>&1 | tee "$OUT/profile.txt"
+  timeout 150 $PY tools/gpu_profile.py --profile ${PROFILE:-torchvision_alexnet alexnet zfnet} 2>&1 | tee "$OUT/profile.txt"
 fi
 
 if want data || want train; then

@@ -1,11 +1,12 @@
 """Where a bf16 channels-last training step spends its GPU time, and what LRN and the two-tower groups cost.
 
 Times a training step (batch 256, median of 20 after 5 warm-ups) of torchvision's AlexNet and the paper models,
-and of AlexNet variants: without LRN, without groups (dense convs, +FLOPs), and with each grouped conv run as
-two dense convs on the channel halves (the paper's two GPUs, AlexNet §3.2) or as one dense conv with a
-block-diagonal weight. Then the top CUDA kernels of one step per model (torch.profiler).
+and of AlexNet variants: without LRN, without groups (dense convs, +FLOPs), with the grouped convs left to
+cuDNN's grouped kernels (the models run them as block-diagonal dense convs on CUDA in bf16), and with each
+grouped conv as two dense convs on the channel halves (the paper's two GPUs, AlexNet §3.2). Then the top CUDA
+kernels of one step per model (torch.profiler).
 
-    python tools/gpu_profile.py [--batch-size 256] [--no-profile]
+    python tools/gpu_profile.py [--batch-size 256] [--profile MODEL ...]
 """
 
 from __future__ import annotations
@@ -38,27 +39,18 @@ class SplitConv(nn.Module):
         return torch.cat(outs, dim=1)
 
 
-class BlockDiagConv(nn.Module):
-    """A grouped conv as one dense conv whose weight is block-diagonal (zeros between the towers)."""
-
-    def __init__(self, conv: nn.Conv2d) -> None:
-        super().__init__()
-        self.conv, self.g = conv, conv.groups
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        c, g = self.conv, self.g
-        o, i = c.weight.shape[:2]
-        blocks = c.weight.view(g, o // g, i, *c.weight.shape[2:])
-        dense = c.weight.new_zeros(g, o // g, g, i, *c.weight.shape[2:])
-        for t in range(g):
-            dense[t, :, t] = blocks[t]
-        return nn.functional.conv2d(x, dense.view(o, g * i, *c.weight.shape[2:]), c.bias, c.stride, c.padding)
-
-
 def swap_grouped(model: nn.Module, cls: type[nn.Module]) -> nn.Module:
     for name, m in list(model.features.named_children()):
         if isinstance(m, nn.Conv2d) and m.groups > 1:
             setattr(model.features, name, cls(m))
+    return model
+
+
+def cudnn_groups(model: nn.Module) -> nn.Module:
+    """The tower convs as plain ``nn.Conv2d`` (cuDNN's grouped kernels)."""
+    for m in model.modules():
+        if isinstance(m, nn.Conv2d) and m.groups > 1:
+            m.__class__ = nn.Conv2d
     return model
 
 
@@ -74,8 +66,8 @@ def variants() -> dict[str, nn.Module]:
         "zfnet": create_model("zfnet"),
         "alexnet_no_lrn": build_model(dataclasses.replace(cfg, lrn=None)),
         "alexnet_groups1_dense": build_model(dense),
+        "alexnet_cudnn_groups": cudnn_groups(create_model("alexnet")),
         "alexnet_split_towers": swap_grouped(create_model("alexnet"), SplitConv),
-        "alexnet_blockdiag": swap_grouped(create_model("alexnet"), BlockDiagConv),
     }
 
 
@@ -111,7 +103,9 @@ def time_ms(step, repeats: int = 20, warmup: int = 5) -> float:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--batch-size", type=int, default=256)
-    p.add_argument("--no-profile", action="store_true")
+    p.add_argument(
+        "--profile", nargs="*", default=["torchvision_alexnet", "alexnet", "zfnet"], metavar="MODEL"
+    )
     args = p.parse_args()
     torch.backends.cudnn.benchmark = True
     steps = {}
@@ -121,11 +115,9 @@ def main() -> None:
         steps[name] = step_fn(model, args.batch_size, size)
         ms = time_ms(steps[name])
         print(f"{name:<24}{ms:>9.2f}{args.batch_size / ms * 1e3:>10.0f}", flush=True)
-    if args.no_profile:
-        return
     from torch.profiler import ProfilerActivity, profile
 
-    for name in ("torchvision_alexnet", "alexnet", "zfnet"):
+    for name in args.profile:
         with profile(activities=[ProfilerActivity.CUDA]) as prof:
             for _ in range(3):
                 steps[name]()

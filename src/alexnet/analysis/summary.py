@@ -154,7 +154,7 @@ def summarize(model: AlexNetFamily, input_size: int | None = None) -> ModelSumma
         summary.layers.append(
             LayerRow(
                 name=name,
-                type=type(module).__name__,
+                type="Conv2d" if isinstance(module, nn.Conv2d) else type(module).__name__,  # grouped too
                 output_shape=list(out.shape[1:]),
                 params=sum(p.numel() for p in module.parameters()),
                 macs=macs,

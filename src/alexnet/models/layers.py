@@ -326,6 +326,36 @@ class LocalResponseNorm(nn.Module):
         return f"size={self.size}, alpha={self.alpha}, beta={self.beta}, k={self.k}, convention={conv}{extra}"
 
 
+def block_diagonal(weight: torch.Tensor, groups: int) -> torch.Tensor:
+    """A grouped conv's weight (O×I/g×k×k) as the dense weight (O×I×k×k) with zeros between the groups."""
+    out, per_group = weight.shape[:2]
+    dense = weight.new_zeros(groups, out // groups, groups, per_group, *weight.shape[2:])
+    towers = torch.arange(groups, device=weight.device)
+    dense[towers, :, towers] = weight.view(groups, out // groups, per_group, *weight.shape[2:])
+    return dense.view(out, groups * per_group, *weight.shape[2:])
+
+
+class GroupedConv2d(nn.Conv2d):
+    """AlexNet §3.2's two-tower convolution: "the kernels of layers 2, 4, and 5 are connected only to those
+    kernel maps in the previous layer which reside on the same GPU" — an ``nn.Conv2d`` with ``groups``, with the
+    same parameters and state dict.
+
+    On CUDA in bf16/fp16 (autocast) it runs as one dense convolution whose weight is block-diagonal (zeros
+    between the towers): cuDNN's grouped kernels slice the channels first and ran slower than the dense kernel
+    that does twice the multiply-adds (H200, docs/performance.md). The result is the same convolution.
+    Elsewhere (oneDNN on CPU runs grouped convolutions at its dense rate) it is the plain grouped conv.
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.groups > 1 and x.is_cuda and _half_precision(x):
+            return self._conv_forward(x, block_diagonal(self.weight, self.groups), self.bias)
+        return super().forward(x)
+
+
+def _half_precision(x: torch.Tensor) -> bool:
+    return x.dtype in (torch.bfloat16, torch.float16) or torch.is_autocast_enabled("cuda")
+
+
 @torch.no_grad()
 def renormalize_filters_(model: nn.Module, max_rms: float = 0.1) -> int:
     """Zeiler & Fergus §3: rescale every conv filter whose RMS exceeds ``max_rms`` to RMS ``max_rms``.

@@ -6,8 +6,10 @@ AlexNet §3.3: ``b_i = a_i d_i^{-β}`` with ``d_i = k + α Σ_{j∈win(i)} a_j²
 A program takes one image and a block of spatial positions with *all* its channels (a ``C×P`` tile, ``C``
 rounded up to a power of two), so the window sums need no data from other programs: the neighbours' values are
 loads shifted along the channel axis, which hit the cache after the first. The forward reads ``a`` and writes
-``b``; the backward reads ``g``, ``a`` and ``b`` and writes the gradient, recomputing each neighbour's ``d_j``
-from the ``a`` it has loaded. Composed PyTorch ops make a dozen passes over memory for the same backward.
+``b``. The backward takes two passes: the first writes ``t_j = g_j b_j / d_j`` (fp32), the second sums ``t``
+over the transposed window and writes the gradient, recomputing ``d_i`` from ``a``. (One pass that recomputed
+every neighbour's ``d_j`` made 37 loads per element and ran ten times slower than the forward on an H200;
+docs/performance.md.) Composed PyTorch ops make a dozen passes over memory for the same backward.
 NCHW and channels-last tensors run without a copy (the tile's strides come from the tensor); bf16 and fp16 are
 computed in fp32 and rounded once. With ``TRITON_INTERPRET=1`` the kernels run on CPU tensors: that is how the
 tests check them on machines without a GPU.
@@ -56,10 +58,66 @@ def _lrn_forward(
 
 
 @triton.jit
-def _lrn_backward(
+def _window_denominator(
+    x_ptr,
+    base,
+    c,
+    C,
+    in_p,
+    stride_c,
+    alpha,
+    k,
+    BEFORE: tl.constexpr,
+    AFTER: tl.constexpr,
+    BLOCK_C: tl.constexpr,
+    BLOCK_P: tl.constexpr,
+):
+    """``d = k + α Σ_{j∈win(c)} a_j²`` for a C×P tile (neighbours as shifted loads)."""
+    s = tl.zeros((BLOCK_C, BLOCK_P), dtype=tl.float32)
+    for i in tl.static_range(BEFORE + AFTER + 1):
+        cc = c + (i - BEFORE)
+        v = tl.load(x_ptr + base + cc * stride_c, mask=(cc >= 0) & (cc < C) & in_p, other=0.0).to(tl.float32)
+        s += v * v
+    return k + alpha * s
+
+
+@triton.jit
+def _lrn_backward_scaled(
     g_ptr,
     x_ptr,
     y_ptr,
+    t_ptr,
+    C,
+    P,
+    stride_n,
+    stride_c,
+    stride_p,
+    alpha,
+    beta,
+    k,
+    BEFORE: tl.constexpr,
+    AFTER: tl.constexpr,
+    BLOCK_C: tl.constexpr,
+    BLOCK_P: tl.constexpr,
+):
+    """First pass of the backward: ``t_j = g_j b_j / d_j`` (fp32, the layout of ``x``)."""
+    n = tl.program_id(1)
+    c = tl.arange(0, BLOCK_C)[:, None]
+    p = tl.program_id(0) * BLOCK_P + tl.arange(0, BLOCK_P)[None, :]
+    in_p = p < P
+    base = n * stride_n + p * stride_p
+    d = _window_denominator(x_ptr, base, c, C, in_p, stride_c, alpha, k, BEFORE, AFTER, BLOCK_C, BLOCK_P)
+    mask = (c < C) & in_p
+    g = tl.load(g_ptr + base + c * stride_c, mask=mask, other=0.0).to(tl.float32)
+    y = tl.load(y_ptr + base + c * stride_c, mask=mask, other=0.0).to(tl.float32)
+    tl.store(t_ptr + base + c * stride_c, g * y / d, mask=mask)
+
+
+@triton.jit
+def _lrn_backward(
+    g_ptr,
+    x_ptr,
+    t_ptr,
     dx_ptr,
     C,
     P,
@@ -74,33 +132,21 @@ def _lrn_backward(
     BLOCK_C: tl.constexpr,
     BLOCK_P: tl.constexpr,
 ):
+    """Second pass: ``g_i d_i^{-β} − 2αβ a_i Σ_{j: i∈win(j)} t_j``, j over i − AFTER .. i + BEFORE."""
     n = tl.program_id(1)
     c = tl.arange(0, BLOCK_C)[:, None]
     p = tl.program_id(0) * BLOCK_P + tl.arange(0, BLOCK_P)[None, :]
     in_p = p < P
     base = n * stride_n + p * stride_p
-    # Σ_{j: i∈win(j)} g_j b_j / d_j: j runs over i − AFTER .. i + BEFORE (the transposed window)
+    d = _window_denominator(x_ptr, base, c, C, in_p, stride_c, alpha, k, BEFORE, AFTER, BLOCK_C, BLOCK_P)
     back = tl.zeros((BLOCK_C, BLOCK_P), dtype=tl.float32)
-    d_self = tl.zeros((BLOCK_C, BLOCK_P), dtype=tl.float32)
-    for jj in tl.static_range(BEFORE + AFTER + 1):
-        j = c + (jj - AFTER)
-        in_j = (j >= 0) & (j < C) & in_p
-        s = tl.zeros((BLOCK_C, BLOCK_P), dtype=tl.float32)
-        for mm in tl.static_range(BEFORE + AFTER + 1):
-            m = j + (mm - BEFORE)
-            v = tl.load(x_ptr + base + m * stride_c, mask=(m >= 0) & (m < C) & in_p, other=0.0)
-            v = v.to(tl.float32)
-            s += v * v
-        d = k + alpha * s
-        if jj == AFTER:  # j == i: this channel's own denominator
-            d_self = d
-        g = tl.load(g_ptr + base + j * stride_c, mask=in_j, other=0.0).to(tl.float32)
-        y = tl.load(y_ptr + base + j * stride_c, mask=in_j, other=0.0).to(tl.float32)
-        back += tl.where(in_j, g * y / d, 0.0)
+    for i in tl.static_range(BEFORE + AFTER + 1):
+        j = c + (i - AFTER)
+        back += tl.load(t_ptr + base + j * stride_c, mask=(j >= 0) & (j < C) & in_p, other=0.0)
     mask = (c < C) & in_p
     g = tl.load(g_ptr + base + c * stride_c, mask=mask, other=0.0).to(tl.float32)
     x = tl.load(x_ptr + base + c * stride_c, mask=mask, other=0.0).to(tl.float32)
-    dx = g * tl.exp2(-beta * tl.log2(d_self)) - 2.0 * alpha * beta * x * back
+    dx = g * tl.exp2(-beta * tl.log2(d)) - 2.0 * alpha * beta * x * back
     tl.store(dx_ptr + base + c * stride_c, dx.to(dx_ptr.dtype.element_ty), mask=mask)
 
 
@@ -129,7 +175,7 @@ def _strides(t: torch.Tensor) -> tuple[int, int, int] | None:
 def _launch(
     kernel: triton.JITFunction, tensors: list[torch.Tensor], size: int, alpha: float, beta: float, k: float
 ) -> None:
-    x = tensors[1] if len(tensors) == 4 else tensors[0]
+    x = tensors[1] if len(tensors) == 4 else tensors[0]  # (g, x, …) in the backward passes
     n, c = x.shape[0], x.shape[1]
     positions = x.numel() // (n * c)
     stride_n, stride_c, stride_p = _strides(x)  # type: ignore[misc]
@@ -175,6 +221,8 @@ def backward(
 ) -> torch.Tensor:
     """``alexnet::lrn_backward``; ``x`` and ``y`` must pass :func:`supports` together (``grad`` is conformed)."""
     grad = conform(grad, x)
+    scaled = torch.empty_like(x, dtype=torch.float32)  # t = g·b/d, kept in fp32 for the window sum
+    _launch(_lrn_backward_scaled, [grad, x, y, scaled], size, alpha, beta, k)
     dx = torch.empty_like(x)
-    _launch(_lrn_backward, [grad, x, y, dx], size, alpha, beta, k)
+    _launch(_lrn_backward, [grad, x, scaled, dx], size, alpha, beta, k)
     return dx

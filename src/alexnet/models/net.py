@@ -15,7 +15,7 @@ from torch import nn
 
 from alexnet.errors import LayerNotFound
 from alexnet.models.configs import ArchConfig
-from alexnet.models.layers import LocalResponseNorm
+from alexnet.models.layers import GroupedConv2d, LocalResponseNorm
 
 
 class AlexNetFamily(nn.Module):
@@ -31,9 +31,8 @@ class AlexNetFamily(nn.Module):
         features: list[tuple[str, nn.Module]] = []
         in_ch = config.in_channels
         for i, c in enumerate(config.convs, start=1):
-            features.append(
-                (f"conv{i}", nn.Conv2d(in_ch, c.out, c.kernel, c.stride, c.padding, groups=c.groups))
-            )
+            conv = GroupedConv2d if c.groups > 1 else nn.Conv2d  # AlexNet §3.2's towers
+            features.append((f"conv{i}", conv(in_ch, c.out, c.kernel, c.stride, c.padding, groups=c.groups)))
             # In place (as torchvision's AlexNet): one activation-sized tensor less per ReLU in training
             # (docs/performance.md). A forward hook on a conv layer sees its output *before* the ReLU
             # overwrites it: clone it there, or hook the ReLU.
