@@ -348,7 +348,8 @@ class GroupedConv2d(nn.Conv2d):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.groups > 1 and x.is_cuda and _half_precision(x):
-            return self._conv_forward(x, block_diagonal(self.weight, self.groups), self.bias)
+            weight = block_diagonal(self.weight, self.groups)
+            return nn.functional.conv2d(x, weight, self.bias, self.stride, self.padding, self.dilation)
         return super().forward(x)
 
 
