@@ -636,8 +636,9 @@ def format_report(report: Report) -> str:
         for r in report.rows:
             vs = f"{r.vs_torchvision:.2f}" if r.vs_torchvision is not None else "-"
             lines.append(
-                f"{r.model:<22}{r.mode:<7}{r.batch_size:>6}{r.images_per_s:>9.1f}{r.step_ms:>10.0f}"
-                f"{r.gflop_per_image:>11.2f}{r.gflops:>9.1f}{r.pct_of_matmul:>7.1f}{vs:>7}"
+                f"{r.model:<22}{r.mode:<7}{r.batch_size:>6}{r.images_per_s:>9.1f}"
+                + (f"{r.step_ms:>10.2f}" if r.step_ms < 100 else f"{r.step_ms:>10.0f}")  # GPU steps take ms
+                + f"{r.gflop_per_image:>11.2f}{r.gflops:>9.1f}{r.pct_of_matmul:>7.1f}{vs:>7}"
                 + (f"  (compile {r.compile_s:.1f} s)" if r.compile_s is not None else "")
             )
         lines.append("train counts 3× forward FLOPs; '% mm' is of the matmul rate measured before each row")
