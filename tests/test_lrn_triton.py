@@ -81,4 +81,5 @@ def test_triton_declines_what_it_does_not_take(kernels):
     assert not kernels.supports(torch.randn(2, 3, 4, 5)[:, :, :, ::2])  # not dense
     assert not kernels.supports(torch.randn(2, 3, 4, 5).double())  # fp64: composed ops
     assert not kernels.supports(torch.randn(1, 2048, 2, 2))  # wider than one tile
+    assert not kernels.supports(torch.empty(70_000, 2, 1, 1))  # more images than the grid's second dimension
     assert not kernels.supports(torch.randn(2, 3, 4, 5), torch.randn(2, 3, 4, 5).half())

@@ -38,7 +38,7 @@ from torch import nn
 from alexnet import malloc
 from alexnet.errors import AlexnetError
 from alexnet.models import native
-from alexnet.models.layers import _triton
+from alexnet.models.layers import triton_kernels
 from alexnet.train.optim import fused_supported
 
 REFERENCE = "torchvision_alexnet"
@@ -139,7 +139,7 @@ def machine_info(device: torch.device) -> dict[str, Any]:
     info["lrn"] = "PyTorch ops"
     if device.type == "cpu" and native.kernel() is not None:
         info["lrn"] = "fused C++ kernel"
-    elif device.type == "cuda" and _triton() is not None:
+    elif device.type == "cuda" and triton_kernels() is not None:
         info["lrn"] = "Triton kernels"
     info["malloc"] = malloc.state
     with contextlib.suppress(OSError):

@@ -21,9 +21,9 @@ padded copies, five or more activation-sized tensors per LRN layer.
 Three implementations of the operator compute the same numbers (tests/test_lrn_fast.py runs every check on the
 CPU two, tests/test_lrn_triton.py checks the Triton one): on CPU the fused kernel of ``lrn_cpu.cpp`` (one pass
 over memory each way, built by :mod:`alexnet.models.native`); on CUDA the Triton kernels of
-:mod:`alexnet.models.lrn_triton` (likewise; ``ALEXNET_TRITON=0`` turns them off); elsewhere, or without a C++
-compiler or Triton, :func:`lrn_composed` and :func:`lrn_backward_composed`, PyTorch ops whose window sum is a
-banded GEMM or shifted slice adds.
+:mod:`alexnet.models.lrn_triton` (one pass forward, two backward; ``ALEXNET_TRITON=0`` turns them off);
+elsewhere, or without a C++ compiler or Triton, :func:`lrn_composed` and :func:`lrn_backward_composed`, PyTorch
+ops whose window sum is a banded GEMM or shifted slice adds.
 """
 
 from __future__ import annotations
@@ -151,7 +151,7 @@ def _fused_for(*tensors: torch.Tensor) -> native.Kernel | None:
 
 
 @functools.cache
-def _triton() -> ModuleType | None:
+def triton_kernels() -> ModuleType | None:
     """:mod:`alexnet.models.lrn_triton`, imported on the first CUDA call; ``None`` without Triton or when
     ``ALEXNET_TRITON=0``."""
     if os.environ.get("ALEXNET_TRITON", "1") == "0":
@@ -165,7 +165,7 @@ def _triton() -> ModuleType | None:
 
 def triton_for(*tensors: torch.Tensor) -> ModuleType | None:
     """The Triton kernels when they are available and take these CUDA tensors."""
-    kernels = _triton()
+    kernels = triton_kernels()
     return kernels if kernels is not None and kernels.supports(*tensors) else None
 
 

@@ -1,4 +1,4 @@
-"""The LRN operator on CUDA as two Triton kernels: one pass over memory forward, one backward.
+"""The LRN operator on CUDA as Triton kernels: one pass over memory forward, two backward.
 
 AlexNet §3.3: ``b_i = a_i d_i^{-β}`` with ``d_i = k + α Σ_{j∈win(i)} a_j²``; the gradient (derivation in
 :mod:`alexnet.models.layers`) is ``∂L/∂a_i = g_i d_i^{-β} − 2αβ a_i Σ_{j: i∈win(j)} g_j b_j / d_j``.
@@ -22,6 +22,8 @@ import triton
 import triton.language as tl
 
 MAX_CHANNELS = 1024  # one C×P tile per program; wider inputs use the composed ops
+MAX_IMAGES = 65535  # the grid's second dimension (CUDA's limit for it)
+MAX_ELEMENTS = 2**31 - 1  # offsets are 32-bit in the kernels
 
 
 @triton.jit
@@ -151,10 +153,12 @@ def _lrn_backward(
 
 
 def supports(*tensors: torch.Tensor) -> bool:
-    """Floating tensors of one dtype and shape N×C×…, C ≤ :data:`MAX_CHANNELS`, dense in NCHW or
-    channels-last (the others go to the composed ops)."""
+    """Floating tensors of one dtype and shape N×C×…, C ≤ :data:`MAX_CHANNELS`, N ≤ :data:`MAX_IMAGES`, under
+    2³¹ elements, dense in NCHW or channels-last (the others go to the composed ops)."""
     x = tensors[0]
-    if x.dim() < 2 or x.numel() == 0 or x.shape[1] > MAX_CHANNELS or not x.is_floating_point():
+    if x.dim() < 2 or not 0 < x.numel() <= MAX_ELEMENTS or not x.is_floating_point():
+        return False
+    if x.shape[1] > MAX_CHANNELS or x.shape[0] > MAX_IMAGES:
         return False
     if x.dtype not in (torch.float32, torch.bfloat16, torch.float16) or _strides(x) is None:
         return False
