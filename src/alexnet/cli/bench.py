@@ -20,11 +20,13 @@ def register(sub: Any) -> None:
         "Times training steps and/or inference of each MODEL (default: alexnet caffenet zfnet) on random inputs, "
         "with torchvision's alexnet always included as the reference row: warm-up, then the median of the "
         "repeats. A training step counts 3x the forward FLOPs of `alexnet summary`. '% mm' is of an fp32 "
-        "torch.mm rate measured in the same process before each row. Also: peak resident memory of a training "
-        "step at batch 128 per model (fresh process each), and with --data ROOT the training input pipeline "
-        "against torchvision's stock ImageFolder + PIL pipeline. For A/B runs: ALEXNET_NATIVE=0 runs the LRN "
-        "as PyTorch ops instead of the fused C++ kernel; ALEXNET_MALLOC=system keeps glibc's default "
-        "allocator (docs/performance.md).",
+        "torch.mm rate measured in the same process before each row (2048x2048 on CPU; 8192x8192 on CUDA, on "
+        "TF32 tensor cores when cuDNN uses them for the convolutions). Also: peak memory of a training step at "
+        "batch 128 per model (CPU: resident set, fresh process each; CUDA: the allocator's peak), and with "
+        "--data ROOT the training input pipeline against torchvision's stock ImageFolder + PIL pipeline (on "
+        "CUDA also --gpu-augment's and --gpu-decode's). For A/B runs: ALEXNET_NATIVE=0 runs the CPU LRN as "
+        "PyTorch ops instead of the fused C++ kernel, ALEXNET_TRITON=0 the CUDA LRN instead of the Triton "
+        "kernels; ALEXNET_MALLOC=system keeps glibc's default allocator (docs/performance.md).",
     )
     p.add_argument("models", nargs="*", metavar="MODEL", help="registered model names")
     p.add_argument("--mode", choices=("train", "infer", "both"), default="both")

@@ -1,0 +1,48 @@
+"""tools/: the photo-JPEG folder for pipeline benchmarks, and tools/gpu_profile.py's model variants (each must
+compute the network it claims to, so that its timings compare like with like)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import torch
+from PIL import Image
+
+TOOLS = Path(__file__).resolve().parents[1] / "tools"
+
+
+def test_make_jpegs_writes_an_imagenet_like_folder(tmp_path):
+    root = tmp_path / "jpegs"
+    proc = subprocess.run(
+        [sys.executable, str(TOOLS / "make_jpegs.py"), str(root), "--images", "12", "--classes", "3"],
+        capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    train = sorted((root / "train").rglob("*.jpg"))
+    assert len(train) == 12 and {p.parent.name for p in train} == {"class000", "class001", "class002"}
+    assert len(list((root / "val").rglob("*.jpg"))) == 3
+    for path in train:
+        with Image.open(path) as im:
+            assert im.format == "JPEG" and 400 <= im.width <= 500 and 300 <= im.height <= 500
+
+
+def test_profile_variants_compute_the_same_network(monkeypatch):
+    monkeypatch.syspath_prepend(str(TOOLS))
+    import gpu_profile
+
+    from alexnet.factory import create_model
+
+    torch.manual_seed(0)
+    reference = create_model("alexnet").eval()
+    x = torch.randn(2, 3, 227, 227)
+    with torch.no_grad():
+        expected = reference(x)
+        for variant in (
+            gpu_profile.cudnn_groups,
+            lambda m: gpu_profile.swap_grouped(m, gpu_profile.SplitConv),
+        ):
+            model = create_model("alexnet").eval()
+            model.load_state_dict(reference.state_dict())
+            torch.testing.assert_close(variant(model)(x), expected, rtol=1e-4, atol=1e-5)
