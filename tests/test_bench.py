@@ -133,6 +133,8 @@ def test_input_pipeline_rows_for_ours_and_torchvisions_stock(tmp_path):
         assert r.images == 3 and r.workers == 0 and r.images_per_s > 0  # timed after the first batch
         assert r.images_per_s_per_core == r.images_per_s
     assert torch.get_num_threads() >= 1  # restored after the single-thread measurement
+    with pytest.raises(BenchError, match="timed after its first batch"):
+        bench_data(root, images=3, batch_size=3)  # one batch: nothing left to time
 
 
 @pytest.mark.parametrize(

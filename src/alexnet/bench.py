@@ -483,8 +483,8 @@ def bench_data(
     too (``--gpu-decode``).
 
     Timing starts when the first batch arrives (worker start-up excluded). All run with one intra-op thread,
-    so images/s per core is images/s over ``max(1, workers)`` processes (for
-    the GPU row, the workers only read files and the main process drives the GPU).
+    so images/s per core is images/s over ``max(1, workers)`` processes (for the GPU rows the main process also
+    drives the GPU).
     """
     import torchvision
     from torchvision import transforms as T
@@ -532,7 +532,8 @@ def bench_data(
             seen, seconds = _count(loader, limit, dev)
             if seen == 0:
                 raise BenchError(
-                    f"{root}/train has too few images to time the pipeline: use more than one batch"
+                    f"the input pipeline is timed after its first batch of {batch_size}: it needs more images "
+                    f"than that (--data-images, and as many in {root}/train)"
                 )
             rate = seen / seconds
             rows.append(DataRow(name, seen, workers, rate, rate / max(1, workers)))
