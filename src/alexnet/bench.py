@@ -225,6 +225,21 @@ def build(name: str) -> tuple[nn.Module, int, float]:
     return model, size, flops / 1e9
 
 
+def _setup(
+    name: str, batch_size: int, device: torch.device, channels_last: bool = False
+) -> tuple[nn.Module, torch.Tensor, torch.Tensor, float]:
+    """``(model on device, random inputs, random labels, forward GFLOP per image)``, seeded alike for every row."""
+    torch.manual_seed(0)
+    model, size, gflop = build(name)
+    model.to(device)
+    x = torch.randn(batch_size, 3, size, size, device=device)
+    if channels_last:
+        model.to(memory_format=torch.channels_last)
+        x = x.contiguous(memory_format=torch.channels_last)
+    y = torch.randint(0, 1000, (batch_size,), device=device)
+    return model, x, y, gflop
+
+
 def _step_fn(
     model: nn.Module, mode: str, x: torch.Tensor, y: torch.Tensor, amp: bool = False
 ) -> Callable[[], object]:
@@ -273,14 +288,7 @@ def bench_model(
 ) -> Row:
     """Time one model in one mode (``train`` or ``infer``) on random inputs; ``amp``: bf16 autocast, and
     the matmul reference in bf16 too."""
-    torch.manual_seed(0)
-    model, size, gflop = build(name)
-    model.to(device)
-    x = torch.randn(batch_size, 3, size, size, device=device)
-    if channels_last:
-        model.to(memory_format=torch.channels_last)
-        x = x.contiguous(memory_format=torch.channels_last)
-    y = torch.randint(0, 1000, (batch_size,), device=device)
+    model, x, y, gflop = _setup(name, batch_size, device, channels_last)
     compile_s = None
     if compile:
         model = torch.compile(model)  # type: ignore[assignment]
@@ -299,7 +307,7 @@ def bench_model(
         model=name,
         mode=mode,
         batch_size=batch_size,
-        input_size=size,
+        input_size=x.shape[-1],
         images_per_s=batch_size / step_s,
         step_ms=step_s * 1e3,
         gflop_per_image=flop,
@@ -341,10 +349,7 @@ def _memory_child(
     if tune_malloc:
         malloc.tune()  # as the parent process (the `alexnet` command) runs
     torch.set_num_threads(threads)
-    torch.manual_seed(0)
-    model, size, _ = build(name)
-    x = torch.randn(batch_size, 3, size, size)
-    y = torch.randint(0, 1000, (batch_size,))
+    model, x, y, _ = _setup(name, batch_size, torch.device("cpu"))
     step = _step_fn(model, "train", x, y)
     with contextlib.suppress(OSError):  # reset VmHWM so that the peak is this step's, not the imports'
         Path("/proc/self/clear_refs").write_text("5")
@@ -414,14 +419,7 @@ def bench_memory_cuda(
     """Peak GPU memory of a training step (``torch.cuda.max_memory_allocated``, the caching allocator's own
     count) above what the model, optimizer state and inputs hold before it; the allocated memory after each
     step for the growth check."""
-    torch.manual_seed(0)
-    model, size, _ = build(name)
-    model.to(device)
-    x = torch.randn(batch_size, 3, size, size, device=device)
-    if channels_last:
-        model.to(memory_format=torch.channels_last)
-        x = x.contiguous(memory_format=torch.channels_last)
-    y = torch.randint(0, 1000, (batch_size,), device=device)
+    model, x, y, _ = _setup(name, batch_size, device, channels_last)
     step = _step_fn(model, "train", x, y, amp)
     step()  # the optimizer's momentum buffers exist from the first step on: count them in the baseline
     torch.cuda.synchronize(device)

@@ -127,12 +127,18 @@ class ImageFolder(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self.samples)
 
-    def __getitem__(self, index: int) -> tuple[Any, int] | BadSample:
+    def load(self, index: int) -> tuple[torch.Tensor | BadSample, int]:
+        """The decoded ``uint8`` image (no transform), or a :class:`BadSample`, and its class index."""
         path, target = self.samples[index]
         try:
-            image = read_image(path, min_side=self.min_side)
+            return read_image(path, min_side=self.min_side), target
         except ImageError as e:
-            return BadSample(str(path), _reason(e, path))
+            return BadSample(str(path), _reason(e, path)), target
+
+    def __getitem__(self, index: int) -> tuple[Any, int] | BadSample:
+        image, target = self.load(index)
+        if isinstance(image, BadSample):
+            return image
         if self.transform is not None:
             image = self.transform(image)
         return image, target

@@ -121,11 +121,15 @@ def read_image(path: str | Path, *, min_side: int | None = None) -> torch.Tensor
 
     ``min_side``: allow reduced-size JPEG decoding that keeps the shorter side ≥ ``min_side`` (see
     :func:`decode_rgb`)."""
+    return decode_rgb(read_bytes(path), str(path), min_side=min_side)
+
+
+def read_bytes(path: str | Path) -> bytes:
+    """A file's bytes; :class:`ImageError` (with the reason) if it cannot be read."""
     p = Path(path)
     try:
-        data = p.read_bytes()
+        return p.read_bytes()
     except IsADirectoryError:
         raise ImageError(f"{p}: is a folder, not an image file") from None
     except OSError as e:
         raise ImageError(f"{p}: cannot read ({e.strerror or e})") from None
-    return decode_rgb(data, str(p), min_side=min_side)

@@ -14,6 +14,7 @@ to ``loader.bad`` (and the dataset's ``.bad``). A batch with no good sample is s
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 from collections.abc import Iterator
@@ -81,6 +82,16 @@ class EpochSampler(Sampler[tuple[int, int]]):
         return max(0, len(self._indices()) - self.start)
 
 
+@contextlib.contextmanager
+def seeded(seed: int) -> Iterator[None]:
+    """Torch's CPU RNG seeded with ``seed`` inside, and the caller's RNG stream untouched after."""
+    with torch.random.fork_rng(devices=[]):
+        # CPU generator only: torch.manual_seed would also queue lazy CUDA/XPU/MTIA seeding, each with a
+        # formatted stack trace — more costly than decoding the image.
+        torch.default_generator.manual_seed(seed)
+        yield
+
+
 class _Seeded(Dataset):
     """Wraps a dataset so that item ``(index, seed)`` is produced with torch's RNG seeded by ``seed``."""
 
@@ -92,10 +103,7 @@ class _Seeded(Dataset):
 
     def __getitem__(self, key: tuple[int, int]) -> Any:
         index, seed = key
-        with torch.random.fork_rng(devices=[]):  # leave the caller's RNG stream untouched
-            # CPU generator only: torch.manual_seed would also queue lazy CUDA/XPU/MTIA seeding, each with a
-            # formatted stack trace — more costly than decoding the image.
-            torch.default_generator.manual_seed(seed)
+        with seeded(seed):
             return self.dataset[index]
 
 

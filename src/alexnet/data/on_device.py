@@ -26,7 +26,6 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -35,7 +34,8 @@ from torchvision.io import ImageReadMode, decode_jpeg
 from torchvision.transforms import v2
 
 from alexnet.data.folders import BadSample, _reason
-from alexnet.data.images import JPEG_HEADER_SCAN, JPEG_SOI, MAX_PIXELS, decode_rgb, jpeg_size, read_image
+from alexnet.data.images import JPEG_HEADER_SCAN, JPEG_SOI, MAX_PIXELS, decode_rgb, jpeg_size, read_bytes
+from alexnet.data.loader import seeded
 from alexnet.data.transforms import ToModelInput
 from alexnet.errors import DataError, ImageError
 
@@ -52,11 +52,11 @@ class Encoded:
 
 class EncodedItems(Dataset):
     """``(index, seed) → (Encoded | BadSample, target, seed)`` over an :class:`~alexnet.data.folders.ImageFolder`
-    (anything with ``samples`` and ``transform``). ``decode``: the worker decodes (and resizes to the central
+    (anything with its ``samples``, ``transform`` and ``load``). ``decode``: the worker decodes (and resizes to the central
     patch when the transform has a batched plan); otherwise it reads the bytes and decodes only non-JPEGs."""
 
     def __init__(self, dataset: Any, *, decode: bool = True) -> None:
-        if not hasattr(dataset, "samples") or not hasattr(dataset, "transform"):
+        if not all(hasattr(dataset, a) for a in ("samples", "transform", "load")):
             raise DataError("augmenting on the device needs an image-folder data set (files and a transform)")
         self.dataset = dataset
         self.decode = decode
@@ -68,20 +68,17 @@ class EncodedItems(Dataset):
     def __getitem__(self, key: tuple[int, int]) -> tuple[Encoded | BadSample, int, int]:
         index, seed = key
         path, target = self.dataset.samples[index]
-        if self.decode:  # as ImageFolder.__getitem__, then the deterministic head of the transform
-            try:
-                image = read_image(path, min_side=getattr(self.dataset, "min_side", None))
-            except ImageError as e:
-                return BadSample(str(path), _reason(e, path)), target, seed
+        if self.decode:  # as the CPU loader decodes, then the deterministic head of the transform
+            image, _ = self.dataset.load(index)
+            if isinstance(image, BadSample):
+                return image, target, seed
             if self.plan is None:
                 return Encoded(str(path), image), target, seed
             return Encoded(str(path), self.plan.head(image), patched=True), target, seed
         try:
-            data = Path(path).read_bytes()
-        except IsADirectoryError:
-            return BadSample(str(path), "is a folder, not an image file"), target, seed
-        except OSError as e:
-            return BadSample(str(path), f"cannot read ({e.strerror or e})"), target, seed
+            data = read_bytes(path)
+        except ImageError as e:
+            return BadSample(str(path), _reason(e, path)), target, seed
         if data[:3] == JPEG_SOI:
             size = jpeg_size(data[:JPEG_HEADER_SCAN])
             if size is not None and 0 < size[0] * size[1] <= MAX_PIXELS:
@@ -146,7 +143,7 @@ class _Plan:
         """Per sample ``[top, left, mirrored]`` and lighting offsets, each drawn under the sample's seed in the
         order the composed transform draws them (crop position, then the mirror coin, then α)."""
         params, offsets = [], []
-        with torch.random.fork_rng(devices=[]):
+        with torch.random.fork_rng(devices=[]):  # as loader.seeded, with one fork for the whole batch
             for seed in seeds:
                 torch.default_generator.manual_seed(seed)
                 top = left = 0
@@ -220,8 +217,7 @@ class BatchDecoder:
             return None
 
     def _one(self, image: torch.Tensor, seed: int) -> torch.Tensor:
-        with torch.random.fork_rng(devices=[]):
-            torch.default_generator.manual_seed(seed)
+        with seeded(seed):
             return self.transform(image)
 
     def __call__(

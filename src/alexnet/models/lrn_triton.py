@@ -26,54 +26,21 @@ MAX_IMAGES = 65535  # the grid's second dimension (CUDA's limit for it)
 MAX_ELEMENTS = 2**31 - 1  # offsets are 32-bit in the kernels
 
 
+# Every kernel takes the same trailing arguments (see _launch): C, P, the three strides, α, β, k, the window and
+# the tile sizes; β is unused by the first backward pass.
+
+
 @triton.jit
-def _lrn_forward(
-    x_ptr,
-    y_ptr,
-    C,
-    P,
-    stride_n,
-    stride_c,
-    stride_p,
-    alpha,
-    beta,
-    k,
-    BEFORE: tl.constexpr,
-    AFTER: tl.constexpr,
-    BLOCK_C: tl.constexpr,
-    BLOCK_P: tl.constexpr,
-):
-    n = tl.program_id(1)
+def _tile(P, stride_n, stride_p, BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr):
+    """This program's C×P tile: channel indices, which positions exist, and the offset of each column."""
     c = tl.arange(0, BLOCK_C)[:, None]
     p = tl.program_id(0) * BLOCK_P + tl.arange(0, BLOCK_P)[None, :]
-    in_p = p < P
-    base = n * stride_n + p * stride_p
-    s = tl.zeros((BLOCK_C, BLOCK_P), dtype=tl.float32)
-    for i in tl.static_range(BEFORE + AFTER + 1):
-        cc = c + (i - BEFORE)
-        v = tl.load(x_ptr + base + cc * stride_c, mask=(cc >= 0) & (cc < C) & in_p, other=0.0).to(tl.float32)
-        s += v * v
-    mask = (c < C) & in_p
-    x = tl.load(x_ptr + base + c * stride_c, mask=mask, other=0.0).to(tl.float32)
-    y = x * tl.exp2(-beta * tl.log2(k + alpha * s))
-    tl.store(y_ptr + base + c * stride_c, y.to(y_ptr.dtype.element_ty), mask=mask)
+    return c, p < P, tl.program_id(1) * stride_n + p * stride_p
 
 
 @triton.jit
-def _window_denominator(
-    x_ptr,
-    base,
-    c,
-    C,
-    in_p,
-    stride_c,
-    alpha,
-    k,
-    BEFORE: tl.constexpr,
-    AFTER: tl.constexpr,
-    BLOCK_C: tl.constexpr,
-    BLOCK_P: tl.constexpr,
-):
+def _window_denominator(x_ptr, base, c, C, in_p, stride_c, alpha, k, BEFORE: tl.constexpr, AFTER: tl.constexpr,
+                        BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr):  # fmt: skip
     """``d = k + α Σ_{j∈win(c)} a_j²`` for a C×P tile (neighbours as shifted loads)."""
     s = tl.zeros((BLOCK_C, BLOCK_P), dtype=tl.float32)
     for i in tl.static_range(BEFORE + AFTER + 1):
@@ -84,30 +51,23 @@ def _window_denominator(
 
 
 @triton.jit
-def _lrn_backward_scaled(
-    g_ptr,
-    x_ptr,
-    y_ptr,
-    t_ptr,
-    C,
-    P,
-    stride_n,
-    stride_c,
-    stride_p,
-    alpha,
-    beta,
-    k,
-    BEFORE: tl.constexpr,
-    AFTER: tl.constexpr,
-    BLOCK_C: tl.constexpr,
-    BLOCK_P: tl.constexpr,
-):
+def _lrn_forward(x_ptr, y_ptr, C, P, stride_n, stride_c, stride_p, alpha, beta, k, BEFORE: tl.constexpr,
+                 AFTER: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr):  # fmt: skip
+    """``b = a d^{-β}``."""
+    c, in_p, base = _tile(P, stride_n, stride_p, BLOCK_C, BLOCK_P)
+    d = _window_denominator(x_ptr, base, c, C, in_p, stride_c, alpha, k, BEFORE, AFTER, BLOCK_C, BLOCK_P)
+    mask = (c < C) & in_p
+    x = tl.load(x_ptr + base + c * stride_c, mask=mask, other=0.0).to(tl.float32)
+    y = x * tl.exp2(-beta * tl.log2(d))
+    tl.store(y_ptr + base + c * stride_c, y.to(y_ptr.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def _lrn_backward_scaled(g_ptr, x_ptr, y_ptr, t_ptr, C, P, stride_n, stride_c, stride_p, alpha, beta, k,
+                         BEFORE: tl.constexpr, AFTER: tl.constexpr, BLOCK_C: tl.constexpr,
+                         BLOCK_P: tl.constexpr):  # fmt: skip
     """First pass of the backward: ``t_j = g_j b_j / d_j`` (fp32, the layout of ``x``)."""
-    n = tl.program_id(1)
-    c = tl.arange(0, BLOCK_C)[:, None]
-    p = tl.program_id(0) * BLOCK_P + tl.arange(0, BLOCK_P)[None, :]
-    in_p = p < P
-    base = n * stride_n + p * stride_p
+    c, in_p, base = _tile(P, stride_n, stride_p, BLOCK_C, BLOCK_P)
     d = _window_denominator(x_ptr, base, c, C, in_p, stride_c, alpha, k, BEFORE, AFTER, BLOCK_C, BLOCK_P)
     mask = (c < C) & in_p
     g = tl.load(g_ptr + base + c * stride_c, mask=mask, other=0.0).to(tl.float32)
@@ -116,30 +76,11 @@ def _lrn_backward_scaled(
 
 
 @triton.jit
-def _lrn_backward(
-    g_ptr,
-    x_ptr,
-    t_ptr,
-    dx_ptr,
-    C,
-    P,
-    stride_n,
-    stride_c,
-    stride_p,
-    alpha,
-    beta,
-    k,
-    BEFORE: tl.constexpr,
-    AFTER: tl.constexpr,
-    BLOCK_C: tl.constexpr,
-    BLOCK_P: tl.constexpr,
-):
+def _lrn_backward(g_ptr, x_ptr, t_ptr, dx_ptr, C, P, stride_n, stride_c, stride_p, alpha, beta, k,
+                  BEFORE: tl.constexpr, AFTER: tl.constexpr, BLOCK_C: tl.constexpr,
+                  BLOCK_P: tl.constexpr):  # fmt: skip
     """Second pass: ``g_i d_i^{-β} − 2αβ a_i Σ_{j: i∈win(j)} t_j``, j over i − AFTER .. i + BEFORE."""
-    n = tl.program_id(1)
-    c = tl.arange(0, BLOCK_C)[:, None]
-    p = tl.program_id(0) * BLOCK_P + tl.arange(0, BLOCK_P)[None, :]
-    in_p = p < P
-    base = n * stride_n + p * stride_p
+    c, in_p, base = _tile(P, stride_n, stride_p, BLOCK_C, BLOCK_P)
     d = _window_denominator(x_ptr, base, c, C, in_p, stride_c, alpha, k, BEFORE, AFTER, BLOCK_C, BLOCK_P)
     back = tl.zeros((BLOCK_C, BLOCK_P), dtype=tl.float32)
     for i in tl.static_range(BEFORE + AFTER + 1):
