@@ -22,6 +22,7 @@
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <limits>
 #include <vector>
 
 namespace {
@@ -264,10 +265,134 @@ void backward(const void* g, const void* x, const void* y, void* dx, int64_t out
   else backward_planar(gs, xs, ys, ds, p);
 }
 
+
+// ---------------------------------------------------------------- inference stages (channels-last)
+//
+// AlexNet §3.3–3.4: each of conv1 and conv2 is followed by ReLU, LRN and overlapping max-pooling (z = 3, s = 2), in
+// the order relu → norm → pool (AlexNet) or relu → pool → norm (CaffeNet; ZFNet, Fig. 3). Without autograd the
+// three run here as one pass over the conv's output: the pooled maps are the only thing written, where the
+// three modules read and write the full-size maps three times. Each function computes what the three PyTorch
+// modules compute, in the same arithmetic: the LRN by the helpers above, max-pooling as max_pool2d does it
+// (NaN wins), ReLU as torch.relu (NaN passes). max commutes with ReLU and with rounding to bf16 (both monotone).
+
+struct Pool {
+  int64_t N, H, W, C, Ho, Wo;
+  int kernel, stride;
+};
+
+template <typename T>
+inline T relu(T v) {
+  return v < T(0) ? T(0) : v;
+}
+
+template <typename T>
+inline T pool_max(T m, T v) {
+  return (v > m || v != v) ? v : m;
+}
+
+// The LRN of one pixel's channel vector a (already through the ReLU) into out; sq is padded by before + after.
+template <typename T>
+inline void lrn_pixel(const T* a, T* sq, T* acc, T* out, int64_t C, const Params<T>& p) {
+  square(a, sq + p.before, C);
+  window_sum(sq, 1, p.before + p.after + 1, C, acc);
+  scale(a, acc, out, C, p.alpha, p.k, p.beta);
+}
+
+// Work items: (image, band of output rows), enough of them to keep every thread busy at batch 1 too.
+inline int64_t rows_per_band(const Pool& q, int threads) {
+  const int64_t want = int64_t(threads) * 4;
+  return q.N >= want ? q.Ho : std::max<int64_t>(1, (q.N * q.Ho + want - 1) / want);
+}
+
+// relu → LRN → max-pool: LRN'd input rows go to a ring of `kernel` rows, each computed once per band
+template <typename S, typename T>
+void stage_norm_pool(const S* x, S* y, const Pool& q, const Params<T>& p) {
+  const int64_t C = q.C, band = rows_per_band(q, p.threads), bands = (q.Ho + band - 1) / band;
+  const int n = p.before + p.after + 1;
+#pragma omp parallel num_threads(p.threads)
+  {
+    std::vector<T> ring(q.kernel * q.W * C), a(C), sq(C + n - 1, T(0)), acc(C), m(C);
+    std::vector<int64_t> held(q.kernel);
+#pragma omp for schedule(static)
+    for (int64_t item = 0; item < q.N * bands; ++item) {
+      const int64_t img = item / bands, oy0 = (item % bands) * band, oy1 = std::min(q.Ho, oy0 + band);
+      const S* xi = x + img * q.H * q.W * C;
+      std::fill(held.begin(), held.end(), int64_t(-1));
+      for (int64_t oy = oy0; oy < oy1; ++oy) {
+        const int64_t r0 = oy * q.stride, r1 = std::min(q.H, r0 + q.kernel);
+        for (int64_t r = r0; r < r1; ++r) {
+          const int64_t slot = r % q.kernel;
+          if (held[slot] == r) continue;
+          held[slot] = r;
+          for (int64_t px = 0; px < q.W; ++px) {
+            const S* in = xi + (r * q.W + px) * C;
+            for (int64_t c = 0; c < C; ++c) a[c] = relu(load(in[c]));
+            lrn_pixel(a.data(), sq.data(), acc.data(), ring.data() + (slot * q.W + px) * C, C, p);
+          }
+        }
+        for (int64_t ox = 0; ox < q.Wo; ++ox) {
+          const int64_t c0 = ox * q.stride, c1 = std::min(q.W, c0 + q.kernel);
+          std::fill(m.begin(), m.end(), -std::numeric_limits<T>::infinity());
+          for (int64_t r = r0; r < r1; ++r)
+            for (int64_t col = c0; col < c1; ++col) {
+              const T* v = ring.data() + ((r % q.kernel) * q.W + col) * C;
+              for (int64_t c = 0; c < C; ++c) m[c] = pool_max(m[c], v[c]);
+            }
+          S* out = y + ((img * q.Ho + oy) * q.Wo + ox) * C;
+          for (int64_t c = 0; c < C; ++c) out[c] = store<S>(m[c]);
+        }
+      }
+    }
+  }
+}
+
+// relu → max-pool → LRN: pool the raw maps, ReLU the maximum, normalise the pooled vector
+template <typename S, typename T>
+void stage_pool_norm(const S* x, S* y, const Pool& q, const Params<T>& p) {
+  const int64_t C = q.C;
+  const int n = p.before + p.after + 1;
+#pragma omp parallel num_threads(p.threads)
+  {
+    std::vector<T> m(C), sq(C + n - 1, T(0)), acc(C), out(C);
+#pragma omp for schedule(static)
+    for (int64_t item = 0; item < q.N * q.Ho; ++item) {
+      const int64_t img = item / q.Ho, oy = item % q.Ho;
+      const int64_t r0 = oy * q.stride, r1 = std::min(q.H, r0 + q.kernel);
+      const S* xi = x + img * q.H * q.W * C;
+      for (int64_t ox = 0; ox < q.Wo; ++ox) {
+        const int64_t c0 = ox * q.stride, c1 = std::min(q.W, c0 + q.kernel);
+        std::fill(m.begin(), m.end(), -std::numeric_limits<T>::infinity());
+        for (int64_t r = r0; r < r1; ++r)
+          for (int64_t col = c0; col < c1; ++col) {
+            const S* v = xi + (r * q.W + col) * C;
+            for (int64_t c = 0; c < C; ++c) m[c] = pool_max(m[c], load(v[c]));
+          }
+        for (int64_t c = 0; c < C; ++c) m[c] = relu(m[c]);
+        lrn_pixel(m.data(), sq.data(), acc.data(), out.data(), C, p);
+        S* o = y + ((img * q.Ho + oy) * q.Wo + ox) * C;
+        for (int64_t c = 0; c < C; ++c) o[c] = store<S>(out[c]);
+      }
+    }
+  }
+}
+
+template <typename S>
+void stage(const void* x, void* y, int64_t N, int64_t H, int64_t W, int64_t C, int64_t Ho, int64_t Wo, int kernel,
+           int stride, int pool_first, int before, int after, double alpha, double beta, double k, int threads) {
+  using T = typename Compute<S>::type;
+  const auto p = params<T>(N * H * W, C, 1, before, after, alpha, beta, k, threads);
+  const Pool q{N, H, W, C, Ho, Wo, kernel, stride};
+  const S* xs = static_cast<const S*>(x);
+  S* ys = static_cast<S*>(y);
+  if (pool_first) stage_pool_norm(xs, ys, q, p);
+  else stage_norm_pool(xs, ys, q, p);
+}
+
 }  // namespace
 
 // Entry points (C ABI for ctypes). A channels-last N×C×H×W tensor is passed as outer = N·H·W, inner = 1.
 // The forward may be called with y == x (in place): each tile's squares are taken before any of it is written.
+// stage_forward: a channels-last N×C×H×W conv output → its ReLU, LRN and max-pool (padding 0) as N×C×Ho×Wo.
 #define LRN_ENTRY_POINTS(SUFFIX, S)                                                                           \
   void lrn_forward_##SUFFIX(const void* x, void* y, int64_t outer, int64_t channels, int64_t inner,            \
                             int before, int after, double alpha, double beta, double k, int threads) {         \
@@ -277,6 +402,11 @@ void backward(const void* g, const void* x, const void* y, void* dx, int64_t out
                              int64_t channels, int64_t inner, int before, int after, double alpha, double beta, \
                              double k, int threads) {                                                          \
     backward<S>(g, x, y, dx, outer, channels, inner, before, after, alpha, beta, k, threads);                 \
+  }                                                                                                           \
+  void stage_forward_##SUFFIX(const void* x, void* y, int64_t N, int64_t H, int64_t W, int64_t C, int64_t Ho,  \
+                              int64_t Wo, int kernel, int stride, int pool_first, int before, int after,      \
+                              double alpha, double beta, double k, int threads) {                             \
+    stage<S>(x, y, N, H, W, C, Ho, Wo, kernel, stride, pool_first, before, after, alpha, beta, k, threads);    \
   }
 
 extern "C" {

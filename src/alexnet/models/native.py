@@ -90,7 +90,8 @@ def build(out_dir: Path | None = None) -> Path:
 
 class Kernel:
     """The loaded library: ``forward(x)`` and ``backward(g, x, y)`` on dense CPU float32/float64/bfloat16
-    tensors (bfloat16, as autocast produces it, is computed in float32 and rounded once on the way out)."""
+    tensors (bfloat16, as autocast produces it, is computed in float32 and rounded once on the way out), and
+    ``stage(x, …)``: ReLU, LRN and max-pool in one pass for inference (:mod:`alexnet.models.fused`)."""
 
     def __init__(self, path: Path) -> None:
         self.lib = ctypes.CDLL(str(path))
@@ -102,6 +103,9 @@ class Kernel:
             bwd = getattr(self.lib, f"lrn_backward_{suffix}")
             bwd.argtypes = [ptr, ptr, ptr, ptr, i64, i64, i64, i32, i32, f64, f64, f64, i32]
             bwd.restype = None
+            stage = getattr(self.lib, f"stage_forward_{suffix}")
+            stage.argtypes = [ptr, ptr, i64, i64, i64, i64, i64, i64, i32, i32, i32, i32, i32, f64, f64, f64, i32]
+            stage.restype = None
 
     @staticmethod
     def supports(x: torch.Tensor) -> bool:
@@ -152,6 +156,30 @@ class Kernel:
             pointers = (g.data_ptr(), x.data_ptr(), y.data_ptr(), dx.data_ptr())
             fn(*pointers, outer, c, inner, *window, alpha, beta, k, torch.get_num_threads())
         return dx
+
+
+    def stage(
+        self,
+        x: torch.Tensor,
+        out_size: tuple[int, int],
+        kernel_size: int,
+        stride: int,
+        pool_first: bool,
+        size: int,
+        alpha: float,
+        beta: float,
+        k: float,
+    ) -> torch.Tensor:
+        """ReLU, LRN and max-pool (no padding) of a channels-last N×C×H×W ``x`` in one pass (inference):
+        ``pool(lrn(relu(x)))``, or ``lrn(pool(relu(x)))`` with ``pool_first``; ``out_size`` is the pooled H×W."""
+        n, c, h, w = x.shape
+        y = torch.empty((n, c, *out_size), dtype=x.dtype, memory_format=torch.channels_last)
+        if y.numel():
+            fn = getattr(self.lib, f"stage_forward_{DTYPES[x.dtype]}")
+            window = (size // 2, (size - 1) // 2)
+            shape = (n, h, w, c, *out_size, kernel_size, stride, int(pool_first))
+            fn(x.data_ptr(), y.data_ptr(), *shape, *window, alpha, beta, k, torch.get_num_threads())
+        return y
 
 
 def load(out_dir: Path | None = None) -> Kernel:

@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from alexnet.errors import LayerNotFound
+from alexnet.models import fused
 from alexnet.models.configs import ArchConfig
 from alexnet.models.layers import GroupedConv2d, LocalResponseNorm
 
@@ -128,7 +129,12 @@ class AlexNetFamily(nn.Module):
 
     # --- forward ----------------------------------------------------------------------------------------
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        """The conv trunk: image batch → pool5 maps (``N×256×6×6`` for the paper models)."""
+        """The conv trunk: image batch → pool5 maps (``N×256×6×6`` for the paper models).
+
+        Without autograd on CPU, each unhooked ReLU + LRN + max-pool runs as one kernel (:mod:`.fused`).
+        """
+        if fused.applies(self.features, x):
+            return fused.run(self.features, x)
         return self.features(x)
 
     def forward_head(self, features: torch.Tensor) -> torch.Tensor:

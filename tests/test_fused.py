@@ -1,0 +1,187 @@
+"""The inference fast path (``alexnet.models.fused``): ReLU + LRN + max-pool as one kernel computes what the three
+modules compute, and is taken only where nothing can tell the difference."""
+
+from __future__ import annotations
+
+import shutil
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from torch import nn
+from torch.utils._python_dispatch import TorchDispatchMode
+
+from alexnet.models import build_model, fused, native
+from alexnet.models.layers import LocalResponseNorm
+
+pytestmark = pytest.mark.skipif(
+    not any(shutil.which(c) for c in ("c++", "g++", "clang++")), reason="no C++ compiler on this machine"
+)
+CL = torch.channels_last
+
+
+class OpLog(TorchDispatchMode):
+    """Records the name of every operator dispatched while active."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.names: list[str] = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # noqa: ANN001
+        self.names.append(str(func.overloadpacket))
+        return func(*args, **(kwargs or {}))
+
+    def count(self, name: str) -> int:
+        return sum(n == name for n in self.names)
+
+
+STAGE = "alexnet.relu_lrn_pool"
+
+
+def modules(pool_first: bool, size: int, alpha: float, beta: float, k: float, kernel: int, stride: int, ceil):
+    norm = LocalResponseNorm(size, alpha, beta, k)
+    pool = nn.MaxPool2d(kernel, stride, ceil_mode=ceil)
+    return nn.Sequential(nn.ReLU(), *((pool, norm) if pool_first else (norm, pool)))
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    n=st.integers(1, 3),
+    c=st.integers(1, 40),
+    h=st.integers(3, 19),
+    w=st.integers(3, 19),
+    size=st.integers(1, 7),
+    kernel=st.integers(2, 3),
+    stride=st.integers(1, 3),
+    ceil=st.booleans(),
+    pool_first=st.booleans(),
+    dtype=st.sampled_from([torch.float32, torch.float64]),
+    seed=st.integers(0, 2**16),
+)
+def test_the_fused_stage_equals_relu_lrn_and_max_pool_as_modules(
+    n, c, h, w, size, kernel, stride, ceil, pool_first, dtype, seed
+):
+    torch.manual_seed(seed)
+    # scaled so that the LRN's denominator matters (AlexNet's conv1 outputs reach the hundreds)
+    x = (torch.randn(n, c, h, w, dtype=dtype) * 30).contiguous(memory_format=CL)
+    args = dict(size=size, alpha=1e-3, beta=0.75, k=2.0, kernel_size=kernel, stride=stride, ceil_mode=ceil)
+    with torch.inference_mode():
+        got = fused.relu_lrn_pool(x, pool_first, **args)
+        want = modules(pool_first, size, 1e-3, 0.75, 2.0, kernel, stride, ceil)(x.clone())
+    assert got.shape == want.shape and got.is_contiguous(memory_format=CL)
+    tol = 1e-12 if dtype == torch.float64 else 1e-6
+    torch.testing.assert_close(got, want, rtol=tol, atol=tol)
+
+
+@pytest.mark.parametrize("pool_first", [False, True])
+def test_the_fused_stage_takes_bfloat16_as_autocast_produces_it(pool_first):
+    torch.manual_seed(0)
+    x = (torch.randn(2, 48, 27, 27) * 30).to(torch.bfloat16).contiguous(memory_format=CL)
+    with torch.inference_mode():
+        got = fused.relu_lrn_pool(x, pool_first, 5, 1e-4, 0.75, 2.0, 3, 2, True)
+        want = modules(pool_first, 5, 1e-4, 0.75, 2.0, 3, 2, True)(x.clone())
+    assert got.dtype == torch.bfloat16
+    torch.testing.assert_close(got.float(), want.float(), rtol=8e-3, atol=0)  # at most one bf16 rounding apart
+
+
+@pytest.mark.parametrize("pool_first", [False, True])
+def test_a_nan_reaches_the_pooled_maps_as_it_does_through_the_modules(pool_first):
+    x = torch.rand(1, 8, 9, 9).contiguous(memory_format=CL)
+    x[0, 3, 4, 4] = float("nan")
+    with torch.inference_mode():
+        got = fused.relu_lrn_pool(x, pool_first, 5, 1e-4, 0.75, 2.0, 3, 2, False)
+        want = modules(pool_first, 5, 1e-4, 0.75, 2.0, 3, 2, False)(x.clone())
+    assert torch.equal(got.isnan(), want.isnan()) and got.isnan().any()
+    torch.testing.assert_close(got.nan_to_num(), want.nan_to_num())
+
+
+def test_the_operator_passes_torch_library_opcheck():
+    x = torch.randn(2, 16, 13, 13).contiguous(memory_format=CL)
+    torch.library.opcheck(fused.relu_lrn_pool, (x, False, 5, 1e-4, 0.75, 2.0, 3, 2, True))
+    torch.library.opcheck(fused.relu_lrn_pool, (x.contiguous(), True, 5, 1e-4, 0.75, 1.0, 3, 2, False))
+
+
+@pytest.mark.parametrize("h, kernel, stride, ceil", [(55, 3, 2, True), (13, 3, 2, False), (8, 2, 3, True), (3, 3, 2, True)])
+def test_pooled_size_is_max_pool2d_s(h, kernel, stride, ceil):
+    want = nn.MaxPool2d(kernel, stride, ceil_mode=ceil)(torch.zeros(1, 1, h, h)).shape[-1]
+    assert fused.pooled_size(h, kernel, stride, ceil) == want
+
+
+@pytest.mark.parametrize("name", ["alexnet", "caffenet", "zfnet"])
+def test_model_logits_are_the_same_with_and_without_the_fused_stages(name, monkeypatch):
+    torch.manual_seed(0)
+    model = build_model(name).eval().to(memory_format=CL)
+    size = model.default_input_size
+    x = (torch.randn(2, 3, size, size) * 2).contiguous(memory_format=CL)
+    with torch.inference_mode(), OpLog() as log:
+        got = model(x)
+    assert log.count(STAGE) == 2  # the stages after conv1 and conv2
+    monkeypatch.setenv("ALEXNET_FUSE", "0")
+    with torch.inference_mode(), OpLog() as log:
+        want = model(x)
+    assert log.count(STAGE) == 0
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+
+
+def fused_calls(model: nn.Module, x: torch.Tensor, grad: bool = False) -> int:
+    with torch.set_grad_enabled(grad), OpLog() as log:
+        model(x)
+    return log.count(STAGE)
+
+
+def test_a_hooked_module_is_run_as_itself_and_its_hook_sees_its_own_output():
+    model = build_model("alexnet").eval().to(memory_format=CL)
+    x = torch.randn(1, 3, 227, 227).contiguous(memory_format=CL)
+    seen = {}
+    handle = model.layer("norm1").register_forward_hook(lambda m, i, o: seen.__setitem__("norm1", o.shape))
+    assert fused_calls(model, x) == 1  # stage 2 is still fused
+    assert seen["norm1"] == (1, 96, 55, 55)  # the LRN's own output, before pool1
+    handle.remove()
+    handle = model.features.register_forward_hook(lambda m, i, o: None)
+    assert fused_calls(model, x) == 0
+    handle.remove()
+    handle = nn.modules.module.register_module_forward_hook(lambda m, i, o: None)
+    try:
+        assert fused_calls(model, x) == 0
+    finally:
+        handle.remove()
+    assert fused_calls(model, x) == 2
+
+
+def test_training_and_other_layouts_run_the_modules():
+    model = build_model("caffenet").to(memory_format=CL)
+    x = torch.randn(1, 3, 227, 227).contiguous(memory_format=CL)
+    assert fused_calls(model.train(), x, grad=True) == 0  # autograd needs the modules' saved tensors
+    assert fused_calls(model.eval(), x, grad=True) == 0
+    assert fused_calls(model.eval(), x.contiguous()) == 0  # NCHW: the modules (in place) are as fast
+    with torch.no_grad():
+        assert not fused.applies(model.features, x.to(torch.float16))  # a dtype the kernel does not take
+    assert fused_calls(model.eval(), x) == 2
+
+
+def test_without_the_kernel_the_modules_run(monkeypatch):
+    monkeypatch.setattr(native, "kernel", lambda: None)
+    model = build_model("zfnet").eval().to(memory_format=CL)
+    x = torch.randn(1, 3, 224, 224).contiguous(memory_format=CL)
+    assert fused_calls(model, x) == 0
+
+
+def test_an_input_too_small_to_pool_fails_as_the_modules_do():
+    model = build_model("alexnet").eval().to(memory_format=CL)
+    x = torch.randn(1, 3, 11, 11).contiguous(memory_format=CL)  # conv1 → 1×1 maps: pool1 has nothing to pool
+    with torch.inference_mode(), pytest.raises(RuntimeError) as fast:
+        model(x)
+    with torch.inference_mode(), pytest.raises(RuntimeError) as slow:
+        model.features(x)
+    assert str(fast.value) == str(slow.value)
+
+
+def test_export_and_compile_see_the_modules_not_the_fused_operator():
+    model = build_model("alexnet").eval().to(memory_format=CL)
+    x = torch.randn(1, 3, 227, 227).contiguous(memory_format=CL)
+    with torch.no_grad():
+        program = torch.export.export(model, (x,))
+    targets = {str(node.target) for node in program.graph.nodes}
+    assert not any("relu_lrn_pool" in t for t in targets)
+    assert any("alexnet.lrn" in t for t in targets)
