@@ -82,7 +82,9 @@ def test_the_fused_stage_takes_bfloat16_as_autocast_produces_it(pool_first):
         got = fused.relu_lrn_pool(x, pool_first, 5, 1e-4, 0.75, 2.0, 3, 2, True)
         want = modules(pool_first, 5, 1e-4, 0.75, 2.0, 3, 2, True)(x.clone())
     assert got.dtype == torch.bfloat16
-    torch.testing.assert_close(got.float(), want.float(), rtol=8e-3, atol=0)  # at most one bf16 rounding apart
+    torch.testing.assert_close(
+        got.float(), want.float(), rtol=8e-3, atol=0
+    )  # at most one bf16 rounding apart
 
 
 @pytest.mark.parametrize("pool_first", [False, True])
@@ -102,7 +104,9 @@ def test_the_operator_passes_torch_library_opcheck():
     torch.library.opcheck(fused.relu_lrn_pool, (x.contiguous(), True, 5, 1e-4, 0.75, 1.0, 3, 2, False))
 
 
-@pytest.mark.parametrize("h, kernel, stride, ceil", [(55, 3, 2, True), (13, 3, 2, False), (8, 2, 3, True), (3, 3, 2, True)])
+@pytest.mark.parametrize(
+    "h, kernel, stride, ceil", [(55, 3, 2, True), (13, 3, 2, False), (8, 2, 3, True), (3, 3, 2, True)]
+)
 def test_pooled_size_is_max_pool2d_s(h, kernel, stride, ceil):
     want = nn.MaxPool2d(kernel, stride, ceil_mode=ceil)(torch.zeros(1, 1, h, h)).shape[-1]
     assert fused.pooled_size(h, kernel, stride, ceil) == want

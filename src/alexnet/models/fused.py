@@ -52,8 +52,12 @@ def _composed(
 ) -> torch.Tensor:
     a = torch.relu(x)
     if pool_first:
-        return local_response_norm(F.max_pool2d(a, kernel_size, stride, ceil_mode=ceil_mode), size, alpha, beta, k)
-    return F.max_pool2d(local_response_norm(a, size, alpha, beta, k), kernel_size, stride, ceil_mode=ceil_mode)
+        return local_response_norm(
+            F.max_pool2d(a, kernel_size, stride, ceil_mode=ceil_mode), size, alpha, beta, k
+        )
+    return F.max_pool2d(
+        local_response_norm(a, size, alpha, beta, k), kernel_size, stride, ceil_mode=ceil_mode
+    )
 
 
 @torch.library.custom_op("alexnet::relu_lrn_pool", mutates_args=())
@@ -112,7 +116,9 @@ def _(
     ceil_mode: bool,
 ) -> torch.Tensor:
     out = [pooled_size(s, kernel_size, stride, ceil_mode) for s in x.shape[2:]]
-    fmt = torch.channels_last if x.is_contiguous(memory_format=torch.channels_last) else torch.contiguous_format
+    fmt = (
+        torch.channels_last if x.is_contiguous(memory_format=torch.channels_last) else torch.contiguous_format
+    )
     return torch.empty((*x.shape[:2], *out), dtype=x.dtype, device=x.device, memory_format=fmt)
 
 

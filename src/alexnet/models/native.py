@@ -104,7 +104,25 @@ class Kernel:
             bwd.argtypes = [ptr, ptr, ptr, ptr, i64, i64, i64, i32, i32, f64, f64, f64, i32]
             bwd.restype = None
             stage = getattr(self.lib, f"stage_forward_{suffix}")
-            stage.argtypes = [ptr, ptr, i64, i64, i64, i64, i64, i64, i32, i32, i32, i32, i32, f64, f64, f64, i32]
+            stage.argtypes = [
+                ptr,
+                ptr,
+                i64,
+                i64,
+                i64,
+                i64,
+                i64,
+                i64,
+                i32,
+                i32,
+                i32,
+                i32,
+                i32,
+                f64,
+                f64,
+                f64,
+                i32,
+            ]
             stage.restype = None
 
     @staticmethod
@@ -156,7 +174,6 @@ class Kernel:
             pointers = (g.data_ptr(), x.data_ptr(), y.data_ptr(), dx.data_ptr())
             fn(*pointers, outer, c, inner, *window, alpha, beta, k, torch.get_num_threads())
         return dx
-
 
     def stage(
         self,
