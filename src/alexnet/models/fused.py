@@ -60,6 +60,9 @@ def _composed(
     )
 
 
+StageArgs = native.StageArgs
+
+
 @torch.library.custom_op("alexnet::relu_lrn_pool", mutates_args=())
 def relu_lrn_pool(
     x: torch.Tensor,
@@ -73,7 +76,8 @@ def relu_lrn_pool(
     ceil_mode: bool,
 ) -> torch.Tensor:
     """``max_pool2d(lrn(relu(x)))``, or ``lrn(max_pool2d(relu(x)))`` with ``pool_first``; ``alpha`` multiplies the
-    window sum as in :func:`~alexnet.models.layers.local_response_norm`. No gradient: inference only."""
+    window sum as in :func:`~alexnet.models.layers.local_response_norm`. No gradient: :func:`stage` is the
+    differentiable form."""
     return _composed(x, pool_first, size, alpha, beta, k, kernel_size, stride, ceil_mode)
 
 
@@ -82,6 +86,11 @@ def _kernel_for(x: torch.Tensor) -> native.Kernel | None:
     if kernel is None or not kernel.supports(x) or x.dim() != 4:
         return None
     return kernel if x.is_contiguous(memory_format=torch.channels_last) else None
+
+
+def _out(x: torch.Tensor, stage: StageArgs) -> tuple[int, int]:
+    h, w = (pooled_size(s, stage.kernel_size, stage.stride, stage.ceil_mode) for s in x.shape[2:])
+    return h, w
 
 
 @relu_lrn_pool.register_kernel("cpu")
@@ -96,11 +105,19 @@ def _(
     stride: int,
     ceil_mode: bool,
 ) -> torch.Tensor:
+    stage = StageArgs(pool_first, size, alpha, beta, k, kernel_size, stride, ceil_mode)
     kernel = _kernel_for(x)
     if kernel is None:
-        return _composed(x, pool_first, size, alpha, beta, k, kernel_size, stride, ceil_mode)
-    out = tuple(pooled_size(s, kernel_size, stride, ceil_mode) for s in x.shape[2:])
-    return kernel.stage(x, out, kernel_size, stride, pool_first, size, alpha, beta, k)  # type: ignore[arg-type]
+        return _composed(x, *stage)
+    return kernel.stage(x, _out(x, stage), stage)[0]
+
+
+def _empty_like_out(x: torch.Tensor, stage: StageArgs, dtype: torch.dtype | None = None) -> torch.Tensor:
+    fmt = (
+        torch.channels_last if x.is_contiguous(memory_format=torch.channels_last) else torch.contiguous_format
+    )
+    size = (*x.shape[:2], *_out(x, stage))
+    return torch.empty(size, dtype=dtype or x.dtype, device=x.device, memory_format=fmt)
 
 
 @relu_lrn_pool.register_fake
@@ -115,11 +132,128 @@ def _(
     stride: int,
     ceil_mode: bool,
 ) -> torch.Tensor:
-    out = [pooled_size(s, kernel_size, stride, ceil_mode) for s in x.shape[2:]]
-    fmt = (
-        torch.channels_last if x.is_contiguous(memory_format=torch.channels_last) else torch.contiguous_format
-    )
-    return torch.empty((*x.shape[:2], *out), dtype=x.dtype, device=x.device, memory_format=fmt)
+    return _empty_like_out(x, StageArgs(pool_first, size, alpha, beta, k, kernel_size, stride, ceil_mode))
+
+
+# Training: the forward also returns what its backward needs (where each maximum was; the LRN's input when
+# pooling comes first), the backward is one gather over the conv output. CPU kernel only (channels-last).
+@torch.library.custom_op("alexnet::relu_lrn_pool_train", mutates_args=())
+def _train_op(
+    x: torch.Tensor,
+    pool_first: bool,
+    size: int,
+    alpha: float,
+    beta: float,
+    k: float,
+    kernel_size: int,
+    stride: int,
+    ceil_mode: bool,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(stage output, LRN input (pool_first) or an empty tensor, uint8 window offsets of the maxima)``."""
+    stage = StageArgs(pool_first, size, alpha, beta, k, kernel_size, stride, ceil_mode)
+    kernel = _kernel_for(x)
+    if kernel is None:
+        raise NotImplementedError(
+            "alexnet::relu_lrn_pool_train needs the CPU kernel and a channels-last input"
+        )
+    y, pooled, idx = kernel.stage(x, _out(x, stage), stage, training=True)
+    assert idx is not None
+    return y, pooled if pooled is not None else x.new_empty(0), idx
+
+
+@_train_op.register_fake
+def _(
+    x: torch.Tensor,
+    pool_first: bool,
+    size: int,
+    alpha: float,
+    beta: float,
+    k: float,
+    kernel_size: int,
+    stride: int,
+    ceil_mode: bool,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    stage = StageArgs(pool_first, size, alpha, beta, k, kernel_size, stride, ceil_mode)
+    pooled = _empty_like_out(x, stage) if pool_first else x.new_empty(0)
+    return _empty_like_out(x, stage), pooled, _empty_like_out(x, stage, torch.uint8)
+
+
+@torch.library.custom_op("alexnet::relu_lrn_pool_backward", mutates_args=())
+def _backward_op(
+    grad: torch.Tensor,
+    x: torch.Tensor,
+    pooled: torch.Tensor,
+    y: torch.Tensor,
+    idx: torch.Tensor,
+    shape: list[int],
+    pool_first: bool,
+    size: int,
+    alpha: float,
+    beta: float,
+    k: float,
+    kernel_size: int,
+    stride: int,
+    ceil_mode: bool,
+) -> torch.Tensor:
+    """The gradient of the stage's input (of ``shape``) from its output's; ``x`` is the input (relu → norm →
+    pool), ``pooled`` and ``y`` the LRN's input and output (relu → pool → norm); the others may be empty."""
+    stage = StageArgs(pool_first, size, alpha, beta, k, kernel_size, stride, ceil_mode)
+    kernel = native.kernel()
+    if kernel is None:
+        raise NotImplementedError("alexnet::relu_lrn_pool_backward needs the CPU kernel")
+    if pool_first:
+        grad = torch.ops.alexnet.lrn_backward(grad, pooled, y, size, alpha, beta, k)
+        return kernel.stage_backward(grad, shape, None, pooled, idx, stage)
+    return kernel.stage_backward(grad, shape, x, None, idx, stage)
+
+
+@_backward_op.register_fake
+def _(
+    grad: torch.Tensor,
+    x: torch.Tensor,
+    pooled: torch.Tensor,
+    y: torch.Tensor,
+    idx: torch.Tensor,
+    shape: list[int],
+    pool_first: bool,
+    size: int,
+    alpha: float,
+    beta: float,
+    k: float,
+    kernel_size: int,
+    stride: int,
+    ceil_mode: bool,
+) -> torch.Tensor:
+    return torch.empty(shape, dtype=grad.dtype, device=grad.device, memory_format=torch.channels_last)
+
+
+def _setup_context(ctx: torch.autograd.function.FunctionCtx, inputs: tuple, output: tuple) -> None:
+    x, *args = inputs
+    y, pooled, idx = output
+    ctx.stage = StageArgs(*args)
+    ctx.shape = list(x.shape)
+    # relu → norm → pool keeps the conv output (no module keeps it otherwise); relu → pool → norm keeps only
+    # pooled-size tensors, its output among them (the next conv keeps that anyway)
+    saved = (x.new_empty(0), pooled, y, idx) if ctx.stage.pool_first else (x, pooled, x.new_empty(0), idx)
+    ctx.save_for_backward(*saved)
+    ctx.mark_non_differentiable(pooled, idx)
+
+
+def _stage_backward(ctx: torch.autograd.function.FunctionCtx, grad: torch.Tensor, *_: torch.Tensor) -> tuple:
+    x, pooled, y, idx = ctx.saved_tensors
+    dx = _backward_op(grad, x, pooled, y, idx, ctx.shape, *ctx.stage)
+    return (dx, *(None,) * len(ctx.stage))
+
+
+_train_op.register_autograd(_stage_backward, setup_context=_setup_context)
+
+
+def stage(x: torch.Tensor, args: StageArgs) -> torch.Tensor:
+    """A conv stage's ReLU + LRN + max-pool on a channels-last CPU ``x`` the kernel takes; differentiable when
+    ``x`` needs a gradient (then through the training kernels), else :func:`relu_lrn_pool`."""
+    if torch.is_grad_enabled() and x.requires_grad:
+        return _train_op(x, *args)[0]
+    return relu_lrn_pool(x, *args)
 
 
 # --- the fast path in a model's forward ------------------------------------------------------------------
@@ -158,7 +292,6 @@ def applies(features: nn.Sequential, x: torch.Tensor) -> bool:
     """Whether :func:`run` may replace ``features(x)`` (module docstring)."""
     return (
         os.environ.get("ALEXNET_FUSE", "1") != "0"
-        and not torch.is_grad_enabled()
         and type(x) is torch.Tensor
         and x.device.type == "cpu"
         and not _tracing()
@@ -184,7 +317,7 @@ def _pool_args(pool: nn.Module) -> tuple[int, int, bool] | None:
     return kernel, stride, bool(pool.ceil_mode)
 
 
-def _stage(modules: list[nn.Module], i: int, x: torch.Tensor) -> dict | None:
+def _stage(modules: list[nn.Module], i: int, x: torch.Tensor) -> StageArgs | None:
     """The arguments of :func:`relu_lrn_pool` when ``modules[i:i+3]`` is ReLU + (LRN, pool in either order),
     none of them hooked, and the pooled maps are not empty; else ``None``."""
     run = modules[i : i + 3]
@@ -199,16 +332,10 @@ def _stage(modules: list[nn.Module], i: int, x: torch.Tensor) -> dict | None:
     args = _pool_args(pool)
     if args is None or min(pooled_size(s, args[0], args[1], args[2]) for s in x.shape[2:]) < 1:
         return None
-    kernel_size, stride, ceil_mode = args
-    return dict(
-        pool_first=pool_first,
-        size=int(norm.size),
-        alpha=float(norm.sum_alpha),
-        beta=float(norm.beta),
-        k=float(norm.k),
-        kernel_size=kernel_size,
-        stride=stride,
-        ceil_mode=ceil_mode,
+    if args[0] * args[0] > 256:  # window offsets are stored in a byte
+        return None
+    return StageArgs(
+        pool_first, int(norm.size), float(norm.sum_alpha), float(norm.beta), float(norm.k), *args
     )
 
 
@@ -218,9 +345,9 @@ def run(features: nn.Sequential, x: torch.Tensor) -> torch.Tensor:
     modules = list(features)
     i = 0
     while i < len(modules):
-        stage = _stage(modules, i, x)
-        if stage is not None and _kernel_for(x) is not None:
-            x = relu_lrn_pool(x, **stage)
+        args = _stage(modules, i, x)
+        if args is not None and _kernel_for(x) is not None:
+            x = stage(x, args)
             i += 3
         else:
             x = modules[i](x)

@@ -266,14 +266,19 @@ void backward(const void* g, const void* x, const void* y, void* dx, int64_t out
 }
 
 
-// ---------------------------------------------------------------- inference stages (channels-last)
+// ---------------------------------------------------------------- conv stages (channels-last)
 //
 // AlexNet §3.3–3.4: each of conv1 and conv2 is followed by ReLU, LRN and overlapping max-pooling (z = 3, s = 2), in
-// the order relu → norm → pool (AlexNet) or relu → pool → norm (CaffeNet; ZFNet, Fig. 3). Without autograd the
-// three run here as one pass over the conv's output: the pooled maps are the only thing written, where the
-// three modules read and write the full-size maps three times. Each function computes what the three PyTorch
-// modules compute, in the same arithmetic: the LRN by the helpers above, max-pooling as max_pool2d does it
-// (NaN wins), ReLU as torch.relu (NaN passes). max commutes with ReLU and with rounding to bf16 (both monotone).
+// the order relu → norm → pool (AlexNet) or relu → pool → norm (CaffeNet; ZFNet, Fig. 3). Here the three run as
+// one pass over the conv's output: the pooled maps are the only thing written, where the three modules read and
+// write the full-size maps three times. The functions compute what the three PyTorch modules compute, in the same
+// arithmetic: the LRN by the helpers above, max-pooling as max_pool2d does it (the first maximum in scan order
+// wins; NaN wins), ReLU as torch.relu (NaN passes). max commutes with ReLU and with rounding to bf16 (monotone).
+//
+// For training the forward also writes, per pooled value, where in its window the maximum was (uint8, an offset
+// in the k×k window: max_pool2d's index) and, for relu → pool → norm, the pooled maps before the LRN (the LRN's
+// input). The backward gathers each input pixel's gradient from the windows that hold it (at most ⌈k/s⌉² of
+// them, in max_pool2d_backward's order), so nothing is zero-filled or scattered, and applies the ReLU's mask.
 
 struct Pool {
   int64_t N, H, W, C, Ho, Wo;
@@ -286,8 +291,14 @@ inline T relu(T v) {
 }
 
 template <typename T>
-inline T pool_max(T m, T v) {
-  return (v > m || v != v) ? v : m;
+inline bool takes(T m, T v) {  // max_pool2d's update rule
+  return v > m || v != v;
+}
+
+// The pooled positions whose window holds input position r: lo .. hi
+inline void windows_of(int64_t r, int64_t out, const Pool& q, int64_t& lo, int64_t& hi) {
+  lo = r < q.kernel ? 0 : (r - q.kernel) / q.stride + 1;
+  hi = std::min(out - 1, r / q.stride);
 }
 
 // The LRN of one pixel's channel vector a (already through the ReLU) into out; sq is padded by before + after.
@@ -298,16 +309,42 @@ inline void lrn_pixel(const T* a, T* sq, T* acc, T* out, int64_t C, const Params
   scale(a, acc, out, C, p.alpha, p.k, p.beta);
 }
 
+// m[c] = max over the window of rows r0..r1, cols c0..c1 of at(r, col)[c]; where[c] = its offset in the window
+template <typename T, typename At>
+inline void window_max(At at, int64_t r0, int64_t r1, int64_t c0, int64_t c1, int kernel, T* m, uint8_t* where,
+                       int64_t C) {
+  std::fill(m, m + C, -std::numeric_limits<T>::infinity());
+  if (where) std::fill(where, where + C, uint8_t(0));  // max_pool2d's index when nothing beats -inf
+  for (int64_t r = r0; r < r1; ++r)
+    for (int64_t col = c0; col < c1; ++col) {
+      const auto* v = at(r, col);
+      if (where) {
+        const uint8_t off = uint8_t((r - r0) * kernel + (col - c0));
+        for (int64_t c = 0; c < C; ++c) {
+          const T x = load(v[c]);
+          const bool take = takes(m[c], x);
+          m[c] = take ? x : m[c];
+          where[c] = take ? off : where[c];
+        }
+      } else {
+        for (int64_t c = 0; c < C; ++c) {
+          const T x = load(v[c]);
+          m[c] = takes(m[c], x) ? x : m[c];
+        }
+      }
+    }
+}
+
 // Work items: (image, band of output rows), enough of them to keep every thread busy at batch 1 too.
-inline int64_t rows_per_band(const Pool& q, int threads) {
+inline int64_t rows_per_band(int64_t images, int64_t rows, int threads) {
   const int64_t want = int64_t(threads) * 4;
-  return q.N >= want ? q.Ho : std::max<int64_t>(1, (q.N * q.Ho + want - 1) / want);
+  return images >= want ? rows : std::max<int64_t>(1, (images * rows + want - 1) / want);
 }
 
 // relu → LRN → max-pool: LRN'd input rows go to a ring of `kernel` rows, each computed once per band
 template <typename S, typename T>
-void stage_norm_pool(const S* x, S* y, const Pool& q, const Params<T>& p) {
-  const int64_t C = q.C, band = rows_per_band(q, p.threads), bands = (q.Ho + band - 1) / band;
+void stage_norm_pool(const S* x, S* y, uint8_t* idx, const Pool& q, const Params<T>& p) {
+  const int64_t C = q.C, band = rows_per_band(q.N, q.Ho, p.threads), bands = (q.Ho + band - 1) / band;
   const int n = p.before + p.after + 1;
 #pragma omp parallel num_threads(p.threads)
   {
@@ -330,16 +367,11 @@ void stage_norm_pool(const S* x, S* y, const Pool& q, const Params<T>& p) {
             lrn_pixel(a.data(), sq.data(), acc.data(), ring.data() + (slot * q.W + px) * C, C, p);
           }
         }
+        const auto at = [&](int64_t r, int64_t col) { return ring.data() + ((r % q.kernel) * q.W + col) * C; };
         for (int64_t ox = 0; ox < q.Wo; ++ox) {
-          const int64_t c0 = ox * q.stride, c1 = std::min(q.W, c0 + q.kernel);
-          std::fill(m.begin(), m.end(), -std::numeric_limits<T>::infinity());
-          for (int64_t r = r0; r < r1; ++r)
-            for (int64_t col = c0; col < c1; ++col) {
-              const T* v = ring.data() + ((r % q.kernel) * q.W + col) * C;
-              for (int64_t c = 0; c < C; ++c) m[c] = pool_max(m[c], v[c]);
-            }
-          S* out = y + ((img * q.Ho + oy) * q.Wo + ox) * C;
-          for (int64_t c = 0; c < C; ++c) out[c] = store<S>(m[c]);
+          const int64_t c0 = ox * q.stride, c1 = std::min(q.W, c0 + q.kernel), o = (img * q.Ho + oy) * q.Wo + ox;
+          window_max(at, r0, r1, c0, c1, q.kernel, m.data(), idx ? idx + o * C : nullptr, C);
+          for (int64_t c = 0; c < C; ++c) y[o * C + c] = store<S>(m[c]);
         }
       }
     }
@@ -348,7 +380,7 @@ void stage_norm_pool(const S* x, S* y, const Pool& q, const Params<T>& p) {
 
 // relu → max-pool → LRN: pool the raw maps, ReLU the maximum, normalise the pooled vector
 template <typename S, typename T>
-void stage_pool_norm(const S* x, S* y, const Pool& q, const Params<T>& p) {
+void stage_pool_norm(const S* x, S* y, S* pooled, uint8_t* idx, const Pool& q, const Params<T>& p) {
   const int64_t C = q.C;
   const int n = p.before + p.after + 1;
 #pragma omp parallel num_threads(p.threads)
@@ -359,40 +391,116 @@ void stage_pool_norm(const S* x, S* y, const Pool& q, const Params<T>& p) {
       const int64_t img = item / q.Ho, oy = item % q.Ho;
       const int64_t r0 = oy * q.stride, r1 = std::min(q.H, r0 + q.kernel);
       const S* xi = x + img * q.H * q.W * C;
+      const auto at = [&](int64_t r, int64_t col) { return xi + (r * q.W + col) * C; };
       for (int64_t ox = 0; ox < q.Wo; ++ox) {
-        const int64_t c0 = ox * q.stride, c1 = std::min(q.W, c0 + q.kernel);
-        std::fill(m.begin(), m.end(), -std::numeric_limits<T>::infinity());
-        for (int64_t r = r0; r < r1; ++r)
-          for (int64_t col = c0; col < c1; ++col) {
-            const S* v = xi + (r * q.W + col) * C;
-            for (int64_t c = 0; c < C; ++c) m[c] = pool_max(m[c], load(v[c]));
-          }
+        const int64_t c0 = ox * q.stride, c1 = std::min(q.W, c0 + q.kernel), o = (img * q.Ho + oy) * q.Wo + ox;
+        window_max(at, r0, r1, c0, c1, q.kernel, m.data(), idx ? idx + o * C : nullptr, C);
         for (int64_t c = 0; c < C; ++c) m[c] = relu(m[c]);
+        if (pooled)  // the LRN's input, stored as the modules store it (bf16 values are exact: a max of bf16s)
+          for (int64_t c = 0; c < C; ++c) pooled[o * C + c] = store<S>(m[c]);
         lrn_pixel(m.data(), sq.data(), acc.data(), out.data(), C, p);
-        S* o = y + ((img * q.Ho + oy) * q.Wo + ox) * C;
-        for (int64_t c = 0; c < C; ++c) o[c] = store<S>(out[c]);
+        for (int64_t c = 0; c < C; ++c) y[o * C + c] = store<S>(out[c]);
+      }
+    }
+  }
+}
+
+// g[c] = the gradient that max-pooling routes to input pixel (r, col): the sum over the windows whose maximum it
+// was (where == its offset) of grad, in max_pool2d_backward's order; with `pooled`, only where pooled > 0 (ReLU)
+template <typename S, typename T>
+inline void gather(const S* grad, const S* pooled, const uint8_t* where, int64_t img, int64_t r, int64_t col,
+                   const Pool& q, T* g) {
+  const int64_t C = q.C;
+  std::fill(g, g + C, T(0));
+  int64_t y0, y1, x0, x1;
+  windows_of(r, q.Ho, q, y0, y1);
+  windows_of(col, q.Wo, q, x0, x1);
+  for (int64_t oy = y0; oy <= y1; ++oy)
+    for (int64_t ox = x0; ox <= x1; ++ox) {
+      const uint8_t off = uint8_t((r - oy * q.stride) * q.kernel + (col - ox * q.stride));
+      const int64_t o = ((img * q.Ho + oy) * q.Wo + ox) * C;
+      if (pooled) {
+        for (int64_t c = 0; c < C; ++c)
+          g[c] += (where[o + c] == off && load(pooled[o + c]) > T(0)) ? load(grad[o + c]) : T(0);
+      } else {
+        for (int64_t c = 0; c < C; ++c) g[c] += where[o + c] == off ? load(grad[o + c]) : T(0);
+      }
+    }
+}
+
+// backward of relu → LRN → max-pool, from the conv output x: gather, the LRN's gradient, the ReLU's mask
+template <typename S, typename T>
+void stage_norm_pool_backward(const S* grad, const S* x, const uint8_t* idx, S* dx, const Pool& q,
+                              const Params<T>& p) {
+  const int64_t C = q.C;
+  const int n = p.before + p.after + 1;
+  const T coef = T(-2) * p.alpha * p.beta;
+#pragma omp parallel num_threads(p.threads)
+  {
+    std::vector<T> g(C), a(C), sq(C + n - 1, T(0)), s(C), pw(C), t(C + n - 1, T(0)), w(C);
+#pragma omp for schedule(static)
+    for (int64_t item = 0; item < q.N * q.H; ++item) {
+      const int64_t img = item / q.H, r = item % q.H;
+      for (int64_t col = 0; col < q.W; ++col) {
+        const int64_t at = ((img * q.H + r) * q.W + col) * C;
+        gather(grad, static_cast<const S*>(nullptr), idx, img, r, col, q, g.data());
+        for (int64_t c = 0; c < C; ++c) a[c] = relu(load(x[at + c]));
+        square(a.data(), sq.data() + p.before, C);
+        window_sum(sq.data(), 1, n, C, s.data());
+        if (p.beta == T(0.75)) {
+          for (int64_t c = 0; c < C; ++c) pw[c] = pow_minus_075(p.k + p.alpha * s[c]);
+        } else {
+          for (int64_t c = 0; c < C; ++c) pw[c] = std::pow(p.k + p.alpha * s[c], -p.beta);
+        }
+        // t = g b / d with b = a d^-beta, the LRN's output (stored by the modules, recomputed here)
+        for (int64_t c = 0; c < C; ++c) t[c + p.after] = g[c] * (a[c] * pw[c]) / (p.k + p.alpha * s[c]);
+        window_sum(t.data(), 1, n, C, w.data());
+        for (int64_t c = 0; c < C; ++c) {
+          const T d = g[c] * pw[c] + coef * a[c] * w[c];
+          dx[at + c] = store<S>(load(x[at + c]) > T(0) ? d : T(0));
+        }
+      }
+    }
+  }
+}
+
+// backward of max-pool with the ReLU before it, given the gradient of the pooled maps (relu → pool → norm)
+template <typename S, typename T>
+void unpool_relu(const S* grad, const S* pooled, const uint8_t* idx, S* dx, const Pool& q, int threads) {
+  const int64_t C = q.C;
+#pragma omp parallel num_threads(threads)
+  {
+    std::vector<T> g(C);
+#pragma omp for schedule(static)
+    for (int64_t item = 0; item < q.N * q.H; ++item) {
+      const int64_t img = item / q.H, r = item % q.H;
+      for (int64_t col = 0; col < q.W; ++col) {
+        gather(grad, pooled, idx, img, r, col, q, g.data());
+        S* out = dx + ((img * q.H + r) * q.W + col) * C;
+        for (int64_t c = 0; c < C; ++c) out[c] = store<S>(g[c]);
       }
     }
   }
 }
 
 template <typename S>
-void stage(const void* x, void* y, int64_t N, int64_t H, int64_t W, int64_t C, int64_t Ho, int64_t Wo, int kernel,
-           int stride, int pool_first, int before, int after, double alpha, double beta, double k, int threads) {
+struct Stage {
   using T = typename Compute<S>::type;
-  const auto p = params<T>(N * H * W, C, 1, before, after, alpha, beta, k, threads);
-  const Pool q{N, H, W, C, Ho, Wo, kernel, stride};
-  const S* xs = static_cast<const S*>(x);
-  S* ys = static_cast<S*>(y);
-  if (pool_first) stage_pool_norm(xs, ys, q, p);
-  else stage_norm_pool(xs, ys, q, p);
-}
+  Pool q;
+  Params<T> p;
+  Stage(int64_t N, int64_t H, int64_t W, int64_t C, int64_t Ho, int64_t Wo, int kernel, int stride, int before,
+        int after, double alpha, double beta, double k, int threads)
+      : q{N, H, W, C, Ho, Wo, kernel, stride}, p(params<T>(N * H * W, C, 1, before, after, alpha, beta, k, threads)) {}
+};
 
 }  // namespace
 
 // Entry points (C ABI for ctypes). A channels-last N×C×H×W tensor is passed as outer = N·H·W, inner = 1.
 // The forward may be called with y == x (in place): each tile's squares are taken before any of it is written.
-// stage_forward: a channels-last N×C×H×W conv output → its ReLU, LRN and max-pool (padding 0) as N×C×Ho×Wo.
+// stage_forward: a channels-last N×C×H×W conv output → its ReLU, LRN and max-pool (padding 0) as N×C×Ho×Wo; idx
+// (N·Ho·Wo·C bytes) and pooled (relu → pool → norm only: the LRN's input) are written when not null (training).
+// stage_backward: the conv output's gradient from the pooled maps' (grad), the conv output x (relu → norm → pool)
+// or the pooled maps before the LRN (relu → pool → norm: grad is then the gradient of those), and idx.
 #define LRN_ENTRY_POINTS(SUFFIX, S)                                                                           \
   void lrn_forward_##SUFFIX(const void* x, void* y, int64_t outer, int64_t channels, int64_t inner,            \
                             int before, int after, double alpha, double beta, double k, int threads) {         \
@@ -403,10 +511,27 @@ void stage(const void* x, void* y, int64_t N, int64_t H, int64_t W, int64_t C, i
                              double k, int threads) {                                                          \
     backward<S>(g, x, y, dx, outer, channels, inner, before, after, alpha, beta, k, threads);                 \
   }                                                                                                           \
-  void stage_forward_##SUFFIX(const void* x, void* y, int64_t N, int64_t H, int64_t W, int64_t C, int64_t Ho,  \
-                              int64_t Wo, int kernel, int stride, int pool_first, int before, int after,      \
-                              double alpha, double beta, double k, int threads) {                             \
-    stage<S>(x, y, N, H, W, C, Ho, Wo, kernel, stride, pool_first, before, after, alpha, beta, k, threads);    \
+  void stage_forward_##SUFFIX(const void* x, void* y, void* pooled, uint8_t* idx, int64_t N, int64_t H,       \
+                              int64_t W, int64_t C, int64_t Ho, int64_t Wo, int kernel, int stride,            \
+                              int pool_first, int before, int after, double alpha, double beta, double k,      \
+                              int threads) {                                                                    \
+    const Stage<S> st(N, H, W, C, Ho, Wo, kernel, stride, before, after, alpha, beta, k, threads);             \
+    if (pool_first)                                                                                           \
+      stage_pool_norm(static_cast<const S*>(x), static_cast<S*>(y), static_cast<S*>(pooled), idx, st.q, st.p); \
+    else                                                                                                      \
+      stage_norm_pool(static_cast<const S*>(x), static_cast<S*>(y), idx, st.q, st.p);                        \
+  }                                                                                                           \
+  void stage_backward_##SUFFIX(const void* grad, const void* x, const void* pooled, const uint8_t* idx,       \
+                               void* dx, int64_t N, int64_t H, int64_t W, int64_t C, int64_t Ho, int64_t Wo,   \
+                               int kernel, int stride, int pool_first, int before, int after, double alpha,    \
+                               double beta, double k, int threads) {                                           \
+    const Stage<S> st(N, H, W, C, Ho, Wo, kernel, stride, before, after, alpha, beta, k, threads);             \
+    if (pool_first)                                                                                           \
+      unpool_relu<S, Stage<S>::T>(static_cast<const S*>(grad), static_cast<const S*>(pooled), idx,             \
+                                  static_cast<S*>(dx), st.q, st.p.threads);                                   \
+    else                                                                                                      \
+      stage_norm_pool_backward(static_cast<const S*>(grad), static_cast<const S*>(x), idx,                     \
+                               static_cast<S*>(dx), st.q, st.p);                                              \
   }
 
 extern "C" {

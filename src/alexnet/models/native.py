@@ -23,7 +23,9 @@ import platform
 import shutil
 import subprocess
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 
@@ -103,27 +105,15 @@ class Kernel:
             bwd = getattr(self.lib, f"lrn_backward_{suffix}")
             bwd.argtypes = [ptr, ptr, ptr, ptr, i64, i64, i64, i32, i32, f64, f64, f64, i32]
             bwd.restype = None
+            shape = (
+                [i64] * 6 + [i32] * 5 + [f64] * 3 + [i32]
+            )  # N H W C Ho Wo, pooling, window, α β k, threads
             stage = getattr(self.lib, f"stage_forward_{suffix}")
-            stage.argtypes = [
-                ptr,
-                ptr,
-                i64,
-                i64,
-                i64,
-                i64,
-                i64,
-                i64,
-                i32,
-                i32,
-                i32,
-                i32,
-                i32,
-                f64,
-                f64,
-                f64,
-                i32,
-            ]
+            stage.argtypes = [ptr, ptr, ptr, ptr, *shape]
             stage.restype = None
+            stage_back = getattr(self.lib, f"stage_backward_{suffix}")
+            stage_back.argtypes = [ptr, ptr, ptr, ptr, ptr, *shape]
+            stage_back.restype = None
 
     @staticmethod
     def supports(x: torch.Tensor) -> bool:
@@ -175,28 +165,83 @@ class Kernel:
             fn(*pointers, outer, c, inner, *window, alpha, beta, k, torch.get_num_threads())
         return dx
 
+    @staticmethod
+    def _stage_args(shape: Sequence[int], out: Sequence[int], stage: StageArgs) -> tuple:
+        n, c, h, w = shape
+        window = (stage.size // 2, (stage.size - 1) // 2)
+        pooling = (stage.kernel_size, stage.stride, int(stage.pool_first))
+        return (
+            n,
+            h,
+            w,
+            c,
+            *out,
+            *pooling,
+            *window,
+            stage.alpha,
+            stage.beta,
+            stage.k,
+            torch.get_num_threads(),
+        )
+
     def stage(
-        self,
-        x: torch.Tensor,
-        out_size: tuple[int, int],
-        kernel_size: int,
-        stride: int,
-        pool_first: bool,
-        size: int,
-        alpha: float,
-        beta: float,
-        k: float,
-    ) -> torch.Tensor:
-        """ReLU, LRN and max-pool (no padding) of a channels-last N×C×H×W ``x`` in one pass (inference):
-        ``pool(lrn(relu(x)))``, or ``lrn(pool(relu(x)))`` with ``pool_first``; ``out_size`` is the pooled H×W."""
-        n, c, h, w = x.shape
-        y = torch.empty((n, c, *out_size), dtype=x.dtype, memory_format=torch.channels_last)
+        self, x: torch.Tensor, out: tuple[int, int], stage: StageArgs, training: bool = False
+    ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+        """ReLU, LRN and max-pool (no padding) of a channels-last N×C×H×W ``x`` in one pass: ``pool(lrn(relu(x)))``,
+        or ``lrn(pool(relu(x)))`` with ``stage.pool_first``; ``out`` is the pooled H×W.
+
+        Returns ``(y, pooled, idx)``; with ``training``, ``idx`` (uint8, like ``y``) holds where in its k×k window
+        each maximum was, and ``pooled`` (``pool_first`` only) the LRN's input; else both are ``None``.
+        """
+        like = dict(dtype=x.dtype, memory_format=torch.channels_last)
+        size = (x.shape[0], x.shape[1], *out)
+        y = torch.empty(size, **like)
+        idx = torch.empty(size, dtype=torch.uint8, memory_format=torch.channels_last) if training else None
+        pooled = torch.empty(size, **like) if training and stage.pool_first else None
         if y.numel():
             fn = getattr(self.lib, f"stage_forward_{DTYPES[x.dtype]}")
-            window = (size // 2, (size - 1) // 2)
-            shape = (n, h, w, c, *out_size, kernel_size, stride, int(pool_first))
-            fn(x.data_ptr(), y.data_ptr(), *shape, *window, alpha, beta, k, torch.get_num_threads())
-        return y
+            fn(x.data_ptr(), y.data_ptr(), _ptr(pooled), _ptr(idx), *self._stage_args(x.shape, out, stage))
+        return y, pooled, idx
+
+    def stage_backward(
+        self,
+        grad: torch.Tensor,
+        shape: Sequence[int],
+        x: torch.Tensor | None,
+        pooled: torch.Tensor | None,
+        idx: torch.Tensor,
+        stage: StageArgs,
+    ) -> torch.Tensor:
+        """The gradient of the stage's input (the conv output, of ``shape``), channels-last.
+
+        relu → norm → pool: ``grad`` is the gradient of the stage's output and ``x`` its input. relu → pool → norm:
+        ``grad`` is the gradient of ``pooled``, the LRN's input (the LRN's backward runs first, as
+        ``alexnet::lrn_backward``), and ``x`` is not needed.
+        """
+        grad = grad.contiguous(memory_format=torch.channels_last)
+        dx = torch.empty(tuple(shape), dtype=grad.dtype, memory_format=torch.channels_last)
+        if dx.numel():
+            fn = getattr(self.lib, f"stage_backward_{DTYPES[grad.dtype]}")
+            args = self._stage_args(shape, idx.shape[2:], stage)
+            fn(grad.data_ptr(), _ptr(x), _ptr(pooled), idx.data_ptr(), dx.data_ptr(), *args)
+        return dx
+
+
+def _ptr(t: torch.Tensor | None) -> int | None:
+    return None if t is None else t.data_ptr()
+
+
+class StageArgs(NamedTuple):
+    """A conv stage's ReLU + LRN + max-pool (:mod:`alexnet.models.fused`); ``alpha`` multiplies the window sum."""
+
+    pool_first: bool
+    size: int
+    alpha: float
+    beta: float
+    k: float
+    kernel_size: int
+    stride: int
+    ceil_mode: bool
 
 
 def load(out_dir: Path | None = None) -> Kernel:
