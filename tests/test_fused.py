@@ -37,6 +37,7 @@ class OpLog(TorchDispatchMode):
 
 
 STAGE = "alexnet.relu_lrn_pool"
+TRAIN = "alexnet.relu_lrn_pool_train"
 
 
 def modules(pool_first: bool, size: int, alpha: float, beta: float, k: float, kernel: int, stride: int, ceil):
@@ -153,11 +154,16 @@ def test_a_hooked_module_is_run_as_itself_and_its_hook_sees_its_own_output():
     assert fused_calls(model, x) == 2
 
 
-def test_training_and_other_layouts_run_the_modules():
+def test_training_runs_the_training_kernels_and_other_layouts_run_the_modules():
     model = build_model("caffenet").to(memory_format=CL)
     x = torch.randn(1, 3, 227, 227).contiguous(memory_format=CL)
-    assert fused_calls(model.train(), x, grad=True) == 0  # autograd needs the modules' saved tensors
-    assert fused_calls(model.eval(), x, grad=True) == 0
+    with OpLog() as log:
+        model.train()(x).sum().backward()
+    assert log.count(TRAIN) == 2 and log.count(STAGE) == 0
+    assert log.count("alexnet.relu_lrn_pool_backward") == 2
+    for p in model.parameters():
+        p.requires_grad_(False)  # nothing needs a gradient: the inference kernel
+    assert fused_calls(model.eval(), x, grad=True) == 2
     assert fused_calls(model.eval(), x.contiguous()) == 0  # NCHW: the modules (in place) are as fast
     with torch.no_grad():
         assert not fused.applies(model.features, x.to(torch.float16))  # a dtype the kernel does not take
@@ -189,3 +195,104 @@ def test_export_and_compile_see_the_modules_not_the_fused_operator():
     targets = {str(node.target) for node in program.graph.nodes}
     assert not any("relu_lrn_pool" in t for t in targets)
     assert any("alexnet.lrn" in t for t in targets)
+
+
+# --- training ------------------------------------------------------------------------------------------------
+def stage_args(pool_first: bool, size: int = 5, kernel: int = 3, stride: int = 2, ceil: bool = True):
+    return fused.StageArgs(pool_first, size, 1e-3, 0.75, 2.0, kernel, stride, ceil)
+
+
+def grads(fn, x: torch.Tensor, weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    x = x.detach().clone().requires_grad_()
+    y = fn(x)
+    (y * weight).sum().backward()
+    return y.detach(), x.grad
+
+
+@settings(max_examples=50, deadline=None)
+@given(
+    n=st.integers(1, 2),
+    c=st.integers(1, 24),
+    h=st.integers(3, 15),
+    w=st.integers(3, 15),
+    size=st.integers(1, 6),
+    kernel=st.integers(2, 3),
+    stride=st.integers(1, 3),
+    ceil=st.booleans(),
+    pool_first=st.booleans(),
+    ties=st.booleans(),
+    seed=st.integers(0, 2**16),
+)
+def test_the_training_kernels_give_the_modules_gradients(
+    n, c, h, w, size, kernel, stride, ceil, pool_first, ties, seed
+):
+    torch.manual_seed(seed)
+    x = torch.randn(n, c, h, w, dtype=torch.float64) * 30
+    if ties:  # equal values in a window: the gradient goes to the first maximum, as max_pool2d sends it
+        x = x.round().clamp(-2, 2)
+    x = x.contiguous(memory_format=CL)
+    args = stage_args(pool_first, size, kernel, stride, ceil)
+    reference = modules(pool_first, size, 1e-3, 0.75, 2.0, kernel, stride, ceil)
+    with torch.no_grad():
+        weight = torch.randn_like(reference(x.clone()))
+    got_y, got_dx = grads(lambda t: fused.stage(t, args), x, weight)
+    want_y, want_dx = grads(reference, x, weight)
+    torch.testing.assert_close(got_y, want_y, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(got_dx, want_dx, rtol=1e-10, atol=1e-12)
+    assert got_dx.is_contiguous(memory_format=CL)
+
+
+@pytest.mark.parametrize("pool_first", [False, True])
+def test_gradcheck_of_the_fused_stage_in_float64(pool_first):
+    torch.manual_seed(1)
+    x = (torch.randn(2, 7, 9, 8, dtype=torch.float64) * 20).contiguous(memory_format=CL).requires_grad_()
+    assert torch.autograd.gradcheck(lambda t: fused.stage(t, stage_args(pool_first, 3)), (x,))
+
+
+@pytest.mark.parametrize("pool_first", [False, True])
+def test_the_training_kernels_take_bfloat16_as_autocast_produces_it(pool_first):
+    torch.manual_seed(0)
+    x = (torch.randn(2, 32, 27, 27) * 30).to(torch.bfloat16).contiguous(memory_format=CL)
+    weight = torch.randn(2, 32, 13, 13).to(torch.bfloat16)
+    reference = modules(pool_first, 5, 1e-3, 0.75, 2.0, 3, 2, True)
+    got_y, got_dx = grads(lambda t: fused.stage(t, stage_args(pool_first)), x, weight)
+    want_y, want_dx = grads(reference, x, weight)
+    torch.testing.assert_close(got_y.float(), want_y.float(), rtol=8e-3, atol=0)
+    torch.testing.assert_close(got_dx.float(), want_dx.float(), rtol=2e-2, atol=1e-2)
+
+
+@pytest.mark.parametrize("name", ["alexnet", "caffenet", "zfnet"])
+def test_a_training_step_gives_the_same_gradients_with_and_without_the_fused_stages(name, monkeypatch):
+    torch.manual_seed(0)
+    model = build_model(name).train().to(memory_format=CL)
+    size = model.default_input_size
+    x = (torch.randn(2, 3, size, size) * 2).contiguous(memory_format=CL)
+    results = []
+    for fuse in ("1", "0"):
+        monkeypatch.setenv("ALEXNET_FUSE", fuse)
+        model.zero_grad()
+        torch.manual_seed(1)  # the same dropout masks
+        model(x).logsumexp(1).sum().backward()
+        results.append([p.grad.clone() for p in model.parameters()])
+    for got, want in zip(*results, strict=True):
+        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-6 * want.abs().max().item())
+
+
+@pytest.mark.parametrize("pool_first", [False, True])
+def test_the_fused_stage_keeps_fewer_bytes_for_backward_than_the_modules(pool_first):
+    x = torch.randn(2, 96, 55, 55).contiguous(memory_format=CL).requires_grad_()
+
+    def saved_bytes(fn) -> int:
+        seen: dict[int, int] = {}
+
+        def pack(t: torch.Tensor) -> torch.Tensor:
+            seen[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+            return t
+
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            fn(x * 1.0)  # a fresh non-leaf, as a conv output is
+        return sum(seen.values())
+
+    fast = saved_bytes(lambda t: fused.stage(t, stage_args(pool_first)))
+    slow = saved_bytes(modules(pool_first, 5, 1e-3, 0.75, 2.0, 3, 2, True))
+    assert fast < slow / 2

@@ -1,20 +1,27 @@
-"""Inference fast path: each conv stage's ReLU, LRN and max-pool as one kernel on CPU.
+"""Conv stages as one kernel on CPU: each stage's ReLU, LRN and max-pool in a single pass, forward and backward.
 
 AlexNet §3.3–3.4 follows conv1 and conv2 with ReLU, response normalisation and overlapping max-pooling
 (z = 3, s = 2): relu → norm → pool in AlexNet, relu → pool → norm in CaffeNet and ZFNet (Fig. 3). As three
-modules they read and write the full-size maps three times; the custom operator ``alexnet::relu_lrn_pool`` reads
-them once and writes only the pooled maps (``stage_forward`` in ``lrn_cpu.cpp``), the same numbers as the modules
-(tests/test_fused.py). The gain is measured in docs/performance.md.
+modules they read and write the full-size maps about three times each way and keep three activation-sized tensors
+for the backward. Here (``stage_forward`` / ``stage_backward`` in ``lrn_cpu.cpp``) the forward reads the conv
+output once and writes the pooled maps; for training it also writes where each maximum was (one byte per pooled
+value), and the backward gathers each input pixel's gradient from the windows that hold it, with the LRN's
+gradient and the ReLU's mask, in one pass. The numbers are the modules' (tests/test_fused.py compares outputs and
+gradients, ties in the pooling windows included); the gain is measured in docs/performance.md.
 
-:func:`applies` / :func:`run` are how :meth:`AlexNetFamily.forward_features` uses it. The modules stay what they
-are — names, state dict, hooks — and the fused kernel is only taken when nothing could tell the difference:
+* ``alexnet::relu_lrn_pool``: the inference operator (no autograd);
+* ``alexnet::relu_lrn_pool_train`` / ``alexnet::relu_lrn_pool_backward``: the training pair, joined by
+  ``register_autograd``; :func:`stage` picks one or the other.
 
-* no autograd (``torch.no_grad`` / ``torch.inference_mode``: evaluation, occlusion, the explorer);
-* a plain CPU tensor in channels-last (``alexnet eval``'s layout) of a dtype the kernel takes, and the kernel built;
+:func:`applies` / :func:`run` are how :meth:`AlexNetFamily.forward_features` uses them. The modules stay what they
+are — names, state dict, hooks — and the fused kernels are only taken when nothing could tell the difference:
+
+* a plain CPU tensor in channels-last (the layout ``alexnet train`` and ``alexnet eval`` use) of a dtype the kernel
+  takes (float32, float64, bfloat16), and the kernel built;
 * no forward or backward hook on the three modules, on ``features`` or global: activation maps, the deconvnet and
   the layer summary hook them and see every module's own output;
-* nothing traces the call (``torch.compile``, ``torch.export``, ONNX export, TorchScript), so exported graphs keep
-  one node per module (an ONNX ``LRN`` among them).
+* nothing traces the call (``torch.compile``, ``torch.export``, ONNX export, TorchScript), so exported and compiled
+  graphs keep one node per module (an ONNX ``LRN`` among them).
 
 ``ALEXNET_FUSE=0`` turns it off (A/B measurements).
 """

@@ -364,7 +364,10 @@ void stage_norm_pool(const S* x, S* y, uint8_t* idx, const Pool& q, const Params
           for (int64_t px = 0; px < q.W; ++px) {
             const S* in = xi + (r * q.W + px) * C;
             for (int64_t c = 0; c < C; ++c) a[c] = relu(load(in[c]));
-            lrn_pixel(a.data(), sq.data(), acc.data(), ring.data() + (slot * q.W + px) * C, C, p);
+            T* out = ring.data() + (slot * q.W + px) * C;
+            lrn_pixel(a.data(), sq.data(), acc.data(), out, C, p);
+            // rounded as the LRN module stores it, so that bf16 ties pick the maximum max_pool2d picks
+            for (int64_t c = 0; c < C; ++c) out[c] = load(store<S>(out[c]));
           }
         }
         const auto at = [&](int64_t r, int64_t col) { return ring.data() + ((r % q.kernel) * q.W + col) * C; };
@@ -452,8 +455,9 @@ void stage_norm_pool_backward(const S* grad, const S* x, const uint8_t* idx, S* 
         } else {
           for (int64_t c = 0; c < C; ++c) pw[c] = std::pow(p.k + p.alpha * s[c], -p.beta);
         }
-        // t = g b / d with b = a d^-beta, the LRN's output (stored by the modules, recomputed here)
-        for (int64_t c = 0; c < C; ++c) t[c + p.after] = g[c] * (a[c] * pw[c]) / (p.k + p.alpha * s[c]);
+        // t = g b / d with b = a d^-beta, the LRN's output (stored by the modules, recomputed and rounded here)
+        for (int64_t c = 0; c < C; ++c)
+          t[c + p.after] = g[c] * load(store<S>(a[c] * pw[c])) / (p.k + p.alpha * s[c]);
         window_sum(t.data(), 1, n, C, w.data());
         for (int64_t c = 0; c < C; ++c) {
           const T d = g[c] * pw[c] + coef * a[c] * w[c];
