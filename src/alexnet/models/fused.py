@@ -300,6 +300,7 @@ def applies(features: nn.Sequential, x: torch.Tensor) -> bool:
     return (
         os.environ.get("ALEXNET_FUSE", "1") != "0"
         and type(x) is torch.Tensor
+        and not torch._C._functorch.is_functorch_wrapped_tensor(x)  # torch.func transforms
         and x.device.type == "cpu"
         and not _tracing()
         and not _hooked(features)
