@@ -343,13 +343,18 @@ def _malloc_trim() -> Callable[[], None]:
 
 
 def _memory_child(
-    name: str, batch_size: int, steps: int, threads: int, tune_malloc: bool = False
+    name: str,
+    batch_size: int,
+    steps: int,
+    threads: int,
+    tune_malloc: bool = False,
+    channels_last: bool = False,
 ) -> dict[str, Any]:
     """Runs in the subprocess: a training step repeated ``steps`` times; resident-set figures in MiB."""
     if tune_malloc:
         malloc.tune()  # as the parent process (the `alexnet` command) runs
     torch.set_num_threads(threads)
-    model, x, y, _ = _setup(name, batch_size, torch.device("cpu"))
+    model, x, y, _ = _setup(name, batch_size, torch.device("cpu"), channels_last)
     step = _step_fn(model, "train", x, y)
     with contextlib.suppress(OSError):  # reset VmHWM so that the peak is this step's, not the imports'
         Path("/proc/self/clear_refs").write_text("5")
@@ -380,12 +385,14 @@ def memory_grows(rss_after_steps: list[float], step_peak: float) -> bool:
     return bool(rises) and min(rises) > max(32.0, 0.05 * step_peak / len(rises))
 
 
-def bench_memory(name: str, batch_size: int = MEMORY_BATCH_SIZE, steps: int = MEMORY_STEPS) -> MemoryRow:
+def bench_memory(
+    name: str, batch_size: int = MEMORY_BATCH_SIZE, steps: int = MEMORY_STEPS, channels_last: bool = False
+) -> MemoryRow:
     """Peak resident memory of a CPU training step of ``name`` at ``batch_size``, in a fresh process."""
     code = (
         "import json, sys; from alexnet.bench import _memory_child; "
         f"print(json.dumps(_memory_child({name!r}, {batch_size}, {steps}, {torch.get_num_threads()}, "
-        f"{malloc.state.startswith('glibc heap')})))"
+        f"{malloc.state.startswith('glibc heap')}, {channels_last})))"
     )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
     if proc.returncode != 0:
@@ -605,7 +612,7 @@ def run_bench(
             if dev.type == "cuda":
                 row_ = bench_memory_cuda(name, dev, memory_batch_size, amp=amp, channels_last=channels_last)
             else:
-                row_ = bench_memory(name, memory_batch_size)
+                row_ = bench_memory(name, memory_batch_size, channels_last=channels_last)
             report.memory.append(row_)
     return report
 
