@@ -296,3 +296,22 @@ def test_the_fused_stage_keeps_fewer_bytes_for_backward_than_the_modules(pool_fi
     fast = saved_bytes(lambda t: fused.stage(t, stage_args(pool_first)))
     slow = saved_bytes(modules(pool_first, 5, 1e-3, 0.75, 2.0, 3, 2, True))
     assert fast < slow / 2
+
+
+def test_the_visualisations_layer_walk_fuses_only_the_stages_nobody_asked_to_see(monkeypatch):
+    from alexnet.visualize.hooks import walk
+
+    torch.manual_seed(0)
+    model = build_model("alexnet").eval()
+    x = torch.randn(2, 3, 227, 227).contiguous(memory_format=CL)
+    with torch.inference_mode(), OpLog() as log:
+        logits, kept = walk(model, x, "fc8", ["norm1", "pool2", "relu5"])
+    assert log.count(STAGE) == 1  # stage 2; stage 1 runs as modules, since norm1 was asked for
+    assert kept["norm1"].shape == (2, 96, 55, 55) and kept["pool2"].shape == (2, 256, 13, 13)
+    monkeypatch.setenv("ALEXNET_FUSE", "0")
+    with torch.inference_mode(), OpLog() as log:
+        want_logits, want = walk(model, x, "fc8", ["norm1", "pool2", "relu5"])
+    assert log.count(STAGE) == 0
+    torch.testing.assert_close(logits, want_logits)
+    for name in want:
+        torch.testing.assert_close(kept[name], want[name])

@@ -29,6 +29,7 @@ are — names, state dict, hooks — and the fused kernels are only taken when n
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 
 import torch
 from torch import nn
@@ -295,18 +296,23 @@ def _tracing() -> bool:
     )
 
 
-def applies(features: nn.Sequential, x: torch.Tensor) -> bool:
-    """Whether :func:`run` may replace ``features(x)`` (module docstring)."""
+def usable(x: torch.Tensor) -> bool:
+    """Whether the fused kernels may take ``x`` and nothing global (hooks, tracing, ``ALEXNET_FUSE=0``) forbids
+    them; hooks on the modules themselves are checked by :func:`stage_at` (module docstring)."""
     return (
         os.environ.get("ALEXNET_FUSE", "1") != "0"
         and type(x) is torch.Tensor
         and not torch._C._functorch.is_functorch_wrapped_tensor(x)  # torch.func transforms
         and x.device.type == "cpu"
         and not _tracing()
-        and not _hooked(features)
         and not _global_hooks()
         and _kernel_for(x) is not None
     )
+
+
+def applies(features: nn.Sequential, x: torch.Tensor) -> bool:
+    """Whether :func:`run` may replace ``features(x)``."""
+    return usable(x) and not _hooked(features)
 
 
 def _square(value: int | tuple[int, ...] | None) -> int | None:
@@ -325,7 +331,7 @@ def _pool_args(pool: nn.Module) -> tuple[int, int, bool] | None:
     return kernel, stride, bool(pool.ceil_mode)
 
 
-def _stage(modules: list[nn.Module], i: int, x: torch.Tensor) -> StageArgs | None:
+def stage_at(modules: Sequence[nn.Module], i: int, x: torch.Tensor) -> StageArgs | None:
     """The arguments of :func:`relu_lrn_pool` when ``modules[i:i+3]`` is ReLU + (LRN, pool in either order),
     none of them hooked, and the pooled maps are not empty; else ``None``."""
     run = modules[i : i + 3]
@@ -353,7 +359,7 @@ def run(features: nn.Sequential, x: torch.Tensor) -> torch.Tensor:
     modules = list(features)
     i = 0
     while i < len(modules):
-        args = _stage(modules, i, x)
+        args = stage_at(modules, i, x)
         if args is not None and _kernel_for(x) is not None:
             x = stage(x, args)
             i += 3

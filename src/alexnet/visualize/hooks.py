@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from alexnet.errors import AlexnetError, LayerNotFound
-from alexnet.models import AlexNetFamily, LocalResponseNorm
+from alexnet.models import AlexNetFamily, LocalResponseNorm, fused
 
 
 class SelectionError(AlexnetError, ValueError):
@@ -77,10 +77,20 @@ def walk(
     wanted = set(keep)
     kept: dict[str, torch.Tensor] = {}
     x = images
-    for name, module in model.named_layers():
-        if isinstance(module, nn.Linear) and x.ndim > 2:
-            x = torch.flatten(x, 1)
-        x = module(x)
+    names, modules = zip(*model.named_layers(), strict=True)
+    fast = fused.usable(x)
+    i = 0
+    while i < len(modules):
+        # a ReLU + LRN + max-pool whose two first outputs nobody asked for: one kernel (models.fused)
+        args = fused.stage_at(modules, i, x) if fast else None
+        if args is not None and not (wanted | {until}) & set(names[i : i + 2]):
+            x, i = fused.stage(x, args), i + 3
+            name = names[i - 1]
+        else:
+            name, module = names[i], modules[i]
+            if isinstance(module, nn.Linear) and x.ndim > 2:
+                x = torch.flatten(x, 1)
+            x, i = module(x), i + 1
         if name in wanted:
             # Clone: a later in-place ReLU would otherwise overwrite the stored tensor.
             kept[name] = x.clone()
