@@ -119,6 +119,8 @@ def test_table_names_every_row_and_the_conventions(tiny_json):
     # which LRN implementation the rows measured: the fused kernel wherever a compiler built it
     expected = "fused C++ kernel" if native.kernel() is not None else "PyTorch ops"
     assert tiny_json["machine"]["lrn"] == expected and f"LRN: {expected}" in text
+    stages = "fused (channels-last)" if native.kernel() is not None else "modules"
+    assert f"conv stages: {stages}" in text
 
 
 def test_input_pipeline_rows_for_ours_and_torchvisions_stock(tmp_path):

@@ -141,6 +141,9 @@ def machine_info(device: torch.device) -> dict[str, Any]:
         info["lrn"] = "fused C++ kernel"
     elif device.type == "cuda" and triton_kernels() is not None:
         info["lrn"] = "Triton kernels"
+    if device.type == "cpu":  # ReLU + LRN + max-pool of a channels-last stage as one kernel (models/fused.py)
+        fuse = native.kernel() is not None and os.environ.get("ALEXNET_FUSE", "1") != "0"
+        info["stages"] = "fused (channels-last)" if fuse else "modules"
     info["malloc"] = malloc.state
     with contextlib.suppress(OSError):
         info["loadavg"] = [round(v, 2) for v in os.getloadavg()]
@@ -628,6 +631,7 @@ def format_report(report: Report) -> str:
     if report.rows:
         mm = statistics.median(r.matmul_gflops for r in report.rows)
         lrn = f"; LRN: {m['lrn']}" if "lrn" in m else ""
+        lrn += f"; conv stages: {m['stages']}" if "stages" in m else ""
         lrn += f"; malloc: {m['malloc']}" if "malloc" in m else ""
         dtype = "bf16" if report.settings.get("amp") else "fp32"
         size = report.settings.get("matmul_size", MATMUL_SIZE)

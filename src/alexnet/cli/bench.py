@@ -25,8 +25,10 @@ def register(sub: Any) -> None:
         "batch 128 per model (CPU: resident set, fresh process each; CUDA: the allocator's peak), and with "
         "--data ROOT the training input pipeline against torchvision's stock ImageFolder + PIL pipeline (on "
         "CUDA also --gpu-augment's and --gpu-decode's). For A/B runs: ALEXNET_NATIVE=0 runs the CPU LRN as "
-        "PyTorch ops instead of the fused C++ kernel, ALEXNET_TRITON=0 the CUDA LRN instead of the Triton "
-        "kernels; ALEXNET_MALLOC=system keeps glibc's default allocator (docs/performance.md).",
+        "PyTorch ops instead of the fused C++ kernel, ALEXNET_FUSE=0 runs each conv stage's ReLU, LRN and "
+        "max-pool as three modules instead of one CPU kernel (channels-last only), ALEXNET_TRITON=0 the CUDA LRN "
+        "instead of the Triton kernels; ALEXNET_MALLOC=system keeps glibc's default allocator "
+        "(docs/performance.md).",
     )
     p.add_argument("models", nargs="*", metavar="MODEL", help="registered model names")
     p.add_argument("--mode", choices=("train", "infer", "both"), default="both")
