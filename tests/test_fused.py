@@ -315,3 +315,11 @@ def test_the_visualisations_layer_walk_fuses_only_the_stages_nobody_asked_to_see
     torch.testing.assert_close(logits, want_logits)
     for name in want:
         torch.testing.assert_close(kept[name], want[name])
+
+
+def test_torch_compile_traces_the_modules_in_one_graph():
+    model = build_model("caffenet").eval().to(memory_format=CL)
+    x = torch.randn(1, 3, 227, 227).contiguous(memory_format=CL)
+    compiled = torch.compile(model, backend="eager", fullgraph=True)  # a graph break would raise
+    with torch.no_grad():
+        torch.testing.assert_close(compiled(x), model(x))

@@ -300,11 +300,11 @@ def usable(x: torch.Tensor) -> bool:
     """Whether the fused kernels may take ``x`` and nothing global (hooks, tracing, ``ALEXNET_FUSE=0``) forbids
     them; hooks on the modules themselves are checked by :func:`stage_at` (module docstring)."""
     return (
-        os.environ.get("ALEXNET_FUSE", "1") != "0"
+        not _tracing()  # first: under torch.compile this folds to False before anything dynamo cannot trace
+        and os.environ.get("ALEXNET_FUSE", "1") != "0"
         and type(x) is torch.Tensor
         and not torch._C._functorch.is_functorch_wrapped_tensor(x)  # torch.func transforms
         and x.device.type == "cpu"
-        and not _tracing()
         and not _global_hooks()
         and _kernel_for(x) is not None
     )
