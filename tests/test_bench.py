@@ -202,3 +202,32 @@ def test_amp_rows_run_under_bf16_autocast_against_the_bf16_matmul_rate(monkeypat
     model, x, y = create_model("caffenet"), torch.randn(1, 3, 227, 227), torch.zeros(1, dtype=torch.long)
     assert _step_fn(model, "infer", x, y, amp=True)().dtype == torch.bfloat16
     assert _step_fn(model, "infer", x, y, amp=False)().dtype == torch.float32
+
+
+def test_interleaved_rows_time_every_model_once_per_round_against_one_matmul_rate(monkeypatch):
+    from alexnet import bench
+
+    order: list[str] = []
+    real = bench._prepared
+
+    def spy(name, *args):
+        step, x, gflop, compile_s = real(name, *args)
+
+        def counted():
+            order.append(name)
+            return step()
+
+        return counted, x, gflop, compile_s
+
+    monkeypatch.setattr(bench, "_prepared", spy)
+    report = bench.run_bench(
+        ["caffenet"], modes=("infer",), batch_size=2, repeats=3, warmup=1, memory=False, interleave=True
+    )
+    # one warm-up each, then three rounds of one step per model, the reference first
+    assert order == [bench.REFERENCE, "caffenet"] * 4
+    assert report.settings["interleave"] is True
+    assert [r.model for r in report.rows] == [bench.REFERENCE, "caffenet"]
+    assert all(len(r.step_ms_all) == 3 for r in report.rows)
+    assert len({r.matmul_gflops for r in report.rows}) == 1
+    assert report.rows[1].vs_torchvision is not None
+    assert "per round (interleaved)" in bench.format_report(report)

@@ -9,7 +9,8 @@ Conventions (also in docs/performance.md):
   the gradient with respect to the input and with respect to the weights, each as costly as the forward.
 * **images/s** is ``batch_size / median(step time)`` over ``repeats`` timed steps after ``warmup`` untimed ones.
 * **% of matmul**: achieved GFLOP/s over the fp32 rate of a square ``torch.mm`` loop measured in the same
-  process right before each row (so a busy machine affects both alike).
+  process right before each row (so a busy machine affects both alike); with ``interleave`` the models are timed
+  round-robin, one step each per round, and the rate is the median of one measurement per round.
 * **memory**: a training step at batch 128 in a fresh subprocess per model; the peak resident set
   (``VmHWM`` after resetting it through ``/proc/self/clear_refs``) above the resident set before the first step,
   and the resident set after each step, read after glibc's ``malloc_trim`` (growth = last − second; flagged as
@@ -277,20 +278,16 @@ def _step_fn(
     return train
 
 
-def bench_model(
+def _prepared(
     name: str,
     mode: str,
-    *,
     batch_size: int,
     device: torch.device,
-    repeats: int,
-    warmup: int,
-    compile: bool = False,
-    channels_last: bool = False,
-    amp: bool = False,
-) -> Row:
-    """Time one model in one mode (``train`` or ``infer``) on random inputs; ``amp``: bf16 autocast, and
-    the matmul reference in bf16 too."""
+    compile: bool,
+    channels_last: bool,
+    amp: bool,
+) -> tuple[Callable[[], object], torch.Tensor, float, float | None]:
+    """``(step, inputs, forward GFLOP per image, compile seconds)``: a model set up for timing one mode."""
     model, x, y, gflop = _setup(name, batch_size, device, channels_last)
     compile_s = None
     if compile:
@@ -301,8 +298,19 @@ def bench_model(
         step()
         _sync(device)
         compile_s = time.perf_counter() - start
-    mm = matmul_gflops(device, dtype=torch.bfloat16 if amp else torch.float32)
-    times = _median_time(step, repeats, warmup, device)
+    return step, x, gflop, compile_s
+
+
+def _row(
+    name: str,
+    mode: str,
+    x: torch.Tensor,
+    gflop: float,
+    times: list[float],
+    mm: float,
+    compile_s: float | None,
+) -> Row:
+    batch_size = x.shape[0]
     step_s = statistics.median(times)
     flop = gflop * (TRAIN_FLOPS_FACTOR if mode == "train" else 1)
     achieved = flop * batch_size / step_s
@@ -320,6 +328,58 @@ def bench_model(
         compile_s=compile_s,
         step_ms_all=[t * 1e3 for t in times],
     )
+
+
+def bench_model(
+    name: str,
+    mode: str,
+    *,
+    batch_size: int,
+    device: torch.device,
+    repeats: int,
+    warmup: int,
+    compile: bool = False,
+    channels_last: bool = False,
+    amp: bool = False,
+) -> Row:
+    """Time one model in one mode (``train`` or ``infer``) on random inputs; ``amp``: bf16 autocast, and
+    the matmul reference in bf16 too."""
+    step, x, gflop, compile_s = _prepared(name, mode, batch_size, device, compile, channels_last, amp)
+    mm = matmul_gflops(device, dtype=torch.bfloat16 if amp else torch.float32)
+    times = _median_time(step, repeats, warmup, device)
+    return _row(name, mode, x, gflop, times, mm, compile_s)
+
+
+def bench_interleaved(
+    names: Sequence[str],
+    mode: str,
+    *,
+    batch_size: int,
+    device: torch.device,
+    repeats: int,
+    warmup: int,
+    compile: bool = False,
+    channels_last: bool = False,
+    amp: bool = False,
+) -> list[Row]:
+    """Time every model of one mode round-robin: each round runs one step of each model in turn, after one
+    matmul measurement. A burst of load on a shared machine then slows every row of the round alike, which
+    keeps the ratios between rows (``vs tv``) steadier than timing the rows one after the other. Every row's
+    '% mm' uses the median matmul rate of the rounds. All the models are alive at once (memory)."""
+    prepared = [_prepared(n, mode, batch_size, device, compile, channels_last, amp) for n in names]
+    for step, *_ in prepared:
+        _median_time(step, 0, warmup, device)
+    times: list[list[float]] = [[] for _ in names]
+    rates = []
+    for _ in range(repeats):
+        rates.append(matmul_gflops(device, dtype=torch.bfloat16 if amp else torch.float32))
+        for (step, *_), out in zip(prepared, times, strict=True):
+            out.extend(_median_time(step, 1, 0, device))
+    mm = statistics.median(rates)
+    return [
+        _row(name, mode, x, gflop, t, mm, compile_s)
+        for name, (_, x, gflop, compile_s), t in zip(names, prepared, times, strict=True)
+    ]
 
 
 # --- memory (one subprocess per model) --------------------------------------------------------------------
@@ -564,6 +624,7 @@ def run_bench(
     amp: bool = False,
     memory: bool = True,
     memory_batch_size: int = MEMORY_BATCH_SIZE,
+    interleave: bool = False,
     progress: Callable[[str], None] | None = None,
 ) -> Report:
     """Every model (and torchvision's AlexNet, always, first) in every mode; memory per model on CPU."""
@@ -583,12 +644,30 @@ def run_bench(
             "compile": compile,
             "channels_last": channels_last,
             "amp": amp,
+            "interleave": interleave,
             "memory_batch_size": memory_batch_size if memory else None,
             "train_flops_factor": TRAIN_FLOPS_FACTOR,
             "matmul_size": matmul_size(dev),
         },
     )
     for mode in modes:
+        if interleave:
+            if progress:
+                progress(f"{', '.join(names)} {mode} (interleaved)")
+            report.rows.extend(
+                bench_interleaved(
+                    names,
+                    mode,
+                    batch_size=batch_size,
+                    device=dev,
+                    repeats=repeats,
+                    warmup=warmup,
+                    compile=compile,
+                    channels_last=channels_last,
+                    amp=amp,
+                )
+            )
+            continue
         for name in names:
             if progress:
                 progress(f"{name} {mode}")
@@ -651,7 +730,8 @@ def format_report(report: Report) -> str:
                 + f"{r.gflop_per_image:>11.2f}{r.gflops:>9.1f}{r.pct_of_matmul:>7.1f}{vs:>7}"
                 + (f"  (compile {r.compile_s:.1f} s)" if r.compile_s is not None else "")
             )
-        lines.append("train counts 3× forward FLOPs; '% mm' is of the matmul rate measured before each row")
+        when = "per round (interleaved)" if report.settings.get("interleave") else "before each row"
+        lines.append(f"train counts 3× forward FLOPs; '% mm' is of the matmul rate measured {when}")
     if report.memory:
         head = f"{'model':<22}{'batch':>6}{'step peak MiB':>15}{'process peak MiB':>18}{'growth MiB':>12}"
         where = (

@@ -46,6 +46,12 @@ def register(sub: Any) -> None:
     p.add_argument("--threads", type=int, help="torch intra-op threads (default: torch's choice)")
     p.add_argument("--memory-batch-size", type=int, default=128, help="batch of the memory measurement (128)")
     p.add_argument("--no-memory", action="store_true", help="skip the training-memory measurement")
+    p.add_argument(
+        "--interleave",
+        action="store_true",
+        help="time the models round-robin, one step each per round (steadier ratios on a shared machine; all "
+        "models in memory at once)",
+    )
     p.add_argument("--data", metavar="ROOT", help="also time the input pipeline on ROOT/train (or 'builtin')")
     p.add_argument("--data-images", type=int, default=512, help="images per input-pipeline run (512)")
     p.add_argument("--workers", type=int, default=0, help="loader worker processes for --data (0)")
@@ -94,6 +100,7 @@ def run(args: argparse.Namespace) -> int:
             amp=args.amp,
             memory=not args.no_memory,
             memory_batch_size=args.memory_batch_size,
+            interleave=args.interleave,
             progress=progress,
         )
     if args.data:
