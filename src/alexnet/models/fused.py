@@ -332,7 +332,7 @@ def _pool_args(pool: nn.Module) -> tuple[int, int, bool] | None:
 
 
 def stage_at(modules: Sequence[nn.Module], i: int, x: torch.Tensor) -> StageArgs | None:
-    """The arguments of :func:`relu_lrn_pool` when ``modules[i:i+3]`` is ReLU + (LRN, pool in either order),
+    """The arguments of :func:`stage` when ``modules[i:i+3]`` is ReLU + (LRN, pool in either order),
     none of them hooked, and the pooled maps are not empty; else ``None``."""
     run = modules[i : i + 3]
     if len(run) < 3 or type(run[0]) is not nn.ReLU or any(_hooked(m) for m in run):
@@ -354,7 +354,7 @@ def stage_at(modules: Sequence[nn.Module], i: int, x: torch.Tensor) -> StageArgs
 
 
 def run(features: nn.Sequential, x: torch.Tensor) -> torch.Tensor:
-    """``features(x)`` with every fusable ReLU + LRN + max-pool run as :func:`relu_lrn_pool` (call only when
+    """``features(x)`` with every fusable ReLU + LRN + max-pool run as one :func:`stage` (call only when
     :func:`applies`); every other module, and any run that does not fit, is called as itself."""
     modules = list(features)
     i = 0

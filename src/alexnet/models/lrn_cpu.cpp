@@ -297,7 +297,6 @@ void backward(const void* g, const void* x, const void* y, void* dx, int64_t out
   else backward_planar(gs, xs, ys, ds, p);
 }
 
-
 // ---------------------------------------------------------------- conv stages (channels-last)
 //
 // AlexNet §3.3–3.4: each of conv1 and conv2 is followed by ReLU, LRN and overlapping max-pooling (z = 3, s = 2), in
@@ -305,7 +304,8 @@ void backward(const void* g, const void* x, const void* y, void* dx, int64_t out
 // one pass over the conv's output: the pooled maps are the only thing written, where the three modules read and
 // write the full-size maps three times. The functions compute what the three PyTorch modules compute, in the same
 // arithmetic: the LRN by the helpers above, max-pooling as max_pool2d does it (the first maximum in scan order
-// wins; NaN wins), ReLU as torch.relu (NaN passes). max commutes with ReLU and with rounding to bf16 (monotone).
+// wins; NaN wins), ReLU as torch.relu (NaN passes). max commutes with ReLU (monotone); LRN outputs are rounded to
+// the storage type before they are pooled, as the LRN module stores them, so that bf16 ties pool alike.
 //
 // For training the forward also writes, per pooled value, where in its window the maximum was (uint8, an offset
 // in the k×k window: max_pool2d's index) and, for relu → pool → norm, the pooled maps before the LRN (the LRN's
