@@ -36,7 +36,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from alexnet import malloc
+from alexnet import denormals, malloc
 from alexnet.errors import AlexnetError
 from alexnet.models import native
 from alexnet.models.layers import triton_kernels
@@ -146,6 +146,7 @@ def machine_info(device: torch.device) -> dict[str, Any]:
         fuse = native.kernel() is not None and os.environ.get("ALEXNET_FUSE", "1") != "0"
         info["stages"] = "fused (channels-last)" if fuse else "modules"
     info["malloc"] = malloc.state
+    info["denormals"] = denormals.state
     with contextlib.suppress(OSError):
         info["loadavg"] = [round(v, 2) for v in os.getloadavg()]
     return info
@@ -712,6 +713,7 @@ def format_report(report: Report) -> str:
         lrn = f"; LRN: {m['lrn']}" if "lrn" in m else ""
         lrn += f"; conv stages: {m['stages']}" if "stages" in m else ""
         lrn += f"; malloc: {m['malloc']}" if "malloc" in m else ""
+        lrn += f"; denormals: {m['denormals']}" if "denormals" in m else ""
         dtype = "bf16" if report.settings.get("amp") else "fp32"
         size = report.settings.get("matmul_size", MATMUL_SIZE)
         if dtype == "fp32" and m.get("tf32"):

@@ -12,7 +12,7 @@ import pkgutil
 import sys
 from collections.abc import Sequence
 
-from alexnet import malloc
+from alexnet import denormals, malloc
 from alexnet.cli._common import ArgumentParser, CommandError, run_safely
 
 
@@ -37,7 +37,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     malloc.tune()  # before the first large tensor: see alexnet/malloc.py
-    return run_safely(lambda: args.func(args))
+    with denormals.flushed():  # before PyTorch starts its threads: see alexnet/denormals.py
+        return run_safely(lambda: args.func(args))
 
 
 if __name__ == "__main__":
