@@ -9,7 +9,9 @@ The build goes to ``$ALEXNET_CACHE`` (default ``~/.cache/alexnet``)``/native/lrn
 source, the compiler command and the CPU's flags (``-march=native`` code must not run on another CPU). The file
 is written under a temporary name and renamed, so concurrent builds (one per DDP rank) never load a half-written
 library. No compiler, a failed build, or ``ALEXNET_NATIVE=0`` → :func:`kernel` returns ``None`` and the LRN runs
-as the PyTorch composition in ``layers.py`` (same numbers, slower); the reason is logged once.
+as the PyTorch composition in ``layers.py`` (same numbers, slower); the reason is logged once. The same library
+holds the conv-stage kernels (ReLU + LRN + max-pool, :mod:`alexnet.models.fused`); without it the stages run as
+their three modules.
 """
 
 from __future__ import annotations
@@ -93,7 +95,8 @@ def build(out_dir: Path | None = None) -> Path:
 class Kernel:
     """The loaded library: ``forward(x)`` and ``backward(g, x, y)`` on dense CPU float32/float64/bfloat16
     tensors (bfloat16, as autocast produces it, is computed in float32 and rounded once on the way out), and
-    ``stage(x, …)``: ReLU, LRN and max-pool in one pass for inference (:mod:`alexnet.models.fused`)."""
+    ``stage`` / ``stage_backward``: a conv stage's ReLU, LRN and max-pool in one pass each way, channels-last
+    (:mod:`alexnet.models.fused`)."""
 
     def __init__(self, path: Path) -> None:
         self.lib = ctypes.CDLL(str(path))
@@ -105,9 +108,8 @@ class Kernel:
             bwd = getattr(self.lib, f"lrn_backward_{suffix}")
             bwd.argtypes = [ptr, ptr, ptr, ptr, i64, i64, i64, i32, i32, f64, f64, f64, i32]
             bwd.restype = None
-            shape = (
-                [i64] * 6 + [i32] * 5 + [f64] * 3 + [i32]
-            )  # N H W C Ho Wo, pooling, window, α β k, threads
+            # N H W C Ho Wo; kernel, stride, pool_first; the window; α β k; threads
+            shape = [i64] * 6 + [i32] * 5 + [f64] * 3 + [i32]
             stage = getattr(self.lib, f"stage_forward_{suffix}")
             stage.argtypes = [ptr, ptr, ptr, ptr, *shape]
             stage.restype = None
