@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 from torch import nn
@@ -101,19 +102,10 @@ def _out(x: torch.Tensor, stage: StageArgs) -> tuple[int, int]:
     return h, w
 
 
+# The kernels and fakes below take the operators' arguments after the tensors as ``*args``, in StageArgs' order.
 @relu_lrn_pool.register_kernel("cpu")
-def _(
-    x: torch.Tensor,
-    pool_first: bool,
-    size: int,
-    alpha: float,
-    beta: float,
-    k: float,
-    kernel_size: int,
-    stride: int,
-    ceil_mode: bool,
-) -> torch.Tensor:
-    stage = StageArgs(pool_first, size, alpha, beta, k, kernel_size, stride, ceil_mode)
+def _(x: torch.Tensor, *args: Any) -> torch.Tensor:
+    stage = StageArgs(*args)
     kernel = _kernel_for(x)
     if kernel is None:
         return _composed(x, *stage)
@@ -129,18 +121,8 @@ def _empty_like_out(x: torch.Tensor, stage: StageArgs, dtype: torch.dtype | None
 
 
 @relu_lrn_pool.register_fake
-def _(
-    x: torch.Tensor,
-    pool_first: bool,
-    size: int,
-    alpha: float,
-    beta: float,
-    k: float,
-    kernel_size: int,
-    stride: int,
-    ceil_mode: bool,
-) -> torch.Tensor:
-    return _empty_like_out(x, StageArgs(pool_first, size, alpha, beta, k, kernel_size, stride, ceil_mode))
+def _(x: torch.Tensor, *args: Any) -> torch.Tensor:
+    return _empty_like_out(x, StageArgs(*args))
 
 
 # Training: the forward also returns what its backward needs (where each maximum was; the LRN's input when
@@ -170,19 +152,9 @@ def _train_op(
 
 
 @_train_op.register_fake
-def _(
-    x: torch.Tensor,
-    pool_first: bool,
-    size: int,
-    alpha: float,
-    beta: float,
-    k: float,
-    kernel_size: int,
-    stride: int,
-    ceil_mode: bool,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    stage = StageArgs(pool_first, size, alpha, beta, k, kernel_size, stride, ceil_mode)
-    pooled = _empty_like_out(x, stage) if pool_first else x.new_empty(0)
+def _(x: torch.Tensor, *args: Any) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    stage = StageArgs(*args)
+    pooled = _empty_like_out(x, stage) if stage.pool_first else x.new_empty(0)
     return _empty_like_out(x, stage), pooled, _empty_like_out(x, stage, torch.uint8)
 
 
@@ -223,14 +195,7 @@ def _(
     y: torch.Tensor,
     idx: torch.Tensor,
     shape: list[int],
-    pool_first: bool,
-    size: int,
-    alpha: float,
-    beta: float,
-    k: float,
-    kernel_size: int,
-    stride: int,
-    ceil_mode: bool,
+    *stage: Any,
 ) -> torch.Tensor:
     return torch.empty(shape, dtype=grad.dtype, device=grad.device, memory_format=torch.channels_last)
 
