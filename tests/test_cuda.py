@@ -120,6 +120,65 @@ def test_bf16_channels_last_training_steps_on_cuda_learn(name):
     assert losses[-1] < losses[0]  # it fits a fixed batch
 
 
+def _steps(model: torch.nn.Module, x: torch.Tensor, fuse: str, amp: bool, monkeypatch) -> tuple:
+    """Logits and parameter gradients of one training step (the same dropout masks), and how many fused
+    training stages ran."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class Count(TorchDispatchMode):
+        stages = 0
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            Count.stages += str(func.overloadpacket) == "alexnet.relu_lrn_pool_train"
+            return func(*args, **(kwargs or {}))
+
+    monkeypatch.setenv("ALEXNET_FUSE", fuse)
+    model.zero_grad()
+    torch.manual_seed(1)
+    with Count(), torch.autocast("cuda", dtype=torch.bfloat16, enabled=amp):
+        logits = model(x)
+    logits.float().logsumexp(1).sum().backward()
+    return logits.detach().float(), [p.grad.float().clone() for p in model.parameters()], Count.stages
+
+
+@pytest.mark.parametrize("name", ["alexnet", "caffenet", "zfnet"])
+def test_fused_triton_stages_give_the_modules_training_step_on_cuda(name, monkeypatch):
+    torch.manual_seed(0)
+    model = create_model(name).train().to(CUDA).to(memory_format=torch.channels_last)
+    size = model.default_input_size
+    x = (torch.randn(4, 3, size, size, device=CUDA) * 2).contiguous(memory_format=torch.channels_last)
+    for amp in (False, True):
+        fast_logits, fast, stages = _steps(model, x, "1", amp, monkeypatch)
+        slow_logits, slow, none = _steps(model, x, "0", amp, monkeypatch)
+        assert (stages, none) == (2, 0)  # both conv stages ran fused, and only when asked
+        tol = 2e-2 if amp else 1e-4  # bf16: a rounding apart can move a maximum
+        torch.testing.assert_close(fast_logits, slow_logits, rtol=tol, atol=tol)
+        for got, want in zip(fast, slow, strict=True):
+            scale = want.abs().max().item()
+            torch.testing.assert_close(got, want, rtol=tol, atol=(1e-1 if amp else 1e-5) * scale)
+
+
+def test_fused_triton_stage_inference_matches_the_modules_on_cuda(monkeypatch):
+    torch.manual_seed(0)
+    model = create_model("alexnet").eval().to(CUDA).to(memory_format=torch.channels_last)
+    x = torch.randn(8, 3, 227, 227, device=CUDA).contiguous(memory_format=torch.channels_last)
+    with torch.inference_mode():
+        fast = model(x)
+        monkeypatch.setenv("ALEXNET_FUSE", "0")
+        slow = model(x)
+    torch.testing.assert_close(fast, slow, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("pool_first", [False, True])
+def test_fused_stage_operators_pass_opcheck_on_cuda(pool_first):
+    from alexnet.models import fused
+
+    x = (torch.randn(2, 16, 13, 13, device=CUDA) * 10).contiguous(memory_format=torch.channels_last)
+    args = (pool_first, 5, 1e-4, 0.75, 2.0, 3, 2, True)
+    torch.library.opcheck(fused.relu_lrn_pool, (x, *args))
+    torch.library.opcheck(torch.ops.alexnet.relu_lrn_pool_train.default, (x.requires_grad_(), *args))
+
+
 def test_compiled_model_on_cuda_matches_eager():
     torch.manual_seed(0)
     model = create_model("alexnet").to(CUDA).eval()

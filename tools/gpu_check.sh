@@ -3,12 +3,13 @@
 # python3 with PyTorch, Triton and torchvision; this checkout on PYTHONPATH). Writes logs and JSON to $OUT
 # (default ./gpu-out) and prints the tables last.
 #   Usage: bash tools/gpu_check.sh [SECTION ...]
-#   sections: tests (or quicktests: LRN, towers, models) bench data train profile compile (default: all but quicktests)
+#   sections: tests (or quicktests: LRN, conv stages, towers, models) stage bench tf32 data train profile compile
+#   (default: all but quicktests)
 set -u
 OUT=${OUT:-gpu-out}; mkdir -p "$OUT"
 export PYTHONPATH=$PWD/src PYTHONUNBUFFERED=1 ALEXNET_CACHE=/tmp/alexnet-cache ALEXNET_DATA=/tmp/alexnet-data TQDM_DISABLE=1
 PY=python3
-SECTIONS=" ${*:-tests bench data train profile compile} "
+SECTIONS=" ${*:-tests stage bench tf32 data train profile compile} "
 want() { [[ $SECTIONS == *" $1 "* ]]; }
 step() { echo; echo "=== $* ($(date +%T))"; }
 
@@ -18,22 +19,29 @@ $PY -c "import torch, torchvision, triton, sys; print(sys.version.split()[0], to
 
 if want tests; then
   step "CUDA tests"
-  timeout 240 $PY -m pytest -q -x -p no:cacheprovider tests/test_cuda.py tests/test_lrn_triton.py \
-    tests/test_data_on_device.py 2>&1 | tee "$OUT/tests.log" | tail -4
+  timeout 300 $PY -m pytest -q -x -p no:cacheprovider tests/test_cuda.py tests/test_lrn_triton.py \
+    tests/test_stage_triton.py tests/test_data_on_device.py 2>&1 | tee "$OUT/tests.log" | tail -4
 fi
 
 if want quicktests; then
-  step "CUDA tests: LRN, tower convs, models"
-  timeout 120 $PY -m pytest -q -x -p no:cacheprovider tests/test_cuda.py tests/test_lrn_triton.py \
+  step "CUDA tests: LRN, conv stages, tower convs, models"
+  timeout 180 $PY -m pytest -q -x -p no:cacheprovider tests/test_cuda.py tests/test_lrn_triton.py tests/test_stage_triton.py \
     -k "not end_to_end and not compiled and not nvjpeg and not augmented" 2>&1 | tee "$OUT/tests.log" | tail -3
+fi
+
+if want stage; then
+  step "conv stages: modules against the fused Triton kernels, bf16, batch 256"
+  timeout 120 $PY tools/gpu_stage.py 2>&1 | tee "$OUT/stage.txt"
 fi
 
 B="$PY -m alexnet.cli bench alexnet caffenet zfnet --device cuda --batch-size 256 --channels-last --repeats 20 --warmup 5"
 if want bench; then
   step "bench bf16 channels-last, Triton LRN (+ GPU memory at batch 128)"
   timeout 150 $B --amp --json > "$OUT/bench_amp.json"
-  step "bench bf16 channels-last, composed LRN"
-  ALEXNET_TRITON=0 timeout 100 $B --amp --no-memory --json > "$OUT/bench_amp_composed.json"
+  step "bench bf16 channels-last, conv stages as modules (ALEXNET_FUSE=0)"
+  ALEXNET_FUSE=0 timeout 120 $B --amp --json > "$OUT/bench_amp_modules.json"
+fi
+if want tf32; then
   step "bench fp32 (TF32) channels-last, Triton LRN"
   timeout 100 $B --no-memory --json > "$OUT/bench_tf32.json"
 fi
@@ -73,7 +81,7 @@ $PY - "$OUT" <<'PYEOF'
 import json, sys
 from pathlib import Path
 from alexnet.bench import Report, format_report, Row, MemoryRow, DataRow
-for name in ("bench_amp", "bench_amp_composed", "bench_tf32", "bench_compile", "data"):
+for name in ("bench_amp", "bench_amp_modules", "bench_tf32", "bench_compile", "data"):
     f = Path(sys.argv[1]) / f"{name}.json"
     if not f.is_file():
         continue

@@ -1,4 +1,4 @@
-"""Conv stages as one kernel on CPU: each stage's ReLU, LRN and max-pool in a single pass, forward and backward.
+"""Conv stages as one kernel: each stage's ReLU, LRN and max-pool in a single pass, forward and backward.
 
 AlexNet §3.3–3.4 follows conv1 and conv2 with ReLU, response normalisation and overlapping max-pooling
 (z = 3, s = 2): relu → norm → pool in AlexNet, relu → pool → norm in CaffeNet and ZFNet (Fig. 3). As three
@@ -7,7 +7,9 @@ for the backward. Here (``stage_forward`` / ``stage_backward`` in ``lrn_cpu.cpp`
 output once and writes the pooled maps; for training it also writes where each maximum was (one byte per pooled
 value), and the backward gathers each input pixel's gradient from the windows that hold it, with the LRN's
 gradient and the ReLU's mask, in one pass. The numbers are the modules' (tests/test_fused.py compares outputs and
-gradients, ties in the pooling windows included); the gain is measured in docs/performance.md.
+gradients, ties in the pooling windows included); the gain is measured in docs/performance.md. On CUDA the
+same operators run as Triton kernels (:mod:`alexnet.models.stage_triton`; tests/test_stage_triton.py, and
+tests/test_cuda.py compiled).
 
 * ``alexnet::relu_lrn_pool``: the inference operator (no autograd);
 * ``alexnet::relu_lrn_pool_train`` / ``alexnet::relu_lrn_pool_backward``: the training pair, joined by
@@ -16,8 +18,9 @@ gradients, ties in the pooling windows included); the gain is measured in docs/p
 :func:`applies` / :func:`run` are how :meth:`AlexNetFamily.forward_features` uses them. The modules stay what they
 are — names, state dict, hooks — and the fused kernels are only taken when nothing could tell the difference:
 
-* a plain CPU tensor in channels-last (the layout ``alexnet train`` and ``alexnet eval`` use) of a dtype the kernel
-  takes (float32, float64, bfloat16), and the kernel built;
+* a plain tensor in channels-last (the layout ``alexnet train`` and ``alexnet eval`` use) of a dtype the kernel
+  takes: on CPU float32, float64 and bfloat16 with the C++ kernel built; on CUDA float32, bfloat16 and float16
+  with Triton (``ALEXNET_TRITON=0`` turns the Triton kernels off);
 * no forward or backward hook on the three modules, on ``features`` or global: activation maps, the deconvnet and
   the layer summary hook them and see every module's own output;
 * nothing traces the call (``torch.compile``, ``torch.export``, ONNX export, TorchScript), so exported and compiled
@@ -30,13 +33,14 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
+from types import ModuleType
 from typing import Any
 
 import torch
 from torch import nn
 from torch.nn import functional as F
 
-from alexnet.models import native
+from alexnet.models import layers, native
 from alexnet.models.layers import LocalResponseNorm, local_response_norm
 
 
@@ -91,10 +95,28 @@ def relu_lrn_pool(
 
 
 def _kernel_for(x: torch.Tensor) -> native.Kernel | None:
+    """The CPU kernel, when it is built and takes ``x``."""
     kernel = native.kernel()
     if kernel is None or not kernel.supports(x) or x.dim() != 4:
         return None
     return kernel if x.is_contiguous(memory_format=torch.channels_last) else None
+
+
+def _triton_for(x: torch.Tensor) -> ModuleType | None:
+    """:mod:`alexnet.models.stage_triton`, when Triton is there (and ``ALEXNET_TRITON`` is not 0) and takes the
+    CUDA tensor ``x`` in channels-last."""
+    if layers.triton_kernels() is None or not x.is_contiguous(memory_format=torch.channels_last):
+        return None
+    from alexnet.models import stage_triton
+
+    return stage_triton if stage_triton.supports(x) else None
+
+
+def _fast(x: torch.Tensor) -> bool:
+    """Whether a fused kernel takes ``x`` on its device."""
+    if x.device.type == "cuda":
+        return _triton_for(x) is not None
+    return x.device.type == "cpu" and _kernel_for(x) is not None
 
 
 def _out(x: torch.Tensor, stage: StageArgs) -> tuple[int, int]:
@@ -120,13 +142,22 @@ def _empty_like_out(x: torch.Tensor, stage: StageArgs, dtype: torch.dtype | None
     return torch.empty(size, dtype=dtype or x.dtype, device=x.device, memory_format=fmt)
 
 
+@relu_lrn_pool.register_kernel("cuda")
+def _(x: torch.Tensor, *args: Any) -> torch.Tensor:
+    stage = StageArgs(*args)
+    kernels = _triton_for(x)
+    if kernels is None:
+        return _composed(x, *stage)
+    return kernels.stage_forward(x, _out(x, stage), stage)[0]
+
+
 @relu_lrn_pool.register_fake
 def _(x: torch.Tensor, *args: Any) -> torch.Tensor:
     return _empty_like_out(x, StageArgs(*args))
 
 
 # Training: the forward also returns what its backward needs (where each maximum was; the LRN's input when
-# pooling comes first), the backward is one gather over the conv output. CPU kernel only (channels-last).
+# pooling comes first), the backward is one gather over the conv output. CPU and CUDA kernels (channels-last).
 @torch.library.custom_op("alexnet::relu_lrn_pool_train", mutates_args=())
 def _train_op(
     x: torch.Tensor,
@@ -147,6 +178,19 @@ def _train_op(
             "alexnet::relu_lrn_pool_train needs the CPU kernel and a channels-last input"
         )
     y, pooled, idx = kernel.stage(x, _out(x, stage), stage, training=True)
+    assert idx is not None
+    return y, pooled if pooled is not None else x.new_empty(0), idx
+
+
+@_train_op.register_kernel("cuda")
+def _(x: torch.Tensor, *args: Any) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    stage = StageArgs(*args)
+    kernels = _triton_for(x)
+    if kernels is None:
+        raise NotImplementedError(
+            "alexnet::relu_lrn_pool_train needs Triton and a channels-last input on CUDA"
+        )
+    y, pooled, idx = kernels.stage_forward(x, _out(x, stage), stage, training=True)
     assert idx is not None
     return y, pooled if pooled is not None else x.new_empty(0), idx
 
@@ -187,6 +231,25 @@ def _backward_op(
     return kernel.stage_backward(grad, shape, x, None, idx, stage)
 
 
+@_backward_op.register_kernel("cuda")
+def _(
+    grad: torch.Tensor,
+    x: torch.Tensor,
+    pooled: torch.Tensor,
+    y: torch.Tensor,
+    idx: torch.Tensor,
+    shape: list[int],
+    *args: Any,
+) -> torch.Tensor:
+    from alexnet.models import stage_triton
+
+    stage = StageArgs(*args)
+    if stage.pool_first:
+        grad = torch.ops.alexnet.lrn_backward(grad, pooled, y, stage.size, stage.alpha, stage.beta, stage.k)
+        return stage_triton.stage_backward(grad, shape, None, pooled, idx, stage)
+    return stage_triton.stage_backward(grad, shape, x, None, idx, stage)
+
+
 @_backward_op.register_fake
 def _(
     grad: torch.Tensor,
@@ -222,8 +285,9 @@ _train_op.register_autograd(_stage_backward, setup_context=_setup_context)
 
 
 def stage(x: torch.Tensor, args: StageArgs) -> torch.Tensor:
-    """A conv stage's ReLU + LRN + max-pool on a channels-last CPU ``x`` the kernel takes; differentiable when
-    ``x`` needs a gradient (then through the training kernels), else :func:`relu_lrn_pool`."""
+    """A conv stage's ReLU + LRN + max-pool on a channels-last ``x`` a kernel takes (:func:`usable`);
+    differentiable when ``x`` needs a gradient (then through the training kernels), else
+    :func:`relu_lrn_pool`."""
     if torch.is_grad_enabled() and x.requires_grad:
         return _train_op(x, *args)[0]
     return relu_lrn_pool(x, *args)
@@ -269,9 +333,8 @@ def usable(x: torch.Tensor) -> bool:
         and os.environ.get("ALEXNET_FUSE", "1") != "0"
         and type(x) is torch.Tensor
         and not torch._C._functorch.is_functorch_wrapped_tensor(x)  # torch.func transforms
-        and x.device.type == "cpu"
         and not _global_hooks()
-        and _kernel_for(x) is not None
+        and _fast(x)
     )
 
 
@@ -325,7 +388,7 @@ def run(features: nn.Sequential, x: torch.Tensor) -> torch.Tensor:
     i = 0
     while i < len(modules):
         args = stage_at(modules, i, x)
-        if args is not None and _kernel_for(x) is not None:
+        if args is not None and _fast(x):
             x = stage(x, args)
             i += 3
         else:

@@ -131,7 +131,7 @@ class AlexNetFamily(nn.Module):
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """The conv trunk: image batch → pool5 maps (``N×256×6×6`` for the paper models).
 
-        Without autograd on CPU, each unhooked ReLU + LRN + max-pool runs as one kernel (:mod:`.fused`).
+        Each unhooked ReLU + LRN + max-pool runs as one kernel where one takes the input (:mod:`.fused`).
         """
         if fused.applies(self.features, x):
             return fused.run(self.features, x)

@@ -1,0 +1,245 @@
+"""A conv stage's ReLU + LRN + max-pool on CUDA as Triton kernels (the GPU side of :mod:`alexnet.models.fused`).
+
+AlexNet §3.3–3.4: conv1 and conv2 are followed by ReLU, response normalisation and overlapping max-pooling
+(z = 3, s = 2), relu → norm → pool in AlexNet, relu → pool → norm in CaffeNet and ZFNet. As modules on a GPU that
+is five or six passes over the full-size maps forward and as many backward; here:
+
+* **relu → norm → pool** (``NORM``): the forward reads the conv output once per window that holds a position and
+  writes the pooled maps (and, for training, where each maximum was: one byte per pooled value); the LRN is
+  recomputed at each window position from the neighbours in channel (shifted loads that hit the cache). The
+  backward takes two passes over the input positions, as :mod:`alexnet.models.lrn_triton`'s does: each gathers
+  its pixel's gradient from the windows that hold it (at most ⌈z/s⌉² of them) and the first writes
+  ``t_j = g_j b_j / d_j`` in fp32; the second sums ``t`` over the transposed channel window and writes
+  ``(g_i d_i^{-β} − 2αβ a_i Σ t) · [x_i > 0]``.
+* **relu → pool → norm**: one kernel for ReLU + max-pool (and its gather backward with the ReLU mask); the LRN
+  runs on the pooled maps, a quarter of the size, through the LRN operator's own Triton kernels.
+
+A program owns one image and a block of positions with all their channels, as in the LRN kernels. Window offsets
+and ties follow ``max_pool2d``: the first maximum in the window in row-major order, NaN wins. bf16 and fp16 are
+computed in fp32 and the LRN output is rounded to the input's dtype before pooling, as the modules round it. Any
+layout runs (the strides are arguments); channels-last is the fast one. With ``TRITON_INTERPRET=1`` the kernels
+run on CPU tensors, which is how tests/test_stage_triton.py checks them on machines without a GPU.
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+import triton
+import triton.language as tl
+
+from alexnet.models import lrn_triton
+from alexnet.models.native import StageArgs
+
+# Elements per program (channels rounded up to a power of two × positions), forward and backward. The forward
+# recomputes the LRN at each window position (45 loads per pooled value in AlexNet): with bigger tiles ptxas
+# spills registers for sm_90 (``ptxas -v``). ALEXNET_STAGE_TILES=forward,backward overrides them (tools/gpu_stage.py).
+TILES = tuple(int(t) for t in os.environ.get("ALEXNET_STAGE_TILES", "1024,4096").split(","))
+
+
+@triton.jit
+def _relu(v):
+    return tl.where(v < 0.0, 0.0, v)  # NaN stays NaN, as torch.relu keeps it
+
+
+@triton.jit
+def _denominator(x_ptr, pos, c, C, valid, sxc, alpha, k, BEFORE: tl.constexpr, AFTER: tl.constexpr,
+                 BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr):  # fmt: skip
+    """``d = k + α Σ_{j∈win(c)} relu(x_j)²`` at the positions ``pos`` (offsets of channel 0)."""
+    s = tl.zeros((BLOCK_C, BLOCK_P), dtype=tl.float32)
+    for i in tl.static_range(BEFORE + AFTER + 1):
+        cc = c + (i - BEFORE)
+        v = _relu(
+            tl.load(x_ptr + pos + cc * sxc, mask=valid & (cc >= 0) & (cc < C), other=0.0).to(tl.float32)
+        )
+        s += v * v
+    return k + alpha * s
+
+
+@triton.jit
+def _forward(x_ptr, y_ptr, idx_ptr, C, H, W, HO, WO, sxn, sxc, sxh, sxw, syn, syc, syh, syw, alpha, beta, k,
+             NORM: tl.constexpr, TRAIN: tl.constexpr, K: tl.constexpr, S: tl.constexpr, BEFORE: tl.constexpr,
+             AFTER: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr):  # fmt: skip
+    """Pooled ``max(lrn(relu(x)))`` (``NORM``) or ``max(relu(x))`` for a C×P tile of output positions; with
+    ``TRAIN`` also the window offset of each maximum (the strides of ``y``)."""
+    c = tl.arange(0, BLOCK_C)[:, None]
+    q = tl.program_id(0) * BLOCK_P + tl.arange(0, BLOCK_P)[None, :]
+    n = tl.program_id(1)
+    in_q = q < HO * WO
+    oh = q // WO
+    ow = q % WO
+    best = tl.full((BLOCK_C, BLOCK_P), float("-inf"), dtype=tl.float32)
+    arg = tl.zeros((BLOCK_C, BLOCK_P), dtype=tl.int32)
+    for dh in range(K):  # a loop, not unrolled: unrolled, the compiler keeps 45 loads live and spills
+        for dw in range(K):
+            h = oh * S + dh
+            w = ow * S + dw
+            valid = in_q & (h < H) & (w < W)  # a ceil-mode window may stick out of the maps
+            pos = n * sxn + h * sxh + w * sxw
+            v = _relu(tl.load(x_ptr + pos + c * sxc, mask=valid & (c < C), other=0.0).to(tl.float32))
+            if NORM:
+                d = _denominator(x_ptr, pos, c, C, valid, sxc, alpha, k, BEFORE, AFTER, BLOCK_C, BLOCK_P)
+                v = (v * tl.exp2(-beta * tl.log2(d))).to(y_ptr.dtype.element_ty).to(tl.float32)
+            take = valid & ((v > best) | (v != v))
+            best = tl.where(take, v, best)
+            arg = tl.where(take, dh * K + dw, arg)
+    mask = in_q & (c < C)
+    out = n * syn + oh * syh + ow * syw + c * syc
+    tl.store(y_ptr + out, best.to(y_ptr.dtype.element_ty), mask=mask)
+    if TRAIN:
+        tl.store(idx_ptr + out, arg.to(tl.uint8), mask=mask)
+
+
+@triton.jit
+def _gather(g_ptr, idx_ptr, p_ptr, n, h, w, c, C, HO, WO, sgn, sgc, sgh, sgw, sin, sic, sih, siw, in_p,
+            POOLED_MASK: tl.constexpr, K: tl.constexpr, S: tl.constexpr, BLOCK_C: tl.constexpr,
+            BLOCK_P: tl.constexpr):  # fmt: skip
+    """The pooled gradient that reaches input positions ``(h, w)``: the sum over the windows holding each one
+    whose maximum it was. With ``POOLED_MASK`` only windows whose pooled ReLU output ``p`` (the strides of
+    ``idx``) is positive count: the maximum of ``relu(x)`` is positive exactly where ReLU passes its gradient."""
+    gb = tl.zeros((BLOCK_C, BLOCK_P), dtype=tl.float32)
+    for i in tl.static_range((K + S - 1) // S):
+        oh = h // S - i
+        row = in_p & (c < C) & (oh >= 0) & (oh < HO) & (h - oh * S < K)
+        for j in tl.static_range((K + S - 1) // S):
+            ow = w // S - j
+            ok = row & (ow >= 0) & (ow < WO) & (w - ow * S < K)
+            at = n * sin + oh * sih + ow * siw + c * sic
+            mine = ok & (
+                tl.load(idx_ptr + at, mask=ok, other=255).to(tl.int32) == (h - oh * S) * K + (w - ow * S)
+            )
+            if POOLED_MASK:
+                mine = mine & (tl.load(p_ptr + at, mask=mine, other=0.0).to(tl.float32) > 0.0)
+            gb += tl.load(g_ptr + n * sgn + oh * sgh + ow * sgw + c * sgc, mask=mine, other=0.0).to(
+                tl.float32
+            )
+    return gb
+
+
+@triton.jit
+def _backward(g_ptr, idx_ptr, x_ptr, t_ptr, dx_ptr, C, H, W, HO, WO, sxn, sxc, sxh, sxw, sgn, sgc, sgh, sgw,
+              sin, sic, sih, siw, alpha, beta, k, NORM: tl.constexpr, PASS: tl.constexpr, K: tl.constexpr,
+              S: tl.constexpr, BEFORE: tl.constexpr, AFTER: tl.constexpr, BLOCK_C: tl.constexpr,
+              BLOCK_P: tl.constexpr):  # fmt: skip
+    """The input gradient for a C×P tile of input positions (``dx``'s strides ``sx*``). With ``NORM`` (relu →
+    norm → pool; ``x`` is the conv output), ``PASS`` 0 writes ``t = g b / d`` (fp32, ``x``'s strides) and
+    ``PASS`` 1 the gradient. Without it (relu → pool → norm), ``x_ptr`` is the pooled ReLU output, which masks
+    the gathered gradient."""
+    c = tl.arange(0, BLOCK_C)[:, None]
+    p = tl.program_id(0) * BLOCK_P + tl.arange(0, BLOCK_P)[None, :]
+    n = tl.program_id(1)
+    in_p = p < H * W
+    h = p // W
+    w = p % W
+    mask = in_p & (c < C)
+    pos = n * sxn + h * sxh + w * sxw
+    gb = _gather(g_ptr, idx_ptr, x_ptr, n, h, w, c, C, HO, WO, sgn, sgc, sgh, sgw, sin, sic, sih, siw, in_p,
+                 not NORM, K, S, BLOCK_C, BLOCK_P)  # fmt: skip
+    if NORM:
+        x = tl.load(x_ptr + pos + c * sxc, mask=mask, other=0.0).to(tl.float32)
+        d = _denominator(x_ptr, pos, c, C, in_p, sxc, alpha, k, BEFORE, AFTER, BLOCK_C, BLOCK_P)
+        scale = tl.exp2(-beta * tl.log2(d))
+        if PASS == 0:
+            b = (_relu(x) * scale).to(dx_ptr.dtype.element_ty).to(tl.float32)  # the output the modules keep
+            tl.store(t_ptr + pos + c * sxc, gb * b / d, mask=mask)
+        else:
+            back = tl.zeros((BLOCK_C, BLOCK_P), dtype=tl.float32)
+            for i in tl.static_range(BEFORE + AFTER + 1):
+                j = c + (i - AFTER)
+                back += tl.load(t_ptr + pos + j * sxc, mask=in_p & (j >= 0) & (j < C), other=0.0)
+            dx = gb * scale - 2.0 * alpha * beta * _relu(x) * back
+            tl.store(
+                dx_ptr + pos + c * sxc, tl.where(x > 0.0, dx, 0.0).to(dx_ptr.dtype.element_ty), mask=mask
+            )
+    else:
+        tl.store(dx_ptr + pos + c * sxc, gb.to(dx_ptr.dtype.element_ty), mask=mask)
+
+
+def supports(x: torch.Tensor) -> bool:
+    """A 4-D float32/bf16/fp16 tensor the kernels take (the LRN kernels' limits: channels, images, 32-bit
+    offsets)."""
+    return x.dim() == 4 and lrn_triton.supports(x)
+
+
+def _layout_like(x: torch.Tensor) -> torch.memory_format:
+    return torch.contiguous_format if x.is_contiguous() else torch.channels_last
+
+
+def _tiles(c: int, positions: int, tile: int) -> tuple[int, int, int]:
+    block_c = triton.next_power_of_2(c)
+    block_p = max(1, min(triton.next_power_of_2(positions), tile // block_c))
+    return block_c, block_p, 8 if block_c * block_p >= 1024 else 4
+
+
+def _window(stage: StageArgs) -> dict[str, int]:
+    return {
+        "K": stage.kernel_size,
+        "S": stage.stride,
+        "BEFORE": stage.size // 2,
+        "AFTER": (stage.size - 1) // 2,
+    }
+
+
+def relu_pool(
+    x: torch.Tensor, out: tuple[int, int], stage: StageArgs, norm: bool, training: bool
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """``max_pool2d(lrn(relu(x)))`` (``norm``) or ``max_pool2d(relu(x))`` and, with ``training``, the uint8
+    window offsets of the maxima; ``out`` is the pooled height and width."""
+    n, c, height, width = x.shape
+    fmt = _layout_like(x)
+    y = torch.empty((n, c, *out), dtype=x.dtype, device=x.device, memory_format=fmt)
+    idx = torch.empty(y.shape, dtype=torch.uint8, device=x.device, memory_format=fmt) if training else None
+    block_c, block_p, warps = _tiles(c, out[0] * out[1], TILES[0])
+    grid = (triton.cdiv(out[0] * out[1], block_p), n)
+    _forward[grid](
+        x, y, y if idx is None else idx, c, height, width, *out, *x.stride(), *y.stride(),
+        stage.alpha, stage.beta, stage.k, NORM=norm, TRAIN=training, **_window(stage),
+        BLOCK_C=block_c, BLOCK_P=block_p, num_warps=warps,
+    )  # fmt: skip
+    return y, idx
+
+
+def stage_forward(
+    x: torch.Tensor, out: tuple[int, int], stage: StageArgs, training: bool = False
+) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+    """``(output, LRN input when pooling comes first, window offsets when training)``, as the CPU kernel's
+    :meth:`~alexnet.models.native.Kernel.stage` returns them."""
+    if not stage.pool_first:
+        y, idx = relu_pool(x, out, stage, norm=True, training=training)
+        return y, None, idx
+    pooled, idx = relu_pool(x, out, stage, norm=False, training=training)
+    return lrn_triton.forward(pooled, stage.size, stage.alpha, stage.beta, stage.k), pooled, idx
+
+
+def stage_backward(
+    grad: torch.Tensor,
+    shape: list[int],
+    x: torch.Tensor | None,
+    pooled: torch.Tensor | None,
+    idx: torch.Tensor,
+    stage: StageArgs,
+) -> torch.Tensor:
+    """The gradient of the conv output (of ``shape``; ``x``'s layout, else channels-last) from the pooled gradient ``grad``
+    (the LRN's input gradient when pooling comes first), as the CPU kernel's
+    :meth:`~alexnet.models.native.Kernel.stage_backward` takes them: ``x``, the conv output, for relu → norm →
+    pool; ``pooled``, the pooled ReLU output, for relu → pool → norm."""
+    norm = not stage.pool_first
+    source = x if norm else pooled
+    assert source is not None
+    n, c, height, width = shape
+    dx = (
+        torch.empty_like(x)  # x's strides: the kernel reads x and writes dx with one set
+        if x is not None and norm
+        else torch.empty(shape, dtype=grad.dtype, device=grad.device, memory_format=torch.channels_last)
+    )
+    block_c, block_p, warps = _tiles(c, height * width, TILES[1])
+    grid = (triton.cdiv(height * width, block_p), n)
+    scaled = torch.empty_like(dx, dtype=torch.float32) if norm else dx
+    for pass_ in (0, 1) if norm else (1,):
+        _backward[grid](
+            grad, idx, source, scaled, dx, c, height, width, *idx.shape[2:], *dx.stride(), *grad.stride(),
+            *idx.stride(), stage.alpha, stage.beta, stage.k, NORM=norm, PASS=pass_, **_window(stage),
+            BLOCK_C=block_c, BLOCK_P=block_p, num_warps=warps,
+        )  # fmt: skip
+    return dx

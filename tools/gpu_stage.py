@@ -1,0 +1,81 @@
+"""Times one conv stage's ReLU + LRN + max-pool on CUDA, forward and backward, as modules and as the fused Triton
+kernels at a few tile sizes (elements per program, forward and backward) (bf16, channels-last, batch 256), for the stages of the paper models.
+
+    python tools/gpu_stage.py [--batch-size 256] [--tiles FORWARD,BACKWARD ...]
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import statistics
+import time
+
+import torch
+from torch import nn
+
+from alexnet.models import fused, stage_triton
+from alexnet.models.layers import LocalResponseNorm
+from alexnet.models.native import StageArgs
+
+# (name, channels, conv-output size, pool_first, LRN α as the module stores it (multiplies the sum), k)
+STAGES = [
+    ("alexnet stage 1", 96, 55, False, 1e-4, 2.0),
+    ("alexnet stage 2", 256, 27, False, 1e-4, 2.0),
+    ("caffenet stage 1", 96, 55, True, 2e-5, 1.0),
+    ("zfnet stage 1", 96, 110, True, 2e-5, 1.0),
+    ("zfnet stage 2", 256, 26, True, 2e-5, 1.0),
+]
+
+
+def time_ms(fn, repeats: int = 20, warmup: int = 5) -> float:
+    for _ in range(warmup):
+        fn()
+    torch.cuda.synchronize()
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        fn()
+        torch.cuda.synchronize()
+        times.append(time.perf_counter() - t)
+    return 1e3 * statistics.median(times)
+
+
+def measure(f, x: torch.Tensor, g: torch.Tensor) -> tuple[float, float]:
+    """(inference forward, training forward + backward) in ms; ``x * 1`` is a non-leaf, as a conv output is."""
+
+    def infer() -> None:
+        with torch.no_grad():
+            f(x.detach())
+
+    return time_ms(infer), time_ms(lambda: f(x * 1).backward(g))
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument(
+        "--tiles",
+        nargs="*",
+        default=["1024,4096", "512,2048", "2048,4096", "1024,8192"],
+        help="forward,backward",
+    )
+    args = p.parse_args()
+    print(f"{'stage':<18}{'variant':<18}{'fwd ms':>8}{'fwd+bwd ms':>12}")
+    for name, c, size, pool_first, alpha, k in STAGES:
+        stage = StageArgs(pool_first, 5, alpha, 0.75, k, 3, 2, True)  # the models pool in ceil mode
+        norm, pool = LocalResponseNorm(5, alpha, 0.75, k), nn.MaxPool2d(3, 2, ceil_mode=True)
+        mods = nn.Sequential(nn.ReLU(inplace=True), *((pool, norm) if pool_first else (norm, pool)))
+        x = torch.randn(args.batch_size, c, size, size, device="cuda", dtype=torch.bfloat16) * 30
+        x = x.contiguous(memory_format=torch.channels_last).requires_grad_()
+        g = torch.randn_like(mods(x * 1).detach())
+        fwd, train = measure(mods, x, g)
+        print(f"{name:<18}{'modules':<18}{fwd:>8.3f}{train:>12.3f}", flush=True)
+        for tile in args.tiles:
+            stage_triton.TILES = tuple(int(t) for t in tile.split(","))
+            fwd, train = measure(functools.partial(fused.stage, args=stage), x, g)
+            print(f"{name:<18}{f'fused {tile}':<18}{fwd:>8.3f}{train:>12.3f}", flush=True)
+
+
+if __name__ == "__main__":
+    main()
