@@ -87,6 +87,27 @@ def test_tower_conv_under_bf16_autocast_is_the_grouped_conv():
     torch.testing.assert_close(fast.float(), grouped.float(), rtol=2e-2, atol=2e-2)
 
 
+@pytest.mark.parametrize("name", ["alexnet", "zfnet"])
+def test_first_conv_under_bf16_autocast_is_the_strided_conv(name, monkeypatch):
+    torch.manual_seed(0)
+    model = create_model(name).to(CUDA)
+    conv = model.features[0]
+    size = model.default_input_size
+    x = torch.randn(8, 3, size, size, device=CUDA).contiguous(memory_format=torch.channels_last)
+    results = []
+    for s2d in ("1", "0"):
+        monkeypatch.setenv("ALEXNET_S2D", s2d)
+        conv.weight.grad = None
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            y = conv(x)
+        y.float().square().sum().backward()
+        results.append((y.float(), conv.weight.grad.clone()))
+    assert conv._rearranged(x.bfloat16())
+    (fast, fast_grad), (plain, plain_grad) = results
+    torch.testing.assert_close(fast, plain, rtol=2e-2, atol=2e-2)
+    torch.testing.assert_close(fast_grad, plain_grad, rtol=2e-2, atol=2e-2 * plain_grad.abs().max().item())
+
+
 @pytest.mark.parametrize("name", ["alexnet", "caffenet", "zfnet"])
 def test_models_on_cuda_compute_what_they_compute_on_cpu(name):
     torch.manual_seed(0)
@@ -120,9 +141,8 @@ def test_bf16_channels_last_training_steps_on_cuda_learn(name):
     assert losses[-1] < losses[0]  # it fits a fixed batch
 
 
-def _steps(model: torch.nn.Module, x: torch.Tensor, fuse: str, amp: bool, monkeypatch) -> tuple:
-    """Logits and parameter gradients of one training step (the same dropout masks), and how many fused
-    training stages ran."""
+def _step(model: torch.nn.Module, x: torch.Tensor, fuse: str, amp: bool, monkeypatch) -> tuple:
+    """Logits and parameter gradients of one step, and how many fused training stages ran."""
     from torch.utils._python_dispatch import TorchDispatchMode
 
     class Count(TorchDispatchMode):
@@ -134,28 +154,36 @@ def _steps(model: torch.nn.Module, x: torch.Tensor, fuse: str, amp: bool, monkey
 
     monkeypatch.setenv("ALEXNET_FUSE", fuse)
     model.zero_grad()
-    torch.manual_seed(1)
-    with Count(), torch.autocast("cuda", dtype=torch.bfloat16, enabled=amp):
+    with Count(), torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=amp):
         logits = model(x)
-    logits.float().logsumexp(1).sum().backward()
-    return logits.detach().float(), [p.grad.float().clone() for p in model.parameters()], Count.stages
+    logits.double().logsumexp(1).sum().backward()
+    grads = [p.grad.double().cpu() for p in model.parameters()]
+    return logits.detach().double().cpu(), grads, Count.stages
+
+
+def _error(got: torch.Tensor, want: torch.Tensor) -> float:
+    return ((got - want).abs().max() / want.abs().max()).item()
 
 
 @pytest.mark.parametrize("name", ["alexnet", "caffenet", "zfnet"])
-def test_fused_triton_stages_give_the_modules_training_step_on_cuda(name, monkeypatch):
+def test_fused_triton_stages_are_as_accurate_as_the_modules_on_cuda(name, monkeypatch):
+    """Against a float64 CPU step (eval mode: no dropout; the stages still take the training kernels), the fused
+    stages' logits and gradients are as close as the modules'. (cuDNN's fp32 grouped weight gradient alone is
+    1e-3 off in places, run to run, so the paths are compared with the truth rather than with each other.)"""
     torch.manual_seed(0)
-    model = create_model(name).train().to(CUDA).to(memory_format=torch.channels_last)
+    model = create_model(name).eval()
     size = model.default_input_size
-    x = (torch.randn(4, 3, size, size, device=CUDA) * 2).contiguous(memory_format=torch.channels_last)
+    x = (torch.randn(4, 3, size, size) * 2).contiguous(memory_format=torch.channels_last)
+    truth_logits, truth, _ = _step(model.double(), x.double(), "0", False, monkeypatch)
+    model = model.float().to(CUDA).to(memory_format=torch.channels_last)
     for amp in (False, True):
-        fast_logits, fast, stages = _steps(model, x, "1", amp, monkeypatch)
-        slow_logits, slow, none = _steps(model, x, "0", amp, monkeypatch)
+        fast_logits, fast, stages = _step(model, x.to(CUDA), "1", amp, monkeypatch)
+        slow_logits, slow, none = _step(model, x.to(CUDA), "0", amp, monkeypatch)
         assert (stages, none) == (2, 0)  # both conv stages ran fused, and only when asked
-        tol = 2e-2 if amp else 1e-4  # bf16: a rounding apart can move a maximum
-        torch.testing.assert_close(fast_logits, slow_logits, rtol=tol, atol=tol)
-        for got, want in zip(fast, slow, strict=True):
-            scale = want.abs().max().item()
-            torch.testing.assert_close(got, want, rtol=tol, atol=(1e-1 if amp else 1e-5) * scale)
+        floor = 2e-2 if amp else 1e-5
+        pairs = [(fast_logits, slow_logits, truth_logits), *zip(fast, slow, truth, strict=True)]
+        for got, modules, want in pairs:
+            assert _error(got, want) <= max(floor, 2 * _error(modules, want))
 
 
 def test_fused_triton_stage_inference_matches_the_modules_on_cuda(monkeypatch):

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from torch import nn
 
 import alexnet
@@ -268,3 +270,48 @@ def test_paper_models_use_the_tower_conv_with_unchanged_state_dict_keys():
     model = create_model("alexnet")
     assert [n for n, m in model.named_layers() if isinstance(m, GroupedConv2d)] == ["conv2", "conv4", "conv5"]
     assert "features.4.weight" in model.state_dict()
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    kernel=st.integers(1, 11),
+    stride=st.integers(2, 5),
+    padding=st.integers(0, 3),
+    h=st.integers(11, 30),
+    w=st.integers(11, 30),
+    channels=st.integers(1, 4),
+    seed=st.integers(0, 2**16),
+)
+def test_space_to_depth_conv_is_the_strided_convolution(kernel, stride, padding, h, w, channels, seed):
+    """conv1's CUDA form (a stride-1 conv over the image rearranged into stride² times the channels) computes
+    the strided conv and its gradients, for every kernel, stride and padding, whether the stride divides the
+    kernel and the image or not."""
+    from alexnet.models.layers import space_to_depth_conv2d
+
+    torch.manual_seed(seed)
+    x = torch.randn(2, channels, h, w, dtype=torch.float64, requires_grad=True)
+    weight = torch.randn(5, channels, kernel, kernel, dtype=torch.float64, requires_grad=True)
+    bias = torch.randn(5, dtype=torch.float64)
+    want = nn.functional.conv2d(x, weight, bias, stride, padding)
+    got = space_to_depth_conv2d(x, weight, bias, stride, (padding, padding))
+    assert got.shape == want.shape
+    torch.testing.assert_close(got, want)
+    g = torch.randn_like(want)
+    want_dx, want_dw = torch.autograd.grad(want, (x, weight), g)
+    got_dx, got_dw = torch.autograd.grad(got, (x, weight), g)
+    torch.testing.assert_close(got_dx, want_dx)
+    torch.testing.assert_close(got_dw, want_dw)
+
+
+def test_first_conv_is_the_space_to_depth_conv_with_unchanged_state_dict_and_cpu_output():
+    from alexnet.factory import create_model
+    from alexnet.models.layers import SpaceToDepthConv2d
+
+    for name in ("alexnet", "zfnet"):
+        model = create_model(name)
+        conv = model.features[0]
+        assert type(conv) is SpaceToDepthConv2d and "features.0.weight" in model.state_dict()
+        x = torch.randn(1, 3, 64, 64)
+        torch.testing.assert_close(
+            conv(x), nn.functional.conv2d(x, conv.weight, conv.bias, conv.stride, conv.padding)
+        )

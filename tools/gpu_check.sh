@@ -32,6 +32,9 @@ fi
 if want stage; then
   step "conv stages: modules against the fused Triton kernels, bf16, batch 256"
   timeout 120 $PY tools/gpu_stage.py 2>&1 | tee "$OUT/stage.txt"
+  if [ "${TUNE:-0}" = 1 ]; then  # the later sections run with the tiles the sweep found fastest
+    export ALEXNET_STAGE_TILES=$(tail -1 "$OUT/stage.txt" | awk '{print $NF}'); echo "ALEXNET_STAGE_TILES=$ALEXNET_STAGE_TILES"
+  fi
 fi
 
 B="$PY -m alexnet.cli bench alexnet caffenet zfnet --device cuda --batch-size 256 --channels-last --repeats 20 --warmup 5"

@@ -2,8 +2,9 @@
 
 Times a training step (batch 256, median of 20 after 5 warm-ups) of torchvision's AlexNet and the paper models,
 and of AlexNet variants: without LRN, without groups (dense convs, +FLOPs), with the grouped convs left to
-cuDNN's grouped kernels (the models run them as block-diagonal dense convs on CUDA in bf16), and with each
-grouped conv as two dense convs on the channel halves (the paper's two GPUs, AlexNet §3.2). Then the top CUDA
+cuDNN's grouped kernels (the models run them as block-diagonal dense convs on CUDA in bf16), with each
+grouped conv as two dense convs on the channel halves (the paper's two GPUs, AlexNet §3.2), with the conv stages
+as modules (no fused kernels), and with conv1 as cuDNN's 3-channel conv instead of space-to-depth. Then the top CUDA
 kernels of one step per model (torch.profiler).
 
     python tools/gpu_profile.py [--batch-size 256] [--profile MODEL ...]
@@ -21,6 +22,7 @@ from torch import nn
 
 from alexnet.factory import create_model
 from alexnet.models import build_model, get_config
+from alexnet.models.layers import SpaceToDepthConv2d
 
 
 class SplitConv(nn.Module):
@@ -39,42 +41,10 @@ class SplitConv(nn.Module):
         return torch.cat(outs, dim=1)
 
 
-class SpaceToDepthConv(nn.Module):
-    """A strided conv as a stride-1 conv on the input rearranged into stride² as many channels (the kernel padded
-    with zeros to a multiple of the stride): same outputs, cuDNN sees 48 input channels instead of 3."""
-
-    def __init__(self, conv: nn.Conv2d) -> None:
-        super().__init__()
-        self.conv = conv
-        self.s, k = conv.stride[0], conv.kernel_size[0]
-        self.k = -(-k // self.s) * self.s
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        c, s, k, p = self.conv, self.s, self.k, self.conv.padding[0]
-        if torch.is_autocast_enabled("cuda"):  # rearrange half the bytes
-            x = x.to(torch.get_autocast_dtype("cuda"))
-        n, ch, h, w = x.shape
-        ho, wo = (h + 2 * p - c.kernel_size[0]) // s + 1, (w + 2 * p - c.kernel_size[1]) // s + 1
-        hn, wn = (ho - 1) * s + k, (wo - 1) * s + k
-        x = nn.functional.pad(x, (p, wn - w - p, p, hn - h - p))  # negative pads crop
-        x = (
-            x.reshape(n, ch, hn // s, s, wn // s, s)
-            .permute(0, 1, 3, 5, 2, 4)
-            .reshape(n, ch * s * s, hn // s, wn // s)
-        )
-        x = x.contiguous(memory_format=torch.channels_last)
-        wt = nn.functional.pad(c.weight, (0, k - c.kernel_size[1], 0, k - c.kernel_size[0]))
-        o = wt.shape[0]
-        wt = (
-            wt.reshape(o, ch, k // s, s, k // s, s)
-            .permute(0, 1, 3, 5, 2, 4)
-            .reshape(o, ch * s * s, k // s, k // s)
-        )
-        return nn.functional.conv2d(x, wt, c.bias)
-
-
-def s2d_conv1(model: nn.Module) -> nn.Module:
-    model.features[0] = SpaceToDepthConv(model.features[0])
+def conv1_as(model: nn.Module, cls: type[nn.Module]) -> nn.Module:
+    """conv1 as ``cls`` (same parameters): ``nn.Conv2d`` is cuDNN's 3-channel conv, ``SpaceToDepthConv2d`` the
+    models' form."""
+    model.features[0].__class__ = cls
     return model
 
 
@@ -115,9 +85,9 @@ def variants() -> dict[str, nn.Module]:
         "alexnet_split_towers": swap_grouped(create_model("alexnet"), SplitConv),
         "alexnet_modules": modules_only(create_model("alexnet")),
         "zfnet_modules": modules_only(create_model("zfnet")),
-        "alexnet_s2d_conv1": s2d_conv1(create_model("alexnet")),
-        "zfnet_s2d_conv1": s2d_conv1(create_model("zfnet")),
-        "torchvision_s2d_conv1": s2d_conv1(torchvision.models.alexnet()),
+        "alexnet_cudnn_conv1": conv1_as(create_model("alexnet"), nn.Conv2d),
+        "zfnet_cudnn_conv1": conv1_as(create_model("zfnet"), nn.Conv2d),
+        "torchvision_s2d_conv1": conv1_as(torchvision.models.alexnet(), SpaceToDepthConv2d),
     }
 
 

@@ -1,5 +1,7 @@
 """Times one conv stage's ReLU + LRN + max-pool on CUDA, forward and backward, as modules and as the fused Triton
-kernels at a few tile sizes (elements per program, forward and backward) (bf16, channels-last, batch 256), for the stages of the paper models.
+kernels at a few tile sizes (elements per program, forward and backward), bf16, channels-last, batch 256, for the
+stages of the paper models; the last line names the tiles with the least time summed over the stages
+(ALEXNET_STAGE_TILES's form).
 
     python tools/gpu_stage.py [--batch-size 256] [--tiles FORWARD,BACKWARD ...]
 """
@@ -62,6 +64,8 @@ def main() -> None:
     )
     args = p.parse_args()
     print(f"{'stage':<18}{'variant':<18}{'fwd ms':>8}{'fwd+bwd ms':>12}")
+    forward: dict[int, float] = {}  # tile → summed over the stages
+    backward: dict[int, float] = {}
     for name, c, size, pool_first, alpha, k in STAGES:
         stage = StageArgs(pool_first, 5, alpha, 0.75, k, 3, 2, True)  # the models pool in ceil mode
         norm, pool = LocalResponseNorm(5, alpha, 0.75, k), nn.MaxPool2d(3, 2, ceil_mode=True)
@@ -75,6 +79,10 @@ def main() -> None:
             stage_triton.TILES = tuple(int(t) for t in tile.split(","))
             fwd, train = measure(functools.partial(fused.stage, args=stage), x, g)
             print(f"{name:<18}{f'fused {tile}':<18}{fwd:>8.3f}{train:>12.3f}", flush=True)
+            f, b = stage_triton.TILES
+            forward[f] = forward.get(f, 0.0) + fwd
+            backward[b] = backward.get(b, 0.0) + train - fwd  # the kernels are separate: tiles add up
+    print(f"best tiles: {min(forward, key=forward.__getitem__)},{min(backward, key=backward.__getitem__)}")
 
 
 if __name__ == "__main__":

@@ -142,9 +142,16 @@ def machine_info(device: torch.device) -> dict[str, Any]:
         info["lrn"] = "fused C++ kernel"
     elif device.type == "cuda" and triton_kernels() is not None:
         info["lrn"] = "Triton kernels"
-    if device.type == "cpu":  # ReLU + LRN + max-pool of a channels-last stage as one kernel (models/fused.py)
-        fuse = native.kernel() is not None and os.environ.get("ALEXNET_FUSE", "1") != "0"
+    # ReLU + LRN + max-pool of a channels-last stage as one kernel (models/fused.py)
+    fuse = os.environ.get("ALEXNET_FUSE", "1") != "0"
+    if device.type == "cpu":
+        fuse = fuse and native.kernel() is not None
         info["stages"] = "fused (channels-last)" if fuse else "modules"
+    else:
+        fuse = fuse and triton_kernels() is not None
+        info["stages"] = "fused, Triton (channels-last)" if fuse else "modules"
+        s2d = os.environ.get("ALEXNET_S2D", "1") != "0"  # models/layers.py SpaceToDepthConv2d
+        info["conv1"] = "space-to-depth in bf16/fp16" if s2d else "cuDNN as is"
     info["malloc"] = malloc.state
     info["denormals"] = denormals.state
     with contextlib.suppress(OSError):
@@ -712,6 +719,7 @@ def format_report(report: Report) -> str:
         mm = statistics.median(r.matmul_gflops for r in report.rows)
         lrn = f"; LRN: {m['lrn']}" if "lrn" in m else ""
         lrn += f"; conv stages: {m['stages']}" if "stages" in m else ""
+        lrn += f"; conv1: {m['conv1']}" if "conv1" in m else ""
         lrn += f"; malloc: {m['malloc']}" if "malloc" in m else ""
         lrn += f"; denormals: {m['denormals']}" if "denormals" in m else ""
         dtype = "bf16" if report.settings.get("amp") else "fp32"

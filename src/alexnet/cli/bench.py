@@ -26,8 +26,9 @@ def register(sub: Any) -> None:
         "--data ROOT the training input pipeline against torchvision's stock ImageFolder + PIL pipeline (on "
         "CUDA also --gpu-augment's and --gpu-decode's). For A/B runs: ALEXNET_NATIVE=0 runs the CPU LRN as "
         "PyTorch ops instead of the fused C++ kernel, ALEXNET_FUSE=0 runs each conv stage's ReLU, LRN and "
-        "max-pool as three modules instead of one CPU kernel (channels-last only), ALEXNET_TRITON=0 the CUDA LRN "
-        "instead of the Triton kernels; ALEXNET_MALLOC=system keeps glibc's default allocator "
+        "max-pool as three modules instead of one kernel (channels-last only; C++ on CPU, Triton on CUDA), "
+        "ALEXNET_TRITON=0 the CUDA LRN and stages as PyTorch ops instead of Triton kernels, ALEXNET_S2D=0 the "
+        "first conv on CUDA in bf16 as cuDNN's 3-channel conv instead of space-to-depth; ALEXNET_MALLOC=system keeps glibc's default allocator "
         "(docs/performance.md).",
     )
     p.add_argument("models", nargs="*", metavar="MODEL", help="registered model names")

@@ -34,6 +34,7 @@ from types import ModuleType
 
 import torch
 from torch import nn
+from torch.nn import functional as F
 
 from alexnet.models import native
 
@@ -351,6 +352,63 @@ class GroupedConv2d(nn.Conv2d):
             weight = block_diagonal(self.weight, self.groups)
             return nn.functional.conv2d(x, weight, self.bias, self.stride, self.padding, self.dilation)
         return super().forward(x)
+
+
+def space_to_depth_conv2d(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    stride: int,
+    padding: tuple[int, int],
+) -> torch.Tensor:
+    """``conv2d(x, weight, bias, stride, padding)`` as a stride-1 convolution: the padded input rearranged into
+    ``stride²`` times the channels (each ``stride×stride`` block of pixels becomes one pixel), the kernel padded
+    with zeros to a multiple of the stride and rearranged the same way. The same products, summed in another
+    order; the gradients reach ``weight`` and ``x`` through the rearrangements."""
+    s = stride
+    out_ch, in_ch, kh, kw = weight.shape
+    n, _, h, w = x.shape
+    ho, wo = (h + 2 * padding[0] - kh) // s + 1, (w + 2 * padding[1] - kw) // s + 1
+    kh2, kw2 = -(-kh // s) * s, -(-kw // s) * s
+    hn, wn = (ho - 1) * s + kh2, (wo - 1) * s + kw2  # the rows and columns the output reads (a crop if < 0)
+    x = F.pad(x, (padding[1], wn - w - padding[1], padding[0], hn - h - padding[0]))
+    x = x.reshape(n, in_ch, hn // s, s, wn // s, s).permute(0, 1, 3, 5, 2, 4)
+    x = x.reshape(n, in_ch * s * s, hn // s, wn // s).contiguous(memory_format=torch.channels_last)
+    weight = F.pad(weight, (0, kw2 - kw, 0, kh2 - kh))
+    weight = weight.reshape(out_ch, in_ch, kh2 // s, s, kw2 // s, s).permute(0, 1, 3, 5, 2, 4)
+    return F.conv2d(x, weight.reshape(out_ch, in_ch * s * s, kh2 // s, kw2 // s), bias)
+
+
+class SpaceToDepthConv2d(nn.Conv2d):
+    """The first, strided convolution on the image: AlexNet's 11×11, stride 4 (§3.5) and ZFNet's 7×7, stride 2
+    (Fig. 3) — an ``nn.Conv2d`` with the same parameters and state dict.
+
+    On CUDA in bf16/fp16 (autocast) it runs as :func:`space_to_depth_conv2d`: cuDNN's kernels for three input
+    channels ran far below its rate, and the 48 (AlexNet) or 12 (ZFNet) rearranged channels run near it, although
+    the zero-padded kernel adds multiply-adds (12²/11², 8²/7²); measured on an H100 in docs/performance.md.
+    Elsewhere, and with ``ALEXNET_S2D=0``, it is the plain convolution (on CPU, oneDNN was slower rearranged).
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self._rearranged(x):
+            if torch.is_autocast_enabled("cuda"):  # rearrange half the bytes
+                x = x.to(torch.get_autocast_dtype("cuda"))
+            return space_to_depth_conv2d(x, self.weight, self.bias, self.stride[0], self.padding)  # type: ignore[arg-type]
+        return super().forward(x)
+
+    def _rearranged(self, x: torch.Tensor) -> bool:
+        stride, padding = self.stride, self.padding
+        return (
+            x.is_cuda
+            and _half_precision(x)
+            and x.dim() == 4
+            and stride[0] == stride[1] > 1
+            and self.groups == 1
+            and self.dilation == (1, 1)
+            and self.padding_mode == "zeros"
+            and not isinstance(padding, str)
+            and os.environ.get("ALEXNET_S2D", "1") != "0"
+        )
 
 
 def _half_precision(x: torch.Tensor) -> bool:

@@ -16,7 +16,7 @@ from torch import nn
 from alexnet.errors import LayerNotFound
 from alexnet.models import fused
 from alexnet.models.configs import ArchConfig
-from alexnet.models.layers import GroupedConv2d, LocalResponseNorm
+from alexnet.models.layers import GroupedConv2d, LocalResponseNorm, SpaceToDepthConv2d
 
 
 class AlexNetFamily(nn.Module):
@@ -32,7 +32,12 @@ class AlexNetFamily(nn.Module):
         features: list[tuple[str, nn.Module]] = []
         in_ch = config.in_channels
         for i, c in enumerate(config.convs, start=1):
-            conv = GroupedConv2d if c.groups > 1 else nn.Conv2d  # AlexNet §3.2's towers
+            conv = nn.Conv2d
+            if c.groups > 1:
+                conv = GroupedConv2d  # AlexNet §3.2's towers
+            elif c.stride > 1:
+                conv = SpaceToDepthConv2d  # conv1: a fast form on CUDA
+
             features.append((f"conv{i}", conv(in_ch, c.out, c.kernel, c.stride, c.padding, groups=c.groups)))
             # In place (as torchvision's AlexNet): one activation-sized tensor less per ReLU in training
             # (docs/performance.md). A forward hook on a conv layer sees its output *before* the ReLU
