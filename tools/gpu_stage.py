@@ -59,7 +59,7 @@ def main() -> None:
     p.add_argument(
         "--tiles",
         nargs="*",
-        default=["1024,4096", "512,2048", "2048,4096", "1024,8192"],
+        default=["1024,1024", "2048,2048", "4096,4096"],
         help="forward,backward",
     )
     args = p.parse_args()
