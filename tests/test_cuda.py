@@ -157,7 +157,8 @@ def _step(model: torch.nn.Module, x: torch.Tensor, fuse: str, amp: bool, monkeyp
     with Count(), torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=amp):
         logits = model(x)
     logits.double().logsumexp(1).sum().backward()
-    grads = [p.grad.double().cpu() for p in model.parameters()]
+    # copies: .double()/.cpu() return the grad itself for a CPU float64 model, and moving the model moves it
+    grads = [p.grad.double().cpu().clone() for p in model.parameters()]
     return logits.detach().double().cpu(), grads, Count.stages
 
 
