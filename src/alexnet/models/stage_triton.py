@@ -32,12 +32,12 @@ import triton.language as tl
 from alexnet.models import lrn_triton
 from alexnet.models.native import StageArgs
 
-# Elements per program (channels rounded up to a power of two × positions), forward and backward: 2048 both ways
-# was the fastest of 512–8192 on an H100 (tools/gpu_stage.py; docs/performance.md). Bigger tiles need more
-# registers per thread (the forward recomputes the LRN at each window position, 45 loads per pooled value in
-# AlexNet; ``ptxas -v`` shows spills), fewer programs fit on a multiprocessor, and the backward ran up to 2× slower.
-# ALEXNET_STAGE_TILES=forward,backward overrides them.
-TILES = tuple(int(t) for t in os.environ.get("ALEXNET_STAGE_TILES", "2048,2048").split(","))
+# Elements per program (channels rounded up to a power of two × positions), forward and backward: 2048 and 1024
+# had the least time summed over the paper models' stages of 512–8192 on an H100 (tools/gpu_stage.py;
+# docs/performance.md). Bigger tiles need more registers per thread (the forward recomputes the LRN at each window
+# position, 45 loads per pooled value in AlexNet; ``ptxas -v`` shows spills), fewer programs fit on a
+# multiprocessor, and the backward ran up to 2× slower. ALEXNET_STAGE_TILES=forward,backward overrides them.
+TILES = tuple(int(t) for t in os.environ.get("ALEXNET_STAGE_TILES", "2048,1024").split(","))
 
 
 @triton.jit
