@@ -16,9 +16,11 @@ is five or six passes over the full-size maps forward and as many backward; here
 
 A program owns one image and a block of positions with all their channels, as in the LRN kernels. Window offsets
 and ties follow ``max_pool2d``: the first maximum in the window in row-major order, NaN wins. bf16 and fp16 are
-computed in fp32 and the LRN output is rounded to the input's dtype before pooling, as the modules round it. Any
-layout runs (the strides are arguments); channels-last is the fast one. With ``TRITON_INTERPRET=1`` the kernels
-run on CPU tensors, which is how tests/test_stage_triton.py checks them on machines without a GPU.
+computed in fp32 and the LRN output is rounded to the input's dtype before pooling, as the modules round it. The
+kernels take strides as arguments (the incoming gradient may have any), but :mod:`alexnet.models.fused` only sends
+them channels-last conv outputs, the layout they were tested and measured in (docs/performance.md, Session 6).
+With ``TRITON_INTERPRET=1`` the kernels run on CPU tensors, which is how tests/test_stage_triton.py checks them on
+machines without a GPU.
 """
 
 from __future__ import annotations
