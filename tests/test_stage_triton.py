@@ -47,8 +47,8 @@ def run_kernels(kernels, x: torch.Tensor, args: StageArgs, grad: torch.Tensor | 
     from alexnet.models.fused import pooled_size
 
     out = tuple(pooled_size(s, args.kernel_size, args.stride, args.ceil_mode) for s in x.shape[2:])
-    y, pooled, idx = kernels.stage_forward(x, out, args, training=True)
-    inference = kernels.stage_forward(x, out, args)[0]
+    y, pooled, idx = kernels.stage(x, out, args, training=True)
+    inference = kernels.stage(x, out, args)[0]
     if grad is None:
         return y, inference, None
     if args.pool_first:
@@ -155,6 +155,6 @@ def test_a_nan_reaches_the_triton_stage_output_as_it_does_through_the_modules(ke
 def test_the_window_offsets_are_one_byte_per_pooled_value(kernels):
     x = on_device(torch.randn(2, 8, 9, 9)).contiguous(memory_format=CL)
     args = StageArgs(False, 5, 1e-4, 0.75, 2.0, 3, 2, False)
-    _, pooled, idx = kernels.stage_forward(x, (4, 4), args, training=True)
+    _, pooled, idx = kernels.stage(x, (4, 4), args, training=True)
     assert pooled is None and idx.dtype == torch.uint8 and idx.shape == (2, 8, 4, 4)
     assert int(idx.max()) < 9

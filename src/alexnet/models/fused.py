@@ -33,8 +33,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
-from types import ModuleType
-from typing import Any
+from typing import Any, Protocol, cast
 
 import torch
 from torch import nn
@@ -90,33 +89,53 @@ def relu_lrn_pool(
 ) -> torch.Tensor:
     """``max_pool2d(lrn(relu(x)))``, or ``lrn(max_pool2d(relu(x)))`` with ``pool_first``; ``alpha`` multiplies the
     window sum as in :func:`~alexnet.models.layers.local_response_norm`. No gradient: :func:`stage` is the
-    differentiable form."""
-    return _composed(x, pool_first, size, alpha, beta, k, kernel_size, stride, ceil_mode)
+    differentiable form. Without stage kernels for ``x``, the composed PyTorch ops."""
+    stage = StageArgs(pool_first, size, alpha, beta, k, kernel_size, stride, ceil_mode)
+    kernels = _kernels_for(x)
+    if kernels is None:
+        return _composed(x, *stage)
+    return kernels.stage(x, _out(x, stage), stage)[0]
 
 
-def _kernel_for(x: torch.Tensor) -> native.Kernel | None:
-    """The CPU kernel, when it is built and takes ``x``."""
-    kernel = native.kernel()
-    if kernel is None or not kernel.supports(x) or x.dim() != 4:
+class StageKernels(Protocol):
+    """What each device's stage kernels offer: :class:`~alexnet.models.native.Kernel` on CPU (C++),
+    :mod:`alexnet.models.stage_triton` on CUDA (Triton)."""
+
+    def supports(self, x: torch.Tensor) -> bool: ...
+
+    def stage(
+        self, x: torch.Tensor, out: tuple[int, int], stage: StageArgs, training: bool = False
+    ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]: ...
+
+    def stage_backward(
+        self,
+        grad: torch.Tensor,
+        shape: Sequence[int],
+        x: torch.Tensor | None,
+        pooled: torch.Tensor | None,
+        idx: torch.Tensor,
+        stage: StageArgs,
+    ) -> torch.Tensor: ...
+
+
+def _kernels(device: torch.device) -> StageKernels | None:
+    """The stage kernels of ``device``: the C++ kernel when it is built (CPU), the Triton kernels when Triton is
+    there and ``ALEXNET_TRITON`` is not 0 (CUDA)."""
+    if device.type == "cpu":
+        return native.kernel()
+    if device.type == "cuda" and layers.triton_kernels() is not None:
+        from alexnet.models import stage_triton
+
+        return cast(StageKernels, stage_triton)
+    return None
+
+
+def _kernels_for(x: torch.Tensor) -> StageKernels | None:
+    """The stage kernels of ``x``'s device, when they take ``x``: 4-D, channels-last, a dtype they compute in."""
+    kernels = _kernels(x.device)
+    if kernels is None or x.dim() != 4 or not x.is_contiguous(memory_format=torch.channels_last):
         return None
-    return kernel if x.is_contiguous(memory_format=torch.channels_last) else None
-
-
-def _triton_for(x: torch.Tensor) -> ModuleType | None:
-    """:mod:`alexnet.models.stage_triton`, when Triton is there (and ``ALEXNET_TRITON`` is not 0) and takes the
-    CUDA tensor ``x`` in channels-last."""
-    if layers.triton_kernels() is None or not x.is_contiguous(memory_format=torch.channels_last):
-        return None
-    from alexnet.models import stage_triton
-
-    return stage_triton if stage_triton.supports(x) else None
-
-
-def _fast(x: torch.Tensor) -> bool:
-    """Whether a fused kernel takes ``x`` on its device."""
-    if x.device.type == "cuda":
-        return _triton_for(x) is not None
-    return x.device.type == "cpu" and _kernel_for(x) is not None
+    return kernels if kernels.supports(x) else None
 
 
 def _out(x: torch.Tensor, stage: StageArgs) -> tuple[int, int]:
@@ -124,31 +143,13 @@ def _out(x: torch.Tensor, stage: StageArgs) -> tuple[int, int]:
     return h, w
 
 
-# The kernels and fakes below take the operators' arguments after the tensors as ``*args``, in StageArgs' order.
-@relu_lrn_pool.register_kernel("cpu")
-def _(x: torch.Tensor, *args: Any) -> torch.Tensor:
-    stage = StageArgs(*args)
-    kernel = _kernel_for(x)
-    if kernel is None:
-        return _composed(x, *stage)
-    return kernel.stage(x, _out(x, stage), stage)[0]
-
-
+# The fakes below take the operators' arguments after the tensors as ``*args``, in StageArgs' order.
 def _empty_like_out(x: torch.Tensor, stage: StageArgs, dtype: torch.dtype | None = None) -> torch.Tensor:
     fmt = (
         torch.channels_last if x.is_contiguous(memory_format=torch.channels_last) else torch.contiguous_format
     )
     size = (*x.shape[:2], *_out(x, stage))
     return torch.empty(size, dtype=dtype or x.dtype, device=x.device, memory_format=fmt)
-
-
-@relu_lrn_pool.register_kernel("cuda")
-def _(x: torch.Tensor, *args: Any) -> torch.Tensor:
-    stage = StageArgs(*args)
-    kernels = _triton_for(x)
-    if kernels is None:
-        return _composed(x, *stage)
-    return kernels.stage_forward(x, _out(x, stage), stage)[0]
 
 
 @relu_lrn_pool.register_fake
@@ -172,25 +173,12 @@ def _train_op(
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """``(stage output, LRN input (pool_first) or an empty tensor, uint8 window offsets of the maxima)``."""
     stage = StageArgs(pool_first, size, alpha, beta, k, kernel_size, stride, ceil_mode)
-    kernel = _kernel_for(x)
-    if kernel is None:
-        raise NotImplementedError(
-            "alexnet::relu_lrn_pool_train needs the CPU kernel and a channels-last input"
-        )
-    y, pooled, idx = kernel.stage(x, _out(x, stage), stage, training=True)
-    assert idx is not None
-    return y, pooled if pooled is not None else x.new_empty(0), idx
-
-
-@_train_op.register_kernel("cuda")
-def _(x: torch.Tensor, *args: Any) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    stage = StageArgs(*args)
-    kernels = _triton_for(x)
+    kernels = _kernels_for(x)
     if kernels is None:
         raise NotImplementedError(
-            "alexnet::relu_lrn_pool_train needs Triton and a channels-last input on CUDA"
+            "alexnet::relu_lrn_pool_train needs stage kernels (C++ on CPU, Triton on CUDA) and a channels-last input"
         )
-    y, pooled, idx = kernels.stage_forward(x, _out(x, stage), stage, training=True)
+    y, pooled, idx = kernels.stage(x, _out(x, stage), stage, training=True)
     assert idx is not None
     return y, pooled if pooled is not None else x.new_empty(0), idx
 
@@ -222,32 +210,15 @@ def _backward_op(
     """The gradient of the stage's input (of ``shape``) from its output's; ``x`` is the input (relu → norm →
     pool), ``pooled`` and ``y`` the LRN's input and output (relu → pool → norm); the others may be empty."""
     stage = StageArgs(pool_first, size, alpha, beta, k, kernel_size, stride, ceil_mode)
-    kernel = native.kernel()
-    if kernel is None:
-        raise NotImplementedError("alexnet::relu_lrn_pool_backward needs the CPU kernel")
+    kernels = _kernels(grad.device)
+    if kernels is None:
+        raise NotImplementedError(
+            "alexnet::relu_lrn_pool_backward needs stage kernels (C++ on CPU, Triton on CUDA)"
+        )
     if pool_first:
         grad = torch.ops.alexnet.lrn_backward(grad, pooled, y, size, alpha, beta, k)
-        return kernel.stage_backward(grad, shape, None, pooled, idx, stage)
-    return kernel.stage_backward(grad, shape, x, None, idx, stage)
-
-
-@_backward_op.register_kernel("cuda")
-def _(
-    grad: torch.Tensor,
-    x: torch.Tensor,
-    pooled: torch.Tensor,
-    y: torch.Tensor,
-    idx: torch.Tensor,
-    shape: list[int],
-    *args: Any,
-) -> torch.Tensor:
-    from alexnet.models import stage_triton
-
-    stage = StageArgs(*args)
-    if stage.pool_first:
-        grad = torch.ops.alexnet.lrn_backward(grad, pooled, y, stage.size, stage.alpha, stage.beta, stage.k)
-        return stage_triton.stage_backward(grad, shape, None, pooled, idx, stage)
-    return stage_triton.stage_backward(grad, shape, x, None, idx, stage)
+        return kernels.stage_backward(grad, shape, None, pooled, idx, stage)
+    return kernels.stage_backward(grad, shape, x, None, idx, stage)
 
 
 @_backward_op.register_fake
@@ -334,7 +305,7 @@ def usable(x: torch.Tensor) -> bool:
         and type(x) is torch.Tensor
         and not torch._C._functorch.is_functorch_wrapped_tensor(x)  # torch.func transforms
         and not _global_hooks()
-        and _fast(x)
+        and _kernels_for(x) is not None
     )
 
 
@@ -388,7 +359,7 @@ def run(features: nn.Sequential, x: torch.Tensor) -> torch.Tensor:
     i = 0
     while i < len(modules):
         args = stage_at(modules, i, x)
-        if args is not None and _fast(x):
+        if args is not None and _kernels_for(x) is not None:
             x = stage(x, args)
             i += 3
         else:

@@ -40,12 +40,15 @@ def _tile(P, stride_n, stride_p, BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr):
 
 @triton.jit
 def _window_denominator(x_ptr, base, c, C, in_p, stride_c, alpha, k, BEFORE: tl.constexpr, AFTER: tl.constexpr,
-                        BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr):  # fmt: skip
-    """``d = k + α Σ_{j∈win(c)} a_j²`` for a C×P tile (neighbours as shifted loads)."""
+                        BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr, RELU: tl.constexpr):  # fmt: skip
+    """``d = k + α Σ_{j∈win(c)} a_j²`` for a C×P tile (neighbours as shifted loads); with ``RELU``,
+    ``a = relu(x)`` (the conv stages' kernels, :mod:`alexnet.models.stage_triton`)."""
     s = tl.zeros((BLOCK_C, BLOCK_P), dtype=tl.float32)
     for i in tl.static_range(BEFORE + AFTER + 1):
         cc = c + (i - BEFORE)
         v = tl.load(x_ptr + base + cc * stride_c, mask=(cc >= 0) & (cc < C) & in_p, other=0.0).to(tl.float32)
+        if RELU:
+            v = tl.where(v < 0.0, 0.0, v)  # NaN stays NaN, as torch.relu keeps it
         s += v * v
     return k + alpha * s
 
@@ -55,7 +58,9 @@ def _lrn_forward(x_ptr, y_ptr, C, P, stride_n, stride_c, stride_p, alpha, beta, 
                  AFTER: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr):  # fmt: skip
     """``b = a d^{-β}``."""
     c, in_p, base = _tile(P, stride_n, stride_p, BLOCK_C, BLOCK_P)
-    d = _window_denominator(x_ptr, base, c, C, in_p, stride_c, alpha, k, BEFORE, AFTER, BLOCK_C, BLOCK_P)
+    d = _window_denominator(
+        x_ptr, base, c, C, in_p, stride_c, alpha, k, BEFORE, AFTER, BLOCK_C, BLOCK_P, False
+    )
     mask = (c < C) & in_p
     x = tl.load(x_ptr + base + c * stride_c, mask=mask, other=0.0).to(tl.float32)
     y = x * tl.exp2(-beta * tl.log2(d))
@@ -68,7 +73,9 @@ def _lrn_backward_scaled(g_ptr, x_ptr, y_ptr, t_ptr, C, P, stride_n, stride_c, s
                          BLOCK_P: tl.constexpr):  # fmt: skip
     """First pass of the backward: ``t_j = g_j b_j / d_j`` (fp32, the layout of ``x``)."""
     c, in_p, base = _tile(P, stride_n, stride_p, BLOCK_C, BLOCK_P)
-    d = _window_denominator(x_ptr, base, c, C, in_p, stride_c, alpha, k, BEFORE, AFTER, BLOCK_C, BLOCK_P)
+    d = _window_denominator(
+        x_ptr, base, c, C, in_p, stride_c, alpha, k, BEFORE, AFTER, BLOCK_C, BLOCK_P, False
+    )
     mask = (c < C) & in_p
     g = tl.load(g_ptr + base + c * stride_c, mask=mask, other=0.0).to(tl.float32)
     y = tl.load(y_ptr + base + c * stride_c, mask=mask, other=0.0).to(tl.float32)
@@ -81,7 +88,9 @@ def _lrn_backward(g_ptr, x_ptr, t_ptr, dx_ptr, C, P, stride_n, stride_c, stride_
                   BLOCK_P: tl.constexpr):  # fmt: skip
     """Second pass: ``g_i d_i^{-β} − 2αβ a_i Σ_{j: i∈win(j)} t_j``, j over i − AFTER .. i + BEFORE."""
     c, in_p, base = _tile(P, stride_n, stride_p, BLOCK_C, BLOCK_P)
-    d = _window_denominator(x_ptr, base, c, C, in_p, stride_c, alpha, k, BEFORE, AFTER, BLOCK_C, BLOCK_P)
+    d = _window_denominator(
+        x_ptr, base, c, C, in_p, stride_c, alpha, k, BEFORE, AFTER, BLOCK_C, BLOCK_P, False
+    )
     back = tl.zeros((BLOCK_C, BLOCK_P), dtype=tl.float32)
     for i in tl.static_range(BEFORE + AFTER + 1):
         j = c + (i - AFTER)

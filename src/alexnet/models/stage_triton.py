@@ -48,17 +48,12 @@ def _relu(v):
 
 
 @triton.jit
-def _denominator(x_ptr, pos, c, C, valid, sxc, alpha, k, BEFORE: tl.constexpr, AFTER: tl.constexpr,
-                 BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr):  # fmt: skip
-    """``d = k + α Σ_{j∈win(c)} relu(x_j)²`` at the positions ``pos`` (offsets of channel 0)."""
-    s = tl.zeros((BLOCK_C, BLOCK_P), dtype=tl.float32)
-    for i in tl.static_range(BEFORE + AFTER + 1):
-        cc = c + (i - BEFORE)
-        v = _relu(
-            tl.load(x_ptr + pos + cc * sxc, mask=valid & (cc >= 0) & (cc < C), other=0.0).to(tl.float32)
-        )
-        s += v * v
-    return k + alpha * s
+def _tile(P, W, BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr):
+    """This program's C×P tile of one image's positions in a ``·×W`` grid: channel indices, the image, which
+    positions exist, and their rows and columns."""
+    c = tl.arange(0, BLOCK_C)[:, None]
+    p = tl.program_id(0) * BLOCK_P + tl.arange(0, BLOCK_P)[None, :]
+    return c, tl.program_id(1), p < P, p // W, p % W
 
 
 @triton.jit
@@ -67,12 +62,7 @@ def _forward(x_ptr, y_ptr, idx_ptr, C, H, W, HO, WO, sxn, sxc, sxh, sxw, syn, sy
              AFTER: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr):  # fmt: skip
     """Pooled ``max(lrn(relu(x)))`` (``NORM``) or ``max(relu(x))`` for a C×P tile of output positions; with
     ``TRAIN`` also the window offset of each maximum (the strides of ``y``)."""
-    c = tl.arange(0, BLOCK_C)[:, None]
-    q = tl.program_id(0) * BLOCK_P + tl.arange(0, BLOCK_P)[None, :]
-    n = tl.program_id(1)
-    in_q = q < HO * WO
-    oh = q // WO
-    ow = q % WO
+    c, n, in_q, oh, ow = _tile(HO * WO, WO, BLOCK_C, BLOCK_P)
     best = tl.full((BLOCK_C, BLOCK_P), float("-inf"), dtype=tl.float32)
     arg = tl.zeros((BLOCK_C, BLOCK_P), dtype=tl.int32)
     for dh in range(K):  # a loop, not unrolled: unrolled, the compiler keeps 45 loads live and spills
@@ -83,7 +73,8 @@ def _forward(x_ptr, y_ptr, idx_ptr, C, H, W, HO, WO, sxn, sxc, sxh, sxw, syn, sy
             pos = n * sxn + h * sxh + w * sxw
             v = _relu(tl.load(x_ptr + pos + c * sxc, mask=valid & (c < C), other=0.0).to(tl.float32))
             if NORM:
-                d = _denominator(x_ptr, pos, c, C, valid, sxc, alpha, k, BEFORE, AFTER, BLOCK_C, BLOCK_P)
+                d = lrn_triton._window_denominator(x_ptr, pos, c, C, valid, sxc, alpha, k, BEFORE, AFTER, BLOCK_C,
+                                                   BLOCK_P, True)  # fmt: skip
                 v = (v * tl.exp2(-beta * tl.log2(d))).to(y_ptr.dtype.element_ty).to(tl.float32)
             take = valid & ((v > best) | (v != v))
             best = tl.where(take, v, best)
@@ -130,19 +121,15 @@ def _backward(g_ptr, idx_ptr, x_ptr, t_ptr, dx_ptr, C, H, W, HO, WO, sxn, sxc, s
     norm → pool; ``x`` is the conv output), ``PASS`` 0 writes ``t = g b / d`` (fp32, ``x``'s strides) and
     ``PASS`` 1 the gradient. Without it (relu → pool → norm), ``x_ptr`` is the pooled ReLU output, which masks
     the gathered gradient."""
-    c = tl.arange(0, BLOCK_C)[:, None]
-    p = tl.program_id(0) * BLOCK_P + tl.arange(0, BLOCK_P)[None, :]
-    n = tl.program_id(1)
-    in_p = p < H * W
-    h = p // W
-    w = p % W
+    c, n, in_p, h, w = _tile(H * W, W, BLOCK_C, BLOCK_P)
     mask = in_p & (c < C)
     pos = n * sxn + h * sxh + w * sxw
     gb = _gather(g_ptr, idx_ptr, x_ptr, n, h, w, c, C, HO, WO, sgn, sgc, sgh, sgw, sin, sic, sih, siw, in_p,
                  not NORM, K, S, BLOCK_C, BLOCK_P)  # fmt: skip
     if NORM:
         x = tl.load(x_ptr + pos + c * sxc, mask=mask, other=0.0).to(tl.float32)
-        d = _denominator(x_ptr, pos, c, C, in_p, sxc, alpha, k, BEFORE, AFTER, BLOCK_C, BLOCK_P)
+        d = lrn_triton._window_denominator(x_ptr, pos, c, C, in_p, sxc, alpha, k, BEFORE, AFTER, BLOCK_C, BLOCK_P,
+                                           True)  # fmt: skip
         scale = tl.exp2(-beta * tl.log2(d))
         if PASS == 0:
             b = (_relu(x) * scale).to(dx_ptr.dtype.element_ty).to(tl.float32)  # the output the modules keep
@@ -204,11 +191,11 @@ def relu_pool(
     return y, idx
 
 
-def stage_forward(
+def stage(
     x: torch.Tensor, out: tuple[int, int], stage: StageArgs, training: bool = False
 ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
     """``(output, LRN input when pooling comes first, window offsets when training)``, as the CPU kernel's
-    :meth:`~alexnet.models.native.Kernel.stage` returns them."""
+    :meth:`~alexnet.models.native.Kernel.stage` returns them (:class:`alexnet.models.fused.StageKernels`)."""
     if not stage.pool_first:
         y, idx = relu_pool(x, out, stage, norm=True, training=training)
         return y, None, idx
