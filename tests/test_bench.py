@@ -119,7 +119,7 @@ def test_table_names_every_row_and_the_conventions(tiny_json):
     # which LRN implementation the rows measured: the fused kernel wherever a compiler built it
     expected = "fused C++ kernel" if native.kernel() is not None else "PyTorch ops"
     assert tiny_json["machine"]["lrn"] == expected and f"LRN: {expected}" in text
-    stages = "fused (channels-last)" if native.kernel() is not None else "modules"
+    stages = "fused (channels-last; NCHW input copied to it)" if native.kernel() is not None else "modules"
     assert f"conv stages: {stages}" in text
 
 

@@ -154,7 +154,7 @@ def test_a_hooked_module_is_run_as_itself_and_its_hook_sees_its_own_output():
     assert fused_calls(model, x) == 2
 
 
-def test_training_runs_the_training_kernels_and_other_layouts_run_the_modules():
+def test_training_runs_the_training_kernels_and_other_dtypes_run_the_modules():
     model = build_model("caffenet").to(memory_format=CL)
     x = torch.randn(1, 3, 227, 227).contiguous(memory_format=CL)
     with OpLog() as log:
@@ -164,10 +164,36 @@ def test_training_runs_the_training_kernels_and_other_layouts_run_the_modules():
     for p in model.parameters():
         p.requires_grad_(False)  # nothing needs a gradient: the inference kernel
     assert fused_calls(model.eval(), x, grad=True) == 2
-    assert fused_calls(model.eval(), x.contiguous()) == 0  # NCHW: the modules (in place) are as fast
     with torch.no_grad():
         assert not fused.applies(model.features, x.to(torch.float16))  # a dtype the kernel does not take
     assert fused_calls(model.eval(), x) == 2
+
+
+def test_an_nchw_batch_on_cpu_is_copied_to_channels_last_and_fused_with_the_same_numbers():
+    model = build_model("alexnet").eval()  # parameters in the default layout too
+    x = torch.randn(2, 3, 227, 227, dtype=torch.float64)
+    model.double()
+    assert fused_calls(model, x) == 2
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), model.classifier(torch.flatten(model.features(x), 1)))
+    # an input gradient comes back in the input's shape, equal to the modules'
+    x.requires_grad_(True)
+    fast = torch.autograd.grad(model(x).square().sum(), x)[0]
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("ALEXNET_FUSE", "0")
+        assert fused_calls(model, x.detach()) == 0
+        slow = torch.autograd.grad(model(x).square().sum(), x)[0]
+    assert fast.shape == x.shape
+    torch.testing.assert_close(fast, slow)
+    # a hook on the trunk sees the caller's tensor, not a copy
+    seen = []
+    handle = model.features.register_forward_hook(lambda m, i, o: seen.append(i[0]))
+    with torch.no_grad():
+        model(x)
+    handle.remove()
+    assert seen[0] is x
+    # a dtype the kernel does not take stays as it is
+    assert fused.kernel_layout(model.features, x.half()).is_contiguous()
 
 
 def test_without_the_kernel_the_modules_run(monkeypatch):

@@ -146,7 +146,8 @@ def machine_info(device: torch.device) -> dict[str, Any]:
     fuse = os.environ.get("ALEXNET_FUSE", "1") != "0"
     if device.type == "cpu":
         fuse = fuse and native.kernel() is not None
-        info["stages"] = "fused (channels-last)" if fuse else "modules"
+        # an NCHW batch too: the paper models copy it to channels-last first (fused.kernel_layout)
+        info["stages"] = "fused (channels-last; NCHW input copied to it)" if fuse else "modules"
     else:
         fuse = fuse and triton_kernels() is not None
         info["stages"] = "fused, Triton (channels-last)" if fuse else "modules"

@@ -38,7 +38,12 @@ def register(sub: Any) -> None:
     p.add_argument("--repeats", type=int, default=5, help="timed steps per row; the median is reported (5)")
     p.add_argument("--warmup", type=int, default=2, help="untimed steps before timing (2)")
     p.add_argument("--compile", action="store_true", help="torch.compile each model (compile time reported)")
-    p.add_argument("--channels-last", action="store_true", help="channels-last memory format")
+    p.add_argument(
+        "--channels-last",
+        action="store_true",
+        help="models and batches in channels-last (default NCHW, where the paper models copy the batch to "
+        "channels-last themselves on CPU and torchvision's runs as given)",
+    )
     p.add_argument(
         "--amp",
         action="store_true",

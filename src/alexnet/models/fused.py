@@ -296,17 +296,45 @@ def _tracing() -> bool:
     )
 
 
-def usable(x: torch.Tensor) -> bool:
-    """Whether the fused kernels may take ``x`` and nothing global (hooks, tracing, ``ALEXNET_FUSE=0``) forbids
-    them; hooks on the modules themselves are checked by :func:`stage_at` (module docstring)."""
+def _allowed(x: torch.Tensor) -> bool:
+    """Nothing global forbids the fused kernels for ``x``: no tracing, no global hook, ``ALEXNET_FUSE`` not 0."""
     return (
         not _tracing()  # first: under torch.compile this folds to False before anything dynamo cannot trace
         and os.environ.get("ALEXNET_FUSE", "1") != "0"
         and type(x) is torch.Tensor
         and not torch._C._functorch.is_functorch_wrapped_tensor(x)  # torch.func transforms
         and not _global_hooks()
-        and _kernels_for(x) is not None
     )
+
+
+def usable(x: torch.Tensor) -> bool:
+    """Whether the fused kernels may take ``x`` and nothing global (hooks, tracing, ``ALEXNET_FUSE=0``) forbids
+    them; hooks on the modules themselves are checked by :func:`stage_at` (module docstring)."""
+    return _allowed(x) and _kernels_for(x) is not None
+
+
+def kernel_layout(features: nn.Sequential, x: torch.Tensor) -> torch.Tensor:
+    """``x`` in the layout the fused path takes: on CPU, a 4-D batch in any other layout is copied to
+    channels-last when ``features`` has an LRN to fuse and the C++ kernels would then take it (and
+    :func:`applies` would hold); else ``x`` itself (so ``alexnet_owt`` still gives torchvision's exact numbers).
+
+    So ``model(x)`` on a plain NCHW batch runs as fast as on a channels-last one: oneDNN's convolutions are
+    faster in channels-last too, and the copy of the image batch costs a few ms (the NCHW rows of
+    docs/performance.md). CPU only: on CUDA the layout is the caller's choice, as it was measured.
+    """
+    if (
+        x.device.type != "cpu"
+        or x.dim() != 4
+        or x.is_contiguous(memory_format=torch.channels_last)
+        or _hooked(features)
+        or not _allowed(x)
+        or not any(type(m) is LocalResponseNorm for m in features)
+    ):
+        return x
+    kernels = _kernels(x.device)
+    if kernels is None or not kernels.supports(x):
+        return x
+    return x.contiguous(memory_format=torch.channels_last)
 
 
 def applies(features: nn.Sequential, x: torch.Tensor) -> bool:

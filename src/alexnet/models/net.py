@@ -136,8 +136,10 @@ class AlexNetFamily(nn.Module):
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """The conv trunk: image batch → pool5 maps (``N×256×6×6`` for the paper models).
 
-        Each unhooked ReLU + LRN + max-pool runs as one kernel where one takes the input (:mod:`.fused`).
+        Each unhooked ReLU + LRN + max-pool runs as one kernel where one takes the input (:mod:`.fused`); on CPU
+        an NCHW batch is first copied to channels-last for it (:func:`.fused.kernel_layout`).
         """
+        x = fused.kernel_layout(self.features, x)
         if fused.applies(self.features, x):
             return fused.run(self.features, x)
         return self.features(x)
