@@ -555,9 +555,10 @@ def bench_data(
     device: str | torch.device = "cpu",
 ) -> list[DataRow]:
     """Training input pipeline (decode, resize 256, random crop, flip, PCA lighting; AlexNet §2, §4.1), ours
-    against ``torchvision.datasets.ImageFolder`` + PIL + torchvision transforms, on ``root/train``. On a CUDA
-    ``device``, also ours with the batches finished on the GPU (``alexnet train --gpu-augment``) and decoded there
-    too (``--gpu-decode``).
+    against ``torchvision.datasets.ImageFolder`` + PIL + torchvision transforms, on ``root/train``; ours also
+    from the pre-resized pixels of ``alexnet data-pack`` when ``root`` has them. On a CUDA ``device``, also ours
+    with the batches finished on the GPU (``alexnet train --gpu-augment``), decoded there too (``--gpu-decode``),
+    and from the pre-resized pixels.
 
     Timing starts when the first batch arrives (worker start-up excluded). All run with one intra-op thread,
     so images/s per core is images/s over ``max(1, workers)`` processes (for the GPU rows the main process also
@@ -568,6 +569,7 @@ def bench_data(
 
     from alexnet.data.folders import ImageFolder
     from alexnet.data.loader import make_loader
+    from alexnet.data.packed import attach
     from alexnet.data.preprocess import Preprocessing
     from alexnet.data.transforms import PCALighting, train_transform
 
@@ -594,11 +596,17 @@ def bench_data(
             torch.utils.data.DataLoader(stock, batch_size=batch_size, shuffle=True, **kwargs),
         ),
     ]
+    packed = ImageFolder(root, "train", transform=train_transform(pre))
+    if attach(packed, pre.resize) is not None:  # `alexnet data-pack ROOT` was run
+        loaders.insert(1, ("alexnet_packed", make_loader(packed, batch_size, train=True, workers=workers)))
     dev = torch.device(device)
     if dev.type == "cuda":
-        for name, decode in (("alexnet_gpu_augment", False), ("alexnet_gpu_decode", True)):
+        gpu_rows = [("alexnet_gpu_augment", ours, False), ("alexnet_gpu_decode", ours, True)]
+        if packed.pixels is not None:
+            gpu_rows.append(("alexnet_packed_gpu_augment", packed, False))
+        for name, dataset, decode in gpu_rows:
             gpu = make_loader(
-                ours, batch_size, train=True, workers=workers, augment_device=dev, decode_on_device=decode
+                dataset, batch_size, train=True, workers=workers, augment_device=dev, decode_on_device=decode
             )
             loaders.append((name, gpu))
     threads = torch.get_num_threads()

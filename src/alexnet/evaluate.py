@@ -133,8 +133,9 @@ def evaluate(
     folder names, as torchvision's ImageFolder). Unreadable files are skipped and counted (>1% → DataError).
     """
     from alexnet.data.folders import ImageFolder, check_split
+    from alexnet.data.packed import attach
     from alexnet.errors import DataError
-    from alexnet.predict import input_transform
+    from alexnet.predict import input_transform, preprocessing_of
     from alexnet.train.data import eval_loader
 
     if batch_size < 1:
@@ -142,6 +143,7 @@ def evaluate(
     meta = getattr(model, "weights_meta", None)
     names = classes if classes is not None else (meta.classes if meta is not None else None)
     dataset = ImageFolder(root, split, input_transform(model, ten_crop), class_names=names)
+    attach(dataset, preprocessing_of(model).resize)  # `alexnet data-pack`'s pixels, where there are some
     n_out = getattr(model, "num_classes", None)
     if n_out is not None and len(dataset.classes) > n_out:
         raise DataError(

@@ -30,12 +30,15 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from alexnet.data.images import read_image
 from alexnet.errors import DataError, ImageError
+
+if TYPE_CHECKING:
+    from alexnet.data.packed import PackedPixels
 
 log = logging.getLogger("alexnet.data")
 
@@ -79,6 +82,7 @@ class ImageFolder(torch.utils.data.Dataset):
         self.split = split
         self.transform = transform
         self.min_side = min_side
+        self.pixels: PackedPixels | None = None  # pre-resized pixels (alexnet.data.packed.attach)
         self.bad: list[tuple[str, str]] = []
         for name, value in (("classes", classes), ("images_per_class", images_per_class)):
             if value is not None and value < 1:
@@ -128,8 +132,13 @@ class ImageFolder(torch.utils.data.Dataset):
         return len(self.samples)
 
     def load(self, index: int) -> tuple[torch.Tensor | BadSample, int]:
-        """The decoded ``uint8`` image (no transform), or a :class:`BadSample`, and its class index."""
+        """The decoded ``uint8`` image (no transform), or a :class:`BadSample`, and its class index. With a packed
+        store attached (:func:`alexnet.data.packed.attach`), its pre-resized pixels where it holds the file."""
         path, target = self.samples[index]
+        if self.pixels is not None:
+            packed = self.pixels.image(path)
+            if packed is not None:
+                return packed, target
         try:
             return read_image(path, min_side=self.min_side), target
         except ImageError as e:

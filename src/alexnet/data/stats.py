@@ -169,15 +169,16 @@ def compute_stats(
 
     from alexnet.data.folders import ImageFolder, check_split
     from alexnet.data.loader import make_loader
+    from alexnet.data.packed import attach
+    from alexnet.data.transforms import central_patch
 
     if not 16 <= size <= 1024:
         raise DataError(f"size must be 16–1024 pixels, not {size}")
     if max_images is not None and max_images < 1:
         raise DataError(f"--max-images must be ≥ 1, not {max_images}")
-    transform = v2.Compose(
-        [v2.Resize(size, antialias=True), v2.CenterCrop(size), v2.ToDtype(torch.float32, scale=True)]
-    )
+    transform = v2.Compose([*central_patch(size).transforms, v2.ToDtype(torch.float32, scale=True)])
     dataset = ImageFolder(root, split, transform, min_side=size)
+    attach(dataset, size)  # `alexnet data-pack`'s pixels are this transform's first two steps
     if max_images is not None and max_images < len(dataset):
         keep = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(0))[:max_images]
         dataset.samples = [dataset.samples[i] for i in sorted(keep.tolist())]

@@ -184,7 +184,13 @@ def _resize(pre: Preprocessing) -> list[nn.Module]:
         raise DataError(
             f"input size {pre.input_size} is larger than the {pre.resize}px patch it is cropped from"
         )
-    return [v2.Resize(pre.resize, antialias=True), v2.CenterCrop(pre.resize)]
+    return list(central_patch(pre.resize).transforms)
+
+
+def central_patch(size: int) -> v2.Compose:
+    """Shorter side → ``size``, central ``size``×``size`` patch (AlexNet §2's 256×256): ``uint8`` in, ``uint8``
+    out; what :mod:`alexnet.data.packed` stores."""
+    return v2.Compose([v2.Resize(size, antialias=True), v2.CenterCrop(size)])
 
 
 def _to_float() -> nn.Module:

@@ -139,6 +139,7 @@ def open_run_data(
 ) -> RunData:
     """Open train and val splits with the config's subset, check every file up front (>1% bad → DataError)."""
     from alexnet.data.folders import ImageFolder, check_split
+    from alexnet.data.packed import attach
 
     root = resolve_root(cfg, progress)
     train = ImageFolder(
@@ -155,6 +156,8 @@ def open_run_data(
         classes=cfg.classes,
         class_names=train.classes,
     )
+    for split in (train, val):  # `alexnet data-pack`'s pixels, where there are some
+        attach(split, pre.resize)
     if check:
         check_split(train, progress=progress)
         check_split(val, progress=progress)
@@ -225,4 +228,5 @@ def ten_crop_split(data: RunData, pre: Preprocessing) -> Any:
         class_names=data.classes,
     )
     val.samples = list(data.val.samples)
+    val.pixels = data.val.pixels
     return val

@@ -1,0 +1,259 @@
+"""Pre-resized pixels: a split's images decoded once, at AlexNet's fixed 256×256, and read back without decoding.
+
+AlexNet §2: "we down-sampled the images to a fixed resolution of 256 × 256" (shorter side to 256, then the
+central 256×256 patch) before training. Decoding a JPEG is most of what the input pipeline does per image
+(docs/performance.md): read back from this store, an image costs a copy of 192 KiB, and the random crop, mirror
+and PCA lighting of §4.1 run on it as before. ``alexnet data-pack ROOT`` writes the store; training, evaluation
+and ``alexnet bench --data`` read it when it is there.
+
+Layout, under ``ROOT/.packed/<split>-<size>/``:
+
+* ``pixels.u8``: ``count × 3 × size × size`` ``uint8`` RGB, row ``i`` the ``i``-th file of ``files.txt``;
+* ``files.txt``: each file's path relative to ``ROOT/<split>``, in :class:`~alexnet.data.folders.ImageFolder`'s
+  order;
+* ``stat.npy``: per row the file's size, its mtime in ns, and 1 when the row holds its pixels (0: not packed yet,
+  or the file did not decode);
+* ``meta.json``: format, size, ``min_side``, count and ``done``, the rows packed so far, written after each chunk.
+
+The pixels are exactly what the training transform's first two steps make of the file
+(:func:`alexnet.data.transforms.central_patch`), so a run reads the same numbers either way
+(tests/test_packed.py). Every read checks the file's size and mtime: a file changed since packing, or one that
+did not decode, is decoded from the file as before, so a stale store is slower, never wrong. Packing is resumable:
+a killed ``alexnet data-pack`` continues after the last chunk it finished.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from alexnet.errors import DataError, ImageError
+
+log = logging.getLogger("alexnet.data")
+
+FORMAT = 1
+DIR = ".packed"
+CHUNK = 512  # images per flush of the store (and per resume point)
+
+
+def store_dir(root: str | Path, split: str, size: int) -> Path:
+    return Path(root).expanduser() / DIR / f"{split}-{size}"
+
+
+def _read_meta(store: Path) -> dict[str, Any] | None:
+    try:
+        meta = json.loads((store / "meta.json").read_text())
+    except (OSError, ValueError):
+        return None
+    return meta if isinstance(meta, dict) and meta.get("format") == FORMAT else None
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def _file_stat(path: Path | str) -> tuple[int, int] | None:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_size, st.st_mtime_ns
+
+
+class PackedPixels:
+    """The pixels of one packed split, looked up by file path (the paths of an ``ImageFolder``'s ``samples``).
+
+    Pickles without its memory map (DataLoader workers open their own).
+    """
+
+    def __init__(self, store: Path, split_dir: Path, meta: dict[str, Any]) -> None:
+        self.store = store
+        self.size = int(meta["size"])
+        self.min_side = meta.get("min_side")
+        self.count = int(meta["count"])
+        self.done = int(meta["done"])
+        names = (store / "files.txt").read_text().splitlines()
+        if len(names) != self.count:
+            raise DataError(f"{store}: files.txt lists {len(names)} files, meta.json says {self.count}")
+        prefix = f"{split_dir}{os.sep}"
+        self.rows = {prefix + name: i for i, name in enumerate(names)}
+        self._stat: np.ndarray | None = None
+        self._pixels: np.ndarray | None = None
+
+    @classmethod
+    def open(cls, root: str | Path, split: str, size: int) -> PackedPixels | None:
+        """The store of ``root``'s ``split`` at ``size``, or ``None`` when there is none (or not of this format)."""
+        store = store_dir(root, split, size)
+        meta = _read_meta(store)
+        if meta is None or int(meta.get("size", -1)) != size:
+            return None
+        return cls(store, Path(root).expanduser() / split, meta)
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {**self.__dict__, "_stat": None, "_pixels": None}
+
+    def _maps(self) -> tuple[np.ndarray, np.ndarray]:
+        if self._pixels is None or self._stat is None:
+            shape = (self.count, 3, self.size, self.size)
+            self._pixels = np.memmap(self.store / "pixels.u8", dtype=np.uint8, mode="r", shape=shape)
+            self._stat = np.load(self.store / "stat.npy", mmap_mode="r")
+        return self._pixels, self._stat
+
+    def image(self, path: Path | str) -> torch.Tensor | None:
+        """``path``'s ``uint8`` 3×size×size pixels, or ``None`` when the store does not hold them as the file is
+        now (not packed, did not decode, or changed since: size or mtime differ)."""
+        row = self.rows.get(str(path))
+        if row is None or row >= self.done:
+            return None
+        pixels, stat = self._maps()
+        size, mtime_ns, ok = (int(v) for v in stat[row])
+        if not ok or _file_stat(path) != (size, mtime_ns):
+            return None
+        return torch.from_numpy(np.array(pixels[row]))
+
+    def __len__(self) -> int:
+        return self.count
+
+    def __repr__(self) -> str:
+        return f"PackedPixels({str(self.store)!r}, size={self.size}, images={self.count}, done={self.done})"
+
+
+def attach(dataset: Any, size: int) -> PackedPixels | None:
+    """Let ``dataset`` (an :class:`~alexnet.data.folders.ImageFolder`) read its images from the store of its split
+    at ``size`` when there is one made with the same decoding (``min_side``); return the store or ``None``.
+    Only for transforms that start with :func:`~alexnet.data.transforms.central_patch` of ``size`` (the papers'
+    resize 256 and central crop). ``ALEXNET_PACKED=0`` turns it off."""
+    if os.environ.get("ALEXNET_PACKED", "1") == "0":
+        return None
+    pixels = PackedPixels.open(dataset.root, dataset.split, size)
+    if pixels is None or pixels.min_side != dataset.min_side:
+        return None
+    dataset.pixels = pixels
+    log.info(
+        "reading %s's pixels from %s (%d of %d packed)", dataset.split, pixels.store, pixels.done, len(pixels)
+    )
+    return pixels
+
+
+class _Decode(torch.utils.data.Dataset):
+    """Row ``i`` → ``(i, pixels or None, (size, mtime_ns) or None)``, decoded as the loaders decode."""
+
+    def __init__(self, dataset: Any, start: int) -> None:
+        from alexnet.data.transforms import central_patch
+
+        self.dataset, self.start = dataset, start
+        self.patch = central_patch(dataset.min_side)
+
+    def __len__(self) -> int:
+        return len(self.dataset) - self.start
+
+    def __getitem__(self, i: int) -> tuple[int, torch.Tensor | None, tuple[int, int] | None]:
+        from alexnet.data.images import read_image
+
+        row = self.start + i
+        path = self.dataset.samples[row][0]
+        stat = _file_stat(path)  # before decoding: a file changed meanwhile will not match later
+        try:
+            image = self.patch(read_image(path, min_side=self.dataset.min_side))
+        except ImageError:
+            return row, None, stat
+        return row, image.contiguous(), stat
+
+
+def _batches(dataset: Any, start: int, workers: int, chunk: int) -> Iterator[list[Any]]:
+    loader = torch.utils.data.DataLoader(
+        _Decode(dataset, start), batch_size=chunk, num_workers=workers, collate_fn=list
+    )
+    yield from loader
+
+
+def pack(
+    root: str | Path,
+    split: str = "train",
+    size: int = 256,
+    *,
+    workers: int = 0,
+    chunk: int = CHUNK,
+    progress: bool = True,
+) -> PackedPixels:
+    """Decode every image of ``root/split`` once into the store (module docstring); resume a store left by an
+    interrupted run when the folder's file list is the same, else start over. Returns the store."""
+    from tqdm import tqdm
+
+    from alexnet.data.folders import ImageFolder
+
+    if size < 1 or chunk < 1 or workers < 0:
+        raise DataError(f"size and chunk must be ≥ 1 and workers ≥ 0 (got {size}, {chunk}, {workers})")
+    dataset = ImageFolder(root, split, min_side=size)
+    split_dir = dataset.root / split
+    names = [path.relative_to(split_dir).as_posix() for path, _ in dataset.samples]
+    store = store_dir(root, split, size)
+    try:
+        store.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise DataError(f"cannot write the packed store {store}: {e.strerror}") from None
+    count = len(names)
+    meta = _read_meta(store)
+    files_txt = "\n".join(names) + "\n"
+    same = (
+        meta is not None
+        and meta.get("size") == size
+        and meta.get("min_side") == size
+        and meta.get("count") == count
+        and (store / "files.txt").is_file()
+        and (store / "files.txt").read_text() == files_txt
+    )
+    start = int(meta["done"]) if same and meta is not None else 0
+    shape = (count, 3, size, size)
+    meta = {"format": FORMAT, "size": size, "min_side": size, "count": count, "done": start}
+    if start == 0:
+        (store / "files.txt").write_text(files_txt)
+        with open(store / "pixels.u8", "wb") as f:
+            f.truncate(count * 3 * size * size)  # sparse until written
+        np.lib.format.open_memmap(store / "stat.npy", mode="w+", dtype=np.int64, shape=(count, 3)).flush()
+        _write_atomic(store / "meta.json", json.dumps(meta))
+    elif start < count:
+        log.info("resuming the packing of %s at image %d of %d", split_dir, start, count)
+    if start < count:
+        pixels = np.memmap(store / "pixels.u8", dtype=np.uint8, mode="r+", shape=shape)
+        stat = np.load(store / "stat.npy", mmap_mode="r+")
+        with tqdm(total=count, initial=start, unit="img", desc=f"pack {split}", disable=not progress) as bar:
+            for batch in _batches(dataset, start, workers, chunk):
+                for row, image, st in batch:
+                    if image is not None and st is not None:
+                        pixels[row] = image.numpy()
+                        stat[row] = (st[0], st[1], 1)
+                    else:
+                        stat[row] = (st or (0, 0))[0], (st or (0, 0))[1], 0
+                pixels.flush()
+                stat.flush()
+                meta["done"] = batch[-1][0] + 1
+                _write_atomic(store / "meta.json", json.dumps(meta))  # the resume point
+                bar.update(len(batch))
+        del pixels, stat
+    opened = PackedPixels.open(root, split, size)
+    assert opened is not None
+    return opened
+
+
+def summary(pixels: PackedPixels) -> dict[str, Any]:
+    """What ``alexnet data-pack`` reports: images, how many hold pixels, bytes on disk."""
+    _, stat = pixels._maps()
+    packed = int(np.asarray(stat[: pixels.done, 2]).sum())
+    return {
+        "store": str(pixels.store),
+        "size": pixels.size,
+        "images": pixels.count,
+        "packed": packed,
+        "unreadable": pixels.done - packed,
+        "bytes": pixels.count * 3 * pixels.size * pixels.size,
+    }

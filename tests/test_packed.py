@@ -1,0 +1,214 @@
+"""alexnet.data.packed: pre-resized 256×256 pixels (AlexNet §2) read back instead of decoding the files."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from alexnet.data.folders import BadSample, ImageFolder
+from alexnet.data.loader import make_loader
+from alexnet.data.packed import PackedPixels, attach, pack, store_dir
+from alexnet.data.preprocess import Preprocessing
+from alexnet.data.transforms import central_patch, eval_transform, train_transform
+
+PHOTOS = ("chelsea", "coffee", "astronaut", "rocket")
+PRE = Preprocessing(input_size=227)
+
+
+def photo_folder(root: Path, per_class: int = 3) -> Path:
+    """Real photographs as JPEGs (and one PNG) of several sizes: some large enough for the DCT-domain
+    downscaling, some smaller than 256 on a side, one portrait."""
+    import skimage.data
+
+    sizes = [(451, 300), (600, 540), (200, 260), (320, 480)]
+    for c, name in enumerate(PHOTOS[:2]):
+        photo = Image.fromarray(getattr(skimage.data, name)()).convert("RGB")
+        for i in range(per_class):
+            folder = root / "train" / f"class_{c}"
+            folder.mkdir(parents=True, exist_ok=True)
+            image = photo.resize(sizes[(c + i) % len(sizes)], Image.BICUBIC)
+            image.save(folder / f"img_{i}.jpg", quality=90)
+        val = root / "val" / f"class_{c}"
+        val.mkdir(parents=True, exist_ok=True)
+        photo.save(val / "val_0.png")
+    return root
+
+
+@pytest.fixture
+def folder(tmp_path: Path) -> Path:
+    return photo_folder(tmp_path / "data")
+
+
+def batches(dataset: ImageFolder, n: int = 2, workers: int = 0) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    loader = make_loader(dataset, 2, train=True, seed=3, workers=workers, pin_memory=False)
+    return [b for b, _ in zip(loader, range(n), strict=False)]
+
+
+def test_packed_pixels_are_the_transforms_central_patch_of_each_file(folder):
+    pixels = pack(folder, "train", progress=False)
+    files = ImageFolder(folder, "train")
+    assert pixels.done == pixels.count == len(files) == 6
+    patch = central_patch(256)
+    for index, (path, _) in enumerate(files.samples):
+        stored = pixels.image(path)
+        assert stored is not None and stored.shape == (3, 256, 256) and stored.dtype == torch.uint8
+        assert torch.equal(stored, patch(files.load(index)[0]))
+
+
+def test_training_batches_from_the_store_equal_those_from_the_files(folder):
+    pack(folder, "train", progress=False)
+    files = ImageFolder(folder, "train", train_transform(PRE))
+    packed = ImageFolder(folder, "train", train_transform(PRE))
+    assert attach(packed, PRE.resize) is not None
+    for (a, ta), (b, tb) in zip(batches(files), batches(packed, workers=2), strict=True):
+        assert torch.equal(ta, tb)
+        assert torch.equal(a, b)  # same random crops, mirrors and PCA lighting, same pixels
+
+
+def test_evaluation_reads_the_store_of_its_split(folder, monkeypatch):
+    pack(folder, "val", progress=False)
+    files = ImageFolder(folder, "val", eval_transform(PRE))
+    packed = ImageFolder(folder, "val", eval_transform(PRE))
+    attach(packed, PRE.resize)
+    decoded = []
+    import alexnet.data.folders as folders
+
+    real = folders.read_image
+    monkeypatch.setattr(folders, "read_image", lambda *a, **k: decoded.append(a[0]) or real(*a, **k))
+    for i in range(len(files)):
+        assert torch.equal(files[i][0], packed[i][0])
+    assert len(decoded) == len(files)  # only the plain folder decoded anything
+
+
+def test_a_file_changed_after_packing_is_decoded_from_the_file(folder):
+    pixels = pack(folder, "train", progress=False)
+    dataset = ImageFolder(folder, "train")
+    attach(dataset, 256)
+    path = dataset.samples[0][0]
+    Image.new("RGB", (300, 300), (200, 10, 10)).save(path, quality=95)
+    os.utime(path, ns=(time.time_ns(), time.time_ns() + 10**9))  # a new mtime even on coarse clocks
+    assert pixels.image(path) is None
+    image, _ = dataset.load(0)
+    assert isinstance(image, torch.Tensor)
+    assert abs(int(image[0].float().mean()) - 200) < 5  # the new red image, not the stored photograph
+
+
+def test_a_file_that_does_not_decode_is_counted_and_skipped_as_without_a_store(folder):
+    bad = folder / "train" / "class_0" / "img_1.jpg"
+    bad.write_bytes(bad.read_bytes()[:300])  # truncated
+    pixels = pack(folder, "train", progress=False)
+    from alexnet.data.packed import summary
+
+    info = summary(pixels)
+    assert (info["packed"], info["unreadable"]) == (5, 1)
+    dataset = ImageFolder(folder, "train", train_transform(PRE))
+    attach(dataset, 256)
+    index = [p for p, _ in dataset.samples].index(bad)
+    assert isinstance(dataset[index], BadSample)
+
+
+def test_a_killed_pack_resumes_where_it_stopped_and_ends_with_every_image(folder, monkeypatch):
+    script = (
+        "import sys, time; import alexnet.data.packed as p\n"
+        "real = p._Decode.__getitem__\n"
+        "def slow(self, i):\n"
+        "    time.sleep(0.3)\n"
+        "    return real(self, i)\n"
+        "p._Decode.__getitem__ = slow\n"
+        f"p.pack({str(folder)!r}, 'train', chunk=1, progress=False)\n"
+    )
+    proc = subprocess.Popen([sys.executable, "-c", script])
+    meta = store_dir(folder, "train", 256) / "meta.json"
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        done = json.loads(meta.read_text())["done"] if meta.is_file() else 0
+        if done >= 2:
+            break
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    stopped = json.loads(meta.read_text())["done"]
+    assert 2 <= stopped < 6
+
+    import alexnet.data.packed as packed
+
+    decoded: list[int] = []
+    real = packed._Decode.__getitem__
+    monkeypatch.setattr(packed._Decode, "__getitem__", lambda self, i: decoded.append(i) or real(self, i))
+    resumed = pack(folder, "train", progress=False)
+    assert resumed.done == 6
+    assert [d + stopped for d in decoded] == list(range(stopped, 6))  # only what the killed run had not done
+    files = ImageFolder(folder, "train")
+    for index, (path, _) in enumerate(files.samples):
+        image = resumed.image(path)
+        assert image is not None and torch.equal(image, central_patch(256)(files.load(index)[0]))
+
+
+def test_the_store_is_ignored_when_it_does_not_fit_the_reader(folder, monkeypatch):
+    pack(folder, "train", size=128, progress=False)
+    dataset = ImageFolder(folder, "train")
+    assert attach(dataset, 256) is None  # another size
+    assert attach(dataset, 128) is None  # packed with min_side 128, read with 256
+    small = ImageFolder(folder, "train", min_side=128)
+    assert attach(small, 128) is not None
+    monkeypatch.setenv("ALEXNET_PACKED", "0")
+    assert attach(ImageFolder(folder, "train", min_side=128), 128) is None
+
+
+def test_the_store_pickles_without_its_memory_map(folder):
+    import pickle
+
+    pixels = pack(folder, "train", progress=False)
+    path = ImageFolder(folder, "train").samples[0][0]
+    assert pixels.image(path) is not None  # maps opened
+    clone = pickle.loads(pickle.dumps(pixels))
+    assert clone._pixels is None and clone._stat is None
+    assert torch.equal(clone.image(path), pixels.image(path))
+    assert isinstance(PackedPixels.open(folder, "train", 256), PackedPixels)
+
+
+def test_training_uses_the_store_when_the_data_has_one(folder):
+    from alexnet.train.config import TrainConfig
+    from alexnet.train.data import open_run_data, ten_crop_split
+
+    pack(folder, progress=False)
+    pack(folder, "val", progress=False)
+    cfg = TrainConfig(model="alexnet", data=str(folder))
+    data = open_run_data(cfg, PRE, progress=False)
+    assert data.train.pixels is not None and data.val.pixels is not None
+    assert ten_crop_split(data, PRE).pixels is data.val.pixels
+
+
+def test_data_pack_cli_packs_train_and_val_and_reports_them(folder, capsys):
+    from alexnet.cli import main
+
+    assert main(["data-pack", str(folder), "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert [(i["split"], i["images"], i["packed"]) for i in info] == [("train", 6, 6), ("val", 2, 2)]
+    assert info[0]["bytes"] == 6 * 3 * 256 * 256
+    stored = np.fromfile(store_dir(folder, "val", 256) / "pixels.u8", dtype=np.uint8)
+    assert stored.size == 2 * 3 * 256 * 256 and stored.any()
+
+
+def test_data_pack_cli_reports_bad_input_in_one_line(tmp_path):
+    for args, message in (
+        ([str(tmp_path / "missing")], "no data folder"),
+        ([str(tmp_path)], "neither a train nor a val folder"),
+        ([str(tmp_path), "--workers", "-1"], "--workers"),
+    ):
+        done = subprocess.run(
+            [sys.executable, "-m", "alexnet.cli", "data-pack", *args], capture_output=True, text=True
+        )
+        assert done.returncode == 2, done.stderr
+        assert message in done.stderr and "Traceback" not in done.stderr
+        assert len(done.stderr.strip().splitlines()) == 1
