@@ -137,6 +137,12 @@ def test_input_pipeline_rows_for_ours_and_torchvisions_stock(tmp_path):
     assert torch.get_num_threads() >= 1  # restored after the single-thread measurement
     with pytest.raises(BenchError, match="timed after its first batch"):
         bench_data(root, images=3, batch_size=3)  # one batch: nothing left to time
+    from alexnet.data.packed import pack
+
+    pack(root, "train", progress=False)  # `alexnet data-pack`: a row reading its pixels too
+    rows = bench_data(root, images=6, batch_size=3)
+    assert [r.pipeline for r in rows] == ["alexnet", "alexnet_packed", "torchvision_stock"]
+    assert rows[1].images == 3 and rows[1].images_per_s > 0
 
 
 @pytest.mark.parametrize(

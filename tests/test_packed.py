@@ -75,6 +75,33 @@ def test_training_batches_from_the_store_equal_those_from_the_files(folder):
         assert torch.equal(a, b)  # same random crops, mirrors and PCA lighting, same pixels
 
 
+@pytest.mark.parametrize("decode_on_device", [False, True])
+def test_batches_finished_on_the_device_read_the_store_and_match_the_cpu_loader(
+    folder, monkeypatch, decode_on_device
+):
+    import alexnet.data.folders as folders
+    import alexnet.data.on_device as on_device
+
+    pack(folder, "train", progress=False)
+    files = ImageFolder(folder, "train", train_transform(PRE))
+    packed = ImageFolder(folder, "train", train_transform(PRE))
+    attach(packed, PRE.resize)
+    expected = batches(files)
+
+    def no_file(*args, **kwargs):
+        raise AssertionError("a file was read although the store holds it")
+
+    monkeypatch.setattr(on_device, "read_bytes", no_file)
+    monkeypatch.setattr(folders, "read_image", no_file)
+    loader = make_loader(
+        packed, 2, train=True, seed=3, augment_device="cpu", decode_on_device=decode_on_device
+    )
+    got = [b for b, _ in zip(loader, range(2), strict=False)]
+    for (a, ta), (b, tb) in zip(expected, got, strict=True):
+        assert torch.equal(ta, tb)
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-4)  # batched on the device: fp32 rounding
+
+
 def test_evaluation_reads_the_store_of_its_split(folder, monkeypatch):
     pack(folder, "val", progress=False)
     files = ImageFolder(folder, "val", eval_transform(PRE))

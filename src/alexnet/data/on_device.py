@@ -53,7 +53,8 @@ class Encoded:
 class EncodedItems(Dataset):
     """``(index, seed) → (Encoded | BadSample, target, seed)`` over an :class:`~alexnet.data.folders.ImageFolder`
     (anything with its ``samples``, ``transform`` and ``load``). ``decode``: the worker decodes (and resizes to the central
-    patch when the transform has a batched plan); otherwise it reads the bytes and decodes only non-JPEGs."""
+    patch when the transform has a batched plan); otherwise it reads the bytes and decodes only non-JPEGs. Either
+    way a file the dataset's packed store holds (:mod:`alexnet.data.packed`) comes from the store."""
 
     def __init__(self, dataset: Any, *, decode: bool = True) -> None:
         if not all(hasattr(dataset, a) for a in ("samples", "transform", "load")):
@@ -75,6 +76,10 @@ class EncodedItems(Dataset):
             if self.plan is None:
                 return Encoded(str(path), image), target, seed
             return Encoded(str(path), self.plan.head(image), patched=True), target, seed
+        pixels = getattr(self.dataset, "pixels", None)  # `alexnet data-pack`'s: nothing to decode
+        packed = pixels.image(path) if pixels is not None else None
+        if packed is not None:
+            return Encoded(str(path), packed), target, seed
         try:
             data = read_bytes(path)
         except ImageError as e:
