@@ -1,5 +1,5 @@
-"""tools/: the photo-JPEG folder for pipeline benchmarks, and tools/gpu_profile.py's model variants (each must
-compute the network it claims to, so that its timings compare like with like)."""
+"""tools/: the photo-JPEG folder and the worker rate for pipeline benchmarks, and tools/gpu_profile.py's model
+variants (each must compute the network it claims to, so that its timings compare like with like)."""
 
 from __future__ import annotations
 
@@ -26,6 +26,24 @@ def test_make_jpegs_writes_an_imagenet_like_folder(tmp_path):
     for path in train:
         with Image.open(path) as im:
             assert im.format == "JPEG" and 400 <= im.width <= 500 and 300 <= im.height <= 500
+
+
+def test_worker_rate_times_the_files_then_the_packed_store(tmp_path):
+    from alexnet.data.packed import pack
+
+    root = tmp_path / "jpegs"
+    subprocess.run(
+        [sys.executable, str(TOOLS / "make_jpegs.py"), str(root), "--images", "8", "--classes", "2"],
+        check=True,
+    )
+    command = [sys.executable, str(TOOLS / "worker_rate.py"), str(root), "--images", "8", "--batch-size", "4"]
+    proc = subprocess.run(command, capture_output=True, text=True, check=True)
+    assert "files :" in proc.stdout and "no store" in proc.stdout
+    pack(root, "train", progress=False)
+    proc = subprocess.run(command, capture_output=True, text=True, check=True)
+    lines = proc.stdout.splitlines()
+    assert [line.split(":")[0].strip() for line in lines] == ["files", "packed"]
+    assert all(float(line.split(":")[1].split()[0]) > 0 for line in lines)
 
 
 def test_profile_variants_compute_the_same_network(monkeypatch):

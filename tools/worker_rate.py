@@ -1,0 +1,54 @@
+"""Times what one loader worker does per image for `alexnet train --gpu-augment` (read or decode, resize to the
+256×256 patch, collate the uint8 batch), from the files and from `alexnet data-pack`'s store, on one CPU core:
+the images/s each worker process can feed a GPU. Runs without a GPU.
+
+    python tools/make_jpegs.py /tmp/jpegs --images 400 && alexnet data-pack /tmp/jpegs
+    python tools/worker_rate.py /tmp/jpegs [--images 320] [--batch-size 64]
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import torch
+
+from alexnet import malloc
+from alexnet.data.folders import ImageFolder
+from alexnet.data.on_device import EncodedItems, collate_encoded
+from alexnet.data.packed import attach
+from alexnet.data.preprocess import Preprocessing
+from alexnet.data.transforms import train_transform
+
+
+def rate(dataset: ImageFolder, images: int, batch_size: int) -> float:
+    """Images/s of the worker's part (item loading and collation), after one untimed batch."""
+    items = EncodedItems(dataset)
+    keys = [(i % len(dataset), i) for i in range(images + batch_size)]
+    collate_encoded([items[k] for k in keys[:batch_size]])
+    start = time.perf_counter()
+    for b in range(batch_size, len(keys), batch_size):
+        collate_encoded([items[k] for k in keys[b : b + batch_size]])
+    return images / (time.perf_counter() - start)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("root", help="data folder with train/ (and, for the second row, its packed store)")
+    parser.add_argument("--images", type=int, default=320)
+    parser.add_argument("--batch-size", type=int, default=64)
+    args = parser.parse_args()
+    malloc.tune()
+    torch.set_num_threads(1)
+    pre = Preprocessing(input_size=227)
+    files = ImageFolder(args.root, "train", train_transform(pre))
+    print(f"files : {rate(files, args.images, args.batch_size):8.0f} images/s per worker core")
+    packed = ImageFolder(args.root, "train", train_transform(pre))
+    if attach(packed, pre.resize) is None:
+        print(f"packed: no store (run `alexnet data-pack {args.root}`)")
+        return
+    print(f"packed: {rate(packed, args.images, args.batch_size):8.0f} images/s per worker core")
+
+
+if __name__ == "__main__":
+    main()
