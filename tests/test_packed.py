@@ -181,6 +181,17 @@ def test_a_killed_pack_resumes_where_it_stopped_and_ends_with_every_image(folder
         assert image is not None and torch.equal(image, central_patch(256)(files.load(index)[0]))
 
 
+def test_packing_onto_a_disk_without_room_stops_before_writing(folder, monkeypatch):
+    import shutil
+
+    from alexnet.errors import DataError
+
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: shutil._ntuple_diskusage(10**12, 10**12, 10**5))
+    with pytest.raises(DataError, match=r"needs 1\.1 MiB more in .* which has 0\.1 MiB free"):
+        pack(folder, "train", progress=False)  # 6 images of 192 KiB
+    assert not (store_dir(folder, "train", 256) / "pixels.u8").exists()
+
+
 def test_the_store_is_ignored_when_it_does_not_fit_the_reader(folder, monkeypatch):
     pack(folder, "train", size=128, progress=False)
     dataset = ImageFolder(folder, "train")

@@ -27,6 +27,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -59,6 +60,10 @@ def _write_atomic(path: Path, text: str) -> None:
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(text)
     os.replace(tmp, path)
+
+
+def _bytes(n: int) -> str:
+    return f"{n / 2**30:.1f} GiB" if n >= 2**30 else f"{n / 2**20:.1f} MiB"
 
 
 def _file_stat(path: Path | str) -> tuple[int, int] | None:
@@ -214,8 +219,18 @@ def pack(
     )
     start = int(meta["done"]) if same and meta is not None else 0
     shape = (count, 3, size, size)
+    # The pixel file is sparse until written, and a write into a memory map on a full disk kills the process
+    # (SIGBUS) instead of raising: check the space up front.
+    needed, free = (count - start) * 3 * size * size, shutil.disk_usage(store).free
+    if needed > free:
+        raise DataError(
+            f"packing {split_dir} needs {_bytes(needed)} more in {store}, which has {_bytes(free)} free"
+        )
     meta = {"format": FORMAT, "size": size, "min_side": size, "count": count, "done": start}
     if start == 0:
+        for name in ("meta.json", "pixels.u8", "stat.npy"):
+            # unlinked, not truncated: a reader that has the old files mapped keeps them
+            (store / name).unlink(missing_ok=True)
         (store / "files.txt").write_text(files_txt)
         with open(store / "pixels.u8", "wb") as f:
             f.truncate(count * 3 * size * size)  # sparse until written
