@@ -57,20 +57,27 @@ fi
 if want data || want train; then
   $PY tools/make_jpegs.py /tmp/jpegs --images 4000
 fi
+if want data || want train; then
+  step "alexnet data-pack: the JPEGs decoded once at 256×256 (AlexNet §2), 12 workers"
+  timeout 120 $PY -m alexnet.cli data-pack /tmp/jpegs --workers 12 --json > "$OUT/pack.json"; tail -c 300 "$OUT/pack.json"
+fi
 if want data; then
-  step "input pipeline: 4000 ImageNet-sized JPEGs, 8 workers"
-  timeout 150 $PY -m alexnet.cli bench --only-data --data /tmp/jpegs --device cuda --workers 8 --data-images 3840 \
+  step "input pipeline: 4000 ImageNet-sized JPEGs, 8 workers (files, and the packed store)"
+  timeout 180 $PY -m alexnet.cli bench --only-data --data /tmp/jpegs --device cuda --workers 8 --data-images 3840 \
     --json > "$OUT/data.json"
+  $PY tools/worker_rate.py /tmp/jpegs --images 640 | tee "$OUT/worker_rate.txt"
 fi
 
 if want train; then
-  step "training alexnet bf16 on the JPEGs, 12 workers: images/s of each epoch"
-  for mode in cpu augment; do
-    flags=""; [ $mode = augment ] && flags="--gpu-augment"; [ $mode = decode ] && flags="--gpu-decode"
+  step "training alexnet bf16 on the JPEGs, 12 workers: images/s of each epoch (packed: from the store)"
+  for mode in cpu augment packed; do
+    flags=""; [ $mode != cpu ] && flags="--gpu-augment"; [ $mode = decode ] && flags="--gpu-decode"
+    if [ $mode = packed ]; then unset ALEXNET_PACKED; else export ALEXNET_PACKED=0; fi
     timeout 100 $PY -m alexnet.cli train --model alexnet --data /tmp/jpegs --out /tmp/run-$mode --device cuda --amp \
       --batch-size 256 --epochs 3 --workers 12 --checkpoint-every 100000 $flags > "$OUT/train-$mode.log" 2>&1
     echo "$mode: $(cut -d, -f1,8 /tmp/run-$mode/metrics.csv 2>/dev/null | tr '\n' ' ')"
   done
+  unset ALEXNET_PACKED
 fi
 
 if want compile; then
