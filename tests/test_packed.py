@@ -203,6 +203,21 @@ def test_the_store_is_ignored_when_it_does_not_fit_the_reader(folder, monkeypatc
     assert attach(ImageFolder(folder, "train", min_side=128), 128) is None
 
 
+@pytest.mark.parametrize("damage", ["truncated pixels", "no file list", "bad stat"])
+def test_a_damaged_store_is_ignored_with_a_warning_and_the_files_are_read(folder, caplog, damage):
+    store = pack(folder, "train", progress=False).store
+    if damage == "truncated pixels":
+        os.truncate(store / "pixels.u8", 1000)
+    elif damage == "no file list":
+        (store / "files.txt").unlink()
+    else:
+        (store / "stat.npy").write_bytes(b"not numpy")
+    dataset = ImageFolder(folder, "train", train_transform(PRE))
+    assert attach(dataset, 256) is None
+    assert "damaged packed store" in caplog.text
+    assert len(batches(dataset, n=1)) == 1  # decoded from the files
+
+
 def test_the_store_pickles_without_its_memory_map(folder):
     import pickle
 

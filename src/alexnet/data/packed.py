@@ -101,7 +101,17 @@ class PackedPixels:
         meta = _read_meta(store)
         if meta is None or int(meta.get("size", -1)) != size:
             return None
-        return cls(store, Path(root).expanduser() / split, meta)
+        try:
+            pixels = cls(store, Path(root).expanduser() / split, meta)
+            complete = (store / "pixels.u8").stat().st_size == pixels.count * 3 * size * size
+            complete = complete and np.load(store / "stat.npy", mmap_mode="r").shape == (pixels.count, 3)
+        except (OSError, ValueError, DataError) as e:
+            log.warning("ignoring the damaged packed store %s (%s); run `alexnet data-pack` again", store, e)
+            return None
+        if not complete:
+            log.warning("ignoring the damaged packed store %s (sizes); run `alexnet data-pack` again", store)
+            return None
+        return pixels
 
     def __getstate__(self) -> dict[str, Any]:
         return {**self.__dict__, "_stat": None, "_pixels": None}
