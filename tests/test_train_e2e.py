@@ -127,3 +127,21 @@ def test_non_finite_loss_stops_with_one_line_naming_the_step_and_the_last_checkp
     assert all(torch.isfinite(t).all() for t in last["model"].values())
     assert last["step"] >= good["step"]
     assert "step" in (run / "train.log").read_text().splitlines()[-1]
+
+
+def test_a_run_from_the_packed_store_trains_exactly_as_one_from_the_files(tmp_path: Path) -> None:
+    from alexnet.data.packed import pack, store_dir
+
+    data = tiny_data(tmp_path / "data")
+    args = [*TRAIN, "--data", str(data), "--max-steps", "4"]
+    files = run_cli(tmp_path, *args, "--out", str(tmp_path / "files"))
+    assert files.returncode == 0, files.stderr
+    for split in ("train", "val"):
+        pack(data, split, progress=False)
+    packed = run_cli(tmp_path, *args, "--out", str(tmp_path / "packed"))
+    assert packed.returncode == 0, packed.stderr
+    assert "decoded from the files" in (tmp_path / "files" / "train.log").read_text()
+    assert f"pixels from {store_dir(data, 'train', 256)}" in (tmp_path / "packed" / "train.log").read_text()
+    expected = _losses(tmp_path / "files")
+    assert sorted(expected) == [1, 2, 3, 4]
+    assert _losses(tmp_path / "packed") == expected  # the same batches, bit for bit

@@ -202,8 +202,8 @@ def _train(
 
         writer = SummaryWriter(str(run_dir / "tensorboard"), purge_step=step if state is not None else None)
         log.info(
-            "%s %s: model %s, data %s (%d classes, %d train / %d val images, %d skipped), %d processes on %s, "
-            "%d steps of batch %d",
+            "%s %s: model %s, data %s (%d classes, %d train / %d val images, %d skipped, %s), %d processes on "
+            "%s, %d steps of batch %d",
             "resuming" if state else "starting",
             run_dir,
             cfg.model,
@@ -212,6 +212,10 @@ def _train(
             len(data.train),
             len(data.val),
             len(data.skipped),
+            # alexnet data-pack's store, or JPEG decoding in the loader
+            f"pixels from {data.train.pixels.store}"
+            if data.train.pixels is not None
+            else "decoded from the files",
             info.world_size,
             info.device,
             total_steps,
