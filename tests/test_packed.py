@@ -130,6 +130,29 @@ def test_a_file_changed_after_packing_is_decoded_from_the_file(folder):
     assert abs(int(image[0].float().mean()) - 200) < 5  # the new red image, not the stored photograph
 
 
+def test_packing_again_repacks_only_the_files_changed_since(folder, monkeypatch):
+    import alexnet.data.packed as packed
+
+    pack(folder, "train", progress=False)
+    dataset = ImageFolder(folder, "train")
+    path = dataset.samples[4][0]
+    Image.new("RGB", (300, 300), (10, 10, 200)).save(path, quality=95)
+    os.utime(path, ns=(time.time_ns(), time.time_ns() + 10**9))
+    decoded: list[int] = []
+    real = packed._Decode.__getitem__
+
+    def spy(self, i):
+        decoded.append(self.rows[i])
+        return real(self, i)
+
+    monkeypatch.setattr(packed._Decode, "__getitem__", spy)
+    pixels = pack(folder, "train", progress=False)
+    assert decoded == [4]
+    image = pixels.image(path)
+    assert image is not None and abs(int(image[2].float().mean()) - 200) < 5  # the new blue image, stored
+    assert pack(folder, "train", progress=False).done == 6 and decoded == [4]  # nothing left to do
+
+
 def test_a_file_that_does_not_decode_is_counted_and_skipped_as_without_a_store(folder):
     bad = folder / "train" / "class_0" / "img_1.jpg"
     bad.write_bytes(bad.read_bytes()[:300])  # truncated

@@ -19,8 +19,8 @@ def register(sub: Any) -> None:
         "ROOT/.packed/<split>-<size>/ (3·size² bytes per image: 192 KiB at 256, about 250 GB for ImageNet's "
         "training set). `alexnet train`, `alexnet eval`, `alexnet data-stats` and `alexnet bench --data` then "
         "read the pixels instead of decoding the files: the same numbers, several times faster per core. A file "
-        "changed since packing is decoded from the file. Interrupted, it resumes where it stopped when run "
-        "again. ALEXNET_PACKED=0 makes the readers ignore the store.",
+        "changed since packing is decoded from the file, until data-pack runs again and packs just the changed "
+        "files. Interrupted, it resumes where it stopped when run again. ALEXNET_PACKED=0 makes the readers ignore the store.",
     )
     p.add_argument("root", metavar="ROOT", help="data-set folder holding <split>/<class>/<images>")
     p.add_argument(

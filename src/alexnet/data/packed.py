@@ -19,7 +19,8 @@ The pixels are exactly what the training transform's first two steps make of the
 (:func:`alexnet.data.transforms.central_patch`), so a run reads the same numbers either way
 (tests/test_packed.py). Every read checks the file's size and mtime: a file changed since packing, or one that
 did not decode, is decoded from the file as before, so a stale store is slower, never wrong. Packing is resumable:
-a killed ``alexnet data-pack`` continues after the last chunk it finished.
+a killed ``alexnet data-pack`` continues after the last chunk it finished, and a later run packs again only the
+files changed since.
 """
 
 from __future__ import annotations
@@ -160,21 +161,22 @@ def attach(dataset: Any, size: int) -> PackedPixels | None:
 
 
 class _Decode(torch.utils.data.Dataset):
-    """Row ``i`` → ``(i, pixels or None, (size, mtime_ns) or None)``, decoded as the loaders decode."""
+    """Item ``i`` → ``(row, pixels or None, (size, mtime_ns) or None)`` for the ``i``-th of ``rows``, decoded as
+    the loaders decode."""
 
-    def __init__(self, dataset: Any, start: int) -> None:
+    def __init__(self, dataset: Any, rows: list[int]) -> None:
         from alexnet.data.transforms import central_patch
 
-        self.dataset, self.start = dataset, start
+        self.dataset, self.rows = dataset, rows
         self.patch = central_patch(dataset.min_side)
 
     def __len__(self) -> int:
-        return len(self.dataset) - self.start
+        return len(self.rows)
 
     def __getitem__(self, i: int) -> tuple[int, torch.Tensor | None, tuple[int, int] | None]:
         from alexnet.data.images import read_image
 
-        row = self.start + i
+        row = self.rows[i]
         path = self.dataset.samples[row][0]
         stat = _file_stat(path)  # before decoding: a file changed meanwhile will not match later
         try:
@@ -184,9 +186,9 @@ class _Decode(torch.utils.data.Dataset):
         return row, image.contiguous(), stat
 
 
-def _batches(dataset: Any, start: int, workers: int, chunk: int) -> Iterator[list[Any]]:
+def _batches(dataset: Any, rows: list[int], workers: int, chunk: int) -> Iterator[list[Any]]:
     loader = torch.utils.data.DataLoader(
-        _Decode(dataset, start), batch_size=chunk, num_workers=workers, collate_fn=list
+        _Decode(dataset, rows), batch_size=chunk, num_workers=workers, collate_fn=list
     )
     yield from loader
 
@@ -248,11 +250,20 @@ def pack(
         _write_atomic(store / "meta.json", json.dumps(meta))
     elif start < count:
         log.info("resuming the packing of %s at image %d of %d", split_dir, start, count)
-    if start < count:
+    # Rows packed before whose file has changed since (size or mtime) are packed again, first.
+    stat = np.load(store / "stat.npy", mmap_mode="r+")
+    stale = [
+        row
+        for row in range(start)
+        if _file_stat(dataset.samples[row][0]) != (int(stat[row, 0]), int(stat[row, 1]))
+    ]
+    if stale:
+        log.info("packing %d changed files of %s again", len(stale), split_dir)
+    rows = stale + list(range(start, count))
+    if rows:
         pixels = np.memmap(store / "pixels.u8", dtype=np.uint8, mode="r+", shape=shape)
-        stat = np.load(store / "stat.npy", mmap_mode="r+")
-        with tqdm(total=count, initial=start, unit="img", desc=f"pack {split}", disable=not progress) as bar:
-            for batch in _batches(dataset, start, workers, chunk):
+        with tqdm(total=len(rows), unit="img", desc=f"pack {split}", disable=not progress) as bar:
+            for batch in _batches(dataset, rows, workers, chunk):
                 for row, image, st in batch:
                     if image is not None and st is not None:
                         pixels[row] = image.numpy()
@@ -261,10 +272,11 @@ def pack(
                         stat[row] = (st or (0, 0))[0], (st or (0, 0))[1], 0
                 pixels.flush()
                 stat.flush()
-                meta["done"] = batch[-1][0] + 1
+                meta["done"] = max(meta["done"], batch[-1][0] + 1)  # stale rows lie below it
                 _write_atomic(store / "meta.json", json.dumps(meta))  # the resume point
                 bar.update(len(batch))
-        del pixels, stat
+        del pixels
+    del stat
     opened = PackedPixels.open(root, split, size)
     assert opened is not None
     return opened
