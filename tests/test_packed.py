@@ -239,6 +239,8 @@ def test_a_damaged_store_is_ignored_with_a_warning_and_the_files_are_read(folder
     assert attach(dataset, 256) is None
     assert "damaged packed store" in caplog.text
     assert len(batches(dataset, n=1)) == 1  # decoded from the files
+    assert pack(folder, "train", progress=False).done == 6  # packing again starts over
+    assert attach(dataset, 256) is not None
 
 
 def test_the_store_pickles_without_its_memory_map(folder):

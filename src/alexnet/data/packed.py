@@ -228,6 +228,7 @@ def pack(
         and meta.get("count") == count
         and (store / "files.txt").is_file()
         and (store / "files.txt").read_text() == files_txt
+        and PackedPixels.open(root, split, size) is not None  # its files whole (else start over)
     )
     start = int(meta["done"]) if same and meta is not None else 0
     shape = (count, 3, size, size)
@@ -278,7 +279,8 @@ def pack(
         del pixels
     del stat
     opened = PackedPixels.open(root, split, size)
-    assert opened is not None
+    if opened is None:
+        raise DataError(f"the packed store {store} could not be read back after packing")
     return opened
 
 
