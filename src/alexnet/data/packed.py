@@ -57,10 +57,10 @@ def _read_meta(store: Path) -> dict[str, Any] | None:
     return meta if isinstance(meta, dict) and meta.get("format") == FORMAT else None
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+def _write_meta(store: Path, meta: dict[str, Any]) -> None:
+    from alexnet.weights.io import atomic_write  # as data.stats writes its files
+
+    atomic_write(store / "meta.json", lambda tmp: Path(tmp).write_text(json.dumps(meta)))
 
 
 def _bytes(n: int) -> str:
@@ -219,18 +219,15 @@ def pack(
     except OSError as e:
         raise DataError(f"cannot write the packed store {store}: {e.strerror}") from None
     count = len(names)
-    meta = _read_meta(store)
     files_txt = "\n".join(names) + "\n"
+    existing = PackedPixels.open(root, split, size)  # None: no store, another format, or damaged
     same = (
-        meta is not None
-        and meta.get("size") == size
-        and meta.get("min_side") == size
-        and meta.get("count") == count
-        and (store / "files.txt").is_file()
+        existing is not None
+        and existing.min_side == size
+        and existing.count == count
         and (store / "files.txt").read_text() == files_txt
-        and PackedPixels.open(root, split, size) is not None  # its files whole (else start over)
     )
-    start = int(meta["done"]) if same and meta is not None else 0
+    start = existing.done if same and existing is not None else 0
     shape = (count, 3, size, size)
     # The pixel file is sparse until written, and a write into a memory map on a full disk kills the process
     # (SIGBUS) instead of raising: check the space up front.
@@ -248,7 +245,7 @@ def pack(
         with open(store / "pixels.u8", "wb") as f:
             f.truncate(count * 3 * size * size)  # sparse until written
         np.lib.format.open_memmap(store / "stat.npy", mode="w+", dtype=np.int64, shape=(count, 3)).flush()
-        _write_atomic(store / "meta.json", json.dumps(meta))
+        _write_meta(store, meta)
     elif start < count:
         log.info("resuming the packing of %s at image %d of %d", split_dir, start, count)
     # Rows packed before whose file has changed since (size or mtime) are packed again, first.
@@ -274,7 +271,7 @@ def pack(
                 pixels.flush()
                 stat.flush()
                 meta["done"] = max(meta["done"], batch[-1][0] + 1)  # stale rows lie below it
-                _write_atomic(store / "meta.json", json.dumps(meta))  # the resume point
+                _write_meta(store, meta)  # the resume point
                 bar.update(len(batch))
         del pixels
     del stat
