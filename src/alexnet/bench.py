@@ -148,6 +148,8 @@ def machine_info(device: torch.device) -> dict[str, Any]:
         fuse = fuse and native.kernel() is not None
         # an NCHW batch too: the paper models copy it to channels-last first (fused.kernel_layout)
         info["stages"] = "fused (channels-last; NCHW input copied to it)" if fuse else "modules"
+        own = os.environ.get("ALEXNET_FIRST_CONV", "1") != "0" and native.kernel() is not None
+        info["conv1"] = "weight gradient by C++ kernel (fp32)" if own else "oneDNN"  # models/first_conv.py
     else:
         fuse = fuse and triton_kernels() is not None
         info["stages"] = "fused, Triton (channels-last)" if fuse else "modules"

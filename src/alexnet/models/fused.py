@@ -39,7 +39,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from alexnet.models import layers, native
+from alexnet.models import eager, layers, native
 from alexnet.models.layers import LocalResponseNorm, local_response_norm
 
 
@@ -285,26 +285,9 @@ def _global_hooks() -> bool:
     )
 
 
-def _tracing() -> bool:
-    exporting = getattr(torch.compiler, "is_exporting", lambda: False)
-    return bool(
-        torch.compiler.is_compiling()
-        or exporting()
-        or torch.jit.is_tracing()
-        or torch.jit.is_scripting()
-        or torch.onnx.is_in_onnx_export()
-    )
-
-
 def _allowed(x: torch.Tensor) -> bool:
     """Nothing global forbids the fused kernels for ``x``: no tracing, no global hook, ``ALEXNET_FUSE`` not 0."""
-    return (
-        not _tracing()  # first: under torch.compile this folds to False before anything dynamo cannot trace
-        and os.environ.get("ALEXNET_FUSE", "1") != "0"
-        and type(x) is torch.Tensor
-        and not torch._C._functorch.is_functorch_wrapped_tensor(x)  # torch.func transforms
-        and not _global_hooks()
-    )
+    return eager.plain(x) and os.environ.get("ALEXNET_FUSE", "1") != "0" and not _global_hooks()
 
 
 def usable(x: torch.Tensor) -> bool:

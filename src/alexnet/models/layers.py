@@ -36,7 +36,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from alexnet.models import native
+from alexnet.models import first_conv, native
 
 
 def lrn_reference(x: torch.Tensor, size: int, alpha: float, beta: float, k: float) -> torch.Tensor:
@@ -386,10 +386,13 @@ class SpaceToDepthConv2d(nn.Conv2d):
     On CUDA in bf16/fp16 (autocast) it runs as :func:`space_to_depth_conv2d`: cuDNN's kernels for three input
     channels ran far below its rate, and the 48 (AlexNet) or 12 (ZFNet) rearranged channels run near it, although
     the zero-padded kernel adds multiply-adds (12²/11², 8²/7²); measured on an H100 in docs/performance.md.
-    Elsewhere, and with ``ALEXNET_S2D=0``, it is the plain convolution (on CPU, oneDNN was slower rearranged).
+    Elsewhere, and with ``ALEXNET_S2D=0``, it is the plain convolution (on CPU, oneDNN was slower rearranged); in
+    CPU training its weight gradient comes from a kernel of its own (:mod:`alexnet.models.first_conv`).
     """
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if first_conv.applies(self, x):
+            return first_conv.conv2d(self, x)
         if self._rearranged(x):
             if torch.is_autocast_enabled("cuda"):  # rearrange half the bytes
                 x = x.to(torch.get_autocast_dtype("cuda"))

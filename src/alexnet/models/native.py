@@ -1,4 +1,5 @@
-"""The fused CPU LRN kernel (``lrn_cpu.cpp``): built once per machine with the system C++ compiler, loaded by ctypes.
+"""The CPU kernels (``lrn_cpu.cpp``, ``first_conv_cpu.cpp``): built once per machine with the system C++ compiler
+into one library, loaded by ctypes.
 
 Why not ``torch.utils.cpp_extension``: the kernel needs no PyTorch headers (it works on raw pointers), so a plain
 ``c++ -O3 -march=native -fopenmp -shared`` builds it in about a second instead of a minute. OpenMP resolves to the
@@ -10,8 +11,9 @@ source, the compiler command and the CPU's flags (``-march=native`` code must no
 is written under a temporary name and renamed, so concurrent builds (one per DDP rank) never load a half-written
 library. No compiler, a failed build, or ``ALEXNET_NATIVE=0`` → :func:`kernel` returns ``None`` and the LRN runs
 as the PyTorch composition in ``layers.py`` (same numbers, slower); the reason is logged once. The same library
-holds the conv-stage kernels (ReLU + LRN + max-pool, :mod:`alexnet.models.fused`); without it the stages run as
-their three modules.
+holds the conv-stage kernels (ReLU + LRN + max-pool, :mod:`alexnet.models.fused`) and the first convolution's
+weight gradient (:mod:`alexnet.models.first_conv`); without it the stages run as their three modules and the
+weight gradient as oneDNN's.
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ import torch
 
 log = logging.getLogger(__name__)
 
-SOURCE = Path(__file__).with_name("lrn_cpu.cpp")
+SOURCES = [Path(__file__).with_name(name) for name in ("lrn_cpu.cpp", "first_conv_cpu.cpp")]
 FLAGS = ["-O3", "-march=native", "-fopenmp", "-fPIC", "-shared", "-fno-math-errno", "-fno-trapping-math"]
 DTYPES = {torch.float32: "f32", torch.float64: "f64", torch.bfloat16: "bf16"}  # bf16 computed in fp32
 
@@ -61,7 +63,7 @@ def _compiler() -> str | None:
 
 
 def build(out_dir: Path | None = None) -> Path:
-    """Compile ``lrn_cpu.cpp`` (or reuse the cached build); returns the shared library's path.
+    """Compile the ``SOURCES`` into one library (or reuse the cached build); returns the shared library's path.
 
     Raises ``RuntimeError`` with the compiler's message when there is no compiler or the build fails.
     """
@@ -70,8 +72,8 @@ def build(out_dir: Path | None = None) -> Path:
         raise RuntimeError(
             f"no C++ compiler found ({os.environ.get('CXX') or 'c++, g++, clang++'} not on PATH; set CXX)"
         )
-    source = SOURCE.read_bytes()
-    key = hashlib.sha256(b"\0".join([source, " ".join([cxx, *FLAGS]).encode(), _cpu_signature().encode()]))
+    sources = [path.read_bytes() for path in SOURCES]
+    key = hashlib.sha256(b"\0".join([*sources, " ".join([cxx, *FLAGS]).encode(), _cpu_signature().encode()]))
     out_dir = out_dir or cache_dir()
     target = out_dir / f"lrn-{key.hexdigest()[:16]}.so"
     if target.exists():
@@ -81,7 +83,7 @@ def build(out_dir: Path | None = None) -> Path:
     os.close(fd)
     try:
         done = subprocess.run(
-            [cxx, *FLAGS, str(SOURCE), "-o", tmp], capture_output=True, text=True, timeout=300
+            [cxx, *FLAGS, *map(str, SOURCES), "-o", tmp], capture_output=True, text=True, timeout=300
         )
         if done.returncode != 0:
             raise RuntimeError(f"{cxx} failed: {done.stderr.strip()[-2000:]}")
@@ -116,6 +118,10 @@ class Kernel:
             stage_back = getattr(self.lib, f"stage_backward_{suffix}")
             stage_back.argtypes = [ptr, ptr, ptr, ptr, ptr, *shape]
             stage_back.restype = None
+        # x g dw db; N H W C OC OH OW KH KW SH SW PH PW; dw's strides; threads
+        wgrad = self.lib.first_conv_weight_grad_f32
+        wgrad.argtypes = [ptr, ptr, ptr, ptr, *[i64] * 13, ptr, i32]
+        wgrad.restype = i32
 
     @staticmethod
     def supports(x: torch.Tensor) -> bool:
@@ -227,6 +233,31 @@ class Kernel:
             args = self._stage_args(shape, idx.shape[2:], stage)
             fn(grad.data_ptr(), _ptr(x), _ptr(pooled), idx.data_ptr(), dx.data_ptr(), *args)
         return dx
+
+
+    def first_conv_weight_grad(
+        self,
+        x: torch.Tensor,
+        grad: torch.Tensor,
+        weight: torch.Tensor,
+        stride: tuple[int, int],
+        padding: tuple[int, int],
+        bias: bool,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """``(grad_weight, grad_bias)`` of ``conv2d(x, weight, stride=stride, padding=padding)`` from the output's
+        ``grad``: float32, both channels-last, ``weight``'s output channels a multiple of 16
+        (:mod:`alexnet.models.first_conv` checks); ``grad_weight`` in ``weight``'s layout."""
+        dw = torch.empty_like(weight, memory_format=torch.preserve_format)
+        db = torch.empty(weight.shape[0], dtype=weight.dtype) if bias else None
+        (n, c, h, w), (oc, oh, ow) = x.shape, grad.shape[1:]
+        strides = (ctypes.c_int64 * 4)(*dw.stride())
+        done = self.lib.first_conv_weight_grad_f32(
+            x.data_ptr(), grad.data_ptr(), dw.data_ptr(), _ptr(db), n, h, w, c, oc, oh, ow,
+            *weight.shape[2:], *stride, *padding, strides, torch.get_num_threads(),
+        )  # fmt: skip
+        if done != 0:
+            raise ValueError(f"first_conv_weight_grad: {oc} output channels are not a multiple of 16")
+        return dw, db
 
 
 def _ptr(t: torch.Tensor | None) -> int | None:

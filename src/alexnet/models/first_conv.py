@@ -1,0 +1,100 @@
+"""The first convolution's weight gradient on CPU, by a kernel of its own (``first_conv_cpu.cpp``).
+
+The first layer sees the image: three input channels, large outputs (AlexNet §3.5: 96 kernels of 11×11×3,
+stride 4; ZFNet Fig. 3: 96 of 7×7×3, stride 2, on 110×110 outputs). oneDNN computes this layer's weight gradient
+at about half the rate of its other layers on the CPU we measured (ZFNet: 150 GFLOP/s against 300): 5 % of
+ZFNet's training FLOPs took 8–9 % of its step. The kernel does it as one small matrix product per output row, in
+registers, at about the others' rate (docs/performance.md, session 8). The forward and the input's gradient stay
+oneDNN's; the weight and bias gradients are the same sums in another order, so they agree to float32 rounding
+(tests/test_first_conv.py checks both against float64).
+
+:func:`applies` says when :class:`~alexnet.models.layers.SpaceToDepthConv2d` (conv1 of every model) takes it:
+
+* eager autograd on a plain CPU float32 tensor (:func:`alexnet.models.eager.plain`), no CPU autocast, and a
+  weight that needs a gradient;
+* the image channels-last (as ``alexnet train`` runs; the paper models copy an NCHW batch to it themselves,
+  :func:`alexnet.models.fused.kernel_layout`), at most 4 input channels, output channels a multiple of 16, one
+  group, no dilation, zero padding;
+* the C++ library built (:mod:`alexnet.models.native`), and ``ALEXNET_FIRST_CONV`` not 0 (A/B measurements).
+
+Under ``backward(create_graph=True)`` (double backward, gradient penalties) the backward is ATen's own,
+differentiable formula.
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from alexnet.models import eager, native
+
+MAX_IN_CHANNELS = 4  # beyond a few channels oneDNN's own kernels are the fast ones
+
+
+def applies(conv: nn.Conv2d, x: torch.Tensor) -> bool:
+    """Whether :func:`conv2d` may replace ``conv(x)`` (module docstring)."""
+    weight = conv.weight
+    return (
+        eager.plain(x)  # first: a tracer sees nothing else
+        and torch.is_grad_enabled()
+        and weight.requires_grad
+        and x.device.type == "cpu"
+        and x.dtype == weight.dtype == torch.float32
+        and x.dim() == 4
+        and x.shape[1] <= MAX_IN_CHANNELS
+        and weight.shape[0] % 16 == 0
+        and conv.groups == 1
+        and conv.dilation == (1, 1)
+        and conv.padding_mode == "zeros"
+        and not isinstance(conv.padding, str)
+        and x.is_contiguous(memory_format=torch.channels_last)
+        and not torch.is_autocast_enabled("cpu")
+        and os.environ.get("ALEXNET_FIRST_CONV", "1") != "0"
+        and native.kernel() is not None
+    )
+
+
+class _FirstConv(torch.autograd.Function):
+    @staticmethod
+    def forward(  # type: ignore[override]
+        ctx: torch.autograd.function.FunctionCtx,
+        x: torch.Tensor,
+        weight: torch.Tensor,
+        bias: torch.Tensor | None,
+        stride: tuple[int, int],
+        padding: tuple[int, int],
+    ) -> torch.Tensor:
+        ctx.save_for_backward(x, weight)
+        ctx.geometry = (stride, padding, bias is not None)  # type: ignore[attr-defined]
+        return F.conv2d(x, weight, bias, stride, padding)
+
+    @staticmethod
+    def backward(ctx: torch.autograd.function.FunctionCtx, grad: torch.Tensor) -> tuple:  # type: ignore[override]
+        x, weight = ctx.saved_tensors  # type: ignore[attr-defined]
+        stride, padding, has_bias = ctx.geometry  # type: ignore[attr-defined]
+        needs = ctx.needs_input_grad  # type: ignore[attr-defined]
+        if torch.is_grad_enabled():  # backward(create_graph=True): ATen's differentiable formula
+            bias_sizes = [weight.shape[0]] if has_bias else None
+            grads = torch.ops.aten.convolution_backward(
+                grad, x, weight, bias_sizes, stride, padding, (1, 1), False, (0, 0), 1, needs[:3]
+            )
+            return (*grads, None, None)
+        grad = grad.contiguous(memory_format=torch.channels_last)
+        dx = dw = db = None
+        if needs[0]:  # the image's own gradient (saliency, say): oneDNN's
+            dx = torch.ops.aten.convolution_backward(
+                grad, x, weight, None, stride, padding, (1, 1), False, (0, 0), 1, (True, False, False)
+            )[0]
+        if needs[1] or needs[2]:
+            kernel = native.kernel()
+            assert kernel is not None  # applies() checked
+            dw, db = kernel.first_conv_weight_grad(x, grad, weight, stride, padding, has_bias)
+        return dx, dw if needs[1] else None, db if needs[2] else None, None, None
+
+
+def conv2d(conv: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
+    """``conv(x)``, with the weight and bias gradients from the kernel (call only when :func:`applies`)."""
+    return _FirstConv.apply(x, conv.weight, conv.bias, tuple(conv.stride), tuple(conv.padding))
