@@ -9,7 +9,6 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from torch import nn
 from torch.nn import functional as F
 
 from alexnet.models import build_model, first_conv, native
@@ -44,7 +43,14 @@ def relative_error(a: torch.Tensor, b: torch.Tensor) -> float:
 @pytest.mark.parametrize(
     "name, oc, kernel, stride, padding, size",
     [
-        ("alexnet §3.5", 96, 11, 4, 2, 67),  # 96 kernels of 11×11×3, stride 4 (a smaller image: 16×16 outputs)
+        (
+            "alexnet §3.5",
+            96,
+            11,
+            4,
+            2,
+            67,
+        ),  # 96 kernels of 11×11×3, stride 4 (a smaller image: 16×16 outputs)
         ("zfnet Fig. 3", 96, 7, 2, 1, 45),  # 96 kernels of 7×7×3, stride 2
         ("torchvision's", 64, 11, 4, 2, 63),
     ],
@@ -60,12 +66,23 @@ def test_the_papers_first_layers_get_the_float64_gradient_as_closely_as_onednn(
     want_w, want_b = reference(x, grad, weight, (stride, stride), (padding, padding))
     dw, db = kernel_grads(x, grad, weight, (stride, stride), (padding, padding))
     _, onednn_w, onednn_b = torch.ops.aten.convolution_backward(
-        grad, x, weight, [oc], (stride, stride), (padding, padding), (1, 1), False, (0, 0), 1, (False, True, True)
+        grad,
+        x,
+        weight,
+        [oc],
+        (stride, stride),
+        (padding, padding),
+        (1, 1),
+        False,
+        (0, 0),
+        1,
+        (False, True, True),
     )
     # float32 sums of 1,536 products each (6 images × 16² outputs): float32 rounding, no more
     assert relative_error(dw, want_w) < 1e-5
     assert relative_error(db, want_b) < 1e-5
     assert relative_error(dw, want_w) <= 4 * relative_error(onednn_w, want_w) + 1e-7
+    assert relative_error(db, want_b) <= 4 * relative_error(onednn_b, want_b) + 1e-7
     assert dw.dtype == torch.float32 and dw.shape == weight.shape
 
 

@@ -234,7 +234,6 @@ class Kernel:
             fn(grad.data_ptr(), _ptr(x), _ptr(pooled), idx.data_ptr(), dx.data_ptr(), *args)
         return dx
 
-
     def first_conv_weight_grad(
         self,
         x: torch.Tensor,
