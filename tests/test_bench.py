@@ -121,6 +121,8 @@ def test_table_names_every_row_and_the_conventions(tiny_json):
     assert tiny_json["machine"]["lrn"] == expected and f"LRN: {expected}" in text
     stages = "fused (channels-last; NCHW input copied to it)" if native.kernel() is not None else "modules"
     assert f"conv stages: {stages}" in text
+    conv1 = "weight gradient by C++ kernel (fp32)" if native.kernel() is not None else "oneDNN"
+    assert f"conv1: {conv1}" in text  # models/first_conv.py
 
 
 def test_input_pipeline_rows_for_ours_and_torchvisions_stock(tmp_path):
