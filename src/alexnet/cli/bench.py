@@ -29,7 +29,9 @@ def register(sub: Any) -> None:
         "PyTorch ops instead of the fused C++ kernel, ALEXNET_FUSE=0 runs each conv stage's ReLU, LRN and "
         "max-pool as three modules instead of one kernel (channels-last only; C++ on CPU, Triton on CUDA), "
         "ALEXNET_TRITON=0 the CUDA LRN and stages as PyTorch ops instead of Triton kernels, ALEXNET_S2D=0 the "
-        "first conv on CUDA in bf16 as cuDNN's 3-channel conv instead of space-to-depth; ALEXNET_MALLOC=system keeps glibc's default allocator "
+        "first conv on CUDA in bf16 as cuDNN's 3-channel conv instead of space-to-depth, ALEXNET_FIRST_CONV=0 the "
+        "first conv's weight gradient in CPU training by oneDNN instead of its own C++ kernel; "
+        "ALEXNET_MALLOC=system keeps glibc's default allocator "
         "(docs/performance.md).",
     )
     p.add_argument("models", nargs="*", metavar="MODEL", help="registered model names")
