@@ -25,6 +25,10 @@
 #include <limits>
 #include <vector>
 
+#if defined(__AVX512F__)
+#include <immintrin.h>
+#endif
+
 namespace {
 
 constexpr int64_t TILE = 128;  // pixels per planar tile: buffers of (C + n - 1) * TILE stay in L2
@@ -546,6 +550,143 @@ struct Stage {
       : q{N, H, W, C, Ho, Wo, kernel, stride}, p(params<T>(N * H * W, C, 1, before, after, alpha, beta, k, threads)) {}
 };
 
+
+// ---------------------------------------------------------------- conv stages: float32 inference, AVX-512
+//
+// The two stages above for inference (nothing written but the output) in float32 with explicit 512-bit
+// vectors, for C a multiple of 16 and the papers' LRN (n = 5, beta = 0.75). The arithmetic is the generic
+// code's, operation for operation (squares summed in window_at<5>'s order, d^-0.75 as r·√r with r = 1/√d), so
+// the outputs are the same numbers (tests/test_fused.py); the schedule is what changes (docs/performance.md,
+// session 9: GCC's vectorisation of the generic loops took 1.3–1.5× as long):
+//   * a channel vector's window sum takes its neighbours from registers (valignd), not from a buffer;
+//   * pooling reads through row pointers set once per output row, with no modulo per pixel;
+//   * max_pool2d lets a NaN win where _mm512_max_ps drops it: a mask of the NaNs seen is kept beside the maximum.
+#if defined(__AVX512F__)
+inline __m512 relu16(__m512 v) { return _mm512_max_ps(_mm512_setzero_ps(), v); }  // NaN passes (2nd operand)
+
+inline __m512 pow_minus_075_16(__m512 d) {  // pow_minus_075, vector for vector
+  const __m512 r = _mm512_div_ps(_mm512_set1_ps(1.0f), _mm512_sqrt_ps(d));
+  return _mm512_mul_ps(r, _mm512_sqrt_ps(r));
+}
+
+// the sums of squares over channels c-2 .. c+2 for the 16 channels of `cur`, given the vectors before and after
+inline __m512 window5_16(__m512 prev, __m512 cur, __m512 next) {
+  const __m512i p = _mm512_castps_si512(prev), c = _mm512_castps_si512(cur), n = _mm512_castps_si512(next);
+  const __m512 m2 = _mm512_castsi512_ps(_mm512_alignr_epi32(c, p, 14));
+  const __m512 m1 = _mm512_castsi512_ps(_mm512_alignr_epi32(c, p, 15));
+  const __m512 p1 = _mm512_castsi512_ps(_mm512_alignr_epi32(n, c, 1));
+  const __m512 p2 = _mm512_castsi512_ps(_mm512_alignr_epi32(n, c, 2));
+  return _mm512_add_ps(_mm512_add_ps(_mm512_add_ps(_mm512_add_ps(m2, m1), cur), p1), p2);
+}
+
+// out = the LRN of one pixel's C = 16 V channels `a` (through the ReLU already); out may be a
+inline void lrn_pixel16(const float* a, float* out, int64_t V, __m512 alpha, __m512 k) {
+  __m512 prev = _mm512_setzero_ps(), av = _mm512_loadu_ps(a), cur = _mm512_mul_ps(av, av);
+  for (int64_t v = 0; v < V; ++v) {
+    __m512 an = _mm512_setzero_ps(), next = _mm512_setzero_ps();
+    if (v + 1 < V) {
+      an = _mm512_loadu_ps(a + 16 * (v + 1));
+      next = _mm512_mul_ps(an, an);
+    }
+    const __m512 d = _mm512_fmadd_ps(alpha, window5_16(prev, cur, next), k);
+    _mm512_storeu_ps(out + 16 * v, _mm512_mul_ps(av, pow_minus_075_16(d)));
+    prev = cur;
+    cur = next;
+    av = an;
+  }
+}
+
+// max over the window (rows[0 .. nr), columns c0 .. c1, pixel stride C) of the 16 floats at `at`; NaN if one is
+inline __m512 window_max16(const float* const* rows, int64_t nr, int64_t c0, int64_t c1, int64_t C, int64_t at) {
+  __m512 m = _mm512_set1_ps(-std::numeric_limits<float>::infinity());
+  __mmask16 nan = 0;
+  for (int64_t r = 0; r < nr; ++r)
+    for (int64_t col = c0; col < c1; ++col) {
+      const __m512 e = _mm512_loadu_ps(rows[r] + col * C + at);
+      m = _mm512_max_ps(e, m);
+      nan |= _mm512_cmp_ps_mask(e, e, _CMP_UNORD_Q);
+    }
+  return _mm512_mask_mov_ps(m, nan, _mm512_set1_ps(std::numeric_limits<float>::quiet_NaN()));
+}
+
+// relu → LRN → max-pool: stage_norm_pool without idx
+void stage_norm_pool16(const float* x, float* y, const Pool& q, const Params<float>& p) {
+  const int64_t C = q.C, V = C / 16, row = q.W * C;
+  const int64_t band = rows_per_band(q.N, q.Ho, p.threads), bands = (q.Ho + band - 1) / band;
+  const __m512 alpha = _mm512_set1_ps(p.alpha), k = _mm512_set1_ps(p.k);
+#pragma omp parallel num_threads(p.threads)
+  {
+    std::vector<float> ring(q.kernel * row), a(C);
+    std::vector<int64_t> held(q.kernel);
+#pragma omp for schedule(static)
+    for (int64_t item = 0; item < q.N * bands; ++item) {
+      const int64_t img = item / bands, oy0 = (item % bands) * band, oy1 = std::min(q.Ho, oy0 + band);
+      const float* xi = x + img * q.H * row;
+      std::fill(held.begin(), held.end(), int64_t(-1));
+      for (int64_t oy = oy0; oy < oy1; ++oy) {
+        const int64_t r0 = oy * q.stride, r1 = std::min(q.H, r0 + q.kernel);
+        const float* rows[16];  // kernel <= 16 (stage_forward16)
+        for (int64_t r = r0; r < r1; ++r) {
+          const int64_t slot = r % q.kernel;
+          float* ring_row = ring.data() + slot * row;
+          rows[r - r0] = ring_row;
+          if (held[slot] == r) continue;
+          held[slot] = r;
+          for (int64_t px = 0; px < q.W; ++px) {
+            const float* in = xi + r * row + px * C;
+            for (int64_t v = 0; v < V; ++v) _mm512_storeu_ps(&a[16 * v], relu16(_mm512_loadu_ps(in + 16 * v)));
+            lrn_pixel16(a.data(), ring_row + px * C, V, alpha, k);
+          }
+        }
+        for (int64_t ox = 0; ox < q.Wo; ++ox) {
+          const int64_t c0 = ox * q.stride, c1 = std::min(q.W, c0 + q.kernel);
+          float* out = y + ((img * q.Ho + oy) * q.Wo + ox) * C;
+          for (int64_t v = 0; v < V; ++v)
+            _mm512_storeu_ps(out + 16 * v, window_max16(rows, r1 - r0, c0, c1, C, 16 * v));
+        }
+      }
+    }
+  }
+}
+
+// relu → max-pool → LRN: stage_pool_norm without idx and pooled
+void stage_pool_norm16(const float* x, float* y, const Pool& q, const Params<float>& p) {
+  const int64_t C = q.C, V = C / 16, row = q.W * C;
+  const __m512 alpha = _mm512_set1_ps(p.alpha), k = _mm512_set1_ps(p.k);
+#pragma omp parallel num_threads(p.threads)
+  {
+    std::vector<float> m(C);
+#pragma omp for schedule(static)
+    for (int64_t item = 0; item < q.N * q.Ho; ++item) {
+      const int64_t img = item / q.Ho, oy = item % q.Ho;
+      const int64_t r0 = oy * q.stride, r1 = std::min(q.H, r0 + q.kernel);
+      const float* rows[16];
+      for (int64_t r = r0; r < r1; ++r) rows[r - r0] = x + (img * q.H + r) * row;
+      for (int64_t ox = 0; ox < q.Wo; ++ox) {
+        const int64_t c0 = ox * q.stride, c1 = std::min(q.W, c0 + q.kernel);
+        for (int64_t v = 0; v < V; ++v)
+          _mm512_storeu_ps(&m[16 * v], relu16(window_max16(rows, r1 - r0, c0, c1, C, 16 * v)));
+        lrn_pixel16(m.data(), y + ((img * q.Ho + oy) * q.Wo + ox) * C, V, alpha, k);
+      }
+    }
+  }
+}
+#endif
+
+// A stage in float32 inference on AVX-512 when it fits the code above; false: the caller takes the generic path
+bool stage_forward16(const float* x, float* y, bool pool_first, const Stage<float>& st) {
+#if defined(__AVX512F__)
+  // the papers' window c-2 .. c+2 and beta; kernel <= 16 rows (fused.stage_at keeps kernel² <= 256)
+  if (st.q.C == 0 || st.q.C % 16 != 0 || !paper_window(st.p) || st.p.before != 2 || st.q.kernel > 16) return false;
+  if (pool_first) stage_pool_norm16(x, y, st.q, st.p);
+  else stage_norm_pool16(x, y, st.q, st.p);
+  return true;
+#else
+  (void)x, (void)y, (void)pool_first, (void)st;
+  return false;
+#endif
+}
+
 }  // namespace
 
 // Entry points (C ABI for ctypes). A channels-last N×C×H×W tensor is passed as outer = N·H·W, inner = 1.
@@ -588,6 +729,14 @@ struct Stage {
   }
 
 extern "C" {
+// stage_forward_f32 for inference (no idx, no pooled) by the AVX-512 code when it takes the stage: 1, else 0
+int stage_forward16_f32(const void* x, void* y, int64_t N, int64_t H, int64_t W, int64_t C, int64_t Ho, int64_t Wo,
+                        int kernel, int stride, int pool_first, int before, int after, double alpha, double beta,
+                        double k, int threads) {
+  const Stage<float> st(N, H, W, C, Ho, Wo, kernel, stride, before, after, alpha, beta, k, threads);
+  return stage_forward16(static_cast<const float*>(x), static_cast<float*>(y), pool_first != 0, st) ? 1 : 0;
+}
+
 LRN_ENTRY_POINTS(f32, float)
 LRN_ENTRY_POINTS(f64, double)
 LRN_ENTRY_POINTS(bf16, bf16)

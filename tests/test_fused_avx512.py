@@ -1,0 +1,116 @@
+"""The float32 AVX-512 inference stages (``stage_forward16_f32`` in lrn_cpu.cpp) give the generic stage kernel's
+numbers bit for bit, NaN and infinities included, and take only the stages they are written for."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from alexnet.models import build_model, fused, native
+
+pytestmark = pytest.mark.skipif(
+    not any(shutil.which(c) for c in ("c++", "g++", "clang++")), reason="no C++ compiler on this machine"
+)
+CL = torch.channels_last
+
+
+def _has_avx512() -> bool:
+    try:
+        return " avx512f" in Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+
+
+AVX512 = _has_avx512()
+
+
+def both_ways(
+    x: torch.Tensor, stage: fused.StageArgs, monkeypatch
+) -> tuple[torch.Tensor | None, torch.Tensor]:
+    """(the AVX-512 code's output, or None where it does not take the stage; the generic kernel's output)."""
+    kernel = native.kernel()
+    assert kernel is not None
+    out = fused._out(x, stage)
+    y = torch.full((*x.shape[:2], *out), 7.0).contiguous(memory_format=CL)
+    took = kernel.vector_stage(x, y, stage)
+    monkeypatch.setenv("ALEXNET_AVX512", "0")
+    generic = kernel.stage(x, out, stage)[0]
+    monkeypatch.delenv("ALEXNET_AVX512")
+    return (y if took else None), generic
+
+
+@pytest.mark.skipif(not AVX512, reason="the CPU has no AVX-512")
+@settings(max_examples=40, deadline=None)
+@given(
+    n=st.integers(1, 3),
+    c=st.sampled_from([16, 32, 48, 96, 256]),
+    h=st.integers(3, 30),
+    w=st.integers(3, 30),
+    kernel=st.integers(2, 3),
+    stride=st.integers(1, 3),
+    ceil=st.booleans(),
+    pool_first=st.booleans(),
+    caffe=st.booleans(),
+    scale=st.sampled_from([0.1, 30.0, 1e4]),
+    seed=st.integers(0, 2**16),
+)
+def test_the_avx512_stage_gives_the_generic_kernels_numbers_bit_for_bit(
+    n, c, h, w, kernel, stride, ceil, pool_first, caffe, scale, seed
+):
+    torch.manual_seed(seed)
+    x = (torch.randn(n, c, h, w) * scale).contiguous(memory_format=CL)
+    # AlexNet §3.3 (k = 2, alpha = 1e-4 on the sum) and Caffe's (k = 1, alpha / n)
+    stage = fused.StageArgs(
+        pool_first, 5, 1e-4 / 5 if caffe else 1e-4, 0.75, 1.0 if caffe else 2.0, kernel, stride, ceil
+    )
+    with pytest.MonkeyPatch.context() as patch:
+        got, want = both_ways(x, stage, patch)
+    assert got is not None
+    assert torch.equal(got, want)
+
+
+@pytest.mark.skipif(not AVX512, reason="the CPU has no AVX-512")
+@pytest.mark.parametrize("pool_first", [False, True])
+def test_nan_and_infinities_reach_the_pooled_maps_as_in_the_generic_kernel(pool_first, monkeypatch):
+    torch.manual_seed(0)
+    x = torch.randn(2, 32, 11, 11)
+    x[0, 3, 4, 4] = float("nan")
+    x[1, 17, 0, 0] = float("inf")
+    x[1, 30, 6, 5] = float("-inf")
+    x[0, 20, 9, 9] = float("nan")
+    x = x.contiguous(memory_format=CL)
+    got, want = both_ways(x, fused.StageArgs(pool_first, 5, 1e-4, 0.75, 2.0, 3, 2, True), monkeypatch)
+    assert got is not None and got.isnan().any()
+    torch.testing.assert_close(got, want, rtol=0, atol=0, equal_nan=True)
+
+
+@pytest.mark.parametrize(
+    "c, size, beta",
+    [(40, 5, 0.75), (32, 3, 0.75), (32, 5, 0.5)],  # channels not 16k; another window; beta
+)
+def test_other_stages_are_left_to_the_generic_kernel(c, size, beta, monkeypatch):
+    x = torch.randn(1, c, 9, 9).contiguous(memory_format=CL)
+    got, _ = both_ways(x, fused.StageArgs(False, size, 1e-4, beta, 2.0, 3, 2, True), monkeypatch)
+    assert got is None
+
+
+def test_training_and_alexnet_avx512_0_keep_to_the_generic_kernel(monkeypatch):
+    taken = []
+    real = native.Kernel.vector_stage
+    monkeypatch.setattr(native.Kernel, "vector_stage", lambda *a: taken.append(1) or real(*a))
+    model = build_model("alexnet").to(memory_format=CL)
+    x = torch.randn(1, 3, 227, 227).contiguous(memory_format=CL)
+    model.train()(x).sum().backward()
+    assert not taken
+    with torch.inference_mode():
+        model.eval()(x)
+    assert len(taken) == 2  # asked for both stages (it takes them where the CPU has AVX-512)
+    monkeypatch.setenv("ALEXNET_AVX512", "0")
+    with torch.inference_mode():
+        model(x)
+    assert len(taken) == 2
