@@ -1,13 +1,16 @@
-"""Whether a call runs eagerly on a plain tensor: the condition for taking a hand-written kernel at all.
+"""Whether a call runs eagerly on a plain tensor that nobody watches: the condition for taking a hand-written
+kernel at all.
 
 Traced calls (``torch.compile``, ``torch.export``, ONNX export, TorchScript) must see the modules' own operators,
 so that compiled and exported graphs keep one node per module; tensor subclasses and ``torch.func`` transforms
-(vmap, jacrev …) must see them too, since the kernels work on raw memory.
+(vmap, jacrev …) must see them too, since the kernels work on raw memory. A module with a hook (activation
+maps, the deconvnet, the layer summary) must run as itself, so that its hook sees its own output.
 """
 
 from __future__ import annotations
 
 import torch
+from torch import nn
 
 
 def tracing() -> bool:
@@ -27,4 +30,26 @@ def plain(x: torch.Tensor) -> bool:
         not tracing()  # first: under torch.compile this folds to False before anything dynamo cannot trace
         and type(x) is torch.Tensor
         and not torch._C._functorch.is_functorch_wrapped_tensor(x)
+    )
+
+
+def hooked(module: nn.Module) -> bool:
+    """A forward or backward hook (or pre-hook) on ``module`` itself."""
+    return bool(
+        module._forward_hooks
+        or module._forward_pre_hooks
+        or module._backward_hooks
+        or module._backward_pre_hooks
+    )
+
+
+def global_hooks() -> bool:
+    """A module hook registered for every module (``torch.nn.modules.module.register_module_forward_hook`` …)."""
+    from torch.nn.modules import module as hooks
+
+    return bool(
+        hooks._global_forward_hooks
+        or hooks._global_forward_pre_hooks
+        or hooks._global_backward_hooks
+        or hooks._global_backward_pre_hooks
     )

@@ -26,20 +26,21 @@ are — names, state dict, hooks — and the fused kernels are only taken when n
 * nothing traces the call (``torch.compile``, ``torch.export``, ONNX export, TorchScript), so exported and compiled
   graphs keep one node per module (an ONNX ``LRN`` among them).
 
-``ALEXNET_FUSE=0`` turns it off (A/B measurements).
+In CPU inference :func:`run` also hands each other conv + ReLU to :mod:`alexnet.models.postops`. ``ALEXNET_FUSE=0``
+turns both off (A/B measurements).
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any, Protocol, cast
 
 import torch
 from torch import nn
 from torch.nn import functional as F
 
-from alexnet.models import eager, layers, native
+from alexnet.models import eager, layers, native, postops
 from alexnet.models.layers import LocalResponseNorm, local_response_norm
 
 
@@ -265,29 +266,9 @@ def stage(x: torch.Tensor, args: StageArgs) -> torch.Tensor:
 
 
 # --- the fast path in a model's forward ------------------------------------------------------------------
-def _hooked(module: nn.Module) -> bool:
-    return bool(
-        module._forward_hooks
-        or module._forward_pre_hooks
-        or module._backward_hooks
-        or module._backward_pre_hooks
-    )
-
-
-def _global_hooks() -> bool:
-    from torch.nn.modules import module as hooks
-
-    return bool(
-        hooks._global_forward_hooks
-        or hooks._global_forward_pre_hooks
-        or hooks._global_backward_hooks
-        or hooks._global_backward_pre_hooks
-    )
-
-
 def _allowed(x: torch.Tensor) -> bool:
     """Nothing global forbids the fused kernels for ``x``: no tracing, no global hook, ``ALEXNET_FUSE`` not 0."""
-    return eager.plain(x) and os.environ.get("ALEXNET_FUSE", "1") != "0" and not _global_hooks()
+    return eager.plain(x) and os.environ.get("ALEXNET_FUSE", "1") != "0" and not eager.global_hooks()
 
 
 def usable(x: torch.Tensor) -> bool:
@@ -309,7 +290,7 @@ def kernel_layout(features: nn.Sequential, x: torch.Tensor) -> torch.Tensor:
         x.device.type != "cpu"
         or x.dim() != 4
         or x.is_contiguous(memory_format=torch.channels_last)
-        or _hooked(features)
+        or eager.hooked(features)
         or not _allowed(x)
         or not any(type(m) is LocalResponseNorm for m in features)
     ):
@@ -322,7 +303,7 @@ def kernel_layout(features: nn.Sequential, x: torch.Tensor) -> torch.Tensor:
 
 def applies(features: nn.Sequential, x: torch.Tensor) -> bool:
     """Whether :func:`run` may replace ``features(x)``."""
-    return usable(x) and not _hooked(features)
+    return usable(x) and not eager.hooked(features)
 
 
 def _square(value: int | tuple[int, ...] | None) -> int | None:
@@ -345,7 +326,7 @@ def stage_at(modules: Sequence[nn.Module], i: int, x: torch.Tensor) -> StageArgs
     """The arguments of :func:`stage` when ``modules[i:i+3]`` is ReLU + (LRN, pool in either order),
     none of them hooked, and the pooled maps are not empty; else ``None``."""
     run = modules[i : i + 3]
-    if len(run) < 3 or type(run[0]) is not nn.ReLU or any(_hooked(m) for m in run):
+    if len(run) < 3 or type(run[0]) is not nn.ReLU or any(eager.hooked(m) for m in run):
         return None
     if type(run[1]) is LocalResponseNorm:
         norm, pool, pool_first = run[1], run[2], False
@@ -363,16 +344,32 @@ def stage_at(modules: Sequence[nn.Module], i: int, x: torch.Tensor) -> StageArgs
     )
 
 
+def has_norm(modules: Iterable[nn.Module]) -> bool:
+    """Whether a paper model's LRN is among ``modules``: the models that take the fast paths at all, so that
+    ``alexnet_owt`` keeps torchvision's exact numbers."""
+    return any(type(m) is LocalResponseNorm for m in modules)
+
+
+def _norm_after(modules: Sequence[nn.Module], i: int) -> bool:
+    return has_norm(modules[i + 1 : i + 3])
+
+
 def run(features: nn.Sequential, x: torch.Tensor) -> torch.Tensor:
     """``features(x)`` with every fusable ReLU + LRN + max-pool run as one :func:`stage` (call only when
-    :func:`applies`); every other module, and any run that does not fit, is called as itself."""
+    :func:`applies`) and, in CPU inference, every other conv + ReLU as one oneDNN primitive
+    (:mod:`alexnet.models.postops`); every other module, and any run that does not fit, is called as itself."""
     modules = list(features)
+    post = has_norm(modules) and postops.allowed(x)
     i = 0
     while i < len(modules):
         args = stage_at(modules, i, x)
+        conv = postops.conv_relu_at(modules, i) if post and not _norm_after(modules, i + 1) else None
         if args is not None and _kernels_for(x) is not None:
             x = stage(x, args)
             i += 3
+        elif conv is not None:
+            x = postops.conv_relu(conv, x)
+            i += 2
         else:
             x = modules[i](x)
             i += 1

@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from alexnet.errors import LayerNotFound
-from alexnet.models import fused
+from alexnet.models import fused, postops
 from alexnet.models.configs import ArchConfig
 from alexnet.models.layers import GroupedConv2d, LocalResponseNorm, SpaceToDepthConv2d
 
@@ -145,9 +145,14 @@ class AlexNetFamily(nn.Module):
         return self.features(x)
 
     def forward_head(self, features: torch.Tensor) -> torch.Tensor:
+        """pool5 maps → logits; in CPU inference each fc layer and its ReLU as one oneDNN primitive
+        (:mod:`.postops`)."""
         if self.config.adaptive_pool:
             features = self.avgpool(features)
-        return self.classifier(torch.flatten(features, 1))
+        x = torch.flatten(features, 1)
+        if fused.has_norm(self.features) and postops.head_applies(self.classifier, x):
+            return postops.head(self.classifier, x)
+        return self.classifier(x)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.forward_head(self.forward_features(x))

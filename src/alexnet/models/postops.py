@@ -1,0 +1,107 @@
+"""CPU inference: a convolution or fully connected layer and the ReLU after it as one oneDNN primitive.
+
+oneDNN applies an element-wise "post-op" to a primitive's output while it is still in registers, so the ReLU
+costs no pass over memory (``torch.ops.mkldnn._convolution_pointwise``, ``_linear_pointwise``: the operators
+``torch.compile`` uses on CPU). The paper models take this path where their forward has a conv or fc layer
+followed by a ReLU outside a fused conv stage (:mod:`alexnet.models.fused`): conv3 + relu3, conv4 + relu4,
+conv5 + relu5, fc6 + relu6, fc7 + relu7, and fc8 alone. For the fully connected layers at a batch of tens of
+images oneDNN's kernel also runs faster than the ``addmm`` that ``nn.Linear`` calls (docs/performance.md,
+session 9).
+
+The numbers: a convolution with its ReLU gives the convolution's values, ReLU'd; the fc layers sum in another
+order than MKL's ``addmm``, so their outputs differ in the last bits (tests/test_postops.py bounds it). Hence
+only the models with an LRN take it: ``alexnet_owt`` keeps torchvision's exact logits, as it does for the
+fused stages (:func:`alexnet.models.fused.kernel_layout`).
+
+Taken only when nothing could tell the difference, as the fused stages are: inference (no autograd), CPU
+float32 outside autocast, a plain tensor nothing traces, no hook on the modules or global, and neither
+``ALEXNET_FUSE`` nor ``ALEXNET_POSTOPS`` 0 (A/B measurements).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+from alexnet.models import eager
+
+
+def allowed(x: torch.Tensor) -> bool:
+    """Whether ``x`` may take the post-op path (module hooks are the caller's to check)."""
+    return (
+        not torch.is_grad_enabled()
+        and x.device.type == "cpu"
+        and x.dtype == torch.float32
+        and eager.plain(x)
+        and not torch.is_autocast_enabled("cpu")
+        and torch.backends.mkldnn.is_available()
+        and os.environ.get("ALEXNET_FUSE", "1") != "0"
+        and os.environ.get("ALEXNET_POSTOPS", "1") != "0"
+        and not eager.global_hooks()
+    )
+
+
+def _hooked(*modules: nn.Module) -> bool:
+    return any(eager.hooked(m) for m in modules)
+
+
+def conv_relu_at(modules: Sequence[nn.Module], i: int) -> nn.Conv2d | None:
+    """``modules[i]`` when it is a plain zero-padded 2-D convolution followed by a ReLU, neither hooked."""
+    run = modules[i : i + 2]
+    if len(run) < 2 or not isinstance(run[0], nn.Conv2d) or type(run[1]) is not nn.ReLU or _hooked(*run):
+        return None
+    conv = run[0]
+    if conv.padding_mode != "zeros" or isinstance(conv.padding, str) or conv.weight.dtype != torch.float32:
+        return None
+    return conv
+
+
+def conv_relu(conv: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
+    """``relu(conv(x))`` as one oneDNN convolution with a ReLU post-op (in ``x``'s memory format)."""
+    return torch.ops.mkldnn._convolution_pointwise(
+        x,
+        conv.weight,
+        conv.bias,
+        list(conv.padding),
+        list(conv.stride),
+        list(conv.dilation),
+        conv.groups,
+        "relu",
+        [],
+        "",
+    )
+
+
+def head_applies(classifier: nn.Sequential, x: torch.Tensor) -> bool:
+    """Whether :func:`head` may replace ``classifier(x)``: :func:`allowed`, the classifier in eval mode and made of
+    ``nn.Linear``, ``nn.ReLU`` and ``nn.Dropout`` only, none of them hooked."""
+    kinds = (nn.Linear, nn.ReLU, nn.Dropout)
+    return (
+        allowed(x)
+        and x.dim() == 2
+        and not classifier.training
+        and all(type(m) in kinds for m in classifier)
+        and not _hooked(classifier, *classifier)
+        and all(m.weight.dtype == torch.float32 for m in classifier if isinstance(m, nn.Linear))
+    )
+
+
+def head(classifier: nn.Sequential, x: torch.Tensor) -> torch.Tensor:
+    """``classifier(x)`` with each Linear (+ ReLU) as one oneDNN primitive; dropout is the identity in eval."""
+    modules = list(classifier)
+    i = 0
+    while i < len(modules):
+        m = modules[i]
+        if isinstance(m, nn.Linear):
+            relu = i + 1 < len(modules) and type(modules[i + 1]) is nn.ReLU
+            x = torch.ops.mkldnn._linear_pointwise(x, m.weight, m.bias, "relu" if relu else "none", [], "")
+            i += 2 if relu else 1
+        elif type(m) is nn.ReLU:
+            x = torch.relu(x)
+            i += 1
+        else:
+            i += 1  # nn.Dropout in eval mode
+    return x
