@@ -1,5 +1,6 @@
-"""The float32 AVX-512 inference stages (``stage_forward16_f32`` in lrn_cpu.cpp) give the generic stage kernel's
-numbers bit for bit, NaN and infinities included, and take only the stages they are written for."""
+"""The float32 AVX-512 conv stages (``stage_forward16_f32``, ``stage_backward16_f32`` in lrn_cpu.cpp) give the
+generic stage kernel's numbers bit for bit — outputs, window offsets, the LRN's input and gradients, NaN and
+infinities included — and take only the stages they are written for."""
 
 from __future__ import annotations
 
@@ -99,18 +100,60 @@ def test_other_stages_are_left_to_the_generic_kernel(c, size, beta, monkeypatch)
     assert got is None
 
 
-def test_training_and_alexnet_avx512_0_keep_to_the_generic_kernel(monkeypatch):
+def test_a_model_asks_for_the_avx512_stages_unless_alexnet_avx512_is_0(monkeypatch):
     taken = []
     real = native.Kernel.vector_stage
     monkeypatch.setattr(native.Kernel, "vector_stage", lambda *a: taken.append(1) or real(*a))
-    model = build_model("alexnet").to(memory_format=CL)
-    x = torch.randn(1, 3, 227, 227).contiguous(memory_format=CL)
+    model = build_model("zfnet").to(memory_format=CL)
+    x = torch.randn(1, 3, 224, 224).contiguous(memory_format=CL)
     model.train()(x).sum().backward()
-    assert not taken
     with torch.inference_mode():
         model.eval()(x)
-    assert len(taken) == 2  # asked for both stages (it takes them where the CPU has AVX-512)
+    assert len(taken) == 4  # both stages, training and inference (taken where the CPU has AVX-512)
     monkeypatch.setenv("ALEXNET_AVX512", "0")
     with torch.inference_mode():
         model(x)
-    assert len(taken) == 2
+    model.train()(x).sum().backward()
+    assert len(taken) == 4
+
+
+@pytest.mark.skipif(not AVX512, reason="the CPU has no AVX-512")
+@settings(max_examples=30, deadline=None)
+@given(
+    n=st.integers(1, 2),
+    c=st.sampled_from([16, 48, 96]),
+    h=st.integers(3, 24),
+    w=st.integers(3, 24),
+    kernel=st.integers(2, 3),
+    stride=st.integers(1, 3),
+    ceil=st.booleans(),
+    pool_first=st.booleans(),
+    ties=st.booleans(),
+    seed=st.integers(0, 2**16),
+)
+def test_the_avx512_training_kernels_give_the_generic_outputs_offsets_and_gradients(
+    n, c, h, w, kernel, stride, ceil, pool_first, ties, seed
+):
+    torch.manual_seed(seed)
+    x = torch.randn(n, c, h, w) * 30
+    if ties:  # equal values in a window: max_pool2d's first maximum must win in both
+        x = x.round().clamp(-2, 2)
+    x = x.contiguous(memory_format=CL)
+    stage = fused.StageArgs(pool_first, 5, 1e-4, 0.75, 2.0, kernel, stride, ceil)
+    kernel_ = native.kernel()
+    assert kernel_ is not None
+    out = fused._out(x, stage)
+    with pytest.MonkeyPatch.context() as patch:
+        fast = kernel_.stage(x, out, stage, training=True)
+        patch.setenv("ALEXNET_AVX512", "0")
+        slow = kernel_.stage(x, out, stage, training=True)
+    for got, want in zip(fast, slow, strict=True):
+        assert (got is None and want is None) or torch.equal(got, want)
+    y, pooled, idx = slow
+    assert idx is not None
+    grad = torch.randn_like(y)
+    with pytest.MonkeyPatch.context() as patch:
+        fast_dx = kernel_.stage_backward(grad, x.shape, x, pooled, idx, stage)
+        patch.setenv("ALEXNET_AVX512", "0")
+        slow_dx = kernel_.stage_backward(grad, x.shape, x, pooled, idx, stage)
+    assert torch.equal(fast_dx, slow_dx)

@@ -245,10 +245,15 @@ def _setup_context(ctx: torch.autograd.function.FunctionCtx, inputs: tuple, outp
     saved = (x.new_empty(0), pooled, y, idx) if ctx.stage.pool_first else (x, pooled, x.new_empty(0), idx)
     ctx.save_for_backward(*saved)
     ctx.mark_non_differentiable(pooled, idx)
+    ctx.set_materialize_grads(
+        False
+    )  # no zero-filled gradients for pooled and idx (their backward ignores them)
 
 
-def _stage_backward(ctx: torch.autograd.function.FunctionCtx, grad: torch.Tensor, *_: torch.Tensor) -> tuple:
+def _stage_backward(ctx: torch.autograd.function.FunctionCtx, grad: torch.Tensor | None, *_: Any) -> tuple:
     x, pooled, y, idx = ctx.saved_tensors
+    if grad is None:  # the output was not used in the loss
+        return (None, *(None,) * len(ctx.stage))
     dx = _backward_op(grad, x, pooled, y, idx, ctx.shape, *ctx.stage)
     return (dx, *(None,) * len(ctx.stage))
 

@@ -609,8 +609,25 @@ inline __m512 window_max16(const float* const* rows, int64_t nr, int64_t c0, int
   return _mm512_mask_mov_ps(m, nan, _mm512_set1_ps(std::numeric_limits<float>::quiet_NaN()));
 }
 
-// relu → LRN → max-pool: stage_norm_pool without idx
-void stage_norm_pool16(const float* x, float* y, const Pool& q, const Params<float>& p) {
+// window_max16 for training: max_pool2d's rule (a later value wins if greater or NaN), and where in the window
+// the maximum was, written as 16 bytes to `where` (window_max's offsets)
+inline __m512 window_argmax16(const float* const* rows, int64_t nr, int64_t c0, int64_t c1, int64_t C, int64_t at,
+                              int kernel, uint8_t* where) {
+  __m512 m = _mm512_set1_ps(-std::numeric_limits<float>::infinity());
+  __m512i w = _mm512_setzero_si512();
+  for (int64_t r = 0; r < nr; ++r)
+    for (int64_t col = c0; col < c1; ++col) {
+      const __m512 e = _mm512_loadu_ps(rows[r] + col * C + at);
+      const __mmask16 take = _mm512_cmp_ps_mask(e, m, _CMP_GT_OQ) | _mm512_cmp_ps_mask(e, e, _CMP_UNORD_Q);
+      m = _mm512_mask_mov_ps(m, take, e);
+      w = _mm512_mask_mov_epi32(w, take, _mm512_set1_epi32(int(r * kernel + (col - c0))));
+    }
+  _mm_storeu_si128(reinterpret_cast<__m128i*>(where), _mm512_cvtepi32_epi8(w));
+  return m;
+}
+
+// relu → LRN → max-pool: stage_norm_pool (idx: training, else null)
+void stage_norm_pool16(const float* x, float* y, uint8_t* idx, const Pool& q, const Params<float>& p) {
   const int64_t C = q.C, V = C / 16, row = q.W * C;
   const int64_t band = rows_per_band(q.N, q.Ho, p.threads), bands = (q.Ho + band - 1) / band;
   const __m512 alpha = _mm512_set1_ps(p.alpha), k = _mm512_set1_ps(p.k);
@@ -639,18 +656,19 @@ void stage_norm_pool16(const float* x, float* y, const Pool& q, const Params<flo
           }
         }
         for (int64_t ox = 0; ox < q.Wo; ++ox) {
-          const int64_t c0 = ox * q.stride, c1 = std::min(q.W, c0 + q.kernel);
-          float* out = y + ((img * q.Ho + oy) * q.Wo + ox) * C;
+          const int64_t c0 = ox * q.stride, c1 = std::min(q.W, c0 + q.kernel), o = ((img * q.Ho + oy) * q.Wo + ox) * C;
           for (int64_t v = 0; v < V; ++v)
-            _mm512_storeu_ps(out + 16 * v, window_max16(rows, r1 - r0, c0, c1, C, 16 * v));
+            _mm512_storeu_ps(y + o + 16 * v, idx ? window_argmax16(rows, r1 - r0, c0, c1, C, 16 * v, q.kernel, idx + o + 16 * v)
+                                                 : window_max16(rows, r1 - r0, c0, c1, C, 16 * v));
         }
       }
     }
   }
 }
 
-// relu → max-pool → LRN: stage_pool_norm without idx and pooled
-void stage_pool_norm16(const float* x, float* y, const Pool& q, const Params<float>& p) {
+// relu → max-pool → LRN: stage_pool_norm (idx and pooled: training, else null)
+void stage_pool_norm16(const float* x, float* y, float* pooled, uint8_t* idx, const Pool& q,
+                       const Params<float>& p) {
   const int64_t C = q.C, V = C / 16, row = q.W * C;
   const __m512 alpha = _mm512_set1_ps(p.alpha), k = _mm512_set1_ps(p.k);
 #pragma omp parallel num_threads(p.threads)
@@ -663,10 +681,112 @@ void stage_pool_norm16(const float* x, float* y, const Pool& q, const Params<flo
       const float* rows[16];
       for (int64_t r = r0; r < r1; ++r) rows[r - r0] = x + (img * q.H + r) * row;
       for (int64_t ox = 0; ox < q.Wo; ++ox) {
-        const int64_t c0 = ox * q.stride, c1 = std::min(q.W, c0 + q.kernel);
-        for (int64_t v = 0; v < V; ++v)
-          _mm512_storeu_ps(&m[16 * v], relu16(window_max16(rows, r1 - r0, c0, c1, C, 16 * v)));
-        lrn_pixel16(m.data(), y + ((img * q.Ho + oy) * q.Wo + ox) * C, V, alpha, k);
+        const int64_t c0 = ox * q.stride, c1 = std::min(q.W, c0 + q.kernel), o = ((img * q.Ho + oy) * q.Wo + ox) * C;
+        for (int64_t v = 0; v < V; ++v) {
+          const __m512 mv = idx ? window_argmax16(rows, r1 - r0, c0, c1, C, 16 * v, q.kernel, idx + o + 16 * v)
+                                : window_max16(rows, r1 - r0, c0, c1, C, 16 * v);
+          _mm512_storeu_ps(&m[16 * v], relu16(mv));
+        }
+        if (pooled) std::copy(m.begin(), m.end(), pooled + o);  // the LRN's input
+        lrn_pixel16(m.data(), y + o, V, alpha, k);
+      }
+    }
+  }
+}
+
+// unpool_relu (the backward of relu → max-pool, before an LRN): each input pixel's gradient gathered from the
+// windows that hold it, in gather's order; a masked add where gather adds a zero
+void unpool_relu16(const float* grad, const float* pooled, const uint8_t* idx, float* dx, const Pool& q,
+                   int threads) {
+  const int64_t C = q.C, V = C / 16;
+  const __m512 zero = _mm512_setzero_ps();
+#pragma omp parallel for schedule(static) num_threads(threads)
+  for (int64_t item = 0; item < q.N * q.H; ++item) {
+    const int64_t img = item / q.H, r = item % q.H;
+    int64_t y0, y1;
+    windows_of(r, q.Ho, q, y0, y1);
+    for (int64_t col = 0; col < q.W; ++col) {
+      int64_t x0, x1;
+      windows_of(col, q.Wo, q, x0, x1);
+      float* out = dx + ((img * q.H + r) * q.W + col) * C;
+      for (int64_t v = 0; v < V; ++v) {
+        __m512 g = zero;
+        for (int64_t oy = y0; oy <= y1; ++oy)
+          for (int64_t ox = x0; ox <= x1; ++ox) {
+            const __m512i off = _mm512_set1_epi32(int((r - oy * q.stride) * q.kernel + (col - ox * q.stride)));
+            const int64_t o = ((img * q.Ho + oy) * q.Wo + ox) * C + 16 * v;
+            const __m512i where = _mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(idx + o)));
+            const __mmask16 take = _mm512_cmpeq_epi32_mask(where, off) &
+                                   _mm512_cmp_ps_mask(_mm512_loadu_ps(pooled + o), zero, _CMP_GT_OQ);
+            g = _mm512_mask_add_ps(g, take, g, _mm512_loadu_ps(grad + o));
+          }
+        _mm512_storeu_ps(out + 16 * v, g);
+      }
+    }
+  }
+}
+
+// stage_norm_pool_backward for the papers' LRN: gather (no ReLU mask on the pooled maps), the LRN's gradient in
+// its two passes over the channels, the ReLU's mask; g, pw and t per pixel in small buffers
+void stage_norm_pool_backward16(const float* grad, const float* x, const uint8_t* idx, float* dx, const Pool& q,
+                                const Params<float>& p) {
+  const int64_t C = q.C, V = C / 16;
+  const __m512 zero = _mm512_setzero_ps(), alpha = _mm512_set1_ps(p.alpha), k = _mm512_set1_ps(p.k);
+  const __m512 coef = _mm512_set1_ps(float(-2) * p.alpha * p.beta);
+#pragma omp parallel num_threads(p.threads)
+  {
+    std::vector<float> g(C), pw(C), t(C);
+#pragma omp for schedule(static)
+    for (int64_t item = 0; item < q.N * q.H; ++item) {
+      const int64_t img = item / q.H, r = item % q.H;
+      int64_t y0, y1;
+      windows_of(r, q.Ho, q, y0, y1);
+      for (int64_t col = 0; col < q.W; ++col) {
+        int64_t x0, x1;
+        windows_of(col, q.Wo, q, x0, x1);
+        const int64_t at = ((img * q.H + r) * q.W + col) * C;
+        for (int64_t v = 0; v < V; ++v) {
+          __m512 gv = zero;
+          for (int64_t oy = y0; oy <= y1; ++oy)
+            for (int64_t ox = x0; ox <= x1; ++ox) {
+              const __m512i off = _mm512_set1_epi32(int((r - oy * q.stride) * q.kernel + (col - ox * q.stride)));
+              const int64_t o = ((img * q.Ho + oy) * q.Wo + ox) * C + 16 * v;
+              const __m512i w = _mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(idx + o)));
+              gv = _mm512_mask_add_ps(gv, _mm512_cmpeq_epi32_mask(w, off), gv, _mm512_loadu_ps(grad + o));
+            }
+          _mm512_storeu_ps(&g[16 * v], gv);
+        }
+        const float* xp = x + at;
+        // t = g b / d with b = a d^-0.75 (gradient's first pass)
+        __m512 prev = zero, a = relu16(_mm512_loadu_ps(xp)), cur = _mm512_mul_ps(a, a);
+        for (int64_t v = 0; v < V; ++v) {
+          __m512 an = zero, next = zero;
+          if (v + 1 < V) {
+            an = relu16(_mm512_loadu_ps(xp + 16 * (v + 1)));
+            next = _mm512_mul_ps(an, an);
+          }
+          const __m512 d = _mm512_fmadd_ps(alpha, window5_16(prev, cur, next), k);
+          const __m512 pv = pow_minus_075_16(d);
+          _mm512_storeu_ps(&pw[16 * v], pv);
+          _mm512_storeu_ps(&t[16 * v], _mm512_div_ps(_mm512_mul_ps(_mm512_loadu_ps(&g[16 * v]), _mm512_mul_ps(a, pv)), d));
+          prev = cur;
+          cur = next;
+          a = an;
+        }
+        // dx = g d^-0.75 + coef a (window sum of t), where x > 0
+        float* out = dx + at;
+        prev = zero;
+        cur = _mm512_loadu_ps(&t[0]);
+        for (int64_t v = 0; v < V; ++v) {
+          const __m512 next = v + 1 < V ? _mm512_loadu_ps(&t[16 * (v + 1)]) : zero;
+          const __m512 xv = _mm512_loadu_ps(xp + 16 * v);
+          const __m512 ca = _mm512_mul_ps(coef, relu16(xv));
+          const __m512 gp = _mm512_mul_ps(_mm512_loadu_ps(&g[16 * v]), _mm512_loadu_ps(&pw[16 * v]));
+          const __m512 dv = _mm512_fmadd_ps(ca, window5_16(prev, cur, next), gp);
+          _mm512_storeu_ps(out + 16 * v, _mm512_maskz_mov_ps(_mm512_cmp_ps_mask(xv, zero, _CMP_GT_OQ), dv));
+          prev = cur;
+          cur = next;
+        }
       }
     }
   }
@@ -674,15 +794,33 @@ void stage_pool_norm16(const float* x, float* y, const Pool& q, const Params<flo
 #endif
 
 // A stage in float32 inference on AVX-512 when it fits the code above; false: the caller takes the generic path
-bool stage_forward16(const float* x, float* y, bool pool_first, const Stage<float>& st) {
+bool stage_forward16(const float* x, float* y, float* pooled, uint8_t* idx, bool pool_first, const Stage<float>& st) {
 #if defined(__AVX512F__)
   // the papers' window c-2 .. c+2 and beta; kernel <= 16 rows (fused.stage_at keeps kernel² <= 256)
   if (st.q.C == 0 || st.q.C % 16 != 0 || !paper_window(st.p) || st.p.before != 2 || st.q.kernel > 16) return false;
-  if (pool_first) stage_pool_norm16(x, y, st.q, st.p);
-  else stage_norm_pool16(x, y, st.q, st.p);
+  if (pool_first) stage_pool_norm16(x, y, pooled, idx, st.q, st.p);
+  else stage_norm_pool16(x, y, idx, st.q, st.p);
   return true;
 #else
-  (void)x, (void)y, (void)pool_first, (void)st;
+  (void)x, (void)y, (void)pooled, (void)idx, (void)pool_first, (void)st;
+  return false;
+#endif
+}
+
+// A stage's backward in float32 on AVX-512 when it fits the code above; false: the caller takes the generic path
+bool stage_backward16(const float* grad, const float* x, const float* pooled, const uint8_t* idx, float* dx, bool pool_first,
+                      const Stage<float>& st) {
+#if defined(__AVX512F__)
+  if (st.q.C == 0 || st.q.C % 16 != 0) return false;
+  if (pool_first) {
+    unpool_relu16(grad, pooled, idx, dx, st.q, st.p.threads);
+    return true;
+  }
+  if (!paper_window(st.p) || st.p.before != 2) return false;
+  stage_norm_pool_backward16(grad, x, idx, dx, st.q, st.p);
+  return true;
+#else
+  (void)grad, (void)x, (void)pooled, (void)idx, (void)dx, (void)pool_first, (void)st;
   return false;
 #endif
 }
@@ -729,12 +867,27 @@ bool stage_forward16(const float* x, float* y, bool pool_first, const Stage<floa
   }
 
 extern "C" {
-// stage_forward_f32 for inference (no idx, no pooled) by the AVX-512 code when it takes the stage: 1, else 0
-int stage_forward16_f32(const void* x, void* y, int64_t N, int64_t H, int64_t W, int64_t C, int64_t Ho, int64_t Wo,
+// stage_forward_f32 by the AVX-512 code when it takes the stage: 1, else 0
+int stage_forward16_f32(const void* x, void* y, void* pooled, uint8_t* idx, int64_t N, int64_t H, int64_t W, int64_t C, int64_t Ho, int64_t Wo,
                         int kernel, int stride, int pool_first, int before, int after, double alpha, double beta,
                         double k, int threads) {
   const Stage<float> st(N, H, W, C, Ho, Wo, kernel, stride, before, after, alpha, beta, k, threads);
-  return stage_forward16(static_cast<const float*>(x), static_cast<float*>(y), pool_first != 0, st) ? 1 : 0;
+  return stage_forward16(static_cast<const float*>(x), static_cast<float*>(y), static_cast<float*>(pooled), idx,
+                         pool_first != 0, st)
+             ? 1
+             : 0;
+}
+
+// stage_backward_f32 by the AVX-512 code when it takes the stage: 1, else 0
+int stage_backward16_f32(const void* grad, const void* x, const void* pooled, const uint8_t* idx, void* dx,
+                         int64_t N, int64_t H, int64_t W, int64_t C, int64_t Ho, int64_t Wo, int kernel, int stride,
+                         int pool_first, int before, int after, double alpha, double beta, double k, int threads) {
+  const Stage<float> st(N, H, W, C, Ho, Wo, kernel, stride, before, after, alpha, beta, k, threads);
+  return stage_backward16(static_cast<const float*>(grad), static_cast<const float*>(x),
+                          static_cast<const float*>(pooled), idx,
+                          static_cast<float*>(dx), pool_first != 0, st)
+             ? 1
+             : 0;
 }
 
 LRN_ENTRY_POINTS(f32, float)

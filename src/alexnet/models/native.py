@@ -118,9 +118,12 @@ class Kernel:
             stage_back = getattr(self.lib, f"stage_backward_{suffix}")
             stage_back.argtypes = [ptr, ptr, ptr, ptr, ptr, *shape]
             stage_back.restype = None
-        vector = self.lib.stage_forward16_f32  # inference, AVX-512; 0 when it does not take the stage
-        vector.argtypes = [ptr, ptr, *shape]
+        vector = self.lib.stage_forward16_f32  # float32 on AVX-512; 0 when it does not take the stage
+        vector.argtypes = [ptr, ptr, ptr, ptr, *shape]
         vector.restype = i32
+        vector_back = self.lib.stage_backward16_f32  # the same for the backward
+        vector_back.argtypes = [ptr, ptr, ptr, ptr, ptr, *shape]
+        vector_back.restype = i32
         # x g dw db; N H W C OC OH OW KH KW SH SW PH PW; dw's strides; threads
         wgrad = self.lib.first_conv_weight_grad_f32
         wgrad.argtypes = [ptr, ptr, ptr, ptr, *[i64] * 13, ptr, i32]
@@ -209,22 +212,28 @@ class Kernel:
         y = torch.empty(size, **like)
         idx = torch.empty(size, dtype=torch.uint8, memory_format=torch.channels_last) if training else None
         pooled = torch.empty(size, **like) if training and stage.pool_first else None
-        inference = not training and x.dtype == torch.float32 and vector_stages()
-        if y.numel() and inference and self.vector_stage(x, y, stage):
-            return y, None, None
+        if y.numel() and vector_stages() and self.vector_stage(x, y, stage, pooled, idx):
+            return y, pooled, idx
         if y.numel():
             fn = getattr(self.lib, f"stage_forward_{DTYPES[x.dtype]}")
             fn(x.data_ptr(), y.data_ptr(), _ptr(pooled), _ptr(idx), *self._stage_args(x.shape, out, stage))
         return y, pooled, idx
 
-    def vector_stage(self, x: torch.Tensor, y: torch.Tensor, stage: StageArgs) -> bool:
-        """:meth:`stage` for inference into ``y`` by the float32 AVX-512 code (``lrn_cpu.cpp``); ``False``, with
-        ``y`` untouched, where that code does not take the stage: no AVX-512, channels not a multiple of 16, or
-        not the papers' LRN (5 channels, beta 0.75)."""
+    def vector_stage(
+        self,
+        x: torch.Tensor,
+        y: torch.Tensor,
+        stage: StageArgs,
+        pooled: torch.Tensor | None = None,
+        idx: torch.Tensor | None = None,
+    ) -> bool:
+        """:meth:`stage` into ``y`` (and, for training, ``pooled`` and ``idx``) by the float32 AVX-512 code
+        (``lrn_cpu.cpp``); ``False``, with nothing written, where that code does not take the stage: not float32,
+        no AVX-512, channels not a multiple of 16, or not the papers' LRN (5 channels, beta 0.75)."""
         if x.dtype != torch.float32 or y.dtype != torch.float32:
             return False
         args = self._stage_args(x.shape, y.shape[2:], stage)
-        return bool(self.lib.stage_forward16_f32(x.data_ptr(), y.data_ptr(), *args))
+        return bool(self.lib.stage_forward16_f32(x.data_ptr(), y.data_ptr(), _ptr(pooled), _ptr(idx), *args))
 
     def stage_backward(
         self,
@@ -244,9 +253,15 @@ class Kernel:
         grad = grad.contiguous(memory_format=torch.channels_last)
         dx = torch.empty(tuple(shape), dtype=grad.dtype, memory_format=torch.channels_last)
         if dx.numel():
-            fn = getattr(self.lib, f"stage_backward_{DTYPES[grad.dtype]}")
             args = self._stage_args(shape, idx.shape[2:], stage)
-            fn(grad.data_ptr(), _ptr(x), _ptr(pooled), idx.data_ptr(), dx.data_ptr(), *args)
+            pointers = (grad.data_ptr(), _ptr(x), _ptr(pooled), idx.data_ptr(), dx.data_ptr())
+            if (
+                grad.dtype == torch.float32
+                and vector_stages()
+                and self.lib.stage_backward16_f32(*pointers, *args)
+            ):
+                return dx
+            getattr(self.lib, f"stage_backward_{DTYPES[grad.dtype]}")(*pointers, *args)
         return dx
 
     def first_conv_weight_grad(
@@ -275,8 +290,8 @@ class Kernel:
 
 
 def vector_stages() -> bool:
-    """Whether float32 inference stages may take the AVX-512 code (``stage_forward16_f32``, where the CPU has
-    it); ``ALEXNET_AVX512=0`` keeps them on the generic loops (A/B measurements)."""
+    """Whether float32 conv stages may take the AVX-512 code (``stage_forward16_f32``, ``stage_backward16_f32``,
+    where the CPU has it); ``ALEXNET_AVX512=0`` keeps them on the generic loops (A/B measurements)."""
     return os.environ.get("ALEXNET_AVX512", "1") != "0"
 
 
