@@ -551,16 +551,18 @@ struct Stage {
 };
 
 
-// ---------------------------------------------------------------- conv stages: float32 inference, AVX-512
+// ---------------------------------------------------------------- conv stages: float32, AVX-512
 //
-// The two stages above for inference (nothing written but the output) in float32 with explicit 512-bit
-// vectors, for C a multiple of 16 and the papers' LRN (n = 5, beta = 0.75). The arithmetic is the generic
-// code's, operation for operation (squares summed in window_at<5>'s order, d^-0.75 as r·√r with r = 1/√d), so
-// the outputs are the same numbers (tests/test_fused.py); the schedule is what changes (docs/performance.md,
-// session 9: GCC's vectorisation of the generic loops took 1.3–1.5× as long):
+// The stages above in float32 with explicit 512-bit vectors, for C a multiple of 16 and the papers' LRN (n = 5,
+// beta = 0.75): both forwards (window offsets and the LRN's input too, for training) and both backwards. The
+// arithmetic is the generic code's, operation for operation (squares summed in window_at<5>'s order, d^-0.75 as
+// r·√r with r = 1/√d, max_pool2d's rule for the maximum and its offset, gather's order), so the outputs are the
+// same numbers bit for bit (tests/test_fused_avx512.py); the schedule is what changes (docs/performance.md,
+// session 9: GCC's vectorisation of the generic loops took 1.2–3.5× as long):
 //   * a channel vector's window sum takes its neighbours from registers (valignd), not from a buffer;
 //   * pooling reads through row pointers set once per output row, with no modulo per pixel;
-//   * max_pool2d lets a NaN win where _mm512_max_ps drops it: a mask of the NaNs seen is kept beside the maximum.
+//   * inference: max_pool2d lets a NaN win where _mm512_max_ps drops it, so a mask of the NaNs seen is kept;
+//   * the gathers compare 16 window offsets at once and add under the mask.
 #if defined(__AVX512F__)
 inline __m512 relu16(__m512 v) { return _mm512_max_ps(_mm512_setzero_ps(), v); }  // NaN passes (2nd operand)
 
@@ -656,10 +658,14 @@ void stage_norm_pool16(const float* x, float* y, uint8_t* idx, const Pool& q, co
           }
         }
         for (int64_t ox = 0; ox < q.Wo; ++ox) {
-          const int64_t c0 = ox * q.stride, c1 = std::min(q.W, c0 + q.kernel), o = ((img * q.Ho + oy) * q.Wo + ox) * C;
-          for (int64_t v = 0; v < V; ++v)
-            _mm512_storeu_ps(y + o + 16 * v, idx ? window_argmax16(rows, r1 - r0, c0, c1, C, 16 * v, q.kernel, idx + o + 16 * v)
-                                                 : window_max16(rows, r1 - r0, c0, c1, C, 16 * v));
+          const int64_t c0 = ox * q.stride, c1 = std::min(q.W, c0 + q.kernel);
+          const int64_t o = ((img * q.Ho + oy) * q.Wo + ox) * C;
+          for (int64_t v = 0; v < V; ++v) {
+            const int64_t at = o + 16 * v;
+            const __m512 m = idx ? window_argmax16(rows, r1 - r0, c0, c1, C, 16 * v, q.kernel, idx + at)
+                                 : window_max16(rows, r1 - r0, c0, c1, C, 16 * v);
+            _mm512_storeu_ps(y + at, m);
+          }
         }
       }
     }
@@ -768,7 +774,8 @@ void stage_norm_pool_backward16(const float* grad, const float* x, const uint8_t
           const __m512 d = _mm512_fmadd_ps(alpha, window5_16(prev, cur, next), k);
           const __m512 pv = pow_minus_075_16(d);
           _mm512_storeu_ps(&pw[16 * v], pv);
-          _mm512_storeu_ps(&t[16 * v], _mm512_div_ps(_mm512_mul_ps(_mm512_loadu_ps(&g[16 * v]), _mm512_mul_ps(a, pv)), d));
+          const __m512 b = _mm512_mul_ps(a, pv);  // the LRN's output
+          _mm512_storeu_ps(&t[16 * v], _mm512_div_ps(_mm512_mul_ps(_mm512_loadu_ps(&g[16 * v]), b), d));
           prev = cur;
           cur = next;
           a = an;
@@ -808,8 +815,8 @@ bool stage_forward16(const float* x, float* y, float* pooled, uint8_t* idx, bool
 }
 
 // A stage's backward in float32 on AVX-512 when it fits the code above; false: the caller takes the generic path
-bool stage_backward16(const float* grad, const float* x, const float* pooled, const uint8_t* idx, float* dx, bool pool_first,
-                      const Stage<float>& st) {
+bool stage_backward16(const float* grad, const float* x, const float* pooled, const uint8_t* idx, float* dx,
+                      bool pool_first, const Stage<float>& st) {
 #if defined(__AVX512F__)
   if (st.q.C == 0 || st.q.C % 16 != 0) return false;
   if (pool_first) {
@@ -868,9 +875,9 @@ bool stage_backward16(const float* grad, const float* x, const float* pooled, co
 
 extern "C" {
 // stage_forward_f32 by the AVX-512 code when it takes the stage: 1, else 0
-int stage_forward16_f32(const void* x, void* y, void* pooled, uint8_t* idx, int64_t N, int64_t H, int64_t W, int64_t C, int64_t Ho, int64_t Wo,
-                        int kernel, int stride, int pool_first, int before, int after, double alpha, double beta,
-                        double k, int threads) {
+int stage_forward16_f32(const void* x, void* y, void* pooled, uint8_t* idx, int64_t N, int64_t H, int64_t W,
+                        int64_t C, int64_t Ho, int64_t Wo, int kernel, int stride, int pool_first, int before,
+                        int after, double alpha, double beta, double k, int threads) {
   const Stage<float> st(N, H, W, C, Ho, Wo, kernel, stride, before, after, alpha, beta, k, threads);
   return stage_forward16(static_cast<const float*>(x), static_cast<float*>(y), static_cast<float*>(pooled), idx,
                          pool_first != 0, st)
