@@ -119,8 +119,13 @@ def test_table_names_every_row_and_the_conventions(tiny_json):
     # which LRN implementation the rows measured: the fused kernel wherever a compiler built it
     expected = "fused C++ kernel" if native.kernel() is not None else "PyTorch ops"
     assert tiny_json["machine"]["lrn"] == expected and f"LRN: {expected}" in text
-    stages = "fused (channels-last; NCHW input copied to it)" if native.kernel() is not None else "modules"
+    kernel = native.kernel()
+    stages = "fused (channels-last; NCHW input copied to it)" if kernel is not None else "modules"
+    if kernel is not None and kernel.avx512:
+        stages = "fused, AVX-512 for fp32 (channels-last; NCHW input copied to it)"
     assert f"conv stages: {stages}" in text
+    post = "conv3-5, fc6-8 with ReLU as oneDNN primitives" if kernel is not None else "modules"
+    assert f"inference post-ops: {post}" in text  # models/postops.py
     conv1 = "weight gradient by C++ kernel (fp32)" if native.kernel() is not None else "oneDNN"
     assert f"conv1: {conv1}" in text  # models/first_conv.py
 

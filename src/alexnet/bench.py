@@ -148,6 +148,13 @@ def machine_info(device: torch.device) -> dict[str, Any]:
         fuse = fuse and native.kernel() is not None
         # an NCHW batch too: the paper models copy it to channels-last first (fused.kernel_layout)
         info["stages"] = "fused (channels-last; NCHW input copied to it)" if fuse else "modules"
+        kernel = native.kernel()
+        if fuse and kernel is not None and kernel.avx512 and native.vector_stages():
+            info["stages"] = "fused, AVX-512 for fp32 (channels-last; NCHW input copied to it)"
+        post = fuse and os.environ.get("ALEXNET_POSTOPS", "1") != "0" and torch.backends.mkldnn.is_available()
+        info["postops"] = (
+            "conv3-5, fc6-8 with ReLU as oneDNN primitives" if post else "modules"
+        )  # models/postops.py
         own = os.environ.get("ALEXNET_FIRST_CONV", "1") != "0" and native.kernel() is not None
         info["conv1"] = "weight gradient by C++ kernel (fp32)" if own else "oneDNN"  # models/first_conv.py
     else:
@@ -731,6 +738,7 @@ def format_report(report: Report) -> str:
         lrn = f"; LRN: {m['lrn']}" if "lrn" in m else ""
         lrn += f"; conv stages: {m['stages']}" if "stages" in m else ""
         lrn += f"; conv1: {m['conv1']}" if "conv1" in m else ""
+        lrn += f"; inference post-ops: {m['postops']}" if "postops" in m else ""
         lrn += f"; malloc: {m['malloc']}" if "malloc" in m else ""
         lrn += f"; denormals: {m['denormals']}" if "denormals" in m else ""
         dtype = "bf16" if report.settings.get("amp") else "fp32"

@@ -874,6 +874,15 @@ bool stage_backward16(const float* grad, const float* x, const float* pooled, co
   }
 
 extern "C" {
+// 1 when the library was built with the AVX-512 stages (the compiling CPU has AVX-512F), else 0
+int stages_avx512() {
+#if defined(__AVX512F__)
+  return 1;
+#else
+  return 0;
+#endif
+}
+
 // stage_forward_f32 by the AVX-512 code when it takes the stage: 1, else 0
 int stage_forward16_f32(const void* x, void* y, void* pooled, uint8_t* idx, int64_t N, int64_t H, int64_t W,
                         int64_t C, int64_t Ho, int64_t Wo, int kernel, int stride, int pool_first, int before,

@@ -124,6 +124,9 @@ class Kernel:
         vector_back = self.lib.stage_backward16_f32  # the same for the backward
         vector_back.argtypes = [ptr, ptr, ptr, ptr, ptr, *shape]
         vector_back.restype = i32
+        self.lib.stages_avx512.argtypes = []
+        self.lib.stages_avx512.restype = i32
+        self.avx512 = bool(self.lib.stages_avx512())  # built with the float32 AVX-512 stages
         # x g dw db; N H W C OC OH OW KH KW SH SW PH PW; dw's strides; threads
         wgrad = self.lib.first_conv_weight_grad_f32
         wgrad.argtypes = [ptr, ptr, ptr, ptr, *[i64] * 13, ptr, i32]
