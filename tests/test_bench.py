@@ -124,7 +124,7 @@ def test_table_names_every_row_and_the_conventions(tiny_json):
     if kernel is not None and kernel.avx512:
         stages = "fused, AVX-512 for fp32 (channels-last; NCHW input copied to it)"
     assert f"conv stages: {stages}" in text
-    post = "conv3-5, fc6-8 with ReLU as oneDNN primitives" if kernel is not None else "modules"
+    post = f"{'conv3-5, fc6-8' if kernel is not None else 'fc6-8'} with ReLU as oneDNN primitives"
     assert f"inference post-ops: {post}" in text  # models/postops.py
     conv1 = "weight gradient by C++ kernel (fp32)" if native.kernel() is not None else "oneDNN"
     assert f"conv1: {conv1}" in text  # models/first_conv.py

@@ -151,10 +151,11 @@ def machine_info(device: torch.device) -> dict[str, Any]:
         kernel = native.kernel()
         if fuse and kernel is not None and kernel.avx512 and native.vector_stages():
             info["stages"] = "fused, AVX-512 for fp32 (channels-last; NCHW input copied to it)"
-        post = fuse and os.environ.get("ALEXNET_POSTOPS", "1") != "0" and torch.backends.mkldnn.is_available()
-        info["postops"] = (
-            "conv3-5, fc6-8 with ReLU as oneDNN primitives" if post else "modules"
-        )  # models/postops.py
+        # models/postops.py: the convs inside the fused path (it needs the kernel), the fc layers in any case
+        post = os.environ.get("ALEXNET_FUSE", "1") != "0" and os.environ.get("ALEXNET_POSTOPS", "1") != "0"
+        post = post and torch.backends.mkldnn.is_available()
+        layers = "conv3-5, fc6-8" if fuse else "fc6-8"
+        info["postops"] = f"{layers} with ReLU as oneDNN primitives" if post else "modules"
         own = os.environ.get("ALEXNET_FIRST_CONV", "1") != "0" and native.kernel() is not None
         info["conv1"] = "weight gradient by C++ kernel (fp32)" if own else "oneDNN"  # models/first_conv.py
     else:
