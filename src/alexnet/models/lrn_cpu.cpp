@@ -558,7 +558,7 @@ struct Stage {
 // arithmetic is the generic code's, operation for operation (squares summed in window_at<5>'s order, d^-0.75 as
 // r·√r with r = 1/√d, max_pool2d's rule for the maximum and its offset, gather's order), so the outputs are the
 // same numbers bit for bit (tests/test_fused_avx512.py); the schedule is what changes (docs/performance.md,
-// session 9: GCC's vectorisation of the generic loops took 1.2–3.5× as long):
+// session 9: GCC's vectorisation of the generic loops took 1.2–2.0× as long):
 //   * a channel vector's window sum takes its neighbours from registers (valignd), not from a buffer;
 //   * pooling reads through row pointers set once per output row, with no modulo per pixel;
 //   * inference: max_pool2d lets a NaN win where _mm512_max_ps drops it, so a mask of the NaNs seen is kept;
