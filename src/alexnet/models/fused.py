@@ -245,9 +245,8 @@ def _setup_context(ctx: torch.autograd.function.FunctionCtx, inputs: tuple, outp
     saved = (x.new_empty(0), pooled, y, idx) if ctx.stage.pool_first else (x, pooled, x.new_empty(0), idx)
     ctx.save_for_backward(*saved)
     ctx.mark_non_differentiable(pooled, idx)
-    ctx.set_materialize_grads(
-        False
-    )  # no zero-filled gradients for pooled and idx (their backward ignores them)
+    # no zero-filled gradients for pooled and idx: the backward ignores them (two activation-sized fills a step)
+    ctx.set_materialize_grads(False)
 
 
 def _stage_backward(ctx: torch.autograd.function.FunctionCtx, grad: torch.Tensor | None, *_: Any) -> tuple:
