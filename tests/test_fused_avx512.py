@@ -1,6 +1,7 @@
-"""The float32 AVX-512 conv stages (``stage_forward16_f32``, ``stage_backward16_f32`` in lrn_cpu.cpp) give the
-generic stage kernel's numbers bit for bit — outputs, window offsets, the LRN's input and gradients, NaN and
-infinities included — and take only the stages they are written for."""
+"""The float32 AVX-512 conv stages (``stage_forward16_f32``, ``stage_backward16_f32`` in lrn_cpu.cpp) and
+channels-last LRN (``lrn_forward16_f32``, ``lrn_backward16_f32``) give the generic kernel's numbers bit for bit —
+outputs, window offsets, the LRN's input and gradients, NaN and infinities included — and take only the stages
+and maps they are written for."""
 
 from __future__ import annotations
 
@@ -157,3 +158,33 @@ def test_the_avx512_training_kernels_give_the_generic_outputs_offsets_and_gradie
         patch.setenv("ALEXNET_AVX512", "0")
         slow_dx = kernel_.stage_backward(grad, x.shape, x, pooled, idx, stage)
     assert torch.equal(fast_dx, slow_dx)
+
+
+@pytest.mark.skipif(not AVX512, reason="the CPU has no AVX-512")
+@settings(max_examples=30, deadline=None)
+@given(
+    n=st.integers(1, 3),
+    c=st.sampled_from([16, 48, 96, 256]),
+    h=st.integers(1, 15),
+    w=st.integers(1, 15),
+    caffe=st.booleans(),
+    scale=st.sampled_from([0.1, 30.0, 1e4]),
+    seed=st.integers(0, 2**16),
+)
+def test_the_avx512_lrn_gives_the_generic_kernels_numbers_bit_for_bit(n, c, h, w, caffe, scale, seed):
+    torch.manual_seed(seed)
+    kernel = native.kernel()
+    assert kernel is not None
+    x = (torch.randn(n, c, h, w) * scale).contiguous(memory_format=CL)
+    grad = torch.randn_like(x)
+    args = (5, 1e-4 / 5 if caffe else 1e-4, 0.75, 1.0 if caffe else 2.0)  # Caffe's and AlexNet §3.3's
+    outs = []
+    for switch in ("1", "0"):
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setenv("ALEXNET_AVX512", switch)
+            y = kernel.forward(x, *args)
+            in_place = kernel.forward(x.clone(), *args, inplace=True)
+            outs.append((y, in_place, kernel.backward(grad, x, y, *args)))
+    (y, in_place, dx), (y0, in_place0, dx0) = outs
+    assert torch.equal(y, y0) and torch.equal(in_place, y0) and torch.equal(in_place0, y0)
+    assert torch.equal(dx, dx0)

@@ -798,6 +798,55 @@ void stage_norm_pool_backward16(const float* grad, const float* x, const uint8_t
     }
   }
 }
+
+// The LRN alone on channels-last maps (forward_interleaved and backward_interleaved for the papers' window):
+// the modules' path, and the LRN's backward on the pooled maps of relu → pool → norm (CaffeNet, ZFNet)
+void lrn_forward16(const float* x, float* y, const Params<float>& p) {
+  const int64_t C = p.channels, V = C / 16;
+  const __m512 alpha = _mm512_set1_ps(p.alpha), k = _mm512_set1_ps(p.k);
+#pragma omp parallel for schedule(static) num_threads(p.threads)
+  for (int64_t px = 0; px < p.outer; ++px) lrn_pixel16(x + px * C, y + px * C, V, alpha, k);  // y may be x
+}
+
+void lrn_backward16(const float* g, const float* x, const float* y, float* dx, const Params<float>& p) {
+  const int64_t C = p.channels, V = C / 16;
+  const __m512 zero = _mm512_setzero_ps(), alpha = _mm512_set1_ps(p.alpha), k = _mm512_set1_ps(p.k);
+  const __m512 coef = _mm512_set1_ps(float(-2) * p.alpha * p.beta);
+#pragma omp parallel num_threads(p.threads)
+  {
+    std::vector<float> pw(C), t(C);
+#pragma omp for schedule(static)
+    for (int64_t px = 0; px < p.outer; ++px) {
+      const float *gp = g + px * C, *xp = x + px * C, *yp = y + px * C;
+      // t = g y / d (the first pass), d^-0.75 kept for the second
+      __m512 prev = zero, xv = _mm512_loadu_ps(xp), cur = _mm512_mul_ps(xv, xv);
+      for (int64_t v = 0; v < V; ++v) {
+        __m512 next = zero;
+        if (v + 1 < V) {
+          const __m512 xn = _mm512_loadu_ps(xp + 16 * (v + 1));
+          next = _mm512_mul_ps(xn, xn);
+        }
+        const __m512 d = _mm512_fmadd_ps(alpha, window5_16(prev, cur, next), k);
+        _mm512_storeu_ps(&pw[16 * v], pow_minus_075_16(d));
+        const __m512 gy = _mm512_mul_ps(_mm512_loadu_ps(gp + 16 * v), _mm512_loadu_ps(yp + 16 * v));
+        _mm512_storeu_ps(&t[16 * v], _mm512_div_ps(gy, d));
+        prev = cur;
+        cur = next;
+      }
+      // dx = g d^-0.75 + coef x (window sum of t): two products and a sum, as GCC compiles the generic line
+      prev = zero;
+      cur = _mm512_loadu_ps(&t[0]);
+      for (int64_t v = 0; v < V; ++v) {
+        const __m512 next = v + 1 < V ? _mm512_loadu_ps(&t[16 * (v + 1)]) : zero;
+        const __m512 cx = _mm512_mul_ps(coef, _mm512_loadu_ps(xp + 16 * v));
+        const __m512 gd = _mm512_mul_ps(_mm512_loadu_ps(gp + 16 * v), _mm512_loadu_ps(&pw[16 * v]));
+        _mm512_storeu_ps(dx + px * C + 16 * v, _mm512_add_ps(gd, _mm512_mul_ps(cx, window5_16(prev, cur, next))));
+        prev = cur;
+        cur = next;
+      }
+    }
+  }
+}
 #endif
 
 // A stage in float32 inference on AVX-512 when it fits the code above; false: the caller takes the generic path
@@ -828,6 +877,16 @@ bool stage_backward16(const float* grad, const float* x, const float* pooled, co
   return true;
 #else
   (void)grad, (void)x, (void)pooled, (void)idx, (void)dx, (void)pool_first, (void)st;
+  return false;
+#endif
+}
+
+// The LRN of channels-last maps (inner == 1) in float32 on AVX-512 when it fits the code above
+bool lrn16_fits(int64_t channels, int64_t inner, const Params<float>& p) {
+#if defined(__AVX512F__)
+  return inner == 1 && channels > 0 && channels % 16 == 0 && paper_window(p) && p.before == 2;
+#else
+  (void)channels, (void)inner, (void)p;
   return false;
 #endif
 }
@@ -881,6 +940,28 @@ int stages_avx512() {
 #else
   return 0;
 #endif
+}
+
+// lrn_forward_f32 / lrn_backward_f32 by the AVX-512 code when it takes the maps (channels-last): 1, else 0
+int lrn_forward16_f32(const void* x, void* y, int64_t outer, int64_t channels, int64_t inner, int before, int after,
+                      double alpha, double beta, double k, int threads) {
+  const auto p = params<float>(outer, channels, inner, before, after, alpha, beta, k, threads);
+  if (!lrn16_fits(channels, inner, p)) return 0;
+#if defined(__AVX512F__)
+  lrn_forward16(static_cast<const float*>(x), static_cast<float*>(y), p);
+#endif
+  return 1;
+}
+
+int lrn_backward16_f32(const void* g, const void* x, const void* y, void* dx, int64_t outer, int64_t channels,
+                       int64_t inner, int before, int after, double alpha, double beta, double k, int threads) {
+  const auto p = params<float>(outer, channels, inner, before, after, alpha, beta, k, threads);
+  if (!lrn16_fits(channels, inner, p)) return 0;
+#if defined(__AVX512F__)
+  lrn_backward16(static_cast<const float*>(g), static_cast<const float*>(x), static_cast<const float*>(y),
+                 static_cast<float*>(dx), p);
+#endif
+  return 1;
 }
 
 // stage_forward_f32 by the AVX-512 code when it takes the stage: 1, else 0

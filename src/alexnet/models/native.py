@@ -124,6 +124,10 @@ class Kernel:
         vector_back = self.lib.stage_backward16_f32  # the same for the backward
         vector_back.argtypes = [ptr, ptr, ptr, ptr, ptr, *shape]
         vector_back.restype = i32
+        for name, pointers in (("lrn_forward16_f32", 2), ("lrn_backward16_f32", 4)):  # 0: not taken
+            fn = getattr(self.lib, name)
+            fn.argtypes = [*[ptr] * pointers, i64, i64, i64, i32, i32, f64, f64, f64, i32]
+            fn.restype = i32
         self.lib.stages_avx512.argtypes = []
         self.lib.stages_avx512.restype = i32
         self.avx512 = bool(self.lib.stages_avx512())  # built with the float32 AVX-512 stages
@@ -153,9 +157,10 @@ class Kernel:
         x, outer, c, inner = self._shape(x)
         y = x if inplace else torch.empty_like(x)
         if x.numel():
-            fn = getattr(self.lib, f"lrn_forward_{DTYPES[x.dtype]}")
             window = (size // 2, (size - 1) // 2)
-            fn(x.data_ptr(), y.data_ptr(), outer, c, inner, *window, alpha, beta, k, torch.get_num_threads())
+            args = (x.data_ptr(), y.data_ptr(), outer, c, inner, *window, alpha, beta, k, torch.get_num_threads())
+            if not (x.dtype == torch.float32 and vector_stages() and self.lib.lrn_forward16_f32(*args)):
+                getattr(self.lib, f"lrn_forward_{DTYPES[x.dtype]}")(*args)
         if inplace and y is not original:  # x was not dense: the kernel worked on a contiguous copy
             return original.copy_(y)
         return y
@@ -176,10 +181,11 @@ class Kernel:
         y = y.contiguous(memory_format=fmt) if fmt else y.contiguous()
         dx = torch.empty_like(x)
         if x.numel():
-            fn = getattr(self.lib, f"lrn_backward_{DTYPES[x.dtype]}")
             window = (size // 2, (size - 1) // 2)
             pointers = (g.data_ptr(), x.data_ptr(), y.data_ptr(), dx.data_ptr())
-            fn(*pointers, outer, c, inner, *window, alpha, beta, k, torch.get_num_threads())
+            args = (*pointers, outer, c, inner, *window, alpha, beta, k, torch.get_num_threads())
+            if not (x.dtype == torch.float32 and vector_stages() and self.lib.lrn_backward16_f32(*args)):
+                getattr(self.lib, f"lrn_backward_{DTYPES[x.dtype]}")(*args)
         return dx
 
     @staticmethod
@@ -293,8 +299,9 @@ class Kernel:
 
 
 def vector_stages() -> bool:
-    """Whether float32 conv stages may take the AVX-512 code (``stage_forward16_f32``, ``stage_backward16_f32``,
-    where the CPU has it); ``ALEXNET_AVX512=0`` keeps them on the generic loops (A/B measurements)."""
+    """Whether float32 conv stages and channels-last LRNs may take the AVX-512 code (``stage_forward16_f32``,
+    ``stage_backward16_f32``, ``lrn_forward16_f32``, ``lrn_backward16_f32``, where the CPU has it);
+    ``ALEXNET_AVX512=0`` keeps them on the generic loops (A/B measurements)."""
     return os.environ.get("ALEXNET_AVX512", "1") != "0"
 
 
