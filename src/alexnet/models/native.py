@@ -158,7 +158,18 @@ class Kernel:
         y = x if inplace else torch.empty_like(x)
         if x.numel():
             window = (size // 2, (size - 1) // 2)
-            args = (x.data_ptr(), y.data_ptr(), outer, c, inner, *window, alpha, beta, k, torch.get_num_threads())
+            args = (
+                x.data_ptr(),
+                y.data_ptr(),
+                outer,
+                c,
+                inner,
+                *window,
+                alpha,
+                beta,
+                k,
+                torch.get_num_threads(),
+            )
             if not (x.dtype == torch.float32 and vector_stages() and self.lib.lrn_forward16_f32(*args)):
                 getattr(self.lib, f"lrn_forward_{DTYPES[x.dtype]}")(*args)
         if inplace and y is not original:  # x was not dense: the kernel worked on a contiguous copy
