@@ -554,7 +554,8 @@ struct Stage {
 // ---------------------------------------------------------------- conv stages: float32, AVX-512
 //
 // The stages above in float32 with explicit 512-bit vectors, for C a multiple of 16 and the papers' LRN (n = 5,
-// beta = 0.75): both forwards (window offsets and the LRN's input too, for training) and both backwards. The
+// beta = 0.75): both forwards (window offsets and the LRN's input too, for training) and both backwards; and
+// the LRN alone on channels-last maps (forward_interleaved, backward_interleaved). The
 // arithmetic is the generic code's, operation for operation (squares summed in window_at<5>'s order, d^-0.75 as
 // r·√r with r = 1/√d, max_pool2d's rule for the maximum and its offset, gather's order), so the outputs are the
 // same numbers bit for bit (tests/test_fused_avx512.py); the schedule is what changes (docs/performance.md,
