@@ -97,6 +97,8 @@ def test_training_autograd_and_other_dtypes_run_the_modules(monkeypatch):
         assert calls(model, x) == (0, 0)
     assert calls(model.double(), x.double()) == (0, 0)
     model.float()
+    with torch.backends.mkldnn.flags(enabled=False):
+        assert calls(model, x) == (0, 0)
     monkeypatch.setenv("ALEXNET_POSTOPS", "0")
     assert calls(model, x) == (0, 0)
     monkeypatch.setenv("ALEXNET_POSTOPS", "1")

@@ -38,6 +38,7 @@ def allowed(x: torch.Tensor) -> bool:
         and eager.plain(x)
         and not torch.is_autocast_enabled("cpu")
         and torch.backends.mkldnn.is_available()
+        and torch.backends.mkldnn.enabled  # a user's torch.backends.mkldnn.flags(enabled=False) holds here too
         and os.environ.get("ALEXNET_FUSE", "1") != "0"
         and os.environ.get("ALEXNET_POSTOPS", "1") != "0"
         and not eager.global_hooks()
