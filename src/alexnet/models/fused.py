@@ -296,7 +296,7 @@ def kernel_layout(features: nn.Sequential, x: torch.Tensor) -> torch.Tensor:
         or x.is_contiguous(memory_format=torch.channels_last)
         or eager.hooked(features)
         or not _allowed(x)
-        or not any(type(m) is LocalResponseNorm for m in features)
+        or not has_norm(features)
     ):
         return x
     kernels = _kernels(x.device)
@@ -367,11 +367,12 @@ def run(features: nn.Sequential, x: torch.Tensor) -> torch.Tensor:
     i = 0
     while i < len(modules):
         args = stage_at(modules, i, x)
-        conv = postops.conv_relu_at(modules, i) if post and not _norm_after(modules, i + 1) else None
         if args is not None and _kernels_for(x) is not None:
             x = stage(x, args)
             i += 3
-        elif conv is not None:
+            continue
+        conv = postops.conv_relu_at(modules, i) if post and not _norm_after(modules, i + 1) else None
+        if conv is not None:
             x = postops.conv_relu(conv, x)
             i += 2
         else:

@@ -701,12 +701,30 @@ void stage_pool_norm16(const float* x, float* y, float* pooled, uint8_t* idx, co
   }
 }
 
+// gather for 16 channels (from `at` on): the sum, over the windows y0..y1 × x0..x1 that hold input pixel (r, col),
+// of grad where the window's maximum was there (and, with `pooled`, where pooled > 0), in gather's order; a
+// masked add where gather adds a zero
+inline __m512 gather16(const float* grad, const float* pooled, const uint8_t* idx, int64_t img, int64_t r,
+                       int64_t col, int64_t y0, int64_t y1, int64_t x0, int64_t x1, int64_t at, const Pool& q) {
+  const __m512 zero = _mm512_setzero_ps();
+  __m512 g = zero;
+  for (int64_t oy = y0; oy <= y1; ++oy)
+    for (int64_t ox = x0; ox <= x1; ++ox) {
+      const __m512i off = _mm512_set1_epi32(int((r - oy * q.stride) * q.kernel + (col - ox * q.stride)));
+      const int64_t o = ((img * q.Ho + oy) * q.Wo + ox) * q.C + at;
+      const __m512i where = _mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(idx + o)));
+      __mmask16 take = _mm512_cmpeq_epi32_mask(where, off);
+      if (pooled) take &= _mm512_cmp_ps_mask(_mm512_loadu_ps(pooled + o), zero, _CMP_GT_OQ);
+      g = _mm512_mask_add_ps(g, take, g, _mm512_loadu_ps(grad + o));
+    }
+  return g;
+}
+
 // unpool_relu (the backward of relu → max-pool, before an LRN): each input pixel's gradient gathered from the
-// windows that hold it, in gather's order; a masked add where gather adds a zero
+// windows that hold it
 void unpool_relu16(const float* grad, const float* pooled, const uint8_t* idx, float* dx, const Pool& q,
                    int threads) {
   const int64_t C = q.C, V = C / 16;
-  const __m512 zero = _mm512_setzero_ps();
 #pragma omp parallel for schedule(static) num_threads(threads)
   for (int64_t item = 0; item < q.N * q.H; ++item) {
     const int64_t img = item / q.H, r = item % q.H;
@@ -716,19 +734,8 @@ void unpool_relu16(const float* grad, const float* pooled, const uint8_t* idx, f
       int64_t x0, x1;
       windows_of(col, q.Wo, q, x0, x1);
       float* out = dx + ((img * q.H + r) * q.W + col) * C;
-      for (int64_t v = 0; v < V; ++v) {
-        __m512 g = zero;
-        for (int64_t oy = y0; oy <= y1; ++oy)
-          for (int64_t ox = x0; ox <= x1; ++ox) {
-            const __m512i off = _mm512_set1_epi32(int((r - oy * q.stride) * q.kernel + (col - ox * q.stride)));
-            const int64_t o = ((img * q.Ho + oy) * q.Wo + ox) * C + 16 * v;
-            const __m512i where = _mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(idx + o)));
-            const __mmask16 take = _mm512_cmpeq_epi32_mask(where, off) &
-                                   _mm512_cmp_ps_mask(_mm512_loadu_ps(pooled + o), zero, _CMP_GT_OQ);
-            g = _mm512_mask_add_ps(g, take, g, _mm512_loadu_ps(grad + o));
-          }
-        _mm512_storeu_ps(out + 16 * v, g);
-      }
+      for (int64_t v = 0; v < V; ++v)
+        _mm512_storeu_ps(out + 16 * v, gather16(grad, pooled, idx, img, r, col, y0, y1, x0, x1, 16 * v, q));
     }
   }
 }
@@ -752,17 +759,8 @@ void stage_norm_pool_backward16(const float* grad, const float* x, const uint8_t
         int64_t x0, x1;
         windows_of(col, q.Wo, q, x0, x1);
         const int64_t at = ((img * q.H + r) * q.W + col) * C;
-        for (int64_t v = 0; v < V; ++v) {
-          __m512 gv = zero;
-          for (int64_t oy = y0; oy <= y1; ++oy)
-            for (int64_t ox = x0; ox <= x1; ++ox) {
-              const __m512i off = _mm512_set1_epi32(int((r - oy * q.stride) * q.kernel + (col - ox * q.stride)));
-              const int64_t o = ((img * q.Ho + oy) * q.Wo + ox) * C + 16 * v;
-              const __m512i w = _mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(idx + o)));
-              gv = _mm512_mask_add_ps(gv, _mm512_cmpeq_epi32_mask(w, off), gv, _mm512_loadu_ps(grad + o));
-            }
-          _mm512_storeu_ps(&g[16 * v], gv);
-        }
+        for (int64_t v = 0; v < V; ++v)
+          _mm512_storeu_ps(&g[16 * v], gather16(grad, nullptr, idx, img, r, col, y0, y1, x0, x1, 16 * v, q));
         const float* xp = x + at;
         // t = g b / d with b = a d^-0.75 (gradient's first pass)
         __m512 prev = zero, a = relu16(_mm512_loadu_ps(xp)), cur = _mm512_mul_ps(a, a);
