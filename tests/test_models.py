@@ -280,16 +280,22 @@ def test_paper_models_use_the_tower_conv_with_unchanged_state_dict_keys():
     h=st.integers(11, 30),
     w=st.integers(11, 30),
     channels=st.integers(1, 4),
+    channels_last=st.booleans(),
     seed=st.integers(0, 2**16),
 )
-def test_space_to_depth_conv_is_the_strided_convolution(kernel, stride, padding, h, w, channels, seed):
+def test_space_to_depth_conv_is_the_strided_convolution(
+    kernel, stride, padding, h, w, channels, channels_last, seed
+):
     """conv1's CUDA form (a stride-1 conv over the image rearranged into stride² times the channels) computes
     the strided conv and its gradients, for every kernel, stride and padding, whether the stride divides the
-    kernel and the image or not."""
+    kernel and the image or not, and for either layout of the image."""
     from alexnet.models.layers import space_to_depth_conv2d
 
     torch.manual_seed(seed)
-    x = torch.randn(2, channels, h, w, dtype=torch.float64, requires_grad=True)
+    x = torch.randn(2, channels, h, w, dtype=torch.float64)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    x.requires_grad_(True)
     weight = torch.randn(5, channels, kernel, kernel, dtype=torch.float64, requires_grad=True)
     bias = torch.randn(5, dtype=torch.float64)
     want = nn.functional.conv2d(x, weight, bias, stride, padding)
@@ -301,6 +307,35 @@ def test_space_to_depth_conv_is_the_strided_convolution(kernel, stride, padding,
     got_dx, got_dw = torch.autograd.grad(got, (x, weight), g)
     torch.testing.assert_close(got_dx, want_dx)
     torch.testing.assert_close(got_dw, want_dw)
+
+
+def test_space_to_depth_conv_casts_the_image_on_the_way():
+    """Under autocast conv1 hands the float32 image and the half-precision dtype to the rearrangement, which
+    casts it in its first copy; the result is the conv of the cast image, and the gradient reaches the image
+    in its own dtype."""
+    from alexnet.models.layers import space_to_depth_conv2d
+
+    torch.manual_seed(0)
+    x = torch.randn(2, 3, 31, 29, requires_grad=True)
+    weight = torch.randn(8, 3, 7, 7, dtype=torch.float64)
+    got = space_to_depth_conv2d(x, weight, None, 2, (1, 1), torch.float64)
+    assert got.dtype == torch.float64
+    torch.testing.assert_close(got, nn.functional.conv2d(x.double(), weight, None, 2, 1))
+    got.sum().backward()
+    assert x.grad is not None and x.grad.dtype == torch.float32
+
+
+def test_only_the_image_convolution_is_built_as_space_to_depth():
+    """The rearrangement is for the 3-channel image (cuDNN's kernels for it are the slow ones); ZFNet's stride-2
+    conv2 on 96 maps stays a plain convolution."""
+    from alexnet.factory import create_model
+    from alexnet.models.layers import SpaceToDepthConv2d
+
+    for name in ("alexnet", "caffenet", "zfnet", "alexnet_owt"):
+        model = create_model(name)
+        rearranged = [n for n, m in model.named_layers() if type(m) is SpaceToDepthConv2d]
+        assert rearranged == ["conv1"], name
+    assert create_model("zfnet").layer("conv2").stride == (2, 2)
 
 
 def test_first_conv_is_the_space_to_depth_conv_with_unchanged_state_dict_and_cpu_output():

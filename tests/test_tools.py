@@ -64,3 +64,25 @@ def test_profile_variants_compute_the_same_network(monkeypatch):
             model = create_model("alexnet").eval()
             model.load_state_dict(reference.state_dict())
             torch.testing.assert_close(variant(model)(x), expected, rtol=1e-4, atol=1e-5)
+    zfnet = create_model("zfnet").eval()
+    rearranged = gpu_profile.conv_as(create_model("zfnet").eval(), "conv2", gpu_profile.SpaceToDepthConv2d)
+    rearranged.load_state_dict(zfnet.state_dict())
+    x = torch.randn(2, 3, 224, 224)
+    with torch.no_grad():
+        torch.testing.assert_close(rearranged(x), zfnet(x), rtol=1e-4, atol=1e-5)
+
+
+def test_copy_sources_names_the_operator_that_copied_and_the_shape(monkeypatch):
+    monkeypatch.syspath_prepend(str(TOOLS))
+    import gpu_profile
+
+    a = torch.randn(64, 48)
+
+    def step() -> None:
+        a.t().contiguous()
+
+    lines = gpu_profile.copy_sources(step, device_time=False)
+    assert len(lines) == 1
+    ms, calls, chain = lines[0].split(maxsplit=2)
+    assert float(ms) >= 0 and calls == "1"
+    assert chain.startswith("aten::clone < aten::contiguous") and "[48, 64]" in chain

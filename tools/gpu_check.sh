@@ -50,8 +50,8 @@ if want tf32; then
 fi
 
 if want profile; then
-  step "profile: a bf16 training step of each variant, top kernels"
-  timeout 150 $PY tools/gpu_profile.py --profile ${PROFILE:-torchvision_alexnet alexnet zfnet} 2>&1 | tee "$OUT/profile.txt"
+  step "profile: a bf16 training step of each variant, top kernels, where the copies come from"
+  timeout 180 $PY tools/gpu_profile.py --profile ${PROFILE:-torchvision_alexnet alexnet zfnet} --copies ${COPIES:-alexnet zfnet} 2>&1 | tee "$OUT/profile.txt"
 fi
 
 if want data || want train; then

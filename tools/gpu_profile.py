@@ -5,9 +5,10 @@ and of AlexNet variants: without LRN, without groups (dense convs, +FLOPs), with
 cuDNN's grouped kernels (the models run them as block-diagonal dense convs on CUDA in bf16), with each
 grouped conv as two dense convs on the channel halves (the paper's two GPUs, AlexNet §3.2), with the conv stages
 as modules (no fused kernels), and with conv1 as cuDNN's 3-channel conv instead of space-to-depth. Then the top CUDA
-kernels of one step per model (torch.profiler).
+kernels of one step per model (torch.profiler), and with ``--copies MODEL ...`` where each model's copy kernels
+come from (the operator that asked for each ``aten::copy_``, its callers and the shapes).
 
-    python tools/gpu_profile.py [--batch-size 256] [--profile MODEL ...]
+    python tools/gpu_profile.py [--batch-size 256] [--profile MODEL ...] [--copies MODEL ...] [--only-copies]
 """
 
 from __future__ import annotations
@@ -48,6 +49,12 @@ def conv1_as(model: nn.Module, cls: type[nn.Module]) -> nn.Module:
     return model
 
 
+def conv_as(model: nn.Module, layer: str, cls: type[nn.Module]) -> nn.Module:
+    """A named conv as ``cls`` (same parameters), e.g. ZFNet's stride-2 conv2 rearranged as conv1 is."""
+    model.layer(layer).__class__ = cls
+    return model
+
+
 def modules_only(model: nn.Module) -> nn.Module:
     """The conv stages as modules: a hook on ``features`` turns the fused stages off."""
     model.features.register_forward_hook(lambda *_: None)
@@ -85,6 +92,8 @@ def variants() -> dict[str, nn.Module]:
         "alexnet_split_towers": swap_grouped(create_model("alexnet"), SplitConv),
         "alexnet_modules": modules_only(create_model("alexnet")),
         "zfnet_modules": modules_only(create_model("zfnet")),
+        "caffenet_modules": modules_only(create_model("caffenet")),
+        "zfnet_s2d_conv2": conv_as(create_model("zfnet"), "conv2", SpaceToDepthConv2d),
         "alexnet_cudnn_conv1": conv1_as(create_model("alexnet"), nn.Conv2d),
         "zfnet_cudnn_conv1": conv1_as(create_model("zfnet"), nn.Conv2d),
         "torchvision_s2d_conv1": conv1_as(torchvision.models.alexnet(), SpaceToDepthConv2d),
@@ -120,17 +129,60 @@ def time_ms(step, repeats: int = 20, warmup: int = 5) -> float:
     return 1e3 * statistics.median(times)
 
 
+def copy_sources(step, device_time: bool = True, top: int = 16) -> list[str]:
+    """Lines naming where a step's ``aten::copy_`` time goes: per (caller chain, shapes), ms per step and calls.
+
+    The caller chain is the profiler's operator nesting (three levels up), with the last frame of this package
+    when Python called it, so a copy inside cuDNN's convolution backward and a ``.contiguous()`` in our code are
+    told apart."""
+    from torch.profiler import ProfilerActivity, profile
+
+    acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device_time else [])
+    with profile(activities=acts, record_shapes=True, with_stack=True) as prof:
+        for _ in range(3):
+            step()
+        if device_time:
+            torch.cuda.synchronize()
+    totals: dict[tuple[str, str], list[float]] = {}
+    for e in prof.events():
+        if e.name != "aten::copy_":
+            continue
+        chain, p = [], e.cpu_parent
+        while p is not None and len(chain) < 3:
+            chain.append(p.name.replace("autograd::engine::evaluate_function: ", "bwd:"))
+            p = p.cpu_parent
+        frame = next((f for f in (e.stack or []) if "alexnet" in f and "gpu_profile" not in f), "")
+        key = (" < ".join(chain) + (f" @ {frame.split('/')[-1]}" if frame else ""), str(e.input_shapes))
+        t = e.device_time_total if device_time else e.cpu_time_total
+        totals.setdefault(key, [0.0, 0])
+        totals[key][0] += t
+        totals[key][1] += 1
+    rows = sorted(totals.items(), key=lambda kv: kv[1][0], reverse=True)[:top]
+    return [f"{t / 3 / 1e3:8.3f} {n // 3:3d}  {chain}  {shapes}" for (chain, shapes), (t, n) in rows]
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--batch-size", type=int, default=256)
     p.add_argument(
         "--profile", nargs="*", default=["torchvision_alexnet", "alexnet", "zfnet"], metavar="MODEL"
     )
+    p.add_argument("--copies", nargs="*", default=[], metavar="MODEL")
+    p.add_argument("--only-copies", action="store_true", help="skip the timings and the kernel tables")
     args = p.parse_args()
     torch.backends.cudnn.benchmark = True
     steps = {}
+    models = variants()
+    for name in args.copies:
+        model = models[name]
+        step = step_fn(model, args.batch_size, getattr(model, "default_input_size", 224))
+        time_ms(step, repeats=1, warmup=3)
+        print(f"\n--- {name}: aten::copy_ per training step (ms, calls, caller < its caller ..., shapes)")
+        print("\n".join(copy_sources(step)), flush=True)
+    if args.only_copies:
+        return
     print(f"{'variant':<24}{'ms/step':>9}{'img/s':>10}")
-    for name, model in variants().items():
+    for name, model in models.items():
         size = getattr(model, "default_input_size", 224)
         steps[name] = step_fn(model, args.batch_size, size)
         ms = time_ms(steps[name])

@@ -360,20 +360,28 @@ def space_to_depth_conv2d(
     bias: torch.Tensor | None,
     stride: int,
     padding: tuple[int, int],
+    dtype: torch.dtype | None = None,
 ) -> torch.Tensor:
     """``conv2d(x, weight, bias, stride, padding)`` as a stride-1 convolution: the padded input rearranged into
     ``stride²`` times the channels (each ``stride×stride`` block of pixels becomes one pixel), the kernel padded
     with zeros to a multiple of the stride and rearranged the same way. The same products, summed in another
-    order; the gradients reach ``weight`` and ``x`` through the rearrangements."""
+    order; the gradients reach ``weight`` and ``x`` through the rearrangements. ``dtype`` casts the image on the
+    way (autocast's half precision: the rearrangement then moves half the bytes)."""
     s = stride
     out_ch, in_ch, kh, kw = weight.shape
     n, _, h, w = x.shape
     ho, wo = (h + 2 * padding[0] - kh) // s + 1, (w + 2 * padding[1] - kw) // s + 1
     kh2, kw2 = -(-kh // s) * s, -(-kw // s) * s
-    hn, wn = (ho - 1) * s + kh2, (wo - 1) * s + kw2  # the rows and columns the output reads (a crop if < 0)
-    x = F.pad(x, (padding[1], wn - w - padding[1], padding[0], hn - h - padding[0]))
-    x = x.reshape(n, in_ch, hn // s, s, wn // s, s).permute(0, 1, 3, 5, 2, 4)
-    x = x.reshape(n, in_ch * s * s, hn // s, wn // s).contiguous(memory_format=torch.channels_last)
+    hn, wn = (ho - 1) * s + kh2, (wo - 1) * s + kw2  # the rows and columns the output reads
+    # Two copies of the image in all: into the zero-padded NCHW frame (cropped where the output reads less),
+    # then into the rearranged channels-last layout the convolution reads (F.pad, reshape and .contiguous made
+    # four; docs/performance.md, session 10).
+    top, left = padding
+    rows, cols = min(h, hn - top), min(w, wn - left)
+    framed = x.new_zeros((n, in_ch, hn, wn), dtype=dtype or x.dtype)
+    framed[:, :, top : top + rows, left : left + cols] = x[:, :, :rows, :cols]
+    blocks = framed.view(n, in_ch, hn // s, s, wn // s, s).permute(0, 2, 4, 1, 3, 5)
+    x = blocks.reshape(n, hn // s, wn // s, in_ch * s * s).permute(0, 3, 1, 2)  # channels-last NCHW view
     weight = F.pad(weight, (0, kw2 - kw, 0, kh2 - kh))
     weight = weight.reshape(out_ch, in_ch, kh2 // s, s, kw2 // s, s).permute(0, 1, 3, 5, 2, 4)
     return F.conv2d(x, weight.reshape(out_ch, in_ch * s * s, kh2 // s, kw2 // s), bias)
@@ -394,9 +402,8 @@ class SpaceToDepthConv2d(nn.Conv2d):
         if first_conv.applies(self, x):
             return first_conv.conv2d(self, x)
         if self._rearranged(x):
-            if torch.is_autocast_enabled("cuda"):  # rearrange half the bytes
-                x = x.to(torch.get_autocast_dtype("cuda"))
-            return space_to_depth_conv2d(x, self.weight, self.bias, self.stride[0], self.padding)  # type: ignore[arg-type]
+            dtype = torch.get_autocast_dtype("cuda") if torch.is_autocast_enabled("cuda") else None
+            return space_to_depth_conv2d(x, self.weight, self.bias, self.stride[0], self.padding, dtype)  # type: ignore[arg-type]
         return super().forward(x)
 
     def _rearranged(self, x: torch.Tensor) -> bool:

@@ -35,8 +35,10 @@ class AlexNetFamily(nn.Module):
             conv = nn.Conv2d
             if c.groups > 1:
                 conv = GroupedConv2d  # AlexNet §3.2's towers
-            elif c.stride > 1:
-                conv = SpaceToDepthConv2d  # conv1: a fast form on CUDA
+            elif i == 1 and c.stride > 1:
+                # the image's convolution: a fast form on CUDA. Not ZFNet's conv2 (stride 2 on 96 maps), which
+                # cuDNN runs fast as it is and the rearrangement only slowed (docs/performance.md, session 10)
+                conv = SpaceToDepthConv2d
 
             features.append((f"conv{i}", conv(in_ch, c.out, c.kernel, c.stride, c.padding, groups=c.groups)))
             # In place (as torchvision's AlexNet): one activation-sized tensor less per ReLU in training
