@@ -125,7 +125,36 @@ def test_patches_cross_processes_as_one_uint8_batch(photo_root):
     ds = ImageFolder(photo_root, "train", train_transform(Preprocessing()))
     items = EncodedItems(ds)
     batch = collate_encoded([items[(i, i)] for i in range(3)])
-    assert batch[0].dtype == torch.uint8 and batch[0].shape == (3, 3, 256, 256)
+    assert batch[0].pixels.dtype == torch.uint8 and batch[0].pixels.shape == (3, 3, 256, 256)
+
+
+def test_workers_draw_each_patchs_random_parameters_under_its_seed(photo_root):
+    """A worker's collate draws the crop, mirror and lighting of each patch under its seed (the main process,
+    which drives the training step, then only applies them); without a plan it leaves them to the main
+    process."""
+    from alexnet.data.on_device import EncodedItems, Patches, collate_encoded
+
+    ds = ImageFolder(photo_root, "train", train_transform(Preprocessing()))
+    items = EncodedItems(ds)
+    seeds = [11, 12, 13, 14]
+    patches, _, got_seeds, _ = collate_encoded([items[(i, s)] for i, s in enumerate(seeds)], items.plan)
+    assert isinstance(patches, Patches) and got_seeds == seeds
+    params, offsets = _Plan.of(ds.transform).draw(seeds, patches.pixels[0])
+    assert torch.equal(patches.params, torch.tensor(params))
+    assert patches.offsets is not None and torch.equal(patches.offsets, offsets)
+    plain, *_ = collate_encoded([items[(i, s)] for i, s in enumerate(seeds)])
+    assert plain.params is None and plain.offsets is None and torch.equal(plain.pixels, patches.pixels)
+
+
+def test_centre_patch_of_a_packed_image_is_the_image_itself():
+    """`alexnet data-pack`'s 256×256 pixels skip the resize and the central crop, which would return them
+    unchanged; other sizes still go through both."""
+    plan = _Plan.of(train_transform(Preprocessing()))
+    image = torch.randint(0, 256, (3, 256, 256), dtype=torch.uint8)
+    assert plan.head(image) is image
+    assert torch.equal(plan.patch(plan.resize(image)), image)
+    wide = torch.randint(0, 256, (3, 256, 300), dtype=torch.uint8)
+    assert plan.head(wide).shape == (3, 256, 256) and torch.equal(plan.head(wide), wide[:, :, 22:278])
 
 
 def test_batch_decode_failure_falls_back_file_by_file(photo_root, monkeypatch):

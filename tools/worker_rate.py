@@ -1,6 +1,7 @@
 """Times what one loader worker does per image for `alexnet train --gpu-augment` (read or decode, resize to the
-256×256 patch, collate the uint8 batch), from the files and from `alexnet data-pack`'s store, on one CPU core:
-the images/s each worker process can feed a GPU. Runs without a GPU.
+256×256 patch, collate the uint8 batch and draw its random crops, mirrors and lighting), from the files and
+from `alexnet data-pack`'s store, on one CPU core: the images/s each worker process can feed a GPU. Runs
+without a GPU.
 
     python tools/make_jpegs.py /tmp/jpegs --images 400 && alexnet data-pack /tmp/jpegs
     python tools/worker_rate.py /tmp/jpegs [--images 320] [--batch-size 64]
@@ -25,10 +26,10 @@ def rate(dataset: ImageFolder, images: int, batch_size: int) -> float:
     """Images/s of the worker's part (item loading and collation), after one untimed batch."""
     items = EncodedItems(dataset)
     keys = [(i % len(dataset), i) for i in range(images + batch_size)]
-    collate_encoded([items[k] for k in keys[:batch_size]])
+    collate_encoded([items[k] for k in keys[:batch_size]], items.plan)
     start = time.perf_counter()
     for b in range(batch_size, len(keys), batch_size):
-        collate_encoded([items[k] for k in keys[b : b + batch_size]])
+        collate_encoded([items[k] for k in keys[b : b + batch_size]], items.plan)
     return images / (time.perf_counter() - start)
 
 

@@ -15,6 +15,7 @@ to ``loader.bad`` (and the dataset's ``.bad``). A batch with no good sample is s
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import math
 from collections.abc import Iterator
@@ -133,7 +134,8 @@ class Loader(DataLoader):
 
             decoder = BatchDecoder(dataset.transform, augment_device)  # type: ignore[attr-defined]
             items = EncodedItems(dataset, decode=not decode_on_device)
-            super().__init__(items, *args, collate_fn=collate_encoded, **kwargs)
+            collate = functools.partial(collate_encoded, plan=items.plan)  # the workers draw the crops
+            super().__init__(items, *args, collate_fn=collate, **kwargs)
             self.decoder = decoder
         self.source = dataset
         self.bad: list[tuple[str, str]] = []
