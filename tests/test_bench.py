@@ -244,3 +244,15 @@ def test_interleaved_rows_time_every_model_once_per_round_against_one_matmul_rat
     assert len({r.matmul_gflops for r in report.rows}) == 1
     assert report.rows[1].vs_torchvision is not None
     assert "per round (interleaved)" in bench.format_report(report)
+
+
+def test_cudnn_algorithm_choice_is_an_ab_switch_named_in_the_header(monkeypatch, tiny_json):
+    """CUDA rows time cuDNN's algorithms per shape unless ALEXNET_CUDNN_BENCHMARK=0, and the header says which."""
+    from alexnet import bench
+
+    assert bench.cudnn_benchmark()
+    monkeypatch.setenv("ALEXNET_CUDNN_BENCHMARK", "0")
+    assert not bench.cudnn_benchmark()
+    machine = dict(tiny_json["machine"], cudnn="algorithms by heuristics")
+    text = format_report(Report(machine, tiny_json["settings"], [Row(**r) for r in tiny_json["rows"]]))
+    assert "cuDNN: algorithms by heuristics" in text

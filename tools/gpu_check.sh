@@ -4,6 +4,7 @@
 # (default ./gpu-out) and prints the tables last.
 #   Usage: bash tools/gpu_check.sh [SECTION ...]
 #   sections: tests (or quicktests: LRN, conv stages, towers, models) stage bench tf32 data train profile compile
+#   spread (alexnet's and caffenet's training rows in six processes, cuDNN's algorithms timed or by heuristics)
 #   (default: all but quicktests)
 set -u
 OUT=${OUT:-gpu-out}; mkdir -p "$OUT"
@@ -47,6 +48,16 @@ fi
 if want tf32; then
   step "bench fp32 (TF32) channels-last, Triton LRN"
   timeout 100 $B --no-memory --json > "$OUT/bench_tf32.json"
+fi
+
+if want spread; then
+  step "spread: the training rows of alexnet and caffenet, each run its own process (vs tv)"
+  for bm in 1 0 1 0 1 0; do
+    ALEXNET_CUDNN_BENCHMARK=$bm timeout 60 $PY -m alexnet.cli bench alexnet caffenet --mode train --device cuda \
+      --batch-size 256 --channels-last --amp --repeats 20 --warmup 5 --no-memory --json > "$OUT/spread.json" 2>/dev/null
+    $PY -c "import json; d = json.load(open('$OUT/spread.json')); print('cudnn.benchmark=$bm', '  '.join(
+      f\"{r['model']} {r['step_ms']:.2f} ms {r['vs_torchvision'] or 1:.2f}\" for r in d['rows']))"
+  done
 fi
 
 if want profile; then

@@ -163,11 +163,19 @@ def machine_info(device: torch.device) -> dict[str, Any]:
         info["stages"] = "fused, Triton (channels-last)" if fuse else "modules"
         s2d = os.environ.get("ALEXNET_S2D", "1") != "0"  # models/layers.py SpaceToDepthConv2d
         info["conv1"] = "space-to-depth in bf16/fp16" if s2d else "cuDNN as is"
+        info["cudnn"] = "algorithms timed per shape" if cudnn_benchmark() else "algorithms by heuristics"
     info["malloc"] = malloc.state
     info["denormals"] = denormals.state
     with contextlib.suppress(OSError):
         info["loadavg"] = [round(v, 2) for v in os.getloadavg()]
     return info
+
+
+def cudnn_benchmark() -> bool:
+    """Whether cuDNN times its algorithms once per shape (the rows have fixed shapes), as `alexnet train` has it;
+    ``ALEXNET_CUDNN_BENCHMARK=0`` leaves the choice to its heuristics, for an A/B of how much the rows vary from
+    one process to the next (docs/performance.md, session 10)."""
+    return os.environ.get("ALEXNET_CUDNN_BENCHMARK", "1") != "0"
 
 
 def resolve_device(name: str) -> torch.device:
@@ -659,7 +667,7 @@ def run_bench(
         raise BenchError("batch size, repeats and memory batch size must be ≥ 1, warm-up ≥ 0")
     dev = resolve_device(device)
     if dev.type == "cuda":
-        torch.backends.cudnn.benchmark = True  # fixed shapes: let cuDNN time its algorithms once (every row)
+        torch.backends.cudnn.benchmark = cudnn_benchmark()
     names = list(dict.fromkeys([REFERENCE, *models]))
     report = Report(
         machine_info(dev),
@@ -739,6 +747,7 @@ def format_report(report: Report) -> str:
         lrn = f"; LRN: {m['lrn']}" if "lrn" in m else ""
         lrn += f"; conv stages: {m['stages']}" if "stages" in m else ""
         lrn += f"; conv1: {m['conv1']}" if "conv1" in m else ""
+        lrn += f"; cuDNN: {m['cudnn']}" if "cudnn" in m else ""
         lrn += f"; inference post-ops: {m['postops']}" if "postops" in m else ""
         lrn += f"; malloc: {m['malloc']}" if "malloc" in m else ""
         lrn += f"; denormals: {m['denormals']}" if "denormals" in m else ""
