@@ -152,6 +152,27 @@ def test_input_pipeline_rows_for_ours_and_torchvisions_stock(tmp_path):
     assert rows[1].images == 3 and rows[1].images_per_s > 0
 
 
+def test_input_pipeline_cycles_through_a_small_folder_for_a_long_run(tmp_path):
+    """--data-images beyond the folder's files reads them again (steady state, page cache warm): every row
+    times as many images, each file read about equally often."""
+    from alexnet.data.synthetic import ensure_builtin_dataset
+
+    root = ensure_builtin_dataset(
+        tmp_path, classes=2, train_per_class=4, val_per_class=1, size=64, progress=False
+    )
+    rows = bench_data(root, images=21, batch_size=3)
+    assert [r.images for r in rows] == [18, 18]  # 21 read, the first batch untimed
+    from collections import Counter
+    from types import SimpleNamespace
+
+    from alexnet.bench import _cycle
+
+    folder = SimpleNamespace(samples=[(f"f{i}.jpg", i % 2) for i in range(8)])
+    _cycle(folder, 21)
+    reads = Counter(path for path, _ in folder.samples)
+    assert len(folder.samples) == 21 and len(reads) == 8 and max(reads.values()) - min(reads.values()) <= 1
+
+
 @pytest.mark.parametrize(
     ("args", "message"),
     [

@@ -74,7 +74,7 @@ if want data || want train; then
 fi
 if want data; then
   step "input pipeline: 4000 ImageNet-sized JPEGs, 8 workers (files, and the packed store)"
-  timeout 180 $PY -m alexnet.cli bench --only-data --data /tmp/jpegs --device cuda --workers 8 --data-images 3840 \
+  timeout 240 $PY -m alexnet.cli bench --only-data --data /tmp/jpegs --device cuda --workers 8 --data-images 24000 \
     --json > "$OUT/data.json"
   $PY tools/worker_rate.py /tmp/jpegs --images 640 | tee "$OUT/worker_rate.txt"
 fi

@@ -65,7 +65,12 @@ def register(sub: Any) -> None:
         "models in memory at once)",
     )
     p.add_argument("--data", metavar="ROOT", help="also time the input pipeline on ROOT/train (or 'builtin')")
-    p.add_argument("--data-images", type=int, default=512, help="images per input-pipeline run (512)")
+    p.add_argument(
+        "--data-images",
+        type=int,
+        default=512,
+        help="images per input-pipeline run, cycling through the folder if it has fewer (512)",
+    )
     p.add_argument("--workers", type=int, default=0, help="loader worker processes for --data (0)")
     p.add_argument("--only-data", action="store_true", help="with --data: skip the model rows")
     p.add_argument("--json", action="store_true", help="machine-readable output")
