@@ -122,7 +122,7 @@ def test_table_names_every_row_and_the_conventions(tiny_json):
     kernel = native.kernel()
     stages = "fused (channels-last; NCHW input copied to it)" if kernel is not None else "modules"
     if kernel is not None and kernel.avx512:
-        stages = "fused, AVX-512 for fp32 (channels-last; NCHW input copied to it)"
+        stages = "fused, AVX-512 for fp32 and bf16 (channels-last; NCHW input copied to it)"
     assert f"conv stages: {stages}" in text
     post = f"{'conv3-5, fc6-8' if kernel is not None else 'fc6-8'} with ReLU as oneDNN primitives"
     assert f"inference post-ops: {post}" in text  # models/postops.py

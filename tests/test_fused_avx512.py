@@ -1,7 +1,7 @@
-"""The float32 AVX-512 conv stages (``stage_forward16_f32``, ``stage_backward16_f32`` in lrn_cpu.cpp) and
-channels-last LRN (``lrn_forward16_f32``, ``lrn_backward16_f32``) give the generic kernel's numbers bit for bit —
-outputs, window offsets, the LRN's input and gradients, NaN and infinities included — and take only the stages
-and maps they are written for."""
+"""The AVX-512 conv stages (``stage_forward16_*``, ``stage_backward16_*`` in lrn_cpu.cpp) and channels-last LRN
+(``lrn_forward16_*``, ``lrn_backward16_*``), in float32 and in bfloat16 (autocast's), give the generic kernel's
+numbers bit for bit — outputs, window offsets, the LRN's input and gradients, NaN and infinities included — and
+take only the stages and maps they are written for."""
 
 from __future__ import annotations
 
@@ -19,6 +19,7 @@ pytestmark = pytest.mark.skipif(
     not any(shutil.which(c) for c in ("c++", "g++", "clang++")), reason="no C++ compiler on this machine"
 )
 CL = torch.channels_last
+DTYPES = st.sampled_from([torch.float32, torch.bfloat16])
 
 
 def _has_avx512() -> bool:
@@ -38,7 +39,7 @@ def both_ways(
     kernel = native.kernel()
     assert kernel is not None
     out = fused._out(x, stage)
-    y = torch.full((*x.shape[:2], *out), 7.0).contiguous(memory_format=CL)
+    y = torch.full((*x.shape[:2], *out), 7.0, dtype=x.dtype).contiguous(memory_format=CL)
     took = kernel.vector_stage(x, y, stage)
     monkeypatch.setenv("ALEXNET_AVX512", "0")
     generic = kernel.stage(x, out, stage)[0]
@@ -59,13 +60,14 @@ def both_ways(
     pool_first=st.booleans(),
     caffe=st.booleans(),
     scale=st.sampled_from([0.1, 30.0, 1e4]),
+    dtype=DTYPES,
     seed=st.integers(0, 2**16),
 )
 def test_the_avx512_stage_gives_the_generic_kernels_numbers_bit_for_bit(
-    n, c, h, w, kernel, stride, ceil, pool_first, caffe, scale, seed
+    n, c, h, w, kernel, stride, ceil, pool_first, caffe, scale, dtype, seed
 ):
     torch.manual_seed(seed)
-    x = (torch.randn(n, c, h, w) * scale).contiguous(memory_format=CL)
+    x = (torch.randn(n, c, h, w) * scale).to(dtype).contiguous(memory_format=CL)
     # AlexNet §3.3 (k = 2, alpha = 1e-4 on the sum) and Caffe's (k = 1, alpha / n)
     stage = fused.StageArgs(
         pool_first, 5, 1e-4 / 5 if caffe else 1e-4, 0.75, 1.0 if caffe else 2.0, kernel, stride, ceil
@@ -77,10 +79,11 @@ def test_the_avx512_stage_gives_the_generic_kernels_numbers_bit_for_bit(
 
 
 @pytest.mark.skipif(not AVX512, reason="the CPU has no AVX-512")
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("pool_first", [False, True])
-def test_nan_and_infinities_reach_the_pooled_maps_as_in_the_generic_kernel(pool_first, monkeypatch):
+def test_nan_and_infinities_reach_the_pooled_maps_as_in_the_generic_kernel(pool_first, dtype, monkeypatch):
     torch.manual_seed(0)
-    x = torch.randn(2, 32, 11, 11)
+    x = torch.randn(2, 32, 11, 11, dtype=dtype)
     x[0, 3, 4, 4] = float("nan")
     x[1, 17, 0, 0] = float("inf")
     x[1, 30, 6, 5] = float("-inf")
@@ -130,16 +133,17 @@ def test_a_model_asks_for_the_avx512_stages_unless_alexnet_avx512_is_0(monkeypat
     ceil=st.booleans(),
     pool_first=st.booleans(),
     ties=st.booleans(),
+    dtype=DTYPES,
     seed=st.integers(0, 2**16),
 )
 def test_the_avx512_training_kernels_give_the_generic_outputs_offsets_and_gradients(
-    n, c, h, w, kernel, stride, ceil, pool_first, ties, seed
+    n, c, h, w, kernel, stride, ceil, pool_first, ties, dtype, seed
 ):
     torch.manual_seed(seed)
     x = torch.randn(n, c, h, w) * 30
     if ties:  # equal values in a window: max_pool2d's first maximum must win in both
         x = x.round().clamp(-2, 2)
-    x = x.contiguous(memory_format=CL)
+    x = x.to(dtype).contiguous(memory_format=CL)
     stage = fused.StageArgs(pool_first, 5, 1e-4, 0.75, 2.0, kernel, stride, ceil)
     kernel_ = native.kernel()
     assert kernel_ is not None
@@ -169,13 +173,14 @@ def test_the_avx512_training_kernels_give_the_generic_outputs_offsets_and_gradie
     w=st.integers(1, 15),
     caffe=st.booleans(),
     scale=st.sampled_from([0.1, 30.0, 1e4]),
+    dtype=DTYPES,
     seed=st.integers(0, 2**16),
 )
-def test_the_avx512_lrn_gives_the_generic_kernels_numbers_bit_for_bit(n, c, h, w, caffe, scale, seed):
+def test_the_avx512_lrn_gives_the_generic_kernels_numbers_bit_for_bit(n, c, h, w, caffe, scale, dtype, seed):
     torch.manual_seed(seed)
     kernel = native.kernel()
     assert kernel is not None
-    x = (torch.randn(n, c, h, w) * scale).contiguous(memory_format=CL)
+    x = (torch.randn(n, c, h, w) * scale).to(dtype).contiguous(memory_format=CL)
     grad = torch.randn_like(x)
     args = (5, 1e-4 / 5 if caffe else 1e-4, 0.75, 1.0 if caffe else 2.0)  # Caffe's and AlexNet §3.3's
     outs = []

@@ -150,7 +150,7 @@ def machine_info(device: torch.device) -> dict[str, Any]:
         info["stages"] = "fused (channels-last; NCHW input copied to it)" if fuse else "modules"
         kernel = native.kernel()
         if fuse and kernel is not None and kernel.avx512 and native.vector_stages():
-            info["stages"] = "fused, AVX-512 for fp32 (channels-last; NCHW input copied to it)"
+            info["stages"] = "fused, AVX-512 for fp32 and bf16 (channels-last; NCHW input copied to it)"
         # models/postops.py: the convs inside the fused path (it needs the kernel), the fc layers in any case
         post = os.environ.get("ALEXNET_FUSE", "1") != "0" and os.environ.get("ALEXNET_POSTOPS", "1") != "0"
         post = post and torch.backends.mkldnn.is_available()

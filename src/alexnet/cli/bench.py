@@ -31,7 +31,7 @@ def register(sub: Any) -> None:
         "ALEXNET_TRITON=0 the CUDA LRN and stages as PyTorch ops instead of Triton kernels, ALEXNET_S2D=0 the "
         "first conv on CUDA in bf16 as cuDNN's 3-channel conv instead of space-to-depth, ALEXNET_FIRST_CONV=0 the "
         "first conv's weight gradient in CPU training by oneDNN instead of its own C++ kernel, ALEXNET_AVX512=0 "
-        "the CPU conv stages in fp32 by the generic C++ loops instead of the AVX-512 code, ALEXNET_POSTOPS=0 "
+        "the CPU conv stages in fp32 and bf16 by the generic C++ loops instead of the AVX-512 code, ALEXNET_POSTOPS=0 "
         "conv3-5 and fc6-8 in CPU inference as modules instead of oneDNN primitives with the ReLU fused, "
         "ALEXNET_CUDNN_BENCHMARK=0 cuDNN's algorithms chosen by its heuristics instead of timed per shape; "
         "ALEXNET_MALLOC=system keeps glibc's default allocator "

@@ -551,20 +551,47 @@ struct Stage {
 };
 
 
-// ---------------------------------------------------------------- conv stages: float32, AVX-512
+// ---------------------------------------------------------------- conv stages: float32 and bfloat16, AVX-512
 //
-// The stages above in float32 with explicit 512-bit vectors, for C a multiple of 16 and the papers' LRN (n = 5,
-// beta = 0.75): both forwards (window offsets and the LRN's input too, for training) and both backwards; and
-// the LRN alone on channels-last maps (forward_interleaved, backward_interleaved). The
+// The stages above in float32 and bfloat16 with explicit 512-bit vectors, for C a multiple of 16 and the
+// papers' LRN (n = 5, beta = 0.75): both forwards (window offsets and the LRN's input too, for training) and
+// both backwards; and the LRN alone on channels-last maps (forward_interleaved, backward_interleaved). The
 // arithmetic is the generic code's, operation for operation (squares summed in window_at<5>'s order, d^-0.75 as
-// r·√r with r = 1/√d, max_pool2d's rule for the maximum and its offset, gather's order), so the outputs are the
-// same numbers bit for bit (tests/test_fused_avx512.py); the schedule is what changes (docs/performance.md,
-// session 9: GCC's vectorisation of the generic loops took 1.2–2.0× as long):
+// r·√r with r = 1/√d, max_pool2d's rule for the maximum and its offset, gather's order; bfloat16 is computed in
+// float32 and rounded where the generic code rounds it), so the outputs are the same numbers bit for bit
+// (tests/test_fused_avx512.py); the schedule is what changes (docs/performance.md, sessions 9 and 10: GCC's
+// vectorisation of the generic loops took 1.2–2.0× as long in float32, more in bfloat16):
 //   * a channel vector's window sum takes its neighbours from registers (valignd), not from a buffer;
 //   * pooling reads through row pointers set once per output row, with no modulo per pixel;
 //   * inference: max_pool2d lets a NaN win where _mm512_max_ps drops it, so a mask of the NaNs seen is kept;
 //   * the gathers compare 16 window offsets at once and add under the mask.
 #if defined(__AVX512F__)
+// 16 elements in and out of float32 registers; bfloat16 as load() and store<bf16>() convert one element
+inline __m512 ld16(const float* p) { return _mm512_loadu_ps(p); }
+inline __m512 ld16(const bf16* p) {
+  const __m256i h = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p));
+  return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
+}
+inline void st16(float* p, __m512 v) { _mm512_storeu_ps(p, v); }
+inline __m512i bf16_bits16(__m512 v) {  // store<bf16>: round to nearest even, NaN → 0x7FC0
+  const __m512i u = _mm512_castps_si512(v), one = _mm512_set1_epi32(1);
+  const __m512i bias = _mm512_add_epi32(_mm512_and_si512(_mm512_srli_epi32(u, 16), one), _mm512_set1_epi32(0x7FFF));
+  const __m512i rounded = _mm512_srli_epi32(_mm512_add_epi32(u, bias), 16);
+  return _mm512_mask_mov_epi32(rounded, _mm512_cmp_ps_mask(v, v, _CMP_UNORD_Q), _mm512_set1_epi32(0x7FC0));
+}
+inline void st16(bf16* p, __m512 v) {
+  _mm256_storeu_si256(reinterpret_cast<__m256i*>(p), _mm512_cvtepi32_epi16(bf16_bits16(v)));
+}
+// load(store<S>(v)): v as S holds it
+template <typename S>
+inline __m512 as16(__m512 v) {
+  return v;
+}
+template <>
+inline __m512 as16<bf16>(__m512 v) {
+  return _mm512_castsi512_ps(_mm512_slli_epi32(bf16_bits16(v), 16));
+}
+
 inline __m512 relu16(__m512 v) { return _mm512_max_ps(_mm512_setzero_ps(), v); }  // NaN passes (2nd operand)
 
 inline __m512 pow_minus_075_16(__m512 d) {  // pow_minus_075, vector for vector
@@ -582,30 +609,33 @@ inline __m512 window5_16(__m512 prev, __m512 cur, __m512 next) {
   return _mm512_add_ps(_mm512_add_ps(_mm512_add_ps(_mm512_add_ps(m2, m1), cur), p1), p2);
 }
 
-// out = the LRN of one pixel's C = 16 V channels `a` (through the ReLU already); out may be a
-inline void lrn_pixel16(const float* a, float* out, int64_t V, __m512 alpha, __m512 k) {
-  __m512 prev = _mm512_setzero_ps(), av = _mm512_loadu_ps(a), cur = _mm512_mul_ps(av, av);
+// out = the LRN of one pixel's C = 16 V channels `a` (through the ReLU already), rounded as R holds it; out may
+// be a (each vector is read before the one before it is written)
+template <typename R, typename In, typename Out>
+inline void lrn_pixel16(const In* a, Out* out, int64_t V, __m512 alpha, __m512 k) {
+  __m512 prev = _mm512_setzero_ps(), av = ld16(a), cur = _mm512_mul_ps(av, av);
   for (int64_t v = 0; v < V; ++v) {
     __m512 an = _mm512_setzero_ps(), next = _mm512_setzero_ps();
     if (v + 1 < V) {
-      an = _mm512_loadu_ps(a + 16 * (v + 1));
+      an = ld16(a + 16 * (v + 1));
       next = _mm512_mul_ps(an, an);
     }
     const __m512 d = _mm512_fmadd_ps(alpha, window5_16(prev, cur, next), k);
-    _mm512_storeu_ps(out + 16 * v, _mm512_mul_ps(av, pow_minus_075_16(d)));
+    st16(out + 16 * v, as16<R>(_mm512_mul_ps(av, pow_minus_075_16(d))));
     prev = cur;
     cur = next;
     av = an;
   }
 }
 
-// max over the window (rows[0 .. nr), columns c0 .. c1, pixel stride C) of the 16 floats at `at`; NaN if one is
-inline __m512 window_max16(const float* const* rows, int64_t nr, int64_t c0, int64_t c1, int64_t C, int64_t at) {
+// max over the window (rows[0 .. nr), columns c0 .. c1, pixel stride C) of the 16 values at `at`; NaN if one is
+template <typename E>
+inline __m512 window_max16(const E* const* rows, int64_t nr, int64_t c0, int64_t c1, int64_t C, int64_t at) {
   __m512 m = _mm512_set1_ps(-std::numeric_limits<float>::infinity());
   __mmask16 nan = 0;
   for (int64_t r = 0; r < nr; ++r)
     for (int64_t col = c0; col < c1; ++col) {
-      const __m512 e = _mm512_loadu_ps(rows[r] + col * C + at);
+      const __m512 e = ld16(rows[r] + col * C + at);
       m = _mm512_max_ps(e, m);
       nan |= _mm512_cmp_ps_mask(e, e, _CMP_UNORD_Q);
     }
@@ -614,13 +644,14 @@ inline __m512 window_max16(const float* const* rows, int64_t nr, int64_t c0, int
 
 // window_max16 for training: max_pool2d's rule (a later value wins if greater or NaN), and where in the window
 // the maximum was, written as 16 bytes to `where` (window_max's offsets)
-inline __m512 window_argmax16(const float* const* rows, int64_t nr, int64_t c0, int64_t c1, int64_t C, int64_t at,
+template <typename E>
+inline __m512 window_argmax16(const E* const* rows, int64_t nr, int64_t c0, int64_t c1, int64_t C, int64_t at,
                               int kernel, uint8_t* where) {
   __m512 m = _mm512_set1_ps(-std::numeric_limits<float>::infinity());
   __m512i w = _mm512_setzero_si512();
   for (int64_t r = 0; r < nr; ++r)
     for (int64_t col = c0; col < c1; ++col) {
-      const __m512 e = _mm512_loadu_ps(rows[r] + col * C + at);
+      const __m512 e = ld16(rows[r] + col * C + at);
       const __mmask16 take = _mm512_cmp_ps_mask(e, m, _CMP_GT_OQ) | _mm512_cmp_ps_mask(e, e, _CMP_UNORD_Q);
       m = _mm512_mask_mov_ps(m, take, e);
       w = _mm512_mask_mov_epi32(w, take, _mm512_set1_epi32(int(r * kernel + (col - c0))));
@@ -629,8 +660,10 @@ inline __m512 window_argmax16(const float* const* rows, int64_t nr, int64_t c0, 
   return m;
 }
 
-// relu → LRN → max-pool: stage_norm_pool (idx: training, else null)
-void stage_norm_pool16(const float* x, float* y, uint8_t* idx, const Pool& q, const Params<float>& p) {
+// relu → LRN → max-pool: stage_norm_pool (idx: training, else null); the ring holds the LRN's output in float32,
+// rounded as S holds it (so the maxima are S's, and their store exact)
+template <typename S>
+void stage_norm_pool16(const S* x, S* y, uint8_t* idx, const Pool& q, const Params<float>& p) {
   const int64_t C = q.C, V = C / 16, row = q.W * C;
   const int64_t band = rows_per_band(q.N, q.Ho, p.threads), bands = (q.Ho + band - 1) / band;
   const __m512 alpha = _mm512_set1_ps(p.alpha), k = _mm512_set1_ps(p.k);
@@ -641,7 +674,7 @@ void stage_norm_pool16(const float* x, float* y, uint8_t* idx, const Pool& q, co
 #pragma omp for schedule(static)
     for (int64_t item = 0; item < q.N * bands; ++item) {
       const int64_t img = item / bands, oy0 = (item % bands) * band, oy1 = std::min(q.Ho, oy0 + band);
-      const float* xi = x + img * q.H * row;
+      const S* xi = x + img * q.H * row;
       std::fill(held.begin(), held.end(), int64_t(-1));
       for (int64_t oy = oy0; oy < oy1; ++oy) {
         const int64_t r0 = oy * q.stride, r1 = std::min(q.H, r0 + q.kernel);
@@ -653,9 +686,9 @@ void stage_norm_pool16(const float* x, float* y, uint8_t* idx, const Pool& q, co
           if (held[slot] == r) continue;
           held[slot] = r;
           for (int64_t px = 0; px < q.W; ++px) {
-            const float* in = xi + r * row + px * C;
-            for (int64_t v = 0; v < V; ++v) _mm512_storeu_ps(&a[16 * v], relu16(_mm512_loadu_ps(in + 16 * v)));
-            lrn_pixel16(a.data(), ring_row + px * C, V, alpha, k);
+            const S* in = xi + r * row + px * C;
+            for (int64_t v = 0; v < V; ++v) st16(&a[16 * v], relu16(ld16(in + 16 * v)));
+            lrn_pixel16<S>(a.data(), ring_row + px * C, V, alpha, k);
           }
         }
         for (int64_t ox = 0; ox < q.Wo; ++ox) {
@@ -665,7 +698,7 @@ void stage_norm_pool16(const float* x, float* y, uint8_t* idx, const Pool& q, co
             const int64_t at = o + 16 * v;
             const __m512 m = idx ? window_argmax16(rows, r1 - r0, c0, c1, C, 16 * v, q.kernel, idx + at)
                                  : window_max16(rows, r1 - r0, c0, c1, C, 16 * v);
-            _mm512_storeu_ps(y + at, m);
+            st16(y + at, m);
           }
         }
       }
@@ -674,8 +707,8 @@ void stage_norm_pool16(const float* x, float* y, uint8_t* idx, const Pool& q, co
 }
 
 // relu → max-pool → LRN: stage_pool_norm (idx and pooled: training, else null)
-void stage_pool_norm16(const float* x, float* y, float* pooled, uint8_t* idx, const Pool& q,
-                       const Params<float>& p) {
+template <typename S>
+void stage_pool_norm16(const S* x, S* y, S* pooled, uint8_t* idx, const Pool& q, const Params<float>& p) {
   const int64_t C = q.C, V = C / 16, row = q.W * C;
   const __m512 alpha = _mm512_set1_ps(p.alpha), k = _mm512_set1_ps(p.k);
 #pragma omp parallel num_threads(p.threads)
@@ -685,17 +718,18 @@ void stage_pool_norm16(const float* x, float* y, float* pooled, uint8_t* idx, co
     for (int64_t item = 0; item < q.N * q.Ho; ++item) {
       const int64_t img = item / q.Ho, oy = item % q.Ho;
       const int64_t r0 = oy * q.stride, r1 = std::min(q.H, r0 + q.kernel);
-      const float* rows[16];
+      const S* rows[16];
       for (int64_t r = r0; r < r1; ++r) rows[r - r0] = x + (img * q.H + r) * row;
       for (int64_t ox = 0; ox < q.Wo; ++ox) {
         const int64_t c0 = ox * q.stride, c1 = std::min(q.W, c0 + q.kernel), o = ((img * q.Ho + oy) * q.Wo + ox) * C;
         for (int64_t v = 0; v < V; ++v) {
           const __m512 mv = idx ? window_argmax16(rows, r1 - r0, c0, c1, C, 16 * v, q.kernel, idx + o + 16 * v)
                                 : window_max16(rows, r1 - r0, c0, c1, C, 16 * v);
-          _mm512_storeu_ps(&m[16 * v], relu16(mv));
+          st16(&m[16 * v], relu16(mv));
         }
-        if (pooled) std::copy(m.begin(), m.end(), pooled + o);  // the LRN's input
-        lrn_pixel16(m.data(), y + o, V, alpha, k);
+        if (pooled)  // the LRN's input (a maximum of S values: exact)
+          for (int64_t v = 0; v < V; ++v) st16(pooled + o + 16 * v, ld16(&m[16 * v]));
+        lrn_pixel16<S>(m.data(), y + o, V, alpha, k);
       }
     }
   }
@@ -704,8 +738,9 @@ void stage_pool_norm16(const float* x, float* y, float* pooled, uint8_t* idx, co
 // gather for 16 channels (from `at` on): the sum, over the windows y0..y1 × x0..x1 that hold input pixel (r, col),
 // of grad where the window's maximum was there (and, with `pooled`, where pooled > 0), in gather's order; a
 // masked add where gather adds a zero
-inline __m512 gather16(const float* grad, const float* pooled, const uint8_t* idx, int64_t img, int64_t r,
-                       int64_t col, int64_t y0, int64_t y1, int64_t x0, int64_t x1, int64_t at, const Pool& q) {
+template <typename S>
+inline __m512 gather16(const S* grad, const S* pooled, const uint8_t* idx, int64_t img, int64_t r, int64_t col,
+                       int64_t y0, int64_t y1, int64_t x0, int64_t x1, int64_t at, const Pool& q) {
   const __m512 zero = _mm512_setzero_ps();
   __m512 g = zero;
   for (int64_t oy = y0; oy <= y1; ++oy)
@@ -714,16 +749,16 @@ inline __m512 gather16(const float* grad, const float* pooled, const uint8_t* id
       const int64_t o = ((img * q.Ho + oy) * q.Wo + ox) * q.C + at;
       const __m512i where = _mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(idx + o)));
       __mmask16 take = _mm512_cmpeq_epi32_mask(where, off);
-      if (pooled) take &= _mm512_cmp_ps_mask(_mm512_loadu_ps(pooled + o), zero, _CMP_GT_OQ);
-      g = _mm512_mask_add_ps(g, take, g, _mm512_loadu_ps(grad + o));
+      if (pooled) take &= _mm512_cmp_ps_mask(ld16(pooled + o), zero, _CMP_GT_OQ);
+      g = _mm512_mask_add_ps(g, take, g, ld16(grad + o));
     }
   return g;
 }
 
 // unpool_relu (the backward of relu → max-pool, before an LRN): each input pixel's gradient gathered from the
 // windows that hold it
-void unpool_relu16(const float* grad, const float* pooled, const uint8_t* idx, float* dx, const Pool& q,
-                   int threads) {
+template <typename S>
+void unpool_relu16(const S* grad, const S* pooled, const uint8_t* idx, S* dx, const Pool& q, int threads) {
   const int64_t C = q.C, V = C / 16;
 #pragma omp parallel for schedule(static) num_threads(threads)
   for (int64_t item = 0; item < q.N * q.H; ++item) {
@@ -733,16 +768,17 @@ void unpool_relu16(const float* grad, const float* pooled, const uint8_t* idx, f
     for (int64_t col = 0; col < q.W; ++col) {
       int64_t x0, x1;
       windows_of(col, q.Wo, q, x0, x1);
-      float* out = dx + ((img * q.H + r) * q.W + col) * C;
+      S* out = dx + ((img * q.H + r) * q.W + col) * C;
       for (int64_t v = 0; v < V; ++v)
-        _mm512_storeu_ps(out + 16 * v, gather16(grad, pooled, idx, img, r, col, y0, y1, x0, x1, 16 * v, q));
+        st16(out + 16 * v, gather16(grad, pooled, idx, img, r, col, y0, y1, x0, x1, 16 * v, q));
     }
   }
 }
 
 // stage_norm_pool_backward for the papers' LRN: gather (no ReLU mask on the pooled maps), the LRN's gradient in
 // its two passes over the channels, the ReLU's mask; g, pw and t per pixel in small buffers
-void stage_norm_pool_backward16(const float* grad, const float* x, const uint8_t* idx, float* dx, const Pool& q,
+template <typename S>
+void stage_norm_pool_backward16(const S* grad, const S* x, const uint8_t* idx, S* dx, const Pool& q,
                                 const Params<float>& p) {
   const int64_t C = q.C, V = C / 16;
   const __m512 zero = _mm512_setzero_ps(), alpha = _mm512_set1_ps(p.alpha), k = _mm512_set1_ps(p.k);
@@ -760,36 +796,37 @@ void stage_norm_pool_backward16(const float* grad, const float* x, const uint8_t
         windows_of(col, q.Wo, q, x0, x1);
         const int64_t at = ((img * q.H + r) * q.W + col) * C;
         for (int64_t v = 0; v < V; ++v)
-          _mm512_storeu_ps(&g[16 * v], gather16(grad, nullptr, idx, img, r, col, y0, y1, x0, x1, 16 * v, q));
-        const float* xp = x + at;
+          st16(&g[16 * v], gather16(grad, static_cast<const S*>(nullptr), idx, img, r, col, y0, y1, x0, x1,
+                                    16 * v, q));
+        const S* xp = x + at;
         // t = g b / d with b = a d^-0.75 (gradient's first pass)
-        __m512 prev = zero, a = relu16(_mm512_loadu_ps(xp)), cur = _mm512_mul_ps(a, a);
+        __m512 prev = zero, a = relu16(ld16(xp)), cur = _mm512_mul_ps(a, a);
         for (int64_t v = 0; v < V; ++v) {
           __m512 an = zero, next = zero;
           if (v + 1 < V) {
-            an = relu16(_mm512_loadu_ps(xp + 16 * (v + 1)));
+            an = relu16(ld16(xp + 16 * (v + 1)));
             next = _mm512_mul_ps(an, an);
           }
           const __m512 d = _mm512_fmadd_ps(alpha, window5_16(prev, cur, next), k);
           const __m512 pv = pow_minus_075_16(d);
-          _mm512_storeu_ps(&pw[16 * v], pv);
-          const __m512 b = _mm512_mul_ps(a, pv);  // the LRN's output
-          _mm512_storeu_ps(&t[16 * v], _mm512_div_ps(_mm512_mul_ps(_mm512_loadu_ps(&g[16 * v]), b), d));
+          st16(&pw[16 * v], pv);
+          const __m512 b = as16<S>(_mm512_mul_ps(a, pv));  // the LRN's output, as the modules store it
+          st16(&t[16 * v], _mm512_div_ps(_mm512_mul_ps(ld16(&g[16 * v]), b), d));
           prev = cur;
           cur = next;
           a = an;
         }
         // dx = g d^-0.75 + coef a (window sum of t), where x > 0
-        float* out = dx + at;
+        S* out = dx + at;
         prev = zero;
-        cur = _mm512_loadu_ps(&t[0]);
+        cur = ld16(&t[0]);
         for (int64_t v = 0; v < V; ++v) {
-          const __m512 next = v + 1 < V ? _mm512_loadu_ps(&t[16 * (v + 1)]) : zero;
-          const __m512 xv = _mm512_loadu_ps(xp + 16 * v);
+          const __m512 next = v + 1 < V ? ld16(&t[16 * (v + 1)]) : zero;
+          const __m512 xv = ld16(xp + 16 * v);
           const __m512 ca = _mm512_mul_ps(coef, relu16(xv));
-          const __m512 gp = _mm512_mul_ps(_mm512_loadu_ps(&g[16 * v]), _mm512_loadu_ps(&pw[16 * v]));
+          const __m512 gp = _mm512_mul_ps(ld16(&g[16 * v]), ld16(&pw[16 * v]));
           const __m512 dv = _mm512_fmadd_ps(ca, window5_16(prev, cur, next), gp);
-          _mm512_storeu_ps(out + 16 * v, _mm512_maskz_mov_ps(_mm512_cmp_ps_mask(xv, zero, _CMP_GT_OQ), dv));
+          st16(out + 16 * v, _mm512_maskz_mov_ps(_mm512_cmp_ps_mask(xv, zero, _CMP_GT_OQ), dv));
           prev = cur;
           cur = next;
         }
@@ -800,14 +837,16 @@ void stage_norm_pool_backward16(const float* grad, const float* x, const uint8_t
 
 // The LRN alone on channels-last maps (forward_interleaved and backward_interleaved for the papers' window):
 // the modules' path, and the LRN's backward on the pooled maps of relu → pool → norm (CaffeNet, ZFNet)
-void lrn_forward16(const float* x, float* y, const Params<float>& p) {
+template <typename S>
+void lrn_forward16(const S* x, S* y, const Params<float>& p) {
   const int64_t C = p.channels, V = C / 16;
   const __m512 alpha = _mm512_set1_ps(p.alpha), k = _mm512_set1_ps(p.k);
 #pragma omp parallel for schedule(static) num_threads(p.threads)
-  for (int64_t px = 0; px < p.outer; ++px) lrn_pixel16(x + px * C, y + px * C, V, alpha, k);  // y may be x
+  for (int64_t px = 0; px < p.outer; ++px) lrn_pixel16<S>(x + px * C, y + px * C, V, alpha, k);  // y may be x
 }
 
-void lrn_backward16(const float* g, const float* x, const float* y, float* dx, const Params<float>& p) {
+template <typename S>
+void lrn_backward16(const S* g, const S* x, const S* y, S* dx, const Params<float>& p) {
   const int64_t C = p.channels, V = C / 16;
   const __m512 zero = _mm512_setzero_ps(), alpha = _mm512_set1_ps(p.alpha), k = _mm512_set1_ps(p.k);
   const __m512 coef = _mm512_set1_ps(float(-2) * p.alpha * p.beta);
@@ -816,30 +855,30 @@ void lrn_backward16(const float* g, const float* x, const float* y, float* dx, c
     std::vector<float> pw(C), t(C);
 #pragma omp for schedule(static)
     for (int64_t px = 0; px < p.outer; ++px) {
-      const float *gp = g + px * C, *xp = x + px * C, *yp = y + px * C;
+      const S *gp = g + px * C, *xp = x + px * C, *yp = y + px * C;
       // t = g y / d (the first pass), d^-0.75 kept for the second
-      __m512 prev = zero, xv = _mm512_loadu_ps(xp), cur = _mm512_mul_ps(xv, xv);
+      __m512 prev = zero, xv = ld16(xp), cur = _mm512_mul_ps(xv, xv);
       for (int64_t v = 0; v < V; ++v) {
         __m512 next = zero;
         if (v + 1 < V) {
-          const __m512 xn = _mm512_loadu_ps(xp + 16 * (v + 1));
+          const __m512 xn = ld16(xp + 16 * (v + 1));
           next = _mm512_mul_ps(xn, xn);
         }
         const __m512 d = _mm512_fmadd_ps(alpha, window5_16(prev, cur, next), k);
-        _mm512_storeu_ps(&pw[16 * v], pow_minus_075_16(d));
-        const __m512 gy = _mm512_mul_ps(_mm512_loadu_ps(gp + 16 * v), _mm512_loadu_ps(yp + 16 * v));
-        _mm512_storeu_ps(&t[16 * v], _mm512_div_ps(gy, d));
+        st16(&pw[16 * v], pow_minus_075_16(d));
+        const __m512 gy = _mm512_mul_ps(ld16(gp + 16 * v), ld16(yp + 16 * v));
+        st16(&t[16 * v], _mm512_div_ps(gy, d));
         prev = cur;
         cur = next;
       }
       // dx = g d^-0.75 + coef x (window sum of t): two products and a sum, as GCC compiles the generic line
       prev = zero;
-      cur = _mm512_loadu_ps(&t[0]);
+      cur = ld16(&t[0]);
       for (int64_t v = 0; v < V; ++v) {
-        const __m512 next = v + 1 < V ? _mm512_loadu_ps(&t[16 * (v + 1)]) : zero;
-        const __m512 cx = _mm512_mul_ps(coef, _mm512_loadu_ps(xp + 16 * v));
-        const __m512 gd = _mm512_mul_ps(_mm512_loadu_ps(gp + 16 * v), _mm512_loadu_ps(&pw[16 * v]));
-        _mm512_storeu_ps(dx + px * C + 16 * v, _mm512_add_ps(gd, _mm512_mul_ps(cx, window5_16(prev, cur, next))));
+        const __m512 next = v + 1 < V ? ld16(&t[16 * (v + 1)]) : zero;
+        const __m512 cx = _mm512_mul_ps(coef, ld16(xp + 16 * v));
+        const __m512 gd = _mm512_mul_ps(ld16(gp + 16 * v), ld16(&pw[16 * v]));
+        st16(dx + px * C + 16 * v, _mm512_add_ps(gd, _mm512_mul_ps(cx, window5_16(prev, cur, next))));
         prev = cur;
         cur = next;
       }
@@ -848,8 +887,10 @@ void lrn_backward16(const float* g, const float* x, const float* y, float* dx, c
 }
 #endif
 
-// A stage in float32 inference on AVX-512 when it fits the code above; false: the caller takes the generic path
-bool stage_forward16(const float* x, float* y, float* pooled, uint8_t* idx, bool pool_first, const Stage<float>& st) {
+// A stage's forward in float32 or bfloat16 on AVX-512 when it fits the code above; false: the caller takes the
+// generic path
+template <typename S>
+bool stage_forward16(const S* x, S* y, S* pooled, uint8_t* idx, bool pool_first, const Stage<S>& st) {
 #if defined(__AVX512F__)
   // the papers' window c-2 .. c+2 and beta; kernel <= 16 rows (fused.stage_at keeps kernel² <= 256)
   if (st.q.C == 0 || st.q.C % 16 != 0 || !paper_window(st.p) || st.p.before != 2 || st.q.kernel > 16) return false;
@@ -862,9 +903,11 @@ bool stage_forward16(const float* x, float* y, float* pooled, uint8_t* idx, bool
 #endif
 }
 
-// A stage's backward in float32 on AVX-512 when it fits the code above; false: the caller takes the generic path
-bool stage_backward16(const float* grad, const float* x, const float* pooled, const uint8_t* idx, float* dx,
-                      bool pool_first, const Stage<float>& st) {
+// A stage's backward in float32 or bfloat16 on AVX-512 when it fits the code above; false: the caller takes the
+// generic path
+template <typename S>
+bool stage_backward16(const S* grad, const S* x, const S* pooled, const uint8_t* idx, S* dx, bool pool_first,
+                      const Stage<S>& st) {
 #if defined(__AVX512F__)
   if (st.q.C == 0 || st.q.C % 16 != 0) return false;
   if (pool_first) {
@@ -880,7 +923,7 @@ bool stage_backward16(const float* grad, const float* x, const float* pooled, co
 #endif
 }
 
-// The LRN of channels-last maps (inner == 1) in float32 on AVX-512 when it fits the code above
+// The LRN of channels-last maps (inner == 1) on AVX-512 when it fits the code above
 bool lrn16_fits(int64_t channels, int64_t inner, const Params<float>& p) {
 #if defined(__AVX512F__)
   return inner == 1 && channels > 0 && channels % 16 == 0 && paper_window(p) && p.before == 2;
@@ -888,6 +931,29 @@ bool lrn16_fits(int64_t channels, int64_t inner, const Params<float>& p) {
   (void)channels, (void)inner, (void)p;
   return false;
 #endif
+}
+
+template <typename S>
+int lrn_forward16_entry(const void* x, void* y, int64_t outer, int64_t channels, int64_t inner, int before,
+                        int after, double alpha, double beta, double k, int threads) {
+  const auto p = params<float>(outer, channels, inner, before, after, alpha, beta, k, threads);
+  if (!lrn16_fits(channels, inner, p)) return 0;
+#if defined(__AVX512F__)
+  lrn_forward16(static_cast<const S*>(x), static_cast<S*>(y), p);
+#endif
+  return 1;
+}
+
+template <typename S>
+int lrn_backward16_entry(const void* g, const void* x, const void* y, void* dx, int64_t outer, int64_t channels,
+                         int64_t inner, int before, int after, double alpha, double beta, double k, int threads) {
+  const auto p = params<float>(outer, channels, inner, before, after, alpha, beta, k, threads);
+  if (!lrn16_fits(channels, inner, p)) return 0;
+#if defined(__AVX512F__)
+  lrn_backward16(static_cast<const S*>(g), static_cast<const S*>(x), static_cast<const S*>(y), static_cast<S*>(dx),
+                 p);
+#endif
+  return 1;
 }
 
 }  // namespace
@@ -941,50 +1007,42 @@ int stages_avx512() {
 #endif
 }
 
-// lrn_forward_f32 / lrn_backward_f32 by the AVX-512 code when it takes the maps (channels-last): 1, else 0
-int lrn_forward16_f32(const void* x, void* y, int64_t outer, int64_t channels, int64_t inner, int before, int after,
-                      double alpha, double beta, double k, int threads) {
-  const auto p = params<float>(outer, channels, inner, before, after, alpha, beta, k, threads);
-  if (!lrn16_fits(channels, inner, p)) return 0;
-#if defined(__AVX512F__)
-  lrn_forward16(static_cast<const float*>(x), static_cast<float*>(y), p);
-#endif
-  return 1;
-}
+// The AVX-512 code's entry points, float32 and bfloat16: 1 when it took the work, else 0 (nothing written: the
+// caller runs the generic lrn_forward_*, lrn_backward_*, stage_forward_* or stage_backward_*)
+#define VECTOR_ENTRY_POINTS(SUFFIX, S)                                                                        \
+  int lrn_forward16_##SUFFIX(const void* x, void* y, int64_t outer, int64_t channels, int64_t inner,          \
+                             int before, int after, double alpha, double beta, double k, int threads) {        \
+    return lrn_forward16_entry<S>(x, y, outer, channels, inner, before, after, alpha, beta, k, threads);       \
+  }                                                                                                           \
+  int lrn_backward16_##SUFFIX(const void* g, const void* x, const void* y, void* dx, int64_t outer,           \
+                              int64_t channels, int64_t inner, int before, int after, double alpha,            \
+                              double beta, double k, int threads) {                                            \
+    return lrn_backward16_entry<S>(g, x, y, dx, outer, channels, inner, before, after, alpha, beta, k,         \
+                                   threads);                                                                   \
+  }                                                                                                           \
+  int stage_forward16_##SUFFIX(const void* x, void* y, void* pooled, uint8_t* idx, int64_t N, int64_t H,      \
+                               int64_t W, int64_t C, int64_t Ho, int64_t Wo, int kernel, int stride,           \
+                               int pool_first, int before, int after, double alpha, double beta, double k,     \
+                               int threads) {                                                                   \
+    const Stage<S> st(N, H, W, C, Ho, Wo, kernel, stride, before, after, alpha, beta, k, threads);             \
+    return stage_forward16(static_cast<const S*>(x), static_cast<S*>(y), static_cast<S*>(pooled), idx,        \
+                           pool_first != 0, st)                                                               \
+               ? 1                                                                                            \
+               : 0;                                                                                           \
+  }                                                                                                           \
+  int stage_backward16_##SUFFIX(const void* grad, const void* x, const void* pooled, const uint8_t* idx,      \
+                                void* dx, int64_t N, int64_t H, int64_t W, int64_t C, int64_t Ho, int64_t Wo,  \
+                                int kernel, int stride, int pool_first, int before, int after, double alpha,   \
+                                double beta, double k, int threads) {                                          \
+    const Stage<S> st(N, H, W, C, Ho, Wo, kernel, stride, before, after, alpha, beta, k, threads);             \
+    return stage_backward16(static_cast<const S*>(grad), static_cast<const S*>(x),                            \
+                            static_cast<const S*>(pooled), idx, static_cast<S*>(dx), pool_first != 0, st)     \
+               ? 1                                                                                            \
+               : 0;                                                                                           \
+  }
 
-int lrn_backward16_f32(const void* g, const void* x, const void* y, void* dx, int64_t outer, int64_t channels,
-                       int64_t inner, int before, int after, double alpha, double beta, double k, int threads) {
-  const auto p = params<float>(outer, channels, inner, before, after, alpha, beta, k, threads);
-  if (!lrn16_fits(channels, inner, p)) return 0;
-#if defined(__AVX512F__)
-  lrn_backward16(static_cast<const float*>(g), static_cast<const float*>(x), static_cast<const float*>(y),
-                 static_cast<float*>(dx), p);
-#endif
-  return 1;
-}
-
-// stage_forward_f32 by the AVX-512 code when it takes the stage: 1, else 0
-int stage_forward16_f32(const void* x, void* y, void* pooled, uint8_t* idx, int64_t N, int64_t H, int64_t W,
-                        int64_t C, int64_t Ho, int64_t Wo, int kernel, int stride, int pool_first, int before,
-                        int after, double alpha, double beta, double k, int threads) {
-  const Stage<float> st(N, H, W, C, Ho, Wo, kernel, stride, before, after, alpha, beta, k, threads);
-  return stage_forward16(static_cast<const float*>(x), static_cast<float*>(y), static_cast<float*>(pooled), idx,
-                         pool_first != 0, st)
-             ? 1
-             : 0;
-}
-
-// stage_backward_f32 by the AVX-512 code when it takes the stage: 1, else 0
-int stage_backward16_f32(const void* grad, const void* x, const void* pooled, const uint8_t* idx, void* dx,
-                         int64_t N, int64_t H, int64_t W, int64_t C, int64_t Ho, int64_t Wo, int kernel, int stride,
-                         int pool_first, int before, int after, double alpha, double beta, double k, int threads) {
-  const Stage<float> st(N, H, W, C, Ho, Wo, kernel, stride, before, after, alpha, beta, k, threads);
-  return stage_backward16(static_cast<const float*>(grad), static_cast<const float*>(x),
-                          static_cast<const float*>(pooled), idx,
-                          static_cast<float*>(dx), pool_first != 0, st)
-             ? 1
-             : 0;
-}
+VECTOR_ENTRY_POINTS(f32, float)
+VECTOR_ENTRY_POINTS(bf16, bf16)
 
 LRN_ENTRY_POINTS(f32, float)
 LRN_ENTRY_POINTS(f64, double)

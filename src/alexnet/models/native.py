@@ -38,6 +38,7 @@ log = logging.getLogger(__name__)
 SOURCES = [Path(__file__).with_name(name) for name in ("lrn_cpu.cpp", "first_conv_cpu.cpp")]
 FLAGS = ["-O3", "-march=native", "-fopenmp", "-fPIC", "-shared", "-fno-math-errno", "-fno-trapping-math"]
 DTYPES = {torch.float32: "f32", torch.float64: "f64", torch.bfloat16: "bf16"}  # bf16 computed in fp32
+VECTOR_DTYPES = {torch.float32: "f32", torch.bfloat16: "bf16"}  # the AVX-512 code's
 
 
 def cache_dir() -> Path:
@@ -118,19 +119,20 @@ class Kernel:
             stage_back = getattr(self.lib, f"stage_backward_{suffix}")
             stage_back.argtypes = [ptr, ptr, ptr, ptr, ptr, *shape]
             stage_back.restype = None
-        vector = self.lib.stage_forward16_f32  # float32 on AVX-512; 0 when it does not take the stage
-        vector.argtypes = [ptr, ptr, ptr, ptr, *shape]
-        vector.restype = i32
-        vector_back = self.lib.stage_backward16_f32  # the same for the backward
-        vector_back.argtypes = [ptr, ptr, ptr, ptr, ptr, *shape]
-        vector_back.restype = i32
-        for name, pointers in (("lrn_forward16_f32", 2), ("lrn_backward16_f32", 4)):  # 0: not taken
-            fn = getattr(self.lib, name)
-            fn.argtypes = [*[ptr] * pointers, i64, i64, i64, i32, i32, f64, f64, f64, i32]
-            fn.restype = i32
+        for suffix in VECTOR_DTYPES.values():  # on AVX-512; 0 when the code does not take the work
+            vector = getattr(self.lib, f"stage_forward16_{suffix}")
+            vector.argtypes = [ptr, ptr, ptr, ptr, *shape]
+            vector.restype = i32
+            vector_back = getattr(self.lib, f"stage_backward16_{suffix}")
+            vector_back.argtypes = [ptr, ptr, ptr, ptr, ptr, *shape]
+            vector_back.restype = i32
+            for name, pointers in ((f"lrn_forward16_{suffix}", 2), (f"lrn_backward16_{suffix}", 4)):
+                fn = getattr(self.lib, name)
+                fn.argtypes = [*[ptr] * pointers, i64, i64, i64, i32, i32, f64, f64, f64, i32]
+                fn.restype = i32
         self.lib.stages_avx512.argtypes = []
         self.lib.stages_avx512.restype = i32
-        self.avx512 = bool(self.lib.stages_avx512())  # built with the float32 AVX-512 stages
+        self.avx512 = bool(self.lib.stages_avx512())  # built with the AVX-512 stages (float32, bfloat16)
         # x g dw db; N H W C OC OH OW KH KW SH SW PH PW; dw's strides; threads
         wgrad = self.lib.first_conv_weight_grad_f32
         wgrad.argtypes = [ptr, ptr, ptr, ptr, *[i64] * 13, ptr, i32]
@@ -170,7 +172,7 @@ class Kernel:
                 k,
                 torch.get_num_threads(),
             )
-            if not (x.dtype == torch.float32 and vector_stages() and self.lib.lrn_forward16_f32(*args)):
+            if not self._vector("lrn_forward16", x.dtype, args):
                 getattr(self.lib, f"lrn_forward_{DTYPES[x.dtype]}")(*args)
         if inplace and y is not original:  # x was not dense: the kernel worked on a contiguous copy
             return original.copy_(y)
@@ -195,7 +197,7 @@ class Kernel:
             window = (size // 2, (size - 1) // 2)
             pointers = (g.data_ptr(), x.data_ptr(), y.data_ptr(), dx.data_ptr())
             args = (*pointers, outer, c, inner, *window, alpha, beta, k, torch.get_num_threads())
-            if not (x.dtype == torch.float32 and vector_stages() and self.lib.lrn_backward16_f32(*args)):
+            if not self._vector("lrn_backward16", x.dtype, args):
                 getattr(self.lib, f"lrn_backward_{DTYPES[x.dtype]}")(*args)
         return dx
 
@@ -247,13 +249,21 @@ class Kernel:
         pooled: torch.Tensor | None = None,
         idx: torch.Tensor | None = None,
     ) -> bool:
-        """:meth:`stage` into ``y`` (and, for training, ``pooled`` and ``idx``) by the float32 AVX-512 code
-        (``lrn_cpu.cpp``); ``False``, with nothing written, where that code does not take the stage: not float32,
-        no AVX-512, channels not a multiple of 16, or not the papers' LRN (5 channels, beta 0.75)."""
-        if x.dtype != torch.float32 or y.dtype != torch.float32:
+        """:meth:`stage` into ``y`` (and, for training, ``pooled`` and ``idx``) by the AVX-512 code
+        (``lrn_cpu.cpp``); ``False``, with nothing written, where that code does not take the stage: not float32
+        or bfloat16, no AVX-512, channels not a multiple of 16, or not the papers' LRN (5 channels, beta 0.75)."""
+        if y.dtype != x.dtype:
             return False
         args = self._stage_args(x.shape, y.shape[2:], stage)
-        return bool(self.lib.stage_forward16_f32(x.data_ptr(), y.data_ptr(), _ptr(pooled), _ptr(idx), *args))
+        return self._vector(
+            "stage_forward16", x.dtype, (x.data_ptr(), y.data_ptr(), _ptr(pooled), _ptr(idx), *args)
+        )
+
+    def _vector(self, name: str, dtype: torch.dtype, args: tuple) -> bool:
+        """Whether the AVX-512 entry point ``name`` took the work (float32 and bfloat16; ``ALEXNET_AVX512=0``:
+        never)."""
+        suffix = VECTOR_DTYPES.get(dtype)
+        return suffix is not None and vector_stages() and bool(getattr(self.lib, f"{name}_{suffix}")(*args))
 
     def stage_backward(
         self,
@@ -275,11 +285,7 @@ class Kernel:
         if dx.numel():
             args = self._stage_args(shape, idx.shape[2:], stage)
             pointers = (grad.data_ptr(), _ptr(x), _ptr(pooled), idx.data_ptr(), dx.data_ptr())
-            if (
-                grad.dtype == torch.float32
-                and vector_stages()
-                and self.lib.stage_backward16_f32(*pointers, *args)
-            ):
+            if self._vector("stage_backward16", grad.dtype, (*pointers, *args)):
                 return dx
             getattr(self.lib, f"stage_backward_{DTYPES[grad.dtype]}")(*pointers, *args)
         return dx
@@ -310,8 +316,8 @@ class Kernel:
 
 
 def vector_stages() -> bool:
-    """Whether float32 conv stages and channels-last LRNs may take the AVX-512 code (``stage_forward16_f32``,
-    ``stage_backward16_f32``, ``lrn_forward16_f32``, ``lrn_backward16_f32``, where the CPU has it);
+    """Whether float32 and bfloat16 conv stages and channels-last LRNs may take the AVX-512 code
+    (``stage_forward16_*``, ``stage_backward16_*``, ``lrn_forward16_*``, ``lrn_backward16_*``, where the CPU has it);
     ``ALEXNET_AVX512=0`` keeps them on the generic loops (A/B measurements)."""
     return os.environ.get("ALEXNET_AVX512", "1") != "0"
 
