@@ -93,7 +93,7 @@ def test_training_autograd_and_other_dtypes_run_the_modules(monkeypatch):
     model.classifier.train()  # dropout active without autograd: the modules
     assert calls(model, x) == (3, 0)
     model.classifier.eval()
-    with torch.autocast("cpu", dtype=torch.bfloat16):
+    with torch.autocast("cpu", dtype=torch.float16):  # bf16 autocast takes them (below); fp16 does not
         assert calls(model, x) == (0, 0)
     assert calls(model.double(), x.double()) == (0, 0)
     model.float()
@@ -104,6 +104,32 @@ def test_training_autograd_and_other_dtypes_run_the_modules(monkeypatch):
     monkeypatch.setenv("ALEXNET_POSTOPS", "1")
     monkeypatch.setenv("ALEXNET_FUSE", "0")
     assert calls(model, x) == (0, 0)
+
+
+@pytest.mark.parametrize("layer", ["conv3", "conv4"])
+def test_under_bf16_autocast_a_conv_post_op_gives_what_autocast_gives_the_modules(layer):
+    """Autocast hands the conv a bfloat16 input, weight and bias; the post-op primitive gets the same and gives
+    the same bfloat16 output, the ReLU taken before the rounding changing nothing."""
+    conv = build_model("alexnet").layer(layer).to(memory_format=CL)
+    x = torch.randn(3, conv.in_channels, 13, 13).contiguous(memory_format=CL)
+    with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):
+        got = postops.conv_relu(conv, x)
+        want = torch.relu(conv(x))
+    assert got.dtype == want.dtype == torch.bfloat16 and torch.equal(got, want)
+
+
+@pytest.mark.parametrize("name", ["alexnet", "zfnet"])
+def test_under_bf16_autocast_the_paper_models_take_the_post_ops_with_the_modules_logits(name, monkeypatch):
+    model, x = paper_model(name)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert calls(model, x) == (3, 3)
+        with torch.inference_mode():
+            fast = model(x)
+            monkeypatch.setenv("ALEXNET_POSTOPS", "0")
+            slow = model(x)
+    assert fast.dtype == slow.dtype == torch.bfloat16
+    # the same numbers here (oneDNN computes the fc layers both ways); allow another kernel's bf16 rounding
+    torch.testing.assert_close(fast.float(), slow.float(), rtol=1e-2, atol=1e-2 * float(slow.abs().max()))
 
 
 def test_a_hooked_layer_runs_as_itself_and_its_hook_sees_its_own_output():

@@ -13,8 +13,12 @@ order than MKL's ``addmm``, so their outputs differ in the last bits (tests/test
 only the models with an LRN take it: ``alexnet_owt`` keeps torchvision's exact logits, as it does for the
 fused stages (:func:`alexnet.models.fused.kernel_layout`).
 
+Under CPU bf16 autocast the primitives take what autocast would hand the modules: the input, weight and bias
+cast to bfloat16, with a bfloat16 output. The ReLU on the float32 accumulator before the rounding gives what
+rounding and then the ReLU give (tests/test_postops.py: the same logits).
+
 Taken only when nothing could tell the difference, as the fused stages are: inference (no autograd), CPU
-float32 outside autocast, a plain tensor nothing traces, no hook on the modules or global, and neither
+float32 (or bf16 autocast), a plain tensor nothing traces, no hook on the modules or global, and neither
 ``ALEXNET_FUSE`` nor ``ALEXNET_POSTOPS`` 0 (A/B measurements).
 """
 
@@ -29,20 +33,34 @@ from torch import nn
 from alexnet.models import eager
 
 
+def _autocast() -> torch.dtype | None:
+    """The dtype CPU autocast computes convolutions and linear layers in, or ``None`` outside autocast."""
+    return torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu") else None
+
+
 def allowed(x: torch.Tensor) -> bool:
     """Whether ``x`` may take the post-op path (module hooks are the caller's to check)."""
+    cast = _autocast()
     return (
         not torch.is_grad_enabled()
         and x.device.type == "cpu"
-        and x.dtype == torch.float32
+        and (x.dtype == torch.float32 if cast is None else cast == torch.bfloat16 and x.dtype in _AUTOCAST_IN)
         and eager.plain(x)
-        and not torch.is_autocast_enabled("cpu")
         and torch.backends.mkldnn.is_available()
         and torch.backends.mkldnn.enabled  # a user's torch.backends.mkldnn.flags(enabled=False) holds here too
         and os.environ.get("ALEXNET_FUSE", "1") != "0"
         and os.environ.get("ALEXNET_POSTOPS", "1") != "0"
         and not eager.global_hooks()
     )
+
+
+_AUTOCAST_IN = (torch.float32, torch.bfloat16)
+
+
+def _args(*tensors: torch.Tensor | None) -> list[torch.Tensor | None]:
+    """The tensors as autocast hands them to a convolution or linear layer: cast to its dtype, if on."""
+    cast = _autocast()
+    return [t if t is None or cast is None else t.to(cast) for t in tensors]
 
 
 def _hooked(*modules: nn.Module) -> bool:
@@ -62,10 +80,11 @@ def conv_relu_at(modules: Sequence[nn.Module], i: int) -> nn.Conv2d | None:
 
 def conv_relu(conv: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
     """``relu(conv(x))`` as one oneDNN convolution with a ReLU post-op (in ``x``'s memory format)."""
+    x, weight, bias = _args(x, conv.weight, conv.bias)
     return torch.ops.mkldnn._convolution_pointwise(
         x,
-        conv.weight,
-        conv.bias,
+        weight,
+        bias,
         list(conv.padding),
         list(conv.stride),
         list(conv.dilation),
@@ -98,7 +117,8 @@ def head(classifier: nn.Sequential, x: torch.Tensor) -> torch.Tensor:
         m = modules[i]
         if isinstance(m, nn.Linear):
             relu = i + 1 < len(modules) and type(modules[i + 1]) is nn.ReLU
-            x = torch.ops.mkldnn._linear_pointwise(x, m.weight, m.bias, "relu" if relu else "none", [], "")
+            x, weight, bias = _args(x, m.weight, m.bias)
+            x = torch.ops.mkldnn._linear_pointwise(x, weight, bias, "relu" if relu else "none", [], "")
             i += 2 if relu else 1
         elif type(m) is nn.ReLU:
             x = torch.relu(x)
