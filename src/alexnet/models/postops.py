@@ -32,6 +32,8 @@ from torch import nn
 
 from alexnet.models import eager
 
+_AUTOCAST_IN = (torch.float32, torch.bfloat16)  # what reaches a layer under CPU bf16 autocast
+
 
 def _autocast() -> torch.dtype | None:
     """The dtype CPU autocast computes convolutions and linear layers in, or ``None`` outside autocast."""
@@ -52,9 +54,6 @@ def allowed(x: torch.Tensor) -> bool:
         and os.environ.get("ALEXNET_POSTOPS", "1") != "0"
         and not eager.global_hooks()
     )
-
-
-_AUTOCAST_IN = (torch.float32, torch.bfloat16)
 
 
 def _args(*tensors: torch.Tensor | None) -> list[torch.Tensor | None]:
