@@ -310,6 +310,40 @@ def applies(features: nn.Sequential, x: torch.Tensor) -> bool:
     return usable(x) and not eager.hooked(features)
 
 
+class _FlattenChannelsLast(torch.autograd.Function):
+    """``torch.flatten(x, 1)`` whose backward hands the gradient back channels-last, as ``x`` is."""
+
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        ctx.shape = x.shape
+        return torch.flatten(x, 1)  # a copy in NCHW order, which fc6's weight expects
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        return grad.reshape(ctx.shape).contiguous(memory_format=torch.channels_last)
+
+
+def flatten(features: nn.Sequential, x: torch.Tensor) -> torch.Tensor:
+    """``torch.flatten(x, 1)`` of the pool5 maps. In CPU training on channels-last maps the gradient goes back
+    channels-last: ``torch.flatten``'s comes back NCHW, and the max-pool's CPU backward then converts the conv5
+    maps and runs 3× slower (pool5, batch 64: 6.2–8.7 → 2.0 ms in float32, 4.5 → 1.5 ms in bf16;
+    docs/performance.md, session 10). The same numbers either way; only where :func:`kernel_layout` applies
+    (a model with an LRN, nothing tracing, no hook on ``features``, ``ALEXNET_FUSE`` not 0)."""
+    if (
+        x.device.type == "cpu"
+        and x.dim() == 4
+        and x.requires_grad
+        and torch.is_grad_enabled()
+        and not x.is_contiguous()
+        and x.is_contiguous(memory_format=torch.channels_last)
+        and has_norm(features)
+        and not eager.hooked(features)
+        and _allowed(x)
+    ):
+        return cast(torch.Tensor, _FlattenChannelsLast.apply(x))
+    return torch.flatten(x, 1)
+
+
 def _square(value: int | tuple[int, ...] | None) -> int | None:
     if isinstance(value, int):
         return value

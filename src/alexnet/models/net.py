@@ -151,7 +151,7 @@ class AlexNetFamily(nn.Module):
         (:mod:`.postops`)."""
         if self.config.adaptive_pool:
             features = self.avgpool(features)
-        x = torch.flatten(features, 1)
+        x = fused.flatten(self.features, features)
         if fused.has_norm(self.features) and postops.head_applies(self.classifier, x):
             return postops.head(self.classifier, x)
         return self.classifier(x)
