@@ -290,3 +290,52 @@ def test_data_pack_cli_reports_bad_input_in_one_line(tmp_path):
         assert done.returncode == 2, done.stderr
         assert message in done.stderr and "Traceback" not in done.stderr
         assert len(done.stderr.strip().splitlines()) == 1
+
+
+def read_only(root: Path, monkeypatch) -> None:
+    """``root`` as a read-only mount: creating a folder under it fails with EROFS (as root too)."""
+    import errno
+
+    real = Path.mkdir
+
+    def mkdir(self: Path, *args, **kwargs) -> None:
+        if self.is_relative_to(root):
+            raise OSError(errno.EROFS, os.strerror(errno.EROFS), str(self))
+        real(self, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "mkdir", mkdir)
+
+
+def test_a_read_only_data_set_is_packed_and_read_under_alexnet_packed_dir(folder, tmp_path, monkeypatch):
+    """A shared read-only ImageNet: ALEXNET_PACKED_DIR holds the store, for data-pack and for every reader
+    (worker processes included); nothing is written under ROOT."""
+    elsewhere = tmp_path / "stores"
+    monkeypatch.setenv("ALEXNET_PACKED_DIR", str(elsewhere))
+    read_only(folder, monkeypatch)
+    pixels = pack(folder, "train", progress=False)
+    assert pixels.store == store_dir(folder, "train", 256) and elsewhere in pixels.store.parents
+    assert pixels.store.parent.name.startswith("data-") and not (folder / ".packed").exists()
+    files = ImageFolder(folder, "train", train_transform(PRE))
+    packed = ImageFolder(folder, "train", train_transform(PRE))
+    assert attach(packed, PRE.resize) is not None
+    for (a, ta), (b, tb) in zip(batches(files), batches(packed, workers=2), strict=True):
+        assert torch.equal(ta, tb) and torch.equal(a, b)
+    twin = photo_folder(tmp_path / "other" / "data")  # same folder name, another data set: its own store
+    assert store_dir(twin, "train", 256) != pixels.store
+    assert attach(ImageFolder(twin, "train"), 256) is None
+
+
+def test_packing_a_read_only_data_set_is_a_one_line_error_naming_alexnet_packed_dir(
+    folder, tmp_path, capsys, monkeypatch
+):
+    from alexnet.cli import main
+
+    monkeypatch.delenv("ALEXNET_PACKED_DIR", raising=False)
+    read_only(folder, monkeypatch)
+    code = main(["data-pack", str(folder), "--split", "train"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and "cannot write the packed store" in err and "ALEXNET_PACKED_DIR" in err
+    assert len(err.splitlines()) == 1
+    monkeypatch.setenv("ALEXNET_PACKED_DIR", str(tmp_path / "stores"))
+    assert main(["data-pack", str(folder), "--split", "train"]) == 0
+    assert attach(ImageFolder(folder, "train"), 256) is not None

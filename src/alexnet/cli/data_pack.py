@@ -20,7 +20,9 @@ def register(sub: Any) -> None:
         "training set). `alexnet train`, `alexnet eval`, `alexnet data-stats` and `alexnet bench --data` then "
         "read the pixels instead of decoding the files: the same numbers, several times faster per core. A file "
         "changed since packing is decoded from the file, until data-pack runs again and packs just the changed "
-        "files. Interrupted, it resumes where it stopped when run again. ALEXNET_PACKED=0 makes the readers ignore the store.",
+        "files. Interrupted, it resumes where it stopped when run again. ALEXNET_PACKED=0 makes the readers ignore "
+        "the store. ROOT not writable (a shared read-only mount)? Set ALEXNET_PACKED_DIR=DIR, for data-pack and "
+        "for the commands that read the store: it then lives in DIR/<ROOT's name>-<hash of its path>/.",
     )
     p.add_argument("root", metavar="ROOT", help="data-set folder holding <split>/<class>/<images>")
     p.add_argument(

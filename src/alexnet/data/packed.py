@@ -6,7 +6,9 @@ central 256×256 patch) before training. Decoding a JPEG is most of what the inp
 and PCA lighting of §4.1 run on it as before. ``alexnet data-pack ROOT`` writes the store; training, evaluation
 and ``alexnet bench --data`` read it when it is there.
 
-Layout, under ``ROOT/.packed/<split>-<size>/``:
+Where: ``ROOT/.packed/<split>-<size>/``, or, with ``ALEXNET_PACKED_DIR`` set (a data set on a read-only mount, as
+shared clusters keep ImageNet), ``$ALEXNET_PACKED_DIR/<ROOT's name>-<hash of its absolute path>/<split>-<size>/``;
+packing and every reader look in the same place. Layout:
 
 * ``pixels.u8``: ``count × 3 × size × size`` ``uint8`` RGB, row ``i`` the ``i``-th file of ``files.txt``;
 * ``files.txt``: each file's path relative to ``ROOT/<split>``, in :class:`~alexnet.data.folders.ImageFolder`'s
@@ -25,6 +27,7 @@ files changed since.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -46,7 +49,14 @@ CHUNK = 512  # images per flush of the store (and per resume point)
 
 
 def store_dir(root: str | Path, split: str, size: int) -> Path:
-    return Path(root).expanduser() / DIR / f"{split}-{size}"
+    """The store of ``root``'s ``split`` at ``size``: under ``root`` itself, or under ``ALEXNET_PACKED_DIR``."""
+    root = Path(root).expanduser()
+    elsewhere = os.environ.get("ALEXNET_PACKED_DIR")
+    if not elsewhere:
+        return root / DIR / f"{split}-{size}"
+    absolute = root.resolve()
+    key = hashlib.sha256(str(absolute).encode()).hexdigest()[:12]
+    return Path(elsewhere).expanduser() / f"{absolute.name}-{key}" / f"{split}-{size}"
 
 
 def _read_meta(store: Path) -> dict[str, Any] | None:
@@ -217,7 +227,10 @@ def pack(
     try:
         store.mkdir(parents=True, exist_ok=True)
     except OSError as e:
-        raise DataError(f"cannot write the packed store {store}: {e.strerror}") from None
+        hint = (
+            "" if os.environ.get("ALEXNET_PACKED_DIR") else " (set ALEXNET_PACKED_DIR to a writable folder)"
+        )
+        raise DataError(f"cannot write the packed store {store}: {e.strerror}{hint}") from None
     count = len(names)
     files_txt = "\n".join(names) + "\n"
     existing = PackedPixels.open(root, split, size)  # None: no store, another format, or damaged
