@@ -29,7 +29,7 @@ import subprocess
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import torch
 
@@ -104,39 +104,25 @@ class Kernel:
     def __init__(self, path: Path) -> None:
         self.lib = ctypes.CDLL(str(path))
         i64, i32, f64, ptr = ctypes.c_int64, ctypes.c_int, ctypes.c_double, ctypes.c_void_p
-        for suffix in DTYPES.values():
-            fwd = getattr(self.lib, f"lrn_forward_{suffix}")
-            fwd.argtypes = [ptr, ptr, i64, i64, i64, i32, i32, f64, f64, f64, i32]
-            fwd.restype = None
-            bwd = getattr(self.lib, f"lrn_backward_{suffix}")
-            bwd.argtypes = [ptr, ptr, ptr, ptr, i64, i64, i64, i32, i32, f64, f64, f64, i32]
-            bwd.restype = None
-            # N H W C Ho Wo; kernel, stride, pool_first; the window; α β k; threads
-            shape = [i64] * 6 + [i32] * 5 + [f64] * 3 + [i32]
-            stage = getattr(self.lib, f"stage_forward_{suffix}")
-            stage.argtypes = [ptr, ptr, ptr, ptr, *shape]
-            stage.restype = None
-            stage_back = getattr(self.lib, f"stage_backward_{suffix}")
-            stage_back.argtypes = [ptr, ptr, ptr, ptr, ptr, *shape]
-            stage_back.restype = None
-        for suffix in VECTOR_DTYPES.values():  # on AVX-512; 0 when the code does not take the work
-            vector = getattr(self.lib, f"stage_forward16_{suffix}")
-            vector.argtypes = [ptr, ptr, ptr, ptr, *shape]
-            vector.restype = i32
-            vector_back = getattr(self.lib, f"stage_backward16_{suffix}")
-            vector_back.argtypes = [ptr, ptr, ptr, ptr, ptr, *shape]
-            vector_back.restype = i32
-            for name, pointers in ((f"lrn_forward16_{suffix}", 2), (f"lrn_backward16_{suffix}", 4)):
-                fn = getattr(self.lib, name)
-                fn.argtypes = [*[ptr] * pointers, i64, i64, i64, i32, i32, f64, f64, f64, i32]
-                fn.restype = i32
-        self.lib.stages_avx512.argtypes = []
-        self.lib.stages_avx512.restype = i32
+        lrn = [i64] * 3 + [i32] * 2 + [f64] * 3 + [i32]  # outer C inner; the window; α β k; threads
+        # N H W C Ho Wo; kernel, stride, pool_first; the window; α β k; threads
+        shape = [i64] * 6 + [i32] * 5 + [f64] * 3 + [i32]
+        # the generic entry points, and their AVX-512 twins (…16_*: 1 when they took the work, else 0)
+        signatures = {"lrn_forward": (2, lrn), "lrn_backward": (4, lrn), "stage_forward": (4, shape)}
+        signatures["stage_backward"] = (5, shape)
+        for op, (pointers, tail) in signatures.items():
+            for suffix in DTYPES.values():
+                self._declare(f"{op}_{suffix}", [ptr] * pointers + tail, None)
+            for suffix in VECTOR_DTYPES.values():
+                self._declare(f"{op}16_{suffix}", [ptr] * pointers + tail, i32)
+        self._declare("stages_avx512", [], i32)
         self.avx512 = bool(self.lib.stages_avx512())  # built with the AVX-512 stages (float32, bfloat16)
         # x g dw db; N H W C OC OH OW KH KW SH SW PH PW; dw's strides; threads
-        wgrad = self.lib.first_conv_weight_grad_f32
-        wgrad.argtypes = [ptr, ptr, ptr, ptr, *[i64] * 13, ptr, i32]
-        wgrad.restype = i32
+        self._declare("first_conv_weight_grad_f32", [ptr, ptr, ptr, ptr, *[i64] * 13, ptr, i32], i32)
+
+    def _declare(self, name: str, argtypes: list[Any], restype: Any) -> None:
+        fn = getattr(self.lib, name)
+        fn.argtypes, fn.restype = argtypes, restype
 
     @staticmethod
     def supports(x: torch.Tensor) -> bool:
