@@ -156,8 +156,8 @@ class HealthMonitor(Callback):
             loss = ctx.loss.detach().float()
             self._loss_sum = loss if self._loss_sum is None else self._loss_sum + loss
             self._loss_count += 1
-            # one scalar read per step: the loop reads the loss anyway to stop on NaN
-            if ctx.is_main and not bool(torch.isfinite(loss)):
+            # a loop that does not check its losses itself (ctx.loss_checked) stops here on a NaN
+            if ctx.is_main and not ctx.loss_checked and not bool(torch.isfinite(loss)):
                 return self._on_nonfinite_loss(ctx, float(loss))
         if not self._active:
             return None

@@ -426,18 +426,19 @@ def _half_precision(x: torch.Tensor) -> bool:
 
 
 @torch.no_grad()
-def renormalize_filters_(model: nn.Module, max_rms: float = 0.1) -> int:
+def renormalize_filters_(model: nn.Module, max_rms: float = 0.1) -> torch.Tensor:
     """Zeiler & Fergus §3: rescale every conv filter whose RMS exceeds ``max_rms`` to RMS ``max_rms``.
 
     A "filter" is one output channel's weights (``weight[o]``); biases are left alone. Returns how many filters
-    were rescaled. Works in place on every ``nn.Conv2d`` of ``model``.
+    were rescaled, as a 0-d tensor on the weights' device: the training loop calls this every step and does not
+    read it, so that the host need not wait for the device. Works in place on every ``nn.Conv2d`` of ``model``.
     """
-    changed = 0
+    changed: torch.Tensor | int = 0
     for m in model.modules():
         if isinstance(m, nn.Conv2d):
             w = m.weight
             rms = w.pow(2).mean(dim=(1, 2, 3), keepdim=True).sqrt()
             scale = (max_rms / rms).clamp(max=1.0)
-            changed += int((scale < 1.0).sum())
+            changed = changed + (scale < 1.0).sum()
             w.mul_(scale)
-    return changed
+    return torch.as_tensor(changed)

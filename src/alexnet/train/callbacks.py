@@ -40,6 +40,9 @@ class TrainContext:
     lr: float = 0.0
     writer: Any = None  # torch.utils.tensorboard.SummaryWriter or None
     is_main: bool = True  # rank 0
+    # The loop reads every loss itself and stops at a non-finite one (alexnet.train.loss_reader), one step late on
+    # CUDA: a callback need not read the loss each step to catch a NaN (a read would make the host wait).
+    loss_checked: bool = False
     extra: dict[str, Any] = field(default_factory=dict)
 
 

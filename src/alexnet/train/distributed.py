@@ -84,25 +84,12 @@ def wrap(model: nn.Module, info: DistInfo) -> nn.Module:
     return DDP(model, device_ids=ids)
 
 
-def all_true(flag: bool, info: DistInfo) -> bool:
-    """Whether ``flag`` holds on every rank (so that all ranks stop together, e.g. on a non-finite loss)."""
-    if not info.distributed:
-        return flag
+def sum_over_ranks(t: torch.Tensor) -> torch.Tensor:
+    """``t`` summed over the ranks (in place), queued on the device like a kernel: no wait on NCCL."""
     import torch.distributed as dist
 
-    t = torch.tensor([0 if flag else 1], device=info.device)
     dist.all_reduce(t)
-    return int(t.item()) == 0
-
-
-def mean_over_ranks(value: float, info: DistInfo) -> float:
-    if not info.distributed:
-        return value
-    import torch.distributed as dist
-
-    t = torch.tensor([value], dtype=torch.float64, device=info.device)
-    dist.all_reduce(t)
-    return float(t.item()) / info.world_size
+    return t
 
 
 def barrier(info: DistInfo) -> None:

@@ -2,7 +2,8 @@
 
 Per step: forward (optionally bf16 autocast), cross-entropy, a finiteness check (all ranks agree, so they stop
 together), backward, the optimizer update in the recipe's form, ZF §3 filter renormalisation when the recipe
-asks, then callbacks. Checkpoints every ``checkpoint_every`` steps and at each epoch end; evaluation at each epoch
+asks, then callbacks. On CUDA the loss and its check are read one step late (:mod:`alexnet.train.loss_reader`),
+so that the host never waits for the device within a run of steps. Checkpoints every ``checkpoint_every`` steps and at each epoch end; evaluation at each epoch
 end (and every ``eval_every`` steps). See :mod:`alexnet.train.callbacks` for the hook order.
 """
 
@@ -38,6 +39,7 @@ from alexnet.train.data import (
     run_stats,
     train_loader,
 )
+from alexnet.train.loss_reader import LossReader, StepRecord, default_lag
 from alexnet.train.optim import LRSchedule, build_optimizer
 from alexnet.train.runlog import (
     METRIC_FIELDS,
@@ -170,6 +172,7 @@ def _train(
     if cfg.channels_last:
         model.to(memory_format=torch.channels_last)
     optimizer = build_optimizer(model, cfg)
+    reader = LossReader(optimizer, info, default_lag(info.device, optimizer))
     schedule = LRSchedule(cfg, total_steps, steps_per_epoch)
     epoch, in_epoch, step = 0, 0, 0
     if state is not None:
@@ -233,11 +236,40 @@ def _train(
         epoch=epoch,
         writer=writer,
         is_main=info.is_main,
+        loss_checked=True,
     )
     ctx.extra["config"] = cfg
     ctx.extra["world_size"] = info.world_size
+    window_loss, window_n, window_images, window_time = 0.0, 0, 0, 0.0
+    last_loss: float | None = None  # the newest loss read (the progress bar's)
+
+    def account(records: list[StepRecord]) -> None:
+        """Log the steps whose losses were just read; stop at a non-finite one."""
+        nonlocal window_loss, window_n, last_loss
+        for rec in records:
+            if not rec.finite:
+                stop_nonfinite(rec)
+            window_loss, window_n, last_loss = window_loss + rec.loss, window_n + 1, rec.loss
+            if info.is_main and steps_log is not None:
+                steps_log.append({"step": rec.step + 1, "epoch": rec.epoch, "lr": rec.lr, "loss": rec.loss})
+                if writer is not None:
+                    writer.add_scalar("train/loss", rec.loss, rec.step + 1)
+                    writer.add_scalar("train/lr", rec.lr, rec.step + 1)
+
+    def stop_nonfinite(rec: StepRecord) -> None:
+        # The updates since the bad step were skipped on the device (LossReader): the weights are the ones it saw.
+        from alexnet.diagnostics.health import locate_nonfinite
+
+        ctx.inputs = rec.images  # for callbacks that look at the batch of the failed step
+        where = locate_nonfinite(model, rec.images) or "the forward pass is finite; the loss is not"
+        raise TrainingError(
+            f"loss is {rec.loss} at step {rec.step + 1} (epoch {rec.epoch + 1}): {where}; stopping. "
+            f"The last good checkpoint is kept in {run_dir / 'checkpoints'}; try a lower --lr "
+            f"(now {rec.lr:g}), or run `alexnet doctor {run_dir}`"
+        )
 
     def checkpoint(epoch_: int, in_epoch_: int) -> None:
+        account(reader.flush())  # no checkpoint after a non-finite loss
         if not _params_finite(model):
             raise TrainingError(
                 f"weights became non-finite at step {step}; not writing a checkpoint "
@@ -274,11 +306,11 @@ def _train(
     last: EvalResult | None = None
     ten_result: EvalResult | None = None
     last_eval_step = -1
-    window_loss, window_n, window_images, window_time = 0.0, 0, 0, 0.0
     warn_text, warn_step = "", 0
 
     def run_eval(epoch_: int) -> EvalResult:
         nonlocal window_loss, window_n, window_images, window_time, last, last_eval_step
+        account(reader.flush())
         result = evaluate_loader(
             net,
             val_loader,
@@ -349,15 +381,8 @@ def _train(
                 with torch.autocast(info.device.type, dtype=torch.bfloat16, enabled=cfg.amp):
                     logits = net(images)
                 loss = F.cross_entropy(logits.float(), targets, label_smoothing=cfg.label_smoothing)
-                if not dist_utils.all_true(bool(torch.isfinite(loss)), info):
-                    from alexnet.diagnostics.health import locate_nonfinite
-
-                    where = locate_nonfinite(model, images) or "the forward pass is finite; the loss is not"
-                    raise TrainingError(
-                        f"loss is {float(loss.detach())} at step {step + 1} (epoch {epoch + 1}): {where}; stopping. "
-                        f"The last good checkpoint is kept in {run_dir / 'checkpoints'}; try a lower --lr "
-                        f"(now {lr:g}), or run `alexnet doctor {run_dir}`"
-                    )
+                # lag 0: this step's loss, read (and a non-finite one stopped) before its backward pass
+                account(reader.push(loss, StepRecord(step, epoch, lr, images)))
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 ctx.loss = loss.detach()
@@ -376,20 +401,15 @@ def _train(
                     warn_text, warn_step = warns[-1], step
                 elif warn_text and step - warn_step >= WARNING_SHOWN_STEPS:
                     warn_text = ""  # a passing problem (the plateau before learning starts) leaves the bar
-                loss_value = dist_utils.mean_over_ranks(float(loss.detach()), info)
                 dt = time.monotonic() - t0
                 t0 = time.monotonic()
-                window_loss, window_n = window_loss + loss_value, window_n + 1
                 window_images += len(targets) * info.world_size
                 window_time += dt
-                if info.is_main and steps_log is not None:
-                    steps_log.append({"step": step, "epoch": epoch, "lr": lr, "loss": loss_value})
-                    if writer is not None:
-                        writer.add_scalar("train/loss", loss_value, step)
-                        writer.add_scalar("train/lr", lr, step)
                 ips = window_images / window_time if window_time > 0 else 0.0
                 bar.set_postfix_str(
-                    f"epoch {epoch + 1} loss {loss_value:.4f} {ips:.1f} img/s"
+                    f"epoch {epoch + 1}"
+                    + (f" loss {last_loss:.4f}" if last_loss is not None else "")
+                    + f" {ips:.1f} img/s"
                     + (f" ! {warn_text}" if warn_text else "")
                 )
                 bar.update(1)
@@ -410,6 +430,7 @@ def _train(
                     log.info("validation error stopped improving: learning rate × %g", cfg.lr_factor)
                 epoch, in_epoch = epoch + 1, 0
                 checkpoint(epoch, in_epoch)
+        account(reader.flush())
         if in_epoch:  # cut short by max_steps: a checkpoint so that a longer --max-steps can --resume it
             checkpoint(epoch, in_epoch)
         if last_eval_step != step:  # a run cut short by max_steps still ends with an evaluation
