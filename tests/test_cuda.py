@@ -285,3 +285,74 @@ def test_train_on_the_gpu_pipeline_runs_end_to_end(photo_root, tmp_path, flag):
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300, check=False)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert (out / "model.safetensors").is_file()
+
+
+@pytest.mark.parametrize("prefetch", ["1", "0"])
+def test_batches_delivered_ahead_on_a_side_stream_are_the_cpu_loaders(photo_root, prefetch, monkeypatch):
+    """alexnet.data.ahead: the batch the compute stream reads is complete, and its memory is not reused by the
+    side stream while a slow step still reads it (each step here sleeps on the GPU before it reads its batch)."""
+    from alexnet.data.ahead import PREFETCH_ENV
+    from alexnet.data.folders import ImageFolder
+    from alexnet.data.loader import make_loader
+    from alexnet.data.preprocess import Preprocessing
+    from alexnet.data.transforms import train_transform
+
+    monkeypatch.setenv(PREFETCH_ENV, prefetch)
+    ds = ImageFolder(photo_root, "train", train_transform(Preprocessing()))
+    cpu = list(make_loader(ds, 4, train=True, seed=1, pin_memory=False))
+    for kwargs in ({"device": CUDA, "pin_memory": True}, {"augment_device": "cuda"}):
+        sums, targets = [], []
+        for x, y in make_loader(ds, 4, train=True, seed=1, workers=2, **kwargs):
+            assert x.is_cuda and y.is_cuda
+            torch.cuda._sleep(20_000_000)  # a long step on the compute stream, queued before it reads x
+            sums.append(x.double().sum(dim=(1, 2, 3)))
+            targets.append(y)
+        assert len(sums) == len(cpu) > 1
+        for (x1, y1), s, y in zip(cpu, sums, targets, strict=True):
+            assert torch.equal(y.cpu(), y1)
+            torch.testing.assert_close(s.cpu(), x1.double().sum(dim=(1, 2, 3)), rtol=1e-6, atol=1e-2)
+
+
+def test_a_non_finite_loss_on_cuda_skips_the_fused_update_without_a_host_read():
+    """alexnet.train.loss_reader on CUDA (lag 1): the update of the bad step and of the next are skipped on the
+    device; the bad step's record says so one step later."""
+    from alexnet.train.distributed import DistInfo
+    from alexnet.train.loss_reader import LossReader, StepRecord
+
+    torch.manual_seed(0)
+    model = torch.nn.Linear(8, 4).to(CUDA)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, fused=True)
+    reader = LossReader(opt, DistInfo(device=CUDA), lag=1)
+    x, y = torch.randn(16, 8, device=CUDA), torch.randint(0, 4, (16,), device=CUDA)
+    records, seen = [], None
+    for step in range(4):
+        if step == 2:
+            seen = model.weight.detach().clone()
+        loss = torch.nn.functional.cross_entropy(model(x), y) * (float("nan") if step == 2 else 1.0)
+        records += reader.push(loss, StepRecord(step, 0, 0.1, x))
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+    records += reader.flush()
+    assert [r.step for r in records] == [0, 1, 2, 3]
+    assert [r.finite for r in records] == [True, True, False, True]
+    assert torch.equal(model.weight, seen)
+
+
+def test_training_reads_its_losses_late_on_cuda_and_logs_every_step(photo_root, tmp_path):
+    """The loop's default on CUDA (lag 1, batches ahead): the same steps are logged, with finite losses."""
+    import csv
+
+    out = tmp_path / "run"
+    cmd = [
+        sys.executable, "-m", "alexnet.cli", "train", "--model", "alexnet", "--data", str(photo_root),
+        "--out", str(out), "--device", "cuda", "--amp", "--batch-size", "4", "--max-steps", "5",
+        "--workers", "2", "--checkpoint-every", "2",
+    ]  # fmt: skip
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300, check=False)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    with (out / "steps.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    assert [int(r["step"]) for r in rows] == [1, 2, 3, 4, 5]
+    assert all(torch.isfinite(torch.tensor(float(r["loss"]))) for r in rows)

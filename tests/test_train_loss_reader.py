@@ -147,7 +147,9 @@ def test_a_run_reading_its_losses_late_logs_and_learns_exactly_as_one_reading_th
     assert metrics[0] == metrics[1] and len(metrics[0]) == 3
 
 
-def test_a_non_finite_loss_read_late_stops_at_the_same_step_naming_the_same_layer(tmp_path, data, monkeypatch):
+def test_a_non_finite_loss_read_late_stops_at_the_same_step_naming_the_same_layer(
+    tmp_path, data, monkeypatch
+):
     messages = {}
     for lag in ("0", "1"):
         monkeypatch.setenv(LAG_ENV, lag)

@@ -113,7 +113,8 @@ class Loader(DataLoader):
 
     ``augment_device``: the main process finishes each batch there (:mod:`alexnet.data.on_device`), from
     ``uint8`` patches the workers decoded and resized, or with ``decode_on_device`` from the files' bytes; the
-    images arrive on that device.
+    images arrive on that device. ``device``: the batches (images and targets) arrive there, a CUDA device's one
+    batch ahead on a side stream (:mod:`alexnet.data.ahead`); with ``augment_device`` it is that device.
     """
 
     def __init__(
@@ -122,8 +123,12 @@ class Loader(DataLoader):
         *args: Any,
         augment_device: str | torch.device | None = None,
         decode_on_device: bool = False,
+        device: str | torch.device | None = None,
         **kwargs: Any,
     ) -> None:
+        if augment_device is not None:
+            device = augment_device
+        self.device = torch.device(device) if device is not None else None
         if augment_device is None:
             if decode_on_device:
                 raise ValueError("decode_on_device needs an augment_device")
@@ -145,9 +150,17 @@ class Loader(DataLoader):
         sampler = self.batch_sampler.sampler if self.batch_sampler is not None else self.sampler
         sampler.set_epoch(epoch, start_batch)  # type: ignore[union-attr]
 
+    def _finish(self, batch: Any) -> tuple[torch.Tensor, torch.Tensor, list[tuple[str, str]]]:
+        images, targets, bad = batch if self.decoder is None else self.decoder(batch)
+        if self.device is not None:
+            images = images.to(self.device, non_blocking=True)
+            targets = targets.to(self.device, non_blocking=True)
+        return images, targets, bad
+
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:  # type: ignore[override]
-        for batch in super().__iter__():
-            images, targets, bad = batch if self.decoder is None else self.decoder(batch)
+        from alexnet.data.ahead import deliver
+
+        for images, targets, bad in deliver(super().__iter__(), self._finish, self.device):
             if bad:
                 for path, reason in bad:
                     log.warning("skipped unreadable file %s: %s", path, reason)
@@ -182,6 +195,7 @@ def make_loader(
     prefetch_factor: int | None = None,
     augment_device: str | torch.device | None = None,
     decode_on_device: bool = False,
+    device: str | torch.device | None = None,
 ) -> Loader:
     """A :class:`Loader` over ``dataset`` (items ``(image, target)`` or ``BadSample``).
 
@@ -197,6 +211,8 @@ def make_loader(
             the workers decoding and resizing to ``uint8`` patches; see :mod:`alexnet.data.on_device`.
         decode_on_device: with ``augment_device``, decode the JPEGs there too (``"cuda"``: nvJPEG), the workers
             only reading files.
+        device: deliver the batches there (a CUDA device's one batch ahead, on a side stream); with
+            ``augment_device``, that device.
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be ≥ 1, not {batch_size}")
@@ -225,6 +241,7 @@ def make_loader(
         num_workers=workers,
         augment_device=augment_device,
         decode_on_device=decode_on_device,
+        device=device,
         pin_memory=_pin(pin_memory, augment_device, decode_on_device),
         drop_last=train if drop_last is None else drop_last,
         # Starting an iterator draws the workers' base seed from this generator; a private one keeps the

@@ -165,11 +165,18 @@ def open_run_data(
 
 
 def train_loader(
-    dataset: Dataset, cfg: TrainConfig, rank: int, world: int, pin: bool, augment_device: Any = None
+    dataset: Dataset,
+    cfg: TrainConfig,
+    rank: int,
+    world: int,
+    pin: bool,
+    augment_device: Any = None,
+    device: Any = None,
 ) -> Any:
     """:func:`alexnet.data.loader.make_loader`: order a function of (seed, epoch), augmentation seeded per global
     position, DDP ranks reading strided shards whose union is the global batch; call ``set_epoch(e, start)``.
-    ``augment_device``: finish the batches there (``--gpu-augment``; ``--gpu-decode`` decodes there too)."""
+    ``augment_device``: finish the batches there (``--gpu-augment``; ``--gpu-decode`` decodes there too);
+    ``device``: deliver them there (on CUDA copied one batch ahead, :mod:`alexnet.data.ahead`)."""
     from alexnet.data.loader import make_loader
 
     loader = make_loader(
@@ -183,6 +190,7 @@ def train_loader(
         pin_memory=pin,
         augment_device=augment_device,
         decode_on_device=cfg.gpu_decode and augment_device is not None,
+        device=device,
     )
     # A private generator: starting an epoch's iterator must not draw from the global RNG (dropout masks), or a
     # resumed run would diverge from an uninterrupted one.

@@ -155,7 +155,10 @@ def _train(
     if not info.is_main:
         pre, data = open_data(False)
     on_gpu = info.device if cfg.gpu_augment or cfg.gpu_decode else None  # where batches are finished
-    loader = train_loader(data.train, cfg, info.rank, info.world_size, info.device.type == "cuda", on_gpu)
+    on_cuda = info.device.type == "cuda"
+    loader = train_loader(
+        data.train, cfg, info.rank, info.world_size, on_cuda, on_gpu, info.device if on_cuda else None
+    )
     steps_per_epoch = len(loader)
     if steps_per_epoch == 0:
         raise DataError(
