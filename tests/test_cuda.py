@@ -339,7 +339,7 @@ def test_a_non_finite_loss_on_cuda_skips_the_fused_update_without_a_host_read():
     assert torch.equal(model.weight, seen)
 
 
-def test_training_reads_its_losses_late_on_cuda_and_logs_every_step(photo_root, tmp_path):
+def test_training_end_to_end_on_cuda_reads_its_losses_late_and_logs_every_step(photo_root, tmp_path):
     """The loop's default on CUDA (lag 1, batches ahead): the same steps are logged, with finite losses."""
     import csv
 

@@ -5,7 +5,9 @@
 #   Usage: bash tools/gpu_check.sh [SECTION ...]
 #   sections: tests (or quicktests: LRN, conv stages, towers, models) stage bench tf32 data train profile compile
 #   spread (alexnet's and caffenet's training rows in six processes, cuDNN's algorithms timed or by heuristics)
-#   (default: all but quicktests)
+#   loop (alexnet train from the packed store: losses read late and batches ahead, against reading each loss at
+#   once and copying on the compute stream, ALEXNET_LOSS_LAG=0 ALEXNET_PREFETCH=0, in alternation)
+#   (default: all but quicktests and loop)
 set -u
 OUT=${OUT:-gpu-out}; mkdir -p "$OUT"
 export PYTHONPATH=$PWD/src PYTHONUNBUFFERED=1 ALEXNET_CACHE=/tmp/alexnet-cache ALEXNET_DATA=/tmp/alexnet-data TQDM_DISABLE=1
@@ -65,10 +67,10 @@ if want profile; then
   timeout 180 $PY tools/gpu_profile.py --profile ${PROFILE:-torchvision_alexnet alexnet zfnet} --copies ${COPIES:-alexnet zfnet} 2>&1 | tee "$OUT/profile.txt"
 fi
 
-if want data || want train; then
+if want data || want train || want loop; then
   $PY tools/make_jpegs.py /tmp/jpegs --images 4000
 fi
-if want data || want train; then
+if want data || want train || want loop; then
   step "alexnet data-pack: the JPEGs decoded once at 256×256 (AlexNet §2), 12 workers"
   timeout 120 $PY -m alexnet.cli data-pack /tmp/jpegs --workers 12 --json > "$OUT/pack.json"; tail -c 300 "$OUT/pack.json"
 fi
@@ -89,6 +91,21 @@ if want train; then
     echo "$mode: $(cut -d, -f1,8 /tmp/run-$mode/metrics.csv 2>/dev/null | tr '\n' ' ')"
   done
   unset ALEXNET_PACKED
+fi
+
+if want loop; then
+  step "CUDA tests: batches ahead on a side stream, losses read late"
+  timeout 240 $PY -m pytest -q -x -p no:cacheprovider tests/test_cuda.py -k "ahead or late or skips_the_fused" 2>&1 \
+    | tee "$OUT/loop-tests.log" | tail -3
+  step "training loop A/B: alexnet bf16 --gpu-augment from the store, 12 workers, images/s of each epoch"
+  for ab in sync late sync late; do
+    if [ $ab = sync ]; then export ALEXNET_LOSS_LAG=0 ALEXNET_PREFETCH=0; else unset ALEXNET_LOSS_LAG ALEXNET_PREFETCH; fi
+    rm -rf /tmp/run-loop
+    timeout 100 $PY -m alexnet.cli train --model alexnet --data /tmp/jpegs --out /tmp/run-loop --device cuda --amp \
+      --batch-size 256 --epochs 4 --workers 12 --checkpoint-every 100000 --gpu-augment > "$OUT/loop-$ab.log" 2>&1
+    echo "$ab: $(cut -d, -f1,8 /tmp/run-loop/metrics.csv 2>/dev/null | tr '\n' ' ')"
+  done
+  unset ALEXNET_LOSS_LAG ALEXNET_PREFETCH
 fi
 
 if want compile; then
