@@ -10,30 +10,15 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import nn
-from torch.utils._python_dispatch import TorchDispatchMode
 
 from alexnet.models import build_model, fused, native
 from alexnet.models.layers import LocalResponseNorm
+from test_dispatch_support import OpLog
 
 pytestmark = pytest.mark.skipif(
     not any(shutil.which(c) for c in ("c++", "g++", "clang++")), reason="no C++ compiler on this machine"
 )
 CL = torch.channels_last
-
-
-class OpLog(TorchDispatchMode):
-    """Records the name of every operator dispatched while active."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.names: list[str] = []
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        self.names.append(str(func.overloadpacket))
-        return func(*args, **(kwargs or {}))
-
-    def count(self, name: str) -> int:
-        return sum(n == name for n in self.names)
 
 
 STAGE = "alexnet.relu_lrn_pool"

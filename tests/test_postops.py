@@ -6,9 +6,9 @@ from __future__ import annotations
 import pytest
 import torch
 from torch import nn
-from torch.utils._python_dispatch import TorchDispatchMode
 
 from alexnet.models import build_model, postops
+from test_dispatch_support import OpLog
 
 CL = torch.channels_last
 CONV = "mkldnn._convolution_pointwise"
@@ -17,21 +17,6 @@ LINEAR = "mkldnn._linear_pointwise"
 pytestmark = pytest.mark.skipif(
     not torch.backends.mkldnn.is_available(), reason="PyTorch built without oneDNN"
 )
-
-
-class OpLog(TorchDispatchMode):
-    """Records the name of every operator dispatched while active."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.names: list[str] = []
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        self.names.append(str(func.overloadpacket))
-        return func(*args, **(kwargs or {}))
-
-    def count(self, name: str) -> int:
-        return sum(n == name for n in self.names)
 
 
 def calls(model: nn.Module, x: torch.Tensor, grad: bool = False) -> tuple[int, int]:

@@ -1,18 +1,21 @@
 """Times what one loader worker does per image for `alexnet train --gpu-augment` (read or decode, resize to the
 256×256 patch, collate the uint8 batch and draw its random crops, mirrors and lighting), from the files and
 from `alexnet data-pack`'s store, on one CPU core: the images/s each worker process can feed a GPU. Runs
-without a GPU.
+without a GPU. ``--loader`` times the same through a real DataLoader with one worker process instead, the
+batches' way to the main process included (shared memory, the queue), the main process only receiving them.
 
     python tools/make_jpegs.py /tmp/jpegs --images 400 && alexnet data-pack /tmp/jpegs
-    python tools/worker_rate.py /tmp/jpegs [--images 320] [--batch-size 64]
+    python tools/worker_rate.py /tmp/jpegs [--images 320] [--batch-size 64] [--loader]
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import time
 
 import torch
+from torch.utils.data import DataLoader
 
 from alexnet import malloc
 from alexnet.data.folders import ImageFolder
@@ -33,22 +36,38 @@ def rate(dataset: ImageFolder, images: int, batch_size: int) -> float:
     return images / (time.perf_counter() - start)
 
 
+def loader_rate(dataset: ImageFolder, images: int, batch_size: int) -> float:
+    """Images/s the main process receives from one worker process, after one untimed batch."""
+    items = EncodedItems(dataset)
+    keys = [(i % len(dataset), i) for i in range(images + batch_size)]
+    collate = functools.partial(collate_encoded, plan=items.plan)
+    loader = DataLoader(items, batch_size=batch_size, sampler=keys, num_workers=1, collate_fn=collate)
+    batches = iter(loader)
+    next(batches)
+    start = time.perf_counter()
+    for _ in batches:
+        pass
+    return images / (time.perf_counter() - start)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("root", help="data folder with train/ (and, for the second row, its packed store)")
     parser.add_argument("--images", type=int, default=320)
     parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--loader", action="store_true", help="through a DataLoader with one worker process")
     args = parser.parse_args()
+    measure = loader_rate if args.loader else rate
     malloc.tune()
     torch.set_num_threads(1)
     pre = Preprocessing(input_size=227)
     files = ImageFolder(args.root, "train", train_transform(pre))
-    print(f"files : {rate(files, args.images, args.batch_size):8.0f} images/s per worker core")
+    print(f"files : {measure(files, args.images, args.batch_size):8.0f} images/s per worker core")
     packed = ImageFolder(args.root, "train", train_transform(pre))
     if attach(packed, pre.resize) is None:
         print(f"packed: no store (run `alexnet data-pack {args.root}`)")
         return
-    print(f"packed: {rate(packed, args.images, args.batch_size):8.0f} images/s per worker core")
+    print(f"packed: {measure(packed, args.images, args.batch_size):8.0f} images/s per worker core")
 
 
 if __name__ == "__main__":
