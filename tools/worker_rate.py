@@ -22,6 +22,7 @@ from alexnet.data.folders import ImageFolder
 from alexnet.data.on_device import EncodedItems, collate_encoded
 from alexnet.data.packed import attach
 from alexnet.data.preprocess import Preprocessing
+from alexnet.data.shm_pool import BatchPool
 from alexnet.data.transforms import train_transform
 
 
@@ -36,17 +37,18 @@ def rate(dataset: ImageFolder, images: int, batch_size: int) -> float:
     return images / (time.perf_counter() - start)
 
 
-def loader_rate(dataset: ImageFolder, images: int, batch_size: int) -> float:
+def loader_rate(dataset: ImageFolder, images: int, batch_size: int, use_pool: bool = True) -> float:
     """Images/s the main process receives from one worker process, after one untimed batch."""
     items = EncodedItems(dataset)
     keys = [(i % len(dataset), i) for i in range(images + batch_size)]
-    collate = functools.partial(collate_encoded, plan=items.plan)
+    pool = BatchPool(1, 4) if use_pool else None  # as alexnet.data.loader.Loader sets it up
+    collate = functools.partial(collate_encoded, plan=items.plan, pool=pool)
     loader = DataLoader(items, batch_size=batch_size, sampler=keys, num_workers=1, collate_fn=collate)
     batches = iter(loader)
     next(batches)
     start = time.perf_counter()
-    for _ in batches:
-        pass
+    for items_, *_ in batches:
+        items_.release()  # as the loader's pin thread or the batch decoder does
     return images / (time.perf_counter() - start)
 
 
@@ -56,8 +58,9 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=320)
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--loader", action="store_true", help="through a DataLoader with one worker process")
+    parser.add_argument("--no-pool", action="store_true", help="with --loader: fresh shared memory per batch")
     args = parser.parse_args()
-    measure = loader_rate if args.loader else rate
+    measure = functools.partial(loader_rate, use_pool=not args.no_pool) if args.loader else rate
     malloc.tune()
     torch.set_num_threads(1)
     pre = Preprocessing(input_size=227)

@@ -136,10 +136,14 @@ class Loader(DataLoader):
             self.decoder = None
         else:
             from alexnet.data.on_device import BatchDecoder, EncodedItems, collate_encoded
+            from alexnet.data.shm_pool import BatchPool
 
             decoder = BatchDecoder(dataset.transform, augment_device)  # type: ignore[attr-defined]
             items = EncodedItems(dataset, decode=not decode_on_device)
-            collate = functools.partial(collate_encoded, plan=items.plan)  # the workers draw the crops
+            workers = kwargs.get("num_workers", 0)
+            # the workers draw the crops, and reuse their batches' shared memory
+            pool = BatchPool(workers, (kwargs.get("prefetch_factor") or 2) + 2) if workers else None
+            collate = functools.partial(collate_encoded, plan=items.plan, pool=pool)
             super().__init__(items, *args, collate_fn=collate, **kwargs)
             self.decoder = decoder
         self.source = dataset

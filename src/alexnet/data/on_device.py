@@ -41,6 +41,7 @@ from torchvision.transforms import v2
 from alexnet.data.folders import BadSample, _reason
 from alexnet.data.images import JPEG_HEADER_SCAN, JPEG_SOI, MAX_PIXELS, decode_rgb, jpeg_size, read_bytes
 from alexnet.data.loader import seeded
+from alexnet.data.shm_pool import BatchPool, Slot
 from alexnet.data.transforms import ToModelInput
 from alexnet.errors import DataError, ImageError
 
@@ -58,11 +59,29 @@ class Encoded:
 class Patches(NamedTuple):
     """A batch of central patches as the workers hand it over: ``pixels`` N×3×P×P ``uint8``, and the samples'
     random parameters drawn under their seeds, ``params`` N×3 (top, left, mirrored) and lighting ``offsets``
-    N×3, or ``None`` where the plan has none. A named tuple, so the loader pins each tensor."""
+    N×3, or ``None`` where the plan has none. ``slot``: the worker's reusable buffer the pixels travel in
+    (:mod:`alexnet.data.shm_pool`), freed once they are pinned or finished on the device."""
 
     pixels: torch.Tensor
     params: torch.Tensor | None
     offsets: torch.Tensor | None
+    slot: Slot | None = None
+
+    def pin_memory(self) -> Patches:
+        """What the DataLoader's pin thread calls: pinned copies, and the slot free again at once."""
+        pinned = Patches(
+            self.pixels.pin_memory(),
+            None if self.params is None else self.params.pin_memory(),
+            None if self.offsets is None else self.offsets.pin_memory(),
+        )
+        self.release()
+        return pinned
+
+    def release(self) -> None:
+        """Nothing reads ``pixels`` any more: the worker may reuse its buffer."""
+        if self.slot is not None:
+            self.slot.keep_mapping(self.pixels.untyped_storage())
+            self.slot.free()
 
 
 class EncodedItems(Dataset):
@@ -114,23 +133,27 @@ Items = list[Encoded] | Patches
 
 
 def collate_encoded(
-    batch: list[tuple[Encoded | BadSample, int, int]], plan: _Plan | None = None
+    batch: list[tuple[Encoded | BadSample, int, int]],
+    plan: _Plan | None = None,
+    pool: BatchPool | None = None,
 ) -> tuple[Items, torch.Tensor, list[int], list[tuple[str, str]]]:
     """``(items, targets, seeds, bad)``: ``items`` one :class:`Patches` when every sample is a patch (one
-    shared-memory block per batch, pinned by the loader), with the random parameters ``plan`` draws for them,
-    else the list of :class:`Encoded`; unreadable files go to ``bad`` as ``(path, reason)``."""
+    shared-memory block per batch, a slot of ``pool`` when there is one free, pinned by the loader), with the
+    random parameters ``plan`` draws for them, else the list of :class:`Encoded`; unreadable files go to ``bad``
+    as ``(path, reason)``."""
     good = [b for b in batch if isinstance(b[0], Encoded)]
     bad = [(b[0].path, b[0].reason) for b in batch if isinstance(b[0], BadSample)]
     encoded: list[Encoded] = [b[0] for b in good]  # type: ignore[misc]
     seeds = [b[2] for b in good]
     items: Items = encoded
     if encoded and all(e.patched for e in encoded):
-        pixels = torch.stack([e.data for e in encoded])
+        data = [e.data for e in encoded]
+        pixels, slot = pool.stack(data) if pool is not None else (torch.stack(data), None)
         params = offsets = None
         if plan is not None and isinstance(plan.crop, v2.RandomCrop):
             drawn, offsets = plan.draw(seeds, pixels[0])
             params = torch.tensor(drawn, dtype=torch.long)
-        items = Patches(pixels, params, offsets)
+        items = Patches(pixels, params, offsets, slot)
     return items, torch.tensor([b[1] for b in good], dtype=torch.long), seeds, bad
 
 
@@ -270,9 +293,13 @@ class BatchDecoder:
         """A collated batch (:func:`collate_encoded`) → ``(images on the device, targets, bad)``."""
         items, targets, seeds, bad = batch
         if isinstance(items, Patches):  # from the workers: only the batched random part is left
+            # (a copy from memory that is not pinned is made before .to() returns, even non-blocking)
             pixels = items.pixels.to(self.device, non_blocking=True)
             drawn = (items.params, items.offsets) if items.params is not None else None
-            return self.plan(pixels, seeds, drawn), targets, bad  # type: ignore[misc]
+            out = self.plan(pixels, seeds, drawn)  # type: ignore[misc]
+            del pixels
+            items.release()
+            return out, targets, bad
         images, failed = self.decode(items)
         keep = [i for i, img in enumerate(images) if img is not None]
         if not keep:
