@@ -356,3 +356,21 @@ def test_training_end_to_end_on_cuda_reads_its_losses_late_and_logs_every_step(p
         rows = list(csv.DictReader(f))
     assert [int(r["step"]) for r in rows] == [1, 2, 3, 4, 5]
     assert all(torch.isfinite(torch.tensor(float(r["loss"]))) for r in rows)
+
+
+def test_pinning_a_pooled_batch_frees_its_slot_at_once(photo_root):
+    """alexnet.data.shm_pool on the pinned path: the pin thread copies the patches and frees the slot, so the
+    workers keep refilling a few buffers while the batches are used on the GPU."""
+    import gc
+
+    from alexnet.data.folders import ImageFolder
+    from alexnet.data.loader import make_loader
+    from alexnet.data.preprocess import Preprocessing
+    from alexnet.data.transforms import train_transform
+
+    ds = ImageFolder(photo_root, "train", train_transform(Preprocessing()))
+    loader = make_loader(ds, 4, train=True, seed=1, workers=2, augment_device="cuda")
+    pool = loader.collate_fn.keywords["pool"]
+    held = [x for x, _ in loader]  # the batches on the GPU are kept; their slots are not
+    gc.collect()
+    assert len(held) > 1 and pool.in_use() == 0

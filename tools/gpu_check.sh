@@ -79,6 +79,9 @@ if want data; then
   timeout 240 $PY -m alexnet.cli bench --only-data --data /tmp/jpegs --device cuda --workers 8 --data-images 24000 \
     --json > "$OUT/data.json"
   $PY tools/worker_rate.py /tmp/jpegs --images 640 | tee "$OUT/worker_rate.txt"
+  for pool in "" --no-pool; do  # the same through a DataLoader worker, its batches' shared memory reused or fresh
+    $PY tools/worker_rate.py /tmp/jpegs --images 2560 --batch-size 256 --loader $pool | tee -a "$OUT/worker_rate.txt"
+  done
 fi
 
 if want train; then
@@ -95,7 +98,7 @@ fi
 
 if want loop; then
   step "CUDA tests: batches ahead on a side stream, losses read late"
-  timeout 240 $PY -m pytest -q -x -p no:cacheprovider tests/test_cuda.py -k "ahead or late or skips_the_fused" 2>&1 \
+  timeout 240 $PY -m pytest -q -x -p no:cacheprovider tests/test_cuda.py -k "ahead or late or skips_the_fused or pooled" 2>&1 \
     | tee "$OUT/loop-tests.log" | tail -3
   step "training loop A/B: alexnet bf16 --gpu-augment from the store, 12 workers, images/s of each epoch"
   for ab in sync late sync late; do
