@@ -18,6 +18,7 @@ before: slower, never wrong.
 
 from __future__ import annotations
 
+import contextlib
 import uuid
 import weakref
 from collections.abc import Sequence
@@ -115,7 +116,8 @@ class Slot:
             pool._flags[self.worker, self.index] = 0
 
     def __del__(self) -> None:  # a batch dropped unread (an iterator closed early) frees its slot too
-        self.free()
+        with contextlib.suppress(Exception):  # at interpreter exit the pool may be gone: nothing to free
+            self.free()
 
     def __repr__(self) -> str:
         return f"Slot(worker={self.worker}, index={self.index})"
