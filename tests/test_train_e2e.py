@@ -98,7 +98,9 @@ def test_resume_after_kill_9_reproduces_the_uninterrupted_loss_curve_and_eval_re
     assert [int(r["epoch"]) for r in rows] == [1, 2, 3, 4]  # one row per evaluation, none duplicated
     assert set(rows[0]) == {
         "epoch", "step", "lr", "train_loss", "val_loss", "val_top1_err", "val_top5_err", "images_per_s",
+        "data_wait",
     }  # fmt: skip
+    assert all(0 <= float(r["data_wait"]) <= 1 for r in rows)
 
     ev = run_cli(tmp_path, "eval", "--run", str(cut), "--json", "--workers", "0", "--ten-crop")
     assert ev.returncode == 0, ev.stderr

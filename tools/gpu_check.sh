@@ -85,13 +85,13 @@ if want data; then
 fi
 
 if want train; then
-  step "training alexnet bf16 on the JPEGs, 12 workers: images/s of each epoch (packed: from the store)"
+  step "training alexnet bf16 on the JPEGs, 12 workers: epoch, images/s, data_wait (packed: from the store)"
   for mode in cpu augment packed; do
     flags=""; [ $mode != cpu ] && flags="--gpu-augment"; [ $mode = decode ] && flags="--gpu-decode"
     if [ $mode = packed ]; then unset ALEXNET_PACKED; else export ALEXNET_PACKED=0; fi
     timeout 100 $PY -m alexnet.cli train --model alexnet --data /tmp/jpegs --out /tmp/run-$mode --device cuda --amp \
       --batch-size 256 --epochs 3 --workers 12 --checkpoint-every 100000 $flags > "$OUT/train-$mode.log" 2>&1
-    echo "$mode: $(cut -d, -f1,8 /tmp/run-$mode/metrics.csv 2>/dev/null | tr '\n' ' ')"
+    echo "$mode: $(cut -d, -f1,8,9 /tmp/run-$mode/metrics.csv 2>/dev/null | tr '\n' ' ')"
   done
   unset ALEXNET_PACKED
 fi
@@ -100,13 +100,13 @@ if want loop; then
   step "CUDA tests: batches ahead on a side stream, losses read late"
   timeout 240 $PY -m pytest -q -x -p no:cacheprovider tests/test_cuda.py -k "ahead or late or skips_the_fused or pooled" 2>&1 \
     | tee "$OUT/loop-tests.log" | tail -3
-  step "training loop A/B: alexnet bf16 --gpu-augment from the store, 12 workers, images/s of each epoch"
+  step "training loop A/B: alexnet bf16 --gpu-augment from the store, 12 workers: epoch, images/s, data_wait"
   for ab in sync late sync late; do
     if [ $ab = sync ]; then export ALEXNET_LOSS_LAG=0 ALEXNET_PREFETCH=0; else unset ALEXNET_LOSS_LAG ALEXNET_PREFETCH; fi
     rm -rf /tmp/run-loop
     timeout 100 $PY -m alexnet.cli train --model alexnet --data /tmp/jpegs --out /tmp/run-loop --device cuda --amp \
       --batch-size 256 --epochs 4 --workers 12 --checkpoint-every 100000 --gpu-augment > "$OUT/loop-$ab.log" 2>&1
-    echo "$ab: $(cut -d, -f1,8 /tmp/run-loop/metrics.csv 2>/dev/null | tr '\n' ' ')"
+    echo "$ab: $(cut -d, -f1,8,9 /tmp/run-loop/metrics.csv 2>/dev/null | tr '\n' ' ')"
   done
   unset ALEXNET_LOSS_LAG ALEXNET_PREFETCH
 fi

@@ -243,7 +243,7 @@ def _train(
     )
     ctx.extra["config"] = cfg
     ctx.extra["world_size"] = info.world_size
-    window_loss, window_n, window_images, window_time = 0.0, 0, 0, 0.0
+    window_loss, window_n, window_images, window_time, window_data = 0.0, 0, 0, 0.0, 0.0
     last_loss: float | None = None  # the newest loss read (the progress bar's)
 
     def account(records: list[StepRecord]) -> None:
@@ -312,7 +312,7 @@ def _train(
     warn_text, warn_step = "", 0
 
     def run_eval(epoch_: int) -> EvalResult:
-        nonlocal window_loss, window_n, window_images, window_time, last, last_eval_step
+        nonlocal window_loss, window_n, window_images, window_time, window_data, last, last_eval_step
         account(reader.flush())
         result = evaluate_loader(
             net,
@@ -333,26 +333,33 @@ def _train(
             "val_top1_err": result.top1_err,
             "val_top5_err": result.top5_err,
             "images_per_s": window_images / window_time if window_time > 0 else None,
+            "data_wait": min(1.0, window_data / window_time) if window_time > 0 else None,
         }
         if info.is_main and metrics_log is not None:
             metrics_log.append(row)
             for path, reason in result.skipped_files:
                 log.warning("skipped unreadable file %s: %s", path, reason)
             log.info(
-                "epoch %d step %d: val top-1 error %.2f%%, top-5 error %.2f%%, val loss %.4f",
+                "epoch %d step %d: val top-1 error %.2f%%, top-5 error %.2f%%, val loss %.4f%s",
                 epoch_,
                 step,
                 100 * result.top1_err,
                 100 * result.top5_err,
                 result.loss,
+                ""
+                if row["data_wait"] is None
+                else f"; training {row['images_per_s']:.1f} images/s, {100 * row['data_wait']:.0f}% of the time "
+                "getting batches",
             )
             if writer is not None:
                 writer.add_scalar("val/top1_err", result.top1_err, step)
                 writer.add_scalar("val/top5_err", result.top5_err, step)
                 writer.add_scalar("val/loss", result.loss, step)
+                if row["data_wait"] is not None:
+                    writer.add_scalar("train/data_wait", row["data_wait"], step)
         ctx.step, ctx.epoch = step, epoch_
         _run_callbacks(callbacks, "on_eval", ctx, {k: v for k, v in row.items() if v is not None})
-        window_loss, window_n, window_images, window_time = 0.0, 0, 0, 0.0
+        window_loss, window_n, window_images, window_time, window_data = 0.0, 0, 0, 0.0, 0.0
         last, last_eval_step = result, step
         return result
 
@@ -372,7 +379,13 @@ def _train(
         while epoch < cfg.epochs and step < total_steps:
             loader.set_epoch(epoch, in_epoch)
             t0 = time.monotonic()
-            for images, targets in loader:
+            batches = iter(loader)
+            while True:
+                try:  # the time to get a batch: the workers, and with --gpu-augment its launch on the GPU
+                    images, targets = next(batches)
+                except StopIteration:
+                    break
+                window_data += time.monotonic() - t0
                 in_epoch += 1
                 images = images.to(info.device, non_blocking=True)
                 targets = targets.to(info.device, non_blocking=True)

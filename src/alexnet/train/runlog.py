@@ -26,6 +26,7 @@ METRIC_FIELDS = [
     "val_top1_err",
     "val_top5_err",
     "images_per_s",
+    "data_wait",  # share of the training time spent getting the next batch: near 1 = input-bound
 ]
 STEP_FIELDS = ["step", "epoch", "lr", "loss"]
 
