@@ -123,10 +123,11 @@ class ToModelInput(nn.Module):
         """The conversion with given lighting ``offsets`` (one row per image of ``img``'s batch dims), on
         ``img``'s device: :meth:`forward` draws them; the GPU batch decoder draws them per sample."""
         batch = img.shape[:-3]
-        gain, bias = self.gain.to(img.device), self.bias.to(img.device)
+        # non-blocking: a blocking copy to a GPU waits for everything queued on the stream (the batch's pixels)
+        gain, bias = self.gain.to(img.device, non_blocking=True), self.bias.to(img.device, non_blocking=True)
         bias = bias.expand(*batch, 3)
         if offsets is not None:
-            offset = offsets.to(img.device).reshape(*batch, 3)  # RGB, 0–1 scale
+            offset = offsets.to(img.device, non_blocking=True).reshape(*batch, 3)  # RGB, 0–1 scale
             if self.bgr:
                 offset = offset.flip(-1)
             bias = bias + offset * (gain * 255.0)
