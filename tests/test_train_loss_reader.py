@@ -143,7 +143,12 @@ def test_a_run_reading_its_losses_late_logs_and_learns_exactly_as_one_reading_th
     metrics = []
     for k in ("0", "1"):
         with (runs[k] / "metrics.csv").open() as f:  # the train loss of each evaluation window too
-            metrics.append([{c: v for c, v in r.items() if c not in ("images_per_s", "data_wait")} for r in csv.DictReader(f)])
+            metrics.append(
+                [
+                    {c: v for c, v in r.items() if c not in ("images_per_s", "data_wait")}
+                    for r in csv.DictReader(f)
+                ]
+            )
     assert metrics[0] == metrics[1] and len(metrics[0]) == 3
 
 
