@@ -77,9 +77,8 @@ class LossReader:
         self.info = info
         self.lag = lag
         self._pending: deque[tuple[StepRecord, torch.Tensor, Any]] = deque()
-        self._flag: torch.Tensor | None = (
-            None  # 1.0 from the first non-finite loss on (float32, as found_inf)
-        )
+        # 1.0 from the first non-finite loss on (float32, as found_inf expects)
+        self._flag: torch.Tensor | None = None
 
     def push(self, loss: torch.Tensor, record: StepRecord) -> list[StepRecord]:
         # [mean loss, 1 if the loss is not finite on any rank]: one small all-reduce, queued like the step
