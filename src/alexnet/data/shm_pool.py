@@ -61,9 +61,7 @@ class BatchPool:
         info = get_worker_info()
         if info is None:
             return torch.stack(list(tensors)), None
-        first = tensors[0]
-        shape = (len(tensors), *first.shape)
-        nbytes = len(tensors) * first.nbytes
+        nbytes = len(tensors) * tensors[0].nbytes
         flags = self._flags[info.id]
         for k in range(len(flags)):
             if flags[k]:
@@ -72,16 +70,20 @@ class BatchPool:
             if buf is None or buf.nbytes() < nbytes:
                 buf = self._buffers[k] = torch.UntypedStorage._new_shared(nbytes)
             flags[k] = 1
-            out = torch.empty(0, dtype=torch.uint8).set_(buf)[:nbytes].view(first.dtype).view(shape)
-            torch.stack(list(tensors), out=out)
-            return out, Slot(self.id, info.id, k)
+            return _stack_into(buf, tensors), Slot(self.id, info.id, k)
         fresh = torch.UntypedStorage._new_shared(nbytes)  # as default_collate does in a worker
-        out = torch.empty(0, dtype=torch.uint8).set_(fresh).view(first.dtype).view(shape)
-        return torch.stack(list(tensors), out=out), None
+        return _stack_into(fresh, tensors), None
 
     def in_use(self) -> int:
         """How many slots are taken now, over all workers."""
         return int(self._flags.sum())
+
+
+def _stack_into(buf: torch.UntypedStorage, tensors: Sequence[torch.Tensor]) -> torch.Tensor:
+    """``torch.stack(tensors)`` written to the start of ``buf``."""
+    first = tensors[0]
+    out = torch.empty(0, dtype=torch.uint8).set_(buf)[: len(tensors) * first.nbytes]
+    return torch.stack(list(tensors), out=out.view(first.dtype).view(len(tensors), *first.shape))
 
 
 class Slot:
