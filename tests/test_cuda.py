@@ -273,8 +273,9 @@ def test_nvjpeg_batches_match_the_cpu_loader(photo_root):
         assert torch.quantile(diff.flatten()[::97], 0.99) < 0.15
 
 
-@pytest.mark.parametrize("flag", ["--gpu-augment", "--gpu-decode"])
-def test_train_on_the_gpu_pipeline_runs_end_to_end(photo_root, tmp_path, flag):
+@pytest.mark.parametrize("flag", ["--gpu-augment", "--gpu-decode", "--no-gpu-augment"])
+def test_train_on_each_cuda_input_pipeline_runs_end_to_end(photo_root, tmp_path, flag):
+    """The GPU's pipelines, and the workers' own (--no-gpu-augment; unset, a CUDA run augments on the GPU)."""
     out = tmp_path / "run"
     cmd = [
         sys.executable, "-m", "alexnet.cli", "train", "--model", "alexnet", "--data", str(photo_root),

@@ -258,3 +258,23 @@ def test_random_parameters_differ_between_samples(photo_root):
     assert (
         offsets is not None and offsets.shape == (64, 3) and np.unique(offsets.numpy(), axis=0).shape[0] == 64
     )
+
+
+def test_gpu_augment_is_on_by_default_for_cuda_runs_with_batched_preprocessing(photo_root):
+    """Unset, --gpu-augment follows the device: the batches are the same, the workers do a third of the work."""
+    from alexnet.train.config import TrainConfig
+    from alexnet.train.loop import _finish_on_device
+
+    batched = ImageFolder(photo_root, "train", train_transform(Preprocessing()))
+    mean_image = torch.zeros(3, 256, 256)
+    pre_image = Preprocessing(mean_image=True)
+    per_image = ImageFolder(photo_root, "train", train_transform(pre_image, mean_image=mean_image))
+    cuda, cpu = torch.device("cuda"), torch.device("cpu")
+    unset = TrainConfig(model="alexnet", out="unused")
+    assert unset.gpu_augment is None
+    assert _finish_on_device(unset, cuda, batched)
+    assert not _finish_on_device(unset, cpu, batched)
+    assert not _finish_on_device(unset, cuda, per_image)  # a mean image: the workers' own pipeline
+    assert not _finish_on_device(unset.with_overrides(gpu_augment=False), cuda, batched)
+    assert _finish_on_device(unset.with_overrides(gpu_augment=True), cuda, per_image)
+    assert _finish_on_device(unset.with_overrides(gpu_decode=True), cuda, per_image)

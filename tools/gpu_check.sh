@@ -87,7 +87,7 @@ fi
 if want train; then
   step "training alexnet bf16 on the JPEGs, 12 workers: epoch, images/s, data_wait (packed: from the store)"
   for mode in cpu augment packed; do
-    flags=""; [ $mode != cpu ] && flags="--gpu-augment"; [ $mode = decode ] && flags="--gpu-decode"
+    flags="--gpu-augment"; [ $mode = cpu ] && flags="--no-gpu-augment"; [ $mode = decode ] && flags="--gpu-decode"
     if [ $mode = packed ]; then unset ALEXNET_PACKED; else export ALEXNET_PACKED=0; fi
     timeout 100 $PY -m alexnet.cli train --model alexnet --data /tmp/jpegs --out /tmp/run-$mode --device cuda --amp \
       --batch-size 256 --epochs 3 --workers 12 --checkpoint-every 100000 $flags > "$OUT/train-$mode.log" 2>&1

@@ -79,7 +79,8 @@ _BOOL_FLAGS = [
         "--gpu-augment",
         "gpu_augment",
         "the workers decode and resize to 256x256 uint8 patches; the GPU takes the random crops, mirrors, PCA "
-        "lighting and normalisation of whole batches (CUDA only; docs/performance.md)",
+        "lighting and normalisation of whole batches, with the same numbers (CUDA only; default: on for a CUDA "
+        "run whose preprocessing runs batched, as every recipe's; --no-gpu-augment for the workers' own)",
     ),
     (
         "--gpu-decode",

@@ -132,6 +132,12 @@ class EncodedItems(Dataset):
 Items = list[Encoded] | Patches
 
 
+def runs_batched(transform: Any) -> bool:
+    """Whether the device finishes whole batches of ``transform``'s images in a few kernels (the standard
+    transforms with a per-channel mean; others run image by image)."""
+    return _Plan.of(transform) is not None
+
+
 def collate_encoded(
     batch: list[tuple[Encoded | BadSample, int, int]],
     plan: _Plan | None = None,

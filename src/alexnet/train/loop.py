@@ -115,6 +115,19 @@ def train(
         dist_utils.teardown()
 
 
+def _finish_on_device(cfg: TrainConfig, device: torch.device, train_set: Any) -> bool:
+    """Whether the batches' random crops, mirrors, lighting and normalisation run on the training device
+    (``--gpu-augment``; ``--gpu-decode`` decodes there too). Unset, on a CUDA device wherever the transform runs
+    batched there (every recipe's): the same batches as the workers make, and the workers do a third of the work."""
+    if cfg.gpu_decode:
+        return True
+    if cfg.gpu_augment is not None:
+        return cfg.gpu_augment
+    from alexnet.data.on_device import runs_batched
+
+    return device.type == "cuda" and runs_batched(getattr(train_set, "transform", None))
+
+
 def _train(
     cfg: TrainConfig,
     info: dist_utils.DistInfo,
@@ -154,7 +167,7 @@ def _train(
     dist_utils.barrier(info)
     if not info.is_main:
         pre, data = open_data(False)
-    on_gpu = info.device if cfg.gpu_augment or cfg.gpu_decode else None  # where batches are finished
+    on_gpu = info.device if _finish_on_device(cfg, info.device, data.train) else None  # where batches end
     on_cuda = info.device.type == "cuda"
     loader = train_loader(
         data.train, cfg, info.rank, info.world_size, on_cuda, on_gpu, info.device if on_cuda else None
@@ -218,10 +231,13 @@ def _train(
             len(data.train),
             len(data.val),
             len(data.skipped),
-            # alexnet data-pack's store, or JPEG decoding in the loader
-            f"pixels from {data.train.pixels.store}"
-            if data.train.pixels is not None
-            else "decoded from the files",
+            # alexnet data-pack's store, or JPEG decoding in the loader; finished by the workers or the GPU
+            (
+                f"pixels from {data.train.pixels.store}"
+                if data.train.pixels is not None
+                else "decoded from the files"
+            )
+            + (", crops, mirrors and lighting on the GPU" if on_gpu is not None else ""),
             info.world_size,
             info.device,
             total_steps,
