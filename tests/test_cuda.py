@@ -375,3 +375,20 @@ def test_pinning_a_pooled_batch_frees_its_slot_at_once(photo_root):
     held = [x for x, _ in loader]  # the batches on the GPU are kept; their slots are not
     gc.collect()
     assert len(held) > 1 and pool.in_use() == 0
+
+
+@pytest.mark.parametrize("ten_crop", [False, True])
+def test_evaluate_on_cuda_counts_what_the_cpu_counts(photo_root, ten_crop):
+    """alexnet eval on CUDA: centre crops finished on the GPU, sums kept on the device, one read at the end."""
+    from alexnet.evaluate import evaluate
+
+    torch.manual_seed(0)
+    model = create_model("alexnet", num_classes=2).eval()
+    cpu = evaluate(model, photo_root, ten_crop=ten_crop, batch_size=4, workers=2, progress=False)
+    gpu = evaluate(
+        model, photo_root, ten_crop=ten_crop, batch_size=4, workers=2, device="cuda", progress=False
+    )
+    assert gpu.images == cpu.images == 14 and gpu.skipped == cpu.skipped == 0
+    assert gpu.loss == pytest.approx(cpu.loss, rel=1e-3)  # the same probabilities, fp32 rounding aside
+    # an untrained model's two classes are near ties: rounding may flip one image
+    assert abs(gpu.top1_err - cpu.top1_err) <= 1 / 14 + 1e-9 and gpu.top5_err == cpu.top5_err == 0

@@ -76,8 +76,10 @@ def evaluate_loader(
     device = torch.device(device)
     was_training = model.training
     model.eval()
-    top1 = top5 = n = 0
-    loss_sum = 0.0
+    # Top-1 hits, top-5 hits and the loss sum stay on the device until the end: no host read per batch, so on a
+    # GPU the next batch's copy and finishing overlap this one's forward pass.
+    sums = torch.zeros(3, dtype=torch.float64, device=device)
+    n = 0
     seen_bad = len(getattr(loader, "bad", []))
     try:
         for images, targets in tqdm(loader, desc=desc, unit="batch", leave=False, disable=not progress):
@@ -89,13 +91,13 @@ def evaluate_loader(
             k = min(5, probs.shape[1])
             ranked = probs.topk(k, dim=1).indices
             hits = ranked == targets[:, None]
-            top1 += int(hits[:, 0].sum())
-            top5 += int(hits.any(dim=1).sum())
+            loss = F.nll_loss(probs.clamp_min(1e-12).log(), targets, reduction="sum")
+            sums += torch.stack([hits[:, 0].sum(), hits.any(dim=1).sum(), loss]).to(torch.float64)
             n += len(targets)
-            loss_sum += float(F.nll_loss(probs.clamp_min(1e-12).log(), targets, reduction="sum"))
     finally:
         model.train(was_training)
     bad = list(getattr(loader, "bad", []))[seen_bad:]
+    top1, top5, loss_sum = sums.tolist()
     counts = torch.tensor([top1, top5, n, loss_sum, len(bad)], dtype=torch.float64, device=device)
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         torch.distributed.all_reduce(counts)
@@ -151,7 +153,14 @@ def evaluate(
         )
     check_split(dataset, progress=progress)
     model.to(device)
-    loader = eval_loader(dataset, batch_size, workers)
+    from alexnet.data.on_device import runs_batched
+
+    # On CUDA as in training: the workers' uint8 patches finished on the GPU (the same crops), one batch ahead.
+    on_cuda = torch.device(device).type == "cuda"
+    finish_on = device if on_cuda and runs_batched(dataset.transform) else None
+    loader = eval_loader(
+        dataset, batch_size, workers, augment_device=finish_on, device=device if on_cuda else None
+    )
     result = evaluate_loader(model, loader, device, progress=progress)
     # dataset.bad holds the files the up-front check dropped and (appended by the loader) those that failed later.
     result.skipped = len(dataset.bad)

@@ -206,10 +206,14 @@ def eval_loader(
     world: int = 1,
     augment_device: Any = None,
     decode_on_device: bool = False,
+    device: Any = None,
 ) -> Any:
-    """In file order; rank ``r`` of ``W`` takes images ``r, r+W, …`` with no padding, so each counts once."""
+    """In file order; rank ``r`` of ``W`` takes images ``r, r+W, …`` with no padding, so each counts once.
+    ``augment_device``, ``decode_on_device``: as :func:`train_loader`'s; ``device``: deliver the batches there
+    (a CUDA device's pinned, one batch ahead)."""
     from alexnet.data.loader import make_loader
 
+    on_cuda = device is not None and torch.device(device).type == "cuda"
     loader = make_loader(
         dataset,
         batch_size,
@@ -217,9 +221,10 @@ def eval_loader(
         workers=workers,
         rank=rank,
         world_size=world,
-        pin_memory=False,
+        pin_memory=on_cuda,
         augment_device=augment_device,
         decode_on_device=decode_on_device,
+        device=device,
     )
     loader.generator = torch.Generator().manual_seed(0)
     return loader

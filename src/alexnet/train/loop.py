@@ -321,6 +321,7 @@ def _train(
         info.world_size,
         on_gpu,
         cfg.gpu_decode,
+        info.device if on_cuda else None,
     )
     last: EvalResult | None = None
     ten_result: EvalResult | None = None
@@ -478,6 +479,7 @@ def _train(
                 info.world_size,
                 on_gpu,
                 cfg.gpu_decode,
+                info.device if on_cuda else None,
             )
             ten_result = evaluate_loader(
                 net,
