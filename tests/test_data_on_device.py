@@ -140,8 +140,11 @@ def test_workers_draw_each_patchs_random_parameters_under_its_seed(photo_root):
     patches, _, got_seeds, _ = collate_encoded([items[(i, s)] for i, s in enumerate(seeds)], items.plan)
     assert isinstance(patches, Patches) and got_seeds == seeds
     params, offsets = _Plan.of(ds.transform).draw(seeds, patches.pixels[0])
-    assert torch.equal(patches.params, torch.tensor(params))
-    assert patches.offsets is not None and torch.equal(patches.offsets, offsets)
+    # NumPy from the worker (pickled by value, no shared-memory block each); tensors again in the main process
+    assert isinstance(patches.params, np.ndarray) and isinstance(patches.offsets, np.ndarray)
+    as_tensors = patches.tensors()
+    assert torch.equal(as_tensors.params, torch.tensor(params))
+    assert as_tensors.offsets is not None and torch.equal(as_tensors.offsets, offsets)
     plain, *_ = collate_encoded([items[(i, s)] for i, s in enumerate(seeds)])
     assert plain.params is None and plain.offsets is None and torch.equal(plain.pixels, patches.pixels)
 

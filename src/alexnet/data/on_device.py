@@ -33,6 +33,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
+import numpy as np
 import torch
 from torch.utils.data import Dataset
 from torchvision.io import ImageReadMode, decode_jpeg
@@ -60,19 +61,28 @@ class Patches(NamedTuple):
     """A batch of central patches as the workers hand it over: ``pixels`` N×3×P×P ``uint8``, and the samples'
     random parameters drawn under their seeds, ``params`` N×3 (top, left, mirrored) and lighting ``offsets``
     N×3, or ``None`` where the plan has none. ``slot``: the worker's reusable buffer the pixels travel in
-    (:mod:`alexnet.data.shm_pool`), freed once they are pinned or finished on the device."""
+    (:mod:`alexnet.data.shm_pool`), freed once they are pinned or finished on the device.
+
+    From a worker, ``params`` and ``offsets`` are NumPy arrays: they cross processes by value, inside the pickled
+    message, where a tensor would get a shared-memory block and a file descriptor of its own (7 % of a worker's
+    rate from the store, docs/performance.md); :meth:`tensors` makes them tensors again."""
 
     pixels: torch.Tensor
-    params: torch.Tensor | None
-    offsets: torch.Tensor | None
+    params: torch.Tensor | np.ndarray | None
+    offsets: torch.Tensor | np.ndarray | None
     slot: Slot | None = None
+
+    def tensors(self) -> Patches:
+        """The same batch with ``params`` and ``offsets`` as tensors (no copy)."""
+        return self._replace(params=_tensor(self.params), offsets=_tensor(self.offsets))
 
     def pin_memory(self) -> Patches:
         """What the DataLoader's pin thread calls: pinned copies, and the slot free again at once."""
+        params, offsets = _tensor(self.params), _tensor(self.offsets)
         pinned = Patches(
             self.pixels.pin_memory(),
-            None if self.params is None else self.params.pin_memory(),
-            None if self.offsets is None else self.offsets.pin_memory(),
+            None if params is None else params.pin_memory(),
+            None if offsets is None else offsets.pin_memory(),
         )
         self.release()
         return pinned
@@ -82,6 +92,10 @@ class Patches(NamedTuple):
         if self.slot is not None:
             self.slot.keep_mapping(self.pixels.untyped_storage())
             self.slot.free()
+
+
+def _tensor(x: torch.Tensor | np.ndarray | None) -> torch.Tensor | None:
+    return torch.from_numpy(x) if isinstance(x, np.ndarray) else x
 
 
 class EncodedItems(Dataset):
@@ -142,7 +156,7 @@ def collate_encoded(
     batch: list[tuple[Encoded | BadSample, int, int]],
     plan: _Plan | None = None,
     pool: BatchPool | None = None,
-) -> tuple[Items, torch.Tensor, list[int], list[tuple[str, str]]]:
+) -> tuple[Items, np.ndarray, list[int], list[tuple[str, str]]]:
     """``(items, targets, seeds, bad)``: ``items`` one :class:`Patches` when every sample is a patch (one
     shared-memory block per batch, a slot of ``pool`` when there is one free, pinned by the loader), with the
     random parameters ``plan`` draws for them, else the list of :class:`Encoded`; unreadable files go to ``bad``
@@ -157,10 +171,12 @@ def collate_encoded(
         pixels, slot = pool.stack(data) if pool is not None else (torch.stack(data), None)
         params = offsets = None
         if plan is not None and isinstance(plan.crop, v2.RandomCrop):
-            drawn, offsets = plan.draw(seeds, pixels[0])
-            params = torch.tensor(drawn, dtype=torch.long)
+            drawn, offsets_ = plan.draw(seeds, pixels[0])
+            params = np.array(drawn, dtype=np.int64)
+            offsets = None if offsets_ is None else offsets_.numpy()
         items = Patches(pixels, params, offsets, slot)
-    return items, torch.tensor([b[1] for b in good], dtype=torch.long), seeds, bad
+    # NumPy, by value (see Patches); BatchDecoder makes them tensors again
+    return items, np.array([b[1] for b in good], dtype=np.int64), seeds, bad
 
 
 @dataclass
@@ -208,22 +224,34 @@ class _Plan:
 
     def draw(self, seeds: Sequence[int], patch: torch.Tensor) -> tuple[list[list[int]], torch.Tensor | None]:
         """Per sample ``[top, left, mirrored]`` and lighting offsets, each drawn under the sample's seed in the
-        order the composed transform draws them (crop position, then the mirror coin, then α)."""
-        params, offsets = [], []
+        order the composed transform draws them: the crop's row and column (``RandomCrop.make_params``, which
+        draws nothing along a side the crop fills), the mirror coin (v2's random-apply transforms mirror when
+        ``torch.rand(1) < p``, in float32), then α (``PCALighting.offsets``). The same draws as the transforms
+        make, a third of their time: no per-call parameter dicts, and α turned into offsets for the whole batch
+        in one product."""
+        rows, cols = patch.shape[-2] - self.crop.size[0], patch.shape[-1] - self.crop.size[1]
+        random_crop = isinstance(self.crop, v2.RandomCrop)
+        # a float32 threshold: the tensor comparison casts p to the random number's dtype
+        p = float(torch.tensor(self.flip.p, dtype=torch.float32)) if self.flip is not None else None
+        lighting = self.to_input.lighting
+        if lighting is not None and lighting.std == 0:  # ToModelInput.draw draws nothing then
+            lighting = None
+        params: list[list[int]] = []
+        alphas: list[torch.Tensor] = []
+        generator = torch.default_generator
         with torch.random.fork_rng(devices=[]):  # as loader.seeded, with one fork for the whole batch
             for seed in seeds:
-                torch.default_generator.manual_seed(seed)
-                top = left = 0
-                if isinstance(self.crop, v2.RandomCrop):
-                    p = self.crop.make_params([patch])
-                    top, left = p["top"], p["left"]
-                # v2's random-apply transforms skip when torch.rand(1) >= p
-                mirrored = self.flip is not None and bool(torch.rand(1) < self.flip.p)
+                generator.manual_seed(seed)
+                top = int(torch.randint(0, rows + 1, size=())) if random_crop and rows > 0 else 0
+                left = int(torch.randint(0, cols + 1, size=())) if random_crop and cols > 0 else 0
+                mirrored = p is not None and float(torch.rand(1)) < p
                 params.append([top, left, int(mirrored)])
-                drawn = self.to_input.draw(1)
-                if drawn is not None:
-                    offsets.append(drawn)
-        return params, torch.cat(offsets) if offsets else None
+                if lighting is not None:
+                    alphas.append(torch.randn(1, 3))
+        if lighting is None or not alphas:
+            return params, None
+        alpha = torch.cat(alphas) * lighting.std
+        return params, (alpha * lighting.eigval) @ lighting.eigvec.T
 
     def __call__(
         self,
@@ -294,11 +322,13 @@ class BatchDecoder:
             return self.transform(image)
 
     def __call__(
-        self, batch: tuple[Items, torch.Tensor, list[int], list[tuple[str, str]]]
+        self, batch: tuple[Items, torch.Tensor | np.ndarray, list[int], list[tuple[str, str]]]
     ) -> tuple[torch.Tensor, torch.Tensor, list[tuple[str, str]]]:
         """A collated batch (:func:`collate_encoded`) → ``(images on the device, targets, bad)``."""
         items, targets, seeds, bad = batch
+        targets = torch.as_tensor(targets)
         if isinstance(items, Patches):  # from the workers: only the batched random part is left
+            items = items.tensors()
             # (a copy from memory that is not pinned is made before .to() returns, even non-blocking)
             pixels = items.pixels.to(self.device, non_blocking=True)
             drawn = (items.params, items.offsets) if items.params is not None else None
