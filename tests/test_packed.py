@@ -75,10 +75,11 @@ def test_training_batches_from_the_store_equal_those_from_the_files(folder):
         assert torch.equal(a, b)  # same random crops, mirrors and PCA lighting, same pixels
 
 
-@pytest.mark.parametrize("decode_on_device", [False, True])
+@pytest.mark.parametrize(("decode_on_device", "workers"), [(False, 0), (True, 0), (False, 1)])
 def test_batches_finished_on_the_device_read_the_store_and_match_the_cpu_loader(
-    folder, monkeypatch, decode_on_device
+    folder, monkeypatch, decode_on_device, workers
 ):
+    """With a worker process, a stored patch is stacked into the batch straight from the store's mapping."""
     import alexnet.data.folders as folders
     import alexnet.data.on_device as on_device
 
@@ -94,12 +95,41 @@ def test_batches_finished_on_the_device_read_the_store_and_match_the_cpu_loader(
     monkeypatch.setattr(on_device, "read_bytes", no_file)
     monkeypatch.setattr(folders, "read_image", no_file)
     loader = make_loader(
-        packed, 2, train=True, seed=3, augment_device="cpu", decode_on_device=decode_on_device
+        packed,
+        2,
+        train=True,
+        seed=3,
+        augment_device="cpu",
+        decode_on_device=decode_on_device,
+        workers=workers,
     )
     got = [b for b, _ in zip(loader, range(2), strict=False)]
     for (a, ta), (b, tb) in zip(expected, got, strict=True):
         assert torch.equal(ta, tb)
         torch.testing.assert_close(a, b, rtol=0, atol=1e-4)  # batched on the device: fp32 rounding
+
+
+def test_a_view_of_the_store_is_copy_on_write_and_never_leaves_the_worker_uncopied(folder):
+    """``image(copy=False)`` maps the store privately: writing to the view leaves the file as it is. A stored
+    patch that would cross to the main process on its own (not stacked into a batch) is copied first."""
+    from alexnet.data.on_device import Encoded, EncodedItems, collate_encoded
+
+    pixels = pack(folder, "train", progress=False)
+    dataset = ImageFolder(folder, "train", train_transform(PRE))
+    attach(dataset, PRE.resize)
+    path = dataset.samples[0][0]
+    kept = pixels.image(path).clone()
+    view = pixels.image(path, copy=False)
+    view.fill_(0)
+    assert torch.equal(PackedPixels.open(folder, "train", PRE.resize).image(path), kept)
+
+    item, target, seed = EncodedItems(dataset)[(1, 7)]
+    assert isinstance(item, Encoded) and item.borrowed and item.patched
+    assert torch.equal(item.data, dataset.load(1)[0])
+    alone = Encoded(item.path, item.data, patched=False, borrowed=True)  # as a non-patch would travel
+    sent, *_ = collate_encoded([(alone, target, seed)])
+    assert isinstance(sent, list) and not sent[0].borrowed
+    assert torch.equal(sent[0].data, item.data) and sent[0].data.data_ptr() != item.data.data_ptr()
 
 
 def test_evaluation_reads_the_store_of_its_split(folder, monkeypatch):

@@ -55,6 +55,9 @@ class Encoded:
     path: str
     data: torch.Tensor
     patched: bool = False
+    borrowed: bool = (
+        False  # ``data`` is a view of the packed store's mapping: copy it before it leaves the worker
+    )
 
 
 class Patches(NamedTuple):
@@ -114,18 +117,26 @@ class EncodedItems(Dataset):
     def __len__(self) -> int:
         return len(self.dataset)
 
+    def _stored(self, path: Any, copy: bool = False) -> torch.Tensor | None:
+        """The packed store's pixels of ``path`` (:mod:`alexnet.data.packed`), or ``None``."""
+        pixels = getattr(self.dataset, "pixels", None)
+        return pixels.image(path, copy=copy) if pixels is not None else None
+
     def __getitem__(self, key: tuple[int, int]) -> tuple[Encoded | BadSample, int, int]:
         index, seed = key
         path, target = self.dataset.samples[index]
         if self.decode:  # as the CPU loader decodes, then the deterministic head of the transform
+            if self.plan is not None:  # a stored patch is stacked straight from the store: one copy, not two
+                view = self._stored(path)
+                if view is not None and self.plan.head(view) is view:
+                    return Encoded(str(path), view, patched=True, borrowed=True), target, seed
             image, _ = self.dataset.load(index)
             if isinstance(image, BadSample):
                 return image, target, seed
             if self.plan is None:
                 return Encoded(str(path), image), target, seed
             return Encoded(str(path), self.plan.head(image), patched=True), target, seed
-        pixels = getattr(self.dataset, "pixels", None)  # `alexnet data-pack`'s: nothing to decode
-        packed = pixels.image(path) if pixels is not None else None
+        packed = self._stored(path, copy=True)  # `alexnet data-pack`'s: nothing to decode
         if packed is not None:
             return Encoded(str(path), packed), target, seed
         try:
@@ -165,8 +176,12 @@ def collate_encoded(
     bad = [(b[0].path, b[0].reason) for b in batch if isinstance(b[0], BadSample)]
     encoded: list[Encoded] = [b[0] for b in good]  # type: ignore[misc]
     seeds = [b[2] for b in good]
-    items: Items = encoded
-    if encoded and all(e.patched for e in encoded):
+    items: Items
+    if not encoded or not all(
+        e.patched for e in encoded
+    ):  # sent one by one: nothing may point into the store
+        items = [Encoded(e.path, e.data.clone(), e.patched) if e.borrowed else e for e in encoded]
+    else:
         data = [e.data for e in encoded]
         pixels, slot = pool.stack(data) if pool is not None else (torch.stack(data), None)
         params = offsets = None

@@ -130,13 +130,15 @@ class PackedPixels:
     def _maps(self) -> tuple[np.ndarray, np.ndarray]:
         if self._pixels is None or self._stat is None:
             shape = (self.count, 3, self.size, self.size)
-            self._pixels = np.memmap(self.store / "pixels.u8", dtype=np.uint8, mode="r", shape=shape)
+            # copy-on-write: views are writable (no read-only tensors) and a write never reaches the file
+            self._pixels = np.memmap(self.store / "pixels.u8", dtype=np.uint8, mode="c", shape=shape)
             self._stat = np.load(self.store / "stat.npy", mmap_mode="r")
         return self._pixels, self._stat
 
-    def image(self, path: Path | str) -> torch.Tensor | None:
+    def image(self, path: Path | str, *, copy: bool = True) -> torch.Tensor | None:
         """``path``'s ``uint8`` 3×size×size pixels, or ``None`` when the store does not hold them as the file is
-        now (not packed, did not decode, or changed since: size or mtime differ)."""
+        now (not packed, did not decode, or changed since: size or mtime differ). ``copy=False``: a view of the
+        mapped store, for a caller that copies the pixels on at once (a batch's stack)."""
         row = self.rows.get(str(path))
         if row is None or row >= self.done:
             return None
@@ -144,7 +146,7 @@ class PackedPixels:
         size, mtime_ns, ok = (int(v) for v in stat[row])
         if not ok or _file_stat(path) != (size, mtime_ns):
             return None
-        return torch.from_numpy(np.array(pixels[row]))
+        return torch.from_numpy(np.array(pixels[row]) if copy else pixels[row])
 
     def __len__(self) -> int:
         return self.count
