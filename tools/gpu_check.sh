@@ -80,7 +80,7 @@ if want data; then
     --json > "$OUT/data.json"
   $PY tools/worker_rate.py /tmp/jpegs --images 640 | tee "$OUT/worker_rate.txt"
   for pool in "" --no-pool; do  # the same through a DataLoader worker, its batches' shared memory reused or fresh
-    $PY tools/worker_rate.py /tmp/jpegs --images 2560 --batch-size 256 --loader $pool | tee -a "$OUT/worker_rate.txt"
+    $PY tools/worker_rate.py /tmp/jpegs --images 10240 --batch-size 256 --loader $pool | tee -a "$OUT/worker_rate.txt"
   done
 fi
 
@@ -97,8 +97,8 @@ if want train; then
 fi
 
 if want loop; then
-  step "CUDA tests: batches ahead on a side stream, losses read late"
-  timeout 240 $PY -m pytest -q -x -p no:cacheprovider tests/test_cuda.py -k "ahead or late or skips_the_fused or pooled" 2>&1 \
+  step "CUDA tests: batches ahead on a side stream, losses read late, evaluation, each input pipeline"
+  timeout 240 $PY -m pytest -q -x -p no:cacheprovider tests/test_cuda.py -k "ahead or late or skips_the_fused or pooled or evaluate_on_cuda or each_cuda_input" 2>&1 \
     | tee "$OUT/loop-tests.log" | tail -3
   step "training loop A/B: alexnet bf16 --gpu-augment from the store, 12 workers: epoch, images/s, data_wait"
   for ab in sync late sync late; do
