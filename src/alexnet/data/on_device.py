@@ -55,9 +55,8 @@ class Encoded:
     path: str
     data: torch.Tensor
     patched: bool = False
-    borrowed: bool = (
-        False  # ``data`` is a view of the packed store's mapping: copy it before it leaves the worker
-    )
+    # ``data`` is a view of the packed store's mapping: stacked into a batch, or copied before it leaves the worker
+    borrowed: bool = False
 
 
 class Patches(NamedTuple):
@@ -177,9 +176,8 @@ def collate_encoded(
     encoded: list[Encoded] = [b[0] for b in good]  # type: ignore[misc]
     seeds = [b[2] for b in good]
     items: Items
-    if not encoded or not all(
-        e.patched for e in encoded
-    ):  # sent one by one: nothing may point into the store
+    if not encoded or not all(e.patched for e in encoded):
+        # sent one by one, so nothing may point into the store
         items = [Encoded(e.path, e.data.clone(), e.patched) if e.borrowed else e for e in encoded]
     else:
         data = [e.data for e in encoded]
