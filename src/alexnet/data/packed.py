@@ -130,9 +130,11 @@ class PackedPixels:
     def _maps(self) -> tuple[np.ndarray, np.ndarray]:
         if self._pixels is None or self._stat is None:
             shape = (self.count, 3, self.size, self.size)
-            # copy-on-write: views are writable (no read-only tensors) and a write never reaches the file
-            self._pixels = np.memmap(self.store / "pixels.u8", dtype=np.uint8, mode="c", shape=shape)
-            self._stat = np.load(self.store / "stat.npy", mmap_mode="r")
+            # copy-on-write: views are writable (no read-only tensors) and a write never reaches the file.
+            # Plain ndarray views of the maps (they keep them open): np.memmap's indexing costs µs per image.
+            pixels = np.memmap(self.store / "pixels.u8", dtype=np.uint8, mode="c", shape=shape)
+            self._pixels = pixels.view(np.ndarray)
+            self._stat = np.load(self.store / "stat.npy", mmap_mode="r").view(np.ndarray)
         return self._pixels, self._stat
 
     def image(self, path: Path | str, *, copy: bool = True) -> torch.Tensor | None:
@@ -143,7 +145,7 @@ class PackedPixels:
         if row is None or row >= self.done:
             return None
         pixels, stat = self._maps()
-        size, mtime_ns, ok = (int(v) for v in stat[row])
+        size, mtime_ns, ok = stat[row].tolist()
         if not ok or _file_stat(path) != (size, mtime_ns):
             return None
         return torch.from_numpy(np.array(pixels[row]) if copy else pixels[row])
