@@ -55,7 +55,7 @@ class Encoded:
     path: str
     data: torch.Tensor
     patched: bool = False
-    # ``data`` is a view of the packed store's mapping: stacked into a batch, or copied before it leaves the worker
+    # ``data`` is a read-only view of the packed store's map: stacked into a batch, or copied before it leaves
     borrowed: bool = False
 
 

@@ -32,6 +32,7 @@ import json
 import logging
 import os
 import shutil
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -75,6 +76,22 @@ def _write_meta(store: Path, meta: dict[str, Any]) -> None:
 
 def _bytes(n: int) -> str:
     return f"{n / 2**30:.1f} GiB" if n >= 2**30 else f"{n / 2**20:.1f} MiB"
+
+
+_viewed = False  # this process has made a tensor of a read-only map (torch warns once per process)
+
+
+def _read_only_view(array: np.ndarray) -> torch.Tensor:
+    """A tensor over the mapped store, without a copy; it must only be read (the map is read-only). torch warns
+    about a tensor over a read-only array, once per process: the first view is made with that warning caught."""
+    global _viewed
+    if _viewed:
+        return torch.from_numpy(array)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+        view = torch.from_numpy(array)
+    _viewed = True
+    return view
 
 
 def _file_stat(path: Path | str) -> tuple[int, int] | None:
@@ -130,17 +147,18 @@ class PackedPixels:
     def _maps(self) -> tuple[np.ndarray, np.ndarray]:
         if self._pixels is None or self._stat is None:
             shape = (self.count, 3, self.size, self.size)
-            # copy-on-write: views are writable (no read-only tensors) and a write never reaches the file.
-            # Plain ndarray views of the maps (they keep them open): np.memmap's indexing costs µs per image.
-            pixels = np.memmap(self.store / "pixels.u8", dtype=np.uint8, mode="c", shape=shape)
+            # Read-only and shared: a private writable map ("c") of a store larger than RAM + swap would be
+            # refused by the kernel's overcommit check. Plain ndarray views of the maps (they keep them open):
+            # np.memmap's own indexing costs microseconds per image.
+            pixels = np.memmap(self.store / "pixels.u8", dtype=np.uint8, mode="r", shape=shape)
             self._pixels = pixels.view(np.ndarray)
             self._stat = np.load(self.store / "stat.npy", mmap_mode="r").view(np.ndarray)
         return self._pixels, self._stat
 
     def image(self, path: Path | str, *, copy: bool = True) -> torch.Tensor | None:
         """``path``'s ``uint8`` 3×size×size pixels, or ``None`` when the store does not hold them as the file is
-        now (not packed, did not decode, or changed since: size or mtime differ). ``copy=False``: a view of the
-        mapped store, for a caller that copies the pixels on at once (a batch's stack)."""
+        now (not packed, did not decode, or changed since: size or mtime differ). ``copy=False``: a read-only view
+        of the mapped store, for a caller that copies the pixels on at once (a batch's stack)."""
         row = self.rows.get(str(path))
         if row is None or row >= self.done:
             return None
@@ -148,7 +166,9 @@ class PackedPixels:
         size, mtime_ns, ok = stat[row].tolist()
         if not ok or _file_stat(path) != (size, mtime_ns):
             return None
-        return torch.from_numpy(np.array(pixels[row]) if copy else pixels[row])
+        if copy:
+            return torch.from_numpy(np.array(pixels[row]))
+        return _read_only_view(pixels[row])
 
     def __len__(self) -> int:
         return self.count
