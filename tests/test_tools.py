@@ -44,6 +44,14 @@ def test_worker_rate_times_the_files_then_the_packed_store(tmp_path):
     lines = proc.stdout.splitlines()
     assert [line.split(":")[0].strip() for line in lines] == ["files", "packed"]
     assert all(float(line.split(":")[1].split()[0]) > 0 for line in lines)
+    # through a DataLoader with two worker processes: the rate per worker, and the main thread's CPU per batch
+    proc = subprocess.run(
+        [*command, "--loader", "--workers", "2"], capture_output=True, text=True, check=True
+    )
+    rates = [line for line in proc.stdout.splitlines() if "main thread" not in line]
+    assert [line.split(":")[0].strip() for line in rates] == ["files", "packed"]
+    assert all(float(line.split(":")[1].split()[0]) > 0 for line in rates)
+    assert proc.stdout.count("ms CPU per batch received") == 2
 
 
 def test_profile_variants_compute_the_same_network(monkeypatch):

@@ -82,6 +82,8 @@ if want data; then
   for pool in "" --no-pool; do  # the same through a DataLoader worker, its batches' shared memory reused or fresh
     $PY tools/worker_rate.py /tmp/jpegs --images 10240 --batch-size 256 --loader $pool | tee -a "$OUT/worker_rate.txt"
   done
+  # 12 workers into a main process that only receives: the DataLoader's ceiling on this host, without the GPU
+  $PY tools/worker_rate.py /tmp/jpegs --images 61440 --batch-size 256 --loader --workers 12 | tee -a "$OUT/worker_rate.txt"
 fi
 
 if want train; then

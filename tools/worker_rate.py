@@ -5,7 +5,7 @@ without a GPU. ``--loader`` times the same through a real DataLoader with one wo
 batches' way to the main process included (shared memory, the queue), the main process only receiving them.
 
     python tools/make_jpegs.py /tmp/jpegs --images 400 && alexnet data-pack /tmp/jpegs
-    python tools/worker_rate.py /tmp/jpegs [--images 320] [--batch-size 64] [--loader]
+    python tools/worker_rate.py /tmp/jpegs [--images 320] [--batch-size 64] [--loader [--workers N]]
 """
 
 from __future__ import annotations
@@ -37,19 +37,28 @@ def rate(dataset: ImageFolder, images: int, batch_size: int) -> float:
     return images / (time.perf_counter() - start)
 
 
-def loader_rate(dataset: ImageFolder, images: int, batch_size: int, use_pool: bool = True) -> float:
-    """Images/s the main process receives from one worker process, after one untimed batch."""
+def loader_rate(
+    dataset: ImageFolder, images: int, batch_size: int, use_pool: bool = True, workers: int = 1
+) -> float:
+    """Images/s per worker that the main process receives from ``workers`` worker processes, after one untimed
+    batch per worker; the main thread's CPU time per batch is printed too."""
     items = EncodedItems(dataset)
-    keys = [(i % len(dataset), i) for i in range(images + batch_size)]
-    pool = BatchPool(1, 4) if use_pool else None  # as alexnet.data.loader.Loader sets it up
+    keys = [(i % len(dataset), i) for i in range(images + batch_size * workers)]
+    pool = BatchPool(workers, 4) if use_pool else None  # as alexnet.data.loader.Loader sets it up
     collate = functools.partial(collate_encoded, plan=items.plan, pool=pool)
-    loader = DataLoader(items, batch_size=batch_size, sampler=keys, num_workers=1, collate_fn=collate)
+    loader = DataLoader(items, batch_size=batch_size, sampler=keys, num_workers=workers, collate_fn=collate)
     batches = iter(loader)
-    next(batches)
-    start = time.perf_counter()
+    for _ in range(workers):
+        next(batches)
+    start, cpu, n = time.perf_counter(), time.thread_time(), 0
     for items_, *_ in batches:
         items_.release()  # as the loader's pin thread or the batch decoder does
-    return images / (time.perf_counter() - start)
+        n += 1
+    elapsed = time.perf_counter() - start
+    print(
+        f"        main thread: {1e3 * (time.thread_time() - cpu) / max(n, 1):.2f} ms CPU per batch received"
+    )
+    return images / elapsed / workers
 
 
 def main() -> None:
@@ -59,8 +68,17 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--loader", action="store_true", help="through a DataLoader with one worker process")
     parser.add_argument("--no-pool", action="store_true", help="with --loader: fresh shared memory per batch")
+    parser.add_argument(
+        "--workers", type=int, default=1, help="with --loader: worker processes (the rate is per worker)"
+    )
     args = parser.parse_args()
-    measure = functools.partial(loader_rate, use_pool=not args.no_pool) if args.loader else rate
+    if args.workers < 1:
+        parser.error(f"--workers must be >= 1 (got {args.workers})")
+    measure = (
+        functools.partial(loader_rate, use_pool=not args.no_pool, workers=args.workers)
+        if args.loader
+        else rate
+    )
     malloc.tune()
     torch.set_num_threads(1)
     pre = Preprocessing(input_size=227)
