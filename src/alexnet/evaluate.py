@@ -97,11 +97,10 @@ def evaluate_loader(
     finally:
         model.train(was_training)
     bad = list(getattr(loader, "bad", []))[seen_bad:]
-    top1, top5, loss_sum = sums.tolist()
-    counts = torch.tensor([top1, top5, n, loss_sum, len(bad)], dtype=torch.float64, device=device)
+    counts = torch.cat([sums, torch.tensor([n, len(bad)], dtype=torch.float64, device=device)])
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         torch.distributed.all_reduce(counts)
-    top1, top5, n, loss_sum, skipped = counts.tolist()
+    top1, top5, loss_sum, n, skipped = counts.tolist()
     n = int(n)
     if n == 0:
         from alexnet.errors import DataError
@@ -153,11 +152,11 @@ def evaluate(
         )
     check_split(dataset, progress=progress)
     model.to(device)
-    from alexnet.data.on_device import runs_batched
+    from alexnet.data.on_device import finishes_on
 
     # On CUDA as in training: the workers' uint8 patches finished on the GPU (the same crops), one batch ahead.
     on_cuda = torch.device(device).type == "cuda"
-    finish_on = device if on_cuda and runs_batched(dataset.transform) else None
+    finish_on = device if finishes_on(device, dataset.transform) else None
     loader = eval_loader(
         dataset, batch_size, workers, augment_device=finish_on, device=device if on_cuda else None
     )

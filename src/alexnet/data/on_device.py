@@ -80,11 +80,11 @@ class Patches(NamedTuple):
 
     def pin_memory(self) -> Patches:
         """What the DataLoader's pin thread calls: pinned copies, and the slot free again at once."""
-        params, offsets = _tensor(self.params), _tensor(self.offsets)
+        t = self.tensors()
         pinned = Patches(
-            self.pixels.pin_memory(),
-            None if params is None else params.pin_memory(),
-            None if offsets is None else offsets.pin_memory(),
+            t.pixels.pin_memory(),
+            None if t.params is None else t.params.pin_memory(),
+            None if t.offsets is None else t.offsets.pin_memory(),
         )
         self.release()
         return pinned
@@ -156,10 +156,11 @@ class EncodedItems(Dataset):
 Items = list[Encoded] | Patches
 
 
-def runs_batched(transform: Any) -> bool:
-    """Whether the device finishes whole batches of ``transform``'s images in a few kernels (the standard
-    transforms with a per-channel mean; others run image by image)."""
-    return _Plan.of(transform) is not None
+def finishes_on(device: str | torch.device, transform: Any) -> bool:
+    """Whether batches for ``device`` are finished there by default: on CUDA, wherever the device finishes whole
+    batches of ``transform``'s images in a few kernels (the standard transforms with a per-channel mean; others
+    run image by image), the same batches as the workers' and a third of their work."""
+    return torch.device(device).type == "cuda" and _Plan.of(transform) is not None
 
 
 def collate_encoded(

@@ -123,9 +123,9 @@ def _finish_on_device(cfg: TrainConfig, device: torch.device, train_set: Any) ->
         return True
     if cfg.gpu_augment is not None:
         return cfg.gpu_augment
-    from alexnet.data.on_device import runs_batched
+    from alexnet.data.on_device import finishes_on
 
-    return device.type == "cuda" and runs_batched(getattr(train_set, "transform", None))
+    return finishes_on(device, getattr(train_set, "transform", None))
 
 
 def _train(
