@@ -143,6 +143,19 @@ def test_fused_input_conversion_equals_the_step_by_step_reference(pre, chelsea):
     assert torch.allclose(fused, Normalize(pre)(lighting(batch.float() / 255)), atol=1e-4 * pre.pixel_scale)
 
 
+def test_input_constants_are_copied_to_a_device_once_and_stay_out_of_pickles():
+    import pickle
+
+    to_input = ToModelInput(Preprocessing())
+    meta = torch.device("meta")
+    gain, bias = to_input._constants(meta)
+    assert gain.device == meta and gain.shape == (3,)
+    assert to_input._constants(meta)[0] is gain  # the same tensors on every later batch
+    assert to_input._constants(torch.device("cpu"))[0] is to_input.gain
+    copy = pickle.loads(pickle.dumps(to_input))  # what a spawned worker receives
+    assert copy._on_device == {} and torch.equal(copy.gain, to_input.gain)
+
+
 def test_per_pixel_mean_image_is_subtracted_at_each_crops_own_position(chelsea):
     pre = Preprocessing(mean_image=True, mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0))
     img = torch.from_numpy(chelsea).permute(2, 0, 1).contiguous()

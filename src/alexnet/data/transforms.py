@@ -15,7 +15,7 @@ its own part of the mean, as Caffe does).
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 from torch import nn
@@ -112,6 +112,20 @@ class ToModelInput(nn.Module):
         self.gain = (pre.pixel_scale / 255.0) / std  # model channel order
         self.bias = -torch.tensor(pre.mean, dtype=torch.float32) / std
         self.bgr = pre.channel_order == "BGR"
+        self._on_device: dict[torch.device, tuple[torch.Tensor, torch.Tensor]] = {}
+
+    def __getstate__(self) -> dict[str, Any]:
+        # a worker process gets the CPU constants, never another process's device copies
+        return {**self.__dict__, "_on_device": {}}
+
+    def _constants(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        """``gain`` and ``bias`` on ``device``, copied there once: a copy from pageable memory per batch may make
+        the host wait for the device's stream."""
+        if device.type == "cpu":
+            return self.gain, self.bias
+        if device not in self._on_device:  # blocking, once: then every stream may read them
+            self._on_device[device] = (self.gain.to(device), self.bias.to(device))
+        return self._on_device[device]
 
     def draw(self, n: int) -> torch.Tensor | None:
         """``n`` PCA-lighting offsets (n×3, RGB, 0–1 scale) from torch's RNG, or ``None`` without lighting."""
@@ -123,8 +137,7 @@ class ToModelInput(nn.Module):
         """The conversion with given lighting ``offsets`` (one row per image of ``img``'s batch dims), on
         ``img``'s device: :meth:`forward` draws them; the GPU batch decoder draws them per sample."""
         batch = img.shape[:-3]
-        # non-blocking: a blocking copy to a GPU waits for everything queued on the stream (the batch's pixels)
-        gain, bias = self.gain.to(img.device, non_blocking=True), self.bias.to(img.device, non_blocking=True)
+        gain, bias = self._constants(img.device)
         bias = bias.expand(*batch, 3)
         if offsets is not None:
             offset = offsets.to(img.device, non_blocking=True).reshape(*batch, 3)  # RGB, 0–1 scale
