@@ -149,7 +149,7 @@ def test_input_constants_are_copied_to_a_device_once_and_stay_out_of_pickles():
     to_input = ToModelInput(Preprocessing())
     meta = torch.device("meta")
     gain, bias = to_input._constants(meta)
-    assert gain.device == meta and gain.shape == (3,)
+    assert gain.device == meta and bias.device == meta and gain.shape == bias.shape == (3,)
     assert to_input._constants(meta)[0] is gain  # the same tensors on every later batch
     assert to_input._constants(torch.device("cpu"))[0] is to_input.gain
     copy = pickle.loads(pickle.dumps(to_input))  # what a spawned worker receives
