@@ -96,6 +96,24 @@ def test_too_small_input_size_is_a_clear_error(capsys):
     assert "cannot take a 40px input" in one_line_error(capsys)
 
 
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["visualize", "filters", "--model", "alexnet", "--out", "{file}"],
+        ["visualize", "filters", "--model", "alexnet", "--out", "{file}/sub"],
+        ["export", "--model", "alexnet", "--out", "{file}/m.onnx"],
+        ["export", "--model", "alexnet", "--out", "{dir}", "--force"],
+        ["data-stats", "{dir}", "--out", "{file}/stats"],
+    ],
+)
+def test_an_unwritable_out_fails_before_any_work_with_one_line(capsys, tmp_path, command):
+    (tmp_path / "afile").write_text("x")
+    args = [a.format(file=tmp_path / "afile", dir=tmp_path) for a in command]
+    assert main(args) == 2
+    assert "--out" in one_line_error(capsys)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["afile"]
+
+
 @pytest.fixture
 def owt_weights(tmp_path: Path) -> Path:
     torch.manual_seed(0)

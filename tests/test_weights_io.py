@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import pickle
+import stat
 from pathlib import Path
 
 import pytest
@@ -11,8 +12,9 @@ import torch
 
 import alexnet
 from alexnet.data.preprocess import Preprocessing
-from alexnet.errors import WeightsError, WeightsMismatch
+from alexnet.errors import OutputError, WeightsError, WeightsMismatch
 from alexnet.weights import WeightsMeta, load_pretrained, read_weights, save_weights
+from alexnet.weights.io import _new_file_mode, atomic_write
 
 
 def test_safetensors_round_trip_keeps_tensors_and_metadata(tmp_path):
@@ -44,6 +46,36 @@ def test_model_name_is_read_from_the_file(tmp_path):
 def test_save_is_atomic_and_leaves_no_temporary_files(tmp_path):
     save_weights(alexnet.create_model("alexnet_owt"), tmp_path / "a.safetensors")
     assert sorted(os.listdir(tmp_path)) == ["a.safetensors"]
+
+
+def test_written_files_get_the_umask_mode_or_keep_the_replaced_files_mode(tmp_path):
+    old = os.umask(0o027)
+    try:
+        _new_file_mode.cache_clear()
+        path = atomic_write(tmp_path / "a.txt", lambda tmp: Path(tmp).write_text("1"))
+        assert stat.S_IMODE(path.stat().st_mode) == 0o640  # not mkstemp's 0600
+        path.chmod(0o604)
+        atomic_write(path, lambda tmp: Path(tmp).write_text("2"))
+        assert stat.S_IMODE(path.stat().st_mode) == 0o604 and path.read_text() == "2"
+    finally:
+        os.umask(old)
+        _new_file_mode.cache_clear()
+
+
+def test_an_output_path_that_cannot_be_written_is_a_clear_error_and_leaves_nothing(tmp_path):
+    (tmp_path / "afile").write_text("x")
+    with pytest.raises(OutputError, match=r"cannot write .*x\.txt: .*afile is not a folder"):
+        atomic_write(tmp_path / "afile" / "sub" / "x.txt", lambda tmp: Path(tmp).write_text("1"))
+    with pytest.raises(OutputError, match="Is a directory"):
+        atomic_write(tmp_path, lambda tmp: Path(tmp).write_text("1"))
+
+    def disk_full(tmp: str) -> None:
+        Path(tmp).write_text("half")
+        raise OSError(28, "No space left on device")
+
+    with pytest.raises(OutputError, match="No space left on device"):
+        atomic_write(tmp_path / "y.txt", disk_full)
+    assert sorted(os.listdir(tmp_path)) == ["afile"]
 
 
 def test_pth_state_dict_is_read_without_unpickling_code(tmp_path):

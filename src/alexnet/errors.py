@@ -23,6 +23,11 @@ class WeightsMismatch(WeightsError):
     """Weights that do not fit the model: names the tensor and both shapes."""
 
 
+class OutputError(AlexnetError, OSError):
+    """An output path that cannot be written (no such folder, a file where a folder should be, no permission,
+    disk full). Still an ``OSError``, for callers that tolerate a failed write (a cache)."""
+
+
 class DataError(AlexnetError):
     """Bad data folder, bad image, too many unreadable files."""
 

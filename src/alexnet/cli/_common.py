@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, NoReturn
@@ -36,6 +37,41 @@ def run_safely(fn: Callable[[], int | None]) -> int:
         return 130
     except BrokenPipeError:
         return 0
+
+
+def _folder_problem(path: Path) -> str | None:
+    """Why ``path`` cannot be a folder this process writes into (created if missing), or ``None``."""
+    if path.exists() and not path.is_dir():
+        return f"{path} is a file, not a folder"
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        files = [p for p in reversed(path.parents) if p.exists() and not p.is_dir()]
+        return f"{files[0]} is not a folder" if files else f"cannot create {path}: {e.strerror or e}"
+    try:  # the one sure test (permissions, read-only mounts, /proc)
+        with tempfile.TemporaryFile(dir=path):
+            pass
+    except OSError as e:
+        return f"cannot write into {path}: {e.strerror or e}"
+    return None
+
+
+def writable_folder(path: str | Path, flag: str = "--out") -> Path:
+    """``path`` as a folder this process can write into, created if missing. Checked before any work is done,
+    so a bad ``--out`` fails at once, not after the computation."""
+    path = Path(path)
+    if problem := _folder_problem(path):
+        raise CommandError(f"{flag} {path}: {problem}")
+    return path
+
+
+def writable_file(path: str | Path, flag: str = "--out") -> Path:
+    """``path`` as a file this process can write (its folder created if missing), checked up front."""
+    path = Path(path)
+    problem = f"{path} is a folder; give a file name" if path.is_dir() else _folder_problem(path.parent)
+    if problem:
+        raise CommandError(f"{flag} {path}: {problem}")
+    return path
 
 
 def add_command(sub: Any, name: str, help: str, description: str | None = None) -> ArgumentParser:

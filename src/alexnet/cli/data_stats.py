@@ -6,7 +6,7 @@ import argparse
 import json
 from typing import Any
 
-from alexnet.cli._common import CommandError, add_command
+from alexnet.cli._common import CommandError, add_command, writable_file
 
 
 def register(sub: Any) -> None:
@@ -41,6 +41,7 @@ def run(args: argparse.Namespace) -> int:
         out = Path(args.out)
         if out.suffix != ".safetensors":
             out = out.with_name(out.name + ".safetensors")
+        writable_file(out)
     stats = compute_stats(
         args.root,
         args.split,

@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from alexnet.cli._common import CommandError, add_command
+from alexnet.cli._common import CommandError, add_command, writable_file
 
 
 def register(sub: Any) -> None:
@@ -114,6 +114,8 @@ def run(args: argparse.Namespace) -> int:
         raise CommandError("give a RUN_DIR to diagnose, or --model M for a probe run")
     if args.run_dir is not None and args.model is not None:
         raise CommandError("give either RUN_DIR or --model, not both")
+    if args.out is not None and not args.no_plot:
+        writable_file(args.out)
     run_dir = Path(args.run_dir) if args.run_dir is not None else _probe(args)
     report = diagnose_run(run_dir)
     plot = None
@@ -122,10 +124,7 @@ def run(args: argparse.Namespace) -> int:
 
         s = report.to_dict()["summary"]
         title = f"{run_dir.name}: {s['model'] or ''} {s['optimizer'] or ''} lr {s['lr']}"
-        try:
-            plot = plot_health(report.run.records, args.out or run_dir / "health.png", title=title)
-        except OSError as e:
-            raise CommandError(f"cannot write the plot: {e}") from None
+        plot = plot_health(report.run.records, args.out or run_dir / "health.png", title=title)
     if args.json:
         data = report.to_dict()
         data["plot"] = str(plot) if plot else None

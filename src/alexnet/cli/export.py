@@ -6,7 +6,13 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from alexnet.cli._common import CommandError, add_command, add_model_arguments, load_model_from_args
+from alexnet.cli._common import (
+    CommandError,
+    add_command,
+    add_model_arguments,
+    load_model_from_args,
+    writable_file,
+)
 
 
 def register(sub: Any) -> None:
@@ -33,6 +39,7 @@ def run(args: argparse.Namespace) -> int:
     out = Path(args.out)
     if out.exists() and not args.force:
         raise CommandError(f"--out {out} exists; pass --force to overwrite it")
+    writable_file(out)
     if args.input_size is not None and not 32 <= args.input_size <= 1024:
         raise CommandError(f"--input-size {args.input_size} is out of range (32–1024)")
     model = load_model_from_args(args)

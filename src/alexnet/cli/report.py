@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from alexnet.cli._common import CommandError, add_command
+from alexnet.cli._common import CommandError, add_command, writable_file
 
 
 def register(sub: Any) -> None:
@@ -48,6 +48,8 @@ def run(args: argparse.Namespace) -> int:
         occlusion_stride=args.occlusion_stride,
         progress=not args.quiet,
     )
+    if args.out is not None:
+        writable_file(args.out)
     path = build_report(args.run_dir, args.out, options)
     print(path)
     return 0

@@ -9,7 +9,13 @@ import json
 from pathlib import Path
 from typing import Any
 
-from alexnet.cli._common import ArgumentParser, CommandError, add_command, add_model_arguments
+from alexnet.cli._common import (
+    ArgumentParser,
+    CommandError,
+    add_command,
+    add_model_arguments,
+    writable_folder,
+)
 
 KINDS = {
     "activations": "activation maps of a layer (or all five conv stages) tiled per channel",
@@ -157,6 +163,7 @@ def run(args: argparse.Namespace) -> int:
         value = getattr(args, name, None)
         if value is not None and value < 1:
             raise CommandError(f"--{name.replace('_', '-')} must be at least 1")
+    writable_folder(args.out)
     model = load_model(args)
     kind = args.kind
     if kind == "activations":

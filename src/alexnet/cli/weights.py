@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from alexnet.cli._common import CommandError, add_command
+from alexnet.cli._common import CommandError, add_command, writable_file
 
 
 def register(sub: Any) -> None:
@@ -90,7 +90,7 @@ def _check_out(args: argparse.Namespace) -> Path:
         raise CommandError(f"--out {out}: write a .safetensors file")
     if out.exists() and not args.force:
         raise CommandError(f"--out {out} exists; pass --force to overwrite it")
-    return out
+    return writable_file(out)
 
 
 def run_import(args: argparse.Namespace) -> int:

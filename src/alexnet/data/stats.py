@@ -83,13 +83,8 @@ class DataStats:
             "eigval": torch.tensor(self.eigval, dtype=torch.float32),
             "eigvec": torch.tensor(self.eigvec, dtype=torch.float32),
         }
-        try:
-            atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata={"data_stats": json.dumps(info)}))
-            atomic_write(
-                path.with_suffix(".json"), lambda tmp: Path(tmp).write_text(json.dumps(info, indent=2))
-            )
-        except OSError as e:
-            raise DataError(f"cannot write {path}: {e.strerror or e}") from None
+        atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata={"data_stats": json.dumps(info)}))
+        atomic_write(path.with_suffix(".json"), lambda tmp: Path(tmp).write_text(json.dumps(info, indent=2)))
         return path
 
     @classmethod

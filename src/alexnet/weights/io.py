@@ -6,8 +6,11 @@ Never unpickles user files: ``.safetensors`` is read with safetensors, legacy ``
 
 from __future__ import annotations
 
+import errno
+import functools
 import json
 import os
+import stat
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,7 +20,7 @@ import torch
 from torch import nn
 
 from alexnet.data.preprocess import Preprocessing
-from alexnet.errors import WeightsError, WeightsMismatch
+from alexnet.errors import OutputError, WeightsError, WeightsMismatch
 
 EXTRA_PREFIX = "__extra__."  # tensors that are not parameters (e.g. a per-pixel mean image)
 
@@ -76,17 +79,43 @@ class WeightsMeta:
             raise WeightsError(f"{where}: malformed metadata ({e})") from None
 
 
+@functools.cache
+def _new_file_mode() -> int:
+    """The mode ``open()`` gives a new file under this process's umask (``mkstemp`` makes 0600)."""
+    umask = os.umask(0o022)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
 def atomic_write(path: str | Path, write: Any) -> Path:
-    """Call ``write(tmp_path)`` then rename onto ``path``, so a crash never leaves a half-written file."""
+    """Call ``write(tmp_path)`` then rename onto ``path``, so a crash never leaves a half-written file.
+
+    The file gets the mode of the file it replaces, else what the umask gives a new file. A path that cannot be
+    written raises :class:`OutputError` naming it and the reason."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
+    tmp: str | None = None
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if path.is_dir():
+            raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR))
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        try:
+            os.fchmod(fd, stat.S_IMODE(path.stat().st_mode) if path.exists() else _new_file_mode())
+        finally:
+            os.close(fd)
         write(tmp)
         os.replace(tmp, path)
+    except OSError as e:
+        if tmp is not None:
+            Path(tmp).unlink(missing_ok=True)
+        reason = e.strerror or str(e)
+        if e.filename and Path(e.filename) in path.parents:  # a folder on the way
+            files = [p for p in reversed(path.parents) if p.exists() and not p.is_dir()]
+            reason = f"{files[0]} is not a folder" if files else f"{reason}: {e.filename}"
+        raise OutputError(f"cannot write {path}: {reason}") from None
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        if tmp is not None:
+            Path(tmp).unlink(missing_ok=True)
         raise
     return path
 
