@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 from torch import nn
 
 import alexnet
-from alexnet.errors import LayerNotFound, ModelNotFound
+from alexnet.errors import InputSizeError, LayerNotFound, ModelNotFound
 from alexnet.models import LocalResponseNorm, renormalize_filters_
 
 REGISTERED = ["alexnet", "caffenet", "bvlc_alexnet", "alexnet_owt", "zfnet", "zfnet_b"]
@@ -56,6 +56,20 @@ def test_every_model_accepts_224_and_227_inputs(name, size):
         assert m(torch.randn(2, 3, size, size)).shape == (2, 7)
         feats = m.forward_features(torch.randn(1, 3, size, size))
     assert feats.shape[-2:] == (6, 6)
+
+
+@pytest.mark.parametrize("name", ["alexnet", "zfnet"])
+def test_an_input_size_fc6_cannot_take_is_named_in_the_error(name):
+    """fc6 takes the paper's 6×6 pool5 map (AlexNet §3.5, ZFNet Fig. 3): another size is a clear error, in
+    training and in the fused inference path alike."""
+    model = alexnet.create_model(name)
+    for mode in (model.train, model.eval):
+        mode()
+        with (
+            torch.no_grad(),
+            pytest.raises(InputSizeError, match=rf"{name} takes .* this input gives pool5 maps of 2×2"),
+        ):
+            model(torch.randn(1, 3, 99, 99))
 
 
 def test_default_input_sizes():

@@ -212,6 +212,15 @@ def test_imported_weights_round_trip_through_safetensors_with_their_config_and_p
     assert verify(path, again).ok
 
 
+@pytest.mark.parametrize("model", ["caffenet", "auto"])
+def test_a_graph_at_a_small_input_size_loads_into_the_named_model_at_that_size(tmp_path, model):
+    """A 99-px graph gives fc6 a 2×2 pool5 map: the registered model is built at 99 px, not refused."""
+    path = save(zoo_graph(CAFFENET_CONVS, [4096, 4096, 10], size=99), tmp_path / "small.onnx")
+    net, report, _ = import_onnx(path, model)
+    assert net.config.name == "caffenet" and net.config.input_size == 99
+    assert report is not None and report.ok
+
+
 def test_named_model_mismatch_names_the_node_and_both_values(tmp_path):
     dense_conv2 = [list(c) for c in CAFFENET_CONVS]
     dense_conv2[1][4] = 1
@@ -288,6 +297,14 @@ def test_cli_verify_fails_for_other_weights(tmp_path, capsys):
     assert main(["weights", "verify", str(onnx_path), "--weights", str(weights)]) == 2
     captured = capsys.readouterr()
     assert "MISMATCH" in captured.out and captured.err.count("\n") == 1
+
+
+def test_cli_verify_with_weights_for_another_input_size_is_one_line(tmp_path, capsys):
+    onnx_path = save(zoo_graph(CAFFENET_CONVS, [64, 48, 10], size=99), tmp_path / "small.onnx")
+    weights = save_weights(alexnet.create_model("alexnet", num_classes=10), tmp_path / "a.safetensors")
+    assert main(["weights", "verify", str(onnx_path), "--weights", str(weights)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "the graph takes 99×99 images, but alexnet takes 227×227" in err
 
 
 @pytest.mark.parametrize("damage", ["truncated", "garbage", "empty", "mismatch", "missing"])

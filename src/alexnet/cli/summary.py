@@ -7,6 +7,7 @@ import json
 from typing import Any
 
 from alexnet.cli._common import CommandError, add_command
+from alexnet.errors import InputSizeError
 
 
 def register(sub: Any) -> None:
@@ -38,7 +39,7 @@ def run(args: argparse.Namespace) -> int:
         model = create_model(name)
         try:
             summaries.append(summarize(model, args.input_size))
-        except RuntimeError as e:
+        except (RuntimeError, InputSizeError) as e:
             raise CommandError(
                 f"{name} cannot take a {args.input_size}px input: {str(e).splitlines()[0]}"
             ) from None

@@ -13,7 +13,7 @@ from collections.abc import Iterator
 import torch
 from torch import nn
 
-from alexnet.errors import LayerNotFound
+from alexnet.errors import InputSizeError, LayerNotFound
 from alexnet.models import fused, postops
 from alexnet.models.configs import ArchConfig
 from alexnet.models.layers import GroupedConv2d, LocalResponseNorm, SpaceToDepthConv2d
@@ -60,7 +60,8 @@ class AlexNetFamily(nn.Module):
             in_ch = c.out
         self.features = self._sequential("features", features)
 
-        spatial = config.adaptive_pool or self._pool5_size(config)
+        self._pool5 = self._pool5_size(config)
+        spatial = config.adaptive_pool or self._pool5
         if config.adaptive_pool:
             self.avgpool = nn.AdaptiveAvgPool2d(config.adaptive_pool)
             self._paths["avgpool"] = "avgpool"
@@ -151,6 +152,13 @@ class AlexNetFamily(nn.Module):
         (:mod:`.postops`)."""
         if self.config.adaptive_pool:
             features = self.avgpool(features)
+        elif features.shape[-1] != self._pool5 or features.shape[-2] != self._pool5:
+            s = self._pool5
+            raise InputSizeError(
+                f"{self.config.name} takes {self.config.input_size}×{self.config.input_size} images (pool5 maps "
+                f"of {s}×{s} feed fc{len(self.config.convs) + 1}); this input gives pool5 maps of "
+                f"{features.shape[-2]}×{features.shape[-1]}"
+            )
         x = fused.flatten(self.features, features)
         if fused.has_norm(self.features) and postops.head_applies(self.classifier, x):
             return postops.head(self.classifier, x)

@@ -388,16 +388,27 @@ def resolve_config(
         if recorded is not None and _differences(found, recorded, chain) is None:
             return recorded
         for registered in CONFIGS.values():
-            if _differences(found, registered.with_overrides(num_classes=found.num_classes), chain) is None:
-                return registered.with_overrides(num_classes=found.num_classes)
+            want = _sized_like(registered.with_overrides(num_classes=found.num_classes), found)
+            if _differences(found, want, chain) is None:
+                return want
         return found
     from alexnet.models import get_config
 
-    want = get_config(model).with_overrides(num_classes=found.num_classes)
+    want = _sized_like(get_config(model).with_overrides(num_classes=found.num_classes), found)
     diff = _differences(found, want, chain)
     if diff is not None:
         raise WeightsMismatch(diff)
     return want
+
+
+def _sized_like(want: ArchConfig, found: ArchConfig) -> ArchConfig:
+    """``want`` at the file's input size where its own size would not give fc6 the file's pool5 map (a graph
+    exported at another size, e.g. a small model trained on small images)."""
+    if want.adaptive_pool:
+        return want
+    ours = _pool_sizes(want, want.input_size, want.ceil_mode)[1]
+    theirs = _pool_sizes(found, found.input_size, found.ceil_mode)[1]
+    return want if ours == theirs else want.with_overrides(input_size=found.input_size)
 
 
 def load_chain(chain: Chain, config: ArchConfig) -> AlexNetFamily:

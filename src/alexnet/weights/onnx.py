@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from alexnet.data.preprocess import Preprocessing
-from alexnet.errors import WeightsError, WeightsMismatch
+from alexnet.errors import InputSizeError, WeightsError, WeightsMismatch
 from alexnet.models import ArchConfig
 from alexnet.models.net import AlexNetFamily
 from alexnet.weights.auto import (
@@ -340,7 +340,10 @@ def verify(
     meta = getattr(model, "weights_meta", None)
     flipped = bool(meta is not None and meta.extra.get(FLIPPED))  # our conv1 was converted to the other order
     with torch.no_grad():
-        ours = model(x.flip(1) if flipped else x).numpy()
+        try:
+            ours = model(x.flip(1) if flipped else x).numpy()
+        except InputSizeError as e:
+            raise WeightsMismatch(f"the graph takes {size}×{size} images, but {e}") from None
     if ours.shape != theirs.shape:
         raise WeightsMismatch(
             f"logits shapes differ: ours {list(ours.shape)}, onnxruntime's {list(theirs.shape)}"
