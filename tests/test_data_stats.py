@@ -14,7 +14,7 @@ from PIL import Image
 
 from alexnet.cli import main
 from alexnet.data.images import read_image
-from alexnet.data.stats import DataStats, compute_stats
+from alexnet.data.stats import DataStats, compute_stats, stats_file
 
 SIZE = 48
 
@@ -117,6 +117,18 @@ def test_cli_prints_json_and_writes_files(photo_folder, tmp_path, capsys):
     info = json.loads(capsys.readouterr().out)
     assert info["images"] == 4 and info["skipped"] == 1 and len(info["eigvec"]) == 3
     assert Path(info["out"]).is_file() and out.with_suffix(".json").is_file()
+
+
+@pytest.mark.parametrize(
+    ("given", "written"), [("s.json", "s"), ("s.safetensors", "s"), ("s", "s"), ("s.v2", "s.v2")]
+)
+def test_out_names_one_pair_of_files_that_train_stats_reads_by_the_same_name(
+    photo_folder, tmp_path, capsys, given, written
+):
+    out = tmp_path / "out"
+    assert main(["data-stats", str(photo_folder), "--size", str(SIZE), "--out", str(out / given)]) == 0
+    assert sorted(p.name for p in out.iterdir()) == [f"{written}.json", f"{written}.safetensors"]
+    assert stats_file(out / given) == out / f"{written}.safetensors"  # what `train --stats` opens
 
 
 def test_cli_bad_path_is_one_line_and_exit_2():

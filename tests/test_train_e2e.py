@@ -10,6 +10,7 @@ import csv
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import time
@@ -151,3 +152,48 @@ def test_a_run_from_the_packed_store_trains_exactly_as_one_from_the_files(tmp_pa
     expected = _losses(tmp_path / "files")
     assert sorted(expected) == [1, 2, 3, 4]
     assert _losses(tmp_path / "packed") == expected  # the same batches, bit for bit
+
+
+def test_resume_continues_in_the_folder_given_and_refuses_what_would_change_the_run(
+    tmp_path: Path, data: Path
+) -> None:
+    run = tmp_path / "run"
+    args = [*TRAIN, "--data", str(data), "--checkpoint-every", "1"]
+    assert run_cli(tmp_path, *args, "--max-steps", "2", "--out", str(run)).returncode == 0
+    assert json.loads((run / "config.json").read_text())["data"] == str(data.absolute())
+
+    # A copied run continues in the copy; the original is left as it was.
+    copy = tmp_path / "copy"
+    shutil.copytree(run, copy)
+    resumed = run_cli(tmp_path, "train", "--resume", "--out", str(copy), "--max-steps", "3", "-q")
+    assert resumed.returncode == 0, resumed.stderr
+    assert list_checkpoints(copy)[-1].name == "step-00000003.pt"
+    assert list_checkpoints(run)[-1].name == "step-00000002.pt"
+
+    # A changed batch size would skip or repeat images: one line, exit code 2, nothing written.
+    before = sorted(p.name for p in (copy / "checkpoints").iterdir())
+    changed = run_cli(tmp_path, "train", "--resume", "--out", str(copy), "--batch-size", "2", "-q")
+    assert changed.returncode == 2
+    assert changed.stderr.strip().splitlines() == [
+        "alexnet: error: --resume: the run was trained with --batch-size 4, not 2; resume with the same value, "
+        "or start a new run"
+    ]
+    assert sorted(p.name for p in (copy / "checkpoints").iterdir()) == before
+
+    # A new run into a folder that holds one (its checkpoints cleaned up) is refused, not mixed into it.
+    shutil.rmtree(run / "checkpoints")
+    again = run_cli(tmp_path, *args, "--max-steps", "1", "--out", str(run))
+    assert again.returncode == 2 and "already holds a run" in again.stderr
+
+
+def test_a_class_subset_trains_and_evaluates_on_those_classes_of_a_larger_val_split(
+    tmp_path: Path, data: Path
+) -> None:
+    run = tmp_path / "two"
+    done = run_cli(
+        tmp_path, *TRAIN, "--data", str(data), "--classes", "2", "--max-steps", "1", "--out", str(run)
+    )
+    assert done.returncode == 0, done.stderr
+    evaluated = run_cli(tmp_path, "eval", "--run", str(run), "--json", "--workers", "0")
+    assert evaluated.returncode == 0, evaluated.stderr
+    assert json.loads(evaluated.stdout)["images"] == 2 * 4  # val has 3 classes of 4 images; the run learnt 2

@@ -89,6 +89,13 @@ def test_config_round_trips_through_json(tmp_path: Path) -> None:
         ({"dropout": 1.5}, "dropout"),
         ({"optimizer": "rmsprop"}, "optimizer"),
         ({"nonsense": 1}, "unknown training option"),
+        ({"lr": float("inf")}, "learning rate must be positive and finite"),
+        ({"lr": float("nan")}, "learning rate"),
+        ({"weight_decay": float("inf")}, "weight decay"),
+        ({"lr_factor": -1.0}, "lr factor"),
+        ({"lr_factor": float("nan")}, "lr factor"),
+        ({"renorm_rms": float("inf")}, "renorm RMS"),
+        ({"grad_clip": 0.0}, "gradient clipping"),
     ],
 )
 def test_bad_values_raise_training_error_naming_the_value(overrides: dict, message: str) -> None:

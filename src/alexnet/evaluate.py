@@ -143,7 +143,15 @@ def evaluate(
         raise DataError(f"batch size must be at least 1 (got {batch_size})")
     meta = getattr(model, "weights_meta", None)
     names = classes if classes is not None else (meta.classes if meta is not None else None)
-    dataset = ImageFolder(root, split, input_transform(model, ten_crop), class_names=names)
+    # weights trained on the first N classes (`alexnet train --classes N`) are evaluated on those classes' images
+    subset = names is not None and len(names) < len(_class_folders(Path(root) / split))
+    dataset = ImageFolder(
+        root,
+        split,
+        input_transform(model, ten_crop),
+        class_names=names,
+        other_classes="ignore" if subset else "error",
+    )
     attach(dataset, preprocessing_of(model).resize)  # `alexnet data-pack`'s pixels, where there are some
     n_out = getattr(model, "num_classes", None)
     if n_out is not None and len(dataset.classes) > n_out:
@@ -165,3 +173,9 @@ def evaluate(
     result.skipped = len(dataset.bad)
     result.skipped_files = list(dataset.bad)
     return result
+
+
+def _class_folders(split_dir: Path) -> list[str]:
+    if not split_dir.is_dir():
+        return []  # ImageFolder names the problem
+    return [d.name for d in split_dir.iterdir() if d.is_dir() and not d.name.startswith(".")]

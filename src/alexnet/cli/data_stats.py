@@ -17,11 +17,16 @@ def register(sub: Any) -> None:
         "One streaming pass over ROOT/<split>/<class>/* after rescaling the shorter side to --size and taking "
         "the central square (AlexNet §2): per-channel mean and std, the per-pixel mean image (AlexNet §2) and "
         "the eigen-decomposition of the RGB covariance used by PCA colour augmentation (AlexNet §4.1). "
-        "Pixels are RGB in 0–1. --out writes FILE.safetensors (with the mean image) and FILE.json.",
+        "Pixels are RGB in 0–1. --out writes FILE.safetensors (with the mean image) and FILE.json "
+        "(stats.json → stats.safetensors + stats.json); `alexnet train --stats FILE` reads it.",
     )
     p.add_argument("root", metavar="ROOT", help="data-set folder holding <split>/<class>/<images>")
     p.add_argument("--split", default="train", help="sub-folder to measure (default: train)")
-    p.add_argument("--out", metavar="FILE", help="write the statistics to FILE (.safetensors) and FILE.json")
+    p.add_argument(
+        "--out",
+        metavar="FILE",
+        help="write the statistics to FILE.safetensors and FILE.json (either suffix optional)",
+    )
     p.add_argument("--max-images", type=int, metavar="N", help="use N images (a fixed random subset)")
     p.add_argument("--size", type=int, default=256, help="side of the centre patch (default: 256)")
     p.add_argument("--workers", type=int, default=0, help="decoding worker processes (default: 0)")
@@ -32,16 +37,13 @@ def register(sub: Any) -> None:
 def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from alexnet.data.stats import compute_stats
+    from alexnet.data.stats import compute_stats, stats_file
 
     if args.workers < 0:
         raise CommandError(f"--workers must be ≥ 0, not {args.workers}")
     out = None
     if args.out:
-        out = Path(args.out)
-        if out.suffix != ".safetensors":
-            out = out.with_name(out.name + ".safetensors")
-        writable_file(out)
+        out = writable_file(stats_file(args.out))
     stats = compute_stats(
         args.root,
         args.split,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 from typing import Any
 
 from alexnet.cli._common import CommandError, add_command
@@ -133,7 +134,6 @@ def register(sub: Any) -> None:
 def resolve_config(args: argparse.Namespace) -> Any:
     """The recipe (or, with ``--resume``, the run's saved config.json) with the given flags on top."""
     import time
-    from pathlib import Path
 
     from alexnet.models import list_models
     from alexnet.train.config import TrainConfig
@@ -141,6 +141,9 @@ def resolve_config(args: argparse.Namespace) -> Any:
 
     overrides = {dest: getattr(args, dest) for _, dest, _, _ in _VALUE_FLAGS}
     overrides.update({dest: getattr(args, dest) for _, dest, _ in _BOOL_FLAGS})
+    for key in ("data", "stats"):  # recorded in config.json: valid from any working directory later
+        if overrides.get(key) is not None:
+            overrides[key] = str(Path(overrides[key]).absolute())
     if args.model is not None and args.model not in list_models():
         raise CommandError(f"unknown model {args.model!r}; choose one of: {', '.join(list_models())}")
     if args.resume:
@@ -155,7 +158,8 @@ def resolve_config(args: argparse.Namespace) -> Any:
                 raise CommandError(
                     f"--resume: the run in {args.out} uses --{key} {getattr(cfg, key)}, not {value}"
                 )
-        return cfg.with_overrides(**overrides)
+        # the folder given now, not the one recorded: a copied or moved run continues where it is
+        return cfg.with_overrides(**overrides, out=args.out)
     model = args.model or "alexnet"
     recipe = args.recipe or "krizhevsky2012"
     out = args.out or f"runs/{model}-{recipe}-{time.strftime('%Y%m%d-%H%M%S')}"

@@ -30,7 +30,7 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import torch
 
@@ -62,8 +62,9 @@ class ImageFolder(torch.utils.data.Dataset):
         transform: applied to the decoded ``uint8`` RGB 3×H×W tensor (see :mod:`alexnet.data.transforms`).
         classes: keep the first N classes (sorted folder names).
         images_per_class: keep the first K files (sorted names) of each class.
-        class_names: the class list that defines the index (e.g. the train split's ``.classes`` for val); a
-            class missing from this split is fine, a folder not in the list is an error.
+        class_names: the class list that defines the index (e.g. the train split's ``.found`` for val); a
+            class missing from this split is fine, a folder not in the list is an error unless
+            ``other_classes="ignore"`` (a model trained on a subset of the classes, evaluated on their images).
         min_side: decode JPEGs at reduced size as long as the shorter side stays ≥ this (AlexNet §2's 256).
     """
 
@@ -77,6 +78,7 @@ class ImageFolder(torch.utils.data.Dataset):
         images_per_class: int | None = None,
         class_names: Sequence[str] | None = None,
         min_side: int | None = 256,
+        other_classes: Literal["error", "ignore"] = "error",
     ) -> None:
         self.root = Path(root).expanduser()
         self.split = split
@@ -96,11 +98,12 @@ class ImageFolder(torch.utils.data.Dataset):
         found = sorted(d.name for d in split_dir.iterdir() if d.is_dir() and not d.name.startswith("."))
         if not found:
             raise DataError(f"{split_dir} has no class folders: expected the layout {expected}")
+        self.found = found  # every class folder of the split, before any subset
         if class_names is None:
             self.classes = found[:classes] if classes is not None else found
         else:
             unknown = sorted(set(found) - set(class_names))
-            if unknown:
+            if unknown and other_classes == "error":
                 raise DataError(
                     f"{split_dir} has class folders that are not in the class list: "
                     f"{', '.join(unknown[:5])}{' …' if len(unknown) > 5 else ''}"

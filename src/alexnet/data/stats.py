@@ -23,6 +23,18 @@ from alexnet.data.preprocess import Preprocessing
 from alexnet.errors import DataError
 
 
+def stats_file(path: str | Path) -> Path:
+    """The ``.safetensors`` file that ``data-stats --out PATH`` writes and ``train --stats PATH`` reads: ``PATH``
+    itself when it ends in ``.safetensors``, ``stats.safetensors`` for ``stats.json`` (the summary beside it),
+    else ``PATH.safetensors``."""
+    path = Path(path)
+    if path.suffix == ".safetensors":
+        return path
+    if path.suffix == ".json":
+        return path.with_suffix(".safetensors")
+    return path.with_name(path.name + ".safetensors")
+
+
 @dataclass
 class DataStats:
     """``mean_rgb``/``std_rgb``: per channel (0–1); ``eigval`` (descending) and ``eigvec`` (column j = j-th
@@ -89,6 +101,7 @@ class DataStats:
 
     @classmethod
     def load(cls, path: str | Path) -> DataStats:
+        """Read ``path`` (named as :func:`stats_file` names it)."""
         from safetensors import SafetensorError, safe_open
 
         try:

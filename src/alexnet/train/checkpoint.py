@@ -8,6 +8,7 @@ Files are ``checkpoints/step-00001234.pt``, written to a temporary name and rena
 
 from __future__ import annotations
 
+import logging
 import pickle
 import random
 import re
@@ -21,6 +22,7 @@ from alexnet.errors import TrainingError
 from alexnet.weights.io import atomic_write
 
 FORMAT = "alexnet-checkpoint/1"
+log = logging.getLogger("alexnet.train")
 _NAME = re.compile(r"^step-(\d+)\.pt$")
 
 
@@ -87,16 +89,28 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     return state
 
 
-def latest_checkpoint(run_dir: str | Path) -> dict[str, Any]:
-    """The newest readable checkpoint of ``run_dir`` (a damaged newest file falls back to the one before)."""
+def latest_checkpoint(run_dir: str | Path, notes: list[str] | None = None) -> dict[str, Any]:
+    """The newest readable checkpoint of ``run_dir``. A damaged newer file is renamed ``*.pt.damaged`` (kept for a
+    look, no longer counted among the checkpoints to keep) and the one before it is used; the warning goes to
+    ``notes`` when given (the run logs it once its log is open), else to the log."""
     found = list_checkpoints(run_dir)
     if not found:
         raise TrainingError(f"--resume: no checkpoint in {checkpoint_dir(run_dir)} (nothing to resume)")
     error: TrainingError | None = None
     for path in reversed(found):
         try:
-            return load_checkpoint(path)
+            state = load_checkpoint(path)
         except TrainingError as e:
             error = error or e
+            continue
+        for bad in found[found.index(path) + 1 :]:
+            aside = bad.with_name(bad.name + ".damaged")
+            bad.replace(aside)
+            note = f"--resume: {bad} is damaged (renamed {aside.name}); resuming from {path.name}"
+            if notes is None:
+                log.warning("%s", note)
+            else:
+                notes.append(note)
+        return state
     assert error is not None
     raise error

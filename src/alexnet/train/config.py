@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import asdict, dataclass, fields, replace
+from math import inf
 from pathlib import Path
 from typing import Any
 
@@ -96,9 +97,17 @@ class TrainConfig:
                 self.max_steps is None or self.max_steps >= 1,
                 f"max steps must be at least 1 (got {self.max_steps})",
             ),
-            (self.lr > 0, f"learning rate must be positive (got {self.lr})"),
+            (0 < self.lr < inf, f"learning rate must be positive and finite (got {self.lr})"),
             (0 <= self.momentum < 1, f"momentum must be in [0, 1) (got {self.momentum})"),
-            (self.weight_decay >= 0, f"weight decay must be >= 0 (got {self.weight_decay})"),
+            (0 <= self.weight_decay < inf, f"weight decay must be >= 0 and finite (got {self.weight_decay})"),
+            (0 < self.lr_factor <= 1, f"lr factor must be in (0, 1] (got {self.lr_factor})"),
+            (0 <= self.min_lr < inf, f"min lr must be >= 0 and finite (got {self.min_lr})"),
+            (
+                self.grad_clip is None or 0 < self.grad_clip < inf,
+                f"gradient clipping norm must be positive and finite (got {self.grad_clip})",
+            ),
+            (self.plateau_patience >= 0, f"plateau patience must be >= 0 (got {self.plateau_patience})"),
+            (self.max_reductions >= 0, f"max reductions must be >= 0 (got {self.max_reductions})"),
             (0 <= self.dropout < 1, f"dropout must be in [0, 1) (got {self.dropout})"),
             (
                 0 <= self.label_smoothing < 1,
@@ -122,14 +131,17 @@ class TrainConfig:
                 f"images per class must be at least 1 (got {self.images_per_class})",
             ),
             (
-                self.renorm_rms is None or self.renorm_rms > 0,
-                f"renorm RMS must be positive (got {self.renorm_rms})",
+                self.renorm_rms is None or 0 < self.renorm_rms < inf,
+                f"renorm RMS must be positive and finite (got {self.renorm_rms})",
             ),
             (
                 self.input_size is None or 32 <= self.input_size <= 512,
                 f"input size must be 32–512 pixels (got {self.input_size})",
             ),
-            (self.pca_lighting >= 0, f"PCA lighting std must be >= 0 (got {self.pca_lighting})"),
+            (
+                0 <= self.pca_lighting < inf,
+                f"PCA lighting std must be >= 0 and finite (got {self.pca_lighting})",
+            ),
             (self.optimizer in OPTIMIZERS, f"optimizer must be one of {', '.join(OPTIMIZERS)}"),
             (self.schedule in SCHEDULES, f"schedule must be one of {', '.join(SCHEDULES)}"),
             (self.step_unit in ("iter", "epoch"), "step unit must be 'iter' or 'epoch'"),

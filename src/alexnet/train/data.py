@@ -28,14 +28,15 @@ def run_stats(cfg: TrainConfig, run_dir: Path, progress: bool = True) -> Any:
     ``cfg.stats`` when given; else, for ``normalize="image"``, the run folder's copy, computed once from (at most
     :data:`STATS_MAX_IMAGES` of) the training split and kept there, so a resumed run uses the same mean image.
     """
-    from alexnet.data.stats import DataStats, compute_stats
+    from alexnet.data.stats import DataStats, compute_stats, stats_file
 
     if cfg.stats is not None:
-        if not Path(cfg.stats).is_file():
+        if not stats_file(cfg.stats).is_file():
             raise DataError(
-                f"--stats {cfg.stats}: no such file (write one with `alexnet data-stats ROOT --out FILE`)"
+                f"--stats {cfg.stats}: no such file as {stats_file(cfg.stats)} (write one with "
+                "`alexnet data-stats ROOT --out FILE`)"
             )
-        return DataStats.load(cfg.stats)
+        return DataStats.load(stats_file(cfg.stats))
     if cfg.normalize != "image":
         return None
     path = run_dir / STATS_FILE
@@ -153,8 +154,8 @@ def open_run_data(
         root,
         "val",
         eval_transform(pre, mean_image=mean_image),  # centre crop while training; ten crops at the end
-        classes=cfg.classes,
-        class_names=train.classes,
+        classes=cfg.classes,  # the first N of train's folders: checked against all of them, not just the N
+        class_names=train.found,
     )
     for split in (train, val):  # `alexnet data-pack`'s pixels, where there are some
         attach(split, pre.resize)
@@ -239,6 +240,7 @@ def ten_crop_split(data: RunData, pre: Preprocessing) -> Any:
         "val",
         eval_transform(pre, ten_crop=True, mean_image=data.mean_image),
         class_names=data.classes,
+        other_classes="ignore",  # the samples are the checked split's, below
     )
     val.samples = list(data.val.samples)
     val.pixels = data.val.pixels

@@ -115,6 +115,39 @@ def train(
         dist_utils.teardown()
 
 
+# What a checkpoint's position and weights depend on: changed on --resume, the run would silently skip or repeat
+# images (batch size, seed), relabel them (data, classes) or not fit the weights (input size).
+_FIXED_ON_RESUME = (
+    "data",
+    "classes",
+    "images_per_class",
+    "batch_size",
+    "seed",
+    "input_size",
+    "normalize",
+    "stats",
+)
+
+
+def _check_resumable(cfg: TrainConfig, state: dict[str, Any]) -> None:
+    saved = state.get("config") or {}
+    for key in _FIXED_ON_RESUME:
+        if key in saved and saved[key] != getattr(cfg, key):
+            was, now = saved[key], getattr(cfg, key)
+            paths = key in ("data", "stats") and was is not None and now is not None
+            if paths and Path(was).absolute() == Path(now).absolute():  # relative in an older config.json
+                continue
+            flag = "--" + key.replace("_", "-")
+            raise TrainingError(
+                f"--resume: the run was trained with {flag} {was}, not {now}; resume with the same value, or "
+                "start a new run"
+            )
+
+
+def _names(classes: Sequence[str]) -> str:
+    return ", ".join(classes[:4]) + (", …" if len(classes) > 4 else "")
+
+
 def _finish_on_device(cfg: TrainConfig, device: torch.device, train_set: Any) -> bool:
     """Whether the batches' random crops, mirrors, lighting and normalisation run on the training device
     (``--gpu-augment``; ``--gpu-decode`` decodes there too). Unset, on a CUDA device wherever the transform runs
@@ -148,11 +181,14 @@ def _train(
         raise TrainingError(
             f"batch size {cfg.batch_size} is not divisible by the {info.world_size} processes"
         )
-    if not resume and list_checkpoints(run_dir):
+    if not resume and (list_checkpoints(run_dir) or (run_dir / CONFIG).is_file()):
         raise TrainingError(
-            f"{run_dir} already holds checkpoints: add --resume to continue it, or pick another --out"
+            f"{run_dir} already holds a run: add --resume to continue it, or pick another --out (or delete it)"
         )
-    state = latest_checkpoint(run_dir) if resume else None
+    notes: list[str] = []
+    state = latest_checkpoint(run_dir, notes) if resume else None
+    if state is not None:
+        _check_resumable(cfg, state)
 
     torch.manual_seed(cfg.seed)
 
@@ -192,6 +228,19 @@ def _train(
     schedule = LRSchedule(cfg, total_steps, steps_per_epoch)
     epoch, in_epoch, step = 0, 0, 0
     if state is not None:
+        saved_classes = state.get("classes")
+        if saved_classes is not None and list(saved_classes) != list(data.classes):
+            raise TrainingError(
+                f"--resume: the checkpoint learnt {len(saved_classes)} classes ({_names(saved_classes)}), the "
+                f"data now has {len(data.classes)} ({_names(data.classes)}): resume with the same data"
+            )
+        for key, ours in model.state_dict().items():  # older checkpoints record no class list
+            theirs = state["model"].get(key)
+            if theirs is not None and theirs.shape != ours.shape:
+                raise TrainingError(
+                    f"--resume: the checkpoint's {key} is {list(theirs.shape)}, this run's model has "
+                    f"{list(ours.shape)}: resume with the same data and input size"
+                )
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         schedule.load_state_dict(state["schedule"])
@@ -245,6 +294,8 @@ def _train(
         )
         for path, reason in data.skipped:
             log.warning("skipped unreadable file %s: %s", path, reason)
+        for note in notes:
+            log.warning("%s", note)
 
     ctx = TrainContext(
         model=model,
@@ -307,6 +358,7 @@ def _train(
                     "in_epoch": in_epoch_,
                     "step": step,
                     "config": cfg.to_dict(),
+                    "classes": list(data.classes),
                 },
                 step,
                 keep=cfg.keep_checkpoints,
