@@ -104,6 +104,7 @@ def test_too_small_input_size_is_a_clear_error(capsys):
         ["export", "--model", "alexnet", "--out", "{file}/m.onnx"],
         ["export", "--model", "alexnet", "--out", "{dir}", "--force"],
         ["data-stats", "{dir}", "--out", "{file}/stats"],
+        ["train", "--recipe", "demo", "--out", "{file}/run"],
     ],
 )
 def test_an_unwritable_out_fails_before_any_work_with_one_line(capsys, tmp_path, command):
@@ -202,3 +203,46 @@ def test_weights_accepts_a_published_source_name_and_checks_its_digest(
     assert main(["predict", str(chelsea_jpeg), "--weights", "bvlcalexnet-8"]) == 2
     err = one_line_error(capsys)
     assert "bvlcalexnet-8" in err and "no such weights file" not in err
+
+
+@pytest.mark.parametrize("command", ["predict", "eval"])
+@pytest.mark.parametrize(
+    ("device", "words"),
+    [("bogus", "unknown device 'bogus'"), ("cuda", "CUDA is not available")],
+)
+def test_a_bad_or_absent_device_is_one_line_exit_2(capsys, owt_weights, chelsea_jpeg, command, device, words):
+    if device == "cuda" and torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    args = [str(chelsea_jpeg)] if command == "predict" else []
+    assert main([command, *args, "--weights", str(owt_weights), "--device", device]) == 2
+    assert words in one_line_error(capsys)
+
+
+@pytest.mark.parametrize("config", ["[]", '"data"', "3", "null", '{"data": 5}', "{not json"])
+def test_eval_of_a_run_whose_config_is_not_an_object_of_settings_is_one_line(capsys, tmp_path, config):
+    (tmp_path / "model.safetensors").write_bytes(b"")  # never read: the config is checked first
+    (tmp_path / "config.json").write_text(config)
+    assert main(["eval", "--run", str(tmp_path)]) == 2
+    assert f"{tmp_path / 'config.json'}" in one_line_error(capsys)
+
+
+def test_predict_classifies_every_readable_image_and_reports_each_bad_one(
+    capsys, owt_weights, chelsea_jpeg, tmp_path
+):
+    bad, missing = tmp_path / "bad.jpg", tmp_path / "missing.jpg"
+    bad.write_text("not a jpeg")
+    images = [chelsea_jpeg, bad, missing, chelsea_jpeg]
+    assert main(["predict", *map(str, images), "--weights", str(owt_weights), "--topk", "1"]) == 2
+    out, err = capsys.readouterr()
+    assert out.splitlines()[::2] == [str(chelsea_jpeg)] * 2  # both good images, each with its top-1
+    lines = err.strip().splitlines()
+    assert len(lines) == 2 and "Traceback" not in err
+    assert "bad.jpg: not an image" in lines[0] and "missing.jpg: cannot read" in lines[1]
+
+
+def test_predict_with_topk_zero_is_refused_not_an_empty_list():
+    from alexnet.predict import predict
+
+    model = alexnet.create_model("alexnet", num_classes=10)
+    with pytest.raises(ValueError, match="topk must be at least 1"):
+        predict(model, torch.zeros(1, 3, 227, 227), topk=0)

@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from alexnet.cli._common import CommandError, add_command
+from alexnet.cli._common import CommandError, add_command, writable_folder
 
 # flag → (TrainConfig field, type, help). Every flag defaults to None = "the recipe's value".
 _VALUE_FLAGS: list[tuple[str, str, Any, str]] = [
@@ -172,6 +172,7 @@ def run(args: argparse.Namespace) -> int:
     if args.health_every < 0:
         raise CommandError(f"--health-every must be >= 0 (got {args.health_every})")
     cfg = resolve_config(args)
+    writable_folder(cfg.out)  # before the data is checked and the model built
     callbacks = []
     if args.health_every:
         from alexnet.diagnostics.health import HealthMonitor
