@@ -197,3 +197,11 @@ def test_a_class_subset_trains_and_evaluates_on_those_classes_of_a_larger_val_sp
     evaluated = run_cli(tmp_path, "eval", "--run", str(run), "--json", "--workers", "0")
     assert evaluated.returncode == 0, evaluated.stderr
     assert json.loads(evaluated.stdout)["images"] == 2 * 4  # val has 3 classes of 4 images; the run learnt 2
+    too_many = run_cli(
+        tmp_path, *TRAIN, "--data", str(data), "--classes", "5", "--out", str(tmp_path / "five")
+    )
+    assert (
+        too_many.returncode == 2
+        and "--classes 5: " in too_many.stderr
+        and "only 3 class folders" in too_many.stderr
+    )

@@ -39,7 +39,13 @@ def register(sub: Any) -> None:
     )
     p.add_argument("models", nargs="*", metavar="MODEL", help="registered model names")
     p.add_argument("--mode", choices=("train", "infer", "both"), default="both")
-    p.add_argument("--batch-size", "-b", type=int, default=64, help="batch size of the timed steps (64)")
+    p.add_argument(
+        "--batch-size",
+        "-b",
+        type=int,
+        default=64,
+        help="batch size of the timed steps and of the --data pipeline (64)",
+    )
     p.add_argument("--device", default="cpu", help="cpu (default), cuda or cuda:N")
     p.add_argument("--repeats", type=int, default=5, help="timed steps per row; the median is reported (5)")
     p.add_argument("--warmup", type=int, default=2, help="untimed steps before timing (2)")
@@ -89,8 +95,9 @@ def run(args: argparse.Namespace) -> int:
     for opt in ("batch_size", "repeats", "memory_batch_size", "data_images"):
         if getattr(args, opt) < 1:
             raise CommandError(f"--{opt.replace('_', '-')} must be ≥ 1")
-    if args.warmup < 0 or args.workers < 0:
-        raise CommandError("--warmup and --workers must be ≥ 0")
+    for opt in ("warmup", "workers"):
+        if getattr(args, opt) < 0:
+            raise CommandError(f"--{opt} must be ≥ 0, not {getattr(args, opt)}")
     if args.only_data and not args.data:
         raise CommandError("--only-data needs --data ROOT")
     if args.threads is not None:
@@ -102,6 +109,10 @@ def run(args: argparse.Namespace) -> int:
         if not args.json:
             print(f"… {what}", file=sys.stderr, flush=True)
 
+    if args.warmup == 0 and not args.only_data:
+        progress(
+            "--warmup 0: the first timed step pays for allocations and kernel set-up; compare rows with care"
+        )
     if args.only_data:
         report = Report(machine_info(resolve_device(args.device)), {})
     else:
@@ -127,7 +138,13 @@ def run(args: argparse.Namespace) -> int:
 
             root = ensure_builtin_dataset(progress=not args.json)
         progress(f"input pipeline on {root}")
-        report.data = bench_data(root, images=args.data_images, workers=args.workers, device=args.device)
+        report.data = bench_data(
+            root,
+            images=args.data_images,
+            workers=args.workers,
+            device=args.device,
+            batch_size=args.batch_size,
+        )
     if args.json:
         print(json.dumps(report.to_dict(), indent=2))
     else:

@@ -51,7 +51,11 @@ def run(args: argparse.Namespace) -> int:
     root = Path(args.root).expanduser()
     if not root.is_dir():
         raise DataError(f"no data folder {root}: expected {root}/<split>/<class>/<image files>")
-    splits = args.split or [s for s in ("train", "val") if (root / s).is_dir()]
+    splits = (
+        list(dict.fromkeys(args.split))
+        if args.split
+        else [s for s in ("train", "val") if (root / s).is_dir()]
+    )
     if not splits:
         raise DataError(f"{root} has neither a train nor a val folder (name one with --split)")
     infos = []

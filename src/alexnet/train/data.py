@@ -150,6 +150,8 @@ def open_run_data(
         classes=cfg.classes,
         images_per_class=cfg.images_per_class,
     )
+    if cfg.classes is not None and cfg.classes > len(train.found):
+        raise DataError(f"--classes {cfg.classes}: {root}/train has only {len(train.found)} class folders")
     val = ImageFolder(
         root,
         "val",
