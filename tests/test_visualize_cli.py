@@ -61,7 +61,7 @@ def _kind_args(kind: str, s: dict[str, Path]) -> list[str]:
     run = ["--run", str(s["run"])]
     img = [str(s["img"])]
     return {
-        "activations": [*run, *img, "--all", "--stage", "norm", "--top", "16"],
+        "activations": [*run, *img, "--all", "--stage", "pool", "--top", "16"],
         "filters": [*run, *img],
         "deconv": [*run, *img, "--layer", "pool2", "--channel", "3", "--unit", "4,4"],
         "top9": [
@@ -124,6 +124,26 @@ def test_top9_json_lists_nine_per_channel_and_resume_reuses_the_state(setup, cap
         assert z["values"].shape == (64, 9)
 
 
+def test_top9_resume_with_another_model_or_data_is_one_line_and_overwrites_nothing(
+    setup, capsys, tmp_path: Path
+) -> None:
+    base = ["top9", "--layer", "pool1", "--channels", "0", "--out", str(tmp_path)]
+    code, _, err = _run(capsys, [*base, "--run", str(setup["run"]), "--data", str(setup["data"])])
+    assert code == 0, err
+    folder = tmp_path / "top9" / "pool1"
+    before = {p.name: p.read_bytes() for p in folder.iterdir()}
+    attempts = [
+        (["--model", "zfnet", "--data", str(setup["data"])], "model alexnet_owt, not zfnet"),
+        (["--model", "alexnet_owt", "--data", str(setup["data"])], "weights"),  # untrained: other weights
+        (["--run", str(setup["run"]), "--data", str(setup["data"] / "val" / "coffee")], "images"),
+    ]
+    for extra, message in attempts:
+        code, lines, err = _run(capsys, [*base, *extra, "--resume"])
+        assert code == 2 and not lines
+        assert err.count("\n") == 1 and "cannot resume" in err and message in err, err
+        assert {p.name: p.read_bytes() for p in folder.iterdir()} == before
+
+
 BAD = [
     (["deconv", "--layer", "conv9"], "valid layers"),
     (["deconv", "--layer", "fc7"], "trunk"),
@@ -133,6 +153,14 @@ BAD = [
     (["activations", "--layer", "norm9"], "valid layers"),
     (["occlusion", "--stride", "0"], "at least 1"),
     (["top9", "--data", "DATA", "--channels", "300"], "out of range"),
+    (["top9", "--data", "DATA", "--channels", "5-2"], "reversed channel range '5-2'"),
+    (["top9", "--data", "DATA", "--channels", "0,,1"], "expected channels like"),
+    (["top9", "--data", "DATA", "--split", "nosplit"], "no split 'nosplit'"),
+    (["retrieval", "--data", "DATA", "--split", "nosplit"], "(found: train, val)"),
+    (["activations", "--all", "--stage", "norm"], "alexnet_owt has no norm layers"),
+    (["activations", "--stage", "pool"], "--stage applies only with --all"),
+    (["activations", "--all", "--layer", "conv2"], "--layer or --all"),
+    (["deconv", "--unit", "13,0"], "outside"),
 ]
 
 
@@ -159,3 +187,110 @@ def test_a_non_image_file_is_one_line_and_exit_code_2(setup, capsys, tmp_path: P
 def test_missing_run_and_weights_is_one_line(setup, capsys, tmp_path: Path) -> None:
     code, _, err = _run(capsys, ["filters", "--run", str(tmp_path), "--out", str(tmp_path)])
     assert code == 2 and "model.safetensors" in err
+
+
+def test_channel_lists_parse_in_order_once_and_refuse_what_selects_nothing() -> None:
+    import argparse
+
+    from alexnet.cli.visualize import _channels
+
+    assert _channels("0,5,10-12") == [0, 5, 10, 11, 12]
+    assert _channels(" 3, 1-3,3") == [3, 1, 2]  # order kept, each channel once
+    assert _channels("7-7") == [7]
+    for bad in ("5-2", "", "0,,1", "0,", "a", "-3", "1-2-3", "1.5", "0-999999999"):
+        with pytest.raises(argparse.ArgumentTypeError):
+            _channels(bad)
+
+
+def test_images_with_the_same_name_get_distinct_outputs_with_their_own_content(
+    setup, capsys, tmp_path: Path
+) -> None:
+    """``a/chelsea.jpg`` and ``b/chelsea.jpg`` (different pictures) must not overwrite each other's files."""
+    import shutil
+
+    from alexnet.visualize.hooks import capture
+    from alexnet.visualize.inputs import prepare
+    from alexnet.weights import load_pretrained
+
+    first, second = tmp_path / "a" / "chelsea.jpg", tmp_path / "b" / "chelsea.jpg"
+    for src, dst in ((setup["img"], first), (setup["img2"], second)):
+        dst.parent.mkdir()
+        shutil.copy(src, dst)
+    run = ["--run", str(setup["run"]), str(first), str(second)]
+    out = tmp_path / "out"
+    code, lines, err = _run(capsys, ["activations", *run, "--layer", "conv1", "--out", str(out)])
+    assert code == 0, err
+    assert len(set(lines)) == len(lines) == 6 and all(Path(line).is_file() for line in lines)
+    maps = [Path(line) for line in lines if line.endswith("_activations.npz")]
+    assert [p.name for p in maps] == ["chelsea_1_activations.npz", "chelsea_2_activations.npz"]
+    model = load_pretrained(None, str(setup["run"] / "model.safetensors"))
+    for path, image in zip(maps, (first, second), strict=True):
+        want = capture(model, prepare(model, image).tensor.unsqueeze(0), ["conv1"])["conv1"][0]
+        with np.load(path) as z:
+            np.testing.assert_allclose(z["conv1"], want.numpy(), rtol=1e-4, atol=1e-4)
+    code, lines, err = _run(capsys, ["deconv", *run, "--layer", "pool1", "--channel", "2", "--out", str(out)])
+    assert code == 0, err
+    assert len(set(lines)) == len(lines) == 6 and all(Path(line).is_file() for line in lines)
+    recorded = []
+    for line in lines:
+        if line.endswith(".npz"):
+            with np.load(line) as z:
+                recorded.append(str(z["image"]))
+    assert recorded == [str(first), str(second)]
+
+
+def test_deconv_unit_without_channel_projects_the_channel_strongest_at_that_unit(
+    setup, capsys, tmp_path: Path
+) -> None:
+    from alexnet.visualize.hooks import capture
+    from alexnet.visualize.inputs import prepare
+    from alexnet.weights import load_pretrained
+
+    model = load_pretrained(None, str(setup["run"] / "model.safetensors"))
+    acts = capture(model, prepare(model, setup["img"]).tensor.unsqueeze(0), ["relu2"])["relu2"][0]
+    row, col = 3, 20
+    assert acts[:, row, col].max() > 0
+    want = int(acts[:, row, col].argmax())
+    assert want != int(acts.flatten(1).amax(1).argmax())  # the case that picked a map dark at the unit
+    args = [
+        "deconv",
+        "--run",
+        str(setup["run"]),
+        str(setup["img"]),
+        "--layer",
+        "relu2",
+        "--out",
+        str(tmp_path),
+    ]
+    code, lines, err = _run(capsys, [*args, "--unit", f"{row},{col}"])
+    assert code == 0, err
+    npz = Path(next(line for line in lines if line.endswith(".npz")))
+    assert npz.name == f"chelsea_relu2_ch{want}_unit{row}-{col}_deconv.npz"
+    with np.load(npz) as z:
+        assert int(z["channel"]) == want and z["unit"].tolist() == [row, col] and str(z["layer"]) == "relu2"
+        assert np.abs(z["projection"]).max() > 0
+    # The whole map of that channel is another file: runs with and without --unit do not overwrite each other.
+    code, whole, err = _run(capsys, [*args, "--channel", str(want)])
+    assert code == 0, err
+    assert not set(whole) & set(lines)
+    with np.load(next(line for line in whole if line.endswith(".npz"))) as z:
+        assert z["unit"].size == 0 and int(z["channel"]) == want
+
+
+def test_every_visualize_option_has_help_and_states_its_default() -> None:
+    import argparse
+
+    from alexnet.cli import build_parser
+
+    parser = build_parser()
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    visualize = sub.choices["visualize"]
+    kinds = next(a for a in visualize._actions if isinstance(a, argparse._SubParsersAction))
+    for kind, p in kinds.choices.items():
+        for action in p._actions:
+            if not action.option_strings or isinstance(action, argparse._HelpAction):
+                continue
+            name = f"visualize {kind} {action.option_strings[0]}"
+            assert action.help, f"{name} has no help"
+            if action.default not in (None, False):
+                assert "default" in action.help, f"{name}: the help does not state its default"

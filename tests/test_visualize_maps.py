@@ -7,8 +7,10 @@ import pytest
 import torch
 
 import alexnet
+from alexnet.errors import LayerNotFound
 from alexnet.visualize.activations import (
     activation_grid,
+    conv_stage_layers,
     plot_activations,
     plot_all_conv_layers,
     top_channels,
@@ -104,3 +106,14 @@ def test_field_crop_keeps_the_content_where_it_sits_in_the_field() -> None:
     assert tile.shape == (6, 6, 3)
     np.testing.assert_array_equal(tile[2:, :3], image[0:4, 7:10])
     assert (tile[:2] == -1).all() and (tile[:, 3:] == -1).all()
+
+
+def test_a_stage_the_model_lacks_entirely_is_an_error_not_relu_maps(owt) -> None:
+    with pytest.raises(
+        LayerNotFound, match="alexnet_owt has no norm layers; choose one of: conv, relu, pool"
+    ):
+        conv_stage_layers(owt, "norm")
+    # A stage only some conv stages have: the others show their ReLU output, under its own name.
+    assert conv_stage_layers(owt, "pool") == ["pool1", "pool2", "relu3", "relu4", "pool5"]
+    lrn = alexnet.create_model("alexnet", init="pytorch")
+    assert conv_stage_layers(lrn, "norm") == ["norm1", "norm2", "relu3", "relu4", "relu5"]

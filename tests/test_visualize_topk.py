@@ -9,9 +9,17 @@ import pytest
 import torch
 
 import alexnet
+from alexnet.errors import DataError
 from alexnet.visualize.hooks import capture
 from alexnet.visualize.inputs import prepare
-from alexnet.visualize.topk import TopK, render_top9, stream_topk, topk_json, write_topk
+from alexnet.visualize.topk import (
+    TopK,
+    folder_items,
+    render_top9,
+    stream_topk,
+    topk_json,
+    write_topk,
+)
 
 
 def _photos() -> list[tuple[torch.Tensor, str]]:
@@ -94,3 +102,60 @@ def test_json_boxes_are_receptive_fields_and_grids_render(model, tmp_path: Path)
     written = write_topk(model, state, tmp_path / "out") + render_top9(model, state, tmp_path / "out", [0, 7])
     assert [p.name for p in written] == ["top9.json", "top9.npz", "channel_000.png", "channel_007.png"]
     assert all(p.stat().st_size > 0 for p in written)
+
+
+def test_resume_refuses_another_model_weights_layer_or_images_and_writes_nothing(
+    model, tmp_path: Path
+) -> None:
+    items = _photos()[:4]
+    stream_topk(model, items, "conv1", k=2, batch_size=2, state_dir=tmp_path)
+    saved = (tmp_path / "state.npz").read_bytes()
+    torch.manual_seed(1)
+    retrained = alexnet.create_model("zfnet", init="pytorch").eval()  # same name, other weights
+    torch.manual_seed(0)
+    other = alexnet.create_model("alexnet_owt", init="pytorch").eval()
+    renamed = [(im, f"elsewhere/{name}") for im, name in items]
+    cases = [
+        (retrained, items, "conv1", 2, ["weights"]),
+        (other, items, "conv1", 2, ["model zfnet, not alexnet_owt", "weights"]),
+        (model, items, "relu1", 2, ["layer conv1, not relu1"]),
+        (model, items, "conv1", 3, ["top-2, not top-3"]),
+        (model, renamed, "conv1", 2, ["images: the first 4"]),
+        (model, items[:3], "conv1", 2, ["images: it consumed 4, this listing has only 3"]),
+    ]
+    for net, listing, layer, k, expected in cases:
+        with pytest.raises(DataError, match="cannot resume") as e:
+            stream_topk(net, listing, layer, k=k, batch_size=2, state_dir=tmp_path, resume=True)
+        assert all(part in str(e.value) for part in expected), str(e.value)
+        assert "\n" not in str(e.value)
+        assert (tmp_path / "state.npz").read_bytes() == saved  # refused before anything was written
+
+
+def test_resume_refuses_a_state_that_does_not_record_its_origin(model, tmp_path: Path) -> None:
+    TopK.empty("conv1", 96, 2).save(tmp_path)  # as an older version wrote it: no model, weights or listing
+    with pytest.raises(DataError, match="does not record"):
+        stream_topk(model, _photos()[:2], "conv1", k=2, state_dir=tmp_path, resume=True)
+
+
+def _touch(path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(b"x")
+    return path
+
+
+def test_a_split_missing_from_a_root_with_splits_is_refused_not_streamed_whole(tmp_path: Path) -> None:
+    _touch(tmp_path / "train" / "cat" / "a.jpg")
+    _touch(tmp_path / "val" / "cat" / "b.jpg")
+    assert [name for _, name in folder_items(tmp_path, "val")] == [str(tmp_path / "val" / "cat" / "b.jpg")]
+    with pytest.raises(DataError, match=r"no split 'nosplit' in .* \(found: train, val\)"):
+        folder_items(tmp_path, "nosplit")
+
+
+def test_a_folder_without_split_folders_is_read_whole_in_path_order(tmp_path: Path) -> None:
+    files = [
+        _touch(tmp_path / "cat" / "b.jpg"),
+        _touch(tmp_path / "cat" / "a.jpg"),
+        _touch(tmp_path / "z.jpg"),
+    ]
+    got = [name for _, name in folder_items(tmp_path, "val")]
+    assert got == sorted(str(f) for f in files)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -37,18 +38,29 @@ def _unit(text: str) -> tuple[int, int]:
     return row, col
 
 
+MAX_CHANNEL = 1 << 16  # far above any conv layer of the family (384 … 1024 maps)
+
+
 def _channels(text: str) -> list[int]:
+    """``0,5,10-15`` → [0, 5, 10, …, 15], in the order given, each channel once. Empty items, non-numbers,
+    negative numbers and reversed ranges (``5-2``) are errors: none of them may quietly select nothing."""
     out: list[int] = []
-    try:
-        for part in text.split(","):
-            if "-" in part:
-                lo, hi = (int(v) for v in part.split("-"))
-                out.extend(range(lo, hi + 1))
-            elif part:
-                out.append(int(part))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected channels like 0,5,10-15, got {text!r}") from None
-    return out
+    for part in text.replace(" ", "").split(","):
+        m = re.fullmatch(r"([0-9]+)(?:-([0-9]+))?", part)
+        if m is None:
+            raise argparse.ArgumentTypeError(
+                f"expected channels like 0,5,10-15 (numbers ≥ 0, ranges LOW-HIGH), got {text!r}"
+            )
+        first = int(m[1])
+        last = int(m[2]) if m[2] is not None else first
+        if last < first:
+            raise argparse.ArgumentTypeError(
+                f"reversed channel range {part!r} in {text!r}: write {last}-{first}"
+            )
+        if last > MAX_CHANNEL:  # before building the list: 0-999999999 must not eat the memory
+            raise argparse.ArgumentTypeError(f"channel {last} is out of range for every model")
+        out.extend(range(first, last + 1))
+    return list(dict.fromkeys(out))  # each channel once, in the order given
 
 
 def _common(p: ArgumentParser, images: str = "+") -> None:
@@ -74,14 +86,14 @@ def register(sub: Any) -> None:
 
     k = kinds.add_parser("activations", help=KINDS["activations"], description=KINDS["activations"])
     _common(k)
-    k.add_argument("--layer", default="relu1", help="paper layer name (conv1 … pool5; default relu1)")
+    k.add_argument("--layer", help="paper layer name (conv1 … pool5; default relu1); not with --all")
     k.add_argument("--top", type=int, help="only the K most active channels")
     k.add_argument("--all", action="store_true", help="all five conv stages on one figure")
     k.add_argument(
         "--stage",
         choices=("conv", "relu", "norm", "pool"),
-        default="relu",
-        help="with --all: which output of each stage (default relu)",
+        help="with --all only: which output of each stage (default relu); a stage without it (pool3) "
+        "shows its ReLU output, a model without any (norm on alexnet_owt) is an error",
     )
 
     k = kinds.add_parser("filters", help=KINDS["filters"], description=KINDS["filters"])
@@ -89,28 +101,45 @@ def register(sub: Any) -> None:
 
     k = kinds.add_parser("deconv", help=KINDS["deconv"], description=KINDS["deconv"])
     _common(k)
-    k.add_argument("--layer", default="conv5", help="conv-trunk layer: convN, reluN, normN or poolN")
-    k.add_argument("--channel", type=int, help="feature map (default: each image's strongest)")
-    k.add_argument("--unit", type=_unit, metavar="ROW,COL", help="only this unit of the map")
+    k.add_argument(
+        "--layer", default="conv5", help="conv-trunk layer: convN, reluN, normN or poolN (default conv5)"
+    )
+    k.add_argument(
+        "--channel",
+        type=int,
+        help="feature map (default: with --unit, the map strongest at that unit; else each image's strongest "
+        "activation)",
+    )
+    k.add_argument(
+        "--unit", type=_unit, metavar="ROW,COL", help="only this unit of the map (default: the whole map)"
+    )
 
     k = kinds.add_parser("top9", help=KINDS["top9"], description=KINDS["top9"])
     _common(k, images="")
     k.add_argument(
-        "--data", required=True, metavar="ROOT", help="data set: ROOT/<split>/<class>/* or a folder"
+        "--data",
+        required=True,
+        metavar="ROOT",
+        help="data set: ROOT/<split>/<class>/*, or a folder of images without split folders",
     )
     k.add_argument("--split", default="val", help="split folder under ROOT (default val)")
     k.add_argument("--layer", default="conv5", help="conv-trunk layer (default conv5)")
     k.add_argument("--channels", type=_channels, help="feature maps to draw, e.g. 0,5,10-15 (default 0-15)")
-    k.add_argument("--max-images", type=int, metavar="N", help="only the first N images")
-    k.add_argument("--batch-size", type=int, default=32)
-    k.add_argument("--resume", action="store_true", help="continue an interrupted pass from its saved state")
+    k.add_argument("--max-images", type=int, metavar="N", help="only the first N images (default all)")
+    k.add_argument("--batch-size", type=int, default=32, help="images per forward pass (default 32)")
+    k.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue an interrupted pass from its saved state (refused if the model, weights, layer or "
+        "first images differ)",
+    )
 
     k = kinds.add_parser("occlusion", help=KINDS["occlusion"], description=KINDS["occlusion"])
     _common(k)
     k.add_argument("--size", type=int, default=32, help="side of the grey square in pixels (default 32)")
     k.add_argument("--stride", type=int, default=8, help="step between positions in pixels (default 8)")
     k.add_argument("--target", type=int, help="the correct class index (default: the top prediction)")
-    k.add_argument("--batch-size", type=int, default=64)
+    k.add_argument("--batch-size", type=int, default=64, help="occluded copies per forward pass (default 64)")
 
     k = kinds.add_parser("evolution", help=KINDS["evolution"], description=KINDS["evolution"])
     _common(k)
@@ -120,8 +149,13 @@ def register(sub: Any) -> None:
         metavar="FILE",
         help=".pt checkpoints or .safetensors files (default: RUN/checkpoints/*.pt)",
     )
-    k.add_argument("--layer", default="conv5")
-    k.add_argument("--channels", type=_channels, default=[0, 1, 2, 3], help="feature maps (rows)")
+    k.add_argument("--layer", default="conv5", help="conv-trunk layer (default conv5)")
+    k.add_argument(
+        "--channels",
+        type=_channels,
+        default=[0, 1, 2, 3],
+        help="feature maps (rows), e.g. 0,5,10-15 (default 0-3)",
+    )
 
     k = kinds.add_parser("invariance", help=KINDS["invariance"], description=KINDS["invariance"])
     _common(k)
@@ -129,10 +163,17 @@ def register(sub: Any) -> None:
 
     k = kinds.add_parser("retrieval", help=KINDS["retrieval"], description=KINDS["retrieval"])
     _common(k)
-    k.add_argument("--data", required=True, metavar="ROOT", help="the gallery (training images)")
-    k.add_argument("--split", default="train")
-    k.add_argument("--max-images", type=int, metavar="N")
-    k.add_argument("--neighbours", type=int, default=6)
+    k.add_argument(
+        "--data",
+        required=True,
+        metavar="ROOT",
+        help="the gallery: ROOT/<split>/<class>/*, or a folder of images without split folders",
+    )
+    k.add_argument("--split", default="train", help="split folder under ROOT (default train)")
+    k.add_argument(
+        "--max-images", type=int, metavar="N", help="only the first N gallery images (default all)"
+    )
+    k.add_argument("--neighbours", type=int, default=6, help="nearest images shown per query (default 6)")
     k.add_argument("--cache", metavar="DIR", help="feature cache folder (default OUT/cache)")
     p.set_defaults(func=run)
 
@@ -163,12 +204,16 @@ def run(args: argparse.Namespace) -> int:
         value = getattr(args, name, None)
         if value is not None and value < 1:
             raise CommandError(f"--{name.replace('_', '-')} must be at least 1")
+    if getattr(args, "stage", None) is not None and not args.all:  # else it would be silently ignored
+        raise CommandError("--stage applies only with --all (one layer: --layer, e.g. --layer norm1)")
+    if getattr(args, "all", False) and args.layer is not None:
+        raise CommandError("give --layer or --all, not both")
     writable_folder(args.out)
     model = load_model(args)
     kind = args.kind
     if kind == "activations":
         paths = outputs.write_activations(
-            model, args.images, args.out, args.layer, args.top, args.all, args.stage
+            model, args.images, args.out, args.layer or "relu1", args.top, args.all, args.stage or "relu"
         )
     elif kind == "filters":
         paths = outputs.write_filters(model, args.out, args.images)

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
+from alexnet.errors import LayerNotFound
 from alexnet.models import AlexNetFamily
 from alexnet.visualize.hooks import SelectionError, capture, check_layers
 from alexnet.visualize.inputs import prepare
@@ -20,6 +21,9 @@ from alexnet.visualize.plot import new_figure, normalize01, tile, uint8_to_float
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
+
+
+STAGES = ("conv", "relu", "norm", "pool")
 
 
 def top_channels(acts: torch.Tensor, k: int) -> torch.Tensor:
@@ -47,12 +51,19 @@ def activation_grid(
 
 def conv_stage_layers(model: AlexNetFamily, stage: str = "relu") -> list[str]:
     """``conv1`` … ``convN`` (``stage="conv"``) or their ReLU / norm / pool outputs, one per conv stage
-    (a stage without that layer, e.g. ``pool3``, contributes its ReLU output)."""
-    if stage not in ("conv", "relu", "norm", "pool"):
+    (a stage without that layer, e.g. ``pool3``, contributes its ReLU output).
+
+    :class:`LayerNotFound` when the model has no layer of that kind at all (``norm`` for ``alexnet_owt``, which
+    has no LRN): a figure of ReLU maps under that name would be a silent substitute."""
+    if stage not in STAGES:
         raise SelectionError(f"unknown stage {stage!r}; choose conv, relu, norm or pool")
     names = set(model.layer_names())
+    n_convs = len(model.config.convs)
+    present = [s for s in STAGES if any(f"{s}{i}" in names for i in range(1, n_convs + 1))]
+    if stage not in present:
+        raise LayerNotFound(f"{model.config.name} has no {stage} layers; choose one of: {', '.join(present)}")
     out = []
-    for i in range(1, len(model.config.convs) + 1):
+    for i in range(1, n_convs + 1):
         want = f"{stage}{i}"
         out.append(want if want in names else f"relu{i}")
     return out

@@ -5,9 +5,11 @@ One function per kind; each returns the paths it wrote (all writes atomic). The 
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from alexnet.models import AlexNetFamily
@@ -28,6 +30,25 @@ def _stem(name: str, i: int) -> str:
     return Path(name).stem or f"image{i}"
 
 
+def _stems(images: Sequence[str | Path]) -> list[str]:
+    """One output name per image: its file stem, or, where two images share a stem (``a/cat.jpg`` and
+    ``b/cat.png``), the stem plus the image's 1-based position in ``images``, so no output overwrites another."""
+    raw = [_stem(str(path), i) for i, path in enumerate(images)]
+    counts = Counter(raw)
+    used = {stem for stem in raw if counts[stem] == 1}
+    out = []
+    for i, stem in enumerate(raw):
+        if counts[stem] > 1:
+            name, n = f"{stem}_{i + 1}", 1
+            while name in used:  # an image really called e.g. cat_2.jpg
+                n += 1
+                name = f"{stem}_{i + 1}_{n}"
+            stem = name
+        used.add(stem)
+        out.append(stem)
+    return out
+
+
 def write_activations(
     model: AlexNetFamily,
     images: Sequence[str | Path],
@@ -37,21 +58,22 @@ def write_activations(
     all_layers: bool = False,
     stage: str = "relu",
 ) -> list[Path]:
-    """Per image: the grid of ``layer`` (or all five conv stages) as a figure, plus the raw maps (.npz)."""
+    """Per image: the grid of ``layer`` (or all five conv stages) as a figure, plus the raw maps (.npz).
+    ``stage`` (conv / relu / norm / pool) is used only with ``all_layers``."""
     from alexnet.visualize.activations import (
         activation_grid,
         conv_stage_layers,
         plot_activations,
         plot_all_conv_layers,
     )
-    from alexnet.visualize.hooks import capture
+    from alexnet.visualize.hooks import capture, check_layers
 
     out = Path(out)
     written: list[Path] = []
-    for i, path in enumerate(images):
-        stem = _stem(str(path), i)
+    # Checked once, before any image is read: an unknown layer or a stage the model lacks is the same for all.
+    layers = conv_stage_layers(model, stage) if all_layers else check_layers(model, [layer or "relu1"])
+    for path, stem in zip(images, _stems(images), strict=True):
         p = prepare(model, path)
-        layers = conv_stage_layers(model, stage) if all_layers else [layer or "relu1"]
         acts = capture(model, p.tensor.unsqueeze(0), layers)
         if all_layers:
             fig = plot_all_conv_layers(model, path, top, stage)
@@ -109,44 +131,62 @@ def write_deconv(
     channel: int | None = None,
     unit: tuple[int, int] | None = None,
 ) -> list[Path]:
-    """Deconvnet projections (ZF §2.1) of one feature map or unit; without ``channel``, each image's
-    strongest feature map (by its strongest unit)."""
-    from alexnet.visualize.deconvnet import deconvnet, deconvnet_strongest
+    """Deconvnet projections (ZF §2.1) of one feature map or unit, per image.
+
+    Which channel and unit: ``channel`` and ``unit`` as given; ``unit`` alone: the channel strongest at that
+    unit (ZF project a single activation); ``channel`` alone: the whole map; neither: each image's strongest
+    activation (its channel and unit). Output names carry the channel and, for a unit, ``unitROW-COL``; the
+    .npz records ``projection``, ``layer``, ``channel``, ``unit`` (row, col; empty for a whole map) and
+    ``image``."""
+    from alexnet.visualize.deconvnet import deconvnet, deconvnet_strongest, layer_shape
     from alexnet.visualize.hooks import capture, check_trunk_layer
     from alexnet.visualize.plot import new_figure
 
     check_trunk_layer(model, layer)
     prep = preprocessing_of(model)
+    if unit is not None:  # before any image is read: the map's size does not depend on the image
+        _, h, w = layer_shape(model, layer, prep.input_size)
+        if not (0 <= unit[0] < h and 0 <= unit[1] < w):
+            raise SelectionError(f"unit ({unit[0]}, {unit[1]}) is outside {layer}'s {h}×{w} map")
     out = Path(out)
     written: list[Path] = []
-    for i, path in enumerate(images):
-        stem = _stem(str(path), i)
+    for path, stem in zip(images, _stems(images), strict=True):
         p = prepare(model, path)
         x = p.tensor.unsqueeze(0)
-        ch = channel
+        ch, at = channel, unit
         if ch is None:
             acts = capture(model, x, [layer])[layer][0]
-            ch = int(acts.flatten(1).amax(1).argmax())
-        if unit is None and channel is None:
+            # With a unit, the channel strongest there: the map's strongest elsewhere may be 0 at the unit.
+            ch = int(acts[:, at[0], at[1]].argmax() if at is not None else acts.flatten(1).amax(1).argmax())
+        if at is None and channel is None:
             res = deconvnet_strongest(model, x, layer, ch)
-            proj, where = res.images[0], f"strongest unit {tuple(res.units[0].tolist())}"
+            proj, at = res.images[0], (int(res.units[0, 0]), int(res.units[0, 1]))
+            where = f"strongest unit {at}"
         else:
-            proj = deconvnet(model, x, layer, ch, unit)[0]
-            where = f"unit {unit}" if unit is not None else "whole map"
+            proj = deconvnet(model, x, layer, ch, at)[0]
+            where = f"unit {at}" if at is not None else "whole map"
+        # The unit is part of the name: a unit's projection and the whole map's must not overwrite each other.
+        name = f"{stem}_{layer}_ch{ch}" + (f"_unit{at[0]}-{at[1]}" if at is not None else "")
+        picture = projection_to_image(proj, prep)
         fig = new_figure(10, 5)
         ax0, ax1 = fig.subplots(1, 2)
         ax0.imshow(uint8_to_float(p.crop))
         ax0.set_title(Path(str(path)).name)
-        ax1.imshow(projection_to_image(proj, prep))
+        ax1.imshow(picture)
         ax1.set_title(f"{layer} feature map {ch}, {where}")
         for ax in (ax0, ax1):
             ax.axis("off")
-        written.append(save_figure(fig, out / f"{stem}_{layer}_ch{ch}_deconv.png"))
+        written.append(save_figure(fig, out / f"{name}_deconv.png"))
+        written.append(save_image(picture, out / f"{name}_projection.png"))
         written.append(
-            save_image(projection_to_image(proj, prep), out / f"{stem}_{layer}_ch{ch}_projection.png")
-        )
-        written.append(
-            save_npz(out / f"{stem}_{layer}_ch{ch}_deconv.npz", projection=proj.numpy(), channel=ch)
+            save_npz(
+                out / f"{name}_deconv.npz",
+                projection=proj.numpy(),
+                layer=layer,
+                channel=ch,
+                unit=np.array(at if at is not None else (), dtype=np.int64),
+                image=str(path),
+            )
         )
     return written
 
@@ -167,8 +207,7 @@ def write_occlusion(
 
     out = Path(out)
     written: list[Path] = []
-    for i, path in enumerate(images):
-        stem = _stem(str(path), i)
+    for path, stem in zip(images, _stems(images), strict=True):
         p = prepare(model, path)
         r = occlusion(
             model, p.tensor, target=target, size=size, stride=stride, batch_size=batch_size, progress=progress

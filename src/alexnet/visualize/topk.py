@@ -7,7 +7,12 @@ kept entries' image paths are remembered.
 
 Resumable: the state (kept values, units, image paths and how many images were consumed) is written atomically
 every ``save_every`` batches and at the end; ``resume=True`` reloads it and skips the images already consumed, so
-the data must be listed in the same order (an :class:`~alexnet.data.folders.ImageFolder` listing is sorted).
+the data must be listed in the same order (an :class:`~alexnet.data.folders.ImageFolder` listing is sorted). The
+state also records what it was computed from: the model's name, a SHA-256 of its weights, the layer, ``k`` and a
+digest of the images consumed (names, sizes, modification times, in order). A resume whose model, weights, layer,
+``k`` or first images differ is refused (:class:`DataError` naming what differs) before anything is written: mixing
+two passes would give a top-k of neither. The listing may go further than the saved pass (a larger
+``max_images``, new files at its end): the result is then that of one pass over the longer listing.
 
 :func:`render_top9` draws, per feature map, the 9 input patches cropped to the unit's receptive field
 (:meth:`alexnet.analysis.receptive.Field.box`) beside their deconvnet projections (ZF §2.1).
@@ -15,6 +20,7 @@ the data must be listed in the same order (an :class:`~alexnet.data.folders.Imag
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
@@ -40,9 +46,11 @@ from alexnet.visualize.plot import (
     save_npz,
     uint8_to_float,
 )
+from alexnet.visualize.retrieval import weights_digest
 
 Item = tuple[torch.Tensor | str | Path, str]  # (uint8 RGB image or a file path, the name to record)
 STATE = "state.npz"
+SPLIT_NAMES = ("train", "val", "validation", "test")  # sub-folders that make ROOT a data set with splits
 
 
 @dataclass
@@ -58,6 +66,10 @@ class TopK:
     seen: int = 0  # images consumed so far
     skipped: int = 0  # unreadable files
     map_size: tuple[int, int] = (0, 0)
+    # What the state was computed from, checked on resume ("" = not recorded, an older state file).
+    model: str = ""
+    weights: str = ""  # SHA-256 of the state dict (alexnet.visualize.retrieval.weights_digest)
+    listing: str = ""  # SHA-256 of the ``seen + skipped`` items consumed so far (see _Listing)
 
     @classmethod
     def empty(cls, layer: str, channels: int, k: int) -> TopK:
@@ -101,6 +113,9 @@ class TopK:
             "skipped": self.skipped,
             "map_size": list(self.map_size),
             "paths": {str(n): p for n, p in self.paths.items()},
+            "model": self.model,
+            "weights": self.weights,
+            "listing": self.listing,
         }
         return save_npz(
             Path(folder) / STATE,
@@ -126,6 +141,9 @@ class TopK:
                     seen=int(meta["seen"]),
                     skipped=int(meta.get("skipped", 0)),
                     map_size=tuple(meta.get("map_size", (0, 0))),  # type: ignore[arg-type]
+                    model=str(meta.get("model", "")),
+                    weights=str(meta.get("weights", "")),
+                    listing=str(meta.get("listing", "")),
                 )
         except (OSError, ValueError, KeyError) as e:
             raise DataError(f"{path}: not a readable top-k state ({e})") from None
@@ -143,7 +161,9 @@ class TopK:
 
 def folder_items(root: str | Path, split: str = "val", max_images: int | None = None) -> list[Item]:
     """The image files of a data set in a stable order: ``ROOT/<split>/<class>/*`` (ImageNet layout) if that
-    exists, else every file under ``ROOT`` sorted by path."""
+    exists, else, when ``ROOT`` has no split folders (``train``, ``val``, ``validation``, ``test``), every file
+    under ``ROOT`` sorted by path (any folder of images). A ``split`` missing from a ``ROOT`` that has split
+    folders is a :class:`DataError`: a misspelt split must not silently stream every split at once."""
     root = Path(root)
     files: list[Path]
     if (root / split).is_dir():
@@ -151,6 +171,9 @@ def folder_items(root: str | Path, split: str = "val", max_images: int | None = 
 
         files = [p for p, _ in ImageFolder(root, split).samples]
     elif root.is_dir():
+        splits = sorted(d.name for d in root.iterdir() if d.is_dir() and d.name in SPLIT_NAMES)
+        if splits:
+            raise DataError(f"no split {split!r} in {root} (found: {', '.join(splits)})")
         files = sorted(p for p in root.rglob("*") if p.is_file() and not p.name.startswith("."))
     else:
         raise DataError(f"{root}: no such data folder")
@@ -178,6 +201,75 @@ def _batches(
         yield (torch.stack(tensors) if tensors else None), names, len(chunk) - len(names)
 
 
+class _Listing(Iterator[Item]):
+    """The items, counting and hashing each one as it is handed out: the digest of what a pass has consumed."""
+
+    def __init__(self, items: Iterable[Item]) -> None:
+        self._items = iter(items)
+        self._hash = hashlib.sha256()
+
+    def __iter__(self) -> _Listing:
+        return self
+
+    def __next__(self) -> Item:
+        item = next(self._items)
+        image, name = item
+        line = name
+        if isinstance(image, str | Path):  # a file replaced under the same name is a different image
+            try:
+                st = Path(image).stat()
+                line += f"|{st.st_size}|{st.st_mtime_ns}"
+            except OSError:
+                line += "|missing"
+        self._hash.update(f"{line}\n".encode())
+        return item
+
+    def skip(self, n: int) -> int:
+        """Consume (and hash) up to ``n`` items; how many there were."""
+        return sum(1 for _ in islice(self, n))
+
+    def digest(self) -> str:
+        return self._hash.hexdigest()
+
+
+def _check_resumable(
+    state: TopK,
+    state_dir: str | Path,
+    model: AlexNetFamily,
+    weights: str,
+    layer: str,
+    k: int,
+    listing: _Listing,
+) -> None:
+    """:class:`DataError` naming every difference between the saved pass and this one (nothing written yet)."""
+    if not state.weights or not state.listing:
+        raise DataError(
+            f"{state_dir}: the saved state does not record its model, weights and images (an older version "
+            "wrote it); start a new pass without --resume"
+        )
+    diffs = []
+    name = model.config.name
+    if state.model != name:
+        diffs.append(f"model {state.model}, not {name}")
+    if state.weights != weights:
+        diffs.append(f"weights sha256 {state.weights[:12]}…, not {weights[:12]}…")
+    if state.layer != layer:
+        diffs.append(f"layer {state.layer}, not {layer}")
+    if state.k != k:
+        diffs.append(f"top-{state.k}, not top-{k}")
+    consumed = state.seen + state.skipped
+    available = listing.skip(consumed)
+    if available < consumed:
+        diffs.append(f"images: it consumed {consumed}, this listing has only {available}")
+    elif listing.digest() != state.listing:
+        diffs.append(f"images: the first {consumed} of this listing are not the ones it consumed")
+    if diffs:
+        raise DataError(
+            f"{state_dir}: cannot resume, the saved state is for another pass ({'; '.join(diffs)}); "
+            "start a new pass without --resume"
+        )
+
+
 def stream_topk(
     model: AlexNetFamily,
     items: Iterable[Item],
@@ -191,25 +283,24 @@ def stream_topk(
     progress: bool = False,
     total: int | None = None,
 ) -> TopK:
-    """One pass over ``items`` keeping, per feature map of ``layer``, its ``k`` strongest activations."""
+    """One pass over ``items`` keeping, per feature map of ``layer``, its ``k`` strongest activations.
+
+    With ``resume`` and a saved state in ``state_dir``, the pass continues it, after checking that the state
+    comes from the same model, weights, layer, ``k`` and first images (:class:`DataError` otherwise)."""
     check_trunk_layer(model, layer)
     if k < 1:
         raise SelectionError(f"k must be at least 1, got {k}")
-    it = iter(items)
+    weights = weights_digest(model)
+    listing = _Listing(items)
     state: TopK | None = None
     if resume and state_dir is not None and (Path(state_dir) / STATE).exists():
         state = TopK.load(state_dir)
-        if state.layer != layer or state.k != k:
-            raise DataError(
-                f"{state_dir}: the saved state is for {state.layer} top-{state.k}, not {layer} top-{k}"
-            )
-        consumed = state.seen + state.skipped
-        it = islice(it, consumed, None)
+        _check_resumable(state, state_dir, model, weights, layer, k, listing)
     pbar = tqdm(total=total, desc=f"top-{k} {layer}", unit="img", disable=not progress)
     if state is not None:
         pbar.update(state.seen + state.skipped)
     skipped = 0  # unreadable files met before the first readable batch
-    for n, (batch, names, bad) in enumerate(_batches(model, it, batch_size), 1):
+    for n, (batch, names, bad) in enumerate(_batches(model, listing, batch_size), 1):
         pbar.update(len(names) + bad)
         if batch is None:
             skipped += bad
@@ -217,15 +308,18 @@ def stream_topk(
         acts = capture(model, batch, [layer])[layer]
         if state is None:
             state = TopK.empty(layer, acts.shape[1], k)
+            state.model, state.weights = model.config.name, weights
         state.skipped += bad + skipped
         skipped = 0
         state.update(acts, names)
+        state.listing = listing.digest()  # covers exactly the seen + skipped items consumed so far
         if state_dir is not None and n % save_every == 0:
             state.save(state_dir)
     pbar.close()
     if state is None:
         raise DataError("no readable image in the data set")
     state.skipped += skipped
+    state.listing = listing.digest()
     if state_dir is not None:
         state.save(state_dir)
     return state
