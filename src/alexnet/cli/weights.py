@@ -180,7 +180,9 @@ def run_info(args: argparse.Namespace) -> int:
 
     state, meta = read_weights(args.file)
     params = sum(t.numel() for t in state.values())
-    print(f"model:          {meta.model}  ({meta.num_classes} classes, {params:,} parameters)")
+    model = meta.model or "unknown (the file records no metadata: a plain state dict)"
+    classes = f"{meta.num_classes} classes, " if meta.num_classes is not None else ""
+    print(f"model:          {model}  ({classes}{params:,} parameters)")
     if meta.preprocessing is not None:
         print(f"preprocessing:  {json.dumps(meta.preprocessing.to_dict())}")
     print(f"source:         {meta.source or '-'}")
