@@ -202,6 +202,22 @@ def test_every_image_mode_comes_out_rgb_of_the_right_size(tmp_path, chelsea):
     assert read_image(folder / "tiny.png").shape == (3, 5, 7)
 
 
+def test_an_animated_gif_decodes_to_its_first_frame(tmp_path):
+    red, blue = (Image.new("RGB", (30, 20), c) for c in ((255, 0, 0), (0, 0, 255)))
+    folder = tmp_path / "d" / "train" / "anim"
+    folder.mkdir(parents=True)
+    path = folder / "anim.gif"
+    red.save(path, format="GIF", save_all=True, append_images=[blue], duration=100, loop=0)
+    with Image.open(path) as im:
+        assert im.n_frames == 2  # really animated
+    frame = read_image(path)
+    assert frame.shape == (3, 20, 30) and frame.dtype == torch.uint8
+    assert frame[:, 0, 0].tolist() == [255, 0, 0] and bool((frame == frame[:, :1, :1]).all())
+    ds = ImageFolder(tmp_path / "d", "train", eval_transform(Preprocessing()))
+    assert check_split(ds, progress=False) == []  # a training folder takes it too
+    assert ds[0][0].shape == (3, 227, 227)
+
+
 def test_large_jpeg_decodes_at_reduced_size_keeping_shorter_side(tmp_path, chelsea):
     big = Image.fromarray(chelsea).resize((1804, 1200), Image.Resampling.BICUBIC)
     path = tmp_path / "big.jpg"

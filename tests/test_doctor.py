@@ -9,7 +9,15 @@ from pathlib import Path
 import pytest
 
 from alexnet.cli import main
-from alexnet.diagnostics.doctor import Run, RunDirError, diagnose, diagnose_run, format_report, read_health
+from alexnet.diagnostics.doctor import (
+    Report,
+    Run,
+    RunDirError,
+    diagnose,
+    diagnose_run,
+    format_report,
+    read_health,
+)
 from alexnet.diagnostics.health import HEALTH_CSV
 from alexnet.diagnostics.probe import ProbeConfig, probe
 from alexnet.diagnostics.rules import HealthRecord, LayerHealth, Thresholds, check_vanishing
@@ -288,3 +296,47 @@ def test_one_layer_slowest_at_the_end_of_a_cosine_schedule_is_annealed_not_vanis
     # a layer frozen far below the annealed threshold is still reported
     end.layers[2].update_ratio = 1e-12
     assert [f.layer for f in check_vanishing(end, th, peak_lr=1e-3)] == ["fc6"]
+
+
+@pytest.mark.parametrize(
+    "flag",
+    [
+        ["--fc-width", "0"],
+        ["--fc-width", "-3"],
+        ["--init-std", "-1"],
+        ["--init-std", "nan"],
+        ["--init-std", "inf"],
+        ["--bias", "nan"],
+        ["--lr", "inf"],
+        ["--lr", "nan"],
+    ],
+)
+def test_bad_probe_numbers_are_refused_up_front_with_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], flag: list[str]
+) -> None:
+    save = tmp_path / "probe"
+    assert main(["doctor", "--model", "alexnet", "--save", str(save), *flag]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and err.startswith(f"alexnet: error: {flag[0]} must be")
+    assert not save.exists()  # refused before the probe started
+
+
+def test_a_single_health_step_is_too_few_to_claim_the_network_learns(tmp_path: Path) -> None:
+    run = _synthetic_run(tmp_path, [_record(1, 2.0, 1e-3, 1e-3)])
+    verdict = diagnose(run)[0]
+    assert (verdict.code, verdict.severity) == ("undetermined", "note")
+    assert verdict.evidence[:2] == [
+        "one health step (step 1): a trend needs two; train longer or measure more often "
+        "(doctor --every, train --health-every)",
+        "loss 2.0000 at step 1",
+    ]
+    text = format_report(Report(run, diagnose(run)))
+    assert "is learning" not in text and "no sign yet that the network learns" in text
+
+
+def test_a_loss_that_has_not_fallen_is_no_sign_of_learning(tmp_path: Path) -> None:
+    run = _synthetic_run(tmp_path, [_record(1 + 10 * i, 2.0, 1e-3, 1e-3) for i in range(3)])
+    verdict = diagnose(run)[0]
+    assert verdict.code == "undetermined" and "has not fallen between steps 1 and 21" in verdict.evidence[0]
+    falling = _synthetic_run(tmp_path, [_record(1 + 10 * i, 2.0 - 0.5 * i, 1e-3, 1e-3) for i in range(3)])
+    assert diagnose(falling)[0].code == "healthy"

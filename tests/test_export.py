@@ -133,3 +133,38 @@ def test_adaptive_pool_without_a_fixed_window_equivalent_is_refused():
     """alexnet_owt at 256 px reaches 7×7 before its 6×6 adaptive average pool: no AveragePool reproduces it."""
     with pytest.raises(ExportError, match="7→6 adaptive pooling has no fixed-window ONNX equivalent"):
         build_onnx(small("alexnet_owt"), input_size=256)
+
+
+@pytest.mark.parametrize("opset", [9, onnx.defs.onnx_opset_version() + 1, 99])
+def test_an_opset_outside_what_onnx_knows_is_refused_naming_the_range(opset):
+    with pytest.raises(ExportError, match=f"opset {opset} is not supported: choose 10–"):
+        build_onnx(small("alexnet"), opset=opset)
+
+
+def test_an_opset_onnxruntime_cannot_run_is_one_line_naming_its_newest(tmp_path, monkeypatch):
+    # An onnx newer than the onnxruntime beside it: the graph passes onnx's checker, onnxruntime refuses it.
+    newest = onnx.defs.onnx_opset_version()
+    monkeypatch.setattr(onnx.defs, "onnx_opset_version", lambda: newest + 50)
+    with pytest.raises(ExportError, match=r"not supported by onnxruntime .*: choose 10–\d+$") as e:
+        export_onnx(small("alexnet"), tmp_path / "m.onnx", opset=newest + 1)
+    assert "\n" not in str(e.value)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_an_input_size_the_classifier_cannot_take_is_refused_before_export(tmp_path, capsys):
+    from alexnet.weights import save_weights
+
+    weights = save_weights(small("alexnet", input_size=99), tmp_path / "w99.safetensors")
+    out = tmp_path / "m.onnx"
+    assert main(["export", "--weights", str(weights), "--out", str(out), "--input-size", "227"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "input size 227: alexnet takes 99×99 images" in err
+    assert not out.exists()
+
+
+def test_cli_export_refuses_an_unknown_opset_with_one_line(tmp_path, capsys):
+    out = tmp_path / "m.onnx"
+    assert main(["export", "--model", "alexnet", "--out", str(out), "--opset", "99"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "opset 99 is not supported: choose 10–" in err
+    assert not out.exists()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import struct
+import threading
 import time
 import zlib
 from pathlib import Path
@@ -369,3 +370,55 @@ def test_binding_beyond_localhost_warns(capsys):
         assert main(["serve", "--model", "alexnet", "--host", "0.0.0.0", "--port", str(port)]) == 2
     err = capsys.readouterr().err
     assert "reachable from other machines" in err and "cannot listen" in err
+
+
+def test_shutdown_stops_a_running_job_at_its_next_progress_report():
+    from alexnet.serve.jobs import JobRunner
+
+    runner = JobRunner()
+    started = threading.Event()
+
+    def endless(job, progress) -> None:
+        started.set()
+        for i in range(100_000):  # ~17 minutes unless stopped
+            progress(i, 100_000)
+            time.sleep(0.01)
+
+    job = runner.submit("endless", endless)
+    assert started.wait(10)
+    t0 = time.monotonic()
+    runner.shutdown(wait=True)
+    assert time.monotonic() - t0 < 2
+    assert job.state == "failed" and "shutting down" in job.error
+    late = runner.submit("late", endless)  # nothing new starts once stopping
+    assert late.state == "failed" and "shutting down" in late.error
+
+
+def test_closing_the_app_stops_its_running_occlusion_job(models):
+    # what Ctrl-C does to `alexnet serve`: the app's shutdown handler; the job's worker thread must not keep the
+    # process alive through hundreds of forward passes
+    with TestClient(create_app([Slot("a", models["a"], "random initialisation", trained=False)])) as c:
+        image_id = c.post("/api/samples/chelsea").json()["image_id"]
+        job = c.post(f"/api/models/a/images/{image_id}/occlusion?size=4&stride=2").json()  # 12,321 positions
+        deadline = time.monotonic() + 60
+        while job["done"] == 0 and time.monotonic() < deadline:
+            time.sleep(0.05)
+            job = c.get(f"/api/jobs/{job['id']}").json()
+        assert job["state"] == "running", job
+        runner = c.app.state.jobs
+    deadline = time.monotonic() + 30
+    while runner.get(job["id"]).state == "running" and time.monotonic() < deadline:
+        time.sleep(0.05)
+    stopped = runner.get(job["id"])
+    assert stopped.state == "failed" and "shutting down" in stopped.error
+    assert stopped.done < stopped.total
+    assert all(not m._forward_hooks for m in models["a"].modules()), "the progress hook is removed"
+
+
+def test_serve_accepts_a_published_source_name_like_the_other_commands(capsys, tmp_path, monkeypatch):
+    # A cached file under the source's name is used without the network, and its published SHA-256 is checked.
+    monkeypatch.setenv("ALEXNET_CACHE", str(tmp_path))
+    (tmp_path / "bvlcalexnet-8.onnx").write_bytes(b"not the published file")
+    assert main(["serve", "--weights", "bvlcalexnet-8", "--port", "0"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "bvlcalexnet-8" in err and "no such weights file" not in err

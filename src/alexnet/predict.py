@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -13,7 +13,7 @@ from torchvision.transforms import v2
 from alexnet.data.classes import class_names
 from alexnet.data.images import read_image
 from alexnet.data.preprocess import Preprocessing
-from alexnet.errors import WeightsError
+from alexnet.errors import ImageError, WeightsError
 from alexnet.models import AlexNetFamily
 
 
@@ -80,6 +80,8 @@ def labels_of(model: AlexNetFamily) -> list[str]:
 @torch.inference_mode()
 def predict(model: AlexNetFamily, images: torch.Tensor, topk: int = 5) -> list[list[Prediction]]:
     """``images``: a normalised batch (N×3×H×W). Returns the top-k predictions of each image."""
+    if topk < 1:  # topk(0) would return empty lists, silently
+        raise ValueError(f"topk must be at least 1, got {topk}")
     model.eval()
     probs = model(images).softmax(dim=1)
     k = min(topk, probs.shape[1])
@@ -92,11 +94,25 @@ def predict(model: AlexNetFamily, images: torch.Tensor, topk: int = 5) -> list[l
 
 
 def predict_files(
-    model: AlexNetFamily, paths: Sequence[str | Path], topk: int = 5, device: str = "cpu"
+    model: AlexNetFamily,
+    paths: Sequence[str | Path],
+    topk: int = 5,
+    device: str = "cpu",
+    on_error: Callable[[ImageError], None] | None = None,
 ) -> Iterator[tuple[str, list[Prediction]]]:
-    """Decode each file, apply the weights' preprocessing (centre crop) and yield its top-k."""
+    """Decode each file, apply the weights' preprocessing (centre crop) and yield its top-k.
+
+    A file that is not a readable image raises :class:`ImageError`; with ``on_error`` it is passed the error
+    instead and skipped, so one bad file among many does not stop the rest."""
     transform = input_transform(model)
     model.to(device)
     for path in paths:
-        x = transform(read_image(path)).unsqueeze(0).to(device)
+        try:
+            image = read_image(path)
+        except ImageError as e:
+            if on_error is None:
+                raise
+            on_error(e)
+            continue
+        x = transform(image).unsqueeze(0).to(device)
         yield str(path), predict(model, x, topk)[0]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 import time
 from pathlib import Path
@@ -69,8 +70,15 @@ def _probe(args: argparse.Namespace) -> Path:
             raise CommandError(f"--{name.replace('_', '-')} must be at least {2 if name == 'classes' else 1}")
     if not 32 <= args.input_size <= 512:
         raise CommandError(f"--input-size {args.input_size} is out of range (32–512)")
-    if args.lr is not None and not args.lr > 0:
-        raise CommandError("--lr must be positive")
+    if args.lr is not None and not (math.isfinite(args.lr) and args.lr > 0):
+        raise CommandError(f"--lr must be a positive number (got {args.lr})")
+    if args.fc_width is not None and args.fc_width < 1:
+        raise CommandError(f"--fc-width must be at least 1 (got {args.fc_width})")
+    # std 0 (all-zero weights) is a legitimate set-up to diagnose; a negative or NaN std is not
+    if args.init_std is not None and not (math.isfinite(args.init_std) and args.init_std >= 0):
+        raise CommandError(f"--init-std must be a finite number ≥ 0 (got {args.init_std})")
+    if args.bias is not None and not math.isfinite(args.bias):
+        raise CommandError(f"--bias must be a finite number (got {args.bias})")
     # a fresh folder per probe: never overwrite (or resume) an earlier run
     run_dir = Path(args.save or f"runs/doctor-{args.model}-{time.strftime('%Y%m%d-%H%M%S')}")
     say = (lambda w: None) if args.json else (lambda w: print(w, file=sys.stderr))

@@ -29,7 +29,7 @@ def register(sub: Any) -> None:
     p.add_argument("--json", action="store_true", help="print one JSON object instead of text")
     p.add_argument("--batch-size", type=int, default=64, help="images per batch (default 64)")
     p.add_argument("--workers", type=int, default=2, help="data-loading worker processes (default 2)")
-    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, mps …")
+    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, mps, or auto (default cpu)")
     p.set_defaults(func=run)
 
 
@@ -44,10 +44,26 @@ def _weights_and_data(args: argparse.Namespace) -> tuple[str, str | None]:
         raise CommandError(f"--run: {run} has no model.safetensors (not a finished training run)")
     data = args.data
     if data is None and (run / "config.json").is_file():
-        from alexnet.train.config import TrainConfig
-
-        data = TrainConfig.load(run / "config.json").data
+        data = _run_data(run / "config.json")
     return str(weights), data
+
+
+def _run_data(config: Path) -> str | None:
+    """The data folder recorded in a run's config.json (``None``: the built-in set). Read here rather than
+    through ``TrainConfig.load`` so that a file that is valid JSON but not an object is one line, too."""
+    try:
+        cfg = json.loads(config.read_text())
+    except (OSError, UnicodeDecodeError, ValueError) as e:
+        raise CommandError(f"--run: {config} is not a readable config.json ({e})") from None
+    if not isinstance(cfg, dict):
+        kind = {list: "an array", str: "a string", bool: "a boolean", type(None): "null"}.get(
+            type(cfg), "a number"
+        )
+        raise CommandError(f"--run: {config} holds {kind}, not a JSON object of settings")
+    data = cfg.get("data")
+    if data is not None and not isinstance(data, str):
+        raise CommandError(f"--run: {config}: 'data' should be a folder name, not {data!r}")
+    return data
 
 
 def run(args: argparse.Namespace) -> int:
@@ -57,6 +73,9 @@ def run(args: argparse.Namespace) -> int:
         raise CommandError(f"--batch-size must be at least 1 (got {args.batch_size})")
     if args.workers < 0:
         raise CommandError(f"--workers must be >= 0 (got {args.workers})")
+    from alexnet.train.distributed import pick_device
+
+    device = pick_device(args.device)  # a bad or absent device is one line, before any work
     weights, data = _weights_and_data(args)
     if weights != "torchvision" and not Path(weights).is_file():
         raise CommandError(f"{weights}: no such weights file")
@@ -74,7 +93,7 @@ def run(args: argparse.Namespace) -> int:
         ten_crop=args.ten_crop,
         batch_size=args.batch_size,
         workers=args.workers,
-        device=args.device,
+        device=device,
         progress=not args.json,
     )
     if args.json:

@@ -28,7 +28,12 @@ def register(sub: Any) -> None:
     p.add_argument("--format", default="onnx", choices=["onnx"], help="output format (onnx)")
     p.add_argument("--out", "-o", required=True, help="output .onnx file")
     p.add_argument("--input-size", type=int, help="image side in pixels (default: the weights' or model's)")
-    p.add_argument("--opset", type=int, default=17, help="ONNX opset (10 or later; default 17)")
+    p.add_argument(
+        "--opset",
+        type=int,
+        default=17,
+        help="ONNX opset (10 up to the newest the installed onnx and onnxruntime run; default 17)",
+    )
     p.add_argument("--force", action="store_true", help="overwrite --out if it exists")
     p.set_defaults(func=run)
 

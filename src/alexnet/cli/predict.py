@@ -3,9 +3,17 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from typing import Any
 
-from alexnet.cli._common import CommandError, add_command, add_model_arguments, load_model_from_args
+from alexnet.cli._common import (
+    EXIT_USAGE,
+    CommandError,
+    add_command,
+    add_model_arguments,
+    load_model_from_args,
+)
+from alexnet.errors import ImageError
 
 
 def register(sub: Any) -> None:
@@ -14,23 +22,32 @@ def register(sub: Any) -> None:
         "predict",
         "classify images with a trained model",
         "Top-k classes for each image: the weights' own preprocessing (shorter side 256, centre crop), "
-        "class names from the weights or torchvision's ImageNet list.",
+        "class names from the weights or torchvision's ImageNet list. An unreadable image is one line on "
+        "stderr; the others are still classified, and the exit code is 2 if any failed.",
     )
     p.add_argument("images", nargs="+", metavar="IMAGE")
     add_model_arguments(p, required_weights=True)
     p.add_argument("--topk", type=int, default=5, help="how many classes to show (default 5)")
-    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, mps …")
+    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, mps, or auto (default cpu)")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     from alexnet.predict import predict_files
+    from alexnet.train.distributed import pick_device
 
     if args.topk < 1:
         raise CommandError("--topk must be at least 1")
+    device = pick_device(args.device)  # a bad or absent device is one line, before the weights are read
     model = load_model_from_args(args, need_weights=True)
-    for path, preds in predict_files(model, args.images, topk=args.topk, device=args.device):
+    failed: list[ImageError] = []
+
+    def report(e: ImageError) -> None:
+        failed.append(e)
+        print(f"alexnet: error: {e}", file=sys.stderr, flush=True)
+
+    for path, preds in predict_files(model, args.images, topk=args.topk, device=str(device), on_error=report):
         print(path)
         for p in preds:
             print(f"  {p.probability:7.2%}  {p.label}  ({p.index})")
-    return 0
+    return EXIT_USAGE if failed else 0

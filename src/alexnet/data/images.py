@@ -1,7 +1,8 @@
 """Decode any image file to an RGB ``uint8`` tensor (3×H×W), with a clear error for anything else.
 
 torchvision.io decodes JPEG (incl. CMYK and grayscale) and PNG (incl. 16-bit, palette, alpha); anything it cannot
-read falls back to Pillow (BMP, TIFF, GIF, WebP …). Alpha is dropped, 16-bit is scaled to 8-bit.
+read falls back to Pillow (BMP, TIFF, GIF, WebP …). Alpha is dropped, 16-bit is scaled to 8-bit; of an animated
+image (GIF, WebP, APNG) only the first frame is used.
 """
 
 from __future__ import annotations
@@ -39,10 +40,17 @@ def decode_rgb(
         size = jpeg_size(head)
         if size is not None and min(size) >= 2 * min_side:
             return _decode_jpeg_reduced(bytes(raw.numpy().tobytes()), min_side, name)
-    try:
-        img = decode_image(raw, mode=ImageReadMode.RGB)
-    except (RuntimeError, ValueError):
+    if raw.numel() >= 4 and bytes(raw[:4].tolist()) == GIF_MAGIC:
+        # torchvision decodes every frame of a GIF (frames×3×H×W: a small file of many frames is a memory
+        # bomb); Pillow decodes only the first, the one we use
         img = _decode_with_pil(bytes(raw.numpy().tobytes()), name)
+    else:
+        try:
+            img = decode_image(raw, mode=ImageReadMode.RGB)
+        except (RuntimeError, ValueError):
+            img = _decode_with_pil(bytes(raw.numpy().tobytes()), name)
+    if img.ndim == 4 and img.shape[0] >= 1:  # any other animated format torchvision decodes: the first frame
+        img = img[0]
     if img.dtype != torch.uint8:  # 16-bit PNG
         img = (img.to(torch.float32) / 257.0).round().clamp(0, 255).to(torch.uint8)
     if img.ndim != 3 or img.shape[0] != 3 or img.shape[1] < 1 or img.shape[2] < 1:
@@ -51,6 +59,7 @@ def decode_rgb(
 
 
 JPEG_SOI = b"\xff\xd8\xff"
+GIF_MAGIC = b"GIF8"  # GIF87a, GIF89a
 JPEG_HEADER_SCAN = 1 << 17  # the frame header follows the APPn segments (EXIF ≤ 64 KiB), well within this
 # Start-of-frame markers carry the image size; C4 (DHT), C8 (JPG) and CC (DAC) share the range but do not.
 _SOF = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}

@@ -30,6 +30,7 @@ from alexnet.diagnostics.rules import (
     Thresholds,
     chance_loss,
     check_record,
+    learning_unknown,
     relative_grad,
 )
 from alexnet.errors import DataError
@@ -510,7 +511,9 @@ def _lrn_notes(run: Run, last: HealthRecord) -> list[Diagnosis]:
 def _healthy(run: Run, th: Thresholds) -> Diagnosis:
     first, last = run.records[0], run.records[-1]
     ev = []
-    if first.loss is not None and last.loss is not None:
+    if first is last and last.loss is not None:
+        ev.append(f"loss {last.loss:.4f} at step {last.step}")
+    elif first.loss is not None and last.loss is not None:
         ev.append(f"loss {first.loss:.4f} at step {first.step} → {last.loss:.4f} at step {last.step}")
     if last.num_classes >= 2:
         ev.append(f"chance level ln({last.num_classes}) = {chance_loss(last.num_classes):.4f}")
@@ -525,6 +528,11 @@ def _healthy(run: Run, th: Thresholds) -> Diagnosis:
         ev.append(f"dead ReLU units at most {max(dead):.0%} per layer (warning above {th.dead_frac:.0%})")
     if last.step < th.stuck_after:
         ev.append(f"only {last.step} steps: the stuck-at-chance rule applies from step {th.stuck_after}")
+    why = learning_unknown(run.records)
+    if why is not None:  # no rule fired, but nothing shows learning either: do not claim it
+        return Diagnosis(
+            "undetermined", "note", "No problems found, but no sign yet that the network learns", [why, *ev]
+        )
     return Diagnosis("healthy", "ok", "No problems found: the network is learning", ev)
 
 

@@ -245,6 +245,25 @@ def check_vanishing(rec: HealthRecord, th: Thresholds, peak_lr: float | None = N
     return out
 
 
+def learning_unknown(records: list[HealthRecord]) -> str | None:
+    """Why ``records`` cannot show that the network learns, or ``None`` when the loss fell between the first
+    and the last measurement. Finding no problem is not the same as learning: one measured step (``--steps 1``,
+    or ``--every`` longer than the run) compares the loss with itself, and a loss that did not fall shows no
+    learning whatever the other rules say."""
+    losses = [(r.step, r.loss) for r in records if r.loss is not None and math.isfinite(r.loss)]
+    if len(losses) < 2:
+        counted = (
+            f"one health step (step {records[0].step})"
+            if len(records) == 1
+            else f"{len(records)} health steps, {len(losses)} with a loss"
+        )
+        return f"{counted}: a trend needs two; train longer or measure more often (doctor --every, train --health-every)"
+    (s0, l0), (s1, l1) = losses[0], losses[-1]
+    if l1 >= l0:
+        return f"the loss has not fallen between steps {s0} and {s1}"
+    return None
+
+
 def check_record(
     rec: HealthRecord, prev: HealthRecord | None, th: Thresholds, peak_lr: float | None = None
 ) -> list[Finding]:

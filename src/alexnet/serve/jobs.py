@@ -50,12 +50,21 @@ class Job:
         }
 
 
+class JobStopped(AlexnetError):
+    """Raised inside a running job (at its next progress report) when the server shuts down."""
+
+
 class JobRunner:
+    """Runs jobs one at a time. :meth:`shutdown` stops the running job at its next progress report: the worker
+    is not a daemon thread, so the interpreter waits for it at exit, and Ctrl-C must not wait for a whole
+    occlusion study (hundreds of forward passes)."""
+
     def __init__(self, keep: int = 32) -> None:
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="alexnet-job")
         self._jobs: OrderedDict[str, Job] = OrderedDict()
         self._lock = threading.Lock()
         self._keep = keep
+        self._stopping = threading.Event()
 
     def submit(self, kind: str, work: Callable[[Job, Progress], None], key: str | None = None) -> Job:
         """Queue ``work(job, progress)``; with ``key``, an identical job already known is returned instead."""
@@ -68,6 +77,8 @@ class JobRunner:
                 self._jobs.popitem(last=False)
 
         def progress(done: int, total: int) -> None:
+            if self._stopping.is_set():  # the work's progress reports are its points to stop at
+                raise JobStopped("the server is shutting down")
             job.done, job.total = done, total
 
         def run() -> None:
@@ -80,7 +91,10 @@ class JobRunner:
             except Exception as e:  # a job's failure is reported to the page; the worker lives on
                 job.error, job.state = f"internal error: {type(e).__name__}: {e}", "failed"
 
-        self._pool.submit(run)
+        try:
+            self._pool.submit(run)
+        except RuntimeError:  # shut down: the pool takes no new work
+            job.error, job.state = "the server is shutting down", "failed"
         return job
 
     def get(self, job_id: str) -> Job:
@@ -89,5 +103,11 @@ class JobRunner:
                 raise UnknownJob(f"no job {job_id!r}")
             return self._jobs[job_id]
 
-    def shutdown(self) -> None:
-        self._pool.shutdown(wait=False, cancel_futures=True)
+    def shutdown(self, wait: bool = False) -> None:
+        """Cancel queued jobs and stop the running one at its next progress report; ``wait``: until it has."""
+        self._stopping.set()
+        self._pool.shutdown(wait=wait, cancel_futures=True)
+        with self._lock:
+            for job in self._jobs.values():
+                if job.state == "queued":  # cancelled: it will never run
+                    job.error, job.state = "the server is shutting down", "failed"

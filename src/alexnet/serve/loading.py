@@ -35,9 +35,16 @@ def load_slot(key: str, model: str | None = None, weights: str | None = None, ru
         if model is None:
             raise WeightsError("name a model (--model) or its weights (--weights / --run)")
         return Slot(key, create_model(model), "random initialisation", trained=False)
-    if weights != "torchvision" and not Path(weights).is_file():
+    from alexnet.weights.sources import SOURCES
+
+    # as everywhere else: "torchvision" and published source names (`alexnet weights sources`) are fetched or
+    # found in the cache; neither has a folder beside it that could hold top-9 patches
+    named = weights == "torchvision" or weights in SOURCES
+    if not named and not Path(weights).is_file():
         raise WeightsError(f"{weights}: no such weights file")
     loaded = load_pretrained(model, weights)
-    top9 = Path(run) / TOP9 if run is not None else Path(weights).parent / TOP9
+    top9 = Path(run) / TOP9 if run is not None else None if named else Path(weights).parent / TOP9
     source = str(run) if run is not None else str(weights)
-    return Slot(key, loaded, source, trained=True, top9_dir=top9 if top9.is_dir() else None)
+    return Slot(
+        key, loaded, source, trained=True, top9_dir=top9 if top9 is not None and top9.is_dir() else None
+    )

@@ -19,7 +19,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from alexnet.errors import AlexnetError
+from alexnet.errors import AlexnetError, InputSizeError
 from alexnet.models.net import AlexNetFamily
 from alexnet.weights.io import WeightsMeta, atomic_write
 from alexnet.weights.onnx import META_KEY, Verification, read_chain, verify
@@ -30,6 +30,22 @@ class ExportError(AlexnetError):
 
 
 DEFAULT_OPSET = 17
+MIN_OPSET = 10  # MaxPool's ceil_mode
+
+
+def check_input_size(model: AlexNetFamily, size: int) -> None:
+    """:class:`ExportError` unless ``model`` runs on size×size images: its fc6 expects a fixed pool5 map (weights
+    trained at 99 px take no 227 px input), and a too small image vanishes in the conv trunk. Checked on a zero
+    image, since the exported graph would only fail later, in onnxruntime's shape inference."""
+    try:
+        with torch.no_grad():
+            model(torch.zeros(1, model.config.in_channels, size, size))
+    except InputSizeError as e:
+        raise ExportError(f"input size {size}: {e}") from None
+    except RuntimeError as e:  # the feature maps shrink to nothing before pool5
+        raise ExportError(
+            f"input size {size} is too small for {model.config.name} ({str(e).splitlines()[0]})"
+        ) from None
 
 
 def _spatial_after(model: AlexNetFamily, size: int) -> int:
@@ -42,11 +58,16 @@ def build_onnx(model: AlexNetFamily, input_size: int | None = None, opset: int =
     import onnx
     from onnx import TensorProto, helper, numpy_helper
 
-    if opset < 10:
-        raise ExportError(f"opset {opset}: MaxPool's ceil_mode needs opset 10 or later")
+    newest = onnx.defs.onnx_opset_version()  # the newest opset this onnx (and its checker) knows
+    if not MIN_OPSET <= opset <= newest:
+        raise ExportError(
+            f"opset {opset} is not supported: choose {MIN_OPSET}–{newest} (MaxPool's ceil_mode needs "
+            f"{MIN_OPSET}; onnx {onnx.__version__} knows opsets up to {newest})"
+        )
     from alexnet.predict import preprocessing_of
 
     size = input_size or preprocessing_of(model).input_size or model.default_input_size
+    check_input_size(model, size)
     cfg = model.config
     nodes: list[Any] = []
     inits: list[Any] = []
@@ -173,10 +194,33 @@ def export_onnx(
 
     def write(tmp: str) -> None:
         Path(tmp).write_bytes(proto.SerializeToString())
-        check = verify(tmp, model, read_chain(tmp), batch=3, seed=1)
+        try:
+            check = verify(tmp, model, read_chain(tmp), batch=3, seed=1)
+        except Exception as e:
+            if not type(e).__module__.startswith("onnxruntime"):
+                raise
+            raise ExportError(_runtime_refusal(e, opset)) from None
         if not check.ok:
             raise ExportError(f"exported graph disagrees with PyTorch: {check}")
         report.append(check)
 
     atomic_write(out, write)
     return report[0]
+
+
+def _runtime_refusal(e: Exception, opset: int) -> str:
+    """onnxruntime's refusal of the exported graph, in one line. Its own message is a paragraph (and names the
+    newest opset it supports, which may be older than the installed onnx's)."""
+    import re
+
+    import onnxruntime
+
+    text = str(e)
+    newest = re.search(r"support for domain ai\.onnx is till opset (\d+)", text)
+    if newest:
+        return (
+            f"opset {opset} is not supported by onnxruntime {onnxruntime.__version__}: "
+            f"choose {MIN_OPSET}–{newest.group(1)}"
+        )
+    first = text.splitlines()[0] if text else type(e).__name__
+    return f"onnxruntime {onnxruntime.__version__} cannot run the exported opset-{opset} graph: {first}"
