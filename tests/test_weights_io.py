@@ -101,6 +101,35 @@ def test_pickle_with_code_is_refused(tmp_path):
     assert not Path("/tmp/alexnet-pwned").exists()
 
 
+@pytest.mark.parametrize(
+    ("content", "says"),
+    [
+        (b"hello, not a pickle", "neither a pickle nor a zip archive"),
+        (pickle.dumps({"f": os.system}), "Python objects other than tensors, which are never unpickled"),
+    ],
+)
+def test_a_pth_that_is_not_a_state_dict_is_one_short_line(tmp_path, content, says):
+    path = tmp_path / "x.pth"
+    path.write_bytes(content)
+    with pytest.raises(WeightsError, match=says) as e:
+        read_weights(path)
+    assert "\n" not in str(e.value) and "weights_only" not in str(e.value)  # no advice to load it unsafely
+
+
+def test_a_weights_file_that_cannot_be_read_says_so_not_missing(tmp_path, monkeypatch):
+    path = save_weights(alexnet.create_model("alexnet_owt"), tmp_path / "a.safetensors")
+    real_open = Path.open
+
+    def refuse(self, *args, **kwargs):
+        if self == path:
+            raise PermissionError(13, "Permission denied", str(self))
+        return real_open(self, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "open", refuse)
+    with pytest.raises(WeightsError, match="cannot read the weights file \\(Permission denied\\)"):
+        read_weights(path)
+
+
 def test_wrong_model_for_file_is_refused(tmp_path):
     path = save_weights(alexnet.create_model("zfnet"), tmp_path / "z.safetensors")
     with pytest.raises(WeightsMismatch, match="holds weights for model 'zfnet', not 'alexnet'"):

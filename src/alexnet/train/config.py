@@ -168,5 +168,7 @@ class TrainConfig:
             data = json.loads(Path(path).read_text())
         except (OSError, ValueError) as e:
             raise TrainingError(f"{path}: not a readable config.json ({e})") from None
+        if not isinstance(data, dict):
+            raise TrainingError(f"{path}: not a config.json (it holds {type(data).__name__}, not settings)")
         known = {f.name for f in fields(cls)}
         return cls(**{k: v for k, v in data.items() if k in known})

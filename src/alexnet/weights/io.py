@@ -140,6 +140,10 @@ def read_weights(path: str | Path) -> tuple[dict[str, torch.Tensor], WeightsMeta
     p = Path(path)
     if not p.is_file():
         raise WeightsError(f"{p}: no such weights file" if not p.exists() else f"{p}: not a file")
+    try:
+        p.open("rb").close()
+    except OSError as e:  # safetensors would report a file it may not read as missing
+        raise WeightsError(f"{p}: cannot read the weights file ({e.strerror or e})") from None
     if p.suffix in (".pth", ".pt", ".bin", ".ckpt"):
         return _read_torch(p)
     from safetensors import SafetensorError, safe_open
@@ -156,13 +160,10 @@ def read_weights(path: str | Path) -> tuple[dict[str, torch.Tensor], WeightsMeta
 
 
 def _read_torch(p: Path) -> tuple[dict[str, torch.Tensor], WeightsMeta]:
-    import pickle
-
     try:
         obj = torch.load(p, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, OSError, ValueError) as e:
-        msg = str(e).splitlines()[0] if str(e) else type(e).__name__
-        raise WeightsError(f"{p}: not a loadable PyTorch weights file ({msg})") from None
+    except Exception as e:  # the weights-only unpickler fails on junk with KeyError, IndexError, …
+        raise WeightsError(f"{p}: not a loadable PyTorch weights file ({_load_failure(e)})") from None
     if isinstance(obj, dict):
         for key in ("state_dict", "model", "model_state"):
             if isinstance(obj.get(key), dict):
@@ -172,6 +173,21 @@ def _read_torch(p: Path) -> tuple[dict[str, torch.Tensor], WeightsMeta]:
         raise WeightsError(f"{p}: does not hold a state dict of tensors")
     state = {k.removeprefix("module."): v for k, v in obj.items()}
     return state, WeightsMeta()
+
+
+def _load_failure(e: Exception) -> str:
+    """torch.load's refusal in a few words: its weights-only message is a paragraph that ends in advice to load
+    the file unsafely, which this package never does."""
+    import pickle
+
+    text = str(e)
+    if isinstance(e, pickle.UnpicklingError) and "Weights only load failed" in text:
+        refused = [line for line in text.splitlines() if "GLOBAL" in line or "Unsupported" in line]
+        detail = f": {refused[0].strip()}" if refused else ""
+        return f"it holds Python objects other than tensors, which are never unpickled{detail}"
+    if isinstance(e, KeyError | IndexError | AttributeError | TypeError):
+        return "its bytes are neither a pickle nor a zip archive"
+    return text.splitlines()[0] if text.strip() else type(e).__name__
 
 
 def load_state_dict_checked(model: nn.Module, state: dict[str, torch.Tensor], where: str = "weights") -> None:
