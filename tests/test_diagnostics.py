@@ -267,3 +267,19 @@ def test_monitor_overrides_reach_the_rules() -> None:
     assert mon.th.stuck_after == 5 and mon.every == 2
     with pytest.raises(ValueError):
         HealthMonitor(every=0)
+
+
+@pytest.mark.parametrize("layout", ["ROOT/train/<class>", "ROOT/<class>"])
+def test_probe_reads_the_imagenet_layout_like_every_other_command(
+    tmp_path: Path, chelsea, layout: str
+) -> None:
+    from PIL import Image
+
+    from alexnet.diagnostics.probe import folder_images
+
+    base = tmp_path / "train" if layout == "ROOT/train/<class>" else tmp_path
+    for name, img in (("cat", chelsea), ("flipped", chelsea[:, ::-1])):
+        (base / name).mkdir(parents=True)
+        Image.fromarray(img.copy()).save(base / name / "a.jpg")
+    x, y, classes = folder_images(tmp_path, 32, per_class=1)
+    assert classes == ["cat", "flipped"] and x.shape == (2, 3, 32, 32) and y.tolist() == [0, 1]

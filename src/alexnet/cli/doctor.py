@@ -31,7 +31,10 @@ def register(sub: Any) -> None:
     p.add_argument("--json", action="store_true", help="machine-readable output")
     g = p.add_argument_group("probe run (without RUN_DIR)")
     g.add_argument("--model", "-m", help="model to probe (alexnet, caffenet, zfnet …)")
-    g.add_argument("--data", help="ImageNet-layout folder ROOT/<class>/<images> (default: built-in gratings)")
+    g.add_argument(
+        "--data",
+        help="ImageNet-layout folder ROOT/train/<class>/<images> (or ROOT/<class>/…; default: built-in gratings)",
+    )
     g.add_argument("--recipe", help="probe through the training loop with this recipe (see alexnet train)")
     g.add_argument("--steps", type=int, default=200, help="optimizer steps (default 200)")
     g.add_argument("--batch-size", type=int, default=32, help="batch size (default 32)")

@@ -54,13 +54,16 @@ def gratings(num_classes: int, per_class: int, size: int, seed: int = 0) -> tupl
 def folder_images(
     root: Path, size: int, per_class: int, max_classes: int | None = None
 ) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
-    """Up to ``per_class`` images from each ``root/<class>/`` folder, resized (shorter side) and centre-cropped."""
+    """Up to ``per_class`` images from each ``root/<class>/`` folder, resized (shorter side) and centre-cropped.
+    An ImageNet-layout ``root`` (with ``train/``), as every other command takes, is read from ``root/train``."""
     from torchvision.transforms import v2
 
     from alexnet.data.images import read_image
 
     if not root.is_dir():
-        raise DataError(f"{root}: not a folder (expected ROOT/<class>/<image files>)")
+        raise DataError(f"{root}: not a folder (expected ROOT/train/<class>/<image files> or ROOT/<class>/…)")
+    if (root / "train").is_dir():
+        root = root / "train"
     classes = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
     classes = classes[:max_classes] if max_classes else classes
     if len(classes) < 2:
