@@ -42,9 +42,10 @@ def register(sub: Any) -> None:
     g.add_argument("--optimizer", choices=("sgd", "adamw"), default="sgd", help="optimiser (default sgd)")
     g.add_argument(
         "--init",
-        choices=("paper", "he"),
+        choices=("paper", "kaiming", "he"),
         default="paper",
-        help="paper: the model's own N(0, std) and biases (AlexNet §5); he: He et al. 2015",
+        help="paper: the model's own N(0, std) and biases (AlexNet §5); kaiming (or he): He et al. 2015, as "
+        "`alexnet train --init kaiming`",
     )
     g.add_argument("--init-std", type=float, help="override every layer's weight std")
     g.add_argument("--bias", type=float, help="override every non-zero bias (the paper: 1; Caffe: 0.1)")
@@ -108,7 +109,7 @@ def _probe(args: argparse.Namespace) -> Path:
         input_size=args.input_size,
         num_classes=args.classes,
         every=args.every,
-        init="he" if args.init == "he" else None,
+        init="he" if args.init in ("kaiming", "he") else None,
         init_std=args.init_std,
         bias=args.bias,
         data=args.data,
