@@ -17,7 +17,7 @@ from alexnet.data.images import read_image
 from alexnet.data.loader import make_loader
 from alexnet.data.preprocess import Preprocessing
 from alexnet.data.transforms import eval_transform
-from alexnet.errors import DataError
+from alexnet.errors import DataError, ImageError
 
 
 @pytest.fixture(autouse=True)
@@ -216,6 +216,17 @@ def test_an_animated_gif_decodes_to_its_first_frame(tmp_path):
     ds = ImageFolder(tmp_path / "d", "train", eval_transform(Preprocessing()))
     assert check_split(ds, progress=False) == []  # a training folder takes it too
     assert ds[0][0].shape == (3, 227, 227)
+
+
+def test_an_image_too_thin_to_rescale_is_refused_before_the_resize_and_a_panorama_is_not(tmp_path):
+    """AlexNet §2 rescales the shorter side to 256: a 1×1,000,000 PNG (3 KB) would become 256 M pixels long."""
+    line, pano = tmp_path / "line.png", tmp_path / "pano.png"
+    Image.new("RGB", (1_000_000, 1), (100, 150, 200)).save(line)
+    Image.new("RGB", (3000, 300), (1, 2, 3)).save(pano)  # 10:1
+    with pytest.raises(ImageError, match=r"1000000×1 is more than 100 times longer than wide"):
+        read_image(line)
+    assert "more than 100 times longer" in (check_file(line) or "")  # the up-front check drops it too
+    assert read_image(pano).shape == (3, 300, 3000) and check_file(pano) is None
 
 
 def test_large_jpeg_decodes_at_reduced_size_keeping_shorter_side(tmp_path, chelsea):

@@ -217,10 +217,11 @@ def test_summary_table_counts_every_parameter(client, models):
         (b"#!/bin/sh\nrm -rf /\n", 415, "not an image"),
         (b"%PDF-1.7\n" + b"0" * 100, 415, "not an image"),
         (b"\xff\xd8\xff\xe0" + b"\0" * 50, 415, "not"),  # JPEG magic, garbage after it
-        (png_bomb(30_000, 30_000), 413, "megapixels"),
+        (png_bomb(30_000, 30_000), 413, "900 megapixels (limit 40)"),
         (b"\xff\xd8\xff" + b"\0" * MAX_BYTES, 413, "too large"),
+        (png_bomb(1_000_000, 1), 422, "more than 100 times longer than wide"),
     ],
-    ids=["empty", "script", "pdf", "truncated-jpeg", "decompression-bomb", "oversized"],
+    ids=["empty", "script", "pdf", "truncated-jpeg", "decompression-bomb", "oversized", "a-line-of-pixels"],
 )
 def test_bad_uploads_are_refused_with_a_message_and_the_server_still_works(client, body, status, words):
     r = client.post("/api/images", content=body)

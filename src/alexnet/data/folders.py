@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import torch
 
-from alexnet.data.images import read_image
+from alexnet.data.images import elongation_problem, read_image
 from alexnet.errors import DataError, ImageError
 
 if TYPE_CHECKING:
@@ -182,6 +182,8 @@ def check_file(path: str | Path) -> str | None:
             fmt = im.format
             if im.width < 1 or im.height < 1:
                 return "image has no pixels"
+            if problem := elongation_problem(im.width, im.height):
+                return problem
             if fmt == "PNG":
                 im.verify()  # chunk CRCs up to IEND: catches truncation and corruption
         if fmt == "JPEG":

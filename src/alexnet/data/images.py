@@ -18,6 +18,20 @@ from torchvision.io import ImageReadMode, decode_image
 from alexnet.errors import ImageError
 
 MAX_PIXELS = 178_956_970  # Pillow's decompression-bomb limit
+# AlexNet §2 rescales the shorter side to 256: a 1×1,000,000 image (3 KB as a PNG) would become 256×256 M pixels.
+# No photograph is 100 times longer than wide; a panorama is about 10.
+MAX_ASPECT = 100
+
+
+def elongation_problem(width: int, height: int) -> str | None:
+    """Why a ``width``×``height`` image cannot be rescaled to a short side of 256 px, or ``None``."""
+    if max(width, height) > MAX_ASPECT * max(1, min(width, height)):
+        return (
+            f"{width}×{height} is more than {MAX_ASPECT} times longer than wide: rescaled to a short side of "
+            f"256 px (AlexNet §2) it would be {256 * max(width, height) // max(1, min(width, height)):,} px long"
+        )
+    return None
+
 
 # torchvision 0.29 announces that torchvision.io will move to TorchCodec; its decoders still work and are fast.
 warnings.filterwarnings("ignore", message="The image decoding and encoding capabilities of TorchVision")
@@ -38,7 +52,7 @@ def decode_rgb(
     if min_side is not None and raw.numel() > 3 and bytes(raw[:3].tolist()) == JPEG_SOI:
         head = bytes(raw[:JPEG_HEADER_SCAN].numpy().tobytes())
         size = jpeg_size(head)
-        if size is not None and min(size) >= 2 * min_side:
+        if size is not None and min(size) >= 2 * min_side and elongation_problem(*size) is None:
             return _decode_jpeg_reduced(bytes(raw.numpy().tobytes()), min_side, name)
     if raw.numel() >= 4 and bytes(raw[:4].tolist()) == GIF_MAGIC:
         # torchvision decodes every frame of a GIF (frames×3×H×W: a small file of many frames is a memory
@@ -55,6 +69,8 @@ def decode_rgb(
         img = (img.to(torch.float32) / 257.0).round().clamp(0, 255).to(torch.uint8)
     if img.ndim != 3 or img.shape[0] != 3 or img.shape[1] < 1 or img.shape[2] < 1:
         raise ImageError(f"{name}: decoded to an unexpected shape {tuple(img.shape)}")
+    if problem := elongation_problem(img.shape[2], img.shape[1]):
+        raise ImageError(f"{name}: {problem}")
     return img
 
 

@@ -40,7 +40,15 @@ from torchvision.io import ImageReadMode, decode_jpeg
 from torchvision.transforms import v2
 
 from alexnet.data.folders import BadSample, _reason
-from alexnet.data.images import JPEG_HEADER_SCAN, JPEG_SOI, MAX_PIXELS, decode_rgb, jpeg_size, read_bytes
+from alexnet.data.images import (
+    JPEG_HEADER_SCAN,
+    JPEG_SOI,
+    MAX_PIXELS,
+    decode_rgb,
+    elongation_problem,
+    jpeg_size,
+    read_bytes,
+)
 from alexnet.data.loader import seeded
 from alexnet.data.shm_pool import BatchPool, Slot
 from alexnet.data.transforms import ToModelInput
@@ -144,7 +152,7 @@ class EncodedItems(Dataset):
             return BadSample(str(path), _reason(e, path)), target, seed
         if data[:3] == JPEG_SOI:
             size = jpeg_size(data[:JPEG_HEADER_SCAN])
-            if size is not None and 0 < size[0] * size[1] <= MAX_PIXELS:
+            if size is not None and 0 < size[0] * size[1] <= MAX_PIXELS and elongation_problem(*size) is None:
                 return Encoded(str(path), torch.frombuffer(bytearray(data), dtype=torch.uint8)), target, seed
         try:  # not a JPEG, or one whose header the CPU decoder should judge
             image = decode_rgb(data, str(path), min_side=getattr(self.dataset, "min_side", None))

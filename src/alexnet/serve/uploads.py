@@ -12,7 +12,7 @@ import io
 
 import torch
 
-from alexnet.data.images import decode_rgb
+from alexnet.data.images import decode_rgb, elongation_problem
 from alexnet.errors import ImageError
 
 MAX_BYTES = 10_000_000  # 10 MB
@@ -48,18 +48,20 @@ def sniff(data: bytes) -> str:
     raise UploadError("not an image: accepted types are JPEG, PNG, GIF, BMP, WebP and TIFF", status=415)
 
 
-def header_size(data: bytes) -> tuple[int, int]:
+def header_size(data: bytes, max_pixels: int = MAX_PIXELS) -> tuple[int, int]:
     """(width, height) from the image header only: no pixel data is decoded."""
+    import re
+
     from PIL import Image, UnidentifiedImageError
 
     try:
         with Image.open(io.BytesIO(data)) as im:
             return int(im.width), int(im.height)
-    except Image.DecompressionBombError:  # Pillow's own header check (> 2 × its limit): a bomb for sure
+    except Image.DecompressionBombError as e:  # Pillow's own header check (> 2 × its limit): a bomb for sure
+        found = re.search(r"\((\d+) pixels\)", str(e))  # "Image size (900000000 pixels) exceeds limit …"
+        size = f"{int(found[1]) / 1e6:,.0f} megapixels" if found else "a decompression bomb"
         raise UploadError(
-            f"image too large: more than {2 * (Image.MAX_IMAGE_PIXELS or 0) / 1e6:.0f} megapixels; "
-            "refused before decoding",
-            status=413,
+            f"image too large: {size} (limit {max_pixels / 1e6:.0f}); refused before decoding", status=413
         ) from None
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as e:
         raise UploadError(f"not a readable image ({type(e).__name__})", status=415) from None
@@ -74,7 +76,9 @@ def decode_upload(data: bytes, *, max_bytes: int = MAX_BYTES, max_pixels: int = 
             f"file too large: {len(data) / 1e6:.1f} MB (limit {max_bytes / 1e6:.0f} MB)", status=413
         )
     fmt = sniff(data)
-    width, height = header_size(data)
+    width, height = header_size(data, max_pixels)
+    if problem := elongation_problem(width, height):
+        raise UploadError(f"image refused: {problem}", status=422)
     if width * height > max_pixels:
         raise UploadError(
             f"image too large: {width}×{height} = {width * height / 1e6:.0f} megapixels "
