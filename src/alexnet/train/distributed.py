@@ -92,6 +92,17 @@ def sum_over_ranks(t: torch.Tensor) -> torch.Tensor:
     return t
 
 
+def share_from_main(info: DistInfo, message: str | None) -> str | None:
+    """Rank 0's ``message`` on every rank (the others pass ``None``); a collective, so a barrier too."""
+    if not info.distributed:
+        return message
+    import torch.distributed as dist
+
+    box = [message]
+    dist.broadcast_object_list(box, src=0)  # a str from rank 0 of this same job, never a user's file
+    return box[0]
+
+
 def barrier(info: DistInfo) -> None:
     if info.distributed:
         import torch.distributed as dist

@@ -198,10 +198,18 @@ def _train(
         return pre_, open_run_data(cfg, pre_, progress=progress_, mean_image=mean_image, stats=stats)
 
     # Rank 0 generates / checks the data and computes its statistics first (all cached), then the others open it.
+    # Its outcome is shared: a bad folder is the same one line on every rank, not a peer's broken connection.
     if info.is_main:
-        pre, data = open_data(progress)
-    dist_utils.barrier(info)
-    if not info.is_main:
+        try:
+            pre, data = open_data(progress)
+        except Exception as e:
+            dist_utils.share_from_main(info, str(e) or type(e).__name__)
+            raise
+        dist_utils.share_from_main(info, None)
+    else:
+        failed = dist_utils.share_from_main(info, None)
+        if failed is not None:
+            raise TrainingError(failed)
         pre, data = open_data(False)
     on_gpu = info.device if _finish_on_device(cfg, info.device, data.train) else None  # where batches end
     on_cuda = info.device.type == "cuda"
