@@ -184,6 +184,9 @@ def test_input_pipeline_cycles_through_a_small_folder_for_a_long_run(tmp_path):
         ),
         (["bench", "--device", "tpu", "--no-memory"], "unknown device"),
         (["bench", "--only-data"], "--only-data needs --data"),
+        (["bench", "--workers", "-1"], "--workers must be ≥ 0, not -1"),
+        # checked before any model row is timed (no --no-memory: it would take minutes otherwise)
+        (["bench", "alexnet", "--data", "/nonexistent/imagenet"], "no data folder /nonexistent/imagenet"),
     ],
 )
 def test_bad_options_are_one_line_errors(capsys, args, message):

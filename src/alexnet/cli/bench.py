@@ -100,6 +100,10 @@ def run(args: argparse.Namespace) -> int:
             raise CommandError(f"--{opt} must be ≥ 0, not {getattr(args, opt)}")
     if args.only_data and not args.data:
         raise CommandError("--only-data needs --data ROOT")
+    if args.data and args.data != "builtin":  # a typo must not cost the whole model table first
+        from alexnet.data.folders import ImageFolder
+
+        ImageFolder(args.data, "train")
     if args.threads is not None:
         if args.threads < 1:
             raise CommandError("--threads must be ≥ 1")
