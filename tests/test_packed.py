@@ -187,6 +187,36 @@ def test_packing_again_repacks_only_the_files_changed_since(folder, monkeypatch)
     assert pack(folder, "train", progress=False).done == 6 and decoded == [4]  # nothing left to do
 
 
+def test_a_file_added_after_packing_is_packed_alone_and_a_deleted_ones_row_is_left_unused(folder, monkeypatch):
+    import alexnet.data.packed as packed
+
+    pack(folder, "train", progress=False)
+    before = ImageFolder(folder, "train")
+    kept = {str(p): packed.PackedPixels.open(folder, "train", 256).image(p) for p, _ in before.samples}
+    deleted = before.samples[1][0]
+    deleted.unlink()
+    added = deleted.parent / "zz_new.jpg"  # sorts last in its class, between rows of the old order
+    Image.new("RGB", (300, 280), (200, 10, 10)).save(added, quality=95)
+    decoded: list[str] = []
+    real = packed._Decode.__getitem__
+
+    def spy(self, i):
+        decoded.append(self.paths[self.rows[i]].name)
+        return real(self, i)
+
+    monkeypatch.setattr(packed._Decode, "__getitem__", spy)
+    pixels = pack(folder, "train", progress=False)
+    assert decoded == ["zz_new.jpg"]  # not the whole split again
+    image = pixels.image(added)
+    assert image is not None and abs(int(image[0].float().mean()) - 200) < 5
+    for path, pixels_before in kept.items():  # every other file reads back as before
+        if path != str(deleted):
+            assert torch.equal(pixels.image(path), pixels_before)
+    after = ImageFolder(folder, "train")
+    attach(after, 256)
+    assert all(after.pixels.image(p) is not None for p, _ in after.samples)  # the reader finds every file
+
+
 def test_a_file_that_does_not_decode_is_counted_and_skipped_as_without_a_store(folder):
     bad = folder / "train" / "class_0" / "img_1.jpg"
     bad.write_bytes(bad.read_bytes()[:300])  # truncated

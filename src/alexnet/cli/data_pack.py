@@ -19,7 +19,7 @@ def register(sub: Any) -> None:
         "ROOT/.packed/<split>-<size>/ (3·size² bytes per image: 192 KiB at 256, about 250 GB for ImageNet's "
         "training set). `alexnet train`, `alexnet eval`, `alexnet data-stats` and `alexnet bench --data` then "
         "read the pixels instead of decoding the files: the same numbers, several times faster per core. A file "
-        "changed since packing is decoded from the file, until data-pack runs again and packs just the changed "
+        "changed or added since packing is decoded from the file, until data-pack runs again and packs just those "
         "files. Interrupted, it resumes where it stopped when run again. ALEXNET_PACKED=0 makes the readers ignore "
         "the store. ROOT not writable (a shared read-only mount)? Set ALEXNET_PACKED_DIR=DIR, for data-pack and "
         "for the commands that read the store: it then lives in DIR/<ROOT's name>-<hash of its path>/.",

@@ -195,14 +195,14 @@ def attach(dataset: Any, size: int) -> PackedPixels | None:
 
 
 class _Decode(torch.utils.data.Dataset):
-    """Item ``i`` → ``(row, pixels or None, (size, mtime_ns) or None)`` for the ``i``-th of ``rows``, decoded as
-    the loaders decode."""
+    """Item ``i`` → ``(row, pixels or None, (size, mtime_ns) or None)`` for the ``i``-th of ``rows`` (the file
+    ``paths[row]``), decoded as the loaders decode."""
 
-    def __init__(self, dataset: Any, rows: list[int]) -> None:
+    def __init__(self, paths: list[Path], rows: list[int], min_side: int) -> None:
         from alexnet.data.transforms import central_patch
 
-        self.dataset, self.rows = dataset, rows
-        self.patch = central_patch(dataset.min_side)
+        self.paths, self.rows, self.min_side = paths, rows, min_side
+        self.patch = central_patch(min_side)
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -211,18 +211,20 @@ class _Decode(torch.utils.data.Dataset):
         from alexnet.data.images import read_image
 
         row = self.rows[i]
-        path = self.dataset.samples[row][0]
+        path = self.paths[row]
         stat = _file_stat(path)  # before decoding: a file changed meanwhile will not match later
         try:
-            image = self.patch(read_image(path, min_side=self.dataset.min_side))
+            image = self.patch(read_image(path, min_side=self.min_side))
         except ImageError:
             return row, None, stat
         return row, image.contiguous(), stat
 
 
-def _batches(dataset: Any, rows: list[int], workers: int, chunk: int) -> Iterator[list[Any]]:
+def _batches(
+    paths: list[Path], rows: list[int], min_side: int, workers: int, chunk: int
+) -> Iterator[list[Any]]:
     loader = torch.utils.data.DataLoader(
-        _Decode(dataset, rows), batch_size=chunk, num_workers=workers, collate_fn=list
+        _Decode(paths, rows, min_side), batch_size=chunk, num_workers=workers, collate_fn=list
     )
     yield from loader
 
@@ -237,7 +239,9 @@ def pack(
     progress: bool = True,
 ) -> PackedPixels:
     """Decode every image of ``root/split`` once into the store (module docstring); resume a store left by an
-    interrupted run when the folder's file list is the same, else start over. Returns the store."""
+    interrupted run when the folder's file list is the same. Files added to the folder since a complete store was
+    packed are appended to it; rows of deleted files stay, unused, until they are half the store, when it is
+    packed again from scratch. Returns the store."""
     from tqdm import tqdm
 
     from alexnet.data.folders import ImageFolder
@@ -255,16 +259,33 @@ def pack(
             "" if os.environ.get("ALEXNET_PACKED_DIR") else " (set ALEXNET_PACKED_DIR to a writable folder)"
         )
         raise DataError(f"cannot write the packed store {store}: {e.strerror}{hint}") from None
-    count = len(names)
-    files_txt = "\n".join(names) + "\n"
     existing = PackedPixels.open(root, split, size)  # None: no store, another format, or damaged
-    same = (
-        existing is not None
-        and existing.min_side == size
-        and existing.count == count
-        and (store / "files.txt").read_text() == files_txt
+    old = (store / "files.txt").read_text().splitlines() if existing is not None else []
+    usable = existing is not None and existing.min_side == size
+    live, packed_before = set(names), set(old)
+    added = [n for n in names if n not in packed_before]
+    unused = len(old) - (len(names) - len(added))  # rows of files deleted since
+    grow = (
+        usable
+        and old != names
+        and existing is not None
+        and existing.done == existing.count
+        and unused <= len(names) // 2
     )
-    start = existing.done if same and existing is not None else 0
+    if grow:  # the old rows keep their places; the added files follow them
+        order, start = old + added, len(old)
+        log.info(
+            "%s: %d files added since packing (packed now), %d deleted (their rows stay unused)",
+            split_dir,
+            len(added),
+            unused,
+        )
+    else:
+        order = names
+        start = existing.done if usable and existing is not None and old == names else 0
+    paths = [split_dir / name for name in order]
+    count = len(order)
+    files_txt = "\n".join(order) + "\n"
     shape = (count, 3, size, size)
     # The pixel file is sparse until written, and a write into a memory map on a full disk kills the process
     # (SIGBUS) instead of raising: check the space up front.
@@ -283,6 +304,8 @@ def pack(
             f.truncate(count * 3 * size * size)  # sparse until written
         np.lib.format.open_memmap(store / "stat.npy", mode="w+", dtype=np.int64, shape=(count, 3)).flush()
         _write_meta(store, meta)
+    elif grow and added:
+        _grow(store, count, meta, files_txt)
     elif start < count:
         log.info("resuming the packing of %s at image %d of %d", split_dir, start, count)
     # Rows packed before whose file has changed since (size or mtime) are packed again, first.
@@ -290,7 +313,7 @@ def pack(
     stale = [
         row
         for row in range(start)
-        if _file_stat(dataset.samples[row][0]) != (int(stat[row, 0]), int(stat[row, 1]))
+        if order[row] in live and _file_stat(paths[row]) != (int(stat[row, 0]), int(stat[row, 1]))
     ]
     if stale:
         log.info("packing %d changed files of %s again", len(stale), split_dir)
@@ -298,7 +321,7 @@ def pack(
     if rows:
         pixels = np.memmap(store / "pixels.u8", dtype=np.uint8, mode="r+", shape=shape)
         with tqdm(total=len(rows), unit="img", desc=f"pack {split}", disable=not progress) as bar:
-            for batch in _batches(dataset, rows, workers, chunk):
+            for batch in _batches(paths, rows, size, workers, chunk):
                 for row, image, st in batch:
                     if image is not None and st is not None:
                         pixels[row] = image.numpy()
@@ -316,6 +339,24 @@ def pack(
     if opened is None:
         raise DataError(f"the packed store {store} could not be read back after packing")
     return opened
+
+
+def _grow(store: Path, count: int, meta: dict[str, Any], files_txt: str) -> None:
+    """Extend a complete store to ``count`` rows, the new ones not packed yet. A crash midway leaves sizes that do
+    not match meta.json: readers then ignore the store and the next ``data-pack`` starts over, never wrong."""
+    from alexnet.weights.io import atomic_write
+
+    size = int(meta["size"])
+    old = np.load(store / "stat.npy")
+    tmp = store / "stat.npy.tmp.npy"
+    grown = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.int64, shape=(count, 3))
+    grown[: len(old)] = old
+    grown.flush()
+    del grown
+    os.truncate(store / "pixels.u8", count * 3 * size * size)  # sparse until written
+    os.replace(tmp, store / "stat.npy")
+    atomic_write(store / "files.txt", lambda t: Path(t).write_text(files_txt))
+    _write_meta(store, meta)
 
 
 def summary(pixels: PackedPixels) -> dict[str, Any]:
