@@ -364,3 +364,14 @@ def test_first_conv_is_the_space_to_depth_conv_with_unchanged_state_dict_and_cpu
         torch.testing.assert_close(
             conv(x), nn.functional.conv2d(x, conv.weight, conv.bias, conv.stride, conv.padding)
         )
+
+
+def test_the_docs_spelling_alexnet_dot_subpackage_works_after_a_plain_import():
+    """README writes `alexnet.visualize.deconvnet(...)`, docs `alexnet.analysis.summarize(...)`."""
+    import subprocess
+    import sys
+
+    code = "import alexnet; alexnet.visualize.deconvnet; alexnet.analysis.summarize; alexnet.weights.read_weights"
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True).returncode == 0
+    with pytest.raises(AttributeError, match="no attribute 'resnet'"):
+        alexnet.resnet  # noqa: B018

@@ -6,3 +6,29 @@ from alexnet.models import list_models
 
 __version__ = "0.1.0"
 __all__ = ["__version__", "create_model", "denormals", "list_models", "malloc"]
+
+# `import alexnet` stays light; `alexnet.visualize.deconvnet(...)`, `alexnet.analysis.summarize(...)` and the
+# other subpackages load on first use (PEP 562).
+_SUBPACKAGES = frozenset(
+    {
+        "analysis",
+        "bench",
+        "data",
+        "diagnostics",
+        "evaluate",
+        "models",
+        "predict",
+        "serve",
+        "train",
+        "visualize",
+        "weights",
+    }
+)
+
+
+def __getattr__(name: str) -> object:
+    if name in _SUBPACKAGES:
+        import importlib
+
+        return importlib.import_module(f"alexnet.{name}")
+    raise AttributeError(f"module 'alexnet' has no attribute {name!r}")

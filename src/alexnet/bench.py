@@ -782,7 +782,9 @@ def format_report(report: Report) -> str:
                 + (f"  (compile {r.compile_s:.1f} s)" if r.compile_s is not None else "")
             )
         when = "per round (interleaved)" if report.settings.get("interleave") else "before each row"
-        lines.append(f"train counts 3× forward FLOPs; '% mm' is of the matmul rate measured {when}")
+        modes = {r.mode for r in report.rows}
+        counts = "train counts 3× forward FLOPs; " if "train" in modes else ""
+        lines.append(f"{counts}'% mm' is of the matmul rate measured {when}")
     if report.memory:
         head = f"{'model':<22}{'batch':>6}{'step peak MiB':>15}{'process peak MiB':>18}{'growth MiB':>12}"
         where = (

@@ -41,7 +41,7 @@ def register(sub: Any) -> None:
 def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from alexnet.data.packed import pack, summary
+    from alexnet.data.packed import pack, size_text, summary
     from alexnet.errors import DataError
 
     if args.workers < 0:
@@ -68,7 +68,7 @@ def run(args: argparse.Namespace) -> int:
     for info in infos:
         print(
             f"{info['split']}: {info['packed']} of {info['images']} images at {info['size']}×{info['size']} "
-            f"in {info['store']} ({info['bytes'] / 2**30:.2f} GiB); {info['unreadable']} unreadable "
+            f"in {info['store']} ({size_text(info['bytes'])}); {info['unreadable']} unreadable "
             "(read from their files, and skipped, as before)"
         )
     return 0

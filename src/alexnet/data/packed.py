@@ -74,7 +74,8 @@ def _write_meta(store: Path, meta: dict[str, Any]) -> None:
     atomic_write(store / "meta.json", lambda tmp: Path(tmp).write_text(json.dumps(meta)))
 
 
-def _bytes(n: int) -> str:
+def size_text(n: int) -> str:
+    """A size for people: GiB from 1 GiB up, else MiB."""
     return f"{n / 2**30:.1f} GiB" if n >= 2**30 else f"{n / 2**20:.1f} MiB"
 
 
@@ -292,7 +293,7 @@ def pack(
     needed, free = (count - start) * 3 * size * size, shutil.disk_usage(store).free
     if needed > free:
         raise DataError(
-            f"packing {split_dir} needs {_bytes(needed)} more in {store}, which has {_bytes(free)} free"
+            f"packing {split_dir} needs {size_text(needed)} more in {store}, which has {size_text(free)} free"
         )
     meta = {"format": FORMAT, "size": size, "min_side": size, "count": count, "done": start}
     if start == 0:

@@ -278,7 +278,7 @@ def _train(
 
         writer = SummaryWriter(str(run_dir / "tensorboard"), purge_step=step if state is not None else None)
         log.info(
-            "%s %s: model %s, data %s (%d classes, %d train / %d val images, %d skipped, %s), %d processes on "
+            "%s %s: model %s, data %s (%d classes, %d train / %d val images, %d skipped, %s), %s on "
             "%s, %d steps of batch %d",
             "resuming" if state else "starting",
             run_dir,
@@ -295,7 +295,7 @@ def _train(
                 else "decoded from the files"
             )
             + (", crops, mirrors and lighting on the GPU" if on_gpu is not None else ""),
-            info.world_size,
+            f"{info.world_size} process" + ("es" if info.world_size > 1 else ""),
             info.device,
             total_steps,
             cfg.batch_size,
