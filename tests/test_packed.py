@@ -187,7 +187,9 @@ def test_packing_again_repacks_only_the_files_changed_since(folder, monkeypatch)
     assert pack(folder, "train", progress=False).done == 6 and decoded == [4]  # nothing left to do
 
 
-def test_a_file_added_after_packing_is_packed_alone_and_a_deleted_ones_row_is_left_unused(folder, monkeypatch):
+def test_a_file_added_after_packing_is_packed_alone_and_a_deleted_ones_row_is_left_unused(
+    folder, monkeypatch
+):
     import alexnet.data.packed as packed
 
     pack(folder, "train", progress=False)
