@@ -246,3 +246,12 @@ def test_predict_with_topk_zero_is_refused_not_an_empty_list():
     model = alexnet.create_model("alexnet", num_classes=10)
     with pytest.raises(ValueError, match="topk must be at least 1"):
         predict(model, torch.zeros(1, 3, 227, 227), topk=0)
+
+
+@pytest.mark.parametrize("content", [None, b"", b"not safetensors at all"])
+def test_weights_info_on_a_missing_or_corrupt_file_is_one_line(capsys, tmp_path, content):
+    path = tmp_path / "w.safetensors"
+    if content is not None:
+        path.write_bytes(content)
+    assert main(["weights", "info", str(path)]) == 2
+    assert str(path) in one_line_error(capsys)

@@ -78,7 +78,7 @@ def test_evaluate_counts_top1_and_top5_like_a_per_file_loop(data: Path, ten_crop
     }
 
 
-def test_a_corrupt_validation_file_is_skipped_and_counted(data: Path, tmp_path: Path) -> None:
+def test_more_than_one_percent_corrupt_validation_files_is_refused(data: Path, tmp_path: Path) -> None:
     import shutil
 
     copy = tmp_path / "copy"
@@ -90,6 +90,26 @@ def test_a_corrupt_validation_file_is_skipped_and_counted(data: Path, tmp_path: 
 
     with pytest.raises(DataError, match="unreadable"):
         evaluate(_model(), copy, progress=False)
+
+
+def test_a_corrupt_validation_file_is_skipped_counted_and_left_out_of_the_error_rates(
+    data: Path, tmp_path: Path
+) -> None:
+    import shutil
+
+    copy = tmp_path / "copy"
+    shutil.copytree(data, copy)
+    first = sorted((copy / "val").glob("*/*.jpg"))[0]
+    for i in range(100):  # 118 files: one bad one is under the 1 % limit
+        shutil.copy(first, first.with_name(f"extra_{i:03d}.jpg"))
+    victim = sorted((copy / "val").glob("*/*.jpg"))[-1]
+    victim.write_bytes(victim.read_bytes()[:200])  # truncated JPEG
+    model = _model()
+    result = evaluate(model, copy, progress=False)
+    victim.unlink()  # the same evaluation without the bad file
+    clean = evaluate(model, copy, progress=False)
+    assert result.skipped == 1 and result.images == 117 == clean.images
+    assert result.top1_err == clean.top1_err and result.top5_err == clean.top5_err
 
 
 def test_weights_trained_at_another_input_size_load_back_with_that_size(tmp_path: Path) -> None:

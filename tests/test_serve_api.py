@@ -387,10 +387,9 @@ def test_shutdown_stops_a_running_job_at_its_next_progress_report():
 
     job = runner.submit("endless", endless)
     assert started.wait(10)
-    t0 = time.monotonic()
-    runner.shutdown(wait=True)
-    assert time.monotonic() - t0 < 2
+    runner.shutdown(wait=True)  # returns only once the job has stopped
     assert job.state == "failed" and "shutting down" in job.error
+    assert job.done < 100_000 - 1  # stopped at a progress report, not run to its end
     late = runner.submit("late", endless)  # nothing new starts once stopping
     assert late.state == "failed" and "shutting down" in late.error
 
