@@ -101,3 +101,26 @@ def test_other_input_sizes_change_the_counts():
     s224 = summarize(alexnet.create_model("alexnet"), 224)
     assert s224.layers[0].output_shape == [96, 54, 54]
     assert s224.totals["macs"] < s227.totals["macs"]
+
+
+@pytest.mark.parametrize(
+    ("model", "layer", "unit", "box"),
+    [
+        # AlexNet conv1, 11×11 stride 4, no padding: unit r sees input rows 4r … 4r+10
+        ("alexnet", "conv1", (0, 0), (0, 0, 11, 11)),
+        ("alexnet", "conv1", (3, 5), (12, 20, 23, 31)),
+        # pool1 3×3/2 over conv1: conv1 units 2r … 2r+2, i.e. input rows 8r … 8r+18
+        ("alexnet", "pool1", (2, 1), (16, 8, 35, 27)),
+        # conv2 5×5, padding 2, over pool1: pool1 units r-2 … r+2, i.e. input rows 8r-16 … 8r+34
+        ("alexnet", "conv2", (5, 4), (24, 16, 75, 67)),
+        ("alexnet", "conv2", (0, 0), (0, 0, 35, 35)),  # clipped at the image's edge (227)
+        # ZFNet conv1 7×7 stride 2, padding 1 (Fig. 3: 224 → 110): unit r sees input rows 2r-1 … 2r+5
+        ("zfnet", "conv1", (10, 0), (19, 0, 26, 6)),
+    ],
+)
+def test_receptive_field_boxes_are_the_hand_derived_input_windows(model, layer, unit, box):
+    from alexnet.analysis.summary import receptive_fields
+
+    net = alexnet.create_model(model)
+    field = receptive_fields(net)[layer]
+    assert field.box(*unit, net.default_input_size) == box
