@@ -82,6 +82,28 @@ def test_occlusion_of_the_only_nonzero_region_drops_the_activation(owt) -> None:
     assert r.target in r.labels and set(np.unique(r.label_map)) <= set(r.labels)
 
 
+def test_each_occlusion_cell_is_the_model_on_the_image_with_that_square_greyed(owt, chelsea) -> None:
+    """ZF §4.2 / Fig. 7, computed independently: for cell (i, j), grey (the mean: 0 after normalisation) the
+    size×size square whose top-left pixel is (i·stride, j·stride), run the model, read the target's probability,
+    the arg-max class and the followed map's total. Size ≠ stride and off-diagonal cells, so a transposed or shifted
+    cell-to-pixel mapping shows."""
+    p = prepare(owt, torch.from_numpy(chelsea).permute(2, 0, 1).contiguous())
+    image = p.tensor[0] if p.tensor.ndim == 4 else p.tensor
+    size, stride = 40, 61
+    r = occlusion(owt, image, size=size, stride=stride, batch_size=5, target=281, channel=7)
+    assert r.probability.shape == (4, 4) and r.target == 281 and r.channel == 7
+    owt.eval()
+    for i, j in [(0, 0), (0, 3), (2, 1), (3, 2)]:
+        occluded = image.clone()
+        occluded[:, i * stride : i * stride + size, j * stride : j * stride + size] = 0.0
+        with torch.no_grad():
+            probs = owt(occluded[None]).softmax(1)[0]
+        relu5 = capture(owt, occluded[None], ["relu5"])["relu5"][0, 7].sum()
+        np.testing.assert_allclose(r.probability[i, j], float(probs[281]), rtol=1e-4, atol=1e-7)
+        assert r.label_map[i, j] == int(probs.argmax())
+        np.testing.assert_allclose(r.activation[i, j], float(relu5), rtol=1e-4, atol=1e-4)
+
+
 def test_occlusion_maps_a_photograph_and_plots_three_panels(owt, chelsea) -> None:
     p = prepare(owt, torch.from_numpy(chelsea).permute(2, 0, 1).contiguous())
     r = occlusion(owt, p.tensor, size=48, stride=44, batch_size=8)
