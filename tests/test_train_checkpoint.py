@@ -45,13 +45,13 @@ def test_only_the_newest_checkpoints_are_kept_and_the_newest_readable_one_is_res
         "step-00000008.pt",
     ]
     assert not list((tmp_path / "checkpoints").glob("*.tmp"))  # atomic: no temporary files left
-    list_checkpoints(tmp_path)[-1].write_bytes(b"garbage")  # a damaged newest file falls back to the previous
+    list_checkpoints(tmp_path)[-1].write_bytes(b"junk\n")  # a damaged newest file (torch.load: KeyError) falls back
     notes: list[str] = []
     assert latest_checkpoint(tmp_path, notes)["step"] == 6
     # ...says so, and is set aside (kept, but no longer counted among the checkpoints to keep)
     assert len(notes) == 1 and "step-00000008.pt is damaged" in notes[0]
     assert [p.name for p in list_checkpoints(tmp_path)] == ["step-00000004.pt", "step-00000006.pt"]
-    assert (tmp_path / "checkpoints" / "step-00000008.pt.damaged").read_bytes() == b"garbage"
+    assert (tmp_path / "checkpoints" / "step-00000008.pt.damaged").read_bytes() == b"junk\n"
     save_checkpoint(tmp_path, {"step": 10}, step=10, keep=2)
     assert [p.name for p in list_checkpoints(tmp_path)] == ["step-00000006.pt", "step-00000010.pt"]
 

@@ -180,6 +180,20 @@ def test_resume_continues_in_the_folder_given_and_refuses_what_would_change_the_
     ]
     assert sorted(p.name for p in (copy / "checkpoints").iterdir()) == before
 
+    # The data may move; data with other images may not (the epoch's order would differ).
+    moved = tmp_path / "moved"
+    shutil.copytree(data, moved)
+    on_moved = run_cli(
+        tmp_path, "train", "--resume", "--out", str(copy), "--data", str(moved), "--max-steps", "4"
+    )
+    assert on_moved.returncode == 0, on_moved.stderr
+    extra = sorted((moved / "train").glob("*/*"))[0]
+    shutil.copy(extra, extra.with_name("extra_" + extra.name))
+    grown = run_cli(
+        tmp_path, "train", "--resume", "--out", str(copy), "--data", str(moved), "--max-steps", "5"
+    )
+    assert grown.returncode == 2 and "went over 24 training images, the data now has 25" in grown.stderr
+
     # A new run into a folder that holds one (its checkpoints cleaned up) is refused, not mixed into it.
     shutil.rmtree(run / "checkpoints")
     again = run_cli(tmp_path, *args, "--max-steps", "1", "--out", str(run))

@@ -57,6 +57,9 @@ def test_written_files_get_the_umask_mode_or_keep_the_replaced_files_mode(tmp_pa
         path.chmod(0o604)
         atomic_write(path, lambda tmp: Path(tmp).write_text("2"))
         assert stat.S_IMODE(path.stat().st_mode) == 0o604 and path.read_text() == "2"
+        # safetensors' save_file replaces the file it is given with a new 0600 one: the mode is set after it
+        weights = save_weights(alexnet.create_model("alexnet_owt"), tmp_path / "w.safetensors")
+        assert stat.S_IMODE(weights.stat().st_mode) == 0o640
     finally:
         os.umask(old)
         _new_file_mode.cache_clear()

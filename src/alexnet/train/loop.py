@@ -116,9 +116,9 @@ def train(
 
 
 # What a checkpoint's position and weights depend on: changed on --resume, the run would silently skip or repeat
-# images (batch size, seed), relabel them (data, classes) or not fit the weights (input size).
+# images (batch size, seed), relabel them (classes) or not fit the weights (input size). The data folder may move:
+# the checkpoint's class list and number of training images are checked against the data instead.
 _FIXED_ON_RESUME = (
-    "data",
     "classes",
     "images_per_class",
     "batch_size",
@@ -134,7 +134,7 @@ def _check_resumable(cfg: TrainConfig, state: dict[str, Any]) -> None:
     for key in _FIXED_ON_RESUME:
         if key in saved and saved[key] != getattr(cfg, key):
             was, now = saved[key], getattr(cfg, key)
-            paths = key in ("data", "stats") and was is not None and now is not None
+            paths = key == "stats" and was is not None and now is not None
             if paths and Path(was).absolute() == Path(now).absolute():  # relative in an older config.json
                 continue
             flag = "--" + key.replace("_", "-")
@@ -181,7 +181,8 @@ def _train(
         raise TrainingError(
             f"batch size {cfg.batch_size} is not divisible by the {info.world_size} processes"
         )
-    if not resume and (list_checkpoints(run_dir) or (run_dir / CONFIG).is_file()):
+    # a folder whose run stopped before its first checkpoint (config.json only) may be trained into again
+    if not resume and (list_checkpoints(run_dir) or (run_dir / "model.safetensors").is_file()):
         raise TrainingError(
             f"{run_dir} already holds a run: add --resume to continue it, or pick another --out (or delete it)"
         )
@@ -236,11 +237,16 @@ def _train(
     schedule = LRSchedule(cfg, total_steps, steps_per_epoch)
     epoch, in_epoch, step = 0, 0, 0
     if state is not None:
-        saved_classes = state.get("classes")
+        saved_classes, saved_images = state.get("classes"), state.get("train_images")
         if saved_classes is not None and list(saved_classes) != list(data.classes):
             raise TrainingError(
                 f"--resume: the checkpoint learnt {len(saved_classes)} classes ({_names(saved_classes)}), the "
                 f"data now has {len(data.classes)} ({_names(data.classes)}): resume with the same data"
+            )
+        if saved_images is not None and saved_images != len(data.train):  # the epochs' order would differ
+            raise TrainingError(
+                f"--resume: the checkpoint's epochs went over {saved_images} training images, the data now has "
+                f"{len(data.train)}: resume with the same data"
             )
         for key, ours in model.state_dict().items():  # older checkpoints record no class list
             theirs = state["model"].get(key)
@@ -342,7 +348,12 @@ def _train(
         where = locate_nonfinite(model, rec.images) or "the forward pass is finite; the loss is not"
         raise TrainingError(
             f"loss is {rec.loss} at step {rec.step + 1} (epoch {rec.epoch + 1}): {where}; stopping. "
-            f"The last good checkpoint is kept in {run_dir / 'checkpoints'}; try a lower --lr "
+            + (
+                f"The last good checkpoint is kept in {run_dir / 'checkpoints'}; "
+                if list_checkpoints(run_dir)
+                else "No checkpoint was written before it; "
+            )
+            + f"try a lower --lr "
             f"(now {rec.lr:g}), or run `alexnet doctor {run_dir}`"
         )
 
@@ -367,6 +378,7 @@ def _train(
                     "step": step,
                     "config": cfg.to_dict(),
                     "classes": list(data.classes),
+                    "train_images": len(data.train),
                 },
                 step,
                 keep=cfg.keep_checkpoints,

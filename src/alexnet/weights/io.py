@@ -98,12 +98,11 @@ def atomic_write(path: str | Path, write: Any) -> Path:
         path.parent.mkdir(parents=True, exist_ok=True)
         if path.is_dir():
             raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR))
+        mode = stat.S_IMODE(path.stat().st_mode) if path.exists() else _new_file_mode()
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        try:
-            os.fchmod(fd, stat.S_IMODE(path.stat().st_mode) if path.exists() else _new_file_mode())
-        finally:
-            os.close(fd)
+        os.close(fd)
         write(tmp)
+        os.chmod(tmp, mode)  # after writing: a writer may replace the file (safetensors' save_file does)
         os.replace(tmp, path)
     except OSError as e:
         if tmp is not None:
