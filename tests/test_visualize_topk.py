@@ -159,3 +159,15 @@ def test_a_folder_without_split_folders_is_read_whole_in_path_order(tmp_path: Pa
     ]
     got = [name for _, name in folder_items(tmp_path, "val")]
     assert got == sorted(str(f) for f in files)
+
+
+def test_the_listing_names_files_by_absolute_path_whatever_the_working_folder(
+    tmp_path: Path, monkeypatch
+) -> None:
+    """A pass started with a relative --data resumes from another folder: the digest of the images consumed is
+    over the same names."""
+    image = _touch(tmp_path / "data" / "val" / "cat" / "b.jpg")
+    monkeypatch.chdir(tmp_path)
+    relative = folder_items("data", "val")
+    monkeypatch.chdir(tmp_path / "data")
+    assert [n for _, n in relative] == [n for _, n in folder_items(tmp_path / "data", "val")] == [str(image)]

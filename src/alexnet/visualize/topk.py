@@ -180,7 +180,8 @@ def folder_items(root: str | Path, split: str = "val", max_images: int | None = 
     if not files:
         raise DataError(f"{root}: no image files found")
     files = files[:max_images] if max_images is not None else files
-    return [(p, str(p)) for p in files]
+    # absolute: a resumed pass (and its digest of the images consumed) must not depend on the working folder
+    return [(p, str(p.absolute())) for p in files]
 
 
 def _batches(
