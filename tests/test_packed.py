@@ -217,6 +217,10 @@ def test_a_file_added_after_packing_is_packed_alone_and_a_deleted_ones_row_is_le
     after = ImageFolder(folder, "train")
     attach(after, 256)
     assert all(after.pixels.image(p) is not None for p, _ in after.samples)  # the reader finds every file
+    from alexnet.data.packed import summary
+
+    counts = summary(pixels)
+    assert (counts["images"], counts["packed"], counts["unused"]) == (len(after), len(after), 1)
 
 
 def test_a_file_that_does_not_decode_is_counted_and_skipped_as_without_a_store(folder):

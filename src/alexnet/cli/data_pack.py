@@ -70,5 +70,6 @@ def run(args: argparse.Namespace) -> int:
             f"{info['split']}: {info['packed']} of {info['images']} images at {info['size']}×{info['size']} "
             f"in {info['store']} ({size_text(info['bytes'])}); {info['unreadable']} unreadable "
             "(read from their files, and skipped, as before)"
+            + (f"; {info['unused']} rows of deleted files unused" if info["unused"] else "")
         )
     return 0

@@ -143,6 +143,7 @@ def run_import(args: argparse.Namespace) -> int:
     print(
         f"wrote {path}: {model.config.name}, {model.num_classes} classes, input {pre.input_size}px "
         f"{pre.channel_order} ×{pre.pixel_scale:g} − mean {tuple(pre.mean)}"
+        + (f" ÷ std {tuple(pre.std)}" if any(s != 1 for s in pre.std) else "")
     )
     return 0
 

@@ -122,6 +122,7 @@ class PackedPixels:
         self.rows = {prefix + name: i for i, name in enumerate(names)}
         self._stat: np.ndarray | None = None
         self._pixels: np.ndarray | None = None
+        self.unused_rows: list[int] = []  # rows of files deleted since packing (known after `pack`)
 
     @classmethod
     def open(cls, root: str | Path, split: str, size: int) -> PackedPixels | None:
@@ -339,6 +340,7 @@ def pack(
     opened = PackedPixels.open(root, split, size)
     if opened is None:
         raise DataError(f"the packed store {store} could not be read back after packing")
+    opened.unused_rows = [row for row, name in enumerate(order) if name not in live]
     return opened
 
 
@@ -361,14 +363,19 @@ def _grow(store: Path, count: int, meta: dict[str, Any], files_txt: str) -> None
 
 
 def summary(pixels: PackedPixels) -> dict[str, Any]:
-    """What ``alexnet data-pack`` reports: images, how many hold pixels, bytes on disk."""
+    """What ``alexnet data-pack`` reports: the folder's images, how many hold pixels, the rows of deleted files,
+    bytes on disk."""
     _, stat = pixels._maps()
-    packed = int(np.asarray(stat[: pixels.done, 2]).sum())
+    live = np.ones(pixels.count, dtype=bool)
+    live[pixels.unused_rows] = False
+    done = live[: pixels.done]
+    packed = int(np.asarray(stat[: pixels.done, 2])[done].sum())
     return {
         "store": str(pixels.store),
         "size": pixels.size,
-        "images": pixels.count,
+        "images": int(live.sum()),
         "packed": packed,
-        "unreadable": pixels.done - packed,
+        "unreadable": int(done.sum()) - packed,
+        "unused": len(pixels.unused_rows),
         "bytes": pixels.count * 3 * pixels.size * pixels.size,
     }

@@ -294,6 +294,9 @@ def ensure_builtin_dataset(
     try:
         final.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=final.parent))
+        umask = os.umask(0o022)
+        os.umask(umask)
+        tmp.chmod(0o777 & ~umask)  # mkdtemp's 0700 would hide a shared cache ($ALEXNET_DATA) from other users
     except OSError as e:
         raise DataError(
             f"cannot create the built-in data set under {final.parent}: {e.strerror or e}"
