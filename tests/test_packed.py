@@ -230,7 +230,7 @@ def test_a_file_that_does_not_decode_is_counted_and_skipped_as_without_a_store(f
     from alexnet.data.packed import summary
 
     info = summary(pixels)
-    assert (info["packed"], info["unreadable"]) == (5, 1)
+    assert (info["packed"], info["unreadable"], info["unreadable_files"]) == (5, 1, [str(bad)])
     dataset = ImageFolder(folder, "train", train_transform(PRE))
     attach(dataset, 256)
     index = [p for p, _ in dataset.samples].index(bad)

@@ -45,7 +45,9 @@ def test_only_the_newest_checkpoints_are_kept_and_the_newest_readable_one_is_res
         "step-00000008.pt",
     ]
     assert not list((tmp_path / "checkpoints").glob("*.tmp"))  # atomic: no temporary files left
-    list_checkpoints(tmp_path)[-1].write_bytes(b"junk\n")  # a damaged newest file (torch.load: KeyError) falls back
+    list_checkpoints(tmp_path)[-1].write_bytes(
+        b"junk\n"
+    )  # a damaged newest file (torch.load: KeyError) falls back
     notes: list[str] = []
     assert latest_checkpoint(tmp_path, notes)["step"] == 6
     # ...says so, and is set aside (kept, but no longer counted among the checkpoints to keep)

@@ -72,4 +72,9 @@ def run(args: argparse.Namespace) -> int:
             "(read from their files, and skipped, as before)"
             + (f"; {info['unused']} rows of deleted files unused" if info["unused"] else "")
         )
+        bad = info["unreadable_files"]
+        for path in bad[:10]:
+            print(f"  unreadable: {path}")
+        if len(bad) > 10:
+            print(f"  … and {len(bad) - 10} more (--json lists them all)")
     return 0

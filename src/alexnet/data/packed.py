@@ -369,13 +369,17 @@ def summary(pixels: PackedPixels) -> dict[str, Any]:
     live = np.ones(pixels.count, dtype=bool)
     live[pixels.unused_rows] = False
     done = live[: pixels.done]
-    packed = int(np.asarray(stat[: pixels.done, 2])[done].sum())
+    ok = np.asarray(stat[: pixels.done, 2])
+    packed = int(ok[done].sum())
+    names = {row: name for name, row in pixels.rows.items()}
+    bad = [names[int(row)] for row in np.flatnonzero(done & (ok == 0))]
     return {
         "store": str(pixels.store),
         "size": pixels.size,
         "images": int(live.sum()),
         "packed": packed,
         "unreadable": int(done.sum()) - packed,
+        "unreadable_files": bad,
         "unused": len(pixels.unused_rows),
         "bytes": pixels.count * 3 * pixels.size * pixels.size,
     }
