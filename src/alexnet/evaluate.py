@@ -133,7 +133,7 @@ def evaluate(
     The class index is the position in ``classes`` (default: the weights' class list, else the split's sorted
     folder names, as torchvision's ImageFolder). Unreadable files are skipped and counted (>1% → DataError).
     """
-    from alexnet.data.folders import ImageFolder, check_split
+    from alexnet.data.folders import ImageFolder, check_split, class_folders
     from alexnet.data.packed import attach
     from alexnet.errors import DataError
     from alexnet.predict import input_transform, preprocessing_of
@@ -144,7 +144,7 @@ def evaluate(
     meta = getattr(model, "weights_meta", None)
     names = classes if classes is not None else (meta.classes if meta is not None else None)
     # weights trained on the first N classes (`alexnet train --classes N`) are evaluated on those classes' images
-    subset = names is not None and len(names) < len(_class_folders(Path(root) / split))
+    subset = names is not None and len(names) < len(class_folders(Path(root).expanduser() / split))
     dataset = ImageFolder(
         root,
         split,
@@ -173,9 +173,3 @@ def evaluate(
     result.skipped = len(dataset.bad)
     result.skipped_files = list(dataset.bad)
     return result
-
-
-def _class_folders(split_dir: Path) -> list[str]:
-    if not split_dir.is_dir():
-        return []  # ImageFolder names the problem
-    return [d.name for d in split_dir.iterdir() if d.is_dir() and not d.name.startswith(".")]

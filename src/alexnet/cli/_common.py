@@ -46,8 +46,10 @@ def _folder_problem(path: Path) -> str | None:
     try:
         path.mkdir(parents=True, exist_ok=True)
     except OSError as e:
-        files = [p for p in reversed(path.parents) if p.exists() and not p.is_dir()]
-        return f"{files[0]} is not a folder" if files else f"cannot create {path}: {e.strerror or e}"
+        from alexnet.weights.io import file_in_the_way
+
+        blocking = file_in_the_way(path)
+        return f"{blocking} is not a folder" if blocking else f"cannot create {path}: {e.strerror or e}"
     try:  # the one sure test (permissions, read-only mounts, /proc)
         with tempfile.TemporaryFile(dir=path):
             pass

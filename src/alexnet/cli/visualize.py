@@ -63,6 +63,18 @@ def _channels(text: str) -> list[int]:
     return list(dict.fromkeys(out))  # each channel once, in the order given
 
 
+def _image_set(p: ArgumentParser, what: str, split: str, images: str) -> None:
+    """``--data ROOT --split S --max-images N``: the images top9 and retrieval stream (topk.folder_items)."""
+    p.add_argument(
+        "--data",
+        required=True,
+        metavar="ROOT",
+        help=f"{what}: ROOT/<split>/<class>/*, or a folder of images without split folders",
+    )
+    p.add_argument("--split", default=split, help=f"split folder under ROOT (default {split})")
+    p.add_argument("--max-images", type=int, metavar="N", help=f"only the first N {images} (default all)")
+
+
 def _common(p: ArgumentParser, images: str = "+") -> None:
     add_model_arguments(p)
     p.add_argument("--run", metavar="DIR", help="a training run folder (uses DIR/model.safetensors)")
@@ -116,16 +128,9 @@ def register(sub: Any) -> None:
 
     k = kinds.add_parser("top9", help=KINDS["top9"], description=KINDS["top9"])
     _common(k, images="")
-    k.add_argument(
-        "--data",
-        required=True,
-        metavar="ROOT",
-        help="data set: ROOT/<split>/<class>/*, or a folder of images without split folders",
-    )
-    k.add_argument("--split", default="val", help="split folder under ROOT (default val)")
+    _image_set(k, "data set", "val", "images")
     k.add_argument("--layer", default="conv5", help="conv-trunk layer (default conv5)")
     k.add_argument("--channels", type=_channels, help="feature maps to draw, e.g. 0,5,10-15 (default 0-15)")
-    k.add_argument("--max-images", type=int, metavar="N", help="only the first N images (default all)")
     k.add_argument("--batch-size", type=int, default=32, help="images per forward pass (default 32)")
     k.add_argument(
         "--resume",
@@ -163,16 +168,7 @@ def register(sub: Any) -> None:
 
     k = kinds.add_parser("retrieval", help=KINDS["retrieval"], description=KINDS["retrieval"])
     _common(k)
-    k.add_argument(
-        "--data",
-        required=True,
-        metavar="ROOT",
-        help="the gallery: ROOT/<split>/<class>/*, or a folder of images without split folders",
-    )
-    k.add_argument("--split", default="train", help="split folder under ROOT (default train)")
-    k.add_argument(
-        "--max-images", type=int, metavar="N", help="only the first N gallery images (default all)"
-    )
+    _image_set(k, "the gallery", "train", "gallery images")
     k.add_argument("--neighbours", type=int, default=6, help="nearest images shown per query (default 6)")
     k.add_argument("--cache", metavar="DIR", help="feature cache folder (default OUT/cache)")
     p.set_defaults(func=run)

@@ -53,6 +53,13 @@ class BadSample:
     reason: str
 
 
+def class_folders(split_dir: Path) -> list[str]:
+    """The class folders of a split, sorted (torchvision's ImageFolder order); hidden ones (``.packed``) skipped."""
+    if not split_dir.is_dir():
+        return []
+    return sorted(d.name for d in split_dir.iterdir() if d.is_dir() and not d.name.startswith("."))
+
+
 class ImageFolder(torch.utils.data.Dataset):
     """``ROOT/<split>/<class>/<files>`` as (image, class index) pairs.
 
@@ -95,7 +102,7 @@ class ImageFolder(torch.utils.data.Dataset):
         split_dir = self.root / split
         if not split_dir.is_dir():
             raise DataError(f"{self.root} has no '{split}' folder: expected the layout {expected}")
-        found = sorted(d.name for d in split_dir.iterdir() if d.is_dir() and not d.name.startswith("."))
+        found = class_folders(split_dir)
         if not found:
             raise DataError(f"{split_dir} has no class folders: expected the layout {expected}")
         self.found = found  # every class folder of the split, before any subset

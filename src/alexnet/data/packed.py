@@ -371,8 +371,9 @@ def summary(pixels: PackedPixels) -> dict[str, Any]:
     done = live[: pixels.done]
     ok = np.asarray(stat[: pixels.done, 2])
     packed = int(ok[done].sum())
-    names = {row: name for name, row in pixels.rows.items()}
-    bad = [names[int(row)] for row in np.flatnonzero(done & (ok == 0))]
+    bad_rows = np.flatnonzero(done & (ok == 0))
+    names = {row: name for name, row in pixels.rows.items()} if len(bad_rows) else {}
+    bad = [names[int(row)] for row in bad_rows]
     return {
         "store": str(pixels.store),
         "size": pixels.size,

@@ -291,12 +291,13 @@ def ensure_builtin_dataset(
     )
     if (final / MANIFEST).is_file():
         return final
+    from alexnet.weights.io import process_umask  # here: the generating workers need not import torch
+
     try:
         final.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=final.parent))
-        umask = os.umask(0o022)
-        os.umask(umask)
-        tmp.chmod(0o777 & ~umask)  # mkdtemp's 0700 would hide a shared cache ($ALEXNET_DATA) from other users
+        # mkdtemp's 0700 would hide a shared cache ($ALEXNET_DATA) from other users
+        tmp.chmod(0o777 & ~process_umask())
     except OSError as e:
         raise DataError(
             f"cannot create the built-in data set under {final.parent}: {e.strerror or e}"

@@ -58,13 +58,14 @@ def folder_images(
     An ImageNet-layout ``root`` (with ``train/``), as every other command takes, is read from ``root/train``."""
     from torchvision.transforms import v2
 
+    from alexnet.data.folders import class_folders
     from alexnet.data.images import read_image
 
     if not root.is_dir():
         raise DataError(f"{root}: not a folder (expected ROOT/train/<class>/<image files> or ROOT/<class>/…)")
     if (root / "train").is_dir():
         root = root / "train"
-    classes = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    classes = class_folders(root)
     classes = classes[:max_classes] if max_classes else classes
     if len(classes) < 2:
         raise DataError(f"{root}: needs at least two class folders, found {len(classes)}")

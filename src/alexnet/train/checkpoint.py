@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from alexnet.errors import TrainingError
-from alexnet.weights.io import atomic_write
+from alexnet.weights.io import atomic_write, load_failure
 
 FORMAT = "alexnet-checkpoint/1"
 log = logging.getLogger("alexnet.train")
@@ -81,8 +81,7 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as e:  # the unpickler fails on junk with KeyError, IndexError, … too
-        msg = str(e).splitlines()[0] if str(e).strip() else type(e).__name__
-        raise TrainingError(f"{path}: not a readable checkpoint ({msg})") from None
+        raise TrainingError(f"{path}: not a readable checkpoint ({load_failure(e)})") from None
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise TrainingError(f"{path}: not an alexnet training checkpoint")
     return state

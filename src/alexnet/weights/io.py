@@ -79,12 +79,22 @@ class WeightsMeta:
             raise WeightsError(f"{where}: malformed metadata ({e})") from None
 
 
+def process_umask() -> int:
+    """This process's umask (read by setting it and setting it back: there is no getter)."""
+    umask = os.umask(0o022)
+    os.umask(umask)
+    return umask
+
+
 @functools.cache
 def _new_file_mode() -> int:
     """The mode ``open()`` gives a new file under this process's umask (``mkstemp`` makes 0600)."""
-    umask = os.umask(0o022)
-    os.umask(umask)
-    return 0o666 & ~umask
+    return 0o666 & ~process_umask()
+
+
+def file_in_the_way(path: Path) -> Path | None:
+    """The first of ``path``'s parent folders that exists as a file, if any: why the folder cannot be made."""
+    return next((p for p in reversed(path.parents) if p.exists() and not p.is_dir()), None)
 
 
 def atomic_write(path: str | Path, write: Any) -> Path:
@@ -109,8 +119,8 @@ def atomic_write(path: str | Path, write: Any) -> Path:
             Path(tmp).unlink(missing_ok=True)
         reason = e.strerror or str(e)
         if e.filename and Path(e.filename) in path.parents:  # a folder on the way
-            files = [p for p in reversed(path.parents) if p.exists() and not p.is_dir()]
-            reason = f"{files[0]} is not a folder" if files else f"{reason}: {e.filename}"
+            blocking = file_in_the_way(path)
+            reason = f"{blocking} is not a folder" if blocking else f"{reason}: {e.filename}"
         raise OutputError(f"cannot write {path}: {reason}") from None
     except BaseException:
         if tmp is not None:
@@ -162,7 +172,7 @@ def _read_torch(p: Path) -> tuple[dict[str, torch.Tensor], WeightsMeta]:
     try:
         obj = torch.load(p, map_location="cpu", weights_only=True)
     except Exception as e:  # the weights-only unpickler fails on junk with KeyError, IndexError, …
-        raise WeightsError(f"{p}: not a loadable PyTorch weights file ({_load_failure(e)})") from None
+        raise WeightsError(f"{p}: not a loadable PyTorch weights file ({load_failure(e)})") from None
     if isinstance(obj, dict):
         for key in ("state_dict", "model", "model_state"):
             if isinstance(obj.get(key), dict):
@@ -174,7 +184,7 @@ def _read_torch(p: Path) -> tuple[dict[str, torch.Tensor], WeightsMeta]:
     return state, WeightsMeta()
 
 
-def _load_failure(e: Exception) -> str:
+def load_failure(e: Exception) -> str:
     """torch.load's refusal in a few words: its weights-only message is a paragraph that ends in advice to load
     the file unsafely, which this package never does."""
     import pickle
