@@ -82,12 +82,11 @@ def test_a_ddp_run_resumed_from_its_checkpoint_ends_where_the_uninterrupted_run_
     assert_same_weights(single_run, run)  # = 4 uninterrupted steps of one process on the combined batch
 
 
-def test_a_bad_data_folder_under_torchrun_is_one_line_on_every_rank_not_a_broken_connection(
-    tmp_path: Path,
-) -> None:
-    """Only rank 0 opens the data first; its failure reaches the other rank as the same message."""
+def test_a_bad_data_folder_under_torchrun_is_one_line_not_a_broken_connection(tmp_path: Path) -> None:
+    """Only rank 0 opens the data first; its failure reaches the other rank, which stops without repeating it
+    (torchrun may kill it first: two lines would be a race)."""
     ddp = torchrun(tmp_path, *COMMON, "--data", str(tmp_path / "missing"), "--out", str(tmp_path / "run"))
     assert ddp.returncode != 0
     lines = [line for line in ddp.stderr.splitlines() if line.startswith("alexnet: error:")]
-    assert len(lines) == 2 and len(set(lines)) == 1 and "no data folder" in lines[0]
+    assert len(lines) == 1 and "no data folder" in lines[0]
     assert "Connection closed by peer" not in ddp.stderr and "[rank1]: Traceback" not in ddp.stderr

@@ -42,3 +42,8 @@ class ImageError(DataError):
 
 class TrainingError(AlexnetError):
     """A run that cannot continue (NaN loss, bad resume state)."""
+
+
+class StoppedByMainRank(TrainingError):
+    """Raised on the other ranks of a torchrun job when rank 0 has failed and printed why: they stop with the same
+    exit code without repeating it (torchrun may kill them before they could print anyway)."""

@@ -9,7 +9,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, NoReturn
 
-from alexnet.errors import AlexnetError
+from alexnet.errors import AlexnetError, StoppedByMainRank
 
 EXIT_USAGE = 2
 
@@ -29,6 +29,8 @@ def run_safely(fn: Callable[[], int | None]) -> int:
     """Run a command; turn user errors into one line on stderr and exit code 2."""
     try:
         return int(fn() or 0)
+    except StoppedByMainRank:  # rank 0 has said why, once for the whole job
+        return EXIT_USAGE
     except AlexnetError as e:
         print(f"alexnet: error: {e}", file=sys.stderr)
         return EXIT_USAGE

@@ -19,7 +19,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from alexnet.errors import DataError, TrainingError
+from alexnet.errors import DataError, StoppedByMainRank, TrainingError
 from alexnet.evaluate import EvalResult, evaluate_loader
 from alexnet.train import distributed as dist_utils
 from alexnet.train.callbacks import Callback, TrainContext
@@ -210,7 +210,7 @@ def _train(
     else:
         failed = dist_utils.share_from_main(info, None)
         if failed is not None:
-            raise TrainingError(failed)
+            raise StoppedByMainRank(failed)
         pre, data = open_data(False)
     on_gpu = info.device if _finish_on_device(cfg, info.device, data.train) else None  # where batches end
     on_cuda = info.device.type == "cuda"
