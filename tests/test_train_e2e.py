@@ -97,6 +97,13 @@ def test_resume_after_kill_9_reproduces_the_uninterrupted_loss_curve_and_eval_re
     with (cut / "metrics.csv").open() as f:
         rows = list(csv.DictReader(f))
     assert [int(r["epoch"]) for r in rows] == [1, 2, 3, 4]  # one row per evaluation, none duplicated
+    # The three logs count epochs alike (from 1): an evaluation's step belongs to its epoch in steps.csv too.
+    with (cut / "steps.csv").open() as f:
+        step_epoch = {int(r["step"]): int(r["epoch"]) for r in csv.DictReader(f)}
+    assert all(step_epoch[int(r["step"])] == int(r["epoch"]) for r in rows)
+    assert step_epoch[1] == 1 and step_epoch[6] == 1 and step_epoch[7] == 2  # 6 steps per epoch
+    with (cut / "health.csv").open() as f:
+        assert all(int(r["epoch"]) == step_epoch[int(r["step"])] for r in csv.DictReader(f))
     assert set(rows[0]) == {
         "epoch", "step", "lr", "train_loss", "val_loss", "val_top1_err", "val_top5_err", "images_per_s",
         "data_wait",

@@ -269,7 +269,7 @@ class HealthMonitor(Callback):
         self._loss_sum, self._loss_count = None, 0
         return HealthRecord(
             step=ctx.step,
-            epoch=ctx.epoch,
+            epoch=ctx.epoch + 1,  # 1-based, as in metrics.csv and train.log
             loss=loss,
             lr=float(ctx.lr),
             num_classes=ctx.num_classes,

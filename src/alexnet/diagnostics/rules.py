@@ -73,7 +73,7 @@ class HealthRecord:
     lr: float
     num_classes: int
     layers: list[LayerHealth] = field(default_factory=list)
-    epoch: int = 0
+    epoch: int = 0  # 1-based: the epoch the step belongs to, as in metrics.csv
 
     def layer(self, name: str) -> LayerHealth | None:
         return next((lh for lh in self.layers if lh.layer == name), None)
