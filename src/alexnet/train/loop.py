@@ -335,7 +335,9 @@ def _train(
                 stop_nonfinite(rec)
             window_loss, window_n, last_loss = window_loss + rec.loss, window_n + 1, rec.loss
             if info.is_main and steps_log is not None:
-                steps_log.append({"step": rec.step + 1, "epoch": rec.epoch + 1, "lr": rec.lr, "loss": rec.loss})
+                steps_log.append(
+                    {"step": rec.step + 1, "epoch": rec.epoch + 1, "lr": rec.lr, "loss": rec.loss}
+                )
                 if writer is not None:
                     writer.add_scalar("train/loss", rec.loss, rec.step + 1)
                     writer.add_scalar("train/lr", rec.lr, rec.step + 1)
