@@ -8,7 +8,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torchvision.transforms import v2
 
 from alexnet.data.classes import class_names
 from alexnet.data.images import read_image
@@ -61,15 +60,13 @@ def input_transform(model: AlexNetFamily, ten_crop: bool = False) -> Any:
 
 
 def normalize_crop(model: AlexNetFamily, crop: torch.Tensor) -> torch.Tensor:
-    """A uint8 RGB S×S crop taken from the centre of the resized image → the model's input (for tools that crop,
-    rotate or occlude the image themselves); with a mean image, its centre S×S region is subtracted."""
-    pre, mean = preprocessing_of(model), mean_image_of(model)
-    x = crop.float() / 255.0
-    if mean is None:
-        return pre.normalize(x)
-    from alexnet.data.transforms import Normalize
+    """A uint8 RGB S×S crop taken from the centre of the resized image's central patch → the model's input (for
+    tools that crop, rotate or occlude the image themselves); with a mean image, its centre S×S region is
+    subtracted. The same conversion as :func:`input_transform`'s last step
+    (:func:`alexnet.data.transforms.crop_to_input`), so the numbers are identical."""
+    from alexnet.data.transforms import crop_to_input
 
-    return Normalize(pre, v2.functional.center_crop(mean, list(crop.shape[-2:])))(x)
+    return crop_to_input(preprocessing_of(model), mean_image=mean_image_of(model))(crop)
 
 
 def labels_of(model: AlexNetFamily) -> list[str]:

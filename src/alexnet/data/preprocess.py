@@ -13,6 +13,8 @@ from typing import Any
 import torch
 from torchvision.transforms import v2
 
+from alexnet.errors import DataError
+
 IMAGENET_MEAN = (0.485, 0.456, 0.406)  # RGB, 0–1
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
@@ -55,13 +57,18 @@ class Preprocessing:
         std = torch.tensor(self.std, dtype=x.dtype, device=x.device).view(3, 1, 1)
         return (x - mean) / std
 
-    def eval_transform(self) -> v2.Compose:
-        """uint8 RGB image → normalised centre crop (shorter side ``resize``, centre ``input_size``)."""
-        return v2.Compose(
-            [
-                v2.Resize(self.resize, antialias=True),
-                v2.CenterCrop(self.input_size),
-                v2.ToDtype(torch.float32, scale=True),
-                v2.Lambda(self.normalize),
-            ]
-        )
+    def eval_transform(self, mean_image: torch.Tensor | None = None) -> v2.Compose:
+        """uint8 RGB image → normalised centre crop: :func:`alexnet.data.transforms.eval_transform`, the pipeline
+        ``alexnet predict`` and ``alexnet eval`` use (for a model, :func:`alexnet.predict.input_transform`).
+
+        ``mean_image`` (3×resize×resize, model convention) is required when ``self.mean_image`` (AlexNet §2's
+        per-pixel mean): raises :class:`~alexnet.errors.DataError` without it, or with one this preprocessing
+        does not subtract."""
+        from alexnet.data import transforms
+
+        if mean_image is not None and not self.mean_image:
+            raise DataError(
+                "this preprocessing subtracts the per-channel mean, not a mean image: pass no mean_image, or "
+                "use a Preprocessing with mean_image=True"
+            )
+        return transforms.eval_transform(self, mean_image=mean_image)

@@ -236,12 +236,47 @@ def train_transform(
     return v2.Compose([*_resize(pre), *colour, *crop])  # mean image lines up with the 256×256 patch
 
 
-def eval_transform(pre: Preprocessing, *, mean_image: torch.Tensor | None = None) -> v2.Compose:
-    """Centre crop: ``uint8`` 3×H×W → float 3×S×S (shorter side ``resize``, central ``input_size``)."""
+class CentredMeanInput(nn.Module):
+    """``uint8`` crop taken at the centre of the ``resize``×``resize`` patch → float model input, minus the same
+    centre region of the per-pixel mean image (AlexNet §2): ``CenterCrop`` of the mean image with the crop's
+    size has the offsets ``CenterCrop`` took on the patch, so each pixel loses its own mean pixel."""
+
+    def __init__(self, pre: Preprocessing, mean_image: torch.Tensor) -> None:
+        super().__init__()
+        self.pre = pre
+        self.mean_image = mean_image
+
+    def forward(self, crop: torch.Tensor) -> torch.Tensor:
+        if crop.dtype != torch.uint8:
+            raise DataError(f"expected a uint8 crop, not {crop.dtype}")
+        mean = F.center_crop(self.mean_image, list(crop.shape[-2:]))
+        return Normalize(self.pre, mean)(F.to_dtype(crop, torch.float32, scale=True))
+
+
+def eval_crop(pre: Preprocessing) -> v2.Compose:
+    """The evaluation crop, ``uint8`` in and out: shorter side → ``pre.resize``, the central ``resize``×``resize``
+    patch (AlexNet §2), then that patch's central ``input_size`` crop.
+
+    The one crop that :func:`eval_transform` (``alexnet predict``/``eval``) and
+    :func:`alexnet.visualize.inputs.prepare` take: cropping straight from the resized image would round an odd
+    offset differently, one pixel apart on a non-square image."""
+    return v2.Compose([*_resize(pre), v2.CenterCrop(pre.input_size)])
+
+
+def crop_to_input(pre: Preprocessing, *, mean_image: torch.Tensor | None = None) -> nn.Module:
+    """A ``uint8`` crop of :func:`eval_crop` → float model input: :class:`ToModelInput` (per-channel mean), or
+    minus the matching centre of the per-pixel ``mean_image`` (:class:`CentredMeanInput`; required when
+    ``pre.mean_image``)."""
     mean = _mean_image(pre, mean_image)
-    if mean is None:
-        return v2.Compose([*_resize(pre), v2.CenterCrop(pre.input_size), ToModelInput(pre)])
-    return v2.Compose([*_resize(pre), _to_float(), Normalize(pre, mean), v2.CenterCrop(pre.input_size)])
+    return ToModelInput(pre) if mean is None else CentredMeanInput(pre, mean)
+
+
+def eval_transform(pre: Preprocessing, *, mean_image: torch.Tensor | None = None) -> v2.Compose:
+    """Centre crop: ``uint8`` 3×H×W → float 3×S×S (shorter side ``resize``, central ``resize`` patch, its central
+    ``input_size``): :func:`eval_crop` then :func:`crop_to_input`. With a per-pixel mean image, the crop loses
+    the mean image's centre: the same numbers as subtracting it from the patch and cropping after, computed on
+    the crop alone."""
+    return v2.Compose([*eval_crop(pre).transforms, crop_to_input(pre, mean_image=mean_image)])
 
 
 def ten_crop(pre: Preprocessing, *, mean_image: torch.Tensor | None = None) -> v2.Compose:

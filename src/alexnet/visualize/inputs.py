@@ -6,9 +6,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from torchvision.transforms import v2
 
 from alexnet.data.images import read_image
+from alexnet.data.transforms import eval_crop
 from alexnet.errors import ImageError
 from alexnet.models import AlexNetFamily
 from alexnet.predict import normalize_crop, preprocessing_of
@@ -35,10 +35,11 @@ def as_uint8_image(image: torch.Tensor | str | Path, name: str = "") -> tuple[to
 
 
 def prepare(model: AlexNetFamily, image: torch.Tensor | str | Path, name: str = "") -> Prepared:
-    """Resize the shorter side and centre-crop as the weights' preprocessing says; normalise a copy."""
+    """The input ``alexnet predict``/``eval`` feed (:func:`alexnet.predict.input_transform`), bit for bit, and
+    the uint8 crop it was made from: shorter side → ``resize``, central ``resize`` patch, its central
+    ``input_size`` crop (:func:`alexnet.data.transforms.eval_crop`), then the weights' normalisation."""
     img, name = as_uint8_image(image, name)
-    prep = preprocessing_of(model)
-    crop = v2.CenterCrop(prep.input_size)(v2.Resize(prep.resize, antialias=True)(img))
+    crop = eval_crop(preprocessing_of(model))(img)
     tensor = normalize_crop(model, crop)
     return Prepared(tensor, crop, name)
 

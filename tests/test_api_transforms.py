@@ -1,0 +1,101 @@
+"""The Python API's preprocessing is the CLI's: ``visualize.inputs.prepare`` (the README's Python example),
+``Preprocessing.eval_transform`` and ``alexnet predict``/``eval`` (``predict.input_transform``) feed the same
+tensor, bit for bit, per-pixel mean image included (AlexNet §2)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import alexnet
+from alexnet.data import transforms
+from alexnet.data.images import read_image
+from alexnet.data.preprocess import Preprocessing
+from alexnet.errors import DataError
+from alexnet.predict import input_transform
+from alexnet.visualize.inputs import prepare
+from alexnet.weights import WeightsMeta
+
+CAFFE_MEAN_IMAGE = Preprocessing(
+    input_size=227,
+    resize=256,
+    mean=(104.0, 117.0, 123.0),
+    std=(1.0, 1.0, 1.0),
+    channel_order="BGR",
+    pixel_scale=255.0,
+    mean_image=True,
+)
+
+
+def _mean_image(resize: int = 256) -> torch.Tensor:
+    """A mean image that varies along both axes, so a crop one pixel off subtracts other numbers."""
+    ramp = torch.linspace(60.0, 150.0, resize)
+    return torch.stack([ramp[:, None] + ramp[None, :] * k for k in (0.5, 1.0, 1.5)])
+
+
+@pytest.fixture
+def wide_jpeg(tmp_path):
+    """300×400: resized to 256×341, whose central 256 patch starts at 42.5 → an odd offset to round."""
+    path = tmp_path / "cat.jpg"
+    pixels = (np.random.RandomState(0).rand(300, 400, 3) * 255).astype("uint8")
+    Image.fromarray(pixels).save(path)
+    return path
+
+
+def _with_mean_image() -> alexnet.AlexNetFamily:
+    model = alexnet.create_model("alexnet", num_classes=10)
+    model.weights_meta = WeightsMeta(preprocessing=CAFFE_MEAN_IMAGE, tensors={"mean_image": _mean_image()})
+    return model
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: alexnet.create_model("alexnet", num_classes=10),  # 256 → 227: odd offsets both ways
+        lambda: alexnet.create_model("zfnet", num_classes=10),
+        _with_mean_image,
+    ],
+    ids=["alexnet", "zfnet", "mean-image"],
+)
+def test_prepare_feeds_exactly_what_predict_feeds_on_a_non_square_image(make, wide_jpeg):
+    model = make()
+    prepared = prepare(model, wide_jpeg)  # the README's Python way
+    fed = input_transform(model)(read_image(wide_jpeg))  # what `alexnet predict` / eval feed
+    assert prepared.tensor.dtype == fed.dtype and torch.equal(prepared.tensor, fed)
+    pre = model.weights_meta.preprocessing if hasattr(model, "weights_meta") else None
+    pre = pre or Preprocessing(input_size=model.default_input_size)
+    assert torch.equal(prepared.crop, transforms.eval_crop(pre)(read_image(wide_jpeg)))
+
+
+def test_prepare_takes_the_crop_from_the_central_patch_and_subtracts_that_part_of_the_mean_image(wide_jpeg):
+    model = _with_mean_image()
+    image = read_image(wide_jpeg)
+    patch = transforms.central_patch(256)(image)  # AlexNet §2: shorter side 256, central 256×256
+    off = 14  # round((256 - 227) / 2), the offset CenterCrop takes on the patch
+    expected = transforms.Normalize(CAFFE_MEAN_IMAGE, _mean_image())(patch.float() / 255)
+    expected = expected[:, off : off + 227, off : off + 227]
+    got = prepare(model, image)
+    assert torch.equal(got.crop, patch[:, off : off + 227, off : off + 227])
+    torch.testing.assert_close(got.tensor, expected, rtol=0, atol=1e-4)
+
+
+def test_preprocessing_eval_transform_is_the_eval_pipeline_with_its_mean_image():
+    img = torch.randint(0, 256, (3, 300, 400), dtype=torch.uint8)
+    mean = _mean_image()
+    got = CAFFE_MEAN_IMAGE.eval_transform(mean)(img)
+    assert torch.equal(got, transforms.eval_transform(CAFFE_MEAN_IMAGE, mean_image=mean)(img))
+    per_channel = Preprocessing(**{**CAFFE_MEAN_IMAGE.to_dict(), "mean_image": False})
+    assert not torch.allclose(got, per_channel.eval_transform()(img), atol=1.0)  # the mean image was used
+    plain = Preprocessing(input_size=227)
+    assert torch.equal(plain.eval_transform()(img), transforms.eval_transform(plain)(img))
+
+
+def test_preprocessing_eval_transform_refuses_to_drop_or_invent_a_mean_image():
+    with pytest.raises(DataError, match="subtracts a per-pixel mean image, but none was given"):
+        CAFFE_MEAN_IMAGE.eval_transform()
+    with pytest.raises(DataError, match="per-channel mean, not a mean image"):
+        Preprocessing().eval_transform(_mean_image())
+    with pytest.raises(DataError, match=r"mean image is \(3, 227, 227\), expected \(3, 256, 256\)"):
+        CAFFE_MEAN_IMAGE.eval_transform(torch.zeros(3, 227, 227))
