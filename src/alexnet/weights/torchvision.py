@@ -1,11 +1,29 @@
-"""torchvision's ``AlexNet_Weights.IMAGENET1K_V1`` → ``alexnet_owt`` (same state-dict keys, loaded unchanged)."""
+"""torchvision's ``AlexNet_Weights.IMAGENET1K_V1`` → ``alexnet_owt`` (same state-dict keys, loaded unchanged).
+
+The file is fetched into torch.hub's cache (``torch.hub.get_dir()/checkpoints``, where torchvision keeps it, so a
+copy torchvision downloaded is reused) by our own download: torch.hub's has no timeout and hangs for ever on a
+stalled network. Ours gives up after :data:`TIMEOUT` seconds without data, checks the hash prefix in the file
+name as torch.hub does, and leaves no partial file behind.
+"""
 
 from __future__ import annotations
+
+import hashlib
+import os
+import tempfile
+import urllib.error
+import urllib.parse
+import urllib.request
+from pathlib import Path
 
 import torch
 
 from alexnet.data.preprocess import IMAGENET_MEAN, IMAGENET_STD, Preprocessing
+from alexnet.errors import WeightsError
 from alexnet.weights.io import WeightsMeta
+
+URL = "https://download.pytorch.org/models/alexnet-owt-7be5be79.pth"  # AlexNet_Weights.IMAGENET1K_V1.url
+TIMEOUT = 30.0  # seconds without an answer before a download gives up (as weights.sources.fetch)
 
 
 def torchvision_meta() -> WeightsMeta:
@@ -26,16 +44,69 @@ def torchvision_meta() -> WeightsMeta:
     )
 
 
+def cached_path(url: str | None = None) -> Path:
+    """Where torch.hub (and so torchvision) keeps the file: ``torch.hub.get_dir()/checkpoints/<file name>``."""
+    name = os.path.basename(urllib.parse.urlparse(url or URL).path)
+    return Path(torch.hub.get_dir()) / "checkpoints" / name
+
+
 def fetch_torchvision_state_dict(progress: bool = True) -> dict[str, torch.Tensor]:
-    """Download (or read from torch.hub's cache) torchvision's IMAGENET1K_V1 weights through its weights API."""
-    from torchvision.models import AlexNet_Weights
-
-    from alexnet.errors import WeightsError
-
+    """torchvision's IMAGENET1K_V1 state dict: from torch.hub's cache, else downloaded there first (gives up after
+    :data:`TIMEOUT` seconds without data, with a :class:`WeightsError` that says where to put the file)."""
+    target = cached_path()
+    if not target.is_file():
+        _download(URL, target, progress)
     try:
-        return AlexNet_Weights.IMAGENET1K_V1.get_state_dict(progress=progress, check_hash=True)
-    except (OSError, RuntimeError) as e:  # URLError is an OSError
+        state = torch.load(target, map_location="cpu", weights_only=True)
+    except Exception as e:
+        from alexnet.weights.io import load_failure
+
         raise WeightsError(
-            f"cannot fetch torchvision's AlexNet weights ({e}); offline, place alexnet-owt-7be5be79.pth in "
-            f"{torch.hub.get_dir()}/checkpoints/"
+            f"{target}: not torchvision's AlexNet weights ({load_failure(e)}); delete it and download again"
         ) from None
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise WeightsError(f"{target}: does not hold a state dict of tensors; delete it and download again")
+    return state
+
+
+def _download(url: str, target: Path, progress: bool) -> None:
+    """``url`` → ``target`` through a temporary file next to it, renamed once complete and its hash checked."""
+    offline = f"offline, place {target.name} in {target.parent}/"
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise WeightsError(f"cannot create {target.parent} ({e.strerror or e}); {offline}") from None
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".partial", dir=target.parent)
+    tmp = Path(tmp_name)
+    try:
+        with (
+            os.fdopen(fd, "wb") as out,
+            urllib.request.urlopen(url, timeout=TIMEOUT) as response,  # timeout: connect and every read
+        ):
+            from tqdm import tqdm
+
+            total = int(response.headers.get("Content-Length") or 0) or None
+            digest = hashlib.sha256()
+            with tqdm(total=total, unit="B", unit_scale=True, desc=target.name, disable=not progress) as bar:
+                for block in iter(lambda: response.read(1 << 20), b""):
+                    out.write(block)
+                    digest.update(block)
+                    bar.update(len(block))
+        match = torch.hub.HASH_REGEX.search(target.name)  # torch.hub's check_hash: the name's hash prefix
+        if match is not None and not digest.hexdigest().startswith(match.group(1)):
+            raise WeightsError(
+                f"{url}: the download's sha256 {digest.hexdigest()} does not start with {match.group(1)} "
+                f"as its name says: a corrupt or different file; try again, or {offline}"
+            )
+        os.replace(tmp, target)
+    except (urllib.error.URLError, OSError) as e:  # TimeoutError is an OSError
+        tmp.unlink(missing_ok=True)
+        reason = getattr(e, "reason", None) or e
+        if isinstance(reason, TimeoutError):
+            reason = f"no answer for {TIMEOUT:g} s"
+        raise WeightsError(
+            f"cannot fetch torchvision's AlexNet weights from {url} ({reason}); {offline}"
+        ) from None
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
