@@ -119,3 +119,109 @@ def test_a_corrupt_cached_torchvision_file_is_named_in_the_error(hub):
     (hub / "alexnet-owt-7be5be79.pth").write_bytes(b"truncated")
     with pytest.raises(WeightsError, match=r"alexnet-owt-7be5be79\.pth: not torchvision's AlexNet weights"):
         alexnet.create_model("alexnet_owt", weights="torchvision")
+
+
+# --- torchvision's spellings of weights= (AlexNet_Weights members, "DEFAULT", "IMAGENET1K_V1") ---------------
+
+
+@pytest.fixture(scope="module")
+def tv_state() -> dict[str, torch.Tensor]:
+    import torchvision
+
+    torch.manual_seed(0)
+    return torchvision.models.alexnet().state_dict()
+
+
+@pytest.fixture
+def offline_torchvision(tv_state, monkeypatch):
+    """weights="torchvision" with torchvision's state dict made locally instead of downloaded."""
+    monkeypatch.setattr(tvw, "fetch_torchvision_state_dict", lambda progress=True: tv_state)
+    return tv_state
+
+
+def _tv_spellings() -> list[object]:
+    from torchvision.models import AlexNet_Weights
+
+    return [
+        AlexNet_Weights.IMAGENET1K_V1,
+        AlexNet_Weights.DEFAULT,
+        "DEFAULT",
+        "IMAGENET1K_V1",
+        "AlexNet_Weights.IMAGENET1K_V1",
+    ]
+
+
+@pytest.mark.parametrize("weights", _tv_spellings(), ids=str)
+def test_torchvisions_spellings_of_its_alexnet_weights_load_them_into_alexnet_owt(
+    weights, offline_torchvision
+):
+    model = alexnet.create_model("alexnet_owt", weights=weights)
+    assert torch.equal(model.state_dict()["features.0.weight"], offline_torchvision["features.0.weight"])
+    assert "AlexNet_Weights.IMAGENET1K_V1" in model.weights_meta.source
+    assert alexnet.weights.load_pretrained(None, weights).config.name == "alexnet_owt"
+
+
+@pytest.mark.parametrize(
+    ("name", "weights", "hint"),
+    [
+        (
+            "bvlc_alexnet",
+            "DEFAULT",
+            "published weights for bvlc_alexnet: bvlcalexnet-6, bvlcalexnet-8, bvlc_alexnet",
+        ),
+        ("caffenet", "IMAGENET1K_V1", "published weights for caffenet: caffenet-6, caffenet-9"),
+        ("zfnet", "enum", "no published weights are zfnet's"),
+    ],
+)
+def test_torchvisions_alexnet_weights_for_another_model_name_the_weights_it_has(name, weights, hint):
+    from torchvision.models import AlexNet_Weights
+
+    from alexnet.errors import WeightsMismatch
+
+    w = AlexNet_Weights.IMAGENET1K_V1 if weights == "enum" else weights
+    with pytest.raises(
+        WeightsMismatch, match=f"torchvision's AlexNet weights fit alexnet_owt, not {name}; {hint}"
+    ):
+        alexnet.create_model(name, weights=w)
+
+
+def test_torchvision_weights_of_another_network_are_refused():
+    from torchvision.models import ResNet18_Weights
+
+    from alexnet.errors import WeightsMismatch
+
+    with pytest.raises(
+        WeightsMismatch, match=r"ResNet18_Weights\.IMAGENET1K_V1 are torchvision's weights for another"
+    ):
+        alexnet.create_model("alexnet_owt", weights=ResNet18_Weights.IMAGENET1K_V1)
+
+
+@pytest.mark.parametrize("weights", [True, 1, 0.5, b"model.safetensors", ["model.safetensors"]], ids=repr)
+def test_weights_of_another_type_is_a_type_error_naming_the_accepted_forms(weights):
+    with pytest.raises(
+        TypeError, match=r"weights must be a weights file path, 'torchvision' \(also torchvision's "
+    ):
+        alexnet.create_model("alexnet_owt", weights=weights)
+
+
+def test_a_local_file_named_like_torchvisions_weights_is_read_as_a_file(tmp_path, monkeypatch):
+    from alexnet.weights import save_weights
+
+    save_weights(alexnet.create_model("zfnet", num_classes=10), tmp_path / "DEFAULT")
+    monkeypatch.chdir(tmp_path)
+    assert alexnet.create_model("zfnet", weights="DEFAULT").num_classes == 10
+
+
+def test_a_published_source_for_another_model_is_refused_before_downloading(monkeypatch):
+    from alexnet.errors import WeightsMismatch
+    from alexnet.weights import sources
+
+    def no_download(name, *args, **kwargs):
+        raise AssertionError(f"downloaded {name}")
+
+    monkeypatch.setattr(sources, "fetch", no_download)
+    with pytest.raises(WeightsMismatch, match="bvlcalexnet-8 holds bvlc_alexnet's weights, not zfnet's"):
+        alexnet.create_model("zfnet", weights="bvlcalexnet-8")
+    for name in ("bvlc_alexnet", None):  # the right model, or inferred: downloads as before
+        with pytest.raises(AssertionError, match="downloaded bvlcalexnet-8"):
+            alexnet.weights.load_pretrained(name, "bvlcalexnet-8")

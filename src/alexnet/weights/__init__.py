@@ -21,8 +21,68 @@ __all__ = [
     "load_pretrained",
     "load_state_dict_checked",
     "read_weights",
+    "resolve_weights",
     "save_weights",
 ]
+
+
+# torchvision's names for its AlexNet weights (``torchvision.models.get_weight`` spellings), taken as "torchvision"
+TORCHVISION_NAMES = (
+    "torchvision",
+    "DEFAULT",
+    "IMAGENET1K_V1",
+    "AlexNet_Weights.DEFAULT",
+    "AlexNet_Weights.IMAGENET1K_V1",
+)
+
+
+def _accepted() -> str:
+    from alexnet.weights.sources import SOURCES
+
+    return (
+        "a weights file path, 'torchvision' (also torchvision's AlexNet_Weights.IMAGENET1K_V1, 'DEFAULT', "
+        f"'IMAGENET1K_V1'), a published source name ({', '.join(SOURCES)}) or None"
+    )
+
+
+def resolve_weights(weights: object, name: str | None = None) -> str | Path:
+    """``weights`` as :func:`load_pretrained` reads it: a path, ``"torchvision"`` or a published source name.
+
+    torchvision's ``AlexNet_Weights`` members and its names for them (:data:`TORCHVISION_NAMES`, unless a file of
+    that name exists) become ``"torchvision"``, which fits ``alexnet_owt`` only: for another ``name`` they raise
+    :class:`WeightsMismatch` naming the weights that model has. Any other type raises ``TypeError`` naming the
+    accepted forms.
+    """
+    import enum
+    import os
+
+    if isinstance(weights, enum.Enum):
+        from torchvision.models import AlexNet_Weights
+
+        if not isinstance(weights, AlexNet_Weights):
+            raise WeightsMismatch(
+                f"{type(weights).__name__}.{weights.name} are torchvision's weights for another network; "
+                f"AlexNet's are AlexNet_Weights.IMAGENET1K_V1 (alexnet_owt)"
+            )
+        weights = "torchvision"
+    elif isinstance(weights, str) and weights in TORCHVISION_NAMES and not Path(weights).exists():
+        weights = "torchvision"
+    elif not isinstance(weights, str | os.PathLike) or not isinstance(os.fspath(weights), str):
+        raise TypeError(f"weights must be {_accepted()}; got {type(weights).__name__} {weights!r}")
+    if str(weights) == "torchvision" and name not in (None, "alexnet_owt"):
+        raise WeightsMismatch(
+            f"torchvision's AlexNet weights fit alexnet_owt, not {name}; {_published_for(name)}"
+        )
+    return weights
+
+
+def _published_for(name: str) -> str:
+    from alexnet.weights.sources import SOURCES
+
+    names = [s.name for s in SOURCES.values() if s.model == name]
+    if not names:
+        return f"no published weights are {name}'s (pass a weights file)"
+    return f"published weights for {name}: {', '.join(names)}"
 
 
 def load_pretrained(
@@ -31,13 +91,16 @@ def load_pretrained(
     """Build ``name`` and load ``weights`` ("torchvision" or a file path) into it; attach the metadata.
 
     ``weights`` may also be an ``.onnx`` / ``.caffemodel`` file or a published source name
-    (:data:`alexnet.weights.sources.SOURCES`): imported by structure, ``name`` ``"auto"`` or ``None`` inferring it.
+    (:data:`alexnet.weights.sources.SOURCES`): imported by structure, ``name`` ``"auto"`` or ``None`` inferring it;
+    or torchvision's spellings of its AlexNet weights (``AlexNet_Weights.IMAGENET1K_V1``, ``"DEFAULT"``,
+    ``"IMAGENET1K_V1"``: :func:`resolve_weights`).
 
     ``name=None`` builds whatever architecture the file's metadata records. A file made for another model is
     refused with a message naming both.
     """
     from alexnet.weights.sources import is_foreign, load_foreign
 
+    weights = resolve_weights(weights, name)
     if is_foreign(weights):  # ONNX / Caffe file or published source name: imported by structure
         foreign = load_foreign(weights, name or "auto")
         if overrides or (num_classes is not None and num_classes != foreign.num_classes):
@@ -48,8 +111,6 @@ def load_pretrained(
     if str(weights) == "torchvision":
         from alexnet.weights.torchvision import fetch_torchvision_state_dict, torchvision_meta
 
-        if name not in (None, "alexnet_owt"):
-            raise WeightsMismatch(f"torchvision's AlexNet weights fit alexnet_owt, not {name}")
         state, meta = fetch_torchvision_state_dict(), torchvision_meta()
     else:
         state, meta = read_weights(weights)

@@ -180,12 +180,22 @@ def is_foreign(weights: str | Path) -> bool:
     return Path(text).suffix in FOREIGN_SUFFIXES or (text in SOURCES and not Path(text).exists())
 
 
+def check_fits(source: Source, model: str) -> None:
+    """Refuse ``source`` for a registered ``model`` other than the one its file holds, before downloading it."""
+    if model not in ("auto", source.model) and source.model != "auto":
+        raise WeightsMismatch(
+            f"{source.name} holds {source.model}'s weights, not {model}'s: load it with "
+            f"create_model({source.model!r}, weights={source.name!r}) (nothing was downloaded)"
+        )
+
+
 def load_foreign(weights: str | Path, model: str = "auto") -> AlexNetFamily:
     """``create_model(M, weights=...)`` for a published source name or an ONNX / Caffe file: fetched (digest
     checked), imported by structure into ``model`` (or ``"auto"``), ONNX checked against onnxruntime."""
     path = Path(weights)
     if str(weights) in SOURCES and not path.exists():
         source = SOURCES[str(weights)]
+        check_fits(source, model)  # before a download of hundreds of megabytes
         path = fetch(source.name)
         if model == "auto" and source.model != "auto":
             model = source.model
