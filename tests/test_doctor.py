@@ -340,3 +340,28 @@ def test_a_loss_that_has_not_fallen_is_no_sign_of_learning(tmp_path: Path) -> No
     assert verdict.code == "undetermined" and "has not fallen between steps 1 and 21" in verdict.evidence[0]
     falling = _synthetic_run(tmp_path, [_record(1 + 10 * i, 2.0 - 0.5 * i, 1e-3, 1e-3) for i in range(3)])
     assert diagnose(falling)[0].code == "healthy"
+
+
+def test_every_flag_a_remedy_names_is_a_flag_of_alexnet_train() -> None:
+    import re
+
+    from alexnet.cli import build_parser
+    from alexnet.diagnostics.rules import REMEDIES
+
+    train = build_parser()._subparsers._group_actions[0].choices["train"]  # type: ignore[union-attr]
+    flags = {s for a in train._actions for s in a.option_strings}
+    named = {f for text in REMEDIES.values() for f in re.findall(r"--[a-z][a-z-]*", text)}
+    assert {"--grad-clip", "--bias-init", "--init", "--lr", "--warmup-steps"} <= named
+    assert named <= flags
+
+
+def test_a_run_trained_with_bias_init_is_not_reported_as_biases_of_one(tmp_path: Path) -> None:
+    from alexnet.diagnostics.doctor import _init_facts
+
+    meta = {
+        "model": {"convs": [{"weight_std": 0.01, "bias": 1.0}], "fcs": [{"weight_std": 0.01, "bias": 1.0}]}
+    }
+    run = Run(tmp_path, [_record(1, 2.3, 1e-2, 1e-3)], meta, {"init": "paper", "bias_init": 0.1}, [], [])
+    assert _init_facts(run)[1] == 0.1
+    run.config.pop("bias_init")
+    assert _init_facts(run)[1] == 1.0

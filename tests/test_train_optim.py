@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from alexnet.train.config import TrainConfig
-from alexnet.train.optim import LRSchedule, PaperSGD, build_optimizer, param_groups
+from alexnet.train.optim import LRSchedule, PaperSGD, build_optimizer, load_optimizer_state, param_groups
 from alexnet.train.recipes import resolve_recipe
 
 
@@ -158,3 +158,25 @@ def test_paper_sgd_step_with_a_closure_returns_the_loss_before_the_update() -> N
 
     assert float(opt.step(closure).detach()) == 4.0
     torch.testing.assert_close(p.detach(), torch.tensor([2.0 - 0.1 * 4.0]))  # w − ε·∂L/∂w, ∂L/∂w = 2w
+
+
+@pytest.mark.parametrize("optimizer", ["paper_sgd", "sgd", "adamw"])
+def test_resume_takes_momentum_weight_decay_and_bias_multipliers_from_the_flags_not_the_checkpoint(
+    optimizer: str,
+) -> None:
+    model = nn.Linear(4, 3)
+    saved = resolve_recipe("caffe", optimizer=optimizer)  # biases: lr ×2, decay ×0
+    first = build_optimizer(model, saved)
+    model(torch.randn(2, 4)).sum().backward()
+    first.step()
+    state = copy.deepcopy(first.state_dict())
+    now = saved.with_overrides(momentum=0.8, weight_decay=1e-3, bias_lr_mult=1.5, bias_decay_mult=0.5)
+    resumed = build_optimizer(model, now)
+    load_optimizer_state(resumed, state, model, now)
+    got = [(g["lr_mult"], g["weight_decay"], g.get("momentum")) for g in resumed.param_groups]
+    momentum = None if optimizer == "adamw" else 0.8
+    assert got == [(1.0, 1e-3, momentum), (1.5, 0.5e-3, momentum)]
+    # the optimizer's own state (momentum buffers, Adam moments) still comes from the checkpoint
+    for p in model.parameters():
+        for key, value in first.state[p].items():
+            torch.testing.assert_close(resumed.state[p][key], value)

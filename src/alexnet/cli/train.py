@@ -24,13 +24,52 @@ _VALUE_FLAGS: list[tuple[str, str, Any, str]] = [
     ("--weight-decay", "weight_decay", float, "weight decay"),
     ("--optimizer", "optimizer", str, "paper_sgd (AlexNet §5 form), sgd (PyTorch form) or adamw"),
     ("--schedule", "schedule", str, "plateau, step, cosine or constant"),
+    (
+        "--bias-lr-mult",
+        "bias_lr_mult",
+        float,
+        "the biases' learning rate as a multiple of the weights' (Caffe's lr_mult: 2 in the caffe recipe)",
+    ),
+    (
+        "--bias-decay-mult",
+        "bias_decay_mult",
+        float,
+        "the biases' weight decay as a multiple of --weight-decay (Caffe's decay_mult: 0 in the caffe recipe)",
+    ),
     ("--lr-factor", "lr_factor", float, "learning-rate multiplier of the step/plateau schedules"),
     ("--step-every", "step_every", int, "step schedule period (in --step-unit)"),
     ("--step-unit", "step_unit", str, "iter or epoch"),
+    (
+        "--plateau-patience",
+        "plateau_patience",
+        int,
+        "plateau schedule: evaluations without a lower validation error before the rate is multiplied by "
+        "--lr-factor",
+    ),
+    (
+        "--max-reductions",
+        "max_reductions",
+        int,
+        "plateau schedule: at most this many reductions (AlexNet §5: 3)",
+    ),
+    ("--min-lr", "min_lr", float, "cosine schedule: the learning rate it decays to"),
     ("--warmup-steps", "warmup_steps", int, "linear warm-up steps"),
+    (
+        "--grad-clip",
+        "grad_clip",
+        float,
+        "clip the gradients' global L2 norm to this value before each update (default: no clipping)",
+    ),
     ("--label-smoothing", "label_smoothing", float, "label smoothing of the cross-entropy"),
     ("--dropout", "dropout", float, "dropout probability of fc6/fc7"),
     ("--init", "init", str, "paper (the model's N(0,σ) init) or kaiming"),
+    (
+        "--bias-init",
+        "bias_init",
+        float,
+        "with --init paper: the biases the model initialises non-zero (AlexNet §5: 1, in conv2/4/5 and fc6/7) "
+        "start at this value instead (Caffe's bvlc_alexnet: 0.1)",
+    ),
     ("--renorm-rms", "renorm_rms", float, "renormalise conv filters to this RMS after every update (ZF §3)"),
     (
         "--normalize",

@@ -235,7 +235,9 @@ def _init_facts(run: Run) -> tuple[float | None, float | None, str | None]:
     stds = [float(c.get("weight_std", 0)) for c in layers]
     biases = [float(c.get("bias", 0)) for c in layers]
     probe_std = run.config.get("init_std")
-    probe_bias = run.config.get("bias")
+    probe_bias = run.config.get("bias")  # `alexnet doctor --bias`
+    if probe_bias is None:
+        probe_bias = run.config.get("bias_init")  # `alexnet train --bias-init`
     std = float(probe_std) if probe_std is not None else min(stds)
     bias = float(probe_bias) if probe_bias is not None else max(biases)
     return std, bias, init

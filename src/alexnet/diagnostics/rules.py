@@ -280,44 +280,52 @@ def check_record(
     ]
 
 
+# The flags named in a remedy are `alexnet train`'s (the doctor's probe takes --lr, --optimizer, --init and --bias).
 REMEDIES: dict[str, str] = {
     "init_scale": (
         "Initialise for signal propagation: He et al. 2015 ('Delving Deep into Rectifiers', §2.2) derive "
-        "std = sqrt(2 / fan_in) for ReLU networks (torch.nn.init.kaiming_normal_); a fixed N(0, 0.01) shrinks "
-        "the signal layer after layer and only trains with the paper's schedule of ~90 epochs over 5–6 days "
-        "(AlexNet §5) — Simonyan & Zisserman 2015 (VGG, §3.1) and Glorot & Bengio 2010 report the same stall."
+        "std = sqrt(2 / fan_in) for ReLU networks (torch.nn.init.kaiming_normal_; `alexnet train --init "
+        "kaiming`); a fixed N(0, 0.01) shrinks the signal layer after layer and only trains with the paper's "
+        "schedule of ~90 epochs over 5–6 days (AlexNet §5) — Simonyan & Zisserman 2015 (VGG, §3.1) and Glorot & "
+        "Bengio 2010 report the same stall."
     ),
     "bias_one": (
-        "Initialise the non-zero biases to 0.1, not 1: Caffe's bvlc_alexnet model notes that biases of 1 "
-        "'gave flat loss' and that 0.1 was 'found necessary for training' (BVLC/caffe models/bvlc_alexnet). "
-        "With tiny weights, a bias of 1 makes every unit output ≈1 whatever the image."
+        "Initialise the non-zero biases to 0.1, not 1 (`alexnet train --bias-init 0.1`): Caffe's bvlc_alexnet "
+        "model notes that biases of 1 'gave flat loss' and that 0.1 was 'found necessary for training' "
+        "(BVLC/caffe models/bvlc_alexnet). With tiny weights, a bias of 1 makes every unit output ≈1 whatever "
+        "the image."
     ),
     "lr_high": (
         "Lower the learning rate (×0.1), and ramp it up over the first epochs: 'gradual warm-up' (Goyal et al. "
         "2017, 'Accurate, Large Minibatch SGD', §2.2); clipping the gradient norm (Pascanu et al. 2013) stops "
-        "single bad steps. AlexNet's lr 0.01 (§5) assumes batch 128 with momentum 0.9."
+        "single bad steps (`alexnet train --lr`, `--warmup-steps`, `--grad-clip`). AlexNet's lr 0.01 (§5) "
+        "assumes batch 128 with momentum 0.9."
     ),
     "lr_low": (
         "The updates are too small to learn in this budget: raise the learning rate, or use an adaptive "
-        "optimiser (Adam, Kingma & Ba 2015; AdamW, Loshchilov & Hutter 2019) at lr 1e-4–1e-3 — but first "
-        "fix the initialisation if early layers' gradients are orders of magnitude below the last layer's."
+        "optimiser (Adam, Kingma & Ba 2015; AdamW, Loshchilov & Hutter 2019) at lr 1e-4–1e-3 (`alexnet train "
+        "--lr`, `--optimizer adamw`) — but first fix the initialisation if early layers' gradients are orders "
+        "of magnitude below the last layer's."
     ),
     "dead_relu": (
         "Dead ReLUs never recover (their gradient is 0): lower the learning rate (a large step can push a "
         "unit's bias permanently negative), give ReLU layers a small positive bias (AlexNet §5 uses 1 in "
         "conv2/4/5 and fc6/7 'to provide the ReLUs with positive inputs'; 0.1 is safer), or use He "
-        "initialisation (He et al. 2015) / leaky ReLUs (Maas et al. 2013)."
+        "initialisation (He et al. 2015) / leaky ReLUs (Maas et al. 2013; not a model option here) "
+        "(`alexnet train --lr`, `--bias-init 0.1`, `--init kaiming`)."
     ),
     "nonfinite": (
         "A NaN/inf appeared: lower the learning rate and add warm-up (Goyal et al. 2017, §2.2), clip the "
-        "gradient norm (Pascanu et al. 2013), and check the input batch for NaN/inf pixels."
+        "gradient norm (Pascanu et al. 2013), and check the input batch for NaN/inf pixels (`alexnet train "
+        "--lr`, `--warmup-steps`, `--grad-clip`)."
     ),
     "lrn_inactive": (
         "AlexNet §3.3 chose k=2, n=5, α=1e-4, β=0.75 for activations computed from raw 0–255 pixels; "
         "with inputs normalised to unit variance (or α divided by n, Caffe's convention, applied on top of "
         "constants already meant for α·Σ) the sum α·Σa² is negligible and LRN is just a constant scale k^-β. "
         "Harmless for training, but not the paper's normalisation: feed 0–255 inputs (Caffe-style "
-        "preprocessing), or check the model's LRN convention (alpha_over_size)."
+        "preprocessing: `alexnet train --normalize mean` or `image`), or check the model's LRN convention "
+        "(alpha_over_size)."
     ),
     "lrn_dominant": (
         "The LRN denominator is far above k: α·Σa² dominates and LRN divides every activation by a large "

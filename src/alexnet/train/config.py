@@ -52,6 +52,7 @@ class TrainConfig:
     # model
     dropout: float = 0.5
     init: str = "paper"
+    bias_init: float | None = None  # None → the model's own; else the value of every bias its init sets ≠ 0
     renorm_rms: float | None = None  # ZF §3: renormalise conv filters to this RMS after every update
     input_size: int | None = None  # None → the model's (227 / 224); else the crop side, resize scaled alike
     # data
@@ -100,6 +101,14 @@ class TrainConfig:
             (0 < self.lr < inf, f"learning rate must be positive and finite (got {self.lr})"),
             (0 <= self.momentum < 1, f"momentum must be in [0, 1) (got {self.momentum})"),
             (0 <= self.weight_decay < inf, f"weight decay must be >= 0 and finite (got {self.weight_decay})"),
+            (
+                0 <= self.bias_lr_mult < inf,
+                f"bias lr mult must be >= 0 and finite (got {self.bias_lr_mult})",
+            ),
+            (
+                0 <= self.bias_decay_mult < inf,
+                f"bias decay mult must be >= 0 and finite (got {self.bias_decay_mult})",
+            ),
             (0 < self.lr_factor <= 1, f"lr factor must be in (0, 1] (got {self.lr_factor})"),
             (0 <= self.min_lr < inf, f"min lr must be >= 0 and finite (got {self.min_lr})"),
             (
@@ -129,6 +138,14 @@ class TrainConfig:
             (
                 self.images_per_class is None or self.images_per_class >= 1,
                 f"images per class must be at least 1 (got {self.images_per_class})",
+            ),
+            (
+                self.bias_init is None or -inf < self.bias_init < inf,
+                f"bias init must be a finite number (got {self.bias_init})",
+            ),
+            (
+                self.bias_init is None or self.init == "paper",
+                "bias init applies to the paper init only (kaiming sets every bias to 0)",
             ),
             (
                 self.renorm_rms is None or 0 < self.renorm_rms < inf,

@@ -20,3 +20,16 @@ def kaiming_init_(model: nn.Module, last_std: float = 0.01) -> None:
         nn.init.zeros_(m.bias)
     nn.init.normal_(layers[-1].weight, 0.0, last_std)
     nn.init.zeros_(layers[-1].bias)
+
+
+@torch.no_grad()
+def set_nonzero_biases_(model: nn.Module, value: float) -> int:
+    """Set every conv/fc bias that its init made non-zero to ``value`` (AlexNet §5's biases of 1 in conv2, conv4,
+    conv5, fc6 and fc7; Caffe's bvlc_alexnet uses 0.1 there, because 1 "gave flat loss"). Returns how many
+    layers it changed; biases initialised to 0 stay 0."""
+    changed = 0
+    for m in model.modules():
+        if isinstance(m, nn.Conv2d | nn.Linear) and m.bias is not None and bool((m.bias != 0).any()):
+            nn.init.constant_(m.bias, value)
+            changed += 1
+    return changed

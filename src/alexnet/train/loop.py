@@ -40,7 +40,7 @@ from alexnet.train.data import (
     train_loader,
 )
 from alexnet.train.loss_reader import LossReader, StepRecord, default_lag
-from alexnet.train.optim import LRSchedule, build_optimizer
+from alexnet.train.optim import LRSchedule, build_optimizer, load_optimizer_state
 from alexnet.train.runlog import (
     METRIC_FIELDS,
     METRICS,
@@ -73,7 +73,7 @@ class TrainResult:
 
 def _build_model(cfg: TrainConfig, num_classes: int) -> Any:
     from alexnet.factory import create_model
-    from alexnet.train.init import kaiming_init_
+    from alexnet.train.init import kaiming_init_, set_nonzero_biases_
 
     overrides: dict[str, Any] = {"dropout": cfg.dropout}
     if cfg.input_size is not None:
@@ -81,6 +81,11 @@ def _build_model(cfg: TrainConfig, num_classes: int) -> Any:
     model = create_model(cfg.model, num_classes=num_classes, **overrides)
     if cfg.init == "kaiming":
         kaiming_init_(model)
+    if cfg.bias_init is not None and not set_nonzero_biases_(model, cfg.bias_init):
+        raise TrainingError(
+            f"--bias-init {cfg.bias_init:g}: {cfg.model}'s init sets no bias to a non-zero value, so there is "
+            "nothing to change"
+        )
     return model
 
 
@@ -256,7 +261,7 @@ def _train(
                     f"{list(ours.shape)}: resume with the same data and input size"
                 )
         model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
+        load_optimizer_state(optimizer, state["optimizer"], model, cfg)
         schedule.load_state_dict(state["schedule"])
         epoch, in_epoch, step = int(state["epoch"]), int(state["in_epoch"]), int(state["step"])
     # Different dropout masks per rank, reproducible per (seed, rank); a checkpoint restores the exact state.

@@ -125,6 +125,22 @@ def build_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer
     return torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=cfg.weight_decay, fused=fused or None)
 
 
+def load_optimizer_state(
+    optimizer: torch.optim.Optimizer, state: dict[str, Any], model: nn.Module, cfg: TrainConfig
+) -> None:
+    """A checkpoint's optimizer state (momentum buffers, Adam moments) under this run's hyper-parameters.
+
+    ``Optimizer.load_state_dict`` also restores each group's saved momentum, weight decay and multipliers, which
+    would silently undo ``--momentum``, ``--weight-decay``, ``--bias-lr-mult`` and ``--bias-decay-mult`` given with
+    ``--resume``; they are set from ``cfg`` again (the learning rate is the schedule's at every step)."""
+    optimizer.load_state_dict(state)
+    for group, fresh in zip(optimizer.param_groups, param_groups(model, cfg), strict=True):
+        group["lr_mult"] = fresh["lr_mult"]
+        group["weight_decay"] = fresh["weight_decay"]
+        if "momentum" in group:  # SGD and the paper's rule; AdamW has betas, which no flag sets
+            group["momentum"] = cfg.momentum
+
+
 class LRSchedule:
     """The learning rate as a function of (step, epoch, validation history); its state is plain Python.
 

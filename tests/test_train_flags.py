@@ -1,0 +1,114 @@
+"""Every training value is an `alexnet train` flag; the flags reach the config, and on --resume they take effect."""
+
+from __future__ import annotations
+
+from dataclasses import fields
+from pathlib import Path
+
+import pytest
+import torch
+
+from alexnet.cli import build_parser, main
+from alexnet.cli.train import resolve_config
+from alexnet.errors import TrainingError
+from alexnet.train.config import TrainConfig
+from alexnet.train.recipes import resolve_recipe
+
+NEW_FLAGS = [
+    "--grad-clip",
+    "1.5",
+    "--min-lr",
+    "1e-5",
+    "--plateau-patience",
+    "2",
+    "--max-reductions",
+    "5",
+    "--bias-lr-mult",
+    "2",
+    "--bias-decay-mult",
+    "0",
+    "--bias-init",
+    "0.1",
+]
+EXPECTED = dict(
+    grad_clip=1.5,
+    min_lr=1e-5,
+    plateau_patience=2,
+    max_reductions=5,
+    bias_lr_mult=2.0,
+    bias_decay_mult=0.0,
+    bias_init=0.1,
+)
+
+
+def _train_flags() -> set[str]:
+    train = build_parser()._subparsers._group_actions[0].choices["train"]  # type: ignore[union-attr]
+    return {s for a in train._actions for s in a.option_strings}
+
+
+def test_every_training_config_value_has_a_train_flag() -> None:
+    flags = _train_flags()
+    missing = [f.name for f in fields(TrainConfig) if "--" + f.name.replace("_", "-") not in flags]
+    assert missing == []  # model, recipe and out included (--model, --recipe, --out)
+
+
+def test_clipping_schedule_and_bias_flags_reach_the_training_config(tmp_path: Path) -> None:
+    args = build_parser().parse_args(["train", "--out", str(tmp_path / "r"), *NEW_FLAGS])
+    cfg = resolve_config(args)
+    assert {k: getattr(cfg, k) for k in EXPECTED} == EXPECTED
+
+
+def test_the_new_flags_may_change_on_resume_like_the_learning_rate(tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    run.mkdir()
+    resolve_recipe("krizhevsky2012", out=str(run)).save(run / "config.json")
+    args = build_parser().parse_args(["train", "--resume", "--out", str(run), *NEW_FLAGS])
+    cfg = resolve_config(args)
+    assert {k: getattr(cfg, k) for k in EXPECTED} == EXPECTED
+
+
+@pytest.mark.parametrize(
+    ("flags", "needle"),
+    [
+        (["--grad-clip", "-1"], "gradient clipping norm must be positive and finite (got -1.0)"),
+        (["--grad-clip", "0"], "gradient clipping norm must be positive"),
+        (["--min-lr=-1e-3"], "min lr must be >= 0"),
+        (["--plateau-patience", "-1"], "plateau patience must be >= 0"),
+        (["--max-reductions", "-2"], "max reductions must be >= 0"),
+        (["--bias-lr-mult", "-2"], "bias lr mult must be >= 0 and finite"),
+        (["--bias-decay-mult", "inf"], "bias decay mult must be >= 0 and finite"),
+        (["--bias-init", "nan"], "bias init must be a finite number"),
+        (["--recipe", "demo", "--bias-init", "0.1"], "bias init applies to the paper init only"),
+    ],
+)
+def test_a_bad_value_of_a_new_flag_is_one_line_with_exit_code_2(
+    flags: list[str], needle: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "r"
+    assert main(["train", "--out", str(out), *flags]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and err.startswith("alexnet: error: ") and needle in err, err
+    assert not out.exists()  # refused before the run folder was made
+
+
+def test_an_unknown_train_flag_points_to_train_help(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as e:
+        main(["train", "--grad-clipping", "1"])
+    assert e.value.code == 2
+    assert capsys.readouterr().err.strip() == (
+        "alexnet train: error: unrecognized arguments: --grad-clipping 1 (see alexnet train --help)"
+    )
+
+
+def test_bias_init_sets_the_biases_the_paper_init_made_non_zero_and_only_those() -> None:
+    from alexnet.train.loop import _build_model
+
+    model = _build_model(TrainConfig(model="alexnet", bias_init=0.1), num_classes=10)
+    biases = {
+        name: float(model.layer(name).bias.unique().item()) for name in ("conv1", "conv2", "fc7", "fc8")
+    }
+    assert biases == {"conv1": 0.0, "conv2": pytest.approx(0.1), "fc7": pytest.approx(0.1), "fc8": 0.0}
+    paper = _build_model(TrainConfig(model="alexnet"), num_classes=10)
+    assert torch.all(paper.layer("conv2").bias == 1.0)  # AlexNet §5 without the flag
+    with pytest.raises(TrainingError, match="zfnet's init sets no bias to a non-zero value"):
+        _build_model(TrainConfig(model="zfnet", bias_init=0.1), num_classes=10)
