@@ -342,6 +342,21 @@ def test_a_loss_that_has_not_fallen_is_no_sign_of_learning(tmp_path: Path) -> No
     assert diagnose(falling)[0].code == "healthy"
 
 
+def test_a_loss_blow_up_with_no_layer_over_the_update_limit_is_titled_without_an_empty_layer_list(
+    tmp_path: Path,
+) -> None:
+    # step 2's loss is far above ln(10), but every layer's update ratio is ordinary: no layer to name
+    run = _synthetic_run(tmp_path, [_record(1, 2.3, 1e-2, 1e-3), _record(2, 30.0, 1e-2, 1e-3)])
+    exploding = [d for d in diagnose(run) if d.code == "exploding_gradients"]
+    assert [(d.severity, d.title, d.layers) for d in exploding] == [
+        ("problem", "Learning rate too high: the loss exploded", [])
+    ]
+    named = _synthetic_run(tmp_path, [_record(1, 2.3, 1e-2, 1e-3), _record(12, 30.0, 1e-2, 1e-3)])
+    named.records[1].layers[-1].update_ratio = 0.5  # fc8 rewritten by one step
+    titles = [d.title for d in diagnose(named) if d.code == "exploding_gradients"]
+    assert titles == ["Learning rate too high: exploding updates in fc8"]
+
+
 def test_every_flag_a_remedy_names_is_a_flag_of_alexnet_train() -> None:
     import re
 

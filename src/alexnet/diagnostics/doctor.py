@@ -333,7 +333,11 @@ def diagnose(run: Run) -> list[Diagnosis]:
             Diagnosis(
                 EXPLODING,
                 severity,
-                f"Learning rate too high: exploding updates in {_span(layers)}"
+                (
+                    f"Learning rate too high: exploding updates in {_span(layers)}"
+                    if layers
+                    else "Learning rate too high: the loss exploded"
+                )
                 if loss_blowup
                 else f"Large weight updates in {_span(layers)} (the loss did not blow up: weights growing from a "
                 "small init, or a learning rate near its limit)",
