@@ -112,3 +112,19 @@ def test_bias_init_sets_the_biases_the_paper_init_made_non_zero_and_only_those()
     assert torch.all(paper.layer("conv2").bias == 1.0)  # AlexNet §5 without the flag
     with pytest.raises(TrainingError, match="zfnet's init sets no bias to a non-zero value"):
         _build_model(TrainConfig(model="zfnet", bias_init=0.1), num_classes=10)
+
+
+def test_a_resume_message_says_without_stats_not_none() -> None:
+    from alexnet.train.loop import _check_resumable
+
+    cfg = TrainConfig(stats="/data/stats.json")
+    with pytest.raises(TrainingError) as e:
+        _check_resumable(cfg, {"config": {"stats": None}})
+    assert str(e.value) == (
+        "--resume: the run was trained without --stats, not with --stats /data/stats.json; resume with the same "
+        "value, or start a new run"
+    )
+    with pytest.raises(TrainingError, match=r"trained with --classes 5, not without --classes;"):
+        _check_resumable(TrainConfig(), {"config": {"classes": 5}})
+    with pytest.raises(TrainingError, match=r"trained with --batch-size 4, not 2;"):
+        _check_resumable(TrainConfig(batch_size=2), {"config": {"batch_size": 4}})

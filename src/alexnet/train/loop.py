@@ -143,9 +143,11 @@ def _check_resumable(cfg: TrainConfig, state: dict[str, Any]) -> None:
             if paths and Path(was).absolute() == Path(now).absolute():  # relative in an older config.json
                 continue
             flag = "--" + key.replace("_", "-")
+            trained = f"without {flag}" if was is None else f"with {flag} {was}"
+            given = f"without {flag}" if now is None else f"with {flag} {now}" if was is None else str(now)
             raise TrainingError(
-                f"--resume: the run was trained with {flag} {was}, not {now}; resume with the same value, or "
-                "start a new run"
+                f"--resume: the run was trained {trained}, not {given}; resume with the same value, or start a "
+                "new run"
             )
 
 
