@@ -255,3 +255,21 @@ def test_weights_info_on_a_missing_or_corrupt_file_is_one_line(capsys, tmp_path,
         path.write_bytes(content)
     assert main(["weights", "info", str(path)]) == 2
     assert str(path) in one_line_error(capsys)
+
+
+@pytest.mark.parametrize(
+    ("argv", "command"),
+    [
+        (["summary", "alexnet", "--frobnicate"], "alexnet summary"),
+        (["train", "--frobnicate", "1"], "alexnet train"),
+        (["visualize", "filters", "--out", "x", "--frobnicate"], "alexnet visualize filters"),
+        (["weights", "sources", "--frobnicate"], "alexnet weights sources"),
+    ],
+)
+def test_an_unknown_flag_points_to_the_help_of_the_command_it_was_given_to(capsys, argv, command):
+    with pytest.raises(SystemExit) as e:
+        main(argv)
+    assert e.value.code == 2
+    err = one_line_error(capsys)
+    assert err.startswith(f"{command}: error: unrecognized arguments: ")
+    assert err.endswith(f"(see {command} --help)")

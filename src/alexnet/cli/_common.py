@@ -24,6 +24,23 @@ class ArgumentParser(argparse.ArgumentParser):
     def error(self, message: str) -> NoReturn:
         self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
+    def parse_args(self, args: Any = None, namespace: Any = None) -> Any:  # type: ignore[override]
+        """As argparse, but an unknown flag is reported by the (sub)command it was given to, so the hint names
+        that command's help (``see alexnet train --help``), which lists its flags; the top level's does not."""
+        parsed, extras = self.parse_known_args(args, namespace)
+        if extras:
+            self._chosen(parsed).error(f"unrecognized arguments: {' '.join(extras)}")
+        return parsed
+
+    def _chosen(self, parsed: argparse.Namespace) -> argparse.ArgumentParser:
+        """The innermost subcommand parser that ``parsed`` went through (``self`` without subcommands)."""
+        for action in self._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                chosen = action.choices.get(getattr(parsed, action.dest, None) or "")
+                if chosen is not None:
+                    return chosen._chosen(parsed) if isinstance(chosen, ArgumentParser) else chosen
+        return self
+
 
 def run_safely(fn: Callable[[], int | None]) -> int:
     """Run a command; turn user errors into one line on stderr and exit code 2."""
