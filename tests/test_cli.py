@@ -273,3 +273,26 @@ def test_an_unknown_flag_points_to_the_help_of_the_command_it_was_given_to(capsy
     err = one_line_error(capsys)
     assert err.startswith(f"{command}: error: unrecognized arguments: ")
     assert err.endswith(f"(see {command} --help)")
+
+
+def test_eval_accepts_a_published_source_name_as_predict_does(capsys, tmp_path, monkeypatch):
+    # As for predict: the name is looked up in the cache (then fetched), not refused as a missing file.
+    monkeypatch.setenv("ALEXNET_CACHE", str(tmp_path))
+    (tmp_path / "bvlcalexnet-8.onnx").write_bytes(b"not the published file")
+    assert main(["eval", "--weights", "bvlcalexnet-8", "--data", str(tmp_path)]) == 2
+    err = one_line_error(capsys)
+    assert "bvlcalexnet-8" in err and "no such weights file" not in err
+    assert main(["eval", "--weights", "bvlcalexnet-99", "--data", str(tmp_path)]) == 2
+    assert "bvlcalexnet-99: no such weights file" in one_line_error(capsys)
+
+
+@pytest.mark.parametrize(
+    "command",
+    [["eval"], ["predict"], ["export"], ["serve"], ["visualize", "filters"], ["visualize", "occlusion"]],
+)
+def test_weights_help_lists_every_form_the_loader_accepts(capsys, command):
+    with pytest.raises(SystemExit):
+        main([*command, "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    for form in (".safetensors", ".pth", ".onnx", ".caffemodel", "alexnet weights sources", "'torchvision'"):
+        assert form in text, (command, form)

@@ -99,8 +99,15 @@ def add_command(sub: Any, name: str, help: str, description: str | None = None) 
     return sub.add_parser(name, help=help, description=description or help)
 
 
+WEIGHTS_HELP = (
+    "weights: a .safetensors file written by alexnet, a .pth/.pt state dict, an .onnx or .caffemodel file "
+    "(imported by structure), a published source name (see `alexnet weights sources`; fetched into the cache), "
+    "or 'torchvision' (alexnet_owt)"
+)
+
+
 def add_model_arguments(p: argparse.ArgumentParser, *, required_weights: bool = False) -> None:
-    """``--model M --weights FILE`` (``--weights`` may be ``torchvision`` for alexnet_owt)."""
+    """``--model M --weights W`` (``W``: see :data:`WEIGHTS_HELP`)."""
     from alexnet.models import list_models
 
     p.add_argument(
@@ -112,7 +119,7 @@ def add_model_arguments(p: argparse.ArgumentParser, *, required_weights: bool = 
         "--weights",
         "-w",
         required=required_weights,
-        help="weights file (.safetensors written by alexnet, or a .pth state dict), or 'torchvision'",
+        help=WEIGHTS_HELP,
     )
 
 
@@ -127,10 +134,15 @@ def load_model_from_args(args: argparse.Namespace, *, need_weights: bool = False
             raise CommandError("--model is required")
         return create_model(args.model)
     from alexnet.weights import load_pretrained
+
+    check_weights_exist(args.weights)
+    return load_pretrained(args.model, args.weights)
+
+
+def check_weights_exist(weights: str) -> None:
+    """One clear line for a ``--weights`` that is neither a file nor a name that is fetched: "torchvision" and
+    the published source names (`alexnet weights sources`) are downloaded or found in the cache."""
     from alexnet.weights.sources import SOURCES
 
-    # "torchvision" and published source names (`alexnet weights sources`) are fetched or found in the cache
-    if args.weights != "torchvision" and args.weights not in SOURCES and not Path(args.weights).exists():
-        raise CommandError(f"{args.weights}: no such weights file")
-
-    return load_pretrained(args.model, args.weights)
+    if weights != "torchvision" and weights not in SOURCES and not Path(weights).exists():
+        raise CommandError(f"{weights}: no such weights file")

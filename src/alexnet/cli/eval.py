@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from alexnet.cli._common import CommandError, add_command, add_model_arguments
+from alexnet.cli._common import CommandError, add_command, add_model_arguments, check_weights_exist
 
 
 def register(sub: Any) -> None:
@@ -77,8 +77,7 @@ def run(args: argparse.Namespace) -> int:
 
     device = pick_device(args.device)  # a bad or absent device is one line, before any work
     weights, data = _weights_and_data(args)
-    if weights != "torchvision" and not Path(weights).is_file():
-        raise CommandError(f"{weights}: no such weights file")
+    check_weights_exist(weights)
     if data is None:
         from alexnet.data.synthetic import ensure_builtin_dataset
 

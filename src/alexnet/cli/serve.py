@@ -6,7 +6,7 @@ import argparse
 import sys
 from typing import Any
 
-from alexnet.cli._common import CommandError, add_command
+from alexnet.cli._common import WEIGHTS_HELP, CommandError, add_command
 
 LOCAL_HOSTS = {"127.0.0.1", "localhost", "::1"}
 
@@ -23,7 +23,7 @@ def register(sub: Any) -> None:
         "side with --model2/--weights2. Bound to 127.0.0.1 unless --host says otherwise.",
     )
     p.add_argument("--model", "-m", help="model name; alone (no weights) it runs on random initialisation")
-    p.add_argument("--weights", "-w", help="weights file (.safetensors from alexnet, .pth), or 'torchvision'")
+    p.add_argument("--weights", "-w", help=WEIGHTS_HELP)
     p.add_argument("--run", help="a training run folder (uses its model.safetensors and top9/)")
     p.add_argument("--model2", help="a second model shown side by side (e.g. zfnet beside alexnet)")
     p.add_argument("--weights2", help="weights of the second model")
