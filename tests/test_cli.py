@@ -286,6 +286,15 @@ def test_eval_accepts_a_published_source_name_as_predict_does(capsys, tmp_path, 
     assert "bvlcalexnet-99: no such weights file" in one_line_error(capsys)
 
 
+def test_eval_and_predict_run_on_the_device_train_picks_by_default():
+    parser = build_parser()
+    assert parser.parse_args(["eval", "--weights", "w"]).device == "auto"
+    assert parser.parse_args(["predict", "x.jpg", "--weights", "w"]).device == "auto"
+    from alexnet.train.config import TrainConfig
+
+    assert TrainConfig().device == "auto"
+
+
 @pytest.mark.parametrize(
     "command",
     [["eval"], ["predict"], ["export"], ["serve"], ["visualize", "filters"], ["visualize", "occlusion"]],

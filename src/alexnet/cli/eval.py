@@ -29,7 +29,12 @@ def register(sub: Any) -> None:
     p.add_argument("--json", action="store_true", help="print one JSON object instead of text")
     p.add_argument("--batch-size", type=int, default=64, help="images per batch (default 64)")
     p.add_argument("--workers", type=int, default=2, help="data-loading worker processes (default 2)")
-    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, mps, or auto (default cpu)")
+    p.add_argument(
+        "--device",
+        default="auto",
+        help="auto (default: the GPU when CUDA is available, else the CPU, as alexnet train), cpu, cuda, cuda:N "
+        "or mps",
+    )
     p.set_defaults(func=run)
 
 

@@ -28,7 +28,12 @@ def register(sub: Any) -> None:
     p.add_argument("images", nargs="+", metavar="IMAGE")
     add_model_arguments(p, required_weights=True)
     p.add_argument("--topk", type=int, default=5, help="how many classes to show (default 5)")
-    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, mps, or auto (default cpu)")
+    p.add_argument(
+        "--device",
+        default="auto",
+        help="auto (default: the GPU when CUDA is available, else the CPU, as alexnet train), cpu, cuda, cuda:N "
+        "or mps",
+    )
     p.set_defaults(func=run)
 
 
