@@ -305,3 +305,13 @@ def test_weights_help_lists_every_form_the_loader_accepts(capsys, command):
     text = " ".join(capsys.readouterr().out.split())
     for form in (".safetensors", ".pth", ".onnx", ".caffemodel", "alexnet weights sources", "'torchvision'"):
         assert form in text, (command, form)
+
+
+@pytest.mark.parametrize(
+    ("command", "needle"),
+    [(["bench"], "both (default)"), (["report"], "streamed for the top-9 (default 60)")],
+)
+def test_help_states_the_default(capsys, command, needle):
+    with pytest.raises(SystemExit):
+        main([*command, "--help"])
+    assert needle in " ".join(capsys.readouterr().out.split())

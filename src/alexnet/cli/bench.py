@@ -38,7 +38,13 @@ def register(sub: Any) -> None:
         "(docs/performance.md).",
     )
     p.add_argument("models", nargs="*", metavar="MODEL", help="registered model names")
-    p.add_argument("--mode", choices=("train", "infer", "both"), default="both")
+    p.add_argument(
+        "--mode",
+        choices=("train", "infer", "both"),
+        default="both",
+        help="train: a training step (forward, cross-entropy, backward, SGD update); infer: the forward pass in "
+        "inference mode; both (default): a row of each per model",
+    )
     p.add_argument(
         "--batch-size",
         "-b",

@@ -24,7 +24,9 @@ def register(sub: Any) -> None:
     p.add_argument("--images", nargs="+", metavar="IMAGE", help="images for activation and occlusion maps")
     p.add_argument("--out", help="output file (default RUN_DIR/report.html)")
     p.add_argument("--top9-layer", help="layer of the top-9 grids (default: the last conv layer, conv5)")
-    p.add_argument("--top9-images", type=int, default=60, help="validation images streamed for the top-9")
+    p.add_argument(
+        "--top9-images", type=int, default=60, help="validation images streamed for the top-9 (default 60)"
+    )
     p.add_argument("--top9-channels", type=int, default=6, help="feature maps shown in the top-9 (default 6)")
     p.add_argument("--occlusion-stride", type=int, default=16, help="occluder stride in pixels (default 16)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
