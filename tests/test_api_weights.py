@@ -9,6 +9,7 @@ import socket
 import threading
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 import torch
@@ -225,3 +226,125 @@ def test_a_published_source_for_another_model_is_refused_before_downloading(monk
     for name in ("bvlc_alexnet", None):  # the right model, or inferred: downloads as before
         with pytest.raises(AssertionError, match="downloaded bvlcalexnet-8"):
             alexnet.weights.load_pretrained(name, "bvlcalexnet-8")
+
+
+# --- the weights metadata as torchvision's weights.transforms() / weights.meta ---------------------------------
+
+
+def _mean_image_weights(tmp_path) -> Path:
+    from alexnet.data.preprocess import Preprocessing
+    from alexnet.weights import WeightsMeta, save_weights
+
+    ramp = torch.linspace(60.0, 150.0, 256)
+    pre = Preprocessing(
+        input_size=227,
+        mean=(104.0, 117.0, 123.0),
+        std=(1.0, 1.0, 1.0),
+        channel_order="BGR",
+        pixel_scale=255.0,
+        mean_image=True,
+    )
+    meta = WeightsMeta(preprocessing=pre, tensors={"mean_image": torch.stack([ramp[:, None] + ramp] * 3)})
+    return save_weights(alexnet.create_model("caffenet", num_classes=10), tmp_path / "m.safetensors", meta)
+
+
+def _pth_weights(tmp_path, tv_state) -> Path:
+    torch.save(tv_state, tmp_path / "tv.pth")  # no metadata at all: predict assumes ImageNet's at 224
+    return tmp_path / "tv.pth"
+
+
+@pytest.mark.parametrize("kind", ["mean image", "pth", "torchvision"])
+def test_weights_meta_transforms_feed_what_alexnet_predict_feeds(kind, tmp_path, offline_torchvision):
+    from PIL import Image
+
+    from alexnet.predict import input_transform
+
+    if kind == "mean image":
+        model = alexnet.create_model("caffenet", weights=_mean_image_weights(tmp_path))
+    elif kind == "pth":
+        model = alexnet.create_model("alexnet_owt", weights=_pth_weights(tmp_path, offline_torchvision))
+    else:
+        model = alexnet.create_model("alexnet_owt", weights="torchvision")
+    image = torch.randint(
+        0, 256, (3, 300, 401), dtype=torch.uint8, generator=torch.Generator().manual_seed(0)
+    )
+    preprocess = model.weights_meta.transforms()
+    expected = input_transform(model)(image)
+    assert torch.equal(preprocess(image), expected)
+    assert torch.equal(preprocess(Image.fromarray(image.permute(1, 2, 0).numpy())), expected)
+    assert torch.equal(preprocess(torch.stack([image, image]))[1], expected)  # a batch
+    ten = model.weights_meta.transforms(ten_crop=True)(image)
+    assert torch.equal(ten, input_transform(model, ten_crop=True)(image))
+
+
+def test_weights_meta_transforms_refuse_a_missing_mean_image(tmp_path):
+    from dataclasses import replace
+
+    from alexnet.weights import read_weights
+
+    meta = read_weights(_mean_image_weights(tmp_path))[1]
+    with pytest.raises(WeightsError, match="subtracts a per-pixel mean image, but the file carries none"):
+        replace(meta, tensors={}).transforms()
+
+
+def test_weights_meta_mapping_of_torchvisions_weights_is_torchvisions(offline_torchvision):
+    from torchvision.models import AlexNet_Weights
+
+    theirs = AlexNet_Weights.IMAGENET1K_V1.meta
+    ours = alexnet.create_model("alexnet_owt", weights="torchvision").weights_meta.meta
+    for key in ("categories", "num_params", "min_size", "_metrics", "recipe"):
+        assert ours[key] == theirs[key], key
+
+
+def test_weights_meta_mapping_of_a_pth_file_comes_from_the_model_it_was_loaded_into(
+    tmp_path, offline_torchvision
+):
+    model = alexnet.create_model("alexnet_owt", weights=_pth_weights(tmp_path, offline_torchvision))
+    meta = model.weights_meta.meta
+    assert meta["num_params"] == sum(p.numel() for p in model.parameters()) == 61_100_840
+    assert meta["min_size"] == (63, 63) and len(meta["categories"]) == 1000 and meta["_metrics"] == {}
+
+
+@pytest.mark.parametrize(
+    ("source", "metrics"),
+    [
+        ("bvlcalexnet-8", {"ImageNet-1K": {"acc@1": 57.1, "acc@5": 80.2}}),
+        ("bvlc_reference_caffenet", {"ImageNet-1K": {"acc@1": 57.4, "acc@5": 80.4}}),
+        ("zfnet512-12", {}),  # no accuracy published for this file: none made up
+    ],
+)
+def test_weights_meta_metrics_of_a_published_source_are_its_published_figures(source, metrics):
+    from alexnet.weights import WeightsMeta
+    from alexnet.weights.sources import SOURCES
+
+    known = SOURCES[source]
+    meta = WeightsMeta(model="bvlc_alexnet", source=f"{known.describe()} (sha256 0000, opset 8, producer x)")
+    assert meta.meta["_metrics"] == metrics
+
+
+def test_weights_meta_of_a_training_run_has_its_validation_accuracy_and_recipe(tmp_path):
+    from alexnet.weights import WeightsMeta, save_weights
+
+    extra = {"recipe": "demo", "val_top1_err": 0.25, "val_top5_err": 0.0625, "val_images": 64}
+    classes = [f"c{i}" for i in range(10)]
+    path = save_weights(
+        alexnet.create_model("zfnet", num_classes=10),
+        tmp_path / "r.safetensors",
+        WeightsMeta(classes=classes, extra=extra),
+    )
+    meta = alexnet.create_model("zfnet", weights=path).weights_meta.meta
+    assert meta["_metrics"] == {"val": {"acc@1": 75.0, "acc@5": 93.75}} and meta["recipe"] == "demo"
+    assert meta["categories"] == classes and meta["min_size"] == (207, 207)
+
+
+@pytest.mark.parametrize("name", alexnet.list_models())
+def test_weights_meta_min_size_is_the_smallest_input_the_model_takes(name):
+    from alexnet.errors import InputSizeError
+    from alexnet.weights import WeightsMeta
+
+    size = WeightsMeta(model=name).meta["min_size"][0]
+    model = alexnet.create_model(name, num_classes=10).eval()
+    with torch.no_grad():
+        assert model(torch.zeros(1, 3, size, size)).shape == (1, 10)
+        with pytest.raises((InputSizeError, RuntimeError)):
+            model(torch.zeros(1, 3, size - 1, size - 1))

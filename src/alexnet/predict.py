@@ -12,7 +12,7 @@ import torch
 from alexnet.data.classes import class_names
 from alexnet.data.images import read_image
 from alexnet.data.preprocess import Preprocessing
-from alexnet.errors import ImageError, WeightsError
+from alexnet.errors import ImageError
 from alexnet.models import AlexNetFamily
 
 
@@ -24,31 +24,26 @@ class Prediction:
 
 
 def preprocessing_of(model: AlexNetFamily) -> Preprocessing:
-    """The preprocessing recorded with the model's weights, else ImageNet RGB normalisation at its input size."""
+    """The preprocessing recorded with the model's weights, else ImageNet RGB normalisation at its input size
+    (:meth:`alexnet.weights.WeightsMeta.eval_preprocessing`)."""
     meta = getattr(model, "weights_meta", None)
-    if meta is not None and meta.preprocessing is not None:
-        return meta.preprocessing
+    if meta is not None:
+        return meta.eval_preprocessing(model.default_input_size)
     return Preprocessing(input_size=model.default_input_size)
 
 
 def mean_image_of(model: AlexNetFamily) -> torch.Tensor | None:
     """The per-pixel mean image (3×resize×resize, model convention) when the weights' preprocessing subtracts one
-    (AlexNet §2), else ``None``. It travels in the weights file (``WeightsMeta.tensors["mean_image"]``)."""
-    pre = preprocessing_of(model)
-    if not pre.mean_image:
-        return None
+    (AlexNet §2), else ``None``. It travels in the weights file (``WeightsMeta.tensors["mean_image"]``;
+    :meth:`alexnet.weights.WeightsMeta.mean_image`)."""
     meta = getattr(model, "weights_meta", None)
-    image = meta.tensors.get("mean_image") if meta is not None else None
-    if image is None:
-        raise WeightsError(
-            "the weights' preprocessing subtracts a per-pixel mean image, but the file carries none"
-        )
-    return image
+    return meta.mean_image() if meta is not None else None
 
 
 def input_transform(model: AlexNetFamily, ten_crop: bool = False) -> Any:
     """uint8 RGB image → the model's input, exactly as its weights were trained: centre crop (3×S×S) or AlexNet
-    §4.1's ten crops (10×3×S×S), per-channel mean/std or the per-pixel mean image."""
+    §4.1's ten crops (10×3×S×S), per-channel mean/std or the per-pixel mean image. The same steps as
+    ``model.weights_meta.transforms()`` (torchvision's ``weights.transforms()``)."""
     from alexnet.data import transforms
 
     pre, mean = preprocessing_of(model), mean_image_of(model)

@@ -129,5 +129,9 @@ def load_pretrained(
         config = get_config(name)
     model = build_model(config, num_classes=num_classes, **overrides)
     load_state_dict_checked(model, state, str(weights))
+    # what the record leaves out (a .pth file), from the model it was loaded into, as save_weights would
+    meta.model = meta.model or name
+    meta.num_classes = model.num_classes if meta.num_classes is None else meta.num_classes
+    meta.config = meta.config or model.config.to_dict()
     model.weights_meta = meta
     return model

@@ -14,13 +14,16 @@ import stat
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
 
 from alexnet.data.preprocess import Preprocessing
 from alexnet.errors import OutputError, WeightsError, WeightsMismatch
+
+if TYPE_CHECKING:
+    from alexnet.models import ArchConfig
 
 EXTRA_PREFIX = "__extra__."  # tensors that are not parameters (e.g. a per-pixel mean image)
 
@@ -59,6 +62,111 @@ class WeightsMeta:
             out["extra"] = json.dumps(self.extra)
         return out
 
+    # --- torchvision's view of the same record: ``weights.transforms()`` and ``weights.meta[...]`` -----------
+    def eval_preprocessing(self, input_size: int | None = None) -> Preprocessing:
+        """The recorded preprocessing; without one, ImageNet RGB mean/std at ``input_size`` (default: the
+        architecture's input size), as ``alexnet predict`` assumes (:func:`alexnet.predict.preprocessing_of`)."""
+        if self.preprocessing is not None:
+            return self.preprocessing
+        if input_size is None:
+            config = self.arch_config()
+            if config is None:
+                raise WeightsError(
+                    "the weights record neither their preprocessing nor their model; use "
+                    "alexnet.predict.input_transform(model)"
+                )
+            input_size = config.input_size
+        return Preprocessing(input_size=input_size)
+
+    def mean_image(self) -> torch.Tensor | None:
+        """The per-pixel mean image (3×resize×resize, model convention) when the preprocessing subtracts one
+        (AlexNet §2), else ``None``; :class:`WeightsError` if it should and the record carries none."""
+        if self.preprocessing is None or not self.preprocessing.mean_image:
+            return None
+        image = self.tensors.get("mean_image")
+        if image is None:
+            raise WeightsError(
+                "the weights' preprocessing subtracts a per-pixel mean image, but the file carries none"
+            )
+        return image
+
+    def transforms(self, *, ten_crop: bool = False) -> Any:
+        """torchvision's ``weights.transforms()``: image → model input, the pipeline ``alexnet predict`` and
+        ``alexnet eval`` use (:func:`alexnet.predict.input_transform`, the same numbers): shorter side ``resize``,
+        central ``resize`` patch (AlexNet §2), its central ``input_size`` crop, then the weights' normalisation,
+        per-pixel mean image included. Takes a ``uint8`` 3×H×W tensor (``torchvision.io.read_image``), a batch
+        of them, or a PIL image; ``ten_crop``: AlexNet §4.1's ten crops (10×3×S×S)."""
+        from torchvision.transforms import v2
+
+        from alexnet.data import transforms
+
+        pre, mean = self.eval_preprocessing(), self.mean_image()
+        steps = transforms.ten_crop if ten_crop else transforms.eval_transform
+        return v2.Compose([v2.PILToTensor(), *steps(pre, mean_image=mean).transforms])
+
+    def arch_config(self) -> ArchConfig | None:
+        """The architecture these weights are for: the recorded one, else the registered model's."""
+        from alexnet.models import ArchConfig, get_config
+        from alexnet.models.configs import CONFIGS
+
+        if self.config is not None:
+            return ArchConfig.from_dict(self.config)
+        if self.model in CONFIGS:
+            return get_config(self.model)
+        return None
+
+    @property
+    def meta(self) -> dict[str, Any]:
+        """torchvision's ``weights.meta``: ``categories`` (the labels ``alexnet predict`` prints), ``num_params``
+        and ``min_size`` (the smallest (H, W) the network takes; from the architecture), ``_metrics``
+        (published accuracies, torchvision's ``{"ImageNet-1K": {"acc@1": ..., "acc@5": ...}}``; a run's own
+        validation accuracy under ``"val"``), and, when recorded, ``recipe``, ``source`` and ``license``.
+        A fresh dict each time."""
+        from alexnet.data.classes import class_names
+
+        out: dict[str, Any] = {}
+        config = self.arch_config()
+        num_classes = (
+            self.num_classes if self.num_classes is not None else getattr(config, "num_classes", None)
+        )
+        if num_classes is not None:
+            out["categories"] = class_names(num_classes, self.classes)
+        elif self.classes is not None:
+            out["categories"] = list(self.classes)
+        if config is not None:
+            out["num_params"] = _num_params(config, num_classes)
+            size = _min_size(config)
+            out["min_size"] = (size, size)
+        out["_metrics"] = self.metrics()
+        if "recipe" in self.extra:  # torchvision's recipe URL, or the `alexnet train --recipe` name
+            out["recipe"] = self.extra["recipe"]
+        if self.source:
+            out["source"] = self.source
+        if self.license:
+            out["license"] = self.license
+        return out
+
+    def metrics(self) -> dict[str, dict[str, float]]:
+        """Accuracies (percent) recorded for these weights, by data set, in torchvision's layout: torchvision's
+        own (``extra["acc@1"]``), the published figures of a known source (:data:`alexnet.weights.sources.SOURCES`,
+        centre crop), and a training run's last validation (``extra["val_top1_err"]``) under ``"val"``."""
+        from alexnet.weights.sources import SOURCES
+
+        out: dict[str, dict[str, float]] = {}
+        if "acc@1" in self.extra and "acc@5" in self.extra:
+            out["ImageNet-1K"] = {"acc@1": float(self.extra["acc@1"]), "acc@5": float(self.extra["acc@5"])}
+        else:
+            known = next((s for s in SOURCES.values() if self.source.startswith(s.describe())), None)
+            published = known.metrics() if known is not None else None
+            if published is not None:
+                out["ImageNet-1K"] = published
+        if "val_top1_err" in self.extra and "val_top5_err" in self.extra:
+            out["val"] = {
+                "acc@1": round(100 * (1 - float(self.extra["val_top1_err"])), 3),
+                "acc@5": round(100 * (1 - float(self.extra["val_top5_err"])), 3),
+            }
+        return out
+
     @classmethod
     def from_strings(cls, meta: dict[str, str] | None, where: str = "") -> WeightsMeta:
         meta = meta or {}
@@ -77,6 +185,44 @@ class WeightsMeta:
             )
         except (ValueError, TypeError, KeyError) as e:
             raise WeightsError(f"{where}: malformed metadata ({e})") from None
+
+
+def _min_size(config: ArchConfig) -> int:
+    """The smallest input side the network takes: with an adaptive pool before fc6 (torchvision's), the smallest
+    that leaves a pool5 map; without one, the smallest that gives fc6 the pool5 map of the config's own input
+    size (shape propagation with ``nn.Conv2d``'s and ``nn.MaxPool2d``'s output sizes)."""
+    want = None if config.adaptive_pool else _trunk_side(config, config.input_size)
+    for size in range(1, config.input_size + 1):
+        side = _trunk_side(config, size)
+        if (side >= 1) if want is None else (side == want):
+            return size
+    return config.input_size
+
+
+def _trunk_side(config: ArchConfig, size: int) -> int:
+    """The conv trunk's output side for an input side of ``size``; 0 when a layer would get an empty map."""
+    k, st = config.pool_kernel, config.pool_stride
+    for c in config.convs:
+        size = (size + 2 * c.padding - c.kernel) // c.stride + 1
+        if size < 1:
+            return 0
+        if c.pool:
+            out = (-(-(size - k) // st) if config.ceil_mode else (size - k) // st) + 1
+            if config.ceil_mode and (out - 1) * st >= size:  # the last window must start inside the map
+                out -= 1
+            if out < 1:
+                return 0
+            size = out
+    return size
+
+
+def _num_params(config: ArchConfig, num_classes: int | None) -> int:
+    """Parameters of ``config``'s network, counted on a model built on the meta device (no memory, no init)."""
+    from alexnet.models import build_model
+
+    with torch.device("meta"):
+        model = build_model(config, num_classes=config.num_classes if num_classes is None else num_classes)
+    return sum(p.numel() for p in model.parameters())
 
 
 def process_umask() -> int:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import shutil
 import urllib.error
 import urllib.request
@@ -45,6 +46,11 @@ class Source:
 
     def describe(self) -> str:
         return f"{self.name} ({self.url})"
+
+    def metrics(self) -> dict[str, float] | None:
+        """The published ``accuracy`` as torchvision's ``{"acc@1": ..., "acc@5": ...}`` (percent), if it says."""
+        found = re.match(r"([\d.]+)% top-1 / ([\d.]+)% top-5", self.accuracy)
+        return {"acc@1": float(found[1]), "acc@5": float(found[2])} if found else None
 
 
 SOURCES: dict[str, Source] = {

@@ -40,6 +40,7 @@ def torchvision_meta() -> WeightsMeta:
         extra={
             "acc@1": w.meta["_metrics"]["ImageNet-1K"]["acc@1"],
             "acc@5": w.meta["_metrics"]["ImageNet-1K"]["acc@5"],
+            "recipe": w.meta["recipe"],
         },
     )
 
