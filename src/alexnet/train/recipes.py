@@ -14,7 +14,8 @@ RECIPES: dict[str, dict[str, Any]] = {
     # Krizhevsky, Sutskever & Hinton, NIPS 2012, §5 "Details of learning": SGD, batch 128, momentum 0.9,
     # weight decay 0.0005 inside the update rule, lr 0.01 divided by 10 when the validation error stopped
     # improving (three times), roughly 90 cycles; dropout 0.5 (§4.2); N(0, 0.01) init, biases 1/0 (§5);
-    # per-channel mean subtraction (§2), PCA lighting σ=0.1 (§4.1).
+    # PCA lighting σ=0.1 (§4.1). §2 subtracts the per-pixel mean image; this recipe subtracts ImageNet's
+    # per-channel mean, a constant that needs no pass over the training set first (`--normalize image` is §2's).
     "krizhevsky2012": dict(
         optimizer="paper_sgd",
         lr=0.01,
@@ -54,7 +55,8 @@ RECIPES: dict[str, dict[str, Any]] = {
     # Zeiler & Fergus, ECCV 2014, §3 "Training details": batch 128, lr 1e-2 "annealed throughout training
     # manually when the validation error plateaus", momentum 0.9, dropout 0.5 (fc6, fc7), weights 1e-2 and
     # biases 0 at init, 70 epochs, and any conv filter whose RMS exceeds 1e-1 renormalised to that value.
-    # The paper names no weight decay; AlexNet's 5e-4 (which ZF build on, §3) is kept.
+    # The paper names no weight decay; AlexNet's 5e-4 (which ZF build on, §3) is kept. §3's per-pixel mean
+    # subtraction is `--normalize image`; the default is the per-channel mean, as in krizhevsky2012.
     "zeiler2013": dict(
         optimizer="paper_sgd",
         lr=0.01,
@@ -78,7 +80,7 @@ RECIPES: dict[str, dict[str, Any]] = {
         lr=0.01,
         momentum=0.9,
         weight_decay=1e-4,
-        batch_size=32,  # per GPU in torchvision's reference (8 GPUs → 256)
+        batch_size=32,  # global here; the reference's is 32 per GPU × 8 GPUs = 256 (8-GPU torchrun: --batch-size 256)
         epochs=90,
         schedule="step",
         lr_factor=0.1,
