@@ -140,7 +140,10 @@ def register(sub: Any) -> None:
         "train a model with a paper recipe",
         "Train an AlexNet-family model on an ImageNet-layout folder (or the built-in shapes set) with a named "
         "recipe; every recipe value can be overridden by a flag. The run folder gets config.json, metrics.csv, "
-        "steps.csv, train.log, TensorBoard events, learning_curve.png, checkpoints/ and model.safetensors. "
+        "steps.csv, train.log, TensorBoard events, learning_curve.png, results.json, checkpoints/, "
+        "model.safetensors, the health log for `alexnet doctor` (health.csv, health_meta.json, and "
+        "health_events.jsonl when a warning fired) and, with --normalize image and no --stats, "
+        "data_stats.safetensors/.json. "
         "Launch under torchrun for DDP. On CUDA each loss is read one step late and batches are copied one "
         "ahead on a side stream, so the host never waits for the GPU between checkpoints; for an A/B, "
         "ALEXNET_LOSS_LAG=0 reads each loss before its backward pass and ALEXNET_PREFETCH=0 copies each batch "
