@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from torchvision.transforms import v2
 
 import alexnet
 from alexnet.data import transforms
@@ -99,3 +100,12 @@ def test_preprocessing_eval_transform_refuses_to_drop_or_invent_a_mean_image():
         Preprocessing().eval_transform(_mean_image())
     with pytest.raises(DataError, match=r"mean image is \(3, 227, 227\), expected \(3, 256, 256\)"):
         CAFFE_MEAN_IMAGE.eval_transform(torch.zeros(3, 227, 227))
+
+
+@pytest.mark.parametrize(("height", "width"), [(300, 400), (400, 300), (301, 451), (256, 256)])
+def test_eval_crop_offsets_locate_the_eval_crop_in_the_resized_image(height, width):
+    pre = Preprocessing(input_size=227, resize=256)
+    image = torch.randint(0, 256, (3, height, width), dtype=torch.uint8)
+    resized = v2.Resize(256, antialias=True)(image)
+    top, left = transforms.eval_crop_offsets(pre, *resized.shape[-2:])
+    assert torch.equal(resized[:, top : top + 227, left : left + 227], transforms.eval_crop(pre)(image))

@@ -144,8 +144,7 @@ def _tv_spellings() -> list[object]:
     from torchvision.models import AlexNet_Weights
 
     return [
-        AlexNet_Weights.IMAGENET1K_V1,
-        AlexNet_Weights.DEFAULT,
+        AlexNet_Weights.IMAGENET1K_V1,  # AlexNet_Weights.DEFAULT is the same member
         "DEFAULT",
         "IMAGENET1K_V1",
         "AlexNet_Weights.IMAGENET1K_V1",

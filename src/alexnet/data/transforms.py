@@ -263,6 +263,19 @@ def eval_crop(pre: Preprocessing) -> v2.Compose:
     return v2.Compose([*_resize(pre), v2.CenterCrop(pre.input_size)])
 
 
+def eval_crop_offsets(pre: Preprocessing, height: int, width: int) -> tuple[int, int]:
+    """Where :func:`eval_crop`'s ``input_size`` crop sits (top, left) in the *resized* ``height``×``width`` image
+    (shorter side already ``pre.resize``): the central patch's offsets plus the crop's within it, each rounded as
+    ``CenterCrop`` rounds. For tools that transform the whole resized image first (ZF §4.4's rotations) and must
+    then cut out the pixels evaluation sees."""
+
+    def centre(outer: int, inner: int) -> int:
+        return round((outer - inner) / 2.0)  # as torchvision's center_crop
+
+    inner = centre(pre.resize, pre.input_size)
+    return centre(height, pre.resize) + inner, centre(width, pre.resize) + inner
+
+
 def crop_to_input(pre: Preprocessing, *, mean_image: torch.Tensor | None = None) -> nn.Module:
     """A ``uint8`` crop of :func:`eval_crop` → float model input: :class:`ToModelInput` (per-channel mean), or
     minus the matching centre of the per-pixel ``mean_image`` (:class:`CentredMeanInput`; required when
