@@ -11,6 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import nn
 
+from alexnet.errors import InputSizeError
 from alexnet.models import build_model, fused, native
 from alexnet.models.layers import LocalResponseNorm
 from test_dispatch_support import OpLog
@@ -193,10 +194,13 @@ def test_an_input_too_small_to_pool_fails_as_the_modules_do():
     model = build_model("alexnet").eval().to(memory_format=CL)
     x = torch.randn(1, 3, 11, 11).contiguous(memory_format=CL)  # conv1 → 1×1 maps: pool1 has nothing to pool
     with torch.inference_mode(), pytest.raises(RuntimeError) as fast:
-        model(x)
+        fused.run(model.features, x)
     with torch.inference_mode(), pytest.raises(RuntimeError) as slow:
         model.features(x)
     assert str(fast.value) == str(slow.value)
+    # the model itself says so before running anything, in its own words
+    with torch.inference_mode(), pytest.raises(InputSizeError, match=r"11×11 image.*smallest side is 55 px"):
+        model(x)
 
 
 def test_export_and_compile_see_the_modules_not_the_fused_operator():

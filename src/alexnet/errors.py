@@ -19,6 +19,10 @@ class InputSizeError(AlexnetError, ValueError):
     """An image size the model's classifier cannot take (its fc6 expects a fixed pool5 map)."""
 
 
+class ModelOptionError(AlexnetError, ValueError):
+    """A model option with a value the network cannot be built with (``num_classes=-1``, a too-small input)."""
+
+
 class WeightsError(AlexnetError):
     """Unreadable or malformed weights file."""
 

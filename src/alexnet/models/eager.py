@@ -2,14 +2,17 @@
 kernel at all.
 
 Traced calls (``torch.compile``, ``torch.export``, ONNX export, TorchScript) must see the modules' own operators,
-so that compiled and exported graphs keep one node per module; tensor subclasses and ``torch.func`` transforms
-(vmap, jacrev …) must see them too, since the kernels work on raw memory. A module with a hook (activation
-maps, the deconvnet, the layer summary) must run as itself, so that its hook sees its own output.
+so that compiled and exported graphs keep one node per module; tensor subclasses, FX proxies (torchvision's
+``create_feature_extractor``), ``torch.func`` transforms (vmap, grad, jvp, jacrev …) and forward-mode AD must
+see them too, since the kernels work on raw memory and have no forward-mode or batching rules. A module with a
+hook (activation maps, the deconvnet, the layer summary) must run as itself, so that its hook sees its own
+output.
 """
 
 from __future__ import annotations
 
 import torch
+import torch.autograd.forward_ad as _forward_ad
 from torch import nn
 
 
@@ -24,12 +27,19 @@ def tracing() -> bool:
     )
 
 
+def transformed(x: torch.Tensor) -> bool:
+    """``x`` is seen through a ``torch.func`` transform (vmap, grad, jvp …) or may carry a forward-mode tangent
+    (inside ``torch.autograd.forward_ad.dual_level``): only differentiable PyTorch ops give the right numbers."""
+    return torch._C._functorch.is_functorch_wrapped_tensor(x) or _forward_ad._current_level >= 0
+
+
 def plain(x: torch.Tensor) -> bool:
-    """Nothing traces the call, and ``x`` is a plain tensor outside any ``torch.func`` transform."""
+    """Nothing traces the call, and ``x`` is a plain tensor outside any ``torch.func`` transform or forward-mode
+    AD level."""
     return (
         not tracing()  # first: under torch.compile this folds to False before anything dynamo cannot trace
-        and type(x) is torch.Tensor
-        and not torch._C._functorch.is_functorch_wrapped_tensor(x)
+        and type(x) is torch.Tensor  # not an FX proxy, not a subclass
+        and not transformed(x)
     )
 
 

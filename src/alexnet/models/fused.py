@@ -253,8 +253,29 @@ def _stage_backward(ctx: torch.autograd.function.FunctionCtx, grad: torch.Tensor
     x, pooled, y, idx = ctx.saved_tensors
     if grad is None:  # the output was not used in the loss
         return (None, *(None,) * len(ctx.stage))
+    if torch.is_grad_enabled():  # create_graph=True: the gradient must itself be differentiable
+        return (_differentiable_backward(ctx.stage, grad, x), *(None,) * len(ctx.stage))
     dx = _backward_op(grad, x, pooled, y, idx, ctx.shape, *ctx.stage)
     return (dx, *(None,) * len(ctx.stage))
+
+
+def _differentiable_backward(stage: StageArgs, grad: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """The stage's gradient through the modules' own ops, recomputed from the conv output ``x`` with a graph.
+
+    relu → pool → norm stages keep only pooled-size tensors (:func:`_setup_context`), so their input is gone;
+    the model's forward takes the modules instead whenever its input needs a gradient (:func:`applies`), which
+    covers gradient penalties on the image. A second derivative through such a stage otherwise asks for the
+    modules themselves: ``ALEXNET_FUSE=0``.
+    """
+    if stage.pool_first:
+        raise RuntimeError(
+            "a second derivative through a fused relu → pool → norm stage: its input was not kept; "
+            "run with ALEXNET_FUSE=0 (the modules themselves) to differentiate the gradient"
+        )
+    with torch.enable_grad():
+        out = _composed(x, *stage)
+        (dx,) = torch.autograd.grad(out, x, grad, create_graph=True)
+    return dx
 
 
 _train_op.register_autograd(_stage_backward, setup_context=_setup_context)
@@ -291,11 +312,11 @@ def kernel_layout(features: nn.Sequential, x: torch.Tensor) -> torch.Tensor:
     docs/performance.md). CPU only: on CUDA the layout is the caller's choice, as it was measured.
     """
     if (
-        x.device.type != "cpu"
+        not _allowed(x)  # first: an FX proxy or a vmapped tensor must not be asked its device or layout
+        or x.device.type != "cpu"
         or x.dim() != 4
         or x.is_contiguous(memory_format=torch.channels_last)
         or eager.hooked(features)
-        or not _allowed(x)
         or not has_norm(features)
     ):
         return x
@@ -306,8 +327,10 @@ def kernel_layout(features: nn.Sequential, x: torch.Tensor) -> torch.Tensor:
 
 
 def applies(features: nn.Sequential, x: torch.Tensor) -> bool:
-    """Whether :func:`run` may replace ``features(x)``."""
-    return usable(x) and not eager.hooked(features)
+    """Whether :func:`run` may replace ``features(x)``. Not for an image that needs a gradient itself (saliency,
+    gradient penalties): a relu → pool → norm stage could not give that gradient a second derivative
+    (:func:`_differentiable_backward`), and training never asks for it."""
+    return usable(x) and not eager.hooked(features) and not (x.requires_grad and torch.is_grad_enabled())
 
 
 class _FlattenChannelsLast(torch.autograd.Function):
@@ -330,7 +353,8 @@ def flatten(features: nn.Sequential, x: torch.Tensor) -> torch.Tensor:
     docs/performance.md, session 10). The same numbers either way; only where :func:`kernel_layout` applies
     (a model with an LRN, nothing tracing, no hook on ``features``, ``ALEXNET_FUSE`` not 0)."""
     if (
-        x.device.type == "cpu"
+        _allowed(x)  # first: an FX proxy or a vmapped tensor must not be asked its device or layout
+        and x.device.type == "cpu"
         and x.dim() == 4
         and x.requires_grad
         and torch.is_grad_enabled()
@@ -338,7 +362,6 @@ def flatten(features: nn.Sequential, x: torch.Tensor) -> torch.Tensor:
         and x.is_contiguous(memory_format=torch.channels_last)
         and has_norm(features)
         and not eager.hooked(features)
-        and _allowed(x)
     ):
         return cast(torch.Tensor, _FlattenChannelsLast.apply(x))
     return torch.flatten(x, 1)

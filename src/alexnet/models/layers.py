@@ -36,7 +36,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from alexnet.models import first_conv, native
+from alexnet.models import eager, first_conv, native
 
 
 def lrn_reference(x: torch.Tensor, size: int, alpha: float, beta: float, k: float) -> torch.Tensor:
@@ -141,6 +141,26 @@ def lrn_backward_composed(
     # Transposed window: i ∈ win(j) ⇔ j ∈ i - after .. i + before (the same window when size is odd).
     back = _banded_sum(scaled, (size - 1) // 2, size // 2, -2.0 * alpha * beta)
     return d.pow_(-beta).mul_(grad).addcmul_(x, back)  # g_i d_i^-β − 2αβ a_i Σ …, in d's memory
+
+
+def lrn_differentiable(x: torch.Tensor, size: int, alpha: float, beta: float, k: float) -> torch.Tensor:
+    """The forward as out-of-place PyTorch ops that every autograd mode takes: ``torch.func`` transforms (vmap,
+    grad, jvp, jacrev), forward-mode AD and FX. ``torch.nn.functional.local_response_norm`` divides ``alpha`` by
+    the window size, so it gets ``alpha · size``; its window is this module's (``i − size//2 … i + (size−1)//2``)."""
+    if x.dim() == 2:  # N×C: torch's form wants a spatial dimension
+        return F.local_response_norm(x.unsqueeze(-1), size, alpha=alpha * size, beta=beta, k=k).squeeze(-1)
+    return F.local_response_norm(x, size, alpha=alpha * size, beta=beta, k=k)
+
+
+def lrn_backward_differentiable(
+    grad: torch.Tensor, x: torch.Tensor, size: int, alpha: float, beta: float, k: float
+) -> torch.Tensor:
+    """The analytic gradient (module docstring) as out-of-place PyTorch ops, differentiable in ``grad`` and ``x``:
+    the backward taken under ``create_graph=True`` (double backward, gradient penalties)."""
+    d = k + alpha * channel_window_sum(x * x, size)
+    scaled = grad * x * d.pow(-beta - 1.0)  # g_j b_j / d_j, with b_j = a_j d_j^-β
+    back = _window_sum(scaled, (size - 1) // 2, size // 2)  # the transposed window (module docstring)
+    return grad * d.pow(-beta) - (2.0 * alpha * beta) * x * back
 
 
 def _fused_for(*tensors: torch.Tensor) -> native.Kernel | None:
@@ -258,6 +278,8 @@ def _setup_context(ctx: torch.autograd.function.FunctionCtx, inputs: tuple, outp
 
 def _backward(ctx: torch.autograd.function.FunctionCtx, grad: torch.Tensor) -> tuple:
     x, y = ctx.saved_tensors
+    if torch.is_grad_enabled():  # create_graph=True: the gradient must itself be differentiable
+        return lrn_backward_differentiable(grad, x, *ctx.lrn_args), None, None, None, None
     dx = _lrn_backward_op(grad, x, y, *ctx.lrn_args)
     return dx, None, None, None, None
 
@@ -266,10 +288,10 @@ _lrn_op.register_autograd(_backward, setup_context=_setup_context)
 
 
 def _may_write_in_place(x: torch.Tensor) -> bool:
-    """No gradient will be asked of ``x`` and nothing traces the call (compile, TorchScript)."""
+    """No gradient will be asked of ``x``, nothing traces the call and no transform sees it (:func:`eager.plain`)."""
     if torch.is_grad_enabled() and x.requires_grad:
         return False
-    return not (torch.compiler.is_compiling() or torch.jit.is_tracing() or torch.jit.is_scripting())
+    return eager.plain(x)
 
 
 def local_response_norm(
@@ -277,17 +299,42 @@ def local_response_norm(
 ) -> torch.Tensor:
     """Functional LRN across dim 1 (AlexNet §3.3); ``alpha`` multiplies the window sum (the paper's convention).
 
-    Calls the custom operator ``torch.ops.alexnet.lrn`` (fast forward, analytic backward that is not itself
-    differentiable: no double backward). For Caffe's convention pass ``alpha / size``. With ``inplace`` (as
+    Calls the custom operator ``torch.ops.alexnet.lrn`` (fast forward, analytic backward; under
+    ``create_graph=True`` the backward is built from differentiable ops, so double backward works). Under a
+    ``torch.func`` transform or forward-mode AD it computes :func:`lrn_differentiable` instead, which those
+    modes can see through. For Caffe's convention pass ``alpha / size``. With ``inplace`` (as
     ``nn.ReLU(inplace=True)``) the result overwrites ``x`` when no gradient is needed — inference skips one
-    activation-sized allocation — and is computed out of place otherwise.
+    activation-sized allocation — and is computed out of place otherwise. FX symbolic tracing records the call
+    as one node (``torch.fx.wrap`` below).
     """
     if x.dim() < 2:
         raise ValueError(f"local_response_norm needs a channel dimension (N×C×…), got shape {tuple(x.shape)}")
+    if torch.onnx.is_in_onnx_export():
+        _onnx_symbolic()
+    if not eager.tracing() and eager.transformed(x):
+        return lrn_differentiable(x, int(size), float(alpha), float(beta), float(k))
     if inplace and _may_write_in_place(x):
         _lrn_inplace_op(x, int(size), float(alpha), float(beta), float(k))
         return x
     return _lrn_op(x, int(size), float(alpha), float(beta), float(k))
+
+
+@functools.cache
+def _onnx_symbolic() -> None:
+    """``torch.onnx.export`` (TorchScript-based) writes ``alexnet::lrn`` as one ONNX ``LRN`` node, whose ``alpha``
+    is divided by the window size (Caffe's convention): hence ``alpha · size``. Registered on the first export."""
+    from torch.onnx import symbolic_helper
+
+    @symbolic_helper.parse_args("v", "i", "f", "f", "f")
+    def lrn(g: torch.Graph, x: torch.Value, size: int, alpha: float, beta: float, k: float) -> torch.Value:
+        return g.op("LRN", x, size_i=size, alpha_f=alpha * size, beta_f=beta, bias_f=k)
+
+    torch.onnx.register_custom_op_symbolic("alexnet::lrn", lrn, 1)
+
+
+torch.fx.wrap(
+    "local_response_norm"
+)  # FX (create_feature_extractor): one call_function node, not its branches
 
 
 class LocalResponseNorm(nn.Module):
@@ -348,6 +395,8 @@ class GroupedConv2d(nn.Conv2d):
     """
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not isinstance(x, torch.Tensor):  # an FX proxy: record the plain convolution
+            return super().forward(x)
         if self.groups > 1 and x.is_cuda and _half_precision(x):
             weight = block_diagonal(self.weight, self.groups)
             return nn.functional.conv2d(x, weight, self.bias, self.stride, self.padding, self.dilation)
@@ -399,6 +448,8 @@ class SpaceToDepthConv2d(nn.Conv2d):
     """
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not isinstance(x, torch.Tensor):  # an FX proxy: record the plain convolution
+            return super().forward(x)
         if first_conv.applies(self, x):
             return first_conv.conv2d(self, x)
         if self._rearranged(x):

@@ -13,7 +13,7 @@ from collections.abc import Iterator
 import torch
 from torch import nn
 
-from alexnet.errors import InputSizeError, LayerNotFound
+from alexnet.errors import InputSizeError, LayerNotFound, ModelOptionError
 from alexnet.models import fused, postops
 from alexnet.models.configs import ArchConfig
 from alexnet.models.layers import GroupedConv2d, LocalResponseNorm, SpaceToDepthConv2d
@@ -48,10 +48,9 @@ class AlexNetFamily(nn.Module):
             post: list[tuple[str, nn.Module]] = []
             if c.norm and config.lrn is not None:
                 lrn = config.lrn
-                # in place like the ReLUs, which only takes effect without autograd (inference)
-                norm = LocalResponseNorm(
-                    lrn.size, lrn.alpha, lrn.beta, lrn.k, lrn.alpha_over_size, inplace=True
-                )
+                # Out of place: an LRN written over its input would change what a hook kept of the ReLU or
+                # pool before it. The fused stages (:mod:`.fused`) skip that allocation where nobody watches.
+                norm = LocalResponseNorm(lrn.size, lrn.alpha, lrn.beta, lrn.k, lrn.alpha_over_size)
                 post.append((f"norm{i}", norm))
             if c.pool:
                 pool = nn.MaxPool2d(config.pool_kernel, config.pool_stride, ceil_mode=config.ceil_mode)
@@ -60,7 +59,13 @@ class AlexNetFamily(nn.Module):
             in_ch = c.out
         self.features = self._sequential("features", features)
 
-        self._pool5 = self._pool5_size(config)
+        self._pool5 = self.pool5_size(config, config.input_size)
+        if self._pool5 < 1:
+            raise InputSizeError(
+                f"{config.name} cannot take {config.input_size}×{config.input_size} images: its conv trunk "
+                f"leaves no pool5 map; the smallest input is {self.min_input_size(config)} px"
+            )
+        _check_num_classes(config.num_classes)
         spatial = config.adaptive_pool or self._pool5
         if config.adaptive_pool:
             self.avgpool = nn.AdaptiveAvgPool2d(config.adaptive_pool)
@@ -74,7 +79,9 @@ class AlexNetFamily(nn.Module):
             last = j == len(config.fcs) - 1
             if not last and config.dropout_before_fc:
                 classifier.append((f"drop{idx}", nn.Dropout(config.dropout)))
-            classifier.append((f"fc{idx}", nn.Linear(in_f, out_f)))
+            # num_classes=0 (timm's convention): no classifier layer, the model returns fc7's features
+            fc: nn.Module = nn.Identity() if last and out_f == 0 else nn.Linear(in_f, out_f)
+            classifier.append((f"fc{idx}", fc))
             if not last:
                 classifier.append((f"relu{idx}", nn.ReLU(inplace=True)))
                 if not config.dropout_before_fc:
@@ -89,14 +96,26 @@ class AlexNetFamily(nn.Module):
         return nn.Sequential(*(m for _, m in named))
 
     @staticmethod
-    def _pool5_size(config: ArchConfig) -> int:
-        """Spatial size at the end of the conv trunk for the config's own input size (shape propagation)."""
-        size = config.input_size
+    def pool5_size(config: ArchConfig, size: int) -> int:
+        """Spatial size at the end of the conv trunk for an input side of ``size`` (shape propagation); < 1
+        when the trunk leaves nothing (a conv or pool window larger than its input)."""
         for c in config.convs:
             size = (size + 2 * c.padding - c.kernel) // c.stride + 1
             if c.pool:
                 num = size - config.pool_kernel
+                if size < 1 or num < 0:
+                    return 0
                 size = (-(-num // config.pool_stride) if config.ceil_mode else num // config.pool_stride) + 1
+            if size < 1:
+                return 0
+        return size
+
+    @classmethod
+    def min_input_size(cls, config: ArchConfig) -> int:
+        """The smallest input side the conv trunk takes (a pool5 map of at least 1×1)."""
+        size = 1
+        while cls.pool5_size(config, size) < 1:
+            size += 1
         return size
 
     @torch.no_grad()
@@ -109,6 +128,7 @@ class AlexNetFamily(nn.Module):
             return
         specs = [*self.config.convs, *self.config.fcs]
         layers = [m for m in self.modules() if isinstance(m, nn.Conv2d | nn.Linear)]
+        specs = specs[: len(layers)]  # without fc8 when num_classes is 0
         for spec, m in zip(specs, layers, strict=True):
             nn.init.normal_(m.weight, 0.0, spec.weight_std)
             nn.init.constant_(m.bias, spec.bias)
@@ -137,22 +157,37 @@ class AlexNetFamily(nn.Module):
 
     # --- forward ----------------------------------------------------------------------------------------
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        """The conv trunk: image batch → pool5 maps (``N×256×6×6`` for the paper models).
+        """The conv trunk: image batch → pool5 maps (``N×256×6×6`` for the paper models), in the input's memory
+        format (``.view(N, -1)`` works on an NCHW batch's maps).
 
         Each unhooked ReLU + LRN + max-pool runs as one kernel where one takes the input (:mod:`.fused`); on CPU
         an NCHW batch is first copied to channels-last for it (:func:`.fused.kernel_layout`).
         """
+        out = self._trunk(x)
+        if isinstance(out, torch.Tensor) and x.is_contiguous() and not out.is_contiguous():
+            out = out.contiguous()  # 9216 values an image; forward() keeps the kernels' layout instead
+        return out
+
+    def _trunk(self, x: torch.Tensor) -> torch.Tensor:
+        if _sized(x) and x.dim() >= 3:  # N×C×H×W or an unbatched C×H×W
+            small = [s for s in x.shape[-2:] if self.pool5_size(self.config, s) < 1]
+            if small:
+                raise InputSizeError(
+                    f"{self.config.name} cannot take a {x.shape[-2]}×{x.shape[-1]} image: its conv trunk leaves "
+                    f"no pool5 map; the smallest side is {self.min_input_size(self.config)} px and the model "
+                    f"was built for {self.config.input_size}×{self.config.input_size}"
+                )
         x = fused.kernel_layout(self.features, x)
         if fused.applies(self.features, x):
             return fused.run(self.features, x)
         return self.features(x)
 
-    def forward_head(self, features: torch.Tensor) -> torch.Tensor:
-        """pool5 maps → logits; in CPU inference each fc layer and its ReLU as one oneDNN primitive
-        (:mod:`.postops`)."""
+    def forward_head(self, features: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        """pool5 maps → logits, or fc7's features (after its ReLU and dropout) with ``pre_logits`` (timm's
+        convention); in CPU inference each fc layer and its ReLU as one oneDNN primitive (:mod:`.postops`)."""
         if self.config.adaptive_pool:
             features = self.avgpool(features)
-        elif features.shape[-1] != self._pool5 or features.shape[-2] != self._pool5:
+        elif _sized(features) and (features.shape[-1] != self._pool5 or features.shape[-2] != self._pool5):
             s = self._pool5
             raise InputSizeError(
                 f"{self.config.name} takes {self.config.input_size}×{self.config.input_size} images (pool5 maps "
@@ -160,9 +195,55 @@ class AlexNetFamily(nn.Module):
                 f"{features.shape[-2]}×{features.shape[-1]}"
             )
         x = fused.flatten(self.features, features)
-        if fused.has_norm(self.features) and postops.head_applies(self.classifier, x):
-            return postops.head(self.classifier, x)
-        return self.classifier(x)
+        classifier = self.classifier[:-1] if pre_logits else self.classifier
+        if fused.has_norm(self.features) and postops.head_applies(classifier, x):
+            return postops.head(classifier, x)
+        return classifier(x)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.forward_head(self.forward_features(x))
+        return self.forward_head(self._trunk(x))
+
+    # --- timm's conveniences ----------------------------------------------------------------------------
+    @property
+    def num_features(self) -> int:
+        """Width of the features the classifier layer reads (fc7's 4096)."""
+        hidden = [f.out for f in self.config.fcs[:-1] if f.out is not None]
+        if hidden:
+            return hidden[-1]
+        spatial = self.config.adaptive_pool or self._pool5
+        return self.config.convs[-1].out * spatial * spatial
+
+    def get_classifier(self) -> nn.Module:
+        """The last layer (fc8): an ``nn.Linear``, or ``nn.Identity`` after ``reset_classifier(0)``."""
+        return self.classifier[-1]
+
+    @torch.no_grad()
+    def reset_classifier(self, num_classes: int) -> None:
+        """A fresh last layer for ``num_classes`` classes, initialised as the model's config says (fine-tuning);
+        0 removes it, so the model returns fc7's features (timm's convention). Everything else is kept."""
+        _check_num_classes(num_classes)
+        ref = next(p for p in self.classifier.parameters())
+        fc: nn.Module = nn.Identity()
+        if num_classes:
+            fc = nn.Linear(self.num_features, num_classes, device=ref.device, dtype=ref.dtype)
+            spec = self.config.fcs[-1]
+            if self.config.init == "pytorch":
+                fc.reset_parameters()
+            else:
+                nn.init.normal_(fc.weight, 0.0, spec.weight_std)
+                nn.init.constant_(fc.bias, spec.bias)
+        self.classifier[len(self.classifier) - 1] = fc
+        self.config, self.num_classes = self.config.with_overrides(num_classes=num_classes), num_classes
+
+
+def _sized(x: object) -> bool:
+    """Whether a size check can read ``x``'s shape: not an FX proxy, and no ``torch.jit.trace`` (ONNX export)
+    recording the comparison as a constant, with a warning each."""
+    return isinstance(x, torch.Tensor) and not torch.jit.is_tracing()
+
+
+def _check_num_classes(num_classes: object) -> None:
+    if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 0:
+        raise ModelOptionError(
+            f"num_classes must be a whole number ≥ 1 (or 0 for fc7's features), not {num_classes!r}"
+        )

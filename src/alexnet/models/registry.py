@@ -17,7 +17,7 @@ def list_models() -> list[str]:
 def get_config(name: str) -> ArchConfig:
     try:
         return CONFIGS[name]
-    except KeyError:
+    except (KeyError, TypeError):  # TypeError: an unhashable "name"
         raise ModelNotFound(f"unknown model {name!r}; choose one of: {', '.join(CONFIGS)}") from None
 
 

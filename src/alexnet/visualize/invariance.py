@@ -22,7 +22,7 @@ import torch
 from torchvision.transforms import InterpolationMode, v2
 from torchvision.transforms.v2 import functional as TF
 
-from alexnet.data.transforms import Normalize
+from alexnet.data.transforms import Normalize, eval_crop_offsets
 from alexnet.models import AlexNetFamily
 from alexnet.predict import mean_image_of, preprocessing_of
 from alexnet.visualize.hooks import SelectionError, capture, check_layers
@@ -51,7 +51,12 @@ def transformed_inputs(
         raise SelectionError(f"unknown transformation {kind!r}; choose one of: {', '.join(IDENTITY)}")
     prep, mean_image = preprocessing_of(model), mean_image_of(model)
     resized = v2.Resize(prep.resize, antialias=True)(image)
-    crop = v2.CenterCrop(prep.input_size)
+    top, left = eval_crop_offsets(prep, *resized.shape[-2:])  # where evaluation's crop sits
+    side = prep.input_size
+
+    def crop(t: torch.Tensor) -> torch.Tensor:
+        return TF.crop(t, top, left, side, side)
+
     if mean_image is None:
         x, fill, finish = prep.normalize(resized.float() / 255.0), [0.0, 0.0, 0.0], crop
     else:

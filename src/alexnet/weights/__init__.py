@@ -96,18 +96,18 @@ def load_pretrained(
     ``"IMAGENET1K_V1"``: :func:`resolve_weights`).
 
     ``name=None`` builds whatever architecture the file's metadata records. A file made for another model is
-    refused with a message naming both.
+    refused with a message naming both. A ``num_classes`` other than the file's loads everything but the
+    classifier layer, which is replaced, freshly initialised (:meth:`AlexNetFamily.reset_classifier`, timm's
+    fine-tuning start); 0 removes it, so the model returns fc7's features.
     """
     from alexnet.weights.sources import is_foreign, load_foreign
 
     weights = resolve_weights(weights, name)
     if is_foreign(weights):  # ONNX / Caffe file or published source name: imported by structure
         foreign = load_foreign(weights, name or "auto")
-        if overrides or (num_classes is not None and num_classes != foreign.num_classes):
-            raise WeightsMismatch(
-                f"{weights}: imported weights cannot take model overrides or another num_classes"
-            )
-        return foreign
+        if overrides:
+            raise WeightsMismatch(f"{weights}: imported weights cannot take model overrides")
+        return _with_classes(foreign, num_classes)
     if str(weights) == "torchvision":
         from alexnet.weights.torchvision import fetch_torchvision_state_dict, torchvision_meta
 
@@ -120,18 +120,30 @@ def load_pretrained(
         raise WeightsMismatch(f"{weights}: holds weights for model {meta.model!r}, not {name!r}")
     name = name or meta.model
     assert name is not None
-    num_classes = num_classes or meta.num_classes or 1000
     # The file's own architecture record wins over the registry: it holds whatever the run changed
     # (`alexnet train --input-size/--dropout ...`) and lets files of unregistered variants load anywhere.
     if meta.config is not None and meta.config.get("name") == name:
         config = ArchConfig.from_dict(meta.config)
     else:
         config = get_config(name)
-    model = build_model(config, num_classes=num_classes, **overrides)
+    model = build_model(config, num_classes=meta.num_classes or 1000, **overrides)
     load_state_dict_checked(model, state, str(weights))
     # what the record leaves out (a .pth file), from the model it was loaded into, as save_weights would
     meta.model = meta.model or name
     meta.num_classes = model.num_classes if meta.num_classes is None else meta.num_classes
     meta.config = meta.config or model.config.to_dict()
     model.weights_meta = meta
+    return _with_classes(model, num_classes)
+
+
+def _with_classes(model: AlexNetFamily, num_classes: int | None) -> AlexNetFamily:
+    """``model`` with a fresh classifier layer for ``num_classes`` classes when that is not the weights' own;
+    the metadata then no longer names the classes."""
+    if num_classes is None or num_classes == model.num_classes:
+        return model
+    model.reset_classifier(num_classes)
+    meta = getattr(model, "weights_meta", None)
+    if meta is not None:
+        meta.num_classes, meta.classes = num_classes, None
+        meta.config = model.config.to_dict()
     return model
