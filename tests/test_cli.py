@@ -205,6 +205,21 @@ def test_weights_accepts_a_published_source_name_and_checks_its_digest(
     assert "bvlcalexnet-8" in err and "no such weights file" not in err
 
 
+def test_weights_import_of_a_source_for_another_model_is_refused_before_any_download(
+    capsys, tmp_path, monkeypatch
+):
+    import alexnet.weights.sources as sources
+
+    def no_download(*args: object, **kwargs: object) -> None:
+        raise AssertionError("fetched")
+
+    monkeypatch.setattr(sources, "fetch", no_download)
+    out = tmp_path / "z.safetensors"
+    assert main(["weights", "import", "bvlcalexnet-8", "--model", "zfnet", "--out", str(out)]) == 2
+    err = one_line_error(capsys)
+    assert "bvlc_alexnet's weights, not zfnet's" in err and "--model bvlc_alexnet" in err and not out.exists()
+
+
 @pytest.mark.parametrize("command", ["predict", "eval"])
 @pytest.mark.parametrize(
     ("device", "words"),
