@@ -199,7 +199,8 @@ def test_weights_accepts_a_published_source_name_and_checks_its_digest(
 ):
     # A cached file under the source's name is used without the network, and its published SHA-256 is checked.
     monkeypatch.setenv("ALEXNET_CACHE", str(tmp_path))
-    (tmp_path / "bvlcalexnet-8.onnx").write_bytes(b"not the published file")
+    (tmp_path / "weights").mkdir()
+    (tmp_path / "weights" / "bvlcalexnet-8.onnx").write_bytes(b"not the published file")
     assert main(["predict", str(chelsea_jpeg), "--weights", "bvlcalexnet-8"]) == 2
     err = one_line_error(capsys)
     assert "bvlcalexnet-8" in err and "no such weights file" not in err
@@ -293,7 +294,8 @@ def test_an_unknown_flag_points_to_the_help_of_the_command_it_was_given_to(capsy
 def test_eval_accepts_a_published_source_name_as_predict_does(capsys, tmp_path, monkeypatch):
     # As for predict: the name is looked up in the cache (then fetched), not refused as a missing file.
     monkeypatch.setenv("ALEXNET_CACHE", str(tmp_path))
-    (tmp_path / "bvlcalexnet-8.onnx").write_bytes(b"not the published file")
+    (tmp_path / "weights").mkdir()
+    (tmp_path / "weights" / "bvlcalexnet-8.onnx").write_bytes(b"not the published file")
     assert main(["eval", "--weights", "bvlcalexnet-8", "--data", str(tmp_path)]) == 2
     err = one_line_error(capsys)
     assert "bvlcalexnet-8" in err and "no such weights file" not in err

@@ -418,7 +418,8 @@ def test_closing_the_app_stops_its_running_occlusion_job(models):
 def test_serve_accepts_a_published_source_name_like_the_other_commands(capsys, tmp_path, monkeypatch):
     # A cached file under the source's name is used without the network, and its published SHA-256 is checked.
     monkeypatch.setenv("ALEXNET_CACHE", str(tmp_path))
-    (tmp_path / "bvlcalexnet-8.onnx").write_bytes(b"not the published file")
+    (tmp_path / "weights").mkdir()
+    (tmp_path / "weights" / "bvlcalexnet-8.onnx").write_bytes(b"not the published file")
     assert main(["serve", "--weights", "bvlcalexnet-8", "--port", "0"]) == 2
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and "bvlcalexnet-8" in err and "no such weights file" not in err

@@ -22,7 +22,7 @@ from test_weights_onnx import ODD_CONVS, zoo_graph
 @pytest.fixture
 def cache(tmp_path, monkeypatch):
     monkeypatch.setenv("ALEXNET_CACHE", str(tmp_path / "cache"))
-    return tmp_path / "cache"
+    return tmp_path / "cache" / "weights"
 
 
 @pytest.fixture

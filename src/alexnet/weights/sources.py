@@ -1,6 +1,6 @@
 """Published weights files: where they are, their published digests, and a local download cache.
 
-Files go to ``$ALEXNET_CACHE`` or ``~/.cache/alexnet/weights``. A file is used only when its digest matches the
+Files go to ``$ALEXNET_CACHE/weights`` (default ``~/.cache/alexnet/weights``). A file is used only when its digest matches the
 published one: SHA-256 from the ONNX model zoo's Git LFS pointers, SHA-1 from the ``sha1:`` line of BVLC's model
 readmes (Caffe publishes no SHA-256). Where no digest is published (``zfnet512-12``) we say so and record the
 SHA-256 we computed, instead of inventing one. Offline, the error says where to put the file.
@@ -97,9 +97,10 @@ SOURCES: dict[str, Source] = {
 
 
 def cache_dir() -> Path:
-    """``$ALEXNET_CACHE``, else ``~/.cache/alexnet/weights``."""
+    """``$ALEXNET_CACHE/weights``, else ``~/.cache/alexnet/weights``: ``ALEXNET_CACHE`` is the package's cache
+    folder, whose ``native/`` holds the compiled CPU kernels (:mod:`alexnet.models.native`)."""
     env = os.environ.get("ALEXNET_CACHE")
-    return Path(env).expanduser() if env else Path.home() / ".cache" / "alexnet" / "weights"
+    return (Path(env).expanduser() if env else Path.home() / ".cache" / "alexnet") / "weights"
 
 
 def file_digest(path: str | Path, algorithm: str = "sha256") -> str:
