@@ -218,7 +218,7 @@ def test_registry_lists_filters_and_finds_models_as_timm_and_torchvision_do() ->
     with pytest.raises(ModelNotFound, match="no published weights for 'alexnet'"):
         alexnet.create_model("alexnet", pretrained=True)
     with pytest.raises(ModelNotFound, match="a model name is a string"):
-        alexnet.create_model(None)  # type: ignore[arg-type]
+        alexnet.create_model(None)  # without weights there is no file to name the model
     with pytest.raises(TypeError, match="not both"):
         alexnet.create_model("alexnet_owt", weights="torchvision", pretrained=True)
 
@@ -258,3 +258,4 @@ def test_weights_with_another_num_classes_load_all_but_a_fresh_classifier(tmp_pa
         )
     same = alexnet.create_model("alexnet", weights=path, num_classes=10)
     assert same.weights_meta.classes == [f"c{i}" for i in range(10)]
+    assert alexnet.create_model(None, weights=path).config.name == "alexnet"  # the file's own model

@@ -20,7 +20,7 @@ DEFAULT_WEIGHTS = {
 
 
 def create_model(
-    name: str,
+    name: str | None,
     num_classes: int | None = None,
     *,
     weights: Any = None,
@@ -31,12 +31,13 @@ def create_model(
 
     ``weights`` is a ``.safetensors`` file written by this package, a ``.pth`` state dict (read with
     ``weights_only=True``), an ``.onnx`` or ``.caffemodel`` file, a published source name (``alexnet weights
-    sources``), or ``"torchvision"`` (``alexnet_owt`` only). ``pretrained=True`` (timm's spelling) loads the
+    sources``), or ``"torchvision"`` (``alexnet_owt`` only); with ``weights``, ``name`` may be ``None``: the model
+    the file records. ``pretrained=True`` (timm's spelling) loads the
     model's published weights (:data:`DEFAULT_WEIGHTS`). ``num_classes`` replaces the classifier layer's width;
     0 removes it, so the model returns fc7's 4096 features (timm's convention). ``overrides`` replace fields of
     the model's :class:`~alexnet.models.ArchConfig` (e.g. ``dropout=0.0``).
     """
-    if not isinstance(name, str):
+    if not isinstance(name, str) and not (name is None and weights is not None):  # None: the file's own model
         raise ModelNotFound(
             f"a model name is a string, not {name!r}; choose one of: {', '.join(_registered())}"
         )
