@@ -109,3 +109,18 @@ def test_eval_crop_offsets_locate_the_eval_crop_in_the_resized_image(height, wid
     resized = v2.Resize(256, antialias=True)(image)
     top, left = transforms.eval_crop_offsets(pre, *resized.shape[-2:])
     assert torch.equal(resized[:, top : top + 227, left : left + 227], transforms.eval_crop(pre)(image))
+
+
+@pytest.mark.parametrize("with_mean_image", [False, True])
+def test_a_float_image_in_0_1_gives_the_input_of_its_uint8_form(with_mean_image: bool) -> None:
+    # torchvision's convention for float images (0–1), as its weights.transforms() takes them
+    img = torch.randint(0, 256, (3, 300, 400), dtype=torch.uint8)
+    if with_mean_image:
+        mean_img = torch.stack([torch.linspace(60, 150, 256).expand(256, 256)] * 3)
+        pipeline, grey_level = CAFFE_MEAN_IMAGE.eval_transform(mean_image=mean_img), 1.0  # 0–255 input
+    else:
+        pipeline, grey_level = Preprocessing().eval_transform(), 1 / (0.224 * 255)  # ImageNet mean/std
+    # within one grey level: the uint8 image's resize rounds to whole levels, the float image's does not
+    torch.testing.assert_close(pipeline(img.float() / 255.0), pipeline(img), rtol=0, atol=grey_level * 1.01)
+    with pytest.raises(DataError, match="uint8 image, or a float one"):
+        pipeline(img.to(torch.int32))

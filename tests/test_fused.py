@@ -199,7 +199,7 @@ def test_an_input_too_small_to_pool_fails_as_the_modules_do():
         model.features(x)
     assert str(fast.value) == str(slow.value)
     # the model itself says so before running anything, in its own words
-    with torch.inference_mode(), pytest.raises(InputSizeError, match=r"11×11 image.*smallest side is 55 px"):
+    with torch.inference_mode(), pytest.raises(InputSizeError, match=r"11×11 image.*smallest side is 39 px"):
         model(x)
 
 

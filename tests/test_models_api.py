@@ -203,12 +203,12 @@ def test_a_bad_num_classes_is_one_clear_error(bad: object) -> None:
 
 
 def test_an_input_too_small_for_the_trunk_is_refused_by_name() -> None:
-    with pytest.raises(InputSizeError, match="smallest input is 55 px"):
+    with pytest.raises(InputSizeError, match="smallest input is 39 px"):
         alexnet.create_model("alexnet", input_size=32)
-    with pytest.raises(InputSizeError, match=r"32×32 image.*smallest side is 55 px"):
+    with pytest.raises(InputSizeError, match=r"32×32 image.*smallest side is 39 px"):
         alexnet.create_model("alexnet")(torch.randn(1, 3, 32, 32))
-    model = alexnet.create_model("alexnet", input_size=55)  # the smallest is really enough
-    assert model(torch.randn(1, 3, 55, 55)).shape == (1, 1000)
+    model = alexnet.create_model("alexnet", input_size=39)  # enough: a ceil-mode pool window hangs over
+    assert model(torch.randn(1, 3, 39, 39)).shape == (1, 1000)
 
 
 def test_registry_lists_filters_and_finds_models_as_timm_and_torchvision_do() -> None:
@@ -259,3 +259,14 @@ def test_weights_with_another_num_classes_load_all_but_a_fresh_classifier(tmp_pa
     same = alexnet.create_model("alexnet", weights=path, num_classes=10)
     assert same.weights_meta.classes == [f"c{i}" for i in range(10)]
     assert alexnet.create_model(None, weights=path).config.name == "alexnet"  # the file's own model
+
+
+def test_a_bare_state_dict_loads_at_its_own_class_count_or_into_a_fresh_classifier(tmp_path) -> None:
+    tuned = alexnet.create_model("alexnet", num_classes=10, input_size=99)
+    path = tmp_path / "ft.pth"
+    torch.save(tuned.state_dict(), path)  # no metadata: the class count is the classifier's rows
+    for asked in (None, 10):
+        loaded = alexnet.create_model("alexnet", weights=path, num_classes=asked, input_size=99)
+        assert loaded.num_classes == 10 and torch.equal(loaded.layer("fc8").weight, tuned.layer("fc8").weight)
+    fresh = alexnet.create_model("alexnet", weights=path, num_classes=4, input_size=99)
+    assert fresh.num_classes == 4 and torch.equal(fresh.layer("fc7").weight, tuned.layer("fc7").weight)

@@ -12,6 +12,7 @@ from alexnet.cli import build_parser, main
 from alexnet.cli.train import resolve_config
 from alexnet.errors import TrainingError
 from alexnet.train.config import TrainConfig
+from alexnet.train.loop import _check_resumable
 from alexnet.train.recipes import resolve_recipe
 
 NEW_FLAGS = [
@@ -58,13 +59,29 @@ def test_clipping_schedule_and_bias_flags_reach_the_training_config(tmp_path: Pa
     assert {k: getattr(cfg, k) for k in EXPECTED} == EXPECTED
 
 
-def test_the_new_flags_may_change_on_resume_like_the_learning_rate(tmp_path: Path) -> None:
+def test_the_new_optimizer_flags_may_change_on_resume_like_the_learning_rate(tmp_path: Path) -> None:
     run = tmp_path / "run"
     run.mkdir()
     resolve_recipe("krizhevsky2012", out=str(run)).save(run / "config.json")
-    args = build_parser().parse_args(["train", "--resume", "--out", str(run), *NEW_FLAGS])
+    optimizer_flags = NEW_FLAGS[: NEW_FLAGS.index("--bias-init")]
+    args = build_parser().parse_args(["train", "--resume", "--out", str(run), *optimizer_flags])
     cfg = resolve_config(args)
-    assert {k: getattr(cfg, k) for k in EXPECTED} == EXPECTED
+    expected = {k: v for k, v in EXPECTED.items() if k != "bias_init"}
+    assert {k: getattr(cfg, k) for k in expected} == expected
+    _check_resumable(cfg, {"config": resolve_recipe("krizhevsky2012", out=str(run)).to_dict()})
+
+
+def test_a_new_init_on_resume_is_refused_the_weights_began_otherwise(tmp_path: Path) -> None:
+    recipe = resolve_recipe("krizhevsky2012", out=str(tmp_path))
+    recipe.save(tmp_path / "config.json")
+    saved = recipe.to_dict()
+    for flags, needle in (
+        (["--bias-init", "0.1"], "without --bias-init"),
+        (["--init", "kaiming"], "--init paper"),
+    ):
+        args = build_parser().parse_args(["train", "--resume", "--out", str(tmp_path), *flags])
+        with pytest.raises(TrainingError, match=needle):
+            _check_resumable(resolve_config(args), {"config": saved})
 
 
 @pytest.mark.parametrize(
@@ -110,8 +127,11 @@ def test_bias_init_sets_the_biases_the_paper_init_made_non_zero_and_only_those()
     assert biases == {"conv1": 0.0, "conv2": pytest.approx(0.1), "fc7": pytest.approx(0.1), "fc8": 0.0}
     paper = _build_model(TrainConfig(model="alexnet"), num_classes=10)
     assert torch.all(paper.layer("conv2").bias == 1.0)  # AlexNet §5 without the flag
-    with pytest.raises(TrainingError, match="zfnet's init sets no bias to a non-zero value"):
+    with pytest.raises(TrainingError, match="zfnet's init sets no bias to a non-zero constant"):
         _build_model(TrainConfig(model="zfnet", bias_init=0.1), num_classes=10)
+    # PyTorch's default init (alexnet_owt) draws every bias at random: no constant to replace, fc8's included
+    with pytest.raises(TrainingError, match="alexnet_owt's init sets no bias to a non-zero constant"):
+        _build_model(TrainConfig(model="alexnet_owt", bias_init=0.1), num_classes=10)
 
 
 def test_a_resume_message_says_without_stats_not_none() -> None:

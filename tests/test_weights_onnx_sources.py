@@ -109,3 +109,14 @@ def test_cli_sources_lists_digests_and_cache_state(cache, capsys):
         and "sha256 9a4dc22fd706a19462aaec3b08e027e0ef89daf63d123824f20b59b6de9a727b" in text
     )
     assert "zfnet512-12" in text and "no published digest" in text
+
+
+def test_a_download_in_the_old_cache_place_moves_into_weights(cache, published, tmp_path, monkeypatch):
+    import dataclasses
+
+    old = cache.parent / "tiny-8.onnx"  # $ALEXNET_CACHE itself, where downloads went before
+    old.parent.mkdir(parents=True, exist_ok=True)
+    old.write_bytes((tmp_path / "srv" / "tiny-8.onnx").read_bytes())
+    monkeypatch.setitem(SOURCES, "tiny-8", dataclasses.replace(published, url=(tmp_path / "gone").as_uri()))
+    path = fetch("tiny-8", progress=False)  # no download: the URL now leads nowhere
+    assert path == cache / "tiny-8.onnx" and path.is_file() and not old.exists()

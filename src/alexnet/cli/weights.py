@@ -95,7 +95,7 @@ def _check_out(args: argparse.Namespace) -> Path:
 
 def run_import(args: argparse.Namespace) -> int:
     from alexnet.weights import save_weights
-    from alexnet.weights.sources import SOURCES, fetch
+    from alexnet.weights.sources import SOURCES, check_fits, fetch
 
     out = _check_out(args)
     source = args.source
@@ -107,12 +107,7 @@ def run_import(args: argparse.Namespace) -> int:
         print(f"torchvision IMAGENET1K_V1 → {model.config.name}: wrote {path}")
         return 0
     if not Path(source).exists() and source in SOURCES:
-        known = SOURCES[source]
-        if args.model not in ("auto", known.model) and known.model != "auto":
-            raise CommandError(
-                f"{source} holds {known.model}'s weights, not {args.model}'s: pass --model {known.model} or leave "
-                "--model out (nothing was downloaded)"
-            )
+        check_fits(SOURCES[source], args.model)  # before a download of hundreds of megabytes
         source = str(fetch(source))
         if args.model == "auto" and SOURCES[args.source].model != "auto":
             args.model = SOURCES[args.source].model

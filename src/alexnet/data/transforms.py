@@ -150,9 +150,17 @@ class ToModelInput(nn.Module):
         return out.add_(bias.reshape(*batch, 3, 1, 1))
 
     def forward(self, img: torch.Tensor) -> torch.Tensor:
-        if img.dtype != torch.uint8:
-            raise DataError(f"ToModelInput expects a uint8 image, not {img.dtype}")
+        img = _as_0_255(img)
         return self.apply(img, self.draw(max(1, img.shape[:-3].numel())))
+
+
+def _as_0_255(img: torch.Tensor) -> torch.Tensor:
+    """A ``uint8`` image as it is; a floating-point one (torchvision's convention: 0–1) scaled to 0–255."""
+    if img.is_floating_point():
+        return img * 255.0
+    if img.dtype != torch.uint8:
+        raise DataError(f"expected a uint8 image, or a float one in 0–1, not {img.dtype}")
+    return img
 
 
 class TenCrop(nn.Module):
@@ -247,10 +255,8 @@ class CentredMeanInput(nn.Module):
         self.mean_image = mean_image
 
     def forward(self, crop: torch.Tensor) -> torch.Tensor:
-        if crop.dtype != torch.uint8:
-            raise DataError(f"expected a uint8 crop, not {crop.dtype}")
         mean = F.center_crop(self.mean_image, list(crop.shape[-2:]))
-        return Normalize(self.pre, mean)(F.to_dtype(crop, torch.float32, scale=True))
+        return Normalize(self.pre, mean)(_as_0_255(crop).to(torch.float32).div_(255.0))
 
 
 def eval_crop(pre: Preprocessing) -> v2.Compose:

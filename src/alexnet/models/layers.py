@@ -327,6 +327,10 @@ def _onnx_symbolic() -> None:
 
     @symbolic_helper.parse_args("v", "i", "f", "f", "f")
     def lrn(g: torch.Graph, x: torch.Value, size: int, alpha: float, beta: float, k: float) -> torch.Value:
+        if (
+            size % 2 == 0
+        ):  # ONNX puts an even window's extra channel after the centre, this operator before it
+            raise ValueError(f"an LRN of even size {size} has no exact ONNX LRN node")
         return g.op("LRN", x, size_i=size, alpha_f=alpha * size, beta_f=beta, bias_f=k)
 
     torch.onnx.register_custom_op_symbolic("alexnet::lrn", lrn, 1)

@@ -97,15 +97,13 @@ class AlexNetFamily(nn.Module):
 
     @staticmethod
     def pool5_size(config: ArchConfig, size: int) -> int:
-        """Spatial size at the end of the conv trunk for an input side of ``size`` (shape propagation); < 1
-        when the trunk leaves nothing (a conv or pool window larger than its input)."""
+        """Spatial size at the end of the conv trunk for an input side of ``size``, by ``nn.Conv2d``'s and
+        ``nn.MaxPool2d``'s output sizes (a ceil-mode window may hang over the edge); 0 when a layer would get an
+        empty map."""
         for c in config.convs:
             size = (size + 2 * c.padding - c.kernel) // c.stride + 1
-            if c.pool:
-                num = size - config.pool_kernel
-                if size < 1 or num < 0:
-                    return 0
-                size = (-(-num // config.pool_stride) if config.ceil_mode else num // config.pool_stride) + 1
+            if size >= 1 and c.pool:
+                size = fused.pooled_size(size, config.pool_kernel, config.pool_stride, config.ceil_mode)
             if size < 1:
                 return 0
         return size

@@ -83,7 +83,7 @@ def _build_model(cfg: TrainConfig, num_classes: int) -> Any:
         kaiming_init_(model)
     if cfg.bias_init is not None and not set_nonzero_biases_(model, cfg.bias_init):
         raise TrainingError(
-            f"--bias-init {cfg.bias_init:g}: {cfg.model}'s init sets no bias to a non-zero value, so there is "
+            f"--bias-init {cfg.bias_init:g}: {cfg.model}'s init sets no bias to a non-zero constant, so there is "
             "nothing to change"
         )
     return model
@@ -121,8 +121,9 @@ def train(
 
 
 # What a checkpoint's position and weights depend on: changed on --resume, the run would silently skip or repeat
-# images (batch size, seed), relabel them (classes) or not fit the weights (input size). The data folder may move:
-# the checkpoint's class list and number of training images are checked against the data instead.
+# images (batch size, seed), relabel them (classes) or not fit the weights (input size); and how its weights
+# began (init, bias init), which config.json records for `alexnet doctor`. The data folder may move: the
+# checkpoint's class list and number of training images are checked against the data instead.
 _FIXED_ON_RESUME = (
     "classes",
     "images_per_class",
@@ -131,6 +132,8 @@ _FIXED_ON_RESUME = (
     "input_size",
     "normalize",
     "stats",
+    "init",
+    "bias_init",
 )
 
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from alexnet.errors import WeightsError, WeightsMismatch
 from alexnet.models import AlexNetFamily, ArchConfig, build_model, get_config
 from alexnet.weights.io import (
@@ -126,7 +128,8 @@ def load_pretrained(
         config = ArchConfig.from_dict(meta.config)
     else:
         config = get_config(name)
-    model = build_model(config, num_classes=meta.num_classes or 1000, **overrides)
+    classes = meta.num_classes or _classes_in(state, config) or num_classes or 1000
+    model = build_model(config, num_classes=classes, **overrides)
     load_state_dict_checked(model, state, str(weights))
     # what the record leaves out (a .pth file), from the model it was loaded into, as save_weights would
     meta.model = meta.model or name
@@ -134,6 +137,14 @@ def load_pretrained(
     meta.config = meta.config or model.config.to_dict()
     model.weights_meta = meta
     return _with_classes(model, num_classes)
+
+
+def _classes_in(state: dict[str, torch.Tensor], config: ArchConfig) -> int | None:
+    """The class count of a bare state dict (a ``.pth`` file): the rows of its classifier layer's weight."""
+    with torch.device("meta"):  # only the layer's path is wanted: no memory, no init
+        probe = build_model(config, num_classes=1)
+    weight = state.get(f"{probe.layer_path(f'fc{len(config.convs) + len(config.fcs)}')}.weight")
+    return int(weight.shape[0]) if weight is not None and weight.dim() == 2 else None
 
 
 def _with_classes(model: AlexNetFamily, num_classes: int | None) -> AlexNetFamily:

@@ -191,29 +191,14 @@ def _min_size(config: ArchConfig) -> int:
     """The smallest input side the network takes: with an adaptive pool before fc6 (torchvision's), the smallest
     that leaves a pool5 map; without one, the smallest that gives fc6 the pool5 map of the config's own input
     size (shape propagation with ``nn.Conv2d``'s and ``nn.MaxPool2d``'s output sizes)."""
-    want = None if config.adaptive_pool else _trunk_side(config, config.input_size)
+    from alexnet.models import AlexNetFamily
+
+    want = None if config.adaptive_pool else AlexNetFamily.pool5_size(config, config.input_size)
     for size in range(1, config.input_size + 1):
-        side = _trunk_side(config, size)
+        side = AlexNetFamily.pool5_size(config, size)
         if (side >= 1) if want is None else (side == want):
             return size
     return config.input_size
-
-
-def _trunk_side(config: ArchConfig, size: int) -> int:
-    """The conv trunk's output side for an input side of ``size``; 0 when a layer would get an empty map."""
-    k, st = config.pool_kernel, config.pool_stride
-    for c in config.convs:
-        size = (size + 2 * c.padding - c.kernel) // c.stride + 1
-        if size < 1:
-            return 0
-        if c.pool:
-            out = (-(-(size - k) // st) if config.ceil_mode else (size - k) // st) + 1
-            if config.ceil_mode and (out - 1) * st >= size:  # the last window must start inside the map
-                out -= 1
-            if out < 1:
-                return 0
-            size = out
-    return size
 
 
 def _num_params(config: ArchConfig, num_classes: int | None) -> int:

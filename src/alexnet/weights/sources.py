@@ -134,10 +134,21 @@ def check_digest(source: Source, path: Path) -> None:
         )
 
 
+def _move_from_old_cache(target: Path) -> None:
+    """Until 2026-12 ``$ALEXNET_CACHE`` held the downloads itself: a file there moves to its ``weights/``."""
+    env = os.environ.get("ALEXNET_CACHE")
+    old = Path(env).expanduser() / target.name if env else None
+    if old is None or target.exists() or not old.is_file():
+        return
+    target.parent.mkdir(parents=True, exist_ok=True)
+    old.replace(target)
+
+
 def fetch(name: str, progress: bool = True, timeout: float = 30.0) -> Path:
     """The cached file of source ``name``, downloaded first if missing; its published digest is checked."""
     source = get_source(name)
     target = cache_dir() / source.filename
+    _move_from_old_cache(target)
     if target.is_file():
         check_digest(source, target)
         return target
@@ -191,8 +202,8 @@ def check_fits(source: Source, model: str) -> None:
     """Refuse ``source`` for a registered ``model`` other than the one its file holds, before downloading it."""
     if model not in ("auto", source.model) and source.model != "auto":
         raise WeightsMismatch(
-            f"{source.name} holds {source.model}'s weights, not {model}'s: load it with "
-            f"create_model({source.model!r}, weights={source.name!r}) (nothing was downloaded)"
+            f"{source.name} holds {source.model}'s weights, not {model}'s (nothing was downloaded): load it "
+            f"into {source.model} (--model {source.model}, or create_model({source.model!r}, ...))"
         )
 
 
