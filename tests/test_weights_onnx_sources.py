@@ -5,6 +5,7 @@ downloads come from file:// URLs and torchvision's state dict is made locally.""
 from __future__ import annotations
 
 import hashlib
+import os
 import re
 from dataclasses import replace
 
@@ -43,6 +44,9 @@ def test_cache_folder_follows_the_environment(cache):
 
 def test_download_lands_in_the_cache_after_its_digest_is_checked(cache, published):
     path = fetch("tiny-8", progress=False)
+    umask = os.umask(0o022)
+    os.umask(umask)
+    assert path.stat().st_mode & 0o777 == 0o666 & ~umask  # as any file the process writes, not mkstemp's 0600
     assert path == cache / "tiny-8.onnx" and hashlib.sha256(path.read_bytes()).hexdigest() == published.digest
     assert fetch("tiny-8", progress=False) == path  # second call: from the cache
 

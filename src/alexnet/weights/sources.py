@@ -12,8 +12,6 @@ import hashlib
 import os
 import re
 import shutil
-import urllib.error
-import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -152,31 +150,16 @@ def fetch(name: str, progress: bool = True, timeout: float = 30.0) -> Path:
     if target.is_file():
         check_digest(source, target)
         return target
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_name(f".{target.name}.part")
-    try:
-        with urllib.request.urlopen(source.url, timeout=timeout) as response, open(tmp, "wb") as out:
-            total = int(response.headers.get("Content-Length") or 0) or None
-            from tqdm import tqdm
+    from alexnet.weights.download import download
 
-            with tqdm(
-                total=total, unit="B", unit_scale=True, desc=source.filename, disable=not progress
-            ) as bar:
-                for block in iter(lambda: response.read(1 << 20), b""):
-                    out.write(block)
-                    bar.update(len(block))
-        check_digest(source, tmp)
-        os.replace(tmp, target)
-    except (urllib.error.URLError, OSError, TimeoutError) as e:
-        tmp.unlink(missing_ok=True)
-        reason = getattr(e, "reason", None) or e
-        raise WeightsError(
-            f"cannot download {source.url} ({reason}); offline, fetch it elsewhere and put it at {target}"
-        ) from None
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    return target
+    return download(
+        source.url,
+        target,
+        timeout=timeout,
+        check=lambda path: check_digest(source, path),
+        progress=progress,
+        what=source.name,
+    )
 
 
 def place(name: str, path: str | Path) -> Path:

@@ -8,12 +8,8 @@ name as torch.hub does, and leaves no partial file behind.
 
 from __future__ import annotations
 
-import hashlib
 import os
-import tempfile
-import urllib.error
 import urllib.parse
-import urllib.request
 from pathlib import Path
 
 import torch
@@ -71,43 +67,20 @@ def fetch_torchvision_state_dict(progress: bool = True) -> dict[str, torch.Tenso
 
 
 def _download(url: str, target: Path, progress: bool) -> None:
-    """``url`` → ``target`` through a temporary file next to it, renamed once complete and its hash checked."""
-    offline = f"offline, place {target.name} in {target.parent}/"
-    try:
-        target.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise WeightsError(f"cannot create {target.parent} ({e.strerror or e}); {offline}") from None
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".partial", dir=target.parent)
-    tmp = Path(tmp_name)
-    try:
-        with (
-            os.fdopen(fd, "wb") as out,
-            urllib.request.urlopen(url, timeout=TIMEOUT) as response,  # timeout: connect and every read
-        ):
-            from tqdm import tqdm
+    """``url`` → ``target`` (:func:`alexnet.weights.download.download`), checking the hash prefix in the file's
+    name as torch.hub's ``check_hash`` does."""
+    from alexnet.weights.download import download
+    from alexnet.weights.sources import file_digest
 
-            total = int(response.headers.get("Content-Length") or 0) or None
-            digest = hashlib.sha256()
-            with tqdm(total=total, unit="B", unit_scale=True, desc=target.name, disable=not progress) as bar:
-                for block in iter(lambda: response.read(1 << 20), b""):
-                    out.write(block)
-                    digest.update(block)
-                    bar.update(len(block))
-        match = torch.hub.HASH_REGEX.search(target.name)  # torch.hub's check_hash: the name's hash prefix
-        if match is not None and not digest.hexdigest().startswith(match.group(1)):
+    def check(path: Path) -> None:
+        match = torch.hub.HASH_REGEX.search(target.name)
+        got = file_digest(path)
+        if match is not None and not got.startswith(match.group(1)):
             raise WeightsError(
-                f"{url}: the download's sha256 {digest.hexdigest()} does not start with {match.group(1)} "
-                f"as its name says: a corrupt or different file; try again, or {offline}"
+                f"{url}: the download's sha256 {got} does not start with {match.group(1)} as its name says: a "
+                f"corrupt or different file; try again, or put torchvision's file at {target}"
             )
-        os.replace(tmp, target)
-    except (urllib.error.URLError, OSError) as e:  # TimeoutError is an OSError
-        tmp.unlink(missing_ok=True)
-        reason = getattr(e, "reason", None) or e
-        if isinstance(reason, TimeoutError):
-            reason = f"no answer for {TIMEOUT:g} s"
-        raise WeightsError(
-            f"cannot fetch torchvision's AlexNet weights from {url} ({reason}); {offline}"
-        ) from None
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+
+    download(
+        url, target, timeout=TIMEOUT, check=check, progress=progress, what="torchvision's AlexNet weights"
+    )
