@@ -231,18 +231,10 @@ def test_a_published_source_for_another_model_is_refused_before_downloading(monk
 
 
 def _mean_image_weights(tmp_path) -> Path:
-    from alexnet.data.preprocess import Preprocessing
     from alexnet.weights import WeightsMeta, save_weights
+    from test_api_transforms import CAFFE_MEAN_IMAGE as pre  # Caffe's 0–255 BGR input, minus a mean image
 
     ramp = torch.linspace(60.0, 150.0, 256)
-    pre = Preprocessing(
-        input_size=227,
-        mean=(104.0, 117.0, 123.0),
-        std=(1.0, 1.0, 1.0),
-        channel_order="BGR",
-        pixel_scale=255.0,
-        mean_image=True,
-    )
     meta = WeightsMeta(preprocessing=pre, tensors={"mean_image": torch.stack([ramp[:, None] + ramp] * 3)})
     return save_weights(alexnet.create_model("caffenet", num_classes=10), tmp_path / "m.safetensors", meta)
 

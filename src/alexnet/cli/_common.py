@@ -123,6 +123,16 @@ def add_model_arguments(p: argparse.ArgumentParser, *, required_weights: bool = 
     )
 
 
+def add_device_argument(p: argparse.ArgumentParser) -> None:
+    """``--device``, ``auto`` by default as in ``alexnet train`` (:func:`alexnet.train.distributed.pick_device` resolves it)."""
+    p.add_argument(
+        "--device",
+        default="auto",
+        help="auto (default: the GPU when CUDA is available, else the CPU, as alexnet train), cpu, cuda, cuda:N "
+        "or mps",
+    )
+
+
 def load_model_from_args(args: argparse.Namespace, *, need_weights: bool = False) -> Any:
     """Build the model named by ``--model`` / ``--weights``; fail with one clear line when they do not fit."""
     from alexnet.factory import create_model

@@ -7,7 +7,13 @@ import json
 from pathlib import Path
 from typing import Any
 
-from alexnet.cli._common import CommandError, add_command, add_model_arguments, check_weights_exist
+from alexnet.cli._common import (
+    CommandError,
+    add_command,
+    add_device_argument,
+    add_model_arguments,
+    check_weights_exist,
+)
 
 
 def register(sub: Any) -> None:
@@ -29,12 +35,7 @@ def register(sub: Any) -> None:
     p.add_argument("--json", action="store_true", help="print one JSON object instead of text")
     p.add_argument("--batch-size", type=int, default=64, help="images per batch (default 64)")
     p.add_argument("--workers", type=int, default=2, help="data-loading worker processes (default 2)")
-    p.add_argument(
-        "--device",
-        default="auto",
-        help="auto (default: the GPU when CUDA is available, else the CPU, as alexnet train), cpu, cuda, cuda:N "
-        "or mps",
-    )
+    add_device_argument(p)
     p.set_defaults(func=run)
 
 

@@ -10,6 +10,7 @@ from alexnet.cli._common import (
     EXIT_USAGE,
     CommandError,
     add_command,
+    add_device_argument,
     add_model_arguments,
     load_model_from_args,
 )
@@ -28,12 +29,7 @@ def register(sub: Any) -> None:
     p.add_argument("images", nargs="+", metavar="IMAGE")
     add_model_arguments(p, required_weights=True)
     p.add_argument("--topk", type=int, default=5, help="how many classes to show (default 5)")
-    p.add_argument(
-        "--device",
-        default="auto",
-        help="auto (default: the GPU when CUDA is available, else the CPU, as alexnet train), cpu, cuda, cuda:N "
-        "or mps",
-    )
+    add_device_argument(p)
     p.set_defaults(func=run)
 
 

@@ -245,9 +245,9 @@ def train_transform(
 
 
 class CentredMeanInput(nn.Module):
-    """``uint8`` crop taken at the centre of the ``resize``×``resize`` patch → float model input, minus the same
-    centre region of the per-pixel mean image (AlexNet §2): ``CenterCrop`` of the mean image with the crop's
-    size has the offsets ``CenterCrop`` took on the patch, so each pixel loses its own mean pixel."""
+    """A ``uint8`` (or 0–1 float) crop taken at the centre of the ``resize``×``resize`` patch → float model input,
+    minus the same centre region of the per-pixel mean image (AlexNet §2): ``CenterCrop`` of the mean image with
+    the crop's size has the offsets ``CenterCrop`` took on the patch, so each pixel loses its own mean pixel."""
 
     def __init__(self, pre: Preprocessing, mean_image: torch.Tensor) -> None:
         super().__init__()
@@ -256,7 +256,8 @@ class CentredMeanInput(nn.Module):
 
     def forward(self, crop: torch.Tensor) -> torch.Tensor:
         mean = F.center_crop(self.mean_image, list(crop.shape[-2:]))
-        return Normalize(self.pre, mean)(_as_0_255(crop).to(torch.float32).div_(255.0))
+        unit = crop.to(torch.float32) if crop.is_floating_point() else _as_0_255(crop).float().div_(255.0)
+        return Normalize(self.pre, mean)(unit)
 
 
 def eval_crop(pre: Preprocessing) -> v2.Compose:

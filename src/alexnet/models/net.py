@@ -167,14 +167,13 @@ class AlexNetFamily(nn.Module):
         return out
 
     def _trunk(self, x: torch.Tensor) -> torch.Tensor:
-        if _sized(x) and x.dim() >= 3:  # N×C×H×W or an unbatched C×H×W
-            small = [s for s in x.shape[-2:] if self.pool5_size(self.config, s) < 1]
-            if small:
-                raise InputSizeError(
-                    f"{self.config.name} cannot take a {x.shape[-2]}×{x.shape[-1]} image: its conv trunk leaves "
-                    f"no pool5 map; the smallest side is {self.min_input_size(self.config)} px and the model "
-                    f"was built for {self.config.input_size}×{self.config.input_size}"
-                )
+        # N×C×H×W or an unbatched C×H×W
+        if _sized(x) and x.dim() >= 3 and any(self.pool5_size(self.config, s) < 1 for s in x.shape[-2:]):
+            raise InputSizeError(
+                f"{self.config.name} cannot take a {x.shape[-2]}×{x.shape[-1]} image: its conv trunk leaves "
+                f"no pool5 map; the smallest side is {self.min_input_size(self.config)} px and the model "
+                f"was built for {self.config.input_size}×{self.config.input_size}"
+            )
         x = fused.kernel_layout(self.features, x)
         if fused.applies(self.features, x):
             return fused.run(self.features, x)

@@ -193,12 +193,10 @@ def _min_size(config: ArchConfig) -> int:
     size (shape propagation with ``nn.Conv2d``'s and ``nn.MaxPool2d``'s output sizes)."""
     from alexnet.models import AlexNetFamily
 
-    want = None if config.adaptive_pool else AlexNetFamily.pool5_size(config, config.input_size)
-    for size in range(1, config.input_size + 1):
-        side = AlexNetFamily.pool5_size(config, size)
-        if (side >= 1) if want is None else (side == want):
-            return size
-    return config.input_size
+    if config.adaptive_pool:
+        return AlexNetFamily.min_input_size(config)
+    want = AlexNetFamily.pool5_size(config, config.input_size)
+    return next(s for s in range(1, config.input_size + 1) if AlexNetFamily.pool5_size(config, s) == want)
 
 
 def _num_params(config: ArchConfig, num_classes: int | None) -> int:
