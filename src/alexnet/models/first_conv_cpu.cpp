@@ -10,6 +10,13 @@
 // Both tensors are channels-last, so a row of the gradient (OW x OC floats) stays in L1 while every tap
 // passes over it. Each image is copied once into a zero-padded buffer, so the inner loop has no bounds checks.
 // The bias gradient (sum of g) is taken from the same rows.
+//
+// first_conv_pooled_weight_grad_f32 is the same gradient when ReLU, an overlapping max-pool and an LRN follow the
+// conv (CaffeNet's and ZFNet's first stage, Zeiler & Fergus Fig. 3) and the image needs no gradient. The conv
+// output's gradient is then zero except where a pooling window took its maximum (ReLU's mask: the maximum > 0):
+// at most one pixel in four (z = 3, s = 2; AlexNet 3.4). So instead of writing that mostly-zero map and summing
+// over all of it, each pooled value's gradient is added, times the image patch under its maximum's pixel, to
+// its output channel's dW: the same sum, in another order, a quarter of the multiply-adds.
 
 #include <omp.h>
 
@@ -78,6 +85,91 @@ void row(const float* x, const int64_t* xo, int64_t taps, int64_t swc, const flo
   }
 }
 
+template <int T>
+struct Vec {  // T floats, unaligned access allowed
+  typedef float type __attribute__((vector_size(4 * T), aligned(4)));
+};
+
+// A kernel row of `width` floats as F vectors of 16 floats and one of T (0, 4 or 8) for the rest: ZFNet's
+// 7 x 3 = 21 floats as 16 + 8, AlexNet's 11 x 3 = 33 as 2 x 16 + 4 (a third vector of 16 would leave 11 and 15 of
+// its lanes idle).
+//
+// acc = sum over q of v[q] * patch(q), R rows of F * 16 + T floats, added to dw's rows (F * 16 + T floats apart).
+// patch(q) starts at p + off[q * step] (v[q * step] too); its rows are `ld` floats apart (the caller's buffer has the slack for the lanes
+// past the kernel's width, which the caller discards).
+template <int R, int F, int T>
+__attribute__((always_inline)) inline void patch_rows(const float* __restrict p, int64_t ld, const int32_t* off,
+                                                      const float* v, int64_t step, int64_t m,
+                                                      float* __restrict dw) {
+  typedef typename Vec<(T > 0 ? T : 4)>::type tail_t;
+  constexpr int len = 16 * F + T;
+  v16 acc[R][F > 0 ? F : 1];
+  tail_t rest[R];
+#pragma GCC unroll 24
+  for (int r = 0; r < R; ++r) {
+#pragma GCC unroll 4
+    for (int u = 0; u < F; ++u) acc[r][u] = (v16){};
+    rest[r] = (tail_t){};
+  }
+  for (int64_t q = 0; q < m; ++q) {
+    const float* at = p + off[q * step];
+    const float a = v[q * step];
+#pragma GCC unroll 24
+    for (int r = 0; r < R; ++r) {
+#pragma GCC unroll 4
+      for (int u = 0; u < F; ++u) acc[r][u] += a * *(const v16*)(at + r * ld + 16 * u);
+      if constexpr (T > 0) rest[r] += a * *(const tail_t*)(at + r * ld + 16 * F);
+    }
+  }
+#pragma GCC unroll 24
+  for (int r = 0; r < R; ++r) {
+#pragma GCC unroll 4
+    for (int u = 0; u < F; ++u) *(v16*)(dw + r * len + 16 * u) += acc[r][u];
+    if constexpr (T > 0) *(tail_t*)(dw + r * len + 16 * F) += rest[r];
+  }
+}
+
+// patch_rows for `rows` rows: R at a time, then the largest instantiation that fits the rest
+template <int R, int F, int T>
+void patch_rows_upto(int64_t rows, const float* p, int64_t ld, const int32_t* off, const float* v, int64_t step,
+                     int64_t m, float* dw) {
+  if constexpr (R > 0) {
+    if (rows >= R) {
+      patch_rows<R, F, T>(p, ld, off, v, step, m, dw);
+      patch_rows_upto<R, F, T>(rows - R, p + R * ld, ld, off, v, step, m, dw + R * (16 * F + T));
+    } else {
+      patch_rows_upto<R - 1, F, T>(rows, p, ld, off, v, step, m, dw);
+    }
+  }
+}
+
+// every kernel row, with 24 accumulators at most
+template <int F, int T>
+void patch_all_rows(int64_t rows, const float* p, int64_t ld, const int32_t* off, const float* v, int64_t step,
+                    int64_t m, float* dw) {
+  constexpr int per_row = F + (T > 0 ? 1 : 0);
+  patch_rows_upto<(per_row == 1 ? 16 : 24 / per_row), F, T>(rows, p, ld, off, v, step, m, dw);
+}
+
+// a row's F and T (patch_rows) for a kernel row of `width` floats
+inline void row_split(int64_t width, int64_t* f, int64_t* t) {
+  const int64_t rest = width % 16;
+  *f = width / 16 + (rest > 8 ? 1 : 0);
+  *t = rest > 8 || rest == 0 ? 0 : rest > 4 ? 8 : 4;
+}
+
+void patch_dispatch(int64_t f, int64_t t, int64_t rows, const float* p, int64_t ld, const int32_t* off,
+                    const float* v, int64_t step, int64_t m, float* dw) {
+  switch (f * 16 + t) {
+#define ALEXNET_PATCH_CASE(F, T) \
+  case 16 * F + T: patch_all_rows<F, T>(rows, p, ld, off, v, step, m, dw); break;
+    ALEXNET_PATCH_CASE(0, 4) ALEXNET_PATCH_CASE(0, 8) ALEXNET_PATCH_CASE(1, 0) ALEXNET_PATCH_CASE(1, 4)
+    ALEXNET_PATCH_CASE(1, 8) ALEXNET_PATCH_CASE(2, 0) ALEXNET_PATCH_CASE(2, 4) ALEXNET_PATCH_CASE(2, 8)
+    ALEXNET_PATCH_CASE(3, 0)
+#undef ALEXNET_PATCH_CASE
+  }
+}
+
 }  // namespace
 
 extern "C" {
@@ -128,6 +220,89 @@ int first_conv_weight_grad_f32(const float* x, const float* g, float* dw, float*
       const int64_t k = i / oc, o = i % oc;
       if (k < taps) {
         const int64_t a = k / (kw * c), b = (k / c) % kw, ch = k % c;
+        dw[o * ws[0] + ch * ws[1] + a * ws[2] + b * ws[3]] = s;
+      } else if (db) {
+        db[o] = s;
+      }
+    }
+  }
+  return 0;
+}
+
+// The weight and bias gradients of conv(x) when relu -> max-pool (kernel pk, stride ps, no padding) -> LRN follows
+// it, from `g`, the gradient of the pooled maps (the LRN's input, `pooled`, N x PH x PW x OC channels-last), and
+// `idx`, where in its pk x pk window each maximum was (one byte, row * pk + col, as stage_forward writes it).
+// x: N x H x W x C channels-last; the conv output is OH x OW. dw and db as first_conv_weight_grad_f32.
+// Returns 0, or -1 (nothing written) when a kernel row (KW * C floats) is wider than 48 floats or an image's
+// offsets would not fit 32 bits.
+int first_conv_pooled_weight_grad_f32(const float* x, const float* g, const float* pooled, const uint8_t* idx,
+                                      float* dw, float* db, int64_t n, int64_t h, int64_t w, int64_t c,
+                                      int64_t oc, int64_t oh, int64_t ow, int64_t ph, int64_t pw, int64_t kh,
+                                      int64_t kw, int64_t sh, int64_t sw, int64_t padh, int64_t padw, int64_t pk,
+                                      int64_t ps, const int64_t* ws, int threads) {
+  const int64_t width = kw * c;
+  int64_t f, t;
+  row_split(width, &f, &t);
+  if (width > 48 || oc <= 0) return -1;
+  const int64_t hp = h + 2 * padh, wp = w + 2 * padw;
+  const int64_t rows = hp > (oh - 1) * sh + kh ? hp : (oh - 1) * sh + kh;
+  const int64_t cols = wp > (ow - 1) * sw + kw ? wp : (ow - 1) * sw + kw;
+  const int64_t ld = cols * c, row_len = 16 * f + t, per_channel = kh * row_len;
+  if (rows * ld + row_len > INT32_MAX) return -1;
+  const int64_t per_thread = oc * (per_channel + 1);  // dW's rows (row_len floats each), then the bias
+  // a strip of pooled rows at a time, so its gradients, maxima and image rows stay in the core's L2
+  const int64_t strip = pw > 0 ? (512 + pw - 1) / pw : 1;
+  std::vector<float> partial(per_thread * threads, 0.0f);
+  // where in the padded image each window offset's patch starts, relative to the window's first pixel's patch
+  int32_t window[256];
+  for (int64_t k = 0; k < 256; ++k) window[k] = int32_t((k / pk) * sh * ld + (k % pk) * sw * c);
+  const int64_t col_step = ps * sw * c;
+
+#pragma omp parallel num_threads(threads)
+  {
+    float* mine = partial.data() + per_thread * omp_get_thread_num();
+    std::vector<float> padded(rows * ld + row_len, 0.0f);  // the slack: rows read row_len floats
+    std::vector<int32_t> off(strip * pw * oc);
+    std::vector<float> v(strip * pw * oc);
+#pragma omp for schedule(dynamic, 1)
+    for (int64_t i = 0; i < n; ++i) {
+      const float* xi = x + i * h * w * c;
+      for (int64_t r = 0; r < h; ++r)
+        std::memcpy(padded.data() + (r + padh) * ld + padw * c, xi + r * w * c, sizeof(float) * w * c);
+      const int64_t base = i * ph * pw * oc;
+      for (int64_t y0 = 0; y0 < ph; y0 += strip) {
+        const int64_t y1 = y0 + strip < ph ? y0 + strip : ph, m = (y1 - y0) * pw;
+        // every maximum's patch offset and masked gradient, position-major as the maps are (each channel's
+        // then `oc` apart): one contiguous pass over the strip's channels
+        float* bias = mine + oc * per_channel;
+        for (int64_t py = y0, q = 0; py < y1; ++py) {
+          const int64_t row_off = py * ps * sh * ld;
+          for (int64_t px = 0; px < pw; ++px, ++q) {
+            const int64_t at = base + (py * pw + px) * oc, corner = row_off + px * col_step;
+            int32_t* oq = off.data() + q * oc;
+            float* vq = v.data() + q * oc;
+#pragma omp simd
+            for (int64_t o = 0; o < oc; ++o) {
+              const float gv = pooled[at + o] > 0.0f ? g[at + o] : 0.0f;  // ReLU: none at a maximum <= 0
+              oq[o] = int32_t(corner + window[idx[at + o]]);
+              vq[o] = gv;
+              bias[o] += gv;
+            }
+          }
+        }
+        for (int64_t o = 0; o < oc; ++o)
+          patch_dispatch(f, t, kh, padded.data(), ld, off.data() + o, v.data() + o, oc, m, mine + o * per_channel);
+      }
+    }
+#pragma omp for schedule(static)
+    for (int64_t e = 0; e < oc * (kh * width + 1); ++e) {
+      const int64_t o = e % oc, k = e / oc;  // k: the tap (a, b, ch) in the kernel, or kh * width for the bias
+      const int64_t src = k < kh * width ? o * per_channel + (k / width) * row_len + k % width
+                                         : oc * per_channel + o;
+      float s = 0.0f;
+      for (int t = 0; t < threads; ++t) s += partial[per_thread * t + src];
+      if (k < kh * width) {
+        const int64_t a = k / width, b = (k % width) / c, ch = k % c;
         dw[o * ws[0] + ch * ws[1] + a * ws[2] + b * ws[3]] = s;
       } else if (db) {
         db[o] = s;

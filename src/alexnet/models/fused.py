@@ -40,7 +40,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from alexnet.models import eager, layers, native, postops
+from alexnet.models import eager, first_stage, layers, native, postops
 from alexnet.models.layers import LocalResponseNorm, local_response_norm
 
 
@@ -383,9 +383,9 @@ def _pool_args(pool: nn.Module) -> tuple[int, int, bool] | None:
     return kernel, stride, bool(pool.ceil_mode)
 
 
-def stage_at(modules: Sequence[nn.Module], i: int, x: torch.Tensor) -> StageArgs | None:
+def stage_at(modules: Sequence[nn.Module], i: int, shape: Sequence[int]) -> StageArgs | None:
     """The arguments of :func:`stage` when ``modules[i:i+3]`` is ReLU + (LRN, pool in either order),
-    none of them hooked, and the pooled maps are not empty; else ``None``."""
+    none of them hooked, and the pooled maps of an input of ``shape`` are not empty; else ``None``."""
     run = modules[i : i + 3]
     if len(run) < 3 or type(run[0]) is not nn.ReLU or any(eager.hooked(m) for m in run):
         return None
@@ -396,7 +396,7 @@ def stage_at(modules: Sequence[nn.Module], i: int, x: torch.Tensor) -> StageArgs
     else:
         return None
     args = _pool_args(pool)
-    if args is None or min(pooled_size(s, args[0], args[1], args[2]) for s in x.shape[2:]) < 1:
+    if args is None or min(pooled_size(s, args[0], args[1], args[2]) for s in shape[2:]) < 1:
         return None
     if args[0] * args[0] > 256:  # window offsets are stored in a byte
         return None
@@ -417,17 +417,25 @@ def _norm_after(modules: Sequence[nn.Module], i: int) -> bool:
 
 def run(features: nn.Sequential, x: torch.Tensor) -> torch.Tensor:
     """``features(x)`` with every fusable ReLU + LRN + max-pool run as one :func:`stage` (call only when
-    :func:`applies`) and, in CPU inference, every other conv + ReLU as one oneDNN primitive
+    :func:`applies`), in CPU training conv1 with a relu → pool → norm stage as one
+    (:mod:`alexnet.models.first_stage`), and, in CPU inference, every other conv + ReLU as one oneDNN primitive
     (:mod:`alexnet.models.postops`); every other module, and any run that does not fit, is called as itself."""
     modules = list(features)
     post = has_norm(modules) and postops.allowed(x)
     i = 0
     while i < len(modules):
-        args = stage_at(modules, i, x)
+        args = stage_at(modules, i, x.shape)
         if args is not None and _kernels_for(x) is not None:
             x = stage(x, args)
             i += 3
             continue
+        if first_stage.applies(modules[i], x):
+            conv = cast(nn.Conv2d, modules[i])
+            args = stage_at(modules, i + 1, first_stage.output_shape(conv, x))
+            if args is not None and args.pool_first:
+                x = first_stage.run(conv, x, args)
+                i += 4
+                continue
         conv = postops.conv_relu_at(modules, i) if post and not _norm_after(modules, i + 1) else None
         if conv is not None:
             x = postops.conv_relu(conv, x)

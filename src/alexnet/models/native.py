@@ -119,6 +119,10 @@ class Kernel:
         self.avx512 = bool(self.lib.stages_avx512())  # built with the AVX-512 stages (float32, bfloat16)
         # x g dw db; N H W C OC OH OW KH KW SH SW PH PW; dw's strides; threads
         self._declare("first_conv_weight_grad_f32", [ptr, ptr, ptr, ptr, *[i64] * 13, ptr, i32], i32)
+        # x g pooled idx dw db; N H W C OC OH OW PH PW KH KW SH SW PADH PADW; pool kernel, stride; strides; threads
+        self._declare(
+            "first_conv_pooled_weight_grad_f32", [ptr] * 6 + [i64] * 17 + [ptr, i32], i32
+        )
 
     def _declare(self, name: str, argtypes: list[Any], restype: Any) -> None:
         fn = getattr(self.lib, name)
@@ -299,6 +303,37 @@ class Kernel:
         if done != 0:
             raise ValueError(f"first_conv_weight_grad: {oc} output channels are not a multiple of 16")
         return dw, db
+
+
+    def first_conv_pooled_weight_grad(
+        self,
+        x: torch.Tensor,
+        grad: torch.Tensor,
+        pooled: torch.Tensor,
+        idx: torch.Tensor,
+        weight: torch.Tensor,
+        conv_out: tuple[int, int],
+        stride: tuple[int, int],
+        padding: tuple[int, int],
+        pool: tuple[int, int],
+        bias: bool,
+    ) -> tuple[torch.Tensor, torch.Tensor | None] | None:
+        """``(grad_weight, grad_bias)`` of ``conv2d(x, weight, ...)`` (output ``conv_out``) followed by ReLU and a
+        max-pool (``pool``: kernel, stride) whose maxima are ``idx`` (:meth:`stage`'s) and output ``pooled``, from
+        ``grad``, the pooled maps' gradient: float32, channels-last, no gradient for ``x``
+        (:mod:`alexnet.models.first_stage` checks). ``None``, with nothing computed, where the kernel does not take
+        the layer (a kernel row wider than 48 floats, or an image too large for 32-bit offsets)."""
+        dw = torch.empty_like(weight, memory_format=torch.preserve_format)
+        db = torch.empty(weight.shape[0], dtype=weight.dtype) if bias else None
+        grad = grad.contiguous(memory_format=torch.channels_last)
+        (n, c, h, w), (oc, ph, pw) = x.shape, grad.shape[1:]
+        strides = (ctypes.c_int64 * 4)(*dw.stride())
+        done = self.lib.first_conv_pooled_weight_grad_f32(
+            x.data_ptr(), grad.data_ptr(), pooled.data_ptr(), idx.data_ptr(), dw.data_ptr(), _ptr(db),
+            n, h, w, c, oc, *conv_out, ph, pw, *weight.shape[2:], *stride, *padding, *pool, strides,
+            torch.get_num_threads(),
+        )  # fmt: skip
+        return (dw, db) if done == 0 else None
 
 
 def vector_stages() -> bool:

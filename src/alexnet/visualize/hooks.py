@@ -82,7 +82,7 @@ def walk(
     i = 0
     while i < len(modules):
         # a ReLU + LRN + max-pool whose two first outputs nobody asked for: one kernel (models.fused)
-        args = fused.stage_at(modules, i, x) if fast else None
+        args = fused.stage_at(modules, i, x.shape) if fast else None
         if args is not None and not (wanted | {until}) & set(names[i : i + 2]):
             x, i = fused.stage(x, args), i + 3
             name = names[i - 1]
