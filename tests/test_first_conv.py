@@ -220,6 +220,7 @@ def test_a_training_step_of_a_paper_model_takes_the_kernel_with_the_same_gradien
         return real(self, x, *args)
 
     monkeypatch.setattr(native.Kernel, "first_conv_weight_grad", spy)
+    monkeypatch.setenv("ALEXNET_FIRST_STAGE", "0")  # zfnet's conv1 otherwise takes models/first_stage.py
     torch.manual_seed(0)
     model = build_model(name).eval()  # eval: no dropout, so both runs are the same function
     x = torch.randn(2, 3, 224, 224)  # NCHW: the model copies it to channels-last itself

@@ -158,6 +158,8 @@ def machine_info(device: torch.device) -> dict[str, Any]:
         info["postops"] = f"{layers} with ReLU as oneDNN primitives" if post else "modules"
         own = os.environ.get("ALEXNET_FIRST_CONV", "1") != "0" and native.kernel() is not None
         info["conv1"] = "weight gradient by C++ kernel (fp32)" if own else "oneDNN"  # models/first_conv.py
+        if own and fuse and os.environ.get("ALEXNET_FIRST_STAGE", "1") != "0":  # models/first_stage.py
+            info["conv1"] += ", from the pooled maps' gradient when pool1 precedes norm1"
     else:
         fuse = fuse and triton_kernels() is not None
         info["stages"] = "fused, Triton (channels-last)" if fuse else "modules"

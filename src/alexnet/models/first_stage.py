@@ -70,14 +70,9 @@ class _FirstStage(torch.autograd.Function):
         padding: tuple[int, int],
         stage: StageArgs,
     ) -> torch.Tensor:
-        kernel = native.kernel()
-        assert kernel is not None  # applies() checked
         a = F.conv2d(x, weight, bias, stride, padding).contiguous(memory_format=torch.channels_last)
-        out = tuple(
-            _pooled(s, stage.kernel_size, stage.stride, stage.ceil_mode) for s in a.shape[2:]
-        )
-        y, pooled, idx = kernel.stage(a, out, stage, training=True)  # type: ignore[arg-type]
-        assert pooled is not None and idx is not None
+        # the fused stage's training operator (alexnet.models.fused), which says where each maximum was
+        y, pooled, idx = torch.ops.alexnet.relu_lrn_pool_train(a, *stage)
         ctx.save_for_backward(x, weight, pooled, y, idx)
         ctx.geometry = (stride, padding, bias is not None, stage, tuple(a.shape[2:]))  # type: ignore[attr-defined]
         return y
@@ -98,19 +93,22 @@ class _FirstStage(torch.autograd.Function):
         kernel = native.kernel()
         assert kernel is not None
         grads = kernel.first_conv_pooled_weight_grad(
-            x, grad, pooled, idx, weight, conv_out, stride, padding, (stage.kernel_size, stage.stride), has_bias
+            x,
+            grad,
+            pooled,
+            idx,
+            weight,
+            conv_out,
+            stride,
+            padding,
+            (stage.kernel_size, stage.stride),
+            has_bias,
         )
         if grads is None:  # applies() checked what the kernel takes
             raise RuntimeError("first_conv_pooled_weight_grad refused a layer that applies() accepted")
         dw, db = grads
         needs = ctx.needs_input_grad
         return None, dw if needs[1] else None, db if needs[2] else None, None, None, None
-
-
-def _pooled(size: int, kernel_size: int, stride: int, ceil_mode: bool) -> int:
-    from alexnet.models.fused import pooled_size  # fused imports this module
-
-    return pooled_size(size, kernel_size, stride, ceil_mode)
 
 
 def run(conv: nn.Conv2d, x: torch.Tensor, stage: StageArgs) -> torch.Tensor:

@@ -120,9 +120,7 @@ class Kernel:
         # x g dw db; N H W C OC OH OW KH KW SH SW PH PW; dw's strides; threads
         self._declare("first_conv_weight_grad_f32", [ptr, ptr, ptr, ptr, *[i64] * 13, ptr, i32], i32)
         # x g pooled idx dw db; N H W C OC OH OW PH PW KH KW SH SW PADH PADW; pool kernel, stride; strides; threads
-        self._declare(
-            "first_conv_pooled_weight_grad_f32", [ptr] * 6 + [i64] * 17 + [ptr, i32], i32
-        )
+        self._declare("first_conv_pooled_weight_grad_f32", [ptr] * 6 + [i64] * 17 + [ptr, i32], i32)
 
     def _declare(self, name: str, argtypes: list[Any], restype: Any) -> None:
         fn = getattr(self.lib, name)
@@ -303,7 +301,6 @@ class Kernel:
         if done != 0:
             raise ValueError(f"first_conv_weight_grad: {oc} output channels are not a multiple of 16")
         return dw, db
-
 
     def first_conv_pooled_weight_grad(
         self,

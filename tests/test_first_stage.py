@@ -1,0 +1,215 @@
+"""conv1's weight gradient from the pooled maps' gradient (``alexnet.models.first_stage``, CPU training of CaffeNet
+and ZFNet): the dense gradient's sums in another order, taken only where the conv output's gradient serves
+nothing else."""
+
+from __future__ import annotations
+
+import shutil
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from torch.nn import functional as F
+
+import alexnet
+from alexnet.models import first_stage, native
+from alexnet.models.layers import SpaceToDepthConv2d
+from alexnet.models.native import StageArgs
+
+pytestmark = pytest.mark.skipif(
+    not any(shutil.which(c) for c in ("c++", "g++", "clang++")), reason="no C++ compiler on this machine"
+)
+CL = torch.channels_last
+PAPER_LRN = (5, 1e-4 * 5, 0.75, 2.0)  # size, alpha × size (the window sum's multiplier), beta, k
+
+
+def dense_reference(x, weight, grad_pooled, pooled, idx, stride, padding, pool_k, pool_s, conv_out):
+    """The dense way, in float64: the conv output's gradient spread from each pooled value to its window's maximum
+    (where the maximum is above zero: the ReLU), then ATen's weight and bias gradients of the convolution."""
+    n, oc, ph, pw = pooled.shape
+    g = (grad_pooled.double() * (pooled > 0)).permute(0, 2, 3, 1).reshape(-1)
+    where = idx.long().permute(0, 2, 3, 1)
+    rows = torch.arange(ph).view(1, ph, 1, 1) * pool_s + where // pool_k
+    cols = torch.arange(pw).view(1, 1, pw, 1) * pool_s + where % pool_k
+    images = torch.arange(n).view(n, 1, 1, 1).expand_as(where)
+    channels = torch.arange(oc).view(1, 1, 1, oc).expand_as(where)
+    dense = torch.zeros(n, oc, *conv_out, dtype=torch.float64)
+    dense.index_put_(
+        (images.reshape(-1), channels.reshape(-1), rows.reshape(-1), cols.reshape(-1)), g, accumulate=True
+    )
+    _, dw, db = torch.ops.aten.convolution_backward(
+        dense,
+        x.double(),
+        weight.double(),
+        [oc],
+        stride,
+        padding,
+        (1, 1),
+        False,
+        (0, 0),
+        1,
+        (False, True, True),
+    )
+    return dw, db
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    n=st.integers(1, 3),
+    c=st.integers(1, 4),
+    oc=st.sampled_from([16, 32, 96]),
+    kh=st.integers(1, 11),
+    kw=st.integers(1, 11),
+    sh=st.integers(1, 4),
+    sw=st.integers(1, 4),
+    ph=st.integers(0, 3),
+    pw=st.integers(0, 3),
+    pool=st.sampled_from([(2, 2), (3, 2), (3, 1), (4, 3)]),
+    ceil_mode=st.booleans(),
+    h=st.integers(12, 40),
+    w=st.integers(12, 40),
+    threads=st.integers(1, 3),
+    weight_layout=st.sampled_from([torch.contiguous_format, CL]),
+)
+def test_any_geometry_gives_the_dense_gradients_float64_sums(
+    n, c, oc, kh, kw, sh, sw, ph, pw, pool, ceil_mode, h, w, threads, weight_layout
+):
+    kw = min(kw, 48 // c)  # the kernel's widest row: 48 floats (AlexNet's 11 × 3 = 33)
+    torch.manual_seed(n * 1000 + c * 100 + kh * 10 + kw)
+    x = torch.randn(n, c, h, w).contiguous(memory_format=CL)
+    weight = torch.randn(oc, c, kh, kw).contiguous(memory_format=weight_layout)
+    bias = torch.randn(oc)
+    conv = F.conv2d(x, weight, bias, (sh, sw), (ph, pw)).contiguous(memory_format=CL)
+    pool_k, pool_s = pool
+    if min(conv.shape[2:]) < pool_k:
+        return  # no pooled map: the stage is not fused at all (fused.stage_at)
+    stage = StageArgs(True, *PAPER_LRN[:1], *PAPER_LRN[1:], pool_k, pool_s, ceil_mode)
+    kernel = native.kernel()
+    assert kernel is not None
+    out = tuple(alexnet.models.fused.pooled_size(s, pool_k, pool_s, ceil_mode) for s in conv.shape[2:])
+    _, pooled, idx = kernel.stage(conv, out, stage, training=True)
+    grad = torch.randn_like(pooled)
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        got = kernel.first_conv_pooled_weight_grad(
+            x, grad, pooled, idx, weight, tuple(conv.shape[2:]), (sh, sw), (ph, pw), pool, True
+        )
+    finally:
+        torch.set_num_threads(before)
+    assert got is not None
+    dw, db = got
+    want_w, want_b = dense_reference(
+        x, weight, grad, pooled, idx, (sh, sw), (ph, pw), pool_k, pool_s, conv.shape[2:]
+    )
+    torch.testing.assert_close(dw.double(), want_w, rtol=1e-5, atol=1e-5 * want_w.abs().max().item())
+    torch.testing.assert_close(db.double(), want_b, rtol=1e-5, atol=1e-5 * want_b.abs().max().item())
+    assert dw.stride() == weight.stride()  # the weight's own layout, so autograd keeps it as it is
+
+
+def model(name: str, **kw: object) -> alexnet.models.AlexNetFamily:
+    torch.manual_seed(0)
+    size = {"alexnet": 67, "caffenet": 67, "zfnet": 63}[name]
+    net = alexnet.create_model(name, num_classes=10, input_size=size, **kw).eval()  # eval: no dropout draws
+    return net.to(memory_format=CL)
+
+
+def batch(net: torch.nn.Module, n: int = 4) -> torch.Tensor:
+    s = net.default_input_size
+    x = torch.randn(n, 3, s, s, generator=torch.Generator().manual_seed(1)) * 20  # large enough for the LRN
+    return x.contiguous(memory_format=CL)
+
+
+@pytest.fixture
+def runs(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """How many times the model's forward took ``first_stage.run``."""
+    calls: list[int] = []
+    original = first_stage.run
+
+    def counted(*args: object) -> torch.Tensor:
+        calls.append(1)
+        return original(*args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(first_stage, "run", counted)
+    return calls
+
+
+@pytest.mark.parametrize("name", ["caffenet", "zfnet"])
+def test_caffenet_and_zfnet_training_gets_the_modules_float64_gradients(name, runs, monkeypatch) -> None:
+    net = model(name)
+    x, y = batch(net), torch.arange(4)
+    F.cross_entropy(net(x), y).backward()
+    assert len(runs) == 1
+    reference = model(name).double()
+    monkeypatch.setenv("ALEXNET_FUSE", "0")  # ReLU, MaxPool2d and LocalResponseNorm as modules
+    F.cross_entropy(reference(x.double()), y).backward()
+    assert len(runs) == 1
+    for (key, p), q in zip(net.named_parameters(), reference.parameters(), strict=True):
+        scale = q.grad.abs().max()
+        torch.testing.assert_close(p.grad.double() / scale, q.grad / scale, rtol=0, atol=1e-4, msg=key)
+
+
+def test_a_channel_whose_maxima_are_all_zero_gets_no_gradient(runs) -> None:
+    """ReLU passes nothing where a window's maximum is 0: conv1's channels that never fire learn nothing."""
+    net = model("zfnet")
+    conv1 = net.layer("conv1")
+    with torch.no_grad():
+        conv1.bias[:48] = -1e4  # every output of these channels below zero
+    F.cross_entropy(net(batch(net)), torch.arange(4)).backward()
+    assert len(runs) == 1
+    assert torch.count_nonzero(conv1.weight.grad[:48]) == 0 and torch.count_nonzero(conv1.bias.grad[:48]) == 0
+    assert torch.count_nonzero(conv1.weight.grad[48:]) > 0
+
+
+def test_alexnets_norm_before_pool_keeps_the_dense_path(runs) -> None:
+    net = model("alexnet")  # relu → norm → pool: the LRN spreads each maximum's gradient over 5 channels
+    F.cross_entropy(net(batch(net)), torch.arange(4)).backward()
+    assert runs == [] and net.layer("conv1").weight.grad is not None
+
+
+@pytest.mark.parametrize(
+    "why",
+    [
+        "image needs a gradient",
+        "switched off",
+        "autocast",
+        "hook on conv1",
+        "no gradient",
+        "NCHW model, float64",
+    ],
+)
+def test_it_is_not_taken_where_its_conditions_do_not_hold(why, runs, monkeypatch) -> None:
+    net = model("caffenet")
+    x = batch(net)
+    context = torch.enable_grad()
+    if why == "image needs a gradient":  # saliency: the conv output's gradient is needed after all
+        x.requires_grad_()
+    elif why == "switched off":
+        monkeypatch.setenv("ALEXNET_FIRST_STAGE", "0")
+    elif why == "autocast":
+        context = torch.autocast("cpu", dtype=torch.bfloat16)
+    elif why == "hook on conv1":
+        net.layer("conv1").register_forward_hook(lambda m, i, o: None)
+    elif why == "no gradient":
+        context = torch.no_grad()
+    else:
+        net, x = net.double(), x.double()
+    with context:
+        net(x)
+    assert runs == [], why
+
+
+def test_a_kernel_row_wider_than_48_floats_is_left_to_the_dense_path() -> None:
+    conv = SpaceToDepthConv2d(4, 32, 13, 4)  # 13 × 4 = 52 floats a row
+    x = torch.randn(1, 4, 40, 40).contiguous(memory_format=CL)
+    assert not first_stage.applies(conv, x)
+    assert first_stage.applies(SpaceToDepthConv2d(4, 32, 12, 4), x)  # 48
+
+
+def test_a_second_derivative_through_it_says_how_to_get_one(runs) -> None:
+    net = model("zfnet")
+    loss = net(batch(net))[:, 3].sum()
+    assert len(runs) == 1
+    with pytest.raises(RuntimeError, match="ALEXNET_FUSE=0"):  # a gradient penalty on the weights
+        torch.autograd.grad(loss, net.layer("conv1").weight, create_graph=True)
