@@ -82,12 +82,12 @@ def test_any_geometry_gives_the_dense_gradients_float64_sums(
     bias = torch.randn(oc)
     conv = F.conv2d(x, weight, bias, (sh, sw), (ph, pw)).contiguous(memory_format=CL)
     pool_k, pool_s = pool
-    if min(conv.shape[2:]) < pool_k:
+    out = tuple(alexnet.models.fused.pooled_size(s, pool_k, pool_s, ceil_mode) for s in conv.shape[2:])
+    if min(out) < 1:
         return  # no pooled map: the stage is not fused at all (fused.stage_at)
     stage = StageArgs(True, *PAPER_LRN[:1], *PAPER_LRN[1:], pool_k, pool_s, ceil_mode)
     kernel = native.kernel()
     assert kernel is not None
-    out = tuple(alexnet.models.fused.pooled_size(s, pool_k, pool_s, ceil_mode) for s in conv.shape[2:])
     _, pooled, idx = kernel.stage(conv, out, stage, training=True)
     grad = torch.randn_like(pooled)
     before = torch.get_num_threads()
@@ -176,7 +176,7 @@ def test_alexnets_norm_before_pool_keeps_the_dense_path(runs) -> None:
         "autocast",
         "hook on conv1",
         "no gradient",
-        "NCHW model, float64",
+        "float64",
     ],
 )
 def test_it_is_not_taken_where_its_conditions_do_not_hold(why, runs, monkeypatch) -> None:
@@ -193,11 +193,31 @@ def test_it_is_not_taken_where_its_conditions_do_not_hold(why, runs, monkeypatch
         net.layer("conv1").register_forward_hook(lambda m, i, o: None)
     elif why == "no gradient":
         context = torch.no_grad()
-    else:
+    else:  # the kernel is float32's
         net, x = net.double(), x.double()
     with context:
         net(x)
     assert runs == [], why
+
+
+def test_an_image_that_needs_a_gradient_is_refused_by_applies_itself() -> None:
+    """The conv output's gradient is then needed for the image's: ``fused.applies`` refuses too, so check here."""
+    conv = SpaceToDepthConv2d(3, 32, 7, 2, 1)
+    x = torch.randn(1, 3, 40, 40).contiguous(memory_format=CL)
+    assert first_stage.applies(conv, x)
+    assert not first_stage.applies(conv, x.requires_grad_())
+
+
+def test_the_same_batch_gives_the_same_gradient_bit_for_bit() -> None:
+    """Each thread sums the same images in the same order every call (no dynamic scheduling)."""
+    net = model("zfnet")
+    x = batch(net, n=5)
+    got = []
+    for _ in range(3):
+        net.zero_grad()
+        net(x)[:, 1].sum().backward()
+        got.append(net.layer("conv1").weight.grad.clone())
+    assert torch.equal(got[0], got[1]) and torch.equal(got[0], got[2])
 
 
 def test_a_kernel_row_wider_than_48_floats_is_left_to_the_dense_path() -> None:
@@ -209,7 +229,11 @@ def test_a_kernel_row_wider_than_48_floats_is_left_to_the_dense_path() -> None:
 
 def test_a_second_derivative_through_it_says_how_to_get_one(runs) -> None:
     net = model("zfnet")
-    loss = net(batch(net))[:, 3].sum()
+    stage1 = net.features[
+        :4
+    ]  # conv1, relu1, pool1, norm1 (conv2's stage would raise first in the whole model)
+    loss = alexnet.models.fused.run(stage1, batch(net)).square().sum()
     assert len(runs) == 1
-    with pytest.raises(RuntimeError, match="ALEXNET_FUSE=0"):  # a gradient penalty on the weights
+    # a gradient penalty on the weights
+    with pytest.raises(RuntimeError, match="conv output was not kept; run with ALEXNET_FUSE=0"):
         torch.autograd.grad(loss, net.layer("conv1").weight, create_graph=True)

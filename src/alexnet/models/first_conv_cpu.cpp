@@ -233,8 +233,8 @@ int first_conv_weight_grad_f32(const float* x, const float* g, float* dw, float*
 // it, from `g`, the gradient of the pooled maps (the LRN's input, `pooled`, N x PH x PW x OC channels-last), and
 // `idx`, where in its pk x pk window each maximum was (one byte, row * pk + col, as stage_forward writes it).
 // x: N x H x W x C channels-last; the conv output is OH x OW. dw and db as first_conv_weight_grad_f32.
-// Returns 0, or -1 (nothing written) when a kernel row (KW * C floats) is wider than 48 floats or an image's
-// offsets would not fit 32 bits.
+// Returns 0, or -1 (nothing written) when a kernel row (KW * C floats) is wider than 48 floats, an image's
+// offsets would not fit 32 bits, or there are no output channels.
 int first_conv_pooled_weight_grad_f32(const float* x, const float* g, const float* pooled, const uint8_t* idx,
                                       float* dw, float* db, int64_t n, int64_t h, int64_t w, int64_t c,
                                       int64_t oc, int64_t oh, int64_t ow, int64_t ph, int64_t pw, int64_t kh,
@@ -264,7 +264,8 @@ int first_conv_pooled_weight_grad_f32(const float* x, const float* g, const floa
     std::vector<float> padded(rows * ld + row_len, 0.0f);  // the slack: rows read row_len floats
     std::vector<int32_t> off(strip * pw * oc);
     std::vector<float> v(strip * pw * oc);
-#pragma omp for schedule(dynamic, 1)
+    // static: each thread sums the same images in the same order every call, so the gradients are reproducible
+#pragma omp for schedule(static)
     for (int64_t i = 0; i < n; ++i) {
       const float* xi = x + i * h * w * c;
       for (int64_t r = 0; r < h; ++r)
@@ -300,7 +301,7 @@ int first_conv_pooled_weight_grad_f32(const float* x, const float* g, const floa
       const int64_t src = k < kh * width ? o * per_channel + (k / width) * row_len + k % width
                                          : oc * per_channel + o;
       float s = 0.0f;
-      for (int t = 0; t < threads; ++t) s += partial[per_thread * t + src];
+      for (int th = 0; th < threads; ++th) s += partial[per_thread * th + src];
       if (k < kh * width) {
         const int64_t a = k / width, b = (k % width) / c, ch = k % c;
         dw[o * ws[0] + ch * ws[1] + a * ws[2] + b * ws[3]] = s;

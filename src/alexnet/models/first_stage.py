@@ -16,7 +16,8 @@ fused stage kernel of :mod:`alexnet.models.fused`, which writes where each maxim
   weight that needs a gradient, at most 4 image channels, output channels a multiple of 16) and an image that
   needs no gradient;
 * a relu → pool → norm stage after it (:func:`alexnet.models.fused.stage_at`), no hook on the conv;
-* a kernel row of at most 48 floats (``kernel width × channels``: AlexNet's 11 × 3, ZFNet's 7 × 3);
+* a kernel row of at most 48 floats (``kernel width × channels``: AlexNet's 11 × 3, ZFNet's 7 × 3) and an image
+  whose padded floats a 32-bit offset reaches;
 * ``ALEXNET_FIRST_STAGE`` not 0 (A/B measurements).
 
 Under ``backward(create_graph=True)`` it raises, as the fused relu → pool → norm stage does: the conv output
@@ -48,8 +49,15 @@ def applies(conv: nn.Module, x: torch.Tensor) -> bool:
         and not x.requires_grad
         and not eager.hooked(conv)
         and conv.kernel_size[1] * x.shape[1] <= MAX_ROW_FLOATS
+        and _padded_floats(conv, x) < 2**31 - 64  # the kernel's offsets into an image are 32-bit
         and os.environ.get("ALEXNET_FIRST_STAGE", "1") != "0"
     )
+
+
+def _padded_floats(conv: nn.Conv2d, x: torch.Tensor) -> int:
+    """An upper bound on the floats of one zero-padded image in the kernel's buffer."""
+    (kh, kw), (ph, pw) = conv.kernel_size, conv.padding
+    return (x.shape[2] + 2 * ph + kh) * (x.shape[3] + 2 * pw + kw) * x.shape[1]  # type: ignore[operator]
 
 
 def output_shape(conv: nn.Conv2d, x: torch.Tensor) -> tuple[int, int, int, int]:

@@ -26,8 +26,9 @@ are — names, state dict, hooks — and the fused kernels are only taken when n
 * nothing traces the call (``torch.compile``, ``torch.export``, ONNX export, TorchScript), so exported and compiled
   graphs keep one node per module (an ONNX ``LRN`` among them).
 
-In CPU inference :func:`run` also hands each other conv + ReLU to :mod:`alexnet.models.postops`. ``ALEXNET_FUSE=0``
-turns both off (A/B measurements).
+In CPU inference :func:`run` also hands each other conv + ReLU to :mod:`alexnet.models.postops`, and in CPU
+training conv1 with a relu → pool → norm stage after it to :mod:`alexnet.models.first_stage` (conv1's weight
+gradient from the pooled maps'). ``ALEXNET_FUSE=0`` turns all of them off (A/B measurements).
 """
 
 from __future__ import annotations
