@@ -74,6 +74,25 @@ def test_torch_func_per_sample_gradients_equal_one_backward_per_image(name: str)
     torch.testing.assert_close((jacobian * v[None]).flatten(2).sum(-1), jvp, rtol=1e-6, atol=1e-12)
 
 
+@pytest.mark.parametrize("name", LRN_MODELS)
+def test_torch_func_grad_over_the_parameters_of_a_plain_image_equals_backward(name: str) -> None:
+    """The image is a plain float32 channels-last batch (what the fast paths take); only the parameters are
+    wrapped by ``torch.func.grad``: the model must still see the transform and run its modules."""
+    model = small(name).float().to(memory_format=torch.channels_last)
+    x = image(model, 2).float().contiguous(memory_format=torch.channels_last)
+    y = torch.tensor([1, 4])
+    params = {k: v.detach() for k, v in model.named_parameters()}
+
+    def loss(p: dict) -> torch.Tensor:
+        return torch.nn.functional.cross_entropy(torch.func.functional_call(model, p, (x,)), y)
+
+    got = torch.func.grad(loss)(params)
+    torch.nn.functional.cross_entropy(model(x), y).backward()  # the fast paths' gradients
+    for k, p in model.named_parameters():
+        scale = p.grad.abs().max()
+        torch.testing.assert_close(got[k] / scale, p.grad / scale, rtol=0, atol=1e-4, msg=k)
+
+
 @pytest.mark.parametrize("fuse", ["1", "0"])
 @pytest.mark.parametrize("name", LRN_MODELS)
 def test_gradient_penalty_double_backward_equals_the_literal_formula(

@@ -28,9 +28,15 @@ def tracing() -> bool:
 
 
 def transformed(x: torch.Tensor) -> bool:
-    """``x`` is seen through a ``torch.func`` transform (vmap, grad, jvp …) or may carry a forward-mode tangent
-    (inside ``torch.autograd.forward_ad.dual_level``): only differentiable PyTorch ops give the right numbers."""
-    return torch._C._functorch.is_functorch_wrapped_tensor(x) or _forward_ad._current_level >= 0
+    """``x`` is seen through a ``torch.func`` transform (vmap, grad, jvp …), or one is active at all (the
+    parameters may be what it wraps: ``grad`` over ``functional_call``'s parameters with a plain image), or ``x``
+    may carry a forward-mode tangent (inside ``torch.autograd.forward_ad.dual_level``): only differentiable
+    PyTorch ops give the right numbers."""
+    return (
+        torch._C._functorch.is_functorch_wrapped_tensor(x)
+        or torch._C._functorch.maybe_current_level() is not None
+        or _forward_ad._current_level >= 0
+    )
 
 
 def plain(x: torch.Tensor) -> bool:
