@@ -20,6 +20,7 @@
 
 #include <omp.h>
 
+#include <algorithm>
 #include <cstdint>
 #include <cstdlib>
 #include <cstring>
@@ -231,7 +232,8 @@ int first_conv_weight_grad_f32(const float* x, const float* g, float* dw, float*
 
 // The weight and bias gradients of conv(x) when relu -> max-pool (kernel pk, stride ps, no padding) -> LRN follows
 // it, from `g`, the gradient of the pooled maps (the LRN's input, `pooled`, N x PH x PW x OC channels-last), and
-// `idx`, where in its pk x pk window each maximum was (one byte, row * pk + col, as stage_forward writes it).
+// `idx`, where in its pk x pk window each maximum was (one byte, row * pk + col, as stage_forward writes it;
+// read unchecked, so an offset must lie inside its window as clipped by the map's edge, as stage_forward's do).
 // x: N x H x W x C channels-last; the conv output is OH x OW. dw and db as first_conv_weight_grad_f32.
 // Returns 0, or -1 (nothing written) when a kernel row (KW * C floats) is wider than 48 floats, an image's
 // offsets would not fit 32 bits, or there are no output channels.
@@ -257,6 +259,8 @@ int first_conv_pooled_weight_grad_f32(const float* x, const float* g, const floa
   int32_t window[256];
   for (int64_t k = 0; k < 256; ++k) window[k] = int32_t((k / pk) * sh * ld + (k % pk) * sw * c);
   const int64_t col_step = ps * sw * c;
+  // fewer images than threads: split each image's output channels too, so that every thread has work
+  const int64_t groups = n <= 0 || n >= threads ? 1 : std::min<int64_t>((threads + n - 1) / n, oc);
 
 #pragma omp parallel num_threads(threads)
   {
@@ -264,12 +268,19 @@ int first_conv_pooled_weight_grad_f32(const float* x, const float* g, const floa
     std::vector<float> padded(rows * ld + row_len, 0.0f);  // the slack: rows read row_len floats
     std::vector<int32_t> off(strip * pw * oc);
     std::vector<float> v(strip * pw * oc);
-    // static: each thread sums the same images in the same order every call, so the gradients are reproducible
+    // work items: an image, or with fewer images than threads a group of an image's output channels (each
+    // thread then copies the image it works on). static: each thread sums the same items in the same order every
+    // call, so the gradients are reproducible.
+    int64_t held = -1;  // the image in `padded`
 #pragma omp for schedule(static)
-    for (int64_t i = 0; i < n; ++i) {
-      const float* xi = x + i * h * w * c;
-      for (int64_t r = 0; r < h; ++r)
-        std::memcpy(padded.data() + (r + padh) * ld + padw * c, xi + r * w * c, sizeof(float) * w * c);
+    for (int64_t item = 0; item < n * groups; ++item) {
+      const int64_t i = item / groups, o0 = oc * (item % groups) / groups, o1 = oc * (item % groups + 1) / groups;
+      if (i != held) {
+        const float* xi = x + i * h * w * c;
+        for (int64_t r = 0; r < h; ++r)
+          std::memcpy(padded.data() + (r + padh) * ld + padw * c, xi + r * w * c, sizeof(float) * w * c);
+        held = i;
+      }
       const int64_t base = i * ph * pw * oc;
       for (int64_t y0 = 0; y0 < ph; y0 += strip) {
         const int64_t y1 = y0 + strip < ph ? y0 + strip : ph, m = (y1 - y0) * pw;
@@ -283,7 +294,7 @@ int first_conv_pooled_weight_grad_f32(const float* x, const float* g, const floa
             int32_t* oq = off.data() + q * oc;
             float* vq = v.data() + q * oc;
 #pragma omp simd
-            for (int64_t o = 0; o < oc; ++o) {
+            for (int64_t o = o0; o < o1; ++o) {
               const float gv = pooled[at + o] > 0.0f ? g[at + o] : 0.0f;  // ReLU: none at a maximum <= 0
               oq[o] = int32_t(corner + window[idx[at + o]]);
               vq[o] = gv;
@@ -291,7 +302,7 @@ int first_conv_pooled_weight_grad_f32(const float* x, const float* g, const floa
             }
           }
         }
-        for (int64_t o = 0; o < oc; ++o)
+        for (int64_t o = o0; o < o1; ++o)
           patch_dispatch(f, t, kh, padded.data(), ld, off.data() + o, v.data() + o, oc, m, mine + o * per_channel);
       }
     }
