@@ -1,5 +1,6 @@
-"""tools/: the photo-JPEG folder and the worker rate for pipeline benchmarks, and tools/gpu_profile.py's model
-variants (each must compute the network it claims to, so that its timings compare like with like)."""
+"""tools/: the photo-JPEG folder and the worker rate for pipeline benchmarks, tools/gpu_profile.py's model
+variants (each must compute the network it claims to, so that its timings compare like with like), and
+tools/cpu_profile.py's table."""
 
 from __future__ import annotations
 
@@ -94,3 +95,23 @@ def test_copy_sources_names_the_operator_that_copied_and_the_shape(monkeypatch):
     ms, calls, chain = lines[0].split(maxsplit=2)
     assert float(ms) >= 0 and calls == "1"
     assert chain.startswith("aten::clone < aten::contiguous") and "[48, 64]" in chain
+
+
+def test_cpu_profile_tunes_the_allocator_and_shows_the_first_stage_kernel(monkeypatch, capsys):
+    """tools/cpu_profile.py profiles the bench's step with the allocator the commands use, per model."""
+    monkeypatch.syspath_prepend(str(TOOLS))
+    import cpu_profile
+
+    from alexnet import malloc
+    from alexnet.models import native
+
+    monkeypatch.setattr(malloc, "state", "glibc defaults")
+    cpu_profile.main(["zfnet", "--batch-size", "2", "--steps", "1", "--rows", "60"])
+    out = capsys.readouterr().out
+    assert out.startswith(f"allocator: {malloc.state};") and malloc.state != "glibc defaults"
+    header, *rows = out.split("\n\n")[0].split("\n")[1:]
+    assert header.startswith("zfnet train, batch 2:") and "ms of CPU time per step (1 step)" in header
+    names = [row.split("%", 1)[1].split()[0] for row in rows]
+    assert "aten::convolution_backward" in names
+    if native.kernel() is not None:  # conv1 + relu → pool → norm in CPU training (models/first_stage.py)
+        assert "_FirstStageBackward" in names
