@@ -143,18 +143,22 @@ def test_a_hooked_module_is_run_as_itself_and_its_hook_sees_its_own_output():
 
 def test_training_runs_the_training_kernels_and_other_dtypes_run_the_modules(monkeypatch):
     monkeypatch.setenv("ALEXNET_FIRST_STAGE", "1")  # as the suite runs, whatever the caller's A/B switches
+    monkeypatch.setenv("ALEXNET_CONV_STAGE", "1")
     model = build_model("caffenet").to(memory_format=CL)
     x = torch.randn(1, 3, 227, 227).contiguous(memory_format=CL)
     with OpLog() as log:
         model.train()(x).sum().backward()
     assert log.count(TRAIN) == 2 and log.count(STAGE) == 0
-    # stage 1's backward is conv1's weight gradient from the pooled maps' (models/first_stage.py)
-    assert log.count("alexnet.relu_lrn_pool_backward") == 1
-    monkeypatch.setenv("ALEXNET_FIRST_STAGE", "0")
-    with OpLog() as log:
-        model.train()(x).sum().backward()
-    assert log.count(TRAIN) == 2 and log.count("alexnet.relu_lrn_pool_backward") == 2
+    # both stages' backward go with conv1's and conv2's weight gradients from the pooled maps'
+    # (models/first_stage.py, models/conv_stage.py), which call the kernels themselves
+    assert log.count("alexnet.relu_lrn_pool_backward") == 0
+    for switch, backward_ops in (("ALEXNET_FIRST_STAGE", 1), ("ALEXNET_CONV_STAGE", 2)):
+        monkeypatch.setenv(switch, "0")  # cumulative: the first, then both off
+        with OpLog() as log:
+            model.train()(x).sum().backward()
+        assert log.count(TRAIN) == 2 and log.count("alexnet.relu_lrn_pool_backward") == backward_ops
     monkeypatch.setenv("ALEXNET_FIRST_STAGE", "1")
+    monkeypatch.setenv("ALEXNET_CONV_STAGE", "1")
     for p in model.parameters():
         p.requires_grad_(False)  # nothing needs a gradient: the inference kernel
     assert fused_calls(model.eval(), x, grad=True) == 2

@@ -41,7 +41,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from alexnet.models import eager, first_stage, layers, native, postops
+from alexnet.models import conv_stage, eager, first_stage, layers, native, postops
 from alexnet.models.layers import LocalResponseNorm, local_response_norm
 
 
@@ -416,6 +416,19 @@ def _norm_after(modules: Sequence[nn.Module], i: int) -> bool:
     return has_norm(modules[i + 1 : i + 3])
 
 
+def _conv_and_stage_at(modules: Sequence[nn.Module], i: int, x: torch.Tensor) -> tuple[Any, StageArgs] | None:
+    """``(module that runs them, stage)`` when ``modules[i]`` is a conv whose weight gradient CPU training takes
+    from the pooled maps' (:mod:`.first_stage` for conv1, :mod:`.conv_stage` for conv2) and a relu → pool → norm
+    stage follows it; else ``None``."""
+    for fast in (first_stage, conv_stage):
+        if fast.applies(modules[i], x):
+            shape = first_stage.output_shape(cast(nn.Conv2d, modules[i]), x)
+            args = stage_at(modules, i + 1, shape)
+            if args is not None and args.pool_first:
+                return fast, args
+    return None
+
+
 def run(features: nn.Sequential, x: torch.Tensor) -> torch.Tensor:
     """``features(x)`` with every fusable ReLU + LRN + max-pool run as one :func:`stage` (call only when
     :func:`applies`), in CPU training conv1 with a relu → pool → norm stage as one
@@ -430,13 +443,11 @@ def run(features: nn.Sequential, x: torch.Tensor) -> torch.Tensor:
             x = stage(x, args)
             i += 3
             continue
-        if first_stage.applies(modules[i], x):
-            conv = cast(nn.Conv2d, modules[i])
-            args = stage_at(modules, i + 1, first_stage.output_shape(conv, x))
-            if args is not None and args.pool_first:
-                x = first_stage.run(conv, x, args)
-                i += 4
-                continue
+        found = _conv_and_stage_at(modules, i, x)
+        if found is not None:
+            x = found[0].run(cast(nn.Conv2d, modules[i]), x, found[1])
+            i += 4
+            continue
         conv = postops.conv_relu_at(modules, i) if post and not _norm_after(modules, i + 1) else None
         if conv is not None:
             x = postops.conv_relu(conv, x)

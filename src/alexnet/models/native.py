@@ -1,4 +1,4 @@
-"""The CPU kernels (``lrn_cpu.cpp``, ``first_conv_cpu.cpp``): built once per machine with the system C++ compiler
+"""The CPU kernels (``lrn_cpu.cpp``, ``first_conv_cpu.cpp``, ``conv_stage_cpu.cpp``): built once per machine with the system C++ compiler
 into one library, loaded by ctypes.
 
 Why not ``torch.utils.cpp_extension``: the kernel needs no PyTorch headers (it works on raw pointers), so a plain
@@ -11,9 +11,10 @@ source, the compiler command and the CPU's flags (``-march=native`` code must no
 is written under a temporary name and renamed, so concurrent builds (one per DDP rank) never load a half-written
 library. No compiler, a failed build, or ``ALEXNET_NATIVE=0`` → :func:`kernel` returns ``None`` and the LRN runs
 as the PyTorch composition in ``layers.py`` (same numbers, slower); the reason is logged once. The same library
-holds the conv-stage kernels (ReLU + LRN + max-pool, :mod:`alexnet.models.fused`) and the first convolution's
-weight gradient (:mod:`alexnet.models.first_conv`); without it the stages run as their three modules and the
-weight gradient as oneDNN's.
+holds the conv-stage kernels (ReLU + LRN + max-pool, :mod:`alexnet.models.fused`), the first convolution's
+weight gradient (:mod:`alexnet.models.first_conv`, :mod:`alexnet.models.first_stage`) and conv2's from the pooled
+maps' (:mod:`alexnet.models.conv_stage`); without it the stages run as their three modules and the weight
+gradients as oneDNN's.
 """
 
 from __future__ import annotations
@@ -35,7 +36,9 @@ import torch
 
 log = logging.getLogger(__name__)
 
-SOURCES = [Path(__file__).with_name(name) for name in ("lrn_cpu.cpp", "first_conv_cpu.cpp")]
+SOURCES = [
+    Path(__file__).with_name(name) for name in ("lrn_cpu.cpp", "first_conv_cpu.cpp", "conv_stage_cpu.cpp")
+]
 FLAGS = ["-O3", "-march=native", "-fopenmp", "-fPIC", "-shared", "-fno-math-errno", "-fno-trapping-math"]
 DTYPES = {torch.float32: "f32", torch.float64: "f64", torch.bfloat16: "bf16"}  # bf16 computed in fp32
 VECTOR_DTYPES = {torch.float32: "f32", torch.bfloat16: "bf16"}  # the AVX-512 code's
@@ -119,6 +122,8 @@ class Kernel:
         self.avx512 = bool(self.lib.stages_avx512())  # built with the AVX-512 stages (float32, bfloat16)
         # x g dw db; N H W C OC OH OW KH KW SH SW PH PW; dw's strides; threads
         self._declare("first_conv_weight_grad_f32", [ptr, ptr, ptr, ptr, *[i64] * 13, ptr, i32], i32)
+        # x g pooled idx dw db; N H W C OC GROUPS OH OW PH PW KH KW SH SW PADH PADW; pool; strides; threads
+        self._declare("pooled_weight_grad_f32", [ptr] * 6 + [i64] * 18 + [ptr, i32], i32)
         # x g pooled idx dw db; N H W C OC OH OW PH PW KH KW SH SW PADH PADW; pool kernel, stride; strides; threads
         self._declare("first_conv_pooled_weight_grad_f32", [ptr] * 6 + [i64] * 17 + [ptr, i32], i32)
 
@@ -328,6 +333,35 @@ class Kernel:
         done = self.lib.first_conv_pooled_weight_grad_f32(
             x.data_ptr(), grad.data_ptr(), pooled.data_ptr(), idx.data_ptr(), dw.data_ptr(), _ptr(db),
             n, h, w, c, oc, *conv_out, ph, pw, *weight.shape[2:], *stride, *padding, *pool, strides,
+            torch.get_num_threads(),
+        )  # fmt: skip
+        return (dw, db) if done == 0 else None
+
+    def pooled_weight_grad(
+        self,
+        x: torch.Tensor,
+        grad: torch.Tensor,
+        pooled: torch.Tensor,
+        idx: torch.Tensor,
+        weight: torch.Tensor,
+        conv_out: tuple[int, int],
+        stride: tuple[int, int],
+        padding: tuple[int, int],
+        groups: int,
+        pool: tuple[int, int],
+        bias: bool,
+    ) -> tuple[torch.Tensor, torch.Tensor | None] | None:
+        """:meth:`first_conv_pooled_weight_grad` for a convolution over many input channels (``groups`` groups of
+        a multiple of 16 each, at most 128; :mod:`alexnet.models.conv_stage` checks). ``None``, with nothing
+        computed, where the kernel does not take the layer."""
+        dw = torch.empty_like(weight, memory_format=torch.preserve_format)
+        db = torch.empty(weight.shape[0], dtype=weight.dtype) if bias else None
+        grad = grad.contiguous(memory_format=torch.channels_last)
+        (n, c, h, w), (oc, ph, pw) = x.shape, grad.shape[1:]
+        strides = (ctypes.c_int64 * 4)(*dw.stride())
+        done = self.lib.pooled_weight_grad_f32(
+            x.data_ptr(), grad.data_ptr(), pooled.data_ptr(), idx.data_ptr(), dw.data_ptr(), _ptr(db),
+            n, h, w, c, oc, groups, *conv_out, ph, pw, *weight.shape[2:], *stride, *padding, *pool, strides,
             torch.get_num_threads(),
         )  # fmt: skip
         return (dw, db) if done == 0 else None
