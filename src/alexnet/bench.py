@@ -160,6 +160,10 @@ def machine_info(device: torch.device) -> dict[str, Any]:
         info["conv1"] = "weight gradient by C++ kernel (fp32)" if own else "oneDNN"  # models/first_conv.py
         if own and fuse and os.environ.get("ALEXNET_FIRST_STAGE", "1") != "0":  # models/first_stage.py
             info["conv1"] += ", from the pooled maps' gradient when pool1 precedes norm1"
+        if fuse and native.kernel() is not None and os.environ.get("ALEXNET_CONV_STAGE", "1") != "0":
+            info["conv2"] = (
+                "weight gradient from the pooled maps' when pool2 precedes norm2"  # models/conv_stage.py
+            )
     else:
         fuse = fuse and triton_kernels() is not None
         info["stages"] = "fused, Triton (channels-last)" if fuse else "modules"
@@ -761,6 +765,7 @@ def format_report(report: Report) -> str:
         lrn = f"; LRN: {m['lrn']}" if "lrn" in m else ""
         lrn += f"; conv stages: {m['stages']}" if "stages" in m else ""
         lrn += f"; conv1: {m['conv1']}" if "conv1" in m else ""
+        lrn += f"; conv2: {m['conv2']}" if "conv2" in m else ""
         lrn += f"; cuDNN: {m['cudnn']}" if "cudnn" in m else ""
         lrn += f"; inference post-ops: {m['postops']}" if "postops" in m else ""
         lrn += f"; malloc: {m['malloc']}" if "malloc" in m else ""
