@@ -206,3 +206,48 @@ def test_a_second_derivative_through_it_says_how_to_get_one(runs) -> None:
     assert len(runs) == 1
     with pytest.raises(RuntimeError, match="conv output was not kept; run with ALEXNET_FUSE=0"):
         torch.autograd.grad(loss, conv.weight, create_graph=True)
+
+
+@pytest.mark.parametrize("layer", ["conv1", "conv2"])
+def test_batched_gradients_equal_one_backward_per_vector(layer, monkeypatch) -> None:
+    """``autograd.grad(..., is_grads_batched=True)`` (vectorised Jacobians) runs the backward under vmap: the
+    paths take PyTorch's batchable operators there, with the numbers of one backward per vector."""
+    net = model("caffenet")
+    out = net(batch(net, n=2))
+    vectors = torch.randn(3, *out.shape, generator=torch.Generator().manual_seed(2))
+    weight = net.layer(layer).weight
+    (batched,) = torch.autograd.grad(out, weight, vectors, is_grads_batched=True, retain_graph=True)
+    for v, got in zip(vectors, batched, strict=True):
+        (want,) = torch.autograd.grad(out, weight, v, retain_graph=True)
+        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5 * want.abs().max().item())
+
+
+def test_saved_tensors_in_another_layout_give_the_same_gradients(monkeypatch) -> None:
+    """A saved-tensor hook may hand the backward NCHW tensors (``save_on_cpu`` does): the kernels read them in
+    the layout they need."""
+    net = model("caffenet")
+    x, y = batch(net), torch.arange(4)
+
+    def grads() -> dict[str, torch.Tensor]:
+        net.zero_grad()
+        F.cross_entropy(net(x), y).backward()
+        return {k: p.grad.clone() for k, p in net.named_parameters()}
+
+    want = grads()
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: t, lambda t: t.contiguous()):
+        got = grads()
+    for k in (
+        want
+    ):  # oneDNN may pick other algorithms for NCHW tensors: float32 rounding apart (wrong layouts: 0.7)
+        torch.testing.assert_close(got[k], want[k], rtol=0, atol=1e-5 * want[k].abs().max().item(), msg=k)
+
+
+def test_no_bias_and_an_input_without_gradient_take_it_with_the_dense_numbers(runs) -> None:
+    conv = nn.Conv2d(96, 64, 5, 2, bias=False)
+    stage = nn.Sequential(conv, nn.ReLU(), nn.MaxPool2d(3, 2), alexnet.models.layers.LocalResponseNorm())
+    x = torch.relu(torch.randn(2, 96, 23, 23)).contiguous(memory_format=CL)  # needs no gradient
+    (fast,) = torch.autograd.grad(alexnet.models.fused.run(stage, x).square().sum(), conv.weight)
+    assert len(runs) == 1
+    reference = stage.double()
+    (want,) = torch.autograd.grad(reference(x.double()).square().sum(), conv.weight)
+    torch.testing.assert_close(fast.double(), want, rtol=1e-5, atol=1e-5 * want.abs().max().item())

@@ -93,15 +93,20 @@ class _ConvStage(torch.autograd.Function):
                 "a second derivative through a fused conv → relu → pool → norm stage: its conv output was not "
                 "kept; run with ALEXNET_FUSE=0 (the modules themselves) to differentiate the gradient"
             )
-        x, weight, pooled, y, idx = ctx.saved_tensors
+        x, weight, pooled, y, idx = map(native.channels_last, ctx.saved_tensors)
         stride, padding, groups, has_bias, stage, shape = ctx.geometry
+        needs = ctx.needs_input_grad
+        if eager.transformed(
+            grad
+        ):  # batched gradients (is_grads_batched, vectorized jacobians): PyTorch's ops
+            return (*dense_backward(grad, x, weight, pooled, y, idx, shape, stride, padding, groups, has_bias, stage,
+                                    needs), None, None, None, None)  # fmt: skip
         kernel = native.kernel()
         assert kernel is not None
         grad = torch.ops.alexnet.lrn_backward(
             grad.contiguous(memory_format=torch.channels_last), pooled, y, stage.size, stage.alpha,
             stage.beta, stage.k,
         )  # fmt: skip
-        needs = ctx.needs_input_grad
         dx = None
         if needs[0]:  # oneDNN's, from the full-size map of the conv output's gradient
             dense = kernel.stage_backward(grad, shape, None, pooled, idx, stage)
@@ -118,6 +123,34 @@ class _ConvStage(torch.autograd.Function):
                 raise RuntimeError("pooled_weight_grad refused a layer that applies() accepted")
             dw, db = grads
         return dx, dw if needs[1] else None, db if needs[2] else None, None, None, None, None
+
+
+def dense_backward(
+    grad: torch.Tensor,
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    pooled: torch.Tensor,
+    y: torch.Tensor,
+    idx: torch.Tensor,
+    shape: tuple[int, ...],
+    stride: tuple[int, int],
+    padding: tuple[int, int],
+    groups: int,
+    has_bias: bool,
+    stage: StageArgs,
+    needs: tuple[bool, ...],
+) -> tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]:
+    """``(dx, dw, db)`` the dense way: the fused stage's backward operator writes the conv output's full-size
+    gradient (``shape``), ATen's convolution backward takes it from there. Operators that ``torch.func`` batches
+    (the hand-written kernels read raw memory); also :mod:`alexnet.models.first_stage`'s."""
+    dense = torch.ops.alexnet.relu_lrn_pool_backward(
+        grad, x.new_empty(0), pooled, y, idx, list(shape), *stage
+    )
+    bias_sizes = [weight.shape[0]] if has_bias else None
+    dx, dw, db = torch.ops.aten.convolution_backward(
+        dense, x, weight, bias_sizes, stride, padding, (1, 1), False, (0, 0), groups, list(needs[:3])
+    )
+    return dx, dw, db
 
 
 def run(conv: nn.Conv2d, x: torch.Tensor, stage: StageArgs) -> torch.Tensor:

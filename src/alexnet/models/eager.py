@@ -28,12 +28,14 @@ def tracing() -> bool:
 
 
 def transformed(x: torch.Tensor) -> bool:
-    """``x`` is seen through a ``torch.func`` transform (vmap, grad, jvp …), or one is active at all (the
+    """``x`` is seen through a ``torch.func`` transform (vmap, grad, jvp …) or is a batch of gradients
+    (``torch.autograd.grad(..., is_grads_batched=True)``), or a transform is active at all (the
     parameters may be what it wraps: ``grad`` over ``functional_call``'s parameters with a plain image), or ``x``
     may carry a forward-mode tangent (inside ``torch.autograd.forward_ad.dual_level``): only differentiable
     PyTorch ops give the right numbers."""
     return (
         torch._C._functorch.is_functorch_wrapped_tensor(x)
+        or torch._C._functorch.is_legacy_batchedtensor(x)  # autograd.grad(is_grads_batched=True)'s vmap
         or torch._C._functorch.maybe_current_level() is not None
         or _forward_ad._current_level >= 0
     )

@@ -74,9 +74,11 @@ class _FirstConv(torch.autograd.Function):
     @staticmethod
     def backward(ctx: torch.autograd.function.FunctionCtx, grad: torch.Tensor) -> tuple:  # type: ignore[override]
         x, weight = ctx.saved_tensors  # type: ignore[attr-defined]
+        x = native.channels_last(x)  # a saved-tensor hook may have changed its layout; the kernel reads memory
         stride, padding, has_bias = ctx.geometry  # type: ignore[attr-defined]
         needs = ctx.needs_input_grad  # type: ignore[attr-defined]
-        if torch.is_grad_enabled():  # backward(create_graph=True): ATen's differentiable formula
+        # backward(create_graph=True), or a batch of gradients: ATen's differentiable, batchable formula
+        if torch.is_grad_enabled() or eager.transformed(grad):
             bias_sizes = [weight.shape[0]] if has_bias else None
             grads = torch.ops.aten.convolution_backward(
                 grad, x, weight, bias_sizes, stride, padding, (1, 1), False, (0, 0), 1, needs[:3]

@@ -33,7 +33,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from alexnet.models import eager, first_conv, native
+from alexnet.models import conv_stage, eager, first_conv, native
 from alexnet.models.layers import SpaceToDepthConv2d
 from alexnet.models.native import StageArgs
 
@@ -92,8 +92,28 @@ class _FirstStage(torch.autograd.Function):
                 "a second derivative through the fused conv1 → relu → pool → norm stage: its conv output was "
                 "not kept; run with ALEXNET_FUSE=0 (the modules themselves) to differentiate the gradient"
             )
-        x, weight, pooled, y, idx = ctx.saved_tensors
+        x, weight, pooled, y, idx = map(native.channels_last, ctx.saved_tensors)
         stride, padding, has_bias, stage, conv_out = ctx.geometry
+        if eager.transformed(
+            grad
+        ):  # batched gradients (is_grads_batched, vectorized jacobians): PyTorch's ops
+            shape = (x.shape[0], weight.shape[0], *conv_out)
+            grads = conv_stage.dense_backward(
+                grad,
+                x,
+                weight,
+                pooled,
+                y,
+                idx,
+                shape,
+                stride,
+                padding,
+                1,
+                has_bias,
+                stage,
+                ctx.needs_input_grad,
+            )
+            return (*grads, None, None, None)
         grad = torch.ops.alexnet.lrn_backward(
             grad.contiguous(memory_format=torch.channels_last), pooled, y, stage.size, stage.alpha,
             stage.beta, stage.k,

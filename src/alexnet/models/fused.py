@@ -27,8 +27,9 @@ are — names, state dict, hooks — and the fused kernels are only taken when n
   graphs keep one node per module (an ONNX ``LRN`` among them).
 
 In CPU inference :func:`run` also hands each other conv + ReLU to :mod:`alexnet.models.postops`, and in CPU
-training conv1 with a relu → pool → norm stage after it to :mod:`alexnet.models.first_stage` (conv1's weight
-gradient from the pooled maps'). ``ALEXNET_FUSE=0`` turns all of them off (A/B measurements).
+training a conv with a relu → pool → norm stage after it to :mod:`alexnet.models.first_stage` (conv1) or
+:mod:`alexnet.models.conv_stage` (conv2): its weight gradient from the pooled maps'. ``ALEXNET_FUSE=0`` turns all
+of them off (A/B measurements).
 """
 
 from __future__ import annotations
@@ -251,7 +252,7 @@ def _setup_context(ctx: torch.autograd.function.FunctionCtx, inputs: tuple, outp
 
 
 def _stage_backward(ctx: torch.autograd.function.FunctionCtx, grad: torch.Tensor | None, *_: Any) -> tuple:
-    x, pooled, y, idx = ctx.saved_tensors
+    x, pooled, y, idx = map(native.channels_last, ctx.saved_tensors)
     if grad is None:  # the output was not used in the loss
         return (None, *(None,) * len(ctx.stage))
     if torch.is_grad_enabled():  # create_graph=True: the gradient must itself be differentiable
@@ -431,8 +432,8 @@ def _conv_and_stage_at(modules: Sequence[nn.Module], i: int, x: torch.Tensor) ->
 
 def run(features: nn.Sequential, x: torch.Tensor) -> torch.Tensor:
     """``features(x)`` with every fusable ReLU + LRN + max-pool run as one :func:`stage` (call only when
-    :func:`applies`), in CPU training conv1 with a relu → pool → norm stage as one
-    (:mod:`alexnet.models.first_stage`), and, in CPU inference, every other conv + ReLU as one oneDNN primitive
+    :func:`applies`), in CPU training conv1 or conv2 with a relu → pool → norm stage as one
+    (:mod:`alexnet.models.first_stage`, :mod:`alexnet.models.conv_stage`), and, in CPU inference, every other conv + ReLU as one oneDNN primitive
     (:mod:`alexnet.models.postops`); every other module, and any run that does not fit, is called as itself."""
     modules = list(features)
     post = has_norm(modules) and postops.allowed(x)

@@ -1,5 +1,5 @@
-"""The CPU kernels (``lrn_cpu.cpp``, ``first_conv_cpu.cpp``, ``conv_stage_cpu.cpp``): built once per machine with the system C++ compiler
-into one library, loaded by ctypes.
+"""The CPU kernels (``lrn_cpu.cpp``, ``first_conv_cpu.cpp``, ``conv_stage_cpu.cpp``): built once per machine
+with the system C++ compiler into one library, loaded by ctypes.
 
 Why not ``torch.utils.cpp_extension``: the kernel needs no PyTorch headers (it works on raw pointers), so a plain
 ``c++ -O3 -march=native -fopenmp -shared`` builds it in about a second instead of a minute. OpenMP resolves to the
@@ -372,6 +372,13 @@ def vector_stages() -> bool:
     (``stage_forward16_*``, ``stage_backward16_*``, ``lrn_forward16_*``, ``lrn_backward16_*``, where the CPU has it);
     ``ALEXNET_AVX512=0`` keeps them on the generic loops (A/B measurements)."""
     return os.environ.get("ALEXNET_AVX512", "1") != "0"
+
+
+def channels_last(t: torch.Tensor) -> torch.Tensor:
+    """``t`` as the stage kernels read it: a 4-D tensor dense in channels-last, other tensors as they are. A
+    saved-tensor hook may hand a backward its tensors in another layout (``torch.autograd.graph.save_on_cpu``
+    gives them back NCHW); for the tensors the forward saved, this is free."""
+    return t.contiguous(memory_format=torch.channels_last) if t.dim() == 4 else t
 
 
 def _ptr(t: torch.Tensor | None) -> int | None:
