@@ -162,7 +162,7 @@ def machine_info(device: torch.device) -> dict[str, Any]:
             info["conv1"] += ", from the pooled maps' gradient when pool1 precedes norm1"
         if fuse and native.kernel() is not None and os.environ.get("ALEXNET_CONV_STAGE", "1") != "0":
             info["conv2"] = (
-                "weight gradient from the pooled maps' when pool2 precedes norm2"  # models/conv_stage.py
+                "weight gradient from the pooled maps' when pool2 precedes norm2 (fp32)"  # models/conv_stage.py
             )
     else:
         fuse = fuse and triton_kernels() is not None

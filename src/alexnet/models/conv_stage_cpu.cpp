@@ -14,6 +14,7 @@
 #include <algorithm>
 #include <cstdint>
 #include <cstring>
+#include <memory>
 #include <vector>
 
 namespace {
@@ -94,7 +95,9 @@ int pooled_weight_grad_f32(const float* x, const float* g, const float* pooled, 
   if (rows * ld > INT32_MAX) return -1;
   const bool copy = rows != h || cols != w;  // padding: each image into a zero-framed buffer, else read x itself
   const int64_t taps = kh * kw, per_channel = taps * cg, per_thread = oc * (per_channel + 1);
-  std::vector<float> partial(per_thread * threads, 0.0f);
+  // each thread's dW and bias sums, zeroed by the thread itself (in parallel, and where it will use them)
+  std::unique_ptr<float[]> partial(new float[per_thread * threads]);
+  int team = 1;
   std::vector<int64_t> uoff(taps);  // each patch pixel's offset from the patch's first
   for (int64_t r = 0; r < kh; ++r)
     for (int64_t q = 0; q < kw; ++q) uoff[r * kw + q] = r * ld + q * c;
@@ -108,8 +111,11 @@ int pooled_weight_grad_f32(const float* x, const float* g, const float* pooled, 
 
 #pragma omp parallel num_threads(threads)
   {
-    float* mine = partial.data() + per_thread * omp_get_thread_num();
+    float* mine = partial.get() + per_thread * omp_get_thread_num();
     float* bias = mine + oc * per_channel;
+    std::fill(mine, mine + per_thread, 0.0f);
+#pragma omp single
+    team = omp_get_num_threads();  // the threads OpenMP gave (at most `threads`); single's barrier follows
     std::vector<float> frame(copy ? rows * ld + 16 : 0, 0.0f);
     float* padded = frame.data() + ((64 - reinterpret_cast<uintptr_t>(frame.data()) % 64) % 64) / sizeof(float);
     std::vector<int32_t> off(strip * pw * oc), off1(strip * pw);
@@ -159,10 +165,11 @@ int pooled_weight_grad_f32(const float* x, const float* g, const float* pooled, 
     }
 #pragma omp for schedule(static)
     for (int64_t e = 0; e < oc * (per_channel + 1); ++e) {
-      const int64_t o = e % oc, k = e / oc;  // k: the patch pixel and channel (tap * cg + ch), or per_channel
+      // o outermost: each thread's sums are read in order (and a channels-last dW written in order)
+      const int64_t o = e / (per_channel + 1), k = e % (per_channel + 1);  // k: tap * cg + ch, or the bias
       const int64_t src = k < per_channel ? o * per_channel + k : oc * per_channel + o;
       float s = 0.0f;
-      for (int th = 0; th < threads; ++th) s += partial[per_thread * th + src];
+      for (int th = 0; th < team; ++th) s += partial[per_thread * th + src];
       if (k < per_channel) {
         const int64_t tap = k / cg, ch = k % cg;
         dw[o * ws[0] + ch * ws[1] + (tap / kw) * ws[2] + (tap % kw) * ws[3]] = s;
