@@ -74,9 +74,8 @@ class _FirstConv(torch.autograd.Function):
     @staticmethod
     def backward(ctx: torch.autograd.function.FunctionCtx, grad: torch.Tensor) -> tuple:  # type: ignore[override]
         x, weight = ctx.saved_tensors  # type: ignore[attr-defined]
-        x = native.channels_last(
-            x
-        )  # a saved-tensor hook may have changed its layout; the kernel reads memory
+        # a saved-tensor hook may have changed its layout; the kernel reads raw memory
+        x = native.channels_last(x)
         stride, padding, has_bias = ctx.geometry  # type: ignore[attr-defined]
         needs = ctx.needs_input_grad  # type: ignore[attr-defined]
         # backward(create_graph=True), or a batch of gradients: ATen's differentiable, batchable formula

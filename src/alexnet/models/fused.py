@@ -433,8 +433,9 @@ def _conv_and_stage_at(modules: Sequence[nn.Module], i: int, x: torch.Tensor) ->
 def run(features: nn.Sequential, x: torch.Tensor) -> torch.Tensor:
     """``features(x)`` with every fusable ReLU + LRN + max-pool run as one :func:`stage` (call only when
     :func:`applies`), in CPU training conv1 or conv2 with a relu → pool → norm stage as one
-    (:mod:`alexnet.models.first_stage`, :mod:`alexnet.models.conv_stage`), and, in CPU inference, every other conv + ReLU as one oneDNN primitive
-    (:mod:`alexnet.models.postops`); every other module, and any run that does not fit, is called as itself."""
+    (:mod:`alexnet.models.first_stage`, :mod:`alexnet.models.conv_stage`), and, in CPU inference, every other
+    conv + ReLU as one oneDNN primitive (:mod:`alexnet.models.postops`); every other module, and any run that does
+    not fit, is called as itself."""
     modules = list(features)
     post = has_norm(modules) and postops.allowed(x)
     i = 0
