@@ -17,40 +17,12 @@ from alexnet.models import conv_stage, native
 from alexnet.models.fused import pooled_size
 from alexnet.models.layers import GroupedConv2d
 from alexnet.models.native import StageArgs
+from pooled_grads import batch, count_runs, dense_reference, model
 
 pytestmark = pytest.mark.skipif(
     not any(shutil.which(c) for c in ("c++", "g++", "clang++")), reason="no C++ compiler on this machine"
 )
 CL = torch.channels_last
-
-
-def dense_reference(x, weight, grad_pooled, pooled, idx, stride, padding, groups, pool_k, pool_s, conv_out):
-    """The dense way, in float64: the conv output's gradient spread from each pooled value to its window's maximum
-    (where the maximum is above zero: the ReLU), then ATen's weight and bias gradients of the convolution."""
-    n, oc, ph, pw = pooled.shape
-    g = (grad_pooled.double() * (pooled > 0)).permute(0, 2, 3, 1).reshape(-1)
-    where = idx.long().permute(0, 2, 3, 1)
-    rows = torch.arange(ph).view(1, ph, 1, 1) * pool_s + where // pool_k
-    cols = torch.arange(pw).view(1, 1, pw, 1) * pool_s + where % pool_k
-    images = torch.arange(n).view(n, 1, 1, 1).expand_as(where)
-    channels = torch.arange(oc).view(1, 1, 1, oc).expand_as(where)
-    dense = torch.zeros(n, oc, *conv_out, dtype=torch.float64)
-    at = (images.reshape(-1), channels.reshape(-1), rows.reshape(-1), cols.reshape(-1))
-    dense.index_put_(at, g, accumulate=True)
-    _, dw, db = torch.ops.aten.convolution_backward(
-        dense,
-        x.double(),
-        weight.double(),
-        [oc],
-        stride,
-        padding,
-        (1, 1),
-        False,
-        (0, 0),
-        groups,
-        (False, True, True),
-    )
-    return dw, db
 
 
 @settings(max_examples=40, deadline=None)
@@ -108,31 +80,10 @@ def test_any_geometry_gives_the_dense_gradients_float64_sums(
     assert dw.stride() == weight.stride()  # the weight's own layout, so autograd keeps it as it is
 
 
-def model(name: str) -> alexnet.models.AlexNetFamily:
-    torch.manual_seed(0)
-    size = {"alexnet": 67, "caffenet": 67, "zfnet": 63}[name]
-    net = alexnet.create_model(name, num_classes=10, input_size=size).eval()  # eval: no dropout draws
-    return net.to(memory_format=CL)
-
-
-def batch(net: torch.nn.Module, n: int = 4) -> torch.Tensor:
-    s = net.default_input_size
-    x = torch.randn(n, 3, s, s, generator=torch.Generator().manual_seed(1)) * 20  # large enough for the LRN
-    return x.contiguous(memory_format=CL)
-
-
 @pytest.fixture
 def runs(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     """How many times the model's forward took ``conv_stage.run``."""
-    calls: list[int] = []
-    original = conv_stage.run
-
-    def counted(*args: object) -> torch.Tensor:
-        calls.append(1)
-        return original(*args)  # type: ignore[arg-type]
-
-    monkeypatch.setattr(conv_stage, "run", counted)
-    return calls
+    return count_runs(monkeypatch, conv_stage)
 
 
 @pytest.mark.parametrize("name", ["caffenet", "zfnet"])  # conv2 with two groups (CaffeNet), dense (ZFNet)

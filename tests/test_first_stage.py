@@ -16,42 +16,13 @@ import alexnet
 from alexnet.models import first_stage, native
 from alexnet.models.layers import SpaceToDepthConv2d
 from alexnet.models.native import StageArgs
+from pooled_grads import batch, count_runs, dense_reference, model
 
 pytestmark = pytest.mark.skipif(
     not any(shutil.which(c) for c in ("c++", "g++", "clang++")), reason="no C++ compiler on this machine"
 )
 CL = torch.channels_last
 PAPER_LRN = (5, 1e-4 * 5, 0.75, 2.0)  # size, alpha × size (the window sum's multiplier), beta, k
-
-
-def dense_reference(x, weight, grad_pooled, pooled, idx, stride, padding, pool_k, pool_s, conv_out):
-    """The dense way, in float64: the conv output's gradient spread from each pooled value to its window's maximum
-    (where the maximum is above zero: the ReLU), then ATen's weight and bias gradients of the convolution."""
-    n, oc, ph, pw = pooled.shape
-    g = (grad_pooled.double() * (pooled > 0)).permute(0, 2, 3, 1).reshape(-1)
-    where = idx.long().permute(0, 2, 3, 1)
-    rows = torch.arange(ph).view(1, ph, 1, 1) * pool_s + where // pool_k
-    cols = torch.arange(pw).view(1, 1, pw, 1) * pool_s + where % pool_k
-    images = torch.arange(n).view(n, 1, 1, 1).expand_as(where)
-    channels = torch.arange(oc).view(1, 1, 1, oc).expand_as(where)
-    dense = torch.zeros(n, oc, *conv_out, dtype=torch.float64)
-    dense.index_put_(
-        (images.reshape(-1), channels.reshape(-1), rows.reshape(-1), cols.reshape(-1)), g, accumulate=True
-    )
-    _, dw, db = torch.ops.aten.convolution_backward(
-        dense,
-        x.double(),
-        weight.double(),
-        [oc],
-        stride,
-        padding,
-        (1, 1),
-        False,
-        (0, 0),
-        1,
-        (False, True, True),
-    )
-    return dw, db
 
 
 @settings(max_examples=60, deadline=None)
@@ -93,46 +64,25 @@ def test_any_geometry_gives_the_dense_gradients_float64_sums(
     before = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
-        got = kernel.first_conv_pooled_weight_grad(
-            x, grad, pooled, idx, weight, tuple(conv.shape[2:]), (sh, sw), (ph, pw), pool, True
+        got = kernel.pooled_weight_grad(
+            x, grad, pooled, idx, weight, tuple(conv.shape[2:]), (sh, sw), (ph, pw), 1, pool, True
         )
     finally:
         torch.set_num_threads(before)
     assert got is not None
     dw, db = got
     want_w, want_b = dense_reference(
-        x, weight, grad, pooled, idx, (sh, sw), (ph, pw), pool_k, pool_s, conv.shape[2:]
+        x, weight, grad, pooled, idx, (sh, sw), (ph, pw), 1, pool_k, pool_s, conv.shape[2:]
     )
     torch.testing.assert_close(dw.double(), want_w, rtol=1e-5, atol=1e-5 * want_w.abs().max().item())
     torch.testing.assert_close(db.double(), want_b, rtol=1e-5, atol=1e-5 * want_b.abs().max().item())
     assert dw.stride() == weight.stride()  # the weight's own layout, so autograd keeps it as it is
 
 
-def model(name: str, **kw: object) -> alexnet.models.AlexNetFamily:
-    torch.manual_seed(0)
-    size = {"alexnet": 67, "caffenet": 67, "zfnet": 63}[name]
-    net = alexnet.create_model(name, num_classes=10, input_size=size, **kw).eval()  # eval: no dropout draws
-    return net.to(memory_format=CL)
-
-
-def batch(net: torch.nn.Module, n: int = 4) -> torch.Tensor:
-    s = net.default_input_size
-    x = torch.randn(n, 3, s, s, generator=torch.Generator().manual_seed(1)) * 20  # large enough for the LRN
-    return x.contiguous(memory_format=CL)
-
-
 @pytest.fixture
 def runs(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     """How many times the model's forward took ``first_stage.run``."""
-    calls: list[int] = []
-    original = first_stage.run
-
-    def counted(*args: object) -> torch.Tensor:
-        calls.append(1)
-        return original(*args)  # type: ignore[arg-type]
-
-    monkeypatch.setattr(first_stage, "run", counted)
-    return calls
+    return count_runs(monkeypatch, first_stage)
 
 
 @pytest.mark.parametrize("name", ["caffenet", "zfnet"])

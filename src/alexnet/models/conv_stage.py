@@ -25,7 +25,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from alexnet.models import eager, native
+from alexnet.models import eager, first_conv, native
 from alexnet.models.layers import GroupedConv2d
 from alexnet.models.native import StageArgs
 
@@ -35,37 +35,36 @@ MAX_GROUP_CHANNELS = 128  # the kernel keeps up to 8 vectors of 16 floats per pa
 def applies(conv: nn.Module, x: torch.Tensor) -> bool:
     """Whether :func:`run` may replace ``conv`` on ``x`` and a relu → pool → norm stage after it (module
     docstring; :func:`alexnet.models.fused.run` checks the stage)."""
-    if type(conv) not in (nn.Conv2d, GroupedConv2d) or not eager.plain(x):  # first: nothing traces x
+    if type(conv) not in (nn.Conv2d, GroupedConv2d):
         return False
     assert isinstance(conv, nn.Conv2d)
-    group_channels = x.shape[1] // conv.groups if x.dim() == 4 else 0
     return (
-        torch.is_grad_enabled()
-        and conv.weight.requires_grad
-        and x.device.type == "cpu"
-        and x.dtype == conv.weight.dtype == torch.float32
-        and x.dim() == 4
-        and x.is_contiguous(memory_format=torch.channels_last)
-        and not torch.is_autocast_enabled("cpu")
-        and group_channels % 16 == 0
-        and 0 < group_channels <= MAX_GROUP_CHANNELS
-        and conv.dilation == (1, 1)
-        and conv.padding_mode == "zeros"
-        and not isinstance(conv.padding, str)
-        and _padded_floats(conv, x) < 2**31 - 1
+        first_conv.trains_on_cpu(conv, x)  # first: it asks whether anything traces x
+        and x.shape[1] % (16 * conv.groups) == 0
+        and 0 < x.shape[1] // conv.groups <= MAX_GROUP_CHANNELS
+        and offsets_fit(conv, x)
         and not eager.hooked(conv)
         and os.environ.get("ALEXNET_CONV_STAGE", "1") != "0"
-        and native.kernel() is not None
     )
 
 
-def _padded_floats(conv: nn.Conv2d, x: torch.Tensor) -> int:
-    """An upper bound on the floats of one zero-padded image (the kernel's offsets are 32-bit)."""
+def offsets_fit(conv: nn.Conv2d, x: torch.Tensor) -> bool:
+    """Whether one zero-padded image fits the kernels' 32-bit offsets (an upper bound on its floats)."""
     (kh, kw), (ph, pw) = conv.kernel_size, conv.padding
-    return (x.shape[2] + 2 * ph + kh) * (x.shape[3] + 2 * pw + kw) * x.shape[1]  # type: ignore[operator]
+    return (x.shape[2] + 2 * ph + kh) * (x.shape[3] + 2 * pw + kw) * x.shape[1] < 2**31 - 64  # type: ignore[operator]
 
 
-class _ConvStage(torch.autograd.Function):
+def output_shape(conv: nn.Conv2d, x: torch.Tensor) -> tuple[int, int, int, int]:
+    """``conv(x)``'s shape (no dilation, numeric padding: :func:`applies` holds)."""
+    n, _, h, w = x.shape
+    (kh, kw), (sh, sw), (ph, pw) = conv.kernel_size, conv.stride, conv.padding  # type: ignore[misc]
+    return n, conv.out_channels, (h + 2 * ph - kh) // sh + 1, (w + 2 * pw - kw) // sw + 1
+
+
+class ConvStage(torch.autograd.Function):
+    """A conv and its relu → pool → norm stage; the conv's weight gradient from the pooled maps'
+    (:meth:`native.Kernel.pooled_weight_grad`), its input's, when asked, oneDNN's from the full-size map."""
+
     @staticmethod
     def forward(  # type: ignore[override]
         ctx: torch.autograd.function.FunctionCtx,
@@ -77,9 +76,8 @@ class _ConvStage(torch.autograd.Function):
         groups: int,
         stage: StageArgs,
     ) -> torch.Tensor:
-        a = F.conv2d(x, weight, bias, stride, padding, 1, groups).contiguous(
-            memory_format=torch.channels_last
-        )
+        a = F.conv2d(x, weight, bias, stride, padding, 1, groups)
+        a = a.contiguous(memory_format=torch.channels_last)
         # the fused stage's training operator (alexnet.models.fused), which says where each maximum was
         y, pooled, idx = torch.ops.alexnet.relu_lrn_pool_train(a, *stage)
         ctx.save_for_backward(x, weight, pooled, y, idx)
@@ -96,11 +94,9 @@ class _ConvStage(torch.autograd.Function):
         x, weight, pooled, y, idx = map(native.channels_last, ctx.saved_tensors)
         stride, padding, groups, has_bias, stage, shape = ctx.geometry
         needs = ctx.needs_input_grad
-        if eager.transformed(
-            grad
-        ):  # batched gradients (is_grads_batched, vectorized jacobians): PyTorch's ops
-            return (*dense_backward(grad, x, weight, pooled, y, idx, shape, stride, padding, groups, has_bias, stage,
-                                    needs), None, None, None, None)  # fmt: skip
+        if eager.transformed(grad):  # a batch of gradients (is_grads_batched): PyTorch's batchable ops
+            args = (grad, x, weight, pooled, y, idx, shape, stride, padding, groups, has_bias, stage, needs)
+            return (*_dense_backward(*args), None, None, None, None)
         kernel = native.kernel()
         assert kernel is not None
         grad = torch.ops.alexnet.lrn_backward(
@@ -125,7 +121,7 @@ class _ConvStage(torch.autograd.Function):
         return dx, dw if needs[1] else None, db if needs[2] else None, None, None, None, None
 
 
-def dense_backward(
+def _dense_backward(
     grad: torch.Tensor,
     x: torch.Tensor,
     weight: torch.Tensor,
@@ -142,7 +138,7 @@ def dense_backward(
 ) -> tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]:
     """``(dx, dw, db)`` the dense way: the fused stage's backward operator writes the conv output's full-size
     gradient (``shape``), ATen's convolution backward takes it from there. Operators that ``torch.func`` batches
-    (the hand-written kernels read raw memory); also :mod:`alexnet.models.first_stage`'s."""
+    (the hand-written kernels read raw memory)."""
     dense = torch.ops.alexnet.relu_lrn_pool_backward(
         grad, x.new_empty(0), pooled, y, idx, list(shape), *stage
     )
@@ -153,10 +149,18 @@ def dense_backward(
     return dx, dw, db
 
 
+def apply(
+    conv: nn.Conv2d, x: torch.Tensor, stage: StageArgs, function: type[ConvStage] = ConvStage
+) -> torch.Tensor:
+    """``norm(pool(relu(conv(x))))`` for a relu → pool → norm ``stage`` through ``function`` (this module's, or
+    :mod:`.first_stage`'s, named for conv1 in profiles)."""
+    assert stage.pool_first
+    return function.apply(  # type: ignore[no-any-return]
+        x, conv.weight, conv.bias, tuple(conv.stride), tuple(conv.padding), conv.groups, stage
+    )
+
+
 def run(conv: nn.Conv2d, x: torch.Tensor, stage: StageArgs) -> torch.Tensor:
     """``norm(pool(relu(conv(x))))`` for a relu → pool → norm ``stage``, with conv's weight and bias gradients from
     the pooled maps' (call only when :func:`applies`)."""
-    assert stage.pool_first
-    return _ConvStage.apply(  # type: ignore[no-any-return]
-        x, conv.weight, conv.bias, tuple(conv.stride), tuple(conv.padding), conv.groups, stage
-    )
+    return apply(conv, x, stage)

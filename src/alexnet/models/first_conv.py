@@ -34,8 +34,10 @@ from alexnet.models import eager, native
 MAX_IN_CHANNELS = 4  # beyond a few channels oneDNN's own kernels are the fast ones
 
 
-def applies(conv: nn.Conv2d, x: torch.Tensor) -> bool:
-    """Whether :func:`conv2d` may replace ``conv(x)`` (module docstring)."""
+def trains_on_cpu(conv: nn.Conv2d, x: torch.Tensor) -> bool:
+    """What every CPU training kernel for a conv's gradients asks (this module, :mod:`.first_stage`,
+    :mod:`.conv_stage`): eager autograd on a plain channels-last float32 ``x``, no CPU autocast, a weight that needs
+    a gradient, no dilation, zero numeric padding, and the C++ library built."""
     weight = conv.weight
     return (
         eager.plain(x)  # first: a tracer sees nothing else
@@ -44,16 +46,23 @@ def applies(conv: nn.Conv2d, x: torch.Tensor) -> bool:
         and x.device.type == "cpu"
         and x.dtype == weight.dtype == torch.float32
         and x.dim() == 4
-        and x.shape[1] <= MAX_IN_CHANNELS
-        and weight.shape[0] % 16 == 0
-        and conv.groups == 1
         and conv.dilation == (1, 1)
         and conv.padding_mode == "zeros"
         and not isinstance(conv.padding, str)
         and x.is_contiguous(memory_format=torch.channels_last)
         and not torch.is_autocast_enabled("cpu")
-        and os.environ.get("ALEXNET_FIRST_CONV", "1") != "0"
         and native.kernel() is not None
+    )
+
+
+def applies(conv: nn.Conv2d, x: torch.Tensor) -> bool:
+    """Whether :func:`conv2d` may replace ``conv(x)`` (module docstring)."""
+    return (
+        trains_on_cpu(conv, x)
+        and x.shape[1] <= MAX_IN_CHANNELS
+        and conv.weight.shape[0] % 16 == 0
+        and conv.groups == 1
+        and os.environ.get("ALEXNET_FIRST_CONV", "1") != "0"
     )
 
 

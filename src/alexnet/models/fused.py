@@ -423,7 +423,7 @@ def _conv_and_stage_at(modules: Sequence[nn.Module], i: int, x: torch.Tensor) ->
     stage follows it; else ``None``."""
     for fast in (first_stage, conv_stage):
         if fast.applies(modules[i], x):
-            shape = first_stage.output_shape(cast(nn.Conv2d, modules[i]), x)
+            shape = conv_stage.output_shape(cast(nn.Conv2d, modules[i]), x)
             args = stage_at(modules, i + 1, shape)
             if args is not None and args.pool_first:
                 return fast, args

@@ -307,36 +307,6 @@ class Kernel:
             raise ValueError(f"first_conv_weight_grad: {oc} output channels are not a multiple of 16")
         return dw, db
 
-    def first_conv_pooled_weight_grad(
-        self,
-        x: torch.Tensor,
-        grad: torch.Tensor,
-        pooled: torch.Tensor,
-        idx: torch.Tensor,
-        weight: torch.Tensor,
-        conv_out: tuple[int, int],
-        stride: tuple[int, int],
-        padding: tuple[int, int],
-        pool: tuple[int, int],
-        bias: bool,
-    ) -> tuple[torch.Tensor, torch.Tensor | None] | None:
-        """``(grad_weight, grad_bias)`` of ``conv2d(x, weight, ...)`` (output ``conv_out``) followed by ReLU and a
-        max-pool (``pool``: kernel, stride) whose maxima are ``idx`` (:meth:`stage`'s) and output ``pooled``, from
-        ``grad``, the pooled maps' gradient: float32, channels-last, no gradient for ``x``
-        (:mod:`alexnet.models.first_stage` checks). ``None``, with nothing computed, where the kernel does not take
-        the layer (a kernel row wider than 48 floats, or an image too large for 32-bit offsets)."""
-        dw = torch.empty_like(weight, memory_format=torch.preserve_format)
-        db = torch.empty(weight.shape[0], dtype=weight.dtype) if bias else None
-        grad = grad.contiguous(memory_format=torch.channels_last)
-        (n, c, h, w), (oc, ph, pw) = x.shape, grad.shape[1:]
-        strides = (ctypes.c_int64 * 4)(*dw.stride())
-        done = self.lib.first_conv_pooled_weight_grad_f32(
-            x.data_ptr(), grad.data_ptr(), pooled.data_ptr(), idx.data_ptr(), dw.data_ptr(), _ptr(db),
-            n, h, w, c, oc, *conv_out, ph, pw, *weight.shape[2:], *stride, *padding, *pool, strides,
-            torch.get_num_threads(),
-        )  # fmt: skip
-        return (dw, db) if done == 0 else None
-
     def pooled_weight_grad(
         self,
         x: torch.Tensor,
@@ -351,17 +321,24 @@ class Kernel:
         pool: tuple[int, int],
         bias: bool,
     ) -> tuple[torch.Tensor, torch.Tensor | None] | None:
-        """:meth:`first_conv_pooled_weight_grad` for a convolution over many input channels (``groups`` groups of
-        a multiple of 16 each, at most 128; :mod:`alexnet.models.conv_stage` checks). ``None``, with nothing
-        computed, where the kernel does not take the layer."""
+        """``(grad_weight, grad_bias)`` of ``conv2d(x, weight, ...)`` (output ``conv_out``) followed by ReLU and a
+        max-pool (``pool``: kernel, stride) whose maxima are ``idx`` (:meth:`stage`'s) and output ``pooled``, from
+        ``grad``, the pooled maps' gradient: float32, channels-last (:mod:`alexnet.models.conv_stage`).
+        ``grad_weight`` is in ``weight``'s layout. An image of a few channels (under 16) takes
+        ``first_conv_pooled_weight_grad_f32`` (a kernel row of at most 48 floats), more channels
+        ``pooled_weight_grad_f32`` (a multiple of 16 a group, at most 128). ``None``, with nothing computed, where
+        the kernel does not take the layer."""
         dw = torch.empty_like(weight, memory_format=torch.preserve_format)
         db = torch.empty(weight.shape[0], dtype=weight.dtype) if bias else None
         grad = grad.contiguous(memory_format=torch.channels_last)
         (n, c, h, w), (oc, ph, pw) = x.shape, grad.shape[1:]
+        image = groups == 1 and c < 16
+        geometry = (n, h, w, c, oc) if image else (n, h, w, c, oc, groups)
         strides = (ctypes.c_int64 * 4)(*dw.stride())
-        done = self.lib.pooled_weight_grad_f32(
+        fn = self.lib.first_conv_pooled_weight_grad_f32 if image else self.lib.pooled_weight_grad_f32
+        done = fn(
             x.data_ptr(), grad.data_ptr(), pooled.data_ptr(), idx.data_ptr(), dw.data_ptr(), _ptr(db),
-            n, h, w, c, oc, groups, *conv_out, ph, pw, *weight.shape[2:], *stride, *padding, *pool, strides,
+            *geometry, *conv_out, ph, pw, *weight.shape[2:], *stride, *padding, *pool, strides,
             torch.get_num_threads(),
         )  # fmt: skip
         return (dw, db) if done == 0 else None
