@@ -126,6 +126,7 @@ def test_table_names_every_row_and_the_conventions(tiny_json):
     assert f"conv stages: {stages}" in text
     post = f"{'conv3-5, fc6-8' if kernel is not None else 'fc6-8'} with ReLU as oneDNN primitives"
     assert f"inference post-ops: {post}" in text  # models/postops.py
+    assert "fc6-8 in training: oneDNN products, ReLU fused (fp32)" in text  # models/linear_train.py
     conv1 = "weight gradient by C++ kernel (fp32)" if native.kernel() is not None else "oneDNN"
     if native.kernel() is not None:  # models/first_stage.py
         conv1 += ", from the pooled maps' gradient when pool1 precedes norm1"

@@ -74,7 +74,11 @@ def test_alexnet_owt_keeps_torchvision_s_modules():
 
 def test_training_autograd_and_other_dtypes_run_the_modules(monkeypatch):
     model, x = paper_model()
-    assert calls(model, x, grad=True) == (0, 0)  # autograd records the modules
+    # autograd records the conv modules; fc6-8 take linear_train's products (tests/test_linear_train.py)
+    assert calls(model, x, grad=True) == (0, 3)
+    monkeypatch.setenv("ALEXNET_LINEAR", "0")
+    assert calls(model, x, grad=True) == (0, 0)
+    monkeypatch.delenv("ALEXNET_LINEAR")
     model.classifier.train()  # dropout active without autograd: the modules
     assert calls(model, x) == (3, 0)
     model.classifier.eval()

@@ -156,6 +156,10 @@ def machine_info(device: torch.device) -> dict[str, Any]:
         post = post and torch.backends.mkldnn.is_available()
         layers = "conv3-5, fc6-8" if fuse else "fc6-8"
         info["postops"] = f"{layers} with ReLU as oneDNN primitives" if post else "modules"
+        # models/linear_train.py: fc6-8's three products of a training step
+        fc_train = os.environ.get("ALEXNET_FUSE", "1") != "0" and os.environ.get("ALEXNET_LINEAR", "1") != "0"
+        fc_train = fc_train and torch.backends.mkldnn.is_available()
+        info["fc_train"] = "oneDNN products, ReLU fused (fp32)" if fc_train else "modules"
         own = os.environ.get("ALEXNET_FIRST_CONV", "1") != "0" and native.kernel() is not None
         info["conv1"] = "weight gradient by C++ kernel (fp32)" if own else "oneDNN"  # models/first_conv.py
         if own and fuse and os.environ.get("ALEXNET_FIRST_STAGE", "1") != "0":  # models/first_stage.py
@@ -768,6 +772,7 @@ def format_report(report: Report) -> str:
         lrn += f"; conv2: {m['conv2']}" if "conv2" in m else ""
         lrn += f"; cuDNN: {m['cudnn']}" if "cudnn" in m else ""
         lrn += f"; inference post-ops: {m['postops']}" if "postops" in m else ""
+        lrn += f"; fc6-8 in training: {m['fc_train']}" if "fc_train" in m else ""
         lrn += f"; malloc: {m['malloc']}" if "malloc" in m else ""
         lrn += f"; denormals: {m['denormals']}" if "denormals" in m else ""
         dtype = "bf16" if report.settings.get("amp") else "fp32"

@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from alexnet.errors import InputSizeError, LayerNotFound, ModelOptionError
-from alexnet.models import fused, postops
+from alexnet.models import fused, linear_train, postops
 from alexnet.models.configs import ArchConfig
 from alexnet.models.layers import GroupedConv2d, LocalResponseNorm, SpaceToDepthConv2d
 
@@ -193,8 +193,11 @@ class AlexNetFamily(nn.Module):
             )
         x = fused.flatten(self.features, features)
         classifier = self.classifier[:-1] if pre_logits else self.classifier
-        if fused.has_norm(self.features) and postops.head_applies(classifier, x):
-            return postops.head(classifier, x)
+        if fused.has_norm(self.features):
+            if postops.head_applies(classifier, x):
+                return postops.head(classifier, x)
+            if linear_train.applies(classifier, x):
+                return linear_train.head(classifier, x)
         return classifier(x)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
