@@ -73,7 +73,8 @@ class _Linear(torch.autograd.Function):
         bias: torch.Tensor | None,
         relu: bool,
     ) -> torch.Tensor:
-        y = _product(x.contiguous(), weight, bias, relu)
+        x = x.contiguous()  # kept for the weight's gradient, read there as a transposed view
+        y = _product(x, weight, bias, relu)
         ctx.save_for_backward(x, weight, y if relu else None)
         ctx.has_bias = bias is not None  # type: ignore[attr-defined]
         return y
@@ -94,7 +95,7 @@ class _Linear(torch.autograd.Function):
             if needs[0]:
                 dx = _product(grad, weight.t(), None)
             if needs[1]:
-                dw = _product(grad.t(), x.contiguous().t(), None)
+                dw = _product(grad.t(), x.t(), None)
         if needs[2] and ctx.has_bias:  # type: ignore[attr-defined]
             db = grad.sum(-2)
         return dx, dw, db, None
