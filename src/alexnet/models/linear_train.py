@@ -5,7 +5,7 @@ hundreds of images), a shape at which ``nn.Linear``'s ``addmm`` (MKL) and its ba
 the square-matrix rate on the CPU we measured. oneDNN's inner-product primitive, which :mod:`.postops` already
 takes in inference, runs them near that rate in all three products of a step: the forward, the input's gradient
 (``grad @ W``, the weight read transposed in place) and the weight's gradient (``gradᵀ @ x``, both read
-transposed in place): fc6 at batch 64, 130 → 100 ms a step (docs/performance.md, session 16). A ReLU after a
+transposed in place): fc6's three at batch 64, about 113 → 80 ms a step (docs/performance.md, session 16). A ReLU after a
 layer is applied by the primitive as a post-op; its backward masks the gradient where the output is zero, as
 ``nn.ReLU``'s does. Dropout stays ``nn.Dropout``'s (the same random stream).
 
@@ -14,8 +14,9 @@ last bits (tests/test_linear_train.py bounds them against float64). Hence only t
 ``alexnet_owt`` keeps torchvision's exact numbers, as for the other fast paths.
 
 :func:`applies` says when: eager autograd on a plain, non-empty CPU float32 tensor
-(:func:`alexnet.models.eager.plain`), no CPU autocast, the classifier made of unhooked ``nn.Linear``, ``nn.ReLU`` and ``nn.Dropout`` only, oneDNN
-available and enabled, and neither ``ALEXNET_FUSE`` nor ``ALEXNET_LINEAR`` 0 (A/B measurements). Under
+(:func:`alexnet.models.eager.plain`), no CPU autocast, the classifier made of unhooked ``nn.Linear``, ``nn.ReLU``
+and ``nn.Dropout`` only, oneDNN available and enabled, and neither ``ALEXNET_FUSE`` nor ``ALEXNET_LINEAR`` 0
+(A/B measurements). Under
 ``backward(create_graph=True)``, or for a batch of gradients, the backward is written in differentiable PyTorch
 ops.
 """
