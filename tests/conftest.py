@@ -10,6 +10,13 @@ import pytest
 import torch
 
 os.environ.setdefault("MPLBACKEND", "Agg")
+# The speed paths' A/B switches (`alexnet bench --help`) left set in a shell from benchmarking would change what
+# the suite runs: it tests the defaults, and the tests that want a switch set it themselves (monkeypatch).
+for _switch in (
+    "NATIVE", "FUSE", "TRITON", "S2D", "FIRST_CONV", "FIRST_STAGE", "CONV_STAGE", "AVX512", "POSTOPS", "LINEAR",
+    "CUDNN_BENCHMARK", "MALLOC", "DENORMALS",
+):  # fmt: skip
+    os.environ.pop(f"ALEXNET_{_switch}", None)
 if not torch.cuda.is_available():
     # Triton reads this when its kernels are defined: without a GPU they run in its interpreter on CPU tensors
     # (tests/test_lrn_triton.py); nothing else in the suite runs Triton on a CPU machine.
