@@ -181,7 +181,8 @@ class AlexNetFamily(nn.Module):
 
     def forward_head(self, features: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
         """pool5 maps → logits, or fc7's features (after its ReLU and dropout) with ``pre_logits`` (timm's
-        convention); in CPU inference each fc layer and its ReLU as one oneDNN primitive (:mod:`.postops`)."""
+        convention); on CPU each fc layer and its ReLU as one oneDNN primitive, in inference (:mod:`.postops`)
+        and in float32 training (:mod:`.linear_train`)."""
         if self.config.adaptive_pool:
             features = self.avgpool(features)
         elif _sized(features) and (features.shape[-1] != self._pool5 or features.shape[-2] != self._pool5):
