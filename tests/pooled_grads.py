@@ -1,5 +1,6 @@
-"""What tests/test_first_stage.py and tests/test_conv_stage.py share: the dense reference the pooled-maps weight
-gradients must equal, the small models and batches they train, and a count of the path's calls."""
+"""What tests/test_first_stage.py and tests/test_conv_stage.py share (tests/test_linear_train.py too): the dense
+reference the pooled-maps weight gradients must equal, the small models and batches they train, a count of a
+path's calls, and the cases where a path must not be taken."""
 
 from __future__ import annotations
 
@@ -56,14 +57,37 @@ def batch(net: torch.nn.Module, n: int = 4) -> torch.Tensor:
     return x.contiguous(memory_format=CL)
 
 
-def count_runs(monkeypatch: pytest.MonkeyPatch, module: ModuleType) -> list[int]:
-    """A list that grows by one each time the model's forward takes ``module.run``."""
+def count_runs(monkeypatch: pytest.MonkeyPatch, module: ModuleType, name: str = "run") -> list[int]:
+    """A list that grows by one each time the model's forward takes ``module.<name>``."""
     calls: list[int] = []
-    original = module.run
+    original = getattr(module, name)
 
     def counted(*args: object) -> torch.Tensor:
         calls.append(1)
         return original(*args)
 
-    monkeypatch.setattr(module, "run", counted)
+    monkeypatch.setattr(module, name, counted)
     return calls
+
+
+def forward_where(why: str, net: torch.nn.Module, switch: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """One forward of ``net`` on :func:`batch` in a case where a path's conditions do not hold: "image needs a
+    gradient", "switched off" (``switch`` set to 0), "autocast" (CPU bf16), "hook on <layer>", "no gradient" or
+    "float64"."""
+    x = batch(net)
+    context = torch.enable_grad()
+    if why == "image needs a gradient":  # saliency: the conv output's gradient is needed after all
+        x.requires_grad_()
+    elif why == "switched off":
+        monkeypatch.setenv(switch, "0")
+    elif why == "autocast":
+        context = torch.autocast("cpu", dtype=torch.bfloat16)
+    elif why.startswith("hook on "):
+        net.layer(why.removeprefix("hook on ")).register_forward_hook(lambda m, i, o: None)
+    elif why == "no gradient":
+        context = torch.no_grad()
+    else:  # float64: the kernels are float32's
+        assert why == "float64", why
+        net, x = net.double(), x.double()
+    with context:
+        net(x)

@@ -17,7 +17,7 @@ from alexnet.models import conv_stage, native
 from alexnet.models.fused import pooled_size
 from alexnet.models.layers import GroupedConv2d
 from alexnet.models.native import StageArgs
-from pooled_grads import batch, count_runs, dense_reference, model
+from pooled_grads import batch, count_runs, dense_reference, forward_where, model
 
 pytestmark = pytest.mark.skipif(
     not any(shutil.which(c) for c in ("c++", "g++", "clang++")), reason="no C++ compiler on this machine"
@@ -115,21 +115,7 @@ def test_the_input_gradient_is_onednns_from_the_full_size_map(runs, monkeypatch)
 
 @pytest.mark.parametrize("why", ["switched off", "autocast", "hook on conv2", "no gradient", "float64"])
 def test_it_is_not_taken_where_its_conditions_do_not_hold(why, runs, monkeypatch) -> None:
-    net = model("zfnet")
-    x = batch(net)
-    context = torch.enable_grad()
-    if why == "switched off":
-        monkeypatch.setenv("ALEXNET_CONV_STAGE", "0")
-    elif why == "autocast":
-        context = torch.autocast("cpu", dtype=torch.bfloat16)
-    elif why == "hook on conv2":
-        net.layer("conv2").register_forward_hook(lambda m, i, o: None)
-    elif why == "no gradient":
-        context = torch.no_grad()
-    else:  # the kernel is float32's
-        net, x = net.double(), x.double()
-    with context:
-        net(x)
+    forward_where(why, model("zfnet"), "ALEXNET_CONV_STAGE", monkeypatch)
     assert runs == [], why
 
 

@@ -16,7 +16,7 @@ import alexnet
 from alexnet.models import first_stage, native
 from alexnet.models.layers import SpaceToDepthConv2d
 from alexnet.models.native import StageArgs
-from pooled_grads import batch, count_runs, dense_reference, model
+from pooled_grads import batch, count_runs, dense_reference, forward_where, model
 
 pytestmark = pytest.mark.skipif(
     not any(shutil.which(c) for c in ("c++", "g++", "clang++")), reason="no C++ compiler on this machine"
@@ -130,23 +130,7 @@ def test_alexnets_norm_before_pool_keeps_the_dense_path(runs) -> None:
     ],
 )
 def test_it_is_not_taken_where_its_conditions_do_not_hold(why, runs, monkeypatch) -> None:
-    net = model("caffenet")
-    x = batch(net)
-    context = torch.enable_grad()
-    if why == "image needs a gradient":  # saliency: the conv output's gradient is needed after all
-        x.requires_grad_()
-    elif why == "switched off":
-        monkeypatch.setenv("ALEXNET_FIRST_STAGE", "0")
-    elif why == "autocast":
-        context = torch.autocast("cpu", dtype=torch.bfloat16)
-    elif why == "hook on conv1":
-        net.layer("conv1").register_forward_hook(lambda m, i, o: None)
-    elif why == "no gradient":
-        context = torch.no_grad()
-    else:  # the kernel is float32's
-        net, x = net.double(), x.double()
-    with context:
-        net(x)
+    forward_where(why, model("caffenet"), "ALEXNET_FIRST_STAGE", monkeypatch)
     assert runs == [], why
 
 

@@ -14,7 +14,7 @@ from torch.nn import functional as F
 
 import alexnet
 from alexnet.models import linear_train
-from pooled_grads import batch, model
+from pooled_grads import batch, count_runs, model
 
 pytestmark = pytest.mark.skipif(not torch.backends.mkldnn.is_available(), reason="oneDNN not built")
 
@@ -30,15 +30,7 @@ def classifier(sizes: list[int], bias: bool = True, relu_last: bool = False) -> 
 
 
 def counted(monkeypatch: pytest.MonkeyPatch) -> list[int]:
-    calls: list[int] = []
-    original = linear_train.head
-
-    def head(*args: object) -> torch.Tensor:
-        calls.append(1)
-        return original(*args)
-
-    monkeypatch.setattr(linear_train, "head", head)
-    return calls
+    return count_runs(monkeypatch, linear_train, "head")
 
 
 @settings(max_examples=25, deadline=None)

@@ -38,7 +38,7 @@ from torch import nn
 
 from alexnet import denormals, malloc
 from alexnet.errors import AlexnetError
-from alexnet.models import native
+from alexnet.models import linear_train, native
 from alexnet.models.layers import triton_kernels
 from alexnet.train.optim import fused_supported
 
@@ -157,9 +157,7 @@ def machine_info(device: torch.device) -> dict[str, Any]:
         layers = "conv3-5, fc6-8" if fuse else "fc6-8"
         info["postops"] = f"{layers} with ReLU as oneDNN primitives" if post else "modules"
         # models/linear_train.py: fc6-8's three products of a training step
-        fc_train = os.environ.get("ALEXNET_FUSE", "1") != "0" and os.environ.get("ALEXNET_LINEAR", "1") != "0"
-        fc_train = fc_train and torch.backends.mkldnn.is_available()
-        info["fc_train"] = "oneDNN products, ReLU fused (fp32)" if fc_train else "modules"
+        info["fc_train"] = "oneDNN products, ReLU fused (fp32)" if linear_train.switched_on() else "modules"
         own = os.environ.get("ALEXNET_FIRST_CONV", "1") != "0" and native.kernel() is not None
         info["conv1"] = "weight gradient by C++ kernel (fp32)" if own else "oneDNN"  # models/first_conv.py
         if own and fuse and os.environ.get("ALEXNET_FIRST_STAGE", "1") != "0":  # models/first_stage.py

@@ -29,7 +29,7 @@ from typing import cast
 import torch
 from torch import nn
 
-from alexnet.models import eager
+from alexnet.models import eager, postops
 
 _KINDS = (nn.Linear, nn.ReLU, nn.Dropout)
 
@@ -45,12 +45,20 @@ def applies(classifier: nn.Sequential, x: torch.Tensor) -> bool:
         and x.shape[0] > 0  # oneDNN refuses an empty product
         and x.shape[1] > 0
         and not torch.is_autocast_enabled("cpu")
-        and torch.backends.mkldnn.is_available()
-        and torch.backends.mkldnn.enabled
         and all(type(m) in _KINDS for m in classifier)
         and all(m.weight.dtype == torch.float32 for m in classifier if isinstance(m, nn.Linear))
         and not any(eager.hooked(m) for m in (classifier, *classifier))
         and not eager.global_hooks()
+        and switched_on()
+    )
+
+
+def switched_on() -> bool:
+    """oneDNN available and enabled, and neither ``ALEXNET_FUSE`` nor ``ALEXNET_LINEAR`` 0 (what ``alexnet bench``
+    reports)."""
+    return (
+        torch.backends.mkldnn.is_available()
+        and torch.backends.mkldnn.enabled
         and os.environ.get("ALEXNET_FUSE", "1") != "0"
         and os.environ.get("ALEXNET_LINEAR", "1") != "0"
     )
@@ -102,18 +110,11 @@ class _Linear(torch.autograd.Function):
         return dx, dw, db, None
 
 
+def _fc(fc: nn.Linear, x: torch.Tensor, relu: bool) -> torch.Tensor:
+    return cast(torch.Tensor, _Linear.apply(x, fc.weight, fc.bias, relu))
+
+
 def head(classifier: nn.Sequential, x: torch.Tensor) -> torch.Tensor:
     """``classifier(x)`` with each Linear (+ the ReLU after it) as one :class:`_Linear` (call only when
-    :func:`applies`)."""
-    modules = list(classifier)
-    i = 0
-    while i < len(modules):
-        m = modules[i]
-        if isinstance(m, nn.Linear):
-            relu = i + 1 < len(modules) and type(modules[i + 1]) is nn.ReLU
-            x = cast(torch.Tensor, _Linear.apply(x, m.weight, m.bias, relu))
-            i += 2 if relu else 1
-        else:
-            x = m(x)  # nn.Dropout, or a ReLU after something else
-            i += 1
-    return x
+    :func:`applies`); dropout is ``nn.Dropout``'s."""
+    return postops.run_head(classifier, x, _fc)

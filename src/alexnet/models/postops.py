@@ -25,7 +25,7 @@ float32 (or bf16 autocast), a plain tensor nothing traces, no hook on the module
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 from torch import nn
@@ -108,20 +108,31 @@ def head_applies(classifier: nn.Sequential, x: torch.Tensor) -> bool:
     )
 
 
-def head(classifier: nn.Sequential, x: torch.Tensor) -> torch.Tensor:
-    """``classifier(x)`` with each Linear (+ ReLU) as one oneDNN primitive; dropout is the identity in eval."""
+def run_head(
+    classifier: nn.Sequential, x: torch.Tensor, fc: Callable[[nn.Linear, torch.Tensor, bool], torch.Tensor]
+) -> torch.Tensor:
+    """``classifier(x)`` with each Linear, and the ReLU right after it, as one ``fc(linear, x, relu)`` call; any
+    other ReLU as ``torch.relu``, any other module as itself (:func:`head`, and
+    :func:`alexnet.models.linear_train.head` in training)."""
     modules = list(classifier)
     i = 0
     while i < len(modules):
         m = modules[i]
         if isinstance(m, nn.Linear):
             relu = i + 1 < len(modules) and type(modules[i + 1]) is nn.ReLU
-            x, weight, bias = _args(x, m.weight, m.bias)
-            x = torch.ops.mkldnn._linear_pointwise(x, weight, bias, "relu" if relu else "none", [], "")
+            x = fc(m, x, relu)
             i += 2 if relu else 1
-        elif type(m) is nn.ReLU:
-            x = torch.relu(x)
-            i += 1
         else:
-            i += 1  # nn.Dropout in eval mode
+            x = torch.relu(x) if type(m) is nn.ReLU else m(x)  # nn.Dropout: the identity in eval
+            i += 1
     return x
+
+
+def _fc_relu(fc: nn.Linear, x: torch.Tensor, relu: bool) -> torch.Tensor:
+    x, weight, bias = _args(x, fc.weight, fc.bias)
+    return torch.ops.mkldnn._linear_pointwise(x, weight, bias, "relu" if relu else "none", [], "")
+
+
+def head(classifier: nn.Sequential, x: torch.Tensor) -> torch.Tensor:
+    """``classifier(x)`` with each Linear (+ ReLU) as one oneDNN primitive; dropout is the identity in eval."""
+    return run_head(classifier, x, _fc_relu)
