@@ -46,7 +46,14 @@ __attribute__((always_inline)) inline void tap_block(const float* __restrict x, 
   for (int64_t ow = 0; ow < ow_count; ++ow) {
     v16 gv[V];
 #pragma GCC unroll 8
-    for (int v = 0; v < V; ++v) gv[v] = *(const v16*)(g + ow * ld + 16 * v);
+    for (int v = 0; v < V; ++v) {
+      gv[v] = *(const v16*)(g + ow * ld + 16 * v);
+#if defined(__AVX512F__)
+      // in a register: GCC 12 otherwise folds the load into each of its KB FMAs, and on Zen 4 those KB x V
+      // 64-byte loads, not the FMAs, set the pace (172 -> 206-212 GFLOP/s, docs/performance.md, session 17)
+      asm("" : "+v"(gv[v]));
+#endif
+    }
 #pragma GCC unroll 8
     for (int b = 0; b < KB; ++b) {
       const float a = xp[b][ow * swc];
