@@ -81,8 +81,8 @@ def test_any_geometry_gives_the_dense_gradients_float64_sums(
 
 
 @pytest.fixture
-def runs(monkeypatch: pytest.MonkeyPatch) -> list[int]:
-    """How many times the model's forward took ``conv_stage.run``."""
+def runs(monkeypatch: pytest.MonkeyPatch, weight_grad_kernels: None) -> list[int]:
+    """How many times the model's forward took ``conv_stage.run`` (where the library is built for AVX-512)."""
     return count_runs(monkeypatch, conv_stage)
 
 
@@ -125,7 +125,7 @@ def test_alexnets_norm_before_pool_keeps_the_dense_path(runs) -> None:
     assert runs == [] and net.layer("conv2").weight.grad is not None
 
 
-def test_group_channels_the_kernel_does_not_take_are_refused() -> None:
+def test_group_channels_the_kernel_does_not_take_are_refused(weight_grad_kernels) -> None:
     x = torch.randn(1, 40, 20, 20).contiguous(memory_format=CL)
     assert not conv_stage.applies(nn.Conv2d(40, 32, 3), x)  # 40: not a multiple of 16
     assert not conv_stage.applies(GroupedConv2d(40, 32, 3, groups=2), x)  # 20 a group

@@ -141,7 +141,7 @@ def image(c: int = 3, layout=CL, dtype=torch.float32) -> torch.Tensor:
     return torch.randn(2, c, 31, 31, dtype=dtype).contiguous(memory_format=layout)
 
 
-def test_it_applies_to_a_channels_last_float32_image_in_training():
+def test_it_applies_to_a_channels_last_float32_image_in_training(weight_grad_kernels):
     assert first_conv.applies(conv1(), image())
 
 
@@ -211,7 +211,9 @@ def test_double_backward_still_works_through_atens_formula(monkeypatch):
 
 
 @pytest.mark.parametrize("name", ["alexnet", "zfnet"])
-def test_a_training_step_of_a_paper_model_takes_the_kernel_with_the_same_gradients(name, monkeypatch):
+def test_a_training_step_of_a_paper_model_takes_the_kernel_with_the_same_gradients(
+    name, monkeypatch, weight_grad_kernels
+):
     calls: list[tuple[int, ...]] = []
     real = native.Kernel.first_conv_weight_grad
 
@@ -253,3 +255,30 @@ def test_a_module_with_hooks_still_sees_its_output_and_gradients():
     conv(x).sum().backward()
     assert seen == ["forward", "backward"]
     assert conv.weight.grad is not None and conv.bias.grad is not None
+
+
+def test_a_library_not_built_for_avx512_leaves_every_weight_gradient_to_onednn(monkeypatch):
+    """The kernels' register blocks are sized for AVX-512; built for AVX2 they ran at a twentieth of oneDNN's
+    rate (docs/performance.md, session 17), so a library without AVX-512 keeps only the LRN and stage kernels."""
+    from alexnet.models import conv_stage, first_stage
+
+    if native.kernel() is None:
+        pytest.skip("no C++ library")
+    monkeypatch.setattr(native.kernel(), "avx512", False)
+    assert native.weight_grad_kernel() is None
+    assert not first_conv.applies(conv1(), image())
+    calls: list[str] = []
+    monkeypatch.setattr(native.Kernel, "first_conv_weight_grad", lambda *a: calls.append("first_conv"))
+    monkeypatch.setattr(native.Kernel, "pooled_weight_grad", lambda *a: calls.append("pooled"))
+    for name in (
+        "alexnet",
+        "caffenet",
+    ):  # conv1 dense (LRN before pool); conv1 and conv2 from the pooled maps
+        torch.manual_seed(0)
+        model = build_model(name, num_classes=10, input_size=67).to(memory_format=CL)
+        x = torch.randn(2, 3, 67, 67).contiguous(memory_format=CL)
+        assert not first_stage.applies(model.layer("conv1"), x)
+        F.cross_entropy(model(x), torch.tensor([1, 2])).backward()
+        assert model.layer("conv1").weight.grad is not None and model.layer("conv2").weight.grad is not None
+    assert calls == []
+    assert not conv_stage.applies(model.layer("conv2"), torch.randn(2, 96, 7, 7).contiguous(memory_format=CL))

@@ -80,8 +80,8 @@ def test_any_geometry_gives_the_dense_gradients_float64_sums(
 
 
 @pytest.fixture
-def runs(monkeypatch: pytest.MonkeyPatch) -> list[int]:
-    """How many times the model's forward took ``first_stage.run``."""
+def runs(monkeypatch: pytest.MonkeyPatch, weight_grad_kernels: None) -> list[int]:
+    """How many times the model's forward took ``first_stage.run`` (where the library is built for AVX-512)."""
     return count_runs(monkeypatch, first_stage)
 
 
@@ -134,7 +134,7 @@ def test_it_is_not_taken_where_its_conditions_do_not_hold(why, runs, monkeypatch
     assert runs == [], why
 
 
-def test_an_image_that_needs_a_gradient_is_refused_by_applies_itself() -> None:
+def test_an_image_that_needs_a_gradient_is_refused_by_applies_itself(weight_grad_kernels) -> None:
     """The conv output's gradient is then needed for the image's: ``fused.applies`` refuses too, so check here."""
     conv = SpaceToDepthConv2d(3, 32, 7, 2, 1)
     x = torch.randn(1, 3, 40, 40).contiguous(memory_format=CL)
@@ -154,7 +154,7 @@ def test_the_same_batch_gives_the_same_gradient_bit_for_bit() -> None:
     assert torch.equal(got[0], got[1]) and torch.equal(got[0], got[2])
 
 
-def test_a_kernel_row_wider_than_48_floats_is_left_to_the_dense_path() -> None:
+def test_a_kernel_row_wider_than_48_floats_is_left_to_the_dense_path(weight_grad_kernels) -> None:
     conv = SpaceToDepthConv2d(4, 32, 13, 4)  # 13 × 4 = 52 floats a row
     x = torch.randn(1, 4, 40, 40).contiguous(memory_format=CL)
     assert not first_stage.applies(conv, x)

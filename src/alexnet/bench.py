@@ -158,11 +158,12 @@ def machine_info(device: torch.device) -> dict[str, Any]:
         info["postops"] = f"{layers} with ReLU as oneDNN primitives" if post else "modules"
         # models/linear_train.py: fc6-8's three products of a training step
         info["fc_train"] = "oneDNN products, ReLU fused (fp32)" if linear_train.switched_on() else "modules"
-        own = os.environ.get("ALEXNET_FIRST_CONV", "1") != "0" and native.kernel() is not None
+        grads = native.weight_grad_kernel() is not None  # built for AVX-512
+        own = os.environ.get("ALEXNET_FIRST_CONV", "1") != "0" and grads
         info["conv1"] = "weight gradient by C++ kernel (fp32)" if own else "oneDNN"  # models/first_conv.py
         if own and fuse and os.environ.get("ALEXNET_FIRST_STAGE", "1") != "0":  # models/first_stage.py
             info["conv1"] += ", from the pooled maps' gradient when pool1 precedes norm1"
-        if fuse and native.kernel() is not None and os.environ.get("ALEXNET_CONV_STAGE", "1") != "0":
+        if fuse and grads and os.environ.get("ALEXNET_CONV_STAGE", "1") != "0":
             info["conv2"] = (
                 "weight gradient from the pooled maps' when pool2 precedes norm2 (fp32)"  # models/conv_stage.py
             )

@@ -11,9 +11,9 @@ which conv1's stage needs, stays oneDNN's, from the full-size map the fused stag
 :func:`applies` says when :func:`alexnet.models.fused.run` takes it for ``conv, relu, pool, norm``: eager CPU
 float32 training (a plain channels-last input outside any transform, tracer or autocast; a weight that needs a
 gradient), an ``nn.Conv2d`` or ``GroupedConv2d`` without hooks, dilation or a padding mode, whose groups have a
-multiple of 16 input channels and at most 128 (AlexNet's 48, ZFNet's 96), the C++ kernels built, a relu → pool →
-norm stage after it (:func:`alexnet.models.fused.stage_at`), and ``ALEXNET_CONV_STAGE`` not 0 (A/B
-measurements). Under ``backward(create_graph=True)`` it raises, as the fused relu → pool → norm stage does.
+multiple of 16 input channels and at most 128 (AlexNet's 48, ZFNet's 96), the C++ kernels built for AVX-512
+(:func:`alexnet.models.native.weight_grad_kernel`), a relu → pool → norm stage after it
+(:func:`alexnet.models.fused.stage_at`), and ``ALEXNET_CONV_STAGE`` not 0 (A/B measurements). Under ``backward(create_graph=True)`` it raises, as the fused relu → pool → norm stage does.
 """
 
 from __future__ import annotations

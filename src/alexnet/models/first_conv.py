@@ -15,7 +15,8 @@ oneDNN's; the weight and bias gradients are the same sums in another order, so t
 * the image channels-last (as ``alexnet train`` runs; the paper models copy an NCHW batch to it themselves,
   :func:`alexnet.models.fused.kernel_layout`), at most 4 input channels, output channels a multiple of 16, one
   group, no dilation, zero padding;
-* the C++ library built (:mod:`alexnet.models.native`), and ``ALEXNET_FIRST_CONV`` not 0 (A/B measurements).
+* the C++ library built for AVX-512 (:func:`alexnet.models.native.weight_grad_kernel`; elsewhere oneDNN's
+  gradient is the faster), and ``ALEXNET_FIRST_CONV`` not 0 (A/B measurements).
 
 Under ``backward(create_graph=True)`` (double backward, gradient penalties) the backward is ATen's own,
 differentiable formula.
@@ -37,7 +38,8 @@ MAX_IN_CHANNELS = 4  # beyond a few channels oneDNN's own kernels are the fast o
 def trains_on_cpu(conv: nn.Conv2d, x: torch.Tensor) -> bool:
     """What every CPU training kernel for a conv's gradients asks (this module, :mod:`.first_stage`,
     :mod:`.conv_stage`): eager autograd on a plain channels-last float32 ``x``, no CPU autocast, a weight that needs
-    a gradient, no dilation, zero numeric padding, and the C++ library built."""
+    a gradient, no dilation, zero numeric padding, and the C++ library built for AVX-512
+    (:func:`alexnet.models.native.weight_grad_kernel`)."""
     weight = conv.weight
     return (
         eager.plain(x)  # first: a tracer sees nothing else
@@ -51,7 +53,7 @@ def trains_on_cpu(conv: nn.Conv2d, x: torch.Tensor) -> bool:
         and not isinstance(conv.padding, str)
         and x.is_contiguous(memory_format=torch.channels_last)
         and not torch.is_autocast_enabled("cpu")
-        and native.kernel() is not None
+        and native.weight_grad_kernel() is not None
     )
 
 
@@ -101,7 +103,7 @@ class _FirstConv(torch.autograd.Function):
                 grad, x, weight, None, stride, padding, (1, 1), False, (0, 0), 1, (True, False, False)
             )[0]
         if needs[1] or needs[2]:
-            kernel = native.kernel()
+            kernel = native.weight_grad_kernel()
             assert kernel is not None  # applies() checked
             dw, db = kernel.first_conv_weight_grad(x, grad, weight, stride, padding, has_bias)
         return dx, dw if needs[1] else None, db if needs[2] else None, None, None

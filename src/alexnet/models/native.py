@@ -344,6 +344,17 @@ class Kernel:
         return (dw, db) if done == 0 else None
 
 
+def weight_grad_kernel() -> Kernel | None:
+    """The library when its weight-gradient kernels (``first_conv_cpu.cpp``, ``conv_stage_cpu.cpp``) are the fast
+    way on this CPU: built for AVX-512, else ``None`` and the weight gradients stay oneDNN's.
+
+    Their register blocks are sized for 32 vector registers of 16 floats. Built for AVX2 (16 registers of 8), the
+    same blocks spill and ran at 9 GFLOP/s against oneDNN's 150 and more: alexnet trained at half of torchvision's
+    FLOP/s (docs/performance.md, session 17)."""
+    found = kernel()
+    return found if found is not None and found.avx512 else None
+
+
 def vector_stages() -> bool:
     """Whether float32 and bfloat16 conv stages and channels-last LRNs may take the AVX-512 code
     (``stage_forward16_*``, ``stage_backward16_*``, ``lrn_forward16_*``, ``lrn_backward16_*``, where the CPU has it);
