@@ -13,7 +13,8 @@ float32 training (a plain channels-last input outside any transform, tracer or a
 gradient), an ``nn.Conv2d`` or ``GroupedConv2d`` without hooks, dilation or a padding mode, whose groups have a
 multiple of 16 input channels and at most 128 (AlexNet's 48, ZFNet's 96), the C++ kernels built for AVX-512
 (:func:`alexnet.models.native.weight_grad_kernel`), a relu → pool → norm stage after it
-(:func:`alexnet.models.fused.stage_at`), and ``ALEXNET_CONV_STAGE`` not 0 (A/B measurements). Under ``backward(create_graph=True)`` it raises, as the fused relu → pool → norm stage does.
+(:func:`alexnet.models.fused.stage_at`), and ``ALEXNET_CONV_STAGE`` not 0 (A/B measurements). Under
+``backward(create_graph=True)`` it raises, as the fused relu → pool → norm stage does.
 """
 
 from __future__ import annotations

@@ -4,9 +4,9 @@ The first layer sees the image: three input channels, large outputs (AlexNet §3
 stride 4; ZFNet Fig. 3: 96 of 7×7×3, stride 2, on 110×110 outputs). oneDNN computes this layer's weight gradient
 at about half the rate of its other layers on the CPU we measured (ZFNet: 150 GFLOP/s against 300): 5 % of
 ZFNet's training FLOPs took 8–9 % of its step. The kernel does it as one small matrix product per output row, in
-registers, at about the others' rate (docs/performance.md, sessions 8 and 17). The forward and the input's gradient stay
-oneDNN's; the weight and bias gradients are the same sums in another order, so they agree to float32 rounding
-(tests/test_first_conv.py checks both against float64).
+registers, at about the others' rate (docs/performance.md, sessions 8 and 17). The forward and the input's
+gradient stay oneDNN's; the weight and bias gradients are the same sums in another order, so they agree to
+float32 rounding (tests/test_first_conv.py checks both against float64).
 
 :func:`applies` says when :class:`~alexnet.models.layers.SpaceToDepthConv2d` (conv1 of every model) takes it:
 
