@@ -150,13 +150,16 @@ def test_training_runs_the_training_kernels_and_other_dtypes_run_the_modules(mon
         model.train()(x).sum().backward()
     assert log.count(TRAIN) == 2 and log.count(STAGE) == 0
     # both stages' backward go with conv1's and conv2's weight gradients from the pooled maps'
-    # (models/first_stage.py, models/conv_stage.py), which call the kernels themselves
-    assert log.count("alexnet.relu_lrn_pool_backward") == 0
+    # (models/first_stage.py, models/conv_stage.py), which call the kernels themselves; a library built without
+    # AVX-512 leaves those gradients to oneDNN, from the stages' backward operators
+    grads = native.weight_grad_kernel() is not None
+    assert log.count("alexnet.relu_lrn_pool_backward") == (0 if grads else 2)
     for switch, backward_ops in (("ALEXNET_FIRST_STAGE", 1), ("ALEXNET_CONV_STAGE", 2)):
         monkeypatch.setenv(switch, "0")  # cumulative: the first, then both off
         with OpLog() as log:
             model.train()(x).sum().backward()
-        assert log.count(TRAIN) == 2 and log.count("alexnet.relu_lrn_pool_backward") == backward_ops
+        want = backward_ops if grads else 2
+        assert log.count(TRAIN) == 2 and log.count("alexnet.relu_lrn_pool_backward") == want
     monkeypatch.setenv("ALEXNET_FIRST_STAGE", "1")
     monkeypatch.setenv("ALEXNET_CONV_STAGE", "1")
     for p in model.parameters():

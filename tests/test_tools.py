@@ -113,5 +113,5 @@ def test_cpu_profile_tunes_the_allocator_and_shows_the_first_stage_kernel(monkey
     assert header.startswith("zfnet train, batch 2:") and "ms of CPU time per step (1 step)" in header
     names = [row.split("%", 1)[1].split()[0] for row in rows]
     assert "aten::convolution_backward" in names
-    if native.kernel() is not None:  # conv1 + relu → pool → norm in CPU training (models/first_stage.py)
+    if native.weight_grad_kernel() is not None:  # conv1 + relu → pool → norm in CPU training (first_stage.py)
         assert "_FirstStageBackward" in names
