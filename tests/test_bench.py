@@ -191,6 +191,7 @@ def test_input_pipeline_cycles_through_a_small_folder_for_a_long_run(tmp_path):
         (["bench", "--device", "tpu", "--no-memory"], "unknown device"),
         (["bench", "--only-data"], "--only-data needs --data"),
         (["bench", "--workers", "-1"], "--workers must be ≥ 0, not -1"),
+        (["bench", "--cuda-graph", "--no-memory"], "--cuda-graph needs a CUDA device (got cpu)"),
         # checked before any model row is timed (no --no-memory: it would take minutes otherwise)
         (["bench", "alexnet", "--data", "/nonexistent/imagenet"], "no data folder /nonexistent/imagenet"),
     ],
@@ -201,6 +202,12 @@ def test_bad_options_are_one_line_errors(capsys, args, message):
     assert main(args) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and message in err
+
+
+def test_cuda_graphs_and_torch_compile_are_not_combined():
+    with pytest.raises(BenchError, match="choose one"):
+        run_bench(["caffenet"], device="cuda" if torch.cuda.is_available() else "cpu", cuda_graph=True,
+                  compile=True, memory=False)  # fmt: skip
 
 
 def test_library_rejects_bad_counts():

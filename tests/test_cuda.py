@@ -141,6 +141,46 @@ def test_bf16_channels_last_training_steps_on_cuda_learn(name):
     assert losses[-1] < losses[0]  # it fits a fixed batch
 
 
+@pytest.mark.parametrize("name", ["alexnet", "caffenet"])
+def test_a_training_step_captured_as_a_cuda_graph_is_the_eager_step(name):
+    """`alexnet bench --cuda-graph`: the replayed step (Triton stages, towers, conv1 rearranged, fused SGD) takes
+    the same steps as the eager one; dropout off, so both see the same numbers."""
+    from alexnet.bench import _step_fn, graphed
+    from alexnet.models import build_model
+
+    def setup():
+        torch.manual_seed(0)
+        model = build_model(name, num_classes=10, dropout=0.0)
+        model = model.to(CUDA).to(memory_format=torch.channels_last)
+        size = model.default_input_size
+        x = torch.randn(8, 3, size, size, device=CUDA).contiguous(memory_format=torch.channels_last)
+        return model, x, torch.randint(0, 10, (8,), device=CUDA)
+
+    model, x, y = setup()
+    eager = _step_fn(model, "train", x, y, amp=True)
+    losses = [eager().item() for _ in range(6)]  # 3 warm-up steps and 3 replays below
+    model_g, xg, yg = setup()
+    replay = graphed(_step_fn(model_g, "train", xg, yg, amp=True, cache_casts=False), CUDA, warmup=3)
+    replayed = [replay().item() for _ in range(3)]
+    torch.testing.assert_close(torch.tensor(replayed), torch.tensor(losses[3:]), rtol=2e-2, atol=2e-2)
+    assert replayed[-1] < losses[0]  # the replays updated the weights
+    for p, q in zip(model_g.parameters(), model.parameters(), strict=True):
+        torch.testing.assert_close(p, q, rtol=2e-2, atol=2e-3)
+
+
+def test_bench_rows_with_cuda_graphs():
+    from alexnet.bench import format_report, run_bench
+
+    report = run_bench(["alexnet"], batch_size=8, device="cuda", repeats=2, warmup=1, amp=True,
+                       channels_last=True, memory=False, cuda_graph=True)  # fmt: skip
+    assert [(r.model, r.mode) for r in report.rows] == [
+        ("torchvision_alexnet", "train"), ("alexnet", "train"),
+        ("torchvision_alexnet", "infer"), ("alexnet", "infer"),
+    ]  # fmt: skip
+    assert all(r.images_per_s > 0 for r in report.rows)
+    assert report.settings["cuda_graph"] and "one CUDA graph replayed" in format_report(report)
+
+
 def _step(model: torch.nn.Module, x: torch.Tensor, fuse: str, amp: bool, monkeypatch) -> tuple:
     """Logits and parameter gradients of one step, and how many fused training stages ran."""
     from torch.utils._python_dispatch import TorchDispatchMode

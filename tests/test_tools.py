@@ -97,6 +97,24 @@ def test_copy_sources_names_the_operator_that_copied_and_the_shape(monkeypatch):
     assert chain.startswith("aten::clone < aten::contiguous") and "[48, 64]" in chain
 
 
+def test_host_ops_lists_the_operators_by_their_own_host_time(monkeypatch):
+    monkeypatch.syspath_prepend(str(TOOLS))
+    import gpu_profile
+
+    a, b = torch.randn(256, 256), torch.randn(256, 256)
+
+    def step() -> None:
+        for _ in range(4):
+            torch.mm(a, b)
+        torch.relu(a)
+
+    total, lines = gpu_profile.host_ops(step, steps=2, busy=False)
+    rows = {line.split()[2]: line.split() for line in lines}
+    assert rows["aten::mm"][1] == "4" and rows["aten::relu"][1] == "1"  # calls per step
+    assert float(rows["aten::mm"][0]) > 0
+    assert total >= sum(float(r[0]) for r in rows.values()) - 1e-3  # the lines are shares of the total
+
+
 def test_cpu_profile_tunes_the_allocator_and_shows_the_first_stage_kernel(monkeypatch, capsys):
     """tools/cpu_profile.py profiles the bench's step with the allocator the commands use, per model."""
     monkeypatch.syspath_prepend(str(TOOLS))

@@ -7,6 +7,8 @@
 #   spread (alexnet's and caffenet's training rows in six processes, cuDNN's algorithms timed or by heuristics)
 #   loop (alexnet train from the packed store: losses read late and batches ahead, against reading each loss at
 #   once and copying on the compute stream, ALEXNET_LOSS_LAG=0 ALEXNET_PREFETCH=0, in alternation)
+#   host (what a training step costs the host: enqueue time with the GPU kept busy, the operators' host time)
+#   graph (the bf16 bench with every row's step one CUDA graph: the GPU's work without the host's launches)
 #   (default: all but quicktests and loop)
 set -u
 OUT=${OUT:-gpu-out}; mkdir -p "$OUT"
@@ -46,6 +48,15 @@ if want bench; then
   timeout 150 $B --amp --json > "$OUT/bench_amp.json"
   step "bench bf16 channels-last, conv stages as modules (ALEXNET_FUSE=0)"
   ALEXNET_FUSE=0 timeout 120 $B --amp --json > "$OUT/bench_amp_modules.json"
+fi
+if want host; then
+  step "host: the time to enqueue a bf16 training step with the GPU kept busy, and the operators' host time"
+  timeout 150 $PY tools/gpu_profile.py --host ${HOST:-torchvision_alexnet alexnet caffenet zfnet} --only-copies 2>&1 \
+    | tee "$OUT/host.txt"
+fi
+if want graph; then
+  step "bench bf16 channels-last, each step one CUDA graph (train and infer, torchvision's row too)"
+  timeout 150 $B --amp --cuda-graph --no-memory --json > "$OUT/bench_graph.json"
 fi
 if want tf32; then
   step "bench fp32 (TF32) channels-last, Triton LRN"
@@ -124,7 +135,7 @@ $PY - "$OUT" <<'PYEOF'
 import json, sys
 from pathlib import Path
 from alexnet.bench import Report, format_report, Row, MemoryRow, DataRow
-for name in ("bench_amp", "bench_amp_modules", "bench_tf32", "bench_compile", "data"):
+for name in ("bench_amp", "bench_amp_modules", "bench_graph", "bench_tf32", "bench_compile", "data"):
     f = Path(sys.argv[1]) / f"{name}.json"
     if not f.is_file():
         continue

@@ -6,9 +6,13 @@ cuDNN's grouped kernels (the models run them as block-diagonal dense convs on CU
 grouped conv as two dense convs on the channel halves (the paper's two GPUs, AlexNet §3.2), with the conv stages
 as modules (no fused kernels), and with conv1 as cuDNN's 3-channel conv instead of space-to-depth. Then the top CUDA
 kernels of one step per model (torch.profiler), and with ``--copies MODEL ...`` where each model's copy kernels
-come from (the operator that asked for each ``aten::copy_``, its callers and the shapes).
+come from (the operator that asked for each ``aten::copy_``, its callers and the shapes). With ``--host MODEL ...``
+first what a step costs the host: the time to enqueue it while the GPU is kept busy (so the host never waits for
+it; a step that took as long as the GPU was kept busy has a synchronisation in it), and the operators with the
+most host time of their own.
 
-    python tools/gpu_profile.py [--batch-size 256] [--profile MODEL ...] [--copies MODEL ...] [--only-copies]
+    python tools/gpu_profile.py [--batch-size 256] [--profile MODEL ...] [--copies MODEL ...] [--host MODEL ...]
+        [--only-copies]
 """
 
 from __future__ import annotations
@@ -161,6 +165,59 @@ def copy_sources(step, device_time: bool = True, top: int = 16) -> list[str]:
     return [f"{t / 3 / 1e3:8.3f} {n // 3:3d}  {chain}  {shapes}" for (chain, shapes), (t, n) in rows]
 
 
+def _sleep_cycles_per_ms() -> float:
+    """GPU clock cycles per millisecond, timed with ``torch.cuda._sleep`` (a kernel that spins for a cycle count)."""
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    torch.cuda._sleep(1_000_000)  # the first launch loads the kernel
+    start.record()
+    torch.cuda._sleep(10_000_000)
+    end.record()
+    end.synchronize()
+    return 10_000_000 / start.elapsed_time(end)
+
+
+def host_ms(step, repeats: int = 10, busy_ms: float = 80.0) -> tuple[float, bool]:
+    """``(median ms the host takes to enqueue one step, whether a step waited for the GPU)``.
+
+    Before each timed step the GPU gets ``busy_ms`` of spinning, so the step's launches queue up behind it and
+    the time measured is the host's own: Python, the dispatcher, autograd, the launches. A step whose enqueueing
+    took most of ``busy_ms`` waited for the GPU: something in it synchronises (a ``.item()``, a pageable copy)."""
+    cycles = int(_sleep_cycles_per_ms() * busy_ms)
+    step()
+    torch.cuda.synchronize()
+    times = []
+    for _ in range(repeats):
+        torch.cuda._sleep(cycles)
+        t = time.perf_counter()
+        step()
+        times.append(time.perf_counter() - t)
+        torch.cuda.synchronize()
+    return 1e3 * statistics.median(times), max(times) * 1e3 > 0.8 * busy_ms
+
+
+def host_ops(step, steps: int = 3, top: int = 20, busy: bool = True) -> tuple[float, list[str]]:
+    """``(ms of host time per step over all operators, lines)``: the operators with the most host time of their
+    own (``self_cpu_time_total``, per step, and calls per step), under torch.profiler's CPU activity. The
+    profiler adds its own cost to each operator, so read the shares, not the absolute numbers. With ``busy``
+    (CUDA) the GPU is kept busy first, so that no operator's time is a wait for it."""
+    from torch.profiler import ProfilerActivity, profile
+
+    if busy:
+        torch.cuda._sleep(int(_sleep_cycles_per_ms() * 50 * steps))
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        for _ in range(steps):
+            step()
+    if busy:
+        torch.cuda.synchronize()
+    events = sorted(prof.key_averages(), key=lambda e: e.self_cpu_time_total, reverse=True)
+    total = sum(e.self_cpu_time_total for e in events) / steps / 1e3
+    lines = [
+        f"{e.self_cpu_time_total / steps / 1e3:8.3f} {e.count // steps:4d}  {e.key[:90]}"
+        for e in events[:top]
+    ]
+    return total, lines
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--batch-size", type=int, default=256)
@@ -168,6 +225,9 @@ def main() -> None:
         "--profile", nargs="*", default=["torchvision_alexnet", "alexnet", "zfnet"], metavar="MODEL"
     )
     p.add_argument("--copies", nargs="*", default=[], metavar="MODEL")
+    p.add_argument(
+        "--host", nargs="*", default=[], metavar="MODEL", help="the host's time per step, and its operators"
+    )
     p.add_argument("--only-copies", action="store_true", help="skip the timings and the kernel tables")
     args = p.parse_args()
     torch.backends.cudnn.benchmark = True
@@ -179,6 +239,18 @@ def main() -> None:
         time_ms(step, repeats=1, warmup=3)
         print(f"\n--- {name}: aten::copy_ per training step (ms, calls, caller < its caller ..., shapes)")
         print("\n".join(copy_sources(step)), flush=True)
+    for name in args.host:
+        model = models[name]
+        step = step_fn(model, args.batch_size, getattr(model, "default_input_size", 224))
+        time_ms(step, repeats=1, warmup=3)
+        ms, waited = host_ms(step)
+        total, lines = host_ops(step)
+        print(
+            f"\n--- {name}: the host enqueues a step in {ms:.2f} ms"
+            + (" (a step waited for the GPU: something in it synchronises)" if waited else "")
+            + f"; profiled, {total:.2f} ms of operator time per step; top (ms per step, calls per step)"
+        )
+        print("\n".join(lines), flush=True)
     if args.only_copies:
         return
     print(f"{'variant':<24}{'ms/step':>9}{'img/s':>10}")

@@ -11,6 +11,9 @@ Conventions (also in docs/performance.md):
 * **% of matmul**: achieved GFLOP/s over the fp32 rate of a square ``torch.mm`` loop measured in the same
   process right before each row (so a busy machine affects both alike); with ``interleave`` the models are timed
   round-robin, one step each per round, and the rate is the median of one measurement per round.
+* **CUDA graphs** (``cuda_graph``): every row's step is captured once as a CUDA graph and each timed step replays
+  it, so the host's cost of launching the step (Python, dispatcher, autograd, the launches) drops out and the rows
+  compare the GPU's work alone; torchvision's row is captured the same way.
 * **memory**: a training step at batch 128 in a fresh subprocess per model; the peak resident set
   (``VmHWM`` after resetting it through ``/proc/self/clear_refs``) above the resident set before the first step,
   and the resident set after each step, read after glibc's ``malloc_trim`` (growth = last − second; flagged as
@@ -281,12 +284,19 @@ def _setup(
 
 
 def _step_fn(
-    model: nn.Module, mode: str, x: torch.Tensor, y: torch.Tensor, amp: bool = False
+    model: nn.Module,
+    mode: str,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    amp: bool = False,
+    cache_casts: bool = True,
 ) -> Callable[[], object]:
-    """One inference or training step; ``amp``: the forward under bf16 autocast, as ``alexnet train --amp``."""
+    """One inference or training step; ``amp``: the forward under bf16 autocast, as ``alexnet train --amp``
+    (``cache_casts=False`` for a step captured as a CUDA graph: autocast's cache of cast weights must not
+    outlive the capture)."""
 
     def autocast() -> Any:
-        return torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=amp)
+        return torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=amp, cache_enabled=cache_casts)
 
     if mode == "infer":
         model.eval()
@@ -314,6 +324,29 @@ def _step_fn(
     return train
 
 
+def graphed(step: Callable[[], object], device: torch.device, warmup: int = 3) -> Callable[[], object]:
+    """``step`` captured as one CUDA graph: a call replays it (same inputs, same output tensors).
+
+    ``warmup`` eager calls on a side stream first, as CUDA graph capture requires: they compile the Triton
+    kernels, let cuDNN time its algorithms and create the optimizer's momentum buffers. The warm-up calls are real
+    steps (a training step updates the weights), which a benchmark's random model does not mind."""
+    side = torch.cuda.Stream(device)
+    side.wait_stream(torch.cuda.current_stream(device))
+    with torch.cuda.stream(side):
+        for _ in range(warmup):
+            step()
+    torch.cuda.current_stream(device).wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        out = step()
+
+    def replay() -> object:
+        graph.replay()
+        return out
+
+    return replay
+
+
 def _prepared(
     name: str,
     mode: str,
@@ -322,13 +355,16 @@ def _prepared(
     compile: bool,
     channels_last: bool,
     amp: bool,
+    cuda_graph: bool = False,
 ) -> tuple[Callable[[], object], torch.Tensor, float, float | None]:
     """``(step, inputs, forward GFLOP per image, compile seconds)``: a model set up for timing one mode."""
     model, x, y, gflop = _setup(name, batch_size, device, channels_last)
     compile_s = None
     if compile:
         model = torch.compile(model)  # type: ignore[assignment]
-    step = _step_fn(model, mode, x, y, amp)
+    step = _step_fn(model, mode, x, y, amp, cache_casts=not cuda_graph)
+    if cuda_graph:
+        step = graphed(step, device)
     if compile:  # the first call compiles; its time is reported separately and not timed as a step
         start = time.perf_counter()
         step()
@@ -377,10 +413,13 @@ def bench_model(
     compile: bool = False,
     channels_last: bool = False,
     amp: bool = False,
+    cuda_graph: bool = False,
 ) -> Row:
     """Time one model in one mode (``train`` or ``infer``) on random inputs; ``amp``: bf16 autocast, and
-    the matmul reference in bf16 too."""
-    step, x, gflop, compile_s = _prepared(name, mode, batch_size, device, compile, channels_last, amp)
+    the matmul reference in bf16 too; ``cuda_graph``: each step a replay of one CUDA graph (:func:`graphed`)."""
+    step, x, gflop, compile_s = _prepared(
+        name, mode, batch_size, device, compile, channels_last, amp, cuda_graph
+    )
     mm = matmul_gflops(device, dtype=torch.bfloat16 if amp else torch.float32)
     times = _median_time(step, repeats, warmup, device)
     return _row(name, mode, x, gflop, times, mm, compile_s)
@@ -397,12 +436,15 @@ def bench_interleaved(
     compile: bool = False,
     channels_last: bool = False,
     amp: bool = False,
+    cuda_graph: bool = False,
 ) -> list[Row]:
     """Time every model of one mode round-robin: each round runs one step of each model in turn, after one
     matmul measurement. A burst of load on a shared machine then slows every row of the round alike, which
     keeps the ratios between rows (``vs tv``) steadier than timing the rows one after the other. Every row's
     '% mm' uses the median matmul rate of the rounds. All the models are alive at once (memory)."""
-    prepared = [_prepared(n, mode, batch_size, device, compile, channels_last, amp) for n in names]
+    prepared = [
+        _prepared(n, mode, batch_size, device, compile, channels_last, amp, cuda_graph) for n in names
+    ]
     for step, *_ in prepared:
         _median_time(step, 0, warmup, device)
     times: list[list[float]] = [[] for _ in names]
@@ -681,12 +723,20 @@ def run_bench(
     memory: bool = True,
     memory_batch_size: int = MEMORY_BATCH_SIZE,
     interleave: bool = False,
+    cuda_graph: bool = False,
     progress: Callable[[str], None] | None = None,
 ) -> Report:
     """Every model (and torchvision's AlexNet, always, first) in every mode; memory per model on CPU."""
     if batch_size < 1 or repeats < 1 or warmup < 0 or memory_batch_size < 1:
         raise BenchError("batch size, repeats and memory batch size must be ≥ 1, warm-up ≥ 0")
     dev = resolve_device(device)
+    if cuda_graph and compile:
+        raise BenchError(
+            "--cuda-graph and --compile together: choose one (torch.compile captures graphs itself with "
+            "mode='reduce-overhead')"
+        )
+    if cuda_graph and dev.type != "cuda":
+        raise BenchError(f"--cuda-graph needs a CUDA device (got {dev.type})")
     if dev.type == "cuda":
         torch.backends.cudnn.benchmark = cudnn_benchmark()
     names = list(dict.fromkeys([REFERENCE, *models]))
@@ -701,6 +751,7 @@ def run_bench(
             "channels_last": channels_last,
             "amp": amp,
             "interleave": interleave,
+            "cuda_graph": cuda_graph,
             "memory_batch_size": memory_batch_size if memory else None,
             "train_flops_factor": TRAIN_FLOPS_FACTOR,
             "matmul_size": matmul_size(dev),
@@ -721,6 +772,7 @@ def run_bench(
                     compile=compile,
                     channels_last=channels_last,
                     amp=amp,
+                    cuda_graph=cuda_graph,
                 )
             )
             continue
@@ -738,6 +790,7 @@ def run_bench(
                     compile=compile,
                     channels_last=channels_last,
                     amp=amp,
+                    cuda_graph=cuda_graph,
                 )
             )
     for row in report.rows:
@@ -774,6 +827,8 @@ def format_report(report: Report) -> str:
         lrn += f"; fc6-8 in training: {m['fc_train']}" if "fc_train" in m else ""
         lrn += f"; malloc: {m['malloc']}" if "malloc" in m else ""
         lrn += f"; denormals: {m['denormals']}" if "denormals" in m else ""
+        if report.settings.get("cuda_graph"):
+            lrn += "; each step one CUDA graph replayed (the host's launch cost left out)"
         dtype = "bf16" if report.settings.get("amp") else "fp32"
         size = report.settings.get("matmul_size", MATMUL_SIZE)
         if dtype == "fp32" and m.get("tf32"):

@@ -61,6 +61,12 @@ def register(sub: Any) -> None:
     p.add_argument("--warmup", type=int, default=2, help="untimed steps before timing (2)")
     p.add_argument("--compile", action="store_true", help="torch.compile each model (compile time reported)")
     p.add_argument(
+        "--cuda-graph",
+        action="store_true",
+        help="CUDA only: capture each row's step as one CUDA graph and time its replays, so that the rows "
+        "compare the GPU's work without the host's cost of launching it (every row, torchvision's too)",
+    )
+    p.add_argument(
         "--channels-last",
         action="store_true",
         help="models and batches in channels-last (default NCHW, where the paper models copy the batch to "
@@ -143,6 +149,7 @@ def run(args: argparse.Namespace) -> int:
             memory=not args.no_memory,
             memory_batch_size=args.memory_batch_size,
             interleave=args.interleave,
+            cuda_graph=args.cuda_graph,
             progress=progress,
         )
     if args.data:
