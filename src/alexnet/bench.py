@@ -328,8 +328,10 @@ def graphed(step: Callable[[], object], device: torch.device, warmup: int = 3) -
     """``step`` captured as one CUDA graph: a call replays it (same inputs, same output tensors).
 
     ``warmup`` eager calls on a side stream first, as CUDA graph capture requires: they compile the Triton
-    kernels, let cuDNN time its algorithms and create the optimizer's momentum buffers. The warm-up calls are real
-    steps (a training step updates the weights), which a benchmark's random model does not mind."""
+    kernels, let cuDNN time its algorithms and create the optimizer's momentum buffers. The capture then runs on
+    that same stream, so that cuBLAS's per-stream workspaces already exist (a first use inside the capture can
+    fail). The warm-up calls are real steps (a training step updates the weights), which a benchmark's random
+    model does not mind."""
     side = torch.cuda.Stream(device)
     side.wait_stream(torch.cuda.current_stream(device))
     with torch.cuda.stream(side):
@@ -337,7 +339,7 @@ def graphed(step: Callable[[], object], device: torch.device, warmup: int = 3) -
             step()
     torch.cuda.current_stream(device).wait_stream(side)
     graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
+    with torch.cuda.graph(graph, stream=side):
         out = step()
 
     def replay() -> object:
