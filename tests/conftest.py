@@ -50,3 +50,22 @@ def chelsea_jpeg(tmp_path: Path, chelsea: np.ndarray) -> Path:
     path = tmp_path / "chelsea.jpg"
     Image.fromarray(chelsea).save(path, quality=92)
     return path
+
+
+@pytest.fixture(scope="session")
+def photo_root(tmp_path_factory) -> Path:
+    """Two classes of real photographs (scikit-image's) as JPEGs of several sizes, and a grayscale PNG each: the
+    CUDA input pipelines' and training runs' data."""
+    import skimage.data
+    from PIL import Image
+
+    root = tmp_path_factory.mktemp("photos")
+    for split in ("train", "val"):
+        for c, names in enumerate((("chelsea", "coffee"), ("astronaut", "rocket"))):
+            folder = root / split / f"class{c}"
+            folder.mkdir(parents=True)
+            for i in range(6):
+                im = Image.fromarray(getattr(skimage.data, names[i % 2])()).convert("RGB")
+                im.resize((320 + 17 * i, 300 + 9 * c)).save(folder / f"{i}.jpg", quality=90)
+            Image.fromarray(skimage.data.camera()).save(folder / "gray.png")
+    return root

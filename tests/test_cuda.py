@@ -7,7 +7,6 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import torch
@@ -256,23 +255,6 @@ def test_compiled_model_on_cuda_matches_eager():
         eager = model(x)
         compiled = torch.compile(model)(x)
     torch.testing.assert_close(compiled, eager, rtol=1e-3, atol=1e-3)
-
-
-@pytest.fixture(scope="module")
-def photo_root(tmp_path_factory) -> Path:
-    import skimage.data
-    from PIL import Image
-
-    root = tmp_path_factory.mktemp("photos")
-    for split in ("train", "val"):
-        for c, names in enumerate((("chelsea", "coffee"), ("astronaut", "rocket"))):
-            folder = root / split / f"class{c}"
-            folder.mkdir(parents=True)
-            for i in range(6):
-                im = Image.fromarray(getattr(skimage.data, names[i % 2])()).convert("RGB")
-                im.resize((320 + 17 * i, 300 + 9 * c)).save(folder / f"{i}.jpg", quality=90)
-            Image.fromarray(skimage.data.camera()).save(folder / "gray.png")
-    return root
 
 
 def test_gpu_augmented_batches_equal_the_cpu_loaders(photo_root):

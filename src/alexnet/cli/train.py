@@ -116,6 +116,13 @@ _BOOL_FLAGS = [
     ),
     ("--compile", "compile", "torch.compile the model"),
     (
+        "--cuda-graph",
+        "cuda_graph",
+        "replay each training step's forward and backward from two CUDA graphs captured once, so the host "
+        "launches two graphs instead of a few hundred kernels (CUDA, one process; health-check steps and a last "
+        "shorter batch run eagerly; docs/training.md)",
+    ),
+    (
         "--gpu-augment",
         "gpu_augment",
         "the workers decode and resize to 256x256 uint8 patches; the GPU takes the random crops, mirrors, PCA "

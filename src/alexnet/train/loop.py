@@ -31,6 +31,7 @@ from alexnet.train.checkpoint import (
     set_rng_state,
 )
 from alexnet.train.config import TrainConfig
+from alexnet.train.cuda_graph import GraphedForward
 from alexnet.train.data import (
     RunData,
     eval_loader,
@@ -180,9 +181,13 @@ def _train(
 ) -> TrainResult:
     t_start = time.monotonic()
     run_dir = Path(cfg.out)
-    if (cfg.gpu_augment or cfg.gpu_decode) and info.device.type != "cuda":
-        flag = "--gpu-decode" if cfg.gpu_decode else "--gpu-augment"
+    if (cfg.gpu_augment or cfg.gpu_decode or cfg.cuda_graph) and info.device.type != "cuda":
+        flag = "--gpu-decode" if cfg.gpu_decode else "--gpu-augment" if cfg.gpu_augment else "--cuda-graph"
         raise TrainingError(f"{flag} needs a CUDA GPU, but this run's device is {info.device}")
+    if cfg.cuda_graph and info.distributed:
+        raise TrainingError(
+            "--cuda-graph runs in one process: DistributedDataParallel's all-reduce is not captured here"
+        )
     if info.device.type == "cuda":
         torch.backends.cudnn.benchmark = (
             True  # training batches all have one shape: time cuDNN's algorithms once
@@ -277,6 +282,8 @@ def _train(
     net = dist_utils.wrap(model, info)
     if cfg.compile:
         net = torch.compile(net)
+    # the training steps' forward: the module, or its replay from CUDA graphs (evaluation always uses `net`)
+    forward = GraphedForward(net, cfg.amp) if cfg.cuda_graph else net
 
     writer = None
     handler = None
@@ -496,7 +503,7 @@ def _train(
                 ctx.step, ctx.epoch, ctx.lr, ctx.inputs, ctx.loss = step, epoch, lr, images, None
                 _run_callbacks(callbacks, "on_step_start", ctx)
                 with torch.autocast(info.device.type, dtype=torch.bfloat16, enabled=cfg.amp):
-                    logits = net(images)
+                    logits = forward(images)
                 loss = F.cross_entropy(logits.float(), targets, label_smoothing=cfg.label_smoothing)
                 # lag 0: this step's loss, read (and a non-finite one stopped) before its backward pass
                 account(reader.push(loss, StepRecord(step, epoch, lr, images)))
