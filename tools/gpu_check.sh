@@ -9,6 +9,7 @@
 #   once and copying on the compute stream, ALEXNET_LOSS_LAG=0 ALEXNET_PREFETCH=0, in alternation)
 #   host (what a training step costs the host: enqueue time with the GPU kept busy, the operators' host time)
 #   graph (the bf16 bench with every row's step one CUDA graph: the GPU's work without the host's launches)
+#   graphloop (tests/test_cuda_graph.py, then alexnet train from the store, eager against --cuda-graph, alternating)
 #   (default: all but quicktests and loop)
 set -u
 OUT=${OUT:-gpu-out}; mkdir -p "$OUT"
@@ -31,7 +32,7 @@ fi
 if want quicktests; then
   step "CUDA tests: LRN, conv stages, tower convs, models"
   timeout 180 $PY -m pytest -q -x -p no:cacheprovider tests/test_cuda.py tests/test_lrn_triton.py tests/test_stage_triton.py \
-    -k "not end_to_end and not compiled and not nvjpeg and not augmented" 2>&1 | tee "$OUT/tests.log" | tail -3
+    tests/test_cuda_graph.py -k "not end_to_end and not compiled and not nvjpeg and not augmented" 2>&1 | tee "$OUT/tests.log" | tail -3
 fi
 
 if want stage; then
@@ -78,10 +79,10 @@ if want profile; then
   timeout 180 $PY tools/gpu_profile.py --profile ${PROFILE:-torchvision_alexnet alexnet zfnet} --copies ${COPIES:-alexnet zfnet} 2>&1 | tee "$OUT/profile.txt"
 fi
 
-if want data || want train || want loop; then
+if want data || want train || want loop || want graphloop; then
   $PY tools/make_jpegs.py /tmp/jpegs --images 4000
 fi
-if want data || want train || want loop; then
+if want data || want train || want loop || want graphloop; then
   step "alexnet data-pack: the JPEGs decoded once at 256×256 (AlexNet §2), 12 workers"
   timeout 120 $PY -m alexnet.cli data-pack /tmp/jpegs --workers 12 --json > "$OUT/pack.json"; tail -c 300 "$OUT/pack.json"
 fi
@@ -122,6 +123,19 @@ if want loop; then
     echo "$ab: $(cut -d, -f1,8,9 /tmp/run-loop/metrics.csv 2>/dev/null | tr '\n' ' ')"
   done
   unset ALEXNET_LOSS_LAG ALEXNET_PREFETCH
+fi
+
+if want graphloop; then
+  step "CUDA graphs: replayed steps against eager ones, and a short run (tests/test_cuda_graph.py)"
+  timeout 150 $PY -m pytest -q -x -p no:cacheprovider tests/test_cuda_graph.py 2>&1 | tee "$OUT/graph-tests.log" | tail -3
+  step "training A/B: alexnet bf16 --gpu-augment from the store, 12 workers, eager against --cuda-graph"
+  for g in eager graph eager graph; do
+    flags=""; [ $g = graph ] && flags="--cuda-graph"
+    rm -rf /tmp/run-graph
+    timeout 100 $PY -m alexnet.cli train --model alexnet --data /tmp/jpegs --out /tmp/run-graph --device cuda --amp \
+      --batch-size 256 --epochs 4 --workers 12 --checkpoint-every 100000 $flags > "$OUT/graphloop-$g.log" 2>&1
+    echo "$g: $(cut -d, -f1,8,9 /tmp/run-graph/metrics.csv 2>/dev/null | tr '\n' ' ')"
+  done
 fi
 
 if want compile; then
