@@ -321,6 +321,7 @@ def _step_fn(
         opt.step()
         return loss
 
+    train.optimizer = opt  # type: ignore[attr-defined]  # for graphed(): the gradients freed before a capture
     return train
 
 
@@ -338,6 +339,9 @@ def graphed(step: Callable[[], object], device: torch.device, warmup: int = 3) -
         for _ in range(warmup):
             step()
     torch.cuda.current_stream(device).wait_stream(side)
+    optimizer = getattr(step, "optimizer", None)
+    if optimizer is not None:  # as PyTorch's whole-network capture does: the warm-up's gradients go first, so
+        optimizer.zero_grad(set_to_none=True)  # the captured backward allocates them in the graph's own pool
     graph = torch.cuda.CUDAGraph()
     with torch.cuda.graph(graph, stream=side):
         out = step()
