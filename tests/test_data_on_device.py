@@ -128,10 +128,10 @@ def test_patches_cross_processes_as_one_uint8_batch(photo_root):
     assert batch[0].pixels.dtype == torch.uint8 and batch[0].pixels.shape == (3, 3, 256, 256)
 
 
-def test_workers_draw_each_patchs_random_parameters_under_its_seed(photo_root):
+def test_workers_draw_each_patchs_random_parameters_under_its_seed_and_send_the_crops(photo_root):
     """A worker's collate draws the crop, mirror and lighting of each patch under its seed (the main process,
-    which drives the training step, then only applies them); without a plan it leaves them to the main
-    process."""
+    which drives the training step, then only applies them) and sends each patch cut to its crop (79 % of the
+    bytes); without a plan it leaves both to the main process."""
     from alexnet.data.on_device import EncodedItems, Patches, collate_encoded
 
     ds = ImageFolder(photo_root, "train", train_transform(Preprocessing()))
@@ -139,14 +139,48 @@ def test_workers_draw_each_patchs_random_parameters_under_its_seed(photo_root):
     seeds = [11, 12, 13, 14]
     patches, _, got_seeds, _ = collate_encoded([items[(i, s)] for i, s in enumerate(seeds)], items.plan)
     assert isinstance(patches, Patches) and got_seeds == seeds
-    params, offsets = _Plan.of(ds.transform).draw(seeds, patches.pixels[0])
+    plain, *_ = collate_encoded([items[(i, s)] for i, s in enumerate(seeds)])
+    assert plain.params is None and plain.offsets is None and plain.pixels.shape == (4, 3, 256, 256)
+    params, offsets = _Plan.of(ds.transform).draw(seeds, plain.pixels[0])
+    assert patches.pixels.shape == (4, 3, 227, 227)
+    for crop, full, (top, left, _) in zip(patches.pixels, plain.pixels, params, strict=True):
+        assert torch.equal(crop, full[:, top : top + 227, left : left + 227])
     # NumPy from the worker (pickled by value, no shared-memory block each); tensors again in the main process
     assert isinstance(patches.params, np.ndarray) and isinstance(patches.offsets, np.ndarray)
     as_tensors = patches.tensors()
-    assert torch.equal(as_tensors.params, torch.tensor(params))
+    assert torch.equal(as_tensors.params, torch.tensor([[0, 0, m] for _, _, m in params]))
     assert as_tensors.offsets is not None and torch.equal(as_tensors.offsets, offsets)
-    plain, *_ = collate_encoded([items[(i, s)] for i, s in enumerate(seeds)])
-    assert plain.params is None and plain.offsets is None and torch.equal(plain.pixels, patches.pixels)
+    assert len({(t, left) for t, left, _ in params}) > 1 and {m for *_, m in params} == {0, 1}  # real draws
+
+
+def test_with_worker_crops_off_the_workers_send_whole_patches_and_the_batches_stay_the_same(
+    photo_root, monkeypatch
+):
+    """ALEXNET_WORKER_CROP=0 (an A/B switch): the patches cross whole, with their crop offsets, as before."""
+    from alexnet.data.on_device import EncodedItems, collate_encoded
+
+    monkeypatch.setenv("ALEXNET_WORKER_CROP", "0")
+    ds = ImageFolder(photo_root, "train", train_transform(Preprocessing()))
+    items = EncodedItems(ds)
+    seeds = [11, 12, 13, 14]
+    patches, *_ = collate_encoded([items[(i, s)] for i, s in enumerate(seeds)], items.plan)
+    params, _ = _Plan.of(ds.transform).draw(seeds, patches.pixels[0])
+    assert patches.pixels.shape == (4, 3, 256, 256)
+    assert torch.equal(patches.tensors().params, torch.tensor(params))
+    assert_same_batches(photo_root, train_transform(Preprocessing()), False, workers=2)
+
+
+def test_evaluation_patches_cross_as_their_central_crops(photo_root):
+    from alexnet.data.on_device import EncodedItems, collate_encoded
+
+    ds = ImageFolder(photo_root, "train", eval_transform(Preprocessing()))
+    items = EncodedItems(ds)
+    patches, *_ = collate_encoded([items[(i, i)] for i in range(3)], items.plan)
+    plain, *_ = collate_encoded([items[(i, i)] for i in range(3)])
+    assert patches.params is None and patches.pixels.shape == (3, 3, 227, 227)
+    assert torch.equal(
+        patches.pixels, plain.pixels[:, :, 14:241, 14:241]
+    )  # torchvision's centre: round(29 / 2)
 
 
 def test_centre_patch_of_a_packed_image_is_the_image_itself():

@@ -7,9 +7,10 @@ sample's own seed (:func:`alexnet.data.loader.sample_seed`) in the order the CPU
 * **augment on the device** (``make_loader(..., augment_device="cuda")``): a worker decodes the file as the CPU
   loader does (DCT-domain reduced JPEG decoding included) and applies the deterministic head of the transform,
   AlexNet §2's resize to 256 and central 256×256 patch, and the worker's collate draws the batch's random
-  parameters; the batch crosses processes as ``uint8`` (a third of the bytes of float crops) with those
-  parameters (:class:`Patches`), and the device takes §4.1's random crop, mirror and PCA lighting and the
-  normalisation for the whole batch in a few kernels (:class:`_Plan`). The pixels equal the CPU loader's up to
+  parameters and cuts each patch to its §4.1 random crop as it stacks the batch; the batch crosses processes as
+  ``uint8`` crops (a quarter of the bytes of float crops) with those parameters (:class:`Patches`), and the
+  device takes the mirror and PCA lighting and the normalisation for the whole batch in a few kernels
+  (:class:`_Plan`). The pixels equal the CPU loader's up to
   fp32 rounding. Drawing in the workers keeps the main process, which also drives the training step, free of
   30 µs of Python per image (7.75 ms per batch of 256 on one core, about an H100's whole training step); drawing
   for the whole batch at once, not per image, keeps that loop in the cache (after decoding an image the same
@@ -29,6 +30,7 @@ the CPU: that is how the tests compare it with the CPU loader.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, NamedTuple
@@ -68,9 +70,10 @@ class Encoded:
 
 
 class Patches(NamedTuple):
-    """A batch of central patches as the workers hand it over: ``pixels`` N×3×P×P ``uint8``, and the samples'
-    random parameters drawn under their seeds, ``params`` N×3 (top, left, mirrored) and lighting ``offsets``
-    N×3, or ``None`` where the plan has none. ``slot``: the worker's reusable buffer the pixels travel in
+    """A batch of central patches as the workers hand it over: ``pixels`` N×3×P×P ``uint8`` (with a plan, each
+    patch already cut to its crop, :meth:`_Plan.cropped`), and the samples' random parameters drawn under their
+    seeds, ``params`` N×3 (top, left, mirrored; top and left 0 once cropped) and lighting ``offsets`` N×3, or
+    ``None`` where the plan has none. ``slot``: the worker's reusable buffer the pixels travel in
     (:mod:`alexnet.data.shm_pool`), freed once they are pinned or finished on the device.
 
     From a worker, ``params`` and ``offsets`` are NumPy arrays: they cross processes by value, inside the pickled
@@ -190,12 +193,12 @@ def collate_encoded(
         items = [Encoded(e.path, e.data.clone(), e.patched) if e.borrowed else e for e in encoded]
     else:
         data = [e.data for e in encoded]
-        pixels, slot = pool.stack(data) if pool is not None else (torch.stack(data), None)
         params = offsets = None
-        if plan is not None and isinstance(plan.crop, v2.RandomCrop):
-            drawn, offsets_ = plan.draw(seeds, pixels[0])
-            params = np.array(drawn, dtype=np.int64)
-            offsets = None if offsets_ is None else offsets_.numpy()
+        if plan is not None:  # the crops, not the patches, cross to the main process (below)
+            data, params, offsets = plan.cropped(
+                seeds, data, os.environ.get("ALEXNET_WORKER_CROP", "1") != "0"
+            )
+        pixels, slot = pool.stack(data) if pool is not None else (torch.stack(data), None)
         items = Patches(pixels, params, offsets, slot)
     # NumPy, by value (see Patches); BatchDecoder makes them tensors again
     return items, np.array([b[1] for b in good], dtype=np.int64), seeds, bad
@@ -275,6 +278,30 @@ class _Plan:
         alpha = torch.cat(alphas) * lighting.std
         return params, (alpha * lighting.eigval) @ lighting.eigvec.T
 
+    def cropped(
+        self, seeds: Sequence[int], patches: Sequence[torch.Tensor], cut: bool = True
+    ) -> tuple[Sequence[torch.Tensor], np.ndarray | None, np.ndarray | None]:
+        """A worker's share of the batched part: ``(crops, params, offsets)``. Each patch's random parameters
+        drawn under its seed (:meth:`draw`), and, with ``cut``, the patch cut to its crop, which is what the
+        device would gather from it: 227² of 256² is 79 % of the bytes to stack, pin, copy to the device and read
+        there, and the same pixels. ``params`` then keep only the mirror coin (top and left 0); a central crop
+        (evaluation) has none. ``ALEXNET_WORKER_CROP=0`` sends the whole patches, for an A/B."""
+        central = isinstance(self.crop, v2.CenterCrop)
+        if not cut:
+            if central:
+                return patches, None, None
+            drawn, offsets = self.draw(seeds, patches[0])
+            return patches, np.array(drawn, dtype=np.int64), None if offsets is None else offsets.numpy()
+        if central:
+            return [self.crop(p) for p in patches], None, None
+        drawn, offsets = self.draw(seeds, patches[0])
+        h, w = self.crop.size
+        crops = [
+            p[:, top : top + h, left : left + w] for p, (top, left, _) in zip(patches, drawn, strict=True)
+        ]
+        params = np.array([[0, 0, mirrored] for _, _, mirrored in drawn], dtype=np.int64)
+        return crops, params, None if offsets is None else offsets.numpy()
+
     def __call__(
         self,
         patches: torch.Tensor,
@@ -282,7 +309,9 @@ class _Plan:
         drawn: tuple[torch.Tensor, torch.Tensor | None] | None = None,
     ) -> torch.Tensor:
         """N×3×P×P ``uint8`` patches on the device → the model's input batch; the random parameters are
-        ``drawn`` (the workers drew them, :class:`Patches`) or drawn here under ``seeds``."""
+        ``drawn`` (the workers drew them, :class:`Patches`) or drawn here under ``seeds``. The workers' patches
+        arrive already cropped (:meth:`cropped`): then the crop is the whole patch and only mirrors move
+        pixels."""
         if isinstance(self.crop, v2.CenterCrop):
             return self.to_input.apply(self.crop(patches), None)
         params, offsets = drawn if drawn is not None else self.draw(seeds, patches[0])
