@@ -10,6 +10,7 @@
 #   host (what a training step costs the host: enqueue time with the GPU kept busy, the operators' host time)
 #   graph (the bf16 bench with every row's step one CUDA graph: the GPU's work without the host's launches)
 #   graphloop (tests/test_cuda_graph.py, then alexnet train from the store, eager against --cuda-graph, alternating)
+#   cropab (the input pipeline's rows with the workers' crops off and on, ALEXNET_WORKER_CROP=0/1, alternating)
 #   (default: all but quicktests and loop)
 set -u
 OUT=${OUT:-gpu-out}; mkdir -p "$OUT"
@@ -79,10 +80,10 @@ if want profile; then
   timeout 180 $PY tools/gpu_profile.py --profile ${PROFILE:-torchvision_alexnet alexnet zfnet} --copies ${COPIES:-alexnet zfnet} 2>&1 | tee "$OUT/profile.txt"
 fi
 
-if want data || want train || want loop || want graphloop; then
+if want data || want train || want loop || want graphloop || want cropab; then
   $PY tools/make_jpegs.py /tmp/jpegs --images 4000
 fi
-if want data || want train || want loop || want graphloop; then
+if want data || want train || want loop || want graphloop || want cropab; then
   step "alexnet data-pack: the JPEGs decoded once at 256×256 (AlexNet §2), 12 workers"
   timeout 120 $PY -m alexnet.cli data-pack /tmp/jpegs --workers 12 --json > "$OUT/pack.json"; tail -c 300 "$OUT/pack.json"
 fi
@@ -96,6 +97,16 @@ if want data; then
   done
   # 12 workers into a main process that only receives: the DataLoader's ceiling on this host, without the GPU
   $PY tools/worker_rate.py /tmp/jpegs --images 61440 --batch-size 256 --loader --workers 12 | tee -a "$OUT/worker_rate.txt"
+fi
+
+if want cropab; then
+  step "input pipeline A/B: the workers send whole 256² patches (ALEXNET_WORKER_CROP=0) or their 227² crops, 8 workers"
+  for crop in 0 1 0 1; do
+    ALEXNET_WORKER_CROP=$crop timeout 120 $PY -m alexnet.cli bench --only-data --data /tmp/jpegs --device cuda \
+      --workers 8 --data-images 12000 --json > "$OUT/cropab.json"
+    $PY -c "import json; d = json.load(open('$OUT/cropab.json')); print('worker crop $crop', '  '.join(
+      f\"{r['pipeline']} {r['images_per_s']:.0f}\" for r in d['data'] if 'gpu_augment' in r['pipeline']))"
+  done
 fi
 
 if want train; then
