@@ -53,6 +53,9 @@ def test_worker_rate_times_the_files_then_the_packed_store(tmp_path):
     assert [line.split(":")[0].strip() for line in rates] == ["files", "packed"]
     assert all(float(line.split(":")[1].split()[0]) > 0 for line in rates)
     assert proc.stdout.count("ms CPU per batch received") == 2
+    if not torch.cuda.is_available():  # pinned memory is the GPU driver's: a clear refusal without one
+        proc = subprocess.run([*command, "--loader", "--pin"], capture_output=True, text=True, check=False)
+        assert proc.returncode == 2 and "--pin needs --loader and a CUDA GPU" in proc.stderr
 
 
 def test_profile_variants_compute_the_same_network(monkeypatch):

@@ -107,6 +107,10 @@ if want cropab; then
     $PY -c "import json; d = json.load(open('$OUT/cropab.json')); print('worker crop $crop', '  '.join(
       f\"{r['pipeline']} {r['images_per_s']:.0f}\" for r in d['data'] if 'gpu_augment' in r['pipeline']))"
   done
+  for crop in 0 1; do  # the pin thread's ceiling: 12 workers into a main process that pins and receives
+    echo "worker crop $crop, pinned: $(ALEXNET_WORKER_CROP=$crop timeout 60 $PY tools/worker_rate.py /tmp/jpegs \
+      --images 20480 --batch-size 256 --loader --workers 12 --pin | tail -1)"
+  done
 fi
 
 if want train; then

@@ -2,10 +2,12 @@
 256×256 patch, collate the uint8 batch and draw its random crops, mirrors and lighting), from the files and
 from `alexnet data-pack`'s store, on one CPU core: the images/s each worker process can feed a GPU. Runs
 without a GPU. ``--loader`` times the same through a real DataLoader with one worker process instead, the
-batches' way to the main process included (shared memory, the queue), the main process only receiving them.
+batches' way to the main process included (shared memory, the queue), the main process only receiving them;
+with ``--pin`` (on a CUDA machine) the DataLoader's pin thread copies each batch to pinned memory first, as
+`alexnet train` has it, so the rate is that thread's ceiling when the workers are faster.
 
     python tools/make_jpegs.py /tmp/jpegs --images 400 && alexnet data-pack /tmp/jpegs
-    python tools/worker_rate.py /tmp/jpegs [--images 320] [--batch-size 64] [--loader [--workers N]]
+    python tools/worker_rate.py /tmp/jpegs [--images 320] [--batch-size 64] [--loader [--workers N] [--pin]]
 """
 
 from __future__ import annotations
@@ -38,7 +40,12 @@ def rate(dataset: ImageFolder, images: int, batch_size: int) -> float:
 
 
 def loader_rate(
-    dataset: ImageFolder, images: int, batch_size: int, use_pool: bool = True, workers: int = 1
+    dataset: ImageFolder,
+    images: int,
+    batch_size: int,
+    use_pool: bool = True,
+    workers: int = 1,
+    pin: bool = False,
 ) -> float:
     """Images/s per worker that the main process receives from ``workers`` worker processes, after one untimed
     batch per worker; the main thread's CPU time per batch is printed too."""
@@ -46,7 +53,9 @@ def loader_rate(
     keys = [(i % len(dataset), i) for i in range(images + batch_size * workers)]
     pool = BatchPool(workers, 4) if use_pool else None  # as alexnet.data.loader.Loader sets it up
     collate = functools.partial(collate_encoded, plan=items.plan, pool=pool)
-    loader = DataLoader(items, batch_size=batch_size, sampler=keys, num_workers=workers, collate_fn=collate)
+    loader = DataLoader(
+        items, batch_size=batch_size, sampler=keys, num_workers=workers, collate_fn=collate, pin_memory=pin
+    )
     batches = iter(loader)
     for _ in range(workers):
         next(batches)
@@ -71,11 +80,16 @@ def main() -> None:
     parser.add_argument(
         "--workers", type=int, default=1, help="with --loader: worker processes (the rate is per worker)"
     )
+    parser.add_argument(
+        "--pin", action="store_true", help="with --loader: the DataLoader pins each batch (needs CUDA)"
+    )
     args = parser.parse_args()
     if args.workers < 1:
         parser.error(f"--workers must be >= 1 (got {args.workers})")
+    if args.pin and not (args.loader and torch.cuda.is_available()):
+        parser.error("--pin needs --loader and a CUDA GPU (pinned memory is the GPU driver's)")
     measure = (
-        functools.partial(loader_rate, use_pool=not args.no_pool, workers=args.workers)
+        functools.partial(loader_rate, use_pool=not args.no_pool, workers=args.workers, pin=args.pin)
         if args.loader
         else rate
     )
