@@ -8,6 +8,7 @@ on stderr and exit code 2.
 from __future__ import annotations
 
 import importlib
+import logging
 import pkgutil
 import sys
 from collections.abc import Sequence
@@ -33,9 +34,35 @@ def build_parser() -> ArgumentParser:
     return parser
 
 
+class _Stderr(logging.StreamHandler):  # type: ignore[type-arg]
+    """A handler writing to ``sys.stderr`` as it is at each message (tests and callers may swap it)."""
+
+    @property  # type: ignore[override]
+    def stream(self) -> object:
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, _value: object) -> None:
+        pass
+
+
+def show_build_notices() -> None:
+    """Let the one-time build of the CPU kernels (:func:`alexnet.models.native.build`, 8-15 s on first use) say so
+    on stderr: without a handler Python shows only warnings, and the command would pause without a word."""
+    notices = logging.getLogger("alexnet.models.native")
+    if not any(getattr(h, "_alexnet_notice", False) for h in notices.handlers):
+        handler = _Stderr()
+        handler.setFormatter(logging.Formatter("alexnet: %(message)s"))
+        handler.setLevel(logging.INFO)
+        handler._alexnet_notice = True  # type: ignore[attr-defined]
+        notices.addHandler(handler)
+    notices.setLevel(logging.INFO)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    show_build_notices()
     malloc.tune()  # before the first large tensor: see alexnet/malloc.py
     with denormals.flushed():  # before PyTorch starts its threads: see alexnet/denormals.py
         return run_safely(lambda: args.func(args))
