@@ -27,12 +27,14 @@ torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
 @pytest.fixture
 def weight_grad_kernels() -> None:
     """Skips a test that needs CPU training to take the C++ weight-gradient kernels (models/first_conv.py,
-    first_stage.py, conv_stage.py): they are taken only from a library built for AVX-512
+    first_stage.py, conv_stage.py): they are taken only from a library built for AVX-512 or AVX2 with FMA
     (:func:`alexnet.models.native.weight_grad_kernel`); elsewhere the weight gradients stay oneDNN's."""
     from alexnet.models import native
 
     if native.weight_grad_kernel() is None:
-        pytest.skip("the C++ library is not built for AVX-512 here: the weight gradients stay oneDNN's")
+        pytest.skip(
+            "the C++ library is built for neither AVX-512 nor AVX2 here: the weight gradients stay oneDNN's"
+        )
 
 
 @pytest.fixture(scope="session")

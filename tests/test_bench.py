@@ -127,7 +127,7 @@ def test_table_names_every_row_and_the_conventions(tiny_json):
     post = f"{'conv3-5, fc6-8' if kernel is not None else 'fc6-8'} with ReLU as oneDNN primitives"
     assert f"inference post-ops: {post}" in text  # models/postops.py
     assert "fc6-8 in training: oneDNN products, ReLU fused (fp32)" in text  # models/linear_train.py
-    grads = native.weight_grad_kernel() is not None  # a library built for AVX-512
+    grads = native.weight_grad_kernel() is not None  # a library built for AVX-512 or AVX2 + FMA
     conv1 = "weight gradient by C++ kernel (fp32)" if grads else "oneDNN"
     if grads:  # models/first_stage.py
         conv1 += ", from the pooled maps' gradient when pool1 precedes norm1"
@@ -202,6 +202,15 @@ def test_bad_options_are_one_line_errors(capsys, args, message):
     assert main(args) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and message in err
+
+
+def test_amp_on_a_cpu_without_bf16_kernels_is_a_one_line_error(capsys, monkeypatch):
+    from alexnet.models import postops
+
+    monkeypatch.setattr(postops, "bf16_supported", lambda: False)
+    assert main(["bench", "caffenet", "--amp", "--no-memory"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "no bfloat16 kernels in oneDNN" in err and "without --amp" in err
 
 
 def test_cuda_graphs_and_torch_compile_are_not_combined():

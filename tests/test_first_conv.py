@@ -257,14 +257,22 @@ def test_a_module_with_hooks_still_sees_its_output_and_gradients():
     assert conv.weight.grad is not None and conv.bias.grad is not None
 
 
-def test_a_library_not_built_for_avx512_leaves_every_weight_gradient_to_onednn(monkeypatch):
-    """The kernels' register blocks are sized for AVX-512; built for AVX2 they ran at a twentieth of oneDNN's
-    rate (docs/performance.md, session 17), so a library without AVX-512 keeps only the LRN and stage kernels."""
+@pytest.mark.parametrize("lanes", [16, 8])
+def test_the_weight_gradient_kernels_are_taken_from_avx512_and_avx2_builds(monkeypatch, lanes):
+    if native.kernel() is None:
+        pytest.skip("no C++ library")
+    monkeypatch.setattr(native.kernel(), "weight_grad_lanes", lanes)
+    assert native.weight_grad_kernel() is native.kernel()
+
+
+def test_a_library_built_for_neither_avx512_nor_avx2_leaves_every_weight_gradient_to_onednn(monkeypatch):
+    """The kernels' register blocks are sized for AVX-512 and AVX2 (vec16.h) and measured there (docs/performance.md,
+    sessions 17–18); a library built for anything else keeps only the LRN and stage kernels."""
     from alexnet.models import conv_stage, first_stage
 
     if native.kernel() is None:
         pytest.skip("no C++ library")
-    monkeypatch.setattr(native.kernel(), "avx512", False)
+    monkeypatch.setattr(native.kernel(), "weight_grad_lanes", 0)
     assert native.weight_grad_kernel() is None
     assert not first_conv.applies(conv1(), image())
     calls: list[str] = []

@@ -81,7 +81,7 @@ def test_any_geometry_gives_the_dense_gradients_float64_sums(
 
 @pytest.fixture
 def runs(monkeypatch: pytest.MonkeyPatch, weight_grad_kernels: None) -> list[int]:
-    """How many times the model's forward took ``first_stage.run`` (where the library is built for AVX-512)."""
+    """How many times the model's forward took ``first_stage.run`` (where the library is built for AVX-512 or AVX2)."""
     return count_runs(monkeypatch, first_stage)
 
 

@@ -121,6 +121,16 @@ def test_under_bf16_autocast_the_paper_models_take_the_post_ops_with_the_modules
     torch.testing.assert_close(fast.float(), slow.float(), rtol=1e-2, atol=1e-2 * float(slow.abs().max()))
 
 
+def test_without_bf16_kernels_in_onednn_bf16_autocast_runs_the_modules(monkeypatch):
+    """An AVX2 CPU: oneDNN's bf16 primitives refuse to run there ("bf16 path needs the cpu support …", seen with
+    the library built for -march=haswell and ONEDNN_MAX_CPU_ISA=AVX2), so the models leave bf16 to ATen."""
+    monkeypatch.setattr(postops, "bf16_supported", lambda: False)
+    model, x = paper_model("caffenet")
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert calls(model, x) == (0, 0)
+    assert calls(model, x) == (3, 3)  # float32 has its primitives everywhere
+
+
 def test_a_hooked_layer_runs_as_itself_and_its_hook_sees_its_own_output():
     model, x = paper_model()
     seen: dict[str, torch.Tensor] = {}

@@ -148,3 +148,21 @@ def test_a_resume_message_says_without_stats_not_none() -> None:
         _check_resumable(TrainConfig(), {"config": {"classes": 5}})
     with pytest.raises(TrainingError, match=r"trained with --batch-size 4, not 2;"):
         _check_resumable(TrainConfig(batch_size=2), {"config": {"batch_size": 4}})
+
+
+def test_amp_training_on_a_cpu_without_bf16_kernels_warns_that_it_runs_emulated(
+    tmp_path, monkeypatch, caplog
+):
+    """An AVX2 CPU: checked with the run's device, before its data."""
+    from alexnet.errors import DataError
+    from alexnet.models import postops
+    from alexnet.train.config import TrainConfig
+    from alexnet.train.loop import train
+
+    monkeypatch.setattr(postops, "bf16_supported", lambda: False)
+    cfg = TrainConfig(
+        model="alexnet", out=str(tmp_path / "run"), device="cpu", amp=True, data=str(tmp_path / "no")
+    )
+    with caplog.at_level("WARNING", logger="alexnet.train"), pytest.raises(DataError):
+        train(cfg, progress=False)
+    assert "no bfloat16 kernels in oneDNN" in caplog.text and "emulated" in caplog.text

@@ -41,7 +41,7 @@ from torch import nn
 
 from alexnet import denormals, malloc
 from alexnet.errors import AlexnetError
-from alexnet.models import linear_train, native
+from alexnet.models import linear_train, native, postops
 from alexnet.models.layers import triton_kernels
 from alexnet.train.optim import fused_supported
 
@@ -161,7 +161,7 @@ def machine_info(device: torch.device) -> dict[str, Any]:
         info["postops"] = f"{layers} with ReLU as oneDNN primitives" if post else "modules"
         # models/linear_train.py: fc6-8's three products of a training step
         info["fc_train"] = "oneDNN products, ReLU fused (fp32)" if linear_train.switched_on() else "modules"
-        grads = native.weight_grad_kernel() is not None  # built for AVX-512
+        grads = native.weight_grad_kernel() is not None  # built for AVX-512, or AVX2 with FMA
         own = os.environ.get("ALEXNET_FIRST_CONV", "1") != "0" and grads
         info["conv1"] = "weight gradient by C++ kernel (fp32)" if own else "oneDNN"  # models/first_conv.py
         if own and fuse and os.environ.get("ALEXNET_FIRST_STAGE", "1") != "0":  # models/first_stage.py
@@ -743,6 +743,11 @@ def run_bench(
         )
     if cuda_graph and dev.type != "cuda":
         raise BenchError(f"--cuda-graph needs a CUDA device (got {dev.type})")
+    if amp and dev.type == "cpu" and not postops.bf16_supported():
+        raise BenchError(
+            "--amp: this CPU has no bfloat16 kernels in oneDNN (they need AVX-512 with BW, VL and DQ, or "
+            "AVX-NE-CONVERT), so bf16 would run emulated, many times slower than float32; bench without --amp"
+        )
     if dev.type == "cuda":
         torch.backends.cudnn.benchmark = cudnn_benchmark()
     names = list(dict.fromkeys([REFERENCE, *models]))

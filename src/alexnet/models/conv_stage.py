@@ -12,7 +12,7 @@ which conv1's stage needs, stays oneDNN's, from the full-size map the fused stag
 float32 training (a plain channels-last input outside any transform, tracer or autocast; a weight that needs a
 gradient), an ``nn.Conv2d`` or ``GroupedConv2d`` without hooks, dilation or a padding mode, whose groups have a
 multiple of 16 input channels and at most 128 (AlexNet's 48, ZFNet's 96), the C++ kernels built for AVX-512
-(:func:`alexnet.models.native.weight_grad_kernel`), a relu → pool → norm stage after it
+or AVX2 with FMA (:func:`alexnet.models.native.weight_grad_kernel`), a relu → pool → norm stage after it
 (:func:`alexnet.models.fused.stage_at`), and ``ALEXNET_CONV_STAGE`` not 0 (A/B measurements). Under
 ``backward(create_graph=True)`` it raises, as the fused relu → pool → norm stage does.
 """

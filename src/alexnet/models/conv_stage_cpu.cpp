@@ -17,9 +17,18 @@
 #include <memory>
 #include <vector>
 
+#include "vec16.h"
+
 namespace {
 
-typedef float v16 __attribute__((vector_size(64), aligned(4)));  // 16 floats, unaligned access allowed
+
+// Accumulators of 16 floats: 24 of AVX-512's 32 registers; without AVX-512 (AVX2: 16 registers of 8 floats, a
+// v16 takes two, vec16.h) 6, 12 registers (docs/performance.md, session 18).
+#if defined(__AVX512F__)
+constexpr int kAccumulators = 24;
+#else
+constexpr int kAccumulators = 6;
+#endif
 
 // out[u][16c..] += sum over q of v[q * step] * p[off[q * step] + uoff[u] + 16c], for U pixels of VC vectors
 template <int U, int VC>
@@ -31,7 +40,7 @@ __attribute__((always_inline)) inline void pixels(const float* __restrict p, con
   for (int u = 0; u < U; ++u) {
     at[u] = uoff[u];
 #pragma GCC unroll 8
-    for (int c = 0; c < VC; ++c) acc[u][c] = (v16){};
+    for (int c = 0; c < VC; ++c) acc[u][c] = v16{};
   }
   for (int64_t q = 0; q < m; ++q) {
     const float a = v[q * step];
@@ -65,7 +74,8 @@ void all_pixels(int64_t vc, int64_t count, const float* p, const int64_t* uoff, 
                 int64_t step, int64_t m, float* out) {
   switch (vc) {
 #define ALEXNET_PIXELS_CASE(VC) \
-  case VC: pixels_upto<(24 / VC), VC>(count, p, uoff, off, v, step, m, out); break;
+  case VC: pixels_upto<(kAccumulators / VC > 0 ? kAccumulators / VC : 1), VC>(count, p, uoff, off, v, step, m, out); \
+    break;
     ALEXNET_PIXELS_CASE(1) ALEXNET_PIXELS_CASE(2) ALEXNET_PIXELS_CASE(3) ALEXNET_PIXELS_CASE(4)
     ALEXNET_PIXELS_CASE(5) ALEXNET_PIXELS_CASE(6) ALEXNET_PIXELS_CASE(7) ALEXNET_PIXELS_CASE(8)
 #undef ALEXNET_PIXELS_CASE

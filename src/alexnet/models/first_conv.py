@@ -15,8 +15,8 @@ float32 rounding (tests/test_first_conv.py checks both against float64).
 * the image channels-last (as ``alexnet train`` runs; the paper models copy an NCHW batch to it themselves,
   :func:`alexnet.models.fused.kernel_layout`), at most 4 input channels, output channels a multiple of 16, one
   group, no dilation, zero padding;
-* the C++ library built for AVX-512 (:func:`alexnet.models.native.weight_grad_kernel`; elsewhere oneDNN's
-  gradient is the faster), and ``ALEXNET_FIRST_CONV`` not 0 (A/B measurements).
+* the C++ library built for AVX-512 or AVX2 with FMA (:func:`alexnet.models.native.weight_grad_kernel`;
+  elsewhere oneDNN's gradient), and ``ALEXNET_FIRST_CONV`` not 0 (A/B measurements).
 
 Under ``backward(create_graph=True)`` (double backward, gradient penalties) the backward is ATen's own,
 differentiable formula.
@@ -39,7 +39,7 @@ def trains_on_cpu(conv: nn.Conv2d, x: torch.Tensor) -> bool:
     """What every CPU training kernel for a conv's gradients asks (this module, :mod:`.first_stage`,
     :mod:`.conv_stage`): eager autograd on a plain channels-last float32 ``x``, no CPU autocast, a weight that needs
     a gradient, no dilation, zero numeric padding, and the C++ library built for AVX-512
-    (:func:`alexnet.models.native.weight_grad_kernel`)."""
+    or AVX2 with FMA (:func:`alexnet.models.native.weight_grad_kernel`)."""
     weight = conv.weight
     return (
         eager.plain(x)  # first: a tracer sees nothing else

@@ -26,9 +26,19 @@
 #include <cstring>
 #include <vector>
 
+#include "vec16.h"
+
 namespace {
 
-typedef float v16 __attribute__((vector_size(64), aligned(4)));  // 16 floats, unaligned access allowed
+
+// Register blocks. AVX-512 has 32 registers of 16 floats: 4 taps x 6 vectors = 24 accumulators, 6 gradient
+// vectors and a broadcast. AVX2 has 16 registers of 8 floats, and a v16 takes two (vec16.h): 2 taps x 2 vectors
+// there, 8 + 4 + 1 registers (docs/performance.md, session 18).
+#if defined(__AVX512F__)
+constexpr int kTapBlock = 4, kMaxVectors = 6, kAccumulators = 24, kSingleRows = 16;
+#else
+constexpr int kTapBlock = 2, kMaxVectors = 2, kAccumulators = 6, kSingleRows = 6;
+#endif
 
 // acc[b][v] = sum over ow of x[xo[b] + ow*SWC] * g[ow*ld + 16v], then dw[ko[b]][16v] += acc[b][v]
 template <int KB, int V>
@@ -39,7 +49,7 @@ __attribute__((always_inline)) inline void tap_block(const float* __restrict x, 
 #pragma GCC unroll 8
   for (int b = 0; b < KB; ++b)
 #pragma GCC unroll 8
-    for (int v = 0; v < V; ++v) acc[b][v] = (v16){};
+    for (int v = 0; v < V; ++v) acc[b][v] = v16{};
   const float* xp[KB];
 #pragma GCC unroll 8
   for (int b = 0; b < KB; ++b) xp[b] = x + xo[b];
@@ -72,21 +82,22 @@ template <int V>
 void row_taps(const float* x, const int64_t* xo, int64_t taps, int64_t swc, const float* g, int64_t ld,
               int64_t ow_count, float* dw, int64_t dw_ld) {
   int64_t k = 0;
-  for (; k + 4 <= taps; k += 4) tap_block<4, V>(x, xo + k, swc, g, ld, ow_count, dw, dw_ld, k);
+  for (; k + kTapBlock <= taps; k += kTapBlock)
+    tap_block<kTapBlock, V>(x, xo + k, swc, g, ld, ow_count, dw, dw_ld, k);
   for (; k < taps; ++k) tap_block<1, V>(x, xo + k, swc, g, ld, ow_count, dw, dw_ld, k);
 }
 
 void row(const float* x, const int64_t* xo, int64_t taps, int64_t swc, const float* g, int64_t oc,
          int64_t ow_count, float* dw) {
-  for (int64_t o = 0; o < oc; o += 96) {
-    const int64_t left = (oc - o) / 16 < 6 ? (oc - o) / 16 : 6;
+  for (int64_t o = 0; o < oc; o += 16 * kMaxVectors) {
+    const int64_t left = (oc - o) / 16 < kMaxVectors ? (oc - o) / 16 : kMaxVectors;
     const float* go = g + o;
     float* d = dw + o;
     switch (left) {
-      case 6: row_taps<6>(x, xo, taps, swc, go, oc, ow_count, d, oc); break;
-      case 5: row_taps<5>(x, xo, taps, swc, go, oc, ow_count, d, oc); break;
-      case 4: row_taps<4>(x, xo, taps, swc, go, oc, ow_count, d, oc); break;
-      case 3: row_taps<3>(x, xo, taps, swc, go, oc, ow_count, d, oc); break;
+      case 6: if constexpr (kMaxVectors >= 6) row_taps<6>(x, xo, taps, swc, go, oc, ow_count, d, oc); break;
+      case 5: if constexpr (kMaxVectors >= 5) row_taps<5>(x, xo, taps, swc, go, oc, ow_count, d, oc); break;
+      case 4: if constexpr (kMaxVectors >= 4) row_taps<4>(x, xo, taps, swc, go, oc, ow_count, d, oc); break;
+      case 3: if constexpr (kMaxVectors >= 3) row_taps<3>(x, xo, taps, swc, go, oc, ow_count, d, oc); break;
       case 2: row_taps<2>(x, xo, taps, swc, go, oc, ow_count, d, oc); break;
       default: row_taps<1>(x, xo, taps, swc, go, oc, ow_count, d, oc); break;
     }
@@ -116,7 +127,7 @@ __attribute__((always_inline)) inline void patch_rows(const float* __restrict p,
 #pragma GCC unroll 24
   for (int r = 0; r < R; ++r) {
 #pragma GCC unroll 4
-    for (int u = 0; u < F; ++u) acc[r][u] = (v16){};
+    for (int u = 0; u < F; ++u) acc[r][u] = v16{};
     rest[r] = (tail_t){};
   }
   for (int64_t q = 0; q < m; ++q) {
@@ -151,12 +162,13 @@ void patch_rows_upto(int64_t rows, const float* p, int64_t ld, const int32_t* of
   }
 }
 
-// every kernel row, with 24 accumulators at most
+// every kernel row, with kAccumulators accumulators at most
 template <int F, int T>
 void patch_all_rows(int64_t rows, const float* p, int64_t ld, const int32_t* off, const float* v, int64_t step,
                     int64_t m, float* dw) {
   constexpr int per_row = F + (T > 0 ? 1 : 0);
-  patch_rows_upto<(per_row == 1 ? 16 : 24 / per_row), F, T>(rows, p, ld, off, v, step, m, dw);
+  constexpr int block = per_row == 1 ? kSingleRows : kAccumulators / per_row;
+  patch_rows_upto<(block > 0 ? block : 1), F, T>(rows, p, ld, off, v, step, m, dw);
 }
 
 // a row's F and T (patch_rows) for a kernel row of `width` floats
@@ -181,6 +193,19 @@ void patch_dispatch(int64_t f, int64_t t, int64_t rows, const float* p, int64_t 
 }  // namespace
 
 extern "C" {
+
+// The vector width the weight-gradient kernels (this file's and conv_stage_cpu.cpp's) were built for, in floats:
+// 16 with AVX-512, 8 with AVX2 and FMA (a v16 in two registers, vec16.h), 0 otherwise (not measured: the Python
+// side then leaves these gradients to oneDNN, native.weight_grad_kernel).
+int weight_grad_lanes() {
+#if defined(__AVX512F__)
+  return 16;
+#elif defined(__AVX2__) && defined(__FMA__)
+  return 8;
+#else
+  return 0;
+#endif
+}
 
 // x: N x H x W x C (channels-last), g: N x OH x OW x OC (channels-last, OC a multiple of 16).
 // dw is written at dw[o*ws[0] + c*ws[1] + kh*ws[2] + kw*ws[3]] (the weight's own strides), db[o] when db.

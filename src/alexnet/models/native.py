@@ -40,6 +40,7 @@ log = logging.getLogger(__name__)
 SOURCES = [
     Path(__file__).with_name(name) for name in ("lrn_cpu.cpp", "first_conv_cpu.cpp", "conv_stage_cpu.cpp")
 ]
+HEADERS = [Path(__file__).with_name("vec16.h")]  # included by the sources: part of the build's cache key
 FLAGS = ["-O3", "-march=native", "-fopenmp", "-fPIC", "-shared", "-fno-math-errno", "-fno-trapping-math"]
 DTYPES = {torch.float32: "f32", torch.float64: "f64", torch.bfloat16: "bf16"}  # bf16 computed in fp32
 VECTOR_DTYPES = {torch.float32: "f32", torch.bfloat16: "bf16"}  # the AVX-512 code's
@@ -77,7 +78,7 @@ def build(out_dir: Path | None = None) -> Path:
         raise RuntimeError(
             f"no C++ compiler found ({os.environ.get('CXX') or 'c++, g++, clang++'} not on PATH; set CXX)"
         )
-    sources = [path.read_bytes() for path in SOURCES]
+    sources = [path.read_bytes() for path in [*SOURCES, *HEADERS]]
     key = hashlib.sha256(b"\0".join([*sources, " ".join([cxx, *FLAGS]).encode(), _cpu_signature().encode()]))
     out_dir = out_dir or cache_dir()
     target = out_dir / f"lrn-{key.hexdigest()[:16]}.so"
@@ -147,6 +148,9 @@ class Kernel:
         self._declare("pooled_weight_grad_f32", [ptr] * 6 + [i64] * 18 + [ptr, i32], i32)
         # x g pooled idx dw db; N H W C OC OH OW PH PW KH KW SH SW PADH PADW; pool kernel, stride; strides; threads
         self._declare("first_conv_pooled_weight_grad_f32", [ptr] * 6 + [i64] * 17 + [ptr, i32], i32)
+        self._declare("weight_grad_lanes", [], i32)
+        # the weight-gradient kernels' vector width: 16 (AVX-512), 8 (AVX2 + FMA), 0 (not measured elsewhere)
+        self.weight_grad_lanes = int(self.lib.weight_grad_lanes())
 
     def _declare(self, name: str, argtypes: list[Any], restype: Any) -> None:
         fn = getattr(self.lib, name)
@@ -367,13 +371,13 @@ class Kernel:
 
 def weight_grad_kernel() -> Kernel | None:
     """The library when its weight-gradient kernels (``first_conv_cpu.cpp``, ``conv_stage_cpu.cpp``) are the fast
-    way on this CPU: built for AVX-512, else ``None`` and the weight gradients stay oneDNN's.
+    way on this CPU: built for AVX-512 or for AVX2 with FMA, else ``None`` and the weight gradients stay oneDNN's.
 
-    Their register blocks are sized for 32 vector registers of 16 floats. Built for AVX2 (16 registers of 8), the
-    same blocks spill and ran at 9 GFLOP/s against oneDNN's 150 and more: alexnet trained at half of torchvision's
-    FLOP/s (docs/performance.md, session 17)."""
+    Their register blocks are sized per instruction set (``vec16.h``). Elsewhere (SSE only, ARM) they are not
+    measured. Before session 18 an AVX2 build kept each 16-float vector on the stack and ran at 9 GFLOP/s against
+    oneDNN's 150 and more: alexnet trained at half of torchvision's FLOP/s (docs/performance.md, sessions 17–18)."""
     found = kernel()
-    return found if found is not None and found.avx512 else None
+    return found if found is not None and found.weight_grad_lanes in (8, 16) else None
 
 
 def vector_stages() -> bool:

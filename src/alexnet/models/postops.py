@@ -18,12 +18,13 @@ cast to bfloat16, with a bfloat16 output. The ReLU on the float32 accumulator be
 rounding and then the ReLU give (tests/test_postops.py: the same logits).
 
 Taken only when nothing could tell the difference, as the fused stages are: inference (no autograd), CPU
-float32 (or bf16 autocast), a plain tensor nothing traces, no hook on the modules or global, and neither
+float32 (or bf16 autocast where oneDNN has bf16 kernels, :func:`bf16_supported`), a plain tensor nothing traces, no hook on the modules or global, and neither
 ``ALEXNET_FUSE`` nor ``ALEXNET_POSTOPS`` 0 (A/B measurements).
 """
 
 from __future__ import annotations
 
+import functools
 import os
 from collections.abc import Callable, Sequence
 
@@ -40,13 +41,25 @@ def _autocast() -> torch.dtype | None:
     return torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu") else None
 
 
+@functools.cache
+def bf16_supported() -> bool:
+    """Whether this CPU's oneDNN has bfloat16 kernels (AVX-512 with BW/VL/DQ, AMX, or AVX-NE-CONVERT). Without them
+    its bf16 primitives refuse to run ("bf16 path needs the cpu support …"), and bf16 stays with ATen's own
+    convolutions, which PyTorch picks for such a CPU."""
+    return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+
+
 def allowed(x: torch.Tensor) -> bool:
     """Whether ``x`` may take the post-op path (module hooks are the caller's to check)."""
     cast = _autocast()
     return (
         not torch.is_grad_enabled()
         and x.device.type == "cpu"
-        and (x.dtype == torch.float32 if cast is None else cast == torch.bfloat16 and x.dtype in _AUTOCAST_IN)
+        and (
+            x.dtype == torch.float32
+            if cast is None
+            else cast == torch.bfloat16 and x.dtype in _AUTOCAST_IN and bf16_supported()
+        )
         and eager.plain(x)
         and torch.backends.mkldnn.is_available()
         and torch.backends.mkldnn.enabled  # a user's torch.backends.mkldnn.flags(enabled=False) holds here too
