@@ -32,12 +32,13 @@ namespace {
 
 
 // Register blocks. AVX-512 has 32 registers of 16 floats: 4 taps x 6 vectors = 24 accumulators, 6 gradient
-// vectors and a broadcast. AVX2 has 16 registers of 8 floats, and a v16 takes two (vec16.h): 2 taps x 2 vectors
-// there, 8 + 4 + 1 registers (docs/performance.md, session 18).
+// vectors and a broadcast. AVX2 has 16 registers of 8 floats, and a v16 takes two (vec16.h): 6 taps x 1 vector
+// there, 12 + 2 + 1 registers (alexnet's conv1: 69-70 ms a step at batch 64, against 86-88 for 2 taps x 2
+// vectors and 87-88 for oneDNN; docs/performance.md, session 18).
 #if defined(__AVX512F__)
 constexpr int kTapBlock = 4, kMaxVectors = 6, kAccumulators = 24, kSingleRows = 16;
 #else
-constexpr int kTapBlock = 2, kMaxVectors = 2, kAccumulators = 6, kSingleRows = 6;
+constexpr int kTapBlock = 6, kMaxVectors = 1, kAccumulators = 6, kSingleRows = 6;
 #endif
 
 // acc[b][v] = sum over ow of x[xo[b] + ow*SWC] * g[ow*ld + 16v], then dw[ko[b]][16v] += acc[b][v]
