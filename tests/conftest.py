@@ -71,3 +71,20 @@ def photo_root(tmp_path_factory) -> Path:
                 im.resize((320 + 17 * i, 300 + 9 * c)).save(folder / f"{i}.jpg", quality=90)
             Image.fromarray(skimage.data.camera()).save(folder / "gray.png")
     return root
+
+
+@pytest.fixture
+def run_alexnet():
+    """``run_alexnet(*args, timeout=300, **env)``: the ``alexnet`` command in a subprocess that imports what this
+    test run imports (its ``sys.path``), with ``env`` added to the environment; the ``CompletedProcess``."""
+    import subprocess
+    import sys
+
+    def run(*args: str, timeout: float = 300, **env: str) -> subprocess.CompletedProcess:
+        full = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path), **env}
+        return subprocess.run(
+            [sys.executable, "-m", "alexnet.cli", *args],
+            capture_output=True, text=True, env=full, timeout=timeout, check=False,
+        )  # fmt: skip
+
+    return run

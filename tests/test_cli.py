@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -336,19 +335,17 @@ def test_help_states_the_default(capsys, command, needle):
 
 
 @pytest.mark.slow
-def test_the_first_build_of_the_cpu_kernels_is_announced_on_stderr(tmp_path):
+def test_the_first_build_of_the_cpu_kernels_is_announced_on_stderr(tmp_path, run_alexnet):
     """A command that builds the C++ kernels (once per machine, 8-15 s) says so instead of pausing silently."""
-    cmd = [
-        sys.executable, "-m", "alexnet.cli", "bench", "alexnet", "--mode", "infer", "--batch-size", "1",
-        "--repeats", "1", "--warmup", "0", "--no-memory", "--json",
-    ]  # fmt: skip
-    env = {**os.environ, "ALEXNET_CACHE": str(tmp_path / "cache")}
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300, check=False)
+    args = ["bench", "alexnet", "--mode", "infer", "--batch-size", "1", "--repeats", "1", "--warmup", "0"]
+    args += ["--no-memory", "--json"]
+    cache = str(tmp_path / "cache")
+    proc = run_alexnet(*args, ALEXNET_CACHE=cache)
     assert proc.returncode == 0, proc.stderr[-2000:]
     notices = [
         line for line in proc.stderr.splitlines() if line.startswith("alexnet: building the CPU kernels")
     ]
     assert len(notices) == 1, proc.stderr
     json.loads(proc.stdout)  # stdout stays the JSON alone
-    again = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300, check=False)
+    again = run_alexnet(*args, ALEXNET_CACHE=cache)
     assert again.returncode == 0 and "building the CPU kernels" not in again.stderr  # built once

@@ -4,10 +4,6 @@ CPU, bf16 channels-last training steps, batched nvJPEG decoding against the CPU 
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-
 import pytest
 import torch
 
@@ -296,16 +292,13 @@ def test_nvjpeg_batches_match_the_cpu_loader(photo_root):
 
 
 @pytest.mark.parametrize("flag", ["--gpu-augment", "--gpu-decode", "--no-gpu-augment"])
-def test_train_on_each_cuda_input_pipeline_runs_end_to_end(photo_root, tmp_path, flag):
+def test_train_on_each_cuda_input_pipeline_runs_end_to_end(photo_root, tmp_path, flag, run_alexnet):
     """The GPU's pipelines, and the workers' own (--no-gpu-augment; unset, a CUDA run augments on the GPU)."""
     out = tmp_path / "run"
-    cmd = [
-        sys.executable, "-m", "alexnet.cli", "train", "--model", "alexnet", "--data", str(photo_root),
-        "--out", str(out), "--device", "cuda", flag, "--amp", "--batch-size", "8",
-        "--max-steps", "3", "--workers", "2",
-    ]  # fmt: skip
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300, check=False)
+    proc = run_alexnet(
+        "train", "--model", "alexnet", "--data", str(photo_root), "--out", str(out), "--device", "cuda", flag,
+        "--amp", "--batch-size", "8", "--max-steps", "3", "--workers", "2",
+    )  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert (out / "model.safetensors").is_file()
 
@@ -362,18 +355,17 @@ def test_a_non_finite_loss_on_cuda_skips_the_fused_update_without_a_host_read():
     assert torch.equal(model.weight, seen)
 
 
-def test_training_end_to_end_on_cuda_reads_its_losses_late_and_logs_every_step(photo_root, tmp_path):
+def test_training_end_to_end_on_cuda_reads_its_losses_late_and_logs_every_step(
+    photo_root, tmp_path, run_alexnet
+):
     """The loop's default on CUDA (lag 1, batches ahead): the same steps are logged, with finite losses."""
     import csv
 
     out = tmp_path / "run"
-    cmd = [
-        sys.executable, "-m", "alexnet.cli", "train", "--model", "alexnet", "--data", str(photo_root),
-        "--out", str(out), "--device", "cuda", "--amp", "--batch-size", "4", "--max-steps", "5",
-        "--workers", "2", "--checkpoint-every", "2",
-    ]  # fmt: skip
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300, check=False)
+    proc = run_alexnet(
+        "train", "--model", "alexnet", "--data", str(photo_root), "--out", str(out), "--device", "cuda", "--amp",
+        "--batch-size", "4", "--max-steps", "5", "--workers", "2", "--checkpoint-every", "2",
+    )  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-2000:]
     with (out / "steps.csv").open() as f:
         rows = list(csv.DictReader(f))

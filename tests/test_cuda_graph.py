@@ -5,10 +5,6 @@ a GPU (tools/gpu_check.sh runs them)."""
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-
 import pytest
 import torch
 
@@ -33,13 +29,11 @@ def test_cuda_graph_and_compile_are_not_combined():
         TrainConfig(model="alexnet", cuda_graph=True, compile=True).validated()
 
 
-def test_the_command_line_refuses_cuda_graphs_on_the_cpu_in_one_line(tmp_path):
-    cmd = [
-        sys.executable, "-m", "alexnet.cli", "train", "--model", "alexnet", "--device", "cpu", "--cuda-graph",
-        "--out", str(tmp_path / "run"),
-    ]  # fmt: skip
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=120, check=False)
+def test_the_command_line_refuses_cuda_graphs_on_the_cpu_in_one_line(tmp_path, run_alexnet):
+    proc = run_alexnet(
+        "train", "--model", "alexnet", "--device", "cpu", "--cuda-graph", "--out", str(tmp_path / "run"),
+        timeout=120,
+    )  # fmt: skip
     assert proc.returncode == 2
     assert (
         proc.stderr.strip()
@@ -127,18 +121,15 @@ def test_hooked_steps_other_shapes_and_evaluation_run_eagerly():
 
 
 @cuda
-def test_training_end_to_end_with_cuda_graphs(photo_root, tmp_path):
+def test_training_end_to_end_with_cuda_graphs(photo_root, tmp_path, run_alexnet):
     """Health steps (every 2) eager, the others replayed; the run ends with its weights and finite losses."""
     import csv
 
     out = tmp_path / "run"
-    cmd = [
-        sys.executable, "-m", "alexnet.cli", "train", "--model", "alexnet", "--data", str(photo_root),
-        "--out", str(out), "--device", "cuda", "--cuda-graph", "--amp", "--batch-size", "8", "--max-steps", "6",
-        "--workers", "2", "--health-every", "2",
-    ]  # fmt: skip
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300, check=False)
+    proc = run_alexnet(
+        "train", "--model", "alexnet", "--data", str(photo_root), "--out", str(out), "--device", "cuda",
+        "--cuda-graph", "--amp", "--batch-size", "8", "--max-steps", "6", "--workers", "2", "--health-every", "2",
+    )  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert (out / "model.safetensors").is_file()
     assert "captured as CUDA graphs" in (out / "train.log").read_text()

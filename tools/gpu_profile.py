@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import statistics
 import time
 
@@ -165,6 +166,7 @@ def copy_sources(step, device_time: bool = True, top: int = 16) -> list[str]:
     return [f"{t / 3 / 1e3:8.3f} {n // 3:3d}  {chain}  {shapes}" for (chain, shapes), (t, n) in rows]
 
 
+@functools.cache
 def _sleep_cycles_per_ms() -> float:
     """GPU clock cycles per millisecond, timed with ``torch.cuda._sleep`` (a kernel that spins for a cycle count)."""
     start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)

@@ -286,21 +286,17 @@ class _Plan:
         device would gather from it: 227² of 256² is 79 % of the bytes to stack, pin, copy to the device and read
         there, and the same pixels. ``params`` then keep only the mirror coin (top and left 0); a central crop
         (evaluation) has none. ``ALEXNET_WORKER_CROP=0`` sends the whole patches, for an A/B."""
-        central = isinstance(self.crop, v2.CenterCrop)
+        if isinstance(self.crop, v2.CenterCrop):
+            return ([self.crop(p) for p in patches] if cut else patches), None, None
+        drawn, offsets_ = self.draw(seeds, patches[0])
+        offsets = None if offsets_ is None else offsets_.numpy()
         if not cut:
-            if central:
-                return patches, None, None
-            drawn, offsets = self.draw(seeds, patches[0])
-            return patches, np.array(drawn, dtype=np.int64), None if offsets is None else offsets.numpy()
-        if central:
-            return [self.crop(p) for p in patches], None, None
-        drawn, offsets = self.draw(seeds, patches[0])
+            return patches, np.array(drawn, dtype=np.int64), offsets
         h, w = self.crop.size
         crops = [
             p[:, top : top + h, left : left + w] for p, (top, left, _) in zip(patches, drawn, strict=True)
         ]
-        params = np.array([[0, 0, mirrored] for _, _, mirrored in drawn], dtype=np.int64)
-        return crops, params, None if offsets is None else offsets.numpy()
+        return crops, np.array([[0, 0, mirrored] for _, _, mirrored in drawn], dtype=np.int64), offsets
 
     def __call__(
         self,

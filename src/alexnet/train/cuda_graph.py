@@ -34,7 +34,7 @@ log = logging.getLogger(__name__)
 
 
 def _key(x: torch.Tensor) -> tuple[Any, ...]:
-    return (tuple(x.shape), x.dtype, x.device, x.is_contiguous(), tuple(x.stride()))
+    return (tuple(x.shape), x.dtype, x.device, tuple(x.stride()))
 
 
 def _hooked(model: nn.Module) -> bool:
