@@ -95,6 +95,7 @@ def test_training_autograd_and_other_dtypes_run_the_modules(monkeypatch):
     assert calls(model, x) == (0, 0)
 
 
+@pytest.mark.skipif(not postops.bf16_supported(), reason="oneDNN has no bfloat16 kernels on this CPU")
 @pytest.mark.parametrize("layer", ["conv3", "conv4"])
 def test_under_bf16_autocast_a_conv_post_op_gives_what_autocast_gives_the_modules(layer):
     """Autocast hands the conv a bfloat16 input, weight and bias; the post-op primitive gets the same and gives
@@ -111,7 +112,8 @@ def test_under_bf16_autocast_a_conv_post_op_gives_what_autocast_gives_the_module
 def test_under_bf16_autocast_the_paper_models_take_the_post_ops_with_the_modules_logits(name, monkeypatch):
     model, x = paper_model(name)
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        assert calls(model, x) == (3, 3)
+        # a CPU without oneDNN's bfloat16 kernels (AVX2) leaves bf16 to ATen's convolutions: no post-ops there
+        assert calls(model, x) == ((3, 3) if postops.bf16_supported() else (0, 0))
         with torch.inference_mode():
             fast = model(x)
             monkeypatch.setenv("ALEXNET_POSTOPS", "0")
