@@ -235,7 +235,9 @@ def test_memory_is_flagged_as_growing_only_when_it_rises_at_every_step():
     assert not memory_grows([2000, 2001, 2002, 2003], step_peak=1000)  # noise
 
 
-@pytest.mark.skipif(not bf16_supported(), reason="oneDNN has no bfloat16 kernels on this CPU: --amp is refused")
+@pytest.mark.skipif(
+    not bf16_supported(), reason="oneDNN has no bfloat16 kernels on this CPU: --amp is refused"
+)
 def test_amp_rows_run_under_bf16_autocast_against_the_bf16_matmul_rate(monkeypatch):
     import contextlib
     import io
