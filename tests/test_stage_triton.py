@@ -21,14 +21,18 @@ pytest.importorskip("triton")
 CL = torch.channels_last
 
 
-@pytest.fixture(scope="module")
-def kernels():
-    """stage_triton; on a machine without a GPU, conftest.py has set TRITON_INTERPRET=1 before Triton loaded."""
+@pytest.fixture(scope="module", params=[False, True], ids=["recomputed", "kept"])
+def kernels(request):
+    """stage_triton, with relu → norm → pool's backward recomputing the LRN denominators or taking those its
+    forward kept; on a machine without a GPU, conftest.py has set TRITON_INTERPRET=1 before Triton loaded."""
     if not torch.cuda.is_available() and os.environ.get("TRITON_INTERPRET") != "1":
         pytest.skip("no GPU and Triton's interpreter is off")
     from alexnet.models import stage_triton
 
-    return stage_triton
+    before = stage_triton.KEEP_DENOMINATOR
+    stage_triton.KEEP_DENOMINATOR = request.param
+    yield stage_triton
+    stage_triton.KEEP_DENOMINATOR = before
 
 
 def on_device(t: torch.Tensor) -> torch.Tensor:
@@ -55,7 +59,7 @@ def run_kernels(kernels, x: torch.Tensor, args: StageArgs, grad: torch.Tensor | 
         g = torch.ops.alexnet.lrn_backward(grad, pooled, y, args.size, args.alpha, args.beta, args.k)
         dx = kernels.stage_backward(g, list(x.shape), None, pooled, idx, args)
     else:
-        dx = kernels.stage_backward(grad, list(x.shape), x, None, idx, args)
+        dx = kernels.stage_backward(grad, list(x.shape), x, pooled, idx, args)  # pooled: kept denominators
     return y, inference, dx
 
 
@@ -155,6 +159,30 @@ def test_a_nan_reaches_the_triton_stage_output_as_it_does_through_the_modules(ke
 def test_the_window_offsets_are_one_byte_per_pooled_value(kernels):
     x = on_device(torch.randn(2, 8, 9, 9)).contiguous(memory_format=CL)
     args = StageArgs(False, 5, 1e-4, 0.75, 2.0, 3, 2, False)
-    _, pooled, idx = kernels.stage(x, (4, 4), args, training=True)
-    assert pooled is None and idx.dtype == torch.uint8 and idx.shape == (2, 8, 4, 4)
+    _, kept, idx = kernels.stage(x, (4, 4), args, training=True)
+    assert idx.dtype == torch.uint8 and idx.shape == (2, 8, 4, 4)
     assert int(idx.max()) < 9
+    assert (kept is not None) == kernels.KEEP_DENOMINATOR
+    assert kernels.stage(x, (4, 4), args)[1] is None  # inference keeps nothing
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_the_kept_denominators_are_the_lrn_denominators_at_the_maxima(kernels, dtype):
+    """AlexNet §3.3's d = k + α Σ_{j∈win(i)} a_j², at the position each pooled maximum came from; the pooled
+    value is a d^{-β} there (rounded to the dtype, as the forward rounds the LRN output before pooling)."""
+    if not kernels.KEEP_DENOMINATOR:
+        pytest.skip("the forward keeps them only with ALEXNET_KEEP_DENOMINATOR=1")
+    torch.manual_seed(0)
+    x = on_device(torch.randn(2, 12, 11, 11) * 30).to(dtype).contiguous(memory_format=CL)
+    args = StageArgs(False, 5, 1e-3, 0.75, 2.0, 3, 2, True)
+    y, kept, idx = kernels.stage(x, (5, 5), args, training=True)
+    assert kept.dtype == torch.float32 and kept.shape == y.shape and kept.is_contiguous(memory_format=CL)
+    a = torch.relu(x.float())
+    window_sum = 5 * F.avg_pool3d(a.square().unsqueeze(1), (5, 1, 1), stride=1, padding=(2, 0, 0)).squeeze(1)
+    d = 2.0 + 1e-3 * window_sum
+    # the argmax's input position from its window offset: row 2·oh + idx // 3, column 2·ow + idx % 3
+    rows = 2 * torch.arange(5, device=x.device).view(1, 1, 5, 1) + idx.long() // 3
+    cols = 2 * torch.arange(5, device=x.device).view(1, 1, 1, 5) + idx.long() % 3
+    at = lambda t: t.flatten(2).gather(2, (rows * 11 + cols).flatten(2)).view_as(y)  # noqa: E731
+    torch.testing.assert_close(kept, at(d), rtol=1e-5, atol=0)
+    torch.testing.assert_close(y.float(), (at(a) * kept.pow(-0.75)).to(dtype).float(), rtol=8e-3, atol=1e-6)

@@ -1,9 +1,10 @@
 """tools/: the photo-JPEG folder and the worker rate for pipeline benchmarks, tools/gpu_profile.py's model
-variants (each must compute the network it claims to, so that its timings compare like with like), and
-tools/cpu_profile.py's table."""
+variants (each must compute the network it claims to, so that its timings compare like with like),
+tools/cpu_profile.py's table, and tools/triton_sass.py's instruction counts."""
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -136,3 +137,25 @@ def test_cpu_profile_tunes_the_allocator_and_shows_the_first_stage_kernel(monkey
     assert "aten::convolution_backward" in names
     if native.weight_grad_kernel() is not None:  # conv1 + relu → pool → norm in CPU training (first_stage.py)
         assert "_FirstStageBackward" in names
+
+
+def test_triton_sass_counts_the_stage_kernels_instructions_for_an_h100(tmp_path):
+    """tools/triton_sass.py compiles the kernels for sm_90 without a GPU (Triton's own ptxas) and counts what one
+    thread executes; relu → norm → pool's backward with the kept denominators executes fewer instructions than
+    the one that recomputes them (docs/performance.md, Session 19)."""
+    script = (
+        "import triton_sass as t\n"
+        "from alexnet.models import stage_triton as s\n"
+        "w = dict(K=3, S=2, BEFORE=2, AFTER=2, NORM=True, BLOCK_C=128, BLOCK_P=8)\n"
+        "for kept in (False, True):\n"
+        "    n = sum(t.executed(t.compile_sm90(s._backward, dict(w, KEPT=kept, PASS=p), 8), 3)[0] for p in (0, 1))\n"
+        "    print(n)\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env["PYTHONPATH"] = os.pathsep.join([str(TOOLS), env.get("PYTHONPATH", "")])
+    done = subprocess.run(
+        [sys.executable, "-c", script], env=env, cwd=tmp_path, capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    recomputed, kept = (int(line) for line in done.stdout.split())
+    assert 0 < kept < recomputed

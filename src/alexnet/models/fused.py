@@ -141,6 +141,15 @@ def _kernels_for(x: torch.Tensor) -> StageKernels | None:
     return kernels if kernels.supports(x) else None
 
 
+def _keeps_denominators(stage: StageArgs) -> bool:
+    """Whether the CUDA kernels' training forward returns the maxima's LRN denominators for ``stage``."""
+    if layers.triton_kernels() is None:
+        return False
+    from alexnet.models import stage_triton
+
+    return stage_triton.keeps_denominators(stage)
+
+
 def _out(x: torch.Tensor, stage: StageArgs) -> tuple[int, int]:
     h, w = (pooled_size(s, stage.kernel_size, stage.stride, stage.ceil_mode) for s in x.shape[2:])
     return h, w
@@ -174,7 +183,9 @@ def _train_op(
     stride: int,
     ceil_mode: bool,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """``(stage output, LRN input (pool_first) or an empty tensor, uint8 window offsets of the maxima)``."""
+    """``(stage output, what the backward needs besides the input or an empty tensor, uint8 window offsets of the
+    maxima)``: the middle one is the LRN's input when pooling comes first, the maxima's LRN denominators where
+    the CUDA kernels keep them (:func:`alexnet.models.stage_triton.keeps_denominators`)."""
     stage = StageArgs(pool_first, size, alpha, beta, k, kernel_size, stride, ceil_mode)
     kernels = _kernels_for(x)
     if kernels is None:
@@ -189,7 +200,12 @@ def _train_op(
 @_train_op.register_fake
 def _(x: torch.Tensor, *args: Any) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     stage = StageArgs(*args)
-    pooled = _empty_like_out(x, stage) if stage.pool_first else x.new_empty(0)
+    if stage.pool_first:
+        pooled = _empty_like_out(x, stage)
+    elif x.device.type == "cuda" and _keeps_denominators(stage):
+        pooled = _empty_like_out(x, stage, torch.float32)
+    else:
+        pooled = x.new_empty(0)
     return _empty_like_out(x, stage), pooled, _empty_like_out(x, stage, torch.uint8)
 
 
@@ -211,7 +227,8 @@ def _backward_op(
     ceil_mode: bool,
 ) -> torch.Tensor:
     """The gradient of the stage's input (of ``shape``) from its output's; ``x`` is the input (relu → norm →
-    pool), ``pooled`` and ``y`` the LRN's input and output (relu → pool → norm); the others may be empty."""
+    pool, with ``pooled`` the maxima's LRN denominators where the forward kept them), ``pooled`` and ``y`` the
+    LRN's input and output (relu → pool → norm); the others may be empty."""
     stage = StageArgs(pool_first, size, alpha, beta, k, kernel_size, stride, ceil_mode)
     kernels = _kernels(grad.device)
     if kernels is None:
@@ -221,7 +238,7 @@ def _backward_op(
     if pool_first:
         grad = torch.ops.alexnet.lrn_backward(grad, pooled, y, size, alpha, beta, k)
         return kernels.stage_backward(grad, shape, None, pooled, idx, stage)
-    return kernels.stage_backward(grad, shape, x, None, idx, stage)
+    return kernels.stage_backward(grad, shape, x, pooled if pooled.numel() else None, idx, stage)
 
 
 @_backward_op.register_fake

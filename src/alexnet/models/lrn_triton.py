@@ -17,6 +17,8 @@ tests check them on machines without a GPU.
 
 from __future__ import annotations
 
+import os
+
 import torch
 import triton
 import triton.language as tl
@@ -25,6 +27,17 @@ MAX_CHANNELS = 1024  # one C×P tile per program; wider inputs use the composed 
 MAX_IMAGES = 65535  # the grid's second dimension (CUDA's limit for it)
 MAX_ELEMENTS = 2**31 - 1  # offsets are 32-bit in the kernels
 
+
+# ``d^{-β}`` as exp2(−β·log2 d). Triton's ``tl.log2`` is libdevice's exact ``log2f``, a polynomial of about 20
+# instructions per value in the SASS for sm_90, and these kernels are bound by their instruction count
+# (docs/performance.md, Session 19); PTX's ``lg2.approx.f32`` is one MUFU.LG2 (absolute error about 2⁻²², so
+# 1.2·10⁻⁷ relative in d^{-0.75}). ALEXNET_FAST_LOG2=1 takes it: not yet timed on a GPU, so off by default. Triton's
+# interpreter cannot run inline PTX, and AMD GPUs do not take it.
+FAST_LOG2 = tl.constexpr(
+    os.environ.get("ALEXNET_FAST_LOG2", "0") == "1"
+    and os.environ.get("TRITON_INTERPRET") != "1"
+    and torch.version.hip is None
+)
 
 # Every kernel takes the same trailing arguments (see _launch): C, P, the three strides, α, β, k, the window and
 # the tile sizes; β is unused by the first backward pass.
@@ -54,6 +67,18 @@ def _window_denominator(x_ptr, base, c, C, in_p, stride_c, alpha, k, BEFORE: tl.
 
 
 @triton.jit
+def _inverse_power(d, beta):
+    """``d^{-β}`` (d > 0; NaN and ∞ as ``exp2(−β log2 d)`` gives them)."""
+    if FAST_LOG2:
+        log = tl.inline_asm_elementwise(
+            "lg2.approx.f32 $0, $1;", "=r,r", [d], dtype=tl.float32, is_pure=True, pack=1
+        )
+    else:
+        log = tl.log2(d)
+    return tl.exp2(-beta * log)
+
+
+@triton.jit
 def _lrn_forward(x_ptr, y_ptr, C, P, stride_n, stride_c, stride_p, alpha, beta, k, BEFORE: tl.constexpr,
                  AFTER: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr):  # fmt: skip
     """``b = a d^{-β}``."""
@@ -63,7 +88,7 @@ def _lrn_forward(x_ptr, y_ptr, C, P, stride_n, stride_c, stride_p, alpha, beta, 
     )
     mask = (c < C) & in_p
     x = tl.load(x_ptr + base + c * stride_c, mask=mask, other=0.0).to(tl.float32)
-    y = x * tl.exp2(-beta * tl.log2(d))
+    y = x * _inverse_power(d, beta)
     tl.store(y_ptr + base + c * stride_c, y.to(y_ptr.dtype.element_ty), mask=mask)
 
 
@@ -98,7 +123,7 @@ def _lrn_backward(g_ptr, x_ptr, t_ptr, dx_ptr, C, P, stride_n, stride_c, stride_
     mask = (c < C) & in_p
     g = tl.load(g_ptr + base + c * stride_c, mask=mask, other=0.0).to(tl.float32)
     x = tl.load(x_ptr + base + c * stride_c, mask=mask, other=0.0).to(tl.float32)
-    dx = g * tl.exp2(-beta * tl.log2(d)) - 2.0 * alpha * beta * x * back
+    dx = g * _inverse_power(d, beta) - 2.0 * alpha * beta * x * back
     tl.store(dx_ptr + base + c * stride_c, dx.to(dx_ptr.dtype.element_ty), mask=mask)
 
 

@@ -41,6 +41,13 @@ from alexnet.models.native import StageArgs
 # multiprocessor, and the backward ran up to 2× slower. ALEXNET_STAGE_TILES=forward,backward overrides them.
 TILES = tuple(int(t) for t in os.environ.get("ALEXNET_STAGE_TILES", "2048,1024").split(","))
 
+# relu → norm → pool: the training forward keeps the LRN denominator at each maximum (fp32, one per pooled value),
+# so the backward's two passes gather it with the gradient instead of recomputing every position's from five
+# neighbours in channel. SASS for sm_90 (tools/triton_sass.py): 30–40 % fewer instructions per element in the
+# backward, for a quarter of the conv output's size in extra memory (docs/performance.md, Session 19). Not yet
+# timed on a GPU, so off by default: ALEXNET_KEEP_DENOMINATOR=1 turns it on.
+KEEP_DENOMINATOR = os.environ.get("ALEXNET_KEEP_DENOMINATOR", "0") == "1"
+
 
 @triton.jit
 def _relu(v):
@@ -57,14 +64,16 @@ def _tile(P, W, BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr):
 
 
 @triton.jit
-def _forward(x_ptr, y_ptr, idx_ptr, C, H, W, HO, WO, sxn, sxc, sxh, sxw, syn, syc, syh, syw, alpha, beta, k,
-             NORM: tl.constexpr, TRAIN: tl.constexpr, K: tl.constexpr, S: tl.constexpr, BEFORE: tl.constexpr,
-             AFTER: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr):  # fmt: skip
+def _forward(x_ptr, y_ptr, idx_ptr, d_ptr, C, H, W, HO, WO, sxn, sxc, sxh, sxw, syn, syc, syh, syw, alpha, beta,
+             k, NORM: tl.constexpr, TRAIN: tl.constexpr, KEEP: tl.constexpr, K: tl.constexpr, S: tl.constexpr,
+             BEFORE: tl.constexpr, AFTER: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr):  # fmt: skip
     """Pooled ``max(lrn(relu(x)))`` (``NORM``) or ``max(relu(x))`` for a C×P tile of output positions; with
-    ``TRAIN`` also the window offset of each maximum (the strides of ``y``)."""
+    ``TRAIN`` also the window offset of each maximum (the strides of ``y``), and with ``KEEP`` (``NORM``) the
+    LRN denominator ``d`` at each maximum (fp32, the strides of ``y``)."""
     c, n, in_q, oh, ow = _tile(HO * WO, WO, BLOCK_C, BLOCK_P)
     best = tl.full((BLOCK_C, BLOCK_P), float("-inf"), dtype=tl.float32)
     arg = tl.zeros((BLOCK_C, BLOCK_P), dtype=tl.int32)
+    kept = tl.full((BLOCK_C, BLOCK_P), 1.0, dtype=tl.float32)
     for dh in range(K):  # a loop, not unrolled: unrolled, the compiler keeps 45 loads live and spills
         for dw in range(K):
             h = oh * S + dh
@@ -75,25 +84,32 @@ def _forward(x_ptr, y_ptr, idx_ptr, C, H, W, HO, WO, sxn, sxc, sxh, sxw, syn, sy
             if NORM:
                 d = lrn_triton._window_denominator(x_ptr, pos, c, C, valid, sxc, alpha, k, BEFORE, AFTER, BLOCK_C,
                                                    BLOCK_P, True)  # fmt: skip
-                v = (v * tl.exp2(-beta * tl.log2(d))).to(y_ptr.dtype.element_ty).to(tl.float32)
+                v = (v * lrn_triton._inverse_power(d, beta)).to(y_ptr.dtype.element_ty).to(tl.float32)
             take = valid & ((v > best) | (v != v))
             best = tl.where(take, v, best)
             arg = tl.where(take, dh * K + dw, arg)
+            if KEEP:
+                kept = tl.where(take, d, kept)
     mask = in_q & (c < C)
     out = n * syn + oh * syh + ow * syw + c * syc
     tl.store(y_ptr + out, best.to(y_ptr.dtype.element_ty), mask=mask)
     if TRAIN:
         tl.store(idx_ptr + out, arg.to(tl.uint8), mask=mask)
+    if KEEP:
+        tl.store(d_ptr + out, kept, mask=mask)
 
 
 @triton.jit
-def _gather(g_ptr, idx_ptr, p_ptr, n, h, w, c, C, HO, WO, sgn, sgc, sgh, sgw, sin, sic, sih, siw, in_p,
-            POOLED_MASK: tl.constexpr, K: tl.constexpr, S: tl.constexpr, BLOCK_C: tl.constexpr,
-            BLOCK_P: tl.constexpr):  # fmt: skip
+def _gather(g_ptr, idx_ptr, p_ptr, d_ptr, n, h, w, c, C, HO, WO, sgn, sgc, sgh, sgw, sin, sic, sih, siw, in_p,
+            POOLED_MASK: tl.constexpr, KEPT: tl.constexpr, K: tl.constexpr, S: tl.constexpr,
+            BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr):  # fmt: skip
     """The pooled gradient that reaches input positions ``(h, w)``: the sum over the windows holding each one
     whose maximum it was. With ``POOLED_MASK`` only windows whose pooled ReLU output ``p`` (the strides of
-    ``idx``) is positive count: the maximum of ``relu(x)`` is positive exactly where ReLU passes its gradient."""
+    ``idx``) is positive count: the maximum of ``relu(x)`` is positive exactly where ReLU passes its gradient.
+    With ``KEPT`` also the LRN denominator the forward kept for such a window (``d``, the strides of ``idx``;
+    every window whose maximum a position is kept the same one), else 1."""
     gb = tl.zeros((BLOCK_C, BLOCK_P), dtype=tl.float32)
+    d = tl.full((BLOCK_C, BLOCK_P), 1.0, dtype=tl.float32)
     for i in tl.static_range((K + S - 1) // S):
         oh = h // S - i
         row = in_p & (c < C) & (oh >= 0) & (oh < HO) & (h - oh * S < K)
@@ -106,31 +122,40 @@ def _gather(g_ptr, idx_ptr, p_ptr, n, h, w, c, C, HO, WO, sgn, sgc, sgh, sgw, si
             )
             if POOLED_MASK:
                 mine = mine & (tl.load(p_ptr + at, mask=mine, other=0.0).to(tl.float32) > 0.0)
-            gb += tl.load(g_ptr + n * sgn + oh * sgh + ow * sgw + c * sgc, mask=mine, other=0.0).to(
-                tl.float32
-            )
-    return gb
+            g_at = g_ptr + n * sgn + oh * sgh + ow * sgw + c * sgc
+            if KEPT:
+                # Loads masked by the window (one predicate for a thread's channels: vector loads), then a select;
+                # masked by ``mine``, which differs per channel, each is a scalar load (SASS for sm_90). Fewer
+                # instructions here, a few more in the recomputing backward: only this one takes it.
+                gb += tl.where(mine, tl.load(g_at, mask=ok, other=0.0).to(tl.float32), 0.0)
+                d = tl.where(mine, tl.load(d_ptr + at, mask=ok, other=1.0), d)
+            else:
+                gb += tl.load(g_at, mask=mine, other=0.0).to(tl.float32)
+    return gb, d
 
 
 @triton.jit
-def _backward(g_ptr, idx_ptr, x_ptr, t_ptr, dx_ptr, C, H, W, HO, WO, sxn, sxc, sxh, sxw, sgn, sgc, sgh, sgw,
-              sin, sic, sih, siw, alpha, beta, k, NORM: tl.constexpr, PASS: tl.constexpr, K: tl.constexpr,
-              S: tl.constexpr, BEFORE: tl.constexpr, AFTER: tl.constexpr, BLOCK_C: tl.constexpr,
+def _backward(g_ptr, idx_ptr, x_ptr, d_ptr, t_ptr, dx_ptr, C, H, W, HO, WO, sxn, sxc, sxh, sxw, sgn, sgc, sgh,
+              sgw, sin, sic, sih, siw, alpha, beta, k, NORM: tl.constexpr, KEPT: tl.constexpr, PASS: tl.constexpr,
+              K: tl.constexpr, S: tl.constexpr, BEFORE: tl.constexpr, AFTER: tl.constexpr, BLOCK_C: tl.constexpr,
               BLOCK_P: tl.constexpr):  # fmt: skip
     """The input gradient for a C×P tile of input positions (``dx``'s strides ``sx*``). With ``NORM`` (relu →
     norm → pool; ``x`` is the conv output), ``PASS`` 0 writes ``t = g b / d`` (fp32, ``x``'s strides) and
-    ``PASS`` 1 the gradient. Without it (relu → pool → norm), ``x_ptr`` is the pooled ReLU output, which masks
-    the gathered gradient."""
+    ``PASS`` 1 the gradient; with ``KEPT`` the denominators come from the forward (``d``, pooled), else each
+    pass recomputes them from ``x``'s channel window. Without ``NORM`` (relu → pool → norm), ``x_ptr`` is the
+    pooled ReLU output, which masks the gathered gradient."""
     c, n, in_p, h, w = _tile(H * W, W, BLOCK_C, BLOCK_P)
     mask = in_p & (c < C)
     pos = n * sxn + h * sxh + w * sxw
-    gb = _gather(g_ptr, idx_ptr, x_ptr, n, h, w, c, C, HO, WO, sgn, sgc, sgh, sgw, sin, sic, sih, siw, in_p,
-                 not NORM, K, S, BLOCK_C, BLOCK_P)  # fmt: skip
+    gb, d = _gather(g_ptr, idx_ptr, x_ptr, d_ptr, n, h, w, c, C, HO, WO, sgn, sgc, sgh, sgw, sin, sic, sih, siw,
+                    in_p, not NORM, KEPT, K, S, BLOCK_C, BLOCK_P)  # fmt: skip
     if NORM:
         x = tl.load(x_ptr + pos + c * sxc, mask=mask, other=0.0).to(tl.float32)
-        d = lrn_triton._window_denominator(x_ptr, pos, c, C, in_p, sxc, alpha, k, BEFORE, AFTER, BLOCK_C, BLOCK_P,
-                                           True)  # fmt: skip
-        scale = tl.exp2(-beta * tl.log2(d))
+        if not KEPT:
+            d = lrn_triton._window_denominator(x_ptr, pos, c, C, in_p, sxc, alpha, k, BEFORE, AFTER, BLOCK_C,
+                                               BLOCK_P, True)  # fmt: skip
+        # Kept, d is the forward's wherever gb ≠ 0 and 1 elsewhere; both terms that read it vanish there.
+        scale = lrn_triton._inverse_power(d, beta)
         if PASS == 0:
             b = (_relu(x) * scale).to(dx_ptr.dtype.element_ty).to(tl.float32)  # the output the modules keep
             tl.store(t_ptr + pos + c * sxc, gb * b / d, mask=mask)
@@ -172,34 +197,45 @@ def _window(stage: StageArgs) -> dict[str, int]:
     }
 
 
+def keeps_denominators(stage: StageArgs) -> bool:
+    """Whether a training forward of ``stage`` keeps each maximum's LRN denominator for the backward
+    (:data:`KEEP_DENOMINATOR`, relu → norm → pool)."""
+    return KEEP_DENOMINATOR and not stage.pool_first
+
+
 def relu_pool(
     x: torch.Tensor, out: tuple[int, int], stage: StageArgs, norm: bool, training: bool
-) -> tuple[torch.Tensor, torch.Tensor | None]:
+) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
     """``max_pool2d(lrn(relu(x)))`` (``norm``) or ``max_pool2d(relu(x))`` and, with ``training``, the uint8
-    window offsets of the maxima; ``out`` is the pooled height and width."""
+    window offsets of the maxima and (:func:`keeps_denominators`) their fp32 LRN denominators; ``out`` is the
+    pooled height and width."""
     n, c, height, width = x.shape
     fmt = _layout_like(x)
     y = torch.empty((n, c, *out), dtype=x.dtype, device=x.device, memory_format=fmt)
     idx = torch.empty(y.shape, dtype=torch.uint8, device=x.device, memory_format=fmt) if training else None
+    keep = training and norm and keeps_denominators(stage)
+    kept = torch.empty_like(y, dtype=torch.float32) if keep else None
     block_c, block_p, warps = _tiles(c, out[0] * out[1], TILES[0])
     grid = (triton.cdiv(out[0] * out[1], block_p), n)
     _forward[grid](
-        x, y, y if idx is None else idx, c, height, width, *out, *x.stride(), *y.stride(),
-        stage.alpha, stage.beta, stage.k, NORM=norm, TRAIN=training, **_window(stage),
+        x, y, y if idx is None else idx, y if kept is None else kept, c, height, width, *out, *x.stride(),
+        *y.stride(), stage.alpha, stage.beta, stage.k, NORM=norm, TRAIN=training, KEEP=keep, **_window(stage),
         BLOCK_C=block_c, BLOCK_P=block_p, num_warps=warps,
     )  # fmt: skip
-    return y, idx
+    return y, idx, kept
 
 
 def stage(
     x: torch.Tensor, out: tuple[int, int], stage: StageArgs, training: bool = False
 ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
-    """``(output, LRN input when pooling comes first, window offsets when training)``, as the CPU kernel's
-    :meth:`~alexnet.models.native.Kernel.stage` returns them (:class:`alexnet.models.fused.StageKernels`)."""
+    """``(output, what the backward needs besides x, window offsets when training)``, as the CPU kernel's
+    :meth:`~alexnet.models.native.Kernel.stage` returns them (:class:`alexnet.models.fused.StageKernels`): the
+    middle one is the LRN's input when pooling comes first, and the maxima's LRN denominators when the stage
+    :func:`keeps_denominators` (training), else ``None``."""
     if not stage.pool_first:
-        y, idx = relu_pool(x, out, stage, norm=True, training=training)
-        return y, None, idx
-    pooled, idx = relu_pool(x, out, stage, norm=False, training=training)
+        y, idx, kept = relu_pool(x, out, stage, norm=True, training=training)
+        return y, kept, idx
+    pooled, idx, _ = relu_pool(x, out, stage, norm=False, training=training)
     return lrn_triton.forward(pooled, stage.size, stage.alpha, stage.beta, stage.k), pooled, idx
 
 
@@ -214,10 +250,12 @@ def stage_backward(
     """The gradient of the conv output (of ``shape``; ``x``'s layout, else channels-last) from the pooled gradient ``grad``
     (the LRN's input gradient when pooling comes first), as the CPU kernel's
     :meth:`~alexnet.models.native.Kernel.stage_backward` takes them: ``x``, the conv output, for relu → norm →
-    pool; ``pooled``, the pooled ReLU output, for relu → pool → norm."""
+    pool, with ``pooled`` the denominators its forward kept or ``None``; ``pooled``, the pooled ReLU output, for
+    relu → pool → norm."""
     norm = not stage.pool_first
     source = x if norm else pooled
     assert source is not None
+    kept = pooled if norm else None
     n, c, height, width = shape
     dx = (
         torch.empty_like(x)  # x's strides: the kernel reads x and writes dx with one set
@@ -229,8 +267,9 @@ def stage_backward(
     scaled = torch.empty_like(dx, dtype=torch.float32) if norm else dx
     for pass_ in (0, 1) if norm else (1,):
         _backward[grid](
-            grad, idx, source, scaled, dx, c, height, width, *idx.shape[2:], *dx.stride(), *grad.stride(),
-            *idx.stride(), stage.alpha, stage.beta, stage.k, NORM=norm, PASS=pass_, **_window(stage),
-            BLOCK_C=block_c, BLOCK_P=block_p, num_warps=warps,
+            grad, idx, source, idx if kept is None else kept, scaled, dx, c, height, width, *idx.shape[2:],
+            *dx.stride(), *grad.stride(), *idx.stride(), stage.alpha, stage.beta, stage.k, NORM=norm,
+            KEPT=kept is not None, PASS=pass_, **_window(stage), BLOCK_C=block_c, BLOCK_P=block_p,
+            num_warps=warps,
         )  # fmt: skip
     return dx
