@@ -29,10 +29,13 @@ def kernels(request):
         pytest.skip("no GPU and Triton's interpreter is off")
     from alexnet.models import stage_triton
 
-    before = stage_triton.KEEP_DENOMINATOR
-    stage_triton.KEEP_DENOMINATOR = request.param
+    before = os.environ.get("ALEXNET_KEEP_DENOMINATOR")
+    os.environ["ALEXNET_KEEP_DENOMINATOR"] = "1" if request.param else "0"
     yield stage_triton
-    stage_triton.KEEP_DENOMINATOR = before
+    if before is None:
+        del os.environ["ALEXNET_KEEP_DENOMINATOR"]
+    else:
+        os.environ["ALEXNET_KEEP_DENOMINATOR"] = before
 
 
 def on_device(t: torch.Tensor) -> torch.Tensor:
@@ -162,7 +165,7 @@ def test_the_window_offsets_are_one_byte_per_pooled_value(kernels):
     _, kept, idx = kernels.stage(x, (4, 4), args, training=True)
     assert idx.dtype == torch.uint8 and idx.shape == (2, 8, 4, 4)
     assert int(idx.max()) < 9
-    assert (kept is not None) == kernels.KEEP_DENOMINATOR
+    assert (kept is not None) == kernels.keeps_denominators(args)
     assert kernels.stage(x, (4, 4), args)[1] is None  # inference keeps nothing
 
 
@@ -170,11 +173,11 @@ def test_the_window_offsets_are_one_byte_per_pooled_value(kernels):
 def test_the_kept_denominators_are_the_lrn_denominators_at_the_maxima(kernels, dtype):
     """AlexNet §3.3's d = k + α Σ_{j∈win(i)} a_j², at the position each pooled maximum came from; the pooled
     value is a d^{-β} there (rounded to the dtype, as the forward rounds the LRN output before pooling)."""
-    if not kernels.KEEP_DENOMINATOR:
+    args = StageArgs(False, 5, 1e-3, 0.75, 2.0, 3, 2, True)
+    if not kernels.keeps_denominators(args):
         pytest.skip("the forward keeps them only with ALEXNET_KEEP_DENOMINATOR=1")
     torch.manual_seed(0)
     x = on_device(torch.randn(2, 12, 11, 11) * 30).to(dtype).contiguous(memory_format=CL)
-    args = StageArgs(False, 5, 1e-3, 0.75, 2.0, 3, 2, True)
     y, kept, idx = kernels.stage(x, (5, 5), args, training=True)
     assert kept.dtype == torch.float32 and kept.shape == y.shape and kept.is_contiguous(memory_format=CL)
     a = torch.relu(x.float())

@@ -146,7 +146,7 @@ def test_triton_sass_counts_the_stage_kernels_instructions_for_an_h100(tmp_path)
     script = (
         "import triton_sass as t\n"
         "from alexnet.models import stage_triton as s\n"
-        "w = dict(K=3, S=2, BEFORE=2, AFTER=2, NORM=True, BLOCK_C=128, BLOCK_P=8)\n"
+        "w = dict(K=3, S=2, BEFORE=2, AFTER=2, NORM=True, BLOCK_C=128, BLOCK_P=8, FAST=False)\n"
         "for kept in (False, True):\n"
         "    n = sum(t.executed(t.compile_sm90(s._backward, dict(w, KEPT=kept, PASS=p), 8), 3)[0] for p in (0, 1))\n"
         "    print(n)\n"

@@ -4,10 +4,9 @@ instructions were all that bound them.
 
 Session 6's timings of the stage kernels on an H100 match that bound within 10–20 % (docs/performance.md,
 Session 19), so the counts predict what a change to the kernels does where no GPU is lent; a GPU still has the
-last word. ``ALEXNET_FAST_LOG2`` is read when the kernels load: run the tool once with it and once without.
+last word. Each kernel is counted with Triton's exact log2 and with ``lg2.approx`` (``ALEXNET_FAST_LOG2=1``).
 
-    python tools/triton_sass.py [--batch-size 256] [--tiles 1024 2048]
-    ALEXNET_FAST_LOG2=1 python tools/triton_sass.py
+    python tools/triton_sass.py [--batch-size 256] [--tiles 1024 2048] [--log2 exact approx]
 """
 
 from __future__ import annotations
@@ -94,11 +93,11 @@ def _ms(elements: int, per_element: float) -> float:
     return elements * per_element / 32 / WARP_INSTRUCTIONS_PER_S * 1e3
 
 
-def rows(batch: int, tiles: list[int]) -> list[tuple[str, str, int, int, float, float]]:
+def rows(batch: int, tiles: list[int], fast: bool) -> list[tuple[str, str, int, int, float, float]]:
     """(stage, kernel, tile, registers, instructions per element, issue-bound ms) for the paper models' stages;
     an element is a pooled value (channels padded to a power of two) in the forward and the LRN, a conv output
     value in the stage's backward."""
-    window = {"K": 3, "S": 2, "BEFORE": 2, "AFTER": 2}
+    window = {"K": 3, "S": 2, "BEFORE": 2, "AFTER": 2, "FAST": fast}
     out = []
     for name, c, size, pooled, pool_first in STAGES:
         for tile in tiles:
@@ -133,7 +132,7 @@ def rows(batch: int, tiles: list[int]) -> list[tuple[str, str, int, int, float, 
                 block_p = max(1, min(triton.next_power_of_2(pooled * pooled), 4096 // block_c))
                 warps = 8 if block_c * block_p >= 2048 else 4
                 per_thread = block_c * block_p / (32 * warps)
-                lrn = {"BEFORE": 2, "AFTER": 2, "BLOCK_C": block_c, "BLOCK_P": block_p}
+                lrn = {"BEFORE": 2, "AFTER": 2, "BLOCK_C": block_c, "BLOCK_P": block_p, "FAST": fast}
                 forward_count = executed(compile_sm90(lrn_triton._lrn_forward, lrn, warps), 1)[0] / per_thread
                 backward_count = sum(
                     executed(compile_sm90(kernel, lrn, warps), 1)[0] / per_thread
@@ -149,11 +148,15 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--batch-size", type=int, default=256)
     parser.add_argument("--tiles", type=int, nargs="*", default=[1024, 2048], help="elements per program")
+    parser.add_argument("--log2", nargs="*", choices=["exact", "approx"], default=["exact", "approx"])
     args = parser.parse_args()
-    print(f"fast log2: {bool(lrn_triton.FAST_LOG2)}; batch {args.batch_size}, bf16, channels-last")
-    print(f"{'stage':<12}{'kernel':<22}{'tile':>6}{'regs':>6}{'instr/element':>15}{'issue-bound ms':>16}")
-    for name, label, tile, registers, per, ms in rows(args.batch_size, args.tiles):
-        print(f"{name:<12}{label:<22}{tile:>6}{registers:>6}{per:>15.1f}{ms:>16.3f}", flush=True)
+    print(f"batch {args.batch_size}, bf16, channels-last; instructions one thread executes per element")
+    print(
+        f"{'stage':<12}{'kernel':<22}{'log2':>7}{'tile':>6}{'regs':>6}{'instr/element':>15}{'issue-bound ms':>16}"
+    )
+    for log2 in args.log2:
+        for name, label, tile, registers, per, ms in rows(args.batch_size, args.tiles, log2 == "approx"):
+            print(f"{name:<12}{label:<22}{log2:>7}{tile:>6}{registers:>6}{per:>15.1f}{ms:>16.3f}", flush=True)
 
 
 if __name__ == "__main__":

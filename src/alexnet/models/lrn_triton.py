@@ -31,16 +31,19 @@ MAX_ELEMENTS = 2**31 - 1  # offsets are 32-bit in the kernels
 # ``d^{-β}`` as exp2(−β·log2 d). Triton's ``tl.log2`` is libdevice's exact ``log2f``, a polynomial of about 20
 # instructions per value in the SASS for sm_90, and these kernels are bound by their instruction count
 # (docs/performance.md, Session 19); PTX's ``lg2.approx.f32`` is one MUFU.LG2 (absolute error about 2⁻²², so
-# 1.2·10⁻⁷ relative in d^{-0.75}). ALEXNET_FAST_LOG2=1 takes it: not yet timed on a GPU, so off by default. Triton's
-# interpreter cannot run inline PTX, and AMD GPUs do not take it.
-FAST_LOG2 = tl.constexpr(
-    os.environ.get("ALEXNET_FAST_LOG2", "0") == "1"
-    and os.environ.get("TRITON_INTERPRET") != "1"
-    and torch.version.hip is None
-)
+# 1.2·10⁻⁷ relative in d^{-0.75}). ALEXNET_FAST_LOG2=1 takes it: not yet timed on a GPU, so off by default.
+def fast_log2() -> bool:
+    """Whether the kernels take ``lg2.approx`` (``ALEXNET_FAST_LOG2=1``, read at each launch). Triton's
+    interpreter cannot run inline PTX, and AMD GPUs do not take it."""
+    return (
+        os.environ.get("ALEXNET_FAST_LOG2", "0") == "1"
+        and os.environ.get("TRITON_INTERPRET") != "1"
+        and torch.version.hip is None
+    )
 
-# Every kernel takes the same trailing arguments (see _launch): C, P, the three strides, α, β, k, the window and
-# the tile sizes; β is unused by the first backward pass.
+
+# Every kernel takes the same trailing arguments (see _launch): C, P, the three strides, α, β, k, the window,
+# the tile sizes and FAST; β is unused by the first backward pass.
 
 
 @triton.jit
@@ -67,9 +70,9 @@ def _window_denominator(x_ptr, base, c, C, in_p, stride_c, alpha, k, BEFORE: tl.
 
 
 @triton.jit
-def _inverse_power(d, beta):
-    """``d^{-β}`` (d > 0; NaN and ∞ as ``exp2(−β log2 d)`` gives them)."""
-    if FAST_LOG2:
+def _inverse_power(d, beta, FAST: tl.constexpr):
+    """``d^{-β}`` (d > 0; NaN and ∞ as ``exp2(−β log2 d)`` gives them); ``FAST``: :func:`fast_log2`."""
+    if FAST:
         log = tl.inline_asm_elementwise(
             "lg2.approx.f32 $0, $1;", "=r,r", [d], dtype=tl.float32, is_pure=True, pack=1
         )
@@ -80,7 +83,7 @@ def _inverse_power(d, beta):
 
 @triton.jit
 def _lrn_forward(x_ptr, y_ptr, C, P, stride_n, stride_c, stride_p, alpha, beta, k, BEFORE: tl.constexpr,
-                 AFTER: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr):  # fmt: skip
+                 AFTER: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr, FAST: tl.constexpr):  # fmt: skip
     """``b = a d^{-β}``."""
     c, in_p, base = _tile(P, stride_n, stride_p, BLOCK_C, BLOCK_P)
     d = _window_denominator(
@@ -88,14 +91,14 @@ def _lrn_forward(x_ptr, y_ptr, C, P, stride_n, stride_c, stride_p, alpha, beta, 
     )
     mask = (c < C) & in_p
     x = tl.load(x_ptr + base + c * stride_c, mask=mask, other=0.0).to(tl.float32)
-    y = x * _inverse_power(d, beta)
+    y = x * _inverse_power(d, beta, FAST)
     tl.store(y_ptr + base + c * stride_c, y.to(y_ptr.dtype.element_ty), mask=mask)
 
 
 @triton.jit
 def _lrn_backward_scaled(g_ptr, x_ptr, y_ptr, t_ptr, C, P, stride_n, stride_c, stride_p, alpha, beta, k,
                          BEFORE: tl.constexpr, AFTER: tl.constexpr, BLOCK_C: tl.constexpr,
-                         BLOCK_P: tl.constexpr):  # fmt: skip
+                         BLOCK_P: tl.constexpr, FAST: tl.constexpr):  # fmt: skip
     """First pass of the backward: ``t_j = g_j b_j / d_j`` (fp32, the layout of ``x``)."""
     c, in_p, base = _tile(P, stride_n, stride_p, BLOCK_C, BLOCK_P)
     d = _window_denominator(
@@ -110,7 +113,7 @@ def _lrn_backward_scaled(g_ptr, x_ptr, y_ptr, t_ptr, C, P, stride_n, stride_c, s
 @triton.jit
 def _lrn_backward(g_ptr, x_ptr, t_ptr, dx_ptr, C, P, stride_n, stride_c, stride_p, alpha, beta, k,
                   BEFORE: tl.constexpr, AFTER: tl.constexpr, BLOCK_C: tl.constexpr,
-                  BLOCK_P: tl.constexpr):  # fmt: skip
+                  BLOCK_P: tl.constexpr, FAST: tl.constexpr):  # fmt: skip
     """Second pass: ``g_i d_i^{-β} − 2αβ a_i Σ_{j: i∈win(j)} t_j``, j over i − AFTER .. i + BEFORE."""
     c, in_p, base = _tile(P, stride_n, stride_p, BLOCK_C, BLOCK_P)
     d = _window_denominator(
@@ -123,7 +126,7 @@ def _lrn_backward(g_ptr, x_ptr, t_ptr, dx_ptr, C, P, stride_n, stride_c, stride_
     mask = (c < C) & in_p
     g = tl.load(g_ptr + base + c * stride_c, mask=mask, other=0.0).to(tl.float32)
     x = tl.load(x_ptr + base + c * stride_c, mask=mask, other=0.0).to(tl.float32)
-    dx = g * _inverse_power(d, beta) - 2.0 * alpha * beta * x * back
+    dx = g * _inverse_power(d, beta, FAST) - 2.0 * alpha * beta * x * back
     tl.store(dx_ptr + base + c * stride_c, dx.to(dx_ptr.dtype.element_ty), mask=mask)
 
 
@@ -175,6 +178,7 @@ def _launch(
         AFTER=(size - 1) // 2,
         BLOCK_C=block_c,
         BLOCK_P=block_p,
+        FAST=fast_log2(),
         num_warps=8 if block_c * block_p >= 2048 else 4,
     )
 

@@ -41,13 +41,6 @@ from alexnet.models.native import StageArgs
 # multiprocessor, and the backward ran up to 2× slower. ALEXNET_STAGE_TILES=forward,backward overrides them.
 TILES = tuple(int(t) for t in os.environ.get("ALEXNET_STAGE_TILES", "2048,1024").split(","))
 
-# relu → norm → pool: the training forward keeps the LRN denominator at each maximum (fp32, one per pooled value),
-# so the backward's two passes gather it with the gradient instead of recomputing every position's from five
-# neighbours in channel. SASS for sm_90 (tools/triton_sass.py): 30–40 % fewer instructions per element in the
-# backward, for a quarter of the conv output's size in extra memory (docs/performance.md, Session 19). Not yet
-# timed on a GPU, so off by default: ALEXNET_KEEP_DENOMINATOR=1 turns it on.
-KEEP_DENOMINATOR = os.environ.get("ALEXNET_KEEP_DENOMINATOR", "0") == "1"
-
 
 @triton.jit
 def _relu(v):
@@ -66,7 +59,8 @@ def _tile(P, W, BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr):
 @triton.jit
 def _forward(x_ptr, y_ptr, idx_ptr, d_ptr, C, H, W, HO, WO, sxn, sxc, sxh, sxw, syn, syc, syh, syw, alpha, beta,
              k, NORM: tl.constexpr, TRAIN: tl.constexpr, KEEP: tl.constexpr, K: tl.constexpr, S: tl.constexpr,
-             BEFORE: tl.constexpr, AFTER: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr):  # fmt: skip
+             BEFORE: tl.constexpr, AFTER: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr,
+             FAST: tl.constexpr):  # fmt: skip
     """Pooled ``max(lrn(relu(x)))`` (``NORM``) or ``max(relu(x))`` for a C×P tile of output positions; with
     ``TRAIN`` also the window offset of each maximum (the strides of ``y``), and with ``KEEP`` (``NORM``) the
     LRN denominator ``d`` at each maximum (fp32, the strides of ``y``)."""
@@ -84,7 +78,7 @@ def _forward(x_ptr, y_ptr, idx_ptr, d_ptr, C, H, W, HO, WO, sxn, sxc, sxh, sxw, 
             if NORM:
                 d = lrn_triton._window_denominator(x_ptr, pos, c, C, valid, sxc, alpha, k, BEFORE, AFTER, BLOCK_C,
                                                    BLOCK_P, True)  # fmt: skip
-                v = (v * lrn_triton._inverse_power(d, beta)).to(y_ptr.dtype.element_ty).to(tl.float32)
+                v = (v * lrn_triton._inverse_power(d, beta, FAST)).to(y_ptr.dtype.element_ty).to(tl.float32)
             take = valid & ((v > best) | (v != v))
             best = tl.where(take, v, best)
             arg = tl.where(take, dh * K + dw, arg)
@@ -138,7 +132,7 @@ def _gather(g_ptr, idx_ptr, p_ptr, d_ptr, n, h, w, c, C, HO, WO, sgn, sgc, sgh, 
 def _backward(g_ptr, idx_ptr, x_ptr, d_ptr, t_ptr, dx_ptr, C, H, W, HO, WO, sxn, sxc, sxh, sxw, sgn, sgc, sgh,
               sgw, sin, sic, sih, siw, alpha, beta, k, NORM: tl.constexpr, KEPT: tl.constexpr, PASS: tl.constexpr,
               K: tl.constexpr, S: tl.constexpr, BEFORE: tl.constexpr, AFTER: tl.constexpr, BLOCK_C: tl.constexpr,
-              BLOCK_P: tl.constexpr):  # fmt: skip
+              BLOCK_P: tl.constexpr, FAST: tl.constexpr):  # fmt: skip
     """The input gradient for a C×P tile of input positions (``dx``'s strides ``sx*``). With ``NORM`` (relu →
     norm → pool; ``x`` is the conv output), ``PASS`` 0 writes ``t = g b / d`` (fp32, ``x``'s strides) and
     ``PASS`` 1 the gradient; with ``KEPT`` the denominators come from the forward (``d``, pooled), else each
@@ -155,7 +149,7 @@ def _backward(g_ptr, idx_ptr, x_ptr, d_ptr, t_ptr, dx_ptr, C, H, W, HO, WO, sxn,
             d = lrn_triton._window_denominator(x_ptr, pos, c, C, in_p, sxc, alpha, k, BEFORE, AFTER, BLOCK_C,
                                                BLOCK_P, True)  # fmt: skip
         # Kept, d is the forward's wherever gb ≠ 0 and 1 elsewhere; both terms that read it vanish there.
-        scale = lrn_triton._inverse_power(d, beta)
+        scale = lrn_triton._inverse_power(d, beta, FAST)
         if PASS == 0:
             b = (_relu(x) * scale).to(dx_ptr.dtype.element_ty).to(tl.float32)  # the output the modules keep
             tl.store(t_ptr + pos + c * sxc, gb * b / d, mask=mask)
@@ -198,9 +192,12 @@ def _window(stage: StageArgs) -> dict[str, int]:
 
 
 def keeps_denominators(stage: StageArgs) -> bool:
-    """Whether a training forward of ``stage`` keeps each maximum's LRN denominator for the backward
-    (:data:`KEEP_DENOMINATOR`, relu → norm → pool)."""
-    return KEEP_DENOMINATOR and not stage.pool_first
+    """Whether a training forward of ``stage`` (relu → norm → pool) keeps the LRN denominator at each maximum
+    (fp32, one per pooled value), so that the backward's two passes gather it with the gradient instead of
+    recomputing every position's from five neighbours in channel: about 20 % fewer instructions per element in
+    the backward (tools/triton_sass.py, docs/performance.md, Session 19) for a quarter of the conv output's size
+    in memory. Not yet timed on a GPU, so off by default: ``ALEXNET_KEEP_DENOMINATOR=1`` (read at each call)."""
+    return os.environ.get("ALEXNET_KEEP_DENOMINATOR", "0") == "1" and not stage.pool_first
 
 
 def relu_pool(
@@ -220,7 +217,7 @@ def relu_pool(
     _forward[grid](
         x, y, y if idx is None else idx, y if kept is None else kept, c, height, width, *out, *x.stride(),
         *y.stride(), stage.alpha, stage.beta, stage.k, NORM=norm, TRAIN=training, KEEP=keep, **_window(stage),
-        BLOCK_C=block_c, BLOCK_P=block_p, num_warps=warps,
+        BLOCK_C=block_c, BLOCK_P=block_p, FAST=lrn_triton.fast_log2(), num_warps=warps,
     )  # fmt: skip
     return y, idx, kept
 
@@ -270,6 +267,6 @@ def stage_backward(
             grad, idx, source, idx if kept is None else kept, scaled, dx, c, height, width, *idx.shape[2:],
             *dx.stride(), *grad.stride(), *idx.stride(), stage.alpha, stage.beta, stage.k, NORM=norm,
             KEPT=kept is not None, PASS=pass_, **_window(stage), BLOCK_C=block_c, BLOCK_P=block_p,
-            num_warps=warps,
+            FAST=lrn_triton.fast_log2(), num_warps=warps,
         )  # fmt: skip
     return dx
