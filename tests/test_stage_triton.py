@@ -21,21 +21,31 @@ pytest.importorskip("triton")
 CL = torch.channels_last
 
 
-@pytest.fixture(scope="module", params=[False, True], ids=["recomputed", "kept"])
+# The kernels' variants (stage_triton.keeps_denominators, stage_triton.walks_rows): each must give the same numbers
+VARIANTS = {
+    "as-shipped": {},
+    "kept-denominators": {"ALEXNET_KEEP_DENOMINATOR": "1"},
+    "rows-and-kept": {"ALEXNET_KEEP_DENOMINATOR": "1", "ALEXNET_STAGE_ROWS": "1"},
+}
+
+
+@pytest.fixture(scope="module", params=list(VARIANTS))
 def kernels(request):
-    """stage_triton, with relu → norm → pool's backward recomputing the LRN denominators or taking those its
-    forward kept; on a machine without a GPU, conftest.py has set TRITON_INTERPRET=1 before Triton loaded."""
+    """stage_triton in one of its :data:`VARIANTS`; on a machine without a GPU, conftest.py has set
+    TRITON_INTERPRET=1 before Triton loaded."""
     if not torch.cuda.is_available() and os.environ.get("TRITON_INTERPRET") != "1":
         pytest.skip("no GPU and Triton's interpreter is off")
     from alexnet.models import stage_triton
 
-    before = os.environ.get("ALEXNET_KEEP_DENOMINATOR")
-    os.environ["ALEXNET_KEEP_DENOMINATOR"] = "1" if request.param else "0"
+    settings = VARIANTS[request.param]
+    before = {name: os.environ.get(name) for name in ("ALEXNET_KEEP_DENOMINATOR", "ALEXNET_STAGE_ROWS")}
+    os.environ.update({name: settings.get(name, "0") for name in before})
     yield stage_triton
-    if before is None:
-        del os.environ["ALEXNET_KEEP_DENOMINATOR"]
-    else:
-        os.environ["ALEXNET_KEEP_DENOMINATOR"] = before
+    for name, value in before.items():
+        if value is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = value
 
 
 def on_device(t: torch.Tensor) -> torch.Tensor:
@@ -100,7 +110,7 @@ def run_modules(x: torch.Tensor, args: StageArgs, grad: torch.Tensor):
     h=st.integers(3, 12),
     w=st.integers(3, 12),
     size=st.integers(1, 6),
-    window=st.sampled_from([(3, 2), (2, 2), (3, 1), (3, 3), (2, 3)]),
+    window=st.sampled_from([(3, 2), (2, 2), (3, 1), (3, 3), (2, 3), (2, 1)]),
     ceil=st.booleans(),
     pool_first=st.booleans(),
     ties=st.booleans(),
@@ -189,3 +199,34 @@ def test_the_kept_denominators_are_the_lrn_denominators_at_the_maxima(kernels, d
     at = lambda t: t.flatten(2).gather(2, (rows * 11 + cols).flatten(2)).view_as(y)  # noqa: E731
     torch.testing.assert_close(kept, at(d), rtol=1e-5, atol=0)
     torch.testing.assert_close(y.float(), (at(a) * kept.pow(-0.75)).to(dtype).float(), rtol=8e-3, atol=1e-6)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("window", [(3, 2, True), (3, 2, False), (2, 1, False)])
+@pytest.mark.parametrize("pool_first", [False, True])
+def test_walking_down_the_rows_gives_the_window_by_window_kernels_bits(
+    pool_first, window, dtype, monkeypatch
+):
+    """_forward_rows carries each window's last row into the next window: the same maxima, window offsets and
+    denominators as _forward, which evaluates all K² positions, ties (rounded values) and NaN included."""
+    if not torch.cuda.is_available() and os.environ.get("TRITON_INTERPRET") != "1":
+        pytest.skip("no GPU and Triton's interpreter is off")
+    from alexnet.models import stage_triton
+    from alexnet.models.fused import pooled_size
+
+    torch.manual_seed(1)
+    x = (torch.randn(3, 24, 17, 15) * 30).round().clamp(-3, 3)  # many ties
+    x[0, 5, 4, 6] = x[2, 17, 16, 14] = float("nan")
+    x = on_device(x).to(dtype).contiguous(memory_format=CL)
+    args = StageArgs(pool_first, 5, 1e-3, 0.75, 2.0, *window)
+    out = tuple(pooled_size(s, args.kernel_size, args.stride, args.ceil_mode) for s in x.shape[2:])
+    monkeypatch.setenv("ALEXNET_KEEP_DENOMINATOR", "1")
+    monkeypatch.setenv("ALEXNET_STAGE_ROWS", "0")
+    want = stage_triton.stage(x, out, args, training=True)
+    monkeypatch.setenv("ALEXNET_STAGE_ROWS", "1")
+    assert stage_triton.walks_rows(args)
+    got = stage_triton.stage(x, out, args, training=True)
+    for a, b in zip(got, want, strict=True):
+        assert (a is None) == (b is None)
+        if a is not None:
+            assert torch.equal(a.isnan(), b.isnan()) and torch.equal(a.nan_to_num(), b.nan_to_num())

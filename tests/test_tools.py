@@ -141,21 +141,33 @@ def test_cpu_profile_tunes_the_allocator_and_shows_the_first_stage_kernel(monkey
 
 def test_triton_sass_counts_the_stage_kernels_instructions_for_an_h100(tmp_path):
     """tools/triton_sass.py compiles the kernels for sm_90 without a GPU (Triton's own ptxas) and counts what one
-    thread executes; relu → norm → pool's backward with the kept denominators executes fewer instructions than
-    the one that recomputes them (docs/performance.md, Session 19)."""
-    script = (
-        "import triton_sass as t\n"
-        "from alexnet.models import stage_triton as s\n"
-        "w = dict(K=3, S=2, BEFORE=2, AFTER=2, NORM=True, BLOCK_C=128, BLOCK_P=8, FAST=False)\n"
-        "for kept in (False, True):\n"
-        "    n = sum(t.executed(t.compile_sm90(s._backward, dict(w, KEPT=kept, PASS=p), 8), 3)[0] for p in (0, 1))\n"
-        "    print(n)\n"
-    )
+    thread executes, loops by their trip counts. The variants do what docs/performance.md (Session 19) says
+    they do: relu → norm → pool's backward with the kept denominators executes fewer instructions than the one
+    that recomputes them, and the forward that walks down the rows fewer per pooled value than the one that
+    evaluates every window position; a wrong loop count is an error, not a number."""
+    script = """
+import triton_sass as t
+from alexnet.models import stage_triton as s
+w = dict(K=3, S=2, BEFORE=2, AFTER=2, NORM=True, BLOCK_C=128, FAST=False)
+for kept in (False, True):
+    print(sum(t.executed(t.compile_sm90(s._backward, w | dict(BLOCK_P=8, KEPT=kept, PASS=p), 8), {0: []})[0]
+              for p in (0, 1)))
+forward = w | dict(BLOCK_P=16, TRAIN=True, KEEP=False)
+print(t.executed(t.compile_sm90(s._forward, forward, 8), 3)[0])
+rows = t.compile_sm90(s._forward_rows, forward | dict(ROWS=7), 8)
+print(t.executed(rows, {4: [3, 7, 2, 3]})[0] / 7)  # seven pooled rows per column of the tile
+try:
+    t.executed(rows, {2: [3, 3]})
+except ValueError:
+    print("refused")
+"""
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     env["PYTHONPATH"] = os.pathsep.join([str(TOOLS), env.get("PYTHONPATH", "")])
     done = subprocess.run(
         [sys.executable, "-c", script], env=env, cwd=tmp_path, capture_output=True, text=True, timeout=300
     )
     assert done.returncode == 0, done.stderr[-2000:]
-    recomputed, kept = (int(line) for line in done.stdout.split())
-    assert 0 < kept < recomputed
+    recomputed, kept, window, walking, refused = done.stdout.split()
+    assert 0 < int(kept) < int(recomputed)
+    assert 0 < float(walking) < 0.8 * int(window)
+    assert refused == "refused"

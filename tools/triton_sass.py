@@ -64,9 +64,11 @@ def compile_sm90(fn: triton.JITFunction, constexprs: dict, warps: int) -> bytes:
     return kernel.asm["cubin"]
 
 
-def executed(cubin: bytes, trips: int) -> tuple[int, int]:
-    """(instructions one thread executes, registers): straight-line code once, each loop body (a backward
-    branch) ``trips`` times per enclosing loop, as the stage forward's window loops run."""
+def executed(cubin: bytes, trips: int | dict[int, list[int]]) -> tuple[int, int]:
+    """(instructions one thread executes, registers). Straight-line code runs once and each loop body (a
+    backward branch) as often as its own and its enclosing loops' trip counts say: ``trips`` for every loop, or
+    per loop in the order the loops start in the code, keyed by how many loops there are (ptxas unrolls some
+    loops of three at some tile sizes); a number of loops ``trips`` has no entry for is an error."""
     with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
         f.write(cubin)
         f.flush()
@@ -75,72 +77,86 @@ def executed(cubin: bytes, trips: int) -> tuple[int, int]:
             [TOOLS / "cuobjdump", "--dump-resource-usage", f.name], capture_output=True, text=True
         ).stdout
     addresses = [int(a, 16) for a in re.findall(r"/\*([0-9a-f]{4})\*/\s+[^;]*;", sass)]
-    loops = [
+    loops = sorted(
         (int(m.group(3), 16), int(m.group(1), 16))
         for m in re.finditer(r"/\*([0-9a-f]{4})\*/\s+(@!?U?P\w+\s+)?BRA\s+0x([0-9a-f]+)", sass)
         if int(m.group(3), 16) < int(m.group(1), 16)
-    ]
+    )
+    if isinstance(trips, int):
+        counts = [trips] * len(loops)
+    elif len(loops) in trips:
+        counts = trips[len(loops)]
+    else:
+        raise ValueError(f"{len(loops)} loops in the SASS; trip counts given for {sorted(trips)}")
     count = 0
     for address in addresses:
-        depth = sum(start <= address <= end for start, end in loops)
-        count += trips**depth
+        times = 1
+        for (start, end), n in zip(loops, counts, strict=True):
+            times *= n if start <= address <= end else 1
+        count += times
     registers = re.search(r"REG:(\d+)", usage)
     return count, int(registers.group(1)) if registers else 0
 
 
-def _ms(elements: int, per_element: float) -> float:
-    """Milliseconds to issue ``per_element`` instructions for each of ``elements`` (32 to a warp)."""
-    return elements * per_element / 32 / WARP_INSTRUCTIONS_PER_S * 1e3
+def _ms(instructions: float) -> float:
+    """Milliseconds to issue ``instructions`` (one per thread, 32 to a warp)."""
+    return instructions / 32 / WARP_INSTRUCTIONS_PER_S * 1e3
 
 
 def rows(batch: int, tiles: list[int], fast: bool) -> list[tuple[str, str, int, int, float, float]]:
-    """(stage, kernel, tile, registers, instructions per element, issue-bound ms) for the paper models' stages;
-    an element is a pooled value (channels padded to a power of two) in the forward and the LRN, a conv output
-    value in the stage's backward."""
+    """(stage, kernel, tile, registers, instructions per element, issue-bound ms) for the paper models' stages,
+    the whole launch (every thread of every program, padding included) over the real elements: pooled values
+    for the forward and the LRN, conv output values for the stage's backward."""
     window = {"K": 3, "S": 2, "BEFORE": 2, "AFTER": 2, "FAST": fast}
     out = []
     for name, c, size, pooled, pool_first in STAGES:
+        norm = not pool_first
         for tile in tiles:
             block_c, block_p, warps = stage_triton._tiles(c, pooled * pooled, tile)
-            per_thread = block_c * block_p / (32 * warps)
-            forward = {"NORM": not pool_first, "TRAIN": True, "BLOCK_C": block_c, "BLOCK_P": block_p}
-            variants = [("forward", dict(forward, KEEP=False))]
-            if not pool_first:
-                variants.append(("forward, keeping d", dict(forward, KEEP=True)))
-            for label, constexprs in variants:
-                cubin = compile_sm90(stage_triton._forward, constexprs | window, warps)
-                count, registers = executed(cubin, 3)
-                elements = batch * block_c * pooled * pooled  # per pooled value, the channels padded
-                out.append(
-                    (name, label, tile, registers, count / per_thread, _ms(elements, count / per_thread))
-                )
+            threads = 32 * warps
+            forward = {"NORM": norm, "TRAIN": True, "BLOCK_C": block_c, "BLOCK_P": block_p} | window
+            rows_, programs = stage_triton.row_chunks((pooled, pooled), block_p, batch, 3)
+            # every loop of _forward runs K = 3 times; _forward_rows: the first row's columns (3, when not
+            # unrolled), then ROWS rows of K − 1 = 2 rows of 3 columns (the inner two unrolled or not)
+            walk = {4: [3, rows_, 2, 3], 3: [rows_, 2, 3], 2: [rows_, 2], 1: [rows_]}
+            variants = [
+                ("forward", stage_triton._forward, {}, 3, triton.cdiv(pooled**2, block_p)),
+                ("forward, rows", stage_triton._forward_rows, {"ROWS": rows_}, walk, programs),
+            ]
+            for label, fn, extra, trips, per_image in variants:
+                for keep in (False, True) if norm else (False,):
+                    count, registers = executed(
+                        compile_sm90(fn, forward | extra | {"KEEP": keep}, warps), trips
+                    )
+                    total = count * threads * per_image * batch
+                    label_ = f"{label}, keeping d" if keep else label
+                    out.append((name, label_, tile, registers, total / (batch * c * pooled**2), _ms(total)))
             block_c, block_p, warps = stage_triton._tiles(c, size * size, tile)
-            per_thread = block_c * block_p / (32 * warps)
-            backward = {"NORM": not pool_first, "BLOCK_C": block_c, "BLOCK_P": block_p}
-            variants = [("backward", (False,))]
-            if not pool_first:
-                variants.append(("backward, kept d", (True,)))
-            for label, (kept,) in variants:
-                total, registers = 0.0, 0
-                for pass_ in (0, 1) if not pool_first else (1,):
-                    constexprs = dict(backward, KEPT=kept, PASS=pass_) | window
-                    count, regs = executed(compile_sm90(stage_triton._backward, constexprs, warps), 3)
-                    total, registers = total + count / per_thread, max(registers, regs)
-                elements = batch * block_c * size * size  # per conv output value
-                out.append((name, label, tile, registers, total, _ms(elements, total)))
-            if pool_first:  # the LRN on the pooled maps, by its own kernels (tile as lrn_triton launches it)
-                block_p = max(1, min(triton.next_power_of_2(pooled * pooled), 4096 // block_c))
-                warps = 8 if block_c * block_p >= 2048 else 4
-                per_thread = block_c * block_p / (32 * warps)
-                lrn = {"BEFORE": 2, "AFTER": 2, "BLOCK_C": block_c, "BLOCK_P": block_p, "FAST": fast}
-                forward_count = executed(compile_sm90(lrn_triton._lrn_forward, lrn, warps), 1)[0] / per_thread
-                backward_count = sum(
-                    executed(compile_sm90(kernel, lrn, warps), 1)[0] / per_thread
-                    for kernel in (lrn_triton._lrn_backward_scaled, lrn_triton._lrn_backward)
-                )
-                elements = batch * block_c * pooled * pooled
-                for label, per in (("LRN forward", forward_count), ("LRN backward", backward_count)):
-                    out.append((name, label, 4096, 0, per, _ms(elements, per)))
+            threads, per_image = 32 * warps, triton.cdiv(size * size, block_p)
+            backward = {"NORM": norm, "BLOCK_C": block_c, "BLOCK_P": block_p} | window
+            for kept in (False, True) if norm else (False,):
+                total, registers = 0, 0
+                for pass_ in (0, 1) if norm else (1,):
+                    cubin = compile_sm90(
+                        stage_triton._backward, backward | {"KEPT": kept, "PASS": pass_}, warps
+                    )
+                    count, regs = executed(cubin, {0: []})
+                    total, registers = total + count * threads * per_image * batch, max(registers, regs)
+                label = "backward, kept d" if kept else "backward"
+                out.append((name, label, tile, registers, total / (batch * c * size**2), _ms(total)))
+        if pool_first:  # the LRN on the pooled maps, by its own kernels (tile as lrn_triton launches it)
+            block_c = triton.next_power_of_2(c)
+            block_p = max(1, min(triton.next_power_of_2(pooled * pooled), 4096 // block_c))
+            warps = 8 if block_c * block_p >= 2048 else 4
+            launched = 32 * warps * triton.cdiv(pooled**2, block_p) * batch
+            lrn = {"BEFORE": 2, "AFTER": 2, "BLOCK_C": block_c, "BLOCK_P": block_p, "FAST": fast}
+            kernels = {
+                "LRN forward": [lrn_triton._lrn_forward],
+                "LRN backward": [lrn_triton._lrn_backward_scaled, lrn_triton._lrn_backward],
+            }
+            for label, fns in kernels.items():
+                total = sum(executed(compile_sm90(fn, lrn, warps), {0: []})[0] for fn in fns) * launched
+                out.append((name, label, 4096, 0, total / (batch * c * pooled**2), _ms(total)))
     return out
 
 

@@ -57,6 +57,20 @@ def _tile(P, W, BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr):
 
 
 @triton.jit
+def _evaluate(x_ptr, pos, c, C, valid, sxc, alpha, beta, k, NORM: tl.constexpr, BEFORE: tl.constexpr,
+              AFTER: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr, FAST: tl.constexpr, OUT):  # fmt: skip
+    """``(lrn(relu(x)) rounded to OUT's dtype, d)`` (``NORM``) or ``(relu(x), 1)`` at positions ``pos``."""
+    v = _relu(tl.load(x_ptr + pos + c * sxc, mask=valid & (c < C), other=0.0).to(tl.float32))
+    if NORM:
+        d = lrn_triton._window_denominator(x_ptr, pos, c, C, valid, sxc, alpha, k, BEFORE, AFTER, BLOCK_C, BLOCK_P,
+                                           True)  # fmt: skip
+        v = (v * lrn_triton._inverse_power(d, beta, FAST)).to(OUT.dtype.element_ty).to(tl.float32)
+    else:
+        d = tl.full((BLOCK_C, BLOCK_P), 1.0, dtype=tl.float32)
+    return v, d
+
+
+@triton.jit
 def _forward(x_ptr, y_ptr, idx_ptr, d_ptr, C, H, W, HO, WO, sxn, sxc, sxh, sxw, syn, syc, syh, syw, alpha, beta,
              k, NORM: tl.constexpr, TRAIN: tl.constexpr, KEEP: tl.constexpr, K: tl.constexpr, S: tl.constexpr,
              BEFORE: tl.constexpr, AFTER: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr,
@@ -74,23 +88,82 @@ def _forward(x_ptr, y_ptr, idx_ptr, d_ptr, C, H, W, HO, WO, sxn, sxc, sxh, sxw, 
             w = ow * S + dw
             valid = in_q & (h < H) & (w < W)  # a ceil-mode window may stick out of the maps
             pos = n * sxn + h * sxh + w * sxw
-            v = _relu(tl.load(x_ptr + pos + c * sxc, mask=valid & (c < C), other=0.0).to(tl.float32))
-            if NORM:
-                d = lrn_triton._window_denominator(x_ptr, pos, c, C, valid, sxc, alpha, k, BEFORE, AFTER, BLOCK_C,
-                                                   BLOCK_P, True)  # fmt: skip
-                v = (v * lrn_triton._inverse_power(d, beta, FAST)).to(y_ptr.dtype.element_ty).to(tl.float32)
+            v, d = _evaluate(x_ptr, pos, c, C, valid, sxc, alpha, beta, k, NORM, BEFORE, AFTER, BLOCK_C, BLOCK_P,
+                             FAST, y_ptr)  # fmt: skip
             take = valid & ((v > best) | (v != v))
             best = tl.where(take, v, best)
             arg = tl.where(take, dh * K + dw, arg)
             if KEEP:
                 kept = tl.where(take, d, kept)
-    mask = in_q & (c < C)
-    out = n * syn + oh * syh + ow * syw + c * syc
+    _store(y_ptr, idx_ptr, d_ptr, best, arg, kept, n * syn + oh * syh + ow * syw + c * syc, in_q & (c < C), TRAIN,
+           KEEP)  # fmt: skip
+
+
+@triton.jit
+def _store(y_ptr, idx_ptr, d_ptr, best, arg, kept, out, mask, TRAIN: tl.constexpr, KEEP: tl.constexpr):
     tl.store(y_ptr + out, best.to(y_ptr.dtype.element_ty), mask=mask)
     if TRAIN:
         tl.store(idx_ptr + out, arg.to(tl.uint8), mask=mask)
     if KEEP:
         tl.store(d_ptr + out, kept, mask=mask)
+
+
+@triton.jit
+def _row_max(x_ptr, n, h, ow, c, C, W, row_ok, sxn, sxc, sxh, sxw, alpha, beta, k, NORM: tl.constexpr,
+             K: tl.constexpr, S: tl.constexpr, BEFORE: tl.constexpr, AFTER: tl.constexpr, BLOCK_C: tl.constexpr,
+             BLOCK_P: tl.constexpr, FAST: tl.constexpr, OUT):  # fmt: skip
+    """The maximum over one row ``h`` of each window (its K columns), the column it was in and its denominator;
+    −∞ where the row is outside the maps (``row_ok`` false)."""
+    best = tl.full((BLOCK_C, BLOCK_P), float("-inf"), dtype=tl.float32)
+    col = tl.zeros((BLOCK_C, BLOCK_P), dtype=tl.int32)
+    kept = tl.full((BLOCK_C, BLOCK_P), 1.0, dtype=tl.float32)
+    for dw in range(K):
+        w = ow * S + dw
+        valid = row_ok & (w < W)
+        v, d = _evaluate(x_ptr, n * sxn + h * sxh + w * sxw, c, C, valid, sxc, alpha, beta, k, NORM, BEFORE, AFTER,
+                         BLOCK_C, BLOCK_P, FAST, OUT)  # fmt: skip
+        take = valid & ((v > best) | (v != v))
+        best = tl.where(take, v, best)
+        col = tl.where(take, dw, col)
+        kept = tl.where(take, d, kept)
+    return best, col, kept
+
+
+@triton.jit
+def _forward_rows(x_ptr, y_ptr, idx_ptr, d_ptr, C, H, W, HO, WO, sxn, sxc, sxh, sxw, syn, syc, syh, syw, alpha,
+                  beta, k, NORM: tl.constexpr, TRAIN: tl.constexpr, KEEP: tl.constexpr, K: tl.constexpr,
+                  S: tl.constexpr, BEFORE: tl.constexpr, AFTER: tl.constexpr, ROWS: tl.constexpr,
+                  BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr, FAST: tl.constexpr):  # fmt: skip
+    """:func:`_forward` for windows one row taller than their stride (``K = S + 1``: AlexNet §3.4's overlapping
+    3×3/2 pooling). Each column of the tile walks ``ROWS`` output rows down the maps, and each window's last row,
+    which is the next window's first, is carried over instead of evaluated again: ``K (K − 1) + K / ROWS``
+    evaluations of the LRN per pooled value instead of ``K²`` (6.4 instead of 9 for 3×3/2, 7 rows). The maximum
+    is the same, ties and NaN included: the first in row-major order, the last NaN, each row's scanned as
+    :func:`_forward` scans them and the rows taken in order."""
+    c = tl.arange(0, BLOCK_C)[:, None]
+    n = tl.program_id(1)
+    q = tl.program_id(0) * BLOCK_P + tl.arange(0, BLOCK_P)[None, :]  # (chunk of ROWS rows, column) pairs
+    in_q = q < tl.cdiv(HO, ROWS) * WO
+    ow = q % WO
+    first = (q // WO) * ROWS
+    carry, carry_col, carry_d = _row_max(x_ptr, n, first * S, ow, c, C, W, in_q & (first < HO), sxn, sxc, sxh, sxw,
+                                         alpha, beta, k, NORM, K, S, BEFORE, AFTER, BLOCK_C, BLOCK_P, FAST,
+                                         y_ptr)  # fmt: skip
+    for i in range(ROWS):
+        oh = first + i
+        active = in_q & (oh < HO)
+        best, arg, kept = carry, carry_col, carry_d  # the window's first row (dh = 0)
+        for dh in range(1, K):
+            h = oh * S + dh
+            carry, carry_col, carry_d = _row_max(x_ptr, n, h, ow, c, C, W, active & (h < H), sxn, sxc, sxh, sxw,
+                                                 alpha, beta, k, NORM, K, S, BEFORE, AFTER, BLOCK_C, BLOCK_P,
+                                                 FAST, y_ptr)  # fmt: skip
+            take = (carry > best) | (carry != carry)  # a row outside the maps is −∞: never taken
+            best = tl.where(take, carry, best)
+            arg = tl.where(take, dh * K + carry_col, arg)
+            kept = tl.where(take, carry_d, kept)
+        _store(y_ptr, idx_ptr, d_ptr, best, arg, kept, n * syn + oh * syh + ow * syw + c * syc,
+               active & (c < C), TRAIN, KEEP)  # fmt: skip
 
 
 @triton.jit
@@ -200,6 +273,33 @@ def keeps_denominators(stage: StageArgs) -> bool:
     return os.environ.get("ALEXNET_KEEP_DENOMINATOR", "0") == "1" and not stage.pool_first
 
 
+def walks_rows(stage: StageArgs) -> bool:
+    """Whether the forward of ``stage`` walks down the maps carrying each window's last row
+    (:func:`_forward_rows`: windows one row taller than their stride, as all the paper models'): about 25 % fewer
+    instructions per pooled value than :func:`_forward` (tools/triton_sass.py; docs/performance.md, Session 19).
+    Not yet timed on a GPU, so off by default: ``ALEXNET_STAGE_ROWS=1`` (read at each call)."""
+    return os.environ.get("ALEXNET_STAGE_ROWS", "0") == "1" and stage.kernel_size == stage.stride + 1
+
+
+# Enough programs to fill an H100 (132 multiprocessors, 8 programs of 8 warps each) where the batch allows
+PROGRAMS = 1024
+
+
+def row_chunks(out: tuple[int, int], block_p: int, images: int, k: int) -> tuple[int, int]:
+    """``(ROWS, programs per image)`` for :func:`_forward_rows`: the fewest LRN evaluations over the launched
+    tiles (the padding of the last chunk and tile counted), among the chunkings that launch :data:`PROGRAMS`
+    programs, or as many as the batch allows."""
+
+    def cost(rows: int) -> tuple[int, int, int]:
+        blocks = triton.cdiv(triton.cdiv(out[0], rows) * out[1], block_p)
+        # per column of a tile: the chunk's first row, then K − 1 rows of K positions for each window
+        evaluations = blocks * block_p * (k + rows * (k - 1) * k)
+        return -min(blocks * images, PROGRAMS), evaluations, blocks
+
+    rows = min(range(1, out[0] + 1), key=cost)
+    return rows, cost(rows)[2]
+
+
 def relu_pool(
     x: torch.Tensor, out: tuple[int, int], stage: StageArgs, norm: bool, training: bool
 ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
@@ -213,12 +313,19 @@ def relu_pool(
     keep = training and norm and keeps_denominators(stage)
     kept = torch.empty_like(y, dtype=torch.float32) if keep else None
     block_c, block_p, warps = _tiles(c, out[0] * out[1], TILES[0])
-    grid = (triton.cdiv(out[0] * out[1], block_p), n)
-    _forward[grid](
+    args = (
         x, y, y if idx is None else idx, y if kept is None else kept, c, height, width, *out, *x.stride(),
-        *y.stride(), stage.alpha, stage.beta, stage.k, NORM=norm, TRAIN=training, KEEP=keep, **_window(stage),
-        BLOCK_C=block_c, BLOCK_P=block_p, FAST=lrn_triton.fast_log2(), num_warps=warps,
+        *y.stride(), stage.alpha, stage.beta, stage.k,
     )  # fmt: skip
+    flags = {"NORM": norm, "TRAIN": training, "KEEP": keep, **_window(stage), "BLOCK_C": block_c}
+    if walks_rows(stage):
+        rows, programs = row_chunks(out, block_p, n, stage.kernel_size)
+        _forward_rows[(programs, n)](
+            *args, **flags, ROWS=rows, BLOCK_P=block_p, FAST=lrn_triton.fast_log2(), num_warps=warps
+        )
+    else:
+        grid = (triton.cdiv(out[0] * out[1], block_p), n)
+        _forward[grid](*args, **flags, BLOCK_P=block_p, FAST=lrn_triton.fast_log2(), num_warps=warps)
     return y, idx, kept
 
 
