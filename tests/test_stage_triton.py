@@ -230,3 +230,33 @@ def test_walking_down_the_rows_gives_the_window_by_window_kernels_bits(
         assert (a is None) == (b is None)
         if a is not None:
             assert torch.equal(a.isnan(), b.isnan()) and torch.equal(a.nan_to_num(), b.nan_to_num())
+
+
+@pytest.mark.parametrize("variant", ["as-shipped", "rows-and-kept"])
+def test_the_autograd_operator_hands_the_kept_denominators_to_the_backward(variant, monkeypatch):
+    """Through alexnet::relu_lrn_pool_train and its backward (as a CUDA model runs them; here the Triton kernels
+    run in the interpreter on CPU tensors): with the forward keeping the denominators, the backward takes them,
+    and the input gradient is the modules'."""
+    if not torch.cuda.is_available() and os.environ.get("TRITON_INTERPRET") != "1":
+        pytest.skip("no GPU and Triton's interpreter is off")
+    from alexnet.models import fused, stage_triton
+
+    if not torch.cuda.is_available():
+        monkeypatch.setattr(fused, "_kernels", lambda device: stage_triton)
+    for name, value in VARIANTS[variant].items():
+        monkeypatch.setenv(name, value)
+    torch.manual_seed(0)
+    x = on_device(torch.randn(2, 16, 13, 13) * 30).contiguous(memory_format=CL).requires_grad_()
+    args = StageArgs(False, 5, 1e-3, 0.75, 2.0, 3, 2, True)
+    taken = []
+    real = stage_triton.stage_backward
+    monkeypatch.setattr(stage_triton, "stage_backward", lambda *a: taken.append(a[3] is not None) or real(*a))
+    y = fused.stage(x * 1, args)
+    grad = torch.randn_like(y)
+    (dx,) = torch.autograd.grad(y, x, grad)
+    assert taken == [variant == "rows-and-kept"]
+    leaf = x.detach().requires_grad_()
+    want = fused._composed(leaf, *args)
+    (want_dx,) = torch.autograd.grad(want, leaf, grad)
+    torch.testing.assert_close(y, want, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(dx, want_dx, rtol=1e-5, atol=1e-6)

@@ -11,6 +11,8 @@
 #   graph (the bf16 bench with every row's step one CUDA graph: the GPU's work without the host's launches)
 #   graphloop (tests/test_cuda_graph.py, then alexnet train from the store, eager against --cuda-graph, alternating)
 #   cropab (the input pipeline's rows with the workers' crops off and on, ALEXNET_WORKER_CROP=0/1, alternating)
+#   stageab (session 19's stage kernels: their compiled tests, each variant of tools/gpu_stage.py, and the bf16
+#   bench with all of them against the shipped ones, alternating)
 #   (default: all but quicktests and loop)
 set -u
 OUT=${OUT:-gpu-out}; mkdir -p "$OUT"
@@ -45,6 +47,21 @@ if want stage; then
 fi
 
 B="$PY -m alexnet.cli bench alexnet caffenet zfnet --device cuda --batch-size 256 --channels-last --repeats 20 --warmup 5"
+NEW="ALEXNET_FAST_LOG2=1 ALEXNET_KEEP_DENOMINATOR=1 ALEXNET_STAGE_ROWS=1"  # session 19's kernels (off by default)
+if want stageab; then
+  step "CUDA tests of the LRN and stage kernels compiled, all session-19 kernels on (the stage tests run each variant)"
+  env $NEW timeout 150 $PY -m pytest -q -x -p no:cacheprovider tests/test_lrn_triton.py tests/test_stage_triton.py \
+    tests/test_cuda.py -k "lrn or stage or fused or learn" 2>&1 | tee "$OUT/stageab-tests.log" | tail -3
+  step "conv stages: the shipped kernels against each session-19 variant, bf16, batch 256"
+  timeout 240 $PY tools/gpu_stage.py --variants shipped log2 kept rows all --tiles 2048,1024 2048,2048 1024,1024 2>&1 \
+    | tee "$OUT/stageab.txt"
+  step "bench bf16 channels-last, training: shipped kernels against all session-19 variants, alternating"
+  for v in shipped new shipped new; do
+    env $([ $v = new ] && echo $NEW) timeout 100 $B --amp --mode train --no-memory --json > "$OUT/stageab.json"
+    $PY -c "import json; d = json.load(open('$OUT/stageab.json')); print('$v', '  '.join(
+      f\"{r['model']} {r['step_ms']:.2f} ms {r['vs_torchvision'] or 1:.2f}\" for r in d['rows']))"
+  done
+fi
 if want bench; then
   step "bench bf16 channels-last, Triton LRN (+ GPU memory at batch 128)"
   timeout 150 $B --amp --json > "$OUT/bench_amp.json"
