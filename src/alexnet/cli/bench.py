@@ -38,6 +38,9 @@ def register(sub: Any) -> None:
         "conv3-5 and fc6-8 in CPU inference as modules instead of oneDNN primitives with the ReLU fused, "
         "ALEXNET_LINEAR=0 fc6-8 in CPU training as nn.Linear (MKL) instead of oneDNN's products, "
         "ALEXNET_CUDNN_BENCHMARK=0 cuDNN's algorithms chosen by its heuristics instead of timed per shape; "
+        "the other way round, ALEXNET_FAST_LOG2=1, ALEXNET_KEEP_DENOMINATOR=1 and ALEXNET_STAGE_ROWS=1 turn on "
+        "CUDA stage kernels not yet timed on a GPU (lg2.approx; the LRN denominators kept for the backward; "
+        "the pooling windows' rows carried); "
         "ALEXNET_MALLOC=system keeps glibc's default allocator "
         "(docs/performance.md).",
     )
