@@ -53,7 +53,7 @@ if want stageab; then
   env $NEW timeout 150 $PY -m pytest -q -x -p no:cacheprovider tests/test_lrn_triton.py tests/test_stage_triton.py \
     tests/test_cuda.py -k "lrn or stage or fused or learn" 2>&1 | tee "$OUT/stageab-tests.log" | tail -3
   step "conv stages: the shipped kernels against each session-19 variant, bf16, batch 256"
-  timeout 240 $PY tools/gpu_stage.py --variants shipped log2 kept rows all --tiles 2048,1024 2048,2048 2>&1 \
+  timeout 240 $PY tools/gpu_stage.py --variants shipped log2 kept rows all --tiles 2048,1024 1024,2048 2>&1 \
     | tee "$OUT/stageab.txt"
   step "bench bf16 channels-last, training: the shipped stage kernels, then all session-19 variants"
   for v in shipped new; do
