@@ -14,6 +14,11 @@ is five or six passes over the full-size maps forward and as many backward; here
 * **relu → pool → norm**: one kernel for ReLU + max-pool (and its gather backward with the ReLU mask); the LRN
   runs on the pooled maps, a quarter of the size, through the LRN operator's own Triton kernels.
 
+Three variants, each off until a GPU has timed it (docs/performance.md, Session 19): the forward walking down
+the rows and carrying each window's last row into the next (:func:`walks_rows`), the training forward keeping
+the LRN denominator at each maximum for the backward (:func:`keeps_denominators`), and ``lg2.approx`` for the
+power (:func:`alexnet.models.lrn_triton.fast_log2`).
+
 A program owns one image and a block of positions with all their channels, as in the LRN kernels. Window offsets
 and ties follow ``max_pool2d``: the first maximum in the window in row-major order, NaN wins. bf16 and fp16 are
 computed in fp32 and the LRN output is rounded to the input's dtype before pooling, as the modules round it. The
@@ -267,15 +272,16 @@ def _window(stage: StageArgs) -> dict[str, int]:
 def keeps_denominators(stage: StageArgs) -> bool:
     """Whether a training forward of ``stage`` (relu → norm → pool) keeps the LRN denominator at each maximum
     (fp32, one per pooled value), so that the backward's two passes gather it with the gradient instead of
-    recomputing every position's from five neighbours in channel: about 20 % fewer instructions per element in
-    the backward (tools/triton_sass.py, docs/performance.md, Session 19) for a quarter of the conv output's size
-    in memory. Not yet timed on a GPU, so off by default: ``ALEXNET_KEEP_DENOMINATOR=1`` (read at each call)."""
+    recomputing every position's from five neighbours in channel: about 12 % fewer instructions per element in
+    the backward (tools/triton_sass.py, docs/performance.md, Session 19), for 4 bytes per pooled value (about half
+    a bf16 conv output's size). Not yet timed on a GPU, so off by default: ``ALEXNET_KEEP_DENOMINATOR=1`` (read
+    at each call)."""
     return os.environ.get("ALEXNET_KEEP_DENOMINATOR", "0") == "1" and not stage.pool_first
 
 
 def walks_rows(stage: StageArgs) -> bool:
     """Whether the forward of ``stage`` walks down the maps carrying each window's last row
-    (:func:`_forward_rows`: windows one row taller than their stride, as all the paper models'): about 25 % fewer
+    (:func:`_forward_rows`: windows one row taller than their stride, as all the paper models'): 21–27 % fewer
     instructions per pooled value than :func:`_forward` (tools/triton_sass.py; docs/performance.md, Session 19).
     Not yet timed on a GPU, so off by default: ``ALEXNET_STAGE_ROWS=1`` (read at each call)."""
     return os.environ.get("ALEXNET_STAGE_ROWS", "0") == "1" and stage.kernel_size == stage.stride + 1
