@@ -104,7 +104,8 @@ def run_modules(x: torch.Tensor, args: StageArgs, grad: torch.Tensor):
     return y, torch.where(x > 0, da, 0)
 
 
-@settings(max_examples=8 if torch.cuda.is_available() else 25, deadline=None)  # compiling takes time
+# compiling takes the time on a GPU: each channel count is new kernels, for each of the three variants
+@settings(max_examples=4 if torch.cuda.is_available() else 25, deadline=None)
 @given(
     c=st.integers(1, 20),
     h=st.integers(3, 12),

@@ -34,7 +34,7 @@ fi
 
 if want quicktests; then
   step "CUDA tests: LRN, conv stages, tower convs, models"
-  timeout 180 $PY -m pytest -q -x -p no:cacheprovider tests/test_cuda.py tests/test_lrn_triton.py tests/test_stage_triton.py \
+  timeout 240 $PY -m pytest -q -x -p no:cacheprovider tests/test_cuda.py tests/test_lrn_triton.py tests/test_stage_triton.py \
     tests/test_cuda_graph.py -k "not end_to_end and not compiled and not nvjpeg and not augmented" 2>&1 | tee "$OUT/tests.log" | tail -3
 fi
 
@@ -50,7 +50,7 @@ B="$PY -m alexnet.cli bench alexnet caffenet zfnet --device cuda --batch-size 25
 NEW="ALEXNET_FAST_LOG2=1 ALEXNET_KEEP_DENOMINATOR=1 ALEXNET_STAGE_ROWS=1"  # session 19's kernels (off by default)
 if want stageab; then
   step "CUDA tests of the LRN and stage kernels compiled, all session-19 kernels on (the stage tests run each variant)"
-  env $NEW timeout 150 $PY -m pytest -q -x -p no:cacheprovider tests/test_lrn_triton.py tests/test_stage_triton.py \
+  env $NEW timeout 200 $PY -m pytest -q -x -p no:cacheprovider tests/test_lrn_triton.py tests/test_stage_triton.py \
     tests/test_cuda.py -k "lrn or stage or fused or learn" 2>&1 | tee "$OUT/stageab-tests.log" | tail -3
   step "conv stages: the shipped kernels against each session-19 variant, bf16, batch 256"
   timeout 240 $PY tools/gpu_stage.py --variants shipped log2 kept rows all --tiles 2048,1024 1024,2048 2>&1 \
