@@ -196,11 +196,12 @@ def _gather(g_ptr, idx_ptr, p_ptr, d_ptr, n, h, w, c, C, HO, WO, sgn, sgc, sgh, 
                 mine = mine & (tl.load(p_ptr + at, mask=mine, other=0.0).to(tl.float32) > 0.0)
             g_at = g_ptr + n * sgn + oh * sgh + ow * sgw + c * sgc
             if KEPT:
-                # Loads masked by the window (one predicate for a thread's channels: vector loads), then a select;
-                # masked by ``mine``, which differs per channel, each is a scalar load (SASS for sm_90). Fewer
-                # instructions here, a few more in the recomputing backward: only this one takes it.
-                gb += tl.where(mine, tl.load(g_at, mask=ok, other=0.0).to(tl.float32), 0.0)
-                d = tl.where(mine, tl.load(d_ptr + at, mask=ok, other=1.0), d)
+                # Loads masked by the window (one predicate for a thread's channels: vector loads; no fill value,
+                # the select discards masked lanes), then a select; masked by ``mine``, which differs per channel,
+                # each is a scalar load (SASS for sm_90). Fewer instructions here, a few more in the recomputing
+                # backward: only this one takes it.
+                gb += tl.where(mine, tl.load(g_at, mask=ok).to(tl.float32), 0.0)
+                d = tl.where(mine, tl.load(d_ptr + at, mask=ok), d)
             else:
                 gb += tl.load(g_at, mask=mine, other=0.0).to(tl.float32)
     return gb, d
@@ -272,7 +273,7 @@ def _window(stage: StageArgs) -> dict[str, int]:
 def keeps_denominators(stage: StageArgs) -> bool:
     """Whether a training forward of ``stage`` (relu → norm → pool) keeps the LRN denominator at each maximum
     (fp32, one per pooled value), so that the backward's two passes gather it with the gradient instead of
-    recomputing every position's from five neighbours in channel: about 12 % fewer instructions per element in
+    recomputing every position's from five neighbours in channel: about 14 % fewer instructions per element in
     the backward (tools/triton_sass.py, docs/performance.md, Session 19), for 4 bytes per pooled value (about half
     a bf16 conv output's size). Not yet timed on a GPU, so off by default: ``ALEXNET_KEEP_DENOMINATOR=1`` (read
     at each call)."""
