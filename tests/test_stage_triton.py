@@ -27,6 +27,7 @@ VARIANTS = {
     "kept-denominators": {"ALEXNET_KEEP_DENOMINATOR": "1"},
     "rows-and-kept": {"ALEXNET_KEEP_DENOMINATOR": "1", "ALEXNET_STAGE_ROWS": "1"},
 }
+SETTINGS = ("ALEXNET_KEEP_DENOMINATOR", "ALEXNET_STAGE_ROWS")
 
 
 @pytest.fixture(scope="module", params=list(VARIANTS))
@@ -38,7 +39,7 @@ def kernels(request):
     from alexnet.models import stage_triton
 
     settings = VARIANTS[request.param]
-    before = {name: os.environ.get(name) for name in ("ALEXNET_KEEP_DENOMINATOR", "ALEXNET_STAGE_ROWS")}
+    before = {name: os.environ.get(name) for name in SETTINGS}
     os.environ.update({name: settings.get(name, "0") for name in before})
     yield stage_triton
     for name, value in before.items():
@@ -244,7 +245,7 @@ def test_the_autograd_operator_hands_the_kept_denominators_to_the_backward(varia
 
     if not torch.cuda.is_available():
         monkeypatch.setattr(fused, "_kernels", lambda device: stage_triton)
-    for name in ("ALEXNET_KEEP_DENOMINATOR", "ALEXNET_STAGE_ROWS"):  # the kernels fixture may have set them
+    for name in SETTINGS:  # the kernels fixture may have set them
         monkeypatch.setenv(name, VARIANTS[variant].get(name, "0"))
     torch.manual_seed(0)
     x = on_device(torch.randn(2, 16, 13, 13) * 30).contiguous(memory_format=CL).requires_grad_()

@@ -43,6 +43,7 @@ from alexnet import denormals, malloc
 from alexnet.errors import AlexnetError
 from alexnet.models import linear_train, native, postops
 from alexnet.models.layers import triton_kernels
+from alexnet.train.config import CUDA_GRAPH_WITH_COMPILE
 from alexnet.train.optim import fused_supported
 
 REFERENCE = "torchvision_alexnet"
@@ -737,16 +738,13 @@ def run_bench(
         raise BenchError("batch size, repeats and memory batch size must be ≥ 1, warm-up ≥ 0")
     dev = resolve_device(device)
     if cuda_graph and compile:
-        raise BenchError(
-            "--cuda-graph and --compile together: choose one (torch.compile captures graphs itself with "
-            "mode='reduce-overhead')"
-        )
+        raise BenchError(CUDA_GRAPH_WITH_COMPILE)
     if cuda_graph and dev.type != "cuda":
         raise BenchError(f"--cuda-graph needs a CUDA device (got {dev.type})")
     if amp and dev.type == "cpu" and not postops.bf16_supported():
         raise BenchError(
-            "--amp: this CPU has no bfloat16 kernels in oneDNN (they need AVX-512 with BW, VL and DQ, or "
-            "AVX-NE-CONVERT), so bf16 would run emulated, many times slower than float32; bench without --amp"
+            f"--amp: {postops.NO_BF16_KERNELS}, so bf16 would run emulated, many times slower than float32; "
+            "bench without --amp"
         )
     if dev.type == "cuda":
         torch.backends.cudnn.benchmark = cudnn_benchmark()

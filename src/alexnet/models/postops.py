@@ -41,6 +41,12 @@ def _autocast() -> torch.dtype | None:
     return torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu") else None
 
 
+# what a CPU without oneDNN's bfloat16 kernels is told (`alexnet bench --amp` refuses, `alexnet train --amp` warns)
+NO_BF16_KERNELS = (
+    "this CPU has no bfloat16 kernels in oneDNN (they need AVX-512 with BW, VL and DQ, or AVX-NE-CONVERT)"
+)
+
+
 @functools.cache
 def bf16_supported() -> bool:
     """Whether this CPU's oneDNN has bfloat16 kernels (AVX-512 with BW/VL/DQ, AMX, or AVX-NE-CONVERT). Without them

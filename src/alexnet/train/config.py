@@ -15,6 +15,12 @@ from typing import Any
 
 from alexnet.errors import TrainingError
 
+# `alexnet train` and `alexnet bench` refuse the two together
+CUDA_GRAPH_WITH_COMPILE = (
+    "--cuda-graph and --compile together: choose one (torch.compile captures graphs itself with "
+    "mode='reduce-overhead')"
+)
+
 OPTIMIZERS = ("paper_sgd", "sgd", "adamw")
 SCHEDULES = ("plateau", "step", "cosine", "constant")
 INITS = ("paper", "kaiming")
@@ -80,9 +86,8 @@ class TrainConfig:
     amp: bool = False
     channels_last: bool = True  # measured faster for every model on CPU (docs/performance.md)
     compile: bool = False
-    cuda_graph: bool = (
-        False  # the training forward and backward replayed from CUDA graphs (train/cuda_graph.py)
-    )
+    # the training forward and backward replayed from CUDA graphs (train/cuda_graph.py)
+    cuda_graph: bool = False
 
     def with_overrides(self, **overrides: Any) -> TrainConfig:
         """A copy with ``overrides`` applied (``None`` values mean "keep the recipe's value")."""
@@ -167,11 +172,7 @@ class TrainConfig:
             (self.step_unit in ("iter", "epoch"), "step unit must be 'iter' or 'epoch'"),
             (self.init in INITS, f"init must be one of {', '.join(INITS)}"),
             (self.normalize in NORMALIZATIONS, f"normalize must be one of {', '.join(NORMALIZATIONS)}"),
-            (
-                not (self.cuda_graph and self.compile),
-                "--cuda-graph and --compile together: choose one (torch.compile captures graphs itself with "
-                "mode='reduce-overhead')",
-            ),
+            (not (self.cuda_graph and self.compile), CUDA_GRAPH_WITH_COMPILE),
         ]
         for ok, message in checks:
             if not ok:

@@ -185,12 +185,12 @@ def _train(
         flag = "--gpu-decode" if cfg.gpu_decode else "--gpu-augment" if cfg.gpu_augment else "--cuda-graph"
         raise TrainingError(f"{flag} needs a CUDA GPU, but this run's device is {info.device}")
     if cfg.amp and info.device.type == "cpu" and info.is_main:
-        from alexnet.models.postops import bf16_supported
+        from alexnet.models import postops
 
-        if not bf16_supported():
+        if not postops.bf16_supported():
             log.warning(
-                "--amp: this CPU has no bfloat16 kernels in oneDNN (they need AVX-512 with BW, VL and DQ, or "
-                "AVX-NE-CONVERT); bf16 runs emulated here, several times slower than without --amp"
+                "--amp: %s; bf16 runs emulated here, several times slower than without --amp",
+                postops.NO_BF16_KERNELS,
             )
     if cfg.cuda_graph and info.distributed:
         raise TrainingError(
