@@ -280,6 +280,38 @@ def test_gradcheck_of_the_fused_stage_in_float64(pool_first):
 
 
 @pytest.mark.parametrize("pool_first", [False, True])
+def test_the_training_stage_gives_the_same_bits_through_its_registered_operators(pool_first):
+    """fused.stage trains through a plain autograd.Function that calls the kernels (less host time per step);
+    under a dispatch mode it goes through alexnet::relu_lrn_pool_train and its backward operator instead, which
+    the mode then sees. The two give the same bits."""
+    torch.manual_seed(0)
+    x = (torch.randn(2, 16, 13, 13) * 30).contiguous(memory_format=CL)
+    args = stage_args(pool_first)
+    weight = torch.randn(2, 16, 6, 6)
+    lean = grads(lambda t: fused.stage(t, args), x, weight)
+    with OpLog() as log:
+        through_operators = grads(lambda t: fused.stage(t, args), x, weight)
+    assert log.count(TRAIN) == 1 and log.count("alexnet.relu_lrn_pool_backward") == 1
+    for a, b in zip(lean, through_operators, strict=True):
+        assert torch.equal(a, b)
+
+
+def test_a_second_derivative_through_the_training_stage_is_the_modules():
+    """backward(create_graph=True) through relu → norm → pool (a gradient penalty): the stage recomputes its
+    gradient with a graph from the conv output it kept."""
+    torch.manual_seed(0)
+    x = (torch.randn(2, 8, 9, 9, dtype=torch.float64) * 20).contiguous(memory_format=CL)
+    reference = modules(False, 5, 1e-3, 0.75, 2.0, 3, 2, True)
+    penalties = []
+    for fn in (lambda t: fused.stage(t, stage_args(False)), reference):
+        leaf = x.clone().requires_grad_()
+        (g,) = torch.autograd.grad(fn(leaf * 1).square().sum(), leaf, create_graph=True)
+        (gg,) = torch.autograd.grad(g.square().sum(), leaf)
+        penalties.append(gg)
+    torch.testing.assert_close(penalties[0], penalties[1], rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("pool_first", [False, True])
 def test_the_training_kernels_take_bfloat16_as_autocast_produces_it(pool_first):
     torch.manual_seed(0)
     x = (torch.randn(2, 32, 27, 27) * 30).to(torch.bfloat16).contiguous(memory_format=CL)

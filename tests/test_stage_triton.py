@@ -5,6 +5,7 @@ tests/test_cuda.py runs them compiled, through the operators and whole models.""
 
 from __future__ import annotations
 
+import contextlib
 import os
 
 import pytest
@@ -16,6 +17,7 @@ from torch.nn import functional as F
 
 from alexnet.models.layers import LocalResponseNorm
 from alexnet.models.native import StageArgs
+from test_dispatch_support import OpLog
 
 pytest.importorskip("triton")
 CL = torch.channels_last
@@ -234,11 +236,12 @@ def test_walking_down_the_rows_gives_the_window_by_window_kernels_bits(
             assert torch.equal(a.isnan(), b.isnan()) and torch.equal(a.nan_to_num(), b.nan_to_num())
 
 
+@pytest.mark.parametrize("path", ["function", "operators"])
 @pytest.mark.parametrize("variant", ["as-shipped", "rows-and-kept"])
-def test_the_autograd_operator_hands_the_kept_denominators_to_the_backward(variant, monkeypatch):
-    """Through alexnet::relu_lrn_pool_train and its backward (as a CUDA model runs them; here the Triton kernels
-    run in the interpreter on CPU tensors): with the forward keeping the denominators, the backward takes them,
-    and the input gradient is the modules'."""
+def test_the_autograd_operator_hands_the_kept_denominators_to_the_backward(variant, path, monkeypatch):
+    """Through fused.stage's autograd.Function, and through alexnet::relu_lrn_pool_train and its backward (under a
+    dispatch mode), as a CUDA model runs them; here the Triton kernels run in the interpreter on CPU tensors.
+    With the forward keeping the denominators, the backward takes them, and the input gradient is the modules'."""
     if not torch.cuda.is_available() and os.environ.get("TRITON_INTERPRET") != "1":
         pytest.skip("no GPU and Triton's interpreter is off")
     from alexnet.models import fused, stage_triton
@@ -253,10 +256,12 @@ def test_the_autograd_operator_hands_the_kept_denominators_to_the_backward(varia
     taken = []
     real = stage_triton.stage_backward
     monkeypatch.setattr(stage_triton, "stage_backward", lambda *a: taken.append(a[3] is not None) or real(*a))
-    y = fused.stage(x * 1, args)
-    grad = torch.randn_like(y)
-    (dx,) = torch.autograd.grad(y, x, grad)
+    with OpLog() if path == "operators" else contextlib.nullcontext() as log:
+        y = fused.stage(x * 1, args)
+        grad = torch.randn_like(y)
+        (dx,) = torch.autograd.grad(y, x, grad)
     assert taken == [variant == "rows-and-kept"]
+    assert log is None or log.count("alexnet.relu_lrn_pool_backward") == 1
     leaf = x.detach().requires_grad_()
     want = fused._composed(leaf, *args)
     (want_dx,) = torch.autograd.grad(want, leaf, grad)

@@ -229,7 +229,22 @@ def _backward_op(
     """The gradient of the stage's input (of ``shape``) from its output's; ``x`` is the input (relu → norm →
     pool, with ``pooled`` the maxima's LRN denominators where the forward kept them), ``pooled`` and ``y`` the
     LRN's input and output (relu → pool → norm); the others may be empty."""
-    stage = StageArgs(pool_first, size, alpha, beta, k, kernel_size, stride, ceil_mode)
+    stage = (pool_first, size, alpha, beta, k, kernel_size, stride, ceil_mode)
+    return _backward(grad, x, pooled, y, idx, shape, *stage)
+
+
+def _backward(
+    grad: torch.Tensor,
+    x: torch.Tensor,
+    pooled: torch.Tensor,
+    y: torch.Tensor,
+    idx: torch.Tensor,
+    shape: list[int],
+    *args: Any,
+) -> torch.Tensor:
+    """:func:`_backward_op`'s kernels, called directly."""
+    stage = StageArgs(*args)
+    pool_first, size, alpha, beta, k = stage[:5]
     kernels = _kernels(grad.device)
     if kernels is None:
         raise NotImplementedError(
@@ -254,27 +269,34 @@ def _(
     return torch.empty(shape, dtype=grad.dtype, device=grad.device, memory_format=torch.channels_last)
 
 
-def _setup_context(ctx: torch.autograd.function.FunctionCtx, inputs: tuple, output: tuple) -> None:
-    x, *args = inputs
-    y, pooled, idx = output
-    ctx.stage = StageArgs(*args)
+def _save(
+    ctx: Any, x: torch.Tensor, stage: StageArgs, y: torch.Tensor, pooled: torch.Tensor, idx: torch.Tensor
+) -> None:
+    ctx.stage = stage
     ctx.shape = list(x.shape)
     # relu → norm → pool keeps the conv output (no module keeps it otherwise); relu → pool → norm keeps only
     # pooled-size tensors, its output among them (the next conv keeps that anyway)
-    saved = (x.new_empty(0), pooled, y, idx) if ctx.stage.pool_first else (x, pooled, x.new_empty(0), idx)
+    saved = (x.new_empty(0), pooled, y, idx) if stage.pool_first else (x, pooled, x.new_empty(0), idx)
     ctx.save_for_backward(*saved)
-    ctx.mark_non_differentiable(pooled, idx)
-    # no zero-filled gradients for pooled and idx: the backward ignores them (two activation-sized fills a step)
+    # no zero-filled gradients for what the backward ignores (activation-sized fills every step)
     ctx.set_materialize_grads(False)
 
 
-def _stage_backward(ctx: torch.autograd.function.FunctionCtx, grad: torch.Tensor | None, *_: Any) -> tuple:
+def _setup_context(ctx: torch.autograd.function.FunctionCtx, inputs: tuple, output: tuple) -> None:
+    x, *args = inputs
+    y, pooled, idx = output
+    _save(ctx, x, StageArgs(*args), y, pooled, idx)
+    ctx.mark_non_differentiable(pooled, idx)
+
+
+def _stage_backward(ctx: Any, grad: torch.Tensor | None, *_: Any, operator: bool = True) -> tuple:
     x, pooled, y, idx = map(native.channels_last, ctx.saved_tensors)
     if grad is None:  # the output was not used in the loss
         return (None, *(None,) * len(ctx.stage))
     if torch.is_grad_enabled():  # create_graph=True: the gradient must itself be differentiable
         return (_differentiable_backward(ctx.stage, grad, x), *(None,) * len(ctx.stage))
-    dx = _backward_op(grad, x, pooled, y, idx, ctx.shape, *ctx.stage)
+    backward = _backward_op if operator else _backward
+    dx = backward(grad, x, pooled, y, idx, ctx.shape, *ctx.stage)
     return (dx, *(None,) * len(ctx.stage))
 
 
@@ -300,12 +322,39 @@ def _differentiable_backward(stage: StageArgs, grad: torch.Tensor, x: torch.Tens
 _train_op.register_autograd(_stage_backward, setup_context=_setup_context)
 
 
+class _TrainStage(torch.autograd.Function):
+    """The training operators' kernels and backward (:func:`_train_op`, :func:`_stage_backward`) as a plain
+    ``autograd.Function``: the same numbers without the registered operator's Python layers
+    (``register_autograd`` and two operator calls), about 140 µs of host time per stage and step
+    (docs/performance.md, session 20). A model's step on a GPU waits for its host (session 18)."""
+
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor, *args: Any) -> torch.Tensor:  # type: ignore[override]
+        stage = StageArgs(*args)
+        kernels = _kernels_for(x)
+        if kernels is None:  # stage() is only called when they take x (usable)
+            raise NotImplementedError(
+                "the fused training stage needs stage kernels and a channels-last input"
+            )
+        y, pooled, idx = kernels.stage(x, _out(x, stage), stage, training=True)
+        assert idx is not None
+        _save(ctx, x, stage, y, pooled if pooled is not None else x.new_empty(0), idx)
+        return y
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor | None) -> tuple:  # type: ignore[override]
+        return _stage_backward(ctx, grad, operator=False)
+
+
 def stage(x: torch.Tensor, args: StageArgs) -> torch.Tensor:
     """A conv stage's ReLU + LRN + max-pool on a channels-last ``x`` a kernel takes (:func:`usable`);
     differentiable when ``x`` needs a gradient (then through the training kernels), else
-    :func:`relu_lrn_pool`."""
+    :func:`relu_lrn_pool`. Under a ``TorchDispatchMode`` (an operator log, ``DebugMode``) training goes through
+    the registered operators, so that the mode sees them, rather than kernels writing memory behind its back."""
     if torch.is_grad_enabled() and x.requires_grad:
-        return _train_op(x, *args)[0]
+        if torch._C._len_torch_dispatch_stack():
+            return _train_op(x, *args)[0]
+        return cast(torch.Tensor, _TrainStage.apply(x, *args))
     return relu_lrn_pool(x, *args)
 
 
