@@ -171,3 +171,20 @@ except ValueError:
     assert 0 < int(kept) < int(recomputed)
     assert 0 < float(walking) < 0.8 * int(window)
     assert refused == "refused"
+
+
+def test_host_step_counts_a_cuda_steps_operators_on_fake_tensors_and_times_narrow_steps(monkeypatch):
+    """tools/host_step.py: without a GPU, a CUDA training step's operators as a GPU would dispatch them (the
+    fused stages as one operator each, the towers' block-diagonal weights, torchvision's three max-pools), and
+    the host's ms per step of narrow models."""
+    monkeypatch.syspath_prepend(str(TOOLS))
+    import host_step
+
+    ops, nodes = host_step.cuda_ops("alexnet", 4)
+    assert ops["alexnet.relu_lrn_pool_train"] == 2 and ops["aten.max_pool2d_with_indices"] == 1  # pool5
+    assert ops["aten.convolution"] == 5 and ops["aten.index_put_"] == 3  # conv2, conv4, conv5 as dense convs
+    assert nodes["ConvolutionBackward0"] == 5 and nodes["AccumulateGrad"] == 16
+    ops, _ = host_step.cuda_ops("alexnet_owt", 4)
+    assert ops["aten.max_pool2d_with_indices"] == 3 and not any(k.startswith("alexnet.") for k in ops)
+    times = host_step.host_ms(["alexnet_owt", "zfnet"], amp=True, rounds=1, steps=2)
+    assert all(len(t) == 1 and t[0] > 0 for t in times.values())
