@@ -379,11 +379,15 @@ class LocalResponseNorm(nn.Module):
 
 
 def block_diagonal(weight: torch.Tensor, groups: int) -> torch.Tensor:
-    """A grouped conv's weight (O×I/g×k×k) as the dense weight (O×I×k×k) with zeros between the groups."""
+    """A grouped conv's weight (O×I/g×k×k) as the dense weight (O×I×k×k) with zeros between the groups.
+
+    Two kernels on a GPU (the zeros, one copy into their diagonal blocks; an index tensor and ``index_put_`` took
+    three), and the gradient comes back through the same diagonal view."""
     out, per_group = weight.shape[:2]
+    towers = weight.view(groups, out // groups, per_group, *weight.shape[2:])
     dense = weight.new_zeros(groups, out // groups, groups, per_group, *weight.shape[2:])
-    towers = torch.arange(groups, device=weight.device)
-    dense[towers, :, towers] = weight.view(groups, out // groups, per_group, *weight.shape[2:])
+    # the diagonal of (tower, tower) is a view of shape (O/g, I/g, k, k, g): the towers moved last
+    dense.diagonal(0, 0, 2).copy_(towers.movedim(0, -1))
     return dense.view(out, groups * per_group, *weight.shape[2:])
 
 
