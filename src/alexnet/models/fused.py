@@ -251,7 +251,7 @@ def _backward(
             "alexnet::relu_lrn_pool_backward needs stage kernels (C++ on CPU, Triton on CUDA)"
         )
     if pool_first:
-        grad = torch.ops.alexnet.lrn_backward(grad, pooled, y, size, alpha, beta, k)
+        grad = layers.lrn_backward(grad, pooled, y, size, alpha, beta, k)
         return kernels.stage_backward(grad, shape, None, pooled, idx, stage)
     return kernels.stage_backward(grad, shape, x, pooled if pooled.numel() else None, idx, stage)
 

@@ -240,26 +240,22 @@ def _lrn_backward_op(
     grad: torch.Tensor, x: torch.Tensor, y: torch.Tensor, size: int, alpha: float, beta: float, k: float
 ) -> torch.Tensor:
     """The analytic gradient of ``alexnet::lrn`` (module docstring), from the input ``x`` and output ``y``."""
-    return lrn_backward_composed(grad, x, y, size, alpha, beta, k)
+    return lrn_backward(grad, x, y, size, alpha, beta, k)
 
 
-@_lrn_backward_op.register_kernel("cpu")
-def _(
+def lrn_backward(
     grad: torch.Tensor, x: torch.Tensor, y: torch.Tensor, size: int, alpha: float, beta: float, k: float
 ) -> torch.Tensor:
-    fused = _fused_for(x, grad, y)
-    if fused:
-        return fused.backward(grad, x, y, size, alpha, beta, k)
-    return lrn_backward_composed(grad, x, y, size, alpha, beta, k)
-
-
-@_lrn_backward_op.register_kernel("cuda")
-def _(
-    grad: torch.Tensor, x: torch.Tensor, y: torch.Tensor, size: int, alpha: float, beta: float, k: float
-) -> torch.Tensor:
-    kernels = triton_for(x, y)
-    if kernels and grad.shape == x.shape and grad.dtype == x.dtype:
-        return kernels.backward(grad, x, y, size, alpha, beta, k)
+    """What ``alexnet::lrn_backward`` computes, without the operator's dispatch: the device's kernel (C++ on CPU,
+    Triton on CUDA) where it takes the tensors, else PyTorch ops. The fused stages' backward calls it directly."""
+    if x.device.type == "cpu":
+        fused = _fused_for(x, grad, y)
+        if fused:
+            return fused.backward(grad, x, y, size, alpha, beta, k)
+    elif x.device.type == "cuda":
+        kernels = triton_for(x, y)
+        if kernels and grad.shape == x.shape and grad.dtype == x.dtype:
+            return kernels.backward(grad, x, y, size, alpha, beta, k)
     return lrn_backward_composed(grad, x, y, size, alpha, beta, k)
 
 
