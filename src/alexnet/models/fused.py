@@ -13,7 +13,8 @@ tests/test_cuda.py compiled).
 
 * ``alexnet::relu_lrn_pool``: the inference operator (no autograd);
 * ``alexnet::relu_lrn_pool_train`` / ``alexnet::relu_lrn_pool_backward``: the training pair, joined by
-  ``register_autograd``; :func:`stage` picks one or the other.
+  ``register_autograd``; :func:`stage` picks one or the other, and in an eager training step calls the same
+  kernels through :class:`_TrainStage`, a plain ``autograd.Function`` with less host time per call.
 
 :func:`applies` / :func:`run` are how :meth:`AlexNetFamily.forward_features` uses them. The modules stay what they
 are — names, state dict, hooks — and the fused kernels are only taken when nothing could tell the difference:
@@ -325,8 +326,8 @@ _train_op.register_autograd(_stage_backward, setup_context=_setup_context)
 class _TrainStage(torch.autograd.Function):
     """The training operators' kernels and backward (:func:`_train_op`, :func:`_stage_backward`) as a plain
     ``autograd.Function``: the same numbers without the registered operator's Python layers
-    (``register_autograd`` and two operator calls), about 140 µs of host time per stage and step
-    (docs/performance.md, session 20). A model's step on a GPU waits for its host (session 18)."""
+    (``register_autograd`` and two operator calls): about 100 µs less host time per stage and step
+    (docs/performance.md, Session 20). A paper model's step on a GPU waits for its host (Session 18)."""
 
     @staticmethod
     def forward(ctx: Any, x: torch.Tensor, *args: Any) -> torch.Tensor:  # type: ignore[override]
