@@ -182,7 +182,8 @@ def test_host_step_counts_a_cuda_steps_operators_on_fake_tensors_and_times_narro
 
     ops, nodes = host_step.cuda_ops("alexnet", 4)
     assert ops["alexnet.relu_lrn_pool_train"] == 2 and ops["aten.max_pool2d_with_indices"] == 1  # pool5
-    assert ops["aten.convolution"] == 5 and ops["aten.index_put_"] == 3  # conv2, conv4, conv5 as dense convs
+    # the towers' dense weights (conv2, conv4, conv5) and conv1's rearranged image, each from zeros
+    assert ops["aten.convolution"] == 5 and ops["aten.new_zeros"] == 4
     assert nodes["ConvolutionBackward0"] == 5 and nodes["AccumulateGrad"] == 16
     ops, _ = host_step.cuda_ops("alexnet_owt", 4)
     assert ops["aten.max_pool2d_with_indices"] == 3 and not any(k.startswith("alexnet.") for k in ops)
