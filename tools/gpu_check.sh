@@ -72,6 +72,8 @@ if want host; then
   step "host: the time to enqueue a bf16 training step with the GPU kept busy, and the operators' host time"
   timeout 150 $PY tools/gpu_profile.py --host ${HOST:-torchvision_alexnet alexnet caffenet zfnet} --only-copies 2>&1 \
     | tee "$OUT/host.txt"
+  # the same host's CPU on narrow models (docs/performance.md, Session 20: 2.1-2.7 ms a step on the 2-core VM)
+  timeout 60 $PY tools/host_step.py --rounds 5 2>&1 | tee -a "$OUT/host.txt"
 fi
 if want graph; then
   step "bench bf16 channels-last, each step one CUDA graph (train and infer, torchvision's row too)"
