@@ -277,6 +277,50 @@ def test_grouped_conv_as_block_diagonal_dense_conv_is_the_same_convolution():
     assert block_diagonal(conv.weight, 2)[:128, 48:].abs().sum() == 0  # tower 1 sees none of tower 2's maps
 
 
+def test_the_dense_tower_weight_is_built_in_the_dtype_and_layout_the_convolution_runs_in():
+    """On CUDA the towers' dense weight is written once in autocast's dtype and cuDNN's channels-last layout
+    (no cast or layout copy after it): the same values as the cast dense weight, and the gradient reaches the
+    float32 weight as the float32 dense weight's would, cast back."""
+    from alexnet.models.layers import block_diagonal
+
+    torch.manual_seed(0)
+    w = torch.randn(8, 3, 5, 5).contiguous(memory_format=torch.channels_last).requires_grad_()
+    dense = block_diagonal(w, 2, torch.float64, torch.channels_last)
+    assert dense.dtype == torch.float64 and dense.is_contiguous(memory_format=torch.channels_last)
+    want = block_diagonal(w, 2)
+    assert torch.equal(dense, want.double())
+    g = torch.randn(8, 6, 5, 5, dtype=torch.float64)
+    (got_dw,) = torch.autograd.grad(dense, w, g)
+    (want_dw,) = torch.autograd.grad(want, w, g.float())
+    assert got_dw.dtype == torch.float32 and torch.equal(got_dw, want_dw)
+
+
+def test_space_to_depth_writes_its_kernel_in_the_dtype_and_layout_the_convolution_runs_in(monkeypatch):
+    """conv1's rearranged kernel is cast and laid out channels-last in its one copy: the convolution is handed
+    a weight it need not copy again (the gradient still reaches the float32 weight)."""
+    from alexnet.models import layers
+
+    seen = []
+    conv2d = torch.nn.functional.conv2d
+
+    def spy(x, weight, bias=None, *args):
+        seen.append(
+            (
+                x.is_contiguous(memory_format=torch.channels_last),
+                weight.dtype,
+                weight.is_contiguous(memory_format=torch.channels_last),
+            )
+        )
+        return conv2d(x, weight, bias, *args)
+
+    monkeypatch.setattr(layers.F, "conv2d", spy)
+    x = torch.randn(2, 3, 31, 29)
+    weight = torch.randn(8, 3, 11, 11, requires_grad=True)
+    layers.space_to_depth_conv2d(x, weight, None, 4, (2, 2), torch.float64).sum().backward()
+    assert seen == [(True, torch.float64, True)]
+    assert weight.grad is not None and weight.grad.dtype == torch.float32
+
+
 def test_paper_models_use_the_tower_conv_with_unchanged_state_dict_keys():
     from alexnet.factory import create_model
     from alexnet.models.layers import GroupedConv2d

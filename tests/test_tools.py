@@ -183,9 +183,9 @@ def test_host_step_counts_a_cuda_steps_operators_on_fake_tensors_and_times_narro
     ops, nodes = host_step.cuda_ops("alexnet", 4)
     assert ops["alexnet.relu_lrn_pool_train"] == 2 and ops["aten.max_pool2d_with_indices"] == 1  # pool5
     # the towers' dense weights (conv2, conv4, conv5) and conv1's rearranged image, each from zeros
-    assert ops["aten.convolution"] == 5 and ops["aten.new_zeros"] == 4
+    assert ops["aten.convolution"] == 5 and ops["aten.zero_"] == 3 and ops["aten.new_zeros"] == 1
     assert nodes["ConvolutionBackward0"] == 5 and nodes["AccumulateGrad"] == 16
-    ops, _ = host_step.cuda_ops("alexnet_owt", 4)
+    ops, _ = host_step.cuda_ops("torchvision_alexnet", 4)
     assert ops["aten.max_pool2d_with_indices"] == 3 and not any(k.startswith("alexnet.") for k in ops)
     times = host_step.host_ms(["alexnet_owt", "zfnet"], amp=True, rounds=1, steps=2)
     assert all(len(t) == 1 and t[0] > 0 for t in times.values())

@@ -4,7 +4,9 @@ On an H100 alexnet's and caffenet's bf16 steps wait for the host at batch 256 (s
 dispatcher and launch work of a step took longer than its kernels. Two views of that work, on any machine:
 
 * ``--ops``: the operators a CUDA training step dispatches and the autograd nodes its backward runs, counted on
-  fake CUDA tensors (``FakeTensorMode``; nothing runs). Each is at least one kernel launch on a GPU.
+  fake CUDA tensors (``FakeTensorMode``; nothing runs). Each operator but views and allocations is at least one
+  kernel launch on a GPU; the copies cuDNN makes inside a convolution (a weight to the input's layout) are not
+  seen.
 * default: milliseconds per training step of each model's layer sequence with every layer 16 channels wide
   (fc 32, 10 classes) on its smallest image, batch 1, on this CPU in bf16 autocast. The kernels then cost next
   to nothing, so the time is the host's: Python, dispatch, autograd. CUDA-only layers (conv1 rearranged, the
@@ -24,13 +26,16 @@ import time
 from collections.abc import Callable
 
 import torch
+import torchvision
 from torch import nn
 
+from alexnet.bench import REFERENCE
 from alexnet.models import eager, fused
 from alexnet.models.net import AlexNetFamily
 from alexnet.models.registry import build_model, get_config
 
-MODELS = ["alexnet_owt", "alexnet", "caffenet", "zfnet"]
+PAPER = ["alexnet", "caffenet", "zfnet"]
+MODELS = ["alexnet_owt", *PAPER]  # timed narrow: alexnet_owt is torchvision's layout (its modules on a CPU)
 
 
 def narrow(name: str) -> AlexNetFamily:
@@ -86,22 +91,26 @@ class _Count(torch.utils._python_dispatch.TorchDispatchMode):
         return func(*args, **(kwargs or {}))
 
 
-# views and fake-tensor bookkeeping: no kernel behind them
-_NO_KERNEL = {
-    "prim.device",
-    "aten.detach",
-    "aten.alias",
-    "aten.view",
-    "aten._unsafe_view",
-    "aten.permute",
-    "aten.t",
-}
-_NO_KERNEL |= {"aten.slice", "aten.expand", "aten.as_strided", "aten.unsqueeze", "aten.diagonal"}
+# views, allocations and fake-tensor bookkeeping: no kernel behind them
+_VIEWS = (
+    "detach",
+    "alias",
+    "view",
+    "_unsafe_view",
+    "permute",
+    "t",
+    "slice",
+    "expand",
+    "as_strided",
+    "unsqueeze",
+)
+_ALLOCATIONS = ("empty", "new_empty", "empty_strided", "empty_like")
+_NO_KERNEL = {"prim.device", "aten.diagonal", *(f"aten.{op}" for op in _VIEWS + _ALLOCATIONS)}
 
 
 def cuda_ops(name: str, batch: int) -> tuple[collections.Counter[str], collections.Counter[str]]:
     """(operators of the forward and loss, autograd nodes of the backward) of a bf16 CUDA training step of the
-    full-size model, on fake tensors."""
+    full-size model, on fake tensors (``torchvision_alexnet``: torchvision's own module)."""
     from torch._subclasses.fake_tensor import FakeTensor, FakeTensorMode
 
     from alexnet.models import stage_triton
@@ -113,10 +122,11 @@ def cuda_ops(name: str, batch: int) -> tuple[collections.Counter[str], collectio
     fused._kernels_for = lambda x: stage_triton if isinstance(x, FakeTensor) and x.dim() == 4 else None  # type: ignore[assignment]
     try:
         with torch.device("meta"):
-            model = build_model(name).to(memory_format=torch.channels_last)
+            model = torchvision.models.alexnet() if name == REFERENCE else build_model(name)
+            model = model.to(memory_format=torch.channels_last)
+        size = 224 if name == REFERENCE else model.default_input_size
         with FakeTensorMode(allow_non_fake_inputs=True):
             model = model.to_empty(device="cuda")
-            size = model.default_input_size
             x = torch.empty(batch, 3, size, size, device="cuda").contiguous(memory_format=torch.channels_last)
             y = torch.zeros(batch, dtype=torch.long, device="cuda")
             count = _Count()
@@ -151,7 +161,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("models", nargs="*", default=MODELS, help=f"default: {' '.join(MODELS)}")
+    parser.add_argument(
+        "models", nargs="*", help=f"default: {' '.join(MODELS)}; with --ops {' '.join([REFERENCE, *PAPER])}"
+    )
     parser.add_argument("--ops", action="store_true", help="count a CUDA step's operators and autograd nodes")
     parser.add_argument("--fp32", action="store_true", help="time fp32 steps instead of bf16 autocast")
     parser.add_argument("--rounds", type=int, default=7, help="timed rounds (default 7)")
@@ -159,18 +171,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--top", type=int, default=0, help="with --ops: list the N most frequent of each")
     args = parser.parse_args(argv)
     if args.ops:
-        print("model          ops  kernels  nodes   (bf16 CUDA training step, batch 256, fake tensors)")
+        args.models = args.models or [REFERENCE, *PAPER]
+        print(
+            "model                  ops  kernels  nodes   (bf16 CUDA training step, batch 256, fake tensors)"
+        )
         for name in args.models:
             ops, nodes = cuda_ops(name, 256)
             kernels = sum(v for k, v in ops.items() if k not in _NO_KERNEL)
-            print(f"{name:12s} {sum(ops.values()):5d} {kernels:8d} {sum(nodes.values()):6d}")
+            print(f"{name:20s} {sum(ops.values()):5d} {kernels:8d} {sum(nodes.values()):6d}")
             if args.top:
                 print(
                     "   ", ", ".join(f"{k} {v}" for k, v in ops.most_common(args.top) if k not in _NO_KERNEL)
                 )
                 print("   ", ", ".join(f"{k} {v}" for k, v in nodes.most_common(args.top)))
         return 0
-    times = host_ms(args.models, not args.fp32, args.rounds, args.steps)
+    times = host_ms(args.models or MODELS, not args.fp32, args.rounds, args.steps)
     precision = "fp32" if args.fp32 else "bf16 autocast"
     print(
         f"model        ms/step (median, min)   narrow layers, smallest image, batch 1, {precision}, 1 thread"

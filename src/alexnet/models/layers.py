@@ -374,17 +374,27 @@ class LocalResponseNorm(nn.Module):
         return f"size={self.size}, alpha={self.alpha}, beta={self.beta}, k={self.k}, convention={conv}{extra}"
 
 
-def block_diagonal(weight: torch.Tensor, groups: int) -> torch.Tensor:
-    """A grouped conv's weight (O×I/g×k×k) as the dense weight (O×I×k×k) with zeros between the groups.
+def block_diagonal(
+    weight: torch.Tensor,
+    groups: int,
+    dtype: torch.dtype | None = None,
+    memory_format: torch.memory_format = torch.contiguous_format,
+) -> torch.Tensor:
+    """A grouped conv's weight (O×I/g×k×k) as the dense weight (O×I×k×k) with zeros between the groups, in
+    ``dtype`` (default: the weight's) and ``memory_format``.
 
-    Two kernels on a GPU (the zeros, one copy into their diagonal blocks; an index tensor and ``index_put_`` took
-    three), and the gradient comes back through the same diagonal view."""
-    out, per_group = weight.shape[:2]
-    towers = weight.view(groups, out // groups, per_group, *weight.shape[2:])
-    dense = weight.new_zeros(groups, out // groups, groups, per_group, *weight.shape[2:])
-    # the diagonal of (tower, tower) is a view of shape (O/g, I/g, k, k, g): the towers moved last
-    dense.diagonal(0, 0, 2).copy_(towers.movedim(0, -1))
-    return dense.view(out, groups * per_group, *weight.shape[2:])
+    Two kernels on a GPU: the zeros, and one copy of the towers into their diagonal blocks that also casts. Built
+    in the dtype autocast would cast it to and the layout cuDNN would copy it to for a channels-last input, it
+    saves those two copies of the dense weight per convolution; the gradient comes back through the same view."""
+    out, per_group, *kernel = weight.shape
+    dense = torch.empty(
+        (out, groups * per_group, *kernel), dtype=dtype or weight.dtype, device=weight.device,
+        memory_format=memory_format,
+    ).zero_()  # fmt: skip
+    # splitting dimensions is a view in any layout; the diagonal of (tower, tower) has the towers last
+    blocks = dense.view(groups, out // groups, groups, per_group, *kernel)
+    blocks.diagonal(0, 0, 2).copy_(weight.view(groups, out // groups, per_group, *kernel).movedim(0, -1))
+    return dense
 
 
 class GroupedConv2d(nn.Conv2d):
@@ -402,7 +412,7 @@ class GroupedConv2d(nn.Conv2d):
         if not isinstance(x, torch.Tensor):  # an FX proxy: record the plain convolution
             return super().forward(x)
         if self.groups > 1 and x.is_cuda and _half_precision(x):
-            weight = block_diagonal(self.weight, self.groups)
+            weight = block_diagonal(self.weight, self.groups, _autocast_dtype(), _layout(x))
             return nn.functional.conv2d(x, weight, self.bias, self.stride, self.padding, self.dilation)
         return super().forward(x)
 
@@ -418,8 +428,8 @@ def space_to_depth_conv2d(
     """``conv2d(x, weight, bias, stride, padding)`` as a stride-1 convolution: the padded input rearranged into
     ``stride²`` times the channels (each ``stride×stride`` block of pixels becomes one pixel), the kernel padded
     with zeros to a multiple of the stride and rearranged the same way. The same products, summed in another
-    order; the gradients reach ``weight`` and ``x`` through the rearrangements. ``dtype`` casts the image on the
-    way (autocast's half precision: the rearrangement then moves half the bytes)."""
+    order; the gradients reach ``weight`` and ``x`` through the rearrangements. ``dtype`` casts the image and the
+    kernel on the way (autocast's half precision: the rearrangement then moves half the bytes)."""
     s = stride
     out_ch, in_ch, kh, kw = weight.shape
     n, _, h, w = x.shape
@@ -435,9 +445,15 @@ def space_to_depth_conv2d(
     framed[:, :, top : top + rows, left : left + cols] = x[:, :, :rows, :cols]
     blocks = framed.view(n, in_ch, hn // s, s, wn // s, s).permute(0, 2, 4, 1, 3, 5)
     x = blocks.reshape(n, hn // s, wn // s, in_ch * s * s).permute(0, 3, 1, 2)  # channels-last NCHW view
-    weight = F.pad(weight, (0, kw2 - kw, 0, kh2 - kh))
-    weight = weight.reshape(out_ch, in_ch, kh2 // s, s, kw2 // s, s).permute(0, 1, 3, 5, 2, 4)
-    return F.conv2d(x, weight.reshape(out_ch, in_ch * s * s, kh2 // s, kw2 // s), bias)
+    # The kernel the same way, in one copy that also casts it and writes it channels-last, as cuDNN reads it for
+    # this channels-last input: autocast's cast and cuDNN's own layout copy made two more
+    padded = F.pad(weight, (0, kw2 - kw, 0, kh2 - kh))
+    folded = torch.empty(
+        (out_ch, kh2 // s, kw2 // s, in_ch, s, s), dtype=dtype or weight.dtype, device=weight.device
+    )
+    folded.copy_(padded.view(out_ch, in_ch, kh2 // s, s, kw2 // s, s).permute(0, 2, 4, 1, 3, 5))
+    weight = folded.view(out_ch, kh2 // s, kw2 // s, in_ch * s * s).permute(0, 3, 1, 2)
+    return F.conv2d(x, weight, bias)
 
 
 class SpaceToDepthConv2d(nn.Conv2d):
@@ -457,8 +473,8 @@ class SpaceToDepthConv2d(nn.Conv2d):
         if first_conv.applies(self, x):
             return first_conv.conv2d(self, x)
         if self._rearranged(x):
-            dtype = torch.get_autocast_dtype("cuda") if torch.is_autocast_enabled("cuda") else None
-            return space_to_depth_conv2d(x, self.weight, self.bias, self.stride[0], self.padding, dtype)  # type: ignore[arg-type]
+            stride, padding = self.stride[0], self.padding
+            return space_to_depth_conv2d(x, self.weight, self.bias, stride, padding, _autocast_dtype())  # type: ignore[arg-type]
         return super().forward(x)
 
     def _rearranged(self, x: torch.Tensor) -> bool:
@@ -478,6 +494,18 @@ class SpaceToDepthConv2d(nn.Conv2d):
 
 def _half_precision(x: torch.Tensor) -> bool:
     return x.dtype in (torch.bfloat16, torch.float16) or torch.is_autocast_enabled("cuda")
+
+
+def _autocast_dtype() -> torch.dtype | None:
+    """The dtype CUDA autocast casts a convolution's operands to, or ``None`` outside autocast."""
+    return torch.get_autocast_dtype("cuda") if torch.is_autocast_enabled("cuda") else None
+
+
+def _layout(x: torch.Tensor) -> torch.memory_format:
+    """The layout cuDNN runs a convolution of ``x`` in (it copies the weight to it)."""
+    return (
+        torch.channels_last if x.is_contiguous(memory_format=torch.channels_last) else torch.contiguous_format
+    )
 
 
 @torch.no_grad()
