@@ -326,7 +326,7 @@ _train_op.register_autograd(_stage_backward, setup_context=_setup_context)
 class _TrainStage(torch.autograd.Function):
     """The training operators' kernels and backward (:func:`_train_op`, :func:`_stage_backward`) as a plain
     ``autograd.Function``: the same numbers without the registered operator's Python layers
-    (``register_autograd`` and two operator calls): about 100 µs less host time per stage and step
+    (``register_autograd``, two operator calls), which cost about 100 µs of host time per stage and step
     (docs/performance.md, Session 20). A paper model's step on a GPU waits for its host (Session 18)."""
 
     @staticmethod
