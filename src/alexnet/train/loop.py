@@ -542,7 +542,8 @@ def _train(
                     f"epoch {epoch + 1}"
                     + (f" loss {last_loss:.4f}" if last_loss is not None else "")
                     + f" {ips:.1f} img/s"
-                    + (f" ! {warn_text}" if warn_text else "")
+                    + (f" ! {warn_text}" if warn_text else ""),
+                    refresh=False,  # update() redraws at most 10 times a second: 40 µs a step less
                 )
                 bar.update(1)
                 if step % cfg.checkpoint_every == 0:
