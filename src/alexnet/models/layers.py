@@ -383,18 +383,28 @@ def block_diagonal(
     """A grouped conv's weight (O×I/g×k×k) as the dense weight (O×I×k×k) with zeros between the groups, in
     ``dtype`` (default: the weight's) and ``memory_format``.
 
-    Two kernels on a GPU: the zeros, and one copy of the towers into their diagonal blocks that also casts. Built
-    in the dtype autocast would cast it to and the layout cuDNN would copy it to for a channels-last input, it
-    saves those two copies of the dense weight per convolution; the gradient comes back through the same view."""
+    Built in the dtype autocast would cast it to and the layout cuDNN would copy it to for a channels-last input,
+    so neither copies it again: five kernels a training step on a GPU (zeros, the weight's cast, one indexed copy;
+    a gather and a cast back for the gradient), where building it in float32 NCHW took seven
+    (docs/performance.md, Session 20)."""
     out, per_group, *kernel = weight.shape
+    dtype = dtype or weight.dtype
     dense = torch.empty(
-        (out, groups * per_group, *kernel), dtype=dtype or weight.dtype, device=weight.device,
-        memory_format=memory_format,
-    ).zero_()  # fmt: skip
-    # splitting dimensions is a view in any layout; the diagonal of (tower, tower) has the towers last
-    blocks = dense.view(groups, out // groups, groups, per_group, *kernel)
-    blocks.diagonal(0, 0, 2).copy_(weight.view(groups, out // groups, per_group, *kernel).movedim(0, -1))
-    return dense
+        (out, groups * per_group, *kernel), dtype=dtype, device=weight.device, memory_format=memory_format
+    )
+    # (tower, out, tower, in, k, k) over the same memory; detached, so that the indexed copy below is its own
+    # autograd node (a gather backward) rather than an in-place write into a view (which copies the whole
+    # gradient twice)
+    blocks = dense.view(groups, out // groups, groups, per_group, *kernel).detach().zero_()
+    towers = _tower_index(groups, weight.device)
+    blocks[towers, :, towers] = weight.to(dtype).view(groups, out // groups, per_group, *kernel)
+    return blocks.view(out, groups * per_group, *kernel)
+
+
+@functools.cache
+def _tower_index(groups: int, device: torch.device) -> torch.Tensor:
+    """``arange(groups)`` on ``device``, made once rather than every step."""
+    return torch.arange(groups, device=device)
 
 
 class GroupedConv2d(nn.Conv2d):
