@@ -295,6 +295,27 @@ def test_the_dense_tower_weight_is_built_in_the_dtype_and_layout_the_convolution
     assert got_dw.dtype == torch.float32 and torch.equal(got_dw, want_dw)
 
 
+def test_the_dense_tower_weight_costs_three_operators_forward_and_two_backward():
+    """Each step builds the dense weight anew, so its operators are launches a host must make: zeros, the cast,
+    one indexed copy; its gradient one gather and the cast back (no copy of the whole dense gradient)."""
+    from alexnet.models.layers import block_diagonal
+    from test_dispatch_support import OpLog
+
+    w = torch.randn(8, 3, 5, 5).contiguous(memory_format=torch.channels_last).requires_grad_()
+    block_diagonal(w, 2, torch.bfloat16, torch.channels_last)  # the tower index is made once
+    kernels = {"aten.zero_", "aten._to_copy", "aten.index_put_", "aten.index", "aten.copy_", "aten.clone"}
+    with OpLog() as forward:
+        dense = block_diagonal(w, 2, torch.bfloat16, torch.channels_last)
+    with OpLog() as backward:
+        dense.backward(torch.ones_like(dense))
+    assert sorted(n for n in forward.names if n in kernels) == [
+        "aten._to_copy",
+        "aten.index_put_",
+        "aten.zero_",
+    ]
+    assert sorted(n for n in backward.names if n in kernels) == ["aten._to_copy", "aten.index"]
+
+
 def test_space_to_depth_writes_its_kernel_in_the_dtype_and_layout_the_convolution_runs_in(monkeypatch):
     """conv1's rearranged kernel is cast and laid out channels-last in its one copy: the convolution is handed
     a weight it need not copy again (the gradient still reaches the float32 weight)."""
