@@ -48,7 +48,8 @@ def narrow(name: str) -> AlexNetFamily:
 
 
 def train_step(model: nn.Module, size: int, batch: int, device: str, amp: bool) -> Callable[[], None]:
-    """One bf16 (or fp32) training step with fused SGD where the device has it, as ``alexnet bench`` runs it."""
+    """One training step in bf16 autocast (or fp32): forward, cross-entropy, backward, SGD with AlexNet §5's
+    momentum and weight decay (PyTorch's default, multi-tensor form)."""
     model = model.to(device, memory_format=torch.channels_last).train()
     x = torch.randn(batch, 3, size, size, device=device).contiguous(memory_format=torch.channels_last)
     y = torch.zeros(batch, dtype=torch.long, device=device)
@@ -67,7 +68,8 @@ def train_step(model: nn.Module, size: int, batch: int, device: str, amp: bool) 
 def host_ms(names: list[str], amp: bool, rounds: int, steps: int) -> dict[str, list[float]]:
     """ms per step of each narrow model, timed round-robin (each round one run of ``steps`` per model)."""
     torch.set_num_threads(1)
-    runs = {n: train_step(narrow(n), narrow(n).default_input_size, 1, "cpu", amp) for n in names}
+    models = {n: narrow(n) for n in names}
+    runs = {n: train_step(m, m.default_input_size, 1, "cpu", amp) for n, m in models.items()}
     for step in runs.values():
         for _ in range(20):
             step()
