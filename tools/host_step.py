@@ -23,13 +23,12 @@ import collections
 import dataclasses
 import statistics
 import time
-from collections.abc import Callable
 
 import torch
 import torchvision
 from torch import nn
 
-from alexnet.bench import REFERENCE
+from alexnet.bench import REFERENCE, _step_fn
 from alexnet.models import eager, fused
 from alexnet.models.net import AlexNetFamily
 from alexnet.models.registry import build_model, get_config
@@ -47,29 +46,17 @@ def narrow(name: str) -> AlexNetFamily:
     return AlexNetFamily(dataclasses.replace(c, input_size=AlexNetFamily.min_input_size(c)))
 
 
-def train_step(model: nn.Module, size: int, batch: int, device: str, amp: bool) -> Callable[[], None]:
-    """One training step in bf16 autocast (or fp32): forward, cross-entropy, backward, SGD with AlexNet §5's
-    momentum and weight decay (PyTorch's default, multi-tensor form)."""
-    model = model.to(device, memory_format=torch.channels_last).train()
-    x = torch.randn(batch, 3, size, size, device=device).contiguous(memory_format=torch.channels_last)
-    y = torch.zeros(batch, dtype=torch.long, device=device)
-    opt = torch.optim.SGD(model.parameters(), lr=1e-4, momentum=0.9, weight_decay=5e-4)
-
-    def step() -> None:
-        with torch.autocast(device, dtype=torch.bfloat16, enabled=amp):
-            loss = nn.functional.cross_entropy(model(x), y)
-        loss.backward()
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-
-    return step
-
-
 def host_ms(names: list[str], amp: bool, rounds: int, steps: int) -> dict[str, list[float]]:
     """ms per step of each narrow model, timed round-robin (each round one run of ``steps`` per model)."""
     torch.set_num_threads(1)
-    models = {n: narrow(n) for n in names}
-    runs = {n: train_step(m, m.default_input_size, 1, "cpu", amp) for n, m in models.items()}
+    runs = {}
+    for name in names:
+        model = narrow(name).to(memory_format=torch.channels_last)
+        size = model.default_input_size
+        x = torch.randn(1, 3, size, size).contiguous(memory_format=torch.channels_last)
+        runs[name] = _step_fn(
+            model, "train", x, torch.zeros(1, dtype=torch.long), amp
+        )  # alexnet bench's step
     for step in runs.values():
         for _ in range(20):
             step()

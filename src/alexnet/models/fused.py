@@ -158,11 +158,8 @@ def _out(x: torch.Tensor, stage: StageArgs) -> tuple[int, int]:
 
 # The fakes below take the operators' arguments after the tensors as ``*args``, in StageArgs' order.
 def _empty_like_out(x: torch.Tensor, stage: StageArgs, dtype: torch.dtype | None = None) -> torch.Tensor:
-    fmt = (
-        torch.channels_last if x.is_contiguous(memory_format=torch.channels_last) else torch.contiguous_format
-    )
     size = (*x.shape[:2], *_out(x, stage))
-    return torch.empty(size, dtype=dtype or x.dtype, device=x.device, memory_format=fmt)
+    return torch.empty(size, dtype=dtype or x.dtype, device=x.device, memory_format=layers.layout(x))
 
 
 @relu_lrn_pool.register_fake
@@ -230,8 +227,8 @@ def _backward_op(
     """The gradient of the stage's input (of ``shape``) from its output's; ``x`` is the input (relu → norm →
     pool, with ``pooled`` the maxima's LRN denominators where the forward kept them), ``pooled`` and ``y`` the
     LRN's input and output (relu → pool → norm); the others may be empty."""
-    stage = (pool_first, size, alpha, beta, k, kernel_size, stride, ceil_mode)
-    return _backward(grad, x, pooled, y, idx, shape, *stage)
+    stage = StageArgs(pool_first, size, alpha, beta, k, kernel_size, stride, ceil_mode)
+    return _backward(grad, x, pooled, y, idx, shape, stage)
 
 
 def _backward(
@@ -241,18 +238,16 @@ def _backward(
     y: torch.Tensor,
     idx: torch.Tensor,
     shape: list[int],
-    *args: Any,
+    stage: StageArgs,
 ) -> torch.Tensor:
     """:func:`_backward_op`'s kernels, called directly."""
-    stage = StageArgs(*args)
-    pool_first, size, alpha, beta, k = stage[:5]
     kernels = _kernels(grad.device)
     if kernels is None:
         raise NotImplementedError(
             "alexnet::relu_lrn_pool_backward needs stage kernels (C++ on CPU, Triton on CUDA)"
         )
-    if pool_first:
-        grad = layers.lrn_backward(grad, pooled, y, size, alpha, beta, k)
+    if stage.pool_first:
+        grad = layers.lrn_backward(grad, pooled, y, stage.size, stage.alpha, stage.beta, stage.k)
         return kernels.stage_backward(grad, shape, None, pooled, idx, stage)
     return kernels.stage_backward(grad, shape, x, pooled if pooled.numel() else None, idx, stage)
 
@@ -296,8 +291,10 @@ def _stage_backward(ctx: Any, grad: torch.Tensor | None, *_: Any, operator: bool
         return (None, *(None,) * len(ctx.stage))
     if torch.is_grad_enabled():  # create_graph=True: the gradient must itself be differentiable
         return (_differentiable_backward(ctx.stage, grad, x), *(None,) * len(ctx.stage))
-    backward = _backward_op if operator else _backward
-    dx = backward(grad, x, pooled, y, idx, ctx.shape, *ctx.stage)
+    if operator:
+        dx = _backward_op(grad, x, pooled, y, idx, ctx.shape, *ctx.stage)
+    else:
+        dx = _backward(grad, x, pooled, y, idx, ctx.shape, ctx.stage)
     return (dx, *(None,) * len(ctx.stage))
 
 

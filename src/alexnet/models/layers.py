@@ -422,7 +422,7 @@ class GroupedConv2d(nn.Conv2d):
         if not isinstance(x, torch.Tensor):  # an FX proxy: record the plain convolution
             return super().forward(x)
         if self.groups > 1 and x.is_cuda and _half_precision(x):
-            weight = block_diagonal(self.weight, self.groups, _autocast_dtype(), _layout(x))
+            weight = block_diagonal(self.weight, self.groups, _autocast_dtype(), layout(x))
             return nn.functional.conv2d(x, weight, self.bias, self.stride, self.padding, self.dilation)
         return super().forward(x)
 
@@ -511,8 +511,9 @@ def _autocast_dtype() -> torch.dtype | None:
     return torch.get_autocast_dtype("cuda") if torch.is_autocast_enabled("cuda") else None
 
 
-def _layout(x: torch.Tensor) -> torch.memory_format:
-    """The layout cuDNN runs a convolution of ``x`` in (it copies the weight to it)."""
+def layout(x: torch.Tensor) -> torch.memory_format:
+    """``x``'s layout: channels-last if it is, else contiguous. cuDNN runs a convolution of ``x`` in it (and
+    copies the weight to it)."""
     return (
         torch.channels_last if x.is_contiguous(memory_format=torch.channels_last) else torch.contiguous_format
     )
