@@ -75,6 +75,15 @@ def test_train_batches_equal_the_cpu_loaders(photo_root, decode):
     assert_same_batches(photo_root, train_transform(pre), decode)
 
 
+@pytest.mark.parametrize("workers", [0, 2])
+def test_ten_sub_crop_batches_equal_the_cpu_loaders(photo_root, workers):
+    """ZF §3's corner and centre crops (`--train-crops ten`) drawn per sample from the same seeds, in the main
+    process or by the workers."""
+    transform = train_transform(Preprocessing(input_size=224), pca=None, crops="ten")
+    assert _Plan.of(transform) is not None
+    assert_same_batches(photo_root, transform, False, workers=workers)
+
+
 def test_large_jpegs_decoded_at_reduced_size_by_the_workers_equal_too(tmp_path):
     """--gpu-augment keeps the CPU loader's DCT-domain reduced decoding: a 1024-pixel photo decodes at half size."""
     folder = tmp_path / "big" / "train" / "a"

@@ -8,8 +8,10 @@ import torch
 from alexnet.data.loader import EpochSampler, make_loader
 from alexnet.data.preprocess import Preprocessing
 from alexnet.data.transforms import (
+    CORNERS,
     IMAGENET_EIGVAL,
     IMAGENET_EIGVEC,
+    CornerCrop,
     Normalize,
     PCALighting,
     TenCrop,
@@ -120,6 +122,37 @@ def test_train_crops_are_windows_of_the_256_patch_flipped_or_not():
         assert 0 <= y <= 29 and 0 <= x <= 29
         assert torch.equal(out, img[:, y : y + 227, x : x + 227].to(torch.int64))
     assert flips == {True, False}
+
+
+@pytest.mark.parametrize(("h", "w", "s"), [(256, 256, 224), (256, 256, 227), (41, 50, 24)])
+def test_corner_crops_are_the_five_crops_ten_crop_tests_on(h, w, s):
+    """ZF §3's training sub-crops: CornerCrop draws only the corners and the centre (TenCrop's first five, its
+    rounding of an odd centre offset included), each about a fifth of the time."""
+    torch.manual_seed(0)
+    img = positional_image(h, w)
+    five = list(TenCrop(s)(img)[:5])
+    crop, counts = CornerCrop(s), [0] * len(CORNERS)
+    for _ in range(500):
+        out = crop(img)
+        matches = [k for k, c in enumerate(five) if torch.equal(out, c)]
+        assert len(matches) == 1
+        counts[matches[0]] += 1
+    assert all(60 <= n <= 140 for n in counts), counts  # binomial(500, 1/5): mean 100, sd 9
+
+
+def test_ten_sub_crop_training_yields_each_of_the_ten_crops_and_nothing_else():
+    torch.manual_seed(1)
+    img = positional_image(256, 256)
+    ten = (ten_crop(PLAIN)(img) * 255).round()
+    transform = train_transform(PLAIN, pca=None, crops="ten")
+    seen = set()
+    for _ in range(200):
+        out = (transform(img) * 255).round()
+        (k,) = [k for k in range(10) if torch.equal(out, ten[k])]
+        seen.add(k)
+    assert seen == set(range(10))
+    with pytest.raises(DataError, match="crops must be"):
+        train_transform(PLAIN, crops="centre")  # type: ignore[arg-type]
 
 
 @pytest.mark.parametrize("size", [227, 224])

@@ -76,7 +76,7 @@ def test_a_mean_image_run_stores_its_mean_image_and_evaluates_and_predicts_with_
     raw = raw[:, off : off + crop, off : off + crop].float()
     torch.testing.assert_close(x, raw - mean_image[:, off : off + crop, off : off + crop], rtol=0, atol=1e-3)
     assert len(list(predict_files(model, [image], topk=1))) == 1
-    # ZF §4.4's invariance inputs use the same mean image: the identity transformation is the evaluation input
+    # ZF §4 (Fig. 5)'s invariance inputs use the same mean image: the identity transformation is the evaluation input
     from alexnet.visualize.invariance import transformed_inputs
 
     same = transformed_inputs(model, read_image(image), "rotation", np.array([0.0]))[0]

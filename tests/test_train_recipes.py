@@ -51,15 +51,35 @@ def test_caffe_zeiler_torchvision_recipes() -> None:
         70,
         0.1,
     )
-    tv = resolve_recipe("torchvision")
-    assert (tv.optimizer, tv.lr, tv.weight_decay, tv.step_every, tv.step_unit, tv.epochs) == (
+    tv = resolve_recipe("torchvision")  # the reference's global batch: 32 per GPU on 8 GPUs
+    assert (tv.optimizer, tv.lr, tv.weight_decay, tv.step_every, tv.step_unit, tv.epochs, tv.batch_size) == (
         "sgd",
         0.01,
         1e-4,
         30,
         "epoch",
         90,
+        256,
     )
+    assert tv.pca_lighting == 0.0  # torchvision's reference has no colour augmentation
+
+
+def test_zeiler2013_trains_on_the_ten_sub_crops_without_colour_augmentation() -> None:
+    """ZF §3: "10 different sub-crops of size 224x224 (corners + center with(out) horizontal flips)", and no
+    colour augmentation named; the AlexNet recipes keep §4.1's random crops and PCA lighting."""
+    from alexnet.data.transforms import CornerCrop
+    from alexnet.train.data import preprocessing_for, train_transform
+
+    zf = resolve_recipe("zeiler2013", model="zfnet")
+    assert (zf.train_crops, zf.pca_lighting) == ("ten", 0.0)
+    pre, _ = preprocessing_for(zf, 224)
+    steps = train_transform(pre, zf.pca_lighting, crops=zf.train_crops).transforms
+    assert any(isinstance(t, CornerCrop) for t in steps)
+    assert all(getattr(t, "lighting", None) is None for t in steps)
+    ak = resolve_recipe("krizhevsky2012")
+    assert (ak.train_crops, ak.pca_lighting) == ("random", 0.1)
+    with pytest.raises(TrainingError, match="train crops must be one of random, ten"):
+        resolve_recipe("zeiler2013", train_crops="fixed")
 
 
 def test_overrides_replace_recipe_values_and_none_keeps_them() -> None:

@@ -91,6 +91,13 @@ _VALUE_FLAGS: list[tuple[str, str, Any, str]] = [
         float,
         "σ of the PCA colour augmentation (AlexNet §4.1: 0.1; 0 = off)",
     ),
+    (
+        "--train-crops",
+        "train_crops",
+        str,
+        "random (any position of the 256 patch, AlexNet §4.1) or ten (one of the four corners or the centre, "
+        "mirrored or not: ZF §3's ten sub-crops)",
+    ),
     ("--input-size", "input_size", int, "crop side (default: the model's 227/224; the resize scales alike)"),
     ("--classes", "classes", int, "use only the first N classes (sorted folder names)"),
     ("--images-per-class", "images_per_class", int, "use only the first K training images of each class"),

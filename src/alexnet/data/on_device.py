@@ -53,7 +53,7 @@ from alexnet.data.images import (
 )
 from alexnet.data.loader import seeded
 from alexnet.data.shm_pool import BatchPool, Slot
-from alexnet.data.transforms import ToModelInput
+from alexnet.data.transforms import CORNERS, CornerCrop, ToModelInput, corner_offset
 from alexnet.errors import DataError, ImageError
 
 
@@ -206,12 +206,12 @@ def collate_encoded(
 
 @dataclass
 class _Plan:
-    """A standard pipeline split into its per-image part (resize, central patch) and a batched rest (random or
-    central crop, mirror, conversion with PCA lighting)."""
+    """A standard pipeline split into its per-image part (resize, central patch) and a batched rest (random,
+    corner or central crop, mirror, conversion with PCA lighting)."""
 
     resize: v2.Resize
     patch: v2.CenterCrop
-    crop: v2.RandomCrop | v2.CenterCrop
+    crop: v2.RandomCrop | CornerCrop | v2.CenterCrop
     flip: v2.RandomHorizontalFlip | None
     to_input: ToModelInput
 
@@ -226,6 +226,8 @@ class _Plan:
         if isinstance(crop, v2.RandomCrop):
             if crop.padding is not None or crop.pad_if_needed:
                 return None
+        elif isinstance(crop, CornerCrop):
+            pass
         elif not (isinstance(crop, v2.CenterCrop) and not flip):
             return None
         if flip and not isinstance(flip[0], v2.RandomHorizontalFlip):
@@ -250,12 +252,14 @@ class _Plan:
     def draw(self, seeds: Sequence[int], patch: torch.Tensor) -> tuple[list[list[int]], torch.Tensor | None]:
         """Per sample ``[top, left, mirrored]`` and lighting offsets, each drawn under the sample's seed in the
         order the composed transform draws them: the crop's row and column (``RandomCrop.make_params``, which
-        draws nothing along a side the crop fills), the mirror coin (v2's random-apply transforms mirror when
-        ``torch.rand(1) < p``, in float32), then α (``PCALighting.offsets``). The same draws as the transforms
-        make, a third of their time: no per-call parameter dicts, and α turned into offsets for the whole batch
-        in one product."""
-        rows, cols = patch.shape[-2] - self.crop.size[0], patch.shape[-1] - self.crop.size[1]
+        draws nothing along a side the crop fills) or its corner (``CornerCrop.make_params``), the mirror coin
+        (v2's random-apply transforms mirror when ``torch.rand(1) < p``, in float32), then α
+        (``PCALighting.offsets``). The same draws as the transforms make, a third of their time: no per-call
+        parameter dicts, and α turned into offsets for the whole batch in one product."""
+        height, width = patch.shape[-2:]
+        rows, cols = height - self.crop.size[0], width - self.crop.size[1]
         random_crop = isinstance(self.crop, v2.RandomCrop)
+        corner_crop = isinstance(self.crop, CornerCrop)
         # a float32 threshold: the tensor comparison casts p to the random number's dtype
         p = float(torch.tensor(self.flip.p, dtype=torch.float32)) if self.flip is not None else None
         lighting = self.to_input.lighting
@@ -267,8 +271,12 @@ class _Plan:
         with torch.random.fork_rng(devices=[]):  # as loader.seeded, with one fork for the whole batch
             for seed in seeds:
                 generator.manual_seed(seed)
-                top = int(torch.randint(0, rows + 1, size=())) if random_crop and rows > 0 else 0
-                left = int(torch.randint(0, cols + 1, size=())) if random_crop and cols > 0 else 0
+                if corner_crop:
+                    index = int(torch.randint(0, len(CORNERS), size=()))
+                    top, left = corner_offset(index, height, width, self.crop.size[0])
+                else:
+                    top = int(torch.randint(0, rows + 1, size=())) if random_crop and rows > 0 else 0
+                    left = int(torch.randint(0, cols + 1, size=())) if random_crop and cols > 0 else 0
                 mirrored = p is not None and float(torch.rand(1)) < p
                 params.append([top, left, int(mirrored)])
                 if lighting is not None:

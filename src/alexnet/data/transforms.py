@@ -2,10 +2,12 @@
 
 * Both: rescale the shorter side to ``pre.resize`` (256) and take the central 256×256 patch (AlexNet §2), then
   subtract the mean — per channel, or the per-pixel mean image when ``pre.mean_image`` (AlexNet §2).
-* Training (AlexNet §4.1, ZF §3): a random ``pre.input_size`` crop (227 or 224: the model's
-  ``default_input_size``), a random horizontal flip, and PCA colour augmentation (:class:`PCALighting`).
+* Training (AlexNet §4.1): a random ``pre.input_size`` crop (227 or 224: the model's ``default_input_size``), a
+  random horizontal flip, and PCA colour augmentation (:class:`PCALighting`). ZF §3 trains on "10 different
+  sub-crops of size 224×224 (corners + center with(out) horizontal flips)": ``crops="ten"`` takes one of those
+  ten at random (:class:`CornerCrop`, then the flip).
 * Testing: the centre crop (:func:`eval_transform`), or ten crops — the four corners and the centre, and their
-  horizontal mirrors — whose softmax outputs the evaluator averages (AlexNet §4.1, ZF §3; :func:`ten_crop`).
+  horizontal mirrors — whose softmax outputs the evaluator averages (AlexNet §4.1; :func:`ten_crop`).
 
 Pixels stay ``uint8`` through resizing, cropping and flipping; the conversion to float is the last step (with a
 per-pixel mean image, the mean is subtracted on the 256×256 patch *before* cropping, so each crop loses exactly
@@ -176,6 +178,45 @@ class TenCrop(nn.Module):
         return torch.stack([*five, *(F.horizontal_flip(c) for c in five)])
 
 
+CORNERS = ("top-left", "top-right", "bottom-left", "bottom-right", "centre")  # F.five_crop's order
+
+
+def corner_offset(index: int, height: int, width: int, size: int) -> tuple[int, int]:
+    """``(top, left)`` of crop ``index`` of :data:`CORNERS` (a ``size``² crop of a ``height``×``width`` image),
+    where ``F.five_crop`` takes it: the centre rounds as ``F.center_crop`` does."""
+    if index == 4:
+        return round((height - size) / 2.0), round((width - size) / 2.0)
+    return (height - size) * (index // 2), (width - size) * (index % 2)
+
+
+class CornerCrop(v2.Transform):
+    """One of the four corner crops or the centre crop, drawn uniformly (one ``torch.randint(0, 5)``).
+
+    ZF §3 trains on the ten sub-crops of each 256×256 patch, "corners + center with(out) horizontal flips":
+    this crop followed by ``RandomHorizontalFlip`` draws one of those ten, the crops :class:`TenCrop` tests on."""
+
+    def __init__(self, size: int) -> None:
+        super().__init__()
+        self.size = (size, size)
+
+    def make_params(self, flat_inputs: list[Any]) -> dict[str, Any]:
+        height, width = F.get_size(flat_inputs[0])
+        side = self.size[0]
+        if height < side or width < side:
+            raise DataError(f"a {side}px crop needs an image of at least {side}×{side}, not {height}×{width}")
+        top, left = corner_offset(int(torch.randint(0, len(CORNERS), size=())), height, width, side)
+        return dict(top=top, left=left)
+
+    def transform(self, inpt: Any, params: dict[str, Any]) -> Any:
+        side = self.size[0]
+        return self._call_kernel(
+            F.crop, inpt, top=params["top"], left=params["left"], height=side, width=side
+        )
+
+    def extra_repr(self) -> str:
+        return f"size={self.size[0]}"
+
+
 def _mean_image(pre: Preprocessing, mean_image: torch.Tensor | None) -> torch.Tensor | None:
     if not pre.mean_image:
         return None
@@ -226,16 +267,23 @@ def train_transform(
     flip: bool = True,
     mean_image: torch.Tensor | None = None,
     pca_std: float = 0.1,
+    crops: Literal["random", "ten"] = "random",
 ) -> v2.Compose:
-    """The training augmentation of AlexNet §4.1 (ZF §3 uses the same): ``uint8`` 3×H×W → float 3×S×S.
+    """The training augmentation of AlexNet §4.1: ``uint8`` 3×H×W → float 3×S×S.
 
     ``pca``: ``"imagenet"`` (ImageNet's eigen-decomposition, the default), ``(eigval, eigvec)`` of your own data
     (:func:`alexnet.data.stats.compute_stats`), or ``None`` for no colour augmentation.
     ``mean_image``: required when ``pre.mean_image`` (3×resize×resize in the model's convention).
+    ``crops``: ``"random"``, any position (AlexNet §4.1), or ``"ten"``, a corner or the centre (ZF §3's
+    sub-crops; with ``flip``, one of the ten).
     """
+    if crops not in ("random", "ten"):
+        raise DataError(f"crops must be 'random' or 'ten', not {crops!r}")
     lighting = _pca(pca, pca_std)
     mean = _mean_image(pre, mean_image)
-    crop: list[nn.Module] = [v2.RandomCrop(pre.input_size)]
+    crop: list[nn.Module] = [
+        v2.RandomCrop(pre.input_size) if crops == "random" else CornerCrop(pre.input_size)
+    ]
     if flip:
         crop.append(v2.RandomHorizontalFlip())
     if mean is None:  # crop and flip in uint8, float last
@@ -273,7 +321,7 @@ def eval_crop(pre: Preprocessing) -> v2.Compose:
 def eval_crop_offsets(pre: Preprocessing, height: int, width: int) -> tuple[int, int]:
     """Where :func:`eval_crop`'s ``input_size`` crop sits (top, left) in the *resized* ``height``×``width`` image
     (shorter side already ``pre.resize``): the central patch's offsets plus the crop's within it, each rounded as
-    ``CenterCrop`` rounds. For tools that transform the whole resized image first (ZF §4.4's rotations) and must
+    ``CenterCrop`` rounds. For tools that transform the whole resized image first (ZF §4, Fig. 5's rotations) and must
     then cut out the pixels evaluation sees."""
 
     def centre(outer: int, inner: int) -> int:
@@ -301,7 +349,7 @@ def eval_transform(pre: Preprocessing, *, mean_image: torch.Tensor | None = None
 
 def ten_crop(pre: Preprocessing, *, mean_image: torch.Tensor | None = None) -> v2.Compose:
     """Ten crops: ``uint8`` 3×H×W → float 10×3×S×S (a loader batch is N×10×3×S×S; fold it to (N·10)×3×S×S for the
-    model and average the softmax over the 10, AlexNet §4.1 / ZF §3)."""
+    model and average the softmax over the 10, AlexNet §4.1)."""
     mean = _mean_image(pre, mean_image)
     if mean is None:
         return v2.Compose([*_resize(pre), TenCrop(pre.input_size), ToModelInput(pre)])

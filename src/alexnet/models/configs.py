@@ -168,7 +168,8 @@ ALEXNET_OWT = ArchConfig(
 
 
 def _zfnet_convs(widths: tuple[int, int, int]) -> tuple[Conv, ...]:
-    """Zeiler & Fergus Fig. 3: 7×7/2 first layer, 5×5/2 second, dense 3×3 conv3–5; weights 1e-2, biases 0 (§3)."""
+    """Zeiler & Fergus Fig. 3: 7×7/2 first layer, 5×5/2 second, dense 3×3 conv3–5; weights "1e-2" (read as
+    N(0, 0.01)), biases 0 (§3)."""
     c3, c4, c5 = widths
     return (
         Conv(96, 7, stride=2, padding=1, norm=True, pool=True),  # padding 1 gives the figure's 110×110

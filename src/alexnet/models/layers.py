@@ -343,7 +343,8 @@ class LocalResponseNorm(nn.Module):
     ``b_i = a_i / (k + α' Σ_{j in window(i)} a_j²)^β`` with ``α' = alpha`` when ``alpha_over_size`` is False (the
     paper: k=2, n=5, α=1e-4, β=0.75) and ``α' = alpha / size`` when True (Caffe, ONNX ``LRN`` and
     ``torch.nn.LocalResponseNorm``; Caffe's default k=1). ``inplace=True`` overwrites the input when no gradient
-    is needed (inference), as ``nn.ReLU(inplace=True)`` does; the paper models are built that way.
+    is needed (inference), as ``nn.ReLU(inplace=True)`` does. The paper models build theirs out of place, so
+    that a hook on the layer before sees its own output; their fused stages skip the copy where nobody watches.
     """
 
     def __init__(

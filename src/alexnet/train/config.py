@@ -25,6 +25,7 @@ OPTIMIZERS = ("paper_sgd", "sgd", "adamw")
 SCHEDULES = ("plateau", "step", "cosine", "constant")
 INITS = ("paper", "kaiming")
 NORMALIZATIONS = ("mean", "image", "meanstd")
+TRAIN_CROPS = ("random", "ten")  # any position (AlexNet §4.1); a corner or the centre (ZF §3)
 
 
 @dataclass(frozen=True)
@@ -71,6 +72,7 @@ class TrainConfig:
         None  # `alexnet data-stats --out FILE`: the data's own mean (image) and PCA (AlexNet §4.1)
     )
     pca_lighting: float = 0.1
+    train_crops: str = "random"  # "random" (AlexNet §4.1) or "ten": a corner or the centre (ZF §3)
     ten_crop: bool = False
     workers: int = 2
     # workers decode + resize to uint8 patches, the GPU crops, mirrors, lights batches; None: on CUDA wherever
@@ -166,6 +168,10 @@ class TrainConfig:
             (
                 0 <= self.pca_lighting < inf,
                 f"PCA lighting std must be >= 0 and finite (got {self.pca_lighting})",
+            ),
+            (
+                self.train_crops in TRAIN_CROPS,
+                f"train crops must be one of {', '.join(TRAIN_CROPS)} (got {self.train_crops!r})",
             ),
             (self.optimizer in OPTIMIZERS, f"optimizer must be one of {', '.join(OPTIMIZERS)}"),
             (self.schedule in SCHEDULES, f"schedule must be one of {', '.join(SCHEDULES)}"),

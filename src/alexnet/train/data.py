@@ -83,14 +83,19 @@ def preprocessing_for(
 
 
 def train_transform(
-    pre: Preprocessing, pca_std: float, mean_image: torch.Tensor | None = None, stats: Any = None
+    pre: Preprocessing,
+    pca_std: float,
+    mean_image: torch.Tensor | None = None,
+    stats: Any = None,
+    crops: str = "random",
 ) -> Any:
-    """AlexNet §2 + §4.1: shorter side 256, centre 256², random crop, horizontal flip, PCA lighting (σ=pca_std)
-    with ImageNet's RGB eigen-decomposition, or the data's own when ``stats`` is given."""
+    """AlexNet §2 + §4.1: shorter side 256, centre 256², random crop (or ZF §3's corners and centre: ``crops=
+    "ten"``), horizontal flip, PCA lighting (σ=pca_std) with ImageNet's RGB eigen-decomposition, or the data's own
+    when ``stats`` is given."""
     from alexnet.data import transforms
 
     pca = (stats.pca if stats is not None else "imagenet") if pca_std > 0 else None
-    return transforms.train_transform(pre, pca=pca, pca_std=pca_std, mean_image=mean_image)
+    return transforms.train_transform(pre, pca=pca, pca_std=pca_std, mean_image=mean_image, crops=crops)
 
 
 def eval_transform(pre: Preprocessing, ten_crop: bool = False, mean_image: torch.Tensor | None = None) -> Any:
@@ -146,7 +151,7 @@ def open_run_data(
     train = ImageFolder(
         root,
         "train",
-        train_transform(pre, cfg.pca_lighting, mean_image, stats),
+        train_transform(pre, cfg.pca_lighting, mean_image, stats, cfg.train_crops),
         classes=cfg.classes,
         images_per_class=cfg.images_per_class,
     )

@@ -55,6 +55,8 @@ RECIPES: dict[str, dict[str, Any]] = {
     # Zeiler & Fergus, ECCV 2014, §3 "Training details": batch 128, lr 1e-2 "annealed throughout training
     # manually when the validation error plateaus", momentum 0.9, dropout 0.5 (fc6, fc7), weights 1e-2 and
     # biases 0 at init, 70 epochs, and any conv filter whose RMS exceeds 1e-1 renormalised to that value.
+    # Inputs: "10 different sub-crops of size 224x224 (corners + center with(out) horizontal flips)" of the
+    # central 256 patch, one drawn per image and use; §3 names no colour augmentation, so none.
     # The paper names no weight decay; AlexNet's 5e-4 (which ZF build on, §3) is kept. §3's per-pixel mean
     # subtraction is `--normalize image`; the default is the per-channel mean, as in krizhevsky2012.
     "zeiler2013": dict(
@@ -72,15 +74,19 @@ RECIPES: dict[str, dict[str, Any]] = {
         init="paper",
         renorm_rms=0.1,
         normalize="mean",
+        train_crops="ten",
+        pca_lighting=0.0,
     ),
     # torchvision's references/classification/train.py for alexnet: SGD (PyTorch form), lr 0.01, momentum 0.9,
-    # weight decay 1e-4, StepLR(30, 0.1), 90 epochs; ImageNet mean/std normalisation.
+    # weight decay 1e-4, StepLR(30, 0.1), 90 epochs, 32 images per GPU on 8 GPUs (256 in all, the batch here:
+    # `--batch-size` is global); ImageNet mean/std normalisation, no colour augmentation. The reference crops
+    # with RandomResizedCrop(224); this recipe takes the papers' random crop of the central 256 patch.
     "torchvision": dict(
         optimizer="sgd",
         lr=0.01,
         momentum=0.9,
         weight_decay=1e-4,
-        batch_size=32,  # global here; the reference's is 32 per GPU × 8 GPUs = 256 (8-GPU torchrun: --batch-size 256)
+        batch_size=256,
         epochs=90,
         schedule="step",
         lr_factor=0.1,
@@ -89,6 +95,7 @@ RECIPES: dict[str, dict[str, Any]] = {
         dropout=0.5,
         init="paper",
         normalize="meanstd",
+        pca_lighting=0.0,
     ),
     # NOT a paper recipe: what `make demo` uses to train on the built-in 10-class data set within minutes on a
     # 2-core CPU. Differences from krizhevsky2012 (table in docs/training.md): AdamW with warm-up and cosine decay

@@ -1,4 +1,4 @@
-"""Evolution of features during training — Zeiler & Fergus §4.1 and Fig. 4.
+"""Evolution of features during training — Zeiler & Fergus §4 ("Feature Evolution during Training"), Fig. 4.
 
 For chosen feature maps of a layer and for each saved snapshot of the model (a run's checkpoints, oldest first,
 or a list of weights files), the strongest activation over a fixed set of images is projected to pixel space

@@ -1,4 +1,4 @@
-"""Invariance of the features to translation, scaling and rotation — Zeiler & Fergus §4.4 and Fig. 5.
+"""Invariance to translation, scaling and rotation — Zeiler & Fergus §4 ("Feature Invariance"), Fig. 5.
 
 For each image and each transformation strength, the curves are: the Euclidean distance between the layer-1 and
 layer-7 feature vectors of the transformed image and of the untransformed one, and the probability of the true
