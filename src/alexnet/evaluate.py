@@ -107,8 +107,8 @@ def evaluate_loader(
 
         raise DataError("no readable validation image to evaluate on")
     return EvalResult(
-        top1_err=1.0 - top1 / n,
-        top5_err=1.0 - top5 / n,
+        top1_err=(n - top1) / n,  # the misses over n: 2 of 1000 is 0.002, not 1 − 0.998
+        top5_err=(n - top5) / n,
         loss=loss_sum / n,
         images=n,
         skipped=int(skipped),
