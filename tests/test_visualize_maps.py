@@ -130,6 +130,22 @@ def test_field_crop_keeps_the_content_where_it_sits_in_the_field() -> None:
     assert (tile[:2] == -1).all() and (tile[:, 3:] == -1).all()
 
 
+@pytest.mark.parametrize("box", [(-60, -60, 135, 135), (-150, -20, 45, 175), (-5, -90, 190, 105)])
+def test_a_field_larger_than_the_tile_shows_the_image_it_covers(box) -> None:
+    """A 40-px input under a 195-px field (conv5 of a run trained with --input-size 40): the tile is the side×side
+    window over the image, not an error."""
+    from alexnet.visualize.plot import field_crop
+
+    image = np.random.default_rng(0).random((40, 40, 3), dtype=np.float32)
+    tile = field_crop(image, box, 40, fill=-1.0)
+    assert tile.shape == (40, 40, 3)
+    top, left = box[0], box[1]
+    rows = slice(max(0, top), min(40, box[2]))
+    cols = slice(max(0, left), min(40, box[3]))
+    seen = image[rows, cols]
+    assert seen.size > 0 and np.isin(seen, tile).all()  # every pixel the field covers is in the tile
+
+
 def test_a_stage_the_model_lacks_entirely_is_an_error_not_relu_maps(owt) -> None:
     with pytest.raises(
         LayerNotFound, match="alexnet_owt has no norm layers; choose one of: conv, relu, pool"

@@ -72,12 +72,26 @@ def projection_to_image(p: torch.Tensor, prep: Preprocessing | None = None) -> n
     return q.clamp(0, 1).permute(1, 2, 0).numpy()
 
 
+def _window(lo: int, hi: int, extent: int, side: int) -> tuple[int, int]:
+    """``[lo, hi)`` itself when it fits in ``side``; else the ``side``-long part of it centred on its overlap with
+    ``[0, extent)``."""
+    if hi - lo <= side:
+        return lo, hi
+    start = (max(lo, 0) + min(hi, extent) - side) // 2
+    start = min(max(start, lo), hi - side)
+    return start, start + side
+
+
 def field_crop(image: np.ndarray, box: tuple[int, int, int, int], side: int, fill: float) -> np.ndarray:
     """Crop ``image`` (H×W×3) to an *unclipped* receptive-field ``box`` (top, left, bottom, right), as a
     ``side``×``side`` tile: the parts of the field outside the image (padding) are ``fill``, so every tile of a
     layer has the same size and the image content sits where it is in the field."""
     h, w = image.shape[:2]
     top, left, bottom, right = box
+    # A field wider than the tile (an input smaller than the field): the tile shows the side×side window of the
+    # field over the middle of what the image holds of it.
+    top, bottom = _window(top, bottom, h, side)
+    left, right = _window(left, right, w, side)
     out = np.full((side, side, *image.shape[2:]), fill, dtype=np.float32)
     t, l_, b, r = max(0, top), max(0, left), min(h, bottom), min(w, right)
     if b > t and r > l_:
