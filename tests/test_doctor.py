@@ -321,6 +321,39 @@ def test_bad_probe_numbers_are_refused_up_front_with_one_line(
     assert not save.exists()  # refused before the probe started
 
 
+def test_a_probe_never_saves_over_a_run_or_a_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """--save must be a new (or empty) folder: a run folder there keeps its config and health log."""
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.json").write_text("{}")
+    afile = tmp_path / "notes.txt"
+    afile.write_text("x")
+    for save, message in [
+        (run, "is a folder that is not empty"),
+        (afile, "is a file"),
+        (afile / "sub", "notes.txt is a file, not a folder"),
+    ]:
+        assert main(["doctor", "--model", "alexnet", "--steps", "1", "--save", str(save)]) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.count("\n") == 0 and message in err
+    assert (run / "config.json").read_text() == "{}" and sorted(p.name for p in run.iterdir()) == [
+        "config.json"
+    ]
+
+
+def test_flags_that_would_not_apply_are_refused_not_ignored(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert (
+        main(["doctor", str(tmp_path), "--steps", "5", "--no-plot"]) == 2
+    )  # checked before the folder is read
+    assert "--steps: for a probe run (--model M) only" in capsys.readouterr().err
+    save = tmp_path / "probe"
+    assert main(["doctor", "-m", "alexnet", "--recipe", "demo", "--fc-width", "16", "--save", str(save)]) == 2
+    assert "--fc-width: the recipe sets these" in capsys.readouterr().err
+    assert not save.exists()
+
+
 def test_a_single_health_step_is_too_few_to_claim_the_network_learns(tmp_path: Path) -> None:
     run = _synthetic_run(tmp_path, [_record(1, 2.0, 1e-3, 1e-3)])
     verdict = diagnose(run)[0]

@@ -12,6 +12,33 @@ from typing import Any
 
 from alexnet.cli._common import CommandError, add_command, writable_file
 
+# The probe's flags and their defaults: with RUN_DIR none of them applies, and with --recipe only some do.
+PROBE_DEFAULTS: dict[str, Any] = dict(
+    data=None,
+    recipe=None,
+    steps=200,
+    batch_size=32,
+    lr=None,
+    optimizer="sgd",
+    init="paper",
+    init_std=None,
+    bias=None,
+    classes=10,
+    input_size=67,
+    fc_width=None,
+    every=10,
+    save=None,
+)
+RECIPE_SETS = ("optimizer", "init", "init_std", "bias", "input_size", "fc_width")  # the recipe decides these
+
+
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def _given(args: argparse.Namespace, names: Any) -> list[str]:
+    return [_flag(n) for n in names if getattr(args, n) != PROBE_DEFAULTS[n]]
+
 
 def register(sub: Any) -> None:
     p = add_command(
@@ -36,14 +63,21 @@ def register(sub: Any) -> None:
         help="ImageNet-layout folder ROOT/train/<class>/<images> (or ROOT/<class>/…; default: built-in gratings)",
     )
     g.add_argument("--recipe", help="probe through the training loop with this recipe (see alexnet train)")
-    g.add_argument("--steps", type=int, default=200, help="optimizer steps (default 200)")
-    g.add_argument("--batch-size", type=int, default=32, help="batch size (default 32)")
+    g.add_argument("--steps", type=int, default=PROBE_DEFAULTS["steps"], help="optimizer steps (default 200)")
+    g.add_argument(
+        "--batch-size", type=int, default=PROBE_DEFAULTS["batch_size"], help="batch size (default 32)"
+    )
     g.add_argument("--lr", type=float, help="learning rate (default 0.01, or the recipe's)")
-    g.add_argument("--optimizer", choices=("sgd", "adamw"), default="sgd", help="optimiser (default sgd)")
+    g.add_argument(
+        "--optimizer",
+        choices=("sgd", "adamw"),
+        default=PROBE_DEFAULTS["optimizer"],
+        help="optimiser (default sgd)",
+    )
     g.add_argument(
         "--init",
         choices=("paper", "kaiming", "he"),
-        default="paper",
+        default=PROBE_DEFAULTS["init"],
         help="paper: the model's own N(0, std) and biases (AlexNet §5); kaiming (or he): He et al. 2015, as "
         "`alexnet train --init kaiming`",
     )
@@ -52,13 +86,23 @@ def register(sub: Any) -> None:
     g.add_argument(
         "--classes",
         type=int,
-        default=10,
+        default=PROBE_DEFAULTS["classes"],
         help="classes of the built-in gratings (default 10); with --recipe, use the data set's first N classes "
         "(the loop validates on them at the end: 2 keeps a probe short)",
     )
-    g.add_argument("--input-size", type=int, default=67, help="input side in pixels (default 67)")
+    g.add_argument(
+        "--input-size",
+        type=int,
+        default=PROBE_DEFAULTS["input_size"],
+        help="input side in pixels (default 67)",
+    )
     g.add_argument("--fc-width", type=int, help="narrower fc6/fc7 for a faster probe (the paper: 4096)")
-    g.add_argument("--every", type=int, default=10, help="health measurement interval in steps (default 10)")
+    g.add_argument(
+        "--every",
+        type=int,
+        default=PROBE_DEFAULTS["every"],
+        help="health measurement interval in steps (default 10)",
+    )
     g.add_argument("--save", help="folder for the probe run (default: runs/doctor-MODEL-DATE-TIME)")
     p.set_defaults(func=run)
 
@@ -83,8 +127,13 @@ def _probe(args: argparse.Namespace) -> Path:
         raise CommandError(f"--init-std must be a finite number ≥ 0 (got {args.init_std})")
     if args.bias is not None and not math.isfinite(args.bias):
         raise CommandError(f"--bias must be a finite number (got {args.bias})")
+    if args.recipe and (ignored := _given(args, RECIPE_SETS)):
+        raise CommandError(
+            f"{', '.join(ignored)}: the recipe sets these in a --recipe probe; probe without it to set them"
+        )
     # a fresh folder per probe: never overwrite (or resume) an earlier run
     run_dir = Path(args.save or f"runs/doctor-{args.model}-{time.strftime('%Y%m%d-%H%M%S')}")
+    _fresh_folder(run_dir)
     say = (lambda w: None) if args.json else (lambda w: print(w, file=sys.stderr))
     if args.recipe:
         probe_with_recipe(
@@ -119,6 +168,17 @@ def _probe(args: argparse.Namespace) -> Path:
     return run_dir
 
 
+def _fresh_folder(path: Path) -> None:
+    """A probe's run folder: new, or an empty folder; never an earlier run's (its config and health log would be
+    overwritten) nor a file."""
+    for parent in path.parents:
+        if parent.exists() and not parent.is_dir():
+            raise CommandError(f"--save {path}: {parent} is a file, not a folder")
+    if path.exists() and (not path.is_dir() or any(path.iterdir())):
+        what = "a file" if not path.is_dir() else "a folder that is not empty"
+        raise CommandError(f"--save {path} is {what}: give a new folder (a probe never overwrites a run)")
+
+
 def run(args: argparse.Namespace) -> int:
     from alexnet.diagnostics.doctor import diagnose_run, format_report
 
@@ -126,6 +186,8 @@ def run(args: argparse.Namespace) -> int:
         raise CommandError("give a RUN_DIR to diagnose, or --model M for a probe run")
     if args.run_dir is not None and args.model is not None:
         raise CommandError("give either RUN_DIR or --model, not both")
+    if args.run_dir is not None and (probe_flags := _given(args, PROBE_DEFAULTS)):
+        raise CommandError(f"{', '.join(probe_flags)}: for a probe run (--model M) only, not with RUN_DIR")
     if args.out is not None and not args.no_plot:
         writable_file(args.out)
     run_dir = Path(args.run_dir) if args.run_dir is not None else _probe(args)
