@@ -115,6 +115,41 @@ def test_an_unwritable_out_fails_before_any_work_with_one_line(capsys, tmp_path,
     assert sorted(p.name for p in tmp_path.iterdir()) == ["afile"]
 
 
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["export", "--model", "vgg", "--out", "{new}/sub/m.onnx"],
+        ["export", "--weights", "{tmp}/nope.safetensors", "--out", "{new}/m.onnx"],
+        [
+            "visualize",
+            "activations",
+            "--model",
+            "alexnet",
+            "--layer",
+            "nope",
+            "{tmp}/none.jpg",
+            "--out",
+            "{new}",
+        ],
+        ["data-stats", "{tmp}/nowhere", "--out", "{new}/stats"],
+    ],
+)
+def test_a_failed_command_leaves_no_output_folder_behind(capsys, tmp_path, command):
+    """The output folder is made up front (to fail early if it cannot be); a command that then fails removes it
+    again, and any parent it made, while they are empty, and keeps folders that were there before."""
+    (tmp_path / "kept").mkdir()
+    args = [a.format(new=tmp_path / "kept" / "new", tmp=tmp_path) for a in command]
+    assert main(args) == 2
+    one_line_error(capsys)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["kept"]
+    assert not any((tmp_path / "kept").iterdir())
+
+
+def test_data_stats_out_names_a_file_not_a_folder(capsys, tmp_path):
+    assert main(["data-stats", str(tmp_path), "--out", str(tmp_path)]) == 2
+    assert "is a folder; give a file name" in one_line_error(capsys)
+
+
 @pytest.fixture
 def owt_weights(tmp_path: Path) -> Path:
     torch.manual_seed(0)

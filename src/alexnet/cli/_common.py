@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
 import tempfile
 from collections.abc import Callable
@@ -42,10 +43,24 @@ class ArgumentParser(argparse.ArgumentParser):
         return self
 
 
+# Output folders this command created (deepest first): a command that fails removes those still empty, so a bad
+# input leaves nothing behind, not even the folder its --out named.
+_created: list[Path] = []
+
+
+def _remove_created_folders() -> None:
+    while _created:
+        folder = _created.pop(0)
+        with contextlib.suppress(OSError):
+            folder.rmdir()  # only if empty
+
+
 def run_safely(fn: Callable[[], int | None]) -> int:
     """Run a command; turn user errors into one line on stderr and exit code 2."""
+    code = 1  # an unexpected exception: the traceback is the report
     try:
-        return int(fn() or 0)
+        code = int(fn() or 0)
+        return code
     except StoppedByMainRank:  # rank 0 has said why, once for the whole job
         return EXIT_USAGE
     except AlexnetError as e:
@@ -55,15 +70,22 @@ def run_safely(fn: Callable[[], int | None]) -> int:
         print("alexnet: interrupted", file=sys.stderr)
         return 130
     except BrokenPipeError:
-        return 0
+        code = 0
+        return code
+    finally:
+        if code != 0:
+            _remove_created_folders()
+        _created.clear()
 
 
 def _folder_problem(path: Path) -> str | None:
     """Why ``path`` cannot be a folder this process writes into (created if missing), or ``None``."""
     if path.exists() and not path.is_dir():
         return f"{path} is a file, not a folder"
+    missing = [p for p in (path, *path.parents) if not p.exists()]  # deepest first
     try:
         path.mkdir(parents=True, exist_ok=True)
+        _created.extend(missing)
     except OSError as e:
         from alexnet.weights.io import file_in_the_way
 

@@ -43,6 +43,10 @@ def run(args: argparse.Namespace) -> int:
         raise CommandError(f"--workers must be ≥ 0, not {args.workers}")
     out = None
     if args.out:
+        if Path(args.out).is_dir() or args.out.endswith(("/", "\\")):
+            raise CommandError(
+                f"--out {args.out} is a folder; give a file name (FILE.safetensors and FILE.json)"
+            )
         out = writable_file(stats_file(args.out))
     stats = compute_stats(
         args.root,
