@@ -362,6 +362,20 @@ def test_data_pack_cli_reports_bad_input_in_one_line(tmp_path):
         assert len(done.stderr.strip().splitlines()) == 1
 
 
+def test_data_pack_of_a_split_with_no_readable_image_reports_it_and_fails(tmp_path, capsys):
+    from alexnet.cli import main
+
+    (tmp_path / "train" / "c0").mkdir(parents=True)
+    (tmp_path / "train" / "c0" / "a.jpg").write_text("not an image")
+    assert main(["data-pack", str(tmp_path), "--size", "32", "--json"]) == 2
+    out, err = capsys.readouterr()
+    assert [(i["images"], i["packed"], i["unreadable"]) for i in json.loads(out)] == [(1, 0, 1)]
+    assert (
+        err.strip().splitlines()[-1]
+        == f"alexnet: error: no readable image in {tmp_path / 'train'}: nothing was packed"
+    )
+
+
 def read_only(root: Path, monkeypatch) -> None:
     """``root`` as a read-only mount: creating a folder under it fails with EROFS (as root too)."""
     import errno

@@ -184,6 +184,17 @@ def test_a_non_image_file_is_one_line_and_exit_code_2(setup, capsys, tmp_path: P
         assert code == 2 and err.count("\n") == 1 and "not an image" in err
 
 
+@pytest.mark.parametrize("kind", ["activations", "deconv", "filters", "invariance"])
+def test_a_bad_image_after_good_ones_stops_the_command_before_it_writes_anything(
+    kind: str, setup, capsys, tmp_path: Path
+) -> None:
+    out = tmp_path / "out"
+    images = [str(setup["img"]), str(setup["img2"]), str(setup["text"])]
+    code, _, err = _run(capsys, [kind, "--run", str(setup["run"]), *images, "--out", str(out)])
+    assert code == 2 and err.count("\n") == 1 and "notes.jpg: not an image" in err
+    assert not out.exists()
+
+
 def test_missing_run_and_weights_is_one_line(setup, capsys, tmp_path: Path) -> None:
     code, _, err = _run(capsys, ["filters", "--run", str(tmp_path), "--out", str(tmp_path)])
     assert code == 2 and "model.safetensors" in err

@@ -117,6 +117,15 @@ def writable_file(path: str | Path, flag: str = "--out") -> Path:
     return path
 
 
+def readable_images(paths: Any) -> None:
+    """Decode every image up front: a bad one is one line before any output is written, not after the good ones'
+    files (``ImageError`` names it)."""
+    from alexnet.data.images import read_image
+
+    for path in paths or []:
+        read_image(path)
+
+
 def add_command(sub: Any, name: str, help: str, description: str | None = None) -> ArgumentParser:
     return sub.add_parser(name, help=help, description=description or help)
 

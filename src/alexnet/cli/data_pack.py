@@ -41,7 +41,7 @@ def register(sub: Any) -> None:
 def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from alexnet.data.packed import pack, size_text, summary
+    from alexnet.data.packed import pack, summary
     from alexnet.errors import DataError
 
     if args.workers < 0:
@@ -64,7 +64,17 @@ def run(args: argparse.Namespace) -> int:
         infos.append({"split": split, **summary(pixels)})
     if args.json:
         print(json.dumps(infos, indent=2))
-        return 0
+    else:
+        _print(infos)
+    empty = [f"{root / i['split']}" for i in infos if i["packed"] == 0]
+    if empty:  # packing ran (its report is above), but training or evaluation from here would find nothing
+        raise DataError(f"no readable image in {' or '.join(empty)}: nothing was packed")
+    return 0
+
+
+def _print(infos: list[dict[str, Any]]) -> None:
+    from alexnet.data.packed import size_text
+
     for info in infos:
         print(
             f"{info['split']}: {info['packed']} of {info['images']} images at {info['size']}×{info['size']} "
@@ -77,4 +87,3 @@ def run(args: argparse.Namespace) -> int:
             print(f"  unreadable: {path}")
         if len(bad) > 10:
             print(f"  … and {len(bad) - 10} more (--json lists them all)")
-    return 0

@@ -15,6 +15,7 @@ from alexnet.cli._common import (
     CommandError,
     add_command,
     add_model_arguments,
+    readable_images,
     writable_folder,
 )
 
@@ -204,6 +205,7 @@ def run(args: argparse.Namespace) -> int:
         raise CommandError("--stage applies only with --all (one layer: --layer, e.g. --layer norm1)")
     if getattr(args, "all", False) and args.layer is not None:
         raise CommandError("give --layer or --all, not both")
+    readable_images(getattr(args, "images", None))
     writable_folder(args.out)
     model = load_model(args)
     kind = args.kind
