@@ -159,6 +159,28 @@ def test_input_pipeline_rows_for_ours_and_torchvisions_stock(tmp_path):
     assert rows[1].images == 3 and rows[1].images_per_s > 0
 
 
+def test_unreadable_images_in_the_timed_folder_are_one_clear_error(tmp_path):
+    """Ours skips a bad file, torchvision's stock pipeline stops at it: either way a BenchError that says so (the
+    CLI's one line), not a traceback or a timing of nothing blamed on --data-images."""
+    from alexnet.data.synthetic import ensure_builtin_dataset
+
+    root = ensure_builtin_dataset(
+        tmp_path, classes=2, train_per_class=2, val_per_class=1, size=64, progress=False
+    )
+    for path in (root / "train").rglob("*.*"):
+        path.write_bytes(b"\xff\xd8\xff not a jpeg")
+    with pytest.raises(BenchError, match=r"no readable image among the files read from .*: not an image"):
+        bench_data(root, images=4, batch_size=2)
+    one = root / "train" / "00_circle"
+    good = ensure_builtin_dataset(
+        tmp_path / "good", classes=2, train_per_class=4, val_per_class=1, size=64, progress=False
+    )
+    for i, path in enumerate(sorted((good / "train").rglob("*.*"))):
+        path.replace(one / f"good{i}{path.suffix}")
+    with pytest.raises(BenchError, match="torchvision_stock stopped at an unreadable image"):
+        bench_data(root, images=12, batch_size=2)
+
+
 def test_input_pipeline_cycles_through_a_small_folder_for_a_long_run(tmp_path):
     """--data-images beyond the folder's files reads them again (steady state, page cache warm): every row
     times as many images, each file read about equally often."""

@@ -695,7 +695,19 @@ def bench_data(
     rows = []
     try:
         for name, loader in loaders:
-            seen, seconds = _count(loader, limit, dev)
+            try:
+                seen, seconds = _count(loader, limit, dev)
+            except OSError as e:  # PIL's, from the stock pipeline, which has no notion of a bad file
+                raise BenchError(
+                    f"{name} stopped at an unreadable image in {Path(root) / 'train'} ({e}); the alexnet rows "
+                    "skip such files, torchvision's stock pipeline cannot: time it on a folder without them"
+                ) from None
+            bad = getattr(loader, "bad", None)
+            if seen == 0 and bad:
+                path, reason = bad[0]
+                raise BenchError(
+                    f"no readable image among the files read from {Path(root) / 'train'}: {path}: {reason}"
+                )
             if seen == 0:
                 raise BenchError(
                     f"the input pipeline is timed after its first batch of {batch_size}: it needs more images "
