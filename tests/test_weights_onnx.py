@@ -327,6 +327,39 @@ def test_cli_bad_files_give_one_line_exit_2_and_no_output(tmp_path, capsys, dama
     assert not out.exists() and sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []
 
 
+@pytest.mark.parametrize(
+    ("source", "flags", "message"),
+    [
+        ("torchvision", ["--rgb"], "--rgb goes with an .onnx or .caffemodel import, not with torchvision"),
+        ("torchvision", ["--name", "x"], "--name goes with an .onnx or .caffemodel import"),
+        ("{dir}/net.caffemodel", ["--no-verify"], "--no-verify goes with an .onnx import"),
+        ("{dir}/net.caffemodel", ["--input-convention", "imagenet"], "--input-convention goes with an .onnx"),
+        ("{dir}/good.onnx", ["--mean-file", "m.binaryproto"], "--mean-file goes with a .caffemodel import"),
+        ("bvlcalexnet-6", ["--mean-file", "m.binaryproto"], "--mean-file goes with a .caffemodel import"),
+        ("{dir}", [], "is a folder; give an .onnx or .caffemodel file"),
+    ],
+)
+def test_cli_import_flags_that_do_not_apply_to_the_source_are_refused(
+    tmp_path, capsys, source, flags, message
+):
+    """Checked before any download or conversion: a flag the import would ignore is one line, exit 2."""
+    save(zoo_graph(ODD_CONVS, [16, 10], opset=8), tmp_path / "good.onnx")
+    (tmp_path / "net.caffemodel").write_bytes(b"not read: refused first")
+    out = tmp_path / "out.safetensors"
+    args = ["weights", "import", source.format(dir=tmp_path), *flags, "--out", str(out)]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and message in err
+    assert not out.exists()
+
+
+def test_cli_verify_of_a_folder_says_it_is_a_folder(tmp_path, capsys):
+    weights = tmp_path / "w.safetensors"
+    save_weights(alexnet.create_model("alexnet_owt"), weights)
+    assert main(["weights", "verify", str(tmp_path), "--weights", str(weights)]) == 2
+    assert "is a folder, not an ONNX file" in capsys.readouterr().err
+
+
 def test_create_model_takes_an_onnx_file_directly(tmp_path, capsys, chelsea_jpeg):
     path = save(zoo_graph(ODD_CONVS, [64, 48, 10], opset=9), tmp_path / "zfnet512-9.onnx")
     model = alexnet.create_model("auto", weights=path)

@@ -93,6 +93,29 @@ def _check_out(args: argparse.Namespace) -> Path:
     return writable_file(out)
 
 
+# The import flags that apply to only some sources: refused elsewhere rather than silently ignored.
+_ONLY_FOR = {
+    "name": ("an .onnx or .caffemodel import", (".onnx", ".caffemodel")),
+    "mean_file": ("a .caffemodel import", (".caffemodel",)),
+    "rgb": ("an .onnx or .caffemodel import", (".onnx", ".caffemodel")),
+    "no_verify": ("an .onnx import", (".onnx",)),
+    "input_convention": ("an .onnx import", (".onnx",)),
+}
+_IMPORT_DEFAULTS = {
+    "name": None,
+    "mean_file": None,
+    "rgb": False,
+    "no_verify": False,
+    "input_convention": "caffe",
+}
+
+
+def _refuse_flags_that_do_not_apply(args: argparse.Namespace, kind: str) -> None:
+    for dest, (what, kinds) in _ONLY_FOR.items():
+        if kind not in kinds and getattr(args, dest) != _IMPORT_DEFAULTS[dest]:
+            raise CommandError(f"--{dest.replace('_', '-')} goes with {what}, not with {args.source}")
+
+
 def run_import(args: argparse.Namespace) -> int:
     from alexnet.weights import save_weights
     from alexnet.weights.sources import SOURCES, check_fits, fetch
@@ -100,13 +123,17 @@ def run_import(args: argparse.Namespace) -> int:
     out = _check_out(args)
     source = args.source
     if source == "torchvision":
+        _refuse_flags_that_do_not_apply(args, "torchvision")
         from alexnet.weights import load_pretrained
 
         model = load_pretrained(None if args.model == "auto" else args.model, "torchvision")
         path = save_weights(model, out, model.weights_meta)
         print(f"torchvision IMAGENET1K_V1 → {model.config.name}: wrote {path}")
         return 0
+    if Path(source).is_dir():
+        raise CommandError(f"{source} is a folder; give an .onnx or .caffemodel file or a source name")
     if not Path(source).exists() and source in SOURCES:
+        _refuse_flags_that_do_not_apply(args, Path(SOURCES[source].filename).suffix)
         check_fits(SOURCES[source], args.model)  # before a download of hundreds of megabytes
         source = str(fetch(source))
         if args.model == "auto" and SOURCES[args.source].model != "auto":
@@ -114,8 +141,8 @@ def run_import(args: argparse.Namespace) -> int:
     path_in = Path(source)
     if not path_in.exists():
         raise CommandError(f"{source}: no such file, and not a known source (see 'alexnet weights sources')")
-    if args.mean_file and path_in.suffix != ".caffemodel":
-        raise CommandError("--mean-file goes with a .caffemodel import")
+    if path_in.suffix in (".onnx", ".caffemodel"):
+        _refuse_flags_that_do_not_apply(args, path_in.suffix)
     if path_in.suffix == ".onnx":
         from alexnet.weights.onnx import import_onnx
 

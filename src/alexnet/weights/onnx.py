@@ -72,6 +72,8 @@ def _load(path: str | Path) -> Any:
     from google.protobuf.message import DecodeError
 
     p = Path(path)
+    if p.is_dir():
+        raise WeightsError(f"{p} is a folder, not an ONNX file")
     if not p.is_file():
         raise WeightsError(f"{p}: no such ONNX file")
     try:
