@@ -48,12 +48,6 @@ def run(args: argparse.Namespace) -> int:
     slots = [load_slot("a", args.model, args.weights, args.run)]
     if args.model2 or args.weights2 or args.run2:
         slots.append(load_slot("b", args.model2, args.weights2, args.run2))
-    if args.host not in LOCAL_HOSTS:
-        print(
-            f"alexnet serve: warning: binding to {args.host} makes the explorer reachable from other machines; "
-            "it has no authentication",
-            file=sys.stderr,
-        )
     # Bind first, so a taken port is one clear line (not a uvicorn traceback) and --port 0 can report its port.
     family = socket.AF_INET6 if ":" in args.host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
@@ -63,6 +57,12 @@ def run(args: argparse.Namespace) -> int:
     except OSError as e:
         sock.close()
         raise CommandError(f"cannot listen on {args.host}:{args.port} ({e.strerror or e})") from None
+    if args.host not in LOCAL_HOSTS:  # once it is bound: a host that cannot be is the error alone
+        print(
+            f"alexnet serve: warning: binding to {args.host} makes the explorer reachable from other machines; "
+            "it has no authentication",
+            file=sys.stderr,
+        )
     port = sock.getsockname()[1]
     host = f"[{args.host}]" if ":" in args.host else args.host
     url = f"http://{host}:{port}/"
