@@ -134,6 +134,7 @@ def test_an_existing_top9_folder_is_used_and_the_cli_prints_the_path(
         ("missing", "no such run folder"),
         ("no-weights", "model.safetensors"),
         ("bad-image", "no such image file"),
+        ("corrupt-image", "broken.jpg: not an image"),
         ("bad-layer", "not in the convolutional trunk"),
     ],
 )
@@ -145,6 +146,10 @@ def test_bad_run_folders_are_one_line_and_exit_2(tmp_path, capsys, setup, words)
     if setup == "bad-image":
         make_run(run, None)
         args += ["--images", str(tmp_path / "nope.jpg")]
+    if setup == "corrupt-image":  # found before any section is computed
+        make_run(run, None)
+        (tmp_path / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0" + bytes(200))
+        args += ["--images", str(tmp_path / "broken.jpg")]
     if setup == "bad-layer":
         make_run(run, None)
         args += ["--top9-layer", "fc7"]

@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from alexnet.cli._common import CommandError, add_command, readable_images, writable_file
+from alexnet.cli._common import CommandError, add_command, writable_file
 
 
 def register(sub: Any) -> None:
@@ -42,7 +42,6 @@ def run(args: argparse.Namespace) -> int:
         raise CommandError("--top9-channels must be at least 1")
     if args.occlusion_stride < 1:
         raise CommandError("--occlusion-stride must be at least 1")
-    readable_images(args.images)
     options = ReportOptions(
         images=[Path(i) for i in args.images or []],
         top9_layer=args.top9_layer,

@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from tqdm import tqdm
 
+from alexnet.data.images import read_image
 from alexnet.errors import DataError, WeightsError
 from alexnet.models import AlexNetFamily
 from alexnet.weights.io import atomic_write
@@ -355,6 +356,7 @@ def build_report(
     for image in opts.images:
         if not Path(image).is_file():
             raise DataError(f"{image}: no such image file")
+        read_image(image)  # a corrupt one stops the report here, before any work (ImageError names it)
 
     sections: list[tuple[str, str, str]] = []  # (id, title, html)
     with fallback_images(max(opts.max_images, 10) if root is None else 0) as fallback:
