@@ -116,7 +116,8 @@ def test_host_ops_lists_the_operators_by_their_own_host_time(monkeypatch):
     rows = {line.split()[2]: line.split() for line in lines}
     assert rows["aten::mm"][1] == "4" and rows["aten::relu"][1] == "1"  # calls per step
     assert float(rows["aten::mm"][0]) > 0
-    assert total >= sum(float(r[0]) for r in rows.values()) - 1e-3  # the lines are shares of the total
+    # the lines are shares of the total, each printed to 3 decimals (half a unit of rounding a line)
+    assert total >= sum(float(r[0]) for r in rows.values()) - 0.0005 * len(rows)
 
 
 def test_cpu_profile_tunes_the_allocator_and_shows_the_first_stage_kernel(monkeypatch, capsys):

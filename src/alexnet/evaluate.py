@@ -1,9 +1,8 @@
 """Top-1 / top-5 error of a model on an ImageNet-layout split, with a centre crop or AlexNet §4.1's ten crops.
 
 Ten-crop: the four corner patches, the centre patch and their horizontal reflections; the network's softmax
-outputs on the ten patches are averaged (AlexNet §4.1). Under
-``torch.distributed`` every rank evaluates a disjoint shard (no padding duplicates) and the counts are summed, so
-every validation image counts exactly once.
+outputs on the ten patches are averaged (AlexNet §4.1). Under ``torch.distributed`` every rank evaluates a
+disjoint shard (no padding duplicates) and the counts are summed, so every validation image counts exactly once.
 """
 
 from __future__ import annotations

@@ -226,9 +226,7 @@ class _Plan:
         if isinstance(crop, v2.RandomCrop):
             if crop.padding is not None or crop.pad_if_needed:
                 return None
-        elif isinstance(crop, CornerCrop):
-            pass
-        elif not (isinstance(crop, v2.CenterCrop) and not flip):
+        elif not (isinstance(crop, CornerCrop) or (isinstance(crop, v2.CenterCrop) and not flip)):
             return None
         if flip and not isinstance(flip[0], v2.RandomHorizontalFlip):
             return None

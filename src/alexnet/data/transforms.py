@@ -321,8 +321,8 @@ def eval_crop(pre: Preprocessing) -> v2.Compose:
 def eval_crop_offsets(pre: Preprocessing, height: int, width: int) -> tuple[int, int]:
     """Where :func:`eval_crop`'s ``input_size`` crop sits (top, left) in the *resized* ``height``×``width`` image
     (shorter side already ``pre.resize``): the central patch's offsets plus the crop's within it, each rounded as
-    ``CenterCrop`` rounds. For tools that transform the whole resized image first (ZF §4, Fig. 5's rotations) and must
-    then cut out the pixels evaluation sees."""
+    ``CenterCrop`` rounds. For tools that transform the whole resized image first (the rotations of ZF §4,
+    Fig. 5) and must then cut out the pixels evaluation sees."""
 
     def centre(outer: int, inner: int) -> int:
         return round((outer - inner) / 2.0)  # as torchvision's center_crop
