@@ -283,12 +283,12 @@ def check_split(
             keep.append(sample)
         else:
             bad.append((keys[i], reason))
-            log.warning("skipping unreadable file %s: %s", keys[i], reason)
     if cache and todo:
         _save_cache(cache_path, new_cache)
     total = len(dataset.samples)
     dataset.samples = keep
     dataset.bad.extend(bad)
+    # Too many bad files is one error naming a few (a broken copy can hold thousands); else each one is logged.
     if bad and len(bad) > max_bad_fraction * total:
         names = "; ".join(f"{p}: {r}" for p, r in bad[:3])
         raise DataError(
@@ -297,6 +297,8 @@ def check_split(
         )
     if not keep:
         raise DataError(f"no readable image in {dataset.root / dataset.split}")
+    for path, reason in bad:
+        log.warning("skipping unreadable file %s: %s", path, reason)
     return bad
 
 
