@@ -299,6 +299,14 @@ def test_predict_with_topk_zero_is_refused_not_an_empty_list():
         predict(model, torch.zeros(1, 3, 227, 227), topk=0)
 
 
+def test_weights_info_shows_stored_numbers_without_float_noise(capsys, tmp_path):
+    path = tmp_path / "w.safetensors"
+    model = alexnet.create_model("alexnet_owt")
+    save_weights(model, path, WeightsMeta(model="alexnet_owt", extra={"val_top5_err": 1 - 0.998}))
+    assert main(["weights", "info", str(path)]) == 0
+    assert "val_top5_err:   0.002\n" in capsys.readouterr().out
+
+
 @pytest.mark.parametrize("content", [None, b"", b"not safetensors at all"])
 def test_weights_info_on_a_missing_or_corrupt_file_is_one_line(capsys, tmp_path, content):
     path = tmp_path / "w.safetensors"

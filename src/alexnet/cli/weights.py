@@ -218,5 +218,6 @@ def run_info(args: argparse.Namespace) -> int:
     print(f"license:        {meta.license or '-'}")
     for key, value in meta.extra.items():
         if value not in ("", None):
-            print(f"{key + ':':<15} {value}")
+            shown = f"{value:.6g}" if isinstance(value, float) else value  # 0.002, not 0.0020000000000000018
+            print(f"{key + ':':<15} {shown}")
     return 0
