@@ -35,7 +35,7 @@ def paper_model(name: str = "alexnet") -> tuple[nn.Module, torch.Tensor]:
 
 @pytest.mark.parametrize("layout", [CL, torch.contiguous_format])
 @pytest.mark.parametrize("layer", ["conv3", "conv4", "conv5"])  # conv4 and conv5: AlexNet §3.2's two towers
-def test_a_conv_with_its_relu_post_op_gives_the_relu_of_the_convolution_exactly(layer, layout):
+def test_a_conv_and_its_relu_give_the_relu_of_the_convolution_exactly(layer, layout):
     conv = build_model("alexnet").layer(layer).to(memory_format=layout)
     x = torch.randn(3, conv.in_channels, 13, 13).contiguous(memory_format=layout)
     with torch.inference_mode():
@@ -43,6 +43,23 @@ def test_a_conv_with_its_relu_post_op_gives_the_relu_of_the_convolution_exactly(
         want = torch.relu(conv(x))
     assert got.shape == want.shape and torch.equal(got, want)
     assert got.is_contiguous(memory_format=layout)
+
+
+@pytest.mark.parametrize("train", [False, True], ids=["inference", "training"])
+@pytest.mark.parametrize("name", ["alexnet", "caffenet", "zfnet"])
+def test_a_nan_in_the_input_reaches_the_logits_on_the_fast_paths_as_on_the_modules(name, train, monkeypatch):
+    """oneDNN's ReLU post-op would make max(NaN, 0) = 0 in conv3–5 and fc6–7 (inference) and fc6–7 (training):
+    a NaN in the network must reach its output and the loss, as nn.ReLU lets it."""
+    torch.manual_seed(0)
+    model = build_model(name, num_classes=5, input_size=67).train(train).to(memory_format=CL)
+    x = torch.rand(2, 3, 67, 67)
+    x[0, :, 30, 30] = float("nan")
+    x = x.contiguous(memory_format=CL)
+    with torch.set_grad_enabled(train):
+        fast = model(x)
+        monkeypatch.setenv("ALEXNET_FUSE", "0")  # the modules, one by one
+        slow = model(x)
+    assert fast.isnan().any(1).tolist() == slow.isnan().any(1).tolist() == [True, False]
 
 
 @pytest.mark.parametrize("name", ["alexnet", "zfnet"])

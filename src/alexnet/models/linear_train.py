@@ -67,8 +67,10 @@ def switched_on() -> bool:
 def _product(
     x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, relu: bool = False
 ) -> torch.Tensor:
-    """``x @ weightᵀ (+ bias)``, ReLU'd when asked, by oneDNN (either operand may be a transposed view)."""
-    return torch.ops.mkldnn._linear_pointwise(x, weight, bias, "relu" if relu else "none", [], "")
+    """``x @ weightᵀ (+ bias)`` by oneDNN (either operand may be a transposed view), ReLU'd when asked (in place,
+    keeping NaN: :func:`alexnet.models.postops.relu_`)."""
+    y = torch.ops.mkldnn._linear_pointwise(x, weight, bias, "none", [], "")
+    return postops.relu_(y) if relu else y
 
 
 class _Linear(torch.autograd.Function):

@@ -1,8 +1,9 @@
-"""CPU inference: a convolution or fully connected layer and the ReLU after it as one oneDNN primitive.
+"""CPU inference: a convolution or fully connected layer as a oneDNN primitive, and the ReLU after it in place.
 
-oneDNN applies an element-wise "post-op" to a primitive's output while it is still in registers, so the ReLU
-costs no pass over memory (``torch.ops.mkldnn._convolution_pointwise``, ``_linear_pointwise``: the operators
-``torch.compile`` uses on CPU). The paper models take this path where their forward has a conv or fc layer
+The primitives are ``torch.ops.mkldnn._convolution_pointwise`` and ``_linear_pointwise``, the operators
+``torch.compile`` uses on CPU. Their ReLU "post-op" would cost no pass over memory, but it is max(x, 0), which
+turns a NaN into 0 where ``nn.ReLU`` keeps it; so the ReLU runs after them, in place (:func:`relu_`,
+docs/performance.md, Session 21). The paper models take this path where their forward has a conv or fc layer
 followed by a ReLU outside a fused conv stage (:mod:`alexnet.models.fused`): conv3 + relu3, conv4 + relu4,
 conv5 + relu5, fc6 + relu6, fc7 + relu7, and fc8 alone. For the fully connected layers at a batch of tens of
 images oneDNN's kernel also runs faster than the ``addmm`` that ``nn.Linear`` calls (docs/performance.md,
@@ -14,8 +15,7 @@ only the models with an LRN take it: ``alexnet_owt`` keeps torchvision's exact l
 fused stages (:func:`alexnet.models.fused.kernel_layout`).
 
 Under CPU bf16 autocast the primitives take what autocast would hand the modules: the input, weight and bias
-cast to bfloat16, with a bfloat16 output. The ReLU on the float32 accumulator before the rounding gives what
-rounding and then the ReLU give (tests/test_postops.py: the same logits).
+cast to bfloat16, with a bfloat16 output, which the ReLU then takes as the module would.
 
 Taken only when nothing could tell the difference, as the fused stages are: inference (no autograd), CPU
 float32 (or bf16 autocast where oneDNN has bf16 kernels, :func:`bf16_supported`), a plain tensor nothing traces, no hook on the modules or global, and neither
@@ -96,10 +96,17 @@ def conv_relu_at(modules: Sequence[nn.Module], i: int) -> nn.Conv2d | None:
     return conv
 
 
+def relu_(y: torch.Tensor) -> torch.Tensor:
+    """``torch.relu_``, after a oneDNN product instead of its ReLU post-op: the post-op is max(x, 0), which turns a
+    NaN into 0 where ``nn.ReLU`` keeps it, and a NaN anywhere in the network must reach its output and the loss
+    (as on the modules' path), not vanish at the next ReLU."""
+    return torch.relu_(y)
+
+
 def conv_relu(conv: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
-    """``relu(conv(x))`` as one oneDNN convolution with a ReLU post-op (in ``x``'s memory format)."""
+    """``relu(conv(x))``: one oneDNN convolution (in ``x``'s memory format), then the ReLU in place."""
     x, weight, bias = _args(x, conv.weight, conv.bias)
-    return torch.ops.mkldnn._convolution_pointwise(
+    y = torch.ops.mkldnn._convolution_pointwise(
         x,
         weight,
         bias,
@@ -107,10 +114,11 @@ def conv_relu(conv: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
         list(conv.stride),
         list(conv.dilation),
         conv.groups,
-        "relu",
+        "none",
         [],
         "",
     )
+    return relu_(y)
 
 
 def head_applies(classifier: nn.Sequential, x: torch.Tensor) -> bool:
@@ -149,7 +157,8 @@ def run_head(
 
 def _fc_relu(fc: nn.Linear, x: torch.Tensor, relu: bool) -> torch.Tensor:
     x, weight, bias = _args(x, fc.weight, fc.bias)
-    return torch.ops.mkldnn._linear_pointwise(x, weight, bias, "relu" if relu else "none", [], "")
+    y = torch.ops.mkldnn._linear_pointwise(x, weight, bias, "none", [], "")
+    return relu_(y) if relu else y
 
 
 def head(classifier: nn.Sequential, x: torch.Tensor) -> torch.Tensor:
