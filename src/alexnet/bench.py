@@ -159,9 +159,9 @@ def machine_info(device: torch.device) -> dict[str, Any]:
         post = os.environ.get("ALEXNET_FUSE", "1") != "0" and os.environ.get("ALEXNET_POSTOPS", "1") != "0"
         post = post and torch.backends.mkldnn.is_available()
         layers = "conv3-5, fc6-8" if fuse else "fc6-8"
-        info["postops"] = f"{layers} with ReLU as oneDNN primitives" if post else "modules"
+        info["postops"] = f"{layers} as oneDNN primitives, ReLU in place" if post else "modules"
         # models/linear_train.py: fc6-8's three products of a training step
-        info["fc_train"] = "oneDNN products, ReLU fused (fp32)" if linear_train.switched_on() else "modules"
+        info["fc_train"] = "oneDNN products (fp32)" if linear_train.switched_on() else "modules"
         grads = native.weight_grad_kernel() is not None  # built for AVX-512, or AVX2 with FMA
         own = os.environ.get("ALEXNET_FIRST_CONV", "1") != "0" and grads
         info["conv1"] = "weight gradient by C++ kernel (fp32)" if own else "oneDNN"  # models/first_conv.py

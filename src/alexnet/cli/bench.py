@@ -35,7 +35,7 @@ def register(sub: Any) -> None:
         "(caffenet, zfnet) instead of from the pooled maps' gradient, ALEXNET_CONV_STAGE=0 conv2's weight "
         "gradient there by oneDNN from the full-size map, ALEXNET_AVX512=0 "
         "the CPU conv stages in fp32 and bf16 by the generic C++ loops instead of the AVX-512 code, ALEXNET_POSTOPS=0 "
-        "conv3-5 and fc6-8 in CPU inference as modules instead of oneDNN primitives with the ReLU fused, "
+        "conv3-5 and fc6-8 in CPU inference as modules instead of oneDNN primitives, "
         "ALEXNET_LINEAR=0 fc6-8 in CPU training as nn.Linear (MKL) instead of oneDNN's products, "
         "ALEXNET_CUDNN_BENCHMARK=0 cuDNN's algorithms chosen by its heuristics instead of timed per shape; "
         "the other way round, ALEXNET_FAST_LOG2=1, ALEXNET_KEEP_DENOMINATOR=1 and ALEXNET_STAGE_ROWS=1 turn on "
