@@ -38,6 +38,30 @@ def test_safetensors_round_trip_keeps_tensors_and_metadata(tmp_path):
     assert torch.equal(got.tensors["mean_image"], meta.tensors["mean_image"])
 
 
+def test_a_loaded_model_saved_again_keeps_its_metadata(tmp_path):
+    """save_weights without meta writes what the model carries: a model reloaded from it is fed (preprocessing)
+    and read (class names) as the original was; a fresh model carries none."""
+    m = alexnet.create_model("caffenet", num_classes=3)
+    assert m.weights_meta is None
+    pre = Preprocessing(
+        input_size=227, channel_order="BGR", pixel_scale=255.0, mean=(104, 117, 123), std=(1, 1, 1)
+    )
+    meta = WeightsMeta(classes=["a", "b", "c"], preprocessing=pre, source="test")
+    first = alexnet.create_model(None, weights=save_weights(m, tmp_path / "1.safetensors", meta))
+    again = alexnet.create_model(None, weights=save_weights(first, tmp_path / "2.safetensors"))
+    assert (again.weights_meta.classes, again.weights_meta.preprocessing) == (["a", "b", "c"], pre)
+    assert again.weights_meta.source == "test"
+
+
+def test_a_feature_extractor_saved_without_its_classifier_loads_back(tmp_path):
+    features = alexnet.create_model("alexnet", num_classes=0)
+    back = alexnet.create_model(None, weights=save_weights(features, tmp_path / "f.safetensors"))
+    assert back.num_classes == 0
+    x = torch.rand(1, 3, 227, 227)
+    with torch.no_grad():
+        assert torch.equal(back.eval()(x), features.eval()(x)) and back(x).shape == (1, 4096)
+
+
 def test_model_name_is_read_from_the_file(tmp_path):
     path = save_weights(alexnet.create_model("caffenet"), tmp_path / "c.safetensors")
     assert load_pretrained(None, path).config.name == "caffenet"

@@ -9,6 +9,7 @@ through :meth:`AlexNetFamily.layer` and :meth:`AlexNetFamily.named_layers`.
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import Any
 
 import torch
 from torch import nn
@@ -21,6 +22,10 @@ from alexnet.models.layers import GroupedConv2d, LocalResponseNorm, SpaceToDepth
 
 class AlexNetFamily(nn.Module):
     """conv stages (conv, ReLU, LRN, overlapping max-pool; AlexNet §3) then dropout-regularised fc layers."""
+
+    # The metadata of the weights loaded into the model (``alexnet.weights.WeightsMeta``: classes, preprocessing,
+    # source), set by ``create_model(..., weights=...)``; ``None`` for a freshly initialised one.
+    weights_meta: Any = None
 
     def __init__(self, config: ArchConfig) -> None:
         super().__init__()

@@ -128,7 +128,12 @@ def load_pretrained(
         config = ArchConfig.from_dict(meta.config)
     else:
         config = get_config(name)
-    classes = meta.num_classes or _classes_in(state, config) or num_classes or 1000
+    # 0 is a class count too (a feature extractor saved without its classifier)
+    classes = (
+        meta.num_classes
+        if meta.num_classes is not None
+        else _classes_in(state, config) or num_classes or 1000
+    )
     model = build_model(config, num_classes=classes, **overrides)
     load_state_dict_checked(model, state, str(weights))
     # what the record leaves out (a .pth file), from the model it was loaded into, as save_weights would

@@ -259,10 +259,15 @@ def atomic_write(path: str | Path, write: Any) -> Path:
 
 
 def save_weights(model: nn.Module, path: str | Path, meta: WeightsMeta | None = None) -> Path:
-    """Write ``model``'s state dict and ``meta`` to a ``.safetensors`` file atomically."""
+    """Write ``model``'s state dict and ``meta`` to a ``.safetensors`` file atomically. Without ``meta``, the
+    metadata the model carries (``model.weights_meta``: classes, preprocessing, source) is written, so that a
+    loaded model saved again keeps what it needs to be fed and read."""
+    import copy
+
     from safetensors.torch import save_file
 
-    meta = meta or WeightsMeta()
+    carried = getattr(model, "weights_meta", None)
+    meta = meta or (copy.deepcopy(carried) if isinstance(carried, WeightsMeta) else WeightsMeta())
     cfg = getattr(model, "config", None)
     if cfg is not None:
         meta.model = meta.model or cfg.name
