@@ -230,6 +230,31 @@ def test_an_input_too_small_for_the_trunk_is_refused_by_name() -> None:
     assert model(torch.randn(1, 3, 39, 39)).shape == (1, 1000)
 
 
+@pytest.mark.parametrize(
+    ("x", "says"),
+    [
+        (torch.rand(99, 99), "takes N×C×H×W image batches .* not a 2-D tensor"),
+        (torch.rand(2, 1, 3, 99, 99), "not a 5-D tensor"),
+        (torch.rand(1, 1, 99, 99), "takes 3-channel images; this input has 1 channels"),
+        (torch.zeros(1, 3, 99, 99, dtype=torch.uint8), "takes float images.*transforms.*not torch.uint8"),
+    ],
+)
+def test_an_input_that_is_not_an_image_batch_is_refused_with_what_to_do(x, says) -> None:
+    model = alexnet.create_model("alexnet", num_classes=4, input_size=99).eval()
+    with pytest.raises(InputSizeError, match=says):
+        model(x)
+
+
+def test_one_unbatched_image_gives_its_logits_as_nn_conv2d_takes_one() -> None:
+    torch.manual_seed(0)
+    model = alexnet.create_model("caffenet", num_classes=4, input_size=99).eval()
+    x = torch.rand(2, 3, 99, 99)
+    with torch.no_grad():
+        one = model(x[1])
+        assert one.shape == (4,)  # a batch of one and of two block the products apart: float32 rounding
+        torch.testing.assert_close(one, model(x)[1], rtol=1e-5, atol=1e-5)
+
+
 def test_registry_lists_filters_and_finds_models_as_timm_and_torchvision_do() -> None:
     assert alexnet.list_models("zf*") == ["zfnet", "zfnet_b"]
     assert set(alexnet.list_models(pretrained=True)) == {"alexnet_owt", "bvlc_alexnet", "caffenet"}

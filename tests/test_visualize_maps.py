@@ -120,6 +120,35 @@ def test_occlusion_maps_a_photograph_and_plots_three_panels(owt, chelsea) -> Non
         occlusion(owt, p.tensor, target=1000)
 
 
+def test_visualisations_refuse_what_the_model_cannot_take_before_any_work() -> None:
+    """The model's own InputSizeError (not a shape error deep in conv2d or fc6, nor after an occlusion sweep)."""
+    from alexnet.errors import InputSizeError, ModelOptionError
+    from alexnet.predict import predict
+    from alexnet.visualize.deconvnet import deconvnet
+
+    model = alexnet.create_model("alexnet", num_classes=10, input_size=99).eval()
+    with pytest.raises(InputSizeError, match="cannot take a 20×20 image"):
+        deconvnet(model, torch.rand(1, 3, 20, 20), "conv5", channel=1)
+    with pytest.raises(InputSizeError, match="cannot take a 20×20 image"):
+        capture(model, torch.rand(1, 3, 20, 20), ["pool5"])
+    with pytest.raises(InputSizeError, match=r"pool5 maps of 2×2 feed fc6.*gives pool5 maps of 4×4"):
+        occlusion(model, torch.rand(3, 139, 139), size=60, stride=60)
+    with pytest.raises(InputSizeError, match=r"not torch\.uint8"):
+        deconvnet(model, torch.zeros(1, 3, 99, 99, dtype=torch.uint8), "conv5", channel=1)
+    features = alexnet.create_model("alexnet", num_classes=0, input_size=99)
+    with pytest.raises(SelectionError, match="no classifier layer"):
+        occlusion(features, torch.rand(3, 99, 99), size=30, stride=30)
+    with pytest.raises(ModelOptionError, match="without its classifier layer"):
+        predict(features, torch.rand(1, 3, 99, 99))
+
+
+def test_capture_takes_one_layer_name_and_an_empty_batch() -> None:
+    model = alexnet.create_model("alexnet", num_classes=10, input_size=99)
+    assert capture(model, torch.rand(2, 3, 99, 99), "conv1")["conv1"].shape == (2, 96, 23, 23)
+    empty = capture(model, torch.rand(0, 3, 99, 99), ["conv1", "pool5"])
+    assert empty["conv1"].shape == (0, 96, 23, 23) and empty["pool5"].shape == (0, 256, 2, 2)
+
+
 def test_field_crop_keeps_the_content_where_it_sits_in_the_field() -> None:
     from alexnet.visualize.plot import field_crop
 

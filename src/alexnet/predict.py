@@ -12,7 +12,7 @@ import torch
 from alexnet.data.classes import class_names
 from alexnet.data.images import read_image
 from alexnet.data.preprocess import Preprocessing
-from alexnet.errors import ImageError
+from alexnet.errors import ImageError, ModelOptionError
 from alexnet.models import AlexNetFamily
 
 
@@ -74,6 +74,11 @@ def predict(model: AlexNetFamily, images: torch.Tensor, topk: int = 5) -> list[l
     """``images``: a normalised batch (N×3×H×W). Returns the top-k predictions of each image."""
     if topk < 1:  # topk(0) would return empty lists, silently
         raise ValueError(f"topk must be at least 1, got {topk}")
+    if model.num_classes == 0:
+        raise ModelOptionError(
+            f"{model.config.name} was built without its classifier layer (num_classes=0): it returns fc7's "
+            "features, not class scores"
+        )
     model.eval()
     probs = model(images).softmax(dim=1)
     k = min(topk, probs.shape[1])

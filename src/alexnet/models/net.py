@@ -171,14 +171,47 @@ class AlexNetFamily(nn.Module):
             out = out.contiguous()  # 9216 values an image; forward() keeps the kernels' layout instead
         return out
 
-    def _trunk(self, x: torch.Tensor) -> torch.Tensor:
-        # N×C×H×W or an unbatched C×H×W
-        if _sized(x) and x.dim() >= 3 and any(self.pool5_size(self.config, s) < 1 for s in x.shape[-2:]):
+    def check_input(self, x: torch.Tensor, classify: bool = False) -> None:
+        """:class:`InputSizeError` unless ``x`` is an image batch the trunk can take: N×C×H×W (or one C×H×W)
+        floats with the model's channels, large enough to leave a pool5 map; with ``classify``, also of the size
+        whose pool5 maps the classifier reads."""
+        if not _sized(x):
+            return
+        if x.dim() not in (3, 4):
+            raise InputSizeError(
+                f"{self.config.name} takes N×C×H×W image batches (or one C×H×W image), not a {x.dim()}-D tensor "
+                f"of shape {tuple(x.shape)}"
+            )
+        if x.shape[-3] != self.config.in_channels:
+            raise InputSizeError(
+                f"{self.config.name} takes {self.config.in_channels}-channel images; this input has "
+                f"{x.shape[-3]} channels (shape {tuple(x.shape)}; a grayscale or RGBA image converts to RGB)"
+            )
+        if not x.is_floating_point():
+            raise InputSizeError(
+                f"{self.config.name} takes float images, normalised as the weights were trained on "
+                f"(model.weights_meta.transforms(), alexnet.visualize.inputs.prepare), not {x.dtype}"
+            )
+        sides = [self.pool5_size(self.config, s) for s in x.shape[-2:]]
+        if any(s < 1 for s in sides):
             raise InputSizeError(
                 f"{self.config.name} cannot take a {x.shape[-2]}×{x.shape[-1]} image: its conv trunk leaves "
                 f"no pool5 map; the smallest side is {self.min_input_size(self.config)} px and the model "
                 f"was built for {self.config.input_size}×{self.config.input_size}"
             )
+        if classify and not self.config.adaptive_pool and sides != [self._pool5, self._pool5]:
+            raise self._head_size_error(*sides)
+
+    def _head_size_error(self, rows: int, cols: int) -> InputSizeError:
+        s = self._pool5
+        return InputSizeError(
+            f"{self.config.name} takes {self.config.input_size}×{self.config.input_size} images (pool5 maps "
+            f"of {s}×{s} feed fc{len(self.config.convs) + 1}); this input gives pool5 maps of {rows}×{cols}"
+        )
+
+    def _trunk(self, x: torch.Tensor) -> torch.Tensor:
+        # N×C×H×W or an unbatched C×H×W
+        self.check_input(x)
         x = fused.kernel_layout(self.features, x)
         if fused.applies(self.features, x):
             return fused.run(self.features, x)
@@ -191,12 +224,7 @@ class AlexNetFamily(nn.Module):
         if self.config.adaptive_pool:
             features = self.avgpool(features)
         elif _sized(features) and (features.shape[-1] != self._pool5 or features.shape[-2] != self._pool5):
-            s = self._pool5
-            raise InputSizeError(
-                f"{self.config.name} takes {self.config.input_size}×{self.config.input_size} images (pool5 maps "
-                f"of {s}×{s} feed fc{len(self.config.convs) + 1}); this input gives pool5 maps of "
-                f"{features.shape[-2]}×{features.shape[-1]}"
-            )
+            raise self._head_size_error(features.shape[-2], features.shape[-1])
         x = fused.flatten(self.features, features)
         classifier = self.classifier[:-1] if pre_logits else self.classifier
         if fused.has_norm(self.features):
@@ -207,6 +235,10 @@ class AlexNetFamily(nn.Module):
         return classifier(x)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits (N×classes) of an image batch, or of one C×H×W image (classes), as ``nn.Conv2d`` takes one."""
+        if _sized(x) and x.dim() == 3:
+            self.check_input(x)
+            return self.forward(x.unsqueeze(0)).squeeze(0)
         return self.forward_head(self._trunk(x))
 
     # --- timm's conveniences ----------------------------------------------------------------------------

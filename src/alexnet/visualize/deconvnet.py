@@ -145,10 +145,11 @@ def deconvnet(
 
     ``images``: a normalised batch N×3×H×W (or one 3×H×W image). ``layer``: a conv-trunk layer (``conv1`` …
     ``pool5``; ``convN`` is before its ReLU). Returns N×3×H×W, in the input's units (not rescaled for display;
-    see :func:`alexnet.visualize.plot.to_display`).
+    see :func:`alexnet.visualize.plot.projection_to_image`).
     """
     if images.ndim == 3:
         images = images.unsqueeze(0)
+    model.check_input(images)
     check_trunk_layer(model, layer)
     with evaluating(model):
         acts, steps = _forward_record(model, images, layer)
@@ -176,6 +177,7 @@ def deconvnet_strongest(
     """For each image, project only the strongest activation of feature map ``channel`` (ZF Fig. 2 and 4)."""
     if images.ndim == 3:
         images = images.unsqueeze(0)
+    model.check_input(images)
     check_trunk_layer(model, layer)
     with evaluating(model):
         acts, steps = _forward_record(model, images, layer)

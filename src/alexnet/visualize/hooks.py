@@ -105,18 +105,23 @@ def deepest(model: AlexNetFamily, layers: Iterable[str]) -> str:
 
 
 def capture(
-    model: AlexNetFamily, images: torch.Tensor, layers: list[str], batch_size: int | None = None
+    model: AlexNetFamily, images: torch.Tensor, layers: list[str] | str, batch_size: int | None = None
 ) -> dict[str, torch.Tensor]:
     """Activations of ``layers`` (paper names) for a normalised batch ``images`` (N×3×H×W), on the CPU.
 
     Runs in eval mode under ``torch.inference_mode`` and stops after the deepest requested layer. With
     ``batch_size`` the batch is processed in chunks (bounded memory) and the results concatenated.
     """
+    if isinstance(layers, str):  # one name, not its letters
+        layers = [layers]
     if not layers:
         return {}
     last = deepest(model, layers)
     if images.ndim == 3:
         images = images.unsqueeze(0)
+    check = getattr(model, "check_input", None)
+    if check is not None:
+        check(images)
     device = next(model.parameters()).device
     step = batch_size or len(images) or 1
     parts: dict[str, list[torch.Tensor]] = {name: [] for name in layers}
@@ -125,4 +130,8 @@ def capture(
             _, kept = walk(model, images[start : start + step].to(device), last, layers)
             for name in layers:
                 parts[name].append(kept[name].cpu())
+    if not len(images):  # an empty batch: empty maps of each layer's shape
+        with evaluating(model), torch.inference_mode():
+            _, kept = walk(model, images.to(device), last, layers)
+        return {name: kept[name].cpu() for name in layers}
     return {name: torch.cat(chunks) for name, chunks in parts.items()}

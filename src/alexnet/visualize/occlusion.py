@@ -93,6 +93,11 @@ def occlusion(
         )
     if stride < 1 or batch_size < 1:
         raise SelectionError("stride and batch size must be at least 1")
+    if model.num_classes == 0:  # ZF Fig. 7's (c)–(e) need class probabilities
+        raise SelectionError(
+            f"{model.config.name} has no classifier layer (num_classes=0): occlusion maps class probabilities"
+        )
+    model.check_input(image, classify=True)  # channels, dtype, a size the classifier reads: before the sweep
     layer = layer or default_layer(model)
     check_trunk_layer(model, layer)
     last = model.layer_names()[-1]
