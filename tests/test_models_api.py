@@ -255,6 +255,26 @@ def test_one_unbatched_image_gives_its_logits_as_nn_conv2d_takes_one() -> None:
         torch.testing.assert_close(one, model(x)[1], rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize(
+    ("typo", "meant"), [("alexnt", "alexnet"), ("AlexNet", "alexnet"), ("zfnet-b", "zfnet_b")]
+)
+def test_an_unknown_model_name_suggests_the_nearest(typo, meant) -> None:
+    with pytest.raises(
+        ModelNotFound, match=f"unknown model '{typo}'; did you mean '{meant}'\\? choose one of"
+    ):
+        alexnet.create_model(typo)
+    with pytest.raises(ModelNotFound, match="unknown model 'vgg'; choose one of"):  # nothing close: no guess
+        alexnet.create_model("vgg")
+
+
+@pytest.mark.parametrize("size", [0, -5, 224.0, True])
+def test_summarize_refuses_an_input_size_that_is_not_a_pixel_count(size) -> None:
+    from alexnet.analysis.summary import summarize
+
+    with pytest.raises(InputSizeError, match="input size must be a whole number of pixels"):
+        summarize(alexnet.create_model("alexnet"), size)
+
+
 def test_registry_lists_filters_and_finds_models_as_timm_and_torchvision_do() -> None:
     assert alexnet.list_models("zf*") == ["zfnet", "zfnet_b"]
     assert set(alexnet.list_models(pretrained=True)) == {"alexnet_owt", "bvlc_alexnet", "caffenet"}

@@ -22,6 +22,7 @@ import torch
 from torch import nn
 
 from alexnet.analysis.receptive import Field
+from alexnet.errors import InputSizeError
 from alexnet.models import AlexNetFamily, LocalResponseNorm
 
 FP32_BYTES = 4
@@ -119,8 +120,13 @@ def _geometry(module: nn.Module, fld: Field, in_shape: torch.Size) -> Field:
 
 @torch.no_grad()
 def summarize(model: AlexNetFamily, input_size: int | None = None) -> ModelSummary:
-    """Run one image through ``model`` with forward hooks and tabulate every paper-named layer."""
-    size = input_size or model.default_input_size
+    """Run one image through ``model`` with forward hooks and tabulate every paper-named layer, at the model's
+    input size or ``input_size`` pixels."""
+    if input_size is not None and (
+        isinstance(input_size, bool) or not isinstance(input_size, int) or input_size < 1
+    ):
+        raise InputSizeError(f"input size must be a whole number of pixels ≥ 1, not {input_size!r}")
+    size = model.default_input_size if input_size is None else input_size
     summary = ModelSummary(model=model.config.name, input_size=size)
     seen: dict[str, tuple[torch.Size, torch.Tensor, torch.Tensor]] = {}
     modules = dict(model.named_layers())

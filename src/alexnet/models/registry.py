@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import difflib
 from typing import Any
 
 from alexnet.errors import ModelNotFound
@@ -15,10 +16,14 @@ def list_models() -> list[str]:
 
 
 def get_config(name: str) -> ArchConfig:
+    """The registered :class:`ArchConfig` called ``name``; :class:`ModelNotFound` (with the nearest name, if one
+    is close) otherwise."""
     try:
         return CONFIGS[name]
     except (KeyError, TypeError):  # TypeError: an unhashable "name"
-        raise ModelNotFound(f"unknown model {name!r}; choose one of: {', '.join(CONFIGS)}") from None
+        close = difflib.get_close_matches(str(name).lower().replace("-", "_"), CONFIGS, n=1, cutoff=0.6)
+        hint = f"did you mean {close[0]!r}? " if close else ""
+        raise ModelNotFound(f"unknown model {name!r}; {hint}choose one of: {', '.join(CONFIGS)}") from None
 
 
 def register(config: ArchConfig) -> ArchConfig:
