@@ -65,7 +65,7 @@ def test_prepare_feeds_exactly_what_predict_feeds_on_a_non_square_image(make, wi
     prepared = prepare(model, wide_jpeg)  # the README's Python way
     fed = input_transform(model)(read_image(wide_jpeg))  # what `alexnet predict` / eval feed
     assert prepared.tensor.dtype == fed.dtype and torch.equal(prepared.tensor, fed)
-    pre = model.weights_meta.preprocessing if hasattr(model, "weights_meta") else None
+    pre = model.weights_meta.preprocessing if model.weights_meta is not None else None
     pre = pre or Preprocessing(input_size=model.default_input_size)
     assert torch.equal(prepared.crop, transforms.eval_crop(pre)(read_image(wide_jpeg)))
 
@@ -124,3 +124,22 @@ def test_a_float_image_in_0_1_gives_the_input_of_its_uint8_form(with_mean_image:
     torch.testing.assert_close(pipeline(img.float() / 255.0), pipeline(img), rtol=0, atol=grey_level * 1.01)
     with pytest.raises(DataError, match="uint8 image, or a float one"):
         pipeline(img.to(torch.int32))
+
+
+def test_the_weights_transforms_take_grayscale_rgba_and_numpy_images_as_rgb(wide_jpeg):
+    """ImageNet holds grayscale JPEGs: in memory (PIL, NumPy, a 1×H×W tensor) they are fed as read_image feeds
+    them, as RGB; an alpha channel is dropped."""
+    preprocess = WeightsMeta(preprocessing=Preprocessing()).transforms()
+    rgb = Image.open(wide_jpeg).convert("RGB")
+    want = preprocess(rgb)
+    assert torch.equal(preprocess(read_image(wide_jpeg)), want)
+    assert torch.equal(preprocess(np.asarray(rgb)), want) and torch.equal(
+        preprocess(rgb.convert("RGBA")), want
+    )
+    gray = rgb.convert("L")
+    as_rgb = preprocess(gray.convert("RGB"))
+    assert torch.equal(preprocess(gray), as_rgb)
+    assert torch.equal(preprocess(torch.from_numpy(np.array(gray))[None]), as_rgb)
+    assert torch.equal(preprocess(np.asarray(gray)), as_rgb)
+    with pytest.raises(DataError, match="1, 3 or 4 channels"):
+        preprocess(torch.zeros(2, 30, 30, dtype=torch.uint8))

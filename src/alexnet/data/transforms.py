@@ -19,6 +19,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any, Literal
 
+import numpy as np
 import torch
 from torch import nn
 from torchvision.transforms import v2
@@ -163,6 +164,28 @@ def _as_0_255(img: torch.Tensor) -> torch.Tensor:
     if img.dtype != torch.uint8:
         raise DataError(f"expected a uint8 image, or a float one in 0–1, not {img.dtype}")
     return img
+
+
+class AsRGB(nn.Module):
+    """A PIL image, a NumPy H×W×C (or H×W) array or a C×H×W tensor (or a batch) → RGB 3×H×W, dtype kept:
+    grayscale repeated into three channels, an alpha channel dropped. ImageNet holds grayscale and CMYK JPEGs;
+    :func:`alexnet.data.images.read_image` converts them, and this does the same for images already in memory."""
+
+    def forward(self, img: Any) -> torch.Tensor:
+        from PIL import Image
+
+        if isinstance(img, Image.Image):
+            return F.pil_to_tensor(img.convert("RGB"))
+        if not isinstance(img, torch.Tensor):  # NumPy (skimage, PIL's np.asarray): channels last
+            array = torch.from_numpy(np.array(img))  # a copy: np.asarray of a PIL image is read-only
+            img = array[None] if array.ndim == 2 else array.permute(2, 0, 1)
+        if img.ndim < 3 or img.shape[-3] not in (1, 3, 4):
+            raise DataError(
+                f"expected an image with 1, 3 or 4 channels (C×H×W), got shape {tuple(img.shape)}"
+            )
+        if img.shape[-3] == 1:
+            return img.expand(*img.shape[:-3], 3, *img.shape[-2:]).contiguous()
+        return img[..., :3, :, :] if img.shape[-3] == 4 else img
 
 
 class TenCrop(nn.Module):

@@ -95,14 +95,15 @@ class WeightsMeta:
         ``alexnet eval`` use (:func:`alexnet.predict.input_transform`, the same numbers): shorter side ``resize``,
         central ``resize`` patch (AlexNet §2), its central ``input_size`` crop, then the weights' normalisation,
         per-pixel mean image included. Takes a ``uint8`` 3×H×W tensor (``torchvision.io.read_image``), a batch
-        of them, or a PIL image; ``ten_crop``: AlexNet §4.1's ten crops (10×3×S×S)."""
+        of them, a PIL image or a NumPy H×W×C array; grayscale and RGBA images become RGB first
+        (:class:`~alexnet.data.transforms.AsRGB`). ``ten_crop``: AlexNet §4.1's ten crops (10×3×S×S)."""
         from torchvision.transforms import v2
 
         from alexnet.data import transforms
 
         pre, mean = self.eval_preprocessing(), self.mean_image()
         steps = transforms.ten_crop if ten_crop else transforms.eval_transform
-        return v2.Compose([v2.PILToTensor(), *steps(pre, mean_image=mean).transforms])
+        return v2.Compose([transforms.AsRGB(), *steps(pre, mean_image=mean).transforms])
 
     def arch_config(self) -> ArchConfig | None:
         """The architecture these weights are for: the recorded one, else the registered model's."""
