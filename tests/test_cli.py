@@ -299,6 +299,14 @@ def test_predict_with_topk_zero_is_refused_not_an_empty_list():
         predict(model, torch.zeros(1, 3, 227, 227), topk=0)
 
 
+def test_predict_leaves_the_model_in_the_mode_it_found_it():
+    from alexnet.predict import predict
+
+    model = alexnet.create_model("alexnet", num_classes=10, input_size=99).train()
+    (top,) = predict(model, torch.rand(1, 3, 99, 99), topk=2)
+    assert len(top) == 2 and model.training
+
+
 def test_weights_info_shows_stored_numbers_without_float_noise(capsys, tmp_path):
     path = tmp_path / "w.safetensors"
     model = alexnet.create_model("alexnet_owt")

@@ -79,8 +79,13 @@ def predict(model: AlexNetFamily, images: torch.Tensor, topk: int = 5) -> list[l
             f"{model.config.name} was built without its classifier layer (num_classes=0): it returns fc7's "
             "features, not class scores"
         )
-    model.eval()
-    probs = model(images).softmax(dim=1)
+    was_training = model.training
+    try:
+        model.eval()
+        with torch.inference_mode():
+            probs = model(images).softmax(dim=1)
+    finally:
+        model.train(was_training)  # the caller's mode, as capture() and summarize() leave it
     k = min(topk, probs.shape[1])
     values, indices = probs.topk(k, dim=1)
     labels = labels_of(model)
