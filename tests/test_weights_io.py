@@ -53,6 +53,16 @@ def test_a_loaded_model_saved_again_keeps_its_metadata(tmp_path):
     assert again.weights_meta.source == "test"
 
 
+def test_reset_classifier_updates_the_loaded_weights_record(tmp_path):
+    m = alexnet.create_model("caffenet", num_classes=3)
+    path = save_weights(m, tmp_path / "c.safetensors", WeightsMeta(classes=["a", "b", "c"]))
+    loaded = alexnet.create_model(None, weights=path)
+    loaded.reset_classifier(5)  # fine-tuning: the file's class names no longer apply
+    meta = loaded.weights_meta
+    assert (meta.num_classes, meta.classes, meta.config["num_classes"]) == (5, None, 5)
+    assert meta.meta["num_params"] == sum(p.numel() for p in loaded.parameters())
+
+
 def test_a_feature_extractor_saved_without_its_classifier_loads_back(tmp_path):
     features = alexnet.create_model("alexnet", num_classes=0)
     back = alexnet.create_model(None, weights=save_weights(features, tmp_path / "f.safetensors"))

@@ -272,6 +272,9 @@ class AlexNetFamily(nn.Module):
                 nn.init.constant_(fc.bias, spec.bias)
         self.classifier[len(self.classifier) - 1] = fc
         self.config, self.num_classes = self.config.with_overrides(num_classes=num_classes), num_classes
+        if self.weights_meta is not None:  # the loaded weights' record no longer names these classes
+            self.weights_meta.num_classes, self.weights_meta.classes = num_classes, None
+            self.weights_meta.config = self.config.to_dict()
 
 
 def _sized(x: object) -> bool:

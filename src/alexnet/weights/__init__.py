@@ -157,9 +157,5 @@ def _with_classes(model: AlexNetFamily, num_classes: int | None) -> AlexNetFamil
     the metadata then no longer names the classes."""
     if num_classes is None or num_classes == model.num_classes:
         return model
-    model.reset_classifier(num_classes)
-    meta = getattr(model, "weights_meta", None)
-    if meta is not None:
-        meta.num_classes, meta.classes = num_classes, None
-        meta.config = model.config.to_dict()
+    model.reset_classifier(num_classes)  # which also updates model.weights_meta
     return model
