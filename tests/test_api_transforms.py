@@ -143,3 +143,16 @@ def test_the_weights_transforms_take_grayscale_rgba_and_numpy_images_as_rgb(wide
     assert torch.equal(preprocess(np.asarray(gray)), as_rgb)
     with pytest.raises(DataError, match="1, 3 or 4 channels"):
         preprocess(torch.zeros(2, 30, 30, dtype=torch.uint8))
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "says"),
+    [
+        (dict(channel_order="rgb"), "channel_order must be 'RGB' or 'BGR'"),
+        (dict(std=(1.0, 0.0, 1.0)), "std non-zero"),
+        (dict(mean=(0.5, 0.5)), "3 values each"),
+    ],
+)
+def test_a_preprocessing_record_that_would_feed_images_wrongly_is_refused(kwargs, says):
+    with pytest.raises(DataError, match=says):
+        Preprocessing(**kwargs)

@@ -142,6 +142,17 @@ def test_visualisations_refuse_what_the_model_cannot_take_before_any_work() -> N
         predict(features, torch.rand(1, 3, 99, 99))
 
 
+def test_top_channels_ranks_one_images_channels_not_a_batch() -> None:
+    from alexnet.visualize.activations import top_channels
+
+    maps = torch.zeros(4, 5, 5)
+    maps[2] = 3.0
+    maps[0] = 1.0
+    assert top_channels(maps, 2).tolist() == [2, 0]
+    with pytest.raises(SelectionError, match=r"one image's maps \(C×H×W\)"):
+        top_channels(maps[None], 2)
+
+
 def test_capture_takes_one_layer_name_and_an_empty_batch() -> None:
     model = alexnet.create_model("alexnet", num_classes=10, input_size=99)
     assert capture(model, torch.rand(2, 3, 99, 99), "conv1")["conv1"].shape == (2, 96, 23, 23)

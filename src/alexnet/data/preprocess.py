@@ -37,6 +37,13 @@ class Preprocessing:
     pixel_scale: float = 1.0  # 1.0: pixels in 0–1; 255.0: pixels in 0–255 (Caffe)
     mean_image: bool = False  # per-pixel mean image (AlexNet §2) instead of the per-channel mean
 
+    def __post_init__(self) -> None:
+        # a typo here would feed every image in the wrong colour order, silently
+        if self.channel_order not in ("RGB", "BGR"):
+            raise DataError(f"channel_order must be 'RGB' or 'BGR', not {self.channel_order!r}")
+        if len(self.mean) != 3 or len(self.std) != 3 or any(s == 0 for s in self.std):
+            raise DataError(f"mean and std need 3 values each, std non-zero (got {self.mean}, {self.std})")
+
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 

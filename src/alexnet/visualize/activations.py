@@ -30,6 +30,8 @@ def top_channels(acts: torch.Tensor, k: int) -> torch.Tensor:
     """Indices of the ``k`` channels of ``acts`` (C×H×W) with the largest mean activation, strongest first."""
     if k < 1:
         raise SelectionError(f"top must be at least 1, got {k}")
+    if acts.dim() != 3:  # a batch would rank its images, not its channels
+        raise SelectionError(f"top_channels takes one image's maps (C×H×W), got shape {tuple(acts.shape)}")
     strength = acts.detach().float().flatten(1).mean(dim=1)
     return strength.topk(min(k, acts.shape[0])).indices
 
