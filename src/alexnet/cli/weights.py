@@ -46,7 +46,7 @@ def register(sub: Any) -> None:
     imp.add_argument(
         "--input-convention",
         choices=["caffe", "imagenet"],
-        default="caffe",
+        default=_ONLY_FOR["input_convention"][2],
         help="what an ONNX graph without our metadata expects: caffe (BGR, 0-255, minus the mean pixel; the "
         "zoo's AlexNet family, default) or imagenet (RGB, 0-1, mean/std)",
     )
@@ -93,26 +93,19 @@ def _check_out(args: argparse.Namespace) -> Path:
     return writable_file(out)
 
 
-# The import flags that apply to only some sources: refused elsewhere rather than silently ignored.
-_ONLY_FOR = {
-    "name": ("an .onnx or .caffemodel import", (".onnx", ".caffemodel")),
-    "mean_file": ("a .caffemodel import", (".caffemodel",)),
-    "rgb": ("an .onnx or .caffemodel import", (".onnx", ".caffemodel")),
-    "no_verify": ("an .onnx import", (".onnx",)),
-    "input_convention": ("an .onnx import", (".onnx",)),
-}
-_IMPORT_DEFAULTS = {
-    "name": None,
-    "mean_file": None,
-    "rgb": False,
-    "no_verify": False,
-    "input_convention": "caffe",
+# The import flags that apply to only some sources, with their defaults: refused elsewhere, not ignored.
+_ONLY_FOR: dict[str, tuple[str, tuple[str, ...], Any]] = {
+    "name": ("an .onnx or .caffemodel import", (".onnx", ".caffemodel"), None),
+    "mean_file": ("a .caffemodel import", (".caffemodel",), None),
+    "rgb": ("an .onnx or .caffemodel import", (".onnx", ".caffemodel"), False),
+    "no_verify": ("an .onnx import", (".onnx",), False),
+    "input_convention": ("an .onnx import", (".onnx",), "caffe"),
 }
 
 
 def _refuse_flags_that_do_not_apply(args: argparse.Namespace, kind: str) -> None:
-    for dest, (what, kinds) in _ONLY_FOR.items():
-        if kind not in kinds and getattr(args, dest) != _IMPORT_DEFAULTS[dest]:
+    for dest, (what, kinds, default) in _ONLY_FOR.items():
+        if kind not in kinds and getattr(args, dest) != default:
             raise CommandError(f"--{dest.replace('_', '-')} goes with {what}, not with {args.source}")
 
 
