@@ -124,6 +124,23 @@ def test_pth_state_dict_is_read_without_unpickling_code(tmp_path):
     assert torch.equal(m.state_dict()["features.0.weight"], sd["features.0.weight"])
 
 
+def test_save_weights_refuses_a_name_that_promises_torch_save_format(tmp_path):
+    with pytest.raises(OutputError, match=r"writes safetensors; name the file \.safetensors"):
+        save_weights(alexnet.create_model("caffenet", num_classes=3), tmp_path / "m.pth")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_weights_are_read_by_their_content_not_their_name(tmp_path):
+    model = alexnet.create_model("caffenet", num_classes=3)
+    state = model.state_dict()
+    save_weights(model, tmp_path / "m.safetensors").rename(tmp_path / "renamed.pth")
+    torch.save(state, tmp_path / "saved.safetensors")
+    for name in ("renamed.pth", "saved.safetensors"):
+        loaded = alexnet.create_model("caffenet", num_classes=3, weights=tmp_path / name)
+        assert all(torch.equal(loaded.state_dict()[k], v) for k, v in state.items()), name
+    assert read_weights(tmp_path / "renamed.pth")[1].model == "caffenet"  # the metadata came along
+
+
 class Evil:
     def __reduce__(self):
         return (os.system, ("echo pwned > /tmp/alexnet-pwned",))

@@ -26,6 +26,7 @@ if TYPE_CHECKING:
     from alexnet.models import ArchConfig
 
 EXTRA_PREFIX = "__extra__."  # tensors that are not parameters (e.g. a per-pixel mean image)
+TORCH_SUFFIXES = (".pth", ".pt", ".bin", ".ckpt")  # names that promise torch.save's format to other tools
 
 
 @dataclass
@@ -267,6 +268,8 @@ def save_weights(model: nn.Module, path: str | Path, meta: WeightsMeta | None = 
 
     from safetensors.torch import save_file
 
+    if Path(path).suffix in TORCH_SUFFIXES:  # torch.load and other tools would expect a pickle under that name
+        raise OutputError(f"{path}: save_weights writes safetensors; name the file .safetensors")
     carried = getattr(model, "weights_meta", None)
     meta = meta or (copy.deepcopy(carried) if isinstance(carried, WeightsMeta) else WeightsMeta())
     cfg = getattr(model, "config", None)
@@ -280,15 +283,16 @@ def save_weights(model: nn.Module, path: str | Path, meta: WeightsMeta | None = 
 
 
 def read_weights(path: str | Path) -> tuple[dict[str, torch.Tensor], WeightsMeta]:
-    """Read a weights file (``.safetensors``, or ``.pth``/``.pt`` with ``weights_only=True``)."""
+    """Read a weights file: safetensors, or what ``torch.save`` wrote (``.pth``/``.pt``…) with
+    ``weights_only=True``, told apart by the file's first bytes."""
     p = Path(path)
     if not p.is_file():
         raise WeightsError(f"{p}: no such weights file" if not p.exists() else f"{p}: not a file")
     try:
-        p.open("rb").close()
+        torch_file = _is_torch_file(p)
     except OSError as e:  # safetensors would report a file it may not read as missing
         raise WeightsError(f"{p}: cannot read the weights file ({e.strerror or e})") from None
-    if p.suffix in (".pth", ".pt", ".bin", ".ckpt"):
+    if torch_file:
         return _read_torch(p)
     from safetensors import SafetensorError, safe_open
 
@@ -303,9 +307,22 @@ def read_weights(path: str | Path) -> tuple[dict[str, torch.Tensor], WeightsMeta
     return state, meta
 
 
+def _is_torch_file(p: Path) -> bool:
+    """Whether ``p`` is read with ``torch.load``: by its first bytes (a zip archive or a pickle), else by its name.
+    A safetensors file starts with its header's length (8 bytes) and the header's ``{``, whatever it is called."""
+    with p.open("rb") as f:
+        head = f.read(9)
+    if head.startswith(b"PK\x03\x04") or head[:1] == b"\x80":
+        return True
+    if len(head) == 9 and head[8:9] == b"{":
+        return False
+    return p.suffix in TORCH_SUFFIXES
+
+
 def _read_torch(p: Path) -> tuple[dict[str, torch.Tensor], WeightsMeta]:
     try:
-        obj = torch.load(p, map_location="cpu", weights_only=True)
+        with p.open("rb") as f:  # a file object: torch.load would take a .safetensors name as safetensors
+            obj = torch.load(f, map_location="cpu", weights_only=True)
     except Exception as e:  # the weights-only unpickler fails on junk with KeyError, IndexError, …
         raise WeightsError(f"{p}: not a loadable PyTorch weights file ({load_failure(e)})") from None
     if isinstance(obj, dict):
