@@ -183,7 +183,7 @@ def compute_stats(
     if not 16 <= size <= 1024:
         raise DataError(f"size must be 16–1024 pixels, not {size}")
     if max_images is not None and max_images < 1:
-        raise DataError(f"--max-images must be ≥ 1, not {max_images}")
+        raise DataError(f"max_images (--max-images) must be ≥ 1, not {max_images}")
     transform = v2.Compose([*central_patch(size).transforms, v2.ToDtype(torch.float32, scale=True)])
     dataset = ImageFolder(root, split, transform, min_side=size)
     attach(dataset, size)  # `alexnet data-pack`'s pixels are this transform's first two steps

@@ -117,7 +117,9 @@ def load_pretrained(
     else:
         state, meta = read_weights(weights)
     if name is None and meta.model is None:
-        raise WeightsError(f"{weights}: the file does not say which model it is for; pass --model")
+        raise WeightsError(
+            f"{weights}: the file does not say which model it is for; name the model (--model on the command line)"
+        )
     if name is not None and meta.model is not None and meta.model != name:
         raise WeightsMismatch(f"{weights}: holds weights for model {meta.model!r}, not {name!r}")
     name = name or meta.model
