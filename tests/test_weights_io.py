@@ -141,6 +141,19 @@ def test_weights_are_read_by_their_content_not_their_name(tmp_path):
     assert read_weights(tmp_path / "renamed.pth")[1].model == "caffenet"  # the metadata came along
 
 
+def test_a_safetensors_file_whose_header_length_starts_like_a_pickle_is_read_as_safetensors(tmp_path):
+    from safetensors.torch import save_file
+
+    path, x = tmp_path / "w.safetensors", torch.arange(6.0)
+    for pad in range(300):  # the header's length is a multiple of 8; find metadata that makes its low byte 0x80
+        save_file({"x": x}, str(path), metadata={"pad": "p" * pad})
+        if path.read_bytes()[0] == 0x80:
+            break
+    assert path.read_bytes()[0] == 0x80  # the first byte of a pickle (protocol ≥ 2)
+    state, _ = read_weights(path)
+    assert torch.equal(state["x"], x)
+
+
 class Evil:
     def __reduce__(self):
         return (os.system, ("echo pwned > /tmp/alexnet-pwned",))

@@ -312,10 +312,10 @@ def _is_torch_file(p: Path) -> bool:
     A safetensors file starts with its header's length (8 bytes) and the header's ``{``, whatever it is called."""
     with p.open("rb") as f:
         head = f.read(9)
+    if len(head) == 9 and head[8:9] == b"{" and int.from_bytes(head[:8], "little") <= p.stat().st_size - 8:
+        return False  # checked first: the length's low byte may be a pickle's 0x80
     if head.startswith(b"PK\x03\x04") or head[:1] == b"\x80":
         return True
-    if len(head) == 9 and head[8:9] == b"{":
-        return False
     return p.suffix in TORCH_SUFFIXES
 
 
