@@ -144,6 +144,8 @@ def machine_info(device: torch.device) -> dict[str, Any]:
     info["lrn"] = "PyTorch ops"
     if device.type == "cpu" and native.kernel() is not None:
         info["lrn"] = "fused C++ kernel"
+        if extra := os.environ.get("ALEXNET_NATIVE_CFLAGS", "").strip():  # e.g. -O0: slower kernels
+            info["lrn"] += f" (built with {extra})"
     elif device.type == "cuda" and triton_kernels() is not None:
         info["lrn"] = "Triton kernels"
     # ReLU + LRN + max-pool of a channels-last stage as one kernel (models/fused.py)

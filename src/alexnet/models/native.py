@@ -7,8 +7,9 @@ Why not ``torch.utils.cpp_extension``: the kernel needs no PyTorch headers (it w
 shares torch's thread pool settings; the thread count is passed on every call (``torch.get_num_threads()``).
 ctypes releases the GIL during the call.
 
-The build goes to ``$ALEXNET_CACHE`` (default ``~/.cache/alexnet``)``/native/lrn-<hash>.so``, the hash covering the
-source, the compiler command and the CPU's flags (``-march=native`` code must not run on another CPU). The file
+``$ALEXNET_NATIVE_CFLAGS`` adds compiler flags after those (``-O0 -g`` for a debugger, ``-fsanitize=...``; a later
+``-O`` wins). The build goes to ``$ALEXNET_CACHE`` (default ``~/.cache/alexnet``)``/native/lrn-<hash>.so``, the hash
+covering the source, the compiler command and the CPU's flags (``-march=native`` code must not run on another CPU). The file
 is written under a temporary name and renamed, so concurrent builds (one per DDP rank) never load a half-written
 library. No compiler, a failed build, or ``ALEXNET_NATIVE=0`` → :func:`kernel` returns ``None`` and the LRN runs
 as the PyTorch composition in ``layers.py`` (same numbers, slower); the reason is logged once. The same library
@@ -26,6 +27,7 @@ import hashlib
 import logging
 import os
 import platform
+import shlex
 import shutil
 import subprocess
 import tempfile
@@ -78,8 +80,9 @@ def build(out_dir: Path | None = None) -> Path:
         raise RuntimeError(
             f"no C++ compiler found ({os.environ.get('CXX') or 'c++, g++, clang++'} not on PATH; set CXX)"
         )
+    flags = [*FLAGS, *shlex.split(os.environ.get("ALEXNET_NATIVE_CFLAGS", ""))]
     sources = [path.read_bytes() for path in [*SOURCES, *HEADERS]]
-    key = hashlib.sha256(b"\0".join([*sources, " ".join([cxx, *FLAGS]).encode(), _cpu_signature().encode()]))
+    key = hashlib.sha256(b"\0".join([*sources, " ".join([cxx, *flags]).encode(), _cpu_signature().encode()]))
     out_dir = out_dir or cache_dir()
     target = out_dir / f"lrn-{key.hexdigest()[:16]}.so"
     if target.exists():
@@ -93,8 +96,8 @@ def build(out_dir: Path | None = None) -> Path:
             # one compiler per source, side by side: the build takes as long as its longest file
             objects = [str(Path(work) / f"{path.stem}.o") for path in SOURCES]
             pairs = zip(SOURCES, objects, strict=True)
-            _run_all([[cxx, *FLAGS, "-c", str(path), "-o", obj] for path, obj in pairs])
-            _run_all([[cxx, *FLAGS, *objects, "-o", tmp]])
+            _run_all([[cxx, *flags, "-c", str(path), "-o", obj] for path, obj in pairs])
+            _run_all([[cxx, *flags, *objects, "-o", tmp]])
         os.replace(tmp, target)
     finally:
         if os.path.exists(tmp):
