@@ -145,7 +145,8 @@ def test_a_safetensors_file_whose_header_length_starts_like_a_pickle_is_read_as_
     from safetensors.torch import save_file
 
     path, x = tmp_path / "w.safetensors", torch.arange(6.0)
-    for pad in range(300):  # the header's length is a multiple of 8; find metadata that makes its low byte 0x80
+    # the header's length is a multiple of 8: find the metadata that makes its low byte 0x80
+    for pad in range(300):
         save_file({"x": x}, str(path), metadata={"pad": "p" * pad})
         if path.read_bytes()[0] == 0x80:
             break

@@ -268,7 +268,8 @@ def save_weights(model: nn.Module, path: str | Path, meta: WeightsMeta | None = 
 
     from safetensors.torch import save_file
 
-    if Path(path).suffix in TORCH_SUFFIXES:  # torch.load and other tools would expect a pickle under that name
+    # torch.load and other tools would expect a pickle under such a name
+    if Path(path).suffix in TORCH_SUFFIXES:
         raise OutputError(f"{path}: save_weights writes safetensors; name the file .safetensors")
     carried = getattr(model, "weights_meta", None)
     meta = meta or (copy.deepcopy(carried) if isinstance(carried, WeightsMeta) else WeightsMeta())
