@@ -99,14 +99,18 @@ def test_nan_and_infinities_reach_the_pooled_maps_as_in_the_generic_kernel(pool_
     torch.testing.assert_close(got, want, rtol=0, atol=0, equal_nan=True)
 
 
+@pytest.mark.skipif(not AVX512, reason="the library was built without AVX-512: it takes no stage at all")
 @pytest.mark.parametrize(
-    "c, size, beta",
-    [(40, 5, 0.75), (32, 3, 0.75), (32, 5, 0.5)],  # channels not 16k; another window; beta
+    "c, size, beta, taken",
+    # channels not 16k; another window; another beta; and the paper's stage, which it takes
+    [(40, 5, 0.75, False), (32, 3, 0.75, False), (32, 5, 0.5, False), (32, 5, 0.75, True)],
 )
-def test_other_stages_are_left_to_the_generic_kernel(c, size, beta, monkeypatch):
+def test_other_stages_are_left_to_the_generic_kernel(c, size, beta, taken, monkeypatch):
     x = torch.randn(1, c, 9, 9).contiguous(memory_format=CL)
-    got, _ = both_ways(x, fused.StageArgs(False, size, 1e-4, beta, 2.0, 3, 2, True), monkeypatch)
-    assert got is None
+    got, want = both_ways(x, fused.StageArgs(False, size, 1e-4, beta, 2.0, 3, 2, True), monkeypatch)
+    assert (got is not None) == taken
+    if taken:
+        torch.testing.assert_close(got, want, rtol=0, atol=0)
 
 
 def test_a_model_asks_for_the_avx512_stages_unless_alexnet_avx512_is_0(monkeypatch):

@@ -118,7 +118,8 @@ def read_health(path: Path) -> list[HealthRecord]:
             missing = set(CSV_COLUMNS) - set(reader.fieldnames or [])
             if missing:
                 raise RunDirError(f"{path}: not a health log (missing columns: {', '.join(sorted(missing))})")
-            rows = list(reader)
+            # a row cut short (a disk that filled up mid-row) is left out, as the training logs' readers do
+            rows = [r for r in reader if None not in r and None not in r.values()]
     except (OSError, UnicodeDecodeError, csv.Error) as e:
         raise RunDirError(f"{path}: unreadable health log ({e})") from None
     records: dict[int, HealthRecord] = {}

@@ -40,6 +40,8 @@ from alexnet.diagnostics.rules import (
 )
 from alexnet.models.layers import LocalResponseNorm, channel_window_sum
 from alexnet.train.callbacks import Callback, TrainContext
+from alexnet.train.runlog import CsvLog
+from alexnet.weights.io import atomic_write
 
 HEALTH_CSV = "health.csv"
 HEALTH_META = "health_meta.json"
@@ -135,11 +137,15 @@ class HealthMonitor(Callback):
             run_dir = Path(ctx.run_dir)
             run_dir.mkdir(parents=True, exist_ok=True)
             self._csv = run_dir / HEALTH_CSV
-            if not self._csv.exists() or ctx.step == 0:  # a fresh run (a resumed one appends)
-                with self._csv.open("w", newline="") as f:
-                    csv.writer(f).writerow(CSV_COLUMNS)
+            fresh = ctx.step == 0  # a new run starts anew; a resumed one drops the steps it does again
+            log = CsvLog(self._csv, CSV_COLUMNS, fresh=fresh)
+            if fresh:
                 (run_dir / HEALTH_EVENTS).unlink(missing_ok=True)
-            (run_dir / HEALTH_META).write_text(json.dumps(self._meta(ctx), indent=2) + "\n")
+            else:
+                log.truncate_after(ctx.step)
+                _truncate_events(run_dir / HEALTH_EVENTS, ctx.step)
+            meta = json.dumps(self._meta(ctx), indent=2) + "\n"
+            atomic_write(run_dir / HEALTH_META, lambda tmp: Path(tmp).write_text(meta))
         return None
 
     def on_step_start(self, ctx: TrainContext) -> list[str] | None:
@@ -398,3 +404,18 @@ def _locate(model: nn.Module, inputs: torch.Tensor) -> tuple[str | None, str | N
         for h in handles:
             h.remove()
     return found[0] if found else (None, None)
+
+
+def _truncate_events(path: Path, step: int) -> None:
+    """Drop the warnings of steps after ``step`` (a resumed run does them again), and any line cut short."""
+    if not path.is_file():
+        return
+    keep = []
+    for line in path.read_text().splitlines():
+        try:
+            event = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(event, dict) and isinstance(event.get("step", 0), int) and event.get("step", 0) <= step:
+            keep.append(line + "\n")
+    atomic_write(path, lambda tmp: Path(tmp).write_text("".join(keep)))

@@ -25,6 +25,7 @@ from alexnet.diagnostics.health import HealthMonitor
 from alexnet.diagnostics.rules import Thresholds
 from alexnet.errors import DataError, TrainingError
 from alexnet.train.callbacks import Callback, TrainContext
+from alexnet.weights.io import atomic_write
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
 
@@ -166,9 +167,8 @@ def probe(
         raise TrainingError(f"unknown optimizer {cfg.optimizer!r} (sgd or adamw)")
 
     run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "config.json").write_text(
-        json.dumps({**asdict(cfg), "num_classes": num_classes, "probe": True}, indent=2)
-    )
+    config = json.dumps({**asdict(cfg), "num_classes": num_classes, "probe": True}, indent=2)
+    atomic_write(run_dir / "config.json", lambda tmp: Path(tmp).write_text(config))
     monitor = HealthMonitor(every=cfg.every, thresholds=thresholds)
     callbacks: list[Callback] = [monitor]
     ctx = TrainContext(model=model, optimizer=opt, run_dir=run_dir, num_classes=num_classes, lr=cfg.lr)
@@ -215,10 +215,13 @@ def probe(
 
 
 def _write_metrics(run_dir: Path, rows: list[tuple[int, float, float]]) -> None:
-    with (run_dir / "metrics.csv").open("w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(["step", "train_loss", "train_acc"])
-        w.writerows(rows)
+    def write(tmp: str) -> None:
+        with open(tmp, "w", newline="") as f:
+            w = csv.writer(f)
+            w.writerow(["step", "train_loss", "train_acc"])
+            w.writerows(rows)
+
+    atomic_write(run_dir / "metrics.csv", write)
 
 
 def probe_with_recipe(

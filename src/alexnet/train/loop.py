@@ -300,14 +300,16 @@ def _train(
         run_dir.mkdir(parents=True, exist_ok=True)
         cfg.save(run_dir / CONFIG)
         handler = attach_log_file(run_dir)
-        steps_log = CsvLog(run_dir / STEPS, STEP_FIELDS)
-        metrics_log = CsvLog(run_dir / METRICS, METRIC_FIELDS)
+        # a new run starts its logs anew (an earlier one may have been killed before its first checkpoint)
+        steps_log = CsvLog(run_dir / STEPS, STEP_FIELDS, fresh=state is None)
+        metrics_log = CsvLog(run_dir / METRICS, METRIC_FIELDS, fresh=state is None)
         if state is not None:
             steps_log.truncate_after(step)
             metrics_log.truncate_after(step)
         from torch.utils.tensorboard import SummaryWriter
 
-        writer = SummaryWriter(str(run_dir / "tensorboard"), purge_step=step if state is not None else None)
+        # TensorBoard hides the events of re-done steps (of every earlier step, for a new run)
+        writer = SummaryWriter(str(run_dir / "tensorboard"), purge_step=step)
         log.info(
             "%s %s: model %s, data %s (%d classes, %d train / %d val images, %d skipped, %s), %s on "
             "%s, %d steps of batch %d",

@@ -49,30 +49,35 @@ def detach_log_file(handler: logging.Handler) -> None:
 
 
 class CsvLog:
-    """An append-only CSV file with a header; ``truncate_after(step)`` drops rows of re-done steps."""
+    """An append-only CSV file with a header; ``truncate_after(step)`` drops rows of re-done steps.
 
-    def __init__(self, path: Path, fields: list[str]) -> None:
+    ``fresh``: start the file anew (a new run in a folder where an earlier one was killed before its first
+    checkpoint must not append to that run's rows). The header is written atomically, so a killed start never
+    leaves a file whose first data row would be read as its header."""
+
+    def __init__(self, path: Path, fields: list[str], *, fresh: bool = False) -> None:
         self.path, self.fields = path, fields
-        if not path.exists():
-            with path.open("w", newline="") as f:
-                csv.writer(f).writerow(fields)
+        if fresh or not path.exists() or path.stat().st_size == 0:
+            self._rewrite([])
 
     def append(self, row: dict[str, Any]) -> None:
         with self.path.open("a", newline="") as f:
             csv.writer(f).writerow([_fmt(row.get(k)) for k in self.fields])
 
     def rows(self) -> list[dict[str, str]]:
+        """The complete rows: one cut short (a disk that filled up mid-row) is left out."""
         with self.path.open(newline="") as f:
-            return list(csv.DictReader(f))
+            return [r for r in csv.DictReader(f) if None not in r and None not in r.values()]
 
     def truncate_after(self, step: int) -> None:
-        keep = [r for r in self.rows() if r.get("step") and int(r["step"]) <= step]
+        self._rewrite([r for r in self.rows() if r["step"].isdigit() and int(r["step"]) <= step])
 
+    def _rewrite(self, rows: list[dict[str, str]]) -> None:
         def write(tmp: str) -> None:
             with open(tmp, "w", newline="") as f:
                 w = csv.DictWriter(f, self.fields)
                 w.writeheader()
-                w.writerows(keep)
+                w.writerows(rows)
 
         atomic_write(self.path, write)
 
