@@ -257,20 +257,30 @@ def test_a_real_image_with_a_lying_name_is_judged_by_its_bytes(client, chelsea):
         ("/api/models/a/images/{id}/layers/relu5/channels/x", 422, "channel"),
         ("/api/jobs/nope", 404, "no job"),
         ("/api/models/a/top9/relu5/0/patches.png", 404, "top-9"),
-        ("/static/../../../../etc/passwd", 404, ""),
+        # percent-encoded, so that the client sends the dots as they are (it would resolve a plain "../")
+        ("/static/%2e%2e/%2e%2e/%2e%2e/%2e%2e/etc/passwd", 404, "Not Found"),
+        ("/static/..%2f..%2f..%2f..%2fetc%2fpasswd", 404, "Not Found"),
     ],
 )
 def test_bad_requests_get_json_errors(client, chelsea_id, url, status, words):
     r = client.get(url.format(id=chelsea_id))
     assert r.status_code == status, r.text
-    assert words in r.json()["error"]
+    assert words in r.json()["error"] and "root:" not in r.text
     assert_still_serving(client)
 
 
-@pytest.mark.parametrize("sample", ["../../etc/passwd", "..%2F..%2Fetc%2Fpasswd", "nope"])
-def test_samples_are_chosen_by_id_never_by_path(client, sample):
+@pytest.mark.parametrize(
+    ("sample", "says"),
+    [
+        ("%2e%2e", "no sample '..'"),  # reaches the handler, which looks the name up among the samples' ids
+        ("..%2F..%2Fetc%2Fpasswd", "Not Found"),  # the slashes make it no sample route at all
+        ("%2e%2e%2f%2e%2e%2fetc%2fpasswd", "Not Found"),
+        ("nope", "no sample 'nope'"),
+    ],
+)
+def test_samples_are_chosen_by_id_never_by_path(client, sample, says):
     r = client.post(f"/api/samples/{sample}")
-    assert r.status_code in (404, 405)
+    assert r.status_code == 404 and says in r.json()["error"], r.text
     assert_still_serving(client)
 
 
@@ -367,9 +377,12 @@ def test_binding_beyond_localhost_warns_once_bound_and_a_failed_bind_is_one_line
     import alexnet.cli.serve as serve_cli
 
     served = []
-    monkeypatch.setattr(serve_cli, "serve_socket", lambda slots, sock, open_url=None: served.append(sock))
+    monkeypatch.setattr(
+        serve_cli, "serve_socket", lambda slots, sock, open_url=None, local=True: served.append((sock, local))
+    )
     assert main(["serve", "--model", "alexnet", "--host", "0.0.0.0", "--port", "0"]) == 0
-    served[0].close()
+    served[0][0].close()
+    assert served[0][1] is False  # reachable from other machines: any Host is answered
     assert "reachable from other machines" in capsys.readouterr().err
     with socket.socket() as s:
         s.bind(("0.0.0.0", 0))
@@ -430,3 +443,38 @@ def test_serve_accepts_a_published_source_name_like_the_other_commands(capsys, t
     assert main(["serve", "--weights", "bvlcalexnet-8", "--port", "0"]) == 2
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and "bvlcalexnet-8" in err and "no such weights file" not in err
+
+
+@pytest.fixture(scope="module")
+def local_client(models) -> TestClient:
+    """The app as ``alexnet serve`` runs it bound to this machine."""
+    from alexnet.serve.app import LOCAL_HOSTS
+
+    slots = [Slot("a", models["a"], "random initialisation", trained=False)]
+    with TestClient(create_app(slots, allowed_hosts=LOCAL_HOSTS), base_url="http://127.0.0.1:8000") as c:
+        yield c
+
+
+@pytest.mark.parametrize("host", ["127.0.0.1:8000", "localhost:8000", "[::1]:8000", "LOCALHOST"])
+def test_bound_to_this_machine_it_answers_requests_addressed_to_it(local_client, host):
+    assert local_client.get("/api/info", headers={"host": host}).status_code == 200
+
+
+@pytest.mark.parametrize("host", ["evil.example:8000", "evil.example", "127.0.0.1.evil.example", ""])
+def test_bound_to_this_machine_a_request_under_another_host_name_is_refused(local_client, host):
+    """What a web page reaches through a DNS name rebound to 127.0.0.1 carries that name as Host."""
+    r = local_client.get("/api/info", headers={"host": host})
+    assert r.status_code == 400 and "not served here" in r.json()["error"]
+    r = local_client.post("/api/samples/chelsea", headers={"host": host})
+    assert r.status_code == 400 and "not served here" in r.json()["error"]
+
+
+def test_bound_to_this_machine_another_sites_page_cannot_post_but_its_own_page_and_scripts_can(local_client):
+    r = local_client.post("/api/samples/chelsea", headers={"origin": "https://evil.example"})
+    assert r.status_code == 403 and "not accepted" in r.json()["error"]
+    for origin in ("http://127.0.0.1:8000", "http://localhost:8000", None):
+        headers = {"origin": origin} if origin else {}
+        r = local_client.post("/api/samples/chelsea", headers=headers)
+        assert r.status_code == 200 and r.json()["image_id"], (origin, r.text)
+    # reading is not refused by Origin (the browser keeps another site's page from reading the answer)
+    assert local_client.get("/api/info", headers={"origin": "https://evil.example"}).status_code == 200

@@ -24,14 +24,14 @@ def browser() -> Iterator[Any]:
 
 @pytest.fixture(scope="module")
 def base_url() -> Iterator[str]:
-    from alexnet.serve.app import create_app
+    from alexnet.serve.app import LOCAL_HOSTS, create_app
 
     torch.manual_seed(0)
     slots = [
         Slot("a", create_model("alexnet"), "random initialisation", trained=False),
         Slot("b", create_model("zfnet"), "random initialisation", trained=False),
     ]
-    with live_server(create_app(slots)) as url:
+    with live_server(create_app(slots, allowed_hosts=LOCAL_HOSTS)) as url:  # as `alexnet serve` runs it
         yield url
 
 

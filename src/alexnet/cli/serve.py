@@ -8,8 +8,6 @@ from typing import Any
 
 from alexnet.cli._common import WEIGHTS_HELP, CommandError, add_command
 
-LOCAL_HOSTS = {"127.0.0.1", "localhost", "::1"}
-
 
 def register(sub: Any) -> None:
     p = add_command(
@@ -40,6 +38,7 @@ def run(args: argparse.Namespace) -> int:
     import socket
 
     from alexnet.serve import load_slot
+    from alexnet.serve.app import LOCAL_HOSTS
 
     if args.model is None and args.weights is None and args.run is None:
         raise CommandError("name a model: --model M [--weights FILE], or --run DIR")
@@ -69,20 +68,22 @@ def run(args: argparse.Namespace) -> int:
     for s in slots:
         print(f"{s.key}: {s.name} — {'weights ' + s.source if s.trained else 'random initialisation'}")
     print(f"serving on {url}  (Ctrl-C to stop)", flush=True)
-    serve_socket(slots, sock, open_url=url if args.open else None)
+    serve_socket(slots, sock, open_url=url if args.open else None, local=args.host in LOCAL_HOSTS)
     return 0
 
 
-def serve_socket(slots: list[Any], sock: Any, open_url: str | None = None) -> None:
-    """Run uvicorn on an already bound socket until interrupted."""
+def serve_socket(slots: list[Any], sock: Any, open_url: str | None = None, local: bool = True) -> None:
+    """Run uvicorn on an already bound socket until interrupted; ``local``: answer only requests addressed to
+    this machine (a bind to 127.0.0.1 or ::1)."""
     import threading
     import webbrowser
 
     import uvicorn
 
-    from alexnet.serve.app import create_app
+    from alexnet.serve.app import LOCAL_HOSTS, create_app
 
-    config = uvicorn.Config(create_app(slots), log_level="warning", access_log=False)
+    app = create_app(slots, allowed_hosts=LOCAL_HOSTS if local else None)
+    config = uvicorn.Config(app, log_level="warning", access_log=False)
     server = uvicorn.Server(config)
     if open_url:
         threading.Timer(1.0, webbrowser.open, args=(open_url,)).start()

@@ -8,6 +8,9 @@ shows the message), and no request can take the server down.
 Safety: the client never names a file-system path (samples by id, images by content hash, top-9 patches by
 layer / channel / rank); uploads are size-, type- and pixel-count-checked before decoding
 (:mod:`alexnet.serve.uploads`); the request body is read in chunks and refused as soon as it passes the limit.
+Bound to this machine (the default), it answers only requests addressed to this machine (``Host``), so a web
+page cannot reach it through a DNS name rebound to 127.0.0.1, and takes uploads and jobs (``POST``) only from its
+own page or from clients that send no ``Origin`` (curl, scripts), not from another site's page.
 """
 
 from __future__ import annotations
@@ -98,10 +101,28 @@ def count_passes(model: AlexNetFamily, report: Callable[[int], None]) -> Iterato
         handle.remove()
 
 
+LOCAL_HOSTS = frozenset({"127.0.0.1", "localhost", "::1"})
+
+
+def _hostname(netloc: str) -> str:
+    """``host[:port]`` or ``[v6]:port`` → the host alone, lower case."""
+    netloc = netloc.strip().lower()
+    if netloc.startswith("["):
+        return netloc[1 : netloc.find("]")] if "]" in netloc else netloc
+    return netloc.rsplit(":", 1)[0] if netloc.count(":") == 1 else netloc
+
+
 def create_app(
-    slots: list[Slot], *, max_bytes: int = MAX_BYTES, max_pixels: int = MAX_PIXELS, max_images: int = 64
+    slots: list[Slot],
+    *,
+    max_bytes: int = MAX_BYTES,
+    max_pixels: int = MAX_PIXELS,
+    max_images: int = 64,
+    allowed_hosts: frozenset[str] | set[str] | None = None,
 ) -> FastAPI:
-    """The app serving ``slots`` (one model, or two side by side). Limits are per upload."""
+    """The app serving ``slots`` (one model, or two side by side). Limits are per upload. ``allowed_hosts``: the
+    host names requests may be addressed to (``Host``) and ``POST`` s may come from (``Origin``); ``None``: any
+    (``alexnet serve`` passes :data:`LOCAL_HOSTS` when it binds to this machine)."""
     state = ServerState(slots, max_images=max_images)
     jobs = JobRunner()
     top9 = {s.key: Top9Store(s) for s in slots}
@@ -109,6 +130,21 @@ def create_app(
     app.state.server = state
     app.state.jobs = jobs
     app.router.add_event_handler("shutdown", jobs.shutdown)
+
+    if allowed_hosts is not None:
+        allowed = frozenset(h.lower() for h in allowed_hosts)
+
+        @app.middleware("http")
+        async def _this_machine_only(request: Request, call_next: Callable[[Request], Any]) -> Response:
+            host = _hostname(request.headers.get("host", ""))
+            if host not in allowed:  # a rebound DNS name reaches 127.0.0.1 with its own name as Host
+                return JSONResponse({"error": f"requests to host {host!r} are not served here"}, 400)
+            origin = request.headers.get("origin")
+            writes = request.method not in ("GET", "HEAD", "OPTIONS")
+            if writes and origin is not None and _hostname(origin.split("://", 1)[-1]) not in allowed:
+                # another site's page posting here (a plain form POST needs no CORS preflight)
+                return JSONResponse({"error": f"requests from {origin} are not accepted"}, 403)
+            return await call_next(request)
 
     @app.exception_handler(AlexnetError)
     async def _user_error(_: Request, e: AlexnetError) -> JSONResponse:
