@@ -143,12 +143,13 @@ def test_input_pipeline_rows_for_ours_and_torchvisions_stock(tmp_path):
     root = ensure_builtin_dataset(
         tmp_path, classes=2, train_per_class=4, val_per_class=1, size=64, progress=False
     )
+    threads = torch.get_num_threads()
     rows = bench_data(root, images=6, batch_size=3)
     assert [r.pipeline for r in rows] == ["alexnet", "torchvision_stock"]
     for r in rows:
         assert r.images == 3 and r.workers == 0 and r.images_per_s > 0  # timed after the first batch
         assert r.images_per_s_per_core == r.images_per_s
-    assert torch.get_num_threads() >= 1  # restored after the single-thread measurement
+    assert torch.get_num_threads() == threads  # restored after the single-thread measurement
     with pytest.raises(BenchError, match="timed after its first batch"):
         bench_data(root, images=3, batch_size=3)  # one batch: nothing left to time
     from alexnet.data.packed import pack

@@ -146,9 +146,16 @@ def test_cli_bad_path_is_one_line_and_exit_2():
 
 
 @pytest.mark.parametrize(
-    "args", [["--split", "val"], ["--max-images", "0"], ["--size", "8"], ["--size", "x"], ["--workers", "-1"]]
+    ("args", "says"),
+    [
+        (["--split", "val"], "has no 'val' folder"),
+        (["--max-images", "0"], "--max-images) must be ≥ 1, not 0"),
+        (["--size", "8"], "--size) must be 16–1024 pixels, not 8"),
+        (["--size", "x"], "argument --size: invalid int value: 'x'"),
+        (["--workers", "-1"], "--workers must be ≥ 0, not -1"),
+    ],
 )
-def test_cli_bad_flags_are_one_line_and_exit_2(photo_folder, args, capsys):
+def test_cli_bad_flags_are_one_line_and_exit_2(photo_folder, args, says, capsys):
     try:
         code = main(["data-stats", str(photo_folder), *args])
     except SystemExit as e:  # argparse's own errors (one line, see cli._common.ArgumentParser)
@@ -156,3 +163,4 @@ def test_cli_bad_flags_are_one_line_and_exit_2(photo_folder, args, capsys):
     assert code == 2
     err = capsys.readouterr().err
     assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
+    assert says in err

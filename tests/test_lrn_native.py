@@ -46,7 +46,11 @@ def test_other_compiler_flags_are_another_build(tmp_path, monkeypatch):
     plain = native.build(tmp_path)
     monkeypatch.setenv("ALEXNET_NATIVE_CFLAGS", "-O0 -g")
     debug = native.build(tmp_path)
-    assert debug != plain and native.Kernel(debug) is not None
+    assert debug != plain
+    x = torch.randn(2, 9, 3, 3) * 10
+    torch.testing.assert_close(
+        native.Kernel(debug).forward(x, 5, 1e-4, 0.75, 2.0), lrn_reference(x, 5, 1e-4, 0.75, 2.0)
+    )
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted([plain.name, debug.name])
 
 
@@ -192,8 +196,6 @@ def test_the_layer_uses_the_fused_kernel_on_cpu(fused, monkeypatch):
         assert y.dtype == torch.bfloat16
         LocalResponseNorm()(y).float().sum().backward()
     assert calls == ["fwd", "bwd"]
-    calls.clear()
-    assert calls == []
 
 
 @needs_kernel

@@ -197,7 +197,7 @@ def test_a_bad_image_after_good_ones_stops_the_command_before_it_writes_anything
 
 def test_missing_run_and_weights_is_one_line(setup, capsys, tmp_path: Path) -> None:
     code, _, err = _run(capsys, ["filters", "--run", str(tmp_path), "--out", str(tmp_path)])
-    assert code == 2 and "model.safetensors" in err
+    assert code == 2 and "model.safetensors" in err and err.count("\n") == 1
 
 
 def test_channel_lists_parse_in_order_once_and_refuse_what_selects_nothing() -> None:

@@ -129,11 +129,14 @@ def test_strongest_projects_each_images_argmax() -> None:
     model = alexnet.create_model("zfnet", init="pytorch").eval()
     images = _photos(model, 2)
     strongest = deconvnet_strongest(model, images, "conv4", 5)
+    maps = capture(model, images, ["conv4"])["conv4"][:, 5]  # the channel's map per image
+    assert strongest.values.shape == (2,)
     for i in range(2):
         row, col = (int(v) for v in strongest.units[i])
+        assert maps[i].flatten().argmax() == row * maps.shape[-1] + col  # the unit is the map's maximum
+        assert float(strongest.values[i]) == pytest.approx(float(maps[i].max()))
         single = deconvnet(model, images[i : i + 1], "conv4", 5, (row, col))
         torch.testing.assert_close(strongest.images[i : i + 1], single)
-    assert strongest.values.shape == (2,)
 
 
 def test_bad_selection_raises_typed_errors() -> None:

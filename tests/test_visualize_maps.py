@@ -178,12 +178,17 @@ def test_a_field_larger_than_the_tile_shows_the_image_it_covers(box) -> None:
 
     image = np.random.default_rng(0).random((40, 40, 3), dtype=np.float32)
     tile = field_crop(image, box, 40, fill=-1.0)
-    assert tile.shape == (40, 40, 3)
-    top, left = box[0], box[1]
-    rows = slice(max(0, top), min(40, box[2]))
-    cols = slice(max(0, left), min(40, box[3]))
-    seen = image[rows, cols]
-    assert seen.size > 0 and np.isin(seen, tile).all()  # every pixel the field covers is in the tile
+    # each field covers the whole image, and the 40-px window centred on it is the image, pixel for pixel
+    np.testing.assert_array_equal(tile, image)
+
+
+def test_a_field_larger_than_the_tile_over_part_of_the_image_keeps_that_part_where_it_sits() -> None:
+    from alexnet.visualize.plot import field_crop
+
+    image = np.random.default_rng(1).random((40, 40, 3), dtype=np.float32)
+    tile = field_crop(image, (20, 30, 215, 225), 40, fill=-1.0)  # covers rows 20-39 and columns 30-39
+    np.testing.assert_array_equal(tile[:20, :10], image[20:, 30:])  # the window starts where the field does
+    assert (tile[20:] == -1).all() and (tile[:, 10:] == -1).all()  # the rest is the field beyond the image
 
 
 def test_a_stage_the_model_lacks_entirely_is_an_error_not_relu_maps(owt) -> None:

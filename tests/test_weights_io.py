@@ -77,8 +77,21 @@ def test_model_name_is_read_from_the_file(tmp_path):
     assert load_pretrained(None, path).config.name == "caffenet"
 
 
-def test_save_is_atomic_and_leaves_no_temporary_files(tmp_path):
-    save_weights(alexnet.create_model("alexnet_owt"), tmp_path / "a.safetensors")
+def test_save_is_atomic_and_leaves_no_temporary_files(tmp_path, monkeypatch):
+    import safetensors.torch
+
+    path = save_weights(alexnet.create_model("caffenet", num_classes=3), tmp_path / "a.safetensors")
+    assert sorted(os.listdir(tmp_path)) == ["a.safetensors"]
+    before = path.read_bytes()
+
+    def cut_short(tensors, filename, metadata=None):  # a kill or a full disk halfway through the write
+        Path(filename).write_bytes(before[: len(before) // 2])
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(safetensors.torch, "save_file", cut_short)
+    with pytest.raises(OutputError, match="No space left"):
+        save_weights(alexnet.create_model("caffenet", num_classes=3), path)
+    assert path.read_bytes() == before  # the file written before is whole
     assert sorted(os.listdir(tmp_path)) == ["a.safetensors"]
 
 

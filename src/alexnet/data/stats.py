@@ -181,7 +181,7 @@ def compute_stats(
     from alexnet.data.transforms import central_patch
 
     if not 16 <= size <= 1024:
-        raise DataError(f"size must be 16–1024 pixels, not {size}")
+        raise DataError(f"size (--size) must be 16–1024 pixels, not {size}")
     if max_images is not None and max_images < 1:
         raise DataError(f"max_images (--max-images) must be ≥ 1, not {max_images}")
     transform = v2.Compose([*central_patch(size).transforms, v2.ToDtype(torch.float32, scale=True)])
