@@ -124,3 +124,21 @@ def test_a_download_in_the_old_cache_place_moves_into_weights(cache, published, 
     monkeypatch.setitem(SOURCES, "tiny-8", dataclasses.replace(published, url=(tmp_path / "gone").as_uri()))
     path = fetch("tiny-8", progress=False)  # no download: the URL now leads nowhere
     assert path == cache / "tiny-8.onnx" and path.is_file() and not old.exists()
+
+
+def test_a_file_fetched_by_hand_is_placed_in_the_cache_whole_after_its_digest_is_checked(
+    cache, published, tmp_path
+):
+    from alexnet.weights.sources import place
+
+    by_hand = tmp_path / "downloads" / "tiny-8.onnx"
+    by_hand.parent.mkdir()
+    wrong = by_hand.with_name("other.onnx")
+    wrong.write_bytes(b"not the published file")
+    with pytest.raises(WeightsError):
+        place("tiny-8", wrong)
+    assert not cache.exists() or list(cache.iterdir()) == []  # nothing placed, no temporary file left
+    by_hand.write_bytes((tmp_path / "srv" / "tiny-8.onnx").read_bytes())
+    target = place("tiny-8", by_hand)
+    assert target == cache / "tiny-8.onnx" and target.read_bytes() == by_hand.read_bytes()
+    assert [p.name for p in cache.iterdir()] == ["tiny-8.onnx"]
