@@ -393,6 +393,26 @@ def test_binding_beyond_localhost_warns_once_bound_and_a_failed_bind_is_one_line
     assert err.count("\n") == 1 and "cannot listen" in err
 
 
+def test_more_jobs_than_the_server_takes_are_refused_until_one_finishes():
+    from alexnet.serve.jobs import JobRunner, TooManyJobs
+
+    runner = JobRunner(
+        keep=2, max_pending=3
+    )  # a short job list: refused jobs count even when no longer listed
+    release = threading.Event()
+    jobs = [runner.submit("wait", lambda job, progress: release.wait(10)) for _ in range(3)]
+    with pytest.raises(TooManyJobs, match="3 jobs are queued or running already"):
+        runner.submit("one too many", lambda job, progress: None)
+    assert runner.submit("again", lambda job, progress: None, key=jobs[2].id) is jobs[2]  # known: no new work
+    release.set()
+    deadline = time.monotonic() + 10
+    while any(j.state != "done" for j in jobs) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert [j.state for j in jobs] == ["done"] * 3
+    assert runner.submit("after", lambda job, progress: None).state in ("queued", "running", "done")
+    runner.shutdown(wait=True)
+
+
 def test_shutdown_stops_a_running_job_at_its_next_progress_report():
     from alexnet.serve.jobs import JobRunner
 
@@ -478,3 +498,14 @@ def test_bound_to_this_machine_another_sites_page_cannot_post_but_its_own_page_a
         assert r.status_code == 200 and r.json()["image_id"], (origin, r.text)
     # reading is not refused by Origin (the browser keeps another site's page from reading the answer)
     assert local_client.get("/api/info", headers={"origin": "https://evil.example"}).status_code == 200
+
+
+def test_the_image_cache_keeps_at_most_its_byte_budget_and_always_the_newest_image():
+    from alexnet.serve.state import LRU
+
+    cache: LRU[str, torch.Tensor] = LRU(64, lambda t: t.nbytes, max_size=1000)
+    for name in "abc":
+        cache.put(name, torch.zeros(400, dtype=torch.uint8))
+    assert [k for k in "abc" if cache.get(k) is not None] == ["b", "c"]  # 800 bytes: a went first
+    cache.put("big", torch.zeros(5000, dtype=torch.uint8))  # larger than the budget alone: kept, alone
+    assert [k for k in ("b", "c", "big") if cache.get(k) is not None] == ["big"]

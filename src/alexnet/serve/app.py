@@ -33,7 +33,7 @@ from torch import nn
 from alexnet.errors import AlexnetError, LayerNotFound
 from alexnet.models import AlexNetFamily
 from alexnet.serve import render
-from alexnet.serve.jobs import Job, JobRunner, Progress, UnknownJob
+from alexnet.serve.jobs import Job, JobRunner, Progress, TooManyJobs, UnknownJob
 from alexnet.serve.samples import SampleNotFound, list_samples, load_sample
 from alexnet.serve.state import Analysis, ServerState, Slot, UnknownImage
 from alexnet.serve.top9 import Top9Missing, Top9Store
@@ -52,6 +52,8 @@ def _status(e: AlexnetError) -> int:
         return 404
     if isinstance(e, LayerNotFound):
         return 404
+    if isinstance(e, TooManyJobs):
+        return 429
     return 400
 
 

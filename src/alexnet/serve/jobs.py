@@ -50,6 +50,10 @@ class Job:
         }
 
 
+class TooManyJobs(AlexnetError):
+    """More jobs waiting than the server takes: each is minutes of CPU (an occlusion study), one at a time."""
+
+
 class JobStopped(AlexnetError):
     """Raised inside a running job (at its next progress report) when the server shuts down."""
 
@@ -59,20 +63,29 @@ class JobRunner:
     is not a daemon thread, so the interpreter waits for it at exit, and Ctrl-C must not wait for a whole
     occlusion study (hundreds of forward passes)."""
 
-    def __init__(self, keep: int = 32) -> None:
+    def __init__(self, keep: int = 32, max_pending: int = 8) -> None:
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="alexnet-job")
         self._jobs: OrderedDict[str, Job] = OrderedDict()
         self._lock = threading.Lock()
         self._keep = keep
+        self._max_pending = max_pending
+        self._pending: list[Job] = []  # queued or running, whether still listed or not
         self._stopping = threading.Event()
 
     def submit(self, kind: str, work: Callable[[Job, Progress], None], key: str | None = None) -> Job:
-        """Queue ``work(job, progress)``; with ``key``, an identical job already known is returned instead."""
+        """Queue ``work(job, progress)``; with ``key``, an identical job already known is returned instead.
+        :class:`TooManyJobs` when ``max_pending`` jobs are queued or running already."""
         with self._lock:
             if key is not None and key in self._jobs and self._jobs[key].state != "failed":
                 return self._jobs[key]
+            self._pending = [j for j in self._pending if j.state in ("queued", "running")]
+            if len(self._pending) >= self._max_pending:
+                raise TooManyJobs(
+                    f"{len(self._pending)} jobs are queued or running already; try again when one has finished"
+                )
             job = Job(key or uuid.uuid4().hex[:16], kind)
             self._jobs[job.id] = job
+            self._pending.append(job)
             while len(self._jobs) > self._keep:
                 self._jobs.popitem(last=False)
 

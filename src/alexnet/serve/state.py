@@ -35,10 +35,13 @@ class UnknownImage(AlexnetError, KeyError):
 
 
 class LRU(Generic[K, V]):
-    """A thread-safe least-recently-used mapping with at most ``capacity`` entries."""
+    """A thread-safe least-recently-used mapping with at most ``capacity`` entries, and with ``size``, at most
+    ``max_size`` in all (the newest entry is kept even when it alone is larger)."""
 
-    def __init__(self, capacity: int) -> None:
-        self.capacity = capacity
+    def __init__(
+        self, capacity: int, size: Callable[[V], int] | None = None, max_size: int | None = None
+    ) -> None:
+        self.capacity, self.size, self.max_size = capacity, size, max_size
         self._data: OrderedDict[K, V] = OrderedDict()
         self._lock = threading.Lock()
         self.hits = 0
@@ -59,6 +62,10 @@ class LRU(Generic[K, V]):
             self._data.move_to_end(key)
             while len(self._data) > self.capacity:
                 self._data.popitem(last=False)
+            if self.size is not None and self.max_size is not None:
+                total = sum(self.size(v) for v in self._data.values())
+                while total > self.max_size and len(self._data) > 1:
+                    total -= self.size(self._data.popitem(last=False)[1])
             return value
 
     def get_or_create(self, key: K, make: Callable[[], V]) -> V:
@@ -139,11 +146,14 @@ def image_id_of(image: torch.Tensor) -> str:
 class ServerState:
     """Models, images (by content hash) and analyses, each in a bounded LRU."""
 
-    def __init__(self, slots: list[Slot], *, max_images: int = 64, max_analyses: int = 16) -> None:
+    def __init__(
+        self, slots: list[Slot], *, max_images: int = 64, max_analyses: int = 16, max_image_bytes: int = 1 << 30
+    ) -> None:
         if not slots:
             raise AlexnetError("no model to serve")
         self.slots = {s.key: s for s in slots}
-        self.images: LRU[str, torch.Tensor] = LRU(max_images)
+        # full-resolution pixels (uploads may be 40 megapixels): at most 1 GiB of them, however many are sent
+        self.images: LRU[str, torch.Tensor] = LRU(max_images, lambda t: t.nbytes, max_image_bytes)
         self.analyses: LRU[tuple[str, str], Analysis] = LRU(max_analyses)
 
     def slot(self, key: str) -> Slot:
