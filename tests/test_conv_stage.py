@@ -145,11 +145,12 @@ def test_a_second_derivative_through_it_says_how_to_get_one(runs) -> None:
 
 
 @pytest.mark.parametrize("layer", ["conv1", "conv2"])
-def test_batched_gradients_equal_one_backward_per_vector(layer, monkeypatch) -> None:
+def test_batched_gradients_equal_one_backward_per_vector(layer, runs) -> None:
     """``autograd.grad(..., is_grads_batched=True)`` (vectorised Jacobians) runs the backward under vmap: the
     paths take PyTorch's batchable operators there, with the numbers of one backward per vector."""
     net = model("caffenet")
     out = net(batch(net, n=2))
+    assert len(runs) == 1  # the forward took the kernel's path
     vectors = torch.randn(3, *out.shape, generator=torch.Generator().manual_seed(2))
     weight = net.layer(layer).weight
     (batched,) = torch.autograd.grad(out, weight, vectors, is_grads_batched=True, retain_graph=True)
@@ -158,7 +159,7 @@ def test_batched_gradients_equal_one_backward_per_vector(layer, monkeypatch) -> 
         torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5 * want.abs().max().item())
 
 
-def test_saved_tensors_in_another_layout_give_the_same_gradients(monkeypatch) -> None:
+def test_saved_tensors_in_another_layout_give_the_same_gradients(runs) -> None:
     """A saved-tensor hook may hand the backward NCHW tensors (``save_on_cpu`` does): the kernels read them in
     the layout they need."""
     net = model("caffenet")
@@ -172,6 +173,7 @@ def test_saved_tensors_in_another_layout_give_the_same_gradients(monkeypatch) ->
     want = grads()
     with torch.autograd.graph.saved_tensors_hooks(lambda t: t, lambda t: t.contiguous()):
         got = grads()
+    assert len(runs) == 2  # both forwards took the kernel's path
     for k in (
         want
     ):  # oneDNN may pick other algorithms for NCHW tensors: float32 rounding apart (wrong layouts: 0.7)

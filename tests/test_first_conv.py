@@ -157,13 +157,16 @@ def test_it_applies_to_a_channels_last_float32_image_in_training(weight_grad_ker
         ("padding mode", lambda: (SpaceToDepthConv2d(3, 32, 3, 2, 1, padding_mode="reflect"), image())),
     ],
 )
-def test_it_does_not_apply_outside_its_kernel(why, make):
+def test_it_does_not_apply_outside_its_kernel(why, make, weight_grad_kernels):
     conv, x = make()
     assert not first_conv.applies(conv, x), why
 
 
-def test_it_does_not_apply_without_a_weight_gradient_under_autocast_or_switched_off(monkeypatch):
+def test_it_does_not_apply_without_a_weight_gradient_under_autocast_or_switched_off(
+    monkeypatch, weight_grad_kernels
+):
     conv, x = conv1(), image()
+    assert first_conv.applies(conv, x)  # where all of these hold, it does
     with torch.no_grad():
         assert not first_conv.applies(conv, x)
     with torch.autocast("cpu", dtype=torch.bfloat16):
@@ -175,16 +178,23 @@ def test_it_does_not_apply_without_a_weight_gradient_under_autocast_or_switched_
     assert not first_conv.applies(conv, x)
 
 
-def test_traced_and_compiled_graphs_keep_the_plain_convolution():
+def test_traced_and_compiled_graphs_keep_the_plain_convolution(weight_grad_kernels):
     conv, x = conv1(), image()
+    assert first_conv.applies(conv, x)  # eagerly, the kernel would run here
     traced = torch.jit.trace(conv, x)
-    assert "aten::_convolution" in str(traced.graph)
+    assert "aten::_convolution" in str(traced.graph) and "prim::PythonOp" not in str(traced.graph)
     exported = torch.export.export(conv, (x,))
-    assert "conv2d" in str(exported.graph) or "convolution" in str(exported.graph)
+    targets = [n.target for n in exported.graph.nodes if n.op == "call_function"]
+    assert targets == [torch.ops.aten.conv2d.default]
+    graphs = []
+    torch.compile(conv, backend=lambda gm, _: graphs.append(gm) or gm.forward, fullgraph=True)(x)
+    calls = [n.target for g in graphs for n in g.graph.nodes if n.op == "call_function"]
+    assert calls == [torch.conv2d]  # dynamo's graph: the convolution alone, no custom autograd Function
 
 
-def test_the_image_gradient_stays_onednns_and_the_parameter_gradients_agree(monkeypatch):
+def test_the_image_gradient_stays_onednns_and_the_parameter_gradients_agree(monkeypatch, weight_grad_kernels):
     conv, x = conv1(), image().requires_grad_()
+    assert first_conv.applies(conv, x)
     grad = torch.randn(2, 96, 14, 14).contiguous(memory_format=CL)  # (31 + 2 - 7) // 2 + 1
     fast = torch.autograd.grad(conv(x), (x, conv.weight, conv.bias), grad)
     monkeypatch.setenv("ALEXNET_FIRST_CONV", "0")

@@ -141,7 +141,7 @@ def test_an_image_that_needs_a_gradient_is_refused_by_applies_itself(weight_grad
     assert not first_stage.applies(conv, x.requires_grad_())
 
 
-def test_the_same_batch_gives_the_same_gradient_bit_for_bit() -> None:
+def test_the_same_batch_gives_the_same_gradient_bit_for_bit(runs) -> None:
     """Each thread sums the same images in the same order every call (no dynamic scheduling)."""
     net = model("zfnet")
     x = batch(net, n=5)
@@ -150,6 +150,7 @@ def test_the_same_batch_gives_the_same_gradient_bit_for_bit() -> None:
         net.zero_grad()
         net(x)[:, 1].sum().backward()
         got.append(net.layer("conv1").weight.grad.clone())
+    assert len(runs) == 3  # each forward took the kernel
     assert torch.equal(got[0], got[1]) and torch.equal(got[0], got[2])
 
 
