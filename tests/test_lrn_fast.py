@@ -142,12 +142,22 @@ def test_operator_registration_passes_torch_library_opcheck():
 
 def test_torch_compile_traces_the_operator_as_one_node_without_graph_breaks():
     lrn = LocalResponseNorm(5, 1e-4, 0.75, 2.0)
-    compiled = torch.compile(lrn, backend="aot_eager", fullgraph=True)
+    graphs: list[torch.fx.GraphModule] = []
+
+    def record(gm: torch.fx.GraphModule, inputs: list) -> object:
+        graphs.append(gm)
+        return torch._dynamo.backends.debugging.aot_eager(gm, inputs)  # forward and backward through AOT
+
+    compiled = torch.compile(lrn, backend=record, fullgraph=True)
     x = (torch.randn(2, 16, 3, 3) * 10).requires_grad_()
     out = compiled(x)
     out.sum().backward()
+    calls = [str(n.target) for g in graphs for n in g.graph.nodes if n.op == "call_function"]
+    assert calls == ["alexnet.lrn.default"]  # one graph, one node: the operator, not its composition
     torch.testing.assert_close(out, lrn_reference(x.detach(), 5, 1e-4, 0.75, 2.0))
-    assert x.grad is not None
+    ref = x.detach().clone().requires_grad_()
+    lrn_reference(ref, 5, 1e-4, 0.75, 2.0).sum().backward()
+    torch.testing.assert_close(x.grad, ref.grad)
 
 
 class ReferenceLRN(torch.nn.Module):

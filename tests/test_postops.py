@@ -187,3 +187,11 @@ def test_export_and_compile_see_the_modules():
         exported = torch.export.export(model, (x,))
     targets = {str(n.target) for n in exported.graph.nodes if n.op == "call_function"}
     assert not any("pointwise" in t for t in targets)
+    graphs: list[torch.fx.GraphModule] = []
+    with torch.no_grad():
+        torch.compile(model, backend=lambda gm, _: graphs.append(gm) or gm.forward, fullgraph=True)(x)
+    compiled = {str(n.target) for g in graphs for n in g.graph.nodes if n.op == "call_function"}
+    assert not any("pointwise" in t or "mkldnn" in t for t in compiled)
+    assert any("conv2d" in t for t in compiled) and any(
+        "linear" in t for t in compiled
+    )  # the modules' operators
