@@ -147,7 +147,12 @@ class ServerState:
     """Models, images (by content hash) and analyses, each in a bounded LRU."""
 
     def __init__(
-        self, slots: list[Slot], *, max_images: int = 64, max_analyses: int = 16, max_image_bytes: int = 1 << 30
+        self,
+        slots: list[Slot],
+        *,
+        max_images: int = 64,
+        max_analyses: int = 16,
+        max_image_bytes: int = 1 << 30,
     ) -> None:
         if not slots:
             raise AlexnetError("no model to serve")
