@@ -14,7 +14,7 @@ from torch import nn
 from alexnet.errors import InputSizeError
 from alexnet.models import build_model, fused, native
 from alexnet.models.layers import LocalResponseNorm
-from test_dispatch_support import OpLog
+from test_dispatch_support import OpLog, compiled_targets
 
 pytestmark = pytest.mark.skipif(
     not any(shutil.which(c) for c in ("c++", "g++", "clang++")), reason="no C++ compiler on this machine"
@@ -227,14 +227,6 @@ def test_export_and_compile_see_the_modules_not_the_fused_operator():
     assert any("alexnet.lrn" in t for t in targets)
     compiled = compiled_targets(model, x)
     assert not any("relu_lrn_pool" in t for t in compiled) and "alexnet.lrn.default" in compiled
-
-
-def compiled_targets(model: torch.nn.Module, x: torch.Tensor) -> set[str]:
-    """The operators in dynamo's graph of ``model(x)`` (recorded by a backend that runs the graph as is)."""
-    graphs: list[torch.fx.GraphModule] = []
-    with torch.no_grad():
-        torch.compile(model, backend=lambda gm, _: graphs.append(gm) or gm.forward, fullgraph=True)(x)
-    return {str(n.target) for g in graphs for n in g.graph.nodes if n.op == "call_function"}
 
 
 # --- training ------------------------------------------------------------------------------------------------

@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from alexnet.models import build_model, postops
-from test_dispatch_support import OpLog
+from test_dispatch_support import OpLog, compiled_targets
 
 CL = torch.channels_last
 CONV = "mkldnn._convolution_pointwise"
@@ -187,10 +187,7 @@ def test_export_and_compile_see_the_modules():
         exported = torch.export.export(model, (x,))
     targets = {str(n.target) for n in exported.graph.nodes if n.op == "call_function"}
     assert not any("pointwise" in t for t in targets)
-    graphs: list[torch.fx.GraphModule] = []
-    with torch.no_grad():
-        torch.compile(model, backend=lambda gm, _: graphs.append(gm) or gm.forward, fullgraph=True)(x)
-    compiled = {str(n.target) for g in graphs for n in g.graph.nodes if n.op == "call_function"}
+    compiled = compiled_targets(model, x)
     assert not any("pointwise" in t or "mkldnn" in t for t in compiled)
     assert any("conv2d" in t for t in compiled) and any(
         "linear" in t for t in compiled

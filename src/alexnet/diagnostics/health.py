@@ -138,11 +138,11 @@ class HealthMonitor(Callback):
             run_dir.mkdir(parents=True, exist_ok=True)
             self._csv = run_dir / HEALTH_CSV
             fresh = ctx.step == 0  # a new run starts anew; a resumed one drops the steps it does again
-            log = CsvLog(self._csv, CSV_COLUMNS, fresh=fresh)
+            rows = CsvLog(self._csv, CSV_COLUMNS, fresh=fresh)
             if fresh:
                 (run_dir / HEALTH_EVENTS).unlink(missing_ok=True)
             else:
-                log.truncate_after(ctx.step)
+                rows.truncate_after(ctx.step)
                 _truncate_events(run_dir / HEALTH_EVENTS, ctx.step)
             meta = json.dumps(self._meta(ctx), indent=2) + "\n"
             atomic_write(run_dir / HEALTH_META, lambda tmp: Path(tmp).write_text(meta))
@@ -416,6 +416,7 @@ def _truncate_events(path: Path, step: int) -> None:
             event = json.loads(line)
         except ValueError:
             continue
-        if isinstance(event, dict) and isinstance(event.get("step", 0), int) and event.get("step", 0) <= step:
+        at = event.get("step", 0) if isinstance(event, dict) else None
+        if isinstance(at, int) and at <= step:
             keep.append(line + "\n")
     atomic_write(path, lambda tmp: Path(tmp).write_text("".join(keep)))

@@ -21,6 +21,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from importlib import resources
 from typing import Any
+from urllib.parse import urlsplit
 
 import torch
 from fastapi import FastAPI, Request
@@ -106,12 +107,12 @@ def count_passes(model: AlexNetFamily, report: Callable[[int], None]) -> Iterato
 LOCAL_HOSTS = frozenset({"127.0.0.1", "localhost", "::1"})
 
 
-def _hostname(netloc: str) -> str:
-    """``host[:port]`` or ``[v6]:port`` → the host alone, lower case."""
-    netloc = netloc.strip().lower()
-    if netloc.startswith("["):
-        return netloc[1 : netloc.find("]")] if "]" in netloc else netloc
-    return netloc.rsplit(":", 1)[0] if netloc.count(":") == 1 else netloc
+def _hostname(url: str) -> str:
+    """The host name, lower case, of a ``Host`` header (``host[:port]``, ``[v6]:port``) or an ``Origin``."""
+    try:
+        return urlsplit(url if "://" in url else "//" + url.strip()).hostname or ""
+    except ValueError:  # "[::1" and the like: no host name at all
+        return ""
 
 
 def create_app(
@@ -143,7 +144,7 @@ def create_app(
                 return JSONResponse({"error": f"requests to host {host!r} are not served here"}, 400)
             origin = request.headers.get("origin")
             writes = request.method not in ("GET", "HEAD", "OPTIONS")
-            if writes and origin is not None and _hostname(origin.split("://", 1)[-1]) not in allowed:
+            if writes and origin is not None and _hostname(origin) not in allowed:
                 # another site's page posting here (a plain form POST needs no CORS preflight)
                 return JSONResponse({"error": f"requests from {origin} are not accepted"}, 403)
             return await call_next(request)
