@@ -34,7 +34,8 @@ def single(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
 
 
 def torchrun(tmp: Path, *args: str) -> subprocess.CompletedProcess:
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "MPLBACKEND": "Agg"}
+    # TMPDIR: torchrun's per-run log folder (torchelastic_*) goes in the test's folder, not /tmp
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MPLBACKEND": "Agg", "TMPDIR": str(tmp)}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
            str(cli_script(tmp)), json.dumps(TINY.to_dict()), *args]  # fmt: skip
     return subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env)

@@ -13,8 +13,8 @@ import torch
 import alexnet
 from alexnet.data.preprocess import Preprocessing
 from alexnet.errors import OutputError, WeightsError, WeightsMismatch
+from alexnet.files import atomic_write, new_file_mode
 from alexnet.weights import WeightsMeta, load_pretrained, read_weights, save_weights
-from alexnet.weights.io import _new_file_mode, atomic_write
 
 
 def test_safetensors_round_trip_keeps_tensors_and_metadata(tmp_path):
@@ -98,7 +98,7 @@ def test_save_is_atomic_and_leaves_no_temporary_files(tmp_path, monkeypatch):
 def test_written_files_get_the_umask_mode_or_keep_the_replaced_files_mode(tmp_path):
     old = os.umask(0o027)
     try:
-        _new_file_mode.cache_clear()
+        new_file_mode.cache_clear()
         path = atomic_write(tmp_path / "a.txt", lambda tmp: Path(tmp).write_text("1"))
         assert stat.S_IMODE(path.stat().st_mode) == 0o640  # not mkstemp's 0600
         path.chmod(0o604)
@@ -109,7 +109,7 @@ def test_written_files_get_the_umask_mode_or_keep_the_replaced_files_mode(tmp_pa
         assert stat.S_IMODE(weights.stat().st_mode) == 0o640
     finally:
         os.umask(old)
-        _new_file_mode.cache_clear()
+        new_file_mode.cache_clear()
 
 
 def test_an_output_path_that_cannot_be_written_is_a_clear_error_and_leaves_nothing(tmp_path):

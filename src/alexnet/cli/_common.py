@@ -87,7 +87,7 @@ def _folder_problem(path: Path) -> str | None:
         path.mkdir(parents=True, exist_ok=True)
         _created.extend(missing)
     except OSError as e:
-        from alexnet.weights.io import file_in_the_way
+        from alexnet.files import file_in_the_way
 
         blocking = file_in_the_way(path)
         return f"{blocking} is not a folder" if blocking else f"cannot create {path}: {e.strerror or e}"

@@ -226,7 +226,7 @@ def _load_cache(path: Path) -> dict[str, list]:
 
 
 def _save_cache(path: Path, cache: dict[str, list]) -> None:
-    from alexnet.weights.io import atomic_write
+    from alexnet.files import atomic_write
 
     try:
         atomic_write(path, lambda tmp: Path(tmp).write_text(json.dumps(cache)))

@@ -69,7 +69,7 @@ def _read_meta(store: Path) -> dict[str, Any] | None:
 
 
 def _write_meta(store: Path, meta: dict[str, Any]) -> None:
-    from alexnet.weights.io import atomic_write  # as data.stats writes its files
+    from alexnet.files import atomic_write
 
     atomic_write(store / "meta.json", lambda tmp: Path(tmp).write_text(json.dumps(meta)))
 
@@ -347,7 +347,7 @@ def pack(
 def _grow(store: Path, count: int, meta: dict[str, Any], files_txt: str) -> None:
     """Extend a complete store to ``count`` rows, the new ones not packed yet. A crash midway leaves sizes that do
     not match meta.json: readers then ignore the store and the next ``data-pack`` starts over, never wrong."""
-    from alexnet.weights.io import atomic_write
+    from alexnet.files import atomic_write
 
     size = int(meta["size"])
     old = np.load(store / "stat.npy")

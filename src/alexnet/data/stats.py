@@ -84,7 +84,7 @@ class DataStats:
         """``path`` (.safetensors: all tensors + the summary as metadata) and ``path`` with ``.json`` (summary)."""
         from safetensors.torch import save_file
 
-        from alexnet.weights.io import atomic_write
+        from alexnet.files import atomic_write
 
         path = Path(path)
         info = self.summary()

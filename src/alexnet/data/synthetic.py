@@ -25,7 +25,6 @@ import json
 import math
 import os
 import shutil
-import tempfile
 from collections.abc import Callable, Iterable
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
@@ -291,11 +290,11 @@ def ensure_builtin_dataset(
     )
     if (final / MANIFEST).is_file():
         return final
-    from alexnet.weights.io import process_umask  # here: the generating workers need not import torch
+    from alexnet.files import make_temp, process_umask
 
     try:
         final.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=final.parent))
+        tmp = make_temp(final.parent, final.name, ".tmp", directory=True)
         # mkdtemp's 0700 would hide a shared cache ($ALEXNET_DATA) from other users
         tmp.chmod(0o777 & ~process_umask())
     except OSError as e:

@@ -38,10 +38,10 @@ from alexnet.diagnostics.rules import (
     Thresholds,
     check_record,
 )
+from alexnet.files import atomic_write
 from alexnet.models.layers import LocalResponseNorm, channel_window_sum
 from alexnet.train.callbacks import Callback, TrainContext
 from alexnet.train.runlog import CsvLog
-from alexnet.weights.io import atomic_write
 
 HEALTH_CSV = "health.csv"
 HEALTH_META = "health_meta.json"

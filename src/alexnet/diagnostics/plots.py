@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from alexnet.diagnostics.rules import HealthRecord, Thresholds, chance_loss, relative_grad
-from alexnet.weights.io import atomic_write
+from alexnet.files import atomic_write
 
 PANELS = (
     ("loss", "training loss (window mean)"),

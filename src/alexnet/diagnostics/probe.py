@@ -24,8 +24,8 @@ from torch import nn
 from alexnet.diagnostics.health import HealthMonitor
 from alexnet.diagnostics.rules import Thresholds
 from alexnet.errors import DataError, TrainingError
+from alexnet.files import atomic_write
 from alexnet.train.callbacks import Callback, TrainContext
-from alexnet.weights.io import atomic_write
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
 

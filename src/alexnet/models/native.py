@@ -30,12 +30,13 @@ import platform
 import shlex
 import shutil
 import subprocess
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
 
 import torch
+
+from alexnet.files import make_temp
 
 log = logging.getLogger(__name__)
 
@@ -89,19 +90,19 @@ def build(out_dir: Path | None = None) -> Path:
         return target
     out_dir.mkdir(parents=True, exist_ok=True)
     log.info("building the CPU kernels for this machine into %s (once; 8-15 s)", target)
-    fd, tmp = tempfile.mkstemp(prefix=".lrn-", suffix=".so", dir=out_dir)
-    os.close(fd)
+    # named for the target, so that a build killed midway leaves nothing the next build of it keeps
+    tmp = make_temp(out_dir, target.name)
+    work = make_temp(out_dir, target.name, ".objects", directory=True)
     try:
-        with tempfile.TemporaryDirectory(prefix=".lrn-objects-", dir=out_dir) as work:
-            # one compiler per source, side by side: the build takes as long as its longest file
-            objects = [str(Path(work) / f"{path.stem}.o") for path in SOURCES]
-            pairs = zip(SOURCES, objects, strict=True)
-            _run_all([[cxx, *flags, "-c", str(path), "-o", obj] for path, obj in pairs])
-            _run_all([[cxx, *flags, *objects, "-o", tmp]])
+        # one compiler per source, side by side: the build takes as long as its longest file
+        objects = [str(work / f"{path.stem}.o") for path in SOURCES]
+        pairs = zip(SOURCES, objects, strict=True)
+        _run_all([[cxx, *flags, "-c", str(path), "-o", obj] for path, obj in pairs])
+        _run_all([[cxx, *flags, *objects, "-o", str(tmp)]])
         os.replace(tmp, target)
     finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+        tmp.unlink(missing_ok=True)
+        shutil.rmtree(work, ignore_errors=True)
     return target
 
 

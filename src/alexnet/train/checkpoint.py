@@ -18,7 +18,8 @@ import numpy as np
 import torch
 
 from alexnet.errors import TrainingError
-from alexnet.weights.io import atomic_write, load_failure
+from alexnet.files import atomic_write
+from alexnet.weights.io import load_failure
 
 FORMAT = "alexnet-checkpoint/1"
 log = logging.getLogger("alexnet.train")

@@ -189,7 +189,7 @@ class TrainConfig:
         return asdict(self)
 
     def save(self, path: str | Path) -> Path:
-        from alexnet.weights.io import atomic_write
+        from alexnet.files import atomic_write
 
         text = json.dumps(self.to_dict(), indent=2) + "\n"
         return atomic_write(path, lambda tmp: Path(tmp).write_text(text))

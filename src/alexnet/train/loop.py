@@ -651,7 +651,7 @@ def _write_results(
     """``results.json``: the final validation numbers (centre crop, and ten-crop when asked) and the wall time."""
     import json
 
-    from alexnet.weights.io import atomic_write
+    from alexnet.files import atomic_write
 
     out: dict[str, Any] = {"steps": steps, "minutes": round(seconds / 60, 2)}
     if centre is not None:

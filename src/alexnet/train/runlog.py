@@ -11,7 +11,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from alexnet.weights.io import atomic_write
+from alexnet.files import atomic_write
 
 METRICS = "metrics.csv"
 STEPS = "steps.csv"

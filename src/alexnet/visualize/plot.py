@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from alexnet.data.preprocess import Preprocessing
-from alexnet.weights.io import atomic_write
+from alexnet.files import atomic_write
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure

@@ -33,8 +33,8 @@ from tqdm import tqdm
 
 from alexnet.data.images import read_image
 from alexnet.errors import DataError, WeightsError
+from alexnet.files import atomic_write
 from alexnet.models import AlexNetFamily
-from alexnet.weights.io import atomic_write
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure

@@ -23,11 +23,11 @@ import torch
 from tqdm import tqdm
 
 from alexnet.errors import DataError, ImageError
+from alexnet.files import atomic_write
 from alexnet.models import AlexNetFamily
 from alexnet.predict import preprocessing_of
 from alexnet.visualize.hooks import SelectionError, capture, check_layers
 from alexnet.visualize.inputs import prepare
-from alexnet.weights.io import atomic_write
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure

@@ -4,14 +4,13 @@ behind on failure or interruption, and a network that stops answering gives up a
 from __future__ import annotations
 
 import os
-import tempfile
 import urllib.error
 import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 
 from alexnet.errors import WeightsError
-from alexnet.weights.io import process_umask
+from alexnet.files import fsync_path, make_temp, process_umask
 
 
 def download(
@@ -30,11 +29,10 @@ def download(
         target.parent.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise WeightsError(f"cannot create {target.parent} ({e.strerror or e}); {offline}") from None
-    fd, name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".part", dir=target.parent)
-    tmp = Path(name)
+    tmp = make_temp(target.parent, target.name, ".part")
     try:
         with (
-            os.fdopen(fd, "wb") as out,
+            open(tmp, "wb") as out,
             urllib.request.urlopen(
                 url, timeout=timeout
             ) as response,  # the timeout: connecting and every read
@@ -49,6 +47,7 @@ def download(
         if check is not None:
             check(tmp)
         os.chmod(tmp, 0o666 & ~process_umask())  # mkstemp's 0600 → what a plain open() would have made
+        fsync_path(tmp)  # as files.atomic_write: a power loss must not leave an empty file under the name
         os.replace(tmp, target)
     except (urllib.error.URLError, OSError) as e:  # TimeoutError is an OSError
         tmp.unlink(missing_ok=True)

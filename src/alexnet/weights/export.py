@@ -20,8 +20,9 @@ import torch
 from torch import nn
 
 from alexnet.errors import AlexnetError, InputSizeError
+from alexnet.files import atomic_write
 from alexnet.models.net import AlexNetFamily
-from alexnet.weights.io import WeightsMeta, atomic_write
+from alexnet.weights.io import WeightsMeta
 from alexnet.weights.onnx import META_KEY, Verification, read_chain, verify
 
 

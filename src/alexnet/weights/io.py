@@ -1,17 +1,12 @@
 """Weights files: safetensors with metadata (model, classes, preprocessing, source, licence, architecture).
 
 Never unpickles user files: ``.safetensors`` is read with safetensors, legacy ``.pth``/``.pt`` only with
-``torch.load(weights_only=True)``. Writes are atomic (temporary file, then rename).
+``torch.load(weights_only=True)``. Writes are atomic and durable (:func:`alexnet.files.atomic_write`).
 """
 
 from __future__ import annotations
 
-import errno
-import functools
 import json
-import os
-import stat
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -21,6 +16,7 @@ from torch import nn
 
 from alexnet.data.preprocess import Preprocessing
 from alexnet.errors import OutputError, WeightsError, WeightsMismatch
+from alexnet.files import atomic_write
 
 if TYPE_CHECKING:
     from alexnet.models import ArchConfig
@@ -208,56 +204,6 @@ def _num_params(config: ArchConfig, num_classes: int | None) -> int:
     with torch.device("meta"):
         model = build_model(config, num_classes=config.num_classes if num_classes is None else num_classes)
     return sum(p.numel() for p in model.parameters())
-
-
-def process_umask() -> int:
-    """This process's umask (read by setting it and setting it back: there is no getter)."""
-    umask = os.umask(0o022)
-    os.umask(umask)
-    return umask
-
-
-@functools.cache
-def _new_file_mode() -> int:
-    """The mode ``open()`` gives a new file under this process's umask (``mkstemp`` makes 0600)."""
-    return 0o666 & ~process_umask()
-
-
-def file_in_the_way(path: Path) -> Path | None:
-    """The first of ``path``'s parent folders that exists as a file, if any: why the folder cannot be made."""
-    return next((p for p in reversed(path.parents) if p.exists() and not p.is_dir()), None)
-
-
-def atomic_write(path: str | Path, write: Any) -> Path:
-    """Call ``write(tmp_path)`` then rename onto ``path``, so a crash never leaves a half-written file.
-
-    The file gets the mode of the file it replaces, else what the umask gives a new file. A path that cannot be
-    written raises :class:`OutputError` naming it and the reason."""
-    path = Path(path)
-    tmp: str | None = None
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        if path.is_dir():
-            raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR))
-        mode = stat.S_IMODE(path.stat().st_mode) if path.exists() else _new_file_mode()
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        os.close(fd)
-        write(tmp)
-        os.chmod(tmp, mode)  # after writing: a writer may replace the file (safetensors' save_file does)
-        os.replace(tmp, path)
-    except OSError as e:
-        if tmp is not None:
-            Path(tmp).unlink(missing_ok=True)
-        reason = e.strerror or str(e)
-        if e.filename and Path(e.filename) in path.parents:  # a folder on the way
-            blocking = file_in_the_way(path)
-            reason = f"{blocking} is not a folder" if blocking else f"{reason}: {e.filename}"
-        raise OutputError(f"cannot write {path}: {reason}") from None
-    except BaseException:
-        if tmp is not None:
-            Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
 
 
 def save_weights(model: nn.Module, path: str | Path, meta: WeightsMeta | None = None) -> Path:

@@ -168,7 +168,7 @@ def place(name: str, path: str | Path) -> Path:
     check_digest(source, Path(path))
     target = cache_dir() / source.filename
     target.parent.mkdir(parents=True, exist_ok=True)
-    from alexnet.weights.io import atomic_write
+    from alexnet.files import atomic_write
 
     return atomic_write(target, lambda tmp: shutil.copyfile(path, tmp))  # never a cut-off copy under its name
 
