@@ -63,7 +63,9 @@ def test_a_write_syncs_the_data_before_the_rename_and_the_folder_after(tmp_path,
 def test_a_writer_killed_mid_write_leaves_a_temporary_file_that_the_next_write_removes(tmp_path):
     target = tmp_path / "model.safetensors"
     target.write_text("old")
-    proc = subprocess.Popen([sys.executable, "-c", KILLED_WRITER, str(target)], stdout=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", KILLED_WRITER, str(target)], stdout=subprocess.PIPE, text=True
+    )
     try:
         assert proc.stdout is not None and proc.stdout.readline().strip() == "writing"
     finally:

@@ -154,6 +154,7 @@ def _one_line_error(capsys: pytest.CaptureFixture, argv: list[str]) -> str:
         (["eval", "--data", "{tmp}"], "exactly one of --weights"),
         (["eval", "--weights", "{tmp}/missing.safetensors", "--data", "{tmp}"], "no such weights file"),
         (["eval", "--run", "{tmp}", "--data", "{tmp}"], "no model.safetensors"),
+        (["eval", "--run", "{tmp}/missing", "--data", "{tmp}"], "missing: no such run folder"),
         (["eval", "--weights", "x", "--batch-size", "0"], "--batch-size"),
     ],
 )

@@ -45,10 +45,10 @@ def _weights_and_data(args: argparse.Namespace) -> tuple[str, str | None]:
         raise CommandError("give exactly one of --weights FILE and --run DIR")
     if args.weights is not None:
         return args.weights, args.data
+    from alexnet.train.run_folder import run_weights
+
     run = Path(args.run)
-    weights = run / "model.safetensors"
-    if not weights.is_file():
-        raise CommandError(f"--run: {run} has no model.safetensors (not a finished training run)")
+    weights = run_weights(run)
     data = args.data
     if data is None and (run / "config.json").is_file():
         data = _run_data(run / "config.json")

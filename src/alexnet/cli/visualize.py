@@ -181,9 +181,9 @@ def load_model(args: argparse.Namespace) -> Any:
     if args.run is not None:
         if args.weights is not None:
             raise CommandError("give --run or --weights, not both")
-        path = Path(args.run) / "model.safetensors"
-        if not path.is_file():
-            raise CommandError(f"{args.run}: no model.safetensors in this run folder")
+        from alexnet.train.run_folder import run_weights
+
+        path = run_weights(args.run)
         args.weights = str(path)
         config = Path(args.run) / "config.json"
         if args.model is None and config.is_file():  # older weights files may not record their model

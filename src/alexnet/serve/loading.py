@@ -6,20 +6,9 @@ from pathlib import Path
 
 from alexnet.errors import WeightsError
 from alexnet.serve.state import Slot
+from alexnet.train.run_folder import run_weights
 
-RUN_WEIGHTS = "model.safetensors"
 TOP9 = "top9"
-
-
-def run_weights(run_dir: str | Path) -> Path:
-    """A training run folder's final weights; :class:`WeightsError` naming what is missing."""
-    run = Path(run_dir)
-    if not run.is_dir():
-        raise WeightsError(f"{run}: no such run folder")
-    weights = run / RUN_WEIGHTS
-    if not weights.is_file():
-        raise WeightsError(f"{run}: no {RUN_WEIGHTS} in this run folder (has the run finished?)")
-    return weights
 
 
 def load_slot(key: str, model: str | None = None, weights: str | None = None, run: str | None = None) -> Slot:

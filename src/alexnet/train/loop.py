@@ -42,6 +42,7 @@ from alexnet.train.data import (
 )
 from alexnet.train.loss_reader import LossReader, StepRecord, default_lag
 from alexnet.train.optim import LRSchedule, build_optimizer, load_optimizer_state
+from alexnet.train.run_folder import WEIGHTS
 from alexnet.train.runlog import (
     METRIC_FIELDS,
     METRICS,
@@ -55,7 +56,6 @@ from alexnet.train.runlog import (
 
 log = logging.getLogger("alexnet.train")
 
-WEIGHTS = "model.safetensors"
 # a live health warning stays in the progress bar this long (it stays in train.log for good)
 WARNING_SHOWN_STEPS = 100
 CONFIG = "config.json"
@@ -205,7 +205,7 @@ def _train(
             f"batch size {cfg.batch_size} is not divisible by the {info.world_size} processes"
         )
     # a folder whose run stopped before its first checkpoint (config.json only) may be trained into again
-    if not resume and (list_checkpoints(run_dir) or (run_dir / "model.safetensors").is_file()):
+    if not resume and (list_checkpoints(run_dir) or (run_dir / WEIGHTS).is_file()):
         raise TrainingError(
             f"{run_dir} already holds a run: add --resume to continue it, or pick another --out (or delete it)"
         )

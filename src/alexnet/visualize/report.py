@@ -32,14 +32,13 @@ import numpy as np
 from tqdm import tqdm
 
 from alexnet.data.images import read_image
-from alexnet.errors import DataError, WeightsError
+from alexnet.errors import DataError
 from alexnet.files import atomic_write
 from alexnet.models import AlexNetFamily
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
-RUN_WEIGHTS = "model.safetensors"
 REPORT = "report.html"
 
 
@@ -127,12 +126,10 @@ def read_json(path: Path) -> dict[str, Any]:
 
 
 def load_run_model(run_dir: Path) -> AlexNetFamily:
+    from alexnet.train.run_folder import run_weights
     from alexnet.weights import load_pretrained
 
-    weights = run_dir / RUN_WEIGHTS
-    if not weights.is_file():
-        raise WeightsError(f"{run_dir}: no {RUN_WEIGHTS} in this run folder (has the run finished?)")
-    return load_pretrained(None, weights).eval()
+    return load_pretrained(None, run_weights(run_dir)).eval()
 
 
 def data_root(config: dict[str, Any]) -> Path | None:
