@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import csv
 import json
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -91,3 +93,66 @@ def test_a_bad_data_folder_under_torchrun_is_one_line_not_a_broken_connection(tm
     lines = [line for line in ddp.stderr.splitlines() if line.startswith("alexnet: error:")]
     assert len(lines) == 1 and "no data folder" in lines[0]
     assert "Connection closed by peer" not in ddp.stderr and "[rank1]: Traceback" not in ddp.stderr
+
+
+def _rank_pids(launcher: int) -> dict[int, int]:
+    """torchrun's worker processes by rank (read from their environment)."""
+    pids = {}
+    for pid in Path(f"/proc/{launcher}/task/{launcher}/children").read_text().split():
+        try:
+            env = dict(
+                item.split("=", 1)
+                for item in Path(f"/proc/{pid}/environ").read_text().split("\0")
+                if "=" in item
+            )
+        except OSError:
+            continue
+        if "RANK" in env:
+            pids[int(env["RANK"])] = int(pid)
+    return pids
+
+
+def test_sigterm_to_one_rank_stops_every_rank_after_the_same_step_with_a_checkpoint(
+    tmp_path: Path, single: tuple[Path, Path]
+) -> None:
+    """A signal reaches the ranks at different moments (here: rank 1 only); they agree on the step to stop
+    after, write one checkpoint together, and the run resumes from it under torchrun."""
+    import time
+
+    from alexnet.train.checkpoint import list_checkpoints, load_checkpoint
+
+    data, _ = single
+    run = tmp_path / "ddp"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MPLBACKEND": "Agg", "TMPDIR": str(tmp_path)}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+           str(cli_script(tmp_path)), json.dumps(TINY.to_dict()), *COMMON, "--data", str(data), "--epochs", "200",
+           "--out", str(run)]  # fmt: skip
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    steps = run / "steps.csv"
+    deadline = time.monotonic() + 300
+    while proc.poll() is None and time.monotonic() < deadline:
+        if steps.is_file() and steps.read_text().count("\n") > 3:
+            break
+        time.sleep(0.01)
+    assert proc.poll() is None, "the run ended before it could be interrupted"
+    os.kill(_rank_pids(proc.pid)[1], signal.SIGTERM)
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode != 0  # torchrun reports its workers' exit code 143 as a failure
+    step = load_checkpoint(list_checkpoints(run)[-1])["step"]
+    assert 3 <= step < 600
+    assert f"SIGTERM: stopped after step {step} of 600" in (run / "train.log").read_text()
+    with steps.open() as f:
+        assert max(int(row["step"]) for row in csv.DictReader(f)) == step
+    # one line from rank 0, no traceback from the workers (torchrun adds its own report of their exit codes)
+    assert [line for line in err.splitlines() if line.startswith("alexnet:")] == [
+        f"alexnet: SIGTERM: stopped after step {step} of 600; checkpoint saved: continue with "
+        f"`alexnet train --resume --out {run}`"
+    ]
+    assert (
+        "alexnet/train/" not in err and "alexnet/cli/" not in err and "Connection closed by peer" not in err
+    )
+
+    resumed = torchrun(tmp_path, "train", "--resume", "--out", str(run), "--max-steps", str(step + 2), "-q")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    with steps.open() as f:
+        assert max(int(row["step"]) for row in csv.DictReader(f)) == step + 2

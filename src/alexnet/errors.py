@@ -51,3 +51,17 @@ class TrainingError(AlexnetError):
 class StoppedByMainRank(TrainingError):
     """Raised on the other ranks of a torchrun job when rank 0 has failed and printed why: they stop with the same
     exit code without repeating it (torchrun may kill them before they could print anyway)."""
+
+
+class Interrupted(AlexnetError):
+    """A run stopped by a signal (Ctrl-C, SIGTERM) after saving its state. The command exits with 128 + the
+    signal's number, as a shell reports a process that the signal ended. ``quiet``: another rank says it."""
+
+    def __init__(self, message: str, signum: int, quiet: bool = False) -> None:
+        super().__init__(message)
+        self.signum = signum
+        self.quiet = quiet
+
+    @property
+    def exit_code(self) -> int:
+        return 128 + self.signum

@@ -10,7 +10,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, NoReturn
 
-from alexnet.errors import AlexnetError, StoppedByMainRank
+from alexnet.errors import AlexnetError, Interrupted, StoppedByMainRank
 
 EXIT_USAGE = 2
 
@@ -63,6 +63,10 @@ def run_safely(fn: Callable[[], int | None]) -> int:
         return code
     except StoppedByMainRank:  # rank 0 has said why, once for the whole job
         return EXIT_USAGE
+    except Interrupted as e:  # stopped on request, its state saved
+        if not e.quiet:
+            print(f"alexnet: {e}", file=sys.stderr)
+        return e.exit_code
     except AlexnetError as e:
         print(f"alexnet: error: {e}", file=sys.stderr)
         return EXIT_USAGE

@@ -169,7 +169,10 @@ def register(sub: Any) -> None:
     )
     p.add_argument("--out", "-o", default=None, help="run folder (default runs/<model>-<recipe>-<time>)")
     p.add_argument(
-        "--resume", action="store_true", help="continue the run in --out from its newest checkpoint"
+        "--resume",
+        action="store_true",
+        help="continue the run in --out from its newest checkpoint (Ctrl-C or SIGTERM stops a run after the step "
+        "under way with a checkpoint; a second Ctrl-C stops at once)",
     )
     for flag, dest, typ, help_ in _VALUE_FLAGS:
         p.add_argument(flag, dest=dest, type=typ, default=None, help=help_)

@@ -18,6 +18,7 @@ import contextlib
 import functools
 import logging
 import math
+import signal
 from collections.abc import Iterator
 from typing import Any
 
@@ -93,6 +94,14 @@ def seeded(seed: int) -> Iterator[None]:
         yield
 
 
+def quiet_worker_signals(_worker_id: int = 0) -> None:
+    """A data-loading worker leaves Ctrl-C to the main process (the terminal sends it to the whole process
+    group: a worker that died of it would break the batch the main process is waiting for), and dies of SIGTERM
+    as a worker should, whatever handler it inherited."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
 class _Seeded(Dataset):
     """Wraps a dataset so that item ``(index, seed)`` is produced with torch's RNG seeded by ``seed``."""
 
@@ -126,6 +135,7 @@ class Loader(DataLoader):
         device: str | torch.device | None = None,
         **kwargs: Any,
     ) -> None:
+        kwargs.setdefault("worker_init_fn", quiet_worker_signals)
         if augment_device is not None:
             device = augment_device
         self.device = torch.device(device) if device is not None else None

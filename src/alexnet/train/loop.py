@@ -10,6 +10,7 @@ end (and every ``eval_every`` steps). See :mod:`alexnet.train.callbacks` for the
 from __future__ import annotations
 
 import logging
+import signal
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -19,7 +20,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from alexnet.errors import DataError, StoppedByMainRank, TrainingError
+from alexnet.errors import DataError, Interrupted, StoppedByMainRank, TrainingError
 from alexnet.evaluate import EvalResult, evaluate_loader
 from alexnet.train import distributed as dist_utils
 from alexnet.train.callbacks import Callback, TrainContext
@@ -40,6 +41,7 @@ from alexnet.train.data import (
     run_stats,
     train_loader,
 )
+from alexnet.train.interrupt import StopRequest
 from alexnet.train.loss_reader import LossReader, StepRecord, default_lag
 from alexnet.train.optim import LRSchedule, build_optimizer, load_optimizer_state
 from alexnet.train.run_folder import WEIGHTS
@@ -113,7 +115,9 @@ def train(
     progress: bool = True,
 ) -> TrainResult:
     """Train ``cfg.model`` with ``cfg`` into the run folder ``cfg.out``; ``resume`` continues from its newest
-    checkpoint. Raises :class:`TrainingError` / :class:`DataError` for anything the user can fix."""
+    checkpoint. Raises :class:`TrainingError` / :class:`DataError` for anything the user can fix, and
+    :class:`~alexnet.errors.Interrupted` after Ctrl-C or SIGTERM, once the step under way is checkpointed
+    (:mod:`alexnet.train.interrupt`)."""
     info = dist_utils.setup(cfg.device)
     try:
         return _train(cfg, info, resume, callbacks, progress)
@@ -483,6 +487,18 @@ def _train(
 
     from tqdm import tqdm
 
+    def interrupted(signum: int) -> None:
+        """After the checkpoint: say where the run stopped, then stop every rank with the signal's exit code."""
+        name = signal.Signals(signum).name
+        message = (
+            f"{name}: stopped after step {step} of {total_steps}; checkpoint saved: continue with "
+            f"`alexnet train --resume --out {run_dir}`"
+        )
+        if info.is_main:
+            log.warning("%s", message)
+        dist_utils.barrier(info)  # rank 0 has logged before any rank exits (torchrun stops the rest then)
+        raise Interrupted(message, signum, quiet=not info.is_main)
+
     bar = tqdm(
         total=total_steps,
         initial=step,
@@ -494,77 +510,83 @@ def _train(
     _run_callbacks(callbacks, "on_train_start", ctx)
     net.train()
     try:
-        while epoch < cfg.epochs and step < total_steps:
-            loader.set_epoch(epoch, in_epoch)
-            t0 = time.monotonic()
-            batches = iter(loader)
-            while True:
-                try:  # the time to get a batch: the workers, and with --gpu-augment its launch on the GPU
-                    images, targets = next(batches)
-                except StopIteration:
-                    break
-                window_data += time.monotonic() - t0
-                in_epoch += 1
-                images = images.to(info.device, non_blocking=True)
-                targets = targets.to(info.device, non_blocking=True)
-                if cfg.channels_last:
-                    images = images.contiguous(memory_format=torch.channels_last)
-                lr = schedule.apply(optimizer, step)
-                ctx.step, ctx.epoch, ctx.lr, ctx.inputs, ctx.loss = step, epoch, lr, images, None
-                _run_callbacks(callbacks, "on_step_start", ctx)
-                with torch.autocast(info.device.type, dtype=torch.bfloat16, enabled=cfg.amp):
-                    logits = forward(images)
-                loss = F.cross_entropy(logits.float(), targets, label_smoothing=cfg.label_smoothing)
-                # lag 0: this step's loss, read (and a non-finite one stopped) before its backward pass
-                account(reader.push(loss, StepRecord(step, epoch, lr, images)))
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                ctx.loss = loss.detach()
-                _run_callbacks(callbacks, "on_after_backward", ctx)
-                if cfg.grad_clip:
-                    torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-                optimizer.step()
-                if cfg.renorm_rms is not None:
-                    from alexnet.models import renormalize_filters_
+        with StopRequest(info, announce=progress) as stop:
+            while epoch < cfg.epochs and step < total_steps:
+                loader.set_epoch(epoch, in_epoch)
+                t0 = time.monotonic()
+                batches = iter(loader)
+                while True:
+                    try:  # the time to get a batch: the workers, and with --gpu-augment its launch on the GPU
+                        images, targets = next(batches)
+                    except StopIteration:
+                        break
+                    window_data += time.monotonic() - t0
+                    in_epoch += 1
+                    images = images.to(info.device, non_blocking=True)
+                    targets = targets.to(info.device, non_blocking=True)
+                    if cfg.channels_last:
+                        images = images.contiguous(memory_format=torch.channels_last)
+                    lr = schedule.apply(optimizer, step)
+                    ctx.step, ctx.epoch, ctx.lr, ctx.inputs, ctx.loss = step, epoch, lr, images, None
+                    _run_callbacks(callbacks, "on_step_start", ctx)
+                    with torch.autocast(info.device.type, dtype=torch.bfloat16, enabled=cfg.amp):
+                        logits = forward(images)
+                    loss = F.cross_entropy(logits.float(), targets, label_smoothing=cfg.label_smoothing)
+                    # lag 0: this step's loss, read (and a non-finite one stopped) before its backward pass
+                    account(reader.push(loss, StepRecord(step, epoch, lr, images)))
+                    optimizer.zero_grad(set_to_none=True)
+                    loss.backward()
+                    ctx.loss = loss.detach()
+                    _run_callbacks(callbacks, "on_after_backward", ctx)
+                    if cfg.grad_clip:
+                        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+                    optimizer.step()
+                    if cfg.renorm_rms is not None:
+                        from alexnet.models import renormalize_filters_
 
-                    renormalize_filters_(model, cfg.renorm_rms)
-                step += 1
-                ctx.step = step
-                warns = _run_callbacks(callbacks, "on_step_end", ctx)
-                if warns:
-                    warn_text, warn_step = warns[-1], step
-                elif warn_text and step - warn_step >= WARNING_SHOWN_STEPS:
-                    warn_text = ""  # a passing problem (the plateau before learning starts) leaves the bar
-                dt = time.monotonic() - t0
-                t0 = time.monotonic()
-                window_images += len(targets) * info.world_size
-                window_time += dt
-                ips = window_images / window_time if window_time > 0 else 0.0
-                bar.set_postfix_str(
-                    f"epoch {epoch + 1}"
-                    + (f" loss {last_loss:.4f}" if last_loss is not None else "")
-                    + f" {ips:.1f} img/s"
-                    + (f" ! {warn_text}" if warn_text else ""),
-                    refresh=False,  # update() redraws at most 10 times a second: 40 µs a step less
-                )
-                bar.update(1)
-                if step % cfg.checkpoint_every == 0:
-                    checkpoint(epoch, in_epoch)
-                if cfg.eval_every and step % cfg.eval_every == 0 and step < total_steps:
-                    run_eval(epoch)
+                        renormalize_filters_(model, cfg.renorm_rms)
+                    step += 1
+                    ctx.step = step
+                    warns = _run_callbacks(callbacks, "on_step_end", ctx)
+                    if warns:
+                        warn_text, warn_step = warns[-1], step
+                    elif warn_text and step - warn_step >= WARNING_SHOWN_STEPS:
+                        warn_text = (
+                            ""  # a passing problem (the plateau before learning starts) leaves the bar
+                        )
+                    dt = time.monotonic() - t0
+                    t0 = time.monotonic()
+                    window_images += len(targets) * info.world_size
+                    window_time += dt
+                    ips = window_images / window_time if window_time > 0 else 0.0
+                    bar.set_postfix_str(
+                        f"epoch {epoch + 1}"
+                        + (f" loss {last_loss:.4f}" if last_loss is not None else "")
+                        + f" {ips:.1f} img/s"
+                        + (f" ! {warn_text}" if warn_text else ""),
+                        refresh=False,  # update() redraws at most 10 times a second: 40 µs a step less
+                    )
+                    bar.update(1)
+                    stopping = stop.should_stop()  # Ctrl-C or SIGTERM: this step is the last
+                    if step % cfg.checkpoint_every == 0 or stopping:
+                        checkpoint(epoch, in_epoch)
+                    if stopping:
+                        interrupted(stop.agreed or signal.SIGINT)
+                    if cfg.eval_every and step % cfg.eval_every == 0 and step < total_steps:
+                        run_eval(epoch)
+                        net.train()
+                    if step >= total_steps:
+                        break
+                    t0 = time.monotonic()
+                if (
+                    in_epoch >= steps_per_epoch
+                ):  # a full epoch: evaluate, let the plateau schedule decide, checkpoint
+                    result = run_eval(epoch + 1)
                     net.train()
-                if step >= total_steps:
-                    break
-                t0 = time.monotonic()
-            if (
-                in_epoch >= steps_per_epoch
-            ):  # a full epoch: evaluate, let the plateau schedule decide, checkpoint
-                result = run_eval(epoch + 1)
-                net.train()
-                if schedule.on_eval(result.top1_err) and info.is_main:
-                    log.info("validation error stopped improving: learning rate × %g", cfg.lr_factor)
-                epoch, in_epoch = epoch + 1, 0
-                checkpoint(epoch, in_epoch)
+                    if schedule.on_eval(result.top1_err) and info.is_main:
+                        log.info("validation error stopped improving: learning rate × %g", cfg.lr_factor)
+                    epoch, in_epoch = epoch + 1, 0
+                    checkpoint(epoch, in_epoch)
         account(reader.flush())
         if in_epoch:  # cut short by max_steps: a checkpoint so that a longer --max-steps can --resume it
             checkpoint(epoch, in_epoch)

@@ -1,0 +1,90 @@
+"""Stopping a training run on request without losing what it trained.
+
+Ctrl-C (SIGINT) or a scheduler's SIGTERM (a preempted job; torchrun passes its own on as SIGTERM) lets the step
+under way finish; the loop then writes a checkpoint and stops with exit code 128 + the signal's number, and
+``alexnet train --resume --out DIR`` goes on from that step as if the run had never stopped. A second Ctrl-C stops
+at once (the last checkpoint written is kept).
+
+Under torchrun every rank must stop after the same step (a checkpoint is a collective), but a signal reaches the
+ranks at different moments. The ranks agree through a one-integer all-reduce that each step starts and the next
+step reads, on a gloo group of its own: no step waits for it, and the run stops one step after the signal.
+"""
+
+from __future__ import annotations
+
+import signal
+import sys
+import threading
+from types import FrameType, TracebackType
+from typing import Any
+
+import torch
+
+from alexnet.train.distributed import DistInfo
+
+SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+class StopRequest:
+    """Catches SIGINT and SIGTERM while a run trains; :meth:`should_stop`, called once per step on every rank,
+    says when all ranks are to stop. Handlers are installed only in the main thread, and restored on exit."""
+
+    def __init__(self, info: DistInfo, announce: bool = True) -> None:
+        self.info = info
+        self.announce = announce
+        self.signum: int | None = None  # the signal this process received
+        self.agreed: int | None = None  # the signal all ranks stop for (under torchrun: the largest received)
+        self._old: dict[int, Any] = {}
+        self._group: Any = None
+        self._flag: torch.Tensor | None = None
+        self._work: Any = None
+
+    def __enter__(self) -> StopRequest:
+        if self.info.distributed:
+            import torch.distributed as dist
+
+            # its own group: an outstanding agreement never pairs with another collective of the default one
+            self._group = dist.new_group(backend="gloo")
+        if threading.current_thread() is threading.main_thread():
+            for sig in SIGNALS:
+                self._old[sig] = signal.signal(sig, self._on_signal)
+        return self
+
+    def __exit__(
+        self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        if kind is None and self._work is not None:
+            self._work.wait()  # every rank started it; after an error, another rank may not have
+        self._work = None
+        for sig, old in self._old.items():
+            signal.signal(sig, old)
+        self._old.clear()
+
+    def _on_signal(self, signum: int, _frame: FrameType | None) -> None:
+        if self.signum is not None:
+            if signum == signal.SIGINT:
+                raise KeyboardInterrupt  # Ctrl-C again: now
+            return  # torchrun's SIGTERM after the terminal's SIGINT: already stopping
+        self.signum = signum
+        if self.announce and self.info.is_main:
+            name = signal.Signals(signum).name
+            sys.stderr.write(
+                f"\nalexnet: {name}: stopping after this step, with a checkpoint (Ctrl-C again: now)\n"
+            )
+
+    def should_stop(self) -> bool:
+        """Whether to checkpoint and stop now. The same answer on every rank at the same step."""
+        if not self.info.distributed:
+            self.agreed = self.signum
+            return self.signum is not None
+        import torch.distributed as dist
+
+        if self._work is not None:
+            self._work.wait()  # started a step ago: long done
+            assert self._flag is not None
+            if int(self._flag.item()):
+                self.agreed, self._work = int(self._flag.item()), None
+                return True
+        self._flag = torch.tensor([self.signum or 0], dtype=torch.int64)
+        self._work = dist.all_reduce(self._flag, op=dist.ReduceOp.MAX, group=self._group, async_op=True)
+        return False

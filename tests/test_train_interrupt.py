@@ -1,0 +1,139 @@
+"""Ctrl-C and SIGTERM during training: the step under way finishes, a checkpoint is written, the run stops with
+128 + the signal's number, and --resume goes on as if it had never stopped (alexnet.train.interrupt)."""
+
+from __future__ import annotations
+
+import csv
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from alexnet.train.checkpoint import list_checkpoints, load_checkpoint
+from alexnet.train.distributed import DistInfo
+from alexnet.train.interrupt import StopRequest
+from test_train_support import TINY, cli_command, run_cli, tiny_data
+
+STEPS = 120  # 24 images / batch 4 × 20 epochs: long enough to be interrupted mid-run
+TRAIN = [
+    "train", "--model", TINY.name, "--recipe", "demo", "--input-size", "63", "--batch-size", "4",
+    "--workers", "1", "--epochs", "20", "-q",
+]  # fmt: skip
+
+
+def _losses(run: Path) -> dict[int, float]:
+    with (run / "steps.csv").open() as f:
+        return {int(r["step"]): float(r["loss"]) for r in csv.DictReader(f)}
+
+
+def _interrupt(tmp: Path, args: list[str], run: Path, send) -> subprocess.CompletedProcess:
+    """Start a run in a session of its own, call ``send(proc)`` once it has logged 8 steps, and wait for it."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen(
+        cli_command(tmp, *args, "--out", str(run)),
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    steps = run / "steps.csv"
+    deadline = time.monotonic() + 240
+    while proc.poll() is None and time.monotonic() < deadline:
+        if steps.is_file() and steps.read_text().count("\n") > 8:
+            break
+        time.sleep(0.005)
+    assert proc.poll() is None, "the run ended before it could be interrupted"
+    send(proc)
+    out, err = proc.communicate(timeout=240)
+    return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tiny_data(tmp_path_factory.mktemp("data"))
+
+
+@pytest.mark.slow
+def test_ctrl_c_mid_run_keeps_every_step_and_resume_reproduces_the_uninterrupted_losses(
+    tmp_path: Path, data: Path
+) -> None:
+    """The terminal sends Ctrl-C to the whole process group, data-loading workers included."""
+    args = [*TRAIN, "--data", str(data)]
+    ref = tmp_path / "ref"
+    done = run_cli(tmp_path, *args, "--out", str(ref))
+    assert done.returncode == 0, done.stderr
+    expected = _losses(ref)
+    assert sorted(expected) == list(range(1, STEPS + 1))
+
+    cut = tmp_path / "cut"
+    stopped = _interrupt(tmp_path, args, cut, lambda proc: os.killpg(proc.pid, signal.SIGINT))
+    assert stopped.returncode == 128 + signal.SIGINT, stopped.stderr
+    ckpt = load_checkpoint(list_checkpoints(cut)[-1])
+    step = ckpt["step"]
+    assert 8 <= step < STEPS  # the steps done before the signal are all in the checkpoint
+    assert sorted(_losses(cut)) == list(range(1, step + 1))  # and in the log, none beyond it
+    last_line = stopped.stderr.strip().splitlines()[-1]
+    assert last_line == (
+        f"alexnet: SIGINT: stopped after step {step} of {STEPS}; checkpoint saved: continue with "
+        f"`alexnet train --resume --out {cut}`"
+    )
+    assert "Traceback" not in stopped.stderr
+    assert f"stopped after step {step}" in (cut / "train.log").read_text()
+
+    resumed = run_cli(tmp_path, "train", "--resume", "--out", str(cut), "-q")
+    assert resumed.returncode == 0, resumed.stderr
+    got = _losses(cut)
+    assert sorted(got) == sorted(expected)
+    torch.testing.assert_close(
+        torch.tensor([got[s] for s in sorted(got)]), torch.tensor([expected[s] for s in sorted(expected)])
+    )
+
+
+@pytest.mark.slow
+def test_sigterm_from_a_scheduler_stops_with_a_checkpoint_and_exit_code_143(tmp_path: Path, data: Path) -> None:
+    cut = tmp_path / "cut"
+    stopped = _interrupt(tmp_path, [*TRAIN, "--data", str(data)], cut, lambda proc: proc.terminate())
+    assert stopped.returncode == 128 + signal.SIGTERM, stopped.stderr
+    step = load_checkpoint(list_checkpoints(cut)[-1])["step"]
+    assert f"alexnet: SIGTERM: stopped after step {step} of {STEPS}" in stopped.stderr
+    assert not (cut / "model.safetensors").exists()  # not finished: no final weights
+    resumed = run_cli(tmp_path, "train", "--resume", "--out", str(cut), "--max-steps", str(step + 2), "-q")
+    assert resumed.returncode == 0, resumed.stderr
+    assert max(_losses(cut)) == step + 2
+
+
+def test_a_signal_asks_to_stop_a_second_ctrl_c_stops_at_once_and_the_handlers_are_restored() -> None:
+    before = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    with StopRequest(DistInfo(), announce=False) as stop:
+        assert not stop.should_stop()
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(0.01)  # the handler runs between bytecodes
+        assert stop.should_stop() and stop.agreed == signal.SIGTERM
+        os.kill(os.getpid(), signal.SIGTERM)  # torchrun's SIGTERM after the terminal's SIGINT: no change
+        time.sleep(0.01)
+        with pytest.raises(KeyboardInterrupt):
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(0.01)
+    assert {sig: signal.getsignal(sig) for sig in before} == before
+
+
+def test_data_loading_workers_leave_ctrl_c_to_the_main_process(tmp_path: Path) -> None:
+    """A worker that died of the terminal's SIGINT would break the batch the main process waits for."""
+    from alexnet.data.loader import make_loader
+
+    class Report(torch.utils.data.Dataset):
+        def __len__(self) -> int:
+            return 2
+
+        def __getitem__(self, i: int):
+            handlers = (signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM))
+            return torch.tensor([int(handlers[0] == signal.SIG_IGN), int(handlers[1] == signal.SIG_DFL)]), i
+
+    loader = make_loader(Report(), batch_size=2, train=False, workers=1)
+    images, _ = next(iter(loader))
+    assert images.tolist() == [[1, 1], [1, 1]]
