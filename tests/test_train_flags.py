@@ -166,3 +166,16 @@ def test_amp_training_on_a_cpu_without_bf16_kernels_warns_that_it_runs_emulated(
     with caplog.at_level("WARNING", logger="alexnet.train"), pytest.raises(DataError):
         train(cfg, progress=False)
     assert "no bfloat16 kernels in oneDNN" in caplog.text and "emulated" in caplog.text
+
+
+@pytest.mark.parametrize(
+    ("recipe", "model"),
+    [("krizhevsky2012", "alexnet"), ("caffe", "bvlc_alexnet"), ("zeiler2013", "zfnet"),
+     ("torchvision", "alexnet_owt"), ("demo", "alexnet"), (None, "alexnet")],
+)  # fmt: skip
+def test_without_model_a_recipe_trains_the_model_its_source_trained(recipe: str | None, model: str) -> None:
+    argv = ["train"] + (["--recipe", recipe] if recipe else [])
+    cfg = resolve_config(build_parser().parse_args(argv))
+    assert cfg.model == model and cfg.out.startswith(f"runs/{model}-{recipe or 'krizhevsky2012'}-")
+    chosen = resolve_config(build_parser().parse_args([*argv, "--model", "zfnet_b"]))
+    assert chosen.model == "zfnet_b"  # --model still decides

@@ -95,7 +95,9 @@ def test_ctrl_c_mid_run_keeps_every_step_and_resume_reproduces_the_uninterrupted
 
 
 @pytest.mark.slow
-def test_sigterm_from_a_scheduler_stops_with_a_checkpoint_and_exit_code_143(tmp_path: Path, data: Path) -> None:
+def test_sigterm_from_a_scheduler_stops_with_a_checkpoint_and_exit_code_143(
+    tmp_path: Path, data: Path
+) -> None:
     cut = tmp_path / "cut"
     stopped = _interrupt(tmp_path, [*TRAIN, "--data", str(data)], cut, lambda proc: proc.terminate())
     assert stopped.returncode == 128 + signal.SIGTERM, stopped.stderr

@@ -42,6 +42,8 @@ def test_caffe_zeiler_torchvision_recipes() -> None:
         "iter",
     )
     assert (caffe.bias_lr_mult, caffe.bias_decay_mult) == (2.0, 0.0)
+    # bvlc_alexnet's readme: trained "not ... with the relighting data-augmentation"
+    assert (caffe.model, caffe.pca_lighting) == ("bvlc_alexnet", 0.0)
     zf = resolve_recipe("zeiler2013")
     assert (zf.lr, zf.momentum, zf.batch_size, zf.dropout, zf.epochs, zf.renorm_rms) == (
         0.01,

@@ -163,7 +163,13 @@ def register(sub: Any) -> None:
         "ALEXNET_LOSS_LAG=0 reads each loss before its backward pass and ALEXNET_PREFETCH=0 copies each batch "
         "on the compute stream.",
     )
-    p.add_argument("--model", "-m", default=None, help="model name (see alexnet models); default: alexnet")
+    p.add_argument(
+        "--model",
+        "-m",
+        default=None,
+        help="model name (see alexnet models); default: the recipe's (alexnet; bvlc_alexnet for caffe, "
+        "zfnet for zeiler2013, alexnet_owt for torchvision)",
+    )
     p.add_argument(
         "--recipe", "-r", default=None, help=f"one of {', '.join(list_recipes())} (default krizhevsky2012)"
     )
@@ -219,10 +225,9 @@ def resolve_config(args: argparse.Namespace) -> Any:
                 )
         # the folder given now, not the one recorded: a copied or moved run continues where it is
         return cfg.with_overrides(**overrides, out=args.out)
-    model = args.model or "alexnet"
     recipe = args.recipe or "krizhevsky2012"
-    out = args.out or f"runs/{model}-{recipe}-{time.strftime('%Y%m%d-%H%M%S')}"
-    return resolve_recipe(recipe, model=model, out=out, **overrides)
+    cfg = resolve_recipe(recipe, model=args.model, **overrides)  # no --model: the recipe's
+    return cfg.with_overrides(out=args.out or f"runs/{cfg.model}-{recipe}-{time.strftime('%Y%m%d-%H%M%S')}")
 
 
 def run(args: argparse.Namespace) -> int:

@@ -1,6 +1,7 @@
 """Training recipes as data, each named after its source. ``resolve_recipe(name, **overrides)`` → TrainConfig.
 
-Every value below cites where it comes from; :mod:`alexnet.train.config` documents the fields.
+Every value below cites where it comes from; :mod:`alexnet.train.config` documents the fields. Each recipe names
+the model its source trained (``model``), the default when none is given.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ RECIPES: dict[str, dict[str, Any]] = {
     # PCA lighting σ=0.1 (§4.1). §2 subtracts the per-pixel mean image; this recipe subtracts ImageNet's
     # per-channel mean, a constant that needs no pass over the training set first (`--normalize image` is §2's).
     "krizhevsky2012": dict(
+        model="alexnet",
         optimizer="paper_sgd",
         lr=0.01,
         momentum=0.9,
@@ -34,7 +36,11 @@ RECIPES: dict[str, dict[str, Any]] = {
     # Caffe's models/bvlc_alexnet/solver.prototxt: base_lr 0.01, lr_policy "step", gamma 0.1, stepsize 100000,
     # max_iter 450000, momentum 0.9, weight_decay 0.0005, batch 256 (train_val.prototxt); every bias has
     # lr_mult 2 and decay_mult 0. Caffe's SGD has the same form as the paper's rule (lr inside the momentum).
+    # Its model is bvlc_alexnet (Caffe's LRN, biases 0.1, fc6/fc7 std 0.005), trained "not ... with the
+    # relighting data-augmentation" (models/bvlc_alexnet/readme.md): no PCA lighting. Caffe subtracts the
+    # per-pixel mean image (mean_file); the per-channel mean here, as in krizhevsky2012 (`--normalize image`).
     "caffe": dict(
+        model="bvlc_alexnet",
         optimizer="paper_sgd",
         lr=0.01,
         momentum=0.9,
@@ -51,6 +57,7 @@ RECIPES: dict[str, dict[str, Any]] = {
         dropout=0.5,
         init="paper",
         normalize="mean",
+        pca_lighting=0.0,
     ),
     # Zeiler & Fergus, ECCV 2014, §3 "Training details": batch 128, lr 1e-2 "annealed throughout training
     # manually when the validation error plateaus", momentum 0.9, dropout 0.5 (fc6, fc7), weights 1e-2 and
@@ -60,6 +67,7 @@ RECIPES: dict[str, dict[str, Any]] = {
     # The paper names no weight decay; AlexNet's 5e-4 (which ZF build on, §3) is kept. §3's per-pixel mean
     # subtraction is `--normalize image`; the default is the per-channel mean, as in krizhevsky2012.
     "zeiler2013": dict(
+        model="zfnet",
         optimizer="paper_sgd",
         lr=0.01,
         momentum=0.9,
@@ -82,6 +90,7 @@ RECIPES: dict[str, dict[str, Any]] = {
     # `--batch-size` is global); ImageNet mean/std normalisation, no colour augmentation. The reference crops
     # with RandomResizedCrop(224); this recipe takes the papers' random crop of the central 256 patch.
     "torchvision": dict(
+        model="alexnet_owt",
         optimizer="sgd",
         lr=0.01,
         momentum=0.9,
@@ -105,6 +114,7 @@ RECIPES: dict[str, dict[str, Any]] = {
     # epochs. Architecture (two towers, LRN, overlapping pooling, fc 4096, dropout 0.5), augmentation (crops,
     # flips, PCA lighting) and ten-crop evaluation are the paper's.
     "demo": dict(
+        model="alexnet",
         optimizer="adamw",
         lr=1e-3,
         weight_decay=0.05,
