@@ -109,6 +109,57 @@ def test_zfnet_feature_maps_follow_figure_3():
     assert all(m.layer(f"conv{i}").groups == 1 for i in range(1, 6))
 
 
+TRUNK_AFTER_CONV2 = ["conv3", "relu3", "conv4", "relu4", "conv5", "relu5", "pool5"]  # no norm after conv2
+
+
+@pytest.mark.parametrize("name", ["zfnet", "zfnet_b"])
+def test_zfnet_pools_then_normalises_after_conv1_and_conv2_only(name):
+    """ZF Fig. 3: "conv → ReLU → max pooling → contrast normalisation" in layers 1 and 2, none in 3–5. The map
+    sizes cannot tell the order (pooling and normalisation keep each other's sizes), so the order is read here."""
+    m = alexnet.create_model(name)
+    assert m.layer_names()[:15] == [
+        "conv1", "relu1", "pool1", "norm1", "conv2", "relu2", "pool2", "norm2", *TRUNK_AFTER_CONV2,
+    ]  # fmt: skip
+    for norm in ("norm1", "norm2"):  # Fig. 3 gives no constants: AlexNet §3.3's
+        lrn = m.layer(norm)
+        assert (lrn.size, lrn.alpha, lrn.beta, lrn.k, lrn.alpha_over_size) == (5, 1e-4, 0.75, 2.0, False)
+
+
+def test_bvlc_alexnet_normalises_then_pools_with_caffe_lrn():
+    """Caffe's models/bvlc_alexnet: conv → relu → norm → pool (the paper's order), LRN local_size 5, alpha 1e-4,
+    beta 0.75 in Caffe's convention (k=1, alpha divided by the window size)."""
+    m = alexnet.create_model("bvlc_alexnet")
+    assert m.layer_names()[:15] == [
+        "conv1", "relu1", "norm1", "pool1", "conv2", "relu2", "norm2", "pool2", *TRUNK_AFTER_CONV2,
+    ]  # fmt: skip
+    for norm in ("norm1", "norm2"):
+        lrn = m.layer(norm)
+        assert (lrn.size, lrn.alpha, lrn.beta, lrn.k, lrn.alpha_over_size) == (5, 1e-4, 0.75, 1.0, True)
+
+
+def test_caffenet_uses_caffe_reference_init():
+    """models/bvlc_reference_caffenet: biases 1 in conv2, conv4, conv5, fc6, fc7 (0 elsewhere), weights
+    N(0, 0.01) except fc6 and fc7 at 0.005."""
+    torch.manual_seed(0)
+    m = alexnet.create_model("caffenet")
+    biases = {
+        n: float(m.layer(n).bias.unique().item()) for n in ("conv1", "conv2", "conv3", "conv4", "conv5")
+    }
+    biases |= {n: float(m.layer(n).bias.unique().item()) for n in ("fc6", "fc7", "fc8")}
+    assert biases == {
+        "conv1": 0,
+        "conv2": 1,
+        "conv3": 0,
+        "conv4": 1,
+        "conv5": 1,
+        "fc6": 1,
+        "fc7": 1,
+        "fc8": 0,
+    }
+    stds = {n: float(m.layer(n).weight.detach().std()) for n in ("conv3", "fc6", "fc7", "fc8")}
+    assert stds == pytest.approx({"conv3": 0.01, "fc6": 0.005, "fc7": 0.005, "fc8": 0.01}, rel=0.02)
+
+
 def test_zfnet_b_widens_conv3_to_conv5():
     m = alexnet.create_model("zfnet_b")
     assert [m.layer(f"conv{i}").out_channels for i in (3, 4, 5)] == [512, 1024, 512]
