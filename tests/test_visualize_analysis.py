@@ -77,7 +77,8 @@ def test_retrieval_finds_the_query_itself_first_and_caches(model, gallery_dir: P
     files = sorted((gallery_dir / "train").rglob("*.png"))
     g = gallery_features(model, files, cache_dir=tmp_path)
     assert g.features.shape == (8, 4096)
-    cached = list(tmp_path.glob("fc7-*.safetensors"))
+    assert float(g.features.min()) >= 0  # AlexNet §6.1: the hidden layer's activations, after fc7's ReLU
+    cached = list(tmp_path.glob("relu7-*.safetensors"))
     assert len(cached) == 1
     again = gallery_features(model, files, cache_dir=tmp_path)  # read back from the cache
     torch.testing.assert_close(again.features, g.features)

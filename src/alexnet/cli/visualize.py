@@ -27,7 +27,7 @@ KINDS = {
     "occlusion": "occlusion sensitivity: layer-5 activation, class probability, label map (ZF Fig. 7)",
     "evolution": "deconv projections of chosen feature maps at each saved checkpoint (ZF Fig. 4)",
     "invariance": "feature distances and class probability under translation, scaling, rotation (ZF Fig. 5)",
-    "retrieval": "nearest training images in fc7 space (AlexNet Fig. 4)",
+    "retrieval": "nearest training images by the last hidden layer's activations (relu7; AlexNet Fig. 4)",
 }
 
 

@@ -94,7 +94,7 @@ LABEL_COLORS = (
 
 
 def label_map_png(label_map: np.ndarray) -> tuple[bytes, list[tuple[int, str]]]:
-    """ZF Fig. 7(c): the most probable class per position, one colour per class; plus the legend."""
+    """ZF Fig. 7(e): the most probable class per position, one colour per class; plus the legend."""
     classes = sorted(int(c) for c in np.unique(label_map))
     legend = [(c, LABEL_COLORS[i % len(LABEL_COLORS)]) for i, c in enumerate(classes)]
     rgb = np.zeros((*label_map.shape, 3), dtype=np.uint8)

@@ -1,9 +1,13 @@
 """Occlusion sensitivity, Zeiler & Fergus §4.2 and Fig. 7.
 
-A grey square is slid over the image; for each position the occluded image goes through the network and three
-maps are recorded: (a) the total activation of one layer-5 feature map — the strongest one on the *unoccluded*
-image, (b) the probability of the correct class, (c) the most probable class. The grey is the data set's mean
-pixel, i.e. **0 after normalisation** (the inputs are mean-subtracted, so a zero patch carries no signal).
+A grey square is slid over the image (Fig. 7's column (a)); for each position the occluded image goes through the
+network and three maps are recorded, lettered as Fig. 7's columns: (b) the total activation of one layer-5
+feature map — the strongest one on the *unoccluded* image, (d) the probability of the correct class (here the
+``target``, by default the top prediction, since an image's true class is not always known), (e) the most
+probable class. Fig. 7's column (c), that feature map projected down to the pixels, is the deconvnet's
+(``alexnet visualize deconv --layer relu5 --channel N``, :mod:`alexnet.visualize.deconvnet`). The grey is the data
+set's mean pixel, i.e. **0 after normalisation** (the inputs are mean-subtracted, so a zero patch carries no
+signal).
 
 Positions: the square's top-left corner runs over ``0, stride, 2·stride … ≤ S − size`` in both directions, so the
 map has ``(S − size) // stride + 1`` rows and columns, and map cell ``(i, j)`` covers pixels
@@ -32,9 +36,9 @@ if TYPE_CHECKING:
 class OcclusionResult:
     """The three maps of ZF Fig. 7 (rows × cols of square positions) and what they refer to."""
 
-    activation: np.ndarray  # (a) total activation of feature map `channel` of `layer`
-    probability: np.ndarray  # (b) probability of class `target`
-    label_map: np.ndarray  # (c) most probable class index per position
+    activation: np.ndarray  # (b) total activation of feature map `channel` of `layer`
+    probability: np.ndarray  # (d) probability of class `target`
+    label_map: np.ndarray  # (e) most probable class index per position
     labels: dict[int, str]  # legend: every class that appears in label_map (and the target)
     target: int
     channel: int
@@ -93,7 +97,7 @@ def occlusion(
         )
     if stride < 1 or batch_size < 1:
         raise SelectionError("stride and batch size must be at least 1")
-    if model.num_classes == 0:  # ZF Fig. 7's (c)–(e) need class probabilities
+    if model.num_classes == 0:  # ZF Fig. 7's (d) and (e) need class probabilities
         raise SelectionError(
             f"{model.config.name} has no classifier layer (num_classes=0): occlusion maps class probabilities"
         )
@@ -157,7 +161,8 @@ def occlusion(
 
 
 def plot_occlusion(result: OcclusionResult, display: np.ndarray, title: str = "") -> Figure:
-    """Four panels as in ZF Fig. 7: the image with the square's size, (a) activation, (b) probability, (c) labels.
+    """Four panels lettered as ZF Fig. 7's columns: (a) the image with the square's size, (b) activation,
+    (d) probability, (e) labels.
 
     ``display``: the un-normalised crop, H×W×3 in 0–1. Map cells are drawn at the square's centre.
     """
@@ -175,13 +180,13 @@ def plot_occlusion(result: OcclusionResult, display: np.ndarray, title: str = ""
     ax0, ax1, ax2, ax3 = fig.subplots(1, 4)
     ax0.imshow(display)
     ax0.add_patch(Rectangle((0, 0), r.size, r.size, color=(0.5, 0.5, 0.5)))
-    ax0.set_title(title or "input (grey square to scale)")
+    ax0.set_title(title or "(a) input (grey square to scale)")
     im = ax1.imshow(r.activation, extent=ext, cmap="jet")
-    ax1.set_title(f"(a) total activation, {r.layer} map {r.channel}\n(unoccluded {r.base_activation:.3g})")
+    ax1.set_title(f"(b) total activation, {r.layer} map {r.channel}\n(unoccluded {r.base_activation:.3g})")
     fig.colorbar(im, ax=ax1, shrink=0.8)
     im = ax2.imshow(r.probability, extent=ext, cmap="jet", vmin=0, vmax=max(1e-6, float(r.probability.max())))
     name = r.labels.get(r.target, str(r.target))
-    ax2.set_title(f"(b) p({name})\n(unoccluded {r.base_probability:.3f})")
+    ax2.set_title(f"(d) p({name})\n(unoccluded {r.base_probability:.3f})")
     fig.colorbar(im, ax=ax2, shrink=0.8)
     classes = sorted(r.labels)
     index = {c: i for i, c in enumerate(classes)}
@@ -215,7 +220,7 @@ def plot_occlusion(result: OcclusionResult, display: np.ndarray, title: str = ""
         vmax=len(classes) - 0.5,
         interpolation="nearest",
     )
-    ax3.set_title("(c) most probable class")
+    ax3.set_title("(e) most probable class")
     shown = classes[:12]
     ax3.legend(
         handles=[Patch(color=colors[index[c]], label=f"{r.labels[c][:28]}") for c in shown],

@@ -2,7 +2,8 @@
 
 "If two images produce feature activation vectors with a small Euclidean separation, we can say that the higher
 levels of the neural network consider them to be similar." For each query image the gallery (training) images
-nearest to it in fc7 (4096-d) Euclidean distance are returned.
+nearest to it in Euclidean distance between those activations (fc7's 4096 outputs after their ReLU: ``relu7``)
+are returned.
 
 Gallery features are extracted in batches and cached as a safetensors file whose name is a hash of the weights,
 the layer, the preprocessing and the gallery listing (paths, sizes, modification times): a second query against
@@ -70,7 +71,7 @@ class Gallery:
 def gallery_features(
     model: AlexNetFamily,
     paths: Sequence[str | Path],
-    layer: str = "fc7",
+    layer: str = "relu7",
     *,
     batch_size: int = 32,
     cache_dir: str | Path | None = None,
@@ -142,9 +143,11 @@ def retrieve(
     queries: Sequence[str | Path],
     gallery: Gallery,
     k: int = 6,
-    layer: str = "fc7",
+    layer: str = "relu7",
 ) -> Retrieval:
-    """The ``k`` gallery images nearest to each query in ``layer`` space (AlexNet Fig. 4)."""
+    """The ``k`` gallery images nearest to each query in ``layer`` space (AlexNet Fig. 4). The default is §6.1's
+    "feature activations induced by an image at the last, 4096-dimensional hidden layer": fc7's outputs after
+    their ReLU (what Caffe's in-place ``fc7`` blob holds)."""
     x = torch.stack([prepare(model, q).tensor for q in queries])
     q = capture(model, x, [layer])[layer].flatten(1)
     dist, idx = nearest(q, gallery.features, k)

@@ -288,11 +288,11 @@ function showOcclusion(node, job) {
   }
   box.replaceChildren(
     el("figure", {}, el("img", { src: url("activation.png"), alt: "occlusion activation" }),
-      el("figcaption", { textContent: `(a) total activation of ${r.layer} map ${r.channel}` })),
+      el("figcaption", { textContent: `(b) total activation of ${r.layer} map ${r.channel}` })),
     el("figure", {}, el("img", { src: url("probability.png"), alt: "occlusion probability" }),
-      el("figcaption", { textContent: `(b) p(${r.target_label}): ${r.probability_range.map((p) => p.toFixed(3)).join("–")}` })),
+      el("figcaption", { textContent: `(d) p(${r.target_label}): ${r.probability_range.map((p) => p.toFixed(3)).join("–")}` })),
     el("figure", {}, el("img", { src: url("labels.png"), alt: "occlusion labels" }),
-      el("figcaption", { textContent: "(c) most probable class" }), legend));
+      el("figcaption", { textContent: "(e) most probable class" }), legend));
 }
 
 // --- start ---------------------------------------------------------------------------------------------
