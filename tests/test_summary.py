@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 from torch.utils.flop_counter import FlopCounterMode
@@ -124,3 +126,18 @@ def test_receptive_field_boxes_are_the_hand_derived_input_windows(model, layer, 
     net = alexnet.create_model(model)
     field = receptive_fields(net)[layer]
     assert field.box(*unit, net.default_input_size) == box
+
+
+def test_neurons_per_layer_are_alexnet_section_3_5s_and_about_650_000():
+    """§3.5: "the number of neurons in the network's remaining layers is given by 253,440–186,624–64,896–64,896–
+    43,264–4096–4096–1000", and the abstract's "650,000 neurons". conv1's 55×55×96 maps hold 290,400 neurons: the
+    paper's 253,440 does not match its own Fig. 2 (a known slip); every later layer matches exactly."""
+    s = summarize(alexnet.create_model("alexnet"))
+    rows = {r.name: r for r in s.layers}
+    neurons = [
+        math.prod(rows[n].output_shape)
+        for n in ("conv1", "conv2", "conv3", "conv4", "conv5", "fc6", "fc7", "fc8")
+    ]
+    assert neurons[1:] == [186_624, 64_896, 64_896, 43_264, 4096, 4096, 1000]
+    assert neurons[0] == 55 * 55 * 96 == 290_400
+    assert sum(neurons) == 659_272  # "650,000 neurons"

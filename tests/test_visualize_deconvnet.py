@@ -75,6 +75,8 @@ CASES = [
     ("zfnet", "pool5", 17, None),
     ("alexnet_owt", "pool1", 10, None),
     ("alexnet_owt", "relu5", 42, "max"),
+    ("bvlc_alexnet", "pool2", 11, "max"),
+    ("zfnet_b", "conv4", 600, None),  # Table 2 (b)'s widened conv4: 1024 maps
 ]
 
 

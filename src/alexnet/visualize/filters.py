@@ -5,9 +5,10 @@
   GPU 2, which conv2's grouping keeps apart), so they are drawn as two blocks.
 * :func:`conv2_grid` — conv2 kernels one input channel at a time (grey), a row per output filter.
 * :func:`filter_statistics` — per filter: L2 norm, "dead" (norm far below the layer's median, or never active on
-  a data sample) and the fraction of spectral energy above a cutoff frequency. ZF §4 / Fig. 6: AlexNet's 11×11
-  stride-4 conv1 has dead filters and high-frequency filters that alias (a stride-4 output grid can only
-  represent frequencies up to 1/8 cycle per input pixel), which their 7×7 stride 2 conv1 avoids.
+  a data sample) and the fraction of spectral energy above a cutoff frequency. ZF §4.1 and Fig. 6: AlexNet's
+  11×11 stride-4 conv1 filters "are a mix of extremely high and low frequency information, with little coverage
+  of the mid frequencies", some dead, and its 2nd-layer maps show aliasing from conv1's large stride (a stride-4
+  output grid can only represent frequencies up to 1/8 cycle per input pixel); the 7×7 stride-2 conv1 fixes both.
 """
 
 from __future__ import annotations
