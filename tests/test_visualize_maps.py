@@ -104,16 +104,25 @@ def test_each_occlusion_cell_is_the_model_on_the_image_with_that_square_greyed(o
         np.testing.assert_allclose(r.activation[i, j], float(relu5), rtol=1e-4, atol=1e-4)
 
 
-def test_occlusion_maps_a_photograph_and_plots_three_panels(owt, chelsea) -> None:
+def test_occlusion_follows_the_strongest_map_and_the_top_class_and_plots_fig_7s_panels(owt, chelsea) -> None:
     p = prepare(owt, torch.from_numpy(chelsea).permute(2, 0, 1).contiguous())
     r = occlusion(owt, p.tensor, size=48, stride=44, batch_size=8)
     assert r.activation.shape == (5, 5)
     assert ((r.probability >= 0) & (r.probability <= 1)).all()
     assert r.layer == "relu5"
+    # Fig. 7 (b): the map "with the strongest response in the unoccluded image"; (d): the class, by default the
+    # unoccluded image's top prediction (its true class is not known here)
+    owt.eval()
+    with torch.no_grad():
+        relu5 = capture(owt, p.tensor.reshape(1, *p.tensor.shape[-3:]), ["relu5"])["relu5"][0]
+        top = int(owt(p.tensor.reshape(1, *p.tensor.shape[-3:])).argmax())
+    assert r.channel == int(relu5.sum(dim=(1, 2)).argmax()) and r.target == top
     from alexnet.visualize.plot import uint8_to_float
 
     fig = plot_occlusion(r, uint8_to_float(p.crop))
     assert len([ax for ax in fig.axes if ax.images]) == 4
+    titles = [ax.get_title()[:3] for ax in fig.axes if ax.images]
+    assert titles == ["(a)", "(b)", "(d)", "(e)"]  # lettered as Fig. 7's columns; (c) is the deconvnet's
     with pytest.raises(SelectionError):
         occlusion(owt, p.tensor, size=500)
     with pytest.raises(SelectionError):
