@@ -112,10 +112,10 @@ def test_sigterm_from_a_scheduler_stops_with_a_checkpoint_and_exit_code_143(
 def test_a_signal_asks_to_stop_a_second_ctrl_c_stops_at_once_and_the_handlers_are_restored() -> None:
     before = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
     with StopRequest(DistInfo(), announce=False) as stop:
-        assert not stop.should_stop()
+        assert not stop.should_stop(1)
         os.kill(os.getpid(), signal.SIGTERM)
         time.sleep(0.01)  # the handler runs between bytecodes
-        assert stop.should_stop() and stop.agreed == signal.SIGTERM
+        assert stop.should_stop(1) and stop.agreed == signal.SIGTERM
         os.kill(os.getpid(), signal.SIGTERM)  # torchrun's SIGTERM after the terminal's SIGINT: no change
         time.sleep(0.01)
         with pytest.raises(KeyboardInterrupt):

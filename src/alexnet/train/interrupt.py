@@ -6,8 +6,10 @@ under way finish; the loop then writes a checkpoint and stops with exit code 128
 at once (the last checkpoint written is kept).
 
 Under torchrun every rank must stop after the same step (a checkpoint is a collective), but a signal reaches the
-ranks at different moments. The ranks agree through a one-integer all-reduce that each step starts and the next
-step reads, on a gloo group of its own: no step waits for it, and the run stops one step after the signal.
+ranks at different moments. The ranks agree through a one-integer all-reduce on a gloo group of its own, started
+every ``AGREE_EVERY`` steps and read ``AGREE_EVERY`` steps later: no step waits for it, its host time averages
+under 30 µs a step (measured with two gloo ranks on a 2-core VM, ~140 µs a call), and the run stops within
+2 × ``AGREE_EVERY`` steps of the signal.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ import torch
 from alexnet.train.distributed import DistInfo
 
 SIGNALS = (signal.SIGINT, signal.SIGTERM)
+AGREE_EVERY = 10  # steps between the ranks' agreements under torchrun
 
 
 class StopRequest:
@@ -72,11 +75,14 @@ class StopRequest:
                 f"\nalexnet: {name}: stopping after this step, with a checkpoint (Ctrl-C again: now)\n"
             )
 
-    def should_stop(self) -> bool:
-        """Whether to checkpoint and stop now. The same answer on every rank at the same step."""
+    def should_stop(self, step: int) -> bool:
+        """Whether to checkpoint and stop after ``step`` (the steps done), called after every step on every rank.
+        The same answer on every rank at the same step."""
         if not self.info.distributed:
             self.agreed = self.signum
             return self.signum is not None
+        if step % AGREE_EVERY:
+            return False
         import torch.distributed as dist
 
         if self._work is not None:

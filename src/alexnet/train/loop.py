@@ -567,7 +567,7 @@ def _train(
                         refresh=False,  # update() redraws at most 10 times a second: 40 µs a step less
                     )
                     bar.update(1)
-                    stopping = stop.should_stop()  # Ctrl-C or SIGTERM: this step is the last
+                    stopping = stop.should_stop(step)  # Ctrl-C or SIGTERM: this step is the last
                     if step % cfg.checkpoint_every == 0 or stopping:
                         checkpoint(epoch, in_epoch)
                     if stopping:
