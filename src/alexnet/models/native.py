@@ -92,8 +92,9 @@ def build(out_dir: Path | None = None) -> Path:
     log.info("building the CPU kernels for this machine into %s (once; 8-15 s)", target)
     # named for the target, so that a build killed midway leaves nothing the next build of it keeps
     tmp = make_temp(out_dir, target.name)
-    work = make_temp(out_dir, target.name, ".objects", directory=True)
+    work: Path | None = None
     try:
+        work = make_temp(out_dir, target.name, ".objects", directory=True)
         # one compiler per source, side by side: the build takes as long as its longest file
         objects = [str(work / f"{path.stem}.o") for path in SOURCES]
         pairs = zip(SOURCES, objects, strict=True)
@@ -102,7 +103,8 @@ def build(out_dir: Path | None = None) -> Path:
         os.replace(tmp, target)
     finally:
         tmp.unlink(missing_ok=True)
-        shutil.rmtree(work, ignore_errors=True)
+        if work is not None:
+            shutil.rmtree(work, ignore_errors=True)
     return target
 
 
