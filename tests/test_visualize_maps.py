@@ -209,3 +209,30 @@ def test_a_stage_the_model_lacks_entirely_is_an_error_not_relu_maps(owt) -> None
     assert conv_stage_layers(owt, "pool") == ["pool1", "pool2", "relu3", "relu4", "pool5"]
     lrn = alexnet.create_model("alexnet", init="pytorch")
     assert conv_stage_layers(lrn, "norm") == ["norm1", "norm2", "relu3", "relu4", "relu5"]
+
+
+def test_written_occlusion_figures_have_fig_7s_five_columns_with_the_followed_maps_projection(
+    owt, chelsea, tmp_path
+) -> None:
+    """ZF Fig. 7 (c): "a visualization of this feature map projected down into the input image": the deconvnet
+    projection of the same relu5 map that column (b) follows, from the unoccluded image."""
+    import json
+
+    from PIL import Image
+
+    from alexnet.visualize.deconvnet import deconvnet
+    from alexnet.visualize.outputs import write_occlusion
+    from alexnet.visualize.plot import projection_to_image
+
+    Image.fromarray(chelsea).save(tmp_path / "cat.png")
+    written = write_occlusion(owt, [tmp_path / "cat.png"], tmp_path / "out", size=64, stride=80)
+    meta = next(p for p in written if p.suffix == ".json")
+    channel = json.loads(meta.read_text())["channel"]
+    with np.load(next(p for p in written if p.suffix == ".npz")) as z:
+        projection = z["projection"]
+    expected = deconvnet(owt, prepare(owt, tmp_path / "cat.png").tensor, "relu5", channel)[0]
+    np.testing.assert_allclose(projection, expected.numpy(), rtol=1e-5, atol=1e-6)
+    assert np.abs(projection).max() > 0
+    r = occlusion(owt, prepare(owt, tmp_path / "cat.png").tensor, size=64, stride=80)
+    fig = plot_occlusion(r, np.zeros((224, 224, 3)), projection=projection_to_image(expected))
+    assert [ax.get_title()[:3] for ax in fig.axes if ax.images] == ["(a)", "(b)", "(c)", "(d)", "(e)"]

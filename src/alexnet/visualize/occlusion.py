@@ -5,7 +5,7 @@ network and three maps are recorded, lettered as Fig. 7's columns: (b) the total
 feature map — the strongest one on the *unoccluded* image, (d) the probability of the correct class (here the
 ``target``, by default the top prediction, since an image's true class is not always known), (e) the most
 probable class. Fig. 7's column (c), that feature map projected down to the pixels, is the deconvnet's
-(``alexnet visualize deconv --layer relu5 --channel N``, :mod:`alexnet.visualize.deconvnet`). The grey is the data
+(:func:`followed_map_projection`; the figures of ``alexnet visualize occlusion`` and the report show it). The grey is the data
 set's mean pixel, i.e. **0 after normalisation** (the inputs are mean-subtracted, so a zero patch carries no
 signal).
 
@@ -160,11 +160,27 @@ def occlusion(
     )
 
 
-def plot_occlusion(result: OcclusionResult, display: np.ndarray, title: str = "") -> Figure:
-    """Four panels lettered as ZF Fig. 7's columns: (a) the image with the square's size, (b) activation,
-    (d) probability, (e) labels.
+def followed_map_projection(
+    model: AlexNetFamily, image: torch.Tensor, result: OcclusionResult
+) -> torch.Tensor:
+    """ZF Fig. 7 (c): the feature map that column (b) follows, projected to the pixels of the unoccluded
+    ``image`` by the deconvnet (§2.1); 3×H×W in the input's units (for display:
+    :func:`alexnet.visualize.plot.projection_to_image`)."""
+    from alexnet.visualize.deconvnet import deconvnet
 
-    ``display``: the un-normalised crop, H×W×3 in 0–1. Map cells are drawn at the square's centre.
+    return deconvnet(model, image, result.layer, result.channel)[0]
+
+
+def plot_occlusion(
+    result: OcclusionResult, display: np.ndarray, title: str = "", projection: np.ndarray | None = None
+) -> Figure:
+    """The panels of ZF Fig. 7, lettered as its columns: (a) the image with the square's size, (b) activation,
+    (c) with ``projection``: the followed feature map projected to the pixels by the deconvnet, (d) probability,
+    (e) labels.
+
+    ``display``: the un-normalised crop, H×W×3 in 0–1; ``projection`` likewise (e.g.
+    :func:`alexnet.visualize.plot.projection_to_image` of :func:`alexnet.visualize.deconvnet.deconvnet`). Map
+    cells are drawn at the square's centre.
     """
     from matplotlib.colors import ListedColormap
     from matplotlib.patches import Patch, Rectangle
@@ -176,8 +192,16 @@ def plot_occlusion(result: OcclusionResult, display: np.ndarray, title: str = ""
     last = float(r.positions[-1]) if len(r.positions) else 0.0
     lo, hi = half - r.stride / 2, last + half + r.stride / 2  # cell (i, j) centred on its square
     ext = (lo, hi, hi, lo)
-    fig = new_figure(20, 5.5)
-    ax0, ax1, ax2, ax3 = fig.subplots(1, 4)
+    panels = 4 if projection is None else 5
+    fig = new_figure(5 * panels, 5.5)
+    axes = list(fig.subplots(1, panels))
+    if projection is not None:
+        axc = axes.pop(2)
+        axc.imshow(projection)
+        axc.set_title(f"(c) {r.layer} map {r.channel} projected\nto the pixels (deconvnet, §2.1)")
+        axc.set_xticks([])
+        axc.set_yticks([])
+    ax0, ax1, ax2, ax3 = axes
     ax0.imshow(display)
     ax0.add_patch(Rectangle((0, 0), r.size, r.size, color=(0.5, 0.5, 0.5)))
     ax0.set_title(title or "(a) input (grey square to scale)")

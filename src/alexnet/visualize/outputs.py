@@ -202,8 +202,9 @@ def write_occlusion(
     batch_size: int = 64,
     progress: bool = False,
 ) -> list[Path]:
-    """ZF Fig. 7 panels per image, with the three maps and the legend as .npz / .json."""
-    from alexnet.visualize.occlusion import occlusion, plot_occlusion
+    """ZF Fig. 7's five panels per image (the followed map's deconvnet projection as its column (c)), with the
+    three maps, the projection and the legend as .npz / .json."""
+    from alexnet.visualize.occlusion import followed_map_projection, occlusion, plot_occlusion
 
     out = Path(out)
     written: list[Path] = []
@@ -212,12 +213,15 @@ def write_occlusion(
         r = occlusion(
             model, p.tensor, target=target, size=size, stride=stride, batch_size=batch_size, progress=progress
         )
+        projection = followed_map_projection(model, p.tensor, r)
+        shown = projection_to_image(projection, preprocessing_of(model))
         written.append(
             save_figure(
-                plot_occlusion(r, uint8_to_float(p.crop), Path(str(path)).name), out / f"{stem}_occlusion.png"
+                plot_occlusion(r, uint8_to_float(p.crop), Path(str(path)).name, projection=shown),
+                out / f"{stem}_occlusion.png",
             )
         )
-        written.append(save_npz(out / f"{stem}_occlusion.npz", **r.arrays()))
+        written.append(save_npz(out / f"{stem}_occlusion.npz", **r.arrays(), projection=projection.numpy()))
         written.append(
             save_json(
                 out / f"{stem}_occlusion.json",

@@ -331,11 +331,12 @@ def build_report(
     run_dir: str | Path, out: str | Path | None = None, options: ReportOptions | None = None
 ) -> Path:
     """Write the run's report (default ``RUN_DIR/report.html``) and return its path."""
+    from alexnet.predict import preprocessing_of
     from alexnet.visualize.activations import plot_all_conv_layers
     from alexnet.visualize.filters import plot_conv1_filters
     from alexnet.visualize.inputs import prepare
-    from alexnet.visualize.occlusion import occlusion, plot_occlusion
-    from alexnet.visualize.plot import uint8_to_float
+    from alexnet.visualize.occlusion import followed_map_projection, occlusion, plot_occlusion
+    from alexnet.visualize.plot import projection_to_image, uint8_to_float
 
     opts = options or ReportOptions()
     run = Path(run_dir)
@@ -409,15 +410,19 @@ def build_report(
             result = occlusion(
                 model, prepared.tensor, size=min(opts.occlusion_size, side), stride=opts.occlusion_stride
             )
-            fig = plot_occlusion(result, uint8_to_float(prepared.crop), Path(image).name)
+            shown = projection_to_image(
+                followed_map_projection(model, prepared.tensor, result), preprocessing_of(model)
+            )
+            fig = plot_occlusion(result, uint8_to_float(prepared.crop), Path(image).name, projection=shown)
             occ.append(_img(figure_uri(fig, dpi=60), f"occlusion of {Path(image).name}"))
         sections.append(
             (
                 "occlusion",
                 "Occlusion (ZF Fig. 7)",
                 f"<p>A grey {opts.occlusion_size}-pixel square (the mean pixel) slid with stride "
-                f"{opts.occlusion_stride}: (a) total activation of the strongest layer-5 feature map, (b) the "
-                "probability of the top class of the unoccluded image, (c) the most probable class.</p>"
+                f"{opts.occlusion_stride}, the panels lettered as Fig. 7's columns: (b) total activation of the "
+                "strongest layer-5 feature map, (c) that map projected to the pixels by the deconvnet, (d) the "
+                "probability of the top class of the unoccluded image, (e) the most probable class.</p>"
                 + "".join(occ),
             )
         )
