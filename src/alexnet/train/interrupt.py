@@ -71,9 +71,8 @@ class StopRequest:
         self.signum = signum
         if self.announce and self.info.is_main:
             name = signal.Signals(signum).name
-            sys.stderr.write(
-                f"\nalexnet: {name}: stopping after this step, with a checkpoint (Ctrl-C again: now)\n"
-            )
+            when = f"within {2 * AGREE_EVERY} steps" if self.info.distributed else "after this step"
+            sys.stderr.write(f"\nalexnet: {name}: stopping {when}, with a checkpoint (Ctrl-C again: now)\n")
 
     def should_stop(self, step: int) -> bool:
         """Whether to checkpoint and stop after ``step`` (the steps done), called after every step on every rank.
@@ -86,7 +85,7 @@ class StopRequest:
         import torch.distributed as dist
 
         if self._work is not None:
-            self._work.wait()  # started a step ago: long done
+            self._work.wait()  # started AGREE_EVERY steps ago: long done
             assert self._flag is not None
             if int(self._flag.item()):
                 self.agreed, self._work = int(self._flag.item()), None
