@@ -177,7 +177,7 @@ def test_same_upload_twice_gets_the_same_image_id(client, chelsea_jpeg: Path):
     assert (first.json()["width"], first.json()["height"]) == (451, 300)
 
 
-def test_occlusion_job_reports_progress_and_the_three_maps(client, chelsea_id):
+def test_occlusion_job_reports_progress_the_three_maps_and_the_followed_maps_projection(client, chelsea_id):
     started = client.post(f"/api/models/a/images/{chelsea_id}/occlusion?size=64&stride=32")
     assert started.status_code == 200, started.text
     job = started.json()
@@ -198,6 +198,12 @@ def test_occlusion_job_reports_progress_and_the_three_maps(client, chelsea_id):
         assert decode_png(client.get(f"/api/jobs/{job['id']}/{name}").content).shape[:2] == (6, 6)
     r = job["result"]
     assert r["layer"] == "relu5" and 0 <= r["channel"] < 256
+    # ZF Fig. 7 (c): the same map's deconvnet projection, as the channel view draws it
+    projection = client.get(f"/api/jobs/{job['id']}/projection.png").content
+    channel_view = client.get(
+        f"/api/models/a/images/{chelsea_id}/layers/relu5/channels/{r['channel']}/deconv.png"
+    )
+    assert projection == channel_view.content and decode_png(projection).shape[:2] == (227, 227)
     first_prediction = client.get(f"/api/models/a/images/{chelsea_id}").json()["predictions"][0]
     assert r["target"] == first_prediction["index"], "default target: the unoccluded image's top class"
     assert r["base_probability"] == pytest.approx(first_prediction["probability"], rel=1e-4)

@@ -62,7 +62,7 @@ def test_pick_sample_click_channel_shows_its_deconv_without_console_errors(brows
     assert size == 227
 
     page.click("[data-model='a'] .occ-run")
-    for panel in ("activation", "probability", "labels"):
+    for panel in ("activation", "projection", "probability", "labels"):
         selector = f"[data-model='a'] .occlusion img[alt='occlusion {panel}']"
         page.wait_for_function(image_ready(selector), timeout=120_000)
 

@@ -321,13 +321,16 @@ def create_app(
         positions = ((side - size) // stride + 1) ** 2
 
         def work(job: Job, progress: Progress) -> None:
-            from alexnet.visualize.occlusion import occlusion
+            from alexnet.visualize.occlusion import followed_map_projection, occlusion
 
             progress(0, positions)
             with count_passes(slot.model, lambda n: progress(min(max(n - 1, 0), positions), positions)):
                 r = occlusion(slot.model, a.x[0], size=size, stride=stride, batch_size=OCCLUSION_BATCH)
             progress(positions, positions)
             job.files["activation.png"] = render.heatmap_png(r.activation)
+            # ZF Fig. 7 (c): the followed map projected to the pixels
+            projection = followed_map_projection(slot.model, a.x[0], r)
+            job.files["projection.png"] = render.projection_png(projection, slot.preprocessing)
             job.files["probability.png"] = render.heatmap_png(r.probability)
             job.files["labels.png"], legend = render.label_map_png(r.label_map)
             job.result = {

@@ -289,6 +289,8 @@ function showOcclusion(node, job) {
   box.replaceChildren(
     el("figure", {}, el("img", { src: url("activation.png"), alt: "occlusion activation" }),
       el("figcaption", { textContent: `(b) total activation of ${r.layer} map ${r.channel}` })),
+    el("figure", {}, el("img", { src: url("projection.png"), alt: "occlusion projection" }),
+      el("figcaption", { textContent: `(c) ${r.layer} map ${r.channel} projected to the pixels (deconvnet)` })),
     el("figure", {}, el("img", { src: url("probability.png"), alt: "occlusion probability" }),
       el("figcaption", { textContent: `(d) p(${r.target_label}): ${r.probability_range.map((p) => p.toFixed(3)).join("–")}` })),
     el("figure", {}, el("img", { src: url("labels.png"), alt: "occlusion labels" }),
