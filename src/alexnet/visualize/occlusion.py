@@ -204,7 +204,7 @@ def plot_occlusion(
     ax0, ax1, ax2, ax3 = axes
     ax0.imshow(display)
     ax0.add_patch(Rectangle((0, 0), r.size, r.size, color=(0.5, 0.5, 0.5)))
-    ax0.set_title(title or "(a) input (grey square to scale)")
+    ax0.set_title(f"(a) {title or 'input'} (grey square to scale)")
     im = ax1.imshow(r.activation, extent=ext, cmap="jet")
     ax1.set_title(f"(b) total activation, {r.layer} map {r.channel}\n(unoccluded {r.base_activation:.3g})")
     fig.colorbar(im, ax=ax1, shrink=0.8)
