@@ -5,9 +5,9 @@ network and three maps are recorded, lettered as Fig. 7's columns: (b) the total
 feature map — the strongest one on the *unoccluded* image, (d) the probability of the correct class (here the
 ``target``, by default the top prediction, since an image's true class is not always known), (e) the most
 probable class. Fig. 7's column (c), that feature map projected down to the pixels, is the deconvnet's
-(:func:`followed_map_projection`; the figures of ``alexnet visualize occlusion`` and the report show it). The grey is the data
-set's mean pixel, i.e. **0 after normalisation** (the inputs are mean-subtracted, so a zero patch carries no
-signal).
+(:func:`followed_map_projection`; the figures of ``alexnet visualize occlusion``, the report and the explorer
+show it). The grey is the data set's mean pixel, i.e. **0 after normalisation** (the inputs are mean-subtracted,
+so a zero patch carries no signal).
 
 Positions: the square's top-left corner runs over ``0, stride, 2·stride … ≤ S − size`` in both directions, so the
 map has ``(S − size) // stride + 1`` rows and columns, and map cell ``(i, j)`` covers pixels
