@@ -6,6 +6,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -26,6 +27,13 @@ def write(tmp):
 
 atomic_write(sys.argv[1], write)
 """
+
+
+def _age(path: Path, seconds: float = 2 * files.STALE_AFTER) -> Path:
+    """Pretend ``path`` was last written ``seconds`` ago."""
+    then = time.time() - seconds
+    os.utime(path, (then, then))
+    return path
 
 
 def _dead_pid() -> int:
@@ -75,8 +83,13 @@ def test_a_writer_killed_mid_write_leaves_a_temporary_file_that_the_next_write_r
     assert len(left) == 1 and left[0].name.startswith(f".model.safetensors.{files._host()}.{proc.pid}.")
     assert target.read_text() == "old"  # the old file is untouched
     atomic_write(target, lambda tmp: Path(tmp).write_text("new"))
+    assert left[
+        0
+    ].exists()  # written to a moment ago: perhaps a process of another container with our host name
+    _age(left[0])
+    atomic_write(target, lambda tmp: Path(tmp).write_text("newer"))
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model.safetensors"]
-    assert target.read_text() == "new"
+    assert target.read_text() == "newer"
 
 
 def test_the_sweep_keeps_the_temporary_files_of_live_processes_other_hosts_and_other_targets(tmp_path):
@@ -91,7 +104,9 @@ def test_the_sweep_keeps_the_temporary_files_of_live_processes_other_hosts_and_o
         dead_folder = tmp_path / f".a.txt.{host}.{_dead_pid()}.def456.tmp"
         for path in (other_live, other_host, other_target, dead):
             path.write_text("x")
+            _age(path)
         (dead_folder / "train").mkdir(parents=True)
+        _age(dead_folder)
         removed = sweep_stale_temps(tmp_path, "a.txt", ".tmp")
         assert sorted(removed) == sorted([dead, dead_folder])
         assert all(p.exists() for p in (live, other_live, other_host, other_target))
@@ -110,7 +125,7 @@ def test_temporary_names_read_back_whatever_the_host_is_called(tmp_path, monkeyp
         tmp = make_temp(tmp_path, "x.bin")
         # pretend the process died: rename the file to a pid that no longer runs
         stale = tmp.with_name(tmp.name.replace(f".{os.getpid()}.", f".{_dead_pid()}."))
-        tmp.rename(stale)
+        _age(tmp.rename(stale))
         assert sweep_stale_temps(tmp_path, "x.bin", ".tmp") == [stale]
     finally:
         files._host.cache_clear()
@@ -125,5 +140,6 @@ def test_a_killed_synthetic_data_generation_is_swept_by_the_next(tmp_path):
     host = files._host()
     stale = tmp_path / f".{final.name}.{host}.{_dead_pid()}.abc123.tmp"
     (stale / "train").mkdir(parents=True)
+    _age(stale)
     assert ensure_builtin_dataset(tmp_path, seed=0, progress=False, workers=1, **kwargs) == final
     assert sorted(p.name for p in tmp_path.iterdir()) == [final.name]

@@ -6,7 +6,9 @@ killed at any moment leaves either the old file or the new one; a machine that l
 returned has the new one (the data and the rename are synced before it returns).
 
 A process killed mid-write leaves its temporary file. The temporary names carry the writing host and process, so
-the next write of the same file removes those of processes that no longer run (:func:`sweep_stale_temps`).
+the next write of the same file removes those of processes that no longer run and that have not been written to
+for a minute (:func:`sweep_stale_temps`; the age guards against containers that share a host name but not their
+process numbers).
 """
 
 from __future__ import annotations
@@ -18,10 +20,13 @@ import shutil
 import socket
 import stat
 import tempfile
+import time
 from collections.abc import Callable
 from pathlib import Path
 
 from alexnet.errors import OutputError
+
+STALE_AFTER = 60.0  # seconds a dead writer's temporary file must have been left alone before it is swept
 
 
 def process_umask() -> int:
@@ -63,11 +68,12 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def sweep_stale_temps(folder: Path, name: str, suffix: str) -> list[Path]:
+def sweep_stale_temps(folder: Path, name: str, suffix: str, min_age: float = STALE_AFTER) -> list[Path]:
     """Remove the temporary files (or folders) of target ``name`` in ``folder`` whose writer, a process on this
-    host, has died (killed mid-write). Those of live processes and other hosts (a shared folder) are kept.
-    Returns what was removed."""
-    removed = []
+    host, has died (killed mid-write), untouched for ``min_age`` seconds. Those of live processes and other hosts
+    (a shared folder) are kept. Returns what was removed."""
+    removed: list[Path] = []
+    now = time.time()
     lead = f".{name}."
     try:
         candidates = [p for p in folder.iterdir() if p.name.startswith(lead) and p.name.endswith(suffix)]
@@ -82,6 +88,8 @@ def sweep_stale_temps(folder: Path, name: str, suffix: str) -> list[Path]:
         if pid == os.getpid() or _alive(pid):
             continue
         try:
+            if now - path.lstat().st_mtime < min_age:
+                continue
             if path.is_dir() and not path.is_symlink():
                 shutil.rmtree(path)
             else:
