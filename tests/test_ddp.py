@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import csv
 import json
 import os
 import signal
@@ -14,7 +13,7 @@ import pytest
 import torch
 
 from alexnet.weights import read_weights
-from test_train_support import TINY, cli_script, run_cli, tiny_data
+from test_train_support import TINY, cli_script, run_cli, step_losses, tiny_data, wait_for_steps
 
 pytestmark = pytest.mark.slow
 
@@ -35,11 +34,17 @@ def single(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     return data, tmp / "single"
 
 
-def torchrun(tmp: Path, *args: str) -> subprocess.CompletedProcess:
+def torchrun_command(tmp: Path, *args: str) -> tuple[list[str], dict[str, str]]:
+    """``alexnet *args`` with the tiny model under torchrun, 2 processes: the command and its environment."""
     # TMPDIR: torchrun's per-run log folder (torchelastic_*) goes in the test's folder, not /tmp
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MPLBACKEND": "Agg", "TMPDIR": str(tmp)}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
            str(cli_script(tmp)), json.dumps(TINY.to_dict()), *args]  # fmt: skip
+    return cmd, env
+
+
+def torchrun(tmp: Path, *args: str) -> subprocess.CompletedProcess:
+    cmd, env = torchrun_command(tmp, *args)
     return subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env)
 
 
@@ -117,32 +122,20 @@ def test_sigterm_to_one_rank_stops_every_rank_after_the_same_step_with_a_checkpo
 ) -> None:
     """A signal reaches the ranks at different moments (here: rank 1 only); they agree on the step to stop
     after, write one checkpoint together, and the run resumes from it under torchrun."""
-    import time
-
     from alexnet.train.checkpoint import list_checkpoints, load_checkpoint
 
     data, _ = single
     run = tmp_path / "ddp"
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "MPLBACKEND": "Agg", "TMPDIR": str(tmp_path)}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-           str(cli_script(tmp_path)), json.dumps(TINY.to_dict()), *COMMON, "--data", str(data), "--epochs", "200",
-           "--out", str(run)]  # fmt: skip
+    cmd, env = torchrun_command(tmp_path, *COMMON, "--data", str(data), "--epochs", "200", "--out", str(run))
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    steps = run / "steps.csv"
-    deadline = time.monotonic() + 300
-    while proc.poll() is None and time.monotonic() < deadline:
-        if steps.is_file() and steps.read_text().count("\n") > 3:
-            break
-        time.sleep(0.01)
-    assert proc.poll() is None, "the run ended before it could be interrupted"
+    wait_for_steps(proc, run, 3)
     os.kill(_rank_pids(proc.pid)[1], signal.SIGTERM)
     _, err = proc.communicate(timeout=300)
     assert proc.returncode != 0  # torchrun reports its workers' exit code 143 as a failure
     step = load_checkpoint(list_checkpoints(run)[-1])["step"]
     assert 3 <= step < 600 and step % 10 == 0  # the ranks agree every 10 steps
     assert f"SIGTERM: stopped after step {step} of 600" in (run / "train.log").read_text()
-    with steps.open() as f:
-        assert max(int(row["step"]) for row in csv.DictReader(f)) == step
+    assert max(step_losses(run)) == step
     # one line from rank 0, no traceback from the workers (torchrun adds its own report of their exit codes)
     assert [line for line in err.splitlines() if line.startswith("alexnet:")] == [
         f"alexnet: SIGTERM: stopped after step {step} of 600; checkpoint saved: continue with "
@@ -154,5 +147,4 @@ def test_sigterm_to_one_rank_stops_every_rank_after_the_same_step_with_a_checkpo
 
     resumed = torchrun(tmp_path, "train", "--resume", "--out", str(run), "--max-steps", str(step + 2), "-q")
     assert resumed.returncode == 0, resumed.stderr[-3000:]
-    with steps.open() as f:
-        assert max(int(row["step"]) for row in csv.DictReader(f)) == step + 2
+    assert max(step_losses(run)) == step + 2

@@ -109,6 +109,15 @@ def test_zfnet_feature_maps_follow_figure_3():
     assert all(m.layer(f"conv{i}").groups == 1 for i in range(1, 6))
 
 
+# AlexNet §5: biases 1 in conv2, conv4, conv5 and the fully-connected hidden layers, 0 elsewhere (CaffeNet's too)
+ALEXNET_BIASES = {"conv1": 0, "conv2": 1, "conv3": 0, "conv4": 1, "conv5": 1, "fc6": 1, "fc7": 1, "fc8": 0}
+
+
+def _biases(model) -> dict[str, float]:
+    """Each weight layer's bias, which its init sets to one value."""
+    return {n: float(model.layer(n).bias.unique().item()) for n in ALEXNET_BIASES}
+
+
 TRUNK_AFTER_CONV2 = ["conv3", "relu3", "conv4", "relu4", "conv5", "relu5", "pool5"]  # no norm after conv2
 
 
@@ -142,20 +151,7 @@ def test_caffenet_uses_caffe_reference_init():
     N(0, 0.01) except fc6 and fc7 at 0.005."""
     torch.manual_seed(0)
     m = alexnet.create_model("caffenet")
-    biases = {
-        n: float(m.layer(n).bias.unique().item()) for n in ("conv1", "conv2", "conv3", "conv4", "conv5")
-    }
-    biases |= {n: float(m.layer(n).bias.unique().item()) for n in ("fc6", "fc7", "fc8")}
-    assert biases == {
-        "conv1": 0,
-        "conv2": 1,
-        "conv3": 0,
-        "conv4": 1,
-        "conv5": 1,
-        "fc6": 1,
-        "fc7": 1,
-        "fc8": 0,
-    }
+    assert _biases(m) == ALEXNET_BIASES
     stds = {n: float(m.layer(n).weight.detach().std()) for n in ("conv3", "fc6", "fc7", "fc8")}
     assert stds == pytest.approx({"conv3": 0.01, "fc6": 0.005, "fc7": 0.005, "fc8": 0.01}, rel=0.02)
 
@@ -210,20 +206,7 @@ def test_alexnet_owt_gives_torchvision_logits_with_the_same_weights():
 def test_paper_initialisation_alexnet_section_5():
     torch.manual_seed(0)
     m = alexnet.create_model("alexnet")
-    biases = {
-        n: float(m.layer(n).bias.unique().item())
-        for n in ("conv1", "conv2", "conv3", "conv4", "conv5", "fc6", "fc7", "fc8")
-    }
-    assert biases == {
-        "conv1": 0,
-        "conv2": 1,
-        "conv3": 0,
-        "conv4": 1,
-        "conv5": 1,
-        "fc6": 1,
-        "fc7": 1,
-        "fc8": 0,
-    }
+    assert _biases(m) == ALEXNET_BIASES
     w = m.layer("fc6").weight.detach()
     assert abs(float(w.mean())) < 1e-4 and float(w.std()) == pytest.approx(0.01, rel=0.01)
 

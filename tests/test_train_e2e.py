@@ -20,7 +20,7 @@ import pytest
 import torch
 
 from alexnet.train.checkpoint import list_checkpoints, load_checkpoint
-from test_train_support import TINY, cli_command, run_cli, tiny_data
+from test_train_support import TINY, assert_same_losses, cli_command, run_cli, step_losses, tiny_data
 
 pytestmark = pytest.mark.slow
 
@@ -40,11 +40,6 @@ TRAIN = [
 ]
 
 
-def _losses(run: Path) -> dict[int, float]:
-    with (run / "steps.csv").open() as f:
-        return {int(r["step"]): float(r["loss"]) for r in csv.DictReader(f)}
-
-
 @pytest.fixture(scope="module")
 def data(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tiny_data(tmp_path_factory.mktemp("data"))
@@ -57,7 +52,7 @@ def test_resume_after_kill_9_reproduces_the_uninterrupted_loss_curve_and_eval_re
     ref = tmp_path / "ref"
     done = run_cli(tmp_path, *args, "--out", str(ref))
     assert done.returncode == 0, done.stderr
-    expected = _losses(ref)
+    expected = step_losses(ref)
     assert sorted(expected) == list(range(1, 25))  # 24 train images / batch 4 × 4 epochs
 
     # The same run, killed with SIGKILL as soon as a mid-epoch checkpoint exists, then resumed.
@@ -77,11 +72,7 @@ def test_resume_after_kill_9_reproduces_the_uninterrupted_loss_curve_and_eval_re
 
     resumed = run_cli(tmp_path, "train", "--resume", "--out", str(cut), "-q")
     assert resumed.returncode == 0, resumed.stderr
-    got = _losses(cut)
-    assert sorted(got) == sorted(expected)
-    torch.testing.assert_close(
-        torch.tensor([got[s] for s in sorted(got)]), torch.tensor([expected[s] for s in sorted(expected)])
-    )
+    assert_same_losses(cut, expected)
     assert len(list_checkpoints(cut)) <= 3  # only the last few are kept
 
     run_files = {p.name for p in cut.iterdir()}
@@ -156,9 +147,9 @@ def test_a_run_from_the_packed_store_trains_exactly_as_one_from_the_files(tmp_pa
     assert packed.returncode == 0, packed.stderr
     assert "decoded from the files" in (tmp_path / "files" / "train.log").read_text()
     assert f"pixels from {store_dir(data, 'train', 256)}" in (tmp_path / "packed" / "train.log").read_text()
-    expected = _losses(tmp_path / "files")
+    expected = step_losses(tmp_path / "files")
     assert sorted(expected) == [1, 2, 3, 4]
-    assert _losses(tmp_path / "packed") == expected  # the same batches, bit for bit
+    assert step_losses(tmp_path / "packed") == expected  # the same batches, bit for bit
 
 
 def test_resume_continues_in_the_folder_given_and_refuses_what_would_change_the_run(

@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import csv
 import os
 import signal
 import subprocess
@@ -17,18 +16,21 @@ import torch
 from alexnet.train.checkpoint import list_checkpoints, load_checkpoint
 from alexnet.train.distributed import DistInfo
 from alexnet.train.interrupt import StopRequest
-from test_train_support import TINY, cli_command, run_cli, tiny_data
+from test_train_support import (
+    TINY,
+    assert_same_losses,
+    cli_command,
+    run_cli,
+    step_losses,
+    tiny_data,
+    wait_for_steps,
+)
 
 STEPS = 120  # 24 images / batch 4 × 20 epochs: long enough to be interrupted mid-run
 TRAIN = [
     "train", "--model", TINY.name, "--recipe", "demo", "--input-size", "63", "--batch-size", "4",
     "--workers", "1", "--epochs", "20", "-q",
 ]  # fmt: skip
-
-
-def _losses(run: Path) -> dict[int, float]:
-    with (run / "steps.csv").open() as f:
-        return {int(r["step"]): float(r["loss"]) for r in csv.DictReader(f)}
 
 
 def _interrupt(tmp: Path, args: list[str], run: Path, send) -> subprocess.CompletedProcess:
@@ -42,13 +44,7 @@ def _interrupt(tmp: Path, args: list[str], run: Path, send) -> subprocess.Comple
         text=True,
         start_new_session=True,
     )
-    steps = run / "steps.csv"
-    deadline = time.monotonic() + 240
-    while proc.poll() is None and time.monotonic() < deadline:
-        if steps.is_file() and steps.read_text().count("\n") > 8:
-            break
-        time.sleep(0.005)
-    assert proc.poll() is None, "the run ended before it could be interrupted"
+    wait_for_steps(proc, run, 8)
     send(proc)
     out, err = proc.communicate(timeout=240)
     return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
@@ -60,7 +56,7 @@ def data(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.mark.slow
-def test_ctrl_c_mid_run_keeps_every_step_and_resume_reproduces_the_uninterrupted_losses(
+def test_ctrl_c_mid_run_keeps_every_step_and_resume_reproduces_the_uninterruptedstep_losses(
     tmp_path: Path, data: Path
 ) -> None:
     """The terminal sends Ctrl-C to the whole process group, data-loading workers included."""
@@ -68,7 +64,7 @@ def test_ctrl_c_mid_run_keeps_every_step_and_resume_reproduces_the_uninterrupted
     ref = tmp_path / "ref"
     done = run_cli(tmp_path, *args, "--out", str(ref))
     assert done.returncode == 0, done.stderr
-    expected = _losses(ref)
+    expected = step_losses(ref)
     assert sorted(expected) == list(range(1, STEPS + 1))
 
     cut = tmp_path / "cut"
@@ -77,7 +73,7 @@ def test_ctrl_c_mid_run_keeps_every_step_and_resume_reproduces_the_uninterrupted
     ckpt = load_checkpoint(list_checkpoints(cut)[-1])
     step = ckpt["step"]
     assert 8 <= step < STEPS  # the steps done before the signal are all in the checkpoint
-    assert sorted(_losses(cut)) == list(range(1, step + 1))  # and in the log, none beyond it
+    assert sorted(step_losses(cut)) == list(range(1, step + 1))  # and in the log, none beyond it
     last_line = stopped.stderr.strip().splitlines()[-1]
     assert last_line == (
         f"alexnet: SIGINT: stopped after step {step} of {STEPS}; checkpoint saved: continue with "
@@ -88,11 +84,7 @@ def test_ctrl_c_mid_run_keeps_every_step_and_resume_reproduces_the_uninterrupted
 
     resumed = run_cli(tmp_path, "train", "--resume", "--out", str(cut), "-q")
     assert resumed.returncode == 0, resumed.stderr
-    got = _losses(cut)
-    assert sorted(got) == sorted(expected)
-    torch.testing.assert_close(
-        torch.tensor([got[s] for s in sorted(got)]), torch.tensor([expected[s] for s in sorted(expected)])
-    )
+    assert_same_losses(cut, expected)
 
 
 @pytest.mark.slow
@@ -107,7 +99,7 @@ def test_sigterm_from_a_scheduler_stops_with_a_checkpoint_and_exit_code_143(
     assert not (cut / "model.safetensors").exists()  # not finished: no final weights
     resumed = run_cli(tmp_path, "train", "--resume", "--out", str(cut), "--max-steps", str(step + 2), "-q")
     assert resumed.returncode == 0, resumed.stderr
-    assert max(_losses(cut)) == step + 2
+    assert max(step_losses(cut)) == step + 2
 
 
 def test_a_signal_asks_to_stop_a_second_ctrl_c_stops_at_once_and_the_handlers_are_restored() -> None:

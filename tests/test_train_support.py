@@ -61,3 +61,35 @@ def cli_command(tmp: Path, *args: str) -> list[str]:
 def run_cli(tmp: Path, *args: str, timeout: float = 300) -> subprocess.CompletedProcess:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MPLBACKEND": "Agg"}
     return subprocess.run(cli_command(tmp, *args), capture_output=True, text=True, timeout=timeout, env=env)
+
+
+def step_losses(run: Path) -> dict[int, float]:
+    """``steps.csv``'s loss by step."""
+    import csv
+
+    with (run / "steps.csv").open() as f:
+        return {int(r["step"]): float(r["loss"]) for r in csv.DictReader(f)}
+
+
+def assert_same_losses(run: Path, expected: dict[int, float]) -> None:
+    """The run logged the same steps as ``expected``, with the same losses (float rounding aside)."""
+    import torch
+
+    got = step_losses(run)
+    assert sorted(got) == sorted(expected)
+    torch.testing.assert_close(
+        torch.tensor([got[s] for s in sorted(got)]), torch.tensor([expected[s] for s in sorted(expected)])
+    )
+
+
+def wait_for_steps(proc: subprocess.Popen, run: Path, steps: int, timeout: float = 300) -> None:
+    """Wait until the running ``proc`` has logged more than ``steps`` steps in ``run``/steps.csv."""
+    import time
+
+    log = run / "steps.csv"
+    deadline = time.monotonic() + timeout
+    while proc.poll() is None and time.monotonic() < deadline:
+        if log.is_file() and log.read_text().count("\n") > steps:
+            break
+        time.sleep(0.005)
+    assert proc.poll() is None, "the run ended before it could be interrupted"

@@ -87,8 +87,9 @@ class StopRequest:
         if self._work is not None:
             self._work.wait()  # started AGREE_EVERY steps ago: long done
             assert self._flag is not None
-            if int(self._flag.item()):
-                self.agreed, self._work = int(self._flag.item()), None
+            agreed = int(self._flag.item())
+            if agreed:
+                self.agreed, self._work = agreed, None
                 return True
         self._flag = torch.tensor([self.signum or 0], dtype=torch.int64)
         self._work = dist.all_reduce(self._flag, op=dist.ReduceOp.MAX, group=self._group, async_op=True)
