@@ -7,6 +7,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -20,6 +21,7 @@ from alexnet.data.loader import make_loader
 from alexnet.data.packed import PackedPixels, attach, pack, store_dir
 from alexnet.data.preprocess import Preprocessing
 from alexnet.data.transforms import central_patch, eval_transform, train_transform
+from alexnet.errors import Interrupted
 
 PHOTOS = ("chelsea", "coffee", "astronaut", "rocket")
 PRE = Preprocessing(input_size=227)
@@ -280,6 +282,32 @@ def test_a_killed_pack_resumes_where_it_stopped_and_ends_with_every_image(folder
     for index, (path, _) in enumerate(files.samples):
         image = resumed.image(path)
         assert image is not None and torch.equal(image, central_patch(256)(files.load(index)[0]))
+
+
+def test_ctrl_c_mid_pack_keeps_the_chunk_under_way_and_packing_again_finishes(folder, monkeypatch):
+    """SIGINT while the second chunk decodes: that chunk is written before the pack stops (exit code 130)."""
+    if threading.current_thread() is not threading.main_thread():  # the signal would end the test process
+        pytest.skip("signal handlers can only be installed in the main thread")
+    import alexnet.data.packed as packed
+
+    real = packed._Decode.__getitem__
+
+    def ctrl_c_at_item_2(self, i):
+        if i == 2:
+            os.kill(os.getpid(), signal.SIGINT)
+        return real(self, i)
+
+    monkeypatch.setattr(packed._Decode, "__getitem__", ctrl_c_at_item_2)
+    with pytest.raises(Interrupted) as stopped:
+        pack(folder, "train", chunk=2, progress=False)
+    store = store_dir(folder, "train", 256)
+    assert stopped.value.exit_code == 130
+    assert str(stopped.value) == (
+        f"SIGINT: stopped after packing 4 of 6 images into {store}; run the same command to go on from there"
+    )
+    assert json.loads((store / "meta.json").read_text())["done"] == 4
+    monkeypatch.setattr(packed._Decode, "__getitem__", real)
+    assert pack(folder, "train", chunk=2, progress=False).done == 6
 
 
 def test_packing_onto_a_disk_without_room_stops_before_writing(folder, monkeypatch):

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import signal
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -9,7 +12,7 @@ import pytest
 import torch
 
 import alexnet
-from alexnet.errors import DataError
+from alexnet.errors import DataError, Interrupted
 from alexnet.visualize.hooks import capture
 from alexnet.visualize.inputs import prepare
 from alexnet.visualize.topk import (
@@ -75,6 +78,40 @@ def test_resume_continues_to_the_same_result(model, tmp_path: Path) -> None:
     np.testing.assert_allclose(resumed.values, straight.values, rtol=1e-5)
     np.testing.assert_array_equal(resumed.images, straight.images)
     np.testing.assert_array_equal(resumed.units, straight.units)
+    assert resumed.paths == straight.paths and resumed.seen == len(items)
+
+
+def test_ctrl_c_mid_pass_saves_the_batch_under_way_and_resume_gives_the_uninterrupted_result(
+    model, tmp_path: Path
+) -> None:
+    """SIGINT arrives while the third batch is being read: that batch is finished and saved (not only the
+    every-10-batches state), the pass stops with exit code 130, the handlers are restored and --resume completes."""
+    if threading.current_thread() is not threading.main_thread():  # the signal would end the test process
+        pytest.skip("signal handlers can only be installed in the main thread")
+    items = _photos()
+    straight = stream_topk(model, items, "conv3", k=3, batch_size=2)
+    before = signal.getsignal(signal.SIGINT)
+
+    def ctrl_c_at_item_5():
+        for i, item in enumerate(items):
+            if i == 5:
+                os.kill(os.getpid(), signal.SIGINT)
+            yield item
+
+    with pytest.raises(Interrupted) as stopped:
+        stream_topk(
+            model, ctrl_c_at_item_5(), "conv3", k=3, batch_size=2, state_dir=tmp_path, total=len(items)
+        )
+    assert stopped.value.exit_code == 130
+    assert str(stopped.value) == (
+        f"SIGINT: stopped after 6 of {len(items)} images; state saved in {tmp_path}: run the same command with "
+        "--resume to continue"
+    )
+    assert signal.getsignal(signal.SIGINT) is before
+    assert TopK.load(tmp_path).seen == 6
+    resumed = stream_topk(model, items, "conv3", k=3, batch_size=2, state_dir=tmp_path, resume=True)
+    np.testing.assert_allclose(resumed.values, straight.values, rtol=1e-5)
+    np.testing.assert_array_equal(resumed.images, straight.images)
     assert resumed.paths == straight.paths and resumed.seen == len(items)
 
 

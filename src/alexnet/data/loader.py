@@ -18,7 +18,6 @@ import contextlib
 import functools
 import logging
 import math
-import signal
 from collections.abc import Iterator
 from typing import Any
 
@@ -26,6 +25,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from alexnet.data.folders import collate_skip_bad
+from alexnet.stopping import quiet_worker_signals
 
 log = logging.getLogger("alexnet.data")
 
@@ -92,14 +92,6 @@ def seeded(seed: int) -> Iterator[None]:
         # formatted stack trace — more costly than decoding the image.
         torch.default_generator.manual_seed(seed)
         yield
-
-
-def quiet_worker_signals(_worker_id: int = 0) -> None:
-    """A data-loading worker leaves Ctrl-C to the main process (the terminal sends it to the whole process
-    group: a worker that died of it would break the batch the main process is waiting for), and dies of SIGTERM
-    as a worker should, whatever handler it inherited."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 
 class _Seeded(Dataset):

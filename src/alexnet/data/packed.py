@@ -225,8 +225,14 @@ class _Decode(torch.utils.data.Dataset):
 def _batches(
     paths: list[Path], rows: list[int], min_side: int, workers: int, chunk: int
 ) -> Iterator[list[Any]]:
+    from alexnet.stopping import quiet_worker_signals
+
     loader = torch.utils.data.DataLoader(
-        _Decode(paths, rows, min_side), batch_size=chunk, num_workers=workers, collate_fn=list
+        _Decode(paths, rows, min_side),
+        batch_size=chunk,
+        num_workers=workers,
+        collate_fn=list,
+        worker_init_fn=quiet_worker_signals,  # Ctrl-C is the main process's: it finishes the chunk under way
     )
     yield from loader
 
@@ -321,8 +327,15 @@ def pack(
         log.info("packing %d changed files of %s again", len(stale), split_dir)
     rows = stale + list(range(start, count))
     if rows:
+        from alexnet.stopping import StopSignals
+
         pixels = np.memmap(store / "pixels.u8", dtype=np.uint8, mode="r+", shape=shape)
-        with tqdm(total=len(rows), unit="img", desc=f"pack {split}", disable=not progress) as bar:
+        signals = StopSignals("stopping after this chunk, with it saved" if progress else None)
+        with (
+            tqdm(total=len(rows), unit="img", desc=f"pack {split}", disable=not progress) as bar,
+            signals,
+        ):
+            written = 0
             for batch in _batches(paths, rows, size, workers, chunk):
                 for row, image, st in batch:
                     if image is not None and st is not None:
@@ -335,6 +348,13 @@ def pack(
                 meta["done"] = max(meta["done"], batch[-1][0] + 1)  # stale rows lie below it
                 _write_meta(store, meta)  # the resume point
                 bar.update(len(batch))
+                written += len(batch)
+                if signals.signum is not None:  # Ctrl-C or SIGTERM (alexnet.stopping)
+                    bar.close()
+                    raise signals.interrupted(
+                        f"stopped after packing {written} of {len(rows)} images into {store}; run the same "
+                        "command to go on from there"
+                    )
         del pixels
     del stat
     opened = PackedPixels.open(root, split, size)

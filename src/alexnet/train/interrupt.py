@@ -14,33 +14,36 @@ under 30 µs a step (measured with two gloo ranks on a 2-core VM, ~140 µs a cal
 
 from __future__ import annotations
 
-import signal
-import sys
-import threading
-from types import FrameType, TracebackType
+from types import TracebackType
 from typing import Any
 
 import torch
 
+from alexnet.stopping import StopSignals
 from alexnet.train.distributed import DistInfo
 
-SIGNALS = (signal.SIGINT, signal.SIGTERM)
 AGREE_EVERY = 10  # steps between the ranks' agreements under torchrun
 
 
 class StopRequest:
-    """Catches SIGINT and SIGTERM while a run trains; :meth:`should_stop`, called once per step on every rank,
-    says when all ranks are to stop. Handlers are installed only in the main thread, and restored on exit."""
+    """Catches SIGINT and SIGTERM while a run trains (:class:`alexnet.stopping.StopSignals`); :meth:`should_stop`,
+    called once per step on every rank, says when all ranks are to stop."""
 
     def __init__(self, info: DistInfo, announce: bool = True) -> None:
         self.info = info
-        self.announce = announce
-        self.signum: int | None = None  # the signal this process received
+        when = f"within {2 * AGREE_EVERY} steps" if info.distributed else "after this step"
+        self._signals = StopSignals(
+            f"stopping {when}, with a checkpoint" if announce and info.is_main else None
+        )
         self.agreed: int | None = None  # the signal all ranks stop for (under torchrun: the largest received)
-        self._old: dict[int, Any] = {}
         self._group: Any = None
         self._flag: torch.Tensor | None = None
         self._work: Any = None
+
+    @property
+    def signum(self) -> int | None:
+        """The signal this process received."""
+        return self._signals.signum
 
     def __enter__(self) -> StopRequest:
         if self.info.distributed:
@@ -48,9 +51,7 @@ class StopRequest:
 
             # its own group: an outstanding agreement never pairs with another collective of the default one
             self._group = dist.new_group(backend="gloo")
-        if threading.current_thread() is threading.main_thread():
-            for sig in SIGNALS:
-                self._old[sig] = signal.signal(sig, self._on_signal)
+        self._signals.__enter__()
         return self
 
     def __exit__(
@@ -59,20 +60,7 @@ class StopRequest:
         if kind is None and self._work is not None:
             self._work.wait()  # every rank started it; after an error, another rank may not have
         self._work = None
-        for sig, old in self._old.items():
-            signal.signal(sig, old)
-        self._old.clear()
-
-    def _on_signal(self, signum: int, _frame: FrameType | None) -> None:
-        if self.signum is not None:
-            if signum == signal.SIGINT:
-                raise KeyboardInterrupt  # Ctrl-C again: now
-            return  # torchrun's SIGTERM after the terminal's SIGINT: already stopping
-        self.signum = signum
-        if self.announce and self.info.is_main:
-            name = signal.Signals(signum).name
-            when = f"within {2 * AGREE_EVERY} steps" if self.info.distributed else "after this step"
-            sys.stderr.write(f"\nalexnet: {name}: stopping {when}, with a checkpoint (Ctrl-C again: now)\n")
+        self._signals.__exit__(kind, exc, tb)
 
     def should_stop(self, step: int) -> bool:
         """Whether to checkpoint and stop after ``step`` (the steps done), called after every step on every rank.

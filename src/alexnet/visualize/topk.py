@@ -6,7 +6,8 @@ column), and the running top-k merges those. Memory is ``O(channels · k)`` what
 kept entries' image paths are remembered.
 
 Resumable: the state (kept values, units, image paths and how many images were consumed) is written atomically
-every ``save_every`` batches and at the end; ``resume=True`` reloads it and skips the images already consumed, so
+every ``save_every`` batches, at the end, and after the batch under way when Ctrl-C or SIGTERM stops the pass
+(:mod:`alexnet.stopping`); ``resume=True`` reloads it and skips the images already consumed, so
 the data must be listed in the same order (an :class:`~alexnet.data.folders.ImageFolder` listing is sorted). The
 state also records what it was computed from: the model's name, a SHA-256 of its weights, the layer, ``k`` and a
 digest of the images consumed (names, sizes, modification times, in order). A resume whose model, weights, layer,
@@ -20,6 +21,7 @@ two passes would give a top-k of neither. The listing may go further than the sa
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 from collections.abc import Iterable, Iterator, Sequence
@@ -35,6 +37,7 @@ from tqdm import tqdm
 from alexnet.analysis.summary import receptive_fields
 from alexnet.errors import DataError, ImageError
 from alexnet.models import AlexNetFamily
+from alexnet.stopping import StopSignals
 from alexnet.visualize.deconvnet import project
 from alexnet.visualize.hooks import SelectionError, capture, check_trunk_layer
 from alexnet.visualize.inputs import prepare
@@ -301,21 +304,33 @@ def stream_topk(
     if state is not None:
         pbar.update(state.seen + state.skipped)
     skipped = 0  # unreadable files met before the first readable batch
-    for n, (batch, names, bad) in enumerate(_batches(model, listing, batch_size), 1):
-        pbar.update(len(names) + bad)
-        if batch is None:
-            skipped += bad
-            continue
-        acts = capture(model, batch, [layer])[layer]
-        if state is None:
-            state = TopK.empty(layer, acts.shape[1], k)
-            state.model, state.weights = model.config.name, weights
-        state.skipped += bad + skipped
-        skipped = 0
-        state.update(acts, names)
-        state.listing = listing.digest()  # covers exactly the seen + skipped items consumed so far
-        if state_dir is not None and n % save_every == 0:
-            state.save(state_dir)
+    # With somewhere to save, Ctrl-C or SIGTERM finishes the batch under way, saves and stops (alexnet.stopping).
+    signals = StopSignals("stopping after this batch, with the state saved" if progress else None)
+    with signals if state_dir is not None else contextlib.nullcontext():
+        for n, (batch, names, bad) in enumerate(_batches(model, listing, batch_size), 1):
+            pbar.update(len(names) + bad)
+            if batch is not None:
+                acts = capture(model, batch, [layer])[layer]
+                if state is None:
+                    state = TopK.empty(layer, acts.shape[1], k)
+                    state.model, state.weights = model.config.name, weights
+                state.skipped += bad + skipped
+                skipped = 0
+                state.update(acts, names)
+                state.listing = listing.digest()  # covers exactly the seen + skipped items consumed so far
+                if state_dir is not None and (n % save_every == 0 or signals.signum is not None):
+                    state.save(state_dir)
+            else:
+                skipped += bad
+            if signals.signum is not None:
+                pbar.close()
+                if state is None:
+                    raise signals.interrupted("stopped before the first readable image; nothing saved")
+                of = f" of {total}" if total is not None else ""
+                raise signals.interrupted(
+                    f"stopped after {state.seen + state.skipped}{of} images; state saved in {state_dir}: run the "
+                    "same command with --resume to continue"
+                )
     pbar.close()
     if state is None:
         raise DataError("no readable image in the data set")
