@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import signal
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -22,6 +24,18 @@ if not torch.cuda.is_available():
     # (tests/test_lrn_triton.py); nothing else in the suite runs Triton on a CPU machine.
     os.environ.setdefault("TRITON_INTERPRET", "1")
 torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+
+
+@pytest.fixture
+def ctrl_c_reaches_us():
+    """For a test that sends this process SIGINT or SIGTERM: skipped outside the main thread (the signal would end
+    the test process), and run with Python's Ctrl-C handler whatever the suite was started with. A shell starts
+    a script's background jobs ignoring SIGINT, and alexnet.stopping leaves an ignored signal ignored."""
+    if threading.current_thread() is not threading.main_thread():
+        pytest.skip("signal handlers can only be installed in the main thread")
+    old = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, old)
 
 
 @pytest.fixture

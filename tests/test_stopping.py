@@ -7,18 +7,12 @@ import signal
 import threading
 import time
 
-import pytest
-
 from alexnet.stopping import StopSignals
 
 
-@pytest.fixture
-def main_thread() -> None:
-    if threading.current_thread() is not threading.main_thread():  # the signals would end the test process
-        pytest.skip("signal handlers can only be installed in the main thread")
-
-
-def test_a_signal_is_recorded_and_turned_into_an_interruption_with_the_shells_exit_code(main_thread) -> None:
+def test_a_signal_is_recorded_and_turned_into_an_interruption_with_the_shells_exit_code(
+    ctrl_c_reaches_us,
+) -> None:
     with StopSignals() as signals:
         os.kill(os.getpid(), signal.SIGTERM)
         time.sleep(0.01)  # the handler runs between bytecodes
@@ -27,7 +21,7 @@ def test_a_signal_is_recorded_and_turned_into_an_interruption_with_the_shells_ex
     assert str(error) == "SIGTERM: stopped after 3 of 9 images" and error.exit_code == 143
 
 
-def test_a_signal_the_process_was_started_ignoring_stays_ignored(main_thread) -> None:
+def test_a_signal_the_process_was_started_ignoring_stays_ignored(ctrl_c_reaches_us) -> None:
     """A shell starts a script's background jobs ignoring SIGINT: the terminal's Ctrl-C is not for them."""
     old = signal.signal(signal.SIGINT, signal.SIG_IGN)
     try:

@@ -6,7 +6,6 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import threading
 import time
 from pathlib import Path
 
@@ -22,6 +21,7 @@ from test_train_support import (
     cli_command,
     run_cli,
     step_losses,
+    terminal_signals,
     tiny_data,
     wait_for_steps,
 )
@@ -43,6 +43,7 @@ def _interrupt(tmp: Path, args: list[str], run: Path, send) -> subprocess.Comple
         stderr=subprocess.PIPE,
         text=True,
         start_new_session=True,
+        preexec_fn=terminal_signals,  # Ctrl-C as from a terminal, whatever the suite was started with
     )
     wait_for_steps(proc, run, 8)
     send(proc)
@@ -102,9 +103,9 @@ def test_sigterm_from_a_scheduler_stops_with_a_checkpoint_and_exit_code_143(
     assert max(step_losses(cut)) == step + 2
 
 
-def test_a_signal_asks_to_stop_a_second_ctrl_c_stops_at_once_and_the_handlers_are_restored() -> None:
-    if threading.current_thread() is not threading.main_thread():  # the signals would end the test process
-        pytest.skip("signal handlers can only be installed in the main thread")
+def test_a_signal_asks_to_stop_a_second_ctrl_c_stops_at_once_and_the_handlers_are_restored(
+    ctrl_c_reaches_us,
+) -> None:
     before = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
     with StopRequest(DistInfo(), announce=False) as stop:
         assert not stop.should_stop(1)

@@ -52,6 +52,14 @@ def cli_script(tmp: Path) -> Path:
     return path
 
 
+def terminal_signals() -> None:
+    """``preexec_fn`` for a command that a test stops with SIGINT: Python's default Ctrl-C, as in a terminal,
+    not an ignored SIGINT inherited from a suite started as a shell's background job."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def cli_command(tmp: Path, *args: str) -> list[str]:
     import json
 
