@@ -80,12 +80,19 @@ def test_resume_continues_to_the_same_result(model, tmp_path: Path) -> None:
     assert resumed.paths == straight.paths and resumed.seen == len(items)
 
 
+@pytest.mark.parametrize("batch_under_way", ["readable", "unreadable"])
 def test_ctrl_c_mid_pass_saves_the_batch_under_way_and_resume_gives_the_uninterrupted_result(
-    model, tmp_path: Path, ctrl_c_reaches_us
+    model, tmp_path: Path, ctrl_c_reaches_us, batch_under_way: str
 ) -> None:
     """SIGINT arrives while the third batch is being read: that batch is finished and saved (not only the
-    every-10-batches state), the pass stops with exit code 130, the handlers are restored and --resume completes."""
+    every-10-batches state), also when none of its files decodes; the pass stops with exit code 130, the
+    handlers are restored and --resume completes it as one pass would."""
     items = _photos()
+    if batch_under_way == "unreadable":
+        bad = tmp_path / "notes.jpg"
+        bad.write_text("not an image")
+        items = [*items[:4], (bad, "notes-1.jpg"), (bad, "notes-2.jpg"), *items[4:]]
+    state_dir = tmp_path / "state"
     straight = stream_topk(model, items, "conv3", k=3, batch_size=2)
     before = signal.getsignal(signal.SIGINT)
 
@@ -97,19 +104,21 @@ def test_ctrl_c_mid_pass_saves_the_batch_under_way_and_resume_gives_the_uninterr
 
     with pytest.raises(Interrupted) as stopped:
         stream_topk(
-            model, ctrl_c_at_item_5(), "conv3", k=3, batch_size=2, state_dir=tmp_path, total=len(items)
+            model, ctrl_c_at_item_5(), "conv3", k=3, batch_size=2, state_dir=state_dir, total=len(items)
         )
     assert stopped.value.exit_code == 130
     assert str(stopped.value) == (
-        f"SIGINT: stopped after 6 of {len(items)} images; state saved in {tmp_path}: run the same command with "
-        "--resume to continue"
+        f"SIGINT: stopped after 6 of {len(items)} images; state saved in {state_dir}: run the same command "
+        "with --resume to continue"
     )
     assert signal.getsignal(signal.SIGINT) is before
-    assert TopK.load(tmp_path).seen == 6
-    resumed = stream_topk(model, items, "conv3", k=3, batch_size=2, state_dir=tmp_path, resume=True)
+    saved = TopK.load(state_dir)
+    assert (saved.seen, saved.skipped) == ((6, 0) if batch_under_way == "readable" else (4, 2))
+    resumed = stream_topk(model, items, "conv3", k=3, batch_size=2, state_dir=state_dir, resume=True)
     np.testing.assert_allclose(resumed.values, straight.values, rtol=1e-5)
     np.testing.assert_array_equal(resumed.images, straight.images)
-    assert resumed.paths == straight.paths and resumed.seen == len(items)
+    assert resumed.paths == straight.paths
+    assert (resumed.seen, resumed.skipped) == (straight.seen, straight.skipped)
 
 
 def test_unreadable_files_are_skipped_and_counted(model, tmp_path: Path, chelsea_jpeg: Path) -> None:

@@ -303,7 +303,7 @@ def stream_topk(
     pbar = tqdm(total=total, desc=f"top-{k} {layer}", unit="img", disable=not progress)
     if state is not None:
         pbar.update(state.seen + state.skipped)
-    skipped = 0  # unreadable files met before the first readable batch
+    skipped = 0  # unreadable files not yet counted in a state (before the first readable image)
     # With somewhere to save, Ctrl-C or SIGTERM finishes the batch under way, saves and stops (alexnet.stopping).
     signals = StopSignals("stopping after this batch, with the state saved" if progress else None)
     with signals if state_dir is not None else contextlib.nullcontext():
@@ -314,14 +314,14 @@ def stream_topk(
                 if state is None:
                     state = TopK.empty(layer, acts.shape[1], k)
                     state.model, state.weights = model.config.name, weights
-                state.skipped += bad + skipped
-                skipped = 0
                 state.update(acts, names)
+            skipped += bad
+            if state is not None:
+                state.skipped += skipped
+                skipped = 0
                 state.listing = listing.digest()  # covers exactly the seen + skipped items consumed so far
                 if state_dir is not None and (n % save_every == 0 or signals.signum is not None):
                     state.save(state_dir)
-            else:
-                skipped += bad
             if signals.signum is not None:
                 pbar.close()
                 if state is None:
@@ -334,8 +334,6 @@ def stream_topk(
     pbar.close()
     if state is None:
         raise DataError("no readable image in the data set")
-    state.skipped += skipped
-    state.listing = listing.digest()
     if state_dir is not None:
         state.save(state_dir)
     return state
