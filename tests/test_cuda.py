@@ -1,6 +1,6 @@
 """CUDA: the LRN operator's Triton kernels against the formula and the composed ops, whole models against the
 CPU, bf16 channels-last training steps, batched nvJPEG decoding against the CPU loader, and a short
-`alexnet train --gpu-augment` / `--gpu-decode` run. Skipped on machines without a GPU (CI); scripts/gpu_check.sh runs them."""
+`alexnet train --gpu-augment` / `--gpu-decode` run. Skipped on machines without a GPU (CI); tools/gpu_check.sh runs them."""
 
 from __future__ import annotations
 
