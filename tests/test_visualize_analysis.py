@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import signal
 from pathlib import Path
 
 import numpy as np
@@ -9,11 +11,19 @@ import pytest
 import torch
 
 import alexnet
+from alexnet.errors import Interrupted
+from alexnet.visualize import retrieval
 from alexnet.visualize.evolution import evolution, plot_evolution, read_snapshot, run_snapshots
 from alexnet.visualize.hooks import capture
 from alexnet.visualize.inputs import prepare
 from alexnet.visualize.invariance import invariance, plot_invariance, transformed_inputs
-from alexnet.visualize.retrieval import gallery_features, nearest, plot_retrieval, retrieve
+from alexnet.visualize.retrieval import (
+    gallery_features,
+    nearest,
+    nearest_in_blocks,
+    plot_retrieval,
+    retrieve,
+)
 
 
 @pytest.fixture(scope="module")
@@ -73,21 +83,81 @@ def test_nearest_is_euclidean_and_sorted() -> None:
     assert i.tolist() == [[0, 2, 3]] and d.tolist() == [[0.0, 1.0, 2.0]]
 
 
-def test_retrieval_finds_the_query_itself_first_and_caches(model, gallery_dir: Path, tmp_path: Path) -> None:
+def test_retrieval_finds_the_query_itself_first_and_caches_each_shard(
+    model, gallery_dir: Path, tmp_path: Path, monkeypatch
+) -> None:
     files = sorted((gallery_dir / "train").rglob("*.png"))
-    g = gallery_features(model, files, cache_dir=tmp_path)
+    g = gallery_features(model, files, cache_dir=tmp_path, shard=3)
     assert g.features.shape == (8, 4096)
     assert float(g.features.min()) >= 0  # AlexNet §6.1: the hidden layer's activations, after fc7's ReLU
-    cached = list(tmp_path.glob("relu7-*.safetensors"))
-    assert len(cached) == 1
-    again = gallery_features(model, files, cache_dir=tmp_path)  # read back from the cache
+    (folder,) = tmp_path.glob("relu7-*")
+    assert sorted(f.name for f in folder.iterdir()) == [f"{n:06d}.safetensors" for n in range(3)]  # 3 + 3 + 2
+    monkeypatch.setattr(
+        retrieval, "_extract", lambda *a: pytest.fail("extracted again, not read from the cache")
+    )
+    again = gallery_features(model, files, cache_dir=tmp_path, shard=3)
     torch.testing.assert_close(again.features, g.features)
-    assert again.paths == g.paths
+    assert again.paths == g.paths == [str(f) for f in files]
     queries = [files[0], files[5]]
-    r = retrieve(model, queries, g, k=3)
+    r = retrieve(model, queries, again, k=3)
     assert [r.gallery[int(n)] for n in r.neighbours[:, 0]] == [str(files[0]), str(files[5])]
     assert np.allclose(r.distances[:, 0], 0, atol=1e-3) and (np.diff(r.distances, axis=1) >= 0).all()
     assert len(plot_retrieval(model, r).axes) == 2 * 4
+
+
+@pytest.mark.parametrize("sizes", [[7], [1, 6], [3, 3, 1], [2, 0, 5]])
+def test_the_search_over_blocks_equals_the_search_over_the_whole_gallery(sizes: list[int]) -> None:
+    """Block by block, one block in memory at a time, the k nearest are those of the whole matrix."""
+    torch.manual_seed(0)
+    gallery, queries = torch.randn(7, 16), torch.randn(3, 16)
+    blocks = list(gallery.split(sizes)) if 0 not in sizes else [gallery[:2], gallery[:0], gallery[2:]]
+    whole = torch.cdist(queries.double(), gallery.double()).topk(4, dim=1, largest=False)
+    d, i = nearest_in_blocks(queries, blocks, 4)
+    assert torch.equal(i, whole.indices)
+    torch.testing.assert_close(d, whole.values)
+    d, i = nearest_in_blocks(queries, blocks, 10)  # more than the gallery holds: all of it, nearest first
+    assert i.shape == (3, 7) and (d.diff(dim=1) >= 0).all()
+
+
+@pytest.mark.parametrize("stop", ["ctrl-c", "kill -9"])
+def test_an_interrupted_extraction_goes_on_from_its_saved_shards_to_the_same_features(
+    model, gallery_dir: Path, tmp_path: Path, monkeypatch, ctrl_c_reaches_us, stop: str
+) -> None:
+    """Ctrl-C during the second shard: that shard is finished and saved, the extraction stops with exit code
+    130, and the next call extracts only the third. A kill -9 can leave no shard half-written (atomic writes),
+    only a damaged file from elsewhere, which is extracted again."""
+    files = sorted((gallery_dir / "train").rglob("*.png"))
+    straight = gallery_features(model, files, shard=3)
+    cache = tmp_path / "cache"
+    real = retrieval._extract
+    calls: list[int] = []
+
+    def counting(model, chunk, *rest):
+        calls.append(len(chunk))
+        if stop == "ctrl-c" and len(calls) == 2:
+            os.kill(os.getpid(), signal.SIGINT)
+        return real(model, chunk, *rest)
+
+    monkeypatch.setattr(retrieval, "_extract", counting)
+    if stop == "ctrl-c":
+        with pytest.raises(Interrupted) as stopped:
+            gallery_features(model, files, cache_dir=cache, shard=3)
+        (folder,) = cache.glob("relu7-*")
+        assert stopped.value.exit_code == 130
+        assert str(stopped.value) == (
+            f"SIGINT: stopped after 6 of 8 gallery images; their features are saved in {folder}: run the same "
+            "command to go on from there"
+        )
+    else:
+        gallery_features(model, files, cache_dir=cache, shard=3)
+        (folder,) = cache.glob("relu7-*")
+        (folder / "000002.safetensors").write_bytes(b"\x00" * 40)  # a damaged last shard
+        (folder / "000000.safetensors").write_bytes((folder / "000000.safetensors").read_bytes()[:-9])
+    calls.clear()
+    resumed = gallery_features(model, files, cache_dir=cache, shard=3)
+    assert calls == ([2] if stop == "ctrl-c" else [3, 2])  # only what was not saved whole
+    torch.testing.assert_close(resumed.features, straight.features, rtol=0, atol=0)
+    assert resumed.paths == straight.paths
 
 
 def test_evolution_reads_checkpoints_in_step_order(model, photos, tmp_path: Path) -> None:

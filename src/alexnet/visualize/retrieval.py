@@ -5,16 +5,21 @@ levels of the neural network consider them to be similar." For each query image 
 nearest to it in Euclidean distance between those activations (fc7's 4096 outputs after their ReLU: ``relu7``)
 are returned.
 
-Gallery features are extracted in batches and cached as a safetensors file whose name is a hash of the weights,
-the layer, the preprocessing and the gallery listing (paths, sizes, modification times): a second query against
-the same gallery reads the cache; any change to the model or the files makes a new one.
+The figure's gallery is ImageNet's training set: 1.28 million images, 21 GB of fp32 features, hours of
+extraction on a CPU. So the features are extracted in shards of ``SHARD`` images, each cached as a safetensors
+file as soon as it is done, in a folder whose name is a hash of the weights, the layer, the preprocessing and the
+gallery listing (paths, sizes, modification times): a second query against the same gallery reads the cache, an
+interrupted extraction (Ctrl-C, SIGTERM: after the shard under way; kill -9: the shards written) goes on from
+the shards it finished, and any change to the model or the files makes a new folder. The search streams the
+shards, keeping each query's running nearest ``k``: its memory is one shard's whatever the gallery's size.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -23,10 +28,11 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from alexnet.errors import DataError, ImageError
+from alexnet.errors import DataError, ImageError, OutputError
 from alexnet.files import atomic_write
 from alexnet.models import AlexNetFamily
 from alexnet.predict import preprocessing_of
+from alexnet.stopping import StopSignals
 from alexnet.visualize.hooks import SelectionError, capture, check_layers
 from alexnet.visualize.inputs import prepare
 
@@ -61,11 +67,42 @@ def cache_key(model: AlexNetFamily, paths: Sequence[Path], layer: str) -> str:
     return hashlib.sha256("|".join(parts).encode()).hexdigest()[:32]
 
 
+SHARD = 256  # gallery images per cache file: what an interruption can lose, and the search's step
+
+
 @dataclass
 class Gallery:
-    features: torch.Tensor  # N×D
-    paths: list[str]
+    """A gallery's features in row order, in blocks: the cache's shard files (read one at a time) or tensors."""
+
+    paths: list[str]  # the readable images: row i of the features
     skipped: list[str]
+    blocks: list[Path | torch.Tensor]
+
+    def feature_blocks(self) -> Iterator[torch.Tensor]:
+        """Each block's N×D features, in row order, one in memory at a time."""
+        from safetensors.torch import load_file
+
+        for block in self.blocks:
+            yield load_file(str(block))["features"] if isinstance(block, Path) else block
+
+    @property
+    def features(self) -> torch.Tensor:
+        """All N×D features at once (a small gallery's; :func:`retrieve` never needs them together)."""
+        return torch.cat(list(self.feature_blocks()))
+
+
+def _read_shard(path: Path) -> tuple[list[str], list[str], int] | None:
+    """(kept paths, skipped paths, rows) of a finished shard, or ``None`` when it is missing or unreadable."""
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+            rows = f.get_slice("features").get_shape()[0]
+        kept, skipped = json.loads(meta["paths"]), json.loads(meta["skipped"])
+    except (SafetensorError, OSError, KeyError, ValueError):
+        return None
+    return (kept, skipped, rows) if rows == len(kept) else None
 
 
 def gallery_features(
@@ -76,49 +113,83 @@ def gallery_features(
     batch_size: int = 32,
     cache_dir: str | Path | None = None,
     progress: bool = False,
+    shard: int = SHARD,
 ) -> Gallery:
-    """``layer`` features of every readable image in ``paths`` (cached under ``cache_dir`` when given)."""
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file, save_file
+    """``layer`` features of every readable image in ``paths``, extracted in shards of ``shard`` images; with
+    ``cache_dir``, each shard is cached there once done and read back by a later call for the same model,
+    layer and listing (module docstring), and Ctrl-C or SIGTERM stops after the shard under way with
+    :class:`~alexnet.errors.Interrupted`."""
+    from safetensors.torch import save_file
 
     check_layers(model, [layer])
     files = [Path(p) for p in paths]
     if not files:
         raise DataError("the gallery is empty")
-    cache = Path(cache_dir) / f"{layer}-{cache_key(model, files, layer)}.safetensors" if cache_dir else None
-    if cache is not None and cache.is_file():
+    if shard < 1 or batch_size < 1:
+        raise DataError(f"shard and batch_size must be at least 1 (got {shard}, {batch_size})")
+    folder = Path(cache_dir) / f"{layer}-{cache_key(model, files, layer)}" if cache_dir else None
+    if folder is not None:
         try:
-            from safetensors import safe_open
-
-            with safe_open(str(cache), framework="pt") as f:
-                meta = f.metadata()
-            tensors = load_file(str(cache))
-            return Gallery(tensors["features"], json.loads(meta["paths"]), json.loads(meta["skipped"]))
-        except (SafetensorError, OSError, KeyError, ValueError):
-            pass  # unreadable cache: recompute and overwrite
-    feats: list[torch.Tensor] = []
+            folder.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise OutputError(f"cannot create the feature cache {folder}: {e.strerror or e}") from None
     kept: list[str] = []
     skipped: list[str] = []
-    for start in tqdm(range(0, len(files), batch_size), desc=f"{layer} features", disable=not progress):
-        batch, names = [], []
+    blocks: list[Path | torch.Tensor] = []
+    bar = tqdm(total=len(files), desc=f"{layer} features", unit="img", disable=not progress)
+    signals = StopSignals("stopping after this shard, with it saved" if progress else None)
+    with signals if folder is not None else contextlib.nullcontext():
+        for number, start in enumerate(range(0, len(files), shard)):
+            chunk = files[start : start + shard]
+            path = folder / f"{number:06d}.safetensors" if folder is not None else None
+            done = _read_shard(path) if path is not None else None
+            if done is not None and path is not None:
+                names, bad, rows = done
+                if rows:
+                    blocks.append(path)
+            else:
+                feats, names, bad = _extract(model, chunk, layer, batch_size)
+                if path is not None:
+                    meta = {"paths": json.dumps(names), "skipped": json.dumps(bad), "layer": layer}
+                    atomic_write(
+                        path, lambda tmp, f=feats, m=meta: save_file({"features": f}, tmp, metadata=m)
+                    )
+                if len(names):
+                    blocks.append(path if path is not None else feats)
+            kept.extend(names)
+            skipped.extend(bad)
+            bar.update(len(chunk))
+            if signals.signum is not None:
+                bar.close()
+                raise signals.interrupted(
+                    f"stopped after {start + len(chunk)} of {len(files)} gallery images; their features are "
+                    f"saved in {folder}: run the same command to go on from there"
+                )
+    bar.close()
+    if not kept:
+        raise DataError("no readable image in the gallery")
+    return Gallery(kept, skipped, blocks)
+
+
+def _extract(
+    model: AlexNetFamily, files: Sequence[Path], layer: str, batch_size: int
+) -> tuple[torch.Tensor, list[str], list[str]]:
+    """(features of the readable files, their paths, the unreadable ones' paths)."""
+    feats: list[torch.Tensor] = []
+    names: list[str] = []
+    bad: list[str] = []
+    for start in range(0, len(files), batch_size):
+        batch = []
         for p in files[start : start + batch_size]:
             try:
                 batch.append(prepare(model, p).tensor)
                 names.append(str(p))
             except ImageError:
-                skipped.append(str(p))
+                bad.append(str(p))
         if batch:
             feats.append(capture(model, torch.stack(batch), [layer])[layer].flatten(1))
-            kept.extend(names)
-    if not feats:
-        raise DataError("no readable image in the gallery")
-    gallery = Gallery(torch.cat(feats), kept, skipped)
-    if cache is not None:
-        meta = {"paths": json.dumps(kept), "skipped": json.dumps(skipped), "layer": layer}
-        atomic_write(
-            cache, lambda tmp: save_file({"features": gallery.features.contiguous()}, tmp, metadata=meta)
-        )
-    return gallery
+    features = torch.cat(feats).contiguous() if feats else torch.empty(0, 0)
+    return features, names, bad
 
 
 @dataclass
@@ -131,11 +202,29 @@ class Retrieval:
 
 def nearest(queries: torch.Tensor, gallery: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
     """(distances, indices) of the ``k`` gallery rows nearest to each query row (Euclidean), nearest first."""
+    return nearest_in_blocks(queries, [gallery], k)
+
+
+def nearest_in_blocks(
+    queries: torch.Tensor, blocks: Iterable[torch.Tensor], k: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`nearest` over a gallery given block by block (its rows in order), keeping each query's running
+    ``k`` nearest: one block in memory at a time. Distances in float64, ties to the earlier row."""
     if k < 1:
         raise SelectionError(f"the number of neighbours must be at least 1, got {k}")
-    d = torch.cdist(queries.double(), gallery.double())
-    dist, idx = d.topk(min(k, gallery.shape[0]), dim=1, largest=False, sorted=True)
-    return dist, idx
+    q = queries.double()
+    best_d = torch.empty(q.shape[0], 0, dtype=torch.float64)
+    best_i = torch.empty(q.shape[0], 0, dtype=torch.int64)
+    offset = 0
+    for block in blocks:
+        d = torch.cdist(q, block.double())
+        rows = torch.arange(offset, offset + block.shape[0]).expand(q.shape[0], -1)
+        # stable: among equal distances the earlier row (the running best, then this block in order) stays first
+        best_d, order = torch.cat([best_d, d], 1).sort(dim=1, stable=True)
+        best_i = torch.cat([best_i, rows], 1).gather(1, order)
+        best_d, best_i = best_d[:, :k], best_i[:, :k]
+        offset += block.shape[0]
+    return best_d, best_i
 
 
 def retrieve(
@@ -150,7 +239,7 @@ def retrieve(
     their ReLU (what Caffe's in-place ``fc7`` blob holds)."""
     x = torch.stack([prepare(model, q).tensor for q in queries])
     q = capture(model, x, [layer])[layer].flatten(1)
-    dist, idx = nearest(q, gallery.features, k)
+    dist, idx = nearest_in_blocks(q, gallery.feature_blocks(), k)
     return Retrieval([str(p) for p in queries], idx.numpy(), dist.numpy(), gallery.paths)
 
 
