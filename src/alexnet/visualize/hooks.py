@@ -127,9 +127,11 @@ def capture(
     parts: dict[str, list[torch.Tensor]] = {name: [] for name in layers}
     with evaluating(model):
         for start in range(0, len(images), step):
-            _, kept = walk(model, images[start : start + step].to(device), last, layers)
+            # channels-last on CPU, as model(x) runs: oneDNN's convolutions and the fused stages, ~20 % faster
+            chunk = fused.kernel_layout(model.features, images[start : start + step].to(device))
+            _, kept = walk(model, chunk, last, layers)
             for name in layers:
-                parts[name].append(kept[name].cpu())
+                parts[name].append(kept[name].cpu().contiguous())
     if not len(images):  # an empty batch: empty maps of each layer's shape
         with evaluating(model), torch.inference_mode():
             _, kept = walk(model, images.to(device), last, layers)
