@@ -119,13 +119,13 @@ def test_the_search_over_blocks_equals_the_search_over_the_whole_gallery(sizes: 
     assert i.shape == (3, 7) and (d.diff(dim=1) >= 0).all()
 
 
-@pytest.mark.parametrize("stop", ["ctrl-c", "kill -9"])
+@pytest.mark.parametrize("stop", ["ctrl-c", "damaged shards"])
 def test_an_interrupted_extraction_goes_on_from_its_saved_shards_to_the_same_features(
     model, gallery_dir: Path, tmp_path: Path, monkeypatch, ctrl_c_reaches_us, stop: str
 ) -> None:
     """Ctrl-C during the second shard: that shard is finished and saved, the extraction stops with exit code
-    130, and the next call extracts only the third. A kill -9 can leave no shard half-written (atomic writes),
-    only a damaged file from elsewhere, which is extracted again."""
+    130, and the next call extracts only the third. A kill -9 leaves no shard half-written (atomic writes:
+    tests/test_files.py kills a writer), but a shard damaged some other way is extracted again."""
     files = sorted((gallery_dir / "train").rglob("*.png"))
     straight = gallery_features(model, files, shard=3)
     cache = tmp_path / "cache"
@@ -158,6 +158,47 @@ def test_an_interrupted_extraction_goes_on_from_its_saved_shards_to_the_same_fea
     assert calls == ([2] if stop == "ctrl-c" else [3, 2])  # only what was not saved whole
     torch.testing.assert_close(resumed.features, straight.features, rtol=0, atol=0)
     assert resumed.paths == straight.paths
+
+
+def test_the_cache_never_mixes_shard_sizes_and_names_the_files_as_this_listing_does(
+    model, gallery_dir: Path, tmp_path: Path, monkeypatch
+) -> None:
+    """Shards cut another way are another cache; the same gallery reached by another relative path shares the
+    cache (its key resolves the paths) and is named as this listing names it, with an unreadable file's place
+    kept (the paths are never read from the cache)."""
+    bad = gallery_dir / "train" / "class9" / "notes.png"
+    bad.parent.mkdir(exist_ok=True)
+    bad.write_text("not an image")
+    try:
+        files = sorted((gallery_dir / "train").rglob("*.png"))
+        cache = tmp_path / "cache"
+        by_three = gallery_features(model, files, cache_dir=cache, shard=3)
+        by_four = gallery_features(model, files, cache_dir=cache, shard=4)
+        assert len(list(cache.iterdir())) == 2
+        assert by_four.paths == by_three.paths == [str(f) for f in files if f != bad]
+        assert by_four.skipped == by_three.skipped == [str(bad)]
+        torch.testing.assert_close(by_four.features, by_three.features)
+        monkeypatch.chdir(gallery_dir)
+        relative = [f.relative_to(gallery_dir) for f in files]
+        monkeypatch.setattr(retrieval, "_extract", lambda *a: pytest.fail("extracted again"))
+        again = gallery_features(model, relative, cache_dir=cache, shard=3)
+        assert again.paths == [str(f) for f in relative if f != bad.relative_to(gallery_dir)]
+        assert again.skipped == [str(bad.relative_to(gallery_dir))]
+    finally:
+        bad.unlink()
+        bad.parent.rmdir()
+
+
+def test_an_earlier_versions_one_file_cache_of_the_gallery_is_removed(
+    model, gallery_dir: Path, tmp_path: Path
+) -> None:
+    files = sorted((gallery_dir / "train").rglob("*.png"))
+    old = tmp_path / f"relu7-{retrieval.cache_key(model, files, 'relu7')}.safetensors"
+    old.write_bytes(b"features of the one-file format")
+    other = tmp_path / "relu7-0123456789abcdef0123456789abcdef.safetensors"  # another gallery's: kept
+    other.write_bytes(b"another gallery")
+    gallery_features(model, files, cache_dir=tmp_path)
+    assert not old.exists() and other.exists()
 
 
 def test_evolution_reads_checkpoints_in_step_order(model, photos, tmp_path: Path) -> None:

@@ -91,18 +91,21 @@ class Gallery:
         return torch.cat(list(self.feature_blocks()))
 
 
-def _read_shard(path: Path) -> tuple[list[str], list[str], int] | None:
-    """(kept paths, skipped paths, rows) of a finished shard, or ``None`` when it is missing or unreadable."""
+def _read_shard(path: Path, chunk: Sequence[Path]) -> list[int] | None:
+    """The unreadable images' places in ``chunk`` recorded by a finished shard of it, or ``None`` when the shard
+    is missing, unreadable or not of ``chunk``'s length. Paths are never taken from the file: the cache key
+    resolves them, so the same gallery reached by another relative path shares the cache."""
     from safetensors import SafetensorError, safe_open
 
     try:
         with safe_open(str(path), framework="pt") as f:
             meta = f.metadata() or {}
             rows = f.get_slice("features").get_shape()[0]
-        kept, skipped = json.loads(meta["paths"]), json.loads(meta["skipped"])
-    except (SafetensorError, OSError, KeyError, ValueError):
+        count, bad = int(meta["count"]), json.loads(meta["skipped"])
+    except (SafetensorError, OSError, KeyError, ValueError, TypeError):
         return None
-    return (kept, skipped, rows) if rows == len(kept) else None
+    fits = isinstance(bad, list) and all(isinstance(i, int) and 0 <= i < count for i in bad)
+    return bad if fits and count == len(chunk) and rows == count - len(set(bad)) else None
 
 
 def gallery_features(
@@ -127,8 +130,12 @@ def gallery_features(
         raise DataError("the gallery is empty")
     if shard < 1 or batch_size < 1:
         raise DataError(f"shard and batch_size must be at least 1 (got {shard}, {batch_size})")
-    folder = Path(cache_dir) / f"{layer}-{cache_key(model, files, layer)}" if cache_dir else None
-    if folder is not None:
+    folder = None
+    if cache_dir is not None:
+        key = cache_key(model, files, layer)
+        folder = Path(cache_dir) / f"{layer}-{key}-s{shard}"
+        # the one-file cache of an earlier version, for the same gallery: no longer read
+        (Path(cache_dir) / f"{layer}-{key}.safetensors").unlink(missing_ok=True)
         try:
             folder.mkdir(parents=True, exist_ok=True)
         except OSError as e:
@@ -142,22 +149,23 @@ def gallery_features(
         for number, start in enumerate(range(0, len(files), shard)):
             chunk = files[start : start + shard]
             path = folder / f"{number:06d}.safetensors" if folder is not None else None
-            done = _read_shard(path) if path is not None else None
-            if done is not None and path is not None:
-                names, bad, rows = done
-                if rows:
-                    blocks.append(path)
-            else:
-                feats, names, bad = _extract(model, chunk, layer, batch_size)
+            bad = _read_shard(path, chunk) if path is not None else None
+            block: Path | torch.Tensor | None = path  # a cached shard is read when searched
+            if bad is None:
+                feats, bad = _extract(model, chunk, layer, batch_size)
                 if path is not None:
-                    meta = {"paths": json.dumps(names), "skipped": json.dumps(bad), "layer": layer}
+                    meta = {"count": str(len(chunk)), "skipped": json.dumps(bad), "layer": layer}
                     atomic_write(
                         path, lambda tmp, f=feats, m=meta: save_file({"features": f}, tmp, metadata=m)
                     )
-                if len(names):
-                    blocks.append(path if path is not None else feats)
+                else:
+                    block = feats
+            if block is not None and len(bad) < len(chunk):
+                blocks.append(block)
+            unreadable = set(bad)
+            names = [str(p) for i, p in enumerate(chunk) if i not in unreadable]
             kept.extend(names)
-            skipped.extend(bad)
+            skipped.extend(str(chunk[i]) for i in sorted(unreadable))
             bar.update(len(chunk))
             if signals.signum is not None:
                 bar.close()
@@ -173,23 +181,21 @@ def gallery_features(
 
 def _extract(
     model: AlexNetFamily, files: Sequence[Path], layer: str, batch_size: int
-) -> tuple[torch.Tensor, list[str], list[str]]:
-    """(features of the readable files, their paths, the unreadable ones' paths)."""
+) -> tuple[torch.Tensor, list[int]]:
+    """(features of the readable files, in order; the places of the unreadable ones in ``files``)."""
     feats: list[torch.Tensor] = []
-    names: list[str] = []
-    bad: list[str] = []
+    bad: list[int] = []
     for start in range(0, len(files), batch_size):
         batch = []
-        for p in files[start : start + batch_size]:
+        for i, p in enumerate(files[start : start + batch_size], start):
             try:
                 batch.append(prepare(model, p).tensor)
-                names.append(str(p))
             except ImageError:
-                bad.append(str(p))
+                bad.append(i)
         if batch:
             feats.append(capture(model, torch.stack(batch), [layer])[layer].flatten(1))
     features = torch.cat(feats).contiguous() if feats else torch.empty(0, 0)
-    return features, names, bad
+    return features, bad
 
 
 @dataclass
