@@ -309,6 +309,38 @@ def test_ctrl_c_mid_pack_keeps_the_chunk_under_way_and_packing_again_finishes(
     assert pack(folder, "train", chunk=2, progress=False).done == 6
 
 
+def test_sigterm_to_the_process_group_stops_a_pack_with_workers_after_the_chunk_under_way(folder):
+    """systemd, SLURM and ``kill -TERM -PGID`` signal the workers too: they leave it to the main process."""
+    script = (
+        "import time; import alexnet.data.packed as p\n"
+        "from alexnet.cli._common import run_safely\n"
+        "real = p._Decode.__getitem__\n"
+        "def slow(self, i):\n"
+        "    time.sleep(0.3)\n"
+        "    return real(self, i)\n"
+        "p._Decode.__getitem__ = slow\n"
+        f"raise SystemExit(run_safely(lambda: p.pack({str(folder)!r}, 'train', chunk=1, workers=1, "
+        "progress=False)))\n"
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-c", script], start_new_session=True, stderr=subprocess.PIPE, text=True
+    )
+    meta = store_dir(folder, "train", 256) / "meta.json"
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and not (meta.is_file() and json.loads(meta.read_text())["done"] >= 1):
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 128 + signal.SIGTERM, err
+    done = json.loads(meta.read_text())["done"]
+    assert 1 <= done < 6
+    assert err.strip().splitlines()[-1] == (
+        f"alexnet: SIGTERM: stopped after packing {done} of 6 images into {meta.parent}; run the same command "
+        "to go on from there"
+    )
+    assert pack(folder, "train", progress=False).done == 6
+
+
 def test_packing_onto_a_disk_without_room_stops_before_writing(folder, monkeypatch):
     import shutil
 

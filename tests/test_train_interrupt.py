@@ -92,8 +92,11 @@ def test_ctrl_c_mid_run_keeps_every_step_and_resume_reproduces_the_uninterrupted
 def test_sigterm_from_a_scheduler_stops_with_a_checkpoint_and_exit_code_143(
     tmp_path: Path, data: Path
 ) -> None:
+    """systemd and SLURM send SIGTERM to every process of the job, data-loading workers included."""
     cut = tmp_path / "cut"
-    stopped = _interrupt(tmp_path, [*TRAIN, "--data", str(data)], cut, lambda proc: proc.terminate())
+    stopped = _interrupt(
+        tmp_path, [*TRAIN, "--data", str(data)], cut, lambda proc: os.killpg(proc.pid, signal.SIGTERM)
+    )
     assert stopped.returncode == 128 + signal.SIGTERM, stopped.stderr
     step = load_checkpoint(list_checkpoints(cut)[-1])["step"]
     assert f"alexnet: SIGTERM: stopped after step {step} of {STEPS}" in stopped.stderr
@@ -120,8 +123,9 @@ def test_a_signal_asks_to_stop_a_second_ctrl_c_stops_at_once_and_the_handlers_ar
     assert {sig: signal.getsignal(sig) for sig in before} == before
 
 
-def test_data_loading_workers_leave_ctrl_c_to_the_main_process(tmp_path: Path) -> None:
-    """A worker that died of the terminal's SIGINT would break the batch the main process waits for."""
+def test_data_loading_workers_leave_ctrl_c_and_sigterm_to_the_main_process(tmp_path: Path) -> None:
+    """A worker that died of the terminal's SIGINT, or of a scheduler's SIGTERM to the process group, would break
+    the batch the main process waits for."""
     from alexnet.data.loader import make_loader
 
     class Report(torch.utils.data.Dataset):
@@ -130,7 +134,7 @@ def test_data_loading_workers_leave_ctrl_c_to_the_main_process(tmp_path: Path) -
 
         def __getitem__(self, i: int):
             handlers = (signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM))
-            return torch.tensor([int(handlers[0] == signal.SIG_IGN), int(handlers[1] == signal.SIG_DFL)]), i
+            return torch.tensor([int(handlers[0] == signal.SIG_IGN), int(handlers[1] == signal.SIG_IGN)]), i
 
     loader = make_loader(Report(), batch_size=2, train=False, workers=1)
     images, _ = next(iter(loader))

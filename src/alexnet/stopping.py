@@ -64,8 +64,10 @@ class StopSignals:
 
 
 def quiet_worker_signals(_worker_id: int = 0) -> None:
-    """A data-loading worker leaves Ctrl-C to the main process (the terminal sends it to the whole process
-    group: a worker that died of it would break the batch the main process is waiting for), and dies of SIGTERM
-    as a worker should, whatever handler it inherited. A ``worker_init_fn`` for ``torch.utils.data.DataLoader``."""
+    """A data-loading worker leaves Ctrl-C and SIGTERM to the main process: the terminal sends Ctrl-C to the
+    whole process group, and systemd, SLURM and ``kill -TERM -PGID`` send SIGTERM so; a worker that died of
+    either would break the batch the main process is waiting for. The worker still ends when the main process
+    shuts the loader down, or, should the main process die, when the loader's watchdog sees it gone (within 5 s);
+    SIGKILL ends it at once. A ``worker_init_fn`` for ``torch.utils.data.DataLoader``."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
