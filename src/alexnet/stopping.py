@@ -10,6 +10,7 @@ script's background jobs ignoring SIGINT, so that the terminal's Ctrl-C does not
 
 from __future__ import annotations
 
+import os
 import signal
 import sys
 import threading
@@ -64,10 +65,24 @@ class StopSignals:
 
 
 def quiet_worker_signals(_worker_id: int = 0) -> None:
-    """A data-loading worker leaves Ctrl-C and SIGTERM to the main process: the terminal sends Ctrl-C to the
-    whole process group, and systemd, SLURM and ``kill -TERM -PGID`` send SIGTERM so; a worker that died of
-    either would break the batch the main process is waiting for. The worker still ends when the main process
-    shuts the loader down, or, should the main process die, when the loader's watchdog sees it gone (within 5 s);
-    SIGKILL ends it at once. A ``worker_init_fn`` for ``torch.utils.data.DataLoader``."""
+    """A data-loading worker leaves Ctrl-C and a scheduler's SIGTERM to the main process: the terminal sends
+    Ctrl-C to the whole process group, and systemd, SLURM and ``kill -TERM -PGID`` send SIGTERM so; a worker that
+    died of either would break the batch the main process is waiting for. A SIGTERM from the main process itself
+    (the loader's shutdown, ``multiprocessing``'s terminate at exit) still ends the worker at once, with status 0:
+    ignoring that one would hang the exit. Where the sender cannot be told (no ``sigwaitinfo``: macOS), SIGTERM ends the worker
+    as before. A ``worker_init_fn`` for ``torch.utils.data.DataLoader``."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    if not hasattr(signal, "sigwaitinfo"):
+        return
+    parent = os.getppid()
+    # SIGTERM stays pending until this thread takes it and looks at who sent it
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
+
+    def sort_sigterm() -> None:
+        while signal.sigwaitinfo({signal.SIGTERM}).si_pid != parent:
+            pass  # someone else's: the main process decides
+        # ended on request: status 0, which torch's SIGCHLD handler does not report as a worker's failure
+        os._exit(0)
+
+    threading.Thread(target=sort_sigterm, name="alexnet-sigterm", daemon=True).start()
