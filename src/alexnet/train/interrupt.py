@@ -57,10 +57,12 @@ class StopRequest:
     def __exit__(
         self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
-        if kind is None and self._work is not None:
-            self._work.wait()  # every rank started it; after an error, another rank may not have
-        self._work = None
-        self._signals.__exit__(kind, exc, tb)
+        try:
+            if kind is None and self._work is not None:
+                self._work.wait()  # every rank started it; after an error, another rank may not have
+        finally:
+            self._work = None
+            self._signals.__exit__(kind, exc, tb)
 
     def should_stop(self, step: int) -> bool:
         """Whether to checkpoint and stop after ``step`` (the steps done), called after every step on every rank.

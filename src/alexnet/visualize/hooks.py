@@ -92,8 +92,9 @@ def walk(
                 x = torch.flatten(x, 1)
             x, i = module(x), i + 1
         if name in wanted:
-            # Clone: a later in-place ReLU would otherwise overwrite the stored tensor.
-            kept[name] = x.clone()
+            # Clone: a later in-place ReLU would otherwise overwrite the stored tensor. In the plain layout
+            # whatever the walk ran in (channels-last on CPU): what every reader of the maps expects.
+            kept[name] = x.clone(memory_format=torch.contiguous_format)
         if name == until:
             return x, kept
     raise LayerNotFound(f"no layer {until!r} in {model.config.name}")  # unreachable after check_layers
@@ -131,7 +132,7 @@ def capture(
             chunk = fused.kernel_layout(model.features, images[start : start + step].to(device))
             _, kept = walk(model, chunk, last, layers)
             for name in layers:
-                parts[name].append(kept[name].cpu().contiguous())
+                parts[name].append(kept[name].cpu())
     if not len(images):  # an empty batch: empty maps of each layer's shape
         with evaluating(model), torch.inference_mode():
             _, kept = walk(model, images.to(device), last, layers)
