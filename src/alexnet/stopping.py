@@ -68,9 +68,10 @@ def quiet_worker_signals(_worker_id: int = 0) -> None:
     """A data-loading worker leaves Ctrl-C and a scheduler's SIGTERM to the main process: the terminal sends
     Ctrl-C to the whole process group, and systemd, SLURM and ``kill -TERM -PGID`` send SIGTERM so; a worker that
     died of either would break the batch the main process is waiting for. A SIGTERM from the main process itself
-    (the loader's shutdown, ``multiprocessing``'s terminate at exit) still ends the worker at once, with status 0:
-    ignoring that one would hang the exit. Where the sender cannot be told (no ``sigwaitinfo``: macOS), SIGTERM ends the worker
-    as before. A ``worker_init_fn`` for ``torch.utils.data.DataLoader``."""
+    (the loader's shutdown, ``multiprocessing``'s terminate at exit) still ends the worker at once with status 0,
+    as torch's own worker handler does (which this replaces: it dies of anyone's SIGTERM): ignoring that one too
+    would hang the exit. Where the sender cannot be told (no ``sigwaitinfo``: macOS), SIGTERM ends the worker.
+    A ``worker_init_fn`` for ``torch.utils.data.DataLoader``."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     if not hasattr(signal, "sigwaitinfo"):
