@@ -1,4 +1,4 @@
-"""alexnet.stopping: what Ctrl-C and SIGTERM do to a long command (training, top-9, data-pack)."""
+"""alexnet.stopping: what Ctrl-C and SIGTERM do to a long command (training, top-9, data-pack, retrieval)."""
 
 from __future__ import annotations
 

@@ -41,6 +41,7 @@ import numpy as np
 import torch
 
 from alexnet.errors import DataError, ImageError
+from alexnet.stopping import StopSignals, quiet_worker_signals
 
 log = logging.getLogger("alexnet.data")
 
@@ -225,14 +226,12 @@ class _Decode(torch.utils.data.Dataset):
 def _batches(
     paths: list[Path], rows: list[int], min_side: int, workers: int, chunk: int
 ) -> Iterator[list[Any]]:
-    from alexnet.stopping import quiet_worker_signals
-
     loader = torch.utils.data.DataLoader(
         _Decode(paths, rows, min_side),
         batch_size=chunk,
         num_workers=workers,
         collate_fn=list,
-        worker_init_fn=quiet_worker_signals,  # Ctrl-C is the main process's: it finishes the chunk under way
+        worker_init_fn=quiet_worker_signals,  # Ctrl-C and SIGTERM are the main process's: it ends the chunk
     )
     yield from loader
 
@@ -327,8 +326,6 @@ def pack(
         log.info("packing %d changed files of %s again", len(stale), split_dir)
     rows = stale + list(range(start, count))
     if rows:
-        from alexnet.stopping import StopSignals
-
         pixels = np.memmap(store / "pixels.u8", dtype=np.uint8, mode="r+", shape=shape)
         signals = StopSignals("stopping after this chunk, with it saved" if progress else None)
         with (
