@@ -132,11 +132,11 @@ def test_an_interrupted_extraction_goes_on_from_its_saved_shards_to_the_same_fea
     real = retrieval._extract
     calls: list[int] = []
 
-    def counting(model, chunk, *rest):
-        calls.append(len(chunk))
+    def counting(model, batches, chunks, *rest):
+        calls.append(sum(b - a for a, b in chunks))  # the shard's images extracted
         if stop == "ctrl-c" and len(calls) == 2:
             os.kill(os.getpid(), signal.SIGINT)
-        return real(model, chunk, *rest)
+        return real(model, batches, chunks, *rest)
 
     monkeypatch.setattr(retrieval, "_extract", counting)
     if stop == "ctrl-c":
@@ -221,3 +221,19 @@ def test_evolution_reads_checkpoints_in_step_order(model, photos, tmp_path: Path
     assert ev.values[0, 0] == pytest.approx(float(acts.max()), rel=1e-5)
     assert ev.image[0, 0] == int(acts.flatten(1).amax(1).argmax())
     assert len(plot_evolution(model, ev).axes) == 4
+
+
+def test_gallery_features_from_decoding_workers_are_the_features_of_one_process(
+    model, gallery_dir: Path, tmp_path: Path
+) -> None:
+    """One loader runs ahead across the shards still to extract (the cached ones are not decoded again)."""
+    files = sorted((gallery_dir / "train").rglob("*.png"))
+    alone = gallery_features(model, files, shard=3, batch_size=2)
+    cache = tmp_path / "cache"
+    gallery_features(model, files[:3], cache_dir=cache, shard=3)  # another listing: another cache
+    helped = gallery_features(model, files, cache_dir=cache, shard=3, batch_size=2, workers=2)
+    torch.testing.assert_close(helped.features, alone.features, rtol=0, atol=0)
+    assert helped.paths == alone.paths
+    again = gallery_features(model, files, cache_dir=cache, shard=3, batch_size=2, workers=2)
+    assert all(isinstance(b, Path) for b in again.blocks)  # every shard read back, none extracted
+    torch.testing.assert_close(again.features, alone.features, rtol=0, atol=0)

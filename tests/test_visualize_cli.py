@@ -161,6 +161,10 @@ BAD = [
     (["activations", "--stage", "pool"], "--stage applies only with --all"),
     (["activations", "--all", "--layer", "conv2"], "--layer or --all"),
     (["deconv", "--unit", "13,0"], "outside"),
+    (["top9", "--data", "DATA", "--workers", "-1"], "--workers must be at least 0"),
+    (["retrieval", "--data", "DATA", "--batch-size", "0"], "--batch-size must be at least 1"),
+    (["deconv", "--device", "gpu"], "unknown device 'gpu'"),
+    (["occlusion", "--device", "cuda:99"], "'cuda:99'"),
 ]
 
 

@@ -12,6 +12,7 @@ import torch
 
 import alexnet
 from alexnet.errors import DataError, Interrupted
+from alexnet.visualize import topk
 from alexnet.visualize.hooks import capture
 from alexnet.visualize.inputs import prepare
 from alexnet.visualize.topk import (
@@ -82,7 +83,7 @@ def test_resume_continues_to_the_same_result(model, tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("batch_under_way", ["readable", "unreadable"])
 def test_ctrl_c_mid_pass_saves_the_batch_under_way_and_resume_gives_the_uninterrupted_result(
-    model, tmp_path: Path, ctrl_c_reaches_us, batch_under_way: str
+    model, tmp_path: Path, monkeypatch, ctrl_c_reaches_us, batch_under_way: str
 ) -> None:
     """SIGINT arrives while the third batch is being read: that batch is finished and saved (not only the
     every-10-batches state), also when none of its files decodes; the pass stops with exit code 130, the
@@ -96,16 +97,18 @@ def test_ctrl_c_mid_pass_saves_the_batch_under_way_and_resume_gives_the_uninterr
     straight = stream_topk(model, items, "conv3", k=3, batch_size=2)
     before = signal.getsignal(signal.SIGINT)
 
-    def ctrl_c_at_item_5():
-        for i, item in enumerate(items):
-            if i == 5:
-                os.kill(os.getpid(), signal.SIGINT)
-            yield item
+    read = topk.prepared_batches
 
+    def ctrl_c_in_batch_3(*args, **kwargs):
+        for n, batch in enumerate(read(*args, **kwargs), 1):
+            if n == 3:
+                os.kill(os.getpid(), signal.SIGINT)
+            yield batch
+
+    monkeypatch.setattr(topk, "prepared_batches", ctrl_c_in_batch_3)
     with pytest.raises(Interrupted) as stopped:
-        stream_topk(
-            model, ctrl_c_at_item_5(), "conv3", k=3, batch_size=2, state_dir=state_dir, total=len(items)
-        )
+        stream_topk(model, iter(items), "conv3", k=3, batch_size=2, state_dir=state_dir, total=len(items))
+    monkeypatch.undo()
     assert stopped.value.exit_code == 130
     assert str(stopped.value) == (
         f"SIGINT: stopped after 6 of {len(items)} images; state saved in {state_dir}: run the same command "
@@ -214,3 +217,43 @@ def test_the_listing_names_files_by_absolute_path_whatever_the_working_folder(
     relative = folder_items("data", "val")
     monkeypatch.chdir(tmp_path / "data")
     assert [n for _, n in relative] == [n for _, n in folder_items(tmp_path / "data", "val")] == [str(image)]
+
+
+def test_batches_decoded_by_worker_processes_are_prepare_s_inputs_in_order(model, tmp_path: Path) -> None:
+    """Top-9's and retrieval's decoding in worker processes hands over, span by span and in order, exactly the
+    tensors prepare() makes in this process, and the places of the files that do not decode."""
+    from PIL import Image
+
+    from alexnet.visualize.inputs import prepared_batches, spans
+
+    files: list[Path] = []
+    for image, name in _photos()[:5]:
+        files.append(tmp_path / f"{name}.jpg")
+        Image.fromarray(image.permute(1, 2, 0).numpy()).save(files[-1], quality=90)
+    (tmp_path / "notes.jpg").write_text("not an image")
+    files.insert(2, tmp_path / "notes.jpg")
+    chunks = spans(len(files), 4)
+    assert chunks == [(0, 4), (4, 6)] and spans(6, 4, start=5) == [(5, 6)]
+    got = list(prepared_batches(model, files, chunks, workers=2))
+    assert [bad for _, bad in got] == [[2], []]
+    readable = [f for f in files if f.name != "notes.jpg"]
+    expected = torch.stack([prepare(model, f).tensor for f in readable])
+    assert torch.equal(torch.cat([batch for batch, _ in got]), expected)
+    assert list(prepared_batches(model, files, [(2, 3)])) == [(None, [0])]
+
+
+def test_a_pass_with_decoding_workers_keeps_what_the_pass_in_one_process_keeps(model, tmp_path: Path) -> None:
+    from PIL import Image
+
+    items = []
+    for image, name in _photos()[:7]:
+        path = tmp_path / f"{name}.png"
+        Image.fromarray(image.permute(1, 2, 0).numpy()).save(path)
+        items.append((path, str(path)))
+    items.insert(3, (tmp_path / "gone.png", str(tmp_path / "gone.png")))  # listed, then missing
+    alone = stream_topk(model, items, "conv2", k=3, batch_size=3)
+    helped = stream_topk(model, items, "conv2", k=3, batch_size=3, workers=2)
+    np.testing.assert_array_equal(helped.values, alone.values)
+    np.testing.assert_array_equal(helped.images, alone.images)
+    np.testing.assert_array_equal(helped.units, alone.units)
+    assert (helped.paths, helped.seen, helped.skipped) == (alone.paths, 7, 1)

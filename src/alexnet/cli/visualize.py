@@ -14,6 +14,7 @@ from alexnet.cli._common import (
     ArgumentParser,
     CommandError,
     add_command,
+    add_device_argument,
     add_model_arguments,
     readable_images,
     writable_folder,
@@ -74,10 +75,18 @@ def _image_set(p: ArgumentParser, what: str, split: str, images: str) -> None:
     )
     p.add_argument("--split", default=split, help=f"split folder under ROOT (default {split})")
     p.add_argument("--max-images", type=int, metavar="N", help=f"only the first N {images} (default all)")
+    p.add_argument("--batch-size", type=int, default=32, help="images per forward pass (default 32)")
+    p.add_argument(
+        "--workers",
+        type=int,
+        default=2,
+        help="processes decoding the images ahead of the model (default 2; 0: in this process)",
+    )
 
 
 def _common(p: ArgumentParser, images: str = "+") -> None:
     add_model_arguments(p)
+    add_device_argument(p)
     p.add_argument("--run", metavar="DIR", help="a training run folder (uses DIR/model.safetensors)")
     p.add_argument(
         "--out", "-o", required=True, metavar="DIR", help="folder for the PNG / .npz / .json files"
@@ -132,7 +141,6 @@ def register(sub: Any) -> None:
     _image_set(k, "data set", "val", "images")
     k.add_argument("--layer", default="conv5", help="conv-trunk layer (default conv5)")
     k.add_argument("--channels", type=_channels, help="feature maps to draw, e.g. 0,5,10-15 (default 0-15)")
-    k.add_argument("--batch-size", type=int, default=32, help="images per forward pass (default 32)")
     k.add_argument(
         "--resume",
         action="store_true",
@@ -195,19 +203,23 @@ def load_model(args: argparse.Namespace) -> Any:
 
 
 def run(args: argparse.Namespace) -> int:
+    from alexnet.train.distributed import pick_device
     from alexnet.visualize import outputs
 
     for name in ("top", "size", "stride", "batch_size", "max_images", "neighbours"):
         value = getattr(args, name, None)
         if value is not None and value < 1:
             raise CommandError(f"--{name.replace('_', '-')} must be at least 1")
+    if getattr(args, "workers", 0) < 0:
+        raise CommandError(f"--workers must be at least 0 (got {args.workers})")
     if getattr(args, "stage", None) is not None and not args.all:  # else it would be silently ignored
         raise CommandError("--stage applies only with --all (one layer: --layer, e.g. --layer norm1)")
     if getattr(args, "all", False) and args.layer is not None:
         raise CommandError("give --layer or --all, not both")
     readable_images(getattr(args, "images", None))
     writable_folder(args.out)
-    model = load_model(args)
+    device = pick_device(args.device)  # a bad or absent device is one line, before the weights are read
+    model = load_model(args).to(device)
     kind = args.kind
     if kind == "activations":
         paths = outputs.write_activations(
@@ -228,6 +240,7 @@ def run(args: argparse.Namespace) -> int:
             max_images=args.max_images,
             resume=args.resume,
             batch_size=args.batch_size,
+            workers=args.workers,
             progress=True,
         )
     elif kind == "occlusion":
@@ -257,6 +270,8 @@ def run(args: argparse.Namespace) -> int:
             max_images=args.max_images,
             neighbours=args.neighbours,
             cache=args.cache,
+            batch_size=args.batch_size,
+            workers=args.workers,
         )
     for path in paths:
         print(path)

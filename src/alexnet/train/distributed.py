@@ -45,6 +45,12 @@ def pick_device(requested: str, local_rank: int = 0) -> torch.device:
             raise TrainingError(f"device {requested!r} requested but CUDA is not available")
         if device.index is None:
             device = torch.device(f"cuda:{local_rank}")
+        count = torch.cuda.device_count()
+        if device.index >= count:  # else the first .to(device) fails with a CUDA traceback
+            raise TrainingError(
+                f"device {requested!r} requested but this machine has {count} CUDA device"
+                f"{'' if count == 1 else 's'} (cuda:0 … cuda:{count - 1})"
+            )
     if device.type == "mps" and not torch.backends.mps.is_available():
         raise TrainingError("device 'mps' requested but MPS is not available")
     return device

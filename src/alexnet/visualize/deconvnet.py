@@ -53,7 +53,7 @@ def _forward_record(
 ) -> tuple[torch.Tensor, list[_Step]]:
     """Forward through the trunk up to ``layer``, recording input sizes and the max-pool switches."""
     steps: list[_Step] = []
-    x = images
+    x = images.to(next(model.parameters()).device)
     for name, module in model.named_layers():
         size = (int(x.shape[-2]), int(x.shape[-1]))
         if isinstance(module, nn.MaxPool2d):
@@ -127,11 +127,12 @@ def layer_shape(model: AlexNetFamily, layer: str, input_size: int | None = None)
 
 
 def project(model: AlexNetFamily, images: torch.Tensor, layer: str, mask: torch.Tensor) -> torch.Tensor:
-    """Deconvnet projection of ``mask · activation`` of ``layer`` (mask broadcastable to the layer's output)."""
+    """Deconvnet projection of ``mask · activation`` of ``layer`` (mask broadcastable to the layer's output), run
+    on the model's device and returned on the CPU."""
     check_trunk_layer(model, layer)
     with evaluating(model):
         acts, steps = _forward_record(model, images, layer)
-        return _down(acts * mask.to(acts), steps)
+        return _down(acts * mask.to(acts), steps).cpu()
 
 
 def deconvnet(
@@ -144,8 +145,8 @@ def deconvnet(
     """Project feature map ``channel`` of ``layer`` (or only its unit ``(row, col)``) to pixel space (ZF §2.1).
 
     ``images``: a normalised batch N×3×H×W (or one 3×H×W image). ``layer``: a conv-trunk layer (``conv1`` …
-    ``pool5``; ``convN`` is before its ReLU). Returns N×3×H×W, in the input's units (not rescaled for display;
-    see :func:`alexnet.visualize.plot.projection_to_image`).
+    ``pool5``; ``convN`` is before its ReLU). Runs on the model's device; returns N×3×H×W on the CPU, in the
+    input's units (not rescaled for display; see :func:`alexnet.visualize.plot.projection_to_image`).
     """
     if images.ndim == 3:
         images = images.unsqueeze(0)
@@ -160,7 +161,7 @@ def deconvnet(
         else:
             _check_unit(acts, layer, unit)
             mask[:, channel, unit[0], unit[1]] = 1.0
-        return _down(acts * mask, steps)
+        return _down(acts * mask, steps).cpu()
 
 
 class StrongestProjection(NamedTuple):
@@ -174,7 +175,8 @@ class StrongestProjection(NamedTuple):
 def deconvnet_strongest(
     model: AlexNetFamily, images: torch.Tensor, layer: str, channel: int
 ) -> StrongestProjection:
-    """For each image, project only the strongest activation of feature map ``channel`` (ZF Fig. 2 and 4)."""
+    """For each image, project only the strongest activation of feature map ``channel`` (ZF Fig. 2 and 4); on
+    the model's device, returned on the CPU."""
     if images.ndim == 3:
         images = images.unsqueeze(0)
     model.check_input(images)
@@ -189,4 +191,4 @@ def deconvnet_strongest(
         mask = torch.zeros_like(acts).flatten(2)
         mask[torch.arange(len(acts)), channel, flat] = 1.0
         proj = _down(acts * mask.view_as(acts), steps)
-        return StrongestProjection(proj, units, values)
+        return StrongestProjection(proj.cpu(), units.cpu(), values.cpu())

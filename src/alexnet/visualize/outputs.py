@@ -252,9 +252,11 @@ def write_top9(
     max_images: int | None = None,
     resume: bool = False,
     batch_size: int = 32,
+    workers: int = 0,
     progress: bool = False,
 ) -> list[Path]:
-    """Stream the data set once (state in ``OUT/top9/<layer>/``), then ``top9.json``/``.npz`` and the grids."""
+    """Stream the data set once (state in ``OUT/top9/<layer>/``; decoded in ``workers`` processes), then
+    ``top9.json``/``.npz`` and the grids."""
     from alexnet.visualize.deconvnet import layer_shape
     from alexnet.visualize.hooks import check_trunk_layer
     from alexnet.visualize.topk import folder_items, render_top9, stream_topk, write_topk
@@ -276,6 +278,7 @@ def write_top9(
         resume=resume,
         progress=progress,
         total=len(items),
+        workers=workers,
     )
     return write_topk(model, state, folder) + render_top9(model, state, folder, channels, progress=progress)
 
@@ -358,14 +361,24 @@ def write_retrieval(
     max_images: int | None = None,
     neighbours: int = 6,
     cache: str | Path | None = None,
+    batch_size: int = 32,
+    workers: int = 0,
 ) -> list[Path]:
-    """AlexNet Fig. 4: each query and its nearest gallery images in fc7 space; features cached."""
+    """AlexNet Fig. 4: each query and its nearest gallery images in fc7 space; features cached (extracted
+    ``batch_size`` at a time, decoded in ``workers`` processes)."""
     from alexnet.visualize.retrieval import gallery_features, plot_retrieval, retrieve
     from alexnet.visualize.topk import folder_items
 
     out = Path(out)
     files = [p for p, _ in folder_items(data, split, max_images)]
-    gallery = gallery_features(model, files, cache_dir=cache or out / "cache", progress=True)
+    gallery = gallery_features(
+        model,
+        files,
+        cache_dir=cache or out / "cache",
+        progress=True,
+        batch_size=batch_size,
+        workers=workers,
+    )
     result = retrieve(model, queries, gallery, neighbours)
     return [
         save_figure(plot_retrieval(model, result), out / "retrieval.png"),

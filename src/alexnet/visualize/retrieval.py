@@ -28,13 +28,13 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from alexnet.errors import DataError, ImageError, OutputError
+from alexnet.errors import DataError, OutputError
 from alexnet.files import atomic_write
 from alexnet.models import AlexNetFamily
 from alexnet.predict import preprocessing_of
 from alexnet.stopping import StopSignals
 from alexnet.visualize.hooks import SelectionError, capture, check_layers
-from alexnet.visualize.inputs import prepare
+from alexnet.visualize.inputs import prepare, prepared_batches, spans
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -117,8 +117,10 @@ def gallery_features(
     cache_dir: str | Path | None = None,
     progress: bool = False,
     shard: int = SHARD,
+    workers: int = 0,
 ) -> Gallery:
-    """``layer`` features of every readable image in ``paths``, extracted in shards of ``shard`` images; with
+    """``layer`` features of every readable image in ``paths``, extracted in shards of ``shard`` images on the
+    model's device (with ``workers`` > 0 the files are decoded in that many processes, a few batches ahead); with
     ``cache_dir``, each shard is cached there once done and read back by a later call for the same model,
     layer and listing (module docstring), and Ctrl-C or SIGTERM stops after the shard under way with
     :class:`~alexnet.errors.Interrupted`."""
@@ -140,19 +142,33 @@ def gallery_features(
             folder.mkdir(parents=True, exist_ok=True)
         except OSError as e:
             raise OutputError(f"cannot create the feature cache {folder}: {e.strerror or e}") from None
+    shards = spans(len(files), shard)
+    shard_files = [
+        folder / f"{n:06d}.safetensors" if folder is not None else None for n in range(len(shards))
+    ]
+    cached = [
+        _read_shard(path, files[start:stop]) if path is not None else None
+        for path, (start, stop) in zip(shard_files, shards, strict=True)
+    ]
+    # one loader for every batch still to extract, so that its workers run ahead across shards
+    todo = [
+        span
+        for (start, stop), bad in zip(shards, cached, strict=True)
+        if bad is None
+        for span in spans(stop, batch_size, start)
+    ]
+    batches = prepared_batches(model, files, todo, workers=workers)
     kept: list[str] = []
     skipped: list[str] = []
     blocks: list[Path | torch.Tensor] = []
     bar = tqdm(total=len(files), desc=f"{layer} features", unit="img", disable=not progress)
     signals = StopSignals("stopping after this shard, with it saved" if progress else None)
-    with signals if folder is not None else contextlib.nullcontext():
-        for number, start in enumerate(range(0, len(files), shard)):
-            chunk = files[start : start + shard]
-            path = folder / f"{number:06d}.safetensors" if folder is not None else None
-            bad = _read_shard(path, chunk) if path is not None else None
+    with signals if folder is not None else contextlib.nullcontext(), contextlib.closing(batches):
+        for (start, stop), path, bad in zip(shards, shard_files, cached, strict=True):
+            chunk = files[start:stop]
             block: Path | torch.Tensor | None = path  # a cached shard is read when searched
             if bad is None:
-                feats, bad = _extract(model, chunk, layer, batch_size)
+                feats, bad = _extract(model, batches, spans(stop, batch_size, start), start, layer)
                 if path is not None:
                     meta = {"count": str(len(chunk)), "skipped": json.dumps(bad), "layer": layer}
                     atomic_write(
@@ -163,14 +179,13 @@ def gallery_features(
             if block is not None and len(bad) < len(chunk):
                 blocks.append(block)
             unreadable = set(bad)
-            names = [str(p) for i, p in enumerate(chunk) if i not in unreadable]
-            kept.extend(names)
+            kept.extend(str(p) for i, p in enumerate(chunk) if i not in unreadable)
             skipped.extend(str(chunk[i]) for i in sorted(unreadable))
             bar.update(len(chunk))
             if signals.signum is not None:
                 bar.close()
                 raise signals.interrupted(
-                    f"stopped after {start + len(chunk)} of {len(files)} gallery images; their features are "
+                    f"stopped after {stop} of {len(files)} gallery images; their features are "
                     f"saved in {folder}: run the same command to go on from there"
                 )
     bar.close()
@@ -180,20 +195,21 @@ def gallery_features(
 
 
 def _extract(
-    model: AlexNetFamily, files: Sequence[Path], layer: str, batch_size: int
+    model: AlexNetFamily,
+    batches: Iterator[tuple[torch.Tensor | None, list[int]]],
+    chunks: Sequence[tuple[int, int]],
+    offset: int,
+    layer: str,
 ) -> tuple[torch.Tensor, list[int]]:
-    """(features of the readable files, in order; the places of the unreadable ones in ``files``)."""
+    """One shard's (features of its readable images, in order; the places of the unreadable ones in the
+    shard), from the next ``len(chunks)`` prepared batches; ``offset`` is the shard's first image."""
     feats: list[torch.Tensor] = []
     bad: list[int] = []
-    for start in range(0, len(files), batch_size):
-        batch = []
-        for i, p in enumerate(files[start : start + batch_size], start):
-            try:
-                batch.append(prepare(model, p).tensor)
-            except ImageError:
-                bad.append(i)
-        if batch:
-            feats.append(capture(model, torch.stack(batch), [layer])[layer].flatten(1))
+    for start, _ in chunks:
+        batch, unreadable = next(batches)
+        bad.extend(start - offset + i for i in unreadable)
+        if batch is not None:
+            feats.append(capture(model, batch, [layer])[layer].flatten(1))
     features = torch.cat(feats).contiguous() if feats else torch.empty(0, 0)
     return features, bad
 

@@ -24,9 +24,8 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from itertools import islice
 from pathlib import Path
 from typing import Any
 
@@ -35,12 +34,12 @@ import torch
 from tqdm import tqdm
 
 from alexnet.analysis.summary import receptive_fields
-from alexnet.errors import DataError, ImageError
+from alexnet.errors import DataError
 from alexnet.models import AlexNetFamily
 from alexnet.stopping import StopSignals
 from alexnet.visualize.deconvnet import project
 from alexnet.visualize.hooks import SelectionError, capture, check_trunk_layer
-from alexnet.visualize.inputs import prepare
+from alexnet.visualize.inputs import prepare, prepared_batches, spans
 from alexnet.visualize.plot import (
     field_crop,
     new_figure,
@@ -187,50 +186,23 @@ def folder_items(root: str | Path, split: str = "val", max_images: int | None = 
     return [(p, str(p.absolute())) for p in files]
 
 
-def _batches(
-    model: AlexNetFamily, items: Iterator[Item], batch_size: int
-) -> Iterator[tuple[torch.Tensor | None, list[str], int]]:
-    """(normalised batch, names, unreadable files in this chunk); unreadable files are counted, not fatal."""
-    while True:
-        chunk = list(islice(items, batch_size))
-        if not chunk:
-            return
-        tensors, names = [], []
-        for image, name in chunk:
-            try:
-                tensors.append(prepare(model, image, name).tensor)
-                names.append(name)
-            except ImageError:
-                pass
-        yield (torch.stack(tensors) if tensors else None), names, len(chunk) - len(names)
+class _Listing:
+    """The digest of the items a pass has consumed, in order: each item's name, and a file's size and
+    modification time (a file replaced under the same name is a different image)."""
 
-
-class _Listing(Iterator[Item]):
-    """The items, counting and hashing each one as it is handed out: the digest of what a pass has consumed."""
-
-    def __init__(self, items: Iterable[Item]) -> None:
-        self._items = iter(items)
+    def __init__(self) -> None:
         self._hash = hashlib.sha256()
 
-    def __iter__(self) -> _Listing:
-        return self
-
-    def __next__(self) -> Item:
-        item = next(self._items)
-        image, name = item
-        line = name
-        if isinstance(image, str | Path):  # a file replaced under the same name is a different image
-            try:
-                st = Path(image).stat()
-                line += f"|{st.st_size}|{st.st_mtime_ns}"
-            except OSError:
-                line += "|missing"
-        self._hash.update(f"{line}\n".encode())
-        return item
-
-    def skip(self, n: int) -> int:
-        """Consume (and hash) up to ``n`` items; how many there were."""
-        return sum(1 for _ in islice(self, n))
+    def add(self, items: Iterable[Item]) -> None:
+        for image, name in items:
+            line = name
+            if isinstance(image, str | Path):
+                try:
+                    st = Path(image).stat()
+                    line += f"|{st.st_size}|{st.st_mtime_ns}"
+                except OSError:
+                    line += "|missing"
+            self._hash.update(f"{line}\n".encode())
 
     def digest(self) -> str:
         return self._hash.hexdigest()
@@ -243,6 +215,7 @@ def _check_resumable(
     weights: str,
     layer: str,
     k: int,
+    items: Sequence[Item],
     listing: _Listing,
 ) -> None:
     """:class:`DataError` naming every difference between the saved pass and this one (nothing written yet)."""
@@ -262,9 +235,9 @@ def _check_resumable(
     if state.k != k:
         diffs.append(f"top-{state.k}, not top-{k}")
     consumed = state.seen + state.skipped
-    available = listing.skip(consumed)
-    if available < consumed:
-        diffs.append(f"images: it consumed {consumed}, this listing has only {available}")
+    listing.add(items[:consumed])
+    if len(items) < consumed:
+        diffs.append(f"images: it consumed {consumed}, this listing has only {len(items)}")
     elif listing.digest() != state.listing:
         diffs.append(f"images: the first {consumed} of this listing are not the ones it consumed")
     if diffs:
@@ -286,36 +259,46 @@ def stream_topk(
     resume: bool = False,
     progress: bool = False,
     total: int | None = None,
+    workers: int = 0,
 ) -> TopK:
-    """One pass over ``items`` keeping, per feature map of ``layer``, its ``k`` strongest activations.
+    """One pass over ``items`` keeping, per feature map of ``layer``, its ``k`` strongest activations, on the
+    model's device; with ``workers`` > 0 the files are decoded in that many processes, a few batches ahead.
 
     With ``resume`` and a saved state in ``state_dir``, the pass continues it, after checking that the state
     comes from the same model, weights, layer, ``k`` and first images (:class:`DataError` otherwise)."""
     check_trunk_layer(model, layer)
     if k < 1:
         raise SelectionError(f"k must be at least 1, got {k}")
+    if batch_size < 1:
+        raise SelectionError(f"batch_size must be at least 1, got {batch_size}")
     weights = weights_digest(model)
-    listing = _Listing(items)
+    items = list(items)
+    listing = _Listing()
     state: TopK | None = None
     if resume and state_dir is not None and (Path(state_dir) / STATE).exists():
         state = TopK.load(state_dir)
-        _check_resumable(state, state_dir, model, weights, layer, k, listing)
-    pbar = tqdm(total=total, desc=f"top-{k} {layer}", unit="img", disable=not progress)
-    if state is not None:
-        pbar.update(state.seen + state.skipped)
+        _check_resumable(state, state_dir, model, weights, layer, k, items, listing)
+    done = state.seen + state.skipped if state is not None else 0
+    total = len(items) if total is None else total
+    pbar = tqdm(total=total, initial=done, desc=f"top-{k} {layer}", unit="img", disable=not progress)
     skipped = 0  # unreadable files not yet counted in a state (before the first readable image)
+    chunks = spans(len(items), batch_size, done)
+    batches = prepared_batches(model, [image for image, _ in items], chunks, workers=workers)
     # With somewhere to save, Ctrl-C or SIGTERM finishes the batch under way, saves and stops (alexnet.stopping).
     signals = StopSignals("stopping after this batch, with the state saved" if progress else None)
-    with signals if state_dir is not None else contextlib.nullcontext():
-        for n, (batch, names, bad) in enumerate(_batches(model, listing, batch_size), 1):
-            pbar.update(len(names) + bad)
+    with signals if state_dir is not None else contextlib.nullcontext(), contextlib.closing(batches):
+        for n, ((start, stop), (batch, bad)) in enumerate(zip(chunks, batches, strict=True), 1):
+            chunk = items[start:stop]
+            listing.add(chunk)
+            pbar.update(len(chunk))
             if batch is not None:
                 acts = capture(model, batch, [layer])[layer]
                 if state is None:
                     state = TopK.empty(layer, acts.shape[1], k)
                     state.model, state.weights = model.config.name, weights
-                state.update(acts, names)
-            skipped += bad
+                unreadable = set(bad)
+                state.update(acts, [name for i, (_, name) in enumerate(chunk) if i not in unreadable])
+            skipped += len(bad)
             if state is not None:
                 state.skipped += skipped
                 skipped = 0
@@ -326,10 +309,9 @@ def stream_topk(
                 pbar.close()
                 if state is None:
                     raise signals.interrupted("stopped before the first readable image; nothing saved")
-                of = f" of {total}" if total is not None else ""
                 raise signals.interrupted(
-                    f"stopped after {state.seen + state.skipped}{of} images; state saved in {state_dir}: run the "
-                    "same command with --resume to continue"
+                    f"stopped after {state.seen + state.skipped} of {total} images; state saved in {state_dir}: "
+                    "run the same command with --resume to continue"
                 )
     pbar.close()
     if state is None:
