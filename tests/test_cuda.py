@@ -406,3 +406,45 @@ def test_evaluate_on_cuda_counts_what_the_cpu_counts(photo_root, ten_crop):
     assert gpu.loss == pytest.approx(cpu.loss, rel=1e-3)  # the same probabilities, fp32 rounding aside
     # an untrained model's two classes are near ties: rounding may flip one image
     assert abs(gpu.top1_err - cpu.top1_err) <= 1 / 14 + 1e-9 and gpu.top5_err == cpu.top5_err == 0
+
+
+def test_visualisations_on_cuda_compute_what_they_compute_on_the_cpu(photo_root, tmp_path):
+    """`alexnet visualize --device cuda`: activations, deconvnet projections, occlusion, top-9 with decoding
+    workers (pinned batches) and retrieval's gallery, each against the same model on the CPU."""
+    import copy
+
+    from alexnet.visualize.deconvnet import deconvnet_strongest
+    from alexnet.visualize.hooks import capture
+    from alexnet.visualize.inputs import prepare
+    from alexnet.visualize.occlusion import occlusion
+    from alexnet.visualize.retrieval import gallery_features
+    from alexnet.visualize.topk import folder_items, stream_topk
+
+    torch.manual_seed(0)
+    cpu = create_model("alexnet").eval()
+    gpu = copy.deepcopy(cpu).to(CUDA)
+    items = folder_items(photo_root, "val")
+    x = torch.stack([prepare(cpu, path).tensor for path, _ in items[:4]])
+    a, b = capture(cpu, x, ["norm1", "relu7"]), capture(gpu, x, ["norm1", "relu7"])
+    for layer in a:
+        assert b[layer].device.type == "cpu"
+        torch.testing.assert_close(b[layer], a[layer], rtol=1e-4, atol=1e-4)
+    d_cpu, d_gpu = deconvnet_strongest(cpu, x, "pool2", 7), deconvnet_strongest(gpu, x, "pool2", 7)
+    assert torch.equal(d_gpu.units, d_cpu.units)
+    torch.testing.assert_close(d_gpu.images, d_cpu.images, rtol=1e-3, atol=1e-3)
+    o_cpu = occlusion(cpu, x[0], size=64, stride=48, batch_size=8)
+    o_gpu = occlusion(gpu, x[0], size=64, stride=48, batch_size=8)
+    assert o_gpu.target == o_cpu.target and o_gpu.channel == o_cpu.channel
+    torch.testing.assert_close(
+        torch.from_numpy(o_gpu.probability), torch.from_numpy(o_cpu.probability), atol=1e-4, rtol=1e-3
+    )
+    t_cpu = stream_topk(cpu, items, "conv5", k=3, batch_size=4)
+    t_gpu = stream_topk(gpu, items, "conv5", k=3, batch_size=4, workers=2)
+    assert (t_gpu.seen, t_gpu.skipped) == (t_cpu.seen, t_cpu.skipped) == (14, 0)
+    torch.testing.assert_close(
+        torch.from_numpy(t_gpu.values), torch.from_numpy(t_cpu.values), rtol=1e-4, atol=1e-4
+    )
+    files = [path for path, _ in items]
+    g_cpu = gallery_features(cpu, files, shard=5)
+    g_gpu = gallery_features(gpu, files, shard=5, workers=2, cache_dir=tmp_path)
+    torch.testing.assert_close(g_gpu.features, g_cpu.features, rtol=1e-4, atol=1e-4)
