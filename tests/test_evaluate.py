@@ -75,6 +75,7 @@ def test_evaluate_counts_top1_and_top5_like_a_per_file_loop(data: Path, ten_crop
         "top5_acc": pytest.approx(top5 / len(files)),
         "images": 18,
         "skipped": 0,
+        "complete": True,
     }
 
 
@@ -121,3 +122,43 @@ def test_weights_trained_at_another_input_size_load_back_with_that_size(tmp_path
     assert loaded.default_input_size == 95
     x = torch.randn(2, 3, 95, 95)
     torch.testing.assert_close(loaded.eval()(x), model.eval()(x))
+
+
+@pytest.mark.parametrize("as_json", [False, True])
+def test_ctrl_c_mid_evaluation_prints_the_numbers_so_far_as_such_and_exits_130(
+    data: Path, tmp_path: Path, monkeypatch, capsys, ctrl_c_reaches_us, as_json: bool
+) -> None:
+    """An hour-long ImageNet evaluation stopped by Ctrl-C: the batch under way is counted, no batch after it,
+    and the numbers over the images seen are printed, marked as not the split's result."""
+    import json
+    import os
+    import signal
+
+    import alexnet.evaluate as ev
+    from alexnet.cli import main
+    from alexnet.weights.io import save_weights
+
+    save_weights(_model(), tmp_path / "tiny.safetensors")
+    real, calls = ev.class_probabilities, []
+
+    def ctrl_c_in_batch_2(model, images):
+        calls.append(len(images))
+        if len(calls) == 2:
+            os.kill(os.getpid(), signal.SIGINT)
+        return real(model, images)
+
+    monkeypatch.setattr(ev, "class_probabilities", ctrl_c_in_batch_2)
+    args = ["eval", "--weights", str(tmp_path / "tiny.safetensors"), "--data", str(data), "--batch-size", "4"]
+    code = main([*args, "--workers", "0", "--device", "cpu", *(["--json"] if as_json else [])])
+    out, err = capsys.readouterr()
+    assert code == 130 and calls == [4, 4]
+    assert err.splitlines()[-1] == (
+        f"alexnet: SIGINT: stopped after 8 images of {data / 'val'}; the numbers printed are over those only"
+    )
+    if as_json:
+        result = json.loads(out)
+        assert (result["images"], result["complete"]) == (8, False)
+    else:
+        assert f"{data / 'val'}: 8 images (centre crop), 0 skipped so far (stopped early" in out
+        assert "top-1 error" in out and "top-5 error" in out
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # the handler is restored

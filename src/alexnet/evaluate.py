@@ -7,13 +7,17 @@ disjoint shard (no padding duplicates) and the counts are summed, so every valid
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+if TYPE_CHECKING:
+    from alexnet.stopping import StopSignals
 
 
 @dataclass
@@ -26,6 +30,7 @@ class EvalResult:
     images: int
     skipped: int = 0
     skipped_files: list[tuple[str, str]] = field(default_factory=list)
+    complete: bool = True  # False: stopped by Ctrl-C / SIGTERM, the counts are over the images seen so far
 
     @property
     def top1_acc(self) -> float:
@@ -44,6 +49,7 @@ class EvalResult:
             "top5_acc": self.top5_acc,
             "images": self.images,
             "skipped": self.skipped,
+            "complete": self.complete,
         }
 
 
@@ -66,10 +72,13 @@ def evaluate_loader(
     amp: bool = False,
     channels_last: bool = True,
     desc: str = "evaluating",
+    stop: Callable[[], bool] | None = None,
 ) -> EvalResult:
     """Run ``model`` over ``loader`` (batches of ``(images, targets)``) and sum the counts over ranks.
 
-    ``skipped`` counts the files the loader reports in its ``bad`` list (see :mod:`alexnet.data.loader`)."""
+    ``skipped`` counts the files the loader reports in its ``bad`` list (see :mod:`alexnet.data.loader`).
+    ``stop``: asked after each batch; when it answers true the pass ends there and the result, over the images
+    seen so far, is marked not ``complete`` (one process only: ranks would stop at different batches)."""
     from tqdm import tqdm
 
     device = torch.device(device)
@@ -80,6 +89,7 @@ def evaluate_loader(
     sums = torch.zeros(3, dtype=torch.float64, device=device)
     n = 0
     seen_bad = len(getattr(loader, "bad", []))
+    complete = True
     try:
         for images, targets in tqdm(loader, desc=desc, unit="batch", leave=False, disable=not progress):
             images, targets = images.to(device), targets.to(device)
@@ -93,6 +103,9 @@ def evaluate_loader(
             loss = F.nll_loss(probs.clamp_min(1e-12).log(), targets, reduction="sum")
             sums += torch.stack([hits[:, 0].sum(), hits.any(dim=1).sum(), loss]).to(torch.float64)
             n += len(targets)
+            if stop is not None and stop():
+                complete = False
+                break
     finally:
         model.train(was_training)
     bad = list(getattr(loader, "bad", []))[seen_bad:]
@@ -112,6 +125,7 @@ def evaluate_loader(
         images=n,
         skipped=int(skipped),
         skipped_files=bad,
+        complete=complete,
     )
 
 
@@ -126,11 +140,14 @@ def evaluate(
     device: str = "cpu",
     classes: list[str] | None = None,
     progress: bool = True,
+    signals: StopSignals | None = None,
 ) -> EvalResult:
     """Evaluate ``model`` on ``root/split`` with its weights' preprocessing and class list.
 
     The class index is the position in ``classes`` (default: the weights' class list, else the split's sorted
     folder names, as torchvision's ImageFolder). Unreadable files are skipped and counted (>1% → DataError).
+    With ``signals`` (entered by the caller), Ctrl-C or SIGTERM ends the pass after the batch under way with the
+    numbers so far (``complete=False``; ``alexnet eval`` prints them, then exits 130 / 143).
     """
     from alexnet.data.folders import ImageFolder, check_split, class_folders
     from alexnet.data.packed import attach
@@ -167,7 +184,8 @@ def evaluate(
     loader = eval_loader(
         dataset, batch_size, workers, augment_device=finish_on, device=device if on_cuda else None
     )
-    result = evaluate_loader(model, loader, device, progress=progress)
+    stop = (lambda: signals.signum is not None) if signals is not None else None
+    result = evaluate_loader(model, loader, device, progress=progress, stop=stop)
     # dataset.bad holds the files the up-front check dropped and (appended by the loader) those that failed later.
     result.skipped = len(dataset.bad)
     result.skipped_files = list(dataset.bad)

@@ -2,7 +2,7 @@
 
 Training (a step), a top-9 pass (a batch), ``data-pack`` (a chunk of images) and the extraction of a retrieval
 gallery's features (a shard) catch SIGINT and SIGTERM while they run, finish the unit under way, save their state
-and raise :class:`~alexnet.errors.Interrupted`: the command then says where it stopped and how to go on, and exits
+(``alexnet eval``: print its numbers over the images seen so far) and raise :class:`~alexnet.errors.Interrupted`: the command then says where it stopped and how to go on, and exits
 with 128 + the signal's number, as a shell reports a process the signal ended. A second Ctrl-C stops at once
 (what was saved last is kept). A signal the process was started ignoring stays ignored: a shell starts a
 script's background jobs ignoring SIGINT, so that the terminal's Ctrl-C does not end them.

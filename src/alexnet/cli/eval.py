@@ -75,6 +75,7 @@ def _run_data(config: Path) -> str | None:
 
 def run(args: argparse.Namespace) -> int:
     from alexnet.evaluate import evaluate
+    from alexnet.stopping import StopSignals
 
     if args.batch_size < 1:
         raise CommandError(f"--batch-size must be at least 1 (got {args.batch_size})")
@@ -92,21 +93,33 @@ def run(args: argparse.Namespace) -> int:
     from alexnet.weights import load_pretrained
 
     model = load_pretrained(args.model, weights)
-    result = evaluate(
-        model,
-        data,
-        split=args.split,
-        ten_crop=args.ten_crop,
-        batch_size=args.batch_size,
-        workers=args.workers,
-        device=device,
-        progress=not args.json,
-    )
+    # Ctrl-C or SIGTERM: the batch under way is counted and the numbers so far are printed, marked as such
+    signals = StopSignals(None if args.json else "stopping after this batch, with the numbers so far")
+    with signals:
+        result = evaluate(
+            model,
+            data,
+            split=args.split,
+            ten_crop=args.ten_crop,
+            batch_size=args.batch_size,
+            workers=args.workers,
+            device=device,
+            progress=not args.json,
+            signals=signals,
+        )
     if args.json:
         print(json.dumps(result.to_json()))
-        return 0
-    crops = "ten crops" if args.ten_crop else "centre crop"
-    print(f"{Path(data) / args.split}: {result.images} images ({crops}), {result.skipped} skipped")
-    print(f"top-1 error {100 * result.top1_err:.2f}%  (accuracy {100 * result.top1_acc:.2f}%)")
-    print(f"top-5 error {100 * result.top5_err:.2f}%  (accuracy {100 * result.top5_acc:.2f}%)")
+    else:
+        crops = "ten crops" if args.ten_crop else "centre crop"
+        so_far = "" if result.complete else " so far (stopped early: not the split's result)"
+        print(
+            f"{Path(data) / args.split}: {result.images} images ({crops}), {result.skipped} skipped{so_far}"
+        )
+        print(f"top-1 error {100 * result.top1_err:.2f}%  (accuracy {100 * result.top1_acc:.2f}%)")
+        print(f"top-5 error {100 * result.top5_err:.2f}%  (accuracy {100 * result.top5_acc:.2f}%)")
+    if not result.complete:
+        raise signals.interrupted(
+            f"stopped after {result.images} images of {Path(data) / args.split}; the numbers printed are over "
+            "those only"
+        )
     return 0
