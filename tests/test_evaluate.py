@@ -162,3 +162,41 @@ def test_ctrl_c_mid_evaluation_prints_the_numbers_so_far_as_such_and_exits_130(
         assert f"{data / 'val'}: 8 images (centre crop), 0 skipped so far (stopped early" in out
         assert "top-1 error" in out and "top-5 error" in out
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # the handler is restored
+
+
+def test_a_larger_input_size_never_decodes_a_jpeg_below_its_resize(tmp_path: Path, monkeypatch) -> None:
+    """`--input-size 454` scales the resize to 512: the reduced-size JPEG decode (1/2, 1/4 … in the DCT domain)
+    must keep the shorter side ≥ 512 in training's splits and in evaluation, not ≥ the default 256 (a 1200×1000
+    photo was decoded to 600×500 and then enlarged)."""
+    import skimage.data
+    from PIL import Image
+
+    import alexnet.data.folders as folders
+    from alexnet.train.config import TrainConfig
+    from alexnet.train.data import open_run_data, preprocessing_for, ten_crop_split
+
+    for split in ("train", "val"):
+        (tmp_path / split / "a").mkdir(parents=True)
+        Image.fromarray(skimage.data.astronaut()).resize((1200, 1000)).save(tmp_path / split / "a" / "x.jpg")
+    cfg = TrainConfig(model="alexnet", data=str(tmp_path), input_size=454)
+    pre, _ = preprocessing_for(cfg, 227)
+    assert pre.resize == 512
+    data = open_run_data(cfg, pre, progress=False)
+    for split in (data.train, data.val, ten_crop_split(data, pre)):
+        image = folders.read_image(split.samples[0][0], min_side=split.min_side)
+        assert min(image.shape[1:]) >= 512, split
+
+    opened: list[int | None] = []
+    real = folders.ImageFolder.__init__
+
+    def record(self, *args, **kwargs):
+        real(self, *args, **kwargs)
+        opened.append(self.min_side)
+
+    monkeypatch.setattr(folders.ImageFolder, "__init__", record)
+    model = _model()
+    model.weights_meta = WeightsMeta(  # type: ignore[attr-defined]
+        preprocessing=Preprocessing(input_size=model.default_input_size, resize=320)
+    )
+    evaluate(model, tmp_path, progress=False)
+    assert opened == [320]

@@ -167,6 +167,7 @@ def evaluate(
         input_transform(model, ten_crop),
         class_names=names,
         other_classes="ignore" if subset else "error",
+        min_side=preprocessing_of(model).resize,  # a reduced JPEG decode never below the weights' resize
     )
     attach(dataset, preprocessing_of(model).resize)  # `alexnet data-pack`'s pixels, where there are some
     n_out = getattr(model, "num_classes", None)

@@ -154,6 +154,7 @@ def open_run_data(
         train_transform(pre, cfg.pca_lighting, mean_image, stats, cfg.train_crops),
         classes=cfg.classes,
         images_per_class=cfg.images_per_class,
+        min_side=pre.resize,  # a reduced JPEG decode never below the resize (a larger --input-size's too)
     )
     if cfg.classes is not None and cfg.classes > len(train.found):
         raise DataError(f"--classes {cfg.classes}: {root}/train has only {len(train.found)} class folders")
@@ -163,6 +164,7 @@ def open_run_data(
         eval_transform(pre, mean_image=mean_image),  # centre crop while training; ten crops at the end
         classes=cfg.classes,  # the first N of train's folders: checked against all of them, not just the N
         class_names=train.found,
+        min_side=pre.resize,
     )
     for split in (train, val):  # `alexnet data-pack`'s pixels, where there are some
         attach(split, pre.resize)
@@ -248,6 +250,7 @@ def ten_crop_split(data: RunData, pre: Preprocessing) -> Any:
         eval_transform(pre, ten_crop=True, mean_image=data.mean_image),
         class_names=data.classes,
         other_classes="ignore",  # the samples are the checked split's, below
+        min_side=pre.resize,
     )
     val.samples = list(data.val.samples)
     val.pixels = data.val.pixels
