@@ -156,3 +156,28 @@ def test_the_weights_transforms_take_grayscale_rgba_and_numpy_images_as_rgb(wide
 def test_a_preprocessing_record_that_would_feed_images_wrongly_is_refused(kwargs, says):
     with pytest.raises(DataError, match=says):
         Preprocessing(**kwargs)
+
+
+def test_a_large_jpeg_is_fed_alike_by_predict_visualize_and_eval_decoded_at_reduced_size(tmp_path):
+    """A 1200×1000 photo: `alexnet eval` decodes it at half size (DCT-domain scaling, never below the resize);
+    `alexnet predict`, `prepare` (every visualisation) and top-9's decoding workers feed the same tensor."""
+    import skimage.data
+
+    from alexnet.data.folders import ImageFolder
+    from alexnet.predict import predict, predict_files
+    from alexnet.visualize.inputs import prepared_batches
+
+    (tmp_path / "val" / "cat").mkdir(parents=True)
+    path = tmp_path / "val" / "cat" / "big.jpg"
+    Image.fromarray(skimage.data.chelsea()).resize((1200, 1000)).save(path, quality=90)
+    torch.manual_seed(0)
+    model = alexnet.create_model("alexnet", num_classes=10).eval()
+    evaluated = ImageFolder(tmp_path, "val", input_transform(model), min_side=256)[0][
+        0
+    ]  # as evaluate() opens it
+    assert tuple(read_image(path, min_side=256).shape) == (3, 500, 600)  # reduced, shorter side ≥ 256
+    assert torch.equal(prepare(model, path).tensor, evaluated)
+    ((batch, bad),) = prepared_batches(model, [path], [(0, 1)])
+    assert bad == [] and torch.equal(batch[0], evaluated)
+    ((_, top),) = predict_files(model, [path], topk=3)
+    assert top == predict(model, evaluated[None], topk=3)[0]

@@ -102,15 +102,18 @@ def predict_files(
     device: str = "cpu",
     on_error: Callable[[ImageError], None] | None = None,
 ) -> Iterator[tuple[str, list[Prediction]]]:
-    """Decode each file, apply the weights' preprocessing (centre crop) and yield its top-k.
+    """Decode each file, apply the weights' preprocessing (centre crop) and yield its top-k. A large JPEG is
+    decoded at reduced size, never below the preprocessing's resize, as ``alexnet eval`` decodes it
+    (:func:`alexnet.data.images.decode_rgb`): the same input for the same file, several times faster.
 
     A file that is not a readable image raises :class:`ImageError`; with ``on_error`` it is passed the error
     instead and skipped, so one bad file among many does not stop the rest."""
     transform = input_transform(model)
+    min_side = preprocessing_of(model).resize
     model.to(device)
     for path in paths:
         try:
-            image = read_image(path)
+            image = read_image(path, min_side=min_side)
         except ImageError as e:
             if on_error is None:
                 raise

@@ -26,10 +26,13 @@ class Prepared:
     name: str = ""
 
 
-def as_uint8_image(image: torch.Tensor | str | Path, name: str = "") -> tuple[torch.Tensor, str]:
-    """A path (decoded) or a uint8 RGB 3×H×W tensor (checked)."""
+def as_uint8_image(
+    image: torch.Tensor | str | Path, name: str = "", min_side: int | None = None
+) -> tuple[torch.Tensor, str]:
+    """A path (decoded; a large JPEG at reduced size, shorter side ≥ ``min_side``, as
+    :func:`alexnet.data.images.read_image`) or a uint8 RGB 3×H×W tensor (checked)."""
     if isinstance(image, str | Path):
-        return read_image(image), str(image)
+        return read_image(image, min_side=min_side), str(image)
     if image.dtype != torch.uint8 or image.ndim != 3 or image.shape[0] != 3:
         raise ImageError(
             f"{name or 'image'}: expected a uint8 RGB 3×H×W tensor, got {image.dtype} {tuple(image.shape)}"
@@ -39,10 +42,12 @@ def as_uint8_image(image: torch.Tensor | str | Path, name: str = "") -> tuple[to
 
 def prepare(model: AlexNetFamily, image: torch.Tensor | str | Path, name: str = "") -> Prepared:
     """The input ``alexnet predict``/``eval`` feed (:func:`alexnet.predict.input_transform`), bit for bit, and
-    the uint8 crop it was made from: shorter side → ``resize``, central ``resize`` patch, its central
-    ``input_size`` crop (:func:`alexnet.data.transforms.eval_crop`), then the weights' normalisation."""
-    img, name = as_uint8_image(image, name)
-    crop = eval_crop(preprocessing_of(model))(img)
+    the uint8 crop it was made from: the file decoded as they decode it (a large JPEG at reduced size, never
+    below ``resize``), shorter side → ``resize``, central ``resize`` patch, its central ``input_size`` crop
+    (:func:`alexnet.data.transforms.eval_crop`), then the weights' normalisation."""
+    pre = preprocessing_of(model)
+    img, name = as_uint8_image(image, name, pre.resize)
+    crop = eval_crop(pre)(img)
     tensor = normalize_crop(model, crop)
     return Prepared(tensor, crop, name)
 
@@ -59,8 +64,10 @@ class _Spans(torch.utils.data.Dataset):
     the places in the span of the images that do not decode. Holds the weights' transform, not the model:
     what a worker process needs."""
 
-    def __init__(self, images: Sequence[Image], spans: Sequence[tuple[int, int]], transform: Any) -> None:
-        self.images, self.spans, self.transform = images, spans, transform
+    def __init__(
+        self, images: Sequence[Image], spans: Sequence[tuple[int, int]], transform: Any, min_side: int
+    ) -> None:
+        self.images, self.spans, self.transform, self.min_side = images, spans, transform, min_side
 
     def __len__(self) -> int:
         return len(self.spans)
@@ -70,7 +77,7 @@ class _Spans(torch.utils.data.Dataset):
         tensors, bad = [], []
         for place, image in enumerate(self.images[start:stop]):
             try:
-                tensors.append(self.transform(as_uint8_image(image)[0]))
+                tensors.append(self.transform(as_uint8_image(image, min_side=self.min_side)[0]))
             except ImageError:
                 bad.append(place)
         return (torch.stack(tensors) if tensors else None), bad
@@ -106,7 +113,7 @@ def prepared_batches(
         return
     device = next(model.parameters()).device
     loader = torch.utils.data.DataLoader(
-        _Spans(images, chunks, input_transform(model)),
+        _Spans(images, chunks, input_transform(model), preprocessing_of(model).resize),
         batch_size=None,  # each item is already a batch
         collate_fn=_unchanged,  # not torch's default, which turns the pair into a list
         num_workers=min(workers, len(chunks)),

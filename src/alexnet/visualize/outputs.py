@@ -329,7 +329,8 @@ def write_invariance(
     from alexnet.visualize.inputs import as_uint8_image
     from alexnet.visualize.invariance import DEFAULT_VALUES, invariance, plot_invariance
 
-    pics = [as_uint8_image(p)[0] for p in images]
+    resize = preprocessing_of(model).resize  # the images are resized before they are transformed
+    pics = [as_uint8_image(p, min_side=resize)[0] for p in images]
     targets = [target] * len(pics) if target is not None else None
     curves = [invariance(model, pics, kind, targets=targets) for kind in DEFAULT_VALUES]
     names = [Path(str(p)).name for p in images]
