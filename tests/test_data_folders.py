@@ -269,3 +269,44 @@ def test_jpeg_size_from_the_frame_header_equals_pillows(chelsea):
     for name, data in variants.items():
         assert jpeg_size(data) == Image.open(io.BytesIO(data)).size == (451, 300), name
     assert jpeg_size(b"\xff\xd8\xff\xe0\x00") is None  # cut short: unknown, decoded normally
+
+
+def test_unreadable_files_are_named_up_to_the_limit_then_counted_in_one_line(caplog):
+    from alexnet.data.folders import LOG_LIMIT, log_unreadable
+
+    bad = [(f"/data/train/n01/{i}.JPEG", "not an image") for i in range(LOG_LIMIT + 15)]
+    with caplog.at_level(logging.WARNING, logger="alexnet.data"):
+        log_unreadable(bad)
+    lines = [r.getMessage() for r in caplog.records]
+    assert lines[:LOG_LIMIT] == [f"skipping unreadable file {p}: not an image" for p, _ in bad[:LOG_LIMIT]]
+    assert lines[LOG_LIMIT:] == [f"skipping 15 more unreadable files ({LOG_LIMIT + 15} in all)"]
+
+
+def test_the_loader_names_a_file_that_fails_every_epoch_once_and_counts_the_rest_per_pass(
+    tmp_path, jpeg_bytes, caplog, monkeypatch
+):
+    import alexnet.data.folders as folders
+    import alexnet.data.loader as loader_module
+
+    monkeypatch.setattr(loader_module, "LOG_LIMIT", 2)
+    root = make_folder(tmp_path / "d", {"train": {"a": 5}}, jpeg_bytes)
+    ds = ImageFolder(root, "train", eval_transform(Preprocessing(input_size=64, resize=72)))
+    broken = [p for p, _ in ds.samples[1:]]  # pass the header check, fail to decode
+    real, damaged = folders.read_image, set(map(str, broken))
+
+    def read_image(path, **kw):
+        if str(path) in damaged:
+            raise ImageError(f"{path}: image file is truncated")
+        return real(path, **kw)
+
+    monkeypatch.setattr(folders, "read_image", read_image)
+    loader = make_loader(ds, 2, train=False)
+    with caplog.at_level(logging.WARNING, logger="alexnet.data"):
+        for _ in range(2):
+            assert sum(len(y) for _, y in loader) == 1
+    lines = [r.getMessage() for r in caplog.records]
+    named = [f"skipped unreadable file {p}: " for p in broken[:2]]
+    assert [line[: len(n)] for line, n in zip(lines[:2], named, strict=True)] == named
+    more = "skipped 2 more unreadable files in this pass (the first 2 were named)"
+    assert lines[2:] == [more, more]  # the second pass names nobody again, and counts its unnamed ones
+    assert len(loader.bad) == 8  # every skip is still counted

@@ -24,7 +24,8 @@ def register(sub: Any) -> None:
         "Evaluate weights (--weights FILE, or --run DIR for a run folder's model.safetensors) on ROOT/<split> "
         "with the weights' own preprocessing and class list: centre crop, or --ten-crop (softmax averaged over "
         "the 4 corner and centre crops and their mirrors, AlexNet §4.1). Unreadable files are skipped, counted "
-        "and named on stderr; more than 1% of them is an error (exit code 2), as in training.",
+        "and named on stderr (the first 10; the rest counted); more than 1% of them is an error (exit code 2), "
+        "as in training.",
     )
     add_model_arguments(p)
     p.add_argument("--run", help="a run folder written by alexnet train (uses its model.safetensors)")

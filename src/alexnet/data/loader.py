@@ -24,7 +24,7 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from alexnet.data.folders import collate_skip_bad
+from alexnet.data.folders import LOG_LIMIT, collate_skip_bad
 from alexnet.stopping import quiet_worker_signals
 
 log = logging.getLogger("alexnet.data")
@@ -150,6 +150,7 @@ class Loader(DataLoader):
             self.decoder = decoder
         self.source = dataset
         self.bad: list[tuple[str, str]] = []
+        self._logged: set[str] = set()  # a file that fails every epoch is logged once
 
     def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
         """Order and augmentation of ``epoch``; skip its first ``start_batch`` batches (resume)."""
@@ -166,16 +167,25 @@ class Loader(DataLoader):
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:  # type: ignore[override]
         from alexnet.data.ahead import deliver
 
+        unnamed = 0
         for images, targets, bad in deliver(super().__iter__(), self._finish, self.device):
             if bad:
-                for path, reason in bad:
-                    log.warning("skipped unreadable file %s: %s", path, reason)
+                for path, reason in bad:  # the first LOG_LIMIT files named, once each; the rest counted below
+                    if path not in self._logged and len(self._logged) < LOG_LIMIT:
+                        self._logged.add(path)
+                        log.warning("skipped unreadable file %s: %s", path, reason)
+                    elif path not in self._logged:
+                        unnamed += 1
                 self.bad.extend(bad)
                 source_bad = getattr(self.source, "bad", None)
                 if isinstance(source_bad, list):
                     source_bad.extend(bad)
             if len(targets):
                 yield images, targets
+        if unnamed:  # one line a pass, however many: a damaged copy of ImageNet can hold thousands
+            log.warning(
+                "skipped %d more unreadable files in this pass (the first %d were named)", unnamed, LOG_LIMIT
+            )
 
 
 def _pin(asked: bool | None, augment_device: str | torch.device | None, decode_on_device: bool) -> bool:

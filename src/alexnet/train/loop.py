@@ -20,6 +20,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from alexnet.data.folders import log_unreadable
 from alexnet.errors import DataError, Interrupted, StoppedByMainRank, TrainingError
 from alexnet.evaluate import EvalResult, evaluate_loader
 from alexnet.train import distributed as dist_utils
@@ -337,8 +338,7 @@ def _train(
             total_steps,
             cfg.batch_size,
         )
-        for path, reason in data.skipped:
-            log.warning("skipped unreadable file %s: %s", path, reason)
+        log_unreadable(data.skipped, verb="skipped")  # the up-front check's, now into train.log too
         for note in notes:
             log.warning("%s", note)
 
@@ -458,9 +458,7 @@ def _train(
             "data_wait": min(1.0, window_data / window_time) if window_time > 0 else None,
         }
         if info.is_main and metrics_log is not None:
-            metrics_log.append(row)
-            for path, reason in result.skipped_files:
-                log.warning("skipped unreadable file %s: %s", path, reason)
+            metrics_log.append(row)  # (the loader has logged the files it skipped)
             log.info(
                 "epoch %d step %d: val top-1 error %.2f%%, top-5 error %.2f%%, val loss %.4f%s",
                 epoch_,
