@@ -448,3 +448,28 @@ def test_visualisations_on_cuda_compute_what_they_compute_on_the_cpu(photo_root,
     g_cpu = gallery_features(cpu, files, shard=5)
     g_gpu = gallery_features(gpu, files, shard=5, workers=2, cache_dir=tmp_path)
     torch.testing.assert_close(g_gpu.features, g_cpu.features, rtol=1e-4, atol=1e-4)
+
+
+def test_the_explorer_on_cuda_shows_what_it_shows_on_the_cpu():
+    """`alexnet serve --device cuda`: the page's predictions, maps and deconvnet PNGs from a model on the GPU."""
+    import copy
+
+    from fastapi.testclient import TestClient
+
+    from alexnet.serve.app import create_app
+    from alexnet.serve.state import Slot
+
+    torch.manual_seed(0)
+    cpu = create_model("alexnet").eval()
+    pages = {}
+    for name, model in (("cpu", cpu), ("cuda", copy.deepcopy(cpu).to(CUDA))):
+        with TestClient(create_app([Slot("a", model, "random initialisation", trained=False)])) as c:
+            image_id = c.post("/api/samples/chelsea").json()["image_id"]
+            r = c.get(f"/api/models/a/images/{image_id}")
+            assert r.status_code == 200, r.text
+            info = c.get(f"/api/models/a/images/{image_id}/layers/relu5/channels/3")
+            assert info.status_code == 200, info.text
+            pages[name] = r.json()["predictions"]
+    assert [p["index"] for p in pages["cuda"]] == [p["index"] for p in pages["cpu"]]
+    for g, c in zip(pages["cuda"], pages["cpu"], strict=True):
+        assert g["probability"] == pytest.approx(c["probability"], rel=1e-3, abs=1e-5)

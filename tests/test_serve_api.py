@@ -515,3 +515,17 @@ def test_the_image_cache_keeps_at_most_its_byte_budget_and_always_the_newest_ima
     assert [k for k in "abc" if cache.get(k) is not None] == ["b", "c"]  # 800 bytes: a went first
     cache.put("big", torch.zeros(5000, dtype=torch.uint8))  # larger than the budget alone: kept, alone
     assert [k for k in ("b", "c", "big") if cache.get(k) is not None] == ["big"]
+
+
+def test_serve_names_a_device_the_machine_lacks_in_one_line_before_loading(capsys, monkeypatch):
+    import alexnet.cli.serve as serve_cli
+
+    served = []
+    monkeypatch.setattr(serve_cli, "serve_socket", lambda slots, sock, **kw: served.append((slots, sock)))
+    assert main(["serve", "--model", "alexnet", "--device", "gpu"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "unknown device 'gpu'" in err and not served
+    assert main(["serve", "--model", "alexnet", "--device", "cpu", "--port", "0"]) == 0
+    ((slots, sock),) = served
+    sock.close()
+    assert next(slots[0].model.parameters()).device.type == "cpu"

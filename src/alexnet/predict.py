@@ -71,7 +71,8 @@ def labels_of(model: AlexNetFamily) -> list[str]:
 
 @torch.inference_mode()
 def predict(model: AlexNetFamily, images: torch.Tensor, topk: int = 5) -> list[list[Prediction]]:
-    """``images``: a normalised batch (N×3×H×W). Returns the top-k predictions of each image."""
+    """``images``: a normalised batch (N×3×H×W), moved to the model's device. Returns the top-k predictions of
+    each image."""
     if topk < 1:  # topk(0) would return empty lists, silently
         raise ValueError(f"topk must be at least 1, got {topk}")
     if model.num_classes == 0:
@@ -83,7 +84,7 @@ def predict(model: AlexNetFamily, images: torch.Tensor, topk: int = 5) -> list[l
     try:
         model.eval()
         with torch.inference_mode():
-            probs = model(images).softmax(dim=1)
+            probs = model(images.to(next(model.parameters()).device)).softmax(dim=1)
     finally:
         model.train(was_training)  # the caller's mode, as capture() and summarize() leave it
     k = min(topk, probs.shape[1])

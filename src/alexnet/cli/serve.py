@@ -6,7 +6,7 @@ import argparse
 import sys
 from typing import Any
 
-from alexnet.cli._common import WEIGHTS_HELP, CommandError, add_command
+from alexnet.cli._common import WEIGHTS_HELP, CommandError, add_command, add_device_argument
 
 
 def register(sub: Any) -> None:
@@ -31,6 +31,7 @@ def register(sub: Any) -> None:
     )
     p.add_argument("--port", type=int, default=8000, help="port (default 8000; 0 picks a free one)")
     p.add_argument("--open", action="store_true", help="open the page in the default browser")
+    add_device_argument(p)
     p.set_defaults(func=run)
 
 
@@ -44,9 +45,14 @@ def run(args: argparse.Namespace) -> int:
         raise CommandError("name a model: --model M [--weights FILE], or --run DIR")
     if not 0 <= args.port <= 65535:
         raise CommandError(f"--port {args.port} is out of range (0–65535)")
+    from alexnet.train.distributed import pick_device
+
+    device = pick_device(args.device)  # a bad or absent device is one line, before the weights are read
     slots = [load_slot("a", args.model, args.weights, args.run)]
     if args.model2 or args.weights2 or args.run2:
         slots.append(load_slot("b", args.model2, args.weights2, args.run2))
+    for slot in slots:
+        slot.model.to(device)
     # Bind first, so a taken port is one clear line (not a uvicorn traceback) and --port 0 can report its port.
     family = socket.AF_INET6 if ":" in args.host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
