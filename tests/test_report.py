@@ -136,6 +136,7 @@ def test_an_existing_top9_folder_is_used_and_the_cli_prints_the_path(
         ("bad-image", "no such image file"),
         ("corrupt-image", "broken.jpg: not an image"),
         ("bad-layer", "not in the convolutional trunk"),
+        ("bad-device", "unknown device 'gpu'"),
     ],
 )
 def test_bad_run_folders_are_one_line_and_exit_2(tmp_path, capsys, setup, words):
@@ -153,6 +154,9 @@ def test_bad_run_folders_are_one_line_and_exit_2(tmp_path, capsys, setup, words)
     if setup == "bad-layer":
         make_run(run, None)
         args += ["--top9-layer", "fc7"]
+    if setup == "bad-device":
+        make_run(run, None)
+        args += ["--device", "gpu"]
     assert main(args) == 2
     err = capsys.readouterr().err
     assert words in err and len(err.strip().splitlines()) == 1

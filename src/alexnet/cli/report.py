@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from alexnet.cli._common import CommandError, add_command, writable_file
+from alexnet.cli._common import CommandError, add_command, add_device_argument, writable_file
 
 
 def register(sub: Any) -> None:
@@ -30,6 +30,7 @@ def register(sub: Any) -> None:
     p.add_argument("--top9-channels", type=int, default=6, help="feature maps shown in the top-9 (default 6)")
     p.add_argument("--occlusion-stride", type=int, default=16, help="occluder stride in pixels (default 16)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_device_argument(p)
     p.set_defaults(func=run)
 
 
@@ -42,6 +43,9 @@ def run(args: argparse.Namespace) -> int:
         raise CommandError("--top9-channels must be at least 1")
     if args.occlusion_stride < 1:
         raise CommandError("--occlusion-stride must be at least 1")
+    from alexnet.train.distributed import pick_device
+
+    device = pick_device(args.device)  # a bad or absent device is one line, before any work
     options = ReportOptions(
         images=[Path(i) for i in args.images or []],
         top9_layer=args.top9_layer,
@@ -49,6 +53,7 @@ def run(args: argparse.Namespace) -> int:
         top9_channels=args.top9_channels,
         occlusion_stride=args.occlusion_stride,
         progress=not args.quiet,
+        device=str(device),
     )
     if args.out is not None:
         writable_file(args.out)

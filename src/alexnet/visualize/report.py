@@ -54,6 +54,7 @@ class ReportOptions:
     occlusion_size: int = 48
     occlusion_stride: int = 16
     progress: bool = True
+    device: str = "cpu"  # where the model runs (the figures are drawn from CPU copies)
 
 
 # --- small helpers ---------------------------------------------------------------------------------------
@@ -342,7 +343,7 @@ def build_report(
     run = Path(run_dir)
     if not run.is_dir():
         raise DataError(f"{run}: no such run folder")
-    model = load_run_model(run)
+    model = load_run_model(run).to(opts.device)
     if opts.top9_layer is not None:  # a bad layer fails now, not after a minute of work
         from alexnet.visualize.hooks import check_trunk_layer
 
