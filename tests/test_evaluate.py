@@ -200,3 +200,31 @@ def test_a_larger_input_size_never_decodes_a_jpeg_below_its_resize(tmp_path: Pat
     )
     evaluate(model, tmp_path, progress=False)
     assert opened == [320]
+
+
+def test_ctrl_c_while_the_files_are_checked_stops_before_any_batch(
+    data: Path, tmp_path: Path, monkeypatch, capsys, ctrl_c_reaches_us
+) -> None:
+    import os
+    import signal
+
+    import alexnet.data.folders as folders
+    from alexnet.cli import main
+    from alexnet.weights.io import save_weights
+
+    save_weights(_model(), tmp_path / "tiny.safetensors")
+    real = folders.check_split
+
+    def ctrl_c_during_the_check(*args, **kwargs):
+        os.kill(os.getpid(), signal.SIGINT)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(folders, "check_split", ctrl_c_during_the_check)
+    args = ["eval", "--weights", str(tmp_path / "tiny.safetensors"), "--data", str(data), "--workers", "0"]
+    assert main([*args, "--device", "cpu"]) == 130
+    out, err = capsys.readouterr()
+    assert out == ""
+    assert (
+        err.splitlines()[-1]
+        == "alexnet: SIGINT: stopped before the first image was evaluated; nothing to report"
+    )

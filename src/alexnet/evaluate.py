@@ -185,6 +185,8 @@ def evaluate(
     loader = eval_loader(
         dataset, batch_size, workers, augment_device=finish_on, device=device if on_cuda else None
     )
+    if signals is not None and signals.signum is not None:  # during the minutes of checking ImageNet's files
+        raise signals.interrupted("stopped before the first image was evaluated; nothing to report")
     stop = (lambda: signals.signum is not None) if signals is not None else None
     result = evaluate_loader(model, loader, device, progress=progress, stop=stop)
     # dataset.bad holds the files the up-front check dropped and (appended by the loader) those that failed later.
