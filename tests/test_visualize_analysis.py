@@ -189,16 +189,25 @@ def test_the_cache_never_mixes_shard_sizes_and_names_the_files_as_this_listing_d
         bad.parent.rmdir()
 
 
-def test_an_earlier_versions_one_file_cache_of_the_gallery_is_removed(
+def test_earlier_versions_caches_of_the_gallery_are_removed_and_never_read(
     model, gallery_dir: Path, tmp_path: Path
 ) -> None:
+    """The one-file cache, and the shards of JPEGs decoded whole (before they were decoded as eval does)."""
     files = sorted((gallery_dir / "train").rglob("*.png"))
-    old = tmp_path / f"relu7-{retrieval.cache_key(model, files, 'relu7')}.safetensors"
+    keys = retrieval.cache_keys(model, files, "relu7")
+    assert keys[""] != keys[retrieval.DECODING] == retrieval.cache_key(model, files, "relu7")
+    old = tmp_path / f"relu7-{keys['']}.safetensors"
     old.write_bytes(b"features of the one-file format")
+    shards = tmp_path / f"relu7-{keys['']}-s{retrieval.SHARD}"
+    shards.mkdir()
+    (shards / "000000.safetensors").write_bytes(b"features of whole-decoded JPEGs")
     other = tmp_path / "relu7-0123456789abcdef0123456789abcdef.safetensors"  # another gallery's: kept
     other.write_bytes(b"another gallery")
     gallery_features(model, files, cache_dir=tmp_path)
-    assert not old.exists() and other.exists()
+    assert not old.exists() and not shards.exists() and other.exists()
+    assert (
+        tmp_path / f"relu7-{keys[retrieval.DECODING]}-s{retrieval.SHARD}" / "000000.safetensors"
+    ).is_file()
 
 
 def test_evolution_reads_checkpoints_in_step_order(model, photos, tmp_path: Path) -> None:

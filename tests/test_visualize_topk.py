@@ -175,6 +175,11 @@ def test_resume_refuses_another_model_weights_layer_or_images_and_writes_nothing
         assert all(part in str(e.value) for part in expected), str(e.value)
         assert "\n" not in str(e.value)
         assert (tmp_path / "state.npz").read_bytes() == saved  # refused before anything was written
+    earlier = TopK.load(tmp_path)
+    earlier.decoding = ""  # a pass begun before large JPEGs were decoded at reduced size
+    earlier.save(tmp_path)
+    with pytest.raises(DataError, match="decoded whole by an earlier version"):
+        stream_topk(model, items, "conv1", k=2, batch_size=2, state_dir=tmp_path, resume=True)
 
 
 def test_resume_refuses_a_state_that_does_not_record_its_origin(model, tmp_path: Path) -> None:

@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import shutil
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -61,10 +62,27 @@ def _listing_digest(paths: Sequence[Path]) -> str:
     return h.hexdigest()
 
 
-def cache_key(model: AlexNetFamily, paths: Sequence[Path], layer: str) -> str:
+# How the images became features, beyond the preprocessing record: "2" = a large JPEG decoded at reduced size,
+# as `alexnet eval` decodes it. Earlier versions ("") decoded it whole: their caches must not be mixed with these.
+DECODING = "2"
+
+
+def cache_keys(model: AlexNetFamily, paths: Sequence[Path], layer: str) -> dict[str, str]:
+    """The cache key of each way of decoding (:data:`DECODING` and the earlier ``""``): a hash of the weights,
+    the layer, the preprocessing and the listing."""
     prep = json.dumps(preprocessing_of(model).to_dict(), sort_keys=True)
     parts = [weights_digest(model), layer, prep, _listing_digest(paths)]
-    return hashlib.sha256("|".join(parts).encode()).hexdigest()[:32]
+    return {
+        decoding: hashlib.sha256("|".join([*parts, decoding] if decoding else parts).encode()).hexdigest()[
+            :32
+        ]
+        for decoding in (DECODING, "")
+    }
+
+
+def cache_key(model: AlexNetFamily, paths: Sequence[Path], layer: str) -> str:
+    """The key of ``layer``'s features of the gallery ``paths`` as this version extracts them."""
+    return cache_keys(model, paths, layer)[DECODING]
 
 
 SHARD = 256  # gallery images per cache file: what an interruption can lose, and the search's step
@@ -134,10 +152,11 @@ def gallery_features(
         raise DataError(f"shard and batch_size must be at least 1 (got {shard}, {batch_size})")
     folder = None
     if cache_dir is not None:
-        key = cache_key(model, files, layer)
-        folder = Path(cache_dir) / f"{layer}-{key}-s{shard}"
-        # the one-file cache of an earlier version, for the same gallery: no longer read
-        (Path(cache_dir) / f"{layer}-{key}.safetensors").unlink(missing_ok=True)
+        keys = cache_keys(model, files, layer)
+        folder = Path(cache_dir) / f"{layer}-{keys[DECODING]}-s{shard}"
+        # earlier versions' caches of the same gallery (one file; shards of whole-decoded JPEGs): no longer read
+        (Path(cache_dir) / f"{layer}-{keys['']}.safetensors").unlink(missing_ok=True)
+        shutil.rmtree(Path(cache_dir) / f"{layer}-{keys['']}-s{shard}", ignore_errors=True)
         try:
             folder.mkdir(parents=True, exist_ok=True)
         except OSError as e:

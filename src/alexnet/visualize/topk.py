@@ -48,7 +48,7 @@ from alexnet.visualize.plot import (
     save_npz,
     uint8_to_float,
 )
-from alexnet.visualize.retrieval import weights_digest
+from alexnet.visualize.retrieval import DECODING, weights_digest
 
 Item = tuple[torch.Tensor | str | Path, str]  # (uint8 RGB image or a file path, the name to record)
 STATE = "state.npz"
@@ -72,6 +72,7 @@ class TopK:
     model: str = ""
     weights: str = ""  # SHA-256 of the state dict (alexnet.visualize.retrieval.weights_digest)
     listing: str = ""  # SHA-256 of the ``seen + skipped`` items consumed so far (see _Listing)
+    decoding: str = ""  # how files became pixels (alexnet.visualize.retrieval.DECODING; "" = decoded whole)
 
     @classmethod
     def empty(cls, layer: str, channels: int, k: int) -> TopK:
@@ -118,6 +119,7 @@ class TopK:
             "model": self.model,
             "weights": self.weights,
             "listing": self.listing,
+            "decoding": self.decoding,
         }
         return save_npz(
             Path(folder) / STATE,
@@ -146,6 +148,7 @@ class TopK:
                     model=str(meta.get("model", "")),
                     weights=str(meta.get("weights", "")),
                     listing=str(meta.get("listing", "")),
+                    decoding=str(meta.get("decoding", "")),
                 )
         except (OSError, ValueError, KeyError) as e:
             raise DataError(f"{path}: not a readable top-k state ({e})") from None
@@ -232,6 +235,10 @@ def _check_resumable(
         diffs.append(f"weights sha256 {state.weights[:12]}…, not {weights[:12]}…")
     if state.layer != layer:
         diffs.append(f"layer {state.layer}, not {layer}")
+    if state.decoding != DECODING:
+        diffs.append(
+            "its large JPEGs were decoded whole by an earlier version, not at reduced size as eval does"
+        )
     if state.k != k:
         diffs.append(f"top-{state.k}, not top-{k}")
     consumed = state.seen + state.skipped
@@ -295,7 +302,7 @@ def stream_topk(
                 acts = capture(model, batch, [layer])[layer]
                 if state is None:
                     state = TopK.empty(layer, acts.shape[1], k)
-                    state.model, state.weights = model.config.name, weights
+                    state.model, state.weights, state.decoding = model.config.name, weights, DECODING
                 unreadable = set(bad)
                 state.update(acts, [name for i, (_, name) in enumerate(chunk) if i not in unreadable])
             skipped += len(bad)
