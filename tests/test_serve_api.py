@@ -529,3 +529,23 @@ def test_serve_names_a_device_the_machine_lacks_in_one_line_before_loading(capsy
     ((slots, sock),) = served
     sock.close()
     assert next(slots[0].model.parameters()).device.type == "cpu"
+
+
+def test_a_large_jpeg_upload_is_decoded_as_predict_decodes_the_file(client, models, tmp_path):
+    """A 1200×1000 photo: kept at half size (the shorter side still ≥ the resize), reported at its own size, and
+    its top-5 is `alexnet predict`'s for the same file."""
+    import skimage.data
+
+    from alexnet.predict import predict_files
+
+    path = tmp_path / "big.jpg"
+    Image.fromarray(skimage.data.chelsea()).resize((1200, 1000)).save(path, quality=90)
+    r = client.post("/api/images", content=path.read_bytes())
+    assert r.status_code == 200, r.text
+    info = r.json()
+    assert (info["width"], info["height"]) == (1200, 1000)
+    assert tuple(client.app.state.server.image(info["image_id"]).shape) == (3, 500, 600)
+    page = client.get(f"/api/models/a/images/{info['image_id']}").json()["predictions"]
+    ((_, expected),) = predict_files(models["a"], [path], topk=5)
+    assert [p["index"] for p in page] == [e.index for e in expected]
+    assert [p["probability"] for p in page] == pytest.approx([e.probability for e in expected], abs=1e-6)

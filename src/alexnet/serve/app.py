@@ -193,19 +193,15 @@ def create_app(
         return summarize(slot.model, slot.preprocessing.input_size).to_dict()
 
     # --- images in -----------------------------------------------------------------------------------------
-    def _describe_image(image_id: str, image: torch.Tensor, source: str) -> dict[str, Any]:
-        return {
-            "image_id": image_id,
-            "width": int(image.shape[2]),
-            "height": int(image.shape[1]),
-            "source": source,
-        }
+    def _describe_image(image_id: str, width: int, height: int, source: str) -> dict[str, Any]:
+        return {"image_id": image_id, "width": width, "height": height, "source": source}
 
     @app.post("/api/images")
     async def upload(request: Request) -> dict[str, Any]:
         data = await _read_body(request, max_bytes)
-        image = decode_upload(data, max_bytes=max_bytes, max_pixels=max_pixels)
-        return _describe_image(state.add_image(image), image, "upload")
+        # a large JPEG decoded at reduced size, never below a loaded model's resize (as predict and eval)
+        up = decode_upload(data, max_bytes=max_bytes, max_pixels=max_pixels, min_side=state.min_side)
+        return _describe_image(state.add_image(up.image), up.width, up.height, "upload")
 
     @app.get("/api/samples/{sample_id}/thumb.png")
     def sample_thumb(sample_id: str) -> Response:
@@ -216,7 +212,7 @@ def create_app(
     @app.post("/api/samples/{sample_id}")
     def choose_sample(sample_id: str) -> dict[str, Any]:
         image = load_sample(sample_id)
-        return _describe_image(state.add_image(image), image, sample_id)
+        return _describe_image(state.add_image(image), int(image.shape[2]), int(image.shape[1]), sample_id)
 
     # --- one image through one model -----------------------------------------------------------------------
     def _analysis(key: str, image_id: str) -> Analysis:

@@ -157,9 +157,15 @@ class ServerState:
         if not slots:
             raise AlexnetError("no model to serve")
         self.slots = {s.key: s for s in slots}
-        # full-resolution pixels (uploads may be 40 megapixels): at most 1 GiB of them, however many are sent
+        # decoded pixels (a PNG upload may be 40 megapixels; a JPEG is decoded at reduced size): at most 1 GiB of
+        # them, however many are sent
         self.images: LRU[str, torch.Tensor] = LRU(max_images, lambda t: t.nbytes, max_image_bytes)
         self.analyses: LRU[tuple[str, str], Analysis] = LRU(max_analyses)
+
+    @property
+    def min_side(self) -> int:
+        """The shorter side an uploaded JPEG is decoded to at least: the largest resize of the loaded models."""
+        return max(s.preprocessing.resize for s in self.slots.values())
 
     def slot(self, key: str) -> Slot:
         if key not in self.slots:

@@ -9,6 +9,7 @@ is refused without allocating its pixels.
 from __future__ import annotations
 
 import io
+from typing import NamedTuple
 
 import torch
 
@@ -67,8 +68,22 @@ def header_size(data: bytes, max_pixels: int = MAX_PIXELS) -> tuple[int, int]:
         raise UploadError(f"not a readable image ({type(e).__name__})", status=415) from None
 
 
-def decode_upload(data: bytes, *, max_bytes: int = MAX_BYTES, max_pixels: int = MAX_PIXELS) -> torch.Tensor:
-    """Validate untrusted bytes and decode them to a ``uint8`` RGB tensor (3×H×W)."""
+class Upload(NamedTuple):
+    """A decoded upload: ``image`` (``uint8`` RGB 3×H×W) and the file's own ``width`` and ``height`` (a large
+    JPEG is decoded at reduced size)."""
+
+    image: torch.Tensor
+    width: int
+    height: int
+
+
+def decode_upload(
+    data: bytes, *, max_bytes: int = MAX_BYTES, max_pixels: int = MAX_PIXELS, min_side: int | None = None
+) -> Upload:
+    """Validate untrusted bytes and decode them to a ``uint8`` RGB tensor (3×H×W). ``min_side``: a JPEG at
+    least twice that on its shorter side is decoded at reduced size, keeping the shorter side ≥ ``min_side``, as
+    ``alexnet predict`` and ``eval`` decode it (:func:`alexnet.data.images.decode_rgb`): the same input, and a
+    12-megapixel photo held as 0.2 megapixels."""
     if not data:
         raise UploadError("empty upload: choose an image file")
     if len(data) > max_bytes:
@@ -86,6 +101,6 @@ def decode_upload(data: bytes, *, max_bytes: int = MAX_BYTES, max_pixels: int = 
             status=413,
         )
     try:
-        return decode_rgb(data, f"uploaded {fmt}")
+        return Upload(decode_rgb(data, f"uploaded {fmt}", min_side=min_side), width, height)
     except ImageError as e:
         raise UploadError(str(e), status=415) from None
