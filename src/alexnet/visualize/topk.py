@@ -9,9 +9,9 @@ Resumable: the state (kept values, units, image paths and how many images were c
 every ``save_every`` batches, at the end, and after the batch under way when Ctrl-C or SIGTERM stops the pass
 (:mod:`alexnet.stopping`); ``resume=True`` reloads it and skips the images already consumed, so
 the data must be listed in the same order (an :class:`~alexnet.data.folders.ImageFolder` listing is sorted). The
-state also records what it was computed from: the model's name, a SHA-256 of its weights, the layer, ``k`` and a
-digest of the images consumed (names, sizes, modification times, in order). A resume whose model, weights, layer,
-``k`` or first images differ is refused (:class:`DataError` naming what differs) before anything is written: mixing
+state also records what it was computed from: the model's name, a SHA-256 of its weights, the layer, ``k``, a
+digest of the images consumed (names, sizes, modification times, in order) and how files were decoded. A resume
+whose model, weights, layer, ``k``, decoding or first images differ is refused (:class:`DataError` naming what differs) before anything is written: mixing
 two passes would give a top-k of neither. The listing may go further than the saved pass (a larger
 ``max_images``, new files at its end): the result is then that of one pass over the longer listing.
 
