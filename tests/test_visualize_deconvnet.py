@@ -5,6 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from hypothesis import assume, given, settings
+from hypothesis import strategies as st
 from torch import nn
 
 import alexnet
@@ -12,7 +14,7 @@ from alexnet.analysis.summary import receptive_fields
 from alexnet.errors import LayerNotFound
 from alexnet.models import LocalResponseNorm
 from alexnet.predict import preprocessing_of
-from alexnet.visualize.deconvnet import deconvnet, deconvnet_strongest
+from alexnet.visualize.deconvnet import deconvnet, deconvnet_strongest, strided_transpose
 from alexnet.visualize.hooks import SelectionError, capture
 
 
@@ -152,3 +154,36 @@ def test_bad_selection_raises_typed_errors() -> None:
         deconvnet(model, x, "conv5", 256)
     with pytest.raises(SelectionError, match="13×13"):
         deconvnet(model, x, "conv5", 0, (13, 0))
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    kernel=st.tuples(st.integers(1, 11), st.integers(1, 11)),
+    stride=st.tuples(st.integers(1, 5), st.integers(1, 5)),
+    padding=st.tuples(st.integers(0, 3), st.integers(0, 3)),
+    extra=st.tuples(st.integers(0, 4), st.integers(0, 4)),
+    map_size=st.tuples(st.integers(1, 9), st.integers(1, 9)),
+    channels=st.tuples(st.integers(1, 6), st.integers(1, 4)),
+)
+def test_the_sub_pixel_transpose_equals_conv_transpose2d(kernel, stride, padding, extra, map_size, channels):
+    """conv1's strided transpose as one stride-1 convolution and a pixel shuffle: the same numbers as
+    ``F.conv_transpose2d`` for any kernel, stride, padding and output size (AlexNet's 11×11/4, ZF's 7×7/2 and
+    5×5/2 among them), the size a conv layer's input had (up to ``stride − 1`` rows and columns more)."""
+    (kh, kw), (sy, sx), (py, px) = kernel, stride, padding
+    py, px = min(py, kh - 1), min(px, kw - 1)  # a conv's padding is below its kernel
+    (h, w), (cin, cout) = map_size, channels
+    size = tuple(
+        (n - 1) * s - 2 * p + k + e % s
+        for n, s, p, k, e in ((h, sy, py, kh, extra[0]), (w, sx, px, kw, extra[1]))
+    )
+    assume(min(size) >= 1)
+    torch.manual_seed(0)
+    y, weight = (
+        torch.randn(2, cin, h, w, dtype=torch.float64),
+        torch.randn(cin, cout, kh, kw, dtype=torch.float64),
+    )
+    out_pad = (extra[0] % sy, extra[1] % sx)
+    expected = torch.nn.functional.conv_transpose2d(y, weight, None, (sy, sx), (py, px), out_pad)
+    got = strided_transpose(y, weight, (sy, sx), (py, px), size)
+    assert got.shape == expected.shape
+    torch.testing.assert_close(got, expected, rtol=1e-12, atol=1e-12)
