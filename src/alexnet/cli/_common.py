@@ -168,6 +168,14 @@ def add_device_argument(p: argparse.ArgumentParser) -> None:
     )
 
 
+def device_from_args(args: argparse.Namespace) -> Any:
+    """The ``torch.device`` that ``--device`` names; a bad or absent one is one line (exit code 2), so the
+    commands ask before they read any weights or data."""
+    from alexnet.train.distributed import pick_device
+
+    return pick_device(args.device)
+
+
 def load_model_from_args(args: argparse.Namespace, *, need_weights: bool = False) -> Any:
     """Build the model named by ``--model`` / ``--weights``; fail with one clear line when they do not fit."""
     from alexnet.factory import create_model

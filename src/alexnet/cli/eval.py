@@ -13,6 +13,7 @@ from alexnet.cli._common import (
     add_device_argument,
     add_model_arguments,
     check_weights_exist,
+    device_from_args,
 )
 
 
@@ -82,9 +83,7 @@ def run(args: argparse.Namespace) -> int:
         raise CommandError(f"--batch-size must be at least 1 (got {args.batch_size})")
     if args.workers < 0:
         raise CommandError(f"--workers must be >= 0 (got {args.workers})")
-    from alexnet.train.distributed import pick_device
-
-    device = pick_device(args.device)  # a bad or absent device is one line, before any work
+    device = device_from_args(args)
     weights, data = _weights_and_data(args)
     check_weights_exist(weights)
     if data is None:

@@ -12,6 +12,7 @@ from alexnet.cli._common import (
     add_command,
     add_device_argument,
     add_model_arguments,
+    device_from_args,
     load_model_from_args,
 )
 from alexnet.errors import ImageError
@@ -35,11 +36,10 @@ def register(sub: Any) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from alexnet.predict import predict_files
-    from alexnet.train.distributed import pick_device
 
     if args.topk < 1:
         raise CommandError("--topk must be at least 1")
-    device = pick_device(args.device)  # a bad or absent device is one line, before the weights are read
+    device = device_from_args(args)
     model = load_model_from_args(args, need_weights=True)
     failed: list[ImageError] = []
 

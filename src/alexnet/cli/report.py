@@ -6,7 +6,13 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from alexnet.cli._common import CommandError, add_command, add_device_argument, writable_file
+from alexnet.cli._common import (
+    CommandError,
+    add_command,
+    add_device_argument,
+    device_from_args,
+    writable_file,
+)
 
 
 def register(sub: Any) -> None:
@@ -43,9 +49,7 @@ def run(args: argparse.Namespace) -> int:
         raise CommandError("--top9-channels must be at least 1")
     if args.occlusion_stride < 1:
         raise CommandError("--occlusion-stride must be at least 1")
-    from alexnet.train.distributed import pick_device
-
-    device = pick_device(args.device)  # a bad or absent device is one line, before any work
+    device = device_from_args(args)
     options = ReportOptions(
         images=[Path(i) for i in args.images or []],
         top9_layer=args.top9_layer,

@@ -6,7 +6,7 @@ import argparse
 import sys
 from typing import Any
 
-from alexnet.cli._common import WEIGHTS_HELP, CommandError, add_command, add_device_argument
+from alexnet.cli._common import WEIGHTS_HELP, CommandError, add_command, add_device_argument, device_from_args
 
 
 def register(sub: Any) -> None:
@@ -45,9 +45,7 @@ def run(args: argparse.Namespace) -> int:
         raise CommandError("name a model: --model M [--weights FILE], or --run DIR")
     if not 0 <= args.port <= 65535:
         raise CommandError(f"--port {args.port} is out of range (0–65535)")
-    from alexnet.train.distributed import pick_device
-
-    device = pick_device(args.device)  # a bad or absent device is one line, before the weights are read
+    device = device_from_args(args)
     slots = [load_slot("a", args.model, args.weights, args.run)]
     if args.model2 or args.weights2 or args.run2:
         slots.append(load_slot("b", args.model2, args.weights2, args.run2))

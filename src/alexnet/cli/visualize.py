@@ -16,6 +16,7 @@ from alexnet.cli._common import (
     add_command,
     add_device_argument,
     add_model_arguments,
+    device_from_args,
     readable_images,
     writable_folder,
 )
@@ -203,7 +204,6 @@ def load_model(args: argparse.Namespace) -> Any:
 
 
 def run(args: argparse.Namespace) -> int:
-    from alexnet.train.distributed import pick_device
     from alexnet.visualize import outputs
 
     for name in ("top", "size", "stride", "batch_size", "max_images", "neighbours"):
@@ -218,7 +218,7 @@ def run(args: argparse.Namespace) -> int:
         raise CommandError("give --layer or --all, not both")
     readable_images(getattr(args, "images", None))
     writable_folder(args.out)
-    device = pick_device(args.device)  # a bad or absent device is one line, before the weights are read
+    device = device_from_args(args)
     model = load_model(args).to(device)
     if getattr(args, "workers", 0) is None:
         args.workers = 0 if device.type == "cpu" else 2

@@ -171,10 +171,12 @@ class Loader(DataLoader):
         for images, targets, bad in deliver(super().__iter__(), self._finish, self.device):
             if bad:
                 for path, reason in bad:  # the first LOG_LIMIT files named, once each; the rest counted below
-                    if path not in self._logged and len(self._logged) < LOG_LIMIT:
+                    if path in self._logged:
+                        continue
+                    if len(self._logged) < LOG_LIMIT:
                         self._logged.add(path)
                         log.warning("skipped unreadable file %s: %s", path, reason)
-                    elif path not in self._logged:
+                    else:
                         unnamed += 1
                 self.bad.extend(bad)
                 source_bad = getattr(self.source, "bad", None)
