@@ -473,3 +473,23 @@ def test_the_explorer_on_cuda_shows_what_it_shows_on_the_cpu():
     assert [p["index"] for p in pages["cuda"]] == [p["index"] for p in pages["cpu"]]
     for g, c in zip(pages["cuda"], pages["cpu"], strict=True):
         assert g["probability"] == pytest.approx(c["probability"], rel=1e-3, abs=1e-5)
+
+
+def test_a_doctor_probe_on_cuda_measures_what_the_cpu_measures(tmp_path):
+    """`alexnet doctor --model M --device cuda`: the same initial weights and batches, so the first health step
+    (loss, gradient norms, LRN denominators) agrees with the CPU's to fp32 rounding."""
+    import json
+
+    from alexnet.diagnostics.probe import ProbeConfig, probe
+
+    cfg = dict(model="alexnet", steps=3, every=1, num_classes=4, batch_size=8, fc_width=64)
+    cpu = probe(ProbeConfig(**cfg, device="cpu"), tmp_path / "cpu").records[0]
+    gpu = probe(ProbeConfig(**cfg, device="cuda"), tmp_path / "cuda").records[0]
+    assert json.loads((tmp_path / "cuda" / "config.json").read_text())["device"] == "cuda:0"
+    assert gpu.loss == pytest.approx(cpu.loss, rel=1e-4)
+    assert [lh.layer for lh in gpu.layers] == [lh.layer for lh in cpu.layers]
+    for a, b in zip(gpu.layers, cpu.layers, strict=True):
+        assert a.grad_norm == pytest.approx(b.grad_norm, rel=1e-3), a.layer
+        assert a.weight_norm == pytest.approx(b.weight_norm, rel=1e-5), a.layer
+        if b.lrn_denom_max is not None:
+            assert a.lrn_denom_max == pytest.approx(b.lrn_denom_max, rel=1e-3), a.layer

@@ -7,6 +7,7 @@ import math
 from pathlib import Path
 
 import pytest
+import torch
 
 from alexnet.cli import main
 from alexnet.diagnostics.doctor import (
@@ -358,6 +359,28 @@ def test_flags_that_would_not_apply_are_refused_not_ignored(
     assert main(["doctor", "-m", "alexnet", "--recipe", "demo", "--fc-width", "16", "--save", str(save)]) == 2
     assert "--fc-width: the recipe sets these" in capsys.readouterr().err
     assert not save.exists()
+
+
+def test_the_probe_runs_on_the_device_asked_for_and_a_missing_one_is_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    save = tmp_path / "probe"
+    args = ["doctor", "-m", "alexnet", "--steps", "2", "--every", "1", "--classes", "2", "--batch-size", "4"]
+    args += ["--fc-width", "16", "--no-plot", "--json", "--save", str(save)]
+    assert main([*args, "--device", "cpu"]) == 0
+    assert json.loads(capsys.readouterr().out)["summary"]["last_step"] == 2
+    assert json.loads((save / "config.json").read_text())["device"] == "cpu"  # what ran, not what was asked
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    for device in ("cuda", "tpu"):
+        other = tmp_path / device
+        assert main([*args[:-1], str(other), "--device", device]) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.count("\n") == 0 and err.startswith("alexnet: error: ") and repr(device) in err
+        assert not other.exists()  # refused before the probe's folder was made
+    # a finished run's diagnosis has no device to choose
+    assert main(["doctor", str(save), "--device", "cpu", "--no-plot"]) == 2
+    assert "--device: for a probe run (--model M) only" in capsys.readouterr().err
 
 
 def test_a_single_health_step_is_too_few_to_claim_the_network_learns(tmp_path: Path) -> None:

@@ -10,7 +10,13 @@ import time
 from pathlib import Path
 from typing import Any
 
-from alexnet.cli._common import CommandError, add_command, writable_file
+from alexnet.cli._common import (
+    CommandError,
+    add_command,
+    add_device_argument,
+    device_from_args,
+    writable_file,
+)
 
 # The probe's flags and their defaults: with RUN_DIR none of them applies, and with --recipe only some do.
 PROBE_DEFAULTS: dict[str, Any] = dict(
@@ -28,6 +34,7 @@ PROBE_DEFAULTS: dict[str, Any] = dict(
     fc_width=None,
     every=10,
     save=None,
+    device="auto",
 )
 RECIPE_SETS = ("optimizer", "init", "init_std", "bias", "input_size", "fc_width")  # the recipe decides these
 
@@ -104,6 +111,7 @@ def register(sub: Any) -> None:
         help="health measurement interval in steps (default 10)",
     )
     g.add_argument("--save", help="folder for the probe run (default: runs/doctor-MODEL-DATE-TIME)")
+    add_device_argument(g)
     p.set_defaults(func=run)
 
 
@@ -131,6 +139,7 @@ def _probe(args: argparse.Namespace) -> Path:
         raise CommandError(
             f"{', '.join(ignored)}: the recipe sets these in a --recipe probe; probe without it to set them"
         )
+    device = device_from_args(args)  # a bad --device is one line before any folder is made
     # a fresh folder per probe: never overwrite (or resume) an earlier run
     run_dir = Path(args.save or f"runs/doctor-{args.model}-{time.strftime('%Y%m%d-%H%M%S')}")
     _fresh_folder(run_dir)
@@ -146,6 +155,7 @@ def _probe(args: argparse.Namespace) -> Path:
             classes=args.classes,
             every=args.every,
             run_dir=run_dir,
+            device=args.device,
             on_warning=say,
         )
         return run_dir
@@ -163,6 +173,7 @@ def _probe(args: argparse.Namespace) -> Path:
         bias=args.bias,
         data=args.data,
         fc_width=args.fc_width,
+        device=str(device),
     )
     probe(cfg, run_dir, on_warning=say, progress=not args.json)
     return run_dir

@@ -103,6 +103,7 @@ class ProbeConfig:
     bias: float | None = None  # override every non-zero bias
     data: str | None = None
     fc_width: int | None = None  # narrower fc6/fc7 for quick probes (the paper: 4096)
+    device: str = "auto"  # as `alexnet train`: the GPU when CUDA is available, else the CPU
 
 
 def apply_init(model: nn.Module, init: str | None, std: float | None, bias: float | None) -> None:
@@ -135,8 +136,13 @@ def probe(
     on_warning: Callable[[str], None] | None = None,
     progress: bool = False,
 ) -> HealthMonitor:
-    """Train ``cfg.model`` for ``cfg.steps`` steps, leaving ``health.csv``, ``metrics.csv``, ``config.json``."""
+    """Train ``cfg.model`` for ``cfg.steps`` steps, leaving ``health.csv``, ``metrics.csv``, ``config.json``.
+
+    The images stay on the CPU; each batch goes to ``cfg.device`` as the training loop's do."""
     from alexnet.factory import create_model
+    from alexnet.train.distributed import pick_device
+
+    device = pick_device(cfg.device)
 
     torch.manual_seed(cfg.seed)
     if cfg.data:
@@ -155,8 +161,8 @@ def probe(
         fcs = get_config(cfg.model).fcs
         overrides["fcs"] = tuple(replace(f, out=cfg.fc_width) if f.out is not None else f for f in fcs)
     model = create_model(cfg.model, num_classes=num_classes, **overrides)
-    apply_init(model, cfg.init, cfg.init_std, cfg.bias)
-    model.train()
+    apply_init(model, cfg.init, cfg.init_std, cfg.bias)  # on the CPU: the same draws on every device
+    model.to(device).train()
     if cfg.optimizer == "sgd":
         opt: torch.optim.Optimizer = torch.optim.SGD(
             model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay
@@ -167,7 +173,9 @@ def probe(
         raise TrainingError(f"unknown optimizer {cfg.optimizer!r} (sgd or adamw)")
 
     run_dir.mkdir(parents=True, exist_ok=True)
-    config = json.dumps({**asdict(cfg), "num_classes": num_classes, "probe": True}, indent=2)
+    config = json.dumps(
+        {**asdict(cfg), "device": str(device), "num_classes": num_classes, "probe": True}, indent=2
+    )
     atomic_write(run_dir / "config.json", lambda tmp: Path(tmp).write_text(config))
     monitor = HealthMonitor(every=cfg.every, thresholds=thresholds)
     callbacks: list[Callback] = [monitor]
@@ -184,18 +192,18 @@ def probe(
         steps = tqdm(steps, desc=f"probe {cfg.model}", unit="step", leave=False)
     for _ in steps:
         idx = torch.randint(0, len(x), (min(cfg.batch_size, len(x)),), generator=g)
-        ctx.inputs = x[idx]
+        ctx.inputs, labels = x[idx].to(device), y[idx].to(device)
         for w in run_callbacks(callbacks, "on_step_start", ctx):
             say(w)
         logits = model(ctx.inputs)
-        loss = F.cross_entropy(logits, y[idx])
+        loss = F.cross_entropy(logits, labels)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         ctx.loss = loss.detach()
         for w in run_callbacks(callbacks, "on_after_backward", ctx):
             say(w)
         value = float(ctx.loss)
-        acc = float((logits.argmax(1) == y[idx]).float().mean())
+        acc = float((logits.argmax(1) == labels).float().mean())
         if not math.isfinite(value):
             # as the training loop does: stop; HealthMonitor has already located the first bad layer
             _write_metrics(run_dir, [*rows, (ctx.step + 1, value, acc)])
@@ -235,6 +243,7 @@ def probe_with_recipe(
     data: str | None = None,
     lr: float | None = None,
     classes: int | None = None,
+    device: str | None = None,
     on_warning: Callable[[str], None] | None = None,
 ) -> HealthMonitor:
     """A short run through the real training loop (:func:`alexnet.train.loop.train`) with a recipe.
@@ -255,6 +264,7 @@ def probe_with_recipe(
         batch_size=batch_size,
         lr=lr,
         classes=classes,
+        device=device,
         checkpoint_every=max(steps, 1),
     )
     monitor = HealthMonitor(every=every)
