@@ -4,6 +4,8 @@ onnxruntime at the logits; mismatched or malformed files fail with one line, exi
 
 from __future__ import annotations
 
+import hashlib
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -369,6 +371,38 @@ def test_create_model_takes_an_onnx_file_directly(tmp_path, capsys, chelsea_jpeg
         alexnet.create_model("caffenet", weights=path)
     assert main(["predict", str(chelsea_jpeg), "--weights", str(path), "--model", "auto"]) == 0
     assert "class_" in capsys.readouterr().out
+
+
+def test_weights_kept_in_onnx_external_data_load_and_a_missing_or_short_data_file_is_one_line(tmp_path, capsys):
+    """onnx.save(..., save_as_external_data=True) keeps the initializers in a second file beside the graph."""
+    graph = zoo_graph(ODD_CONVS, [64, 48, 10], opset=9)
+    whole = save(graph, tmp_path / "whole.onnx")
+    split = tmp_path / "split"
+    split.mkdir()
+    onnx.save(graph, str(split / "z.onnx"), save_as_external_data=True, location="z.onnx.data", size_threshold=0)
+    assert (split / "z.onnx").stat().st_size < 10_000 < (split / "z.onnx.data").stat().st_size
+    model, report, _ = import_onnx(split / "z.onnx", "auto")
+    assert report is not None and report.ok
+    reference, _, _ = import_onnx(whole, "auto")
+    for a, b in zip(model.state_dict().values(), reference.state_dict().values(), strict=True):
+        assert torch.equal(a, b)
+    digests = model.weights_meta.extra["onnx_external_data_sha256"]  # the weights' file, not just the graph's
+    assert digests == {"z.onnx.data": hashlib.sha256((split / "z.onnx.data").read_bytes()).hexdigest()}
+    assert "onnx_external_data_sha256" not in reference.weights_meta.extra
+
+    alone = tmp_path / "alone"
+    alone.mkdir()
+    shutil.copy(split / "z.onnx", alone / "z.onnx")
+    out = tmp_path / "out.safetensors"
+    assert main(["weights", "import", str(alone / "z.onnx"), "-o", str(out)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "its weights are stored in z.onnx.data (ONNX external data)" in err
+    data = (split / "z.onnx.data").read_bytes()
+    (alone / "z.onnx.data").write_bytes(data[: len(data) // 2])
+    assert main(["weights", "import", str(alone / "z.onnx"), "-o", str(out)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "(ONNX external data) cannot be read" in err
+    assert not out.exists()
 
 
 def test_pooling_that_our_layers_cannot_reproduce_is_refused(tmp_path):

@@ -67,7 +67,8 @@ def caffe_preprocessing(input_size: int) -> Preprocessing:
     )
 
 
-def _load(path: str | Path) -> Any:
+def _load(path: str | Path) -> tuple[Any, list[str]]:
+    """The ONNX model with its weights read, and the external data files they came from (usually none)."""
     import onnx
     from google.protobuf.message import DecodeError
 
@@ -77,14 +78,43 @@ def _load(path: str | Path) -> Any:
     if not p.is_file():
         raise WeightsError(f"{p}: no such ONNX file")
     try:
-        model = onnx.load(str(p))
+        model = onnx.load(str(p), load_external_data=False)
     except (DecodeError, OSError, ValueError, RuntimeError) as e:
         raise WeightsError(
             f"{p}: not a readable ONNX model ({str(e).splitlines()[0] if str(e) else type(e).__name__})"
         ) from None
     if not model.graph.node:
         raise WeightsError(f"{p}: not an ONNX model (the graph has no nodes)")
-    return model
+    return model, _load_external_data(model, p)
+
+
+def _load_external_data(model: Any, path: Path) -> list[str]:
+    """Read the weights that a model saved with ONNX's external data keeps in other files beside ``path``
+    (``onnx.save(..., save_as_external_data=True)``); one line when they are missing, short, or outside."""
+    from onnx.checker import ValidationError
+    from onnx.external_data_helper import ExternalDataInfo, load_external_data_for_model, uses_external_data
+
+    tensors = [*model.graph.initializer]
+    for node in model.graph.node:  # Constant nodes hold tensors too
+        for a in node.attribute:
+            tensors += [a.t, *a.tensors] if a.HasField("t") else [*a.tensors]
+    locations = sorted({ExternalDataInfo(t).location for t in tensors if uses_external_data(t)})
+    if not locations:
+        return []
+    missing = [loc for loc in locations if not (path.parent / loc).is_file()]
+    if missing:
+        raise WeightsError(
+            f"{path}: its weights are stored in {', '.join(missing)} (ONNX external data), which is not a file "
+            f"beside it in {path.parent}: keep the files together"
+        )
+    try:
+        load_external_data_for_model(model, str(path.parent))
+    except (ValidationError, OSError, ValueError) as e:
+        raise WeightsError(
+            f"{path}: its weights in {', '.join(locations)} (ONNX external data) cannot be read "
+            f"({str(e).splitlines()[0] if str(e) else type(e).__name__})"
+        ) from None
+    return locations
 
 
 def _attrs(node: Any) -> dict[str, Any]:
@@ -119,7 +149,7 @@ def read_chain(path: str | Path) -> Chain:
     """Walk an ONNX graph from its image input and read it as a :class:`~alexnet.weights.auto.Chain`."""
     from onnx import numpy_helper
 
-    model = _load(path)
+    model, external = _load(path)
     graph = model.graph
     consts: dict[str, np.ndarray] = {t.name: numpy_helper.to_array(t) for t in graph.initializer}
     inputs = [i for i in graph.input if i.name not in consts]
@@ -247,6 +277,7 @@ def read_chain(path: str | Path) -> Chain:
         "producer": f"{model.producer_name} {model.producer_version}".strip(),
         "batch": dims[0],
         "meta": {p.key: p.value for p in model.metadata_props},
+        "external_data": external,  # file names beside the graph that hold its weights
     }
     return Chain(layers, input_size=size, in_channels=dims[1], facts=facts)
 
@@ -292,7 +323,7 @@ def onnxruntime_logits(path: str | Path, x: np.ndarray, chain: Chain | None = No
     import onnxruntime as ort
 
     chain = chain or read_chain(path)
-    model = onnx.load(str(path))
+    model, _ = _load(path)
     opset = int(chain.facts.get("opset") or 0)  # type: ignore[call-overload]
     if opset < 7:  # onnxruntime implements opset 7 onwards; the zoo's opset-3 and -6 files need an upgrade
         from onnx import version_converter
@@ -374,10 +405,13 @@ def _meta_for(path: Path, chain: Chain, model: AlexNetFamily, convention: str = 
     saved = stored.get(META_KEY) if isinstance(stored, dict) else None
     digest = sha256_of(path)
     known = describe_file(digest)
+    # weights kept in ONNX external data: the graph's digest alone would not say which weights they were
+    names: list[str] = chain.facts.get("external_data") or []  # type: ignore[assignment]
+    external = {"onnx_external_data_sha256": {n: sha256_of(path.parent / n) for n in names}} if names else {}
     if saved:  # our own export: its metadata travels back unchanged
         meta = WeightsMeta.from_strings(json.loads(saved), str(path))
         meta.model, meta.config = model.config.name, model.config.to_dict()
-        meta.extra = {**meta.extra, "onnx_sha256": digest}
+        meta.extra = {**meta.extra, "onnx_sha256": digest, **external}
         return meta
     size = chain.input_size or model.default_input_size
     return WeightsMeta(
@@ -391,6 +425,7 @@ def _meta_for(path: Path, chain: Chain, model: AlexNetFamily, convention: str = 
         config=model.config.to_dict(),
         extra={
             "onnx_sha256": digest,
+            **external,
             "onnx_graph_ends_in_softmax": chain.ends_in_softmax,
             "note": "the ONNX graph ends in Softmax; this model outputs logits (apply softmax for probabilities)"
             if chain.ends_in_softmax
