@@ -137,6 +137,28 @@ def test_pth_state_dict_is_read_without_unpickling_code(tmp_path):
     assert torch.equal(m.state_dict()["features.0.weight"], sd["features.0.weight"])
 
 
+def test_a_bare_state_dict_loads_into_the_one_model_its_tensors_fit_and_an_ambiguous_one_is_named(tmp_path):
+    import torchvision
+
+    sd = torchvision.models.alexnet(num_classes=7).state_dict()
+    torch.save(sd, tmp_path / "tv.pth")
+    m = alexnet.create_model(None, weights=tmp_path / "tv.pth")  # `alexnet predict --weights tv.pth`
+    assert m.config.name == "alexnet_owt" and m.num_classes == 7
+    assert all(torch.equal(m.state_dict()[k], v) for k, v in sd.items())
+    torch.save(alexnet.create_model("zfnet_b", num_classes=3).state_dict(), tmp_path / "zb.pth")
+    assert alexnet.create_model(None, weights=tmp_path / "zb.pth").config.name == "zfnet_b"
+
+    # the paper's AlexNet, CaffeNet and BVLC's AlexNet differ in layer order and LRN constants, not in shapes
+    torch.save(alexnet.create_model("caffenet").state_dict(), tmp_path / "c.pth")
+    with pytest.raises(WeightsError, match="its tensors fit alexnet, caffenet, bvlc_alexnet; name the model"):
+        alexnet.create_model(None, weights=tmp_path / "c.pth")
+    assert alexnet.create_model("caffenet", weights=tmp_path / "c.pth").config.name == "caffenet"
+    sd["extra.weight"] = torch.zeros(2)  # a tensor no model has
+    torch.save(sd, tmp_path / "more.pth")
+    with pytest.raises(WeightsError, match="its tensors fit no registered model"):
+        alexnet.create_model(None, weights=tmp_path / "more.pth")
+
+
 def test_save_weights_refuses_a_name_that_promises_torch_save_format(tmp_path):
     with pytest.raises(OutputError, match=r"writes safetensors; name the file \.safetensors"):
         save_weights(alexnet.create_model("caffenet", num_classes=3), tmp_path / "m.pth")
@@ -195,6 +217,20 @@ def test_a_pth_that_is_not_a_state_dict_is_one_short_line(tmp_path, content, say
     with pytest.raises(WeightsError, match=says) as e:
         read_weights(path)
     assert "\n" not in str(e.value) and "weights_only" not in str(e.value)  # no advice to load it unsafely
+
+
+def test_a_whole_pickled_model_is_refused_naming_its_class_and_what_to_save_instead(tmp_path, capsys):
+    """torch.save(model) pickles the module's class; torch's refusal then advises allow-listing it."""
+    import torchvision
+
+    path = tmp_path / "whole.pth"
+    torch.save(torchvision.models.alexnet(), path)
+    with pytest.raises(WeightsError) as e:
+        read_weights(path)
+    message = str(e.value)
+    assert "(a pickled torchvision.models.alexnet.AlexNet), which are never unpickled" in message
+    assert "torch.save(model.state_dict(), path)" in message
+    assert "safe_globals" not in message and "trust" not in message and "\n" not in message
 
 
 def test_a_weights_file_that_cannot_be_read_says_so_not_missing(tmp_path, monkeypatch):

@@ -373,13 +373,17 @@ def test_create_model_takes_an_onnx_file_directly(tmp_path, capsys, chelsea_jpeg
     assert "class_" in capsys.readouterr().out
 
 
-def test_weights_kept_in_onnx_external_data_load_and_a_missing_or_short_data_file_is_one_line(tmp_path, capsys):
+def test_weights_kept_in_onnx_external_data_load_and_a_missing_or_short_data_file_is_one_line(
+    tmp_path, capsys
+):
     """onnx.save(..., save_as_external_data=True) keeps the initializers in a second file beside the graph."""
     graph = zoo_graph(ODD_CONVS, [64, 48, 10], opset=9)
     whole = save(graph, tmp_path / "whole.onnx")
     split = tmp_path / "split"
     split.mkdir()
-    onnx.save(graph, str(split / "z.onnx"), save_as_external_data=True, location="z.onnx.data", size_threshold=0)
+    onnx.save(
+        graph, str(split / "z.onnx"), save_as_external_data=True, location="z.onnx.data", size_threshold=0
+    )
     assert (split / "z.onnx").stat().st_size < 10_000 < (split / "z.onnx.data").stat().st_size
     model, report, _ = import_onnx(split / "z.onnx", "auto")
     assert report is not None and report.ok

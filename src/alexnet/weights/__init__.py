@@ -8,7 +8,7 @@ from typing import Any
 import torch
 
 from alexnet.errors import WeightsError, WeightsMismatch
-from alexnet.models import AlexNetFamily, ArchConfig, build_model, get_config
+from alexnet.models import AlexNetFamily, ArchConfig, build_model, get_config, list_models
 from alexnet.weights.io import (
     WeightsMeta,
     atomic_write,
@@ -116,10 +116,15 @@ def load_pretrained(
         state, meta = fetch_torchvision_state_dict(), torchvision_meta()
     else:
         state, meta = read_weights(weights)
-    if name is None and meta.model is None:
-        raise WeightsError(
-            f"{weights}: the file does not say which model it is for; name the model (--model on the command line)"
-        )
+    if name is None and meta.model is None:  # a bare state dict: the registered model its tensors fit
+        fits = _models_that_fit(state)
+        if len(fits) != 1:
+            which = f"its tensors fit {', '.join(fits)}" if fits else "its tensors fit no registered model"
+            raise WeightsError(
+                f"{weights}: the file does not say which model it is for and {which}; name the model "
+                f"(--model on the command line)"
+            )
+        name = fits[0]
     if name is not None and meta.model is not None and meta.model != name:
         raise WeightsMismatch(f"{weights}: holds weights for model {meta.model!r}, not {name!r}")
     name = name or meta.model
@@ -152,6 +157,21 @@ def _classes_in(state: dict[str, torch.Tensor], config: ArchConfig) -> int | Non
         probe = build_model(config, num_classes=1)
     weight = state.get(f"{probe.layer_path(f'fc{len(config.convs) + len(config.fcs)}')}.weight")
     return int(weight.shape[0]) if weight is not None and weight.dim() == 2 else None
+
+
+def _models_that_fit(state: dict[str, torch.Tensor]) -> list[str]:
+    """The registered models whose every tensor a bare state dict holds, shaped alike, and nothing more (any class
+    count): torchvision's AlexNet state dict fits alexnet_owt alone; alexnet, caffenet and bvlc_alexnet share
+    their shapes (they differ in layer order and LRN constants, which a state dict does not record)."""
+    shapes = {k: tuple(v.shape) for k, v in state.items()}
+    fits = []
+    for name in list_models():
+        config = get_config(name)
+        with torch.device("meta"):
+            own = build_model(config, num_classes=_classes_in(state, config) or 1000).state_dict()
+        if shapes == {k: tuple(v.shape) for k, v in own.items()}:
+            fits.append(name)
+    return fits
 
 
 def _with_classes(model: AlexNetFamily, num_classes: int | None) -> AlexNetFamily:

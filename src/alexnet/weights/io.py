@@ -7,6 +7,7 @@ Never unpickles user files: ``.safetensors`` is read with safetensors, legacy ``
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -290,9 +291,14 @@ def load_failure(e: Exception) -> str:
 
     text = str(e)
     if isinstance(e, pickle.UnpicklingError) and "Weights only load failed" in text:
-        refused = [line for line in text.splitlines() if "GLOBAL" in line or "Unsupported" in line]
-        detail = f": {refused[0].strip()}" if refused else ""
-        return f"it holds Python objects other than tensors, which are never unpickled{detail}"
+        # torch names the first class it refused ("GLOBAL torchvision.models.alexnet.AlexNet"), then advises
+        # allow-listing it: name it, and say what to save instead
+        refused = re.search(r"GLOBAL ([\w.]+)", text)
+        what = f" (a pickled {refused.group(1)})" if refused else ""
+        return (
+            f"it holds Python objects other than tensors{what}, which are never unpickled: save the model's "
+            f"state_dict() (torch.save(model.state_dict(), path)) or a .safetensors file instead"
+        )
     if isinstance(e, KeyError | IndexError | AttributeError | TypeError):
         return "its bytes are neither a pickle nor a zip archive"
     return text.splitlines()[0] if text.strip() else type(e).__name__
