@@ -228,3 +228,122 @@ def test_ctrl_c_while_the_files_are_checked_stops_before_any_batch(
         err.splitlines()[-1]
         == "alexnet: SIGINT: stopped before the first image was evaluated; nothing to report"
     )
+
+
+def _members(n: int = 3) -> list[torch.nn.Module]:
+    members = []
+    for seed in range(n):
+        torch.manual_seed(10 + seed)
+        m = create_model(register_tiny(), num_classes=6)
+        m.weights_meta = WeightsMeta(preprocessing=Preprocessing(input_size=m.default_input_size))  # type: ignore[attr-defined]
+        members.append(m.eval())
+    return members
+
+
+@pytest.mark.parametrize("ten_crop", [False, True])
+def test_an_ensemble_is_scored_on_its_members_averaged_softmax_like_a_per_file_loop(
+    data: Path, ten_crop: bool
+) -> None:
+    """AlexNet §6: "averaging the predictions of five similar CNNs"; with ten crops, over crops and networks."""
+    from alexnet.models.ensemble import Ensemble
+
+    members = _members()
+    ensemble = Ensemble(members)
+    x = torch.randn(4, 3, 63, 63)
+    with torch.no_grad():
+        mean = torch.stack([m(x).softmax(1) for m in members]).mean(0)
+        torch.testing.assert_close(ensemble(x).softmax(1), mean, rtol=1e-5, atol=1e-7)
+    result = evaluate(ensemble, data, ten_crop=ten_crop, batch_size=4, progress=False)
+    transform = eval_transform(members[0].weights_meta.preprocessing, ten_crop=ten_crop)
+    files = sorted((data / "val").glob("*/*.jpg"))
+    classes = sorted(p.name for p in (data / "val").iterdir())
+    hits = [0, 0]
+    nll = 0.0  # continuous, so it pins the averaging where untrained networks' rankings would not
+    with torch.no_grad():
+        for f in files:
+            x = transform(read_image(f))
+            x = x if ten_crop else x[None]
+            probs = torch.stack([m(x).softmax(1).mean(0) for m in members]).mean(0)
+            ranked = probs.argsort(descending=True).tolist()
+            target = classes.index(f.parent.name)
+            hits[0] += ranked[0] == target
+            hits[1] += target in ranked[:5]
+            nll -= probs[target].log().item()
+    assert result.images == len(files) == 18
+    assert result.top1_err == pytest.approx(1 - hits[0] / len(files))
+    assert result.top5_err == pytest.approx(1 - hits[1] / len(files))
+    assert result.loss == pytest.approx(nll / len(files), rel=1e-5)
+    alone = evaluate(members[0], data, ten_crop=ten_crop, batch_size=4, progress=False)
+    assert alone.loss != pytest.approx(result.loss, rel=1e-5)  # not one member's numbers
+
+
+def test_networks_that_take_other_inputs_or_predict_other_classes_are_not_averaged() -> None:
+    from alexnet.errors import WeightsMismatch
+    from alexnet.models.ensemble import Ensemble
+
+    a, b = _members(2)
+    b.weights_meta = WeightsMeta(
+        preprocessing=Preprocessing(input_size=a.default_input_size, channel_order="BGR")
+    )
+    with pytest.raises(
+        WeightsMismatch, match=r"a and b cannot be averaged: they take different inputs \(63px RGB"
+    ):
+        Ensemble([a, b], names=["a", "b"])
+    a.weights_meta.classes = [f"c{i}" for i in range(6)]
+    b.weights_meta = WeightsMeta(
+        preprocessing=a.weights_meta.preprocessing, classes=[f"c{i}" for i in reversed(range(6))]
+    )
+    with pytest.raises(WeightsMismatch, match="their class lists differ"):
+        Ensemble([a, b])
+    c = create_model(register_tiny(), num_classes=4)
+    with pytest.raises(WeightsMismatch, match="they predict 6 and 4 classes"):
+        Ensemble([a, c])
+    with pytest.raises(ValueError, match="at least two members"):
+        Ensemble([a])
+
+
+def test_eval_takes_repeated_weights_and_runs_as_one_ensemble(data: Path, tmp_path: Path, capsys) -> None:
+    import json
+
+    from alexnet.cli import main
+    from alexnet.models.ensemble import Ensemble
+    from alexnet.weights.io import save_weights
+
+    members = _members(2)
+    paths = [save_weights(m, tmp_path / f"m{i}.safetensors") for i, m in enumerate(members)]
+    run = tmp_path / "run"
+    run.mkdir()
+    save_weights(members[1], run / "model.safetensors")
+    want = evaluate(Ensemble(members), data, batch_size=4, progress=False).to_json()
+    common = ["--data", str(data), "--batch-size", "4", "--workers", "0", "--device", "cpu"]
+    assert main(["eval", "--weights", str(paths[0]), "--weights", str(paths[1]), *common, "--json"]) == 0
+    assert json.loads(capsys.readouterr().out) == want
+    assert main(["eval", "--weights", str(paths[0]), "--run", str(run), *common]) == 0
+    out = capsys.readouterr().out
+    assert "18 images (centre crop, an ensemble of 2 networks' averaged softmax), 0 skipped" in out
+    assert f"top-1 error {100 * want['top1_err']:.2f}%" in out
+
+
+def test_predict_with_repeated_weights_shows_the_averaged_probabilities(tmp_path: Path, chelsea_jpeg, capsys):
+    from alexnet.cli import main
+    from alexnet.predict import input_transform
+    from alexnet.weights.io import save_weights
+
+    members = _members(2)
+    paths = [str(save_weights(m, tmp_path / f"m{i}.safetensors")) for i, m in enumerate(members)]
+    assert (
+        main(["predict", str(chelsea_jpeg), "-w", paths[0], "-w", paths[1], "--topk", "6", "--device", "cpu"])
+        == 0
+    )
+    shown = {
+        int(line.split("(")[-1].rstrip(")")): float(line.split("%")[0]) / 100
+        for line in capsys.readouterr().out.splitlines()[1:]
+    }
+    x = input_transform(members[0])(read_image(chelsea_jpeg))[None]
+    with torch.no_grad():
+        mean = torch.stack([m(x).softmax(1)[0] for m in members]).mean(0)
+    assert shown == pytest.approx({i: float(p) for i, p in enumerate(mean)}, abs=5e-5)  # printed to 0.01 %
+    without = tmp_path / "features.safetensors"
+    save_weights(create_model(register_tiny(), num_classes=0), without)
+    assert main(["predict", str(chelsea_jpeg), "-w", paths[0], "-w", str(without)]) == 2
+    assert "features.safetensors has no classifier layer" in capsys.readouterr().err

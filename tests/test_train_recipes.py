@@ -153,7 +153,7 @@ def _one_line_error(capsys: pytest.CaptureFixture, argv: list[str]) -> str:
         (["train", "--resume", "--out", "{tmp}/empty"], "not a run folder"),
         (["train", "--resume"], "--resume needs --out"),
         (["train", "--device", "cuda:3", "--out", "{tmp}/r"], "CUDA is not available"),
-        (["eval", "--data", "{tmp}"], "exactly one of --weights"),
+        (["eval", "--data", "{tmp}"], "give --weights FILE or --run DIR"),
         (["eval", "--weights", "{tmp}/missing.safetensors", "--data", "{tmp}"], "no such weights file"),
         (["eval", "--run", "{tmp}", "--data", "{tmp}"], "no model.safetensors"),
         (["eval", "--run", "{tmp}/missing", "--data", "{tmp}"], "missing: no such run folder"),

@@ -141,8 +141,11 @@ WEIGHTS_HELP = (
 )
 
 
-def add_model_arguments(p: argparse.ArgumentParser, *, required_weights: bool = False) -> None:
-    """``--model M --weights W`` (``W``: see :data:`WEIGHTS_HELP`)."""
+def add_model_arguments(
+    p: argparse.ArgumentParser, *, required_weights: bool = False, ensemble: bool = False
+) -> None:
+    """``--model M --weights W`` (``W``: see :data:`WEIGHTS_HELP`); with ``ensemble``, ``--weights`` may be
+    repeated (a list in ``args.weights``)."""
     from alexnet.models import list_models
 
     p.add_argument(
@@ -154,7 +157,14 @@ def add_model_arguments(p: argparse.ArgumentParser, *, required_weights: bool = 
         "--weights",
         "-w",
         required=required_weights,
-        help=WEIGHTS_HELP,
+        action="append" if ensemble else "store",
+        help=WEIGHTS_HELP
+        + (
+            "; repeat it for an ensemble: the networks' softmax outputs averaged (AlexNet §6), which must take "
+            "the same input and classes"
+            if ensemble
+            else ""
+        ),
     )
 
 
@@ -177,19 +187,32 @@ def device_from_args(args: argparse.Namespace) -> Any:
 
 
 def load_model_from_args(args: argparse.Namespace, *, need_weights: bool = False) -> Any:
-    """Build the model named by ``--model`` / ``--weights``; fail with one clear line when they do not fit."""
+    """Build the model named by ``--model`` / ``--weights``; fail with one clear line when they do not fit.
+    ``--weights`` given more than once (``add_model_arguments(..., ensemble=True)``) gives an
+    :class:`alexnet.models.ensemble.Ensemble` of them."""
     from alexnet.factory import create_model
 
-    if args.weights is None:
+    if not args.weights:
         if need_weights:
             raise CommandError("--weights FILE is required (a trained model)")
         if args.model is None:
             raise CommandError("--model is required")
         return create_model(args.model)
+    return load_weights_list(args.model, args.weights if isinstance(args.weights, list) else [args.weights])
+
+
+def load_weights_list(model: str | None, weights: list[str]) -> Any:
+    """One model per weights file (each checked to exist first); two or more are averaged as an ensemble."""
     from alexnet.weights import load_pretrained
 
-    check_weights_exist(args.weights)
-    return load_pretrained(args.model, args.weights)
+    for w in weights:
+        check_weights_exist(w)
+    members = [load_pretrained(model, w) for w in weights]
+    if len(members) == 1:
+        return members[0]
+    from alexnet.models.ensemble import Ensemble
+
+    return Ensemble(members, names=weights)
 
 
 def check_weights_exist(weights: str) -> None:

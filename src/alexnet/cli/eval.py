@@ -14,6 +14,7 @@ from alexnet.cli._common import (
     add_model_arguments,
     check_weights_exist,
     device_from_args,
+    load_weights_list,
 )
 
 
@@ -26,10 +27,16 @@ def register(sub: Any) -> None:
         "with the weights' own preprocessing and class list: centre crop, or --ten-crop (softmax averaged over "
         "the 4 corner and centre crops and their mirrors, AlexNet §4.1). Unreadable files are skipped, counted "
         "and named on stderr (the first 10; the rest counted); more than 1% of them is an error (exit code 2), "
-        "as in training.",
+        "as in training. Several --weights / --run are evaluated as one ensemble: their softmax outputs averaged "
+        "(AlexNet §6), with ten crops each if asked.",
     )
-    add_model_arguments(p)
-    p.add_argument("--run", help="a run folder written by alexnet train (uses its model.safetensors)")
+    add_model_arguments(p, ensemble=True)
+    p.add_argument(
+        "--run",
+        action="append",
+        help="a run folder written by alexnet train (uses its model.safetensors); repeat it, or add --weights, "
+        "for an ensemble",
+    )
     p.add_argument("--data", help="ImageNet-layout folder (default: the run's data, or the built-in set)")
     p.add_argument("--split", default="val", help="sub-folder to evaluate (default val)")
     p.add_argument(
@@ -42,19 +49,21 @@ def register(sub: Any) -> None:
     p.set_defaults(func=run)
 
 
-def _weights_and_data(args: argparse.Namespace) -> tuple[str, str | None]:
-    if (args.weights is None) == (args.run is None):
-        raise CommandError("give exactly one of --weights FILE and --run DIR")
-    if args.weights is not None:
-        return args.weights, args.data
+def _weights_and_data(args: argparse.Namespace) -> tuple[list[str], str | None]:
+    """The weights files to evaluate (two or more: an ensemble) and the data folder: --data, else the first
+    --run's recorded data."""
+    if not args.weights and not args.run:
+        raise CommandError("give --weights FILE or --run DIR (either repeated, for an ensemble)")
     from alexnet.train.run_folder import run_weights
 
-    run = Path(args.run)
-    weights = run_weights(run)
     data = args.data
-    if data is None and (run / "config.json").is_file():
-        data = _run_data(run / "config.json")
-    return str(weights), data
+    weights = list(args.weights or [])
+    for folder in args.run or []:
+        run = Path(folder)
+        weights.append(str(run_weights(run)))
+        if data is None and (run / "config.json").is_file():
+            data = _run_data(run / "config.json")
+    return weights, data
 
 
 def _run_data(config: Path) -> str | None:
@@ -85,14 +94,13 @@ def run(args: argparse.Namespace) -> int:
         raise CommandError(f"--workers must be >= 0 (got {args.workers})")
     device = device_from_args(args)
     weights, data = _weights_and_data(args)
-    check_weights_exist(weights)
+    for w in weights:
+        check_weights_exist(w)
     if data is None:
         from alexnet.data.synthetic import ensure_builtin_dataset
 
         data = str(ensure_builtin_dataset(progress=not args.json))
-    from alexnet.weights import load_pretrained
-
-    model = load_pretrained(args.model, weights)
+    model = load_weights_list(args.model, weights)
     # Ctrl-C or SIGTERM: the batch under way is counted and the numbers so far are printed, marked as such
     signals = StopSignals(None if args.json else "stopping after this batch, with the numbers so far")
     with signals:
@@ -111,6 +119,8 @@ def run(args: argparse.Namespace) -> int:
         print(json.dumps(result.to_json()))
     else:
         crops = "ten crops" if args.ten_crop else "centre crop"
+        if len(weights) > 1:
+            crops += f", an ensemble of {len(weights)} networks' averaged softmax"
         so_far = "" if result.complete else " so far (stopped early: not the split's result)"
         print(
             f"{Path(data) / args.split}: {result.images} images ({crops}), {result.skipped} skipped{so_far}"

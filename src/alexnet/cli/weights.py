@@ -161,11 +161,7 @@ def run_import(args: argparse.Namespace) -> int:
         raise CommandError(f"{source}: unknown format {path_in.suffix!r}; expected .onnx or .caffemodel")
     path = save_weights(model, out, model.weights_meta)
     pre = model.weights_meta.preprocessing
-    print(
-        f"wrote {path}: {model.config.name}, {model.num_classes} classes, input {pre.input_size}px "
-        f"{pre.channel_order} ×{pre.pixel_scale:g} − mean {tuple(pre.mean)}"
-        + (f" ÷ std {tuple(pre.std)}" if any(s != 1 for s in pre.std) else "")
-    )
+    print(f"wrote {path}: {model.config.name}, {model.num_classes} classes, input {pre.describe()}")
     return 0
 
 

@@ -44,6 +44,15 @@ class Preprocessing:
         if len(self.mean) != 3 or len(self.std) != 3 or any(s == 0 for s in self.std):
             raise DataError(f"mean and std need 3 values each, std non-zero (got {self.mean}, {self.std})")
 
+    def describe(self) -> str:
+        """One line for people: ``224px BGR ×255 − mean (104.0, 117.0, 123.0)``, the resize when not 256."""
+        return (
+            f"{self.input_size}px{'' if self.resize == 256 else f' of {self.resize}'} {self.channel_order} "
+            f"×{self.pixel_scale:g} − "
+            + ("the mean image" if self.mean_image else f"mean {tuple(self.mean)}")
+            + (f" ÷ std {tuple(self.std)}" if any(s != 1 for s in self.std) else "")
+        )
+
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
