@@ -1,5 +1,5 @@
 """``alexnet visualize <kind>``: activation maps, filters, deconvnet, top-9, occlusion, evolution, invariance,
-retrieval. Each kind writes PNGs and the numbers behind them (.npz / .json) into ``--out`` and prints the paths."""
+retrieval, correspondence. Each kind writes PNGs and the numbers behind them (.npz / .json) into ``--out`` and prints the paths."""
 
 from __future__ import annotations
 
@@ -30,6 +30,8 @@ KINDS = {
     "evolution": "deconv projections of chosen feature maps at each saved checkpoint (ZF Fig. 4)",
     "invariance": "feature distances and class probability under translation, scaling, rotation (ZF Fig. 5)",
     "retrieval": "nearest training images by the last hidden layer's activations (relu7; AlexNet Fig. 4)",
+    "correspondence": "does masking the same part of several images change the features alike? (ZF §4.2, "
+    "Table 1, Fig. 8)",
 }
 
 
@@ -181,6 +183,29 @@ def register(sub: Any) -> None:
     _image_set(k, "the gallery", "train", "gallery images")
     k.add_argument("--neighbours", type=int, default=6, help="nearest images shown per query (default 6)")
     k.add_argument("--cache", metavar="DIR", help="feature cache folder (default OUT/cache)")
+
+    k = kinds.add_parser(
+        "correspondence",
+        help=KINDS["correspondence"],
+        description="Zeiler & Fergus §4.2: mask the same part (an eye, the nose) in each image and measure how "
+        "consistently that changes the features of layers 5 and 7 (pool5, relu7): the fraction of features whose "
+        "change has another sign, mean ± std over the image pairs, against independent random squares. Lower "
+        "is a tighter correspondence. Prints Table 1 and writes correspondence.json and Fig. 8's masks.",
+    )
+    _common(k)
+    k.add_argument(
+        "--parts",
+        required=True,
+        metavar="FILE",
+        help='JSON: {"right eye": [[x, y], ...], "nose": [...]}, one [x, y] per image in the order given, in '
+        "each image's own pixels (x to the right, y down); a square is centred on each",
+    )
+    k.add_argument(
+        "--size", type=int, default=32, help="side of the mean-pixel square in input pixels (default 32)"
+    )
+    k.add_argument(
+        "--draws", type=int, default=10, help="random squares per image for the baseline (default 10)"
+    )
     p.set_defaults(func=run)
 
 
@@ -206,7 +231,7 @@ def load_model(args: argparse.Namespace) -> Any:
 def run(args: argparse.Namespace) -> int:
     from alexnet.visualize import outputs
 
-    for name in ("top", "size", "stride", "batch_size", "max_images", "neighbours"):
+    for name in ("top", "size", "stride", "batch_size", "max_images", "neighbours", "draws"):
         value = getattr(args, name, None)
         if value is not None and value < 1:
             raise CommandError(f"--{name.replace('_', '-')} must be at least 1")
@@ -262,6 +287,11 @@ def run(args: argparse.Namespace) -> int:
         )
     elif kind == "invariance":
         paths = outputs.write_invariance(model, args.images, args.out, args.target)
+    elif kind == "correspondence":
+        table, paths = outputs.write_correspondence(
+            model, args.images, args.parts, args.out, size=args.size, draws=args.draws
+        )
+        print(table)
     else:
         paths = outputs.write_retrieval(
             model,

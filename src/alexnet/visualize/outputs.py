@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from alexnet.models import AlexNetFamily
-from alexnet.predict import preprocessing_of
+from alexnet.predict import mean_image_of, preprocessing_of
 from alexnet.visualize.hooks import SelectionError
 from alexnet.visualize.inputs import prepare
 from alexnet.visualize.plot import (
@@ -398,3 +398,91 @@ def write_retrieval(
             ],
         ),
     ]
+
+
+def read_parts(path: str | Path, images: int) -> dict[str, list[tuple[float, float]]]:
+    """A parts file for ``alexnet visualize correspondence``: JSON ``{"right eye": [[x, y], …], …}``, one (x, y)
+    pixel per image in the order the images are given, in each image's own pixels (x to the right, y down)."""
+    import json
+
+    try:
+        data = json.loads(Path(path).read_text())
+    except (OSError, UnicodeDecodeError, ValueError) as e:
+        raise SelectionError(f"{path}: not a readable JSON parts file ({str(e).splitlines()[0]})") from None
+    example = '{"right eye": [[x, y], …one per image], "nose": […]}'
+    if not isinstance(data, dict) or not data:
+        raise SelectionError(f"{path}: expected a JSON object of parts, e.g. {example}")
+    parts: dict[str, list[tuple[float, float]]] = {}
+    for name, points in data.items():
+        ok = isinstance(points, list) and all(
+            isinstance(p, list) and len(p) == 2 and all(isinstance(v, int | float) for v in p) for p in points
+        )
+        if not ok:
+            raise SelectionError(f"{path}: part {name!r} should be a list of [x, y] pixels, e.g. {example}")
+        if len(points) != images:
+            raise SelectionError(f"{path}: part {name!r} has {len(points)} positions for {images} images")
+        parts[str(name)] = [(float(x), float(y)) for x, y in points]
+    return parts
+
+
+def write_correspondence(
+    model: AlexNetFamily,
+    images: Sequence[str | Path],
+    parts_file: str | Path,
+    out: str | Path,
+    *,
+    size: int = 32,
+    draws: int = 10,
+) -> tuple[str, list[Path]]:
+    """ZF §4.2's correspondence analysis: Table 1 (returned as text, and in the JSON) and Fig. 8's masks."""
+    from alexnet.visualize.correspondence import correspondence, crop_position, plot_correspondence
+    from alexnet.visualize.inputs import as_uint8_image
+
+    pre = preprocessing_of(model)
+    parts = read_parts(parts_file, len(images))
+    prepared = [prepare(model, p) for p in images]
+    side = pre.input_size
+    corners: dict[str, list[tuple[int, int]]] = {name: [] for name in parts}
+    for i, path in enumerate(images):
+        height, width = as_uint8_image(path)[0].shape[
+            -2:
+        ]  # the file's own pixels, as the parts file gives them
+        for name, points in parts.items():
+            x, y = points[i]
+            row, col = crop_position(pre.resize, side, height, width, x, y)
+            if not (0 <= row < side and 0 <= col < side):
+                raise SelectionError(
+                    f"{parts_file}: part {name!r} of {path} at ({x:g}, {y:g}) is outside the {side}×{side} centre "
+                    "crop the network sees"
+                )
+            # the square centred on the point, moved inside the crop where the point is near its edge
+            top = min(max(round(row - size / 2), 0), side - size)
+            left = min(max(round(col - size / 2), 0), side - size)
+            corners[name].append((top, left))
+    inputs = torch.stack([p.tensor for p in prepared])
+    result = correspondence(model, inputs, corners, size=size, draws=draws)
+    # the square drawn in the mean pixel the network sees there (RGB 0–1)
+    mean_image = mean_image_of(model)
+    mean = mean_image.mean(dim=(1, 2)) if mean_image is not None else torch.tensor(pre.mean)
+    mean = mean / pre.pixel_scale
+    colour = tuple(float(v) for v in (mean.flip(0) if pre.channel_order == "BGR" else mean).clamp(0, 1))
+    names = [Path(str(p)).name for p in images]
+    out = Path(out)
+    written = [
+        save_figure(
+            plot_correspondence(result, [uint8_to_float(p.crop) for p in prepared], names, colour),  # type: ignore[arg-type]
+            out / "correspondence.png",
+        ),
+        save_json(
+            out / "correspondence.json",
+            {
+                "images": [str(p) for p in images],
+                "size": size,
+                "draws": draws,
+                "layers": result.layers,
+                "scores": result.scores(),
+                "squares": {part: [list(c) for c in cs] for part, cs in result.boxes.items()},
+            },
+        ),
+    ]
+    return result.table(), written
