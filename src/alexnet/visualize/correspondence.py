@@ -103,6 +103,8 @@ def correspondence(
         raise SelectionError(f"correspondence compares images in pairs: give at least two (got {n})")
     if not 1 <= size <= side:
         raise SelectionError(f"the square's side must be 1–{side} pixels (got {size})")
+    if draws < 1:
+        raise SelectionError(f"the random baseline needs at least one draw (got {draws})")
     if RANDOM in parts:
         raise SelectionError(f"{RANDOM!r} is the baseline's name: call the part something else")
     layers = check_layers(model, list(layers))
@@ -130,7 +132,7 @@ def correspondence(
                 values[layer].append(pair_sign_changes(base[layer] - feats[layer].flatten(1).double()))
         for layer in layers:
             pairs[layer][part] = np.concatenate(values[layer])
-    boxes = {**{p: list(c) for p, c in parts.items()}, RANDOM: list(draws_of[0]) if draws_of else []}
+    boxes = {**{p: list(c) for p, c in parts.items()}, RANDOM: list(draws_of[0])}
     return CorrespondenceResult(list(layers), size, boxes, pairs)  # type: ignore[arg-type]
 
 
