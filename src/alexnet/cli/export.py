@@ -41,10 +41,9 @@ def register(sub: Any) -> None:
 def run(args: argparse.Namespace) -> int:
     from alexnet.weights.export import export_onnx
 
-    out = Path(args.out)
+    out = writable_file(args.out)  # a folder is named as one before --force is suggested
     if out.exists() and not args.force:
         raise CommandError(f"--out {out} exists; pass --force to overwrite it")
-    writable_file(out)
     if args.input_size is not None and not 32 <= args.input_size <= 1024:
         raise CommandError(f"--input-size {args.input_size} is out of range (32–1024)")
     model = load_model_from_args(args)

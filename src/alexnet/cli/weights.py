@@ -88,9 +88,10 @@ def _check_out(args: argparse.Namespace) -> Path:
     out = Path(args.out)
     if out.suffix != ".safetensors":
         raise CommandError(f"--out {out}: write a .safetensors file")
+    writable_file(out)  # a folder is named as one before --force is suggested
     if out.exists() and not args.force:
         raise CommandError(f"--out {out} exists; pass --force to overwrite it")
-    return writable_file(out)
+    return out
 
 
 # The import flags that apply to only some sources, with their defaults: refused elsewhere, not ignored.
