@@ -130,7 +130,9 @@ def test_cli_export_writes_a_checked_file_and_refuses_bad_arguments(tmp_path, ca
     assert sorted(p.name for p in tmp_path.iterdir()) == ["c.onnx", "c.safetensors"]
     (tmp_path / "folder.onnx").mkdir()  # --force would not help: named as a folder, not "exists"
     for force in ([], ["--force"]):
-        assert main(["export", "--weights", str(weights), "--out", str(tmp_path / "folder.onnx"), *force]) == 2
+        assert (
+            main(["export", "--weights", str(weights), "--out", str(tmp_path / "folder.onnx"), *force]) == 2
+        )
         assert capsys.readouterr().err.strip().endswith("folder.onnx is a folder; give a file name")
 
 
