@@ -1,5 +1,5 @@
 """``alexnet visualize <kind>``: activation maps, filters, deconvnet, top-9, occlusion, evolution, invariance,
-retrieval, correspondence. Each kind writes PNGs and the numbers behind them (.npz / .json) into ``--out`` and prints the paths."""
+retrieval, predictions, correspondence. Each kind writes PNGs and the numbers behind them (.npz / .json) into ``--out`` and prints the paths."""
 
 from __future__ import annotations
 
@@ -30,6 +30,8 @@ KINDS = {
     "evolution": "deconv projections of chosen feature maps at each saved checkpoint (ZF Fig. 4)",
     "invariance": "feature distances and class probability under translation, scaling, rotation (ZF Fig. 5)",
     "retrieval": "nearest training images by the last hidden layer's activations (relu7; AlexNet Fig. 4)",
+    "predictions": "images with their five most probable labels as bars, the correct one red (AlexNet Fig. 4, "
+    "left)",
     "correspondence": "does masking the same part of several images change the features alike? (ZF §4.2, "
     "Table 1, Fig. 8)",
 }
@@ -66,6 +68,17 @@ def _channels(text: str) -> list[int]:
             raise argparse.ArgumentTypeError(f"channel {last} is out of range for every model")
         out.extend(range(first, last + 1))
     return list(dict.fromkeys(out))  # each channel once, in the order given
+
+
+def _indices(text: str) -> list[int]:
+    """``3,3,7`` → [3, 3, 7]: one class index per image, repeats allowed."""
+    try:
+        values = [int(v) for v in text.replace(" ", "").split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected class indices like 3,0,7, got {text!r}") from None
+    if any(v < 0 for v in values):
+        raise argparse.ArgumentTypeError(f"class indices are ≥ 0, got {text!r}")
+    return values
 
 
 def _image_set(p: ArgumentParser, what: str, split: str, images: str) -> None:
@@ -185,6 +198,22 @@ def register(sub: Any) -> None:
     k.add_argument("--cache", metavar="DIR", help="feature cache folder (default OUT/cache)")
 
     k = kinds.add_parser(
+        "predictions",
+        help=KINDS["predictions"],
+        description=KINDS["predictions"] + ". The "
+        "correct class is --targets, else the image's folder when it is named after one of the model's classes "
+        "(ROOT/val/<class>/<image>); without either the image has no red bar.",
+    )
+    _common(k)
+    k.add_argument("--topk", type=int, default=5, help="labels shown per image (default 5)")
+    k.add_argument(
+        "--targets",
+        type=_indices,
+        metavar="I,J,…",
+        help="the correct class index of each image, in order (default: from the image's folder name)",
+    )
+
+    k = kinds.add_parser(
         "correspondence",
         help=KINDS["correspondence"],
         description="Zeiler & Fergus §4.2: mask the same part (an eye, the nose) in each image and measure how "
@@ -231,7 +260,7 @@ def load_model(args: argparse.Namespace) -> Any:
 def run(args: argparse.Namespace) -> int:
     from alexnet.visualize import outputs
 
-    for name in ("top", "size", "stride", "batch_size", "max_images", "neighbours", "draws"):
+    for name in ("top", "size", "stride", "batch_size", "max_images", "neighbours", "draws", "topk"):
         value = getattr(args, name, None)
         if value is not None and value < 1:
             raise CommandError(f"--{name.replace('_', '-')} must be at least 1")
@@ -287,6 +316,8 @@ def run(args: argparse.Namespace) -> int:
         )
     elif kind == "invariance":
         paths = outputs.write_invariance(model, args.images, args.out, args.target)
+    elif kind == "predictions":
+        paths = outputs.write_predictions(model, args.images, args.out, targets=args.targets, topk=args.topk)
     elif kind == "correspondence":
         table, paths = outputs.write_correspondence(
             model, args.images, args.parts, args.out, size=args.size, draws=args.draws

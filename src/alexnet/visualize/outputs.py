@@ -486,3 +486,28 @@ def write_correspondence(
         ),
     ]
     return result.table(), written
+
+
+def write_predictions(
+    model: AlexNetFamily,
+    images: Sequence[str | Path],
+    out: str | Path,
+    *,
+    targets: Sequence[int] | None = None,
+    topk: int = 5,
+) -> list[Path]:
+    """AlexNet Fig. 4 (left): the images with their top-k bars (``predictions.png``) and ``predictions.json``."""
+    from alexnet.visualize.predictions import folder_target, plot_predictions, ranked
+
+    if targets is not None and len(targets) != len(images):
+        raise SelectionError(f"--targets gives {len(targets)} classes for {len(images)} images")
+    prepared = [prepare(model, p) for p in images]
+    wanted = list(targets) if targets is not None else [folder_target(model, p) for p in images]
+    results = ranked(model, torch.stack([p.tensor for p in prepared]), [str(p) for p in images], wanted, topk)
+    out = Path(out)
+    return [
+        save_figure(
+            plot_predictions(results, [uint8_to_float(p.crop) for p in prepared]), out / "predictions.png"
+        ),
+        save_json(out / "predictions.json", {"topk": topk, "images": [r.to_json() for r in results]}),
+    ]
