@@ -140,7 +140,7 @@ def test_cli_prints_table_1_and_writes_fig_8_and_the_numbers(model, tmp_path: Pa
     # the squares sit where the crop shows the points: the eye of the original and of its mirror image
     pre = preprocessing_of(model)
     top, left = saved["squares"]["left eye"][0]
-    row, col = crop_position(pre.resize, pre.input_size, 300, 451, 170, 120)
+    row, col = crop_position(pre.resize, pre.input_size, 300, 451, 170.5, 120.5)  # pixel (170, 120)'s centre
     assert (top, left) == (round(row - 12), round(col - 12))
     assert Image.open(tmp_path / "out" / "correspondence.png").size[0] > 0
 

@@ -139,9 +139,10 @@ def correspondence(
 def crop_position(
     prep_resize: int, input_size: int, height: int, width: int, x: float, y: float
 ) -> tuple[float, float]:
-    """Where pixel (x, y) of an ``height``×``width`` image lands in the input crop (row, column): the image's
-    shorter side scaled to ``prep_resize`` (torchvision's ``Resize``: the longer side ``int(resize · long /
-    short)``), then the central crop evaluation takes (:func:`alexnet.data.transforms.eval_crop_offsets`)."""
+    """Where the point (x, y) of a ``height``×``width`` image lands in the input crop, as (row, column); both
+    continuous, pixel column c's centre being c + ½. The image's shorter side is scaled to ``prep_resize``
+    (torchvision's ``Resize``: the longer side ``int(resize · long / short)``), then evaluation's central crop
+    is cut (:func:`alexnet.data.transforms.eval_crop_offsets`)."""
     from alexnet.data.preprocess import Preprocessing
     from alexnet.data.transforms import eval_crop_offsets
 

@@ -449,7 +449,7 @@ def write_correspondence(
         ]  # the file's own pixels, as the parts file gives them
         for name, points in parts.items():
             x, y = points[i]
-            row, col = crop_position(pre.resize, side, height, width, x, y)
+            row, col = crop_position(pre.resize, side, height, width, x + 0.5, y + 0.5)  # the pixel's centre
             if not (0 <= row < side and 0 <= col < side):
                 raise SelectionError(
                     f"{parts_file}: part {name!r} of {path} at ({x:g}, {y:g}) is outside the {side}×{side} centre "
