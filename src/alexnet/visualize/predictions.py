@@ -63,19 +63,20 @@ def ranked(
     topk: int = 5,
 ) -> list[Ranked]:
     """Top-``topk`` of each normalised input (N×3×S×S), with the correct class's probability and rank."""
+    if topk < 1:
+        raise SelectionError(f"topk must be at least 1 (got {topk})")
     labels = labels_of(model)
     for t in targets:
         if t is not None and not 0 <= t < len(labels):
             raise SelectionError(f"class {t} is out of range for {model.config.name} (0–{len(labels) - 1})")
-    tops = predict(model, inputs, topk)
-    probs = predict(model, inputs, len(labels))  # every class, ranked: the target's probability and rank
     out = []
-    for name, top, everything, t in zip(names, tops, probs, targets, strict=True):
+    # every class ranked, in one pass: the top-k, and the correct class's probability and rank wherever it is
+    for name, everything, t in zip(names, predict(model, inputs, len(labels)), targets, strict=True):
         rank = next(i for i, p in enumerate(everything) if p.index == t) + 1 if t is not None else None
         out.append(
             Ranked(
                 name,
-                top,
+                everything[:topk],
                 t,
                 labels[t] if t is not None else None,
                 everything[rank - 1].probability if rank is not None else None,
