@@ -65,8 +65,9 @@ def test_report_is_one_file_with_every_picture_inline(report):
     page = report.read_text()
     assert report.name == "report.html"
     sources = img_sources(page)
-    # summary has none; curves 1, filters 1, activations 1 image, top-9 2 channels × 2 grids, occlusion 1.
-    assert len(sources) == 1 + 1 + 1 + 4 + 1
+    # summary has none; curves 1, predictions 1, filters 1, activations 1 image, top-9 2 channels × 2 grids,
+    # occlusion 1.
+    assert len(sources) == 1 + 1 + 1 + 1 + 4 + 1
     for src in sources:
         assert src.startswith("data:image/png;base64,")
         Image.open(io.BytesIO(base64.b64decode(src.split(",", 1)[1]))).verify()
@@ -80,6 +81,12 @@ def test_report_has_the_summary_table_of_the_runs_model(report):
         assert f"<td>{name}</td>" in page
     # fc8 has 4096·3 + 3 parameters for this 3-class run: the model really comes from the run's weights.
     assert "<td>12.29k</td>" in page
+
+
+def test_the_predictions_section_shows_validation_images_of_every_class_with_their_top_5(report):
+    page = report.read_text()
+    section = page.split("<section id='predictions'>")[1].split("</section>")[0]
+    assert "<h2>Predictions (AlexNet Fig. 4, left)</h2>" in section and len(img_sources(section)) == 1
 
 
 def test_top9_is_computed_from_the_runs_validation_images_when_no_top9_folder(report):
@@ -176,7 +183,7 @@ def test_report_opens_from_disk_in_chromium_with_every_image_decoded(report):
         page.on("request", lambda r: requests.append(r.url))
         page.goto(report.resolve().as_uri())
         page.wait_for_load_state("load")
-        assert page.evaluate("document.images.length") == 8
+        assert page.evaluate("document.images.length") == len(img_sources(report.read_text())) == 9
         assert undecoded_images(page) == []
         assert console.errors == []
         assert [u for u in requests if not u.startswith("data:")] == [report.resolve().as_uri()]

@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+import torch
 from tqdm import tqdm
 
 from alexnet.data.images import read_image
@@ -51,6 +52,7 @@ class ReportOptions:
     top9_layer: str | None = None  # default: the last conv layer (conv5 in the papers' models)
     top9_images: int = 60  # validation images streamed when the run has no top9/ folder
     top9_channels: int = 6  # feature maps shown (the strongest ones)
+    prediction_images: int = 8  # validation images with their top-5 (AlexNet Fig. 4, left); 0: no section
     occlusion_size: int = 48
     occlusion_stride: int = 16
     progress: bool = True
@@ -300,6 +302,28 @@ def top9_section(
     )
 
 
+def predictions_html(model: AlexNetFamily, images: list[Path]) -> str:
+    """Validation images with the five labels the model finds most probable, the correct one's bar red."""
+    from alexnet.visualize.inputs import prepare
+    from alexnet.visualize.plot import uint8_to_float
+    from alexnet.visualize.predictions import folder_target, plot_predictions, ranked
+
+    prepared = [prepare(model, image) for image in images]
+    results = ranked(
+        model,
+        torch.stack([p.tensor for p in prepared]),
+        [str(image) for image in images],
+        [folder_target(model, image) for image in images],
+        topk=min(5, model.num_classes),
+    )
+    fig = plot_predictions(results, [uint8_to_float(p.crop) for p in prepared])
+    return (
+        "<p>Validation images, the correct label under each, and the five labels the model considers most "
+        "probable; the correct label's bar is red when it is among them.</p>"
+        + _img(figure_uri(fig, dpi=70), "validation images and their top-5")
+    )
+
+
 def _metrics_table(results: dict[str, Any]) -> str:
     rows = []
     for name, block in results.items():
@@ -360,7 +384,7 @@ def build_report(
     sections: list[tuple[str, str, str]] = []  # (id, title, html)
     with fallback_images(max(opts.max_images, 10) if root is None else 0) as fallback:
         images = list(opts.images) or validation_images(root, opts.max_images) or fallback[: opts.max_images]
-        steps = ["summary", "curves", "filters", "activations", "top9", "occlusion"]
+        steps = ["summary", "curves", "predictions", "filters", "activations", "top9", "occlusion"]
         bar = tqdm(total=len(steps), desc="report", disable=not opts.progress)
 
         sections.append(("summary", "Parameters and computation per layer", summary_html(model)))
@@ -373,6 +397,13 @@ def build_report(
             else "<p class='muted'>No metrics.csv rows in this run folder.</p>"
         )
         sections.append(("curves", "Learning curves", curves + _metrics_table(results)))
+        bar.update()
+
+        shown_images = validation_images(root, opts.prediction_images) or fallback[: opts.prediction_images]
+        if shown_images:
+            sections.append(
+                ("predictions", "Predictions (AlexNet Fig. 4, left)", predictions_html(model, shown_images))
+            )
         bar.update()
 
         sections.append(
