@@ -1,5 +1,6 @@
 """``alexnet visualize <kind>``: activation maps, filters, deconvnet, top-9, occlusion, evolution, invariance,
-retrieval, predictions, correspondence. Each kind writes PNGs and the numbers behind them (.npz / .json) into ``--out`` and prints the paths."""
+retrieval, predictions, correspondence. Each kind writes PNGs and the numbers behind them (.npz / .json) into
+``--out`` and prints the paths (correspondence prints its table first)."""
 
 from __future__ import annotations
 
@@ -115,9 +116,10 @@ def register(sub: Any) -> None:
     p = add_command(
         sub,
         "visualize",
-        "look inside a model: activations, filters, deconvnet, top-9, occlusion, evolution, invariance, retrieval",
-        "Figures of AlexNet §6 / Fig. 3–4 and Zeiler & Fergus §2–4 / Figs. 2–7 for any registered model. Each "
-        "kind writes PNGs plus the numbers behind them (.npz / .json) into --out and prints the paths.",
+        "look inside a model: activations, filters, deconvnet, top-9, occlusion, evolution, invariance, retrieval, "
+        "predictions, correspondence",
+        "Figures of AlexNet §6 / Fig. 3–4 and Zeiler & Fergus §2–4 / Figs. 2–8 and Table 1 for any registered "
+        "model. Each kind writes PNGs plus the numbers behind them (.npz / .json) into --out and prints the paths.",
     )
     kinds = p.add_subparsers(dest="kind", metavar="KIND", parser_class=ArgumentParser)
     kinds.required = True
@@ -200,9 +202,10 @@ def register(sub: Any) -> None:
     k = kinds.add_parser(
         "predictions",
         help=KINDS["predictions"],
-        description=KINDS["predictions"] + ". The "
-        "correct class is --targets, else the image's folder when it is named after one of the model's classes "
-        "(ROOT/val/<class>/<image>); without either the image has no red bar.",
+        description=KINDS["predictions"]
+        + ". The correct class is --targets, else the image's folder when it "
+        "is named after one of the model's classes (ROOT/val/<class>/<image>); without either the image has no "
+        "red bar.",
     )
     _common(k)
     k.add_argument("--topk", type=int, default=5, help="labels shown per image (default 5)")
