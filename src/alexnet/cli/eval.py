@@ -94,7 +94,7 @@ def run(args: argparse.Namespace) -> int:
         raise CommandError(f"--workers must be >= 0 (got {args.workers})")
     device = device_from_args(args)
     weights, data = _weights_and_data(args)
-    for w in weights:
+    for w in weights:  # before the built-in set is generated (a minute, the first time)
         check_weights_exist(w)
     if data is None:
         from alexnet.data.synthetic import ensure_builtin_dataset
