@@ -435,8 +435,9 @@ def write_correspondence(
     draws: int = 10,
 ) -> tuple[str, list[Path]]:
     """ZF §4.2's correspondence analysis: Table 1 (returned as text, and in the JSON) and Fig. 8's masks."""
+    from PIL import Image
+
     from alexnet.visualize.correspondence import correspondence, crop_position, plot_correspondence
-    from alexnet.visualize.inputs import as_uint8_image
 
     pre = preprocessing_of(model)
     parts = read_parts(parts_file, len(images))
@@ -444,9 +445,8 @@ def write_correspondence(
     side = pre.input_size
     corners: dict[str, list[tuple[int, int]]] = {name: [] for name in parts}
     for i, path in enumerate(images):
-        height, width = as_uint8_image(path)[0].shape[
-            -2:
-        ]  # the file's own pixels, as the parts file gives them
+        with Image.open(path) as header:  # the file's own size, as the parts file counts: no second decode
+            width, height = header.size
         for name, points in parts.items():
             x, y = points[i]
             row, col = crop_position(pre.resize, side, height, width, x + 0.5, y + 0.5)  # the pixel's centre
@@ -497,17 +497,13 @@ def write_predictions(
     topk: int = 5,
 ) -> list[Path]:
     """AlexNet Fig. 4 (left): the images with their top-k bars (``predictions.png``) and ``predictions.json``."""
-    from alexnet.visualize.predictions import folder_target, plot_predictions, ranked
+    from alexnet.visualize.predictions import predictions_figure
 
     if targets is not None and len(targets) != len(images):
         raise SelectionError(f"--targets gives {len(targets)} classes for {len(images)} images")
-    prepared = [prepare(model, p) for p in images]
-    wanted = list(targets) if targets is not None else [folder_target(model, p) for p in images]
-    results = ranked(model, torch.stack([p.tensor for p in prepared]), [str(p) for p in images], wanted, topk)
+    results, fig = predictions_figure(model, images, targets, topk)
     out = Path(out)
     return [
-        save_figure(
-            plot_predictions(results, [uint8_to_float(p.crop) for p in prepared]), out / "predictions.png"
-        ),
+        save_figure(fig, out / "predictions.png"),
         save_json(out / "predictions.json", {"topk": topk, "images": [r.to_json() for r in results]}),
     ]

@@ -86,6 +86,23 @@ def ranked(
     return out
 
 
+def predictions_figure(
+    model: AlexNetFamily,
+    images: Sequence[str | Path],
+    targets: Sequence[int | None] | None = None,
+    topk: int = 5,
+) -> tuple[list[Ranked], Figure]:
+    """The image files ranked (:func:`ranked`; the correct classes ``targets``, else :func:`folder_target`) and
+    drawn as AlexNet Fig. 4 (left), each as the network sees it."""
+    from alexnet.visualize.inputs import prepare
+    from alexnet.visualize.plot import uint8_to_float
+
+    prepared = [prepare(model, p) for p in images]
+    wanted = list(targets) if targets is not None else [folder_target(model, p) for p in images]
+    results = ranked(model, torch.stack([p.tensor for p in prepared]), [str(p) for p in images], wanted, topk)
+    return results, plot_predictions(results, [uint8_to_float(p.crop) for p in prepared])
+
+
 def plot_predictions(results: list[Ranked], crops: list[np.ndarray], columns: int = 4) -> Figure:
     """AlexNet Fig. 4 (left): each image, its correct label under it, and its top-k as bars; the correct
     label's bar red."""

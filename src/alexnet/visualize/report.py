@@ -29,7 +29,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
 from tqdm import tqdm
 
 from alexnet.data.images import read_image
@@ -304,19 +303,9 @@ def top9_section(
 
 def predictions_html(model: AlexNetFamily, images: list[Path]) -> str:
     """Validation images with the five labels the model finds most probable, the correct one's bar red."""
-    from alexnet.visualize.inputs import prepare
-    from alexnet.visualize.plot import uint8_to_float
-    from alexnet.visualize.predictions import folder_target, plot_predictions, ranked
+    from alexnet.visualize.predictions import predictions_figure
 
-    prepared = [prepare(model, image) for image in images]
-    results = ranked(
-        model,
-        torch.stack([p.tensor for p in prepared]),
-        [str(image) for image in images],
-        [folder_target(model, image) for image in images],
-        topk=min(5, model.num_classes),
-    )
-    fig = plot_predictions(results, [uint8_to_float(p.crop) for p in prepared])
+    _, fig = predictions_figure(model, images, topk=min(5, model.num_classes))
     return (
         "<p>Validation images, the correct label under each, and the five labels the model considers most "
         "probable; the correct label's bar is red when it is among them.</p>"
