@@ -23,7 +23,12 @@ if not torch.cuda.is_available():
     # Triton reads this when its kernels are defined: without a GPU they run in its interpreter on CPU tensors
     # (tests/test_lrn_triton.py); nothing else in the suite runs Triton on a CPU machine.
     os.environ.setdefault("TRITON_INTERPRET", "1")
-torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+# `make test` runs two pytest workers on CI's two cores: each worker, and each command a test starts, gets its share
+# of the cores. Two threads per worker oversubscribed them (OpenMP's idle threads spin), and the compute-heavy
+# tests took 28 % longer (Session 27). The kernels' tests choose their own thread counts (1-3).
+_THREADS = max(1, min(2, (os.cpu_count() or 1) // int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))))
+os.environ.setdefault("OMP_NUM_THREADS", str(_THREADS))
+torch.set_num_threads(_THREADS)
 
 
 @pytest.fixture

@@ -51,6 +51,17 @@ MEMORY_FIELDS = {
 }
 
 
+@pytest.fixture(scope="module", autouse=True)
+def small_matmul_reference():
+    """These tests check the figures' arithmetic, not the machine's peak: the matmul reference is a 512² product
+    here instead of 2048² (its six products before every row were half of a tiny CPU bench's time)."""
+    from alexnet import bench
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(bench, "MATMUL_SIZE", 512)
+        yield
+
+
 @pytest.fixture(scope="module")
 def tiny_json() -> dict:
     """One CLI run: caffenet, both modes, batch 2, one timed step, no warm-up, memory at batch 2."""
@@ -144,12 +155,16 @@ def test_input_pipeline_rows_for_ours_and_torchvisions_stock(tmp_path):
         tmp_path, classes=2, train_per_class=4, val_per_class=1, size=64, progress=False
     )
     threads = torch.get_num_threads()
-    rows = bench_data(root, images=6, batch_size=3)
+    torch.set_num_threads(2)  # not the one thread the measurement takes, so that restoring it shows
+    try:
+        rows = bench_data(root, images=6, batch_size=3)
+        assert torch.get_num_threads() == 2  # restored after the single-thread measurement
+    finally:
+        torch.set_num_threads(threads)
     assert [r.pipeline for r in rows] == ["alexnet", "torchvision_stock"]
     for r in rows:
         assert r.images == 3 and r.workers == 0 and r.images_per_s > 0  # timed after the first batch
         assert r.images_per_s_per_core == r.images_per_s
-    assert torch.get_num_threads() == threads  # restored after the single-thread measurement
     with pytest.raises(BenchError, match="timed after its first batch"):
         bench_data(root, images=3, batch_size=3)  # one batch: nothing left to time
     from alexnet.data.packed import pack

@@ -111,20 +111,30 @@ def _make(shape: tuple[int, ...], layout: str, dtype: torch.dtype, seed: int, sc
     k=st.floats(0.5, 3.0),
     scale=st.floats(0.1, 100.0),
     seed=st.integers(0, 2**16),
+    threads=st.integers(1, 3),  # the kernels split the work over the threads they are given
 )
 def test_fused_forward_and_backward_equal_the_composition_for_any_shape_and_layout(
-    shape, layout, size, beta, alpha, k, scale, seed
+    shape, layout, size, beta, alpha, k, scale, seed, threads
 ):
     fused = native.kernel()
     assert fused is not None
-    for dtype, tol in ((torch.float64, 1e-12), (torch.float32, 1e-5)):
-        x = _make(shape, layout, dtype, seed, scale)
-        g = _make(shape, layout, dtype, seed + 1, 1.0)
-        y = fused.forward(x, size, alpha, beta, k)
-        torch.testing.assert_close(y, lrn_composed(x.contiguous(), size, alpha, beta, k), rtol=tol, atol=tol)
-        dx = fused.backward(g, x, y, size, alpha, beta, k)
-        expected = lrn_backward_composed(g.contiguous(), x.contiguous(), y.contiguous(), size, alpha, beta, k)
-        torch.testing.assert_close(dx, expected, rtol=tol, atol=tol)
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        for dtype, tol in ((torch.float64, 1e-12), (torch.float32, 1e-5)):
+            _check_fused(fused, shape, layout, dtype, tol, size, alpha, beta, k, scale, seed)
+    finally:
+        torch.set_num_threads(before)
+
+
+def _check_fused(fused, shape, layout, dtype, tol, size, alpha, beta, k, scale, seed) -> None:
+    x = _make(shape, layout, dtype, seed, scale)
+    g = _make(shape, layout, dtype, seed + 1, 1.0)
+    y = fused.forward(x, size, alpha, beta, k)
+    torch.testing.assert_close(y, lrn_composed(x.contiguous(), size, alpha, beta, k), rtol=tol, atol=tol)
+    dx = fused.backward(g, x, y, size, alpha, beta, k)
+    expected = lrn_backward_composed(g.contiguous(), x.contiguous(), y.contiguous(), size, alpha, beta, k)
+    torch.testing.assert_close(dx, expected, rtol=tol, atol=tol)
 
 
 @needs_kernel
