@@ -28,6 +28,25 @@ def test_console_script_help_lists_commands():
         assert cmd in r.stdout
 
 
+def test_help_and_argument_errors_answer_without_importing_torch():
+    """`alexnet --help`, a command's --help and its argument errors need no torch (3 s to import): the registry
+    is plain data and the commands import the library when they run."""
+    code = (
+        "import sys, contextlib, io\n"
+        "import alexnet\n"
+        "from alexnet.cli import main\n"
+        "assert 'tiny' not in alexnet.list_models() and 'zfnet' in alexnet.list_models()\n"
+        "for argv in (['--help'], ['train', '--help'], ['predict', '--help'], ['train', '--frobnicate']):\n"
+        "    with contextlib.suppress(SystemExit), contextlib.redirect_stdout(io.StringIO()), "
+        "contextlib.redirect_stderr(io.StringIO()):\n"
+        "        main(argv)\n"
+        "print(sorted(m for m in sys.modules if m == 'torch' or m.startswith('torch.')))\n"
+    )
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == "[]"
+
+
 def test_every_command_has_help(capsys):
     parser = build_parser()
     commands = parser._subparsers._group_actions[0].choices  # type: ignore[union-attr]

@@ -21,8 +21,6 @@ import contextlib
 import os
 from collections.abc import Iterator
 
-import torch
-
 state = "kept"  # what the process runs with; bench prints it
 
 
@@ -31,6 +29,8 @@ def flushed() -> Iterator[str]:
     """Flush denormals to zero inside the block (the calling thread and threads started in it); yields and
     records in :data:`state` what the block runs with, and restores IEEE denormals afterwards."""
     global state
+    import torch  # here, not at the top: `alexnet --help` imports this module and needs no torch
+
     if os.environ.get("ALEXNET_DENORMALS", "").lower() == "keep":
         state = "kept (ALEXNET_DENORMALS=keep)"
         yield state

@@ -4,11 +4,14 @@ torchvision's (``get_model``)."""
 from __future__ import annotations
 
 import fnmatch
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from alexnet.errors import ModelNotFound
-from alexnet.models import AlexNetFamily, build_model
+from alexnet.models import build_model
 from alexnet.models import list_models as _registered
+
+if TYPE_CHECKING:
+    from alexnet.models.net import AlexNetFamily
 
 # The published weights ``pretrained=True`` loads: torchvision's own, and BVLC's original Caffe models (their
 # digests are checked on download; alexnet weights sources lists the ONNX zoo's conversions as well).

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import difflib
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from alexnet.errors import ModelNotFound
 from alexnet.models.configs import CONFIGS, ArchConfig
-from alexnet.models.net import AlexNetFamily
+
+if TYPE_CHECKING:
+    from alexnet.models.net import AlexNetFamily
 
 
 def list_models() -> list[str]:
@@ -39,5 +41,7 @@ def unregister(name: str) -> None:
 
 def build_model(name_or_config: str | ArchConfig, num_classes: int = 1000, **overrides: Any) -> AlexNetFamily:
     """Build a freshly initialised network from a registered name or a config."""
+    from alexnet.models.net import AlexNetFamily  # torch: imported on first build, not with the registry
+
     config = get_config(name_or_config) if isinstance(name_or_config, str) else name_or_config
     return AlexNetFamily(config.with_overrides(num_classes=num_classes, **overrides))
