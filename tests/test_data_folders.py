@@ -10,6 +10,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from PIL import Image
 
 from alexnet.data.folders import BadSample, ImageFolder, check_file, check_split, collate_skip_bad
@@ -269,6 +271,91 @@ def test_jpeg_size_from_the_frame_header_equals_pillows(chelsea):
     for name, data in variants.items():
         assert jpeg_size(data) == Image.open(io.BytesIO(data)).size == (451, 300), name
     assert jpeg_size(b"\xff\xd8\xff\xe0\x00") is None  # cut short: unknown, decoded normally
+
+
+# EXIF 2.3 §4.6.4 (tag 274), written out on the stored H×W×3 array: what a viewer shows for each orientation.
+SHOWN = {
+    1: lambda a: a,
+    2: lambda a: a[:, ::-1],  # mirrored
+    3: lambda a: a[::-1, ::-1],  # turned 180°
+    4: lambda a: a[::-1, :],  # flipped upside down
+    5: lambda a: a.transpose(1, 0, 2),  # transposed
+    6: lambda a: np.rot90(a, -1),  # turned 90° clockwise
+    7: lambda a: a[::-1, ::-1].transpose(1, 0, 2),  # transposed across the other diagonal
+    8: lambda a: np.rot90(a, 1),  # turned 90° counter-clockwise
+}
+
+
+def with_orientation(img: Image.Image, fmt: str, orientation: int, **options) -> bytes:
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    buf = io.BytesIO()
+    img.save(buf, format=fmt, exif=exif, **options)
+    return buf.getvalue()
+
+
+@pytest.mark.parametrize("orientation", range(1, 9))
+def test_a_photo_with_an_exif_orientation_is_decoded_as_a_viewer_shows_it(tmp_path, chelsea, orientation):
+    """A phone stores a portrait photo sideways with an orientation tag: the network must see it upright, as the
+    browser that uploaded it shows it. Every decoder: torchvision's (JPEG, PNG, WebP), JPEG at reduced size
+    (Pillow's draft), Pillow's fallback (TIFF)."""
+    from alexnet.data.images import decode_rgb, oriented_size
+
+    stored = Image.fromarray(chelsea)  # 451×300
+    big = stored.resize((1804, 1200))
+    cases = {
+        "jpeg": (stored, "JPEG", {}, None),
+        "jpeg reduced": (big, "JPEG", {}, 256),
+        "png": (stored, "PNG", {}, None),
+        "webp": (stored, "WEBP", {"lossless": True}, None),
+        "tiff": (stored, "TIFF", {}, None),
+    }
+    for name, (img, fmt, options, min_side) in cases.items():
+        upright = decode_rgb(with_orientation(img, fmt, 1, **options), min_side=min_side)
+        turned = decode_rgb(with_orientation(img, fmt, orientation, **options), min_side=min_side)
+        want = np.ascontiguousarray(SHOWN[orientation](upright.permute(1, 2, 0).numpy()))
+        assert torch.equal(turned, torch.from_numpy(want).permute(2, 0, 1)), name
+        with Image.open(io.BytesIO(with_orientation(img, fmt, orientation, **options))) as header:
+            shown = (img.height, img.width) if orientation >= 5 else (img.width, img.height)
+            assert oriented_size(header) == shown, name  # from the header alone: serve, correspondence
+
+
+def test_the_exif_orientation_is_read_from_the_jpeg_header_in_either_byte_order_and_malformed_is_upright():
+    from alexnet.data.images import jpeg_orientation
+
+    def app1(tiff: bytes) -> bytes:
+        payload = b"Exif\0\0" + tiff
+        return b"\xff\xd8\xff\xe1" + (len(payload) + 2).to_bytes(2, "big") + payload + b"\xff\xdb\x00\x04ab"
+
+    def entry(order: str, tag: int, kind: int, value: int) -> bytes:
+        return tag.to_bytes(2, order) + kind.to_bytes(2, order) + (1).to_bytes(4, order) + value.to_bytes(
+            2, order
+        ) + b"\0\0"  # fmt: skip
+
+    for order, mark in (("little", b"II"), ("big", b"MM")):
+        head = mark + (42).to_bytes(2, order) + (8).to_bytes(4, order)
+        ifd = (2).to_bytes(2, order) + entry(order, 0x010F, 2, 0) + entry(order, 0x0112, 3, 6)
+        assert jpeg_orientation(app1(head + ifd)) == 6, order
+        assert jpeg_orientation(app1(head + ifd)[:40]) == 1, order  # cut short inside the IFD
+        assert (
+            jpeg_orientation(app1(head + (1).to_bytes(2, order) + entry(order, 0x0112, 3, 9))) == 1
+        )  # no such
+        assert (
+            jpeg_orientation(app1(head + (1).to_bytes(2, order) + entry(order, 0x0112, 4, 6))) == 1
+        )  # not SHORT
+        assert jpeg_orientation(app1(head[:4] + (4000).to_bytes(4, order))) == 1  # IFD0 past the segment
+    assert jpeg_orientation(app1(b"XX" + b"\0" * 20)) == 1  # no byte order
+    assert jpeg_orientation(b"\xff\xd8\xff\xe0\x00\x10JFIF\0") == 1  # no EXIF at all
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.binary(max_size=200))
+def test_no_jpeg_header_makes_the_orientation_reader_fail(tail):
+    from alexnet.data.images import jpeg_orientation, jpeg_size
+
+    for head in (b"\xff\xd8" + tail, b"\xff\xd8\xff\xe1\x00\x40Exif\0\0" + tail):
+        assert jpeg_orientation(head) in range(1, 9)
+        jpeg_size(head)
 
 
 def test_unreadable_files_are_named_up_to_the_limit_then_counted_in_one_line(caplog):

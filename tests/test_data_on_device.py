@@ -95,6 +95,21 @@ def test_large_jpegs_decoded_at_reduced_size_by_the_workers_equal_too(tmp_path):
     assert_same_batches(tmp_path / "big", train_transform(Preprocessing()), decode=False)
 
 
+@pytest.mark.parametrize("decode", MODES)
+def test_photos_turned_by_their_exif_orientation_come_out_upright_on_the_device_too(tmp_path, decode):
+    """nvJPEG (and torchvision's device decode) ignores EXIF orientation: such a file is decoded by the workers,
+    upright, and the batches equal the CPU loader's."""
+    folder = tmp_path / "turned" / "train" / "a"
+    folder.mkdir(parents=True)
+    for orientation, name in enumerate(PHOTOS, start=5):  # 5-8: the turns that swap width and height
+        exif = Image.Exif()
+        exif[0x0112] = orientation
+        Image.fromarray(getattr(skimage.data, name)()).convert("RGB").resize((300, 280)).save(
+            folder / f"{name}.jpg", exif=exif
+        )
+    assert_same_batches(tmp_path / "turned", train_transform(Preprocessing()), decode)
+
+
 def test_caffe_convention_and_no_flip_batches_equal_too(photo_root):
     pre = Preprocessing(
         input_size=224,

@@ -247,6 +247,17 @@ def test_bomb_is_refused_before_decoding(monkeypatch):
         uploads.decode_upload(png_bomb(7_000, 7_000))  # 49 megapixels: over our limit, under Pillow's
 
 
+def test_a_phone_photo_stored_sideways_is_analysed_upright_with_its_size_as_shown(client, chelsea):
+    """EXIF orientation 6 (a portrait photo stored landscape): the browser shows it upright, and so does the page."""
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    buf = io.BytesIO()
+    Image.fromarray(chelsea).save(buf, format="JPEG", exif=exif)  # stored 451×300
+    r = client.post("/api/images", content=buf.getvalue(), headers={"content-type": "image/jpeg"})
+    assert r.status_code == 200
+    assert (r.json()["width"], r.json()["height"]) == (300, 451)
+
+
 def test_a_real_image_with_a_lying_name_is_judged_by_its_bytes(client, chelsea):
     r = client.post("/api/images", content=jpeg_bytes(chelsea), headers={"content-type": "text/plain"})
     assert r.status_code == 200

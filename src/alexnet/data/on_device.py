@@ -48,6 +48,7 @@ from alexnet.data.images import (
     MAX_PIXELS,
     decode_rgb,
     elongation_problem,
+    jpeg_orientation,
     jpeg_size,
     read_bytes,
 )
@@ -154,8 +155,15 @@ class EncodedItems(Dataset):
         except ImageError as e:
             return BadSample(str(path), _reason(e, path)), target, seed
         if data[:3] == JPEG_SOI:
-            size = jpeg_size(data[:JPEG_HEADER_SCAN])
-            if size is not None and 0 < size[0] * size[1] <= MAX_PIXELS and elongation_problem(*size) is None:
+            head = data[:JPEG_HEADER_SCAN]
+            size = jpeg_size(head)
+            # nvJPEG does not apply an EXIF orientation: a turned photo is decoded here, upright
+            if (
+                size is not None
+                and 0 < size[0] * size[1] <= MAX_PIXELS
+                and elongation_problem(*size) is None
+                and jpeg_orientation(head) == 1
+            ):
                 return Encoded(str(path), torch.frombuffer(bytearray(data), dtype=torch.uint8)), target, seed
         try:  # not a JPEG, or one whose header the CPU decoder should judge
             image = decode_rgb(data, str(path), min_side=getattr(self.dataset, "min_side", None))

@@ -45,7 +45,7 @@ from alexnet.stopping import StopSignals, quiet_worker_signals
 
 log = logging.getLogger("alexnet.data")
 
-FORMAT = 1
+FORMAT = 2  # 2: EXIF orientation applied (a store of format 1 is ignored and packed again)
 DIR = ".packed"
 CHUNK = 512  # images per flush of the store (and per resume point)
 

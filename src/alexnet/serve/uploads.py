@@ -13,7 +13,7 @@ from typing import NamedTuple
 
 import torch
 
-from alexnet.data.images import decode_rgb, elongation_problem
+from alexnet.data.images import decode_rgb, elongation_problem, oriented_size
 from alexnet.errors import ImageError
 
 MAX_BYTES = 10_000_000  # 10 MB
@@ -50,14 +50,15 @@ def sniff(data: bytes) -> str:
 
 
 def header_size(data: bytes, max_pixels: int = MAX_PIXELS) -> tuple[int, int]:
-    """(width, height) from the image header only: no pixel data is decoded."""
+    """(width, height) as the image is shown (its EXIF orientation applied), from the header only: no pixel data
+    is decoded."""
     import re
 
     from PIL import Image, UnidentifiedImageError
 
     try:
         with Image.open(io.BytesIO(data)) as im:
-            return int(im.width), int(im.height)
+            return oriented_size(im)
     except Image.DecompressionBombError as e:  # Pillow's own header check (> 2 × its limit): a bomb for sure
         found = re.search(r"\((\d+) pixels\)", str(e))  # "Image size (900000000 pixels) exceeds limit …"
         size = f"{int(found[1]) / 1e6:,.0f} megapixels" if found else "a decompression bomb"

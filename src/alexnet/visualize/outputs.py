@@ -437,6 +437,7 @@ def write_correspondence(
     """ZF §4.2's correspondence analysis: Table 1 (returned as text, and in the JSON) and Fig. 8's masks."""
     from PIL import Image
 
+    from alexnet.data.images import oriented_size
     from alexnet.visualize.correspondence import correspondence, crop_position, plot_correspondence
 
     pre = preprocessing_of(model)
@@ -445,8 +446,10 @@ def write_correspondence(
     side = pre.input_size
     corners: dict[str, list[tuple[int, int]]] = {name: [] for name in parts}
     for i, path in enumerate(images):
-        with Image.open(path) as header:  # the file's own size, as the parts file counts: no second decode
-            width, height = header.size
+        with Image.open(
+            path
+        ) as header:  # the file's size as shown, as the parts file counts: no second decode
+            width, height = oriented_size(header)
         for name, points in parts.items():
             x, y = points[i]
             row, col = crop_position(pre.resize, side, height, width, x + 0.5, y + 0.5)  # the pixel's centre
