@@ -363,6 +363,22 @@ def test_the_store_is_ignored_when_it_does_not_fit_the_reader(folder, monkeypatc
     assert attach(ImageFolder(folder, "train", min_side=128), 128) is None
 
 
+def test_a_store_of_format_1_without_exif_orientation_is_ignored_and_packed_again(folder):
+    """Format 1 stored a photo with an EXIF orientation as it lies in the file, not turned as it is shown."""
+    pack(folder, "train", progress=False)
+    store = store_dir(folder, "train", 256)
+    meta = json.loads((store / "meta.json").read_text())
+    (store / "meta.json").write_text(json.dumps({**meta, "format": 1}))
+    pixels = store / "pixels.u8"
+    pixels.write_bytes(bytes(pixels.stat().st_size))  # what format 1 held is not what format 2 holds
+    assert PackedPixels.open(folder, "train", 256) is None  # read from the files meanwhile
+    again = pack(folder, "train", progress=False)
+    assert json.loads((store / "meta.json").read_text())["format"] == 2
+    files, patch = ImageFolder(folder, "train"), central_patch(256)
+    for index, (path, _) in enumerate(files.samples):
+        assert torch.equal(again.image(path), patch(files.load(index)[0])), path  # every row packed again
+
+
 @pytest.mark.parametrize("damage", ["truncated pixels", "no file list", "bad stat"])
 def test_a_damaged_store_is_ignored_with_a_warning_and_the_files_are_read(folder, caplog, damage):
     store = pack(folder, "train", progress=False).store
