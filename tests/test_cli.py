@@ -212,6 +212,16 @@ def test_predict_missing_weights_file(capsys, chelsea_jpeg, tmp_path):
     assert "no such weights file" in one_line_error(capsys)
 
 
+def test_a_run_folder_given_as_weights_names_its_weights_file(capsys, chelsea_jpeg, owt_weights, tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "model.safetensors").write_bytes(owt_weights.read_bytes())
+    assert main(["predict", str(chelsea_jpeg), "--weights", str(run)]) == 2
+    assert one_line_error(capsys).endswith(
+        f"{run}: a run folder, not a weights file; its weights are {run}/model.safetensors"
+    )
+
+
 def test_weights_for_another_model_are_refused(capsys, owt_weights, chelsea_jpeg):
     assert main(["predict", str(chelsea_jpeg), "--model", "alexnet", "--weights", str(owt_weights)]) == 2
     assert "holds weights for model 'alexnet_owt', not 'alexnet'" in one_line_error(capsys)

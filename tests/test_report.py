@@ -139,6 +139,7 @@ def test_an_existing_top9_folder_is_used_and_the_cli_prints_the_path(
     ("setup", "words"),
     [
         ("missing", "no such run folder"),
+        ("a-file", "run: a file, not a run folder"),
         ("no-weights", "model.safetensors"),
         ("bad-image", "no such image file"),
         ("corrupt-image", "broken.jpg: not an image"),
@@ -149,7 +150,9 @@ def test_an_existing_top9_folder_is_used_and_the_cli_prints_the_path(
 def test_bad_run_folders_are_one_line_and_exit_2(tmp_path, capsys, setup, words):
     run = tmp_path / "run"
     args = ["report", str(run), "--quiet"]
-    if setup != "missing":
+    if setup == "a-file":
+        run.write_bytes(b"")  # e.g. the run's model.safetensors given for the folder
+    elif setup != "missing":
         run.mkdir()
     if setup == "bad-image":
         make_run(run, None)

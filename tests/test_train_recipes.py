@@ -157,6 +157,11 @@ def _one_line_error(capsys: pytest.CaptureFixture, argv: list[str]) -> str:
         (["eval", "--weights", "{tmp}/missing.safetensors", "--data", "{tmp}"], "no such weights file"),
         (["eval", "--run", "{tmp}", "--data", "{tmp}"], "no model.safetensors"),
         (["eval", "--run", "{tmp}/missing", "--data", "{tmp}"], "missing: no such run folder"),
+        (
+            ["eval", "--run", "{tmp}/w.safetensors", "--data", "{tmp}"],
+            "w.safetensors: a file, not a run folder",
+        ),
+        (["eval", "--weights", "{tmp}/empty", "--data", "{tmp}"], "empty: a folder, not a weights file"),
         (["eval", "--weights", "x", "--batch-size", "0"], "--batch-size"),
     ],
 )
@@ -164,6 +169,7 @@ def test_bad_flags_and_paths_give_one_line_and_exit_code_2(
     argv: list[str], needle: str, tmp_path: Path, capsys: pytest.CaptureFixture
 ) -> None:
     (tmp_path / "empty").mkdir()
+    (tmp_path / "w.safetensors").write_bytes(b"")
     args = [a.replace("{tmp}", str(tmp_path)) for a in argv]
     if args[0] == "train" and "--device" not in args and "--data" not in args:
         args += ["--data", str(tmp_path / "no-such-data")] if "--resume" in args else []

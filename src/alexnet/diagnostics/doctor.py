@@ -185,7 +185,9 @@ def read_run(run_dir: str | Path) -> Run:
     """Load everything the doctor uses from a run folder; :class:`RunDirError` if there is no health log."""
     path = Path(run_dir)
     if not path.is_dir():
-        raise RunDirError(f"{path}: no such run folder")
+        from alexnet.train.run_folder import not_a_run_folder
+
+        raise RunDirError(not_a_run_folder(path))
     health = path / HEALTH_CSV
     if not health.is_file():
         raise RunDirError(f"{path}: no {HEALTH_CSV} (was the run trained with the HealthMonitor callback?)")

@@ -355,7 +355,9 @@ def build_report(
     opts = options or ReportOptions()
     run = Path(run_dir)
     if not run.is_dir():
-        raise DataError(f"{run}: no such run folder")
+        from alexnet.train.run_folder import not_a_run_folder
+
+        raise DataError(not_a_run_folder(run))
     model = load_run_model(run).to(opts.device)
     if opts.top9_layer is not None:  # a bad layer fails now, not after a minute of work
         from alexnet.visualize.hooks import check_trunk_layer

@@ -235,7 +235,13 @@ def read_weights(path: str | Path) -> tuple[dict[str, torch.Tensor], WeightsMeta
     ``weights_only=True``, told apart by the file's first bytes."""
     p = Path(path)
     if not p.is_file():
-        raise WeightsError(f"{p}: no such weights file" if not p.exists() else f"{p}: not a file")
+        if not p.exists():
+            raise WeightsError(f"{p}: no such weights file")
+        from alexnet.train.run_folder import WEIGHTS
+
+        if (p / WEIGHTS).is_file():  # a training run's folder
+            raise WeightsError(f"{p}: a run folder, not a weights file; its weights are {p / WEIGHTS}")
+        raise WeightsError(f"{p}: a folder, not a weights file")
     try:
         torch_file = _is_torch_file(p)
     except OSError as e:  # safetensors would report a file it may not read as missing
