@@ -222,6 +222,32 @@ def test_a_run_folder_given_as_weights_names_its_weights_file(capsys, chelsea_jp
     )
 
 
+def test_predict_takes_a_run_folder_and_runs_with_weights_as_an_ensemble(capsys, chelsea_jpeg, tmp_path):
+    names = [f"shape{i}" for i in range(4)]
+    runs = []
+    for seed in (0, 1):
+        torch.manual_seed(seed)
+        run = tmp_path / f"run{seed}"
+        run.mkdir()
+        save_weights(
+            alexnet.create_model("alexnet", num_classes=4),
+            run / "model.safetensors",
+            WeightsMeta(classes=names),
+        )
+        runs.append(run)
+    top = ["predict", str(chelsea_jpeg), "--topk", "4"]
+    assert main([*top, "--run", str(runs[0])]) == 0
+    assert main([*top, "--weights", str(runs[0] / "model.safetensors")]) == 0
+    by_run, by_file = capsys.readouterr().out.split(str(chelsea_jpeg))[1:]
+    assert by_run == by_file
+    assert main([*top, "--run", str(runs[0]), "--weights", str(runs[1] / "model.safetensors")]) == 0
+    assert main([*top, "--run", str(runs[0]), "--run", str(runs[1])]) == 0
+    mixed, both_runs = capsys.readouterr().out.split(str(chelsea_jpeg))[1:]
+    assert mixed == both_runs and mixed != by_run  # the two networks' averaged softmax
+    assert main(["predict", str(chelsea_jpeg)]) == 2
+    assert one_line_error(capsys).endswith("--weights FILE or --run DIR is required (a trained model)")
+
+
 def test_weights_for_another_model_are_refused(capsys, owt_weights, chelsea_jpeg):
     assert main(["predict", str(chelsea_jpeg), "--model", "alexnet", "--weights", str(owt_weights)]) == 2
     assert "holds weights for model 'alexnet_owt', not 'alexnet'" in one_line_error(capsys)

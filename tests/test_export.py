@@ -106,6 +106,29 @@ def test_even_lrn_size_is_refused():
         build_onnx(model)
 
 
+def test_cli_export_takes_a_training_runs_folder_instead_of_weights(tmp_path, capsys):
+    import onnx
+
+    from alexnet.weights import save_weights
+
+    weights = save_weights(build_model("caffenet", 10), tmp_path / "c.safetensors")
+    out = tmp_path / "c.onnx"
+    assert main(["export", "--weights", str(weights), "--out", str(out)]) == 0
+    run = tmp_path / "run"  # a training run's folder: its final weights
+    run.mkdir()
+    (run / "model.safetensors").write_bytes(weights.read_bytes())
+    assert main(["export", "--run", str(run), "--out", str(tmp_path / "run.onnx")]) == 0
+    initializers = [list(onnx.load(f).graph.initializer) for f in (out, tmp_path / "run.onnx")]
+    assert initializers[0] == initializers[1]  # the same network (the metadata names the file it came from)
+    capsys.readouterr()
+    assert (
+        main(["export", "--run", str(run), "--weights", str(weights), "--out", str(tmp_path / "y.onnx")]) == 2
+    )
+    assert "give --run or --weights, not both" in capsys.readouterr().err
+    assert main(["export", "--out", str(tmp_path / "y.onnx")]) == 2
+    assert "give --model NAME, --weights FILE or --run DIR" in capsys.readouterr().err
+
+
 def test_cli_export_writes_a_checked_file_and_refuses_bad_arguments(tmp_path, capsys):
     from alexnet.weights import save_weights
 

@@ -142,10 +142,11 @@ WEIGHTS_HELP = (
 
 
 def add_model_arguments(
-    p: argparse.ArgumentParser, *, required_weights: bool = False, ensemble: bool = False
+    p: argparse.ArgumentParser, *, required_weights: bool = False, ensemble: bool = False, run: bool = False
 ) -> None:
     """``--model M --weights W`` (``W``: see :data:`WEIGHTS_HELP`); with ``ensemble``, ``--weights`` may be
-    repeated (a list in ``args.weights``)."""
+    repeated (a list in ``args.weights``); with ``run``, ``--run DIR`` names a training run's final weights
+    instead (repeatable with ``ensemble``), which :func:`load_model_from_args` adds to the weights."""
     from alexnet.models import list_models
 
     p.add_argument(
@@ -166,6 +167,14 @@ def add_model_arguments(
             else ""
         ),
     )
+    if run:
+        p.add_argument(
+            "--run",
+            metavar="DIR",
+            action="append" if ensemble else "store",
+            help="a training run folder (uses DIR/model.safetensors)"
+            + ("; repeat it, or add --weights, for an ensemble" if ensemble else "; instead of --weights"),
+        )
 
 
 def add_device_argument(p: argparse.ArgumentParser) -> None:
@@ -192,13 +201,29 @@ def load_model_from_args(args: argparse.Namespace, *, need_weights: bool = False
     :class:`alexnet.models.ensemble.Ensemble` of them."""
     from alexnet.factory import create_model
 
+    if getattr(args, "run", None):
+        args.weights = _with_run_weights(args.weights, args.run)
     if not args.weights:
         if need_weights:
-            raise CommandError("--weights FILE is required (a trained model)")
+            asked = "--weights FILE or --run DIR" if hasattr(args, "run") else "--weights FILE"
+            raise CommandError(f"{asked} is required (a trained model)")
         if args.model is None:
-            raise CommandError("--model is required")
+            raise CommandError(
+                "give --model NAME, --weights FILE" + (" or --run DIR" if hasattr(args, "run") else "")
+            )
         return create_model(args.model)
     return load_weights_list(args.model, args.weights if isinstance(args.weights, list) else [args.weights])
+
+
+def _with_run_weights(weights: str | list[str] | None, runs: str | list[str]) -> str | list[str]:
+    """``--weights`` with ``--run``'s final weights added: to the list of an ensemble, or instead of one file."""
+    from alexnet.train.run_folder import run_weights
+
+    if isinstance(runs, list):  # add_model_arguments(..., ensemble=True)
+        return [*(weights or []), *(str(run_weights(r)) for r in runs)]
+    if weights is not None:
+        raise CommandError("give --run or --weights, not both")
+    return str(run_weights(runs))
 
 
 def load_weights_list(model: str | None, weights: list[str]) -> Any:

@@ -23,7 +23,7 @@ def register(sub: Any) -> None:
         "batch dimension and the weights' metadata; the file is written only if onnxruntime reproduces "
         "PyTorch's logits (relative tolerance 1e-4).",
     )
-    add_model_arguments(p)
+    add_model_arguments(p, run=True)
     p.add_argument("--format", default="onnx", choices=["onnx"], help="output format (onnx)")
     p.add_argument("--out", "-o", required=True, help="output .onnx file")
     p.add_argument("--input-size", type=int, help="image side in pixels (default: the weights' or model's)")

@@ -25,11 +25,12 @@ def register(sub: Any) -> None:
         "classify images with a trained model",
         "Top-k classes for each image: the weights' own preprocessing (shorter side 256, centre crop), "
         "class names from the weights or torchvision's ImageNet list. An unreadable image is one line on "
-        "stderr; the others are still classified, and the exit code is 2 if any failed. --weights given "
-        "more than once classifies with the networks' averaged softmax (an ensemble, AlexNet §6).",
+        "stderr; the others are still classified, and the exit code is 2 if any failed. The network: --weights "
+        "FILE or --run DIR (a training run's folder); two or more of them classify with the networks' averaged "
+        "softmax (an ensemble, AlexNet §6).",
     )
     p.add_argument("images", nargs="+", metavar="IMAGE")
-    add_model_arguments(p, required_weights=True, ensemble=True)
+    add_model_arguments(p, ensemble=True, run=True)
     p.add_argument("--topk", type=int, default=5, help="how many classes to show (default 5)")
     add_device_argument(p)
     p.set_defaults(func=run)

@@ -102,9 +102,8 @@ def _image_set(p: ArgumentParser, what: str, split: str, images: str) -> None:
 
 
 def _common(p: ArgumentParser, images: str = "+") -> None:
-    add_model_arguments(p)
+    add_model_arguments(p, run=True)
     add_device_argument(p)
-    p.add_argument("--run", metavar="DIR", help="a training run folder (uses DIR/model.safetensors)")
     p.add_argument(
         "--out", "-o", required=True, metavar="DIR", help="folder for the PNG / .npz / .json files"
     )
@@ -244,15 +243,9 @@ def register(sub: Any) -> None:
 def load_model(args: argparse.Namespace) -> Any:
     from alexnet.cli._common import load_model_from_args
 
-    if args.run is not None:
-        if args.weights is not None:
-            raise CommandError("give --run or --weights, not both")
-        from alexnet.train.run_folder import run_weights
-
-        path = run_weights(args.run)
-        args.weights = str(path)
+    if args.run is not None and args.model is None:  # older weights files may not record their model
         config = Path(args.run) / "config.json"
-        if args.model is None and config.is_file():  # older weights files may not record their model
+        if config.is_file():
             with contextlib.suppress(
                 OSError, ValueError, AttributeError
             ):  # else the weights' metadata decides
