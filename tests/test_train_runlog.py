@@ -98,3 +98,20 @@ def test_an_empty_log_left_by_a_killed_start_gets_its_header(tmp_path):
     log = CsvLog(tmp_path / "steps.csv", STEP_FIELDS)
     log.append({"step": 1, "epoch": 1, "lr": 0.1, "loss": 1.0})
     assert [r["step"] for r in log.rows()] == ["1"]
+
+
+def test_a_class_folder_without_images_is_named_in_the_log(tmp_path, data, caplog):
+    """torchvision's ImageFolder refuses it; a run goes on (the class has an output and validation images) and
+    says so, since it usually means an archive left unextracted."""
+    import shutil
+
+    copy = tmp_path / "data"
+    shutil.copytree(data, copy)
+    empty = sorted((copy / "train").iterdir())[-1]
+    for f in empty.iterdir():
+        f.unlink()
+    with caplog.at_level("WARNING", logger="alexnet.train"):
+        _train(copy, tmp_path / "run", max_steps=1)
+    line = f"1 class folder of {copy / 'train'} holds no images ({empty.name}): the network has an output for each"
+    assert line in caplog.text
+    assert line in (tmp_path / "run" / "train.log").read_text()

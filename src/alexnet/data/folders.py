@@ -118,6 +118,9 @@ class ImageFolder(torch.utils.data.Dataset):
             self.classes = list(class_names)[:classes] if classes is not None else list(class_names)
         self.class_to_idx = {c: i for i, c in enumerate(self.classes)}
         self.samples: list[tuple[Path, int]] = []
+        self.empty_classes: list[
+            str
+        ] = []  # class folders holding no files (torchvision's ImageFolder refuses them)
         for cls in self.classes:
             folder = split_dir / cls
             if not folder.is_dir():
@@ -128,6 +131,8 @@ class ImageFolder(torch.utils.data.Dataset):
             files = [folder / n for n in names]
             if images_per_class is not None:
                 files = files[:images_per_class]
+            if not files:
+                self.empty_classes.append(cls)
             self.samples.extend((f, self.class_to_idx[cls]) for f in files)
         if not self.samples:
             raise DataError(

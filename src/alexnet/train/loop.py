@@ -339,6 +339,17 @@ def _train(
             cfg.batch_size,
         )
         log_unreadable(data.skipped, verb="skipped")  # the up-front check's, now into train.log too
+        if empty := data.train.empty_classes:  # e.g. one of ILSVRC's 1000 class archives left unextracted
+            log.warning(
+                "%d class folder%s of %s hold%s no images (%s%s): the network has an output for each that no "
+                "training image teaches",
+                len(empty),
+                "s" if len(empty) > 1 else "",
+                data.train.root / data.train.split,
+                "" if len(empty) > 1 else "s",
+                ", ".join(empty[:5]),
+                " …" if len(empty) > 5 else "",
+            )
         for note in notes:
             log.warning("%s", note)
 
