@@ -7,7 +7,7 @@ import itertools
 
 import pytest
 import torch
-from hypothesis import given, settings
+from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 from torch import nn
 from torch.nn import functional as F
@@ -51,6 +51,13 @@ def test_forward_and_all_three_gradients_are_the_float64_sums(n, sizes, bias, re
     reference = classifier(sizes, bias, relu_last).eval().double()
     reference.load_state_dict(head.state_dict())
     x64 = x.detach().double().requires_grad_()
+    # A ReLU's derivative at a pre-activation within float32 rounding of 0 is decided by that rounding: one such
+    # unit flips a whole row of the input's gradient (hypothesis found 1.9e-8). Not this module's to pin down.
+    pre = x64.detach()
+    for layer in reference:
+        pre = layer(pre)
+        if isinstance(layer, nn.Linear):
+            assume(bool((pre.abs() > 1e-5 * (pre.abs().max() + 1e-3)).all()))
     y64 = reference(x64)
     y64.backward(g.double())
 
