@@ -37,6 +37,7 @@ demo: $(STAMP)
 
 # Two pytest workers (pytest-xdist): much of the suite is single-threaded process start-up (each `alexnet`
 # command imports torch and torchvision), so two workers on 2 cores took 11.8 min where one took 17 (Session 22).
+# Each worker runs torch on its share of the cores (tests/conftest.py): 10.6 min instead of 13.7 (Session 27).
 TEST_WORKERS ?= 2
 test: $(STAMP) browser
 	$(BIN)/python -m pytest -q -n $(TEST_WORKERS)
