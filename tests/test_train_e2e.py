@@ -20,7 +20,15 @@ import pytest
 import torch
 
 from alexnet.train.checkpoint import list_checkpoints, load_checkpoint
-from test_train_support import TINY, assert_same_losses, cli_command, run_cli, step_losses, tiny_data
+from test_train_support import (
+    TINY,
+    assert_same_losses,
+    cli_command,
+    register_tiny,
+    run_cli,
+    step_losses,
+    tiny_data,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -43,6 +51,17 @@ TRAIN = [
 @pytest.fixture(scope="module")
 def data(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tiny_data(tmp_path_factory.mktemp("data"))
+
+
+def refused(capsys: pytest.CaptureFixture, *args: str) -> str:
+    """stderr of an ``alexnet`` command that must be refused (exit code 2) before it trains: run in this process,
+    with the tiny model registered, since a refusal needs no process of its own (each costs seconds of imports)."""
+    from alexnet.cli import main
+
+    register_tiny()
+    capsys.readouterr()
+    assert main(list(args)) == 2
+    return capsys.readouterr().err
 
 
 def test_resume_after_kill_9_reproduces_the_uninterrupted_loss_curve_and_eval_reads_the_run(
@@ -153,7 +172,7 @@ def test_a_run_from_the_packed_store_trains_exactly_as_one_from_the_files(tmp_pa
 
 
 def test_resume_continues_in_the_folder_given_and_refuses_what_would_change_the_run(
-    tmp_path: Path, data: Path
+    tmp_path: Path, data: Path, capsys: pytest.CaptureFixture
 ) -> None:
     run = tmp_path / "run"
     args = [*TRAIN, "--data", str(data), "--checkpoint-every", "1"]
@@ -170,9 +189,8 @@ def test_resume_continues_in_the_folder_given_and_refuses_what_would_change_the_
 
     # A changed batch size would skip or repeat images: one line, exit code 2, nothing written.
     before = sorted(p.name for p in (copy / "checkpoints").iterdir())
-    changed = run_cli(tmp_path, "train", "--resume", "--out", str(copy), "--batch-size", "2", "-q")
-    assert changed.returncode == 2
-    assert changed.stderr.strip().splitlines() == [
+    changed = refused(capsys, "train", "--resume", "--out", str(copy), "--batch-size", "2", "-q")
+    assert changed.strip().splitlines() == [
         "alexnet: error: --resume: the run was trained with --batch-size 4, not 2; resume with the same value, "
         "or start a new run"
     ]
@@ -187,19 +205,16 @@ def test_resume_continues_in_the_folder_given_and_refuses_what_would_change_the_
     assert on_moved.returncode == 0, on_moved.stderr
     extra = sorted((moved / "train").glob("*/*"))[0]
     shutil.copy(extra, extra.with_name("extra_" + extra.name))
-    grown = run_cli(
-        tmp_path, "train", "--resume", "--out", str(copy), "--data", str(moved), "--max-steps", "5"
-    )
-    assert grown.returncode == 2 and "went over 24 training images, the data now has 25" in grown.stderr
+    grown = refused(capsys, "train", "--resume", "--out", str(copy), "--data", str(moved), "--max-steps", "5")
+    assert "went over 24 training images, the data now has 25" in grown
 
     # A new run into a folder that holds one (its checkpoints cleaned up) is refused, not mixed into it.
     shutil.rmtree(run / "checkpoints")
-    again = run_cli(tmp_path, *args, "--max-steps", "1", "--out", str(run))
-    assert again.returncode == 2 and "already holds a run" in again.stderr
+    assert "already holds a run" in refused(capsys, *args, "--max-steps", "1", "--out", str(run))
 
 
 def test_a_class_subset_trains_and_evaluates_on_those_classes_of_a_larger_val_split(
-    tmp_path: Path, data: Path
+    tmp_path: Path, data: Path, capsys: pytest.CaptureFixture
 ) -> None:
     run = tmp_path / "two"
     done = run_cli(
@@ -209,11 +224,5 @@ def test_a_class_subset_trains_and_evaluates_on_those_classes_of_a_larger_val_sp
     evaluated = run_cli(tmp_path, "eval", "--run", str(run), "--json", "--workers", "0")
     assert evaluated.returncode == 0, evaluated.stderr
     assert json.loads(evaluated.stdout)["images"] == 2 * 4  # val has 3 classes of 4 images; the run learnt 2
-    too_many = run_cli(
-        tmp_path, *TRAIN, "--data", str(data), "--classes", "5", "--out", str(tmp_path / "five")
-    )
-    assert (
-        too_many.returncode == 2
-        and "--classes 5: " in too_many.stderr
-        and "only 3 class folders" in too_many.stderr
-    )
+    too_many = refused(capsys, *TRAIN, "--data", str(data), "--classes", "5", "--out", str(tmp_path / "five"))
+    assert "--classes 5: " in too_many and "only 3 class folders" in too_many
