@@ -118,9 +118,8 @@ class ImageFolder(torch.utils.data.Dataset):
             self.classes = list(class_names)[:classes] if classes is not None else list(class_names)
         self.class_to_idx = {c: i for i, c in enumerate(self.classes)}
         self.samples: list[tuple[Path, int]] = []
-        self.empty_classes: list[
-            str
-        ] = []  # class folders holding no files (torchvision's ImageFolder refuses them)
+        # class folders holding no files (torchvision's ImageFolder refuses them; training warns)
+        self.empty_classes: list[str] = []
         for cls in self.classes:
             folder = split_dir / cls
             if not folder.is_dir():

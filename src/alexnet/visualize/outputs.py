@@ -446,9 +446,8 @@ def write_correspondence(
     side = pre.input_size
     corners: dict[str, list[tuple[int, int]]] = {name: [] for name in parts}
     for i, path in enumerate(images):
-        with Image.open(
-            path
-        ) as header:  # the file's size as shown, as the parts file counts: no second decode
+        # the file's size as shown, as the parts file counts: from its header, no second decode
+        with Image.open(path) as header:
             width, height = oriented_size(header)
         for name, points in parts.items():
             x, y = points[i]

@@ -241,7 +241,7 @@ def read_weights(path: str | Path) -> tuple[dict[str, torch.Tensor], WeightsMeta
 
         if (p / WEIGHTS).is_file():  # a training run's folder
             raise WeightsError(f"{p}: a run folder, not a weights file; its weights are {p / WEIGHTS}")
-        raise WeightsError(f"{p}: a folder, not a weights file")
+        raise WeightsError(f"{p}: a folder, not a weights file" if p.is_dir() else f"{p}: not a regular file")
     try:
         torch_file = _is_torch_file(p)
     except OSError as e:  # safetensors would report a file it may not read as missing
