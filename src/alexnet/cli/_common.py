@@ -202,7 +202,7 @@ def load_model_from_args(args: argparse.Namespace, *, need_weights: bool = False
     from alexnet.factory import create_model
 
     if getattr(args, "run", None):
-        args.weights = _with_run_weights(args.weights, args.run)
+        args.weights = with_run_weights(args.weights, args.run)
     if not args.weights:
         if need_weights:
             asked = "--weights FILE or --run DIR" if hasattr(args, "run") else "--weights FILE"
@@ -215,7 +215,7 @@ def load_model_from_args(args: argparse.Namespace, *, need_weights: bool = False
     return load_weights_list(args.model, args.weights if isinstance(args.weights, list) else [args.weights])
 
 
-def _with_run_weights(weights: str | list[str] | None, runs: str | list[str]) -> str | list[str]:
+def with_run_weights(weights: str | list[str] | None, runs: str | list[str]) -> str | list[str]:
     """``--weights`` with ``--run``'s final weights added: to the list of an ensemble, or instead of one file."""
     from alexnet.train.run_folder import run_weights
 

@@ -15,6 +15,7 @@ from alexnet.cli._common import (
     check_weights_exist,
     device_from_args,
     load_weights_list,
+    with_run_weights,
 )
 
 
@@ -30,13 +31,7 @@ def register(sub: Any) -> None:
         "as in training. Several --weights / --run are evaluated as one ensemble: their softmax outputs averaged "
         "(AlexNet §6), with ten crops each if asked.",
     )
-    add_model_arguments(p, ensemble=True)
-    p.add_argument(
-        "--run",
-        action="append",
-        help="a run folder written by alexnet train (uses its model.safetensors); repeat it, or add --weights, "
-        "for an ensemble",
-    )
+    add_model_arguments(p, ensemble=True, run=True)
     p.add_argument("--data", help="ImageNet-layout folder (default: the run's data, or the built-in set)")
     p.add_argument("--split", default="val", help="sub-folder to evaluate (default val)")
     p.add_argument(
@@ -54,16 +49,12 @@ def _weights_and_data(args: argparse.Namespace) -> tuple[list[str], str | None]:
     --run's recorded data."""
     if not args.weights and not args.run:
         raise CommandError("give --weights FILE or --run DIR (either repeated, for an ensemble)")
-    from alexnet.train.run_folder import run_weights
-
+    weights = with_run_weights(args.weights, args.run) if args.run else args.weights  # --weights first
     data = args.data
-    weights = list(args.weights or [])
     for folder in args.run or []:
-        run = Path(folder)
-        weights.append(str(run_weights(run)))
-        if data is None and (run / "config.json").is_file():
-            data = _run_data(run / "config.json")
-    return weights, data
+        if data is None and (Path(folder) / "config.json").is_file():
+            data = _run_data(Path(folder) / "config.json")
+    return list(weights), data
 
 
 def _run_data(config: Path) -> str | None:

@@ -52,12 +52,13 @@ def decode_rgb(
     if len(data) == 0:  # torch.frombuffer refuses empty buffers
         raise ImageError(f"{name}: empty file, not an image")
     raw = data if isinstance(data, torch.Tensor) else torch.frombuffer(bytearray(data), dtype=torch.uint8)
-    if min_side is not None and raw.numel() > 3 and bytes(raw[:3].tolist()) == JPEG_SOI:
+    magic = bytes(raw[:8].tolist())
+    if min_side is not None and raw.numel() > 3 and magic.startswith(JPEG_SOI):
         head = bytes(raw[:JPEG_HEADER_SCAN].numpy().tobytes())
         size = jpeg_size(head)
         if size is not None and min(size) >= 2 * min_side and elongation_problem(*size) is None:
             return _decode_jpeg_reduced(bytes(raw.numpy().tobytes()), min_side, name)
-    if raw.numel() >= 4 and bytes(raw[:4].tolist()) == GIF_MAGIC:
+    if magic.startswith(GIF_MAGIC):
         # torchvision decodes every frame of a GIF (frames×3×H×W: a small file of many frames is a memory
         # bomb); Pillow decodes only the first, the one we use
         img = _decode_with_pil(bytes(raw.numpy().tobytes()), name)
@@ -67,7 +68,6 @@ def decode_rgb(
         except (RuntimeError, ValueError):
             img = _decode_with_pil(bytes(raw.numpy().tobytes()), name)
         else:
-            magic = bytes(raw[:8].tolist())
             if not (magic.startswith(JPEG_SOI) or magic == PNG_MAGIC):  # torchvision turns only those two
                 img = orient(img, _pil_orientation(bytes(raw.numpy().tobytes())))
     if img.ndim == 4 and img.shape[0] >= 1:  # any other animated format torchvision decodes: the first frame
