@@ -55,6 +55,42 @@ def test_class_index_is_sorted_folder_order_like_torchvision(tmp_path, jpeg_byte
     assert [(str(p), t) for p, t in ds.samples] == tv.samples
 
 
+def test_files_in_sub_folders_of_a_class_count_in_torchvisions_order(tmp_path, jpeg_bytes):
+    from torchvision.datasets import ImageFolder as TVImageFolder
+
+    root = make_folder(tmp_path / "d", {"train": {"cat": 2, "dog": 1}}, jpeg_bytes)
+    for rel in ["cat/2019/b.jpg", "cat/2019/a.jpg", "cat/a b/z.jpg", "cat/2019/deep/y.jpg", "dog/0/x.jpg"]:
+        (root / "train" / rel).parent.mkdir(parents=True, exist_ok=True)
+        (root / "train" / rel).write_bytes(jpeg_bytes)
+    (root / "train" / "cat" / ".hidden").mkdir()
+    (root / "train" / "cat" / ".hidden" / "skipped.jpg").write_bytes(jpeg_bytes)
+    ds = ImageFolder(root, "train")
+    tv = TVImageFolder(root / "train", is_valid_file=lambda p: "/." not in p)
+    assert [(str(p), t) for p, t in ds.samples] == tv.samples
+    assert len(ds) == 8 and ds.empty_classes == []
+    first = ImageFolder(root, "train", images_per_class=3)  # the class folder's own files first
+    assert [p.relative_to(root / "train").as_posix() for p, _ in first.samples][:3] == [
+        "cat/img_000.jpg",
+        "cat/img_001.jpg",
+        "cat/2019/a.jpg",
+    ]
+
+
+def test_a_symbolic_link_loop_in_a_class_folder_is_listed_once_not_followed_forever(tmp_path, jpeg_bytes):
+    root = make_folder(tmp_path / "d", {"train": {"a": 1, "b": 1}}, jpeg_bytes)
+    (root / "train" / "a" / "loop").symlink_to(root / "train" / "a", target_is_directory=True)
+    (root / "train" / "b" / "more").symlink_to(tmp_path / "elsewhere", target_is_directory=True)  # dangling
+    (tmp_path / "shared").mkdir()
+    (tmp_path / "shared" / "s.jpg").write_bytes(jpeg_bytes)
+    (root / "train" / "b" / "linked").symlink_to(tmp_path / "shared", target_is_directory=True)
+    ds = ImageFolder(root, "train")
+    assert [p.relative_to(root / "train").as_posix() for p, _ in ds.samples] == [
+        "a/img_000.jpg",
+        "b/img_000.jpg",
+        "b/linked/s.jpg",
+    ]
+
+
 def test_subsets_take_first_classes_and_first_files(tmp_path, jpeg_bytes):
     root = make_folder(tmp_path / "d", {"train": {c: 5 for c in "dcba"}}, jpeg_bytes)
     ds = ImageFolder(root, "train", classes=2, images_per_class=3)

@@ -4,7 +4,8 @@ Class index = position in the sorted list of class-folder names, exactly as ``to
 so torchvision-ordered weights line up and ILSVRC's wnid folders (``n01440764`` …) work as they are.
 
 Subsets (ImageNet-100 style studies): ``classes=N`` keeps the first N classes in sorted order; ``images_per_class=K``
-keeps the first K files of each class in sorted file-name order. Both are pure functions of the folder listing.
+keeps the first K files of each class in torchvision's order (sorted file names; files in sub-folders of a class
+folder count too, after the folder's own). Both are pure functions of the folder listing.
 
 Bad files (corrupt, truncated, not an image): never fatal for a run, and never silent.
 
@@ -60,6 +61,38 @@ def class_folders(split_dir: Path) -> list[str]:
     return sorted(d.name for d in split_dir.iterdir() if d.is_dir() and not d.name.startswith("."))
 
 
+def files_under(folder: Path) -> list[Path]:
+    """The files of a class folder and of its sub-folders, in ``torchvision.datasets.ImageFolder``'s order (the
+    folders' paths sorted as strings, then the file names within each), so ``train/dog/2019/x.jpg`` counts as a
+    dog as torchvision counts it. Names starting with ``.`` are skipped; symbolic links are followed, and a folder
+    reached twice (a link loop) is listed once."""
+    listed: list[tuple[str, list[str]]] = []
+    seen: set[tuple[int, int]] = set()
+    todo = [str(folder)]
+    while todo:
+        path = todo.pop()
+        try:
+            st = os.stat(path)
+        except OSError:
+            continue  # a dangling link to a folder
+        if (st.st_dev, st.st_ino) in seen:
+            continue
+        seen.add((st.st_dev, st.st_ino))
+        names: list[str] = []
+        # os.scandir knows file types from the directory listing: no stat() per file (1.28 M on ImageNet).
+        with os.scandir(path) as entries:
+            for e in entries:
+                if e.name.startswith("."):
+                    continue
+                if e.is_dir():
+                    todo.append(e.path)
+                elif e.is_file():
+                    names.append(e.name)
+        listed.append((path, sorted(names)))
+    listed.sort()
+    return [Path(path, name) for path, names in listed for name in names]
+
+
 class ImageFolder(torch.utils.data.Dataset):
     """``ROOT/<split>/<class>/<files>`` as (image, class index) pairs.
 
@@ -68,7 +101,7 @@ class ImageFolder(torch.utils.data.Dataset):
         split: the sub-folder to read.
         transform: applied to the decoded ``uint8`` RGB 3×H×W tensor (see :mod:`alexnet.data.transforms`).
         classes: keep the first N classes (sorted folder names).
-        images_per_class: keep the first K files (sorted names) of each class.
+        images_per_class: keep the first K files of each class (:func:`files_under`'s order).
         class_names: the class list that defines the index (e.g. the train split's ``.found`` for val); a
             class missing from this split is fine, a folder not in the list is an error unless
             ``other_classes="ignore"`` (a model trained on a subset of the classes, evaluated on their images).
@@ -124,10 +157,7 @@ class ImageFolder(torch.utils.data.Dataset):
             folder = split_dir / cls
             if not folder.is_dir():
                 continue  # e.g. a class with no val images
-            # os.scandir knows file types from the directory listing: no stat() per file (1.28 M on ImageNet).
-            with os.scandir(folder) as entries:
-                names = sorted(e.name for e in entries if not e.name.startswith(".") and e.is_file())
-            files = [folder / n for n in names]
+            files = files_under(folder)
             if images_per_class is not None:
                 files = files[:images_per_class]
             if not files:
