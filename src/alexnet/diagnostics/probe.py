@@ -59,7 +59,7 @@ def folder_images(
     An ImageNet-layout ``root`` (with ``train/``), as every other command takes, is read from ``root/train``."""
     from torchvision.transforms import v2
 
-    from alexnet.data.folders import class_folders
+    from alexnet.data.folders import class_folders, files_under
     from alexnet.data.images import read_image
 
     if not root.is_dir():
@@ -75,7 +75,7 @@ def folder_images(
     )
     xs, ys = [], []
     for label, c in enumerate(classes):
-        files = sorted(p for p in (root / c).iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)[:per_class]
+        files = [p for p in files_under(root / c) if p.suffix.lower() in IMAGE_SUFFIXES][:per_class]
         for p in files:
             xs.append(tf(read_image(p)))
             ys.append(label)

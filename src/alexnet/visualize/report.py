@@ -149,8 +149,9 @@ def validation_images(root: Path | None, count: int) -> list[Path]:
     """``count`` validation images spread over the classes (the first of each class in turn)."""
     if root is None or count < 1:
         return []
-    classes = sorted(p for p in (root / "val").iterdir() if p.is_dir())
-    files = [sorted(f for f in c.iterdir() if f.is_file()) for c in classes]
+    from alexnet.data.folders import class_folders, files_under
+
+    files = [files_under(root / "val" / c) for c in class_folders(root / "val")]
     picked: list[Path] = []
     for i in range(max((len(f) for f in files), default=0)):
         for per_class in files:
