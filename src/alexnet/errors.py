@@ -41,7 +41,10 @@ class DataError(AlexnetError):
 
 
 class ImageError(DataError):
-    """A file that is not a decodable image."""
+    """A file that is not a decodable image. ``path``: the file, where the code reporting it knows it (the message
+    names it anyway)."""
+
+    path: str | None = None
 
 
 class TrainingError(AlexnetError):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -96,29 +97,94 @@ def predict(model: AlexNetFamily, images: torch.Tensor, topk: int = 5) -> list[l
     ]
 
 
+def image_paths(paths: Sequence[str | Path]) -> list[Path | ImageError]:
+    """The images named: a file as given (any name: it is decoded to see), a folder as the image files under it
+    (:data:`~alexnet.data.images.IMAGE_SUFFIXES`, sub-folders too, in
+    :func:`~alexnet.data.folders.files_under`'s order). A folder holding none is an :class:`ImageError` in its
+    place, for the caller to report."""
+    from alexnet.data.folders import files_under
+    from alexnet.data.images import IMAGE_SUFFIXES
+
+    found: list[Path | ImageError] = []
+    for given in paths:
+        path = Path(given)
+        if not path.is_dir():
+            found.append(path)
+            continue
+        images = [f for f in files_under(path) if f.suffix.lower() in IMAGE_SUFFIXES]
+        if not images:
+            error = ImageError(f"{path}: no image files in this folder")
+            error.path = str(path)
+            images = [error]
+        found.extend(images)
+    return found
+
+
 def predict_files(
     model: AlexNetFamily,
-    paths: Sequence[str | Path],
+    paths: Sequence[str | Path | ImageError],
     topk: int = 5,
     device: str = "cpu",
     on_error: Callable[[ImageError], None] | None = None,
+    *,
+    batch_size: int = 32,
+    threads: int | None = None,
+    stop: Callable[[], bool] | None = None,
 ) -> Iterator[tuple[str, list[Prediction]]]:
-    """Decode each file, apply the weights' preprocessing (centre crop) and yield its top-k. A large JPEG is
-    decoded at reduced size, never below the preprocessing's resize, as ``alexnet eval`` decodes it
-    (:func:`alexnet.data.images.decode_rgb`): the same input for the same file, several times faster.
+    """Decode each file, apply the weights' preprocessing (centre crop) and yield its top-k, in the order given.
+    A large JPEG is decoded at reduced size, never below the preprocessing's resize, as ``alexnet eval`` decodes
+    it (:func:`alexnet.data.images.decode_rgb`): the same input for the same file, several times faster.
 
-    A file that is not a readable image raises :class:`ImageError`; with ``on_error`` it is passed the error
-    instead and skipped, so one bad file among many does not stop the rest."""
+    Images go through the network ``batch_size`` at a time, decoded by ``threads`` threads (default: up to 4)
+    while the batch before them runs. ``stop``: asked before each batch; once true, the rest is not read.
+
+    A file that is not a readable image (or an :class:`ImageError` in ``paths``, see :func:`image_paths`) raises
+    :class:`ImageError`; with ``on_error`` it is passed the error instead and skipped, so one bad file among many
+    does not stop the rest."""
+    from concurrent.futures import Future, ThreadPoolExecutor
+
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be at least 1, got {batch_size}")
     transform = input_transform(model)
     min_side = preprocessing_of(model).resize
     model.to(device)
-    for path in paths:
+
+    def load(path: str | Path | ImageError) -> torch.Tensor | ImageError:
+        if isinstance(path, ImageError):
+            return path
         try:
-            image = read_image(path, min_side=min_side)
+            return transform(read_image(path, min_side=min_side))
         except ImageError as e:
-            if on_error is None:
-                raise
-            on_error(e)
-            continue
-        x = transform(image).unsqueeze(0).to(device)
-        yield str(path), predict(model, x, topk)[0]
+            e.path = e.path or str(path)
+            return e
+
+    def run(
+        batch: list[tuple[str, Future[torch.Tensor | ImageError]]],
+    ) -> Iterator[tuple[str, list[Prediction]]]:
+        loaded = [(name, future.result()) for name, future in batch]
+        good = [x for _, x in loaded if isinstance(x, torch.Tensor)]
+        preds = iter(predict(model, torch.stack(good).to(device), topk) if good else [])
+        for name, x in loaded:
+            if isinstance(x, ImageError):
+                if on_error is None:
+                    raise x
+                on_error(x)
+            else:
+                yield name, next(preds)
+
+    workers = threads if threads is not None else min(4, os.cpu_count() or 1)
+    pool = ThreadPoolExecutor(max_workers=max(1, workers), thread_name_prefix="predict-decode")
+
+    def submit(start: int) -> list[tuple[str, Future[torch.Tensor | ImageError]]]:
+        return [(str(p), pool.submit(load, p)) for p in paths[start : start + batch_size]]
+
+    try:
+        current = submit(0)
+        for start in range(0, len(paths), batch_size):
+            if stop is not None and stop():
+                break
+            upcoming = submit(start + batch_size)  # decoded in the threads while this batch runs
+            yield from run(current)
+            current = upcoming
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)  # an early stop: what is not yet decoding never starts

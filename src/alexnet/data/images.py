@@ -20,6 +20,11 @@ from torchvision.io import ImageReadMode, decode_image
 
 from alexnet.errors import ImageError
 
+# What a folder of photos given to `predict` is searched for (torchvision's IMG_EXTENSIONS, and GIF); a data set's
+# class folders take every file, so that a stray file is reported rather than skipped (alexnet.data.folders).
+IMAGE_SUFFIXES = frozenset(
+    {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm"}
+)
 MAX_PIXELS = 178_956_970  # Pillow's decompression-bomb limit
 # AlexNet §2 rescales the shorter side to 256: a 1×1,000,000 image (3 KB as a PNG) would become 256×256 M pixels.
 # No photograph is 100 times longer than wide; a panorama is about 10.

@@ -27,8 +27,6 @@ from alexnet.errors import DataError, TrainingError
 from alexnet.files import atomic_write
 from alexnet.train.callbacks import Callback, TrainContext
 
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
-
 
 def gratings(num_classes: int, per_class: int, size: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
     """Coloured sinusoidal gratings: class ``c`` has its own hue and orientation; phase, frequency, contrast
@@ -60,7 +58,7 @@ def folder_images(
     from torchvision.transforms import v2
 
     from alexnet.data.folders import class_folders, files_under
-    from alexnet.data.images import read_image
+    from alexnet.data.images import IMAGE_SUFFIXES, read_image
 
     if not root.is_dir():
         raise DataError(f"{root}: not a folder (expected ROOT/train/<class>/<image files> or ROOT/<class>/…)")
