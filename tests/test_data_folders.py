@@ -174,9 +174,10 @@ def test_more_than_one_percent_bad_stops_before_training(tmp_path, jpeg_bytes, c
     caplog.clear()
     with (
         caplog.at_level(logging.WARNING, logger="alexnet.data"),
-        pytest.raises(DataError, match=r"2 of 101 files .* unreadable .*zz_broken\.jpg"),
+        pytest.raises(DataError, match=r"2 of 101 files .* unreadable .*zz_broken\.jpg") as raised,
     ):
         check_split(too_many, progress=False)
+    assert str(raised.value).endswith(f"`alexnet data-pack {root} --split train --json` lists every one)")
     assert not caplog.records  # one error naming a few, not a line per bad file before it
 
 

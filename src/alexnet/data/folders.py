@@ -327,7 +327,8 @@ def check_split(
         names = "; ".join(f"{p}: {r}" for p, r in bad[:3])
         raise DataError(
             f"{len(bad)} of {total} files in {dataset.root / dataset.split} are unreadable "
-            f"({100 * len(bad) / total:.1f}% > {100 * max_bad_fraction:g}% allowed), e.g. {names}"
+            f"({100 * len(bad) / total:.1f}% > {100 * max_bad_fraction:g}% allowed), e.g. {names}; fix or remove "
+            f"them (`alexnet data-pack {dataset.root} --split {dataset.split} --json` lists every one)"
         )
     if not keep:
         raise DataError(f"no readable image in {dataset.root / dataset.split}")
