@@ -28,23 +28,39 @@ def test_console_script_help_lists_commands():
         assert cmd in r.stdout
 
 
-def test_help_and_argument_errors_answer_without_importing_torch():
-    """`alexnet --help`, a command's --help and its argument errors need no torch (3 s to import): the registry
-    is plain data and the commands import the library when they run."""
+def test_help_argument_errors_and_the_model_list_answer_without_importing_torch():
+    """`alexnet --help`, a command's --help, its argument errors (a misspelt model name among them) and
+    `alexnet models` need no torch (3 s to import): the registry is plain data and the commands import the
+    library when they run."""
     code = (
         "import sys, contextlib, io\n"
         "import alexnet\n"
         "from alexnet.cli import main\n"
         "assert 'zfnet' in alexnet.list_models()\n"
-        "for argv in (['--help'], ['train', '--help'], ['predict', '--help'], ['train', '--frobnicate']):\n"
+        "err = io.StringIO()\n"
+        "for argv in (['--help'], ['train', '--help'], ['predict', '--help'], ['train', '--frobnicate'],\n"
+        "             ['summary', 'zfnt'], ['bench', 'alexnet', 'vgg16'], ['train', '-m', 'nosuch'], ['models']):\n"
         "    with contextlib.suppress(SystemExit), contextlib.redirect_stdout(io.StringIO()), "
-        "contextlib.redirect_stderr(io.StringIO()):\n"
+        "contextlib.redirect_stderr(err):\n"
         "        main(argv)\n"
         "print(sorted(m for m in sys.modules if m == 'torch' or m.startswith('torch.')))\n"
+        "print(err.getvalue())\n"
     )
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr
-    assert r.stdout.strip() == "[]"
+    loaded, *errors = r.stdout.strip().splitlines()
+    assert loaded == "[]"
+    assert [e for e in errors if "unknown model" in e] == [
+        "alexnet summary: error: argument MODEL: unknown model 'zfnt'; did you mean 'zfnet'? choose one of: "
+        + ", ".join(alexnet.list_models())
+        + " (see alexnet summary --help)",
+        "alexnet bench: error: argument MODEL: unknown model 'vgg16'; choose one of: "
+        + ", ".join(alexnet.list_models())
+        + " (see alexnet bench --help)",
+        "alexnet train: error: argument --model/-m: unknown model 'nosuch'; choose one of: "
+        + ", ".join(alexnet.list_models())
+        + " (see alexnet train --help)",
+    ]
 
 
 def test_every_command_has_help(capsys):
@@ -99,7 +115,9 @@ def one_line_error(capsys) -> str:
 
 
 def test_unknown_model_is_one_line_exit_2(capsys):
-    assert main(["summary", "vgg16"]) == 2
+    with pytest.raises(SystemExit) as stopped:  # refused as the command line is read
+        main(["summary", "vgg16"])
+    assert stopped.value.code == 2
     assert "unknown model 'vgg16'" in one_line_error(capsys)
 
 

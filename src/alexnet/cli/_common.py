@@ -134,6 +134,19 @@ def add_command(sub: Any, name: str, help: str, description: str | None = None) 
     return sub.add_parser(name, help=help, description=description or help)
 
 
+def model_name(name: str) -> str:
+    """An argparse ``type``: a registered model's name, checked as the command line is read (the registry is plain
+    data: a misspelt name fails at once, before torch is imported), with the nearest name as a hint."""
+    from alexnet.errors import ModelNotFound
+    from alexnet.models.registry import get_config
+
+    try:
+        get_config(name)
+    except ModelNotFound as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+    return name
+
+
 WEIGHTS_HELP = (
     "weights: a .safetensors file written by alexnet, a .pth/.pt state dict, an .onnx or .caffemodel file "
     "(imported by structure), a published source name (see `alexnet weights sources`; fetched into the cache), "

@@ -7,7 +7,7 @@ import json
 import sys
 from typing import Any
 
-from alexnet.cli._common import CommandError, add_command
+from alexnet.cli._common import CommandError, add_command, model_name
 
 DEFAULT_MODELS = ("alexnet", "caffenet", "zfnet")
 
@@ -44,7 +44,7 @@ def register(sub: Any) -> None:
         "ALEXNET_MALLOC=system keeps glibc's default allocator "
         "(docs/performance.md).",
     )
-    p.add_argument("models", nargs="*", metavar="MODEL", help="registered model names")
+    p.add_argument("models", nargs="*", metavar="MODEL", type=model_name, help="registered model names")
     p.add_argument(
         "--mode",
         choices=("train", "infer", "both"),
@@ -106,11 +106,7 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     from alexnet.bench import Report, bench_data, format_report, machine_info, resolve_device, run_bench
-    from alexnet.models import list_models
 
-    unknown = [m for m in args.models if m not in list_models()]
-    if unknown:
-        raise CommandError(f"unknown model {unknown[0]!r}; choose from {', '.join(list_models())}")
     for opt in ("batch_size", "repeats", "memory_batch_size", "data_images"):
         if getattr(args, opt) < 1:
             raise CommandError(f"--{opt.replace('_', '-')} must be ≥ 1")

@@ -15,6 +15,7 @@ from alexnet.cli._common import (
     add_command,
     add_device_argument,
     device_from_args,
+    model_name,
     writable_file,
 )
 
@@ -64,7 +65,7 @@ def register(sub: Any) -> None:
     p.add_argument("--no-plot", action="store_true", help="do not write the PNG")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     g = p.add_argument_group("probe run (without RUN_DIR)")
-    g.add_argument("--model", "-m", help="model to probe (alexnet, caffenet, zfnet …)")
+    g.add_argument("--model", "-m", type=model_name, help="model to probe (alexnet, caffenet, zfnet …)")
     g.add_argument(
         "--data",
         help="ImageNet-layout folder ROOT/train/<class>/<images> (or ROOT/<class>/…; default: built-in gratings)",
@@ -117,10 +118,7 @@ def register(sub: Any) -> None:
 
 def _probe(args: argparse.Namespace) -> Path:
     from alexnet.diagnostics.probe import ProbeConfig, probe, probe_with_recipe
-    from alexnet.models import list_models
 
-    if args.model not in list_models():
-        raise CommandError(f"unknown model {args.model!r}; choose one of: {', '.join(list_models())}")
     for name in ("steps", "batch_size", "every", "classes"):
         if getattr(args, name) < 1 or (name == "classes" and args.classes < 2):
             raise CommandError(f"--{name.replace('_', '-')} must be at least {2 if name == 'classes' else 1}")

@@ -12,7 +12,7 @@ from alexnet.cli._common import add_command
 def register(sub: Any) -> None:
     p = add_command(sub, "models", "list the registered models")
     p.add_argument("--json", action="store_true", help="machine-readable output")
-    p.set_defaults(func=run)
+    p.set_defaults(func=run, without_torch=True)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -6,7 +6,7 @@ import argparse
 import json
 from typing import Any
 
-from alexnet.cli._common import CommandError, add_command
+from alexnet.cli._common import CommandError, add_command, model_name
 from alexnet.errors import InputSizeError
 
 
@@ -18,8 +18,10 @@ def register(sub: Any) -> None:
         "Per-layer table measured from the model itself (forward hooks). FLOPs count 2 per MAC for conv/fc "
         "plus the element-wise work of ReLU, LRN and pooling (see docs/architecture.md).",
     )
-    p.add_argument("models", nargs="*", metavar="MODEL", help="registered model name(s)")
-    p.add_argument("--compare", nargs="+", metavar="MODEL", help="side-by-side table of these models")
+    p.add_argument("models", nargs="*", metavar="MODEL", type=model_name, help="registered model name(s)")
+    p.add_argument(
+        "--compare", nargs="+", metavar="MODEL", type=model_name, help="side-by-side table of these models"
+    )
     p.add_argument("--input-size", type=int, help="input side in pixels (default: each model's own)")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(func=run)

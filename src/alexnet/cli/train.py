@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from alexnet.cli._common import CommandError, add_command, writable_folder
+from alexnet.cli._common import CommandError, add_command, model_name, writable_folder
 
 # flag → (TrainConfig field, type, help). Every flag defaults to None = "the recipe's value".
 _VALUE_FLAGS: list[tuple[str, str, Any, str]] = [
@@ -167,6 +167,7 @@ def register(sub: Any) -> None:
         "--model",
         "-m",
         default=None,
+        type=model_name,
         help="model name (see alexnet models); default: the recipe's (alexnet; bvlc_alexnet for caffe, "
         "zfnet for zeiler2013, alexnet_owt for torchvision)",
     )
@@ -200,7 +201,6 @@ def resolve_config(args: argparse.Namespace) -> Any:
     """The recipe (or, with ``--resume``, the run's saved config.json) with the given flags on top."""
     import time
 
-    from alexnet.models import list_models
     from alexnet.train.config import TrainConfig
     from alexnet.train.recipes import resolve_recipe
 
@@ -209,8 +209,6 @@ def resolve_config(args: argparse.Namespace) -> Any:
     for key in ("data", "stats"):  # recorded in config.json: valid from any working directory later
         if overrides.get(key) is not None:
             overrides[key] = str(Path(overrides[key]).absolute())
-    if args.model is not None and args.model not in list_models():
-        raise CommandError(f"unknown model {args.model!r}; choose one of: {', '.join(list_models())}")
     if args.resume:
         if args.out is None:
             raise CommandError("--resume needs --out RUN_DIR (the run folder to continue)")
