@@ -192,3 +192,26 @@ def test_report_opens_from_disk_in_chromium_with_every_image_decoded(report):
         assert [u for u in requests if not u.startswith("data:")] == [report.resolve().as_uri()]
         widths = page.evaluate("Array.from(document.images).map(i => i.naturalWidth)")
         assert np.all(np.array(widths) > 0)
+
+
+def test_a_run_that_has_not_finished_is_reported_with_its_newest_checkpoints_model(
+    tmp_path, tiny_data, caplog
+):
+    from test_train_support import fake_run_checkpoint
+
+    run = tmp_path / "run"
+    fake_run_checkpoint(run, 4)
+    fake_run_checkpoint(run, 8)  # 3 classes, alexnet at 99 px: what the summary table must show
+    (run / "config.json").write_text(
+        json.dumps({"model": "alexnet", "recipe": "demo", "data": str(tiny_data)})
+    )
+    (run / "metrics.csv").write_text(METRICS)
+    options = ReportOptions(top9_images=3, top9_channels=1, max_images=1, occlusion_stride=48, progress=False)
+    with caplog.at_level("WARNING", logger="alexnet.report"):
+        page = build_report(run, options=options).read_text()
+    assert "<title>alexnet — run run (not finished: the model of step-00000008.pt)</title>" in page
+    assert "<td>12.29k</td>" in page  # fc8: 4096·3 + 3, the checkpoint's network
+    assert [r.getMessage() for r in caplog.records] == [
+        f"{run} has not finished: the report shows the model of its newest checkpoint, "
+        f"{run / 'checkpoints' / 'step-00000008.pt'}"
+    ]

@@ -18,6 +18,7 @@ from alexnet.train.checkpoint import (
     save_checkpoint,
     set_rng_state,
 )
+from test_train_support import fake_run_checkpoint
 
 
 def test_rng_states_round_trip_through_a_weights_only_checkpoint(tmp_path: Path) -> None:
@@ -65,3 +66,48 @@ def test_unreadable_or_missing_checkpoints_are_training_errors(tmp_path: Path) -
     torch.save({"not": "ours"}, bad)
     with pytest.raises(TrainingError, match="not an alexnet training checkpoint"):
         load_checkpoint(bad)
+
+
+@pytest.mark.parametrize("recorded", [True, False])
+def test_a_checkpoint_loads_as_weights_with_its_runs_classes_and_preprocessing(
+    tmp_path: Path, recorded
+) -> None:
+    from alexnet.weights import load_pretrained
+
+    path, model = fake_run_checkpoint(tmp_path / "run", 7, recorded=recorded)
+    loaded = load_pretrained(None, path)
+    meta = loaded.weights_meta
+    assert meta.model == "alexnet" and meta.classes == ["a", "b", "c"] and loaded.num_classes == 3
+    assert meta.preprocessing.input_size == 99 and meta.preprocessing.resize == round(99 * 256 / 227)
+    assert meta.extra["step"] == 7 and "checkpoint of step 7" in meta.source
+    assert loaded.config == model.config
+    expected = model.state_dict()
+    assert loaded.state_dict().keys() == expected.keys()
+    assert all(torch.equal(v, expected[k]) for k, v in loaded.state_dict().items())
+
+
+def test_an_unfinished_run_names_its_newest_checkpoint_and_gives_it_where_that_is_asked_for(
+    tmp_path: Path,
+) -> None:
+    from alexnet.errors import WeightsError
+    from alexnet.train.run_folder import run_weights
+
+    run = tmp_path / "run"
+    (run / "checkpoints").mkdir(parents=True)
+    with pytest.raises(
+        WeightsError, match=r"no model\.safetensors in this run folder \(has the run finished\?\)"
+    ):
+        run_weights(run, checkpoint_ok=True)  # nothing to fall back on
+    for step in (9, 10, 2):
+        (run / "checkpoints" / f"step-{step:08d}.pt").write_bytes(b"")
+    (run / "checkpoints" / "step-00000099.pt.damaged").write_bytes(b"")
+    newest = run / "checkpoints" / "step-00000010.pt"
+    with pytest.raises(WeightsError) as refused:
+        run_weights(run)
+    assert str(refused.value) == (
+        f"{run}: no model.safetensors in this run folder: the run has not finished; `alexnet train --resume "
+        f"--out {run}` finishes it, or give its newest checkpoint as the weights: --weights {newest}"
+    )
+    assert run_weights(run, checkpoint_ok=True) == newest
+    (run / "model.safetensors").write_bytes(b"")
+    assert run_weights(run, checkpoint_ok=True) == run / "model.safetensors"  # the final weights first

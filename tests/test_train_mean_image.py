@@ -61,6 +61,27 @@ def test_a_mean_image_run_stores_its_mean_image_and_evaluates_and_predicts_with_
     assert tuple(mean_image.shape) == (3, meta.preprocessing.resize, meta.preprocessing.resize)
     ev = run_cli(tmp_path, "eval", "--run", str(run), "--data", str(data))
     assert ev.returncode == 0, ev.stderr
+    # The run's checkpoint loads as weights with the same record (a model not registered in this process; the
+    # mean image), and so does one written before checkpoints recorded them, rebuilt from the run's files.
+    (checkpoint,) = (run / "checkpoints").glob("step-*.pt")
+    state, from_checkpoint = read_weights(checkpoint)
+    old = torch.load(checkpoint, weights_only=True)
+    for key in ("architecture", "preprocessing", "mean_image"):
+        del old[key]
+    from alexnet.train.checkpoint import checkpoint_meta
+    from test_train_support import register_tiny
+
+    register_tiny()
+    for record in (from_checkpoint, checkpoint_meta(old, checkpoint)):
+        assert (record.model, record.classes, record.num_classes) == (
+            meta.model,
+            meta.classes,
+            meta.num_classes,
+        )
+        assert (record.preprocessing, record.config) == (meta.preprocessing, meta.config)
+        torch.testing.assert_close(record.tensors["mean_image"], mean_image, rtol=0, atol=0)
+    final, _ = read_weights(run / "model.safetensors")
+    assert all(torch.equal(state[k], final[k]) for k in final)  # the run ended where its last checkpoint is
 
     from alexnet.predict import input_transform, predict_files
 

@@ -8,6 +8,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 from alexnet.models import ArchConfig, Conv, Fc, register
 
@@ -101,3 +102,28 @@ def wait_for_steps(proc: subprocess.Popen, run: Path, steps: int, timeout: float
             break
         time.sleep(0.005)
     assert proc.poll() is None, "the run ended before it could be interrupted"
+
+
+def fake_run_checkpoint(run: Path, step: int, *, recorded: bool = True) -> tuple[Path, Any]:
+    """A checkpoint as `alexnet train` writes it (a 3-class alexnet at 99 px); ``recorded=False``: as written
+    before checkpoints recorded the architecture, preprocessing and mean image."""
+    import torch
+
+    import alexnet
+    from alexnet.train.checkpoint import save_checkpoint
+    from alexnet.train.data import preprocessing_for
+    from alexnet.train.recipes import resolve_recipe
+
+    cfg = resolve_recipe("demo", model="alexnet", input_size=99)
+    torch.manual_seed(step)
+    model = alexnet.create_model("alexnet", num_classes=3, input_size=99)
+    state: dict = {
+        "model": model.state_dict(),
+        "step": step,
+        "config": cfg.to_dict(),
+        "classes": ["a", "b", "c"],
+    }
+    if recorded:
+        pre, _ = preprocessing_for(cfg, 227)
+        state.update(architecture=model.config.to_dict(), preprocessing=pre.to_dict(), mean_image=None)
+    return save_checkpoint(run, state, step), model

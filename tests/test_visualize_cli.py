@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -309,3 +310,31 @@ def test_every_visualize_option_has_help_and_states_its_default() -> None:
             assert action.help, f"{name} has no help"
             if action.default not in (None, False):
                 assert "default" in action.help, f"{name}: the help does not state its default"
+
+
+def test_evolution_follows_a_run_that_has_not_finished_while_the_other_kinds_ask_for_its_final_weights(
+    setup, capsys, tmp_path: Path
+) -> None:
+    from test_train_support import fake_run_checkpoint
+
+    run = tmp_path / "run"
+    for step in (3, 6):
+        fake_run_checkpoint(run, step)
+    args = [
+        "--run",
+        str(run),
+        str(setup["img"]),
+        "--layer",
+        "conv2",
+        "--channels",
+        "0",
+        "--out",
+        str(tmp_path),
+    ]
+    code, lines, err = _run(capsys, ["evolution", *args])
+    assert code == 0, err
+    record = json.loads(next(Path(p) for p in lines if p.endswith(".json")).read_text())
+    assert record["snapshots"] == ["step 3", "step 6"]  # no epoch in these checkpoints
+    code, _, err = _run(capsys, ["deconv", "--run", str(run), str(setup["img"]), "--out", str(tmp_path)])
+    assert code == 2
+    assert f"the run has not finished; `alexnet train --resume --out {run}` finishes it" in err

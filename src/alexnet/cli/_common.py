@@ -148,7 +148,8 @@ def model_name(name: str) -> str:
 
 
 WEIGHTS_HELP = (
-    "weights: a .safetensors file written by alexnet, a .pth/.pt state dict, an .onnx or .caffemodel file "
+    "weights: a .safetensors file written by alexnet, a .pth/.pt state dict, a training run's checkpoint "
+    "(RUN/checkpoints/step-N.pt), an .onnx or .caffemodel file "
     "(imported by structure), a published source name (see `alexnet weights sources`; fetched into the cache), "
     "or 'torchvision' (alexnet_owt)"
 )
@@ -208,14 +209,17 @@ def device_from_args(args: argparse.Namespace) -> Any:
     return pick_device(args.device)
 
 
-def load_model_from_args(args: argparse.Namespace, *, need_weights: bool = False) -> Any:
+def load_model_from_args(
+    args: argparse.Namespace, *, need_weights: bool = False, unfinished_ok: bool = False
+) -> Any:
     """Build the model named by ``--model`` / ``--weights``; fail with one clear line when they do not fit.
     ``--weights`` given more than once (``add_model_arguments(..., ensemble=True)``) gives an
-    :class:`alexnet.models.ensemble.Ensemble` of them."""
+    :class:`alexnet.models.ensemble.Ensemble` of them. ``unfinished_ok``: a ``--run`` that has not finished
+    gives its newest checkpoint (:func:`alexnet.train.run_folder.run_weights`)."""
     from alexnet.factory import create_model
 
     if getattr(args, "run", None):
-        args.weights = with_run_weights(args.weights, args.run)
+        args.weights = with_run_weights(args.weights, args.run, unfinished_ok=unfinished_ok)
     if not args.weights:
         if need_weights:
             asked = "--weights FILE or --run DIR" if hasattr(args, "run") else "--weights FILE"
@@ -228,15 +232,18 @@ def load_model_from_args(args: argparse.Namespace, *, need_weights: bool = False
     return load_weights_list(args.model, args.weights if isinstance(args.weights, list) else [args.weights])
 
 
-def with_run_weights(weights: str | list[str] | None, runs: str | list[str]) -> str | list[str]:
-    """``--weights`` with ``--run``'s final weights added: to the list of an ensemble, or instead of one file."""
+def with_run_weights(
+    weights: str | list[str] | None, runs: str | list[str], *, unfinished_ok: bool = False
+) -> str | list[str]:
+    """``--weights`` with ``--run``'s final weights added: to the list of an ensemble, or instead of one file.
+    ``unfinished_ok``: a run that has not finished gives its newest checkpoint."""
     from alexnet.train.run_folder import run_weights
 
     if isinstance(runs, list):  # add_model_arguments(..., ensemble=True)
-        return [*(weights or []), *(str(run_weights(r)) for r in runs)]
+        return [*(weights or []), *(str(run_weights(r, checkpoint_ok=unfinished_ok)) for r in runs)]
     if weights is not None:
         raise CommandError("give --run or --weights, not both")
-    return str(run_weights(runs))
+    return str(run_weights(runs, checkpoint_ok=unfinished_ok))
 
 
 def load_weights_list(model: str | None, weights: list[str]) -> Any:

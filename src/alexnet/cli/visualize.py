@@ -250,7 +250,8 @@ def load_model(args: argparse.Namespace) -> Any:
                 OSError, ValueError, AttributeError
             ):  # else the weights' metadata decides
                 args.model = json.loads(config.read_text()).get("model")
-    return load_model_from_args(args)
+    # evolution is about a run's checkpoints: one still training, or stopped, has them without its final weights
+    return load_model_from_args(args, unfinished_ok=args.kind == "evolution")
 
 
 def run(args: argparse.Namespace) -> int:

@@ -8,20 +8,24 @@ Files are ``checkpoints/step-00001234.pt``, written to a temporary name and rena
 
 from __future__ import annotations
 
+import json
 import logging
 import random
 import re
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 
-from alexnet.errors import TrainingError
+from alexnet.errors import AlexnetError, TrainingError, WeightsError
 from alexnet.files import atomic_write
-from alexnet.weights.io import load_failure
+from alexnet.weights.io import CHECKPOINT_FORMAT, load_failure
 
-FORMAT = "alexnet-checkpoint/1"
+if TYPE_CHECKING:
+    from alexnet.weights.io import WeightsMeta
+
+FORMAT = CHECKPOINT_FORMAT
 log = logging.getLogger("alexnet.train")
 _NAME = re.compile(r"^step-(\d+)\.pt$")
 
@@ -86,6 +90,67 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise TrainingError(f"{path}: not an alexnet training checkpoint")
     return state
+
+
+def checkpoint_meta(state: dict[str, Any], path: str | Path) -> WeightsMeta:
+    """What the run's final ``model.safetensors`` would record, for the model in a checkpoint: its architecture,
+    classes, preprocessing and mean image, so that a checkpoint feeds ``predict``, ``eval`` and the
+    visualisations as the run fed it. Checkpoints record them (``architecture``, ``preprocessing``,
+    ``mean_image``); for older ones they are rebuilt from the run's configuration, the registered model and the
+    run's statistics file. :class:`~alexnet.errors.WeightsError` when the checkpoint lacks what that needs."""
+    from alexnet.data.preprocess import Preprocessing
+    from alexnet.models import ArchConfig
+    from alexnet.train.config import TrainConfig
+    from alexnet.weights.io import WeightsMeta
+
+    path = Path(path)
+    built, saved = state.get("architecture"), state.get("preprocessing")
+    try:
+        cfg = TrainConfig.from_dict(state["config"])
+        classes = [str(c) for c in state["classes"]]
+        if isinstance(built, dict) and isinstance(saved, dict):
+            arch, pre = ArchConfig.from_dict(built), Preprocessing.from_dict(saved)
+            mean_image = state.get("mean_image")
+        else:
+            arch, pre, mean_image = _rebuilt(cfg, len(classes), path)
+    except (KeyError, TypeError, ValueError, AlexnetError) as e:
+        raise WeightsError(
+            f"{path}: a training checkpoint without a usable run configuration ({e})"
+        ) from None
+    run_dir = path.parent.parent if path.parent.name == "checkpoints" else path.parent
+    return WeightsMeta(
+        model=cfg.model,
+        num_classes=len(classes),
+        classes=classes,
+        preprocessing=pre,
+        source=f"alexnet train --recipe {cfg.recipe} ({run_dir}), checkpoint of step {state.get('step')}",
+        config=json.loads(
+            json.dumps(arch.to_dict())
+        ),  # as a weights file's record reads back: lists, not tuples
+        extra={"recipe": cfg.recipe, "trained_on": str(cfg.data or ""), "step": state.get("step")},
+        tensors={"mean_image": mean_image} if isinstance(mean_image, torch.Tensor) else {},
+    )
+
+
+def _rebuilt(cfg: Any, num_classes: int, path: Path) -> tuple[Any, Any, torch.Tensor | None]:
+    """An older checkpoint's architecture, preprocessing and mean image, as the training run derived them."""
+    from alexnet.data.stats import DataStats, stats_file
+    from alexnet.models import get_config
+    from alexnet.train.data import STATS_FILE, preprocessing_for
+
+    registered = get_config(cfg.model)
+    overrides: dict[str, Any] = {"dropout": cfg.dropout, "num_classes": num_classes}
+    if cfg.input_size is not None:
+        overrides["input_size"] = cfg.input_size
+    stats = None
+    if cfg.stats is not None or cfg.normalize == "image":
+        run_dir = path.parent.parent if path.parent.name == "checkpoints" else path.parent
+        stats_path = stats_file(cfg.stats) if cfg.stats is not None else run_dir / STATS_FILE
+        if not stats_path.is_file():
+            raise WeightsError(f"{path}: the run's data statistics ({stats_path}) are missing")
+        stats = DataStats.load(stats_path)
+    pre, mean_image = preprocessing_for(cfg, registered.input_size, stats)
+    return registered.with_overrides(**overrides), pre, mean_image
 
 
 def latest_checkpoint(run_dir: str | Path, notes: list[str] | None = None) -> dict[str, Any]:

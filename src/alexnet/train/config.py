@@ -202,5 +202,10 @@ class TrainConfig:
             raise TrainingError(f"{path}: not a readable config.json ({e})") from None
         if not isinstance(data, dict):
             raise TrainingError(f"{path}: not a config.json (it holds {type(data).__name__}, not settings)")
+        return cls.from_dict(data)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
+        """The settings a config.json or a checkpoint holds; keys this version does not know are left out."""
         known = {f.name for f in fields(cls)}
         return cls(**{k: v for k, v in data.items() if k in known})

@@ -423,6 +423,12 @@ def _train(
                     "config": cfg.to_dict(),
                     "classes": list(data.classes),
                     "train_images": len(data.train),
+                    # what the final weights file records, so that a checkpoint loads as weights too
+                    # (alexnet.train.checkpoint.checkpoint_meta): the network as built (an unregistered variant
+                    # too), its input's preprocessing and mean image
+                    "architecture": model.config.to_dict(),
+                    "preprocessing": pre.to_dict(),
+                    "mean_image": data.mean_image,
                 },
                 step,
                 keep=cfg.keep_checkpoints,

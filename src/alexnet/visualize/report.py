@@ -20,6 +20,7 @@ import csv
 import html
 import io
 import json
+import logging
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -40,6 +41,7 @@ if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
 REPORT = "report.html"
+log = logging.getLogger("alexnet.report")
 
 
 @dataclass
@@ -127,11 +129,14 @@ def read_json(path: Path) -> dict[str, Any]:
     return data if isinstance(data, dict) else {}
 
 
-def load_run_model(run_dir: Path) -> AlexNetFamily:
+def load_run_model(run_dir: Path) -> tuple[AlexNetFamily, Path]:
+    """The run's final model, or the newest checkpoint's when the run has not finished (a report of a run that
+    stopped, crashed or is still training: its curves and its model so far), and the file it came from."""
     from alexnet.train.run_folder import run_weights
     from alexnet.weights import load_pretrained
 
-    return load_pretrained(None, run_weights(run_dir)).eval()
+    weights = run_weights(run_dir, checkpoint_ok=True)
+    return load_pretrained(None, weights).eval(), weights
 
 
 def data_root(config: dict[str, Any]) -> Path | None:
@@ -359,7 +364,13 @@ def build_report(
         from alexnet.train.run_folder import not_a_run_folder
 
         raise DataError(not_a_run_folder(run))
-    model = load_run_model(run).to(opts.device)
+    model, weights = load_run_model(run)
+    model = model.to(opts.device)
+    unfinished = weights.suffix == ".pt"
+    if unfinished:
+        log.warning(
+            "%s has not finished: the report shows the model of its newest checkpoint, %s", run, weights
+        )
     if opts.top9_layer is not None:  # a bad layer fails now, not after a minute of work
         from alexnet.visualize.hooks import check_trunk_layer
 
@@ -454,6 +465,8 @@ def build_report(
         bar.close()
 
     title = f"{model.config.name} — run {run.resolve().name}"
+    if unfinished:
+        title += f" (not finished: the model of {weights.name})"
     cfg_rows = "".join(f"<tr><th>{esc(k)}</th><td>{esc(v)}</td></tr>" for k, v in config.items())
     nav = "".join(f"<a href='#{sid}'>{esc(t)}</a>" for sid, t, _ in sections)
     body = "".join(

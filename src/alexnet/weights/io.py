@@ -23,6 +23,7 @@ if TYPE_CHECKING:
     from alexnet.models import ArchConfig
 
 EXTRA_PREFIX = "__extra__."  # tensors that are not parameters (e.g. a per-pixel mean image)
+CHECKPOINT_FORMAT = "alexnet-checkpoint/1"  # a training run's checkpoint (alexnet.train.checkpoint)
 TORCH_SUFFIXES = (".pth", ".pt", ".bin", ".ckpt")  # names that promise torch.save's format to other tools
 
 
@@ -279,6 +280,11 @@ def _read_torch(p: Path) -> tuple[dict[str, torch.Tensor], WeightsMeta]:
             obj = torch.load(f, map_location="cpu", weights_only=True)
     except Exception as e:  # the weights-only unpickler fails on junk with KeyError, IndexError, …
         raise WeightsError(f"{p}: not a loadable PyTorch weights file ({load_failure(e)})") from None
+    meta = WeightsMeta()
+    if isinstance(obj, dict) and obj.get("format") == CHECKPOINT_FORMAT:  # a training run's checkpoint
+        from alexnet.train.checkpoint import checkpoint_meta
+
+        meta = checkpoint_meta(obj, p)
     if isinstance(obj, dict):
         for key in ("state_dict", "model", "model_state"):
             if isinstance(obj.get(key), dict):
@@ -286,8 +292,8 @@ def _read_torch(p: Path) -> tuple[dict[str, torch.Tensor], WeightsMeta]:
                 break
     if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
         raise WeightsError(f"{p}: does not hold a state dict of tensors")
-    state = {k.removeprefix("module."): v for k, v in obj.items()}
-    return state, WeightsMeta()
+    state = {k.removeprefix("module.").removeprefix("_orig_mod."): v for k, v in obj.items()}
+    return state, meta
 
 
 def load_failure(e: Exception) -> str:
