@@ -64,9 +64,11 @@ def test_alexnet_malloc_system_leaves_glibc_alone():
     assert not found["heap"]
 
 
-def test_every_command_tunes_the_allocator_before_running(capsys, monkeypatch):
+def test_every_command_that_computes_tunes_the_allocator_before_running(capsys, monkeypatch):
     monkeypatch.setattr(malloc, "state", "glibc defaults")
-    assert main(["models"]) == 0
+    assert main(["models"]) == 0  # a list of names: no torch, nothing to tune
+    assert malloc.state == "glibc defaults"
+    assert main(["summary", "alexnet", "--json"]) == 0
     assert malloc.state == "glibc heap, freed memory kept (mmap off)"
 
 
