@@ -100,6 +100,26 @@ def test_export_then_import_gives_back_the_same_model_and_metadata(tmp_path):
     assert pre is not None and pre.input_size == 227 and pre.channel_order == "RGB"
 
 
+def test_weights_info_reads_an_onnx_file_by_structure_and_shows_what_its_import_would_record(
+    tmp_path, capsys
+):
+    from alexnet.weights.io import WeightsMeta
+
+    model = small("caffenet", seed=4)
+    model.weights_meta = WeightsMeta(classes=[f"c{i}" for i in range(10)], source="unit test", license="MIT")
+    export_onnx(model, tmp_path / "m.onnx")
+    capsys.readouterr()
+    assert main(["weights", "info", str(tmp_path / "m.onnx")]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].startswith("file:           an ONNX graph; `alexnet weights import")
+    params = sum(t.numel() for t in model.state_dict().values())
+    assert lines[1] == f"model:          caffenet  (10 classes, {params:,} parameters)"
+    assert "source:         unit test" in lines and "license:        MIT" in lines
+    (tmp_path / "junk.onnx").write_text("not a graph")
+    assert main(["weights", "info", str(tmp_path / "junk.onnx")]) == 2
+    assert "not a readable ONNX model" in capsys.readouterr().err
+
+
 def test_even_lrn_size_is_refused():
     model = small("alexnet", lrn=LRN(size=4, alpha=1e-4, beta=0.75, k=2.0))
     with pytest.raises(ExportError, match="LRN size 4 is even"):

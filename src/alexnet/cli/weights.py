@@ -80,7 +80,12 @@ def register(sub: Any) -> None:
     src.set_defaults(func=run_sources)
 
     info = add_command(actions, "info", "show the metadata stored with a weights file")
-    info.add_argument("file", metavar="FILE.safetensors")
+    info.add_argument(
+        "file",
+        metavar="FILE",
+        help="a .safetensors file, a .pth/.pt state dict or training checkpoint, or an .onnx / .caffemodel file "
+        "(read by structure)",
+    )
     info.set_defaults(func=run_info)
 
 
@@ -196,8 +201,19 @@ def run_info(args: argparse.Namespace) -> int:
     import json
 
     from alexnet.weights import read_weights
+    from alexnet.weights.sources import FOREIGN_SUFFIXES, load_foreign
 
-    state, meta = read_weights(args.file)
+    path = Path(args.file)
+    if path.suffix in FOREIGN_SUFFIXES and path.is_file():
+        # what `weights import` would record, read by structure (an ONNX graph is checked in onnxruntime too)
+        imported = load_foreign(path)
+        state, meta = imported.state_dict(), imported.weights_meta
+        kind = "an ONNX graph" if path.suffix == ".onnx" else "a Caffe model"
+        print(
+            f"file:           {kind}; `alexnet weights import {path} --out FILE.safetensors` writes it as ours"
+        )
+    else:
+        state, meta = read_weights(path)
     params = sum(t.numel() for t in state.values())
     model = meta.model or "unknown (the file records no metadata: a plain state dict)"
     classes = f"{meta.num_classes} classes, " if meta.num_classes is not None else ""
