@@ -100,7 +100,7 @@ def test_an_empty_log_left_by_a_killed_start_gets_its_header(tmp_path):
     assert [r["step"] for r in log.rows()] == ["1"]
 
 
-def test_a_class_folder_without_images_is_named_in_the_log(tmp_path, data, caplog):
+def test_a_class_folder_without_images_is_named_in_the_log_and_on_the_console(tmp_path, data, caplog, capsys):
     """torchvision's ImageFolder refuses it; a run goes on (the class has an output and validation images) and
     says so, since it usually means an archive left unextracted."""
     import shutil
@@ -115,3 +115,17 @@ def test_a_class_folder_without_images_is_named_in_the_log(tmp_path, data, caplo
     line = f"1 class folder of {copy / 'train'} holds no images ({empty.name}): the network has an output for each"
     assert line in caplog.text
     assert line in (tmp_path / "run" / "train.log").read_text()
+    assert f"alexnet: warning: {line}" in capsys.readouterr().err  # train.log's handler silences Python's own
+
+
+def test_resuming_a_run_already_at_its_last_step_says_that_nothing_is_trained(tmp_path, data, capsys):
+    _train(data, tmp_path / "run", max_steps=2)
+    (tmp_path / "run" / "model.safetensors").unlink()
+    capsys.readouterr()
+    result = _train(data, tmp_path / "run", max_steps=1, resume=True)
+    assert result.steps == 2
+    err = capsys.readouterr().err
+    assert (
+        "alexnet: warning: --resume: the checkpoint is at step 2, not before this run's last step (1): nothing is "
+        "trained; the run ends with the checkpoint's weights\n"
+    ) in err

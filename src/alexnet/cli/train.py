@@ -243,7 +243,8 @@ def run(args: argparse.Namespace) -> int:
     result = train(cfg, resume=args.resume, progress=not args.quiet, callbacks=callbacks)
     if result.weights is None:  # not rank 0
         return 0
-    print(f"run folder: {result.run_dir}  ({result.steps} steps, {result.minutes:.1f} min)")
+    steps = f"{result.steps} step" + ("" if result.steps == 1 else "s")
+    print(f"run folder: {result.run_dir}  ({steps}, {result.minutes:.1f} min)")
     if result.final is not None:
         f = result.final
         print(

@@ -29,6 +29,7 @@ import torch
 from torch import nn
 
 from alexnet.models import eager
+from alexnet.train.runlog import ON_CONSOLE
 
 log = logging.getLogger(__name__)
 
@@ -74,7 +75,11 @@ class GraphedForward:
             except RuntimeError as e:  # an operation a graph cannot hold: the run goes on, eagerly
                 self.model.__dict__.pop("forward", None)
                 self.failed = True
-                log.warning("--cuda-graph: could not capture the training step (%s); it runs eagerly", e)
+                log.warning(
+                    "--cuda-graph: could not capture the training step (%s); it runs eagerly",
+                    e,
+                    extra=ON_CONSOLE,
+                )
                 return self.model(images)
             log.info("--cuda-graph: the training forward and backward captured as CUDA graphs")
         self.replays += 1

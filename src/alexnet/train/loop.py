@@ -49,6 +49,7 @@ from alexnet.train.run_folder import WEIGHTS
 from alexnet.train.runlog import (
     METRIC_FIELDS,
     METRICS,
+    ON_CONSOLE,
     STEP_FIELDS,
     STEPS,
     CsvLog,
@@ -299,7 +300,7 @@ def _train(
     forward = GraphedForward(net, cfg.amp) if cfg.cuda_graph else net
 
     writer = None
-    handler = None
+    handler: list[Any] | None = None
     steps_log = metrics_log = None
     if info.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
@@ -349,9 +350,19 @@ def _train(
                 "" if len(empty) > 1 else "s",
                 ", ".join(empty[:5]),
                 " …" if len(empty) > 5 else "",
+                extra=ON_CONSOLE,
             )
         for note in notes:
-            log.warning("%s", note)
+            log.warning("%s", note, extra=ON_CONSOLE)
+        if state is not None and step >= total_steps:  # e.g. --resume with a --max-steps below the run's step
+            log.warning(
+                "--resume: the checkpoint is at step %d, not before this run's last step (%d): nothing is "
+                "trained; the run ends with the checkpoint's weights%s",
+                step,
+                total_steps,
+                " (a longer run: a larger --max-steps or --epochs)" if step == total_steps else "",
+                extra=ON_CONSOLE,
+            )
 
     ctx = TrainContext(
         model=model,

@@ -33,19 +33,44 @@ STEP_FIELDS = ["step", "epoch", "lr", "loss"]
 log = logging.getLogger("alexnet.train")
 
 
-def attach_log_file(run_dir: Path) -> logging.Handler:
-    """Send the package's log records (skipped files from :mod:`alexnet.data`, run events) to ``train.log``."""
+# ``extra=`` of a warning that the person at the terminal must see as well as train.log (an empty class folder, a
+# damaged checkpoint set aside): once train.log has a handler, Python no longer prints warnings by itself. The
+# health monitor's live warnings are not marked: the progress bar shows them.
+ON_CONSOLE = {"console": True}
+
+
+class _ConsoleNotices(logging.Handler):
+    """The records marked :data:`ON_CONSOLE`, on stderr above the progress bar."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.addFilter(lambda record: getattr(record, "console", False))
+
+    def emit(self, record: logging.LogRecord) -> None:
+        import sys
+
+        from tqdm import tqdm
+
+        tqdm.write(f"alexnet: warning: {record.getMessage()}", file=sys.stderr)
+
+
+def attach_log_file(run_dir: Path) -> list[logging.Handler]:
+    """Send the package's log records (skipped files from :mod:`alexnet.data`, run events) to ``train.log``, and
+    the warnings marked :data:`ON_CONSOLE` to stderr."""
     handler = logging.FileHandler(run_dir / LOG, encoding="utf-8")
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     root = logging.getLogger("alexnet")
-    root.addHandler(handler)
+    handlers = [handler, _ConsoleNotices()]
+    for h in handlers:
+        root.addHandler(h)
     root.setLevel(logging.INFO)
-    return handler
+    return handlers
 
 
-def detach_log_file(handler: logging.Handler) -> None:
-    logging.getLogger("alexnet").removeHandler(handler)
-    handler.close()
+def detach_log_file(handlers: list[logging.Handler]) -> None:
+    for handler in handlers:
+        logging.getLogger("alexnet").removeHandler(handler)
+        handler.close()
 
 
 class CsvLog:
