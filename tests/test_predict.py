@@ -157,3 +157,38 @@ def test_sigterm_stops_after_the_batch_under_way_and_prints_what_it_did(capsys, 
     out, err = capsys.readouterr()
     assert len(json.loads(out)) == 2  # the first batch, printed
     assert "stopped after 2 of 5 images" in err
+
+
+def test_ten_crop_averages_the_softmax_over_the_corners_the_centre_and_their_mirrors(photos):
+    """AlexNet §4.1: "the network makes a prediction by extracting five 224 × 224 patches (the four corner patches
+    and the center patch) as well as their horizontal reflections ..., and averaging the predictions made by the
+    network's softmax layer on the ten patches" — checked against torchvision's five_crop and reflections."""
+    from torchvision.transforms.v2 import functional as F
+
+    from alexnet.data.images import read_image
+    from alexnet.data.transforms import central_patch
+    from alexnet.predict import normalize_crop, preprocessing_of
+    from alexnet.train.init import kaiming_init_
+
+    torch.manual_seed(1)
+    model = alexnet.create_model("alexnet", num_classes=len(NAMES), input_size=99).eval()
+    kaiming_init_(model)  # activations that keep their scale: each crop gets its own probabilities
+    path = photos / "b.jpg"
+    ((_, top),) = predict_files(model, [path], topk=len(NAMES), ten_crop=True)
+    pre = preprocessing_of(model)
+    patch = central_patch(pre.resize)(read_image(path, min_side=pre.resize))  # AlexNet §2's 256×256 image
+    five = F.five_crop(patch, [pre.input_size, pre.input_size])
+    # each patch's own reflection: torchvision's ten_crop mirrors the whole image first, whose centre crop is
+    # then a pixel off the centre patch's mirror when the margin is odd (256 - 99 here)
+    crops = [*five, *(F.horizontal_flip(c) for c in five)]
+    x = torch.stack([normalize_crop(model, c) for c in crops])
+    with torch.inference_mode():
+        expected = model(x).softmax(dim=1).mean(dim=0)
+    assert [p.index for p in top] == expected.argsort(descending=True).tolist()
+    # fp32: the crops go through the network in another batch and order here
+    assert [p.probability for p in top] == pytest.approx(
+        expected.sort(descending=True).values.tolist(), abs=1e-5
+    )
+    ((_, centre),) = predict_files(model, [path], topk=len(NAMES))
+    by_class = {p.index: p.probability for p in top}
+    assert max(abs(p.probability - by_class[p.index]) for p in centre) > 1e-3  # ten crops are not the centre

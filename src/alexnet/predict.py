@@ -72,8 +72,11 @@ def labels_of(model: AlexNetFamily) -> list[str]:
 
 @torch.inference_mode()
 def predict(model: AlexNetFamily, images: torch.Tensor, topk: int = 5) -> list[list[Prediction]]:
-    """``images``: a normalised batch (N×3×H×W), moved to the model's device. Returns the top-k predictions of
-    each image."""
+    """``images``: a normalised batch (N×3×H×W, or N×K×3×H×W for K crops of each image, whose softmax outputs are
+    averaged: AlexNet §4.1's ten-crop test), moved to the model's device. Returns the top-k predictions of each
+    image."""
+    from alexnet.evaluate import class_probabilities
+
     if topk < 1:  # topk(0) would return empty lists, silently
         raise ValueError(f"topk must be at least 1, got {topk}")
     if model.num_classes == 0:
@@ -85,7 +88,7 @@ def predict(model: AlexNetFamily, images: torch.Tensor, topk: int = 5) -> list[l
     try:
         model.eval()
         with torch.inference_mode():
-            probs = model(images.to(next(model.parameters()).device)).softmax(dim=1)
+            probs = class_probabilities(model, images.to(next(model.parameters()).device))
     finally:
         model.train(was_training)  # the caller's mode, as capture() and summarize() leave it
     k = min(topk, probs.shape[1])
@@ -130,6 +133,7 @@ def predict_files(
     batch_size: int = 32,
     threads: int | None = None,
     stop: Callable[[], bool] | None = None,
+    ten_crop: bool = False,
 ) -> Iterator[tuple[str, list[Prediction]]]:
     """Decode each file, apply the weights' preprocessing (centre crop) and yield its top-k, in the order given.
     A large JPEG is decoded at reduced size, never below the preprocessing's resize, as ``alexnet eval`` decodes
@@ -137,6 +141,8 @@ def predict_files(
 
     Images go through the network ``batch_size`` at a time, decoded by ``threads`` threads (default: up to 4)
     while the batch before them runs. ``stop``: asked before each batch; once true, the rest is not read.
+    ``ten_crop``: the softmax averaged over the four corner and centre crops and their mirrors (AlexNet §4.1), as
+    ``alexnet eval --ten-crop``.
 
     A file that is not a readable image (or an :class:`ImageError` in ``paths``, see :func:`image_paths`) raises
     :class:`ImageError`; with ``on_error`` it is passed the error instead and skipped, so one bad file among many
@@ -145,7 +151,7 @@ def predict_files(
 
     if batch_size < 1:
         raise ValueError(f"batch_size must be at least 1, got {batch_size}")
-    transform = input_transform(model)
+    transform = input_transform(model, ten_crop=ten_crop)
     min_side = preprocessing_of(model).resize
     model.to(device)
 

@@ -24,7 +24,8 @@ def register(sub: Any) -> None:
         sub,
         "predict",
         "classify images with a trained model",
-        "Top-k classes for each image: the weights' own preprocessing (shorter side 256, centre crop), "
+        "Top-k classes for each image: the weights' own preprocessing (shorter side 256, centre crop, or ten "
+        "crops with --ten-crop), "
         "class names from the weights or torchvision's ImageNet list. IMAGE is a file or a folder (its image "
         "files, sub-folders too, sorted: .jpg .jpeg .png .bmp .gif .webp .tif .tiff .ppm .pgm). An unreadable "
         "image is one line on stderr; the others are still classified, and the exit code is 2 if any failed. "
@@ -36,6 +37,11 @@ def register(sub: Any) -> None:
     add_model_arguments(p, ensemble=True, run=True)
     p.add_argument("--topk", type=int, default=5, help="how many classes to show (default 5)")
     p.add_argument("--batch-size", type=int, default=32, help="images per forward pass (default 32)")
+    p.add_argument(
+        "--ten-crop",
+        action="store_true",
+        help="average the softmax over ten crops: the four corners and the centre, and their mirrors (AlexNet §4.1)",
+    )
     p.add_argument(
         "--json",
         action="store_true",
@@ -90,6 +96,7 @@ def run(args: argparse.Namespace) -> int:
             on_error=report,
             batch_size=args.batch_size,
             stop=lambda: signals.signum is not None,
+            ten_crop=args.ten_crop,
         ):
             done += 1
             bar.update()
