@@ -17,15 +17,10 @@ def not_a_run_folder(path: str | Path) -> str:
 
 def newest_checkpoint(run_dir: str | Path) -> Path | None:
     """The newest ``checkpoints/step-N.pt`` of a run folder, or ``None``."""
-    import re
+    from alexnet.train.checkpoint import list_checkpoints
 
-    folder = Path(run_dir) / "checkpoints"
-    found = [
-        (int(m.group(1)), p)
-        for p in folder.glob("step-*.pt")
-        if (m := re.fullmatch(r"step-(\d+)\.pt", p.name))
-    ]
-    return max(found)[1] if found else None
+    found = list_checkpoints(run_dir)
+    return found[-1] if found else None
 
 
 def run_weights(run_dir: str | Path, *, checkpoint_ok: bool = False) -> Path:
