@@ -338,3 +338,29 @@ def test_evolution_follows_a_run_that_has_not_finished_while_the_other_kinds_ask
     code, _, err = _run(capsys, ["deconv", "--run", str(run), str(setup["img"]), "--out", str(tmp_path)])
     assert code == 2
     assert f"the run has not finished; `alexnet train --resume --out {run}` finishes it" in err
+
+
+def test_a_folder_stands_for_its_image_files_and_one_without_any_is_one_line(
+    setup, capsys, tmp_path: Path
+) -> None:
+    import shutil
+
+    photos = tmp_path / "photos"
+    (photos / "more").mkdir(parents=True)
+    shutil.copy(setup["img"], photos / "a.jpg")
+    shutil.copy(setup["img2"], photos / "more" / "b.jpg")
+    (photos / "notes.txt").write_text("left out: not named as an image")
+    out = tmp_path / "out"
+    code, lines, err = _run(
+        capsys, ["activations", "--run", str(setup["run"]), str(photos), "--out", str(out)]
+    )
+    assert code == 0, err
+    assert sorted(Path(p).name for p in lines if p.endswith(".npz")) == [
+        "a_activations.npz",
+        "b_activations.npz",
+    ]
+    (tmp_path / "empty").mkdir()
+    code, _, err = _run(
+        capsys, ["activations", "--run", str(setup["run"]), str(tmp_path / "empty"), "--out", str(out)]
+    )
+    assert code == 2 and err == f"alexnet: error: {tmp_path / 'empty'}: no image files in this folder\n"

@@ -121,6 +121,19 @@ def writable_file(path: str | Path, flag: str = "--out") -> Path:
     return path
 
 
+def image_files(paths: list[str]) -> list[str]:
+    """The images named on a command line, each folder standing for its image files
+    (:func:`alexnet.predict.image_paths`); a folder holding none is an error."""
+    from alexnet.errors import ImageError
+    from alexnet.predict import image_paths
+
+    found = image_paths(paths)
+    for path in found:
+        if isinstance(path, ImageError):
+            raise path
+    return [str(p) for p in found]
+
+
 def readable_images(paths: Any) -> None:
     """Decode every image up front: a bad one is one line before any output is written, not after the good ones'
     files (``ImageError`` names it)."""

@@ -11,6 +11,7 @@ from alexnet.cli._common import (
     add_command,
     add_device_argument,
     device_from_args,
+    image_files,
     writable_file,
 )
 
@@ -27,7 +28,12 @@ def register(sub: Any) -> None:
     p.add_argument(
         "run_dir", metavar="RUN_DIR", help="a training run folder (model.safetensors, metrics.csv …)"
     )
-    p.add_argument("--images", nargs="+", metavar="IMAGE", help="images for activation and occlusion maps")
+    p.add_argument(
+        "--images",
+        nargs="+",
+        metavar="IMAGE",
+        help="images for activation and occlusion maps (files, or folders standing for their image files)",
+    )
     p.add_argument("--out", help="output file (default RUN_DIR/report.html)")
     p.add_argument("--top9-layer", help="layer of the top-9 grids (default: the last conv layer, conv5)")
     p.add_argument(
@@ -51,7 +57,7 @@ def run(args: argparse.Namespace) -> int:
         raise CommandError("--occlusion-stride must be at least 1")
     device = device_from_args(args)
     options = ReportOptions(
-        images=[Path(i) for i in args.images or []],
+        images=[Path(i) for i in image_files(args.images or [])],
         top9_layer=args.top9_layer,
         top9_images=args.top9_images,
         top9_channels=args.top9_channels,

@@ -18,6 +18,7 @@ from alexnet.cli._common import (
     add_device_argument,
     add_model_arguments,
     device_from_args,
+    image_files,
     readable_images,
     writable_folder,
 )
@@ -108,7 +109,12 @@ def _common(p: ArgumentParser, images: str = "+") -> None:
         "--out", "-o", required=True, metavar="DIR", help="folder for the PNG / .npz / .json files"
     )
     if images:
-        p.add_argument("images", nargs=images, metavar="IMAGE", help="image files")
+        p.add_argument(
+            "images",
+            nargs=images,
+            metavar="IMAGE",
+            help="image files, or folders standing for their image files (sub-folders too, sorted), as in predict",
+        )
 
 
 def register(sub: Any) -> None:
@@ -267,6 +273,8 @@ def run(args: argparse.Namespace) -> int:
         raise CommandError("--stage applies only with --all (one layer: --layer, e.g. --layer norm1)")
     if getattr(args, "all", False) and args.layer is not None:
         raise CommandError("give --layer or --all, not both")
+    if getattr(args, "images", None):
+        args.images = image_files(args.images)
     readable_images(getattr(args, "images", None))
     writable_folder(args.out)
     device = device_from_args(args)
