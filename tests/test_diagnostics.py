@@ -283,3 +283,21 @@ def test_probe_reads_the_imagenet_layout_like_every_other_command(
         Image.fromarray(img.copy()).save(base / name / "a.jpg")
     x, y, classes = folder_images(tmp_path, 32, per_class=1)
     assert classes == ["cat", "flipped"] and x.shape == (2, 3, 32, 32) and y.tolist() == [0, 1]
+
+
+def test_probe_skips_an_unreadable_image_names_it_and_takes_the_next(tmp_path: Path, chelsea, caplog) -> None:
+    from PIL import Image
+
+    from alexnet.diagnostics.probe import folder_images
+
+    for name, img in (("cat", chelsea), ("flipped", chelsea[:, ::-1])):
+        (tmp_path / name / "sub").mkdir(parents=True)
+        (tmp_path / name / "a.jpg").write_bytes(b"\xff\xd8\xff not a JPEG after all")
+        Image.fromarray(img.copy()).save(tmp_path / name / "b.jpg")
+        Image.fromarray(img.copy()).save(tmp_path / name / "sub" / "c.png")
+    with caplog.at_level("WARNING", logger="alexnet.data"):
+        x, y, _ = folder_images(tmp_path, 32, per_class=2)
+    assert x.shape == (4, 3, 32, 32) and y.tolist() == [0, 0, 1, 1]  # b.jpg and sub/c.png of each class
+    assert [r.getMessage().split(":")[0] for r in caplog.records] == [
+        f"skipping unreadable file {tmp_path / c / 'a.jpg'}" for c in ("cat", "flipped")
+    ]

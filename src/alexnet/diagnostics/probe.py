@@ -57,8 +57,9 @@ def folder_images(
     An ImageNet-layout ``root`` (with ``train/``), as every other command takes, is read from ``root/train``."""
     from torchvision.transforms import v2
 
-    from alexnet.data.folders import class_folders, files_under
+    from alexnet.data.folders import class_folders, files_under, log_unreadable
     from alexnet.data.images import IMAGE_SUFFIXES, read_image
+    from alexnet.errors import ImageError
 
     if not root.is_dir():
         raise DataError(f"{root}: not a folder (expected ROOT/train/<class>/<image files> or ROOT/<class>/…)")
@@ -72,11 +73,21 @@ def folder_images(
         [v2.Resize(size, antialias=True), v2.CenterCrop(size), v2.ToDtype(torch.float32, scale=True)]
     )
     xs, ys = [], []
+    bad: list[tuple[str, str]] = []
     for label, c in enumerate(classes):
-        files = [p for p in files_under(root / c) if p.suffix.lower() in IMAGE_SUFFIXES][:per_class]
-        for p in files:
-            xs.append(tf(read_image(p)))
+        taken = 0
+        for p in (p for p in files_under(root / c) if p.suffix.lower() in IMAGE_SUFFIXES):
+            if taken == per_class:
+                break
+            try:
+                image = read_image(p)
+            except ImageError as e:  # skipped and named, as training skips it; the next file takes its place
+                bad.append((str(p), str(e).removeprefix(f"{p}: ")))
+                continue
+            xs.append(tf(image))
             ys.append(label)
+            taken += 1
+    log_unreadable(bad)
     if not xs:
         raise DataError(f"{root}: no readable images in the class folders")
     return torch.stack(xs), torch.tensor(ys), classes
