@@ -535,6 +535,7 @@ def _train(
     )
     _run_callbacks(callbacks, "on_train_start", ctx)
     net.train()
+    trained = False
     try:
         with StopRequest(info, announce=progress) as stop:
             while epoch < cfg.epochs and step < total_steps:
@@ -646,6 +647,7 @@ def _train(
                     100 * ten_result.top5_err,
                 )
         _run_callbacks(callbacks, "on_train_end", ctx)
+        trained = True
     except TrainingError as e:
         if info.is_main:
             log.error("%s", e)
@@ -654,6 +656,8 @@ def _train(
         bar.close()
         if writer is not None:
             writer.close()
+        if not trained and handler is not None:  # a stopped or failed run: a later run in this process logs alone
+            detach_log_file(handler)
 
     weights = None
     if info.is_main:
