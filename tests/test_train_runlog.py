@@ -129,3 +129,25 @@ def test_resuming_a_run_already_at_its_last_step_says_that_nothing_is_trained(tm
         "alexnet: warning: --resume: the checkpoint is at step 2, not before this run's last step (1): nothing is "
         "trained; the run ends with the checkpoint's weights\n"
     ) in err
+
+
+def test_a_failed_run_leaves_no_log_handler_behind_for_the_next_run_in_the_process(tmp_path, data):
+    import logging
+
+    from alexnet.errors import TrainingError
+    from alexnet.train.callbacks import Callback
+    from alexnet.train.loop import train
+    from alexnet.train.recipes import resolve_recipe
+
+    class Fails(Callback):
+        def on_step_end(self, ctx):
+            raise TrainingError("stopped by the test")
+
+    before = list(logging.getLogger("alexnet").handlers)
+    args = dict(
+        model=TINY.name, data=str(data), out=str(tmp_path / "run"), input_size=63, batch_size=4, workers=0
+    )
+    with pytest.raises(TrainingError, match="stopped by the test"):
+        train(resolve_recipe("demo", device="cpu", **args), callbacks=[Fails()], progress=False)
+    assert logging.getLogger("alexnet").handlers == before
+    assert "stopped by the test" in (tmp_path / "run" / "train.log").read_text()  # logged before it let go
