@@ -656,7 +656,9 @@ def _train(
         bar.close()
         if writer is not None:
             writer.close()
-        if not trained and handler is not None:  # a stopped or failed run: a later run in this process logs alone
+        if (
+            not trained and handler is not None
+        ):  # a stopped or failed run: a later run in this process logs alone
             detach_log_file(handler)
 
     weights = None
