@@ -656,9 +656,8 @@ def _train(
         bar.close()
         if writer is not None:
             writer.close()
-        if (
-            not trained and handler is not None
-        ):  # a stopped or failed run: a later run in this process logs alone
+        # a stopped or failed run lets go of its logs: a later run in this process logs alone
+        if not trained and handler is not None:
             detach_log_file(handler)
 
     weights = None
