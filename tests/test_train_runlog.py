@@ -126,7 +126,7 @@ def test_resuming_a_run_already_at_its_last_step_says_that_nothing_is_trained(tm
     assert result.steps == 2
     err = capsys.readouterr().err
     assert (
-        "alexnet: warning: --resume: the checkpoint is at step 2, not before this run's last step (1): nothing is "
+        "alexnet: warning: --resume: the checkpoint is at step 2, at or past this run's last step (1): nothing is "
         "trained; the run ends with the checkpoint's weights\n"
     ) in err
 

@@ -356,7 +356,7 @@ def _train(
             log.warning("%s", note, extra=ON_CONSOLE)
         if state is not None and step >= total_steps:  # e.g. --resume with a --max-steps below the run's step
             log.warning(
-                "--resume: the checkpoint is at step %d, not before this run's last step (%d): nothing is "
+                "--resume: the checkpoint is at step %d, at or past this run's last step (%d): nothing is "
                 "trained; the run ends with the checkpoint's weights%s",
                 step,
                 total_steps,
