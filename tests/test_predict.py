@@ -129,6 +129,7 @@ def test_cli_json_lists_every_image_with_its_topk_or_its_error(capsys, weights, 
     assert [t["label"] for t in top] == [NAMES[t["index"]] for t in top] and len(top) == 3
     assert sorted((t["probability"] for t in top), reverse=True) == [t["probability"] for t in top]
     assert 0 < sum(t["probability"] for t in top) <= 1 + 1e-6
+    assert all(t["probability"] == float(f"{t['probability']:.7g}") for t in top)  # float32's digits only
     assert "no image files" in records[2]["error"]
     assert err.count("alexnet: error:") == 2  # the errors are on stderr too
 

@@ -105,7 +105,9 @@ def run(args: argparse.Namespace) -> int:
                     {
                         "image": path,
                         "top": [
-                            {"index": p.index, "label": p.label, "probability": p.probability} for p in preds
+                            # float32's digits, not its float64 spelling (0.4036493, not 0.40364930033683777)
+                            {"index": p.index, "label": p.label, "probability": float(f"{p.probability:.7g}")}
+                            for p in preds
                         ],
                     }
                 )
