@@ -104,6 +104,7 @@ def checkpoint_meta(state: dict[str, Any], path: str | Path) -> WeightsMeta:
     from alexnet.weights.io import WeightsMeta
 
     path = Path(path)
+    run_dir = path.parent.parent if path.parent.name == "checkpoints" else path.parent
     built, saved = state.get("architecture"), state.get("preprocessing")
     try:
         cfg = TrainConfig.from_dict(state["config"])
@@ -112,45 +113,33 @@ def checkpoint_meta(state: dict[str, Any], path: str | Path) -> WeightsMeta:
             arch, pre = ArchConfig.from_dict(built), Preprocessing.from_dict(saved)
             mean_image = state.get("mean_image")
         else:
-            arch, pre, mean_image = _rebuilt(cfg, len(classes), path)
+            arch, pre, mean_image = _rebuilt(cfg, len(classes), run_dir)
     except (KeyError, TypeError, ValueError, AlexnetError) as e:
         raise WeightsError(
             f"{path}: a training checkpoint without a usable run configuration ({e})"
         ) from None
-    run_dir = path.parent.parent if path.parent.name == "checkpoints" else path.parent
+    # as a weights file's record reads back: lists, not tuples
+    config = json.loads(json.dumps(arch.to_dict()))
     return WeightsMeta(
         model=cfg.model,
         num_classes=len(classes),
         classes=classes,
         preprocessing=pre,
         source=f"alexnet train --recipe {cfg.recipe} ({run_dir}), checkpoint of step {state.get('step')}",
-        config=json.loads(
-            json.dumps(arch.to_dict())
-        ),  # as a weights file's record reads back: lists, not tuples
+        config=config,
         extra={"recipe": cfg.recipe, "trained_on": str(cfg.data or ""), "step": state.get("step")},
         tensors={"mean_image": mean_image} if isinstance(mean_image, torch.Tensor) else {},
     )
 
 
-def _rebuilt(cfg: Any, num_classes: int, path: Path) -> tuple[Any, Any, torch.Tensor | None]:
+def _rebuilt(cfg: Any, num_classes: int, run_dir: Path) -> tuple[Any, Any, torch.Tensor | None]:
     """An older checkpoint's architecture, preprocessing and mean image, as the training run derived them."""
-    from alexnet.data.stats import DataStats, stats_file
     from alexnet.models import get_config
-    from alexnet.train.data import STATS_FILE, preprocessing_for
+    from alexnet.train.data import preprocessing_for, run_stats
 
     registered = get_config(cfg.model)
-    overrides: dict[str, Any] = {"dropout": cfg.dropout, "num_classes": num_classes}
-    if cfg.input_size is not None:
-        overrides["input_size"] = cfg.input_size
-    stats = None
-    if cfg.stats is not None or cfg.normalize == "image":
-        run_dir = path.parent.parent if path.parent.name == "checkpoints" else path.parent
-        stats_path = stats_file(cfg.stats) if cfg.stats is not None else run_dir / STATS_FILE
-        if not stats_path.is_file():
-            raise WeightsError(f"{path}: the run's data statistics ({stats_path}) are missing")
-        stats = DataStats.load(stats_path)
-    pre, mean_image = preprocessing_for(cfg, registered.input_size, stats)
-    return registered.with_overrides(**overrides), pre, mean_image
+    pre, mean_image = preprocessing_for(cfg, registered.input_size, run_stats(cfg, run_dir, compute=False))
+    return registered.with_overrides(num_classes=num_classes, **cfg.model_overrides()), pre, mean_image
 
 
 def latest_checkpoint(run_dir: str | Path, notes: list[str] | None = None) -> dict[str, Any]:

@@ -204,6 +204,13 @@ class TrainConfig:
             raise TrainingError(f"{path}: not a config.json (it holds {type(data).__name__}, not settings)")
         return cls.from_dict(data)
 
+    def model_overrides(self) -> dict[str, Any]:
+        """What the run changes in its registered model's configuration (``create_model(name, **overrides)``)."""
+        overrides: dict[str, Any] = {"dropout": self.dropout}
+        if self.input_size is not None:
+            overrides["input_size"] = self.input_size  # fc6's width follows the pool5 size (see models.net)
+        return overrides
+
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
         """The settings a config.json or a checkpoint holds; keys this version does not know are left out."""

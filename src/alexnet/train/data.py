@@ -22,11 +22,12 @@ STATS_FILE = "data_stats.safetensors"
 STATS_MAX_IMAGES = 10_000
 
 
-def run_stats(cfg: TrainConfig, run_dir: Path, progress: bool = True) -> Any:
+def run_stats(cfg: TrainConfig, run_dir: Path, progress: bool = True, *, compute: bool = True) -> Any:
     """The data's own statistics (:class:`alexnet.data.stats.DataStats`) this run uses, or ``None``.
 
     ``cfg.stats`` when given; else, for ``normalize="image"``, the run folder's copy, computed once from (at most
     :data:`STATS_MAX_IMAGES` of) the training split and kept there, so a resumed run uses the same mean image.
+    ``compute=False``: a missing copy is a :class:`DataError` (reading a run, not training it).
     """
     from alexnet.data.stats import DataStats, compute_stats, stats_file
 
@@ -42,6 +43,8 @@ def run_stats(cfg: TrainConfig, run_dir: Path, progress: bool = True) -> Any:
     path = run_dir / STATS_FILE
     if path.is_file():
         return DataStats.load(path)
+    if not compute:
+        raise DataError(f"the run's mean image, {path}, is missing")
     stats = compute_stats(
         resolve_root(cfg, progress), "train", max_images=STATS_MAX_IMAGES, progress=progress
     )

@@ -80,10 +80,7 @@ def _build_model(cfg: TrainConfig, num_classes: int) -> Any:
     from alexnet.factory import create_model
     from alexnet.train.init import kaiming_init_, set_nonzero_biases_
 
-    overrides: dict[str, Any] = {"dropout": cfg.dropout}
-    if cfg.input_size is not None:
-        overrides["input_size"] = cfg.input_size  # fc6's width follows the pool5 size (see models.net)
-    model = create_model(cfg.model, num_classes=num_classes, **overrides)
+    model = create_model(cfg.model, num_classes=num_classes, **cfg.model_overrides())
     if cfg.init == "kaiming":
         kaiming_init_(model)
     if cfg.bias_init is not None and not set_nonzero_biases_(model, cfg.bias_init):
