@@ -118,20 +118,20 @@ def test_an_unknown_train_flag_points_to_train_help(capsys: pytest.CaptureFixtur
 
 
 def test_bias_init_sets_the_biases_the_paper_init_made_non_zero_and_only_those() -> None:
-    from alexnet.train.loop import _build_model
+    from alexnet.train.loop import _fresh_model
 
-    model = _build_model(TrainConfig(model="alexnet", bias_init=0.1), num_classes=10)
+    model = _fresh_model(TrainConfig(model="alexnet", bias_init=0.1), num_classes=10)
     biases = {
         name: float(model.layer(name).bias.unique().item()) for name in ("conv1", "conv2", "fc7", "fc8")
     }
     assert biases == {"conv1": 0.0, "conv2": pytest.approx(0.1), "fc7": pytest.approx(0.1), "fc8": 0.0}
-    paper = _build_model(TrainConfig(model="alexnet"), num_classes=10)
+    paper = _fresh_model(TrainConfig(model="alexnet"), num_classes=10)
     assert torch.all(paper.layer("conv2").bias == 1.0)  # AlexNet §5 without the flag
     with pytest.raises(TrainingError, match="zfnet's init sets no bias to a non-zero constant"):
-        _build_model(TrainConfig(model="zfnet", bias_init=0.1), num_classes=10)
+        _fresh_model(TrainConfig(model="zfnet", bias_init=0.1), num_classes=10)
     # PyTorch's default init (alexnet_owt) draws every bias at random: no constant to replace, fc8's included
     with pytest.raises(TrainingError, match="alexnet_owt's init sets no bias to a non-zero constant"):
-        _build_model(TrainConfig(model="alexnet_owt", bias_init=0.1), num_classes=10)
+        _fresh_model(TrainConfig(model="alexnet_owt", bias_init=0.1), num_classes=10)
 
 
 def test_a_resume_message_says_without_stats_not_none() -> None:

@@ -76,7 +76,8 @@ _VALUE_FLAGS: list[tuple[str, str, Any, str]] = [
         "normalize",
         str,
         "mean (0–255 minus the per-channel mean), image (0–255 minus the per-pixel mean image of the training "
-        "set, AlexNet §2; computed into the run folder unless --stats gives it) or meanstd (torchvision)",
+        "set, AlexNet §2; computed into the run folder unless --stats gives it), meanstd (torchvision) or "
+        "weights (as the --weights record; their default)",
     ),
     (
         "--stats",
@@ -99,6 +100,22 @@ _VALUE_FLAGS: list[tuple[str, str, Any, str]] = [
         "mirrored or not: ZF §3's ten sub-crops)",
     ),
     ("--input-size", "input_size", int, "crop side (default: the model's 227/224; the resize scales alike)"),
+    (
+        "--weights",
+        "weights",
+        str,
+        "start from trained weights instead of the init (fine-tuning): a weights file, a checkpoint, a run "
+        "folder, torchvision, or a published source name (`alexnet weights sources`). The images are prepared "
+        "as the weights record (--normalize weights); the classifier layer is replaced by a fresh one when the "
+        "data has another number of classes; --model defaults to the weights' model",
+    ),
+    (
+        "--freeze",
+        "freeze",
+        str,
+        "keep the weights of every layer up to and including this one fixed: fc7 trains only a new classifier "
+        "layer on the features of layers 1–7 (ZF §5.2), conv5 trains fc6–fc8",
+    ),
     ("--classes", "classes", int, "use only the first N classes (sorted folder names)"),
     ("--images-per-class", "images_per_class", int, "use only the first K training images of each class"),
     ("--workers", "workers", int, "data-loading worker processes"),
@@ -153,7 +170,9 @@ def register(sub: Any) -> None:
         "train",
         "train a model with a paper recipe",
         "Train an AlexNet-family model on an ImageNet-layout folder (or the built-in shapes set) with a named "
-        "recipe; every recipe value can be overridden by a flag. The run folder gets config.json, metrics.csv, "
+        "recipe; every recipe value can be overridden by a flag. --weights starts from trained weights instead of "
+        "the init (fine-tuning; with --freeze fc7 only a new classifier layer learns, as in ZF §5.2). The run "
+        "folder gets config.json, metrics.csv, "
         "steps.csv, train.log, TensorBoard events, learning_curve.png, results.json, checkpoints/, "
         "model.safetensors, the health log for `alexnet doctor` (health.csv, health_meta.json, and "
         "health_events.jsonl when a warning fired) and, with --normalize image and no --stats, "
@@ -206,8 +225,12 @@ def resolve_config(args: argparse.Namespace) -> Any:
 
     overrides = {dest: getattr(args, dest) for _, dest, _, _ in _VALUE_FLAGS}
     overrides.update({dest: getattr(args, dest) for _, dest, _ in _BOOL_FLAGS})
-    for key in ("data", "stats"):  # recorded in config.json: valid from any working directory later
-        if overrides.get(key) is not None:
+    for key in (
+        "data",
+        "stats",
+        "weights",
+    ):  # recorded in config.json: valid from any working directory later
+        if overrides.get(key) is not None and (key != "weights" or Path(overrides[key]).exists()):
             overrides[key] = str(Path(overrides[key]).absolute())
     if args.resume:
         if args.out is None:
@@ -224,8 +247,20 @@ def resolve_config(args: argparse.Namespace) -> Any:
         # the folder given now, not the one recorded: a copied or moved run continues where it is
         return cfg.with_overrides(**overrides, out=args.out)
     recipe = args.recipe or "krizhevsky2012"
-    cfg = resolve_recipe(recipe, model=args.model, **overrides)  # no --model: the recipe's
+    model = args.model
+    if args.weights is not None:  # fine-tuning: the images prepared as the weights record; their model
+        if args.normalize is None and args.stats is None:
+            overrides["normalize"] = "weights"
+        model = model or _weights_model(args.weights)
+    cfg = resolve_recipe(recipe, model=model, **overrides)  # no --model: the recipe's
     return cfg.with_overrides(out=args.out or f"runs/{cfg.model}-{recipe}-{time.strftime('%Y%m%d-%H%M%S')}")
+
+
+def _weights_model(weights: str) -> str:
+    """The model that ``--weights`` are for (the run's model when ``--model`` is not given)."""
+    from alexnet.train.finetune import load_start
+
+    return str(load_start(weights, None).model.config.name)
 
 
 def run(args: argparse.Namespace) -> int:

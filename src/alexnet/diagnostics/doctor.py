@@ -213,6 +213,8 @@ def summary(run: Run) -> dict[str, Any]:
         "optimizer": opt.get("name") or run.config.get("optimizer"),
         "lr": opt.get("lr", run.config.get("lr")),
         "health_every": run.meta.get("every"),
+        "weights": run.config.get("weights"),  # fine-tuned (alexnet train --weights, --freeze)
+        "freeze": run.config.get("freeze"),
         "first_step": first.step,
         "last_step": last.step,
         "first_loss": first.loss,
@@ -231,6 +233,8 @@ def _thresholds(run: Run) -> Thresholds:
 def _init_facts(run: Run) -> tuple[float | None, float | None, str | None]:
     """(smallest conv weight std, largest bias, init scheme) from the model config / training config."""
     model = run.meta.get("model") or {}
+    if run.config.get("weights"):  # `alexnet train --weights`: the layers began trained, not initialised
+        return None, None, "weights"
     init = run.config.get("init") or model.get("init")
     layers = [*(model.get("convs") or []), *(model.get("fcs") or [])]
     if init in ("kaiming", "he", "pytorch") or not layers:
@@ -591,6 +595,8 @@ def format_report(report: Report) -> str:
         bits.append(
             f"{s['optimizer']} lr {s['lr']:g}" if isinstance(s["lr"], int | float) else str(s["optimizer"])
         )
+    if s["weights"]:
+        bits.append(f"from {s['weights']}" + (f", fixed through {s['freeze']}" if s["freeze"] else ""))
     bits.append(f"health steps {s['first_step']}…{s['last_step']}")
     lines = [f"doctor: {report.run.path} ({', '.join(bits)})", ""]
     for d in report.diagnoses:

@@ -10,6 +10,7 @@ layer (paper names, ``model.named_layers()``) it records
   neurons), the "dead filters" of Zeiler & Fergus Fig. 6;
 * ``weight_norm``, ``grad_norm`` — Frobenius norms of the weight and its gradient;
 * ``update_ratio`` — ‖w_after − w_before‖ / ‖w_before‖ over the optimizer step (snapshot after backward);
+  neither is recorded for a layer kept fixed (``alexnet train --freeze``);
 * ``lrn_denom_min`` / ``lrn_denom_max`` — range of ``k + α·Σ_window a²`` of the LRN after this layer
   (AlexNet §3.3), computed from the LRN's input with its own constants.
 
@@ -170,6 +171,8 @@ class HealthMonitor(Callback):
         with torch.no_grad():
             for name, module, _, _ in self._layers:
                 w = module.weight
+                if not w.requires_grad:  # fixed (`alexnet train --freeze`): no gradient, no update to measure
+                    continue
                 self._snapshot[name] = w.detach().clone()
                 g = w.grad
                 self._grad_norms[name] = (

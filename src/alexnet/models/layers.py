@@ -526,11 +526,12 @@ def renormalize_filters_(model: nn.Module, max_rms: float = 0.1) -> torch.Tensor
 
     A "filter" is one output channel's weights (``weight[o]``); biases are left alone. Returns how many filters
     were rescaled, as a 0-d tensor on the weights' device: the training loop calls this every step and does not
-    read it, so that the host need not wait for the device. Works in place on every ``nn.Conv2d`` of ``model``.
+    read it, so that the host need not wait for the device. Works in place on every ``nn.Conv2d`` of ``model``
+    whose weight is trained (a layer kept fixed, ``alexnet train --freeze``, stays as it is).
     """
     changed: torch.Tensor | int = 0
     for m in model.modules():
-        if isinstance(m, nn.Conv2d):
+        if isinstance(m, nn.Conv2d) and m.weight.requires_grad:
             w = m.weight
             rms = w.pow(2).mean(dim=(1, 2, 3), keepdim=True).sqrt()
             scale = (max_rms / rms).clamp(max=1.0)

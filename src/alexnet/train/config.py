@@ -24,7 +24,8 @@ CUDA_GRAPH_WITH_COMPILE = (
 OPTIMIZERS = ("paper_sgd", "sgd", "adamw")
 SCHEDULES = ("plateau", "step", "cosine", "constant")
 INITS = ("paper", "kaiming")
-NORMALIZATIONS = ("mean", "image", "meanstd")
+# "weights": as the starting weights (`--weights`) record their inputs were prepared (alexnet.train.finetune)
+NORMALIZATIONS = ("mean", "image", "meanstd", "weights")
 TRAIN_CROPS = ("random", "ten")  # any position (AlexNet §4.1); a corner or the centre (ZF §3)
 
 
@@ -62,6 +63,9 @@ class TrainConfig:
     bias_init: float | None = None  # None → the model's own; else the value of every bias its init sets ≠ 0
     renorm_rms: float | None = None  # ZF §3: renormalise conv filters to this RMS after every update
     input_size: int | None = None  # None → the model's (227 / 224); else the crop side, resize scaled alike
+    # start from trained weights instead of the init (a file, a run folder, "torchvision", a published source)
+    weights: str | None = None
+    freeze: str | None = None  # keep every layer up to this one fixed (ZF §5.2: "fc7" trains a new fc8 only)
     # data
     classes: int | None = None
     images_per_class: int | None = None
@@ -178,6 +182,20 @@ class TrainConfig:
             (self.step_unit in ("iter", "epoch"), "step unit must be 'iter' or 'epoch'"),
             (self.init in INITS, f"init must be one of {', '.join(INITS)}"),
             (self.normalize in NORMALIZATIONS, f"normalize must be one of {', '.join(NORMALIZATIONS)}"),
+            (
+                self.normalize != "weights" or self.weights is not None,
+                "normalize 'weights' (the starting weights' own input convention) needs --weights",
+            ),
+            (
+                not (self.normalize == "weights" and self.stats is not None),
+                "--stats sets the normalisation, and with --weights the weights' own is used: give --normalize "
+                "mean, image or meanstd too to use the statistics",
+            ),
+            (
+                self.weights is None or self.bias_init is None,
+                "--bias-init with --weights: the loaded layers keep their biases (a new classifier layer starts "
+                "as the model's init says)",
+            ),
             (not (self.cuda_graph and self.compile), CUDA_GRAPH_WITH_COMPILE),
         ]
         for ok, message in checks:

@@ -14,7 +14,7 @@ import torch
 from torch.utils.data import Dataset
 
 from alexnet.data.preprocess import IMAGENET_MEAN, IMAGENET_STD, Preprocessing
-from alexnet.errors import DataError
+from alexnet.errors import DataError, TrainingError
 from alexnet.train.config import TrainConfig
 
 STATS_FILE = "data_stats.safetensors"
@@ -64,6 +64,8 @@ def preprocessing_for(
     when ``stats`` (:func:`run_stats`) is given. The crop is the model's input size (resize 256, AlexNet §2), or
     ``cfg.input_size`` with the resize scaled by the same factor (256/227 of the crop).
     """
+    if cfg.normalize == "weights":
+        raise TrainingError("normalize 'weights': the starting weights' preprocessing (see input_convention)")
     size = cfg.input_size or default_input_size
     resize = 256 if cfg.input_size is None else round(size * 256 / default_input_size)
     mean01 = tuple(stats.mean_rgb) if stats is not None else IMAGENET_MEAN
@@ -83,6 +85,31 @@ def preprocessing_for(
     if stats is None:
         raise DataError("--normalize image needs the data's mean image (run_stats computes it)")
     return pre, stats.mean_image_for(pre)
+
+
+def input_convention(
+    cfg: TrainConfig,
+    default_input_size: int,
+    stats: Any = None,
+    start: Any = None,
+    state: dict[str, Any] | None = None,
+) -> tuple[Preprocessing, torch.Tensor | None]:
+    """The run's preprocessing and mean image: :func:`preprocessing_for`'s, or for ``normalize="weights"`` the
+    ones the starting weights record (``start``, :class:`alexnet.train.finetune.Start`), which a resumed run reads
+    back from its checkpoint ``state``."""
+    if cfg.normalize != "weights":
+        return preprocessing_for(cfg, default_input_size, stats)
+    if state is not None:
+        saved = state.get("preprocessing")
+        if not isinstance(saved, dict):
+            raise TrainingError("--resume: the checkpoint does not record the preprocessing of its images")
+        mean_image = state.get("mean_image")
+        return Preprocessing.from_dict(saved), mean_image if isinstance(mean_image, torch.Tensor) else None
+    from alexnet.train.finetune import start_input
+
+    if start is None:
+        raise TrainingError("normalize 'weights' needs the starting weights (--weights)")
+    return start_input(start, cfg.input_size)
 
 
 def train_transform(

@@ -37,11 +37,12 @@ from alexnet.train.cuda_graph import GraphedForward
 from alexnet.train.data import (
     RunData,
     eval_loader,
+    input_convention,
     open_run_data,
-    preprocessing_for,
     run_stats,
     train_loader,
 )
+from alexnet.train.finetune import Start, adapt, check_freeze, describe_difference, freeze_, load_start
 from alexnet.train.interrupt import StopRequest
 from alexnet.train.loss_reader import LossReader, StepRecord, default_lag
 from alexnet.train.optim import LRSchedule, build_optimizer, load_optimizer_state
@@ -76,10 +77,33 @@ class TrainResult:
     minutes: float
 
 
-def _build_model(cfg: TrainConfig, num_classes: int) -> Any:
+def _build_model(
+    cfg: TrainConfig, classes: list[str], start: Start | None, state: dict[str, Any] | None
+) -> tuple[Any, list[str]]:
+    """The run's network: from the starting weights (``--weights``), else initialised as ``cfg.init`` says; a
+    resumed run starting from weights is rebuilt from its checkpoint's architecture record (the weights' own, which
+    may be no registered model's). Then ``--freeze`` fixes the layers up to the one it names. Also the lines for
+    the run's log that say so."""
+    notes: list[str] = []
+    if start is not None:
+        model, note = adapt(start, classes, cfg.dropout)
+        notes.append(note)
+    else:
+        model = _fresh_model(cfg, len(classes), state)
+    if cfg.freeze is not None:
+        fixed = freeze_(model, cfg.freeze)
+        notes.append(f"--freeze {cfg.freeze}: {', '.join(fixed) or 'no layer with weights'} fixed")
+    return model, notes
+
+
+def _fresh_model(cfg: TrainConfig, num_classes: int, state: dict[str, Any] | None = None) -> Any:
     from alexnet.factory import create_model
+    from alexnet.models import ArchConfig, build_model
     from alexnet.train.init import kaiming_init_, set_nonzero_biases_
 
+    if cfg.weights is not None and state is not None and isinstance(state.get("architecture"), dict):
+        arch = ArchConfig.from_dict(state["architecture"]).with_overrides(dropout=cfg.dropout)
+        return build_model(arch, num_classes=num_classes)  # the checkpoint's weights are loaded next
     model = create_model(cfg.model, num_classes=num_classes, **cfg.model_overrides())
     if cfg.init == "kaiming":
         kaiming_init_(model)
@@ -138,6 +162,8 @@ _FIXED_ON_RESUME = (
     "stats",
     "init",
     "bias_init",
+    "weights",
+    "freeze",
 )
 
 
@@ -146,7 +172,7 @@ def _check_resumable(cfg: TrainConfig, state: dict[str, Any]) -> None:
     for key in _FIXED_ON_RESUME:
         if key in saved and saved[key] != getattr(cfg, key):
             was, now = saved[key], getattr(cfg, key)
-            paths = key == "stats" and was is not None and now is not None
+            paths = key in ("stats", "weights") and was is not None and now is not None
             if paths and Path(was).absolute() == Path(now).absolute():  # relative in an older config.json
                 continue
             flag = "--" + key.replace("_", "-")
@@ -219,9 +245,19 @@ def _train(
 
     torch.manual_seed(cfg.seed)
 
+    start: Start | None = None  # --weights: the loaded network, read before the data (its input convention)
+
     def open_data(progress_: bool) -> tuple[Any, RunData]:
+        nonlocal start
+        if cfg.weights is not None and state is None:
+            start = load_start(cfg.weights, cfg.model)
+            if cfg.freeze is not None:
+                freeze_(start.model, cfg.freeze)  # an unknown layer is refused before the data is read
+        elif cfg.freeze is not None and state is None:
+            check_freeze(cfg.model, cfg.freeze, cfg.input_size)
         stats = run_stats(cfg, run_dir, progress_)
-        pre_, mean_image = preprocessing_for(cfg, _input_size(cfg.model), stats)
+        size = start.model.config.input_size if start is not None else _input_size(cfg.model)
+        pre_, mean_image = input_convention(cfg, size, stats, start, state)
         return pre_, open_run_data(cfg, pre_, progress=progress_, mean_image=mean_image, stats=stats)
 
     # Rank 0 generates / checks the data and computes its statistics first (all cached), then the others open it.
@@ -238,6 +274,10 @@ def _train(
         if failed is not None:
             raise StoppedByMainRank(failed)
         pre, data = open_data(False)
+    if start is not None and cfg.normalize != "weights" and (note := describe_difference(start, pre)):
+        notes.append(
+            note
+        )  # --weights with --normalize: the run's choice, but the network learnt other inputs
     on_gpu = info.device if _finish_on_device(cfg, info.device, data.train) else None  # where batches end
     on_cuda = info.device.type == "cuda"
     loader = train_loader(
@@ -254,7 +294,8 @@ def _train(
         total_steps = min(total_steps, cfg.max_steps)
 
     torch.manual_seed(cfg.seed)
-    model = _build_model(cfg, len(data.classes))
+    model, built = _build_model(cfg, data.classes, start, state)
+    start = None  # the network is the model now (or was copied into it)
     model.to(info.device)
     if cfg.channels_last:
         model.to(memory_format=torch.channels_last)
@@ -336,6 +377,8 @@ def _train(
             total_steps,
             cfg.batch_size,
         )
+        for line in built:  # where the weights came from and what stays fixed
+            log.info("%s", line)
         log_unreadable(data.skipped, verb="skipped")  # the up-front check's, now into train.log too
         if empty := data.train.empty_classes:  # e.g. one of ILSVRC's 1000 class archives left unextracted
             log.warning(
@@ -718,6 +761,10 @@ def _save_final(
     from alexnet.weights import WeightsMeta, save_weights
 
     extra: dict[str, Any] = {"recipe": cfg.recipe, "trained_on": str(data.root)}
+    if cfg.weights is not None:  # fine-tuned (alexnet.train.finetune)
+        extra["started_from"] = cfg.weights
+    if cfg.freeze is not None:
+        extra["fixed_through"] = cfg.freeze
     if last is not None:
         extra.update(val_top1_err=last.top1_err, val_top5_err=last.top5_err, val_images=last.images)
     meta = WeightsMeta(
@@ -725,7 +772,10 @@ def _save_final(
         num_classes=len(data.classes),
         classes=list(data.classes),
         preprocessing=pre,
-        source=f"alexnet train --recipe {cfg.recipe} ({run_dir})",
+        source=f"alexnet train --recipe {cfg.recipe}"
+        + (f" --weights {cfg.weights}" if cfg.weights is not None else "")
+        + (f" --freeze {cfg.freeze}" if cfg.freeze is not None else "")
+        + f" ({run_dir})",
         extra=extra,
         tensors={} if data.mean_image is None else {"mean_image": data.mean_image},
     )
