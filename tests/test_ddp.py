@@ -77,6 +77,25 @@ def test_two_process_ddp_equals_single_process_on_the_combined_batch(
         assert float(x.split(",")[3]) == pytest.approx(float(y.split(",")[3]), rel=1e-4)
 
 
+def test_a_ddp_fine_tuning_run_with_fixed_layers_equals_one_process(
+    tmp_path: Path, single: tuple[Path, Path]
+) -> None:
+    """--weights with --freeze under torchrun: every rank starts from the same weights and the same new
+    classifier layer (2 classes instead of 3), the fixed layers stay out of the all-reduce, and the result is
+    one process's."""
+    data, start = single
+    args = [*COMMON, "--data", str(data), "--max-steps", "4", "--weights", str(start), "--freeze", "conv2"]
+    one = run_cli(tmp_path, *args, "--classes", "2", "--out", str(tmp_path / "one"))
+    assert one.returncode == 0, one.stderr
+    ddp = torchrun(tmp_path, *args, "--classes", "2", "--out", str(tmp_path / "ddp"))
+    assert ddp.returncode == 0, ddp.stderr[-3000:]
+    assert_same_weights(tmp_path / "one", tmp_path / "ddp")
+    fixed, _ = read_weights(start / "model.safetensors")
+    tuned, _ = read_weights(tmp_path / "ddp" / "model.safetensors")
+    assert all(torch.equal(tuned[k], fixed[k]) for k in fixed if k.startswith("features."))
+    assert tuned["classifier.3.weight"].shape[0] == 2
+
+
 def test_a_ddp_run_resumed_from_its_checkpoint_ends_where_the_uninterrupted_run_ends(
     tmp_path: Path, single: tuple[Path, Path]
 ) -> None:

@@ -225,11 +225,8 @@ def resolve_config(args: argparse.Namespace) -> Any:
 
     overrides = {dest: getattr(args, dest) for _, dest, _, _ in _VALUE_FLAGS}
     overrides.update({dest: getattr(args, dest) for _, dest, _ in _BOOL_FLAGS})
-    for key in (
-        "data",
-        "stats",
-        "weights",
-    ):  # recorded in config.json: valid from any working directory later
+    # paths recorded in config.json: valid from any working directory later ("torchvision" is no path)
+    for key in ("data", "stats", "weights"):
         if overrides.get(key) is not None and (key != "weights" or Path(overrides[key]).exists()):
             overrides[key] = str(Path(overrides[key]).absolute())
     if args.resume:

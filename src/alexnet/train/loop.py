@@ -274,10 +274,9 @@ def _train(
         if failed is not None:
             raise StoppedByMainRank(failed)
         pre, data = open_data(False)
+    # --weights with --normalize: the run's choice, but the network learnt other inputs
     if start is not None and cfg.normalize != "weights" and (note := describe_difference(start, pre)):
-        notes.append(
-            note
-        )  # --weights with --normalize: the run's choice, but the network learnt other inputs
+        notes.append(note)
     on_gpu = info.device if _finish_on_device(cfg, info.device, data.train) else None  # where batches end
     on_cuda = info.device.type == "cuda"
     loader = train_loader(
