@@ -48,35 +48,78 @@ def test_ten_crop_probabilities_are_the_mean_of_the_ten_softmaxes() -> None:
     torch.testing.assert_close(got.sum(1).detach(), torch.ones(2))
 
 
-@pytest.mark.parametrize("ten_crop", [False, True])
-def test_evaluate_counts_top1_and_top5_like_a_per_file_loop(data: Path, ten_crop: bool) -> None:
-    model = _model()
-    result = evaluate(model, data, ten_crop=ten_crop, batch_size=4, progress=False)
-    pre = model.weights_meta.preprocessing
-    transform = eval_transform(pre, ten_crop=ten_crop)
-    files = sorted((data / "val").glob("*/*.jpg"))
-    classes = sorted(p.name for p in (data / "val").iterdir())
-    top1 = top5 = 0
+def _per_file(model: torch.nn.Module, root: Path, ten_crop: bool) -> tuple[list[int], list[int], int, int]:
+    """(images per class, top-1 hits per class, top-1 hits, top-5 hits), one file at a time."""
+    transform = eval_transform(model.weights_meta.preprocessing, ten_crop=ten_crop)
+    files = sorted((root / "val").glob("*/*.jpg"))
+    classes = sorted(p.name for p in (root / "val").iterdir())
+    images, hits, top5 = [0] * len(classes), [0] * len(classes), 0
     with torch.no_grad():
         for f in files:
             x = transform(read_image(f))
             probs = model(x if ten_crop else x[None]).softmax(1).mean(0)
             ranked = probs.argsort(descending=True).tolist()
             target = classes.index(f.parent.name)
-            top1 += ranked[0] == target
+            images[target] += 1
+            hits[target] += ranked[0] == target
             top5 += target in ranked[:5]
-    assert result.images == len(files) == 18 and result.skipped == 0
-    assert result.top1_err == pytest.approx(1 - top1 / len(files))
-    assert result.top5_err == pytest.approx(1 - top5 / len(files))
+    return images, hits, sum(hits), top5
+
+
+@pytest.mark.parametrize("ten_crop", [False, True])
+def test_evaluate_counts_top1_and_top5_like_a_per_file_loop(data: Path, ten_crop: bool) -> None:
+    model = _model()
+    result = evaluate(model, data, ten_crop=ten_crop, batch_size=4, progress=False)
+    images, hits, top1, top5 = _per_file(model, data, ten_crop)
+    assert result.images == sum(images) == 18 and result.skipped == 0
+    assert result.top1_err == pytest.approx(1 - top1 / 18)
+    assert result.top5_err == pytest.approx(1 - top5 / 18)
+    assert (result.class_images, result.class_hits) == (images, hits)
+    assert result.balanced  # 3 images a class: the mean class accuracy is the top-1 accuracy
     assert result.to_json() == {
         "top1_err": result.top1_err,
         "top5_err": result.top5_err,
-        "top1_acc": pytest.approx(top1 / len(files)),
-        "top5_acc": pytest.approx(top5 / len(files)),
+        "top1_acc": pytest.approx(top1 / 18),
+        "top5_acc": pytest.approx(top5 / 18),
+        "mean_class_acc": pytest.approx(top1 / 18),
         "images": 18,
         "skipped": 0,
         "complete": True,
     }
+
+
+def test_classes_with_fewer_images_weigh_as_much_in_the_mean_class_accuracy(
+    data: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Caltech-101's measure (ZF §5.2): the mean over classes of each class's top-1 accuracy."""
+    import shutil
+
+    from alexnet.cli import main
+    from alexnet.weights import save_weights
+
+    root = tmp_path / "data"
+    shutil.copytree(data, root)
+    for extra in sorted((root / "val" / sorted(p.name for p in (root / "val").iterdir())[0]).glob("*.jpg"))[
+        1:
+    ]:
+        extra.unlink()  # the first class keeps 1 image of 3
+    model = _model()
+    result = evaluate(model, root, batch_size=4, progress=False)
+    images, hits, top1, _ = _per_file(model, root, False)
+    assert result.class_images == images == [1, 3, 3, 3, 3, 3] and result.class_hits == hits
+    assert result.top1_acc == pytest.approx(top1 / 16)
+    assert result.mean_class_acc == pytest.approx(sum(h / n for h, n in zip(hits, images, strict=True)) / 6)
+    assert not result.balanced
+    weights = save_weights(model, tmp_path / "w.safetensors", model.weights_meta)
+    capsys.readouterr()
+    assert (
+        main(["eval", "--weights", str(weights), "--data", str(root), "--workers", "0", "--per-class"]) == 0
+    )
+    out = capsys.readouterr().out.splitlines()
+    assert out[3] == f"mean per-class top-1 accuracy {100 * result.mean_class_acc:.2f}%  (over 6 classes)"
+    assert out[4].split() == ["class", "images", "top-1", "acc"]
+    assert [line.split()[1] for line in out[5:]] == ["1", "3", "3", "3", "3", "3"]
+    assert out[5].split()[2] == f"{100 * hits[0]:.2f}%"
 
 
 def test_more_than_one_percent_corrupt_validation_files_is_refused(data: Path, tmp_path: Path) -> None:

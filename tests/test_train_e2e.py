@@ -127,7 +127,9 @@ def test_resume_after_kill_9_reproduces_the_uninterrupted_loss_curve_and_eval_re
     ev = run_cli(tmp_path, "eval", "--run", str(cut), "--json", "--workers", "0", "--ten-crop")
     assert ev.returncode == 0, ev.stderr
     result = json.loads(ev.stdout)
-    assert list(result) == ["top1_err", "top5_err", "top1_acc", "top5_acc", "images", "skipped", "complete"]
+    assert list(result) == [
+        "top1_err", "top5_err", "top1_acc", "top5_acc", "mean_class_acc", "images", "skipped", "complete"
+    ]  # fmt: skip
     assert result["images"] == 12 and result["skipped"] == 0
     assert result["top1_err"] == pytest.approx(1 - result["top1_acc"])
 

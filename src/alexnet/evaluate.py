@@ -31,6 +31,10 @@ class EvalResult:
     skipped: int = 0
     skipped_files: list[tuple[str, str]] = field(default_factory=list)
     complete: bool = True  # False: stopped by Ctrl-C / SIGTERM, the counts are over the images seen so far
+    # per output class: its images, and how many of them the network ranked first (top-1 hits)
+    class_images: list[int] = field(default_factory=list)
+    class_hits: list[int] = field(default_factory=list)
+    classes: list[str] = field(default_factory=list)  # the output classes' names, where known
 
     @property
     def top1_acc(self) -> float:
@@ -40,6 +44,24 @@ class EvalResult:
     def top5_acc(self) -> float:
         return 1.0 - self.top5_err
 
+    @property
+    def class_accuracies(self) -> list[float | None]:
+        """Top-1 accuracy of each class's images (``None`` for a class without images)."""
+        return [h / n if n else None for h, n in zip(self.class_hits, self.class_images, strict=True)]
+
+    @property
+    def mean_class_acc(self) -> float | None:
+        """The mean over the classes with images of their top-1 accuracy: the measure of Caltech-101/256 (used by
+        Zeiler & Fergus §5.2), where classes hold very different numbers of test images; the plain top-1
+        accuracy when every class holds as many."""
+        accs = [a for a in self.class_accuracies if a is not None]
+        return sum(accs) / len(accs) if accs else None
+
+    @property
+    def balanced(self) -> bool:
+        """Whether every class with images holds as many (then the mean class accuracy is the top-1 accuracy)."""
+        return len({n for n in self.class_images if n}) <= 1
+
     def to_json(self) -> dict[str, Any]:
         """Exactly the keys ``alexnet eval --json`` prints."""
         return {
@@ -47,6 +69,7 @@ class EvalResult:
             "top5_err": self.top5_err,
             "top1_acc": self.top1_acc,
             "top5_acc": self.top5_acc,
+            "mean_class_acc": self.mean_class_acc,
             "images": self.images,
             "skipped": self.skipped,
             "complete": self.complete,
@@ -87,6 +110,7 @@ def evaluate_loader(
     # Top-1 hits, top-5 hits and the loss sum stay on the device until the end: no host read per batch, so on a
     # GPU the next batch's copy and finishing overlap this one's forward pass.
     sums = torch.zeros(3, dtype=torch.float64, device=device)
+    per_class: torch.Tensor | None = None  # 2×C: images and top-1 hits of each class
     n = 0
     seen_bad = len(getattr(loader, "bad", []))
     complete = True
@@ -102,6 +126,10 @@ def evaluate_loader(
             hits = ranked == targets[:, None]
             loss = F.nll_loss(probs.clamp_min(1e-12).log(), targets, reduction="sum")
             sums += torch.stack([hits[:, 0].sum(), hits.any(dim=1).sum(), loss]).to(torch.float64)
+            if per_class is None:
+                per_class = torch.zeros(2, probs.shape[1], dtype=torch.float64, device=device)
+            per_class[0].index_add_(0, targets, torch.ones_like(targets, dtype=torch.float64))
+            per_class[1].index_add_(0, targets, hits[:, 0].to(torch.float64))
             n += len(targets)
             if stop is not None and stop():
                 complete = False
@@ -109,10 +137,17 @@ def evaluate_loader(
     finally:
         model.train(was_training)
     bad = list(getattr(loader, "bad", []))[seen_bad:]
-    counts = torch.cat([sums, torch.tensor([n, len(bad)], dtype=torch.float64, device=device)])
+    if per_class is None:  # no batch (a rank with an empty shard): its classes come from the others
+        classes = getattr(getattr(model, "module", model), "num_classes", None) or 0
+        per_class = torch.zeros(2, classes, dtype=torch.float64, device=device)
+    counts = torch.cat(
+        [sums, torch.tensor([n, len(bad)], dtype=torch.float64, device=device), per_class.flatten()]
+    )
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         torch.distributed.all_reduce(counts)
-    top1, top5, loss_sum, n, skipped = counts.tolist()
+    values = counts.tolist()
+    top1, top5, loss_sum, n, skipped = values[:5]
+    class_counts = [int(v) for v in values[5:]]
     n = int(n)
     if n == 0:
         from alexnet.errors import DataError
@@ -126,6 +161,8 @@ def evaluate_loader(
         skipped=int(skipped),
         skipped_files=bad,
         complete=complete,
+        class_images=class_counts[: len(class_counts) // 2],
+        class_hits=class_counts[len(class_counts) // 2 :],
     )
 
 
@@ -192,4 +229,10 @@ def evaluate(
     # dataset.bad holds the files the up-front check dropped and (appended by the loader) those that failed later.
     result.skipped = len(dataset.bad)
     result.skipped_files = list(dataset.bad)
+    from alexnet.data.classes import class_names
+
+    known = names if names is not None else list(dataset.classes)
+    result.classes = class_names(
+        len(result.class_images), known if len(known) == len(result.class_images) else None
+    )
     return result

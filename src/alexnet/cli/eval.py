@@ -37,6 +37,12 @@ def register(sub: Any) -> None:
     p.add_argument(
         "--ten-crop", action="store_true", help="average the softmax over ten crops (AlexNet §4.1)"
     )
+    p.add_argument(
+        "--per-class",
+        action="store_true",
+        help="also each class's images and top-1 accuracy (the mean over classes, Caltech's measure, is printed "
+        "whenever the classes hold different numbers of images)",
+    )
     p.add_argument("--json", action="store_true", help="print one JSON object instead of text")
     p.add_argument("--batch-size", type=int, default=64, help="images per batch (default 64)")
     p.add_argument("--workers", type=int, default=2, help="data-loading worker processes (default 2)")
@@ -75,6 +81,19 @@ def _run_data(config: Path) -> str | None:
     return data
 
 
+def _print_per_class(result: Any) -> None:
+    """One line per class with images: its name, its images and their top-1 accuracy."""
+    rows = [
+        (name, n, acc)
+        for name, n, acc in zip(result.classes, result.class_images, result.class_accuracies, strict=True)
+        if n
+    ]
+    width = max((len(name) for name, _, _ in rows), default=5)
+    print(f"{'class':<{width}}  images  top-1 acc")
+    for name, n, acc in rows:
+        print(f"{name:<{width}}  {n:>6}  {100 * acc:8.2f}%")
+
+
 def run(args: argparse.Namespace) -> int:
     from alexnet.evaluate import evaluate
     from alexnet.stopping import StopSignals
@@ -107,7 +126,15 @@ def run(args: argparse.Namespace) -> int:
             signals=signals,
         )
     if args.json:
-        print(json.dumps(result.to_json()))
+        out = result.to_json()
+        if args.per_class:
+            out["per_class"] = [
+                {"class": name, "images": n, "top1_acc": acc}
+                for name, n, acc in zip(
+                    result.classes, result.class_images, result.class_accuracies, strict=True
+                )
+            ]
+        print(json.dumps(out))
     else:
         crops = "ten crops" if args.ten_crop else "centre crop"
         if len(weights) > 1:
@@ -118,6 +145,13 @@ def run(args: argparse.Namespace) -> int:
         )
         print(f"top-1 error {100 * result.top1_err:.2f}%  (accuracy {100 * result.top1_acc:.2f}%)")
         print(f"top-5 error {100 * result.top5_err:.2f}%  (accuracy {100 * result.top5_acc:.2f}%)")
+        if not result.balanced and result.mean_class_acc is not None:
+            tested = sum(1 for n in result.class_images if n)
+            print(
+                f"mean per-class top-1 accuracy {100 * result.mean_class_acc:.2f}%  (over {tested} classes)"
+            )
+        if args.per_class:
+            _print_per_class(result)
     if not result.complete:
         raise signals.interrupted(
             f"stopped after {result.images} images of {Path(data) / args.split}; the numbers printed are over "
