@@ -120,10 +120,28 @@ def test_the_classifier_is_kept_for_the_weights_classes_and_replaced_for_others(
     assert note == "--weights w: fc4 kept (the data has its 3 classes)"
     other, note = adapt(Start(build_model(TINY, num_classes=3), "w", None, None), list("abcd"), dropout=0.25)
     assert note == "--weights w: a new fc4 for 4 classes (the weights' has 3)"
+    # as many classes, but other ones (the weights name theirs): a new layer as well
+    named = build_model(TINY, num_classes=3)
+    named.weights_meta = WeightsMeta(classes=["x", "y", "z"])
+    before = named.get_classifier().weight.clone()
+    renamed, note = adapt(Start(named, "w", None, None), ["a", "b", "c"], dropout=TINY.dropout)
+    assert note == "--weights w: a new fc4 for the data's 3 classes (the weights' 3 are others: x, y, z)"
+    assert not torch.equal(renamed.get_classifier().weight, before)
+    assert renamed.weights_meta.classes is None  # the record no longer names the weights' classes
     assert other.num_classes == 4 and other.get_classifier().weight.shape == (4, 32)
     assert other.config.dropout == 0.25 and all(
         m.p == 0.25 for m in other.modules() if isinstance(m, torch.nn.Dropout)
     )
+
+
+def test_imagenet_weights_keep_their_classifier_on_imagenets_wnid_folders() -> None:
+    from alexnet.data.classes import imagenet_classes
+    from alexnet.train.finetune import same_classes
+
+    wnids = [f"n{i:08d}" for i in range(1000)]  # sorted, as ILSVRC's folders are
+    assert same_classes(list(imagenet_classes()), wnids)  # torchvision's names are the sorted wnids' order
+    assert not same_classes(list(imagenet_classes()), wnids[:999])  # 999 classes: not ImageNet's
+    assert same_classes(None, ["a", "b"]) and not same_classes(["a", "b"], ["b", "a"])
 
 
 def test_freeze_fixes_the_layers_up_to_the_one_named_and_the_optimizer_leaves_them_out() -> None:

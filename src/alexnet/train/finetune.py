@@ -106,15 +106,32 @@ def describe_difference(start: Start, pre: Any) -> str | None:
     )
 
 
+def same_classes(theirs: list[str] | None, ours: list[str]) -> bool:
+    """Whether weights that name the classes ``theirs`` (``None``: not recorded) predict the data's ``ours`` in
+    the same order. ImageNet's human-readable names (torchvision's, the published imports') stand for its 1000
+    wnid folders, which sort into the same order."""
+    from alexnet.data.classes import imagenet_classes
+
+    if theirs is None or list(theirs) == list(ours):
+        return True
+    return len(ours) == 1000 and list(theirs) == list(imagenet_classes())
+
+
 def adapt(start: Start, classes: list[str], dropout: float) -> tuple[Any, str]:
-    """The run's network: the loaded one, with ``dropout`` and a fresh classifier layer when the data's class
-    count is not the weights' (initialised as the model's configuration says, ZF §5.2's "new softmax classifier");
-    and a line for the log saying which. Draws from torch's RNG only for a fresh classifier."""
+    """The run's network: the loaded one, with ``dropout`` and a fresh classifier layer (initialised as the
+    model's configuration says: ZF §5.2's "new softmax classifier") unless the weights predict the data's very
+    classes; and a line for the log saying which. Draws from torch's RNG only for a fresh classifier."""
     from alexnet.models import build_model
 
     net, fc = start.model, last_layer(start.model)
+    theirs = net.weights_meta.classes if net.weights_meta is not None else None
     if net.num_classes != len(classes):
         note = f"a new {fc} for {len(classes)} classes (the weights' has {net.num_classes})"
+        net.reset_classifier(len(classes))
+    elif not same_classes(theirs, classes):
+        assert theirs is not None
+        shown = ", ".join(theirs[:3]) + (", …" if len(theirs) > 3 else "")
+        note = f"a new {fc} for the data's {len(classes)} classes (the weights' {len(theirs)} are others: {shown})"
         net.reset_classifier(len(classes))
     else:
         note = f"{fc} kept (the data has its {len(classes)} classes)"
