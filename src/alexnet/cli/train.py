@@ -106,8 +106,8 @@ _VALUE_FLAGS: list[tuple[str, str, Any, str]] = [
         str,
         "start from trained weights instead of the init (fine-tuning): a weights file, a checkpoint, a run "
         "folder, torchvision, or a published source name (`alexnet weights sources`). The images are prepared "
-        "as the weights record (--normalize weights); the classifier layer is replaced by a fresh one when the "
-        "data has another number of classes; --model defaults to the weights' model",
+        "as the weights record (--normalize weights); the classifier layer is replaced by a fresh one unless the "
+        "weights predict the data's very classes; --model defaults to the weights' model",
     ),
     (
         "--freeze",
