@@ -231,3 +231,7 @@ def test_weights_with_another_normalisation_warn_that_the_inputs_differ(
     assert "were trained on inputs 63px of 72 BGR ×255 − mean (104.0, 117.0, 123.0)" in log
     _, meta = read_weights(tmp_path / "run" / "model.safetensors")
     assert meta.preprocessing is not None and meta.preprocessing.channel_order == "RGB"
+    # the normalisation asked for, the crop of the weights: 63 of 72 (not 63 of 256)
+    assert (meta.preprocessing.input_size, meta.preprocessing.resize) == (63, 72)
+    with pytest.raises(TrainingError, match="--input-size 99: the weights"):
+        train(cfg.with_overrides(input_size=99, out=str(tmp_path / "other")), progress=False)

@@ -54,7 +54,7 @@ def run_stats(cfg: TrainConfig, run_dir: Path, progress: bool = True, *, compute
 
 
 def preprocessing_for(
-    cfg: TrainConfig, default_input_size: int, stats: Any = None
+    cfg: TrainConfig, default_input_size: int, stats: Any = None, default_resize: int = 256
 ) -> tuple[Preprocessing, torch.Tensor | None]:
     """The run's :class:`Preprocessing` and, for ``normalize="image"``, its mean image (3×resize×resize).
 
@@ -62,12 +62,13 @@ def preprocessing_for(
     per-pixel mean image instead ("subtracting the mean activity over the training set from each pixel", §2);
     ``meanstd``: torchvision's 0–1 pixels normalised by mean and std. The means are ImageNet's, or the data's own
     when ``stats`` (:func:`run_stats`) is given. The crop is the model's input size (resize 256, AlexNet §2), or
-    ``cfg.input_size`` with the resize scaled by the same factor (256/227 of the crop).
+    ``cfg.input_size`` with the resize scaled by the same factor (256/227 of the crop); ``default_resize`` is the
+    resize for the default crop (a run starting from weights takes theirs: the ``demo`` recipe's 99 of 112).
     """
     if cfg.normalize == "weights":
         raise TrainingError("normalize 'weights': the starting weights' preprocessing (see input_convention)")
     size = cfg.input_size or default_input_size
-    resize = 256 if cfg.input_size is None else round(size * 256 / default_input_size)
+    resize = default_resize if cfg.input_size is None else round(size * default_resize / default_input_size)
     mean01 = tuple(stats.mean_rgb) if stats is not None else IMAGENET_MEAN
     if cfg.normalize == "meanstd":
         std01 = tuple(stats.std_rgb) if stats is not None else IMAGENET_STD
@@ -98,6 +99,16 @@ def input_convention(
     ones the starting weights record (``start``, :class:`alexnet.train.finetune.Start`), which a resumed run reads
     back from its checkpoint ``state``."""
     if cfg.normalize != "weights":
+        # starting from weights, their crop and resize: another normalisation does not change what fc6 is sized for
+        theirs = start.preprocessing if start is not None else None
+        if start is not None:
+            from alexnet.train.finetune import check_input_size
+
+            check_input_size(start, cfg.input_size)
+        if theirs is None and state is not None and cfg.weights is not None and state.get("preprocessing"):
+            theirs = Preprocessing.from_dict(state["preprocessing"])
+        if theirs is not None:
+            return preprocessing_for(cfg, theirs.input_size, stats, theirs.resize)
         return preprocessing_for(cfg, default_input_size, stats)
     if state is not None:
         saved = state.get("preprocessing")

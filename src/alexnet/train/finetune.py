@@ -72,17 +72,23 @@ def start_input(start: Start, input_size: int | None) -> tuple[Any, torch.Tensor
             f"--weights {start.source}: the file does not record how its images were prepared (a bare state "
             "dict); give --normalize mean, image or meanstd"
         )
-    if input_size is not None and input_size != pre.input_size:
-        raise TrainingError(
-            f"--input-size {input_size}: the weights {start.source} take {pre.input_size}px crops (their fc6 is "
-            "sized for them)"
-        )
+    check_input_size(start, input_size)
     if pre.mean_image and start.mean_image is None:
         raise TrainingError(
             f"--weights {start.source}: the weights subtract a mean image that the file does not hold; give "
             "--normalize mean, image or meanstd"
         )
     return pre, start.mean_image
+
+
+def check_input_size(start: Start, input_size: int | None) -> None:
+    """:class:`TrainingError` for an ``--input-size`` that is not the weights' own (their fc6 is sized for it)."""
+    theirs = start.model.config.input_size
+    if input_size is not None and input_size != theirs:
+        raise TrainingError(
+            f"--input-size {input_size}: the weights {start.source} take {theirs}px crops (their fc6 is sized "
+            "for them)"
+        )
 
 
 def describe_difference(start: Start, pre: Any) -> str | None:
