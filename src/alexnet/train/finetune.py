@@ -3,10 +3,10 @@
 ZF §5.2 ("Feature Generalization") keeps layers 1–7 of the ImageNet-trained network fixed and trains a new softmax
 classifier on top, for the appropriate number of classes, on Caltech-101, Caltech-256 and PASCAL 2012:
 ``alexnet train --weights W --freeze fc7``. Without ``--freeze`` every layer goes on learning from the loaded
-values (fine-tuning). The classifier layer is replaced by a freshly initialised one when the data has another
-number of classes than the weights. The images are prepared as the weights were trained on them (their recorded
-preprocessing and mean image: channel order, pixel scale, mean, crop size), unless the run asks for another
-normalisation.
+values (fine-tuning). The classifier layer is replaced by a freshly initialised one unless the weights predict the
+data's very classes. The images are prepared as the weights were trained on them (their recorded preprocessing and
+mean image: channel order, pixel scale, mean; ``TrainConfig.normalize == "weights"``), unless the run asks for
+another normalisation; the crop and resize are the weights' either way.
 """
 
 from __future__ import annotations
@@ -18,9 +18,6 @@ from typing import Any
 import torch
 
 from alexnet.errors import TrainingError
-
-# TrainConfig.normalize's value for "as the starting weights record"
-FROM_WEIGHTS = "weights"
 
 
 @dataclass
@@ -199,13 +196,15 @@ def freeze_(model: Any, layer: str) -> list[str]:
 
 
 __all__ = [
-    "FROM_WEIGHTS",
     "Start",
     "adapt",
     "check_freeze",
+    "check_input_size",
     "describe_difference",
     "freeze_",
+    "last_layer",
     "load_start",
+    "same_classes",
     "start_input",
     "weights_source",
 ]
