@@ -3,6 +3,7 @@ classifier on fixed layers 1–7, and fine-tuning every layer; the images prepar
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -235,3 +236,20 @@ def test_weights_with_another_normalisation_warn_that_the_inputs_differ(
     assert (meta.preprocessing.input_size, meta.preprocessing.resize) == (63, 72)
     with pytest.raises(TrainingError, match="--input-size 99: the weights"):
         train(cfg.with_overrides(input_size=99, out=str(tmp_path / "other")), progress=False)
+
+
+def test_weights_given_on_resume_of_a_run_that_began_without_them_are_refused(
+    tmp_path: Path, source: Path
+) -> None:
+    from alexnet.train.loop import _check_resumable
+
+    register_tiny()
+    saved = resolve_recipe("demo", model=TINY.name).to_dict()
+    del (
+        saved["weights"],
+        saved["freeze"],
+    )  # a checkpoint written before the flags existed: trained without them
+    args = build_parser().parse_args(["train", "--resume", "--out", str(tmp_path), "--weights", str(source)])
+    (tmp_path / "config.json").write_text(json.dumps(saved))
+    with pytest.raises(TrainingError, match="the run was trained without --weights"):
+        _check_resumable(resolve_config(args), {"config": saved})

@@ -168,7 +168,8 @@ _FIXED_ON_RESUME = (
 
 
 def _check_resumable(cfg: TrainConfig, state: dict[str, Any]) -> None:
-    saved = state.get("config") or {}
+    # a checkpoint from before --weights and --freeze existed was trained without them
+    saved = {"weights": None, "freeze": None, **(state.get("config") or {})}
     for key in _FIXED_ON_RESUME:
         if key in saved and saved[key] != getattr(cfg, key):
             was, now = saved[key], getattr(cfg, key)
