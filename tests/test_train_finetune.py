@@ -51,7 +51,7 @@ def source(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def _config(data: Path, out: Path, **overrides: object):
     register_tiny()
     base = dict(model=TINY.name, data=str(data), out=str(out), batch_size=4, workers=0, max_steps=4)
-    return resolve_recipe("demo", **{**base, "normalize": "weights", **overrides})
+    return resolve_recipe("demo", **{**base, **overrides})  # with weights: normalize="weights" by default
 
 
 def test_freeze_fc7_trains_a_new_classifier_on_fixed_layers_as_zf_section_5_2(

@@ -245,11 +245,10 @@ def resolve_config(args: argparse.Namespace) -> Any:
         return cfg.with_overrides(**overrides, out=args.out)
     recipe = args.recipe or "krizhevsky2012"
     model = args.model
-    if args.weights is not None:  # fine-tuning: the images prepared as the weights record; their model
-        if args.normalize is None and args.stats is None:
-            overrides["normalize"] = "weights"
-        model = model or _weights_model(args.weights)
-    cfg = resolve_recipe(recipe, model=model, **overrides)  # no --model: the recipe's
+    if args.weights is not None and model is None:  # fine-tuning: the weights' model
+        model = _weights_model(args.weights)
+    # no --model: the recipe's; with --weights, the images prepared as the weights record
+    cfg = resolve_recipe(recipe, model=model, **overrides)
     return cfg.with_overrides(out=args.out or f"runs/{cfg.model}-{recipe}-{time.strftime('%Y%m%d-%H%M%S')}")
 
 

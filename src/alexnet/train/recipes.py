@@ -141,11 +141,14 @@ def resolve_recipe(name: str, **overrides: Any) -> TrainConfig:
     """The recipe's values, then ``overrides`` (``None`` means "keep the recipe's value"), validated.
 
     With ``weights`` (a run that starts from trained weights) the recipe's crop size gives way to the weights'
-    own: their fc6 is sized for it (the ``demo`` recipe's 99 px is for a network it builds itself)."""
+    own (their fc6 is sized for it; the ``demo`` recipe's 99 px is for a network it builds itself), and unless
+    ``normalize`` or ``stats`` is given, the images are prepared as the weights record (``normalize="weights"``)."""
     if name not in RECIPES:
         raise TrainingError(f"unknown recipe {name!r}; choose one of: {', '.join(RECIPES)}")
     values = dict(RECIPES[name])
     if overrides.get("weights") is not None:
         values.pop("input_size", None)
+        if overrides.get("normalize") is None and overrides.get("stats") is None:
+            values["normalize"] = "weights"
     base = TrainConfig(recipe=name, **values)
     return base.with_overrides(**overrides)
