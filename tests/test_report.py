@@ -94,6 +94,15 @@ def test_top9_is_computed_from_the_runs_validation_images_when_no_top9_folder(re
     assert "computed for this report over 6 validation images of the run" in page
 
 
+def test_a_fine_tuned_run_says_where_its_weights_began_and_what_stayed_fixed():
+    from alexnet.visualize.report import origin
+
+    assert (
+        origin({"weights": "runs/a", "freeze": "fc7"}) == " · fine-tuned from runs/a · layers up to fc7 fixed"
+    )
+    assert origin({"weights": None, "freeze": None}) == "" and origin({}) == ""  # an older config.json
+
+
 def test_metrics_are_read_as_numbers(tmp_path):
     (tmp_path / "metrics.csv").write_text(METRICS)
     rows = read_metrics(tmp_path / "metrics.csv")

@@ -479,7 +479,8 @@ def build_report(
         "<link rel='icon' href='data:,'>"
         f"<title>{esc(title)}</title><style>{CSS}</style></head><body>"
         f"<h1>{esc(title)}</h1><p class='muted'>alexnet report · {esc(run.resolve())} · {stamp} · "
-        f"{model.num_classes} classes · images: {esc(', '.join(Path(i).name for i in images))}</p>"
+        f"{model.num_classes} classes{esc(origin(config))} · images: "
+        f"{esc(', '.join(Path(i).name for i in images))}</p>"
         f"<nav>{nav}</nav>{body}"
         f"<section id='config'><h2>Configuration</h2><details><summary>config.json</summary>"
         f"<table>{cfg_rows}</table></details></section></body></html>\n"
@@ -488,4 +489,15 @@ def build_report(
     return atomic_write(target, lambda tmp: Path(tmp).write_text(page, encoding="utf-8"))
 
 
-__all__ = ["ReportOptions", "build_report", "read_metrics"]
+def origin(config: dict[str, Any]) -> str:
+    """Where a run's weights began and what stayed fixed (`alexnet train --weights`, `--freeze`), for the page's
+    subtitle; empty for a run trained from its init."""
+    parts = []
+    if config.get("weights"):
+        parts.append(f"fine-tuned from {config['weights']}")
+    if config.get("freeze"):
+        parts.append(f"layers up to {config['freeze']} fixed")
+    return "".join(f" · {p}" for p in parts)
+
+
+__all__ = ["ReportOptions", "build_report", "origin", "read_metrics"]
