@@ -137,10 +137,15 @@ def test_an_interrupted_split_leaves_nothing_behind(flat: Path, tmp_path: Path, 
     assert sorted(p.name for p in tmp_path.iterdir()) == ["101_ObjectCategories"]  # no partial folder either
 
 
-def test_the_command_prints_what_it_made(
+def test_the_command_prints_what_it_made_and_names_files_in_no_class_folder(
     flat: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
+    (flat / "stray.jpg").write_bytes(b"x")
     assert main(["data-split", str(flat), "--out", str(tmp_path / "c"), "--train-per-class", "5", "-q"]) == 0
-    assert capsys.readouterr().out.strip() == (
+    out, err = capsys.readouterr()
+    assert out.strip() == (
         f"{tmp_path / 'c'}: 3 classes, 15 train / 13 val images (5 / 2–7 per class, seed 0; links to {flat})"
+    )
+    assert (
+        err.strip() == f"alexnet: note: 1 file directly in {flat}, in no class folder, left out (stray.jpg)"
     )

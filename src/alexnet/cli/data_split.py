@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from typing import Any
 
 from alexnet.cli._common import add_command
@@ -79,6 +80,13 @@ def run(args: argparse.Namespace) -> int:
     finally:
         for bar in bars:
             bar.close()
+    if summary.loose:  # a stray image beside the class folders belongs to no class: say so, not silently
+        names = ", ".join(summary.loose[:3]) + (" …" if len(summary.loose) > 3 else "")
+        print(
+            f"alexnet: note: {len(summary.loose)} file{'s' if len(summary.loose) > 1 else ''} directly in "
+            f"{args.source}, in no class folder, left out ({names})",
+            file=sys.stderr,
+        )
     if args.json:
         print(json.dumps({k: v for k, v in vars(summary).items() if k != "per_class"}))
         return 0

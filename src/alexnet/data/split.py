@@ -34,6 +34,9 @@ class SplitSummary:
     train: int
     val: int
     excluded: list[str] = field(default_factory=list)
+    loose: list[str] = field(
+        default_factory=list
+    )  # files directly in the source, in no class folder: left out
     per_class: dict[str, tuple[int, int]] = field(default_factory=dict)  # class → (train, val) images
 
 
@@ -106,7 +109,9 @@ def split_folder(
             raise DataError(f"--val-fraction must be between 0 and 1 (got {val_fraction})")
     if not src.is_dir():
         raise DataError(f"{src}: no such folder (expected {src}/<class>/<images>)")
-    classes = sorted(d.name for d in src.iterdir() if d.is_dir() and not d.name.startswith("."))
+    entries = [e for e in src.iterdir() if not e.name.startswith(".")]
+    classes = sorted(e.name for e in entries if e.is_dir())
+    loose = sorted(e.name for e in entries if not e.is_dir())
     if {"train", "val"} <= set(classes):
         raise DataError(f"{src} already has train/ and val/ splits: every command reads it as it is")
     unknown = sorted(set(exclude) - set(classes))
@@ -156,6 +161,7 @@ def split_folder(
             train=sum(len(t) for t, _ in plan.values()),
             val=sum(len(v) for _, v in plan.values()),
             excluded=sorted(exclude),
+            loose=loose,
             per_class={name: (len(t), len(v)) for name, (t, v) in plan.items()},
         )
         record = {
