@@ -99,13 +99,14 @@ def input_convention(
     ones the starting weights record (``start``, :class:`alexnet.train.finetune.Start`), which a resumed run reads
     back from its checkpoint ``state``."""
     if cfg.normalize != "weights":
-        # starting from weights, their crop and resize: another normalisation does not change what fc6 is sized for
-        theirs = start.preprocessing if start is not None else None
+        # starting from weights: their crop and resize whatever the normalisation (fc6 is sized for the crop)
+        theirs: Preprocessing | None = None
         if start is not None:
             from alexnet.train.finetune import check_input_size
 
             check_input_size(start, cfg.input_size)
-        if theirs is None and state is not None and cfg.weights is not None and state.get("preprocessing"):
+            theirs = start.preprocessing
+        elif state is not None and cfg.weights is not None and isinstance(state.get("preprocessing"), dict):
             theirs = Preprocessing.from_dict(state["preprocessing"])
         if theirs is not None:
             return preprocessing_for(cfg, theirs.input_size, stats, theirs.resize)
