@@ -253,3 +253,36 @@ def test_weights_given_on_resume_of_a_run_that_began_without_them_are_refused(
     (tmp_path / "config.json").write_text(json.dumps(saved))
     with pytest.raises(TrainingError, match="the run was trained without --weights"):
         _check_resumable(resolve_config(args), {"config": saved})
+
+
+def test_the_classifier_layer_learns_at_its_own_multiple_of_the_rate() -> None:
+    """Caffe's fine-tuning practice: a new last layer learns faster than the layers it starts from."""
+    from alexnet.train.optim import LRSchedule, build_optimizer, load_optimizer_state
+
+    register_tiny()
+    torch.manual_seed(0)
+    net = build_model(TINY, num_classes=3)
+    cfg = resolve_recipe(
+        "krizhevsky2012", model=TINY.name, optimizer="sgd", momentum=0.0, weight_decay=0.0, lr=0.01
+    ).with_overrides(classifier_lr_mult=10.0, bias_lr_mult=2.0)
+    optimizer = build_optimizer(net, cfg)
+    fc4, conv1 = net.layer("fc4"), net.layer("conv1")
+    assert [g["params"] for g in optimizer.param_groups[2:]] == [[fc4.weight], [fc4.bias]]
+    assert [g["lr_mult"] for g in optimizer.param_groups] == [1.0, 2.0, 10.0, 20.0]
+    LRSchedule(cfg, 10, 10).apply(optimizer, 0)
+    before = {k: v.detach().clone() for k, v in net.state_dict().items()}
+    net(torch.randn(2, 3, 63, 63)).square().sum().backward()
+    grads = {
+        "fc4": fc4.weight.grad.clone(),
+        "conv1": conv1.weight.grad.clone(),
+        "bias": fc4.bias.grad.clone(),
+    }
+    optimizer.step()
+    torch.testing.assert_close(before["classifier.3.weight"] - fc4.weight.detach(), 0.1 * grads["fc4"])
+    torch.testing.assert_close(before["classifier.3.bias"] - fc4.bias.detach(), 0.2 * grads["bias"])
+    torch.testing.assert_close(before["features.0.weight"] - conv1.weight.detach(), 0.01 * grads["conv1"])
+    # without a multiple of its own, the layer is in the two common groups: a checkpoint of one is refused by
+    # the other, not loaded into the wrong groups
+    plain = build_optimizer(net, cfg.with_overrides(classifier_lr_mult=1.0))
+    with pytest.raises(TrainingError, match="trained with a --classifier-lr-mult of its own"):
+        load_optimizer_state(plain, optimizer.state_dict(), net, cfg.with_overrides(classifier_lr_mult=1.0))

@@ -36,6 +36,13 @@ _VALUE_FLAGS: list[tuple[str, str, Any, str]] = [
         float,
         "the biases' weight decay as a multiple of --weight-decay (Caffe's decay_mult: 0 in the caffe recipe)",
     ),
+    (
+        "--classifier-lr-mult",
+        "classifier_lr_mult",
+        float,
+        "the classifier layer's (fc8's) learning rate as a multiple of the other layers' (Caffe's fine-tuning "
+        "example gives a new last layer 10; default 1)",
+    ),
     ("--lr-factor", "lr_factor", float, "learning-rate multiplier of the step/plateau schedules"),
     ("--step-every", "step_every", int, "step schedule period (in --step-unit)"),
     ("--step-unit", "step_unit", str, "iter or epoch"),

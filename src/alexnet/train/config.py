@@ -44,6 +44,8 @@ class TrainConfig:
     weight_decay: float = 5e-4
     bias_lr_mult: float = 1.0
     bias_decay_mult: float = 1.0
+    # the classifier layer's learning rate as a multiple of the others' (Caffe's fine-tuning: 10 for a new layer)
+    classifier_lr_mult: float = 1.0
     batch_size: int = 128
     epochs: int = 90
     max_steps: int | None = None
@@ -122,6 +124,10 @@ class TrainConfig:
             (
                 0 <= self.bias_decay_mult < inf,
                 f"bias decay mult must be >= 0 and finite (got {self.bias_decay_mult})",
+            ),
+            (
+                0 <= self.classifier_lr_mult < inf,
+                f"classifier lr mult must be >= 0 and finite (got {self.classifier_lr_mult})",
             ),
             (0 < self.lr_factor <= 1, f"lr factor must be in (0, 1] (got {self.lr_factor})"),
             (0 <= self.min_lr < inf, f"min lr must be >= 0 and finite (got {self.min_lr})"),

@@ -98,17 +98,42 @@ class PaperSGD(torch.optim.SGD):
 
 
 def param_groups(model: nn.Module, cfg: TrainConfig) -> list[dict[str, Any]]:
-    """Weights and biases as two groups, with Caffe's ``lr_mult`` / ``decay_mult`` for the biases."""
-    weights = [p for n, p in model.named_parameters() if p.requires_grad and not n.endswith("bias")]
-    biases = [p for n, p in model.named_parameters() if p.requires_grad and n.endswith("bias")]
+    """Weights and biases as two groups, with Caffe's ``lr_mult`` / ``decay_mult`` for the biases; with a
+    ``classifier_lr_mult`` other than 1, the classifier layer's weight and bias as two more groups whose rates are
+    multiplied by it (Caffe's fine-tuning example, ``models/finetune_flickr_style``, gives its new layer 10× the
+    rate of the layers it starts from). Parameters that are not trained (``--freeze``) are in no group."""
+    head = {id(p) for p in _classifier(model).parameters()} if cfg.classifier_lr_mult != 1 else set()
+    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    groups = _weights_and_biases([(n, p) for n, p in named if id(p) not in head], 1.0, cfg)
+    if head:
+        groups += _weights_and_biases(
+            [(n, p) for n, p in named if id(p) in head], cfg.classifier_lr_mult, cfg
+        )
+    return groups
+
+
+def _weights_and_biases(named: list[tuple[str, Any]], mult: float, cfg: TrainConfig) -> list[dict[str, Any]]:
     return [
-        {"params": weights, "lr_mult": 1.0, "weight_decay": cfg.weight_decay},
         {
-            "params": biases,
-            "lr_mult": cfg.bias_lr_mult,
+            "params": [p for n, p in named if not n.endswith("bias")],
+            "lr_mult": mult,
+            "weight_decay": cfg.weight_decay,
+        },
+        {
+            "params": [p for n, p in named if n.endswith("bias")],
+            "lr_mult": mult * cfg.bias_lr_mult,
             "weight_decay": cfg.weight_decay * cfg.bias_decay_mult,
         },
     ]
+
+
+def _classifier(model: nn.Module) -> nn.Module:
+    """The last layer: ``get_classifier()`` of a model of this package (timm's name), else the last Linear."""
+    get = getattr(model, "get_classifier", None)
+    if callable(get):
+        return get()  # type: ignore[no-any-return]
+    linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
+    return linears[-1] if linears else nn.Identity()
 
 
 def build_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
@@ -132,7 +157,19 @@ def load_optimizer_state(
 
     ``Optimizer.load_state_dict`` also restores each group's saved momentum, weight decay and multipliers, which
     would silently undo ``--momentum``, ``--weight-decay``, ``--bias-lr-mult`` and ``--bias-decay-mult`` given with
-    ``--resume``; they are set from ``cfg`` again (the learning rate is the schedule's at every step)."""
+    ``--resume``; they are set from ``cfg`` again (the learning rate is the schedule's at every step). A
+    ``--classifier-lr-mult`` may change too, but not to or from 1, which adds or removes the classifier layer's
+    own groups."""
+    saved = len(state.get("param_groups", []))
+    if saved != len(optimizer.param_groups):
+        from alexnet.errors import TrainingError
+
+        split = saved > len(optimizer.param_groups)
+        raise TrainingError(
+            f"--resume: the run was trained {'with' if split else 'without'} a --classifier-lr-mult of its own "
+            f"for the classifier layer, not {'without' if split else 'with'} one; resume with "
+            + ("a --classifier-lr-mult other than 1" if split else "--classifier-lr-mult 1")
+        )
     optimizer.load_state_dict(state)
     for group, fresh in zip(optimizer.param_groups, param_groups(model, cfg), strict=True):
         group["lr_mult"] = fresh["lr_mult"]
