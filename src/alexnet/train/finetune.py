@@ -50,7 +50,9 @@ def load_start(spec: str, model: str | None) -> Start:
     meta = net.weights_meta
     pre = meta.preprocessing if meta is not None else None
     mean_image = meta.tensors.get("mean_image") if meta is not None else None
-    return Start(net, spec, pre, mean_image)
+    # a run folder: which of its files (the final weights, or an unfinished run's newest checkpoint)
+    shown = spec if source == spec else f"{spec} ({Path(source).relative_to(spec)})"
+    return Start(net, shown, pre, mean_image)
 
 
 def _fetched(source: str) -> bool:
