@@ -122,17 +122,25 @@ def test_an_existing_output_a_split_folder_or_an_output_inside_the_source_is_ref
         split_folder(flat, flat / "split")
 
 
-def test_an_interrupted_split_leaves_nothing_behind(flat: Path, tmp_path: Path, monkeypatch) -> None:
+@pytest.mark.parametrize(
+    "failure", [KeyboardInterrupt(), OSError(28, "No space left on device")], ids=["ctrl-c", "disk-full"]
+)
+def test_an_interrupted_or_failed_split_leaves_nothing_behind(
+    flat: Path, tmp_path: Path, monkeypatch, failure: BaseException
+) -> None:
+    from alexnet.errors import OutputError
+
     made, real = [], os.symlink
 
-    def link_then_stop(src: str, dst: str) -> None:  # Ctrl-C after four links
+    def link_then_stop(src: str, dst: str) -> None:  # stops after four links
         if len(made) == 4:
-            raise KeyboardInterrupt
+            raise failure
         made.append(dst)
         real(src, dst)
 
     monkeypatch.setattr(os, "symlink", link_then_stop)
-    with pytest.raises(KeyboardInterrupt):
+    expected = KeyboardInterrupt if isinstance(failure, KeyboardInterrupt) else OutputError
+    with pytest.raises(expected, match=None if expected is KeyboardInterrupt else "No space left on device"):
         split_folder(flat, tmp_path / "out", train_per_class=2)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["101_ObjectCategories"]  # no partial folder either
 

@@ -20,7 +20,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from alexnet.errors import DataError
+from alexnet.errors import DataError, OutputError
 
 RECORD = "split.json"
 
@@ -176,8 +176,12 @@ def split_folder(
         if dst.exists():
             dst.rmdir()  # empty (checked above)
         tmp.rename(dst)
-    except BaseException:
+    except BaseException as e:
         shutil.rmtree(tmp, ignore_errors=True)
+        if isinstance(e, OSError):  # a full disk, a read-only folder, a file system without links (--copy)
+            raise OutputError(
+                f"{dst}: cannot write the split ({e.strerror or e}); nothing was left there"
+            ) from None
         raise
     return summary
 
