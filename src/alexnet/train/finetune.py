@@ -155,17 +155,19 @@ def last_layer(model: Any) -> str:
     return [name for name in model.layer_names() if name.startswith("fc")][-1]
 
 
-def check_freeze(model_name: str, layer: str, input_size: int | None = None) -> None:
-    """:class:`TrainingError` unless ``layer`` names a layer of ``model_name`` before its classifier layer (no
-    weights are built: the check runs before the data is read)."""
-    from alexnet.models import build_model, get_config
+def check_freeze(model: Any, layer: str, input_size: int | None = None) -> None:
+    """:class:`TrainingError` unless ``layer`` names a layer before the classifier layer of ``model``: a built
+    network, or a registered name (then built on the meta device: the check runs before the data is read, and
+    changes nothing)."""
+    if isinstance(model, str):
+        from alexnet.models import build_model, get_config
 
-    config = get_config(model_name)
-    if input_size is not None:
-        config = config.with_overrides(input_size=input_size)
-    with torch.device("meta"):
-        probe = build_model(config, num_classes=2)
-    _frozen_layers(probe, layer)
+        config = get_config(model)
+        if input_size is not None:
+            config = config.with_overrides(input_size=input_size)
+        with torch.device("meta"):
+            model = build_model(config, num_classes=2)
+    _frozen_layers(model, layer)
 
 
 def _frozen_layers(model: Any, layer: str) -> list[str]:

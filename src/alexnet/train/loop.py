@@ -252,10 +252,8 @@ def _train(
         nonlocal start
         if cfg.weights is not None and state is None:
             start = load_start(cfg.weights, cfg.model)
-            if cfg.freeze is not None:
-                freeze_(start.model, cfg.freeze)  # an unknown layer is refused before the data is read
-        elif cfg.freeze is not None and state is None:
-            check_freeze(cfg.model, cfg.freeze, cfg.input_size)
+        if cfg.freeze is not None and state is None:  # an unknown layer is refused before the data is read
+            check_freeze(start.model if start is not None else cfg.model, cfg.freeze, cfg.input_size)
         stats = run_stats(cfg, run_dir, progress_)
         size = start.model.config.input_size if start is not None else _input_size(cfg.model)
         pre_, mean_image = input_convention(cfg, size, stats, start, state)
