@@ -75,6 +75,21 @@ def _counts(n: int, name: str, train: int | None, val: int | None, fraction: flo
     return n - held, held
 
 
+def class_split(
+    files: list[Path],
+    name: str,
+    seed: int,
+    train_per_class: int | None = None,
+    val_per_class: int | None = None,
+    val_fraction: float | None = None,
+) -> tuple[list[Path], list[Path]]:
+    """One class's (train, val) files, as :func:`split_folder` chooses them (its arguments, already checked):
+    the files shuffled by ``(seed, name)`` alone, the first ones trained on."""
+    n_train, n_val = _counts(len(files), name, train_per_class, val_per_class, val_fraction)
+    order = _shuffled(files, seed, name)
+    return order[:n_train], order[n_train : n_train + n_val]
+
+
 def split_folder(
     source: str | Path,
     out: str | Path,
@@ -131,10 +146,9 @@ def split_folder(
 
     plan: dict[str, tuple[list[Path], list[Path]]] = {}
     for name in classes:
-        files = files_under(src / name)
-        n_train, n_val = _counts(len(files), name, train_per_class, val_per_class, val_fraction)
-        order = _shuffled(files, seed, name)
-        plan[name] = (order[:n_train], order[n_train : n_train + n_val])
+        plan[name] = class_split(
+            files_under(src / name), name, seed, train_per_class, val_per_class, val_fraction
+        )
 
     dst.parent.mkdir(parents=True, exist_ok=True)
     tmp = dst.with_name(f".{dst.name}.partial-{os.getpid()}")
@@ -186,4 +200,4 @@ def split_folder(
     return summary
 
 
-__all__ = ["RECORD", "SplitSummary", "split_folder"]
+__all__ = ["RECORD", "SplitSummary", "class_split", "split_folder"]

@@ -1,0 +1,392 @@
+"""How much each layer knows: a linear classifier on one layer's features — Zeiler & Fergus §5.3, Table 7.
+
+"We explore how discriminative the features in each layer of our ImageNet-pretrained model are. We do this by
+varying the number of layers retained from the ImageNet model and place either a linear SVM or softmax classifier
+on top." (ZF §5.3.) Layer n is the output of the paper's n-th block: conv + ReLU (+ pool and normalisation) for
+layers 1–5, fc + ReLU for 6 and 7 (:func:`block_outputs`); any layer can be named instead. The network is fixed:
+each image's features of every asked layer come from one forward pass (the weights' evaluation preprocessing, a
+centre crop), and only the classifiers (:mod:`alexnet.analysis.linear_classifiers`) are trained.
+
+The data set is either split already (``ROOT/train`` and ``ROOT/val``: one trial) or a folder of class folders
+(Caltech-101's ``101_ObjectCategories``), from which each of ``trials`` random splits takes ``train_per_class``
+images of each class to train on and up to ``test_per_class`` of the others to test on: ZF §5.2's protocol
+(Caltech-101: 30 per class, up to 50 tested, five trials). Trial t's split is ``alexnet data-split --seed S+t``'s.
+The score is Caltech's: the mean over classes of each class's top-1 accuracy, mean ± standard deviation over the
+trials.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from alexnet.analysis.linear_classifiers import KINDS, Kind, fit_predict
+from alexnet.data.folders import class_folders, files_under
+from alexnet.data.split import class_split
+from alexnet.errors import DataError
+from alexnet.models import AlexNetFamily
+from alexnet.visualize.hooks import capture, check_layers
+from alexnet.visualize.inputs import prepared_batches, spans
+
+TRAIN_PER_CLASS = 30  # ZF §5.2's larger Caltech-101 setting (Table 4: 15 and 30 per class)
+Item = tuple[Path, int]  # an image file and its class index
+Split = tuple[list[Item], list[Item]]  # (train, test)
+
+
+def block_outputs(model: AlexNetFamily) -> list[str]:
+    """The paper's layers 1 … 7 by the name of each block's last layer (dropout aside): ``pool1`` for AlexNet's
+    conv1 → relu1 → norm1 → pool1 (§3.5), ``norm1`` for ZFNet's conv1 → relu1 → pool1 → norm1 (Fig. 3); then
+    ``relu3``, ``relu4``, ``pool5``, ``relu6``, ``relu7``."""
+    last: dict[int, str] = {}
+    for name in model.layer_names():
+        m = re.fullmatch(r"([a-z]+)(\d+)", name)
+        if m and m.group(1) != "drop" and name != model.layer_names()[-1]:
+            last[int(m.group(2))] = name
+    return [last[n] for n in sorted(last)]
+
+
+def _check_class_files(root: Path, classes: list[str]) -> dict[str, list[Path]]:
+    files = {name: files_under(root / name) for name in classes}
+    empty = [name for name, f in files.items() if not f]
+    if empty:
+        raise DataError(
+            f"{root}: class folder{'s' if len(empty) > 1 else ''} {', '.join(empty)} hold no files"
+        )
+    return files
+
+
+def probe_splits(
+    root: str | Path,
+    *,
+    train_per_class: int | None = None,
+    test_per_class: int | None = None,
+    trials: int = 1,
+    seed: int = 0,
+    exclude: Sequence[str] = (),
+) -> tuple[list[str], list[Split]]:
+    """(class names, one (train, test) list of (file, class index) per trial) of the data set ``root`` (module
+    docstring). A split data set is used as it is: then the per-class counts, ``trials`` and ``exclude`` must be
+    left unset. ``train_per_class`` defaults to :data:`TRAIN_PER_CLASS`."""
+    root = Path(root).expanduser()
+    if trials < 1:
+        raise DataError(f"--trials must be at least 1 (got {trials})")
+    if not root.is_dir():
+        raise DataError(
+            f"{root}: no such folder (expected ROOT/train and ROOT/val, or ROOT/<class>/<images>)"
+        )
+    if (root / "train").is_dir() and (root / "val").is_dir():
+        if trials != 1 or exclude or test_per_class is not None or train_per_class is not None:
+            raise DataError(
+                f"{root} is split already (train/ and val/): it is used as it is, one trial; --train-per-class, "
+                "--test-per-class, --trials and --exclude choose splits of a folder of class folders"
+            )
+        classes = class_folders(root / "train")
+        if len(classes) < 2:
+            raise DataError(f"{root / 'train'} holds {len(classes)} class folder(s); a classifier needs 2")
+        unknown = sorted(set(class_folders(root / "val")) - set(classes))
+        if unknown:
+            raise DataError(
+                f"{root / 'val'}: class folder(s) {', '.join(unknown)} are not in {root / 'train'}"
+            )
+        index = {name: i for i, name in enumerate(classes)}
+        train = [(f, i) for name, i in index.items() for f in files_under(root / "train" / name)]
+        test = [
+            (f, index[name]) for name in class_folders(root / "val") for f in files_under(root / "val" / name)
+        ]
+        if not test:
+            raise DataError(f"{root / 'val'} holds no images to test on")
+        return classes, [(train, test)]
+    train_per_class = TRAIN_PER_CLASS if train_per_class is None else train_per_class
+    if train_per_class < 1:
+        raise DataError(f"--train-per-class must be at least 1 (got {train_per_class})")
+    if test_per_class is not None and test_per_class < 1:
+        raise DataError(f"--test-per-class must be at least 1 (got {test_per_class})")
+    found = class_folders(root)
+    unknown = sorted(set(exclude) - set(found))
+    if unknown:
+        raise DataError(f"--exclude {', '.join(unknown)}: no such class folder in {root}")
+    classes = [c for c in found if c not in set(exclude)]
+    if len(classes) < 2:
+        raise DataError(f"{root} holds {len(classes)} class folder(s); a classifier needs 2")
+    files = _check_class_files(root, classes)
+    out: list[Split] = []
+    for t in range(trials):
+        train: list[Item] = []
+        test: list[Item] = []
+        for i, name in enumerate(classes):
+            tr, te = class_split(files[name], name, seed + t, train_per_class, test_per_class)
+            train += [(f, i) for f in tr]
+            test += [(f, i) for f in te]
+        out.append((train, test))
+    return classes, out
+
+
+def _feature_shapes(model: AlexNetFamily, layers: list[str], pool_to: int | None) -> dict[str, int]:
+    from alexnet.predict import preprocessing_of
+
+    size = preprocessing_of(model).input_size
+    maps = capture(model, torch.zeros(1, 3, size, size), layers)
+    return {name: _pooled(m, pool_to)[0].numel() for name, m in maps.items()}
+
+
+def _pooled(x: torch.Tensor, pool_to: int | None) -> torch.Tensor:
+    """Maps N×C×H×W averaged down to at most ``pool_to``×``pool_to`` (never up), flattened to N×D."""
+    if pool_to is not None and x.ndim == 4 and max(x.shape[2:]) > pool_to:
+        x = F.adaptive_avg_pool2d(x, (min(pool_to, x.shape[2]), min(pool_to, x.shape[3])))
+    return x.flatten(1)
+
+
+def _memory() -> int:
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return 1 << 40
+
+
+def layer_features(
+    model: AlexNetFamily,
+    paths: Sequence[Path],
+    layers: list[str],
+    *,
+    pool_to: int | None = None,
+    batch_size: int = 64,
+    workers: int = 0,
+    progress: bool = False,
+) -> tuple[dict[str, torch.Tensor], list[int]]:
+    """(each layer's features N×D in float32 on the CPU, the places in ``paths`` of the images that did not
+    decode and have no row), from one forward pass per batch; ``pool_to``: maps averaged down to that size."""
+    dims = _feature_shapes(model, layers, pool_to)
+    need = len(paths) * sum(dims.values()) * 4
+    if need > _memory() // 2:
+        raise DataError(
+            f"the features of {len(paths)} images ({', '.join(f'{k} {v:,}' for k, v in dims.items())} per image) "
+            f"need {need / 2**30:.1f} GiB, more than half this machine's memory: fewer layers, or --pool-to N "
+            "(each map averaged down to N×N)"
+        )
+    rows = {name: torch.empty(len(paths), d) for name, d in dims.items()}
+    bad: list[int] = []
+    kept = 0
+    chunks = spans(len(paths), batch_size)
+    with tqdm(total=len(paths), desc="features", unit="img", disable=not progress) as bar:
+        for (start, stop), (batch, unreadable) in zip(
+            chunks, prepared_batches(model, list(paths), chunks, workers=workers), strict=True
+        ):
+            bad.extend(start + i for i in unreadable)
+            if batch is not None:
+                maps = capture(model, batch, layers)
+                for name in layers:
+                    rows[name][kept : kept + len(batch)] = _pooled(maps[name], pool_to)
+                kept += len(batch)
+            bar.update(stop - start)
+    return {name: r[:kept] for name, r in rows.items()}, bad
+
+
+@dataclass
+class ProbeRow:
+    layer: str
+    features: int
+    classifier: Kind
+    mean_class_acc: list[float]  # per trial: the mean over classes of each class's top-1 accuracy
+    accuracy: list[float]  # per trial: the fraction of test images right
+    converged: bool = True
+
+    @property
+    def mean(self) -> float:
+        return sum(self.mean_class_acc) / len(self.mean_class_acc)
+
+    @property
+    def std(self) -> float:
+        """The sample standard deviation over the trials (0 for one trial)."""
+        n = len(self.mean_class_acc)
+        if n < 2:
+            return 0.0
+        return math.sqrt(sum((a - self.mean) ** 2 for a in self.mean_class_acc) / (n - 1))
+
+
+@dataclass
+class ProbeResult:
+    model: str
+    data: str
+    classes: int
+    trials: int
+    train_images: list[int]  # per trial
+    test_images: list[int]
+    C: float
+    pool_to: int | None
+    rows: list[ProbeRow] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)  # files that did not decode
+
+    def row(self, layer: str, classifier: str) -> ProbeRow:
+        return next(r for r in self.rows if r.layer == layer and r.classifier == classifier)
+
+    def table(self) -> str:
+        """ZF Table 7's layout: a row per layer, a column per classifier, mean per-class accuracy (± std over
+        the trials)."""
+        layers = list(dict.fromkeys(r.layer for r in self.rows))
+        kinds = list(dict.fromkeys(r.classifier for r in self.rows))
+        head = f"{'layer':<8} {'features':>10}" + "".join(f"  {k:>15}" for k in kinds)
+        lines = [head]
+        for layer in layers:
+            cells = []
+            for k in kinds:
+                r = self.row(layer, k)
+                cell = f"{100 * r.mean:.1f} %" + (f" ± {100 * r.std:.1f}" if self.trials > 1 else "")
+                cells.append(f"  {cell + ('' if r.converged else '*'):>15}")
+            lines.append(f"{layer:<8} {self.row(layer, kinds[0]).features:>10,}" + "".join(cells))
+        n_train = sorted(set(self.train_images))
+        lines.append(
+            f"mean per-class top-1 accuracy on {self.test_images[0]:,} test images"
+            + (f" (mean ± std over {self.trials} trials)" if self.trials > 1 else "")
+            + f"; {self.classes} classes, {'/'.join(f'{n:,}' for n in n_train)} training images; C = {self.C:g}"
+            + (f"; maps averaged to {self.pool_to}×{self.pool_to}" if self.pool_to else "")
+        )
+        if not all(r.converged for r in self.rows):
+            lines.append("* L-BFGS stopped before converging")
+        return "\n".join(lines)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "model": self.model,
+            "data": self.data,
+            "classes": self.classes,
+            "trials": self.trials,
+            "train_images": self.train_images,
+            "test_images": self.test_images,
+            "C": self.C,
+            "pool_to": self.pool_to,
+            "skipped": self.skipped,
+            "rows": [
+                {
+                    "layer": r.layer,
+                    "features": r.features,
+                    "classifier": r.classifier,
+                    "mean_class_acc": r.mean,
+                    "std": r.std,
+                    "trials_mean_class_acc": r.mean_class_acc,
+                    "trials_accuracy": r.accuracy,
+                    "converged": r.converged,
+                }
+                for r in self.rows
+            ],
+        }
+
+
+def mean_class_accuracy(predicted: torch.Tensor, labels: torch.Tensor) -> float:
+    """The mean over the classes present in ``labels`` of the fraction of each one's images predicted right."""
+    hits = (predicted == labels).double()
+    present = labels.unique()
+    return float(torch.stack([hits[labels == c].mean() for c in present]).mean())
+
+
+def linear_probe(
+    model: AlexNetFamily,
+    root: str | Path,
+    *,
+    layers: Sequence[str] | None = None,
+    classifiers: Sequence[Kind] = KINDS,
+    C: float = 1.0,
+    train_per_class: int | None = None,
+    test_per_class: int | None = None,
+    trials: int = 1,
+    seed: int = 0,
+    exclude: Sequence[str] = (),
+    pool_to: int | None = None,
+    batch_size: int = 64,
+    workers: int = 0,
+    progress: bool = False,
+) -> ProbeResult:
+    """ZF Table 7 on the data set ``root`` (module docstring): each of ``layers`` (default: the paper's seven,
+    :func:`block_outputs`) × each classifier, trained on each trial's training images, scored on its test
+    images. The classifiers are solved on the model's device (float64; the CPU for MPS)."""
+    layers = check_layers(model, layers or block_outputs(model))
+    top = model.layer_names()[-1]
+    if top in layers:
+        raise DataError(f"{top} is the network's own classifier: probe the layers below it")
+    unknown = sorted(set(classifiers) - set(KINDS))
+    if unknown or not classifiers:
+        raise DataError(f"classifiers: choose from {', '.join(KINDS)} (got {', '.join(unknown) or 'none'})")
+    if C <= 0:
+        raise DataError(f"-C must be positive (got {C})")
+    if pool_to is not None and pool_to < 1:
+        raise DataError(f"--pool-to must be at least 1 (got {pool_to})")
+    classes, splits = probe_splits(
+        root,
+        train_per_class=train_per_class,
+        test_per_class=test_per_class,
+        trials=trials,
+        seed=seed,
+        exclude=exclude,
+    )
+    # every image any trial uses, once
+    paths = list(dict.fromkeys(f for train, test in splits for f, _ in train + test))
+    feats, bad = layer_features(
+        model, paths, layers, pool_to=pool_to, batch_size=batch_size, workers=workers, progress=progress
+    )
+    unreadable = {paths[i] for i in bad}
+    row_of = {p: r for r, p in enumerate(p for p in paths if p not in unreadable)}
+    device = next(model.parameters()).device
+    solve_on = torch.device("cpu") if device.type == "mps" else device  # no float64 on MPS
+    result = ProbeResult(
+        model=model.config.name,
+        data=str(root),
+        classes=len(classes),
+        trials=len(splits),
+        train_images=[],
+        test_images=[],
+        C=C,
+        pool_to=pool_to,
+        skipped=[str(p) for p in sorted(unreadable)],
+    )
+    rows = {
+        (layer, kind): ProbeRow(layer, feats[layer].shape[1], kind, [], [])
+        for layer in layers
+        for kind in classifiers
+    }
+    bar = tqdm(total=len(splits) * len(rows), desc="classifiers", unit="fit", disable=not progress)
+    for train, test in splits:
+        train = [(f, y) for f, y in train if f not in unreadable]
+        test = [(f, y) for f, y in test if f not in unreadable]
+        if len({y for _, y in train}) < len(classes):
+            missing = sorted(set(classes) - {classes[y] for _, y in train})
+            raise DataError(f"no readable training image of class(es) {', '.join(missing)}")
+        if not test:
+            raise DataError("no readable image to test on")
+        result.train_images.append(len(train))
+        result.test_images.append(len(test))
+        tr = torch.tensor([row_of[f] for f, _ in train])
+        te = torch.tensor([row_of[f] for f, _ in test])
+        y_train = torch.tensor([y for _, y in train])
+        y_test = torch.tensor([y for _, y in test])
+        for (layer, kind), row in rows.items():
+            x = feats[layer]
+            scores, converged = fit_predict(
+                kind, x[tr], y_train.to(solve_on), x[te], len(classes), C, device=solve_on
+            )
+            predicted = scores.argmax(1)
+            row.mean_class_acc.append(mean_class_accuracy(predicted, y_test))
+            row.accuracy.append(float((predicted == y_test).double().mean()))
+            row.converged = row.converged and converged
+            bar.update(1)
+    bar.close()
+    result.rows = list(rows.values())
+    return result
+
+
+__all__ = [
+    "ProbeResult",
+    "ProbeRow",
+    "block_outputs",
+    "layer_features",
+    "linear_probe",
+    "mean_class_accuracy",
+    "probe_splits",
+]
