@@ -73,8 +73,8 @@ def _fit_softmax(
     """L-BFGS with a strong-Wolfe line search on W / s, where sⱼ = (1 + C λⱼ / 4)^-½ and λⱼ is feature j's sum of
     squares: the objective's curvature along feature j is at most 1 + C λⱼ / 2 (a softmax's Hessian is at most
     ½ I), so in principal coordinates (:func:`principal_coordinates`) this change of variables makes it nearly
-    round; it changes the path, not the optimum. ``converged``: the gradient fell below ``tolerance`` (in the
-    objective divided by C·n) within ``max_iter`` iterations."""
+    round; it changes the path, not the optimum. ``converged``: the objective's gradient (the objective divided by
+    C·n) ends below 1e-6."""
     n, d = x.shape
     step = (1 + 0.25 * C * x.square().sum(0)).rsqrt().unsqueeze(1)
     free = torch.zeros(d, classes, dtype=torch.float64, device=x.device, requires_grad=True)
@@ -101,7 +101,8 @@ def _fit_softmax(
     )
     optimiser.step(closure)
     closure()
-    grad = torch.cat([free.grad.flatten(), bias.grad.flatten()])  # type: ignore[union-attr]
+    # the gradient in W, not in W / s: of the objective itself (divided by C·n)
+    grad = torch.cat([(free.grad / step).flatten(), bias.grad.flatten()])  # type: ignore[union-attr, operator]
     return Linear((free * step).detach(), bias.detach(), bool(grad.abs().max() <= 1e-6))
 
 

@@ -26,7 +26,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from tqdm import tqdm
 
 from alexnet.analysis.linear_classifiers import KINDS, Kind, fit_predict
@@ -35,7 +34,7 @@ from alexnet.data.split import class_split
 from alexnet.errors import DataError
 from alexnet.models import AlexNetFamily
 from alexnet.visualize.hooks import capture, check_layers
-from alexnet.visualize.inputs import prepared_batches, spans
+from alexnet.visualize.retrieval import gallery_features, pooled
 
 TRAIN_PER_CLASS = 30  # ZF §5.2's larger Caltech-101 setting (Table 4: 15 and 30 per class)
 Item = tuple[Path, int]  # an image file and its class index
@@ -130,19 +129,12 @@ def probe_splits(
     return classes, out
 
 
-def _feature_shapes(model: AlexNetFamily, layers: list[str], pool_to: int | None) -> dict[str, int]:
+def _feature_sizes(model: AlexNetFamily, layers: list[str], pool_to: int | None) -> dict[str, int]:
     from alexnet.predict import preprocessing_of
 
     size = preprocessing_of(model).input_size
     maps = capture(model, torch.zeros(1, 3, size, size), layers)
-    return {name: _pooled(m, pool_to)[0].numel() for name, m in maps.items()}
-
-
-def _pooled(x: torch.Tensor, pool_to: int | None) -> torch.Tensor:
-    """Maps N×C×H×W averaged down to at most ``pool_to``×``pool_to`` (never up), flattened to N×D."""
-    if pool_to is not None and x.ndim == 4 and max(x.shape[2:]) > pool_to:
-        x = F.adaptive_avg_pool2d(x, (min(pool_to, x.shape[2]), min(pool_to, x.shape[3])))
-    return x.flatten(1)
+    return {name: pooled(m, pool_to).shape[1] for name, m in maps.items()}
 
 
 def _memory() -> int:
@@ -160,34 +152,35 @@ def layer_features(
     pool_to: int | None = None,
     batch_size: int = 64,
     workers: int = 0,
+    cache_dir: str | Path | None = None,
     progress: bool = False,
 ) -> tuple[dict[str, torch.Tensor], list[int]]:
     """(each layer's features N×D in float32 on the CPU, the places in ``paths`` of the images that did not
-    decode and have no row), from one forward pass per batch; ``pool_to``: maps averaged down to that size."""
-    dims = _feature_shapes(model, layers, pool_to)
-    need = len(paths) * sum(dims.values()) * 4
+    decode and have no row), from one forward pass per batch; ``pool_to``: maps averaged down to that size.
+    With ``cache_dir`` the features are kept there in shards as they are extracted (retrieval's cache,
+    :func:`alexnet.visualize.retrieval.gallery_features`): an interrupted extraction goes on from its last
+    shard, and a second probe of the same images (another C, classifier or trial count) reads them back."""
+    sizes = _feature_sizes(model, layers, pool_to)
+    need = len(paths) * sum(sizes.values()) * 4
     if need > _memory() // 2:
         raise DataError(
-            f"the features of {len(paths)} images ({', '.join(f'{k} {v:,}' for k, v in dims.items())} per image) "
-            f"need {need / 2**30:.1f} GiB, more than half this machine's memory: fewer layers, or --pool-to N "
-            "(each map averaged down to N×N)"
+            f"the features of {len(paths)} images ({', '.join(f'{k} {v:,}' for k, v in sizes.items())} per "
+            f"image) need {need / 2**30:.1f} GiB, more than half this machine's memory: fewer layers, or "
+            "--pool-to N (each map averaged down to N×N)"
         )
-    rows = {name: torch.empty(len(paths), d) for name, d in dims.items()}
-    bad: list[int] = []
-    kept = 0
-    chunks = spans(len(paths), batch_size)
-    with tqdm(total=len(paths), desc="features", unit="img", disable=not progress) as bar:
-        for (start, stop), (batch, unreadable) in zip(
-            chunks, prepared_batches(model, list(paths), chunks, workers=workers), strict=True
-        ):
-            bad.extend(start + i for i in unreadable)
-            if batch is not None:
-                maps = capture(model, batch, layers)
-                for name in layers:
-                    rows[name][kept : kept + len(batch)] = _pooled(maps[name], pool_to)
-                kept += len(batch)
-            bar.update(stop - start)
-    return {name: r[:kept] for name, r in rows.items()}, bad
+    gallery = gallery_features(
+        model,
+        paths,
+        layers,
+        batch_size=batch_size,
+        cache_dir=cache_dir,
+        progress=progress,
+        workers=workers,
+        pool_to=pool_to,
+        what="images",
+    )
+    skipped = set(gallery.skipped)
+    return gallery.take_by_layer(), [i for i, p in enumerate(paths) if str(p) in skipped]
 
 
 @dataclass
@@ -302,11 +295,13 @@ def linear_probe(
     pool_to: int | None = None,
     batch_size: int = 64,
     workers: int = 0,
+    cache_dir: str | Path | None = None,
     progress: bool = False,
 ) -> ProbeResult:
     """ZF Table 7 on the data set ``root`` (module docstring): each of ``layers`` (default: the paper's seven,
     :func:`block_outputs`) × each classifier, trained on each trial's training images, scored on its test
-    images. The classifiers are solved on the model's device (float64; the CPU for MPS)."""
+    images. The classifiers are solved on the model's device (float64; the CPU for MPS). ``cache_dir``: see
+    :func:`layer_features`."""
     layers = check_layers(model, layers or block_outputs(model))
     top = model.layer_names()[-1]
     if top in layers:
@@ -329,7 +324,14 @@ def linear_probe(
     # every image any trial uses, once
     paths = list(dict.fromkeys(f for train, test in splits for f, _ in train + test))
     feats, bad = layer_features(
-        model, paths, layers, pool_to=pool_to, batch_size=batch_size, workers=workers, progress=progress
+        model,
+        paths,
+        layers,
+        pool_to=pool_to,
+        batch_size=batch_size,
+        workers=workers,
+        cache_dir=cache_dir,
+        progress=progress,
     )
     unreadable = {paths[i] for i in bad}
     row_of = {p: r for r, p in enumerate(p for p in paths if p not in unreadable)}

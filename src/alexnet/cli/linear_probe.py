@@ -14,7 +14,7 @@ def register(sub: Any) -> None:
         sub,
         "linear-probe",
         "how discriminative each layer's features are: a linear SVM and a softmax on each (ZF §5.3, Table 7)",
-        "Zeiler & Fergus §5.3: keep the network fixed, take each image's features at a layer (by default the "
+        "Zeiler & Fergus §5.3 and Table 7: keep the network fixed, take each image's features at a layer (by default the "
         "paper's layers 1-7: each block's output, e.g. AlexNet's pool1 pool2 relu3 relu4 pool5 relu6 relu7), "
         "train a linear classifier on them and report its mean per-class top-1 accuracy on held-out images. "
         "ROOT is split already (ROOT/train and ROOT/val: one trial), or a folder of class folders such as "
@@ -67,6 +67,13 @@ def register(sub: Any) -> None:
         metavar="N",
         help="average each feature map down to N×N first (less memory; the paper uses the maps as they are)",
     )
+    p.add_argument(
+        "--cache",
+        metavar="DIR",
+        help="keep the features in DIR as they are extracted (safetensors shards, about images × features × 4 "
+        "bytes): an interrupted probe goes on from there, and a second one of the same images, layers and "
+        "--pool-to (another -C or --classifier) skips the network",
+    )
     p.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
     p.add_argument("--batch-size", type=int, default=64, help="images per forward pass (default 64)")
     p.add_argument("--workers", type=int, default=2, help="image-decoding worker processes (default 2)")
@@ -97,6 +104,7 @@ def run(args: argparse.Namespace) -> int:
         pool_to=args.pool_to,
         batch_size=args.batch_size,
         workers=args.workers,
+        cache_dir=args.cache,
         progress=not (args.quiet or args.json),
     )
     if result.skipped:

@@ -21,12 +21,13 @@ import hashlib
 import json
 import shutil
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from tqdm import tqdm
 
 from alexnet.errors import DataError, OutputError
@@ -88,28 +89,56 @@ def cache_key(model: AlexNetFamily, paths: Sequence[Path], layer: str) -> str:
 SHARD = 256  # gallery images per cache file: what an interruption can lose, and the search's step
 
 
+FEATURES = "features"  # the tensor's name in a shard file of one layer (as earlier versions wrote them)
+
+
 @dataclass
 class Gallery:
-    """A gallery's features in row order, in blocks: the cache's shard files (read one at a time) or tensors."""
+    """A gallery's features in row order, in blocks: the cache's shard files (read one at a time) or tensors;
+    a block holds one N×D tensor per layer."""
 
     paths: list[str]  # the readable images: row i of the features
     skipped: list[str]
-    blocks: list[Path | torch.Tensor]
+    blocks: list[Path | dict[str, torch.Tensor]]
+    names: list[str] = field(default_factory=lambda: [FEATURES])  # the tensors of each block
 
-    def feature_blocks(self) -> Iterator[torch.Tensor]:
-        """Each block's N×D features, in row order, one in memory at a time."""
+    def layer_blocks(self) -> Iterator[dict[str, torch.Tensor]]:
+        """Each block's tensors by name, in row order, one block in memory at a time."""
         from safetensors.torch import load_file
 
         for block in self.blocks:
-            yield load_file(str(block))["features"] if isinstance(block, Path) else block
+            yield load_file(str(block)) if isinstance(block, Path) else block
+
+    def feature_blocks(self) -> Iterator[torch.Tensor]:
+        """Each block's N×D features of the (first) layer, in row order, one in memory at a time."""
+        for block in self.layer_blocks():
+            yield block[self.names[0]]
 
     @property
     def features(self) -> torch.Tensor:
         """All N×D features at once (a small gallery's; :func:`retrieve` never needs them together)."""
         return torch.cat(list(self.feature_blocks()))
 
+    def take_by_layer(self) -> dict[str, torch.Tensor]:
+        """Every layer's N×D features at once, by name, the blocks moved out one by one (the gallery holds none
+        afterwards): the memory peak is the result and one block, not two copies of the features."""
+        from safetensors.torch import load_file
 
-def _read_shard(path: Path, chunk: Sequence[Path]) -> list[int] | None:
+        out: dict[str, torch.Tensor] = {}
+        row = 0
+        while self.blocks:
+            entry = self.blocks.pop(0)
+            block = load_file(str(entry)) if isinstance(entry, Path) else entry
+            for name in self.names:
+                if name not in out:
+                    out[name] = torch.empty(len(self.paths), block[name].shape[1], dtype=block[name].dtype)
+                out[name][row : row + len(block[name])] = block[name]
+            row += len(block[self.names[0]])
+            del block, entry
+        return out
+
+
+def _read_shard(path: Path, chunk: Sequence[Path], name: str = FEATURES) -> list[int] | None:
     """The unreadable images' places in ``chunk`` recorded by a finished shard of it, or ``None`` when the shard
     is missing, unreadable or not of ``chunk``'s length. Paths are never taken from the file: the cache key
     resolves them, so the same gallery reached by another relative path shares the cache."""
@@ -118,7 +147,7 @@ def _read_shard(path: Path, chunk: Sequence[Path]) -> list[int] | None:
     try:
         with safe_open(str(path), framework="pt") as f:
             meta = f.metadata() or {}
-            rows = f.get_slice("features").get_shape()[0]
+            rows = f.get_slice(name).get_shape()[0]
         count, bad = int(meta["count"]), json.loads(meta["skipped"])
     except (SafetensorError, OSError, KeyError, ValueError, TypeError):
         return None
@@ -126,37 +155,54 @@ def _read_shard(path: Path, chunk: Sequence[Path]) -> list[int] | None:
     return bad if fits and count == len(chunk) and rows == count - len(set(bad)) else None
 
 
+def pooled(maps: torch.Tensor, pool_to: int | None = None) -> torch.Tensor:
+    """A layer's output as N×D rows: feature maps averaged down to at most ``pool_to``×``pool_to`` (never up)
+    first when asked."""
+    if pool_to is not None and maps.ndim == 4 and max(maps.shape[2:]) > pool_to:
+        maps = F.adaptive_avg_pool2d(maps, (min(pool_to, maps.shape[2]), min(pool_to, maps.shape[3])))
+    return maps.flatten(1)
+
+
 def gallery_features(
     model: AlexNetFamily,
     paths: Sequence[str | Path],
-    layer: str = "relu7",
+    layer: str | Sequence[str] = "relu7",
     *,
     batch_size: int = 32,
     cache_dir: str | Path | None = None,
     progress: bool = False,
     shard: int = SHARD,
     workers: int = 0,
+    pool_to: int | None = None,
+    what: str = "gallery images",
 ) -> Gallery:
     """``layer`` features of every readable image in ``paths``, extracted in shards of ``shard`` images on the
     model's device (with ``workers`` > 0 the files are decoded in that many processes, a few batches ahead); with
     ``cache_dir``, each shard is cached there once done and read back by a later call for the same model,
     layer and listing (module docstring), and Ctrl-C or SIGTERM stops after the shard under way with
-    :class:`~alexnet.errors.Interrupted`."""
+    :class:`~alexnet.errors.Interrupted`. Several layers (a list) come from one forward pass per batch, each
+    block then holding a tensor per layer; ``pool_to``: their maps averaged down (:func:`pooled`)."""
     from safetensors.torch import save_file
 
-    check_layers(model, [layer])
+    layers = [layer] if isinstance(layer, str) else list(layer)
+    check_layers(model, layers)
+    if not layers:
+        raise DataError("no layer to extract")
+    names = [FEATURES] if isinstance(layer, str) else layers
+    # the cache's name for what is extracted: one layer's as earlier versions named it
+    label = "+".join(layers) + (f"-p{pool_to}" if pool_to is not None else "")
     files = [Path(p) for p in paths]
     if not files:
-        raise DataError("the gallery is empty")
+        raise DataError(f"no {what}: the list is empty")
     if shard < 1 or batch_size < 1:
         raise DataError(f"shard and batch_size must be at least 1 (got {shard}, {batch_size})")
     folder = None
     if cache_dir is not None:
-        keys = cache_keys(model, files, layer)
-        folder = Path(cache_dir) / f"{layer}-{keys[DECODING]}-s{shard}"
+        keys = cache_keys(model, files, label)
+        folder = Path(cache_dir) / f"{label}-{keys[DECODING]}-s{shard}"
         # earlier versions' caches of the same gallery (one file; shards of whole-decoded JPEGs): no longer read
-        (Path(cache_dir) / f"{layer}-{keys['']}.safetensors").unlink(missing_ok=True)
-        shutil.rmtree(Path(cache_dir) / f"{layer}-{keys['']}-s{shard}", ignore_errors=True)
+        (Path(cache_dir) / f"{label}-{keys['']}.safetensors").unlink(missing_ok=True)
+        shutil.rmtree(Path(cache_dir) / f"{label}-{keys['']}-s{shard}", ignore_errors=True)
         try:
             folder.mkdir(parents=True, exist_ok=True)
         except OSError as e:
@@ -166,7 +212,7 @@ def gallery_features(
         folder / f"{n:06d}.safetensors" if folder is not None else None for n in range(len(shards))
     ]
     cached = [
-        _read_shard(path, files[start:stop]) if path is not None else None
+        _read_shard(path, files[start:stop], names[0]) if path is not None else None
         for path, (start, stop) in zip(shard_files, shards, strict=True)
     ]
     # one loader for every batch still to extract, so that its workers run ahead across shards
@@ -179,20 +225,20 @@ def gallery_features(
     batches = prepared_batches(model, files, todo, workers=workers)
     kept: list[str] = []
     skipped: list[str] = []
-    blocks: list[Path | torch.Tensor] = []
-    bar = tqdm(total=len(files), desc=f"{layer} features", unit="img", disable=not progress)
+    blocks: list[Path | dict[str, torch.Tensor]] = []
+    desc = f"{layer} features" if isinstance(layer, str) else "features"
+    bar = tqdm(total=len(files), desc=desc, unit="img", disable=not progress)
     signals = StopSignals("stopping after this shard, with it saved" if progress else None)
     with signals if folder is not None else contextlib.nullcontext(), contextlib.closing(batches):
         for (start, stop), path, bad in zip(shards, shard_files, cached, strict=True):
             chunk = files[start:stop]
-            block: Path | torch.Tensor | None = path  # a cached shard is read when searched
+            block: Path | dict[str, torch.Tensor] | None = path  # a cached shard is read when searched
             if bad is None:
-                feats, bad = _extract(model, batches, spans(stop, batch_size, start), start, layer)
+                feats, bad = _extract(model, batches, spans(stop, batch_size, start), start, layers, pool_to)
+                feats = dict(zip(names, feats.values(), strict=True))
                 if path is not None:
-                    meta = {"count": str(len(chunk)), "skipped": json.dumps(bad), "layer": layer}
-                    atomic_write(
-                        path, lambda tmp, f=feats, m=meta: save_file({"features": f}, tmp, metadata=m)
-                    )
+                    meta = {"count": str(len(chunk)), "skipped": json.dumps(bad), "layer": label}
+                    atomic_write(path, lambda tmp, f=feats, m=meta: save_file(f, tmp, metadata=m))
                 else:
                     block = feats
             if block is not None and len(bad) < len(chunk):
@@ -204,13 +250,13 @@ def gallery_features(
             if signals.signum is not None:
                 bar.close()
                 raise signals.interrupted(
-                    f"stopped after {stop} of {len(files)} gallery images; their features are "
+                    f"stopped after {stop} of {len(files)} {what}; their features are "
                     f"saved in {folder}: run the same command to go on from there"
                 )
     bar.close()
     if not kept:
-        raise DataError("no readable image in the gallery")
-    return Gallery(kept, skipped, blocks)
+        raise DataError(f"none of the {what} is readable")
+    return Gallery(kept, skipped, blocks, names)
 
 
 def _extract(
@@ -218,19 +264,21 @@ def _extract(
     batches: Iterator[tuple[torch.Tensor | None, list[int]]],
     chunks: Sequence[tuple[int, int]],
     offset: int,
-    layer: str,
-) -> tuple[torch.Tensor, list[int]]:
-    """One shard's (features of its readable images, in order; the places of the unreadable ones in the
-    shard), from the next ``len(chunks)`` prepared batches; ``offset`` is the shard's first image."""
-    feats: list[torch.Tensor] = []
+    layers: list[str],
+    pool_to: int | None = None,
+) -> tuple[dict[str, torch.Tensor], list[int]]:
+    """One shard's (each layer's features of its readable images, in order; the places of the unreadable ones
+    in the shard), from the next ``len(chunks)`` prepared batches; ``offset`` is the shard's first image."""
+    feats: dict[str, list[torch.Tensor]] = {name: [] for name in layers}
     bad: list[int] = []
     for start, _ in chunks:
         batch, unreadable = next(batches)
         bad.extend(start - offset + i for i in unreadable)
         if batch is not None:
-            feats.append(capture(model, batch, [layer])[layer].flatten(1))
-    features = torch.cat(feats).contiguous() if feats else torch.empty(0, 0)
-    return features, bad
+            maps = capture(model, batch, layers)
+            for name in layers:
+                feats[name].append(pooled(maps[name], pool_to))
+    return {name: torch.cat(f).contiguous() if f else torch.empty(0, 0) for name, f in feats.items()}, bad
 
 
 @dataclass
