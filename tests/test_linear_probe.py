@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from alexnet import create_model
 from alexnet.analysis import linear_probe as lp
 from alexnet.analysis.linear_classifiers import (
+    TOLERANCE,
     Standardiser,
     fit,
     fit_predict,
@@ -78,11 +79,12 @@ def _objective(
 def test_the_softmax_is_scikit_learns_l2_logistic_regression(C: float) -> None:
     sklearn = pytest.importorskip("sklearn.linear_model")
     x, y = _blobs(120, 20, 4)
-    ours = fit("softmax", x, y, 4, C)
+    ours = fit("softmax", x, y, 4, C, tolerance=1e-6)  # both near the one optimum of the same objective
     theirs = sklearn.LogisticRegression(C=C, tol=1e-12, max_iter=10_000).fit(x.numpy(), y.numpy())
     assert ours.converged
     probabilities = torch.softmax(ours.decision(x), 1).numpy()
-    np.testing.assert_allclose(probabilities, theirs.predict_proba(x.numpy()), atol=1e-5)
+    # two iterative solutions, each within a gradient of ~1e-6 of the optimum: their probabilities agree to 1e-4
+    np.testing.assert_allclose(probabilities, theirs.predict_proba(x.numpy()), atol=1e-4)
 
 
 @pytest.mark.parametrize("C", [0.01, 1.0, 100.0])
@@ -107,9 +109,8 @@ def test_each_classifier_ends_where_its_objectives_gradient_vanishes(kind: str) 
     bias = model.bias.clone().requires_grad_()
     _objective(kind, weight, bias, x, y, 10.0).backward()
     gradient = torch.cat([weight.grad.flatten(), bias.grad.flatten()])
-    assert (
-        gradient.abs().max() / (10.0 * len(x)) < 1e-6
-    )  # per image and unit of C, as `converged` measures it
+    # per image and unit of C, as `converged` measures it; the SVM's Newton steps end at the exact optimum
+    assert gradient.abs().max() / (10.0 * len(x)) <= (TOLERANCE if kind == "softmax" else 1e-9)
 
 
 @pytest.mark.parametrize("kind", ["svm", "softmax"])
@@ -119,11 +120,13 @@ def test_principal_coordinates_change_no_decision(kind: str, d: int) -> None:
     is exact: the test images' scores are those of the classifier on the standardised features themselves."""
     x, y = _blobs(70, d, 3, seed=2)
     x_train, y_train, x_test = x[:50].float(), y[:50], x[50:].float()
-    scores, converged = fit_predict(kind, x_train, y_train, x_test, 3, 0.1)
+    scores, converged = fit_predict(kind, x_train, y_train, x_test, 3, 0.1, tolerance=1e-6)
     standardise = Standardiser.of(x_train)
-    direct = fit(kind, standardise(x_train), y_train, 3, 0.1)
+    direct = fit(kind, standardise(x_train), y_train, 3, 0.1, tolerance=1e-6)
     assert converged and direct.converged
-    torch.testing.assert_close(scores, direct.decision(standardise(x_test)), atol=1e-5, rtol=1e-5)
+    # the SVM's Newton steps end at the exact optimum; the softmax's L-BFGS within a gradient of 1e-6 of it
+    close = 1e-6 if kind == "svm" else 1e-4
+    torch.testing.assert_close(scores, direct.decision(standardise(x_test)), atol=close, rtol=close)
 
 
 def test_standardising_centres_and_scales_each_feature_by_the_training_images() -> None:

@@ -54,27 +54,49 @@ def _objective(kind: Kind, scores: torch.Tensor, y: torch.Tensor) -> torch.Tenso
     return (1 - sign * scores).clamp(min=0).square().sum()
 
 
-def fit(kind: Kind, x: torch.Tensor, y: torch.Tensor, classes: int, C: float = 1.0) -> Linear:
+def fit(
+    kind: Kind,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    classes: int,
+    C: float = 1.0,
+    *,
+    tolerance: float | None = None,
+) -> Linear:
     """The optimum of ``kind``'s objective (module docstring) on features ``x`` (n×d) and labels ``y`` (n), on
-    ``x``'s device in float64: the softmax by L-BFGS (:func:`_fit_softmax`), the SVM by Newton's method on its
-    active sets (:func:`_fit_svm`)."""
+    ``x``'s device in float64: the softmax by L-BFGS to a gradient of at most ``tolerance`` (default
+    :data:`TOLERANCE`; :func:`_fit_softmax`), the SVM exactly, by Newton's method on its active sets
+    (:func:`_fit_svm`)."""
     if kind not in KINDS:
         raise ValueError(f"unknown classifier {kind!r}; choose one of: {', '.join(KINDS)}")
     if C <= 0:
         raise ValueError(f"C must be positive, got {C}")
     x = x.double()
     y = y.to(x.device, torch.int64)
-    return _fit_softmax(x, y, classes, C) if kind == "softmax" else _fit_svm(x, y, classes, C)
+    if kind == "softmax":
+        return _fit_softmax(x, y, classes, C, TOLERANCE if tolerance is None else tolerance)
+    return _fit_svm(x, y, classes, C)
+
+
+# The largest gradient entry at which a fit counts as converged, in the objective divided by C·n (the mean loss
+# plus ½‖W‖²/(C·n)): scikit-learn's LogisticRegression stops at 1e-4 on this same objective by default.
+TOLERANCE = 1e-5
 
 
 def _fit_softmax(
-    x: torch.Tensor, y: torch.Tensor, classes: int, C: float, max_iter: int = 3000, tolerance: float = 1e-9
+    x: torch.Tensor,
+    y: torch.Tensor,
+    classes: int,
+    C: float,
+    tolerance: float = TOLERANCE,
+    max_iter: int = 5000,
 ) -> Linear:
     """L-BFGS with a strong-Wolfe line search on W / s, where sⱼ = (1 + C λⱼ / 4)^-½ and λⱼ is feature j's sum of
     squares: the objective's curvature along feature j is at most 1 + C λⱼ / 2 (a softmax's Hessian is at most
     ½ I), so in principal coordinates (:func:`principal_coordinates`) this change of variables makes it nearly
-    round; it changes the path, not the optimum. ``converged``: the objective's gradient (the objective divided by
-    C·n) ends below 1e-6."""
+    round; it changes the path, not the optimum. ``converged``: the objective's gradient in W ends at most
+    ``tolerance`` (L-BFGS stops once its gradient in W / s is below that times the smallest sⱼ, which ensures
+    it)."""
     n, d = x.shape
     step = (1 + 0.25 * C * x.square().sum(0)).rsqrt().unsqueeze(1)
     free = torch.zeros(d, classes, dtype=torch.float64, device=x.device, requires_grad=True)
@@ -94,7 +116,7 @@ def _fit_softmax(
         lr=1.0,
         max_iter=max_iter,
         max_eval=max_iter * 2,
-        tolerance_grad=tolerance,
+        tolerance_grad=tolerance * float(step.min()),
         tolerance_change=1e-15,
         history_size=20,
         line_search_fn="strong_wolfe",
@@ -103,7 +125,7 @@ def _fit_softmax(
     closure()
     # the gradient in W, not in W / s: of the objective itself (divided by C·n)
     grad = torch.cat([(free.grad / step).flatten(), bias.grad.flatten()])  # type: ignore[union-attr, operator]
-    return Linear((free * step).detach(), bias.detach(), bool(grad.abs().max() <= 1e-6))
+    return Linear((free * step).detach(), bias.detach(), bool(grad.abs().max() <= tolerance))
 
 
 def _svm_objective(beta: torch.Tensor, f: torch.Tensor, sign: torch.Tensor, C: float) -> torch.Tensor:
@@ -226,17 +248,19 @@ def fit_predict(
     C: float = 1.0,
     *,
     device: torch.device | str = "cpu",
+    tolerance: float | None = None,
 ) -> tuple[torch.Tensor, bool]:
     """(the test images' scores m×k as float64 on the CPU, converged) of ``kind`` trained on ``x_train`` (n×d,
     any dtype and device; no float64 copy of it is made when d > n) after standardisation, in principal
-    coordinates, solved on ``device``."""
+    coordinates, solved on ``device`` (``tolerance``: :func:`fit`'s)."""
     train, test = principal_coordinates(x_train, x_test, Standardiser.of(x_train, device))
-    model = fit(kind, train, y_train, classes, C)
+    model = fit(kind, train, y_train, classes, C, tolerance=tolerance)
     return model.decision(test).cpu(), model.converged
 
 
 __all__ = [
     "KINDS",
+    "TOLERANCE",
     "Kind",
     "Linear",
     "Standardiser",
