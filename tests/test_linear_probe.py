@@ -21,6 +21,7 @@ from alexnet.analysis.linear_classifiers import (
     Standardiser,
     fit,
     fit_predict,
+    newton_points,
     principal_coordinates,
 )
 from alexnet.cli import main
@@ -127,6 +128,24 @@ def test_principal_coordinates_change_no_decision(kind: str, d: int) -> None:
     # the SVM's Newton steps end at the exact optimum; the softmax's L-BFGS within a gradient of 1e-6 of it
     close = 1e-6 if kind == "svm" else 1e-4
     torch.testing.assert_close(scores, direct.decision(standardise(x_test)), atol=close, rtol=close)
+
+
+def test_the_svms_newton_point_is_the_same_from_the_active_block_or_from_the_whole_inverse() -> None:
+    """β_A = M_AA⁻¹ t_A, solved directly or through the inverse of a principal block of M⁻¹ (the faster way when
+    most images are active), on active sets of every size."""
+    x, y = _blobs(40, 60, 4, seed=3)
+    system = x @ x.T + 1 + torch.eye(40, dtype=torch.float64) / 2
+    sign = -torch.ones(40, 4, dtype=torch.float64)
+    sign[torch.arange(40), y] = 1
+    active = torch.rand(40, 4, generator=torch.Generator().manual_seed(0)) < torch.tensor(
+        [0.1, 0.5, 0.9, 1.0]
+    )
+    direct = newton_points(system, sign, active, complement=False)
+    through_inverse = newton_points(system, sign, active, complement=True)
+    torch.testing.assert_close(through_inverse, direct)
+    assert (direct[~active] == 0).all()
+    a = active[:, 1].nonzero().squeeze(1)
+    torch.testing.assert_close(system[a][:, a] @ direct[a, 1], sign[a, 1])
 
 
 def test_standardising_centres_and_scales_each_feature_by_the_training_images() -> None:

@@ -28,7 +28,7 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
-from alexnet.analysis.linear_classifiers import KINDS, Kind, fit_predict
+from alexnet.analysis.linear_classifiers import KINDS, Kind, Standardiser, fit, principal_coordinates
 from alexnet.data.folders import class_folders, files_under
 from alexnet.data.split import class_split
 from alexnet.errors import DataError
@@ -368,16 +368,18 @@ def linear_probe(
         te = torch.tensor([row_of[f] for f, _ in test])
         y_train = torch.tensor([y for _, y in train])
         y_test = torch.tensor([y for _, y in test])
-        for (layer, kind), row in rows.items():
+        for layer in layers:
+            # the rotation is shared by the classifiers: its n×n products are most of the cost
             x = feats[layer]
-            scores, converged = fit_predict(
-                kind, x[tr], y_train.to(solve_on), x[te], len(classes), C, device=solve_on
-            )
-            predicted = scores.argmax(1)
-            row.mean_class_acc.append(mean_class_accuracy(predicted, y_test))
-            row.accuracy.append(float((predicted == y_test).double().mean()))
-            row.converged = row.converged and converged
-            bar.update(1)
+            train_at, test_at = principal_coordinates(x[tr], x[te], Standardiser.of(x[tr], solve_on))
+            for kind in classifiers:
+                model = fit(kind, train_at, y_train.to(solve_on), len(classes), C)
+                predicted = model.decision(test_at).argmax(1).cpu()
+                row = rows[layer, kind]
+                row.mean_class_acc.append(mean_class_accuracy(predicted, y_test))
+                row.accuracy.append(float((predicted == y_test).double().mean()))
+                row.converged = row.converged and model.converged
+                bar.update(1)
     bar.close()
     result.rows = list(rows.values())
     return result
