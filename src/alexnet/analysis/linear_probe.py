@@ -302,7 +302,8 @@ def linear_probe(
     :func:`block_outputs`) × each classifier, trained on each trial's training images, scored on its test
     images. The classifiers are solved on the model's device (float64; the CPU for MPS). ``cache_dir``: see
     :func:`layer_features`."""
-    layers = check_layers(model, layers or block_outputs(model))
+    layers = list(dict.fromkeys(check_layers(model, layers or block_outputs(model))))  # each once
+    classifiers = list(dict.fromkeys(classifiers))
     top = model.layer_names()[-1]
     if top in layers:
         raise DataError(f"{top} is the network's own classifier: probe the layers below it")

@@ -20,8 +20,9 @@ def register(sub: Any) -> None:
         "ROOT is split already (ROOT/train and ROOT/val: one trial), or a folder of class folders such as "
         "Caltech-101's 101_ObjectCategories, from which each trial draws --train-per-class images of each class "
         "to train on and tests on the others (ZF §5.2: 30, up to 50 tested, 5 trials; trial t is the split "
-        "`alexnet data-split --seed S+t` makes). Both classifiers are solved to their optimum (L-BFGS, float64) "
-        "on standardised features; -C weighs the loss against the L2 penalty.",
+        "`alexnet data-split --seed S+t` makes). Both classifiers are solved to their optimum in float64 (the "
+        "softmax by L-BFGS, the SVM by Newton's method) on standardised features; -C weighs the loss against "
+        "the L2 penalty. docs/analysis.md has the details and a measured example.",
     )
     p.add_argument("root", metavar="ROOT", help="ROOT/train + ROOT/val, or ROOT/<class>/<images>")
     add_model_arguments(p, run=True)
