@@ -450,6 +450,33 @@ def test_visualisations_on_cuda_compute_what_they_compute_on_the_cpu(photo_root,
     torch.testing.assert_close(g_gpu.features, g_cpu.features, rtol=1e-4, atol=1e-4)
 
 
+def test_a_linear_probe_on_cuda_scores_what_it_scores_on_the_cpu(photo_root, tmp_path):
+    """ZF Table 7 with the features and both classifiers (float64 products, Cholesky, L-BFGS) on the GPU."""
+    import copy
+
+    from alexnet.analysis.linear_classifiers import fit
+    from alexnet.analysis.linear_probe import linear_probe
+
+    torch.manual_seed(0)
+    cpu = create_model("alexnet").eval()
+    gpu = copy.deepcopy(cpu).to(CUDA)
+    root = photo_root / "train"  # two classes of seven images: a folder of class folders
+    a = linear_probe(cpu, root, layers=["pool2", "relu7"], train_per_class=4)
+    b = linear_probe(gpu, root, layers=["pool2", "relu7"], train_per_class=4, workers=2, cache_dir=tmp_path)
+    for ra, rb in zip(a.rows, b.rows, strict=True):
+        assert (rb.layer, rb.classifier, rb.converged) == (ra.layer, ra.classifier, True)
+        # features within 1e-4 of the CPU's: a near tie may flip, at most one test image of the six
+        assert rb.mean_class_acc == pytest.approx(ra.mean_class_acc, abs=0.17)
+    x = torch.randn(50, 30, dtype=torch.float64)
+    y = torch.arange(50) % 3
+    for kind in ("svm", "softmax"):
+        on_cpu, on_gpu = fit(kind, x, y, 3), fit(kind, x.to(CUDA), y.to(CUDA), 3)
+        assert on_gpu.weight.device.type == "cuda"
+        torch.testing.assert_close(
+            on_gpu.decision(x.to(CUDA)).cpu(), on_cpu.decision(x), atol=1e-4, rtol=1e-4
+        )
+
+
 def test_the_explorer_on_cuda_shows_what_it_shows_on_the_cpu():
     """`alexnet serve --device cuda`: the page's predictions, maps and deconvnet PNGs from a model on the GPU."""
     import copy

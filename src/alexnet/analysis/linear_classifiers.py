@@ -1,7 +1,8 @@
 """Linear classifiers on fixed features: the softmax and the linear SVM of Zeiler & Fergus §5.3 (Table 7).
 
-Both minimise a strongly convex objective to its one optimum, by L-BFGS in float64, so a result depends on the
-features and ``C`` alone, not on a learning rate, epochs or the order of the images:
+Both minimise a strongly convex objective to its one optimum in float64 (the softmax by L-BFGS, the SVM by
+Newton's method), so a result depends on the features and ``C`` alone, not on a learning rate, epochs or the
+order of the images:
 
 - ``softmax`` (multinomial logistic regression): ½‖W‖² + C Σᵢ −log softmax(xᵢW + b)[yᵢ], the bias not penalised
   (scikit-learn's ``LogisticRegression(C=C)``);
@@ -43,15 +44,6 @@ class Linear:
 
     def decision(self, x: torch.Tensor) -> torch.Tensor:
         return x.to(self.weight) @ self.weight + self.bias
-
-
-def _objective(kind: Kind, scores: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """Σᵢ of the loss (module docstring) of the scores n×k for labels ``y``."""
-    if kind == "softmax":
-        return F.cross_entropy(scores, y, reduction="sum")
-    sign = torch.full_like(scores, -1.0)
-    sign[torch.arange(len(y), device=y.device), y] = 1.0
-    return (1 - sign * scores).clamp(min=0).square().sum()
 
 
 def fit(

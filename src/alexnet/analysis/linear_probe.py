@@ -235,15 +235,17 @@ class ProbeResult:
                 cell = f"{100 * r.mean:.1f} %" + (f" ± {100 * r.std:.1f}" if self.trials > 1 else "")
                 cells.append(f"  {cell + ('' if r.converged else '*'):>15}")
             lines.append(f"{layer:<8} {self.row(layer, kinds[0]).features:>10,}" + "".join(cells))
-        n_train = sorted(set(self.train_images))
+        n_train, n_test = (
+            "/".join(f"{n:,}" for n in sorted(set(c))) for c in (self.train_images, self.test_images)
+        )
         lines.append(
-            f"mean per-class top-1 accuracy on {self.test_images[0]:,} test images"
+            f"mean per-class top-1 accuracy on {n_test} test images"
             + (f" (mean ± std over {self.trials} trials)" if self.trials > 1 else "")
-            + f"; {self.classes} classes, {'/'.join(f'{n:,}' for n in n_train)} training images; C = {self.C:g}"
+            + f"; {self.classes} classes, {n_train} training images; C = {self.C:g}"
             + (f"; maps averaged to {self.pool_to}×{self.pool_to}" if self.pool_to else "")
         )
         if not all(r.converged for r in self.rows):
-            lines.append("* L-BFGS stopped before converging")
+            lines.append("* the solver stopped before converging (a smaller -C is better conditioned)")
         return "\n".join(lines)
 
     def to_json(self) -> dict[str, Any]:
