@@ -205,7 +205,7 @@ def test_a_split_data_set_is_one_trial_as_it_is(photo_classes: Path, tmp_path: P
 
 
 def test_too_small_classes_and_unknown_exclusions_are_one_line(photo_classes: Path) -> None:
-    with pytest.raises(DataError, match="fewer than --train-per-class 12"):
+    with pytest.raises(DataError, match="fewer than --train-per-class 12 plus one to test on"):
         lp.probe_splits(photo_classes, train_per_class=12)
     with pytest.raises(DataError, match="--exclude cat: no such class folder"):
         lp.probe_splits(photo_classes, train_per_class=5, exclude=["cat"])

@@ -122,7 +122,9 @@ def probe_splits(
         train: list[Item] = []
         test: list[Item] = []
         for i, name in enumerate(classes):
-            tr, te = class_split(files[name], name, seed + t, train_per_class, test_per_class)
+            tr, te = class_split(
+                files[name], name, seed + t, train_per_class, test_per_class, held_out="test"
+            )
             train += [(f, i) for f in tr]
             test += [(f, i) for f in te]
         out.append((train, test))

@@ -48,13 +48,15 @@ def _shuffled(files: list[Path], seed: int, name: str) -> list[Path]:
     return order
 
 
-def _counts(n: int, name: str, train: int | None, val: int | None, fraction: float | None) -> tuple[int, int]:
-    """(train, val) images of a class of ``n`` files."""
+def _counts(
+    n: int, name: str, train: int | None, val: int | None, fraction: float | None, held_out: str = "validate"
+) -> tuple[int, int]:
+    """(train, val) images of a class of ``n`` files; ``held_out`` says what the others are for, in errors."""
     if train is not None:
         if n < train + 1:
             raise DataError(
                 f"class {name!r} has {n} image{'s' if n != 1 else ''}: fewer than --train-per-class {train} plus "
-                "one to validate on (a smaller --train-per-class, or --exclude it)"
+                f"one to {held_out} on (a smaller --train-per-class, or --exclude it)"
             )
         rest = n - train
         return train, rest if val is None else min(val, rest)
@@ -68,7 +70,7 @@ def _counts(n: int, name: str, train: int | None, val: int | None, fraction: flo
     assert fraction is not None
     if n < 2:
         raise DataError(
-            f"class {name!r} has {n} image{'s' if n != 1 else ''}: one to train on and one to validate on "
+            f"class {name!r} has {n} image{'s' if n != 1 else ''}: one to train on and one to {held_out} on "
             "is the least (--exclude it)"
         )
     held = min(n - 1, max(1, round(fraction * n)))
@@ -82,10 +84,12 @@ def class_split(
     train_per_class: int | None = None,
     val_per_class: int | None = None,
     val_fraction: float | None = None,
+    held_out: str = "validate",
 ) -> tuple[list[Path], list[Path]]:
     """One class's (train, val) files, as :func:`split_folder` chooses them (its arguments, already checked):
-    the files shuffled by ``(seed, name)`` alone, the first ones trained on."""
-    n_train, n_val = _counts(len(files), name, train_per_class, val_per_class, val_fraction)
+    the files shuffled by ``(seed, name)`` alone, the first ones trained on. ``held_out``: what the others are
+    for, in the error for a class too small ("validate", "test")."""
+    n_train, n_val = _counts(len(files), name, train_per_class, val_per_class, val_fraction, held_out)
     order = _shuffled(files, seed, name)
     return order[:n_train], order[n_train : n_train + n_val]
 
