@@ -375,8 +375,9 @@ def linear_probe(
         y_test = torch.tensor([y for _, y in test])
         for layer in layers:
             # the rotation is shared by the classifiers: its n×n products are most of the cost
-            x = feats[layer]
-            train_at, test_at = principal_coordinates(x[tr], x[te], Standardiser.of(x[tr], solve_on))
+            x_train, x_test = feats[layer][tr], feats[layer][te]
+            train_at, test_at = principal_coordinates(x_train, x_test, Standardiser.of(x_train, solve_on))
+            del x_train, x_test
             for kind in classifiers:
                 model = fit(kind, train_at, y_train.to(solve_on), len(classes), C)
                 predicted = model.decision(test_at).argmax(1).cpu()
