@@ -703,7 +703,13 @@ def _train(
         weights = _save_final(model, cfg, data, pre, run_dir, last)
         _write_results(run_dir, last, ten_result, step, time.monotonic() - t_start)
         plot_learning_curve(run_dir)
-        log.info("done: %d steps in %.1f min; weights %s", step, (time.monotonic() - t_start) / 60, weights)
+        log.info(
+            "done: %d step%s in %.1f min; weights %s",
+            step,
+            "" if step == 1 else "s",
+            (time.monotonic() - t_start) / 60,
+            weights,
+        )
         if handler is not None:
             detach_log_file(handler)
     dist_utils.barrier(info)
