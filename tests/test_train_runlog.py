@@ -116,7 +116,12 @@ def test_a_class_folder_without_images_is_named_in_the_log_and_on_the_console(tm
     assert line in caplog.text
     assert line in (tmp_path / "run" / "train.log").read_text()
     assert f"alexnet: warning: {line}" in capsys.readouterr().err  # train.log's handler silences Python's own
-    assert "done: 1 step in " in (tmp_path / "run" / "train.log").read_text()  # one step, not "1 steps"
+
+
+def test_the_last_line_of_a_one_step_run_counts_one_step(tmp_path, data):
+    _train(data, tmp_path / "run", max_steps=1)
+    last = (tmp_path / "run" / "train.log").read_text().splitlines()[-1]
+    assert "done: 1 step in " in last
 
 
 def test_resuming_a_run_already_at_its_last_step_says_that_nothing_is_trained(tmp_path, data, capsys):
