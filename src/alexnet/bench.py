@@ -97,6 +97,7 @@ class DataRow:
     workers: int
     images_per_s: float
     images_per_s_per_core: float
+    stopped: str | None = None  # why this pipeline could not be timed (the others still are)
 
 
 @dataclass
@@ -697,19 +698,20 @@ def bench_data(
     rows = []
     try:
         for name, loader in loaders:
+            # A pipeline that cannot be timed on this folder is a row saying why: the rows before it, and the
+            # model table that took minutes before them, are kept.
             try:
                 seen, seconds = _count(loader, limit, dev)
             except OSError as e:  # PIL's, from the stock pipeline, which has no notion of a bad file
-                raise BenchError(
-                    f"{name} stopped at an unreadable image in {Path(root) / 'train'} ({e}); the alexnet rows "
-                    "skip such files, torchvision's stock pipeline cannot: time it on a folder without them"
-                ) from None
+                why = f"at an unreadable image ({e}): torchvision's stock pipeline cannot skip one, the alexnet "
+                rows.append(_not_timed(name, workers, why + "rows do; time it on a folder without them"))
+                continue
             bad = getattr(loader, "bad", None)
             if seen == 0 and bad:
                 path, reason = bad[0]
-                raise BenchError(
-                    f"no readable image among the files read from {Path(root) / 'train'}: {path}: {reason}"
-                )
+                why = f"no readable image among the files read from {Path(root) / 'train'}: {path}: {reason}"
+                rows.append(_not_timed(name, workers, why))
+                continue
             if seen == 0:
                 raise BenchError(
                     f"the input pipeline is timed after its first batch of {batch_size}: it needs more images "
@@ -720,6 +722,10 @@ def bench_data(
     finally:
         torch.set_num_threads(threads)
     return rows
+
+
+def _not_timed(name: str, workers: int, why: str) -> DataRow:
+    return DataRow(name, 0, workers, 0.0, 0.0, stopped=why)
 
 
 def _cycle(dataset: Any, images: int) -> None:
@@ -889,6 +895,9 @@ def format_report(report: Report) -> str:
         head = f"{'pipeline':<22}{'images':>8}{'workers':>9}{'img/s':>9}{'img/s/core':>12}"
         lines += ["", "training input pipeline (1 intra-op thread)", head, "-" * len(head)]
         for d in report.data:
+            if d.stopped is not None:
+                lines.append(f"{d.pipeline:<22}  not timed: stopped {d.stopped}")
+                continue
             lines.append(
                 f"{d.pipeline:<22}{d.images:>8}{d.workers:>9}{d.images_per_s:>9.1f}{d.images_per_s_per_core:>12.1f}"
             )

@@ -115,6 +115,11 @@ def run(args: argparse.Namespace) -> int:
             raise CommandError(f"--{opt} must be ≥ 0, not {getattr(args, opt)}")
     if args.only_data and not args.data:
         raise CommandError("--only-data needs --data ROOT")
+    if args.data and args.data_images <= args.batch_size:  # before the model table, not after it
+        raise CommandError(
+            f"--data-images {args.data_images}: the input pipeline is timed after its first batch of "
+            f"{args.batch_size}, so it needs more images than --batch-size"
+        )
     if args.data and args.data != "builtin":  # a typo must not cost the whole model table first
         from alexnet.data.folders import ImageFolder
 
@@ -169,4 +174,7 @@ def run(args: argparse.Namespace) -> int:
         print(json.dumps(report.to_dict(), indent=2))
     else:
         print(format_report(report))
+    for row in report.data if args.json else []:  # the table says so in its row
+        if row.stopped is not None:
+            print(f"alexnet: warning: {row.pipeline} not timed: stopped {row.stopped}", file=sys.stderr)
     return 0
