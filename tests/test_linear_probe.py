@@ -296,6 +296,20 @@ def test_a_second_probe_reads_the_cached_features_back(
         lp.linear_probe(model, photo_classes, pool_to=3, **kwargs)
 
 
+def test_one_layers_features_share_retrievals_cache_however_they_are_asked_for(
+    photo_classes: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import alexnet.visualize.retrieval as retrieval
+
+    model = create_model("alexnet")
+    files = files_under(photo_classes / "coffee")
+    gallery = retrieval.gallery_features(model, files, "pool5", cache_dir=tmp_path)
+    monkeypatch.setattr(retrieval, "capture", lambda *a, **k: pytest.fail("the network ran again"))
+    feats, bad = lp.layer_features(model, files, ["pool5"], cache_dir=tmp_path)
+    assert bad == [] and list(feats) == ["pool5"]
+    torch.testing.assert_close(feats["pool5"], gallery.features)
+
+
 def test_the_networks_own_classifier_is_not_a_layer_to_probe(photo_classes: Path) -> None:
     with pytest.raises(DataError, match="fc8 is the network's own classifier"):
         lp.linear_probe(create_model("alexnet"), photo_classes, layers=["fc8"], train_per_class=5)

@@ -101,6 +101,7 @@ class Gallery:
     skipped: list[str]
     blocks: list[Path | dict[str, torch.Tensor]]
     names: list[str] = field(default_factory=lambda: [FEATURES])  # the tensors of each block
+    layers: list[str] = field(default_factory=list)  # the layer of each of ``names`` (default: the names)
 
     def layer_blocks(self) -> Iterator[dict[str, torch.Tensor]]:
         """Each block's tensors by name, in row order, one block in memory at a time."""
@@ -120,8 +121,8 @@ class Gallery:
         return torch.cat(list(self.feature_blocks()))
 
     def take_by_layer(self) -> dict[str, torch.Tensor]:
-        """Every layer's N×D features at once, by name, the blocks moved out one by one (the gallery holds none
-        afterwards): the memory peak is the result and one block, not two copies of the features."""
+        """Every layer's N×D features at once, by layer name, the blocks moved out one by one (the gallery holds
+        none afterwards): the memory peak is the result and one block, not two copies of the features."""
         from safetensors.torch import load_file
 
         out: dict[str, torch.Tensor] = {}
@@ -135,7 +136,7 @@ class Gallery:
                 out[name][row : row + len(block[name])] = block[name]
             row += len(block[self.names[0]])
             del block, entry
-        return out
+        return dict(zip(self.layers or self.names, out.values(), strict=True))
 
 
 def _read_shard(path: Path, chunk: Sequence[Path], name: str = FEATURES) -> list[int] | None:
@@ -184,12 +185,13 @@ def gallery_features(
     block then holding a tensor per layer; ``pool_to``: their maps averaged down (:func:`pooled`)."""
     from safetensors.torch import save_file
 
-    layers = [layer] if isinstance(layer, str) else list(layer)
+    layers = [layer] if isinstance(layer, str) else list(dict.fromkeys(layer))  # each once
     check_layers(model, layers)
     if not layers:
         raise DataError("no layer to extract")
-    names = [FEATURES] if isinstance(layer, str) else layers
-    # the cache's name for what is extracted: one layer's as earlier versions named it
+    # one layer's shards hold "features", as earlier versions wrote them, however it was asked for: the same
+    # cache folder (named below) then always holds the same tensor names
+    names = [FEATURES] if len(layers) == 1 else layers
     label = "+".join(layers) + (f"-p{pool_to}" if pool_to is not None else "")
     files = [Path(p) for p in paths]
     if not files:
@@ -226,7 +228,7 @@ def gallery_features(
     kept: list[str] = []
     skipped: list[str] = []
     blocks: list[Path | dict[str, torch.Tensor]] = []
-    desc = f"{layer} features" if isinstance(layer, str) else "features"
+    desc = f"{layers[0]} features" if len(layers) == 1 else "features"
     bar = tqdm(total=len(files), desc=desc, unit="img", disable=not progress)
     signals = StopSignals("stopping after this shard, with it saved" if progress else None)
     with signals if folder is not None else contextlib.nullcontext(), contextlib.closing(batches):
@@ -256,7 +258,7 @@ def gallery_features(
     bar.close()
     if not kept:
         raise DataError(f"none of the {what} is readable")
-    return Gallery(kept, skipped, blocks, names)
+    return Gallery(kept, skipped, blocks, names, layers)
 
 
 def _extract(
