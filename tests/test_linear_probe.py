@@ -334,6 +334,16 @@ def test_cli_prints_the_table_and_json(photo_classes: Path, capsys: pytest.Captu
     }
 
 
+def test_cli_a_missing_folder_is_named_before_any_weights_are_read(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert (
+        main(["linear-probe", str(tmp_path / "nope"), "--weights", str(tmp_path / "missing.safetensors")])
+        == 2
+    )
+    assert "nope: no such folder" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize(
     ("extra", "message"),
     [
