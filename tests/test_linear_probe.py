@@ -20,7 +20,6 @@ from alexnet.analysis.linear_classifiers import (
     TOLERANCE,
     Standardiser,
     fit,
-    fit_predict,
     newton_points,
     principal_coordinates,
 )
@@ -121,8 +120,10 @@ def test_principal_coordinates_change_no_decision(kind: str, d: int) -> None:
     is exact: the test images' scores are those of the classifier on the standardised features themselves."""
     x, y = _blobs(70, d, 3, seed=2)
     x_train, y_train, x_test = x[:50].float(), y[:50], x[50:].float()
-    scores, converged = fit_predict(kind, x_train, y_train, x_test, 3, 0.1, tolerance=1e-6)
     standardise = Standardiser.of(x_train)
+    train_at, test_at = principal_coordinates(x_train, x_test, standardise)
+    rotated = fit(kind, train_at, y_train, 3, 0.1, tolerance=1e-6)
+    scores, converged = rotated.decision(test_at), rotated.converged
     direct = fit(kind, standardise(x_train), y_train, 3, 0.1, tolerance=1e-6)
     assert converged and direct.converged
     # the SVM's Newton steps end at the exact optimum; the softmax's L-BFGS within a gradient of 1e-6 of it

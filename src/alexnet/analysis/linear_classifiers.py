@@ -220,7 +220,8 @@ def _gram(a: torch.Tensor, b: torch.Tensor, standardise: Standardiser) -> torch.
     """Standardised ``a`` times standardised ``b`` transposed (float64), a chunk of columns at a time."""
     out = torch.zeros(len(a), len(b), dtype=torch.float64, device=standardise.mean.device)
     for j in range(0, a.shape[1], CHUNK):
-        out += standardise.columns(a, j) @ standardise.columns(b, j).T
+        left = standardise.columns(a, j)
+        out += left @ (left if b is a else standardise.columns(b, j)).T  # X Xᵀ: each chunk standardised once
     return out
 
 
@@ -256,25 +257,6 @@ def principal_coordinates(
     return train @ axes, test @ axes
 
 
-def fit_predict(
-    kind: Kind,
-    x_train: torch.Tensor,
-    y_train: torch.Tensor,
-    x_test: torch.Tensor,
-    classes: int,
-    C: float = 1.0,
-    *,
-    device: torch.device | str = "cpu",
-    tolerance: float | None = None,
-) -> tuple[torch.Tensor, bool]:
-    """(the test images' scores m×k as float64 on the CPU, converged) of ``kind`` trained on ``x_train`` (n×d,
-    any dtype and device; no float64 copy of it is made when d > n) after standardisation, in principal
-    coordinates, solved on ``device`` (``tolerance``: :func:`fit`'s)."""
-    train, test = principal_coordinates(x_train, x_test, Standardiser.of(x_train, device))
-    model = fit(kind, train, y_train, classes, C, tolerance=tolerance)
-    return model.decision(test).cpu(), model.converged
-
-
 __all__ = [
     "KINDS",
     "TOLERANCE",
@@ -282,7 +264,6 @@ __all__ = [
     "Linear",
     "Standardiser",
     "fit",
-    "fit_predict",
     "newton_points",
     "principal_coordinates",
     "span_coordinates",

@@ -45,10 +45,11 @@ def block_outputs(model: AlexNetFamily) -> list[str]:
     """The paper's layers 1 … 7 by the name of each block's last layer (dropout aside): ``pool1`` for AlexNet's
     conv1 → relu1 → norm1 → pool1 (§3.5), ``norm1`` for ZFNet's conv1 → relu1 → pool1 → norm1 (Fig. 3); then
     ``relu3``, ``relu4``, ``pool5``, ``relu6``, ``relu7``."""
+    *below, _classifier = model.layer_names()
     last: dict[int, str] = {}
-    for name in model.layer_names():
+    for name in below:
         m = re.fullmatch(r"([a-z]+)(\d+)", name)
-        if m and m.group(1) != "drop" and name != model.layer_names()[-1]:
+        if m and m.group(1) != "drop":
             last[int(m.group(2))] = name
     return [last[n] for n in sorted(last)]
 
@@ -63,6 +64,16 @@ def _check_class_files(root: Path, classes: list[str]) -> dict[str, list[Path]]:
     return files
 
 
+def check_root(root: str | Path) -> Path:
+    """``root`` as a folder path, or :class:`DataError` naming the two layouts a probe reads."""
+    path = Path(root).expanduser()
+    if not path.is_dir():
+        raise DataError(
+            f"{path}: no such folder (expected ROOT/train and ROOT/val, or ROOT/<class>/<images>)"
+        )
+    return path
+
+
 def probe_splits(
     root: str | Path,
     *,
@@ -75,13 +86,9 @@ def probe_splits(
     """(class names, one (train, test) list of (file, class index) per trial) of the data set ``root`` (module
     docstring). A split data set is used as it is: then the per-class counts, ``trials`` and ``exclude`` must be
     left unset. ``train_per_class`` defaults to :data:`TRAIN_PER_CLASS`."""
-    root = Path(root).expanduser()
     if trials < 1:
         raise DataError(f"--trials must be at least 1 (got {trials})")
-    if not root.is_dir():
-        raise DataError(
-            f"{root}: no such folder (expected ROOT/train and ROOT/val, or ROOT/<class>/<images>)"
-        )
+    root = check_root(root)
     if (root / "train").is_dir() and (root / "val").is_dir():
         if trials != 1 or exclude or test_per_class is not None or train_per_class is not None:
             raise DataError(
@@ -395,6 +402,7 @@ __all__ = [
     "ProbeResult",
     "ProbeRow",
     "block_outputs",
+    "check_root",
     "layer_features",
     "linear_probe",
     "mean_class_accuracy",

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import json
-from pathlib import Path
 from typing import Any
 
 from alexnet.cli._common import add_command, add_device_argument, add_model_arguments, device_from_args
@@ -85,17 +84,13 @@ def register(sub: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from alexnet.analysis.linear_probe import linear_probe
+    from alexnet.analysis.linear_probe import check_root, linear_probe
     from alexnet.cli._common import CommandError, load_model_from_args
 
     if args.batch_size < 1 or args.workers < 0:
         raise CommandError("--batch-size must be at least 1 and --workers at least 0")
     device = device_from_args(args)
-    root = Path(args.root).expanduser()
-    if not root.is_dir():  # before the weights are read: a typo must not wait for a .caffemodel
-        raise CommandError(
-            f"{root}: no such folder (expected ROOT/train and ROOT/val, or ROOT/<class>/<images>)"
-        )
+    check_root(args.root)  # before the weights are read: a typo must not wait for a .caffemodel
     model = load_model_from_args(args).to(device)
     result = linear_probe(
         model,
