@@ -413,8 +413,8 @@ def test_visualisations_on_cuda_compute_what_they_compute_on_the_cpu(photo_root,
     workers (pinned batches) and retrieval's gallery, each against the same model on the CPU."""
     import copy
 
+    from alexnet.models.capture import capture
     from alexnet.visualize.deconvnet import deconvnet_strongest
-    from alexnet.visualize.hooks import capture
     from alexnet.visualize.inputs import prepare
     from alexnet.visualize.occlusion import occlusion
     from alexnet.visualize.retrieval import gallery_features

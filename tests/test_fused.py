@@ -364,7 +364,7 @@ def test_the_fused_stage_keeps_fewer_bytes_for_backward_than_the_modules(pool_fi
 
 
 def test_the_visualisations_layer_walk_fuses_only_the_stages_nobody_asked_to_see(monkeypatch):
-    from alexnet.visualize.hooks import walk
+    from alexnet.models.capture import walk
 
     torch.manual_seed(0)
     model = build_model("alexnet").eval()

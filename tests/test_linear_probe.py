@@ -27,7 +27,7 @@ from alexnet.cli import main
 from alexnet.data.folders import files_under
 from alexnet.data.split import split_folder
 from alexnet.errors import DataError
-from alexnet.visualize.hooks import capture
+from alexnet.models.capture import capture
 from alexnet.visualize.inputs import prepare
 
 PHOTOS = ("chelsea", "coffee", "astronaut")

@@ -12,9 +12,9 @@ import torch
 
 import alexnet
 from alexnet.errors import Interrupted
+from alexnet.models.capture import capture
 from alexnet.visualize import retrieval
 from alexnet.visualize.evolution import evolution, plot_evolution, read_snapshot, run_snapshots
-from alexnet.visualize.hooks import capture
 from alexnet.visualize.inputs import prepare
 from alexnet.visualize.invariance import invariance, plot_invariance, transformed_inputs
 from alexnet.visualize.retrieval import (

@@ -13,6 +13,7 @@ from PIL import Image
 import alexnet
 from alexnet.cli import main
 from alexnet.data.transforms import eval_crop
+from alexnet.errors import SelectionError
 from alexnet.predict import preprocessing_of
 from alexnet.visualize.correspondence import (
     correspondence,
@@ -21,7 +22,6 @@ from alexnet.visualize.correspondence import (
     pair_sign_changes,
     sign_change,
 )
-from alexnet.visualize.hooks import SelectionError
 
 
 @pytest.fixture(scope="module")

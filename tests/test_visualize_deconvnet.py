@@ -11,11 +11,11 @@ from torch import nn
 
 import alexnet
 from alexnet.analysis.summary import receptive_fields
-from alexnet.errors import LayerNotFound
+from alexnet.errors import LayerNotFound, SelectionError
 from alexnet.models import LocalResponseNorm
+from alexnet.models.capture import capture
 from alexnet.predict import preprocessing_of
 from alexnet.visualize.deconvnet import deconvnet, deconvnet_strongest, strided_transpose
-from alexnet.visualize.hooks import SelectionError, capture
 
 
 class _RectifiedBackward(torch.autograd.Function):

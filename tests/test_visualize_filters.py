@@ -9,6 +9,7 @@ import pytest
 import torch
 
 import alexnet
+from alexnet.errors import SelectionError
 from alexnet.visualize.filters import (
     conv1_blocks,
     conv2_grid,
@@ -17,7 +18,6 @@ from alexnet.visualize.filters import (
     plot_conv1_filters,
     plot_filter_statistics,
 )
-from alexnet.visualize.hooks import SelectionError
 from alexnet.visualize.inputs import prepare
 
 

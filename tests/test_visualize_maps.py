@@ -7,7 +7,8 @@ import pytest
 import torch
 
 import alexnet
-from alexnet.errors import LayerNotFound
+from alexnet.errors import LayerNotFound, SelectionError
+from alexnet.models.capture import capture
 from alexnet.visualize.activations import (
     activation_grid,
     conv_stage_layers,
@@ -15,7 +16,6 @@ from alexnet.visualize.activations import (
     plot_all_conv_layers,
     top_channels,
 )
-from alexnet.visualize.hooks import SelectionError, capture
 from alexnet.visualize.inputs import prepare
 from alexnet.visualize.occlusion import occlusion, plot_occlusion
 

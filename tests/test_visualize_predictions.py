@@ -13,7 +13,7 @@ from PIL import Image
 import alexnet
 from alexnet.cli import main
 from alexnet.data.preprocess import Preprocessing
-from alexnet.visualize.hooks import SelectionError
+from alexnet.errors import SelectionError
 from alexnet.visualize.inputs import prepare
 from alexnet.visualize.predictions import folder_target, plot_predictions, ranked
 from alexnet.weights import WeightsMeta, save_weights

@@ -12,8 +12,8 @@ import torch
 
 import alexnet
 from alexnet.errors import DataError, Interrupted
+from alexnet.models.capture import capture
 from alexnet.visualize import topk
-from alexnet.visualize.hooks import capture
 from alexnet.visualize.inputs import prepare
 from alexnet.visualize.topk import (
     TopK,

@@ -15,6 +15,10 @@ class LayerNotFound(AlexnetError, KeyError):
         return str(self.args[0]) if self.args else ""
 
 
+class SelectionError(AlexnetError, ValueError):
+    """A channel or unit that the chosen layer does not have (out of range)."""
+
+
 class InputSizeError(AlexnetError, ValueError):
     """An image size the model's classifier cannot take (its fc6 expects a fixed pool5 map)."""
 

@@ -33,7 +33,7 @@ from alexnet.data.folders import class_folders, files_under
 from alexnet.data.split import class_split
 from alexnet.errors import DataError
 from alexnet.models import AlexNetFamily
-from alexnet.visualize.hooks import capture, check_layers
+from alexnet.models.capture import capture, check_layers
 from alexnet.visualize.retrieval import gallery_features, pooled
 
 TRAIN_PER_CLASS = 30  # ZF §5.2's larger Caltech-101 setting (Table 4: 15 and 30 per class)

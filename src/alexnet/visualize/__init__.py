@@ -3,6 +3,8 @@
 Importing this package is cheap: matplotlib is imported only by the functions that draw.
 """
 
+from alexnet.errors import SelectionError
+from alexnet.models.capture import capture
 from alexnet.visualize.activations import (
     activation_grid,
     plot_activations,
@@ -10,7 +12,6 @@ from alexnet.visualize.activations import (
     top_channels,
 )
 from alexnet.visualize.deconvnet import StrongestProjection, deconvnet, deconvnet_strongest
-from alexnet.visualize.hooks import SelectionError, capture
 from alexnet.visualize.inputs import Prepared, prepare
 from alexnet.visualize.occlusion import OcclusionResult, occlusion, plot_occlusion
 

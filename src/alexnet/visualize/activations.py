@@ -13,9 +13,9 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
-from alexnet.errors import LayerNotFound
+from alexnet.errors import LayerNotFound, SelectionError
 from alexnet.models import AlexNetFamily
-from alexnet.visualize.hooks import SelectionError, capture, check_layers
+from alexnet.models.capture import capture, check_layers
 from alexnet.visualize.inputs import prepare
 from alexnet.visualize.plot import new_figure, normalize01, tile, uint8_to_float
 

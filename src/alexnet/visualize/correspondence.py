@@ -27,8 +27,9 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
+from alexnet.errors import SelectionError
 from alexnet.models import AlexNetFamily
-from alexnet.visualize.hooks import SelectionError, capture, check_layers
+from alexnet.models.capture import capture, check_layers
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure

@@ -31,8 +31,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from alexnet.errors import SelectionError
 from alexnet.models import AlexNetFamily
-from alexnet.visualize.hooks import SelectionError, check_trunk_layer, evaluating
+from alexnet.models.capture import check_trunk_layer, evaluating
 
 
 def _pair(v: int | tuple[int, ...]) -> tuple[int, int]:

@@ -20,10 +20,10 @@ import numpy as np
 import torch
 
 from alexnet.analysis.summary import receptive_fields
-from alexnet.errors import WeightsError
+from alexnet.errors import SelectionError, WeightsError
 from alexnet.models import AlexNetFamily
+from alexnet.models.capture import check_trunk_layer
 from alexnet.visualize.deconvnet import deconvnet_strongest, layer_shape
-from alexnet.visualize.hooks import SelectionError, check_trunk_layer
 from alexnet.weights.io import load_state_dict_checked, read_weights
 
 if TYPE_CHECKING:

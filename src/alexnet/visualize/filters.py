@@ -20,9 +20,10 @@ import numpy as np
 import torch
 from torch import nn
 
+from alexnet.errors import SelectionError
 from alexnet.models import AlexNetFamily
+from alexnet.models.capture import capture
 from alexnet.predict import preprocessing_of
-from alexnet.visualize.hooks import SelectionError, capture
 from alexnet.visualize.plot import new_figure, normalize01, tile
 
 if TYPE_CHECKING:

@@ -23,9 +23,10 @@ from torchvision.transforms import InterpolationMode, v2
 from torchvision.transforms.v2 import functional as TF
 
 from alexnet.data.transforms import Normalize, eval_crop_offsets
+from alexnet.errors import SelectionError
 from alexnet.models import AlexNetFamily
+from alexnet.models.capture import capture, check_layers
 from alexnet.predict import mean_image_of, preprocessing_of
-from alexnet.visualize.hooks import SelectionError, capture, check_layers
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure

@@ -24,9 +24,10 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from alexnet.errors import SelectionError
 from alexnet.models import AlexNetFamily
+from alexnet.models.capture import check_trunk_layer, evaluating, walk
 from alexnet.predict import labels_of
-from alexnet.visualize.hooks import SelectionError, check_trunk_layer, evaluating, walk
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure

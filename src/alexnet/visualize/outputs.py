@@ -12,9 +12,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from alexnet.errors import SelectionError
 from alexnet.models import AlexNetFamily
 from alexnet.predict import mean_image_of, preprocessing_of
-from alexnet.visualize.hooks import SelectionError
 from alexnet.visualize.inputs import prepare
 from alexnet.visualize.plot import (
     projection_to_image,
@@ -60,13 +60,13 @@ def write_activations(
 ) -> list[Path]:
     """Per image: the grid of ``layer`` (or all five conv stages) as a figure, plus the raw maps (.npz).
     ``stage`` (conv / relu / norm / pool) is used only with ``all_layers``."""
+    from alexnet.models.capture import capture, check_layers
     from alexnet.visualize.activations import (
         activation_grid,
         conv_stage_layers,
         plot_activations,
         plot_all_conv_layers,
     )
-    from alexnet.visualize.hooks import capture, check_layers
 
     out = Path(out)
     written: list[Path] = []
@@ -138,8 +138,8 @@ def write_deconv(
     activation (its channel and unit). Output names carry the channel and, for a unit, ``unitROW-COL``; the
     .npz records ``projection``, ``layer``, ``channel``, ``unit`` (row, col; empty for a whole map) and
     ``image``."""
+    from alexnet.models.capture import capture, check_trunk_layer
     from alexnet.visualize.deconvnet import deconvnet, deconvnet_strongest, layer_shape
-    from alexnet.visualize.hooks import capture, check_trunk_layer
     from alexnet.visualize.plot import new_figure
 
     check_trunk_layer(model, layer)
@@ -257,8 +257,8 @@ def write_top9(
 ) -> list[Path]:
     """Stream the data set once (state in ``OUT/top9/<layer>/``; decoded in ``workers`` processes), then
     ``top9.json``/``.npz`` and the grids."""
+    from alexnet.models.capture import check_trunk_layer
     from alexnet.visualize.deconvnet import layer_shape
-    from alexnet.visualize.hooks import check_trunk_layer
     from alexnet.visualize.topk import folder_items, render_top9, stream_topk, write_topk
 
     check_trunk_layer(model, layer)

@@ -17,9 +17,9 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
+from alexnet.errors import SelectionError
 from alexnet.models import AlexNetFamily
 from alexnet.predict import Prediction, labels_of, predict
-from alexnet.visualize.hooks import SelectionError
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure

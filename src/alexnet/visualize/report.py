@@ -372,7 +372,7 @@ def build_report(
             "%s has not finished: the report shows the model of its newest checkpoint, %s", run, weights
         )
     if opts.top9_layer is not None:  # a bad layer fails now, not after a minute of work
-        from alexnet.visualize.hooks import check_trunk_layer
+        from alexnet.models.capture import check_trunk_layer
 
         check_trunk_layer(model, opts.top9_layer)
     config = read_json(run / "config.json")

@@ -30,12 +30,12 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from alexnet.errors import DataError, OutputError
+from alexnet.errors import DataError, OutputError, SelectionError
 from alexnet.files import atomic_write
 from alexnet.models import AlexNetFamily
+from alexnet.models.capture import capture, check_layers
 from alexnet.predict import preprocessing_of
 from alexnet.stopping import StopSignals
-from alexnet.visualize.hooks import SelectionError, capture, check_layers
 from alexnet.visualize.inputs import prepare, prepared_batches, spans
 
 if TYPE_CHECKING:

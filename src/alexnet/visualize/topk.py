@@ -34,11 +34,11 @@ import torch
 from tqdm import tqdm
 
 from alexnet.analysis.summary import receptive_fields
-from alexnet.errors import DataError
+from alexnet.errors import DataError, SelectionError
 from alexnet.models import AlexNetFamily
+from alexnet.models.capture import capture, check_trunk_layer
 from alexnet.stopping import StopSignals
 from alexnet.visualize.deconvnet import project
-from alexnet.visualize.hooks import SelectionError, capture, check_trunk_layer
 from alexnet.visualize.inputs import prepare, prepared_batches, spans
 from alexnet.visualize.plot import (
     field_crop,

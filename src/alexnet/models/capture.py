@@ -1,5 +1,8 @@
 """Activations by paper layer name: run the network layer by layer and keep the requested outputs.
 
+What everything that looks inside reads the network through (visualisations, retrieval, the linear probe, the
+browser): the paper's layer names are the model's vocabulary, so the walk lives with the model.
+
 The network is walked in forward order (``model.named_layers()``: ``conv1``, ``relu1``, ``norm1``, ``pool1`` …
 ``fc8``) rather than hooked, so that the pass stops right after the deepest requested layer: asking for ``conv1``
 of a batch costs one convolution, not a whole forward pass. Each module is still *called*, so any forward hooks
@@ -14,13 +17,10 @@ from contextlib import contextmanager
 import torch
 from torch import nn
 
-from alexnet.errors import AlexnetError, LayerNotFound
-from alexnet.models import AlexNetFamily, LocalResponseNorm, fused
-
-
-class SelectionError(AlexnetError, ValueError):
-    """A channel or unit that the chosen layer does not have (out of range)."""
-
+from alexnet.errors import LayerNotFound
+from alexnet.models import fused
+from alexnet.models.layers import LocalResponseNorm
+from alexnet.models.net import AlexNetFamily
 
 TRUNK_TYPES = (nn.Conv2d, nn.ReLU, nn.MaxPool2d, LocalResponseNorm, nn.LocalResponseNorm)
 
