@@ -66,7 +66,9 @@ MODULES = sorted(PACKAGE.rglob("*.py"))
 
 def test_the_import_reader_sees_lazy_imports_inside_functions(tmp_path: Path) -> None:
     f = tmp_path / "m.py"
-    f.write_text("import os\nfrom alexnet.errors import DataError\ndef g():\n    from alexnet.predict import x\n")
+    f.write_text(
+        "import os\nfrom alexnet.errors import DataError\ndef g():\n    from alexnet.predict import x\n"
+    )
     assert project_imports(f) == {"alexnet.errors", "alexnet.predict"}
 
 
