@@ -107,3 +107,20 @@ def run_alexnet():
         )  # fmt: skip
 
     return run
+
+
+@pytest.fixture(scope="session")
+def gallery_dir(tmp_path_factory) -> Path:
+    """Four scikit-image photographs and their mirror images as PNGs, a class folder each under train/: the
+    retrieval gallery and feature-cache tests' images."""
+    import skimage.data
+    from PIL import Image
+
+    root = tmp_path_factory.mktemp("gallery")
+    for i, name in enumerate(("chelsea", "coffee", "astronaut", "rocket")):
+        pic = np.ascontiguousarray(getattr(skimage.data, name)())
+        for j, view in enumerate((pic, pic[:, ::-1])):
+            folder = root / "train" / f"class{i}"
+            folder.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(np.ascontiguousarray(view)).save(folder / f"img{j}.png")
+    return root

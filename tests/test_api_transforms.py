@@ -1,4 +1,4 @@
-"""The Python API's preprocessing is the CLI's: ``visualize.inputs.prepare`` (the README's Python example),
+"""The Python API's preprocessing is the CLI's: ``alexnet.inputs.prepare`` (the README's Python example),
 ``Preprocessing.eval_transform`` and ``alexnet predict``/``eval`` (``predict.input_transform``) feed the same
 tensor, bit for bit, per-pixel mean image included (AlexNet §2)."""
 
@@ -15,8 +15,8 @@ from alexnet.data import transforms
 from alexnet.data.images import read_image
 from alexnet.data.preprocess import Preprocessing
 from alexnet.errors import DataError
+from alexnet.inputs import prepare
 from alexnet.predict import input_transform
-from alexnet.visualize.inputs import prepare
 from alexnet.weights import WeightsMeta
 
 CAFFE_MEAN_IMAGE = Preprocessing(
@@ -164,8 +164,8 @@ def test_a_large_jpeg_is_fed_alike_by_predict_visualize_and_eval_decoded_at_redu
     import skimage.data
 
     from alexnet.data.folders import ImageFolder
+    from alexnet.inputs import prepared_batches
     from alexnet.predict import predict, predict_files
-    from alexnet.visualize.inputs import prepared_batches
 
     (tmp_path / "val" / "cat").mkdir(parents=True)
     path = tmp_path / "val" / "cat" / "big.jpg"

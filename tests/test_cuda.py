@@ -413,11 +413,11 @@ def test_visualisations_on_cuda_compute_what_they_compute_on_the_cpu(photo_root,
     workers (pinned batches) and retrieval's gallery, each against the same model on the CPU."""
     import copy
 
+    from alexnet.analysis.features import extract_features
+    from alexnet.inputs import prepare
     from alexnet.models.capture import capture
     from alexnet.visualize.deconvnet import deconvnet_strongest
-    from alexnet.visualize.inputs import prepare
     from alexnet.visualize.occlusion import occlusion
-    from alexnet.visualize.retrieval import gallery_features
     from alexnet.visualize.topk import folder_items, stream_topk
 
     torch.manual_seed(0)
@@ -445,8 +445,8 @@ def test_visualisations_on_cuda_compute_what_they_compute_on_the_cpu(photo_root,
         torch.from_numpy(t_gpu.values), torch.from_numpy(t_cpu.values), rtol=1e-4, atol=1e-4
     )
     files = [path for path, _ in items]
-    g_cpu = gallery_features(cpu, files, shard=5)
-    g_gpu = gallery_features(gpu, files, shard=5, workers=2, cache_dir=tmp_path)
+    g_cpu = extract_features(cpu, files, shard=5)
+    g_gpu = extract_features(gpu, files, shard=5, workers=2, cache_dir=tmp_path)
     torch.testing.assert_close(g_gpu.features, g_cpu.features, rtol=1e-4, atol=1e-4)
 
 

@@ -27,8 +27,8 @@ from alexnet.cli import main
 from alexnet.data.folders import files_under
 from alexnet.data.split import split_folder
 from alexnet.errors import DataError
+from alexnet.inputs import prepare
 from alexnet.models.capture import capture
-from alexnet.visualize.inputs import prepare
 
 PHOTOS = ("chelsea", "coffee", "astronaut")
 
@@ -278,7 +278,7 @@ def test_a_second_probe_reads_the_cached_features_back(
     photo_classes: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Another C or classifier on the same images needs no forward pass: the features come from --cache."""
-    import alexnet.visualize.retrieval as retrieval
+    import alexnet.analysis.features as features
 
     torch.manual_seed(0)
     model = create_model("alexnet")
@@ -289,7 +289,7 @@ def test_a_second_probe_reads_the_cached_features_back(
     def no_network(*args: object, **kw: object) -> None:
         raise AssertionError("the network ran again")
 
-    monkeypatch.setattr(retrieval, "capture", no_network)
+    monkeypatch.setattr(features, "capture", no_network)
     again = lp.linear_probe(model, photo_classes, **kwargs)
     assert [r.mean_class_acc for r in again.rows] == [r.mean_class_acc for r in first.rows]
     assert cached.C == 0.1 and len(list((tmp_path / "cache").iterdir())) == 1
@@ -300,12 +300,12 @@ def test_a_second_probe_reads_the_cached_features_back(
 def test_one_layers_features_share_retrievals_cache_however_they_are_asked_for(
     photo_classes: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import alexnet.visualize.retrieval as retrieval
+    import alexnet.analysis.features as features
 
     model = create_model("alexnet")
     files = files_under(photo_classes / "coffee")
-    gallery = retrieval.gallery_features(model, files, "pool5", cache_dir=tmp_path)
-    monkeypatch.setattr(retrieval, "capture", lambda *a, **k: pytest.fail("the network ran again"))
+    gallery = features.extract_features(model, files, "pool5", cache_dir=tmp_path)  # as retrieval asks
+    monkeypatch.setattr(features, "capture", lambda *a, **k: pytest.fail("the network ran again"))
     feats, bad = lp.layer_features(model, files, ["pool5"], cache_dir=tmp_path)
     assert bad == [] and list(feats) == ["pool5"]
     torch.testing.assert_close(feats["pool5"], gallery.features)

@@ -16,13 +16,13 @@ from PIL import Image
 
 from alexnet import create_model
 from alexnet.cli import main
+from alexnet.inputs import prepare
 from alexnet.models.capture import capture
 from alexnet.predict import labels_of
 from alexnet.serve import load_slot
 from alexnet.serve.render import grid_layout
 from alexnet.serve.state import Slot
 from alexnet.serve.uploads import MAX_BYTES
-from alexnet.visualize.inputs import prepare
 from alexnet.weights import WeightsMeta, save_weights
 
 fastapi = pytest.importorskip("fastapi")

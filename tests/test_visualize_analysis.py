@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import signal
 from pathlib import Path
 
 import numpy as np
@@ -11,14 +9,13 @@ import pytest
 import torch
 
 import alexnet
-from alexnet.errors import Interrupted
+from alexnet.analysis import features
+from alexnet.analysis.features import extract_features
+from alexnet.inputs import prepare
 from alexnet.models.capture import capture
-from alexnet.visualize import retrieval
 from alexnet.visualize.evolution import evolution, plot_evolution, read_snapshot, run_snapshots
-from alexnet.visualize.inputs import prepare
 from alexnet.visualize.invariance import invariance, plot_invariance, transformed_inputs
 from alexnet.visualize.retrieval import (
-    gallery_features,
     nearest,
     nearest_in_blocks,
     plot_retrieval,
@@ -38,19 +35,6 @@ def photos() -> list[torch.Tensor]:
 
     pics = [skimage.data.chelsea(), skimage.data.coffee(), skimage.data.astronaut(), skimage.data.rocket()]
     return [torch.from_numpy(np.ascontiguousarray(p)).permute(2, 0, 1).contiguous() for p in pics]
-
-
-@pytest.fixture(scope="module")
-def gallery_dir(tmp_path_factory: pytest.TempPathFactory, photos: list[torch.Tensor]) -> Path:
-    from PIL import Image
-
-    root = tmp_path_factory.mktemp("gallery")
-    for i, t in enumerate(photos):
-        for j, view in enumerate((t, t.flip(-1))):
-            folder = root / "train" / f"class{i}"
-            folder.mkdir(parents=True, exist_ok=True)
-            Image.fromarray(view.permute(1, 2, 0).numpy()).save(folder / f"img{j}.png")
-    return root
 
 
 def test_identity_transform_gives_the_evaluation_input(model, photos) -> None:
@@ -87,15 +71,15 @@ def test_retrieval_finds_the_query_itself_first_and_caches_each_shard(
     model, gallery_dir: Path, tmp_path: Path, monkeypatch
 ) -> None:
     files = sorted((gallery_dir / "train").rglob("*.png"))
-    g = gallery_features(model, files, cache_dir=tmp_path, shard=3)
+    g = extract_features(model, files, cache_dir=tmp_path, shard=3)
     assert g.features.shape == (8, 4096)
     assert float(g.features.min()) >= 0  # AlexNet §6.1: the hidden layer's activations, after fc7's ReLU
     (folder,) = tmp_path.glob("relu7-*")
     assert sorted(f.name for f in folder.iterdir()) == [f"{n:06d}.safetensors" for n in range(3)]  # 3 + 3 + 2
     monkeypatch.setattr(
-        retrieval, "_extract", lambda *a: pytest.fail("extracted again, not read from the cache")
+        features, "_extract", lambda *a: pytest.fail("extracted again, not read from the cache")
     )
-    again = gallery_features(model, files, cache_dir=tmp_path, shard=3)
+    again = extract_features(model, files, cache_dir=tmp_path, shard=3)
     torch.testing.assert_close(again.features, g.features)
     assert again.paths == g.paths == [str(f) for f in files]
     queries = [files[0], files[5]]
@@ -119,97 +103,6 @@ def test_the_search_over_blocks_equals_the_search_over_the_whole_gallery(sizes: 
     assert i.shape == (3, 7) and (d.diff(dim=1) >= 0).all()
 
 
-@pytest.mark.parametrize("stop", ["ctrl-c", "damaged shards"])
-def test_an_interrupted_extraction_goes_on_from_its_saved_shards_to_the_same_features(
-    model, gallery_dir: Path, tmp_path: Path, monkeypatch, ctrl_c_reaches_us, stop: str
-) -> None:
-    """Ctrl-C during the second shard: that shard is finished and saved, the extraction stops with exit code
-    130, and the next call extracts only the third. A kill -9 leaves no shard half-written (atomic writes:
-    tests/test_files.py kills a writer), but a shard damaged some other way is extracted again."""
-    files = sorted((gallery_dir / "train").rglob("*.png"))
-    straight = gallery_features(model, files, shard=3)
-    cache = tmp_path / "cache"
-    real = retrieval._extract
-    calls: list[int] = []
-
-    def counting(model, batches, chunks, *rest):
-        calls.append(sum(b - a for a, b in chunks))  # the shard's images extracted
-        if stop == "ctrl-c" and len(calls) == 2:
-            os.kill(os.getpid(), signal.SIGINT)
-        return real(model, batches, chunks, *rest)
-
-    monkeypatch.setattr(retrieval, "_extract", counting)
-    if stop == "ctrl-c":
-        with pytest.raises(Interrupted) as stopped:
-            gallery_features(model, files, cache_dir=cache, shard=3)
-        (folder,) = cache.glob("relu7-*")
-        assert stopped.value.exit_code == 130
-        assert str(stopped.value) == (
-            f"SIGINT: stopped after 6 of 8 gallery images; their features are saved in {folder}: run the same "
-            "command to go on from there"
-        )
-    else:
-        gallery_features(model, files, cache_dir=cache, shard=3)
-        (folder,) = cache.glob("relu7-*")
-        (folder / "000002.safetensors").write_bytes(b"\x00" * 40)  # a damaged last shard
-        (folder / "000000.safetensors").write_bytes((folder / "000000.safetensors").read_bytes()[:-9])
-    calls.clear()
-    resumed = gallery_features(model, files, cache_dir=cache, shard=3)
-    assert calls == ([2] if stop == "ctrl-c" else [3, 2])  # only what was not saved whole
-    torch.testing.assert_close(resumed.features, straight.features, rtol=0, atol=0)
-    assert resumed.paths == straight.paths
-
-
-def test_the_cache_never_mixes_shard_sizes_and_names_the_files_as_this_listing_does(
-    model, gallery_dir: Path, tmp_path: Path, monkeypatch
-) -> None:
-    """Shards cut another way are another cache; the same gallery reached by another relative path shares the
-    cache (its key resolves the paths) and is named as this listing names it, with an unreadable file's place
-    kept (the paths are never read from the cache)."""
-    bad = gallery_dir / "train" / "class9" / "notes.png"
-    bad.parent.mkdir(exist_ok=True)
-    bad.write_text("not an image")
-    try:
-        files = sorted((gallery_dir / "train").rglob("*.png"))
-        cache = tmp_path / "cache"
-        by_three = gallery_features(model, files, cache_dir=cache, shard=3)
-        by_four = gallery_features(model, files, cache_dir=cache, shard=4)
-        assert len(list(cache.iterdir())) == 2
-        assert by_four.paths == by_three.paths == [str(f) for f in files if f != bad]
-        assert by_four.skipped == by_three.skipped == [str(bad)]
-        torch.testing.assert_close(by_four.features, by_three.features)
-        monkeypatch.chdir(gallery_dir)
-        relative = [f.relative_to(gallery_dir) for f in files]
-        monkeypatch.setattr(retrieval, "_extract", lambda *a: pytest.fail("extracted again"))
-        again = gallery_features(model, relative, cache_dir=cache, shard=3)
-        assert again.paths == [str(f) for f in relative if f != bad.relative_to(gallery_dir)]
-        assert again.skipped == [str(bad.relative_to(gallery_dir))]
-    finally:
-        bad.unlink()
-        bad.parent.rmdir()
-
-
-def test_earlier_versions_caches_of_the_gallery_are_removed_and_never_read(
-    model, gallery_dir: Path, tmp_path: Path
-) -> None:
-    """The one-file cache, and the shards of JPEGs decoded whole (before they were decoded as eval does)."""
-    files = sorted((gallery_dir / "train").rglob("*.png"))
-    keys = retrieval.cache_keys(model, files, "relu7")
-    assert keys[""] != keys[retrieval.DECODING] == retrieval.cache_key(model, files, "relu7")
-    old = tmp_path / f"relu7-{keys['']}.safetensors"
-    old.write_bytes(b"features of the one-file format")
-    shards = tmp_path / f"relu7-{keys['']}-s{retrieval.SHARD}"
-    shards.mkdir()
-    (shards / "000000.safetensors").write_bytes(b"features of whole-decoded JPEGs")
-    other = tmp_path / "relu7-0123456789abcdef0123456789abcdef.safetensors"  # another gallery's: kept
-    other.write_bytes(b"another gallery")
-    gallery_features(model, files, cache_dir=tmp_path)
-    assert not old.exists() and not shards.exists() and other.exists()
-    assert (
-        tmp_path / f"relu7-{keys[retrieval.DECODING]}-s{retrieval.SHARD}" / "000000.safetensors"
-    ).is_file()
-
-
 def test_evolution_reads_checkpoints_in_step_order(model, photos, tmp_path: Path) -> None:
     run = tmp_path / "run"
     (run / "checkpoints").mkdir(parents=True)
@@ -230,19 +123,3 @@ def test_evolution_reads_checkpoints_in_step_order(model, photos, tmp_path: Path
     assert ev.values[0, 0] == pytest.approx(float(acts.max()), rel=1e-5)
     assert ev.image[0, 0] == int(acts.flatten(1).amax(1).argmax())
     assert len(plot_evolution(model, ev).axes) == 4
-
-
-def test_gallery_features_from_decoding_workers_are_the_features_of_one_process(
-    model, gallery_dir: Path, tmp_path: Path
-) -> None:
-    """One loader runs ahead across the shards still to extract (the cached ones are not decoded again)."""
-    files = sorted((gallery_dir / "train").rglob("*.png"))
-    alone = gallery_features(model, files, shard=3, batch_size=2)
-    cache = tmp_path / "cache"
-    gallery_features(model, files[:3], cache_dir=cache, shard=3)  # another listing: another cache
-    helped = gallery_features(model, files, cache_dir=cache, shard=3, batch_size=2, workers=2)
-    torch.testing.assert_close(helped.features, alone.features, rtol=0, atol=0)
-    assert helped.paths == alone.paths
-    again = gallery_features(model, files, cache_dir=cache, shard=3, batch_size=2, workers=2)
-    assert all(isinstance(b, Path) for b in again.blocks)  # every shard read back, none extracted
-    torch.testing.assert_close(again.features, alone.features, rtol=0, atol=0)

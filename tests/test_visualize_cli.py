@@ -224,8 +224,8 @@ def test_images_with_the_same_name_get_distinct_outputs_with_their_own_content(
     """``a/chelsea.jpg`` and ``b/chelsea.jpg`` (different pictures) must not overwrite each other's files."""
     import shutil
 
+    from alexnet.inputs import prepare
     from alexnet.models.capture import capture
-    from alexnet.visualize.inputs import prepare
     from alexnet.weights import load_pretrained
 
     first, second = tmp_path / "a" / "chelsea.jpg", tmp_path / "b" / "chelsea.jpg"
@@ -258,8 +258,8 @@ def test_images_with_the_same_name_get_distinct_outputs_with_their_own_content(
 def test_deconv_unit_without_channel_projects_the_channel_strongest_at_that_unit(
     setup, capsys, tmp_path: Path
 ) -> None:
+    from alexnet.inputs import prepare
     from alexnet.models.capture import capture
-    from alexnet.visualize.inputs import prepare
     from alexnet.weights import load_pretrained
 
     model = load_pretrained(None, str(setup["run"] / "model.safetensors"))

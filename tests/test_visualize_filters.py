@@ -10,6 +10,7 @@ import torch
 
 import alexnet
 from alexnet.errors import SelectionError
+from alexnet.inputs import prepare
 from alexnet.visualize.filters import (
     conv1_blocks,
     conv2_grid,
@@ -18,7 +19,6 @@ from alexnet.visualize.filters import (
     plot_conv1_filters,
     plot_filter_statistics,
 )
-from alexnet.visualize.inputs import prepare
 
 
 def test_two_tower_models_show_conv1_as_two_blocks_of_48() -> None:

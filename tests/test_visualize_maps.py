@@ -8,6 +8,7 @@ import torch
 
 import alexnet
 from alexnet.errors import LayerNotFound, SelectionError
+from alexnet.inputs import prepare
 from alexnet.models.capture import capture
 from alexnet.visualize.activations import (
     activation_grid,
@@ -16,7 +17,6 @@ from alexnet.visualize.activations import (
     plot_all_conv_layers,
     top_channels,
 )
-from alexnet.visualize.inputs import prepare
 from alexnet.visualize.occlusion import occlusion, plot_occlusion
 
 

@@ -14,7 +14,7 @@ import alexnet
 from alexnet.cli import main
 from alexnet.data.preprocess import Preprocessing
 from alexnet.errors import SelectionError
-from alexnet.visualize.inputs import prepare
+from alexnet.inputs import prepare
 from alexnet.visualize.predictions import folder_target, plot_predictions, ranked
 from alexnet.weights import WeightsMeta, save_weights
 

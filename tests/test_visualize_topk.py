@@ -12,9 +12,9 @@ import torch
 
 import alexnet
 from alexnet.errors import DataError, Interrupted
+from alexnet.inputs import prepare
 from alexnet.models.capture import capture
 from alexnet.visualize import topk
-from alexnet.visualize.inputs import prepare
 from alexnet.visualize.topk import (
     TopK,
     folder_items,
@@ -229,7 +229,7 @@ def test_batches_decoded_by_worker_processes_are_prepare_s_inputs_in_order(model
     tensors prepare() makes in this process, and the places of the files that do not decode."""
     from PIL import Image
 
-    from alexnet.visualize.inputs import prepared_batches, spans
+    from alexnet.inputs import prepared_batches, spans
 
     files: list[Path] = []
     for image, name in _photos()[:5]:

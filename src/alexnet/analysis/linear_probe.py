@@ -28,13 +28,13 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
+from alexnet.analysis.features import extract_features, pooled
 from alexnet.analysis.linear_classifiers import KINDS, Kind, Standardiser, fit, principal_coordinates
 from alexnet.data.folders import class_folders, files_under
 from alexnet.data.split import class_split
 from alexnet.errors import DataError
 from alexnet.models import AlexNetFamily
 from alexnet.models.capture import capture, check_layers
-from alexnet.visualize.retrieval import gallery_features, pooled
 
 TRAIN_PER_CLASS = 30  # ZF §5.2's larger Caltech-101 setting (Table 4: 15 and 30 per class)
 Item = tuple[Path, int]  # an image file and its class index
@@ -166,8 +166,8 @@ def layer_features(
 ) -> tuple[dict[str, torch.Tensor], list[int]]:
     """(each layer's features N×D in float32 on the CPU, the places in ``paths`` of the images that did not
     decode and have no row), from one forward pass per batch; ``pool_to``: maps averaged down to that size.
-    With ``cache_dir`` the features are kept there in shards as they are extracted (retrieval's cache,
-    :func:`alexnet.visualize.retrieval.gallery_features`): an interrupted extraction goes on from its last
+    With ``cache_dir`` the features are kept there in shards as they are extracted (the cache retrieval reads too,
+    :func:`alexnet.analysis.features.extract_features`): an interrupted extraction goes on from its last
     shard, and a second probe of the same images (another C, classifier or trial count) reads them back."""
     sizes = _feature_sizes(model, layers, pool_to)
     need = len(paths) * sum(sizes.values()) * 4
@@ -177,7 +177,7 @@ def layer_features(
             f"image) need {need / 2**30:.1f} GiB, more than half this machine's memory: fewer layers, or "
             "--pool-to N (each map averaged down to N×N)"
         )
-    gallery = gallery_features(
+    features = extract_features(
         model,
         paths,
         layers,
@@ -186,10 +186,9 @@ def layer_features(
         progress=progress,
         workers=workers,
         pool_to=pool_to,
-        what="images",
     )
-    skipped = set(gallery.skipped)
-    return gallery.take_by_layer(), [i for i, p in enumerate(paths) if str(p) in skipped]
+    skipped = set(features.skipped)
+    return features.take_by_layer(), [i for i, p in enumerate(paths) if str(p) in skipped]
 
 
 @dataclass

@@ -336,7 +336,7 @@ def eval_crop(pre: Preprocessing) -> v2.Compose:
     patch (AlexNet §2), then that patch's central ``input_size`` crop.
 
     The one crop that :func:`eval_transform` (``alexnet predict``/``eval``) and
-    :func:`alexnet.visualize.inputs.prepare` take: cropping straight from the resized image would round an odd
+    :func:`alexnet.inputs.prepare` take: cropping straight from the resized image would round an odd
     offset differently, one pixel apart on a non-square image."""
     return v2.Compose([*_resize(pre), v2.CenterCrop(pre.input_size)])
 

@@ -190,7 +190,7 @@ class AlexNetFamily(nn.Module):
         if not x.is_floating_point():
             raise InputSizeError(
                 f"{self.config.name} takes float images, normalised as the weights were trained on "
-                f"(model.weights_meta.transforms(), alexnet.visualize.inputs.prepare), not {x.dtype}"
+                f"(model.weights_meta.transforms(), alexnet.inputs.prepare), not {x.dtype}"
             )
         sides = [self.pool5_size(self.config, s) for s in x.shape[-2:]]
         if any(s < 1 for s in sides):

@@ -194,8 +194,8 @@ class ServerState:
 
 def analyse(slot: Slot, image_id: str, image: torch.Tensor) -> Analysis:
     """One forward pass (:func:`alexnet.models.capture.capture`) for all conv maps, one for the top-5."""
+    from alexnet.inputs import prepare
     from alexnet.models.capture import capture
-    from alexnet.visualize.inputs import prepare
 
     prepared = prepare(slot.model, image)
     x = prepared.tensor.unsqueeze(0)

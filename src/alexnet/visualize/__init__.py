@@ -4,6 +4,7 @@ Importing this package is cheap: matplotlib is imported only by the functions th
 """
 
 from alexnet.errors import SelectionError
+from alexnet.inputs import Prepared, prepare
 from alexnet.models.capture import capture
 from alexnet.visualize.activations import (
     activation_grid,
@@ -12,7 +13,6 @@ from alexnet.visualize.activations import (
     top_channels,
 )
 from alexnet.visualize.deconvnet import StrongestProjection, deconvnet, deconvnet_strongest
-from alexnet.visualize.inputs import Prepared, prepare
 from alexnet.visualize.occlusion import OcclusionResult, occlusion, plot_occlusion
 
 __all__ = [

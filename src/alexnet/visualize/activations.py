@@ -14,9 +14,9 @@ import numpy as np
 import torch
 
 from alexnet.errors import LayerNotFound, SelectionError
+from alexnet.inputs import prepare
 from alexnet.models import AlexNetFamily
 from alexnet.models.capture import capture, check_layers
-from alexnet.visualize.inputs import prepare
 from alexnet.visualize.plot import new_figure, normalize01, tile, uint8_to_float
 
 if TYPE_CHECKING:

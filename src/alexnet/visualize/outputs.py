@@ -13,9 +13,9 @@ import numpy as np
 import torch
 
 from alexnet.errors import SelectionError
+from alexnet.inputs import prepare
 from alexnet.models import AlexNetFamily
 from alexnet.predict import mean_image_of, preprocessing_of
-from alexnet.visualize.inputs import prepare
 from alexnet.visualize.plot import (
     projection_to_image,
     save_figure,
@@ -326,7 +326,7 @@ def write_invariance(
     model: AlexNetFamily, images: Sequence[str | Path], out: str | Path, target: int | None = None
 ) -> list[Path]:
     """ZF Fig. 5: translation, scale and rotation curves for the images."""
-    from alexnet.visualize.inputs import as_uint8_image
+    from alexnet.inputs import as_uint8_image
     from alexnet.visualize.invariance import DEFAULT_VALUES, invariance, plot_invariance
 
     resize = preprocessing_of(model).resize  # the images are resized before they are transformed
@@ -367,18 +367,20 @@ def write_retrieval(
 ) -> list[Path]:
     """AlexNet Fig. 4: each query and its nearest gallery images in fc7 space; features cached (extracted
     ``batch_size`` at a time, decoded in ``workers`` processes)."""
-    from alexnet.visualize.retrieval import gallery_features, plot_retrieval, retrieve
+    from alexnet.analysis.features import extract_features
+    from alexnet.visualize.retrieval import plot_retrieval, retrieve
     from alexnet.visualize.topk import folder_items
 
     out = Path(out)
     files = [p for p, _ in folder_items(data, split, max_images)]
-    gallery = gallery_features(
+    gallery = extract_features(
         model,
         files,
         cache_dir=cache or out / "cache",
         progress=True,
         batch_size=batch_size,
         workers=workers,
+        what="gallery images",
     )
     result = retrieve(model, queries, gallery, neighbours)
     return [

@@ -94,7 +94,7 @@ def predictions_figure(
 ) -> tuple[list[Ranked], Figure]:
     """The image files ranked (:func:`ranked`; the correct classes ``targets``, else :func:`folder_target`) and
     drawn as AlexNet Fig. 4 (left), each as the network sees it."""
-    from alexnet.visualize.inputs import prepare
+    from alexnet.inputs import prepare
     from alexnet.visualize.plot import uint8_to_float
 
     prepared = [prepare(model, p) for p in images]

@@ -351,10 +351,10 @@ def build_report(
     run_dir: str | Path, out: str | Path | None = None, options: ReportOptions | None = None
 ) -> Path:
     """Write the run's report (default ``RUN_DIR/report.html``) and return its path."""
+    from alexnet.inputs import prepare
     from alexnet.predict import preprocessing_of
     from alexnet.visualize.activations import plot_all_conv_layers
     from alexnet.visualize.filters import plot_conv1_filters
-    from alexnet.visualize.inputs import prepare
     from alexnet.visualize.occlusion import followed_map_projection, occlusion, plot_occlusion
     from alexnet.visualize.plot import projection_to_image, uint8_to_float
 

@@ -33,13 +33,14 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from alexnet.analysis.features import DECODING, weights_digest
 from alexnet.analysis.summary import receptive_fields
 from alexnet.errors import DataError, SelectionError
+from alexnet.inputs import prepare, prepared_batches, spans
 from alexnet.models import AlexNetFamily
 from alexnet.models.capture import capture, check_trunk_layer
 from alexnet.stopping import StopSignals
 from alexnet.visualize.deconvnet import project
-from alexnet.visualize.inputs import prepare, prepared_batches, spans
 from alexnet.visualize.plot import (
     field_crop,
     new_figure,
@@ -48,7 +49,6 @@ from alexnet.visualize.plot import (
     save_npz,
     uint8_to_float,
 )
-from alexnet.visualize.retrieval import DECODING, weights_digest
 
 Item = tuple[torch.Tensor | str | Path, str]  # (uint8 RGB image or a file path, the name to record)
 STATE = "state.npz"
@@ -70,9 +70,9 @@ class TopK:
     map_size: tuple[int, int] = (0, 0)
     # What the state was computed from, checked on resume ("" = not recorded, an older state file).
     model: str = ""
-    weights: str = ""  # SHA-256 of the state dict (alexnet.visualize.retrieval.weights_digest)
+    weights: str = ""  # SHA-256 of the state dict (alexnet.analysis.features.weights_digest)
     listing: str = ""  # SHA-256 of the ``seen + skipped`` items consumed so far (see _Listing)
-    decoding: str = ""  # how files became pixels (alexnet.visualize.retrieval.DECODING; "" = decoded whole)
+    decoding: str = ""  # how files became pixels (alexnet.analysis.features.DECODING; "" = decoded whole)
 
     @classmethod
     def empty(cls, layer: str, channels: int, k: int) -> TopK:
