@@ -181,3 +181,8 @@ def test_a_large_jpeg_is_fed_alike_by_predict_visualize_and_eval_decoded_at_redu
     assert bad == [] and torch.equal(batch[0], evaluated)
     ((_, top),) = predict_files(model, [path], topk=3)
     assert top == predict(model, evaluated[None], topk=3)[0]
+    # torchvision's way (the README's): the weights' transforms on the file decoded as predict decodes it; decoded
+    # whole, the same steps see other pixels (the reduced-size IDCT is not a resize of the full decode)
+    preprocess = WeightsMeta(preprocessing=Preprocessing()).transforms()
+    assert torch.equal(preprocess(read_image(path, min_side=Preprocessing().resize)), evaluated)
+    assert not torch.equal(preprocess(read_image(path)), evaluated)
