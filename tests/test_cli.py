@@ -28,6 +28,11 @@ def test_console_script_help_lists_commands():
         assert cmd in r.stdout
 
 
+def test_python_dash_m_alexnet_is_the_alexnet_command():
+    r = subprocess.run([sys.executable, "-m", "alexnet", "--version"], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0 and r.stdout.strip() == f"alexnet {alexnet.__version__}", r.stderr
+
+
 def test_help_argument_errors_and_the_model_list_answer_without_importing_torch():
     """`alexnet --help`, a command's --help, its argument errors (a misspelt model name among them) and
     `alexnet models` need no torch (3 s to import): the registry is plain data and the commands import the
