@@ -29,7 +29,9 @@ def test_console_script_help_lists_commands():
 
 
 def test_python_dash_m_alexnet_is_the_alexnet_command():
-    r = subprocess.run([sys.executable, "-m", "alexnet", "--version"], capture_output=True, text=True, timeout=120)
+    r = subprocess.run(
+        [sys.executable, "-m", "alexnet", "--version"], capture_output=True, text=True, timeout=120
+    )
     assert r.returncode == 0 and r.stdout.strip() == f"alexnet {alexnet.__version__}", r.stderr
 
 
