@@ -367,3 +367,74 @@ def test_cli_help_names_the_paper(capsys: pytest.CaptureFixture[str]) -> None:
         main(["linear-probe", "--help"])
     assert e.value.code == 0
     assert "Table 7" in capsys.readouterr().out
+
+
+def _sigint_at_fit(monkeypatch: pytest.MonkeyPatch, n: int) -> None:
+    """Ctrl-C arrives while the ``n``-th classifier (1-based) is being fitted."""
+    import signal
+
+    real, calls = lp.fit, []
+
+    def fit(*args: object, **kwargs: object) -> object:
+        calls.append(1)
+        if len(calls) == n:
+            os.kill(os.getpid(), signal.SIGINT)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(lp, "fit", fit)
+
+
+@pytest.mark.parametrize(
+    ("at_fit", "stopped", "layers", "trials"),
+    [
+        (5, "after 1 of 3 trials", ["pool2", "relu7"], 1),  # in trial 2's first layer: trial 1 kept whole
+        (8, "after 2 of 3 trials", ["pool2", "relu7"], 2),  # in trial 2's last fit: the trial finishes
+        (1, "after 1 of 2 layers of the first of 3 trials", ["pool2"], 1),
+    ],
+)
+def test_ctrl_c_during_the_fits_keeps_the_finished_trials_or_layers(
+    photo_classes: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    ctrl_c_reaches_us: None,
+    at_fit: int,
+    stopped: str,
+    layers: list[str],
+    trials: int,
+) -> None:
+    """The fits under way finish (all of a layer's classifiers), then the probe stops with the trials that had
+    finished, each row's numbers those of the uninterrupted probe's first trials."""
+    from alexnet.stopping import StopSignals
+
+    torch.manual_seed(0)
+    model = create_model("alexnet")
+    kwargs = {"layers": ["pool2", "relu7"], "train_per_class": 6, "trials": 3}
+    whole = lp.linear_probe(model, photo_classes, **kwargs)
+    _sigint_at_fit(monkeypatch, at_fit)
+    part = lp.linear_probe(model, photo_classes, signals=StopSignals(), **kwargs)
+    assert part.stopped == stopped and not part.complete and part.trials == trials
+    assert [r.layer for r in part.rows] == [layer for layer in layers for _ in ("svm", "softmax")]
+    for r in part.rows:
+        assert r.mean_class_acc == whole.row(r.layer, r.classifier).mean_class_acc[:trials]
+    assert part.train_images == whole.train_images[:trials]
+    assert part.table().splitlines()[-1] == f"stopped early: {stopped}"
+    assert part.to_json()["complete"] is False
+
+
+def test_cli_ctrl_c_during_the_fits_prints_the_table_so_far_and_exits_130(
+    photo_classes: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    ctrl_c_reaches_us: None,
+    capsys: pytest.CaptureFixture[str],
+    tmp_path: Path,
+) -> None:
+    _sigint_at_fit(monkeypatch, 2)  # pool2's softmax, the first trial's second fit
+    args = ["linear-probe", str(photo_classes), "--model", "alexnet", "--layers", "pool2", "relu7", "--trials"]
+    args += ["2", "--train-per-class", "6", "--workers", "0", "-q", "--cache", str(tmp_path)]
+    assert main(args) == 130
+    captured = capsys.readouterr()
+    assert [line.split()[0] for line in captured.out.splitlines()[2:-2]] == ["pool2"]  # the rows of the table
+    assert "stopped early: after 1 of 2 layers of the first of 2 trials" in captured.out
+    assert captured.err.strip().splitlines()[-1] == (
+        "alexnet: SIGINT: stopped after 1 of 2 layers of the first of 2 trials: the table is over those only; "
+        f"the features stay in {tmp_path}: the same command goes on from them"
+    )

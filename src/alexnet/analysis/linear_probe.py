@@ -17,6 +17,7 @@ trials.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import re
@@ -35,6 +36,7 @@ from alexnet.data.split import class_split
 from alexnet.errors import DataError
 from alexnet.models import AlexNetFamily
 from alexnet.models.capture import capture, check_layers
+from alexnet.stopping import StopSignals
 
 TRAIN_PER_CLASS = 30  # ZF §5.2's larger Caltech-101 setting (Table 4: 15 and 30 per class)
 Item = tuple[Path, int]  # an image file and its class index
@@ -225,6 +227,12 @@ class ProbeResult:
     pool_to: int | None
     rows: list[ProbeRow] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)  # files that did not decode
+    # stopped by Ctrl-C or SIGTERM: the rows hold the finished trials (or, within the first, the layers finished)
+    stopped: str | None = None
+
+    @property
+    def complete(self) -> bool:
+        return self.stopped is None
 
     def row(self, layer: str, classifier: str) -> ProbeRow:
         return next(r for r in self.rows if r.layer == layer and r.classifier == classifier)
@@ -254,6 +262,8 @@ class ProbeResult:
         )
         if not all(r.converged for r in self.rows):
             lines.append("* the solver stopped before converging (a smaller -C is better conditioned)")
+        if self.stopped:
+            lines.append(f"stopped early: {self.stopped}")
         return "\n".join(lines)
 
     def to_json(self) -> dict[str, Any]:
@@ -267,6 +277,8 @@ class ProbeResult:
             "C": self.C,
             "pool_to": self.pool_to,
             "skipped": self.skipped,
+            "complete": self.complete,
+            "stopped": self.stopped,
             "rows": [
                 {
                     "layer": r.layer,
@@ -307,11 +319,17 @@ def linear_probe(
     workers: int = 0,
     cache_dir: str | Path | None = None,
     progress: bool = False,
+    signals: StopSignals | None = None,
 ) -> ProbeResult:
     """ZF Table 7 on the data set ``root`` (module docstring): each of ``layers`` (default: the paper's seven,
     :func:`block_outputs`) × each classifier, trained on each trial's training images, scored on its test
     images. The classifiers are solved on the model's device (float64; the CPU for MPS). ``cache_dir``: see
-    :func:`layer_features`."""
+    :func:`layer_features`.
+
+    ``signals`` (not entered yet) is entered around the fits only, the features being extracted before (with
+    ``cache_dir``, an interrupted extraction stops on its own, its shards kept): Ctrl-C or SIGTERM then ends the
+    fits after the one under way, and the result, marked :attr:`ProbeResult.stopped`, holds the trials that
+    finished, or, when the first had not, the layers it finished."""
     layers = list(dict.fromkeys(check_layers(model, layers or block_outputs(model))))  # each once
     classifiers = list(dict.fromkeys(classifiers))
     top = model.layer_names()[-1]
@@ -365,36 +383,66 @@ def linear_probe(
         for kind in classifiers
     }
     bar = tqdm(total=len(splits) * len(rows), desc="classifiers", unit="fit", disable=not progress)
-    for train, test in splits:
-        train = [(f, y) for f, y in train if f not in unreadable]
-        test = [(f, y) for f, y in test if f not in unreadable]
-        if len({y for _, y in train}) < len(classes):
-            missing = sorted(set(classes) - {classes[y] for _, y in train})
-            raise DataError(f"no readable training image of class(es) {', '.join(missing)}")
-        if not test:
-            raise DataError("no readable image to test on")
-        result.train_images.append(len(train))
-        result.test_images.append(len(test))
-        tr = torch.tensor([row_of[f] for f, _ in train])
-        te = torch.tensor([row_of[f] for f, _ in test])
-        y_train = torch.tensor([y for _, y in train])
-        y_test = torch.tensor([y for _, y in test])
-        for layer in layers:
-            # the rotation is shared by the classifiers: its n×n products are most of the cost
-            x_train, x_test = feats[layer][tr], feats[layer][te]
-            train_at, test_at = principal_coordinates(x_train, x_test, Standardiser.of(x_train, solve_on))
-            del x_train, x_test
-            for kind in classifiers:
-                model = fit(kind, train_at, y_train.to(solve_on), len(classes), C)
-                predicted = model.decision(test_at).argmax(1).cpu()
-                row = rows[layer, kind]
-                row.mean_class_acc.append(mean_class_accuracy(predicted, y_test))
-                row.accuracy.append(float((predicted == y_test).double().mean()))
-                row.converged = row.converged and model.converged
-                bar.update(1)
+    with signals if signals is not None else contextlib.nullcontext():
+        for t, (train, test) in enumerate(splits):
+            train = [(f, y) for f, y in train if f not in unreadable]
+            test = [(f, y) for f, y in test if f not in unreadable]
+            if len({y for _, y in train}) < len(classes):
+                missing = sorted(set(classes) - {classes[y] for _, y in train})
+                raise DataError(f"no readable training image of class(es) {', '.join(missing)}")
+            if not test:
+                raise DataError("no readable image to test on")
+            result.train_images.append(len(train))
+            result.test_images.append(len(test))
+            tr = torch.tensor([row_of[f] for f, _ in train])
+            te = torch.tensor([row_of[f] for f, _ in test])
+            y_train = torch.tensor([y for _, y in train])
+            y_test = torch.tensor([y for _, y in test])
+            for i, layer in enumerate(layers):
+                # the rotation is shared by the classifiers: its n×n products are most of the cost
+                x_train, x_test = feats[layer][tr], feats[layer][te]
+                train_at, test_at = principal_coordinates(x_train, x_test, Standardiser.of(x_train, solve_on))
+                del x_train, x_test
+                for kind in classifiers:
+                    model = fit(kind, train_at, y_train.to(solve_on), len(classes), C)
+                    predicted = model.decision(test_at).argmax(1).cpu()
+                    row = rows[layer, kind]
+                    row.mean_class_acc.append(mean_class_accuracy(predicted, y_test))
+                    row.accuracy.append(float((predicted == y_test).double().mean()))
+                    row.converged = row.converged and model.converged
+                    bar.update(1)
+                stop = signals is not None and signals.signum is not None
+                if stop and (t + 1, i + 1) != (len(splits), len(layers)):
+                    _keep_finished(rows, result, t + (i + 1 == len(layers)), i + 1, len(layers), len(splits))
+                    break
+            if result.stopped:
+                break
     bar.close()
-    result.rows = list(rows.values())
+    result.rows = [row for row in rows.values() if row.mean_class_acc]
     return result
+
+
+def _keep_finished(
+    rows: dict[tuple[str, Kind], ProbeRow],
+    result: ProbeResult,
+    trials: int,
+    layers: int,
+    of_layers: int,
+    of_trials: int,
+) -> None:
+    """Stopped with ``trials`` trials finished and ``layers`` of the next one's layers: the rows and image counts
+    keep the finished trials, or, when none had finished, the first trial's finished layers."""
+    if trials == 0:
+        result.stopped = f"after {layers} of {of_layers} layers" + (
+            f" of the first of {of_trials} trials" if of_trials > 1 else ""
+        )
+        result.trials = 1
+        return
+    result.stopped = f"after {trials} of {of_trials} trials"
+    for row in rows.values():
+        del row.mean_class_acc[trials:], row.accuracy[trials:]
+    del result.train_images[trials:], result.test_images[trials:]
+    result.trials = trials
 
 
 __all__ = [

@@ -86,12 +86,15 @@ def register(sub: Any) -> None:
 def run(args: argparse.Namespace) -> int:
     from alexnet.analysis.linear_probe import check_root, linear_probe
     from alexnet.cli._common import CommandError, load_model_from_args
+    from alexnet.stopping import StopSignals
 
     if args.batch_size < 1 or args.workers < 0:
         raise CommandError("--batch-size must be at least 1 and --workers at least 0")
     device = device_from_args(args)
     check_root(args.root)  # before the weights are read: a typo must not wait for a .caffemodel
     model = load_model_from_args(args).to(device)
+    # Ctrl-C or SIGTERM during the fits: the fits under way finish and the table so far is printed, marked
+    signals = StopSignals(None if args.json else "stopping after this layer's fits, with the table so far")
     result = linear_probe(
         model,
         args.root,
@@ -108,6 +111,7 @@ def run(args: argparse.Namespace) -> int:
         workers=args.workers,
         cache_dir=args.cache,
         progress=not (args.quiet or args.json),
+        signals=signals,
     )
     if result.skipped:
         import sys
@@ -122,4 +126,7 @@ def run(args: argparse.Namespace) -> int:
         weights = args.weights or args.run
         print(f"{result.model}" + (f" ({weights})" if weights else " (untrained: its initialisation)"))
         print(result.table())
+    if result.stopped:
+        kept = f"; the features stay in {args.cache}: the same command goes on from them" if args.cache else ""
+        raise signals.interrupted(f"stopped {result.stopped}: the table is over those only{kept}")
     return 0
