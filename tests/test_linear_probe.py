@@ -428,8 +428,8 @@ def test_cli_ctrl_c_during_the_fits_prints_the_table_so_far_and_exits_130(
     tmp_path: Path,
 ) -> None:
     _sigint_at_fit(monkeypatch, 2)  # pool2's softmax, the first trial's second fit
-    args = ["linear-probe", str(photo_classes), "--model", "alexnet", "--layers", "pool2", "relu7", "--trials"]
-    args += ["2", "--train-per-class", "6", "--workers", "0", "-q", "--cache", str(tmp_path)]
+    args = ["linear-probe", str(photo_classes), "--model", "alexnet", "--layers", "pool2", "relu7"]
+    args += ["--trials", "2", "--train-per-class", "6", "--workers", "0", "-q", "--cache", str(tmp_path)]
     assert main(args) == 130
     captured = capsys.readouterr()
     assert [line.split()[0] for line in captured.out.splitlines()[2:-2]] == ["pool2"]  # the rows of the table

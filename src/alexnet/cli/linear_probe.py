@@ -127,6 +127,8 @@ def run(args: argparse.Namespace) -> int:
         print(f"{result.model}" + (f" ({weights})" if weights else " (untrained: its initialisation)"))
         print(result.table())
     if result.stopped:
-        kept = f"; the features stay in {args.cache}: the same command goes on from them" if args.cache else ""
+        kept = (
+            f"; the features stay in {args.cache}: the same command goes on from them" if args.cache else ""
+        )
         raise signals.interrupted(f"stopped {result.stopped}: the table is over those only{kept}")
     return 0
