@@ -12,12 +12,14 @@ import alexnet
 from alexnet.errors import SelectionError
 from alexnet.inputs import prepare
 from alexnet.visualize.filters import (
+    colour_fraction,
     conv1_blocks,
     conv2_grid,
     filter_statistics,
     high_frequency_fraction,
     plot_conv1_filters,
     plot_filter_statistics,
+    tower_colour,
 )
 
 
@@ -87,3 +89,33 @@ def test_statistics_find_dead_and_never_active_filters(chelsea) -> None:
     assert len(plot_filter_statistics([stats, conv2]).axes) == 2
     with pytest.raises(SelectionError):
         filter_statistics(model, "pool1")
+
+
+def test_colour_fraction_is_zero_for_grey_kernels_and_one_for_opponent_ones() -> None:
+    """AlexNet §6.1 (Fig. 3): GPU 1's kernels "largely color-agnostic", GPU 2's "largely color-specific". Built
+    here as the pixels see them (through the per-channel std): tower 1 the same pattern in R, G and B, tower 2 red
+    minus green, and one kernel both: grey energy 3‖g‖², colour energy 2‖g‖², so 2/5 of it colour."""
+    from alexnet.predict import preprocessing_of
+
+    torch.manual_seed(0)
+    model = alexnet.create_model("alexnet")
+    std = torch.tensor(preprocessing_of(model).std).view(1, 3, 1, 1)
+    g = torch.randn(96, 1, 11, 11)
+    grey, opponent = torch.ones(1, 3, 1, 1), torch.tensor([1.0, -1.0, 0.0]).view(1, 3, 1, 1)
+    with torch.no_grad():
+        w = model.layer("conv1").weight
+        w[:48] = g[:48] * grey * std
+        w[48:] = g[48:] * opponent * std
+        w[95] = (g[95] * (grey + opponent) * std)[0]
+    fractions = colour_fraction(model)
+    np.testing.assert_allclose(fractions[:48], 0, atol=1e-6)
+    np.testing.assert_allclose(fractions[48:95], 1, atol=1e-6)
+    assert fractions[95] == pytest.approx(0.4, abs=1e-6)
+    towers = tower_colour(model)
+    assert towers == pytest.approx([0.0, float(fractions[48:].mean())], abs=1e-6)
+    stats = filter_statistics(model, "conv1")
+    assert stats.summary()["tower2_colour_fraction"] == pytest.approx(towers[1])
+    assert stats.arrays()["colour_fraction"].shape == (96,)
+    assert "colour fraction 0.00" in plot_conv1_filters(model).axes[0].get_title()
+    assert len(tower_colour(alexnet.create_model("zfnet"))) == 1  # one tower
+    assert "colour_fraction" not in filter_statistics(model, "conv2").arrays()

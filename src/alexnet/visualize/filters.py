@@ -3,6 +3,9 @@
 * :func:`conv1_blocks` / :func:`plot_conv1_filters` — AlexNet Fig. 3: the 96 conv1 kernels as RGB patches. In the
   two-GPU models conv1 itself is dense, but the paper's towers are its two halves (kernels 0–47 on GPU 1, 48–95 on
   GPU 2, which conv2's grouping keeps apart), so they are drawn as two blocks.
+* :func:`colour_fraction` — per conv1 kernel, the share of its energy in colour rather than grey: AlexNet §6.1
+  reads Fig. 3 as "the kernels on GPU 1 are largely color-agnostic, while the kernels on GPU 2 are largely
+  color-specific", a specialisation that "occurs during every run"; the towers' means put a number on it.
 * :func:`conv2_grid` — conv2 kernels one input channel at a time (grey), a row per output filter.
 * :func:`filter_statistics` — per filter: L2 norm, "dead" (norm far below the layer's median, or never active on
   a data sample) and the fraction of spectral energy above a cutoff frequency. ZF §4.1 and Fig. 6: AlexNet's
@@ -60,18 +63,45 @@ def conv1_blocks(model: AlexNetFamily, ncols: int | None = None) -> list[np.ndar
     return [tile(p, ncols=cols, pad=1) for p in parts]
 
 
+def colour_fraction(model: AlexNetFamily) -> np.ndarray:
+    """Per conv1 kernel, the fraction of its energy that is colour: ‖w − w̄‖² / ‖w‖², where w̄ repeats the
+    kernel's mean over its three input channels at each position (its grey part, which sees only brightness).
+    The two parts are orthogonal, so the fraction runs from 0 (the same pattern in R, G and B: colour-agnostic)
+    to 1 (channels that cancel, e.g. red minus green). Measured on the kernel as it acts on pixels: each input
+    channel's weights divided by that channel's normalisation std, so that torchvision's per-channel std does
+    not count as colour (the channel order does not matter)."""
+    w = _conv(model, "conv1").weight.detach().double().cpu()
+    if w.shape[1] != 3:
+        raise SelectionError(f"conv1 has {w.shape[1]} input channels, not RGB")
+    w = w / torch.tensor(preprocessing_of(model).std, dtype=torch.float64).view(1, 3, 1, 1)
+    grey = w.mean(dim=1, keepdim=True)
+    total = w.pow(2).flatten(1).sum(1)
+    colour = (w - grey).pow(2).flatten(1).sum(1)
+    return torch.where(total > 0, colour / total.clamp_min(1e-300), torch.zeros_like(total)).float().numpy()
+
+
+def tower_colour(model: AlexNetFamily, fractions: np.ndarray | None = None) -> list[float]:
+    """The mean :func:`colour_fraction` (or of the given ``fractions``) of each tower's conv1 kernels; one value
+    for a one-tower model."""
+    fractions = colour_fraction(model) if fractions is None else fractions
+    parts = np.array_split(fractions, 2) if two_towers(model) else [fractions]
+    return [float(part.mean()) for part in parts]
+
+
 def plot_conv1_filters(model: AlexNetFamily) -> Figure:
-    """AlexNet Fig. 3 for this model: the conv1 kernels, the two towers drawn apart."""
+    """AlexNet Fig. 3 for this model: the conv1 kernels, the two towers drawn apart, each titled with its
+    kernels' mean colour fraction (§6.1)."""
     blocks = conv1_blocks(model)
     conv = _conv(model, "conv1")
     k = conv.kernel_size[0]
     fig = new_figure(6 * len(blocks), 4.5)
     axes = np.atleast_1d(fig.subplots(1, len(blocks)))
     per = conv.out_channels // len(blocks)
+    colour = tower_colour(model)
     for i, (ax, block) in enumerate(zip(axes, blocks, strict=True)):
         ax.imshow(block, interpolation="nearest")
         which = f"tower {i + 1}: " if len(blocks) > 1 else ""
-        ax.set_title(f"{which}filters {i * per}–{(i + 1) * per - 1}")
+        ax.set_title(f"{which}filters {i * per}–{(i + 1) * per - 1}, colour fraction {colour[i]:.2f}")
         ax.axis("off")
     fig.suptitle(f"{model.config.name} conv1: {conv.out_channels} kernels {k}×{k}×3, stride {conv.stride[0]}")
     return fig
@@ -137,6 +167,8 @@ class FilterStats:
     dead_by_norm: np.ndarray  # bool: norm < dead_ratio × median norm
     never_active: np.ndarray | None = None  # bool: max rectified activation on the sample is 0
     sample_images: int = 0
+    colour: np.ndarray | None = None  # conv1: each kernel's colour fraction (AlexNet §6.1)
+    tower_colour: list[float] | None = None  # conv1: its mean per tower
     extra: dict[str, float] = field(default_factory=dict)
 
     def summary(self) -> dict[str, float | int | str]:
@@ -153,12 +185,18 @@ class FilterStats:
         if self.never_active is not None:
             out["never_active"] = int(self.never_active.sum())
             out["sample_images"] = self.sample_images
+        if self.colour is not None and self.tower_colour is not None:
+            out["mean_colour_fraction"] = float(self.colour.mean())
+            for i, value in enumerate(self.tower_colour):
+                out[f"tower{i + 1}_colour_fraction"] = value
         return out
 
     def arrays(self) -> dict[str, np.ndarray]:
         out = {"norms": self.norms, "high_frequency": self.high_frequency, "dead_by_norm": self.dead_by_norm}
         if self.never_active is not None:
             out["never_active"] = self.never_active
+        if self.colour is not None:
+            out["colour_fraction"] = self.colour
         return out
 
 
@@ -169,7 +207,8 @@ def filter_statistics(
     cutoff: float | None = None,
     dead_ratio: float = 0.05,
 ) -> FilterStats:
-    """Norms, dead filters and high-frequency energy of ``layer``'s filters.
+    """Norms, dead filters and high-frequency energy of ``layer``'s filters; for conv1 also each kernel's
+    colour fraction and its mean per tower (:func:`colour_fraction`).
 
     ``cutoff`` defaults to the Nyquist frequency of the layer's output grid, ``1/(2·stride)`` (energy above it
     aliases), or to ``0.25`` for a stride-1 layer (upper half of the representable band). With ``images`` (a
@@ -189,6 +228,9 @@ def filter_statistics(
         high_frequency=high_frequency_fraction(w, cut).numpy(),
         dead_by_norm=norms < dead_ratio * float(np.median(norms)),
     )
+    if layer == "conv1" and conv.in_channels == 3:
+        stats.colour = colour_fraction(model)
+        stats.tower_colour = tower_colour(model, stats.colour)
     if images is not None:
         relu = layer.replace("conv", "relu")
         acts = capture(model, images, [relu], batch_size=32)[relu]
