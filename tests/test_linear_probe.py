@@ -438,3 +438,24 @@ def test_cli_ctrl_c_during_the_fits_prints_the_table_so_far_and_exits_130(
         "alexnet: SIGINT: stopped after 1 of 2 layers of the first of 2 trials: the table is over those only; "
         f"the features stay in {tmp_path}: the same command goes on from them"
     )
+
+
+def test_with_a_cache_other_trials_seeds_and_counts_read_the_same_features(
+    photo_classes: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The cache of an unsplit folder holds every image of its classes, so its key does not depend on the draw."""
+    import alexnet.analysis.features as features
+
+    torch.manual_seed(0)
+    model = create_model("alexnet")
+    cache = tmp_path / "cache"
+    first = lp.linear_probe(model, photo_classes, layers=["pool5"], train_per_class=5, cache_dir=cache)
+    monkeypatch.setattr(features, "capture", lambda *a, **k: pytest.fail("the network ran again"))
+    again = lp.linear_probe(
+        model, photo_classes, layers=["pool5"], train_per_class=6, test_per_class=2, trials=2, seed=3,
+        cache_dir=cache,
+    )  # fmt: skip
+    assert again.trials == 2 and len(list(cache.iterdir())) == 1
+    monkeypatch.undo()
+    uncached = lp.linear_probe(model, photo_classes, layers=["pool5"], train_per_class=5)
+    assert first.row("pool5", "svm").mean_class_acc == uncached.row("pool5", "svm").mean_class_acc

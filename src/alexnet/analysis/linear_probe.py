@@ -324,7 +324,8 @@ def linear_probe(
     """ZF Table 7 on the data set ``root`` (module docstring): each of ``layers`` (default: the paper's seven,
     :func:`block_outputs`) × each classifier, trained on each trial's training images, scored on its test
     images. The classifiers are solved on the model's device (float64; the CPU for MPS). ``cache_dir``: see
-    :func:`layer_features`.
+    :func:`layer_features`; for an unsplit ``root`` it holds every image of the classes, whichever the trials
+    draw, so that other trials, seeds or per-class counts read the same features.
 
     ``signals`` (not entered yet) is entered around the fits only, the features being extracted before (with
     ``cache_dir``, an interrupted extraction stops on its own, its shards kept): Ctrl-C or SIGTERM then ends the
@@ -350,8 +351,12 @@ def linear_probe(
         seed=seed,
         exclude=exclude,
     )
-    # every image any trial uses, once
+    # every image any trial uses, once; with a cache, every image of the classes, so that the cache's listing
+    # and key do not depend on --trials, --seed or the per-class counts: another draw reads the same features
     paths = list(dict.fromkeys(f for train, test in splits for f, _ in train + test))
+    root_path = check_root(root)
+    if cache_dir is not None and not ((root_path / "train").is_dir() and (root_path / "val").is_dir()):
+        paths = [f for name in classes for f in files_under(root_path / name)]
     feats, bad = layer_features(
         model,
         paths,
