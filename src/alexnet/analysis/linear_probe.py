@@ -66,6 +66,11 @@ def _check_class_files(root: Path, classes: list[str]) -> dict[str, list[Path]]:
     return files
 
 
+def is_split(root: Path) -> bool:
+    """Whether ``root`` holds ``train/`` and ``val/`` (one trial, used as it is) rather than class folders."""
+    return (root / "train").is_dir() and (root / "val").is_dir()
+
+
 def check_root(root: str | Path) -> Path:
     """``root`` as a folder path, or :class:`DataError` naming the two layouts a probe reads."""
     path = Path(root).expanduser()
@@ -91,7 +96,7 @@ def probe_splits(
     if trials < 1:
         raise DataError(f"--trials must be at least 1 (got {trials})")
     root = check_root(root)
-    if (root / "train").is_dir() and (root / "val").is_dir():
+    if is_split(root):
         if trials != 1 or exclude or test_per_class is not None or train_per_class is not None:
             raise DataError(
                 f"{root} is split already (train/ and val/): it is used as it is, one trial; --train-per-class, "
@@ -170,7 +175,7 @@ def layer_features(
     decode and have no row), from one forward pass per batch; ``pool_to``: maps averaged down to that size.
     With ``cache_dir`` the features are kept there in shards as they are extracted (the cache retrieval reads too,
     :func:`alexnet.analysis.features.extract_features`): an interrupted extraction goes on from its last
-    shard, and a second probe of the same images (another C, classifier or trial count) reads them back."""
+    shard, and a second call for the same images reads them back."""
     sizes = _feature_sizes(model, layers, pool_to)
     need = len(paths) * sum(sizes.values()) * 4
     if need > _memory() // 2:
@@ -354,9 +359,9 @@ def linear_probe(
     # every image any trial uses, once; with a cache, every image of the classes, so that the cache's listing
     # and key do not depend on --trials, --seed or the per-class counts: another draw reads the same features
     paths = list(dict.fromkeys(f for train, test in splits for f, _ in train + test))
-    root_path = check_root(root)
-    if cache_dir is not None and not ((root_path / "train").is_dir() and (root_path / "val").is_dir()):
-        paths = [f for name in classes for f in files_under(root_path / name)]
+    folder = check_root(root)
+    if cache_dir is not None and not is_split(folder):
+        paths = [f for name in classes for f in files_under(folder / name)]
     feats, bad = layer_features(
         model,
         paths,
@@ -409,12 +414,12 @@ def linear_probe(
                 train_at, test_at = principal_coordinates(x_train, x_test, Standardiser.of(x_train, solve_on))
                 del x_train, x_test
                 for kind in classifiers:
-                    model = fit(kind, train_at, y_train.to(solve_on), len(classes), C)
-                    predicted = model.decision(test_at).argmax(1).cpu()
+                    clf = fit(kind, train_at, y_train.to(solve_on), len(classes), C)
+                    predicted = clf.decision(test_at).argmax(1).cpu()
                     row = rows[layer, kind]
                     row.mean_class_acc.append(mean_class_accuracy(predicted, y_test))
                     row.accuracy.append(float((predicted == y_test).double().mean()))
-                    row.converged = row.converged and model.converged
+                    row.converged = row.converged and clf.converged
                     bar.update(1)
                 stop = signals is not None and signals.signum is not None
                 if stop and (t + 1, i + 1) != (len(splits), len(layers)):
