@@ -414,7 +414,10 @@ def build_report(
                 "filters",
                 "conv1 filters",
                 "<p>The first layer's kernels as RGB images (AlexNet Fig. 3; the two GPU towers apart for the "
-                "two-group models).</p>" + _img(figure_uri(plot_conv1_filters(model)), "conv1 filters"),
+                "two-group models), each tower titled with its kernels' mean colour fraction: the share of their "
+                "energy in colour rather than brightness, 0 for kernels that see grey only (§6.1 found one "
+                "tower largely colour-agnostic, the other colour-specific).</p>"
+                + _img(figure_uri(plot_conv1_filters(model)), "conv1 filters"),
             )
         )
         bar.update()
