@@ -119,3 +119,9 @@ def test_colour_fraction_is_zero_for_grey_kernels_and_one_for_opponent_ones() ->
     assert "colour fraction 0.00" in plot_conv1_filters(model).axes[0].get_title()
     assert len(tower_colour(alexnet.create_model("zfnet"))) == 1  # one tower
     assert "colour_fraction" not in filter_statistics(model, "conv2").arrays()
+
+
+def test_random_kernels_are_two_thirds_colour() -> None:
+    """iid weights put a third of their energy in the grey part: the chance level a trained tower is read against."""
+    torch.manual_seed(0)
+    assert tower_colour(alexnet.create_model("alexnet")) == pytest.approx([2 / 3, 2 / 3], abs=0.02)

@@ -67,7 +67,8 @@ def colour_fraction(model: AlexNetFamily) -> np.ndarray:
     """Per conv1 kernel, the fraction of its energy that is colour: ‖w − w̄‖² / ‖w‖², where w̄ repeats the
     kernel's mean over its three input channels at each position (its grey part, which sees only brightness).
     The two parts are orthogonal, so the fraction runs from 0 (the same pattern in R, G and B: colour-agnostic)
-    to 1 (channels that cancel, e.g. red minus green). Measured on the kernel as it acts on pixels: each input
+    to 1 (channels that cancel, e.g. red minus green); independent random weights give 2/3 on average, so a
+    tower well below that sees brightness. Measured on the kernel as it acts on pixels: each input
     channel's weights divided by that channel's normalisation std, so that torchvision's per-channel std does
     not count as colour (the channel order does not matter)."""
     w = _conv(model, "conv1").weight.detach().double().cpu()
