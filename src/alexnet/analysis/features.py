@@ -73,7 +73,7 @@ def cache_keys(model: AlexNetFamily, paths: Sequence[Path], layer: str) -> dict[
 
 
 def cache_key(model: AlexNetFamily, paths: Sequence[Path], layer: str) -> str:
-    """The key of ``layer``'s features of the gallery ``paths`` as this version extracts them."""
+    """The key of ``layer``'s features of the images ``paths`` as this version extracts them."""
     return cache_keys(model, paths, layer)[DECODING]
 
 
@@ -133,7 +133,7 @@ class Features:
 def _read_shard(path: Path, chunk: Sequence[Path], name: str = FEATURES) -> list[int] | None:
     """The unreadable images' places in ``chunk`` recorded by a finished shard of it, or ``None`` when the shard
     is missing, unreadable or not of ``chunk``'s length. Paths are never taken from the file: the cache key
-    resolves them, so the same gallery reached by another relative path shares the cache."""
+    resolves them, so the same images reached by another relative path share the cache."""
     from safetensors import SafetensorError, safe_open
 
     try:
@@ -193,7 +193,7 @@ def extract_features(
     if cache_dir is not None:
         keys = cache_keys(model, files, label)
         folder = Path(cache_dir) / f"{label}-{keys[DECODING]}-s{shard}"
-        # earlier versions' caches of the same gallery (one file; shards of whole-decoded JPEGs): no longer read
+        # earlier versions' caches of the same images (one file; shards of whole-decoded JPEGs): no longer read
         (Path(cache_dir) / f"{label}-{keys['']}.safetensors").unlink(missing_ok=True)
         shutil.rmtree(Path(cache_dir) / f"{label}-{keys['']}-s{shard}", ignore_errors=True)
         try:
