@@ -100,3 +100,17 @@ def test_only_the_command_line_imports_the_commands_and_the_server() -> None:
         if layer_of(i) in {"cli", "serve"}
     ]
     assert not against, "\n".join(against)
+
+
+def test_each_subpackage_loads_on_first_use_as_an_attribute() -> None:
+    """`alexnet.visualize.deconvnet(...)` and `alexnet.inputs.prepare(...)` work after a bare `import alexnet`."""
+    import importlib
+
+    import alexnet
+
+    on_disk = {
+        p.stem if p.suffix == ".py" else p.name for p in PACKAGE.iterdir() if not p.name.startswith("_")
+    }
+    assert alexnet._SUBPACKAGES <= on_disk
+    for name in sorted(alexnet._SUBPACKAGES):
+        assert getattr(alexnet, name) is importlib.import_module(f"alexnet.{name}")

@@ -18,6 +18,7 @@ _SUBPACKAGES = frozenset(
         "data",
         "diagnostics",
         "evaluate",
+        "inputs",
         "models",
         "predict",
         "serve",
