@@ -459,3 +459,20 @@ def test_with_a_cache_other_trials_seeds_and_counts_read_the_same_features(
     monkeypatch.undo()
     uncached = lp.linear_probe(model, photo_classes, layers=["pool5"], train_per_class=5)
     assert first.row("pool5", "svm").mean_class_acc == uncached.row("pool5", "svm").mean_class_acc
+
+
+def test_a_cache_takes_only_the_drawn_images_when_the_classes_hold_many_more(
+    photo_classes: Path, tmp_path: Path
+) -> None:
+    """One training and one test image of each class's twelve: extracting all 36 would be six times the work
+    (30 a class drawn from ImageNet's 1,300 would be 16 times), so the cache holds the six drawn."""
+    from safetensors import safe_open
+
+    lp.linear_probe(create_model("alexnet"), photo_classes, layers=["pool5"], train_per_class=1,
+                    test_per_class=1, cache_dir=tmp_path)  # fmt: skip
+    (folder,) = tmp_path.iterdir()
+    counts = []
+    for shard in folder.iterdir():
+        with safe_open(str(shard), framework="pt") as f:
+            counts.append(int((f.metadata() or {})["count"]))
+    assert sum(counts) == 6 == 3 * (1 + 1)

@@ -39,6 +39,9 @@ from alexnet.models.capture import capture, check_layers
 from alexnet.stopping import StopSignals
 
 TRAIN_PER_CLASS = 30  # ZF §5.2's larger Caltech-101 setting (Table 4: 15 and 30 per class)
+ALL_IMAGES_FACTOR = (
+    2  # a cache holds all of an unsplit ROOT's images when they are at most this × those drawn
+)
 Item = tuple[Path, int]  # an image file and its class index
 Split = tuple[list[Item], list[Item]]  # (train, test)
 
@@ -330,7 +333,8 @@ def linear_probe(
     :func:`block_outputs`) × each classifier, trained on each trial's training images, scored on its test
     images. The classifiers are solved on the model's device (float64; the CPU for MPS). ``cache_dir``: see
     :func:`layer_features`; for an unsplit ``root`` it holds every image of the classes, whichever the trials
-    draw, so that other trials, seeds or per-class counts read the same features.
+    draw, so that other trials, seeds or per-class counts read the same features (unless the classes hold more
+    than :data:`ALL_IMAGES_FACTOR` times the images drawn: then those only).
 
     ``signals`` (not entered yet) is entered around the fits only, the features being extracted before (with
     ``cache_dir``, an interrupted extraction stops on its own, its shards kept): Ctrl-C or SIGTERM then ends the
@@ -356,12 +360,15 @@ def linear_probe(
         seed=seed,
         exclude=exclude,
     )
-    # every image any trial uses, once; with a cache, every image of the classes, so that the cache's listing
-    # and key do not depend on --trials, --seed or the per-class counts: another draw reads the same features
+    # every image any trial uses, once; with a cache, every image of the classes (unless that is more than
+    # ALL_IMAGES_FACTOR times as many: 30 per class drawn from ImageNet's 1,300 must not extract them all), so that
+    # the cache's listing and key do not depend on --trials, --seed or the per-class counts
     paths = list(dict.fromkeys(f for train, test in splits for f, _ in train + test))
     folder = check_root(root)
     if cache_dir is not None and not is_split(folder):
-        paths = [f for name in classes for f in files_under(folder / name)]
+        every = [f for name in classes for f in files_under(folder / name)]
+        if len(every) <= ALL_IMAGES_FACTOR * len(paths):
+            paths = every
     feats, bad = layer_features(
         model,
         paths,

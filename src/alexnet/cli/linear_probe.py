@@ -72,9 +72,9 @@ def register(sub: Any) -> None:
         "--cache",
         metavar="DIR",
         help="keep the features in DIR as they are extracted (safetensors shards, about images × features × 4 "
-        "bytes; of every image of the classes in an unsplit ROOT): an interrupted probe goes on from there, and "
-        "a second one of the same ROOT, layers and --pool-to (another -C, --classifier, --trials, --seed or "
-        "per-class count) skips the network",
+        "bytes; of every image of an unsplit ROOT's classes when they are at most twice the images drawn): an "
+        "interrupted probe goes on from there, and a second one of the same ROOT, layers and --pool-to (another "
+        "-C, --classifier, --trials, --seed or per-class count) skips the network",
     )
     p.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
     p.add_argument("--batch-size", type=int, default=64, help="images per forward pass (default 64)")
