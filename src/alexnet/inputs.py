@@ -1,5 +1,6 @@
 """Images in, model inputs out: the weights' preprocessing, keeping the un-normalised crop for display; and
-batches of them decoded in worker processes for the passes over a data set (top-9, retrieval's gallery)."""
+batches of them decoded in worker processes for the passes over a data set (top-9, the features that retrieval
+and the linear probe read). Shared by ``visualize``, ``analysis`` and ``serve``."""
 
 from __future__ import annotations
 
