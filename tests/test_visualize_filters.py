@@ -7,6 +7,8 @@ import math
 import numpy as np
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import alexnet
 from alexnet.errors import SelectionError
@@ -125,3 +127,33 @@ def test_random_kernels_are_two_thirds_colour() -> None:
     """iid weights put a third of their energy in the grey part: the chance level a trained tower is read against."""
     torch.manual_seed(0)
     assert tower_colour(alexnet.create_model("alexnet")) == pytest.approx([2 / 3, 2 / 3], abs=0.02)
+
+
+@pytest.fixture(scope="module")
+def equal_std_alexnet() -> alexnet.models.AlexNetFamily:
+    from alexnet.data.preprocess import Preprocessing
+    from alexnet.weights import WeightsMeta
+
+    model = alexnet.create_model("alexnet")
+    model.weights_meta = WeightsMeta(preprocessing=Preprocessing(std=(0.25, 0.25, 0.25)))
+    return model
+
+
+@settings(max_examples=20, deadline=None)
+@given(seed=st.integers(0, 2**16), order=st.permutations([0, 1, 2]), scale=st.floats(0.01, 100.0))
+def test_colour_fraction_is_a_share_blind_to_channel_order_and_scale(
+    equal_std_alexnet: alexnet.models.AlexNetFamily, seed: int, order: list[int], scale: float
+) -> None:
+    """The grey and colour parts split a kernel's energy: the share lies in [0, 1], and neither the channels'
+    order nor the kernel's size changes it (with equal stds, as here)."""
+    model = equal_std_alexnet
+    with torch.no_grad():
+        model.layer("conv1").weight.copy_(
+            torch.randn(96, 3, 11, 11, generator=torch.Generator().manual_seed(seed))
+        )
+    base = colour_fraction(model)
+    assert ((base >= 0) & (base <= 1 + 1e-6)).all()
+    with torch.no_grad():
+        w = model.layer("conv1").weight
+        w.copy_(w[:, order] * scale)
+    np.testing.assert_allclose(colour_fraction(model), base, rtol=1e-5, atol=1e-6)
