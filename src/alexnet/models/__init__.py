@@ -1,4 +1,5 @@
-"""Models: LRN and filter renormalisation (layers), the one network (net), its configurations, the registry.
+"""Models: LRN and filter renormalisation (layers), the one network (net), its configurations, the registry, and
+the walk that reads any layer's output by its paper name (capture).
 
 The configurations and the registry import no torch, so that ``alexnet --help`` and a command's argument errors
 answer at once; the network and its layers load on first use (PEP 562).
