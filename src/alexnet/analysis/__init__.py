@@ -1,5 +1,6 @@
-"""Analysis: the per-layer parameters / computation table, receptive fields, and (``alexnet.analysis.linear_probe``,
-imported on its own: it reads features through ``alexnet.visualize``) a linear classifier on each layer's features."""
+"""Analysis: the per-layer parameters / computation table, receptive fields, and (each imported on its own: they
+read images) a layer's features of many images (``alexnet.analysis.features``) and a linear classifier on them
+(``alexnet.analysis.linear_probe``)."""
 
 from alexnet.analysis.summary import LayerRow, ModelSummary, compare_table, summarize, summary_table
 

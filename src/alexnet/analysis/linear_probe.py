@@ -69,11 +69,6 @@ def _check_class_files(root: Path, classes: list[str]) -> dict[str, list[Path]]:
     return files
 
 
-def is_split(root: Path) -> bool:
-    """Whether ``root`` holds ``train/`` and ``val/`` (one trial, used as it is) rather than class folders."""
-    return (root / "train").is_dir() and (root / "val").is_dir()
-
-
 def check_root(root: str | Path) -> Path:
     """``root`` as a folder path, or :class:`DataError` naming the two layouts a probe reads."""
     path = Path(root).expanduser()
@@ -96,10 +91,24 @@ def probe_splits(
     """(class names, one (train, test) list of (file, class index) per trial) of the data set ``root`` (module
     docstring). A split data set is used as it is: then the per-class counts, ``trials`` and ``exclude`` must be
     left unset. ``train_per_class`` defaults to :data:`TRAIN_PER_CLASS`."""
+    classes, splits, _ = _plan(root, train_per_class, test_per_class, trials, seed, exclude)
+    return classes, splits
+
+
+def _plan(
+    root: str | Path,
+    train_per_class: int | None,
+    test_per_class: int | None,
+    trials: int,
+    seed: int,
+    exclude: Sequence[str],
+) -> tuple[list[str], list[Split], list[Path] | None]:
+    """:func:`probe_splits`'s classes and splits, and every image of an unsplit ``root``'s classes in listing
+    order (``None`` for a split one)."""
     if trials < 1:
         raise DataError(f"--trials must be at least 1 (got {trials})")
     root = check_root(root)
-    if is_split(root):
+    if (root / "train").is_dir() and (root / "val").is_dir():
         if trials != 1 or exclude or test_per_class is not None or train_per_class is not None:
             raise DataError(
                 f"{root} is split already (train/ and val/): it is used as it is, one trial; --train-per-class, "
@@ -120,7 +129,7 @@ def probe_splits(
         ]
         if not test:
             raise DataError(f"{root / 'val'} holds no images to test on")
-        return classes, [(train, test)]
+        return classes, [(train, test)], None
     train_per_class = TRAIN_PER_CLASS if train_per_class is None else train_per_class
     if train_per_class < 1:
         raise DataError(f"--train-per-class must be at least 1 (got {train_per_class})")
@@ -145,7 +154,7 @@ def probe_splits(
             train += [(f, i) for f in tr]
             test += [(f, i) for f in te]
         out.append((train, test))
-    return classes, out
+    return classes, out, [f for name in classes for f in files[name]]
 
 
 def _feature_sizes(model: AlexNetFamily, layers: list[str], pool_to: int | None) -> dict[str, int]:
@@ -352,23 +361,13 @@ def linear_probe(
         raise DataError(f"-C must be positive (got {C})")
     if pool_to is not None and pool_to < 1:
         raise DataError(f"--pool-to must be at least 1 (got {pool_to})")
-    classes, splits = probe_splits(
-        root,
-        train_per_class=train_per_class,
-        test_per_class=test_per_class,
-        trials=trials,
-        seed=seed,
-        exclude=exclude,
-    )
+    classes, splits, every = _plan(root, train_per_class, test_per_class, trials, seed, exclude)
     # every image any trial uses, once; with a cache, every image of the classes (unless that is more than
     # ALL_IMAGES_FACTOR times as many: 30 per class drawn from ImageNet's 1,300 must not extract them all), so that
     # the cache's listing and key do not depend on --trials, --seed or the per-class counts
     paths = list(dict.fromkeys(f for train, test in splits for f, _ in train + test))
-    folder = check_root(root)
-    if cache_dir is not None and not is_split(folder):
-        every = [f for name in classes for f in files_under(folder / name)]
-        if len(every) <= ALL_IMAGES_FACTOR * len(paths):
-            paths = every
+    if cache_dir is not None and every is not None and len(every) <= ALL_IMAGES_FACTOR * len(paths):
+        paths = every
     feats, bad = layer_features(
         model,
         paths,
@@ -428,9 +427,11 @@ def linear_probe(
                     row.accuracy.append(float((predicted == y_test).double().mean()))
                     row.converged = row.converged and clf.converged
                     bar.update(1)
+                # a signal after this layer's fits: stop, unless they were the last (then all is done)
                 stop = signals is not None and signals.signum is not None
                 if stop and (t + 1, i + 1) != (len(splits), len(layers)):
-                    _keep_finished(rows, result, t + (i + 1 == len(layers)), i + 1, len(layers), len(splits))
+                    finished = t + 1 if i + 1 == len(layers) else t  # trials whose every layer is fitted
+                    _keep_finished(rows, result, finished, i + 1, len(layers), len(splits))
                     break
             if result.stopped:
                 break

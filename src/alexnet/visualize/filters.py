@@ -45,13 +45,19 @@ def two_towers(model: AlexNetFamily) -> bool:
     return len(model.config.convs) > 1 and model.config.convs[1].groups > 1
 
 
-def rgb_filters(model: AlexNetFamily) -> np.ndarray:
-    """conv1 kernels as RGB images (N×k×k×3, 0–1), each scaled to its own range; BGR weights are flipped."""
-    w = _conv(model, "conv1").weight.detach().float().cpu()
-    if preprocessing_of(model).channel_order == "BGR":
-        w = w.flip(1)
+def _conv1_weight(model: AlexNetFamily) -> torch.Tensor:
+    """conv1's weights (on the CPU), :class:`SelectionError` unless it reads three colour channels."""
+    w = _conv(model, "conv1").weight.detach().cpu()
     if w.shape[1] != 3:
         raise SelectionError(f"conv1 has {w.shape[1]} input channels, not RGB")
+    return w
+
+
+def rgb_filters(model: AlexNetFamily) -> np.ndarray:
+    """conv1 kernels as RGB images (N×k×k×3, 0–1), each scaled to its own range; BGR weights are flipped."""
+    w = _conv1_weight(model).float()
+    if preprocessing_of(model).channel_order == "BGR":
+        w = w.flip(1)
     return normalize01(w.permute(0, 2, 3, 1).numpy(), axis=(1, 2, 3))
 
 
@@ -71,10 +77,8 @@ def colour_fraction(model: AlexNetFamily) -> np.ndarray:
     tower well below that sees brightness. Measured on the kernel as it acts on pixels: each input
     channel's weights divided by that channel's normalisation std, so that torchvision's per-channel std does
     not count as colour (the channel order does not matter)."""
-    w = _conv(model, "conv1").weight.detach().double().cpu()
-    if w.shape[1] != 3:
-        raise SelectionError(f"conv1 has {w.shape[1]} input channels, not RGB")
-    w = w / torch.tensor(preprocessing_of(model).std, dtype=torch.float64).view(1, 3, 1, 1)
+    std = torch.tensor(preprocessing_of(model).std, dtype=torch.float64).view(1, 3, 1, 1)
+    w = _conv1_weight(model).double() / std
     grey = w.mean(dim=1, keepdim=True)
     total = w.pow(2).flatten(1).sum(1)
     colour = (w - grey).pow(2).flatten(1).sum(1)
