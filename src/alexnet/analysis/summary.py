@@ -127,7 +127,8 @@ def summarize(model: AlexNetFamily, input_size: int | None = None) -> ModelSumma
     ):
         raise InputSizeError(f"input size must be a whole number of pixels ≥ 1, not {input_size!r}")
     size = model.default_input_size if input_size is None else input_size
-    summary = ModelSummary(model=model.config.name, input_size=size)
+    name = model.config.name + (f" ({model.config.ablation})" if model.config.ablation else "")
+    summary = ModelSummary(model=name, input_size=size)
     seen: dict[str, tuple[torch.Size, torch.Tensor, torch.Tensor]] = {}
     modules = dict(model.named_layers())
     hooks = [

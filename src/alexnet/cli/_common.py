@@ -160,6 +160,14 @@ def model_name(name: str) -> str:
     return name
 
 
+def layer_list(text: str) -> tuple[str, ...]:
+    """An argparse ``type``: comma-separated paper layer names (``conv3,conv4``)."""
+    names = tuple(n.strip() for n in text.split(","))
+    if not all(names):
+        raise argparse.ArgumentTypeError(f"{text!r}: give layer names separated by commas, e.g. conv3,conv4")
+    return names
+
+
 WEIGHTS_HELP = (
     "weights: a .safetensors file written by alexnet, a .pth/.pt state dict, a training run's checkpoint "
     "(RUN/checkpoints/step-N.pt), an .onnx or .caffemodel file "

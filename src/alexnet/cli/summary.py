@@ -6,7 +6,7 @@ import argparse
 import json
 from typing import Any
 
-from alexnet.cli._common import CommandError, add_command, model_name
+from alexnet.cli._common import CommandError, add_command, layer_list, model_name
 from alexnet.errors import InputSizeError
 
 
@@ -24,12 +24,23 @@ def register(sub: Any) -> None:
     )
     p.add_argument("--input-size", type=int, help="input side in pixels (default: each model's own)")
     p.add_argument("--json", action="store_true", help="machine-readable output")
+    ablation = p.add_argument_group(
+        "the papers' ablations (as alexnet train takes them; applied to every model named)"
+    )
+    ablation.add_argument(
+        "--remove", type=layer_list, default=(), metavar="LAYERS", help="without these layers, e.g. conv3,conv4"
+    )
+    ablation.add_argument("--no-lrn", dest="lrn", action="store_false", help="without response normalisation")
+    ablation.add_argument(
+        "--no-overlapping-pool", dest="overlapping_pool", action="store_false", help="2×2 pooling at stride 2"
+    )
+    ablation.add_argument("--fc-width", type=int, metavar="N", help="fc6 and fc7 N units wide")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     from alexnet.analysis import compare_table, summarize, summary_table
-    from alexnet.factory import create_model
+    from alexnet.models import ablate, build_model, get_config
 
     names = list(args.models) + list(args.compare or [])
     if not names:
@@ -38,7 +49,14 @@ def run(args: argparse.Namespace) -> int:
         raise CommandError(f"--input-size {args.input_size} is out of range (32–1024)")
     summaries = []
     for name in dict.fromkeys(names):
-        model = create_model(name)
+        config = ablate(
+            get_config(name),
+            remove=args.remove,
+            lrn=args.lrn,
+            overlapping_pool=args.overlapping_pool,
+            fc_width=args.fc_width,
+        )
+        model = build_model(config)
         try:
             summaries.append(summarize(model, args.input_size))
         except (RuntimeError, InputSizeError) as e:

@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from alexnet.cli._common import CommandError, add_command, model_name, writable_folder
+from alexnet.cli._common import CommandError, add_command, layer_list, model_name, writable_folder
 
 # flag → (TrainConfig field, type, help). Every flag defaults to None = "the recipe's value".
 _VALUE_FLAGS: list[tuple[str, str, Any, str]] = [
@@ -108,6 +108,19 @@ _VALUE_FLAGS: list[tuple[str, str, Any, str]] = [
     ),
     ("--input-size", "input_size", int, "crop side (default: the model's 227/224; the resize scales alike)"),
     (
+        "--remove",
+        "remove",
+        layer_list,
+        "ablation: train the model without these layers, e.g. conv3,conv4 or fc6,fc7 (ZF Table 3; AlexNet §7: "
+        "any middle layer costs about 2%% top-1); the others keep their paper names",
+    ),
+    (
+        "--fc-width",
+        "fc_width",
+        int,
+        "ablation: fc6 and fc7 this many units wide instead of 4096 (ZF Table 3: 2048, 8192)",
+    ),
+    (
         "--weights",
         "weights",
         str,
@@ -146,6 +159,13 @@ _BOOL_FLAGS = [
         "channels-last memory format (default: on; faster on CPU, docs/performance.md)",
     ),
     ("--compile", "compile", "torch.compile the model"),
+    ("--lrn", "lrn", "response normalisation (default: on; --no-lrn is AlexNet §3.3's ablation, +1.4%% top-1)"),
+    (
+        "--overlapping-pool",
+        "overlapping_pool",
+        "3×3 pooling windows at stride 2 (default: on; --no-overlapping-pool is AlexNet §3.4's ablation, "
+        "2×2 windows at stride 2, +0.4%% top-1)",
+    ),
     (
         "--cuda-graph",
         "cuda_graph",
@@ -249,6 +269,13 @@ def resolve_config(args: argparse.Namespace) -> Any:
                 raise CommandError(
                     f"--resume: the run in {args.out} uses --{key} {getattr(cfg, key)}, not {value}"
                 )
+        ablation = {k: overrides[k] for k in ("remove", "lrn", "overlapping_pool", "fc_width")}
+        changed = cfg.with_overrides(**ablation)
+        if changed.architecture() != cfg.architecture():
+            raise CommandError(
+                f"--resume: the run in {args.out} trains {cfg.ablation_flags() or 'the unablated model'}; "
+                f"its checkpoints hold that architecture, not {changed.ablation_flags() or 'the unablated one'}"
+            )
         # the folder given now, not the one recorded: a copied or moved run continues where it is
         return cfg.with_overrides(**overrides, out=args.out)
     recipe = args.recipe or "krizhevsky2012"

@@ -218,6 +218,8 @@ def run_info(args: argparse.Namespace) -> int:
     model = meta.model or "unknown (the file records no metadata: a plain state dict)"
     classes = f"{meta.num_classes} classes, " if meta.num_classes is not None else ""
     print(f"model:          {model}  ({classes}{params:,} parameters)")
+    if ablation := (meta.config or {}).get("ablation"):
+        print(f"ablation:       {ablation}")
     if meta.preprocessing is not None:
         print(f"preprocessing:  {json.dumps(meta.preprocessing.to_dict())}")
     print(f"source:         {meta.source or '-'}")

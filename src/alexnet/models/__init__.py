@@ -1,5 +1,5 @@
-"""Models: LRN and filter renormalisation (layers), the one network (net), its configurations, the registry, and
-the walk that reads any layer's output by its paper name (capture).
+"""Models: LRN and filter renormalisation (layers), the one network (net), its configurations, the papers'
+ablations of them (ablations), the registry, and the walk that reads any layer's output by its paper name (capture).
 
 The configurations and the registry import no torch, so that ``alexnet --help`` and a command's argument errors
 answer at once; the network and its layers load on first use (PEP 562).
@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from alexnet.models.ablations import ablate, removable
 from alexnet.models.configs import CONFIGS, LRN, ArchConfig, Conv, Fc
 from alexnet.models.registry import build_model, get_config, list_models, register, unregister
 
@@ -31,11 +32,13 @@ __all__ = [
     "Conv",
     "Fc",
     "LocalResponseNorm",
+    "ablate",
     "build_model",
     "get_config",
     "list_models",
     "lrn_reference",
     "register",
+    "removable",
     "renormalize_filters_",
     "unregister",
 ]

@@ -22,6 +22,9 @@ class Conv:
     pool: bool = False
     weight_std: float = 0.01
     bias: float = 0.0
+    # The paper's number of the layer (4 for conv4), set where a layer before it was removed (:mod:`.ablations`);
+    # ``None``: one more than the layer before.
+    number: int | None = None
 
 
 @dataclass(frozen=True)
@@ -31,6 +34,7 @@ class Fc:
     out: int | None
     weight_std: float = 0.01
     bias: float = 0.0
+    number: int | None = None  # as :attr:`Conv.number`: fc8 stays fc8 without fc6 and fc7
 
 
 @dataclass(frozen=True)
@@ -75,6 +79,7 @@ class ArchConfig:
     in_channels: int = 3
     description: str = ""
     reference: str = ""
+    ablation: str = ""  # what :func:`~alexnet.models.ablations.ablate` changed ("without conv3, conv4; no LRN")
     tags: tuple[str, ...] = field(default=())
 
     def with_overrides(self, **overrides: object) -> ArchConfig:
@@ -82,6 +87,14 @@ class ArchConfig:
         if unknown:
             raise TypeError(f"unknown model option(s): {', '.join(sorted(unknown))}")
         return replace(self, **overrides)  # type: ignore[arg-type]
+
+    def conv_numbers(self) -> list[int]:
+        """The paper's number of each conv layer (1 … 5; ``[1, 2, 5]`` without conv3 and conv4)."""
+        return _numbered(self.convs, 1)
+
+    def fc_numbers(self) -> list[int]:
+        """The paper's number of each fully connected layer (6, 7, 8 for the paper models)."""
+        return _numbered(self.fcs, self.conv_numbers()[-1] + 1 if self.convs else 1)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready form; stored in weights files so an imported variant can be rebuilt exactly."""
@@ -95,6 +108,14 @@ class ArchConfig:
         d["lrn"] = LRN(**d["lrn"]) if d.get("lrn") else None
         d["tags"] = tuple(d.get("tags", ()))
         return cls(**d)
+
+
+def _numbered(specs: tuple[Conv, ...] | tuple[Fc, ...], first: int) -> list[int]:
+    numbers, n = [], first - 1
+    for spec in specs:
+        n = spec.number if spec.number is not None else n + 1
+        numbers.append(n)
+    return numbers
 
 
 def _alexnet_convs(bias: float, fc_std: float) -> tuple[tuple[Conv, ...], tuple[Fc, ...]]:

@@ -36,11 +36,12 @@ class AlexNetFamily(nn.Module):
 
         features: list[tuple[str, nn.Module]] = []
         in_ch = config.in_channels
-        for i, c in enumerate(config.convs, start=1):
+        # layers keep their paper numbers when one before them was removed (conv5 stays conv5 without conv3)
+        for first, (i, c) in enumerate(zip(config.conv_numbers(), config.convs, strict=True)):
             conv = nn.Conv2d
             if c.groups > 1:
                 conv = GroupedConv2d  # AlexNet §3.2's towers
-            elif i == 1 and c.stride > 1:
+            elif first == 0 and c.stride > 1:
                 # the image's convolution: a fast form on CUDA. Not ZFNet's conv2 (stride 2 on 96 maps), which
                 # cuDNN runs fast as it is and the rearrangement only slowed (docs/performance.md, session 10)
                 conv = SpaceToDepthConv2d
@@ -77,9 +78,7 @@ class AlexNetFamily(nn.Module):
             self._paths["avgpool"] = "avgpool"
         classifier: list[tuple[str, nn.Module]] = []
         in_f = in_ch * spatial * spatial
-        first_fc = len(config.convs) + 1
-        for j, f in enumerate(config.fcs):
-            idx = first_fc + j
+        for j, (idx, f) in enumerate(zip(config.fc_numbers(), config.fcs, strict=True)):
             out_f = f.out if f.out is not None else config.num_classes
             last = j == len(config.fcs) - 1
             if not last and config.dropout_before_fc:
@@ -206,7 +205,7 @@ class AlexNetFamily(nn.Module):
         s = self._pool5
         return InputSizeError(
             f"{self.config.name} takes {self.config.input_size}×{self.config.input_size} images (pool5 maps "
-            f"of {s}×{s} feed fc{len(self.config.convs) + 1}); this input gives pool5 maps of {rows}×{cols}"
+            f"of {s}×{s} feed fc{self.config.fc_numbers()[0]}); this input gives pool5 maps of {rows}×{cols}"
         )
 
     def _trunk(self, x: torch.Tensor) -> torch.Tensor:

@@ -139,7 +139,7 @@ def _rebuilt(cfg: Any, num_classes: int, run_dir: Path) -> tuple[Any, Any, torch
 
     registered = get_config(cfg.model)
     pre, mean_image = preprocessing_for(cfg, registered.input_size, run_stats(cfg, run_dir, compute=False))
-    return registered.with_overrides(num_classes=num_classes, **cfg.model_overrides()), pre, mean_image
+    return cfg.architecture().with_overrides(num_classes=num_classes), pre, mean_image
 
 
 def latest_checkpoint(run_dir: str | Path, notes: list[str] | None = None) -> dict[str, Any]:

@@ -11,9 +11,12 @@ import json
 from dataclasses import asdict, dataclass, fields, replace
 from math import inf
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from alexnet.errors import TrainingError
+
+if TYPE_CHECKING:
+    from alexnet.models import ArchConfig
 
 # `alexnet train` and `alexnet bench` refuse the two together
 CUDA_GRAPH_WITH_COMPILE = (
@@ -65,6 +68,12 @@ class TrainConfig:
     bias_init: float | None = None  # None → the model's own; else the value of every bias its init sets ≠ 0
     renorm_rms: float | None = None  # ZF §3: renormalise conv filters to this RMS after every update
     input_size: int | None = None  # None → the model's (227 / 224); else the crop side, resize scaled alike
+    # the papers' ablations (models/ablations.py): layers removed (AlexNet §7, ZF Table 3), no LRN (AlexNet §3.3),
+    # 2×2/2 pooling (AlexNet §3.4), fc6/fc7 width (ZF Table 3)
+    remove: tuple[str, ...] = ()
+    lrn: bool = True
+    overlapping_pool: bool = True
+    fc_width: int | None = None
     # start from trained weights instead of the init (a file, a run folder, "torchvision", a published source)
     weights: str | None = None
     freeze: str | None = None  # keep every layer up to this one fixed (ZF §5.2: "fc7" trains a new fc8 only)
@@ -207,6 +216,13 @@ class TrainConfig:
         for ok, message in checks:
             if not ok:
                 raise TrainingError(message)
+        if self.ablated():
+            if self.weights is not None:
+                raise TrainingError(
+                    f"{self.ablation_flags()} change the architecture of a fresh model; the --weights bring "
+                    "their own"
+                )
+            self.architecture()  # a layer the model lacks or cannot lose: refused before any data is read
         return self
 
     def to_dict(self) -> dict[str, Any]:
@@ -234,6 +250,30 @@ class TrainConfig:
         if self.input_size is not None:
             overrides["input_size"] = self.input_size  # fc6's width follows the pool5 size (see models.net)
         return overrides
+
+    def ablated(self) -> bool:
+        """Whether the run changes its model's architecture as one of the papers' ablations."""
+        return bool(self.remove) or not self.lrn or not self.overlapping_pool or self.fc_width is not None
+
+    def ablation_flags(self) -> str:
+        """The command-line flags of the run's ablations (``--remove conv3,conv4 --no-lrn``)."""
+        flags = [f"--remove {','.join(self.remove)}"] if self.remove else []
+        flags += [] if self.lrn else ["--no-lrn"]
+        flags += [] if self.overlapping_pool else ["--no-overlapping-pool"]
+        flags += [] if self.fc_width is None else [f"--fc-width {self.fc_width}"]
+        return " ".join(flags)
+
+    def architecture(self) -> ArchConfig:
+        """The run's network: its registered model with :meth:`model_overrides` and the ablations applied."""
+        from alexnet.models import ablate, get_config
+
+        return ablate(
+            get_config(self.model).with_overrides(**self.model_overrides()),
+            remove=self.remove,
+            lrn=self.lrn,
+            overlapping_pool=self.overlapping_pool,
+            fc_width=self.fc_width,
+        )
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> TrainConfig:

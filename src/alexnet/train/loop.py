@@ -90,6 +90,10 @@ def _build_model(
         notes.append(note)
     else:
         model = _fresh_model(cfg, len(classes), state)
+        if cfg.ablated():
+            weighted = [name for name, m in model.named_layers() if any(True for _ in m.parameters())]
+            params = sum(p.numel() for p in model.parameters())
+            notes.append(f"{cfg.ablation_flags()}: {' → '.join(weighted)}, {params:,} parameters")
     if cfg.freeze is not None:
         fixed = freeze_(model, cfg.freeze)
         notes.append(f"--freeze {cfg.freeze}: {', '.join(fixed) or 'no layer with weights'} fixed")
@@ -97,14 +101,13 @@ def _build_model(
 
 
 def _fresh_model(cfg: TrainConfig, num_classes: int, state: dict[str, Any] | None = None) -> Any:
-    from alexnet.factory import create_model
     from alexnet.models import ArchConfig, build_model
     from alexnet.train.init import kaiming_init_, set_nonzero_biases_
 
     if cfg.weights is not None and state is not None and isinstance(state.get("architecture"), dict):
         arch = ArchConfig.from_dict(state["architecture"]).with_overrides(dropout=cfg.dropout)
         return build_model(arch, num_classes=num_classes)  # the checkpoint's weights are loaded next
-    model = create_model(cfg.model, num_classes=num_classes, **cfg.model_overrides())
+    model = build_model(cfg.architecture(), num_classes=num_classes)
     if cfg.init == "kaiming":
         kaiming_init_(model)
     if cfg.bias_init is not None and not set_nonzero_biases_(model, cfg.bias_init):

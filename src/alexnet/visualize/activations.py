@@ -60,12 +60,12 @@ def conv_stage_layers(model: AlexNetFamily, stage: str = "relu") -> list[str]:
     if stage not in STAGES:
         raise SelectionError(f"unknown stage {stage!r}; choose conv, relu, norm or pool")
     names = set(model.layer_names())
-    n_convs = len(model.config.convs)
-    present = [s for s in STAGES if any(f"{s}{i}" in names for i in range(1, n_convs + 1))]
+    numbers = model.config.conv_numbers()
+    present = [s for s in STAGES if any(f"{s}{i}" in names for i in numbers)]
     if stage not in present:
         raise LayerNotFound(f"{model.config.name} has no {stage} layers; choose one of: {', '.join(present)}")
     out = []
-    for i in range(1, n_convs + 1):
+    for i in numbers:
         want = f"{stage}{i}"
         out.append(want if want in names else f"relu{i}")
     return out

@@ -69,7 +69,7 @@ class OcclusionResult:
 
 def default_layer(model: AlexNetFamily) -> str:
     """The last conv stage's rectified output (``relu5``): "layer 5" in ZF's figures."""
-    return f"relu{len(model.config.convs)}"
+    return f"relu{model.config.conv_numbers()[-1]}"
 
 
 def occlusion(

@@ -274,7 +274,7 @@ def top9_section(
 ) -> str:
     from alexnet.visualize.topk import STATE, TopK, folder_items, render_channel, stream_topk
 
-    layer = opts.top9_layer or f"conv{len(model.config.convs)}"
+    layer = opts.top9_layer or f"conv{model.config.conv_numbers()[-1]}"
     folder = run_dir / "top9" / layer
     if (folder / STATE).is_file():  # written by `alexnet visualize top9` (its streaming state)
         state = TopK.load(folder)

@@ -155,7 +155,7 @@ def _classes_in(state: dict[str, torch.Tensor], config: ArchConfig) -> int | Non
     """The class count of a bare state dict (a ``.pth`` file): the rows of its classifier layer's weight."""
     with torch.device("meta"):  # only the layer's path is wanted: no memory, no init
         probe = build_model(config, num_classes=1)
-    weight = state.get(f"{probe.layer_path(f'fc{len(config.convs) + len(config.fcs)}')}.weight")
+    weight = state.get(f"{probe.layer_path(f'fc{config.fc_numbers()[-1]}')}.weight")
     return int(weight.shape[0]) if weight is not None and weight.dim() == 2 else None
 
 
