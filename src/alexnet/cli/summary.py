@@ -28,7 +28,11 @@ def register(sub: Any) -> None:
         "the papers' ablations (as alexnet train takes them; applied to every model named)"
     )
     ablation.add_argument(
-        "--remove", type=layer_list, default=(), metavar="LAYERS", help="without these layers, e.g. conv3,conv4"
+        "--remove",
+        type=layer_list,
+        default=(),
+        metavar="LAYERS",
+        help="without these layers, e.g. conv3,conv4",
     )
     ablation.add_argument("--no-lrn", dest="lrn", action="store_false", help="without response normalisation")
     ablation.add_argument(

@@ -159,7 +159,11 @@ _BOOL_FLAGS = [
         "channels-last memory format (default: on; faster on CPU, docs/performance.md)",
     ),
     ("--compile", "compile", "torch.compile the model"),
-    ("--lrn", "lrn", "response normalisation (default: on; --no-lrn is AlexNet §3.3's ablation, +1.4%% top-1)"),
+    (
+        "--lrn",
+        "lrn",
+        "response normalisation (default: on; --no-lrn is AlexNet §3.3's ablation, +1.4%% top-1)",
+    ),
     (
         "--overlapping-pool",
         "overlapping_pool",

@@ -47,7 +47,9 @@ def ablate(
         changes.append("no LRN")
     if not overlapping_pool:
         if (config.pool_kernel, config.pool_stride) == (2, 2):
-            raise ModelOptionError(f"{config.name}'s pooling does not overlap already (2×2 windows at stride 2)")
+            raise ModelOptionError(
+                f"{config.name}'s pooling does not overlap already (2×2 windows at stride 2)"
+            )
         if config.pool_stride != 2:
             raise ModelOptionError(f"{config.name} pools at stride {config.pool_stride}, not the papers' 2")
         out = replace(out, pool_kernel=2, ceil_mode=False)
@@ -56,7 +58,9 @@ def ablate(
         if isinstance(fc_width, bool) or not isinstance(fc_width, int) or fc_width < 1:
             raise ModelOptionError(f"fc width must be a whole number ≥ 1, not {fc_width!r}")
         if len(out.fcs) < 2:
-            raise ModelOptionError(f"{config.name} without {', '.join(names)} has no hidden fc layer to resize")
+            raise ModelOptionError(
+                f"{config.name} without {', '.join(names)} has no hidden fc layer to resize"
+            )
         out = replace(out, fcs=(*(replace(f, out=fc_width) for f in out.fcs[:-1]), out.fcs[-1]))
         changes.append(f"fc{'/'.join(map(str, out.fc_numbers()[:-1]))} {fc_width} wide")
     if not changes:
@@ -67,7 +71,9 @@ def ablate(
 def removable(config: ArchConfig) -> list[str]:
     """The layers :func:`ablate` can remove: conv layers with no pooling or normalisation stage, and the fully
     connected layers before the classifier."""
-    convs = [f"conv{n}" for n, c in zip(config.conv_numbers(), config.convs, strict=True) if not (c.pool or c.norm)]
+    convs = [
+        f"conv{n}" for n, c in zip(config.conv_numbers(), config.convs, strict=True) if not (c.pool or c.norm)
+    ]
     return [*convs, *(f"fc{n}" for n in config.fc_numbers()[:-1])]
 
 
@@ -93,7 +99,9 @@ def _without(config: ArchConfig, names: list[str]) -> ArchConfig:
         if f"conv{n}" not in names
     )
     fcs = tuple(
-        replace(f, number=n) for n, f in zip(config.fc_numbers(), config.fcs, strict=True) if f"fc{n}" not in names
+        replace(f, number=n)
+        for n, f in zip(config.fc_numbers(), config.fcs, strict=True)
+        if f"fc{n}" not in names
     )
     channels = config.in_channels
     for n, c in zip(_numbers(convs), convs, strict=True):

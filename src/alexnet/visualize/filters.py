@@ -36,7 +36,9 @@ if TYPE_CHECKING:
 def _conv(model: AlexNetFamily, layer: str) -> nn.Conv2d:
     module = model.layer(layer)
     if not isinstance(module, nn.Conv2d):
-        raise SelectionError(f"{layer} is not a convolution; choose conv1 … conv{model.config.conv_numbers()[-1]}")
+        raise SelectionError(
+            f"{layer} is not a convolution; choose conv1 … conv{model.config.conv_numbers()[-1]}"
+        )
     return module
 
 
