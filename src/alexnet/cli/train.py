@@ -273,13 +273,6 @@ def resolve_config(args: argparse.Namespace) -> Any:
                 raise CommandError(
                     f"--resume: the run in {args.out} uses --{key} {getattr(cfg, key)}, not {value}"
                 )
-        ablation = {k: overrides[k] for k in ("remove", "lrn", "overlapping_pool", "fc_width")}
-        changed = cfg.with_overrides(**ablation)
-        if changed.architecture() != cfg.architecture():
-            raise CommandError(
-                f"--resume: the run in {args.out} trains {cfg.ablation_flags() or 'the unablated model'}; "
-                f"its checkpoints hold that architecture, not {changed.ablation_flags() or 'the unablated one'}"
-            )
         # the folder given now, not the one recorded: a copied or moved run continues where it is
         return cfg.with_overrides(**overrides, out=args.out)
     recipe = args.recipe or "krizhevsky2012"

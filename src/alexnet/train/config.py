@@ -279,4 +279,7 @@ class TrainConfig:
     def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
         """The settings a config.json or a checkpoint holds; keys this version does not know are left out."""
         known = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in data.items() if k in known})
+        values = {k: v for k, v in data.items() if k in known}
+        if isinstance(values.get("remove"), list):  # JSON has no tuples
+            values["remove"] = tuple(values["remove"])
+        return cls(**values)

@@ -167,6 +167,11 @@ _FIXED_ON_RESUME = (
     "bias_init",
     "weights",
     "freeze",
+    # the architecture the checkpoints hold (the papers' ablations)
+    "remove",
+    "lrn",
+    "overlapping_pool",
+    "fc_width",
 )
 
 
@@ -174,18 +179,25 @@ def _check_resumable(cfg: TrainConfig, state: dict[str, Any]) -> None:
     # a checkpoint from before --weights and --freeze existed was trained without them
     saved = {"weights": None, "freeze": None, **(state.get("config") or {})}
     for key in _FIXED_ON_RESUME:
-        if key in saved and saved[key] != getattr(cfg, key):
-            was, now = saved[key], getattr(cfg, key)
+        if key in saved and _shown(saved[key]) != _shown(getattr(cfg, key)):
+            was, now = _shown(saved[key]), _shown(getattr(cfg, key))
             paths = key in ("stats", "weights") and was is not None and now is not None
             if paths and Path(was).absolute() == Path(now).absolute():  # relative in an older config.json
                 continue
             flag = "--" + key.replace("_", "-")
             trained = f"without {flag}" if was is None else f"with {flag} {was}"
             given = f"without {flag}" if now is None else f"with {flag} {now}" if was is None else str(now)
+            if isinstance(was, bool):  # --lrn / --no-lrn
+                trained, given = (f"with --{'' if v else 'no-'}{flag[2:]}" for v in (was, now))
             raise TrainingError(
                 f"--resume: the run was trained {trained}, not {given}; resume with the same value, or start a "
                 "new run"
             )
+
+
+def _shown(value: Any) -> Any:
+    """A config value as a flag takes it: ``--remove conv3,conv4`` (a list in config.json, a tuple in memory)."""
+    return ",".join(map(str, value)) if isinstance(value, list | tuple) else value
 
 
 def _names(classes: Sequence[str]) -> str:
