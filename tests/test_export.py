@@ -218,3 +218,20 @@ def test_cli_export_refuses_an_unknown_opset_with_one_line(tmp_path, capsys):
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and "opset 99 is not supported: choose 10–" in err
     assert not out.exists()
+
+
+def test_an_ablated_network_exports_and_imports_back_with_its_paper_layer_names(tmp_path):
+    """Without conv3 and fc7 the graph has four convs and two fc layers; they load back into conv1, conv2, conv4,
+    conv5, fc6 and fc8, as the recorded architecture names them."""
+    from alexnet.models import ablate
+
+    torch.manual_seed(4)
+    config = ablate(get_config("alexnet"), remove=("conv3", "fc7"), fc_width=32)
+    model = build_model(config, num_classes=10).eval()
+    export_onnx(model, tmp_path / "m.onnx")
+    back, report, _ = import_onnx(tmp_path / "m.onnx", "auto")
+    assert report is not None and report.ok
+    assert back.config == model.config and back.config.ablation == "without conv3, fc7; fc6 32 wide"
+    assert back.layer_names() == model.layer_names()
+    for key, tensor in model.state_dict().items():
+        assert torch.equal(back.state_dict()[key], tensor), key

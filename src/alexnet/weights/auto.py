@@ -412,12 +412,12 @@ def _sized_like(want: ArchConfig, found: ArchConfig) -> ArchConfig:
 
 
 def load_chain(chain: Chain, config: ArchConfig) -> AlexNetFamily:
-    """Build ``config`` and copy the chain's tensors in, layer by layer (conv i → conv{i}, fc j → fc{j})."""
+    """Build ``config`` and copy the chain's tensors in, layer by layer: the i-th conv into the config's i-th conv
+    layer, by its paper name (``conv5`` is the third of an ablated network without conv3 and conv4)."""
     model = build_model(config, num_classes=config.num_classes)
     stages, fc_stages = _stages(chain)
     state: dict[str, torch.Tensor] = {}
-    names = [f"conv{i}" for i in range(1, len(stages) + 1)]
-    names += [f"fc{len(stages) + j}" for j in range(1, len(fc_stages) + 1)]
+    names = [f"conv{n}" for n in config.conv_numbers()] + [f"fc{n}" for n in config.fc_numbers()]
     specs = [s.conv.spec for s in stages] + [f.fc.spec for f in fc_stages]
     for name, spec in zip(names, specs, strict=True):
         assert isinstance(spec, ConvSpec | FcSpec)
