@@ -230,6 +230,12 @@ def test_train_with_an_ablation_records_it_and_every_command_reads_the_run(
     assert code == 0, err
     assert json.loads(out)["images"] == 3 * 4
 
+    code, out, err = _alexnet(capsys, "report", str(run), "--top9-images", "8", "--quiet")
+    assert code == 0, err
+    page = (run / "report.html").read_text()
+    assert "<title>alexnet (without conv4, fc7; no LRN; fc6 64 wide) — run run</title>" in page
+    assert "<th>remove</th><td>conv4,fc7</td>" in page
+
     # resuming with another architecture would load checkpoints into the wrong network
     code, out, err = _alexnet(capsys, "train", "--resume", "--out", str(run), "--remove", "conv4", "-q")
     assert code == 2 and "trained with --remove conv4,fc7, not conv4" in err

@@ -467,10 +467,12 @@ def build_report(
         bar.update()
         bar.close()
 
-    title = f"{model.config.name} — run {run.resolve().name}"
+    ablation = f" ({model.config.ablation})" if model.config.ablation else ""  # `alexnet train --remove …`
+    title = f"{model.config.name}{ablation} — run {run.resolve().name}"
     if unfinished:
         title += f" (not finished: the model of {weights.name})"
-    cfg_rows = "".join(f"<tr><th>{esc(k)}</th><td>{esc(v)}</td></tr>" for k, v in config.items())
+    shown = {k: ",".join(map(str, v)) if isinstance(v, list) else v for k, v in config.items()}  # conv3,conv4
+    cfg_rows = "".join(f"<tr><th>{esc(k)}</th><td>{esc(v)}</td></tr>" for k, v in shown.items())
     nav = "".join(f"<a href='#{sid}'>{esc(t)}</a>" for sid, t, _ in sections)
     body = "".join(
         f"<section id='{sid}'><h2>{esc(t)}</h2>{content}</section>" for sid, t, content in sections
