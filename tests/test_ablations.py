@@ -120,6 +120,25 @@ def test_fc_width_resizes_fc6_and_fc7_as_zf_table_3_does() -> None:
         assert _params(config) == convs + (9216 + 1) * width + (width + 1) * width + (width + 1) * 1000
 
 
+def test_one_tower_is_alexnets_one_gpu_net_of_about_the_same_size() -> None:
+    """AlexNet §3.2 and its footnote: half as many kernels in each conv layer but the last, on one GPU, so that
+    the two nets have "approximately the same number of parameters"."""
+    config = ablate(get_config("alexnet"), one_tower=True)
+    model = _meta(config)
+    convs = [model.layer(f"conv{i}") for i in range(1, 6)]
+    assert [c.out_channels for c in convs] == [48, 128, 192, 192, 256]
+    assert all(c.groups == 1 for c in convs)
+    expected = (
+        (_conv(48, 3, 11) + _conv(128, 48, 5) + _conv(192, 128, 3) + _conv(192, 192, 3) + _conv(256, 192, 3))
+        + (9216 + 1) * 4096
+        + (4096 + 1) * 4096
+        + (4096 + 1) * 1000
+    )
+    assert _params(config) == expected == 59_798_312  # against the two-tower 60,965,224
+    with pytest.raises(ModelOptionError, match="zfnet has one tower already"):
+        ablate(get_config("zfnet"), one_tower=True)
+
+
 def test_removed_layers_keep_their_own_paper_init() -> None:
     """AlexNet §5: biases 1 in conv2, conv4, conv5, fc6 and fc7, 0 elsewhere; the layers left keep theirs."""
     model = build_model(ablate(get_config("alexnet"), remove=("conv3", "fc6")))

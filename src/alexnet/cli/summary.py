@@ -39,6 +39,7 @@ def register(sub: Any) -> None:
         "--no-overlapping-pool", dest="overlapping_pool", action="store_false", help="2×2 pooling at stride 2"
     )
     ablation.add_argument("--fc-width", type=int, metavar="N", help="fc6 and fc7 N units wide")
+    ablation.add_argument("--one-tower", action="store_true", help="AlexNet's one-GPU net (§3.2)")
     p.set_defaults(func=run)
 
 
@@ -59,6 +60,7 @@ def run(args: argparse.Namespace) -> int:
             lrn=args.lrn,
             overlapping_pool=args.overlapping_pool,
             fc_width=args.fc_width,
+            one_tower=args.one_tower,
         )
         model = build_model(config)
         try:

@@ -171,6 +171,11 @@ _BOOL_FLAGS = [
         "2×2 windows at stride 2, +0.4%% top-1)",
     ),
     (
+        "--one-tower",
+        "one_tower",
+        "ablation: AlexNet's one-GPU net (§3.2): conv1–conv4 at half width, conv5 whole, no groups (+1.7%% top-1)",
+    ),
+    (
         "--cuda-graph",
         "cuda_graph",
         "replay each training step's forward and backward from two CUDA graphs captured once, so the host "

@@ -11,6 +11,10 @@
 - **Non-overlapping pooling** (AlexNet §3.4: z = 3, s = 2 "reduces the top-1 and top-5 error rates by 0.4% and
   0.3%, respectively, as compared with the non-overlapping scheme s = 2, z = 2, which produces output of
   equivalent dimensions"): 2×2 windows at stride 2, sizes rounded down, so that pool5 is still 6×6.
+- **One tower** (AlexNet §3.2: the two-GPU scheme "reduces our top-1 and top-5 error rates by 1.7% and 1.2%,
+  respectively, as compared with a net with half as many kernels in each convolutional layer trained on one GPU";
+  its footnote keeps the last convolutional layer, and the fully connected layers after it, at full size, so that
+  the two nets have about the same number of parameters): conv1–conv4 at half width, conv5 as it is, no groups.
 - **Hidden layer width** (ZF Table 3, "Adjust layers 6,7: 2048 units" and "8192 units"): fc6 and fc7 resized.
 
 Pure data, no torch: ``alexnet train --remove/--no-lrn/--no-overlap/--fc-width`` and ``alexnet summary`` apply
@@ -33,10 +37,12 @@ def ablate(
     lrn: bool = True,
     overlapping_pool: bool = True,
     fc_width: int | None = None,
+    one_tower: bool = False,
 ) -> ArchConfig:
     """``config`` with the named layers removed (``("conv3", "conv4")``), without LRN (``lrn=False``), with
-    2×2/2 pooling (``overlapping_pool=False``) or fc6/fc7 ``fc_width`` wide; :class:`ModelOptionError` for a
-    layer the network lacks or cannot lose. Unchanged when nothing is asked."""
+    2×2/2 pooling (``overlapping_pool=False``), fc6/fc7 ``fc_width`` wide, or as AlexNet's one-GPU net
+    (``one_tower=True``); :class:`ModelOptionError` for a layer the network lacks or cannot lose. Unchanged when
+    nothing is asked."""
     names = list(dict.fromkeys(remove))  # in order, once each
     out = _without(config, names) if names else config
     changes = [f"without {', '.join(names)}"] if names else []
@@ -54,6 +60,15 @@ def ablate(
             raise ModelOptionError(f"{config.name} pools at stride {config.pool_stride}, not the papers' 2")
         out = replace(out, pool_kernel=2, ceil_mode=False)
         changes.append("2×2/2 pooling")
+    if one_tower:
+        if all(c.groups == 1 for c in config.convs):
+            raise ModelOptionError(f"{config.name} has one tower already (no grouped convolution)")
+        last = len(out.convs) - 1  # conv5 keeps its width (§3.2's footnote)
+        convs = tuple(
+            replace(c, out=c.out if i == last else c.out // 2, groups=1) for i, c in enumerate(out.convs)
+        )
+        out = replace(out, convs=convs)
+        changes.append("one tower")
     if fc_width is not None:
         if isinstance(fc_width, bool) or not isinstance(fc_width, int) or fc_width < 1:
             raise ModelOptionError(f"fc width must be a whole number ≥ 1, not {fc_width!r}")

@@ -69,11 +69,12 @@ class TrainConfig:
     renorm_rms: float | None = None  # ZF §3: renormalise conv filters to this RMS after every update
     input_size: int | None = None  # None → the model's (227 / 224); else the crop side, resize scaled alike
     # the papers' ablations (models/ablations.py): layers removed (AlexNet §7, ZF Table 3), no LRN (AlexNet §3.3),
-    # 2×2/2 pooling (AlexNet §3.4), fc6/fc7 width (ZF Table 3)
+    # 2×2/2 pooling (AlexNet §3.4), fc6/fc7 width (ZF Table 3), one tower (AlexNet §3.2)
     remove: tuple[str, ...] = ()
     lrn: bool = True
     overlapping_pool: bool = True
     fc_width: int | None = None
+    one_tower: bool = False
     # start from trained weights instead of the init (a file, a run folder, "torchvision", a published source)
     weights: str | None = None
     freeze: str | None = None  # keep every layer up to this one fixed (ZF §5.2: "fc7" trains a new fc8 only)
@@ -253,7 +254,13 @@ class TrainConfig:
 
     def ablated(self) -> bool:
         """Whether the run changes its model's architecture as one of the papers' ablations."""
-        return bool(self.remove) or not self.lrn or not self.overlapping_pool or self.fc_width is not None
+        return (
+            bool(self.remove)
+            or not self.lrn
+            or not self.overlapping_pool
+            or self.fc_width is not None
+            or self.one_tower
+        )
 
     def ablation_flags(self) -> str:
         """The command-line flags of the run's ablations (``--remove conv3,conv4 --no-lrn``)."""
@@ -261,6 +268,7 @@ class TrainConfig:
         flags += [] if self.lrn else ["--no-lrn"]
         flags += [] if self.overlapping_pool else ["--no-overlapping-pool"]
         flags += [] if self.fc_width is None else [f"--fc-width {self.fc_width}"]
+        flags += ["--one-tower"] if self.one_tower else []
         return " ".join(flags)
 
     def architecture(self) -> ArchConfig:
@@ -273,6 +281,7 @@ class TrainConfig:
             lrn=self.lrn,
             overlapping_pool=self.overlapping_pool,
             fc_width=self.fc_width,
+            one_tower=self.one_tower,
         )
 
     @classmethod

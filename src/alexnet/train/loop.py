@@ -172,6 +172,7 @@ _FIXED_ON_RESUME = (
     "lrn",
     "overlapping_pool",
     "fc_width",
+    "one_tower",
 )
 
 
