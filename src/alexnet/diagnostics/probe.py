@@ -148,7 +148,7 @@ def probe(
     """Train ``cfg.model`` for ``cfg.steps`` steps, leaving ``health.csv``, ``metrics.csv``, ``config.json``.
 
     The images stay on the CPU; each batch goes to ``cfg.device`` as the training loop's do."""
-    from alexnet.factory import create_model
+    from alexnet.models import ablate, build_model, get_config
     from alexnet.train.distributed import pick_device
 
     device = pick_device(cfg.device)
@@ -161,15 +161,8 @@ def probe(
         num_classes = cfg.num_classes
         x, y = gratings(num_classes, cfg.per_class, cfg.input_size, seed=cfg.seed)
     x = (x - x.mean(dim=(0, 2, 3), keepdim=True)) / x.std(dim=(0, 2, 3), keepdim=True).clamp_min(1e-6)
-    overrides: dict[str, Any] = {"input_size": cfg.input_size}
-    if cfg.fc_width is not None:
-        from dataclasses import replace
-
-        from alexnet.models import get_config
-
-        fcs = get_config(cfg.model).fcs
-        overrides["fcs"] = tuple(replace(f, out=cfg.fc_width) if f.out is not None else f for f in fcs)
-    model = create_model(cfg.model, num_classes=num_classes, **overrides)
+    arch = ablate(get_config(cfg.model).with_overrides(input_size=cfg.input_size), fc_width=cfg.fc_width)
+    model = build_model(arch, num_classes=num_classes)
     apply_init(model, cfg.init, cfg.init_std, cfg.bias)  # on the CPU: the same draws on every device
     model.to(device).train()
     if cfg.optimizer == "sgd":
