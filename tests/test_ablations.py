@@ -203,6 +203,12 @@ def test_a_removal_that_would_leave_groups_unable_to_split_the_maps_is_refused()
         ablate(odd, remove=["conv3"])
 
 
+def test_remove_takes_a_comma_separated_string_as_the_command_line_does() -> None:
+    assert ablate(get_config("alexnet"), remove="conv3,fc7") == ablate(
+        get_config("alexnet"), remove=["conv3", "fc7"]
+    )
+
+
 def test_no_ablation_is_the_registered_config_itself() -> None:
     assert ablate(get_config("alexnet")) is get_config("alexnet")
     assert removable(get_config("zfnet")) == ["conv3", "conv4", "fc6", "fc7"]
@@ -301,3 +307,9 @@ def test_summary_tables_the_ablated_network(capsys: pytest.CaptureFixture[str]) 
     assert sum(r["params"] for r in table["layers"]) == 59_268_712
     code, out, err = _alexnet(capsys, "summary", "alexnet", "--remove", "pool5")
     assert code == 2 and "cannot remove pool5" in err
+
+
+def test_non_overlapping_pooling_asked_of_a_network_that_has_it_is_refused() -> None:
+    flat = get_config("alexnet").with_overrides(pool_kernel=2)
+    with pytest.raises(ModelOptionError, match="2×2 at stride 2 already"):
+        ablate(flat, overlapping_pool=False)

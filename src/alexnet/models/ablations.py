@@ -17,8 +17,8 @@
   the two nets have about the same number of parameters): conv1–conv4 at half width, conv5 as it is, no groups.
 - **Hidden layer width** (ZF Table 3, "Adjust layers 6,7: 2048 units" and "8192 units"): fc6 and fc7 resized.
 
-Pure data, no torch: ``alexnet train --remove/--no-lrn/--no-overlap/--fc-width`` and ``alexnet summary`` apply
-it before a network is built.
+Pure data, no torch: ``alexnet train`` and ``alexnet summary`` (``--remove``, ``--no-lrn``,
+``--no-overlapping-pool``, ``--one-tower``, ``--fc-width``) apply it before a network is built.
 """
 
 from __future__ import annotations
@@ -43,6 +43,8 @@ def ablate(
     2×2/2 pooling (``overlapping_pool=False``), fc6/fc7 ``fc_width`` wide, or as AlexNet's one-GPU net
     (``one_tower=True``); :class:`ModelOptionError` for a layer the network lacks or cannot lose. Unchanged when
     nothing is asked."""
+    if isinstance(remove, str):  # "conv3,conv4", as the command line takes it
+        remove = remove.split(",")
     names = list(dict.fromkeys(remove))  # in order, once each
     out = _without(config, names) if names else config
     changes = [f"without {', '.join(names)}"] if names else []
@@ -54,7 +56,7 @@ def ablate(
     if not overlapping_pool:
         if (config.pool_kernel, config.pool_stride) == (2, 2):
             raise ModelOptionError(
-                f"{config.name}'s pooling does not overlap already (2×2 windows at stride 2)"
+                f"{config.name}'s pooling windows do not overlap: they are 2×2 at stride 2 already"
             )
         if config.pool_stride != 2:
             raise ModelOptionError(f"{config.name} pools at stride {config.pool_stride}, not the papers' 2")
