@@ -79,9 +79,8 @@ class ArchConfig:
     in_channels: int = 3
     description: str = ""
     reference: str = ""
-    ablation: str = (
-        ""  # what :func:`~alexnet.models.ablations.ablate` changed ("without conv3, conv4; no LRN")
-    )
+    # what :func:`~alexnet.models.ablations.ablate` changed ("without conv3, conv4; no LRN"); "" for none
+    ablation: str = ""
     tags: tuple[str, ...] = field(default=())
 
     def with_overrides(self, **overrides: object) -> ArchConfig:
