@@ -203,6 +203,17 @@ def test_a_removal_that_would_leave_groups_unable_to_split_the_maps_is_refused()
         ablate(odd, remove=["conv3"])
 
 
+def test_an_unablated_configs_record_has_no_ablation_fields() -> None:
+    """Weights files of the registered networks read as before the ablations existed."""
+    record = get_config("alexnet").to_dict()
+    assert "ablation" not in record and all(
+        "number" not in spec for spec in (*record["convs"], *record["fcs"])
+    )
+    assert ArchConfig.from_dict(record) == get_config("alexnet")
+    ablated = ablate(get_config("alexnet"), remove=["conv3"]).to_dict()
+    assert ablated["ablation"] == "without conv3" and [c["number"] for c in ablated["convs"]] == [1, 2, 4, 5]
+
+
 def test_remove_takes_a_comma_separated_string_as_the_command_line_does() -> None:
     assert ablate(get_config("alexnet"), remove="conv3,fc7") == ablate(
         get_config("alexnet"), remove=["conv3", "fc7"]

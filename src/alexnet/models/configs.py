@@ -98,8 +98,15 @@ class ArchConfig:
         return _numbered(self.fcs, self.conv_numbers()[-1] + 1 if self.convs else 1)
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-ready form; stored in weights files so an imported variant can be rebuilt exactly."""
-        return asdict(self)
+        """JSON-ready form; stored in weights files so an imported variant can be rebuilt exactly. The ablation
+        fields appear only when set, so a file of an unablated network reads in versions before them."""
+        d = asdict(self)
+        for spec in (*d["convs"], *d["fcs"]):
+            if spec["number"] is None:
+                del spec["number"]
+        if not d["ablation"]:
+            del d["ablation"]
+        return d
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ArchConfig:
