@@ -139,6 +139,45 @@ def test_one_tower_is_alexnets_one_gpu_net_of_about_the_same_size() -> None:
         ablate(get_config("zfnet"), one_tower=True)
 
 
+def test_the_top_hidden_layer_stands_in_for_layer_7_where_fc7_was_removed() -> None:
+    """AlexNet §6.1's "last, 4096-dimensional hidden layer" (retrieval), ZF's layer 7 (invariance,
+    correspondence): relu7 in the paper networks, relu6 without fc7, pool5 without fc6 and fc7."""
+    from alexnet.visualize.invariance import default_feature_layers
+
+    for remove, relu, fc in (
+        ((), "relu7", "fc7"),
+        (("fc7",), "relu6", "fc6"),
+        (("fc6", "fc7"), "pool5", "pool5"),
+    ):
+        model = _meta(ablate(get_config("zfnet"), remove=remove))
+        assert (model.top_hidden(), model.top_hidden(rectified=False)) == (relu, fc)
+        assert default_feature_layers(model) == ("pool1", fc)
+
+
+def test_retrieval_and_correspondence_read_the_top_hidden_layer_of_a_network_without_fc7(
+    tmp_path: Path, chelsea_jpeg: Path
+) -> None:
+    from PIL import Image
+
+    from alexnet.analysis.features import extract_features
+    from alexnet.visualize.correspondence import correspondence
+    from alexnet.visualize.retrieval import retrieve
+
+    torch.manual_seed(0)
+    model = build_model(ablate(get_config("alexnet"), remove=["fc7"]), num_classes=5).eval()
+    result = correspondence(
+        model, torch.randn(2, 3, 227, 227), {"eye": [(10, 10), (20, 20)]}, size=16, draws=2
+    )
+    assert result.layers == ["pool5", "relu6"] and set(result.pairs) == {"pool5", "relu6"}
+
+    mirrored = tmp_path / "mirrored.jpg"
+    Image.open(chelsea_jpeg).transpose(Image.Transpose.FLIP_LEFT_RIGHT).save(mirrored)
+    gallery = extract_features(model, [chelsea_jpeg, mirrored])
+    assert gallery.layers == ["relu6"] and next(gallery.feature_blocks()).shape == (2, 4096)
+    found = retrieve(model, [chelsea_jpeg], gallery, k=2)
+    assert found.neighbours[0, 0] == 0 and found.distances[0, 0] < 1e-3  # the image itself, in relu6 space
+
+
 def test_removed_layers_keep_their_own_paper_init() -> None:
     """AlexNet §5: biases 1 in conv2, conv4, conv5, fc6 and fc7, 0 elsewhere; the layers left keep theirs."""
     model = build_model(ablate(get_config("alexnet"), remove=("conv3", "fc6")))
@@ -271,6 +310,14 @@ def test_train_with_an_ablation_records_it_and_every_command_reads_the_run(
     page = (run / "report.html").read_text()
     assert "<title>alexnet (without conv4, fc7; no LRN; fc6 64 wide) — run run</title>" in page
     assert "<th>remove</th><td>conv4,fc7</td>" in page
+
+    # ZF Fig. 5's layer 7 is the top hidden layer of a network without fc7
+    code, out, err = _alexnet(
+        capsys, "visualize", "invariance", "--run", str(run), str(next((data / "val").rglob("*.jpg"))),
+        "--out", str(tmp_path / "inv"),
+    )  # fmt: skip
+    assert code == 0, err
+    assert json.loads((tmp_path / "inv" / "invariance.json").read_text())["layers"] == ["pool1", "fc6"]
 
     # resuming with another architecture would load checkpoints into the wrong network
     code, out, err = _alexnet(capsys, "train", "--resume", "--out", str(run), "--remove", "conv4", "-q")

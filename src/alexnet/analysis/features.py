@@ -158,7 +158,7 @@ def pooled(maps: torch.Tensor, pool_to: int | None = None) -> torch.Tensor:
 def extract_features(
     model: AlexNetFamily,
     paths: Sequence[str | Path],
-    layer: str | Sequence[str] = "relu7",
+    layer: str | Sequence[str] | None = None,
     *,
     batch_size: int = 32,
     cache_dir: str | Path | None = None,
@@ -173,9 +173,11 @@ def extract_features(
     ``cache_dir``, each shard is cached there once done and read back by a later call for the same model,
     layer and listing (module docstring), and Ctrl-C or SIGTERM stops after the shard under way with
     :class:`~alexnet.errors.Interrupted`. Several layers (a list) come from one forward pass per batch, each
-    block then holding a tensor per layer; ``pool_to``: their maps averaged down (:func:`pooled`)."""
+    block then holding a tensor per layer; ``pool_to``: their maps averaged down (:func:`pooled`). The default
+    layer is the last hidden one (``relu7``: :meth:`~alexnet.models.AlexNetFamily.top_hidden`)."""
     from safetensors.torch import save_file
 
+    layer = layer or model.top_hidden()  # relu7: AlexNet §6.1's last hidden layer
     layers = [layer] if isinstance(layer, str) else list(dict.fromkeys(layer))  # each once
     check_layers(model, layers)
     if not layers:

@@ -157,6 +157,15 @@ class AlexNetFamily(nn.Module):
         for name, path in self._paths.items():
             yield name, self.get_submodule(path)
 
+    def top_hidden(self, rectified: bool = True) -> str:
+        """The last hidden layer: ``relu7`` (``fc7`` unless ``rectified``) in the papers' networks, AlexNet §6.1's
+        "last, 4096-dimensional hidden layer" and ZF's layer 7; the same layer of an ablated network without fc7
+        (``relu6``), or ``pool5`` without fc6 and fc7."""
+        hidden = self.config.fc_numbers()[:-1]
+        if not hidden:
+            return f"pool{self.config.conv_numbers()[-1]}"
+        return f"{'relu' if rectified else 'fc'}{hidden[-1]}"
+
     # --- forward ----------------------------------------------------------------------------------------
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """The conv trunk: image batch → pool5 maps (``N×256×6×6`` for the paper models), in the input's memory

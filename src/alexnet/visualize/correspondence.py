@@ -34,7 +34,6 @@ from alexnet.models.capture import capture, check_layers
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
-DEFAULT_LAYERS = ("pool5", "relu7")  # ZF's layers 5 and 7
 RANDOM = "random"
 
 
@@ -92,13 +91,15 @@ def correspondence(
     parts: dict[str, list[tuple[int, int]]],
     *,
     size: int = 32,
-    layers: tuple[str, ...] | list[str] = DEFAULT_LAYERS,
+    layers: tuple[str, ...] | list[str] | None = None,
     draws: int = 10,
     seed: int = 0,
 ) -> CorrespondenceResult:
     """ZF Table 1 for normalised ``inputs`` (N×3×S×S, N ≥ 2): ``parts`` maps a part's name to the (top, left)
     corner of its ``size`` square in each input; ``random`` is added with ``draws`` independent random squares
-    per image (a seeded generator: the same numbers every run)."""
+    per image (a seeded generator: the same numbers every run). ``layers``: ZF's layers 5 and 7 by default
+    (``pool5``, ``relu7``; a network without fc7 has its top hidden layer in place of layer 7)."""
+    layers = layers or (f"pool{model.config.conv_numbers()[-1]}", model.top_hidden())
     n, side = len(inputs), inputs.shape[-1]
     if n < 2:
         raise SelectionError(f"correspondence compares images in pairs: give at least two (got {n})")

@@ -40,8 +40,9 @@ IDENTITY = {"translation": 0.0, "scale": 1.0, "rotation": 0.0}
 
 
 def default_feature_layers(model: AlexNetFamily) -> tuple[str, str]:
-    """Layer 1 (``pool1``) and layer 7 (``fc7``) in ZF's numbering."""
-    return "pool1", "fc7"
+    """Layer 1 (``pool1``) and layer 7 (``fc7``) in ZF's numbering; for a network without fc7 (an ablation), its
+    top hidden layer in place of layer 7."""
+    return "pool1", model.top_hidden(rectified=False)
 
 
 def transformed_inputs(

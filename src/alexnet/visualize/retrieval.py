@@ -71,11 +71,12 @@ def retrieve(
     queries: Sequence[str | Path],
     gallery: Features,
     k: int = 6,
-    layer: str = "relu7",
+    layer: str | None = None,
 ) -> Retrieval:
     """The ``k`` gallery images nearest to each query in ``layer`` space (AlexNet Fig. 4). The default is §6.1's
     "feature activations induced by an image at the last, 4096-dimensional hidden layer": fc7's outputs after
-    their ReLU (what Caffe's in-place ``fc7`` blob holds)."""
+    their ReLU (what Caffe's in-place ``fc7`` blob holds; :meth:`~alexnet.models.AlexNetFamily.top_hidden`)."""
+    layer = layer or model.top_hidden()
     x = torch.stack([prepare(model, q).tensor for q in queries])
     q = capture(model, x, [layer])[layer].flatten(1)
     dist, idx = nearest_in_blocks(q, gallery.feature_blocks(), k)
