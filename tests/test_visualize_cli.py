@@ -98,6 +98,24 @@ def test_each_kind_writes_pngs_and_numbers(kind: str, setup, capsys, tmp_path: P
     assert not list(tmp_path.rglob("*.tmp"))  # atomic writes leave no temporary files
 
 
+def test_deconv_rules_write_side_by_side_and_record_their_rule(setup, capsys, tmp_path: Path) -> None:
+    """--rule gradient / guided write next to the deconvnet's files, not over them; the .npz names the rule."""
+    args = ["deconv", *_kind_args("deconv", setup), "--out", str(tmp_path)]
+    written: dict[str, np.ndarray] = {}
+    for rule in ("deconvnet", "gradient", "guided"):
+        code, lines, err = _run(capsys, [*args, "--rule", rule])
+        assert code == 0, err
+        (npz,) = [Path(line) for line in lines if line.endswith(".npz")]
+        assert npz.name == f"chelsea_pool2_ch3_unit4-4_{'deconv' if rule == 'deconvnet' else rule}.npz"
+        with np.load(npz) as z:
+            assert str(z["rule"]) == rule
+            written[rule] = z["projection"]
+    assert len(list(tmp_path.glob("*projection.png"))) == 3
+    assert not np.allclose(written["deconvnet"], written["guided"])
+    code, _, err = _run(capsys, [*args, "--rule", "saliency"])
+    assert code == 2 and "invalid choice: 'saliency'" in err
+
+
 def test_top9_json_lists_nine_per_channel_and_resume_reuses_the_state(setup, capsys, tmp_path: Path) -> None:
     import json
 

@@ -101,6 +101,86 @@ def test_deconvnet_equals_rectified_backward_formulation(
     torch.testing.assert_close(ours, ref, rtol=1e-4, atol=1e-5 * float(ref.abs().max()))
 
 
+class _GuidedBackward(torch.autograd.Function):
+    """ReLU forward; backward passes relu(signal) where the forward input was positive (Springenberg et al.)."""
+
+    @staticmethod
+    def forward(ctx: torch.autograd.function.FunctionCtx, x: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        ctx.save_for_backward(x)
+        return x.clamp(min=0)
+
+    @staticmethod
+    def backward(ctx: torch.autograd.function.FunctionCtx, g: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        (x,) = ctx.saved_tensors  # type: ignore[attr-defined]
+        return g.clamp(min=0) * (x > 0)
+
+
+def gradient_projection(
+    model: nn.Module,
+    images: torch.Tensor,
+    layer: str,
+    channel: int,
+    unit: tuple[int, int] | None,
+    guided: bool,
+) -> torch.Tensor:
+    """Autograd through the model's own layers (the LRN's true backward): the plain gradient of (selected
+    activation · its value) w.r.t. the input, or with guided ReLUs."""
+    x = images.clone().requires_grad_(True)
+    y = x
+    for name, m in model.named_layers():
+        y = (_GuidedBackward.apply(y) if guided else torch.relu(y)) if isinstance(m, nn.ReLU) else m(y)
+        if name == layer:
+            break
+    mask = torch.zeros_like(y)
+    if unit is None:
+        mask[:, channel] = 1
+    else:
+        mask[:, channel, unit[0], unit[1]] = 1
+    (y * (mask * y.detach())).sum().backward()
+    assert x.grad is not None
+    return x.grad
+
+
+RULE_CASES = [
+    ("alexnet", "conv5", 7, None),
+    ("alexnet", "norm1", 50, None),
+    ("caffenet", "norm2", 200, "max"),
+    ("zfnet", "pool5", 17, None),
+    ("alexnet_owt", "relu5", 42, "max"),
+]
+
+
+@pytest.mark.parametrize("rule", ["gradient", "guided"])
+@pytest.mark.parametrize(("name", "layer", "channel", "unit"), RULE_CASES)
+def test_gradient_and_guided_rules_equal_autograd_through_the_real_lrn(
+    rule: str, name: str, layer: str, channel: int, unit: tuple[int, int] | str | None
+) -> None:
+    """Simonyan et al.'s saliency (the exact gradient) and Springenberg et al.'s guided backpropagation, taken
+    with the deconvnet's downward pass, against autograd through the network's own modules."""
+    torch.manual_seed(0)
+    model = alexnet.create_model(name, init="pytorch").eval()
+    images = _photos(model)
+    if unit == "max":
+        fmap = capture(model, images[:1], [layer])[layer][0, channel]
+        flat = int(fmap.argmax())
+        unit = (flat // fmap.shape[1], flat % fmap.shape[1])
+    assert not isinstance(unit, str)
+    ours = deconvnet(model, images, layer, channel, unit, rule=rule)
+    ref = gradient_projection(model, images, layer, channel, unit, guided=rule == "guided")
+    assert ref.abs().max() > 0
+    torch.testing.assert_close(ours, ref, rtol=1e-4, atol=1e-5 * float(ref.abs().max()))
+    if layer != "norm1":  # the three rules differ, once a ReLU's on/off pattern or sign matters
+        assert not torch.allclose(
+            ours, deconvnet(model, images, layer, channel, unit), atol=1e-3 * float(ref.abs().max())
+        )
+
+
+def test_an_unknown_rule_is_one_clear_error() -> None:
+    model = alexnet.create_model("alexnet").eval()
+    with pytest.raises(SelectionError, match="unknown rule 'saliency'; choose deconvnet, gradient, guided"):
+        deconvnet(model, torch.zeros(1, 3, 227, 227), "conv5", 0, rule="saliency")
+
+
 def test_deconvnet_is_batched_image_by_image() -> None:
     torch.manual_seed(1)
     model = alexnet.create_model("alexnet", init="pytorch").eval()

@@ -158,6 +158,14 @@ def register(sub: Any) -> None:
     k.add_argument(
         "--unit", type=_unit, metavar="ROW,COL", help="only this unit of the map (default: the whole map)"
     )
+    k.add_argument(
+        "--rule",
+        choices=("deconvnet", "gradient", "guided"),
+        default="deconvnet",
+        help="how the signal crosses each ReLU and LRN on the way down: deconvnet (ZF §2.1: rectified, LRN passed "
+        "through; default), gradient (the exact gradient: Simonyan et al.'s saliency) or guided (Springenberg et "
+        "al.'s guided backpropagation); for comparing the deconvnet's pictures with theirs",
+    )
 
     k = kinds.add_parser("top9", help=KINDS["top9"], description=KINDS["top9"])
     _common(k, images="")
@@ -289,7 +297,9 @@ def run(args: argparse.Namespace) -> int:
     elif kind == "filters":
         paths = outputs.write_filters(model, args.out, args.images)
     elif kind == "deconv":
-        paths = outputs.write_deconv(model, args.images, args.out, args.layer, args.channel, args.unit)
+        paths = outputs.write_deconv(
+            model, args.images, args.out, args.layer, args.channel, args.unit, args.rule
+        )
     elif kind == "top9":
         paths = outputs.write_top9(
             model,

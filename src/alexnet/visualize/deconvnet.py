@@ -20,6 +20,15 @@ back down through the layers below, undoing each one in turn:
 The result equals the gradient of (kept activation · its value) with respect to the input in a network whose
 ReLU backward is ``relu(grad)`` and whose LRN backward is the identity; ``tests/test_visualize_deconvnet.py``
 checks that for every registered model.
+
+Two later readings of the same downward pass differ only in how they cross a ReLU and an LRN (``rule``), for
+comparing the deconvnet's pictures with theirs:
+
+* ``"gradient"``: the forward pass's on/off pattern, ``grad · [x > 0]``, and the LRN's true backward: the exact
+  gradient of the kept activation with respect to the image, the saliency of Simonyan, Vedaldi & Zisserman
+  (ICLR 2014 workshop, §4), who note that the deconvnet is this gradient but for the ReLU.
+* ``"guided"``: both, ``relu(grad) · [x > 0]``, and the LRN's true backward: Springenberg et al.'s guided
+  backpropagation (ICLR 2015 workshop, §3.4), proposed as a sharper deconvnet.
 """
 
 from __future__ import annotations
@@ -32,7 +41,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from alexnet.errors import SelectionError
-from alexnet.models import AlexNetFamily
+from alexnet.models import AlexNetFamily, LocalResponseNorm
 from alexnet.models.capture import check_trunk_layer, evaluating
 
 
@@ -40,19 +49,31 @@ def _pair(v: int | tuple[int, ...]) -> tuple[int, int]:
     return (v, v) if isinstance(v, int) else (int(v[0]), int(v[1]))
 
 
+RULES = ("deconvnet", "gradient", "guided")
+
+
 @dataclass
 class _Step:
-    """One layer of the downward pass with what the forward pass recorded for it."""
+    """One layer of the downward pass with what the forward pass recorded for it: a max-pool's switches; for the
+    ``gradient`` and ``guided`` rules a ReLU's on/off pattern and an LRN's input."""
 
     module: nn.Module
     input_size: tuple[int, int]
     switches: torch.Tensor | None = None
+    kept: torch.Tensor | None = None
+
+
+def check_rule(rule: str) -> None:
+    """:class:`SelectionError` unless ``rule`` is one of :data:`RULES`."""
+    if rule not in RULES:
+        raise SelectionError(f"unknown rule {rule!r}; choose {', '.join(RULES)}")
 
 
 def _forward_record(
-    model: AlexNetFamily, images: torch.Tensor, layer: str
+    model: AlexNetFamily, images: torch.Tensor, layer: str, rule: str = "deconvnet"
 ) -> tuple[torch.Tensor, list[_Step]]:
-    """Forward through the trunk up to ``layer``, recording input sizes and the max-pool switches."""
+    """Forward through the trunk up to ``layer``, recording input sizes and the max-pool switches (and what
+    ``rule`` needs besides)."""
     steps: list[_Step] = []
     x = images.to(next(model.parameters()).device)
     for name, module in model.named_layers():
@@ -63,6 +84,12 @@ def _forward_record(
             )
             x, idx = F.max_pool2d(x, k, s, p, d, ceil_mode=module.ceil_mode, return_indices=True)
             steps.append(_Step(module, size, idx))
+        elif rule != "deconvnet" and isinstance(module, nn.ReLU):
+            steps.append(_Step(module, size, kept=x > 0))  # before an in-place ReLU overwrites x
+            x = module(x)
+        elif rule != "deconvnet" and isinstance(module, LocalResponseNorm | nn.LocalResponseNorm):
+            steps.append(_Step(module, size, kept=x))
+            x = module(x)
         else:
             x = module(x)
             steps.append(_Step(module, size))
@@ -124,17 +151,23 @@ def strided_transpose(
     return out[:, :, py : py + size[0], px : px + size[1]]
 
 
-def _down(y: torch.Tensor, steps: list[_Step]) -> torch.Tensor:
+def _down(y: torch.Tensor, steps: list[_Step], rule: str = "deconvnet") -> torch.Tensor:
     for step in reversed(steps):
         m = step.module
         if isinstance(m, nn.MaxPool2d):
             assert step.switches is not None
             y = _unpool(y, step.switches, step.input_size)
         elif isinstance(m, nn.ReLU):
-            y = F.relu(y)
+            y = y if rule == "gradient" else F.relu(y)
+            y = y if step.kept is None else y * step.kept  # the forward on/off pattern (gradient, guided)
         elif isinstance(m, nn.Conv2d):
             y = _transpose_conv(y, m, step.input_size)
-        # LRN: not inverted, passed through (see the module docstring).
+        elif step.kept is not None:  # an LRN under the gradient and guided rules: its true backward
+            # autograd outside the caller's inference mode, on copies made there (inference tensors have none)
+            with torch.inference_mode(False), torch.enable_grad():
+                x = step.kept.clone().requires_grad_(True)
+                (y,) = torch.autograd.grad(m(x), x, y.clone())
+        # deconvnet: the LRN is not inverted, the signal passes through (see the module docstring).
     return y
 
 
@@ -161,13 +194,16 @@ def layer_shape(model: AlexNetFamily, layer: str, input_size: int | None = None)
     return int(out.shape[1]), int(out.shape[2]), int(out.shape[3])
 
 
-def project(model: AlexNetFamily, images: torch.Tensor, layer: str, mask: torch.Tensor) -> torch.Tensor:
+def project(
+    model: AlexNetFamily, images: torch.Tensor, layer: str, mask: torch.Tensor, rule: str = "deconvnet"
+) -> torch.Tensor:
     """Deconvnet projection of ``mask · activation`` of ``layer`` (mask broadcastable to the layer's output), run
-    on the model's device and returned on the CPU."""
+    on the model's device and returned on the CPU; ``rule``: see the module docstring."""
+    check_rule(rule)
     check_trunk_layer(model, layer)
     with evaluating(model):
-        acts, steps = _forward_record(model, images, layer)
-        return _down(acts * mask.to(acts), steps).cpu()
+        acts, steps = _forward_record(model, images, layer, rule)
+        return _down(acts * mask.to(acts), steps, rule).cpu()
 
 
 def deconvnet(
@@ -176,19 +212,22 @@ def deconvnet(
     layer: str,
     channel: int,
     unit: tuple[int, int] | None = None,
+    rule: str = "deconvnet",
 ) -> torch.Tensor:
     """Project feature map ``channel`` of ``layer`` (or only its unit ``(row, col)``) to pixel space (ZF §2.1).
 
     ``images``: a normalised batch N×3×H×W (or one 3×H×W image). ``layer``: a conv-trunk layer (``conv1`` …
     ``pool5``; ``convN`` is before its ReLU). Runs on the model's device; returns N×3×H×W on the CPU, in the
     input's units (not rescaled for display; see :func:`alexnet.visualize.plot.projection_to_image`).
+    ``rule="gradient"`` or ``"guided"``: the saliency map or guided backpropagation instead (module docstring).
     """
+    check_rule(rule)
     if images.ndim == 3:
         images = images.unsqueeze(0)
     model.check_input(images)
     check_trunk_layer(model, layer)
     with evaluating(model):
-        acts, steps = _forward_record(model, images, layer)
+        acts, steps = _forward_record(model, images, layer, rule)
         _check_channel(acts, layer, channel)
         mask = torch.zeros_like(acts)
         if unit is None:
@@ -196,7 +235,7 @@ def deconvnet(
         else:
             _check_unit(acts, layer, unit)
             mask[:, channel, unit[0], unit[1]] = 1.0
-        return _down(acts * mask, steps).cpu()
+        return _down(acts * mask, steps, rule).cpu()
 
 
 class StrongestProjection(NamedTuple):
@@ -208,16 +247,17 @@ class StrongestProjection(NamedTuple):
 
 
 def deconvnet_strongest(
-    model: AlexNetFamily, images: torch.Tensor, layer: str, channel: int
+    model: AlexNetFamily, images: torch.Tensor, layer: str, channel: int, rule: str = "deconvnet"
 ) -> StrongestProjection:
     """For each image, project only the strongest activation of feature map ``channel`` (ZF Fig. 2 and 4); on
-    the model's device, returned on the CPU."""
+    the model's device, returned on the CPU; ``rule`` as :func:`deconvnet`'s."""
+    check_rule(rule)
     if images.ndim == 3:
         images = images.unsqueeze(0)
     model.check_input(images)
     check_trunk_layer(model, layer)
     with evaluating(model):
-        acts, steps = _forward_record(model, images, layer)
+        acts, steps = _forward_record(model, images, layer, rule)
         _check_channel(acts, layer, channel)
         fmap = acts[:, channel].flatten(1)
         values, flat = fmap.max(dim=1)
@@ -225,5 +265,5 @@ def deconvnet_strongest(
         units = torch.stack((flat // width, flat % width), dim=1)
         mask = torch.zeros_like(acts).flatten(2)
         mask[torch.arange(len(acts)), channel, flat] = 1.0
-        proj = _down(acts * mask.view_as(acts), steps)
+        proj = _down(acts * mask.view_as(acts), steps, rule)
         return StrongestProjection(proj.cpu(), units.cpu(), values.cpu())

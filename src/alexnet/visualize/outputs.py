@@ -130,19 +130,22 @@ def write_deconv(
     layer: str,
     channel: int | None = None,
     unit: tuple[int, int] | None = None,
+    rule: str = "deconvnet",
 ) -> list[Path]:
-    """Deconvnet projections (ZF §2.1) of one feature map or unit, per image.
+    """Deconvnet projections (ZF §2.1) of one feature map or unit, per image (``rule="gradient"`` or ``"guided"``:
+    the saliency map or guided backpropagation, :mod:`alexnet.visualize.deconvnet`).
 
     Which channel and unit: ``channel`` and ``unit`` as given; ``unit`` alone: the channel strongest at that
     unit (ZF project a single activation); ``channel`` alone: the whole map; neither: each image's strongest
-    activation (its channel and unit). Output names carry the channel and, for a unit, ``unitROW-COL``; the
-    .npz records ``projection``, ``layer``, ``channel``, ``unit`` (row, col; empty for a whole map) and
-    ``image``."""
+    activation (its channel and unit). Output names carry the channel and, for a unit, ``unitROW-COL``, and end
+    in ``_deconv`` (``_gradient``, ``_guided``); the .npz records ``projection``, ``layer``, ``channel``, ``unit``
+    (row, col; empty for a whole map), ``image`` and ``rule``."""
     from alexnet.models.capture import capture, check_trunk_layer
-    from alexnet.visualize.deconvnet import deconvnet, deconvnet_strongest, layer_shape
+    from alexnet.visualize.deconvnet import check_rule, deconvnet, deconvnet_strongest, layer_shape
     from alexnet.visualize.plot import new_figure
 
     check_trunk_layer(model, layer)
+    check_rule(rule)  # before any image is read
     prep = preprocessing_of(model)
     if unit is not None:  # before any image is read: the map's size does not depend on the image
         _, h, w = layer_shape(model, layer, prep.input_size)
@@ -159,11 +162,11 @@ def write_deconv(
             # With a unit, the channel strongest there: the map's strongest elsewhere may be 0 at the unit.
             ch = int(acts[:, at[0], at[1]].argmax() if at is not None else acts.flatten(1).amax(1).argmax())
         if at is None and channel is None:
-            res = deconvnet_strongest(model, x, layer, ch)
+            res = deconvnet_strongest(model, x, layer, ch, rule)
             proj, at = res.images[0], (int(res.units[0, 0]), int(res.units[0, 1]))
             where = f"strongest unit {at}"
         else:
-            proj = deconvnet(model, x, layer, ch, at)[0]
+            proj = deconvnet(model, x, layer, ch, at, rule)[0]
             where = f"unit {at}" if at is not None else "whole map"
         # The unit is part of the name: a unit's projection and the whole map's must not overwrite each other.
         name = f"{stem}_{layer}_ch{ch}" + (f"_unit{at[0]}-{at[1]}" if at is not None else "")
@@ -173,19 +176,23 @@ def write_deconv(
         ax0.imshow(uint8_to_float(p.crop))
         ax0.set_title(Path(str(path)).name)
         ax1.imshow(picture)
-        ax1.set_title(f"{layer} feature map {ch}, {where}")
+        ax1.set_title(f"{layer} feature map {ch}, {where}" + ("" if rule == "deconvnet" else f" ({rule})"))
         for ax in (ax0, ax1):
             ax.axis("off")
-        written.append(save_figure(fig, out / f"{name}_deconv.png"))
-        written.append(save_image(picture, out / f"{name}_projection.png"))
+        kind = "deconv" if rule == "deconvnet" else rule
+        written.append(save_figure(fig, out / f"{name}_{kind}.png"))
+        written.append(
+            save_image(picture, out / f"{name}_{'' if rule == 'deconvnet' else rule + '_'}projection.png")
+        )
         written.append(
             save_npz(
-                out / f"{name}_deconv.npz",
+                out / f"{name}_{kind}.npz",
                 projection=proj.numpy(),
                 layer=layer,
                 channel=ch,
                 unit=np.array(at if at is not None else (), dtype=np.int64),
                 image=str(path),
+                rule=rule,
             )
         )
     return written
