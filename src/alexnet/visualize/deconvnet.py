@@ -28,7 +28,7 @@ comparing the deconvnet's pictures with theirs:
   gradient of the kept activation with respect to the image, the saliency of Simonyan, Vedaldi & Zisserman
   (ICLR 2014 workshop, §4), who note that the deconvnet is this gradient but for the ReLU.
 * ``"guided"``: both, ``relu(grad) · [x > 0]``, and the LRN's true backward: Springenberg et al.'s guided
-  backpropagation (ICLR 2015 workshop, §3.4), proposed as a sharper deconvnet.
+  backpropagation ("Striving for simplicity", ICLR 2015 workshop), proposed as a sharper deconvnet.
 """
 
 from __future__ import annotations
