@@ -1,6 +1,7 @@
 """The papers' architecture ablations (models/ablations.py): removed layers keep the paper's names (AlexNet §7,
-ZF Table 3), no LRN (AlexNet §3.3), non-overlapping pooling of equivalent dimensions (AlexNet §3.4), fc6/fc7
-widths (ZF Table 3); through `alexnet train` and `alexnet summary`."""
+ZF Table 3), no LRN (AlexNet §3.3), non-overlapping pooling of equivalent dimensions (AlexNet §3.4), the one-GPU
+net (AlexNet §3.2), fc6/fc7 widths (ZF Table 3); the top hidden layer standing in for layer 7; through
+`alexnet train`, `eval`, `weights info`, `report`, `visualize` and `summary`."""
 
 from __future__ import annotations
 
