@@ -158,6 +158,25 @@ def test_channel_statistics_equal_an_independent_capture(client, models, chelsea
     assert deconv.std() > 0
 
 
+def test_the_channel_projection_takes_the_gradient_and_guided_rules_too(client, models, chelsea_id, chelsea):
+    from alexnet.serve.render import projection_png
+    from alexnet.visualize.deconvnet import deconvnet
+
+    info = client.get(f"/api/models/a/images/{chelsea_id}/layers/relu5/channels/7").json()
+    x = prepare(models["a"], torch.from_numpy(chelsea).permute(2, 0, 1).contiguous()).tensor.unsqueeze(0)
+    pre = client.app.state.server.slot("a").preprocessing
+    pictures = {}
+    for rule in ("deconvnet", "gradient", "guided"):
+        r = client.get(info["deconv"], params={"rule": rule})
+        assert r.status_code == 200 and r.headers["content-type"] == "image/png"
+        assert r.content == projection_png(deconvnet(models["a"], x, "relu5", 7, rule=rule)[0], pre)
+        pictures[rule] = r.content
+    assert pictures["deconvnet"] == client.get(info["deconv"]).content  # the default: ZF §2.1's
+    assert len(set(pictures.values())) == 3
+    r = client.get(info["deconv"], params={"rule": "saliency"})
+    assert r.status_code == 400 and "unknown rule 'saliency'" in r.json()["error"]
+
+
 def test_activations_are_computed_once_per_image_and_model(client, chelsea_id):
     analyses = client.app.state.server.analyses
     client.get(f"/api/models/a/images/{chelsea_id}")

@@ -60,6 +60,13 @@ def test_pick_sample_click_channel_shows_its_deconv_without_console_errors(brows
     assert page.inner_text("[data-model='a'] .channel-title") == "relu5, channel 0"
     size = page.evaluate("() => document.querySelector(\"[data-model='a'] .channel-deconv\").naturalWidth")
     assert size == 227
+    # the same channel by guided backpropagation, chosen under the picture
+    page.select_option("[data-model='a'] .deconv-rule", "guided")
+    page.wait_for_function(
+        "() => { const i = document.querySelector(\"[data-model='a'] .channel-deconv\");"
+        " return i.src.endsWith('?rule=guided') && i.complete && i.naturalWidth === 227; }",
+        timeout=30_000,
+    )
 
     page.click("[data-model='a'] .occ-run")
     for panel in ("activation", "projection", "probability", "labels"):

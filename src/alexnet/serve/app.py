@@ -288,15 +288,21 @@ def create_app(
         return _png(a.pngs.get_or_create(("map", layer, channel), lambda: render.map_png(fmap, size)))
 
     @app.get("/api/models/{key}/images/{image_id}/layers/{layer}/channels/{channel}/deconv.png")
-    def channel_deconv(key: str, image_id: str, layer: str, channel: int) -> Response:
-        from alexnet.visualize.deconvnet import deconvnet
+    def channel_deconv(
+        key: str, image_id: str, layer: str, channel: int, rule: str = "deconvnet"
+    ) -> Response:
+        """ZF §2.1's projection; ``?rule=gradient`` or ``guided``: the same pass as a saliency map or guided
+        backpropagation (:mod:`alexnet.visualize.deconvnet`)."""
+        from alexnet.visualize.deconvnet import check_rule, deconvnet
 
+        check_rule(rule)
         slot, a, _ = _channel(key, image_id, layer, channel)
 
         def make() -> bytes:
-            return render.projection_png(deconvnet(slot.model, a.x, layer, channel)[0], slot.preprocessing)
+            projection = deconvnet(slot.model, a.x, layer, channel, rule=rule)[0]
+            return render.projection_png(projection, slot.preprocessing)
 
-        return _png(a.pngs.get_or_create(("deconv", layer, channel), make))
+        return _png(a.pngs.get_or_create(("deconv", layer, channel, rule), make))
 
     # --- top-9 of the data set (computed offline by `alexnet visualize top9`) -----------------------------
     @app.get("/api/models/{key}/top9/{layer}/{channel}/{kind}.png")

@@ -114,6 +114,7 @@ function buildPanel(model) {
     `${model.trained ? "weights: " + model.source : "untrained: no weights loaded, so the maps show random filters"}` +
     ` · ${model.num_classes} classes · ${model.input_size}×${model.input_size} input`;
   $(".occ-run", node).addEventListener("click", () => runOcclusion(model.key));
+  $(".deconv-rule", node).addEventListener("change", () => showProjection(node));
   $(".occ-run", node).disabled = true;
   $("#models").append(node);
   state.panels[model.key] = { node, model, layers: {} };
@@ -204,6 +205,16 @@ function clickGrid(key, layer, img, pick, ev) {
   showChannel(key, layer.layer, hit.channel);
 }
 
+// The channel's projection to the pixels by the chosen rule (the deconvnet's, or the gradient's or guided
+// backpropagation's, for comparison).
+function showProjection(node) {
+  const img = $(".channel-deconv", node);
+  if (!img.dataset.base) return;
+  const rule = $(".deconv-rule", node).value;
+  img.alt = rule === "deconvnet" ? "deconvnet projection" : `${rule} projection`;
+  img.src = rule === "deconvnet" ? img.dataset.base : `${img.dataset.base}?rule=${rule}`;
+}
+
 async function showChannel(key, layer, channel) {
   const { node } = state.panels[key];
   showError("");
@@ -217,7 +228,8 @@ async function showChannel(key, layer, channel) {
     $(".channel-stats", node).textContent =
       `max ${c.max.toFixed(3)} at unit (${c.argmax.join(", ")}) · mean ${c.mean.toFixed(3)} · map ${c.shape.join("×")}`;
     $(".channel-map", node).src = c.map;
-    $(".channel-deconv", node).src = c.deconv;
+    $(".channel-deconv", node).dataset.base = c.deconv;
+    showProjection(node);
     showTop9($(".top9", node), c.top9, layer);
   } catch (e) {
     showError(e.message);
