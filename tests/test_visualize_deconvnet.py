@@ -30,6 +30,20 @@ class _RectifiedBackward(torch.autograd.Function):
         return g.clamp(min=0)
 
 
+def _input_gradient(
+    x: torch.Tensor, y: torch.Tensor, channel: int, unit: tuple[int, int] | None
+) -> torch.Tensor:
+    """The gradient w.r.t. ``x`` of (the selected activations of ``y`` · their values)."""
+    mask = torch.zeros_like(y)
+    if unit is None:
+        mask[:, channel] = 1
+    else:
+        mask[:, channel, unit[0], unit[1]] = 1
+    (y * (mask * y.detach())).sum().backward()
+    assert x.grad is not None
+    return x.grad
+
+
 def autograd_projection(
     model: nn.Module, images: torch.Tensor, layer: str, channel: int, unit: tuple[int, int] | None
 ) -> torch.Tensor:
@@ -48,14 +62,7 @@ def autograd_projection(
             y = m(y)
         if name == layer:
             break
-    mask = torch.zeros_like(y)
-    if unit is None:
-        mask[:, channel] = 1
-    else:
-        mask[:, channel, unit[0], unit[1]] = 1
-    (y * (mask * y.detach())).sum().backward()
-    assert x.grad is not None
-    return x.grad
+    return _input_gradient(x, y, channel, unit)
 
 
 def _photos(model: nn.Module, n: int = 2) -> torch.Tensor:
@@ -131,14 +138,7 @@ def gradient_projection(
         y = (_GuidedBackward.apply(y) if guided else torch.relu(y)) if isinstance(m, nn.ReLU) else m(y)
         if name == layer:
             break
-    mask = torch.zeros_like(y)
-    if unit is None:
-        mask[:, channel] = 1
-    else:
-        mask[:, channel, unit[0], unit[1]] = 1
-    (y * (mask * y.detach())).sum().backward()
-    assert x.grad is not None
-    return x.grad
+    return _input_gradient(x, y, channel, unit)
 
 
 RULE_CASES = [
