@@ -236,7 +236,13 @@ def register(sub: Any) -> None:
         help="continue the run in --out from its newest checkpoint (Ctrl-C or SIGTERM stops a run after the step "
         "under way with a checkpoint; a second Ctrl-C stops at once)",
     )
-    metavars = {"--weights": "WEIGHTS", "--freeze": "LAYER", "--data": "ROOT", "--stats": "FILE"}
+    metavars = {
+        "--weights": "WEIGHTS",
+        "--freeze": "LAYER",
+        "--data": "ROOT",
+        "--stats": "FILE",
+        "--remove": "LAYERS",
+    }
     for flag, dest, typ, help_ in _VALUE_FLAGS:
         p.add_argument(flag, dest=dest, type=typ, default=None, help=help_, metavar=metavars.get(flag))
     for flag, dest, help_ in _BOOL_FLAGS:
