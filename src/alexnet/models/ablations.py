@@ -27,7 +27,7 @@ from collections.abc import Iterable
 from dataclasses import replace
 
 from alexnet.errors import ModelOptionError
-from alexnet.models.configs import ArchConfig, Conv
+from alexnet.models.configs import ArchConfig
 
 
 def ablate(
@@ -120,16 +120,13 @@ def _without(config: ArchConfig, names: list[str]) -> ArchConfig:
         for n, f in zip(config.fc_numbers(), config.fcs, strict=True)
         if f"fc{n}" not in names
     )
+    out = replace(config, convs=convs, fcs=fcs)
     channels = config.in_channels
-    for n, c in zip(_numbers(convs), convs, strict=True):
+    for n, c in zip(out.conv_numbers(), convs, strict=True):
         if channels % c.groups:
             raise ModelOptionError(
                 f"cannot remove {', '.join(names)} from {config.name}: conv{n}'s {c.groups} groups cannot split "
                 f"the {channels} maps it would then read"
             )
         channels = c.out
-    return replace(config, convs=convs, fcs=fcs)
-
-
-def _numbers(convs: tuple[Conv, ...]) -> list[int]:
-    return [c.number for c in convs if c.number is not None]
+    return out

@@ -254,13 +254,7 @@ class TrainConfig:
 
     def ablated(self) -> bool:
         """Whether the run changes its model's architecture as one of the papers' ablations."""
-        return (
-            bool(self.remove)
-            or not self.lrn
-            or not self.overlapping_pool
-            or self.fc_width is not None
-            or self.one_tower
-        )
+        return bool(self.ablation_flags())
 
     def ablation_flags(self) -> str:
         """The command-line flags of the run's ablations (``--remove conv3,conv4 --no-lrn``)."""

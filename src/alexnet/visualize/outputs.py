@@ -179,11 +179,9 @@ def write_deconv(
         ax1.set_title(f"{layer} feature map {ch}, {where}" + ("" if rule == "deconvnet" else f" ({rule})"))
         for ax in (ax0, ax1):
             ax.axis("off")
-        kind = "deconv" if rule == "deconvnet" else rule
+        kind, own = ("deconv", name) if rule == "deconvnet" else (rule, f"{name}_{rule}")
         written.append(save_figure(fig, out / f"{name}_{kind}.png"))
-        written.append(
-            save_image(picture, out / f"{name}_{'' if rule == 'deconvnet' else rule + '_'}projection.png")
-        )
+        written.append(save_image(picture, out / f"{own}_projection.png"))
         written.append(
             save_npz(
                 out / f"{name}_{kind}.npz",
