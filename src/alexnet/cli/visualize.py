@@ -34,6 +34,8 @@ KINDS = {
     "retrieval": "nearest training images by the last hidden layer's activations (relu7; AlexNet Fig. 4)",
     "predictions": "images with their five most probable labels as bars, the correct one red (AlexNet Fig. 4, "
     "left)",
+    "maximize": "images that drive chosen units highest, by regularised gradient ascent (Yosinski et al. 2015, "
+    "§3: the DeepVis toolbox's optimised images)",
     "correspondence": "does masking the same part of several images change the features alike? (ZF §4.2, "
     "Table 1, Fig. 8)",
 }
@@ -251,6 +253,72 @@ def register(sub: Any) -> None:
     k.add_argument(
         "--draws", type=int, default=10, help="random squares per image for the baseline (default 10)"
     )
+
+    k = kinds.add_parser(
+        "maximize",
+        help=KINDS["maximize"],
+        description="Yosinski, Clune, Nguyen, Fuchs & Lipson, 'Understanding Neural Networks Through Deep "
+        "Visualization' (2015), §3: from the mean image plus a little noise, gradient ascent on one unit's "
+        "activation (a class score before the softmax, or a feature map's unit), regularised after each step by "
+        "L2 decay, Gaussian blur and clipping pixels of small norm or contribution. --preset picks one of the "
+        "paper's Table 1 rows; the flags after it override its values. Writes the images side by side "
+        "(a feature map's unit cropped to its receptive field), one PNG per unit and the numbers (.npz).",
+    )
+    _common(k, images="")
+    k.add_argument(
+        "--layer",
+        help="any layer by paper name: the last (default, e.g. fc8: the class scores), fc6/fc7, or a conv-trunk "
+        "layer (conv5: before its ReLU, whose zeros have no gradient)",
+    )
+    k.add_argument(
+        "--channels", type=_channels, help="units (classes) or feature maps, e.g. 0,5,10-15 (default 0-7)"
+    )
+    k.add_argument(
+        "--unit", type=_unit, metavar="ROW,COL", help="a feature map's unit to drive (default its centre)"
+    )
+    k.add_argument(
+        "--preset",
+        type=int,
+        choices=(1, 2, 3, 4),
+        default=3,
+        help="the paper's Table 1 row: regularisers and steps (default 3, used for most of its images)",
+    )
+    k.add_argument("--steps", type=int, help="gradient steps (preset: 500, 750, 1000, 1000)")
+    k.add_argument(
+        "--lr",
+        type=float,
+        help="step size: with --lr-policy rms, pixel values (of 0-255, root mean square) each step moves the "
+        "image (preset: 2, 16, 2, 4)",
+    )
+    k.add_argument(
+        "--lr-policy",
+        choices=("rms", "constant", "progress"),
+        help="rms: steps of --lr pixel values, whatever the network's scale (default); constant: --lr times the "
+        "gradient and progress: the step that raises the activation by --desired-progress, at most --lr (the "
+        "DeepVis toolbox's rules: --lr 100 there, tuned on CaffeNet)",
+    )
+    k.add_argument(
+        "--desired-progress", type=float, help="--lr-policy progress: activation gain per step (2.0)"
+    )
+    k.add_argument("--decay", type=float, help="L2 decay per step, θ_decay (preset: 0, 0.3, 0.0001, 0)")
+    k.add_argument(
+        "--blur-radius", type=float, help="Gaussian blur width in pixels, θ_b_width (0.5, 0, 1, 0.5)"
+    )
+    k.add_argument("--blur-every", type=int, help="blur every K steps, θ_b_every; 0: never (4, 0, 4, 4)")
+    k.add_argument(
+        "--norm-percentile",
+        type=float,
+        help="zero the pixels whose colour norm is below this percentile, θ_n_pct (50, 20, 0, 0)",
+    )
+    k.add_argument(
+        "--contribution-percentile",
+        type=float,
+        help="zero the pixels of smallest contribution to the unit below this percentile, θ_c_pct (0, 0, 0, 90)",
+    )
+    k.add_argument(
+        "--seed", type=int, default=0, help="the starting noise (default 0); every unit starts alike"
+    )
+    k.add_argument("--batch-size", type=int, default=16, help="units optimised together (default 16)")
     p.set_defaults(func=run)
 
 
@@ -271,7 +339,7 @@ def load_model(args: argparse.Namespace) -> Any:
 def run(args: argparse.Namespace) -> int:
     from alexnet.visualize import outputs
 
-    for name in ("top", "size", "stride", "batch_size", "max_images", "neighbours", "draws", "topk"):
+    for name in ("top", "size", "stride", "batch_size", "max_images", "neighbours", "draws", "topk", "steps"):
         value = getattr(args, name, None)
         if value is not None and value < 1:
             raise CommandError(f"--{name.replace('_', '-')} must be at least 1")
@@ -333,6 +401,8 @@ def run(args: argparse.Namespace) -> int:
         paths = outputs.write_invariance(model, args.images, args.out, args.target)
     elif kind == "predictions":
         paths = outputs.write_predictions(model, args.images, args.out, targets=args.targets, topk=args.topk)
+    elif kind == "maximize":
+        paths = _maximize(model, args)
     elif kind == "correspondence":
         table, paths = outputs.write_correspondence(
             model, args.images, args.parts, args.out, size=args.size, draws=args.draws
@@ -354,3 +424,60 @@ def run(args: argparse.Namespace) -> int:
     for path in paths:
         print(path)
     return 0
+
+
+def _maximize(model: Any, args: argparse.Namespace) -> list[Path]:
+    """``visualize maximize``: one line per unit (its best activation, and from which step it led its layer),
+    then the files; Ctrl-C writes the best images so far."""
+    from alexnet.predict import labels_of
+    from alexnet.stopping import StopSignals
+    from alexnet.visualize.maximize import layer_width, preset
+    from alexnet.visualize.outputs import write_maximize
+
+    settings = preset(
+        args.preset,
+        steps=args.steps,
+        lr=args.lr,
+        lr_policy=args.lr_policy,
+        desired_progress=args.desired_progress,
+        decay=args.decay,
+        blur_radius=args.blur_radius,
+        blur_every=args.blur_every,
+        norm_percentile=args.norm_percentile,
+        contribution_percentile=args.contribution_percentile,
+    )
+    layer = args.layer or model.layer_names()[-1]
+    channels = args.channels or list(range(min(8, layer_width(model, layer))))
+    signals = StopSignals("stopping after this step, with the best images so far written")
+    with signals:
+        paths, res = write_maximize(
+            model,
+            args.out,
+            layer,
+            channels,
+            args.unit,
+            settings,
+            args.seed,
+            batch_size=args.batch_size,
+            progress=True,
+            stop=lambda: signals.signum is not None,
+        )
+    labels = labels_of(model) if layer == model.layer_names()[-1] else None
+    for i, ch in enumerate(res.channels):
+        name = f"{layer} {ch}" + (f" ({labels[ch]})" if labels is not None else "")
+        if bool(res.stuck[i]):
+            print(
+                f"{name}: no gradient at the start (a rectified unit at 0): choose the layer before its ReLU"
+            )
+            continue
+        led = int(res.first_top[i])
+        lead = f"the largest of {layer} from step {led}" if led >= 0 else f"never the largest of {layer}"
+        print(f"{name}: {float(res.best[i]):.4g} at step {int(res.best_step[i])}, {lead}")
+    if signals.signum is not None:
+        for path in paths:
+            print(path)
+        raise signals.interrupted(
+            f"stopped after {res.steps} of {settings.steps} steps, for {len(res.channels)} of "
+            f"{len(channels)} units; the best images so far are written"
+        )
+    return paths

@@ -6,8 +6,9 @@ One function per kind; each returns the paths it wrote (all writes atomic). The 
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -24,6 +25,9 @@ from alexnet.visualize.plot import (
     save_npz,
     uint8_to_float,
 )
+
+if TYPE_CHECKING:
+    from alexnet.visualize.maximize import Maximized, Regularization
 
 
 def _stem(name: str, i: int) -> str:
@@ -516,3 +520,102 @@ def write_predictions(
         save_figure(fig, out / "predictions.png"),
         save_json(out / "predictions.json", {"topk": topk, "images": [r.to_json() for r in results]}),
     ]
+
+
+def write_maximize(
+    model: AlexNetFamily,
+    out: str | Path,
+    layer: str,
+    channels: Sequence[int] | None = None,
+    unit: tuple[int, int] | None = None,
+    settings: Regularization | None = None,
+    seed: int = 0,
+    *,
+    batch_size: int | None = 16,
+    progress: bool = False,
+    stop: Callable[[], bool] | None = None,
+) -> tuple[list[Path], Maximized]:
+    """Yosinski et al.'s optimised images (§3; :mod:`alexnet.visualize.maximize`) of ``channels`` of ``layer``
+    (default its first 8): ``maximize_<layer>.png`` draws them side by side (a feature map's unit cropped to its
+    receptive field, as the DeepVis toolbox shows them), one PNG per unit holds the whole image, and
+    ``maximize_<layer>.npz`` the numbers (``pixels`` N×S×S×3 RGB 0–255, ``objective`` per step, ``best``,
+    ``best_step``, ``first_top``, ``channels``, ``unit``, ``settings`` as JSON, ``seed``). Names of a feature map's
+    files carry the unit (``maximize_conv5_unit6-6``). Images are min–max stretched for display, as the toolbox
+    saved them. ``stop()``: checked between steps; what was begun is written. Returns the paths and the result."""
+    import json
+
+    from tqdm import tqdm
+
+    from alexnet.analysis.summary import receptive_fields
+    from alexnet.models.capture import trunk_layers
+    from alexnet.predict import labels_of
+    from alexnet.visualize.maximize import DEFAULT_PRESET, PRESETS, check_selection, layer_width, maximize
+    from alexnet.visualize.plot import field_crop, new_figure, normalize01
+
+    settings = settings or PRESETS[DEFAULT_PRESET]
+    if channels is None:
+        channels = range(min(8, layer_width(model, layer)))
+    channels = list(channels)
+    unit = check_selection(model, layer, channels, unit)
+    chunks = -(-len(channels) // (batch_size or len(channels)))
+    with tqdm(total=settings.steps * chunks, desc=f"maximize {layer}", disable=not progress) as bar:
+        res = maximize(
+            model,
+            layer,
+            channels,
+            unit,
+            settings,
+            seed,
+            batch_size=batch_size,
+            on_step=lambda _: bar.update(),
+            stop=stop,
+        )
+    stem = f"maximize_{layer}" + (f"_unit{unit[0]}-{unit[1]}" if unit is not None else "")
+    pixels = res.pixels.permute(0, 2, 3, 1).numpy()  # N×S×S×3, 0–255
+    shown = normalize01(pixels, axis=(1, 2, 3))
+    if unit is not None and layer in trunk_layers(model):
+        field = receptive_fields(model)[layer]
+        box = field.box(*unit)
+        side = min(field.size, pixels.shape[1])
+        tiles = [normalize01(field_crop(p, box, side, float(p.mean())), axis=None) for p in pixels]
+    else:
+        tiles = list(shown)
+    last = layer == f"fc{model.config.fc_numbers()[-1]}"
+    labels = labels_of(model) if last else None
+    out = Path(out)
+    written: list[Path] = []
+    cols = min(len(tiles), 8)
+    rows = -(-len(tiles) // cols)
+    fig = new_figure(2.0 * cols, 2.3 * rows + 0.4)
+    axes = fig.subplots(rows, cols, squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    for i, (ch, tile) in enumerate(zip(res.channels, tiles, strict=True)):
+        ax = axes.flat[i]
+        ax.imshow(tile)
+        name = f"{ch}" if labels is None else f"{ch} {labels[ch]}"
+        ax.set_title(
+            f"{name}\n{float(res.best[i]):.3g}" + ("" if res.first_top[i] >= 0 else " (not top)"), fontsize=8
+        )
+    where = "" if unit is None else f", unit {unit}"
+    fig.suptitle(f"{layer}{where}: images maximising each unit (Yosinski et al. 2015, §3), {res.steps} steps")
+    written.append(save_figure(fig, out / f"{stem}.png"))
+    for ch, image in zip(res.channels, shown, strict=True):
+        written.append(save_image(image, out / f"{stem}_ch{ch}.png"))
+    written.append(
+        save_npz(
+            out / f"{stem}.npz",
+            pixels=pixels,
+            objective=res.objective.numpy(),
+            best=res.best.numpy(),
+            best_step=res.best_step.numpy(),
+            first_top=res.first_top.numpy(),
+            stuck=res.stuck.numpy(),
+            channels=np.array(res.channels, dtype=np.int64),
+            unit=np.array(unit if unit is not None else (), dtype=np.int64),
+            layer=layer,
+            settings=json.dumps(res.settings.to_dict()),
+            seed=seed,
+        )
+    )
+    return written, res
