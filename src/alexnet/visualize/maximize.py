@@ -34,7 +34,9 @@ step changes the pixels by ``lr`` values of 0–255 (root mean square), η = ``l
 100`` (``progress``) runs the toolbox's own steps, for a CaffeNet imported from Caffe.
 
 A batch optimises one image per unit at once: the network sees each image alone (this family has no batch
-statistics), so each image gets exactly the gradient it would get by itself (tested).
+statistics), so each image gets the gradient it would get by itself: in float64 the images are identical, bit for
+bit (tested); in float32 the kernels of two batch sizes round apart, and a near-tie in a max-pool or ReLU can then
+send the ascent another way after a few steps.
 """
 
 from __future__ import annotations
@@ -175,6 +177,21 @@ def gaussian_blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
     flat = F.conv2d(_reflect(flat, r, 2), k.view(1, 1, -1, 1))
     flat = F.conv2d(_reflect(flat, r, 3), k.view(1, 1, 1, -1))
     return flat.view(n, c, h, w)
+
+
+def step_update(grad: torch.Tensor, settings: Regularization) -> torch.Tensor:
+    """η·∂a/∂x for a batch of gradients (N×3×S×S), η per image by ``settings.lr_policy``: "rms" moves the pixels
+    by ``lr`` (root mean square over the image); "constant" η = ``lr``; "progress" the η whose step raises the
+    linearised activation by ``desired_progress`` (η·‖g‖² = progress), at most ``lr``. A zero gradient stays 0."""
+    flat = grad.flatten(1)
+    tiny = torch.finfo(grad.dtype).tiny
+    if settings.lr_policy == "rms":
+        lr = settings.lr / flat.pow(2).mean(1).sqrt().clamp_min(tiny)
+    elif settings.lr_policy == "progress":
+        lr = (settings.desired_progress / flat.pow(2).sum(1).clamp_min(tiny)).clamp(max=settings.lr)
+    else:
+        return settings.lr * grad
+    return lr.view(-1, *([1] * (grad.dim() - 1))) * grad
 
 
 def _percentile(values: torch.Tensor, pct: float) -> torch.Tensor:
@@ -406,16 +423,7 @@ def _ascend(
                 on_step(step)
             if step == settings.steps - 1 or (stop is not None and stop()):
                 break  # no update after the last activation measured: the best image is one the net has seen
-            if settings.lr_policy == "progress":
-                # the step that would raise the linearised activation by desired_progress, at most lr
-                g2 = grad.flatten(1).pow(2).sum(1).clamp_min(torch.finfo(dtype).tiny)
-                lr = torch.clamp(settings.desired_progress / g2, max=settings.lr).view(-1, 1, 1, 1)
-            elif settings.lr_policy == "rms":
-                rms = grad.flatten(1).pow(2).mean(1).sqrt().clamp_min(torch.finfo(dtype).tiny)
-                lr = (settings.lr / rms).view(-1, 1, 1, 1)
-            else:
-                lr = torch.tensor(settings.lr, device=device, dtype=dtype)
-            x = (x + lr * grad) * (1.0 - settings.decay)
+            x = (x + step_update(grad, settings)) * (1.0 - settings.decay)
             if settings.blur_every and settings.blur_radius > 0 and step % settings.blur_every == 0:
                 x = gaussian_blur(x, settings.blur_radius)
             x = clip_small_norm(x, settings.norm_percentile)
