@@ -235,7 +235,8 @@ def test_a_dead_rectified_unit_is_reported_stuck() -> None:
     """A unit at 0 after its ReLU has no gradient: nothing can raise it (the toolbox's "grad 0 failure")."""
     model = alexnet.create_model("alexnet", num_classes=10)
     with torch.no_grad():
-        model.layer("conv1").bias[5] = -1e4
+        model.layer("conv1").bias[5] = -1e4  # off for every image
+        model.layer("conv1").bias[6] = 1e4  # on for every image
     res = mx.maximize(model, "relu1", [5, 6], settings=mx.preset(3, steps=2))
     assert res.stuck.tolist() == [True, False]
 
