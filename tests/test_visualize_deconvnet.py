@@ -14,8 +14,9 @@ from alexnet.analysis.summary import receptive_fields
 from alexnet.errors import LayerNotFound, SelectionError
 from alexnet.models import LocalResponseNorm
 from alexnet.models.capture import capture
+from alexnet.models.first_conv import strided_transpose
 from alexnet.predict import preprocessing_of
-from alexnet.visualize.deconvnet import deconvnet, deconvnet_strongest, strided_transpose
+from alexnet.visualize.deconvnet import deconvnet, deconvnet_strongest
 
 
 class _RectifiedBackward(torch.autograd.Function):

@@ -1,4 +1,5 @@
-"""The first convolution's weight gradient on CPU, by a kernel of its own (``first_conv_cpu.cpp``).
+"""The first convolution's gradients on CPU: its weight gradient by a kernel of its own (``first_conv_cpu.cpp``),
+and the image's by a stride-1 convolution into the output's phases (:func:`strided_transpose`).
 
 The first layer sees the image: three input channels, large outputs (AlexNet §3.5: 96 kernels of 11×11×3,
 stride 4; ZFNet Fig. 3: 96 of 7×7×3, stride 2, on 110×110 outputs). oneDNN computes this layer's weight gradient
@@ -112,3 +113,97 @@ class _FirstConv(torch.autograd.Function):
 def conv2d(conv: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
     """``conv(x)``, with the weight and bias gradients from the kernel (call only when :func:`applies`)."""
     return _FirstConv.apply(x, conv.weight, conv.bias, tuple(conv.stride), tuple(conv.padding))
+
+
+def strided_transpose(
+    y: torch.Tensor,
+    weight: torch.Tensor,
+    stride: tuple[int, int],
+    padding: tuple[int, int],
+    size: tuple[int, int],
+) -> torch.Tensor:
+    """``F.conv_transpose2d(y, weight, stride=stride, padding=padding)`` cut to ``size`` (groups 1), computed as
+    one stride-1 convolution into the ``sy·sx`` output phases and a pixel shuffle ("sub-pixel" form).
+
+    Output row ``o`` gets ``Σ_t y[q − t] · w[r + s·t]`` with ``o + p = q·s + r``: for each phase ``r`` a plain
+    correlation over ``⌈k/s⌉`` taps of ``y``. oneDNN's strided transposed convolution ran AlexNet's conv1
+    (11×11, stride 4, to 3 channels) at 17 GFLOP/s on the 2-core test machine; this form 2.2 times faster, ZF's
+    conv1 (7×7, stride 2) 1.5 times. It computes the zero taps past the kernel too (ZF's conv2, 5×5 stride 2:
+    36 for 25, slower than oneDNN's there), so the deconvnet (:func:`alexnet.visualize.deconvnet._transpose_conv`) and
+    :func:`image_grad_conv2d` take it only back to the pixels (docs/performance.md, Session 25). The same sums in another order: equal within fp32 rounding (tested)."""
+    cin, cout, kh, kw = weight.shape
+    (sy, sx), (py, px) = stride, padding
+    ty, tx = -(-kh // sy), -(-kw // sx)  # taps per phase
+    w = F.pad(weight, (0, tx * sx - kw, 0, ty * sy - kh)).view(cin, cout, ty, sy, tx, sx)
+    # tap t of phase r is kernel row r + s·t, met at y[q − t]: flipped for conv2d's y[q + j − (T − 1)]
+    kernel = w.flip(2, 4).permute(1, 3, 5, 0, 2, 4).reshape(cout * sy * sx, cin, ty, tx)
+    rows, cols = (py + size[0] - 1) // sy + 1, (px + size[1] - 1) // sx + 1  # phase grid that covers ``size``
+    padded = F.pad(y, (tx - 1, max(0, cols - y.shape[3]), ty - 1, max(0, rows - y.shape[2])))
+    phases = F.conv2d(padded, kernel)[:, :, :rows, :cols]
+    n = phases.shape[0]
+    out = (
+        phases.reshape(n, cout, sy, sx, rows, cols)
+        .permute(0, 1, 4, 2, 5, 3)
+        .reshape(n, cout, rows * sy, cols * sx)
+    )
+    return out[:, :, py : py + size[0], px : px + size[1]]
+
+
+def image_grad_applies(conv: nn.Conv2d, x: torch.Tensor) -> bool:
+    """Whether :func:`image_grad_conv2d` may replace ``conv(x)``: the *image* needs a gradient and the weights do
+    not (activation maximisation, saliency), eager autograd on a plain CPU tensor, a strided convolution of at
+    most 4 input channels, one group, no dilation, zero padding, and ``ALEXNET_FIRST_CONV`` not 0."""
+    return (
+        eager.plain(x)
+        and torch.is_grad_enabled()
+        and x.requires_grad
+        and not conv.weight.requires_grad
+        and (conv.bias is None or not conv.bias.requires_grad)
+        and x.device.type == "cpu"
+        and x.dim() == 4
+        and x.shape[1] <= MAX_IN_CHANNELS
+        and conv.groups == 1
+        and conv.dilation == (1, 1)
+        and conv.padding_mode == "zeros"
+        and not isinstance(conv.padding, str)
+        and conv.stride != (1, 1)
+        and not torch.is_autocast_enabled("cpu")
+        and os.environ.get("ALEXNET_FIRST_CONV", "1") != "0"
+    )
+
+
+class _ImageGradConv(torch.autograd.Function):
+    @staticmethod
+    def forward(  # type: ignore[override]
+        ctx: torch.autograd.function.FunctionCtx,
+        x: torch.Tensor,
+        weight: torch.Tensor,
+        bias: torch.Tensor | None,
+        stride: tuple[int, int],
+        padding: tuple[int, int],
+    ) -> torch.Tensor:
+        ctx.save_for_backward(x, weight)
+        ctx.geometry = (stride, padding)  # type: ignore[attr-defined]
+        return F.conv2d(x, weight, bias, stride, padding)
+
+    @staticmethod
+    def backward(ctx: torch.autograd.function.FunctionCtx, grad: torch.Tensor) -> tuple:  # type: ignore[override]
+        x, weight = ctx.saved_tensors  # type: ignore[attr-defined]
+        stride, padding = ctx.geometry  # type: ignore[attr-defined]
+        if torch.is_grad_enabled() or eager.transformed(
+            grad
+        ):  # double backward: ATen's differentiable formula
+            dx = torch.ops.aten.convolution_backward(
+                grad, x, weight, None, stride, padding, (1, 1), False, (0, 0), 1, (True, False, False)
+            )[0]
+        else:
+            dx = strided_transpose(grad, weight, stride, padding, (int(x.shape[2]), int(x.shape[3])))
+        return dx, None, None, None, None
+
+
+def image_grad_conv2d(conv: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
+    """``conv(x)`` whose backward gives the image's gradient by :func:`strided_transpose` (call only when
+    :func:`image_grad_applies`): oneDNN's backward-data of AlexNet's conv1 (11×11, stride 4, to 3 channels) ran at
+    a third of its forward's rate on the 2-core test machine, and was a fifth of an activation-maximisation step
+    (docs/performance.md, session 33)."""
+    return _ImageGradConv.apply(x, conv.weight, conv.bias, tuple(conv.stride), tuple(conv.padding))

@@ -483,6 +483,8 @@ class SpaceToDepthConv2d(nn.Conv2d):
             return super().forward(x)
         if first_conv.applies(self, x):
             return first_conv.conv2d(self, x)
+        if first_conv.image_grad_applies(self, x):
+            return first_conv.image_grad_conv2d(self, x)
         if self._rearranged(x):
             stride, padding = self.stride[0], self.padding
             return space_to_depth_conv2d(x, self.weight, self.bias, stride, padding, _autocast_dtype())  # type: ignore[arg-type]

@@ -43,6 +43,7 @@ from torch import nn
 from alexnet.errors import SelectionError
 from alexnet.models import AlexNetFamily, LocalResponseNorm
 from alexnet.models.capture import check_trunk_layer, evaluating
+from alexnet.models.first_conv import strided_transpose
 
 
 def _pair(v: int | tuple[int, ...]) -> tuple[int, int]:
@@ -115,40 +116,6 @@ def _transpose_conv(y: torch.Tensor, conv: nn.Conv2d, size: tuple[int, int]) -> 
         size[i] - ((y.shape[-2 + i] - 1) * s[i] - 2 * p[i] + d[i] * (k[i] - 1) + 1) for i in range(2)
     )
     return F.conv_transpose2d(y, conv.weight, None, s, p, out_pad, conv.groups, d)
-
-
-def strided_transpose(
-    y: torch.Tensor,
-    weight: torch.Tensor,
-    stride: tuple[int, int],
-    padding: tuple[int, int],
-    size: tuple[int, int],
-) -> torch.Tensor:
-    """``F.conv_transpose2d(y, weight, stride=stride, padding=padding)`` cut to ``size`` (groups 1), computed as
-    one stride-1 convolution into the ``sy·sx`` output phases and a pixel shuffle ("sub-pixel" form).
-
-    Output row ``o`` gets ``Σ_t y[q − t] · w[r + s·t]`` with ``o + p = q·s + r``: for each phase ``r`` a plain
-    correlation over ``⌈k/s⌉`` taps of ``y``. oneDNN's strided transposed convolution ran AlexNet's conv1
-    (11×11, stride 4, to 3 channels) at 17 GFLOP/s on the 2-core test machine; this form 2.2 times faster, ZF's
-    conv1 (7×7, stride 2) 1.5 times. It computes the zero taps past the kernel too (ZF's conv2, 5×5 stride 2:
-    36 for 25, slower than oneDNN's there), so :func:`_transpose_conv` takes it only back to the pixels
-    (docs/performance.md, Session 25). The same sums in another order: equal within fp32 rounding (tested)."""
-    cin, cout, kh, kw = weight.shape
-    (sy, sx), (py, px) = stride, padding
-    ty, tx = -(-kh // sy), -(-kw // sx)  # taps per phase
-    w = F.pad(weight, (0, tx * sx - kw, 0, ty * sy - kh)).view(cin, cout, ty, sy, tx, sx)
-    # tap t of phase r is kernel row r + s·t, met at y[q − t]: flipped for conv2d's y[q + j − (T − 1)]
-    kernel = w.flip(2, 4).permute(1, 3, 5, 0, 2, 4).reshape(cout * sy * sx, cin, ty, tx)
-    rows, cols = (py + size[0] - 1) // sy + 1, (px + size[1] - 1) // sx + 1  # phase grid that covers ``size``
-    padded = F.pad(y, (tx - 1, max(0, cols - y.shape[3]), ty - 1, max(0, rows - y.shape[2])))
-    phases = F.conv2d(padded, kernel)[:, :, :rows, :cols]
-    n = phases.shape[0]
-    out = (
-        phases.reshape(n, cout, sy, sx, rows, cols)
-        .permute(0, 1, 4, 2, 5, 3)
-        .reshape(n, cout, rows * sy, cols * sx)
-    )
-    return out[:, :, py : py + size[0], px : px + size[1]]
 
 
 def _down(y: torch.Tensor, steps: list[_Step], rule: str = "deconvnet") -> torch.Tensor:
