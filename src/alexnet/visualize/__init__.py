@@ -1,4 +1,5 @@
-"""Looking inside: activations, filters, ZF's deconvnet, top-9 patches, occlusion, evolution, invariance, retrieval.
+"""Looking inside: activations, filters, ZF's deconvnet, top-9 patches, occlusion, evolution, invariance, retrieval,
+optimised images (:mod:`.maximize`).
 
 Importing this package is cheap: matplotlib is imported only by the functions that draw.
 """
