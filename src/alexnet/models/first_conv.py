@@ -129,8 +129,9 @@ def strided_transpose(
     correlation over ``⌈k/s⌉`` taps of ``y``. oneDNN's strided transposed convolution ran AlexNet's conv1
     (11×11, stride 4, to 3 channels) at 17 GFLOP/s on the 2-core test machine; this form 2.2 times faster, ZF's
     conv1 (7×7, stride 2) 1.5 times. It computes the zero taps past the kernel too (ZF's conv2, 5×5 stride 2:
-    36 for 25, slower than oneDNN's there), so the deconvnet (:func:`alexnet.visualize.deconvnet._transpose_conv`) and
-    :func:`image_grad_conv2d` take it only back to the pixels (docs/performance.md, Session 25). The same sums in another order: equal within fp32 rounding (tested)."""
+    36 for 25, slower than oneDNN's there), so the deconvnet (``alexnet.visualize.deconvnet._transpose_conv``)
+    and :func:`image_grad_conv2d` take it only back to the pixels (docs/performance.md, Session 25). The same
+    sums in another order: equal within fp32 rounding (tested)."""
     cin, cout, kh, kw = weight.shape
     (sy, sx), (py, px) = stride, padding
     ty, tx = -(-kh // sy), -(-kw // sx)  # taps per phase
