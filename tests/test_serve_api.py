@@ -320,6 +320,70 @@ def test_samples_are_chosen_by_id_never_by_path(client, sample, says):
     assert_still_serving(client)
 
 
+def _finish(client: TestClient, job: dict, seconds: float = 120) -> dict:
+    deadline = time.monotonic() + seconds
+    while job["state"] in ("queued", "running") and time.monotonic() < deadline:
+        time.sleep(0.05)
+        job = client.get(f"/api/jobs/{job['id']}").json()
+    return job
+
+
+def test_a_maps_optimised_image_climbs_its_centre_unit_before_the_relu(client):
+    """Yosinski et al. §3 for a page layer (relu3): the job climbs conv3's centre unit and gives the library's
+    image, cut to the unit's receptive field, as a PNG."""
+    from alexnet.analysis.summary import receptive_fields
+    from alexnet.visualize.maximize import for_display, maximize, preset
+
+    started = client.post("/api/models/a/layers/relu3/channels/7/maximize?steps=12")
+    assert started.status_code == 200, started.text
+    job = _finish(client, started.json())
+    assert job["state"] == "done", job
+    assert job["done"] == job["total"] == 12
+    r = job["result"]
+    assert (r["layer"], r["climbed"], r["channel"], r["unit"], r["label"]) == (
+        "relu3",
+        "conv3",
+        7,
+        [6, 6],
+        None,
+    )
+    assert r["best"] >= r["start"] and r["steps"] == 12
+    model = client.app.state.server.slot("a").model
+    side = receptive_fields(model)["conv3"].size
+    png = decode_png(client.get(f"/api/jobs/{job['id']}/image.png").content)
+    assert png.shape == (side, side, 3)
+    res = maximize(model, "conv3", [7], settings=preset(3, steps=12))
+    expected = (np.clip(for_display(model, res)[0], 0, 1) * 255).round().astype(np.uint8)
+    assert np.abs(png.astype(int) - expected.astype(int)).max() <= 1
+    again = client.post("/api/models/a/layers/relu3/channels/7/maximize?steps=12").json()
+    assert again["id"] == job["id"], "the same request is the same job"
+
+
+def test_a_class_optimised_image_names_its_class(client):
+    classifier = client.get("/api/info").json()["models"][0]["classifier"]
+    assert classifier == "fc8"
+    job = _finish(client, client.post("/api/models/a/layers/fc8/channels/3/maximize?steps=10").json())
+    assert job["state"] == "done", job
+    r = job["result"]
+    model = client.app.state.server.slot("a").model
+    assert r["unit"] is None and r["label"] == labels_of(model)[3]
+    assert decode_png(client.get(f"/api/jobs/{job['id']}/image.png").content).shape == (227, 227, 3)
+
+
+@pytest.mark.parametrize(
+    ("url", "status", "message"),
+    [
+        ("/api/models/a/layers/relu3/channels/999/maximize", 400, "channel 999 is out of range for conv3"),
+        ("/api/models/a/layers/fc7/channels/0/maximize", 404, "no layer 'fc7' on the page"),
+        ("/api/models/a/layers/relu3/channels/0/maximize?steps=5000", 400, "steps must be 10–1000"),
+        ("/api/models/z/layers/relu3/channels/0/maximize", 404, "z"),
+    ],
+)
+def test_bad_optimisation_requests_are_refused(client, url, status, message):
+    r = client.post(url)
+    assert r.status_code == status and message in r.json()["error"]
+
+
 def test_bad_occlusion_parameters_are_refused(client, chelsea_id):
     r = client.post(f"/api/models/a/images/{chelsea_id}/occlusion?size=500&stride=8")
     assert r.status_code == 400 and "occluder size" in r.json()["error"]

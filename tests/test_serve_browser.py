@@ -68,6 +68,14 @@ def test_pick_sample_click_channel_shows_its_deconv_without_console_errors(brows
         timeout=30_000,
     )
 
+    # the image this map's centre unit wants most (Yosinski et al. 2015), and the top class's
+    page.click("[data-model='a'] .max-run")
+    page.wait_for_function(image_ready("[data-model='a'] .channel-maximized"), timeout=120_000)
+    assert "conv5 map 0, unit (6, 6)" in page.inner_text("[data-model='a'] .max-status")
+    page.locator("[data-model='a'] .predictions .class-run").first.click()
+    page.wait_for_function(image_ready("[data-model='a'] .class-image"), timeout=120_000)
+    assert page.inner_text("[data-model='a'] .class-status").startswith("class ")
+
     page.click("[data-model='a'] .occ-run")
     for panel in ("activation", "projection", "probability", "labels"):
         selector = f"[data-model='a'] .occlusion img[alt='occlusion {panel}']"

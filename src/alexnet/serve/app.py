@@ -1,7 +1,7 @@
 """The web app: a FastAPI application over :class:`~alexnet.serve.state.ServerState`.
 
 Every endpoint calls the visualisation library (:mod:`alexnet.visualize`) — capture, activation grids, the
-deconvnet, occlusion, top-9 — and the analysis table (:func:`alexnet.analysis.summarize`); nothing is computed
+deconvnet, occlusion, top-9, optimised images — and the analysis table (:func:`alexnet.analysis.summarize`); nothing is computed
 twice in a different way here. Errors a person can fix come back as ``4xx`` JSON ``{"error": "..."}`` (the page
 shows the message), and no request can take the server down.
 
@@ -77,6 +77,8 @@ async def _read_body(request: Request, limit: int) -> bytes:
     return b"".join(chunks)
 
 
+MAXIMIZE_STEPS = 200  # a unit's optimised image on the page: ~8 s for AlexNet on 2 CPU cores
+MAXIMIZE_MAX_STEPS = 1000  # the paper's preset 3 runs 1000
 OCCLUSION_BATCH = 24  # occluded copies per forward pass: progress every ~24 positions, same throughput
 
 
@@ -303,6 +305,53 @@ def create_app(
             return render.projection_png(projection, slot.preprocessing)
 
         return _png(a.pngs.get_or_create(("deconv", layer, channel, rule), make))
+
+    # --- optimised images (Yosinski et al. 2015, §3), as a polled job -------------------------------------
+    @app.post("/api/models/{key}/layers/{layer}/channels/{channel}/maximize")
+    def start_maximize(key: str, layer: str, channel: int, steps: int = MAXIMIZE_STEPS) -> dict[str, Any]:
+        """The image the unit wants most: a page layer's map (its centre unit, climbed before the ReLU, where a
+        unit at zero still has a gradient) or a class of the last layer; preset 3 of Table 1 for ``steps``."""
+        from alexnet.visualize.maximize import check_selection
+
+        slot = state.slot(key)
+        last = slot.model.layer_names()[-1]
+        if layer != last:
+            slot.check_layer(layer)
+        climbed = "conv" + layer[len("relu") :] if layer.startswith("relu") else layer
+        if not 10 <= steps <= MAXIMIZE_MAX_STEPS:
+            raise UploadError(f"steps must be 10–{MAXIMIZE_MAX_STEPS}, got {steps}")
+        unit = check_selection(slot.model, climbed, [channel])
+
+        def work(job: Job, progress: Progress) -> None:
+            from alexnet.visualize.maximize import for_display, maximize, preset
+
+            progress(0, steps)
+            res = maximize(
+                slot.model,
+                climbed,
+                [channel],
+                unit,
+                preset(3, steps=steps),
+                on_step=lambda i: progress(i + 1, steps),
+            )
+            job.files["image.png"] = render.png(for_display(slot.model, res)[0])
+            job.result = {
+                "layer": layer,
+                "climbed": climbed,
+                "channel": channel,
+                "unit": list(unit) if unit is not None else None,
+                "label": slot.labels[channel] if climbed == last else None,
+                "start": float(res.objective[0, 0]),
+                "best": float(res.best[0]),
+                "best_step": int(res.best_step[0]),
+                "first_top": int(res.first_top[0]),
+                "stuck": bool(res.stuck[0]),
+                "steps": steps,
+            }
+
+        job = jobs.submit("maximize", work, key=f"max-{key}-{climbed}-{channel}-{steps}")
+        job.total = job.total or steps
+        return job.describe()
 
     # --- top-9 of the data set (computed offline by `alexnet visualize top9`) -----------------------------
     @app.get("/api/models/{key}/top9/{layer}/{channel}/{kind}.png")

@@ -120,6 +120,7 @@ class Slot:
             "num_classes": self.model.num_classes,
             "input_size": self.preprocessing.input_size,
             "layers": self.conv_layers,
+            "classifier": self.model.layer_names()[-1],  # the class scores' layer (fc8): optimised images
             "top9": self.top9_dir is not None,
         }
 

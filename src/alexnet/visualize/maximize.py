@@ -47,6 +47,7 @@ from contextlib import contextmanager
 from dataclasses import asdict, dataclass, replace
 from typing import Any, Literal
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -54,7 +55,7 @@ from alexnet.data.preprocess import Preprocessing
 from alexnet.data.transforms import Normalize
 from alexnet.errors import SelectionError
 from alexnet.models import AlexNetFamily, fused
-from alexnet.models.capture import walk
+from alexnet.models.capture import trunk_layers, walk
 
 LrPolicy = Literal["rms", "constant", "progress"]
 
@@ -443,3 +444,18 @@ def _ascend(
         "first_top": first_top.cpu(),
         "stuck": stuck.cpu(),
     }
+
+
+def for_display(model: AlexNetFamily, res: Maximized, crop: bool = True) -> list[np.ndarray]:
+    """Each image as the DeepVis toolbox shows it (H×W×3 in 0–1): min–max stretched and, with ``crop``, a
+    feature map's unit cut to its receptive field (the rest of the image cannot reach the unit, so the ascent
+    never moved it)."""
+    from alexnet.analysis.summary import receptive_fields
+    from alexnet.visualize.plot import field_crop, normalize01
+
+    pixels = res.pixels.permute(0, 2, 3, 1).numpy()  # N×S×S×3, 0–255
+    if crop and res.unit is not None and res.layer in trunk_layers(model):
+        field = receptive_fields(model)[res.layer]
+        box, side = field.box(*res.unit), min(field.size, pixels.shape[1])
+        pixels = np.stack([field_crop(p, box, side, float(p.mean())) for p in pixels])
+    return list(normalize01(pixels, axis=(1, 2, 3)))

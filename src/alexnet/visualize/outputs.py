@@ -546,11 +546,16 @@ def write_maximize(
 
     from tqdm import tqdm
 
-    from alexnet.analysis.summary import receptive_fields
-    from alexnet.models.capture import trunk_layers
     from alexnet.predict import labels_of
-    from alexnet.visualize.maximize import DEFAULT_PRESET, PRESETS, check_selection, layer_width, maximize
-    from alexnet.visualize.plot import field_crop, new_figure, normalize01
+    from alexnet.visualize.maximize import (
+        DEFAULT_PRESET,
+        PRESETS,
+        check_selection,
+        for_display,
+        layer_width,
+        maximize,
+    )
+    from alexnet.visualize.plot import new_figure
 
     settings = settings or PRESETS[DEFAULT_PRESET]
     if channels is None:
@@ -571,15 +576,8 @@ def write_maximize(
             stop=stop,
         )
     stem = f"maximize_{layer}" + (f"_unit{unit[0]}-{unit[1]}" if unit is not None else "")
-    pixels = res.pixels.permute(0, 2, 3, 1).numpy()  # N×S×S×3, 0–255
-    shown = normalize01(pixels, axis=(1, 2, 3))
-    if unit is not None and layer in trunk_layers(model):
-        field = receptive_fields(model)[layer]
-        box = field.box(*unit)
-        side = min(field.size, pixels.shape[1])
-        tiles = [normalize01(field_crop(p, box, side, float(p.mean())), axis=None) for p in pixels]
-    else:
-        tiles = list(shown)
+    tiles = for_display(model, res)
+    shown = for_display(model, res, crop=False)
     last = layer == f"fc{model.config.fc_numbers()[-1]}"
     labels = labels_of(model) if last else None
     out = Path(out)
@@ -605,7 +603,7 @@ def write_maximize(
     written.append(
         save_npz(
             out / f"{stem}.npz",
-            pixels=pixels,
+            pixels=res.pixels.permute(0, 2, 3, 1).numpy(),
             objective=res.objective.numpy(),
             best=res.best.numpy(),
             best_step=res.best_step.numpy(),

@@ -115,6 +115,7 @@ function buildPanel(model) {
     ` · ${model.num_classes} classes · ${model.input_size}×${model.input_size} input`;
   $(".occ-run", node).addEventListener("click", () => runOcclusion(model.key));
   $(".deconv-rule", node).addEventListener("change", () => showProjection(node));
+  $(".max-run", node).addEventListener("click", () => maximizeChannel(model.key));
   $(".occ-run", node).disabled = true;
   $("#models").append(node);
   state.panels[model.key] = { node, model, layers: {} };
@@ -152,10 +153,14 @@ async function showModel(key) {
   for (const p of data.predictions) {
     const bar = el("div", { className: "bar" });
     bar.style.width = `${Math.max(1, Math.round(p.probability * 120))}px`;
+    const want = el("button", { type: "button", className: "class-run", textContent: "image",
+      title: `optimise the image ${p.label} wants most (Yosinski et al. 2015, §3)` });
+    want.addEventListener("click", () => maximizeClass(key, p.index));
     rows.append(el("tr", {},
       el("td", { className: "num", textContent: (100 * p.probability).toFixed(1) + "%" }),
       el("td", {}, bar),
-      el("td", { textContent: p.label })));
+      el("td", { textContent: p.label }),
+      el("td", {}, want)));
   }
   const layers = $(".layers", node);
   layers.replaceChildren();
@@ -174,6 +179,7 @@ async function showModel(key) {
       el("h4", { textContent: `${layer.layer}: ${c} maps of ${h}×${w}` }), wrap));
   }
   $(".channel", node).hidden = true;
+  $(".class-maximized", node).hidden = true;
   $(".occlusion", node).replaceChildren();
   $(".occ-status", node).textContent = "";
   $(".occ-run", node).disabled = false;
@@ -230,6 +236,8 @@ async function showChannel(key, layer, channel) {
     $(".channel-map", node).src = c.map;
     $(".channel-deconv", node).dataset.base = c.deconv;
     showProjection(node);
+    $(".channel-maximized", node).hidden = true;
+    $(".max-status", node).textContent = "";
     showTop9($(".top9", node), c.top9, layer);
   } catch (e) {
     showError(e.message);
@@ -254,36 +262,97 @@ function showTop9(box, top9, layer) {
     top9.values.map((v, i) => `${v.toFixed(2)} (${top9.images[i]})`).join(", ") }));
 }
 
-// --- occlusion -----------------------------------------------------------------------------------------
-async function runOcclusion(key) {
-  const { node } = state.panels[key];
-  const size = $(".occ-size", node).value;
-  const stride = $(".occ-stride", node).value;
-  const bar = $(".occ-progress", node);
-  const status = $(".occ-status", node);
-  const button = $(".occ-run", node);
-  const imageId = state.imageId;
-  button.disabled = true;
+// --- background jobs (occlusion, optimised images) -------------------------------------------------------
+// POST `url`, then poll the job until it ends, showing its progress; resolves to the finished job.
+async function runJob(url, bar, status, what) {
   bar.hidden = false;
   bar.removeAttribute("value"); // indeterminate until the job reports numbers
   const started = performance.now();
   try {
-    let job = await api(`/api/models/${key}/images/${imageId}/occlusion?size=${size}&stride=${stride}`, { method: "POST" });
+    let job = await api(url, { method: "POST" });
     while (job.state === "queued" || job.state === "running") {
       const seconds = ((performance.now() - started) / 1000).toFixed(1);
-      status.textContent = `${job.state}: ${job.done} of ${job.total} occluded images … ${seconds} s`;
+      status.textContent = `${job.state}: ${job.done} of ${job.total} ${what} … ${seconds} s`;
       if (job.done > 0) { bar.max = job.total; bar.value = job.done; }
       await new Promise((r) => setTimeout(r, 300));
       job = await api(`/api/jobs/${job.id}`);
     }
     if (job.state === "failed") throw new Error(job.error);
-    if (imageId === state.imageId) showOcclusion(node, job);
-    status.textContent = `${job.total} occluded images in ${((performance.now() - started) / 1000).toFixed(1)} s`;
+    status.textContent = `${job.total} ${what} in ${((performance.now() - started) / 1000).toFixed(1)} s`;
+    return job;
   } catch (e) {
     status.textContent = "";
-    showError(e.message);
+    throw e;
   } finally {
     bar.hidden = true;
+  }
+}
+
+// --- optimised images (Yosinski et al. 2015, §3) ---------------------------------------------------------
+function maximizedCaption(r) {
+  const what = r.label !== null ? `class ${r.label}` : `${r.climbed} map ${r.channel}, unit (${r.unit.join(", ")})`;
+  if (r.stuck) return `${what}: no gradient at the start, nothing to climb`;
+  const lead = r.first_top >= 0 ? `, the largest of ${r.climbed} from step ${r.first_top}` : "";
+  return `${what}: ${r.start.toFixed(2)} → ${r.best.toFixed(2)} in ${r.steps} steps${lead}`;
+}
+
+async function maximizeChannel(key) {
+  const { node } = state.panels[key];
+  const box = $(".channel", node);
+  const { layer, channel } = box.dataset;
+  const button = $(".max-run", node);
+  const img = $(".channel-maximized", node);
+  const status = $(".max-status", node);
+  button.disabled = true;
+  try {
+    const job = await runJob(`/api/models/${key}/layers/${layer}/channels/${channel}/maximize`,
+      $(".max-progress", node), status, "steps");
+    if (box.dataset.layer === layer && box.dataset.channel === channel) {
+      img.src = `/api/jobs/${job.id}/image.png`;
+      img.hidden = false;
+      status.textContent = maximizedCaption(job.result);
+    }
+  } catch (e) {
+    showError(e.message);
+  } finally {
+    button.disabled = false;
+  }
+}
+
+async function maximizeClass(key, index) {
+  const { node, data } = state.panels[key];
+  const fig = $(".class-maximized", node);
+  const img = $(".class-image", node);
+  const status = $(".class-status", node);
+  const last = data.model.classifier;
+  fig.hidden = false;
+  img.hidden = true;
+  try {
+    const job = await runJob(`/api/models/${key}/layers/${last}/channels/${index}/maximize`,
+      $(".class-progress", node), status, "steps");
+    img.src = `/api/jobs/${job.id}/image.png`;
+    img.hidden = false;
+    status.textContent = maximizedCaption(job.result);
+  } catch (e) {
+    showError(e.message);
+  }
+}
+
+// --- occlusion -----------------------------------------------------------------------------------------
+async function runOcclusion(key) {
+  const { node } = state.panels[key];
+  const size = $(".occ-size", node).value;
+  const stride = $(".occ-stride", node).value;
+  const button = $(".occ-run", node);
+  const imageId = state.imageId;
+  button.disabled = true;
+  try {
+    const job = await runJob(`/api/models/${key}/images/${imageId}/occlusion?size=${size}&stride=${stride}`,
+      $(".occ-progress", node), $(".occ-status", node), "occluded images");
+    if (imageId === state.imageId) showOcclusion(node, job);
+  } catch (e) {
+    showError(e.message);
+  } finally {
     button.disabled = false;
   }
 }
