@@ -53,7 +53,9 @@ def tiny_data(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def report(tmp_path_factory, tiny_data) -> Path:
     run = make_run(tmp_path_factory.mktemp("run"), tiny_data)
-    options = ReportOptions(top9_images=6, top9_channels=2, max_images=1, occlusion_stride=48, progress=False)
+    options = ReportOptions(
+        top9_images=6, top9_channels=2, max_images=1, occlusion_stride=48, maximize_steps=4, progress=False
+    )
     return build_report(run, options=options)
 
 
@@ -66,8 +68,8 @@ def test_report_is_one_file_with_every_picture_inline(report):
     assert report.name == "report.html"
     sources = img_sources(page)
     # summary has none; curves 1, predictions 1, filters 1, activations 1 image, top-9 2 channels × 2 grids,
-    # occlusion 1.
-    assert len(sources) == 1 + 1 + 1 + 1 + 4 + 1
+    # occlusion 1, optimised class images 1.
+    assert len(sources) == 1 + 1 + 1 + 1 + 4 + 1 + 1
     for src in sources:
         assert src.startswith("data:image/png;base64,")
         Image.open(io.BytesIO(base64.b64decode(src.split(",", 1)[1]))).verify()
@@ -87,6 +89,13 @@ def test_the_predictions_section_shows_validation_images_of_every_class_with_the
     page = report.read_text()
     section = page.split("<section id='predictions'>")[1].split("</section>")[0]
     assert "<h2>Predictions (AlexNet Fig. 4, left)</h2>" in section and len(img_sources(section)) == 1
+
+
+def test_the_optimised_images_section_climbs_every_class_when_there_are_few(report):
+    """Yosinski et al. §3 on the run's model: one image per class (3 here, fewer than the default 10)."""
+    section = report.read_text().split("<section id='maximize'>")[1].split("</section>")[0]
+    assert "<h2>Optimised class images (Yosinski et al. 2015)</h2>" in section
+    assert "4 gradient steps" in section and len(img_sources(section)) == 1
 
 
 def test_top9_is_computed_from_the_runs_validation_images_when_no_top9_folder(report):
@@ -134,6 +143,8 @@ def test_an_existing_top9_folder_is_used_and_the_cli_prints_the_path(
             "64",
             "--top9-channels",
             "1",
+            "--maximize-classes",
+            "0",
             "--quiet",
         ]
     )
@@ -142,6 +153,7 @@ def test_an_existing_top9_folder_is_used_and_the_cli_prints_the_path(
     page = out.read_text()
     assert f"from top9/conv5/ ({CLASSES * 3} images streamed)" in page
     assert "chelsea.jpg" in page
+    assert "<section id='maximize'>" not in page  # --maximize-classes 0
 
 
 @pytest.mark.parametrize(
@@ -195,7 +207,7 @@ def test_report_opens_from_disk_in_chromium_with_every_image_decoded(report):
         page.on("request", lambda r: requests.append(r.url))
         page.goto(report.resolve().as_uri())
         page.wait_for_load_state("load")
-        assert page.evaluate("document.images.length") == len(img_sources(report.read_text())) == 9
+        assert page.evaluate("document.images.length") == len(img_sources(report.read_text())) == 10
         assert undecoded_images(page) == []
         assert console.errors == []
         assert [u for u in requests if not u.startswith("data:")] == [report.resolve().as_uri()]
@@ -215,7 +227,9 @@ def test_a_run_that_has_not_finished_is_reported_with_its_newest_checkpoints_mod
         json.dumps({"model": "alexnet", "recipe": "demo", "data": str(tiny_data)})
     )
     (run / "metrics.csv").write_text(METRICS)
-    options = ReportOptions(top9_images=3, top9_channels=1, max_images=1, occlusion_stride=48, progress=False)
+    options = ReportOptions(
+        top9_images=3, top9_channels=1, max_images=1, occlusion_stride=48, maximize_classes=0, progress=False
+    )
     with caplog.at_level("WARNING", logger="alexnet.report"):
         page = build_report(run, options=options).read_text()
     assert "<title>alexnet — run run (not finished: the model of step-00000008.pt)</title>" in page

@@ -41,6 +41,15 @@ def register(sub: Any) -> None:
     )
     p.add_argument("--top9-channels", type=int, default=6, help="feature maps shown in the top-9 (default 6)")
     p.add_argument("--occlusion-stride", type=int, default=16, help="occluder stride in pixels (default 16)")
+    p.add_argument(
+        "--maximize-classes",
+        type=int,
+        default=10,
+        help="optimised images of the first N classes (Yosinski et al. 2015; default 10; 0: none)",
+    )
+    p.add_argument(
+        "--maximize-steps", type=int, default=200, help="gradient steps for those images (default 200)"
+    )
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     add_device_argument(p)
     p.set_defaults(func=run)
@@ -55,6 +64,10 @@ def run(args: argparse.Namespace) -> int:
         raise CommandError("--top9-channels must be at least 1")
     if args.occlusion_stride < 1:
         raise CommandError("--occlusion-stride must be at least 1")
+    if args.maximize_classes < 0:
+        raise CommandError("--maximize-classes must be at least 0")
+    if args.maximize_steps < 1:
+        raise CommandError("--maximize-steps must be at least 1")
     device = device_from_args(args)
     options = ReportOptions(
         images=[Path(i) for i in image_files(args.images or [])],
@@ -62,6 +75,8 @@ def run(args: argparse.Namespace) -> int:
         top9_images=args.top9_images,
         top9_channels=args.top9_channels,
         occlusion_stride=args.occlusion_stride,
+        maximize_classes=args.maximize_classes,
+        maximize_steps=args.maximize_steps,
         progress=not args.quiet,
         device=str(device),
     )

@@ -45,7 +45,7 @@ import math
 from collections.abc import Callable, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, replace
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 import torch
@@ -56,6 +56,9 @@ from alexnet.data.transforms import Normalize
 from alexnet.errors import SelectionError
 from alexnet.models import AlexNetFamily, fused
 from alexnet.models.capture import trunk_layers, walk
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 LrPolicy = Literal["rms", "constant", "progress"]
 
@@ -459,3 +462,30 @@ def for_display(model: AlexNetFamily, res: Maximized, crop: bool = True) -> list
         box, side = field.box(*res.unit), min(field.size, pixels.shape[1])
         pixels = np.stack([field_crop(p, box, side, float(p.mean())) for p in pixels])
     return list(normalize01(pixels, axis=(1, 2, 3)))
+
+
+def plot_maximized(model: AlexNetFamily, res: Maximized, per_row: int = 8) -> Figure:
+    """The images side by side (:func:`for_display`), each titled with its unit (and class name in the last
+    layer), the activation it reached and "(not top)" when the unit never led its layer."""
+    from alexnet.predict import labels_of
+    from alexnet.visualize.plot import new_figure
+
+    tiles = for_display(model, res)
+    labels = labels_of(model) if res.layer == model.layer_names()[-1] else None
+    rows = -(-len(tiles) // per_row)
+    cols = -(-len(tiles) // rows)  # rows filled evenly: ten images as two rows of five
+    fig = new_figure(2.0 * cols, 2.3 * rows + 0.4)
+    axes = fig.subplots(rows, cols, squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    for i, (ch, tile) in enumerate(zip(res.channels, tiles, strict=True)):
+        ax = axes.flat[i]
+        ax.imshow(tile)
+        name = f"{ch}" if labels is None else f"{ch} {labels[ch]}"
+        lead = "" if res.first_top[i] >= 0 else " (not top)"
+        ax.set_title(f"{name}\n{float(res.best[i]):.3g}{lead}", fontsize=8)
+    where = "" if res.unit is None else f", unit {res.unit}"
+    fig.suptitle(
+        f"{res.layer}{where}: images maximising each unit (Yosinski et al. 2015, §3), {res.steps} steps"
+    )
+    return fig

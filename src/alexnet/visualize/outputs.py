@@ -546,7 +546,6 @@ def write_maximize(
 
     from tqdm import tqdm
 
-    from alexnet.predict import labels_of
     from alexnet.visualize.maximize import (
         DEFAULT_PRESET,
         PRESETS,
@@ -554,8 +553,8 @@ def write_maximize(
         for_display,
         layer_width,
         maximize,
+        plot_maximized,
     )
-    from alexnet.visualize.plot import new_figure
 
     settings = settings or PRESETS[DEFAULT_PRESET]
     if channels is None:
@@ -576,28 +575,9 @@ def write_maximize(
             stop=stop,
         )
     stem = f"maximize_{layer}" + (f"_unit{unit[0]}-{unit[1]}" if unit is not None else "")
-    tiles = for_display(model, res)
     shown = for_display(model, res, crop=False)
-    last = layer == f"fc{model.config.fc_numbers()[-1]}"
-    labels = labels_of(model) if last else None
     out = Path(out)
-    written: list[Path] = []
-    cols = min(len(tiles), 8)
-    rows = -(-len(tiles) // cols)
-    fig = new_figure(2.0 * cols, 2.3 * rows + 0.4)
-    axes = fig.subplots(rows, cols, squeeze=False)
-    for ax in axes.flat:
-        ax.axis("off")
-    for i, (ch, tile) in enumerate(zip(res.channels, tiles, strict=True)):
-        ax = axes.flat[i]
-        ax.imshow(tile)
-        name = f"{ch}" if labels is None else f"{ch} {labels[ch]}"
-        ax.set_title(
-            f"{name}\n{float(res.best[i]):.3g}" + ("" if res.first_top[i] >= 0 else " (not top)"), fontsize=8
-        )
-    where = "" if unit is None else f", unit {unit}"
-    fig.suptitle(f"{layer}{where}: images maximising each unit (Yosinski et al. 2015, §3), {res.steps} steps")
-    written.append(save_figure(fig, out / f"{stem}.png"))
+    written = [save_figure(plot_maximized(model, res), out / f"{stem}.png")]
     for ch, image in zip(res.channels, shown, strict=True):
         written.append(save_image(image, out / f"{stem}_ch{ch}.png"))
     written.append(

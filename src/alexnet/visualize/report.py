@@ -10,7 +10,8 @@ from disk, can be mailed or archived, and makes no network request. The page gat
 * activation maps of all conv stages for a few images (:func:`~alexnet.visualize.activations.plot_all_conv_layers`);
 * deconvnet top-9 grids (ZF Fig. 2): from ``RUN/top9/<layer>/`` if ``alexnet visualize top9`` wrote one, else a
   small top-9 streamed now over a few validation images (:mod:`alexnet.visualize.topk`) — the page says which;
-* occlusion maps (ZF Fig. 7, :func:`alexnet.visualize.occlusion.occlusion`).
+* occlusion maps (ZF Fig. 7, :func:`alexnet.visualize.occlusion.occlusion`);
+* the image each of the first classes wants most (Yosinski et al. 2015, §3, :mod:`alexnet.visualize.maximize`).
 """
 
 from __future__ import annotations
@@ -56,6 +57,8 @@ class ReportOptions:
     prediction_images: int = 8  # validation images with their top-5 (AlexNet Fig. 4, left); 0: no section
     occlusion_size: int = 48
     occlusion_stride: int = 16
+    maximize_classes: int = 10  # the first classes' optimised images (Yosinski et al. 2015); 0: no section
+    maximize_steps: int = 200  # preset 3's regularisers, fewer steps than its 1000
     progress: bool = True
     device: str = "cpu"  # where the model runs (the figures are drawn from CPU copies)
 
@@ -347,6 +350,22 @@ nav a { margin-right: .8rem; }
 """
 
 
+def maximize_html(model: AlexNetFamily, opts: ReportOptions) -> str:
+    """The first ``opts.maximize_classes`` classes' optimised images: gradient ascent on each class score from the
+    mean image, regularised as Table 1's preset 3 (the DeepVis toolbox's images; docs/visualize.md)."""
+    from alexnet.visualize.maximize import maximize, plot_maximized, preset
+
+    classes = list(range(min(opts.maximize_classes, model.num_classes)))
+    res = maximize(model, model.layer_names()[-1], classes, settings=preset(3, steps=opts.maximize_steps))
+    return (
+        f"<p>For each class, the image that drives its score (before the softmax) highest: {opts.maximize_steps} "
+        "gradient steps from the mean image, with L2 decay and a Gaussian blur every 4 steps (Yosinski et al. "
+        "2015, §3, Table 1's third setting; <code>alexnet visualize maximize</code> runs all of them). Under each, "
+        "the score it reached.</p>"
+        + _img(figure_uri(plot_maximized(model, res), dpi=70), "optimised class images")
+    )
+
+
 def build_report(
     run_dir: str | Path, out: str | Path | None = None, options: ReportOptions | None = None
 ) -> Path:
@@ -387,7 +406,16 @@ def build_report(
     sections: list[tuple[str, str, str]] = []  # (id, title, html)
     with fallback_images(max(opts.max_images, 10) if root is None else 0) as fallback:
         images = list(opts.images) or validation_images(root, opts.max_images) or fallback[: opts.max_images]
-        steps = ["summary", "curves", "predictions", "filters", "activations", "top9", "occlusion"]
+        steps = [
+            "summary",
+            "curves",
+            "predictions",
+            "filters",
+            "activations",
+            "top9",
+            "occlusion",
+            "maximize",
+        ]
         bar = tqdm(total=len(steps), desc="report", disable=not opts.progress)
 
         sections.append(("summary", "Parameters and computation per layer", summary_html(model)))
@@ -464,6 +492,12 @@ def build_report(
                 + "".join(occ),
             )
         )
+        bar.update()
+
+        if opts.maximize_classes > 0:
+            sections.append(
+                ("maximize", "Optimised class images (Yosinski et al. 2015)", maximize_html(model, opts))
+            )
         bar.update()
         bar.close()
 
