@@ -241,6 +241,12 @@ def test_a_dead_rectified_unit_is_reported_stuck() -> None:
     assert res.stuck.tolist() == [True, False]
 
 
+def test_a_callers_inference_mode_does_not_stop_the_ascent(model) -> None:
+    with torch.inference_mode():
+        res = mx.maximize(model, "fc8", [2], settings=mx.preset(3, steps=3, lr=20.0))
+    assert res.best[0] > res.objective[0, 0]
+
+
 def test_the_model_is_left_as_it_was(model) -> None:
     model.train()
     mx.maximize(model, "fc8", [0], settings=mx.preset(3, steps=2))

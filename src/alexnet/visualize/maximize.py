@@ -397,19 +397,20 @@ def _ascend(
 ) -> dict[str, torch.Tensor]:
     """The ascent for one batch of units, all starting at ``start`` (mean-subtracted pixels): the fields of
     :class:`Maximized` that have one row per unit, on the CPU."""
-    param = next(model.parameters())
-    device, dtype = param.device, param.dtype
-    mean = to_input.mean.to(device, dtype)
-    n = len(channels)
-    x = start.to(device, dtype).expand(n, -1, -1, -1).clone()
-    wanted = torch.tensor(channels, device=device)
-    best = torch.full((n,), -math.inf, device=device, dtype=dtype)
-    best_step = torch.zeros(n, dtype=torch.long, device=device)
-    best_x = x.clone()
-    first_top = torch.full((n,), -1, dtype=torch.long, device=device)
-    stuck = torch.zeros(n, dtype=torch.bool, device=device)
-    curve: list[torch.Tensor] = []
+    # everything made inside: a caller's inference mode would make the state tensors unusable for autograd
     with _frozen(model), torch.inference_mode(False), torch.enable_grad():
+        param = next(model.parameters())
+        device, dtype = param.device, param.dtype
+        mean = to_input.mean.to(device, dtype)
+        n = len(channels)
+        x = start.to(device, dtype).expand(n, -1, -1, -1).clone()
+        wanted = torch.tensor(channels, device=device)
+        best = torch.full((n,), -math.inf, device=device, dtype=dtype)
+        best_step = torch.zeros(n, dtype=torch.long, device=device)
+        best_x = x.clone()
+        first_top = torch.full((n,), -1, dtype=torch.long, device=device)
+        stuck = torch.zeros(n, dtype=torch.bool, device=device)
+        curve: list[torch.Tensor] = []
         for step in range(settings.steps):
             # 0. back into 0–255 (the toolbox's crop at the top of each step)
             x = (x + mean).clamp(0.0, 255.0) - mean
