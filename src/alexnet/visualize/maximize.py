@@ -170,8 +170,8 @@ def _reflect(x: torch.Tensor, r: int, dim: int) -> torch.Tensor:
 def gaussian_blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
     """Blur each channel of an N×C×H×W batch with a Gaussian of width ``sigma`` pixels, as the toolbox's
     ``scipy.ndimage.gaussian_filter`` does (same kernel, same mirrored edges); ``sigma`` 0: unchanged. Separable,
-    as weighted sums of shifted views: oneDNN's convolution of one channel with a 9-tap kernel took 25 ms per pass
-    on a batch of 8 AlexNet images, these sums a few (docs/performance.md, session 33)."""
+    as weighted sums of shifted views: oneDNN's one-channel convolutions with 9-tap kernels took 58 ms to blur 8
+    AlexNet images on the 2-core test machine, these sums 8 ms (docs/performance.md, session 33)."""
     if sigma <= 0:
         return x
     k = gaussian_kernel(sigma).tolist()
