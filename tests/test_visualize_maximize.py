@@ -16,29 +16,18 @@ import torch
 
 import alexnet
 from alexnet.cli import main
-from alexnet.data.preprocess import Preprocessing
 from alexnet.errors import LayerNotFound, SelectionError
 from alexnet.predict import mean_image_of, normalize_crop, preprocessing_of
 from alexnet.visualize import maximize as mx
 from alexnet.weights import WeightsMeta, save_weights
+from test_api_transforms import CAFFE_MEAN_IMAGE, _mean_image  # Caffe's BGR ×255 minus a varying mean image
 
-CAFFE_MEAN_IMAGE = Preprocessing(
-    input_size=227,
-    resize=256,
-    mean=(104.0, 117.0, 123.0),
-    std=(1.0, 1.0, 1.0),
-    channel_order="BGR",
-    pixel_scale=255.0,
-    mean_image=True,
-)
 QUICK = mx.preset(3, steps=12)
 
 
 def _caffe_model() -> alexnet.AlexNetFamily:
     model = alexnet.create_model("caffenet", num_classes=10)
-    ramp = torch.linspace(60.0, 150.0, 256)
-    mean = torch.stack([ramp[:, None] + ramp[None, :] * k for k in (0.5, 1.0, 1.5)])
-    model.weights_meta = WeightsMeta(preprocessing=CAFFE_MEAN_IMAGE, tensors={"mean_image": mean})
+    model.weights_meta = WeightsMeta(preprocessing=CAFFE_MEAN_IMAGE, tensors={"mean_image": _mean_image()})
     return model
 
 

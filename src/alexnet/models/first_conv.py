@@ -173,27 +173,15 @@ def image_grad_applies(conv: nn.Conv2d, x: torch.Tensor) -> bool:
     )
 
 
-class _ImageGradConv(torch.autograd.Function):
-    @staticmethod
-    def forward(  # type: ignore[override]
-        ctx: torch.autograd.function.FunctionCtx,
-        x: torch.Tensor,
-        weight: torch.Tensor,
-        bias: torch.Tensor | None,
-        stride: tuple[int, int],
-        padding: tuple[int, int],
-    ) -> torch.Tensor:
-        ctx.save_for_backward(x, weight)
-        ctx.geometry = (stride, padding)  # type: ignore[attr-defined]
-        return F.conv2d(x, weight, bias, stride, padding)
+class _ImageGradConv(_FirstConv):
+    """:class:`_FirstConv`'s forward; the image's gradient only, by :func:`strided_transpose`."""
 
     @staticmethod
     def backward(ctx: torch.autograd.function.FunctionCtx, grad: torch.Tensor) -> tuple:  # type: ignore[override]
         x, weight = ctx.saved_tensors  # type: ignore[attr-defined]
-        stride, padding = ctx.geometry  # type: ignore[attr-defined]
-        if torch.is_grad_enabled() or eager.transformed(
-            grad
-        ):  # double backward: ATen's differentiable formula
+        stride, padding, _ = ctx.geometry  # type: ignore[attr-defined]
+        if torch.is_grad_enabled() or eager.transformed(grad):
+            # double backward (a gradient penalty): ATen's differentiable formula
             dx = torch.ops.aten.convolution_backward(
                 grad, x, weight, None, stride, padding, (1, 1), False, (0, 0), 1, (True, False, False)
             )[0]
