@@ -306,6 +306,22 @@ def test_a_feature_map_unit_is_named_in_the_files(capsys, weights: Path, tmp_pat
     assert (tmp_path / "maximize_conv3_unit4-5_ch0.png").is_file()
 
 
+def test_a_dead_unit_is_named_with_the_layer_to_climb_instead(capsys, tmp_path: Path) -> None:
+    model = alexnet.create_model("alexnet", num_classes=10)
+    with torch.no_grad():
+        model.layer("conv1").bias[5] = -1e4
+    weights = save_weights(model, tmp_path / "dead.safetensors")
+    code, out, err = _run(
+        capsys, "--weights", str(weights), "--layer", "relu1", "--channels", "5", "--steps", "2",
+        "--out", str(tmp_path / "out"),
+    )  # fmt: skip
+    assert code == 0, err
+    assert (
+        out.splitlines()[0]
+        == "relu1 5: no gradient at the start (a rectified unit at 0): climb conv1 instead"
+    )
+
+
 @pytest.mark.parametrize(
     ("args", "message"),
     [

@@ -467,9 +467,11 @@ def _maximize(model: Any, args: argparse.Namespace) -> list[Path]:
     for i, ch in enumerate(res.channels):
         name = f"{layer} {ch}" + (f" ({labels[ch]})" if labels is not None else "")
         if bool(res.stuck[i]):
-            print(
-                f"{name}: no gradient at the start (a rectified unit at 0): choose the layer before its ReLU"
+            names = model.layer_names()
+            before = (
+                names[names.index(layer) - 1] if layer.startswith("relu") else "the layer before its ReLU"
             )
+            print(f"{name}: no gradient at the start (a rectified unit at 0): climb {before} instead")
             continue
         led = int(res.first_top[i])
         lead = f"the largest of {layer} from step {led}" if led >= 0 else f"never the largest of {layer}"
