@@ -329,6 +329,7 @@ def test_a_dead_unit_is_named_with_the_layer_to_climb_instead(capsys, tmp_path: 
         (["--layer", "conv5", "--unit", "20,1"], "outside conv5's 13×13 map"),
         (["--decay", "1.5"], "decay must be in [0, 1)"),
         (["--steps", "0"], "--steps must be at least 1"),
+        (["--blur-radius", "500"], "a blur of width 500 px reaches 2000 px, beyond the 227-px image"),
         (["--layer", "fc99"], "no layer 'fc99'"),
     ],
 )

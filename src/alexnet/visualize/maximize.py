@@ -315,6 +315,16 @@ def check_selection(
     return unit
 
 
+def check_settings(model: AlexNetFamily, settings: Regularization) -> None:
+    """:class:`SelectionError` for settings the model's images cannot take: a blur wider than the image."""
+    size = model.default_input_size
+    reach = int(4.0 * settings.blur_radius + 0.5)  # the blur kernel's radius (gaussian_kernel)
+    if settings.blur_every and reach > size:
+        raise SelectionError(
+            f"a blur of width {settings.blur_radius:g} px reaches {reach} px, beyond the {size}-px image"
+        )
+
+
 def _objective(
     acts: torch.Tensor, channels: torch.Tensor, unit: tuple[int, int] | None
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -358,6 +368,7 @@ def maximize(
     unit = check_selection(model, layer, channels, unit)
     from alexnet.predict import mean_image_of, preprocessing_of
 
+    check_settings(model, settings)
     size = model.default_input_size
     to_input = PixelInput(preprocessing_of(model), mean_image_of(model), size)
     gen = torch.Generator().manual_seed(seed)

@@ -550,6 +550,7 @@ def write_maximize(
         DEFAULT_PRESET,
         PRESETS,
         check_selection,
+        check_settings,
         for_display,
         layer_width,
         maximize,
@@ -561,6 +562,7 @@ def write_maximize(
         channels = range(min(8, layer_width(model, layer)))
     channels = list(channels)
     unit = check_selection(model, layer, channels, unit)
+    check_settings(model, settings)  # before the progress bar starts
     chunks = -(-len(channels) // (batch_size or len(channels)))
     with tqdm(total=settings.steps * chunks, desc=f"maximize {layer}", disable=not progress) as bar:
         res = maximize(
