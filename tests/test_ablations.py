@@ -368,6 +368,27 @@ def test_summary_tables_the_ablated_network(capsys: pytest.CaptureFixture[str]) 
     assert code == 2 and "cannot remove pool5" in err
 
 
+def test_summary_sets_each_model_beside_its_ablation_with_original(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """ZF Table 3's row "removed layers 3, 4" next to ZFNet itself: the removed layers' rows are blank."""
+    code, out, err = _alexnet(
+        capsys, "summary", "--compare", "zfnet", "--remove", "conv3,conv4", "--with-original"
+    )
+    assert code == 0, err
+    lines = out.splitlines()
+    assert lines[0].split("|")[1:] == [
+        " zfnet (224)".ljust(36),
+        " zfnet (without conv3, conv4) (224)".ljust(35),
+    ]
+    conv3 = next(line for line in lines if line.startswith("conv3"))
+    assert "885,120" in conv3.split("|")[1] and conv3.split("|")[2].strip() == "—"
+    params = next(line for line in lines if line.startswith("params"))
+    assert [c.strip() for c in params.split("|")[1:]] == ["62,357,608", "59,850,088"]
+    code, _, err = _alexnet(capsys, "summary", "zfnet", "--no-lrn", "--with-original")
+    assert code == 2 and "use it with --compare" in err
+
+
 def test_non_overlapping_pooling_asked_of_a_network_that_has_it_is_refused() -> None:
     flat = get_config("alexnet").with_overrides(pool_kernel=2)
     with pytest.raises(ModelOptionError, match="2×2 at stride 2 already"):

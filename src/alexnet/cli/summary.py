@@ -40,11 +40,16 @@ def register(sub: Any) -> None:
     )
     ablation.add_argument("--fc-width", type=int, metavar="N", help="fc6 and fc7 N units wide")
     ablation.add_argument("--one-tower", action="store_true", help="AlexNet's one-GPU net (§3.2)")
+    ablation.add_argument(
+        "--with-original",
+        action="store_true",
+        help="with --compare: each model also as it is, beside its ablation",
+    )
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    from alexnet.analysis import compare_table, summarize, summary_table
+    from alexnet.analysis import compare_table, summary_table
     from alexnet.models import ablate, build_model, get_config
 
     names = list(args.models) + list(args.compare or [])
@@ -52,6 +57,8 @@ def run(args: argparse.Namespace) -> int:
         raise CommandError("name at least one model (see alexnet models)")
     if args.input_size is not None and not 32 <= args.input_size <= 1024:
         raise CommandError(f"--input-size {args.input_size} is out of range (32–1024)")
+    if args.with_original and not args.compare:
+        raise CommandError("--with-original sets a model beside its ablation: use it with --compare")
     summaries = []
     for name in dict.fromkeys(names):
         config = ablate(
@@ -62,13 +69,9 @@ def run(args: argparse.Namespace) -> int:
             fc_width=args.fc_width,
             one_tower=args.one_tower,
         )
-        model = build_model(config)
-        try:
-            summaries.append(summarize(model, args.input_size))
-        except (RuntimeError, InputSizeError) as e:
-            raise CommandError(
-                f"{name} cannot take a {args.input_size}px input: {str(e).splitlines()[0]}"
-            ) from None
+        configs = [get_config(name), config] if args.with_original and config.ablation else [config]
+        for config in configs:
+            summaries.append(_summary(build_model(config), name, args.input_size))
     if args.json:
         data = [s.to_dict() for s in summaries]
         print(json.dumps(data[0] if len(data) == 1 else data, indent=2))
@@ -77,3 +80,12 @@ def run(args: argparse.Namespace) -> int:
     else:
         print("\n\n".join(summary_table(s) for s in summaries))
     return 0
+
+
+def _summary(model: Any, name: str, input_size: int | None) -> Any:
+    from alexnet.analysis import summarize
+
+    try:
+        return summarize(model, input_size)
+    except (RuntimeError, InputSizeError) as e:
+        raise CommandError(f"{name} cannot take a {input_size}px input: {str(e).splitlines()[0]}") from None
