@@ -450,6 +450,24 @@ def test_visualisations_on_cuda_compute_what_they_compute_on_the_cpu(photo_root,
     torch.testing.assert_close(g_gpu.features, g_cpu.features, rtol=1e-4, atol=1e-4)
 
 
+def test_an_optimised_image_on_cuda_climbs_as_on_the_cpu():
+    """Yosinski et al. §3 on the GPU: the first step's activation is the CPU's (the same start), the unit rises,
+    the pixels stay in 0–255. The paths part after a few steps (near-ties in a max-pool; tests say why)."""
+    import copy
+
+    from alexnet.visualize.maximize import maximize, preset
+
+    torch.manual_seed(0)
+    cpu = create_model("alexnet", num_classes=10, init="pytorch").eval()
+    gpu = copy.deepcopy(cpu).to(CUDA)
+    settings = preset(3, steps=20, lr=20.0)
+    a, b = maximize(cpu, "fc8", [1, 4], settings=settings), maximize(gpu, "fc8", [1, 4], settings=settings)
+    assert b.pixels.device.type == "cpu"
+    torch.testing.assert_close(b.objective[:, 0], a.objective[:, 0], rtol=1e-3, atol=1e-4)
+    assert (b.best > b.objective[:, 0]).all() and (b.first_top >= 0).all()
+    assert b.pixels.min() >= 0 and b.pixels.max() <= 255
+
+
 def test_a_linear_probe_on_cuda_scores_what_it_scores_on_the_cpu(photo_root, tmp_path):
     """ZF Table 7 with the features and both classifiers (float64 products, Cholesky, L-BFGS) on the GPU."""
     import copy
