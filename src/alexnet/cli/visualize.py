@@ -1,5 +1,5 @@
 """``alexnet visualize <kind>``: activation maps, filters, deconvnet, top-9, occlusion, evolution, invariance,
-retrieval, predictions, correspondence, optimised images (maximize). Each kind writes PNGs and the numbers behind
+retrieval, predictions, correspondence, Grad-CAM, optimised images (maximize). Each kind writes PNGs and the numbers behind
 them (.npz / .json) into ``--out`` and prints the paths (correspondence prints its table first)."""
 
 from __future__ import annotations
@@ -34,6 +34,8 @@ KINDS = {
     "retrieval": "nearest training images by the last hidden layer's activations (relu7; AlexNet Fig. 4)",
     "predictions": "images with their five most probable labels as bars, the correct one red (AlexNet Fig. 4, "
     "left)",
+    "gradcam": "Grad-CAM: where a class's score comes from, at a conv layer's resolution (Selvaraju et al. 2017, "
+    "§3), over the image",
     "maximize": "images that drive chosen units highest, by regularised gradient ascent (Yosinski et al. 2015, "
     "§3: the DeepVis toolbox's optimised images)",
     "correspondence": "does masking the same part of several images change the features alike? (ZF §4.2, "
@@ -124,7 +126,7 @@ def register(sub: Any) -> None:
         sub,
         "visualize",
         "look inside a model: activations, filters, deconvnet, top-9, occlusion, evolution, invariance, retrieval, "
-        "predictions, correspondence, maximize",
+        "predictions, correspondence, gradcam, maximize",
         "Figures of AlexNet §6 / Fig. 3–4, Zeiler & Fergus §2–4 / Figs. 2–8 and Table 1, and Yosinski et al.'s "
         "optimised images for any registered model. Each kind writes PNGs plus the numbers behind them "
         "(.npz / .json) into --out and prints the paths.",
@@ -254,6 +256,18 @@ def register(sub: Any) -> None:
     k.add_argument(
         "--draws", type=int, default=10, help="random squares per image for the baseline (default 10)"
     )
+
+    k = kinds.add_parser(
+        "gradcam",
+        help=KINDS["gradcam"],
+        description="Selvaraju et al., 'Grad-CAM' (ICCV 2017), §3: the gradient of a class's score (before the "
+        "softmax) with respect to a conv layer's maps, averaged over each map, weighs the maps; their weighted sum, "
+        "rectified and upsampled, shows where in the image the class's evidence lies. One forward and one backward "
+        "pass: a companion to occlusion's hundreds of forward passes (ZF Fig. 7).",
+    )
+    _common(k)
+    k.add_argument("--layer", help="conv-trunk layer (default the last conv stage's ReLU output, relu5)")
+    k.add_argument("--target", type=int, help="class index to explain (default: each image's top class)")
 
     k = kinds.add_parser(
         "maximize",
@@ -402,6 +416,8 @@ def run(args: argparse.Namespace) -> int:
         paths = outputs.write_invariance(model, args.images, args.out, args.target)
     elif kind == "predictions":
         paths = outputs.write_predictions(model, args.images, args.out, targets=args.targets, topk=args.topk)
+    elif kind == "gradcam":
+        paths = outputs.write_gradcam(model, args.images, args.out, args.layer, args.target)
     elif kind == "maximize":
         paths = _maximize(model, args)
     elif kind == "correspondence":

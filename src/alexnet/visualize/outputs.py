@@ -250,6 +250,57 @@ def write_occlusion(
     return written
 
 
+def write_gradcam(
+    model: AlexNetFamily,
+    images: Sequence[str | Path],
+    out: str | Path,
+    layer: str | None = None,
+    target: int | None = None,
+) -> list[Path]:
+    """Grad-CAM (Selvaraju et al. 2017, §3; :mod:`alexnet.visualize.gradcam`) per image, for ``target`` (default
+    each image's top class): ``<image>_gradcam.png`` (the crop, and the map over it) and ``<image>_gradcam.npz``
+    (``map`` at the layer's resolution, ``upsampled`` to the crop, ``weights`` α per feature map, ``target``,
+    ``score``, ``probability``, ``layer``, ``image``)."""
+    from alexnet.models.capture import check_trunk_layer
+    from alexnet.predict import labels_of
+    from alexnet.visualize.gradcam import default_layer, gradcam, plot_gradcam
+
+    layer = layer or default_layer(model)
+    check_trunk_layer(model, layer)  # before any image is read
+    if target is not None and not 0 <= target < model.num_classes:
+        raise SelectionError(f"class {target} is out of range (0–{model.num_classes - 1})")
+    labels = labels_of(model)
+    out = Path(out)
+    written: list[Path] = []
+    for path, stem in zip(images, _stems(images), strict=True):
+        p = prepare(model, path)
+        x = p.tensor.unsqueeze(0)
+        cam = gradcam(model, x, layer, target)
+        with torch.inference_mode():
+            probability = float(
+                torch.softmax(model.eval()(x.to(next(model.parameters()).device)), 1)[0, cam.targets[0]]
+            )
+        heat = cam.upsampled(tuple(x.shape[-2:]))[0]
+        c = int(cam.targets[0])
+        label = f"Grad-CAM at {layer}: {labels[c]} ({c}), p = {probability:.3f}"
+        fig = plot_gradcam(uint8_to_float(p.crop), heat.numpy(), Path(str(path)).name, label)
+        written.append(save_figure(fig, out / f"{stem}_gradcam.png"))
+        written.append(
+            save_npz(
+                out / f"{stem}_gradcam.npz",
+                map=cam.maps[0].numpy(),
+                upsampled=heat.numpy(),
+                weights=cam.weights[0].numpy(),
+                target=c,
+                score=float(cam.scores[0]),
+                probability=probability,
+                layer=layer,
+                image=str(path),
+            )
+        )
+    return written
+
+
 def write_top9(
     model: AlexNetFamily,
     data: str | Path,

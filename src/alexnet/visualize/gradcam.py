@@ -1,0 +1,133 @@
+"""Grad-CAM: where in the image a class's score comes from, at one conv layer's resolution.
+
+Selvaraju, Cogswell, Das, Vedantam, Parikh & Batra, "Grad-CAM: Visual Explanations from Deep Networks via
+Gradient-based Localization" (ICCV 2017), §3: for the score ``y^c`` of class ``c`` *before the softmax* and the
+feature maps ``A^k`` of a convolutional layer,
+
+    α_k^c = (1/Z) Σ_i Σ_j ∂y^c / ∂A^k_ij          (Eq. 1: the gradient, global-average-pooled per map)
+    L^c   = ReLU(Σ_k α_k^c A^k)                   (Eq. 2: only what speaks *for* the class)
+
+and the map is upsampled to the image by bilinear interpolation (§3.1). The layer is by default the last conv
+stage's rectified output (``relu5``: 13×13 in AlexNet), as the paper takes "the last convolutional layer".
+
+For these networks it sits beside ZF's occlusion maps (Fig. 7, :mod:`.occlusion`): both answer "which part of the
+image does the class depend on", occlusion by hundreds of forward passes, Grad-CAM by one forward and one
+backward pass from the layer up. Captum's ``LayerGradCam`` computes the same numbers (tested).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from alexnet.errors import SelectionError
+from alexnet.models import AlexNetFamily
+from alexnet.models.capture import check_trunk_layer, walk
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+
+
+@dataclass
+class GradCam:
+    """Grad-CAM of a batch, on the CPU: ``maps`` N×h×w at the layer's resolution (Eq. 2), ``weights`` N×K (Eq. 1),
+    ``targets`` N (the class explained), ``scores`` N (its score before the softmax)."""
+
+    layer: str
+    maps: torch.Tensor
+    weights: torch.Tensor
+    targets: torch.Tensor
+    scores: torch.Tensor
+
+    def upsampled(self, size: int | tuple[int, int]) -> torch.Tensor:
+        """The maps at the image's size (N×H×W), by bilinear interpolation (§3.1)."""
+        return F.interpolate(self.maps[:, None], size=size, mode="bilinear", align_corners=False)[:, 0]
+
+
+def default_layer(model: AlexNetFamily) -> str:
+    """The last conv stage's rectified output (``relu5`` in the papers' networks)."""
+    return f"relu{model.config.conv_numbers()[-1]}"
+
+
+def _head_from(model: AlexNetFamily, layer: str, acts: torch.Tensor) -> torch.Tensor:
+    """The network from just after ``layer`` to the class scores, on ``acts``, in eval mode. Out of place: the
+    ReLUs are in-place modules, and ``acts`` is the leaf the gradient is asked for."""
+    names = model.layer_names()
+    x = acts
+    for name in names[names.index(layer) + 1 :]:
+        module = model.layer(name)
+        if isinstance(module, nn.Linear) and x.ndim > 2:
+            x = torch.flatten(x, 1)
+        x = F.relu(x) if isinstance(module, nn.ReLU) else module(x)
+    return x
+
+
+def gradcam(
+    model: AlexNetFamily,
+    images: torch.Tensor,
+    layer: str | None = None,
+    target: int | list[int] | torch.Tensor | None = None,
+) -> GradCam:
+    """Grad-CAM (module docstring) of a normalised batch N×3×H×W (or one 3×H×W image) at a conv-trunk ``layer``
+    (default :func:`default_layer`), for class ``target`` (one for all images, or one per image; default each
+    image's top class). Runs on the model's device in eval mode; the model is left as it was."""
+    if images.ndim == 3:
+        images = images.unsqueeze(0)
+    model.check_input(images, classify=True)
+    layer = layer or default_layer(model)
+    check_trunk_layer(model, layer)
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.inference_mode(False), torch.no_grad():
+            acts, _ = walk(model, images.to(device), layer)
+            acts = acts.clone(memory_format=torch.contiguous_format)
+        with torch.inference_mode(False), torch.enable_grad():
+            acts.requires_grad_(True)
+            logits = _head_from(model, layer, acts)
+            targets = _targets(target, logits)
+            scores = logits.gather(1, targets[:, None])[:, 0]
+            (grads,) = torch.autograd.grad(scores.sum(), acts)
+    finally:
+        model.train(was_training)
+    weights = grads.mean(dim=(2, 3))  # Eq. 1
+    maps = F.relu((weights[:, :, None, None] * acts.detach()).sum(1))  # Eq. 2
+    return GradCam(layer, maps.cpu(), weights.cpu(), targets.cpu(), scores.detach().cpu())
+
+
+def _targets(target: int | list[int] | torch.Tensor | None, logits: torch.Tensor) -> torch.Tensor:
+    n, classes = logits.shape
+    if target is None:
+        return logits.detach().argmax(1)
+    t = torch.as_tensor(target, device=logits.device).long().flatten()
+    if t.numel() == 1:
+        t = t.expand(n)
+    if t.numel() != n:
+        raise SelectionError(f"{t.numel()} targets for {n} images: give one, or one per image")
+    bad = t[(t < 0) | (t >= classes)]
+    if bad.numel():
+        raise SelectionError(f"class {int(bad[0])} is out of range (0–{classes - 1})")
+    return t.clone()
+
+
+def plot_gradcam(image: np.ndarray, heat: np.ndarray, title: str, label: str) -> Figure:
+    """The network's input crop (H×W×3, 0–1) beside it with the upsampled map (H×W) laid over it in the jet
+    colour map, as the paper's Fig. 1 (c) shows it."""
+    from alexnet.visualize.plot import new_figure, normalize01
+
+    fig = new_figure(10, 5.3)
+    ax0, ax1 = fig.subplots(1, 2)
+    ax0.imshow(image)
+    ax0.set_title(title)
+    ax1.imshow(image)
+    ax1.imshow(normalize01(heat), cmap="jet", alpha=0.5, vmin=0, vmax=1)
+    ax1.set_title(label)
+    for ax in (ax0, ax1):
+        ax.axis("off")
+    return fig

@@ -1,0 +1,155 @@
+"""Grad-CAM (Selvaraju et al. 2017, §3; ``alexnet.visualize.gradcam`` and ``alexnet visualize gradcam``): Eq. 1's
+weights and Eq. 2's map against Captum's ``LayerGradCam`` and against the formulas on captured maps, targets,
+the upsampling, the model left alone, and bad input."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+import alexnet
+from alexnet.cli import main
+from alexnet.errors import LayerNotFound, SelectionError
+from alexnet.models.capture import capture
+from alexnet.visualize.gradcam import default_layer, gradcam
+from alexnet.weights import WeightsMeta, save_weights
+
+
+def _model(name: str) -> alexnet.AlexNetFamily:
+    """PyTorch's init: the paper's N(0, 0.01) leaves a random network's gradients near the float32 floor."""
+    torch.manual_seed(0)
+    return alexnet.create_model(name, num_classes=10, init="pytorch").eval()
+
+
+@pytest.mark.parametrize("name", ["alexnet", "alexnet_owt", "zfnet", "caffenet"])
+@pytest.mark.parametrize("layer", ["relu5", "conv3", "pool2"])
+def test_grad_cam_is_captums_layer_grad_cam(name: str, layer: str) -> None:
+    captum_attr = pytest.importorskip("captum.attr")
+    model = _model(name)
+    x = torch.randn(2, 3, model.default_input_size, model.default_input_size)
+    ours = gradcam(model, x, layer, target=[3, 7])
+    theirs = captum_attr.LayerGradCam(model, model.layer(layer)).attribute(
+        x, target=[3, 7], relu_attributions=True
+    )
+    assert ours.maps.shape == theirs[:, 0].shape
+    scale = max(float(theirs.detach().abs().max()), 1e-30)
+    assert float((ours.maps - theirs[:, 0].detach()).abs().max()) <= 1e-4 * scale
+
+
+def test_the_map_is_eq_2_on_the_layers_own_maps_with_eq_1s_weights() -> None:
+    """Eq. 2: ReLU(Σ_k α_k A^k) with A the captured maps; Eq. 1: α the spatial mean of ∂y^c/∂A, here checked by
+    a finite difference of the score along one map's direction."""
+    model = _model("alexnet")
+    x = torch.randn(1, 3, 227, 227)
+    cam = gradcam(model, x)
+    assert cam.layer == default_layer(model) == "relu5"
+    acts = capture(model, x, ["relu5"])["relu5"]
+    expected = F.relu((cam.weights[:, :, None, None] * acts).sum(1))
+    torch.testing.assert_close(cam.maps, expected, rtol=1e-4, atol=1e-6 * float(expected.abs().max()))
+    # α_k · Z = the score's change per unit added to every element of map k (the head is a function of relu5)
+    from alexnet.visualize.gradcam import _head_from
+
+    k, eps = int(cam.weights[0].abs().argmax()), 1e-6  # small: no ReLU of the head may switch
+    with torch.no_grad():
+        bumped = acts.double().clone()
+        bumped[:, k] += eps
+        head = model.double()
+        try:
+            up = _head_from(head, "relu5", bumped)[0, cam.targets[0]]
+            base = _head_from(head, "relu5", acts.double())[0, cam.targets[0]]
+        finally:
+            model.float()
+    z = acts.shape[-1] * acts.shape[-2]
+    assert float((up - base) / eps / z) == pytest.approx(float(cam.weights[0, k]), rel=1e-3)
+
+
+def test_the_default_target_is_each_images_top_class_and_one_target_serves_all() -> None:
+    model = _model("alexnet")
+    x = torch.randn(3, 3, 227, 227)
+    with torch.no_grad():
+        top = model(x).argmax(1)
+    assert torch.equal(gradcam(model, x).targets, top)
+    assert gradcam(model, x, target=4).targets.tolist() == [4, 4, 4]
+    one = gradcam(model, x[1], target=2)  # one unbatched image
+    assert one.maps.shape == (1, 13, 13)
+
+
+def test_upsampling_reaches_the_image_size_bilinearly() -> None:
+    model = _model("zfnet")
+    cam = gradcam(model, torch.randn(1, 3, 224, 224))
+    big = cam.upsampled(224)
+    assert big.shape == (1, 224, 224)
+    assert (
+        float(big.min()) >= float(cam.maps.min()) - 1e-6 and float(big.max()) <= float(cam.maps.max()) + 1e-6
+    )
+
+
+def test_the_model_is_left_as_it_was() -> None:
+    model = _model("alexnet").train()
+    gradcam(model, torch.randn(1, 3, 227, 227))
+    assert model.training and all(p.grad is None for p in model.parameters())
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error", "message"),
+    [
+        (dict(target=10), SelectionError, r"class 10 is out of range \(0–9\)"),
+        (dict(target=[1, 2, 3]), SelectionError, "3 targets for 2 images"),
+        (dict(layer="fc7"), LayerNotFound, "not in the convolutional trunk"),
+        (dict(layer="conv9"), LayerNotFound, "valid layers"),
+    ],
+)
+def test_a_target_or_layer_the_model_lacks_is_one_clear_error(kwargs, error, message) -> None:
+    with pytest.raises(error, match=message):
+        gradcam(_model("alexnet"), torch.randn(2, 3, 227, 227), **kwargs)
+
+
+# --- the command ----------------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("gradcam") / "model.safetensors"
+    save_weights(_model("alexnet"), path, WeightsMeta(classes=[f"class{i}" for i in range(10)]))
+    return path
+
+
+def _run(capsys, *args: str) -> tuple[int, str, str]:
+    try:
+        code = main(["visualize", "gradcam", *args])
+    except SystemExit as e:
+        code = int(e.code or 0)
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_the_command_writes_the_overlay_and_the_numbers(
+    capsys, weights: Path, chelsea_jpeg: Path, tmp_path
+) -> None:
+    code, out, err = _run(
+        capsys, "--weights", str(weights), str(chelsea_jpeg), "--target", "6", "--out", str(tmp_path)
+    )
+    assert code == 0, err
+    assert out.split() == [str(tmp_path / "chelsea_gradcam.png"), str(tmp_path / "chelsea_gradcam.npz")]
+    saved = np.load(tmp_path / "chelsea_gradcam.npz")
+    assert saved["map"].shape == (13, 13) and saved["upsampled"].shape == (227, 227)
+    assert saved["weights"].shape == (256,) and int(saved["target"]) == 6 and str(saved["layer"]) == "relu5"
+    assert 0 < float(saved["probability"]) < 1
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--target", "12"], "class 12 is out of range"),
+        (["--layer", "fc6"], "not in the convolutional trunk"),
+    ],
+)
+def test_bad_input_is_one_line_and_exit_code_2(
+    capsys, weights, chelsea_jpeg, tmp_path, args, message
+) -> None:
+    out = tmp_path / "out"
+    code, _, err = _run(capsys, "--weights", str(weights), str(chelsea_jpeg), "--out", str(out), *args)
+    assert code == 2 and message in err and len(err.strip().splitlines()) == 1
+    assert not out.exists() or not any(out.iterdir())
