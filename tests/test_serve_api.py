@@ -370,6 +370,24 @@ def test_a_class_optimised_image_names_its_class(client):
     assert decode_png(client.get(f"/api/jobs/{job['id']}/image.png").content).shape == (227, 227, 3)
 
 
+def test_grad_cam_of_a_class_is_the_librarys_over_the_crop(client, chelsea_id):
+    """Selvaraju et al. 2017 for the image on the page: the PNG is the library's map, upsampled and laid over the
+    network's input crop; a class the model lacks is a 400 with the library's message."""
+    from alexnet.visualize.gradcam import gradcam, overlay
+    from alexnet.visualize.plot import uint8_to_float
+
+    r = client.get(f"/api/models/a/images/{chelsea_id}/gradcam.png?target=281")
+    assert r.status_code == 200, r.text
+    png = decode_png(r.content)
+    a = client.app.state.server.analysis("a", chelsea_id)
+    model = client.app.state.server.slot("a").model
+    heat = gradcam(model, a.x, target=281).upsampled((227, 227))[0].numpy()
+    expected = (np.clip(overlay(uint8_to_float(a.crop), heat), 0, 1) * 255).round().astype(np.uint8)
+    assert png.shape == (227, 227, 3) and np.abs(png.astype(int) - expected.astype(int)).max() <= 1
+    bad = client.get(f"/api/models/a/images/{chelsea_id}/gradcam.png?target=1000")
+    assert bad.status_code == 400 and "class 1000 is out of range" in bad.json()["error"]
+
+
 @pytest.mark.parametrize(
     ("url", "status", "message"),
     [

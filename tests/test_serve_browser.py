@@ -75,6 +75,8 @@ def test_pick_sample_click_channel_shows_its_deconv_without_console_errors(brows
     page.locator("[data-model='a'] .predictions .class-run").first.click()
     page.wait_for_function(image_ready("[data-model='a'] .class-image"), timeout=120_000)
     assert page.inner_text("[data-model='a'] .class-status").startswith("class ")
+    page.locator("[data-model='a'] .predictions .class-where-run").first.click()  # Grad-CAM of the top class
+    page.wait_for_function(image_ready("[data-model='a'] .class-where"), timeout=60_000)
 
     page.click("[data-model='a'] .occ-run")
     for panel in ("activation", "projection", "probability", "labels"):

@@ -1,7 +1,7 @@
 """The web app: a FastAPI application over :class:`~alexnet.serve.state.ServerState`.
 
 Every endpoint calls the visualisation library (:mod:`alexnet.visualize`) — capture, activation grids, the
-deconvnet, occlusion, top-9, optimised images — and the analysis table (:func:`alexnet.analysis.summarize`); nothing is computed
+deconvnet, occlusion, top-9, Grad-CAM, optimised images — and the analysis table (:func:`alexnet.analysis.summarize`); nothing is computed
 twice in a different way here. Errors a person can fix come back as ``4xx`` JSON ``{"error": "..."}`` (the page
 shows the message), and no request can take the server down.
 
@@ -305,6 +305,24 @@ def create_app(
             return render.projection_png(projection, slot.preprocessing)
 
         return _png(a.pngs.get_or_create(("deconv", layer, channel, rule), make))
+
+    # --- Grad-CAM of a class for this image (Selvaraju et al. 2017) ---------------------------------------
+    @app.get("/api/models/{key}/images/{image_id}/gradcam.png")
+    def gradcam_png(key: str, image_id: str, target: int) -> Response:
+        """Where this image's evidence for class ``target`` lies: Grad-CAM at the last conv stage's ReLU over the
+        network's input crop (:mod:`alexnet.visualize.gradcam`)."""
+        from alexnet.visualize.gradcam import gradcam, overlay
+        from alexnet.visualize.plot import uint8_to_float
+
+        slot = state.slot(key)
+        a = _analysis(key, image_id)
+
+        def make() -> bytes:
+            cam = gradcam(slot.model, a.x, target=target)
+            heat = cam.upsampled(tuple(a.x.shape[-2:]))[0].numpy()
+            return render.png(overlay(uint8_to_float(a.crop), heat))
+
+        return _png(a.pngs.get_or_create(("gradcam", target), make))
 
     # --- optimised images (Yosinski et al. 2015, §3), as a polled job -------------------------------------
     @app.post("/api/models/{key}/layers/{layer}/channels/{channel}/maximize")

@@ -116,6 +116,17 @@ def _targets(target: int | list[int] | torch.Tensor | None, logits: torch.Tensor
     return t.clone()
 
 
+def overlay(image: np.ndarray, heat: np.ndarray, alpha: float = 0.5) -> np.ndarray:
+    """The map (H×W, min–max scaled) in the jet colour map blended over the image (H×W×3, 0–1): what
+    :func:`plot_gradcam` draws, as one array (the browser's picture)."""
+    from matplotlib import colormaps
+
+    from alexnet.visualize.plot import normalize01
+
+    colours = colormaps["jet"](normalize01(heat.astype(np.float32)))[..., :3]
+    return ((1 - alpha) * image + alpha * colours).astype(np.float32)
+
+
 def plot_gradcam(image: np.ndarray, heat: np.ndarray, title: str, label: str) -> Figure:
     """The network's input crop (H×W×3, 0–1) beside it with the upsampled map (H×W) laid over it in the jet
     colour map, as the paper's Fig. 1 (c) shows it."""

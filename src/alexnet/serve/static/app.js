@@ -156,11 +156,14 @@ async function showModel(key) {
     const want = el("button", { type: "button", className: "class-run", textContent: "image",
       title: `optimise the image ${p.label} wants most (Yosinski et al. 2015, §3)` });
     want.addEventListener("click", () => maximizeClass(key, p.index));
+    const where = el("button", { type: "button", className: "class-where-run", textContent: "where",
+      title: `Grad-CAM: where this image's evidence for ${p.label} lies (Selvaraju et al. 2017)` });
+    where.addEventListener("click", () => showGradcam(key, p.index, p.label));
     rows.append(el("tr", {},
       el("td", { className: "num", textContent: (100 * p.probability).toFixed(1) + "%" }),
       el("td", {}, bar),
       el("td", { textContent: p.label }),
-      el("td", {}, want)));
+      el("td", {}, where, " ", want)));
   }
   const layers = $(".layers", node);
   layers.replaceChildren();
@@ -180,6 +183,7 @@ async function showModel(key) {
   }
   $(".channel", node).hidden = true;
   $(".class-maximized", node).hidden = true;
+  $(".class-gradcam", node).hidden = true;
   $(".occlusion", node).replaceChildren();
   $(".occ-status", node).textContent = "";
   $(".occ-run", node).disabled = false;
@@ -317,6 +321,16 @@ async function maximizeChannel(key) {
   } finally {
     button.disabled = false;
   }
+}
+
+// Grad-CAM (Selvaraju et al. 2017) of one class for the image shown: one request, a PNG.
+function showGradcam(key, index, label) {
+  const { node } = state.panels[key];
+  const img = $(".class-where", node);
+  img.onerror = () => showError(`Grad-CAM of ${label} failed`);
+  img.src = `/api/models/${key}/images/${state.imageId}/gradcam.png?target=${index}`;
+  $(".class-where-caption", node).textContent = `Grad-CAM at the last conv layer: where the evidence for ${label} lies`;
+  $(".class-gradcam", node).hidden = false;
 }
 
 async function maximizeClass(key, index) {
