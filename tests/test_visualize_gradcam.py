@@ -71,8 +71,13 @@ def test_the_default_target_is_each_images_top_class_and_one_target_serves_all()
     model = _model("alexnet")
     x = torch.randn(3, 3, 227, 227)
     with torch.no_grad():
-        top = model(x).argmax(1)
-    assert torch.equal(gradcam(model, x).targets, top)
+        logits = model(x)
+    cam = gradcam(model, x)
+    assert torch.equal(cam.targets, logits.argmax(1))
+    torch.testing.assert_close(cam.scores, logits.max(1).values, rtol=1e-4, atol=1e-6)
+    torch.testing.assert_close(
+        cam.probabilities, torch.softmax(logits, 1).max(1).values, rtol=1e-4, atol=1e-6
+    )
     assert gradcam(model, x, target=4).targets.tolist() == [4, 4, 4]
     one = gradcam(model, x[1], target=2)  # one unbatched image
     assert one.maps.shape == (1, 13, 13)

@@ -1,8 +1,8 @@
 """The web app: a FastAPI application over :class:`~alexnet.serve.state.ServerState`.
 
 Every endpoint calls the visualisation library (:mod:`alexnet.visualize`) — capture, activation grids, the
-deconvnet, occlusion, top-9, Grad-CAM, optimised images — and the analysis table (:func:`alexnet.analysis.summarize`); nothing is computed
-twice in a different way here. Errors a person can fix come back as ``4xx`` JSON ``{"error": "..."}`` (the page
+deconvnet, occlusion, top-9, Grad-CAM, optimised images — and the analysis table
+(:func:`alexnet.analysis.summarize`); nothing is computed twice in a different way here. Errors a person can fix come back as ``4xx`` JSON ``{"error": "..."}`` (the page
 shows the message), and no request can take the server down.
 
 Safety: the client never names a file-system path (samples by id, images by content hash, top-9 patches by

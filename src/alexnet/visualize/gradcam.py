@@ -36,13 +36,14 @@ if TYPE_CHECKING:
 @dataclass
 class GradCam:
     """Grad-CAM of a batch, on the CPU: ``maps`` N×h×w at the layer's resolution (Eq. 2), ``weights`` N×K (Eq. 1),
-    ``targets`` N (the class explained), ``scores`` N (its score before the softmax)."""
+    ``targets`` N (the class explained), ``scores`` N (its score before the softmax), ``probabilities`` N (after)."""
 
     layer: str
     maps: torch.Tensor
     weights: torch.Tensor
     targets: torch.Tensor
     scores: torch.Tensor
+    probabilities: torch.Tensor
 
     def upsampled(self, size: int | tuple[int, int]) -> torch.Tensor:
         """The maps at the image's size (N×H×W), by bilinear interpolation (§3.1)."""
@@ -94,11 +95,14 @@ def gradcam(
             targets = _targets(target, logits)
             scores = logits.gather(1, targets[:, None])[:, 0]
             (grads,) = torch.autograd.grad(scores.sum(), acts)
+            probabilities = torch.softmax(logits.detach(), 1).gather(1, targets[:, None])[:, 0]
     finally:
         model.train(was_training)
     weights = grads.mean(dim=(2, 3))  # Eq. 1
     maps = F.relu((weights[:, :, None, None] * acts.detach()).sum(1))  # Eq. 2
-    return GradCam(layer, maps.cpu(), weights.cpu(), targets.cpu(), scores.detach().cpu())
+    return GradCam(
+        layer, maps.cpu(), weights.cpu(), targets.cpu(), scores.detach().cpu(), probabilities.cpu()
+    )
 
 
 def _targets(target: int | list[int] | torch.Tensor | None, logits: torch.Tensor) -> torch.Tensor:

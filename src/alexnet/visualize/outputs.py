@@ -276,10 +276,7 @@ def write_gradcam(
         p = prepare(model, path)
         x = p.tensor.unsqueeze(0)
         cam = gradcam(model, x, layer, target)
-        with torch.inference_mode():
-            probability = float(
-                torch.softmax(model.eval()(x.to(next(model.parameters()).device)), 1)[0, cam.targets[0]]
-            )
+        probability = float(cam.probabilities[0])
         heat = cam.upsampled(tuple(x.shape[-2:]))[0]
         c = int(cam.targets[0])
         label = f"Grad-CAM at {layer}: {labels[c]} ({c}), p = {probability:.3f}"
