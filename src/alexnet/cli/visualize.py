@@ -1,6 +1,6 @@
 """``alexnet visualize <kind>``: activation maps, filters, deconvnet, top-9, occlusion, evolution, invariance,
-retrieval, predictions, correspondence, Grad-CAM, optimised images (maximize). Each kind writes PNGs and the numbers behind
-them (.npz / .json) into ``--out`` and prints the paths (correspondence prints its table first)."""
+retrieval, predictions, correspondence, Grad-CAM, optimised images (maximize). Each kind writes PNGs and the
+numbers behind them (.npz / .json) into ``--out`` and prints the paths (correspondence prints its table first)."""
 
 from __future__ import annotations
 
@@ -127,8 +127,8 @@ def register(sub: Any) -> None:
         "visualize",
         "look inside a model: activations, filters, deconvnet, top-9, occlusion, evolution, invariance, retrieval, "
         "predictions, correspondence, gradcam, maximize",
-        "Figures of AlexNet §6 / Fig. 3–4, Zeiler & Fergus §2–4 / Figs. 2–8 and Table 1, and Yosinski et al.'s "
-        "optimised images for any registered model. Each kind writes PNGs plus the numbers behind them "
+        "Figures of AlexNet §6 / Fig. 3–4, Zeiler & Fergus §2–4 / Figs. 2–8 and Table 1, Selvaraju et al.'s "
+        "Grad-CAM and Yosinski et al.'s optimised images for any registered model. Each kind writes PNGs plus the numbers behind them "
         "(.npz / .json) into --out and prints the paths.",
     )
     kinds = p.add_subparsers(dest="kind", metavar="KIND", parser_class=ArgumentParser)
