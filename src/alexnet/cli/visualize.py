@@ -448,7 +448,7 @@ def _maximize(model: Any, args: argparse.Namespace) -> list[Path]:
     then the files; Ctrl-C writes the best images so far."""
     from alexnet.predict import labels_of
     from alexnet.stopping import StopSignals
-    from alexnet.visualize.maximize import layer_width, preset
+    from alexnet.visualize.maximize import default_channels, preset
     from alexnet.visualize.outputs import write_maximize
 
     settings = preset(
@@ -464,7 +464,7 @@ def _maximize(model: Any, args: argparse.Namespace) -> list[Path]:
         contribution_percentile=args.contribution_percentile,
     )
     layer = args.layer or model.layer_names()[-1]
-    channels = args.channels or list(range(min(8, layer_width(model, layer))))
+    channels = args.channels or default_channels(model, layer)
     signals = StopSignals("stopping after this step, with the best images so far written")
     with signals:
         paths, res = write_maximize(

@@ -36,6 +36,16 @@ from alexnet.models import eager, native
 MAX_IN_CHANNELS = 4  # beyond a few channels oneDNN's own kernels are the fast ones
 
 
+def _plain_geometry(conv: nn.Conv2d) -> bool:
+    """No dilation and zero numeric padding: the geometry every kernel of this module and its users takes."""
+    return conv.dilation == (1, 1) and conv.padding_mode == "zeros" and not isinstance(conv.padding, str)
+
+
+def _switched_on() -> bool:
+    """``ALEXNET_FIRST_CONV`` is not 0 (the A/B switch of this module's paths)."""
+    return os.environ.get("ALEXNET_FIRST_CONV", "1") != "0"
+
+
 def trains_on_cpu(conv: nn.Conv2d, x: torch.Tensor) -> bool:
     """What every CPU training kernel for a conv's gradients asks (this module, :mod:`.first_stage`,
     :mod:`.conv_stage`): eager autograd on a plain channels-last float32 ``x``, no CPU autocast, a weight that needs
@@ -49,9 +59,7 @@ def trains_on_cpu(conv: nn.Conv2d, x: torch.Tensor) -> bool:
         and x.device.type == "cpu"
         and x.dtype == weight.dtype == torch.float32
         and x.dim() == 4
-        and conv.dilation == (1, 1)
-        and conv.padding_mode == "zeros"
-        and not isinstance(conv.padding, str)
+        and _plain_geometry(conv)
         and x.is_contiguous(memory_format=torch.channels_last)
         and not torch.is_autocast_enabled("cpu")
         and native.weight_grad_kernel() is not None
@@ -65,7 +73,7 @@ def applies(conv: nn.Conv2d, x: torch.Tensor) -> bool:
         and x.shape[1] <= MAX_IN_CHANNELS
         and conv.weight.shape[0] % 16 == 0
         and conv.groups == 1
-        and os.environ.get("ALEXNET_FIRST_CONV", "1") != "0"
+        and _switched_on()
     )
 
 
@@ -164,12 +172,10 @@ def image_grad_applies(conv: nn.Conv2d, x: torch.Tensor) -> bool:
         and x.dim() == 4
         and x.shape[1] <= MAX_IN_CHANNELS
         and conv.groups == 1
-        and conv.dilation == (1, 1)
-        and conv.padding_mode == "zeros"
-        and not isinstance(conv.padding, str)
+        and _plain_geometry(conv)
         and conv.stride != (1, 1)
         and not torch.is_autocast_enabled("cpu")
-        and os.environ.get("ALEXNET_FIRST_CONV", "1") != "0"
+        and _switched_on()
     )
 
 

@@ -227,32 +227,22 @@ def clip_small_contribution(x: torch.Tensor, grad: torch.Tensor, pct: float) -> 
 
 
 # --- pixels → the model's input -------------------------------------------------------------------------------
-def _mean_pixels(pre: Preprocessing, mean_image: torch.Tensor | None, size: int) -> torch.Tensor:
-    """The 3×S×S RGB image in 0–255 that the model's preprocessing maps to zero: its per-pixel mean image's centre
-    (AlexNet §2), or its per-channel mean everywhere."""
-    if pre.mean_image and mean_image is not None:
-        from torchvision.transforms.v2 import functional as TF
-
-        m = TF.center_crop(mean_image.float(), [size, size])
-    else:
-        m = torch.tensor(pre.mean, dtype=torch.float32).view(3, 1, 1).expand(3, size, size)
-    if pre.channel_order == "BGR":
-        m = m.flip(0)
-    return (m * (255.0 / pre.pixel_scale)).contiguous()
-
-
 class PixelInput:
     """RGB pixels in 0–255 (float, N×3×S×S) → the model's input, differentiably: the same numbers as the model's
-    own evaluation transform gives a uint8 crop (tested)."""
+    own evaluation transform gives a uint8 crop (tested). ``mean``: the 3×S×S RGB pixels it maps to zero, its
+    per-pixel mean image's centre (AlexNet §2) or its per-channel mean everywhere."""
 
     def __init__(self, pre: Preprocessing, mean_image: torch.Tensor | None, size: int) -> None:
-        mean = None
+        centre = None
         if pre.mean_image and mean_image is not None:
             from torchvision.transforms.v2 import functional as TF
 
-            mean = TF.center_crop(mean_image.float(), [size, size])
-        self.normalize = Normalize(pre, mean)
-        self.mean = _mean_pixels(pre, mean_image, size)
+            centre = TF.center_crop(mean_image.float(), [size, size])
+        self.normalize = Normalize(pre, centre)
+        m = centre if centre is not None else torch.tensor(pre.mean).view(3, 1, 1).expand(3, size, size)
+        if pre.channel_order == "BGR":
+            m = m.flip(0)
+        self.mean = (m * (255.0 / pre.pixel_scale)).contiguous()
 
     def __call__(self, pixels: torch.Tensor) -> torch.Tensor:
         return self.normalize(pixels / 255.0)
@@ -285,6 +275,11 @@ def layer_width(model: AlexNetFamily, layer: str) -> int:
     """Channels of a feature map, or units of a fully connected layer, of ``layer``'s output."""
     model.layer(layer)
     return _layer_output_shape(model, layer, model.default_input_size)[0]
+
+
+def default_channels(model: AlexNetFamily, layer: str) -> list[int]:
+    """The units climbed when none are named: the layer's first 8 (fewer when it has fewer)."""
+    return list(range(min(8, layer_width(model, layer))))
 
 
 def check_selection(

@@ -599,16 +599,14 @@ def write_maximize(
         PRESETS,
         check_selection,
         check_settings,
+        default_channels,
         for_display,
-        layer_width,
         maximize,
         plot_maximized,
     )
 
     settings = settings or PRESETS[DEFAULT_PRESET]
-    if channels is None:
-        channels = range(min(8, layer_width(model, layer)))
-    channels = list(channels)
+    channels = default_channels(model, layer) if channels is None else list(channels)
     unit = check_selection(model, layer, channels, unit)
     check_settings(model, settings)  # before the progress bar starts
     chunks = -(-len(channels) // (batch_size or len(channels)))

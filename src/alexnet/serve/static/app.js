@@ -300,22 +300,25 @@ function maximizedCaption(r) {
   return `${what}: ${r.start.toFixed(2)} → ${r.best.toFixed(2)} in ${r.steps} steps${lead}`;
 }
 
+// Climb one unit of `layer` (a map's or a class's) as a job and show its image under `img`, unless `current()`
+// says the page has moved on meanwhile.
+async function runMaximize(key, layer, index, img, bar, status, current = () => true) {
+  const job = await runJob(`/api/models/${key}/layers/${layer}/channels/${index}/maximize`, bar, status, "steps");
+  if (!current()) return;
+  img.src = `/api/jobs/${job.id}/image.png`;
+  img.hidden = false;
+  status.textContent = maximizedCaption(job.result);
+}
+
 async function maximizeChannel(key) {
   const { node } = state.panels[key];
   const box = $(".channel", node);
   const { layer, channel } = box.dataset;
   const button = $(".max-run", node);
-  const img = $(".channel-maximized", node);
-  const status = $(".max-status", node);
   button.disabled = true;
   try {
-    const job = await runJob(`/api/models/${key}/layers/${layer}/channels/${channel}/maximize`,
-      $(".max-progress", node), status, "steps");
-    if (box.dataset.layer === layer && box.dataset.channel === channel) {
-      img.src = `/api/jobs/${job.id}/image.png`;
-      img.hidden = false;
-      status.textContent = maximizedCaption(job.result);
-    }
+    await runMaximize(key, layer, channel, $(".channel-maximized", node), $(".max-progress", node),
+      $(".max-status", node), () => box.dataset.layer === layer && box.dataset.channel === channel);
   } catch (e) {
     showError(e.message);
   } finally {
@@ -335,18 +338,11 @@ function showGradcam(key, index, label) {
 
 async function maximizeClass(key, index) {
   const { node, data } = state.panels[key];
-  const fig = $(".class-maximized", node);
   const img = $(".class-image", node);
-  const status = $(".class-status", node);
-  const last = data.model.classifier;
-  fig.hidden = false;
+  $(".class-maximized", node).hidden = false;
   img.hidden = true;
   try {
-    const job = await runJob(`/api/models/${key}/layers/${last}/channels/${index}/maximize`,
-      $(".class-progress", node), status, "steps");
-    img.src = `/api/jobs/${job.id}/image.png`;
-    img.hidden = false;
-    status.textContent = maximizedCaption(job.result);
+    await runMaximize(key, data.model.classifier, index, img, $(".class-progress", node), $(".class-status", node));
   } catch (e) {
     showError(e.message);
   }
