@@ -10,11 +10,13 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from PIL import Image
 
 import alexnet
 from alexnet.cli import main
 from alexnet.errors import LayerNotFound, SelectionError
 from alexnet.models.capture import capture
+from alexnet.visualize.deconvnet import class_projection
 from alexnet.visualize.gradcam import default_layer, gradcam
 from alexnet.weights import WeightsMeta, save_weights
 
@@ -38,6 +40,38 @@ def test_grad_cam_is_captums_layer_grad_cam(name: str, layer: str) -> None:
     assert ours.maps.shape == theirs[:, 0].shape
     scale = max(float(theirs.detach().abs().max()), 1e-30)
     assert float((ours.maps - theirs[:, 0].detach()).abs().max()) <= 1e-4 * scale
+
+
+@pytest.mark.filterwarnings("ignore:Setting backward hooks on ReLU:UserWarning")
+@pytest.mark.filterwarnings("ignore:Input Tensor .* did not already require gradients:UserWarning")
+@pytest.mark.parametrize("name", ["alexnet", "alexnet_owt", "zfnet", "caffenet"])
+@pytest.mark.parametrize("layer", ["relu5", "conv3"])
+def test_guided_grad_cam_is_captums_with_bilinear_upsampling(name: str, layer: str) -> None:
+    """§3 "Guided Grad-CAM": guided backpropagation × the upsampled map. In float64, where a random zfnet's
+    max-pool near-ties cannot part two float32 paths."""
+    captum_attr = pytest.importorskip("captum.attr")
+    model = _model(name).double()
+    x = torch.randn(2, 3, model.default_input_size, model.default_input_size, dtype=torch.float64)
+    cam = gradcam(model, x, layer, target=[3, 7], guided=True)
+    theirs = (
+        captum_attr.GuidedGradCam(model, model.layer(layer))
+        .attribute(x, target=[3, 7], interpolate_mode="bilinear")
+        .detach()
+    )
+    ours = cam.guided_gradcam()
+    assert ours.shape == theirs.shape == x.shape
+    assert float((ours - theirs).abs().max()) <= 1e-10 * float(theirs.abs().max())
+    # the product's factors: the same classes' guided backpropagation, and the map at the image's size
+    expected = class_projection(model, x, [3, 7], "guided").images
+    torch.testing.assert_close(cam.guided, expected)
+    torch.testing.assert_close(ours, expected * cam.upsampled(x.shape[-2:])[:, None])
+
+
+def test_guided_grad_cam_needs_the_guided_backpropagation() -> None:
+    cam = gradcam(_model("alexnet"), torch.randn(1, 3, 227, 227))
+    assert cam.guided is None
+    with pytest.raises(ValueError, match="guided=True"):
+        cam.guided_gradcam()
 
 
 def test_the_map_is_eq_2_on_the_layers_own_maps_with_eq_1s_weights() -> None:
@@ -142,6 +176,24 @@ def test_the_command_writes_the_overlay_and_the_numbers(
     assert saved["map"].shape == (13, 13) and saved["upsampled"].shape == (227, 227)
     assert saved["weights"].shape == (256,) and int(saved["target"]) == 6 and str(saved["layer"]) == "relu5"
     assert 0 < float(saved["probability"]) < 1
+    assert "guided" not in saved and "guided_gradcam" not in saved
+
+
+def test_the_command_with_guided_adds_fig_1s_guided_panels_and_their_numbers(
+    capsys, weights: Path, chelsea_jpeg: Path, tmp_path
+) -> None:
+    code, _, err = _run(
+        capsys, "--weights", str(weights), str(chelsea_jpeg), "--guided", "--out", str(tmp_path)
+    )
+    assert code == 0, err
+    saved = np.load(tmp_path / "chelsea_gradcam.npz")
+    guided, product, heat = saved["guided"], saved["guided_gradcam"], saved["upsampled"]
+    assert guided.shape == product.shape == (3, 227, 227) and np.abs(guided).max() > 0
+    np.testing.assert_allclose(product, guided * heat[None], rtol=1e-6, atol=1e-12)
+    with Image.open(
+        tmp_path / "chelsea_gradcam.png"
+    ) as png:  # four panels: twice the two-panel figure's width
+        assert png.width == 2000
 
 
 @pytest.mark.parametrize(

@@ -268,6 +268,11 @@ def register(sub: Any) -> None:
     _common(k)
     k.add_argument("--layer", help="conv-trunk layer (default the last conv stage's ReLU output, relu5)")
     k.add_argument("--target", type=int, help="class index to explain (default: each image's top class)")
+    k.add_argument(
+        "--guided",
+        action="store_true",
+        help="also the class's guided backpropagation and Guided Grad-CAM (their product; §3, Fig. 1 (b)-(d))",
+    )
 
     k = kinds.add_parser(
         "maximize",
@@ -417,7 +422,7 @@ def run(args: argparse.Namespace) -> int:
     elif kind == "predictions":
         paths = outputs.write_predictions(model, args.images, args.out, targets=args.targets, topk=args.topk)
     elif kind == "gradcam":
-        paths = outputs.write_gradcam(model, args.images, args.out, args.layer, args.target)
+        paths = outputs.write_gradcam(model, args.images, args.out, args.layer, args.target, args.guided)
     elif kind == "maximize":
         paths = _maximize(model, args)
     elif kind == "correspondence":

@@ -1,5 +1,6 @@
-"""Looking inside: activations, filters, ZF's deconvnet, top-9 patches, occlusion, evolution, invariance, retrieval,
-optimised images (:mod:`.maximize`).
+"""Looking inside: activations, filters, ZF's deconvnet (and a class score's projection: saliency, guided
+backpropagation), top-9 patches, occlusion, evolution, invariance, retrieval, Grad-CAM (:mod:`.gradcam`), optimised
+images (:mod:`.maximize`).
 
 Importing this package is cheap: matplotlib is imported only by the functions that draw.
 """
@@ -13,16 +14,25 @@ from alexnet.visualize.activations import (
     plot_all_conv_layers,
     top_channels,
 )
-from alexnet.visualize.deconvnet import StrongestProjection, deconvnet, deconvnet_strongest
+from alexnet.visualize.deconvnet import (
+    ClassProjection,
+    StrongestProjection,
+    class_projection,
+    deconvnet,
+    deconvnet_strongest,
+    saliency_map,
+)
 from alexnet.visualize.occlusion import OcclusionResult, occlusion, plot_occlusion
 
 __all__ = [
+    "ClassProjection",
     "OcclusionResult",
     "Prepared",
     "SelectionError",
     "StrongestProjection",
     "activation_grid",
     "capture",
+    "class_projection",
     "deconvnet",
     "deconvnet_strongest",
     "occlusion",
@@ -30,5 +40,6 @@ __all__ = [
     "plot_all_conv_layers",
     "plot_occlusion",
     "prepare",
+    "saliency_map",
     "top_channels",
 ]

@@ -29,6 +29,11 @@ comparing the deconvnet's pictures with theirs:
   (ICLR 2014 workshop, §4), who note that the deconvnet is this gradient but for the ReLU.
 * ``"guided"``: both, ``relu(grad) · [x > 0]``, and the LRN's true backward: Springenberg et al.'s guided
   backpropagation ("Striving for simplicity", ICLR 2015 workshop), proposed as a sharper deconvnet.
+
+:func:`class_projection` starts the same downward pass from a class's score (before the softmax) instead of a
+feature map and carries it through the classifier first (a linear layer's transpose, dropout off, the ReLUs by
+the rule): under ``"gradient"`` Simonyan et al.'s image-specific class saliency (§3.1), under ``"guided"`` the
+guided backpropagation that Grad-CAM multiplies by its map (Selvaraju et al. 2017, §3, "Guided Grad-CAM").
 """
 
 from __future__ import annotations
@@ -62,6 +67,7 @@ class _Step:
     input_size: tuple[int, int]
     switches: torch.Tensor | None = None
     kept: torch.Tensor | None = None
+    shape: torch.Size | None = None  # a linear layer's input shape, before the flatten of pool5's maps
 
 
 def check_rule(rule: str) -> None:
@@ -71,15 +77,18 @@ def check_rule(rule: str) -> None:
 
 
 def _forward_record(
-    model: AlexNetFamily, images: torch.Tensor, layer: str, rule: str = "deconvnet"
+    model: AlexNetFamily, images: torch.Tensor, layer: str | None, rule: str = "deconvnet"
 ) -> tuple[torch.Tensor, list[_Step]]:
-    """Forward through the trunk up to ``layer``, recording input sizes and the max-pool switches (and what
-    ``rule`` needs besides)."""
+    """Forward up to ``layer`` (``None``: through the classifier to the class scores), recording input sizes and
+    the max-pool switches (and what ``rule`` needs besides)."""
     steps: list[_Step] = []
     x = images.to(next(model.parameters()).device)
     for name, module in model.named_layers():
         size = (int(x.shape[-2]), int(x.shape[-1]))
-        if isinstance(module, nn.MaxPool2d):
+        if isinstance(module, nn.Linear):
+            steps.append(_Step(module, size, shape=x.shape))
+            x = module(torch.flatten(x, 1))
+        elif isinstance(module, nn.MaxPool2d):
             k, s, p, d = (
                 _pair(v) for v in (module.kernel_size, module.stride, module.padding, module.dilation)
             )
@@ -96,6 +105,8 @@ def _forward_record(
             steps.append(_Step(module, size))
         if name == layer:
             return x, steps
+    if layer is None:
+        return x, steps
     raise AssertionError("layer checked by check_trunk_layer")
 
 
@@ -129,12 +140,16 @@ def _down(y: torch.Tensor, steps: list[_Step], rule: str = "deconvnet") -> torch
             y = y if step.kept is None else y * step.kept  # the forward on/off pattern (gradient, guided)
         elif isinstance(m, nn.Conv2d):
             y = _transpose_conv(y, m, step.input_size)
+        elif isinstance(m, nn.Linear):
+            assert step.shape is not None
+            y = (y @ m.weight.to(y.dtype)).view(step.shape)  # the transpose; fc6's back to pool5's maps
         elif step.kept is not None:  # an LRN under the gradient and guided rules: its true backward
             # autograd outside the caller's inference mode, on copies made there (inference tensors have none)
             with torch.inference_mode(False), torch.enable_grad():
                 x = step.kept.clone().requires_grad_(True)
                 (y,) = torch.autograd.grad(m(x), x, y.clone())
-        # deconvnet: the LRN is not inverted, the signal passes through (see the module docstring).
+        # deconvnet: the LRN is not inverted, the signal passes through (see the module docstring); dropout is
+        # off (eval mode), so it passes through too.
     return y
 
 
@@ -234,3 +249,63 @@ def deconvnet_strongest(
         mask[torch.arange(len(acts)), channel, flat] = 1.0
         proj = _down(acts * mask.view_as(acts), steps, rule)
         return StrongestProjection(proj.cpu(), units.cpu(), values.cpu())
+
+
+class ClassProjection(NamedTuple):
+    """Per image: a class score's projection to pixels, the class, and its score before the softmax."""
+
+    images: torch.Tensor  # N×3×H×W
+    targets: torch.Tensor  # N
+    scores: torch.Tensor  # N
+
+
+def class_targets(target: int | list[int] | torch.Tensor | None, logits: torch.Tensor) -> torch.Tensor:
+    """The class per image: ``target`` (one for all, or one per image) checked against ``logits`` (N×classes),
+    or each image's top class when ``None``; :class:`SelectionError` for a wrong count or an unknown class."""
+    n, classes = logits.shape
+    if target is None:
+        return logits.detach().argmax(1)
+    t = torch.as_tensor(target, device=logits.device).long().flatten()
+    if t.numel() == 1:
+        t = t.expand(n)
+    if t.numel() != n:
+        raise SelectionError(f"{t.numel()} targets for {n} images: give one, or one per image")
+    bad = t[(t < 0) | (t >= classes)]
+    if bad.numel():
+        raise SelectionError(f"class {int(bad[0])} is out of range (0–{classes - 1})")
+    return t.clone()
+
+
+def class_projection(
+    model: AlexNetFamily,
+    images: torch.Tensor,
+    target: int | list[int] | torch.Tensor | None = None,
+    rule: str = "guided",
+) -> ClassProjection:
+    """Project the score (before the softmax) of class ``target`` (one for all images, one per image, or by
+    default each image's top class) down to pixels through the whole network, by ``rule`` (module docstring):
+    ``"gradient"`` is Simonyan, Vedaldi & Zisserman's class saliency (ICLR 2014 workshop, §3.1: the score's
+    gradient with respect to the image; their map is its largest magnitude over the colour channels,
+    :func:`saliency_map`), ``"guided"`` Springenberg et al.'s guided backpropagation of the class (default),
+    ``"deconvnet"`` ZF's rules carried through the classifier.
+
+    ``images``: a normalised batch N×3×H×W (or one 3×H×W image) of the size the classifier reads. Runs on the
+    model's device in eval mode; returns on the CPU, in the input's units."""
+    check_rule(rule)
+    if images.ndim == 3:
+        images = images.unsqueeze(0)
+    model.check_input(images, classify=True)
+    with evaluating(model):
+        logits, steps = _forward_record(model, images, None, rule)
+        targets = class_targets(target, logits)
+        onehot = torch.zeros_like(logits)
+        onehot[torch.arange(len(logits)), targets] = 1.0
+        pixels = _down(onehot, steps, rule)
+        scores = logits.gather(1, targets[:, None])[:, 0]
+        return ClassProjection(pixels.cpu(), targets.cpu(), scores.cpu())
+
+
+def saliency_map(pixels: torch.Tensor) -> torch.Tensor:
+    """Simonyan et al. §3.1: a projection's (N×3×H×W, or 3×H×W) largest magnitude over the colour channels,
+    N×H×W (or H×W)."""
+    return pixels.abs().amax(dim=-3)

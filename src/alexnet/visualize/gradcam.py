@@ -13,6 +13,12 @@ stage's rectified output (``relu5``: 13×13 in AlexNet), as the paper takes "the
 For these networks it sits beside ZF's occlusion maps (Fig. 7, :mod:`.occlusion`): both answer "which part of the
 image does the class depend on", occlusion by hundreds of forward passes, Grad-CAM by one forward and one
 backward pass from the layer up. Captum's ``LayerGradCam`` computes the same numbers (tested).
+
+**Guided Grad-CAM** (§3, "Guided Grad-CAM"; Fig. 1 (b)–(d)): the map is coarse (13×13 for AlexNet's conv5), so
+the paper multiplies the upsampled map pointwise with the class's guided backpropagation (Springenberg et al.
+2015; :func:`alexnet.visualize.deconvnet.class_projection`), which is sharp but hardly tells one class from
+another: ``gradcam(..., guided=True)`` and :meth:`GradCam.guided_gradcam`. Captum's ``GuidedGradCam`` with
+bilinear upsampling computes the same numbers (tested).
 """
 
 from __future__ import annotations
@@ -25,9 +31,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from alexnet.errors import SelectionError
 from alexnet.models import AlexNetFamily
 from alexnet.models.capture import check_trunk_layer, walk
+from alexnet.visualize.deconvnet import class_projection, class_targets
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -44,10 +50,17 @@ class GradCam:
     targets: torch.Tensor
     scores: torch.Tensor
     probabilities: torch.Tensor
+    guided: torch.Tensor | None = None  # with guided=True: the classes' guided backpropagation, N×3×H×W
 
     def upsampled(self, size: int | tuple[int, int]) -> torch.Tensor:
         """The maps at the image's size (N×H×W), by bilinear interpolation (§3.1)."""
         return F.interpolate(self.maps[:, None], size=size, mode="bilinear", align_corners=False)[:, 0]
+
+    def guided_gradcam(self) -> torch.Tensor:
+        """Guided Grad-CAM (§3): the guided backpropagation times the map upsampled to the image, N×3×H×W."""
+        if self.guided is None:
+            raise ValueError("Guided Grad-CAM needs gradcam(..., guided=True)")
+        return self.guided * self.upsampled(tuple(self.guided.shape[-2:]))[:, None]
 
 
 def default_layer(model: AlexNetFamily) -> str:
@@ -73,10 +86,12 @@ def gradcam(
     images: torch.Tensor,
     layer: str | None = None,
     target: int | list[int] | torch.Tensor | None = None,
+    guided: bool = False,
 ) -> GradCam:
     """Grad-CAM (module docstring) of a normalised batch N×3×H×W (or one 3×H×W image) at a conv-trunk ``layer``
     (default :func:`default_layer`), for class ``target`` (one for all images, or one per image; default each
-    image's top class). Runs on the model's device in eval mode; the model is left as it was."""
+    image's top class); with ``guided`` also the classes' guided backpropagation, for Guided Grad-CAM. Runs on
+    the model's device in eval mode; the model is left as it was."""
     if images.ndim == 3:
         images = images.unsqueeze(0)
     model.check_input(images, classify=True)
@@ -92,7 +107,7 @@ def gradcam(
         with torch.inference_mode(False), torch.enable_grad():
             acts.requires_grad_(True)
             logits = _head_from(model, layer, acts)
-            targets = _targets(target, logits)
+            targets = class_targets(target, logits)
             scores = logits.gather(1, targets[:, None])[:, 0]
             (grads,) = torch.autograd.grad(scores.sum(), acts)
             probabilities = torch.softmax(logits.detach(), 1).gather(1, targets[:, None])[:, 0]
@@ -100,24 +115,10 @@ def gradcam(
         model.train(was_training)
     weights = grads.mean(dim=(2, 3))  # Eq. 1
     maps = F.relu((weights[:, :, None, None] * acts.detach()).sum(1))  # Eq. 2
+    backprop = class_projection(model, images, targets, "guided").images if guided else None
     return GradCam(
-        layer, maps.cpu(), weights.cpu(), targets.cpu(), scores.detach().cpu(), probabilities.cpu()
+        layer, maps.cpu(), weights.cpu(), targets.cpu(), scores.detach().cpu(), probabilities.cpu(), backprop
     )
-
-
-def _targets(target: int | list[int] | torch.Tensor | None, logits: torch.Tensor) -> torch.Tensor:
-    n, classes = logits.shape
-    if target is None:
-        return logits.detach().argmax(1)
-    t = torch.as_tensor(target, device=logits.device).long().flatten()
-    if t.numel() == 1:
-        t = t.expand(n)
-    if t.numel() != n:
-        raise SelectionError(f"{t.numel()} targets for {n} images: give one, or one per image")
-    bad = t[(t < 0) | (t >= classes)]
-    if bad.numel():
-        raise SelectionError(f"class {int(bad[0])} is out of range (0–{classes - 1})")
-    return t.clone()
 
 
 def overlay(image: np.ndarray, heat: np.ndarray, alpha: float = 0.5) -> np.ndarray:
@@ -131,18 +132,34 @@ def overlay(image: np.ndarray, heat: np.ndarray, alpha: float = 0.5) -> np.ndarr
     return ((1 - alpha) * image + alpha * colours).astype(np.float32)
 
 
-def plot_gradcam(image: np.ndarray, heat: np.ndarray, title: str, label: str) -> Figure:
+def plot_gradcam(
+    image: np.ndarray,
+    heat: np.ndarray,
+    title: str,
+    label: str,
+    guided: np.ndarray | None = None,
+    guided_cam: np.ndarray | None = None,
+) -> Figure:
     """The network's input crop (H×W×3, 0–1) beside it with the upsampled map (H×W) laid over it in the jet
-    colour map, as the paper's Fig. 1 (c) shows it."""
+    colour map, as the paper's Fig. 1 (c) shows it; given the guided backpropagation and Guided Grad-CAM as
+    pictures (H×W×3, 0–1; :func:`alexnet.visualize.plot.projection_to_image`), Fig. 1's (a)–(d): the image, guided
+    backpropagation, Grad-CAM, Guided Grad-CAM."""
     from alexnet.visualize.plot import new_figure, normalize01
 
-    fig = new_figure(10, 5.3)
-    ax0, ax1 = fig.subplots(1, 2)
-    ax0.imshow(image)
-    ax0.set_title(title)
-    ax1.imshow(image)
-    ax1.imshow(normalize01(heat), cmap="jet", alpha=0.5, vmin=0, vmax=1)
-    ax1.set_title(label)
-    for ax in (ax0, ax1):
+    panels = 2 if guided is None or guided_cam is None else 4
+    fig = new_figure(5 * panels, 5.3)
+    axes = fig.subplots(1, panels)
+    axes[0].imshow(image)
+    axes[0].set_title(title)
+    cam = axes[1] if panels == 2 else axes[2]
+    cam.imshow(image)
+    cam.imshow(normalize01(heat), cmap="jet", alpha=0.5, vmin=0, vmax=1)
+    cam.set_title(label)
+    if panels == 4:
+        axes[1].imshow(guided)
+        axes[1].set_title("guided backpropagation")
+        axes[3].imshow(guided_cam)
+        axes[3].set_title("Guided Grad-CAM")
+    for ax in axes:
         ax.axis("off")
     return fig

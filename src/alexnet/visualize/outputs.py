@@ -256,11 +256,14 @@ def write_gradcam(
     out: str | Path,
     layer: str | None = None,
     target: int | None = None,
+    guided: bool = False,
 ) -> list[Path]:
     """Grad-CAM (Selvaraju et al. 2017, §3; :mod:`alexnet.visualize.gradcam`) per image, for ``target`` (default
     each image's top class): ``<image>_gradcam.png`` (the crop, and the map over it) and ``<image>_gradcam.npz``
     (``map`` at the layer's resolution, ``upsampled`` to the crop, ``weights`` α per feature map, ``target``,
-    ``score``, ``probability``, ``layer``, ``image``)."""
+    ``score``, ``probability``, ``layer``, ``image``). With ``guided``, Fig. 1's four panels (the image, guided
+    backpropagation, Grad-CAM, Guided Grad-CAM) and ``guided`` and ``guided_gradcam`` (3×H×W, the model's channel
+    order and units) in the .npz."""
     from alexnet.models.capture import check_trunk_layer
     from alexnet.predict import labels_of
     from alexnet.visualize.gradcam import default_layer, gradcam, plot_gradcam
@@ -270,17 +273,26 @@ def write_gradcam(
     if target is not None and not 0 <= target < model.num_classes:
         raise SelectionError(f"class {target} is out of range (0–{model.num_classes - 1})")
     labels = labels_of(model)
+    prep = preprocessing_of(model)
     out = Path(out)
     written: list[Path] = []
     for path, stem in zip(images, _stems(images), strict=True):
         p = prepare(model, path)
         x = p.tensor.unsqueeze(0)
-        cam = gradcam(model, x, layer, target)
+        cam = gradcam(model, x, layer, target, guided=guided)
         probability = float(cam.probabilities[0])
         heat = cam.upsampled(tuple(x.shape[-2:]))[0]
         c = int(cam.targets[0])
         label = f"Grad-CAM at {layer}: {labels[c]} ({c}), p = {probability:.3f}"
-        fig = plot_gradcam(uint8_to_float(p.crop), heat.numpy(), Path(str(path)).name, label)
+        extra: dict[str, np.ndarray] = {}
+        pictures: tuple[np.ndarray | None, np.ndarray | None] = (None, None)
+        if cam.guided is not None:
+            extra = {"guided": cam.guided[0].numpy(), "guided_gradcam": cam.guided_gradcam()[0].numpy()}
+            pictures = (
+                projection_to_image(cam.guided[0], prep),
+                projection_to_image(cam.guided_gradcam()[0], prep),
+            )
+        fig = plot_gradcam(uint8_to_float(p.crop), heat.numpy(), Path(str(path)).name, label, *pictures)
         written.append(save_figure(fig, out / f"{stem}_gradcam.png"))
         written.append(
             save_npz(
@@ -293,6 +305,7 @@ def write_gradcam(
                 probability=probability,
                 layer=layer,
                 image=str(path),
+                **extra,
             )
         )
     return written
