@@ -116,6 +116,35 @@ def test_deconv_rules_write_side_by_side_and_record_their_rule(setup, capsys, tm
     assert code == 2 and "invalid choice: 'saliency'" in err
 
 
+def test_deconv_of_the_class_scores_projects_a_class_through_the_classifier(
+    setup, capsys, tmp_path: Path
+) -> None:
+    """--layer fc8: a class (default the top one) by each rule; the gradient's figure adds Simonyan et al.'s
+    saliency map (§3.1), the largest magnitude over colours, kept in the .npz with the class's score."""
+    from alexnet.visualize.deconvnet import class_projection
+
+    model = alexnet.create_model("alexnet_owt", weights=setup["run"] / "model.safetensors").eval()
+    x = alexnet.inputs.prepare(model, setup["img"]).tensor.unsqueeze(0)
+    top = class_projection(model, x, rule="gradient")
+    args = ["deconv", "--run", str(setup["run"]), str(setup["img"]), "--layer", "fc8", "--out", str(tmp_path)]
+    code, lines, err = _run(capsys, [*args, "--rule", "gradient"])
+    assert code == 0, err
+    c = int(top.targets[0])
+    assert [Path(line).name for line in lines] == [
+        f"chelsea_fc8_class{c}_gradient.png",
+        f"chelsea_fc8_class{c}_gradient_projection.png",
+        f"chelsea_fc8_class{c}_gradient.npz",
+    ]
+    with np.load(tmp_path / f"chelsea_fc8_class{c}_gradient.npz") as z:
+        np.testing.assert_allclose(z["projection"], top.images[0].numpy(), rtol=1e-5, atol=1e-9)
+        np.testing.assert_array_equal(z["saliency"], np.abs(z["projection"]).max(0))
+        assert int(z["channel"]) == c and float(z["score"]) == pytest.approx(float(top.scores[0]), rel=1e-5)
+    code, lines, err = _run(capsys, [*args, "--rule", "guided", "--channel", "7"])
+    assert code == 0, err
+    with np.load(tmp_path / "chelsea_fc8_class7_guided.npz") as z:
+        assert "saliency" not in z and str(z["rule"]) == "guided" and int(z["channel"]) == 7
+
+
 def test_top9_json_lists_nine_per_channel_and_resume_reuses_the_state(setup, capsys, tmp_path: Path) -> None:
     import json
 
@@ -165,7 +194,10 @@ def test_top9_resume_with_another_model_or_data_is_one_line_and_overwrites_nothi
 
 BAD = [
     (["deconv", "--layer", "conv9"], "valid layers"),
-    (["deconv", "--layer", "fc7"], "trunk"),
+    (["deconv", "--layer", "fc7"], "trunk of alexnet_owt; choose one of: conv1"),
+    (["deconv", "--layer", "fc7"], "or fc8 (a class score)"),
+    (["deconv", "--layer", "fc8", "--channel", "1000"], "class 1000 is out of range (0–999)"),
+    (["deconv", "--layer", "fc8", "--unit", "1,1"], "its units are the classes (--channel)"),
     (["deconv", "--layer", "conv5", "--channel", "256"], "out of range"),
     (["deconv", "--layer", "conv5", "--channel", "1", "--unit", "13,0"], "outside"),
     (["deconv", "--unit", "x"], "ROW,COL"),

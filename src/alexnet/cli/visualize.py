@@ -152,13 +152,16 @@ def register(sub: Any) -> None:
     k = kinds.add_parser("deconv", help=KINDS["deconv"], description=KINDS["deconv"])
     _common(k)
     k.add_argument(
-        "--layer", default="conv5", help="conv-trunk layer: convN, reluN, normN or poolN (default conv5)"
+        "--layer",
+        default="conv5",
+        help="conv-trunk layer: convN, reluN, normN or poolN (default conv5); or the last layer (fc8): a class "
+        "score, projected through the classifier first",
     )
     k.add_argument(
         "--channel",
         type=int,
         help="feature map (default: with --unit, the map strongest at that unit; else each image's strongest "
-        "activation)",
+        "activation); with --layer fc8 a class (default each image's top class)",
     )
     k.add_argument(
         "--unit", type=_unit, metavar="ROW,COL", help="only this unit of the map (default: the whole map)"
@@ -169,7 +172,8 @@ def register(sub: Any) -> None:
         default="deconvnet",
         help="how the signal crosses each ReLU and LRN on the way down: deconvnet (ZF §2.1: rectified, LRN passed "
         "through; default), gradient (the exact gradient: Simonyan et al.'s saliency) or guided (Springenberg et "
-        "al.'s guided backpropagation); for comparing the deconvnet's pictures with theirs",
+        "al.'s guided backpropagation); for comparing the deconvnet's pictures with theirs. With --layer fc8 and "
+        "gradient: Simonyan et al.'s class saliency map (§3.1) too",
     )
 
     k = kinds.add_parser("top9", help=KINDS["top9"], description=KINDS["top9"])

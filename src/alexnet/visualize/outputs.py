@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
-from alexnet.errors import SelectionError
+from alexnet.errors import LayerNotFound, SelectionError
 from alexnet.inputs import prepare
 from alexnet.models import AlexNetFamily
 from alexnet.predict import mean_image_of, preprocessing_of
@@ -143,13 +143,23 @@ def write_deconv(
     unit (ZF project a single activation); ``channel`` alone: the whole map; neither: each image's strongest
     activation (its channel and unit). Output names carry the channel and, for a unit, ``unitROW-COL``, and end
     in ``_deconv`` (``_gradient``, ``_guided``); the .npz records ``projection``, ``layer``, ``channel``, ``unit``
-    (row, col; empty for a whole map), ``image`` and ``rule``."""
+    (row, col; empty for a whole map), ``image`` and ``rule``.
+
+    ``layer`` the last one (``fc8``, the class scores): ``channel`` is a class (default each image's top class),
+    projected through the classifier first (:func:`alexnet.visualize.deconvnet.class_projection`; under
+    ``rule="gradient"`` Simonyan et al.'s class saliency, whose map, §3.1, is drawn beside it)."""
     from alexnet.models.capture import capture, check_trunk_layer
     from alexnet.visualize.deconvnet import check_rule, deconvnet, deconvnet_strongest, layer_shape
     from alexnet.visualize.plot import new_figure
 
-    check_trunk_layer(model, layer)
     check_rule(rule)  # before any image is read
+    scores = model.layer_names()[-1]
+    if layer == scores:
+        return _write_class_projection(model, images, Path(out), layer, channel, unit, rule)
+    try:
+        check_trunk_layer(model, layer)
+    except LayerNotFound as e:
+        raise LayerNotFound(f"{e}; or {scores} (a class score)") from None
     prep = preprocessing_of(model)
     if unit is not None:  # before any image is read: the map's size does not depend on the image
         _, h, w = layer_shape(model, layer, prep.input_size)
@@ -245,6 +255,68 @@ def write_occlusion(
                     "base_probability": r.base_probability,
                     "labels": {str(k): v for k, v in r.labels.items()},
                 },
+            )
+        )
+    return written
+
+
+def _write_class_projection(
+    model: AlexNetFamily,
+    images: Sequence[str | Path],
+    out: Path,
+    layer: str,
+    target: int | None,
+    unit: tuple[int, int] | None,
+    rule: str,
+) -> list[Path]:
+    """:func:`write_deconv` for a class score: ``<image>_<layer>_class<C>_<kind>.png`` (the crop, the projection
+    and, for the gradient, its saliency map), ``..._projection.png`` and the .npz (as a feature map's, ``channel``
+    the class, plus ``score``; ``saliency`` for the gradient)."""
+    from alexnet.predict import labels_of
+    from alexnet.visualize.deconvnet import class_projection, saliency_map
+    from alexnet.visualize.plot import new_figure
+
+    if unit is not None:
+        raise SelectionError(f"{layer} has no map to take a unit of: its units are the classes (--channel)")
+    if target is not None and not 0 <= target < model.num_classes:
+        raise SelectionError(f"class {target} is out of range (0–{model.num_classes - 1})")
+    labels = labels_of(model)
+    prep = preprocessing_of(model)
+    written: list[Path] = []
+    for path, stem in zip(images, _stems(images), strict=True):
+        p = prepare(model, path)
+        res = class_projection(model, p.tensor.unsqueeze(0), target, rule)
+        proj, c = res.images[0], int(res.targets[0])
+        picture = projection_to_image(proj, prep)
+        saliency = saliency_map(proj).numpy() if rule == "gradient" else None
+        panels = 2 if saliency is None else 3
+        fig = new_figure(5 * panels, 5)
+        axes = fig.subplots(1, panels)
+        axes[0].imshow(uint8_to_float(p.crop))
+        axes[0].set_title(Path(str(path)).name)
+        axes[1].imshow(picture)
+        axes[1].set_title(f"{layer}: {labels[c]} ({c}), score {float(res.scores[0]):.2f} ({rule})")
+        if saliency is not None:
+            axes[2].imshow(saliency, cmap="gray")
+            axes[2].set_title("saliency map: max |gradient| over colours")
+        for ax in axes:
+            ax.axis("off")
+        name = f"{stem}_{layer}_class{c}"
+        kind, own = ("deconv", name) if rule == "deconvnet" else (rule, f"{name}_{rule}")
+        written.append(save_figure(fig, out / f"{name}_{kind}.png"))
+        written.append(save_image(picture, out / f"{own}_projection.png"))
+        extra = {} if saliency is None else {"saliency": saliency}
+        written.append(
+            save_npz(
+                out / f"{name}_{kind}.npz",
+                projection=proj.numpy(),
+                layer=layer,
+                channel=c,
+                unit=np.array((), dtype=np.int64),
+                score=float(res.scores[0]),
+                image=str(path),
+                rule=rule,
+                **extra,
             )
         )
     return written
