@@ -68,8 +68,8 @@ def test_report_is_one_file_with_every_picture_inline(report):
     assert report.name == "report.html"
     sources = img_sources(page)
     # summary has none; curves 1, predictions 1, filters 1, activations 1 image, top-9 2 channels × 2 grids,
-    # occlusion 1, optimised class images 1.
-    assert len(sources) == 1 + 1 + 1 + 1 + 4 + 1 + 1
+    # occlusion 1, Grad-CAM 1, optimised class images 1.
+    assert len(sources) == 1 + 1 + 1 + 1 + 4 + 1 + 1 + 1
     for src in sources:
         assert src.startswith("data:image/png;base64,")
         Image.open(io.BytesIO(base64.b64decode(src.split(",", 1)[1]))).verify()
@@ -96,6 +96,32 @@ def test_the_optimised_images_section_climbs_every_class_when_there_are_few(repo
     section = report.read_text().split("<section id='maximize'>")[1].split("</section>")[0]
     assert "<h2>Optimised class images (Yosinski et al. 2015)</h2>" in section
     assert "4 gradient steps" in section and len(img_sources(section)) == 1
+
+
+def test_the_grad_cam_section_is_fig_1s_four_panels_for_the_occlusion_images(report, tiny_data):
+    """Selvaraju et al. §3, Fig. 1 (a)–(d) for the image the occlusion section shows: the picture is what
+    ``gradcam_figure(..., guided=True)`` draws for it."""
+    from alexnet.inputs import prepare
+    from alexnet.visualize.gradcam import gradcam_figure
+    from alexnet.visualize.report import figure_uri, load_run_model
+
+    page = report.read_text()
+    section = page.split("<section id='gradcam'>")[1].split("</section>")[0]
+    assert "<h2>Grad-CAM (Selvaraju et al. 2017)</h2>" in section
+    (src,) = img_sources(section)
+    (alt,) = re.findall(r"alt=\"Grad-CAM of ([^\"]+)\"", section)
+    occlusion = page.split("<section id='occlusion'>")[1].split("</section>")[0]
+    assert f"occlusion of {alt}" in occlusion
+    (image,) = (tiny_data / "val").rglob(alt)  # the occlusion images are validation images
+    model, _ = load_run_model(report.parent)
+    expected = figure_uri(gradcam_figure(model, prepare(model, image), alt, guided=True)[1], dpi=60)
+
+    def pixels(uri: str) -> np.ndarray:
+        return np.asarray(Image.open(io.BytesIO(base64.b64decode(uri.split(",", 1)[1]))))
+
+    shown = pixels(src)
+    assert shown.shape[1] == 4 * 5 * 60  # four 5-inch panels at 60 dpi
+    np.testing.assert_array_equal(shown, pixels(expected))
 
 
 def test_top9_is_computed_from_the_runs_validation_images_when_no_top9_folder(report):
@@ -207,7 +233,7 @@ def test_report_opens_from_disk_in_chromium_with_every_image_decoded(report):
         page.on("request", lambda r: requests.append(r.url))
         page.goto(report.resolve().as_uri())
         page.wait_for_load_state("load")
-        assert page.evaluate("document.images.length") == len(img_sources(report.read_text())) == 10
+        assert page.evaluate("document.images.length") == len(img_sources(report.read_text())) == 11
         assert undecoded_images(page) == []
         assert console.errors == []
         assert [u for u in requests if not u.startswith("data:")] == [report.resolve().as_uri()]

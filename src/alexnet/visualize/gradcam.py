@@ -38,6 +38,8 @@ from alexnet.visualize.deconvnet import class_projection, class_targets
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
+    from alexnet.inputs import Prepared
+
 
 @dataclass
 class GradCam:
@@ -163,3 +165,31 @@ def plot_gradcam(
     for ax in axes:
         ax.axis("off")
     return fig
+
+
+def gradcam_figure(
+    model: AlexNetFamily,
+    prepared: Prepared,
+    title: str,
+    layer: str | None = None,
+    target: int | None = None,
+    guided: bool = False,
+) -> tuple[GradCam, Figure]:
+    """One prepared image's Grad-CAM (:func:`gradcam`) and its figure (:func:`plot_gradcam`): the crop and the
+    map over it labelled with the class's name and probability; with ``guided`` Fig. 1's four panels."""
+    from alexnet.predict import labels_of, preprocessing_of
+    from alexnet.visualize.plot import projection_to_image, uint8_to_float
+
+    x = prepared.tensor.unsqueeze(0)
+    cam = gradcam(model, x, layer, target, guided=guided)
+    heat = cam.upsampled(tuple(x.shape[-2:]))[0]
+    c = int(cam.targets[0])
+    label = f"Grad-CAM at {cam.layer}: {labels_of(model)[c]} ({c}), p = {float(cam.probabilities[0]):.3f}"
+    pictures: tuple[np.ndarray | None, np.ndarray | None] = (None, None)
+    if cam.guided is not None:
+        prep = preprocessing_of(model)
+        pictures = (
+            projection_to_image(cam.guided[0], prep),
+            projection_to_image(cam.guided_gradcam()[0], prep),
+        )
+    return cam, plot_gradcam(uint8_to_float(prepared.crop), heat.numpy(), title, label, *pictures)

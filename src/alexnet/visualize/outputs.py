@@ -337,44 +337,30 @@ def write_gradcam(
     backpropagation, Grad-CAM, Guided Grad-CAM) and ``guided`` and ``guided_gradcam`` (3×H×W, the model's channel
     order and units) in the .npz."""
     from alexnet.models.capture import check_trunk_layer
-    from alexnet.predict import labels_of
-    from alexnet.visualize.gradcam import default_layer, gradcam, plot_gradcam
+    from alexnet.visualize.gradcam import default_layer, gradcam_figure
 
     layer = layer or default_layer(model)
     check_trunk_layer(model, layer)  # before any image is read
     if target is not None and not 0 <= target < model.num_classes:
         raise SelectionError(f"class {target} is out of range (0–{model.num_classes - 1})")
-    labels = labels_of(model)
-    prep = preprocessing_of(model)
     out = Path(out)
     written: list[Path] = []
     for path, stem in zip(images, _stems(images), strict=True):
         p = prepare(model, path)
-        x = p.tensor.unsqueeze(0)
-        cam = gradcam(model, x, layer, target, guided=guided)
-        probability = float(cam.probabilities[0])
-        heat = cam.upsampled(tuple(x.shape[-2:]))[0]
-        c = int(cam.targets[0])
-        label = f"Grad-CAM at {layer}: {labels[c]} ({c}), p = {probability:.3f}"
-        extra: dict[str, np.ndarray] = {}
-        pictures: tuple[np.ndarray | None, np.ndarray | None] = (None, None)
+        cam, fig = gradcam_figure(model, p, Path(str(path)).name, layer, target, guided)
+        written.append(save_figure(fig, out / f"{stem}_gradcam.png"))
+        extra = {}
         if cam.guided is not None:
             extra = {"guided": cam.guided[0].numpy(), "guided_gradcam": cam.guided_gradcam()[0].numpy()}
-            pictures = (
-                projection_to_image(cam.guided[0], prep),
-                projection_to_image(cam.guided_gradcam()[0], prep),
-            )
-        fig = plot_gradcam(uint8_to_float(p.crop), heat.numpy(), Path(str(path)).name, label, *pictures)
-        written.append(save_figure(fig, out / f"{stem}_gradcam.png"))
         written.append(
             save_npz(
                 out / f"{stem}_gradcam.npz",
                 map=cam.maps[0].numpy(),
-                upsampled=heat.numpy(),
+                upsampled=cam.upsampled(tuple(p.tensor.shape[-2:]))[0].numpy(),
                 weights=cam.weights[0].numpy(),
-                target=c,
+                target=int(cam.targets[0]),
                 score=float(cam.scores[0]),
-                probability=probability,
+                probability=float(cam.probabilities[0]),
                 layer=layer,
                 image=str(path),
                 **extra,

@@ -11,6 +11,7 @@ from disk, can be mailed or archived, and makes no network request. The page gat
 * deconvnet top-9 grids (ZF Fig. 2): from ``RUN/top9/<layer>/`` if ``alexnet visualize top9`` wrote one, else a
   small top-9 streamed now over a few validation images (:mod:`alexnet.visualize.topk`) — the page says which;
 * occlusion maps (ZF Fig. 7, :func:`alexnet.visualize.occlusion.occlusion`);
+* Grad-CAM and Guided Grad-CAM of the same images (Selvaraju et al. 2017, :mod:`alexnet.visualize.gradcam`);
 * the image each of the first classes wants most (Yosinski et al. 2015, §3, :mod:`alexnet.visualize.maximize`).
 """
 
@@ -350,6 +351,30 @@ nav a { margin-right: .8rem; }
 """
 
 
+def gradcam_html(model: AlexNetFamily, images: list[Path]) -> str:
+    """The occlusion images' Grad-CAM of their top class at the last conv stage, with guided backpropagation and
+    Guided Grad-CAM (Selvaraju et al. 2017, §3, Fig. 1 (a)–(d))."""
+    from alexnet.inputs import prepare
+    from alexnet.visualize.gradcam import gradcam_figure
+
+    figures = "".join(
+        _img(
+            figure_uri(
+                gradcam_figure(model, prepare(model, image), Path(image).name, guided=True)[1], dpi=60
+            ),
+            f"Grad-CAM of {Path(image).name}",
+        )
+        for image in images
+    )
+    return (
+        "<p>The same images: where the evidence for the top class lies, from one backward pass (Selvaraju et al. "
+        "2017, §3): the class score's gradient averaged over each last-conv-stage map weighs the maps, their "
+        "rectified sum is upsampled over the image (third panel). The second panel is the class's guided "
+        "backpropagation (Springenberg et al. 2015), the fourth their product, Guided Grad-CAM. Compare the "
+        "occlusion maps' (d) above, made from hundreds of forward passes.</p>" + figures
+    )
+
+
 def maximize_html(model: AlexNetFamily, opts: ReportOptions) -> str:
     """The first ``opts.maximize_classes`` classes' optimised images: gradient ascent on each class score from the
     mean image, regularised as Table 1's preset 3 (the DeepVis toolbox's images; docs/visualize.md)."""
@@ -414,6 +439,7 @@ def build_report(
             "activations",
             "top9",
             "occlusion",
+            "gradcam",
             "maximize",
         ]
         bar = tqdm(total=len(steps), desc="report", disable=not opts.progress)
@@ -492,6 +518,9 @@ def build_report(
                 + "".join(occ),
             )
         )
+        bar.update()
+
+        sections.append(("gradcam", "Grad-CAM (Selvaraju et al. 2017)", gradcam_html(model, images)))
         bar.update()
 
         if opts.maximize_classes > 0:
