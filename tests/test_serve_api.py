@@ -388,6 +388,25 @@ def test_grad_cam_of_a_class_is_the_librarys_over_the_crop(client, chelsea_id):
     assert bad.status_code == 400 and "class 1000 is out of range" in bad.json()["error"]
 
 
+def test_the_grad_cam_views_are_guided_backpropagation_and_guided_grad_cam_as_projections(client, chelsea_id):
+    """§3, Fig. 1 (b) and (d): ``?view=guided`` and ``?view=guided-gradcam`` are the library's pictures, drawn as
+    the deconvnet's (zero mid-grey); an unknown view is a 400 naming the three."""
+    from alexnet.visualize.gradcam import gradcam
+    from alexnet.visualize.plot import projection_to_image
+
+    a = client.app.state.server.analysis("a", chelsea_id)
+    slot = client.app.state.server.slot("a")
+    cam = gradcam(slot.model, a.x, target=281, guided=True)
+    for view, pixels in (("guided", cam.guided[0]), ("guided-gradcam", cam.guided_gradcam()[0])):
+        r = client.get(f"/api/models/a/images/{chelsea_id}/gradcam.png?target=281&view={view}")
+        assert r.status_code == 200, r.text
+        expected = (projection_to_image(pixels, slot.preprocessing) * 255).round().astype(np.uint8)
+        assert np.abs(decode_png(r.content).astype(int) - expected.astype(int)).max() <= 1
+    bad = client.get(f"/api/models/a/images/{chelsea_id}/gradcam.png?target=281&view=saliency")
+    assert bad.status_code == 400
+    assert bad.json()["error"] == "unknown view 'saliency'; choose gradcam, guided, guided-gradcam"
+
+
 @pytest.mark.parametrize(
     ("url", "status", "message"),
     [

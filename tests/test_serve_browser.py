@@ -77,6 +77,12 @@ def test_pick_sample_click_channel_shows_its_deconv_without_console_errors(brows
     assert page.inner_text("[data-model='a'] .class-status").startswith("class ")
     page.locator("[data-model='a'] .predictions .class-where-run").first.click()  # Grad-CAM of the top class
     page.wait_for_function(image_ready("[data-model='a'] .class-where"), timeout=60_000)
+    page.select_option("[data-model='a'] .where-view", "guided-gradcam")  # Guided Grad-CAM, from the menu
+    page.wait_for_function(
+        "() => { const i = document.querySelector(\"[data-model='a'] .class-where\");"
+        " return i.src.endsWith('&view=guided-gradcam') && i.complete && i.naturalWidth === 227; }",
+        timeout=60_000,
+    )
 
     page.click("[data-model='a'] .occ-run")
     for panel in ("activation", "projection", "probability", "labels"):

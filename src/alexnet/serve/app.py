@@ -31,7 +31,7 @@ from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from torch import nn
 
-from alexnet.errors import AlexnetError, LayerNotFound
+from alexnet.errors import AlexnetError, LayerNotFound, SelectionError
 from alexnet.models import AlexNetFamily
 from alexnet.serve import render
 from alexnet.serve.jobs import Job, JobRunner, Progress, TooManyJobs, UnknownJob
@@ -78,6 +78,7 @@ async def _read_body(request: Request, limit: int) -> bytes:
 
 
 MAXIMIZE_STEPS = 200  # a unit's optimised image on the page: ~8 s for AlexNet on 2 CPU cores
+GRADCAM_VIEWS = ("gradcam", "guided", "guided-gradcam")  # Selvaraju et al. 2017, Fig. 1 (c), (b), (d)
 MAXIMIZE_MAX_STEPS = 1000  # the paper's preset 3 runs 1000
 OCCLUSION_BATCH = 24  # occluded copies per forward pass: progress every ~24 positions, same throughput
 
@@ -308,21 +309,29 @@ def create_app(
 
     # --- Grad-CAM of a class for this image (Selvaraju et al. 2017) ---------------------------------------
     @app.get("/api/models/{key}/images/{image_id}/gradcam.png")
-    def gradcam_png(key: str, image_id: str, target: int) -> Response:
+    def gradcam_png(key: str, image_id: str, target: int, view: str = "gradcam") -> Response:
         """Where this image's evidence for class ``target`` lies: Grad-CAM at the last conv stage's ReLU over the
-        network's input crop (:mod:`alexnet.visualize.gradcam`)."""
+        network's input crop (:mod:`alexnet.visualize.gradcam`); ``?view=guided``: the class's guided
+        backpropagation, ``?view=guided-gradcam``: their product, Guided Grad-CAM (§3, Fig. 1 (b), (d))."""
         from alexnet.visualize.gradcam import gradcam, overlay
         from alexnet.visualize.plot import uint8_to_float
 
+        if view not in GRADCAM_VIEWS:
+            raise SelectionError(f"unknown view {view!r}; choose {', '.join(GRADCAM_VIEWS)}")
         slot = state.slot(key)
         a = _analysis(key, image_id)
 
         def make() -> bytes:
-            cam = gradcam(slot.model, a.x, target=target)
+            cam = gradcam(slot.model, a.x, target=target, guided=view != "gradcam")
+            if view == "guided":
+                assert cam.guided is not None
+                return render.projection_png(cam.guided[0], slot.preprocessing)
+            if view == "guided-gradcam":
+                return render.projection_png(cam.guided_gradcam()[0], slot.preprocessing)
             heat = cam.upsampled(tuple(a.x.shape[-2:]))[0].numpy()
             return render.png(overlay(uint8_to_float(a.crop), heat))
 
-        return _png(a.pngs.get_or_create(("gradcam", target), make))
+        return _png(a.pngs.get_or_create(("gradcam", target, view), make))
 
     # --- optimised images (Yosinski et al. 2015, §3), as a polled job -------------------------------------
     @app.post("/api/models/{key}/layers/{layer}/channels/{channel}/maximize")

@@ -115,6 +115,10 @@ function buildPanel(model) {
     ` · ${model.num_classes} classes · ${model.input_size}×${model.input_size} input`;
   $(".occ-run", node).addEventListener("click", () => runOcclusion(model.key));
   $(".deconv-rule", node).addEventListener("change", () => showProjection(node));
+  $(".where-view", node).addEventListener("change", () => {
+    const img = $(".class-where", node);  // the class shown, for this image (a new image hides the figure)
+    if (!$(".class-gradcam", node).hidden) showGradcam(model.key, Number(img.dataset.target), img.dataset.label);
+  });
   $(".max-run", node).addEventListener("click", () => maximizeChannel(model.key));
   $(".occ-run", node).disabled = true;
   $("#models").append(node);
@@ -326,13 +330,24 @@ async function maximizeChannel(key) {
   }
 }
 
-// Grad-CAM (Selvaraju et al. 2017) of one class for the image shown: one request, a PNG.
+// Grad-CAM (Selvaraju et al. 2017) of one class for the image shown: one request, a PNG; the menu shows the
+// class's guided backpropagation or Guided Grad-CAM instead (Fig. 1 (b), (d)).
+const WHERE_CAPTIONS = {
+  "gradcam": (label) => `at the last conv layer: where the evidence for ${label} lies`,
+  "guided": (label) => `of ${label}: sharp, but hardly class-specific`,
+  "guided-gradcam": (label) => `of ${label}: the guided pixels where Grad-CAM lies`,
+};
+
 function showGradcam(key, index, label) {
   const { node } = state.panels[key];
   const img = $(".class-where", node);
+  const view = $(".where-view", node).value;
+  img.dataset.target = index;
+  img.dataset.label = label;
   img.onerror = () => showError(`Grad-CAM of ${label} failed`);
-  img.src = `/api/models/${key}/images/${state.imageId}/gradcam.png?target=${index}`;
-  $(".class-where-caption", node).textContent = `Grad-CAM at the last conv layer: where the evidence for ${label} lies`;
+  img.alt = `${view} of ${label}`;
+  img.src = `/api/models/${key}/images/${state.imageId}/gradcam.png?target=${index}&view=${view}`;
+  $(".class-where-caption", node).textContent = WHERE_CAPTIONS[view](label);
   $(".class-gradcam", node).hidden = false;
 }
 
