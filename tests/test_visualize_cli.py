@@ -170,6 +170,11 @@ def test_top9_json_lists_nine_per_channel_and_resume_reuses_the_state(setup, cap
     assert again == data
     with np.load(tmp_path / "top9" / "pool1" / "top9.npz") as z:
         assert z["values"].shape == (64, 9)
+    # another rule's grids beside the deconvnet's, from the finished pass (the stream does not depend on it)
+    code, lines, err = _run(capsys, [*args, "--out", str(tmp_path), "--resume", "--rule", "guided"])
+    assert code == 0, err
+    assert [Path(line).name for line in lines] == ["top9.json", "top9.npz", "channel_001_guided.png"]
+    assert (tmp_path / "top9" / "pool1" / "channel_001.png").is_file()
 
 
 def test_top9_resume_with_another_model_or_data_is_one_line_and_overwrites_nothing(
@@ -385,6 +390,18 @@ def test_evolution_follows_a_run_that_has_not_finished_while_the_other_kinds_ask
     assert code == 0, err
     record = json.loads(next(Path(p) for p in lines if p.endswith(".json")).read_text())
     assert record["snapshots"] == ["step 3", "step 6"]  # no epoch in these checkpoints
+    assert record["rule"] == "deconvnet"
+    code, lines, err = _run(capsys, ["evolution", *args, "--rule", "gradient"])
+    assert code == 0, err
+    assert [Path(line).name for line in lines] == [
+        f"evolution_conv2_gradient.{e}" for e in ("png", "npz", "json")
+    ]
+    with (
+        np.load(tmp_path / "evolution_conv2_gradient.npz") as z,
+        np.load(tmp_path / "evolution_conv2.npz") as d,
+    ):
+        assert str(z["rule"]) == "gradient" and str(d["rule"]) == "deconvnet"
+        assert not np.allclose(z["projections"], d["projections"])
     code, _, err = _run(capsys, ["deconv", "--run", str(run), str(setup["img"]), "--out", str(tmp_path)])
     assert code == 2
     assert f"the run has not finished; `alexnet train --resume --out {run}` finishes it" in err

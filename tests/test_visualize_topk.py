@@ -150,6 +150,36 @@ def test_json_boxes_are_receptive_fields_and_grids_render(model, tmp_path: Path)
     assert all(p.stat().st_size > 0 for p in written)
 
 
+def test_another_rules_grids_are_its_projections_and_sit_beside_the_deconvnets(model, tmp_path: Path) -> None:
+    """``rule``: the same nine units projected by the gradient or guided pass (their own grid, not ZF's)."""
+    from PIL import Image
+
+    from alexnet.analysis.summary import receptive_fields
+    from alexnet.predict import preprocessing_of
+    from alexnet.visualize.deconvnet import deconvnet
+    from alexnet.visualize.plot import field_crop, projection_to_image
+    from alexnet.visualize.topk import render_channel
+
+    paths = []
+    for i, photo in enumerate(_photos()[:3]):
+        paths.append(tmp_path / f"img{i}.png")
+        Image.fromarray(photo[0].permute(1, 2, 0).numpy()).save(paths[-1])
+    state = stream_topk(model, [(p, str(p)) for p in paths], "conv4", k=9, batch_size=3)
+    grids = {rule: render_channel(model, state, 5, rule)[1] for rule in ("deconvnet", "guided")}
+    assert not np.allclose(grids["deconvnet"], grids["guided"], atol=0.02)
+    # the strongest entry's tile is its own guided projection, cropped to the unit's receptive field
+    _, path, row, col = state.entries(5)[0]
+    x = prepare(model, path).tensor[None]
+    alone = deconvnet(model, x, "conv4", 5, (row, col), rule="guided")[0]
+    prep = preprocessing_of(model)
+    field = receptive_fields(model)["conv4"]
+    side = min(field.size, prep.input_size)
+    tile = field_crop(projection_to_image(alone, prep), field.box(row, col), side, 0.5)
+    np.testing.assert_allclose(grids["guided"][:side, :side], tile, atol=2e-3)
+    written = render_top9(model, state, tmp_path / "out", [5], rule="guided")
+    assert [p.name for p in written] == ["channel_005_guided.png"]
+
+
 def test_resume_refuses_another_model_weights_layer_or_images_and_writes_nothing(
     model, tmp_path: Path
 ) -> None:

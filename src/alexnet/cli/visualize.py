@@ -43,6 +43,18 @@ KINDS = {
 }
 
 
+def _rule(k: argparse.ArgumentParser, more: str = "") -> None:
+    k.add_argument(
+        "--rule",
+        choices=("deconvnet", "gradient", "guided"),
+        default="deconvnet",
+        help="how the signal crosses each ReLU and LRN on the way down: deconvnet (ZF §2.1: rectified, LRN passed "
+        "through; default), gradient (the exact gradient: Simonyan et al.'s saliency) or guided (Springenberg et "
+        "al.'s guided backpropagation); for comparing the deconvnet's pictures with theirs; another rule's files "
+        "are named with it, beside the deconvnet's." + more,
+    )
+
+
 def _unit(text: str) -> tuple[int, int]:
     try:
         row, col = (int(v) for v in text.replace(" ", "").split(","))
@@ -166,15 +178,7 @@ def register(sub: Any) -> None:
     k.add_argument(
         "--unit", type=_unit, metavar="ROW,COL", help="only this unit of the map (default: the whole map)"
     )
-    k.add_argument(
-        "--rule",
-        choices=("deconvnet", "gradient", "guided"),
-        default="deconvnet",
-        help="how the signal crosses each ReLU and LRN on the way down: deconvnet (ZF §2.1: rectified, LRN passed "
-        "through; default), gradient (the exact gradient: Simonyan et al.'s saliency) or guided (Springenberg et "
-        "al.'s guided backpropagation); for comparing the deconvnet's pictures with theirs. With --layer fc8 and "
-        "gradient: Simonyan et al.'s class saliency map (§3.1) too",
-    )
+    _rule(k, " With --layer fc8 and gradient: Simonyan et al.'s class saliency map (§3.1) too.")
 
     k = kinds.add_parser("top9", help=KINDS["top9"], description=KINDS["top9"])
     _common(k, images="")
@@ -187,6 +191,7 @@ def register(sub: Any) -> None:
         help="continue an interrupted pass from its saved state (refused if the model, weights, layer or "
         "first images differ)",
     )
+    _rule(k)
 
     k = kinds.add_parser("occlusion", help=KINDS["occlusion"], description=KINDS["occlusion"])
     _common(k)
@@ -210,6 +215,7 @@ def register(sub: Any) -> None:
         default=[0, 1, 2, 3],
         help="feature maps (rows), e.g. 0,5,10-15 (default 0-3)",
     )
+    _rule(k)
 
     k = kinds.add_parser("invariance", help=KINDS["invariance"], description=KINDS["invariance"])
     _common(k)
@@ -405,6 +411,7 @@ def run(args: argparse.Namespace) -> int:
             batch_size=args.batch_size,
             workers=args.workers,
             progress=True,
+            rule=args.rule,
         )
     elif kind == "occlusion":
         paths = outputs.write_occlusion(
@@ -419,7 +426,7 @@ def run(args: argparse.Namespace) -> int:
         )
     elif kind == "evolution":
         paths = outputs.write_evolution(
-            model, args.images, args.out, args.run, args.checkpoints, args.layer, args.channels
+            model, args.images, args.out, args.run, args.checkpoints, args.layer, args.channels, args.rule
         )
     elif kind == "invariance":
         paths = outputs.write_invariance(model, args.images, args.out, args.target)

@@ -23,7 +23,7 @@ from alexnet.analysis.summary import receptive_fields
 from alexnet.errors import SelectionError, WeightsError
 from alexnet.models import AlexNetFamily
 from alexnet.models.capture import check_trunk_layer
-from alexnet.visualize.deconvnet import deconvnet_strongest, layer_shape
+from alexnet.visualize.deconvnet import check_rule, deconvnet_strongest, layer_shape
 from alexnet.weights.io import load_state_dict_checked, read_weights
 
 if TYPE_CHECKING:
@@ -91,6 +91,7 @@ class Evolution:
     values: np.ndarray  # R×C strongest activation
     image: np.ndarray  # R×C index of the image that gave it
     units: np.ndarray  # R×C×2
+    rule: str = "deconvnet"  # how the projections crossed each ReLU and LRN (alexnet.visualize.deconvnet)
 
     def arrays(self) -> dict[str, np.ndarray]:
         return {
@@ -99,6 +100,7 @@ class Evolution:
             "image": self.image,
             "units": self.units,
             "channels": np.array(self.channels),
+            "rule": np.array(self.rule),
         }
 
 
@@ -108,9 +110,12 @@ def evolution(
     snapshots: Sequence[Snapshot],
     layer: str,
     channels: Sequence[int],
+    rule: str = "deconvnet",
 ) -> Evolution:
-    """For each snapshot (loaded into a copy of ``model``) and channel: the deconv projection of the strongest
-    activation of that feature map over the normalised batch ``images``."""
+    """For each snapshot (loaded into a copy of ``model``) and channel: the deconv projection (by ``rule``,
+    :mod:`alexnet.visualize.deconvnet`) of the strongest activation of that feature map over the normalised batch
+    ``images``."""
+    check_rule(rule)
     check_trunk_layer(model, layer)
     if not snapshots:
         raise WeightsError("no snapshots to compare")
@@ -127,13 +132,13 @@ def evolution(
     for j, snap in enumerate(snapshots):
         load_state_dict_checked(work, snap.state, snap.label)
         for i, ch in enumerate(channels):
-            res = deconvnet_strongest(work, images, layer, ch)
+            res = deconvnet_strongest(work, images, layer, ch, rule)
             best = int(res.values.argmax())
             proj[i, j] = res.images[best].numpy()
             values[i, j] = float(res.values[best])
             which[i, j] = best
             units[i, j] = res.units[best].numpy()
-    return Evolution(layer, list(channels), [s.label for s in snapshots], proj, values, which, units)
+    return Evolution(layer, list(channels), [s.label for s in snapshots], proj, values, which, units, rule)
 
 
 def plot_evolution(model: AlexNetFamily, ev: Evolution) -> Figure:
@@ -159,5 +164,6 @@ def plot_evolution(model: AlexNetFamily, ev: Evolution) -> Figure:
                 ax.set_title(ev.labels[j], fontsize=8)
             if j == 0:
                 ax.set_ylabel(f"{ev.layer} #{ev.channels[i]}", fontsize=8)
-    fig.suptitle(f"{model.config.name}: feature evolution during training (ZF Fig. 4)")
+    how = "" if ev.rule == "deconvnet" else f", {ev.rule} projections"
+    fig.suptitle(f"{model.config.name}: feature evolution during training (ZF Fig. 4{how})")
     return fig

@@ -382,13 +382,16 @@ def write_top9(
     batch_size: int = 32,
     workers: int = 0,
     progress: bool = False,
+    rule: str = "deconvnet",
 ) -> list[Path]:
     """Stream the data set once (state in ``OUT/top9/<layer>/``; decoded in ``workers`` processes), then
-    ``top9.json``/``.npz`` and the grids."""
+    ``top9.json``/``.npz`` and the grids (another ``rule``'s projections in ``channel_NNN_<rule>.png``; the
+    stream does not depend on it, so ``--resume`` reuses a finished pass)."""
     from alexnet.models.capture import check_trunk_layer
-    from alexnet.visualize.deconvnet import layer_shape
+    from alexnet.visualize.deconvnet import check_rule, layer_shape
     from alexnet.visualize.topk import folder_items, render_top9, stream_topk, write_topk
 
+    check_rule(rule)
     check_trunk_layer(model, layer)
     n_ch = layer_shape(model, layer)[0]
     bad = [c for c in channels or () if not 0 <= c < n_ch]
@@ -408,7 +411,8 @@ def write_top9(
         total=len(items),
         workers=workers,
     )
-    return write_topk(model, state, folder) + render_top9(model, state, folder, channels, progress=progress)
+    grids = render_top9(model, state, folder, channels, progress=progress, rule=rule)
+    return write_topk(model, state, folder) + grids
 
 
 def write_evolution(
@@ -419,10 +423,15 @@ def write_evolution(
     checkpoints: Sequence[str | Path] | None,
     layer: str,
     channels: Sequence[int],
+    rule: str = "deconvnet",
 ) -> list[Path]:
-    """ZF Fig. 4 from ``RUN/checkpoints/*.pt`` (or the given files) over ``images``."""
+    """ZF Fig. 4 from ``RUN/checkpoints/*.pt`` (or the given files) over ``images``: ``evolution_<layer>.png``,
+    ``.npz`` and ``.json`` (another ``rule``'s projections in ``evolution_<layer>_<rule>.*``)."""
     from alexnet.errors import WeightsError
+    from alexnet.visualize.deconvnet import check_rule
     from alexnet.visualize.evolution import evolution, plot_evolution, read_snapshot, run_snapshots
+
+    check_rule(rule)
 
     if checkpoints:
         files = [Path(p) for p in checkpoints]
@@ -432,15 +441,17 @@ def write_evolution(
         raise WeightsError("evolution needs --run DIR (with checkpoints/) or --checkpoints FILE …")
     snaps = [read_snapshot(f) for f in files]
     x = torch.stack([prepare(model, im).tensor for im in images])
-    ev = evolution(model, x, snaps, layer, channels)
+    ev = evolution(model, x, snaps, layer, channels, rule)
     out = Path(out)
+    name = f"evolution_{layer}" + ("" if rule == "deconvnet" else f"_{rule}")
     return [
-        save_figure(plot_evolution(model, ev), out / f"evolution_{layer}.png"),
-        save_npz(out / f"evolution_{layer}.npz", **ev.arrays()),
+        save_figure(plot_evolution(model, ev), out / f"{name}.png"),
+        save_npz(out / f"{name}.npz", **ev.arrays()),
         save_json(
-            out / f"evolution_{layer}.json",
+            out / f"{name}.json",
             {
                 "layer": layer,
+                "rule": rule,
                 "channels": list(channels),
                 "snapshots": ev.labels,
                 "files": [str(f) for f in files],

@@ -364,8 +364,18 @@ def write_topk(model: AlexNetFamily, state: TopK, folder: str | Path) -> list[Pa
     ]
 
 
-def render_channel(model: AlexNetFamily, state: TopK, channel: int) -> tuple[np.ndarray, np.ndarray]:
-    """(patches, projections): two 3×3 grids (H×W×3, 0–1) of receptive-field crops and deconv projections.
+RULE_TITLES = {
+    "deconvnet": "deconvnet projections",
+    "gradient": "gradient (saliency) projections",
+    "guided": "guided backpropagation",
+}
+
+
+def render_channel(
+    model: AlexNetFamily, state: TopK, channel: int, rule: str = "deconvnet"
+) -> tuple[np.ndarray, np.ndarray]:
+    """(patches, projections): two 3×3 grids (H×W×3, 0–1) of receptive-field crops and deconv projections
+    (``rule``: :mod:`alexnet.visualize.deconvnet`'s, for comparing ZF Fig. 2 with the gradient or guided pass).
 
     The kept images are re-read from their recorded names, so the stream's items must have been file paths.
     """
@@ -386,7 +396,7 @@ def render_channel(model: AlexNetFamily, state: TopK, channel: int) -> tuple[np.
     mask = torch.zeros(len(entries), c, h, w)
     for i, (_, _, row, col) in enumerate(entries):
         mask[i, channel, row, col] = 1.0
-    proj = project(model, images, state.layer, mask)
+    proj = project(model, images, state.layer, mask, rule)
     patches, projs = [], []
     for i, (_, _, row, col) in enumerate(entries):
         box = field.box(row, col)  # unclipped: tiles keep the field's geometry at the borders
@@ -401,10 +411,15 @@ def render_top9(
     folder: str | Path,
     channels: Sequence[int] | None = None,
     progress: bool = False,
+    rule: str = "deconvnet",
 ) -> list[Path]:
     """One PNG per feature map (``channel_NNN.png``): deconv projections (left) beside the input patches (right),
-    the layout of ZF Fig. 2."""
+    the layout of ZF Fig. 2. With another ``rule`` its projections instead, in ``channel_NNN_<rule>.png`` beside
+    the deconvnet's."""
+    from alexnet.visualize.deconvnet import check_rule
     from alexnet.visualize.plot import save_figure
+
+    check_rule(rule)
 
     n_ch = state.values.shape[0]
     chosen = list(channels) if channels is not None else list(range(min(16, n_ch)))
@@ -413,15 +428,16 @@ def render_top9(
         raise SelectionError(f"channel {bad[0]} is out of range for {state.layer} (0–{n_ch - 1})")
     written = []
     for c in tqdm(chosen, desc="render", disable=not progress):
-        patches, projs = render_channel(model, state, c)
+        patches, projs = render_channel(model, state, c, rule)
         fig = new_figure(8, 4.3)
         ax0, ax1 = fig.subplots(1, 2)
         ax0.imshow(projs, interpolation="nearest")
-        ax0.set_title("deconvnet projections")
+        ax0.set_title(RULE_TITLES[rule])
         ax1.imshow(patches, interpolation="nearest")
         ax1.set_title("input patches (receptive field)")
         for ax in (ax0, ax1):
             ax.axis("off")
         fig.suptitle(f"{model.config.name} {state.layer} feature map {c}: top {len(state.entries(c))}")
-        written.append(save_figure(fig, Path(folder) / f"channel_{c:03d}.png"))
+        suffix = "" if rule == "deconvnet" else f"_{rule}"
+        written.append(save_figure(fig, Path(folder) / f"channel_{c:03d}{suffix}.png"))
     return written
