@@ -30,6 +30,24 @@ def test_make_jpegs_writes_an_imagenet_like_folder(tmp_path):
             assert im.format == "JPEG" and 400 <= im.width <= 500 and 300 <= im.height <= 500
 
 
+def test_attribution_rate_times_ours_against_captums_on_the_same_numbers():
+    """tools/attribution_rate.py: one line per attribution, both times positive, ours and Captum's agreeing."""
+    import pytest
+
+    pytest.importorskip("captum")
+    command = [sys.executable, str(TOOLS / "attribution_rate.py"), "--models", "alexnet_owt"]
+    proc = subprocess.run(
+        [*command, "--batch-size", "2", "--repeats", "1"], capture_output=True, text=True, check=True
+    )
+    lines = proc.stdout.splitlines()[1:]
+    whats = [line.split(" ours ")[0].split(None, 1)[1].strip() for line in lines]
+    assert whats == ["guided backprop", "Guided Grad-CAM", "Grad-CAM"]
+    rows = [line.split() for line in lines]
+    for r in rows:
+        assert float(r[r.index("ours") + 1]) > 0 and float(r[r.index("captum") + 1]) > 0
+        assert float(r[r.index("apart") + 1]) < 1e-4  # alexnet_owt: no max-pool near-tie at this seed
+
+
 def test_worker_rate_times_the_files_then_the_packed_store(tmp_path):
     from alexnet.data.packed import pack
 

@@ -54,6 +54,19 @@ def test_the_gradient_rule_is_the_class_scores_gradient_with_respect_to_the_imag
 
 
 @pytest.mark.parametrize("name", NAMES)
+def test_where_every_pooling_window_ties_the_gradient_is_still_autograds_through_the_model(name: str) -> None:
+    """A flat grey image ties every interior max-pool window, at zero and above it; in fp32 the projection takes
+    its switches in the layout the model's forward runs in, and is still autograd's gradient through
+    ``model(x)``."""
+    model = _model(name, torch.float32)
+    x = torch.full((1, 3, model.default_input_size, model.default_input_size), 0.25)
+    ours = class_projection(model, x, 1, rule="gradient").images
+    xx = x.clone().requires_grad_(True)
+    (grad,) = torch.autograd.grad(model(xx)[0, 1], xx)
+    assert _relative_error(ours, grad) < 1e-5
+
+
+@pytest.mark.parametrize("name", NAMES)
 def test_the_guided_rule_is_captums_guided_backprop(name: str) -> None:
     captum_attr = pytest.importorskip("captum.attr")
     model = _model(name)

@@ -12,7 +12,7 @@ from torch import nn
 import alexnet
 from alexnet.analysis.summary import receptive_fields
 from alexnet.errors import LayerNotFound, SelectionError
-from alexnet.models import LocalResponseNorm
+from alexnet.models import LocalResponseNorm, fused
 from alexnet.models.capture import capture
 from alexnet.models.first_conv import strided_transpose
 from alexnet.predict import preprocessing_of
@@ -132,8 +132,10 @@ def gradient_projection(
     guided: bool,
 ) -> torch.Tensor:
     """Autograd through the model's own layers (the LRN's true backward): the plain gradient of (selected
-    activation · its value) w.r.t. the input, or with guided ReLUs."""
-    x = images.clone().requires_grad_(True)
+    activation · its value) w.r.t. the input, or with guided ReLUs. In the layout the model's forward takes
+    (channels-last on CPU with an LRN), as the projection does: in fp32 the two layouts' sums round apart, enough
+    to part a max-pool's near-tie now and then."""
+    x = fused.kernel_layout(model.features, images).clone().requires_grad_(True)
     y = x
     for name, m in model.named_layers():
         y = (_GuidedBackward.apply(y) if guided else torch.relu(y)) if isinstance(m, nn.ReLU) else m(y)

@@ -46,7 +46,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from alexnet.errors import SelectionError
-from alexnet.models import AlexNetFamily, LocalResponseNorm
+from alexnet.models import AlexNetFamily, LocalResponseNorm, fused
 from alexnet.models.capture import check_trunk_layer, evaluating
 from alexnet.models.first_conv import strided_transpose
 
@@ -61,12 +61,13 @@ RULES = ("deconvnet", "gradient", "guided")
 @dataclass
 class _Step:
     """One layer of the downward pass with what the forward pass recorded for it: a max-pool's switches; for the
-    ``gradient`` and ``guided`` rules a ReLU's on/off pattern and an LRN's input."""
+    ``gradient`` and ``guided`` rules where a ReLU was off and an LRN's input."""
 
     module: nn.Module
     input_size: tuple[int, int]
     switches: torch.Tensor | None = None
     kept: torch.Tensor | None = None
+    off: torch.Tensor | None = None  # a ReLU's units that passed nothing (input not > 0, NaN included)
     shape: torch.Size | None = None  # a linear layer's input shape, before the flatten of pool5's maps
 
 
@@ -83,6 +84,13 @@ def _forward_record(
     the max-pool switches (and what ``rule`` needs besides)."""
     steps: list[_Step] = []
     x = images.to(next(model.parameters()).device)
+    if rule != "deconvnet":
+        # The layout the model's own forward takes (channels-last on CPU where it has an LRN to fuse: oneDNN's
+        # convolutions and the max-pools run 2-8× faster there), so the switches are those of autograd through
+        # model(x). Where a pooling window ties, the layouts may pick different switches, each a valid gradient;
+        # at the common tie, zeros after a ReLU, the ReLU below stops the signal either way. The deconvnet's
+        # rule passes it on, so it keeps NCHW, whose first-maximum switches are the same on every device.
+        x = fused.kernel_layout(model.features, x)
     for name, module in model.named_layers():
         size = (int(x.shape[-2]), int(x.shape[-1]))
         if isinstance(module, nn.Linear):
@@ -95,7 +103,7 @@ def _forward_record(
             x, idx = F.max_pool2d(x, k, s, p, d, ceil_mode=module.ceil_mode, return_indices=True)
             steps.append(_Step(module, size, idx))
         elif rule != "deconvnet" and isinstance(module, nn.ReLU):
-            steps.append(_Step(module, size, kept=x > 0))  # before an in-place ReLU overwrites x
+            steps.append(_Step(module, size, off=~(x > 0)))  # before an in-place ReLU overwrites x
             x = module(x)
         elif rule != "deconvnet" and isinstance(module, LocalResponseNorm | nn.LocalResponseNorm):
             steps.append(_Step(module, size, kept=x))
@@ -111,8 +119,16 @@ def _forward_record(
 
 
 def _unpool(y: torch.Tensor, switches: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    """Put each pooled value back at its switch; overlapping windows that share a maximum add up."""
+    """Put each pooled value back at its switch; overlapping windows that share a maximum add up. In the layout
+    of ``y`` and the switches when both are channels-last (the switches are flat indices into each map either
+    way)."""
     n, c = y.shape[:2]
+    last = torch.channels_last
+    if y.is_contiguous(memory_format=last) and switches.is_contiguous(memory_format=last):
+        out = y.new_zeros(n, size[0] * size[1], c)
+        rows = (t.permute(0, 2, 3, 1).reshape(n, -1, c) for t in (switches, y))  # views: N×(h·w)×C
+        out.scatter_add_(1, *rows)
+        return out.view(n, *size, c).permute(0, 3, 1, 2)
     out = y.new_zeros(n, c, size[0] * size[1])
     out.scatter_add_(2, switches.flatten(2), y.flatten(2))
     return out.view(n, c, *size)
@@ -136,8 +152,10 @@ def _down(y: torch.Tensor, steps: list[_Step], rule: str = "deconvnet") -> torch
             assert step.switches is not None
             y = _unpool(y, step.switches, step.input_size)
         elif isinstance(m, nn.ReLU):
-            y = y if rule == "gradient" else F.relu(y)
-            y = y if step.kept is None else y * step.kept  # the forward on/off pattern (gradient, guided)
+            # In place: y is always this pass's own fresh tensor (a product, an unpooling, a transpose).
+            y = y if rule == "gradient" else y.clamp_(min=0)
+            if step.off is not None:  # the forward on/off pattern (gradient, guided)
+                y = y.masked_fill_(step.off, 0.0)
         elif isinstance(m, nn.Conv2d):
             y = _transpose_conv(y, m, step.input_size)
         elif isinstance(m, nn.Linear):

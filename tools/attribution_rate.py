@@ -1,0 +1,85 @@
+"""Times the class attributions against Captum's on the same model and batch: guided backpropagation
+(`alexnet.visualize.deconvnet.class_projection(rule="guided")` against `captum.attr.GuidedBackprop`), Guided
+Grad-CAM (`gradcam(..., guided=True).guided_gradcam()` against `captum.attr.GuidedGradCam` with bilinear
+upsampling) and Grad-CAM alone (against `LayerGradCam`), alternating ours and theirs in each repeat and reporting
+the medians in ms per batch. Both compute the same numbers (in float64: tests/test_visualize_class_projection.py,
+tests/test_visualize_gradcam.py); the last column is their largest difference here, in fp32, relative to Captum's
+largest value (a random zfnet's max-pool near-ties part any two fp32 paths by up to a few per cent). Random
+weights, random inputs, on the CPU.
+
+    python tools/attribution_rate.py [--models alexnet zfnet] [--batch-size 8] [--repeats 7]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+import warnings
+from collections.abc import Callable
+from typing import Any
+
+import torch
+
+import alexnet
+from alexnet.visualize.deconvnet import class_projection
+from alexnet.visualize.gradcam import gradcam
+
+
+def _ms(fn: Callable[[], Any]) -> float:
+    start = time.perf_counter()
+    fn()
+    return (time.perf_counter() - start) * 1e3
+
+
+def _pairs(model: Any, x: torch.Tensor, targets: list[int]) -> dict[str, tuple[Callable[[], Any], ...]]:
+    """(ours, Captum's) per attribution, for the last conv stage (relu5) and one class per image."""
+    from captum.attr import GuidedBackprop, GuidedGradCam, LayerGradCam
+
+    layer = model.layer("relu5")
+    return {
+        "guided backprop": (
+            lambda: class_projection(model, x, targets, "guided").images,
+            lambda: GuidedBackprop(model).attribute(x, target=targets),
+        ),
+        "Guided Grad-CAM": (
+            lambda: gradcam(model, x, "relu5", targets, guided=True).guided_gradcam(),
+            lambda: GuidedGradCam(model, layer).attribute(x, target=targets, interpolate_mode="bilinear"),
+        ),
+        "Grad-CAM": (
+            lambda: gradcam(model, x, "relu5", targets).maps,
+            lambda: LayerGradCam(model, layer).attribute(x, target=targets, relu_attributions=True)[:, 0],
+        ),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--models", nargs="+", default=["alexnet", "zfnet"])
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--repeats", type=int, default=7)
+    args = parser.parse_args()
+    warnings.filterwarnings("ignore", module="captum")  # its notes on the hooks it sets
+    print(
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads, batch {args.batch_size}, ms per batch"
+    )
+    for name in args.models:
+        torch.manual_seed(0)
+        model = alexnet.create_model(name, init="pytorch").eval()
+        side = model.default_input_size
+        x = torch.randn(args.batch_size, 3, side, side)
+        pairs = _pairs(model, x, list(range(args.batch_size)))
+        for what, (ours, theirs) in pairs.items():
+            a_out, b_out = ours(), theirs()  # also the warm-up
+            b_out = b_out.detach()
+            apart = float((a_out - b_out).abs().max()) / max(float(b_out.abs().max()), 1e-30)
+            times: dict[str, list[float]] = {"ours": [], "captum": []}
+            for _ in range(args.repeats):
+                times["ours"].append(_ms(ours))
+                times["captum"].append(_ms(theirs))
+            a, b = statistics.median(times["ours"]), statistics.median(times["captum"])
+            print(f"{name:8s} {what:16s} ours {a:8.1f}  captum {b:8.1f}  ({b / a:.2f}x)  apart {apart:.1e}")
+
+
+if __name__ == "__main__":
+    main()
