@@ -8,7 +8,7 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -27,6 +27,8 @@ from alexnet.visualize.plot import (
 )
 
 if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+
     from alexnet.visualize.maximize import Maximized, Regularization
 
 
@@ -193,21 +195,24 @@ def write_deconv(
         ax1.set_title(f"{layer} feature map {ch}, {where}" + ("" if rule == "deconvnet" else f" ({rule})"))
         for ax in (ax0, ax1):
             ax.axis("off")
-        kind, own = ("deconv", name) if rule == "deconvnet" else (rule, f"{name}_{rule}")
-        written.append(save_figure(fig, out / f"{name}_{kind}.png"))
-        written.append(save_image(picture, out / f"{own}_projection.png"))
-        written.append(
-            save_npz(
-                out / f"{name}_{kind}.npz",
-                projection=proj.numpy(),
-                layer=layer,
-                channel=ch,
-                unit=np.array(at if at is not None else (), dtype=np.int64),
-                image=str(path),
-                rule=rule,
-            )
+        unit_rc = np.array(at if at is not None else (), dtype=np.int64)
+        written += _save_projection(
+            out, name, rule, fig, picture, proj, layer=layer, channel=ch, unit=unit_rc, image=str(path)
         )
     return written
+
+
+def _save_projection(
+    out: Path, name: str, rule: str, fig: Figure, picture: np.ndarray, proj: torch.Tensor, **numbers: Any
+) -> list[Path]:
+    """A projection's three files: the figure ``<name>_<kind>.png`` (``deconv``, or the rule's name), the picture
+    alone ``<name>[_<rule>]_projection.png``, and ``<name>_<kind>.npz`` (``projection``, ``rule``, ``numbers``)."""
+    kind, own = ("deconv", name) if rule == "deconvnet" else (rule, f"{name}_{rule}")
+    return [
+        save_figure(fig, out / f"{name}_{kind}.png"),
+        save_image(picture, out / f"{own}_projection.png"),
+        save_npz(out / f"{name}_{kind}.npz", projection=proj.numpy(), rule=rule, **numbers),
+    ]
 
 
 def write_occlusion(
@@ -301,23 +306,20 @@ def _write_class_projection(
             axes[2].set_title("saliency map: max |gradient| over colours")
         for ax in axes:
             ax.axis("off")
-        name = f"{stem}_{layer}_class{c}"
-        kind, own = ("deconv", name) if rule == "deconvnet" else (rule, f"{name}_{rule}")
-        written.append(save_figure(fig, out / f"{name}_{kind}.png"))
-        written.append(save_image(picture, out / f"{own}_projection.png"))
         extra = {} if saliency is None else {"saliency": saliency}
-        written.append(
-            save_npz(
-                out / f"{name}_{kind}.npz",
-                projection=proj.numpy(),
-                layer=layer,
-                channel=c,
-                unit=np.array((), dtype=np.int64),
-                score=float(res.scores[0]),
-                image=str(path),
-                rule=rule,
-                **extra,
-            )
+        written += _save_projection(
+            out,
+            f"{stem}_{layer}_class{c}",
+            rule,
+            fig,
+            picture,
+            proj,
+            layer=layer,
+            channel=c,
+            unit=np.array((), dtype=np.int64),
+            score=float(res.scores[0]),
+            image=str(path),
+            **extra,
         )
     return written
 
