@@ -313,6 +313,7 @@ def create_app(
         """Where this image's evidence for class ``target`` lies: Grad-CAM at the last conv stage's ReLU over the
         network's input crop (:mod:`alexnet.visualize.gradcam`); ``?view=guided``: the class's guided
         backpropagation, ``?view=guided-gradcam``: their product, Guided Grad-CAM (§3, Fig. 1 (b), (d))."""
+        from alexnet.visualize.deconvnet import class_projection
         from alexnet.visualize.gradcam import gradcam, overlay
         from alexnet.visualize.plot import uint8_to_float
 
@@ -322,10 +323,10 @@ def create_app(
         a = _analysis(key, image_id)
 
         def make() -> bytes:
-            cam = gradcam(slot.model, a.x, target=target, guided=view != "gradcam")
-            if view == "guided":
-                assert cam.guided is not None
-                return render.projection_png(cam.guided[0], slot.preprocessing)
+            if view == "guided":  # the guided pass alone, without the map
+                pixels = class_projection(slot.model, a.x, target, "guided").images[0]
+                return render.projection_png(pixels, slot.preprocessing)
+            cam = gradcam(slot.model, a.x, target=target, guided=view == "guided-gradcam")
             if view == "guided-gradcam":
                 return render.projection_png(cam.guided_gradcam()[0], slot.preprocessing)
             heat = cam.upsampled(tuple(a.x.shape[-2:]))[0].numpy()
