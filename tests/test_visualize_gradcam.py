@@ -82,6 +82,21 @@ def test_guided_backpropagation_hardly_tells_two_classes_apart() -> None:
     assert np.corrcoef(cat, other)[0, 1] > 0.9
 
 
+@pytest.mark.parametrize(
+    ("name", "layer"), [("alexnet", "relu5"), ("zfnet", "conv3"), ("alexnet_owt", "pool2")]
+)
+def test_with_guided_the_map_from_the_shared_forward_pass_is_the_same_grad_cam(name: str, layer: str) -> None:
+    """guided=True takes the maps and their gradient from the guided pass's recorded forward pass (one pass for
+    both): the same Eq. 1 weights and Eq. 2 map as the autograd path."""
+    model = _model(name)
+    x = torch.randn(2, 3, model.default_input_size, model.default_input_size)
+    plain, both = gradcam(model, x, layer, [3, 7]), gradcam(model, x, layer, [3, 7], guided=True)
+    for field in ("maps", "weights", "scores", "probabilities"):
+        ours, ref = getattr(both, field), getattr(plain, field)
+        torch.testing.assert_close(ours, ref, rtol=1e-4, atol=1e-5 * float(ref.abs().max()), msg=field)
+    assert both.targets.tolist() == plain.targets.tolist() == [3, 7]
+
+
 def test_guided_grad_cam_needs_the_guided_backpropagation() -> None:
     cam = gradcam(_model("alexnet"), torch.randn(1, 3, 227, 227))
     assert cam.guided is None

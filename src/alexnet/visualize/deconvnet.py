@@ -69,6 +69,7 @@ class _Step:
     kept: torch.Tensor | None = None
     off: torch.Tensor | None = None  # a ReLU's units that passed nothing (input not > 0, NaN included)
     shape: torch.Size | None = None  # a linear layer's input shape, before the flatten of pool5's maps
+    output: torch.Tensor | None = None  # the layer's output, where asked for (``keep``)
 
 
 def check_rule(rule: str) -> None:
@@ -78,10 +79,15 @@ def check_rule(rule: str) -> None:
 
 
 def _forward_record(
-    model: AlexNetFamily, images: torch.Tensor, layer: str | None, rule: str = "deconvnet"
+    model: AlexNetFamily,
+    images: torch.Tensor,
+    layer: str | None,
+    rule: str = "deconvnet",
+    keep: str | None = None,
 ) -> tuple[torch.Tensor, list[_Step]]:
     """Forward up to ``layer`` (``None``: through the classifier to the class scores), recording input sizes and
-    the max-pool switches (and what ``rule`` needs besides)."""
+    the max-pool switches (and what ``rule`` needs besides), one step per layer; layer ``keep``'s output is kept
+    in its step (a copy: an in-place ReLU may follow)."""
     steps: list[_Step] = []
     x = images.to(next(model.parameters()).device)
     if rule != "deconvnet":
@@ -111,6 +117,8 @@ def _forward_record(
         else:
             x = module(x)
             steps.append(_Step(module, size))
+        if name == keep:
+            steps[-1].output = x.clone()
         if name == layer:
             return x, steps
     if layer is None:
@@ -321,6 +329,43 @@ def class_projection(
         pixels = _down(onehot, steps, rule)
         scores = logits.gather(1, targets[:, None])[:, 0]
         return ClassProjection(pixels.cpu(), targets.cpu(), scores.cpu())
+
+
+class GuidedAndGradient(NamedTuple):
+    """:func:`guided_and_gradient`'s results, on the CPU."""
+
+    guided: torch.Tensor  # N×3×H×W: the classes' guided backpropagation
+    maps: torch.Tensor  # N×C×h×w: the layer's output
+    gradient: torch.Tensor  # N×C×h×w: the class score's exact gradient with respect to it
+    logits: torch.Tensor  # N×classes
+    targets: torch.Tensor  # N
+
+
+def guided_and_gradient(
+    model: AlexNetFamily,
+    images: torch.Tensor,
+    layer: str,
+    target: int | list[int] | torch.Tensor | None = None,
+) -> GuidedAndGradient:
+    """What Guided Grad-CAM needs (Selvaraju et al. 2017, §3) from one recorded forward pass: a conv-trunk
+    ``layer``'s maps, the class score's exact gradient with respect to them (two passes down share the forward
+    pass's records: the gradient rule to ``layer``, the guided rule to the pixels) and the guided
+    backpropagation. ``images`` and ``target`` as :func:`class_projection`'s."""
+    if images.ndim == 3:
+        images = images.unsqueeze(0)
+    model.check_input(images, classify=True)
+    check_trunk_layer(model, layer)
+    with evaluating(model):
+        logits, steps = _forward_record(model, images, None, "guided", keep=layer)
+        targets = class_targets(target, logits)
+        onehot = torch.zeros_like(logits)
+        onehot[torch.arange(len(logits)), targets] = 1.0
+        at = model.layer_names().index(layer)
+        maps = steps[at].output
+        assert maps is not None
+        gradient = _down(onehot.clone(), steps[at + 1 :], "gradient")
+        guided = _down(onehot, steps, "guided")
+        return GuidedAndGradient(guided.cpu(), maps.cpu(), gradient.cpu(), logits.cpu(), targets.cpu())
 
 
 def saliency_map(pixels: torch.Tensor) -> torch.Tensor:

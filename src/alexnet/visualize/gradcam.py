@@ -17,8 +17,9 @@ backward pass from the layer up. Captum's ``LayerGradCam`` computes the same num
 **Guided Grad-CAM** (§3, "Guided Grad-CAM"; Fig. 1 (b)–(d)): the map is coarse (13×13 for AlexNet's conv5), so
 the paper multiplies the upsampled map pointwise with the class's guided backpropagation (Springenberg et al.
 2015; :func:`alexnet.visualize.deconvnet.class_projection`), which is sharp but hardly tells one class from
-another: ``gradcam(..., guided=True)`` and :meth:`GradCam.guided_gradcam`. Captum's ``GuidedGradCam`` with
-bilinear upsampling computes the same numbers (tested).
+another: ``gradcam(..., guided=True)`` and :meth:`GradCam.guided_gradcam`, both from one recorded forward pass
+(:func:`alexnet.visualize.deconvnet.guided_and_gradient`). Captum's ``GuidedGradCam`` with bilinear upsampling
+computes the same numbers (tested).
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ from torch import nn
 
 from alexnet.models import AlexNetFamily
 from alexnet.models.capture import check_trunk_layer, walk
-from alexnet.visualize.deconvnet import class_projection, class_targets
+from alexnet.visualize.deconvnet import class_targets, guided_and_gradient
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -99,6 +100,12 @@ def gradcam(
     model.check_input(images, classify=True)
     layer = layer or default_layer(model)
     check_trunk_layer(model, layer)
+    if guided:  # one recorded forward pass for both (deconvnet.guided_and_gradient)
+        both = guided_and_gradient(model, images, layer, target)
+        logits, acts, grads = both.logits, both.maps, both.gradient
+        scores = logits.gather(1, both.targets[:, None])[:, 0]
+        probabilities = torch.softmax(logits, 1).gather(1, both.targets[:, None])[:, 0]
+        return _cam(layer, acts, grads, both.targets, scores, probabilities, both.guided)
     device = next(model.parameters()).device
     was_training = model.training
     model.eval()
@@ -115,12 +122,22 @@ def gradcam(
             probabilities = torch.softmax(logits.detach(), 1).gather(1, targets[:, None])[:, 0]
     finally:
         model.train(was_training)
+    return _cam(layer, acts.detach(), grads, targets, scores.detach(), probabilities)
+
+
+def _cam(
+    layer: str,
+    acts: torch.Tensor,
+    grads: torch.Tensor,
+    targets: torch.Tensor,
+    scores: torch.Tensor,
+    probabilities: torch.Tensor,
+    guided: torch.Tensor | None = None,
+) -> GradCam:
+    """Eq. 1 and 2 from the layer's maps and the score's gradient with respect to them."""
     weights = grads.mean(dim=(2, 3))  # Eq. 1
-    maps = F.relu((weights[:, :, None, None] * acts.detach()).sum(1))  # Eq. 2
-    backprop = class_projection(model, images, targets, "guided").images if guided else None
-    return GradCam(
-        layer, maps.cpu(), weights.cpu(), targets.cpu(), scores.detach().cpu(), probabilities.cpu(), backprop
-    )
+    maps = F.relu((weights[:, :, None, None] * acts).sum(1))  # Eq. 2
+    return GradCam(layer, maps.cpu(), weights.cpu(), targets.cpu(), scores.cpu(), probabilities.cpu(), guided)
 
 
 def overlay(image: np.ndarray, heat: np.ndarray, alpha: float = 0.5) -> np.ndarray:
