@@ -145,6 +145,40 @@ def test_deconv_of_the_class_scores_projects_a_class_through_the_classifier(
         assert "saliency" not in z and str(z["rule"]) == "guided" and int(z["channel"]) == 7
 
 
+def test_deconv_of_a_classifier_unit_projects_it_through_the_classifier_first(
+    setup, capsys, tmp_path: Path
+) -> None:
+    """--layer relu7: each image's strongest unit by default (a chosen one with --channel), its projection the
+    library's ``deconvnet`` of that unit; named like a feature map's, with no unit."""
+    from alexnet.models.capture import capture
+    from alexnet.visualize.deconvnet import deconvnet
+
+    model = alexnet.create_model("alexnet_owt", weights=setup["run"] / "model.safetensors").eval()
+    x = alexnet.inputs.prepare(model, setup["img"]).tensor.unsqueeze(0)
+    strongest = int(capture(model, x, ["relu7"])["relu7"][0].argmax())
+    args = [
+        "deconv",
+        "--run",
+        str(setup["run"]),
+        str(setup["img"]),
+        "--layer",
+        "relu7",
+        "--out",
+        str(tmp_path),
+    ]
+    code, lines, err = _run(capsys, args)
+    assert code == 0, err
+    npz = tmp_path / f"chelsea_relu7_ch{strongest}_deconv.npz"
+    assert str(npz) in lines
+    with np.load(npz) as z:
+        expected = deconvnet(model, x, "relu7", strongest)[0].numpy()
+        np.testing.assert_allclose(z["projection"], expected, rtol=1e-5, atol=1e-7 * np.abs(expected).max())
+        assert z["unit"].size == 0 and int(z["channel"]) == strongest and np.abs(expected).max() > 0
+    code, lines, err = _run(capsys, [*args, "--channel", "5", "--rule", "guided"])
+    assert code == 0, err
+    assert str(tmp_path / "chelsea_relu7_ch5_guided.npz") in lines
+
+
 def test_top9_json_lists_nine_per_channel_and_resume_reuses_the_state(setup, capsys, tmp_path: Path) -> None:
     import json
 
@@ -199,8 +233,9 @@ def test_top9_resume_with_another_model_or_data_is_one_line_and_overwrites_nothi
 
 BAD = [
     (["deconv", "--layer", "conv9"], "valid layers"),
-    (["deconv", "--layer", "fc7"], "trunk of alexnet_owt; choose one of: conv1"),
-    (["deconv", "--layer", "fc7"], "or fc8 (a class score)"),
+    (["deconv", "--layer", "fc9"], "valid layers"),
+    (["deconv", "--layer", "fc7", "--unit", "0,0"], "fc7 has no map to take a unit of"),
+    (["deconv", "--layer", "relu6", "--channel", "4096"], "channel 4096 is out of range for relu6 (0–4095)"),
     (["deconv", "--layer", "fc8", "--channel", "1000"], "class 1000 is out of range (0–999)"),
     (["deconv", "--layer", "fc8", "--unit", "1,1"], "its units are the classes (--channel)"),
     (["deconv", "--layer", "conv5", "--channel", "256"], "out of range"),

@@ -11,7 +11,7 @@ from torch import nn
 
 import alexnet
 from alexnet.analysis.summary import receptive_fields
-from alexnet.errors import LayerNotFound, SelectionError
+from alexnet.errors import InputSizeError, LayerNotFound, SelectionError
 from alexnet.models import LocalResponseNorm, fused
 from alexnet.models.capture import capture
 from alexnet.models.first_conv import strided_transpose
@@ -52,6 +52,8 @@ def autograd_projection(
     x = images.clone().requires_grad_(True)
     y = x
     for name, m in model.named_layers():
+        if isinstance(m, nn.Linear) and y.ndim > 2:
+            y = torch.flatten(y, 1)
         if isinstance(m, nn.ReLU):
             y = _RectifiedBackward.apply(y)
         elif isinstance(m, LocalResponseNorm):
@@ -87,12 +89,14 @@ CASES = [
     ("alexnet_owt", "relu5", 42, "max"),
     ("bvlc_alexnet", "pool2", 11, "max"),
     ("zfnet_b", "conv4", 600, None),  # Table 2 (b)'s widened conv4: 1024 maps
+    ("alexnet", "relu7", "max", None),  # a classifier unit: through fc7, relu6, fc6 to pool5 first
+    ("zfnet", "fc6", 123, None),
 ]
 
 
 @pytest.mark.parametrize(("name", "layer", "channel", "unit"), CASES)
 def test_deconvnet_equals_rectified_backward_formulation(
-    name: str, layer: str, channel: int, unit: tuple[int, int] | str | None
+    name: str, layer: str, channel: int | str, unit: tuple[int, int] | str | None
 ) -> None:
     torch.manual_seed(0)
     model = alexnet.create_model(name, init="pytorch").eval()
@@ -101,7 +105,9 @@ def test_deconvnet_equals_rectified_backward_formulation(
         fmap = capture(model, images[:1], [layer])[layer][0, channel]
         flat = int(fmap.argmax())
         unit = (flat // fmap.shape[1], flat % fmap.shape[1])
-    assert not isinstance(unit, str)
+    if channel == "max":  # a classifier unit that is on for the first image
+        channel = int(capture(model, images[:1], [layer])[layer][0].argmax())
+    assert not isinstance(unit, str) and not isinstance(channel, str)
     ours = deconvnet(model, images, layer, channel, unit)
     ref = autograd_projection(model, images, layer, channel, unit)
     assert ours.shape == images.shape
@@ -138,6 +144,8 @@ def gradient_projection(
     x = fused.kernel_layout(model.features, images).clone().requires_grad_(True)
     y = x
     for name, m in model.named_layers():
+        if isinstance(m, nn.Linear) and y.ndim > 2:
+            y = torch.flatten(y, 1)
         y = (_GuidedBackward.apply(y) if guided else torch.relu(y)) if isinstance(m, nn.ReLU) else m(y)
         if name == layer:
             break
@@ -150,6 +158,7 @@ RULE_CASES = [
     ("caffenet", "norm2", 200, "max"),
     ("zfnet", "pool5", 17, None),
     ("alexnet_owt", "relu5", 42, "max"),
+    ("caffenet", "fc7", 77, None),
 ]
 
 
@@ -231,8 +240,12 @@ def test_bad_selection_raises_typed_errors() -> None:
     x = torch.zeros(1, 3, 227, 227)
     with pytest.raises(LayerNotFound, match="conv1"):
         deconvnet(model, x, "conv9", 0)
-    with pytest.raises(LayerNotFound, match="trunk"):
-        deconvnet(model, x, "fc7", 0)
+    with pytest.raises(SelectionError, match="fc7 has no map to take a unit of"):
+        deconvnet(model, x, "fc7", 0, (0, 0))
+    with pytest.raises(SelectionError, match="0–4095"):
+        deconvnet(model, x, "fc7", 4096)
+    with pytest.raises(InputSizeError, match="takes 227×227 images"):  # the classifier reads one size
+        deconvnet(model, torch.zeros(1, 3, 195, 195), "fc7", 0)
     with pytest.raises(SelectionError, match="0–255"):
         deconvnet(model, x, "conv5", 256)
     with pytest.raises(SelectionError, match="13×13"):

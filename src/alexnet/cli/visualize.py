@@ -166,14 +166,15 @@ def register(sub: Any) -> None:
     k.add_argument(
         "--layer",
         default="conv5",
-        help="conv-trunk layer: convN, reluN, normN or poolN (default conv5); or the last layer (fc8): a class "
-        "score, projected through the classifier first",
+        help="conv-trunk layer: convN, reluN, normN or poolN (default conv5); or a classifier layer (fc6, relu6, "
+        "fc7, relu7): one of its units, through the classifier first; or the last layer (fc8): a class score",
     )
     k.add_argument(
         "--channel",
         type=int,
         help="feature map (default: with --unit, the map strongest at that unit; else each image's strongest "
-        "activation); with --layer fc8 a class (default each image's top class)",
+        "activation); for a classifier layer one of its units (default the strongest), for fc8 a class (default "
+        "each image's top class)",
     )
     k.add_argument(
         "--unit", type=_unit, metavar="ROW,COL", help="only this unit of the map (default: the whole map)"

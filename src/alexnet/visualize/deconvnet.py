@@ -47,7 +47,7 @@ from torch import nn
 
 from alexnet.errors import SelectionError
 from alexnet.models import AlexNetFamily, LocalResponseNorm, fused
-from alexnet.models.capture import check_trunk_layer, evaluating
+from alexnet.models.capture import check_trunk_layer, evaluating, trunk_layers
 from alexnet.models.first_conv import strided_transpose
 
 
@@ -225,15 +225,21 @@ def deconvnet(
     """Project feature map ``channel`` of ``layer`` (or only its unit ``(row, col)``) to pixel space (ZF §2.1).
 
     ``images``: a normalised batch N×3×H×W (or one 3×H×W image). ``layer``: a conv-trunk layer (``conv1`` …
-    ``pool5``; ``convN`` is before its ReLU). Runs on the model's device; returns N×3×H×W on the CPU, in the
-    input's units (not rescaled for display; see :func:`alexnet.visualize.plot.projection_to_image`).
+    ``pool5``; ``convN`` is before its ReLU), or a classifier layer (``fc6`` … ``fc8``, ``reluN``, ``dropN``;
+    ``channel`` is then one of its units, no ``unit``, and the images are of the size the classifier reads):
+    the same downward pass, through the classifier first. Runs on the model's device; returns N×3×H×W on the
+    CPU, in the input's units (not rescaled for display; see :func:`alexnet.visualize.plot.projection_to_image`).
     ``rule="gradient"`` or ``"guided"``: the saliency map or guided backpropagation instead (module docstring).
     """
     check_rule(rule)
     if images.ndim == 3:
         images = images.unsqueeze(0)
-    model.check_input(images)
-    check_trunk_layer(model, layer)
+    head = layer not in trunk_layers(model)
+    if head:
+        model.layer(layer)  # LayerNotFound, naming the valid layers
+        if unit is not None:
+            raise SelectionError(f"{layer} has no map to take a unit of: its units are its channels")
+    model.check_input(images, classify=head)
     with evaluating(model):
         acts, steps = _forward_record(model, images, layer, rule)
         _check_channel(acts, layer, channel)

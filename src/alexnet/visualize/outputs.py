@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-from alexnet.errors import LayerNotFound, SelectionError
+from alexnet.errors import SelectionError
 from alexnet.inputs import prepare
 from alexnet.models import AlexNetFamily
 from alexnet.predict import mean_image_of, preprocessing_of
@@ -147,21 +147,22 @@ def write_deconv(
     in ``_deconv`` (``_gradient``, ``_guided``); the .npz records ``projection``, ``layer``, ``channel``, ``unit``
     (row, col; empty for a whole map), ``image`` and ``rule``.
 
-    ``layer`` the last one (``fc8``, the class scores): ``channel`` is a class (default each image's top class),
-    projected through the classifier first (:func:`alexnet.visualize.deconvnet.class_projection`; under
-    ``rule="gradient"`` Simonyan et al.'s class saliency, whose map, §3.1, is drawn beside it)."""
-    from alexnet.models.capture import capture, check_trunk_layer
+    A classifier layer (``fc6``, ``relu7``…): ``channel`` is one of its units (default each image's strongest),
+    no ``unit``; the pass goes through the classifier's transposes first. The last one (``fc8``, the class scores):
+    ``channel`` is a class (default each image's top class), its score's projection
+    (:func:`alexnet.visualize.deconvnet.class_projection`; under ``rule="gradient"`` Simonyan et al.'s class
+    saliency, whose map, §3.1, is drawn beside it)."""
+    from alexnet.models.capture import capture, trunk_layers
     from alexnet.visualize.deconvnet import check_rule, deconvnet, deconvnet_strongest, layer_shape
     from alexnet.visualize.plot import new_figure
 
     check_rule(rule)  # before any image is read
-    scores = model.layer_names()[-1]
-    if layer == scores:
+    if layer == model.layer_names()[-1]:
         return _write_class_projection(model, images, Path(out), layer, channel, unit, rule)
-    try:
-        check_trunk_layer(model, layer)
-    except LayerNotFound as e:
-        raise LayerNotFound(f"{e}; or {scores} (a class score)") from None
+    model.layer(layer)  # LayerNotFound, naming the valid layers
+    head = layer not in trunk_layers(model)
+    if head and unit is not None:
+        raise SelectionError(f"{layer} has no map to take a unit of: its units are its channels (--channel)")
     prep = preprocessing_of(model)
     if unit is not None:  # before any image is read: the map's size does not depend on the image
         _, h, w = layer_shape(model, layer, prep.input_size)
@@ -172,18 +173,26 @@ def write_deconv(
     for path, stem in zip(images, _stems(images), strict=True):
         p = prepare(model, path)
         x = p.tensor.unsqueeze(0)
-        ch, at = channel, unit
-        if ch is None:
-            acts = capture(model, x, [layer])[layer][0]
-            # With a unit, the channel strongest there: the map's strongest elsewhere may be 0 at the unit.
-            ch = int(acts[:, at[0], at[1]].argmax() if at is not None else acts.flatten(1).amax(1).argmax())
-        if at is None and channel is None:
-            res = deconvnet_strongest(model, x, layer, ch, rule)
-            proj, at = res.images[0], (int(res.units[0, 0]), int(res.units[0, 1]))
-            where = f"strongest unit {at}"
+        if head:  # a classifier unit: ZF's pass through the classifier's transposes first
+            ch = channel if channel is not None else int(capture(model, x, [layer])[layer][0].argmax())
+            proj, at = deconvnet(model, x, layer, ch, None, rule)[0], None
+            what = f"{layer} unit {ch}" + (", the strongest" if channel is None else "")
         else:
-            proj = deconvnet(model, x, layer, ch, at, rule)[0]
-            where = f"unit {at}" if at is not None else "whole map"
+            ch, at = channel, unit
+            if ch is None:
+                acts = capture(model, x, [layer])[layer][0]
+                # With a unit, the channel strongest there: the map's strongest elsewhere may be 0 at the unit.
+                ch = int(
+                    acts[:, at[0], at[1]].argmax() if at is not None else acts.flatten(1).amax(1).argmax()
+                )
+            if at is None and channel is None:
+                res = deconvnet_strongest(model, x, layer, ch, rule)
+                proj, at = res.images[0], (int(res.units[0, 0]), int(res.units[0, 1]))
+                where = f"strongest unit {at}"
+            else:
+                proj = deconvnet(model, x, layer, ch, at, rule)[0]
+                where = f"unit {at}" if at is not None else "whole map"
+            what = f"{layer} feature map {ch}, {where}"
         # The unit is part of the name: a unit's projection and the whole map's must not overwrite each other.
         name = f"{stem}_{layer}_ch{ch}" + (f"_unit{at[0]}-{at[1]}" if at is not None else "")
         picture = projection_to_image(proj, prep)
@@ -192,7 +201,7 @@ def write_deconv(
         ax0.imshow(uint8_to_float(p.crop))
         ax0.set_title(Path(str(path)).name)
         ax1.imshow(picture)
-        ax1.set_title(f"{layer} feature map {ch}, {where}" + ("" if rule == "deconvnet" else f" ({rule})"))
+        ax1.set_title(what + ("" if rule == "deconvnet" else f" ({rule})"))
         for ax in (ax0, ax1):
             ax.axis("off")
         unit_rc = np.array(at if at is not None else (), dtype=np.int64)
