@@ -1,7 +1,8 @@
 """Times the class attributions against Captum's on the same model and batch: guided backpropagation
 (`alexnet.visualize.deconvnet.class_projection(rule="guided")` against `captum.attr.GuidedBackprop`), Guided
 Grad-CAM (`gradcam(..., guided=True).guided_gradcam()` against `captum.attr.GuidedGradCam` with bilinear
-upsampling) and Grad-CAM alone (against `LayerGradCam`), alternating ours and theirs in each repeat and reporting
+upsampling), Grad-CAM alone (against `LayerGradCam`) and integrated gradients (`integrated_gradients` against
+`IntegratedGradients`, 16 points of §5's sum from the black image, 32 path images a pass), alternating ours and theirs in each repeat and reporting
 the medians in ms per batch. Both compute the same numbers (in float64: tests/test_visualize_class_projection.py,
 tests/test_visualize_gradcam.py); the last column is their largest difference here, in fp32, relative to Captum's
 largest value (a random zfnet's max-pool near-ties part any two fp32 paths by up to a few per cent). Random
@@ -24,6 +25,7 @@ import torch
 import alexnet
 from alexnet.visualize.deconvnet import class_projection
 from alexnet.visualize.gradcam import gradcam
+from alexnet.visualize.integrated import black_image, integrated_gradients
 
 
 def _ms(fn: Callable[[], Any]) -> float:
@@ -34,9 +36,10 @@ def _ms(fn: Callable[[], Any]) -> float:
 
 def _pairs(model: Any, x: torch.Tensor, targets: list[int]) -> dict[str, tuple[Callable[[], Any], ...]]:
     """(ours, Captum's) per attribution, for the last conv stage (relu5) and one class per image."""
-    from captum.attr import GuidedBackprop, GuidedGradCam, LayerGradCam
+    from captum.attr import GuidedBackprop, GuidedGradCam, IntegratedGradients, LayerGradCam
 
     layer = model.layer("relu5")
+    black = black_image(model)[None].expand_as(x)
     return {
         "guided backprop": (
             lambda: class_projection(model, x, targets, "guided").images,
@@ -49,6 +52,12 @@ def _pairs(model: Any, x: torch.Tensor, targets: list[int]) -> dict[str, tuple[C
         "Grad-CAM": (
             lambda: gradcam(model, x, "relu5", targets).maps,
             lambda: LayerGradCam(model, layer).attribute(x, target=targets, relu_attributions=True)[:, 0],
+        ),
+        "IG, 16 steps": (  # integrated gradients of the score from the black image, 32 path images a pass
+            lambda: integrated_gradients(model, x, targets, steps=16, output="score").attributions,
+            lambda: IntegratedGradients(model).attribute(
+                x, baselines=black, target=targets, n_steps=16, method="riemann_right", internal_batch_size=32
+            ),
         ),
     }
 

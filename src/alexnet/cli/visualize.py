@@ -36,6 +36,8 @@ KINDS = {
     "left)",
     "gradcam": "Grad-CAM: where a class's score comes from, at a conv layer's resolution (Selvaraju et al. 2017, "
     "§3), over the image",
+    "integrated-gradients": "integrated gradients: each pixel's share of a class's output against a black image "
+    "(Sundararajan et al. 2017, §3; sums to the output's change)",
     "maximize": "images that drive chosen units highest, by regularised gradient ascent (Yosinski et al. 2015, "
     "§3: the DeepVis toolbox's optimised images)",
     "correspondence": "does masking the same part of several images change the features alike? (ZF §4.2, "
@@ -138,7 +140,7 @@ def register(sub: Any) -> None:
         sub,
         "visualize",
         "look inside a model: activations, filters, deconvnet, top-9, occlusion, evolution, invariance, retrieval, "
-        "predictions, correspondence, gradcam, maximize",
+        "predictions, correspondence, gradcam, integrated-gradients, maximize",
         "Figures of AlexNet §6 / Fig. 3–4, Zeiler & Fergus §2–4 / Figs. 2–8 and Table 1, Selvaraju et al.'s "
         "Grad-CAM and Yosinski et al.'s optimised images for any registered model. Each kind writes PNGs plus the numbers behind them "
         "(.npz / .json) into --out and prints the paths.",
@@ -284,6 +286,38 @@ def register(sub: Any) -> None:
         action="store_true",
         help="also the class's guided backpropagation and Guided Grad-CAM (their product; §3, Fig. 1 (b)-(d))",
     )
+
+    k = kinds.add_parser(
+        "integrated-gradients",
+        help=KINDS["integrated-gradients"],
+        description="Sundararajan, Taly & Yan, 'Axiomatic Attribution for Deep Networks' (ICML 2017): each pixel's "
+        "difference from a baseline image times the class output's gradient averaged along the straight path "
+        "from the baseline (§3, Eq. 1); the attributions sum to the output's change from the baseline "
+        "(completeness, Proposition 1), and the error of the --steps sum is printed (§5: 20-300 steps bring it "
+        "within 5%%).",
+    )
+    _common(k)
+    k.add_argument("--target", type=int, help="class index to explain (default: each image's top class)")
+    k.add_argument(
+        "--baseline",
+        choices=("black", "mean"),
+        default="black",
+        help="the path's start: a black image (§6; default) or the model's mean (its zero input)",
+    )
+    k.add_argument("--steps", type=int, default=50, help="points along the path (default 50; §5: 20-300)")
+    k.add_argument(
+        "--method",
+        choices=("riemann_right", "riemann_left", "riemann_middle", "riemann_trapezoid", "gausslegendre"),
+        default="riemann_right",
+        help="how the points are placed and weighed (default riemann_right, §5's sum)",
+    )
+    k.add_argument(
+        "--of",
+        choices=("probability", "score"),
+        default="probability",
+        help="the output explained: the class's probability after the softmax (default) or its score before it",
+    )
+    k.add_argument("--batch-size", type=int, default=32, help="path images per forward pass (default 32)")
 
     k = kinds.add_parser(
         "maximize",
@@ -435,6 +469,8 @@ def run(args: argparse.Namespace) -> int:
         paths = outputs.write_predictions(model, args.images, args.out, targets=args.targets, topk=args.topk)
     elif kind == "gradcam":
         paths = outputs.write_gradcam(model, args.images, args.out, args.layer, args.target, args.guided)
+    elif kind == "integrated-gradients":
+        paths = _integrated(model, args)
     elif kind == "maximize":
         paths = _maximize(model, args)
     elif kind == "correspondence":
@@ -458,6 +494,38 @@ def run(args: argparse.Namespace) -> int:
     for path in paths:
         print(path)
     return 0
+
+
+def _integrated(model: Any, args: argparse.Namespace) -> list[Path]:
+    """``visualize integrated-gradients``: per image, completeness's check (the attributions' sum against the
+    output's change from the baseline; §5 asks for 5 %), then the files."""
+    from alexnet.predict import labels_of
+    from alexnet.visualize.outputs import write_integrated
+
+    paths, results = write_integrated(
+        model,
+        args.images,
+        args.out,
+        target=args.target,
+        baseline=args.baseline,
+        steps=args.steps,
+        method=args.method,
+        output=args.of,
+        batch_size=args.batch_size,
+        progress=True,
+    )
+    labels = labels_of(model)
+    for image, res in zip(args.images, results, strict=True):
+        c, change = int(res.targets[0]), float(res.outputs[0] - res.baseline_outputs[0])
+        total = change + float(res.delta[0])
+        off = abs(float(res.delta[0])) / max(abs(change), 1e-12)
+        advice = "" if off <= 0.05 else f"; above §5's 5 %: more --steps (now {args.steps}) bring it closer"
+        print(
+            f"{Path(image).name}: {labels[c]} ({c}), {args.of} {float(res.outputs[0]):.4g} "
+            f"({change:+.4g} from the {args.baseline} baseline); attributions sum to {total:+.4g}, "
+            f"{100 * off:.1f} % off{advice}"
+        )
+    return paths
 
 
 def _maximize(model: Any, args: argparse.Namespace) -> list[Path]:

@@ -37,6 +37,23 @@ def evaluating(model: nn.Module) -> Iterator[None]:
         model.train(was_training)
 
 
+@contextmanager
+def frozen(model: nn.Module) -> Iterator[None]:
+    """Eval mode and no parameter gradients for the block (only an image's are wanted: optimised images,
+    integrated gradients; a frozen first conv then takes its faster image gradient); both restored after."""
+    was_training = model.training
+    wanted = [p.requires_grad for p in model.parameters()]
+    model.eval()
+    try:
+        for p in model.parameters():
+            p.requires_grad_(False)
+        yield
+    finally:
+        for p, w in zip(model.parameters(), wanted, strict=True):
+            p.requires_grad_(w)
+        model.train(was_training)
+
+
 def trunk_layers(model: AlexNetFamily) -> list[str]:
     """Paper names of the conv-trunk layers (``conv1`` … ``pool5``), in forward order."""
     names: list[str] = []

@@ -43,7 +43,6 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
-from contextlib import contextmanager
 from dataclasses import asdict, dataclass, replace
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -55,7 +54,7 @@ from alexnet.data.preprocess import Preprocessing
 from alexnet.data.transforms import Normalize
 from alexnet.errors import SelectionError
 from alexnet.models import AlexNetFamily, fused
-from alexnet.models.capture import trunk_layers, walk
+from alexnet.models.capture import frozen, trunk_layers, walk
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -248,22 +247,6 @@ class PixelInput:
         return self.normalize(pixels / 255.0)
 
 
-@contextmanager
-def _frozen(model: AlexNetFamily) -> Any:
-    """Eval mode, and no parameter gradients (only the image's are wanted); both restored after."""
-    was_training = model.training
-    wanted = [p.requires_grad for p in model.parameters()]
-    model.eval()
-    try:
-        for p in model.parameters():
-            p.requires_grad_(False)
-        yield
-    finally:
-        for p, w in zip(model.parameters(), wanted, strict=True):
-            p.requires_grad_(w)
-        model.train(was_training)
-
-
 def _layer_output_shape(model: AlexNetFamily, layer: str, size: int) -> tuple[int, ...]:
     p = next(model.parameters())
     with torch.inference_mode():
@@ -404,7 +387,7 @@ def _ascend(
     """The ascent for one batch of units, all starting at ``start`` (mean-subtracted pixels): the fields of
     :class:`Maximized` that have one row per unit, on the CPU."""
     # everything made inside: a caller's inference mode would make the state tensors unusable for autograd
-    with _frozen(model), torch.inference_mode(False), torch.enable_grad():
+    with frozen(model), torch.inference_mode(False), torch.enable_grad():
         param = next(model.parameters())
         device, dtype = param.device, param.dtype
         mean = to_input.mean.to(device, dtype)
