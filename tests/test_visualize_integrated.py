@@ -10,24 +10,11 @@ import numpy as np
 import pytest
 import torch
 
-import alexnet
 from alexnet.cli import main
 from alexnet.errors import SelectionError
 from alexnet.visualize.integrated import black_image, integrated_gradients, nodes
 from alexnet.weights import WeightsMeta, save_weights
-
-NAMES = ["alexnet", "alexnet_owt", "zfnet", "caffenet"]
-
-
-def _model(name: str, dtype: torch.dtype = torch.float64) -> alexnet.AlexNetFamily:
-    torch.manual_seed(0)
-    return alexnet.create_model(name, num_classes=10, init="pytorch").eval().to(dtype)
-
-
-def _images(model: alexnet.AlexNetFamily, n: int = 2) -> torch.Tensor:
-    torch.manual_seed(1)
-    side = model.default_input_size
-    return torch.randn(n, 3, side, side, dtype=next(model.parameters()).dtype)
+from test_visualize_class_projection import NAMES, _images, _model
 
 
 @pytest.mark.parametrize("name", NAMES)
