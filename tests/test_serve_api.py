@@ -404,7 +404,26 @@ def test_the_grad_cam_views_are_guided_backpropagation_and_guided_grad_cam_as_pr
         assert np.abs(decode_png(r.content).astype(int) - expected.astype(int)).max() <= 1
     bad = client.get(f"/api/models/a/images/{chelsea_id}/gradcam.png?target=281&view=saliency")
     assert bad.status_code == 400
-    assert bad.json()["error"] == "unknown view 'saliency'; choose gradcam, guided, guided-gradcam"
+    assert (
+        bad.json()["error"] == "unknown view 'saliency'; choose gradcam, guided, guided-gradcam, integrated"
+    )
+
+
+def test_the_integrated_view_is_the_librarys_magnitude_over_the_crop(client, chelsea_id):
+    """Sundararajan et al. 2017 for the image on the page: the class's probability from the black image, 32
+    points of §5's sum, the attributions' magnitude over the darkened crop."""
+    from alexnet.serve.app import INTEGRATED_STEPS
+    from alexnet.visualize.integrated import integrated_gradients, magnitude_overlay
+    from alexnet.visualize.plot import uint8_to_float
+
+    a = client.app.state.server.analysis("a", chelsea_id)
+    slot = client.app.state.server.slot("a")
+    r = client.get(f"/api/models/a/images/{chelsea_id}/gradcam.png?target=281&view=integrated")
+    assert r.status_code == 200, r.text
+    res = integrated_gradients(slot.model, a.x, 281, steps=INTEGRATED_STEPS)
+    expected = magnitude_overlay(uint8_to_float(a.crop), res.attributions[0].numpy())
+    expected = (np.clip(expected, 0, 1) * 255).round().astype(np.uint8)
+    assert np.abs(decode_png(r.content).astype(int) - expected.astype(int)).max() <= 1
 
 
 @pytest.mark.parametrize(

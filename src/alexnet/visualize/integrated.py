@@ -174,6 +174,16 @@ def integrated_gradients(
     )
 
 
+def magnitude_overlay(image: np.ndarray, attributions: np.ndarray, alpha: float = 0.75) -> np.ndarray:
+    """The attributions' magnitude (3×H×W, summed over colours, scaled to its maximum) in the inferno colour map
+    over the darkened crop (H×W×3, 0–1): one H×W×3 array (the figure's third panel, the browser's picture)."""
+    from matplotlib import colormaps
+
+    magnitude = np.abs(attributions).sum(0)
+    colours = colormaps["inferno"](magnitude / (float(magnitude.max()) or 1.0))[..., :3]
+    return ((1 - alpha) * 0.35 * image + alpha * colours).astype(np.float32)
+
+
 def plot_integrated(image: np.ndarray, attributions: np.ndarray, title: str, label: str) -> Figure:
     """The network's input crop (H×W×3, 0–1), the attributions (3×H×W, either channel order) summed over the
     colour channels (red where they raise the output, blue where they lower it, symmetric scale) and their
@@ -188,9 +198,7 @@ def plot_integrated(image: np.ndarray, attributions: np.ndarray, title: str, lab
     ax0.set_title(title)
     ax1.imshow(signed, cmap="RdBu_r", vmin=-peak, vmax=peak)
     ax1.set_title(label)
-    magnitude = np.abs(attributions).sum(0)
-    ax2.imshow(image * 0.35)
-    ax2.imshow(magnitude / (magnitude.max() or 1.0), cmap="inferno", alpha=0.75, vmin=0, vmax=1)
+    ax2.imshow(magnitude_overlay(image, attributions))
     ax2.set_title("|attribution| over the image")
     for ax in (ax0, ax1, ax2):
         ax.axis("off")

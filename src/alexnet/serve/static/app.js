@@ -336,6 +336,7 @@ const WHERE_CAPTIONS = {
   "gradcam": (label) => `at the last conv layer: where the evidence for ${label} lies`,
   "guided": (label) => `of ${label}: sharp, but hardly class-specific`,
   "guided-gradcam": (label) => `of ${label}: the guided pixels where Grad-CAM lies`,
+  "integrated": (label) => `of p(${label}) from a black image: each pixel's share, as magnitude`,
 };
 
 function showGradcam(key, index, label) {
