@@ -142,7 +142,8 @@ def register(sub: Any) -> None:
         "look inside a model: activations, filters, deconvnet, top-9, occlusion, evolution, invariance, retrieval, "
         "predictions, correspondence, gradcam, integrated-gradients, maximize",
         "Figures of AlexNet §6 / Fig. 3–4, Zeiler & Fergus §2–4 / Figs. 2–8 and Table 1, Selvaraju et al.'s "
-        "Grad-CAM and Yosinski et al.'s optimised images for any registered model. Each kind writes PNGs plus the numbers behind them "
+        "Grad-CAM, Sundararajan et al.'s integrated gradients and Yosinski et al.'s optimised images for any "
+        "registered model. Each kind writes PNGs plus the numbers behind them "
         "(.npz / .json) into --out and prints the paths.",
     )
     kinds = p.add_subparsers(dest="kind", metavar="KIND", parser_class=ArgumentParser)
@@ -294,7 +295,7 @@ def register(sub: Any) -> None:
         "difference from a baseline image times the class output's gradient averaged along the straight path "
         "from the baseline (§3, Eq. 1); the attributions sum to the output's change from the baseline "
         "(completeness, Proposition 1), and the error of the --steps sum is printed (§5: 20-300 steps bring it "
-        "within 5%%).",
+        "within 5 per cent).",
     )
     _common(k)
     k.add_argument("--target", type=int, help="class index to explain (default: each image's top class)")
