@@ -308,6 +308,13 @@ def class_targets(target: int | list[int] | torch.Tensor | None, logits: torch.T
     return t.clone()
 
 
+def _one_hot(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """The signal that starts a pass down from each image's class score: 1 at its target, 0 elsewhere."""
+    onehot = torch.zeros_like(logits)
+    onehot[torch.arange(len(logits)), targets] = 1.0
+    return onehot
+
+
 def class_projection(
     model: AlexNetFamily,
     images: torch.Tensor,
@@ -330,8 +337,7 @@ def class_projection(
     with evaluating(model):
         logits, steps = _forward_record(model, images, None, rule)
         targets = class_targets(target, logits)
-        onehot = torch.zeros_like(logits)
-        onehot[torch.arange(len(logits)), targets] = 1.0
+        onehot = _one_hot(logits, targets)
         pixels = _down(onehot, steps, rule)
         scores = logits.gather(1, targets[:, None])[:, 0]
         return ClassProjection(pixels.cpu(), targets.cpu(), scores.cpu())
@@ -364,8 +370,7 @@ def guided_and_gradient(
     with evaluating(model):
         logits, steps = _forward_record(model, images, None, "guided", keep=layer)
         targets = class_targets(target, logits)
-        onehot = torch.zeros_like(logits)
-        onehot[torch.arange(len(logits)), targets] = 1.0
+        onehot = _one_hot(logits, targets)
         at = model.layer_names().index(layer)
         maps = steps[at].output
         assert maps is not None

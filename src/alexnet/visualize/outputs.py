@@ -275,6 +275,12 @@ def write_occlusion(
     return written
 
 
+def _check_class(model: AlexNetFamily, target: int | None) -> None:
+    """:class:`SelectionError` for a class the model does not have (``None``: each image's top class)."""
+    if target is not None and not 0 <= target < model.num_classes:
+        raise SelectionError(f"class {target} is out of range (0–{model.num_classes - 1})")
+
+
 def _write_class_projection(
     model: AlexNetFamily,
     images: Sequence[str | Path],
@@ -293,8 +299,7 @@ def _write_class_projection(
 
     if unit is not None:
         raise SelectionError(f"{layer} has no map to take a unit of: its units are the classes (--channel)")
-    if target is not None and not 0 <= target < model.num_classes:
-        raise SelectionError(f"class {target} is out of range (0–{model.num_classes - 1})")
+    _check_class(model, target)  # before any image is read
     labels = labels_of(model)
     prep = preprocessing_of(model)
     written: list[Path] = []
@@ -353,8 +358,7 @@ def write_gradcam(
 
     layer = layer or default_layer(model)
     check_trunk_layer(model, layer)  # before any image is read
-    if target is not None and not 0 <= target < model.num_classes:
-        raise SelectionError(f"class {target} is out of range (0–{model.num_classes - 1})")
+    _check_class(model, target)
     out = Path(out)
     written: list[Path] = []
     for path, stem in zip(images, _stems(images), strict=True):
@@ -406,8 +410,7 @@ def write_integrated(
     from alexnet.visualize.integrated import integrated_gradients, nodes, plot_integrated
 
     nodes(method, steps)  # bad settings fail before any image is read
-    if target is not None and not 0 <= target < model.num_classes:
-        raise SelectionError(f"class {target} is out of range (0–{model.num_classes - 1})")
+    _check_class(model, target)  # before any image is read
     labels = labels_of(model)
     out = Path(out)
     written: list[Path] = []
