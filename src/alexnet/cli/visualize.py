@@ -1,6 +1,7 @@
 """``alexnet visualize <kind>``: activation maps, filters, deconvnet, top-9, occlusion, evolution, invariance,
-retrieval, predictions, correspondence, Grad-CAM, optimised images (maximize). Each kind writes PNGs and the
-numbers behind them (.npz / .json) into ``--out`` and prints the paths (correspondence prints its table first)."""
+retrieval, predictions, correspondence, Grad-CAM, integrated gradients, SmoothGrad, optimised images (maximize).
+Each kind writes PNGs and the numbers behind them (.npz / .json) into ``--out`` and prints the paths
+(correspondence prints its table first)."""
 
 from __future__ import annotations
 
@@ -38,6 +39,8 @@ KINDS = {
     "§3), over the image",
     "integrated-gradients": "integrated gradients: each pixel's share of a class's output against a black image "
     "(Sundararajan et al. 2017, §3; sums to the output's change)",
+    "smoothgrad": "SmoothGrad: a class's gradient map averaged over noisy copies of the image (Smilkov et al. "
+    "2017, §3), also of guided backpropagation or integrated gradients",
     "maximize": "images that drive chosen units highest, by regularised gradient ascent (Yosinski et al. 2015, "
     "§3: the DeepVis toolbox's optimised images)",
     "correspondence": "does masking the same part of several images change the features alike? (ZF §4.2, "
@@ -140,9 +143,10 @@ def register(sub: Any) -> None:
         sub,
         "visualize",
         "look inside a model: activations, filters, deconvnet, top-9, occlusion, evolution, invariance, retrieval, "
-        "predictions, correspondence, gradcam, integrated-gradients, maximize",
+        "predictions, correspondence, gradcam, integrated-gradients, smoothgrad, maximize",
         "Figures of AlexNet §6 / Fig. 3–4, Zeiler & Fergus §2–4 / Figs. 2–8 and Table 1, Selvaraju et al.'s "
-        "Grad-CAM, Sundararajan et al.'s integrated gradients and Yosinski et al.'s optimised images for any "
+        "Grad-CAM, Sundararajan et al.'s integrated gradients, Smilkov et al.'s SmoothGrad and Yosinski et al.'s "
+        "optimised images for any "
         "registered model. Each kind writes PNGs plus the numbers behind them "
         "(.npz / .json) into --out and prints the paths.",
     )
@@ -321,6 +325,61 @@ def register(sub: Any) -> None:
     k.add_argument("--batch-size", type=int, default=32, help="path images per forward pass (default 32)")
 
     k = kinds.add_parser(
+        "smoothgrad",
+        help=KINDS["smoothgrad"],
+        description="Smilkov, Thorat, Kim, Viégas & Wattenberg, 'SmoothGrad: removing noise by adding noise' "
+        "(2017): the class score's gradient with respect to the image fluctuates sharply from pixel to pixel; its "
+        "mean over --samples copies of the image with Gaussian noise of --noise times the image's range added is "
+        "smoother (§3; §4.2: 10-20 per cent noise, about 50 samples). The same mean of guided backpropagation, "
+        "the deconvnet's rules or integrated gradients (§4.4) with --method; --statistic smoothgrad_sq or vargrad "
+        "takes the mean square or the variance of the noisy maps instead (as Captum's NoiseTunnel). Draws the "
+        "crop, the map of one pass without noise and the smoothed map, its absolute values summed over the "
+        "colours and capped at the 99th percentile (§4.1).",
+    )
+    _common(k)
+    k.add_argument("--target", type=int, help="class index to explain (default: each image's top class)")
+    k.add_argument(
+        "--method",
+        choices=("gradient", "guided", "deconvnet", "integrated"),
+        default="gradient",
+        help="the map averaged: the score's gradient (the paper's; default), guided backpropagation, the "
+        "deconvnet's rules through the classifier, or integrated gradients",
+    )
+    k.add_argument("--samples", type=int, default=50, help="noisy copies per image (default 50; §4.2)")
+    k.add_argument(
+        "--noise",
+        type=float,
+        default=0.15,
+        help="the noise's standard deviation as a fraction of the image's range (default 0.15; §4.2: 0.1-0.2)",
+    )
+    k.add_argument(
+        "--statistic",
+        choices=("smoothgrad", "smoothgrad_sq", "vargrad"),
+        default="smoothgrad",
+        help="the noisy maps' mean (default), mean square or variance",
+    )
+    k.add_argument(
+        "--seed", type=int, default=0, help="the noise's seed (default 0): the same maps every run"
+    )
+    k.add_argument("--batch-size", type=int, default=32, help="noisy copies per forward pass (default 32)")
+    k.add_argument(
+        "--steps", type=int, default=20, help="--method integrated: points along each path (default 20)"
+    )
+    k.add_argument(
+        "--baseline",
+        choices=("black", "mean"),
+        default="black",
+        help="--method integrated: the path's start (default black)",
+    )
+    k.add_argument(
+        "--of",
+        choices=("probability", "score"),
+        default="probability",
+        help="--method integrated: the output explained (default the class's probability); the other methods "
+        "take the score before the softmax, as the paper does",
+    )
+
+    k = kinds.add_parser(
         "maximize",
         help=KINDS["maximize"],
         description="Yosinski, Clune, Nguyen, Fuchs & Lipson, 'Understanding Neural Networks Through Deep "
@@ -405,7 +464,18 @@ def load_model(args: argparse.Namespace) -> Any:
 def run(args: argparse.Namespace) -> int:
     from alexnet.visualize import outputs
 
-    for name in ("top", "size", "stride", "batch_size", "max_images", "neighbours", "draws", "topk", "steps"):
+    for name in (
+        "top",
+        "size",
+        "stride",
+        "batch_size",
+        "max_images",
+        "neighbours",
+        "draws",
+        "topk",
+        "steps",
+        "samples",
+    ):
         value = getattr(args, name, None)
         if value is not None and value < 1:
             raise CommandError(f"--{name.replace('_', '-')} must be at least 1")
@@ -472,6 +542,23 @@ def run(args: argparse.Namespace) -> int:
         paths = outputs.write_gradcam(model, args.images, args.out, args.layer, args.target, args.guided)
     elif kind == "integrated-gradients":
         paths = _integrated(model, args)
+    elif kind == "smoothgrad":
+        paths = outputs.write_smoothgrad(
+            model,
+            args.images,
+            args.out,
+            target=args.target,
+            method=args.method,
+            samples=args.samples,
+            noise=args.noise,
+            statistic=args.statistic,
+            seed=args.seed,
+            batch_size=args.batch_size,
+            steps=args.steps,
+            baseline=args.baseline,
+            output=args.of,
+            progress=True,
+        )
     elif kind == "maximize":
         paths = _maximize(model, args)
     elif kind == "correspondence":

@@ -1,0 +1,152 @@
+"""SmoothGrad: a class's sensitivity map averaged over noisy copies of the image.
+
+Smilkov, Thorat, Kim, Viégas & Wattenberg, "SmoothGrad: removing noise by adding noise" (2017). The gradient of a
+class score with respect to the image (Simonyan et al.'s map, :func:`~alexnet.visualize.deconvnet.class_projection`)
+fluctuates sharply from pixel to pixel; SmoothGrad (§3) averages it over ``n`` copies of the image with Gaussian
+noise added,
+
+    M̂_c(x) = 1/n Σ_{k=1}^{n} M_c(x + N(0, σ²))
+
+with the noise level σ / (x_max − x_min) at 10–20 % and n ≈ 50 ("diminishing returns" beyond, §4.2). The same
+averaging sharpens the other methods' maps (§4.4): ``method`` is ``"gradient"`` (the paper's own), ``"guided"``
+(guided backpropagation), ``"deconvnet"`` (ZF's rules through the classifier) or ``"integrated"`` (integrated
+gradients, :mod:`alexnet.visualize.integrated`). Two later statistics of the same noisy maps are here as Captum's
+``NoiseTunnel`` has them (``statistic``): ``"smoothgrad_sq"``, the mean of the squared maps (Hooker et al., NeurIPS
+2019), and ``"vargrad"``, their variance (Adebayo et al., ICLR 2018 workshop).
+
+σ is relative to each image's own range in the model's input space (its normalised values, whatever the
+model's preprocessing). The noise is drawn on the CPU from ``seed``, all of an image's copies at once, so a
+result is the same on every device and for every ``batch_size``; with one image it is also Captum's draw after
+``torch.manual_seed(seed)`` (the tests compare with ``NoiseTunnel``).
+
+For display (:func:`magnitude`) the map's absolute values are summed over the colours and capped at their 99th
+percentile, as the paper's figures are drawn (§4.1: "absolute value", "capping outlying values").
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Literal
+
+import numpy as np
+import torch
+
+from alexnet.errors import SelectionError
+from alexnet.models import AlexNetFamily
+from alexnet.models.capture import evaluating
+from alexnet.visualize.deconvnet import RULES, class_projection, class_targets
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+
+STATISTICS: tuple[str, ...] = ("smoothgrad", "smoothgrad_sq", "vargrad")
+METHODS: tuple[str, ...] = (*RULES, "integrated")
+
+
+@dataclass
+class Smoothed:
+    """SmoothGrad of a batch, on the CPU: ``attributions`` N×3×H×W (the ``statistic`` of the noisy maps, in the input's
+    channel order), ``targets`` N, ``sigmas`` N (each image's noise σ in input units)."""
+
+    attributions: torch.Tensor
+    targets: torch.Tensor
+    sigmas: torch.Tensor
+    method: str
+    statistic: str
+    samples: int
+    noise: float
+    seed: int
+
+
+def check_settings(method: str, statistic: str, samples: int, noise: float) -> None:
+    """:class:`SelectionError` for a method, statistic, sample count or noise level :func:`smoothgrad` cannot take."""
+    if method not in METHODS:
+        raise SelectionError(f"unknown method {method!r}; choose {', '.join(METHODS)}")
+    if statistic not in STATISTICS:
+        raise SelectionError(f"unknown statistic {statistic!r}; choose {', '.join(STATISTICS)}")
+    if samples < 1:
+        raise SelectionError(f"samples must be at least 1, not {samples}")
+    if not noise >= 0:  # NaN too
+        raise SelectionError(f"the noise level must be ≥ 0, not {noise}")
+
+
+def smoothgrad(
+    model: AlexNetFamily,
+    images: torch.Tensor,
+    target: int | list[int] | torch.Tensor | None = None,
+    method: str = "gradient",
+    samples: int = 50,
+    noise: float = 0.15,
+    statistic: Literal["smoothgrad", "smoothgrad_sq", "vargrad"] = "smoothgrad",
+    seed: int = 0,
+    batch_size: int = 32,
+    *,
+    steps: int = 20,
+    baseline: str | torch.Tensor = "black",
+    output: Literal["probability", "score"] = "probability",
+) -> Smoothed:
+    """SmoothGrad (module docstring) of a normalised batch N×3×H×W (or one 3×H×W image) for class ``target`` (one
+    for all images, one per image, or by default each image's top class on the image without noise): ``samples``
+    noisy copies per image with σ = ``noise`` × the image's range, ``batch_size`` copies a pass. ``steps``,
+    ``baseline`` and ``output`` are integrated gradients' (``method="integrated"``; its right Riemann sum). Runs
+    on the model's device in eval mode."""
+    from alexnet.visualize.integrated import integrated_gradients
+
+    check_settings(method, statistic, samples, noise)
+    if batch_size < 1:
+        raise SelectionError(f"batch size must be at least 1, not {batch_size}")
+    if images.ndim == 3:
+        images = images.unsqueeze(0)
+    model.check_input(images, classify=True)
+    device = next(model.parameters()).device
+    x = images.to(device)
+    with evaluating(model), torch.no_grad():
+        targets = class_targets(target, model(x))
+    generator = torch.Generator().manual_seed(seed)
+    sigmas = (x.flatten(1).amax(1) - x.flatten(1).amin(1)) * noise
+    mean, square = torch.zeros_like(x), torch.zeros_like(x)
+    for i in range(len(x)):
+        # all copies at once: the same draws whatever the batch size (Captum's too, for one image)
+        sigma = torch.tensor(float(sigmas[i]), dtype=torch.float32)
+        draws = torch.randn((samples, *x.shape[1:]), generator=generator) * sigma
+        for start in range(0, samples, batch_size):
+            noisy = x[i] + draws[start : start + batch_size].to(x)
+            if method == "integrated":
+                maps = integrated_gradients(
+                    model, noisy, int(targets[i]), baseline, steps, "riemann_right", output, batch_size
+                ).attributions
+            else:
+                maps = class_projection(model, noisy, int(targets[i]), method).images
+            maps = maps.to(x)
+            mean[i] += maps.sum(0)
+            square[i] += (maps * maps).sum(0)
+    mean, square = mean / samples, square / samples
+    stat = {"smoothgrad": mean, "smoothgrad_sq": square, "vargrad": square - mean * mean}[statistic]
+    return Smoothed(stat.cpu(), targets.cpu(), sigmas.cpu(), method, statistic, samples, noise, seed)
+
+
+def magnitude(attributions: np.ndarray, percentile: float = 99.0) -> np.ndarray:
+    """A map (3×H×W) for display, H×W in [0, 1]: its absolute values summed over the colours, from their least
+    to their ``percentile``-th percentile, above it capped at 1 (§4.1)."""
+    summed = np.abs(attributions).sum(0)
+    low, high = float(summed.min()), float(np.percentile(summed, percentile))
+    return np.clip((summed - low) / ((high - low) or 1.0), 0.0, 1.0)
+
+
+def plot_smoothgrad(
+    image: np.ndarray, single: np.ndarray, smoothed: np.ndarray, title: str, labels: tuple[str, str]
+) -> Figure:
+    """The network's input crop (H×W×3, 0–1), the map of one pass without noise and the smoothed map (3×H×W
+    each), both drawn by :func:`magnitude` in grey: the paper's side-by-side comparison (Fig. 1, 3)."""
+    from alexnet.visualize.plot import new_figure
+
+    fig = new_figure(15, 5.3)
+    ax0, ax1, ax2 = fig.subplots(1, 3)
+    ax0.imshow(image)
+    ax0.set_title(title)
+    for ax, values, label in ((ax1, single, labels[0]), (ax2, smoothed, labels[1])):
+        ax.imshow(magnitude(values), cmap="gray", vmin=0, vmax=1)
+        ax.set_title(label)
+    for ax in (ax0, ax1, ax2):
+        ax.axis("off")
+    return fig
