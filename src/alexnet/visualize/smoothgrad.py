@@ -104,7 +104,9 @@ def smoothgrad(
         targets = class_targets(target, model(x))
     generator = torch.Generator().manual_seed(seed)
     sigmas = (x.flatten(1).amax(1) - x.flatten(1).amin(1)) * noise
-    mean, square = torch.zeros_like(x), torch.zeros_like(x)
+    # per image the maps' mean and sum of squared deviations, merged chunk by chunk (Chan, Golub & LeVeque's
+    # pairwise update): the variance never comes out below 0, as E[a²] − E[a]² can in floating point
+    mean, deviations = torch.zeros_like(x), torch.zeros_like(x)
     for i in range(len(x)):
         # all copies at once: the same draws whatever the batch size (Captum's too, for one image)
         sigma = torch.tensor(float(sigmas[i]), dtype=torch.float32)
@@ -118,10 +120,13 @@ def smoothgrad(
             else:
                 maps = class_projection(model, noisy, int(targets[i]), method).images
             maps = maps.to(x)
-            mean[i] += maps.sum(0)
-            square[i] += (maps * maps).sum(0)
-    mean, square = mean / samples, square / samples
-    stat = {"smoothgrad": mean, "smoothgrad_sq": square, "vargrad": square - mean * mean}[statistic]
+            seen, new = start, len(maps)
+            chunk_mean = maps.mean(0)
+            delta = chunk_mean - mean[i]
+            mean[i] += delta * (new / (seen + new))
+            deviations[i] += ((maps - chunk_mean) ** 2).sum(0) + delta * delta * (seen * new / (seen + new))
+    variance = deviations / samples
+    stat = {"smoothgrad": mean, "smoothgrad_sq": variance + mean * mean, "vargrad": variance}[statistic]
     return Smoothed(stat.cpu(), targets.cpu(), sigmas.cpu(), method, statistic, samples, noise, seed)
 
 
