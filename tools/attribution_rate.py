@@ -2,8 +2,10 @@
 (`alexnet.visualize.deconvnet.class_projection(rule="guided")` against `captum.attr.GuidedBackprop`), Guided
 Grad-CAM (`gradcam(..., guided=True).guided_gradcam()` against `captum.attr.GuidedGradCam` with bilinear
 upsampling), Grad-CAM alone (against `LayerGradCam`) and integrated gradients (`integrated_gradients` against
-`IntegratedGradients`, 16 points of §5's sum from the black image, 32 path images a pass), alternating ours and theirs in each repeat and reporting
-the medians in ms per batch. Both compute the same numbers (in float64: tests/test_visualize_class_projection.py,
+`IntegratedGradients`, 16 points of §5's sum from the black image, 32 path images a pass) and SmoothGrad of the
+gradient (`smoothgrad`, 16 noisy copies of the batch's first image, against `NoiseTunnel(Saliency)` drawing the same
+noise), alternating ours and theirs in each repeat and reporting the medians in ms per batch (per image for
+SmoothGrad). Both compute the same numbers (in float64: tests/test_visualize_class_projection.py,
 tests/test_visualize_gradcam.py); the last column is their largest difference here, in fp32, relative to Captum's
 largest value (a random zfnet's max-pool near-ties part any two fp32 paths by up to a few per cent). Random
 weights, random inputs, on the CPU.
@@ -26,6 +28,7 @@ import alexnet
 from alexnet.visualize.deconvnet import class_projection
 from alexnet.visualize.gradcam import gradcam
 from alexnet.visualize.integrated import black_image, integrated_gradients
+from alexnet.visualize.smoothgrad import smoothgrad
 
 
 def _ms(fn: Callable[[], Any]) -> float:
@@ -36,10 +39,26 @@ def _ms(fn: Callable[[], Any]) -> float:
 
 def _pairs(model: Any, x: torch.Tensor, targets: list[int]) -> dict[str, tuple[Callable[[], Any], ...]]:
     """(ours, Captum's) per attribution, for the last conv stage (relu5) and one class per image."""
-    from captum.attr import GuidedBackprop, GuidedGradCam, IntegratedGradients, LayerGradCam
+    from captum.attr import (
+        GuidedBackprop,
+        GuidedGradCam,
+        IntegratedGradients,
+        LayerGradCam,
+        NoiseTunnel,
+        Saliency,
+    )
 
     layer = model.layer("relu5")
     black = black_image(model)[None].expand_as(x)
+    one = x[:1]
+    sigma = float(smoothgrad(model, one, targets[0], samples=1).sigmas[0])  # σ to the last bit, as ours draws it
+
+    def captum_smoothgrad() -> torch.Tensor:
+        torch.manual_seed(0)  # the noise smoothgrad draws from its seed 0
+        return NoiseTunnel(Saliency(model)).attribute(
+            one, nt_samples=16, stdevs=sigma, target=targets[0], abs=False
+        )
+
     return {
         "guided backprop": (
             lambda: class_projection(model, x, targets, "guided").images,
@@ -58,6 +77,10 @@ def _pairs(model: Any, x: torch.Tensor, targets: list[int]) -> dict[str, tuple[C
             lambda: IntegratedGradients(model).attribute(
                 x, baselines=black, target=targets, n_steps=16, method="riemann_right", internal_batch_size=32
             ),
+        ),
+        "SmoothGrad, 16": (
+            lambda: smoothgrad(model, one, targets[0], samples=16).attributions,
+            captum_smoothgrad,
         ),
     }
 
