@@ -405,7 +405,8 @@ def test_the_grad_cam_views_are_guided_backpropagation_and_guided_grad_cam_as_pr
     bad = client.get(f"/api/models/a/images/{chelsea_id}/gradcam.png?target=281&view=saliency")
     assert bad.status_code == 400
     assert (
-        bad.json()["error"] == "unknown view 'saliency'; choose gradcam, guided, guided-gradcam, integrated"
+        bad.json()["error"]
+        == "unknown view 'saliency'; choose gradcam, guided, guided-gradcam, integrated, smoothgrad"
     )
 
 
@@ -424,6 +425,23 @@ def test_the_integrated_view_is_the_librarys_magnitude_over_the_crop(client, che
     expected = magnitude_overlay(uint8_to_float(a.crop), res.attributions[0].numpy())
     expected = (np.clip(expected, 0, 1) * 255).round().astype(np.uint8)
     assert np.abs(decode_png(r.content).astype(int) - expected.astype(int)).max() <= 1
+
+
+def test_the_smoothgrad_view_is_the_librarys_map_drawn_as_the_paper_draws_it(client, chelsea_id):
+    """Smilkov et al. 2017 for the image on the page: the class score's gradient over 32 noisy copies (seed 0),
+    its magnitude summed over the colours and capped at the 99th percentile, grey."""
+    from alexnet.serve.app import SMOOTHGRAD_SAMPLES
+    from alexnet.visualize.smoothgrad import magnitude, smoothgrad
+
+    a = client.app.state.server.analysis("a", chelsea_id)
+    slot = client.app.state.server.slot("a")
+    r = client.get(f"/api/models/a/images/{chelsea_id}/gradcam.png?target=281&view=smoothgrad")
+    assert r.status_code == 200, r.text
+    res = smoothgrad(slot.model, a.x, 281, samples=SMOOTHGRAD_SAMPLES)
+    expected = (magnitude(res.attributions[0].numpy()) * 255).round().astype(np.uint8)
+    got = decode_png(r.content)
+    assert got.shape == expected.shape == tuple(a.x.shape[-2:])
+    assert np.abs(got.astype(int) - expected.astype(int)).max() <= 1
 
 
 @pytest.mark.parametrize(

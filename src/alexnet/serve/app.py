@@ -79,8 +79,9 @@ async def _read_body(request: Request, limit: int) -> bytes:
 
 MAXIMIZE_STEPS = 200  # a unit's optimised image on the page: ~8 s for AlexNet on 2 CPU cores
 # the Grad-CAM figure's menu: Selvaraju et al. 2017, Fig. 1 (c), (b), (d); Sundararajan et al. 2017
-GRADCAM_VIEWS = ("gradcam", "guided", "guided-gradcam", "integrated")
+GRADCAM_VIEWS = ("gradcam", "guided", "guided-gradcam", "integrated", "smoothgrad")
 INTEGRATED_STEPS = 32  # integrated gradients on the page: 0.6 s (alexnet) to 1.1 s (zfnet) on 2 cores
+SMOOTHGRAD_SAMPLES = 32  # SmoothGrad on the page: about 0.6 s (alexnet) to 1.1 s (zfnet) on 2 cores
 MAXIMIZE_MAX_STEPS = 1000  # the paper's preset 3 runs 1000
 OCCLUSION_BATCH = 24  # occluded copies per forward pass: progress every ~24 positions, same throughput
 
@@ -316,11 +317,14 @@ def create_app(
         network's input crop (:mod:`alexnet.visualize.gradcam`); ``?view=guided``: the class's guided
         backpropagation, ``?view=guided-gradcam``: their product, Guided Grad-CAM (§3, Fig. 1 (b), (d));
         ``?view=integrated``: the magnitude of its probability's integrated gradients from the black image
-        (Sundararajan et al. 2017; :mod:`alexnet.visualize.integrated`) over the crop."""
+        (Sundararajan et al. 2017; :mod:`alexnet.visualize.integrated`) over the crop; ``?view=smoothgrad``: its
+        score's gradient averaged over noisy copies (Smilkov et al. 2017; :mod:`alexnet.visualize.smoothgrad`),
+        grey as the paper draws it."""
         from alexnet.visualize.deconvnet import class_projection
         from alexnet.visualize.gradcam import gradcam, overlay
         from alexnet.visualize.integrated import integrated_gradients, magnitude_overlay
         from alexnet.visualize.plot import uint8_to_float
+        from alexnet.visualize.smoothgrad import magnitude, smoothgrad
 
         if view not in GRADCAM_VIEWS:
             raise SelectionError(f"unknown view {view!r}; choose {', '.join(GRADCAM_VIEWS)}")
@@ -331,6 +335,9 @@ def create_app(
             if view == "integrated":
                 res = integrated_gradients(slot.model, a.x, target, steps=INTEGRATED_STEPS)
                 return render.png(magnitude_overlay(uint8_to_float(a.crop), res.attributions[0].numpy()))
+            if view == "smoothgrad":
+                smoothed = smoothgrad(slot.model, a.x, target, samples=SMOOTHGRAD_SAMPLES).attributions[0]
+                return render.png(magnitude(smoothed.numpy()))
             if view == "guided":  # the guided pass alone, without the map
                 pixels = class_projection(slot.model, a.x, target, "guided").images[0]
                 return render.projection_png(pixels, slot.preprocessing)
