@@ -68,8 +68,8 @@ def test_report_is_one_file_with_every_picture_inline(report):
     assert report.name == "report.html"
     sources = img_sources(page)
     # summary has none; curves 1, predictions 1, filters 1, activations 1 image, top-9 2 channels × 2 grids,
-    # occlusion 1, Grad-CAM 1, optimised class images 1.
-    assert len(sources) == 1 + 1 + 1 + 1 + 4 + 1 + 1 + 1
+    # occlusion 1, Grad-CAM 1, integrated gradients and SmoothGrad 2, optimised class images 1.
+    assert len(sources) == 1 + 1 + 1 + 1 + 4 + 1 + 1 + 2 + 1
     for src in sources:
         assert src.startswith("data:image/png;base64,")
         Image.open(io.BytesIO(base64.b64decode(src.split(",", 1)[1]))).verify()
@@ -122,6 +122,41 @@ def test_the_grad_cam_section_is_fig_1s_four_panels_for_the_occlusion_images(rep
     shown = pixels(src)
     assert shown.shape[1] == 4 * 5 * 60  # four 5-inch panels at 60 dpi
     np.testing.assert_array_equal(shown, pixels(expected))
+
+
+def test_the_attribution_section_is_the_occlusion_images_integrated_gradients_and_smoothgrad(
+    report, tiny_data
+):
+    """Sundararajan et al. §3 and Smilkov et al. §3 for the image the occlusion section shows: the pictures are
+    what ``integrated_figure`` and ``smoothgrad_figure`` draw for it, and the line under the first states
+    completeness's error (Proposition 1) from the same numbers."""
+    from alexnet.inputs import prepare
+    from alexnet.visualize.integrated import integrated_figure
+    from alexnet.visualize.report import figure_uri, load_run_model
+    from alexnet.visualize.smoothgrad import smoothgrad_figure
+
+    page = report.read_text()
+    section = page.split("<section id='attributions'>")[1].split("</section>")[0]
+    assert "<h2>Integrated gradients and SmoothGrad</h2>" in section
+    (alt,) = re.findall(r"alt=\"integrated gradients of ([^\"]+)\"", section)
+    assert f"occlusion of {alt}" in page.split("<section id='occlusion'>")[1].split("</section>")[0]
+    assert f'alt="SmoothGrad of {alt}"' in section
+    (image,) = (tiny_data / "val").rglob(alt)
+    model, _ = load_run_model(report.parent)
+    prepared = prepare(model, image)
+    res, fig = integrated_figure(model, prepared, alt)
+    expected = [figure_uri(fig, dpi=60), figure_uri(smoothgrad_figure(model, prepared, alt)[2], dpi=60)]
+
+    def pixels(uri: str) -> np.ndarray:
+        return np.asarray(Image.open(io.BytesIO(base64.b64decode(uri.split(",", 1)[1]))))
+
+    shown = img_sources(section)
+    assert len(shown) == 2
+    for got, want in zip(shown, expected, strict=True):
+        np.testing.assert_array_equal(pixels(got), pixels(want))
+    change = float(res.outputs[0] - res.baseline_outputs[0])
+    off = abs(float(res.delta[0])) / abs(change)
+    assert f"the attributions sum to {change + float(res.delta[0]):+.3g}, {100 * off:.1f} % off" in section
 
 
 def test_top9_is_computed_from_the_runs_validation_images_when_no_top9_folder(report):
@@ -233,7 +268,7 @@ def test_report_opens_from_disk_in_chromium_with_every_image_decoded(report):
         page.on("request", lambda r: requests.append(r.url))
         page.goto(report.resolve().as_uri())
         page.wait_for_load_state("load")
-        assert page.evaluate("document.images.length") == len(img_sources(report.read_text())) == 11
+        assert page.evaluate("document.images.length") == len(img_sources(report.read_text())) == 13
         assert undecoded_images(page) == []
         assert console.errors == []
         assert [u for u in requests if not u.startswith("data:")] == [report.resolve().as_uri()]

@@ -37,6 +37,8 @@ from alexnet.visualize.deconvnet import class_targets
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
+    from alexnet.inputs import Prepared
+
 Method = Literal["riemann_right", "riemann_left", "riemann_middle", "riemann_trapezoid", "gausslegendre"]
 METHODS: tuple[str, ...] = (
     "riemann_right",
@@ -203,3 +205,30 @@ def plot_integrated(image: np.ndarray, attributions: np.ndarray, title: str, lab
     for ax in (ax0, ax1, ax2):
         ax.axis("off")
     return fig
+
+
+def integrated_figure(
+    model: AlexNetFamily,
+    prepared: Prepared,
+    title: str,
+    target: int | None = None,
+    baseline: str = "black",
+    steps: int = 50,
+    method: str = "riemann_right",
+    output: Literal["probability", "score"] = "probability",
+    batch_size: int = 32,
+) -> tuple[Integrated, Figure]:
+    """One prepared image's integrated gradients (:func:`integrated_gradients`) and its figure
+    (:func:`plot_integrated`), labelled with the class's name and its output at the image and the baseline."""
+    from alexnet.predict import labels_of
+    from alexnet.visualize.plot import uint8_to_float
+
+    res = integrated_gradients(model, prepared.tensor, target, baseline, steps, method, output, batch_size)
+    c = int(res.targets[0])
+    of = "p" if output == "probability" else "score"
+    label = (
+        f"{labels_of(model)[c]} ({c}): {of} {float(res.outputs[0]):.3g} ({baseline} baseline "
+        f"{float(res.baseline_outputs[0]):.3g})"
+    )
+    attributions = res.attributions[0].numpy()
+    return res, plot_integrated(uint8_to_float(prepared.crop), attributions, title, label)

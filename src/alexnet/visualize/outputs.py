@@ -406,36 +406,29 @@ def write_integrated(
     results (the caller reports ``delta``)."""
     from tqdm import tqdm
 
-    from alexnet.predict import labels_of
-    from alexnet.visualize.integrated import integrated_gradients, nodes, plot_integrated
+    from alexnet.visualize.integrated import integrated_figure, nodes
 
     nodes(method, steps)  # bad settings fail before any image is read
     _check_class(model, target)  # before any image is read
-    labels = labels_of(model)
     out = Path(out)
     written: list[Path] = []
     results: list[Integrated] = []
     pairs = list(zip(images, _stems(images), strict=True))
     for path, stem in tqdm(pairs, desc="integrated gradients", disable=not progress):
         p = prepare(model, path)
-        res = integrated_gradients(
+        res, fig = integrated_figure(
             model,
-            p.tensor,
+            p,
+            Path(str(path)).name,
             target,
             baseline,
             steps,
             method,
-            output,
-            batch_size,  # type: ignore[arg-type]
+            output,  # type: ignore[arg-type]
+            batch_size,
         )
         c = int(res.targets[0])
         attributions = res.attributions[0].numpy()
-        of = "p" if output == "probability" else "score"
-        label = (
-            f"{labels[c]} ({c}): {of} {float(res.outputs[0]):.3g} ({baseline} baseline "
-            f"{float(res.baseline_outputs[0]):.3g})"
-        )
-        fig = plot_integrated(uint8_to_float(p.crop), attributions, Path(str(path)).name, label)
         written.append(save_figure(fig, out / f"{stem}_integrated.png"))
         written.append(
             save_npz(
@@ -480,12 +473,10 @@ def write_smoothgrad(
     ``samples``, ``noise``, ``seed``, ``image``)."""
     from tqdm import tqdm
 
-    from alexnet.predict import labels_of
-    from alexnet.visualize.smoothgrad import check_settings, plot_smoothgrad, smoothgrad
+    from alexnet.visualize.smoothgrad import check_settings, smoothgrad_figure
 
     check_settings(method, statistic, samples, noise)  # bad settings fail before any image is read
     _check_class(model, target)
-    labels = labels_of(model)
     out = Path(out)
     name = statistic if method == "gradient" else f"{statistic}_{method}"
     extra: dict[str, Any] = {"steps": steps, "baseline": baseline, "output": output}  # integrated's only
@@ -493,19 +484,21 @@ def write_smoothgrad(
     pairs = list(zip(images, _stems(images), strict=True))
     for path, stem in tqdm(pairs, desc=name, disable=not progress):
         p = prepare(model, path)
-        res = smoothgrad(
-            model, p.tensor, target, method, samples, noise, statistic, seed, batch_size, **extra
-        )  # type: ignore[arg-type]
-        c = int(res.targets[0])
-        single = smoothgrad(model, p.tensor, c, method, 1, 0.0, "smoothgrad", **extra).attributions[0]  # type: ignore[arg-type]
-        smoothed = res.attributions[0].numpy()
-        fig = plot_smoothgrad(
-            uint8_to_float(p.crop),
-            single.numpy(),
-            smoothed,
-            f"{Path(str(path)).name}: {labels[c]} ({c})",
-            (f"{method}, one pass", f"{statistic} of {method}, {samples} samples, {noise:.0%} noise"),
+        res, single, fig = smoothgrad_figure(
+            model,
+            p,
+            Path(str(path)).name,
+            target,
+            method,
+            samples,
+            noise,
+            statistic,  # type: ignore[arg-type]
+            seed,
+            batch_size,
+            **extra,
         )
+        c = int(res.targets[0])
+        smoothed = res.attributions[0].numpy()
         written.append(save_figure(fig, out / f"{stem}_{name}.png"))
         written.append(
             save_npz(

@@ -12,6 +12,8 @@ from disk, can be mailed or archived, and makes no network request. The page gat
   small top-9 streamed now over a few validation images (:mod:`alexnet.visualize.topk`) — the page says which;
 * occlusion maps (ZF Fig. 7, :func:`alexnet.visualize.occlusion.occlusion`);
 * Grad-CAM and Guided Grad-CAM of the same images (Selvaraju et al. 2017, :mod:`alexnet.visualize.gradcam`);
+* their integrated gradients and SmoothGrad (Sundararajan et al. 2017, Smilkov et al. 2017;
+  :mod:`alexnet.visualize.integrated`, :mod:`alexnet.visualize.smoothgrad`);
 * the image each of the first classes wants most (Yosinski et al. 2015, §3, :mod:`alexnet.visualize.maximize`).
 """
 
@@ -375,6 +377,37 @@ def gradcam_html(model: AlexNetFamily, images: list[Path]) -> str:
     )
 
 
+def attributions_html(model: AlexNetFamily, images: list[Path]) -> str:
+    """The occlusion images' integrated gradients of their top class's probability from the black image (50
+    points; each with completeness's error) and the SmoothGrad of its score (50 noisy copies, 15 % noise)."""
+    from alexnet.inputs import prepare
+    from alexnet.visualize.integrated import integrated_figure
+    from alexnet.visualize.smoothgrad import smoothgrad_figure
+
+    parts = []
+    for image in images:
+        prepared, name = prepare(model, image), Path(image).name
+        res, fig = integrated_figure(model, prepared, name)
+        change = float(res.outputs[0] - res.baseline_outputs[0])
+        off = abs(float(res.delta[0])) / max(abs(change), 1e-12)
+        parts.append(_img(figure_uri(fig, dpi=60), f"integrated gradients of {name}"))
+        parts.append(
+            f"<p class='muted'>{esc(name)}: p {float(res.outputs[0]):.3g}, {change:+.3g} from the black image; "
+            f"the attributions sum to {change + float(res.delta[0]):+.3g}, {100 * off:.1f} % off</p>"
+        )
+        parts.append(
+            _img(figure_uri(smoothgrad_figure(model, prepared, name)[2], dpi=60), f"SmoothGrad of {name}")
+        )
+    return (
+        "<p>The same images' top class once more, pixel by pixel. Integrated gradients (Sundararajan et al. "
+        "2017, §3): each pixel's difference from a black image times the probability's gradient averaged along "
+        "the straight path between them (50 points), so that the attributions add up to the probability's "
+        "change (completeness; how far the sum is, below each figure). SmoothGrad (Smilkov et al. 2017, §3): "
+        "the class score's gradient averaged over 50 copies of the image with noise of 15 % of its range, "
+        "beside the gradient of one pass.</p>" + "".join(parts)
+    )
+
+
 def maximize_html(model: AlexNetFamily, opts: ReportOptions) -> str:
     """The first ``opts.maximize_classes`` classes' optimised images: gradient ascent on each class score from the
     mean image, regularised as Table 1's preset 3 (the DeepVis toolbox's images; docs/visualize.md)."""
@@ -440,6 +473,7 @@ def build_report(
             "top9",
             "occlusion",
             "gradcam",
+            "attributions",
             "maximize",
         ]
         bar = tqdm(total=len(steps), desc="report", disable=not opts.progress)
@@ -521,6 +555,11 @@ def build_report(
         bar.update()
 
         sections.append(("gradcam", "Grad-CAM (Selvaraju et al. 2017)", gradcam_html(model, images)))
+        bar.update()
+
+        sections.append(
+            ("attributions", "Integrated gradients and SmoothGrad", attributions_html(model, images))
+        )
         bar.update()
 
         if opts.maximize_classes > 0:

@@ -26,7 +26,7 @@ percentile, as the paper's figures are drawn (§4.1: "absolute value", "capping 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 import torch
@@ -38,6 +38,8 @@ from alexnet.visualize.deconvnet import RULES, class_projection, class_targets
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
+
+    from alexnet.inputs import Prepared
 
 STATISTICS: tuple[str, ...] = ("smoothgrad", "smoothgrad_sq", "vargrad")
 METHODS: tuple[str, ...] = (*RULES, "integrated")
@@ -155,3 +157,36 @@ def plot_smoothgrad(
     for ax in (ax0, ax1, ax2):
         ax.axis("off")
     return fig
+
+
+def smoothgrad_figure(
+    model: AlexNetFamily,
+    prepared: Prepared,
+    title: str,
+    target: int | None = None,
+    method: str = "gradient",
+    samples: int = 50,
+    noise: float = 0.15,
+    statistic: Literal["smoothgrad", "smoothgrad_sq", "vargrad"] = "smoothgrad",
+    seed: int = 0,
+    batch_size: int = 32,
+    **integrated: Any,
+) -> tuple[Smoothed, torch.Tensor, Figure]:
+    """One prepared image's SmoothGrad (:func:`smoothgrad`), the method's map of one pass without noise (3×H×W)
+    and the figure of both (:func:`plot_smoothgrad`), titled with the class's name. ``integrated``: ``steps``,
+    ``baseline``, ``output`` for ``method="integrated"``."""
+    from alexnet.predict import labels_of
+    from alexnet.visualize.plot import uint8_to_float
+
+    x = prepared.tensor
+    res = smoothgrad(model, x, target, method, samples, noise, statistic, seed, batch_size, **integrated)
+    c = int(res.targets[0])
+    single = smoothgrad(model, x, c, method, 1, 0.0, "smoothgrad", batch_size=batch_size, **integrated)
+    fig = plot_smoothgrad(
+        uint8_to_float(prepared.crop),
+        single.attributions[0].numpy(),
+        res.attributions[0].numpy(),
+        f"{title}: {labels_of(model)[c]} ({c})",
+        (f"{method}, one pass", f"{statistic} of {method}, {samples} samples, {noise:.0%} noise"),
+    )
+    return res, single.attributions[0], fig
