@@ -11,9 +11,10 @@ of gradients along the straight path (§5: ``Σ_k ∂F(x' + (k/m)(x − x'))/∂
 The baseline for images is the black image (§6); ``baseline="mean"`` takes the model's mean instead (its zero
 input), or pass a tensor.
 
-``F`` is the class's probability after the softmax (default) or its score before it (``output="score"``, what
-the saliency maps and Grad-CAM here explain). The model's input space is the normalised one, so the black image
-is the model's own preprocessing of a black picture (for a Caffe model, BGR ×255 minus its mean image).
+``F`` is the class's probability after the softmax (default: §1's Definition 1 takes the network to [0, 1]) or
+its score before it (``output="score"``, what the saliency maps and Grad-CAM here explain). The model's input
+space is the normalised one, so the black image is the model's own preprocessing of a black picture (for a Caffe
+model, BGR ×255 minus its mean image).
 
 Methods: ``riemann_right`` (§5's sum, default), ``riemann_left``, ``riemann_middle``, ``riemann_trapezoid`` and
 ``gausslegendre`` (Gauss–Legendre nodes on [0, 1]). Captum's ``IntegratedGradients`` computes the same numbers for
