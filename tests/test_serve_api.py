@@ -390,7 +390,7 @@ def test_grad_cam_of_a_class_is_the_librarys_over_the_crop(client, chelsea_id):
 
 def test_the_grad_cam_views_are_guided_backpropagation_and_guided_grad_cam_as_projections(client, chelsea_id):
     """§3, Fig. 1 (b) and (d): ``?view=guided`` and ``?view=guided-gradcam`` are the library's pictures, drawn as
-    the deconvnet's (zero mid-grey); an unknown view is a 400 naming the three."""
+    the deconvnet's (zero mid-grey); an unknown view is a 400 naming them all."""
     from alexnet.visualize.gradcam import gradcam
     from alexnet.visualize.plot import projection_to_image
 
@@ -402,12 +402,32 @@ def test_the_grad_cam_views_are_guided_backpropagation_and_guided_grad_cam_as_pr
         assert r.status_code == 200, r.text
         expected = (projection_to_image(pixels, slot.preprocessing) * 255).round().astype(np.uint8)
         assert np.abs(decode_png(r.content).astype(int) - expected.astype(int)).max() <= 1
-    bad = client.get(f"/api/models/a/images/{chelsea_id}/gradcam.png?target=281&view=saliency")
+    bad = client.get(f"/api/models/a/images/{chelsea_id}/gradcam.png?target=281&view=lrp")
     assert bad.status_code == 400
-    assert (
-        bad.json()["error"]
-        == "unknown view 'saliency'; choose gradcam, guided, guided-gradcam, integrated, smoothgrad"
+    assert bad.json()["error"] == (
+        "unknown view 'lrp'; choose gradcam, guided, guided-gradcam, saliency, deconvnet, integrated, smoothgrad"
     )
+
+
+def test_the_saliency_and_deconvnet_views_are_the_class_scores_projections(client, chelsea_id):
+    """Simonyan et al. §3.1's class saliency map (max |∂S_c/∂I| over the colours; 0 black, its maximum white)
+    and the class score projected by ZF's rules through the classifier (zero mid-grey), as the library draws them."""
+    from alexnet.visualize.deconvnet import class_projection, saliency_map
+    from alexnet.visualize.plot import projection_to_image
+
+    a = client.app.state.server.analysis("a", chelsea_id)
+    slot = client.app.state.server.slot("a")
+    r = client.get(f"/api/models/a/images/{chelsea_id}/gradcam.png?target=281&view=saliency")
+    assert r.status_code == 200, r.text
+    saliency = saliency_map(class_projection(slot.model, a.x, 281, "gradient").images[0]).numpy()
+    expected = (saliency / saliency.max() * 255).round().astype(np.uint8)
+    got = decode_png(r.content)
+    assert got.shape == (227, 227) and np.abs(got.astype(int) - expected.astype(int)).max() <= 1
+    r = client.get(f"/api/models/a/images/{chelsea_id}/gradcam.png?target=281&view=deconvnet")
+    assert r.status_code == 200, r.text
+    pixels = class_projection(slot.model, a.x, 281, "deconvnet").images[0]
+    expected = (projection_to_image(pixels, slot.preprocessing) * 255).round().astype(np.uint8)
+    assert np.abs(decode_png(r.content).astype(int) - expected.astype(int)).max() <= 1
 
 
 def test_the_integrated_view_is_the_librarys_magnitude_over_the_crop(client, chelsea_id):

@@ -79,7 +79,7 @@ async def _read_body(request: Request, limit: int) -> bytes:
 
 MAXIMIZE_STEPS = 200  # a unit's optimised image on the page: ~8 s for AlexNet on 2 CPU cores
 # the Grad-CAM figure's menu: Selvaraju et al. 2017, Fig. 1 (c), (b), (d); Sundararajan et al. 2017
-GRADCAM_VIEWS = ("gradcam", "guided", "guided-gradcam", "integrated", "smoothgrad")
+GRADCAM_VIEWS = ("gradcam", "guided", "guided-gradcam", "saliency", "deconvnet", "integrated", "smoothgrad")
 INTEGRATED_STEPS = 32  # integrated gradients on the page: 0.6 s (alexnet) to 1.1 s (zfnet) on 2 cores
 SMOOTHGRAD_SAMPLES = 32  # SmoothGrad on the page: about 0.6 s (alexnet) to 1.1 s (zfnet) on 2 cores
 MAXIMIZE_MAX_STEPS = 1000  # the paper's preset 3 runs 1000
@@ -316,11 +316,13 @@ def create_app(
         """Where this image's evidence for class ``target`` lies: Grad-CAM at the last conv stage's ReLU over the
         network's input crop (:mod:`alexnet.visualize.gradcam`); ``?view=guided``: the class's guided
         backpropagation, ``?view=guided-gradcam``: their product, Guided Grad-CAM (§3, Fig. 1 (b), (d));
+        ``?view=saliency``: Simonyan et al.'s class saliency map (max |gradient| over the colours, grey);
+        ``?view=deconvnet``: the class score's projection by ZF's rules through the classifier;
         ``?view=integrated``: the magnitude of its probability's integrated gradients from the black image
         (Sundararajan et al. 2017; :mod:`alexnet.visualize.integrated`) over the crop; ``?view=smoothgrad``: its
         score's gradient averaged over noisy copies (Smilkov et al. 2017; :mod:`alexnet.visualize.smoothgrad`),
         grey as the paper draws it."""
-        from alexnet.visualize.deconvnet import class_projection
+        from alexnet.visualize.deconvnet import class_projection, saliency_map
         from alexnet.visualize.gradcam import gradcam, overlay
         from alexnet.visualize.integrated import integrated_gradients, magnitude_overlay
         from alexnet.visualize.plot import uint8_to_float
@@ -338,8 +340,11 @@ def create_app(
             if view == "smoothgrad":
                 smoothed = smoothgrad(slot.model, a.x, target, samples=SMOOTHGRAD_SAMPLES).attributions[0]
                 return render.png(magnitude(smoothed.numpy()))
-            if view == "guided":  # the guided pass alone, without the map
-                pixels = class_projection(slot.model, a.x, target, "guided").images[0]
+            if view == "saliency":  # §3.1: the largest magnitude over the colours, 0 black, its maximum white
+                pixels = class_projection(slot.model, a.x, target, "gradient").images[0]
+                return render.map_png(saliency_map(pixels), size=pixels.shape[-1])
+            if view in ("guided", "deconvnet"):  # the class's pass down alone, without the map
+                pixels = class_projection(slot.model, a.x, target, view).images[0]
                 return render.projection_png(pixels, slot.preprocessing)
             cam = gradcam(slot.model, a.x, target=target, guided=view == "guided-gradcam")
             if view == "guided-gradcam":

@@ -331,11 +331,14 @@ async function maximizeChannel(key) {
 }
 
 // Grad-CAM (Selvaraju et al. 2017) of one class for the image shown: one request, a PNG; the menu shows the
-// class's guided backpropagation or Guided Grad-CAM instead (Fig. 1 (b), (d)), integrated gradients or SmoothGrad.
+// class's guided backpropagation or Guided Grad-CAM instead (Fig. 1 (b), (d)), its saliency map or deconvnet
+// projection, integrated gradients or SmoothGrad.
 const WHERE_CAPTIONS = {
   "gradcam": (label) => `at the last conv layer: where the evidence for ${label} lies`,
   "guided": (label) => `of ${label}: sharp, but hardly class-specific`,
   "guided-gradcam": (label) => `of ${label}: the guided pixels where Grad-CAM lies`,
+  "saliency": (label) => `of ${label}'s score: its gradient's largest magnitude over the colours`,
+  "deconvnet": (label) => `of ${label}'s score, projected down by the deconvnet's rules`,
   "integrated": (label) => `of p(${label}) from a black image: each pixel's share, as magnitude`,
   "smoothgrad": (label) => `of ${label}'s score: its gradient averaged over noisy copies of the image`,
 };
