@@ -450,6 +450,35 @@ def test_visualisations_on_cuda_compute_what_they_compute_on_the_cpu(photo_root,
     torch.testing.assert_close(g_gpu.features, g_cpu.features, rtol=1e-4, atol=1e-4)
 
 
+def test_the_class_attributions_on_cuda_compute_what_they_compute_on_the_cpu():
+    """Guided backpropagation of a class, Guided Grad-CAM, integrated gradients and SmoothGrad (its noise drawn on
+    the CPU, so the same copies) with the model on the GPU: CPU tensors back, the CPU's numbers (float64 and no
+    LRN: no max-pool near-tie parts the two devices' paths)."""
+    import copy
+
+    from alexnet.visualize.deconvnet import class_projection
+    from alexnet.visualize.gradcam import gradcam
+    from alexnet.visualize.integrated import integrated_gradients
+    from alexnet.visualize.smoothgrad import smoothgrad
+
+    torch.manual_seed(0)
+    cpu = create_model("alexnet_owt", num_classes=10, init="pytorch").eval().double()
+    gpu = copy.deepcopy(cpu).to(CUDA)
+    x = torch.randn(2, 3, 224, 224, dtype=torch.float64)
+    results = [
+        [
+            class_projection(model, x, [3, 7], "guided").images,
+            gradcam(model, x, "relu5", [3, 7], guided=True).guided_gradcam(),
+            integrated_gradients(model, x, [3, 7], steps=4).attributions,
+            smoothgrad(model, x, [3, 7], samples=3).attributions,
+        ]
+        for model in (cpu, gpu)
+    ]
+    for a, b in zip(*results, strict=True):
+        assert b.device.type == "cpu"
+        torch.testing.assert_close(b, a, rtol=1e-9, atol=1e-9 * float(a.abs().max()))
+
+
 def test_an_optimised_image_on_cuda_climbs_as_on_the_cpu():
     """Yosinski et al. §3 on the GPU: the first step's activation is the CPU's (the same start), the unit rises,
     the pixels stay in 0–255. The paths part after a few steps (near-ties in a max-pool; tests say why)."""
