@@ -1,7 +1,7 @@
 """``alexnet visualize <kind>``: activation maps, filters, deconvnet, top-9, occlusion, evolution, invariance,
-retrieval, predictions, correspondence, Grad-CAM, integrated gradients, SmoothGrad, optimised images (maximize).
-Each kind writes PNGs and the numbers behind them (.npz / .json) into ``--out`` and prints the paths
-(correspondence prints its table first)."""
+retrieval, predictions, correspondence, Grad-CAM, integrated gradients, SmoothGrad, sanity checks, optimised images
+(maximize). Each kind writes PNGs and the numbers behind them (.npz / .json) into ``--out`` and prints the paths
+(correspondence and sanity print their tables first)."""
 
 from __future__ import annotations
 
@@ -41,6 +41,8 @@ KINDS = {
     "(Sundararajan et al. 2017, §3; sums to the output's change)",
     "smoothgrad": "SmoothGrad: a class's gradient map averaged over noisy copies of the image (Smilkov et al. "
     "2017, §3), also of guided backpropagation or integrated gradients",
+    "sanity": "sanity check of the saliency maps: do they change when the weights are randomised? (Adebayo et "
+    "al. 2018, §3)",
     "maximize": "images that drive chosen units highest, by regularised gradient ascent (Yosinski et al. 2015, "
     "§3: the DeepVis toolbox's optimised images)",
     "correspondence": "does masking the same part of several images change the features alike? (ZF §4.2, "
@@ -93,6 +95,14 @@ def _channels(text: str) -> list[int]:
     return list(dict.fromkeys(out))  # each channel once, in the order given
 
 
+def _names(text: str) -> list[str]:
+    """``gradient,guided`` → ["gradient", "guided"]; an empty item is an error."""
+    names = [v.strip() for v in text.split(",")]
+    if not all(names):
+        raise argparse.ArgumentTypeError(f"expected comma-separated names, got {text!r}")
+    return names
+
+
 def _indices(text: str) -> list[int]:
     """``3,3,7`` → [3, 3, 7]: one class index per image, repeats allowed."""
     try:
@@ -143,10 +153,10 @@ def register(sub: Any) -> None:
         sub,
         "visualize",
         "look inside a model: activations, filters, deconvnet, top-9, occlusion, evolution, invariance, retrieval, "
-        "predictions, correspondence, gradcam, integrated-gradients, smoothgrad, maximize",
+        "predictions, correspondence, gradcam, integrated-gradients, smoothgrad, sanity, maximize",
         "Figures of AlexNet §6 / Fig. 3–4, Zeiler & Fergus §2–4 / Figs. 2–8 and Table 1, Selvaraju et al.'s "
-        "Grad-CAM, Sundararajan et al.'s integrated gradients, Smilkov et al.'s SmoothGrad and Yosinski et al.'s "
-        "optimised images for any "
+        "Grad-CAM, Sundararajan et al.'s integrated gradients, Smilkov et al.'s SmoothGrad, Adebayo et al.'s sanity "
+        "checks and Yosinski et al.'s optimised images for any "
         "registered model. Each kind writes PNGs plus the numbers behind them "
         "(.npz / .json) into --out and prints the paths.",
     )
@@ -380,6 +390,40 @@ def register(sub: Any) -> None:
     )
 
     k = kinds.add_parser(
+        "sanity",
+        help=KINDS["sanity"],
+        description="Adebayo, Gilmer, Muelly, Goodfellow, Hardt & Kim, 'Sanity Checks for Saliency Maps' (NeurIPS "
+        "2018), §3's model parameter randomisation test: the layers' weights are re-initialised as the model "
+        "initialises them, from the top (fc8, then fc7 as well, ... down to conv1; --independent: one layer at a "
+        "time), and each method's map of the trained network's class is compared with the trained network's by "
+        "Spearman rank correlation (of absolute values and signed) and SSIM. A map that explains what the network "
+        "learned changes; the paper finds guided backpropagation nearly unchanged. Prints the correlations, "
+        "writes Fig. 2's grid (.png) and the numbers (.json, .npz).",
+    )
+    _common(k)
+    k.add_argument("--target", type=int, help="class index to explain (default: each image's top class)")
+    k.add_argument(
+        "--methods",
+        type=_names,
+        help="comma-separated, from gradient, smoothgrad, guided, deconvnet, gradcam, guided-gradcam, integrated "
+        "(default all)",
+    )
+    k.add_argument(
+        "--layers",
+        type=_names,
+        help="layers to randomise, in order (default every conv and fc layer, top down)",
+    )
+    k.add_argument(
+        "--independent",
+        action="store_true",
+        help="randomise one layer at a time, the others as trained (default: cascading, each step keeping the "
+        "layers above random)",
+    )
+    k.add_argument("--seed", type=int, default=0, help="the random weights' seed (default 0)")
+    k.add_argument("--samples", type=int, default=50, help="SmoothGrad's noisy copies (default 50)")
+    k.add_argument("--steps", type=int, default=50, help="integrated gradients' points (default 50)")
+
+    k = kinds.add_parser(
         "maximize",
         help=KINDS["maximize"],
         description="Yosinski, Clune, Nguyen, Fuchs & Lipson, 'Understanding Neural Networks Through Deep "
@@ -559,6 +603,21 @@ def run(args: argparse.Namespace) -> int:
             output=args.of,
             progress=True,
         )
+    elif kind == "sanity":
+        paths, tables = outputs.write_sanity(
+            model,
+            args.images,
+            args.out,
+            target=args.target,
+            methods=args.methods,
+            layers=args.layers,
+            cascading=not args.independent,
+            seed=args.seed,
+            samples=args.samples,
+            steps=args.steps,
+            progress=True,
+        )
+        print("\n\n".join(tables))
     elif kind == "maximize":
         paths = _maximize(model, args)
     elif kind == "correspondence":

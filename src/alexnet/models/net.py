@@ -123,17 +123,30 @@ class AlexNetFamily(nn.Module):
     @torch.no_grad()
     def reset_parameters(self) -> None:
         """Paper initialisation: weights N(0, std) and constant biases per layer (AlexNet §5, ZFNet §3)."""
+        for name in self.learnable_layers():
+            self.reset_layer(name)
+
+    def learnable_layers(self) -> list[str]:
+        """The paper names of the conv and fully connected layers, in forward order (``conv1`` … ``fc8``)."""
+        return [name for name, m in self.named_layers() if isinstance(m, nn.Conv2d | nn.Linear)]
+
+    @torch.no_grad()
+    def reset_layer(self, name: str, module: nn.Module | None = None) -> None:
+        """One conv or fully connected layer's initialisation, as :meth:`reset_parameters` gives it (from torch's
+        global generator); ``module``: a copy of that layer (e.g. on the CPU) to initialise instead."""
+        names = self.learnable_layers()
+        if name not in names:
+            raise LayerNotFound(
+                f"{name!r} has no weights to initialise; layers with weights: {', '.join(names)}"
+            )
+        m = module if module is not None else self.layer(name)
+        assert isinstance(m, nn.Conv2d | nn.Linear)
         if self.config.init == "pytorch":
-            for m in self.modules():
-                if isinstance(m, nn.Conv2d | nn.Linear):
-                    m.reset_parameters()
+            m.reset_parameters()
             return
-        specs = [*self.config.convs, *self.config.fcs]
-        layers = [m for m in self.modules() if isinstance(m, nn.Conv2d | nn.Linear)]
-        specs = specs[: len(layers)]  # without fc8 when num_classes is 0
-        for spec, m in zip(specs, layers, strict=True):
-            nn.init.normal_(m.weight, 0.0, spec.weight_std)
-            nn.init.constant_(m.bias, spec.bias)
+        spec = [*self.config.convs, *self.config.fcs][names.index(name)]
+        nn.init.normal_(m.weight, 0.0, spec.weight_std)
+        nn.init.constant_(m.bias, spec.bias)
 
     # --- the papers' vocabulary -------------------------------------------------------------------------
     def layer_names(self) -> list[str]:

@@ -519,6 +519,103 @@ def write_smoothgrad(
     return written
 
 
+def _by_method(methods: list[str], values: torch.Tensor) -> dict[str, list[float | None]]:
+    """A methods × steps table as JSON: one list per method, ``None`` for NaN."""
+    return {
+        m: [None if np.isnan(v) else round(float(v), 6) for v in values[i].tolist()]
+        for i, m in enumerate(methods)
+    }
+
+
+def write_sanity(
+    model: AlexNetFamily,
+    images: Sequence[str | Path],
+    out: str | Path,
+    *,
+    target: int | None = None,
+    methods: Sequence[str] | None = None,
+    layers: Sequence[str] | None = None,
+    cascading: bool = True,
+    seed: int = 0,
+    samples: int = 50,
+    steps: int = 50,
+    progress: bool = False,
+) -> tuple[list[Path], list[str]]:
+    """Adebayo et al.'s model parameter randomisation test (:mod:`alexnet.visualize.sanity`) per image:
+    ``<image>_sanity[_independent].png`` (Fig. 2's grid), ``.json`` (per method and step the Spearman rank
+    correlations of the absolute and the signed maps with the original's and SSIM; ``null`` for a constant map)
+    and ``.npz`` (``maps`` methods × steps × H × W, the three similarity tables, ``methods``, ``steps``,
+    ``target``). Returns the paths and one text table per image (Spearman, absolute values) for the caller to
+    print."""
+    from alexnet.predict import labels_of
+    from alexnet.visualize.sanity import METHODS, check_methods, plot_sanity, randomization_test
+
+    chosen = check_methods(
+        list(methods) if methods is not None else list(METHODS)
+    )  # before any image is read
+    _check_class(model, target)
+    learnable = model.learnable_layers()
+    for name in layers or ():
+        if name not in learnable:
+            raise SelectionError(f"{name!r} has no weights to randomise; choose from {', '.join(learnable)}")
+    labels = labels_of(model)
+    out = Path(out)
+    suffix = "sanity" if cascading else "sanity_independent"
+    written: list[Path] = []
+    tables: list[str] = []
+    for path, stem in zip(images, _stems(images), strict=True):
+        p = prepare(model, path)
+        res = randomization_test(
+            model,
+            p.tensor,
+            target,
+            chosen,
+            cascading=cascading,
+            layers=layers,
+            seed=seed,
+            samples=samples,
+            steps=steps,
+            progress=progress,
+        )
+        c = int(res.targets[0])
+        name = Path(str(path)).name
+        how = "cascading, from the top" if cascading else "one layer at a time"
+        fig = plot_sanity(res, 0, uint8_to_float(p.crop), f"{name}: {labels[c]} ({c}); randomised {how}")
+        written.append(save_figure(fig, out / f"{stem}_{suffix}.png"))
+
+        numbers = {
+            "image": str(path),
+            "target": c,
+            "cascading": cascading,
+            "seed": seed,
+            "steps": res.steps,
+            "spearman_abs": _by_method(res.methods, res.spearman_abs[0]),
+            "spearman": _by_method(res.methods, res.spearman[0]),
+            "ssim": _by_method(res.methods, res.ssim[0]),
+        }
+        written.append(save_json(out / f"{stem}_{suffix}.json", numbers))
+        written.append(
+            save_npz(
+                out / f"{stem}_{suffix}.npz",
+                maps=res.maps[0].numpy(),
+                spearman_abs=res.spearman_abs[0].numpy(),
+                spearman=res.spearman[0].numpy(),
+                ssim=res.ssim[0].numpy(),
+                methods=np.array(res.methods),
+                steps=np.array(res.steps),
+                target=c,
+            )
+        )
+        width = max(len(m) for m in res.methods)
+        head = f"{name}: {labels[c]} ({c}); Spearman rank correlation (absolute values) with the original"
+        lines = [head, " " * width + "  " + " ".join(f"{s:>8s}" for s in res.steps[1:])]
+        for i, m in enumerate(res.methods):
+            row = " ".join(f"{v:8.2f}" for v in res.spearman_abs[0, i, 1:].tolist())
+            lines.append(f"{m:<{width}s}  {row}")
+        tables.append("\n".join(lines))
+    return written, tables
+
+
 def write_top9(
     model: AlexNetFamily,
     data: str | Path,
