@@ -482,3 +482,37 @@ def test_the_docs_spelling_alexnet_dot_subpackage_works_after_a_plain_import():
     assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True).returncode == 0
     with pytest.raises(AttributeError, match="no attribute 'resnet'"):
         alexnet.resnet  # noqa: B018
+
+
+@pytest.mark.parametrize(("name", "init"), [("alexnet", "gaussian"), ("zfnet", "pytorch")])
+def test_one_layers_reset_draws_what_the_whole_models_initialisation_draws(name: str, init: str) -> None:
+    """``reset_layer`` is ``reset_parameters`` one layer at a time: from the same generator state, each layer
+    in forward order draws the same weights (the paper's N(0, σ) and constant biases, or PyTorch's)."""
+    torch.manual_seed(0)
+    whole = alexnet.create_model(name, init=init)
+    torch.manual_seed(0)
+    layered = alexnet.create_model(name, init=init)
+    torch.manual_seed(1)
+    whole.reset_parameters()
+    torch.manual_seed(1)
+    for layer in layered.learnable_layers():
+        layered.reset_layer(layer)
+    for (key, a), b in zip(whole.state_dict().items(), layered.state_dict().values(), strict=True):
+        assert torch.equal(a, b), key
+    assert layered.learnable_layers() == ["conv1", "conv2", "conv3", "conv4", "conv5", "fc6", "fc7", "fc8"]
+    if init == "gaussian":  # AlexNet §5: fc6's weights N(0, 0.01), its biases 1
+        fc6 = layered.layer("fc6")
+        assert float(fc6.weight.std()) == pytest.approx(0.01, rel=0.01) and bool((fc6.bias == 1).all())
+
+
+def test_a_layer_reset_on_a_copy_leaves_the_model_alone_and_a_layer_without_weights_is_refused() -> None:
+    model = alexnet.create_model("caffenet")
+    before = model.layer("conv2").weight.clone()
+    copy = nn.Conv2d(96, 256, 5, padding=2, groups=2)
+    model.reset_layer("conv2", copy)
+    assert torch.equal(model.layer("conv2").weight, before)
+    assert float(copy.weight.std()) == pytest.approx(0.01, rel=0.05) and bool((copy.bias == 1).all())
+    with pytest.raises(
+        LayerNotFound, match="'relu5' has no weights to initialise; layers with weights: conv1"
+    ):
+        model.reset_layer("relu5")
