@@ -135,6 +135,38 @@ def test_bad_flag_is_one_line_exit_2(capsys):
     assert "unrecognized arguments" in one_line_error(capsys)
 
 
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["train", "--out", "unused"],
+        ["visualize", "maximize", "--model", "alexnet", "--out", "unused"],
+        ["visualize", "smoothgrad", "--model", "alexnet", "--out", "unused", "cat.jpg"],
+        ["visualize", "sanity", "--model", "alexnet", "--out", "unused", "cat.jpg"],
+    ],
+)
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        ("-1", "a seed is a whole number from 0 to 4294967295, not -1"),
+        (
+            "99999999999999999999999",
+            "a seed is a whole number from 0 to 4294967295, not 99999999999999999999999",
+        ),
+        ("1.5", "expected a whole number, got '1.5'"),
+    ],
+)
+def test_a_seed_torchs_generators_cannot_take_is_refused_as_the_command_line_is_read(
+    capsys, tmp_path, monkeypatch, command, value, message
+):
+    """A seed past 2⁶⁴ used to overflow a generator inside the run, as a traceback."""
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as stopped:
+        main([*command, "--seed", value])
+    assert stopped.value.code == 2
+    assert f"argument --seed: {message}" in one_line_error(capsys)
+    assert not (tmp_path / "unused").exists()
+
+
 def test_too_small_input_size_is_a_clear_error(capsys):
     assert main(["summary", "alexnet", "--input-size", "40"]) == 2
     assert "cannot take a 40px input" in one_line_error(capsys)

@@ -160,6 +160,23 @@ def model_name(name: str) -> str:
     return name
 
 
+MAX_SEED = (
+    2**32 - 1
+)  # torch's and NumPy's generators take it whole, with room for derived seeds (seed × 1000 + rank)
+
+
+def seed(text: str) -> int:
+    """``--seed`` where torch's generators take it: a whole number from 0 to :data:`MAX_SEED` (a larger one
+    would overflow a generator deep inside the run, as a traceback)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if not 0 <= value <= MAX_SEED:
+        raise argparse.ArgumentTypeError(f"a seed is a whole number from 0 to {MAX_SEED}, not {value}")
+    return value
+
+
 def layer_list(text: str) -> tuple[str, ...]:
     """An argparse ``type``: comma-separated paper layer names (``conv3,conv4``)."""
     names = tuple(n.strip() for n in text.split(","))

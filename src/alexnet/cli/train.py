@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from alexnet.cli._common import CommandError, add_command, layer_list, model_name, writable_folder
+from alexnet.cli._common import CommandError, add_command, layer_list, model_name, seed, writable_folder
 
 # flag → (TrainConfig field, type, help). Every flag defaults to None = "the recipe's value".
 _VALUE_FLAGS: list[tuple[str, str, Any, str]] = [
@@ -139,7 +139,7 @@ _VALUE_FLAGS: list[tuple[str, str, Any, str]] = [
     ("--classes", "classes", int, "use only the first N classes (sorted folder names)"),
     ("--images-per-class", "images_per_class", int, "use only the first K training images of each class"),
     ("--workers", "workers", int, "data-loading worker processes"),
-    ("--seed", "seed", int, "seed of the data order, augmentation, init and dropout"),
+    ("--seed", "seed", seed, "seed of the data order, augmentation, init and dropout"),
     ("--device", "device", str, "auto, cpu, cuda, cuda:N, mps"),
     (
         "--checkpoint-every",

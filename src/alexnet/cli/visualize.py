@@ -21,6 +21,7 @@ from alexnet.cli._common import (
     device_from_args,
     image_files,
     readable_images,
+    seed,
     writable_folder,
 )
 
@@ -369,7 +370,7 @@ def register(sub: Any) -> None:
         help="the noisy maps' mean (default), mean square or variance",
     )
     k.add_argument(
-        "--seed", type=int, default=0, help="the noise's seed (default 0): the same maps every run"
+        "--seed", type=seed, default=0, help="the noise's seed (default 0): the same maps every run"
     )
     k.add_argument("--batch-size", type=int, default=32, help="noisy copies per forward pass (default 32)")
     k.add_argument(
@@ -419,7 +420,7 @@ def register(sub: Any) -> None:
         help="randomise one layer at a time, the others as trained (default: cascading, each step keeping the "
         "layers above random)",
     )
-    k.add_argument("--seed", type=int, default=0, help="the random weights' seed (default 0)")
+    k.add_argument("--seed", type=seed, default=0, help="the random weights' seed (default 0)")
     k.add_argument("--samples", type=int, default=50, help="SmoothGrad's noisy copies (default 50)")
     k.add_argument("--steps", type=int, default=50, help="integrated gradients' points (default 50)")
 
@@ -485,7 +486,7 @@ def register(sub: Any) -> None:
         help="zero the pixels of smallest contribution to the unit below this percentile, θ_c_pct (0, 0, 0, 90)",
     )
     k.add_argument(
-        "--seed", type=int, default=0, help="the starting noise (default 0); every unit starts alike"
+        "--seed", type=seed, default=0, help="the starting noise (default 0); every unit starts alike"
     )
     k.add_argument("--batch-size", type=int, default=16, help="units optimised together (default 16)")
     p.set_defaults(func=run)
