@@ -207,8 +207,9 @@ def test_the_display_sums_the_colours_magnitudes_and_caps_the_top_percent() -> N
         (dict(method="lrp"), "unknown method 'lrp'; choose deconvnet, gradient, guided, integrated"),
         (dict(statistic="mean"), "unknown statistic 'mean'; choose smoothgrad, smoothgrad_sq, vargrad"),
         (dict(samples=0), "samples must be at least 1, not 0"),
-        (dict(noise=-0.1), "the noise level must be ≥ 0, not -0.1"),
-        (dict(noise=float("nan")), "the noise level must be ≥ 0, not nan"),
+        (dict(noise=-0.1), "the noise level must be a finite number ≥ 0, not -0.1"),
+        (dict(noise=float("nan")), "the noise level must be a finite number ≥ 0, not nan"),
+        (dict(noise=float("inf")), "the noise level must be a finite number ≥ 0, not inf"),
         (dict(batch_size=0), "batch size must be at least 1"),
     ],
 )
@@ -305,7 +306,7 @@ def test_the_command_names_its_files_by_statistic_and_method(
     [
         (["--target", "12"], "class 12 is out of range"),
         (["--samples", "0"], "--samples must be at least 1"),
-        (["--noise", "-1"], "the noise level must be ≥ 0, not -1.0"),
+        (["--noise", "-1"], "the noise level must be a finite number ≥ 0, not -1.0"),
         (["--statistic", "mean"], "invalid choice: 'mean'"),
         (["--method", "lrp"], "invalid choice: 'lrp'"),
     ],

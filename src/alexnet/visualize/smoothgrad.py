@@ -68,8 +68,8 @@ def check_settings(method: str, statistic: str, samples: int, noise: float) -> N
         raise SelectionError(f"unknown statistic {statistic!r}; choose {', '.join(STATISTICS)}")
     if samples < 1:
         raise SelectionError(f"samples must be at least 1, not {samples}")
-    if not noise >= 0:  # NaN too
-        raise SelectionError(f"the noise level must be ≥ 0, not {noise}")
+    if not 0 <= noise < float("inf"):  # NaN and infinity too
+        raise SelectionError(f"the noise level must be a finite number ≥ 0, not {noise}")
 
 
 def smoothgrad(
