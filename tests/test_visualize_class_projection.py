@@ -5,12 +5,16 @@ class saliency (ICLR 2014 workshop, §3.1) is the score's gradient, guided backp
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 
 import alexnet
+from alexnet.cli import main
 from alexnet.errors import InputSizeError, SelectionError
 from alexnet.visualize.deconvnet import class_projection, saliency_map
+from alexnet.weights import WeightsMeta, save_weights
 
 NAMES = ["alexnet", "alexnet_owt", "zfnet", "caffenet"]
 
@@ -31,6 +35,25 @@ def _images(model: alexnet.AlexNetFamily, n: int = 2) -> torch.Tensor:
     torch.manual_seed(1)
     side = model.default_input_size
     return torch.randn(n, 3, side, side, dtype=next(model.parameters()).dtype)
+
+
+def ten_class_weights(folder: Path) -> Path:
+    """The float32 model of :func:`_model` (alexnet, classes ``class0`` … ``class9``) as a weights file in
+    ``folder``, for the commands' tests."""
+    path = folder / "model.safetensors"
+    classes = [f"class{i}" for i in range(10)]
+    save_weights(_model("alexnet", torch.float32), path, WeightsMeta(classes=classes))
+    return path
+
+
+def run_visualize(capsys: pytest.CaptureFixture[str], kind: str, *args: str) -> tuple[int, str, str]:
+    """``alexnet visualize KIND ARGS…``: the exit code, stdout and stderr."""
+    try:
+        code = main(["visualize", kind, *args])
+    except SystemExit as e:
+        code = int(e.code or 0)
+    out, err = capsys.readouterr()
+    return code, out, err
 
 
 def _relative_error(ours: torch.Tensor, theirs: torch.Tensor) -> float:

@@ -13,12 +13,12 @@ import torch.nn.functional as F
 from PIL import Image
 
 import alexnet
-from alexnet.cli import main
 from alexnet.errors import LayerNotFound, SelectionError
 from alexnet.models.capture import capture
 from alexnet.visualize.deconvnet import class_projection
 from alexnet.visualize.gradcam import default_layer, gradcam
 from alexnet.weights import WeightsMeta, save_weights
+from test_visualize_class_projection import run_visualize
 
 
 def _model(name: str) -> alexnet.AlexNetFamily:
@@ -186,12 +186,7 @@ def weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def _run(capsys, *args: str) -> tuple[int, str, str]:
-    try:
-        code = main(["visualize", "gradcam", *args])
-    except SystemExit as e:
-        code = int(e.code or 0)
-    out, err = capsys.readouterr()
-    return code, out, err
+    return run_visualize(capsys, "gradcam", *args)
 
 
 def test_the_command_writes_the_overlay_and_the_numbers(

@@ -12,12 +12,10 @@ import numpy as np
 import pytest
 import torch
 
-from alexnet.cli import main
 from alexnet.errors import SelectionError
 from alexnet.visualize.deconvnet import class_projection
 from alexnet.visualize.sanity import randomization_test, spearman
-from alexnet.weights import WeightsMeta, save_weights
-from test_visualize_class_projection import _images, _model
+from test_visualize_class_projection import _images, _model, run_visualize, ten_class_weights
 from test_visualize_smoothgrad import _photograph
 
 
@@ -115,20 +113,11 @@ def test_bad_settings_are_one_clear_error(kwargs, message) -> None:
 # --- the command ----------------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    path = tmp_path_factory.mktemp("sanity") / "model.safetensors"
-    save_weights(
-        _model("alexnet", torch.float32), path, WeightsMeta(classes=[f"class{i}" for i in range(10)])
-    )
-    return path
+    return ten_class_weights(tmp_path_factory.mktemp("sanity"))
 
 
 def _run(capsys, *args: str) -> tuple[int, str, str]:
-    try:
-        code = main(["visualize", "sanity", *args])
-    except SystemExit as e:
-        code = int(e.code or 0)
-    out, err = capsys.readouterr()
-    return code, out, err
+    return run_visualize(capsys, "sanity", *args)
 
 
 def test_the_command_prints_the_correlations_and_writes_the_grid_and_the_numbers(

@@ -11,13 +11,11 @@ import numpy as np
 import pytest
 import torch
 
-from alexnet.cli import main
 from alexnet.errors import SelectionError
 from alexnet.visualize.deconvnet import class_projection
 from alexnet.visualize.integrated import black_image, integrated_gradients
 from alexnet.visualize.smoothgrad import magnitude, smoothgrad
-from alexnet.weights import WeightsMeta, save_weights
-from test_visualize_class_projection import _images, _model
+from test_visualize_class_projection import _images, _model, run_visualize, ten_class_weights
 
 pytestmark = [  # Captum's notices about what it does to the model and input for the comparisons
     pytest.mark.filterwarnings("ignore:Setting backward hooks on ReLU:UserWarning"),
@@ -222,20 +220,11 @@ def test_bad_settings_are_one_clear_error(kwargs, message) -> None:
 # --- the command ----------------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    path = tmp_path_factory.mktemp("smoothgrad") / "model.safetensors"
-    save_weights(
-        _model("alexnet", torch.float32), path, WeightsMeta(classes=[f"class{i}" for i in range(10)])
-    )
-    return path
+    return ten_class_weights(tmp_path_factory.mktemp("smoothgrad"))
 
 
 def _run(capsys, *args: str) -> tuple[int, str, str]:
-    try:
-        code = main(["visualize", "smoothgrad", *args])
-    except SystemExit as e:
-        code = int(e.code or 0)
-    out, err = capsys.readouterr()
-    return code, out, err
+    return run_visualize(capsys, "smoothgrad", *args)
 
 
 def test_the_command_writes_the_figure_and_the_numbers(
