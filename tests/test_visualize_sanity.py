@@ -14,7 +14,8 @@ import torch
 
 from alexnet.errors import SelectionError
 from alexnet.visualize.deconvnet import class_projection
-from alexnet.visualize.sanity import randomization_test, spearman
+from alexnet.visualize.sanity import data_randomization_test, randomization_test, spearman
+from alexnet.weights import WeightsMeta, save_weights
 from test_visualize_class_projection import _images, _model, run_visualize, ten_class_weights
 from test_visualize_smoothgrad import _photograph
 
@@ -94,6 +95,25 @@ def test_every_method_has_a_map_and_a_row_of_each_similarity() -> None:
         assert res.targets.tolist() == model(x).argmax(1).tolist()
 
 
+def test_the_data_randomisation_test_compares_two_trainings_of_one_network() -> None:
+    """§3.2: each map of the model against the same map of another training of its architecture (here another
+    initialisation): the model against itself is ρ = 1 throughout; against the other, guided backpropagation
+    stays closer than the gradient (as under the model randomisation test); another architecture is refused."""
+    import alexnet
+
+    model = _model("alexnet", torch.float32)
+    x = _photograph(model)
+    itself = data_randomization_test(model, model, x, 3, ["gradient", "guided"], name="itself")
+    assert itself.steps == ["original", "itself"] and itself.test == "data"
+    assert itself.spearman_abs[0, :, 1].tolist() == pytest.approx([1.0, 1.0])
+    torch.manual_seed(9)
+    other = alexnet.create_model("alexnet", num_classes=10, init="pytorch").eval()
+    res = data_randomization_test(model, other, x, 3, ["gradient", "guided"])
+    assert res.spearman_abs[0, 1, 1] > res.spearman_abs[0, 0, 1]
+    with pytest.raises(SelectionError, match="other is not the same network as the model"):
+        data_randomization_test(model, _model("zfnet", torch.float32), x, 3, ["gradient"])
+
+
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [
@@ -134,7 +154,8 @@ def test_the_command_prints_the_correlations_and_writes_the_grid_and_the_numbers
     stem = tmp_path / "chelsea_sanity"
     assert lines[-3:] == [str(stem.with_suffix(s)) for s in (".png", ".json", ".npz")]
     numbers = json.loads(stem.with_suffix(".json").read_text())
-    assert numbers["steps"] == ["original", "fc8", "fc7"] and numbers["target"] == 3 and numbers["cascading"]
+    assert numbers["steps"] == ["original", "fc8", "fc7"] and numbers["target"] == 3
+    assert numbers["test"] == "cascading" and numbers["seed"] == 0
     assert [f"{v:.2f}" for v in numbers["spearman_abs"]["guided"][1:]] == lines[3].split()[1:]
     saved = np.load(stem.with_suffix(".npz"))
     assert saved["maps"].shape == (2, 3, 227, 227) and saved["methods"].tolist() == ["gradient", "guided"]
@@ -147,7 +168,30 @@ def test_the_independent_test_is_named_so(capsys, weights: Path, chelsea_jpeg: P
     assert code == 0, err
     assert out.splitlines()[-1] == str(tmp_path / "chelsea_sanity_independent.npz")
     numbers = json.loads((tmp_path / "chelsea_sanity_independent.json").read_text())
-    assert numbers["cascading"] is False and list(numbers["ssim"]) == ["gradcam"]
+    assert numbers["test"] == "independent" and list(numbers["ssim"]) == ["gradcam"]
+
+
+def test_against_a_run_the_command_runs_the_data_randomisation_test(
+    capsys, weights: Path, chelsea_jpeg: Path, tmp_path
+) -> None:
+    import alexnet
+
+    run = tmp_path / "random-labels"
+    run.mkdir()
+    torch.manual_seed(9)
+    other = alexnet.create_model("alexnet", num_classes=10, init="pytorch")
+    save_weights(other, run / "model.safetensors", WeightsMeta(classes=[f"class{i}" for i in range(10)]))
+    args = ["--methods", "gradient,guided", "--against", str(run), "--samples", "2", "--out", str(tmp_path)]
+    code, out, err = _run(capsys, "--weights", str(weights), str(chelsea_jpeg), *args)
+    assert code == 0, err
+    lines = out.splitlines()
+    assert lines[1].split() == ["random-labels"] and [line.split()[0] for line in lines[2:4]] == [
+        "gradient",
+        "guided",
+    ]
+    numbers = json.loads((tmp_path / "chelsea_sanity_data.json").read_text())
+    assert numbers["test"] == "data" and numbers["against"] == "random-labels" and "seed" not in numbers
+    assert numbers["steps"] == ["original", "random-labels"]
 
 
 @pytest.mark.parametrize(
@@ -158,6 +202,8 @@ def test_the_independent_test_is_named_so(capsys, weights: Path, chelsea_jpeg: P
         (["--layers", "pool5"], "'pool5' has no weights to randomise"),
         (["--target", "12"], "class 12 is out of range"),
         (["--samples", "0"], "--samples must be at least 1"),
+        (["--against", "no-such-run"], "no-such-run"),
+        (["--against", "RUN", "--layers", "fc8"], "--against compares two trained networks"),
     ],
 )
 def test_bad_input_is_one_line_and_exit_code_2(

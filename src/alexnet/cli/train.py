@@ -138,6 +138,13 @@ _VALUE_FLAGS: list[tuple[str, str, Any, str]] = [
     ),
     ("--classes", "classes", int, "use only the first N classes (sorted folder names)"),
     ("--images-per-class", "images_per_class", int, "use only the first K training images of each class"),
+    (
+        "--random-labels",
+        "random_labels",
+        float,
+        "replace each training label, with this probability, by a uniformly random class (Zhang et al. 2017, §2: "
+        "1 = all random; the network still learns them by heart); validation keeps the true labels",
+    ),
     ("--workers", "workers", int, "data-loading worker processes"),
     ("--seed", "seed", seed, "seed of the data order, augmentation, init and dropout"),
     ("--device", "device", str, "auto, cpu, cuda, cuda:N, mps"),

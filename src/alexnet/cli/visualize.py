@@ -398,7 +398,9 @@ def register(sub: Any) -> None:
         "initialises them, from the top (fc8, then fc7 as well, ... down to conv1; --independent: one layer at a "
         "time), and each method's map of the trained network's class is compared with the trained network's by "
         "Spearman rank correlation (of absolute values and signed) and SSIM. A map that explains what the network "
-        "learned changes; the paper finds guided backpropagation nearly unchanged. Prints the correlations, "
+        "learned changes; the paper finds guided backpropagation nearly unchanged. --against RUN runs its data "
+        "randomisation test (§3.2) instead: each map against the same network's trained on random labels. "
+        "Prints the correlations, "
         "writes Fig. 2's grid (.png) and the numbers (.json, .npz).",
     )
     _common(k)
@@ -419,6 +421,12 @@ def register(sub: Any) -> None:
         action="store_true",
         help="randomise one layer at a time, the others as trained (default: cascading, each step keeping the "
         "layers above random)",
+    )
+    k.add_argument(
+        "--against",
+        metavar="RUN_OR_WEIGHTS",
+        help="the data randomisation test (§3.2) instead: each map against the same map of this network, the "
+        "same architecture trained on random labels (alexnet train --random-labels 1); a run folder or weights",
     )
     k.add_argument("--seed", type=seed, default=0, help="the random weights' seed (default 0)")
     k.add_argument("--samples", type=int, default=50, help="SmoothGrad's noisy copies (default 50)")
@@ -613,6 +621,7 @@ def run(args: argparse.Namespace) -> int:
             methods=args.methods,
             layers=args.layers,
             cascading=not args.independent,
+            against=_against(args, device),
             seed=args.seed,
             samples=args.samples,
             steps=args.steps,
@@ -642,6 +651,25 @@ def run(args: argparse.Namespace) -> int:
     for path in paths:
         print(path)
     return 0
+
+
+def _against(args: argparse.Namespace, device: Any) -> tuple[str, Any] | None:
+    """``sanity --against RUN_OR_WEIGHTS``: (its name, the network), or None."""
+    if args.against is None:
+        return None
+    if args.layers is not None or args.independent:
+        raise CommandError(
+            "--against compares two trained networks; --layers and --independent randomise one"
+        )
+    from alexnet.cli._common import check_weights_exist
+    from alexnet.train.run_folder import run_weights
+    from alexnet.weights import load_pretrained
+
+    where = Path(args.against)
+    weights = run_weights(where) if where.is_dir() else where
+    check_weights_exist(str(weights))
+    name = where.name if where.is_dir() else where.stem
+    return name, load_pretrained(None, str(weights)).to(device)
 
 
 def _integrated(model: Any, args: argparse.Namespace) -> list[Path]:

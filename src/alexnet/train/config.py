@@ -81,6 +81,8 @@ class TrainConfig:
     # data
     classes: int | None = None
     images_per_class: int | None = None
+    # each training label replaced, with this probability, by a uniformly random class (Zhang et al. 2017, §2)
+    random_labels: float = 0.0
     normalize: str = (
         "mean"  # per-channel mean; "image": per-pixel mean image (AlexNet §2); "meanstd": torchvision
     )
@@ -184,6 +186,10 @@ class TrainConfig:
             (
                 self.input_size is None or 32 <= self.input_size <= 512,
                 f"input size must be 32–512 pixels (got {self.input_size})",
+            ),
+            (
+                0 <= self.random_labels <= 1,
+                f"the fraction of random labels must be in [0, 1] (got {self.random_labels})",
             ),
             (
                 0 <= self.pca_lighting < inf,

@@ -156,6 +156,7 @@ class RunData:
     classes: list[str]
     root: Path
     mean_image: torch.Tensor | None = None  # normalize="image": saved with the weights
+    relabelled: int = 0  # training labels --random-labels changed
 
     @property
     def skipped(self) -> list[tuple[str, str]]:
@@ -213,7 +214,12 @@ def open_run_data(
     if check:
         check_split(train, progress=progress)
         check_split(val, progress=progress)
-    return RunData(train, val, list(train.classes), root, mean_image)
+    relabelled = 0
+    if cfg.random_labels > 0:  # Zhang et al. 2017, §2: training labels only; validation keeps the true ones
+        from alexnet.data.labels import corrupt_labels
+
+        relabelled = corrupt_labels(train, cfg.random_labels, cfg.seed)
+    return RunData(train, val, list(train.classes), root, mean_image, relabelled)
 
 
 def train_loader(

@@ -152,12 +152,13 @@ def train(
 
 
 # What a checkpoint's position and weights depend on: changed on --resume, the run would silently skip or repeat
-# images (batch size, seed), relabel them (classes) or not fit the weights (input size); and how its weights
+# images (batch size, seed), relabel them (classes, random labels) or not fit the weights (input size); and how its weights
 # began (init, bias init), which config.json records for `alexnet doctor`. The data folder may move: the
 # checkpoint's class list and number of training images are checked against the data instead.
 _FIXED_ON_RESUME = (
     "classes",
     "images_per_class",
+    "random_labels",
     "batch_size",
     "seed",
     "input_size",
@@ -178,7 +179,7 @@ _FIXED_ON_RESUME = (
 
 def _check_resumable(cfg: TrainConfig, state: dict[str, Any]) -> None:
     # a checkpoint from before --weights and --freeze existed was trained without them
-    saved = {"weights": None, "freeze": None, **(state.get("config") or {})}
+    saved = {"weights": None, "freeze": None, "random_labels": 0.0, **(state.get("config") or {})}
     for key in _FIXED_ON_RESUME:
         if key in saved and _shown(saved[key]) != _shown(getattr(cfg, key)):
             was, now = _shown(saved[key]), _shown(getattr(cfg, key))
@@ -292,6 +293,11 @@ def _train(
     # --weights with --normalize: the run's choice, but the network learnt other inputs
     if start is not None and cfg.normalize != "weights" and (note := describe_difference(start, pre)):
         notes.append(note)
+    if cfg.random_labels > 0:
+        notes.append(
+            f"--random-labels {cfg.random_labels:g} (Zhang et al. 2017, §2): {data.relabelled} of {len(data.train)} "
+            f"training labels replaced by random classes (seed {cfg.seed}); the validation labels are the true ones"
+        )
     on_gpu = info.device if _finish_on_device(cfg, info.device, data.train) else None  # where batches end
     on_cuda = info.device.type == "cuda"
     loader = train_loader(

@@ -536,19 +536,29 @@ def write_sanity(
     methods: Sequence[str] | None = None,
     layers: Sequence[str] | None = None,
     cascading: bool = True,
+    against: tuple[str, AlexNetFamily] | None = None,
     seed: int = 0,
     samples: int = 50,
     steps: int = 50,
     progress: bool = False,
 ) -> tuple[list[Path], list[str]]:
-    """Adebayo et al.'s model parameter randomisation test (:mod:`alexnet.visualize.sanity`) per image:
-    ``<image>_sanity[_independent].png`` (Fig. 2's grid), ``.json`` (per method and step the Spearman rank
-    correlations of the absolute and the signed maps with the original's and SSIM; ``null`` for a constant map)
-    and ``.npz`` (``maps`` methods × steps × H × W, the three similarity tables, ``methods``, ``steps``,
+    """Adebayo et al.'s model parameter randomisation test (:mod:`alexnet.visualize.sanity`) per image, or with
+    ``against`` (a name and a network: the same architecture trained on random labels) their data randomisation
+    test: ``<image>_sanity[_independent|_data].png`` (Fig. 2's grid), ``.json`` (per method and step the Spearman
+    rank correlations of the absolute and the signed maps with the original's and SSIM; ``null`` for a constant
+    map) and ``.npz`` (``maps`` methods × steps × H × W, the three similarity tables, ``methods``, ``steps``,
     ``target``). Returns the paths and one text table per image (Spearman, absolute values) for the caller to
     print."""
+    from tqdm import tqdm
+
     from alexnet.predict import labels_of
-    from alexnet.visualize.sanity import METHODS, check_methods, plot_sanity, randomization_test
+    from alexnet.visualize.sanity import (
+        METHODS,
+        check_methods,
+        data_randomization_test,
+        plot_sanity,
+        randomization_test,
+    )
 
     chosen = check_methods(
         list(methods) if methods is not None else list(METHODS)
@@ -560,39 +570,47 @@ def write_sanity(
             raise SelectionError(f"{name!r} has no weights to randomise; choose from {', '.join(learnable)}")
     labels = labels_of(model)
     out = Path(out)
-    suffix = "sanity" if cascading else "sanity_independent"
+    test = "data" if against is not None else "cascading" if cascading else "independent"
+    suffix = {"cascading": "sanity", "independent": "sanity_independent", "data": "sanity_data"}[test]
+    how = {
+        "cascading": "layers randomised from the top",
+        "independent": "layers randomised one at a time",
+        "data": f"against {against[0] if against else ''}",
+    }[test]
     written: list[Path] = []
     tables: list[str] = []
-    for path, stem in zip(images, _stems(images), strict=True):
+    pairs = list(zip(images, _stems(images), strict=True))
+    for path, stem in tqdm(pairs, desc="sanity", disable=not progress or against is None):
         p = prepare(model, path)
-        res = randomization_test(
-            model,
-            p.tensor,
-            target,
-            chosen,
-            cascading=cascading,
-            layers=layers,
-            seed=seed,
-            samples=samples,
-            steps=steps,
-            progress=progress,
-        )
+        if against is not None:
+            res = data_randomization_test(
+                model, against[1], p.tensor, target, chosen, name=against[0], samples=samples, steps=steps
+            )
+        else:
+            res = randomization_test(
+                model,
+                p.tensor,
+                target,
+                chosen,
+                cascading=cascading,
+                layers=layers,
+                seed=seed,
+                samples=samples,
+                steps=steps,
+                progress=progress,
+            )
         c = int(res.targets[0])
         name = Path(str(path)).name
-        how = "cascading, from the top" if cascading else "one layer at a time"
-        fig = plot_sanity(res, 0, uint8_to_float(p.crop), f"{name}: {labels[c]} ({c}); randomised {how}")
+        fig = plot_sanity(res, 0, uint8_to_float(p.crop), f"{name}: {labels[c]} ({c}); {how}")
         written.append(save_figure(fig, out / f"{stem}_{suffix}.png"))
-
-        numbers = {
-            "image": str(path),
-            "target": c,
-            "cascading": cascading,
-            "seed": seed,
-            "steps": res.steps,
-            "spearman_abs": _by_method(res.methods, res.spearman_abs[0]),
-            "spearman": _by_method(res.methods, res.spearman[0]),
-            "ssim": _by_method(res.methods, res.ssim[0]),
-        }
+        numbers: dict[str, Any] = {"image": str(path), "target": c, "test": test}
+        numbers.update({"seed": seed} if against is None else {"against": against[0]})
+        numbers.update(
+            steps=res.steps,
+            spearman_abs=_by_method(res.methods, res.spearman_abs[0]),
+            spearman=_by_method(res.methods, res.spearman[0]),
+            ssim=_by_method(res.methods, res.ssim[0]),
+        )
         written.append(save_json(out / f"{stem}_{suffix}.json", numbers))
         written.append(
             save_npz(
@@ -608,9 +626,10 @@ def write_sanity(
         )
         width = max(len(m) for m in res.methods)
         head = f"{name}: {labels[c]} ({c}); Spearman rank correlation (absolute values) with the original"
-        lines = [head, " " * width + "  " + " ".join(f"{s:>8s}" for s in res.steps[1:])]
+        columns = max(8, *(len(s) for s in res.steps[1:]))
+        lines = [head, " " * width + "  " + " ".join(f"{s:>{columns}s}" for s in res.steps[1:])]
         for i, m in enumerate(res.methods):
-            row = " ".join(f"{v:8.2f}" for v in res.spearman_abs[0, i, 1:].tolist())
+            row = " ".join(f"{v:{columns}.2f}" for v in res.spearman_abs[0, i, 1:].tolist())
             lines.append(f"{m:<{width}s}  {row}")
         tables.append("\n".join(lines))
     return written, tables

@@ -4,7 +4,9 @@ Adebayo, Gilmer, Muelly, Goodfellow, Hardt & Kim, "Sanity Checks for Saliency Ma
 parameter randomisation test*: a map that explains what the network learned must change when the learned weights
 are replaced by random ones. *Cascading* randomisation re-initialises the layers one after another from the top
 (fc8, then fc7 as well, …, down to conv1) and compares each map with the trained network's; *independent*
-randomisation re-initialises one layer at a time, the others as trained. The paper measures the similarity by
+randomisation re-initialises one layer at a time, the others as trained. Its *data randomisation test* (§3.2)
+compares the maps with those of the same network trained on random labels (``alexnet train --random-labels 1``,
+Zhang et al. 2017). The paper measures the similarity by
 Spearman rank correlation of the maps' absolute values and without them, and by SSIM (§3.1, Fig. 2–4), and finds
 guided backpropagation and Guided Grad-CAM nearly unchanged while the top layers are random, the gradient,
 integrated gradients and Grad-CAM changed at once.
@@ -49,7 +51,8 @@ METHODS: tuple[str, ...] = (
 @dataclass
 class Sanity:
     """The randomisation test of one batch, on the CPU. ``steps``: ``"original"`` then each randomised layer in
-    order (cascading: that layer and all above it random; independent: that layer alone); ``maps`` N × methods ×
+    order (cascading: that layer and all above it random; independent: that layer alone), or the other network's
+    name (the data randomisation test); ``maps`` N × methods ×
     steps × H × W (absolute values summed over the colours); ``spearman_abs``, ``spearman`` (signed maps) and
     ``ssim`` N × methods × steps, each step's map against the original's (NaN where a map is constant)."""
 
@@ -60,7 +63,7 @@ class Sanity:
     spearman: torch.Tensor
     ssim: torch.Tensor
     targets: torch.Tensor
-    cascading: bool
+    test: str  # "cascading", "independent" (§3.1) or "data" (§3.2: another network's maps)
     seed: int
 
 
@@ -178,6 +181,19 @@ def randomization_test(
             randomised.reset_layer(name, fresh)
         layer.load_state_dict(fresh.state_dict())
         signed.append(_signed_maps(randomised, x, targets, methods, samples, steps))
+    test = "cascading" if cascading else "independent"
+    return _compared(signed, methods, ["original", *order], targets, test, seed)
+
+
+def _compared(
+    signed: list[torch.Tensor],
+    methods: list[str],
+    steps: list[str],
+    targets: torch.Tensor,
+    test: str,
+    seed: int,
+) -> Sanity:
+    """Each step's maps (N × methods × 3 × H × W, the original's first) against the original's."""
     stacked = torch.stack(signed, 2)  # N × methods × steps × 3 × H × W
     maps = stacked.abs().sum(3)
     flat_abs, flat = maps.flatten(3), stacked.sum(3).flatten(3)
@@ -190,13 +206,51 @@ def randomization_test(
                 [ssim(first[n, m], maps[n, m, s].numpy()) for s in range(maps.shape[2])]
                 for m in range(len(methods))
             ]
-            for n in range(len(x))
+            for n in range(len(maps))
         ],
         dtype=torch.float64,
     )
-    return Sanity(
-        methods, ["original", *order], maps, rho_abs, rho, similarity, targets.cpu(), cascading, seed
-    )
+    return Sanity(methods, steps, maps, rho_abs, rho, similarity, targets.cpu(), test, seed)
+
+
+def data_randomization_test(
+    model: AlexNetFamily,
+    other: AlexNetFamily,
+    images: torch.Tensor,
+    target: int | list[int] | torch.Tensor | None = None,
+    methods: Sequence[str] = METHODS,
+    *,
+    name: str = "other",
+    samples: int = 50,
+    steps: int = 50,
+) -> Sanity:
+    """Adebayo et al.'s data randomisation test (§3.2): each method's maps of ``model`` against those of
+    ``other``, the same architecture trained on the same images with random labels (``alexnet train
+    --random-labels 1``, Zhang et al. 2017), for ``model``'s class (its top class, or ``target``). A map that
+    depends on what the labels taught differs. ``name`` labels the second step; ``other`` runs on ``model``'s
+    device (a copy where it is elsewhere)."""
+    from alexnet.visualize.deconvnet import class_targets
+
+    methods = check_methods(methods)
+    if images.ndim == 3:
+        images = images.unsqueeze(0)
+    model.check_input(images, classify=True)
+    shapes = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    theirs = {k: tuple(v.shape) for k, v in other.state_dict().items()}
+    if shapes != theirs or other.default_input_size != model.default_input_size:
+        raise SelectionError(
+            f"{name} is not the same network as the model ({other.config.name}, {other.num_classes} classes, "
+            f"against {model.config.name}, {model.num_classes} classes): the test compares two trainings of one "
+            "architecture"
+        )
+    device = next(model.parameters()).device
+    if next(other.parameters()).device != device:
+        other = copy.deepcopy(other).to(device)
+    x = images.to(device)
+    with evaluating(model), torch.no_grad():
+        targets = class_targets(target, model(x))
+    signed = [_signed_maps(m, x, targets, methods, samples, steps) for m in (model, other)]
+    return _compared(signed, methods, ["original", name], targets, "data", 0)
 
 
 def plot_sanity(result: Sanity, index: int, image: np.ndarray, title: str) -> Figure:
@@ -220,7 +274,8 @@ def plot_sanity(result: Sanity, index: int, image: np.ndarray, title: str) -> Fi
             ax.imshow(magnitude(result.maps[index, r, c].numpy()[None]), cmap="gray", vmin=0, vmax=1)
             ax.axis("off")
             rho = float(result.spearman_abs[index, r, c])
-            label = step if c == 0 else ("→ " if result.cascading else "only ") + step
+            prefix = {"cascading": "→ ", "independent": "only "}.get(result.test, "")
+            label = step if c == 0 else prefix + step
             ax.set_title(f"{label}\nρ {rho:.2f}" if c else label, fontsize=7)
     fig.suptitle(title, fontsize=9)
     return fig
