@@ -228,3 +228,23 @@ def test_a_class_subset_trains_and_evaluates_on_those_classes_of_a_larger_val_sp
     assert json.loads(evaluated.stdout)["images"] == 2 * 4  # val has 3 classes of 4 images; the run learnt 2
     too_many = refused(capsys, *TRAIN, "--data", str(data), "--classes", "5", "--out", str(tmp_path / "five"))
     assert "--classes 5: " in too_many and "only 3 class folders" in too_many
+
+
+def test_a_run_with_random_labels_says_so_and_trains_on_other_labels_from_the_first_step(
+    tmp_path: Path, data: Path
+) -> None:
+    """Zhang et al. 2017, §2: the same seed, images and init, the labels alone replaced: the first step's loss is
+    another, and train.log says how many labels changed and that validation keeps the true ones."""
+    args = [*TRAIN, "--data", str(data), "--max-steps", "2"]
+    true = run_cli(tmp_path, *args, "--out", str(tmp_path / "true"))
+    assert true.returncode == 0, true.stderr
+    random = run_cli(tmp_path, *args, "--random-labels", "1", "--out", str(tmp_path / "random"))
+    assert random.returncode == 0, random.stderr
+    assert step_losses(tmp_path / "random")[1] != step_losses(tmp_path / "true")[1]
+    log = (tmp_path / "random" / "train.log").read_text()
+    note = re.search(
+        r"--random-labels 1 \(Zhang et al\. 2017, §2\): (\d+) of 24 training labels replaced", log
+    )
+    assert note is not None and 0 < int(note[1]) <= 24, log
+    assert "the validation labels are the true ones" in log
+    assert "random-labels" not in (tmp_path / "true" / "train.log").read_text()
