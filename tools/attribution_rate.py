@@ -51,7 +51,8 @@ def _pairs(model: Any, x: torch.Tensor, targets: list[int]) -> dict[str, tuple[C
     layer = model.layer("relu5")
     black = black_image(model)[None].expand_as(x)
     one = x[:1]
-    sigma = float(smoothgrad(model, one, targets[0], samples=1).sigmas[0])  # σ to the last bit, as ours draws it
+    # σ to the last bit, as ours draws it
+    sigma = float(smoothgrad(model, one, targets[0], samples=1).sigmas[0])
 
     def captum_smoothgrad() -> torch.Tensor:
         torch.manual_seed(0)  # the noise smoothgrad draws from its seed 0
