@@ -160,9 +160,8 @@ def model_name(name: str) -> str:
     return name
 
 
-MAX_SEED = (
-    2**32 - 1
-)  # torch's and NumPy's generators take it whole, with room for derived seeds (seed × 1000 + rank)
+# torch's and NumPy's generators take it whole, with room for the seeds derived from it (seed × 1000 + rank)
+MAX_SEED = 2**32 - 1
 
 
 def seed(text: str) -> int:

@@ -2,8 +2,8 @@
 rethinking generalization" (ICLR 2017), §2's randomisation tests.
 
 "Partially corrupted labels: independently with probability p, the label of each image is corrupted as a uniform
-random class" (§2; ``fraction=1`` is their "random labels", where AlexNet-style networks still reach zero training
-error, Fig. 1). The validation split keeps its true labels, so its error shows what was learned rather than
+random class" (§2; ``fraction=1`` is their "random labels", which the networks they trained, a small AlexNet
+among them, still fit, Fig. 1a). The validation split keeps its true labels, so its error shows what was learned rather than
 memorised; Adebayo et al. (NeurIPS 2018, §3.2) compare saliency maps of a network trained so with the true one's
 (``alexnet visualize sanity --against RUN``).
 

@@ -152,9 +152,9 @@ def train(
 
 
 # What a checkpoint's position and weights depend on: changed on --resume, the run would silently skip or repeat
-# images (batch size, seed), relabel them (classes, random labels) or not fit the weights (input size); and how its weights
-# began (init, bias init), which config.json records for `alexnet doctor`. The data folder may move: the
-# checkpoint's class list and number of training images are checked against the data instead.
+# images (batch size, seed), relabel them (classes, random labels) or not fit the weights (input size); and how
+# its weights began (init, bias init), which config.json records for `alexnet doctor`. The data folder may move:
+# the checkpoint's class list and number of training images are checked against the data instead.
 _FIXED_ON_RESUME = (
     "classes",
     "images_per_class",
