@@ -157,6 +157,20 @@ def test_the_seed_fixes_the_maps_whatever_the_batch_size_and_another_seed_moves_
     assert _relative_error(other, first) > 0.1
 
 
+@pytest.mark.parametrize("batch_size", [1, 5, 16, 40])
+def test_the_copies_noise_is_one_calls_draw_whatever_the_batch_size(batch_size: int) -> None:
+    """Drawn 16 copies at a time (a batch and a block held, not every copy): the same numbers as one
+    ``torch.randn`` call for all 37 copies, which is Captum's draw, also for a copy whose size is no multiple
+    of 16 (3×99×99)."""
+    from alexnet.visualize.smoothgrad import _noise
+
+    shape, sigma = torch.Size((3, 99, 99)), torch.tensor(0.3)
+    chunks = list(_noise(torch.Generator().manual_seed(8), 37, shape, sigma, batch_size))
+    assert [len(c) for c in chunks] == [min(batch_size, 37 - i) for i in range(0, 37, batch_size)]
+    expected = torch.randn((37, *shape), generator=torch.Generator().manual_seed(8)) * sigma
+    assert torch.equal(torch.cat(chunks), expected)
+
+
 def test_a_batchs_first_image_is_that_image_alone_and_the_next_draw_new_noise() -> None:
     """Each image's copies are drawn in turn from one generator: the first image's are those it has alone."""
     model = _model("alexnet", torch.float32)

@@ -15,9 +15,10 @@ gradients, :mod:`alexnet.visualize.integrated`). Two later statistics of the sam
 2019), and ``"vargrad"``, their variance (Adebayo et al., ICLR 2018 workshop).
 
 σ is relative to each image's own range in the model's input space (its normalised values, whatever the
-model's preprocessing). The noise is drawn on the CPU from ``seed``, all of an image's copies at once, so a
-result is the same on every device and for every ``batch_size``; with one image it is also Captum's draw after
-``torch.manual_seed(seed)`` (the tests compare with ``NoiseTunnel``).
+model's preprocessing). The noise is drawn on the CPU from ``seed``, each image's copies in turn as one call for
+all of them would draw them (:func:`_noise`), so a result is the same on every device and for every
+``batch_size``; with one image it is also Captum's draw after ``torch.manual_seed(seed)`` (the tests compare with
+``NoiseTunnel``).
 
 For display (:func:`magnitude`) the map's absolute values are summed over the colours and capped at their 99th
 percentile, as the paper's figures are drawn (§4.1: "absolute value", "capping outlying values").
@@ -25,6 +26,7 @@ percentile, as the paper's figures are drawn (§4.1: "absolute value", "capping 
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -72,6 +74,23 @@ def check_settings(method: str, statistic: str, samples: int, noise: float) -> N
         raise SelectionError(f"the noise level must be a finite number ≥ 0, not {noise}")
 
 
+def _noise(
+    generator: torch.Generator, samples: int, shape: torch.Size, sigma: torch.Tensor, batch_size: int
+) -> Iterator[torch.Tensor]:
+    """The copies' noise, ``batch_size`` copies at a time. It is drawn 16 copies at a time: torch fills normal
+    samples 16 at a time, so whole 16-copy blocks in turn draw exactly what one call for all the copies would (and
+    Captum's one call does), whatever the batch size, while only a batch and a block are held."""
+    held = torch.empty((0, *shape))
+    drawn = 0
+    while drawn < samples or len(held):
+        while len(held) < batch_size and drawn < samples:
+            block = min(16, samples - drawn)
+            held = torch.cat([held, torch.randn((block, *shape), generator=generator) * sigma])
+            drawn += block
+        yield held[:batch_size]
+        held = held[batch_size:]
+
+
 def smoothgrad(
     model: AlexNetFamily,
     images: torch.Tensor,
@@ -110,11 +129,10 @@ def smoothgrad(
     # pairwise update): the variance never comes out below 0, as E[a²] − E[a]² can in floating point
     mean, deviations = torch.zeros_like(x), torch.zeros_like(x)
     for i in range(len(x)):
-        # all copies at once: the same draws whatever the batch size (Captum's too, for one image)
         sigma = torch.tensor(float(sigmas[i]), dtype=torch.float32)
-        draws = torch.randn((samples, *x.shape[1:]), generator=generator) * sigma
-        for start in range(0, samples, batch_size):
-            noisy = x[i] + draws[start : start + batch_size].to(x)
+        draws = _noise(generator, samples, x.shape[1:], sigma, batch_size)
+        for start, chunk in zip(range(0, samples, batch_size), draws, strict=True):
+            noisy = x[i] + chunk.to(x)
             if method == "integrated":
                 maps = integrated_gradients(
                     model, noisy, int(targets[i]), baseline, steps, "riemann_right", output, batch_size
