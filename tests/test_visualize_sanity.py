@@ -194,6 +194,20 @@ def test_against_a_run_the_command_runs_the_data_randomisation_test(
     assert numbers["steps"] == ["original", "random-labels"]
 
 
+def test_against_another_architecture_is_refused_before_any_image_is_read(
+    capsys, weights: Path, chelsea_jpeg: Path, tmp_path
+) -> None:
+    other = tmp_path / "zf.safetensors"
+    save_weights(_model("zfnet", torch.float32), other, WeightsMeta(classes=[f"class{i}" for i in range(10)]))
+    out = tmp_path / "out"
+    code, _, err = _run(
+        capsys, "--weights", str(weights), str(chelsea_jpeg), "--against", str(other), "--out", str(out)
+    )
+    assert code == 2 and len(err.strip().splitlines()) == 1, err
+    assert "zf is not the same network as the model (zfnet, 10 classes, against alexnet, 10 classes)" in err
+    assert not out.exists() or not any(out.iterdir())
+
+
 @pytest.mark.parametrize(
     ("args", "message"),
     [

@@ -555,6 +555,7 @@ def write_sanity(
     from alexnet.visualize.sanity import (
         METHODS,
         check_methods,
+        check_same_network,
         data_randomization_test,
         plot_sanity,
         randomization_test,
@@ -568,6 +569,8 @@ def write_sanity(
     for name in layers or ():
         if name not in learnable:
             raise SelectionError(f"{name!r} has no weights to randomise; choose from {', '.join(learnable)}")
+    if against is not None:
+        check_same_network(model, against[1], against[0])
     labels = labels_of(model)
     out = Path(out)
     test = "data" if against is not None else "cascading" if cascading else "independent"

@@ -213,6 +213,18 @@ def _compared(
     return Sanity(methods, steps, maps, rho_abs, rho, similarity, targets.cpu(), test, seed)
 
 
+def check_same_network(model: AlexNetFamily, other: AlexNetFamily, name: str = "other") -> None:
+    """:class:`SelectionError` unless ``other`` has ``model``'s architecture, classes and input size."""
+    shapes = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    theirs = {k: tuple(v.shape) for k, v in other.state_dict().items()}
+    if shapes != theirs or other.default_input_size != model.default_input_size:
+        raise SelectionError(
+            f"{name} is not the same network as the model ({other.config.name}, {other.num_classes} classes, "
+            f"against {model.config.name}, {model.num_classes} classes): the test compares two trainings of one "
+            "architecture"
+        )
+
+
 def data_randomization_test(
     model: AlexNetFamily,
     other: AlexNetFamily,
@@ -235,14 +247,7 @@ def data_randomization_test(
     if images.ndim == 3:
         images = images.unsqueeze(0)
     model.check_input(images, classify=True)
-    shapes = {k: tuple(v.shape) for k, v in model.state_dict().items()}
-    theirs = {k: tuple(v.shape) for k, v in other.state_dict().items()}
-    if shapes != theirs or other.default_input_size != model.default_input_size:
-        raise SelectionError(
-            f"{name} is not the same network as the model ({other.config.name}, {other.num_classes} classes, "
-            f"against {model.config.name}, {model.num_classes} classes): the test compares two trainings of one "
-            "architecture"
-        )
+    check_same_network(model, other, name)
     device = next(model.parameters()).device
     if next(other.parameters()).device != device:
         other = copy.deepcopy(other).to(device)
