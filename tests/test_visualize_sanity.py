@@ -33,7 +33,7 @@ def test_spearmans_coefficient_is_scipys_with_ties_and_nan_for_a_constant_map() 
 
 
 def test_guided_backpropagation_survives_randomised_top_layers_and_the_gradient_does_not() -> None:
-    """§4, Fig. 2: with fc8 re-initialised the class's guided backpropagation of the chelsea photograph is
+    """Adebayo et al. Fig. 2: with fc8 re-initialised the class's guided backpropagation of the chelsea photograph is
     nearly the trained network's (ρ ≈ 0.98 for this AlexNet, absolute values), its gradient not (≈ 0.5). The
     original step is the maps themselves (ρ = 1)."""
     model = _model("alexnet", torch.float32)
@@ -96,7 +96,7 @@ def test_every_method_has_a_map_and_a_row_of_each_similarity() -> None:
 
 
 def test_the_data_randomisation_test_compares_two_trainings_of_one_network() -> None:
-    """§3.2: each map of the model against the same map of another training of its architecture (here another
+    """The data randomisation test: each map of the model against the same map of another training of its architecture (here another
     initialisation): the model against itself is ρ = 1 throughout; against the other, guided backpropagation
     stays closer than the gradient (as under the model randomisation test); another architecture is refused."""
     import alexnet

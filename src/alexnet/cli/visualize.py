@@ -43,7 +43,7 @@ KINDS = {
     "smoothgrad": "SmoothGrad: a class's gradient map averaged over noisy copies of the image (Smilkov et al. "
     "2017, §3), also of guided backpropagation or integrated gradients",
     "sanity": "sanity check of the saliency maps: do they change when the weights are randomised? (Adebayo et "
-    "al. 2018, §3)",
+    "al. 2018)",
     "maximize": "images that drive chosen units highest, by regularised gradient ascent (Yosinski et al. 2015, "
     "§3: the DeepVis toolbox's optimised images)",
     "correspondence": "does masking the same part of several images change the features alike? (ZF §4.2, "
@@ -394,12 +394,12 @@ def register(sub: Any) -> None:
         "sanity",
         help=KINDS["sanity"],
         description="Adebayo, Gilmer, Muelly, Goodfellow, Hardt & Kim, 'Sanity Checks for Saliency Maps' (NeurIPS "
-        "2018), §3's model parameter randomisation test: the layers' weights are re-initialised as the model "
+        "2018), their model parameter randomisation test: the layers' weights are re-initialised as the model "
         "initialises them, from the top (fc8, then fc7 as well, ... down to conv1; --independent: one layer at a "
         "time), and each method's map of the trained network's class is compared with the trained network's by "
         "Spearman rank correlation (of absolute values and signed) and SSIM. A map that explains what the network "
-        "learned changes; the paper finds guided backpropagation nearly unchanged. --against RUN runs its data "
-        "randomisation test (§3.2) instead: each map against the same network's trained on random labels. "
+        "learned changes; the paper finds guided backpropagation nearly unchanged. --against RUN runs their data "
+        "randomisation test instead: each map against the same network's trained on random labels. "
         "Prints the correlations, "
         "writes Fig. 2's grid (.png) and the numbers (.json, .npz).",
     )
@@ -425,7 +425,7 @@ def register(sub: Any) -> None:
     k.add_argument(
         "--against",
         metavar="RUN_OR_WEIGHTS",
-        help="the data randomisation test (§3.2) instead: each map against the same map of this network, the "
+        help="the data randomisation test instead: each map against the same map of this network, the "
         "same architecture trained on random labels (alexnet train --random-labels 1); a run folder or weights",
     )
     k.add_argument("--seed", type=seed, default=0, help="the random weights' seed (default 0)")

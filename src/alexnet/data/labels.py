@@ -4,7 +4,7 @@ rethinking generalization" (ICLR 2017), §2's randomisation tests.
 "Partially corrupted labels: independently with probability p, the label of each image is corrupted as a uniform
 random class" (§2; ``fraction=1`` is their "random labels", which the networks they trained, a small AlexNet
 among them, still fit, Fig. 1a). The validation split keeps its true labels, so its error shows what was learned rather than
-memorised; Adebayo et al. (NeurIPS 2018, §3.2) compare saliency maps of a network trained so with the true one's
+memorised; Adebayo et al.'s data randomisation test (NeurIPS 2018) compares saliency maps of a network trained so with the true one's
 (``alexnet visualize sanity --against RUN``).
 
 Each file's draw is a function of the seed and its path under the split folder alone (a BLAKE2 hash), so the

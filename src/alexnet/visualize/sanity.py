@@ -1,13 +1,13 @@
 """Sanity checks for saliency maps: do the maps change when the network's weights are randomised?
 
-Adebayo, Gilmer, Muelly, Goodfellow, Hardt & Kim, "Sanity Checks for Saliency Maps" (NeurIPS 2018), §3's *model
+Adebayo, Gilmer, Muelly, Goodfellow, Hardt & Kim, "Sanity Checks for Saliency Maps" (NeurIPS 2018): their *model
 parameter randomisation test*: a map that explains what the network learned must change when the learned weights
 are replaced by random ones. *Cascading* randomisation re-initialises the layers one after another from the top
 (fc8, then fc7 as well, …, down to conv1) and compares each map with the trained network's; *independent*
-randomisation re-initialises one layer at a time, the others as trained. Its *data randomisation test* (§3.2)
+randomisation re-initialises one layer at a time, the others as trained. Their *data randomisation test*
 compares the maps with those of the same network trained on random labels (``alexnet train --random-labels 1``,
 Zhang et al. 2017). The paper measures the similarity by
-Spearman rank correlation of the maps' absolute values and without them, and by SSIM (§3.1, Fig. 2–4), and finds
+Spearman rank correlation of the maps' absolute values and without them, and by SSIM (Fig. 2 shows the cascading maps), and finds
 guided backpropagation and Guided Grad-CAM nearly unchanged while the top layers are random, the gradient,
 integrated gradients and Grad-CAM changed at once.
 
@@ -63,7 +63,7 @@ class Sanity:
     spearman: torch.Tensor
     ssim: torch.Tensor
     targets: torch.Tensor
-    test: str  # "cascading", "independent" (§3.1) or "data" (§3.2: another network's maps)
+    test: str  # "cascading", "independent" or "data" (the data randomisation test: another network's maps)
     seed: int
 
 
@@ -236,7 +236,7 @@ def data_randomization_test(
     samples: int = 50,
     steps: int = 50,
 ) -> Sanity:
-    """Adebayo et al.'s data randomisation test (§3.2): each method's maps of ``model`` against those of
+    """Adebayo et al.'s data randomisation test: each method's maps of ``model`` against those of
     ``other``, the same architecture trained on the same images with random labels (``alexnet train
     --random-labels 1``, Zhang et al. 2017), for ``model``'s class (its top class, or ``target``). A map that
     depends on what the labels taught differs. ``name`` labels the second step; ``other`` runs on ``model``'s

@@ -162,7 +162,7 @@ def plot_smoothgrad(
     image: np.ndarray, single: np.ndarray, smoothed: np.ndarray, title: str, labels: tuple[str, str]
 ) -> Figure:
     """The network's input crop (H×W×3, 0–1), the map of one pass without noise and the smoothed map (3×H×W
-    each), both drawn by :func:`magnitude` in grey: the paper's side-by-side comparison (Fig. 1, 3)."""
+    each), both drawn by :func:`magnitude` in grey: the paper's side-by-side comparison."""
     from alexnet.visualize.plot import new_figure
 
     fig = new_figure(15, 5.3)
