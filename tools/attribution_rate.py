@@ -28,7 +28,7 @@ import alexnet
 from alexnet.visualize.deconvnet import class_projection
 from alexnet.visualize.gradcam import gradcam
 from alexnet.visualize.integrated import black_image, integrated_gradients
-from alexnet.visualize.smoothgrad import smoothgrad
+from alexnet.visualize.smoothgrad import noise_sigmas, smoothgrad
 
 
 def _ms(fn: Callable[[], Any]) -> float:
@@ -51,8 +51,7 @@ def _pairs(model: Any, x: torch.Tensor, targets: list[int]) -> dict[str, tuple[C
     layer = model.layer("relu5")
     black = black_image(model)[None].expand_as(x)
     one = x[:1]
-    # σ to the last bit, as ours draws it
-    sigma = float(smoothgrad(model, one, targets[0], samples=1).sigmas[0])
+    sigma = float(noise_sigmas(one, 0.15)[0])  # σ to the last bit, as smoothgrad's default draws it
 
     def captum_smoothgrad() -> torch.Tensor:
         torch.manual_seed(0)  # the noise smoothgrad draws from its seed 0

@@ -554,6 +554,7 @@ def write_sanity(
     from alexnet.predict import labels_of
     from alexnet.visualize.sanity import (
         METHODS,
+        check_layers,
         check_methods,
         check_same_network,
         data_randomization_test,
@@ -565,10 +566,8 @@ def write_sanity(
         list(methods) if methods is not None else list(METHODS)
     )  # before any image is read
     _check_class(model, target)
-    learnable = model.learnable_layers()
-    for name in layers or ():
-        if name not in learnable:
-            raise SelectionError(f"{name!r} has no weights to randomise; choose from {', '.join(learnable)}")
+    if against is None:
+        check_layers(model, layers)
     if against is not None:
         check_same_network(model, against[1], against[0])
     labels = labels_of(model)

@@ -77,6 +77,19 @@ def check_methods(methods: Sequence[str]) -> list[str]:
     return list(dict.fromkeys(methods))
 
 
+def check_layers(model: AlexNetFamily, layers: Sequence[str] | None) -> list[str]:
+    """The layers to randomise, in order (``None``: every conv and fc layer from the top down);
+    :class:`SelectionError` for a layer without weights, or none."""
+    learnable = model.learnable_layers()
+    order = list(layers) if layers is not None else learnable[::-1]
+    bad = [name for name in order if name not in learnable]
+    if bad:
+        raise SelectionError(f"{bad[0]!r} has no weights to randomise; choose from {', '.join(learnable)}")
+    if not order:
+        raise SelectionError("no layer to randomise")
+    return order
+
+
 def _signed_maps(
     model: AlexNetFamily, x: torch.Tensor, targets: torch.Tensor, methods: list[str], samples: int, steps: int
 ) -> torch.Tensor:
@@ -158,13 +171,7 @@ def randomization_test(
     if images.ndim == 3:
         images = images.unsqueeze(0)
     model.check_input(images, classify=True)
-    learnable = model.learnable_layers()
-    order = list(layers) if layers is not None else learnable[::-1]
-    bad = [name for name in order if name not in learnable]
-    if bad:
-        raise SelectionError(f"{bad[0]!r} has no weights to randomise; choose from {', '.join(learnable)}")
-    if not order:
-        raise SelectionError("no layer to randomise")
+    order = check_layers(model, layers)
     device = next(model.parameters()).device
     x = images.to(device)
     with evaluating(model), torch.no_grad():

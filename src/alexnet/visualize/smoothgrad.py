@@ -74,6 +74,12 @@ def check_settings(method: str, statistic: str, samples: int, noise: float) -> N
         raise SelectionError(f"the noise level must be a finite number ≥ 0, not {noise}")
 
 
+def noise_sigmas(images: torch.Tensor, noise: float) -> torch.Tensor:
+    """σ per image (N×3×H×W → N): ``noise`` × the image's range in input units (§4.2's noise level)."""
+    flat = images.flatten(1)
+    return (flat.amax(1) - flat.amin(1)) * noise
+
+
 def _noise(
     generator: torch.Generator, samples: int, shape: torch.Size, sigma: torch.Tensor, batch_size: int
 ) -> Iterator[torch.Tensor]:
@@ -124,7 +130,7 @@ def smoothgrad(
     with evaluating(model), torch.no_grad():
         targets = class_targets(target, model(x))
     generator = torch.Generator().manual_seed(seed)
-    sigmas = (x.flatten(1).amax(1) - x.flatten(1).amin(1)) * noise
+    sigmas = noise_sigmas(x, noise)
     # per image the maps' mean and sum of squared deviations, merged chunk by chunk (Chan, Golub & LeVeque's
     # pairwise update): the variance never comes out below 0, as E[a²] − E[a]² can in floating point
     mean, deviations = torch.zeros_like(x), torch.zeros_like(x)
