@@ -1,5 +1,5 @@
 """``alexnet visualize <kind>``: activation maps, filters, deconvnet, top-9, occlusion, evolution, invariance,
-retrieval, predictions, correspondence, Grad-CAM, integrated gradients, SmoothGrad, sanity checks, optimised images
+retrieval, predictions, correspondence, Grad-CAM, integrated gradients, SmoothGrad, LRP, sanity checks, optimised images
 (maximize). Each kind writes PNGs and the numbers behind them (.npz / .json) into ``--out`` and prints the paths
 (correspondence and sanity print their tables first)."""
 
@@ -42,6 +42,8 @@ KINDS = {
     "(Sundararajan et al. 2017, §3; sums to the output's change)",
     "smoothgrad": "SmoothGrad: a class's gradient map averaged over noisy copies of the image (Smilkov et al. "
     "2017, §3), also of guided backpropagation or integrated gradients",
+    "lrp": "layer-wise relevance propagation: a class's score split into one relevance per pixel (Bach et al. "
+    "2015), the LRN passed as the identity (Binder et al. 2016)",
     "sanity": "sanity check of the saliency maps: do they change when the weights are randomised? (Adebayo et "
     "al. 2018)",
     "maximize": "images that drive chosen units highest, by regularised gradient ascent (Yosinski et al. 2015, "
@@ -154,9 +156,9 @@ def register(sub: Any) -> None:
         sub,
         "visualize",
         "look inside a model: activations, filters, deconvnet, top-9, occlusion, evolution, invariance, retrieval, "
-        "predictions, correspondence, gradcam, integrated-gradients, smoothgrad, sanity, maximize",
+        "predictions, correspondence, gradcam, integrated-gradients, smoothgrad, lrp, sanity, maximize",
         "Figures of AlexNet §6 / Fig. 3–4, Zeiler & Fergus §2–4 / Figs. 2–8 and Table 1, Selvaraju et al.'s "
-        "Grad-CAM, Sundararajan et al.'s integrated gradients, Smilkov et al.'s SmoothGrad, Adebayo et al.'s sanity "
+        "Grad-CAM, Sundararajan et al.'s integrated gradients, Smilkov et al.'s SmoothGrad, Bach et al.'s LRP, Adebayo et al.'s sanity "
         "checks and Yosinski et al.'s optimised images for any "
         "registered model. Each kind writes PNGs plus the numbers behind them "
         "(.npz / .json) into --out and prints the paths.",
@@ -391,6 +393,38 @@ def register(sub: Any) -> None:
     )
 
     k = kinds.add_parser(
+        "lrp",
+        help=KINDS["lrp"],
+        description="Bach, Binder, Montavon, Klauschen, Müller & Samek, 'On pixel-wise explanations for "
+        "non-linear classifier decisions by layer-wise relevance propagation' (PLoS ONE 2015): the class's score "
+        "before the softmax is handed down layer by layer, each unit's relevance shared among its inputs by "
+        "their contributions, to one relevance per pixel that sums to (nearly) the score. --rule composite "
+        "(default) is the overview's choice (Montavon et al. 2019): z^B at conv1 (bounded pixels, Montavon et al. "
+        "2017), LRP-gamma at conv2-conv3, LRP-epsilon at conv4-conv5, LRP-0 at the fc layers; epsilon and "
+        "alpha1beta0 are Bach et al.'s rules at every layer (alpha1beta0 keeps positive contributions only and "
+        "conserves the score). Max-pooling hands relevance to each window's maximum; the local response "
+        "normalisation passes it unchanged (Binder et al. 2016's identity treatment). Draws the crop and the "
+        "relevance summed over the colours (red for the class, blue against it); the .npz holds the 3×H×W map.",
+    )
+    _common(k)
+    k.add_argument("--target", type=int, help="class index to explain (default: each image's top class)")
+    k.add_argument(
+        "--rule",
+        choices=("composite", "epsilon", "alpha1beta0"),
+        default="composite",
+        help="the rules' preset (default composite)",
+    )
+    k.add_argument(
+        "--epsilon",
+        type=float,
+        default=0.25,
+        help="LRP-epsilon's stabiliser, added to each unit's total input (default 0.25)",
+    )
+    k.add_argument(
+        "--gamma", type=float, default=0.25, help="LRP-gamma's boost of positive weights (default 0.25)"
+    )
+
+    k = kinds.add_parser(
         "sanity",
         help=KINDS["sanity"],
         description="Adebayo, Gilmer, Muelly, Goodfellow, Hardt & Kim, 'Sanity Checks for Saliency Maps' (NeurIPS "
@@ -611,6 +645,10 @@ def run(args: argparse.Namespace) -> int:
             baseline=args.baseline,
             output=args.of,
             progress=True,
+        )
+    elif kind == "lrp":
+        paths = outputs.write_lrp(
+            model, args.images, args.out, args.target, args.rule, args.epsilon, args.gamma, progress=True
         )
     elif kind == "sanity":
         paths, tables = outputs.write_sanity(

@@ -233,7 +233,7 @@ def lrp(
             elif isinstance(module, nn.Flatten):
                 r = r.view(a.shape)
             # ReLU, dropout (off) and the LRN (Binder et al.'s identity treatment) pass the relevance unchanged
-    return Relevance(r.float().cpu(), targets.cpu(), scores.float().cpu(), rule, per_layer, epsilon, gamma)
+    return Relevance(r.cpu(), targets.cpu(), scores.cpu(), rule, per_layer, epsilon, gamma)
 
 
 def heatmap(attributions: torch.Tensor) -> np.ndarray:

@@ -5,6 +5,7 @@ One function per kind; each returns the paths it wrote (all writes atomic). The 
 
 from __future__ import annotations
 
+import json
 from collections import Counter
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -514,6 +515,48 @@ def write_smoothgrad(
                 seed=seed,
                 image=str(path),
                 **(extra if method == "integrated" else {}),
+            )
+        )
+    return written
+
+
+def write_lrp(
+    model: AlexNetFamily,
+    images: Sequence[str | Path],
+    out: str | Path,
+    target: int | None = None,
+    rule: str = "composite",
+    epsilon: float = 0.25,
+    gamma: float = 0.25,
+    progress: bool = False,
+) -> list[Path]:
+    """Layer-wise relevance propagation (Bach et al. 2015; :mod:`alexnet.visualize.lrp`) per image, for ``target``
+    (default each image's top class): ``<image>_lrp_<rule>.png`` (the crop and the relevance map) and the ``.npz``
+    (``attributions`` 3×H×W in the model's channel order, ``target``, ``score``, ``rule``, ``layer_rules`` as
+    JSON, ``epsilon``, ``gamma``, ``image``)."""
+    from tqdm import tqdm
+
+    from alexnet.visualize.lrp import check_settings, lrp_figure
+
+    check_settings(rule, epsilon, gamma)  # bad settings fail before any image is read
+    _check_class(model, target)
+    out = Path(out)
+    written: list[Path] = []
+    pairs = list(zip(images, _stems(images), strict=True))
+    for path, stem in tqdm(pairs, desc="lrp", disable=not progress):
+        res, fig = lrp_figure(model, prepare(model, path), Path(str(path)).name, target, rule, epsilon, gamma)
+        written.append(save_figure(fig, out / f"{stem}_lrp_{rule}.png"))
+        written.append(
+            save_npz(
+                out / f"{stem}_lrp_{rule}.npz",
+                attributions=res.attributions[0].float().numpy(),
+                target=int(res.targets[0]),
+                score=float(res.scores[0]),
+                rule=rule,
+                layer_rules=json.dumps(res.layer_rules),
+                epsilon=epsilon,
+                gamma=gamma,
+                image=str(path),
             )
         )
     return written
