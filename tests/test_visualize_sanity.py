@@ -14,7 +14,7 @@ import torch
 
 from alexnet.errors import SelectionError
 from alexnet.visualize.deconvnet import class_projection
-from alexnet.visualize.sanity import data_randomization_test, randomization_test, spearman
+from alexnet.visualize.sanity import METHODS, data_randomization_test, randomization_test, spearman
 from alexnet.weights import WeightsMeta, save_weights
 from test_visualize_class_projection import _images, _model, run_visualize, ten_class_weights
 from test_visualize_smoothgrad import _photograph
@@ -117,7 +117,7 @@ def test_the_data_randomisation_test_compares_two_trainings_of_one_network() -> 
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [
-        (dict(methods=["gradient", "lrp"]), "unknown method 'lrp'; choose from gradient, smoothgrad"),
+        (dict(methods=["gradient", "lime"]), "unknown method 'lime'; choose from gradient, smoothgrad"),
         (dict(methods=[]), "no method given"),
         (dict(layers=["relu5"]), "'relu5' has no weights to randomise; choose from conv1"),
         (dict(layers=[]), "no layer to randomise"),
@@ -211,7 +211,7 @@ def test_against_another_architecture_is_refused_before_any_image_is_read(
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (["--methods", "gradient,lrp"], "unknown method 'lrp'"),
+        (["--methods", "gradient,lime"], "unknown method 'lime'"),
         (["--methods", "gradient,"], "expected comma-separated names"),
         (["--layers", "pool5"], "'pool5' has no weights to randomise"),
         (["--target", "12"], "class 12 is out of range"),
@@ -227,3 +227,15 @@ def test_bad_input_is_one_line_and_exit_code_2(
     code, _, err = _run(capsys, "--weights", str(weights), str(chelsea_jpeg), "--out", str(out), *args)
     assert code == 2 and message in err and len(err.strip().splitlines()) == 1, err
     assert not out.exists() or not any(out.iterdir())
+
+
+def test_lrp_is_compared_on_request_and_its_original_map_is_lrps_own() -> None:
+    """Not one of Adebayo et al.'s methods (not in the default list), but ``methods=["lrp"]`` tests its composite."""
+    from alexnet.visualize.lrp import lrp
+
+    model = _model("alexnet", torch.float32)
+    x = _images(model, 1)
+    res = randomization_test(model, x, 4, ["lrp"], layers=["fc8"])
+    assert res.methods == ["lrp"] and res.steps == ["original", "fc8"]
+    torch.testing.assert_close(res.maps[0, 0, 0], lrp(model, x, 4).attributions[0].abs().sum(0))
+    assert "lrp" not in METHODS

@@ -443,7 +443,7 @@ def register(sub: Any) -> None:
         "--methods",
         type=_names,
         help="comma-separated, from gradient, smoothgrad, guided, deconvnet, gradcam, guided-gradcam, integrated "
-        "(default all)",
+        "(default: these, the paper's) and lrp (layer-wise relevance propagation's composite)",
     )
     k.add_argument(
         "--layers",

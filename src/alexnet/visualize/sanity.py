@@ -14,8 +14,9 @@ integrated gradients and Grad-CAM changed at once.
 The maps compared are each method's here, for the trained network's class (its top class, or ``target``): the
 class score's gradient (:func:`~alexnet.visualize.deconvnet.class_projection`), its SmoothGrad, guided
 backpropagation, ZF's deconvnet rules through the classifier, Grad-CAM at the last conv stage's ReLU (upsampled),
-Guided Grad-CAM and integrated gradients (3×H×W maps summed over the colours, signed and of absolute values;
-Grad-CAM's map as it is). A layer is re-initialised as the model initialises it (:meth:`AlexNetFamily.reset_layer`,
+Guided Grad-CAM and integrated gradients, and on request layer-wise relevance propagation's composite (:mod:`.lrp`;
+3×H×W maps summed over the colours, signed and of absolute values; Grad-CAM's map as it is; all from
+:mod:`.attributions`). A layer is re-initialised as the model initialises it (:meth:`AlexNetFamily.reset_layer`,
 the paper's N(0, σ) for the papers' models), on a CPU copy from ``seed``, so the random weights are the same on
 every device.
 """
@@ -23,7 +24,7 @@ every device.
 from __future__ import annotations
 
 import copy
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -33,10 +34,12 @@ import torch
 from alexnet.errors import SelectionError
 from alexnet.models import AlexNetFamily
 from alexnet.models.capture import evaluating
+from alexnet.visualize import attributions
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
+# Adebayo et al.'s methods, the test's default; LRP (Bach et al. 2015) on request
 METHODS: tuple[str, ...] = (
     "gradient",
     "smoothgrad",
@@ -68,13 +71,9 @@ class Sanity:
 
 
 def check_methods(methods: Sequence[str]) -> list[str]:
-    """The methods, each once and in the order given; :class:`SelectionError` for an unknown one or none."""
-    unknown = [m for m in methods if m not in METHODS]
-    if unknown:
-        raise SelectionError(f"unknown method {unknown[0]!r}; choose from {', '.join(METHODS)}")
-    if not methods:
-        raise SelectionError(f"no method given; choose from {', '.join(METHODS)}")
-    return list(dict.fromkeys(methods))
+    """The methods, each once and in the order given (any of :data:`alexnet.visualize.attributions.METHODS`,
+    LRP included); :class:`SelectionError` for an unknown one or none."""
+    return attributions.check_methods(methods)
 
 
 def check_layers(model: AlexNetFamily, layers: Sequence[str] | None) -> list[str]:
@@ -88,36 +87,6 @@ def check_layers(model: AlexNetFamily, layers: Sequence[str] | None) -> list[str
     if not order:
         raise SelectionError("no layer to randomise")
     return order
-
-
-def _signed_maps(
-    model: AlexNetFamily, x: torch.Tensor, targets: torch.Tensor, methods: list[str], samples: int, steps: int
-) -> torch.Tensor:
-    """N × methods × 3 × H × W: each method's map (Grad-CAM's in the first colour, the others zero)."""
-    from alexnet.visualize.deconvnet import class_projection
-    from alexnet.visualize.gradcam import gradcam
-    from alexnet.visualize.integrated import integrated_gradients
-    from alexnet.visualize.smoothgrad import smoothgrad
-
-    t = targets.tolist()
-    out: dict[str, torch.Tensor] = {}
-    if "gradcam" in methods or "guided-gradcam" in methods:
-        cam = gradcam(model, x, None, t, guided="guided-gradcam" in methods)
-        heat = cam.upsampled(tuple(x.shape[-2:]))
-        out["gradcam"] = torch.cat([heat[:, None], torch.zeros_like(heat)[:, None].expand(-1, 2, -1, -1)], 1)
-        if cam.guided is not None:
-            out["guided-gradcam"] = cam.guided_gradcam()
-    runs: dict[str, Callable[[], torch.Tensor]] = {
-        "gradient": lambda: class_projection(model, x, t, "gradient").images,
-        "guided": lambda: class_projection(model, x, t, "guided").images,
-        "deconvnet": lambda: class_projection(model, x, t, "deconvnet").images,
-        "smoothgrad": lambda: smoothgrad(model, x, t, samples=samples).attributions,
-        "integrated": lambda: integrated_gradients(model, x, t, steps=steps).attributions,
-    }
-    for method in methods:
-        if method not in out:
-            out[method] = runs[method]()
-    return torch.stack([out[m].float().cpu() for m in methods], 1)
 
 
 def _rank(values: torch.Tensor) -> torch.Tensor:
@@ -176,7 +145,7 @@ def randomization_test(
     x = images.to(device)
     with evaluating(model), torch.no_grad():
         targets = class_targets(target, model(x))
-    signed = [_signed_maps(model, x, targets, methods, samples, steps)]
+    signed = [attributions.class_maps(model, x, targets, methods, samples, steps)]
     randomised = copy.deepcopy(model)
     for i, name in enumerate(tqdm(order, desc="randomised layers", disable=not progress)):
         if not cascading:
@@ -187,7 +156,7 @@ def randomization_test(
             torch.manual_seed(seed + i)
             randomised.reset_layer(name, fresh)
         layer.load_state_dict(fresh.state_dict())
-        signed.append(_signed_maps(randomised, x, targets, methods, samples, steps))
+        signed.append(attributions.class_maps(randomised, x, targets, methods, samples, steps))
     test = "cascading" if cascading else "independent"
     return _compared(signed, methods, ["original", *order], targets, test, seed)
 
@@ -261,7 +230,7 @@ def data_randomization_test(
     x = images.to(device)
     with evaluating(model), torch.no_grad():
         targets = class_targets(target, model(x))
-    signed = [_signed_maps(m, x, targets, methods, samples, steps) for m in (model, other)]
+    signed = [attributions.class_maps(m, x, targets, methods, samples, steps) for m in (model, other)]
     return _compared(signed, methods, ["original", name], targets, "data", 0)
 
 
