@@ -1,7 +1,7 @@
 """``alexnet visualize <kind>``: activation maps, filters, deconvnet, top-9, occlusion, evolution, invariance,
-retrieval, predictions, correspondence, Grad-CAM, integrated gradients, SmoothGrad, LRP, sanity checks, optimised images
-(maximize). Each kind writes PNGs and the numbers behind them (.npz / .json) into ``--out`` and prints the paths
-(correspondence and sanity print their tables first)."""
+retrieval, predictions, correspondence, Grad-CAM, integrated gradients, SmoothGrad, LRP, region perturbation, sanity
+checks, optimised images (maximize). Each kind writes PNGs and the numbers behind them (.npz / .json) into ``--out`` and prints the paths
+(correspondence, perturbation and sanity print their tables first)."""
 
 from __future__ import annotations
 
@@ -44,6 +44,8 @@ KINDS = {
     "2017, §3), also of guided backpropagation or integrated gradients",
     "lrp": "layer-wise relevance propagation: a class's score split into one relevance per pixel (Bach et al. "
     "2015), the LRN passed as the identity (Binder et al. 2016)",
+    "perturbation": "which attribution map finds the evidence? Regions destroyed most relevant first, the "
+    "class's fall measured (AOPC; Samek et al. 2017)",
     "sanity": "sanity check of the saliency maps: do they change when the weights are randomised? (Adebayo et "
     "al. 2018)",
     "maximize": "images that drive chosen units highest, by regularised gradient ascent (Yosinski et al. 2015, "
@@ -156,9 +158,9 @@ def register(sub: Any) -> None:
         sub,
         "visualize",
         "look inside a model: activations, filters, deconvnet, top-9, occlusion, evolution, invariance, retrieval, "
-        "predictions, correspondence, gradcam, integrated-gradients, smoothgrad, lrp, sanity, maximize",
+        "predictions, correspondence, gradcam, integrated-gradients, smoothgrad, lrp, perturbation, sanity, maximize",
         "Figures of AlexNet §6 / Fig. 3–4, Zeiler & Fergus §2–4 / Figs. 2–8 and Table 1, Selvaraju et al.'s "
-        "Grad-CAM, Sundararajan et al.'s integrated gradients, Smilkov et al.'s SmoothGrad, Bach et al.'s LRP, Adebayo et al.'s sanity "
+        "Grad-CAM, Sundararajan et al.'s integrated gradients, Smilkov et al.'s SmoothGrad, Bach et al.'s LRP, Samek et al.'s region perturbation, Adebayo et al.'s sanity "
         "checks and Yosinski et al.'s optimised images for any "
         "registered model. Each kind writes PNGs plus the numbers behind them "
         "(.npz / .json) into --out and prints the paths.",
@@ -425,6 +427,42 @@ def register(sub: Any) -> None:
     )
 
     k = kinds.add_parser(
+        "perturbation",
+        help=KINDS["perturbation"],
+        description="Samek, Binder, Montavon, Lapuschkin & Müller, 'Evaluating the visualization of what a deep "
+        "neural network has learned' (IEEE TNNLS 2017): each method's map ranks the image's --region × --region "
+        "tiles; the tiles are replaced by uniform noise one after another, most relevant first, and the class's "
+        "score (or probability) is read after each of --steps steps. The area over that perturbation curve, "
+        "AOPC = mean over k = 0..L of f(x) - f(x_k), averaged over the images, is higher for a map that finds "
+        "what the output depends on; 'random' orders the tiles at random (the paper's baseline). Prints the "
+        "methods by AOPC and writes perturbation.png (the mean curves), .json and .npz.",
+    )
+    _common(k)
+    k.add_argument("--target", type=int, help="class index to explain (default: each image's top class)")
+    k.add_argument(
+        "--methods",
+        type=_names,
+        help="comma-separated, from random, gradient, smoothgrad, guided, deconvnet, gradcam, guided-gradcam, "
+        "integrated, lrp (default all)",
+    )
+    k.add_argument("--region", type=int, default=9, help="the tiles' side in pixels (default 9, the paper's)")
+    k.add_argument("--steps", type=int, default=100, help="tiles destroyed, one per step (default 100)")
+    k.add_argument(
+        "--of",
+        choices=("score", "probability"),
+        default="score",
+        help="the output read: the class's score before the softmax (default) or its probability",
+    )
+    k.add_argument("--seed", type=seed, default=0, help="the noise's and the random order's seed (default 0)")
+    k.add_argument(
+        "--batch-size", type=int, default=64, help="perturbed images per forward pass (default 64)"
+    )
+    k.add_argument("--samples", type=int, default=50, help="SmoothGrad's noisy copies (default 50)")
+    k.add_argument(
+        "--integration-steps", type=int, default=50, help="integrated gradients' points (default 50)"
+    )
+
+    k = kinds.add_parser(
         "sanity",
         help=KINDS["sanity"],
         description="Adebayo, Gilmer, Muelly, Goodfellow, Hardt & Kim, 'Sanity Checks for Saliency Maps' (NeurIPS "
@@ -650,6 +688,23 @@ def run(args: argparse.Namespace) -> int:
         paths = outputs.write_lrp(
             model, args.images, args.out, args.target, args.rule, args.epsilon, args.gamma, progress=True
         )
+    elif kind == "perturbation":
+        paths, text = outputs.write_perturbation(
+            model,
+            args.images,
+            args.out,
+            target=args.target,
+            methods=args.methods,
+            region=args.region,
+            steps=args.steps,
+            output=args.of,
+            seed=args.seed,
+            batch_size=args.batch_size,
+            samples=args.samples,
+            integration_steps=args.integration_steps,
+            progress=True,
+        )
+        print(text)
     elif kind == "sanity":
         paths, tables = outputs.write_sanity(
             model,
