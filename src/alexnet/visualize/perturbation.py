@@ -63,10 +63,12 @@ class Perturbation:
         return self.aopc.mean(0), spread
 
 
-def check_settings(methods: Sequence[str], region: int, steps: int, batch_size: int = 1) -> list[str]:
-    """The methods (each once, in order); :class:`SelectionError` for an unknown one, a region under 1 px, or a
-    step count or batch size under 1."""
-    chosen = attributions.check_methods(methods, METHODS)
+def check_settings(
+    methods: Sequence[str], region: int, steps: int, batch_size: int = 1, own_maps: bool = False
+) -> list[str]:
+    """The methods (each once, in order); :class:`SelectionError` for an unknown one, none (unless there are
+    ``own_maps``), a region under 1 px, or a step count or batch size under 1."""
+    chosen = attributions.check_methods(methods, METHODS) if methods or not own_maps else []
     if batch_size < 1:
         raise SelectionError(f"the batch size must be at least 1, not {batch_size}")
     if region < 1:
@@ -172,13 +174,11 @@ def region_perturbation(
 
     from alexnet.visualize.deconvnet import class_targets
 
-    chosen = check_settings(methods, region, steps, batch_size) if methods else []
     own = dict(maps or {})
+    chosen = check_settings(methods, region, steps, batch_size, own_maps=bool(own))
     clash = [name for name in own if name in chosen]
     if clash:
         raise SelectionError(f"{clash[0]!r} is both a method and a map of your own; rename the map")
-    if not chosen and not own:
-        raise SelectionError(f"no method given; choose from {', '.join(METHODS)}")
     if output not in ("score", "probability"):
         raise SelectionError(f"unknown output {output!r}; choose score or probability")
     if images.ndim == 3:
