@@ -35,13 +35,16 @@ def test_the_grid_is_centred_and_a_region_too_large_is_refused() -> None:
         tiles(20, 40, 30)
 
 
-def test_tiles_are_ranked_by_their_summed_score_ties_in_grid_order() -> None:
+def test_tiles_are_ranked_by_their_summed_score_ties_in_the_shuffles_order() -> None:
     scores = torch.zeros(2, 20, 20)  # a 2×2 grid of 9×9 tiles from (1, 1)
     scores[0, 1:10, 10:19] = 1.0  # tile 1
     scores[0, 10, 1] = 90.0  # one pixel of tile 2, the highest sum (tile 1: 81)
     scores[0, 0, 0] = 100.0  # outside the grid: not counted
     scores[1, 15, 15] = -1.0  # tile 3 lowest, the others tie
-    assert region_order(scores, 9).tolist() == [[2, 1, 0, 3], [0, 1, 2, 3]]
+    assert region_order(scores[0], 9).tolist() == [2, 1, 0, 3]
+    assert region_order(scores[1], 9).tolist() == [0, 1, 2, 3]
+    assert region_order(scores[1], 9, torch.tensor([2, 3, 0, 1])).tolist() == [2, 0, 1, 3]
+    assert region_order(scores[0], 9, torch.tensor([2, 3, 0, 1])).tolist() == [2, 1, 3, 0]  # 0 and 3 tie
 
 
 def test_each_step_destroys_the_next_tile_and_keeps_the_ones_before_destroyed() -> None:
@@ -77,7 +80,7 @@ def test_the_curves_are_the_models_outputs_and_aopc_their_mean_fall() -> None:
     (here recomputed from the sequence the method's order gives)."""
     model = _model("alexnet_owt")
     x = _images(model, 2)
-    res = region_perturbation(model, x, [1, 4], ["random", "gradient"], region=32, steps=5, seed=3)
+    res = region_perturbation(model, x, [1, 4], ["random", "gradient"], region=32, steps=5, seed=0)
     assert res.methods == ["random", "gradient"] and res.targets.tolist() == [1, 4]
     assert res.outputs.shape == (2, 2, 6)
     torch.testing.assert_close(res.aopc, (res.outputs[..., :1] - res.outputs).mean(-1))
@@ -86,8 +89,11 @@ def test_the_curves_are_the_models_outputs_and_aopc_their_mean_fall() -> None:
     from alexnet.visualize.attributions import class_maps
 
     scores = pixel_scores(class_maps(model, x, res.targets, ["gradient"]), ["gradient"])
-    order = region_order(scores[1, 0], 32)
-    noise = noise_images(model, 2, (224, 224), 3).double()
+    g = torch.Generator().manual_seed(0)
+    [torch.randperm(49, generator=g) for _ in range(2)]  # the random orders
+    ties = [torch.randperm(49, generator=g) for _ in range(2)]
+    order = region_order(scores[1, 0], 32, ties[1])
+    noise = noise_images(model, 2, (224, 224), 0).double()
     seq = perturbed(x[1], noise[1], order, 32, 5)
     with torch.no_grad():
         torch.testing.assert_close(res.outputs[1, 1], model(seq)[:, 4])

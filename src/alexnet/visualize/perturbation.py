@@ -99,14 +99,16 @@ def pixel_scores(maps: torch.Tensor, methods: Sequence[str]) -> torch.Tensor:
     return scores
 
 
-def region_order(scores: torch.Tensor, region: int) -> torch.Tensor:
-    """… × H × W pixel scores → … × tiles: the grid's tiles (row-major indices) from the highest summed score to
-    the lowest; equal sums keep the grid's order."""
+def region_order(scores: torch.Tensor, region: int, shuffle: torch.Tensor | None = None) -> torch.Tensor:
+    """H×W pixel scores → the grid's tiles (row-major indices) from the highest summed score to the lowest. Equal
+    sums (a coarse map's plateaus: Grad-CAM's upsampled few pixels) come in the order of ``shuffle``, a
+    permutation of the tiles (random: a plateau is then not read top-left first), else in the grid's order."""
     h, w = scores.shape[-2:]
     rows, cols, top, left = tiles(h, w, region)
-    grid = scores[..., top : top + rows * region, left : left + cols * region].double()
-    sums = grid.unflatten(-2, (rows, region)).unflatten(-1, (cols, region)).sum((-3, -1)).flatten(-2)
-    return torch.sort(sums, dim=-1, descending=True, stable=True).indices
+    grid = scores[top : top + rows * region, left : left + cols * region].double()
+    sums = grid.unflatten(0, (rows, region)).unflatten(-1, (cols, region)).sum((1, 3)).flatten()
+    shuffle = torch.arange(len(sums)) if shuffle is None else shuffle
+    return shuffle[torch.sort(sums[shuffle], descending=True, stable=True).indices]
 
 
 def perturbed(
@@ -206,12 +208,15 @@ def region_perturbation(
     names = [*chosen, *own]
     g = torch.Generator().manual_seed(seed)
     randoms = torch.stack([torch.randperm(rows * cols, generator=g) for _ in range(n)])
+    ties = torch.stack(
+        [torch.randperm(rows * cols, generator=g) for _ in range(n)]
+    )  # for every map of an image
     noise = noise_images(model, n, (h, w), seed).to(images.dtype)
     outputs = torch.zeros(n, len(names), steps + 1, dtype=torch.float64)
     with evaluating(model):
         for i in tqdm(range(n), desc="region perturbation", disable=not progress):
             for j, name in enumerate(names):
-                order = randoms[i] if name == "random" else region_order(scores[name][i], region)
+                order = randoms[i] if name == "random" else region_order(scores[name][i], region, ties[i])
                 sequence = perturbed(images[i].cpu(), noise[i], order, region, steps)
                 outputs[i, j] = _outputs(model, sequence, int(targets[i]), output, batch_size)
     aopc = (outputs[..., :1] - outputs).mean(-1)
