@@ -402,10 +402,11 @@ def test_the_grad_cam_views_are_guided_backpropagation_and_guided_grad_cam_as_pr
         assert r.status_code == 200, r.text
         expected = (projection_to_image(pixels, slot.preprocessing) * 255).round().astype(np.uint8)
         assert np.abs(decode_png(r.content).astype(int) - expected.astype(int)).max() <= 1
-    bad = client.get(f"/api/models/a/images/{chelsea_id}/gradcam.png?target=281&view=lrp")
+    bad = client.get(f"/api/models/a/images/{chelsea_id}/gradcam.png?target=281&view=lime")
     assert bad.status_code == 400
     assert bad.json()["error"] == (
-        "unknown view 'lrp'; choose gradcam, guided, guided-gradcam, saliency, deconvnet, integrated, smoothgrad"
+        "unknown view 'lime'; choose gradcam, guided, guided-gradcam, saliency, deconvnet, integrated, smoothgrad, "
+        "lrp"
     )
 
 
@@ -461,6 +462,21 @@ def test_the_smoothgrad_view_is_the_librarys_map_drawn_as_the_paper_draws_it(cli
     expected = (magnitude(res.attributions[0].numpy()) * 255).round().astype(np.uint8)
     got = decode_png(r.content)
     assert got.shape == expected.shape == tuple(a.x.shape[-2:])
+    assert np.abs(got.astype(int) - expected.astype(int)).max() <= 1
+
+
+def test_the_lrp_view_is_the_librarys_composite_red_for_the_class(client, chelsea_id):
+    """Bach et al. 2015 for the image on the page: the class score's relevance by the composite, summed over the
+    colours, in the bwr colour map (white where nothing is relevant), as the command's figure draws it."""
+    from alexnet.visualize.lrp import heatmap_rgb, lrp
+
+    a = client.app.state.server.analysis("a", chelsea_id)
+    slot = client.app.state.server.slot("a")
+    r = client.get(f"/api/models/a/images/{chelsea_id}/gradcam.png?target=281&view=lrp")
+    assert r.status_code == 200, r.text
+    expected = (heatmap_rgb(lrp(slot.model, a.x, 281).attributions[0]) * 255).round().astype(np.uint8)
+    got = decode_png(r.content)
+    assert got.shape == (*a.x.shape[-2:], 3)
     assert np.abs(got.astype(int) - expected.astype(int)).max() <= 1
 
 

@@ -95,6 +95,12 @@ def test_pick_sample_click_channel_shows_its_deconv_without_console_errors(brows
         " return i.src.endsWith('&view=smoothgrad') && i.complete && i.naturalWidth === 227; }",
         timeout=60_000,
     )
+    page.select_option("[data-model='a'] .where-view", "lrp")  # and layer-wise relevance propagation
+    page.wait_for_function(
+        "() => { const i = document.querySelector(\"[data-model='a'] .class-where\");"
+        " return i.src.endsWith('&view=lrp') && i.complete && i.naturalWidth === 227; }",
+        timeout=60_000,
+    )
 
     page.click("[data-model='a'] .occ-run")
     for panel in ("activation", "projection", "probability", "labels"):

@@ -79,7 +79,16 @@ async def _read_body(request: Request, limit: int) -> bytes:
 
 MAXIMIZE_STEPS = 200  # a unit's optimised image on the page: ~8 s for AlexNet on 2 CPU cores
 # the Grad-CAM figure's menu: Selvaraju et al. 2017, Fig. 1 (c), (b), (d); Sundararajan et al. 2017
-GRADCAM_VIEWS = ("gradcam", "guided", "guided-gradcam", "saliency", "deconvnet", "integrated", "smoothgrad")
+GRADCAM_VIEWS = (
+    "gradcam",
+    "guided",
+    "guided-gradcam",
+    "saliency",
+    "deconvnet",
+    "integrated",
+    "smoothgrad",
+    "lrp",
+)
 INTEGRATED_STEPS = 32  # integrated gradients on the page: 0.6 s (alexnet) to 1.1 s (zfnet) on 2 cores
 SMOOTHGRAD_SAMPLES = 32  # SmoothGrad on the page: about 0.6 s (alexnet) to 1.1 s (zfnet) on 2 cores
 MAXIMIZE_MAX_STEPS = 1000  # the paper's preset 3 runs 1000
@@ -321,10 +330,12 @@ def create_app(
         ``?view=integrated``: the magnitude of its probability's integrated gradients from the black image
         (Sundararajan et al. 2017; :mod:`alexnet.visualize.integrated`) over the crop; ``?view=smoothgrad``: its
         score's gradient averaged over noisy copies (Smilkov et al. 2017; :mod:`alexnet.visualize.smoothgrad`),
-        grey as the paper draws it."""
+        grey as the paper draws it; ``?view=lrp``: its score's layer-wise relevance propagation, the composite
+        (Bach et al. 2015; :mod:`alexnet.visualize.lrp`), red for the class, blue against it."""
         from alexnet.visualize.deconvnet import class_projection, saliency_map
         from alexnet.visualize.gradcam import gradcam, overlay
         from alexnet.visualize.integrated import integrated_gradients, magnitude_overlay
+        from alexnet.visualize.lrp import heatmap_rgb, lrp
         from alexnet.visualize.plot import uint8_to_float
         from alexnet.visualize.smoothgrad import magnitude, smoothgrad
 
@@ -340,6 +351,8 @@ def create_app(
             if view == "smoothgrad":
                 smoothed = smoothgrad(slot.model, a.x, target, samples=SMOOTHGRAD_SAMPLES).attributions[0]
                 return render.png(magnitude(smoothed.numpy()))
+            if view == "lrp":
+                return render.png(heatmap_rgb(lrp(slot.model, a.x, target).attributions[0]))
             if view == "saliency":  # §3.1: the largest magnitude over the colours, 0 black, its maximum white
                 pixels = class_projection(slot.model, a.x, target, "gradient").images[0]
                 return render.map_png(saliency_map(pixels), size=pixels.shape[-1])

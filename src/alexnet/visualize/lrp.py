@@ -244,6 +244,14 @@ def heatmap(attributions: torch.Tensor) -> np.ndarray:
     return np.clip(h / top, -1, 1) if top > 0 else h
 
 
+def heatmap_rgb(attributions: torch.Tensor) -> np.ndarray:
+    """H×W×3 (0–1): :func:`heatmap` in the ``bwr`` colour map, white at 0 (the figure's right panel, the
+    browser's picture)."""
+    from matplotlib import colormaps
+
+    return colormaps["bwr"]((heatmap(attributions) + 1) / 2)[..., :3].astype(np.float32)
+
+
 def plot_lrp(image: np.ndarray, attributions: np.ndarray, title: str, label: str) -> Figure:
     """The network's input crop (H×W×3, 0–1) and its relevance map (3×H×W summed over the colours, red for
     evidence for the class, blue against it, on a symmetric scale; :func:`heatmap`)."""
@@ -253,7 +261,7 @@ def plot_lrp(image: np.ndarray, attributions: np.ndarray, title: str, label: str
     ax0, ax1 = fig.subplots(1, 2)
     ax0.imshow(image)
     ax0.set_title(title)
-    ax1.imshow(heatmap(torch.from_numpy(attributions)), cmap="bwr", vmin=-1, vmax=1)
+    ax1.imshow(heatmap_rgb(torch.from_numpy(attributions)))
     ax1.set_title(label)
     for ax in (ax0, ax1):
         ax.axis("off")
@@ -277,7 +285,7 @@ def lrp_figure(
     res = lrp(model, prepared.tensor, target, rule, epsilon, gamma)
     c = int(res.targets[0])
     label = (
-        f"LRP-{rule} of {labels_of(model)[c]} ({c}): score {float(res.scores[0]):.3g}, "
-        f"Σ relevance {float(res.conserved()[0]):.0%} of it"
+        f"LRP ({rule}) of {labels_of(model)[c]} ({c})\nscore {float(res.scores[0]):.3g}, "
+        f"the relevances sum to {float(res.conserved()[0]):.0%} of it"
     )
     return res, plot_lrp(uint8_to_float(prepared.crop), res.attributions[0].numpy(), title, label)

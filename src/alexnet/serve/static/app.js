@@ -332,7 +332,7 @@ async function maximizeChannel(key) {
 
 // Grad-CAM (Selvaraju et al. 2017) of one class for the image shown: one request, a PNG; the menu shows the
 // class's guided backpropagation or Guided Grad-CAM instead (Fig. 1 (b), (d)), its saliency map or deconvnet
-// projection, integrated gradients or SmoothGrad.
+// projection, integrated gradients, SmoothGrad or layer-wise relevance propagation.
 const WHERE_CAPTIONS = {
   "gradcam": (label) => `at the last conv layer: where the evidence for ${label} lies`,
   "guided": (label) => `of ${label}: sharp, but hardly class-specific`,
@@ -341,6 +341,7 @@ const WHERE_CAPTIONS = {
   "deconvnet": (label) => `of ${label}'s score, projected down by the deconvnet's rules`,
   "integrated": (label) => `of p(${label}) from a black image: each pixel's share, as magnitude`,
   "smoothgrad": (label) => `of ${label}'s score: its gradient averaged over noisy copies of the image`,
+  "lrp": (label) => `of ${label}'s score, handed down layer by layer: red for, blue against`,
 };
 
 function showGradcam(key, index, label) {
