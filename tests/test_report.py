@@ -124,34 +124,39 @@ def test_the_grad_cam_section_is_fig_1s_four_panels_for_the_occlusion_images(rep
     np.testing.assert_array_equal(shown, pixels(expected))
 
 
-def test_the_attribution_section_is_the_occlusion_images_integrated_gradients_and_smoothgrad(
+def test_the_attribution_section_is_the_occlusion_images_integrated_gradients_smoothgrad_and_lrp(
     report, tiny_data
 ):
-    """Sundararajan et al. §3 and Smilkov et al. §3 for the image the occlusion section shows: the pictures are
-    what ``integrated_figure`` and ``smoothgrad_figure`` draw for it, and the line under the first states
-    completeness's error (Proposition 1) from the same numbers."""
+    """Sundararajan et al. §3, Smilkov et al. §3 and Bach et al. for the image the occlusion section shows: the
+    pictures are what ``integrated_figure``, ``smoothgrad_figure`` and ``lrp_figure`` draw for it, and the line
+    under the first states completeness's error (Proposition 1) from the same numbers."""
     from alexnet.inputs import prepare
     from alexnet.visualize.integrated import integrated_figure
+    from alexnet.visualize.lrp import lrp_figure
     from alexnet.visualize.report import figure_uri, load_run_model
     from alexnet.visualize.smoothgrad import smoothgrad_figure
 
     page = report.read_text()
     section = page.split("<section id='attributions'>")[1].split("</section>")[0]
-    assert "<h2>Integrated gradients and SmoothGrad</h2>" in section
+    assert "<h2>Integrated gradients, SmoothGrad and LRP</h2>" in section
     (alt,) = re.findall(r"alt=\"integrated gradients of ([^\"]+)\"", section)
     assert f"occlusion of {alt}" in page.split("<section id='occlusion'>")[1].split("</section>")[0]
-    assert f'alt="SmoothGrad of {alt}"' in section
+    assert f'alt="SmoothGrad of {alt}"' in section and f'alt="LRP of {alt}"' in section
     (image,) = (tiny_data / "val").rglob(alt)
     model, _ = load_run_model(report.parent)
     prepared = prepare(model, image)
     res, fig = integrated_figure(model, prepared, alt)
-    expected = [figure_uri(fig, dpi=60), figure_uri(smoothgrad_figure(model, prepared, alt)[2], dpi=60)]
+    expected = [
+        figure_uri(fig, dpi=60),
+        figure_uri(smoothgrad_figure(model, prepared, alt)[2], dpi=60),
+        figure_uri(lrp_figure(model, prepared, alt)[1], dpi=60),
+    ]
 
     def pixels(uri: str) -> np.ndarray:
         return np.asarray(Image.open(io.BytesIO(base64.b64decode(uri.split(",", 1)[1]))))
 
     shown = img_sources(section)
-    assert len(shown) == 2
+    assert len(shown) == 3
     for got, want in zip(shown, expected, strict=True):
         np.testing.assert_array_equal(pixels(got), pixels(want))
     change = float(res.outputs[0] - res.baseline_outputs[0])

@@ -12,8 +12,8 @@ from disk, can be mailed or archived, and makes no network request. The page gat
   small top-9 streamed now over a few validation images (:mod:`alexnet.visualize.topk`) — the page says which;
 * occlusion maps (ZF Fig. 7, :func:`alexnet.visualize.occlusion.occlusion`);
 * Grad-CAM and Guided Grad-CAM of the same images (Selvaraju et al. 2017, :mod:`alexnet.visualize.gradcam`);
-* their integrated gradients and SmoothGrad (Sundararajan et al. 2017, Smilkov et al. 2017;
-  :mod:`alexnet.visualize.integrated`, :mod:`alexnet.visualize.smoothgrad`);
+* their integrated gradients, SmoothGrad and LRP (Sundararajan et al. 2017, Smilkov et al. 2017, Bach et al.
+  2015; :mod:`alexnet.visualize.integrated`, :mod:`alexnet.visualize.smoothgrad`, :mod:`alexnet.visualize.lrp`);
 * the image each of the first classes wants most (Yosinski et al. 2015, §3, :mod:`alexnet.visualize.maximize`).
 """
 
@@ -379,9 +379,11 @@ def gradcam_html(model: AlexNetFamily, images: list[Path]) -> str:
 
 def attributions_html(model: AlexNetFamily, images: list[Path]) -> str:
     """The occlusion images' integrated gradients of their top class's probability from the black image (50
-    points; each with completeness's error) and the SmoothGrad of its score (50 noisy copies, 15 % noise)."""
+    points; each with completeness's error), the SmoothGrad of its score (50 noisy copies, 15 % noise) and the
+    score's layer-wise relevance propagation (the composite)."""
     from alexnet.inputs import prepare
     from alexnet.visualize.integrated import integrated_figure
+    from alexnet.visualize.lrp import lrp_figure
     from alexnet.visualize.smoothgrad import smoothgrad_figure
 
     parts = []
@@ -398,13 +400,17 @@ def attributions_html(model: AlexNetFamily, images: list[Path]) -> str:
         parts.append(
             _img(figure_uri(smoothgrad_figure(model, prepared, name)[2], dpi=60), f"SmoothGrad of {name}")
         )
+        parts.append(_img(figure_uri(lrp_figure(model, prepared, name)[1], dpi=60), f"LRP of {name}"))
     return (
         "<p>The same images' top class once more, pixel by pixel. Integrated gradients (Sundararajan et al. "
         "2017, §3): each pixel's difference from a black image times the probability's gradient averaged along "
         "the straight path between them (50 points), so that the attributions add up to the probability's "
         "change (completeness; how far the sum is, below each figure). SmoothGrad (Smilkov et al. 2017, §3): "
         "the class score's gradient averaged over 50 copies of the image with noise of 15 % of its range, "
-        "beside the gradient of one pass.</p>" + "".join(parts)
+        "beside the gradient of one pass. Layer-wise relevance propagation (Bach et al. 2015): the score handed "
+        "down layer by layer to the pixels, each unit's relevance shared among its inputs by their contributions "
+        "(Montavon et al. 2019's composite of rules; the LRN passes it unchanged), red for the class, blue "
+        "against it.</p>" + "".join(parts)
     )
 
 
@@ -558,7 +564,7 @@ def build_report(
         bar.update()
 
         sections.append(
-            ("attributions", "Integrated gradients and SmoothGrad", attributions_html(model, images))
+            ("attributions", "Integrated gradients, SmoothGrad and LRP", attributions_html(model, images))
         )
         bar.update()
 
