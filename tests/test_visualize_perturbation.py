@@ -195,3 +195,14 @@ def test_the_command_refuses_bad_settings_in_one_line(
     assert code == 2 and len(err.strip().splitlines()) == 1, err
     assert message in err
     assert not out.exists() or not any(out.iterdir())
+
+
+def test_the_maps_made_a_few_images_at_a_time_are_those_of_the_whole_batch(monkeypatch) -> None:
+    from alexnet.visualize import perturbation
+
+    model = _model("alexnet_owt", torch.float32)
+    x = _images(model, 3)
+    kwargs = {"methods": ["random", "smoothgrad", "lrp"], "region": 56, "steps": 3, "samples": 3}
+    whole = region_perturbation(model, x, **kwargs)
+    monkeypatch.setattr(perturbation, "CHUNK", 2)
+    torch.testing.assert_close(region_perturbation(model, x, **kwargs).outputs, whole.outputs)

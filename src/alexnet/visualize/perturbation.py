@@ -40,6 +40,7 @@ if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
 METHODS: tuple[str, ...] = ("random", *attributions.METHODS)
+CHUNK = 8  # images whose maps are held at once
 
 
 @dataclass
@@ -197,14 +198,6 @@ def region_perturbation(
     with evaluating(model):
         targets = class_targets(target, model(x)).cpu()
     computed = [m for m in chosen if m != "random"]
-    scores: dict[str, torch.Tensor] = {}
-    if computed:
-        by_method = pixel_scores(
-            attributions.class_maps(model, x, targets.to(device), computed, samples, integration_steps),
-            computed,
-        )
-        scores.update({m: by_method[:, i] for i, m in enumerate(computed)})
-    scores.update({name: m.detach().float().cpu() for name, m in own.items()})
     names = [*chosen, *own]
     g = torch.Generator().manual_seed(seed)
     randoms = torch.stack([torch.randperm(rows * cols, generator=g) for _ in range(n)])
@@ -213,12 +206,32 @@ def region_perturbation(
     )  # for every map of an image
     noise = noise_images(model, n, (h, w), seed).to(images.dtype)
     outputs = torch.zeros(n, len(names), steps + 1, dtype=torch.float64)
-    with evaluating(model):
-        for i in tqdm(range(n), desc="region perturbation", disable=not progress):
-            for j, name in enumerate(names):
-                order = randoms[i] if name == "random" else region_order(scores[name][i], region, ties[i])
-                sequence = perturbed(images[i].cpu(), noise[i], order, region, steps)
-                outputs[i, j] = _outputs(model, sequence, int(targets[i]), output, batch_size)
+    with tqdm(total=n, desc="region perturbation", disable=not progress) as bar:
+        for first in range(0, n, CHUNK):  # the maps of a few images at a time: memory for a few, not for all
+            span = range(first, min(first + CHUNK, n))
+            scores = {name: m[first : span.stop].detach().float().cpu() for name, m in own.items()}
+            if computed:
+                maps = attributions.class_maps(
+                    model,
+                    x[first : span.stop],
+                    targets[first : span.stop].to(device),
+                    computed,
+                    samples,
+                    integration_steps,
+                )
+                by_method = pixel_scores(maps, computed)
+                scores.update({m: by_method[:, i] for i, m in enumerate(computed)})
+            with evaluating(model):
+                for i in span:
+                    for j, name in enumerate(names):
+                        order = (
+                            randoms[i]
+                            if name == "random"
+                            else region_order(scores[name][i - first], region, ties[i])
+                        )
+                        sequence = perturbed(images[i].cpu(), noise[i], order, region, steps)
+                        outputs[i, j] = _outputs(model, sequence, int(targets[i]), output, batch_size)
+                    bar.update()
     aopc = (outputs[..., :1] - outputs).mean(-1)
     return Perturbation(names, outputs, aopc, targets, region, steps, output, seed)
 
