@@ -40,7 +40,6 @@ if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
 METHODS: tuple[str, ...] = ("random", *attributions.METHODS)
-CHUNK = 8  # images whose maps are held at once
 
 
 @dataclass
@@ -207,31 +206,21 @@ def region_perturbation(
     noise = noise_images(model, n, (h, w), seed).to(images.dtype)
     outputs = torch.zeros(n, len(names), steps + 1, dtype=torch.float64)
     with tqdm(total=n, desc="region perturbation", disable=not progress) as bar:
-        for first in range(0, n, CHUNK):  # the maps of a few images at a time: memory for a few, not for all
-            span = range(first, min(first + CHUNK, n))
-            scores = {name: m[first : span.stop].detach().float().cpu() for name, m in own.items()}
+        for i in range(n):
+            # One image's maps at a time: memory for one, and each map that image's own (SmoothGrad draws its
+            # noise from the seed for the image alone, not after the images before it).
+            scores = {name: m[i].detach().float().cpu() for name, m in own.items()}
             if computed:
                 maps = attributions.class_maps(
-                    model,
-                    x[first : span.stop],
-                    targets[first : span.stop].to(device),
-                    computed,
-                    samples,
-                    integration_steps,
+                    model, x[i : i + 1], targets[i : i + 1].to(device), computed, samples, integration_steps
                 )
-                by_method = pixel_scores(maps, computed)
-                scores.update({m: by_method[:, i] for i, m in enumerate(computed)})
+                scores.update(zip(computed, pixel_scores(maps, computed)[0], strict=True))
             with evaluating(model):
-                for i in span:
-                    for j, name in enumerate(names):
-                        order = (
-                            randoms[i]
-                            if name == "random"
-                            else region_order(scores[name][i - first], region, ties[i])
-                        )
-                        sequence = perturbed(images[i].cpu(), noise[i], order, region, steps)
-                        outputs[i, j] = _outputs(model, sequence, int(targets[i]), output, batch_size)
-                    bar.update()
+                for j, name in enumerate(names):
+                    order = randoms[i] if name == "random" else region_order(scores[name], region, ties[i])
+                    sequence = perturbed(images[i].cpu(), noise[i], order, region, steps)
+                    outputs[i, j] = _outputs(model, sequence, int(targets[i]), output, batch_size)
+            bar.update()
     aopc = (outputs[..., :1] - outputs).mean(-1)
     return Perturbation(names, outputs, aopc, targets, region, steps, output, seed)
 
