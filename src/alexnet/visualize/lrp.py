@@ -27,7 +27,8 @@ et al.; overlapping windows add up), ReLU and dropout pass it unchanged, as does
 normalisation: Binder, Montavon, Bach, Müller & Samek ("Layer-wise relevance propagation for neural networks with
 local renormalization layers", ICANN 2016) compare this identity treatment with a first-order Taylor
 redistribution; only the identity is here. Captum's ``LRP`` refuses the LRN and the grouped convolution's class
-without a rule; with the same rules per layer (``IdentityRule`` for the LRN) it gives the same numbers
+until each has a rule, and its ``IdentityRule`` does not hand relevance on to a ReLU right below it (the paper's
+conv, ReLU, LRN order); with the same rules per layer and that mended, it gives the same numbers
 (``tests/test_visualize_lrp.py``).
 """
 
