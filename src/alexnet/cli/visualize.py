@@ -443,7 +443,7 @@ def register(sub: Any) -> None:
         "--methods",
         type=_names,
         help="comma-separated, from random, gradient, smoothgrad, guided, deconvnet, gradcam, guided-gradcam, "
-        "integrated, lrp (default all)",
+        "integrated, lrp (the composite), lrp-epsilon, lrp-alpha1beta0 (default all)",
     )
     k.add_argument("--region", type=int, default=9, help="the tiles' side in pixels (default 9, the paper's)")
     k.add_argument("--steps", type=int, default=100, help="tiles destroyed, one per step (default 100)")
@@ -481,7 +481,8 @@ def register(sub: Any) -> None:
         "--methods",
         type=_names,
         help="comma-separated, from gradient, smoothgrad, guided, deconvnet, gradcam, guided-gradcam, integrated "
-        "(default: these, the paper's) and lrp (layer-wise relevance propagation's composite)",
+        "(default: these, the paper's) and lrp, lrp-epsilon, lrp-alpha1beta0 (layer-wise relevance propagation's "
+        "composite and Bach et al.'s two rules)",
     )
     k.add_argument(
         "--layers",

@@ -5,7 +5,8 @@ Every map is N×3×H×W in the input's units: the class score's gradient (Simony
 :func:`~alexnet.visualize.deconvnet.class_projection`), its SmoothGrad (:mod:`.smoothgrad`), guided
 backpropagation, ZF's deconvnet rules through the classifier, Grad-CAM at the last conv stage's ReLU (upsampled,
 in the first colour; :mod:`.gradcam`), Guided Grad-CAM, integrated gradients (:mod:`.integrated`) and layer-wise
-relevance propagation's composite (:mod:`.lrp`).
+relevance propagation (:mod:`.lrp`): ``lrp`` its composite, ``lrp-epsilon`` and ``lrp-alpha1beta0`` Bach et al.'s
+rules at every layer.
 """
 
 from __future__ import annotations
@@ -25,10 +26,12 @@ METHODS: tuple[str, ...] = (
     "gradcam",
     "guided-gradcam",
     "integrated",
-    "lrp",
+    "lrp",  # the composite
+    "lrp-epsilon",
+    "lrp-alpha1beta0",
 )
 # Decompositions of the output: a pixel's colours add up to its share, and the sign says for or against.
-ADDITIVE: tuple[str, ...] = ("integrated", "lrp")
+ADDITIVE: tuple[str, ...] = ("integrated", "lrp", "lrp-epsilon", "lrp-alpha1beta0")
 
 
 def check_methods(methods: Sequence[str], known: Sequence[str] = METHODS) -> list[str]:
@@ -72,6 +75,8 @@ def class_maps(
         "smoothgrad": lambda: smoothgrad(model, x, t, samples=samples).attributions,
         "integrated": lambda: integrated_gradients(model, x, t, steps=steps).attributions,
         "lrp": lambda: lrp(model, x, t).attributions,
+        "lrp-epsilon": lambda: lrp(model, x, t, "epsilon").attributions,
+        "lrp-alpha1beta0": lambda: lrp(model, x, t, "alpha1beta0").attributions,
     }
     for method in methods:
         if method not in out:

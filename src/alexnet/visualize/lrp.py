@@ -26,7 +26,8 @@ at the fully connected layers. Max-pooling hands each window's relevance to its 
 et al.; overlapping windows add up), ReLU and dropout pass it unchanged, as does the local response
 normalisation: Binder, Montavon, Bach, Müller & Samek ("Layer-wise relevance propagation for neural networks with
 local renormalization layers", ICANN 2016) compare this identity treatment with a first-order Taylor
-redistribution; only the identity is here. Captum's ``LRP`` refuses the LRN and the grouped convolution's class
+redistribution; only the identity is here, as in the authors' LRP toolbox for Caffe (whose LRN passes relevance
+unchanged and whose max-pool hands it to the switch, the defaults this module follows). Captum's ``LRP`` refuses the LRN and the grouped convolution's class
 until each has a rule, and its ``IdentityRule`` does not hand relevance on to a ReLU right below it (the paper's
 conv, ReLU, LRN order); with the same rules per layer and that mended, it gives the same numbers
 (``tests/test_visualize_lrp.py``).
