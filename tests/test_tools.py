@@ -41,7 +41,14 @@ def test_attribution_rate_times_ours_against_captums_on_the_same_numbers():
     )
     lines = proc.stdout.splitlines()[1:]
     whats = [line.split(" ours ")[0].split(None, 1)[1].strip() for line in lines]
-    assert whats == ["guided backprop", "Guided Grad-CAM", "Grad-CAM", "IG, 16 steps", "SmoothGrad, 16"]
+    assert whats == [
+        "guided backprop",
+        "Guided Grad-CAM",
+        "Grad-CAM",
+        "IG, 16 steps",
+        "SmoothGrad, 16",
+        "LRP-ε",
+    ]
     rows = [line.split() for line in lines]
     for r in rows:
         assert float(r[r.index("ours") + 1]) > 0 and float(r[r.index("captum") + 1]) > 0

@@ -4,8 +4,9 @@ Grad-CAM (`gradcam(..., guided=True).guided_gradcam()` against `captum.attr.Guid
 upsampling), Grad-CAM alone (against `LayerGradCam`) and integrated gradients (`integrated_gradients` against
 `IntegratedGradients`, 16 points of §5's sum from the black image, 32 path images a pass) and SmoothGrad of the
 gradient (`smoothgrad`, 16 noisy copies of the batch's first image, against `NoiseTunnel(Saliency)` drawing the same
-noise), alternating ours and theirs in each repeat and reporting the medians in ms per batch (per image for
-SmoothGrad). Both compute the same numbers (in float64: tests/test_visualize_class_projection.py,
+noise) and layer-wise relevance propagation (`lrp(rule="epsilon")` against `captum.attr.LRP` with `EpsilonRule`
+on every conv and linear layer and the LRN passed on as the identity), alternating ours and theirs in each repeat
+and reporting the medians in ms per batch (per image for SmoothGrad). Both compute the same numbers (in float64: tests/test_visualize_class_projection.py,
 tests/test_visualize_gradcam.py); the last column is their largest difference here, in fp32, relative to Captum's
 largest value (a random zfnet's max-pool near-ties part any two fp32 paths by up to a few per cent). Random
 weights, random inputs, on the CPU.
@@ -25,10 +26,40 @@ from typing import Any
 import torch
 
 import alexnet
+from alexnet.models import LocalResponseNorm
 from alexnet.visualize.deconvnet import class_projection
 from alexnet.visualize.gradcam import gradcam
 from alexnet.visualize.integrated import black_image, integrated_gradients
+from alexnet.visualize.lrp import lrp
 from alexnet.visualize.smoothgrad import noise_sigmas, smoothgrad
+
+EPSILON = 0.25  # LRP-ε's, both sides
+
+
+def _captum_lrp_rules(model: Any) -> Any:
+    """``model`` with Captum's LRP rules set on every layer (its LRP takes them off again after each call): ``EpsilonRule(EPSILON)`` for the conv and
+    linear layers (the grouped convolution's class has no default), its default ε rule for the max-pools (each
+    window's relevance to its maximum), and for the LRN an ``IdentityRule`` that also hands its relevance to the
+    ReLU below (Captum's own does not: tests/test_visualize_lrp.py)."""
+    from captum.attr._utils.lrp_rules import EpsilonRule, IdentityRule
+    from torch import nn
+
+    class Identity(IdentityRule):  # type: ignore[misc]
+        def _create_backward_hook_input(self, inputs: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor]:
+            def hook(grad: torch.Tensor) -> torch.Tensor:
+                grad.replace_out = self.relevance_output[grad.device]  # type: ignore[attr-defined]
+                return grad.replace_out  # type: ignore[attr-defined]
+
+            return hook
+
+    for _, m in model.named_layers():
+        if isinstance(m, LocalResponseNorm | nn.LocalResponseNorm):
+            m.rule = Identity()
+        elif isinstance(m, nn.Conv2d | nn.Linear):
+            m.rule = EpsilonRule(epsilon=EPSILON)
+        elif isinstance(m, nn.MaxPool2d | nn.AdaptiveAvgPool2d):
+            m.rule = EpsilonRule()
+    return model
 
 
 def _ms(fn: Callable[[], Any]) -> float:
@@ -40,6 +71,7 @@ def _ms(fn: Callable[[], Any]) -> float:
 def _pairs(model: Any, x: torch.Tensor, targets: list[int]) -> dict[str, tuple[Callable[[], Any], ...]]:
     """(ours, Captum's) per attribution, for the last conv stage (relu5) and one class per image."""
     from captum.attr import (
+        LRP,
         GuidedBackprop,
         GuidedGradCam,
         IntegratedGradients,
@@ -81,6 +113,10 @@ def _pairs(model: Any, x: torch.Tensor, targets: list[int]) -> dict[str, tuple[C
         "SmoothGrad, 16": (
             lambda: smoothgrad(model, one, targets[0], samples=16).attributions,
             captum_smoothgrad,
+        ),
+        "LRP-ε": (
+            lambda: lrp(model, x, targets, "epsilon", epsilon=EPSILON).attributions,
+            lambda: LRP(_captum_lrp_rules(model)).attribute(x, target=targets),
         ),
     }
 

@@ -35,7 +35,6 @@ conv, ReLU, LRN order); with the same rules per layer and that mended, it gives 
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -117,22 +116,33 @@ def pixel_bounds(model: AlexNetFamily, like: torch.Tensor) -> tuple[torch.Tensor
     return low, high
 
 
-def _rho(module: nn.Module, rule: str, gamma: float = 0.0) -> Callable[[torch.Tensor], torch.Tensor]:
-    """The layer with ρ applied to its weights and bias: LRP-γ's w + γw⁺; α1β0's w⁺ without the bias; for z^B
-    ``"unbiased"``, ``"plus"`` and ``"minus"``: w, w⁺ and w⁻ without the bias; else the layer as it is."""
+def _rho(module: nn.Module, rule: str, gamma: float = 0.0) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The layer's weight and bias with ρ applied: LRP-γ's w + γw⁺ (and b + γb⁺); α1β0's w⁺ without the bias;
+    for z^B ``"plus"`` and ``"minus"``: w⁺ and w⁻ without the bias; else as they are."""
     w, b = module.weight, module.bias
     if rule == "gamma":
-        w, b = w + gamma * w.clamp(min=0), None if b is None else b + gamma * b.clamp(min=0)
-    elif rule in ("alpha1beta0", "plus"):
-        w, b = w.clamp(min=0), None
-    elif rule == "minus":
-        w, b = w.clamp(max=0), None
-    elif rule == "unbiased":
-        b = None
+        return w + gamma * w.clamp(min=0), None if b is None else b + gamma * b.clamp(min=0)
+    if rule in ("alpha1beta0", "plus"):
+        return w.clamp(min=0), None
+    if rule == "minus":
+        return w.clamp(max=0), None
+    return w, b
+
+
+def _forward(module: nn.Module, a: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None) -> torch.Tensor:
     if isinstance(module, nn.Linear):
-        return lambda a: F.linear(a, w, b)
-    assert isinstance(module, nn.Conv2d)
-    return lambda a: module._conv_forward(a, w, b)
+        return F.linear(a, w, b)
+    return module._conv_forward(a, w, b)
+
+
+def _transpose(module: nn.Module, shape: torch.Size, w: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
+    """The layer's transpose with weight ``w`` applied to ``s``: ∂(z·s)/∂a of z = layer(a), back to ``shape``."""
+    if isinstance(module, nn.Linear):
+        return s @ w
+    assert isinstance(module, nn.Conv2d) and module.padding_mode == "zeros"
+    return torch.nn.grad.conv2d_input(
+        shape, w, s, module.stride, module.padding, module.dilation, module.groups
+    )
 
 
 def _stabilise(z: torch.Tensor, eps: float) -> torch.Tensor:
@@ -148,22 +158,32 @@ def _weighted(
     epsilon: float,
     gamma: float,
     bounds: tuple[torch.Tensor, torch.Tensor] | None = None,
+    z: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Relevance from a conv or linear layer's outputs (``r``) to its input ``a`` by ``rule`` (the overview's four
-    steps: z, s = r / z, c = ∂(z·s)/∂a, a ⊙ c)."""
-    with torch.enable_grad():
-        a = a.detach().requires_grad_(True)
-        if rule == "zb":  # z_j = Σ_i x_i w_ij − l_i w⁺_ij − h_i w⁻_ij: the biases cancel out
-            assert bounds is not None
-            low, high = (t.detach().expand_as(a).requires_grad_(True) for t in bounds)
-            z = _rho(module, "unbiased")(a) - _rho(module, "plus")(low) - _rho(module, "minus")(high)
-            s = r / _stabilise(z.detach(), TINY)
-            c, cl, ch = torch.autograd.grad(z, (a, low, high), s)
-            return (a * c + low * cl + high * ch).detach()
-        z = _rho(module, rule, gamma)(a)
-        s = r / _stabilise(z.detach(), epsilon if rule == "epsilon" else TINY)
-        (c,) = torch.autograd.grad(z, a, s)
-    return a.detach() * c
+    """Relevance from a conv or linear layer's outputs (``r``) to its input ``a`` by ``rule``: the overview's four
+    steps z = ρ(layer)(a), s = r / (z + ε), c = ∂(z·s)/∂a (the layer's transpose), a ⊙ c. ``z``: the layer's own
+    output, when the forward pass kept it (LRP-0 and LRP-ε need no other)."""
+    if rule == "zb":  # z_j = Σ_i x_i w_ij − l_i w⁺_ij − h_i w⁻_ij: the biases cancel out
+        assert bounds is not None
+        low, high = (t.expand_as(a) for t in bounds)
+        w = module.weight
+        plus, minus = w.clamp(min=0), w.clamp(max=0)
+        z = (
+            _forward(module, a, w, None)
+            - _forward(module, low, plus, None)
+            - _forward(module, high, minus, None)
+        )
+        s = r / _stabilise(z, TINY)
+        return (
+            a * _transpose(module, a.shape, w, s)
+            - low * _transpose(module, a.shape, plus, s)
+            - high * _transpose(module, a.shape, minus, s)
+        )
+    w, b = _rho(module, rule, gamma)
+    if z is None or rule not in ("zero", "epsilon"):
+        z = _forward(module, a, w, b)
+    s = r / _stabilise(z, epsilon if rule == "epsilon" else TINY)
+    return a * _transpose(module, a.shape, w, s)
 
 
 def _passed(module: nn.Module, a: torch.Tensor, r: torch.Tensor) -> torch.Tensor:
@@ -215,12 +235,15 @@ def lrp(
     bounds = pixel_bounds(model, x) if per_layer[first] == "zb" else None
     with frozen(model), torch.no_grad():
         records: list[tuple[str, nn.Module, torch.Tensor]] = []
+        outputs: dict[str, torch.Tensor] = {}  # each conv and linear layer's z, for LRP-0 and LRP-ε
         for name, module in model.named_layers():
             if isinstance(module, nn.Linear) and x.dim() > 2:
                 records.append(("flatten", nn.Flatten(), x))
                 x = torch.flatten(x, 1)
             records.append((name, module, x))
             x = torch.relu(x) if isinstance(module, nn.ReLU) else module(x)  # never in place: x is kept
+            if isinstance(module, nn.Conv2d | nn.Linear):
+                outputs[name] = x
         logits = x
         targets = class_targets(target, logits)
         rows = torch.arange(len(logits), device=logits.device)
@@ -229,7 +252,7 @@ def lrp(
         r[rows, targets] = scores  # the output's relevance: the class's score, the others' 0
         for name, module, a in reversed(records):
             if isinstance(module, nn.Conv2d | nn.Linear):
-                r = _weighted(module, a, r, per_layer[name], epsilon, gamma, bounds)
+                r = _weighted(module, a, r, per_layer[name], epsilon, gamma, bounds, outputs[name])
             elif isinstance(module, nn.MaxPool2d | nn.AdaptiveAvgPool2d):
                 r = _passed(module, a, r)
             elif isinstance(module, nn.Flatten):
