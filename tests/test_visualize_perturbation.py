@@ -197,3 +197,19 @@ def test_the_command_refuses_bad_settings_in_one_line(
     assert code == 2 and len(err.strip().splitlines()) == 1, err
     assert message in err
     assert not out.exists() or not any(out.iterdir())
+
+
+def test_the_table_ranks_by_aopc_and_pairs_each_method_with_random_on_the_same_images() -> None:
+    from alexnet.visualize.perturbation import Perturbation, table
+
+    aopc = torch.tensor([[1.0, 3.0, 2.0], [2.0, 5.0, 2.0]], dtype=torch.float64)  # images × (random, a, b)
+    res = Perturbation(["random", "a", "b"], torch.zeros(2, 3, 2), aopc, torch.tensor([0, 1]), 9, 1, "score", 0)
+    lines = table(res).splitlines()
+    assert lines[1].split() == ["method", "AOPC", "±", "s.e.", "−", "random", "±", "s.e."]
+    rows = {line.split()[0]: line.split()[1:] for line in lines[2:]}
+    assert [line.split()[0] for line in lines[2:]] == ["a", "b", "random"]
+    assert float(rows["a"][0]) == 4.0 and float(rows["a"][2]) == 2.5  # differences 2 and 3
+    assert float(rows["a"][3]) == pytest.approx(0.5)  # their std (0.707) / √2
+    assert float(rows["b"][2]) == 0.5 and float(rows["random"][2]) == 0.0
+    alone = Perturbation(["a"], torch.zeros(2, 1, 2), aopc[:, 1:2], torch.tensor([0, 1]), 9, 1, "score", 0)
+    assert "random" not in table(alone).splitlines()[1]
