@@ -203,7 +203,9 @@ def test_the_table_ranks_by_aopc_and_pairs_each_method_with_random_on_the_same_i
     from alexnet.visualize.perturbation import Perturbation, table
 
     aopc = torch.tensor([[1.0, 3.0, 2.0], [2.0, 5.0, 2.0]], dtype=torch.float64)  # images × (random, a, b)
-    res = Perturbation(["random", "a", "b"], torch.zeros(2, 3, 2), aopc, torch.tensor([0, 1]), 9, 1, "score", 0)
+    res = Perturbation(
+        ["random", "a", "b"], torch.zeros(2, 3, 2), aopc, torch.tensor([0, 1]), 9, 1, "score", 0
+    )
     lines = table(res).splitlines()
     assert lines[1].split() == ["method", "AOPC", "±", "s.e.", "−", "random", "±", "s.e."]
     rows = {line.split()[0]: line.split()[1:] for line in lines[2:]}
