@@ -18,7 +18,7 @@ from alexnet.errors import InputSizeError, SelectionError
 from alexnet.inputs import prepare
 from alexnet.models import LocalResponseNorm
 from alexnet.visualize.lrp import _weighted, heatmap, layer_rules, lrp, pixel_bounds
-from test_visualize_class_projection import _images, _model, run_visualize, ten_class_weights
+from test_visualize_class_projection import _images, _model, _relative_error, run_visualize, ten_class_weights
 
 NAMES = ["alexnet", "alexnet_owt", "zfnet", "caffenet"]
 
@@ -62,12 +62,6 @@ def _captum(model: alexnet.AlexNetFamily, x: torch.Tensor, target: list[int], ru
         elif isinstance(m, nn.MaxPool2d | nn.AdaptiveAvgPool2d):
             m.rule = lrp_rules.EpsilonRule()
     return LRP(model).attribute(x.clone(), target=target).detach()
-
-
-def _relative_error(ours: torch.Tensor, theirs: torch.Tensor) -> float:
-    scale = float(theirs.abs().max())
-    assert scale > 0
-    return float((ours - theirs).abs().max()) / scale
 
 
 @pytest.mark.parametrize("name", NAMES)

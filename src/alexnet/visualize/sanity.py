@@ -40,15 +40,7 @@ if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
 # Adebayo et al.'s methods, the test's default; LRP (Bach et al. 2015) on request
-METHODS: tuple[str, ...] = (
-    "gradient",
-    "smoothgrad",
-    "guided",
-    "deconvnet",
-    "gradcam",
-    "guided-gradcam",
-    "integrated",
-)
+METHODS: tuple[str, ...] = tuple(m for m in attributions.METHODS if not m.startswith("lrp"))
 
 
 @dataclass
