@@ -265,7 +265,9 @@ def heatmap(attributions: torch.Tensor) -> np.ndarray:
     """H×W relevance per pixel (the colours' sum, as Bach et al.'s heatmaps), scaled to −1…1 by its 99.5th
     percentile of magnitudes (a few extreme pixels would otherwise wash the picture out)."""
     h = attributions.sum(0).double().numpy()
-    top = float(np.percentile(np.abs(h), 99.5))
+    top = float(np.percentile(np.abs(h), 99.5)) or float(
+        np.abs(h).max()
+    )  # a few relevant pixels: their largest
     return np.clip(h / top, -1, 1) if top > 0 else h
 
 
