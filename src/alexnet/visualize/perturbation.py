@@ -200,9 +200,8 @@ def region_perturbation(
     names = [*chosen, *own]
     g = torch.Generator().manual_seed(seed)
     randoms = torch.stack([torch.randperm(rows * cols, generator=g) for _ in range(n)])
-    ties = torch.stack(
-        [torch.randperm(rows * cols, generator=g) for _ in range(n)]
-    )  # for every map of an image
+    # the order of a map's tied tiles, one per image for all its maps
+    ties = torch.stack([torch.randperm(rows * cols, generator=g) for _ in range(n)])
     noise = noise_images(model, n, (h, w), seed).to(images.dtype)
     outputs = torch.zeros(n, len(names), steps + 1, dtype=torch.float64)
     with tqdm(total=n, desc="region perturbation", disable=not progress) as bar:
