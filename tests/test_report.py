@@ -68,8 +68,8 @@ def test_report_is_one_file_with_every_picture_inline(report):
     assert report.name == "report.html"
     sources = img_sources(page)
     # summary has none; curves 1, predictions 1, filters 1, activations 1 image, top-9 2 channels × 2 grids,
-    # occlusion 1, Grad-CAM 1, integrated gradients and SmoothGrad 2, optimised class images 1.
-    assert len(sources) == 1 + 1 + 1 + 1 + 4 + 1 + 1 + 2 + 1
+    # occlusion 1, Grad-CAM 1, integrated gradients, SmoothGrad and LRP 3, optimised class images 1.
+    assert len(sources) == 1 + 1 + 1 + 1 + 4 + 1 + 1 + 3 + 1
     for src in sources:
         assert src.startswith("data:image/png;base64,")
         Image.open(io.BytesIO(base64.b64decode(src.split(",", 1)[1]))).verify()
@@ -273,7 +273,7 @@ def test_report_opens_from_disk_in_chromium_with_every_image_decoded(report):
         page.on("request", lambda r: requests.append(r.url))
         page.goto(report.resolve().as_uri())
         page.wait_for_load_state("load")
-        assert page.evaluate("document.images.length") == len(img_sources(report.read_text())) == 13
+        assert page.evaluate("document.images.length") == len(img_sources(report.read_text())) == 14
         assert undecoded_images(page) == []
         assert console.errors == []
         assert [u for u in requests if not u.startswith("data:")] == [report.resolve().as_uri()]
