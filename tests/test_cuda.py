@@ -479,6 +479,28 @@ def test_the_class_attributions_on_cuda_compute_what_they_compute_on_the_cpu():
         torch.testing.assert_close(b, a, rtol=1e-9, atol=1e-9 * float(a.abs().max()))
 
 
+def test_lrp_and_region_perturbation_on_cuda_compute_what_they_compute_on_the_cpu():
+    """LRP's three presets (z^B's box moved to the GPU with the images) and a region perturbation of their maps
+    and the gradient's, the noise and the random order drawn on the CPU: CPU tensors back, the CPU's numbers
+    (float64, alexnet_owt: no max-pool near-tie parts the two devices' paths)."""
+    import copy
+
+    from alexnet.visualize.lrp import lrp
+    from alexnet.visualize.perturbation import region_perturbation
+
+    torch.manual_seed(0)
+    cpu = create_model("alexnet_owt", num_classes=10, init="pytorch").eval().double()
+    gpu = copy.deepcopy(cpu).to(CUDA)
+    x = torch.randn(2, 3, 224, 224, dtype=torch.float64)
+    for rule in ("composite", "epsilon", "alpha1beta0"):
+        a, b = (lrp(model, x, [3, 7], rule).attributions for model in (cpu, gpu))
+        assert b.device.type == "cpu"
+        torch.testing.assert_close(b, a, rtol=1e-9, atol=1e-9 * float(a.abs().max()))
+    methods = ["random", "gradient", "lrp"]
+    a, b = (region_perturbation(m, x, [3, 7], methods, region=32, steps=6).outputs for m in (cpu, gpu))
+    torch.testing.assert_close(b, a, rtol=1e-9, atol=1e-12)
+
+
 def test_an_optimised_image_on_cuda_climbs_as_on_the_cpu():
     """Yosinski et al. §3 on the GPU: the first step's activation is the CPU's (the same start), the unit rises,
     the pixels stay in 0–255. The paths part after a few steps (near-ties in a max-pool; tests say why)."""
