@@ -21,6 +21,7 @@ from alexnet.visualize.perturbation import (
     pixel_scores,
     region_order,
     region_perturbation,
+    table,
     tiles,
 )
 from test_visualize_class_projection import _images, _model, run_visualize, ten_class_weights
@@ -215,3 +216,49 @@ def test_the_table_ranks_by_aopc_and_pairs_each_method_with_random_on_the_same_i
     assert float(rows["b"][2]) == 0.5 and float(rows["random"][2]) == 0.0
     alone = Perturbation(["a"], torch.zeros(2, 1, 2), aopc[:, 1:2], torch.tensor([0, 1]), 9, 1, "score", 0)
     assert "random" not in table(alone).splitlines()[1]
+
+
+def test_a_stop_after_an_image_keeps_the_images_done() -> None:
+    model = _model("alexnet_owt", torch.float32)
+    x = _images(model, 3)
+    kwargs = {"methods": ["random", "gradient"], "region": 56, "steps": 3}
+    whole = region_perturbation(model, x, **kwargs)
+    asked = []
+    part = region_perturbation(model, x, stop=lambda: asked.append(1) or len(asked) == 2, **kwargs)
+    assert not part.complete and part.asked == 3 and part.aopc.shape == (2, 2)
+    torch.testing.assert_close(part.outputs, whole.outputs[:2])
+    assert "the first 2 of 3 images (stopped early)" in table(part).splitlines()[0]
+    assert whole.complete and "3 image(s)" in table(whole).splitlines()[0]
+
+
+def test_ctrl_c_finishes_the_image_under_way_writes_the_images_done_and_exits_130(
+    tmp_path: Path, capsys, chelsea_jpeg: Path, monkeypatch, ctrl_c_reaches_us
+) -> None:
+    """SIGINT while the first image's outputs are read: that image is finished, the second never started."""
+    import os
+    import signal
+
+    from alexnet.visualize import perturbation
+
+    real, calls = perturbation._outputs, []
+
+    def ctrl_c_in_the_first_image(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 1:
+            os.kill(os.getpid(), signal.SIGINT)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(perturbation, "_outputs", ctrl_c_in_the_first_image)
+    weights = ten_class_weights(tmp_path)
+    out = tmp_path / "out"
+    before = signal.getsignal(signal.SIGINT)
+    args = ["--weights", str(weights), "--out", str(out), "--methods", "random,lrp", "--steps", "2"]
+    code, stdout, err = run_visualize(capsys, "perturbation", str(chelsea_jpeg), str(chelsea_jpeg), *args)
+    assert code == 130
+    assert "alexnet: SIGINT: stopped after 1 of 2 images; their results are written" in err
+    assert signal.getsignal(signal.SIGINT) is before
+    assert "the first 1 of 2 images (stopped early)" in stdout.splitlines()[0]
+    numbers = json.loads((out / "perturbation.json").read_text())
+    assert numbers["complete"] is False and numbers["images_asked"] == 2 and len(numbers["images"]) == 1
+    assert np.load(out / "perturbation.npz")["outputs"].shape == (1, 2, 3)
+    assert str(out / "perturbation.png") in stdout

@@ -690,22 +690,7 @@ def run(args: argparse.Namespace) -> int:
             model, args.images, args.out, args.target, args.rule, args.epsilon, args.gamma, progress=True
         )
     elif kind == "perturbation":
-        paths, text = outputs.write_perturbation(
-            model,
-            args.images,
-            args.out,
-            target=args.target,
-            methods=args.methods,
-            region=args.region,
-            steps=args.steps,
-            output=args.of,
-            seed=args.seed,
-            batch_size=args.batch_size,
-            samples=args.samples,
-            integration_steps=args.integration_steps,
-            progress=True,
-        )
-        print(text)
+        paths = _perturbation(model, args)
     elif kind == "sanity":
         paths, tables = outputs.write_sanity(
             model,
@@ -794,6 +779,41 @@ def _integrated(model: Any, args: argparse.Namespace) -> list[Path]:
             f"{Path(image).name}: {labels[c]} ({c}), {args.of} {float(res.outputs[0]):.4g} "
             f"({change:+.4g} from the {args.baseline} baseline); attributions sum to {total:+.4g}, "
             f"{100 * off:.1f} % off{advice}"
+        )
+    return paths
+
+
+def _perturbation(model: Any, args: argparse.Namespace) -> list[Path]:
+    """``visualize perturbation``: the table, then the files; Ctrl-C finishes the image under way and writes the
+    images done."""
+    from alexnet.stopping import StopSignals
+    from alexnet.visualize import outputs
+    from alexnet.visualize.perturbation import table
+
+    signals = StopSignals("stopping after this image, with the images done written")
+    with signals:
+        paths, res = outputs.write_perturbation(
+            model,
+            args.images,
+            args.out,
+            target=args.target,
+            methods=args.methods,
+            region=args.region,
+            steps=args.steps,
+            output=args.of,
+            seed=args.seed,
+            batch_size=args.batch_size,
+            samples=args.samples,
+            integration_steps=args.integration_steps,
+            progress=True,
+            stop=lambda: signals.signum is not None,
+        )
+    print(table(res))
+    if not res.complete:
+        for path in paths:
+            print(path)
+        raise signals.interrupted(
+            f"stopped after {res.aopc.shape[0]} of {res.asked} images; their results are written"
         )
     return paths
 

@@ -32,6 +32,7 @@ if TYPE_CHECKING:
 
     from alexnet.visualize.integrated import Integrated
     from alexnet.visualize.maximize import Maximized, Regularization
+    from alexnet.visualize.perturbation import Perturbation
 
 
 def _stem(name: str, i: int) -> str:
@@ -577,18 +578,20 @@ def write_perturbation(
     samples: int = 50,
     integration_steps: int = 50,
     progress: bool = False,
-) -> tuple[list[Path], str]:
+    stop: Callable[[], bool] | None = None,
+) -> tuple[list[Path], Perturbation]:
     """Samek et al.'s region perturbation (:mod:`alexnet.visualize.perturbation`) of all the images together, for
     ``target`` (default each image's top class): ``perturbation.png`` (the mean curves), ``perturbation.json``
     (per method the AOPC, its mean and standard error, the mean curve; the settings) and ``perturbation.npz``
     (``outputs`` images × methods × steps + 1, ``aopc``, ``methods``, ``targets``, ``images``). Returns the paths
-    and the table for the caller to print."""
+    and the result (its :func:`~alexnet.visualize.perturbation.table` for the caller to print); when ``stop``
+    (asked after each image) ends the run early, the files hold the images done (``complete`` false in the
+    .json)."""
     from alexnet.visualize.perturbation import (
         METHODS,
         check_settings,
         plot_perturbation,
         region_perturbation,
-        table,
     )
 
     chosen = check_settings(
@@ -611,9 +614,10 @@ def write_perturbation(
         samples=samples,
         integration_steps=integration_steps,
         progress=progress,
+        stop=stop,
     )
     out = Path(out)
-    names = [str(p) for p in images]
+    names = [str(p) for p in images][: res.aopc.shape[0]]
     mean, spread = res.mean_aopc()
     fall = (res.outputs[..., :1] - res.outputs).mean(0)
     written = [
@@ -626,6 +630,8 @@ def write_perturbation(
         "steps": res.steps,
         "output": output,
         "seed": seed,
+        "complete": res.complete,
+        "images_asked": len(images),
         "images": names,
         "targets": res.targets.tolist(),
         "methods": {
@@ -649,7 +655,7 @@ def write_perturbation(
             images=np.array(names),
         )
     )
-    return written, table(res)
+    return written, res
 
 
 def _by_method(methods: list[str], values: torch.Tensor) -> dict[str, list[float | None]]:

@@ -24,7 +24,7 @@ map); Grad-CAM's map as it is. The methods come from :mod:`.attributions`, ``"ra
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal
 
@@ -45,7 +45,8 @@ METHODS: tuple[str, ...] = ("random", *attributions.METHODS)
 @dataclass
 class Perturbation:
     """Region perturbation of a batch, on the CPU: ``outputs`` N × methods × (steps + 1), the class's output
-    after each step (step 0 the image itself); ``aopc`` N × methods; ``targets`` N."""
+    after each step (step 0 the image itself); ``aopc`` N × methods; ``targets`` N. ``asked``: the images asked
+    for; N is fewer when ``stop`` ended the run early (the images done kept)."""
 
     methods: list[str]
     outputs: torch.Tensor
@@ -55,6 +56,11 @@ class Perturbation:
     steps: int
     output: str
     seed: int
+    asked: int = 0
+
+    @property
+    def complete(self) -> bool:
+        return self.aopc.shape[0] >= self.asked
 
     def mean_aopc(self) -> tuple[torch.Tensor, torch.Tensor]:
         """Per method: the AOPC averaged over the images, and the standard error of that mean (0 for one image)."""
@@ -165,13 +171,16 @@ def region_perturbation(
     samples: int = 50,
     integration_steps: int = 50,
     progress: bool = False,
+    stop: Callable[[], bool] | None = None,
 ) -> Perturbation:
     """Samek et al.'s MoRF region perturbation (module docstring) of a normalised batch N×3×H×W (or one 3×H×W
-    image) for class ``target`` (default each image's top class): each of ``methods`` (and each of ``maps``, one's
-    own N×H×W pixel scores by name) orders the ``region``×``region`` tiles, ``steps`` of them are destroyed in
-    turn, the class's ``output`` (its ``"score"`` before the softmax, or its ``"probability"``) is read after
-    each. The noise and the random order are drawn from ``seed``: every method destroys the same noise into the
-    same image. ``samples`` and ``integration_steps`` are SmoothGrad's and integrated gradients'."""
+        image) for class ``target`` (default each image's top class): each of ``methods`` (and each of ``maps``, one's
+        own N×H×W pixel scores by name) orders the ``region``×``region`` tiles, ``steps`` of them are destroyed in
+        turn, the class's ``output`` (its ``"score"`` before the softmax, or its ``"probability"``) is read after
+        each. The noise and the random order are drawn from ``seed``: every method destroys the same noise into the
+        same image. ``samples`` and ``integration_steps`` are SmoothGrad's and integrated gradients'. ``stop`` is asked
+    after each image (Ctrl-C in the command, :class:`alexnet.stopping.StopSignals`): when it says so, the run ends
+    with the images done."""
     from tqdm import tqdm
 
     from alexnet.visualize.deconvnet import class_targets
@@ -204,6 +213,7 @@ def region_perturbation(
     ties = torch.stack([torch.randperm(rows * cols, generator=g) for _ in range(n)])
     noise = noise_images(model, n, (h, w), seed).to(images.dtype)
     outputs = torch.zeros(n, len(names), steps + 1, dtype=torch.float64)
+    done = 0
     with tqdm(total=n, desc="region perturbation", disable=not progress) as bar:
         for i in range(n):
             # One image's maps at a time: memory for one, and each map that image's own (SmoothGrad draws its
@@ -219,9 +229,13 @@ def region_perturbation(
                     order = randoms[i] if name == "random" else region_order(scores[name], region, ties[i])
                     sequence = perturbed(images[i].cpu(), noise[i], order, region, steps)
                     outputs[i, j] = _outputs(model, sequence, int(targets[i]), output, batch_size)
+            done = i + 1
             bar.update()
+            if stop is not None and stop():
+                break
+    outputs, targets = outputs[:done], targets[:done]
     aopc = (outputs[..., :1] - outputs).mean(-1)
-    return Perturbation(names, outputs, aopc, targets, region, steps, output, seed)
+    return Perturbation(names, outputs, aopc, targets, region, steps, output, seed, asked=n)
 
 
 def plot_perturbation(res: Perturbation, title: str) -> Figure:
@@ -255,9 +269,10 @@ def table(res: Perturbation) -> str:
     width = max(len(m) for m in res.methods)
     n = res.aopc.shape[0]
     paired = "random" in res.methods and n > 1
+    done = f"{n} image(s)" if res.complete else f"the first {n} of {res.asked} images (stopped early)"
     lines = [
         f"region perturbation (MoRF): {res.region}×{res.region} regions, {res.steps} steps, "
-        f"{n} image(s), the class's {res.output}",
+        f"{done}, the class's {res.output}",
         f"{'method':<{width}}  {'AOPC':>10}  {'± s.e.':>9}"
         + (f"  {'− random':>10}  {'± s.e.':>9}" if paired else ""),
     ]

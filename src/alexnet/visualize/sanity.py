@@ -14,8 +14,8 @@ integrated gradients and Grad-CAM changed at once.
 The maps compared are each method's here, for the trained network's class (its top class, or ``target``): the
 class score's gradient (:func:`~alexnet.visualize.deconvnet.class_projection`), its SmoothGrad, guided
 backpropagation, ZF's deconvnet rules through the classifier, Grad-CAM at the last conv stage's ReLU (upsampled),
-Guided Grad-CAM and integrated gradients, and on request layer-wise relevance propagation's composite (:mod:`.lrp`;
-3×H×W maps summed over the colours, signed and of absolute values; Grad-CAM's map as it is; all from
+Guided Grad-CAM and integrated gradients, and on request layer-wise relevance propagation (:mod:`.lrp`: ``lrp``,
+``lrp-epsilon``, ``lrp-alpha1beta0``; 3×H×W maps summed over the colours, signed and of absolute values; Grad-CAM's map as it is; all from
 :mod:`.attributions`). A layer is re-initialised as the model initialises it (:meth:`AlexNetFamily.reset_layer`,
 the paper's N(0, σ) for the papers' models), on a CPU copy from ``seed``, so the random weights are the same on
 every device.
