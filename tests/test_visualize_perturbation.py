@@ -147,6 +147,8 @@ def test_every_method_runs_and_the_seed_fixes_the_noise_and_the_random_order() -
         ({"region": 0}, "the region must be at least 1 pixel, not 0"),
         ({"steps": 0}, "steps must be at least 1, not 0"),
         ({"batch_size": 0}, "the batch size must be at least 1, not 0"),
+        ({"samples": 0}, "SmoothGrad's samples must be at least 1, not 0"),
+        ({"integration_steps": 0}, "integrated gradients' steps must be at least 1, not 0"),
         ({"output": "logit"}, "unknown output 'logit'"),
         ({"maps": {"gradient": torch.zeros(1, 227, 227)}, "methods": ["gradient"]}, "'gradient' is both"),
         ({"maps": {"mine": torch.zeros(1, 200, 200)}, "methods": []}, "map 'mine' is (1, 200, 200)"),
@@ -185,6 +187,8 @@ def test_the_command_prints_the_table_and_writes_the_curves(
         (["--region", "0"], "the region must be at least 1 pixel"),
         (["--steps", "-2"], "steps must be at least 1"),
         (["--target", "12"], "class 12 is out of range"),
+        (["--samples", "0"], "--samples must be at least 1"),
+        (["--integration-steps", "0"], "--integration-steps must be at least 1"),
     ],
 )
 def test_the_command_refuses_bad_settings_in_one_line(

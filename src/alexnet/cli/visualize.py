@@ -1,7 +1,7 @@
 """``alexnet visualize <kind>``: activation maps, filters, deconvnet, top-9, occlusion, evolution, invariance,
 retrieval, predictions, correspondence, Grad-CAM, integrated gradients, SmoothGrad, LRP, region perturbation, sanity
-checks, optimised images (maximize). Each kind writes PNGs and the numbers behind them (.npz / .json) into ``--out`` and prints the paths
-(correspondence, perturbation and sanity print their tables first)."""
+checks, optimised images (maximize). Each kind writes PNGs and the numbers behind them (.npz / .json) into
+``--out`` and prints the paths (correspondence, perturbation and sanity print their tables first)."""
 
 from __future__ import annotations
 
@@ -160,7 +160,8 @@ def register(sub: Any) -> None:
         "look inside a model: activations, filters, deconvnet, top-9, occlusion, evolution, invariance, retrieval, "
         "predictions, correspondence, gradcam, integrated-gradients, smoothgrad, lrp, perturbation, sanity, maximize",
         "Figures of AlexNet §6 / Fig. 3–4, Zeiler & Fergus §2–4 / Figs. 2–8 and Table 1, Selvaraju et al.'s "
-        "Grad-CAM, Sundararajan et al.'s integrated gradients, Smilkov et al.'s SmoothGrad, Bach et al.'s LRP, Samek et al.'s region perturbation, Adebayo et al.'s sanity "
+        "Grad-CAM, Sundararajan et al.'s integrated gradients, Smilkov et al.'s SmoothGrad, Bach et al.'s LRP, "
+        "Samek et al.'s region perturbation, Adebayo et al.'s sanity "
         "checks and Yosinski et al.'s optimised images for any "
         "registered model. Each kind writes PNGs plus the numbers behind them "
         "(.npz / .json) into --out and prints the paths.",
@@ -601,6 +602,7 @@ def run(args: argparse.Namespace) -> int:
         "topk",
         "steps",
         "samples",
+        "integration_steps",
     ):
         value = getattr(args, name, None)
         if value is not None and value < 1:

@@ -595,7 +595,12 @@ def write_perturbation(
     )
 
     chosen = check_settings(
-        list(methods) if methods is not None else list(METHODS), region, steps, batch_size
+        list(methods) if methods is not None else list(METHODS),
+        region,
+        steps,
+        batch_size,
+        samples=samples,
+        integration_steps=integration_steps,
     )
     if output not in ("score", "probability"):
         raise SelectionError(f"unknown output {output!r}; choose score or probability")

@@ -70,11 +70,22 @@ class Perturbation:
 
 
 def check_settings(
-    methods: Sequence[str], region: int, steps: int, batch_size: int = 1, own_maps: bool = False
+    methods: Sequence[str],
+    region: int,
+    steps: int,
+    batch_size: int = 1,
+    own_maps: bool = False,
+    samples: int = 1,
+    integration_steps: int = 1,
 ) -> list[str]:
     """The methods (each once, in order); :class:`SelectionError` for an unknown one, none (unless there are
-    ``own_maps``), a region under 1 px, or a step count or batch size under 1."""
+    ``own_maps``), a region under 1 px, or a step count, batch size, SmoothGrad's sample count or integrated
+    gradients' point count under 1."""
     chosen = attributions.check_methods(methods, METHODS) if methods or not own_maps else []
+    if "smoothgrad" in chosen and samples < 1:
+        raise SelectionError(f"SmoothGrad's samples must be at least 1, not {samples}")
+    if "integrated" in chosen and integration_steps < 1:
+        raise SelectionError(f"integrated gradients' steps must be at least 1, not {integration_steps}")
     if batch_size < 1:
         raise SelectionError(f"the batch size must be at least 1, not {batch_size}")
     if region < 1:
@@ -186,7 +197,7 @@ def region_perturbation(
     from alexnet.visualize.deconvnet import class_targets
 
     own = dict(maps or {})
-    chosen = check_settings(methods, region, steps, batch_size, own_maps=bool(own))
+    chosen = check_settings(methods, region, steps, batch_size, bool(own), samples, integration_steps)
     clash = [name for name in own if name in chosen]
     if clash:
         raise SelectionError(f"{clash[0]!r} is both a method and a map of your own; rename the map")
