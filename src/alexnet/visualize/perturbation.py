@@ -185,13 +185,13 @@ def region_perturbation(
     stop: Callable[[], bool] | None = None,
 ) -> Perturbation:
     """Samek et al.'s MoRF region perturbation (module docstring) of a normalised batch N×3×H×W (or one 3×H×W
-        image) for class ``target`` (default each image's top class): each of ``methods`` (and each of ``maps``, one's
-        own N×H×W pixel scores by name) orders the ``region``×``region`` tiles, ``steps`` of them are destroyed in
-        turn, the class's ``output`` (its ``"score"`` before the softmax, or its ``"probability"``) is read after
-        each. The noise and the random order are drawn from ``seed``: every method destroys the same noise into the
-        same image. ``samples`` and ``integration_steps`` are SmoothGrad's and integrated gradients'. ``stop`` is asked
-    after each image (Ctrl-C in the command, :class:`alexnet.stopping.StopSignals`): when it says so, the run ends
-    with the images done."""
+    image) for class ``target`` (default each image's top class): each of ``methods`` (and each of ``maps``, one's
+    own N×H×W pixel scores by name) orders the ``region``×``region`` tiles, ``steps`` of them are destroyed in
+    turn, the class's ``output`` (its ``"score"`` before the softmax, or its ``"probability"``) is read after
+    each. The noise and the random order are drawn from ``seed``: every method destroys the same noise into the
+    same image. ``samples`` and ``integration_steps`` are SmoothGrad's and integrated gradients'. ``stop`` is
+    asked after each image (Ctrl-C in the command, :class:`alexnet.stopping.StopSignals`): when it says so, the
+    run ends with the images done."""
     from tqdm import tqdm
 
     from alexnet.visualize.deconvnet import class_targets
