@@ -78,7 +78,7 @@ def test_the_epsilon_rule_is_captums_with_the_lrn_passed_unchanged(name: str) ->
 @pytest.mark.parametrize("name", ["alexnet", "zfnet"])
 def test_the_alpha1beta0_rule_is_captums_and_conserves_the_score(name: str) -> None:
     """Bach et al.'s αβ-rule with α = 1, β = 0 drops the biases and keeps only positive contributions: the pixels'
-    relevances sum to the class's score (where it is positive), and all of them are ≥ 0 above the image."""
+    relevances sum to the class's score (where it is positive)."""
     lrp_rules = pytest.importorskip("captum.attr._utils.lrp_rules")
     model = _model(name)
     x = _images(model)
