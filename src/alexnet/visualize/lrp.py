@@ -13,7 +13,8 @@ are used here: z = ε + ρ(layer)(a); s = R / z; c = ∂(z·s)/∂a; R_in = a �
   R_k``; weak and contradictory contributions absorb less of the signal.
 * **LRP-γ**: positive weights (and biases) favoured, ρ(w) = w + γ w⁺.
 * **LRP-α1β0** (Bach et al.'s αβ-rule with α = 1, β = 0; deep Taylor's z⁺ rule where inputs are ≥ 0): only
-  positive contributions, biases dropped; all relevance stays positive and is conserved.
+  positive contributions, biases dropped; relevance stays positive above the image and a positive score is
+  conserved down to the pixels.
 * **z^B** for the image's own layer (Montavon, Lapuschkin, Binder, Samek & Müller, "Explaining nonlinear
   classification decisions with deep Taylor decomposition", Pattern Recognition 2017): pixels are bounded, not
   rectified, so the contributions are measured from the box's corners, ``x_i w_ij − l_i w_ij⁺ − h_i w_ij⁻``,
