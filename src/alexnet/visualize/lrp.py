@@ -238,10 +238,9 @@ def lrp(
         records: list[tuple[str, nn.Module, torch.Tensor]] = []
         outputs: dict[str, torch.Tensor] = {}  # each conv and linear layer's z, for LRP-0 and LRP-ε
         for name, module in model.named_layers():
-            if isinstance(module, nn.Linear) and x.dim() > 2:
-                records.append(("flatten", nn.Flatten(), x))
-                x = torch.flatten(x, 1)
             records.append((name, module, x))
+            if isinstance(module, nn.Linear):
+                x = torch.flatten(x, 1)  # fc6 reads pool5's maps flat
             x = torch.relu(x) if isinstance(module, nn.ReLU) else module(x)  # never in place: x is kept
             if isinstance(module, nn.Conv2d | nn.Linear):
                 outputs[name] = x
@@ -252,12 +251,13 @@ def lrp(
         r = torch.zeros_like(logits)
         r[rows, targets] = scores  # the output's relevance: the class's score, the others' 0
         for name, module, a in reversed(records):
-            if isinstance(module, nn.Conv2d | nn.Linear):
+            if isinstance(module, nn.Linear):  # back to the shape it read (pool5's maps for fc6)
+                r = _weighted(module, a.flatten(1), r, per_layer[name], epsilon, gamma, z=outputs[name])
+                r = r.view(a.shape)
+            elif isinstance(module, nn.Conv2d):
                 r = _weighted(module, a, r, per_layer[name], epsilon, gamma, bounds, outputs[name])
             elif isinstance(module, nn.MaxPool2d | nn.AdaptiveAvgPool2d):
                 r = _passed(module, a, r)
-            elif isinstance(module, nn.Flatten):
-                r = r.view(a.shape)
             # ReLU, dropout (off) and the LRN (Binder et al.'s identity treatment) pass the relevance unchanged
     return Relevance(r.cpu(), targets.cpu(), scores.cpu(), rule, per_layer, epsilon, gamma)
 

@@ -601,9 +601,8 @@ def write_perturbation(
         batch_size,
         samples=samples,
         integration_steps=integration_steps,
+        output=output,
     )
-    if output not in ("score", "probability"):
-        raise SelectionError(f"unknown output {output!r}; choose score or probability")
     _check_class(model, target)
     x = torch.stack([prepare(model, path).tensor for path in images])
     res = region_perturbation(

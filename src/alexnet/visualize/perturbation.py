@@ -77,10 +77,11 @@ def check_settings(
     own_maps: bool = False,
     samples: int = 1,
     integration_steps: int = 1,
+    output: str = "score",
 ) -> list[str]:
     """The methods (each once, in order); :class:`SelectionError` for an unknown one, none (unless there are
-    ``own_maps``), a region under 1 px, or a step count, batch size, SmoothGrad's sample count or integrated
-    gradients' point count under 1."""
+    ``own_maps``), a region under 1 px, a step count, batch size, SmoothGrad's sample count or integrated
+    gradients' point count under 1, or an output other than the score or the probability."""
     chosen = attributions.check_methods(methods, METHODS) if methods or not own_maps else []
     if "smoothgrad" in chosen and samples < 1:
         raise SelectionError(f"SmoothGrad's samples must be at least 1, not {samples}")
@@ -92,6 +93,8 @@ def check_settings(
         raise SelectionError(f"the region must be at least 1 pixel, not {region}")
     if steps < 1:
         raise SelectionError(f"steps must be at least 1, not {steps}")
+    if output not in ("score", "probability"):
+        raise SelectionError(f"unknown output {output!r}; choose score or probability")
     return chosen
 
 
@@ -197,12 +200,10 @@ def region_perturbation(
     from alexnet.visualize.deconvnet import class_targets
 
     own = dict(maps or {})
-    chosen = check_settings(methods, region, steps, batch_size, bool(own), samples, integration_steps)
+    chosen = check_settings(methods, region, steps, batch_size, bool(own), samples, integration_steps, output)
     clash = [name for name in own if name in chosen]
     if clash:
         raise SelectionError(f"{clash[0]!r} is both a method and a map of your own; rename the map")
-    if output not in ("score", "probability"):
-        raise SelectionError(f"unknown output {output!r}; choose score or probability")
     if images.ndim == 3:
         images = images.unsqueeze(0)
     model.check_input(images, classify=True)
